@@ -1,0 +1,791 @@
+//! Creating an archive: walk → tar stream → cut → compress in parallel →
+//! members in order to a [`MemberSink`].
+//!
+//! Threads: the caller's thread walks and reads (the producer), `threads`
+//! workers compress, one thread hands members to the sink in order. Memory
+//! is bounded by a fixed number of in-flight segments (permits), each at
+//! most [`GroupCutter::max_group`] raw bytes: whatever the tree or a file's
+//! size, the pipeline holds a few MiB.
+//!
+//! Hot files: a file whose size, mtime or ctime moves while it is read is
+//! read again, up to `max_rereads` times; small files are simply read
+//! again, a large one is *rewound*: the producer sends `Rewind`, the sink
+//! forgets the members it got since the matching `Mark`, and the file is
+//! streamed again. If it never settles, the last copy read is kept and a
+//! warning names the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flate2::write::DeflateEncoder;
+use flate2::{Compression, Crc};
+use serde_bytes::ByteBuf;
+use sha2::{Digest as _, Sha256};
+
+use super::cut::{Chunker, GroupCutter, DEFAULT_TARGET};
+use super::manifest::{ArchiveStats, FileRecord, Manifest, MemberRef};
+use super::tarfmt::{padding, write_header, EntryMeta, Kind, BLOCK};
+use super::walk::{Excludes, Item, Walker};
+use super::{ArchiveError, Warning, WarningKind};
+use crate::hash::Digest;
+
+/// How to build an archive.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Group target in raw bytes (see [`GroupCutter`]).
+    pub target: usize,
+    /// gzip level, 1–9.
+    pub level: u32,
+    /// Compression threads; 0 means one per core.
+    pub threads: usize,
+    pub excludes: Vec<String>,
+    /// How often a file that changes while read is read again.
+    pub max_rereads: u32,
+    /// Live counters for a progress display.
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            target: DEFAULT_TARGET,
+            level: 6,
+            threads: 0,
+            excludes: Vec::new(),
+            max_rereads: 3,
+            progress: None,
+        }
+    }
+}
+
+/// Counters updated while an archive is made; read them from another thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub entries: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// Receives the compressed members of an archive, in order.
+pub trait MemberSink: Send {
+    /// The next member. The same digest may come more than once.
+    fn member(&mut self, digest: &Digest, data: &[u8]) -> io::Result<()>;
+    /// Remember this point: a later [`MemberSink::rewind`] returns to it.
+    fn mark(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Forget every member received since the last mark.
+    fn rewind(&mut self) -> io::Result<()>;
+    /// Whether [`MemberSink::rewind`] works; without it a file that changes
+    /// while read is kept as first read (with a warning).
+    fn can_rewind(&self) -> bool;
+}
+
+/// Writes the `.tgz` to a file, truncating on rewind.
+pub struct FileSink {
+    file: File,
+    written: u64,
+    mark: u64,
+}
+
+impl FileSink {
+    pub fn new(file: File) -> Self {
+        FileSink { file, written: 0, mark: 0 }
+    }
+    pub fn into_inner(self) -> File {
+        self.file
+    }
+}
+
+impl MemberSink for FileSink {
+    fn member(&mut self, _: &Digest, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+    fn mark(&mut self) -> io::Result<()> {
+        self.mark = self.written;
+        Ok(())
+    }
+    fn rewind(&mut self) -> io::Result<()> {
+        use std::io::Seek;
+        self.file.set_len(self.mark)?;
+        self.file.seek(io::SeekFrom::Start(self.mark))?;
+        self.written = self.mark;
+        Ok(())
+    }
+    fn can_rewind(&self) -> bool {
+        true
+    }
+}
+
+/// Metadata snapshot of a tree: equal snapshots (and not racy) mean the
+/// tree is unchanged without reading a byte of content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatSnapshot {
+    /// SHA-256 over (path, type and mode, size, mtime, ctime, inode, owner, link count) of every entry.
+    pub digest: Digest,
+    /// Some entry changed within the clock granularity of the scan (or a
+    /// directory could not be listed): the snapshot must not be trusted.
+    pub racy: bool,
+    pub entries: u64,
+}
+
+/// What [`create`] made.
+#[derive(Clone, Debug)]
+pub struct Created {
+    pub members: Vec<MemberRef>,
+    pub files: Vec<FileRecord>,
+    pub tree_digest: Digest,
+    pub tgz_sha256: Digest,
+    pub tgz_len: u64,
+    pub raw_len: u64,
+    pub stats: ArchiveStats,
+    pub warnings: Vec<Warning>,
+    pub snapshot: StatSnapshot,
+}
+
+impl Created {
+    /// The manifest for this archive of `path` on `node`, made at `created_ms`.
+    pub fn into_manifest(self, node: &str, path: &str, created_ms: i64, excludes: Vec<String>) -> Manifest {
+        Manifest {
+            id: archive_id(created_ms, &self.tgz_sha256),
+            node: node.to_string(),
+            path: path.to_string(),
+            created_ms,
+            members: self.members,
+            files: self.files,
+            tree_digest: self.tree_digest,
+            tgz_sha256: self.tgz_sha256,
+            tgz_len: self.tgz_len,
+            raw_len: self.raw_len,
+            stats: self.stats,
+            warnings: self.warnings,
+            excludes,
+        }
+    }
+}
+
+/// `20261122T030246.123Z-1a2b3c4d`: sorts by time, unique by content.
+pub fn archive_id(created_ms: i64, tgz: &Digest) -> String {
+    let dt = chrono::DateTime::from_timestamp_millis(created_ms).unwrap_or_default();
+    format!("{}-{}", dt.format("%Y%m%dT%H%M%S%.3fZ"), &tgz.to_hex()[..8])
+}
+
+/// The end-of-archive marker: two zero blocks, its own member.
+fn trailer() -> Vec<u8> {
+    vec![0u8; 2 * BLOCK]
+}
+
+/// Compresses `raw` into one gzip member with a fixed header (no name,
+/// mtime 0, OS unknown), so equal input gives equal bytes on every node.
+pub fn gzip_member(raw: &[u8], level: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() / 3 + 64);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    let mut enc = DeflateEncoder::new(out, Compression::new(level.clamp(1, 9)));
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(raw);
+    let mut out = enc.finish().unwrap_or_default();
+    let mut crc = Crc::new();
+    crc.update(raw);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out
+}
+
+/// Walks `root` without reading any content: the [`StatSnapshot`] that
+/// [`create`] would record for it now.
+pub fn scan(root: &Path, excludes: &[String]) -> Result<StatSnapshot, ArchiveError> {
+    let mut walker = Walker::new(root, Excludes::new(excludes)?)?;
+    let mut acc = SnapshotAcc::new();
+    for item in walker.by_ref() {
+        acc.add(&item);
+    }
+    Ok(acc.finish(!walker.warnings.is_empty()))
+}
+
+struct SnapshotAcc {
+    hasher: Sha256,
+    racy: bool,
+    entries: u64,
+    /// Anything modified at or after this second may change again unseen.
+    racy_after: i64,
+}
+
+impl SnapshotAcc {
+    fn new() -> Self {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        SnapshotAcc { hasher: Sha256::new(), racy: false, entries: 0, racy_after: now - 2 }
+    }
+    fn add(&mut self, item: &Item) {
+        let m = &item.meta;
+        self.hasher.update((item.rel.len() as u64).to_le_bytes());
+        self.hasher.update(&item.rel);
+        for v in [
+            u64::from(m.mode()),
+            m.size(),
+            m.mtime() as u64,
+            m.mtime_nsec() as u64,
+            m.ctime() as u64,
+            m.ctime_nsec() as u64,
+            m.ino(),
+            u64::from(m.uid()),
+            u64::from(m.gid()),
+            m.nlink(),
+        ] {
+            self.hasher.update(v.to_le_bytes());
+        }
+        if m.mtime() >= self.racy_after || m.ctime() >= self.racy_after {
+            self.racy = true;
+        }
+        self.entries += 1;
+    }
+    fn finish(self, walk_had_warnings: bool) -> StatSnapshot {
+        StatSnapshot {
+            digest: Digest::from_hasher(self.hasher),
+            racy: self.racy || walk_had_warnings,
+            entries: self.entries,
+        }
+    }
+}
+
+enum Job {
+    Segment(u64, Vec<u8>),
+    Mark(u64),
+    Rewind(u64),
+}
+
+enum Done {
+    Member { seq: u64, raw_len: u64, data: Vec<u8>, digest: Digest },
+    Mark(u64),
+    Rewind(u64),
+}
+
+impl Done {
+    fn seq(&self) -> u64 {
+        match self {
+            Done::Member { seq, .. } | Done::Mark(seq) | Done::Rewind(seq) => *seq,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SinkState {
+    members: Vec<MemberRef>,
+    hasher: Sha256,
+    len: u64,
+}
+
+/// Archives the directory `root` into `sink`.
+pub fn create(root: &Path, opts: &CreateOptions, sink: &mut dyn MemberSink) -> Result<Created, ArchiveError> {
+    let walker = Walker::new(root, Excludes::new(&opts.excludes)?)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = sync_channel::<Done>(threads * 2);
+    let permits = threads * 2 + 2;
+    let (permit_tx, permit_rx) = sync_channel::<()>(permits);
+    for _ in 0..permits {
+        let _ = permit_tx.send(());
+    }
+    let can_rewind = sink.can_rewind();
+    let progress = opts.progress.clone();
+
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (rx, tx, level) = (Arc::clone(&job_rx), done_tx.clone(), opts.level);
+            s.spawn(move || compress_worker(&rx, &tx, level));
+        }
+        drop(done_tx);
+        let progress_sink = progress.clone();
+        let sink_thread = s.spawn(move || sink_loop(done_rx, permit_tx, sink, progress_sink));
+        let mut producer = Producer {
+            job_tx,
+            permit_rx,
+            seq: 0,
+            cutter: GroupCutter::new(opts.target),
+            group: Vec::new(),
+            tree: Sha256::new(),
+            raw_len: 0,
+            files: Vec::new(),
+            stats: ArchiveStats::default(),
+            warnings: Vec::new(),
+            hardlinks: HashMap::new(),
+            snapshot: SnapshotAcc::new(),
+            max_rereads: opts.max_rereads,
+            can_rewind,
+            progress,
+        };
+        let produced = producer.run(walker);
+        let Producer { job_tx, permit_rx, tree, raw_len, files, stats, warnings, snapshot, .. } = producer;
+        // Closing the job channel lets the workers, then the sink, finish.
+        drop(job_tx);
+        drop(permit_rx);
+        let sunk = sink_thread.join().unwrap_or_else(|_| Err(io::Error::other("archive writer thread panicked")));
+        let state = sunk.map_err(|source| ArchiveError::Sink { source })?;
+        let walk_warnings = produced?;
+        let mut warnings = warnings;
+        let had_walk_warnings = !walk_warnings.is_empty();
+        warnings.extend(walk_warnings);
+        warnings.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Created {
+            tgz_len: state.len,
+            tgz_sha256: Digest::from_hasher(state.hasher),
+            members: state.members,
+            files,
+            tree_digest: Digest::from_hasher(tree),
+            raw_len,
+            stats,
+            warnings,
+            snapshot: snapshot.finish(had_walk_warnings),
+        })
+    })
+}
+
+fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32) {
+    loop {
+        let job = {
+            let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
+            guard.recv()
+        };
+        let done = match job {
+            Err(_) => return,
+            Ok(Job::Segment(seq, raw)) => {
+                let data = gzip_member(&raw, level);
+                let digest = Digest::of(&data);
+                Done::Member { seq, raw_len: raw.len() as u64, data, digest }
+            }
+            Ok(Job::Mark(seq)) => Done::Mark(seq),
+            Ok(Job::Rewind(seq)) => Done::Rewind(seq),
+        };
+        if tx.send(done).is_err() {
+            return;
+        }
+    }
+}
+
+fn sink_loop(
+    done_rx: Receiver<Done>,
+    permit_tx: SyncSender<()>,
+    sink: &mut dyn MemberSink,
+    progress: Option<Arc<Progress>>,
+) -> io::Result<SinkState> {
+    let mut next = 0u64;
+    let mut pending = BTreeMap::new();
+    let mut state = SinkState { members: Vec::new(), hasher: Sha256::new(), len: 0 };
+    let mut mark: Option<SinkState> = None;
+    for done in done_rx {
+        pending.insert(done.seq(), done);
+        while let Some(done) = pending.remove(&next) {
+            next += 1;
+            match done {
+                Done::Member { raw_len, data, digest, .. } => {
+                    sink.member(&digest, &data)?;
+                    state.hasher.update(&data);
+                    state.len += data.len() as u64;
+                    state.members.push(MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64 });
+                    if let Some(p) = &progress {
+                        p.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    let _ = permit_tx.send(());
+                }
+                Done::Mark(_) => {
+                    mark = Some(state.clone());
+                    sink.mark()?;
+                }
+                Done::Rewind(_) => {
+                    if let Some(m) = &mark {
+                        state = m.clone();
+                    }
+                    sink.rewind()?;
+                }
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// Outcome of reading one small file.
+enum SmallRead {
+    Data { meta: Metadata, data: Vec<u8>, settled: bool, attempts: u32 },
+    /// It grew past the small-file limit: stream it as a large file.
+    TooLarge,
+    Skipped,
+}
+
+struct Producer {
+    job_tx: SyncSender<Job>,
+    permit_rx: Receiver<()>,
+    seq: u64,
+    cutter: GroupCutter,
+    group: Vec<u8>,
+    tree: Sha256,
+    raw_len: u64,
+    files: Vec<FileRecord>,
+    stats: ArchiveStats,
+    warnings: Vec<Warning>,
+    /// (dev, inode) of multiply-linked files already stored → their path.
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    snapshot: SnapshotAcc,
+    max_rereads: u32,
+    can_rewind: bool,
+    progress: Option<Arc<Progress>>,
+}
+
+const CLOSED: ArchiveError = ArchiveError::PipelineClosed;
+
+impl Producer {
+    /// Walks and streams everything; returns the walker's warnings.
+    fn run(&mut self, mut walker: Walker) -> Result<Vec<Warning>, ArchiveError> {
+        for item in walker.by_ref() {
+            self.snapshot.add(&item);
+            self.entry(&item)?;
+            if let Some(p) = &self.progress {
+                p.entries.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.flush_group()?;
+        self.send_segment(trailer())?;
+        Ok(std::mem::take(&mut walker.warnings))
+    }
+
+    fn entry(&mut self, item: &Item) -> Result<(), ArchiveError> {
+        let ft = item.meta.file_type();
+        if ft.is_dir() {
+            let meta = entry_meta(&item.rel, &item.meta, Kind::Dir, None);
+            self.stats.dirs += 1;
+            self.add_small(meta, &[])
+        } else if ft.is_symlink() {
+            match std::fs::read_link(&item.abs) {
+                Ok(target) => {
+                    use std::os::unix::ffi::OsStrExt;
+                    let link = target.as_os_str().as_bytes().to_vec();
+                    let meta = entry_meta(&item.rel, &item.meta, Kind::Symlink, Some(link));
+                    self.stats.symlinks += 1;
+                    self.add_small(meta, &[])
+                }
+                Err(e) => {
+                    self.warnings.push(Warning::from_io(&item.rel, WarningKind::Vanished, &e));
+                    Ok(())
+                }
+            }
+        } else if ft.is_file() {
+            let key = (item.meta.dev(), item.meta.ino());
+            if item.meta.nlink() > 1 {
+                if let Some(first) = self.hardlinks.get(&key) {
+                    let meta = entry_meta(&item.rel, &item.meta, Kind::HardLink, Some(first.clone()));
+                    self.stats.hardlinks += 1;
+                    return self.add_small(meta, &[]);
+                }
+            }
+            let stored = if item.meta.size() >= self.cutter.large_file() {
+                self.add_large(item)?
+            } else {
+                match self.read_small(item) {
+                    SmallRead::Data { meta, data, settled, attempts } => {
+                        if !settled {
+                            self.warnings.push(Warning::changed(&item.rel, attempts));
+                        }
+                        let mut em = entry_meta(&item.rel, &meta, Kind::File, None);
+                        em.size = data.len() as u64;
+                        self.stats.files += 1;
+                        self.stats.content_bytes += em.size;
+                        self.add_small(em, &data)?;
+                        true
+                    }
+                    SmallRead::TooLarge => self.add_large(item)?,
+                    SmallRead::Skipped => false,
+                }
+            };
+            if stored && item.meta.nlink() > 1 {
+                self.hardlinks.insert(key, item.rel.clone());
+            }
+            Ok(())
+        } else {
+            self.warnings.push(Warning {
+                path: lossy(&item.rel),
+                kind: WarningKind::Skipped,
+                message: "special file (socket, FIFO or device) skipped".into(),
+            });
+            Ok(())
+        }
+    }
+
+    fn send_segment(&mut self, raw: Vec<u8>) -> Result<(), ArchiveError> {
+        self.permit_rx.recv().map_err(|_| CLOSED)?;
+        self.tree.update(&raw);
+        self.raw_len += raw.len() as u64;
+        self.job_tx.send(Job::Segment(self.seq, raw)).map_err(|_| CLOSED)?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    fn send_control(&mut self, job: fn(u64) -> Job) -> Result<(), ArchiveError> {
+        self.job_tx.send(job(self.seq)).map_err(|_| CLOSED)?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    fn flush_group(&mut self) -> Result<(), ArchiveError> {
+        if self.group.is_empty() {
+            return Ok(());
+        }
+        let g = std::mem::replace(&mut self.group, Vec::with_capacity(self.cutter.target + BLOCK * 4));
+        self.send_segment(g)
+    }
+
+    fn record(&mut self, meta: &EntryMeta) {
+        self.files.push(FileRecord {
+            path: ByteBuf::from(meta.path.clone()),
+            kind: meta.kind,
+            size: meta.size,
+            mode: meta.mode,
+            mtime: meta.mtime,
+            mtime_nsec: meta.mtime_nsec,
+            uid: meta.uid,
+            gid: meta.gid,
+            link: meta.link.clone().map(ByteBuf::from),
+        });
+    }
+
+    fn add_small(&mut self, meta: EntryMeta, content: &[u8]) -> Result<(), ArchiveError> {
+        let mut header = Vec::with_capacity(BLOCK);
+        write_header(&meta, &mut header);
+        let len = header.len() + content.len() + padding(content.len() as u64);
+        if self.cutter.cut_before(self.group.len(), &meta.path, len) {
+            self.flush_group()?;
+        }
+        self.group.extend_from_slice(&header);
+        self.group.extend_from_slice(content);
+        self.group.resize(self.group.len() + padding(content.len() as u64), 0);
+        self.record(&meta);
+        Ok(())
+    }
+
+    fn read_small(&mut self, item: &Item) -> SmallRead {
+        let limit = self.cutter.large_file();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut f = match open_nofollow(&item.abs) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.skip_unopenable(&item.rel, &e);
+                    return SmallRead::Skipped;
+                }
+            };
+            let before = match f.metadata() {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => {
+                    self.warnings.push(Warning::replaced(&item.rel));
+                    return SmallRead::Skipped;
+                }
+                Err(e) => {
+                    self.warnings.push(Warning::from_io(&item.rel, WarningKind::Unreadable, &e));
+                    return SmallRead::Skipped;
+                }
+            };
+            if before.len() >= limit {
+                return SmallRead::TooLarge;
+            }
+            let mut data = Vec::with_capacity(before.len() as usize);
+            if let Err(e) = (&mut f).take(limit).read_to_end(&mut data) {
+                self.warnings.push(Warning::from_io(&item.rel, WarningKind::Unreadable, &e));
+                return SmallRead::Skipped;
+            }
+            if let Some(p) = &self.progress {
+                p.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            if data.len() as u64 >= limit {
+                return SmallRead::TooLarge;
+            }
+            let after = f.metadata().unwrap_or_else(|_| before.clone());
+            let settled = data.len() as u64 == before.len() && same_stat(&before, &after);
+            if settled || attempt > self.max_rereads {
+                return SmallRead::Data { meta: after, data, settled, attempts: attempt };
+            }
+        }
+    }
+
+    fn skip_unopenable(&mut self, rel: &[u8], e: &io::Error) {
+        let kind = match e.kind() {
+            io::ErrorKind::NotFound => WarningKind::Vanished,
+            _ if e.raw_os_error() == Some(libc::ELOOP) => WarningKind::Vanished,
+            _ => WarningKind::Unreadable,
+        };
+        self.warnings.push(Warning::from_io(rel, kind, e));
+    }
+
+    /// Streams a large file through the content-defined chunker. Returns
+    /// whether it was stored.
+    fn add_large(&mut self, item: &Item) -> Result<bool, ArchiveError> {
+        self.flush_group()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let rewindable = self.can_rewind && attempt <= self.max_rereads;
+            let saved = (self.tree.clone(), self.raw_len);
+            if rewindable {
+                self.send_control(Job::Mark)?;
+            }
+            let mut f = match open_nofollow(&item.abs) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.skip_unopenable(&item.rel, &e);
+                    return Ok(false);
+                }
+            };
+            let before = match f.metadata() {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => {
+                    self.warnings.push(Warning::replaced(&item.rel));
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.warnings.push(Warning::from_io(&item.rel, WarningKind::Unreadable, &e));
+                    return Ok(false);
+                }
+            };
+            let meta = entry_meta(&item.rel, &before, Kind::File, None);
+            let mut stream = ChunkStream { chunker: Chunker::new(self.cutter.target), current: Vec::new() };
+            let mut header = Vec::new();
+            write_header(&meta, &mut header);
+            self.feed(&mut stream, &header)?;
+            let mut remaining = before.len();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut trouble: Option<String> = None;
+            while remaining > 0 {
+                let want = buf.len().min(remaining as usize);
+                let got = match read_some(&mut f, &mut buf[..want]) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        trouble = Some(format!("read error after {} bytes ({e}); the rest is zero-filled", before.len() - remaining));
+                        0
+                    }
+                };
+                if got == 0 {
+                    trouble.get_or_insert_with(|| {
+                        format!("shrank while read: {} bytes missing, zero-filled", remaining)
+                    });
+                    // The header promised `size` bytes: keep the stream valid.
+                    let zeros = vec![0u8; buf.len()];
+                    while remaining > 0 {
+                        let n = zeros.len().min(remaining as usize);
+                        self.feed(&mut stream, &zeros[..n])?;
+                        remaining -= n as u64;
+                    }
+                    break;
+                }
+                self.feed(&mut stream, &buf[..got])?;
+                remaining -= got as u64;
+                if let Some(p) = &self.progress {
+                    p.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
+                }
+            }
+            let pad = vec![0u8; padding(before.len())];
+            self.feed(&mut stream, &pad)?;
+            if !stream.current.is_empty() {
+                let last = std::mem::take(&mut stream.current);
+                self.send_segment(last)?;
+            }
+            let after = f.metadata().unwrap_or_else(|_| before.clone());
+            let settled = trouble.is_none() && same_stat(&before, &after);
+            if settled || !rewindable {
+                if let Some(msg) = trouble {
+                    self.warnings.push(Warning { path: lossy(&item.rel), kind: WarningKind::ChangedWhileRead, message: msg });
+                } else if !settled {
+                    self.warnings.push(Warning::changed(&item.rel, attempt));
+                }
+                self.stats.files += 1;
+                self.stats.content_bytes += meta.size;
+                self.record(&meta);
+                return Ok(true);
+            }
+            // Changed under us: forget what was sent and read it again.
+            self.send_control(Job::Rewind)?;
+            (self.tree, self.raw_len) = saved;
+        }
+    }
+
+    fn feed(&mut self, stream: &mut ChunkStream, mut data: &[u8]) -> Result<(), ArchiveError> {
+        while !data.is_empty() {
+            match stream.chunker.next_cut(data) {
+                Some(n) => {
+                    stream.current.extend_from_slice(&data[..n]);
+                    let chunk = std::mem::take(&mut stream.current);
+                    self.send_segment(chunk)?;
+                    data = &data[n..];
+                }
+                None => {
+                    stream.current.extend_from_slice(data);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct ChunkStream {
+    chunker: Chunker,
+    current: Vec<u8>,
+}
+
+fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME).open(path).or_else(|e| {
+        // O_NOATIME is refused on files we do not own; retry without it.
+        if e.raw_os_error() == Some(libc::EPERM) {
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// Content unchanged as far as metadata can tell.
+fn same_stat(a: &Metadata, b: &Metadata) -> bool {
+    a.size() == b.size()
+        && a.mtime() == b.mtime()
+        && a.mtime_nsec() == b.mtime_nsec()
+        && a.ctime() == b.ctime()
+        && a.ctime_nsec() == b.ctime_nsec()
+        && a.ino() == b.ino()
+}
+
+fn entry_meta(rel: &[u8], m: &Metadata, kind: Kind, link: Option<Vec<u8>>) -> EntryMeta {
+    EntryMeta {
+        path: rel.to_vec(),
+        kind,
+        size: if kind == Kind::File { m.size() } else { 0 },
+        mode: m.mode() & 0o7777,
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
+        uid: u64::from(m.uid()),
+        gid: u64::from(m.gid()),
+        link,
+    }
+}
+
+pub(crate) fn lossy(rel: &[u8]) -> String {
+    String::from_utf8_lossy(rel).into_owned()
+}

@@ -1,0 +1,172 @@
+//! The manifest: everything needed to reassemble, verify and restore one
+//! archive. Stored as a small envelope (magic, format version) followed by
+//! CBOR, so that a later format can be recognised and migrated.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::tarfmt::Kind;
+use super::Warning;
+use crate::hash::Digest;
+
+/// Magic bytes that open every manifest file.
+pub const MAGIC: &[u8; 4] = b"BMMF";
+/// The manifest format this code writes.
+pub const FORMAT_VERSION: u8 = 1;
+/// Manifests larger than this are refused when decoded (a peer could send one).
+pub const MAX_MANIFEST_BYTES: usize = 512 * 1024 * 1024;
+
+/// One gzip member of the archive, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRef {
+    /// SHA-256 of the compressed member: its address in every store.
+    pub sha256: Digest,
+    /// Length of the tar bytes it holds.
+    pub raw_len: u64,
+    /// Length of the gzip member.
+    pub compressed_len: u64,
+}
+
+/// One entry of the file table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub path: ByteBuf,
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub uid: u64,
+    pub gid: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<ByteBuf>,
+}
+
+/// Counts a person wants to see about an archive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Sum of regular files' content lengths.
+    pub content_bytes: u64,
+}
+
+/// The description of one archive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Archive id: `YYYYmmddTHHMMSS.mmmZ-<first 8 hex of tgz sha256>`.
+    pub id: String,
+    /// Origin node name.
+    pub node: String,
+    /// Absolute path of the backed-up directory on the origin node.
+    pub path: String,
+    /// Creation time, milliseconds since the Unix epoch (UTC).
+    pub created_ms: i64,
+    pub members: Vec<MemberRef>,
+    pub files: Vec<FileRecord>,
+    /// SHA-256 of the uncompressed tar stream: equal digests, equal trees.
+    pub tree_digest: Digest,
+    /// SHA-256 of the whole `.tgz` (the members concatenated).
+    pub tgz_sha256: Digest,
+    pub tgz_len: u64,
+    pub raw_len: u64,
+    pub stats: ArchiveStats,
+    pub warnings: Vec<Warning>,
+    /// Exclude patterns in force when it was made.
+    pub excludes: Vec<String>,
+}
+
+/// Why a manifest could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not a backmesh manifest (bad magic bytes)")]
+    BadMagic,
+    #[error("manifest format {found} is newer than this backmesh understands (up to {FORMAT_VERSION}); upgrade backmesh")]
+    UnknownVersion { found: u8 },
+    #[error("manifest of {len} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit")]
+    TooLarge { len: usize },
+    #[error("manifest is corrupt: {reason}")]
+    Corrupt { reason: String },
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.files.len() * 64 + self.members.len() * 48);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT_VERSION);
+        // Writing CBOR into a Vec cannot fail: serde types here have no fallible parts.
+        #[allow(clippy::expect_used)]
+        ciborium::into_writer(self, &mut out).expect("CBOR into a Vec");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge { len: bytes.len() });
+        }
+        if bytes.len() < 5 || &bytes[..4] != MAGIC {
+            return Err(ManifestError::BadMagic);
+        }
+        if bytes[4] != FORMAT_VERSION {
+            return Err(ManifestError::UnknownVersion { found: bytes[4] });
+        }
+        ciborium::from_reader(&bytes[5..]).map_err(|e| ManifestError::Corrupt { reason: e.to_string() })
+    }
+
+    /// Member digests in order.
+    pub fn digests(&self) -> impl Iterator<Item = &Digest> {
+        self.members.iter().map(|m| &m.sha256)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            id: "20261122T030000.000Z-deadbeef".into(),
+            node: "n1".into(),
+            path: "/srv/app".into(),
+            created_ms: 1_795_000_000_000,
+            members: vec![MemberRef { sha256: Digest::of(b"m"), raw_len: 10240, compressed_len: 300 }],
+            files: vec![FileRecord {
+                path: ByteBuf::from(b"a/\xffb".to_vec()),
+                kind: Kind::Symlink,
+                size: 0,
+                mode: 0o777,
+                mtime: -5,
+                mtime_nsec: 1,
+                uid: 0,
+                gid: 0,
+                link: Some(ByteBuf::from(b"../x".to_vec())),
+            }],
+            tree_digest: Digest::of(b"t"),
+            tgz_sha256: Digest::of(b"z"),
+            tgz_len: 300,
+            raw_len: 10240,
+            stats: ArchiveStats { files: 1, ..Default::default() },
+            warnings: vec![],
+            excludes: vec!["*.log".into()],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read() {
+        let mut b = sample().encode();
+        b[4] = 9;
+        assert!(matches!(Manifest::decode(&b), Err(ManifestError::UnknownVersion { found: 9 })));
+        assert!(matches!(Manifest::decode(b"nope"), Err(ManifestError::BadMagic)));
+        let mut b = sample().encode();
+        b.truncate(b.len() - 3);
+        assert!(matches!(Manifest::decode(&b), Err(ManifestError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,639 @@
+//! Restoring: a tar stream (from a manifest's members, or any `.tgz`) into
+//! a directory, exactly and safely.
+//!
+//! - Everything is written into a fresh staging directory beside the target
+//!   and moved into place only when complete and synced: a failed restore
+//!   leaves the target as it was.
+//! - Entries that would land outside the target are refused: absolute
+//!   paths, `..`, and writes through symlinks. Symlinks are created last, so
+//!   no file write can follow one the archive placed; a symlink whose parent
+//!   is a symlink is refused.
+//! - From a manifest, every member's SHA-256 is checked before its bytes are
+//!   used, and the tree digest at the end.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+
+use filetime::FileTime;
+use flate2::read::MultiGzDecoder;
+use sha2::{Digest as _, Sha256};
+
+use super::manifest::{Manifest, MemberRef};
+use crate::hash::Digest;
+
+/// Where restore gets members from (a local store, a peer, …).
+pub trait MemberSource: Sync {
+    fn read_member(&self, member: &MemberRef) -> io::Result<Vec<u8>>;
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Replace a non-empty target (the old tree is removed only after the
+    /// new one is complete).
+    pub overwrite: bool,
+    /// Inflate threads; 0 means one per core.
+    pub threads: usize,
+    /// Restore owners (uid/gid). `None`: only when running as root.
+    pub same_owner: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Entries not restored (devices, FIFOs) and why.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("target {path} is not empty; restore into a new or empty directory, or ask to overwrite")]
+    TargetNotEmpty { path: PathBuf },
+    #[error("target {path} exists and is not a directory")]
+    TargetNotDirectory { path: PathBuf },
+    #[error("refused entry `{entry}`: {reason}; nothing was restored")]
+    Unsafe { entry: String, reason: &'static str },
+    #[error("entry `{entry}` conflicts with an earlier entry: {reason}; nothing was restored")]
+    Conflict { entry: String, reason: String },
+    #[error("member {index} is damaged: expected sha256 {expected}, found {actual}; nothing was restored")]
+    DamagedMember { index: usize, expected: Digest, actual: Digest },
+    #[error("member {index} ({digest}) could not be read: {source}")]
+    MissingMember {
+        index: usize,
+        digest: Digest,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the restored tree does not match the archive's tree digest; nothing was restored")]
+    TreeDigest,
+    #[error("not a valid tar.gz stream: {source}")]
+    Format {
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RestoreError {
+    fn write(path: &Path, source: io::Error) -> Self {
+        RestoreError::Write { path: path.to_path_buf(), source }
+    }
+}
+
+/// Restores any `.tgz` stream (single or multi-member) into `target`.
+pub fn restore_tgz<R: Read>(reader: R, target: &Path, opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
+    let gz = MultiGzDecoder::new(BufReader::with_capacity(1 << 20, reader));
+    into_target(target, opts, |staging| {
+        let failed = Mutex::new(None);
+        extract(gz, staging, opts, &failed)
+    })
+}
+
+/// Restores the archive `manifest` describes, reading members from `source`.
+pub fn restore_archive(
+    manifest: &Manifest,
+    source: &dyn MemberSource,
+    target: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    into_target(target, opts, |staging| {
+        let failed: Mutex<Option<RestoreError>> = Mutex::new(None);
+        let members = &manifest.members;
+        let next_index = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let permits = threads * 2 + 2;
+        let (permit_tx, permit_rx) = sync_channel::<()>(permits);
+        for _ in 0..permits {
+            let _ = permit_tx.send(());
+        }
+        let permit_rx = Mutex::new(permit_rx);
+        let (chunk_tx, chunk_rx) = channel::<(usize, Result<Vec<u8>, RestoreError>)>();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let tx = chunk_tx.clone();
+                let (next_index, stop, permit_rx) = (&next_index, &stop, &permit_rx);
+                s.spawn(move || loop {
+                    if permit_rx.lock().unwrap_or_else(|e| e.into_inner()).recv().is_err() {
+                        return;
+                    }
+                    let i = next_index.fetch_add(1, Ordering::SeqCst);
+                    if i >= members.len() || stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if tx.send((i, inflate_member(i, &members[i], source))).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(chunk_tx);
+            let mut reader = Ordered {
+                rx: chunk_rx,
+                pending: BTreeMap::new(),
+                next: 0,
+                total: members.len(),
+                current: Vec::new(),
+                pos: 0,
+                permit_tx,
+                hasher: Sha256::new(),
+                failed: &failed,
+            };
+            let result = extract(&mut reader, staging, opts, &failed).and_then(|report| {
+                // tar stops at the end marker; hash what follows too.
+                io::copy(&mut reader, &mut io::sink()).map_err(|source| take_failure(&failed, source))?;
+                if Digest::from_hasher(reader.hasher.clone()) != manifest.tree_digest {
+                    return Err(RestoreError::TreeDigest);
+                }
+                Ok(report)
+            });
+            stop.store(true, Ordering::Relaxed);
+            drop(reader);
+            result
+        })
+    })
+}
+
+fn inflate_member(index: usize, m: &MemberRef, source: &dyn MemberSource) -> Result<Vec<u8>, RestoreError> {
+    let data = source
+        .read_member(m)
+        .map_err(|e| RestoreError::MissingMember { index, digest: m.sha256, source: e })?;
+    let actual = Digest::of(&data);
+    if actual != m.sha256 {
+        return Err(RestoreError::DamagedMember { index, expected: m.sha256, actual });
+    }
+    let mut raw = Vec::with_capacity(m.raw_len as usize);
+    MultiGzDecoder::new(&data[..])
+        .read_to_end(&mut raw)
+        .map_err(|e| RestoreError::Format { source: e })?;
+    if raw.len() as u64 != m.raw_len {
+        return Err(RestoreError::Format {
+            source: io::Error::other(format!("member {index} holds {} bytes, manifest says {}", raw.len(), m.raw_len)),
+        });
+    }
+    Ok(raw)
+}
+
+/// Members' raw bytes in archive order, as one `Read`.
+struct Ordered<'a> {
+    rx: Receiver<(usize, Result<Vec<u8>, RestoreError>)>,
+    pending: BTreeMap<usize, Result<Vec<u8>, RestoreError>>,
+    next: usize,
+    total: usize,
+    current: Vec<u8>,
+    pos: usize,
+    permit_tx: SyncSender<()>,
+    hasher: Sha256,
+    failed: &'a Mutex<Option<RestoreError>>,
+}
+
+impl Read for Ordered<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.next == self.total {
+                return Ok(0);
+            }
+            let chunk = loop {
+                if let Some(c) = self.pending.remove(&self.next) {
+                    break c;
+                }
+                match self.rx.recv() {
+                    Ok((i, c)) => {
+                        self.pending.insert(i, c);
+                    }
+                    Err(_) => return Err(io::Error::other("member reader stopped")),
+                }
+            };
+            self.next += 1;
+            let _ = self.permit_tx.send(());
+            match chunk {
+                Ok(raw) => {
+                    self.hasher.update(&raw);
+                    self.current = raw;
+                    self.pos = 0;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    return Err(io::Error::other(msg));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn take_failure(failed: &Mutex<Option<RestoreError>>, source: io::Error) -> RestoreError {
+    failed.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(RestoreError::Format { source })
+}
+
+enum TargetState {
+    Missing,
+    Empty,
+    Replace,
+}
+
+/// Runs `fill` on a fresh staging directory beside `target`, then moves the
+/// result into place. On error the staging directory is removed.
+fn into_target(
+    target: &Path,
+    opts: &RestoreOptions,
+    fill: impl FnOnce(&Path) -> Result<RestoreReport, RestoreError>,
+) -> Result<RestoreReport, RestoreError> {
+    let target = absolute(target).map_err(|e| RestoreError::write(target, e))?;
+    let state = match fs::symlink_metadata(&target) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => TargetState::Missing,
+        Err(e) => return Err(RestoreError::write(&target, e)),
+        Ok(m) if !m.is_dir() => return Err(RestoreError::TargetNotDirectory { path: target }),
+        Ok(_) => {
+            let empty = fs::read_dir(&target)
+                .map_err(|e| RestoreError::write(&target, e))?
+                .next()
+                .is_none();
+            match (empty, opts.overwrite) {
+                (true, _) => TargetState::Empty,
+                (false, true) => TargetState::Replace,
+                (false, false) => return Err(RestoreError::TargetNotEmpty { path: target }),
+            }
+        }
+    };
+    let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
+    fs::create_dir_all(&parent).map_err(|e| RestoreError::write(&parent, e))?;
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}.backmesh-restore-"))
+        .tempdir_in(&parent)
+        .map_err(|e| RestoreError::write(&parent, e))?;
+    let report = fill(staging.path())?; // dropping `staging` removes it
+    sync_fs(staging.path());
+    let staging = staging.keep();
+    let moved = (|| -> io::Result<()> {
+        match state {
+            TargetState::Missing => fs::rename(&staging, &target),
+            TargetState::Empty => {
+                fs::remove_dir(&target)?;
+                fs::rename(&staging, &target)
+            }
+            TargetState::Replace => {
+                let old = tempfile::Builder::new().prefix(&format!(".{name}.backmesh-old-")).tempdir_in(&parent)?;
+                let old_path = old.keep();
+                fs::remove_dir(&old_path)?;
+                fs::rename(&target, &old_path)?;
+                fs::rename(&staging, &target)?;
+                fs::remove_dir_all(&old_path)
+            }
+        }
+    })();
+    if let Err(e) = moved {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(RestoreError::write(&target, e));
+    }
+    if let Ok(dir) = File::open(&parent) {
+        let _ = dir.sync_all();
+    }
+    Ok(report)
+}
+
+fn absolute(p: &Path) -> io::Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
+
+/// Makes everything written under `path` durable (one `syncfs`, not one
+/// `fsync` per file).
+pub(crate) fn sync_fs(path: &Path) {
+    if let Ok(f) = File::open(path) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `f` is an open descriptor for the duration of the call.
+        unsafe {
+            libc::syncfs(f.as_raw_fd());
+        }
+    }
+}
+
+/// A path from the archive, checked: relative, no `..`. `None` for the root.
+fn sanitize(raw: &[u8]) -> Result<Option<PathBuf>, RestoreError> {
+    let entry = || String::from_utf8_lossy(raw).into_owned();
+    if raw.first() == Some(&b'/') {
+        return Err(RestoreError::Unsafe { entry: entry(), reason: "absolute path" });
+    }
+    let mut out = PathBuf::new();
+    for comp in raw.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err(RestoreError::Unsafe { entry: entry(), reason: "path contains `..`" }),
+            c => out.push(std::ffi::OsStr::from_bytes(c)),
+        }
+    }
+    Ok(if out.as_os_str().is_empty() { None } else { Some(out) })
+}
+
+struct Meta {
+    mode: u32,
+    mtime: FileTime,
+    uid: u64,
+    gid: u64,
+}
+
+struct Extractor<'a> {
+    root: &'a Path,
+    same_owner: bool,
+    /// Directories known to exist as real directories (no symlinks exist
+    /// before the final phase, so they stay that way).
+    known_dirs: HashSet<PathBuf>,
+    dirs: Vec<(PathBuf, Meta)>,
+    symlinks: Vec<(PathBuf, PathBuf, Meta)>,
+    report: RestoreReport,
+}
+
+fn extract<R: Read>(
+    reader: R,
+    staging: &Path,
+    opts: &RestoreOptions,
+    failed: &Mutex<Option<RestoreError>>,
+) -> Result<RestoreReport, RestoreError> {
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    let mut x = Extractor {
+        root: staging,
+        same_owner: opts.same_owner.unwrap_or(root_user),
+        known_dirs: HashSet::new(),
+        dirs: Vec::new(),
+        symlinks: Vec::new(),
+        report: RestoreReport::default(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| take_failure(failed, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| take_failure(failed, e))?;
+        x.entry(entry).map_err(|e| match e {
+            RestoreError::Format { source } => take_failure(failed, source),
+            other => other,
+        })?;
+    }
+    x.finish()
+}
+
+impl Extractor<'_> {
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), RestoreError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw_path).into_owned();
+        let rel = sanitize(&raw_path)?;
+        let meta = read_meta(&mut entry).map_err(|source| RestoreError::Format { source })?;
+        let kind = entry.header().entry_type();
+        self.report.entries += 1;
+        let Some(rel) = rel else {
+            // The archive's root ("./"): its metadata applies to the target.
+            if kind.is_dir() {
+                self.dirs.push((PathBuf::new(), meta));
+            }
+            return Ok(());
+        };
+        let path = self.root.join(&rel);
+        match kind {
+            tar::EntryType::Directory => {
+                self.parents(&rel, &name)?;
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(RestoreError::Conflict { entry: name, reason: "a directory over a file".into() })
+                    }
+                    Err(_) => fs::create_dir(&path).map_err(|e| RestoreError::write(&path, e))?,
+                }
+                self.known_dirs.insert(rel.clone());
+                self.dirs.push((rel, meta));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                self.parents(&rel, &name)?;
+                self.clear(&path, &name)?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(|e| RestoreError::write(&path, e))?;
+                let n = io::copy(&mut entry, &mut f).map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::Other | io::ErrorKind::InvalidData => {
+                        RestoreError::Format { source: e }
+                    }
+                    _ => RestoreError::write(&path, e),
+                })?;
+                self.report.bytes += n;
+                self.apply_file(&f, &path, &meta)?;
+            }
+            tar::EntryType::Link => {
+                let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+                let Some(src_rel) = sanitize(&link)? else {
+                    return Err(RestoreError::Unsafe { entry: name, reason: "hard link to the archive root" });
+                };
+                self.parents(&rel, &name)?;
+                self.parents(&src_rel, &name)?;
+                let src = self.root.join(&src_rel);
+                match fs::symlink_metadata(&src) {
+                    Ok(m) if m.is_file() => {}
+                    _ => {
+                        return Err(RestoreError::Conflict {
+                            entry: name,
+                            reason: format!("hard link to `{}`, which is not an earlier regular file", src_rel.display()),
+                        })
+                    }
+                }
+                self.clear(&path, &name)?;
+                fs::hard_link(&src, &path).map_err(|e| RestoreError::write(&path, e))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+                let target = PathBuf::from(std::ffi::OsStr::from_bytes(&target));
+                self.symlinks.push((rel, target, meta));
+            }
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            other => {
+                self.report.warnings.push(format!("{name}: entry type {other:?} not restored"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure every ancestor of `rel` is a real directory inside the root.
+    fn parents(&mut self, rel: &Path, name: &str) -> Result<(), RestoreError> {
+        let Some(parent) = rel.parent() else { return Ok(()) };
+        if parent.as_os_str().is_empty() || self.known_dirs.contains(parent) {
+            return Ok(());
+        }
+        let mut cur = PathBuf::new();
+        for comp in parent.components() {
+            cur.push(comp);
+            if self.known_dirs.contains(&cur) {
+                continue;
+            }
+            let abs = self.root.join(&cur);
+            match fs::symlink_metadata(&abs) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(RestoreError::Unsafe {
+                        entry: name.to_string(),
+                        reason: "it would be written through a symlink",
+                    })
+                }
+                Ok(_) => {
+                    return Err(RestoreError::Conflict {
+                        entry: name.to_string(),
+                        reason: format!("`{}` is a file, not a directory", cur.display()),
+                    })
+                }
+                Err(_) => fs::create_dir(&abs).map_err(|e| RestoreError::write(&abs, e))?,
+            }
+            self.known_dirs.insert(cur.clone());
+        }
+        Ok(())
+    }
+
+    /// A later entry of the same name replaces an earlier file (as tar does);
+    /// it never replaces a directory.
+    fn clear(&self, path: &Path, name: &str) -> Result<(), RestoreError> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                Err(RestoreError::Conflict { entry: name.to_string(), reason: "a file over a directory".into() })
+            }
+            Ok(_) => fs::remove_file(path).map_err(|e| RestoreError::write(path, e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn apply_file(&self, f: &File, path: &Path, meta: &Meta) -> Result<(), RestoreError> {
+        if self.same_owner {
+            std::os::unix::fs::fchown(f, Some(meta.uid as u32), Some(meta.gid as u32))
+                .map_err(|e| RestoreError::write(path, e))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(meta.mode)).map_err(|e| RestoreError::write(path, e))?;
+        filetime::set_file_handle_times(f, None, Some(meta.mtime)).map_err(|e| RestoreError::write(path, e))
+    }
+
+    fn finish(mut self) -> Result<RestoreReport, RestoreError> {
+        for (rel, target, meta) in std::mem::take(&mut self.symlinks) {
+            let name = rel.display().to_string();
+            self.parents(&rel, &name)?;
+            let path = self.root.join(&rel);
+            if fs::symlink_metadata(&path).is_ok() {
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => {
+                        return Err(RestoreError::Conflict { entry: name, reason: "a symlink over a directory".into() })
+                    }
+                    _ => fs::remove_file(&path).map_err(|e| RestoreError::write(&path, e))?,
+                }
+            }
+            std::os::unix::fs::symlink(&target, &path).map_err(|e| RestoreError::write(&path, e))?;
+            if self.same_owner {
+                std::os::unix::fs::lchown(&path, Some(meta.uid as u32), Some(meta.gid as u32))
+                    .map_err(|e| RestoreError::write(&path, e))?;
+            }
+            filetime::set_symlink_file_times(&path, meta.mtime, meta.mtime)
+                .map_err(|e| RestoreError::write(&path, e))?;
+        }
+        // Children before parents: writing into a directory moves its mtime,
+        // and a read-only directory must stay writable until its children exist.
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (rel, meta) in dirs {
+            let path = self.root.join(&rel);
+            if self.same_owner {
+                std::os::unix::fs::chown(&path, Some(meta.uid as u32), Some(meta.gid as u32))
+                    .map_err(|e| RestoreError::write(&path, e))?;
+            }
+            fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode))
+                .map_err(|e| RestoreError::write(&path, e))?;
+            filetime::set_file_mtime(&path, meta.mtime).map_err(|e| RestoreError::write(&path, e))?;
+        }
+        Ok(self.report)
+    }
+}
+
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
+    let h = entry.header();
+    let mut meta = Meta {
+        mode: h.mode()? & 0o7777,
+        mtime: FileTime::from_unix_time(h.mtime()? as i64, 0),
+        uid: h.uid()?,
+        gid: h.gid()?,
+    };
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            let Ok(value) = ext.value() else { continue };
+            match ext.key() {
+                Ok("mtime") => {
+                    if let Some(t) = parse_pax_time(value) {
+                        meta.mtime = t;
+                    }
+                }
+                Ok("uid") => meta.uid = value.parse().unwrap_or(meta.uid),
+                Ok("gid") => meta.gid = value.parse().unwrap_or(meta.gid),
+                _ => {}
+            }
+        }
+    }
+    Ok(meta)
+}
+
+/// `1700000000.5` or `-1.25` → a file time.
+fn parse_pax_time(v: &str) -> Option<FileTime> {
+    let (neg, v) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let nsec: u32 = frac.parse().ok()?;
+    Some(if !neg {
+        FileTime::from_unix_time(secs, nsec)
+    } else if nsec == 0 {
+        FileTime::from_unix_time(-secs, 0)
+    } else {
+        FileTime::from_unix_time(-secs - 1, 1_000_000_000 - nsec)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_refuses_escapes() {
+        assert!(sanitize(b"/etc/passwd").is_err());
+        assert!(sanitize(b"a/../../b").is_err());
+        assert!(sanitize(b"..").is_err());
+        assert_eq!(sanitize(b"./a//b/").unwrap(), Some(PathBuf::from("a/b")));
+        assert_eq!(sanitize(b"./").unwrap(), None);
+    }
+
+    #[test]
+    fn pax_times_parse_with_sign_and_fraction() {
+        assert_eq!(parse_pax_time("1700000000.000000005"), Some(FileTime::from_unix_time(1_700_000_000, 5)));
+        assert_eq!(parse_pax_time("12.5"), Some(FileTime::from_unix_time(12, 500_000_000)));
+        assert_eq!(parse_pax_time("-1.750000000"), Some(FileTime::from_unix_time(-2, 250_000_000)));
+        assert_eq!(parse_pax_time("x"), None);
+    }
+}

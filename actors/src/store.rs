@@ -1,0 +1,566 @@
+//! A node's local store.
+//!
+//! ```text
+//! DATA_DIR/segments/ab/abcd…ef.gz   gzip members, named by their sha256
+//! DATA_DIR/manifests/<key>/<id>.bmm one file per archive (the source of truth)
+//! DATA_DIR/staging/                 work in progress; emptied on open
+//! DATA_DIR/db/                      sled: catalog index and stat cache (rebuildable)
+//! ```
+//!
+//! Write order makes every crash safe: members are written to staging,
+//! synced, renamed into `segments/`, synced; only then is the manifest
+//! written (temp file, fsync, rename, fsync of its directory); the index
+//! follows. A crash leaves either the old state or the new one, plus at
+//! worst unreferenced members that [`Store::gc`] frees. [`Store::open`]
+//! reconciles the index with the manifest files.
+//!
+//! Retention ([`Store::retain`]) keeps the newest K archives per
+//! (node, path), then frees members no manifest uses.
+
+pub mod kv;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::archive::manifest::{Manifest, ManifestError, MemberRef};
+use crate::archive::restore::sync_fs;
+use crate::archive::{MemberSink, MemberSource, StatSnapshot};
+use crate::hash::Digest;
+pub use kv::{KvStore, MemKv, SledKv};
+
+/// Archives kept per (node, path) unless configured otherwise.
+pub const DEFAULT_KEEP: usize = 10;
+
+const ARCHIVES: &str = "archives";
+const STAT_CACHE: &str = "statcache";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the data directory {path} is in use by another backmesh process")]
+    Locked { path: PathBuf },
+    #[error("index database error: {reason}")]
+    Index { reason: String },
+    #[error("no archive `{id}` of {path} on node {node}")]
+    NoSuchArchive { node: String, path: String, id: String },
+    #[error("member {digest} is missing from the store")]
+    MissingMember { digest: Digest },
+    #[error("member {digest} is damaged (its content hashes to {actual})")]
+    DamagedMember { digest: Digest, actual: Digest },
+    #[error("archive {id}: reassembled .tgz has sha256 {actual}, manifest says {expected}")]
+    TgzMismatch { id: String, expected: Digest, actual: Digest },
+    #[error("manifest {path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
+}
+
+impl StoreError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        StoreError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// What the catalog knows of one archive without reading its manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveSummary {
+    pub id: String,
+    pub node: String,
+    pub path: String,
+    pub created_ms: i64,
+    pub tgz_len: u64,
+    pub files: u64,
+    pub tree_digest: Digest,
+    pub tgz_sha256: Digest,
+    pub warnings: u64,
+}
+
+impl ArchiveSummary {
+    pub fn of(m: &Manifest) -> Self {
+        ArchiveSummary {
+            id: m.id.clone(),
+            node: m.node.clone(),
+            path: m.path.clone(),
+            created_ms: m.created_ms,
+            tgz_len: m.tgz_len,
+            files: m.stats.files + m.stats.hardlinks,
+            tree_digest: m.tree_digest,
+            tgz_sha256: m.tgz_sha256,
+            warnings: m.warnings.len() as u64,
+        }
+    }
+}
+
+/// The stat snapshot recorded after a backup: if a later scan matches it,
+/// the tree is unchanged and nothing needs reading.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatCacheEntry {
+    pub snapshot: StatSnapshot,
+    pub excludes: Vec<String>,
+    /// The archive whose tree the snapshot describes.
+    pub archive_id: String,
+    pub tree_digest: Digest,
+}
+
+/// What retention removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub removed: Vec<String>,
+    pub freed_members: u64,
+    pub freed_bytes: u64,
+}
+
+/// Result of re-hashing an archive's members.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub members: usize,
+    pub missing: Vec<Digest>,
+    pub damaged: Vec<Digest>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.missing.is_empty() && self.damaged.is_empty()
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    kv: Box<dyn KvStore>,
+    /// Members that a transaction in progress relies on: never collected.
+    pins: Mutex<HashMap<Digest, u32>>,
+    gc_lock: Mutex<()>,
+}
+
+/// `sha256(node ‖ 0 ‖ path)`, first 16 bytes: the key of one backup series.
+pub fn series_key(node: &str, path: &str) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(node.as_bytes());
+    h.update([0]);
+    h.update(path.as_bytes());
+    let d: [u8; 32] = h.finalize().into();
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d[..16]);
+    k
+}
+
+fn archive_key(s: &ArchiveSummary) -> Vec<u8> {
+    let mut k = series_key(&s.node, &s.path).to_vec();
+    // Order by time, negatives first.
+    k.extend_from_slice(&((s.created_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(s.id.as_bytes());
+    k
+}
+
+fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = ciborium::into_writer(v, &mut out);
+    out
+}
+
+fn from_cbor<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StoreError> {
+    ciborium::from_reader(b).map_err(|e| StoreError::Index { reason: format!("corrupt index record: {e}") })
+}
+
+/// Writes `data` to `path` crash-safely: temp file, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`, with sled at `data_dir/db`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(data_dir).map_err(|e| StoreError::io(data_dir, e))?;
+        let kv = SledKv::open(&data_dir.join("db"))?;
+        Self::open_with(data_dir, Box::new(kv))
+    }
+
+    /// Opens the store with any index implementation.
+    pub fn open_with(data_dir: &Path, kv: Box<dyn KvStore>) -> Result<Self, StoreError> {
+        for sub in ["segments", "manifests", "staging"] {
+            let p = data_dir.join(sub);
+            fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, e))?;
+        }
+        let store = Store { root: data_dir.to_path_buf(), kv, pins: Mutex::default(), gc_lock: Mutex::default() };
+        // Work a crashed process left half done is abandoned.
+        let staging = store.root.join("staging");
+        if let Ok(entries) = fs::read_dir(&staging) {
+            for e in entries.flatten() {
+                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+            }
+        }
+        store.reconcile()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn member_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.to_hex();
+        self.root.join("segments").join(&hex[..2]).join(format!("{hex}.gz"))
+    }
+
+    fn manifest_path(&self, node: &str, path: &str, id: &str) -> PathBuf {
+        self.root.join("manifests").join(hex::encode(series_key(node, path))).join(format!("{id}.bmm"))
+    }
+
+    pub fn has_member(&self, d: &Digest) -> bool {
+        self.member_path(d).exists()
+    }
+
+    /// A member's bytes, checked against its digest.
+    pub fn read_member_checked(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.member_path(d);
+        let data = fs::read(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::MissingMember { digest: *d },
+            _ => StoreError::io(&p, e),
+        })?;
+        let actual = Digest::of(&data);
+        if actual != *d {
+            return Err(StoreError::DamagedMember { digest: *d, actual });
+        }
+        Ok(data)
+    }
+
+    /// Starts writing an archive's members.
+    pub fn begin(&self) -> Result<PutTxn<'_>, StoreError> {
+        let dir = tempfile::Builder::new()
+            .prefix("txn-")
+            .tempdir_in(self.root.join("staging"))
+            .map_err(|e| StoreError::io(&self.root.join("staging"), e))?;
+        Ok(PutTxn { store: self, dir: Some(dir), staged: HashSet::new(), pinned: Vec::new() })
+    }
+
+    fn pin(&self, d: &Digest) -> bool {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        *pins.entry(*d).or_default() += 1;
+        self.has_member(d)
+    }
+
+    fn unpin(&self, ds: &[Digest]) {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        for d in ds {
+            if let Some(n) = pins.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(d);
+                }
+            }
+        }
+    }
+
+    /// Archives of (node, path), newest first.
+    pub fn list(&self, node: &str, path: &str) -> Result<Vec<ArchiveSummary>, StoreError> {
+        let mut out: Vec<ArchiveSummary> = self
+            .kv
+            .scan_prefix(ARCHIVES, &series_key(node, path))?
+            .iter()
+            .map(|(_, v)| from_cbor(v))
+            .collect::<Result<_, _>>()?;
+        out.retain(|s| s.node == node && s.path == path);
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every archive in the store.
+    pub fn list_all(&self) -> Result<Vec<ArchiveSummary>, StoreError> {
+        self.kv.scan_prefix(ARCHIVES, &[])?.iter().map(|(_, v)| from_cbor(v)).collect()
+    }
+
+    pub fn latest(&self, node: &str, path: &str) -> Result<Option<ArchiveSummary>, StoreError> {
+        Ok(self.list(node, path)?.into_iter().next())
+    }
+
+    /// The manifest of archive `id` (or of the newest, if `id` is `None`).
+    pub fn manifest(&self, node: &str, path: &str, id: Option<&str>) -> Result<Manifest, StoreError> {
+        let id = match id {
+            Some(id) => id.to_string(),
+            None => match self.latest(node, path)? {
+                Some(s) => s.id,
+                None => {
+                    return Err(StoreError::NoSuchArchive {
+                        node: node.into(),
+                        path: path.into(),
+                        id: "(latest)".into(),
+                    })
+                }
+            },
+        };
+        let p = self.manifest_path(node, path, &id);
+        let bytes = fs::read(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NoSuchArchive { node: node.into(), path: path.into(), id: id.clone() },
+            _ => StoreError::io(&p, e),
+        })?;
+        Manifest::decode(&bytes).map_err(|source| StoreError::Manifest { path: p, source })
+    }
+
+    pub fn stat_cache(&self, node: &str, path: &str) -> Result<Option<StatCacheEntry>, StoreError> {
+        match self.kv.get(STAT_CACHE, &series_key(node, path))? {
+            Some(v) => Ok(from_cbor(&v).ok()),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_stat_cache(&self, node: &str, path: &str, entry: &StatCacheEntry) -> Result<(), StoreError> {
+        self.kv.put(STAT_CACHE, &series_key(node, path), &cbor(entry))
+    }
+
+    /// Keeps the newest `keep` archives of (node, path), then frees members
+    /// no remaining manifest uses.
+    pub fn retain(&self, node: &str, path: &str, keep: usize) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport::default();
+        for old in self.list(node, path)?.into_iter().skip(keep.max(1)) {
+            let p = self.manifest_path(node, path, &old.id);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&p, e)),
+            }
+            if let Some(dir) = p.parent() {
+                let _ = File::open(dir).and_then(|d| d.sync_all());
+            }
+            self.kv.delete(ARCHIVES, &archive_key(&old))?;
+            report.removed.push(old.id);
+        }
+        if !report.removed.is_empty() {
+            let (n, b) = self.gc()?;
+            report.freed_members = n;
+            report.freed_bytes = b;
+        }
+        Ok(report)
+    }
+
+    /// Deletes members that no manifest references and no transaction pins.
+    /// Returns (members, bytes) freed.
+    pub fn gc(&self) -> Result<(u64, u64), StoreError> {
+        let _guard = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = HashSet::new();
+        for s in self.list_all()? {
+            let m = self.manifest(&s.node, &s.path, Some(&s.id))?;
+            used.extend(m.members.iter().map(|m| m.sha256));
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let segments = self.root.join("segments");
+        for dir in fs::read_dir(&segments).map_err(|e| StoreError::io(&segments, e))?.flatten() {
+            for f in fs::read_dir(dir.path()).map_err(|e| StoreError::io(&dir.path(), e))?.flatten() {
+                let name = f.file_name();
+                let Some(d) = name.to_str().and_then(|n| n.strip_suffix(".gz")).and_then(Digest::from_hex) else {
+                    continue;
+                };
+                if used.contains(&d) {
+                    continue;
+                }
+                let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+                if pins.contains_key(&d) {
+                    continue;
+                }
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if fs::remove_file(f.path()).is_ok() {
+                    count += 1;
+                    bytes += len;
+                }
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Writes the archive as one `.tgz` to `out`, checking every member and
+    /// the whole file's sha256.
+    pub fn export_tgz(&self, m: &Manifest, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        for member in &m.members {
+            let data = self.read_member_checked(&member.sha256)?;
+            hasher.update(&data);
+            out.write_all(&data).map_err(|e| StoreError::io(Path::new("<output>"), e))?;
+            len += data.len() as u64;
+        }
+        let actual = Digest::from_hasher(hasher);
+        if actual != m.tgz_sha256 {
+            return Err(StoreError::TgzMismatch { id: m.id.clone(), expected: m.tgz_sha256, actual });
+        }
+        Ok(len)
+    }
+
+    /// Re-hashes every member of `m`.
+    pub fn verify(&self, m: &Manifest) -> VerifyReport {
+        let mut r = VerifyReport { members: m.members.len(), ..Default::default() };
+        let mut seen = HashSet::new();
+        for member in &m.members {
+            if !seen.insert(member.sha256) {
+                continue;
+            }
+            match self.read_member_checked(&member.sha256) {
+                Ok(_) => {}
+                Err(StoreError::DamagedMember { digest, .. }) => r.damaged.push(digest),
+                Err(_) => r.missing.push(member.sha256),
+            }
+        }
+        r
+    }
+
+    /// Makes the index agree with the manifest files on disk.
+    pub fn reconcile(&self) -> Result<(), StoreError> {
+        let mut on_disk = HashMap::new();
+        let dir = self.root.join("manifests");
+        for series in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))?.flatten() {
+            for f in fs::read_dir(series.path()).map_err(|e| StoreError::io(&series.path(), e))?.flatten() {
+                let p = f.path();
+                if p.extension().and_then(|e| e.to_str()) != Some("bmm") {
+                    // A temp file from an interrupted write.
+                    let _ = fs::remove_file(&p);
+                    continue;
+                }
+                let bytes = fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
+                let m = Manifest::decode(&bytes).map_err(|source| StoreError::Manifest { path: p.clone(), source })?;
+                let s = ArchiveSummary::of(&m);
+                on_disk.insert(archive_key(&s), s);
+            }
+        }
+        let indexed: HashSet<Vec<u8>> = self.kv.scan_prefix(ARCHIVES, &[])?.into_iter().map(|(k, _)| k).collect();
+        for k in &indexed {
+            if !on_disk.contains_key(k) {
+                self.kv.delete(ARCHIVES, k)?;
+            }
+        }
+        for (k, s) in &on_disk {
+            if !indexed.contains(k) {
+                self.kv.put(ARCHIVES, k, &cbor(s))?;
+            }
+        }
+        self.kv.flush()
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+}
+
+impl MemberSource for Store {
+    fn read_member(&self, m: &MemberRef) -> io::Result<Vec<u8>> {
+        // The restorer checks the digest itself and reports which member failed.
+        let p = self.member_path(&m.sha256);
+        let mut f = File::open(&p)?;
+        let mut buf = Vec::with_capacity(m.compressed_len as usize);
+        f.read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// The members of one archive being written. Dropped without
+/// [`PutTxn::commit`], it leaves nothing behind.
+pub struct PutTxn<'a> {
+    store: &'a Store,
+    dir: Option<tempfile::TempDir>,
+    staged: HashSet<Digest>,
+    pinned: Vec<Digest>,
+}
+
+/// How far a commit goes; tests stop early to simulate a crash.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CommitStep {
+    MembersPublished,
+    ManifestWritten,
+    Indexed,
+}
+
+impl PutTxn<'_> {
+    fn staging(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new("/nonexistent"))
+    }
+
+    /// Makes the archive visible: members durable and in place, then the
+    /// manifest file, then the index.
+    pub fn commit(self, m: &Manifest) -> Result<(), StoreError> {
+        self.commit_until(m, CommitStep::Indexed)
+    }
+
+    #[doc(hidden)]
+    pub fn commit_until(mut self, m: &Manifest, last: CommitStep) -> Result<(), StoreError> {
+        for member in &m.members {
+            if !self.staged.contains(&member.sha256) && !self.store.has_member(&member.sha256) {
+                return Err(StoreError::MissingMember { digest: member.sha256 });
+            }
+        }
+        let staging = self.staging().to_path_buf();
+        if !self.staged.is_empty() {
+            sync_fs(&staging);
+            for d in &self.staged {
+                let from = staging.join(d.to_hex());
+                let to = self.store.member_path(d);
+                if to.exists() {
+                    continue;
+                }
+                let parent = to.parent().unwrap_or(Path::new("."));
+                fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+                fs::rename(&from, &to).map_err(|e| StoreError::io(&to, e))?;
+            }
+            sync_fs(&self.store.root.join("segments"));
+        }
+        if last == CommitStep::MembersPublished {
+            std::mem::forget(self.dir.take());
+            return Ok(());
+        }
+        let p = self.store.manifest_path(&m.node, &m.path, &m.id);
+        write_atomic(&p, &m.encode()).map_err(|e| StoreError::io(&p, e))?;
+        if last == CommitStep::ManifestWritten {
+            std::mem::forget(self.dir.take());
+            return Ok(());
+        }
+        let s = ArchiveSummary::of(m);
+        self.store.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
+        self.store.kv.flush()?;
+        Ok(())
+    }
+}
+
+impl MemberSink for PutTxn<'_> {
+    fn member(&mut self, digest: &Digest, data: &[u8]) -> io::Result<()> {
+        if self.staged.contains(digest) {
+            return Ok(());
+        }
+        self.pinned.push(*digest);
+        if self.store.pin(digest) {
+            return Ok(());
+        }
+        let p = self.staging().join(digest.to_hex());
+        fs::write(&p, data)?;
+        self.staged.insert(*digest);
+        Ok(())
+    }
+    fn rewind(&mut self) -> io::Result<()> {
+        // Content-addressed: abandoned members are simply never referenced.
+        Ok(())
+    }
+    fn can_rewind(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for PutTxn<'_> {
+    fn drop(&mut self) {
+        self.store.unpin(&self.pinned);
+    }
+}

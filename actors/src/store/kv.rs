@@ -1,0 +1,108 @@
+//! [`KvStore`]: the small embedded key-value interface the store's index
+//! needs, with a sled implementation and an in-memory one for tests.
+//!
+//! Nothing kept here is the only copy of anything: the catalog can be
+//! rebuilt from the manifest files, the stat cache merely saves a read.
+//! That is why sled 0.34 (not proof against power loss, its issue #1077)
+//! is acceptable here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::StoreError;
+
+pub trait KvStore: Send + Sync {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&self, tree: &str, key: &[u8]) -> Result<(), StoreError>;
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// sled, one tree per name.
+pub struct SledKv {
+    db: sled::Db,
+}
+
+fn db_err(e: sled::Error) -> StoreError {
+    StoreError::Index { reason: e.to_string() }
+}
+
+impl SledKv {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
+                StoreError::Locked { path: dir.to_path_buf() }
+            }
+            other => db_err(other),
+        })?;
+        Ok(SledKv { db })
+    }
+}
+
+impl KvStore for SledKv {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.open_tree(tree).map_err(db_err)?.get(key).map_err(db_err)?.map(|v| v.to_vec()))
+    }
+    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db.open_tree(tree).map_err(db_err)?.insert(key, value).map_err(db_err)?;
+        Ok(())
+    }
+    fn delete(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+        self.db.open_tree(tree).map_err(db_err)?.remove(key).map_err(db_err)?;
+        Ok(())
+    }
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.db
+            .open_tree(tree)
+            .map_err(db_err)?
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(db_err))
+            .collect()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// In memory, for tests and the simulator.
+#[derive(Default)]
+pub struct MemKv {
+    trees: Mutex<BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl KvStore for MemKv {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(t.get(tree).and_then(|t| t.get(key).cloned()))
+    }
+    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        t.entry(tree.to_string()).or_default().insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = t.get_mut(tree) {
+            t.remove(key);
+        }
+        Ok(())
+    }
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let t = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(t.get(tree)
+            .map(|t| {
+                t.range(prefix.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! The local-store subcommands.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use backmesh_actors::archive::{self, CreateOptions, Progress, RestoreOptions};
+use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
+use backmesh_actors::store::{ArchiveSummary, Store, DEFAULT_KEEP};
+use clap::Args;
+use serde_json::json;
+
+pub struct Ctx {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub json: bool,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn open_store(ctx: &Ctx) -> Result<Store> {
+    Store::open(&ctx.data_dir).with_context(|| format!("cannot open the store in {}", ctx.data_dir.display()))
+}
+
+/// The absolute form of a directory argument, as archives are keyed.
+fn source_path(p: &Path) -> Result<PathBuf> {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    // Normalise `.` and `..` without following symlinks of the last part.
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+fn key_of(p: &Path) -> Result<String> {
+    let abs = source_path(p)?;
+    abs.to_str().map(str::to_string).ok_or_else(|| anyhow!("path {} is not valid UTF-8", abs.display()))
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The directory to back up.
+    path: PathBuf,
+    /// Leave out matching paths (`*.log`, `cache/**`); repeatable.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    excludes: Vec<String>,
+    /// Archives to keep for this directory.
+    #[arg(long, default_value_t = DEFAULT_KEEP)]
+    keep: usize,
+    /// Group target in KiB (how much raw tar goes into one gzip member).
+    #[arg(long, value_name = "KIB", default_value_t = (archive::cut::DEFAULT_TARGET / 1024) as u64)]
+    target_kib: u64,
+    /// gzip level 1-9.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    level: u32,
+    /// Compression threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
+    let path = source_path(&a.path)?;
+    let meta = std::fs::metadata(&path).with_context(|| format!("cannot back up {}", path.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory; backmesh backs up directories", path.display());
+    }
+    let store = open_store(ctx)?;
+    let progress = Arc::new(Progress::default());
+    let opts = CreateOptions {
+        target: (a.target_kib as usize) * 1024,
+        level: a.level,
+        threads: a.threads,
+        excludes: a.excludes,
+        progress: Some(progress.clone()),
+        ..CreateOptions::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress, stop.clone()));
+    let report = run_backup(&store, &ctx.name, &path, &opts, a.keep);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+    let report = report.with_context(|| format!("backup of {} failed", path.display()))?;
+    let secs = report.duration_ms as f64 / 1000.0;
+    match &report.outcome {
+        RunOutcome::Unchanged { archive_id, by, warnings } => {
+            let how = match by {
+                UnchangedBy::StatCache => "metadata unchanged, nothing read",
+                UnchangedBy::TreeDigest => "content identical",
+            };
+            if ctx.json {
+                println!(
+                    "{}",
+                    json!({"result": "unchanged", "archive": archive_id, "size": null, "files": null,
+                           "warnings": warnings, "error": null, "duration_ms": report.duration_ms})
+                );
+            } else {
+                println!("unchanged: {} ({how}; latest archive {archive_id}) in {secs:.2}s", path.display());
+            }
+        }
+        RunOutcome::Stored { manifest: m, new_bytes, retention } => {
+            if ctx.json {
+                println!(
+                    "{}",
+                    json!({"result": "finished", "archive": m.id, "size": m.tgz_len, "files": m.stats.files,
+                           "new_bytes": new_bytes, "members": m.members.len(), "warnings": m.warnings,
+                           "pruned": retention.removed, "error": null, "duration_ms": report.duration_ms})
+                );
+            } else {
+                println!(
+                    "finished: {} → archive {}\n  {} files, {} dirs, {} of content → {} .tgz in {} members ({} new) in {secs:.2}s",
+                    path.display(),
+                    m.id,
+                    m.stats.files,
+                    m.stats.dirs,
+                    mib(m.stats.content_bytes),
+                    mib(m.tgz_len),
+                    m.members.len(),
+                    mib(*new_bytes),
+                );
+                for w in &m.warnings {
+                    println!("  warning: {}: {}", w.path, w.message);
+                }
+                if !retention.removed.is_empty() {
+                    println!(
+                        "  retention: pruned {} archive(s), freed {}",
+                        retention.removed.len(),
+                        mib(retention.freed_bytes)
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_progress(p: Arc<Progress>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let read = p.bytes_read.load(Ordering::Relaxed);
+            let rate = read as f64 / start.elapsed().as_secs_f64().max(0.001) / (1024.0 * 1024.0);
+            eprint!(
+                "\r  {} entries, {} read, {} written, {rate:.0} MiB/s   ",
+                p.entries.load(Ordering::Relaxed),
+                mib(read),
+                mib(p.bytes_out.load(Ordering::Relaxed))
+            );
+        }
+        eprint!("\r{:70}\r", "");
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct ArchivesArgs {
+    /// Only archives of this directory.
+    path: Option<PathBuf>,
+}
+
+fn summary_json(s: &ArchiveSummary) -> serde_json::Value {
+    json!({"id": s.id, "node": s.node, "path": s.path, "created": rfc3339(s.created_ms),
+           "size": s.tgz_len, "files": s.files, "sha256": s.tgz_sha256.to_hex(), "warnings": s.warnings})
+}
+
+pub fn archives(ctx: &Ctx, a: ArchivesArgs) -> Result<ExitCode> {
+    let store = open_store(ctx)?;
+    let mut list = match &a.path {
+        Some(p) => store.list(&ctx.name, &key_of(p)?)?,
+        None => store.list_all()?,
+    };
+    if a.path.is_none() {
+        list.sort_by(|x, y| (&x.node, &x.path, std::cmp::Reverse(x.created_ms)).cmp(&(&y.node, &y.path, std::cmp::Reverse(y.created_ms))));
+    }
+    if ctx.json {
+        println!("{}", json!({"archives": list.iter().map(summary_json).collect::<Vec<_>>()}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!("no archives in {}", ctx.data_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<32} {:<21} {:>10} {:>8}  {}", "ID", "CREATED", "SIZE", "FILES", "NODE:PATH");
+    for s in &list {
+        println!("{:<32} {:<21} {:>10} {:>8}  {}:{}", s.id, rfc3339(s.created_ms), mib(s.tgz_len), s.files, s.node, s.path);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The directory that was backed up.
+    path: PathBuf,
+    /// Where to restore (created if missing; must be empty unless --overwrite).
+    #[arg(long)]
+    to: PathBuf,
+    /// Archive id (default: the newest).
+    #[arg(long)]
+    archive: Option<String>,
+    /// Replace a non-empty target; the old tree is removed only after the new one is complete.
+    #[arg(long)]
+    overwrite: bool,
+    /// Archives made by another node name (default: this node).
+    #[arg(long)]
+    from_node: Option<String>,
+}
+
+pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
+    let store = open_store(ctx)?;
+    let node = a.from_node.as_deref().unwrap_or(&ctx.name);
+    let key = key_of(&a.path)?;
+    let m = store.manifest(node, &key, a.archive.as_deref())?;
+    let started = Instant::now();
+    let report = archive::restore_archive(&m, &store, &a.to, &RestoreOptions { overwrite: a.overwrite, ..Default::default() })
+        .with_context(|| format!("restore of archive {} into {} failed", m.id, a.to.display()))?;
+    if ctx.json {
+        println!("{}", json!({"result": "restored", "archive": m.id, "to": a.to, "entries": report.entries,
+                               "bytes": report.bytes, "warnings": report.warnings}));
+    } else {
+        println!(
+            "restored archive {} into {}: {} entries, {} in {:.2}s",
+            m.id,
+            a.to.display(),
+            report.entries,
+            mib(report.bytes),
+            started.elapsed().as_secs_f64()
+        );
+        for w in &report.warnings {
+            println!("  warning: {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The directory that was backed up.
+    path: PathBuf,
+    /// Output file (`-` for stdout).
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+    #[arg(long)]
+    archive: Option<String>,
+    #[arg(long)]
+    from_node: Option<String>,
+}
+
+pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
+    let store = open_store(ctx)?;
+    let node = a.from_node.as_deref().unwrap_or(&ctx.name);
+    let m = store.manifest(node, &key_of(&a.path)?, a.archive.as_deref())?;
+    if a.output.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        store.export_tgz(&m, &mut out)?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".backmesh-export-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let len = {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        let len = store.export_tgz(&m, &mut w)?;
+        w.flush()?;
+        len
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // tempfile creates 0600; an exported archive is an ordinary file.
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(&a.output).map_err(|e| e.error).with_context(|| format!("cannot write {}", a.output.display()))?;
+    if ctx.json {
+        println!("{}", json!({"archive": m.id, "file": a.output, "size": len, "sha256": m.tgz_sha256.to_hex()}));
+    } else {
+        println!("wrote {} ({}, sha256 {})", a.output.display(), mib(len), m.tgz_sha256);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Only archives of this directory.
+    path: Option<PathBuf>,
+}
+
+pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<ExitCode> {
+    let store = open_store(ctx)?;
+    let list = match &a.path {
+        Some(p) => store.list(&ctx.name, &key_of(p)?)?,
+        None => store.list_all()?,
+    };
+    let mut bad = 0;
+    let mut results = Vec::new();
+    for s in &list {
+        let m = store.manifest(&s.node, &s.path, Some(&s.id))?;
+        let r = store.verify(&m);
+        if !r.is_ok() {
+            bad += 1;
+        }
+        if !ctx.json {
+            if r.is_ok() {
+                println!("ok       {} {}:{} ({} members)", s.id, s.node, s.path, r.members);
+            } else {
+                println!(
+                    "DAMAGED  {} {}:{}: {} missing, {} damaged members",
+                    s.id, s.node, s.path, r.missing.len(), r.damaged.len()
+                );
+            }
+        }
+        results.push(json!({"id": s.id, "node": s.node, "path": s.path, "ok": r.is_ok(),
+            "missing": r.missing.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
+            "damaged": r.damaged.iter().map(|d| d.to_hex()).collect::<Vec<_>>()}));
+    }
+    if ctx.json {
+        println!("{}", json!({"archives": results, "damaged": bad}));
+    }
+    if bad > 0 {
+        eprintln!("backmesh-node: {bad} archive(s) damaged");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
