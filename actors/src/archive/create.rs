@@ -211,18 +211,23 @@ pub fn scan(root: &Path, excludes: &[String]) -> Result<StatSnapshot, ArchiveErr
     Ok(acc.finish(!walker.warnings.is_empty()))
 }
 
+/// Filesystem timestamps can be as coarse as a second (or lag a clock
+/// tick): changes this recent are not trusted to show in the next stat.
+const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
 struct SnapshotAcc {
     hasher: Sha256,
     racy: bool,
     entries: u64,
-    /// Anything modified at or after this second may change again unseen.
-    racy_after: i64,
+    /// Anything changed at or after this instant (ns since the epoch) may
+    /// change again within the same timestamp: the snapshot cannot vouch for it.
+    racy_after: i128,
 }
 
 impl SnapshotAcc {
     fn new() -> Self {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        SnapshotAcc { hasher: Sha256::new(), racy: false, entries: 0, racy_after: now - 2 }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        SnapshotAcc { hasher: Sha256::new(), racy: false, entries: 0, racy_after: now - RACY_WINDOW_NS }
     }
     fn add(&mut self, item: &Item) {
         let m = &item.meta;
@@ -242,7 +247,8 @@ impl SnapshotAcc {
         ] {
             self.hasher.update(v.to_le_bytes());
         }
-        if m.mtime() >= self.racy_after || m.ctime() >= self.racy_after {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        if ns(m.mtime(), m.mtime_nsec()) >= self.racy_after || ns(m.ctime(), m.ctime_nsec()) >= self.racy_after {
             self.racy = true;
         }
         self.entries += 1;

@@ -1,0 +1,449 @@
+//! Integration tests of the archive engine and the store, on real files.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use backmesh_actors::archive::{self, tarfmt, CreateOptions, FileSink, RestoreError, RestoreOptions, WarningKind};
+use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
+use backmesh_actors::store::{CommitStep, Store};
+use common::*;
+
+fn tgz_of(src: &Path, out: &Path, opts: &CreateOptions) -> archive::Created {
+    let mut sink = FileSink::new(fs::File::create(out).unwrap());
+    archive::create(src, opts, &mut sink).unwrap()
+}
+
+fn opts() -> CreateOptions {
+    // A small target makes the test trees span many members and large-file chunks.
+    CreateOptions { target: 16 * 1024, ..CreateOptions::default() }
+}
+
+#[test]
+fn generated_trees_round_trip_exactly() {
+    for seed in 1..=4u64 {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        gen_tree(&src, seed);
+        let tgz = t.path().join("a.tgz");
+        let created = tgz_of(&src, &tgz, &opts());
+        assert!(created.warnings.is_empty(), "seed {seed}: {:?}", created.warnings);
+        assert!(created.members.len() > 10, "seed {seed}: {} members", created.members.len());
+        assert_eq!(sha256_file(&tgz), created.tgz_sha256.to_hex());
+
+        // Our restore, from the plain .tgz.
+        let out = t.path().join("out");
+        archive::restore_tgz(fs::File::open(&tgz).unwrap(), &out, &RestoreOptions::default()).unwrap();
+        assert_same_tree(&src, &out);
+
+        // Through the store and the manifest's members.
+        let store = Store::open(&t.path().join("data")).unwrap();
+        let mut txn = store.begin().unwrap();
+        let c2 = archive::create(&src, &opts(), &mut txn).unwrap();
+        assert_eq!(c2.tgz_sha256, created.tgz_sha256, "seed {seed}: deterministic");
+        let m = c2.into_manifest("n1", "/src", 1_000, vec![]);
+        txn.commit(&m).unwrap();
+        let out2 = t.path().join("out2");
+        archive::restore_archive(&m, &store, &out2, &RestoreOptions::default()).unwrap();
+        assert_same_tree(&src, &out2);
+        let mut exported = Vec::new();
+        store.export_tgz(&m, &mut exported).unwrap();
+        assert_eq!(exported, fs::read(&tgz).unwrap(), "reassembly is byte-identical");
+
+        // GNU tar and gzip accept it and restore the same tree.
+        assert!(Command::new("gzip").arg("-t").arg(&tgz).status().unwrap().success());
+        let gnu = t.path().join("gnu");
+        fs::create_dir(&gnu).unwrap();
+        let st = Command::new("tar").args(["--numeric-owner", "-xpzf"]).arg(&tgz).arg("-C").arg(&gnu).status().unwrap();
+        assert!(st.success());
+        assert_same_tree(&src, &gnu);
+
+        // Python's tarfile reads every entry.
+        let py = Command::new("python3")
+            .args(["-c", "import sys,tarfile; print(len(tarfile.open(sys.argv[1]).getmembers()))"])
+            .arg(&tgz)
+            .output()
+            .unwrap();
+        assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+        let n: usize = String::from_utf8_lossy(&py.stdout).trim().parse().unwrap();
+        assert_eq!(n, walk(&src).len(), "python sees every entry");
+    }
+}
+
+#[test]
+fn same_tree_same_bytes_and_one_change_dirties_few_members() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut rng = Rng(42);
+    fs::write(src.join("big.bin"), rng.bytes(6 << 20)).unwrap();
+    for i in 0..300 {
+        fs::write(src.join(format!("small-{i:03}.txt")), rng.text(3000)).unwrap();
+    }
+    let o = CreateOptions { target: 64 * 1024, ..CreateOptions::default() };
+    let a = tgz_of(&src, &t.path().join("a.tgz"), &o);
+    let b = tgz_of(&src, &t.path().join("b.tgz"), &o);
+    assert_eq!(a.tgz_sha256, b.tgz_sha256);
+    assert_eq!(a.tree_digest, b.tree_digest);
+
+    let new_members = |x: &archive::Created, y: &archive::Created| {
+        let old: std::collections::HashSet<_> = x.members.iter().map(|m| m.sha256).collect();
+        y.members.iter().filter(|m| !old.contains(&m.sha256)).count()
+    };
+    // One byte in the middle of the large file, its mtime kept.
+    let big = src.join("big.bin");
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&big).unwrap());
+    let mut data = fs::read(&big).unwrap();
+    data[3 << 20] ^= 0x55;
+    fs::write(&big, data).unwrap();
+    filetime::set_file_mtime(&big, mtime).unwrap();
+    let c = tgz_of(&src, &t.path().join("c.tgz"), &o);
+    assert_ne!(c.tree_digest, a.tree_digest);
+    assert!((1..=2).contains(&new_members(&a, &c)), "{} new members of {}", new_members(&a, &c), c.members.len());
+
+    // One small file rewritten: only its group (and perhaps a neighbour) changes.
+    fs::write(src.join("small-150.txt"), rng.text(3000)).unwrap();
+    let d = tgz_of(&src, &t.path().join("d.tgz"), &o);
+    assert!((1..=2).contains(&new_members(&c, &d)), "{} new members of {}", new_members(&c, &d), d.members.len());
+}
+
+#[test]
+fn a_file_appended_to_during_the_backup_is_named_in_a_warning() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("steady.txt"), b"steady").unwrap();
+    let log = src.join("app.log");
+    fs::write(&log, Rng(1).bytes(8 << 20)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 50_000_000 {
+                f.write_all(b"line of application log\n").unwrap();
+                n += 1;
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = t.path().join("a.tgz");
+    let created = tgz_of(&src, &out, &CreateOptions::default());
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let w: Vec<_> = created.warnings.iter().filter(|w| w.path == "app.log").collect();
+    assert_eq!(w.len(), 1, "{:?}", created.warnings);
+    assert_eq!(w[0].kind, WarningKind::ChangedWhileRead);
+    // The archive is complete and restorable, the log at some size it had.
+    let r = t.path().join("r");
+    archive::restore_tgz(fs::File::open(&out).unwrap(), &r, &RestoreOptions::default()).unwrap();
+    assert_eq!(fs::read(r.join("steady.txt")).unwrap(), b"steady");
+    assert!(fs::metadata(r.join("app.log")).unwrap().len() >= 8 << 20);
+}
+
+#[test]
+fn special_files_are_skipped_with_a_warning() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let fifo = std::ffi::CString::new(src.join("pipe").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string and mode.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    let created = tgz_of(&src, &t.path().join("a.tgz"), &CreateOptions::default());
+    let mut skipped: Vec<_> = created.warnings.iter().filter(|w| w.kind == WarningKind::Skipped).map(|w| w.path.as_str()).collect();
+    skipped.sort();
+    assert_eq!(skipped, ["pipe", "sock"]);
+    assert_eq!(created.stats.files, 1);
+}
+
+/// A .tgz made by hand from (path, type, link) entries with our own encoder.
+fn evil_tgz(dir: &Path, entries: &[(&str, tarfmt::Kind, Option<&str>, &[u8])]) -> std::path::PathBuf {
+    let mut raw = Vec::new();
+    for (path, kind, link, content) in entries {
+        let meta = tarfmt::EntryMeta {
+            path: path.as_bytes().to_vec(),
+            kind: *kind,
+            size: content.len() as u64,
+            mode: 0o644,
+            mtime: 1_700_000_000,
+            mtime_nsec: 0,
+            uid: 0,
+            gid: 0,
+            link: link.map(|l| l.as_bytes().to_vec()),
+        };
+        tarfmt::write_header(&meta, &mut raw);
+        raw.extend_from_slice(content);
+        raw.resize(raw.len() + tarfmt::padding(content.len() as u64), 0);
+    }
+    raw.extend_from_slice(&[0u8; 1024]);
+    let p = dir.join(format!("evil-{}.tgz", entries.len() * 7 + entries[0].0.len()));
+    fs::write(&p, archive::create::gzip_member(&raw, 6)).unwrap();
+    p
+}
+
+fn assert_refused(tgz: &Path, target: &Path) -> RestoreError {
+    let err = archive::restore_tgz(fs::File::open(tgz).unwrap(), target, &RestoreOptions::default()).unwrap_err();
+    assert!(!target.exists(), "a refused restore leaves no target");
+    let parent = target.parent().unwrap();
+    let leftovers: Vec<_> = fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("backmesh-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging removed");
+    err
+}
+
+#[test]
+fn malicious_archives_are_refused() {
+    use tarfmt::Kind::*;
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let work = t.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let target = work.join("target");
+
+    let cases: Vec<(Vec<(&str, tarfmt::Kind, Option<&str>, &[u8])>, &str)> = vec![
+        (vec![("ok.txt", File, None, b"fine"), ("../../outside/dotdot", File, None, b"x")], ".."),
+        (vec![("/tmp/backmesh-absolute-evil", File, None, b"x")], "absolute"),
+        (
+            vec![("link", Symlink, Some(outside.to_str().unwrap()), b""), ("link/pwned", File, None, b"x")],
+            "symlink",
+        ),
+        (vec![("up", Symlink, Some(".."), b""), ("up/escaped", File, None, b"x")], "symlink"),
+        (vec![("hl", HardLink, Some("/etc/hostname"), b"")], "absolute"),
+        (vec![("hl", HardLink, Some("../outside/x"), b"")], ".."),
+        (vec![("a", Symlink, Some("/"), b""), ("a/b", Symlink, Some("x"), b"")], "symlink"),
+    ];
+    for (entries, why) in cases {
+        let tgz = evil_tgz(t.path(), &entries);
+        let err = assert_refused(&tgz, &target);
+        assert!(err.to_string().contains(why), "expected `{why}` in: {err}");
+    }
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+    assert!(!Path::new("/tmp/backmesh-absolute-evil").exists());
+}
+
+#[test]
+fn malicious_archives_made_by_gnu_tar_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("existing"), b"keep me").unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
+    // GNU tar stores `link` as a symlink and `link/existing` as a file through it.
+    let through = t.path().join("through.tgz");
+    let st = Command::new("tar").arg("-czf").arg(&through).arg("-C").arg(&src).args(["link", "link/existing"]).status().unwrap();
+    assert!(st.success());
+    // -P keeps `..` in member names.
+    let dotdot = t.path().join("dotdot.tgz");
+    let st = Command::new("tar").arg("-czPf").arg(&dotdot).arg("-C").arg(&src).arg("sub/../../outside/existing").status().unwrap();
+    assert!(st.success());
+    let absolute = t.path().join("absolute.tgz");
+    let st = Command::new("tar").arg("-czPf").arg(&absolute).arg(outside.join("existing")).status().unwrap();
+    assert!(st.success());
+    let target = t.path().join("work/target");
+    fs::create_dir_all(target.parent().unwrap()).unwrap();
+    for (tgz, why) in [(&through, "symlink"), (&dotdot, ".."), (&absolute, "absolute")] {
+        let err = assert_refused(tgz, &target);
+        assert!(err.to_string().contains(why), "{}: expected `{why}` in: {err}", tgz.display());
+    }
+    assert_eq!(fs::read(outside.join("existing")).unwrap(), b"keep me");
+}
+
+#[test]
+fn non_empty_targets_need_overwrite_and_are_replaced_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 9);
+    let tgz = t.path().join("a.tgz");
+    tgz_of(&src, &tgz, &opts());
+    let target = t.path().join("target");
+    fs::create_dir(&target).unwrap();
+    fs::write(target.join("precious"), b"do not lose").unwrap();
+    let err = archive::restore_tgz(fs::File::open(&tgz).unwrap(), &target, &RestoreOptions::default()).unwrap_err();
+    assert!(matches!(err, RestoreError::TargetNotEmpty { .. }), "{err}");
+    assert_eq!(fs::read(target.join("precious")).unwrap(), b"do not lose");
+    // An empty directory is fine; so is a file target refused.
+    let file_target = t.path().join("a-file");
+    fs::write(&file_target, b"").unwrap();
+    let err = archive::restore_tgz(fs::File::open(&tgz).unwrap(), &file_target, &RestoreOptions::default()).unwrap_err();
+    assert!(matches!(err, RestoreError::TargetNotDirectory { .. }), "{err}");
+    // With overwrite, the old tree is replaced by exactly the archive.
+    let o = RestoreOptions { overwrite: true, ..Default::default() };
+    archive::restore_tgz(fs::File::open(&tgz).unwrap(), &target, &o).unwrap();
+    assert_same_tree(&src, &target);
+}
+
+#[test]
+fn a_damaged_member_fails_the_restore_and_verify_names_it() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 3);
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let mut txn = store.begin().unwrap();
+    let m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 5, vec![]);
+    txn.commit(&m).unwrap();
+    assert!(store.verify(&m).is_ok());
+    let victim = m.members[m.members.len() / 2].sha256;
+    let hex = victim.to_hex();
+    let path = t.path().join("data/segments").join(&hex[..2]).join(format!("{hex}.gz"));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[20] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let report = store.verify(&m);
+    assert_eq!(report.damaged, vec![victim]);
+    let target = t.path().join("out");
+    let err = archive::restore_archive(&m, &store, &target, &RestoreOptions::default()).unwrap_err();
+    assert!(matches!(err, RestoreError::DamagedMember { expected, .. } if expected == victim), "{err}");
+    assert!(!target.exists());
+    assert!(store.export_tgz(&m, &mut Vec::new()).is_err());
+}
+
+fn touch_tree(src: &Path, gen: usize) {
+    fs::write(src.join("changing.txt"), format!("generation {gen}")).unwrap();
+    fs::write(src.join(format!("new-{gen}.bin")), Rng(gen as u64).bytes(50_000)).unwrap();
+}
+
+#[test]
+fn retention_keeps_exactly_k_and_frees_unused_members() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("constant.bin"), Rng(7).bytes(400_000)).unwrap();
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let key = src.to_str().unwrap().to_string();
+    let mut ids = Vec::new();
+    for gen in 0..12 {
+        touch_tree(&src, gen);
+        // Old generations go away so that their members become unused.
+        if gen >= 1 {
+            fs::remove_file(src.join(format!("new-{}.bin", gen - 1))).unwrap();
+        }
+        let r = run_backup(&store, "n1", &src, &opts(), 10).unwrap();
+        match r.outcome {
+            RunOutcome::Stored { manifest, .. } => ids.push(manifest.id.clone()),
+            other => panic!("generation {gen}: {other:?}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let kept: Vec<_> = store.list("n1", &key).unwrap().into_iter().map(|s| s.id).collect();
+    let mut newest: Vec<_> = ids[2..].to_vec();
+    newest.reverse();
+    assert_eq!(kept, newest, "exactly the newest 10, newest first");
+    // Every member file on disk is used by a kept manifest, and vice versa.
+    let mut used = std::collections::HashSet::new();
+    for id in &kept {
+        used.extend(store.manifest("n1", &key, Some(id)).unwrap().members.iter().map(|m| m.sha256.to_hex()));
+    }
+    let mut on_disk = std::collections::HashSet::new();
+    for d in fs::read_dir(t.path().join("data/segments")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            on_disk.insert(f.unwrap().file_name().to_string_lossy().trim_end_matches(".gz").to_string());
+        }
+    }
+    assert_eq!(on_disk, used);
+    // The oldest kept archive still restores.
+    let m = store.manifest("n1", &key, Some(kept.last().unwrap())).unwrap();
+    archive::restore_archive(&m, &store, &t.path().join("r"), &RestoreOptions::default()).unwrap();
+    assert_eq!(fs::read(t.path().join("r/changing.txt")).unwrap(), b"generation 2");
+}
+
+#[test]
+fn a_crash_between_writes_leaves_the_store_consistent() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 5);
+    let data = t.path().join("data");
+    for step in [CommitStep::MembersPublished, CommitStep::ManifestWritten] {
+        let _ = fs::remove_dir_all(&data);
+        let m = {
+            let store = Store::open(&data).unwrap();
+            let mut txn = store.begin().unwrap();
+            let m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 9, vec![]);
+            txn.commit_until(&m, step).unwrap();
+            m
+        }; // the process "dies" here: the store is dropped without finishing
+        let store = Store::open(&data).unwrap();
+        let listed = store.list("n", "/src").unwrap();
+        match step {
+            CommitStep::MembersPublished => {
+                assert!(listed.is_empty(), "no manifest, no archive");
+                let (freed, _) = store.gc().unwrap();
+                assert!(freed as usize >= m.members.len() - 1, "orphan members freed: {freed}");
+            }
+            _ => {
+                assert_eq!(listed.len(), 1, "the manifest file is the truth; the index is rebuilt");
+                let out = t.path().join(format!("out-{step:?}"));
+                archive::restore_archive(&m, &store, &out, &RestoreOptions::default()).unwrap();
+                assert_same_tree(&src, &out);
+                assert_eq!(store.gc().unwrap().0, 0, "nothing in use is collected");
+            }
+        }
+        assert_eq!(fs::read_dir(data.join("staging")).unwrap().count(), 0, "staging emptied on open");
+    }
+}
+
+#[test]
+fn an_unchanged_tree_is_recognised_from_metadata_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 11);
+    // Entries changed in the last 2 s are "racy": wait them out once.
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let first = run_backup(&store, "n", &src, &opts(), 10).unwrap();
+    assert!(matches!(first.outcome, RunOutcome::Stored { .. }));
+    let second = run_backup(&store, "n", &src, &opts(), 10).unwrap();
+    assert!(
+        matches!(second.outcome, RunOutcome::Unchanged { by: UnchangedBy::StatCache, .. }),
+        "{:?}",
+        second.outcome
+    );
+    // Same size, same mtime, different bytes: ctime still tells.
+    let f = src.join("deep");
+    let victim = walk(&src).into_iter().find(|(_, s)| s.kind == "file" && s.content.as_ref().is_some_and(|c| c.len() > 10) && s.mode & 0o200 != 0).unwrap().0;
+    let p = src.join(&victim);
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&p).unwrap());
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&p, bytes).unwrap();
+    filetime::set_file_mtime(&p, mtime).unwrap();
+    let _ = f;
+    let third = run_backup(&store, "n", &src, &opts(), 10).unwrap();
+    assert!(matches!(third.outcome, RunOutcome::Stored { .. }), "{:?}", third.outcome);
+    // Excludes are part of the snapshot's identity.
+    let mut o = opts();
+    o.excludes = vec!["deep".into()];
+    let fourth = run_backup(&store, "n", &src, &o, 10).unwrap();
+    assert!(matches!(fourth.outcome, RunOutcome::Stored { .. }), "{:?}", fourth.outcome);
+}
+
+#[test]
+fn bad_sources_get_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let err = run_backup(&store, "n", &t.path().join("missing"), &opts(), 10).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+    let f = t.path().join("file");
+    fs::write(&f, b"").unwrap();
+    let err = run_backup(&store, "n", &f, &opts(), 10).unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    let err = run_backup(&store, "n", Path::new("relative/dir"), &opts(), 10).unwrap_err();
+    assert!(err.to_string().contains("not absolute"), "{err}");
+    let mut o = opts();
+    o.excludes = vec!["[".into()];
+    let err = run_backup(&store, "n", t.path(), &o, 10).unwrap_err();
+    assert!(err.to_string().contains("exclude"), "{err}");
+}
