@@ -1,0 +1,98 @@
+//! End-to-end tests: the real binaries, run as a user runs them.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use backmesh_simulations::binary;
+
+fn node(data: &Path, args: &[&str]) -> Output {
+    let out = Command::new(binary("backmesh-node"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--name", "n1"])
+        .args(args)
+        .output()
+        .expect("run backmesh-node (build it with `cargo build --workspace --bins`)");
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+#[test]
+fn backup_list_restore_export_verify_through_the_cli() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("app");
+    fs::create_dir_all(src.join("conf")).unwrap();
+    fs::write(src.join("conf/app.toml"), b"port = 80\n").unwrap();
+    fs::write(src.join("data.bin"), vec![7u8; 300_000]).unwrap();
+    std::os::unix::fs::symlink("conf/app.toml", src.join("current")).unwrap();
+    let data = t.path().join("data");
+    let s = src.to_str().unwrap();
+
+    let first = json(&node(&data, &["--json", "backup", s]));
+    assert_eq!(first["result"], "finished");
+    assert_eq!(first["files"], 2);
+    let id = first["archive"].as_str().unwrap().to_string();
+    let again = json(&node(&data, &["--json", "backup", s]));
+    assert_eq!(again["result"], "unchanged");
+    assert_eq!(again["archive"], id.as_str());
+
+    let list = json(&node(&data, &["--json", "archives"]));
+    assert_eq!(list["archives"].as_array().unwrap().len(), 1);
+    assert_eq!(list["archives"][0]["id"], id.as_str());
+    assert!(list["archives"][0]["created"].as_str().unwrap().ends_with('Z'));
+
+    let out = t.path().join("restored");
+    json(&node(&data, &["--json", "restore", s, "--to", out.to_str().unwrap()]));
+    assert_eq!(fs::read(out.join("conf/app.toml")).unwrap(), b"port = 80\n");
+    assert_eq!(fs::read_link(out.join("current")).unwrap(), Path::new("conf/app.toml"));
+
+    // A second restore into the same, now non-empty, target is refused and changes nothing.
+    fs::write(out.join("local-note"), b"mine").unwrap();
+    let refused = node(&data, &["restore", s, "--to", out.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(fs::read(out.join("local-note")).unwrap(), b"mine");
+
+    let tgz = t.path().join("export.tgz");
+    let exported = json(&node(&data, &["--json", "export", s, "-o", tgz.to_str().unwrap()]));
+    let gnu = t.path().join("gnu");
+    fs::create_dir(&gnu).unwrap();
+    assert!(Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(&gnu).status().unwrap().success());
+    assert_eq!(fs::read(gnu.join("data.bin")).unwrap(), vec![7u8; 300_000]);
+    assert_eq!(exported["size"].as_u64().unwrap(), fs::metadata(&tgz).unwrap().len());
+
+    let verified = json(&node(&data, &["--json", "verify"]));
+    assert_eq!(verified["damaged"], 0);
+}
+
+#[test]
+fn bad_input_gets_a_clear_message_and_exit_code() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let missing = node(&data, &["backup", t.path().join("nope").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("nope") && err.contains("No such file"), "{err}");
+
+    let file = t.path().join("file.txt");
+    fs::write(&file, b"x").unwrap();
+    let not_dir = node(&data, &["backup", file.to_str().unwrap()]);
+    assert_eq!(not_dir.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_dir.stderr).contains("not a directory"));
+
+    let no_archive = node(&data, &["restore", "/srv/never", "--to", t.path().join("r").to_str().unwrap()]);
+    assert_eq!(no_archive.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_archive.stderr).contains("no archive"));
+
+    let usage = node(&data, &["backup"]);
+    assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
+}
