@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Formats scripts/bench's results file as markdown, with the targets checked."""
+import collections
+import platform
+import subprocess
+import sys
+import datetime
+
+r = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    shape, key, value = line.split()
+    r[shape][key] = float(value)
+
+MiB = 1024 * 1024
+
+
+def cpu():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def nproc():
+    return subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+
+
+print(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {nproc()} cores ({cpu()}), "
+      f"{platform.system()} {platform.release()}; warm page cache; `scripts/bench`.\n")
+checks = []
+for shape, d in r.items():
+    g = d.get
+    print(f"### {shape} corpus: {int(g('files'))} files, {g('bytes') / MiB:.0f} MiB, {int(g('changed_files'))} files changed for the 1% step\n")
+    print("| | backmesh | tar -czf | tar -I pigz | restic | borg | floor / rsync |")
+    print("|---|---|---|---|---|---|---|")
+
+    def row(label, vals):
+        print(f"| {label} | " + " | ".join(vals) + " |")
+
+    def s(k):
+        return f"{g(k):.2f} s" if k in d else "—"
+
+    def m(k, div=MiB):
+        return f"{g(k) / div:.1f} MiB" if k in d else "—"
+
+    row("create: wall time", [s("bm.create.wall"), s("tar.create.wall"), s("pigz.create.wall"), s("restic.create.wall"), s("borg.create.wall"), "—"])
+    t = g("tar.create.wall")
+    row("create: speed vs tar -czf", [f"{t / g(k):.2f}×" for k in ["bm.create.wall", "tar.create.wall", "pigz.create.wall", "restic.create.wall", "borg.create.wall"]] + ["—"])
+    row("create: output size", [m("bm.size"), m("tar.size"), m("pigz.size"), m("restic.size"), m("borg.size"), "—"])
+    ts = g("tar.size")
+    row("create: size vs tar -czf", [f"{g(k) / ts:.3f}×" for k in ["bm.size", "tar.size", "pigz.size", "restic.size", "borg.size"]] + ["—"])
+    row("create: peak RSS", [m(k, 1024) for k in ["bm.create.rss", "tar.create.rss", "pigz.create.rss", "restic.create.rss", "borg.create.rss"]] + ["—"])
+    row("unchanged re-run: wall time", [s("bm.unchanged.wall"), "—", "—", s("restic.unchanged.wall"), s("borg.unchanged.wall"), s("find.unchanged.wall") + " (find)"])
+    fl = max(g("find.unchanged.wall"), 0.01)
+    row("unchanged re-run: vs find floor", [f"{g('bm.unchanged.wall') / fl:.2f}×", "—", "—", f"{g('restic.unchanged.wall') / fl:.2f}×", f"{g('borg.unchanged.wall') / fl:.2f}×", "1×"])
+    row("1% change: new bytes", [m("bm.new"), "—", "—", m("restic.new"), m("borg.new"), m("rsync.new") + " (literal)"])
+    row("1% change: % of archive", [f"{100 * g(k) / g('bm.size'):.1f}%" for k in ["bm.new"]] + ["—", "—"] + [f"{100 * g(k) / g('bm.size'):.1f}%" for k in ["restic.new", "borg.new", "rsync.new"]])
+    row("1% change: wall time", [s("bm.change.wall"), "—", "—", s("restic.change.wall"), s("borg.change.wall"), s("rsync.change.wall")])
+    row("restore: wall time", [s("bm.restore.wall"), s("tar.restore.wall"), "—", s("restic.restore.wall"), "—", "—"])
+    row("restore: speed vs tar -xzf", [f"{g('tar.restore.wall') / g('bm.restore.wall'):.2f}×", "1×", "—", f"{g('tar.restore.wall') / g('restic.restore.wall'):.2f}×", "—", "—"])
+    row("restore: peak RSS", [m("bm.restore.rss", 1024), m("tar.restore.rss", 1024), "—", m("restic.restore.rss", 1024), "—", "—"])
+    print()
+    size_goal = 1.10 if shape == "source" else 1.03
+    checks += [
+        (shape, "create ≥ 2× faster than tar -czf", t / g("bm.create.wall"), 2.0, True),
+        (shape, f"archive ≤ {size_goal}× tar -czf", g("bm.size") / ts, size_goal, False),
+        (shape, "unchanged re-run ≤ 2× find", g("bm.unchanged.wall") / fl, 2.0, False),
+        (shape, "1% change new bytes ≤ 8% of archive", 100 * g("bm.new") / g("bm.size"), 8.0, False),
+        (shape, "restore ≥ 1.3× faster than tar -xzf", g("tar.restore.wall") / g("bm.restore.wall"), 1.3, True),
+        (shape, "peak RSS < 200 MiB (create, restore)", max(g("bm.create.rss"), g("bm.restore.rss")) / 1024, 200, False),
+    ]
+    curve = sorted({int(k.split(".")[1]) for k in d if k.startswith("curve.")})
+    if curve:
+        print(f"Cut-policy curve ({shape}): group target → archive size and 1%-change new bytes\n")
+        print("| target | members | size vs tar -czf | 1% change new bytes |")
+        print("|---|---|---|---|")
+        for c in curve:
+            size = g(f"curve.{c}.size")
+            print(f"| {c} KiB | {int(g(f'curve.{c}.members'))} | {size / ts:.3f}× | {100 * g(f'curve.{c}.new') / size:.1f}% |")
+        print()
+
+print("### Targets\n")
+print("| corpus | target | measured | met |")
+print("|---|---|---|---|")
+for shape, name, val, goal, higher in checks:
+    ok = val >= goal if higher else val <= goal
+    unit = "%" if "%" in name else (" MiB" if "MiB" in name else "×")
+    print(f"| {shape} | {name} | {val:.2f}{unit} | {'yes' if ok else '**no**'} |")
