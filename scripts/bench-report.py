@@ -7,8 +7,12 @@ import sys
 import datetime
 
 r = collections.defaultdict(dict)
+meta = {}
 for line in open(sys.argv[1]):
     shape, key, value = line.split()
+    if shape == "all":
+        meta[key] = value
+        continue
     r[shape][key] = float(value)
 
 MiB = 1024 * 1024
@@ -29,7 +33,8 @@ def nproc():
 
 
 print(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {nproc()} cores ({cpu()}), "
-      f"{platform.system()} {platform.release()}; warm page cache; `scripts/bench`.\n")
+      f"{platform.system()} {platform.release()}; corpus in the page cache, outputs on {meta.get('out_fs', '?')}; "
+      f"unchanged re-runs and restores are the median of 3; `scripts/bench`.\n")
 checks = []
 for shape, d in r.items():
     g = d.get
@@ -74,12 +79,15 @@ for shape, d in r.items():
     ]
     curve = sorted({int(k.split(".")[1]) for k in d if k.startswith("curve.")})
     if curve:
-        print(f"Cut-policy curve ({shape}): group target → archive size and 1%-change new bytes\n")
-        print("| target | members | size vs tar -czf | 1% change new bytes |")
-        print("|---|---|---|---|")
+        print(f"Cut-policy curve ({shape}): group target → archive size, 1%-change new bytes, and the storage "
+              "of 10 retained archives (the first + 9 such changes) against 10 × tar -czf\n")
+        print("| target | members | size vs tar -czf | 1% change new bytes | 10 archives stored vs 10 tar.gz |")
+        print("|---|---|---|---|---|")
         for c in curve:
             size = g(f"curve.{c}.size")
-            print(f"| {c} KiB | {int(g(f'curve.{c}.members'))} | {size / ts:.3f}× | {100 * g(f'curve.{c}.new') / size:.1f}% |")
+            new = g(f"curve.{c}.new")
+            print(f"| {c} KiB | {int(g(f'curve.{c}.members'))} | {size / ts:.3f}× | {100 * new / size:.1f}% "
+                  f"| {(size + 9 * new) / (10 * ts):.3f}× |")
         print()
 
 print("### Targets\n")

@@ -186,17 +186,62 @@ fn trailer() -> Vec<u8> {
 
 /// Compresses `raw` into one gzip member with a fixed header (no name,
 /// mtime 0, OS unknown), so equal input gives equal bytes on every node.
+///
+/// Data that does not compress (media, archives, encrypted files) is stored
+/// in deflate's *stored* blocks instead: deflating it would spend CPU to
+/// produce output no smaller. The choice is a function of the bytes, so it
+/// is the same on every node.
 pub fn gzip_member(raw: &[u8], level: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() / 3 + 64);
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-    let mut enc = DeflateEncoder::new(out, Compression::new(level.clamp(1, 9)));
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(raw);
-    let mut out = enc.finish().unwrap_or_default();
+    let mut out = if looks_incompressible(raw) {
+        stored_blocks(raw, out)
+    } else {
+        let mut enc = DeflateEncoder::new(out, Compression::new(level.clamp(1, 9)));
+        // Writing into a Vec cannot fail.
+        let _ = enc.write_all(raw);
+        enc.finish().unwrap_or_default()
+    };
     let mut crc = Crc::new();
     crc.update(raw);
     out.extend_from_slice(&crc.sum().to_le_bytes());
     out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out
+}
+
+/// Samples spread over the data, each compressed fast: if none shrinks by
+/// 3%, deflate at any level would not either.
+fn looks_incompressible(raw: &[u8]) -> bool {
+    const SAMPLE: usize = 4096;
+    const SAMPLES: usize = 4;
+    if raw.len() < SAMPLE * SAMPLES * 2 {
+        return false;
+    }
+    let step = raw.len() / SAMPLES;
+    (0..SAMPLES).all(|i| {
+        let s = &raw[i * step..i * step + SAMPLE];
+        let mut enc = DeflateEncoder::new(Vec::with_capacity(SAMPLE + 64), Compression::fast());
+        let _ = enc.write_all(s);
+        let n = enc.finish().map(|v| v.len()).unwrap_or(0);
+        n * 100 >= SAMPLE * 97
+    })
+}
+
+/// Raw deflate of `raw` as stored blocks (RFC 1951 §3.2.4), appended to `out`.
+fn stored_blocks(raw: &[u8], mut out: Vec<u8>) -> Vec<u8> {
+    out.reserve(raw.len() + raw.len() / 65_535 * 5 + 5);
+    let mut chunks = raw.chunks(65_535).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(c) = chunks.next() {
+        let last = chunks.peek().is_none();
+        out.push(u8::from(last));
+        let len = c.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(c);
+    }
     out
 }
 
@@ -794,4 +839,44 @@ fn entry_meta(rel: &[u8], m: &Metadata, kind: Kind, link: Option<Vec<u8>>) -> En
 
 pub(crate) fn lossy(rel: &[u8]) -> String {
     String::from_utf8_lossy(rel).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gunzip(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn members_decode_whether_deflated_or_stored() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text = b"the same words again and again ".repeat(10_000);
+        for raw in [noise.clone(), text.clone(), Vec::new(), noise[..65_535].to_vec(), noise[..65_536].to_vec()] {
+            let m = gzip_member(&raw, 6);
+            assert_eq!(gunzip(&m), raw);
+            assert_eq!(m, gzip_member(&raw, 6), "deterministic");
+        }
+        assert!(looks_incompressible(&noise));
+        assert!(!looks_incompressible(&text));
+        // Stored costs 5 bytes per 64 KiB block, plus gzip's 18.
+        assert!(gzip_member(&noise, 6).len() <= noise.len() + 5 * 5 + 18);
+        // GNU gzip agrees.
+        let p = std::env::temp_dir().join(format!("bm-stored-{}.gz", std::process::id()));
+        std::fs::write(&p, gzip_member(&noise, 6)).unwrap();
+        let ok = std::process::Command::new("gzip").arg("-t").arg(&p).status().map(|s| s.success());
+        let _ = std::fs::remove_file(&p);
+        assert!(ok.unwrap_or(true));
+    }
 }

@@ -17,7 +17,7 @@ use crate::hash::Digest;
 
 /// The default group target in raw (uncompressed) bytes; `scripts/bench`
 /// prints the curve this was chosen from.
-pub const DEFAULT_TARGET: usize = 128 * 1024;
+pub const DEFAULT_TARGET: usize = 64 * 1024;
 
 /// Decides group boundaries for small entries.
 #[derive(Clone, Copy, Debug)]

@@ -349,6 +349,7 @@ fn sanitize(raw: &[u8]) -> Result<Option<PathBuf>, RestoreError> {
     Ok(if out.as_os_str().is_empty() { None } else { Some(out) })
 }
 
+#[derive(Clone, Copy)]
 struct Meta {
     mode: u32,
     mtime: FileTime,
@@ -356,9 +357,36 @@ struct Meta {
     gid: u64,
 }
 
+/// Files up to this size are read into memory and written by the pool;
+/// larger ones are streamed by the extracting thread itself.
+const INLINE_MAX: u64 = 1 << 20;
+
+/// How a file's owner and mode are applied.
+#[derive(Clone, Copy)]
+struct Policy {
+    same_owner: bool,
+    euid: u32,
+    egid: u32,
+    umask: u32,
+}
+
+struct WriteJob {
+    path: PathBuf,
+    name: String,
+    data: Vec<u8>,
+    meta: Meta,
+}
+
 struct Extractor<'a> {
     root: &'a Path,
-    same_owner: bool,
+    policy: Policy,
+    /// One queue per writer; a path always goes to the same writer, so two
+    /// entries of one name are written in archive order.
+    writers: Vec<SyncSender<WriteJob>>,
+    write_error: &'a Mutex<Option<RestoreError>>,
+    hardlinks: Vec<(PathBuf, PathBuf, String)>,
+    /// Disconnects when every writer has finished.
+    writers_done: Receiver<()>,
     /// Directories known to exist as real directories (no symlinks exist
     /// before the final phase, so they stay that way).
     known_dirs: HashSet<PathBuf>,
@@ -373,26 +401,104 @@ fn extract<R: Read>(
     opts: &RestoreOptions,
     failed: &Mutex<Option<RestoreError>>,
 ) -> Result<RestoreReport, RestoreError> {
-    // SAFETY: geteuid has no preconditions.
-    let root_user = unsafe { libc::geteuid() } == 0;
-    let mut x = Extractor {
-        root: staging,
-        same_owner: opts.same_owner.unwrap_or(root_user),
-        known_dirs: HashSet::new(),
-        dirs: Vec::new(),
-        symlinks: Vec::new(),
-        report: RestoreReport::default(),
+    // SAFETY: these calls have no preconditions; umask is set back at once.
+    let (euid, egid, umask) = unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        (libc::geteuid(), libc::getegid(), m as u32)
     };
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|e| take_failure(failed, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| take_failure(failed, e))?;
-        x.entry(entry).map_err(|e| match e {
-            RestoreError::Format { source } => take_failure(failed, source),
-            other => other,
-        })?;
+    let policy = Policy { same_owner: opts.same_owner.unwrap_or(euid == 0), euid, egid, umask };
+    let write_error: Mutex<Option<RestoreError>> = Mutex::new(None);
+    let writers = std::thread::available_parallelism().map(|n| n.get() + 1).unwrap_or(3);
+    std::thread::scope(|s| {
+        let mut senders = Vec::with_capacity(writers);
+        let (done_tx, done_rx) = channel::<()>();
+        for _ in 0..writers {
+            let (tx, rx) = sync_channel::<WriteJob>(16);
+            senders.push(tx);
+            let write_error = &write_error;
+            let done = done_tx.clone();
+            s.spawn(move || {
+                let _done = done;
+                for job in rx {
+                    if let Err(e) = write_file(&job.path, &job.name, &job.data, &job.meta, policy) {
+                        write_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut x = Extractor {
+            root: staging,
+            policy,
+            writers: senders,
+            write_error: &write_error,
+            hardlinks: Vec::new(),
+            writers_done: done_rx,
+            known_dirs: HashSet::new(),
+            dirs: Vec::new(),
+            symlinks: Vec::new(),
+            report: RestoreReport::default(),
+        };
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive.entries().map_err(|e| take_failure(failed, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| take_failure(failed, e))?;
+            x.entry(entry).map_err(|e| match e {
+                RestoreError::Format { source } => take_failure(failed, source),
+                other => other,
+            })?;
+            x.check_writers()?;
+        }
+        x.finish()
+    })
+}
+
+/// Creates and fills one file: open (exclusive, no symlink following),
+/// write, then owner, mode and mtime, each only when it would differ.
+fn write_file(path: &Path, name: &str, data: &[u8], meta: &Meta, p: Policy) -> Result<(), RestoreError> {
+    use std::io::Write;
+    let plain_mode = meta.mode & 0o777;
+    let special = meta.mode & 0o7000 != 0;
+    let chown = p.same_owner && (meta.uid != u64::from(p.euid) || meta.gid != u64::from(p.egid));
+    let create_mode = if special || chown { 0o600 } else { plain_mode };
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(create_mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let mut f = match open() {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // A later entry of the same name replaces the file, as tar does.
+            match fs::symlink_metadata(path) {
+                Ok(m) if m.is_dir() => {
+                    return Err(RestoreError::Conflict { entry: name.to_string(), reason: "a file over a directory".into() })
+                }
+                _ => fs::remove_file(path).map_err(|e| RestoreError::write(path, e))?,
+            }
+            open().map_err(|e| RestoreError::write(path, e))?
+        }
+        Err(e) => return Err(RestoreError::write(path, e)),
+    };
+    f.write_all(data).map_err(|e| RestoreError::write(path, e))?;
+    apply_file(&f, path, meta, p, create_mode)
+}
+
+fn apply_file(f: &File, path: &Path, meta: &Meta, p: Policy, create_mode: u32) -> Result<(), RestoreError> {
+    let chown = p.same_owner && (meta.uid != u64::from(p.euid) || meta.gid != u64::from(p.egid));
+    if chown {
+        std::os::unix::fs::fchown(f, Some(meta.uid as u32), Some(meta.gid as u32))
+            .map_err(|e| RestoreError::write(path, e))?;
     }
-    x.finish()
+    // Ownership changes clear setuid/setgid: the mode goes on after it.
+    if chown || meta.mode != (create_mode & !p.umask) {
+        f.set_permissions(fs::Permissions::from_mode(meta.mode)).map_err(|e| RestoreError::write(path, e))?;
+    }
+    filetime::set_file_handle_times(f, None, Some(meta.mtime)).map_err(|e| RestoreError::write(path, e))
 }
 
 impl Extractor<'_> {
@@ -426,22 +532,35 @@ impl Extractor<'_> {
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 self.parents(&rel, &name)?;
-                self.clear(&path, &name)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(|e| RestoreError::write(&path, e))?;
-                let n = io::copy(&mut entry, &mut f).map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::Other | io::ErrorKind::InvalidData => {
-                        RestoreError::Format { source: e }
+                let size = entry.size();
+                if size <= INLINE_MAX {
+                    let mut data = Vec::with_capacity(size as usize);
+                    entry.read_to_end(&mut data).map_err(|e| RestoreError::Format { source: e })?;
+                    self.report.bytes += data.len() as u64;
+                    let slot = (Digest::of(rel.as_os_str().as_bytes()).prefix_u64() % self.writers.len() as u64) as usize;
+                    let job = WriteJob { path, name, data, meta };
+                    if self.writers[slot].send(job).is_err() {
+                        self.check_writers()?;
+                        return Err(RestoreError::write(self.root, io::Error::other("file writer stopped")));
                     }
-                    _ => RestoreError::write(&path, e),
-                })?;
-                self.report.bytes += n;
-                self.apply_file(&f, &path, &meta)?;
+                } else {
+                    // Wait for the pool only if this name might be queued there.
+                    self.clear(&path, &name)?;
+                    let mode = 0o600;
+                    let mut f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&path)
+                        .map_err(|e| RestoreError::write(&path, e))?;
+                    let n = copy_large(&mut entry, &mut f).map_err(|e| match e {
+                        CopyError::Read(e) => RestoreError::Format { source: e },
+                        CopyError::Write(e) => RestoreError::write(&path, e),
+                    })?;
+                    self.report.bytes += n;
+                    apply_file(&f, &path, &meta, self.policy, mode)?;
+                }
             }
             tar::EntryType::Link => {
                 let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
@@ -450,18 +569,8 @@ impl Extractor<'_> {
                 };
                 self.parents(&rel, &name)?;
                 self.parents(&src_rel, &name)?;
-                let src = self.root.join(&src_rel);
-                match fs::symlink_metadata(&src) {
-                    Ok(m) if m.is_file() => {}
-                    _ => {
-                        return Err(RestoreError::Conflict {
-                            entry: name,
-                            reason: format!("hard link to `{}`, which is not an earlier regular file", src_rel.display()),
-                        })
-                    }
-                }
-                self.clear(&path, &name)?;
-                fs::hard_link(&src, &path).map_err(|e| RestoreError::write(&path, e))?;
+                // Made once every queued file is written (see `finish`).
+                self.hardlinks.push((rel, src_rel, name));
             }
             tar::EntryType::Symlink => {
                 let target = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
@@ -522,16 +631,38 @@ impl Extractor<'_> {
         }
     }
 
-    fn apply_file(&self, f: &File, path: &Path, meta: &Meta) -> Result<(), RestoreError> {
-        if self.same_owner {
-            std::os::unix::fs::fchown(f, Some(meta.uid as u32), Some(meta.gid as u32))
-                .map_err(|e| RestoreError::write(path, e))?;
+    fn wait_writers(&self) {
+        while self.writers_done.recv().is_ok() {}
+    }
+
+    fn check_writers(&self) -> Result<(), RestoreError> {
+        match self.write_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        f.set_permissions(fs::Permissions::from_mode(meta.mode)).map_err(|e| RestoreError::write(path, e))?;
-        filetime::set_file_handle_times(f, None, Some(meta.mtime)).map_err(|e| RestoreError::write(path, e))
     }
 
     fn finish(mut self) -> Result<RestoreReport, RestoreError> {
+        // Closing the queues lets the writers finish; the scope joins them,
+        // but the hard links below need their targets now.
+        let writers = std::mem::take(&mut self.writers);
+        drop(writers);
+        self.wait_writers();
+        self.check_writers()?;
+        for (rel, src_rel, name) in std::mem::take(&mut self.hardlinks) {
+            let (path, src) = (self.root.join(&rel), self.root.join(&src_rel));
+            match fs::symlink_metadata(&src) {
+                Ok(m) if m.is_file() => {}
+                _ => {
+                    return Err(RestoreError::Conflict {
+                        entry: name,
+                        reason: format!("hard link to `{}`, which is not an earlier regular file", src_rel.display()),
+                    })
+                }
+            }
+            self.clear(&path, &name)?;
+            fs::hard_link(&src, &path).map_err(|e| RestoreError::write(&path, e))?;
+        }
         for (rel, target, meta) in std::mem::take(&mut self.symlinks) {
             let name = rel.display().to_string();
             self.parents(&rel, &name)?;
@@ -545,7 +676,7 @@ impl Extractor<'_> {
                 }
             }
             std::os::unix::fs::symlink(&target, &path).map_err(|e| RestoreError::write(&path, e))?;
-            if self.same_owner {
+            if self.policy.same_owner {
                 std::os::unix::fs::lchown(&path, Some(meta.uid as u32), Some(meta.gid as u32))
                     .map_err(|e| RestoreError::write(&path, e))?;
             }
@@ -558,7 +689,7 @@ impl Extractor<'_> {
         dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
         for (rel, meta) in dirs {
             let path = self.root.join(&rel);
-            if self.same_owner {
+            if self.policy.same_owner {
                 std::os::unix::fs::chown(&path, Some(meta.uid as u32), Some(meta.gid as u32))
                     .map_err(|e| RestoreError::write(&path, e))?;
             }
@@ -567,6 +698,28 @@ impl Extractor<'_> {
             filetime::set_file_mtime(&path, meta.mtime).map_err(|e| RestoreError::write(&path, e))?;
         }
         Ok(self.report)
+    }
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies a large entry with a big buffer, telling read from write errors.
+fn copy_large<R: Read>(from: &mut R, to: &mut File) -> Result<u64, CopyError> {
+    use std::io::Write;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
     }
 }
 
