@@ -212,7 +212,8 @@ fn malicious_archives_are_refused() {
     fs::create_dir(&work).unwrap();
     let target = work.join("target");
 
-    let cases: Vec<(Vec<(&str, tarfmt::Kind, Option<&str>, &[u8])>, &str)> = vec![
+    type Entry<'a> = (&'a str, tarfmt::Kind, Option<&'a str>, &'a [u8]);
+    let cases: Vec<(Vec<Entry>, &str)> = vec![
         (vec![("ok.txt", File, None, b"fine"), ("../../outside/dotdot", File, None, b"x")], ".."),
         (vec![("/tmp/backmesh-absolute-evil", File, None, b"x")], "absolute"),
         (
@@ -446,4 +447,47 @@ fn bad_sources_get_clear_errors() {
     o.excludes = vec!["[".into()];
     let err = run_backup(&store, "n", t.path(), &o, 10).unwrap_err();
     assert!(err.to_string().contains("exclude"), "{err}");
+}
+
+/// A full disk fails the backup cleanly: older archives intact, nothing half-visible.
+#[test]
+fn a_full_disk_fails_the_backup_and_keeps_older_archives() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mnt = t.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("small.txt"), b"version 1").unwrap();
+    let data = mnt.join("data");
+    let store = Store::open(&data).unwrap();
+    let first = run_backup(&store, "n", &src, &opts(), 10).unwrap();
+    let RunOutcome::Stored { manifest: first, .. } = first.outcome else { panic!("first backup stored") };
+
+    // Now more incompressible data than the disk holds.
+    fs::write(src.join("big.bin"), Rng(3).bytes(8 << 20)).unwrap();
+    let err = run_backup(&store, "n", &src, &opts(), 10).unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    let key = src.to_str().unwrap();
+    let listed = store.list("n", key).unwrap();
+    assert_eq!(listed.len(), 1, "only the first archive is visible");
+    assert!(store.verify(&first).is_ok());
+    assert_eq!(fs::read_dir(data.join("staging")).unwrap().count(), 0, "staged members removed");
+    let out = t.path().join("r");
+    archive::restore_archive(&first, &store, &out, &RestoreOptions::default()).unwrap();
+    assert_eq!(fs::read(out.join("small.txt")).unwrap(), b"version 1");
 }

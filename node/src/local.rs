@@ -209,7 +209,7 @@ pub fn archives(ctx: &Ctx, a: ArchivesArgs) -> Result<ExitCode> {
         println!("no archives in {}", ctx.data_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<32} {:<21} {:>10} {:>8}  {}", "ID", "CREATED", "SIZE", "FILES", "NODE:PATH");
+    println!("{:<32} {:<21} {:>10} {:>8}  NODE:PATH", "ID", "CREATED", "SIZE", "FILES");
     for s in &list {
         println!("{:<32} {:<21} {:>10} {:>8}  {}:{}", s.id, rfc3339(s.created_ms), mib(s.tgz_len), s.files, s.node, s.path);
     }

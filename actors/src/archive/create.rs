@@ -469,7 +469,7 @@ fn sink_loop(
 
 /// Outcome of reading one small file.
 enum SmallRead {
-    Data { meta: Metadata, data: Vec<u8>, settled: bool, attempts: u32 },
+    Data { meta: Box<Metadata>, data: Vec<u8>, settled: bool, attempts: u32 },
     /// It grew past the small-file limit: stream it as a large file.
     TooLarge,
     Skipped,
@@ -664,7 +664,7 @@ impl Producer {
             let after = f.metadata().unwrap_or_else(|_| before.clone());
             let settled = data.len() as u64 == before.len() && same_stat(&before, &after);
             if settled || attempt > self.max_rereads {
-                return SmallRead::Data { meta: after, data, settled, attempts: attempt };
+                return SmallRead::Data { meta: Box::new(after), data, settled, attempts: attempt };
             }
         }
     }

@@ -12,12 +12,15 @@ use std::sync::Mutex;
 
 use super::StoreError;
 
+/// Key-value pairs as a scan returns them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub trait KvStore: Send + Sync {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     fn delete(&self, tree: &str, key: &[u8]) -> Result<(), StoreError>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Pairs, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
 }
 
@@ -54,7 +57,7 @@ impl KvStore for SledKv {
         self.db.open_tree(tree).map_err(db_err)?.remove(key).map_err(db_err)?;
         Ok(())
     }
-    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Pairs, StoreError> {
         self.db
             .open_tree(tree)
             .map_err(db_err)?
@@ -68,10 +71,12 @@ impl KvStore for SledKv {
     }
 }
 
+type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// In memory, for tests and the simulator.
 #[derive(Default)]
 pub struct MemKv {
-    trees: Mutex<BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    trees: Mutex<BTreeMap<String, Tree>>,
 }
 
 impl KvStore for MemKv {
@@ -91,7 +96,7 @@ impl KvStore for MemKv {
         }
         Ok(())
     }
-    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Pairs, StoreError> {
         let t = self.trees.lock().unwrap_or_else(|e| e.into_inner());
         Ok(t.get(tree)
             .map(|t| {
