@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::archive::{self, ArchiveError, CreateOptions, Manifest, Warning};
+use crate::archive::{self, ArchiveError, CreateOptions, Manifest, StatSnapshot, Warning};
+use crate::hash::Digest;
 use crate::store::{RetentionReport, StatCacheEntry, Store, StoreError};
 
 /// Why a run failed.
@@ -86,16 +87,7 @@ pub fn run_backup(
     if let Some(last) = &last {
         if created.tree_digest == last.tree_digest {
             drop(txn);
-            store.set_stat_cache(
-                node,
-                key,
-                &StatCacheEntry {
-                    snapshot,
-                    excludes: opts.excludes.clone(),
-                    archive_id: last.id.clone(),
-                    tree_digest: last.tree_digest,
-                },
-            )?;
+            remember(store, node, key, opts, snapshot, &last.id, last.tree_digest)?;
             return Ok(done(RunOutcome::Unchanged {
                 archive_id: last.id.clone(),
                 by: UnchangedBy::TreeDigest,
@@ -114,17 +106,23 @@ pub fn run_backup(
         .sum();
     let manifest = created.into_manifest(node, key, now_ms(), opts.excludes.clone());
     txn.commit(&manifest)?;
-    store.set_stat_cache(
-        node,
-        key,
-        &StatCacheEntry {
-            snapshot,
-            excludes: opts.excludes.clone(),
-            archive_id: manifest.id.clone(),
-            tree_digest: manifest.tree_digest,
-        },
-    )?;
+    remember(store, node, key, opts, snapshot, &manifest.id, manifest.tree_digest)?;
     let retention = store.retain(node, key, keep)?;
     store.flush()?;
     Ok(done(RunOutcome::Stored { manifest: Box::new(manifest), new_bytes, retention }))
+}
+
+/// Records the snapshot of the tree that archive `id` holds, for the next
+/// run's metadata-only check.
+fn remember(
+    store: &Store,
+    node: &str,
+    key: &str,
+    opts: &CreateOptions,
+    snapshot: StatSnapshot,
+    id: &str,
+    tree_digest: Digest,
+) -> Result<(), StoreError> {
+    let entry = StatCacheEntry { snapshot, excludes: opts.excludes.clone(), archive_id: id.to_string(), tree_digest };
+    store.set_stat_cache(node, key, &entry)
 }
