@@ -55,8 +55,20 @@ fn key_of(p: &Path) -> Result<String> {
     abs.to_str().map(str::to_string).ok_or_else(|| anyhow!("path {} is not valid UTF-8", abs.display()))
 }
 
+/// Bytes in the unit a person reads best: `812 B`, `3.4 KiB`, `1.2 GiB`.
 fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -103,7 +115,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
         ..CreateOptions::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let ticker = (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress, stop.clone()));
+    let ticker = (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress, stop.clone(), false));
     let report = run_backup(&store, &ctx.name, &path, &opts, a.keep);
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
@@ -163,21 +175,27 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn spawn_progress(p: Arc<Progress>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// A progress line on stderr, every 200 ms, until `stop`.
+fn spawn_progress(p: Arc<Progress>, stop: Arc<AtomicBool>, restoring: bool) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let start = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
-            let read = p.bytes_read.load(Ordering::Relaxed);
-            let rate = read as f64 / start.elapsed().as_secs_f64().max(0.001) / (1024.0 * 1024.0);
-            eprint!(
-                "\r  {} entries, {} read, {} written, {rate:.0} MiB/s   ",
+            let secs = start.elapsed().as_secs_f64().max(0.001);
+            let (entries, read, out) = (
                 p.entries.load(Ordering::Relaxed),
-                mib(read),
-                mib(p.bytes_out.load(Ordering::Relaxed))
+                p.bytes_read.load(Ordering::Relaxed),
+                p.bytes_out.load(Ordering::Relaxed),
             );
+            if restoring {
+                let rate = out as f64 / secs / (1024.0 * 1024.0);
+                eprint!("\r  {entries} entries, {} written, {rate:.0} MiB/s   ", mib(out));
+            } else {
+                let rate = read as f64 / secs / (1024.0 * 1024.0);
+                eprint!("\r  {entries} entries, {} read, {} compressed, {rate:.0} MiB/s   ", mib(read), mib(out));
+            }
         }
-        eprint!("\r{:70}\r", "");
+        eprint!("\r{:76}\r", "");
     })
 }
 
@@ -240,8 +258,16 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     let key = key_of(&a.path)?;
     let m = store.manifest(node, &key, a.archive.as_deref())?;
     let started = Instant::now();
-    let report = archive::restore_archive(&m, &store, &a.to, &RestoreOptions { overwrite: a.overwrite, ..Default::default() })
-        .with_context(|| format!("restore of archive {} into {} failed", m.id, a.to.display()))?;
+    let progress = Arc::new(Progress::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress.clone(), stop.clone(), true));
+    let opts = RestoreOptions { overwrite: a.overwrite, progress: Some(progress), ..Default::default() };
+    let report = archive::restore_archive(&m, &store, &a.to, &opts);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+    let report = report.with_context(|| format!("restore of archive {} into {} failed", m.id, a.to.display()))?;
     if ctx.json {
         println!("{}", json!({"result": "restored", "archive": m.id, "to": a.to, "entries": report.entries,
                                "bytes": report.bytes, "warnings": report.warnings}));

@@ -65,11 +65,15 @@ impl Default for CreateOptions {
     }
 }
 
-/// Counters updated while an archive is made; read them from another thread.
+/// Counters updated while an archive is made or restored; read them from
+/// another thread.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Entries walked (create) or extracted (restore).
     pub entries: AtomicU64,
+    /// File content read (create).
     pub bytes_read: AtomicU64,
+    /// Compressed bytes produced (create), content bytes written (restore).
     pub bytes_out: AtomicU64,
 }
 

@@ -19,12 +19,13 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use filetime::FileTime;
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest as _, Sha256};
 
+use super::create::Progress;
 use super::manifest::{Manifest, MemberRef};
 use crate::hash::Digest;
 
@@ -42,6 +43,8 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// Restore owners (uid/gid). `None`: only when running as root.
     pub same_owner: Option<bool>,
+    /// Live counters (entries, bytes written) for a progress display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -444,11 +447,16 @@ fn extract<R: Read>(
         let entries = archive.entries().map_err(|e| take_failure(failed, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| take_failure(failed, e))?;
+            let size = entry.size();
             x.entry(entry).map_err(|e| match e {
                 RestoreError::Format { source } => take_failure(failed, source),
                 other => other,
             })?;
             x.check_writers()?;
+            if let Some(p) = &opts.progress {
+                p.entries.fetch_add(1, Ordering::Relaxed);
+                p.bytes_out.fetch_add(size, Ordering::Relaxed);
+            }
         }
         x.finish()
     })
