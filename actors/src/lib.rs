@@ -14,4 +14,5 @@
 pub mod archive;
 pub mod hash;
 pub mod jobs;
+pub mod net;
 pub mod store;

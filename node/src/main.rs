@@ -1,11 +1,15 @@
 //! `backmesh-node`: a backmesh node.
 //!
-//! Today it works on its local store: `backup`, `archives`, `restore`,
-//! `export`, `verify`. The same commands keep working on a node's data
-//! directory when the mesh is down: an operator can always get data back
-//! from the disk in front of them.
+//! Without a subcommand it runs as a node of the mesh (`run`). The
+//! subcommands work on the local store — `backup`, `archives`, `restore`,
+//! `export`, `verify` — and keep working on a node's data directory when
+//! the mesh is down: an operator can always get data back from the disk in
+//! front of them. `keygen` makes a swarm key.
 
+mod api;
+mod config;
 mod local;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,19 +17,28 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "backmesh-node", version, about = "A backmesh node: backs up directories into its store and restores them exactly")]
+#[command(
+    name = "backmesh-node",
+    version,
+    about = "A backmesh node: joins the mesh, backs up directories and restores them exactly",
+    long_about = "A backmesh node. Without a subcommand it runs as a node of the mesh:\n\n  \
+                  backmesh-node --name n1 --listen 0.0.0.0:7400 --api 127.0.0.1:7401 --bootstrap other-host:7400\n\n\
+                  The subcommands work on this node's local store, with or without the mesh."
+)]
 struct Cli {
-    /// The node's data directory (store, index, identity).
-    #[arg(long, global = true, env = "BACKMESH_DATA_DIR", default_value = "./backmesh-data")]
-    data_dir: PathBuf,
+    /// The node's data directory (store, index, identity) [default: ./backmesh-data].
+    #[arg(long, global = true, env = "BACKMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// This node's name in the mesh (default: the host name).
     #[arg(long, global = true, env = "BACKMESH_NAME")]
     name: Option<String>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    run: config::RunArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,23 +53,82 @@ enum Command {
     Export(local::ExportArgs),
     /// Re-hash the members of archives in the local store.
     Verify(local::VerifyArgs),
+    /// Make a new swarm key (private-network key) file for the mesh.
+    Keygen {
+        /// Where to write it (never overwritten).
+        #[arg(short = 'o', long, default_value = "swarm.key")]
+        output: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = local::Ctx { data_dir: cli.data_dir, name: cli.name.unwrap_or_else(local::hostname), json: cli.json };
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        init_logging();
+        let result = config::NodeConfig::resolve(cli.name, cli.data_dir, cli.run).and_then(run::run);
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("backmesh-node: {}", report(&e));
+                ExitCode::from(1)
+            }
+        };
+    };
+    let ctx = local::Ctx {
+        data_dir: cli.data_dir.unwrap_or_else(|| PathBuf::from("./backmesh-data")),
+        name: cli.name.unwrap_or_else(local::hostname),
+        json: cli.json,
+    };
+    let result = match command {
         Command::Backup(a) => local::backup(&ctx, a),
         Command::Archives(a) => local::archives(&ctx, a),
         Command::Restore(a) => local::restore(&ctx, a),
         Command::Export(a) => local::export(&ctx, a),
         Command::Verify(a) => local::verify(&ctx, a),
+        Command::Keygen { output } => backmesh_actors::net::swarm_key::create(&output)
+            .map(|k| {
+                println!("wrote a new swarm key to {} (fingerprint {}); copy it to every node of the mesh", output.display(), k.fingerprint());
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("backmesh-node: {e:#}");
+            eprintln!("backmesh-node: {}", report(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, each said once: many messages already quote
+/// their cause, and repeating it helps nobody.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// Logs to stderr; `BACKMESH_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("BACKMESH_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| {
+            "info,actix_server=warn,libp2p_kad=error,libp2p_swarm=warn,libp2p_tcp=warn,libp2p_noise=warn,libp2p_yamux=warn,libp2p_request_response=warn".into()
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

@@ -36,8 +36,12 @@ fn db_err(e: sled::Error) -> StoreError {
 impl SledKv {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
-                StoreError::Locked { path: dir.to_path_buf() }
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.raw_os_error() == Some(libc::EWOULDBLOCK)
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::Locked { path: dir.parent().unwrap_or(dir).to_path_buf() }
             }
             other => db_err(other),
         })?;

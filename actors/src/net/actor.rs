@@ -1,0 +1,118 @@
+//! The membership actor: owns the [`Membership`] view.
+//!
+//! Messages: [`NetEvent`] (from the network loop: a peer was seen or said
+//! hello), [`GetStatus`] (from the HTTP API: answers the view). Every
+//! `tick` it marks silent peers down and refreshes this node's free space,
+//! which it hands to the network loop for the next hellos.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
+use backmesh_api::Status;
+
+use super::membership::{Change, Membership};
+use super::swarm::{NetClient, NetEvent};
+
+/// Asks for the mesh as this node sees it. Sender: the HTTP API.
+#[derive(Message)]
+#[rtype(result = "Status")]
+pub struct GetStatus;
+
+/// Hands the actor the network client once the swarm runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachNet(pub NetClient);
+
+pub struct MembershipActor {
+    state: Membership,
+    data_dir: PathBuf,
+    tick: Duration,
+    net: Option<NetClient>,
+}
+
+impl MembershipActor {
+    pub fn new(state: Membership, data_dir: PathBuf, tick: Duration) -> Self {
+        MembershipActor { state, data_dir, tick, net: None }
+    }
+
+    fn report(&self, changes: Vec<Change>) {
+        for c in changes {
+            match c {
+                Change::Up { peer, name } => tracing::info!("node {name} ({peer}) is up"),
+                Change::Down { peer, name } => tracing::warn!("node {name} ({peer}) is down"),
+                Change::NameConflict { name, peers } => {
+                    tracing::error!("name conflict: {} peers claim the name `{name}`: {}", peers.len(), peers.join(", "))
+                }
+            }
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Free bytes for unprivileged writers on the filesystem of `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return 0 };
+    // SAFETY: `c` is a valid C string; `st` is written by statvfs before use.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+}
+
+impl Actor for MembershipActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.tick, |act, _| {
+            let changes = act.state.tick(now_ms());
+            act.report(changes);
+            act.state.set_free_bytes(free_bytes(&act.data_dir));
+            if let Some(net) = act.net.clone() {
+                let info = act.state.me().clone();
+                actix::spawn(async move {
+                    let _ = net.set_info(info).await;
+                });
+            }
+        });
+    }
+}
+
+impl Handler<NetEvent> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: NetEvent, _: &mut Context<Self>) {
+        let now = now_ms();
+        let changes = match msg {
+            NetEvent::Seen { peer } => self.state.seen(&peer, now),
+            NetEvent::Hello { peer, info } => self.state.hello(&peer, info, now),
+        };
+        self.report(changes);
+    }
+}
+
+impl Handler<AttachNet> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
+        self.net = Some(msg.0);
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+impl Handler<GetStatus> for MembershipActor {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(Status { nodes: self.state.view(rfc3339), jobs: Vec::new(), problems: self.state.problems() })
+    }
+}

@@ -1,0 +1,277 @@
+//! The membership view: who is in the mesh, up or down, with what name,
+//! site and free space. Pure: every method takes the current time and
+//! returns what changed; the membership actor does the logging and IO.
+//!
+//! A peer is *up* while it has been heard from (ping, hello) within
+//! `down_after`; *down* after that, and up again when heard from. Two peers
+//! that claim one name are both reported, never merged.
+
+use std::collections::BTreeMap;
+
+use backmesh_api::NodeStatus;
+use serde::{Deserialize, Serialize};
+
+/// What a node says about itself in a hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub site: String,
+    pub free_bytes: u64,
+    /// Mesh address, `host:port`.
+    pub address: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PeerState {
+    info: Option<NodeInfo>,
+    last_seen_ms: Option<i64>,
+    up: bool,
+}
+
+/// A transition worth telling an operator about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Up { peer: String, name: String },
+    Down { peer: String, name: String },
+    NameConflict { name: String, peers: Vec<String> },
+}
+
+#[derive(Clone, Debug)]
+pub struct Membership {
+    me_peer: String,
+    me: NodeInfo,
+    peers: BTreeMap<String, PeerState>,
+    down_after_ms: i64,
+    reported_conflicts: Vec<String>,
+}
+
+impl Membership {
+    pub fn new(me_peer: String, me: NodeInfo, down_after_ms: i64) -> Self {
+        Membership { me_peer, me, peers: BTreeMap::new(), down_after_ms, reported_conflicts: Vec::new() }
+    }
+
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    pub fn set_free_bytes(&mut self, free: u64) {
+        self.me.free_bytes = free;
+    }
+
+    fn name_of(&self, peer: &str) -> String {
+        self.peers.get(peer).and_then(|p| p.info.as_ref()).map(|i| i.name.clone()).unwrap_or_else(|| short(peer))
+    }
+
+    /// The peer was heard from (a ping answered, a message received).
+    pub fn seen(&mut self, peer: &str, now_ms: i64) -> Vec<Change> {
+        if peer == self.me_peer {
+            return Vec::new();
+        }
+        let state = self.peers.entry(peer.to_string()).or_insert(PeerState { info: None, last_seen_ms: None, up: false });
+        state.last_seen_ms = Some(now_ms);
+        // Up only once we know who it is: a hello carries its name.
+        if !state.up && state.info.is_some() {
+            state.up = true;
+            return vec![Change::Up { peer: peer.to_string(), name: self.name_of(peer) }];
+        }
+        Vec::new()
+    }
+
+    /// The peer said who it is.
+    pub fn hello(&mut self, peer: &str, info: NodeInfo, now_ms: i64) -> Vec<Change> {
+        if peer == self.me_peer {
+            return Vec::new();
+        }
+        let state = self.peers.entry(peer.to_string()).or_insert(PeerState { info: None, last_seen_ms: None, up: false });
+        state.info = Some(info);
+        let mut changes = self.seen(peer, now_ms);
+        changes.extend(self.new_conflicts());
+        changes
+    }
+
+    /// Marks peers not heard from within `down_after` as down.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let down_after = self.down_after_ms;
+        let names: BTreeMap<String, String> = self.peers.keys().map(|p| (p.clone(), self.name_of(p))).collect();
+        for (peer, state) in self.peers.iter_mut() {
+            let silent = state.last_seen_ms.is_none_or(|t| now_ms - t > down_after);
+            if state.up && silent {
+                state.up = false;
+                changes.push(Change::Down { peer: peer.clone(), name: names[peer].clone() });
+            }
+        }
+        changes
+    }
+
+    pub fn is_up(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.up)
+    }
+
+    /// Names claimed by more than one peer id (this node included).
+    pub fn conflicts(&self) -> BTreeMap<String, Vec<String>> {
+        let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        by_name.entry(self.me.name.clone()).or_default().push(self.me_peer.clone());
+        for (peer, state) in &self.peers {
+            if let Some(info) = &state.info {
+                by_name.entry(info.name.clone()).or_default().push(peer.clone());
+            }
+        }
+        by_name.retain(|_, peers| peers.len() > 1);
+        by_name
+    }
+
+    fn new_conflicts(&mut self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (name, peers) in self.conflicts() {
+            if !self.reported_conflicts.contains(&name) {
+                self.reported_conflicts.push(name.clone());
+                out.push(Change::NameConflict { name, peers });
+            }
+        }
+        out
+    }
+
+    /// The view for `status`: this node first, then peers by name.
+    pub fn view(&self, last_seen: impl Fn(i64) -> String) -> Vec<NodeStatus> {
+        let conflicts = self.conflicts();
+        let conflict_note = |name: &str, peer: &str| {
+            conflicts.get(name).map(|peers| {
+                let others: Vec<String> = peers.iter().filter(|p| *p != peer).map(|p| short(p)).collect();
+                format!("name `{name}` is also claimed by {}", others.join(", "))
+            })
+        };
+        let mut out = vec![NodeStatus {
+            name: self.me.name.clone(),
+            peer_id: self.me_peer.clone(),
+            address: self.me.address.clone(),
+            up: true,
+            free_bytes: self.me.free_bytes,
+            site: self.me.site.clone(),
+            last_seen: None,
+            this_node: true,
+            conflict: conflict_note(&self.me.name, &self.me_peer),
+        }];
+        let mut peers: Vec<NodeStatus> = self
+            .peers
+            .iter()
+            .filter_map(|(peer, s)| {
+                let info = s.info.as_ref()?;
+                Some(NodeStatus {
+                    name: info.name.clone(),
+                    peer_id: peer.clone(),
+                    address: info.address.clone(),
+                    up: s.up,
+                    free_bytes: info.free_bytes,
+                    site: info.site.clone(),
+                    last_seen: s.last_seen_ms.map(&last_seen),
+                    this_node: false,
+                    conflict: conflict_note(&info.name, peer),
+                })
+            })
+            .collect();
+        peers.sort_by(|a, b| (&a.name, &a.peer_id).cmp(&(&b.name, &b.peer_id)));
+        out.extend(peers);
+        out
+    }
+
+    /// Problems with the mesh a person should see.
+    pub fn problems(&self) -> Vec<String> {
+        self.conflicts()
+            .into_iter()
+            .map(|(name, peers)| {
+                format!(
+                    "{} nodes claim the name `{name}` ({}); give each node a unique --name",
+                    peers.len(),
+                    peers.iter().map(|p| short(p)).collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
+/// The last 8 characters of a peer id: enough to tell peers apart in text.
+pub fn short(peer: &str) -> String {
+    let n = peer.len();
+    format!("…{}", &peer[n.saturating_sub(8)..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str) -> NodeInfo {
+        NodeInfo { name: name.into(), site: "lab".into(), free_bytes: 100, address: "127.0.0.1:1".into(), version: "0".into() }
+    }
+
+    fn m() -> Membership {
+        Membership::new("ME".into(), info("me"), 3_000)
+    }
+
+    #[test]
+    fn a_peer_is_up_once_it_says_hello_and_down_after_silence() {
+        let mut m = m();
+        assert!(m.seen("P1", 0).is_empty(), "not up before a hello");
+        assert_eq!(m.hello("P1", info("a"), 100), vec![Change::Up { peer: "P1".into(), name: "a".into() }]);
+        assert!(m.tick(3_100).is_empty(), "within down_after");
+        assert_eq!(m.tick(3_101), vec![Change::Down { peer: "P1".into(), name: "a".into() }]);
+        assert!(m.tick(10_000).is_empty(), "down is reported once");
+        assert!(!m.is_up("P1"));
+        assert_eq!(m.seen("P1", 10_001), vec![Change::Up { peer: "P1".into(), name: "a".into() }]);
+        assert!(m.is_up("P1"));
+    }
+
+    #[test]
+    fn table_of_transitions() {
+        // (events, expected up after them) with down_after = 3000
+        type Step = (&'static str, i64);
+        let cases: &[(&[Step], bool)] = &[
+            (&[("hello", 0)], true),
+            (&[("hello", 0), ("tick", 2_999)], true),
+            (&[("hello", 0), ("tick", 4_000)], false),
+            (&[("hello", 0), ("seen", 2_000), ("tick", 4_000)], true),
+            (&[("hello", 0), ("tick", 4_000), ("seen", 4_001)], true),
+            (&[("seen", 0)], false),
+        ];
+        for (steps, up) in cases {
+            let mut m = m();
+            for (what, t) in steps.iter() {
+                match *what {
+                    "hello" => drop(m.hello("P", info("p"), *t)),
+                    "seen" => drop(m.seen("P", *t)),
+                    _ => drop(m.tick(*t)),
+                }
+            }
+            assert_eq!(m.is_up("P"), *up, "{steps:?}");
+        }
+    }
+
+    #[test]
+    fn a_shared_name_is_reported_by_both_not_merged() {
+        let mut m = m();
+        m.hello("P1", info("dup"), 0);
+        let changes = m.hello("P2", info("dup"), 0);
+        assert!(matches!(&changes[..], [.., Change::NameConflict { name, peers }] if name == "dup" && peers.len() == 2));
+        let view = m.view(|t| t.to_string());
+        assert_eq!(view.iter().filter(|n| n.name == "dup").count(), 2, "both listed");
+        assert!(view.iter().filter(|n| n.name == "dup").all(|n| n.conflict.is_some()));
+        assert_eq!(m.problems().len(), 1);
+        // A peer claiming our own name is a conflict too.
+        m.hello("P3", info("me"), 0);
+        assert_eq!(m.problems().len(), 2);
+        assert!(m.view(|t| t.to_string())[0].conflict.is_some());
+    }
+
+    #[test]
+    fn the_view_starts_with_this_node() {
+        let mut m = m();
+        m.hello("P2", info("b"), 5);
+        m.hello("P1", info("a"), 5);
+        let v = m.view(|t| format!("t{t}"));
+        let names: Vec<_> = v.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["me", "a", "b"]);
+        assert!(v[0].this_node && !v[1].this_node);
+        assert_eq!(v[1].last_seen.as_deref(), Some("t5"));
+    }
+}

@@ -1,0 +1,429 @@
+//! The libp2p side: the behaviour, the transport, and the one event loop
+//! that owns the `Swarm` (rust-libp2p's file-sharing shape).
+//!
+//! Others talk to the loop through a cloneable [`NetClient`] (commands over
+//! a channel); the loop reports what it hears to the membership actor as
+//! [`NetEvent`] messages.
+//!
+//! Transport: TCP → private-network handshake (when a swarm key is set) →
+//! Noise → Yamux. Behaviours: identify, ping (liveness), Kademlia
+//! (discovery from bootstrap peers), mDNS (optional, LAN), and the
+//! `/backmesh/hello/1` exchange (name, site, free space, known peers).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix::{Message, Recipient};
+use either::Either;
+use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport};
+use tokio::sync::{mpsc, oneshot};
+
+use super::membership::NodeInfo;
+use super::wire::{CborCodec, Hello, KnownPeer, HELLO, MAX_HELLO};
+
+/// What the network loop hears, for the membership actor.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub enum NetEvent {
+    /// A peer answered a ping or sent something.
+    Seen { peer: String },
+    /// A peer said who it is.
+    Hello { peer: String, info: NodeInfo },
+}
+
+/// Commands to the network loop. Sender: any holder of a [`NetClient`].
+enum Command {
+    /// Replace what this node says about itself in hellos.
+    SetInfo(NodeInfo),
+    /// Reply with the addresses the swarm listens on.
+    ListenAddrs(oneshot::Sender<Vec<String>>),
+    /// Close every connection and stop the loop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot set up the network: {reason}")]
+    Setup { reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("the network loop has stopped")]
+    Stopped,
+}
+
+/// A handle on the network loop; cheap to clone.
+#[derive(Clone)]
+pub struct NetClient {
+    tx: mpsc::Sender<Command>,
+}
+
+impl NetClient {
+    pub async fn set_info(&self, info: NodeInfo) -> Result<(), NetError> {
+        self.tx.send(Command::SetInfo(info)).await.map_err(|_| NetError::Stopped)
+    }
+
+    pub async fn listen_addrs(&self) -> Result<Vec<String>, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::ListenAddrs(tx)).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Closes connections (peers see this node leave) and ends the loop.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// How to build and run the network.
+pub struct NetConfig {
+    pub keypair: identity::Keypair,
+    pub listen: SocketAddr,
+    pub bootstrap: Vec<SocketAddr>,
+    pub swarm_key: Option<PreSharedKey>,
+    pub mdns: bool,
+    /// How often peers are pinged (liveness).
+    pub ping_every: Duration,
+    /// How often hellos are repeated and lost peers redialled.
+    pub hello_every: Duration,
+    pub info: NodeInfo,
+}
+
+pub fn multiaddr_of(addr: SocketAddr) -> Multiaddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
+        std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
+    };
+    Multiaddr::empty().with(ip).with(Protocol::Tcp(addr.port()))
+}
+
+fn setup_err(e: impl std::fmt::Display) -> NetError {
+    NetError::Setup { reason: e.to_string() }
+}
+
+/// Builds the swarm and starts listening. Must run inside a tokio runtime.
+pub fn start(cfg: NetConfig, events: Recipient<NetEvent>) -> Result<NetClient, NetError> {
+    let psk = cfg.swarm_key;
+    let ping_every = cfg.ping_every;
+    let mdns_on = cfg.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair)
+        .with_tokio()
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+            let base = match psk {
+                Some(psk) => Either::Left(tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))),
+                None => Either::Right(tcp),
+            };
+            Ok(base
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default())
+                .timeout(Duration::from_secs(20))
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+        })
+        .map_err(setup_err)?
+        .with_behaviour(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let peer = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer,
+                kad::store::MemoryStore::new(peer),
+                kad::Config::new(StreamProtocol::new("/backmesh/kad/1")),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/backmesh/1".into(), key.public())
+                        .with_agent_version(format!("backmesh/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(ping_every).with_timeout(ping_every * 2 + Duration::from_secs(1)),
+                ),
+                kad,
+                hello: request_response::Behaviour::with_codec(
+                    CborCodec::new(MAX_HELLO),
+                    [(HELLO, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                ),
+                mdns: Toggle::from(mdns),
+            })
+        })
+        .map_err(setup_err)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    // libp2p sets SO_REUSEPORT, which would let two nodes share a port
+    // silently: a plain bind first tells the operator.
+    if let Err(e) = std::net::TcpListener::bind(cfg.listen) {
+        let reason = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "the port is already in use (another backmesh-node?)".to_string(),
+            _ => e.to_string(),
+        };
+        return Err(NetError::Listen { addr: cfg.listen, reason });
+    }
+    swarm
+        .listen_on(multiaddr_of(cfg.listen))
+        .map_err(|e| NetError::Listen { addr: cfg.listen, reason: listen_reason(e) })?;
+    for addr in &cfg.bootstrap {
+        if let Err(e) = swarm.dial(multiaddr_of(*addr)) {
+            tracing::warn!("cannot dial bootstrap peer {addr}: {e}");
+        }
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let bootstrap: Vec<Multiaddr> = cfg.bootstrap.iter().map(|a| multiaddr_of(*a)).collect();
+    let event_loop = EventLoop {
+        swarm,
+        rx,
+        events,
+        info: cfg.info,
+        known: HashMap::new(),
+        bootstrap,
+        redial: Backoff::new(),
+        warned: HashMap::new(),
+    };
+    actix::spawn(event_loop.run(cfg.hello_every));
+    Ok(NetClient { tx })
+}
+
+fn listen_reason(e: libp2p::TransportError<std::io::Error>) -> String {
+    match e {
+        libp2p::TransportError::Other(io) if io.kind() == std::io::ErrorKind::AddrInUse => {
+            "the port is already in use (another backmesh-node?)".into()
+        }
+        libp2p::TransportError::Other(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    rx: mpsc::Receiver<Command>,
+    events: Recipient<NetEvent>,
+    info: NodeInfo,
+    /// Listen addresses of peers, from identify: for redials and hellos.
+    known: HashMap<PeerId, Vec<Multiaddr>>,
+    bootstrap: Vec<Multiaddr>,
+    /// Redials of the bootstrap peers while nothing is connected.
+    redial: Backoff,
+    /// When each remote was last warned about, so a misconfigured peer
+    /// that keeps knocking does not flood the log.
+    warned: HashMap<String, Instant>,
+}
+
+/// Exponential backoff: 1 s doubling to 60 s, reset on success.
+struct Backoff {
+    next: Instant,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: Instant::now(), delay: Duration::from_secs(1) }
+    }
+    fn ready(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.delay;
+        self.delay = (self.delay * 2).min(Duration::from_secs(60));
+        true
+    }
+    fn reset(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+/// A libp2p connection error in words an operator can act on.
+fn explain(error: &str) -> String {
+    if error.contains("negotiate") || error.contains("pnet") || error.contains("Pnet") {
+        format!("{error} (the handshake failed: does the other node use the same --swarm-key?)")
+    } else {
+        error.to_string()
+    }
+}
+
+impl EventLoop {
+    /// Warns about `remote` at most once a minute; debug-logs the rest.
+    fn warn_once(&mut self, remote: String, msg: String) {
+        let now = Instant::now();
+        let quiet = self.warned.get(&remote).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if quiet {
+            tracing::debug!("{msg}");
+        } else {
+            self.warned.insert(remote, now);
+            tracing::warn!("{msg}");
+        }
+    }
+
+    async fn run(mut self, hello_every: Duration) {
+        let mut tick = tokio::time::interval(hello_every);
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    None => break,
+                    Some(Command::SetInfo(info)) => self.info = info,
+                    Some(Command::ListenAddrs(reply)) => {
+                        let _ = reply.send(self.swarm.listeners().map(|a| a.to_string()).collect());
+                    }
+                    Some(Command::Shutdown(done)) => {
+                        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                        for p in peers {
+                            let _ = self.swarm.disconnect_peer_id(p);
+                        }
+                        let _ = done.send(());
+                        break;
+                    }
+                },
+                _ = tick.tick() => self.on_tick(),
+                event = self.swarm.select_next_some() => self.on_event(event),
+            }
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        let connected: HashSet<&PeerId> = self.swarm.connected_peers().collect();
+        let peers = self
+            .known
+            .iter()
+            .filter(|(p, _)| connected.contains(p))
+            .map(|(p, addrs)| KnownPeer { peer_id: p.to_string(), addrs: addrs.iter().map(|a| a.to_string()).collect() })
+            .collect();
+        Hello { info: self.info.clone(), peers }
+    }
+
+    fn on_tick(&mut self) {
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in &connected {
+            let h = self.hello();
+            self.swarm.behaviour_mut().hello.send_request(p, h);
+        }
+        // Peers we knew and lost: try again (a restarted node comes back).
+        let lost: Vec<(PeerId, Vec<Multiaddr>)> =
+            self.known.iter().filter(|(p, _)| !connected.contains(p)).map(|(p, a)| (*p, a.clone())).collect();
+        for (peer, addrs) in lost {
+            self.dial(peer, addrs);
+        }
+        if connected.is_empty() {
+            if self.redial.ready(Instant::now()) {
+                for addr in self.bootstrap.clone() {
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+        } else {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id() || addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
+        let _ = self.swarm.dial(opts);
+    }
+
+    fn learn(&mut self, peers: Vec<KnownPeer>) {
+        for kp in peers {
+            let Ok(peer) = kp.peer_id.parse::<PeerId>() else { continue };
+            if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let addrs: Vec<Multiaddr> = kp.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            for a in &addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            }
+            self.dial(peer, addrs);
+        }
+    }
+
+    fn seen(&self, peer: &PeerId) {
+        self.events.do_send(NetEvent::Seen { peer: peer.to_string() });
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                self.redial.reset();
+                self.seen(&peer_id);
+                if num_established.get() == 1 {
+                    let h = self.hello();
+                    self.swarm.behaviour_mut().hello.send_request(&peer_id, h);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(_), .. })) => self.seen(&peer),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                for a in &info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
+                }
+                self.known.insert(peer_id, info.listen_addrs);
+                self.seen(&peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::Message { peer, message, .. })) => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let reply = self.hello();
+                        let _ = self.swarm.behaviour_mut().hello.send_response(channel, reply);
+                        self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: request.info });
+                        self.learn(request.peers);
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: response.info });
+                        self.learn(response.peers);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::InboundFailure { peer, error, .. })) => {
+                tracing::debug!("hello from {peer} failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::OutboundFailure { peer, error, .. })) => {
+                tracing::debug!("hello to {peer} failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))
+                if !self.swarm.is_connected(&peer) =>
+            {
+                self.dial(peer, addresses.into_vec());
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.dial(peer, vec![addr]);
+                }
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                let ip = send_back_addr.iter().next().map(|p| p.to_string()).unwrap_or_default();
+                self.warn_once(ip, format!("refused a connection from {send_back_addr}: {}", explain(&error.to_string())));
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                let who = peer_id.map(|p| p.to_string()).unwrap_or_else(|| "a bootstrap peer".into());
+                let msg = format!("cannot connect to {who}: {}", explain(&error.to_string()));
+                if self.swarm.connected_peers().next().is_none() {
+                    self.warn_once(who, msg);
+                } else {
+                    tracing::debug!("{msg}");
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => tracing::debug!("listening on {address}"),
+            _ => {}
+        }
+    }
+}

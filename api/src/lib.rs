@@ -1,0 +1,65 @@
+//! The types of backmesh's HTTP API (`/api/v1`), shared by the node and the
+//! light client. Field names are stable: fields may be added, never renamed
+//! (docs/api.md).
+
+use serde::{Deserialize, Serialize};
+
+/// Every route lives under this prefix.
+pub const PREFIX: &str = "/api/v1";
+
+/// `GET /api/v1/health`: answered without a token once the node is ready.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `"ok"` in a 200 answer.
+    pub status: String,
+    pub name: String,
+    pub peer_id: String,
+    pub version: String,
+    /// The node's libp2p listen addresses (multiaddrs).
+    pub listen: Vec<String>,
+}
+
+/// One node of the mesh as some node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub peer_id: String,
+    /// The node's mesh address, `host:port`.
+    pub address: String,
+    pub up: bool,
+    pub free_bytes: u64,
+    pub site: String,
+    /// When it was last heard from (RFC 3339), if ever.
+    pub last_seen: Option<String>,
+    /// This is the node that answered.
+    pub this_node: bool,
+    /// Set when another peer claims the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
+}
+
+/// One job and its health (filled by the control plane).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub node: String,
+    pub path: String,
+    pub every: u64,
+    pub paused: bool,
+    pub state: String,
+    pub last_success: Option<String>,
+}
+
+/// `GET /api/v1/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub nodes: Vec<NodeStatus>,
+    pub jobs: Vec<JobStatus>,
+    /// Human-readable problems with the mesh itself (name conflicts, …).
+    pub problems: Vec<String>,
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

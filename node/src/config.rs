@@ -1,0 +1,162 @@
+//! Node configuration: command-line flags over a TOML file (`--config`)
+//! over defaults. Every problem is reported with the key it concerns.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags of `backmesh-node` when it runs as a node (no subcommand).
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// TOML file with the same keys as these flags (flags win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Mesh (libp2p) address to listen on [default: 0.0.0.0:7400].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// HTTP API address [default: 127.0.0.1:7401].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api: Option<String>,
+    /// A node to join through; repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Vec<String>,
+    /// Private-network key file: only nodes with the same key can connect.
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key: Option<PathBuf>,
+    /// API token: every route but /api/v1/health needs `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Copies of each backup kept on other nodes [default: 3].
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Archives kept per (node, path) [default: 10].
+    #[arg(long)]
+    pub keep: Option<usize>,
+    /// A label grouping nodes (a client, a data centre).
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Serve the API over TLS with this certificate chain (PEM)…
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// …and this private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Discover peers on the LAN with mDNS.
+    #[arg(long)]
+    pub mdns: bool,
+    /// Seconds without news before a peer is shown down [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub down_after: Option<u64>,
+}
+
+/// The same keys, from the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    api: Option<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    swarm_key: Option<PathBuf>,
+    token: Option<String>,
+    replicas: Option<usize>,
+    keep: Option<usize>,
+    site: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    mdns: Option<bool>,
+    down_after: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub api: SocketAddr,
+    pub bootstrap: Vec<SocketAddr>,
+    pub swarm_key: Option<PathBuf>,
+    pub token: Option<String>,
+    pub replicas: usize,
+    pub keep: usize,
+    pub site: String,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub mdns: bool,
+    pub down_after: Duration,
+}
+
+/// `HOST:PORT` → a socket address, or an error naming the setting.
+pub fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
+    let mut addrs = s.to_socket_addrs().map_err(|e| anyhow!("bad {what} address `{s}`: {e} (expected HOST:PORT)"))?;
+    addrs.next().ok_or_else(|| anyhow!("bad {what} address `{s}`: it resolves to nothing"))
+}
+
+impl NodeConfig {
+    pub fn resolve(name: Option<String>, data_dir: Option<PathBuf>, args: RunArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate (tls-cert) and a key (tls-key)"),
+        };
+        let bootstrap: Vec<String> = if args.bootstrap.is_empty() { file.bootstrap } else { args.bootstrap };
+        let name = name.or(file.name).unwrap_or_else(crate::local::hostname);
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("bad node name `{name}`: use 1 to 64 characters without spaces");
+        }
+        Ok(NodeConfig {
+            name,
+            data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./backmesh-data")),
+            listen: parse_addr("listen", &args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7400".into()))?,
+            api: parse_addr("api", &args.api.or(file.api).unwrap_or_else(|| "127.0.0.1:7401".into()))?,
+            bootstrap: bootstrap.iter().map(|b| parse_addr("bootstrap", b)).collect::<Result<_>>()?,
+            swarm_key: args.swarm_key.or(file.swarm_key),
+            token: args.token.or(file.token).filter(|t| !t.is_empty()),
+            replicas: args.replicas.or(file.replicas).unwrap_or(3),
+            keep: args.keep.or(file.keep).unwrap_or(backmesh_actors::store::DEFAULT_KEEP),
+            site: args.site.or(file.site).unwrap_or_default(),
+            tls,
+            mdns: args.mdns || file.mdns.unwrap_or(false),
+            down_after: Duration::from_secs(args.down_after.or(file.down_after).unwrap_or(10).max(1)),
+        })
+    }
+}
+
+fn read_file(p: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read the config file {}", p.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow!("config file {}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("node.toml");
+        std::fs::write(&f, "name = \"from-file\"\nsite = \"paris\"\nlisten = \"127.0.0.1:9000\"\nbootstrap = [\"127.0.0.1:9001\"]\n").unwrap();
+        let args = RunArgs { config: Some(f.clone()), site: Some("lyon".into()), ..Default::default() };
+        let c = NodeConfig::resolve(None, None, args).unwrap();
+        assert_eq!(c.name, "from-file");
+        assert_eq!(c.site, "lyon");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.api.port(), 7401);
+        assert_eq!(c.bootstrap.len(), 1);
+        std::fs::write(&f, "nmae = \"typo\"\n").unwrap();
+        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("nmae"), "{e}");
+        let e = NodeConfig::resolve(None, None, RunArgs { bootstrap: vec!["nohost".into()], ..Default::default() })
+            .unwrap_err();
+        assert!(e.to_string().contains("bad bootstrap address `nohost`"), "{e}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Running a node: checks that turn every start-up problem into a clear
+//! message, then the actix system (membership actor, network loop, HTTP
+//! API) until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use anyhow::{anyhow, bail, Context, Result};
+use backmesh_actors::net::actor::{free_bytes, AttachNet, MembershipActor};
+use backmesh_actors::net::membership::{Membership, NodeInfo};
+use backmesh_actors::net::{swarm, swarm_key};
+use backmesh_actors::store::{write_atomic, Store};
+use backmesh_api::Health;
+use libp2p::identity::Keypair;
+
+use crate::api::{self, ApiState};
+use crate::config::NodeConfig;
+
+/// Loads `DATA_DIR/identity.key`, or makes one: the peer id survives restarts.
+pub fn identity(data_dir: &Path) -> Result<Keypair> {
+    let p = data_dir.join("identity.key");
+    match std::fs::read(&p) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| anyhow!("{} is corrupt ({e}); restore it from a backup or remove it to get a new peer id", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = Keypair::generate_ed25519();
+            let bytes = kp.to_protobuf_encoding().map_err(|e| anyhow!("cannot encode a new identity: {e}"))?;
+            write_atomic(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            Ok(kp)
+        }
+        Err(e) => Err(anyhow!("cannot read {}: {e}", p.display())),
+    }
+}
+
+fn check_data_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::File::create(&probe)
+        .and_then(|mut f| f.write_all(b"ok"))
+        .with_context(|| format!("the data directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn bind_api(cfg: &NodeConfig) -> Result<TcpListener> {
+    TcpListener::bind(cfg.api).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow!("cannot serve the API on {}: the port is already in use", cfg.api),
+        _ => anyhow!("cannot serve the API on {}: {e}", cfg.api),
+    })
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow!("cannot read the TLS certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        bail!("the TLS certificate file {} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow!("cannot read the TLS key {}: {e}", key.display()))?;
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow!("the TLS certificate and key do not fit together: {e}"))
+}
+
+pub fn run(cfg: NodeConfig) -> Result<()> {
+    // actix-web and other users pull in both rustls providers: choose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    check_data_dir(&cfg.data_dir)?;
+    let store = Store::open(&cfg.data_dir).map_err(|e| anyhow!("{e}"))?;
+    let keypair = identity(&cfg.data_dir)?;
+    let peer_id = keypair.public().to_peer_id();
+    let psk = cfg.swarm_key.as_deref().map(swarm_key::load).transpose()?;
+    let api_listener = bind_api(&cfg)?;
+    // The mesh port, checked before anything starts (the swarm checks again).
+    drop(std::net::TcpListener::bind(cfg.listen).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow!("cannot listen on {}: the port is already in use (another backmesh-node?)", cfg.listen),
+        _ => anyhow!("cannot listen on {}: {e}", cfg.listen),
+    })?);
+    let tls = cfg.tls.as_ref().map(|(c, k)| tls_config(c, k)).transpose()?;
+
+    let system = actix::System::new();
+    system.block_on(async move {
+        let me = NodeInfo {
+            name: cfg.name.clone(),
+            site: cfg.site.clone(),
+            free_bytes: free_bytes(&cfg.data_dir),
+            address: cfg.listen.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let down_after_ms = cfg.down_after.as_millis() as i64;
+        let membership = Membership::new(peer_id.to_string(), me.clone(), down_after_ms);
+        let tick = Duration::from_millis((down_after_ms as u64 / 4).clamp(200, 1000));
+        let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick).start();
+        let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
+        let net = match swarm::start(
+            swarm::NetConfig {
+                keypair,
+                listen: cfg.listen,
+                bootstrap: cfg.bootstrap.clone(),
+                swarm_key: psk,
+                mdns: cfg.mdns,
+                ping_every,
+                hello_every: ping_every * 2,
+                info: me,
+            },
+            actor.clone().recipient(),
+        ) {
+            Ok(net) => net,
+            Err(e) => {
+                // Let the actor start before the system is dropped.
+                tokio::task::yield_now().await;
+                return Err(e.into());
+            }
+        };
+        actor.do_send(AttachNet(net.clone()));
+        let listen = net.listen_addrs().await?;
+        let state = ApiState {
+            membership: actor,
+            token: cfg.token.clone(),
+            health: Health {
+                status: "ok".into(),
+                name: cfg.name.clone(),
+                peer_id: peer_id.to_string(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                listen: listen.clone(),
+            },
+        };
+        let data = web::Data::new(state);
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(api::routes))
+            .workers(2)
+            .disable_signals()
+            .shutdown_timeout(5);
+        let (server, scheme) = match tls {
+            Some(tls) => (server.listen_rustls_0_23(api_listener, tls)?, "https"),
+            None => (server.listen(api_listener)?, "http"),
+        };
+        let server = server.run();
+        let handle = server.handle();
+        actix::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!("the API server stopped: {e}");
+            }
+        });
+        println!(
+            "backmesh-node {} ready: peer id {peer_id}, mesh {}, API {scheme}://{}",
+            cfg.name,
+            cfg.listen,
+            cfg.api
+        );
+        let _ = std::io::stdout().flush();
+        tracing::info!(
+            "data dir {}, site `{}`, {} replicas, keeping {} archives per path",
+            cfg.data_dir.display(),
+            cfg.site,
+            cfg.replicas,
+            cfg.keep
+        );
+        let signal = shutdown_signal().await;
+        tracing::info!("{signal}: shutting down");
+        handle.stop(true).await;
+        net.shutdown().await;
+        store.flush().map_err(|e| anyhow!("{e}"))?;
+        tracing::info!("stopped cleanly");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupt"
+        }
+    }
+}
