@@ -84,7 +84,14 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
-        let mut resp = req.call().map_err(|e| Failure::Unreachable(format!("cannot reach the node at {}: {e}", self.base)))?;
+        let mut resp = req.call().map_err(|e| {
+            let hint = if e.to_string().contains("certificate") {
+                " (to trust the node's certificate authority, pass --ca FILE or set BACKMESH_CA)"
+            } else {
+                ""
+            };
+            Failure::Unreachable(format!("cannot reach the node at {}: {e}{hint}", self.base))
+        })?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_to_string().map_err(|e| Failure::Unreachable(format!("{}: {e}", self.base)))?;
         if (200..300).contains(&status) {

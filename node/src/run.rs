@@ -122,7 +122,10 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             }
         };
         actor.do_send(AttachNet(net.clone()));
-        let listen = net.listen_addrs().await?;
+        let mut listen = net.listen_addrs().await?;
+        if listen.is_empty() {
+            listen.push(swarm::multiaddr_of(cfg.listen).to_string());
+        }
         let state = ApiState {
             membership: actor,
             token: cfg.token.clone(),

@@ -1,9 +1,14 @@
 //! Helpers for end-to-end tests that run real backmesh processes.
 //!
-//! Today: locating the built binaries. The multi-node harness (start N
-//! nodes on loopback, kill, restart) arrives with the mesh.
+//! [`Mesh`] starts `backmesh-node` processes on 127.0.0.1 with free ports
+//! and temporary data directories, waits for them, and can kill -9, stop
+//! (SIGTERM) and restart them. It asks nodes through the real `backmesh`
+//! CLI, so every query is also a test of the client. Every wait is bounded.
 
-use std::path::PathBuf;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Path of a binary of this workspace, built by `cargo build` beside the tests.
 pub fn binary(name: &str) -> PathBuf {
@@ -11,4 +16,231 @@ pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).map(PathBuf::from).unwrap_or_default();
     dir.join(name)
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Polls `f` every 200 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub listen: u16,
+    pub api: u16,
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// Extra `backmesh` CLI arguments (token, CA…).
+    pub cli_args: Vec<String>,
+    pub scheme: &'static str,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.api)
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Mesh {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub swarm_key: PathBuf,
+    /// Seconds of silence before a peer is shown down.
+    pub down_after: u64,
+}
+
+impl Mesh {
+    /// A new mesh directory with its own swarm key.
+    pub fn new() -> Mesh {
+        let root = tempfile::tempdir().expect("temp dir");
+        let swarm_key = root.path().join("swarm.key");
+        let out = Command::new(binary("backmesh-node"))
+            .args(["keygen", "-o"])
+            .arg(&swarm_key)
+            .output()
+            .expect("run backmesh-node keygen (build with `cargo build --workspace --bins`)");
+        assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+        Mesh { root, nodes: Vec::new(), swarm_key, down_after: 2 }
+    }
+
+    /// A second swarm key, for nodes that must not get in.
+    pub fn other_key(&self) -> PathBuf {
+        let p = self.root.path().join(format!("other-{}.key", self.nodes.len()));
+        let _ = Command::new(binary("backmesh-node")).args(["keygen", "-o"]).arg(&p).output();
+        p
+    }
+
+    /// Starts node `name`, joining through node `bootstrap` if given. Returns its index.
+    pub fn start(&mut self, name: &str, bootstrap: Option<usize>, extra: &[String]) -> usize {
+        let (listen, api) = (free_port(), free_port());
+        let dir = self.root.path().join(format!("{name}-{}", self.nodes.len()));
+        let mut args = vec![
+            "--name".to_string(),
+            name.to_string(),
+            "--data-dir".into(),
+            dir.to_string_lossy().into_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{listen}"),
+            "--api".into(),
+            format!("127.0.0.1:{api}"),
+            "--down-after".into(),
+            self.down_after.to_string(),
+        ];
+        if !extra.iter().any(|a| a == "--swarm-key") {
+            args.push("--swarm-key".into());
+            args.push(self.swarm_key.to_string_lossy().into_owned());
+        }
+        if let Some(b) = bootstrap {
+            args.push("--bootstrap".into());
+            args.push(format!("127.0.0.1:{}", self.nodes[b].listen));
+        }
+        args.extend(extra.iter().cloned());
+        let scheme = if extra.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
+        let log = self.root.path().join(format!("{name}-{}.log", self.nodes.len()));
+        let mut node = Node { name: name.into(), dir, listen, api, log, args, child: None, cli_args: Vec::new(), scheme };
+        spawn(&mut node);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// `backmesh --node URL ARGS…` against node `i`.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(binary("backmesh"))
+            .arg("--node")
+            .arg(self.nodes[i].url())
+            .args(&self.nodes[i].cli_args)
+            .args(args)
+            .env_remove("BACKMESH_TOKEN")
+            .output()
+            .expect("run backmesh")
+    }
+
+    /// Node `i`'s `status --json`, if it answers.
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let out = self.cli(i, &["--json", "status"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// Names of the nodes node `i` sees up (itself included).
+    pub fn up_names(&self, i: usize) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .status(i)
+            .and_then(|s| s["nodes"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|n| n["up"] == true)
+            .filter_map(|n| n["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits until node `i` answers its API.
+    pub fn wait_ready(&self, i: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.status(i).is_some())
+    }
+
+    pub fn peer_id(&self, i: usize) -> Option<String> {
+        let s = self.status(i)?;
+        s["nodes"].as_array()?.iter().find(|n| n["this_node"] == true)?["peer_id"].as_str().map(String::from)
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to 10 s for the exit code.
+    pub fn stop(&mut self, i: usize) -> Option<i32> {
+        let mut c = self.nodes[i].child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        None
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.kill9(i);
+        spawn(&mut self.nodes[i]);
+    }
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh::new()
+    }
+}
+
+fn spawn(node: &mut Node) {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
+    let err = log.try_clone().expect("log file");
+    let child = Command::new(binary("backmesh-node"))
+        .args(&node.args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .expect("start backmesh-node");
+    node.child = Some(child);
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it, with
+/// openssl, as docs/operations.md tells an operator. Returns (CA cert,
+/// server cert, server key).
+pub fn test_ca_and_cert(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let p = |n: &str| dir.join(n);
+    let run = |args: &[&str]| Command::new("openssl").args(args).current_dir(dir).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                   "-subj", "/CN=backmesh test CA", "-keyout", "ca.key", "-out", "ca.crt"])
+        && run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+                 "-keyout", "api.key", "-out", "api.csr"])
+        && {
+            std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").is_ok()
+        }
+        && run(&["x509", "-req", "-in", "api.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+                 "-extfile", "ext.cnf", "-out", "api.crt"]);
+    ok.then(|| (p("ca.crt"), p("api.crt"), p("api.key")))
 }

@@ -96,3 +96,4 @@ fn bad_input_gets_a_clear_message_and_exit_code() {
     let usage = node(&data, &["backup"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
 }
+mod mesh;

@@ -1,0 +1,202 @@
+//! Real multi-process meshes on 127.0.0.1.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use backmesh_simulations::{test_ca_and_cert, wait_until, Mesh};
+
+const T: Duration = Duration::from_secs(30);
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn five_nodes_in_a_chain_all_see_all() {
+    let mut mesh = Mesh::new();
+    for i in 0..5 {
+        let boot = if i == 0 { None } else { Some(i - 1) };
+        let n = mesh.start(&format!("n{}", i + 1), boot, &[]);
+        assert!(mesh.wait_ready(n, T), "n{} never answered:\n{}", i + 1, mesh.nodes[n].log_text());
+    }
+    let all = names(&["n1", "n2", "n3", "n4", "n5"]);
+    for i in 0..5 {
+        assert!(
+            wait_until(T, || mesh.up_names(i) == all),
+            "n{} sees {:?}\n{}",
+            i + 1,
+            mesh.up_names(i),
+            mesh.nodes[i].log_text()
+        );
+    }
+    // The table a person reads names every node.
+    let table = String::from_utf8_lossy(&mesh.cli(0, &["status"]).stdout).into_owned();
+    assert!(table.contains("5 of 5 nodes up"), "{table}");
+}
+
+#[test]
+fn a_killed_node_is_seen_down_and_back_up_with_the_same_peer_id() {
+    let mut mesh = Mesh::new();
+    for i in 0..3usize {
+        let n = mesh.start(&format!("n{}", i + 1), i.checked_sub(1), &[]);
+        assert!(mesh.wait_ready(n, T));
+    }
+    let all = names(&["n1", "n2", "n3"]);
+    assert!(wait_until(T, || (0..3).all(|i| mesh.up_names(i) == all)));
+    let id = mesh.peer_id(2).unwrap();
+    mesh.kill9(2);
+    // down_after is 2 s: every other node must say so well within 15 s.
+    for i in 0..2 {
+        assert!(wait_until(Duration::from_secs(15), || mesh.up_names(i) == names(&["n1", "n2"])), "n{} still sees n3 up", i + 1);
+    }
+    let shown_down = mesh.status(0).unwrap()["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "n3" && n["up"] == false);
+    assert!(shown_down, "n3 is listed as down, not forgotten");
+    mesh.restart(2);
+    assert!(mesh.wait_ready(2, T));
+    assert_eq!(mesh.peer_id(2).unwrap(), id, "same identity after restart");
+    for i in 0..3usize {
+        assert!(wait_until(T, || mesh.up_names(i) == all), "n{} sees {:?}", i + 1, mesh.up_names(i));
+    }
+}
+
+#[test]
+fn a_node_with_another_swarm_key_is_never_admitted() {
+    let mut mesh = Mesh::new();
+    for i in 0..3usize {
+        let n = mesh.start(&format!("n{}", i + 1), i.checked_sub(1), &[]);
+        assert!(mesh.wait_ready(n, T));
+    }
+    let all = names(&["n1", "n2", "n3"]);
+    assert!(wait_until(T, || mesh.up_names(0) == all));
+    let other = mesh.other_key();
+    let intruder = mesh.start("intruder", Some(0), &["--swarm-key".into(), other.to_string_lossy().into_owned()]);
+    assert!(mesh.wait_ready(intruder, T));
+    // Give it time to try, several times.
+    std::thread::sleep(Duration::from_secs(6));
+    for i in 0..3usize {
+        assert_eq!(mesh.up_names(i), all, "n{} admitted the intruder", i + 1);
+        let listed = mesh.status(i).unwrap()["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "intruder");
+        assert!(!listed, "the intruder is not even listed");
+    }
+    assert_eq!(mesh.up_names(intruder), names(&["intruder"]));
+    assert!(mesh.nodes[0].log_text().contains("refused a connection"), "{}", mesh.nodes[0].log_text());
+    assert!(mesh.nodes[intruder].log_text().contains("same --swarm-key"), "{}", mesh.nodes[intruder].log_text());
+    // The same key, the other way round: a node without any key is refused too.
+    let plain = mesh.start("plain", Some(0), &["--swarm-key".into(), "/dev/null".into()]);
+    assert!(!wait_until(Duration::from_secs(3), || mesh.nodes[plain].is_running() && mesh.status(plain).is_some()));
+    assert!(mesh.nodes[plain].log_text().contains("swarm key"), "{}", mesh.nodes[plain].log_text());
+}
+
+#[test]
+fn malformed_bytes_on_the_mesh_port_do_not_hurt_the_node() {
+    let mut mesh = Mesh::new();
+    let a = mesh.start("a", None, &[]);
+    let b = mesh.start("b", Some(0), &[]);
+    assert!(mesh.wait_ready(a, T) && mesh.wait_ready(b, T));
+    for payload in [
+        vec![0u8; 10_000],
+        b"\x13/multistream/1.0.0\n".repeat(500),
+        (0..=255u8).cycle().take(100_000).collect::<Vec<u8>>(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    ] {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", mesh.nodes[a].listen)) {
+            let _ = s.write_all(&payload);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(mesh.nodes[a].is_running(), "node a crashed:\n{}", mesh.nodes[a].log_text());
+    assert!(wait_until(T, || mesh.up_names(a) == names(&["a", "b"]) && mesh.up_names(b) == names(&["a", "b"])));
+}
+
+#[test]
+fn the_api_token_is_required_and_checked() {
+    let mut mesh = Mesh::new();
+    let n = mesh.start("guarded", None, &["--token".into(), "s3cret".into()]);
+    assert!(wait_until(T, || {
+        let out = mesh.cli(n, &["status"]);
+        out.status.code() == Some(1)
+    }));
+    let none = mesh.cli(n, &["status"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("needs an API token"), "{}", String::from_utf8_lossy(&none.stderr));
+    let wrong = mesh.cli(n, &["--token", "nope", "status"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+    let right = mesh.cli(n, &["--token", "s3cret", "--json", "status"]);
+    assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&right.stdout).unwrap();
+    for field in ["name", "peer_id", "address", "up", "free_bytes", "site"] {
+        assert!(!v["nodes"][0][field].is_null(), "status has nodes[].{field}");
+    }
+    assert!(v["jobs"].is_array());
+    // Health needs no token.
+    let mut s = TcpStream::connect(("127.0.0.1", mesh.nodes[n].api)).unwrap();
+    s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[test]
+fn an_unreachable_node_exits_3() {
+    let mut mesh = Mesh::new();
+    let n = mesh.start("gone", None, &[]);
+    assert!(mesh.wait_ready(n, T));
+    mesh.kill9(n);
+    let out = mesh.cli(n, &["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_api_over_tls_with_a_trusted_ca() {
+    let mut mesh = Mesh::new();
+    let (ca, cert, key) = test_ca_and_cert(mesh.root.path()).expect("openssl makes a CA and a certificate");
+    let n = mesh.start(
+        "tls",
+        None,
+        &["--tls-cert".into(), cert.to_string_lossy().into_owned(), "--tls-key".into(), key.to_string_lossy().into_owned()],
+    );
+    // Without trusting the CA the client cannot verify the node.
+    assert!(wait_until(T, || {
+        let out = mesh.cli(n, &["status"]);
+        out.status.code() == Some(3) && String::from_utf8_lossy(&out.stderr).contains("certificate")
+    }));
+    let untrusted = mesh.cli(n, &["status"]);
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("--ca"), "{}", String::from_utf8_lossy(&untrusted.stderr));
+    mesh.nodes[n].cli_args = vec!["--ca".into(), ca.to_string_lossy().into_owned()];
+    assert!(wait_until(T, || mesh.status(n).is_some()), "{}", String::from_utf8_lossy(&mesh.cli(n, &["status"]).stderr));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_peers_notice() {
+    let mut mesh = Mesh::new();
+    let a = mesh.start("a", None, &[]);
+    let b = mesh.start("b", Some(0), &[]);
+    assert!(mesh.wait_ready(a, T) && mesh.wait_ready(b, T));
+    assert!(wait_until(T, || mesh.up_names(a) == names(&["a", "b"])));
+    assert_eq!(mesh.stop(b), Some(0), "{}", mesh.nodes[b].log_text());
+    assert!(mesh.nodes[b].log_text().contains("stopped cleanly"));
+    assert!(wait_until(Duration::from_secs(15), || mesh.up_names(a) == names(&["a"])));
+}
+
+#[test]
+fn two_nodes_with_one_name_are_both_reported() {
+    let mut mesh = Mesh::new();
+    let a = mesh.start("twin", None, &[]);
+    let b = mesh.start("twin", Some(0), &[]);
+    assert!(mesh.wait_ready(a, T) && mesh.wait_ready(b, T));
+    let problem = |i: usize| {
+        mesh.status(i).map(|s| s["problems"].as_array().map(|p| !p.is_empty()).unwrap_or(false)).unwrap_or(false)
+    };
+    for i in [a, b] {
+        assert!(wait_until(T, || problem(i)), "{:?}", mesh.status(i));
+        let s = mesh.status(i).unwrap();
+        let twins: Vec<_> = s["nodes"].as_array().unwrap().iter().filter(|n| n["name"] == "twin").collect();
+        assert_eq!(twins.len(), 2, "both listed, not merged");
+        assert!(twins.iter().all(|n| !n["conflict"].is_null()));
+    }
+    let table = String::from_utf8_lossy(&mesh.cli(a, &["status"]).stdout).into_owned();
+    assert!(table.contains("problem: 2 nodes claim the name `twin`"), "{table}");
+}
