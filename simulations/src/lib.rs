@@ -107,7 +107,9 @@ impl Mesh {
             "--down-after".into(),
             self.down_after.to_string(),
         ];
-        if !extra.iter().any(|a| a == "--swarm-key") {
+        // `--no-swarm-key` (harness only): start without any key.
+        let no_key = extra.iter().any(|a| a == "--no-swarm-key");
+        if !no_key && !extra.iter().any(|a| a == "--swarm-key") {
             args.push("--swarm-key".into());
             args.push(self.swarm_key.to_string_lossy().into_owned());
         }
@@ -115,7 +117,7 @@ impl Mesh {
             args.push("--bootstrap".into());
             args.push(format!("127.0.0.1:{}", self.nodes[b].listen));
         }
-        args.extend(extra.iter().cloned());
+        args.extend(extra.iter().filter(|a| *a != "--no-swarm-key").cloned());
         let scheme = if extra.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
         let log = self.root.path().join(format!("{name}-{}.log", self.nodes.len()));
         let mut node = Node { name: name.into(), dir, listen, api, log, args, child: None, cli_args: Vec::new(), scheme };

@@ -82,10 +82,14 @@ fn a_node_with_another_swarm_key_is_never_admitted() {
     assert_eq!(mesh.up_names(intruder), names(&["intruder"]));
     assert!(mesh.nodes[0].log_text().contains("refused a connection"), "{}", mesh.nodes[0].log_text());
     assert!(mesh.nodes[intruder].log_text().contains("same --swarm-key"), "{}", mesh.nodes[intruder].log_text());
-    // The same key, the other way round: a node without any key is refused too.
-    let plain = mesh.start("plain", Some(0), &["--swarm-key".into(), "/dev/null".into()]);
-    assert!(!wait_until(Duration::from_secs(3), || mesh.nodes[plain].is_running() && mesh.status(plain).is_some()));
-    assert!(mesh.nodes[plain].log_text().contains("swarm key"), "{}", mesh.nodes[plain].log_text());
+    // A node with no swarm key at all is refused as well.
+    let plain = mesh.start("plain", Some(0), &["--no-swarm-key".into()]);
+    assert!(mesh.wait_ready(plain, T));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(mesh.up_names(plain), names(&["plain"]));
+    for i in 0..3 {
+        assert_eq!(mesh.up_names(i), all, "n{} admitted a node without the key", i + 1);
+    }
 }
 
 #[test]
@@ -199,4 +203,52 @@ fn two_nodes_with_one_name_are_both_reported() {
     }
     let table = String::from_utf8_lossy(&mesh.cli(a, &["status"]).stdout).into_owned();
     assert!(table.contains("problem: 2 nodes claim the name `twin`"), "{table}");
+}
+
+fn start_error(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(backmesh_simulations::binary("backmesh-node"))
+        .args(args)
+        .output()
+        .expect("run backmesh-node");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn start_up_problems_are_named() {
+    let mut mesh = Mesh::new();
+    let a = mesh.start("a", None, &[]);
+    assert!(mesh.wait_ready(a, T));
+    let root = mesh.root.path().to_path_buf();
+    let dir = |n: &str| root.join(n).to_string_lossy().into_owned();
+    let listen_a = format!("127.0.0.1:{}", mesh.nodes[a].listen);
+    let api_a = format!("127.0.0.1:{}", mesh.nodes[a].api);
+    let free = || format!("127.0.0.1:{}", backmesh_simulations::free_port());
+    let data_a = mesh.nodes[a].dir.to_string_lossy().into_owned();
+    let garbage = root.join("garbage.key");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let file = root.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--data-dir".into(), dir("x1"), "--listen".into(), listen_a.clone(), "--api".into(), free()], "already in use"),
+        (vec!["--data-dir".into(), dir("x2"), "--listen".into(), free(), "--api".into(), api_a], "already in use"),
+        (vec!["--data-dir".into(), data_a, "--listen".into(), free(), "--api".into(), free()], "in use by another backmesh process"),
+        (vec!["--data-dir".into(), dir("x3"), "--listen".into(), free(), "--api".into(), free(), "--swarm-key".into(),
+              garbage.to_string_lossy().into_owned()], "malformed"),
+        (vec!["--data-dir".into(), dir("x4"), "--listen".into(), free(), "--api".into(), free(), "--swarm-key".into(),
+              dir("missing.key")], "cannot read the swarm key"),
+        (vec!["--data-dir".into(), dir("x5"), "--listen".into(), free(), "--api".into(), free(), "--bootstrap".into(),
+              "no-port".into()], "bad bootstrap address"),
+        (vec!["--data-dir".into(), file.join("sub").to_string_lossy().into_owned(), "--listen".into(), free(), "--api".into(), free()],
+         "data directory"),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["--name".to_string(), "probe".into()];
+        full.extend(args.iter().cloned());
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (code, err) = start_error(&refs);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: expected `{expected}` in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(mesh.nodes[a].is_running(), "the running node is unaffected");
 }
