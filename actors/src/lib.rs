@@ -6,13 +6,19 @@
 //! - [`store`]: a node's local store: content-addressed members, manifest
 //!   files, a rebuildable catalog index (sled), retention.
 //! - [`hash`]: [`hash::Digest`], the SHA-256 newtype used everywhere.
+//! - [`jobs`]: one backup run (`run_backup`).
+//! - [`log`]: the execution log: hybrid clock, entries, the mergeable log
+//!   and the views folded from it, persistence.
+//! - [`net`]: the mesh: membership, wire codec, swarm key, the libp2p loop
+//!   and the membership actor.
 //!
-//! Later areas (log, placement, jobs, replication, net) follow the same
-//! shape: a pure state machine per area, an actor that does its IO.
+//! Each area is a pure state machine first (tested without a runtime) and
+//! an actor or task that does its IO.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod archive;
 pub mod hash;
 pub mod jobs;
+pub mod log;
 pub mod net;
 pub mod store;

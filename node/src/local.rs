@@ -305,6 +305,9 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
     let node = a.from_node.as_deref().unwrap_or(&ctx.name);
     let m = store.manifest(node, &key_of(&a.path)?, a.archive.as_deref())?;
     if a.output.as_os_str() == "-" {
+        if std::io::stdout().is_terminal() {
+            bail!("refusing to write a binary archive to the terminal: redirect stdout or use -o FILE");
+        }
         let mut out = std::io::stdout().lock();
         store.export_tgz(&m, &mut out)?;
         out.flush()?;
