@@ -126,3 +126,17 @@ fn remember(
     let entry = StatCacheEntry { snapshot, excludes: opts.excludes.clone(), archive_id: id.to_string(), tree_digest };
     store.set_stat_cache(node, key, &entry)
 }
+
+/// Can `path` be backed up on this node? `Err` says why not, in words.
+pub fn check_path(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!("`{path}` is not an absolute path"));
+    }
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{path} is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{path} does not exist")),
+        Err(e) => Err(format!("{path} cannot be read: {e}")),
+    }
+}

@@ -7,6 +7,7 @@
 //!   batch pulls, and the views folded from it ([`state::jobs`]).
 //! - [`store`]: persistence in the node's embedded store.
 
+pub mod actor;
 pub mod entry;
 pub mod hlc;
 pub mod state;

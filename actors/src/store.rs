@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -139,7 +139,7 @@ impl VerifyReport {
 
 pub struct Store {
     root: PathBuf,
-    kv: Box<dyn KvStore>,
+    kv: Arc<dyn KvStore>,
     /// Members that a transaction in progress relies on: never collected.
     pins: Mutex<HashMap<Digest, u32>>,
     gc_lock: Mutex<()>,
@@ -191,11 +191,11 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(data_dir).map_err(|e| StoreError::io(data_dir, e))?;
         let kv = SledKv::open(&data_dir.join("db"))?;
-        Self::open_with(data_dir, Box::new(kv))
+        Self::open_with(data_dir, Arc::new(kv))
     }
 
     /// Opens the store with any index implementation.
-    pub fn open_with(data_dir: &Path, kv: Box<dyn KvStore>) -> Result<Self, StoreError> {
+    pub fn open_with(data_dir: &Path, kv: Arc<dyn KvStore>) -> Result<Self, StoreError> {
         for sub in ["segments", "manifests", "staging"] {
             let p = data_dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, e))?;
@@ -214,6 +214,11 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The embedded index, shared with other areas (the log, the queue).
+    pub fn kv(&self) -> Arc<dyn KvStore> {
+        Arc::clone(&self.kv)
     }
 
     fn member_path(&self, d: &Digest) -> PathBuf {

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 #[derive(Parser, Debug)]
 #[command(name = "backmesh", version, about = "The backmesh client: ask any node of the mesh")]
 struct Cli {
-    /// Node API URL (http:// or https://).
-    #[arg(long, env = "BACKMESH_NODE", default_value = "http://127.0.0.1:7401", global = true)]
+    /// Node API URL (http:// or https://); give it before the command.
+    #[arg(long = "node", id = "node_url", env = "BACKMESH_NODE", default_value = "http://127.0.0.1:7401")]
     node: String,
     /// API token of the node.
     #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true, global = true)]
@@ -36,6 +36,50 @@ struct Cli {
 enum Command {
     /// The nodes of the mesh (name, peer id, address, up/down, free space, site) and job health.
     Status,
+    /// Back up PATH on NODE every MINUTES.
+    Register {
+        /// The node's name (see `backmesh status`).
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        /// Absolute path of a directory on that node.
+        path: String,
+        /// Minutes between backups.
+        #[arg(long, value_name = "MINUTES")]
+        every: u64,
+        /// Leave out matching paths (`*.log`, `cache/**`); repeatable.
+        #[arg(long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
+    },
+    /// Stop backing up PATH on NODE (its archives stay until retention removes them).
+    Unregister {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+    },
+    /// Stop NODE's scheduled backups.
+    Pause {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+    },
+    /// Start NODE's scheduled backups again.
+    Resume {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+    },
+    /// Every job: node, path, every, paused, state, last success.
+    Jobs,
+    /// The execution log, newest last.
+    Log {
+        /// Only entries about this node (a name).
+        #[arg(long = "node", id = "filter_node", value_name = "NAME")]
+        node: Option<String>,
+        /// Only entries about this path.
+        #[arg(long)]
+        path: Option<String>,
+        /// At most this many entries (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 /// Why a call failed, and so which exit code.
@@ -79,12 +123,36 @@ impl Client {
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        self.call("GET", path, None)
+    }
+
+    fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<T, Failure> {
         let url = format!("{}{}{path}", self.base, backmesh_api::PREFIX);
-        let mut req = self.agent.get(&url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let mut resp = req.call().map_err(|e| {
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let sent = match (method, body) {
+            ("POST", body) => {
+                let mut req = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send_json(body.unwrap_or(serde_json::Value::Null))
+            }
+            ("DELETE", _) => {
+                let mut req = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            _ => {
+                let mut req = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+        };
+        let mut resp = sent.map_err(|e| {
             let hint = if e.to_string().contains("certificate") {
                 " (to trust the node's certificate authority, pass --ca FILE or set BACKMESH_CA)"
             } else {
@@ -147,11 +215,124 @@ fn status(client: &Client, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn jobs(client: &Client, json: bool) -> Result<(), Failure> {
+    let v: serde_json::Value = client.get("/jobs")?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
+    if jobs.is_empty() {
+        println!("no backup jobs registered");
+        return Ok(());
+    }
+    println!("{:<16} {:<36} {:>7} {:<10} LAST SUCCESS", "NODE", "PATH", "EVERY", "STATE");
+    for j in &jobs {
+        println!(
+            "{:<16} {:<36} {:>5}m {:<10} {}",
+            j["node"].as_str().unwrap_or(""),
+            j["path"].as_str().unwrap_or(""),
+            j["every"].as_u64().unwrap_or(0),
+            j["state"].as_str().unwrap_or(""),
+            j["last_success"].as_str().unwrap_or("never")
+        );
+    }
+    Ok(())
+}
+
+fn log(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, limit: usize) -> Result<(), Failure> {
+    let mut q = format!("/log?limit={limit}");
+    if let Some(n) = node {
+        q.push_str(&format!("&node={}", enc(n)));
+    }
+    if let Some(p) = path {
+        q.push_str(&format!("&path={}", enc(p)));
+    }
+    let v: serde_json::Value = client.get(&q)?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    for e in v["entries"].as_array().cloned().unwrap_or_default() {
+        let mut details: Vec<String> = Vec::new();
+        if let Some(obj) = e.as_object() {
+            for (k, val) in obj {
+                if ["origin", "origin_name", "seq", "time", "hlc", "kind", "node"].contains(&k.as_str()) {
+                    continue;
+                }
+                details.push(match val {
+                    serde_json::Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                });
+            }
+        }
+        println!(
+            "{}  {:<12} {:<10} {}  (by {} #{})",
+            e["time"].as_str().unwrap_or(""),
+            e["kind"].as_str().unwrap_or(""),
+            e["node"].as_str().unwrap_or(""),
+            details.join(" "),
+            e["origin_name"].as_str().unwrap_or(""),
+            e["seq"]
+        );
+    }
+    Ok(())
+}
+
+fn write(client: &Client, json: bool, method: &str, path: &str, body: Option<serde_json::Value>, done: &str) -> Result<(), Failure> {
+    let v: serde_json::Value = client.call(method, path, body)?;
+    if json {
+        print_json(&v);
+    } else {
+        println!("{done}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let result = Client::new(&cli).and_then(|c| match cli.command {
-        Command::Status => status(&c, cli.json),
+    let json = cli.json;
+    let result = Client::new(&cli).and_then(|c| match &cli.command {
+        Command::Status => status(&c, json),
+        Command::Jobs => jobs(&c, json),
+        Command::Log { node, path, limit } => log(&c, json, node.as_deref(), path.as_deref(), *limit),
+        Command::Register { node, path, every, excludes } => write(
+            &c,
+            json,
+            "POST",
+            "/jobs",
+            Some(serde_json::json!({"node": node, "path": path, "every": every, "excludes": excludes})),
+            &format!("registered: {path} on {node}, every {every} min"),
+        ),
+        Command::Unregister { node, path } => write(
+            &c,
+            json,
+            "DELETE",
+            &format!("/jobs?node={}&path={}", enc(node), enc(path)),
+            None,
+            &format!("unregistered: {path} on {node} (its archives stay until retention removes them)"),
+        ),
+        Command::Pause { node } => {
+            write(&c, json, "POST", &format!("/nodes/{}/pause", enc(node)), None, &format!("paused: scheduled backups of {node}"))
+        }
+        Command::Resume { node } => {
+            write(&c, json, "POST", &format!("/nodes/{}/resume", enc(node)), None, &format!("resumed: scheduled backups of {node}"))
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,12 +5,22 @@
 
 use actix::Addr;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use backmesh_actors::log::actor::{GetJobs, LogActor, Query, Record};
+use backmesh_actors::log::entry::Event;
+use backmesh_actors::net::swarm::NetClient;
+use backmesh_actors::net::wire::{CtlRequest, CtlResponse};
+use backmesh_api::NodeStatus;
+use backmesh_actors::log::hlc::Hlc;
+use backmesh_actors::log::state::JobView;
 use backmesh_actors::net::actor::{GetStatus, MembershipActor};
-use backmesh_api::{ErrorBody, Health};
+use backmesh_api::{ErrorBody, Health, JobStatus};
+use serde::Deserialize;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub membership: Addr<MembershipActor>,
+    pub log: Addr<LogActor>,
+    pub net: NetClient,
     pub token: Option<String>,
     pub health: Health,
 }
@@ -19,7 +29,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope(backmesh_api::PREFIX)
             .route("/health", web::get().to(health))
-            .route("/status", web::get().to(status)),
+            .route("/status", web::get().to(status))
+            .route("/jobs", web::get().to(jobs))
+            .route("/jobs", web::post().to(register))
+            .route("/jobs", web::delete().to(unregister))
+            .route("/nodes/{node}/pause", web::post().to(pause))
+            .route("/nodes/{node}/resume", web::post().to(resume))
+            .route("/log", web::get().to(log)),
     )
     .default_service(web::to(not_found));
 }
@@ -58,16 +74,207 @@ async fn health(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(&state.health)
 }
 
+fn shutting_down(e: impl std::fmt::Display) -> HttpResponse {
+    error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, format!("node is shutting down: {e}"))
+}
+
+fn rfc3339(t: &Hlc) -> String {
+    chrono::DateTime::from_timestamp_millis(t.wall_ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn job_status(j: &JobView) -> JobStatus {
+    let state = match (&j.last, j.paused) {
+        (_, true) => "paused",
+        (None, false) => "never run",
+        (Some(l), false) if l.result == "failed" => "failing",
+        (Some(_), false) => "ok",
+    };
+    JobStatus {
+        node: j.node.clone(),
+        path: j.path.clone(),
+        every: j.every_min,
+        paused: j.paused,
+        state: state.into(),
+        last_success: j.last_success.as_ref().map(rfc3339),
+    }
+}
+
 async fn status(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     if let Some(refused) = authorize(&req, &state) {
         return refused;
     }
-    match state.membership.send(GetStatus).await {
-        Ok(s) => HttpResponse::Ok().json(s),
-        Err(e) => error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, format!("node is shutting down: {e}")),
+    let mut s = match state.membership.send(GetStatus).await {
+        Ok(s) => s,
+        Err(e) => return shutting_down(e),
+    };
+    match state.log.send(GetJobs).await {
+        Ok(jobs) => s.jobs = jobs.iter().map(job_status).collect(),
+        Err(e) => return shutting_down(e),
+    }
+    HttpResponse::Ok().json(s)
+}
+
+async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    match state.log.send(GetJobs).await {
+        Ok(jobs) => HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs.iter().map(job_status).collect::<Vec<_>>() })),
+        Err(e) => shutting_down(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogParams {
+    node: Option<String>,
+    path: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogParams>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let q = q.into_inner();
+    let query = Query { node: q.node, path: q.path, limit: q.limit.unwrap_or(100).min(100_000) };
+    match state.log.send(query).await {
+        Ok(entries) => {
+            let entries: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    let mut v = serde_json::to_value(e).unwrap_or_default();
+                    // `time` for people and scripts; the HLC stays as `hlc`.
+                    if let Some(obj) = v.as_object_mut() {
+                        if let Some(h) = obj.remove("time") {
+                            obj.insert("hlc".into(), h);
+                        }
+                        obj.insert("time".into(), serde_json::Value::String(rfc3339(&e.time)));
+                    }
+                    v
+                })
+                .collect();
+            HttpResponse::Ok().json(serde_json::json!({ "entries": entries }))
+        }
+        Err(e) => shutting_down(e),
     }
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
     error(actix_web::http::StatusCode::NOT_FOUND, format!("no such route: {} {}", req.method(), req.path()))
+}
+
+use actix_web::http::StatusCode;
+
+/// The node called `name`, or the answer that explains why there is none.
+async fn find_node(state: &ApiState, name: &str) -> Result<NodeStatus, HttpResponse> {
+    let status = state.membership.send(GetStatus).await.map_err(shutting_down)?;
+    let matches: Vec<&NodeStatus> = status.nodes.iter().filter(|n| n.name == name).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => {
+            let known: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+            Err(error(StatusCode::NOT_FOUND, format!("unknown node `{name}`; the mesh knows: {}", known.join(", "))))
+        }
+        _ => Err(error(
+            StatusCode::CONFLICT,
+            format!("{} nodes claim the name `{name}`; give each a unique --name first", matches.len()),
+        )),
+    }
+}
+
+async fn record(state: &ApiState, event: Event) -> HttpResponse {
+    match state.log.send(Record(event)).await {
+        Ok(Ok(entry)) => HttpResponse::Created().json(serde_json::json!({ "entry": entry })),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot record it: {e}")),
+        Err(e) => shutting_down(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    node: String,
+    path: String,
+    /// Minutes between runs.
+    every: u64,
+    #[serde(default)]
+    excludes: Vec<String>,
+}
+
+async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let b = body.into_inner();
+    if b.every == 0 {
+        return error(StatusCode::BAD_REQUEST, "--every must be at least 1 minute");
+    }
+    if !b.path.starts_with('/') {
+        return error(StatusCode::BAD_REQUEST, format!("`{}` is not an absolute path; give the full path on {}", b.path, b.node));
+    }
+    for pat in &b.excludes {
+        if let Err(e) = globset::Glob::new(pat) {
+            return error(StatusCode::BAD_REQUEST, format!("bad exclude pattern `{pat}`: {}", e.kind()));
+        }
+    }
+    let node = match find_node(&state, &b.node).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    // The node that will run the job says whether the path is a directory.
+    let verdict = if node.this_node {
+        backmesh_actors::jobs::check_path(&b.path).map_err(|r| (StatusCode::BAD_REQUEST, r))
+    } else if !node.up {
+        Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {} is down and cannot confirm the path; try again when it is up", b.node)))
+    } else {
+        match state.net.ctl(&node.peer_id, CtlRequest::CheckPath { path: b.path.clone() }).await {
+            Ok(CtlResponse::PathOk) => Ok(()),
+            Ok(CtlResponse::PathRefused { reason }) => Err((StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node))),
+            Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", b.node))),
+        }
+    };
+    if let Err((code, msg)) = verdict {
+        return error(code, msg);
+    }
+    record(&state, Event::Registered { node: b.node, path: b.path, every_min: b.every, excludes: b.excludes }).await
+}
+
+#[derive(Deserialize)]
+struct JobKey {
+    node: String,
+    path: String,
+}
+
+async fn unregister(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let k = q.into_inner();
+    let jobs = match state.log.send(GetJobs).await {
+        Ok(j) => j,
+        Err(e) => return shutting_down(e),
+    };
+    if !jobs.iter().any(|j| j.node == k.node && j.path == k.path) {
+        return error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}", k.path, k.node));
+    }
+    record(&state, Event::Unregistered { node: k.node, path: k.path }).await
+}
+
+async fn pause(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<String>) -> HttpResponse {
+    set_paused(req, state, node.into_inner(), true).await
+}
+
+async fn resume(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<String>) -> HttpResponse {
+    set_paused(req, state, node.into_inner(), false).await
+}
+
+async fn set_paused(req: HttpRequest, state: web::Data<ApiState>, node: String, paused: bool) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    if let Err(r) = find_node(&state, &node).await {
+        return r;
+    }
+    record(&state, if paused { Event::Paused { node } } else { Event::Resumed { node } }).await
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
+use backmesh_actors::log::actor::{AttachNet as AttachLogNet, LogActor};
 use backmesh_actors::net::actor::{free_bytes, AttachNet, MembershipActor};
 use backmesh_actors::net::membership::{Membership, NodeInfo};
 use backmesh_actors::net::{swarm, swarm_key};
@@ -100,6 +101,9 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         let membership = Membership::new(peer_id.to_string(), me.clone(), down_after_ms);
         let tick = Duration::from_millis((down_after_ms as u64 / 4).clamp(200, 1000));
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick).start();
+        let log = LogActor::load(peer_id.to_string(), cfg.name.clone(), store.kv(), Duration::from_secs(3))
+            .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
+            .start();
         let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
         let net = match swarm::start(
             swarm::NetConfig {
@@ -113,6 +117,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 info: me,
             },
             actor.clone().recipient(),
+            swarm::LogHooks { received: log.clone().recipient(), serve: log.clone().recipient() },
         ) {
             Ok(net) => net,
             Err(e) => {
@@ -122,12 +127,15 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             }
         };
         actor.do_send(AttachNet(net.clone()));
+        log.do_send(AttachLogNet(net.clone()));
         let mut listen = net.listen_addrs().await?;
         if listen.is_empty() {
             listen.push(swarm::multiaddr_of(cfg.listen).to_string());
         }
         let state = ApiState {
             membership: actor,
+            log,
+            net: net.clone(),
             token: cfg.token.clone(),
             health: Health {
                 status: "ok".into(),

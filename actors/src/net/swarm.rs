@@ -25,11 +25,20 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{
+    gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+    Transport,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::membership::NodeInfo;
-use super::wire::{CborCodec, Hello, KnownPeer, HELLO, MAX_HELLO};
+use super::wire::{
+    decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, LogBatch, LogPull, CTL, HELLO, LOG,
+    LOG_TOPIC, MAX_CTL, MAX_HELLO, MAX_LOG,
+};
+use crate::log::actor::{Received, ServePull};
+use crate::log::entry::Entry;
 
 /// What the network loop hears, for the membership actor.
 #[derive(Clone, Debug, Message)]
@@ -49,6 +58,20 @@ enum Command {
     ListenAddrs(oneshot::Sender<Vec<String>>),
     /// Close every connection and stop the loop.
     Shutdown(oneshot::Sender<()>),
+    /// Push a new log entry to every peer (gossipsub).
+    Publish(Box<Entry>),
+    /// Ask `from` (or a random connected peer) for log entries.
+    PullLog { from: Option<String>, pull: LogPull },
+    /// Answer a peer's pull.
+    AnswerPull(ResponseChannel<LogBatch>, LogBatch),
+    /// Send a control request to `peer`; the reply comes back on `reply`.
+    Ctl { peer: PeerId, request: CtlRequest, reply: oneshot::Sender<Result<CtlResponse, String>> },
+}
+
+/// Where the loop sends what it hears about the log. Receiver: the log actor.
+pub struct LogHooks {
+    pub received: Recipient<Received>,
+    pub serve: Recipient<ServePull>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +101,26 @@ impl NetClient {
         rx.await.map_err(|_| NetError::Stopped)
     }
 
+    pub async fn publish_entry(&self, e: Entry) -> Result<(), NetError> {
+        self.tx.send(Command::Publish(Box::new(e))).await.map_err(|_| NetError::Stopped)
+    }
+
+    pub async fn pull_log(&self, from: Option<String>, pull: LogPull) -> Result<(), NetError> {
+        self.tx.send(Command::PullLog { from, pull }).await.map_err(|_| NetError::Stopped)
+    }
+
+    pub async fn answer_pull(&self, channel: ResponseChannel<LogBatch>, batch: LogBatch) -> Result<(), NetError> {
+        self.tx.send(Command::AnswerPull(channel, batch)).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Sends a control request to the node `peer` and waits for its answer.
+    pub async fn ctl(&self, peer: &str, request: CtlRequest) -> Result<CtlResponse, String> {
+        let peer: PeerId = peer.parse().map_err(|_| format!("`{peer}` is not a peer id"))?;
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Ctl { peer, request, reply }).await.map_err(|_| "the node is shutting down".to_string())?;
+        rx.await.map_err(|_| "the node is shutting down".to_string())?
+    }
+
     /// Closes connections (peers see this node leave) and ends the loop.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -93,6 +136,9 @@ pub struct Behaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
+    log: request_response::Behaviour<CborCodec<LogPull, LogBatch>>,
+    ctl: request_response::Behaviour<CborCodec<CtlRequest, CtlResponse>>,
+    gossip: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -123,7 +169,7 @@ fn setup_err(e: impl std::fmt::Display) -> NetError {
 }
 
 /// Builds the swarm and starts listening. Must run inside a tokio runtime.
-pub fn start(cfg: NetConfig, events: Recipient<NetEvent>) -> Result<NetClient, NetError> {
+pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, log_hooks: LogHooks) -> Result<NetClient, NetError> {
     let psk = cfg.swarm_key;
     let ping_every = cfg.ping_every;
     let mdns_on = cfg.mdns;
@@ -152,6 +198,12 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>) -> Result<NetClient, N
             );
             kad.set_mode(Some(kad::Mode::Server));
             let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .max_transmit_size(MAX_LOG)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .heartbeat_interval(Duration::from_secs(1))
+                .build()?;
+            let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
             Ok(Behaviour {
                 identify: identify::Behaviour::new(
                     identify::Config::new("/backmesh/1".into(), key.public())
@@ -166,6 +218,17 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>) -> Result<NetClient, N
                     [(HELLO, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
                 ),
+                log: request_response::Behaviour::with_codec(
+                    CborCodec::new(MAX_LOG),
+                    [(LOG, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+                ),
+                ctl: request_response::Behaviour::with_codec(
+                    CborCodec::new(MAX_CTL),
+                    [(CTL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                ),
+                gossip,
                 mdns: Toggle::from(mdns),
             })
         })
@@ -181,6 +244,11 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>) -> Result<NetClient, N
         };
         return Err(NetError::Listen { addr: cfg.listen, reason });
     }
+    swarm
+        .behaviour_mut()
+        .gossip
+        .subscribe(&gossipsub::IdentTopic::new(LOG_TOPIC))
+        .map_err(setup_err)?;
     swarm
         .listen_on(multiaddr_of(cfg.listen))
         .map_err(|e| NetError::Listen { addr: cfg.listen, reason: listen_reason(e) })?;
@@ -199,7 +267,10 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>) -> Result<NetClient, N
         known: HashMap::new(),
         bootstrap,
         redial: Backoff::new(),
+        bootstrap_answered: HashSet::new(),
         warned: HashMap::new(),
+        log_hooks,
+        pending_ctl: HashMap::new(),
     };
     actix::spawn(event_loop.run(cfg.hello_every));
     Ok(NetClient { tx })
@@ -223,11 +294,18 @@ struct EventLoop {
     /// Listen addresses of peers, from identify: for redials and hellos.
     known: HashMap<PeerId, Vec<Multiaddr>>,
     bootstrap: Vec<Multiaddr>,
-    /// Redials of the bootstrap peers while nothing is connected.
+    /// Bootstrap addresses that have answered once: from then on their
+    /// peer is redialled like any known peer.
+    bootstrap_answered: HashSet<Multiaddr>,
+    /// Redials of bootstrap addresses that never answered (or of all of
+    /// them while nothing is connected).
     redial: Backoff,
     /// When each remote was last warned about, so a misconfigured peer
     /// that keeps knocking does not flood the log.
     warned: HashMap<String, Instant>,
+    log_hooks: LogHooks,
+    /// Control requests in flight → where their answer goes.
+    pending_ctl: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<CtlResponse, String>>>,
 }
 
 /// Exponential backoff: 1 s doubling to 60 s, reset on success.
@@ -255,7 +333,9 @@ impl Backoff {
 
 /// A libp2p connection error in words an operator can act on.
 fn explain(error: &str) -> String {
-    if error.contains("negotiate") || error.contains("pnet") || error.contains("Pnet") {
+    if error.contains("Connection refused") {
+        format!("{error} (is a node listening there yet?)")
+    } else if error.contains("Handshake failed") || error.contains("reset by peer") {
         format!("{error} (the handshake failed: does the other node use the same --swarm-key?)")
     } else {
         error.to_string()
@@ -284,6 +364,21 @@ impl EventLoop {
                     Some(Command::SetInfo(info)) => self.info = info,
                     Some(Command::ListenAddrs(reply)) => {
                         let _ = reply.send(self.swarm.listeners().map(|a| a.to_string()).collect());
+                    }
+                    Some(Command::Publish(entry)) => {
+                        let topic = gossipsub::IdentTopic::new(LOG_TOPIC);
+                        if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, encode(&*entry)) {
+                            // No peer yet: anti-entropy pulls deliver it later.
+                            tracing::debug!("gossip of log entry {}#{} not sent now: {e}", entry.origin_name, entry.seq);
+                        }
+                    }
+                    Some(Command::PullLog { from, pull }) => self.pull_log(from, pull),
+                    Some(Command::AnswerPull(channel, batch)) => {
+                        let _ = self.swarm.behaviour_mut().log.send_response(channel, batch);
+                    }
+                    Some(Command::Ctl { peer, request, reply }) => {
+                        let id = self.swarm.behaviour_mut().ctl.send_request(&peer, request);
+                        self.pending_ctl.insert(id, reply);
                     }
                     Some(Command::Shutdown(done)) => {
                         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -323,14 +418,32 @@ impl EventLoop {
         for (peer, addrs) in lost {
             self.dial(peer, addrs);
         }
-        if connected.is_empty() {
-            if self.redial.ready(Instant::now()) {
-                for addr in self.bootstrap.clone() {
-                    let _ = self.swarm.dial(addr);
-                }
-            }
+        // Nodes often start together: a bootstrap peer that was not up yet
+        // is tried again (with backoff) even when others are connected.
+        let unanswered: Vec<Multiaddr> = if connected.is_empty() {
+            self.bootstrap.clone()
         } else {
+            self.bootstrap.iter().filter(|a| !self.bootstrap_answered.contains(*a)).cloned().collect()
+        };
+        if !unanswered.is_empty() && self.redial.ready(Instant::now()) {
+            for addr in unanswered {
+                let _ = self.swarm.dial(addr);
+            }
+        }
+        if !connected.is_empty() {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn pull_log(&mut self, from: Option<String>, pull: LogPull) {
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let peer = from.and_then(|p| p.parse::<PeerId>().ok()).filter(|p| connected.contains(p)).or_else(|| {
+            // A different peer each time, without a random-number dependency.
+            let n = connected.len();
+            (n > 0).then(|| connected[(crate::net::actor::now_ms() as usize / 7) % n])
+        });
+        if let Some(peer) = peer {
+            self.swarm.behaviour_mut().log.send_request(&peer, pull);
         }
     }
 
@@ -362,8 +475,17 @@ impl EventLoop {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
-                self.redial.reset();
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    let bare: Multiaddr =
+                        address.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+                    if self.bootstrap.contains(&bare) {
+                        self.bootstrap_answered.insert(bare);
+                    }
+                }
+                if self.bootstrap.iter().all(|a| self.bootstrap_answered.contains(a)) {
+                    self.redial.reset();
+                }
                 self.seen(&peer_id);
                 if num_established.get() == 1 {
                     let h = self.hello();
@@ -397,6 +519,56 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::OutboundFailure { peer, error, .. })) => {
                 tracing::debug!("hello to {peer} failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::Message { peer, message, .. })) => {
+                self.seen(&peer);
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        self.log_hooks.serve.do_send(ServePull { pull: request, channel });
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        self.log_hooks.received.do_send(Received {
+                            entries: response.entries,
+                            from: Some(peer.to_string()),
+                            more: response.more,
+                        });
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::InboundFailure { peer, error, .. })) => {
+                tracing::debug!("log pull from {peer} failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::OutboundFailure { peer, error, .. })) => {
+                tracing::debug!("log pull to {peer} failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { message, .. })) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let response = match request {
+                        CtlRequest::CheckPath { path } => match crate::jobs::check_path(&path) {
+                            Ok(()) => CtlResponse::PathOk,
+                            Err(reason) => CtlResponse::PathRefused { reason },
+                        },
+                    };
+                    let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_ctl.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::OutboundFailure {
+                request_id, error, ..
+            })) => {
+                if let Some(reply) = self.pending_ctl.remove(&request_id) {
+                    let _ = reply.send(Err(format!("the node did not answer: {error}")));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message, .. })) => {
+                match decode::<Entry>(&message.data, MAX_LOG) {
+                    Ok(entry) => self.log_hooks.received.do_send(Received { entries: vec![entry], from: None, more: false }),
+                    Err(e) => tracing::warn!("dropped a malformed log message relayed by {propagation_source}: {e}"),
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))
                 if !self.swarm.is_connected(&peer) =>

@@ -17,6 +17,54 @@ pub const HELLO: StreamProtocol = StreamProtocol::new("/backmesh/hello/1");
 /// Largest hello accepted, in bytes.
 pub const MAX_HELLO: usize = 256 * 1024;
 
+/// Protocol of anti-entropy pulls of the log.
+pub const LOG: StreamProtocol = StreamProtocol::new("/backmesh/log/1");
+/// Largest log message accepted (a batch of entries), in bytes.
+pub const MAX_LOG: usize = 4 * 1024 * 1024;
+/// Entries per pull answer.
+pub const PULL_BATCH: usize = 500;
+/// Gossipsub topic on which new log entries are pushed.
+pub const LOG_TOPIC: &str = "backmesh/log/1";
+
+/// "Send me what I lack." Sender: the log actor of any node, through the
+/// network loop, to a random connected peer every few seconds (and again at
+/// once while the answer says `more`). Answered by: [`LogBatch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPull {
+    /// For each origin, the highest seq the sender holds without gaps.
+    pub have: crate::log::state::VersionVector,
+    /// The most entries the sender wants in one answer.
+    pub limit: u32,
+}
+
+/// The answer to a [`LogPull`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub entries: Vec<crate::log::entry::Entry>,
+    /// More entries remain: pull again.
+    pub more: bool,
+}
+
+/// Protocol of control requests routed to the node they concern.
+pub const CTL: StreamProtocol = StreamProtocol::new("/backmesh/ctl/1");
+/// Largest control message accepted, in bytes.
+pub const MAX_CTL: usize = 64 * 1024;
+
+/// A control request. Sender: the HTTP API of any node, through its
+/// network loop, to the node a request concerns. Answered by: [`CtlResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CtlRequest {
+    /// Is `path` an absolute path of a directory on your disk?
+    CheckPath { path: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CtlResponse {
+    PathOk,
+    /// The path cannot be backed up, in words for the operator.
+    PathRefused { reason: String },
+}
+
 /// Sent by both sides when a connection opens and then periodically.
 /// Sender: the network loop of any node. Answered by: the same message
 /// from the receiving node.

@@ -252,3 +252,79 @@ fn start_up_problems_are_named() {
     }
     assert!(mesh.nodes[a].is_running(), "the running node is unaffected");
 }
+
+/// (origin, seq) of every entry in node `i`'s log, in its order.
+fn log_ids(mesh: &Mesh, i: usize) -> Vec<(String, u64)> {
+    let out = mesh.cli(i, &["--json", "log", "--limit", "1000"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["entries"]
+        .as_array()
+        .map(|a| a.iter().map(|e| (e["origin"].as_str().unwrap_or("").to_string(), e["seq"].as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_log_reaches_every_node_and_a_node_that_was_down_catches_up() {
+    let mut mesh = Mesh::new();
+    for i in 0..3usize {
+        let n = mesh.start(&format!("n{}", i + 1), i.checked_sub(1), &[]);
+        assert!(mesh.wait_ready(n, T));
+    }
+    let all = names(&["n1", "n2", "n3"]);
+    assert!(wait_until(T, || (0..3).all(|i| mesh.up_names(i) == all)));
+    let dir = mesh.root.path().join("app");
+    std::fs::create_dir(&dir).unwrap();
+    let d = dir.to_string_lossy().into_owned();
+
+    // Registered through n1 for n3: the path is checked by n3.
+    let out = mesh.cli(0, &["register", "n3", &d, "--every", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_until(T, || (0..3).all(|i| log_ids(&mesh, i).len() == 1)));
+    let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(2, &["--json", "jobs"]).stdout).unwrap();
+    assert_eq!(jobs["jobs"][0]["node"], "n3");
+    assert_eq!(jobs["jobs"][0]["every"], 5);
+
+    // n3 is away while three more things happen.
+    mesh.kill9(2);
+    for args in [vec!["pause", "n2"], vec!["resume", "n2"], vec!["register", "n2", &d, "--every", "60"]] {
+        let out = mesh.cli(0, &args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(wait_until(T, || log_ids(&mesh, 1).len() == 4));
+    mesh.restart(2);
+    assert!(mesh.wait_ready(2, T));
+    assert!(wait_until(T, || log_ids(&mesh, 2) == log_ids(&mesh, 0)), "n3 has {:?}", log_ids(&mesh, 2));
+    assert_eq!(log_ids(&mesh, 0), log_ids(&mesh, 1), "every node holds the identical log");
+    assert_eq!(log_ids(&mesh, 0).len(), 4);
+}
+
+#[test]
+fn bad_registrations_are_refused_by_name() {
+    let mut mesh = Mesh::new();
+    let a = mesh.start("a", None, &[]);
+    let b = mesh.start("b", Some(0), &[]);
+    assert!(mesh.wait_ready(a, T) && mesh.wait_ready(b, T));
+    assert!(wait_until(T, || mesh.up_names(a) == names(&["a", "b"])));
+    let file = mesh.root.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let f = file.to_string_lossy().into_owned();
+    let missing = mesh.root.path().join("missing").to_string_lossy().into_owned();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["register", "nobody", "/tmp", "--every", "5"], "unknown node `nobody`"),
+        (vec!["register", "b", "relative/dir", "--every", "5"], "not an absolute path"),
+        (vec!["register", "b", &missing, "--every", "5"], "does not exist"),
+        (vec!["register", "b", &f, "--every", "5"], "is not a directory"),
+        (vec!["register", "b", "/tmp", "--every", "0"], "at least 1 minute"),
+        (vec!["unregister", "b", "/never/registered"], "no job backs up"),
+        (vec!["pause", "nobody"], "unknown node"),
+    ];
+    for (args, expected) in cases {
+        let out = mesh.cli(a, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: expected `{expected}` in {err}");
+    }
+    assert!(log_ids(&mesh, a).is_empty(), "nothing refused was recorded");
+    let usage = mesh.cli(a, &["register", "b", "/tmp"]);
+    assert_eq!(usage.status.code(), Some(2), "a missing --every is a usage error");
+}
