@@ -66,6 +66,18 @@ enum Command {
         #[arg(id = "target", value_name = "NODE")]
         node: String,
     },
+    /// Back up PATH on NODE now; waits and prints the result.
+    Run {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// Return once the run is queued.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (the run goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Every job: node, path, every, paused, state, last success.
     Jobs,
     /// The execution log, newest last.
@@ -88,6 +100,8 @@ enum Failure {
     Unreachable(String),
     /// Exit 1.
     Refused(String),
+    /// Exit 1, the message already printed (a failed run).
+    Failed,
 }
 
 struct Client {
@@ -208,6 +222,19 @@ fn status(client: &Client, json: bool) -> Result<(), Failure> {
     println!("{up} of {} nodes up (* = the node that answered)", s.nodes.len());
     if s.jobs.is_empty() {
         println!("no backup jobs registered");
+    } else {
+        println!();
+        println!("{:<16} {:<36} {:>7} {:<10} LAST SUCCESS", "JOB NODE", "PATH", "EVERY", "STATE");
+        for j in &s.jobs {
+            println!(
+                "{:<16} {:<36} {:>5}m {:<10} {}",
+                j.node,
+                j.path,
+                j.every,
+                j.state,
+                j.last_success.as_deref().unwrap_or("never")
+            );
+        }
     }
     for p in &s.problems {
         println!("problem: {p}");
@@ -303,6 +330,76 @@ fn write(client: &Client, json: bool, method: &str, path: &str, body: Option<ser
     Ok(())
 }
 
+const RESULTS: [&str; 3] = ["finished", "unchanged", "failed"];
+
+/// Result entries (origin, seq) of a job, from the log.
+fn results(client: &Client, node: &str, path: &str) -> Result<Vec<serde_json::Value>, Failure> {
+    let v: serde_json::Value = client.get(&format!("/log?node={}&path={}&limit=100000", enc(node), enc(path)))?;
+    Ok(v["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["node"] == node && RESULTS.contains(&e["kind"].as_str().unwrap_or("")))
+        .collect())
+}
+
+fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeout: u64) -> Result<bool, Failure> {
+    let id = |e: &serde_json::Value| (e["origin"].to_string(), e["seq"].as_u64());
+    let before: std::collections::HashSet<_> = results(client, node, path)?.iter().map(id).collect();
+    let queued: serde_json::Value =
+        client.call("POST", "/run", Some(serde_json::json!({"node": node, "path": path})))?;
+    if no_wait {
+        if json {
+            print_json(&queued);
+        } else {
+            println!("queued: {path} on {node}");
+        }
+        return Ok(true);
+    }
+    let start = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json;
+    loop {
+        if let Some(e) = results(client, node, path)?.into_iter().find(|e| !before.contains(&id(e))) {
+            if tty {
+                eprint!("\r{:60}\r", "");
+            }
+            let result = e["kind"].as_str().unwrap_or("").to_string();
+            let out = serde_json::json!({
+                "result": result, "archive": e["archive"], "size": e["size"], "files": e["files"],
+                "warnings": e["warnings"].as_array().cloned().unwrap_or_default(), "error": e["error"],
+                "duration_ms": e["duration_ms"],
+            });
+            if json {
+                print_json(&out);
+            } else {
+                match result.as_str() {
+                    "finished" => println!(
+                        "finished: {path} on {node} → archive {} ({}, {} files) in {:.1}s",
+                        e["archive"].as_str().unwrap_or(""),
+                        human(e["size"].as_u64().unwrap_or(0)),
+                        e["files"],
+                        e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                    ),
+                    "unchanged" => println!("unchanged: {path} on {node} (latest archive {})", e["archive"].as_str().unwrap_or("")),
+                    _ => println!("failed: {path} on {node}: {}", e["error"].as_str().unwrap_or("")),
+                }
+                for w in out["warnings"].as_array().cloned().unwrap_or_default() {
+                    println!("  warning: {}", w.as_str().unwrap_or(""));
+                }
+            }
+            return Ok(result != "failed");
+        }
+        if start.elapsed().as_secs() >= timeout {
+            return Err(Failure::Refused(format!("no result after {timeout}s; the run goes on: see `backmesh log --path {path}`")));
+        }
+        if tty {
+            eprint!("\r  waiting for {node} to back up {path}… {}s", start.elapsed().as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -310,6 +407,11 @@ fn main() -> ExitCode {
     let result = Client::new(&cli).and_then(|c| match &cli.command {
         Command::Status => status(&c, json),
         Command::Jobs => jobs(&c, json),
+        Command::Run { node, path, no_wait, timeout } => match run(&c, json, node, path, *no_wait, *timeout) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::Failed),
+            Err(e) => Err(e),
+        },
         Command::Log { node, path, limit } => log(&c, json, node.as_deref(), path.as_deref(), *limit),
         Command::Register { node, path, every, excludes } => write(
             &c,
@@ -340,6 +442,7 @@ fn main() -> ExitCode {
             eprintln!("backmesh: {m}");
             ExitCode::from(1)
         }
+        Err(Failure::Failed) => ExitCode::from(1),
         Err(Failure::Unreachable(m)) => {
             eprintln!("backmesh: {m}");
             ExitCode::from(3)

@@ -5,6 +5,7 @@
 
 use actix::Addr;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use backmesh_actors::jobs::actor::{JobsActor, RunNow};
 use backmesh_actors::log::actor::{GetJobs, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
 use backmesh_actors::net::swarm::NetClient;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 pub struct ApiState {
     pub membership: Addr<MembershipActor>,
     pub log: Addr<LogActor>,
+    pub jobs: Addr<JobsActor>,
     pub net: NetClient,
     pub token: Option<String>,
     pub health: Health,
@@ -33,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs", web::get().to(jobs))
             .route("/jobs", web::post().to(register))
             .route("/jobs", web::delete().to(unregister))
+            .route("/run", web::post().to(run))
             .route("/nodes/{node}/pause", web::post().to(pause))
             .route("/nodes/{node}/resume", web::post().to(resume))
             .route("/log", web::get().to(log)),
@@ -231,6 +234,7 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
         match state.net.ctl(&node.peer_id, CtlRequest::CheckPath { path: b.path.clone() }).await {
             Ok(CtlResponse::PathOk) => Ok(()),
             Ok(CtlResponse::PathRefused { reason }) => Err((StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node))),
+            Ok(other) => Err((StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", b.node))),
             Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", b.node))),
         }
     };
@@ -277,4 +281,50 @@ async fn set_paused(req: HttpRequest, state: web::Data<ApiState>, node: String, 
         return r;
     }
     record(&state, if paused { Event::Paused { node } } else { Event::Resumed { node } }).await
+}
+
+#[derive(Deserialize)]
+struct RunBody {
+    node: String,
+    path: String,
+}
+
+/// Queues a run on the node that owns the job; answers 202 at once (the
+/// result arrives in the log as `finished`, `unchanged` or `failed`).
+async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RunBody>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let b = body.into_inner();
+    let node = match find_node(&state, &b.node).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let registered = match state.log.send(GetJobs).await {
+        Ok(jobs) => jobs.iter().any(|j| j.node == b.node && j.path == b.path),
+        Err(e) => return shutting_down(e),
+    };
+    if !registered {
+        return error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}; register it first", b.path, b.node));
+    }
+    let queued = if node.this_node {
+        match state.jobs.send(RunNow { path: b.path.clone() }).await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(full)) => Err((StatusCode::TOO_MANY_REQUESTS, full.to_string())),
+            Err(e) => return shutting_down(e),
+        }
+    } else if !node.up {
+        Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {} is down; the run cannot start until it is back", b.node)))
+    } else {
+        match state.net.ctl(&node.peer_id, CtlRequest::Run { path: b.path.clone() }).await {
+            Ok(CtlResponse::Queued { id }) => Ok(id),
+            Ok(CtlResponse::Busy { reason }) => Err((StatusCode::TOO_MANY_REQUESTS, format!("on {}: {reason}", b.node))),
+            Ok(other) => Err((StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", b.node))),
+            Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", b.node))),
+        }
+    };
+    match queued {
+        Ok(id) => HttpResponse::Accepted().json(serde_json::json!({ "queued": id, "node": b.node, "path": b.path })),
+        Err((code, msg)) => error(code, msg),
+    }
 }

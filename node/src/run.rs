@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
+use backmesh_actors::jobs::actor::{AttachNet as AttachJobsNet, JobsActor};
 use backmesh_actors::log::actor::{AttachNet as AttachLogNet, LogActor};
 use backmesh_actors::net::actor::{free_bytes, AttachNet, MembershipActor};
 use backmesh_actors::net::membership::{Membership, NodeInfo};
@@ -76,7 +77,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     // actix-web and other users pull in both rustls providers: choose one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     check_data_dir(&cfg.data_dir)?;
-    let store = Store::open(&cfg.data_dir).map_err(|e| anyhow!("{e}"))?;
+    let store = std::sync::Arc::new(Store::open(&cfg.data_dir).map_err(|e| anyhow!("{e}"))?);
     let keypair = identity(&cfg.data_dir)?;
     let peer_id = keypair.public().to_peer_id();
     let psk = cfg.swarm_key.as_deref().map(swarm_key::load).transpose()?;
@@ -104,6 +105,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         let log = LogActor::load(peer_id.to_string(), cfg.name.clone(), store.kv(), Duration::from_secs(3))
             .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
             .start();
+        let jobs = JobsActor::new(cfg.name.clone(), store.clone(), log.clone(), cfg.keep, 2, 1000).start();
         let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
         let net = match swarm::start(
             swarm::NetConfig {
@@ -117,7 +119,11 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 info: me,
             },
             actor.clone().recipient(),
-            swarm::LogHooks { received: log.clone().recipient(), serve: log.clone().recipient() },
+            swarm::LogHooks {
+                received: log.clone().recipient(),
+                serve: log.clone().recipient(),
+                run: jobs.clone().recipient(),
+            },
         ) {
             Ok(net) => net,
             Err(e) => {
@@ -128,6 +134,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         };
         actor.do_send(AttachNet(net.clone()));
         log.do_send(AttachLogNet(net.clone()));
+        jobs.do_send(AttachJobsNet(net.clone()));
         let mut listen = net.listen_addrs().await?;
         if listen.is_empty() {
             listen.push(swarm::multiaddr_of(cfg.listen).to_string());
@@ -135,6 +142,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         let state = ApiState {
             membership: actor,
             log,
+            jobs,
             net: net.clone(),
             token: cfg.token.clone(),
             health: Health {

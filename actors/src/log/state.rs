@@ -116,6 +116,8 @@ pub struct JobView {
     pub paused: bool,
     pub last: Option<LastRun>,
     pub last_success: Option<Hlc>,
+    /// When its last run started (scheduling counts from here).
+    pub last_started: Option<Hlc>,
 }
 
 /// The registered jobs, by (node, path), with their settings (last writer
@@ -137,6 +139,7 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
                             paused: false,
                             last: None,
                             last_success: None,
+                            last_started: None,
                         },
                     )
                 });
@@ -154,6 +157,11 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
             }
             Event::Resumed { node } => {
                 paused.insert(node.clone(), false);
+            }
+            Event::Started { node, path } => {
+                if let Some(slot) = jobs.get_mut(&(node.clone(), path.clone())) {
+                    slot.1.last_started = Some(e.time.clone());
+                }
             }
             Event::Finished { node, path, archive, .. } | Event::Unchanged { node, path, archive, .. } => {
                 if let Some(slot) = jobs.get_mut(&(node.clone(), path.clone())) {

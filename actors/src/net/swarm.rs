@@ -37,6 +37,7 @@ use super::wire::{
     decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, LogBatch, LogPull, CTL, HELLO, LOG,
     LOG_TOPIC, MAX_CTL, MAX_HELLO, MAX_LOG,
 };
+use crate::jobs::actor::ServeCtlRun;
 use crate::log::actor::{Received, ServePull};
 use crate::log::entry::Entry;
 
@@ -64,6 +65,8 @@ enum Command {
     PullLog { from: Option<String>, pull: LogPull },
     /// Answer a peer's pull.
     AnswerPull(ResponseChannel<LogBatch>, LogBatch),
+    /// Answer a peer's control request.
+    AnswerCtl(ResponseChannel<CtlResponse>, CtlResponse),
     /// Send a control request to `peer`; the reply comes back on `reply`.
     Ctl { peer: PeerId, request: CtlRequest, reply: oneshot::Sender<Result<CtlResponse, String>> },
 }
@@ -72,6 +75,8 @@ enum Command {
 pub struct LogHooks {
     pub received: Recipient<Received>,
     pub serve: Recipient<ServePull>,
+    /// Runs requested through other nodes. Receiver: the jobs actor.
+    pub run: Recipient<ServeCtlRun>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +116,10 @@ impl NetClient {
 
     pub async fn answer_pull(&self, channel: ResponseChannel<LogBatch>, batch: LogBatch) -> Result<(), NetError> {
         self.tx.send(Command::AnswerPull(channel, batch)).await.map_err(|_| NetError::Stopped)
+    }
+
+    pub async fn answer_ctl(&self, channel: ResponseChannel<CtlResponse>, response: CtlResponse) -> Result<(), NetError> {
+        self.tx.send(Command::AnswerCtl(channel, response)).await.map_err(|_| NetError::Stopped)
     }
 
     /// Sends a control request to the node `peer` and waits for its answer.
@@ -376,6 +385,9 @@ impl EventLoop {
                     Some(Command::AnswerPull(channel, batch)) => {
                         let _ = self.swarm.behaviour_mut().log.send_response(channel, batch);
                     }
+                    Some(Command::AnswerCtl(channel, response)) => {
+                        let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
+                    }
                     Some(Command::Ctl { peer, request, reply }) => {
                         let id = self.swarm.behaviour_mut().ctl.send_request(&peer, request);
                         self.pending_ctl.insert(id, reply);
@@ -542,15 +554,16 @@ impl EventLoop {
                 tracing::debug!("log pull to {peer} failed: {error}");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { message, .. })) => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let response = match request {
-                        CtlRequest::CheckPath { path } => match crate::jobs::check_path(&path) {
+                request_response::Message::Request { request, channel, .. } => match request {
+                    CtlRequest::CheckPath { path } => {
+                        let response = match crate::jobs::check_path(&path) {
                             Ok(()) => CtlResponse::PathOk,
                             Err(reason) => CtlResponse::PathRefused { reason },
-                        },
-                    };
-                    let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
-                }
+                        };
+                        let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
+                    }
+                    CtlRequest::Run { path } => self.log_hooks.run.do_send(ServeCtlRun { path, channel }),
+                },
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.pending_ctl.remove(&request_id) {
                         let _ = reply.send(Ok(response));

@@ -56,6 +56,8 @@ pub const MAX_CTL: usize = 64 * 1024;
 pub enum CtlRequest {
     /// Is `path` an absolute path of a directory on your disk?
     CheckPath { path: String },
+    /// Back up `path` (a registered job of yours) now.
+    Run { path: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +65,10 @@ pub enum CtlResponse {
     PathOk,
     /// The path cannot be backed up, in words for the operator.
     PathRefused { reason: String },
+    /// The run is queued under this id.
+    Queued { id: u64 },
+    /// Too many runs wait already.
+    Busy { reason: String },
 }
 
 /// Sent by both sides when a connection opens and then periodically.

@@ -279,7 +279,7 @@ fn the_log_reaches_every_node_and_a_node_that_was_down_catches_up() {
     // Registered through n1 for n3: the path is checked by n3.
     let out = mesh.cli(0, &["register", "n3", &d, "--every", "5"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(wait_until(T, || (0..3).all(|i| log_ids(&mesh, i).len() == 1)));
+    assert!(wait_until(T, || (0..3).all(|i| !log_ids(&mesh, i).is_empty() && log_ids(&mesh, i) == log_ids(&mesh, 0))));
     let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(2, &["--json", "jobs"]).stdout).unwrap();
     assert_eq!(jobs["jobs"][0]["node"], "n3");
     assert_eq!(jobs["jobs"][0]["every"], 5);
@@ -290,12 +290,28 @@ fn the_log_reaches_every_node_and_a_node_that_was_down_catches_up() {
         let out = mesh.cli(0, &args);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    assert!(wait_until(T, || log_ids(&mesh, 1).len() == 4));
+    assert!(wait_until(T, || ["paused", "resumed"].iter().all(|k| kinds(&mesh, 1).contains(&k.to_string()))));
     mesh.restart(2);
     assert!(mesh.wait_ready(2, T));
-    assert!(wait_until(T, || log_ids(&mesh, 2) == log_ids(&mesh, 0)), "n3 has {:?}", log_ids(&mesh, 2));
-    assert_eq!(log_ids(&mesh, 0), log_ids(&mesh, 1), "every node holds the identical log");
-    assert_eq!(log_ids(&mesh, 0).len(), 4);
+    // n3 catches up on what it missed, and n2's runs settle: the logs agree.
+    assert!(
+        wait_until(T, || {
+            let (a, b, c) = (log_ids(&mesh, 0), log_ids(&mesh, 1), log_ids(&mesh, 2));
+            a == b && b == c
+        }),
+        "n3 has {:?}",
+        log_ids(&mesh, 2)
+    );
+    for k in ["registered", "paused", "resumed"] {
+        assert!(kinds(&mesh, 2).contains(&k.to_string()), "n3 learnt `{k}` entries written while it was down");
+    }
+    assert_eq!(kinds(&mesh, 2).iter().filter(|k| *k == "registered").count(), 2);
+}
+
+fn kinds(mesh: &Mesh, i: usize) -> Vec<String> {
+    let out = mesh.cli(i, &["--json", "log", "--limit", "1000"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["entries"].as_array().cloned().unwrap_or_default().iter().map(|e| e["kind"].as_str().unwrap_or("").to_string()).collect()
 }
 
 #[test]
@@ -327,4 +343,143 @@ fn bad_registrations_are_refused_by_name() {
     assert!(log_ids(&mesh, a).is_empty(), "nothing refused was recorded");
     let usage = mesh.cli(a, &["register", "b", "/tmp"]);
     assert_eq!(usage.status.code(), Some(2), "a missing --every is a usage error");
+}
+
+fn results(mesh: &Mesh, i: usize, node: &str) -> Vec<serde_json::Value> {
+    let out = mesh.cli(i, &["--json", "log", "--node", node, "--limit", "100000"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| ["finished", "unchanged", "failed"].contains(&e["kind"].as_str().unwrap_or("")))
+        .collect()
+}
+
+fn three_nodes() -> Mesh {
+    let mut mesh = Mesh::new();
+    for i in 0..3usize {
+        let n = mesh.start(&format!("n{}", i + 1), i.checked_sub(1), &[]);
+        assert!(mesh.wait_ready(n, T));
+    }
+    let all = names(&["n1", "n2", "n3"]);
+    assert!(wait_until(T, || (0..3).all(|i| mesh.up_names(i) == all)));
+    mesh
+}
+
+#[test]
+fn a_job_registered_through_one_node_runs_on_another() {
+    let mesh = three_nodes();
+    let dir = mesh.root.path().join("app");
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    std::fs::write(dir.join("conf/app.toml"), b"port = 80\n").unwrap();
+    let d = dir.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n3", &d, "--every", "60"]).status.success());
+    // The first run comes soon after registering, on n3, and every node learns it.
+    assert!(wait_until(T, || (0..3).all(|i| results(&mesh, i, "n3").len() == 1)), "{:?}", results(&mesh, 0, "n3"));
+    assert_eq!(results(&mesh, 1, "n3")[0]["kind"], "finished");
+    assert_eq!(results(&mesh, 1, "n3")[0]["origin_name"], "n3");
+    // `run` through n2 waits for the result and prints it.
+    std::fs::write(dir.join("new.txt"), b"new").unwrap();
+    let out = mesh.cli(1, &["--json", "run", "n3", &d]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"], "finished");
+    assert_eq!(v["files"], 2);
+    for field in ["archive", "size", "warnings", "error"] {
+        assert!(v.get(field).is_some(), "run --json has `{field}`");
+    }
+    let again: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "run", "n3", &d]).stdout).unwrap();
+    assert_eq!(again["result"], "unchanged");
+    // The archive is in n3's store.
+    let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "jobs"]).stdout).unwrap();
+    assert_eq!(jobs["jobs"][0]["state"], "ok");
+    // A run of a job that does not exist is refused.
+    let out = mesh.cli(0, &["run", "n2", &d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("register it first"));
+}
+
+#[test]
+fn a_burst_of_runs_is_queued_and_none_is_lost() {
+    let mesh = three_nodes();
+    let dir = mesh.root.path().join("burst");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("f"), b"x").unwrap();
+    let d = dir.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n2", &d, "--every", "600"]).status.success());
+    assert!(wait_until(T, || results(&mesh, 0, "n2").len() == 1));
+    for i in 0..50 {
+        let out = mesh.cli(i % 3, &["run", "--no-wait", "n2", &d]);
+        assert!(out.status.success(), "request {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        wait_until(Duration::from_secs(90), || results(&mesh, 0, "n2").len() == 51),
+        "{} results",
+        results(&mesh, 0, "n2").len()
+    );
+    // One job never runs twice at once: every start is followed by its result.
+    let out = mesh.cli(1, &["--json", "log", "--node", "n2", "--limit", "100000"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).filter(|k| *k != "registered").collect();
+    for pair in kinds.chunks(2) {
+        assert_eq!(pair[0], "started", "{kinds:?}");
+        assert!(["finished", "unchanged"].contains(&pair[1]), "{kinds:?}");
+    }
+}
+
+#[test]
+fn queued_work_survives_kill_9() {
+    let mut mesh = three_nodes();
+    let dir = mesh.root.path().join("big");
+    std::fs::create_dir(&dir).unwrap();
+    // Enough fresh data (so the stat cache cannot vouch for it) that each
+    // run reads and compresses for a while: the kill lands mid-queue.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..200 {
+        let data: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 16) as u8 + b'a'
+            })
+            .collect();
+        std::fs::write(dir.join(format!("f{i}")), data).unwrap();
+    }
+    let d = dir.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n3", &d, "--every", "600"]).status.success());
+    assert!(wait_until(T, || results(&mesh, 0, "n3").len() == 1));
+    for _ in 0..10 {
+        assert!(mesh.cli(2, &["run", "--no-wait", "n3", &d]).status.success());
+    }
+    mesh.kill9(2);
+    let before = results(&mesh, 0, "n3").len();
+    assert!(before < 11, "the kill came before the queue drained ({before} results)");
+    mesh.restart(2);
+    assert!(mesh.wait_ready(2, T));
+    // At least once: every queued run gets a result after the restart.
+    assert!(wait_until(Duration::from_secs(60), || results(&mesh, 0, "n3").len() >= 11), "{}", results(&mesh, 0, "n3").len());
+}
+
+#[test]
+fn pause_stops_scheduled_runs_and_resume_restarts_them() {
+    let mesh = three_nodes();
+    let dir = mesh.root.path().join("p");
+    std::fs::create_dir(&dir).unwrap();
+    let d = dir.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["pause", "n2"]).status.success());
+    assert!(mesh.cli(0, &["register", "n2", &d, "--every", "1"]).status.success());
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(results(&mesh, 0, "n2").is_empty(), "a paused node runs no scheduled backup");
+    let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(1, &["--json", "jobs"]).stdout).unwrap();
+    assert_eq!(jobs["jobs"][0]["state"], "paused");
+    assert!(mesh.cli(2, &["resume", "n2"]).status.success());
+    assert!(wait_until(T, || results(&mesh, 0, "n2").len() == 1));
+    // Unregistered: no more runs, even on demand.
+    assert!(mesh.cli(0, &["unregister", "n2", &d]).status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let out = mesh.cli(0, &["run", "n2", &d]);
+    assert_eq!(out.status.code(), Some(1));
 }

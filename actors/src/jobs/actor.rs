@@ -1,0 +1,227 @@
+//! The jobs actor: schedules and runs this node's jobs.
+//!
+//! Messages and senders:
+//! - [`RunNow`] (the HTTP API of this node): queue an on-demand run.
+//! - [`ServeCtlRun`] (the network loop: a run requested through another
+//!   node): the same, answered on the request's channel.
+//! - [`AttachNet`] (start-up).
+//!
+//! Every second it folds the jobs from the log; each job of this node that
+//! is due (never started, or started `every` minutes ago) and not paused is
+//! queued. Up to `max_parallel` runs go at once, each in tokio's blocking
+//! pool, never on the actor's thread; a run records `started`, then
+//! `finished`, `unchanged` or `failed` in the log.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use libp2p::request_response::ResponseChannel;
+
+use super::queue::{Full, Item, Queue};
+use super::run::{run_backup, RunOutcome};
+use crate::archive::CreateOptions;
+use crate::log::actor::{GetJobs, LogActor, Record};
+use crate::log::entry::Event;
+use crate::log::state::JobView;
+use crate::net::actor::now_ms;
+use crate::net::swarm::NetClient;
+use crate::net::wire::CtlResponse;
+use crate::store::Store;
+
+/// Queue an on-demand run of `path` (a registered job of this node).
+#[derive(Message)]
+#[rtype(result = "Result<u64, Full>")]
+pub struct RunNow {
+    pub path: String,
+}
+
+/// A run requested through another node, with the channel for the answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeCtlRun {
+    pub path: String,
+    pub channel: ResponseChannel<CtlResponse>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachNet(pub NetClient);
+
+pub struct JobsActor {
+    me: String,
+    store: Arc<Store>,
+    log: Addr<LogActor>,
+    queue: Queue,
+    running: BTreeSet<String>,
+    jobs: HashMap<String, JobView>,
+    max_parallel: usize,
+    keep: usize,
+    net: Option<NetClient>,
+}
+
+impl JobsActor {
+    /// `me` is this node's name; waiting runs are reloaded from the store.
+    pub fn new(me: String, store: Arc<Store>, log: Addr<LogActor>, keep: usize, max_parallel: usize, bound: usize) -> Self {
+        let queue = match Queue::load(store.kv().as_ref(), bound) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!("cannot reload the run queue ({e}); starting with an empty one");
+                Queue::new(bound)
+            }
+        };
+        if !queue.is_empty() {
+            tracing::info!("{} run(s) waiting from before the restart", queue.len());
+        }
+        JobsActor { me, store, log, queue, running: BTreeSet::new(), jobs: HashMap::new(), max_parallel: max_parallel.max(1), keep, net: None }
+    }
+
+    fn enqueue(&mut self, path: String, on_demand: bool) -> Result<Option<u64>, Full> {
+        let item = Item { path, on_demand, queued_ms: now_ms() };
+        let id = self.queue.push(item.clone())?;
+        if let Some(id) = id {
+            if let Err(e) = Queue::persist(self.store.kv().as_ref(), id, &item) {
+                tracing::error!("cannot persist a queued run of {}: {e}", item.path);
+            }
+        }
+        Ok(id)
+    }
+
+    fn schedule(&mut self, jobs: Vec<JobView>) {
+        let now = now_ms();
+        self.jobs = jobs.into_iter().filter(|j| j.node == self.me).map(|j| (j.path.clone(), j)).collect();
+        let due: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| !j.paused)
+            .filter(|j| j.last_started.as_ref().is_none_or(|t| t.wall_ms + j.every_min as i64 * 60_000 <= now))
+            .filter(|j| !self.running.contains(&j.path) && !self.queue.is_waiting(&j.path))
+            .map(|j| j.path.clone())
+            .collect();
+        for path in due {
+            let _ = self.enqueue(path, false);
+        }
+    }
+
+    fn start_runs(&mut self, ctx: &mut Context<Self>) {
+        while self.running.len() < self.max_parallel {
+            let Some((id, item)) = self.queue.next(&self.running).map(|(id, i)| (id, i.clone())) else { return };
+            self.queue.remove(id);
+            let Some(job) = self.jobs.get(&item.path).cloned() else {
+                // Unregistered since it was queued.
+                let _ = Queue::forget(self.store.kv().as_ref(), id);
+                continue;
+            };
+            self.start(id, job, ctx);
+        }
+    }
+
+    fn start(&mut self, id: u64, job: JobView, ctx: &mut Context<Self>) {
+        let path = job.path.clone();
+        self.running.insert(path.clone());
+        self.log.do_send(Record(Event::Started { node: self.me.clone(), path: path.clone() }));
+        let (store, me, keep) = (self.store.clone(), self.me.clone(), self.keep);
+        let opts = CreateOptions { excludes: job.excludes.clone(), ..CreateOptions::default() };
+        let source = PathBuf::from(&path);
+        let started = std::time::Instant::now();
+        let work = tokio::task::spawn_blocking(move || run_backup(&store, &me, &source, &opts, keep));
+        ctx.spawn(work.into_actor(self).map(move |joined, act, ctx| {
+            let duration_ms = started.elapsed().as_millis() as u64;
+            let (node, path) = (act.me.clone(), path.clone());
+            let event = match joined {
+                Ok(Ok(report)) => match report.outcome {
+                    RunOutcome::Stored { manifest, .. } => Event::Finished {
+                        node,
+                        path: path.clone(),
+                        archive: manifest.id.clone(),
+                        size: manifest.tgz_len,
+                        files: manifest.stats.files,
+                        duration_ms,
+                        warnings: manifest.warnings.iter().map(|w| format!("{}: {}", w.path, w.message)).collect(),
+                    },
+                    RunOutcome::Unchanged { archive_id, .. } => {
+                        Event::Unchanged { node, path: path.clone(), archive: archive_id, duration_ms }
+                    }
+                },
+                Ok(Err(e)) => Event::Failed { node, path: path.clone(), error: error_chain(&e), duration_ms },
+                Err(e) => Event::Failed { node, path: path.clone(), error: format!("the backup crashed: {e}"), duration_ms },
+            };
+            tracing::info!("backup of {path}: {}", event.kind());
+            act.log.do_send(Record(event));
+            let _ = Queue::forget(act.store.kv().as_ref(), id);
+            act.running.remove(&path);
+            act.start_runs(ctx);
+        }));
+    }
+}
+
+/// An error and its causes in one line, each said once.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+impl Actor for JobsActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            let log = act.log.clone();
+            ctx.spawn(async move { log.send(GetJobs).await }.into_actor(act).map(|jobs, act, ctx| {
+                if let Ok(jobs) = jobs {
+                    act.schedule(jobs);
+                    act.start_runs(ctx);
+                }
+            }));
+        });
+    }
+}
+
+impl Handler<RunNow> for JobsActor {
+    type Result = Result<u64, Full>;
+    fn handle(&mut self, msg: RunNow, ctx: &mut Context<Self>) -> Self::Result {
+        let id = self.enqueue(msg.path, true)?.unwrap_or(0);
+        // The job list may be a second old: refresh it before starting.
+        let log = self.log.clone();
+        ctx.spawn(async move { log.send(GetJobs).await }.into_actor(self).map(|jobs, act, ctx| {
+            if let Ok(jobs) = jobs {
+                act.jobs = jobs.into_iter().filter(|j| j.node == act.me).map(|j| (j.path.clone(), j)).collect();
+                act.start_runs(ctx);
+            }
+        }));
+        Ok(id)
+    }
+}
+
+impl Handler<ServeCtlRun> for JobsActor {
+    type Result = ();
+    fn handle(&mut self, msg: ServeCtlRun, ctx: &mut Context<Self>) {
+        let response = match self.handle(RunNow { path: msg.path }, ctx) {
+            Ok(id) => CtlResponse::Queued { id },
+            Err(full) => CtlResponse::Busy { reason: full.to_string() },
+        };
+        if let Some(net) = self.net.clone() {
+            actix::spawn(async move {
+                let _ = net.answer_ctl(msg.channel, response).await;
+            });
+        }
+    }
+}
+
+impl Handler<AttachNet> for JobsActor {
+    type Result = ();
+    fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
+        self.net = Some(msg.0);
+    }
+}

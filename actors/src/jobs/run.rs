@@ -1,0 +1,142 @@
+//! One backup run. [`run_backup`] is one execution of a job on its origin
+//! node: recognise an unchanged tree (by stat snapshot, else by tree
+//! digest), otherwise store the new archive and apply retention.
+
+
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::archive::{self, ArchiveError, CreateOptions, Manifest, StatSnapshot, Warning};
+use crate::hash::Digest;
+use crate::store::{RetentionReport, StatCacheEntry, Store, StoreError};
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the path {path} is not absolute; give the full path of the directory to back up")]
+    RelativePath { path: String },
+    #[error("the path {path:?} is not valid UTF-8")]
+    NonUtf8Path { path: std::path::PathBuf },
+}
+
+/// How an unchanged tree was recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnchangedBy {
+    /// Metadata matched the stat snapshot: no file content was read.
+    StatCache,
+    /// Content was read and the tree digest matched.
+    TreeDigest,
+}
+
+#[derive(Clone, Debug)]
+pub enum RunOutcome {
+    Unchanged { archive_id: String, by: UnchangedBy, warnings: Vec<Warning> },
+    Stored { manifest: Box<Manifest>, new_bytes: u64, retention: RetentionReport },
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub outcome: RunOutcome,
+    pub duration_ms: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Backs up `path` as (node, path) into `store`, keeping `keep` archives.
+pub fn run_backup(
+    store: &Store,
+    node: &str,
+    path: &Path,
+    opts: &CreateOptions,
+    keep: usize,
+) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    if !path.is_absolute() {
+        return Err(RunError::RelativePath { path: path.display().to_string() });
+    }
+    let key = path.to_str().ok_or_else(|| RunError::NonUtf8Path { path: path.to_path_buf() })?;
+    let last = store.latest(node, key)?;
+    let done = |outcome| RunReport { outcome, duration_ms: started.elapsed().as_millis() as u64 };
+
+    if let (Some(last), Some(cache)) = (&last, store.stat_cache(node, key)?) {
+        if cache.archive_id == last.id
+            && cache.tree_digest == last.tree_digest
+            && cache.excludes == opts.excludes
+            && !cache.snapshot.racy
+        {
+            let now = archive::scan(path, &opts.excludes)?;
+            if now.digest == cache.snapshot.digest && !now.racy {
+                return Ok(done(RunOutcome::Unchanged {
+                    archive_id: last.id.clone(),
+                    by: UnchangedBy::StatCache,
+                    warnings: Vec::new(),
+                }));
+            }
+        }
+    }
+
+    let mut txn = store.begin()?;
+    let created = archive::create(path, opts, &mut txn)?;
+    let snapshot = created.snapshot;
+    if let Some(last) = &last {
+        if created.tree_digest == last.tree_digest {
+            drop(txn);
+            remember(store, node, key, opts, snapshot, &last.id, last.tree_digest)?;
+            return Ok(done(RunOutcome::Unchanged {
+                archive_id: last.id.clone(),
+                by: UnchangedBy::TreeDigest,
+                warnings: created.warnings,
+            }));
+        }
+    }
+    let new_bytes: u64 = created
+        .members
+        .iter()
+        .filter(|m| !store.has_member(&m.sha256))
+        .map(|m| (m.sha256, m))
+        .collect::<std::collections::HashMap<_, _>>()
+        .values()
+        .map(|m| m.compressed_len)
+        .sum();
+    let manifest = created.into_manifest(node, key, now_ms(), opts.excludes.clone());
+    txn.commit(&manifest)?;
+    remember(store, node, key, opts, snapshot, &manifest.id, manifest.tree_digest)?;
+    let retention = store.retain(node, key, keep)?;
+    store.flush()?;
+    Ok(done(RunOutcome::Stored { manifest: Box::new(manifest), new_bytes, retention }))
+}
+
+/// Records the snapshot of the tree that archive `id` holds, for the next
+/// run's metadata-only check.
+fn remember(
+    store: &Store,
+    node: &str,
+    key: &str,
+    opts: &CreateOptions,
+    snapshot: StatSnapshot,
+    id: &str,
+    tree_digest: Digest,
+) -> Result<(), StoreError> {
+    let entry = StatCacheEntry { snapshot, excludes: opts.excludes.clone(), archive_id: id.to_string(), tree_digest };
+    store.set_stat_cache(node, key, &entry)
+}
+
+/// Can `path` be backed up on this node? `Err` says why not, in words.
+pub fn check_path(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!("`{path}` is not an absolute path"));
+    }
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{path} is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{path} does not exist")),
+        Err(e) => Err(format!("{path} cannot be read: {e}")),
+    }
+}
