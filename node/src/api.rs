@@ -283,15 +283,9 @@ async fn set_paused(req: HttpRequest, state: web::Data<ApiState>, node: String, 
     record(&state, if paused { Event::Paused { node } } else { Event::Resumed { node } }).await
 }
 
-#[derive(Deserialize)]
-struct RunBody {
-    node: String,
-    path: String,
-}
-
 /// Queues a run on the node that owns the job; answers 202 at once (the
 /// result arrives in the log as `finished`, `unchanged` or `failed`).
-async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RunBody>) -> HttpResponse {
+async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKey>) -> HttpResponse {
     if let Some(refused) = authorize(&req, &state) {
         return refused;
     }

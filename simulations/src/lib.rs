@@ -84,6 +84,21 @@ impl Mesh {
         Mesh { root, nodes: Vec::new(), swarm_key, down_after: 2 }
     }
 
+    /// Starts nodes named `names`, each joining through the previous one,
+    /// and waits until every node sees every other up.
+    pub fn chain(names: &[&str]) -> Mesh {
+        let mut mesh = Mesh::new();
+        for (i, name) in names.iter().enumerate() {
+            let n = mesh.start(name, i.checked_sub(1), &[]);
+            assert!(mesh.wait_ready(n, Duration::from_secs(30)), "{name} never answered:\n{}", mesh.nodes[n].log_text());
+        }
+        let mut all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        all.sort();
+        let met = wait_until(Duration::from_secs(30), || (0..names.len()).all(|i| mesh.up_names(i) == all));
+        assert!(met, "the nodes never all saw each other");
+        mesh
+    }
+
     /// A second swarm key, for nodes that must not get in.
     pub fn other_key(&self) -> PathBuf {
         let p = self.root.path().join(format!("other-{}.key", self.nodes.len()));

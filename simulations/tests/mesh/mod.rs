@@ -37,13 +37,8 @@ fn five_nodes_in_a_chain_all_see_all() {
 
 #[test]
 fn a_killed_node_is_seen_down_and_back_up_with_the_same_peer_id() {
-    let mut mesh = Mesh::new();
-    for i in 0..3usize {
-        let n = mesh.start(&format!("n{}", i + 1), i.checked_sub(1), &[]);
-        assert!(mesh.wait_ready(n, T));
-    }
+    let mut mesh = Mesh::chain(&["n1", "n2", "n3"]);
     let all = names(&["n1", "n2", "n3"]);
-    assert!(wait_until(T, || (0..3).all(|i| mesh.up_names(i) == all)));
     let id = mesh.peer_id(2).unwrap();
     mesh.kill9(2);
     // down_after is 2 s: every other node must say so well within 15 s.
@@ -265,13 +260,7 @@ fn log_ids(mesh: &Mesh, i: usize) -> Vec<(String, u64)> {
 
 #[test]
 fn the_log_reaches_every_node_and_a_node_that_was_down_catches_up() {
-    let mut mesh = Mesh::new();
-    for i in 0..3usize {
-        let n = mesh.start(&format!("n{}", i + 1), i.checked_sub(1), &[]);
-        assert!(mesh.wait_ready(n, T));
-    }
-    let all = names(&["n1", "n2", "n3"]);
-    assert!(wait_until(T, || (0..3).all(|i| mesh.up_names(i) == all)));
+    let mut mesh = Mesh::chain(&["n1", "n2", "n3"]);
     let dir = mesh.root.path().join("app");
     std::fs::create_dir(&dir).unwrap();
     let d = dir.to_string_lossy().into_owned();
@@ -358,14 +347,7 @@ fn results(mesh: &Mesh, i: usize, node: &str) -> Vec<serde_json::Value> {
 }
 
 fn three_nodes() -> Mesh {
-    let mut mesh = Mesh::new();
-    for i in 0..3usize {
-        let n = mesh.start(&format!("n{}", i + 1), i.checked_sub(1), &[]);
-        assert!(mesh.wait_ready(n, T));
-    }
-    let all = names(&["n1", "n2", "n3"]);
-    assert!(wait_until(T, || (0..3).all(|i| mesh.up_names(i) == all)));
-    mesh
+    Mesh::chain(&["n1", "n2", "n3"])
 }
 
 #[test]
