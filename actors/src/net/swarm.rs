@@ -596,13 +596,19 @@ impl EventLoop {
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 let ip = send_back_addr.iter().next().map(|p| p.to_string()).unwrap_or_default();
-                self.warn_once(ip, format!("refused a connection from {send_back_addr}: {}", explain(&error.to_string())));
+                let why = explain(&error.to_string());
+                // Limited per address *and* kind of failure: an unrelated
+                // error must not hide a key mismatch from the same host.
+                let kind = if why.contains("--swarm-key") { "key" } else { "other" };
+                self.warn_once(format!("{ip} {kind}"), format!("refused a connection from {send_back_addr}: {why}"));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let who = peer_id.map(|p| p.to_string()).unwrap_or_else(|| "a bootstrap peer".into());
-                let msg = format!("cannot connect to {who}: {}", explain(&error.to_string()));
+                let why = explain(&error.to_string());
+                let kind = if why.contains("--swarm-key") { "key" } else { "other" };
+                let msg = format!("cannot connect to {who}: {why}");
                 if self.swarm.connected_peers().next().is_none() {
-                    self.warn_once(who, msg);
+                    self.warn_once(format!("{who} {kind}"), msg);
                 } else {
                     tracing::debug!("{msg}");
                 }
