@@ -78,6 +78,15 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// The retained archives of PATH on NODE (id, created, size, files, holders).
+    Backups {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// Also every execution of the job from the log.
+        #[arg(long)]
+        all: bool,
+    },
     /// Every job: node, path, every, paused, state, last success.
     Jobs,
     /// The execution log, newest last.
@@ -400,6 +409,44 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
     }
 }
 
+fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Result<(), Failure> {
+    let v: serde_json::Value =
+        client.get(&format!("/backups?node={}&path={}&all={all}", enc(node), enc(path)))?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let archives = v["archives"].as_array().cloned().unwrap_or_default();
+    if archives.is_empty() {
+        println!("no archives of {path} on {node} yet");
+    } else {
+        println!("{:<32} {:<21} {:>10} {:>7}  HOLDERS", "ARCHIVE", "CREATED", "SIZE", "FILES");
+        for a in &archives {
+            let holders: Vec<&str> = a["holders"].as_array().map(|h| h.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            println!(
+                "{:<32} {:<21} {:>10} {:>7}  {}",
+                a["id"].as_str().unwrap_or(""),
+                a["created"].as_str().unwrap_or(""),
+                human(a["size"].as_u64().unwrap_or(0)),
+                a["files"],
+                holders.join(", ")
+            );
+        }
+    }
+    if all {
+        println!();
+        for e in v["executions"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "{}  {:<12} {}",
+                e["time"].as_str().unwrap_or(""),
+                e["kind"].as_str().unwrap_or(""),
+                e["archive"].as_str().or(e["error"].as_str()).unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -407,6 +454,7 @@ fn main() -> ExitCode {
     let result = Client::new(&cli).and_then(|c| match &cli.command {
         Command::Status => status(&c, json),
         Command::Jobs => jobs(&c, json),
+        Command::Backups { node, path, all } => backups(&c, json, node, path, *all),
         Command::Run { node, path, no_wait, timeout } => match run(&c, json, node, path, *no_wait, *timeout) {
             Ok(true) => Ok(()),
             Ok(false) => Err(Failure::Failed),

@@ -5,7 +5,7 @@
 
 use actix::Addr;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use backmesh_actors::jobs::actor::{JobsActor, RunNow};
+use backmesh_actors::jobs::actor::{JobsActor, ListArchives, RunNow};
 use backmesh_actors::log::actor::{GetJobs, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
 use backmesh_actors::net::swarm::NetClient;
@@ -36,6 +36,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs", web::post().to(register))
             .route("/jobs", web::delete().to(unregister))
             .route("/run", web::post().to(run))
+            .route("/backups", web::get().to(backups))
             .route("/nodes/{node}/pause", web::post().to(pause))
             .route("/nodes/{node}/resume", web::post().to(resume))
             .route("/log", web::get().to(log)),
@@ -321,4 +322,73 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
         Ok(id) => HttpResponse::Accepted().json(serde_json::json!({ "queued": id, "node": b.node, "path": b.path })),
         Err((code, msg)) => error(code, msg),
     }
+}
+
+#[derive(Deserialize)]
+struct BackupsQuery {
+    node: String,
+    path: String,
+    #[serde(default)]
+    all: bool,
+}
+
+/// The retained archives of a job, asked of the node that keeps them; with
+/// `all`, every execution of the job from the log too.
+async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<BackupsQuery>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let q = q.into_inner();
+    let node = match find_node(&state, &q.node).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let list = if node.this_node {
+        match state.jobs.send(ListArchives { path: q.path.clone() }).await {
+            Ok(Ok(list)) => list,
+            Ok(Err(reason)) => return error(StatusCode::INTERNAL_SERVER_ERROR, reason),
+            Err(e) => return shutting_down(e),
+        }
+    } else if !node.up {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("node {} keeps these archives and is down", q.node));
+    } else {
+        match state.net.ctl(&node.peer_id, CtlRequest::ListArchives { path: q.path.clone() }).await {
+            Ok(CtlResponse::Archives { list }) => list,
+            Ok(CtlResponse::Failed { reason }) => return error(StatusCode::BAD_GATEWAY, format!("on {}: {reason}", q.node)),
+            Ok(other) => return error(StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", q.node)),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", q.node)),
+        }
+    };
+    let archives: Vec<serde_json::Value> = list
+        .iter()
+        .map(|a| {
+            let created = chrono::DateTime::from_timestamp_millis(a.created_ms)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            // Until replication, the origin is the one holder.
+            serde_json::json!({"id": a.id, "created": created, "size": a.size, "files": a.files,
+                               "warnings": a.warnings, "holders": [q.node]})
+        })
+        .collect();
+    let mut body = serde_json::json!({ "archives": archives, "executions": [] });
+    if q.all {
+        let query = Query { node: Some(q.node.clone()), path: Some(q.path.clone()), limit: 100_000 };
+        if let Ok(entries) = state.log.send(query).await {
+            body["executions"] = serde_json::json!(entries
+                .iter()
+                .filter(|e| e.event.node() == q.node)
+                .map(|e| {
+                    let mut v = serde_json::to_value(e).unwrap_or_default();
+                    if let Some(obj) = v.as_object_mut() {
+                        if let Some(h) = obj.remove("time") {
+                            obj.insert("hlc".into(), h);
+                        }
+                        obj.insert("time".into(), serde_json::Value::String(rfc3339(&e.time)));
+                    }
+                    v
+                })
+                .collect::<Vec<_>>());
+        }
+    }
+    HttpResponse::Ok().json(body)
 }

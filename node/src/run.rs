@@ -123,6 +123,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 received: log.clone().recipient(),
                 serve: log.clone().recipient(),
                 run: jobs.clone().recipient(),
+                list: jobs.clone().recipient(),
             },
         ) {
             Ok(net) => net,

@@ -28,7 +28,7 @@ use crate::log::entry::Event;
 use crate::log::state::JobView;
 use crate::net::actor::now_ms;
 use crate::net::swarm::NetClient;
-use crate::net::wire::CtlResponse;
+use crate::net::wire::{ArchiveInfo, CtlResponse};
 use crate::store::Store;
 
 /// Queue an on-demand run of `path` (a registered job of this node).
@@ -49,6 +49,21 @@ pub struct ServeCtlRun {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AttachNet(pub NetClient);
+
+/// The archives this node keeps of its own `path`, newest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ArchiveInfo>, String>")]
+pub struct ListArchives {
+    pub path: String,
+}
+
+/// A listing requested through another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeCtlList {
+    pub path: String,
+    pub channel: ResponseChannel<CtlResponse>,
+}
 
 pub struct JobsActor {
     me: String,
@@ -223,5 +238,31 @@ impl Handler<AttachNet> for JobsActor {
     type Result = ();
     fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
         self.net = Some(msg.0);
+    }
+}
+
+impl Handler<ListArchives> for JobsActor {
+    type Result = Result<Vec<ArchiveInfo>, String>;
+    fn handle(&mut self, msg: ListArchives, _: &mut Context<Self>) -> Self::Result {
+        let list = self.store.list(&self.me, &msg.path).map_err(|e| e.to_string())?;
+        Ok(list
+            .into_iter()
+            .map(|s| ArchiveInfo { id: s.id, created_ms: s.created_ms, size: s.tgz_len, files: s.files, warnings: s.warnings })
+            .collect())
+    }
+}
+
+impl Handler<ServeCtlList> for JobsActor {
+    type Result = ();
+    fn handle(&mut self, msg: ServeCtlList, ctx: &mut Context<Self>) {
+        let response = match self.handle(ListArchives { path: msg.path }, ctx) {
+            Ok(list) => CtlResponse::Archives { list },
+            Err(reason) => CtlResponse::Failed { reason },
+        };
+        if let Some(net) = self.net.clone() {
+            actix::spawn(async move {
+                let _ = net.answer_ctl(msg.channel, response).await;
+            });
+        }
     }
 }

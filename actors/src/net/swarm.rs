@@ -37,7 +37,7 @@ use super::wire::{
     decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, LogBatch, LogPull, CTL, HELLO, LOG,
     LOG_TOPIC, MAX_CTL, MAX_HELLO, MAX_LOG,
 };
-use crate::jobs::actor::ServeCtlRun;
+use crate::jobs::actor::{ServeCtlList, ServeCtlRun};
 use crate::log::actor::{Received, ServePull};
 use crate::log::entry::Entry;
 
@@ -77,6 +77,8 @@ pub struct LogHooks {
     pub serve: Recipient<ServePull>,
     /// Runs requested through other nodes. Receiver: the jobs actor.
     pub run: Recipient<ServeCtlRun>,
+    /// Archive listings requested through other nodes. Receiver: the jobs actor.
+    pub list: Recipient<ServeCtlList>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -563,6 +565,7 @@ impl EventLoop {
                         let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
                     }
                     CtlRequest::Run { path } => self.log_hooks.run.do_send(ServeCtlRun { path, channel }),
+                    CtlRequest::ListArchives { path } => self.log_hooks.list.do_send(ServeCtlList { path, channel }),
                 },
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.pending_ctl.remove(&request_id) {

@@ -58,6 +58,18 @@ pub enum CtlRequest {
     CheckPath { path: String },
     /// Back up `path` (a registered job of yours) now.
     Run { path: String },
+    /// Which archives of your `path` do you keep?
+    ListArchives { path: String },
+}
+
+/// One retained archive, as listed by the node that keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    pub id: String,
+    pub created_ms: i64,
+    pub size: u64,
+    pub files: u64,
+    pub warnings: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +81,10 @@ pub enum CtlResponse {
     Queued { id: u64 },
     /// Too many runs wait already.
     Busy { reason: String },
+    /// The archives kept, newest first.
+    Archives { list: Vec<ArchiveInfo> },
+    /// The request could not be served, in words.
+    Failed { reason: String },
 }
 
 /// Sent by both sides when a connection opens and then periodically.

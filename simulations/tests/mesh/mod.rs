@@ -374,6 +374,20 @@ fn a_job_registered_through_one_node_runs_on_another() {
     }
     let again: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "run", "n3", &d]).stdout).unwrap();
     assert_eq!(again["result"], "unchanged");
+    // Any node lists the archives n3 keeps: two (the unchanged run stored nothing).
+    let b: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "backups", "n3", &d, "--all"]).stdout).unwrap();
+    let archives = b["archives"].as_array().unwrap();
+    assert_eq!(archives.len(), 2, "{b}");
+    assert_eq!(archives[0]["id"], v["archive"], "newest first");
+    assert_eq!(archives[0]["holders"], serde_json::json!(["n3"]));
+    for field in ["id", "created", "size", "files"] {
+        assert!(!archives[0][field].is_null(), "backups has archives[].{field}");
+    }
+    let kinds: Vec<&str> = b["executions"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "finished").count(), 2, "{kinds:?}");
+    assert!(kinds.contains(&"unchanged") && kinds.contains(&"registered"));
+    let table = String::from_utf8_lossy(&mesh.cli(1, &["backups", "n3", &d]).stdout).into_owned();
+    assert!(table.contains(v["archive"].as_str().unwrap()), "{table}");
     // The archive is in n3's store.
     let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "jobs"]).stdout).unwrap();
     assert_eq!(jobs["jobs"][0]["state"], "ok");
