@@ -428,7 +428,7 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
                 a["id"].as_str().unwrap_or(""),
                 a["created"].as_str().unwrap_or(""),
                 human(a["size"].as_u64().unwrap_or(0)),
-                a["files"],
+                a["files"].as_u64().unwrap_or(0),
                 holders.join(", ")
             );
         }
