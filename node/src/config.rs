@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Seconds without news before a peer is shown down [default: 10].
     #[arg(long, value_name = "SECS")]
     pub down_after: Option<u64>,
+    /// Runs that may wait in this node's queue; past it, `run` gets 429 [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub queue_limit: Option<usize>,
 }
 
 /// The same keys, from the TOML file.
@@ -72,6 +75,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     mdns: Option<bool>,
     down_after: Option<u64>,
+    queue_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +93,7 @@ pub struct NodeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub mdns: bool,
     pub down_after: Duration,
+    pub queue_limit: usize,
 }
 
 /// `HOST:PORT` → a socket address, or an error naming the setting.
@@ -127,6 +132,7 @@ impl NodeConfig {
             tls,
             mdns: args.mdns || file.mdns.unwrap_or(false),
             down_after: Duration::from_secs(args.down_after.or(file.down_after).unwrap_or(10).max(1)),
+            queue_limit: args.queue_limit.or(file.queue_limit).unwrap_or(1000).max(1),
         })
     }
 }

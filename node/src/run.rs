@@ -105,7 +105,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         let log = LogActor::load(peer_id.to_string(), cfg.name.clone(), store.kv(), Duration::from_secs(3))
             .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
             .start();
-        let jobs = JobsActor::new(cfg.name.clone(), store.clone(), log.clone(), cfg.keep, 2, 1000).start();
+        let jobs = JobsActor::new(cfg.name.clone(), store.clone(), log.clone(), cfg.keep, 2, cfg.queue_limit).start();
         let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
         let net = match swarm::start(
             swarm::NetConfig {

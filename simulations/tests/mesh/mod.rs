@@ -479,3 +479,44 @@ fn pause_stops_scheduled_runs_and_resume_restarts_them() {
     let out = mesh.cli(0, &["run", "n2", &d]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn past_the_queue_limit_runs_are_refused_with_429_and_nothing_is_lost() {
+    let mut mesh = Mesh::new();
+    let a = mesh.start("a", None, &["--queue-limit".into(), "2".into()]);
+    assert!(mesh.wait_ready(a, T));
+    let dir = mesh.root.path().join("slow");
+    std::fs::create_dir(&dir).unwrap();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..120 {
+        let data: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 16) as u8 + b'a'
+            })
+            .collect();
+        std::fs::write(dir.join(format!("f{i}")), data).unwrap();
+    }
+    let d = dir.to_string_lossy().into_owned();
+    assert!(mesh.cli(a, &["register", "a", &d, "--every", "600"]).status.success());
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for _ in 0..8 {
+        let out = mesh.cli(a, &["run", "--no-wait", "a", &d]);
+        match out.status.code() {
+            Some(0) => accepted += 1,
+            _ => refused.push(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    }
+    assert!(!refused.is_empty(), "a limit of 2 waiting runs refuses some of 8 quick requests");
+    assert!(refused.iter().all(|e| e.contains("429") && e.contains("already waiting")), "{refused:?}");
+    // Every accepted run completes (waiting on-demand runs stand in for the
+    // first scheduled one, so there may or may not be one more).
+    assert!(
+        wait_until(Duration::from_secs(90), || results(&mesh, a, "a").len() >= accepted),
+        "{} results for {accepted} accepted",
+        results(&mesh, a, "a").len()
+    );
+}
