@@ -222,6 +222,14 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
             return error(StatusCode::BAD_REQUEST, format!("bad exclude pattern `{pat}`: {}", e.kind()));
         }
     }
+    // `host:port` of a node not yet in the mesh: dial it; it joins if it has the swarm key.
+    let mut b = b;
+    if let Some(addr) = socket_addr(&b.node) {
+        match join(&state, addr).await {
+            Ok(name) => b.node = name,
+            Err(r) => return r,
+        }
+    }
     let node = match find_node(&state, &b.node).await {
         Ok(n) => n,
         Err(r) => return r,
@@ -391,4 +399,34 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
         }
     }
     HttpResponse::Ok().json(body)
+}
+
+/// `HOST:PORT` (not a plain node name) → an address to dial.
+fn socket_addr(s: &str) -> Option<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if !s.contains(':') {
+        return None;
+    }
+    s.to_socket_addrs().ok()?.next()
+}
+
+/// Dials `addr` and waits (up to 15 s) until the node there has said hello;
+/// answers its name.
+async fn join(state: &ApiState, addr: std::net::SocketAddr) -> Result<String, HttpResponse> {
+    let peer = state
+        .net
+        .dial(addr)
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("cannot reach a node at {addr}: {e}")))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status = state.membership.send(GetStatus).await.map_err(shutting_down)?;
+        if let Some(n) = status.nodes.iter().find(|n| n.peer_id == peer && n.up) {
+            return Ok(n.name.clone());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(error(StatusCode::GATEWAY_TIMEOUT, format!("the node at {addr} connected but never said who it is")));
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

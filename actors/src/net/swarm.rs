@@ -67,6 +67,8 @@ enum Command {
     AnswerPull(ResponseChannel<LogBatch>, LogBatch),
     /// Answer a peer's control request.
     AnswerCtl(ResponseChannel<CtlResponse>, CtlResponse),
+    /// Dial an address; reply with the peer id that answered.
+    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<String, String>> },
     /// Send a control request to `peer`; the reply comes back on `reply`.
     Ctl { peer: PeerId, request: CtlRequest, reply: oneshot::Sender<Result<CtlResponse, String>> },
 }
@@ -122,6 +124,14 @@ impl NetClient {
 
     pub async fn answer_ctl(&self, channel: ResponseChannel<CtlResponse>, response: CtlResponse) -> Result<(), NetError> {
         self.tx.send(Command::AnswerCtl(channel, response)).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Dials `addr` and answers the peer id of the node there, or why not.
+    pub async fn dial(&self, addr: SocketAddr) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        let addr = multiaddr_of(addr);
+        self.tx.send(Command::Dial { addr, reply }).await.map_err(|_| "the node is shutting down".to_string())?;
+        rx.await.map_err(|_| "the node is shutting down".to_string())?
     }
 
     /// Sends a control request to the node `peer` and waits for its answer.
@@ -282,6 +292,7 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, log_hooks: LogHooks) -
         warned: HashMap::new(),
         log_hooks,
         pending_ctl: HashMap::new(),
+        pending_dials: HashMap::new(),
     };
     actix::spawn(event_loop.run(cfg.hello_every));
     Ok(NetClient { tx })
@@ -317,6 +328,8 @@ struct EventLoop {
     log_hooks: LogHooks,
     /// Control requests in flight → where their answer goes.
     pending_ctl: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<CtlResponse, String>>>,
+    /// Dials asked for by the API → where the answering peer id goes.
+    pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<String, String>>>,
 }
 
 /// Exponential backoff: 1 s doubling to 60 s, reset on success.
@@ -348,6 +361,10 @@ fn explain(error: &str) -> String {
         format!("{error} (is a node listening there yet?)")
     } else if error.contains("Handshake failed") || error.contains("reset by peer") {
         format!("{error} (the handshake failed: does the other node use the same --swarm-key?)")
+    } else if error.contains("negotiate") && error.contains("Timeout") {
+        // With another key the private-network layer garbles the stream
+        // instead of closing it: the handshake just never completes.
+        format!("{error} (no handshake in time: is it a backmesh node with the same --swarm-key?)")
     } else {
         error.to_string()
     }
@@ -389,6 +406,18 @@ impl EventLoop {
                     }
                     Some(Command::AnswerCtl(channel, response)) => {
                         let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
+                    }
+                    Some(Command::Dial { addr, reply }) => {
+                        let opts = DialOpts::unknown_peer_id().address(addr).build();
+                        let id = opts.connection_id();
+                        match self.swarm.dial(opts) {
+                            Ok(()) => {
+                                self.pending_dials.insert(id, reply);
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(explain(&e.to_string())));
+                            }
+                        }
                     }
                     Some(Command::Ctl { peer, request, reply }) => {
                         let id = self.swarm.behaviour_mut().ctl.send_request(&peer, request);
@@ -489,7 +518,10 @@ impl EventLoop {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, connection_id, .. } => {
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id.to_string()));
+                }
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
                     let bare: Multiaddr =
                         address.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
@@ -605,7 +637,10 @@ impl EventLoop {
                 let kind = if why.contains("--swarm-key") { "key" } else { "other" };
                 self.warn_once(format!("{ip} {kind}"), format!("refused a connection from {send_back_addr}: {why}"));
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id, .. } => {
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(explain(&error.to_string())));
+                }
                 let who = peer_id.map(|p| p.to_string()).unwrap_or_else(|| "a bootstrap peer".into());
                 let why = explain(&error.to_string());
                 let kind = if why.contains("--swarm-key") { "key" } else { "other" };

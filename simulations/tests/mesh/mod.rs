@@ -520,3 +520,31 @@ fn past_the_queue_limit_runs_are_refused_with_429_and_nothing_is_lost() {
         results(&mesh, a, "a").len()
     );
 }
+
+#[test]
+fn registering_host_port_brings_a_new_node_into_the_mesh() {
+    let mut mesh = Mesh::new();
+    let a = mesh.start("a", None, &[]);
+    let lone = mesh.start("lone", None, &[]);
+    assert!(mesh.wait_ready(a, T) && mesh.wait_ready(lone, T));
+    assert_eq!(mesh.up_names(a), names(&["a"]), "not in the mesh yet");
+    let dir = mesh.root.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    let d = dir.to_string_lossy().into_owned();
+    let addr = format!("127.0.0.1:{}", mesh.nodes[lone].listen);
+    let out = mesh.cli(a, &["register", &addr, &d, "--every", "60"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mesh.up_names(a), names(&["a", "lone"]));
+    let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(a, &["--json", "jobs"]).stdout).unwrap();
+    assert_eq!(jobs["jobs"][0]["node"], "lone", "registered under its name");
+    assert!(wait_until(T, || results(&mesh, a, "lone").len() == 1), "it runs there");
+    // A node on another key cannot be brought in this way.
+    let other = mesh.other_key();
+    let stranger = mesh.start("stranger", None, &["--swarm-key".into(), other.to_string_lossy().into_owned()]);
+    assert!(mesh.wait_ready(stranger, T));
+    let addr = format!("127.0.0.1:{}", mesh.nodes[stranger].listen);
+    let out = mesh.cli(a, &["register", &addr, &d, "--every", "60"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("swarm-key"), "{err}");
+}
