@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 #[command(name = "backmesh", version, about = "The backmesh client: ask any node of the mesh")]
 struct Cli {
     /// Node API URL (http:// or https://); give it before the command.
-    #[arg(long = "node", id = "node_url", env = "BACKMESH_NODE", default_value = "http://127.0.0.1:7401")]
+    #[arg(long = "node", id = "node_url", value_name = "URL", env = "BACKMESH_NODE", default_value = "http://127.0.0.1:7401")]
     node: String,
     /// API token of the node.
     #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true, global = true)]
@@ -38,7 +38,7 @@ enum Command {
     Status,
     /// Back up PATH on NODE every MINUTES.
     Register {
-        /// The node's name (see `backmesh status`).
+        /// The node's name (see `backmesh status`), or HOST:PORT of a node to bring into the mesh.
         #[arg(id = "target", value_name = "NODE")]
         node: String,
         /// Absolute path of a directory on that node.
