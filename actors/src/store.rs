@@ -314,7 +314,9 @@ impl Store {
         };
         let p = self.manifest_path(node, path, &id);
         let bytes = fs::read(&p).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StoreError::NoSuchArchive { node: node.into(), path: path.into(), id: id.clone() },
+            io::ErrorKind::NotFound => {
+                StoreError::NoSuchArchive { node: node.into(), path: path.into(), id: id.clone() }
+            }
             _ => StoreError::io(&p, e),
         })?;
         Manifest::decode(&bytes).map_err(|source| StoreError::Manifest { path: p, source })

@@ -158,7 +158,8 @@ fn special_files_are_skipped_with_a_warning() {
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
     let created = tgz_of(&src, &t.path().join("a.tgz"), &CreateOptions::default());
-    let mut skipped: Vec<_> = created.warnings.iter().filter(|w| w.kind == WarningKind::Skipped).map(|w| w.path.as_str()).collect();
+    let mut skipped: Vec<_> =
+        created.warnings.iter().filter(|w| w.kind == WarningKind::Skipped).map(|w| w.path.as_str()).collect();
     skipped.sort();
     assert_eq!(skipped, ["pipe", "sock"]);
     assert_eq!(created.stats.files, 1);
@@ -216,10 +217,7 @@ fn malicious_archives_are_refused() {
     let cases: Vec<(Vec<Entry>, &str)> = vec![
         (vec![("ok.txt", File, None, b"fine"), ("../../outside/dotdot", File, None, b"x")], ".."),
         (vec![("/tmp/backmesh-absolute-evil", File, None, b"x")], "absolute"),
-        (
-            vec![("link", Symlink, Some(outside.to_str().unwrap()), b""), ("link/pwned", File, None, b"x")],
-            "symlink",
-        ),
+        (vec![("link", Symlink, Some(outside.to_str().unwrap()), b""), ("link/pwned", File, None, b"x")], "symlink"),
         (vec![("up", Symlink, Some(".."), b""), ("up/escaped", File, None, b"x")], "symlink"),
         (vec![("hl", HardLink, Some("/etc/hostname"), b"")], "absolute"),
         (vec![("hl", HardLink, Some("../outside/x"), b"")], ".."),
@@ -245,11 +243,25 @@ fn malicious_archives_made_by_gnu_tar_are_refused() {
     std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
     // GNU tar stores `link` as a symlink and `link/existing` as a file through it.
     let through = t.path().join("through.tgz");
-    let st = Command::new("tar").arg("-czf").arg(&through).arg("-C").arg(&src).args(["link", "link/existing"]).status().unwrap();
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&through)
+        .arg("-C")
+        .arg(&src)
+        .args(["link", "link/existing"])
+        .status()
+        .unwrap();
     assert!(st.success());
     // -P keeps `..` in member names.
     let dotdot = t.path().join("dotdot.tgz");
-    let st = Command::new("tar").arg("-czPf").arg(&dotdot).arg("-C").arg(&src).arg("sub/../../outside/existing").status().unwrap();
+    let st = Command::new("tar")
+        .arg("-czPf")
+        .arg(&dotdot)
+        .arg("-C")
+        .arg(&src)
+        .arg("sub/../../outside/existing")
+        .status()
+        .unwrap();
     assert!(st.success());
     let absolute = t.path().join("absolute.tgz");
     let st = Command::new("tar").arg("-czPf").arg(&absolute).arg(outside.join("existing")).status().unwrap();
@@ -279,7 +291,8 @@ fn non_empty_targets_need_overwrite_and_are_replaced_whole() {
     // An empty directory is fine; so is a file target refused.
     let file_target = t.path().join("a-file");
     fs::write(&file_target, b"").unwrap();
-    let err = archive::restore_tgz(fs::File::open(&tgz).unwrap(), &file_target, &RestoreOptions::default()).unwrap_err();
+    let err =
+        archive::restore_tgz(fs::File::open(&tgz).unwrap(), &file_target, &RestoreOptions::default()).unwrap_err();
     assert!(matches!(err, RestoreError::TargetNotDirectory { .. }), "{err}");
     // With overwrite, the old tree is replaced by exactly the archive.
     let o = RestoreOptions { overwrite: true, ..Default::default() };
@@ -407,14 +420,14 @@ fn an_unchanged_tree_is_recognised_from_metadata_alone() {
     let first = run_backup(&store, "n", &src, &opts(), 10).unwrap();
     assert!(matches!(first.outcome, RunOutcome::Stored { .. }));
     let second = run_backup(&store, "n", &src, &opts(), 10).unwrap();
-    assert!(
-        matches!(second.outcome, RunOutcome::Unchanged { by: UnchangedBy::StatCache, .. }),
-        "{:?}",
-        second.outcome
-    );
+    assert!(matches!(second.outcome, RunOutcome::Unchanged { by: UnchangedBy::StatCache, .. }), "{:?}", second.outcome);
     // Same size, same mtime, different bytes: ctime still tells.
     let f = src.join("deep");
-    let victim = walk(&src).into_iter().find(|(_, s)| s.kind == "file" && s.content.as_ref().is_some_and(|c| c.len() > 10) && s.mode & 0o200 != 0).unwrap().0;
+    let victim = walk(&src)
+        .into_iter()
+        .find(|(_, s)| s.kind == "file" && s.content.as_ref().is_some_and(|c| c.len() > 10) && s.mode & 0o200 != 0)
+        .unwrap()
+        .0;
     let p = src.join(&victim);
     let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&p).unwrap());
     let mut bytes = fs::read(&p).unwrap();

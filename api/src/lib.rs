@@ -63,3 +63,28 @@ pub struct Status {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// Bytes in the unit a person reads best: `812 B`, `3.4 KiB`, `1.2 GiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (b as f64, 0);
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes_picks_the_unit() {
+        assert_eq!(super::human_bytes(812), "812 B");
+        assert_eq!(super::human_bytes(3 * 1024 + 512), "3.5 KiB");
+        assert_eq!(super::human_bytes(5 << 30), "5.0 GiB");
+    }
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use backmesh_api::{ErrorBody, Status};
+use backmesh_api::{human_bytes as human, ErrorBody, Status};
 use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 
@@ -17,7 +17,13 @@ use serde::de::DeserializeOwned;
 #[command(name = "backmesh", version, about = "The backmesh client: ask any node of the mesh")]
 struct Cli {
     /// Node API URL (http:// or https://); give it before the command.
-    #[arg(long = "node", id = "node_url", value_name = "URL", env = "BACKMESH_NODE", default_value = "http://127.0.0.1:7401")]
+    #[arg(
+        long = "node",
+        id = "node_url",
+        value_name = "URL",
+        env = "BACKMESH_NODE",
+        default_value = "http://127.0.0.1:7401"
+    )]
     node: String,
     /// API token of the node.
     #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true, global = true)]
@@ -121,11 +127,11 @@ struct Client {
 
 impl Client {
     fn new(cli: &Cli) -> Result<Self, Failure> {
-        let mut config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)));
+        let mut config =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30)));
         if let Some(ca) = &cli.ca {
-            let pem = std::fs::read(ca).map_err(|e| Failure::Refused(format!("cannot read the CA file {}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| Failure::Refused(format!("cannot read the CA file {}: {e}", ca.display())))?;
             let certs: Vec<_> = ureq::tls::parse_pem(&pem)
                 .filter_map(|item| match item {
                     Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
@@ -149,7 +155,12 @@ impl Client {
         self.call("GET", path, None)
     }
 
-    fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<T, Failure> {
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, Failure> {
         let url = format!("{}{}{path}", self.base, backmesh_api::PREFIX);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let sent = match (method, body) {
@@ -186,22 +197,16 @@ impl Client {
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_to_string().map_err(|e| Failure::Unreachable(format!("{}: {e}", self.base)))?;
         if (200..300).contains(&status) {
-            return serde_json::from_str(&body)
-                .map_err(|e| Failure::Refused(format!("the node at {} sent an answer this client does not understand: {e}", self.base)));
+            return serde_json::from_str(&body).map_err(|e| {
+                Failure::Refused(format!(
+                    "the node at {} sent an answer this client does not understand: {e}",
+                    self.base
+                ))
+            });
         }
         let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
         Err(Failure::Refused(format!("the node refused ({status}): {msg}")))
     }
-}
-
-fn human(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut u) = (b as f64, 0);
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn short(peer: &str) -> String {
@@ -329,7 +334,14 @@ fn log(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, limi
     Ok(())
 }
 
-fn write(client: &Client, json: bool, method: &str, path: &str, body: Option<serde_json::Value>, done: &str) -> Result<(), Failure> {
+fn write(
+    client: &Client,
+    json: bool,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    done: &str,
+) -> Result<(), Failure> {
     let v: serde_json::Value = client.call(method, path, body)?;
     if json {
         print_json(&v);
@@ -390,7 +402,9 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
                         e["files"],
                         e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
                     ),
-                    "unchanged" => println!("unchanged: {path} on {node} (latest archive {})", e["archive"].as_str().unwrap_or("")),
+                    "unchanged" => {
+                        println!("unchanged: {path} on {node} (latest archive {})", e["archive"].as_str().unwrap_or(""))
+                    }
                     _ => println!("failed: {path} on {node}: {}", e["error"].as_str().unwrap_or("")),
                 }
                 for w in out["warnings"].as_array().cloned().unwrap_or_default() {
@@ -400,7 +414,9 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
             return Ok(result != "failed");
         }
         if start.elapsed().as_secs() >= timeout {
-            return Err(Failure::Refused(format!("no result after {timeout}s; the run goes on: see `backmesh log --path {path}`")));
+            return Err(Failure::Refused(format!(
+                "no result after {timeout}s; the run goes on: see `backmesh log --path {path}`"
+            )));
         }
         if tty {
             eprint!("\r  waiting for {node} to back up {path}… {}s", start.elapsed().as_secs());
@@ -410,8 +426,7 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
 }
 
 fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Result<(), Failure> {
-    let v: serde_json::Value =
-        client.get(&format!("/backups?node={}&path={}&all={all}", enc(node), enc(path)))?;
+    let v: serde_json::Value = client.get(&format!("/backups?node={}&path={}&all={all}", enc(node), enc(path)))?;
     if json {
         print_json(&v);
         return Ok(());
@@ -422,7 +437,8 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
     } else {
         println!("{:<32} {:<21} {:>10} {:>7}  HOLDERS", "ARCHIVE", "CREATED", "SIZE", "FILES");
         for a in &archives {
-            let holders: Vec<&str> = a["holders"].as_array().map(|h| h.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            let holders: Vec<&str> =
+                a["holders"].as_array().map(|h| h.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
             println!(
                 "{:<32} {:<21} {:>10} {:>7}  {}",
                 a["id"].as_str().unwrap_or(""),
@@ -477,12 +493,22 @@ fn main() -> ExitCode {
             None,
             &format!("unregistered: {path} on {node} (its archives stay until retention removes them)"),
         ),
-        Command::Pause { node } => {
-            write(&c, json, "POST", &format!("/nodes/{}/pause", enc(node)), None, &format!("paused: scheduled backups of {node}"))
-        }
-        Command::Resume { node } => {
-            write(&c, json, "POST", &format!("/nodes/{}/resume", enc(node)), None, &format!("resumed: scheduled backups of {node}"))
-        }
+        Command::Pause { node } => write(
+            &c,
+            json,
+            "POST",
+            &format!("/nodes/{}/pause", enc(node)),
+            None,
+            &format!("paused: scheduled backups of {node}"),
+        ),
+        Command::Resume { node } => write(
+            &c,
+            json,
+            "POST",
+            &format!("/nodes/{}/resume", enc(node)),
+            None,
+            &format!("resumed: scheduled backups of {node}"),
+        ),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

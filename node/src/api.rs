@@ -8,12 +8,12 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use backmesh_actors::jobs::actor::{JobsActor, ListArchives, RunNow};
 use backmesh_actors::log::actor::{GetJobs, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
-use backmesh_actors::net::swarm::NetClient;
-use backmesh_actors::net::wire::{CtlRequest, CtlResponse};
-use backmesh_api::NodeStatus;
 use backmesh_actors::log::hlc::Hlc;
 use backmesh_actors::log::state::JobView;
 use backmesh_actors::net::actor::{GetStatus, MembershipActor};
+use backmesh_actors::net::swarm::NetClient;
+use backmesh_actors::net::wire::{CtlRequest, CtlResponse};
+use backmesh_api::NodeStatus;
 use backmesh_api::{ErrorBody, Health, JobStatus};
 use serde::Deserialize;
 
@@ -56,11 +56,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// `None` when the request may proceed, else the 401 answer.
 fn authorize(req: &HttpRequest, state: &ApiState) -> Option<HttpResponse> {
     let Some(token) = &state.token else { return None };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if same(g.as_bytes(), token.as_bytes()) => None,
         Some(_) => Some(unauthorized("wrong API token")),
@@ -125,9 +122,24 @@ async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
         return refused;
     }
     match state.log.send(GetJobs).await {
-        Ok(jobs) => HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs.iter().map(job_status).collect::<Vec<_>>() })),
+        Ok(jobs) => {
+            HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs.iter().map(job_status).collect::<Vec<_>>() }))
+        }
         Err(e) => shutting_down(e),
     }
+}
+
+/// A log entry as the API shows it: `time` in RFC 3339 for people and
+/// scripts, the hybrid timestamp kept as `hlc`.
+fn entry_json(e: &backmesh_actors::log::entry::Entry) -> serde_json::Value {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(h) = obj.remove("time") {
+            obj.insert("hlc".into(), h);
+        }
+        obj.insert("time".into(), serde_json::Value::String(rfc3339(&e.time)));
+    }
+    v
 }
 
 #[derive(Deserialize)]
@@ -145,20 +157,7 @@ async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogPara
     let query = Query { node: q.node, path: q.path, limit: q.limit.unwrap_or(100).min(100_000) };
     match state.log.send(query).await {
         Ok(entries) => {
-            let entries: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|e| {
-                    let mut v = serde_json::to_value(e).unwrap_or_default();
-                    // `time` for people and scripts; the HLC stays as `hlc`.
-                    if let Some(obj) = v.as_object_mut() {
-                        if let Some(h) = obj.remove("time") {
-                            obj.insert("hlc".into(), h);
-                        }
-                        obj.insert("time".into(), serde_json::Value::String(rfc3339(&e.time)));
-                    }
-                    v
-                })
-                .collect();
+            let entries: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
             HttpResponse::Ok().json(serde_json::json!({ "entries": entries }))
         }
         Err(e) => shutting_down(e),
@@ -215,7 +214,10 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
         return error(StatusCode::BAD_REQUEST, "--every must be at least 1 minute");
     }
     if !b.path.starts_with('/') {
-        return error(StatusCode::BAD_REQUEST, format!("`{}` is not an absolute path; give the full path on {}", b.path, b.node));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not an absolute path; give the full path on {}", b.path, b.node),
+        );
     }
     for pat in &b.excludes {
         if let Err(e) = globset::Glob::new(pat) {
@@ -238,11 +240,16 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
     let verdict = if node.this_node {
         backmesh_actors::jobs::check_path(&b.path).map_err(|r| (StatusCode::BAD_REQUEST, r))
     } else if !node.up {
-        Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {} is down and cannot confirm the path; try again when it is up", b.node)))
+        Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {} is down and cannot confirm the path; try again when it is up", b.node),
+        ))
     } else {
         match state.net.ctl(&node.peer_id, CtlRequest::CheckPath { path: b.path.clone() }).await {
             Ok(CtlResponse::PathOk) => Ok(()),
-            Ok(CtlResponse::PathRefused { reason }) => Err((StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node))),
+            Ok(CtlResponse::PathRefused { reason }) => {
+                Err((StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node)))
+            }
             Ok(other) => Err((StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", b.node))),
             Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", b.node))),
         }
@@ -317,11 +324,16 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
             Err(e) => return shutting_down(e),
         }
     } else if !node.up {
-        Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {} is down; the run cannot start until it is back", b.node)))
+        Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {} is down; the run cannot start until it is back", b.node),
+        ))
     } else {
         match state.net.ctl(&node.peer_id, CtlRequest::Run { path: b.path.clone() }).await {
             Ok(CtlResponse::Queued { id }) => Ok(id),
-            Ok(CtlResponse::Busy { reason }) => Err((StatusCode::TOO_MANY_REQUESTS, format!("on {}: {reason}", b.node))),
+            Ok(CtlResponse::Busy { reason }) => {
+                Err((StatusCode::TOO_MANY_REQUESTS, format!("on {}: {reason}", b.node)))
+            }
             Ok(other) => Err((StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", b.node))),
             Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", b.node))),
         }
@@ -362,7 +374,9 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
     } else {
         match state.net.ctl(&node.peer_id, CtlRequest::ListArchives { path: q.path.clone() }).await {
             Ok(CtlResponse::Archives { list }) => list,
-            Ok(CtlResponse::Failed { reason }) => return error(StatusCode::BAD_GATEWAY, format!("on {}: {reason}", q.node)),
+            Ok(CtlResponse::Failed { reason }) => {
+                return error(StatusCode::BAD_GATEWAY, format!("on {}: {reason}", q.node))
+            }
             Ok(other) => return error(StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", q.node)),
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", q.node)),
         }
@@ -370,9 +384,7 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
     let archives: Vec<serde_json::Value> = list
         .iter()
         .map(|a| {
-            let created = chrono::DateTime::from_timestamp_millis(a.created_ms)
-                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_default();
+            let created = backmesh_actors::net::actor::rfc3339(a.created_ms);
             // Until replication, the origin is the one holder.
             serde_json::json!({"id": a.id, "created": created, "size": a.size, "files": a.files,
                                "warnings": a.warnings, "holders": [q.node]})
@@ -385,16 +397,7 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
             body["executions"] = serde_json::json!(entries
                 .iter()
                 .filter(|e| e.event.node() == q.node)
-                .map(|e| {
-                    let mut v = serde_json::to_value(e).unwrap_or_default();
-                    if let Some(obj) = v.as_object_mut() {
-                        if let Some(h) = obj.remove("time") {
-                            obj.insert("hlc".into(), h);
-                        }
-                        obj.insert("time".into(), serde_json::Value::String(rfc3339(&e.time)));
-                    }
-                    v
-                })
+                .map(entry_json)
                 .collect::<Vec<_>>());
         }
     }
@@ -425,7 +428,10 @@ async fn join(state: &ApiState, addr: std::net::SocketAddr) -> Result<String, Ht
             return Ok(n.name.clone());
         }
         if std::time::Instant::now() > deadline {
-            return Err(error(StatusCode::GATEWAY_TIMEOUT, format!("the node at {addr} connected but never said who it is")));
+            return Err(error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the node at {addr} connected but never said who it is"),
+            ));
         }
         actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
     }

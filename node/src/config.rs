@@ -150,7 +150,11 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("node.toml");
-        std::fs::write(&f, "name = \"from-file\"\nsite = \"paris\"\nlisten = \"127.0.0.1:9000\"\nbootstrap = [\"127.0.0.1:9001\"]\n").unwrap();
+        std::fs::write(
+            &f,
+            "name = \"from-file\"\nsite = \"paris\"\nlisten = \"127.0.0.1:9000\"\nbootstrap = [\"127.0.0.1:9001\"]\n",
+        )
+        .unwrap();
         let args = RunArgs { config: Some(f.clone()), site: Some("lyon".into()), ..Default::default() };
         let c = NodeConfig::resolve(None, None, args).unwrap();
         assert_eq!(c.name, "from-file");

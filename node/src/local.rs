@@ -55,27 +55,8 @@ fn key_of(p: &Path) -> Result<String> {
     abs.to_str().map(str::to_string).ok_or_else(|| anyhow!("path {} is not valid UTF-8", abs.display()))
 }
 
-/// Bytes in the unit a person reads best: `812 B`, `3.4 KiB`, `1.2 GiB`.
-fn mib(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
+use backmesh_actors::net::actor::rfc3339;
+use backmesh_api::human_bytes as mib;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -217,7 +198,13 @@ pub fn archives(ctx: &Ctx, a: ArchivesArgs) -> Result<ExitCode> {
         None => store.list_all()?,
     };
     if a.path.is_none() {
-        list.sort_by(|x, y| (&x.node, &x.path, std::cmp::Reverse(x.created_ms)).cmp(&(&y.node, &y.path, std::cmp::Reverse(y.created_ms))));
+        list.sort_by(|x, y| {
+            (&x.node, &x.path, std::cmp::Reverse(x.created_ms)).cmp(&(
+                &y.node,
+                &y.path,
+                std::cmp::Reverse(y.created_ms),
+            ))
+        });
     }
     if ctx.json {
         println!("{}", json!({"archives": list.iter().map(summary_json).collect::<Vec<_>>()}));
@@ -229,7 +216,15 @@ pub fn archives(ctx: &Ctx, a: ArchivesArgs) -> Result<ExitCode> {
     }
     println!("{:<32} {:<21} {:>10} {:>8}  NODE:PATH", "ID", "CREATED", "SIZE", "FILES");
     for s in &list {
-        println!("{:<32} {:<21} {:>10} {:>8}  {}:{}", s.id, rfc3339(s.created_ms), mib(s.tgz_len), s.files, s.node, s.path);
+        println!(
+            "{:<32} {:<21} {:>10} {:>8}  {}:{}",
+            s.id,
+            rfc3339(s.created_ms),
+            mib(s.tgz_len),
+            s.files,
+            s.node,
+            s.path
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -260,7 +255,8 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let ticker = (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress.clone(), stop.clone(), true));
+    let ticker =
+        (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress.clone(), stop.clone(), true));
     let opts = RestoreOptions { overwrite: a.overwrite, progress: Some(progress), ..Default::default() };
     let report = archive::restore_archive(&m, &store, &a.to, &opts);
     stop.store(true, Ordering::Relaxed);
@@ -269,8 +265,11 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     }
     let report = report.with_context(|| format!("restore of archive {} into {} failed", m.id, a.to.display()))?;
     if ctx.json {
-        println!("{}", json!({"result": "restored", "archive": m.id, "to": a.to, "entries": report.entries,
-                               "bytes": report.bytes, "warnings": report.warnings}));
+        println!(
+            "{}",
+            json!({"result": "restored", "archive": m.id, "to": a.to, "entries": report.entries,
+                               "bytes": report.bytes, "warnings": report.warnings})
+        );
     } else {
         println!(
             "restored archive {} into {}: {} entries, {} in {:.2}s",
@@ -365,7 +364,11 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<ExitCode> {
             } else {
                 println!(
                     "DAMAGED  {} {}:{}: {} missing, {} damaged members",
-                    s.id, s.node, s.path, r.missing.len(), r.damaged.len()
+                    s.id,
+                    s.node,
+                    s.path,
+                    r.missing.len(),
+                    r.damaged.len()
                 );
             }
         }

@@ -87,7 +87,11 @@ fn main() -> ExitCode {
         Command::Verify(a) => local::verify(&ctx, a),
         Command::Keygen { output } => backmesh_actors::net::swarm_key::create(&output)
             .map(|k| {
-                println!("wrote a new swarm key to {} (fingerprint {}); copy it to every node of the mesh", output.display(), k.fingerprint());
+                println!(
+                    "wrote a new swarm key to {} (fingerprint {}); copy it to every node of the mesh",
+                    output.display(),
+                    k.fingerprint()
+                );
                 ExitCode::SUCCESS
             })
             .map_err(anyhow::Error::from),

@@ -26,8 +26,9 @@ use crate::config::NodeConfig;
 pub fn identity(data_dir: &Path) -> Result<Keypair> {
     let p = data_dir.join("identity.key");
     match std::fs::read(&p) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
-            .map_err(|e| anyhow!("{} is corrupt ({e}); restore it from a backup or remove it to get a new peer id", p.display())),
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            anyhow!("{} is corrupt ({e}); restore it from a backup or remove it to get a new peer id", p.display())
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let kp = Keypair::generate_ed25519();
             let bytes = kp.to_protobuf_encoding().map_err(|e| anyhow!("cannot encode a new identity: {e}"))?;
@@ -66,7 +67,8 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
     if certs.is_empty() {
         bail!("the TLS certificate file {} holds no certificate", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow!("cannot read the TLS key {}: {e}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow!("cannot read the TLS key {}: {e}", key.display()))?;
     rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
@@ -84,7 +86,9 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     let api_listener = bind_api(&cfg)?;
     // The mesh port, checked before anything starts (the swarm checks again).
     drop(std::net::TcpListener::bind(cfg.listen).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => anyhow!("cannot listen on {}: the port is already in use (another backmesh-node?)", cfg.listen),
+        std::io::ErrorKind::AddrInUse => {
+            anyhow!("cannot listen on {}: the port is already in use (another backmesh-node?)", cfg.listen)
+        }
         _ => anyhow!("cannot listen on {}: {e}", cfg.listen),
     })?);
     let tls = cfg.tls.as_ref().map(|(c, k)| tls_config(c, k)).transpose()?;
@@ -172,9 +176,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         });
         println!(
             "backmesh-node {} ready: peer id {peer_id}, mesh {}, API {scheme}://{}",
-            cfg.name,
-            cfg.listen,
-            cfg.api
+            cfg.name, cfg.listen, cfg.api
         );
         let _ = std::io::stdout().flush();
         tracing::info!(

@@ -90,7 +90,11 @@ impl Mesh {
         let mut mesh = Mesh::new();
         for (i, name) in names.iter().enumerate() {
             let n = mesh.start(name, i.checked_sub(1), &[]);
-            assert!(mesh.wait_ready(n, Duration::from_secs(30)), "{name} never answered:\n{}", mesh.nodes[n].log_text());
+            assert!(
+                mesh.wait_ready(n, Duration::from_secs(30)),
+                "{name} never answered:\n{}",
+                mesh.nodes[n].log_text()
+            );
         }
         let mut all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         all.sort();
@@ -135,7 +139,8 @@ impl Mesh {
         args.extend(extra.iter().filter(|a| *a != "--no-swarm-key").cloned());
         let scheme = if extra.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
         let log = self.root.path().join(format!("{name}-{}.log", self.nodes.len()));
-        let mut node = Node { name: name.into(), dir, listen, api, log, args, child: None, cli_args: Vec::new(), scheme };
+        let mut node =
+            Node { name: name.into(), dir, listen, api, log, args, child: None, cli_args: Vec::new(), scheme };
         spawn(&mut node);
         self.nodes.push(node);
         self.nodes.len() - 1
@@ -244,20 +249,78 @@ impl Drop for Mesh {
     }
 }
 
+/// Writes `files` files of 256 KiB of seeded pseudo-random text into `dir`:
+/// fresh data the stat cache cannot vouch for, so each backup of it reads
+/// and compresses for a while.
+pub fn write_slow_tree(dir: &Path, files: usize, seed: u64) {
+    let mut x = seed | 1;
+    for i in 0..files {
+        let data: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 16) as u8 + b'a'
+            })
+            .collect();
+        std::fs::write(dir.join(format!("f{i}")), data).expect("write test data");
+    }
+}
+
 /// Makes a CA and a server certificate for 127.0.0.1 signed by it, with
 /// openssl, as docs/operations.md tells an operator. Returns (CA cert,
 /// server cert, server key).
 pub fn test_ca_and_cert(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let p = |n: &str| dir.join(n);
-    let run = |args: &[&str]| Command::new("openssl").args(args).current_dir(dir).output().map(|o| o.status.success()).unwrap_or(false);
-    let ok = run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-                   "-subj", "/CN=backmesh test CA", "-keyout", "ca.key", "-out", "ca.crt"])
-        && run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
-                 "-keyout", "api.key", "-out", "api.csr"])
-        && {
-            std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").is_ok()
-        }
-        && run(&["x509", "-req", "-in", "api.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-                 "-extfile", "ext.cnf", "-out", "api.crt"]);
+    let run = |args: &[&str]| {
+        Command::new("openssl").args(args).current_dir(dir).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=backmesh test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "api.key",
+        "-out",
+        "api.csr",
+    ]) && { std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").is_ok() }
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "api.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "api.crt",
+        ]);
     ok.then(|| (p("ca.crt"), p("api.crt"), p("api.key")))
 }

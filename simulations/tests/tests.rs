@@ -59,7 +59,11 @@ fn backup_list_restore_export_verify_through_the_cli() {
     fs::write(out.join("local-note"), b"mine").unwrap();
     let refused = node(&data, &["restore", s, "--to", out.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert_eq!(fs::read(out.join("local-note")).unwrap(), b"mine");
 
     let tgz = t.path().join("export.tgz");

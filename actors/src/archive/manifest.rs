@@ -83,7 +83,9 @@ pub struct Manifest {
 pub enum ManifestError {
     #[error("not a backmesh manifest (bad magic bytes)")]
     BadMagic,
-    #[error("manifest format {found} is newer than this backmesh understands (up to {FORMAT_VERSION}); upgrade backmesh")]
+    #[error(
+        "manifest format {found} is newer than this backmesh understands (up to {FORMAT_VERSION}); upgrade backmesh"
+    )]
     UnknownVersion { found: u8 },
     #[error("manifest of {len} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit")]
     TooLarge { len: usize },

@@ -173,17 +173,13 @@ pub fn restore_archive(
 }
 
 fn inflate_member(index: usize, m: &MemberRef, source: &dyn MemberSource) -> Result<Vec<u8>, RestoreError> {
-    let data = source
-        .read_member(m)
-        .map_err(|e| RestoreError::MissingMember { index, digest: m.sha256, source: e })?;
+    let data = source.read_member(m).map_err(|e| RestoreError::MissingMember { index, digest: m.sha256, source: e })?;
     let actual = Digest::of(&data);
     if actual != m.sha256 {
         return Err(RestoreError::DamagedMember { index, expected: m.sha256, actual });
     }
     let mut raw = Vec::with_capacity(m.raw_len as usize);
-    MultiGzDecoder::new(&data[..])
-        .read_to_end(&mut raw)
-        .map_err(|e| RestoreError::Format { source: e })?;
+    MultiGzDecoder::new(&data[..]).read_to_end(&mut raw).map_err(|e| RestoreError::Format { source: e })?;
     if raw.len() as u64 != m.raw_len {
         return Err(RestoreError::Format {
             source: io::Error::other(format!("member {index} holds {} bytes, manifest says {}", raw.len(), m.raw_len)),
@@ -267,10 +263,7 @@ fn into_target(
         Err(e) => return Err(RestoreError::write(&target, e)),
         Ok(m) if !m.is_dir() => return Err(RestoreError::TargetNotDirectory { path: target }),
         Ok(_) => {
-            let empty = fs::read_dir(&target)
-                .map_err(|e| RestoreError::write(&target, e))?
-                .next()
-                .is_none();
+            let empty = fs::read_dir(&target).map_err(|e| RestoreError::write(&target, e))?.next().is_none();
             match (empty, opts.overwrite) {
                 (true, _) => TargetState::Empty,
                 (false, true) => TargetState::Replace,
@@ -470,21 +463,18 @@ fn write_file(path: &Path, name: &str, data: &[u8], meta: &Meta, p: Policy) -> R
     let special = meta.mode & 0o7000 != 0;
     let chown = p.same_owner && (meta.uid != u64::from(p.euid) || meta.gid != u64::from(p.egid));
     let create_mode = if special || chown { 0o600 } else { plain_mode };
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(create_mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-    };
+    let open =
+        || OpenOptions::new().write(true).create_new(true).mode(create_mode).custom_flags(libc::O_NOFOLLOW).open(path);
     let mut f = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             // A later entry of the same name replaces the file, as tar does.
             match fs::symlink_metadata(path) {
                 Ok(m) if m.is_dir() => {
-                    return Err(RestoreError::Conflict { entry: name.to_string(), reason: "a file over a directory".into() })
+                    return Err(RestoreError::Conflict {
+                        entry: name.to_string(),
+                        reason: "a file over a directory".into(),
+                    })
                 }
                 _ => fs::remove_file(path).map_err(|e| RestoreError::write(path, e))?,
             }
@@ -545,7 +535,8 @@ impl Extractor<'_> {
                     let mut data = Vec::with_capacity(size as usize);
                     entry.read_to_end(&mut data).map_err(|e| RestoreError::Format { source: e })?;
                     self.report.bytes += data.len() as u64;
-                    let slot = (Digest::of(rel.as_os_str().as_bytes()).prefix_u64() % self.writers.len() as u64) as usize;
+                    let slot =
+                        (Digest::of(rel.as_os_str().as_bytes()).prefix_u64() % self.writers.len() as u64) as usize;
                     let job = WriteJob { path, name, data, meta };
                     if self.writers[slot].send(job).is_err() {
                         self.check_writers()?;

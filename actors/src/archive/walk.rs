@@ -24,10 +24,8 @@ impl Excludes {
         let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
         let (mut n, mut p) = (0, 0);
         for pat in patterns {
-            let glob = Glob::new(pat.trim_end_matches('/')).map_err(|e| ArchiveError::BadExclude {
-                pattern: pat.clone(),
-                reason: e.kind().to_string(),
-            })?;
+            let glob = Glob::new(pat.trim_end_matches('/'))
+                .map_err(|e| ArchiveError::BadExclude { pattern: pat.clone(), reason: e.kind().to_string() })?;
             if pat.trim_end_matches('/').contains('/') {
                 paths.add(glob);
                 p += 1;
@@ -40,10 +38,9 @@ impl Excludes {
             if count == 0 {
                 return Ok(None);
             }
-            b.build().map(Some).map_err(|e| ArchiveError::BadExclude {
-                pattern: patterns.join(" "),
-                reason: e.to_string(),
-            })
+            b.build()
+                .map(Some)
+                .map_err(|e| ArchiveError::BadExclude { pattern: patterns.join(" "), reason: e.to_string() })
         };
         Ok(Excludes { names: build(names, n)?, paths: build(paths, p)? })
     }
@@ -91,8 +88,7 @@ impl Walker {
         if !meta.is_dir() {
             return Err(ArchiveError::NotADirectory { path: root.to_path_buf() });
         }
-        let children = read_sorted(root)
-            .map_err(|e| ArchiveError::Root { path: root.to_path_buf(), source: e })?;
+        let children = read_sorted(root).map_err(|e| ArchiveError::Root { path: root.to_path_buf(), source: e })?;
         Ok(Walker { root: root.to_path_buf(), excludes, stack: vec![(Vec::new(), children)], warnings: Vec::new() })
     }
 
@@ -139,9 +135,8 @@ impl Iterator for Walker {
 
 /// Child names of `dir`, sorted so that `pop()` yields them in byte order.
 fn read_sorted(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
-    let mut names = fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut names =
+        fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name().as_bytes().to_vec())).collect::<Result<Vec<_>, _>>()?;
     names.sort_unstable_by(|a, b| b.cmp(a));
     Ok(names)
 }
@@ -163,10 +158,7 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, b"x").unwrap();
         }
-        assert_eq!(
-            walk(t.path(), &[]),
-            ["a.txt", "b", "b/a", "b/z", "c", "c/keep", "c/x.log", "cache", "cache/big"]
-        );
+        assert_eq!(walk(t.path(), &[]), ["a.txt", "b", "b/a", "b/z", "c", "c/keep", "c/x.log", "cache", "cache/big"]);
         assert_eq!(walk(t.path(), &["*.log", "cache"]), ["a.txt", "b", "b/a", "b/z", "c", "c/keep"]);
         assert_eq!(walk(t.path(), &["b/*"]), ["a.txt", "b", "c", "c/keep", "c/x.log", "cache", "cache/big"]);
     }

@@ -79,7 +79,14 @@ pub struct JobsActor {
 
 impl JobsActor {
     /// `me` is this node's name; waiting runs are reloaded from the store.
-    pub fn new(me: String, store: Arc<Store>, log: Addr<LogActor>, keep: usize, max_parallel: usize, bound: usize) -> Self {
+    pub fn new(
+        me: String,
+        store: Arc<Store>,
+        log: Addr<LogActor>,
+        keep: usize,
+        max_parallel: usize,
+        bound: usize,
+    ) -> Self {
         let queue = match Queue::load(store.kv().as_ref(), bound) {
             Ok(q) => q,
             Err(e) => {
@@ -90,7 +97,17 @@ impl JobsActor {
         if !queue.is_empty() {
             tracing::info!("{} run(s) waiting from before the restart", queue.len());
         }
-        JobsActor { me, store, log, queue, running: BTreeSet::new(), jobs: HashMap::new(), max_parallel: max_parallel.max(1), keep, net: None }
+        JobsActor {
+            me,
+            store,
+            log,
+            queue,
+            running: BTreeSet::new(),
+            jobs: HashMap::new(),
+            max_parallel: max_parallel.max(1),
+            keep,
+            net: None,
+        }
     }
 
     fn enqueue(&mut self, path: String, on_demand: bool) -> Result<Option<u64>, Full> {
@@ -161,7 +178,9 @@ impl JobsActor {
                     }
                 },
                 Ok(Err(e)) => Event::Failed { node, path: path.clone(), error: error_chain(&e), duration_ms },
-                Err(e) => Event::Failed { node, path: path.clone(), error: format!("the backup crashed: {e}"), duration_ms },
+                Err(e) => {
+                    Event::Failed { node, path: path.clone(), error: format!("the backup crashed: {e}"), duration_ms }
+                }
             };
             tracing::info!("backup of {path}: {}", event.kind());
             act.log.do_send(Record(event));
@@ -247,7 +266,13 @@ impl Handler<ListArchives> for JobsActor {
         let list = self.store.list(&self.me, &msg.path).map_err(|e| e.to_string())?;
         Ok(list
             .into_iter()
-            .map(|s| ArchiveInfo { id: s.id, created_ms: s.created_ms, size: s.tgz_len, files: s.files, warnings: s.warnings })
+            .map(|s| ArchiveInfo {
+                id: s.id,
+                created_ms: s.created_ms,
+                size: s.tgz_len,
+                files: s.files,
+                warnings: s.warnings,
+            })
             .collect())
     }
 }

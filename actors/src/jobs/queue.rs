@@ -84,7 +84,9 @@ impl Queue {
         let mut q = Queue::new(bound);
         for (k, v) in kv.scan_prefix(TREE, &[])? {
             let (Ok(key), Some((&RECORD_VERSION, body))) = (<[u8; 8]>::try_from(k.as_slice()), v.split_first()) else {
-                return Err(StoreError::Index { reason: "a queue record is corrupt or newer than this backmesh".into() });
+                return Err(StoreError::Index {
+                    reason: "a queue record is corrupt or newer than this backmesh".into(),
+                });
             };
             let id = u64::from_be_bytes(key);
             let item: Item = ciborium::from_reader(body)

@@ -2,7 +2,6 @@
 //! node: recognise an unchanged tree (by stat snapshot, else by tree
 //! digest), otherwise store the new archive and apply retention.
 
-
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

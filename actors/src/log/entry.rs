@@ -37,10 +37,20 @@ pub enum Event {
         #[serde(default)]
         excludes: Vec<String>,
     },
-    Unregistered { node: String, path: String },
-    Paused { node: String },
-    Resumed { node: String },
-    Started { node: String, path: String },
+    Unregistered {
+        node: String,
+        path: String,
+    },
+    Paused {
+        node: String,
+    },
+    Resumed {
+        node: String,
+    },
+    Started {
+        node: String,
+        path: String,
+    },
     Finished {
         node: String,
         path: String,
@@ -51,13 +61,50 @@ pub enum Event {
         #[serde(default)]
         warnings: Vec<String>,
     },
-    Unchanged { node: String, path: String, archive: String, duration_ms: u64 },
-    Failed { node: String, path: String, error: String, duration_ms: u64 },
-    Replicated { node: String, path: String, archive: String, holder: String },
-    Pruned { node: String, path: String, archive: String, holder: String },
-    Restored { node: String, path: String, archive: String, on: String, to: String },
-    Verified { node: String, path: String, archive: String, holder: String, ok: bool },
-    Repaired { node: String, path: String, archive: String, holder: String },
+    Unchanged {
+        node: String,
+        path: String,
+        archive: String,
+        duration_ms: u64,
+    },
+    Failed {
+        node: String,
+        path: String,
+        error: String,
+        duration_ms: u64,
+    },
+    Replicated {
+        node: String,
+        path: String,
+        archive: String,
+        holder: String,
+    },
+    Pruned {
+        node: String,
+        path: String,
+        archive: String,
+        holder: String,
+    },
+    Restored {
+        node: String,
+        path: String,
+        archive: String,
+        on: String,
+        to: String,
+    },
+    Verified {
+        node: String,
+        path: String,
+        archive: String,
+        holder: String,
+        ok: bool,
+    },
+    Repaired {
+        node: String,
+        path: String,
+        archive: String,
+        holder: String,
+    },
 }
 
 impl Event {

@@ -65,7 +65,11 @@ impl Log {
 
     /// The next seq a writer with this origin should use.
     pub fn next_seq(&self, origin: &str) -> u64 {
-        self.entries.range((origin.to_string(), 0)..=(origin.to_string(), u64::MAX)).next_back().map(|(k, _)| k.1 + 1).unwrap_or(1)
+        self.entries
+            .range((origin.to_string(), 0)..=(origin.to_string(), u64::MAX))
+            .next_back()
+            .map(|(k, _)| k.1 + 1)
+            .unwrap_or(1)
     }
 
     /// Entries that a holder of `vv` lacks, in (origin, seq) order, at most
@@ -176,8 +180,12 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
             }
             Event::Failed { node, path, error, .. } => {
                 if let Some(slot) = jobs.get_mut(&(node.clone(), path.clone())) {
-                    slot.1.last =
-                        Some(LastRun { result: "failed", time: e.time.clone(), archive: None, error: Some(error.clone()) });
+                    slot.1.last = Some(LastRun {
+                        result: "failed",
+                        time: e.time.clone(),
+                        archive: None,
+                        error: Some(error.clone()),
+                    });
                 }
             }
             _ => {}
@@ -227,7 +235,15 @@ mod tests {
                 1 => Event::Unregistered { node, path },
                 2 => Event::Paused { node },
                 3 => Event::Resumed { node },
-                4 => Event::Finished { node, path, archive: format!("a{i}"), size: 1, files: 1, duration_ms: 1, warnings: vec![] },
+                4 => Event::Finished {
+                    node,
+                    path,
+                    archive: format!("a{i}"),
+                    size: 1,
+                    files: 1,
+                    duration_ms: 1,
+                    warnings: vec![],
+                },
                 _ => Event::Failed { node, path, error: format!("e{i}"), duration_ms: 1 },
             };
             // Clocks skewed by origin, with some drift.

@@ -20,7 +20,8 @@ fn key(origin: &str, seq: u64) -> Vec<u8> {
 /// Stores one entry (idempotent: the same id is the same entry).
 pub fn append(kv: &dyn KvStore, e: &Entry) -> Result<(), StoreError> {
     let mut v = vec![RECORD_VERSION];
-    ciborium::into_writer(e, &mut v).map_err(|err| StoreError::Index { reason: format!("encoding a log entry: {err}") })?;
+    ciborium::into_writer(e, &mut v)
+        .map_err(|err| StoreError::Index { reason: format!("encoding a log entry: {err}") })?;
     kv.put(TREE, &key(&e.origin, e.seq), &v)
 }
 
@@ -34,7 +35,9 @@ pub fn load(kv: &dyn KvStore) -> Result<Log, StoreError> {
             })?,
             Some((other, _)) => {
                 return Err(StoreError::Index {
-                    reason: format!("log record format {other} is newer than this backmesh understands; upgrade backmesh"),
+                    reason: format!(
+                        "log record format {other} is newer than this backmesh understands; upgrade backmesh"
+                    ),
                 })
             }
             None => continue,

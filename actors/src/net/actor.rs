@@ -42,7 +42,11 @@ impl MembershipActor {
                 Change::Up { peer, name } => tracing::info!("node {name} ({peer}) is up"),
                 Change::Down { peer, name } => tracing::warn!("node {name} ({peer}) is down"),
                 Change::NameConflict { name, peers } => {
-                    tracing::error!("name conflict: {} peers claim the name `{name}`: {}", peers.len(), peers.join(", "))
+                    tracing::error!(
+                        "name conflict: {} peers claim the name `{name}`: {}",
+                        peers.len(),
+                        peers.join(", ")
+                    )
                 }
             }
         }
@@ -104,7 +108,8 @@ impl Handler<AttachNet> for MembershipActor {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
+/// Milliseconds since the epoch as RFC 3339 UTC, to the second.
+pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()

@@ -68,7 +68,8 @@ impl Membership {
         if peer == self.me_peer {
             return Vec::new();
         }
-        let state = self.peers.entry(peer.to_string()).or_insert(PeerState { info: None, last_seen_ms: None, up: false });
+        let state =
+            self.peers.entry(peer.to_string()).or_insert(PeerState { info: None, last_seen_ms: None, up: false });
         state.last_seen_ms = Some(now_ms);
         // Up only once we know who it is: a hello carries its name.
         if !state.up && state.info.is_some() {
@@ -83,7 +84,8 @@ impl Membership {
         if peer == self.me_peer {
             return Vec::new();
         }
-        let state = self.peers.entry(peer.to_string()).or_insert(PeerState { info: None, last_seen_ms: None, up: false });
+        let state =
+            self.peers.entry(peer.to_string()).or_insert(PeerState { info: None, last_seen_ms: None, up: false });
         state.info = Some(info);
         let mut changes = self.seen(peer, now_ms);
         changes.extend(self.new_conflicts());
@@ -202,7 +204,13 @@ mod tests {
     use super::*;
 
     fn info(name: &str) -> NodeInfo {
-        NodeInfo { name: name.into(), site: "lab".into(), free_bytes: 100, address: "127.0.0.1:1".into(), version: "0".into() }
+        NodeInfo {
+            name: name.into(),
+            site: "lab".into(),
+            free_bytes: 100,
+            address: "127.0.0.1:1".into(),
+            version: "0".into(),
+        }
     }
 
     fn m() -> Membership {
@@ -252,7 +260,9 @@ mod tests {
         let mut m = m();
         m.hello("P1", info("dup"), 0);
         let changes = m.hello("P2", info("dup"), 0);
-        assert!(matches!(&changes[..], [.., Change::NameConflict { name, peers }] if name == "dup" && peers.len() == 2));
+        assert!(
+            matches!(&changes[..], [.., Change::NameConflict { name, peers }] if name == "dup" && peers.len() == 2)
+        );
         let view = m.view(|t| t.to_string());
         assert_eq!(view.iter().filter(|n| n.name == "dup").count(), 2, "both listed");
         assert!(view.iter().filter(|n| n.name == "dup").all(|n| n.conflict.is_some()));

@@ -21,11 +21,11 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::ResponseChannel;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::request_response::ResponseChannel;
 use libp2p::{
     gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
     Transport,
@@ -122,7 +122,11 @@ impl NetClient {
         self.tx.send(Command::AnswerPull(channel, batch)).await.map_err(|_| NetError::Stopped)
     }
 
-    pub async fn answer_ctl(&self, channel: ResponseChannel<CtlResponse>, response: CtlResponse) -> Result<(), NetError> {
+    pub async fn answer_ctl(
+        &self,
+        channel: ResponseChannel<CtlResponse>,
+        response: CtlResponse,
+    ) -> Result<(), NetError> {
         self.tx.send(Command::AnswerCtl(channel, response)).await.map_err(|_| NetError::Stopped)
     }
 
@@ -138,7 +142,10 @@ impl NetClient {
     pub async fn ctl(&self, peer: &str, request: CtlRequest) -> Result<CtlResponse, String> {
         let peer: PeerId = peer.parse().map_err(|_| format!("`{peer}` is not a peer id"))?;
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Ctl { peer, request, reply }).await.map_err(|_| "the node is shutting down".to_string())?;
+        self.tx
+            .send(Command::Ctl { peer, request, reply })
+            .await
+            .map_err(|_| "the node is shutting down".to_string())?;
         rx.await.map_err(|_| "the node is shutting down".to_string())?
     }
 
@@ -265,11 +272,7 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, log_hooks: LogHooks) -
         };
         return Err(NetError::Listen { addr: cfg.listen, reason });
     }
-    swarm
-        .behaviour_mut()
-        .gossip
-        .subscribe(&gossipsub::IdentTopic::new(LOG_TOPIC))
-        .map_err(setup_err)?;
+    swarm.behaviour_mut().gossip.subscribe(&gossipsub::IdentTopic::new(LOG_TOPIC)).map_err(setup_err)?;
     swarm
         .listen_on(multiaddr_of(cfg.listen))
         .map_err(|e| NetError::Listen { addr: cfg.listen, reason: listen_reason(e) })?;
@@ -444,7 +447,10 @@ impl EventLoop {
             .known
             .iter()
             .filter(|(p, _)| connected.contains(p))
-            .map(|(p, addrs)| KnownPeer { peer_id: p.to_string(), addrs: addrs.iter().map(|a| a.to_string()).collect() })
+            .map(|(p, addrs)| KnownPeer {
+                peer_id: p.to_string(),
+                addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            })
             .collect();
         Hello { info: self.info.clone(), peers }
     }
@@ -523,8 +529,7 @@ impl EventLoop {
                     let _ = reply.send(Ok(peer_id.to_string()));
                 }
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
-                    let bare: Multiaddr =
-                        address.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+                    let bare: Multiaddr = address.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
                     if self.bootstrap.contains(&bare) {
                         self.bootstrap_answered.insert(bare);
                     }
@@ -546,24 +551,32 @@ impl EventLoop {
                 self.known.insert(peer_id, info.listen_addrs);
                 self.seen(&peer_id);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::Message { peer, message, .. })) => {
-                match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        let reply = self.hello();
-                        let _ = self.swarm.behaviour_mut().hello.send_response(channel, reply);
-                        self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: request.info });
-                        self.learn(request.peers);
-                    }
-                    request_response::Message::Response { response, .. } => {
-                        self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: response.info });
-                        self.learn(response.peers);
-                    }
+            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::Message {
+                peer, message, ..
+            })) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let reply = self.hello();
+                    let _ = self.swarm.behaviour_mut().hello.send_response(channel, reply);
+                    self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: request.info });
+                    self.learn(request.peers);
                 }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::InboundFailure { peer, error, .. })) => {
+                request_response::Message::Response { response, .. } => {
+                    self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: response.info });
+                    self.learn(response.peers);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::InboundFailure {
+                peer,
+                error,
+                ..
+            })) => {
                 tracing::debug!("hello from {peer} failed: {error}");
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::OutboundFailure { peer, error, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            })) => {
                 tracing::debug!("hello to {peer} failed: {error}");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::Message { peer, message, .. })) => {
@@ -581,43 +594,59 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::InboundFailure { peer, error, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::InboundFailure {
+                peer, error, ..
+            })) => {
                 tracing::debug!("log pull from {peer} failed: {error}");
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::OutboundFailure { peer, error, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            })) => {
                 tracing::debug!("log pull to {peer} failed: {error}");
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { message, .. })) => match message {
-                request_response::Message::Request { request, channel, .. } => match request {
-                    CtlRequest::CheckPath { path } => {
-                        let response = match crate::jobs::check_path(&path) {
-                            Ok(()) => CtlResponse::PathOk,
-                            Err(reason) => CtlResponse::PathRefused { reason },
-                        };
-                        let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
-                    }
-                    CtlRequest::Run { path } => self.log_hooks.run.do_send(ServeCtlRun { path, channel }),
-                    CtlRequest::ListArchives { path } => self.log_hooks.list.do_send(ServeCtlList { path, channel }),
-                },
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_ctl.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
+            SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { message, .. })) => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => match request {
+                        CtlRequest::CheckPath { path } => {
+                            let response = match crate::jobs::check_path(&path) {
+                                Ok(()) => CtlResponse::PathOk,
+                                Err(reason) => CtlResponse::PathRefused { reason },
+                            };
+                            let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
+                        }
+                        CtlRequest::Run { path } => self.log_hooks.run.do_send(ServeCtlRun { path, channel }),
+                        CtlRequest::ListArchives { path } => {
+                            self.log_hooks.list.do_send(ServeCtlList { path, channel })
+                        }
+                    },
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(reply) = self.pending_ctl.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
                     }
                 }
-            },
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::OutboundFailure {
-                request_id, error, ..
+                request_id,
+                error,
+                ..
             })) => {
                 if let Some(reply) = self.pending_ctl.remove(&request_id) {
                     let _ = reply.send(Err(format!("the node did not answer: {error}")));
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message, .. })) => {
-                match decode::<Entry>(&message.data, MAX_LOG) {
-                    Ok(entry) => self.log_hooks.received.do_send(Received { entries: vec![entry], from: None, more: false }),
-                    Err(e) => tracing::warn!("dropped a malformed log message relayed by {propagation_source}: {e}"),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => match decode::<Entry>(&message.data, MAX_LOG) {
+                Ok(entry) => {
+                    self.log_hooks.received.do_send(Received { entries: vec![entry], from: None, more: false })
                 }
-            }
+                Err(e) => tracing::warn!("dropped a malformed log message relayed by {propagation_source}: {e}"),
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))
                 if !self.swarm.is_connected(&peer) =>
             {

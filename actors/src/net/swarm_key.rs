@@ -27,7 +27,8 @@ pub enum SwarmKeyError {
 }
 
 pub fn load(path: &Path) -> Result<PreSharedKey, SwarmKeyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SwarmKeyError::Read { path: path.to_path_buf(), source: e })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| SwarmKeyError::Read { path: path.to_path_buf(), source: e })?;
     text.parse::<PreSharedKey>()
         .map_err(|e| SwarmKeyError::Malformed { path: path.to_path_buf(), reason: format!("{e:?}") })
 }

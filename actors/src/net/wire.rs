@@ -76,15 +76,25 @@ pub struct ArchiveInfo {
 pub enum CtlResponse {
     PathOk,
     /// The path cannot be backed up, in words for the operator.
-    PathRefused { reason: String },
+    PathRefused {
+        reason: String,
+    },
     /// The run is queued under this id.
-    Queued { id: u64 },
+    Queued {
+        id: u64,
+    },
     /// Too many runs wait already.
-    Busy { reason: String },
+    Busy {
+        reason: String,
+    },
     /// The archives kept, newest first.
-    Archives { list: Vec<ArchiveInfo> },
+    Archives {
+        list: Vec<ArchiveInfo>,
+    },
     /// The request could not be served, in words.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// Sent by both sides when a connection opens and then periodically.

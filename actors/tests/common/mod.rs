@@ -33,7 +33,10 @@ impl Rng {
     }
     /// Compressible text-like bytes.
     pub fn text(&mut self, n: usize) -> Vec<u8> {
-        const WORDS: &[&str] = &["fn ", "let ", "mut ", "self", ".", "(", ")", "{\n", "}\n", "    ", "backup", "mesh", "=", ";\n", "0", "1", "path", "node"];
+        const WORDS: &[&str] = &[
+            "fn ", "let ", "mut ", "self", ".", "(", ")", "{\n", "}\n", "    ", "backup", "mesh", "=", ";\n", "0", "1",
+            "path", "node",
+        ];
         let mut v = Vec::with_capacity(n + 16);
         while v.len() < n {
             v.extend_from_slice(WORDS[self.below(WORDS.len() as u64) as usize].as_bytes());
@@ -153,7 +156,8 @@ pub fn walk(root: &Path) -> BTreeMap<String, Seen> {
             } else {
                 ("file", Some(fs::read(&p).unwrap()), None)
             };
-            let inode_group = (ft.is_file() && m.nlink() > 1).then(|| inodes.entry(m.ino()).or_insert(rel.clone()).clone());
+            let inode_group =
+                (ft.is_file() && m.nlink() > 1).then(|| inodes.entry(m.ino()).or_insert(rel.clone()).clone());
             out.insert(
                 rel,
                 Seen {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use backmesh_simulations::{test_ca_and_cert, wait_until, Mesh};
+use backmesh_simulations::{test_ca_and_cert, wait_until, write_slow_tree, Mesh};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -43,9 +43,14 @@ fn a_killed_node_is_seen_down_and_back_up_with_the_same_peer_id() {
     mesh.kill9(2);
     // down_after is 2 s: every other node must say so well within 15 s.
     for i in 0..2 {
-        assert!(wait_until(Duration::from_secs(15), || mesh.up_names(i) == names(&["n1", "n2"])), "n{} still sees n3 up", i + 1);
+        assert!(
+            wait_until(Duration::from_secs(15), || mesh.up_names(i) == names(&["n1", "n2"])),
+            "n{} still sees n3 up",
+            i + 1
+        );
     }
-    let shown_down = mesh.status(0).unwrap()["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "n3" && n["up"] == false);
+    let shown_down =
+        mesh.status(0).unwrap()["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "n3" && n["up"] == false);
     assert!(shown_down, "n3 is listed as down, not forgotten");
     mesh.restart(2);
     assert!(mesh.wait_ready(2, T));
@@ -118,7 +123,11 @@ fn the_api_token_is_required_and_checked() {
     }));
     let none = mesh.cli(n, &["status"]);
     assert_eq!(none.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&none.stderr).contains("needs an API token"), "{}", String::from_utf8_lossy(&none.stderr));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("needs an API token"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
     let wrong = mesh.cli(n, &["--token", "nope", "status"]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
@@ -155,7 +164,12 @@ fn the_api_over_tls_with_a_trusted_ca() {
     let n = mesh.start(
         "tls",
         None,
-        &["--tls-cert".into(), cert.to_string_lossy().into_owned(), "--tls-key".into(), key.to_string_lossy().into_owned()],
+        &[
+            "--tls-cert".into(),
+            cert.to_string_lossy().into_owned(),
+            "--tls-key".into(),
+            key.to_string_lossy().into_owned(),
+        ],
     );
     // Without trusting the CA the client cannot verify the node.
     assert!(wait_until(T, || {
@@ -163,9 +177,17 @@ fn the_api_over_tls_with_a_trusted_ca() {
         out.status.code() == Some(3) && String::from_utf8_lossy(&out.stderr).contains("certificate")
     }));
     let untrusted = mesh.cli(n, &["status"]);
-    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("--ca"), "{}", String::from_utf8_lossy(&untrusted.stderr));
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("--ca"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
     mesh.nodes[n].cli_args = vec!["--ca".into(), ca.to_string_lossy().into_owned()];
-    assert!(wait_until(T, || mesh.status(n).is_some()), "{}", String::from_utf8_lossy(&mesh.cli(n, &["status"]).stderr));
+    assert!(
+        wait_until(T, || mesh.status(n).is_some()),
+        "{}",
+        String::from_utf8_lossy(&mesh.cli(n, &["status"]).stderr)
+    );
 }
 
 #[test]
@@ -224,17 +246,65 @@ fn start_up_problems_are_named() {
     let file = root.join("a-file");
     std::fs::write(&file, "").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--data-dir".into(), dir("x1"), "--listen".into(), listen_a.clone(), "--api".into(), free()], "already in use"),
+        (
+            vec!["--data-dir".into(), dir("x1"), "--listen".into(), listen_a.clone(), "--api".into(), free()],
+            "already in use",
+        ),
         (vec!["--data-dir".into(), dir("x2"), "--listen".into(), free(), "--api".into(), api_a], "already in use"),
-        (vec!["--data-dir".into(), data_a, "--listen".into(), free(), "--api".into(), free()], "in use by another backmesh process"),
-        (vec!["--data-dir".into(), dir("x3"), "--listen".into(), free(), "--api".into(), free(), "--swarm-key".into(),
-              garbage.to_string_lossy().into_owned()], "malformed"),
-        (vec!["--data-dir".into(), dir("x4"), "--listen".into(), free(), "--api".into(), free(), "--swarm-key".into(),
-              dir("missing.key")], "cannot read the swarm key"),
-        (vec!["--data-dir".into(), dir("x5"), "--listen".into(), free(), "--api".into(), free(), "--bootstrap".into(),
-              "no-port".into()], "bad bootstrap address"),
-        (vec!["--data-dir".into(), file.join("sub").to_string_lossy().into_owned(), "--listen".into(), free(), "--api".into(), free()],
-         "data directory"),
+        (
+            vec!["--data-dir".into(), data_a, "--listen".into(), free(), "--api".into(), free()],
+            "in use by another backmesh process",
+        ),
+        (
+            vec![
+                "--data-dir".into(),
+                dir("x3"),
+                "--listen".into(),
+                free(),
+                "--api".into(),
+                free(),
+                "--swarm-key".into(),
+                garbage.to_string_lossy().into_owned(),
+            ],
+            "malformed",
+        ),
+        (
+            vec![
+                "--data-dir".into(),
+                dir("x4"),
+                "--listen".into(),
+                free(),
+                "--api".into(),
+                free(),
+                "--swarm-key".into(),
+                dir("missing.key"),
+            ],
+            "cannot read the swarm key",
+        ),
+        (
+            vec![
+                "--data-dir".into(),
+                dir("x5"),
+                "--listen".into(),
+                free(),
+                "--api".into(),
+                free(),
+                "--bootstrap".into(),
+                "no-port".into(),
+            ],
+            "bad bootstrap address",
+        ),
+        (
+            vec![
+                "--data-dir".into(),
+                file.join("sub").to_string_lossy().into_owned(),
+                "--listen".into(),
+                free(),
+                "--api".into(),
+                free(),
+            ],
+            "data directory",
+        ),
     ];
     for (args, expected) in cases {
         let mut full = vec!["--name".to_string(), "probe".into()];
@@ -254,7 +324,9 @@ fn log_ids(mesh: &Mesh, i: usize) -> Vec<(String, u64)> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["entries"]
         .as_array()
-        .map(|a| a.iter().map(|e| (e["origin"].as_str().unwrap_or("").to_string(), e["seq"].as_u64().unwrap_or(0))).collect())
+        .map(|a| {
+            a.iter().map(|e| (e["origin"].as_str().unwrap_or("").to_string(), e["seq"].as_u64().unwrap_or(0))).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -300,7 +372,13 @@ fn the_log_reaches_every_node_and_a_node_that_was_down_catches_up() {
 fn kinds(mesh: &Mesh, i: usize) -> Vec<String> {
     let out = mesh.cli(i, &["--json", "log", "--limit", "1000"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["entries"].as_array().cloned().unwrap_or_default().iter().map(|e| e["kind"].as_str().unwrap_or("").to_string()).collect()
+    v["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 #[test]
@@ -375,7 +453,8 @@ fn a_job_registered_through_one_node_runs_on_another() {
     let again: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "run", "n3", &d]).stdout).unwrap();
     assert_eq!(again["result"], "unchanged");
     // Any node lists the archives n3 keeps: two (the unchanged run stored nothing).
-    let b: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "backups", "n3", &d, "--all"]).stdout).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_slice(&mesh.cli(0, &["--json", "backups", "n3", &d, "--all"]).stdout).unwrap();
     let archives = b["archives"].as_array().unwrap();
     assert_eq!(archives.len(), 2, "{b}");
     assert_eq!(archives[0]["id"], v["archive"], "newest first");
@@ -418,7 +497,13 @@ fn a_burst_of_runs_is_queued_and_none_is_lost() {
     // One job never runs twice at once: every start is followed by its result.
     let out = mesh.cli(1, &["--json", "log", "--node", "n2", "--limit", "100000"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds: Vec<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).filter(|k| *k != "registered").collect();
+    let kinds: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| *k != "registered")
+        .collect();
     for pair in kinds.chunks(2) {
         assert_eq!(pair[0], "started", "{kinds:?}");
         assert!(["finished", "unchanged"].contains(&pair[1]), "{kinds:?}");
@@ -430,20 +515,8 @@ fn queued_work_survives_kill_9() {
     let mut mesh = three_nodes();
     let dir = mesh.root.path().join("big");
     std::fs::create_dir(&dir).unwrap();
-    // Enough fresh data (so the stat cache cannot vouch for it) that each
-    // run reads and compresses for a while: the kill lands mid-queue.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for i in 0..200 {
-        let data: Vec<u8> = (0..256 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 16) as u8 + b'a'
-            })
-            .collect();
-        std::fs::write(dir.join(format!("f{i}")), data).unwrap();
-    }
+    // Each run takes a while, so the kill lands mid-queue.
+    write_slow_tree(&dir, 200, 0x9E37_79B9_7F4A_7C15);
     let d = dir.to_string_lossy().into_owned();
     assert!(mesh.cli(0, &["register", "n3", &d, "--every", "600"]).status.success());
     assert!(wait_until(T, || results(&mesh, 0, "n3").len() == 1));
@@ -456,7 +529,11 @@ fn queued_work_survives_kill_9() {
     mesh.restart(2);
     assert!(mesh.wait_ready(2, T));
     // At least once: every queued run gets a result after the restart.
-    assert!(wait_until(Duration::from_secs(60), || results(&mesh, 0, "n3").len() >= 11), "{}", results(&mesh, 0, "n3").len());
+    assert!(
+        wait_until(Duration::from_secs(60), || results(&mesh, 0, "n3").len() >= 11),
+        "{}",
+        results(&mesh, 0, "n3").len()
+    );
 }
 
 #[test]
@@ -487,18 +564,7 @@ fn past_the_queue_limit_runs_are_refused_with_429_and_nothing_is_lost() {
     assert!(mesh.wait_ready(a, T));
     let dir = mesh.root.path().join("slow");
     std::fs::create_dir(&dir).unwrap();
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    for i in 0..120 {
-        let data: Vec<u8> = (0..256 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 16) as u8 + b'a'
-            })
-            .collect();
-        std::fs::write(dir.join(format!("f{i}")), data).unwrap();
-    }
+    write_slow_tree(&dir, 120, 0x2545_F491_4F6C_DD1D);
     let d = dir.to_string_lossy().into_owned();
     assert!(mesh.cli(a, &["register", "a", &d, "--every", "600"]).status.success());
     let mut accepted = 0;
