@@ -9,6 +9,8 @@
 //! - [`jobs`]: one backup run (`run_backup`).
 //! - [`log`]: the execution log: hybrid clock, entries, the mergeable log
 //!   and the views folded from it, persistence.
+//! - [`replica`]: holders by rendezvous hashing, archive transfer,
+//!   retention and repair on holders, restore and verify from the mesh.
 //! - [`net`]: the mesh: membership, wire codec, swarm key, the libp2p loop
 //!   and the membership actor.
 //!
@@ -21,4 +23,5 @@ pub mod hash;
 pub mod jobs;
 pub mod log;
 pub mod net;
+pub mod replica;
 pub mod store;

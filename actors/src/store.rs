@@ -143,7 +143,13 @@ pub struct Store {
     /// Members that a transaction in progress relies on: never collected.
     pins: Mutex<HashMap<Digest, u32>>,
     gc_lock: Mutex<()>,
+    /// Members received for an archive not yet committed, and when.
+    inbound: Mutex<HashMap<Digest, std::time::Instant>>,
 }
+
+/// How long received members wait for their archive's commit before
+/// collection may take them.
+const INBOUND_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// `sha256(node ‖ 0 ‖ path)`, first 16 bytes: the key of one backup series.
 pub fn series_key(node: &str, path: &str) -> [u8; 16] {
@@ -200,7 +206,13 @@ impl Store {
             let p = data_dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, e))?;
         }
-        let store = Store { root: data_dir.to_path_buf(), kv, pins: Mutex::default(), gc_lock: Mutex::default() };
+        let store = Store {
+            root: data_dir.to_path_buf(),
+            kv,
+            pins: Mutex::default(),
+            gc_lock: Mutex::default(),
+            inbound: Mutex::default(),
+        };
         // Work a crashed process left half done is abandoned.
         let staging = store.root.join("staging");
         if let Ok(entries) = fs::read_dir(&staging) {
@@ -333,6 +345,91 @@ impl Store {
         self.kv.put(STAT_CACHE, &series_key(node, path), &cbor(entry))
     }
 
+    /// Digests of `m`'s members this store lacks, each once, in order.
+    pub fn missing_members(&self, m: &Manifest) -> Vec<Digest> {
+        let mut seen = HashSet::new();
+        m.members.iter().map(|r| r.sha256).filter(|d| seen.insert(*d) && !self.has_member(d)).collect()
+    }
+
+    /// Whether archive `id` of (node, path) is complete here.
+    pub fn has_archive(&self, node: &str, path: &str, id: &str) -> bool {
+        self.manifest_path(node, path, id).exists()
+    }
+
+    /// Keeps members received from a peer: each is checked against its
+    /// digest, written to staging, fsynced, then moved into place. They are
+    /// protected from collection for an hour so that the archive they
+    /// belong to can be committed. Returns the bytes newly stored.
+    pub fn put_members(&self, members: &[(Digest, &[u8])]) -> Result<u64, StoreError> {
+        let mut txn = self.begin()?;
+        let mut stored = 0;
+        for (d, data) in members {
+            let actual = Digest::of(data);
+            if actual != *d {
+                return Err(StoreError::DamagedMember { digest: *d, actual });
+            }
+            if !self.has_member(d) {
+                stored += data.len() as u64;
+            }
+            txn.member(d, data).map_err(|e| StoreError::io(&self.root.join("staging"), e))?;
+        }
+        txn.publish()?;
+        let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        inbound.retain(|_, t| now.duration_since(*t) < INBOUND_GRACE);
+        for (d, _) in members {
+            inbound.insert(*d, now);
+        }
+        Ok(stored)
+    }
+
+    /// Makes a received archive visible once all its members are here:
+    /// `Ok(missing)` lists what is still absent (nothing was changed then);
+    /// an archive already kept is left as it is.
+    pub fn adopt(&self, m: &Manifest) -> Result<Vec<Digest>, StoreError> {
+        let _guard = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.has_archive(&m.node, &m.path, &m.id) {
+            return Ok(Vec::new());
+        }
+        let missing = self.missing_members(m);
+        if !missing.is_empty() {
+            return Ok(missing);
+        }
+        let p = self.manifest_path(&m.node, &m.path, &m.id);
+        write_atomic(&p, &m.encode()).map_err(|e| StoreError::io(&p, e))?;
+        let s = ArchiveSummary::of(m);
+        self.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
+        self.kv.flush()?;
+        let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        for d in m.digests() {
+            inbound.remove(d);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Replaces a damaged or missing member with `data` (checked first).
+    pub fn repair_member(&self, d: &Digest, data: &[u8]) -> Result<(), StoreError> {
+        let actual = Digest::of(data);
+        if actual != *d {
+            return Err(StoreError::DamagedMember { digest: *d, actual });
+        }
+        let p = self.member_path(d);
+        write_atomic(&p, data).map_err(|e| StoreError::io(&p, e))
+    }
+
+    /// Deletes one archive's manifest (its members go at the next collection).
+    pub fn remove_archive(&self, node: &str, path: &str, id: &str) -> Result<bool, StoreError> {
+        let Some(s) = self.list(node, path)?.into_iter().find(|s| s.id == id) else { return Ok(false) };
+        let p = self.manifest_path(node, path, id);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(&p, e)),
+        }
+        self.kv.delete(ARCHIVES, &archive_key(&s))?;
+        Ok(true)
+    }
+
     /// Keeps the newest `keep` archives of (node, path), then frees members
     /// no remaining manifest uses.
     pub fn retain(&self, node: &str, path: &str, keep: usize) -> Result<RetentionReport, StoreError> {
@@ -380,6 +477,10 @@ impl Store {
                 }
                 let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
                 if pins.contains_key(&d) {
+                    continue;
+                }
+                let inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+                if inbound.get(&d).is_some_and(|t| t.elapsed() < INBOUND_GRACE) {
                     continue;
                 }
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -498,6 +599,27 @@ impl PutTxn<'_> {
         self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new("/nonexistent"))
     }
 
+    /// Makes the staged members durable and moves them into place.
+    pub fn publish(&mut self) -> Result<(), StoreError> {
+        let staging = self.staging().to_path_buf();
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        sync_fs(&staging);
+        for d in self.staged.drain() {
+            let from = staging.join(d.to_hex());
+            let to = self.store.member_path(&d);
+            if to.exists() {
+                continue;
+            }
+            let parent = to.parent().unwrap_or(Path::new("."));
+            fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+            fs::rename(&from, &to).map_err(|e| StoreError::io(&to, e))?;
+        }
+        sync_fs(&self.store.root.join("segments"));
+        Ok(())
+    }
+
     /// Makes the archive visible: members durable and in place, then the
     /// manifest file, then the index.
     pub fn commit(self, m: &Manifest) -> Result<(), StoreError> {
@@ -511,21 +633,7 @@ impl PutTxn<'_> {
                 return Err(StoreError::MissingMember { digest: member.sha256 });
             }
         }
-        let staging = self.staging().to_path_buf();
-        if !self.staged.is_empty() {
-            sync_fs(&staging);
-            for d in &self.staged {
-                let from = staging.join(d.to_hex());
-                let to = self.store.member_path(d);
-                if to.exists() {
-                    continue;
-                }
-                let parent = to.parent().unwrap_or(Path::new("."));
-                fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
-                fs::rename(&from, &to).map_err(|e| StoreError::io(&to, e))?;
-            }
-            sync_fs(&self.store.root.join("segments"));
-        }
+        self.publish()?;
         if last == CommitStep::MembersPublished {
             std::mem::forget(self.dir.take());
             return Ok(());

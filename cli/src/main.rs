@@ -93,6 +93,51 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Restore the archive of PATH on NODE into DIR (on NODE, or on --on NODE2); waits for the result.
+    Restore {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// Absolute directory to restore into, on the node that restores; new or empty unless --overwrite.
+        #[arg(long, value_name = "DIR")]
+        to: String,
+        /// Archive id (see `backmesh backups`); the newest by default.
+        #[arg(long, value_name = "ID")]
+        archive: Option<String>,
+        /// Restore on this node instead (for instance when NODE is gone).
+        #[arg(long, value_name = "NODE2")]
+        on: Option<String>,
+        /// Replace what DIR holds (the old tree goes only once the new one is complete).
+        #[arg(long)]
+        overwrite: bool,
+        /// Give up waiting after this many seconds (the restore goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Download the archive of PATH on NODE to this machine as a .tgz (`tar -xzf` reads it).
+    Fetch {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// Archive id; the newest by default.
+        #[arg(long, value_name = "ID")]
+        archive: Option<String>,
+        /// Where to write the .tgz.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-hash the members every holder keeps (of PATH on NODE, or everything); damage is repaired from another holder.
+    Verify {
+        #[arg(id = "target", value_name = "NODE", requires = "path")]
+        node: Option<String>,
+        path: Option<String>,
+        /// Give up waiting after this many seconds (verification goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Every job: node, path, every, paused, state, last success.
     Jobs,
     /// The execution log, newest last.
@@ -123,12 +168,14 @@ struct Client {
     agent: ureq::Agent,
     base: String,
     token: Option<String>,
+    tls: ureq::tls::TlsConfig,
 }
 
 impl Client {
     fn new(cli: &Cli) -> Result<Self, Failure> {
         let mut config =
             ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30)));
+        let mut tls = ureq::tls::TlsConfig::default();
         if let Some(ca) = &cli.ca {
             let pem = std::fs::read(ca)
                 .map_err(|e| Failure::Refused(format!("cannot read the CA file {}: {e}", ca.display())))?;
@@ -141,14 +188,14 @@ impl Client {
             if certs.is_empty() {
                 return Err(Failure::Refused(format!("the CA file {} holds no certificate", ca.display())));
             }
-            let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
-            config = config.tls_config(tls);
+            tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
+            config = config.tls_config(tls.clone());
         }
         let base = cli.node.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Failure::Refused(format!("--node must be an http:// or https:// URL, not `{}`", cli.node)));
         }
-        Ok(Client { agent: config.build().into(), base, token: cli.token.clone() })
+        Ok(Client { agent: config.build().into(), base, token: cli.token.clone(), tls })
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
@@ -351,78 +398,307 @@ fn write(
     Ok(())
 }
 
-const RESULTS: [&str; 3] = ["finished", "unchanged", "failed"];
+/// Polls the log until `expect` entries of the kinds `kinds` answer
+/// `request`, calling `tick` between polls; `None` after `timeout` seconds.
+fn wait_request(
+    client: &Client,
+    request: &str,
+    kinds: &[&str],
+    expect: usize,
+    timeout: u64,
+    mut tick: impl FnMut(std::time::Instant),
+) -> Result<Option<Vec<serde_json::Value>>, Failure> {
+    let start = std::time::Instant::now();
+    loop {
+        let v: serde_json::Value = client.get(&format!("/requests/{}", enc(request)))?;
+        let done: Vec<serde_json::Value> = v["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| kinds.contains(&e["kind"].as_str().unwrap_or("")))
+            .collect();
+        if done.len() >= expect {
+            return Ok(Some(done));
+        }
+        if start.elapsed().as_secs() >= timeout {
+            return Ok(None);
+        }
+        tick(start);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
 
-/// Result entries (origin, seq) of a job, from the log.
-fn results(client: &Client, node: &str, path: &str) -> Result<Vec<serde_json::Value>, Failure> {
-    let v: serde_json::Value = client.get(&format!("/log?node={}&path={}&limit=100000", enc(node), enc(path)))?;
-    Ok(v["entries"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e["node"] == node && RESULTS.contains(&e["kind"].as_str().unwrap_or("")))
-        .collect())
+fn is_tty(json: bool) -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json
+}
+
+fn clear_line(tty: bool) {
+    if tty {
+        eprint!("\r{:78}\r", "");
+    }
 }
 
 fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeout: u64) -> Result<bool, Failure> {
-    let id = |e: &serde_json::Value| (e["origin"].to_string(), e["seq"].as_u64());
-    let before: std::collections::HashSet<_> = results(client, node, path)?.iter().map(id).collect();
     let queued: serde_json::Value =
         client.call("POST", "/run", Some(serde_json::json!({"node": node, "path": path})))?;
     if no_wait {
         if json {
             print_json(&queued);
         } else {
-            println!("queued: {path} on {node}");
+            println!("queued: {path} on {node} (request {})", queued["request"].as_str().unwrap_or(""));
         }
         return Ok(true);
     }
-    let start = std::time::Instant::now();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json;
-    loop {
-        if let Some(e) = results(client, node, path)?.into_iter().find(|e| !before.contains(&id(e))) {
-            if tty {
-                eprint!("\r{:60}\r", "");
+    let request = queued["request"].as_str().unwrap_or("").to_string();
+    let tty = is_tty(json);
+    let mut last_poll = std::time::Instant::now() - Duration::from_secs(10);
+    let progress_q = format!("/progress?node={}&path={}", enc(node), enc(path));
+    let found = wait_request(client, &request, &["finished", "unchanged", "failed"], 1, timeout, |start| {
+        if !tty || last_poll.elapsed() < Duration::from_millis(900) {
+            return;
+        }
+        last_poll = std::time::Instant::now();
+        let line = match client.get::<serde_json::Value>(&progress_q) {
+            Ok(p) if p["running"] == true && p["request"].as_str() == Some(&request) => {
+                let secs = (p["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0).max(0.001);
+                let read = p["bytes_read"].as_u64().unwrap_or(0);
+                format!(
+                    "  {node}: {} files, {} read, {} written, {}/s",
+                    p["entries"],
+                    human(read),
+                    human(p["bytes_out"].as_u64().unwrap_or(0)),
+                    human((read as f64 / secs) as u64)
+                )
             }
-            let result = e["kind"].as_str().unwrap_or("").to_string();
-            let out = serde_json::json!({
-                "result": result, "archive": e["archive"], "size": e["size"], "files": e["files"],
-                "warnings": e["warnings"].as_array().cloned().unwrap_or_default(), "error": e["error"],
-                "duration_ms": e["duration_ms"],
-            });
-            if json {
-                print_json(&out);
-            } else {
-                match result.as_str() {
-                    "finished" => println!(
-                        "finished: {path} on {node} → archive {} ({}, {} files) in {:.1}s",
-                        e["archive"].as_str().unwrap_or(""),
-                        human(e["size"].as_u64().unwrap_or(0)),
-                        e["files"],
-                        e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
-                    ),
-                    "unchanged" => {
-                        println!("unchanged: {path} on {node} (latest archive {})", e["archive"].as_str().unwrap_or(""))
-                    }
-                    _ => println!("failed: {path} on {node}: {}", e["error"].as_str().unwrap_or("")),
-                }
-                for w in out["warnings"].as_array().cloned().unwrap_or_default() {
-                    println!("  warning: {}", w.as_str().unwrap_or(""));
-                }
+            Ok(p) if p["running"] == true => format!("  {node}: waiting for the run already under way…"),
+            _ => format!("  waiting for {node} to start the backup… {}s", start.elapsed().as_secs()),
+        };
+        eprint!("\r{line:78}");
+    })?;
+    clear_line(tty);
+    let Some(mut entries) = found else {
+        return Err(Failure::Refused(format!(
+            "no result after {timeout}s; the run goes on: see `backmesh log --path {path}`"
+        )));
+    };
+    let e = entries.remove(0);
+    let result = e["kind"].as_str().unwrap_or("").to_string();
+    let out = serde_json::json!({
+        "result": result, "archive": e["archive"], "size": e["size"], "files": e["files"],
+        "warnings": e["warnings"].as_array().cloned().unwrap_or_default(), "error": e["error"],
+        "duration_ms": e["duration_ms"], "request": request,
+    });
+    if json {
+        print_json(&out);
+    } else {
+        match result.as_str() {
+            "finished" => println!(
+                "finished: {path} on {node} → archive {} ({}, {} files) in {:.1}s",
+                e["archive"].as_str().unwrap_or(""),
+                human(e["size"].as_u64().unwrap_or(0)),
+                e["files"],
+                e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            ),
+            "unchanged" => {
+                println!("unchanged: {path} on {node} (latest archive {})", e["archive"].as_str().unwrap_or(""))
             }
-            return Ok(result != "failed");
+            _ => println!("failed: {path} on {node}: {}", e["error"].as_str().unwrap_or("")),
         }
-        if start.elapsed().as_secs() >= timeout {
-            return Err(Failure::Refused(format!(
-                "no result after {timeout}s; the run goes on: see `backmesh log --path {path}`"
-            )));
+        for w in out["warnings"].as_array().cloned().unwrap_or_default() {
+            println!("  warning: {}", w.as_str().unwrap_or(""));
         }
-        if tty {
-            eprint!("\r  waiting for {node} to back up {path}… {}s", start.elapsed().as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(300));
     }
+    Ok(result != "failed")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore(
+    client: &Client,
+    json: bool,
+    node: &str,
+    path: &str,
+    to: &str,
+    archive: Option<&str>,
+    on: Option<&str>,
+    overwrite: bool,
+    timeout: u64,
+) -> Result<bool, Failure> {
+    let body = serde_json::json!({"node": node, "path": path, "to": to, "archive": archive, "on": on,
+                                  "overwrite": overwrite});
+    let started: serde_json::Value = client.call("POST", "/restore", Some(body))?;
+    let request = started["request"].as_str().unwrap_or("").to_string();
+    let target = started["on"].as_str().unwrap_or(node).to_string();
+    let tty = is_tty(json);
+    let found = wait_request(client, &request, &["restored"], 1, timeout, |start| {
+        if tty {
+            eprint!("\r  restoring {path} of {node} on {target} into {to}… {}s", start.elapsed().as_secs());
+        }
+    })?;
+    clear_line(tty);
+    let Some(mut entries) = found else {
+        return Err(Failure::Refused(format!("no result after {timeout}s; the restore goes on: see `backmesh log`")));
+    };
+    let e = entries.remove(0);
+    let ok = e["error"].is_null();
+    if json {
+        print_json(&serde_json::json!({
+            "result": if ok { "restored" } else { "failed" }, "archive": e["archive"], "on": e["on"],
+            "to": e["to"], "files": e["files"], "bytes": e["bytes"], "error": e["error"],
+            "duration_ms": e["duration_ms"], "request": request,
+        }));
+    } else if ok {
+        println!(
+            "restored: archive {} of {path} on {node} → {target}:{to} ({} entries, {}) in {:.1}s",
+            e["archive"].as_str().unwrap_or(""),
+            e["files"],
+            human(e["bytes"].as_u64().unwrap_or(0)),
+            e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+        );
+    } else {
+        println!("failed: restore of {path} on {node} onto {target}: {}", e["error"].as_str().unwrap_or(""));
+    }
+    Ok(ok)
+}
+
+fn fetch(
+    cli: &Cli,
+    json: bool,
+    node: &str,
+    path: &str,
+    archive: Option<&str>,
+    output: &std::path::Path,
+    force: bool,
+) -> Result<(), Failure> {
+    use sha2::Digest as _;
+    use std::io::{Read, Write};
+    if output.exists() && !force {
+        return Err(Failure::Refused(format!("{} exists; pass --force to replace it", output.display())));
+    }
+    // No overall time limit: an archive may take long to download.
+    let client = Client::new(cli)?;
+    let mut url = format!("{}{}/fetch?node={}&path={}", client.base, backmesh_api::PREFIX, enc(node), enc(path));
+    if let Some(a) = archive {
+        url.push_str(&format!("&archive={}", enc(a)));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(Duration::from_secs(120)))
+        .tls_config(client.tls.clone())
+        .build()
+        .into();
+    let mut req = agent.get(&url);
+    if let Some(t) = &client.token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp =
+        req.call().map_err(|e| Failure::Unreachable(format!("cannot reach the node at {}: {e}", client.base)))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
+        return Err(Failure::Refused(format!("the node refused ({status}): {msg}")));
+    }
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let expected_sha = header("x-backmesh-sha256").unwrap_or_default();
+    let id = header("x-backmesh-archive").unwrap_or_default();
+    let expected_len: u64 = header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let fail = |what: String| Failure::Refused(format!("{what}; nothing was written to {}", output.display()));
+    let mut part = tempfile::Builder::new()
+        .prefix(".backmesh-fetch-")
+        .tempfile_in(dir)
+        .map_err(|e| fail(format!("cannot write in {}: {e}", dir.display())))?;
+    let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    let tty = is_tty(json);
+    let start = std::time::Instant::now();
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| fail(format!("the download broke off: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        part.write_all(&buf[..n]).map_err(|e| fail(format!("cannot write {}: {e}", output.display())))?;
+        got += n as u64;
+        if tty {
+            let rate = got as f64 / start.elapsed().as_secs_f64().max(0.001);
+            eprint!("\r  {} of {}, {}/s", human(got), human(expected_len), human(rate as u64));
+        }
+    }
+    clear_line(tty);
+    let sha: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if got != expected_len || sha != expected_sha {
+        return Err(fail(format!(
+            "the download is damaged: {got} bytes with sha256 {sha}, the archive has {expected_len} bytes and sha256 {expected_sha}"
+        )));
+    }
+    part.as_file().sync_all().map_err(|e| fail(format!("cannot sync {}: {e}", output.display())))?;
+    part.persist(output).map_err(|e| fail(format!("cannot create {}: {}", output.display(), e.error)))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    if json {
+        print_json(&serde_json::json!({"archive": id, "file": output, "size": got, "sha256": sha}));
+    } else {
+        println!("fetched: archive {id} of {path} on {node} → {} ({}, sha256 {sha})", output.display(), human(got));
+    }
+    Ok(())
+}
+
+fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, timeout: u64) -> Result<bool, Failure> {
+    let started: serde_json::Value =
+        client.call("POST", "/verify", Some(serde_json::json!({"node": node, "path": path})))?;
+    let request = started["request"].as_str().unwrap_or("").to_string();
+    let expect = started["expect"].as_u64().unwrap_or(0) as usize;
+    let problems: Vec<String> = started["problems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let tty = is_tty(json);
+    let found = wait_request(client, &request, &["verified"], expect, timeout, |start| {
+        if tty {
+            eprint!("\r  verifying {expect} cop(ies) of series… {}s", start.elapsed().as_secs());
+        }
+    })?;
+    clear_line(tty);
+    let Some(entries) = found else {
+        return Err(Failure::Refused(format!("not every holder answered within {timeout}s; see `backmesh log`")));
+    };
+    let ok = entries.iter().all(|e| e["ok"] == true) && problems.is_empty();
+    if json {
+        print_json(&serde_json::json!({"ok": ok, "verified": entries, "problems": problems}));
+        return Ok(ok);
+    }
+    if entries.is_empty() {
+        println!(
+            "nothing to verify: no live node keeps archives{}",
+            path.map(|p| format!(" of {p}")).unwrap_or_default()
+        );
+    }
+    for e in &entries {
+        let (damaged, repaired) = (e["damaged"].as_u64().unwrap_or(0), e["repaired"].as_u64().unwrap_or(0));
+        let verdict = match (damaged, repaired) {
+            (0, _) => "ok".to_string(),
+            (d, r) if d == r => format!("{d} damaged member(s), all repaired from another holder"),
+            (d, r) => format!("{d} damaged member(s), only {r} repaired: DAMAGED"),
+        };
+        println!(
+            "{:<12} {} on {}: {} archive(s), {} members: {verdict}",
+            e["holder"].as_str().unwrap_or(""),
+            e["path"].as_str().unwrap_or(""),
+            e["node"].as_str().unwrap_or(""),
+            e["archives"],
+            e["members"]
+        );
+    }
+    for p in &problems {
+        println!("could not verify on {p}");
+    }
+    Ok(ok)
 }
 
 fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Result<(), Failure> {
@@ -477,6 +753,21 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Log { node, path, limit } => log(&c, json, node.as_deref(), path.as_deref(), *limit),
+        Command::Restore { node, path, to, archive, on, overwrite, timeout } => {
+            match restore(&c, json, node, path, to, archive.as_deref(), on.as_deref(), *overwrite, *timeout) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Failure::Failed),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Fetch { node, path, archive, output, force } => {
+            fetch(&cli, json, node, path, archive.as_deref(), output, *force)
+        }
+        Command::Verify { node, path, timeout } => match verify(&c, json, node.as_deref(), path.as_deref(), *timeout) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::Failed),
+            Err(e) => Err(e),
+        },
         Command::Register { node, path, every, excludes } => write(
             &c,
             json,

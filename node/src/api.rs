@@ -5,14 +5,17 @@
 
 use actix::Addr;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use backmesh_actors::jobs::actor::{JobsActor, ListArchives, RunNow};
-use backmesh_actors::log::actor::{GetJobs, LogActor, Query, Record};
+use backmesh_actors::jobs::actor::{GetProgress, JobsActor, RunNow};
+use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
 use backmesh_actors::log::hlc::Hlc;
 use backmesh_actors::log::state::JobView;
-use backmesh_actors::net::actor::{GetStatus, MembershipActor};
+use backmesh_actors::net::actor::{GetPeers, GetStatus, MembershipActor};
 use backmesh_actors::net::swarm::NetClient;
-use backmesh_actors::net::wire::{CtlRequest, CtlResponse};
+use backmesh_actors::net::wire::{CtlRequest, CtlResponse, XFER_BATCH};
+use backmesh_actors::replica::actor::{ReplicaActor, RestoreHere, VerifyHere};
+use backmesh_actors::replica::source::{locate, read_members};
+use backmesh_actors::store::Store;
 use backmesh_api::NodeStatus;
 use backmesh_api::{ErrorBody, Health, JobStatus};
 use serde::Deserialize;
@@ -22,6 +25,8 @@ pub struct ApiState {
     pub membership: Addr<MembershipActor>,
     pub log: Addr<LogActor>,
     pub jobs: Addr<JobsActor>,
+    pub replica: Addr<ReplicaActor>,
+    pub store: std::sync::Arc<Store>,
     pub net: NetClient,
     pub token: Option<String>,
     pub health: Health,
@@ -36,7 +41,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs", web::post().to(register))
             .route("/jobs", web::delete().to(unregister))
             .route("/run", web::post().to(run))
+            .route("/progress", web::get().to(progress))
+            .route("/requests/{id}", web::get().to(request_entries))
             .route("/backups", web::get().to(backups))
+            .route("/restore", web::post().to(restore))
+            .route("/fetch", web::get().to(fetch))
+            .route("/verify", web::post().to(verify))
             .route("/nodes/{node}/pause", web::post().to(pause))
             .route("/nodes/{node}/resume", web::post().to(resume))
             .route("/log", web::get().to(log)),
@@ -317,8 +327,9 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
     if !registered {
         return error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}; register it first", b.path, b.node));
     }
+    let request = new_request();
     let queued = if node.this_node {
-        match state.jobs.send(RunNow { path: b.path.clone() }).await {
+        match state.jobs.send(RunNow { path: b.path.clone(), request: Some(request.clone()) }).await {
             Ok(Ok(id)) => Ok(id),
             Ok(Err(full)) => Err((StatusCode::TOO_MANY_REQUESTS, full.to_string())),
             Err(e) => return shutting_down(e),
@@ -329,7 +340,11 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
             format!("node {} is down; the run cannot start until it is back", b.node),
         ))
     } else {
-        match state.net.ctl(&node.peer_id, CtlRequest::Run { path: b.path.clone() }).await {
+        match state
+            .net
+            .ctl(&node.peer_id, CtlRequest::Run { path: b.path.clone(), request: Some(request.clone()) })
+            .await
+        {
             Ok(CtlResponse::Queued { id }) => Ok(id),
             Ok(CtlResponse::Busy { reason }) => {
                 Err((StatusCode::TOO_MANY_REQUESTS, format!("on {}: {reason}", b.node)))
@@ -339,7 +354,8 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
         }
     };
     match queued {
-        Ok(id) => HttpResponse::Accepted().json(serde_json::json!({ "queued": id, "node": b.node, "path": b.path })),
+        Ok(id) => HttpResponse::Accepted()
+            .json(serde_json::json!({ "queued": id, "request": request, "node": b.node, "path": b.path })),
         Err((code, msg)) => error(code, msg),
     }
 }
@@ -352,42 +368,36 @@ struct BackupsQuery {
     all: bool,
 }
 
-/// The retained archives of a job, asked of the node that keeps them; with
-/// `all`, every execution of the job from the log too.
+/// The retained archives of a job with the nodes that keep each, from the
+/// log's catalog (so any node answers, even with the origin gone); with
+/// `all`, every execution of the job too.
 async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<BackupsQuery>) -> HttpResponse {
     if let Some(refused) = authorize(&req, &state) {
         return refused;
     }
     let q = q.into_inner();
-    let node = match find_node(&state, &q.node).await {
-        Ok(n) => n,
-        Err(r) => return r,
+    let catalog = match state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await {
+        Ok(c) => c,
+        Err(e) => return shutting_down(e),
     };
-    let list = if node.this_node {
-        match state.jobs.send(ListArchives { path: q.path.clone() }).await {
-            Ok(Ok(list)) => list,
-            Ok(Err(reason)) => return error(StatusCode::INTERNAL_SERVER_ERROR, reason),
-            Err(e) => return shutting_down(e),
-        }
-    } else if !node.up {
-        return error(StatusCode::SERVICE_UNAVAILABLE, format!("node {} keeps these archives and is down", q.node));
-    } else {
-        match state.net.ctl(&node.peer_id, CtlRequest::ListArchives { path: q.path.clone() }).await {
-            Ok(CtlResponse::Archives { list }) => list,
-            Ok(CtlResponse::Failed { reason }) => {
-                return error(StatusCode::BAD_GATEWAY, format!("on {}: {reason}", q.node))
-            }
-            Ok(other) => return error(StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", q.node)),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", q.node)),
-        }
+    let jobs = match state.log.send(GetJobs).await {
+        Ok(j) => j,
+        Err(e) => return shutting_down(e),
     };
-    let archives: Vec<serde_json::Value> = list
+    if catalog.is_empty() && !jobs.iter().any(|j| j.node == q.node && j.path == q.path) {
+        if let Err(r) = find_node(&state, &q.node).await {
+            return r;
+        }
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no job backs up {} on {} and no archive of it is kept", q.path, q.node),
+        );
+    }
+    let archives: Vec<serde_json::Value> = catalog
         .iter()
         .map(|a| {
-            let created = backmesh_actors::net::actor::rfc3339(a.created_ms);
-            // Until replication, the origin is the one holder.
-            serde_json::json!({"id": a.id, "created": created, "size": a.size, "files": a.files,
-                               "warnings": a.warnings, "holders": [q.node]})
+            serde_json::json!({"id": a.id, "created": a.created.as_ref().map(rfc3339), "size": a.size,
+                               "files": a.files, "warnings": a.warnings, "holders": a.holders})
         })
         .collect();
     let mut body = serde_json::json!({ "archives": archives, "executions": [] });
@@ -402,6 +412,263 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
         }
     }
     HttpResponse::Ok().json(body)
+}
+
+/// A new id for an on-demand request; log entries that answer it carry it.
+fn new_request() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}-{:x}-{}", nanos, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The log entries that answer request `id` (empty while it is under way).
+async fn request_entries(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    match state.log.send(ForRequest { request: id.into_inner() }).await {
+        Ok(entries) => HttpResponse::Ok()
+            .json(serde_json::json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })),
+        Err(e) => shutting_down(e),
+    }
+}
+
+/// Counters of the backup of (node, path) running now.
+async fn progress(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let q = q.into_inner();
+    let node = match find_node(&state, &q.node).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    if node.this_node {
+        return match state.jobs.send(GetProgress { path: q.path }).await {
+            Ok(p) => HttpResponse::Ok().json(p),
+            Err(e) => shutting_down(e),
+        };
+    }
+    match state.net.ctl(&node.peer_id, CtlRequest::Progress { path: q.path }).await {
+        Ok(CtlResponse::Progress(p)) => HttpResponse::Ok().json(p),
+        Ok(other) => error(StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", q.node)),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", q.node)),
+    }
+}
+
+#[derive(Deserialize)]
+struct RestoreBody {
+    node: String,
+    path: String,
+    archive: Option<String>,
+    to: String,
+    /// The node that restores (default: `node`).
+    on: Option<String>,
+    #[serde(default)]
+    overwrite: bool,
+}
+
+/// Starts a restore on the node that must write the files; answers 202
+/// with the request whose `restored` entry will carry the result.
+async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RestoreBody>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let b = body.into_inner();
+    let on = b.on.clone().unwrap_or_else(|| b.node.clone());
+    let target = match find_node(&state, &on).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await {
+        Ok(c) if c.is_empty() => {
+            return error(StatusCode::NOT_FOUND, format!("no archive of {} on {} is kept in the mesh", b.path, b.node))
+        }
+        Ok(c) => {
+            if let Some(id) = &b.archive {
+                if !c.iter().any(|a| &a.id == id) {
+                    let known: Vec<&str> = c.iter().map(|a| a.id.as_str()).collect();
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!("no archive {id} of {} on {}; kept: {}", b.path, b.node, known.join(", ")),
+                    );
+                }
+            }
+        }
+        Err(e) => return shutting_down(e),
+    }
+    let request = new_request();
+    let started = if target.this_node {
+        let msg = RestoreHere {
+            node: b.node.clone(),
+            path: b.path.clone(),
+            archive: b.archive.clone(),
+            to: b.to.clone(),
+            overwrite: b.overwrite,
+            request: request.clone(),
+        };
+        match state.replica.send(msg).await {
+            Ok(r) => r.map_err(|e| (StatusCode::BAD_REQUEST, format!("on {on}: {e}"))),
+            Err(e) => return shutting_down(e),
+        }
+    } else if !target.up {
+        Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {on} is down; restore onto another node with --on")))
+    } else {
+        let ctl = CtlRequest::Restore {
+            node: b.node.clone(),
+            path: b.path.clone(),
+            archive: b.archive.clone(),
+            to: b.to.clone(),
+            overwrite: b.overwrite,
+            request: request.clone(),
+        };
+        match state.net.ctl(&target.peer_id, ctl).await {
+            Ok(CtlResponse::Accepted) => Ok(()),
+            Ok(CtlResponse::Failed { reason }) => Err((StatusCode::BAD_REQUEST, format!("on {on}: {reason}"))),
+            Ok(other) => Err((StatusCode::BAD_GATEWAY, format!("node {on} answered {other:?}"))),
+            Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {on}: {e}"))),
+        }
+    };
+    match started {
+        Ok(()) => HttpResponse::Accepted().json(serde_json::json!({ "request": request, "on": on })),
+        Err((code, msg)) => error(code, msg),
+    }
+}
+
+#[derive(Deserialize)]
+struct FetchQuery {
+    node: String,
+    path: String,
+    archive: Option<String>,
+}
+
+/// Streams an archive as one `.tgz`, read from this node or a holder. The
+/// length and sha256 are in the headers so the client can check the file.
+async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FetchQuery>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let q = q.into_inner();
+    let catalog = match state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await {
+        Ok(c) => c,
+        Err(e) => return shutting_down(e),
+    };
+    let peers = match state.membership.send(GetPeers).await {
+        Ok((_, p)) => p,
+        Err(e) => return shutting_down(e),
+    };
+    let (manifest, place) =
+        match locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref()).await {
+            Ok(found) => found,
+            Err(e) => return error(StatusCode::NOT_FOUND, e),
+        };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
+    let (store, net) = (state.store.clone(), state.net.clone());
+    let (len, sha, id) = (manifest.tgz_len, manifest.tgz_sha256.to_hex(), manifest.id.clone());
+    let manifest_id = id.clone();
+    actix_web::rt::spawn(async move {
+        // Consecutive runs of members (a member that recurs is sent again where it recurs).
+        let mut groups: Vec<Vec<backmesh_actors::hash::Digest>> = vec![Vec::new()];
+        let mut size = 0u64;
+        for m in &manifest.members {
+            if size > 0 && size + m.compressed_len > XFER_BATCH as u64 {
+                groups.push(Vec::new());
+                size = 0;
+            }
+            size += m.compressed_len;
+            if let Some(g) = groups.last_mut() {
+                g.push(m.sha256);
+            }
+        }
+        for group in groups.into_iter().filter(|g| !g.is_empty()) {
+            match read_members(&store, &net, &place, group).await {
+                Ok(members) => {
+                    for (_, data) in members {
+                        if tx.send(Ok(web::Bytes::from(data))).await.is_err() {
+                            return; // The client went away.
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("fetch of archive {id} stopped: {e}");
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    HttpResponse::Ok()
+        .content_type("application/gzip")
+        .insert_header(("X-Backmesh-Archive", manifest_id))
+        .insert_header(("X-Backmesh-Sha256", sha))
+        .no_chunking(len)
+        .streaming(body)
+}
+
+#[derive(Deserialize)]
+struct VerifyBody {
+    node: Option<String>,
+    path: Option<String>,
+}
+
+/// Asks every live node that keeps copies (of (node, path), or of
+/// anything) to re-hash them; answers 202 with the request and how many
+/// `verified` entries will follow.
+async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> HttpResponse {
+    if let Some(refused) = authorize(&req, &state) {
+        return refused;
+    }
+    let b = body.into_inner();
+    if b.node.is_some() != b.path.is_some() {
+        return error(StatusCode::BAD_REQUEST, "give both NODE and PATH, or neither");
+    }
+    let status = match state.membership.send(GetStatus).await {
+        Ok(s) => s,
+        Err(e) => return shutting_down(e),
+    };
+    let mut targets: Vec<&NodeStatus> = status.nodes.iter().filter(|n| n.up).collect();
+    if let (Some(node), Some(path)) = (&b.node, &b.path) {
+        let catalog = match state.log.send(GetCatalog { node: node.clone(), path: path.clone() }).await {
+            Ok(c) => c,
+            Err(e) => return shutting_down(e),
+        };
+        if catalog.is_empty() {
+            return error(StatusCode::NOT_FOUND, format!("no archive of {path} on {node} is kept in the mesh"));
+        }
+        targets.retain(|n| catalog.iter().any(|a| a.holders.contains(&n.name)));
+    }
+    let request = new_request();
+    let mut expect = 0usize;
+    let mut nodes = Vec::new();
+    let mut problems = Vec::new();
+    for n in targets {
+        let series = if n.this_node {
+            let msg = VerifyHere { node: b.node.clone(), path: b.path.clone(), request: request.clone() };
+            match state.replica.send(msg).await {
+                Ok(r) => r,
+                Err(e) => return shutting_down(e),
+            }
+        } else {
+            let ctl = CtlRequest::Verify { node: b.node.clone(), path: b.path.clone(), request: request.clone() };
+            match state.net.ctl(&n.peer_id, ctl).await {
+                Ok(CtlResponse::Verifying { series }) => Ok(series),
+                Ok(CtlResponse::Failed { reason }) => Err(reason),
+                Ok(other) => Err(format!("answered {other:?}")),
+                Err(e) => Err(e),
+            }
+        };
+        match series {
+            Ok(s) => {
+                expect += s.len();
+                nodes.push(serde_json::json!({"node": n.name, "series": s.len()}));
+            }
+            Err(e) => problems.push(format!("{}: {e}", n.name)),
+        }
+    }
+    HttpResponse::Accepted()
+        .json(serde_json::json!({ "request": request, "expect": expect, "nodes": nodes, "problems": problems }))
 }
 
 /// `HOST:PORT` (not a plain node name) → an address to dial.

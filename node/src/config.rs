@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Runs that may wait in this node's queue; past it, `run` gets 429 [default: 1000].
     #[arg(long, value_name = "N")]
     pub queue_limit: Option<usize>,
+    /// Seconds a silent holder keeps its place before its copies are made
+    /// again on other nodes [default: 600].
+    #[arg(long, value_name = "SECS")]
+    pub repair_after: Option<u64>,
 }
 
 /// The same keys, from the TOML file.
@@ -76,6 +80,7 @@ struct FileConfig {
     mdns: Option<bool>,
     down_after: Option<u64>,
     queue_limit: Option<usize>,
+    repair_after: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +99,7 @@ pub struct NodeConfig {
     pub mdns: bool,
     pub down_after: Duration,
     pub queue_limit: usize,
+    pub repair_after: Duration,
 }
 
 /// `HOST:PORT` → a socket address, or an error naming the setting.
@@ -133,6 +139,7 @@ impl NodeConfig {
             mdns: args.mdns || file.mdns.unwrap_or(false),
             down_after: Duration::from_secs(args.down_after.or(file.down_after).unwrap_or(10).max(1)),
             queue_limit: args.queue_limit.or(file.queue_limit).unwrap_or(1000).max(1),
+            repair_after: Duration::from_secs(args.repair_after.or(file.repair_after).unwrap_or(600).max(1)),
         })
     }
 }

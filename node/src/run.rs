@@ -15,6 +15,7 @@ use backmesh_actors::log::actor::{AttachNet as AttachLogNet, LogActor};
 use backmesh_actors::net::actor::{free_bytes, AttachNet, MembershipActor};
 use backmesh_actors::net::membership::{Membership, NodeInfo};
 use backmesh_actors::net::{swarm, swarm_key};
+use backmesh_actors::replica::actor::{AttachNet as AttachReplicaNet, ReplicaActor, ReplicaConfig};
 use backmesh_actors::store::{write_atomic, Store};
 use backmesh_api::Health;
 use libp2p::identity::Keypair;
@@ -110,6 +111,19 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
             .start();
         let jobs = JobsActor::new(cfg.name.clone(), store.clone(), log.clone(), cfg.keep, 2, cfg.queue_limit).start();
+        let replica = ReplicaActor::new(
+            cfg.name.clone(),
+            store.clone(),
+            log.clone(),
+            actor.clone(),
+            ReplicaConfig {
+                replicas: cfg.replicas,
+                keep: cfg.keep,
+                repair_after: cfg.repair_after,
+                sync_every: Duration::from_secs(2),
+            },
+        )
+        .start();
         let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
         let net = match swarm::start(
             swarm::NetConfig {
@@ -123,11 +137,12 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 info: me,
             },
             actor.clone().recipient(),
-            swarm::LogHooks {
+            swarm::Hooks {
                 received: log.clone().recipient(),
                 serve: log.clone().recipient(),
-                run: jobs.clone().recipient(),
-                list: jobs.clone().recipient(),
+                jobs: jobs.clone().recipient(),
+                replica: replica.clone().recipient(),
+                xfer: replica.clone().recipient(),
             },
         ) {
             Ok(net) => net,
@@ -140,6 +155,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         actor.do_send(AttachNet(net.clone()));
         log.do_send(AttachLogNet(net.clone()));
         jobs.do_send(AttachJobsNet(net.clone()));
+        replica.do_send(AttachReplicaNet(net.clone()));
         let mut listen = net.listen_addrs().await?;
         if listen.is_empty() {
             listen.push(swarm::multiaddr_of(cfg.listen).to_string());
@@ -148,6 +164,8 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             membership: actor,
             log,
             jobs,
+            replica,
+            store: store.clone(),
             net: net.clone(),
             token: cfg.token.clone(),
             health: Health {

@@ -87,9 +87,15 @@ impl Mesh {
     /// Starts nodes named `names`, each joining through the previous one,
     /// and waits until every node sees every other up.
     pub fn chain(names: &[&str]) -> Mesh {
+        Mesh::chain_with(names, &[])
+    }
+
+    /// [`Mesh::chain`] with `extra` node arguments for every node.
+    pub fn chain_with(names: &[&str], extra: &[&str]) -> Mesh {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut mesh = Mesh::new();
         for (i, name) in names.iter().enumerate() {
-            let n = mesh.start(name, i.checked_sub(1), &[]);
+            let n = mesh.start(name, i.checked_sub(1), &extra);
             assert!(
                 mesh.wait_ready(n, Duration::from_secs(30)),
                 "{name} never answered:\n{}",
@@ -247,6 +253,73 @@ impl Drop for Mesh {
             }
         }
     }
+}
+
+/// Archive manifests kept in node `i`'s data directory (all series).
+pub fn manifests_on_disk(node: &Node) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(series) = std::fs::read_dir(node.dir.join("manifests")) else { return out };
+    for s in series.flatten() {
+        for f in std::fs::read_dir(s.path()).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".bmm") {
+                out.push(id.to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Compares two trees entry by entry: kind, content, permission bits,
+/// mtime (to the second) and symlink targets. Returns the differences.
+pub fn tree_differences(a: &Path, b: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(rel)).into_iter().flatten().flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let r = rel.join(e.file_name());
+            out.push(r.clone());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(root, &r, out);
+            }
+        }
+    }
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    walk(a, Path::new(""), &mut left);
+    walk(b, Path::new(""), &mut right);
+    let mut diffs = Vec::new();
+    if left != right {
+        diffs.push(format!("entries differ: {} vs {}", left.len(), right.len()));
+        return diffs;
+    }
+    for r in &left {
+        let (pa, pb) = (a.join(r), b.join(r));
+        let (ma, mb) = match (std::fs::symlink_metadata(&pa), std::fs::symlink_metadata(&pb)) {
+            (Ok(x), Ok(y)) => (x, y),
+            _ => {
+                diffs.push(format!("{}: unreadable", r.display()));
+                continue;
+            }
+        };
+        if ma.file_type().is_symlink() {
+            if std::fs::read_link(&pa).ok() != std::fs::read_link(&pb).ok() || !mb.file_type().is_symlink() {
+                diffs.push(format!("{}: symlink target", r.display()));
+            }
+            continue;
+        }
+        if ma.mode() != mb.mode() {
+            diffs.push(format!("{}: mode {:o} vs {:o}", r.display(), ma.mode(), mb.mode()));
+        }
+        if !ma.is_dir() && ma.mtime() != mb.mtime() {
+            diffs.push(format!("{}: mtime {} vs {}", r.display(), ma.mtime(), mb.mtime()));
+        }
+        if ma.is_file() && std::fs::read(&pa).ok() != std::fs::read(&pb).ok() {
+            diffs.push(format!("{}: content", r.display()));
+        }
+    }
+    diffs
 }
 
 /// Writes `files` files of 256 KiB of seeded pseudo-random text into `dir`:

@@ -2,8 +2,9 @@
 //!
 //! Messages and senders:
 //! - [`RunNow`] (the HTTP API of this node): queue an on-demand run.
-//! - [`ServeCtlRun`] (the network loop: a run requested through another
-//!   node): the same, answered on the request's channel.
+//! - [`ServeCtl`] (the network loop: `Run`, `ListArchives` or `Progress`
+//!   asked through another node), answered on the request's channel.
+//! - [`GetProgress`], [`ListArchives`] (the HTTP API of this node).
 //! - [`AttachNet`] (start-up).
 //!
 //! Every second it folds the jobs from the log; each job of this node that
@@ -17,33 +18,35 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use actix::prelude::*;
-use libp2p::request_response::ResponseChannel;
 
 use super::queue::{Full, Item, Queue};
 use super::run::{run_backup, RunOutcome};
-use crate::archive::CreateOptions;
+use crate::archive::{CreateOptions, Progress};
 use crate::log::actor::{GetJobs, LogActor, Record};
 use crate::log::entry::Event;
 use crate::log::state::JobView;
 use crate::net::actor::now_ms;
-use crate::net::swarm::NetClient;
-use crate::net::wire::{ArchiveInfo, CtlResponse};
+use crate::net::swarm::{NetClient, ServeCtl};
+use crate::net::wire::{ArchiveInfo, CtlRequest, CtlResponse, RunProgress};
 use crate::store::Store;
 
-/// Queue an on-demand run of `path` (a registered job of this node).
+/// Queue an on-demand run of `path` (a registered job of this node); its
+/// log entries will carry `request`.
 #[derive(Message)]
 #[rtype(result = "Result<u64, Full>")]
 pub struct RunNow {
     pub path: String,
+    pub request: Option<String>,
 }
 
-/// A run requested through another node, with the channel for the answer.
+/// The counters of the running backup of `path`.
 #[derive(Message)]
-#[rtype(result = "()")]
-pub struct ServeCtlRun {
+#[rtype(result = "RunProgress")]
+pub struct GetProgress {
     pub path: String,
-    pub channel: ResponseChannel<CtlResponse>,
 }
 
 #[derive(Message)]
@@ -57,12 +60,11 @@ pub struct ListArchives {
     pub path: String,
 }
 
-/// A listing requested through another node.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ServeCtlList {
-    pub path: String,
-    pub channel: ResponseChannel<CtlResponse>,
+/// A run in progress.
+struct Running {
+    progress: Arc<Progress>,
+    started: std::time::Instant,
+    request: Option<String>,
 }
 
 pub struct JobsActor {
@@ -71,6 +73,7 @@ pub struct JobsActor {
     log: Addr<LogActor>,
     queue: Queue,
     running: BTreeSet<String>,
+    progress: HashMap<String, Running>,
     jobs: HashMap<String, JobView>,
     max_parallel: usize,
     keep: usize,
@@ -103,6 +106,7 @@ impl JobsActor {
             log,
             queue,
             running: BTreeSet::new(),
+            progress: HashMap::new(),
             jobs: HashMap::new(),
             max_parallel: max_parallel.max(1),
             keep,
@@ -110,8 +114,8 @@ impl JobsActor {
         }
     }
 
-    fn enqueue(&mut self, path: String, on_demand: bool) -> Result<Option<u64>, Full> {
-        let item = Item { path, on_demand, queued_ms: now_ms() };
+    fn enqueue(&mut self, path: String, on_demand: bool, request: Option<String>) -> Result<Option<u64>, Full> {
+        let item = Item { path, on_demand, queued_ms: now_ms(), request };
         let id = self.queue.push(item.clone())?;
         if let Some(id) = id {
             if let Err(e) = Queue::persist(self.store.kv().as_ref(), id, &item) {
@@ -133,7 +137,7 @@ impl JobsActor {
             .map(|j| j.path.clone())
             .collect();
         for path in due {
-            let _ = self.enqueue(path, false);
+            let _ = self.enqueue(path, false, None);
         }
     }
 
@@ -146,44 +150,68 @@ impl JobsActor {
                 let _ = Queue::forget(self.store.kv().as_ref(), id);
                 continue;
             };
-            self.start(id, job, ctx);
+            self.start(id, job, item.request, ctx);
         }
     }
 
-    fn start(&mut self, id: u64, job: JobView, ctx: &mut Context<Self>) {
+    fn start(&mut self, id: u64, job: JobView, request: Option<String>, ctx: &mut Context<Self>) {
         let path = job.path.clone();
         self.running.insert(path.clone());
-        self.log.do_send(Record(Event::Started { node: self.me.clone(), path: path.clone() }));
+        let progress = Arc::new(Progress::default());
+        self.progress.insert(
+            path.clone(),
+            Running { progress: progress.clone(), started: std::time::Instant::now(), request: request.clone() },
+        );
+        self.log.do_send(Record(Event::Started {
+            node: self.me.clone(),
+            path: path.clone(),
+            request: request.clone(),
+        }));
         let (store, me, keep) = (self.store.clone(), self.me.clone(), self.keep);
-        let opts = CreateOptions { excludes: job.excludes.clone(), ..CreateOptions::default() };
+        let opts =
+            CreateOptions { excludes: job.excludes.clone(), progress: Some(progress), ..CreateOptions::default() };
         let source = PathBuf::from(&path);
         let started = std::time::Instant::now();
         let work = tokio::task::spawn_blocking(move || run_backup(&store, &me, &source, &opts, keep));
         ctx.spawn(work.into_actor(self).map(move |joined, act, ctx| {
             let duration_ms = started.elapsed().as_millis() as u64;
             let (node, path) = (act.me.clone(), path.clone());
+            let mut pruned = Vec::new();
             let event = match joined {
                 Ok(Ok(report)) => match report.outcome {
-                    RunOutcome::Stored { manifest, .. } => Event::Finished {
-                        node,
-                        path: path.clone(),
-                        archive: manifest.id.clone(),
-                        size: manifest.tgz_len,
-                        files: manifest.stats.files,
-                        duration_ms,
-                        warnings: manifest.warnings.iter().map(|w| format!("{}: {}", w.path, w.message)).collect(),
-                    },
+                    RunOutcome::Stored { manifest, retention, .. } => {
+                        pruned = retention.removed;
+                        Event::Finished {
+                            node,
+                            path: path.clone(),
+                            archive: manifest.id.clone(),
+                            size: manifest.tgz_len,
+                            files: manifest.stats.files,
+                            duration_ms,
+                            warnings: manifest.warnings.iter().map(|w| format!("{}: {}", w.path, w.message)).collect(),
+                            request,
+                        }
+                    }
                     RunOutcome::Unchanged { archive_id, .. } => {
-                        Event::Unchanged { node, path: path.clone(), archive: archive_id, duration_ms }
+                        Event::Unchanged { node, path: path.clone(), archive: archive_id, duration_ms, request }
                     }
                 },
-                Ok(Err(e)) => Event::Failed { node, path: path.clone(), error: error_chain(&e), duration_ms },
-                Err(e) => {
-                    Event::Failed { node, path: path.clone(), error: format!("the backup crashed: {e}"), duration_ms }
-                }
+                Ok(Err(e)) => Event::Failed { node, path: path.clone(), error: error_chain(&e), duration_ms, request },
+                Err(e) => Event::Failed {
+                    node,
+                    path: path.clone(),
+                    error: format!("the backup crashed: {e}"),
+                    duration_ms,
+                    request,
+                },
             };
             tracing::info!("backup of {path}: {}", event.kind());
             act.log.do_send(Record(event));
+            for archive in pruned {
+                let holder = act.me.clone();
+                act.log.do_send(Record(Event::Pruned { node: act.me.clone(), path: path.clone(), archive, holder }));
+            }
+            act.progress.remove(&path);
             let _ = Queue::forget(act.store.kv().as_ref(), id);
             act.running.remove(&path);
             act.start_runs(ctx);
@@ -225,7 +253,7 @@ impl Actor for JobsActor {
 impl Handler<RunNow> for JobsActor {
     type Result = Result<u64, Full>;
     fn handle(&mut self, msg: RunNow, ctx: &mut Context<Self>) -> Self::Result {
-        let id = self.enqueue(msg.path, true)?.unwrap_or(0);
+        let id = self.enqueue(msg.path, true, msg.request)?.unwrap_or(0);
         // The job list may be a second old: refresh it before starting.
         let log = self.log.clone();
         ctx.spawn(async move { log.send(GetJobs).await }.into_actor(self).map(|jobs, act, ctx| {
@@ -238,12 +266,38 @@ impl Handler<RunNow> for JobsActor {
     }
 }
 
-impl Handler<ServeCtlRun> for JobsActor {
+impl Handler<GetProgress> for JobsActor {
+    type Result = MessageResult<GetProgress>;
+    fn handle(&mut self, msg: GetProgress, _: &mut Context<Self>) -> Self::Result {
+        let p = match self.progress.get(&msg.path) {
+            Some(r) => RunProgress {
+                running: true,
+                entries: r.progress.entries.load(Ordering::Relaxed),
+                bytes_read: r.progress.bytes_read.load(Ordering::Relaxed),
+                bytes_out: r.progress.bytes_out.load(Ordering::Relaxed),
+                elapsed_ms: r.started.elapsed().as_millis() as u64,
+                request: r.request.clone(),
+            },
+            None => RunProgress::default(),
+        };
+        MessageResult(p)
+    }
+}
+
+impl Handler<ServeCtl> for JobsActor {
     type Result = ();
-    fn handle(&mut self, msg: ServeCtlRun, ctx: &mut Context<Self>) {
-        let response = match self.handle(RunNow { path: msg.path }, ctx) {
-            Ok(id) => CtlResponse::Queued { id },
-            Err(full) => CtlResponse::Busy { reason: full.to_string() },
+    fn handle(&mut self, msg: ServeCtl, ctx: &mut Context<Self>) {
+        let response = match msg.request {
+            CtlRequest::Run { path, request } => match self.handle(RunNow { path, request }, ctx) {
+                Ok(id) => CtlResponse::Queued { id },
+                Err(full) => CtlResponse::Busy { reason: full.to_string() },
+            },
+            CtlRequest::ListArchives { path } => match self.handle(ListArchives { path }, ctx) {
+                Ok(list) => CtlResponse::Archives { list },
+                Err(reason) => CtlResponse::Failed { reason },
+            },
+            CtlRequest::Progress { path } => CtlResponse::Progress(self.handle(GetProgress { path }, ctx).0),
+            other => CtlResponse::Failed { reason: format!("the jobs actor does not serve {other:?}") },
         };
         if let Some(net) = self.net.clone() {
             actix::spawn(async move {
@@ -274,20 +328,5 @@ impl Handler<ListArchives> for JobsActor {
                 warnings: s.warnings,
             })
             .collect())
-    }
-}
-
-impl Handler<ServeCtlList> for JobsActor {
-    type Result = ();
-    fn handle(&mut self, msg: ServeCtlList, ctx: &mut Context<Self>) {
-        let response = match self.handle(ListArchives { path: msg.path }, ctx) {
-            Ok(list) => CtlResponse::Archives { list },
-            Err(reason) => CtlResponse::Failed { reason },
-        };
-        if let Some(net) = self.net.clone() {
-            actix::spawn(async move {
-                let _ = net.answer_ctl(msg.channel, response).await;
-            });
-        }
     }
 }

@@ -20,6 +20,9 @@ pub struct Item {
     pub path: String,
     pub on_demand: bool,
     pub queued_ms: i64,
+    /// The on-demand request it answers (its log entries carry it).
+    #[serde(default)]
+    pub request: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -116,7 +119,7 @@ mod tests {
     use crate::store::MemKv;
 
     fn item(path: &str, on_demand: bool) -> Item {
-        Item { path: path.into(), on_demand, queued_ms: 0 }
+        Item { path: path.into(), on_demand, queued_ms: 0, request: None }
     }
 
     #[test]

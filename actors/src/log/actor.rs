@@ -19,7 +19,7 @@ use libp2p::request_response::ResponseChannel;
 
 use super::entry::{Entry, Event};
 use super::hlc::Clock;
-use super::state::{jobs, JobView, Log};
+use super::state::{catalog, jobs, CatalogArchive, JobView, Log};
 use crate::net::actor::now_ms;
 use crate::net::swarm::NetClient;
 use crate::net::wire::{LogBatch, LogPull, PULL_BATCH};
@@ -59,6 +59,21 @@ pub struct Query {
 #[derive(Message)]
 #[rtype(result = "Vec<JobView>")]
 pub struct GetJobs;
+
+/// The archives of (node, path) the log knows, newest first, with holders.
+#[derive(Message)]
+#[rtype(result = "Vec<CatalogArchive>")]
+pub struct GetCatalog {
+    pub node: String,
+    pub path: String,
+}
+
+/// The entries that answer the on-demand request `request`, oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<Entry>")]
+pub struct ForRequest {
+    pub request: String,
+}
 
 /// Hands the actor the network client once the swarm runs.
 #[derive(Message)]
@@ -190,6 +205,21 @@ impl Handler<GetJobs> for LogActor {
     type Result = MessageResult<GetJobs>;
     fn handle(&mut self, _: GetJobs, _: &mut Context<Self>) -> Self::Result {
         MessageResult(jobs(&self.log))
+    }
+}
+
+impl Handler<GetCatalog> for LogActor {
+    type Result = MessageResult<GetCatalog>;
+    fn handle(&mut self, q: GetCatalog, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(catalog(&self.log, &q.node, &q.path))
+    }
+}
+
+impl Handler<ForRequest> for LogActor {
+    type Result = MessageResult<ForRequest>;
+    fn handle(&mut self, q: ForRequest, _: &mut Context<Self>) -> Self::Result {
+        let v = self.log.by_time().into_iter().filter(|e| e.event.request() == Some(&q.request)).cloned().collect();
+        MessageResult(v)
     }
 }
 

@@ -50,6 +50,9 @@ pub enum Event {
     Started {
         node: String,
         path: String,
+        /// The on-demand request this run answers, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
     Finished {
         node: String,
@@ -60,24 +63,37 @@ pub enum Event {
         duration_ms: u64,
         #[serde(default)]
         warnings: Vec<String>,
+        /// The on-demand request this run answers, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
     Unchanged {
         node: String,
         path: String,
         archive: String,
         duration_ms: u64,
+        /// The on-demand request this run answers, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
     Failed {
         node: String,
         path: String,
         error: String,
         duration_ms: u64,
+        /// The on-demand request this run answers, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
+    /// `holder` now keeps a complete copy of `archive`.
     Replicated {
         node: String,
         path: String,
         archive: String,
         holder: String,
+        /// Member bytes sent for it (0 when the holder had them all).
+        #[serde(default)]
+        bytes: u64,
     },
     Pruned {
         node: String,
@@ -85,19 +101,39 @@ pub enum Event {
         archive: String,
         holder: String,
     },
+    /// A restore of `archive` onto node `on`, into `to`; `error` when it failed.
     Restored {
         node: String,
         path: String,
         archive: String,
         on: String,
         to: String,
+        #[serde(default)]
+        files: u64,
+        #[serde(default)]
+        bytes: u64,
+        #[serde(default)]
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// The on-demand request this run answers, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
+    /// `holder` re-hashed the members of its copies of (node, path).
     Verified {
         node: String,
         path: String,
-        archive: String,
         holder: String,
+        archives: u64,
+        members: u64,
+        /// Members found damaged or missing.
+        damaged: u64,
+        /// Of those, replaced from another holder.
+        repaired: u64,
         ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
     Repaired {
         node: String,
@@ -146,6 +182,19 @@ impl Event {
         }
     }
 
+    /// The on-demand request an outcome answers.
+    pub fn request(&self) -> Option<&str> {
+        match self {
+            Event::Started { request, .. }
+            | Event::Finished { request, .. }
+            | Event::Unchanged { request, .. }
+            | Event::Failed { request, .. }
+            | Event::Restored { request, .. }
+            | Event::Verified { request, .. } => request.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The path it concerns, for job-level events.
     pub fn path(&self) -> Option<&str> {
         match self {
@@ -183,6 +232,7 @@ mod tests {
                 files: 4,
                 duration_ms: 56,
                 warnings: vec!["app.log: changed while being read".into()],
+                request: None,
             },
         }
     }

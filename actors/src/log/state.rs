@@ -9,7 +9,7 @@
 //! Views are folds over the entries in HLC order, so "last writer wins" is
 //! decided by the same total order on every node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::entry::{Entry, Event};
 use super::hlc::Hlc;
@@ -99,6 +99,59 @@ impl Log {
     }
 }
 
+/// One archive of a (node, path) as the log knows it: made by a `finished`
+/// run, copied by `replicated` and `repaired`, dropped by `pruned`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogArchive {
+    pub id: String,
+    /// When the run that made it finished (`None` until that entry arrives).
+    pub created: Option<Hlc>,
+    pub size: u64,
+    pub files: u64,
+    pub warnings: u64,
+    /// Names of the nodes that keep a complete copy (the origin included).
+    pub holders: BTreeSet<String>,
+}
+
+/// The archives of (node, path) that some node still keeps, newest first.
+pub fn catalog(log: &Log, node: &str, path: &str) -> Vec<CatalogArchive> {
+    let mut by_id: BTreeMap<String, CatalogArchive> = BTreeMap::new();
+    for e in log.by_time() {
+        if e.event.node() != node || e.event.path() != Some(path) {
+            continue;
+        }
+        match &e.event {
+            Event::Finished { archive, size, files, warnings, node, .. } => {
+                let a = by_id
+                    .entry(archive.clone())
+                    .or_insert_with(|| CatalogArchive { id: archive.clone(), ..Default::default() });
+                a.created = Some(e.time.clone());
+                a.size = *size;
+                a.files = *files;
+                a.warnings = warnings.len() as u64;
+                a.holders.insert(node.clone());
+            }
+            Event::Replicated { archive, holder, .. } | Event::Repaired { archive, holder, .. } => {
+                by_id
+                    .entry(archive.clone())
+                    .or_insert_with(|| CatalogArchive { id: archive.clone(), ..Default::default() })
+                    .holders
+                    .insert(holder.clone());
+            }
+            Event::Pruned { archive, holder, .. } => {
+                if let Some(a) = by_id.get_mut(archive) {
+                    a.holders.remove(holder);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out: Vec<CatalogArchive> = by_id.into_values().filter(|a| !a.holders.is_empty()).collect();
+    // Archive ids begin with their UTC creation time: newest first.
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out
+}
+
 /// The outcome of a job's last run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastRun {
@@ -162,7 +215,7 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
             Event::Resumed { node } => {
                 paused.insert(node.clone(), false);
             }
-            Event::Started { node, path } => {
+            Event::Started { node, path, .. } => {
                 if let Some(slot) = jobs.get_mut(&(node.clone(), path.clone())) {
                     slot.1.last_started = Some(e.time.clone());
                 }
@@ -243,8 +296,9 @@ mod tests {
                     files: 1,
                     duration_ms: 1,
                     warnings: vec![],
+                    request: None,
                 },
-                _ => Event::Failed { node, path, error: format!("e{i}"), duration_ms: 1 },
+                _ => Event::Failed { node, path, error: format!("e{i}"), duration_ms: 1, request: None },
             };
             // Clocks skewed by origin, with some drift.
             let now = 1_000 + i as i64 * 10 + o as i64 * 500 - rng.below(300) as i64;

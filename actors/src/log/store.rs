@@ -62,7 +62,7 @@ mod tests {
                 origin_name: "n1".into(),
                 seq,
                 time: c.tick(seq as i64),
-                event: Event::Started { node: "n1".into(), path: format!("/p{seq}") },
+                event: Event::Started { node: "n1".into(), path: format!("/p{seq}"), request: None },
             })
             .collect()
     }

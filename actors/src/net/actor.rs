@@ -11,13 +11,18 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use backmesh_api::Status;
 
-use super::membership::{Change, Membership};
+use super::membership::{Change, Membership, PeerView};
 use super::swarm::{NetClient, NetEvent};
 
 /// Asks for the mesh as this node sees it. Sender: the HTTP API.
 #[derive(Message)]
 #[rtype(result = "Status")]
 pub struct GetStatus;
+
+/// This node and every known peer. Sender: the replica actor.
+#[derive(Message)]
+#[rtype(result = "(PeerView, Vec<PeerView>)")]
+pub struct GetPeers;
 
 /// Hands the actor the network client once the swarm runs.
 #[derive(Message)]
@@ -119,5 +124,20 @@ impl Handler<GetStatus> for MembershipActor {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Status { nodes: self.state.view(rfc3339), jobs: Vec::new(), problems: self.state.problems() })
+    }
+}
+
+impl Handler<GetPeers> for MembershipActor {
+    type Result = MessageResult<GetPeers>;
+    fn handle(&mut self, _: GetPeers, _: &mut Context<Self>) -> Self::Result {
+        let me = self.state.me();
+        let me = PeerView {
+            peer_id: self.state.me_peer().to_string(),
+            name: me.name.clone(),
+            free_bytes: me.free_bytes,
+            up: true,
+            last_seen_ms: now_ms(),
+        };
+        MessageResult((me, self.state.peers()))
     }
 }

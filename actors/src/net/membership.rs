@@ -29,6 +29,16 @@ struct PeerState {
     up: bool,
 }
 
+/// A peer as placement sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub name: String,
+    pub free_bytes: u64,
+    pub up: bool,
+    pub last_seen_ms: i64,
+}
+
 /// A transition worth telling an operator about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -105,6 +115,27 @@ impl Membership {
             }
         }
         changes
+    }
+
+    /// Every peer that has said who it is, for placement.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.peers
+            .iter()
+            .filter_map(|(peer, s)| {
+                let info = s.info.as_ref()?;
+                Some(PeerView {
+                    peer_id: peer.clone(),
+                    name: info.name.clone(),
+                    free_bytes: info.free_bytes,
+                    up: s.up,
+                    last_seen_ms: s.last_seen_ms.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    pub fn me_peer(&self) -> &str {
+        &self.me_peer
     }
 
     pub fn is_up(&self, peer: &str) -> bool {

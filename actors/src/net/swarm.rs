@@ -34,10 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::membership::NodeInfo;
 use super::wire::{
-    decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, LogBatch, LogPull, CTL, HELLO, LOG,
-    LOG_TOPIC, MAX_CTL, MAX_HELLO, MAX_LOG,
+    decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, LogBatch, LogPull, XferRequest, XferResponse,
+    CTL, HELLO, LOG, LOG_TOPIC, MAX_CTL, MAX_HELLO, MAX_LOG, MAX_XFER, XFER,
 };
-use crate::jobs::actor::{ServeCtlList, ServeCtlRun};
 use crate::log::actor::{Received, ServePull};
 use crate::log::entry::Entry;
 
@@ -71,16 +70,42 @@ enum Command {
     Dial { addr: Multiaddr, reply: oneshot::Sender<Result<String, String>> },
     /// Send a control request to `peer`; the reply comes back on `reply`.
     Ctl { peer: PeerId, request: CtlRequest, reply: oneshot::Sender<Result<CtlResponse, String>> },
+    /// Send a transfer request to `peer`; the reply comes back on `reply`.
+    Xfer { peer: PeerId, request: Box<XferRequest>, reply: oneshot::Sender<Result<XferResponse, String>> },
+    /// Answer a peer's transfer request.
+    AnswerXfer(ResponseChannel<XferResponse>, Box<XferResponse>),
 }
 
-/// Where the loop sends what it hears about the log. Receiver: the log actor.
-pub struct LogHooks {
+/// A control request from another node, with the channel for its answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeCtl {
+    pub request: CtlRequest,
+    pub channel: ResponseChannel<CtlResponse>,
+}
+
+/// A transfer request from another node (its peer id), with the channel
+/// for its answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeXfer {
+    pub peer: String,
+    pub request: XferRequest,
+    pub channel: ResponseChannel<XferResponse>,
+}
+
+/// Where the loop sends what it hears.
+pub struct Hooks {
+    /// Log entries (gossip and pull answers). Receiver: the log actor.
     pub received: Recipient<Received>,
+    /// Peers' log pulls. Receiver: the log actor.
     pub serve: Recipient<ServePull>,
-    /// Runs requested through other nodes. Receiver: the jobs actor.
-    pub run: Recipient<ServeCtlRun>,
-    /// Archive listings requested through other nodes. Receiver: the jobs actor.
-    pub list: Recipient<ServeCtlList>,
+    /// `Run`, `ListArchives`, `Progress`. Receiver: the jobs actor.
+    pub jobs: Recipient<ServeCtl>,
+    /// `Restore`, `Verify`. Receiver: the replica actor.
+    pub replica: Recipient<ServeCtl>,
+    /// Transfer requests. Receiver: the replica actor.
+    pub xfer: Recipient<ServeXfer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +174,31 @@ impl NetClient {
         rx.await.map_err(|_| "the node is shutting down".to_string())?
     }
 
+    /// Sends a transfer request to the node `peer` and waits for its answer.
+    pub async fn xfer(&self, peer: &str, request: XferRequest) -> Result<XferResponse, String> {
+        let peer: PeerId = peer.parse().map_err(|_| format!("`{peer}` is not a peer id"))?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Xfer { peer, request: Box::new(request), reply })
+            .await
+            .map_err(|_| "the node is shutting down".to_string())?;
+        rx.await.map_err(|_| "the node is shutting down".to_string())?
+    }
+
+    /// [`NetClient::xfer`] for a blocking thread (never the runtime's own).
+    pub fn xfer_blocking(&self, peer: &str, request: XferRequest) -> Result<XferResponse, String> {
+        let peer: PeerId = peer.parse().map_err(|_| format!("`{peer}` is not a peer id"))?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Xfer { peer, request: Box::new(request), reply })
+            .map_err(|_| "the node is shutting down".to_string())?;
+        rx.blocking_recv().map_err(|_| "the node is shutting down".to_string())?
+    }
+
+    pub async fn answer_xfer(&self, channel: ResponseChannel<XferResponse>, response: XferResponse) {
+        let _ = self.tx.send(Command::AnswerXfer(channel, Box::new(response))).await;
+    }
+
     /// Closes connections (peers see this node leave) and ends the loop.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -166,6 +216,7 @@ pub struct Behaviour {
     hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
     log: request_response::Behaviour<CborCodec<LogPull, LogBatch>>,
     ctl: request_response::Behaviour<CborCodec<CtlRequest, CtlResponse>>,
+    xfer: request_response::Behaviour<CborCodec<XferRequest, XferResponse>>,
     gossip: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -197,7 +248,7 @@ fn setup_err(e: impl std::fmt::Display) -> NetError {
 }
 
 /// Builds the swarm and starts listening. Must run inside a tokio runtime.
-pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, log_hooks: LogHooks) -> Result<NetClient, NetError> {
+pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, hooks: Hooks) -> Result<NetClient, NetError> {
     let psk = cfg.swarm_key;
     let ping_every = cfg.ping_every;
     let mdns_on = cfg.mdns;
@@ -256,6 +307,13 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, log_hooks: LogHooks) -
                     [(CTL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
                 ),
+                xfer: request_response::Behaviour::with_codec(
+                    CborCodec::new(MAX_XFER),
+                    [(XFER, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(120))
+                        .with_max_concurrent_streams(64),
+                ),
                 gossip,
                 mdns: Toggle::from(mdns),
             })
@@ -293,8 +351,9 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, log_hooks: LogHooks) -
         redial: Backoff::new(),
         bootstrap_answered: HashSet::new(),
         warned: HashMap::new(),
-        log_hooks,
+        hooks,
         pending_ctl: HashMap::new(),
+        pending_xfer: HashMap::new(),
         pending_dials: HashMap::new(),
     };
     actix::spawn(event_loop.run(cfg.hello_every));
@@ -328,9 +387,10 @@ struct EventLoop {
     /// When each remote was last warned about, so a misconfigured peer
     /// that keeps knocking does not flood the log.
     warned: HashMap<String, Instant>,
-    log_hooks: LogHooks,
+    hooks: Hooks,
     /// Control requests in flight → where their answer goes.
     pending_ctl: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<CtlResponse, String>>>,
+    pending_xfer: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<XferResponse, String>>>,
     /// Dials asked for by the API → where the answering peer id goes.
     pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<String, String>>>,
 }
@@ -425,6 +485,13 @@ impl EventLoop {
                     Some(Command::Ctl { peer, request, reply }) => {
                         let id = self.swarm.behaviour_mut().ctl.send_request(&peer, request);
                         self.pending_ctl.insert(id, reply);
+                    }
+                    Some(Command::Xfer { peer, request, reply }) => {
+                        let id = self.swarm.behaviour_mut().xfer.send_request(&peer, *request);
+                        self.pending_xfer.insert(id, reply);
+                    }
+                    Some(Command::AnswerXfer(channel, response)) => {
+                        let _ = self.swarm.behaviour_mut().xfer.send_response(channel, *response);
                     }
                     Some(Command::Shutdown(done)) => {
                         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -583,10 +650,10 @@ impl EventLoop {
                 self.seen(&peer);
                 match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        self.log_hooks.serve.do_send(ServePull { pull: request, channel });
+                        self.hooks.serve.do_send(ServePull { pull: request, channel });
                     }
                     request_response::Message::Response { response, .. } => {
-                        self.log_hooks.received.do_send(Received {
+                        self.hooks.received.do_send(Received {
                             entries: response.entries,
                             from: Some(peer.to_string()),
                             more: response.more,
@@ -616,9 +683,12 @@ impl EventLoop {
                             };
                             let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
                         }
-                        CtlRequest::Run { path } => self.log_hooks.run.do_send(ServeCtlRun { path, channel }),
-                        CtlRequest::ListArchives { path } => {
-                            self.log_hooks.list.do_send(ServeCtlList { path, channel })
+                        r
+                        @ (CtlRequest::Run { .. } | CtlRequest::ListArchives { .. } | CtlRequest::Progress { .. }) => {
+                            self.hooks.jobs.do_send(ServeCtl { request: r, channel })
+                        }
+                        r @ (CtlRequest::Restore { .. } | CtlRequest::Verify { .. }) => {
+                            self.hooks.replica.do_send(ServeCtl { request: r, channel })
                         }
                     },
                     request_response::Message::Response { request_id, response } => {
@@ -637,14 +707,41 @@ impl EventLoop {
                     let _ = reply.send(Err(format!("the node did not answer: {error}")));
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Xfer(request_response::Event::Message { peer, message, .. })) => {
+                self.seen(&peer);
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        self.hooks.xfer.do_send(ServeXfer { peer: peer.to_string(), request, channel })
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(reply) = self.pending_xfer.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Xfer(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            })) => {
+                if let Some(reply) = self.pending_xfer.remove(&request_id) {
+                    let _ = reply.send(Err(format!("the node did not answer: {error}")));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Xfer(request_response::Event::InboundFailure {
+                peer,
+                error,
+                ..
+            })) => {
+                tracing::debug!("transfer request from {peer} failed: {error}");
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
                 message,
                 ..
             })) => match decode::<Entry>(&message.data, MAX_LOG) {
-                Ok(entry) => {
-                    self.log_hooks.received.do_send(Received { entries: vec![entry], from: None, more: false })
-                }
+                Ok(entry) => self.hooks.received.do_send(Received { entries: vec![entry], from: None, more: false }),
                 Err(e) => tracing::warn!("dropped a malformed log message relayed by {propagation_source}: {e}"),
             },
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))

@@ -11,6 +11,7 @@ use libp2p::StreamProtocol;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::membership::NodeInfo;
+use crate::hash::Digest;
 
 /// Protocol of the hello exchange (who are you, whom do you know).
 pub const HELLO: StreamProtocol = StreamProtocol::new("/backmesh/hello/1");
@@ -56,10 +57,31 @@ pub const MAX_CTL: usize = 64 * 1024;
 pub enum CtlRequest {
     /// Is `path` an absolute path of a directory on your disk?
     CheckPath { path: String },
-    /// Back up `path` (a registered job of yours) now.
-    Run { path: String },
+    /// Back up `path` (a registered job of yours) now; the result's log
+    /// entry carries `request`.
+    Run { path: String, request: Option<String> },
     /// Which archives of your `path` do you keep?
     ListArchives { path: String },
+    /// How far is the running backup of `path`?
+    Progress { path: String },
+    /// Restore an archive of (node, path) onto your disk, into `to`; the
+    /// `restored` log entry carries `request`. Answer: `Accepted` at once.
+    Restore { node: String, path: String, archive: Option<String>, to: String, overwrite: bool, request: String },
+    /// Re-hash the members you keep (of (node, path), or all), repairing
+    /// damage from other holders; `verified` entries carry `request`.
+    Verify { node: Option<String>, path: Option<String>, request: String },
+}
+
+/// A running backup's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunProgress {
+    pub running: bool,
+    pub entries: u64,
+    pub bytes_read: u64,
+    pub bytes_out: u64,
+    pub elapsed_ms: u64,
+    /// The request of the run in progress, if it is an on-demand one.
+    pub request: Option<String>,
 }
 
 /// One retained archive, as listed by the node that keeps it.
@@ -91,8 +113,77 @@ pub enum CtlResponse {
     Archives {
         list: Vec<ArchiveInfo>,
     },
+    Progress(RunProgress),
+    /// The work was accepted; its result goes to the log.
+    Accepted,
+    /// These series (node, path) will be verified; a `verified` entry follows for each.
+    Verifying {
+        series: Vec<(String, String)>,
+    },
     /// The request could not be served, in words.
     Failed {
+        reason: String,
+    },
+}
+
+/// Protocol of archive transfer between nodes (replication, repair, fetch).
+pub const XFER: StreamProtocol = StreamProtocol::new("/backmesh/xfer/1");
+/// Largest transfer message accepted: a manifest of a large tree, or a batch.
+pub const MAX_XFER: usize = 64 * 1024 * 1024;
+/// Member bytes per `Put` or `Members` message.
+pub const XFER_BATCH: usize = 4 * 1024 * 1024;
+
+/// One member on the wire: its digest and its gzip bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMember {
+    pub digest: Digest,
+    pub data: serde_bytes::ByteBuf,
+}
+
+/// A transfer request. Senders: the replica actor of an origin or a
+/// surviving holder (Offer, Put, Commit, List), and any node reading an
+/// archive for a fetch or a restore (List, GetManifest, Get).
+/// Answered by: [`XferResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XferRequest {
+    /// "I have this archive for you": the encoded manifest. Answer: `Want`.
+    Offer { manifest: serde_bytes::ByteBuf },
+    /// Members the receiver wanted, at most [`XFER_BATCH`] bytes of them.
+    /// Each is checked against its digest before it is kept. Answer: `Stored`.
+    Put { members: Vec<WireMember> },
+    /// Every wanted member was sent: make the archive visible. `sent` is
+    /// the member bytes sent for it; `repair` when the sender is not the
+    /// origin. Answer: `Committed`, or `Want` with what is still missing.
+    Commit { manifest: serde_bytes::ByteBuf, sent: u64, repair: bool },
+    /// Which archives of (node, path) do you keep? Answer: `Archives`.
+    List { node: String, path: String },
+    /// The manifest of an archive (the newest when `archive` is `None`).
+    /// Answer: `Manifest`.
+    GetManifest { node: String, path: String, archive: Option<String> },
+    /// These members, at most [`XFER_BATCH`] bytes. Answer: `Members`.
+    Get { digests: Vec<Digest> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XferResponse {
+    /// The members the receiver lacks; `complete` when it keeps the archive already.
+    Want {
+        missing: Vec<Digest>,
+        complete: bool,
+    },
+    Stored,
+    Committed,
+    Archives {
+        ids: Vec<String>,
+    },
+    Manifest {
+        manifest: serde_bytes::ByteBuf,
+    },
+    Members {
+        members: Vec<WireMember>,
+    },
+    /// Cannot or will not, in words (disk full, no such archive, damaged).
+    Refused {
         reason: String,
     },
 }

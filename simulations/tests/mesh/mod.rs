@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use backmesh_simulations::{test_ca_and_cert, wait_until, write_slow_tree, Mesh};
 
+mod replication;
+
 const T: Duration = Duration::from_secs(30);
 
 fn names(v: &[&str]) -> Vec<String> {
@@ -458,7 +460,7 @@ fn a_job_registered_through_one_node_runs_on_another() {
     let archives = b["archives"].as_array().unwrap();
     assert_eq!(archives.len(), 2, "{b}");
     assert_eq!(archives[0]["id"], v["archive"], "newest first");
-    assert_eq!(archives[0]["holders"], serde_json::json!(["n3"]));
+    assert!(archives[0]["holders"].as_array().unwrap().contains(&serde_json::json!("n3")), "{b}");
     for field in ["id", "created", "size", "files"] {
         assert!(!archives[0][field].is_null(), "backups has archives[].{field}");
     }

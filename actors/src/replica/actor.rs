@@ -1,0 +1,745 @@
+//! The replica actor: keeps every backup series at its copies.
+//!
+//! Messages and senders:
+//! - [`ServeXfer`] (the network loop): a peer offers, sends or asks for
+//!   archives over `/backmesh/xfer/1`; store work runs in the blocking pool.
+//! - [`ServeCtl`] (the network loop): `Restore` and `Verify` asked through
+//!   another node; [`RestoreHere`], [`VerifyHere`] (this node's HTTP API).
+//! - [`AttachNet`] (start-up).
+//!
+//! Every `sync_every` it compares what it keeps with where copies belong
+//! (see [`super::placement`]) and pushes what a holder lacks:
+//! - the origin pushes its retained archives to the holders of each of its
+//!   series;
+//! - when the origin has been gone longer than `repair_after`, every node
+//!   that keeps a copy pushes to the holders elected among the live nodes,
+//!   so each retained archive returns to R copies (`repaired` entries).
+//!
+//! A holder counts as present until it has been silent for `repair_after`:
+//! a restart does not move keys, and a push to a holder that is down waits
+//! until it is seen again (then with backoff if it keeps failing). Nothing
+//! is queued that the store cannot reproduce: after a restart the next
+//! round finds the same work again, so delivery is at-least-once, and the
+//! holder's answers (`Want` lists only what it lacks; `Commit` of a kept
+//! archive is a no-op) make it idempotent.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::placement::{holders, Candidate};
+use super::source::{batches, locate, read_members, Place, RemoteSource};
+use crate::archive::{restore_archive, Manifest, RestoreOptions};
+use crate::hash::Digest;
+use crate::log::actor::{GetCatalog, LogActor, Record};
+use crate::log::entry::Event;
+use crate::net::actor::{free_bytes, GetPeers, MembershipActor};
+use crate::net::membership::PeerView;
+use crate::net::swarm::{NetClient, ServeCtl, ServeXfer};
+use crate::net::wire::{CtlRequest, CtlResponse, WireMember, XferRequest, XferResponse, MAX_XFER};
+use crate::store::Store;
+
+/// How replication behaves.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// Copies of each series besides the origin's own.
+    pub replicas: usize,
+    /// Archives kept per (node, path) on every holder.
+    pub keep: usize,
+    /// How long a silent holder keeps its place before others take over.
+    pub repair_after: Duration,
+    /// How often copies are checked.
+    pub sync_every: Duration,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachNet(pub NetClient);
+
+/// Restore an archive of (node, path) onto this node. Answers at once
+/// whether the restore could start; its result goes to the log as a
+/// `restored` entry carrying `request`.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct RestoreHere {
+    pub node: String,
+    pub path: String,
+    pub archive: Option<String>,
+    pub to: String,
+    pub overwrite: bool,
+    pub request: String,
+}
+
+/// Verify this node's copies (of (node, path), or all). Answers the series
+/// that will be verified; one `verified` entry each follows, with `request`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, String)>, String>")]
+pub struct VerifyHere {
+    pub node: Option<String>,
+    pub path: Option<String>,
+    pub request: String,
+}
+
+/// Outcome of one push of a series to one holder.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Pushed {
+    peer: String,
+    name: String,
+    node: String,
+    path: String,
+    confirmed: Vec<String>,
+    error: Option<String>,
+}
+
+pub struct ReplicaActor {
+    me: String,
+    store: Arc<Store>,
+    log: Addr<LogActor>,
+    membership: Addr<MembershipActor>,
+    net: Option<NetClient>,
+    cfg: ReplicaConfig,
+    /// (peer, archive id) known to be complete on that peer.
+    confirmed: HashSet<(String, String)>,
+    /// (peer, node, path) pushes in flight.
+    busy: HashSet<(String, String, String)>,
+    /// Peers whose last push failed: not before this time, and the next delay.
+    backoff: HashMap<String, (Instant, Duration)>,
+    /// Peers up at the last round: one that comes back is retried at once.
+    was_up: HashSet<String>,
+    syncing: bool,
+    /// Series with fewer holders than asked for, and how many they have.
+    short: HashMap<(String, String), usize>,
+}
+
+impl ReplicaActor {
+    pub fn new(
+        me: String,
+        store: Arc<Store>,
+        log: Addr<LogActor>,
+        membership: Addr<MembershipActor>,
+        cfg: ReplicaConfig,
+    ) -> Self {
+        ReplicaActor {
+            me,
+            store,
+            log,
+            membership,
+            net: None,
+            cfg,
+            confirmed: HashSet::new(),
+            busy: HashSet::new(),
+            backoff: HashMap::new(),
+            was_up: HashSet::new(),
+            syncing: false,
+            short: HashMap::new(),
+        }
+    }
+
+    /// One round: which series need pushing where.
+    fn plan(&mut self, me: &PeerView, peers: &[PeerView], held: BTreeMap<(String, String), Vec<String>>) -> Vec<Push> {
+        let now = crate::net::actor::now_ms();
+        let grace = self.cfg.repair_after.as_millis() as i64;
+        let up: HashSet<String> = peers.iter().filter(|p| p.up).map(|p| p.peer_id.clone()).collect();
+        for p in up.difference(&self.was_up) {
+            // Seen again: retry at once, and ask again what it keeps.
+            self.backoff.remove(p);
+            self.confirmed.retain(|(peer, _)| peer != p);
+        }
+        self.was_up = up;
+        let present = |p: &PeerView| p.up || now - p.last_seen_ms < grace;
+        let mut candidates: Vec<Candidate> = peers
+            .iter()
+            .filter(|p| present(p))
+            .map(|p| Candidate { peer_id: p.peer_id.clone(), name: p.name.clone(), free_bytes: p.free_bytes })
+            .collect();
+        candidates.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: me.free_bytes });
+        let mut out = Vec::new();
+        for ((node, path), ids) in held {
+            let origin_present = node == self.me || peers.iter().any(|p| p.name == node && present(p));
+            let repair = node != self.me;
+            if repair && origin_present {
+                continue; // The origin looks after its own series.
+            }
+            let targets = holders(&node, &path, &candidates, self.cfg.replicas);
+            if node == self.me {
+                let key = (node.clone(), path.clone());
+                let n = targets.len();
+                if n < self.cfg.replicas && self.short.get(&key) != Some(&n) {
+                    tracing::warn!(
+                        "{path}: {n} holder(s) instead of {} — the mesh has too few other nodes",
+                        self.cfg.replicas
+                    );
+                }
+                if n < self.cfg.replicas {
+                    self.short.insert(key, n);
+                } else {
+                    self.short.remove(&key);
+                }
+            }
+            for t in targets {
+                if t.peer_id == me.peer_id || !self.was_up.contains(&t.peer_id) {
+                    continue;
+                }
+                if self.busy.contains(&(t.peer_id.clone(), node.clone(), path.clone())) {
+                    continue;
+                }
+                if self.backoff.get(&t.peer_id).is_some_and(|(at, _)| Instant::now() < *at) {
+                    continue;
+                }
+                let todo: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !self.confirmed.contains(&(t.peer_id.clone(), (*id).clone())))
+                    .cloned()
+                    .collect();
+                if !todo.is_empty() {
+                    out.push(Push {
+                        peer: t.peer_id.clone(),
+                        name: t.name.clone(),
+                        node: node.clone(),
+                        path: path.clone(),
+                        ids: todo,
+                        repair,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn sync(&mut self, ctx: &mut Context<Self>) {
+        let Some(net) = self.net.clone() else { return };
+        if self.syncing {
+            return;
+        }
+        self.syncing = true;
+        let (membership, store, keep) = (self.membership.clone(), self.store.clone(), self.cfg.keep.max(1));
+        let work = async move {
+            let peers = membership.send(GetPeers).await.ok()?;
+            let held = tokio::task::spawn_blocking(move || held_series(&store, keep)).await.ok()?;
+            Some((peers, held))
+        };
+        ctx.spawn(work.into_actor(self).map(move |found, act, ctx| {
+            act.syncing = false;
+            let Some(((me, peers), held)) = found else { return };
+            for push in act.plan(&me, &peers, held) {
+                act.busy.insert((push.peer.clone(), push.node.clone(), push.path.clone()));
+                let (net, store, addr) = (net.clone(), act.store.clone(), ctx.address());
+                actix::spawn(async move {
+                    let (confirmed, error) = run_push(&net, &store, &push).await;
+                    addr.do_send(Pushed {
+                        peer: push.peer,
+                        name: push.name,
+                        node: push.node,
+                        path: push.path,
+                        confirmed,
+                        error,
+                    });
+                });
+            }
+        }));
+    }
+
+    fn answer_ctl(&self, channel: libp2p::request_response::ResponseChannel<CtlResponse>, response: CtlResponse) {
+        if let Some(net) = self.net.clone() {
+            actix::spawn(async move {
+                let _ = net.answer_ctl(channel, response).await;
+            });
+        }
+    }
+}
+
+/// Archives this node keeps, by series: the newest `keep` ids of each.
+fn held_series(store: &Store, keep: usize) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
+    match store.list_all() {
+        Ok(all) => {
+            for s in all {
+                out.entry((s.node, s.path)).or_default().push((s.created_ms, s.id));
+            }
+        }
+        Err(e) => tracing::error!("cannot list the archives kept here: {e}"),
+    }
+    out.into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(|a, b| b.cmp(a));
+            v.truncate(keep);
+            (k, v.into_iter().map(|(_, id)| id).collect())
+        })
+        .collect()
+}
+
+/// One series to push to one holder.
+#[derive(Clone, Debug)]
+struct Push {
+    peer: String,
+    name: String,
+    node: String,
+    path: String,
+    ids: Vec<String>,
+    repair: bool,
+}
+
+/// Sends the archives `push.ids` to its holder: the ids it confirmed, and
+/// the first error if one stopped the push.
+async fn run_push(net: &NetClient, store: &Arc<Store>, push: &Push) -> (Vec<String>, Option<String>) {
+    let list = XferRequest::List { node: push.node.clone(), path: push.path.clone() };
+    let kept: HashSet<String> = match net.xfer(&push.peer, list).await {
+        Ok(XferResponse::Archives { ids }) => ids.into_iter().collect(),
+        Ok(XferResponse::Refused { reason }) => return (Vec::new(), Some(reason)),
+        Ok(other) => return (Vec::new(), Some(format!("unexpected answer {other:?}"))),
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut confirmed: Vec<String> = push.ids.iter().filter(|id| kept.contains(*id)).cloned().collect();
+    // Oldest first: a holder that stops half-way keeps a contiguous history.
+    for id in push.ids.iter().rev().filter(|id| !kept.contains(*id)) {
+        match send_archive(net, store, push, id).await {
+            Ok(()) => confirmed.push(id.clone()),
+            Err(e) => return (confirmed, Some(e)),
+        }
+    }
+    (confirmed, None)
+}
+
+async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str) -> Result<(), String> {
+    let manifest = {
+        let (s, n, p, i) = (store.clone(), push.node.clone(), push.path.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || s.manifest(&n, &p, Some(&i)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
+    let encoded = serde_bytes::ByteBuf::from(manifest.encode());
+    let mut missing = match net.xfer(&push.peer, XferRequest::Offer { manifest: encoded.clone() }).await? {
+        XferResponse::Want { complete: true, .. } => return Ok(()),
+        XferResponse::Want { missing, .. } => missing,
+        XferResponse::Refused { reason } => return Err(reason),
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    let mut sent = 0u64;
+    // A member the holder collected meanwhile is asked for again: a few rounds at most.
+    for _ in 0..3 {
+        let want: HashSet<Digest> = missing.iter().copied().collect();
+        let refs = manifest.members.iter().filter(|m| want.contains(&m.sha256));
+        for batch in batches(refs) {
+            let members = read_members(store, net, &Place::Local, batch).await?;
+            sent += members.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+            let members = members.into_iter().map(|(digest, data)| WireMember { digest, data: data.into() }).collect();
+            match net.xfer(&push.peer, XferRequest::Put { members }).await? {
+                XferResponse::Stored => {}
+                XferResponse::Refused { reason } => return Err(reason),
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+        let commit = XferRequest::Commit { manifest: encoded.clone(), sent, repair: push.repair };
+        match net.xfer(&push.peer, commit).await? {
+            XferResponse::Committed => return Ok(()),
+            XferResponse::Want { missing: m, .. } => missing = m,
+            XferResponse::Refused { reason } => return Err(reason),
+            other => return Err(format!("unexpected answer {other:?}")),
+        }
+    }
+    Err(format!("{} still lacks {} member(s) of archive {id} after three rounds", push.name, missing.len()))
+}
+
+/// Serves one transfer request from the store; the events to record after.
+fn serve(store: &Store, me: &str, keep: usize, request: XferRequest) -> (XferResponse, Vec<Event>) {
+    let refused = |reason: String| (XferResponse::Refused { reason }, Vec::new());
+    match request {
+        XferRequest::Offer { manifest } => {
+            let m = match Manifest::decode(&manifest) {
+                Ok(m) => m,
+                Err(e) => return refused(format!("bad manifest: {e}")),
+            };
+            if store.has_archive(&m.node, &m.path, &m.id) {
+                return (XferResponse::Want { missing: Vec::new(), complete: true }, Vec::new());
+            }
+            let missing = store.missing_members(&m);
+            let want: HashSet<&Digest> = missing.iter().collect();
+            let need: u64 = m.members.iter().filter(|r| want.contains(&r.sha256)).map(|r| r.compressed_len).sum();
+            let free = free_bytes(store.root());
+            // Keep a margin so that a holder never fills its disk to the last byte.
+            let margin = 64 << 20;
+            if need + margin > free {
+                return refused(format!(
+                    "{me} has {} free and the archive needs {} more (plus a {} margin)",
+                    backmesh_api::human_bytes(free),
+                    backmesh_api::human_bytes(need),
+                    backmesh_api::human_bytes(margin)
+                ));
+            }
+            (XferResponse::Want { missing, complete: false }, Vec::new())
+        }
+        XferRequest::Put { members } => {
+            let list: Vec<(Digest, &[u8])> = members.iter().map(|m| (m.digest, &m.data[..])).collect();
+            match store.put_members(&list) {
+                Ok(_) => (XferResponse::Stored, Vec::new()),
+                Err(e) => refused(format!("{me} cannot store the members: {e}")),
+            }
+        }
+        XferRequest::Commit { manifest, sent, repair } => {
+            let m = match Manifest::decode(&manifest) {
+                Ok(m) => m,
+                Err(e) => return refused(format!("bad manifest: {e}")),
+            };
+            let had = store.has_archive(&m.node, &m.path, &m.id);
+            match store.adopt(&m) {
+                Ok(missing) if !missing.is_empty() => (XferResponse::Want { missing, complete: false }, Vec::new()),
+                Ok(_) => {
+                    let mut events = Vec::new();
+                    if !had {
+                        let (node, path, archive, holder) = (m.node.clone(), m.path.clone(), m.id.clone(), me.into());
+                        events.push(if repair {
+                            Event::Repaired { node, path, archive, holder }
+                        } else {
+                            Event::Replicated { node, path, archive, holder, bytes: sent }
+                        });
+                    }
+                    match store.retain(&m.node, &m.path, keep) {
+                        Ok(r) => events.extend(r.removed.into_iter().map(|archive| Event::Pruned {
+                            node: m.node.clone(),
+                            path: m.path.clone(),
+                            archive,
+                            holder: me.into(),
+                        })),
+                        Err(e) => tracing::warn!("retention of {} on {}: {e}", m.path, m.node),
+                    }
+                    (XferResponse::Committed, events)
+                }
+                Err(e) => refused(format!("{me} cannot keep archive {}: {e}", m.id)),
+            }
+        }
+        XferRequest::List { node, path } => match store.list(&node, &path) {
+            Ok(list) => (XferResponse::Archives { ids: list.into_iter().map(|s| s.id).collect() }, Vec::new()),
+            Err(e) => refused(e.to_string()),
+        },
+        XferRequest::GetManifest { node, path, archive } => match store.manifest(&node, &path, archive.as_deref()) {
+            Ok(m) => (XferResponse::Manifest { manifest: m.encode().into() }, Vec::new()),
+            Err(e) => refused(format!("{me}: {e}")),
+        },
+        XferRequest::Get { digests } => {
+            let mut members = Vec::with_capacity(digests.len());
+            let mut total = 0usize;
+            for d in digests {
+                match store.read_member_checked(&d) {
+                    Ok(data) => {
+                        total += data.len();
+                        if total > MAX_XFER - 1024 {
+                            return refused("too many members asked for at once".into());
+                        }
+                        members.push(WireMember { digest: d, data: data.into() });
+                    }
+                    Err(e) => return refused(format!("{me}: {e}")),
+                }
+            }
+            (XferResponse::Members { members }, Vec::new())
+        }
+    }
+}
+
+impl Actor for ReplicaActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.cfg.sync_every, |act, ctx| act.sync(ctx));
+    }
+}
+
+impl Handler<AttachNet> for ReplicaActor {
+    type Result = ();
+    fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
+        self.net = Some(msg.0);
+    }
+}
+
+impl Handler<Pushed> for ReplicaActor {
+    type Result = ();
+    fn handle(&mut self, msg: Pushed, _: &mut Context<Self>) {
+        self.busy.remove(&(msg.peer.clone(), msg.node.clone(), msg.path.clone()));
+        for id in msg.confirmed {
+            self.confirmed.insert((msg.peer.clone(), id));
+        }
+        match msg.error {
+            None => {
+                self.backoff.remove(&msg.peer);
+            }
+            Some(e) => {
+                let delay = self.backoff.get(&msg.peer).map(|(_, d)| (*d * 2).min(Duration::from_secs(60)));
+                let delay = delay.unwrap_or(Duration::from_secs(2));
+                tracing::warn!(
+                    "copy of {} on {} to {} failed (retrying in {} s): {e}",
+                    msg.path,
+                    msg.node,
+                    msg.name,
+                    delay.as_secs()
+                );
+                self.backoff.insert(msg.peer, (Instant::now() + delay, delay));
+            }
+        }
+    }
+}
+
+impl Handler<ServeXfer> for ReplicaActor {
+    type Result = ();
+    fn handle(&mut self, msg: ServeXfer, ctx: &mut Context<Self>) {
+        let Some(net) = self.net.clone() else { return };
+        let (store, me, keep) = (self.store.clone(), self.me.clone(), self.cfg.keep.max(1));
+        let work = tokio::task::spawn_blocking(move || serve(&store, &me, keep, msg.request));
+        let channel = msg.channel;
+        ctx.spawn(work.into_actor(self).map(move |done, act, _| {
+            let response = match done {
+                Ok((response, events)) => {
+                    for e in events {
+                        act.log.do_send(Record(e));
+                    }
+                    response
+                }
+                Err(e) => XferResponse::Refused { reason: format!("the request crashed: {e}") },
+            };
+            actix::spawn(async move { net.answer_xfer(channel, response).await });
+        }));
+    }
+}
+
+impl Handler<ServeCtl> for ReplicaActor {
+    type Result = ();
+    fn handle(&mut self, msg: ServeCtl, ctx: &mut Context<Self>) {
+        let response = match msg.request {
+            CtlRequest::Restore { node, path, archive, to, overwrite, request } => {
+                match self.handle(RestoreHere { node, path, archive, to, overwrite, request }, ctx) {
+                    Ok(()) => CtlResponse::Accepted,
+                    Err(reason) => CtlResponse::Failed { reason },
+                }
+            }
+            CtlRequest::Verify { node, path, request } => match self.handle(VerifyHere { node, path, request }, ctx) {
+                Ok(series) => CtlResponse::Verifying { series },
+                Err(reason) => CtlResponse::Failed { reason },
+            },
+            other => CtlResponse::Failed { reason: format!("the replica actor does not serve {other:?}") },
+        };
+        self.answer_ctl(msg.channel, response);
+    }
+}
+
+/// Why a restore into `to` cannot start, if it cannot.
+fn check_target(to: &str, overwrite: bool) -> Result<(), String> {
+    let p = std::path::Path::new(to);
+    if !p.is_absolute() {
+        return Err(format!("`{to}` is not an absolute path; give the full path of the target directory"));
+    }
+    match std::fs::read_dir(p).map(|mut entries| entries.next().is_some()) {
+        Ok(true) if !overwrite => {
+            Err(format!("{to} is not empty; restore into a new or empty directory, or pass --overwrite"))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(format!("{to} exists and is not a directory")),
+        Err(e) => Err(format!("{to}: {e}")),
+    }
+}
+
+impl Handler<RestoreHere> for ReplicaActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: RestoreHere, _: &mut Context<Self>) -> Self::Result {
+        check_target(&msg.to, msg.overwrite)?;
+        let net = self.net.clone().ok_or("the network is not up yet")?;
+        let (store, log, membership, me) =
+            (self.store.clone(), self.log.clone(), self.membership.clone(), self.me.clone());
+        actix::spawn(async move {
+            let started = Instant::now();
+            let result = restore(&store, &net, &log, &membership, &msg).await;
+            let duration_ms = started.elapsed().as_millis() as u64;
+            let (archive, files, bytes, error) = match result {
+                Ok((archive, report)) => (archive, report.entries, report.bytes, None),
+                Err((archive, e)) => (archive, 0, 0, Some(e)),
+            };
+            match &error {
+                None => tracing::info!("restored {} of {} into {}", msg.path, msg.node, msg.to),
+                Some(e) => tracing::warn!("restore of {} of {} into {} failed: {e}", msg.path, msg.node, msg.to),
+            }
+            log.do_send(Record(Event::Restored {
+                node: msg.node,
+                path: msg.path,
+                archive,
+                on: me,
+                to: msg.to,
+                files,
+                bytes,
+                duration_ms,
+                error,
+                request: Some(msg.request),
+            }));
+        });
+        Ok(())
+    }
+}
+
+/// Finds the archive and restores it: `(archive id, report)`, or the id
+/// (if known) and why not.
+async fn restore(
+    store: &Arc<Store>,
+    net: &NetClient,
+    log: &Addr<LogActor>,
+    membership: &Addr<MembershipActor>,
+    msg: &RestoreHere,
+) -> Result<(String, crate::archive::RestoreReport), (String, String)> {
+    let catalog = log
+        .send(GetCatalog { node: msg.node.clone(), path: msg.path.clone() })
+        .await
+        .map_err(|e| (String::new(), e.to_string()))?;
+    let (_, peers) = membership.send(GetPeers).await.map_err(|e| (String::new(), e.to_string()))?;
+    let (m, place) = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref())
+        .await
+        .map_err(|e| (msg.archive.clone().unwrap_or_default(), e))?;
+    let id = m.id.clone();
+    let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
+    let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
+    let done = tokio::task::spawn_blocking(move || match place {
+        Place::Local => restore_archive(&m, &*store, &to, &opts),
+        Place::Remote(peers) => restore_archive(&m, &RemoteSource { net, peers }, &to, &opts),
+    })
+    .await;
+    match done {
+        Ok(Ok(report)) => Ok((id, report)),
+        Ok(Err(e)) => Err((id, e.to_string())),
+        Err(e) => Err((id, format!("the restore crashed: {e}"))),
+    }
+}
+
+impl Handler<VerifyHere> for ReplicaActor {
+    type Result = Result<Vec<(String, String)>, String>;
+    fn handle(&mut self, msg: VerifyHere, _: &mut Context<Self>) -> Self::Result {
+        let net = self.net.clone().ok_or("the network is not up yet")?;
+        let held = held_series(&self.store, usize::MAX);
+        let series: Vec<(String, String)> = held
+            .keys()
+            .filter(|(n, p)| msg.node.as_ref().is_none_or(|x| x == n) && msg.path.as_ref().is_none_or(|x| x == p))
+            .cloned()
+            .collect();
+        let (store, log, membership, me) =
+            (self.store.clone(), self.log.clone(), self.membership.clone(), self.me.clone());
+        let todo = series.clone();
+        actix::spawn(async move {
+            for (node, path) in todo {
+                let ids = held.get(&(node.clone(), path.clone())).cloned().unwrap_or_default();
+                let events =
+                    verify_series(&store, &net, &log, &membership, &me, &node, &path, &ids, &msg.request).await;
+                for e in events {
+                    log.do_send(Record(e));
+                }
+            }
+        });
+        Ok(series)
+    }
+}
+
+/// Re-hashes every member of this node's copies of (node, path) and
+/// replaces damaged or missing ones from another holder.
+#[allow(clippy::too_many_arguments)]
+async fn verify_series(
+    store: &Arc<Store>,
+    net: &NetClient,
+    log: &Addr<LogActor>,
+    membership: &Addr<MembershipActor>,
+    me: &str,
+    node: &str,
+    path: &str,
+    ids: &[String],
+    request: &str,
+) -> Vec<Event> {
+    let (s, n, p, list) = (store.clone(), node.to_string(), path.to_string(), ids.to_vec());
+    // (archive id, members, bad digests) for each archive.
+    let checked = tokio::task::spawn_blocking(move || {
+        list.iter()
+            .map(|id| match s.manifest(&n, &p, Some(id)) {
+                Ok(m) => {
+                    let r = s.verify(&m);
+                    let bad: Vec<Digest> = r.damaged.iter().chain(&r.missing).copied().collect();
+                    (id.clone(), r.members as u64, bad)
+                }
+                Err(e) => {
+                    tracing::warn!("verify: cannot read the manifest of {id}: {e}");
+                    (id.clone(), 0, Vec::new())
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let members: u64 = checked.iter().map(|(_, n, _)| n).sum();
+    let bad: HashSet<Digest> = checked.iter().flat_map(|(_, _, b)| b.iter().copied()).collect();
+    let mut repaired: HashSet<Digest> = HashSet::new();
+    let mut events = Vec::new();
+    if !bad.is_empty() {
+        let catalog = log.send(GetCatalog { node: node.into(), path: path.into() }).await.unwrap_or_default();
+        let peers = membership.send(GetPeers).await.map(|(_, p)| p).unwrap_or_default();
+        // Other live nodes that keep this series, holders first.
+        let holders: HashSet<&String> = catalog.iter().flat_map(|a| a.holders.iter()).collect();
+        let mut sources: Vec<&PeerView> = peers.iter().filter(|p| p.up && p.name != me).collect();
+        sources.sort_by_key(|p| !holders.contains(&p.name));
+        let place = Place::Remote(sources.iter().map(|p| p.peer_id.clone()).collect());
+        for d in &bad {
+            match read_members(store, net, &place, vec![*d]).await {
+                Ok(mut got) => {
+                    let (s, data) = (store.clone(), got.remove(0).1);
+                    let d2 = *d;
+                    match tokio::task::spawn_blocking(move || s.repair_member(&d2, &data)).await {
+                        Ok(Ok(())) => {
+                            repaired.insert(*d);
+                        }
+                        Ok(Err(e)) => tracing::warn!("verify: cannot replace member {d}: {e}"),
+                        Err(e) => tracing::warn!("verify: {e}"),
+                    }
+                }
+                Err(e) => tracing::warn!("verify: member {d} of {path} on {node} cannot be repaired: {e}"),
+            }
+        }
+        for (id, _, b) in &checked {
+            if !b.is_empty() && b.iter().all(|d| repaired.contains(d)) {
+                events.push(Event::Repaired {
+                    node: node.into(),
+                    path: path.into(),
+                    archive: id.clone(),
+                    holder: me.into(),
+                });
+            }
+        }
+    }
+    events.insert(
+        0,
+        Event::Verified {
+            node: node.into(),
+            path: path.into(),
+            holder: me.into(),
+            archives: ids.len() as u64,
+            members,
+            damaged: bad.len() as u64,
+            repaired: repaired.len() as u64,
+            ok: bad.len() == repaired.len(),
+            request: Some(request.into()),
+        },
+    );
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_targets_are_checked_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_target("relative/dir", false).unwrap_err().contains("absolute"));
+        let t = dir.path().join("new");
+        assert!(check_target(t.to_str().unwrap(), false).is_ok());
+        std::fs::create_dir(&t).unwrap();
+        assert!(check_target(t.to_str().unwrap(), false).is_ok());
+        std::fs::write(t.join("f"), b"x").unwrap();
+        assert!(check_target(t.to_str().unwrap(), false).unwrap_err().contains("--overwrite"));
+        assert!(check_target(t.to_str().unwrap(), true).is_ok());
+        assert!(check_target(t.join("f").to_str().unwrap(), false).unwrap_err().contains("not a directory"));
+    }
+}

@@ -1,0 +1,227 @@
+//! Reading an archive from wherever it is kept: this node's store, or a
+//! peer over `/backmesh/xfer/1`. Every member read from a peer is checked
+//! against its digest before use.
+
+use std::io;
+use std::sync::Arc;
+
+use crate::archive::{Manifest, MemberRef, MemberSource};
+use crate::hash::Digest;
+use crate::log::state::CatalogArchive;
+use crate::net::membership::PeerView;
+use crate::net::swarm::NetClient;
+use crate::net::wire::{WireMember, XferRequest, XferResponse, XFER_BATCH};
+use crate::store::Store;
+
+/// Where an archive will be read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// This node keeps it.
+    Local,
+    /// These peers (ids) keep it, best first.
+    Remote(Vec<String>),
+}
+
+/// Finds archive `archive` (the newest when `None`) of (node, path): here if
+/// this node keeps it, else on the live peers the catalog names as holders.
+/// Answers its manifest and where to read it.
+pub async fn locate(
+    store: &Arc<Store>,
+    net: &NetClient,
+    catalog: &[CatalogArchive],
+    peers: &[PeerView],
+    node: &str,
+    path: &str,
+    archive: Option<&str>,
+) -> Result<(Manifest, Place), String> {
+    let wanted: Option<&CatalogArchive> = match archive {
+        Some(id) => catalog.iter().find(|a| a.id == id),
+        None => catalog.first(),
+    };
+    let id = match (archive, wanted) {
+        (Some(id), _) => id.to_string(),
+        (None, Some(a)) => a.id.clone(),
+        (None, None) => {
+            // The log knows nothing yet (a node that just joined): what is here.
+            let s = store.clone();
+            let (n, p) = (node.to_string(), path.to_string());
+            match tokio::task::spawn_blocking(move || s.latest(&n, &p)).await {
+                Ok(Ok(Some(latest))) => latest.id,
+                _ => return Err(format!("no archive of {path} on {node} is known in the mesh")),
+            }
+        }
+    };
+    let local = {
+        let s = store.clone();
+        let (n, p, i) = (node.to_string(), path.to_string(), id.clone());
+        tokio::task::spawn_blocking(move || s.has_archive(&n, &p, &i).then(|| s.manifest(&n, &p, Some(&i))))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    if let Some(Ok(m)) = local {
+        return Ok((m, Place::Local));
+    }
+    let holders: Vec<&PeerView> = match wanted {
+        Some(a) => peers.iter().filter(|p| p.up && a.holders.contains(&p.name)).collect(),
+        None => Vec::new(),
+    };
+    // Holders first; any other live peer may still keep a copy the log has not told us of.
+    let mut order: Vec<String> = holders.iter().map(|p| p.peer_id.clone()).collect();
+    let others: Vec<String> =
+        peers.iter().filter(|p| p.up && !order.contains(&p.peer_id)).map(|p| p.peer_id.clone()).collect();
+    order.extend(others);
+    let mut why = Vec::new();
+    for peer in &order {
+        let req = XferRequest::GetManifest { node: node.into(), path: path.into(), archive: Some(id.clone()) };
+        match net.xfer(peer, req).await {
+            Ok(XferResponse::Manifest { manifest }) => match Manifest::decode(&manifest) {
+                Ok(m) if m.id == id && m.node == node && m.path == path => {
+                    let mut rest: Vec<String> = order.iter().filter(|p| *p != peer).cloned().collect();
+                    rest.insert(0, peer.clone());
+                    return Ok((m, Place::Remote(rest)));
+                }
+                Ok(_) => why.push("a peer answered with another archive's manifest".to_string()),
+                Err(e) => why.push(format!("a peer sent a bad manifest: {e}")),
+            },
+            Ok(XferResponse::Refused { reason }) => why.push(reason),
+            Ok(other) => why.push(format!("unexpected answer {other:?}")),
+            Err(e) => why.push(e),
+        }
+    }
+    let holders_known = wanted.map(|a| a.holders.iter().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    if holders.is_empty() {
+        return Err(format!(
+            "archive {id} of {path} on {node} is kept by no node that is up{}",
+            if holders_known.is_empty() { String::new() } else { format!(" (holders: {holders_known})") }
+        ));
+    }
+    Err(format!("cannot read archive {id} of {path} on {node}: {}", why.join("; ")))
+}
+
+/// Reads `digests` (at most [`XFER_BATCH`] bytes of members) from `place`,
+/// each checked against its digest.
+pub async fn read_members(
+    store: &Arc<Store>,
+    net: &NetClient,
+    place: &Place,
+    digests: Vec<Digest>,
+) -> Result<Vec<(Digest, Vec<u8>)>, String> {
+    match place {
+        Place::Local => {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || {
+                digests
+                    .iter()
+                    .map(|d| s.read_member_checked(d).map(|b| (*d, b)).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+        Place::Remote(peers) => {
+            let mut why = Vec::new();
+            for peer in peers {
+                match net.xfer(peer, XferRequest::Get { digests: digests.clone() }).await {
+                    Ok(XferResponse::Members { members }) => match checked(members, &digests) {
+                        Ok(v) => return Ok(v),
+                        Err(e) => why.push(e),
+                    },
+                    Ok(XferResponse::Refused { reason }) => why.push(reason),
+                    Ok(other) => why.push(format!("unexpected answer {other:?}")),
+                    Err(e) => why.push(e),
+                }
+            }
+            Err(format!("no holder could send the members: {}", why.join("; ")))
+        }
+    }
+}
+
+/// The members as sent, checked to be exactly the ones asked for.
+pub fn checked(members: Vec<WireMember>, asked: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, String> {
+    if members.len() != asked.len() {
+        return Err(format!("asked for {} members, got {}", asked.len(), members.len()));
+    }
+    let mut out = Vec::with_capacity(members.len());
+    for (m, want) in members.into_iter().zip(asked) {
+        let actual = Digest::of(&m.data);
+        if m.digest != *want || actual != *want {
+            return Err(format!("member {want} arrived damaged (hashes to {actual})"));
+        }
+        out.push((m.digest, m.data.into_vec()));
+    }
+    Ok(out)
+}
+
+/// Splits members into batches of at most [`XFER_BATCH`] bytes (a larger
+/// member travels alone).
+pub fn batches<'a>(members: impl IntoIterator<Item = &'a MemberRef>) -> Vec<Vec<Digest>> {
+    let mut out: Vec<Vec<Digest>> = Vec::new();
+    let mut size = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    for m in members {
+        if !seen.insert(m.sha256) {
+            continue;
+        }
+        if out.is_empty() || size + m.compressed_len > XFER_BATCH as u64 && size > 0 {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += m.compressed_len;
+        if let Some(last) = out.last_mut() {
+            last.push(m.sha256);
+        }
+    }
+    out
+}
+
+/// Members read from peers, for a restore running in a blocking thread.
+pub struct RemoteSource {
+    pub net: NetClient,
+    pub peers: Vec<String>,
+}
+
+impl MemberSource for RemoteSource {
+    fn read_member(&self, member: &MemberRef) -> io::Result<Vec<u8>> {
+        let mut why = Vec::new();
+        for peer in &self.peers {
+            match self.net.xfer_blocking(peer, XferRequest::Get { digests: vec![member.sha256] }) {
+                Ok(XferResponse::Members { members }) => match checked(members, &[member.sha256]) {
+                    Ok(mut v) => return Ok(v.remove(0).1),
+                    Err(e) => why.push(e),
+                },
+                Ok(XferResponse::Refused { reason }) => why.push(reason),
+                Ok(other) => why.push(format!("unexpected answer {other:?}")),
+                Err(e) => why.push(e),
+            }
+        }
+        Err(io::Error::other(format!("no holder could send member {}: {}", member.sha256, why.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(i: u8, len: u64) -> MemberRef {
+        MemberRef { sha256: Digest::of(&[i]), raw_len: len, compressed_len: len }
+    }
+
+    #[test]
+    fn batches_respect_the_limit_and_skip_repeats() {
+        let big = XFER_BATCH as u64;
+        let ms = [m(1, big / 2), m(2, big / 2), m(3, 10), m(1, big / 2), m(4, big * 2), m(5, 1)];
+        let b = batches(ms.iter());
+        assert_eq!(b.iter().map(|v| v.len()).collect::<Vec<_>>(), vec![2, 1, 1, 1]);
+        assert_eq!(b.concat().len(), 5);
+    }
+
+    #[test]
+    fn checked_refuses_damage_and_substitution() {
+        let good = WireMember { digest: Digest::of(b"a"), data: b"a".to_vec().into() };
+        assert!(checked(vec![good.clone()], &[Digest::of(b"a")]).is_ok());
+        let bad = WireMember { digest: Digest::of(b"a"), data: b"b".to_vec().into() };
+        assert!(checked(vec![bad], &[Digest::of(b"a")]).unwrap_err().contains("damaged"));
+        assert!(checked(vec![good], &[Digest::of(b"c")]).is_err());
+        assert!(checked(vec![], &[Digest::of(b"c")]).is_err());
+    }
+}

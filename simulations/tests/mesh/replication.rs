@@ -1,0 +1,236 @@
+//! Replication on real meshes: holders, incremental transfer, retention on
+//! holders, repair after a holder is lost, verify, and restore from the
+//! mesh when the origin is gone.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use backmesh_simulations::{manifests_on_disk, tree_differences, wait_until, write_slow_tree, Mesh};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn json(mesh: &Mesh, i: usize, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = mesh.cli(i, &all);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn archives(mesh: &Mesh, i: usize, node: &str, path: &str) -> Vec<Value> {
+    json(mesh, i, &["backups", node, path])["archives"].as_array().cloned().unwrap_or_default()
+}
+
+fn holders(a: &Value) -> BTreeSet<String> {
+    a["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(String::from)).collect()
+}
+
+fn entries(mesh: &Mesh, i: usize, kind: &str) -> Vec<Value> {
+    json(mesh, i, &["log", "--limit", "100000"])["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+fn run(mesh: &Mesh, i: usize, node: &str, path: &str) -> Value {
+    let out = mesh.cli(i, &["--json", "run", node, path]);
+    assert!(out.status.success(), "run: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Rewrites one 256 KiB file of the tree with new content.
+fn change_one_file(dir: &std::path::Path, file: usize, seed: u64) {
+    let tmp = dir.join(".gen");
+    std::fs::create_dir_all(&tmp).unwrap();
+    write_slow_tree(&tmp, 1, seed);
+    std::fs::rename(tmp.join("f0"), dir.join(format!("f{file}"))).unwrap();
+    std::fs::remove_dir(&tmp).unwrap();
+}
+
+#[test]
+fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_the_origin() {
+    let mut mesh = Mesh::chain_with(&["n1", "n2", "n3", "n4", "n5"], &["--repair-after", "4"]);
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(src.join("conf")).unwrap();
+    write_slow_tree(&src, 100, 1);
+    std::fs::write(src.join("conf/app.toml"), b"port = 80\n").unwrap();
+    std::os::unix::fs::symlink("conf/app.toml", src.join("current")).unwrap();
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(1, &["register", "n1", &s, "--every", "60"]).status.success());
+
+    // The first backup reaches exactly three holders, none of them the origin.
+    let three = |mesh: &Mesh, i: usize| {
+        let a = archives(mesh, i, "n1", &s);
+        a.len() == 1 && holders(&a[0]).len() == 4
+    };
+    assert!(wait_until(LONG, || three(&mesh, 0)), "{:?}", archives(&mesh, 0, "n1", &s));
+    let first = archives(&mesh, 0, "n1", &s).remove(0);
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let copies: BTreeSet<String> = holders(&first).into_iter().filter(|h| h != "n1").collect();
+    assert_eq!(copies.len(), 3);
+    // Every node's log tells the same holders, and the files are where it says.
+    assert!(wait_until(LONG, || (0..5)
+        .all(|i| { archives(&mesh, i, "n1", &s).first().map(holders) == Some(holders(&first)) })));
+    for (i, n) in mesh.nodes.iter().enumerate() {
+        let on_disk = manifests_on_disk(n).contains(&first_id);
+        assert_eq!(on_disk, holders(&first).contains(&n.name), "node {i} ({}) on disk: {on_disk}", n.name);
+    }
+    let spare = mesh.nodes.iter().position(|n| n.name != "n1" && !copies.contains(&n.name)).unwrap();
+    let full_bytes: u64 = entries(&mesh, 0, "replicated").iter().map(|e| e["bytes"].as_u64().unwrap()).max().unwrap();
+    assert!(full_bytes > 10 << 20, "the first copy sent the whole archive: {full_bytes}");
+
+    // An unchanged backup sends nothing.
+    assert_eq!(run(&mesh, 2, "n1", &s)["result"], "unchanged");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(entries(&mesh, 0, "replicated").len(), 3);
+
+    // One file of 100 changed: each holder receives about 1% of the first copy.
+    change_one_file(&src, 7, 99);
+    let second = run(&mesh, 0, "n1", &s);
+    assert_eq!(second["result"], "finished");
+    let second_id = second["archive"].as_str().unwrap().to_string();
+    let of_second = |mesh: &Mesh| -> Vec<u64> {
+        entries(mesh, 0, "replicated")
+            .iter()
+            .filter(|e| e["archive"] == second_id.as_str())
+            .map(|e| e["bytes"].as_u64().unwrap())
+            .collect()
+    };
+    assert!(wait_until(LONG, || of_second(&mesh).len() == 3));
+    for sent in of_second(&mesh) {
+        let share = sent as f64 / full_bytes as f64;
+        eprintln!("incremental copy: {sent} of {full_bytes} bytes ({:.2}%)", share * 100.0);
+        assert!(share < 0.03, "a 1% change sent {:.1}% of the archive", share * 100.0);
+    }
+
+    // Twelve changed backups in all: every holder keeps exactly the newest ten.
+    for k in 0..10 {
+        change_one_file(&src, 10 + k, 1000 + k as u64);
+        assert_eq!(run(&mesh, k % 5, "n1", &s)["result"], "finished");
+    }
+    let newest: Vec<String> = {
+        let mut ids: Vec<String> =
+            entries(&mesh, 0, "finished").iter().map(|e| e["archive"].as_str().unwrap().into()).collect();
+        assert_eq!(ids.len(), 12);
+        ids.sort();
+        ids.split_off(2)
+    };
+    let kept_right = |mesh: &Mesh| {
+        mesh.nodes.iter().filter(|n| n.name == "n1" || copies.contains(&n.name)).all(|n| manifests_on_disk(n) == newest)
+    };
+    assert!(
+        wait_until(LONG, || kept_right(&mesh)),
+        "{:?}",
+        mesh.nodes.iter().map(manifests_on_disk).collect::<Vec<_>>()
+    );
+    assert!(manifests_on_disk(&mesh.nodes[spare]).is_empty());
+    assert!(wait_until(LONG, || archives(&mesh, 3, "n1", &s).len() == 10));
+    assert!(entries(&mesh, 0, "pruned").len() >= 8, "pruned entries for the two oldest on origin and holders");
+
+    // A damaged member on a holder: verify finds it and repairs it from another holder.
+    let victim = mesh.nodes.iter().position(|n| copies.contains(&n.name)).unwrap();
+    let seg = std::fs::read_dir(mesh.nodes[victim].dir.join("segments"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| f.path())
+        .next()
+        .unwrap();
+    let good = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, b"not what it was").unwrap();
+    let out = mesh.cli(0, &["verify", "n1", &s]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("repaired from another holder"), "{text}");
+    assert_eq!(std::fs::read(&seg).unwrap(), good, "the member is whole again");
+    assert!(!entries(&mesh, 0, "repaired").is_empty());
+    let again = mesh.cli(0, &["--json", "verify", "n1", &s]);
+    let v: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["verified"].as_array().unwrap().len(), 4, "origin and three holders: {v}");
+
+    // A holder dies: past --repair-after its place goes to the spare node,
+    // filled from the origin, and every archive is back at three live copies.
+    let lost = mesh.nodes.iter().position(|n| copies.contains(&n.name) && mesh.nodes[victim].name != n.name).unwrap();
+    let lost_name = mesh.nodes[lost].name.clone();
+    mesh.kill9(lost);
+    let back_at_three = |mesh: &Mesh| {
+        let a = archives(mesh, 0, "n1", &s);
+        a.len() == 10 && a.iter().all(|x| holders(x).iter().filter(|h| **h != "n1" && **h != lost_name).count() == 3)
+    };
+    assert!(wait_until(LONG, || back_at_three(&mesh)), "{:?}", archives(&mesh, 0, "n1", &s));
+    assert_eq!(manifests_on_disk(&mesh.nodes[spare]), newest);
+
+    // The origin dies: its path comes back onto another node, byte for byte.
+    mesh.kill9(0);
+    let target = mesh.root.path().join("restored");
+    let t = target.to_string_lossy().into_owned();
+    let out = mesh.cli(spare, &["restore", "n1", &s, "--on", &mesh.nodes[victim].name.clone(), "--to", &t]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree_differences(&src, &target), Vec::<String>::new());
+    // And `fetch` through any node gives a tgz that GNU tar restores the same.
+    let tgz = mesh.root.path().join("n1.tgz");
+    let out = mesh.cli(spare, &["fetch", "n1", &s, "-o", &tgz.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let untar = mesh.root.path().join("untar");
+    std::fs::create_dir_all(&untar).unwrap();
+    let st = std::process::Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(&untar).status().unwrap();
+    assert!(st.success());
+    assert_eq!(tree_differences(&src, &untar), Vec::<String>::new());
+    // A restore into a non-empty directory is refused before anything is written.
+    let out = mesh.cli(spare, &["restore", "n1", &s, "--on", &mesh.nodes[spare].name.clone(), "--to", &t]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_transfer_killed_midway_leaves_no_partial_archive_and_completes_after_restart() {
+    let mut mesh = Mesh::chain(&["n1", "n2"]);
+    let src = mesh.root.path().join("big");
+    std::fs::create_dir_all(&src).unwrap();
+    // 160 MiB of random bytes: forty transfer batches.
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    for i in 0..40 {
+        let mut f = std::fs::File::create(src.join(format!("r{i}"))).unwrap();
+        std::io::copy(&mut std::io::Read::take(&mut urandom, 4 << 20), &mut f).unwrap();
+    }
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "60"]).status.success());
+    // Kill the holder as soon as members arrive, before the archive is complete.
+    let segments = mesh.nodes[1].dir.join("segments");
+    let arriving = || {
+        std::fs::read_dir(&segments)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten().next().is_some())
+    };
+    let mut caught = false;
+    let end = std::time::Instant::now() + LONG;
+    while std::time::Instant::now() < end {
+        if arriving() {
+            caught = manifests_on_disk(&mesh.nodes[1]).is_empty();
+            mesh.kill9(1);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(caught, "the holder was not caught mid-transfer");
+    assert!(manifests_on_disk(&mesh.nodes[1]).is_empty(), "no partial archive is visible");
+    // Restarted, it gets the whole archive.
+    mesh.restart(1);
+    let id = || entries(&mesh, 0, "finished").first().map(|e| e["archive"].as_str().unwrap().to_string());
+    assert!(wait_until(LONG, || id().is_some_and(|id| manifests_on_disk(&mesh.nodes[1]) == vec![id])));
+    // Its copy is complete and whole: fetched through n2 with n1 gone, the
+    // .tgz has the origin's sha256 (the client checks it).
+    mesh.kill9(0);
+    let tgz = mesh.root.path().join("big.tgz");
+    let out = mesh.cli(1, &["--json", "fetch", "n1", &s, "-o", &tgz.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["archive"].as_str().unwrap();
+    assert!(id.ends_with(&v["sha256"].as_str().unwrap()[..8]), "archive ids end with the tgz sha256: {v}");
+}
