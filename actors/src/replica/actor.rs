@@ -139,8 +139,14 @@ impl ReplicaActor {
         }
     }
 
-    /// One round: which series need pushing where.
-    fn plan(&mut self, me: &PeerView, peers: &[PeerView], held: BTreeMap<(String, String), Vec<String>>) -> Vec<Push> {
+    /// One round: which series need pushing where, and which copies this
+    /// node keeps beyond where they belong.
+    fn plan(
+        &mut self,
+        me: &PeerView,
+        peers: &[PeerView],
+        held: BTreeMap<(String, String), Vec<String>>,
+    ) -> (Vec<Push>, Vec<Handoff>) {
         let now = crate::net::actor::now_ms();
         let grace = self.cfg.repair_after.as_millis() as i64;
         let up: HashSet<String> = peers.iter().filter(|p| p.up).map(|p| p.peer_id.clone()).collect();
@@ -158,13 +164,33 @@ impl ReplicaActor {
             .collect();
         candidates.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: me.free_bytes });
         let mut out = Vec::new();
+        let mut handoffs = Vec::new();
         for ((node, path), ids) in held {
             let origin_present = node == self.me || peers.iter().any(|p| p.name == node && present(p));
             let repair = node != self.me;
+            let targets = holders(&node, &path, &candidates, self.cfg.replicas);
+            // A copy here that no longer belongs here (a holder came back
+            // after its place was filled): dropped once every elected holder,
+            // all up, has confirmed it keeps all of it.
+            let key = ("handoff".to_string(), node.clone(), path.clone());
+            if repair
+                && targets.len() == self.cfg.replicas
+                && !targets.iter().any(|t| t.peer_id == me.peer_id)
+                && targets.iter().all(|t| self.was_up.contains(&t.peer_id))
+                && !self.busy.contains(&key)
+            {
+                self.busy.insert(key);
+                handoffs.push(Handoff {
+                    node: node.clone(),
+                    path: path.clone(),
+                    ids: ids.clone(),
+                    targets: targets.iter().map(|t| t.peer_id.clone()).collect(),
+                });
+                continue;
+            }
             if repair && origin_present {
                 continue; // The origin looks after its own series.
             }
-            let targets = holders(&node, &path, &candidates, self.cfg.replicas);
             if node == self.me {
                 let key = (node.clone(), path.clone());
                 let n = targets.len();
@@ -207,7 +233,7 @@ impl ReplicaActor {
                 }
             }
         }
-        out
+        (out, handoffs)
     }
 
     fn sync(&mut self, ctx: &mut Context<Self>) {
@@ -225,7 +251,15 @@ impl ReplicaActor {
         ctx.spawn(work.into_actor(self).map(move |found, act, ctx| {
             act.syncing = false;
             let Some(((me, peers), held)) = found else { return };
-            for push in act.plan(&me, &peers, held) {
+            let (pushes, handoffs) = act.plan(&me, &peers, held);
+            for h in handoffs {
+                let (net, addr) = (net.clone(), ctx.address());
+                actix::spawn(async move {
+                    let confirmed = all_confirm(&net, &h).await;
+                    addr.do_send(HandedOff { handoff: h, confirmed });
+                });
+            }
+            for push in pushes {
                 act.busy.insert((push.peer.clone(), push.node.clone(), push.path.clone()));
                 let (net, store, addr) = (net.clone(), act.store.clone(), ctx.address());
                 actix::spawn(async move {
@@ -270,6 +304,41 @@ fn held_series(store: &Store, keep: usize) -> BTreeMap<(String, String), Vec<Str
             (k, v.into_iter().map(|(_, id)| id).collect())
         })
         .collect()
+}
+
+/// Copies of a series this node keeps though it is not elected for them.
+#[derive(Clone, Debug)]
+struct Handoff {
+    node: String,
+    path: String,
+    ids: Vec<String>,
+    targets: Vec<String>,
+}
+
+/// Whether every elected holder keeps every archive of the handoff.
+async fn all_confirm(net: &NetClient, h: &Handoff) -> bool {
+    for t in &h.targets {
+        let list = XferRequest::List { node: h.node.clone(), path: h.path.clone() };
+        match net.xfer(t, list).await {
+            Ok(XferResponse::Archives { ids }) => {
+                let kept: HashSet<&String> = ids.iter().collect();
+                // An archive older than all the holder keeps was pruned there, not lost.
+                let oldest = ids.iter().min();
+                if !h.ids.iter().all(|id| kept.contains(id) || oldest.is_some_and(|o| id < o)) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HandedOff {
+    handoff: Handoff,
+    confirmed: bool,
 }
 
 /// One series to push to one holder.
@@ -479,6 +548,54 @@ impl Handler<Pushed> for ReplicaActor {
                 self.backoff.insert(msg.peer, (Instant::now() + delay, delay));
             }
         }
+    }
+}
+
+impl Handler<HandedOff> for ReplicaActor {
+    type Result = ();
+    fn handle(&mut self, msg: HandedOff, ctx: &mut Context<Self>) {
+        let h = msg.handoff;
+        let key = ("handoff".to_string(), h.node.clone(), h.path.clone());
+        if !msg.confirmed {
+            self.busy.remove(&key);
+            return;
+        }
+        let (store, me) = (self.store.clone(), self.me.clone());
+        let (node, path, ids) = (h.node.clone(), h.path.clone(), h.ids.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            let mut removed = Vec::new();
+            for id in ids {
+                match store.remove_archive(&node, &path, &id) {
+                    Ok(true) => removed.push(id),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot drop the surplus copy {id} of {path} on {node}: {e}"),
+                }
+            }
+            if let Err(e) = store.gc() {
+                tracing::warn!("collection after dropping surplus copies: {e}");
+            }
+            removed
+        });
+        ctx.spawn(work.into_actor(self).map(move |removed, act, _| {
+            act.busy.remove(&key);
+            let removed = removed.unwrap_or_default();
+            if !removed.is_empty() {
+                tracing::info!(
+                    "dropped {} surplus copies of {} on {}: the elected holders keep them",
+                    removed.len(),
+                    h.path,
+                    h.node
+                );
+            }
+            for archive in removed {
+                act.log.do_send(Record(Event::Pruned {
+                    node: h.node.clone(),
+                    path: h.path.clone(),
+                    archive,
+                    holder: me.clone(),
+                }));
+            }
+        }));
     }
 }
 

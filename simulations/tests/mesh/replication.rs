@@ -163,6 +163,16 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     };
     assert!(wait_until(LONG, || back_at_three(&mesh)), "{:?}", archives(&mesh, 0, "n1", &s));
     assert_eq!(manifests_on_disk(&mesh.nodes[spare]), newest);
+    // The lost holder comes back: it is elected again, and the spare drops
+    // its copies once every elected holder confirms it keeps them all.
+    mesh.restart(lost);
+    assert!(
+        wait_until(LONG, || manifests_on_disk(&mesh.nodes[spare]).is_empty()),
+        "the spare still keeps {:?}",
+        manifests_on_disk(&mesh.nodes[spare])
+    );
+    assert_eq!(manifests_on_disk(&mesh.nodes[lost]), newest);
+    assert!(wait_until(LONG, || archives(&mesh, 0, "n1", &s).iter().all(|a| holders(a).len() == 4)));
 
     // The origin dies: its path comes back onto another node, byte for byte.
     mesh.kill9(0);
@@ -233,4 +243,60 @@ fn a_transfer_killed_midway_leaves_no_partial_archive_and_completes_after_restar
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = v["archive"].as_str().unwrap();
     assert!(id.ends_with(&v["sha256"].as_str().unwrap()[..8]), "archive ids end with the tgz sha256: {v}");
+}
+
+#[test]
+fn restore_fetch_and_verify_refuse_bad_requests_by_name() {
+    let mut mesh = Mesh::chain(&["n1", "n2", "n3"]);
+    let src = mesh.root.path().join("app");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"alpha\n").unwrap();
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n2", &s, "--every", "60"]).status.success());
+    assert!(wait_until(LONG, || archives(&mesh, 0, "n2", &s).first().is_some_and(|a| holders(a).len() == 3)));
+    let refused = |mesh: &Mesh, args: &[&str], code: i32, words: &str| {
+        let out = mesh.cli(0, args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(words), "{args:?}: `{words}` not in: {err}");
+    };
+    let to = mesh.root.path().join("out").to_string_lossy().into_owned();
+    refused(&mesh, &["restore", "nope", &s, "--to", &to], 1, "unknown node `nope`");
+    refused(&mesh, &["restore", "n2", &s, "--to", &to, "--on", "ghost"], 1, "unknown node `ghost`");
+    refused(&mesh, &["restore", "n2", "/not/backed/up", "--to", &to], 1, "no archive of /not/backed/up");
+    refused(
+        &mesh,
+        &["restore", "n2", &s, "--to", &to, "--archive", "20200101T000000.000Z-00000000"],
+        1,
+        "no archive 2020",
+    );
+    refused(&mesh, &["restore", "n2", &s, "--to", "relative/dir"], 1, "not an absolute path");
+    refused(&mesh, &["restore", "n2", &s], 2, "--to");
+    refused(&mesh, &["verify", "n2"], 2, "PATH");
+    refused(&mesh, &["fetch", "n2", "/not/backed/up", "-o", &to], 1, "no archive of /not/backed/up");
+    let existing = mesh.root.path().join("exists.tgz");
+    std::fs::write(&existing, b"keep me").unwrap();
+    refused(&mesh, &["fetch", "n2", &s, "-o", &existing.to_string_lossy()], 1, "--force");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+
+    // The documented --json shapes.
+    let r = json(&mesh, 0, &["restore", "n2", &s, "--to", &to, "--on", "n3"]);
+    assert_eq!(r["result"], "restored", "{r}");
+    for field in ["archive", "on", "to", "files", "bytes", "duration_ms"] {
+        assert!(!r[field].is_null(), "restore --json has `{field}`: {r}");
+    }
+    assert_eq!(std::fs::read(mesh.root.path().join("out/a.txt")).unwrap(), b"alpha\n");
+    let f = json(&mesh, 0, &["fetch", "n2", &s, "-o", &existing.to_string_lossy(), "--force"]);
+    for field in ["archive", "file", "size", "sha256"] {
+        assert!(!f[field].is_null(), "fetch --json has `{field}`: {f}");
+    }
+    let v = json(&mesh, 0, &["verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["verified"].as_array().unwrap().len(), 3, "n2 and its two holders: {v}");
+
+    // Restoring onto a node that is down is refused with the reason.
+    mesh.kill9(2);
+    assert!(wait_until(LONG, || mesh.up_names(0).len() == 2));
+    let other = mesh.root.path().join("out2").to_string_lossy().into_owned();
+    refused(&mesh, &["restore", "n2", &s, "--to", &other, "--on", "n3"], 1, "n3 is down");
 }
