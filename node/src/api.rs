@@ -29,12 +29,18 @@ pub struct ApiState {
     pub store: std::sync::Arc<Store>,
     pub net: NetClient,
     pub token: Option<String>,
+    pub viewer_token: Option<String>,
+    pub site_tokens: Vec<(String, String)>,
+    pub federate: Vec<crate::config::Federated>,
+    pub federation: crate::dashboard::Federation,
+    pub replicas: usize,
     pub health: Health,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    crate::dashboard::routes(cfg);
     cfg.service(
-        web::scope(backmesh_api::PREFIX)
+        crate::dashboard::api_routes(web::scope(backmesh_api::PREFIX))
             .route("/health", web::get().to(health))
             .route("/status", web::get().to(status))
             .route("/jobs", web::get().to(jobs))
@@ -54,7 +60,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
-fn error(status: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
+pub fn error(status: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).json(ErrorBody { error: msg.into() })
 }
 
@@ -63,15 +69,58 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `None` when the request may proceed, else the 401 answer.
-fn authorize(req: &HttpRequest, state: &ApiState) -> Option<HttpResponse> {
-    let Some(token) = &state.token else { return None };
+/// Who a request speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `--token`, or any request when the node has no token: everything.
+    Admin,
+    /// `--viewer-token`: every read, nothing that changes anything.
+    Viewer,
+    /// `--site-token SITE=…`: that site's client page only.
+    Site(String),
+}
+
+/// The role of the request's bearer token, or the 401 answer.
+#[allow(clippy::result_large_err)] // the refusal is the answer itself
+pub fn role(req: &HttpRequest, state: &ApiState) -> Result<Role, HttpResponse> {
+    let Some(token) = &state.token else { return Ok(Role::Admin) };
     let given =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if same(g.as_bytes(), token.as_bytes()) => None,
-        Some(_) => Some(unauthorized("wrong API token")),
-        None => Some(unauthorized("this node needs an API token: pass --token or set BACKMESH_TOKEN")),
+    let Some(g) = given else {
+        return Err(unauthorized("this node needs an API token: pass --token or set BACKMESH_TOKEN"));
+    };
+    if same(g.as_bytes(), token.as_bytes()) {
+        return Ok(Role::Admin);
+    }
+    if state.viewer_token.as_ref().is_some_and(|v| same(g.as_bytes(), v.as_bytes())) {
+        return Ok(Role::Viewer);
+    }
+    if let Some((site, _)) = state.site_tokens.iter().find(|(_, t)| same(g.as_bytes(), t.as_bytes())) {
+        return Ok(Role::Site(site.clone()));
+    }
+    Err(unauthorized("wrong API token"))
+}
+
+/// `None` when the request may change things (admin), else the answer.
+fn admin(req: &HttpRequest, state: &ApiState) -> Option<HttpResponse> {
+    match role(req, state) {
+        Ok(Role::Admin) => None,
+        Ok(_) => Some(error(
+            StatusCode::FORBIDDEN,
+            "this token is read-only: it cannot change, run, restore or download anything",
+        )),
+        Err(r) => Some(r),
+    }
+}
+
+/// `None` when the request may read the whole mesh (admin or viewer).
+fn reader(req: &HttpRequest, state: &ApiState) -> Option<HttpResponse> {
+    match role(req, state) {
+        Ok(Role::Admin | Role::Viewer) => None,
+        Ok(Role::Site(site)) => {
+            Some(error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{site}`")))
+        }
+        Err(r) => Some(r),
     }
 }
 
@@ -85,7 +134,7 @@ async fn health(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(&state.health)
 }
 
-fn shutting_down(e: impl std::fmt::Display) -> HttpResponse {
+pub fn shutting_down(e: impl std::fmt::Display) -> HttpResponse {
     error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, format!("node is shutting down: {e}"))
 }
 
@@ -96,12 +145,7 @@ fn rfc3339(t: &Hlc) -> String {
 }
 
 fn job_status(j: &JobView) -> JobStatus {
-    let state = match (&j.last, j.paused) {
-        (_, true) => "paused",
-        (None, false) => "never run",
-        (Some(l), false) if l.result == "failed" => "failing",
-        (Some(_), false) => "ok",
-    };
+    let state = crate::dashboard::job_state(j, backmesh_actors::net::actor::now_ms());
     JobStatus {
         node: j.node.clone(),
         path: j.path.clone(),
@@ -113,7 +157,7 @@ fn job_status(j: &JobView) -> JobStatus {
 }
 
 async fn status(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = reader(&req, &state) {
         return refused;
     }
     let mut s = match state.membership.send(GetStatus).await {
@@ -128,7 +172,7 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
 }
 
 async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = reader(&req, &state) {
         return refused;
     }
     match state.log.send(GetJobs).await {
@@ -160,7 +204,7 @@ struct LogParams {
 }
 
 async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogParams>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = reader(&req, &state) {
         return refused;
     }
     let q = q.into_inner();
@@ -216,7 +260,7 @@ struct RegisterBody {
 }
 
 async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = admin(&req, &state) {
         return refused;
     }
     let b = body.into_inner();
@@ -277,7 +321,7 @@ struct JobKey {
 }
 
 async fn unregister(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = admin(&req, &state) {
         return refused;
     }
     let k = q.into_inner();
@@ -300,7 +344,7 @@ async fn resume(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<St
 }
 
 async fn set_paused(req: HttpRequest, state: web::Data<ApiState>, node: String, paused: bool) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = admin(&req, &state) {
         return refused;
     }
     if let Err(r) = find_node(&state, &node).await {
@@ -312,7 +356,7 @@ async fn set_paused(req: HttpRequest, state: web::Data<ApiState>, node: String, 
 /// Queues a run on the node that owns the job; answers 202 at once (the
 /// result arrives in the log as `finished`, `unchanged` or `failed`).
 async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKey>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = admin(&req, &state) {
         return refused;
     }
     let b = body.into_inner();
@@ -372,7 +416,7 @@ struct BackupsQuery {
 /// log's catalog (so any node answers, even with the origin gone); with
 /// `all`, every execution of the job too.
 async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<BackupsQuery>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = reader(&req, &state) {
         return refused;
     }
     let q = q.into_inner();
@@ -424,7 +468,7 @@ fn new_request() -> String {
 
 /// The log entries that answer request `id` (empty while it is under way).
 async fn request_entries(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = reader(&req, &state) {
         return refused;
     }
     match state.log.send(ForRequest { request: id.into_inner() }).await {
@@ -436,7 +480,7 @@ async fn request_entries(req: HttpRequest, state: web::Data<ApiState>, id: web::
 
 /// Counters of the backup of (node, path) running now.
 async fn progress(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = reader(&req, &state) {
         return refused;
     }
     let q = q.into_inner();
@@ -472,7 +516,7 @@ struct RestoreBody {
 /// Starts a restore on the node that must write the files; answers 202
 /// with the request whose `restored` entry will carry the result.
 async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RestoreBody>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = admin(&req, &state) {
         return refused;
     }
     let b = body.into_inner();
@@ -546,7 +590,7 @@ struct FetchQuery {
 /// Streams an archive as one `.tgz`, read from this node or a holder. The
 /// length and sha256 are in the headers so the client can check the file.
 async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FetchQuery>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = admin(&req, &state) {
         return refused;
     }
     let q = q.into_inner();
@@ -617,7 +661,7 @@ struct VerifyBody {
 /// anything) to re-hash them; answers 202 with the request and how many
 /// `verified` entries will follow.
 async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> HttpResponse {
-    if let Some(refused) = authorize(&req, &state) {
+    if let Some(refused) = admin(&req, &state) {
         return refused;
     }
     let b = body.into_inner();

@@ -58,6 +58,18 @@ pub struct RunArgs {
     /// again on other nodes [default: 600].
     #[arg(long, value_name = "SECS")]
     pub repair_after: Option<u64>,
+    /// A read-only token: the dashboard and every GET route, nothing that changes anything (needs --token).
+    #[arg(long, env = "BACKMESH_VIEWER_TOKEN", hide_env_values = true)]
+    pub viewer_token: Option<String>,
+    /// A read-only token for one site's client page, /site/SITE; repeatable (needs --token).
+    #[arg(long = "site-token", value_name = "SITE=TOKEN")]
+    pub site_tokens: Vec<String>,
+    /// Show another mesh in this node's dashboard as further sites; repeatable.
+    #[arg(long = "federate", value_name = "NAME=URL")]
+    pub federate: Vec<String>,
+    /// The (viewer) token of a federated mesh; repeatable.
+    #[arg(long = "federate-token", value_name = "NAME=TOKEN")]
+    pub federate_tokens: Vec<String>,
 }
 
 /// The same keys, from the TOML file.
@@ -81,6 +93,23 @@ struct FileConfig {
     down_after: Option<u64>,
     queue_limit: Option<usize>,
     repair_after: Option<u64>,
+    viewer_token: Option<String>,
+    #[serde(default)]
+    site_tokens: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    federate: Vec<Federated>,
+}
+
+/// Another mesh shown in this node's dashboard.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Federated {
+    pub name: String,
+    /// Its API URL (http:// or https://).
+    pub url: String,
+    /// A viewer token of that mesh.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +129,18 @@ pub struct NodeConfig {
     pub down_after: Duration,
     pub queue_limit: usize,
     pub repair_after: Duration,
+    pub viewer_token: Option<String>,
+    /// (site, token) pairs for the client pages.
+    pub site_tokens: Vec<(String, String)>,
+    pub federate: Vec<Federated>,
+}
+
+/// `KEY=VALUE` → (key, value), or an error naming the flag.
+fn pair(flag: &str, s: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("bad --{flag} `{s}`: expected NAME=VALUE"),
+    }
 }
 
 /// `HOST:PORT` → a socket address, or an error naming the setting.
@@ -124,6 +165,33 @@ impl NodeConfig {
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             bail!("bad node name `{name}`: use 1 to 64 characters without spaces");
         }
+        let token = args.token.or(file.token).filter(|t| !t.is_empty());
+        let viewer_token = args.viewer_token.or(file.viewer_token).filter(|t| !t.is_empty());
+        let mut site_tokens: Vec<(String, String)> = file.site_tokens.into_iter().collect();
+        for s in &args.site_tokens {
+            site_tokens.push(pair("site-token", s)?);
+        }
+        if token.is_none() && (viewer_token.is_some() || !site_tokens.is_empty()) {
+            bail!("read-only tokens (viewer-token, site-token) need an admin token too: set --token");
+        }
+        let mut federate = file.federate;
+        for f in &args.federate {
+            let (name, url) = pair("federate", f)?;
+            federate.retain(|x| x.name != name);
+            federate.push(Federated { name, url, token: None });
+        }
+        for t in &args.federate_tokens {
+            let (name, token) = pair("federate-token", t)?;
+            match federate.iter_mut().find(|f| f.name == name) {
+                Some(f) => f.token = Some(token),
+                None => bail!("--federate-token {name}=…: no --federate {name}=URL"),
+            }
+        }
+        for f in &federate {
+            if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
+                bail!("federated mesh `{}`: the URL must start with http:// or https://, not `{}`", f.name, f.url);
+            }
+        }
         Ok(NodeConfig {
             name,
             data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./backmesh-data")),
@@ -131,7 +199,10 @@ impl NodeConfig {
             api: parse_addr("api", &args.api.or(file.api).unwrap_or_else(|| "127.0.0.1:7401".into()))?,
             bootstrap: bootstrap.iter().map(|b| parse_addr("bootstrap", b)).collect::<Result<_>>()?,
             swarm_key: args.swarm_key.or(file.swarm_key),
-            token: args.token.or(file.token).filter(|t| !t.is_empty()),
+            token,
+            viewer_token,
+            site_tokens,
+            federate,
             replicas: args.replicas.or(file.replicas).unwrap_or(3),
             keep: args.keep.or(file.keep).unwrap_or(backmesh_actors::store::DEFAULT_KEEP),
             site: args.site.or(file.site).unwrap_or_default(),

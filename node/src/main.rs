@@ -8,6 +8,7 @@
 
 mod api;
 mod config;
+mod dashboard;
 mod local;
 mod run;
 

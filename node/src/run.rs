@@ -160,6 +160,8 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         if listen.is_empty() {
             listen.push(swarm::multiaddr_of(cfg.listen).to_string());
         }
+        let federation = crate::dashboard::Federation::default();
+        crate::dashboard::start_federation(cfg.federate.clone(), federation.clone());
         let state = ApiState {
             membership: actor,
             log,
@@ -168,6 +170,11 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             store: store.clone(),
             net: net.clone(),
             token: cfg.token.clone(),
+            viewer_token: cfg.viewer_token.clone(),
+            site_tokens: cfg.site_tokens.clone(),
+            federate: cfg.federate.clone(),
+            federation: federation.clone(),
+            replicas: cfg.replicas,
             health: Health {
                 status: "ok".into(),
                 name: cfg.name.clone(),

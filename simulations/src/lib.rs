@@ -44,6 +44,7 @@ pub struct Node {
     pub api: u16,
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Extra `backmesh` CLI arguments (token, CA…).
     pub cli_args: Vec<String>,
@@ -53,6 +54,9 @@ pub struct Node {
 impl Node {
     pub fn url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme, self.api)
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -68,6 +72,8 @@ pub struct Mesh {
     pub swarm_key: PathBuf,
     /// Seconds of silence before a peer is shown down.
     pub down_after: u64,
+    /// Environment variables for every node started from now on.
+    pub env: Vec<(String, String)>,
 }
 
 impl Mesh {
@@ -81,7 +87,7 @@ impl Mesh {
             .output()
             .expect("run backmesh-node keygen (build with `cargo build --workspace --bins`)");
         assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
-        Mesh { root, nodes: Vec::new(), swarm_key, down_after: 2 }
+        Mesh { root, nodes: Vec::new(), swarm_key, down_after: 2, env: Vec::new() }
     }
 
     /// Starts nodes named `names`, each joining through the previous one,
@@ -145,8 +151,18 @@ impl Mesh {
         args.extend(extra.iter().filter(|a| *a != "--no-swarm-key").cloned());
         let scheme = if extra.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
         let log = self.root.path().join(format!("{name}-{}.log", self.nodes.len()));
-        let mut node =
-            Node { name: name.into(), dir, listen, api, log, args, child: None, cli_args: Vec::new(), scheme };
+        let mut node = Node {
+            name: name.into(),
+            dir,
+            listen,
+            api,
+            log,
+            args,
+            env: self.env.clone(),
+            child: None,
+            cli_args: Vec::new(),
+            scheme,
+        };
         spawn(&mut node);
         self.nodes.push(node);
         self.nodes.len() - 1
@@ -236,6 +252,7 @@ fn spawn(node: &mut Node) {
     let err = log.try_clone().expect("log file");
     let child = Command::new(binary("backmesh-node"))
         .args(&node.args)
+        .envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)

@@ -132,7 +132,9 @@ impl JobsActor {
             .jobs
             .values()
             .filter(|j| !j.paused)
-            .filter(|j| j.last_started.as_ref().is_none_or(|t| t.wall_ms + j.every_min as i64 * 60_000 <= now))
+            .filter(|j| {
+                j.last_started.as_ref().is_none_or(|t| t.wall_ms + j.every_min as i64 * super::minute_ms() <= now)
+            })
             .filter(|j| !self.running.contains(&j.path) && !self.queue.is_waiting(&j.path))
             .map(|j| j.path.clone())
             .collect();

@@ -19,7 +19,7 @@ use libp2p::request_response::ResponseChannel;
 
 use super::entry::{Entry, Event};
 use super::hlc::Clock;
-use super::state::{catalog, jobs, CatalogArchive, JobView, Log};
+use super::state::{catalog, catalogs, jobs, CatalogArchive, JobView, Log};
 use crate::net::actor::now_ms;
 use crate::net::swarm::NetClient;
 use crate::net::wire::{LogBatch, LogPull, PULL_BATCH};
@@ -67,6 +67,11 @@ pub struct GetCatalog {
     pub node: String,
     pub path: String,
 }
+
+/// Every series' catalog, by (node, path).
+#[derive(Message)]
+#[rtype(result = "std::collections::BTreeMap<(String, String), Vec<CatalogArchive>>")]
+pub struct GetCatalogs;
 
 /// The entries that answer the on-demand request `request`, oldest first.
 #[derive(Message)]
@@ -212,6 +217,13 @@ impl Handler<GetCatalog> for LogActor {
     type Result = MessageResult<GetCatalog>;
     fn handle(&mut self, q: GetCatalog, _: &mut Context<Self>) -> Self::Result {
         MessageResult(catalog(&self.log, &q.node, &q.path))
+    }
+}
+
+impl Handler<GetCatalogs> for LogActor {
+    type Result = MessageResult<GetCatalogs>;
+    fn handle(&mut self, _: GetCatalogs, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(catalogs(&self.log))
     }
 }
 

@@ -115,11 +115,26 @@ pub struct CatalogArchive {
 
 /// The archives of (node, path) that some node still keeps, newest first.
 pub fn catalog(log: &Log, node: &str, path: &str) -> Vec<CatalogArchive> {
-    let mut by_id: BTreeMap<String, CatalogArchive> = BTreeMap::new();
+    catalogs_where(log, |n, p| n == node && p == path).remove(&(node.to_string(), path.to_string())).unwrap_or_default()
+}
+
+/// [`catalog`] of every series, by (node, path).
+pub fn catalogs(log: &Log) -> BTreeMap<(String, String), Vec<CatalogArchive>> {
+    catalogs_where(log, |_, _| true)
+}
+
+fn catalogs_where(log: &Log, want: impl Fn(&str, &str) -> bool) -> BTreeMap<(String, String), Vec<CatalogArchive>> {
+    let mut series: BTreeMap<(String, String), BTreeMap<String, CatalogArchive>> = BTreeMap::new();
     for e in log.by_time() {
-        if e.event.node() != node || e.event.path() != Some(path) {
+        let Some(path) = e.event.path() else { continue };
+        if !matches!(
+            e.event,
+            Event::Finished { .. } | Event::Replicated { .. } | Event::Repaired { .. } | Event::Pruned { .. }
+        ) || !want(e.event.node(), path)
+        {
             continue;
         }
+        let by_id = series.entry((e.event.node().to_string(), path.to_string())).or_default();
         match &e.event {
             Event::Finished { archive, size, files, warnings, node, .. } => {
                 let a = by_id
@@ -146,10 +161,16 @@ pub fn catalog(log: &Log, node: &str, path: &str) -> Vec<CatalogArchive> {
             _ => {}
         }
     }
-    let mut out: Vec<CatalogArchive> = by_id.into_values().filter(|a| !a.holders.is_empty()).collect();
-    // Archive ids begin with their UTC creation time: newest first.
-    out.sort_by(|a, b| b.id.cmp(&a.id));
-    out
+    series
+        .into_iter()
+        .map(|(k, by_id)| {
+            let mut out: Vec<CatalogArchive> = by_id.into_values().filter(|a| !a.holders.is_empty()).collect();
+            // Archive ids begin with their UTC creation time: newest first.
+            out.sort_by(|a, b| b.id.cmp(&a.id));
+            (k, out)
+        })
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
 }
 
 /// The outcome of a job's last run.
@@ -175,6 +196,12 @@ pub struct JobView {
     pub last_success: Option<Hlc>,
     /// When its last run started (scheduling counts from here).
     pub last_started: Option<Hlc>,
+    /// When it was (last) registered.
+    pub registered_at: Hlc,
+    /// Size of the newest archive a run made.
+    pub last_size: Option<u64>,
+    /// Warnings of the last run that stored an archive.
+    pub last_warnings: Vec<String>,
 }
 
 /// The registered jobs, by (node, path), with their settings (last writer
@@ -197,9 +224,15 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
                             last: None,
                             last_success: None,
                             last_started: None,
+                            registered_at: e.time.clone(),
+                            last_size: None,
+                            last_warnings: Vec::new(),
                         },
                     )
                 });
+                if !slot.0 {
+                    slot.1.registered_at = e.time.clone();
+                }
                 slot.0 = true;
                 slot.1.every_min = *every_min;
                 slot.1.excludes = excludes.clone();
@@ -222,6 +255,10 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
             }
             Event::Finished { node, path, archive, .. } | Event::Unchanged { node, path, archive, .. } => {
                 if let Some(slot) = jobs.get_mut(&(node.clone(), path.clone())) {
+                    if let Event::Finished { size, warnings, .. } = &e.event {
+                        slot.1.last_size = Some(*size);
+                        slot.1.last_warnings = warnings.clone();
+                    }
                     slot.1.last = Some(LastRun {
                         result: e.event.kind(),
                         time: e.time.clone(),

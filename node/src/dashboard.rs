@@ -1,0 +1,524 @@
+//! The web dashboard and `/metrics`.
+//!
+//! Every node serves the same page at `/` (and a client's page at
+//! `/site/NAME`), built from the gossiped log, so any node shows the whole
+//! mesh. The page is plain HTML, CSS and JavaScript embedded in the binary
+//! (no CDN, no build step); it signs in with a token kept in the browser's
+//! session storage and polls the JSON routes below every few seconds.
+//!
+//! - `GET /api/v1/whoami`: the role of the token (admin, viewer, site).
+//! - `GET /api/v1/dashboard[?site=S]`: sites → nodes → jobs with their
+//!   states, counts, nodes with what they keep; federated meshes as further
+//!   sites.
+//! - `GET /api/v1/job?node=N&path=P`: one job's executions, archives and
+//!   holders, warnings and failure reason.
+//! - `GET /metrics`: Prometheus text format.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use backmesh_actors::log::actor::{GetCatalogs, GetJobs, Query};
+use backmesh_actors::log::state::{CatalogArchive, JobView};
+use backmesh_actors::net::actor::{now_ms, rfc3339, GetStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{error, role, shutting_down, ApiState, Role};
+use actix_web::http::StatusCode;
+
+const INDEX: &str = include_str!("dashboard/index.html");
+const APP_JS: &str = include_str!("dashboard/app.js");
+const STYLE: &str = include_str!("dashboard/style.css");
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(page))
+        .route("/site/{name}", web::get().to(page))
+        .route("/assets/app.js", web::get().to(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
+        .route("/assets/style.css", web::get().to(|| async { asset(STYLE, "text/css; charset=utf-8") }))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// The dashboard's JSON routes, under `/api/v1`.
+pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
+    scope
+        .route("/whoami", web::get().to(whoami))
+        .route("/dashboard", web::get().to(dashboard))
+        .route("/job", web::get().to(job))
+}
+
+async fn page() -> HttpResponse {
+    // The page holds no data: it asks the API, with the token the user gives.
+    asset(INDEX, "text/html; charset=utf-8")
+}
+
+fn asset(body: &'static str, kind: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(kind)
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Content-Security-Policy", "default-src 'self'; style-src 'self'; img-src 'self' data:"))
+        .body(body)
+}
+
+async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    match role(&req, &state) {
+        Ok(Role::Admin) => HttpResponse::Ok().json(serde_json::json!({"role": "admin", "node": state.health.name})),
+        Ok(Role::Viewer) => HttpResponse::Ok().json(serde_json::json!({"role": "viewer", "node": state.health.name})),
+        Ok(Role::Site(s)) => {
+            HttpResponse::Ok().json(serde_json::json!({"role": "site", "site": s, "node": state.health.name}))
+        }
+        Err(r) => r,
+    }
+}
+
+/// A job's state as a person reads it.
+pub fn job_state(j: &JobView, now: i64) -> &'static str {
+    let period = j.every_min as i64 * backmesh_actors::jobs::minute_ms();
+    let since_success = now - j.last_success.as_ref().map(|t| t.wall_ms).unwrap_or(j.registered_at.wall_ms);
+    match &j.last {
+        _ if j.paused => "paused",
+        Some(l) if l.result == "failed" => "failing",
+        _ if since_success > 2 * period => "stale",
+        None => "pending",
+        Some(_) => "ok",
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub ok: u64,
+    pub stale: u64,
+    pub failing: u64,
+    pub paused: u64,
+    pub pending: u64,
+    pub total: u64,
+}
+
+impl Counts {
+    fn add(&mut self, state: &str) {
+        self.total += 1;
+        match state {
+            "ok" => self.ok += 1,
+            "stale" => self.stale += 1,
+            "failing" => self.failing += 1,
+            "paused" => self.paused += 1,
+            _ => self.pending += 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRow {
+    pub node: String,
+    pub path: String,
+    pub every: u64,
+    pub state: String,
+    pub last_success: Option<String>,
+    pub last_success_age_s: Option<i64>,
+    pub last_result: Option<String>,
+    pub last_run: Option<String>,
+    pub last_size: Option<u64>,
+    pub archives: usize,
+    pub holders: Vec<String>,
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteNode {
+    pub name: String,
+    pub up: bool,
+    pub jobs: Vec<JobRow>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Site {
+    pub name: String,
+    /// The federated mesh it comes from (`None`: this mesh).
+    pub mesh: Option<String>,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub counts: Counts,
+    pub nodes: Vec<SiteNode>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub site: String,
+    pub peer_id: String,
+    pub address: String,
+    pub up: bool,
+    pub last_seen: Option<String>,
+    pub free_bytes: u64,
+    pub archives_held: u64,
+    pub bytes_held: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Overview {
+    pub generated: String,
+    pub node: String,
+    pub counts: Counts,
+    pub sites: Vec<Site>,
+    pub nodes: Vec<NodeRow>,
+    pub problems: Vec<String>,
+}
+
+fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
+    let fmt = |t: &backmesh_actors::log::hlc::Hlc| rfc3339(t.wall_ms);
+    let newest = catalog.and_then(|c| c.first());
+    JobRow {
+        node: j.node.clone(),
+        path: j.path.clone(),
+        every: j.every_min,
+        state: job_state(j, now).into(),
+        last_success: j.last_success.as_ref().map(fmt),
+        last_success_age_s: j.last_success.as_ref().map(|t| (now - t.wall_ms).max(0) / 1000),
+        last_result: j.last.as_ref().map(|l| l.result.to_string()),
+        last_run: j.last.as_ref().map(|l| fmt(&l.time)),
+        last_size: j.last_size,
+        archives: catalog.map(|c| c.len()).unwrap_or(0),
+        holders: newest.map(|a| a.holders.iter().cloned().collect()).unwrap_or_default(),
+        error: j.last.as_ref().and_then(|l| l.error.clone()),
+        warnings: j.last_warnings.clone(),
+    }
+}
+
+#[derive(Deserialize)]
+struct DashQuery {
+    site: Option<String>,
+    /// Leave out federated meshes (what a federating node asks for).
+    #[serde(default)]
+    local: bool,
+}
+
+/// The overview of this mesh (and, unless `local`, the federated ones).
+async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<Overview, HttpResponse> {
+    let status = state.membership.send(GetStatus).await.map_err(shutting_down)?;
+    let jobs = state.log.send(GetJobs).await.map_err(shutting_down)?;
+    let catalogs = state.log.send(GetCatalogs).await.map_err(shutting_down)?;
+    let now = now_ms();
+    let site_of: HashMap<&str, &str> = status.nodes.iter().map(|n| (n.name.as_str(), n.site.as_str())).collect();
+    // What each node keeps, from the catalog.
+    let mut held: HashMap<&str, (u64, u64)> = HashMap::new();
+    for archives in catalogs.values() {
+        for a in archives {
+            for h in &a.holders {
+                let e = held.entry(h.as_str()).or_default();
+                e.0 += 1;
+                e.1 += a.size;
+            }
+        }
+    }
+    let mut by_site: BTreeMap<String, BTreeMap<String, SiteNode>> = BTreeMap::new();
+    for n in &status.nodes {
+        if site.is_some_and(|s| s != n.site) {
+            continue;
+        }
+        by_site
+            .entry(n.site.clone())
+            .or_default()
+            .insert(n.name.clone(), SiteNode { name: n.name.clone(), up: n.up, jobs: Vec::new() });
+    }
+    for j in &jobs {
+        let s = site_of.get(j.node.as_str()).copied().unwrap_or("");
+        if site.is_some_and(|want| want != s) {
+            continue;
+        }
+        let r = row(j, catalogs.get(&(j.node.clone(), j.path.clone())), now);
+        by_site
+            .entry(s.to_string())
+            .or_default()
+            .entry(j.node.clone())
+            .or_insert_with(|| SiteNode { name: j.node.clone(), up: false, jobs: Vec::new() })
+            .jobs
+            .push(r);
+    }
+    let mut counts = Counts::default();
+    let mut sites: Vec<Site> = by_site
+        .into_iter()
+        .map(|(name, nodes)| {
+            let mut c = Counts::default();
+            for n in nodes.values() {
+                for j in &n.jobs {
+                    c.add(&j.state);
+                    counts.add(&j.state);
+                }
+            }
+            Site { name, mesh: None, reachable: true, error: None, counts: c, nodes: nodes.into_values().collect() }
+        })
+        .collect();
+    if site.is_none() && !local {
+        let remote = state.federation.lock().map(|f| f.clone()).unwrap_or_default();
+        for f in &state.federate {
+            match remote.get(&f.name) {
+                Some(Ok(o)) => {
+                    for s in &o.sites {
+                        for n in &s.nodes {
+                            for j in &n.jobs {
+                                counts.add(&j.state);
+                            }
+                        }
+                        let name = if s.name.is_empty() { f.name.clone() } else { format!("{} / {}", f.name, s.name) };
+                        sites.push(Site { name, mesh: Some(f.name.clone()), ..s.clone() });
+                    }
+                }
+                other => {
+                    let error = match other {
+                        Some(Err(e)) => e.clone(),
+                        _ => "not asked yet".into(),
+                    };
+                    sites.push(Site {
+                        name: f.name.clone(),
+                        mesh: Some(f.name.clone()),
+                        reachable: false,
+                        error: Some(error),
+                        counts: Counts::default(),
+                        nodes: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+    let nodes = status
+        .nodes
+        .iter()
+        .filter(|n| site.is_none_or(|s| s == n.site))
+        .map(|n| {
+            let (archives_held, bytes_held) = held.get(n.name.as_str()).copied().unwrap_or_default();
+            NodeRow {
+                name: n.name.clone(),
+                site: n.site.clone(),
+                peer_id: n.peer_id.clone(),
+                address: n.address.clone(),
+                up: n.up,
+                last_seen: n.last_seen.clone(),
+                free_bytes: n.free_bytes,
+                archives_held,
+                bytes_held,
+            }
+        })
+        .collect();
+    Ok(Overview {
+        generated: rfc3339(now),
+        node: state.health.name.clone(),
+        counts,
+        sites,
+        nodes,
+        problems: if site.is_none() { status.problems } else { Vec::new() },
+    })
+}
+
+async fn dashboard(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<DashQuery>) -> HttpResponse {
+    let q = q.into_inner();
+    let site = match role(&req, &state) {
+        Ok(Role::Site(s)) => {
+            if q.site.as_ref().is_some_and(|w| *w != s) {
+                return error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{s}`"));
+            }
+            Some(s)
+        }
+        Ok(_) => q.site,
+        Err(r) => return r,
+    };
+    match overview(&state, site.as_deref(), q.local).await {
+        Ok(o) => HttpResponse::Ok().json(o),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    node: String,
+    path: String,
+}
+
+async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuery>) -> HttpResponse {
+    let q = q.into_inner();
+    let who = match role(&req, &state) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let jobs = match state.log.send(GetJobs).await {
+        Ok(j) => j,
+        Err(e) => return shutting_down(e),
+    };
+    let Some(j) = jobs.iter().find(|j| j.node == q.node && j.path == q.path) else {
+        return error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}", q.path, q.node));
+    };
+    if let Role::Site(s) = &who {
+        let status = match state.membership.send(GetStatus).await {
+            Ok(st) => st,
+            Err(e) => return shutting_down(e),
+        };
+        if !status.nodes.iter().any(|n| n.name == q.node && &n.site == s) {
+            return error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{s}`"));
+        }
+    }
+    let catalogs = match state.log.send(GetCatalogs).await {
+        Ok(c) => c,
+        Err(e) => return shutting_down(e),
+    };
+    let catalog = catalogs.get(&(q.node.clone(), q.path.clone()));
+    let entries =
+        match state.log.send(Query { node: Some(q.node.clone()), path: Some(q.path.clone()), limit: 2000 }).await {
+            Ok(e) => e,
+            Err(e) => return shutting_down(e),
+        };
+    let executions: Vec<serde_json::Value> = entries
+        .iter()
+        .filter(|e| e.event.node() == q.node && ["finished", "unchanged", "failed"].contains(&e.event.kind()))
+        .map(|e| {
+            let mut v = serde_json::to_value(&e.event).unwrap_or_default();
+            v["time"] = serde_json::Value::String(rfc3339(e.time.wall_ms));
+            v["time_ms"] = serde_json::json!(e.time.wall_ms);
+            v
+        })
+        .collect();
+    let archives: Vec<serde_json::Value> = catalog
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            serde_json::json!({"id": a.id, "created": a.created.as_ref().map(|t| rfc3339(t.wall_ms)),
+                               "size": a.size, "files": a.files, "holders": a.holders})
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "job": row(j, catalog, now_ms()),
+        "executions": executions,
+        "archives": archives,
+    }))
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    match role(&req, &state) {
+        Ok(Role::Admin | Role::Viewer) => {}
+        Ok(Role::Site(_)) => return error(StatusCode::FORBIDDEN, "a site token cannot read /metrics"),
+        Err(r) => return r,
+    }
+    let o = match overview(&state, None, true).await {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let catalogs = match state.log.send(GetCatalogs).await {
+        Ok(c) => c,
+        Err(e) => return shutting_down(e),
+    };
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, v) in samples {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    let c = &o.counts;
+    family(
+        "backmesh_jobs",
+        "Backup jobs of this mesh by state.",
+        [("ok", c.ok), ("stale", c.stale), ("failing", c.failing), ("paused", c.paused), ("pending", c.pending)]
+            .iter()
+            .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n as f64))
+            .collect(),
+    );
+    let jobs: Vec<&JobRow> = o.sites.iter().flat_map(|s| s.nodes.iter().flat_map(|n| n.jobs.iter())).collect();
+    family(
+        "backmesh_job_last_success_timestamp_seconds",
+        "When each job last succeeded (Unix time); absent for jobs that never did.",
+        jobs.iter()
+            .filter_map(|j| {
+                let age = j.last_success_age_s?;
+                let t = (now_ms() / 1000 - age) as f64;
+                Some((format!("{{node=\"{}\",path=\"{}\"}}", label(&j.node), label(&j.path)), t))
+            })
+            .collect(),
+    );
+    family(
+        "backmesh_job_failing",
+        "1 when the job's last run failed.",
+        jobs.iter()
+            .map(|j| {
+                let v = if j.state == "failing" { 1.0 } else { 0.0 };
+                (format!("{{node=\"{}\",path=\"{}\"}}", label(&j.node), label(&j.path)), v)
+            })
+            .collect(),
+    );
+    family(
+        "backmesh_node_up",
+        "1 when the node is up as this node sees it.",
+        o.nodes.iter().map(|n| (format!("{{node=\"{}\"}}", label(&n.name)), if n.up { 1.0 } else { 0.0 })).collect(),
+    );
+    family(
+        "backmesh_node_free_bytes",
+        "Free space on each node's data directory.",
+        o.nodes.iter().map(|n| (format!("{{node=\"{}\"}}", label(&n.name)), n.free_bytes as f64)).collect(),
+    );
+    family(
+        "backmesh_node_stored_bytes",
+        "Bytes of archives each node keeps (sum of archive sizes; shared members count once per archive).",
+        o.nodes.iter().map(|n| (format!("{{node=\"{}\"}}", label(&n.name)), n.bytes_held as f64)).collect(),
+    );
+    // Archives with fewer copies than asked for, on the nodes that could hold them.
+    let others = o.nodes.len().saturating_sub(1);
+    let want = state.replicas.min(others);
+    let mut backlog: BTreeMap<String, f64> = BTreeMap::new();
+    for ((node, _), archives) in catalogs.iter() {
+        let short = archives.iter().filter(|a| a.holders.iter().filter(|h| *h != node).count() < want).count();
+        *backlog.entry(node.clone()).or_default() += short as f64;
+    }
+    family(
+        "backmesh_replication_backlog",
+        "Retained archives of each origin node with fewer copies than --replicas (or than other nodes exist).",
+        backlog.into_iter().map(|(n, v)| (format!("{{node=\"{}\"}}", label(&n)), v)).collect(),
+    );
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(out)
+}
+
+/// What was last heard from each federated mesh.
+pub type Federation = Arc<Mutex<HashMap<String, Result<Overview, String>>>>;
+
+/// Asks every federated mesh for its overview every few seconds.
+pub fn start_federation(federate: Vec<crate::config::Federated>, into: Federation) {
+    if federate.is_empty() {
+        return;
+    }
+    actix::spawn(async move {
+        loop {
+            for f in &federate {
+                let f2 = f.clone();
+                let got =
+                    tokio::task::spawn_blocking(move || ask_remote(&f2)).await.unwrap_or_else(|e| Err(e.to_string()));
+                if let Ok(mut map) = into.lock() {
+                    map.insert(f.name.clone(), got);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+}
+
+fn ask_remote(f: &crate::config::Federated) -> Result<Overview, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(4)))
+        .build()
+        .into();
+    let url = format!("{}{}/dashboard?local=true", f.url.trim_end_matches('/'), backmesh_api::PREFIX);
+    let mut req = agent.get(&url);
+    if let Some(t) = &f.token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    match req.call() {
+        Ok(mut resp) if resp.status().is_success() => {
+            resp.body_mut().read_json::<Overview>().map_err(|e| format!("unexpected answer: {e}"))
+        }
+        Ok(resp) => Err(format!("it refused ({})", resp.status())),
+        Err(e) => Err(format!("unreachable: {e}")),
+    }
+}

@@ -1,0 +1,313 @@
+// The backmesh dashboard: plain JavaScript, no framework, no build step.
+// Every view is rebuilt from the JSON API every few seconds. Text from the
+// mesh (paths, names, errors) only ever goes into text nodes.
+'use strict';
+
+const $ = (sel, el = document) => el.querySelector(sel);
+const app = $('#app');
+const TOKEN_KEY = 'backmesh-token';
+let token = sessionStorage.getItem(TOKEN_KEY) || '';
+let me = null; // {role, site, node}
+let actionStatus = null; // {text, cls}: survives re-renders
+const siteMatch = location.pathname.match(/^\/site\/([^/]+)/);
+const clientSite = siteMatch ? decodeURIComponent(siteMatch[1]) : null;
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+class SignIn extends Error {}
+
+async function api(path, opts = {}) {
+  const headers = { Accept: 'application/json' };
+  if (opts.body) headers['Content-Type'] = 'application/json';
+  if (token) headers.Authorization = 'Bearer ' + token;
+  const r = await fetch('/api/v1' + path, {
+    method: opts.method || 'GET', headers, body: opts.body ? JSON.stringify(opts.body) : undefined,
+  });
+  const body = await r.json().catch(() => ({}));
+  if (r.status === 401) throw new SignIn(body.error || 'sign in');
+  if (!r.ok) throw new Error(body.error || ('HTTP ' + r.status));
+  return body;
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return '—';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : n) + ' ' + u[i];
+}
+
+function age(secs) {
+  if (secs === null || secs === undefined) return 'never';
+  if (secs < 60) return secs + ' s ago';
+  if (secs < 3600) return Math.round(secs / 60) + ' min ago';
+  if (secs < 172800) return Math.round(secs / 3600) + ' h ago';
+  return Math.round(secs / 86400) + ' days ago';
+}
+
+function duration(ms) {
+  if (ms === null || ms === undefined) return '—';
+  return ms < 1000 ? ms + ' ms' : (ms / 1000).toFixed(1) + ' s';
+}
+
+const LABEL = { ok: 'OK', stale: 'STALE', failing: 'FAILING', paused: 'PAUSED', pending: 'PENDING' };
+const badge = (state) => h('span', { class: 'badge state-' + state, 'data-state': state }, LABEL[state] || state.toUpperCase());
+const jobHref = (j) => '#/job?node=' + encodeURIComponent(j.node) + '&path=' + encodeURIComponent(j.path);
+
+function route() {
+  const hash = location.hash.slice(1) || '/';
+  const [path, query] = hash.split('?');
+  return { path, params: new URLSearchParams(query || '') };
+}
+
+function renderNav() {
+  const nav = $('#nav');
+  nav.replaceChildren();
+  if (clientSite || !me) return;
+  const r = route().path;
+  nav.append(
+    h('a', { href: '#/', class: r === '/' ? 'active' : null }, 'Overview'),
+    h('a', { href: '#/nodes', class: r === '/nodes' ? 'active' : null }, 'Nodes'));
+}
+
+function renderWho() {
+  const who = $('#who');
+  who.replaceChildren();
+  if (!me) return;
+  const what = me.role === 'admin' ? 'administrator' : me.role === 'viewer' ? 'read-only' : 'site ' + me.site;
+  who.append('via ' + me.node + ' · ' + what);
+  if (token) who.append(h('button', { id: 'signout', onclick: () => { sessionStorage.removeItem(TOKEN_KEY); token = ''; me = null; refresh(); } }, 'Sign out'));
+}
+
+function signInForm(message) {
+  const input = h('input', { id: 'token', type: 'password', autocomplete: 'current-password', placeholder: 'token' });
+  const form = h('form', { class: 'signin', id: 'signin' },
+    h('h1', {}, clientSite ? 'Backups of ' + clientSite : 'Sign in'),
+    h('p', { class: 'muted' }, clientSite ? 'Enter the access code you were given.' : 'Enter this mesh\'s API token (administrator or read-only).'),
+    message ? h('p', { class: 'error' }, message) : null,
+    input,
+    h('button', { class: 'primary', type: 'submit' }, 'Sign in'));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    token = input.value.trim();
+    sessionStorage.setItem(TOKEN_KEY, token);
+    me = null;
+    refresh();
+  });
+  app.replaceChildren(form);
+  input.focus();
+}
+
+function countsBar(c) {
+  const box = (cls, n, label) => h('div', { class: 'count ' + cls, 'data-count': cls }, h('b', {}, n), label);
+  return h('div', { class: 'counts', id: 'counts' },
+    box('total', c.total, 'jobs'), box('ok', c.ok, 'OK'), box('stale', c.stale, 'STALE'),
+    box('failing', c.failing, 'FAILING'), box('paused', c.paused, 'PAUSED'),
+    c.pending ? box('pending', c.pending, 'PENDING') : null);
+}
+
+function jobsTable(jobs) {
+  return h('table', { class: 'jobs' },
+    h('thead', {}, h('tr', {}, ['State', 'Path', 'Every', 'Last success', 'Last size', 'Archives', 'Copies on', 'Problem'].map((t) => h('th', {}, t)))),
+    h('tbody', {}, jobs.map((j) => h('tr', { 'data-node': j.node, 'data-path': j.path, 'data-state': j.state },
+      h('td', {}, badge(j.state)),
+      h('td', {}, h('a', { href: jobHref(j) }, j.path)),
+      h('td', {}, j.every + ' min'),
+      h('td', {}, age(j.last_success_age_s)),
+      h('td', { class: 'num' }, bytes(j.last_size)),
+      h('td', { class: 'num' }, j.archives),
+      h('td', {}, j.holders.join(', ') || '—'),
+      h('td', { class: 'problem' }, j.state === 'failing' ? j.error : j.state === 'stale' ? 'no success for ' + age(j.last_success_age_s).replace(' ago', '') : (j.warnings.length ? j.warnings.length + ' warning(s)' : ''))))));
+}
+
+function overview(o) {
+  const out = [h('h1', {}, 'Backups'), countsBar(o.counts)];
+  for (const p of o.problems) out.push(h('p', { class: 'error' }, p));
+  for (const s of o.sites) {
+    const title = s.name || '(no site)';
+    const sec = h('section', { class: 'site', 'data-site': title },
+      h('h2', {}, title, ' ', s.reachable ? null : h('span', { class: 'badge state-unreachable' }, 'UNREACHABLE')));
+    if (!s.reachable) sec.append(h('p', { class: 'error' }, s.error || 'unreachable'));
+    for (const n of s.nodes) {
+      sec.append(h('h3', {}, n.name, ' ', h('span', { class: 'badge state-' + (n.up ? 'up' : 'down') }, n.up ? 'up' : 'DOWN')));
+      sec.append(n.jobs.length ? jobsTable(n.jobs) : h('p', { class: 'muted' }, 'no backup jobs'));
+    }
+    out.push(sec);
+  }
+  return out;
+}
+
+function nodesPage(o) {
+  return [h('h1', {}, 'Nodes'), h('table', { class: 'nodes' },
+    h('thead', {}, h('tr', {}, ['Node', 'Site', 'State', 'Last seen', 'Free', 'Archives held', 'Bytes held', 'Address'].map((t) => h('th', {}, t)))),
+    h('tbody', {}, o.nodes.map((n) => h('tr', { 'data-node': n.name },
+      h('td', {}, n.name), h('td', {}, n.site || '—'),
+      h('td', {}, h('span', { class: 'badge state-' + (n.up ? 'up' : 'down') }, n.up ? 'up' : 'DOWN')),
+      h('td', {}, n.last_seen || (n.name === o.node ? 'this node' : '—')),
+      h('td', { class: 'num' }, bytes(n.free_bytes)),
+      h('td', { class: 'num' }, n.archives_held),
+      h('td', { class: 'num' }, bytes(n.bytes_held)),
+      h('td', {}, n.address)))))];
+}
+
+function chart(executions, field, cls, label) {
+  const runs = executions.slice(-60);
+  const W = 600, H = 120, max = Math.max(1, ...runs.map((e) => e[field] || 0));
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('class', 'chart');
+  svg.setAttribute('viewBox', `0 0 ${W} ${H + 20}`);
+  svg.setAttribute('preserveAspectRatio', 'none');
+  const bw = W / Math.max(runs.length, 1);
+  runs.forEach((e, i) => {
+    const v = e[field] || 0;
+    const bh = e.kind === 'failed' ? H : Math.max(1, (v / max) * H);
+    const r = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
+    r.setAttribute('x', i * bw + 1);
+    r.setAttribute('y', H - bh);
+    r.setAttribute('width', Math.max(1, bw - 2));
+    r.setAttribute('height', bh);
+    r.setAttribute('class', e.kind === 'failed' ? 'failed' : cls);
+    const t = document.createElementNS('http://www.w3.org/2000/svg', 'title');
+    t.textContent = e.time + ': ' + e.kind + (field === 'size' ? ' ' + bytes(e.size) : ' ' + duration(e.duration_ms));
+    r.append(t);
+    svg.append(r);
+  });
+  const cap = document.createElementNS('http://www.w3.org/2000/svg', 'text');
+  cap.setAttribute('x', 4);
+  cap.setAttribute('y', H + 14);
+  cap.textContent = label + ' of the last ' + runs.length + ' runs (max ' + (field === 'size' ? bytes(max) : duration(max)) + '; red: failed)';
+  svg.append(cap);
+  return svg;
+}
+
+async function act(kind, j) {
+  try {
+    if (kind === 'run') {
+      actionStatus = { text: 'Backup of ' + j.path + ' queued…', cls: 'muted' };
+      render();
+      const q = await api('/run', { method: 'POST', body: { node: j.node, path: j.path } });
+      for (let i = 0; i < 3600; i++) {
+        const r = await api('/requests/' + encodeURIComponent(q.request));
+        const done = r.entries.find((e) => ['finished', 'unchanged', 'failed'].includes(e.kind));
+        if (done) {
+          actionStatus = done.kind === 'failed'
+            ? { text: 'Backup failed: ' + done.error, cls: 'error' }
+            : { text: 'Backup ' + done.kind + (done.size ? ' (' + bytes(done.size) + ')' : '') + ': archive ' + done.archive, cls: '' };
+          break;
+        }
+        await new Promise((ok) => setTimeout(ok, 1000));
+      }
+    } else {
+      await api('/nodes/' + encodeURIComponent(j.node) + '/' + kind, { method: 'POST' });
+      actionStatus = { text: (kind === 'pause' ? 'Scheduled backups of ' : 'Backups resumed on ') + j.node + (kind === 'pause' ? ' paused' : ''), cls: '' };
+    }
+  } catch (e) {
+    actionStatus = { text: e.message, cls: 'error' };
+  }
+  refresh();
+}
+
+function jobPage(d) {
+  const j = d.job;
+  const out = [h('p', {}, h('a', { href: '#/' }, '← all backups')),
+    h('h1', {}, j.path, h('span', { class: 'muted' }, ' on ' + j.node), ' ', badge(j.state)),
+    h('p', {}, 'Every ' + j.every + ' min · last success ' + age(j.last_success_age_s) +
+      (j.last_size !== null ? ' · last archive ' + bytes(j.last_size) : '') + ' · ' + j.archives + ' archive(s) kept' +
+      (j.holders.length ? ' · newest on ' + j.holders.join(', ') : ''))];
+  if (me && me.role === 'admin') {
+    out.push(h('div', { class: 'actions' },
+      h('button', { class: 'primary', id: 'run-now', onclick: () => act('run', j) }, 'Run now'),
+      j.state === 'paused'
+        ? h('button', { id: 'resume', onclick: () => act('resume', j) }, 'Resume ' + j.node)
+        : h('button', { id: 'pause', onclick: () => act('pause', j) }, 'Pause ' + j.node),
+      h('span', { id: 'action-status', class: actionStatus ? actionStatus.cls : '' }, actionStatus ? actionStatus.text : '')));
+  }
+  if (j.state === 'failing') out.push(h('div', { class: 'failure', id: 'failure' }, 'The last backup failed: ' + j.error));
+  for (const w of j.warnings) out.push(h('div', { class: 'warning' }, w));
+  const ex = d.executions;
+  out.push(h('h2', {}, 'Executions'));
+  out.push(chart(ex, 'size', 'size', 'Archive size'), chart(ex, 'duration_ms', 'duration', 'Duration'));
+  out.push(h('table', { class: 'executions', id: 'executions' },
+    h('thead', {}, h('tr', {}, ['Time', 'Result', 'Size', 'Files', 'Duration', 'Details'].map((t) => h('th', {}, t)))),
+    h('tbody', {}, ex.slice().reverse().map((e) => h('tr', { 'data-kind': e.kind },
+      h('td', {}, e.time), h('td', {}, e.kind), h('td', { class: 'num' }, e.size !== undefined ? bytes(e.size) : '—'),
+      h('td', { class: 'num' }, e.files !== undefined ? e.files : '—'), h('td', { class: 'num' }, duration(e.duration_ms)),
+      h('td', {}, e.error || (e.warnings && e.warnings.length ? e.warnings.join('; ') : e.archive || '')))))));
+  out.push(h('h2', {}, 'Archives kept'));
+  out.push(h('table', { class: 'archives' },
+    h('thead', {}, h('tr', {}, ['Archive', 'Created', 'Size', 'Files', 'Kept on'].map((t) => h('th', {}, t)))),
+    h('tbody', {}, d.archives.map((a) => h('tr', {},
+      h('td', {}, a.id), h('td', {}, a.created || '—'), h('td', { class: 'num' }, bytes(a.size)),
+      h('td', { class: 'num' }, a.files), h('td', {}, a.holders.join(', ')))))));
+  return out;
+}
+
+function clientPage(o) {
+  const jobs = o.sites.flatMap((s) => s.nodes.flatMap((n) => n.jobs));
+  const healthy = jobs.filter((j) => j.state === 'ok').length;
+  const summary = jobs.length === 0 ? 'No backups are set up for this site yet.'
+    : healthy === jobs.length ? `All ${jobs.length} backups are healthy.`
+      : `${healthy} of ${jobs.length} backups are healthy; ${jobs.length - healthy} ${jobs.length - healthy === 1 ? 'needs' : 'need'} attention.`;
+  const say = (j) => {
+    const copies = j.holders.length ? `, kept on ${j.holders.length} machine${j.holders.length > 1 ? 's' : ''}` : '';
+    switch (j.state) {
+      case 'ok': return `✔ ${j.path} on ${j.node} was backed up ${age(j.last_success_age_s)} (${bytes(j.last_size)}${copies}).`;
+      case 'stale': return `⚠ ${j.path} on ${j.node} has not been backed up since ${j.last_success || 'it was set up'}; it should be every ${j.every} minutes.`;
+      case 'failing': return `✖ The last backup of ${j.path} on ${j.node} failed: ${j.error}.`;
+      case 'paused': return `⏸ Backups of ${j.path} on ${j.node} are paused.`;
+      default: return `… ${j.path} on ${j.node} has not been backed up yet.`;
+    }
+  };
+  return [h('h1', {}, 'Backups of ' + clientSite), h('p', { class: 'summary', id: 'summary' }, summary),
+    h('ul', { class: 'plain' }, jobs.map((j) => h('li', { class: j.state, 'data-state': j.state }, say(j)))),
+    h('p', { class: 'muted' }, 'Updated ' + o.generated + '. This page refreshes by itself.')];
+}
+
+let current = null; // the last data, for re-rendering an action status
+async function refresh() {
+  try {
+    if (!me) me = await api('/whoami');
+    renderWho();
+    renderNav();
+    const r = route();
+    if (clientSite || me.role === 'site') {
+      const site = clientSite || me.site;
+      current = { view: 'client', data: await api('/dashboard?site=' + encodeURIComponent(site)) };
+    } else if (r.path === '/job') {
+      current = { view: 'job', data: await api('/job?node=' + encodeURIComponent(r.params.get('node')) + '&path=' + encodeURIComponent(r.params.get('path'))) };
+    } else {
+      current = { view: r.path === '/nodes' ? 'nodes' : 'overview', data: await api('/dashboard') };
+    }
+    render();
+  } catch (e) {
+    if (e instanceof SignIn) { me = null; renderWho(); renderNav(); signInForm(token ? e.message : null); return; }
+    app.replaceChildren(h('p', { class: 'error', id: 'load-error' }, 'Cannot load: ' + e.message));
+  }
+}
+
+function render() {
+  if (!current) return;
+  const v = current.view;
+  const nodes = v === 'client' ? clientPage(current.data) : v === 'job' ? jobPage(current.data)
+    : v === 'nodes' ? nodesPage(current.data) : overview(current.data);
+  app.replaceChildren(...nodes);
+  document.body.dataset.view = v;
+  document.body.dataset.loaded = String(Date.now());
+}
+
+window.addEventListener('hashchange', () => { actionStatus = null; refresh(); });
+refresh();
+setInterval(() => { if (me && !$('#signin')) refresh(); }, 3000);

@@ -1,0 +1,122 @@
+//! The web dashboard in a real headless Chromium (Debian's `chromium`,
+//! installed by scripts/test), against real nodes: jobs that are OK,
+//! FAILING, STALE and PAUSED, a federated mesh, admin, viewer and client
+//! tokens. The browser side is simulations/browser/dashboard_test.py;
+//! screenshots of every page land in target/<profile>/dashboard-screenshots.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use backmesh_simulations::{binary, wait_until, Mesh};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn tokens(extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["--token", "adm", "--viewer-token", "view", "--site-token", "paris=cli"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn states(mesh: &Mesh, i: usize) -> Vec<(String, String)> {
+    let out = mesh.cli(i, &["--json", "jobs"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|j| (j["path"].as_str().unwrap_or("").to_string(), j["state"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[test]
+fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_browser() {
+    // Job "minutes" of two seconds: schedules and staleness play out quickly.
+    let minute = ("BACKMESH_MINUTE_SECS".to_string(), "2".to_string());
+    // Another mesh, federated into the first one's dashboard.
+    let mut far = Mesh::new();
+    far.env.push(minute.clone());
+    let f = far.start(
+        "far",
+        None,
+        &[
+            "--site".into(),
+            "remote".into(),
+            "--token".into(),
+            "faradm".into(),
+            "--viewer-token".into(),
+            "farview".into(),
+        ],
+    );
+    far.nodes[f].cli_args = vec!["--token".into(), "faradm".into()];
+    assert!(far.wait_ready(f, LONG));
+
+    let mut mesh = Mesh::new();
+    mesh.env.push(minute);
+    let federate = format!("far=http://127.0.0.1:{}", far.nodes[f].api);
+    let plan: [(&str, &str, Vec<String>); 4] = [
+        ("n1", "paris", tokens(&["--federate", &federate, "--federate-token", "far=farview"])),
+        ("n2", "paris", tokens(&[])),
+        ("n3", "lyon", tokens(&[])),
+        ("n4", "lyon", tokens(&[])),
+    ];
+    for (i, (name, site, extra)) in plan.iter().enumerate() {
+        let mut args = extra.clone();
+        args.extend(["--site".to_string(), site.to_string()]);
+        let n = mesh.start(name, i.checked_sub(1), &args);
+        mesh.nodes[n].cli_args = vec!["--token".into(), "adm".into()];
+        assert!(mesh.wait_ready(n, LONG), "{}", mesh.nodes[n].log_text());
+    }
+    assert!(wait_until(LONG, || mesh.up_names(0).len() == 4));
+
+    let dir = |name: &str| {
+        let d = mesh.root.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("data.txt"), name.as_bytes()).unwrap();
+        d.to_string_lossy().into_owned()
+    };
+    let (ok, failing, paused, stale) = (dir("ok"), dir("gone"), dir("paused"), dir("stale"));
+    for (node, path) in [("n1", &ok), ("n2", &failing), ("n3", &paused), ("n4", &stale)] {
+        let out = mesh.cli(0, &["register", node, path, "--every", "1"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        wait_until(LONG, || states(&mesh, 0).iter().filter(|(_, s)| s == "ok").count() == 4),
+        "{:?}",
+        states(&mesh, 0)
+    );
+    // Break one, pause one, lose one.
+    std::fs::remove_dir_all(&failing).unwrap();
+    assert!(mesh.cli(0, &["pause", "n3"]).status.success());
+    mesh.kill9(3);
+    let want = |mesh: &Mesh| {
+        let s = states(mesh, 0);
+        [(&ok, "ok"), (&failing, "failing"), (&paused, "paused"), (&stale, "stale")]
+            .iter()
+            .all(|(p, st)| s.iter().any(|(path, state)| path == *p && state == st))
+    };
+    assert!(wait_until(LONG, || want(&mesh)), "{:?}", states(&mesh, 0));
+
+    let shots: PathBuf = binary("dashboard-screenshots");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard_test.py");
+    let cfg = serde_json::json!({
+        "url": mesh.nodes[0].url(),
+        "shots": shots,
+        "admin": "adm", "viewer": "view", "client_token": "cli", "client_site": "paris",
+        "jobs": {"ok": ok, "failing": failing, "paused": paused, "stale": stale},
+        "ok_node": "n1", "failing_node": "n2", "down_node": "n4", "node_count": 4,
+        "failure": "No such file or directory",
+        "sites": ["paris", "lyon"],
+        "federated": "far", "federated_pid": far.nodes[f].pid().unwrap(),
+    });
+    let out = Command::new("python3").arg(&script).arg(cfg.to_string()).output().expect("run python3");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser test failed:\n{said}\nnode log:\n{}", mesh.nodes[0].log_text());
+    eprintln!("{said}");
+    for page in ["overview-admin", "job-failing", "job-run-now", "nodes", "job-viewer", "client-site"] {
+        assert!(shots.join(format!("{page}.png")).exists(), "screenshot {page}");
+    }
+}
