@@ -2,10 +2,13 @@
 //! and the actor that schedules and runs this node's jobs ([`actor`]).
 
 pub mod actor;
+pub mod plugin;
 pub mod queue;
 pub mod run;
 
-pub use run::{check_path, run_backup, RunError, RunOutcome, RunReport, UnchangedBy};
+pub use run::{
+    check_path, error_chain, run_backup, run_backup_as, run_job, RunError, RunOutcome, RunReport, UnchangedBy,
+};
 
 /// Milliseconds in a job's "minute" (`--every` is in minutes): 60 000, or
 /// `BACKMESH_MINUTE_SECS` seconds when set — so that tests and demos can

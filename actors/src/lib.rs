@@ -9,6 +9,7 @@
 //! - [`jobs`]: one backup run (`run_backup`).
 //! - [`log`]: the execution log: hybrid clock, entries, the mergeable log
 //!   and the views folded from it, persistence.
+//! - [`notify`]: webhooks and commands told of failure, staleness, recovery.
 //! - [`replica`]: holders by rendezvous hashing, archive transfer,
 //!   retention and repair on holders, restore and verify from the mesh.
 //! - [`net`]: the mesh: membership, wire codec, swarm key, the libp2p loop
@@ -23,5 +24,6 @@ pub mod hash;
 pub mod jobs;
 pub mod log;
 pub mod net;
+pub mod notify;
 pub mod replica;
 pub mod store;

@@ -55,6 +55,29 @@ enum Command {
         /// Leave out matching paths (`*.log`, `cache/**`); repeatable.
         #[arg(long = "exclude", value_name = "GLOB")]
         excludes: Vec<String>,
+        /// Where the data comes from: `dir` (PATH itself, the default), `command` (the stdout of the
+        /// --arg command line, stored as a file named after PATH's last component), or a plugin:
+        /// a name in DATA_DIR/plugins on NODE, or an absolute path (docs/plugins.md).
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// An argument of the source; repeatable, in order (`--arg pg_dump --arg mydb`).
+        #[arg(long = "arg", value_name = "VALUE", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// Shell command run on NODE before each backup; if it fails, the run fails with its stderr.
+        #[arg(long, value_name = "CMD")]
+        pre: Option<String>,
+        /// Shell command run on NODE after each backup, told the result ($BACKMESH_RESULT…).
+        #[arg(long, value_name = "CMD")]
+        post: Option<String>,
+        /// Seconds the source, command or a hook may run before it is killed [default: 3600].
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Webhook URL told (JSON POST) when the job fails, goes stale or recovers; repeatable.
+        #[arg(long, value_name = "URL")]
+        notify: Vec<String>,
+        /// Shell command told when the job fails, goes stale or recovers (JSON on stdin).
+        #[arg(long, value_name = "CMD")]
+        notify_cmd: Option<String>,
     },
     /// Stop backing up PATH on NODE (its archives stay until retention removes them).
     Unregister {
@@ -768,14 +791,21 @@ fn main() -> ExitCode {
             Ok(false) => Err(Failure::Failed),
             Err(e) => Err(e),
         },
-        Command::Register { node, path, every, excludes } => write(
-            &c,
-            json,
-            "POST",
-            "/jobs",
-            Some(serde_json::json!({"node": node, "path": path, "every": every, "excludes": excludes})),
-            &format!("registered: {path} on {node}, every {every} min"),
-        ),
+        Command::Register { node, path, every, excludes, source, args, pre, post, timeout, notify, notify_cmd } => {
+            write(
+                &c,
+                json,
+                "POST",
+                "/jobs",
+                Some(serde_json::json!({"node": node, "path": path, "every": every, "excludes": excludes,
+                    "source": source, "args": args, "pre": pre, "post": post, "timeout_s": timeout,
+                    "notify": notify, "notify_cmd": notify_cmd})),
+                &format!(
+                    "registered: {path} on {node}, every {every} min{}",
+                    source.as_deref().map(|s| format!(", from {s}")).unwrap_or_default()
+                ),
+            )
+        }
         Command::Unregister { node, path } => write(
             &c,
             json,

@@ -5,7 +5,8 @@
 
 use actix::Addr;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use backmesh_actors::jobs::actor::{GetProgress, JobsActor, RunNow};
+use backmesh_actors::jobs::actor::{CheckSource, GetProgress, JobsActor, RunNow};
+use backmesh_actors::jobs::plugin::JobSpec;
 use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
 use backmesh_actors::log::hlc::Hlc;
@@ -257,13 +258,16 @@ struct RegisterBody {
     every: u64,
     #[serde(default)]
     excludes: Vec<String>,
+    /// Source, arguments, hooks, timeout, notifications.
+    #[serde(flatten)]
+    spec: JobSpec,
 }
 
 async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> HttpResponse {
     if let Some(refused) = admin(&req, &state) {
         return refused;
     }
-    let b = body.into_inner();
+    let mut b = body.into_inner();
     if b.every == 0 {
         return error(StatusCode::BAD_REQUEST, "--every must be at least 1 minute");
     }
@@ -278,8 +282,18 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
             return error(StatusCode::BAD_REQUEST, format!("bad exclude pattern `{pat}`: {}", e.kind()));
         }
     }
+    for url in &b.spec.notify {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return error(StatusCode::BAD_REQUEST, format!("--notify takes an http:// or https:// URL, not `{url}`"));
+        }
+    }
+    if b.spec.source.as_deref() == Some("dir") {
+        b.spec.source = None;
+    }
+    if b.spec.source.is_none() && !b.spec.args.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "--arg is for a --source other than a directory");
+    }
     // `host:port` of a node not yet in the mesh: dial it; it joins if it has the swarm key.
-    let mut b = b;
     if let Some(addr) = socket_addr(&b.node) {
         match join(&state, addr).await {
             Ok(name) => b.node = name,
@@ -290,16 +304,21 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
         Ok(n) => n,
         Err(r) => return r,
     };
-    // The node that will run the job says whether the path is a directory.
+    // The node that will run the job says whether it can: the path is a
+    // directory, the plugin exists…
     let verdict = if node.this_node {
-        backmesh_actors::jobs::check_path(&b.path).map_err(|r| (StatusCode::BAD_REQUEST, r))
+        match state.jobs.send(CheckSource { path: b.path.clone(), spec: b.spec.clone() }).await {
+            Ok(r) => r.map_err(|r| (StatusCode::BAD_REQUEST, r)),
+            Err(e) => return shutting_down(e),
+        }
     } else if !node.up {
         Err((
             StatusCode::SERVICE_UNAVAILABLE,
             format!("node {} is down and cannot confirm the path; try again when it is up", b.node),
         ))
     } else {
-        match state.net.ctl(&node.peer_id, CtlRequest::CheckPath { path: b.path.clone() }).await {
+        match state.net.ctl(&node.peer_id, CtlRequest::CheckSource { path: b.path.clone(), spec: b.spec.clone() }).await
+        {
             Ok(CtlResponse::PathOk) => Ok(()),
             Ok(CtlResponse::PathRefused { reason }) => {
                 Err((StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node)))
@@ -311,7 +330,11 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
     if let Err((code, msg)) = verdict {
         return error(code, msg);
     }
-    record(&state, Event::Registered { node: b.node, path: b.path, every_min: b.every, excludes: b.excludes }).await
+    record(
+        &state,
+        Event::Registered { node: b.node, path: b.path, every_min: b.every, excludes: b.excludes, spec: b.spec },
+    )
+    .await
 }
 
 #[derive(Deserialize)]

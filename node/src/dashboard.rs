@@ -72,18 +72,7 @@ async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
-/// A job's state as a person reads it.
-pub fn job_state(j: &JobView, now: i64) -> &'static str {
-    let period = j.every_min as i64 * backmesh_actors::jobs::minute_ms();
-    let since_success = now - j.last_success.as_ref().map(|t| t.wall_ms).unwrap_or(j.registered_at.wall_ms);
-    match &j.last {
-        _ if j.paused => "paused",
-        Some(l) if l.result == "failed" => "failing",
-        _ if since_success > 2 * period => "stale",
-        None => "pending",
-        Some(_) => "ok",
-    }
-}
+pub use backmesh_actors::log::state::job_state;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Counts {
@@ -123,6 +112,12 @@ pub struct JobRow {
     pub holders: Vec<String>,
     pub error: Option<String>,
     pub warnings: Vec<String>,
+    /// `dir`, `command` or the plugin's name.
+    #[serde(default)]
+    pub source: String,
+    /// What the last run's plugin or hooks reported.
+    #[serde(default)]
+    pub plugin: Option<backmesh_actors::jobs::plugin::PluginReport>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -183,6 +178,8 @@ fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
         holders: newest.map(|a| a.holders.iter().cloned().collect()).unwrap_or_default(),
         error: j.last.as_ref().and_then(|l| l.error.clone()),
         warnings: j.last_warnings.clone(),
+        source: j.spec.source_name().to_string(),
+        plugin: j.last_plugin.clone(),
     }
 }
 

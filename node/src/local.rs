@@ -120,6 +120,8 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
                 println!("unchanged: {} ({how}; latest archive {archive_id}) in {secs:.2}s", path.display());
             }
         }
+        // A plain directory backup never asks for no archive.
+        RunOutcome::NoArchive => println!("finished: {} (nothing to archive)", path.display()),
         RunOutcome::Stored { manifest: m, new_bytes, retention } => {
             if ctx.json {
                 println!(

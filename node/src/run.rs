@@ -15,6 +15,7 @@ use backmesh_actors::log::actor::{AttachNet as AttachLogNet, LogActor};
 use backmesh_actors::net::actor::{free_bytes, AttachNet, MembershipActor};
 use backmesh_actors::net::membership::{Membership, NodeInfo};
 use backmesh_actors::net::{swarm, swarm_key};
+use backmesh_actors::notify::NotifyActor;
 use backmesh_actors::replica::actor::{AttachNet as AttachReplicaNet, ReplicaActor, ReplicaConfig};
 use backmesh_actors::store::{write_atomic, Store};
 use backmesh_api::Health;
@@ -124,6 +125,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             },
         )
         .start();
+        let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone()).start();
         let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
         let net = match swarm::start(
             swarm::NetConfig {

@@ -99,6 +99,7 @@ try:
     # Run now, as an administrator: the result appears on the page.
     b.goto(URL + "/#/job?node=" + cfg["ok_node"] + "&path=" + urllib.request.quote(jobs["ok"], safe=""))
     b.wait("document.body.dataset.view === 'job' && document.querySelector('#run-now')")
+    b.wait("/post hook .* failed \\(exit 9\\): post hook says no/.test(document.querySelector('#plugin .hook')?.innerText || '')")
     before = b.eval("document.querySelectorAll('#executions tbody tr').length")
     b.eval("document.querySelector('#run-now').click()")
     status = b.wait("/Backup (finished|unchanged)/.test(document.querySelector('#action-status')?.innerText || '')"

@@ -14,7 +14,6 @@
 //! `finished`, `unchanged` or `failed` in the log.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use std::sync::atomic::Ordering;
 use actix::prelude::*;
 
 use super::queue::{Full, Item, Queue};
-use super::run::{run_backup, RunOutcome};
+use super::run::{run_job, RunOutcome};
 use crate::archive::{CreateOptions, Progress};
 use crate::log::actor::{GetJobs, LogActor, Record};
 use crate::log::entry::Event;
@@ -40,6 +39,14 @@ use crate::store::Store;
 pub struct RunNow {
     pub path: String,
     pub request: Option<String>,
+}
+
+/// Can this node run a job of `path` with `spec`? (registration)
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct CheckSource {
+    pub path: String,
+    pub spec: super::plugin::JobSpec,
 }
 
 /// The counters of the running backup of `path`.
@@ -172,13 +179,17 @@ impl JobsActor {
         let (store, me, keep) = (self.store.clone(), self.me.clone(), self.keep);
         let opts =
             CreateOptions { excludes: job.excludes.clone(), progress: Some(progress), ..CreateOptions::default() };
-        let source = PathBuf::from(&path);
+        let (key, spec) = (path.clone(), job.spec.clone());
         let started = std::time::Instant::now();
-        let work = tokio::task::spawn_blocking(move || run_backup(&store, &me, &source, &opts, keep));
+        let work = tokio::task::spawn_blocking(move || run_job(&store, &me, &key, &spec, &opts, keep));
         ctx.spawn(work.into_actor(self).map(move |joined, act, ctx| {
             let duration_ms = started.elapsed().as_millis() as u64;
             let (node, path) = (act.me.clone(), path.clone());
             let mut pruned = Vec::new();
+            let (joined, plugin) = match joined {
+                Ok((r, plugin)) => (Ok(r), plugin),
+                Err(e) => (Err(e), None),
+            };
             let event = match joined {
                 Ok(Ok(report)) => match report.outcome {
                     RunOutcome::Stored { manifest, retention, .. } => {
@@ -192,19 +203,32 @@ impl JobsActor {
                             duration_ms,
                             warnings: manifest.warnings.iter().map(|w| format!("{}: {}", w.path, w.message)).collect(),
                             request,
+                            plugin,
                         }
                     }
                     RunOutcome::Unchanged { archive_id, .. } => {
-                        Event::Unchanged { node, path: path.clone(), archive: archive_id, duration_ms, request }
+                        Event::Unchanged { node, path: path.clone(), archive: archive_id, duration_ms, request, plugin }
                     }
+                    RunOutcome::NoArchive => Event::Finished {
+                        node,
+                        path: path.clone(),
+                        archive: String::new(),
+                        size: 0,
+                        files: 0,
+                        duration_ms,
+                        warnings: Vec::new(),
+                        request,
+                        plugin,
+                    },
                 },
-                Ok(Err(e)) => Event::Failed { node, path: path.clone(), error: error_chain(&e), duration_ms, request },
+                Ok(Err(error)) => Event::Failed { node, path: path.clone(), error, duration_ms, request, plugin },
                 Err(e) => Event::Failed {
                     node,
                     path: path.clone(),
                     error: format!("the backup crashed: {e}"),
                     duration_ms,
                     request,
+                    plugin,
                 },
             };
             tracing::info!("backup of {path}: {}", event.kind());
@@ -219,21 +243,6 @@ impl JobsActor {
             act.start_runs(ctx);
         }));
     }
-}
-
-/// An error and its causes in one line, each said once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = c.source();
-    }
-    out
 }
 
 impl Actor for JobsActor {
@@ -268,6 +277,13 @@ impl Handler<RunNow> for JobsActor {
     }
 }
 
+impl Handler<CheckSource> for JobsActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: CheckSource, _: &mut Context<Self>) -> Self::Result {
+        super::plugin::check_source(self.store.root(), &msg.path, &msg.spec)
+    }
+}
+
 impl Handler<GetProgress> for JobsActor {
     type Result = MessageResult<GetProgress>;
     fn handle(&mut self, msg: GetProgress, _: &mut Context<Self>) -> Self::Result {
@@ -299,6 +315,10 @@ impl Handler<ServeCtl> for JobsActor {
                 Err(reason) => CtlResponse::Failed { reason },
             },
             CtlRequest::Progress { path } => CtlResponse::Progress(self.handle(GetProgress { path }, ctx).0),
+            CtlRequest::CheckSource { path, spec } => match self.handle(CheckSource { path, spec }, ctx) {
+                Ok(()) => CtlResponse::PathOk,
+                Err(reason) => CtlResponse::PathRefused { reason },
+            },
             other => CtlResponse::Failed { reason: format!("the jobs actor does not serve {other:?}") },
         };
         if let Some(net) = self.net.clone() {

@@ -9,6 +9,8 @@ use crate::archive::{self, ArchiveError, CreateOptions, Manifest, StatSnapshot, 
 use crate::hash::Digest;
 use crate::store::{RetentionReport, StatCacheEntry, Store, StoreError};
 
+use super::plugin::{self, JobSpec, PluginReport};
+
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -33,8 +35,18 @@ pub enum UnchangedBy {
 
 #[derive(Clone, Debug)]
 pub enum RunOutcome {
-    Unchanged { archive_id: String, by: UnchangedBy, warnings: Vec<Warning> },
-    Stored { manifest: Box<Manifest>, new_bytes: u64, retention: RetentionReport },
+    Unchanged {
+        archive_id: String,
+        by: UnchangedBy,
+        warnings: Vec<Warning>,
+    },
+    Stored {
+        manifest: Box<Manifest>,
+        new_bytes: u64,
+        retention: RetentionReport,
+    },
+    /// A plugin did its work and asked for no archive (a mirror job).
+    NoArchive,
 }
 
 #[derive(Clone, Debug)]
@@ -55,11 +67,23 @@ pub fn run_backup(
     opts: &CreateOptions,
     keep: usize,
 ) -> Result<RunReport, RunError> {
-    let started = Instant::now();
     if !path.is_absolute() {
         return Err(RunError::RelativePath { path: path.display().to_string() });
     }
     let key = path.to_str().ok_or_else(|| RunError::NonUtf8Path { path: path.to_path_buf() })?;
+    run_backup_as(store, node, key, path, opts, keep)
+}
+
+/// Backs up the tree at `source` as the series (node, `key`).
+pub fn run_backup_as(
+    store: &Store,
+    node: &str,
+    key: &str,
+    path: &Path,
+    opts: &CreateOptions,
+    keep: usize,
+) -> Result<RunReport, RunError> {
+    let started = Instant::now();
     let last = store.latest(node, key)?;
     let done = |outcome| RunReport { outcome, duration_ms: started.elapsed().as_millis() as u64 };
 
@@ -138,4 +162,93 @@ pub fn check_path(path: &str) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{path} does not exist")),
         Err(e) => Err(format!("{path} cannot be read: {e}")),
     }
+}
+
+/// An error and its causes in one line, each said once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// One run of a job: the pre hook, its source (a directory, a command or
+/// a plugin), the backup, then the post hook. Errors are in plain words.
+pub fn run_job(
+    store: &Store,
+    node: &str,
+    path: &str,
+    spec: &JobSpec,
+    opts: &CreateOptions,
+    keep: usize,
+) -> (Result<RunReport, String>, Option<PluginReport>) {
+    let timeout = spec.timeout();
+    let mut report = PluginReport { archive: true, ..Default::default() };
+    let result = match &spec.pre {
+        Some(pre) => plugin::run_hook("pre", pre, node, path, &[], timeout),
+        None => Ok(()),
+    }
+    .and_then(|()| source_backup(store, node, path, spec, opts, keep, &mut report));
+    if let Some(post) = &spec.post {
+        let (outcome, archive, size, error) = match &result {
+            Ok(r) => match &r.outcome {
+                RunOutcome::Stored { manifest, .. } => {
+                    ("finished", manifest.id.clone(), manifest.tgz_len, String::new())
+                }
+                RunOutcome::Unchanged { archive_id, .. } => ("unchanged", archive_id.clone(), 0, String::new()),
+                RunOutcome::NoArchive => ("finished", String::new(), 0, String::new()),
+            },
+            Err(e) => ("failed", String::new(), 0, e.clone()),
+        };
+        let env = [
+            ("BACKMESH_RESULT", outcome.to_string()),
+            ("BACKMESH_ARCHIVE", archive),
+            ("BACKMESH_SIZE", size.to_string()),
+            ("BACKMESH_ERROR", error),
+        ];
+        if let Err(e) = plugin::run_hook("post", post, node, path, &env, timeout) {
+            report.hooks.push(e);
+        }
+    }
+    (result, (!report.is_empty()).then_some(report))
+}
+
+fn source_backup(
+    store: &Store,
+    node: &str,
+    path: &str,
+    spec: &JobSpec,
+    opts: &CreateOptions,
+    keep: usize,
+    report: &mut PluginReport,
+) -> Result<RunReport, String> {
+    let timeout = spec.timeout();
+    let source = spec.source_name();
+    if source == "dir" {
+        return run_backup(store, node, Path::new(path), opts, keep).map_err(|e| error_chain(&e));
+    }
+    let staging = store.root().join("staging");
+    let out = tempfile::Builder::new()
+        .prefix("source-")
+        .tempdir_in(&staging)
+        .map_err(|e| format!("cannot make a working directory in {}: {e}", staging.display()))?;
+    if source == "command" {
+        let name = Path::new(path).file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "output".into());
+        plugin::run_command_source(&spec.args, node, path, &out.path().join(name), timeout)?;
+    } else {
+        let exe = plugin::resolve(store.root(), source)?.ok_or_else(|| format!("unknown source `{source}`"))?;
+        *report = plugin::run_plugin(&exe, &spec.args, node, path, out.path(), timeout)?;
+        if !report.archive {
+            return Ok(RunReport { outcome: RunOutcome::NoArchive, duration_ms: 0 });
+        }
+    }
+    plugin::zero_mtimes(out.path()).map_err(|e| format!("cannot prepare the output of {source}: {e}"))?;
+    run_backup_as(store, node, path, out.path(), opts, keep).map_err(|e| error_chain(&e))
 }

@@ -68,6 +68,11 @@ pub struct GetCatalog {
     pub path: String,
 }
 
+/// The last notification of each job (see [`super::state::notified`]).
+#[derive(Message)]
+#[rtype(result = "std::collections::BTreeMap<(String, String), String>")]
+pub struct GetNotified;
+
 /// Every series' catalog, by (node, path).
 #[derive(Message)]
 #[rtype(result = "std::collections::BTreeMap<(String, String), Vec<CatalogArchive>>")]
@@ -224,6 +229,13 @@ impl Handler<GetCatalogs> for LogActor {
     type Result = MessageResult<GetCatalogs>;
     fn handle(&mut self, _: GetCatalogs, _: &mut Context<Self>) -> Self::Result {
         MessageResult(catalogs(&self.log))
+    }
+}
+
+impl Handler<GetNotified> for LogActor {
+    type Result = MessageResult<GetNotified>;
+    fn handle(&mut self, _: GetNotified, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(super::state::notified(&self.log))
     }
 }
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
+use crate::jobs::plugin::{JobSpec, PluginReport};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -36,6 +37,9 @@ pub enum Event {
         every_min: u64,
         #[serde(default)]
         excludes: Vec<String>,
+        /// Source, hooks, timeout, notifications (all optional).
+        #[serde(default, skip_serializing_if = "JobSpec::is_default")]
+        spec: JobSpec,
     },
     Unregistered {
         node: String,
@@ -66,6 +70,9 @@ pub enum Event {
         /// The on-demand request this run answers, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
+        /// What a plugin, command or hook reported.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plugin: Option<PluginReport>,
     },
     Unchanged {
         node: String,
@@ -75,6 +82,9 @@ pub enum Event {
         /// The on-demand request this run answers, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
+        /// What a plugin, command or hook reported.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plugin: Option<PluginReport>,
     },
     Failed {
         node: String,
@@ -84,6 +94,9 @@ pub enum Event {
         /// The on-demand request this run answers, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
+        /// What a plugin, command or hook reported.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plugin: Option<PluginReport>,
     },
     /// `holder` now keeps a complete copy of `archive`.
     Replicated {
@@ -119,6 +132,17 @@ pub enum Event {
         /// The on-demand request this run answers, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
+    },
+    /// `by` told the job's notification targets that it is now `state`
+    /// (`failure`, `stale` or `recovery`).
+    Notified {
+        node: String,
+        path: String,
+        event: String,
+        by: String,
+        delivered: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// `holder` re-hashed the members of its copies of (node, path).
     Verified {
@@ -160,6 +184,7 @@ impl Event {
             Event::Restored { .. } => "restored",
             Event::Verified { .. } => "verified",
             Event::Repaired { .. } => "repaired",
+            Event::Notified { .. } => "notified",
         }
     }
 
@@ -178,7 +203,8 @@ impl Event {
             | Event::Pruned { node, .. }
             | Event::Restored { node, .. }
             | Event::Verified { node, .. }
-            | Event::Repaired { node, .. } => node,
+            | Event::Repaired { node, .. }
+            | Event::Notified { node, .. } => node,
         }
     }
 
@@ -209,7 +235,8 @@ impl Event {
             | Event::Pruned { path, .. }
             | Event::Restored { path, .. }
             | Event::Verified { path, .. }
-            | Event::Repaired { path, .. } => Some(path),
+            | Event::Repaired { path, .. }
+            | Event::Notified { path, .. } => Some(path),
         }
     }
 }
@@ -233,6 +260,7 @@ mod tests {
                 duration_ms: 56,
                 warnings: vec!["app.log: changed while being read".into()],
                 request: None,
+                plugin: None,
             },
         }
     }

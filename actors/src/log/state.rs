@@ -136,6 +136,7 @@ fn catalogs_where(log: &Log, want: impl Fn(&str, &str) -> bool) -> BTreeMap<(Str
         }
         let by_id = series.entry((e.event.node().to_string(), path.to_string())).or_default();
         match &e.event {
+            Event::Finished { archive, .. } if archive.is_empty() => {}
             Event::Finished { archive, size, files, warnings, node, .. } => {
                 let a = by_id
                     .entry(archive.clone())
@@ -202,6 +203,10 @@ pub struct JobView {
     pub last_size: Option<u64>,
     /// Warnings of the last run that stored an archive.
     pub last_warnings: Vec<String>,
+    /// Source, hooks and notifications.
+    pub spec: crate::jobs::plugin::JobSpec,
+    /// What the last run's plugin or hooks reported.
+    pub last_plugin: Option<crate::jobs::plugin::PluginReport>,
 }
 
 /// The registered jobs, by (node, path), with their settings (last writer
@@ -211,7 +216,7 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
     let mut paused: BTreeMap<String, bool> = BTreeMap::new();
     for e in log.by_time() {
         match &e.event {
-            Event::Registered { node, path, every_min, excludes } => {
+            Event::Registered { node, path, every_min, excludes, spec } => {
                 let slot = jobs.entry((node.clone(), path.clone())).or_insert_with(|| {
                     (
                         true,
@@ -227,6 +232,8 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
                             registered_at: e.time.clone(),
                             last_size: None,
                             last_warnings: Vec::new(),
+                            spec: spec.clone(),
+                            last_plugin: None,
                         },
                     )
                 });
@@ -236,6 +243,7 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
                 slot.0 = true;
                 slot.1.every_min = *every_min;
                 slot.1.excludes = excludes.clone();
+                slot.1.spec = spec.clone();
             }
             Event::Unregistered { node, path } => {
                 if let Some(slot) = jobs.get_mut(&(node.clone(), path.clone())) {
@@ -255,9 +263,14 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
             }
             Event::Finished { node, path, archive, .. } | Event::Unchanged { node, path, archive, .. } => {
                 if let Some(slot) = jobs.get_mut(&(node.clone(), path.clone())) {
-                    if let Event::Finished { size, warnings, .. } = &e.event {
-                        slot.1.last_size = Some(*size);
+                    if let Event::Finished { size, warnings, archive, .. } = &e.event {
+                        if !archive.is_empty() {
+                            slot.1.last_size = Some(*size);
+                        }
                         slot.1.last_warnings = warnings.clone();
+                    }
+                    if let Event::Finished { plugin, .. } | Event::Unchanged { plugin, .. } = &e.event {
+                        slot.1.last_plugin = plugin.clone();
                     }
                     slot.1.last = Some(LastRun {
                         result: e.event.kind(),
@@ -268,8 +281,9 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
                     slot.1.last_success = Some(e.time.clone());
                 }
             }
-            Event::Failed { node, path, error, .. } => {
+            Event::Failed { node, path, error, plugin, .. } => {
                 if let Some(slot) = jobs.get_mut(&(node.clone(), path.clone())) {
+                    slot.1.last_plugin = plugin.clone();
                     slot.1.last = Some(LastRun {
                         result: "failed",
                         time: e.time.clone(),
@@ -288,6 +302,32 @@ pub fn jobs(log: &Log) -> Vec<JobView> {
             j
         })
         .collect()
+}
+
+/// A job's state as a person reads it: `paused`, `failing` (its last run
+/// failed), `stale` (no success for twice its period), `pending` (never
+/// run yet) or `ok`.
+pub fn job_state(j: &JobView, now_ms: i64) -> &'static str {
+    let period = j.every_min as i64 * crate::jobs::minute_ms();
+    let since_success = now_ms - j.last_success.as_ref().map(|t| t.wall_ms).unwrap_or(j.registered_at.wall_ms);
+    match &j.last {
+        _ if j.paused => "paused",
+        Some(l) if l.result == "failed" => "failing",
+        _ if since_success > 2 * period => "stale",
+        None => "pending",
+        Some(_) => "ok",
+    }
+}
+
+/// The last notification sent for each job: `failure`, `stale` or `recovery`.
+pub fn notified(log: &Log) -> BTreeMap<(String, String), String> {
+    let mut out = BTreeMap::new();
+    for e in log.by_time() {
+        if let Event::Notified { node, path, event, .. } = &e.event {
+            out.insert((node.clone(), path.clone()), event.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -321,7 +361,13 @@ mod tests {
             let node = ["n1", "n2"][rng.below(2) as usize].to_string();
             let path = ["/a", "/b"][rng.below(2) as usize].to_string();
             let event = match rng.below(6) {
-                0 => Event::Registered { node, path, every_min: 1 + rng.below(60), excludes: vec![] },
+                0 => Event::Registered {
+                    node,
+                    path,
+                    every_min: 1 + rng.below(60),
+                    excludes: vec![],
+                    spec: Default::default(),
+                },
                 1 => Event::Unregistered { node, path },
                 2 => Event::Paused { node },
                 3 => Event::Resumed { node },
@@ -334,8 +380,9 @@ mod tests {
                     duration_ms: 1,
                     warnings: vec![],
                     request: None,
+                    plugin: None,
                 },
-                _ => Event::Failed { node, path, error: format!("e{i}"), duration_ms: 1, request: None },
+                _ => Event::Failed { node, path, error: format!("e{i}"), duration_ms: 1, request: None, plugin: None },
             };
             // Clocks skewed by origin, with some drift.
             let now = 1_000 + i as i64 * 10 + o as i64 * 500 - rng.below(300) as i64;
@@ -448,7 +495,13 @@ mod tests {
             origin_name: origin.into(),
             seq,
             time,
-            event: Event::Registered { node: "n1".into(), path: "/p".into(), every_min: every, excludes: vec![] },
+            event: Event::Registered {
+                node: "n1".into(),
+                path: "/p".into(),
+                every_min: every,
+                excludes: vec![],
+                spec: Default::default(),
+            },
         };
         let later = reg("B", 1, clock_b.tick(2_000), 30);
         let earlier = reg("A", 1, clock_a.tick(1_000), 5);

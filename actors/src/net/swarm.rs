@@ -683,10 +683,10 @@ impl EventLoop {
                             };
                             let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
                         }
-                        r
-                        @ (CtlRequest::Run { .. } | CtlRequest::ListArchives { .. } | CtlRequest::Progress { .. }) => {
-                            self.hooks.jobs.do_send(ServeCtl { request: r, channel })
-                        }
+                        r @ (CtlRequest::Run { .. }
+                        | CtlRequest::ListArchives { .. }
+                        | CtlRequest::Progress { .. }
+                        | CtlRequest::CheckSource { .. }) => self.hooks.jobs.do_send(ServeCtl { request: r, channel }),
                         r @ (CtlRequest::Restore { .. } | CtlRequest::Verify { .. }) => {
                             self.hooks.replica.do_send(ServeCtl { request: r, channel })
                         }

@@ -57,6 +57,8 @@ pub const MAX_CTL: usize = 64 * 1024;
 pub enum CtlRequest {
     /// Is `path` an absolute path of a directory on your disk?
     CheckPath { path: String },
+    /// Can you run a job of `path` with this source (directory, command, plugin)?
+    CheckSource { path: String, spec: crate::jobs::plugin::JobSpec },
     /// Back up `path` (a registered job of yours) now; the result's log
     /// entry carries `request`.
     Run { path: String, request: Option<String> },

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures::StreamExt;
 
 use super::placement::{holders, Candidate};
 use super::source::{batches, locate, read_members, Place, RemoteSource};
@@ -82,6 +83,9 @@ pub struct VerifyHere {
     pub path: Option<String>,
     pub request: String,
 }
+
+/// Member batches (of up to 4 MiB) sent to one holder at once.
+const PUTS_IN_FLIGHT: usize = 4;
 
 /// Outcome of one push of a series to one holder.
 #[derive(Message)]
@@ -393,15 +397,22 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
     for _ in 0..3 {
         let want: HashSet<Digest> = missing.iter().copied().collect();
         let refs = manifest.members.iter().filter(|m| want.contains(&m.sha256));
-        for batch in batches(refs) {
-            let members = read_members(store, net, &Place::Local, batch).await?;
-            sent += members.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-            let members = members.into_iter().map(|(digest, data)| WireMember { digest, data: data.into() }).collect();
-            match net.xfer(&push.peer, XferRequest::Put { members }).await? {
-                XferResponse::Stored => {}
-                XferResponse::Refused { reason } => return Err(reason),
-                other => return Err(format!("unexpected answer {other:?}")),
-            }
+        // A few batches in flight: reading, sending and the holder's writing overlap.
+        let mut puts = futures::stream::iter(batches(refs))
+            .map(|batch| async move {
+                let members = read_members(store, net, &Place::Local, batch).await?;
+                let n = members.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+                let members =
+                    members.into_iter().map(|(digest, data)| WireMember { digest, data: data.into() }).collect();
+                match net.xfer(&push.peer, XferRequest::Put { members }).await? {
+                    XferResponse::Stored => Ok(n),
+                    XferResponse::Refused { reason } => Err(reason),
+                    other => Err(format!("unexpected answer {other:?}")),
+                }
+            })
+            .buffer_unordered(PUTS_IN_FLIGHT);
+        while let Some(done) = puts.next().await {
+            sent += done?;
         }
         let commit = XferRequest::Commit { manifest: encoded.clone(), sent, repair: push.repair };
         match net.xfer(&push.peer, commit).await? {

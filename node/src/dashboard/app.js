@@ -237,6 +237,17 @@ function jobPage(d) {
   }
   if (j.state === 'failing') out.push(h('div', { class: 'failure', id: 'failure' }, 'The last backup failed: ' + j.error));
   for (const w of j.warnings) out.push(h('div', { class: 'warning' }, w));
+  const p = j.plugin;
+  if (j.source !== 'dir' || p) {
+    const box = h('div', { class: 'plugin', id: 'plugin' }, h('h2', {}, 'Source: ' + j.source));
+    if (p && p.summary) box.append(h('p', {}, p.summary));
+    if (p && p.stats && Object.keys(p.stats).length) {
+      box.append(h('table', { class: 'stats' }, h('tbody', {}, Object.entries(p.stats).map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', { class: 'num' }, String(v)))))));
+    }
+    for (const l of (p && p.log) || []) box.append(h('div', { class: 'muted' }, l));
+    for (const f of (p && p.hooks) || []) box.append(h('div', { class: 'failure hook' }, f));
+    out.push(box);
+  }
   const ex = d.executions;
   out.push(h('h2', {}, 'Executions'));
   out.push(chart(ex, 'size', 'size', 'Archive size'), chart(ex, 'duration_ms', 'duration', 'Duration'));
@@ -245,7 +256,8 @@ function jobPage(d) {
     h('tbody', {}, ex.slice().reverse().map((e) => h('tr', { 'data-kind': e.kind },
       h('td', {}, e.time), h('td', {}, e.kind), h('td', { class: 'num' }, e.size !== undefined ? bytes(e.size) : '—'),
       h('td', { class: 'num' }, e.files !== undefined ? e.files : '—'), h('td', { class: 'num' }, duration(e.duration_ms)),
-      h('td', {}, e.error || (e.warnings && e.warnings.length ? e.warnings.join('; ') : e.archive || '')))))));
+      h('td', {}, e.error || (e.plugin && e.plugin.summary) || (e.warnings && e.warnings.length ? e.warnings.join('; ') : e.archive || ''),
+        e.plugin && e.plugin.hooks && e.plugin.hooks.length ? h('div', { class: 'error' }, e.plugin.hooks.join('; ')) : null))))));
   out.push(h('h2', {}, 'Archives kept'));
   out.push(h('table', { class: 'archives' },
     h('thead', {}, h('tr', {}, ['Archive', 'Created', 'Size', 'Files', 'Kept on'].map((t) => h('th', {}, t)))),

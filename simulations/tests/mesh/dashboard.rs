@@ -80,7 +80,12 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
     };
     let (ok, failing, paused, stale) = (dir("ok"), dir("gone"), dir("paused"), dir("stale"));
     for (node, path) in [("n1", &ok), ("n2", &failing), ("n3", &paused), ("n4", &stale)] {
-        let out = mesh.cli(0, &["register", node, path, "--every", "1"]);
+        let mut args = vec!["register", node, path, "--every", "1"];
+        // A post hook that fails: shown on the job page, the run still succeeds.
+        if node == "n1" {
+            args.extend(["--post", "echo 'post hook says no' >&2; exit 9"]);
+        }
+        let out = mesh.cli(0, &args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert!(

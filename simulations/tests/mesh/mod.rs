@@ -7,6 +7,7 @@ use std::time::Duration;
 use backmesh_simulations::{test_ca_and_cert, wait_until, write_slow_tree, Mesh};
 
 mod dashboard;
+mod plugins;
 mod replication;
 
 const T: Duration = Duration::from_secs(30);

@@ -1,0 +1,500 @@
+//! Job sources other than a directory, and hooks (protocol 1; the contract
+//! for plugin authors is docs/plugins.md).
+//!
+//! - `dir` (the default): the job's path is a directory, backed up as is.
+//! - `command`: the job's `args` are a command line (program, then its
+//!   arguments, no shell); its stdout is streamed to a file named after the
+//!   last component of the job's path, and that file is the archive.
+//! - any other name: an executable `DATA_DIR/plugins/NAME`, or an absolute
+//!   path. It runs with the job's `args`, in an empty output directory
+//!   (`BACKMESH_OUTPUT_DIR`, also its working directory); what it leaves
+//!   there is the archive. Its stdout carries protocol messages, one JSON
+//!   object per line; its stderr is kept for the failure message.
+//!
+//! Every entry of a plugin's output gets the modification time 0 before it
+//! is archived, so that identical output is recognised as unchanged.
+//! `pre` and `post` hooks are shell commands (`sh -c`) run with the job's
+//! details in the environment. Everything a job starts runs in its own
+//! process group, killed whole when it outlives the job's timeout.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version plugins are run with (`BACKMESH_PLUGIN_PROTOCOL`).
+pub const PROTOCOL: u32 = 1;
+/// Default limit on a plugin, command or hook, in seconds.
+pub const DEFAULT_TIMEOUT_S: u64 = 3600;
+/// Longest protocol line accepted from a plugin.
+const MAX_LINE: usize = 64 * 1024;
+/// How much of a process's stderr is kept for messages.
+const STDERR_TAIL: usize = 4096;
+
+/// How a job gets its data and what runs around it; part of `registered`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// `dir` (when `None`), `command`, or a plugin name or absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Arguments of the source (`command`: the command line).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Shell command run before the backup; its failure fails the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre: Option<String>,
+    /// Shell command run after the backup, told the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<String>,
+    /// Seconds a source, command or hook may run before it is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Webhook URLs told of failure, staleness and recovery.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+    /// Shell command told of failure, staleness and recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_cmd: Option<String>,
+}
+
+impl JobSpec {
+    pub fn is_default(&self) -> bool {
+        *self == JobSpec::default()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S).max(1))
+    }
+
+    /// The source's name for people: `dir`, `command` or the plugin's.
+    pub fn source_name(&self) -> &str {
+        self.source.as_deref().unwrap_or("dir")
+    }
+}
+
+/// What a plugin, command or hook had to say, kept in the run's log entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginReport {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats: BTreeMap<String, serde_json::Value>,
+    /// The plugin's `log` and `warning` lines (the last 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
+    /// Hook failures that did not fail the run (post hooks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
+    /// `false` when the plugin asked for no archive (e.g. a mirror job).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub archive: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl PluginReport {
+    pub fn is_empty(&self) -> bool {
+        *self == PluginReport { archive: true, ..Default::default() }
+    }
+}
+
+/// The executable a source name stands for (`None` for `dir` and `command`).
+pub fn resolve(data_dir: &Path, source: &str) -> Result<Option<PathBuf>, String> {
+    if source == "dir" || source == "command" {
+        return Ok(None);
+    }
+    let path = if source.contains('/') {
+        if !source.starts_with('/') {
+            return Err(format!("plugin `{source}`: give a plugin name or an absolute path"));
+        }
+        PathBuf::from(source)
+    } else {
+        data_dir.join("plugins").join(source)
+    };
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(Some(path)),
+        Ok(_) => Err(format!("plugin {} is not an executable file", path.display())),
+        Err(_) if source.contains('/') => Err(format!("plugin {source} does not exist")),
+        Err(_) => Err(format!("no plugin `{source}`: put an executable at {}", path.display())),
+    }
+}
+
+/// Can this node run a job of `path` with `spec`? `Err` says why not.
+pub fn check_source(data_dir: &Path, path: &str, spec: &JobSpec) -> Result<(), String> {
+    match spec.source_name() {
+        "dir" => super::check_path(path),
+        "command" if spec.args.is_empty() => {
+            Err("a `command` source needs the command line: --arg PROGRAM --arg ARG…".into())
+        }
+        source => {
+            if !path.starts_with('/') {
+                return Err(format!("`{path}` is not an absolute path (it names the job and the restored file)"));
+            }
+            resolve(data_dir, source).map(|_| ())
+        }
+    }
+}
+
+/// The end of a stream, as text, for messages.
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+}
+
+/// How a process ended.
+pub struct Finished<T> {
+    pub status: ExitStatus,
+    pub output: T,
+    pub stderr: String,
+}
+
+/// Runs `cmd` in its own process group with piped stdout (given to
+/// `on_stdout` in a thread) and stderr (kept); kills the group after
+/// `timeout` or as soon as `on_stdout` fails. `what` names it in errors.
+pub fn run_with<T: Send + 'static>(
+    mut cmd: Command,
+    what: &str,
+    timeout: Duration,
+    on_stdout: impl FnOnce(std::process::ChildStdout) -> Result<T, String> + Send + 'static,
+) -> Result<Finished<T>, String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
+    let pgid = child.id() as i32;
+    let kill = move || {
+        // SAFETY: kill(2) on the process group this function created.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    };
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        kill();
+        return Err(format!("{what}: no pipes"));
+    };
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > 4 * STDERR_TAIL {
+                buf.drain(..buf.len() - STDERR_TAIL);
+            }
+        }
+        buf
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(on_stdout(stdout));
+    });
+    let deadline = Instant::now() + timeout;
+    let mut output = None;
+    let status = loop {
+        if output.is_none() {
+            match rx.try_recv() {
+                Ok(Ok(v)) => output = Some(v),
+                Ok(Err(e)) => {
+                    kill();
+                    let _ = child.wait();
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() >= deadline => {
+                kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{what} did not finish within {} s and was killed (raise the job's --timeout if it needs longer)",
+                    timeout.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    };
+    // The process is gone; its children may still hold the pipes: give the
+    // readers a moment, then end the group.
+    let output = match output {
+        Some(v) => v,
+        None => match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(r) => r?,
+            Err(_) => {
+                kill();
+                return Err(format!("{what} exited but its output never ended (a child process kept it open)"));
+            }
+        },
+    };
+    kill();
+    let stderr = tail(&err_thread.join().unwrap_or_default());
+    Ok(Finished { status, output, stderr })
+}
+
+fn exit_text(st: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "an unknown status".into(),
+    }
+}
+
+/// Job details every hook and plugin gets in its environment.
+fn job_env(cmd: &mut Command, node: &str, path: &str) {
+    cmd.env("BACKMESH_PLUGIN_PROTOCOL", PROTOCOL.to_string()).env("BACKMESH_NODE", node).env("BACKMESH_PATH", path);
+}
+
+/// Runs a hook (`sh -c`); `Err` is the failure in words.
+pub fn run_hook(
+    kind: &str,
+    cmdline: &str,
+    node: &str,
+    path: &str,
+    extra: &[(&str, String)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(cmdline);
+    job_env(&mut cmd, node, path);
+    cmd.env("BACKMESH_HOOK", kind);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let what = format!("{kind} hook `{cmdline}`");
+    let done = run_with(cmd, &what, timeout, |mut out| {
+        let mut sink = Vec::new();
+        let _ = out.read_to_end(&mut sink);
+        Ok(())
+    })?;
+    if done.status.success() {
+        Ok(())
+    } else {
+        let why = if done.stderr.is_empty() { String::new() } else { format!(": {}", done.stderr) };
+        Err(format!("{what} failed ({}){why}", exit_text(&done.status)))
+    }
+}
+
+/// Streams `args` (a command line)'s stdout to `file`.
+pub fn run_command_source(
+    args: &[String],
+    node: &str,
+    path: &str,
+    file: &Path,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let Some((program, rest)) = args.split_first() else {
+        return Err("a `command` source needs the command line".into());
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(rest);
+    job_env(&mut cmd, node, path);
+    let what = format!("command `{}`", args.join(" "));
+    let mut out = std::fs::File::create(file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    let target = file.display().to_string();
+    let done = run_with(cmd, &what, timeout, move |mut stdout| {
+        let n = std::io::copy(&mut stdout, &mut out).map_err(|e| format!("cannot write {target}: {e}"))?;
+        out.flush().map_err(|e| format!("cannot write {target}: {e}"))?;
+        Ok(n)
+    })?;
+    if !done.status.success() {
+        let why = if done.stderr.is_empty() { String::new() } else { format!(": {}", done.stderr) };
+        return Err(format!("{what} failed ({}){why}", exit_text(&done.status)));
+    }
+    Ok(done.output)
+}
+
+/// One protocol line from a plugin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message {
+    log: Option<String>,
+    warning: Option<String>,
+    summary: Option<String>,
+    stats: Option<BTreeMap<String, serde_json::Value>>,
+    archive: Option<bool>,
+}
+
+/// Folds a plugin's stdout (protocol lines) into a report.
+fn read_protocol(name: &str, stdout: impl Read) -> Result<PluginReport, String> {
+    let mut report = PluginReport { archive: true, ..Default::default() };
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("plugin {name}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if line.len() > MAX_LINE {
+            return Err(format!("plugin {name} printed a line longer than {MAX_LINE} bytes; protocol {PROTOCOL} wants one JSON object per line"));
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let m: Message = serde_json::from_str(text).map_err(|e| {
+            let shown: String = text.chars().take(80).collect();
+            format!("plugin {name} printed `{shown}`, which is not a protocol {PROTOCOL} message ({e}); stdout is for JSON lines such as {{\"log\": \"…\"}}, data goes in $BACKMESH_OUTPUT_DIR")
+        })?;
+        if let Some(l) = m.log {
+            report.log.push(l);
+        }
+        if let Some(w) = m.warning {
+            report.log.push(format!("warning: {w}"));
+        }
+        if m.summary.is_some() {
+            report.summary = m.summary;
+        }
+        if let Some(s) = m.stats {
+            report.stats.extend(s);
+        }
+        if let Some(a) = m.archive {
+            report.archive = a;
+        }
+        if report.log.len() > 20 {
+            report.log.remove(0);
+        }
+    }
+    Ok(report)
+}
+
+/// Runs plugin `exe` with `args` into `out_dir`; its report.
+pub fn run_plugin(
+    exe: &Path,
+    args: &[String],
+    node: &str,
+    path: &str,
+    out_dir: &Path,
+    timeout: Duration,
+) -> Result<PluginReport, String> {
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut cmd = Command::new(exe);
+    cmd.args(args).current_dir(out_dir).env("BACKMESH_OUTPUT_DIR", out_dir);
+    job_env(&mut cmd, node, path);
+    let what = format!("plugin {name}");
+    let n2 = name.clone();
+    let done = run_with(cmd, &what, timeout, move |stdout| read_protocol(&n2, stdout))?;
+    if !done.status.success() {
+        let why = if done.stderr.is_empty() { String::new() } else { format!(": {}", done.stderr) };
+        return Err(format!("plugin {name} failed ({}){why}", exit_text(&done.status)));
+    }
+    Ok(done.output)
+}
+
+/// Gives every entry under `dir` (and `dir`) modification time 0.
+pub fn zero_mtimes(dir: &Path) -> std::io::Result<()> {
+    let zero = filetime::FileTime::from_unix_time(0, 0);
+    fn walk(p: &Path, zero: filetime::FileTime) -> std::io::Result<()> {
+        for e in std::fs::read_dir(p)? {
+            let e = e?;
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                walk(&e.path(), zero)?;
+            }
+            if !ft.is_symlink() {
+                filetime::set_file_mtime(e.path(), zero)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, zero)?;
+    filetime::set_file_mtime(dir, zero)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_lines_fold_into_a_report_and_garbage_is_named() {
+        let out =
+            b"{\"log\": \"dumping\"}\n\n{\"stats\": {\"rows\": 12}}\n{\"summary\": \"12 rows\", \"archive\": false}\n";
+        let r = read_protocol("p", &out[..]).unwrap();
+        assert_eq!(r.log, vec!["dumping"]);
+        assert_eq!(r.summary.as_deref(), Some("12 rows"));
+        assert_eq!(r.stats["rows"], serde_json::json!(12));
+        assert!(!r.archive);
+        let e = read_protocol("p", &b"{\"log\": \"ok\"}\nhello world\n"[..]).unwrap_err();
+        assert!(e.contains("`hello world`") && e.contains("not a protocol 1 message"), "{e}");
+        let e = read_protocol("p", &b"{\"bogus\": 1}\n"[..]).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_hanging_process_is_killed_with_its_children_after_the_timeout() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("sleep 30 & sleep 30");
+        let t = Instant::now();
+        let e = run_with(cmd, "test", Duration::from_millis(300), |mut o| {
+            let mut v = Vec::new();
+            let _ = o.read_to_end(&mut v);
+            Ok(())
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("did not finish within"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn hooks_report_their_exit_and_stderr() {
+        let t = Duration::from_secs(10);
+        assert!(run_hook("pre", "test \"$BACKMESH_PATH\" = /x", "n1", "/x", &[], t).is_ok());
+        let e = run_hook("pre", "echo 'db is locked' >&2; exit 3", "n1", "/x", &[], t).unwrap_err();
+        assert!(e.contains("exit 3") && e.contains("db is locked"), "{e}");
+    }
+
+    #[test]
+    fn a_command_source_streams_stdout_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("dump.sql");
+        let args: Vec<String> =
+            ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\\\0' x"].iter().map(|s| s.to_string()).collect();
+        let n = run_command_source(&args, "n1", "/db/dump.sql", &f, Duration::from_secs(20)).unwrap();
+        assert_eq!(n, 3_000_000);
+        assert_eq!(std::fs::metadata(&f).unwrap().len(), 3_000_000);
+        let bad: Vec<String> = ["sh", "-c", "echo nope >&2; exit 2"].iter().map(|s| s.to_string()).collect();
+        let e = run_command_source(&bad, "n1", "/db/x", &f, Duration::from_secs(20)).unwrap_err();
+        assert!(e.contains("exit 2") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn sources_are_checked_before_a_job_is_registered() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = |s: &str, args: &[&str]| JobSpec {
+            source: Some(s.into()),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(check_source(dir.path(), "/db/x.sql", &spec("command", &[])).unwrap_err().contains("--arg"));
+        assert!(check_source(dir.path(), "/db/x.sql", &spec("command", &["pg_dump"])).is_ok());
+        assert!(check_source(dir.path(), "/db", &spec("sqlite", &[])).unwrap_err().contains("plugins/sqlite"));
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        let p = dir.path().join("plugins/sqlite");
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        assert!(check_source(dir.path(), "/db", &spec("sqlite", &[])).unwrap_err().contains("not an executable"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check_source(dir.path(), "/db", &spec("sqlite", &[])).is_ok());
+        assert!(check_source(dir.path(), "relative", &spec("sqlite", &[])).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Notifications: a job's webhooks and command hear when it starts
+//! failing, goes stale, and recovers.
+//!
+//! Every node's `NotifyActor` looks at the jobs every two seconds; for
+//! each job with a `--notify` URL or `--notify-cmd`, one node tells: the
+//! job's own node when it is up, else the first live node in rendezvous
+//! order (so a node that died is still reported stale by another). What
+//! was told last is in the log (`notified` entries), so a new notifier
+//! does not repeat it. Sending runs in its own task with retries and never
+//! blocks a backup; delivery is at-least-once.
+//!
+//! Transitions: → `failing` sends `failure`; → `stale` sends `stale`;
+//! `failing`/`stale` → `ok` sends `recovery`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::jobs::plugin::run_hook;
+use crate::log::actor::{GetJobs, GetNotified, LogActor, Record};
+use crate::log::entry::Event;
+use crate::log::state::{job_state, JobView};
+use crate::net::actor::{now_ms, rfc3339, GetPeers, MembershipActor};
+use crate::replica::placement::{rank, Candidate};
+
+/// What to tell, given the job's state now and what was told last.
+pub fn transition(state: &str, last: Option<&str>) -> Option<&'static str> {
+    match (state, last) {
+        ("failing", l) if l != Some("failure") => Some("failure"),
+        ("stale", l) if l != Some("stale") => Some("stale"),
+        ("ok", Some("failure" | "stale")) => Some("recovery"),
+        _ => None,
+    }
+}
+
+/// The JSON a webhook receives (docs/plugins.md, "Notifications").
+#[derive(Clone, Debug, Serialize)]
+pub struct Notification {
+    /// `failure`, `stale` or `recovery`.
+    pub event: String,
+    pub node: String,
+    pub path: String,
+    /// The job's state now: `failing`, `stale` or `ok`.
+    pub state: String,
+    /// The failure reason, for `failure`.
+    pub error: Option<String>,
+    pub last_success: Option<String>,
+    pub every_min: u64,
+    /// The node that sent this.
+    pub notified_by: String,
+    pub time: String,
+}
+
+pub struct NotifyActor {
+    me: String,
+    log: Addr<LogActor>,
+    membership: Addr<MembershipActor>,
+    /// Jobs whose notification is being sent now.
+    sending: HashSet<(String, String)>,
+}
+
+impl NotifyActor {
+    pub fn new(me: String, log: Addr<LogActor>, membership: Addr<MembershipActor>) -> Self {
+        NotifyActor { me, log, membership, sending: HashSet::new() }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let (log, membership) = (self.log.clone(), self.membership.clone());
+        let work = async move {
+            let jobs = log.send(GetJobs).await.ok()?;
+            let told = log.send(GetNotified).await.ok()?;
+            let peers = membership.send(GetPeers).await.ok()?;
+            Some((jobs, told, peers))
+        };
+        ctx.spawn(work.into_actor(self).map(|found, act, ctx| {
+            let Some((jobs, told, (me, peers))) = found else { return };
+            let now = now_ms();
+            let mut live: Vec<Candidate> = peers
+                .iter()
+                .filter(|p| p.up)
+                .map(|p| Candidate { peer_id: p.peer_id.clone(), name: p.name.clone(), free_bytes: 0 })
+                .collect();
+            live.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: 0 });
+            for j in jobs.iter().filter(|j| !j.spec.notify.is_empty() || j.spec.notify_cmd.is_some()) {
+                let key = (j.node.clone(), j.path.clone());
+                let state = job_state(j, now);
+                let Some(event) = transition(state, told.get(&key).map(|s| s.as_str())) else { continue };
+                let origin_up = live.iter().any(|c| c.name == j.node);
+                let notifier = if origin_up {
+                    j.node.clone()
+                } else {
+                    rank(&j.node, &j.path, &live).first().map(|c| c.name.clone()).unwrap_or_default()
+                };
+                if notifier != act.me || act.sending.contains(&key) {
+                    continue;
+                }
+                act.sending.insert(key.clone());
+                let n = Notification {
+                    event: event.into(),
+                    node: j.node.clone(),
+                    path: j.path.clone(),
+                    state: state.into(),
+                    error: j.last.as_ref().and_then(|l| l.error.clone()).filter(|_| event == "failure"),
+                    last_success: j.last_success.as_ref().map(|t| rfc3339(t.wall_ms)),
+                    every_min: j.every_min,
+                    notified_by: act.me.clone(),
+                    time: rfc3339(now),
+                };
+                let (log, job, me) = (act.log.clone(), j.clone(), act.me.clone());
+                let addr = ctx.address();
+                actix::spawn(async move {
+                    let result = tokio::task::spawn_blocking(move || deliver(&job, &n))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the notifier crashed: {e}")));
+                    if let Err(e) = &result {
+                        tracing::warn!("notification `{event}` for {} on {} not delivered: {e}", key.1, key.0);
+                    }
+                    log.do_send(Record(Event::Notified {
+                        node: key.0.clone(),
+                        path: key.1.clone(),
+                        event: event.into(),
+                        by: me,
+                        delivered: result.is_ok(),
+                        error: result.err(),
+                    }));
+                    addr.do_send(Sent(key));
+                });
+            }
+        }));
+    }
+}
+
+/// Sends `n` to every webhook of `job` (each retried over about 30 s) and
+/// runs its command; the first failure, in words.
+fn deliver(job: &JobView, n: &Notification) -> Result<(), String> {
+    let body = serde_json::to_string(n).map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    for url in &job.spec.notify {
+        if let Err(e) = post_with_retries(url, &body) {
+            errors.push(format!("{url}: {e}"));
+        }
+    }
+    if let Some(cmd) = &job.spec.notify_cmd {
+        let env = [
+            ("BACKMESH_EVENT", n.event.clone()),
+            ("BACKMESH_STATE", n.state.clone()),
+            ("BACKMESH_ERROR", n.error.clone().unwrap_or_default()),
+            ("BACKMESH_NOTIFICATION", body.clone()),
+        ];
+        if let Err(e) = run_hook("notify", cmd, &n.node, &n.path, &env, Duration::from_secs(60)) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+fn post_with_retries(url: &str, body: &str) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut last = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_secs(1 << attempt));
+        }
+        match agent.post(url).header("Content-Type", "application/json").send(body) {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = format!("answered {}", r.status()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("{last} (5 attempts)"))
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Sent((String, String));
+
+impl Handler<Sent> for NotifyActor {
+    type Result = ();
+    fn handle(&mut self, msg: Sent, _: &mut Context<Self>) {
+        self.sending.remove(&msg.0);
+    }
+}
+
+impl Actor for NotifyActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_secs(2), |act, ctx| act.tick(ctx));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_tell_each_change_once() {
+        assert_eq!(transition("ok", None), None);
+        assert_eq!(transition("failing", None), Some("failure"));
+        assert_eq!(transition("failing", Some("failure")), None);
+        assert_eq!(transition("stale", Some("failure")), Some("stale"));
+        assert_eq!(transition("ok", Some("stale")), Some("recovery"));
+        assert_eq!(transition("ok", Some("recovery")), None);
+        assert_eq!(transition("paused", Some("failure")), None);
+        assert_eq!(transition("failing", Some("recovery")), Some("failure"));
+    }
+}

@@ -1,0 +1,237 @@
+//! Job sources, hooks and notifications with real plugins (scripts/plugins)
+//! on real nodes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use backmesh_simulations::{free_port, wait_until, Mesh};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn plugin(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/plugins").join(name).to_string_lossy().into_owned()
+}
+
+fn run(mesh: &Mesh, node: &str, path: &str) -> Value {
+    let out = mesh.cli(0, &["--json", "run", node, path]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn register(mesh: &Mesh, args: &[&str]) {
+    let mut all = vec!["register"];
+    all.extend_from_slice(args);
+    let out = mesh.cli(0, &all);
+    assert!(out.status.success(), "register {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn last_entry(mesh: &Mesh, path: &str, kind: &str) -> Value {
+    let out = mesh.cli(0, &["--json", "log", "--path", path, "--limit", "1000"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["entries"].as_array().unwrap().iter().rev().find(|e| e["kind"] == kind).cloned().unwrap_or_default()
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3 (Debian package sqlite3)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn sources_plugins_and_hooks_back_up_restore_and_fail_clearly() {
+    let mesh = Mesh::chain(&["n1", "n2"]);
+    let root = mesh.root.path().to_path_buf();
+    let db = root.join("app.db");
+    sqlite(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 5000) INSERT INTO t(v) SELECT hex(randomblob(40)) FROM c;");
+
+    // `command`: a pg_dump-style dump on stdout becomes a file; restore gives it byte for byte.
+    let dump_job = "/backups/app-dump.sql";
+    register(
+        &mesh,
+        &[
+            "n2",
+            dump_job,
+            "--every",
+            "600",
+            "--source",
+            "command",
+            "--arg",
+            "sqlite3",
+            "--arg",
+            &db.to_string_lossy(),
+            "--arg",
+            ".dump",
+        ],
+    );
+    let r = run(&mesh, "n2", dump_job);
+    assert!(["finished", "unchanged"].contains(&r["result"].as_str().unwrap()), "{r}");
+    assert_eq!(run(&mesh, "n2", dump_job)["result"], "unchanged", "the same dump is recognised as unchanged");
+    let to = root.join("restored-dump");
+    let out = mesh.cli(0, &["restore", "n2", dump_job, "--on", "n1", "--to", &to.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(to.join("app-dump.sql")).unwrap(), sqlite(&db, ".dump"));
+
+    // The SQLite plugin: an online copy that opens and holds every row.
+    let copy_job = "/backups/app.db";
+    register(&mesh, &["n2", copy_job, "--every", "600", "--source", &plugin("sqlite"), "--arg", &db.to_string_lossy()]);
+    let r = run(&mesh, "n2", copy_job);
+    assert!(["finished", "unchanged"].contains(&r["result"].as_str().unwrap()), "{r}");
+    let to = root.join("restored-db");
+    assert!(mesh.cli(0, &["restore", "n2", copy_job, "--to", &to.to_string_lossy()]).status.success());
+    assert_eq!(sqlite(&to.join("app.db"), "PRAGMA integrity_check;").trim(), "ok");
+    assert_eq!(sqlite(&to.join("app.db"), "SELECT count(*) FROM t;").trim(), "5000");
+    let e = last_entry(&mesh, copy_job, r["result"].as_str().unwrap());
+    assert!(e["plugin"]["summary"].as_str().unwrap().contains("integrity ok"), "{e}");
+
+    // rsync mirror, installed in DATA_DIR/plugins: mirrors, records rsync's statistics, keeps no archive.
+    let plugins = mesh.nodes[1].dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(plugin("rsync-mirror"), plugins.join("rsync-mirror")).unwrap();
+    let src = root.join("www");
+    std::fs::create_dir_all(src.join("img")).unwrap();
+    std::fs::write(src.join("index.html"), b"<h1>hi</h1>").unwrap();
+    std::fs::write(src.join("img/logo.svg"), b"<svg/>").unwrap();
+    let mirror = root.join("mirror");
+    let s = src.to_string_lossy().into_owned();
+    register(&mesh, &["n2", &s, "--every", "600", "--source", "rsync-mirror", "--arg", &mirror.to_string_lossy()]);
+    assert_eq!(run(&mesh, "n2", &s)["result"], "finished");
+    assert_eq!(std::fs::read(mirror.join("img/logo.svg")).unwrap(), b"<svg/>");
+    let e = last_entry(&mesh, &s, "finished");
+    assert_eq!(e["plugin"]["stats"]["transferred"], 2, "{e}");
+    assert_eq!(e["archive"], "", "a mirror keeps no archive: {e}");
+    std::fs::remove_file(src.join("index.html")).unwrap();
+    run(&mesh, "n2", &s);
+    assert!(!mirror.join("index.html").exists(), "the mirror follows deletions");
+    assert_eq!(last_entry(&mesh, &s, "finished")["plugin"]["stats"]["deleted"], 1);
+
+    // A failing pre hook fails the run with its message; the post hook learns the result.
+    let app = root.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("a"), b"a").unwrap();
+    let gate = root.join("locked");
+    let told = root.join("post.txt");
+    let a = app.to_string_lossy().into_owned();
+    let pre = format!("if [ -e {} ]; then echo 'database is locked' >&2; exit 4; fi", gate.display());
+    let post = format!("echo \"$BACKMESH_RESULT $BACKMESH_ARCHIVE\" > {}", told.display());
+    register(&mesh, &["n2", &a, "--every", "600", "--pre", &pre, "--post", &post]);
+    std::fs::write(&gate, b"").unwrap();
+    let r = run(&mesh, "n2", &a);
+    assert_eq!(r["result"], "failed");
+    let err = r["error"].as_str().unwrap();
+    assert!(err.contains("pre hook") && err.contains("exit 4") && err.contains("database is locked"), "{err}");
+    assert!(std::fs::read_to_string(&told).unwrap().starts_with("failed"));
+    std::fs::remove_file(&gate).unwrap();
+    let r = run(&mesh, "n2", &a);
+    assert_eq!(r["result"], "finished");
+    assert_eq!(std::fs::read_to_string(&told).unwrap().trim(), format!("finished {}", r["archive"].as_str().unwrap()));
+
+    // A hanging plugin is killed after its timeout; garbage and a non-zero exit are named.
+    let script = |name: &str, body: &str| {
+        let p = root.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    for (name, body, timeout, words) in [
+        ("hang", "sleep 600", "2", vec!["did not finish within 2 s", "killed"]),
+        (
+            "garbage",
+            "echo 'hello, this is not json'",
+            "60",
+            vec!["`hello, this is not json`", "not a protocol 1 message"],
+        ),
+        ("broken", "echo 'cannot reach the API' >&2; exit 7", "60", vec!["exit 7", "cannot reach the API"]),
+    ] {
+        let job = format!("/jobs/{name}");
+        register(&mesh, &["n2", &job, "--every", "600", "--source", &script(name, body), "--timeout", timeout]);
+        let t = std::time::Instant::now();
+        let r = run(&mesh, "n2", &job);
+        assert_eq!(r["result"], "failed", "{name}: {r}");
+        let err = r["error"].as_str().unwrap();
+        for w in words {
+            assert!(err.contains(w), "{name}: `{w}` not in: {err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{name} took {:?}", t.elapsed());
+    }
+
+    // A missing plugin or a bad source is refused at registration, by the node that would run it.
+    let out = mesh.cli(0, &["register", "n2", "/x", "--every", "5", "--source", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no plugin `nosuch`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mesh.cli(0, &["register", "n2", "/x", "--every", "5", "--source", "command"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--arg"));
+}
+
+struct Receiver(Child);
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
+    let mesh = Mesh::chain(&["n1", "n2"]);
+    let root = mesh.root.path().to_path_buf();
+    let port = free_port();
+    let received = root.join("received.jsonl");
+    // It answers 500 once: the first notification gets through on a retry.
+    let _rx = Receiver(
+        Command::new("python3")
+            .arg(plugin("webhook-receiver.py"))
+            .args(["--port", &port.to_string(), "--out", &received.to_string_lossy(), "--fail", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let app = root.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("a"), b"a").unwrap();
+    let a = app.to_string_lossy().into_owned();
+    let gate = root.join("broken");
+    let pre = format!("if [ -e {} ]; then echo 'disk not mounted' >&2; exit 1; fi", gate.display());
+    let url = format!("http://127.0.0.1:{port}/backmesh");
+    register(&mesh, &["n2", &a, "--every", "600", "--pre", &pre, "--notify", &url]);
+    assert!(wait_until(LONG, || !last_entry(&mesh, &a, "finished").is_null()));
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(lines().is_empty(), "nothing to tell while it is healthy: {:?}", lines());
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(run(&mesh, "n2", &a)["result"], "failed");
+    assert!(wait_until(LONG, || lines().len() == 1), "{:?}", lines());
+    let f = &lines()[0];
+    assert_eq!(f["event"], "failure");
+    assert_eq!(f["state"], "failing");
+    assert_eq!(f["node"], "n2");
+    assert_eq!(f["path"], a.as_str());
+    assert!(f["error"].as_str().unwrap().contains("disk not mounted"), "{f}");
+    for field in ["last_success", "every_min", "notified_by", "time"] {
+        assert!(!f[field].is_null(), "webhook has `{field}`: {f}");
+    }
+    // A second failure is not told again; the recovery is.
+    assert_eq!(run(&mesh, "n2", &a)["result"], "failed");
+    std::fs::remove_file(&gate).unwrap();
+    assert!(["finished", "unchanged"].contains(&run(&mesh, "n2", &a)["result"].as_str().unwrap()));
+    assert!(wait_until(LONG, || lines().len() == 2), "{:?}", lines());
+    let r = &lines()[1];
+    assert_eq!(r["event"], "recovery");
+    assert_eq!(r["state"], "ok");
+    assert!(r["error"].is_null());
+    let told = last_entry(&mesh, &a, "notified");
+    assert_eq!(told["delivered"], true, "{told}");
+    assert_eq!(lines().len(), 2);
+}
