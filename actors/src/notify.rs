@@ -9,6 +9,8 @@
 //! does not repeat it. Sending runs in its own task with retries and never
 //! blocks a backup; delivery is at-least-once.
 //!
+//! A node tells nothing in its first ten seconds, while its log catches up.
+//!
 //! Transitions: → `failing` sends `failure`; → `stale` sends `stale`;
 //! `failing`/`stale` → `ok` sends `recovery`.
 
@@ -59,14 +61,22 @@ pub struct NotifyActor {
     membership: Addr<MembershipActor>,
     /// Jobs whose notification is being sent now.
     sending: HashSet<(String, String)>,
+    started: std::time::Instant,
 }
+
+/// A node just started tells nothing for this long, so that its log can
+/// catch up first (it would not know what others told meanwhile).
+const SETTLE: Duration = Duration::from_secs(10);
 
 impl NotifyActor {
     pub fn new(me: String, log: Addr<LogActor>, membership: Addr<MembershipActor>) -> Self {
-        NotifyActor { me, log, membership, sending: HashSet::new() }
+        NotifyActor { me, log, membership, sending: HashSet::new(), started: std::time::Instant::now() }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.started.elapsed() < SETTLE {
+            return;
+        }
         let (log, membership) = (self.log.clone(), self.membership.clone());
         let work = async move {
             let jobs = log.send(GetJobs).await.ok()?;

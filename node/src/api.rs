@@ -169,7 +169,21 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
         Ok(jobs) => s.jobs = jobs.iter().map(job_status).collect(),
         Err(e) => return shutting_down(e),
     }
+    if let Some(p) = replica_shortfall(s.nodes.len(), state.replicas) {
+        s.problems.push(p);
+    }
     HttpResponse::Ok().json(s)
+}
+
+/// The problem to show when the mesh is too small for `--replicas` copies.
+pub fn replica_shortfall(nodes: usize, replicas: usize) -> Option<String> {
+    let others = nodes.saturating_sub(1);
+    (others < replicas).then(|| {
+        format!(
+            "--replicas is {replicas} but the mesh has {others} other node(s): each backup has {others} cop{} besides its own node's",
+            if others == 1 { "y" } else { "ies" }
+        )
+    })
 }
 
 async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {

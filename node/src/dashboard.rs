@@ -304,7 +304,15 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<O
         counts,
         sites,
         nodes,
-        problems: if site.is_none() { status.problems } else { Vec::new() },
+        problems: if site.is_none() {
+            status
+                .problems
+                .into_iter()
+                .chain(crate::api::replica_shortfall(status.nodes.len(), state.replicas))
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 

@@ -79,7 +79,8 @@ fn a_node_with_another_swarm_key_is_never_admitted() {
     // Give it time to try, several times.
     std::thread::sleep(Duration::from_secs(6));
     for i in 0..3usize {
-        assert_eq!(mesh.up_names(i), all, "n{} admitted the intruder", i + 1);
+        // Under load a member may blink down for a moment; the intruder must never appear.
+        assert!(!mesh.up_names(i).contains(&"intruder".to_string()), "n{} admitted the intruder", i + 1);
         let listed = mesh.status(i).unwrap()["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "intruder");
         assert!(!listed, "the intruder is not even listed");
     }
@@ -92,8 +93,9 @@ fn a_node_with_another_swarm_key_is_never_admitted() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(mesh.up_names(plain), names(&["plain"]));
     for i in 0..3 {
-        assert_eq!(mesh.up_names(i), all, "n{} admitted a node without the key", i + 1);
+        assert!(!mesh.up_names(i).contains(&"plain".to_string()), "n{} admitted a node without the key", i + 1);
     }
+    assert!(wait_until(T, || mesh.up_names(0) == all));
 }
 
 #[test]
@@ -213,7 +215,9 @@ fn two_nodes_with_one_name_are_both_reported() {
     let b = mesh.start("twin", Some(0), &[]);
     assert!(mesh.wait_ready(a, T) && mesh.wait_ready(b, T));
     let problem = |i: usize| {
-        mesh.status(i).map(|s| s["problems"].as_array().map(|p| !p.is_empty()).unwrap_or(false)).unwrap_or(false)
+        mesh.status(i)
+            .and_then(|s| s["problems"].as_array().cloned())
+            .is_some_and(|p| p.iter().any(|x| x.as_str().unwrap_or("").contains("claim the name")))
     };
     for i in [a, b] {
         assert!(wait_until(T, || problem(i)), "{:?}", mesh.status(i));

@@ -235,3 +235,41 @@ fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
     assert_eq!(told["delivered"], true, "{told}");
     assert_eq!(lines().len(), 2);
 }
+
+#[test]
+fn a_dead_nodes_job_is_told_stale_by_another_node_and_its_recovery_by_itself() {
+    let mut mesh = Mesh::new();
+    // Job "minutes" of one second: stale after two seconds without success.
+    mesh.env.push(("BACKMESH_MINUTE_SECS".into(), "1".into()));
+    for (i, name) in ["n1", "n2"].iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), &[]);
+        assert!(mesh.wait_ready(n, LONG));
+    }
+    assert!(wait_until(LONG, || mesh.up_names(0).len() == 2));
+    let root = mesh.root.path().to_path_buf();
+    let app = root.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("a"), b"a").unwrap();
+    let a = app.to_string_lossy().into_owned();
+    let told = root.join("told.jsonl");
+    let cmd = format!("printf '%s\\n' \"$BACKMESH_NOTIFICATION\" >> {}", told.display());
+    register(&mesh, &["n2", &a, "--every", "1", "--notify-cmd", &cmd]);
+    assert!(wait_until(LONG, || !last_entry(&mesh, &a, "finished").is_null()));
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&told)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    mesh.kill9(1);
+    assert!(wait_until(LONG, || !lines().is_empty()), "no notification");
+    let s = &lines()[0];
+    assert_eq!(s["event"], "stale", "{s}");
+    assert_eq!(s["notified_by"], "n1", "the live node tells of the dead one: {s}");
+    mesh.restart(1);
+    assert!(wait_until(LONG, || lines().len() >= 2), "{:?}", lines());
+    let r = &lines()[1];
+    assert_eq!(r["event"], "recovery", "{r}");
+    assert_eq!(lines().len(), 2, "each change told once: {:?}", lines());
+}

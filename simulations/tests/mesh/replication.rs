@@ -279,6 +279,10 @@ fn restore_fetch_and_verify_refuse_bad_requests_by_name() {
     refused(&mesh, &["fetch", "n2", &s, "-o", &existing.to_string_lossy()], 1, "--force");
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
 
+    // Three nodes cannot hold three copies besides the origin's: status says so.
+    let status = String::from_utf8_lossy(&mesh.cli(0, &["status"]).stdout).into_owned();
+    assert!(status.contains("--replicas is 3 but the mesh has 2 other node(s)"), "{status}");
+
     // The documented --json shapes.
     let r = json(&mesh, 0, &["restore", "n2", &s, "--to", &to, "--on", "n3"]);
     assert_eq!(r["result"], "restored", "{r}");
