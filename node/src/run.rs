@@ -125,6 +125,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             },
         )
         .start();
+        jobs.do_send(backmesh_actors::jobs::actor::AttachReplica(replica.clone().recipient()));
         let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone()).start();
         let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
         let net = match swarm::start(

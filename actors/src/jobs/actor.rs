@@ -60,6 +60,11 @@ pub struct GetProgress {
 #[rtype(result = "()")]
 pub struct AttachNet(pub NetClient);
 
+/// Who to tell when a backup stored a new archive (the replica actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachReplica(pub Recipient<crate::replica::actor::SyncNow>);
+
 /// The archives this node keeps of its own `path`, newest first.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<ArchiveInfo>, String>")]
@@ -85,6 +90,7 @@ pub struct JobsActor {
     max_parallel: usize,
     keep: usize,
     net: Option<NetClient>,
+    replica: Option<Recipient<crate::replica::actor::SyncNow>>,
 }
 
 impl JobsActor {
@@ -118,6 +124,7 @@ impl JobsActor {
             max_parallel: max_parallel.max(1),
             keep,
             net: None,
+            replica: None,
         }
     }
 
@@ -232,6 +239,11 @@ impl JobsActor {
                 },
             };
             tracing::info!("backup of {path}: {}", event.kind());
+            if matches!(&event, Event::Finished { archive, .. } if !archive.is_empty()) {
+                if let Some(r) = &act.replica {
+                    r.do_send(crate::replica::actor::SyncNow);
+                }
+            }
             act.log.do_send(Record(event));
             for archive in pruned {
                 let holder = act.me.clone();
@@ -326,6 +338,13 @@ impl Handler<ServeCtl> for JobsActor {
                 let _ = net.answer_ctl(msg.channel, response).await;
             });
         }
+    }
+}
+
+impl Handler<AttachReplica> for JobsActor {
+    type Result = ();
+    fn handle(&mut self, msg: AttachReplica, _: &mut Context<Self>) {
+        self.replica = Some(msg.0);
     }
 }
 

@@ -60,6 +60,12 @@ pub struct ReplicaConfig {
 #[rtype(result = "()")]
 pub struct AttachNet(pub NetClient);
 
+/// Check copies now rather than at the next round (a backup just stored an
+/// archive). Sender: the jobs actor.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct SyncNow;
+
 /// Restore an archive of (node, path) onto this node. Answers at once
 /// whether the restore could start; its result goes to the log as a
 /// `restored` entry carrying `request`.
@@ -85,7 +91,7 @@ pub struct VerifyHere {
 }
 
 /// Member batches (of up to 4 MiB) sent to one holder at once.
-const PUTS_IN_FLIGHT: usize = 4;
+const PUTS_IN_FLIGHT: usize = 2;
 
 /// Outcome of one push of a series to one holder.
 #[derive(Message)]
@@ -400,7 +406,17 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
         // A few batches in flight: reading, sending and the holder's writing overlap.
         let mut puts = futures::stream::iter(batches(refs))
             .map(|batch| async move {
-                let members = read_members(store, net, &Place::Local, batch).await?;
+                // Unchecked here: the holder checks every member before it keeps it
+                // (and refuses a damaged one), so hashing twice would only cost CPU.
+                let s = store.clone();
+                let members = tokio::task::spawn_blocking(move || {
+                    batch
+                        .iter()
+                        .map(|d| s.read_member_unchecked(d).map(|b| (*d, b)).map_err(|e| e.to_string()))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .map_err(|e| e.to_string())??;
                 let n = members.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
                 let members =
                     members.into_iter().map(|(digest, data)| WireMember { digest, data: data.into() }).collect();
@@ -532,6 +548,13 @@ impl Handler<AttachNet> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
         self.net = Some(msg.0);
+    }
+}
+
+impl Handler<SyncNow> for ReplicaActor {
+    type Result = ();
+    fn handle(&mut self, _: SyncNow, ctx: &mut Context<Self>) {
+        self.sync(ctx);
     }
 }
 
