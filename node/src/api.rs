@@ -114,13 +114,16 @@ fn admin(req: &HttpRequest, state: &ApiState) -> Option<HttpResponse> {
     }
 }
 
+/// The 403 for a site token outside its site's page.
+pub fn site_only(site: &str) -> HttpResponse {
+    error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{site}`"))
+}
+
 /// `None` when the request may read the whole mesh (admin or viewer).
 fn reader(req: &HttpRequest, state: &ApiState) -> Option<HttpResponse> {
     match role(req, state) {
         Ok(Role::Admin | Role::Viewer) => None,
-        Ok(Role::Site(site)) => {
-            Some(error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{site}`")))
-        }
+        Ok(Role::Site(site)) => Some(site_only(&site)),
         Err(r) => Some(r),
     }
 }

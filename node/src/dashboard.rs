@@ -24,7 +24,7 @@ use backmesh_actors::log::state::{CatalogArchive, JobView};
 use backmesh_actors::net::actor::{now_ms, rfc3339, GetStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{error, role, shutting_down, ApiState, Role};
+use crate::api::{error, role, shutting_down, site_only, ApiState, Role};
 use actix_web::http::StatusCode;
 
 const INDEX: &str = include_str!("dashboard/index.html");
@@ -321,7 +321,7 @@ async fn dashboard(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<D
     let site = match role(&req, &state) {
         Ok(Role::Site(s)) => {
             if q.site.as_ref().is_some_and(|w| *w != s) {
-                return error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{s}`"));
+                return site_only(&s);
             }
             Some(s)
         }
@@ -359,7 +359,7 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
             Err(e) => return shutting_down(e),
         };
         if !status.nodes.iter().any(|n| n.name == q.node && &n.site == s) {
-            return error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{s}`"));
+            return site_only(s);
         }
     }
     let catalogs = match state.log.send(GetCatalogs).await {

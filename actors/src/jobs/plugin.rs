@@ -160,6 +160,14 @@ pub struct Finished<T> {
     pub stderr: String,
 }
 
+impl<T> Finished<T> {
+    /// "WHAT failed (exit N): <stderr>", for a process that did not succeed.
+    fn failure(&self, what: &str) -> String {
+        let why = if self.stderr.is_empty() { String::new() } else { format!(": {}", self.stderr) };
+        format!("{what} failed ({}){why}", exit_text(&self.status))
+    }
+}
+
 /// Runs `cmd` in its own process group with piped stdout (given to
 /// `on_stdout` in a thread) and stderr (kept); kills the group after
 /// `timeout` or as soon as `on_stdout` fails. `what` names it in errors.
@@ -284,8 +292,7 @@ pub fn run_hook(
     if done.status.success() {
         Ok(())
     } else {
-        let why = if done.stderr.is_empty() { String::new() } else { format!(": {}", done.stderr) };
-        Err(format!("{what} failed ({}){why}", exit_text(&done.status)))
+        Err(done.failure(&what))
     }
 }
 
@@ -312,8 +319,7 @@ pub fn run_command_source(
         Ok(n)
     })?;
     if !done.status.success() {
-        let why = if done.stderr.is_empty() { String::new() } else { format!(": {}", done.stderr) };
-        return Err(format!("{what} failed ({}){why}", exit_text(&done.status)));
+        return Err(done.failure(&what));
     }
     Ok(done.output)
 }
@@ -394,8 +400,7 @@ pub fn run_plugin(
     let n2 = name.clone();
     let done = run_with(cmd, &what, timeout, move |stdout| read_protocol(&n2, stdout))?;
     if !done.status.success() {
-        let why = if done.stderr.is_empty() { String::new() } else { format!(": {}", done.stderr) };
-        return Err(format!("plugin {name} failed ({}){why}", exit_text(&done.status)));
+        return Err(done.failure(&what));
     }
     Ok(done.output)
 }
