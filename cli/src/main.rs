@@ -736,8 +736,17 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
     } else {
         println!("{:<32} {:<21} {:>10} {:>7}  HOLDERS", "ARCHIVE", "CREATED", "SIZE", "FILES");
         for a in &archives {
-            let holders: Vec<&str> =
-                a["holders"].as_array().map(|h| h.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            let down: Vec<&str> =
+                a["holders_down"].as_array().map(|h| h.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            let holders: Vec<String> = a["holders"]
+                .as_array()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|x| x.as_str())
+                        .map(|n| if down.contains(&n) { format!("{n} (down)") } else { n.to_string() })
+                        .collect()
+                })
+                .unwrap_or_default();
             println!(
                 "{:<32} {:<21} {:>10} {:>7}  {}",
                 a["id"].as_str().unwrap_or(""),

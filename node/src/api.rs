@@ -477,11 +477,18 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
             format!("no job backs up {} on {} and no archive of it is kept", q.path, q.node),
         );
     }
+    // Holders that are down still keep their copies; say which, so nobody counts on them now.
+    let down: std::collections::HashSet<String> = match state.membership.send(GetStatus).await {
+        Ok(st) => st.nodes.into_iter().filter(|n| !n.up).map(|n| n.name).collect(),
+        Err(e) => return shutting_down(e),
+    };
     let archives: Vec<serde_json::Value> = catalog
         .iter()
         .map(|a| {
+            let holders_down: Vec<&String> = a.holders.iter().filter(|h| down.contains(*h)).collect();
             serde_json::json!({"id": a.id, "created": a.created.as_ref().map(rfc3339), "size": a.size,
-                               "files": a.files, "warnings": a.warnings, "holders": a.holders})
+                               "files": a.files, "warnings": a.warnings, "holders": a.holders,
+                               "holders_down": holders_down})
         })
         .collect();
     let mut body = serde_json::json!({ "archives": archives, "executions": [] });

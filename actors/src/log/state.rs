@@ -21,6 +21,9 @@ pub type VersionVector = BTreeMap<String, u64>;
 pub struct Log {
     entries: BTreeMap<(String, u64), Entry>,
     contiguous: VersionVector,
+    /// The ids in hybrid-time order, kept as entries arrive, so that views
+    /// do not sort the whole log each time.
+    order: std::collections::BTreeSet<(Hlc, String, u64)>,
 }
 
 impl Log {
@@ -44,6 +47,7 @@ impl Log {
             return false;
         }
         let origin = e.origin.clone();
+        self.order.insert((e.time.clone(), e.origin.clone(), e.seq));
         self.entries.insert(key, e);
         let c = self.contiguous.entry(origin.clone()).or_insert(0);
         while self.entries.contains_key(&(origin.clone(), *c + 1)) {
@@ -89,9 +93,7 @@ impl Log {
 
     /// Every entry, ordered by hybrid time.
     pub fn by_time(&self) -> Vec<&Entry> {
-        let mut v: Vec<&Entry> = self.entries.values().collect();
-        v.sort_by(|a, b| a.time.cmp(&b.time));
-        v
+        self.order.iter().filter_map(|(_, origin, seq)| self.entries.get(&(origin.clone(), *seq))).collect()
     }
 
     pub fn get(&self, origin: &str, seq: u64) -> Option<&Entry> {

@@ -157,6 +157,9 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     let lost = mesh.nodes.iter().position(|n| copies.contains(&n.name) && mesh.nodes[victim].name != n.name).unwrap();
     let lost_name = mesh.nodes[lost].name.clone();
     mesh.kill9(lost);
+    // Its copies are still listed, marked down.
+    let marked = format!("{lost_name} (down)");
+    assert!(wait_until(LONG, || String::from_utf8_lossy(&mesh.cli(0, &["backups", "n1", &s]).stdout).contains(&marked)));
     let back_at_three = |mesh: &Mesh| {
         let a = archives(mesh, 0, "n1", &s);
         a.len() == 10 && a.iter().all(|x| holders(x).iter().filter(|h| **h != "n1" && **h != lost_name).count() == 3)
