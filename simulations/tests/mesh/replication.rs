@@ -307,3 +307,28 @@ fn restore_fetch_and_verify_refuse_bad_requests_by_name() {
     let other = mesh.root.path().join("out2").to_string_lossy().into_owned();
     refused(&mesh, &["restore", "n2", &s, "--to", &other, "--on", "n3"], 1, "n3 is down");
 }
+
+#[test]
+fn a_node_without_a_copy_restores_and_fetches_from_a_holder() {
+    let mesh = Mesh::chain_with(&["n1", "n2", "n3"], &["--replicas", "1"]);
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    write_slow_tree(&src.join("d"), 24, 7);
+    std::os::unix::fs::symlink("d/f1", src.join("link")).unwrap();
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "60"]).status.success());
+    assert!(wait_until(LONG, || archives(&mesh, 0, "n1", &s).first().is_some_and(|a| holders(a).len() == 2)));
+    let kept = holders(&archives(&mesh, 0, "n1", &s)[0]);
+    let other = mesh.nodes.iter().position(|n| !kept.contains(&n.name)).unwrap();
+    assert!(manifests_on_disk(&mesh.nodes[other]).is_empty(), "one copy only: the third node keeps none");
+    // It streams the archive from a holder, each member checked, and writes nothing of it to its store.
+    let to = mesh.root.path().join("restored");
+    let name = mesh.nodes[other].name.clone();
+    let out = mesh.cli(other, &["restore", "n1", &s, "--on", &name, "--to", &to.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+    assert!(manifests_on_disk(&mesh.nodes[other]).is_empty());
+    let tgz = mesh.root.path().join("via-other.tgz");
+    let out = mesh.cli(other, &["fetch", "n1", &s, "-o", &tgz.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
