@@ -750,7 +750,7 @@ async fn restore(
     let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
     let done = tokio::task::spawn_blocking(move || match place {
         Place::Local => restore_archive(&m, &*store, &to, &opts),
-        Place::Remote(peers) => restore_archive(&m, &RemoteSource { net, peers }, &to, &opts),
+        Place::Remote(peers) => restore_archive(&m, &RemoteSource::new(net, peers, &m.members), &to, &opts),
     })
     .await;
     match done {

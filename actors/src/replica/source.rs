@@ -2,8 +2,9 @@
 //! peer over `/backmesh/xfer/1`. Every member read from a peer is checked
 //! against its digest before use.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::archive::{Manifest, MemberRef, MemberSource};
 use crate::hash::Digest;
@@ -174,19 +175,44 @@ pub fn batches<'a>(members: impl IntoIterator<Item = &'a MemberRef>) -> Vec<Vec<
     out
 }
 
-/// Members read from peers, for a restore running in a blocking thread.
+/// Members read from peers, for a restore running in blocking threads.
+/// A miss fetches the next ~4 MiB of members in archive order in one
+/// request (the restorer asks in that order), so a restore does not pay a
+/// round trip per member; members leave the cache once read.
 pub struct RemoteSource {
-    pub net: NetClient,
-    pub peers: Vec<String>,
+    net: NetClient,
+    peers: Vec<String>,
+    /// Members in archive order, and where each digest stands in it.
+    order: Vec<MemberRef>,
+    index: HashMap<Digest, Vec<usize>>,
+    state: Mutex<Cache>,
+    ready: Condvar,
 }
 
-impl MemberSource for RemoteSource {
-    fn read_member(&self, member: &MemberRef) -> io::Result<Vec<u8>> {
+#[derive(Default)]
+struct Cache {
+    got: HashMap<Digest, Vec<u8>>,
+    /// Being fetched by some thread now.
+    pending: HashSet<Digest>,
+    /// Reads so far of each digest: the next read is its next occurrence.
+    reads: HashMap<Digest, usize>,
+}
+
+impl RemoteSource {
+    pub fn new(net: NetClient, peers: Vec<String>, members: &[MemberRef]) -> Self {
+        let mut index = HashMap::new();
+        for (i, m) in members.iter().enumerate() {
+            index.entry(m.sha256).or_insert_with(Vec::new).push(i);
+        }
+        RemoteSource { net, peers, order: members.to_vec(), index, state: Mutex::default(), ready: Condvar::new() }
+    }
+
+    fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, String> {
         let mut why = Vec::new();
         for peer in &self.peers {
-            match self.net.xfer_blocking(peer, XferRequest::Get { digests: vec![member.sha256] }) {
-                Ok(XferResponse::Members { members }) => match checked(members, &[member.sha256]) {
-                    Ok(mut v) => return Ok(v.remove(0).1),
+            match self.net.xfer_blocking(peer, XferRequest::Get { digests: digests.to_vec() }) {
+                Ok(XferResponse::Members { members }) => match checked(members, digests) {
+                    Ok(v) => return Ok(v),
                     Err(e) => why.push(e),
                 },
                 Ok(XferResponse::Refused { reason }) => why.push(reason),
@@ -194,7 +220,68 @@ impl MemberSource for RemoteSource {
                 Err(e) => why.push(e),
             }
         }
-        Err(io::Error::other(format!("no holder could send member {}: {}", member.sha256, why.join("; "))))
+        Err(format!("no holder could send the members: {}", why.join("; ")))
+    }
+}
+
+impl MemberSource for RemoteSource {
+    fn read_member(&self, member: &MemberRef) -> io::Result<Vec<u8>> {
+        let d = member.sha256;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(data) = st.got.remove(&d) {
+                *st.reads.entry(d).or_default() += 1;
+                return Ok(data);
+            }
+            if !st.pending.contains(&d) {
+                break;
+            }
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        // Fetch this member and those after it that nobody has or is fetching.
+        let occurrence = st.reads.get(&d).copied().unwrap_or(0);
+        let start = self.index.get(&d).and_then(|at| at.get(occurrence).or(at.last())).copied().unwrap_or(0);
+        let mut batch = vec![d];
+        let mut size = member.compressed_len;
+        for m in self.order.iter().skip(start + 1) {
+            if size + m.compressed_len > XFER_BATCH as u64 || batch.len() >= 512 {
+                break;
+            }
+            if m.sha256 == d
+                || batch.contains(&m.sha256)
+                || st.got.contains_key(&m.sha256)
+                || st.pending.contains(&m.sha256)
+            {
+                continue;
+            }
+            size += m.compressed_len;
+            batch.push(m.sha256);
+        }
+        st.pending.extend(batch.iter().copied());
+        drop(st);
+        let fetched = self.fetch(&batch);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for b in &batch {
+            st.pending.remove(b);
+        }
+        let result = match fetched {
+            Ok(members) => {
+                let mut mine = None;
+                *st.reads.entry(d).or_default() += 1;
+                for (digest, data) in members {
+                    if digest == d && mine.is_none() {
+                        mine = Some(data);
+                    } else {
+                        st.got.insert(digest, data);
+                    }
+                }
+                mine.ok_or_else(|| io::Error::other(format!("member {d} was not sent")))
+            }
+            Err(e) => Err(io::Error::other(e)),
+        };
+        drop(st);
+        self.ready.notify_all();
+        result
     }
 }
 
