@@ -47,7 +47,7 @@ enum Command {
         /// The node's name (see `backmesh status`), or HOST:PORT of a node to bring into the mesh.
         #[arg(id = "target", value_name = "NODE")]
         node: String,
-        /// Absolute path of a directory on that node.
+        /// Absolute path of a directory on that node (with --source: an absolute name for the job).
         path: String,
         /// Minutes between backups.
         #[arg(long, value_name = "MINUTES")]
@@ -75,7 +75,7 @@ enum Command {
         /// Webhook URL told (JSON POST) when the job fails, goes stale or recovers; repeatable.
         #[arg(long, value_name = "URL")]
         notify: Vec<String>,
-        /// Shell command told when the job fails, goes stale or recovers (JSON on stdin).
+        /// Shell command told when the job fails, goes stale or recovers (JSON in $BACKMESH_NOTIFICATION).
         #[arg(long, value_name = "CMD")]
         notify_cmd: Option<String>,
     },
