@@ -61,8 +61,46 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
-pub fn error(status: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(ErrorBody { error: msg.into() })
+/// Why a request is refused: its status and the words, sent as
+/// `{"error": …}`. Handlers return `Result<HttpResponse, ApiError>` and use
+/// `?` on refusals and on the actors' answers.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        let mut r = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        r.json(ErrorBody { error: self.message.clone() })
+    }
+}
+
+/// An actor that no longer answers: the node is stopping.
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        shutting_down(e)
+    }
+}
+
+/// What a handler answers.
+pub type Answer = Result<HttpResponse, ApiError>;
+
+pub fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError { status, message: msg.into() }
 }
 
 /// Compares in time independent of where the strings differ.
@@ -81,9 +119,8 @@ pub enum Role {
     Site(String),
 }
 
-/// The role of the request's bearer token, or the 401 answer.
-#[allow(clippy::result_large_err)] // the refusal is the answer itself
-pub fn role(req: &HttpRequest, state: &ApiState) -> Result<Role, HttpResponse> {
+/// The role of the request's bearer token, or the 401.
+pub fn role(req: &HttpRequest, state: &ApiState) -> Result<Role, ApiError> {
     let Some(token) = &state.token else { return Ok(Role::Admin) };
     let given =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
@@ -102,43 +139,49 @@ pub fn role(req: &HttpRequest, state: &ApiState) -> Result<Role, HttpResponse> {
     Err(unauthorized("wrong API token"))
 }
 
-/// `None` when the request may change things (admin), else the answer.
-fn admin(req: &HttpRequest, state: &ApiState) -> Option<HttpResponse> {
-    match role(req, state) {
-        Ok(Role::Admin) => None,
-        Ok(_) => Some(error(
+/// `Ok` when the request may change things (admin).
+fn admin(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
+    match role(req, state)? {
+        Role::Admin => Ok(()),
+        _ => Err(error(
             StatusCode::FORBIDDEN,
             "this token is read-only: it cannot change, run, restore or download anything",
         )),
-        Err(r) => Some(r),
     }
 }
 
 /// The 403 for a site token outside its site's page.
-pub fn site_only(site: &str) -> HttpResponse {
+pub fn site_only(site: &str) -> ApiError {
     error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{site}`"))
 }
 
-/// `None` when the request may read the whole mesh (admin or viewer).
-fn reader(req: &HttpRequest, state: &ApiState) -> Option<HttpResponse> {
-    match role(req, state) {
-        Ok(Role::Admin | Role::Viewer) => None,
-        Ok(Role::Site(site)) => Some(site_only(&site)),
-        Err(r) => Some(r),
+/// `Ok` when the request may read the whole mesh (admin or viewer).
+fn reader(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
+    match role(req, state)? {
+        Role::Admin | Role::Viewer => Ok(()),
+        Role::Site(site) => Err(site_only(&site)),
     }
 }
 
-fn unauthorized(msg: &str) -> HttpResponse {
-    let mut r = error(actix_web::http::StatusCode::UNAUTHORIZED, msg);
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    r
+fn unauthorized(msg: &str) -> ApiError {
+    error(StatusCode::UNAUTHORIZED, msg)
 }
 
 async fn health(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(&state.health)
 }
 
-pub fn shutting_down(e: impl std::fmt::Display) -> HttpResponse {
+/// A node answered a control request with something else than asked.
+fn odd_answer(node: &str, answer: impl std::fmt::Debug) -> ApiError {
+    error(StatusCode::BAD_GATEWAY, format!("node {node} answered {answer:?}"))
+}
+
+/// A node did not answer a control request.
+fn no_answer(node: &str, why: impl std::fmt::Display) -> ApiError {
+    error(StatusCode::SERVICE_UNAVAILABLE, format!("node {node}: {why}"))
+}
+
+pub fn shutting_down(e: impl std::fmt::Display) -> ApiError {
     error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, format!("node is shutting down: {e}"))
 }
 
@@ -160,22 +203,14 @@ fn job_status(j: &JobView) -> JobStatus {
     }
 }
 
-async fn status(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    if let Some(refused) = reader(&req, &state) {
-        return refused;
-    }
-    let mut s = match state.membership.send(GetStatus).await {
-        Ok(s) => s,
-        Err(e) => return shutting_down(e),
-    };
-    match state.log.send(GetJobs).await {
-        Ok(jobs) => s.jobs = jobs.iter().map(job_status).collect(),
-        Err(e) => return shutting_down(e),
-    }
+async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
+    reader(&req, &state)?;
+    let mut s = state.membership.send(GetStatus).await?;
+    s.jobs = state.log.send(GetJobs).await?.iter().map(job_status).collect();
     if let Some(p) = replica_shortfall(s.nodes.len(), state.replicas) {
         s.problems.push(p);
     }
-    HttpResponse::Ok().json(s)
+    Ok(HttpResponse::Ok().json(s))
 }
 
 /// The problem to show when the mesh is too small for `--replicas` copies.
@@ -189,16 +224,10 @@ pub fn replica_shortfall(nodes: usize, replicas: usize) -> Option<String> {
     })
 }
 
-async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    if let Some(refused) = reader(&req, &state) {
-        return refused;
-    }
-    match state.log.send(GetJobs).await {
-        Ok(jobs) => {
-            HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs.iter().map(job_status).collect::<Vec<_>>() }))
-        }
-        Err(e) => shutting_down(e),
-    }
+async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
+    reader(&req, &state)?;
+    let jobs = state.log.send(GetJobs).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs.iter().map(job_status).collect::<Vec<_>>() })))
 }
 
 /// A log entry as the API shows it: `time` in RFC 3339 for people and
@@ -221,30 +250,23 @@ struct LogParams {
     limit: Option<usize>,
 }
 
-async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogParams>) -> HttpResponse {
-    if let Some(refused) = reader(&req, &state) {
-        return refused;
-    }
+async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogParams>) -> Answer {
+    reader(&req, &state)?;
     let q = q.into_inner();
     let query = Query { node: q.node, path: q.path, limit: q.limit.unwrap_or(100).min(100_000) };
-    match state.log.send(query).await {
-        Ok(entries) => {
-            let entries: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
-            HttpResponse::Ok().json(serde_json::json!({ "entries": entries }))
-        }
-        Err(e) => shutting_down(e),
-    }
+    let entries: Vec<serde_json::Value> = state.log.send(query).await?.iter().map(entry_json).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    error(actix_web::http::StatusCode::NOT_FOUND, format!("no such route: {} {}", req.method(), req.path()))
+async fn not_found(req: HttpRequest) -> Answer {
+    Err(error(StatusCode::NOT_FOUND, format!("no such route: {} {}", req.method(), req.path())))
 }
 
 use actix_web::http::StatusCode;
 
 /// The node called `name`, or the answer that explains why there is none.
-async fn find_node(state: &ApiState, name: &str) -> Result<NodeStatus, HttpResponse> {
-    let status = state.membership.send(GetStatus).await.map_err(shutting_down)?;
+async fn find_node(state: &ApiState, name: &str) -> Result<NodeStatus, ApiError> {
+    let status = state.membership.send(GetStatus).await?;
     let matches: Vec<&NodeStatus> = status.nodes.iter().filter(|n| n.name == name).collect();
     match matches.as_slice() {
         [one] => Ok((*one).clone()),
@@ -259,11 +281,10 @@ async fn find_node(state: &ApiState, name: &str) -> Result<NodeStatus, HttpRespo
     }
 }
 
-async fn record(state: &ApiState, event: Event) -> HttpResponse {
-    match state.log.send(Record(event)).await {
-        Ok(Ok(entry)) => HttpResponse::Created().json(serde_json::json!({ "entry": entry })),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot record it: {e}")),
-        Err(e) => shutting_down(e),
+async fn record(state: &ApiState, event: Event) -> Answer {
+    match state.log.send(Record(event)).await? {
+        Ok(entry) => Ok(HttpResponse::Created().json(serde_json::json!({ "entry": entry }))),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot record it: {e}"))),
     }
 }
 
@@ -280,56 +301,52 @@ struct RegisterBody {
     spec: JobSpec,
 }
 
-async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> HttpResponse {
-    if let Some(refused) = admin(&req, &state) {
-        return refused;
-    }
+async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Answer {
+    admin(&req, &state)?;
     let mut b = body.into_inner();
     if b.every == 0 {
-        return error(StatusCode::BAD_REQUEST, "--every must be at least 1 minute");
+        return Err(error(StatusCode::BAD_REQUEST, "--every must be at least 1 minute"));
     }
     if !b.path.starts_with('/') {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             format!("`{}` is not an absolute path; give the full path on {}", b.path, b.node),
-        );
+        ));
     }
     for pat in &b.excludes {
         if let Err(e) = globset::Glob::new(pat) {
-            return error(StatusCode::BAD_REQUEST, format!("bad exclude pattern `{pat}`: {}", e.kind()));
+            return Err(error(StatusCode::BAD_REQUEST, format!("bad exclude pattern `{pat}`: {}", e.kind())));
         }
     }
     for url in &b.spec.notify {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return error(StatusCode::BAD_REQUEST, format!("--notify takes an http:// or https:// URL, not `{url}`"));
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("--notify takes an http:// or https:// URL, not `{url}`"),
+            ));
         }
     }
     if b.spec.source.as_deref() == Some("dir") {
         b.spec.source = None;
     }
     if b.spec.source.is_none() && !b.spec.args.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "--arg is for a --source other than a directory");
+        return Err(error(StatusCode::BAD_REQUEST, "--arg is for a --source other than a directory"));
     }
     // `host:port` of a node not yet in the mesh: dial it; it joins if it has the swarm key.
     if let Some(addr) = socket_addr(&b.node) {
-        match join(&state, addr).await {
-            Ok(name) => b.node = name,
-            Err(r) => return r,
-        }
+        b.node = join(&state, addr).await?;
     }
-    let node = match find_node(&state, &b.node).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+    let node = find_node(&state, &b.node).await?;
     // The node that will run the job says whether it can: the path is a
     // directory, the plugin exists…
     let verdict = if node.this_node {
-        match state.jobs.send(CheckSource { path: b.path.clone(), spec: b.spec.clone() }).await {
-            Ok(r) => r.map_err(|r| (StatusCode::BAD_REQUEST, r)),
-            Err(e) => return shutting_down(e),
-        }
+        state
+            .jobs
+            .send(CheckSource { path: b.path.clone(), spec: b.spec.clone() })
+            .await?
+            .map_err(|r| error(StatusCode::BAD_REQUEST, r))
     } else if !node.up {
-        Err((
+        Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("node {} is down and cannot confirm the path; try again when it is up", b.node),
         ))
@@ -338,15 +355,13 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
         {
             Ok(CtlResponse::PathOk) => Ok(()),
             Ok(CtlResponse::PathRefused { reason }) => {
-                Err((StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node)))
+                Err(error(StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node)))
             }
-            Ok(other) => Err((StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", b.node))),
-            Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", b.node))),
+            Ok(other) => Err(odd_answer(&b.node, other)),
+            Err(e) => Err(no_answer(&b.node, e)),
         }
     };
-    if let Err((code, msg)) = verdict {
-        return error(code, msg);
-    }
+    verdict?;
     record(
         &state,
         Event::Registered { node: b.node, path: b.path, every_min: b.every, excludes: b.excludes, spec: b.spec },
@@ -360,66 +375,52 @@ struct JobKey {
     path: String,
 }
 
-async fn unregister(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> HttpResponse {
-    if let Some(refused) = admin(&req, &state) {
-        return refused;
-    }
+async fn unregister(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> Answer {
+    admin(&req, &state)?;
     let k = q.into_inner();
-    let jobs = match state.log.send(GetJobs).await {
-        Ok(j) => j,
-        Err(e) => return shutting_down(e),
-    };
+    let jobs = state.log.send(GetJobs).await?;
     if !jobs.iter().any(|j| j.node == k.node && j.path == k.path) {
-        return error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}", k.path, k.node));
+        return Err(error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}", k.path, k.node)));
     }
     record(&state, Event::Unregistered { node: k.node, path: k.path }).await
 }
 
-async fn pause(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<String>) -> HttpResponse {
+async fn pause(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<String>) -> Answer {
     set_paused(req, state, node.into_inner(), true).await
 }
 
-async fn resume(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<String>) -> HttpResponse {
+async fn resume(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<String>) -> Answer {
     set_paused(req, state, node.into_inner(), false).await
 }
 
-async fn set_paused(req: HttpRequest, state: web::Data<ApiState>, node: String, paused: bool) -> HttpResponse {
-    if let Some(refused) = admin(&req, &state) {
-        return refused;
-    }
-    if let Err(r) = find_node(&state, &node).await {
-        return r;
-    }
+async fn set_paused(req: HttpRequest, state: web::Data<ApiState>, node: String, paused: bool) -> Answer {
+    admin(&req, &state)?;
+    find_node(&state, &node).await?;
     record(&state, if paused { Event::Paused { node } } else { Event::Resumed { node } }).await
 }
 
 /// Queues a run on the node that owns the job; answers 202 at once (the
 /// result arrives in the log as `finished`, `unchanged` or `failed`).
-async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKey>) -> HttpResponse {
-    if let Some(refused) = admin(&req, &state) {
-        return refused;
-    }
+async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKey>) -> Answer {
+    admin(&req, &state)?;
     let b = body.into_inner();
-    let node = match find_node(&state, &b.node).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let registered = match state.log.send(GetJobs).await {
-        Ok(jobs) => jobs.iter().any(|j| j.node == b.node && j.path == b.path),
-        Err(e) => return shutting_down(e),
-    };
+    let node = find_node(&state, &b.node).await?;
+    let registered = state.log.send(GetJobs).await?.iter().any(|j| j.node == b.node && j.path == b.path);
     if !registered {
-        return error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}; register it first", b.path, b.node));
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no job backs up {} on {}; register it first", b.path, b.node),
+        ));
     }
     let request = new_request();
     let queued = if node.this_node {
-        match state.jobs.send(RunNow { path: b.path.clone(), request: Some(request.clone()) }).await {
-            Ok(Ok(id)) => Ok(id),
-            Ok(Err(full)) => Err((StatusCode::TOO_MANY_REQUESTS, full.to_string())),
-            Err(e) => return shutting_down(e),
-        }
+        state
+            .jobs
+            .send(RunNow { path: b.path.clone(), request: Some(request.clone()) })
+            .await?
+            .map_err(|full| error(StatusCode::TOO_MANY_REQUESTS, full.to_string()))
     } else if !node.up {
-        Err((
+        Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("node {} is down; the run cannot start until it is back", b.node),
         ))
@@ -431,17 +432,15 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
         {
             Ok(CtlResponse::Queued { id }) => Ok(id),
             Ok(CtlResponse::Busy { reason }) => {
-                Err((StatusCode::TOO_MANY_REQUESTS, format!("on {}: {reason}", b.node)))
+                Err(error(StatusCode::TOO_MANY_REQUESTS, format!("on {}: {reason}", b.node)))
             }
-            Ok(other) => Err((StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", b.node))),
-            Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", b.node))),
+            Ok(other) => Err(odd_answer(&b.node, other)),
+            Err(e) => Err(no_answer(&b.node, e)),
         }
     };
-    match queued {
-        Ok(id) => HttpResponse::Accepted()
-            .json(serde_json::json!({ "queued": id, "request": request, "node": b.node, "path": b.path })),
-        Err((code, msg)) => error(code, msg),
-    }
+    let id = queued?;
+    Ok(HttpResponse::Accepted()
+        .json(serde_json::json!({ "queued": id, "request": request, "node": b.node, "path": b.path })))
 }
 
 #[derive(Deserialize)]
@@ -455,33 +454,21 @@ struct BackupsQuery {
 /// The retained archives of a job with the nodes that keep each, from the
 /// log's catalog (so any node answers, even with the origin gone); with
 /// `all`, every execution of the job too.
-async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<BackupsQuery>) -> HttpResponse {
-    if let Some(refused) = reader(&req, &state) {
-        return refused;
-    }
+async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<BackupsQuery>) -> Answer {
+    reader(&req, &state)?;
     let q = q.into_inner();
-    let catalog = match state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await {
-        Ok(c) => c,
-        Err(e) => return shutting_down(e),
-    };
-    let jobs = match state.log.send(GetJobs).await {
-        Ok(j) => j,
-        Err(e) => return shutting_down(e),
-    };
+    let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
+    let jobs = state.log.send(GetJobs).await?;
     if catalog.is_empty() && !jobs.iter().any(|j| j.node == q.node && j.path == q.path) {
-        if let Err(r) = find_node(&state, &q.node).await {
-            return r;
-        }
-        return error(
+        find_node(&state, &q.node).await?;
+        return Err(error(
             StatusCode::NOT_FOUND,
             format!("no job backs up {} on {} and no archive of it is kept", q.path, q.node),
-        );
+        ));
     }
     // Holders that are down still keep their copies; say which, so nobody counts on them now.
-    let down: std::collections::HashSet<String> = match state.membership.send(GetStatus).await {
-        Ok(st) => st.nodes.into_iter().filter(|n| !n.up).map(|n| n.name).collect(),
-        Err(e) => return shutting_down(e),
-    };
+    let down: std::collections::HashSet<String> =
+        state.membership.send(GetStatus).await?.nodes.into_iter().filter(|n| !n.up).map(|n| n.name).collect();
     let archives: Vec<serde_json::Value> = catalog
         .iter()
         .map(|a| {
@@ -502,7 +489,7 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
                 .collect::<Vec<_>>());
         }
     }
-    HttpResponse::Ok().json(body)
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// A new id for an on-demand request; log entries that answer it carry it.
@@ -514,37 +501,24 @@ fn new_request() -> String {
 }
 
 /// The log entries that answer request `id` (empty while it is under way).
-async fn request_entries(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> HttpResponse {
-    if let Some(refused) = reader(&req, &state) {
-        return refused;
-    }
-    match state.log.send(ForRequest { request: id.into_inner() }).await {
-        Ok(entries) => HttpResponse::Ok()
-            .json(serde_json::json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })),
-        Err(e) => shutting_down(e),
-    }
+async fn request_entries(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> Answer {
+    reader(&req, &state)?;
+    let entries = state.log.send(ForRequest { request: id.into_inner() }).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })))
 }
 
 /// Counters of the backup of (node, path) running now.
-async fn progress(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> HttpResponse {
-    if let Some(refused) = reader(&req, &state) {
-        return refused;
-    }
+async fn progress(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> Answer {
+    reader(&req, &state)?;
     let q = q.into_inner();
-    let node = match find_node(&state, &q.node).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+    let node = find_node(&state, &q.node).await?;
     if node.this_node {
-        return match state.jobs.send(GetProgress { path: q.path }).await {
-            Ok(p) => HttpResponse::Ok().json(p),
-            Err(e) => shutting_down(e),
-        };
+        return Ok(HttpResponse::Ok().json(state.jobs.send(GetProgress { path: q.path }).await?));
     }
     match state.net.ctl(&node.peer_id, CtlRequest::Progress { path: q.path }).await {
-        Ok(CtlResponse::Progress(p)) => HttpResponse::Ok().json(p),
-        Ok(other) => error(StatusCode::BAD_GATEWAY, format!("node {} answered {other:?}", q.node)),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("node {}: {e}", q.node)),
+        Ok(CtlResponse::Progress(p)) => Ok(HttpResponse::Ok().json(p)),
+        Ok(other) => Err(odd_answer(&q.node, other)),
+        Err(e) => Err(no_answer(&q.node, e)),
     }
 }
 
@@ -562,32 +536,26 @@ struct RestoreBody {
 
 /// Starts a restore on the node that must write the files; answers 202
 /// with the request whose `restored` entry will carry the result.
-async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RestoreBody>) -> HttpResponse {
-    if let Some(refused) = admin(&req, &state) {
-        return refused;
-    }
+async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RestoreBody>) -> Answer {
+    admin(&req, &state)?;
     let b = body.into_inner();
     let on = b.on.clone().unwrap_or_else(|| b.node.clone());
-    let target = match find_node(&state, &on).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    match state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await {
-        Ok(c) if c.is_empty() => {
-            return error(StatusCode::NOT_FOUND, format!("no archive of {} on {} is kept in the mesh", b.path, b.node))
+    let target = find_node(&state, &on).await?;
+    let c = state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await?;
+    if c.is_empty() {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no archive of {} on {} is kept in the mesh", b.path, b.node),
+        ));
+    }
+    if let Some(id) = &b.archive {
+        if !c.iter().any(|a| &a.id == id) {
+            let known: Vec<&str> = c.iter().map(|a| a.id.as_str()).collect();
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                format!("no archive {id} of {} on {}; kept: {}", b.path, b.node, known.join(", ")),
+            ));
         }
-        Ok(c) => {
-            if let Some(id) = &b.archive {
-                if !c.iter().any(|a| &a.id == id) {
-                    let known: Vec<&str> = c.iter().map(|a| a.id.as_str()).collect();
-                    return error(
-                        StatusCode::NOT_FOUND,
-                        format!("no archive {id} of {} on {}; kept: {}", b.path, b.node, known.join(", ")),
-                    );
-                }
-            }
-        }
-        Err(e) => return shutting_down(e),
     }
     let request = new_request();
     let started = if target.this_node {
@@ -599,12 +567,9 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<R
             overwrite: b.overwrite,
             request: request.clone(),
         };
-        match state.replica.send(msg).await {
-            Ok(r) => r.map_err(|e| (StatusCode::BAD_REQUEST, format!("on {on}: {e}"))),
-            Err(e) => return shutting_down(e),
-        }
+        state.replica.send(msg).await?.map_err(|e| error(StatusCode::BAD_REQUEST, format!("on {on}: {e}")))
     } else if !target.up {
-        Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {on} is down; restore onto another node with --on")))
+        Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("node {on} is down; restore onto another node with --on")))
     } else {
         let ctl = CtlRequest::Restore {
             node: b.node.clone(),
@@ -616,15 +581,13 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<R
         };
         match state.net.ctl(&target.peer_id, ctl).await {
             Ok(CtlResponse::Accepted) => Ok(()),
-            Ok(CtlResponse::Failed { reason }) => Err((StatusCode::BAD_REQUEST, format!("on {on}: {reason}"))),
-            Ok(other) => Err((StatusCode::BAD_GATEWAY, format!("node {on} answered {other:?}"))),
-            Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("node {on}: {e}"))),
+            Ok(CtlResponse::Failed { reason }) => Err(error(StatusCode::BAD_REQUEST, format!("on {on}: {reason}"))),
+            Ok(other) => Err(odd_answer(&on, other)),
+            Err(e) => Err(no_answer(&on, e)),
         }
     };
-    match started {
-        Ok(()) => HttpResponse::Accepted().json(serde_json::json!({ "request": request, "on": on })),
-        Err((code, msg)) => error(code, msg),
-    }
+    started?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "request": request, "on": on })))
 }
 
 #[derive(Deserialize)]
@@ -636,24 +599,14 @@ struct FetchQuery {
 
 /// Streams an archive as one `.tgz`, read from this node or a holder. The
 /// length and sha256 are in the headers so the client can check the file.
-async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FetchQuery>) -> HttpResponse {
-    if let Some(refused) = admin(&req, &state) {
-        return refused;
-    }
+async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FetchQuery>) -> Answer {
+    admin(&req, &state)?;
     let q = q.into_inner();
-    let catalog = match state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await {
-        Ok(c) => c,
-        Err(e) => return shutting_down(e),
-    };
-    let peers = match state.membership.send(GetPeers).await {
-        Ok((_, p)) => p,
-        Err(e) => return shutting_down(e),
-    };
-    let (manifest, place) =
-        match locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref()).await {
-            Ok(found) => found,
-            Err(e) => return error(StatusCode::NOT_FOUND, e),
-        };
+    let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
+    let (_, peers) = state.membership.send(GetPeers).await?;
+    let (manifest, place) = locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref())
+        .await
+        .map_err(|e| error(StatusCode::NOT_FOUND, e))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     let (store, net) = (state.store.clone(), state.net.clone());
     let (len, sha, id) = (manifest.tgz_len, manifest.tgz_sha256.to_hex(), manifest.id.clone());
@@ -690,12 +643,12 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
         }
     });
     let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("application/gzip")
         .insert_header(("X-Backmesh-Archive", manifest_id))
         .insert_header(("X-Backmesh-Sha256", sha))
         .no_chunking(len)
-        .streaming(body)
+        .streaming(body))
 }
 
 #[derive(Deserialize)]
@@ -707,26 +660,18 @@ struct VerifyBody {
 /// Asks every live node that keeps copies (of (node, path), or of
 /// anything) to re-hash them; answers 202 with the request and how many
 /// `verified` entries will follow.
-async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> HttpResponse {
-    if let Some(refused) = admin(&req, &state) {
-        return refused;
-    }
+async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Answer {
+    admin(&req, &state)?;
     let b = body.into_inner();
     if b.node.is_some() != b.path.is_some() {
-        return error(StatusCode::BAD_REQUEST, "give both NODE and PATH, or neither");
+        return Err(error(StatusCode::BAD_REQUEST, "give both NODE and PATH, or neither"));
     }
-    let status = match state.membership.send(GetStatus).await {
-        Ok(s) => s,
-        Err(e) => return shutting_down(e),
-    };
+    let status = state.membership.send(GetStatus).await?;
     let mut targets: Vec<&NodeStatus> = status.nodes.iter().filter(|n| n.up).collect();
     if let (Some(node), Some(path)) = (&b.node, &b.path) {
-        let catalog = match state.log.send(GetCatalog { node: node.clone(), path: path.clone() }).await {
-            Ok(c) => c,
-            Err(e) => return shutting_down(e),
-        };
+        let catalog = state.log.send(GetCatalog { node: node.clone(), path: path.clone() }).await?;
         if catalog.is_empty() {
-            return error(StatusCode::NOT_FOUND, format!("no archive of {path} on {node} is kept in the mesh"));
+            return Err(error(StatusCode::NOT_FOUND, format!("no archive of {path} on {node} is kept in the mesh")));
         }
         targets.retain(|n| catalog.iter().any(|a| a.holders.contains(&n.name)));
     }
@@ -737,10 +682,7 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<Ve
     for n in targets {
         let series = if n.this_node {
             let msg = VerifyHere { node: b.node.clone(), path: b.path.clone(), request: request.clone() };
-            match state.replica.send(msg).await {
-                Ok(r) => r,
-                Err(e) => return shutting_down(e),
-            }
+            state.replica.send(msg).await?
         } else {
             let ctl = CtlRequest::Verify { node: b.node.clone(), path: b.path.clone(), request: request.clone() };
             match state.net.ctl(&n.peer_id, ctl).await {
@@ -758,8 +700,8 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<Ve
             Err(e) => problems.push(format!("{}: {e}", n.name)),
         }
     }
-    HttpResponse::Accepted()
-        .json(serde_json::json!({ "request": request, "expect": expect, "nodes": nodes, "problems": problems }))
+    Ok(HttpResponse::Accepted()
+        .json(serde_json::json!({ "request": request, "expect": expect, "nodes": nodes, "problems": problems })))
 }
 
 /// `HOST:PORT` (not a plain node name) → an address to dial.
@@ -773,7 +715,7 @@ fn socket_addr(s: &str) -> Option<std::net::SocketAddr> {
 
 /// Dials `addr` and waits (up to 15 s) until the node there has said hello;
 /// answers its name.
-async fn join(state: &ApiState, addr: std::net::SocketAddr) -> Result<String, HttpResponse> {
+async fn join(state: &ApiState, addr: std::net::SocketAddr) -> Result<String, ApiError> {
     let peer = state
         .net
         .dial(addr)

@@ -24,7 +24,7 @@ use backmesh_actors::log::state::{CatalogArchive, JobView};
 use backmesh_actors::net::actor::{now_ms, rfc3339, GetStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{error, role, shutting_down, site_only, ApiState, Role};
+use crate::api::{error, role, site_only, Answer, ApiError, ApiState, Role};
 use actix_web::http::StatusCode;
 
 const INDEX: &str = include_str!("dashboard/index.html");
@@ -61,15 +61,13 @@ fn asset(body: &'static str, kind: &'static str) -> HttpResponse {
         .body(body)
 }
 
-async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    match role(&req, &state) {
-        Ok(Role::Admin) => HttpResponse::Ok().json(serde_json::json!({"role": "admin", "node": state.health.name})),
-        Ok(Role::Viewer) => HttpResponse::Ok().json(serde_json::json!({"role": "viewer", "node": state.health.name})),
-        Ok(Role::Site(s)) => {
-            HttpResponse::Ok().json(serde_json::json!({"role": "site", "site": s, "node": state.health.name}))
-        }
-        Err(r) => r,
-    }
+async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
+    let me = &state.health.name;
+    Ok(HttpResponse::Ok().json(match role(&req, &state)? {
+        Role::Admin => serde_json::json!({"role": "admin", "node": me}),
+        Role::Viewer => serde_json::json!({"role": "viewer", "node": me}),
+        Role::Site(s) => serde_json::json!({"role": "site", "site": s, "node": me}),
+    }))
 }
 
 pub use backmesh_actors::log::state::job_state;
@@ -191,11 +189,15 @@ struct DashQuery {
     local: bool,
 }
 
-/// The overview of this mesh (and, unless `local`, the federated ones).
-async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<Overview, HttpResponse> {
-    let status = state.membership.send(GetStatus).await.map_err(shutting_down)?;
-    let jobs = state.log.send(GetJobs).await.map_err(shutting_down)?;
-    let catalogs = state.log.send(GetCatalogs).await.map_err(shutting_down)?;
+/// Every series' archives with their holders, from the log.
+type Catalogs = BTreeMap<(String, String), Vec<CatalogArchive>>;
+
+/// The overview of this mesh (and, unless `local`, the federated ones),
+/// with the catalog it was built from.
+async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(Overview, Catalogs), ApiError> {
+    let status = state.membership.send(GetStatus).await?;
+    let jobs = state.log.send(GetJobs).await?;
+    let catalogs = state.log.send(GetCatalogs).await?;
     let now = now_ms();
     let site_of: HashMap<&str, &str> = status.nodes.iter().map(|n| (n.name.as_str(), n.site.as_str())).collect();
     // What each node keeps, from the catalog.
@@ -298,7 +300,7 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<O
             }
         })
         .collect();
-    Ok(Overview {
+    let overview = Overview {
         generated: rfc3339(now),
         node: state.health.name.clone(),
         counts,
@@ -313,25 +315,18 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<O
         } else {
             Vec::new()
         },
-    })
+    };
+    Ok((overview, catalogs))
 }
 
-async fn dashboard(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<DashQuery>) -> HttpResponse {
+async fn dashboard(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<DashQuery>) -> Answer {
     let q = q.into_inner();
-    let site = match role(&req, &state) {
-        Ok(Role::Site(s)) => {
-            if q.site.as_ref().is_some_and(|w| *w != s) {
-                return site_only(&s);
-            }
-            Some(s)
-        }
-        Ok(_) => q.site,
-        Err(r) => return r,
+    let site = match role(&req, &state)? {
+        Role::Site(s) if q.site.as_ref().is_some_and(|w| *w != s) => return Err(site_only(&s)),
+        Role::Site(s) => Some(s),
+        _ => q.site,
     };
-    match overview(&state, site.as_deref(), q.local).await {
-        Ok(o) => HttpResponse::Ok().json(o),
-        Err(r) => r,
-    }
+    Ok(HttpResponse::Ok().json(overview(&state, site.as_deref(), q.local).await?.0))
 }
 
 #[derive(Deserialize)]
@@ -340,38 +335,22 @@ struct JobQuery {
     path: String,
 }
 
-async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuery>) -> HttpResponse {
+async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuery>) -> Answer {
     let q = q.into_inner();
-    let who = match role(&req, &state) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let jobs = match state.log.send(GetJobs).await {
-        Ok(j) => j,
-        Err(e) => return shutting_down(e),
-    };
+    let who = role(&req, &state)?;
+    let jobs = state.log.send(GetJobs).await?;
     let Some(j) = jobs.iter().find(|j| j.node == q.node && j.path == q.path) else {
-        return error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}", q.path, q.node));
+        return Err(error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}", q.path, q.node)));
     };
     if let Role::Site(s) = &who {
-        let status = match state.membership.send(GetStatus).await {
-            Ok(st) => st,
-            Err(e) => return shutting_down(e),
-        };
+        let status = state.membership.send(GetStatus).await?;
         if !status.nodes.iter().any(|n| n.name == q.node && &n.site == s) {
-            return site_only(s);
+            return Err(site_only(s));
         }
     }
-    let catalogs = match state.log.send(GetCatalogs).await {
-        Ok(c) => c,
-        Err(e) => return shutting_down(e),
-    };
+    let catalogs = state.log.send(GetCatalogs).await?;
     let catalog = catalogs.get(&(q.node.clone(), q.path.clone()));
-    let entries =
-        match state.log.send(Query { node: Some(q.node.clone()), path: Some(q.path.clone()), limit: 2000 }).await {
-            Ok(e) => e,
-            Err(e) => return shutting_down(e),
-        };
+    let entries = state.log.send(Query { node: Some(q.node.clone()), path: Some(q.path.clone()), limit: 2000 }).await?;
     let executions: Vec<serde_json::Value> = entries
         .iter()
         .filter(|e| e.event.node() == q.node && ["finished", "unchanged", "failed"].contains(&e.event.kind()))
@@ -390,11 +369,11 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
                                "size": a.size, "files": a.files, "holders": a.holders})
         })
         .collect();
-    HttpResponse::Ok().json(serde_json::json!({
+    Ok(HttpResponse::Ok().json(serde_json::json!({
         "job": row(j, catalog, now_ms()),
         "executions": executions,
         "archives": archives,
-    }))
+    })))
 }
 
 /// Escapes a Prometheus label value.
@@ -402,20 +381,11 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    match role(&req, &state) {
-        Ok(Role::Admin | Role::Viewer) => {}
-        Ok(Role::Site(_)) => return error(StatusCode::FORBIDDEN, "a site token cannot read /metrics"),
-        Err(r) => return r,
+async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
+    if let Role::Site(_) = role(&req, &state)? {
+        return Err(error(StatusCode::FORBIDDEN, "a site token cannot read /metrics"));
     }
-    let o = match overview(&state, None, true).await {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    let catalogs = match state.log.send(GetCatalogs).await {
-        Ok(c) => c,
-        Err(e) => return shutting_down(e),
-    };
+    let (o, catalogs) = overview(&state, None, true).await?;
     let mut out = String::new();
     let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
@@ -482,7 +452,7 @@ async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
         "Retained archives of each origin node with fewer copies than --replicas (or than other nodes exist).",
         backlog.into_iter().map(|(n, v)| (format!("{{node=\"{}\"}}", label(&n)), v)).collect(),
     );
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(out)
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(out))
 }
 
 /// What was last heard from each federated mesh.

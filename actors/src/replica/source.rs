@@ -122,18 +122,22 @@ pub async fn read_members(
         Place::Remote(peers) => {
             let mut why = Vec::new();
             for peer in peers {
-                match net.xfer(peer, XferRequest::Get { digests: digests.clone() }).await {
-                    Ok(XferResponse::Members { members }) => match checked(members, &digests) {
-                        Ok(v) => return Ok(v),
-                        Err(e) => why.push(e),
-                    },
-                    Ok(XferResponse::Refused { reason }) => why.push(reason),
-                    Ok(other) => why.push(format!("unexpected answer {other:?}")),
+                match members_in(net.xfer(peer, XferRequest::Get { digests: digests.clone() }).await, &digests) {
+                    Ok(v) => return Ok(v),
                     Err(e) => why.push(e),
                 }
             }
             Err(format!("no holder could send the members: {}", why.join("; ")))
         }
+    }
+}
+
+/// The members in a peer's answer to `Get { asked }`, checked, or why not.
+fn members_in(answer: Result<XferResponse, String>, asked: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, String> {
+    match answer? {
+        XferResponse::Members { members } => checked(members, asked),
+        XferResponse::Refused { reason } => Err(reason),
+        other => Err(format!("unexpected answer {other:?}")),
     }
 }
 
@@ -210,13 +214,8 @@ impl RemoteSource {
     fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, String> {
         let mut why = Vec::new();
         for peer in &self.peers {
-            match self.net.xfer_blocking(peer, XferRequest::Get { digests: digests.to_vec() }) {
-                Ok(XferResponse::Members { members }) => match checked(members, digests) {
-                    Ok(v) => return Ok(v),
-                    Err(e) => why.push(e),
-                },
-                Ok(XferResponse::Refused { reason }) => why.push(reason),
-                Ok(other) => why.push(format!("unexpected answer {other:?}")),
+            match members_in(self.net.xfer_blocking(peer, XferRequest::Get { digests: digests.to_vec() }), digests) {
+                Ok(v) => return Ok(v),
                 Err(e) => why.push(e),
             }
         }

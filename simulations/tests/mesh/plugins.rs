@@ -208,6 +208,8 @@ fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     };
+    // (Nodes also wait 10 s after start before telling anything; the end of this test checks a
+    // healthy job stays quiet once they tell.)
     std::thread::sleep(Duration::from_secs(3));
     assert!(lines().is_empty(), "nothing to tell while it is healthy: {:?}", lines());
     std::fs::write(&gate, b"").unwrap();
@@ -233,6 +235,9 @@ fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
     assert!(r["error"].is_null());
     let told = last_entry(&mesh, &a, "notified");
     assert_eq!(told["delivered"], true, "{told}");
+    // Healthy again, past the notifiers' settling time (they have told twice): nothing more.
+    assert!(["finished", "unchanged"].contains(&run(&mesh, "n2", &a)["result"].as_str().unwrap()));
+    std::thread::sleep(Duration::from_secs(5));
     assert_eq!(lines().len(), 2);
 }
 
