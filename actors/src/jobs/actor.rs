@@ -2,9 +2,9 @@
 //!
 //! Messages and senders:
 //! - [`RunNow`] (the HTTP API of this node): queue an on-demand run.
-//! - [`ServeCtl`] (the network loop: `Run`, `ListArchives` or `Progress`
+//! - [`ServeCtl`] (the network loop: `Run`, `Progress` or `CheckSource`
 //!   asked through another node), answered on the request's channel.
-//! - [`GetProgress`], [`ListArchives`] (the HTTP API of this node).
+//! - [`GetProgress`], [`CheckSource`] (the HTTP API of this node).
 //! - [`AttachNet`] (start-up).
 //!
 //! Every second it folds the jobs from the log; each job of this node that
@@ -29,7 +29,7 @@ use crate::log::entry::Event;
 use crate::log::state::JobView;
 use crate::net::actor::now_ms;
 use crate::net::swarm::{NetClient, ServeCtl};
-use crate::net::wire::{ArchiveInfo, CtlRequest, CtlResponse, RunProgress};
+use crate::net::wire::{CtlRequest, CtlResponse, RunProgress};
 use crate::store::Store;
 
 /// Queue an on-demand run of `path` (a registered job of this node); its
@@ -64,13 +64,6 @@ pub struct AttachNet(pub NetClient);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AttachReplica(pub Recipient<crate::replica::actor::SyncNow>);
-
-/// The archives this node keeps of its own `path`, newest first.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<ArchiveInfo>, String>")]
-pub struct ListArchives {
-    pub path: String,
-}
 
 /// A run in progress.
 struct Running {
@@ -322,10 +315,6 @@ impl Handler<ServeCtl> for JobsActor {
                 Ok(id) => CtlResponse::Queued { id },
                 Err(full) => CtlResponse::Busy { reason: full.to_string() },
             },
-            CtlRequest::ListArchives { path } => match self.handle(ListArchives { path }, ctx) {
-                Ok(list) => CtlResponse::Archives { list },
-                Err(reason) => CtlResponse::Failed { reason },
-            },
             CtlRequest::Progress { path } => CtlResponse::Progress(self.handle(GetProgress { path }, ctx).0),
             CtlRequest::CheckSource { path, spec } => match self.handle(CheckSource { path, spec }, ctx) {
                 Ok(()) => CtlResponse::PathOk,
@@ -352,22 +341,5 @@ impl Handler<AttachNet> for JobsActor {
     type Result = ();
     fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
         self.net = Some(msg.0);
-    }
-}
-
-impl Handler<ListArchives> for JobsActor {
-    type Result = Result<Vec<ArchiveInfo>, String>;
-    fn handle(&mut self, msg: ListArchives, _: &mut Context<Self>) -> Self::Result {
-        let list = self.store.list(&self.me, &msg.path).map_err(|e| e.to_string())?;
-        Ok(list
-            .into_iter()
-            .map(|s| ArchiveInfo {
-                id: s.id,
-                created_ms: s.created_ms,
-                size: s.tgz_len,
-                files: s.files,
-                warnings: s.warnings,
-            })
-            .collect())
     }
 }

@@ -100,7 +100,7 @@ pub struct Hooks {
     pub received: Recipient<Received>,
     /// Peers' log pulls. Receiver: the log actor.
     pub serve: Recipient<ServePull>,
-    /// `Run`, `ListArchives`, `Progress`. Receiver: the jobs actor.
+    /// `Run`, `Progress`, `CheckSource`. Receiver: the jobs actor.
     pub jobs: Recipient<ServeCtl>,
     /// `Restore`, `Verify`. Receiver: the replica actor.
     pub replica: Recipient<ServeCtl>,
@@ -676,17 +676,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { message, .. })) => {
                 match message {
                     request_response::Message::Request { request, channel, .. } => match request {
-                        CtlRequest::CheckPath { path } => {
-                            let response = match crate::jobs::check_path(&path) {
-                                Ok(()) => CtlResponse::PathOk,
-                                Err(reason) => CtlResponse::PathRefused { reason },
-                            };
-                            let _ = self.swarm.behaviour_mut().ctl.send_response(channel, response);
+                        r @ (CtlRequest::Run { .. } | CtlRequest::Progress { .. } | CtlRequest::CheckSource { .. }) => {
+                            self.hooks.jobs.do_send(ServeCtl { request: r, channel })
                         }
-                        r @ (CtlRequest::Run { .. }
-                        | CtlRequest::ListArchives { .. }
-                        | CtlRequest::Progress { .. }
-                        | CtlRequest::CheckSource { .. }) => self.hooks.jobs.do_send(ServeCtl { request: r, channel }),
                         r @ (CtlRequest::Restore { .. } | CtlRequest::Verify { .. }) => {
                             self.hooks.replica.do_send(ServeCtl { request: r, channel })
                         }

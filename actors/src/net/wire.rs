@@ -55,15 +55,11 @@ pub const MAX_CTL: usize = 64 * 1024;
 /// network loop, to the node a request concerns. Answered by: [`CtlResponse`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CtlRequest {
-    /// Is `path` an absolute path of a directory on your disk?
-    CheckPath { path: String },
     /// Can you run a job of `path` with this source (directory, command, plugin)?
     CheckSource { path: String, spec: crate::jobs::plugin::JobSpec },
     /// Back up `path` (a registered job of yours) now; the result's log
     /// entry carries `request`.
     Run { path: String, request: Option<String> },
-    /// Which archives of your `path` do you keep?
-    ListArchives { path: String },
     /// How far is the running backup of `path`?
     Progress { path: String },
     /// Restore an archive of (node, path) onto your disk, into `to`; the
@@ -86,16 +82,6 @@ pub struct RunProgress {
     pub request: Option<String>,
 }
 
-/// One retained archive, as listed by the node that keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchiveInfo {
-    pub id: String,
-    pub created_ms: i64,
-    pub size: u64,
-    pub files: u64,
-    pub warnings: u64,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CtlResponse {
     PathOk,
@@ -110,10 +96,6 @@ pub enum CtlResponse {
     /// Too many runs wait already.
     Busy {
         reason: String,
-    },
-    /// The archives kept, newest first.
-    Archives {
-        list: Vec<ArchiveInfo>,
     },
     Progress(RunProgress),
     /// The work was accepted; its result goes to the log.
