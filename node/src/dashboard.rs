@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use backmesh_actors::log::actor::{GetCatalogs, GetJobs, Query};
+use backmesh_actors::log::actor::{GetCatalog, GetCatalogs, GetJobs, Query};
 use backmesh_actors::log::state::{CatalogArchive, JobView};
 use backmesh_actors::net::actor::{now_ms, rfc3339, GetStatus};
 use serde::{Deserialize, Serialize};
@@ -348,8 +348,8 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
             return Err(site_only(s));
         }
     }
-    let catalogs = state.log.send(GetCatalogs).await?;
-    let catalog = catalogs.get(&(q.node.clone(), q.path.clone()));
+    let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
+    let catalog = (!catalog.is_empty()).then_some(&catalog);
     let entries = state.log.send(Query { node: Some(q.node.clone()), path: Some(q.path.clone()), limit: 2000 }).await?;
     let executions: Vec<serde_json::Value> = entries
         .iter()
