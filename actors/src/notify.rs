@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::jobs::plugin::run_hook;
 use crate::log::actor::{GetJobs, GetNotified, LogActor, Record};
 use crate::log::entry::Event;
-use crate::log::state::{job_state, JobView};
+use crate::log::mesh::{job_state, JobView};
 use crate::net::actor::{now_ms, rfc3339, GetPeers, MembershipActor};
 use crate::replica::placement::{rank, Candidate};
 

@@ -171,9 +171,13 @@ enum Command {
         /// Only entries about this path.
         #[arg(long)]
         path: Option<String>,
-        /// At most this many entries (the newest).
+        /// At most this many entries (the newest); pages through the
+        /// nodes that keep the history as far back as needed.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only entries older than this cursor (printed when more remain).
+        #[arg(long, value_name = "CURSOR")]
+        before: Option<String>,
     },
 }
 
@@ -365,20 +369,49 @@ fn jobs(client: &Client, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn log(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, limit: usize) -> Result<(), Failure> {
-    let mut q = format!("/log?limit={limit}");
-    if let Some(n) = node {
-        q.push_str(&format!("&node={}", enc(n)));
+/// The most entries one `/log` answer holds (the node's page size).
+const LOG_PAGE: usize = 1000;
+
+fn log(
+    client: &Client,
+    json: bool,
+    node: Option<&str>,
+    path: Option<&str>,
+    limit: usize,
+    before: Option<&str>,
+) -> Result<(), Failure> {
+    // Newest first, page by page, until `limit` entries or the oldest.
+    let mut entries: Vec<serde_json::Value> = Vec::new();
+    let mut cursor = before.map(String::from);
+    let mut more = true;
+    while entries.len() < limit && more {
+        let mut q = format!("/log?limit={}", (limit - entries.len()).min(LOG_PAGE));
+        if let Some(n) = node {
+            q.push_str(&format!("&node={}", enc(n)));
+        }
+        if let Some(p) = path {
+            q.push_str(&format!("&path={}", enc(p)));
+        }
+        if let Some(c) = &cursor {
+            q.push_str(&format!("&before={}", enc(c)));
+        }
+        let v: serde_json::Value = client.get(&q)?;
+        let mut page = v["entries"].as_array().cloned().unwrap_or_default();
+        more = v["more"].as_bool().unwrap_or(false) && !page.is_empty();
+        cursor = v["cursor"].as_str().map(String::from);
+        page.append(&mut entries);
+        entries = page;
     }
-    if let Some(p) = path {
-        q.push_str(&format!("&path={}", enc(p)));
-    }
-    let v: serde_json::Value = client.get(&q)?;
     if json {
-        print_json(&v);
+        print_json(&serde_json::json!({ "entries": entries, "more": more, "cursor": cursor }));
         return Ok(());
     }
-    for e in v["entries"].as_array().cloned().unwrap_or_default() {
+    if more {
+        if let Some(c) = &cursor {
+            eprintln!("(older entries remain: --before {c}, or a larger --limit)");
+        }
+    }
+    for e in entries {
         let mut details: Vec<String> = Vec::new();
         if let Some(obj) = e.as_object() {
             for (k, val) in obj {
@@ -784,7 +817,9 @@ fn main() -> ExitCode {
             Ok(false) => Err(Failure::Failed),
             Err(e) => Err(e),
         },
-        Command::Log { node, path, limit } => log(&c, json, node.as_deref(), path.as_deref(), *limit),
+        Command::Log { node, path, limit, before } => {
+            log(&c, json, node.as_deref(), path.as_deref(), *limit, before.as_deref())
+        }
         Command::Restore { node, path, to, archive, on, overwrite, timeout } => {
             match restore(&c, json, node, path, to, archive.as_deref(), on.as_deref(), *overwrite, *timeout) {
                 Ok(true) => Ok(()),

@@ -7,10 +7,11 @@ use actix::Addr;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use backmesh_actors::jobs::actor::{CheckSource, GetProgress, JobsActor, RunNow};
 use backmesh_actors::jobs::plugin::JobSpec;
-use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, LogActor, Query, Record};
+use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, GetKeepers, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
+use backmesh_actors::log::history::{HistoryQuery, Page, PAGE_MAX};
 use backmesh_actors::log::hlc::Hlc;
-use backmesh_actors::log::state::JobView;
+use backmesh_actors::log::mesh::JobView;
 use backmesh_actors::net::actor::{GetPeers, GetStatus, MembershipActor};
 use backmesh_actors::net::swarm::NetClient;
 use backmesh_actors::net::wire::{CtlRequest, CtlResponse, XFER_BATCH};
@@ -248,14 +249,55 @@ struct LogParams {
     node: Option<String>,
     path: Option<String>,
     limit: Option<usize>,
+    /// A cursor from an earlier answer: only older entries.
+    before: Option<String>,
+}
+
+/// How long a keeper may take to answer a page of history.
+const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One page of history, from whichever nodes keep it: the node a query
+/// names and the holders of its series (or, unfiltered, every node up),
+/// together with what this node holds. The routing is invisible to the
+/// caller; a keeper that does not answer is skipped.
+pub async fn read_history(state: &ApiState, q: HistoryQuery) -> Result<Page, ApiError> {
+    let mine = state
+        .log
+        .send(Query(q.clone()))
+        .await?
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read this node's history: {e}")))?;
+    let status = state.membership.send(GetStatus).await?;
+    let keepers: Option<std::collections::BTreeSet<String>> = match &q.node {
+        Some(node) => Some(state.log.send(GetKeepers { node: node.clone(), path: q.path.clone() }).await?),
+        None => None,
+    };
+    let asked: Vec<_> = status
+        .nodes
+        .iter()
+        .filter(|n| n.up && !n.this_node)
+        .filter(|n| keepers.as_ref().is_none_or(|k| k.contains(&n.name)))
+        .map(|n| {
+            let (net, peer, q) = (state.net.clone(), n.peer_id.clone(), q.clone());
+            async move {
+                match tokio::time::timeout(HISTORY_WAIT, net.ctl(&peer, CtlRequest::History(q))).await {
+                    Ok(Ok(CtlResponse::History(page))) => Some(page),
+                    _ => None,
+                }
+            }
+        })
+        .collect();
+    let mut pages: Vec<Page> = futures::future::join_all(asked).await.into_iter().flatten().collect();
+    pages.push(mine);
+    Ok(Page::combine(pages, q.limit))
 }
 
 async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogParams>) -> Answer {
     reader(&req, &state)?;
     let q = q.into_inner();
-    let query = Query { node: q.node, path: q.path, limit: q.limit.unwrap_or(100).min(100_000) };
-    let entries: Vec<serde_json::Value> = state.log.send(query).await?.iter().map(entry_json).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
+    let limit = q.limit.unwrap_or(100).clamp(1, PAGE_MAX);
+    let page = read_history(&state, HistoryQuery { node: q.node, path: q.path, before: q.before, limit }).await?;
+    let entries: Vec<serde_json::Value> = page.entries.iter().map(entry_json).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries, "more": page.more, "cursor": page.cursor })))
 }
 
 async fn not_found(req: HttpRequest) -> Answer {
@@ -480,17 +522,28 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
         .collect();
     let mut body = serde_json::json!({ "archives": archives, "executions": [] });
     if q.all {
-        let query = Query { node: Some(q.node.clone()), path: Some(q.path.clone()), limit: 100_000 };
-        if let Ok(entries) = state.log.send(query).await {
-            body["executions"] = serde_json::json!(entries
-                .iter()
-                .filter(|e| e.event.node() == q.node)
-                .map(entry_json)
-                .collect::<Vec<_>>());
+        // Every execution, oldest first: page back through the keepers.
+        let mut query =
+            HistoryQuery { node: Some(q.node.clone()), path: Some(q.path.clone()), before: None, limit: PAGE_MAX };
+        let mut all: Vec<serde_json::Value> = Vec::new();
+        for _ in 0..EXECUTION_PAGES {
+            let page = read_history(&state, query.clone()).await?;
+            let mut these: Vec<serde_json::Value> =
+                page.entries.iter().filter(|e| e.event.node() == q.node).map(entry_json).collect();
+            these.append(&mut all);
+            all = these;
+            if !page.more || page.cursor.is_none() {
+                break;
+            }
+            query.before = page.cursor;
         }
+        body["executions"] = serde_json::json!(all);
     }
     Ok(HttpResponse::Ok().json(body))
 }
+
+/// Pages of history `backups --all` reads at most (a million entries).
+const EXECUTION_PAGES: usize = 1_000;
 
 /// A new id for an on-demand request; log entries that answer it carry it.
 fn new_request() -> String {

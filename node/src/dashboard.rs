@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use backmesh_actors::log::actor::{GetCatalog, GetCatalogs, GetJobs, Query};
-use backmesh_actors::log::state::{CatalogArchive, JobView};
+use backmesh_actors::log::actor::{GetCatalog, GetCatalogs, GetJobs};
+use backmesh_actors::log::history::{HistoryQuery, PAGE_MAX};
+use backmesh_actors::log::mesh::{CatalogArchive, JobView};
 use backmesh_actors::net::actor::{now_ms, rfc3339, GetStatus};
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +71,7 @@ async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     }))
 }
 
-pub use backmesh_actors::log::state::job_state;
+pub use backmesh_actors::log::mesh::job_state;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Counts {
@@ -350,7 +351,8 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
     }
     let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
     let catalog = (!catalog.is_empty()).then_some(&catalog);
-    let entries = state.log.send(Query { node: Some(q.node.clone()), path: Some(q.path.clone()), limit: 2000 }).await?;
+    let query = HistoryQuery { node: Some(q.node.clone()), path: Some(q.path.clone()), before: None, limit: PAGE_MAX };
+    let entries = crate::api::read_history(&state, query).await?.entries;
     let executions: Vec<serde_json::Value> = entries
         .iter()
         .filter(|e| e.event.node() == q.node && ["finished", "unchanged", "failed"].contains(&e.event.kind()))

@@ -77,7 +77,19 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
         .map_err(|e| anyhow!("the TLS certificate and key do not fit together: {e}"))
 }
 
-pub fn run(cfg: NodeConfig) -> Result<()> {
+/// What `DATA_DIR/ready.json` says once the node serves: the addresses it
+/// really bound (`--listen`/`--api` may give port 0) and the process that
+/// bound them, so scripts and tests never guess a free port.
+#[derive(serde::Serialize)]
+struct Ready<'a> {
+    pid: u32,
+    peer_id: String,
+    name: &'a str,
+    listen: String,
+    api: String,
+}
+
+pub fn run(mut cfg: NodeConfig) -> Result<()> {
     // actix-web and other users pull in both rustls providers: choose one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     check_data_dir(&cfg.data_dir)?;
@@ -86,13 +98,16 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     let peer_id = keypair.public().to_peer_id();
     let psk = cfg.swarm_key.as_deref().map(swarm_key::load).transpose()?;
     let api_listener = bind_api(&cfg)?;
+    cfg.api = api_listener.local_addr().context("the API listener has no address")?;
     // The mesh port, checked before anything starts (the swarm checks again).
-    drop(std::net::TcpListener::bind(cfg.listen).map_err(|e| match e.kind() {
+    // Port 0 becomes the port the kernel chose here, held until the swarm binds it.
+    let probe = std::net::TcpListener::bind(cfg.listen).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => {
             anyhow!("cannot listen on {}: the port is already in use (another backmesh-node?)", cfg.listen)
         }
         _ => anyhow!("cannot listen on {}: {e}", cfg.listen),
-    })?);
+    })?;
+    cfg.listen = probe.local_addr().context("the mesh listener has no address")?;
     let tls = cfg.tls.as_ref().map(|(c, k)| tls_config(c, k)).transpose()?;
 
     let system = actix::System::new();
@@ -128,6 +143,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         jobs.do_send(backmesh_actors::jobs::actor::AttachReplica(replica.clone().recipient()));
         let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone()).start();
         let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
+        drop(probe);
         let net = match swarm::start(
             swarm::NetConfig {
                 keypair,
@@ -143,6 +159,8 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             swarm::Hooks {
                 received: log.clone().recipient(),
                 serve: log.clone().recipient(),
+                state: log.clone().recipient(),
+                history: log.clone().recipient(),
                 jobs: jobs.clone().recipient(),
                 replica: replica.clone().recipient(),
                 xfer: replica.clone().recipient(),
@@ -202,6 +220,16 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 tracing::error!("the API server stopped: {e}");
             }
         });
+        let ready = Ready {
+            pid: std::process::id(),
+            peer_id: peer_id.to_string(),
+            name: &cfg.name,
+            listen: cfg.listen.to_string(),
+            api: format!("{scheme}://{}", cfg.api),
+        };
+        let ready_file = cfg.data_dir.join("ready.json");
+        let body = serde_json::to_vec_pretty(&ready).context("encoding ready.json")?;
+        write_atomic(&ready_file, &body).with_context(|| format!("cannot write {}", ready_file.display()))?;
         println!(
             "backmesh-node {} ready: peer id {peer_id}, mesh {}, API {scheme}://{}",
             cfg.name, cfg.listen, cfg.api

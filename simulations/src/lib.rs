@@ -18,7 +18,9 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now. Racy by nature (another process may
+/// take it before it is used): only for refusals that never bind it. Nodes
+/// bind port 0 and say what they got (see [`Mesh::start`]).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
@@ -98,8 +100,14 @@ impl Mesh {
 
     /// [`Mesh::chain`] with `extra` node arguments for every node.
     pub fn chain_with(names: &[&str], extra: &[&str]) -> Mesh {
+        Mesh::chain_opts(names, extra, 2)
+    }
+
+    /// [`Mesh::chain_with`], peers shown down after `down_after` seconds.
+    pub fn chain_opts(names: &[&str], extra: &[&str], down_after: u64) -> Mesh {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut mesh = Mesh::new();
+        mesh.down_after = down_after;
         for (i, name) in names.iter().enumerate() {
             let n = mesh.start(name, i.checked_sub(1), &extra);
             assert!(
@@ -123,8 +131,13 @@ impl Mesh {
     }
 
     /// Starts node `name`, joining through node `bootstrap` if given. Returns its index.
+    ///
+    /// The node binds port 0 for its mesh and API listeners; this waits (at
+    /// most a minute) until it has written `ready.json` with the ports it
+    /// got, or has exited (then both ports stay 0 and `wait_ready` fails
+    /// with its log). A restart reuses those ports.
     pub fn start(&mut self, name: &str, bootstrap: Option<usize>, extra: &[String]) -> usize {
-        let (listen, api) = (free_port(), free_port());
+        let (listen, api) = (0, 0);
         let dir = self.root.path().join(format!("{name}-{}", self.nodes.len()));
         let mut args = vec![
             "--name".to_string(),
@@ -164,6 +177,7 @@ impl Mesh {
             scheme,
         };
         spawn(&mut node);
+        learn_ports(&mut node);
         self.nodes.push(node);
         self.nodes.len() - 1
     }
@@ -235,10 +249,52 @@ impl Mesh {
         None
     }
 
+    /// kill -9, then starts node `i` again on the same ports. The kernel
+    /// may hand a just-freed port to another process; then the start is
+    /// retried for up to 30 s until the port is free again.
     pub fn restart(&mut self, i: usize) {
         self.kill9(i);
-        spawn(&mut self.nodes[i]);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            spawn(&mut self.nodes[i]);
+            if learn_ports(&mut self.nodes[i]) || Instant::now() >= end {
+                return;
+            }
+            let clash = self.nodes[i].log_text().lines().last().is_some_and(|l| l.contains("already in use"));
+            if !clash {
+                return;
+            }
+            self.kill9(i);
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
+}
+
+/// Waits until `node`'s process has written `ready.json` (then takes the
+/// ports it bound, for this and later starts) or has exited. `true` when ready.
+fn learn_ports(node: &mut Node) -> bool {
+    let Some(pid) = node.pid() else { return false };
+    let file = node.dir.join("ready.json");
+    let mut ready = None;
+    wait_until(Duration::from_secs(60), || {
+        let read = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let Some(r) = read.filter(|r| r["pid"] == pid) {
+            ready = Some(r);
+            return true;
+        }
+        !node.is_running()
+    });
+    let Some(r) = ready else { return false };
+    let port = |key: &str| r[key].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok());
+    let (Some(listen), Some(api)) = (port("listen"), port("api")) else { return false };
+    node.listen = listen;
+    node.api = api;
+    for (flag, port) in [("--listen", listen), ("--api", api)] {
+        if let Some(i) = node.args.iter().position(|a| a == flag) {
+            node.args[i + 1] = format!("127.0.0.1:{port}");
+        }
+    }
+    true
 }
 
 impl Default for Mesh {

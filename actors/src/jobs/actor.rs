@@ -24,9 +24,9 @@ use actix::prelude::*;
 use super::queue::{Full, Item, Queue};
 use super::run::{run_job, RunOutcome};
 use crate::archive::{CreateOptions, Progress};
-use crate::log::actor::{GetJobs, LogActor, Record};
+use crate::log::actor::{GetJobsOf, LogActor, Record};
 use crate::log::entry::Event;
-use crate::log::state::JobView;
+use crate::log::mesh::JobView;
 use crate::net::actor::now_ms;
 use crate::net::swarm::{NetClient, ServeCtl};
 use crate::net::wire::{CtlRequest, CtlResponse, RunProgress};
@@ -255,8 +255,8 @@ impl Actor for JobsActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-            let log = act.log.clone();
-            ctx.spawn(async move { log.send(GetJobs).await }.into_actor(act).map(|jobs, act, ctx| {
+            let (log, me) = (act.log.clone(), act.me.clone());
+            ctx.spawn(async move { log.send(GetJobsOf(me)).await }.into_actor(act).map(|jobs, act, ctx| {
                 if let Ok(jobs) = jobs {
                     act.schedule(jobs);
                     act.start_runs(ctx);
@@ -271,8 +271,8 @@ impl Handler<RunNow> for JobsActor {
     fn handle(&mut self, msg: RunNow, ctx: &mut Context<Self>) -> Self::Result {
         let id = self.enqueue(msg.path, true, msg.request)?.unwrap_or(0);
         // The job list may be a second old: refresh it before starting.
-        let log = self.log.clone();
-        ctx.spawn(async move { log.send(GetJobs).await }.into_actor(self).map(|jobs, act, ctx| {
+        let (log, me) = (self.log.clone(), self.me.clone());
+        ctx.spawn(async move { log.send(GetJobsOf(me)).await }.into_actor(self).map(|jobs, act, ctx| {
             if let Ok(jobs) = jobs {
                 act.jobs = jobs.into_iter().filter(|j| j.node == act.me).map(|j| (j.path.clone(), j)).collect();
                 act.start_runs(ctx);

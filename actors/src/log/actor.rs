@@ -1,16 +1,26 @@
-//! The log actor: owns this node's copy of the [`Log`] and its clock.
+//! The log actor: owns this node's [`MeshState`], its [`History`] and its
+//! clock.
 //!
 //! Messages and their senders:
-//! - [`Record`] (API handlers, the job runner): a new local event → a new
-//!   entry, stored, then pushed to peers by gossip.
-//! - [`Received`] (network loop: gossip messages and pull answers): entries
-//!   from peers, merged and stored; a pull answer with `more` triggers the
-//!   next pull at once.
-//! - [`ServePull`] (network loop: a peer's pull): answered with a batch.
-//! - [`Query`], [`GetJobs`] (HTTP API): read views.
+//! - [`Record`] (API handlers, the job runner, the replica actor): a new
+//!   local event → a new entry, stored durably, folded into the state, then
+//!   pushed to peers by gossip.
+//! - [`Received`] (network loop: gossip): entries from peers, folded into
+//!   the state; kept durably when this node keeps their series.
+//! - [`ServeStatePull`] (network loop: a peer's anti-entropy pull):
+//!   answered with the records of the buckets where the digests differ.
+//! - [`StateReceived`] (network loop: the answer to this node's pull):
+//!   records merged; a cut answer triggers the next pull at once.
+//! - [`ServeCtl`] with `History` (network loop: a peer reading history).
+//! - [`Query`] (HTTP API): a page of the history kept here.
+//! - [`GetJobs`], [`GetJobsOf`], [`GetCatalog`], [`GetCatalogs`],
+//!   [`GetNotified`], [`ForRequest`], [`GetKeepers`], [`GetStats`] (HTTP
+//!   API, scheduler, notifier, replica actor): views read from the state.
 //!
-//! Every few seconds it asks the network loop to pull from a random peer.
+//! Every few seconds it pulls state from a random peer; every second it
+//! writes the records that changed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +28,12 @@ use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use libp2p::request_response::ResponseChannel;
 
 use super::entry::{Entry, Event};
+use super::history::{History, HistoryQuery, Page};
 use super::hlc::Clock;
-use super::state::{catalog, catalogs, jobs, CatalogArchive, JobView, Log};
+use super::mesh::{CatalogArchive, JobView, MeshState, Record as StateRecord, RecordKey, SeriesKey, BUCKETS};
 use crate::net::actor::now_ms;
-use crate::net::swarm::NetClient;
-use crate::net::wire::{LogBatch, LogPull, PULL_BATCH};
+use crate::net::swarm::{NetClient, ServeCtl};
+use crate::net::wire::{CtlRequest, CtlResponse, StateBatch, StatePull, STATE_BATCH_BYTES};
 use crate::store::{KvStore, StoreError};
 
 /// Appends a local event. Answers the new entry.
@@ -30,37 +41,46 @@ use crate::store::{KvStore, StoreError};
 #[rtype(result = "Result<Entry, StoreError>")]
 pub struct Record(pub Event);
 
-/// Entries from a peer. `from` and `more` are set for a pull answer.
+/// Entries from a peer (gossip).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Received {
     pub entries: Vec<Entry>,
-    pub from: Option<String>,
-    pub more: bool,
 }
 
-/// A peer's pull, with the channel its answer goes back on.
+/// A peer's state pull, with the channel its answer goes back on.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ServePull {
-    pub pull: LogPull,
-    pub channel: ResponseChannel<LogBatch>,
+pub struct ServeStatePull {
+    pub pull: StatePull,
+    pub channel: ResponseChannel<StateBatch>,
 }
 
-/// Entries by hybrid time, newest last, optionally filtered.
+/// The answer to this node's state pull.
 #[derive(Message)]
-#[rtype(result = "Vec<Entry>")]
-pub struct Query {
-    pub node: Option<String>,
-    pub path: Option<String>,
-    pub limit: usize,
+#[rtype(result = "()")]
+pub struct StateReceived {
+    pub records: Vec<(RecordKey, StateRecord)>,
+    pub from: String,
+    pub next_bucket: Option<u16>,
 }
 
+/// A page of the history this node keeps (durably and in its window).
+#[derive(Message)]
+#[rtype(result = "Result<Page, StoreError>")]
+pub struct Query(pub HistoryQuery);
+
+/// Every registered job.
 #[derive(Message)]
 #[rtype(result = "Vec<JobView>")]
 pub struct GetJobs;
 
-/// The archives of (node, path) the log knows, newest first, with holders.
+/// The registered jobs of one node (the scheduler's question).
+#[derive(Message)]
+#[rtype(result = "Vec<JobView>")]
+pub struct GetJobsOf(pub String);
+
+/// The archives of (node, path) the mesh knows, newest first, with holders.
 #[derive(Message)]
 #[rtype(result = "Vec<CatalogArchive>")]
 pub struct GetCatalog {
@@ -68,14 +88,14 @@ pub struct GetCatalog {
     pub path: String,
 }
 
-/// The last notification of each job (see [`super::state::notified`]).
+/// The last notification of each job.
 #[derive(Message)]
-#[rtype(result = "std::collections::BTreeMap<(String, String), String>")]
+#[rtype(result = "BTreeMap<SeriesKey, String>")]
 pub struct GetNotified;
 
 /// Every series' catalog, by (node, path).
 #[derive(Message)]
-#[rtype(result = "std::collections::BTreeMap<(String, String), Vec<CatalogArchive>>")]
+#[rtype(result = "BTreeMap<SeriesKey, Vec<CatalogArchive>>")]
 pub struct GetCatalogs;
 
 /// The entries that answer the on-demand request `request`, oldest first.
@@ -85,40 +105,185 @@ pub struct ForRequest {
     pub request: String,
 }
 
+/// The names of the nodes that keep the history of (node, path): the node
+/// itself and the holders of its archives.
+#[derive(Message)]
+#[rtype(result = "BTreeSet<String>")]
+pub struct GetKeepers {
+    pub node: String,
+    pub path: Option<String>,
+}
+
+/// Sizes, for `/metrics` and the benchmark.
+#[derive(Message)]
+#[rtype(result = "StateStats")]
+pub struct GetStats;
+
+#[derive(Clone, Debug, Default)]
+pub struct StateStats {
+    /// Records in the mesh state.
+    pub records: usize,
+    /// Entries in the recent window.
+    pub window: usize,
+}
+
 /// Hands the actor the network client once the swarm runs.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AttachNet(pub NetClient);
 
+/// Entries re-folded from the durable history at start-up: the state on
+/// disk is written once a second, so the newest own entries may be missing.
+const REFOLD: usize = 1_000;
+/// Format of a stored state record.
+const STATE_VERSION: u8 = 1;
+const STATE_TREE: &str = "state";
+/// The log of backmesh 0.1 before the state/history split (one tree with
+/// every entry of the mesh), migrated at start-up.
+const OLD_LOG_TREE: &str = "log";
+
 pub struct LogActor {
-    log: Log,
+    state: MeshState,
+    history: History,
     clock: Clock,
     me: String,
     my_name: String,
+    next_seq: u64,
     kv: Arc<dyn KvStore>,
     net: Option<NetClient>,
     pull_every: Duration,
 }
 
+fn state_key(k: &RecordKey) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = ciborium::into_writer(k, &mut out);
+    out
+}
+
 impl LogActor {
-    /// Loads the stored log of this node (`me` is its peer id).
+    /// Loads this node's state and history (`me` is its peer id),
+    /// migrating a data directory of the old whole-log format.
     pub fn load(me: String, my_name: String, kv: Arc<dyn KvStore>, pull_every: Duration) -> Result<Self, StoreError> {
-        let log = super::store::load(kv.as_ref())?;
-        let mut clock = Clock::new(me.clone());
-        let now = now_ms();
-        for e in log.by_time() {
-            clock.observe(&e.time, now);
+        let mut state = MeshState::new();
+        for (k, v) in kv.scan_prefix(STATE_TREE, &[])? {
+            let key: RecordKey = ciborium::from_reader(&k[..])
+                .map_err(|e| StoreError::Index { reason: format!("a stored state key is corrupt: {e}") })?;
+            let record: StateRecord = match v.split_first() {
+                Some((&STATE_VERSION, body)) => ciborium::from_reader(body)
+                    .map_err(|e| StoreError::Index { reason: format!("a stored state record is corrupt: {e}") })?,
+                Some((other, _)) => {
+                    return Err(StoreError::Index {
+                        reason: format!(
+                            "state record format {other} is newer than this backmesh understands; upgrade backmesh"
+                        ),
+                    })
+                }
+                None => continue,
+            };
+            state.merge_record(&key, &record);
         }
-        Ok(LogActor { log, clock, me, my_name, kv, net: None, pull_every })
+        let mut actor = LogActor {
+            state,
+            history: History::new(kv.clone()),
+            clock: Clock::new(me.clone()),
+            me,
+            my_name,
+            next_seq: 1,
+            kv,
+            net: None,
+            pull_every,
+        };
+        actor.migrate()?;
+        for e in actor.history.newest(REFOLD)? {
+            actor.state.apply(&e);
+            actor.history.remember(&e);
+        }
+        actor.persist()?;
+        if let Some(t) = actor.state.max_time() {
+            actor.clock.observe(&t, now_ms());
+        }
+        actor.next_seq = actor.history.max_seq(&actor.me)?.max(actor.state.max_seq(&actor.me)) + 1;
+        Ok(actor)
     }
 
-    fn pull(&self, from: Option<String>) {
+    /// Moves the entries of the old whole-log tree into state and history,
+    /// keeping durably only what this node keeps; then drops the old tree.
+    /// Safe to run again after a crash: both steps are idempotent.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let old = self.kv.scan_prefix(OLD_LOG_TREE, &[])?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<Entry> = old.iter().map(|(_, v)| super::history::decode(v)).collect::<Result<_, _>>()?;
+        for e in &entries {
+            self.state.apply(e);
+        }
+        let mut kept = 0;
+        for e in &entries {
+            if self.keeps(e) {
+                kept += usize::from(self.history.store(e)?);
+            }
+            self.history.remember(e);
+        }
+        self.persist()?;
+        self.kv.flush()?;
+        self.kv.drop_tree(OLD_LOG_TREE)?;
+        self.kv.flush()?;
+        tracing::info!(
+            "migrated the log: {} entries folded into {} state records; {kept} kept as this node's history",
+            entries.len(),
+            self.state.len()
+        );
+        Ok(())
+    }
+
+    /// Whether this node keeps `e` durably: it wrote it, it concerns this
+    /// node, or this node holds archives of its series.
+    fn keeps(&self, e: &Entry) -> bool {
+        if e.origin == self.me || e.event.node() == self.my_name {
+            return true;
+        }
+        match e.event.path() {
+            Some(path) => self.state.holders_of(e.event.node(), path).contains(&self.my_name),
+            None => false,
+        }
+    }
+
+    /// Writes the state records that changed.
+    fn persist(&mut self) -> Result<(), StoreError> {
+        for key in self.state.take_changed() {
+            let k = state_key(&key);
+            match self.state.record(&key) {
+                Some(r) => {
+                    let mut v = vec![STATE_VERSION];
+                    ciborium::into_writer(&r, &mut v)
+                        .map_err(|e| StoreError::Index { reason: format!("encoding a state record: {e}") })?;
+                    self.kv.put(STATE_TREE, &k, &v)?;
+                }
+                None => self.kv.delete(STATE_TREE, &k)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn pull(&mut self, from: Option<String>, from_bucket: u16) {
         if let Some(net) = self.net.clone() {
-            let pull = LogPull { have: self.log.version_vector(), limit: PULL_BATCH as u32 };
+            let pull = StatePull { digest: self.state.digest(), from_bucket };
             actix::spawn(async move {
-                let _ = net.pull_log(from, pull).await;
+                let _ = net.pull_state(from, pull).await;
             });
         }
+    }
+
+    /// Folds an entry in and keeps it where it belongs.
+    fn take_in(&mut self, e: &Entry) -> Result<(), StoreError> {
+        self.clock.observe(&e.time, now_ms());
+        self.state.apply(e);
+        self.history.remember(e);
+        if self.keeps(e) {
+            self.history.store(e)?;
+        }
+        Ok(())
     }
 }
 
@@ -126,7 +291,12 @@ impl Actor for LogActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.pull_every, |act, _| act.pull(None));
+        ctx.run_interval(self.pull_every, |act, _| act.pull(None, 0));
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            if let Err(e) = act.persist() {
+                tracing::error!("cannot write the mesh state: {e}");
+            }
+        });
     }
 }
 
@@ -136,14 +306,16 @@ impl Handler<Record> for LogActor {
         let entry = Entry {
             origin: self.me.clone(),
             origin_name: self.my_name.clone(),
-            seq: self.log.next_seq(&self.me),
+            seq: self.next_seq,
             time: self.clock.tick(now_ms()),
             event: msg.0,
         };
         // Stored before it is visible or sent: a crash never loses an entry peers saw.
-        super::store::append(self.kv.as_ref(), &entry)?;
+        self.history.store(&entry)?;
         self.kv.flush()?;
-        self.log.insert(entry.clone());
+        self.next_seq += 1;
+        self.state.apply(&entry);
+        self.history.remember(&entry);
         if let Some(net) = self.net.clone() {
             let e = entry.clone();
             actix::spawn(async move {
@@ -157,93 +329,163 @@ impl Handler<Record> for LogActor {
 impl Handler<Received> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: Received, _: &mut Context<Self>) {
-        let now = now_ms();
-        let mut stored = 0;
         for e in msg.entries {
-            self.clock.observe(&e.time, now);
-            if self.log.get(&e.origin, e.seq).is_none() {
-                if let Err(err) = super::store::append(self.kv.as_ref(), &e) {
-                    tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
-                    return;
-                }
-                self.log.insert(e);
-                stored += 1;
+            if e.seq == 0 {
+                continue;
             }
-        }
-        if stored > 0 {
-            let _ = self.kv.flush();
-            tracing::debug!("merged {stored} log entries");
-        }
-        if msg.more {
-            self.pull(msg.from);
+            if let Err(err) = self.take_in(&e) {
+                tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
+                return;
+            }
         }
     }
 }
 
-impl Handler<ServePull> for LogActor {
+impl Handler<ServeStatePull> for LogActor {
     type Result = ();
-    fn handle(&mut self, msg: ServePull, _: &mut Context<Self>) {
-        let limit = (msg.pull.limit as usize).clamp(1, PULL_BATCH);
-        let (entries, more) = self.log.missing_for(&msg.pull.have, limit);
+    fn handle(&mut self, msg: ServeStatePull, _: &mut Context<Self>) {
+        let differing: BTreeSet<usize> = self
+            .state
+            .differing(&msg.pull.digest)
+            .into_iter()
+            .filter(|b| *b >= msg.pull.from_bucket as usize)
+            .collect();
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut next_bucket = None;
+        for b in differing {
+            if bytes > STATE_BATCH_BYTES {
+                next_bucket = Some(b as u16);
+                break;
+            }
+            for (k, r) in self.state.records_in(&BTreeSet::from([b])) {
+                let mut buf = Vec::new();
+                let _ = ciborium::into_writer(&r, &mut buf);
+                bytes += buf.len();
+                records.push((k, r));
+            }
+        }
+        debug_assert!(BUCKETS <= u16::MAX as usize);
         if let Some(net) = self.net.clone() {
             actix::spawn(async move {
-                let _ = net.answer_pull(msg.channel, LogBatch { entries, more }).await;
+                let _ = net.answer_pull(msg.channel, StateBatch { records, next_bucket }).await;
+            });
+        }
+    }
+}
+
+impl Handler<StateReceived> for LogActor {
+    type Result = ();
+    fn handle(&mut self, msg: StateReceived, _: &mut Context<Self>) {
+        let mut changed = 0;
+        for (k, r) in &msg.records {
+            if self.state.merge_record(k, r) {
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            tracing::debug!("anti-entropy with {}: {changed} records changed", msg.from);
+            if let Some(t) = self.state.max_time() {
+                self.clock.observe(&t, now_ms());
+            }
+            let mine = self.history.max_seq(&self.me).unwrap_or(0).max(self.state.max_seq(&self.me));
+            self.next_seq = self.next_seq.max(mine + 1);
+        }
+        if let Some(b) = msg.next_bucket {
+            self.pull(Some(msg.from), b);
+        }
+    }
+}
+
+impl Handler<ServeCtl> for LogActor {
+    type Result = ();
+    fn handle(&mut self, msg: ServeCtl, _: &mut Context<Self>) {
+        let response = match msg.request {
+            CtlRequest::History(q) => match self.history.page(&q) {
+                Ok(page) => CtlResponse::History(page),
+                Err(e) => CtlResponse::Failed { reason: format!("cannot read the history: {e}") },
+            },
+            other => CtlResponse::Failed { reason: format!("the log actor does not serve {other:?}") },
+        };
+        if let Some(net) = self.net.clone() {
+            actix::spawn(async move {
+                let _ = net.answer_ctl(msg.channel, response).await;
             });
         }
     }
 }
 
 impl Handler<Query> for LogActor {
-    type Result = MessageResult<Query>;
+    type Result = Result<Page, StoreError>;
     fn handle(&mut self, q: Query, _: &mut Context<Self>) -> Self::Result {
-        let mut v: Vec<Entry> = self
-            .log
-            .by_time()
-            .into_iter()
-            .filter(|e| q.node.as_deref().is_none_or(|n| e.event.node() == n || e.origin_name == n))
-            .filter(|e| q.path.as_deref().is_none_or(|p| e.event.path() == Some(p)))
-            .cloned()
-            .collect();
-        if v.len() > q.limit {
-            v.drain(..v.len() - q.limit);
-        }
-        MessageResult(v)
+        self.history.page(&q.0)
     }
 }
 
 impl Handler<GetJobs> for LogActor {
     type Result = MessageResult<GetJobs>;
     fn handle(&mut self, _: GetJobs, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(jobs(&self.log))
+        MessageResult(self.state.jobs())
+    }
+}
+
+impl Handler<GetJobsOf> for LogActor {
+    type Result = MessageResult<GetJobsOf>;
+    fn handle(&mut self, q: GetJobsOf, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.jobs_of(&q.0))
     }
 }
 
 impl Handler<GetCatalog> for LogActor {
     type Result = MessageResult<GetCatalog>;
     fn handle(&mut self, q: GetCatalog, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(catalog(&self.log, &q.node, &q.path))
+        MessageResult(self.state.catalog(&q.node, &q.path))
     }
 }
 
 impl Handler<GetCatalogs> for LogActor {
     type Result = MessageResult<GetCatalogs>;
     fn handle(&mut self, _: GetCatalogs, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(catalogs(&self.log))
+        MessageResult(self.state.catalogs())
     }
 }
 
 impl Handler<GetNotified> for LogActor {
     type Result = MessageResult<GetNotified>;
     fn handle(&mut self, _: GetNotified, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(super::state::notified(&self.log))
+        MessageResult(self.state.notified())
     }
 }
 
 impl Handler<ForRequest> for LogActor {
     type Result = MessageResult<ForRequest>;
     fn handle(&mut self, q: ForRequest, _: &mut Context<Self>) -> Self::Result {
-        let v = self.log.by_time().into_iter().filter(|e| e.event.request() == Some(&q.request)).cloned().collect();
-        MessageResult(v)
+        MessageResult(self.state.for_request(&q.request))
+    }
+}
+
+impl Handler<GetKeepers> for LogActor {
+    type Result = MessageResult<GetKeepers>;
+    fn handle(&mut self, q: GetKeepers, _: &mut Context<Self>) -> Self::Result {
+        let mut keepers = BTreeSet::from([q.node.clone()]);
+        match &q.path {
+            Some(p) => keepers.extend(self.state.holders_of(&q.node, p)),
+            None => {
+                for (node, path) in self.state.series_kept_by(&q.node) {
+                    if node == q.node {
+                        keepers.extend(self.state.holders_of(&node, &path));
+                    }
+                }
+            }
+        }
+        MessageResult(keepers)
+    }
+}
+
+impl Handler<GetStats> for LogActor {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(StateStats { records: self.state.len(), window: self.history.window_len() })
     }
 }
 
@@ -252,6 +494,6 @@ impl Handler<AttachNet> for LogActor {
     fn handle(&mut self, msg: AttachNet, ctx: &mut Context<Self>) {
         self.net = Some(msg.0);
         // Catch up at once rather than at the first interval.
-        ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None));
+        ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None, 0));
     }
 }

@@ -34,10 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::membership::NodeInfo;
 use super::wire::{
-    decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, LogBatch, LogPull, XferRequest, XferResponse,
-    CTL, HELLO, LOG, LOG_TOPIC, MAX_CTL, MAX_HELLO, MAX_LOG, MAX_XFER, XFER,
+    decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, StateBatch, StatePull, XferRequest,
+    XferResponse, CTL, HELLO, LOG_TOPIC, MAX_CTL, MAX_HELLO, MAX_LOG, MAX_XFER, MESH_PROTOCOL, STATE, XFER,
 };
-use crate::log::actor::{Received, ServePull};
+use crate::log::actor::{Received, ServeStatePull, StateReceived};
 use crate::log::entry::Entry;
 
 /// What the network loop hears, for the membership actor.
@@ -60,10 +60,10 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
     /// Push a new log entry to every peer (gossipsub).
     Publish(Box<Entry>),
-    /// Ask `from` (or a random connected peer) for log entries.
-    PullLog { from: Option<String>, pull: LogPull },
+    /// Ask `from` (or a random connected peer) for the state records it has otherwise.
+    PullState { from: Option<String>, pull: StatePull },
     /// Answer a peer's pull.
-    AnswerPull(ResponseChannel<LogBatch>, LogBatch),
+    AnswerPull(ResponseChannel<StateBatch>, StateBatch),
     /// Answer a peer's control request.
     AnswerCtl(ResponseChannel<CtlResponse>, CtlResponse),
     /// Dial an address; reply with the peer id that answered.
@@ -96,10 +96,14 @@ pub struct ServeXfer {
 
 /// Where the loop sends what it hears.
 pub struct Hooks {
-    /// Log entries (gossip and pull answers). Receiver: the log actor.
+    /// Log entries (gossip). Receiver: the log actor.
     pub received: Recipient<Received>,
-    /// Peers' log pulls. Receiver: the log actor.
-    pub serve: Recipient<ServePull>,
+    /// Peers' state pulls. Receiver: the log actor.
+    pub serve: Recipient<ServeStatePull>,
+    /// Answers to this node's state pulls. Receiver: the log actor.
+    pub state: Recipient<StateReceived>,
+    /// `History` pages. Receiver: the log actor.
+    pub history: Recipient<ServeCtl>,
     /// `Run`, `Progress`, `CheckSource`. Receiver: the jobs actor.
     pub jobs: Recipient<ServeCtl>,
     /// `Restore`, `Verify`. Receiver: the replica actor.
@@ -139,11 +143,11 @@ impl NetClient {
         self.tx.send(Command::Publish(Box::new(e))).await.map_err(|_| NetError::Stopped)
     }
 
-    pub async fn pull_log(&self, from: Option<String>, pull: LogPull) -> Result<(), NetError> {
-        self.tx.send(Command::PullLog { from, pull }).await.map_err(|_| NetError::Stopped)
+    pub async fn pull_state(&self, from: Option<String>, pull: StatePull) -> Result<(), NetError> {
+        self.tx.send(Command::PullState { from, pull }).await.map_err(|_| NetError::Stopped)
     }
 
-    pub async fn answer_pull(&self, channel: ResponseChannel<LogBatch>, batch: LogBatch) -> Result<(), NetError> {
+    pub async fn answer_pull(&self, channel: ResponseChannel<StateBatch>, batch: StateBatch) -> Result<(), NetError> {
         self.tx.send(Command::AnswerPull(channel, batch)).await.map_err(|_| NetError::Stopped)
     }
 
@@ -214,7 +218,7 @@ pub struct Behaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
-    log: request_response::Behaviour<CborCodec<LogPull, LogBatch>>,
+    log: request_response::Behaviour<CborCodec<StatePull, StateBatch>>,
     ctl: request_response::Behaviour<CborCodec<CtlRequest, CtlResponse>>,
     xfer: request_response::Behaviour<CborCodec<XferRequest, XferResponse>>,
     gossip: gossipsub::Behaviour,
@@ -299,7 +303,7 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, hooks: Hooks) -> Resul
                 ),
                 log: request_response::Behaviour::with_codec(
                     CborCodec::new(MAX_LOG),
-                    [(LOG, ProtocolSupport::Full)],
+                    [(STATE, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
                 ),
                 ctl: request_response::Behaviour::with_codec(
@@ -463,7 +467,7 @@ impl EventLoop {
                             tracing::debug!("gossip of log entry {}#{} not sent now: {e}", entry.origin_name, entry.seq);
                         }
                     }
-                    Some(Command::PullLog { from, pull }) => self.pull_log(from, pull),
+                    Some(Command::PullState { from, pull }) => self.pull_state(from, pull),
                     Some(Command::AnswerPull(channel, batch)) => {
                         let _ = self.swarm.behaviour_mut().log.send_response(channel, batch);
                     }
@@ -519,7 +523,23 @@ impl EventLoop {
                 addrs: addrs.iter().map(|a| a.to_string()).collect(),
             })
             .collect();
-        Hello { info: self.info.clone(), peers }
+        Hello { info: self.info.clone(), peers, protocol: MESH_PROTOCOL }
+    }
+
+    /// Says, once a minute per peer, that a peer speaks another mesh protocol.
+    fn check_protocol(&mut self, peer: &PeerId, hello: &Hello) {
+        if hello.protocol != MESH_PROTOCOL {
+            let msg = format!(
+                "{} ({peer}) runs backmesh {} with mesh protocol {}, this node {} with protocol {}: \
+                 state, history and control requests will not pass between them; upgrade the older one",
+                hello.info.name,
+                hello.info.version,
+                hello.protocol,
+                env!("CARGO_PKG_VERSION"),
+                MESH_PROTOCOL
+            );
+            self.warn_once(format!("protocol {peer}"), msg);
+        }
     }
 
     fn on_tick(&mut self) {
@@ -551,7 +571,7 @@ impl EventLoop {
         }
     }
 
-    fn pull_log(&mut self, from: Option<String>, pull: LogPull) {
+    fn pull_state(&mut self, from: Option<String>, pull: StatePull) {
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         let peer = from.and_then(|p| p.parse::<PeerId>().ok()).filter(|p| connected.contains(p)).or_else(|| {
             // A different peer each time, without a random-number dependency.
@@ -622,12 +642,14 @@ impl EventLoop {
                 peer, message, ..
             })) => match message {
                 request_response::Message::Request { request, channel, .. } => {
+                    self.check_protocol(&peer, &request);
                     let reply = self.hello();
                     let _ = self.swarm.behaviour_mut().hello.send_response(channel, reply);
                     self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: request.info });
                     self.learn(request.peers);
                 }
                 request_response::Message::Response { response, .. } => {
+                    self.check_protocol(&peer, &response);
                     self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: response.info });
                     self.learn(response.peers);
                 }
@@ -650,13 +672,13 @@ impl EventLoop {
                 self.seen(&peer);
                 match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        self.hooks.serve.do_send(ServePull { pull: request, channel });
+                        self.hooks.serve.do_send(ServeStatePull { pull: request, channel });
                     }
                     request_response::Message::Response { response, .. } => {
-                        self.hooks.received.do_send(Received {
-                            entries: response.entries,
-                            from: Some(peer.to_string()),
-                            more: response.more,
+                        self.hooks.state.do_send(StateReceived {
+                            records: response.records,
+                            from: peer.to_string(),
+                            next_bucket: response.next_bucket,
                         });
                     }
                 }
@@ -664,14 +686,14 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::InboundFailure {
                 peer, error, ..
             })) => {
-                tracing::debug!("log pull from {peer} failed: {error}");
+                tracing::debug!("state pull from {peer} failed: {error}");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::OutboundFailure {
                 peer,
                 error,
                 ..
             })) => {
-                tracing::debug!("log pull to {peer} failed: {error}");
+                tracing::debug!("state pull to {peer} failed: {error}");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { message, .. })) => {
                 match message {
@@ -682,6 +704,7 @@ impl EventLoop {
                         r @ (CtlRequest::Restore { .. } | CtlRequest::Verify { .. }) => {
                             self.hooks.replica.do_send(ServeCtl { request: r, channel })
                         }
+                        r @ CtlRequest::History(_) => self.hooks.history.do_send(ServeCtl { request: r, channel }),
                     },
                     request_response::Message::Response { request_id, response } => {
                         if let Some(reply) = self.pending_ctl.remove(&request_id) {
@@ -733,7 +756,7 @@ impl EventLoop {
                 message,
                 ..
             })) => match decode::<Entry>(&message.data, MAX_LOG) {
-                Ok(entry) => self.hooks.received.do_send(Received { entries: vec![entry], from: None, more: false }),
+                Ok(entry) => self.hooks.received.do_send(Received { entries: vec![entry] }),
                 Err(e) => tracing::warn!("dropped a malformed log message relayed by {propagation_source}: {e}"),
             },
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))

@@ -18,38 +18,45 @@ pub const HELLO: StreamProtocol = StreamProtocol::new("/backmesh/hello/1");
 /// Largest hello accepted, in bytes.
 pub const MAX_HELLO: usize = 256 * 1024;
 
-/// Protocol of anti-entropy pulls of the log.
-pub const LOG: StreamProtocol = StreamProtocol::new("/backmesh/log/1");
-/// Largest log message accepted (a batch of entries), in bytes.
+/// Protocol of anti-entropy pulls of the mesh state.
+pub const STATE: StreamProtocol = StreamProtocol::new("/backmesh/state/1");
+/// Largest state or gossip message accepted, in bytes.
 pub const MAX_LOG: usize = 4 * 1024 * 1024;
-/// Entries per pull answer.
-pub const PULL_BATCH: usize = 500;
+/// Records per pull answer stop once their encoding passes this many bytes.
+pub const STATE_BATCH_BYTES: usize = 1024 * 1024;
 /// Gossipsub topic on which new log entries are pushed.
 pub const LOG_TOPIC: &str = "backmesh/log/1";
+/// Version of the mesh protocol (state records, entries, ctl and xfer
+/// messages), said in every hello. A peer on another version is named in
+/// the log instead of failing silently.
+pub const MESH_PROTOCOL: u32 = 2;
 
-/// "Send me what I lack." Sender: the log actor of any node, through the
-/// network loop, to a random connected peer every few seconds (and again at
-/// once while the answer says `more`). Answered by: [`LogBatch`].
+/// "Here is my state's digest; send me the records of the buckets where
+/// yours differs." Sender: the log actor of any node, through the network
+/// loop, to a random connected peer every few seconds (and again at once,
+/// from `from_bucket`, while the answer says where to go on).
+/// Answered by: [`StateBatch`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogPull {
-    /// For each origin, the highest seq the sender holds without gaps.
-    pub have: crate::log::state::VersionVector,
-    /// The most entries the sender wants in one answer.
-    pub limit: u32,
+pub struct StatePull {
+    /// One hash per bucket ([`crate::log::mesh::BUCKETS`]).
+    pub digest: crate::log::mesh::StateDigest,
+    /// The first bucket to answer (0, or `next_bucket` of the last answer).
+    pub from_bucket: u16,
 }
 
-/// The answer to a [`LogPull`].
+/// The answer to a [`StatePull`]: the records of differing buckets, in
+/// bucket order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogBatch {
-    pub entries: Vec<crate::log::entry::Entry>,
-    /// More entries remain: pull again.
-    pub more: bool,
+pub struct StateBatch {
+    pub records: Vec<(crate::log::mesh::RecordKey, crate::log::mesh::Record)>,
+    /// The answer was cut for size: pull again from this bucket.
+    pub next_bucket: Option<u16>,
 }
 
 /// Protocol of control requests routed to the node they concern.
 pub const CTL: StreamProtocol = StreamProtocol::new("/backmesh/ctl/1");
-/// Largest control message accepted, in bytes.
-pub const MAX_CTL: usize = 64 * 1024;
+/// Largest control message accepted, in bytes (a page of history).
+pub const MAX_CTL: usize = 4 * 1024 * 1024;
 
 /// A control request. Sender: the HTTP API of any node, through its
 /// network loop, to the node a request concerns. Answered by: [`CtlResponse`].
@@ -68,6 +75,8 @@ pub enum CtlRequest {
     /// Re-hash the members you keep (of (node, path), or all), repairing
     /// damage from other holders; `verified` entries carry `request`.
     Verify { node: Option<String>, path: Option<String>, request: String },
+    /// One page of the history you keep. Answer: `History`.
+    History(crate::log::history::HistoryQuery),
 }
 
 /// A running backup's counters.
@@ -104,6 +113,8 @@ pub enum CtlResponse {
     Verifying {
         series: Vec<(String, String)>,
     },
+    /// A page of history, newest last.
+    History(crate::log::history::Page),
     /// The request could not be served, in words.
     Failed {
         reason: String,
@@ -181,6 +192,13 @@ pub struct Hello {
     /// Peers the sender knows, with their listen addresses (multiaddrs):
     /// how a node that knows one peer comes to know them all.
     pub peers: Vec<KnownPeer>,
+    /// The sender's [`MESH_PROTOCOL`]; nodes before version 2 did not say it.
+    #[serde(default = "protocol_one")]
+    pub protocol: u32,
+}
+
+fn protocol_one() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,7 +307,21 @@ mod tests {
                 version: "0.1.0".into(),
             },
             peers: vec![KnownPeer { peer_id: "12D3Koo".into(), addrs: vec!["/ip4/127.0.0.1/tcp/1".into()] }],
+            protocol: MESH_PROTOCOL,
         }
+    }
+
+    #[test]
+    fn a_hello_from_before_protocol_2_reads_as_protocol_1() {
+        #[derive(Serialize)]
+        struct OldHello {
+            info: NodeInfo,
+            peers: Vec<KnownPeer>,
+        }
+        let h = hello();
+        let old = encode(&OldHello { info: h.info, peers: h.peers });
+        let read: Hello = decode(&old, MAX_HELLO).unwrap();
+        assert_eq!(read.protocol, 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::archive::{Manifest, MemberRef, MemberSource};
 use crate::hash::Digest;
-use crate::log::state::CatalogArchive;
+use crate::log::mesh::CatalogArchive;
 use crate::net::membership::PeerView;
 use crate::net::swarm::NetClient;
 use crate::net::wire::{WireMember, XferRequest, XferResponse, XFER_BATCH};

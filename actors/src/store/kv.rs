@@ -21,6 +21,17 @@ pub trait KvStore: Send + Sync {
     fn delete(&self, tree: &str, key: &[u8]) -> Result<(), StoreError>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Pairs, StoreError>;
+    /// At most `limit` pairs whose key starts with `prefix` and is below
+    /// `before` (when given), the greatest keys first: one page of history.
+    fn scan_prefix_rev(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, StoreError>;
+    /// Removes a whole tree (a format migrated away).
+    fn drop_tree(&self, tree: &str) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
 }
 
@@ -69,6 +80,28 @@ impl KvStore for SledKv {
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(db_err))
             .collect()
     }
+    fn scan_prefix_rev(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, StoreError> {
+        let t = self.db.open_tree(tree).map_err(db_err)?;
+        let iter = match before {
+            Some(b) => t.range(prefix.to_vec()..b.to_vec()),
+            None => t.scan_prefix(prefix),
+        };
+        iter.rev()
+            .filter(|r| r.as_ref().map(|(k, _)| k.starts_with(prefix)).unwrap_or(true))
+            .take(limit)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(db_err))
+            .collect()
+    }
+    fn drop_tree(&self, tree: &str) -> Result<(), StoreError> {
+        self.db.drop_tree(tree).map_err(db_err)?;
+        Ok(())
+    }
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(db_err)?;
         Ok(())
@@ -110,6 +143,30 @@ impl KvStore for MemKv {
                     .collect()
             })
             .unwrap_or_default())
+    }
+    fn scan_prefix_rev(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Pairs, StoreError> {
+        let t = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = t.get(tree) else { return Ok(Vec::new()) };
+        let upper = before.map(<[u8]>::to_vec);
+        Ok(t.range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| upper.as_ref().is_none_or(|u| *k < u))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+    fn drop_tree(&self, tree: &str) -> Result<(), StoreError> {
+        self.trees.lock().unwrap_or_else(|e| e.into_inner()).remove(tree);
+        Ok(())
     }
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())

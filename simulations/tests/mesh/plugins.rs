@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use backmesh_simulations::{free_port, wait_until, Mesh};
+use backmesh_simulations::{wait_until, Mesh};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -180,18 +180,21 @@ impl Drop for Receiver {
 fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
     let mesh = Mesh::chain(&["n1", "n2"]);
     let root = mesh.root.path().to_path_buf();
-    let port = free_port();
     let received = root.join("received.jsonl");
+    let port_file = root.join("receiver.port");
     // It answers 500 once: the first notification gets through on a retry.
     let _rx = Receiver(
         Command::new("python3")
             .arg(plugin("webhook-receiver.py"))
-            .args(["--port", &port.to_string(), "--out", &received.to_string_lossy(), "--fail", "1"])
+            .args(["--port", "0", "--port-file", &port_file.to_string_lossy()])
+            .args(["--out", &received.to_string_lossy(), "--fail", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3"),
     );
+    assert!(wait_until(LONG, || port_file.exists()), "the webhook receiver never listened");
+    let port = std::fs::read_to_string(&port_file).unwrap().trim().to_string();
     let app = root.join("app");
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("a"), b"a").unwrap();

@@ -1,0 +1,365 @@
+//! Execution history: the entries themselves, kept where they belong.
+//!
+//! Every entry reaches every node and is folded into the mesh state
+//! (`super::mesh`); the entry is then kept
+//! - durably, on disk, by the nodes that *keep* its series: the node that
+//!   wrote it, the node the series belongs to, and the holders of the
+//!   series' archives (so the record survives the node that ran the job),
+//!   and
+//! - in memory, by every node, in a window of the newest [`WINDOW`]
+//!   entries (so recent activity and request outcomes answer at once).
+//!
+//! A node's history on disk so grows with the series it runs or holds, not
+//! with the mesh. Reading older history asks a keeper, page by page
+//! ([`Page`], newest last, with a cursor to go further back).
+//!
+//! Layout in the embedded store (each record: a format byte, then CBOR):
+//! - `history`: time key → entry, where the time key is the entry's HLC
+//!   (wall ms with the sign bit flipped, logical, both big-endian), origin
+//!   and seq, so keys sort in hybrid-time order;
+//! - `history_series`: series prefix (16 bytes of SHA-256 of node and path)
+//!   ‖ time key → nothing: the index for one series' pages;
+//! - `history_ids`: origin ‖ 0 ‖ seq → nothing: what is held, and the
+//!   highest seq this node wrote.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::entry::Entry;
+use crate::hash::Digest;
+use crate::store::{KvStore, StoreError};
+
+const TIME: &str = "history";
+const SERIES: &str = "history_series";
+const IDS: &str = "history_ids";
+/// Format of a stored entry record.
+const RECORD_VERSION: u8 = 1;
+/// Entries every node keeps in memory, whatever their series.
+pub const WINDOW: usize = 2_000;
+/// The most entries one page answers.
+pub const PAGE_MAX: usize = 1_000;
+
+/// The sort key of an entry: hybrid time, then origin and seq.
+pub fn time_key(e: &Entry) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24 + e.origin.len());
+    k.extend_from_slice(&((e.time.wall_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&e.time.logical.to_be_bytes());
+    k.extend_from_slice(e.origin.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&e.seq.to_be_bytes());
+    k
+}
+
+fn series_prefix(node: &str, path: &str) -> [u8; 16] {
+    let mut v = node.as_bytes().to_vec();
+    v.push(0);
+    v.extend_from_slice(path.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&Digest::of(&v).0[..16]);
+    out
+}
+
+fn id_key(origin: &str, seq: u64) -> Vec<u8> {
+    let mut k = origin.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn encode(e: &Entry) -> Result<Vec<u8>, StoreError> {
+    let mut v = vec![RECORD_VERSION];
+    ciborium::into_writer(e, &mut v)
+        .map_err(|err| StoreError::Index { reason: format!("encoding a log entry: {err}") })?;
+    Ok(v)
+}
+
+/// Decodes a stored entry record.
+pub fn decode(v: &[u8]) -> Result<Entry, StoreError> {
+    match v.split_first() {
+        Some((&RECORD_VERSION, body)) => ciborium::from_reader(body)
+            .map_err(|err| StoreError::Index { reason: format!("a stored log entry is corrupt: {err}") }),
+        Some((other, _)) => Err(StoreError::Index {
+            reason: format!("log record format {other} is newer than this backmesh understands; upgrade backmesh"),
+        }),
+        None => Err(StoreError::Index { reason: "an empty log record".into() }),
+    }
+}
+
+/// Which entries a page holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// Entries about node `node` (or written by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Entries about `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Only entries older than this cursor (from an earlier page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+impl HistoryQuery {
+    pub fn matches(&self, e: &Entry) -> bool {
+        self.node.as_deref().is_none_or(|n| e.event.node() == n || e.origin_name == n)
+            && self.path.as_deref().is_none_or(|p| e.event.path() == Some(p))
+    }
+
+    fn before_key(&self) -> Option<Vec<u8>> {
+        self.before.as_deref().and_then(|c| hex::decode(c).ok())
+    }
+}
+
+/// One page of history: entries newest last; `more` when older ones
+/// remain, to be asked for with `before: cursor`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub more: bool,
+    /// The cursor of the oldest entry in the page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    /// The newest `limit` entries of several pages together, newest last,
+    /// each entry once.
+    pub fn combine(pages: Vec<Page>, limit: usize) -> Page {
+        let mut more = false;
+        let mut all: Vec<(Vec<u8>, Entry)> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in pages {
+            more |= p.more;
+            for e in p.entries {
+                if seen.insert((e.origin.clone(), e.seq)) {
+                    all.push((time_key(&e), e));
+                }
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        if all.len() > limit {
+            all.drain(..all.len() - limit);
+            more = true;
+        }
+        let cursor = all.first().map(|(k, _)| hex::encode(k));
+        Page { entries: all.into_iter().map(|(_, e)| e).collect(), more, cursor }
+    }
+}
+
+/// This node's history: the durable part and the recent window.
+pub struct History {
+    kv: Arc<dyn KvStore>,
+    window: VecDeque<Entry>,
+    in_window: HashSet<(String, u64)>,
+}
+
+impl History {
+    pub fn new(kv: Arc<dyn KvStore>) -> Self {
+        History { kv, window: VecDeque::new(), in_window: HashSet::new() }
+    }
+
+    /// Whether entry (origin, seq) is stored durably here.
+    pub fn holds(&self, origin: &str, seq: u64) -> Result<bool, StoreError> {
+        Ok(self.kv.get(IDS, &id_key(origin, seq))?.is_some())
+    }
+
+    /// Stores `e` durably (idempotent). The caller flushes.
+    pub fn store(&self, e: &Entry) -> Result<bool, StoreError> {
+        if self.holds(&e.origin, e.seq)? {
+            return Ok(false);
+        }
+        let tk = time_key(e);
+        self.kv.put(TIME, &tk, &encode(e)?)?;
+        if let Some(path) = e.event.path() {
+            let mut sk = series_prefix(e.event.node(), path).to_vec();
+            sk.extend_from_slice(&tk);
+            self.kv.put(SERIES, &sk, &[])?;
+        }
+        self.kv.put(IDS, &id_key(&e.origin, e.seq), &[])?;
+        Ok(true)
+    }
+
+    /// Puts `e` in the recent window (idempotent); the oldest falls out.
+    pub fn remember(&mut self, e: &Entry) {
+        if !self.in_window.insert((e.origin.clone(), e.seq)) {
+            return;
+        }
+        self.window.push_back(e.clone());
+        while self.window.len() > WINDOW {
+            if let Some(old) = self.window.pop_front() {
+                self.in_window.remove(&(old.origin, old.seq));
+            }
+        }
+    }
+
+    /// Entries in the recent window.
+    pub fn window_len(&self) -> usize {
+        self.window.len()
+    }
+
+    /// The highest seq of `origin` stored here (0 if none).
+    pub fn max_seq(&self, origin: &str) -> Result<u64, StoreError> {
+        let mut prefix = origin.as_bytes().to_vec();
+        prefix.push(0);
+        let last = self.kv.scan_prefix_rev(IDS, &prefix, None, 1)?;
+        Ok(last
+            .first()
+            .and_then(|(k, _)| k.get(prefix.len()..))
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// The newest stored entries, at most `limit`, newest last (for the
+    /// state to re-fold at start-up).
+    pub fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut v: Vec<Entry> = self
+            .kv
+            .scan_prefix_rev(TIME, &[], None, limit)?
+            .iter()
+            .map(|(_, v)| decode(v))
+            .collect::<Result<_, _>>()?;
+        v.reverse();
+        Ok(v)
+    }
+
+    /// One page of what this node holds (durably and in its window).
+    pub fn page(&self, q: &HistoryQuery) -> Result<Page, StoreError> {
+        let limit = q.limit.clamp(1, PAGE_MAX);
+        let before = q.before_key();
+        let mut durable = Vec::new();
+        let mut more = false;
+        match (&q.node, &q.path) {
+            (Some(node), Some(path)) => {
+                let prefix = series_prefix(node, path);
+                let upper = before.as_ref().map(|b| [&prefix[..], b].concat());
+                let keys = self.kv.scan_prefix_rev(SERIES, &prefix, upper.as_deref(), limit + 1)?;
+                more = keys.len() > limit;
+                for (k, _) in keys.iter().take(limit) {
+                    if let Some(v) = self.kv.get(TIME, &k[prefix.len()..])? {
+                        durable.push(decode(&v)?);
+                    }
+                }
+            }
+            _ => {
+                // Walk back in time in chunks until the page is full.
+                let mut upper = before.clone();
+                'walk: loop {
+                    let chunk = self.kv.scan_prefix_rev(TIME, &[], upper.as_deref(), 512)?;
+                    let exhausted = chunk.len() < 512;
+                    for (k, v) in &chunk {
+                        let e = decode(v)?;
+                        if q.matches(&e) {
+                            if durable.len() == limit {
+                                more = true;
+                                break 'walk;
+                            }
+                            durable.push(e);
+                        }
+                        upper = Some(k.clone());
+                    }
+                    if exhausted {
+                        break;
+                    }
+                }
+            }
+        }
+        let window: Vec<Entry> = self
+            .window
+            .iter()
+            .filter(|e| q.matches(e) && before.as_ref().is_none_or(|b| time_key(e) < *b))
+            .cloned()
+            .collect();
+        Ok(Page::combine(
+            vec![Page { entries: durable, more, cursor: None }, Page { entries: window, more: false, cursor: None }],
+            limit,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::entry::Event;
+    use super::super::hlc::Clock;
+    use super::*;
+    use crate::store::{MemKv, SledKv};
+
+    fn entries(origin: &str, n: u64) -> Vec<Entry> {
+        let mut c = Clock::new(origin);
+        (1..=n)
+            .map(|seq| Entry {
+                origin: origin.into(),
+                origin_name: "n1".into(),
+                seq,
+                time: c.tick(seq as i64 * 1000),
+                event: Event::Started { node: "n1".into(), path: format!("/p{}", seq % 3), request: None },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_walk_back_through_a_series_without_gaps_or_repeats() {
+        let h = History::new(Arc::new(MemKv::default()));
+        for e in entries("P", 300) {
+            assert!(h.store(&e).unwrap());
+            assert!(!h.store(&e).unwrap(), "idempotent");
+        }
+        let mut q = HistoryQuery { node: Some("n1".into()), path: Some("/p1".into()), before: None, limit: 30 };
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let page = h.page(&q).unwrap();
+            assert!(page.entries.windows(2).all(|w| w[0].time < w[1].time), "newest last");
+            let mut seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+            seqs.extend(seen);
+            seen = seqs;
+            if !page.more {
+                break;
+            }
+            q.before = page.cursor;
+        }
+        assert_eq!(seen, (1..=300).filter(|s| s % 3 == 1).collect::<Vec<_>>());
+        assert_eq!(h.max_seq("P").unwrap(), 300);
+        assert_eq!(h.max_seq("Q").unwrap(), 0);
+    }
+
+    #[test]
+    fn unfiltered_pages_and_the_window_combine() {
+        let t = tempfile::tempdir().unwrap();
+        let mut h = History::new(Arc::new(SledKv::open(&t.path().join("db")).unwrap()));
+        let all = entries("P", 50);
+        for e in &all[..20] {
+            h.store(e).unwrap();
+        }
+        // The rest only passed by: in the window, not on disk.
+        for e in &all[20..] {
+            h.remember(e);
+        }
+        let page = h.page(&HistoryQuery { limit: 1000, ..Default::default() }).unwrap();
+        assert_eq!(page.entries.len(), 50);
+        assert!(!page.more);
+        let page = h.page(&HistoryQuery { limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (41..=50).collect::<Vec<_>>());
+        assert!(page.more);
+        assert_eq!(h.newest(5).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), (16..=20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_window_is_bounded() {
+        let mut h = History::new(Arc::new(MemKv::default()));
+        for e in entries("P", WINDOW as u64 + 500) {
+            h.remember(&e);
+            h.remember(&e);
+        }
+        assert_eq!(h.window.len(), WINDOW);
+        assert_eq!(h.in_window.len(), WINDOW);
+    }
+
+    #[test]
+    fn an_unknown_record_format_is_refused_by_name() {
+        let err = decode(&[9, 1, 2]).unwrap_err();
+        assert!(err.to_string().contains("upgrade"), "{err}");
+    }
+}

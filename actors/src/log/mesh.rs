@@ -1,0 +1,1055 @@
+//! Mesh state: what every node knows, in a size that depends on jobs,
+//! series and nodes, never on how long the mesh has run.
+//!
+//! Every log entry is folded into a [`MeshState`] as it arrives; the entry
+//! itself is then kept only where history belongs (see `super::history`).
+//! The state is a map of records ([`RecordKey`] → [`Record`]), each a small
+//! CRDT:
+//!
+//! | record | what | join |
+//! |---|---|---|
+//! | `Job(node, path)` | settings, registered or not | last writer by HLC |
+//! | `Paused(node)` | the node's scheduled runs are paused | last writer by HLC |
+//! | `Series(node, path)` | last run, last success, last start, notification, archives and holders, recent requests | per field: last writer by HLC, or maximum; archives: the newest [`ARCHIVES_KEPT`] ids, each holder a last-writer register; requests: the newest [`REQUESTS_KEPT`] entries |
+//! | `Origin(peer)` | the highest seq seen from a node | maximum |
+//!
+//! Merge laws (property-tested below): folding entries, or merging states,
+//! is idempotent, commutative and associative, so any delivery order, any
+//! duplicates and any grouping give the same state, and the state reached
+//! by folding every entry equals the state reached by merging the states of
+//! nodes that each saw a part. Equal HLCs come only from one entry, so a
+//! tie never has two values.
+//!
+//! Anti-entropy compares [`MeshState::digest`]: [`BUCKETS`] hashes, one per
+//! bucket of record keys. Only the records of buckets that differ travel.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::entry::{Entry, Event};
+use super::hlc::Hlc;
+use crate::hash::Digest;
+use crate::jobs::plugin::{JobSpec, PluginReport};
+
+/// Archives remembered per series: far more than any holder keeps (`--keep`,
+/// 10 by default), so that the catalog never forgets a kept archive, and a
+/// bound on the state whatever the history.
+pub const ARCHIVES_KEPT: usize = 64;
+/// Request-answering entries remembered per series, for `run`, `restore`
+/// and `verify` waiting on their outcome from any node.
+pub const REQUESTS_KEPT: usize = 16;
+/// Buckets of the anti-entropy digest.
+pub const BUCKETS: usize = 256;
+
+/// A job's identity: the node that runs it and the path it backs up.
+pub type SeriesKey = (String, String);
+
+/// A last-writer-wins register: the value written at the greatest HLC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lww<T> {
+    pub time: Hlc,
+    pub value: T,
+}
+
+/// Joins `other` into `slot`; `true` if `slot` changed.
+fn join_lww<T: Clone>(slot: &mut Option<Lww<T>>, other: &Lww<T>) -> bool {
+    match slot {
+        Some(mine) if mine.time >= other.time => false,
+        _ => {
+            *slot = Some(other.clone());
+            true
+        }
+    }
+}
+
+/// Joins a maximum register; `true` if `slot` changed.
+fn join_max<T: Ord + Clone>(slot: &mut Option<T>, other: &T) -> bool {
+    match slot {
+        Some(mine) if *mine >= *other => false,
+        _ => {
+            *slot = Some(other.clone());
+            true
+        }
+    }
+}
+
+/// A job's settings as last written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobReg {
+    /// `false` once unregistered (a tombstone: a late, older registration
+    /// must not bring the job back).
+    pub registered: bool,
+    pub every_min: u64,
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    #[serde(default, skip_serializing_if = "JobSpec::is_default")]
+    pub spec: JobSpec,
+}
+
+/// The outcome of a run, as its `finished`, `unchanged` or `failed` entry said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRec {
+    /// `finished`, `unchanged` or `failed`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginReport>,
+}
+
+/// What the run that made an archive said of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Made {
+    pub size: u64,
+    pub files: u64,
+    pub warnings: u64,
+}
+
+/// One archive of a series: who made it and who keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made: Option<Lww<Made>>,
+    /// Node name → keeps a complete copy (`replicated`, `repaired`, the
+    /// origin's `finished`) or not any more (`pruned`).
+    #[serde(default)]
+    pub holders: BTreeMap<String, Lww<bool>>,
+}
+
+impl ArchiveRec {
+    fn join(&mut self, other: &ArchiveRec) -> bool {
+        let mut changed = other.made.as_ref().is_some_and(|m| join_lww(&mut self.made, m));
+        for (h, reg) in &other.holders {
+            let mut slot = self.holders.get(h).cloned();
+            if join_lww(&mut slot, reg) {
+                self.holders.insert(h.clone(), reg.clone());
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// What the mesh knows of one series (one job's node and path).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Series {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Lww<RunRec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<Hlc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_started: Option<Hlc>,
+    /// Size of the newest archive a run made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_size: Option<Lww<u64>>,
+    /// Warnings of the last `finished` run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_warnings: Option<Lww<Vec<String>>>,
+    /// The last notification told: `failure`, `stale` or `recovery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified: Option<Lww<String>>,
+    /// The newest [`ARCHIVES_KEPT`] archive ids (ids begin with their
+    /// creation time, so the greatest are the newest).
+    #[serde(default)]
+    pub archives: BTreeMap<String, ArchiveRec>,
+    /// The newest [`REQUESTS_KEPT`] entries that answer an on-demand request.
+    #[serde(default)]
+    pub requests: Vec<Entry>,
+}
+
+impl Series {
+    fn join(&mut self, other: &Series) -> bool {
+        let mut changed = false;
+        if let Some(x) = &other.last {
+            changed |= join_lww(&mut self.last, x);
+        }
+        if let Some(x) = &other.last_success {
+            changed |= join_max(&mut self.last_success, x);
+        }
+        if let Some(x) = &other.last_started {
+            changed |= join_max(&mut self.last_started, x);
+        }
+        if let Some(x) = &other.last_size {
+            changed |= join_lww(&mut self.last_size, x);
+        }
+        if let Some(x) = &other.last_warnings {
+            changed |= join_lww(&mut self.last_warnings, x);
+        }
+        if let Some(x) = &other.notified {
+            changed |= join_lww(&mut self.notified, x);
+        }
+        for (id, a) in &other.archives {
+            changed |= self.archive_mut(id).is_some_and(|mine| mine.join(a));
+        }
+        for e in &other.requests {
+            changed |= self.remember_request(e);
+        }
+        changed
+    }
+
+    /// The record of archive `id`, made if needed, unless it is older than
+    /// every one of the newest [`ARCHIVES_KEPT`] (then it is forgotten, as
+    /// it would be by every node: the newest ids of a union are the newest
+    /// of the newest of each part).
+    fn archive_mut(&mut self, id: &str) -> Option<&mut ArchiveRec> {
+        if !self.archives.contains_key(id) {
+            if self.archives.len() >= ARCHIVES_KEPT {
+                let oldest = self.archives.keys().next()?.clone();
+                if oldest.as_str() >= id {
+                    return None;
+                }
+                self.archives.remove(&oldest);
+            }
+            self.archives.insert(id.to_string(), ArchiveRec::default());
+        }
+        self.archives.get_mut(id)
+    }
+
+    /// Keeps `e` among the newest [`REQUESTS_KEPT`] request entries.
+    fn remember_request(&mut self, e: &Entry) -> bool {
+        let key = |x: &Entry| (x.time.clone(), x.origin.clone(), x.seq);
+        let k = key(e);
+        let at = match self.requests.binary_search_by(|x| key(x).cmp(&k)) {
+            Ok(_) => return false,
+            Err(at) => at,
+        };
+        if self.requests.len() >= REQUESTS_KEPT && at == 0 {
+            return false;
+        }
+        self.requests.insert(at, e.clone());
+        if self.requests.len() > REQUESTS_KEPT {
+            self.requests.remove(0);
+        }
+        true
+    }
+}
+
+/// The highest seq seen from one node: a node that lost its database asks
+/// for it, so that it never writes a seq twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginRec {
+    pub max_seq: u64,
+    /// The node's name in its newest entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Lww<String>>,
+}
+
+/// A record's key; also its place in the digest.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RecordKey {
+    Job(String, String),
+    Paused(String),
+    Series(String, String),
+    Origin(String),
+}
+
+impl RecordKey {
+    /// The digest bucket of this key.
+    pub fn bucket(&self) -> usize {
+        Digest::of(&cbor(self)).0[0] as usize % BUCKETS
+    }
+}
+
+/// A record: one CRDT of the state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    Job(Lww<JobReg>),
+    Paused(Lww<bool>),
+    Series(Box<Series>),
+    Origin(OriginRec),
+}
+
+fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing CBOR into a Vec fails only for types that refuse to serialise; ours do not.
+    if ciborium::into_writer(v, &mut out).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The digest of the whole state: one 64-bit hash per bucket.
+pub type StateDigest = Vec<u64>;
+
+/// The mesh state. See the module documentation for the records and laws.
+#[derive(Clone, Debug, Default)]
+pub struct MeshState {
+    jobs: BTreeMap<SeriesKey, Lww<JobReg>>,
+    paused: BTreeMap<String, Lww<bool>>,
+    series: BTreeMap<SeriesKey, Series>,
+    origins: BTreeMap<String, OriginRec>,
+    /// Records changed since [`MeshState::take_changed`] (for persistence).
+    changed: BTreeSet<RecordKey>,
+    /// Cached bucket hashes; `None` when a record of the bucket changed.
+    buckets: Vec<Option<u64>>,
+}
+
+impl PartialEq for MeshState {
+    fn eq(&self, other: &Self) -> bool {
+        self.jobs == other.jobs
+            && self.paused == other.paused
+            && self.series == other.series
+            && self.origins == other.origins
+    }
+}
+
+impl Eq for MeshState {}
+
+impl MeshState {
+    pub fn new() -> Self {
+        MeshState { buckets: vec![None; BUCKETS], ..Default::default() }
+    }
+
+    fn touch(&mut self, key: RecordKey) {
+        if self.buckets.len() != BUCKETS {
+            self.buckets = vec![None; BUCKETS];
+        }
+        self.buckets[key.bucket()] = None;
+        self.changed.insert(key);
+    }
+
+    /// Folds one entry in; `true` if the state changed.
+    pub fn apply(&mut self, e: &Entry) -> bool {
+        let mut touched = Vec::new();
+        {
+            let origin = self.origins.entry(e.origin.clone()).or_default();
+            let mut changed = e.seq > origin.max_seq;
+            if changed {
+                origin.max_seq = e.seq;
+            }
+            changed |= join_lww(&mut origin.name, &Lww { time: e.time.clone(), value: e.origin_name.clone() });
+            if changed {
+                touched.push(RecordKey::Origin(e.origin.clone()));
+            }
+        }
+        let t = &e.time;
+        let node = e.event.node().to_string();
+        let series_key = e.event.path().map(|p| (node.clone(), p.to_string()));
+        match &e.event {
+            Event::Registered { path, every_min, excludes, spec, .. } => {
+                let reg =
+                    JobReg { registered: true, every_min: *every_min, excludes: excludes.clone(), spec: spec.clone() };
+                if self.join_job(&(node.clone(), path.clone()), &Lww { time: t.clone(), value: reg }) {
+                    touched.push(RecordKey::Job(node.clone(), path.clone()));
+                }
+            }
+            Event::Unregistered { path, .. } => {
+                let reg = JobReg::default();
+                if self.join_job(&(node.clone(), path.clone()), &Lww { time: t.clone(), value: reg }) {
+                    touched.push(RecordKey::Job(node.clone(), path.clone()));
+                }
+            }
+            Event::Paused { .. } | Event::Resumed { .. } => {
+                let value = matches!(e.event, Event::Paused { .. });
+                let mut slot = self.paused.get(&node).cloned();
+                if join_lww(&mut slot, &Lww { time: t.clone(), value }) {
+                    self.paused.insert(node.clone(), Lww { time: t.clone(), value });
+                    touched.push(RecordKey::Paused(node.clone()));
+                }
+            }
+            _ => {}
+        }
+        if let Some(key) = series_key {
+            if self.fold_series(&key, e) {
+                touched.push(RecordKey::Series(key.0, key.1));
+            }
+        }
+        let changed = !touched.is_empty();
+        for k in touched {
+            self.touch(k);
+        }
+        changed
+    }
+
+    fn join_job(&mut self, key: &SeriesKey, reg: &Lww<JobReg>) -> bool {
+        let mut slot = self.jobs.get(key).cloned();
+        if join_lww(&mut slot, reg) {
+            self.jobs.insert(key.clone(), reg.clone());
+            return true;
+        }
+        false
+    }
+
+    /// The series part of an entry, as a [`Series`] holding only what the
+    /// entry says, joined into the state's.
+    fn fold_series(&mut self, key: &SeriesKey, e: &Entry) -> bool {
+        let t = &e.time;
+        let mut s = Series::default();
+        let holder = |s: &mut Series, archive: &str, holder: &str, keeps: bool| {
+            if let Some(a) = s.archive_mut(archive) {
+                a.holders.insert(holder.to_string(), Lww { time: t.clone(), value: keeps });
+            }
+        };
+        match &e.event {
+            Event::Started { .. } => s.last_started = Some(t.clone()),
+            Event::Finished { node, archive, size, files, warnings, plugin, .. } => {
+                s.last = Some(Lww {
+                    time: t.clone(),
+                    value: RunRec {
+                        result: "finished".into(),
+                        archive: Some(archive.clone()),
+                        error: None,
+                        plugin: plugin.clone(),
+                    },
+                });
+                s.last_success = Some(t.clone());
+                s.last_warnings = Some(Lww { time: t.clone(), value: warnings.clone() });
+                if !archive.is_empty() {
+                    s.last_size = Some(Lww { time: t.clone(), value: *size });
+                    if let Some(a) = s.archive_mut(archive) {
+                        let made = Made { size: *size, files: *files, warnings: warnings.len() as u64 };
+                        a.made = Some(Lww { time: t.clone(), value: made });
+                    }
+                    holder(&mut s, archive, node, true);
+                }
+            }
+            Event::Unchanged { archive, plugin, .. } => {
+                s.last = Some(Lww {
+                    time: t.clone(),
+                    value: RunRec {
+                        result: "unchanged".into(),
+                        archive: Some(archive.clone()),
+                        error: None,
+                        plugin: plugin.clone(),
+                    },
+                });
+                s.last_success = Some(t.clone());
+            }
+            Event::Failed { error, plugin, .. } => {
+                s.last = Some(Lww {
+                    time: t.clone(),
+                    value: RunRec {
+                        result: "failed".into(),
+                        archive: None,
+                        error: Some(error.clone()),
+                        plugin: plugin.clone(),
+                    },
+                });
+            }
+            Event::Replicated { archive, holder: h, .. } | Event::Repaired { archive, holder: h, .. } => {
+                holder(&mut s, archive, h, true)
+            }
+            Event::Pruned { archive, holder: h, .. } => holder(&mut s, archive, h, false),
+            Event::Notified { event, .. } => s.notified = Some(Lww { time: t.clone(), value: event.clone() }),
+            _ => {}
+        }
+        if e.event.request().is_some() {
+            s.remember_request(e);
+        }
+        if s == Series::default() {
+            return false;
+        }
+        self.series.entry(key.clone()).or_default().join(&s)
+    }
+
+    /// Joins another node's record in; `true` if the state changed.
+    pub fn merge_record(&mut self, key: &RecordKey, record: &Record) -> bool {
+        let changed = match (key, record) {
+            (RecordKey::Job(n, p), Record::Job(reg)) => self.join_job(&(n.clone(), p.clone()), reg),
+            (RecordKey::Paused(n), Record::Paused(reg)) => {
+                let mut slot = self.paused.get(n).cloned();
+                let c = join_lww(&mut slot, reg);
+                if c {
+                    self.paused.insert(n.clone(), reg.clone());
+                }
+                c
+            }
+            (RecordKey::Series(n, p), Record::Series(s)) => {
+                self.series.entry((n.clone(), p.clone())).or_default().join(s)
+            }
+            (RecordKey::Origin(o), Record::Origin(r)) => {
+                let mine = self.origins.entry(o.clone()).or_default();
+                let mut c = false;
+                if r.max_seq > mine.max_seq {
+                    mine.max_seq = r.max_seq;
+                    c = true;
+                }
+                if let Some(name) = &r.name {
+                    c |= join_lww(&mut mine.name, name);
+                }
+                c
+            }
+            _ => false,
+        };
+        if changed {
+            self.touch(key.clone());
+        }
+        changed
+    }
+
+    /// Joins every record of `other` in.
+    pub fn merge(&mut self, other: &MeshState) -> bool {
+        let mut changed = false;
+        for (k, r) in other.records() {
+            changed |= self.merge_record(&k, &r);
+        }
+        changed
+    }
+
+    /// The record under `key`, if any.
+    pub fn record(&self, key: &RecordKey) -> Option<Record> {
+        match key {
+            RecordKey::Job(n, p) => self.jobs.get(&(n.clone(), p.clone())).cloned().map(Record::Job),
+            RecordKey::Paused(n) => self.paused.get(n).cloned().map(Record::Paused),
+            RecordKey::Series(n, p) => {
+                self.series.get(&(n.clone(), p.clone())).cloned().map(|s| Record::Series(Box::new(s)))
+            }
+            RecordKey::Origin(o) => self.origins.get(o).cloned().map(Record::Origin),
+        }
+    }
+
+    /// Every record key, in key order.
+    pub fn keys(&self) -> impl Iterator<Item = RecordKey> + '_ {
+        let jobs = self.jobs.keys().map(|(n, p)| RecordKey::Job(n.clone(), p.clone()));
+        let paused = self.paused.keys().map(|n| RecordKey::Paused(n.clone()));
+        let series = self.series.keys().map(|(n, p)| RecordKey::Series(n.clone(), p.clone()));
+        let origins = self.origins.keys().map(|o| RecordKey::Origin(o.clone()));
+        jobs.chain(paused).chain(series).chain(origins)
+    }
+
+    /// Every record with its key.
+    pub fn records(&self) -> Vec<(RecordKey, Record)> {
+        self.keys().filter_map(|k| self.record(&k).map(|r| (k, r))).collect()
+    }
+
+    /// The records whose bucket is one of `buckets`.
+    pub fn records_in(&self, buckets: &BTreeSet<usize>) -> Vec<(RecordKey, Record)> {
+        self.keys().filter(|k| buckets.contains(&k.bucket())).filter_map(|k| self.record(&k).map(|r| (k, r))).collect()
+    }
+
+    /// One hash per bucket over its records' keys and values.
+    pub fn digest(&mut self) -> StateDigest {
+        if self.buckets.len() != BUCKETS {
+            self.buckets = vec![None; BUCKETS];
+        }
+        if self.buckets.iter().any(Option::is_none) {
+            let stale: BTreeSet<usize> = (0..BUCKETS).filter(|b| self.buckets[*b].is_none()).collect();
+            let mut hashers: BTreeMap<usize, sha2::Sha256> =
+                stale.iter().map(|b| (*b, sha2::Sha256::default())).collect();
+            for (k, r) in self.records_in(&stale) {
+                use sha2::Digest as _;
+                if let Some(h) = hashers.get_mut(&k.bucket()) {
+                    h.update(cbor(&k));
+                    h.update(cbor(&r));
+                }
+            }
+            for (b, h) in hashers {
+                self.buckets[b] = Some(Digest::from_hasher(h).prefix_u64());
+            }
+        }
+        self.buckets.iter().map(|b| b.unwrap_or(0)).collect()
+    }
+
+    /// The buckets where `theirs` differs from this state's digest.
+    pub fn differing(&mut self, theirs: &StateDigest) -> BTreeSet<usize> {
+        let mine = self.digest();
+        (0..BUCKETS).filter(|b| theirs.get(*b) != mine.get(*b)).collect()
+    }
+
+    /// Keys of the records changed since the last call.
+    pub fn take_changed(&mut self) -> BTreeSet<RecordKey> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The next seq a writer with this origin should use, as far as the
+    /// mesh has seen.
+    pub fn max_seq(&self, origin: &str) -> u64 {
+        self.origins.get(origin).map(|o| o.max_seq).unwrap_or(0)
+    }
+
+    /// The greatest HLC in the state (a clock must order after it).
+    pub fn max_time(&self) -> Option<Hlc> {
+        let mut best: Option<Hlc> = None;
+        let mut see = |t: &Hlc| {
+            if best.as_ref().is_none_or(|b| t > b) {
+                best = Some(t.clone());
+            }
+        };
+        self.jobs.values().for_each(|r| see(&r.time));
+        self.paused.values().for_each(|r| see(&r.time));
+        for s in self.series.values() {
+            s.last.iter().for_each(|r| see(&r.time));
+            s.last_started.iter().for_each(&mut see);
+            s.last_success.iter().for_each(&mut see);
+            s.notified.iter().for_each(|r| see(&r.time));
+        }
+        best
+    }
+
+    /// Number of records (jobs, paused flags, series, origins).
+    pub fn len(&self) -> usize {
+        self.jobs.len() + self.paused.len() + self.series.len() + self.origins.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // ---- views: read straight from the records, never refolded ----
+
+    fn job_view(&self, (node, path): &SeriesKey, reg: &Lww<JobReg>) -> JobView {
+        let s = self.series.get(&(node.clone(), path.clone()));
+        let last = s.and_then(|s| s.last.as_ref());
+        JobView {
+            node: node.clone(),
+            path: path.clone(),
+            every_min: reg.value.every_min,
+            excludes: reg.value.excludes.clone(),
+            paused: self.paused.get(node).is_some_and(|p| p.value),
+            last: last.map(|l| LastRun {
+                result: match l.value.result.as_str() {
+                    "finished" => "finished",
+                    "unchanged" => "unchanged",
+                    _ => "failed",
+                },
+                time: l.time.clone(),
+                archive: l.value.archive.clone(),
+                error: l.value.error.clone(),
+            }),
+            last_success: s.and_then(|s| s.last_success.clone()),
+            last_started: s.and_then(|s| s.last_started.clone()),
+            registered_at: reg.time.clone(),
+            last_size: s.and_then(|s| s.last_size.as_ref()).map(|l| l.value),
+            last_warnings: s.and_then(|s| s.last_warnings.as_ref()).map(|l| l.value.clone()).unwrap_or_default(),
+            spec: reg.value.spec.clone(),
+            last_plugin: last.and_then(|l| l.value.plugin.clone()),
+        }
+    }
+
+    /// The registered jobs, by (node, path).
+    pub fn jobs(&self) -> Vec<JobView> {
+        self.jobs.iter().filter(|(_, r)| r.value.registered).map(|(k, r)| self.job_view(k, r)).collect()
+    }
+
+    /// The registered jobs of node `node`.
+    pub fn jobs_of(&self, node: &str) -> Vec<JobView> {
+        self.jobs
+            .range((node.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
+            .filter(|(_, r)| r.value.registered)
+            .map(|(k, r)| self.job_view(k, r))
+            .collect()
+    }
+
+    /// Job (node, path), if registered.
+    pub fn job(&self, node: &str, path: &str) -> Option<JobView> {
+        let key = (node.to_string(), path.to_string());
+        self.jobs.get(&key).filter(|r| r.value.registered).map(|r| self.job_view(&key, r))
+    }
+
+    /// The archives of (node, path) that some node still keeps, newest first.
+    pub fn catalog(&self, node: &str, path: &str) -> Vec<CatalogArchive> {
+        self.series.get(&(node.to_string(), path.to_string())).map(catalog_of).unwrap_or_default()
+    }
+
+    /// [`MeshState::catalog`] of every series that has a kept archive.
+    pub fn catalogs(&self) -> BTreeMap<SeriesKey, Vec<CatalogArchive>> {
+        self.series.iter().map(|(k, s)| (k.clone(), catalog_of(s))).filter(|(_, c)| !c.is_empty()).collect()
+    }
+
+    /// The last notification told for each job.
+    pub fn notified(&self) -> BTreeMap<SeriesKey, String> {
+        self.series.iter().filter_map(|(k, s)| s.notified.as_ref().map(|n| (k.clone(), n.value.clone()))).collect()
+    }
+
+    /// The remembered entries that answer `request`, oldest first.
+    pub fn for_request(&self, request: &str) -> Vec<Entry> {
+        let mut out: Vec<Entry> = self
+            .series
+            .values()
+            .flat_map(|s| s.requests.iter())
+            .filter(|e| e.event.request() == Some(request))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.time.cmp(&b.time));
+        out
+    }
+
+    /// The series (node, path) that node `name` keeps a copy of, or runs.
+    pub fn series_kept_by(&self, name: &str) -> BTreeSet<SeriesKey> {
+        let mut out: BTreeSet<SeriesKey> = self.jobs.keys().filter(|(n, _)| n == name).cloned().collect();
+        for (k, s) in &self.series {
+            if k.0 == name || s.archives.values().any(|a| a.holders.get(name).is_some_and(|h| h.value)) {
+                out.insert(k.clone());
+            }
+        }
+        out
+    }
+
+    /// Names of the nodes that keep a copy of some archive of (node, path).
+    pub fn holders_of(&self, node: &str, path: &str) -> BTreeSet<String> {
+        self.catalog(node, path).into_iter().flat_map(|a| a.holders).collect()
+    }
+}
+
+fn catalog_of(s: &Series) -> Vec<CatalogArchive> {
+    let mut out: Vec<CatalogArchive> = s
+        .archives
+        .iter()
+        .map(|(id, a)| {
+            let made = a.made.as_ref();
+            CatalogArchive {
+                id: id.clone(),
+                created: made.map(|m| m.time.clone()),
+                size: made.map(|m| m.value.size).unwrap_or(0),
+                files: made.map(|m| m.value.files).unwrap_or(0),
+                warnings: made.map(|m| m.value.warnings).unwrap_or(0),
+                holders: a.holders.iter().filter(|(_, h)| h.value).map(|(n, _)| n.clone()).collect(),
+            }
+        })
+        .filter(|a| !a.holders.is_empty())
+        .collect();
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out
+}
+
+/// One archive of a (node, path) as the mesh knows it: made by a `finished`
+/// run, copied by `replicated` and `repaired`, dropped by `pruned`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogArchive {
+    pub id: String,
+    /// When the run that made it finished (`None` until that entry arrives).
+    pub created: Option<Hlc>,
+    pub size: u64,
+    pub files: u64,
+    pub warnings: u64,
+    /// Names of the nodes that keep a complete copy (the origin included).
+    pub holders: BTreeSet<String>,
+}
+
+/// The outcome of a job's last run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastRun {
+    /// `finished`, `unchanged` or `failed`.
+    pub result: &'static str,
+    pub time: Hlc,
+    pub archive: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A job as the mesh state knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    pub node: String,
+    pub path: String,
+    pub every_min: u64,
+    pub excludes: Vec<String>,
+    /// The node's scheduled backups are paused.
+    pub paused: bool,
+    pub last: Option<LastRun>,
+    pub last_success: Option<Hlc>,
+    /// When its last run started (scheduling counts from here).
+    pub last_started: Option<Hlc>,
+    /// When it was last registered or its settings changed.
+    pub registered_at: Hlc,
+    /// Size of the newest archive a run made.
+    pub last_size: Option<u64>,
+    /// Warnings of the last run that stored an archive.
+    pub last_warnings: Vec<String>,
+    /// Source, hooks and notifications.
+    pub spec: JobSpec,
+    /// What the last run's plugin or hooks reported.
+    pub last_plugin: Option<PluginReport>,
+}
+
+/// A job's state as a person reads it: `paused`, `failing` (its last run
+/// failed), `stale` (no success for twice its period), `pending` (never
+/// run yet) or `ok`.
+pub fn job_state(j: &JobView, now_ms: i64) -> &'static str {
+    let period = j.every_min as i64 * crate::jobs::minute_ms();
+    let since_success = now_ms - j.last_success.as_ref().map(|t| t.wall_ms).unwrap_or(j.registered_at.wall_ms);
+    match &j.last {
+        _ if j.paused => "paused",
+        Some(l) if l.result == "failed" => "failing",
+        _ if since_success > 2 * period => "stale",
+        None => "pending",
+        Some(_) => "ok",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::hlc::Clock;
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A random history written by 3 origins with their own skewed clocks,
+    /// touching every kind of record.
+    fn history(seed: u64, n: usize) -> Vec<Entry> {
+        let mut rng = Rng(seed | 1);
+        let origins = ["A", "B", "C"];
+        let mut clocks: Vec<Clock> = origins.iter().map(|o| Clock::new(*o)).collect();
+        let mut seqs = [0u64; 3];
+        let mut out = Vec::new();
+        for i in 0..n {
+            let o = rng.below(3) as usize;
+            seqs[o] += 1;
+            let node = ["n1", "n2"][rng.below(2) as usize].to_string();
+            let path = ["/a", "/b"][rng.below(2) as usize].to_string();
+            let archive = format!("a{:03}", rng.below(80));
+            let holder = ["n1", "n2", "n3"][rng.below(3) as usize].to_string();
+            let request = (rng.below(3) == 0).then(|| format!("r{}", rng.below(40)));
+            let event = match rng.below(11) {
+                0 => Event::Registered {
+                    node,
+                    path,
+                    every_min: 1 + rng.below(60),
+                    excludes: vec![],
+                    spec: Default::default(),
+                },
+                1 => Event::Unregistered { node, path },
+                2 => Event::Paused { node },
+                3 => Event::Resumed { node },
+                4 => Event::Finished {
+                    node,
+                    path,
+                    archive,
+                    size: rng.below(1000),
+                    files: 1,
+                    duration_ms: 1,
+                    warnings: vec![],
+                    request,
+                    plugin: None,
+                },
+                5 => Event::Failed { node, path, error: format!("e{i}"), duration_ms: 1, request, plugin: None },
+                6 => Event::Replicated { node, path, archive, holder, bytes: 1 },
+                7 => Event::Pruned { node, path, archive, holder },
+                8 => Event::Started { node, path, request },
+                9 => Event::Unchanged { node, path, archive, duration_ms: 1, request, plugin: None },
+                _ => Event::Notified {
+                    node,
+                    path,
+                    event: ["failure", "stale", "recovery"][rng.below(3) as usize].into(),
+                    by: "n1".into(),
+                    delivered: true,
+                    error: None,
+                },
+            };
+            let now = 1_000 + i as i64 * 10 + o as i64 * 500 - rng.below(300) as i64;
+            out.push(Entry {
+                origin: origins[o].into(),
+                origin_name: origins[o].to_lowercase(),
+                seq: seqs[o],
+                time: clocks[o].tick(now),
+                event,
+            });
+        }
+        out
+    }
+
+    fn fold(entries: &[Entry]) -> MeshState {
+        let mut s = MeshState::new();
+        for e in entries {
+            s.apply(e);
+        }
+        s
+    }
+
+    fn shuffled(entries: &[Entry], rng: &mut Rng) -> Vec<Entry> {
+        let mut v = entries.to_vec();
+        for i in (1..v.len()).rev() {
+            v.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        v
+    }
+
+    fn merged(x: &MeshState, y: &MeshState) -> MeshState {
+        let mut m = x.clone();
+        m.merge(y);
+        m
+    }
+
+    #[test]
+    fn any_delivery_order_and_duplicates_give_the_same_state() {
+        for seed in 1..40u64 {
+            let h = history(seed, 120);
+            let mut reference = fold(&h);
+            let mut rng = Rng(seed * 7919);
+            for _ in 0..5 {
+                let mut order = shuffled(&h, &mut rng);
+                let dups: Vec<Entry> = order.iter().take(20).cloned().collect();
+                order.extend(dups);
+                let mut s = fold(&order);
+                assert_eq!(s, reference, "seed {seed}");
+                assert_eq!(s.jobs(), reference.jobs());
+                assert_eq!(s.catalogs(), reference.catalogs());
+                assert_eq!(s.digest(), reference.digest());
+            }
+        }
+    }
+
+    #[test]
+    fn merge_is_idempotent_commutative_and_associative() {
+        for seed in 1..30u64 {
+            let h = history(seed, 90);
+            let mut rng = Rng(seed);
+            let part = |rng: &mut Rng| fold(&h.iter().filter(|_| rng.below(2) == 0).cloned().collect::<Vec<_>>());
+            let (a, b, c) = (part(&mut rng), part(&mut rng), part(&mut rng));
+            assert_eq!(merged(&a, &a), a, "idempotent");
+            assert_eq!(merged(&a, &b), merged(&b, &a), "commutative");
+            assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)), "associative");
+        }
+    }
+
+    #[test]
+    fn merging_the_states_of_parts_equals_folding_the_whole() {
+        for seed in 1..30u64 {
+            let h = history(seed, 150);
+            let mut rng = Rng(seed * 31);
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            for e in &h {
+                match rng.below(3) {
+                    0 => x.push(e.clone()),
+                    1 => y.push(e.clone()),
+                    _ => {
+                        x.push(e.clone());
+                        y.push(e.clone());
+                    }
+                }
+            }
+            assert_eq!(merged(&fold(&x), &fold(&y)), fold(&h), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn anti_entropy_by_digest_sends_only_differing_buckets_and_converges() {
+        let h = history(7, 300);
+        let mut full = fold(&h);
+        let mut behind = fold(&h[..200]);
+        let differing = full.differing(&behind.digest());
+        assert!(!differing.is_empty() && differing.len() < BUCKETS, "{}", differing.len());
+        for (k, r) in full.records_in(&differing) {
+            behind.merge_record(&k, &r);
+        }
+        assert_eq!(behind, full);
+        assert_eq!(behind.digest(), full.digest());
+        assert!(full.differing(&behind.digest()).is_empty());
+    }
+
+    #[test]
+    fn the_state_stays_bounded_however_long_the_history() {
+        let mut s = MeshState::new();
+        let mut clock = Clock::new("A");
+        let mut seq = 0;
+        let mut entry = |event: Event, now: i64| {
+            seq += 1;
+            Entry { origin: "A".into(), origin_name: "n1".into(), seq, time: clock.tick(now), event }
+        };
+        for i in 0..5_000i64 {
+            let archive = format!("2026{i:08}");
+            s.apply(&entry(
+                Event::Finished {
+                    node: "n1".into(),
+                    path: "/p".into(),
+                    archive: archive.clone(),
+                    size: 1,
+                    files: 1,
+                    duration_ms: 1,
+                    warnings: vec![],
+                    request: Some(format!("r{i}")),
+                    plugin: None,
+                },
+                i,
+            ));
+            if i >= 10 {
+                let old = format!("2026{:08}", i - 10);
+                let e = Event::Pruned { node: "n1".into(), path: "/p".into(), archive: old, holder: "n1".into() };
+                s.apply(&entry(e, i));
+            }
+        }
+        let series = &s.series[&("n1".to_string(), "/p".to_string())];
+        assert_eq!(series.archives.len(), ARCHIVES_KEPT);
+        assert_eq!(series.requests.len(), REQUESTS_KEPT);
+        let catalog = s.catalog("n1", "/p");
+        assert_eq!(catalog.len(), 10, "the ten kept");
+        assert_eq!(catalog[0].id, "202600004999");
+        assert_eq!(s.for_request("r4999").len(), 1);
+        assert!(s.for_request("r1").is_empty(), "old requests are forgotten");
+    }
+
+    #[test]
+    fn last_writer_by_hlc_wins_and_a_tombstone_holds() {
+        let mut clock_a = Clock::new("A");
+        let mut clock_b = Clock::new("B");
+        let reg = |origin: &str, seq, time, every| Entry {
+            origin: origin.into(),
+            origin_name: origin.into(),
+            seq,
+            time,
+            event: Event::Registered {
+                node: "n1".into(),
+                path: "/p".into(),
+                every_min: every,
+                excludes: vec![],
+                spec: Default::default(),
+            },
+        };
+        let later = reg("B", 1, clock_b.tick(2_000), 30);
+        let earlier = reg("A", 1, clock_a.tick(1_000), 5);
+        let s = fold(&[later.clone(), earlier.clone()]);
+        assert_eq!(s.jobs()[0].every_min, 30);
+        let unreg = Entry {
+            origin: "A".into(),
+            origin_name: "a".into(),
+            seq: 2,
+            time: clock_a.tick(3_000),
+            event: Event::Unregistered { node: "n1".into(), path: "/p".into() },
+        };
+        // The unregistration, then the older registrations late: still gone.
+        let s = fold(&[unreg, later, earlier]);
+        assert!(s.jobs().is_empty());
+        assert_eq!(s.max_seq("A"), 2);
+    }
+
+    #[test]
+    fn the_catalog_follows_finished_replicated_and_pruned() {
+        let mut c = Clock::new("A");
+        let mut seq = 0;
+        let mut e = |event: Event| {
+            seq += 1;
+            Entry { origin: "A".into(), origin_name: "n1".into(), seq, time: c.tick(seq as i64), event }
+        };
+        let s = fold(&[
+            e(Event::Finished {
+                node: "n1".into(),
+                path: "/p".into(),
+                archive: "x1".into(),
+                size: 10,
+                files: 2,
+                duration_ms: 1,
+                warnings: vec!["w".into()],
+                request: None,
+                plugin: None,
+            }),
+            e(Event::Replicated {
+                node: "n1".into(),
+                path: "/p".into(),
+                archive: "x1".into(),
+                holder: "n2".into(),
+                bytes: 1,
+            }),
+            e(Event::Pruned { node: "n1".into(), path: "/p".into(), archive: "x1".into(), holder: "n1".into() }),
+        ]);
+        let cat = s.catalog("n1", "/p");
+        assert_eq!(cat.len(), 1);
+        assert_eq!(cat[0].holders, BTreeSet::from(["n2".to_string()]));
+        assert_eq!((cat[0].size, cat[0].files, cat[0].warnings), (10, 2, 1));
+        assert!(s.series_kept_by("n2").contains(&("n1".to_string(), "/p".to_string())));
+        assert!(s.series_kept_by("n3").is_empty());
+    }
+}
