@@ -204,7 +204,14 @@ impl NodeConfig {
             site_tokens,
             federate,
             replicas: args.replicas.or(file.replicas).unwrap_or(3),
-            keep: args.keep.or(file.keep).unwrap_or(backmesh_actors::store::DEFAULT_KEEP),
+            keep: {
+                let keep = args.keep.or(file.keep).unwrap_or(backmesh_actors::store::DEFAULT_KEEP);
+                let most = backmesh_actors::log::mesh::ARCHIVES_KEPT;
+                if keep == 0 || keep > most {
+                    bail!("--keep {keep}: keep between 1 and {most} archives per path (the mesh remembers {most} per path)");
+                }
+                keep
+            },
             site: args.site.or(file.site).unwrap_or_default(),
             tls,
             mdns: args.mdns || file.mdns.unwrap_or(false),

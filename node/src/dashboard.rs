@@ -161,7 +161,7 @@ pub struct Overview {
 }
 
 fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
-    let fmt = |t: &backmesh_actors::log::hlc::Hlc| rfc3339(t.wall_ms);
+    let fmt = |t: &backmesh_actors::log::mesh::Stamp| rfc3339(t.wall_ms);
     let newest = catalog.and_then(|c| c.first());
     JobRow {
         node: j.node.clone(),
@@ -191,7 +191,7 @@ struct DashQuery {
 }
 
 /// Every series' archives with their holders, from the log.
-type Catalogs = BTreeMap<(String, String), Vec<CatalogArchive>>;
+type Catalogs = BTreeMap<(String, String), std::sync::Arc<Vec<CatalogArchive>>>;
 
 /// The overview of this mesh (and, unless `local`, the federated ones),
 /// with the catalog it was built from.
@@ -204,7 +204,7 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(
     // What each node keeps, from the catalog.
     let mut held: HashMap<&str, (u64, u64)> = HashMap::new();
     for archives in catalogs.values() {
-        for a in archives {
+        for a in archives.iter() {
             for h in &a.holders {
                 let e = held.entry(h.as_str()).or_default();
                 e.0 += 1;
@@ -227,7 +227,7 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(
         if site.is_some_and(|want| want != s) {
             continue;
         }
-        let r = row(j, catalogs.get(&(j.node.clone(), j.path.clone())), now);
+        let r = row(j, catalogs.get(&(j.node.clone(), j.path.clone())).map(|c| &**c), now);
         by_site
             .entry(s.to_string())
             .or_default()
@@ -350,7 +350,7 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
         }
     }
     let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
-    let catalog = (!catalog.is_empty()).then_some(&catalog);
+    let catalog: Option<&Vec<CatalogArchive>> = (!catalog.is_empty()).then_some(&*catalog);
     let query = HistoryQuery { node: Some(q.node.clone()), path: Some(q.path.clone()), before: None, limit: PAGE_MAX };
     let entries = crate::api::read_history(&state, query).await?.entries;
     let executions: Vec<serde_json::Value> = entries

@@ -123,7 +123,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         let membership = Membership::new(peer_id.to_string(), me.clone(), down_after_ms);
         let tick = Duration::from_millis((down_after_ms as u64 / 4).clamp(200, 1000));
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick).start();
-        let log = LogActor::load(peer_id.to_string(), cfg.name.clone(), store.kv(), Duration::from_secs(3))
+        let log = LogActor::load(peer_id.to_string(), cfg.name.clone(), store.kv(), Duration::from_secs(10))
             .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
             .start();
         let jobs = JobsActor::new(cfg.name.clone(), store.clone(), log.clone(), cfg.keep, 2, cfg.queue_limit).start();

@@ -10,11 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of a binary of this workspace, built by `cargo build` beside the tests.
+/// Path of a binary of this workspace, built by `cargo build` beside the
+/// tests (or beside `backmesh-sim`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).map(PathBuf::from).unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>;
+    // target/<profile>/backmesh-sim → target/<profile>/<name>.
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     dir.join(name)
 }
 

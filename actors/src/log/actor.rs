@@ -17,8 +17,10 @@
 //!   [`GetNotified`], [`ForRequest`], [`GetKeepers`], [`GetStats`] (HTTP
 //!   API, scheduler, notifier, replica actor): views read from the state.
 //!
-//! Every few seconds it pulls state from a random peer; every second it
-//! writes the records that changed.
+//! Every few seconds it pulls state from a random peer (eagerly, for every
+//! difference, just after start; otherwise only for buckets quiet for
+//! [`QUIET_MS`], since gossip carries what changed a moment ago); every
+//! second it writes the records that changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use libp2p::request_response::ResponseChannel;
 use super::entry::{Entry, Event};
 use super::history::{History, HistoryQuery, Page};
 use super::hlc::Clock;
-use super::mesh::{CatalogArchive, JobView, MeshState, Record as StateRecord, RecordKey, SeriesKey, BUCKETS};
+use super::mesh::{CatalogArchive, JobView, MeshState, Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS};
 use crate::net::actor::now_ms;
 use crate::net::swarm::{NetClient, ServeCtl};
 use crate::net::wire::{CtlRequest, CtlResponse, StateBatch, StatePull, STATE_BATCH_BYTES};
@@ -82,7 +84,7 @@ pub struct GetJobsOf(pub String);
 
 /// The archives of (node, path) the mesh knows, newest first, with holders.
 #[derive(Message)]
-#[rtype(result = "Vec<CatalogArchive>")]
+#[rtype(result = "Arc<Vec<CatalogArchive>>")]
 pub struct GetCatalog {
     pub node: String,
     pub path: String,
@@ -95,7 +97,7 @@ pub struct GetNotified;
 
 /// Every series' catalog, by (node, path).
 #[derive(Message)]
-#[rtype(result = "BTreeMap<SeriesKey, Vec<CatalogArchive>>")]
+#[rtype(result = "BTreeMap<SeriesKey, Arc<Vec<CatalogArchive>>>")]
 pub struct GetCatalogs;
 
 /// The entries that answer the on-demand request `request`, oldest first.
@@ -135,6 +137,9 @@ pub struct AttachNet(pub NetClient);
 /// Entries re-folded from the durable history at start-up: the state on
 /// disk is written once a second, so the newest own entries may be missing.
 const REFOLD: usize = 1_000;
+/// A bucket that changed less than this long ago is left to gossip in a
+/// pull that is not eager.
+const QUIET_MS: i64 = 5_000;
 /// Format of a stored state record.
 const STATE_VERSION: u8 = 1;
 const STATE_TREE: &str = "state";
@@ -144,6 +149,11 @@ const OLD_LOG_TREE: &str = "log";
 
 pub struct LogActor {
     state: MeshState,
+    /// When each bucket of the state last changed (for anti-entropy answers).
+    settled: Settled,
+    /// A first eager pull has been answered in full since start: until
+    /// then, one is tried every second (peers may not be connected yet).
+    caught_up: bool,
     history: History,
     clock: Clock,
     me: String,
@@ -184,6 +194,8 @@ impl LogActor {
         }
         let mut actor = LogActor {
             state,
+            settled: Settled::default(),
+            caught_up: false,
             history: History::new(kv.clone()),
             clock: Clock::new(me.clone()),
             me,
@@ -239,7 +251,7 @@ impl LogActor {
 
     /// Whether this node keeps `e` durably: it wrote it, it concerns this
     /// node, or this node holds archives of its series.
-    fn keeps(&self, e: &Entry) -> bool {
+    fn keeps(&mut self, e: &Entry) -> bool {
         if e.origin == self.me || e.event.node() == self.my_name {
             return true;
         }
@@ -266,9 +278,9 @@ impl LogActor {
         Ok(())
     }
 
-    fn pull(&mut self, from: Option<String>, from_bucket: u16) {
+    fn pull(&mut self, from: Option<String>, from_bucket: u16, eager: bool) {
         if let Some(net) = self.net.clone() {
-            let pull = StatePull { digest: self.state.digest(), from_bucket };
+            let pull = StatePull { digest: self.state.digest(), from_bucket, eager };
             actix::spawn(async move {
                 let _ = net.pull_state(from, pull).await;
             });
@@ -291,8 +303,12 @@ impl Actor for LogActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.pull_every, |act, _| act.pull(None, 0));
+        ctx.run_interval(self.pull_every, |act, _| act.pull(None, 0, false));
         ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.settled.observe(&act.state, now_ms());
+            if !act.caught_up {
+                act.pull(None, 0, true);
+            }
             if let Err(e) = act.persist() {
                 tracing::error!("cannot write the mesh state: {e}");
             }
@@ -344,11 +360,14 @@ impl Handler<Received> for LogActor {
 impl Handler<ServeStatePull> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: ServeStatePull, _: &mut Context<Self>) {
+        let now = now_ms();
+        self.settled.observe(&self.state, now);
         let differing: BTreeSet<usize> = self
             .state
             .differing(&msg.pull.digest)
             .into_iter()
             .filter(|b| *b >= msg.pull.from_bucket as usize)
+            .filter(|b| msg.pull.eager || self.settled.is_quiet(*b, now, QUIET_MS))
             .collect();
         let mut records = Vec::new();
         let mut bytes = 0;
@@ -391,8 +410,10 @@ impl Handler<StateReceived> for LogActor {
             let mine = self.history.max_seq(&self.me).unwrap_or(0).max(self.state.max_seq(&self.me));
             self.next_seq = self.next_seq.max(mine + 1);
         }
-        if let Some(b) = msg.next_bucket {
-            self.pull(Some(msg.from), b);
+        match msg.next_bucket {
+            // Cut for size: far behind, so catch up eagerly.
+            Some(b) => self.pull(Some(msg.from), b, true),
+            None => self.caught_up = true,
         }
     }
 }
@@ -494,6 +515,6 @@ impl Handler<AttachNet> for LogActor {
     fn handle(&mut self, msg: AttachNet, ctx: &mut Context<Self>) {
         self.net = Some(msg.0);
         // Catch up at once rather than at the first interval.
-        ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None, 0));
+        ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None, 0, true));
     }
 }

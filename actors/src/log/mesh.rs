@@ -24,6 +24,7 @@
 //! bucket of record keys. Only the records of buckets that differ travel.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +33,11 @@ use super::hlc::Hlc;
 use crate::hash::Digest;
 use crate::jobs::plugin::{JobSpec, PluginReport};
 
-/// Archives remembered per series: far more than any holder keeps (`--keep`,
-/// 10 by default), so that the catalog never forgets a kept archive, and a
-/// bound on the state whatever the history.
-pub const ARCHIVES_KEPT: usize = 64;
+/// Archives remembered per series: three times what holders keep by
+/// default (`--keep 10`), so that the catalog never forgets a kept archive,
+/// and a bound on the state whatever the history. (`--keep` above this is
+/// refused at start.)
+pub const ARCHIVES_KEPT: usize = 32;
 /// Request-answering entries remembered per series, for `run`, `restore`
 /// and `verify` waiting on their outcome from any node.
 pub const REQUESTS_KEPT: usize = 16;
@@ -72,6 +74,45 @@ fn join_max<T: Ord + Clone>(slot: &mut Option<T>, other: &T) -> bool {
             true
         }
     }
+}
+
+/// A point in one writer's hybrid time, without the writer: a register
+/// that only one node writes (its own runs, its own copies) needs no
+/// tie-break by node, and the peer id in every [`Hlc`] would be most of the
+/// state's memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    pub wall_ms: i64,
+    pub logical: u32,
+}
+
+impl From<&Hlc> for Stamp {
+    fn from(t: &Hlc) -> Self {
+        Stamp { wall_ms: t.wall_ms, logical: t.logical }
+    }
+}
+
+/// A register written by one node (the series' node for its runs, a
+/// holder for its copy): the value at the greatest stamp. Two values at one
+/// stamp can only come from a node that lies or reuses its clock; the
+/// greater encoding wins then, so every node still picks the same one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Own<T> {
+    pub at: Stamp,
+    pub value: T,
+}
+
+/// Joins `other` into `slot`; `true` if `slot` changed.
+fn join_own<T: Clone + Serialize + PartialEq>(slot: &mut Option<Own<T>>, other: &Own<T>) -> bool {
+    let wins = match slot {
+        None => true,
+        Some(mine) if mine.at != other.at => other.at > mine.at,
+        Some(mine) => mine.value != other.value && cbor(&other.value) > cbor(&mine.value),
+    };
+    if wins {
+        *slot = Some(other.clone());
+    }
+    wins
 }
 
 /// A job's settings as last written.
@@ -112,42 +153,64 @@ pub struct Made {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveRec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub made: Option<Lww<Made>>,
+    pub made: Option<Own<Made>>,
     /// Node name → keeps a complete copy (`replicated`, `repaired`, the
-    /// origin's `finished`) or not any more (`pruned`).
+    /// origin's `finished`) or not any more (`pruned`); written by that node.
+    /// Sorted by name (a few entries: a vector, not a tree).
     #[serde(default)]
-    pub holders: BTreeMap<String, Lww<bool>>,
+    pub holders: Vec<(String, Own<bool>)>,
 }
 
 impl ArchiveRec {
     fn join(&mut self, other: &ArchiveRec) -> bool {
-        let mut changed = other.made.as_ref().is_some_and(|m| join_lww(&mut self.made, m));
+        let mut changed = other.made.as_ref().is_some_and(|m| join_own(&mut self.made, m));
         for (h, reg) in &other.holders {
-            let mut slot = self.holders.get(h).cloned();
-            if join_lww(&mut slot, reg) {
-                self.holders.insert(h.clone(), reg.clone());
-                changed = true;
-            }
+            changed |= self.set_holder(h, reg);
         }
         changed
     }
+
+    /// Joins holder `h`'s register; `true` if it changed.
+    fn set_holder(&mut self, h: &str, reg: &Own<bool>) -> bool {
+        match self.holders.binary_search_by(|(n, _)| n.as_str().cmp(h)) {
+            Ok(i) => {
+                let mut slot = Some(self.holders[i].1.clone());
+                let changed = join_own(&mut slot, reg);
+                if let (true, Some(v)) = (changed, slot) {
+                    self.holders[i].1 = v;
+                }
+                changed
+            }
+            Err(i) => {
+                self.holders.insert(i, (h.to_string(), reg.clone()));
+                true
+            }
+        }
+    }
+
+    /// Whether node `name` keeps a copy, as far as this record knows.
+    pub fn kept_by(&self, name: &str) -> bool {
+        self.holders.iter().any(|(n, h)| n == name && h.value)
+    }
 }
 
-/// What the mesh knows of one series (one job's node and path).
+/// What the mesh knows of one series (one job's node and path). Runs are
+/// written by the series' node only, so their registers are [`Own`];
+/// notifications may come from any node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Series {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last: Option<Lww<RunRec>>,
+    pub last: Option<Own<RunRec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_success: Option<Hlc>,
+    pub last_success: Option<Stamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_started: Option<Hlc>,
+    pub last_started: Option<Stamp>,
     /// Size of the newest archive a run made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_size: Option<Lww<u64>>,
+    pub last_size: Option<Own<u64>>,
     /// Warnings of the last `finished` run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_warnings: Option<Lww<Vec<String>>>,
+    pub last_warnings: Option<Own<Vec<String>>>,
     /// The last notification told: `failure`, `stale` or `recovery`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified: Option<Lww<String>>,
@@ -164,7 +227,7 @@ impl Series {
     fn join(&mut self, other: &Series) -> bool {
         let mut changed = false;
         if let Some(x) = &other.last {
-            changed |= join_lww(&mut self.last, x);
+            changed |= join_own(&mut self.last, x);
         }
         if let Some(x) = &other.last_success {
             changed |= join_max(&mut self.last_success, x);
@@ -173,10 +236,10 @@ impl Series {
             changed |= join_max(&mut self.last_started, x);
         }
         if let Some(x) = &other.last_size {
-            changed |= join_lww(&mut self.last_size, x);
+            changed |= join_own(&mut self.last_size, x);
         }
         if let Some(x) = &other.last_warnings {
-            changed |= join_lww(&mut self.last_warnings, x);
+            changed |= join_own(&mut self.last_warnings, x);
         }
         if let Some(x) = &other.notified {
             changed |= join_lww(&mut self.notified, x);
@@ -285,6 +348,14 @@ pub struct MeshState {
     changed: BTreeSet<RecordKey>,
     /// Cached bucket hashes; `None` when a record of the bucket changed.
     buckets: Vec<Option<u64>>,
+    /// Changes per bucket, counted: who serves anti-entropy tells from it
+    /// which buckets changed lately (their news may still be in flight).
+    generations: Vec<u64>,
+    /// The catalog view of each series, kept as series change: the
+    /// dashboard reads every series' catalog on every view.
+    catalogs: BTreeMap<SeriesKey, Arc<Vec<CatalogArchive>>>,
+    /// Series whose catalog must be made again before it is read.
+    stale_catalogs: BTreeSet<SeriesKey>,
 }
 
 impl PartialEq for MeshState {
@@ -300,15 +371,32 @@ impl Eq for MeshState {}
 
 impl MeshState {
     pub fn new() -> Self {
-        MeshState { buckets: vec![None; BUCKETS], ..Default::default() }
+        MeshState { buckets: vec![None; BUCKETS], generations: vec![0; BUCKETS], ..Default::default() }
     }
 
     fn touch(&mut self, key: RecordKey) {
         if self.buckets.len() != BUCKETS {
             self.buckets = vec![None; BUCKETS];
         }
-        self.buckets[key.bucket()] = None;
+        if self.generations.len() != BUCKETS {
+            self.generations = vec![0; BUCKETS];
+        }
+        let b = key.bucket();
+        if let RecordKey::Series(n, p) = &key {
+            self.stale_catalogs.insert((n.clone(), p.clone()));
+        }
+        self.buckets[b] = None;
+        self.generations[b] += 1;
         self.changed.insert(key);
+    }
+
+    /// How many times each bucket has changed (see [`Settled`]).
+    pub fn generations(&self) -> Vec<u64> {
+        if self.generations.len() == BUCKETS {
+            self.generations.clone()
+        } else {
+            vec![0; BUCKETS]
+        }
     }
 
     /// Folds one entry in; `true` if the state changed.
@@ -376,18 +464,18 @@ impl MeshState {
     /// The series part of an entry, as a [`Series`] holding only what the
     /// entry says, joined into the state's.
     fn fold_series(&mut self, key: &SeriesKey, e: &Entry) -> bool {
-        let t = &e.time;
+        let t = Stamp::from(&e.time);
         let mut s = Series::default();
         let holder = |s: &mut Series, archive: &str, holder: &str, keeps: bool| {
             if let Some(a) = s.archive_mut(archive) {
-                a.holders.insert(holder.to_string(), Lww { time: t.clone(), value: keeps });
+                a.set_holder(holder, &Own { at: t, value: keeps });
             }
         };
         match &e.event {
-            Event::Started { .. } => s.last_started = Some(t.clone()),
+            Event::Started { .. } => s.last_started = Some(t),
             Event::Finished { node, archive, size, files, warnings, plugin, .. } => {
-                s.last = Some(Lww {
-                    time: t.clone(),
+                s.last = Some(Own {
+                    at: t,
                     value: RunRec {
                         result: "finished".into(),
                         archive: Some(archive.clone()),
@@ -395,20 +483,20 @@ impl MeshState {
                         plugin: plugin.clone(),
                     },
                 });
-                s.last_success = Some(t.clone());
-                s.last_warnings = Some(Lww { time: t.clone(), value: warnings.clone() });
+                s.last_success = Some(t);
+                s.last_warnings = Some(Own { at: t, value: warnings.clone() });
                 if !archive.is_empty() {
-                    s.last_size = Some(Lww { time: t.clone(), value: *size });
+                    s.last_size = Some(Own { at: t, value: *size });
                     if let Some(a) = s.archive_mut(archive) {
                         let made = Made { size: *size, files: *files, warnings: warnings.len() as u64 };
-                        a.made = Some(Lww { time: t.clone(), value: made });
+                        a.made = Some(Own { at: t, value: made });
                     }
                     holder(&mut s, archive, node, true);
                 }
             }
             Event::Unchanged { archive, plugin, .. } => {
-                s.last = Some(Lww {
-                    time: t.clone(),
+                s.last = Some(Own {
+                    at: t,
                     value: RunRec {
                         result: "unchanged".into(),
                         archive: Some(archive.clone()),
@@ -416,11 +504,11 @@ impl MeshState {
                         plugin: plugin.clone(),
                     },
                 });
-                s.last_success = Some(t.clone());
+                s.last_success = Some(t);
             }
             Event::Failed { error, plugin, .. } => {
-                s.last = Some(Lww {
-                    time: t.clone(),
+                s.last = Some(Own {
+                    at: t,
                     value: RunRec {
                         result: "failed".into(),
                         archive: None,
@@ -433,7 +521,7 @@ impl MeshState {
                 holder(&mut s, archive, h, true)
             }
             Event::Pruned { archive, holder: h, .. } => holder(&mut s, archive, h, false),
-            Event::Notified { event, .. } => s.notified = Some(Lww { time: t.clone(), value: event.clone() }),
+            Event::Notified { event, .. } => s.notified = Some(Lww { time: e.time.clone(), value: event.clone() }),
             _ => {}
         }
         if e.event.request().is_some() {
@@ -520,27 +608,37 @@ impl MeshState {
         self.keys().filter(|k| buckets.contains(&k.bucket())).filter_map(|k| self.record(&k).map(|r| (k, r))).collect()
     }
 
-    /// One hash per bucket over its records' keys and values.
+    /// One hash per bucket over its records' keys and values (cached per
+    /// bucket until one of its records changes).
     pub fn digest(&mut self) -> StateDigest {
         if self.buckets.len() != BUCKETS {
             self.buckets = vec![None; BUCKETS];
         }
         if self.buckets.iter().any(Option::is_none) {
             let stale: BTreeSet<usize> = (0..BUCKETS).filter(|b| self.buckets[*b].is_none()).collect();
-            let mut hashers: BTreeMap<usize, sha2::Sha256> =
-                stale.iter().map(|b| (*b, sha2::Sha256::default())).collect();
-            for (k, r) in self.records_in(&stale) {
-                use sha2::Digest as _;
-                if let Some(h) = hashers.get_mut(&k.bucket()) {
-                    h.update(cbor(&k));
-                    h.update(cbor(&r));
-                }
-            }
-            for (b, h) in hashers {
-                self.buckets[b] = Some(Digest::from_hasher(h).prefix_u64());
+            for (b, h) in self.hash_buckets(&stale) {
+                self.buckets[b] = Some(h);
             }
         }
         self.buckets.iter().map(|b| b.unwrap_or(0)).collect()
+    }
+
+    /// [`MeshState::digest`] computed afresh, every bucket (for benchmarks).
+    pub fn digest_cold(&self) -> StateDigest {
+        let all: BTreeSet<usize> = (0..BUCKETS).collect();
+        self.hash_buckets(&all).into_values().collect()
+    }
+
+    fn hash_buckets(&self, which: &BTreeSet<usize>) -> BTreeMap<usize, u64> {
+        use sha2::Digest as _;
+        let mut hashers: BTreeMap<usize, sha2::Sha256> = which.iter().map(|b| (*b, sha2::Sha256::default())).collect();
+        for (k, r) in self.records_in(which) {
+            if let Some(h) = hashers.get_mut(&k.bucket()) {
+                h.update(cbor(&k));
+                h.update(cbor(&r));
+            }
+        }
+        hashers.into_iter().map(|(b, h)| (b, Digest::from_hasher(h).prefix_u64())).collect()
     }
 
     /// The buckets where `theirs` differs from this state's digest.
@@ -571,10 +669,10 @@ impl MeshState {
         self.jobs.values().for_each(|r| see(&r.time));
         self.paused.values().for_each(|r| see(&r.time));
         for s in self.series.values() {
-            s.last.iter().for_each(|r| see(&r.time));
-            s.last_started.iter().for_each(&mut see);
-            s.last_success.iter().for_each(&mut see);
             s.notified.iter().for_each(|r| see(&r.time));
+            for r in &s.requests {
+                see(&r.time);
+            }
         }
         best
     }
@@ -605,12 +703,12 @@ impl MeshState {
                     "unchanged" => "unchanged",
                     _ => "failed",
                 },
-                time: l.time.clone(),
+                time: l.at,
                 archive: l.value.archive.clone(),
                 error: l.value.error.clone(),
             }),
-            last_success: s.and_then(|s| s.last_success.clone()),
-            last_started: s.and_then(|s| s.last_started.clone()),
+            last_success: s.and_then(|s| s.last_success),
+            last_started: s.and_then(|s| s.last_started),
             registered_at: reg.time.clone(),
             last_size: s.and_then(|s| s.last_size.as_ref()).map(|l| l.value),
             last_warnings: s.and_then(|s| s.last_warnings.as_ref()).map(|l| l.value.clone()).unwrap_or_default(),
@@ -640,14 +738,28 @@ impl MeshState {
         self.jobs.get(&key).filter(|r| r.value.registered).map(|r| self.job_view(&key, r))
     }
 
+    /// Makes the catalogs of the series that changed again.
+    fn refresh_catalogs(&mut self) {
+        for key in std::mem::take(&mut self.stale_catalogs) {
+            let c = self.series.get(&key).map(catalog_of).unwrap_or_default();
+            if c.is_empty() {
+                self.catalogs.remove(&key);
+            } else {
+                self.catalogs.insert(key, Arc::new(c));
+            }
+        }
+    }
+
     /// The archives of (node, path) that some node still keeps, newest first.
-    pub fn catalog(&self, node: &str, path: &str) -> Vec<CatalogArchive> {
-        self.series.get(&(node.to_string(), path.to_string())).map(catalog_of).unwrap_or_default()
+    pub fn catalog(&mut self, node: &str, path: &str) -> Arc<Vec<CatalogArchive>> {
+        self.refresh_catalogs();
+        self.catalogs.get(&(node.to_string(), path.to_string())).cloned().unwrap_or_default()
     }
 
     /// [`MeshState::catalog`] of every series that has a kept archive.
-    pub fn catalogs(&self) -> BTreeMap<SeriesKey, Vec<CatalogArchive>> {
-        self.series.iter().map(|(k, s)| (k.clone(), catalog_of(s))).filter(|(_, c)| !c.is_empty()).collect()
+    pub fn catalogs(&mut self) -> BTreeMap<SeriesKey, Arc<Vec<CatalogArchive>>> {
+        self.refresh_catalogs();
+        self.catalogs.clone()
     }
 
     /// The last notification told for each job.
@@ -672,7 +784,7 @@ impl MeshState {
     pub fn series_kept_by(&self, name: &str) -> BTreeSet<SeriesKey> {
         let mut out: BTreeSet<SeriesKey> = self.jobs.keys().filter(|(n, _)| n == name).cloned().collect();
         for (k, s) in &self.series {
-            if k.0 == name || s.archives.values().any(|a| a.holders.get(name).is_some_and(|h| h.value)) {
+            if k.0 == name || s.archives.values().any(|a| a.kept_by(name)) {
                 out.insert(k.clone());
             }
         }
@@ -680,8 +792,43 @@ impl MeshState {
     }
 
     /// Names of the nodes that keep a copy of some archive of (node, path).
-    pub fn holders_of(&self, node: &str, path: &str) -> BTreeSet<String> {
-        self.catalog(node, path).into_iter().flat_map(|a| a.holders).collect()
+    pub fn holders_of(&mut self, node: &str, path: &str) -> BTreeSet<String> {
+        self.catalog(node, path).iter().flat_map(|a| a.holders.iter().cloned()).collect()
+    }
+}
+
+/// When each bucket of a state last changed, as far as its owner noticed:
+/// anti-entropy answers only buckets that have been quiet for a while,
+/// since a recent change is most likely still travelling by gossip to the
+/// node that asks (sending it would double the traffic for nothing). A node
+/// that asks eagerly (just started, or catching up) gets every differing
+/// bucket. Pure: the time is an argument.
+#[derive(Clone, Debug, Default)]
+pub struct Settled {
+    generations: Vec<u64>,
+    changed_ms: Vec<i64>,
+}
+
+impl Settled {
+    /// Notes the buckets that changed since the last look, at `now_ms`.
+    pub fn observe(&mut self, state: &MeshState, now_ms: i64) {
+        let gens = state.generations();
+        if self.generations.len() != BUCKETS {
+            self.generations = gens;
+            self.changed_ms = vec![i64::MIN; BUCKETS];
+            return;
+        }
+        for (b, g) in gens.into_iter().enumerate() {
+            if self.generations[b] != g {
+                self.generations[b] = g;
+                self.changed_ms[b] = now_ms;
+            }
+        }
+    }
+
+    /// Whether bucket `b` has not changed for `quiet_ms`.
+    pub fn is_quiet(&self, b: usize, now_ms: i64, quiet_ms: i64) -> bool {
+        self.changed_ms.get(b).is_none_or(|t| now_ms.saturating_sub(*t) >= quiet_ms)
     }
 }
 
@@ -693,7 +840,7 @@ fn catalog_of(s: &Series) -> Vec<CatalogArchive> {
             let made = a.made.as_ref();
             CatalogArchive {
                 id: id.clone(),
-                created: made.map(|m| m.time.clone()),
+                created: made.map(|m| m.at),
                 size: made.map(|m| m.value.size).unwrap_or(0),
                 files: made.map(|m| m.value.files).unwrap_or(0),
                 warnings: made.map(|m| m.value.warnings).unwrap_or(0),
@@ -712,7 +859,7 @@ fn catalog_of(s: &Series) -> Vec<CatalogArchive> {
 pub struct CatalogArchive {
     pub id: String,
     /// When the run that made it finished (`None` until that entry arrives).
-    pub created: Option<Hlc>,
+    pub created: Option<Stamp>,
     pub size: u64,
     pub files: u64,
     pub warnings: u64,
@@ -725,7 +872,7 @@ pub struct CatalogArchive {
 pub struct LastRun {
     /// `finished`, `unchanged` or `failed`.
     pub result: &'static str,
-    pub time: Hlc,
+    pub time: Stamp,
     pub archive: Option<String>,
     pub error: Option<String>,
 }
@@ -740,9 +887,9 @@ pub struct JobView {
     /// The node's scheduled backups are paused.
     pub paused: bool,
     pub last: Option<LastRun>,
-    pub last_success: Option<Hlc>,
+    pub last_success: Option<Stamp>,
     /// When its last run started (scheduling counts from here).
-    pub last_started: Option<Hlc>,
+    pub last_started: Option<Stamp>,
     /// When it was last registered or its settings changed.
     pub registered_at: Hlc,
     /// Size of the newest archive a run made.
@@ -938,7 +1085,28 @@ mod tests {
         }
         assert_eq!(behind, full);
         assert_eq!(behind.digest(), full.digest());
+        assert_eq!(full.digest_cold(), full.digest());
         assert!(full.differing(&behind.digest()).is_empty());
+    }
+
+    #[test]
+    fn only_buckets_quiet_for_a_while_count_as_settled() {
+        let h = history(3, 40);
+        let mut s = fold(&h[..20]);
+        let mut settled = Settled::default();
+        settled.observe(&s, 0);
+        assert!((0..BUCKETS).all(|b| settled.is_quiet(b, 0, 5_000)), "nothing seen change yet");
+        let before = s.generations();
+        for e in &h[20..] {
+            s.apply(e);
+        }
+        settled.observe(&s, 10_000);
+        let changed: Vec<usize> = (0..BUCKETS).filter(|b| s.generations()[*b] != before[*b]).collect();
+        assert!(!changed.is_empty());
+        for b in 0..BUCKETS {
+            assert_eq!(settled.is_quiet(b, 12_000, 5_000), !changed.contains(&b), "bucket {b}");
+            assert!(settled.is_quiet(b, 15_000, 5_000));
+        }
     }
 
     #[test]
@@ -1024,7 +1192,7 @@ mod tests {
             seq += 1;
             Entry { origin: "A".into(), origin_name: "n1".into(), seq, time: c.tick(seq as i64), event }
         };
-        let s = fold(&[
+        let mut s = fold(&[
             e(Event::Finished {
                 node: "n1".into(),
                 path: "/p".into(),

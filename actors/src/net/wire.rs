@@ -42,6 +42,11 @@ pub struct StatePull {
     pub digest: crate::log::mesh::StateDigest,
     /// The first bucket to answer (0, or `next_bucket` of the last answer).
     pub from_bucket: u16,
+    /// Every differing bucket, also those that changed a moment ago (a
+    /// node that just started or is catching up); otherwise only buckets
+    /// quiet for a few seconds, whose news gossip should have brought.
+    #[serde(default)]
+    pub eager: bool,
 }
 
 /// The answer to a [`StatePull`]: the records of differing buckets, in

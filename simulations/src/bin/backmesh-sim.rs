@@ -1,0 +1,475 @@
+//! `backmesh-sim`: runs backmesh's pure control-plane code at scale, with
+//! simulated time, and prints what it measured.
+//!
+//! ```text
+//! backmesh-sim profile [--nodes 100] [--jobs 10] [--every-min 5] [--days 30]
+//!                      [--changed 0.1] [--replicas 3] [--keep 10] [--seed 1]
+//! ```
+//!
+//! ```text
+//! backmesh-sim soak [--nodes 3] [--jobs 60] [--every 5] [--minutes 15] [--minute-secs 1]
+//! ```
+//!
+//! `soak` starts real nodes on 127.0.0.1 (release binaries beside this
+//! one), registers `--jobs` jobs spread over them, running every `--every`
+//! job minutes of `--minute-secs` seconds, changes a few trees every 30 s,
+//! and samples each node's resident memory, CPU time and API answer times
+//! every 30 s for `--minutes`. At the end it kills the first node and
+//! reads the whole log from another: every entry that node wrote must
+//! still be there, the oldest included.
+//!
+//! `profile` is the long-running profile of a mesh: every job of every node
+//! runs every `--every-min` minutes for `--days` days; a share `--changed`
+//! of runs makes a new archive, copied to `--replicas` holders chosen by
+//! the real placement code, and the origin and holders prune beyond
+//! `--keep`. Every entry is folded into one node's `MeshState`, exactly as
+//! a node does; at the end of each simulated day it prints the state's
+//! size (records, encoded bytes, the process's resident memory), how long
+//! each view takes, the entries gossiped, and what one node keeps of the
+//! history on disk.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use backmesh_actors::log::entry::{Entry, Event};
+use backmesh_actors::log::hlc::Clock;
+use backmesh_actors::log::mesh::{MeshState, BUCKETS};
+use backmesh_actors::replica::placement::{holders, Candidate};
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn get<T: std::str::FromStr>(&self, flag: &str, default: T) -> T {
+        match self.0.iter().position(|a| a == flag) {
+            Some(i) => self.0.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                eprintln!("backmesh-sim: {flag} needs a value");
+                std::process::exit(2)
+            }),
+            None => default,
+        }
+    }
+}
+
+/// xorshift64*: seeded, so every run replays.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn cbor_len<T: serde::Serialize>(v: &T) -> usize {
+    let mut out = Vec::new();
+    let _ = ciborium::into_writer(v, &mut out);
+    out.len()
+}
+
+/// Median wall time of `f` over 5 runs, in milliseconds.
+fn time_ms<R>(mut f: impl FnMut() -> R) -> f64 {
+    let mut v: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[2]
+}
+
+struct Node {
+    name: String,
+    peer: String,
+    clock: Clock,
+    seq: u64,
+}
+
+impl Node {
+    fn entry(&mut self, now_ms: i64, event: Event) -> Entry {
+        self.seq += 1;
+        Entry {
+            origin: self.peer.clone(),
+            origin_name: self.name.clone(),
+            seq: self.seq,
+            time: self.clock.tick(now_ms),
+            event,
+        }
+    }
+}
+
+fn profile(a: &Args) {
+    let n_nodes: usize = a.get("--nodes", 100);
+    let jobs: usize = a.get("--jobs", 10);
+    let every_min: i64 = a.get("--every-min", 5);
+    let days: i64 = a.get("--days", 30);
+    let changed: f64 = a.get("--changed", 0.1);
+    let replicas: usize = a.get("--replicas", 3);
+    let keep: usize = a.get("--keep", 10);
+    let mut rng = Rng(a.get("--seed", 1u64) | 1);
+
+    let mut nodes: Vec<Node> = (0..n_nodes)
+        .map(|i| {
+            let name = format!("n{i:04}");
+            let peer = format!("12D3KooWsim{i:04}");
+            Node { clock: Clock::new(peer.clone()), name, peer, seq: 0 }
+        })
+        .collect();
+    let candidates: Vec<Candidate> = nodes
+        .iter()
+        .map(|n| Candidate { peer_id: n.peer.clone(), name: n.name.clone(), free_bytes: 100 << 30 })
+        .collect();
+    // The node whose view is measured, and what it keeps on disk.
+    let me = nodes[0].name.clone();
+    let mut state = MeshState::new();
+    let start_rss = rss_bytes();
+    let t0: i64 = 1_795_000_000_000;
+    // (series) → holders' names and archives kept, oldest first.
+    let mut placement: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    let mut kept: BTreeMap<(usize, usize), VecDeque<String>> = BTreeMap::new();
+    let mut entries_total: u64 = 0;
+    let mut bytes_day: u64 = 0;
+    let mut entries_day: u64 = 0;
+    let mut kept_day: (u64, u64) = (0, 0);
+    let mut fold_secs = 0.0;
+
+    println!(
+        "profile: {n_nodes} nodes × {jobs} jobs every {every_min} min, {:.0}% of runs make an archive, {replicas} holders, keep {keep}; {days} simulated days; the view of {me}",
+        changed * 100.0
+    );
+    println!("| day | entries | records | state (CBOR) | RSS growth | fold µs/entry | jobs | jobs of a node | catalogs | one catalog | digest | gossip in/node/day | kept on disk by {me}/day |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+
+    // Registrations first.
+    for (ni, node) in nodes.iter_mut().enumerate() {
+        for j in 0..jobs {
+            let e = node.entry(
+                t0,
+                Event::Registered {
+                    node: node.name.clone(),
+                    path: format!("/srv/app{j}"),
+                    every_min: every_min as u64,
+                    excludes: vec![],
+                    spec: Default::default(),
+                },
+            );
+            state.apply(&e);
+            let hs: Vec<usize> = holders(&node.name, &format!("/srv/app{j}"), &candidates, replicas + 1)
+                .into_iter()
+                .filter_map(|c| candidates.iter().position(|x| x.peer_id == c.peer_id))
+                .filter(|h| *h != ni)
+                .take(replicas)
+                .collect();
+            placement.insert((ni, j), hs);
+        }
+    }
+
+    let ticks_per_day = 24 * 60 / every_min;
+    let mut batch: Vec<Entry> = Vec::with_capacity(16);
+    for day in 1..=days {
+        for tick in 0..ticks_per_day {
+            let base = t0 + ((day - 1) * ticks_per_day + tick) * every_min * 60_000;
+            for ni in 0..n_nodes {
+                for j in 0..jobs {
+                    let now = base + (rng.next() % 60_000) as i64;
+                    let path = format!("/srv/app{j}");
+                    let name = nodes[ni].name.clone();
+                    batch.clear();
+                    batch.push(
+                        nodes[ni].entry(now, Event::Started { node: name.clone(), path: path.clone(), request: None }),
+                    );
+                    if rng.unit() < changed {
+                        let archive = format!("{now:013}-{:08x}", rng.next() as u32);
+                        batch.push(nodes[ni].entry(
+                            now + 2_000,
+                            Event::Finished {
+                                node: name.clone(),
+                                path: path.clone(),
+                                archive: archive.clone(),
+                                size: 50 << 20,
+                                files: 4_000,
+                                duration_ms: 2_000,
+                                warnings: vec![],
+                                request: None,
+                                plugin: None,
+                            },
+                        ));
+                        let q = kept.entry((ni, j)).or_default();
+                        q.push_back(archive.clone());
+                        let pruned = (q.len() > keep).then(|| q.pop_front()).flatten();
+                        if let Some(old) = &pruned {
+                            batch.push(nodes[ni].entry(
+                                now + 2_001,
+                                Event::Pruned {
+                                    node: name.clone(),
+                                    path: path.clone(),
+                                    archive: old.clone(),
+                                    holder: name.clone(),
+                                },
+                            ));
+                        }
+                        for h in placement[&(ni, j)].clone() {
+                            let holder = nodes[h].name.clone();
+                            batch.push(nodes[h].entry(
+                                now + 3_000,
+                                Event::Replicated {
+                                    node: name.clone(),
+                                    path: path.clone(),
+                                    archive: archive.clone(),
+                                    holder: holder.clone(),
+                                    bytes: 1 << 20,
+                                },
+                            ));
+                            if let Some(old) = &pruned {
+                                batch.push(nodes[h].entry(
+                                    now + 3_001,
+                                    Event::Pruned {
+                                        node: name.clone(),
+                                        path: path.clone(),
+                                        archive: old.clone(),
+                                        holder,
+                                    },
+                                ));
+                            }
+                        }
+                    } else {
+                        batch.push(nodes[ni].entry(
+                            now + 500,
+                            Event::Unchanged {
+                                node: name.clone(),
+                                path: path.clone(),
+                                archive: kept.get(&(ni, j)).and_then(|q| q.back().cloned()).unwrap_or_default(),
+                                duration_ms: 500,
+                                request: None,
+                                plugin: None,
+                            },
+                        ));
+                    }
+                    let t = Instant::now();
+                    for e in &batch {
+                        state.apply(e);
+                    }
+                    fold_secs += t.elapsed().as_secs_f64();
+                    for e in &batch {
+                        let size = cbor_len(e) as u64;
+                        bytes_day += size;
+                        entries_day += 1;
+                        // What `me` keeps durably: its own entries, entries about it,
+                        // and entries of series it holds.
+                        let holds = placement[&(ni, j)].contains(&0);
+                        if e.origin_name == me || e.event.node() == me || holds {
+                            kept_day.0 += 1;
+                            kept_day.1 += size;
+                        }
+                    }
+                }
+            }
+        }
+        entries_total += entries_day;
+        // Resident memory before the views allocate their answers.
+        let growth = rss_bytes().saturating_sub(start_rss);
+        let records = state.records();
+        let encoded: usize = records.iter().map(|(k, r)| cbor_len(k) + cbor_len(r)).sum();
+        let one = nodes[n_nodes / 2].name.clone();
+        let t_jobs = time_ms(|| state.jobs());
+        let t_jobs_of = time_ms(|| state.jobs_of(&one));
+        let t_catalogs = time_ms(|| state.catalogs());
+        let t_catalog = time_ms(|| state.catalog(&one, "/srv/app3"));
+        // A cold digest: every bucket hashed again (a pull hashes only the
+        // buckets that changed since the last one).
+        let t_digest = time_ms(|| state.digest_cold());
+        if day == 1 || day % 5 == 0 || day == days {
+            println!(
+                "| {day} | {entries_total} | {} | {:.1} MiB | {:.1} MiB | {:.2} | {:.2} ms | {:.3} ms | {:.2} ms | {:.3} ms | {:.1} ms | {:.0} MB ({entries_day} entries) | {:.1} MB ({} entries) |",
+                records.len(),
+                encoded as f64 / (1 << 20) as f64,
+                growth as f64 / (1 << 20) as f64,
+                fold_secs * 1e6 / entries_total as f64,
+                t_jobs,
+                t_jobs_of,
+                t_catalogs,
+                t_catalog,
+                t_digest,
+                bytes_day as f64 / 1e6,
+                kept_day.1 as f64 / 1e6,
+                kept_day.0
+            );
+        }
+        bytes_day = 0;
+        entries_day = 0;
+        kept_day = (0, 0);
+    }
+    let digest_bytes = BUCKETS * 8;
+    println!();
+    println!(
+        "anti-entropy: a pull carries a {digest_bytes}-byte digest; one every 10 s is {:.1} MB/day out per node, answered only for buckets quiet for 5 s (empty while gossip keeps up).",
+        (digest_bytes as f64 * 8_640.0) / 1e6
+    );
+    println!("jobs: {} registered", state.jobs().len());
+}
+
+/// `GET path` on 127.0.0.1:`port`; the status code, body and time taken.
+fn http_get(port: u16, path: &str) -> Option<(u16, String, f64)> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let code = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body, ms))
+}
+
+/// (resident bytes, CPU seconds) of process `pid`.
+fn proc_usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 14th field overall.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = 100.0; // USER_HZ on Linux
+    (rss, (ticks(11) + ticks(12)) / hz)
+}
+
+fn soak(a: &Args) {
+    use backmesh_simulations::{wait_until, Mesh};
+    use std::time::Duration;
+    let n_nodes: usize = a.get("--nodes", 3);
+    let jobs: usize = a.get("--jobs", 60);
+    let every: u64 = a.get("--every", 5);
+    let minutes: u64 = a.get("--minutes", 15);
+    let minute_secs: String = a.get("--minute-secs", "1".to_string());
+    let names: Vec<String> = (1..=n_nodes).map(|i| format!("n{i}")).collect();
+    let mut mesh = Mesh::new();
+    mesh.env.push(("BACKMESH_MINUTE_SECS".into(), minute_secs.clone()));
+    mesh.down_after = 5;
+    for (i, name) in names.iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), &[]);
+        assert!(mesh.wait_ready(n, Duration::from_secs(60)), "{name} never answered:\n{}", mesh.nodes[n].log_text());
+    }
+    let root = mesh.root.path().to_path_buf();
+    let mut trees = Vec::new();
+    for j in 0..jobs {
+        let dir = root.join(format!("app{j}"));
+        std::fs::create_dir_all(&dir).expect("tree");
+        for f in 0..20 {
+            std::fs::write(dir.join(format!("f{f}.txt")), format!("job {j} file {f}\n").repeat(200)).expect("file");
+        }
+        let node = &names[j % n_nodes];
+        let out = mesh.cli(j % n_nodes, &["register", node, &dir.to_string_lossy(), "--every", &every.to_string()]);
+        assert!(out.status.success(), "register: {}", String::from_utf8_lossy(&out.stderr));
+        trees.push(dir);
+    }
+    eprintln!("{jobs} jobs on {n_nodes} nodes, every {every} job minutes of {minute_secs} s; sampling every 30 s for {minutes} min");
+    println!("| min | node | RSS | CPU in the last 30 s | /jobs | /status | /log?limit=100 |");
+    println!("|---|---|---|---|---|---|---|");
+    let start = Instant::now();
+    let mut last_cpu = vec![0.0; n_nodes];
+    let mut worst_api: f64 = 0.0;
+    let mut sample = 0u64;
+    while start.elapsed() < Duration::from_secs(minutes * 60) {
+        std::thread::sleep(Duration::from_secs(30));
+        sample += 1;
+        // A few trees change: new archives, copies, prunes.
+        for k in 0..(jobs / 10).max(1) {
+            let j = (sample as usize * 7 + k * 13) % jobs;
+            let _ = std::fs::write(trees[j].join("changed.txt"), format!("sample {sample}\n"));
+        }
+        for i in 0..n_nodes {
+            let pid = mesh.nodes[i].pid().unwrap_or(0);
+            let (rss, cpu) = proc_usage(pid);
+            let api = mesh.nodes[i].api;
+            let t_jobs = http_get(api, "/api/v1/jobs").map(|r| r.2).unwrap_or(f64::NAN);
+            let t_status = http_get(api, "/api/v1/status").map(|r| r.2).unwrap_or(f64::NAN);
+            let log = http_get(api, "/api/v1/log?limit=100");
+            let t_log = log.as_ref().map(|r| r.2).unwrap_or(f64::NAN);
+            worst_api = worst_api.max(t_jobs).max(t_status).max(t_log);
+            println!(
+                "| {:.1} | {} | {:.1} MiB | {:.2} s | {:.1} ms | {:.1} ms | {:.1} ms |",
+                start.elapsed().as_secs_f64() / 60.0,
+                names[i],
+                rss as f64 / (1 << 20) as f64,
+                cpu - last_cpu[i],
+                t_jobs,
+                t_status,
+                t_log
+            );
+            last_cpu[i] = cpu;
+        }
+    }
+    println!();
+    println!("slowest API answer: {worst_api:.1} ms");
+    // Every entry n1 wrote, the oldest included, read from another node after n1 is gone.
+    let max_seq = {
+        // n1's newest seq, from its own log.
+        let out = mesh.cli(0, &["--json", "log", "--limit", "1000000"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let all = v["entries"].as_array().cloned().unwrap_or_default();
+        println!("the whole log, read from n1: {} entries", all.len());
+        all.iter().filter(|e| e["origin_name"] == "n1").filter_map(|e| e["seq"].as_u64()).max().unwrap_or(0)
+    };
+    mesh.kill9(0);
+    let t = Instant::now();
+    let ok = wait_until(Duration::from_secs(60), || {
+        let out = mesh.cli(1, &["--json", "log", "--limit", "1000000"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let seqs: std::collections::BTreeSet<u64> = v["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["origin_name"] == "n1")
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        let complete = seqs.len() as u64 == max_seq && seqs.first() == Some(&1);
+        if !complete {
+            eprintln!("n2 reads {} of n1's {max_seq} entries (oldest {:?})", seqs.len(), seqs.first());
+        }
+        complete
+    });
+    println!(
+        "after n1 was killed, n2's `backmesh log` returned {} of the {max_seq} entries n1 wrote, seq 1 included ({:.1} s)",
+        if ok { "all" } else { "NOT all" },
+        t.elapsed().as_secs_f64()
+    );
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("profile") => profile(&Args(args)),
+        Some("soak") => soak(&Args(args)),
+        _ => {
+            eprintln!("usage: backmesh-sim profile [--nodes N] [--jobs J] [--every-min M] [--days D] [--changed F] [--replicas R] [--keep K] [--seed S]");
+            eprintln!("       backmesh-sim soak [--nodes N] [--jobs J] [--every M] [--minutes T] [--minute-secs S]");
+            std::process::exit(2);
+        }
+    }
+}
