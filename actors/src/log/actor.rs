@@ -129,6 +129,26 @@ pub struct StateStats {
     pub window: usize,
 }
 
+/// Who may hold copies now, and how many copies each series gets: from it
+/// the actor knows which series this node is elected to hold, keeps their
+/// history from then on and fetches what came before. Sender: the replica
+/// actor, every round.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPlacement {
+    pub candidates: Vec<crate::replica::placement::Candidate>,
+    pub replicas: usize,
+}
+
+/// History of a series this node keeps, fetched from another keeper.
+/// Answers how many entries were new here.
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct Backfilled {
+    series: SeriesKey,
+    entries: Vec<Entry>,
+}
+
 /// Hands the actor the network client once the swarm runs.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -140,6 +160,9 @@ const REFOLD: usize = 1_000;
 /// A bucket that changed less than this long ago is left to gossip in a
 /// pull that is not eager.
 const QUIET_MS: i64 = 5_000;
+/// Pages of one series' history fetched at most when this node becomes
+/// one of its keepers (a million entries).
+const BACKFILL_PAGES: usize = 1_000;
 /// Format of a stored state record.
 const STATE_VERSION: u8 = 1;
 const STATE_TREE: &str = "state";
@@ -162,6 +185,11 @@ pub struct LogActor {
     kv: Arc<dyn KvStore>,
     net: Option<NetClient>,
     pull_every: Duration,
+    /// The last placement heard of, and the series it elects this node for.
+    placement: Option<(Vec<crate::replica::placement::Candidate>, usize)>,
+    elected: BTreeSet<SeriesKey>,
+    /// Job records when `elected` was computed (a new job may be elected).
+    elected_jobs: usize,
 }
 
 fn state_key(k: &RecordKey) -> Vec<u8> {
@@ -204,6 +232,9 @@ impl LogActor {
             kv,
             net: None,
             pull_every,
+            placement: None,
+            elected: BTreeSet::new(),
+            elected_jobs: 0,
         };
         actor.migrate()?;
         for e in actor.history.newest(REFOLD)? {
@@ -256,9 +287,62 @@ impl LogActor {
             return true;
         }
         match e.event.path() {
-            Some(path) => self.state.holders_of(e.event.node(), path).contains(&self.my_name),
+            Some(path) => {
+                self.elected.contains(&(e.event.node().to_string(), path.to_string()))
+                    || self.state.holders_of(e.event.node(), path).contains(&self.my_name)
+            }
             None => false,
         }
+    }
+
+    /// The series this node is elected to hold under `placement`.
+    fn elect(&self) -> BTreeSet<SeriesKey> {
+        let Some((candidates, replicas)) = &self.placement else { return BTreeSet::new() };
+        self.state
+            .job_keys()
+            .filter(|(node, _)| *node != self.my_name)
+            .filter(|(node, path)| {
+                crate::replica::placement::holders(node, path, candidates, *replicas)
+                    .iter()
+                    .any(|c| c.name == self.my_name)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Fetches the history of `series` from the nodes that keep it (the
+    /// series' node and the holders of its archives), page by page.
+    fn backfill(&mut self, series: SeriesKey, ctx: &mut Context<Self>) {
+        let Some(net) = self.net.clone() else { return };
+        let mut names = self.state.holders_of(&series.0, &series.1);
+        names.insert(series.0.clone());
+        names.remove(&self.my_name);
+        let peers: Vec<String> = names.iter().filter_map(|n| self.state.peer_of(n)).collect();
+        let addr = ctx.address();
+        actix::spawn(async move {
+            for peer in peers {
+                let mut q = HistoryQuery {
+                    node: Some(series.0.clone()),
+                    path: Some(series.1.clone()),
+                    before: None,
+                    limit: super::history::PAGE_MAX,
+                };
+                for _ in 0..BACKFILL_PAGES {
+                    match net.ctl(&peer, CtlRequest::History(q.clone())).await {
+                        Ok(CtlResponse::History(page)) => {
+                            let more = page.more;
+                            q.before = page.cursor.clone();
+                            let new = addr.send(Backfilled { series: series.clone(), entries: page.entries }).await;
+                            // Back to what is held already: the rest came before.
+                            if !more || q.before.is_none() || new.unwrap_or(0) == 0 {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        });
     }
 
     /// Writes the state records that changed.
@@ -510,11 +594,132 @@ impl Handler<GetStats> for LogActor {
     }
 }
 
+impl Handler<SetPlacement> for LogActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetPlacement, ctx: &mut Context<Self>) {
+        // Only what placement depends on: everyday changes of free space
+        // within the same power of two move nothing.
+        let mut candidates: Vec<_> = msg
+            .candidates
+            .into_iter()
+            .map(|mut c| {
+                c.free_bytes = crate::replica::placement::weight(c.free_bytes) << 30;
+                c
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        let placement = Some((candidates, msg.replicas));
+        let jobs = self.state.job_keys().count();
+        if placement == self.placement && jobs == self.elected_jobs {
+            return;
+        }
+        self.placement = placement;
+        self.elected_jobs = jobs;
+        let elected = self.elect();
+        let new: Vec<SeriesKey> = elected.difference(&self.elected).cloned().collect();
+        self.elected = elected;
+        for series in new {
+            tracing::debug!("now a keeper of {} on {}: fetching its history", series.1, series.0);
+            self.backfill(series, ctx);
+        }
+    }
+}
+
+impl Handler<Backfilled> for LogActor {
+    type Result = usize;
+    fn handle(&mut self, msg: Backfilled, _: &mut Context<Self>) -> usize {
+        let mut stored = 0;
+        for e in &msg.entries {
+            if e.seq == 0 || (e.event.node(), e.event.path()) != (msg.series.0.as_str(), Some(msg.series.1.as_str())) {
+                continue;
+            }
+            self.clock.observe(&e.time, now_ms());
+            self.state.apply(e);
+            match self.history.store(e) {
+                Ok(true) => stored += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!("cannot store the history of {} on {}: {err}", msg.series.1, msg.series.0);
+                    return 0;
+                }
+            }
+        }
+        if stored > 0 {
+            let _ = self.kv.flush();
+            tracing::debug!("kept {stored} earlier entries of {} on {}", msg.series.1, msg.series.0);
+        }
+        stored
+    }
+}
+
 impl Handler<AttachNet> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: AttachNet, ctx: &mut Context<Self>) {
         self.net = Some(msg.0);
         // Catch up at once rather than at the first interval.
         ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None, 0, true));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::hlc::Clock;
+    use crate::store::MemKv;
+
+    /// Entries of two origins as the whole-log format stored them (tree
+    /// `log`: origin ‖ 0 ‖ seq → format byte 1 ‖ CBOR).
+    fn old_log(kv: &MemKv) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for (origin, name) in [("PEER-A", "a"), ("PEER-B", "b")] {
+            let mut c = Clock::new(origin);
+            for seq in 1..=5u64 {
+                let event = if seq == 1 {
+                    Event::Registered {
+                        node: name.into(),
+                        path: "/srv".into(),
+                        every_min: 60,
+                        excludes: vec![],
+                        spec: Default::default(),
+                    }
+                } else {
+                    Event::Started { node: name.into(), path: "/srv".into(), request: None }
+                };
+                let e = Entry { origin: origin.into(), origin_name: name.into(), seq, time: c.tick(seq as i64), event };
+                let mut k = origin.as_bytes().to_vec();
+                k.push(0);
+                k.extend_from_slice(&seq.to_be_bytes());
+                let mut v = vec![1u8];
+                ciborium::into_writer(&e, &mut v).unwrap();
+                kv.put(OLD_LOG_TREE, &k, &v).unwrap();
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_old_whole_log_is_migrated_into_state_and_history_once() {
+        let kv = Arc::new(MemKv::default());
+        old_log(&kv);
+        let actor = LogActor::load("PEER-A".into(), "a".into(), kv.clone(), Duration::from_secs(10)).unwrap();
+        assert_eq!(actor.state.jobs().len(), 2, "both jobs are known");
+        assert_eq!(actor.next_seq, 6, "a never reuses a seq");
+        assert!(actor.history.holds("PEER-A", 3).unwrap(), "its own entries are kept");
+        assert!(!actor.history.holds("PEER-B", 3).unwrap(), "b's entries about b are not a's to keep");
+        assert!(kv.scan_prefix(OLD_LOG_TREE, &[]).unwrap().is_empty(), "the old tree is gone");
+        drop(actor);
+        // Loaded again: the state comes from its own tree.
+        let again = LogActor::load("PEER-A".into(), "a".into(), kv, Duration::from_secs(10)).unwrap();
+        assert_eq!(again.state.jobs().len(), 2);
+        assert_eq!(again.next_seq, 6);
+    }
+
+    #[test]
+    fn a_newer_state_format_is_refused_by_name() {
+        let kv = Arc::new(MemKv::default());
+        kv.put(STATE_TREE, &state_key(&RecordKey::Paused("a".into())), &[9, 0]).unwrap();
+        let err = LogActor::load("P".into(), "a".into(), kv, Duration::from_secs(10)).err().unwrap();
+        assert!(err.to_string().contains("upgrade backmesh"), "{err}");
     }
 }

@@ -791,6 +791,20 @@ impl MeshState {
         out
     }
 
+    /// The peer id of the node called `name`, as its newest entry said.
+    pub fn peer_of(&self, name: &str) -> Option<String> {
+        self.origins
+            .iter()
+            .filter(|(_, o)| o.name.as_ref().is_some_and(|n| n.value == name))
+            .max_by(|a, b| a.1.name.as_ref().map(|n| &n.time).cmp(&b.1.name.as_ref().map(|n| &n.time)))
+            .map(|(peer, _)| peer.clone())
+    }
+
+    /// Every series with a job record (registered or not).
+    pub fn job_keys(&self) -> impl Iterator<Item = &SeriesKey> + '_ {
+        self.jobs.keys()
+    }
+
     /// Names of the nodes that keep a copy of some archive of (node, path).
     pub fn holders_of(&mut self, node: &str, path: &str) -> BTreeSet<String> {
         self.catalog(node, path).iter().flat_map(|a| a.holders.iter().cloned()).collect()

@@ -173,6 +173,8 @@ impl ReplicaActor {
             .map(|p| Candidate { peer_id: p.peer_id.clone(), name: p.name.clone(), free_bytes: p.free_bytes })
             .collect();
         candidates.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: me.free_bytes });
+        self.log
+            .do_send(crate::log::actor::SetPlacement { candidates: candidates.clone(), replicas: self.cfg.replicas });
         let mut out = Vec::new();
         let mut handoffs = Vec::new();
         for ((node, path), ids) in held {

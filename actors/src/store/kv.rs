@@ -35,6 +35,9 @@ pub trait KvStore: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// Bytes of pages sled keeps in memory.
+const SLED_CACHE: u64 = 16 << 20;
+
 /// sled, one tree per name.
 pub struct SledKv {
     db: sled::Db,
@@ -46,16 +49,21 @@ fn db_err(e: sled::Error) -> StoreError {
 
 impl SledKv {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open().map_err(|e| match e {
-            sled::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.raw_os_error() == Some(libc::EWOULDBLOCK)
-                    || io.to_string().contains("could not acquire lock") =>
-            {
-                StoreError::Locked { path: dir.parent().unwrap_or(dir).to_path_buf() }
-            }
-            other => db_err(other),
-        })?;
+        // sled caches up to 1 GiB of pages by default: a node's memory would
+        // grow with its index and history. Everything here is small or read
+        // in pages, so a small cache serves it.
+        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).cache_capacity(SLED_CACHE).open().map_err(
+            |e| match e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.raw_os_error() == Some(libc::EWOULDBLOCK)
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Locked { path: dir.parent().unwrap_or(dir).to_path_buf() }
+                }
+                other => db_err(other),
+            },
+        )?;
         Ok(SledKv { db })
     }
 }
