@@ -471,18 +471,19 @@ impl MeshState {
                 a.set_holder(holder, &Own { at: t, value: keeps });
             }
         };
+        let run = |result: &str, archive: Option<&String>, error: Option<&String>, plugin: &Option<PluginReport>| Own {
+            at: t,
+            value: RunRec {
+                result: result.into(),
+                archive: archive.cloned(),
+                error: error.cloned(),
+                plugin: plugin.clone(),
+            },
+        };
         match &e.event {
             Event::Started { .. } => s.last_started = Some(t),
             Event::Finished { node, archive, size, files, warnings, plugin, .. } => {
-                s.last = Some(Own {
-                    at: t,
-                    value: RunRec {
-                        result: "finished".into(),
-                        archive: Some(archive.clone()),
-                        error: None,
-                        plugin: plugin.clone(),
-                    },
-                });
+                s.last = Some(run("finished", Some(archive), None, plugin));
                 s.last_success = Some(t);
                 s.last_warnings = Some(Own { at: t, value: warnings.clone() });
                 if !archive.is_empty() {
@@ -495,27 +496,11 @@ impl MeshState {
                 }
             }
             Event::Unchanged { archive, plugin, .. } => {
-                s.last = Some(Own {
-                    at: t,
-                    value: RunRec {
-                        result: "unchanged".into(),
-                        archive: Some(archive.clone()),
-                        error: None,
-                        plugin: plugin.clone(),
-                    },
-                });
+                s.last = Some(run("unchanged", Some(archive), None, plugin));
                 s.last_success = Some(t);
             }
             Event::Failed { error, plugin, .. } => {
-                s.last = Some(Own {
-                    at: t,
-                    value: RunRec {
-                        result: "failed".into(),
-                        archive: None,
-                        error: Some(error.clone()),
-                        plugin: plugin.clone(),
-                    },
-                });
+                s.last = Some(run("failed", None, Some(error), plugin));
             }
             Event::Replicated { archive, holder: h, .. } | Event::Repaired { archive, holder: h, .. } => {
                 holder(&mut s, archive, h, true)
