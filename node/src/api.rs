@@ -286,7 +286,12 @@ pub async fn read_history(state: &ApiState, q: HistoryQuery) -> Result<Page, Api
             }
         })
         .collect();
-    let mut pages: Vec<Page> = futures::future::join_all(asked).await.into_iter().flatten().collect();
+    let mut pages: Vec<Page> = futures::future::join_all(asked)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|p| p.older_than(q.before.as_deref()))
+        .collect();
     pages.push(mine);
     Ok(Page::combine(pages, q.limit))
 }
@@ -532,7 +537,8 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
                 page.entries.iter().filter(|e| e.event.node() == q.node).map(entry_json).collect();
             these.append(&mut all);
             all = these;
-            if !page.more || page.cursor.is_none() {
+            // Stop at the oldest, or when a page does not go further back.
+            if !page.more || page.cursor.is_none() || page.cursor == query.before {
                 break;
             }
             query.before = page.cursor;
@@ -542,8 +548,8 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// Pages of history `backups --all` reads at most (a million entries).
-const EXECUTION_PAGES: usize = 1_000;
+/// Pages of history `backups --all` reads at most (100,000 entries).
+const EXECUTION_PAGES: usize = 100;
 
 /// A new id for an on-demand request; log entries that answer it carry it.
 fn new_request() -> String {

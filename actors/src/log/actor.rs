@@ -149,6 +149,14 @@ struct Backfilled {
     entries: Vec<Entry>,
 }
 
+/// A backfill of a series ended; `ok` when some keeper answered it to the end.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BackfillDone {
+    series: SeriesKey,
+    ok: bool,
+}
+
 /// Hands the actor the network client once the swarm runs.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -160,6 +168,8 @@ const REFOLD: usize = 1_000;
 /// A bucket that changed less than this long ago is left to gossip in a
 /// pull that is not eager.
 const QUIET_MS: i64 = 5_000;
+/// A pull not answered within this long is given up (the next may go).
+const PULL_TIMEOUT_MS: i64 = 5_000;
 /// Pages of one series' history fetched at most when this node becomes
 /// one of its keepers (a million entries).
 const BACKFILL_PAGES: usize = 1_000;
@@ -177,6 +187,9 @@ pub struct LogActor {
     /// A first eager pull has been answered in full since start: until
     /// then, one is tried every second (peers may not be connected yet).
     caught_up: bool,
+    /// The pull waiting for its answer: when it was sent, and whether it
+    /// was eager. One at a time; a lost answer is given up after a while.
+    in_flight: Option<(i64, bool, u16)>,
     history: History,
     clock: Clock,
     me: String,
@@ -190,6 +203,11 @@ pub struct LogActor {
     elected: BTreeSet<SeriesKey>,
     /// Job records when `elected` was computed (a new job may be elected).
     elected_jobs: usize,
+    /// Elected series whose earlier history is not fetched yet (tried
+    /// again every placement round until a keeper answers), and those
+    /// being fetched now.
+    to_backfill: BTreeSet<SeriesKey>,
+    backfilling: BTreeSet<SeriesKey>,
 }
 
 fn state_key(k: &RecordKey) -> Vec<u8> {
@@ -224,6 +242,7 @@ impl LogActor {
             state,
             settled: Settled::default(),
             caught_up: false,
+            in_flight: None,
             history: History::new(kv.clone()),
             clock: Clock::new(me.clone()),
             me,
@@ -235,6 +254,8 @@ impl LogActor {
             placement: None,
             elected: BTreeSet::new(),
             elected_jobs: 0,
+            to_backfill: BTreeSet::new(),
+            backfilling: BTreeSet::new(),
         };
         actor.migrate()?;
         for e in actor.history.newest(REFOLD)? {
@@ -318,8 +339,13 @@ impl LogActor {
         names.insert(series.0.clone());
         names.remove(&self.my_name);
         let peers: Vec<String> = names.iter().filter_map(|n| self.state.peer_of(n)).collect();
+        if peers.is_empty() {
+            return;
+        }
+        self.backfilling.insert(series.clone());
         let addr = ctx.address();
         actix::spawn(async move {
+            let mut ok = false;
             for peer in peers {
                 let mut q = HistoryQuery {
                     node: Some(series.0.clone()),
@@ -335,6 +361,7 @@ impl LogActor {
                             let new = addr.send(Backfilled { series: series.clone(), entries: page.entries }).await;
                             // Back to what is held already: the rest came before.
                             if !more || q.before.is_none() || new.unwrap_or(0) == 0 {
+                                ok = true;
                                 break;
                             }
                         }
@@ -342,6 +369,7 @@ impl LogActor {
                     }
                 }
             }
+            addr.do_send(BackfillDone { series, ok });
         });
     }
 
@@ -363,7 +391,12 @@ impl LogActor {
     }
 
     fn pull(&mut self, from: Option<String>, from_bucket: u16, eager: bool) {
+        let now = now_ms();
+        if self.in_flight.is_some_and(|(at, _, _)| now - at < PULL_TIMEOUT_MS) {
+            return;
+        }
         if let Some(net) = self.net.clone() {
+            self.in_flight = Some((now, eager, from_bucket));
             let pull = StatePull { digest: self.state.digest(), from_bucket, eager };
             actix::spawn(async move {
                 let _ = net.pull_state(from, pull).await;
@@ -494,10 +527,13 @@ impl Handler<StateReceived> for LogActor {
             let mine = self.history.max_seq(&self.me).unwrap_or(0).max(self.state.max_seq(&self.me));
             self.next_seq = self.next_seq.max(mine + 1);
         }
+        let (was_eager, asked_from) = self.in_flight.take().map(|(_, e, f)| (e, f)).unwrap_or((false, 0));
         match msg.next_bucket {
-            // Cut for size: far behind, so catch up eagerly.
-            Some(b) => self.pull(Some(msg.from), b, true),
-            None => self.caught_up = true,
+            // Cut for size: far behind, so catch up eagerly (a bucket
+            // number that does not move forward is a peer's error: stop).
+            Some(b) if b > asked_from && usize::from(b) < BUCKETS => self.pull(Some(msg.from), b, true),
+            Some(_) => {}
+            None => self.caught_up |= was_eager,
         }
     }
 }
@@ -597,6 +633,10 @@ impl Handler<GetStats> for LogActor {
 impl Handler<SetPlacement> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: SetPlacement, ctx: &mut Context<Self>) {
+        let waiting: Vec<SeriesKey> = self.to_backfill.difference(&self.backfilling).cloned().collect();
+        for series in waiting {
+            self.backfill(series, ctx);
+        }
         // Only what placement depends on: everyday changes of free space
         // within the same power of two move nothing.
         let mut candidates: Vec<_> = msg
@@ -617,10 +657,22 @@ impl Handler<SetPlacement> for LogActor {
         self.elected_jobs = jobs;
         let elected = self.elect();
         let new: Vec<SeriesKey> = elected.difference(&self.elected).cloned().collect();
+        self.to_backfill.retain(|s| elected.contains(s));
         self.elected = elected;
         for series in new {
             tracing::debug!("now a keeper of {} on {}: fetching its history", series.1, series.0);
+            self.to_backfill.insert(series.clone());
             self.backfill(series, ctx);
+        }
+    }
+}
+
+impl Handler<BackfillDone> for LogActor {
+    type Result = ();
+    fn handle(&mut self, msg: BackfillDone, _: &mut Context<Self>) {
+        self.backfilling.remove(&msg.series);
+        if msg.ok {
+            self.to_backfill.remove(&msg.series);
         }
     }
 }

@@ -40,6 +40,13 @@ const RECORD_VERSION: u8 = 1;
 pub const WINDOW: usize = 2_000;
 /// The most entries one page answers.
 pub const PAGE_MAX: usize = 1_000;
+/// A page stops growing past this many bytes of entries (the ctl message
+/// limit is 4 MiB).
+pub const PAGE_BYTES: usize = 2 << 20;
+/// Entries a page without a series filter reads at most looking for
+/// matches: a query that matches little answers a short page with `more`
+/// rather than reading the whole history at once.
+const SCAN_MAX: usize = 20_000;
 
 /// The sort key of an entry: hybrid time, then origin and seq.
 pub fn time_key(e: &Entry) -> Vec<u8> {
@@ -125,6 +132,35 @@ pub struct Page {
 }
 
 impl Page {
+    /// Drops the oldest entries until the page's entries encode within
+    /// `bytes` (keeping at least one); `more` and the cursor follow.
+    pub fn fit(&mut self, bytes: usize) {
+        let mut total = 0;
+        let mut keep = 0;
+        for e in self.entries.iter().rev() {
+            let mut buf = Vec::new();
+            let _ = ciborium::into_writer(e, &mut buf);
+            total += buf.len();
+            if total > bytes && keep > 0 {
+                break;
+            }
+            keep += 1;
+        }
+        if keep < self.entries.len() {
+            self.entries.drain(..self.entries.len() - keep);
+            self.more = true;
+            self.cursor = self.entries.first().map(|e| hex::encode(time_key(e)));
+        }
+    }
+
+    /// Only the entries older than cursor `before` (a peer may ignore it).
+    pub fn older_than(mut self, before: Option<&str>) -> Page {
+        if let Some(b) = before.and_then(|c| hex::decode(c).ok()) {
+            self.entries.retain(|e| time_key(e) < b);
+        }
+        self
+    }
+
     /// The newest `limit` entries of several pages together, newest last,
     /// each entry once.
     pub fn combine(pages: Vec<Page>, limit: usize) -> Page {
@@ -247,9 +283,15 @@ impl History {
             _ => {
                 // Walk back in time in chunks until the page is full.
                 let mut upper = before.clone();
+                let mut scanned = 0;
                 'walk: loop {
+                    if scanned >= SCAN_MAX {
+                        more = true;
+                        break;
+                    }
                     let chunk = self.kv.scan_prefix_rev(TIME, &[], upper.as_deref(), 512)?;
                     let exhausted = chunk.len() < 512;
+                    scanned += chunk.len();
                     for (k, v) in &chunk {
                         let e = decode(v)?;
                         if q.matches(&e) {
@@ -273,10 +315,12 @@ impl History {
             .filter(|e| q.matches(e) && before.as_ref().is_none_or(|b| time_key(e) < *b))
             .cloned()
             .collect();
-        Ok(Page::combine(
+        let mut page = Page::combine(
             vec![Page { entries: durable, more, cursor: None }, Page { entries: window, more: false, cursor: None }],
             limit,
-        ))
+        );
+        page.fit(PAGE_BYTES);
+        Ok(page)
     }
 }
 
@@ -344,6 +388,23 @@ mod tests {
         assert_eq!(page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (41..=50).collect::<Vec<_>>());
         assert!(page.more);
         assert_eq!(h.newest(5).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), (16..=20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_page_fits_its_byte_budget_and_says_more() {
+        let h = History::new(Arc::new(MemKv::default()));
+        for e in entries("P", 200) {
+            h.store(&e).unwrap();
+        }
+        let mut page = h.page(&HistoryQuery { limit: 200, ..Default::default() }).unwrap();
+        assert_eq!(page.entries.len(), 200);
+        page.fit(2_000);
+        assert!(page.more && page.entries.len() < 200 && !page.entries.is_empty());
+        assert_eq!(page.entries.last().unwrap().seq, 200, "the newest are kept");
+        let older = page.cursor.clone();
+        let all = h.page(&HistoryQuery { limit: 1000, ..Default::default() }).unwrap();
+        let filtered = all.older_than(older.as_deref());
+        assert!(filtered.entries.iter().all(|e| e.seq < page.entries[0].seq));
     }
 
     #[test]

@@ -55,14 +55,18 @@ pub struct Lww<T> {
 }
 
 /// Joins `other` into `slot`; `true` if `slot` changed.
-fn join_lww<T: Clone>(slot: &mut Option<Lww<T>>, other: &Lww<T>) -> bool {
-    match slot {
-        Some(mine) if mine.time >= other.time => false,
-        _ => {
-            *slot = Some(other.clone());
-            true
-        }
+/// Two values at one HLC come only from a node that lies or reuses its
+/// clock: the greater encoding wins then, so every node picks the same one.
+fn join_lww<T: Clone + Serialize + PartialEq>(slot: &mut Option<Lww<T>>, other: &Lww<T>) -> bool {
+    let wins = match slot {
+        None => true,
+        Some(mine) if mine.time != other.time => other.time > mine.time,
+        Some(mine) => mine.value != other.value && cbor(&other.value) > cbor(&mine.value),
+    };
+    if wins {
+        *slot = Some(other.clone());
     }
+    wins
 }
 
 /// Joins a maximum register; `true` if `slot` changed.
@@ -245,6 +249,10 @@ impl Series {
             changed |= join_lww(&mut self.notified, x);
         }
         for (id, a) in &other.archives {
+            // An empty record says nothing, and must not take a place.
+            if a.made.is_none() && a.holders.is_empty() {
+                continue;
+            }
             changed |= self.archive_mut(id).is_some_and(|mine| mine.join(a));
         }
         for e in &other.requests {
@@ -276,6 +284,11 @@ impl Series {
         let key = |x: &Entry| (x.time.clone(), x.origin.clone(), x.seq);
         let k = key(e);
         let at = match self.requests.binary_search_by(|x| key(x).cmp(&k)) {
+            // The same id twice with two bodies: the greater encoding, everywhere.
+            Ok(i) if self.requests[i] != *e && cbor(e) > cbor(&self.requests[i]) => {
+                self.requests[i] = e.clone();
+                return true;
+            }
             Ok(_) => return false,
             Err(at) => at,
         };
@@ -530,6 +543,8 @@ impl MeshState {
                 }
                 c
             }
+            (RecordKey::Series(_, _), Record::Series(s)) if **s == Series::default() => false,
+            (RecordKey::Origin(_), Record::Origin(r)) if *r == OriginRec::default() => false,
             (RecordKey::Series(n, p), Record::Series(s)) => {
                 self.series.entry((n.clone(), p.clone())).or_default().join(s)
             }
@@ -659,6 +674,9 @@ impl MeshState {
                 see(&r.time);
             }
         }
+        // Every entry writes its origin's name register at its own HLC:
+        // this covers the stamps of one-writer registers too.
+        self.origins.values().filter_map(|o| o.name.as_ref()).for_each(|n| see(&n.time));
         best
     }
 
@@ -785,9 +803,9 @@ impl MeshState {
             .map(|(peer, _)| peer.clone())
     }
 
-    /// Every series with a job record (registered or not).
+    /// Every registered job's series.
     pub fn job_keys(&self) -> impl Iterator<Item = &SeriesKey> + '_ {
-        self.jobs.keys()
+        self.jobs.iter().filter(|(_, r)| r.value.registered).map(|(k, _)| k)
     }
 
     /// Names of the nodes that keep a copy of some archive of (node, path).
@@ -1181,6 +1199,32 @@ mod tests {
         let s = fold(&[unreg, later, earlier]);
         assert!(s.jobs().is_empty());
         assert_eq!(s.max_seq("A"), 2);
+    }
+
+    #[test]
+    fn a_clock_fed_the_max_time_orders_after_every_stamp_of_its_node() {
+        let h = history(11, 100);
+        let s = fold(&h);
+        let newest = h.iter().map(|e| e.time.clone()).max().unwrap();
+        assert_eq!(s.max_time(), Some(newest));
+    }
+
+    #[test]
+    fn empty_records_from_a_peer_change_nothing_and_take_no_place() {
+        let h = history(12, 120);
+        let mut s = fold(&h);
+        let before = s.clone();
+        let digest = s.digest();
+        let mut empty = Series::default();
+        for i in 0..40 {
+            empty.archives.insert(format!("zz{i}"), ArchiveRec::default());
+        }
+        assert!(!s.merge_record(&RecordKey::Series("n1".into(), "/a".into()), &Record::Series(Box::new(empty))));
+        assert!(!s.merge_record(&RecordKey::Series("x".into(), "/y".into()), &Record::Series(Box::default())));
+        assert!(!s.merge_record(&RecordKey::Origin("Q".into()), &Record::Origin(OriginRec::default())));
+        assert_eq!(s, before);
+        assert_eq!(s.digest(), digest);
+        assert_eq!(s.digest_cold(), digest);
     }
 
     #[test]
