@@ -498,7 +498,7 @@ impl MeshState {
             Event::Finished { node, archive, size, files, warnings, plugin, .. } => {
                 s.last = Some(run("finished", Some(archive), None, plugin));
                 s.last_success = Some(t);
-                s.last_warnings = Some(Own { at: t, value: warnings.clone() });
+                s.last_warnings = Some(Own { at: t, value: capped_warnings(warnings) });
                 if !archive.is_empty() {
                     s.last_size = Some(Own { at: t, value: *size });
                     if let Some(a) = s.archive_mut(archive) {
@@ -812,6 +812,26 @@ impl MeshState {
     pub fn holders_of(&mut self, node: &str, path: &str) -> BTreeSet<String> {
         self.catalog(node, path).iter().flat_map(|a| a.holders.iter().cloned()).collect()
     }
+}
+
+/// Warnings a series record keeps of a run (the entry in the history keeps
+/// them all): a tree with thousands of unreadable files must not make one
+/// record too large to travel in an anti-entropy answer.
+pub const WARNINGS_KEPT: usize = 50;
+
+fn capped_warnings(all: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = all
+        .iter()
+        .take(WARNINGS_KEPT)
+        .map(|w| match (0..=500.min(w.len())).rev().find(|i| w.is_char_boundary(*i)) {
+            Some(cut) if cut < w.len() => format!("{}…", &w[..cut]),
+            _ => w.clone(),
+        })
+        .collect();
+    if all.len() > WARNINGS_KEPT {
+        out.push(format!("… and {} more warnings (see `backmesh log`)", all.len() - WARNINGS_KEPT));
+    }
+    out
 }
 
 /// When each bucket of a state last changed, as far as its owner noticed:
@@ -1225,6 +1245,35 @@ mod tests {
         assert_eq!(s, before);
         assert_eq!(s.digest(), digest);
         assert_eq!(s.digest_cold(), digest);
+    }
+
+    #[test]
+    fn a_run_with_thousands_of_warnings_keeps_a_small_record() {
+        let mut c = Clock::new("A");
+        let warnings: Vec<String> =
+            (0..10_000).map(|i| format!("f{i}: permission denied {}", "x".repeat(600))).collect();
+        let e = Entry {
+            origin: "A".into(),
+            origin_name: "n1".into(),
+            seq: 1,
+            time: c.tick(1),
+            event: Event::Finished {
+                node: "n1".into(),
+                path: "/p".into(),
+                archive: "x1".into(),
+                size: 1,
+                files: 1,
+                duration_ms: 1,
+                warnings,
+                request: None,
+                plugin: None,
+            },
+        };
+        let s = fold(&[e]);
+        let kept = &s.series[&("n1".to_string(), "/p".to_string())].last_warnings.as_ref().unwrap().value;
+        assert_eq!(kept.len(), WARNINGS_KEPT + 1);
+        assert!(kept.last().unwrap().contains("9950 more"), "{:?}", kept.last());
+        assert!(kept.iter().all(|w| w.len() < 600));
     }
 
     #[test]
