@@ -135,16 +135,9 @@ impl JobsActor {
     fn schedule(&mut self, jobs: Vec<JobView>) {
         let now = now_ms();
         self.jobs = jobs.into_iter().filter(|j| j.node == self.me).map(|j| (j.path.clone(), j)).collect();
-        let due: Vec<String> = self
-            .jobs
-            .values()
-            .filter(|j| !j.paused)
-            .filter(|j| {
-                j.last_started.as_ref().is_none_or(|t| t.wall_ms + j.every_min as i64 * super::minute_ms() <= now)
-            })
-            .filter(|j| !self.running.contains(&j.path) && !self.queue.is_waiting(&j.path))
-            .map(|j| j.path.clone())
-            .collect();
+        let due = super::schedule::due(self.jobs.values(), now, super::minute_ms(), |path| {
+            self.running.contains(path) || self.queue.is_waiting(path)
+        });
         for path in due {
             let _ = self.enqueue(path, false, None);
         }
