@@ -97,13 +97,7 @@ impl NotifyActor {
                 let key = (j.node.clone(), j.path.clone());
                 let state = job_state(j, now);
                 let Some(event) = transition(state, told.get(&key).map(|s| s.as_str())) else { continue };
-                let origin_up = live.iter().any(|c| c.name == j.node);
-                let notifier = if origin_up {
-                    j.node.clone()
-                } else {
-                    rank(&j.node, &j.path, &live).first().map(|c| c.name.clone()).unwrap_or_default()
-                };
-                if notifier != act.me || act.sending.contains(&key) {
+                if notifier(&j.node, &j.path, &live).as_deref() != Some(act.me.as_str()) || act.sending.contains(&key) {
                     continue;
                 }
                 act.sending.insert(key.clone());
@@ -209,9 +203,39 @@ impl Actor for NotifyActor {
     }
 }
 
+/// Which node tells about job (node, path): the job's own node when it is
+/// among the `live` ones, else the first live node in rendezvous order, so
+/// that every node picks the same one and a dead node's job is still told.
+pub fn notifier(node: &str, path: &str, live: &[Candidate]) -> Option<String> {
+    if live.iter().any(|c| c.name == node) {
+        return Some(node.to_string());
+    }
+    rank(node, path, live).first().map(|c| c.name.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn live(names: &[&str]) -> Vec<Candidate> {
+        names
+            .iter()
+            .map(|n| Candidate { peer_id: format!("12D3KooW{n}"), name: n.to_string(), free_bytes: 1 << 30 })
+            .collect()
+    }
+
+    #[test]
+    fn the_jobs_own_node_tells_while_it_lives_else_one_agreed_node() {
+        assert_eq!(notifier("n1", "/p", &live(&["n1", "n2", "n3"])).as_deref(), Some("n1"));
+        let without = live(&["n2", "n3", "n4"]);
+        let chosen = notifier("n1", "/p", &without).unwrap();
+        assert!(["n2", "n3", "n4"].contains(&chosen.as_str()));
+        // Every node, whatever order it lists its peers in, picks the same one.
+        let mut reversed = without.clone();
+        reversed.reverse();
+        assert_eq!(notifier("n1", "/p", &reversed).unwrap(), chosen);
+        assert_eq!(notifier("n1", "/p", &[]), None, "nobody live: nobody tells");
+    }
 
     #[test]
     fn transitions_tell_each_change_once() {
