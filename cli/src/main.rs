@@ -397,8 +397,11 @@ fn log(
         }
         let v: serde_json::Value = client.get(&q)?;
         let mut page = v["entries"].as_array().cloned().unwrap_or_default();
-        more = v["more"].as_bool().unwrap_or(false) && !page.is_empty();
-        cursor = v["cursor"].as_str().map(String::from);
+        let next = v["cursor"].as_str().map(String::from);
+        // Go on while older entries remain and the cursor moves back (a
+        // page may be empty when a filter matches little of a long history).
+        more = v["more"].as_bool().unwrap_or(false) && next.is_some() && next != cursor;
+        cursor = next;
         page.append(&mut entries);
         entries = page;
     }

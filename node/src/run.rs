@@ -247,6 +247,8 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         handle.stop(true).await;
         net.shutdown().await;
         store.flush().map_err(|e| anyhow!("{e}"))?;
+        // Its addresses are no longer served (after a crash the pid in it tells).
+        let _ = std::fs::remove_file(&ready_file);
         tracing::info!("stopped cleanly");
         Ok::<(), anyhow::Error>(())
     })?;

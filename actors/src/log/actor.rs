@@ -266,7 +266,7 @@ impl LogActor {
         if let Some(t) = actor.state.max_time() {
             actor.clock.observe(&t, now_ms());
         }
-        actor.next_seq = actor.history.max_seq(&actor.me)?.max(actor.state.max_seq(&actor.me)) + 1;
+        actor.next_seq = actor.history.max_seq(&actor.me)?.max(actor.state.max_seq(&actor.me)).saturating_add(1);
         Ok(actor)
     }
 
@@ -373,21 +373,30 @@ impl LogActor {
         });
     }
 
-    /// Writes the state records that changed.
+    /// Writes the state records that changed; those a failed write left
+    /// are tried again next time.
     fn persist(&mut self) -> Result<(), StoreError> {
-        for key in self.state.take_changed() {
-            let k = state_key(&key);
-            match self.state.record(&key) {
-                Some(r) => {
-                    let mut v = vec![STATE_VERSION];
-                    ciborium::into_writer(&r, &mut v)
-                        .map_err(|e| StoreError::Index { reason: format!("encoding a state record: {e}") })?;
-                    self.kv.put(STATE_TREE, &k, &v)?;
-                }
-                None => self.kv.delete(STATE_TREE, &k)?,
+        let mut keys = self.state.take_changed().into_iter();
+        while let Some(key) = keys.next() {
+            if let Err(e) = self.write_record(&key) {
+                self.state.still_changed(std::iter::once(key).chain(keys));
+                return Err(e);
             }
         }
         Ok(())
+    }
+
+    fn write_record(&self, key: &RecordKey) -> Result<(), StoreError> {
+        let k = state_key(key);
+        match self.state.record(key) {
+            Some(r) => {
+                let mut v = vec![STATE_VERSION];
+                ciborium::into_writer(&r, &mut v)
+                    .map_err(|e| StoreError::Index { reason: format!("encoding a state record: {e}") })?;
+                self.kv.put(STATE_TREE, &k, &v)
+            }
+            None => self.kv.delete(STATE_TREE, &k),
+        }
     }
 
     fn pull(&mut self, from: Option<String>, from_bucket: u16, eager: bool) {
@@ -443,10 +452,11 @@ impl Handler<Record> for LogActor {
             time: self.clock.tick(now_ms()),
             event: msg.0,
         };
+        // A seq is used once, even by an entry whose write fails half-way.
+        self.next_seq = self.next_seq.saturating_add(1);
         // Stored before it is visible or sent: a crash never loses an entry peers saw.
         self.history.store(&entry)?;
         self.kv.flush()?;
-        self.next_seq += 1;
         self.state.apply(&entry);
         self.history.remember(&entry);
         if let Some(net) = self.net.clone() {
@@ -486,22 +496,26 @@ impl Handler<ServeStatePull> for LogActor {
             .filter(|b| *b >= msg.pull.from_bucket as usize)
             .filter(|b| msg.pull.eager || self.settled.is_quiet(*b, now, QUIET_MS))
             .collect();
+        // One pass over the state, grouped by bucket, in bucket order.
+        let mut by_bucket: BTreeMap<usize, Vec<(RecordKey, StateRecord)>> = BTreeMap::new();
+        for (k, r) in self.state.records_in(&differing) {
+            by_bucket.entry(k.bucket()).or_default().push((k, r));
+        }
         let mut records = Vec::new();
         let mut bytes = 0;
         let mut next_bucket = None;
-        for b in differing {
+        for (b, these) in by_bucket {
             if bytes > STATE_BATCH_BYTES {
                 next_bucket = Some(b as u16);
                 break;
             }
-            for (k, r) in self.state.records_in(&BTreeSet::from([b])) {
+            for (k, r) in these {
                 let mut buf = Vec::new();
                 let _ = ciborium::into_writer(&r, &mut buf);
                 bytes += buf.len();
                 records.push((k, r));
             }
         }
-        debug_assert!(BUCKETS <= u16::MAX as usize);
         if let Some(net) = self.net.clone() {
             actix::spawn(async move {
                 let _ = net.answer_pull(msg.channel, StateBatch { records, next_bucket }).await;
@@ -514,18 +528,19 @@ impl Handler<StateReceived> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: StateReceived, _: &mut Context<Self>) {
         let mut changed = 0;
+        let now = now_ms();
         for (k, r) in &msg.records {
             if self.state.merge_record(k, r) {
                 changed += 1;
+                if let Some(t) = r.newest_time() {
+                    self.clock.observe(t, now);
+                }
             }
         }
         if changed > 0 {
             tracing::debug!("anti-entropy with {}: {changed} records changed", msg.from);
-            if let Some(t) = self.state.max_time() {
-                self.clock.observe(&t, now_ms());
-            }
-            let mine = self.history.max_seq(&self.me).unwrap_or(0).max(self.state.max_seq(&self.me));
-            self.next_seq = self.next_seq.max(mine + 1);
+            // A node that lost its database learns here how far it had written.
+            self.next_seq = self.next_seq.max(self.state.max_seq(&self.me).saturating_add(1));
         }
         let (was_eager, asked_from) = self.in_flight.take().map(|(_, e, f)| (e, f)).unwrap_or((false, 0));
         match msg.next_bucket {

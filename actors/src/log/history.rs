@@ -162,25 +162,36 @@ impl Page {
     }
 
     /// The newest `limit` entries of several pages together, newest last,
-    /// each entry once.
+    /// each entry once. A page with `more` vouches only for what is at or
+    /// after its cursor: entries older than the newest such cursor are left
+    /// for the next page (else the entries that page still holds between
+    /// its cursor and theirs would be skipped for good).
     pub fn combine(pages: Vec<Page>, limit: usize) -> Page {
-        let mut more = false;
+        let floor: Option<Vec<u8>> =
+            pages.iter().filter(|p| p.more).filter_map(|p| p.cursor.as_deref().and_then(|c| hex::decode(c).ok())).max();
+        let mut more = pages.iter().any(|p| p.more);
         let mut all: Vec<(Vec<u8>, Entry)> = Vec::new();
         let mut seen = HashSet::new();
         for p in pages {
-            more |= p.more;
             for e in p.entries {
-                if seen.insert((e.origin.clone(), e.seq)) {
-                    all.push((time_key(&e), e));
+                let k = time_key(&e);
+                if floor.as_ref().is_none_or(|f| k >= *f) && seen.insert((e.origin.clone(), e.seq)) {
+                    all.push((k, e));
                 }
             }
         }
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        if all.len() > limit {
+        let cut = all.len() > limit;
+        if cut {
             all.drain(..all.len() - limit);
             more = true;
         }
-        let cursor = all.first().map(|(k, _)| hex::encode(k));
+        let cursor = match (&floor, all.first()) {
+            (Some(f), Some((k, _))) if !cut && k > f => Some(hex::encode(f)),
+            (_, Some((k, _))) => Some(hex::encode(k)),
+            (Some(f), None) => Some(hex::encode(f)),
+            (None, None) => None,
+        };
         Page { entries: all.into_iter().map(|(_, e)| e).collect(), more, cursor }
     }
 }
@@ -268,6 +279,8 @@ impl History {
         let before = q.before_key();
         let mut durable = Vec::new();
         let mut more = false;
+        // With `more`: the oldest key this node has looked at, for the cursor.
+        let mut floor: Option<Vec<u8>> = None;
         match (&q.node, &q.path) {
             (Some(node), Some(path)) => {
                 let prefix = series_prefix(node, path);
@@ -278,6 +291,7 @@ impl History {
                     if let Some(v) = self.kv.get(TIME, &k[prefix.len()..])? {
                         durable.push(decode(&v)?);
                     }
+                    floor = Some(k[prefix.len()..].to_vec());
                 }
             }
             _ => {
@@ -286,7 +300,9 @@ impl History {
                 let mut scanned = 0;
                 'walk: loop {
                     if scanned >= SCAN_MAX {
+                        // Everything from here on has been looked at.
                         more = true;
+                        floor = upper.clone();
                         break;
                     }
                     let chunk = self.kv.scan_prefix_rev(TIME, &[], upper.as_deref(), 512)?;
@@ -300,6 +316,7 @@ impl History {
                                 break 'walk;
                             }
                             durable.push(e);
+                            floor = Some(k.clone());
                         }
                         upper = Some(k.clone());
                     }
@@ -315,8 +332,9 @@ impl History {
             .filter(|e| q.matches(e) && before.as_ref().is_none_or(|b| time_key(e) < *b))
             .cloned()
             .collect();
+        let cursor = if more { floor.map(hex::encode) } else { None };
         let mut page = Page::combine(
-            vec![Page { entries: durable, more, cursor: None }, Page { entries: window, more: false, cursor: None }],
+            vec![Page { entries: durable, more, cursor }, Page { entries: window, more: false, cursor: None }],
             limit,
         );
         page.fit(PAGE_BYTES);
@@ -405,6 +423,63 @@ mod tests {
         let all = h.page(&HistoryQuery { limit: 1000, ..Default::default() }).unwrap();
         let filtered = all.older_than(older.as_deref());
         assert!(filtered.entries.iter().all(|e| e.seq < page.entries[0].seq));
+    }
+
+    #[test]
+    fn pages_of_several_keepers_skip_nothing_when_one_was_cut_short() {
+        // Keeper A holds entries 1..=100 but answered only its newest 30
+        // (cut for size), keeper B holds the odd ones and answered them all.
+        let all = entries("P", 100);
+        let page_of = |es: Vec<Entry>, more: bool| Page {
+            cursor: es.first().map(|e| hex::encode(time_key(e))),
+            entries: es,
+            more,
+        };
+        let a = page_of(all[70..].to_vec(), true);
+        let b = page_of(all.iter().filter(|e| e.seq % 2 == 1).cloned().collect(), false);
+        let first = Page::combine(vec![a, b], 1000);
+        assert_eq!(first.entries.first().map(|e| e.seq), Some(71), "nothing older than A's cursor yet");
+        assert!(first.more);
+        // The next round, before that cursor, gets every older entry.
+        let before = first.cursor.clone();
+        let a2 = page_of(all[..70].to_vec(), false).older_than(before.as_deref());
+        let b2 = page_of(all.iter().filter(|e| e.seq % 2 == 1).cloned().collect(), false).older_than(before.as_deref());
+        let second = Page::combine(vec![a2, b2], 1000);
+        let mut seqs: Vec<u64> = second.entries.iter().chain(&first.entries).map(|e| e.seq).collect();
+        seqs.sort();
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "every entry once");
+        assert!(!second.more);
+    }
+
+    #[test]
+    fn a_sparse_filter_pages_back_through_a_long_history() {
+        let h = History::new(Arc::new(MemKv::default()));
+        let mut c = Clock::new("P");
+        // One entry about n9 in every 7,000; the rest about n1.
+        for seq in 1..=50_000u64 {
+            let node = if seq % 7_000 == 0 { "n9" } else { "n1" };
+            let e = Entry {
+                origin: "P".into(),
+                origin_name: "p".into(),
+                seq,
+                time: c.tick(seq as i64),
+                event: Event::Paused { node: node.into() },
+            };
+            h.store(&e).unwrap();
+        }
+        let mut q = HistoryQuery { node: Some("n9".into()), limit: 100, ..Default::default() };
+        let mut found = Vec::new();
+        for _ in 0..20 {
+            let page = h.page(&q).unwrap();
+            found.extend(page.entries.iter().map(|e| e.seq));
+            if !page.more {
+                break;
+            }
+            assert!(page.cursor.is_some() && page.cursor != q.before, "every page goes further back");
+            q.before = page.cursor;
+        }
+        found.sort();
+        assert_eq!(found, (1..=7).map(|k| k * 7_000).collect::<Vec<_>>());
     }
 
     #[test]

@@ -54,19 +54,51 @@ pub struct Lww<T> {
     pub value: T,
 }
 
-/// Joins `other` into `slot`; `true` if `slot` changed.
-/// Two values at one HLC come only from a node that lies or reuses its
-/// clock: the greater encoding wins then, so every node picks the same one.
-fn join_lww<T: Clone + Serialize + PartialEq>(slot: &mut Option<Lww<T>>, other: &Lww<T>) -> bool {
+/// A register: a value and the version it was written at ([`Lww`] by
+/// HLC, [`Own`] by one writer's stamp).
+trait Register: Clone {
+    type Version: Ord;
+    type Value: Serialize + PartialEq;
+    fn version(&self) -> &Self::Version;
+    fn value(&self) -> &Self::Value;
+}
+
+impl<T: Clone + Serialize + PartialEq> Register for Lww<T> {
+    type Version = Hlc;
+    type Value = T;
+    fn version(&self) -> &Hlc {
+        &self.time
+    }
+    fn value(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Joins `other` into `slot`: the greater version wins. Two values at one
+/// version come only from a node that lies or reuses its clock: the
+/// greater encoding wins then, so every node picks the same one. `true`
+/// if `slot` changed.
+fn join_reg<R: Register>(slot: &mut Option<R>, other: &R) -> bool {
     let wins = match slot {
         None => true,
-        Some(mine) if mine.time != other.time => other.time > mine.time,
-        Some(mine) => mine.value != other.value && cbor(&other.value) > cbor(&mine.value),
+        Some(mine) if mine.version() != other.version() => other.version() > mine.version(),
+        Some(mine) => mine.value() != other.value() && cbor(other.value()) > cbor(mine.value()),
     };
     if wins {
         *slot = Some(other.clone());
     }
     wins
+}
+
+/// [`join_reg`] into the register under `key` of `map`, which gets one
+/// only if it changes (nothing is stored for a join that says nothing).
+fn join_in<K: Ord + Clone, R: Register>(map: &mut BTreeMap<K, R>, key: &K, other: &R) -> bool {
+    let mut slot = map.get(key).cloned();
+    let changed = join_reg(&mut slot, other);
+    if let (true, Some(v)) = (changed, slot) {
+        map.insert(key.clone(), v);
+    }
+    changed
 }
 
 /// Joins a maximum register; `true` if `slot` changed.
@@ -97,26 +129,23 @@ impl From<&Hlc> for Stamp {
 }
 
 /// A register written by one node (the series' node for its runs, a
-/// holder for its copy): the value at the greatest stamp. Two values at one
-/// stamp can only come from a node that lies or reuses its clock; the
-/// greater encoding wins then, so every node still picks the same one.
+/// holder for its copy): the value at the greatest stamp (ties as in
+/// [`join_reg`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Own<T> {
     pub at: Stamp,
     pub value: T,
 }
 
-/// Joins `other` into `slot`; `true` if `slot` changed.
-fn join_own<T: Clone + Serialize + PartialEq>(slot: &mut Option<Own<T>>, other: &Own<T>) -> bool {
-    let wins = match slot {
-        None => true,
-        Some(mine) if mine.at != other.at => other.at > mine.at,
-        Some(mine) => mine.value != other.value && cbor(&other.value) > cbor(&mine.value),
-    };
-    if wins {
-        *slot = Some(other.clone());
+impl<T: Clone + Serialize + PartialEq> Register for Own<T> {
+    type Version = Stamp;
+    type Value = T;
+    fn version(&self) -> &Stamp {
+        &self.at
     }
-    wins
+    fn value(&self) -> &T {
+        &self.value
+    }
 }
 
 /// A job's settings as last written.
@@ -132,11 +161,30 @@ pub struct JobReg {
     pub spec: JobSpec,
 }
 
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    Finished,
+    Unchanged,
+    Failed,
+}
+
+impl RunResult {
+    /// As the log's kinds and the API say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Finished => "finished",
+            RunResult::Unchanged => "unchanged",
+            RunResult::Failed => "failed",
+        }
+    }
+}
+
 /// The outcome of a run, as its `finished`, `unchanged` or `failed` entry said.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRec {
-    /// `finished`, `unchanged` or `failed`.
-    pub result: String,
+    pub result: RunResult,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,7 +215,7 @@ pub struct ArchiveRec {
 
 impl ArchiveRec {
     fn join(&mut self, other: &ArchiveRec) -> bool {
-        let mut changed = other.made.as_ref().is_some_and(|m| join_own(&mut self.made, m));
+        let mut changed = other.made.as_ref().is_some_and(|m| join_reg(&mut self.made, m));
         for (h, reg) in &other.holders {
             changed |= self.set_holder(h, reg);
         }
@@ -179,7 +227,7 @@ impl ArchiveRec {
         match self.holders.binary_search_by(|(n, _)| n.as_str().cmp(h)) {
             Ok(i) => {
                 let mut slot = Some(self.holders[i].1.clone());
-                let changed = join_own(&mut slot, reg);
+                let changed = join_reg(&mut slot, reg);
                 if let (true, Some(v)) = (changed, slot) {
                     self.holders[i].1 = v;
                 }
@@ -231,7 +279,7 @@ impl Series {
     fn join(&mut self, other: &Series) -> bool {
         let mut changed = false;
         if let Some(x) = &other.last {
-            changed |= join_own(&mut self.last, x);
+            changed |= join_reg(&mut self.last, x);
         }
         if let Some(x) = &other.last_success {
             changed |= join_max(&mut self.last_success, x);
@@ -240,13 +288,13 @@ impl Series {
             changed |= join_max(&mut self.last_started, x);
         }
         if let Some(x) = &other.last_size {
-            changed |= join_own(&mut self.last_size, x);
+            changed |= join_reg(&mut self.last_size, x);
         }
         if let Some(x) = &other.last_warnings {
-            changed |= join_own(&mut self.last_warnings, x);
+            changed |= join_reg(&mut self.last_warnings, x);
         }
         if let Some(x) = &other.notified {
-            changed |= join_lww(&mut self.notified, x);
+            changed |= join_reg(&mut self.notified, x);
         }
         for (id, a) in &other.archives {
             // An empty record says nothing, and must not take a place.
@@ -313,6 +361,20 @@ pub struct OriginRec {
     pub name: Option<Lww<String>>,
 }
 
+impl OriginRec {
+    fn join(&mut self, other: &OriginRec) -> bool {
+        let mut changed = false;
+        if other.max_seq > self.max_seq {
+            self.max_seq = other.max_seq;
+            changed = true;
+        }
+        if let Some(name) = &other.name {
+            changed |= join_reg(&mut self.name, name);
+        }
+        changed
+    }
+}
+
 /// A record's key; also its place in the digest.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RecordKey {
@@ -338,6 +400,21 @@ pub enum Record {
     Origin(OriginRec),
 }
 
+impl Record {
+    /// The newest HLC the record carries (a clock that takes it in orders
+    /// its next events after it).
+    pub fn newest_time(&self) -> Option<&Hlc> {
+        match self {
+            Record::Job(r) => Some(&r.time),
+            Record::Paused(r) => Some(&r.time),
+            Record::Series(s) => s.notified.iter().map(|n| &n.time).chain(s.requests.iter().map(|e| &e.time)).max(),
+            Record::Origin(o) => o.name.as_ref().map(|n| &n.time),
+        }
+    }
+}
+
+const _: () = assert!(BUCKETS <= u16::MAX as usize, "bucket numbers travel as u16");
+
 fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing CBOR into a Vec fails only for types that refuse to serialise; ours do not.
@@ -351,7 +428,7 @@ fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
 pub type StateDigest = Vec<u64>;
 
 /// The mesh state. See the module documentation for the records and laws.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MeshState {
     jobs: BTreeMap<SeriesKey, Lww<JobReg>>,
     paused: BTreeMap<String, Lww<bool>>,
@@ -382,18 +459,28 @@ impl PartialEq for MeshState {
 
 impl Eq for MeshState {}
 
+impl Default for MeshState {
+    fn default() -> Self {
+        MeshState::new()
+    }
+}
+
 impl MeshState {
     pub fn new() -> Self {
-        MeshState { buckets: vec![None; BUCKETS], generations: vec![0; BUCKETS], ..Default::default() }
+        MeshState {
+            jobs: BTreeMap::new(),
+            paused: BTreeMap::new(),
+            series: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            changed: BTreeSet::new(),
+            buckets: vec![None; BUCKETS],
+            generations: vec![0; BUCKETS],
+            catalogs: BTreeMap::new(),
+            stale_catalogs: BTreeSet::new(),
+        }
     }
 
     fn touch(&mut self, key: RecordKey) {
-        if self.buckets.len() != BUCKETS {
-            self.buckets = vec![None; BUCKETS];
-        }
-        if self.generations.len() != BUCKETS {
-            self.generations = vec![0; BUCKETS];
-        }
         let b = key.bucket();
         if let RecordKey::Series(n, p) = &key {
             self.stale_catalogs.insert((n.clone(), p.clone()));
@@ -405,161 +492,48 @@ impl MeshState {
 
     /// How many times each bucket has changed (see [`Settled`]).
     pub fn generations(&self) -> Vec<u64> {
-        if self.generations.len() == BUCKETS {
-            self.generations.clone()
-        } else {
-            vec![0; BUCKETS]
-        }
+        self.generations.clone()
     }
 
-    /// Folds one entry in; `true` if the state changed.
+    /// Folds one entry in: merges the records it writes (folding is merging,
+    /// so the two obey the same laws); `true` if the state changed.
     pub fn apply(&mut self, e: &Entry) -> bool {
-        let mut touched = Vec::new();
-        {
-            let origin = self.origins.entry(e.origin.clone()).or_default();
-            let mut changed = e.seq > origin.max_seq;
-            if changed {
-                origin.max_seq = e.seq;
-            }
-            changed |= join_lww(&mut origin.name, &Lww { time: e.time.clone(), value: e.origin_name.clone() });
-            if changed {
-                touched.push(RecordKey::Origin(e.origin.clone()));
-            }
-        }
-        let t = &e.time;
-        let node = e.event.node().to_string();
-        let series_key = e.event.path().map(|p| (node.clone(), p.to_string()));
-        match &e.event {
-            Event::Registered { path, every_min, excludes, spec, .. } => {
-                let reg =
-                    JobReg { registered: true, every_min: *every_min, excludes: excludes.clone(), spec: spec.clone() };
-                if self.join_job(&(node.clone(), path.clone()), &Lww { time: t.clone(), value: reg }) {
-                    touched.push(RecordKey::Job(node.clone(), path.clone()));
-                }
-            }
-            Event::Unregistered { path, .. } => {
-                let reg = JobReg::default();
-                if self.join_job(&(node.clone(), path.clone()), &Lww { time: t.clone(), value: reg }) {
-                    touched.push(RecordKey::Job(node.clone(), path.clone()));
-                }
-            }
-            Event::Paused { .. } | Event::Resumed { .. } => {
-                let value = matches!(e.event, Event::Paused { .. });
-                let mut slot = self.paused.get(&node).cloned();
-                if join_lww(&mut slot, &Lww { time: t.clone(), value }) {
-                    self.paused.insert(node.clone(), Lww { time: t.clone(), value });
-                    touched.push(RecordKey::Paused(node.clone()));
-                }
-            }
-            _ => {}
-        }
-        if let Some(key) = series_key {
-            if self.fold_series(&key, e) {
-                touched.push(RecordKey::Series(key.0, key.1));
-            }
-        }
-        let changed = !touched.is_empty();
-        for k in touched {
-            self.touch(k);
+        let mut changed = false;
+        for (k, r) in records_of(e) {
+            changed |= self.merge_record(&k, &r);
         }
         changed
     }
 
-    fn join_job(&mut self, key: &SeriesKey, reg: &Lww<JobReg>) -> bool {
-        let mut slot = self.jobs.get(key).cloned();
-        if join_lww(&mut slot, reg) {
-            self.jobs.insert(key.clone(), reg.clone());
-            return true;
-        }
-        false
-    }
-
-    /// The series part of an entry, as a [`Series`] holding only what the
-    /// entry says, joined into the state's.
-    fn fold_series(&mut self, key: &SeriesKey, e: &Entry) -> bool {
-        let t = Stamp::from(&e.time);
-        let mut s = Series::default();
-        let holder = |s: &mut Series, archive: &str, holder: &str, keeps: bool| {
-            if let Some(a) = s.archive_mut(archive) {
-                a.set_holder(holder, &Own { at: t, value: keeps });
-            }
-        };
-        let run = |result: &str, archive: Option<&String>, error: Option<&String>, plugin: &Option<PluginReport>| Own {
-            at: t,
-            value: RunRec {
-                result: result.into(),
-                archive: archive.cloned(),
-                error: error.cloned(),
-                plugin: plugin.clone(),
-            },
-        };
-        match &e.event {
-            Event::Started { .. } => s.last_started = Some(t),
-            Event::Finished { node, archive, size, files, warnings, plugin, .. } => {
-                s.last = Some(run("finished", Some(archive), None, plugin));
-                s.last_success = Some(t);
-                s.last_warnings = Some(Own { at: t, value: capped_warnings(warnings) });
-                if !archive.is_empty() {
-                    s.last_size = Some(Own { at: t, value: *size });
-                    if let Some(a) = s.archive_mut(archive) {
-                        let made = Made { size: *size, files: *files, warnings: warnings.len() as u64 };
-                        a.made = Some(Own { at: t, value: made });
-                    }
-                    holder(&mut s, archive, node, true);
-                }
-            }
-            Event::Unchanged { archive, plugin, .. } => {
-                s.last = Some(run("unchanged", Some(archive), None, plugin));
-                s.last_success = Some(t);
-            }
-            Event::Failed { error, plugin, .. } => {
-                s.last = Some(run("failed", None, Some(error), plugin));
-            }
-            Event::Replicated { archive, holder: h, .. } | Event::Repaired { archive, holder: h, .. } => {
-                holder(&mut s, archive, h, true)
-            }
-            Event::Pruned { archive, holder: h, .. } => holder(&mut s, archive, h, false),
-            Event::Notified { event, .. } => s.notified = Some(Lww { time: e.time.clone(), value: event.clone() }),
-            _ => {}
-        }
-        if e.event.request().is_some() {
-            s.remember_request(e);
-        }
-        if s == Series::default() {
-            return false;
-        }
-        self.series.entry(key.clone()).or_default().join(&s)
-    }
-
-    /// Joins another node's record in; `true` if the state changed.
+    /// Joins another node's record in; `true` if the state changed. A
+    /// record that says nothing new leaves no trace (no empty record is
+    /// stored).
     pub fn merge_record(&mut self, key: &RecordKey, record: &Record) -> bool {
         let changed = match (key, record) {
-            (RecordKey::Job(n, p), Record::Job(reg)) => self.join_job(&(n.clone(), p.clone()), reg),
-            (RecordKey::Paused(n), Record::Paused(reg)) => {
-                let mut slot = self.paused.get(n).cloned();
-                let c = join_lww(&mut slot, reg);
-                if c {
-                    self.paused.insert(n.clone(), reg.clone());
+            (RecordKey::Job(n, p), Record::Job(reg)) => join_in(&mut self.jobs, &(n.clone(), p.clone()), reg),
+            (RecordKey::Paused(n), Record::Paused(reg)) => join_in(&mut self.paused, n, reg),
+            (RecordKey::Series(n, p), Record::Series(other)) => match self.series.get_mut(&(n.clone(), p.clone())) {
+                Some(mine) => mine.join(other),
+                None => {
+                    let mut fresh = Series::default();
+                    let c = fresh.join(other);
+                    if c {
+                        self.series.insert((n.clone(), p.clone()), fresh);
+                    }
+                    c
                 }
-                c
-            }
-            (RecordKey::Series(_, _), Record::Series(s)) if **s == Series::default() => false,
-            (RecordKey::Origin(_), Record::Origin(r)) if *r == OriginRec::default() => false,
-            (RecordKey::Series(n, p), Record::Series(s)) => {
-                self.series.entry((n.clone(), p.clone())).or_default().join(s)
-            }
-            (RecordKey::Origin(o), Record::Origin(r)) => {
-                let mine = self.origins.entry(o.clone()).or_default();
-                let mut c = false;
-                if r.max_seq > mine.max_seq {
-                    mine.max_seq = r.max_seq;
-                    c = true;
+            },
+            (RecordKey::Origin(o), Record::Origin(other)) => match self.origins.get_mut(o) {
+                Some(mine) => mine.join(other),
+                None => {
+                    let mut fresh = OriginRec::default();
+                    let c = fresh.join(other);
+                    if c {
+                        self.origins.insert(o.clone(), fresh);
+                    }
+                    c
                 }
-                if let Some(name) = &r.name {
-                    c |= join_lww(&mut mine.name, name);
-                }
-                c
-            }
+            },
             _ => false,
         };
         if changed {
@@ -611,9 +585,6 @@ impl MeshState {
     /// One hash per bucket over its records' keys and values (cached per
     /// bucket until one of its records changes).
     pub fn digest(&mut self) -> StateDigest {
-        if self.buckets.len() != BUCKETS {
-            self.buckets = vec![None; BUCKETS];
-        }
         if self.buckets.iter().any(Option::is_none) {
             let stale: BTreeSet<usize> = (0..BUCKETS).filter(|b| self.buckets[*b].is_none()).collect();
             for (b, h) in self.hash_buckets(&stale) {
@@ -650,6 +621,12 @@ impl MeshState {
     /// Keys of the records changed since the last call.
     pub fn take_changed(&mut self) -> BTreeSet<RecordKey> {
         std::mem::take(&mut self.changed)
+    }
+
+    /// Gives back keys taken by [`MeshState::take_changed`] that could not
+    /// be written, so the next write tries them again.
+    pub fn still_changed(&mut self, keys: impl IntoIterator<Item = RecordKey>) {
+        self.changed.extend(keys);
     }
 
     /// The next seq a writer with this origin should use, as far as the
@@ -701,11 +678,7 @@ impl MeshState {
             excludes: reg.value.excludes.clone(),
             paused: self.paused.get(node).is_some_and(|p| p.value),
             last: last.map(|l| LastRun {
-                result: match l.value.result.as_str() {
-                    "finished" => "finished",
-                    "unchanged" => "unchanged",
-                    _ => "failed",
-                },
+                result: l.value.result.as_str(),
                 time: l.at,
                 archive: l.value.archive.clone(),
                 error: l.value.error.clone(),
@@ -733,12 +706,6 @@ impl MeshState {
             .filter(|(_, r)| r.value.registered)
             .map(|(k, r)| self.job_view(k, r))
             .collect()
-    }
-
-    /// Job (node, path), if registered.
-    pub fn job(&self, node: &str, path: &str) -> Option<JobView> {
-        let key = (node.to_string(), path.to_string());
-        self.jobs.get(&key).filter(|r| r.value.registered).map(|r| self.job_view(&key, r))
     }
 
     /// Makes the catalogs of the series that changed again.
@@ -812,6 +779,82 @@ impl MeshState {
     pub fn holders_of(&mut self, node: &str, path: &str) -> BTreeSet<String> {
         self.catalog(node, path).iter().flat_map(|a| a.holders.iter().cloned()).collect()
     }
+}
+
+/// The records entry `e` writes, each holding only what the entry says.
+fn records_of(e: &Entry) -> Vec<(RecordKey, Record)> {
+    let origin = OriginRec { max_seq: e.seq, name: Some(Lww { time: e.time.clone(), value: e.origin_name.clone() }) };
+    let mut out = vec![(RecordKey::Origin(e.origin.clone()), Record::Origin(origin))];
+    let node = e.event.node().to_string();
+    let job = |path: &str, reg: JobReg| {
+        (RecordKey::Job(node.clone(), path.to_string()), Record::Job(Lww { time: e.time.clone(), value: reg }))
+    };
+    match &e.event {
+        Event::Registered { path, every_min, excludes, spec, .. } => out.push(job(
+            path,
+            JobReg { registered: true, every_min: *every_min, excludes: excludes.clone(), spec: spec.clone() },
+        )),
+        Event::Unregistered { path, .. } => out.push(job(path, JobReg::default())),
+        Event::Paused { .. } | Event::Resumed { .. } => out.push((
+            RecordKey::Paused(node.clone()),
+            Record::Paused(Lww { time: e.time.clone(), value: matches!(e.event, Event::Paused { .. }) }),
+        )),
+        _ => {}
+    }
+    if let Some(path) = e.event.path() {
+        let s = series_part(e);
+        if s != Series::default() {
+            out.push((RecordKey::Series(node, path.to_string()), Record::Series(Box::new(s))));
+        }
+    }
+    out
+}
+
+/// The series part of an entry: a [`Series`] holding only what it says.
+fn series_part(e: &Entry) -> Series {
+    let t = Stamp::from(&e.time);
+    let mut s = Series::default();
+    let holder = |s: &mut Series, archive: &str, holder: &str, keeps: bool| {
+        if let Some(a) = s.archive_mut(archive) {
+            a.set_holder(holder, &Own { at: t, value: keeps });
+        }
+    };
+    let run =
+        |result: RunResult, archive: Option<&String>, error: Option<&String>, plugin: &Option<PluginReport>| Own {
+            at: t,
+            value: RunRec { result, archive: archive.cloned(), error: error.cloned(), plugin: plugin.clone() },
+        };
+    match &e.event {
+        Event::Started { .. } => s.last_started = Some(t),
+        Event::Finished { node, archive, size, files, warnings, plugin, .. } => {
+            s.last = Some(run(RunResult::Finished, Some(archive), None, plugin));
+            s.last_success = Some(t);
+            s.last_warnings = Some(Own { at: t, value: capped_warnings(warnings) });
+            if !archive.is_empty() {
+                s.last_size = Some(Own { at: t, value: *size });
+                if let Some(a) = s.archive_mut(archive) {
+                    let made = Made { size: *size, files: *files, warnings: warnings.len() as u64 };
+                    a.made = Some(Own { at: t, value: made });
+                }
+                holder(&mut s, archive, node, true);
+            }
+        }
+        Event::Unchanged { archive, plugin, .. } => {
+            s.last = Some(run(RunResult::Unchanged, Some(archive), None, plugin));
+            s.last_success = Some(t);
+        }
+        Event::Failed { error, plugin, .. } => s.last = Some(run(RunResult::Failed, None, Some(error), plugin)),
+        Event::Replicated { archive, holder: h, .. } | Event::Repaired { archive, holder: h, .. } => {
+            holder(&mut s, archive, h, true)
+        }
+        Event::Pruned { archive, holder: h, .. } => holder(&mut s, archive, h, false),
+        Event::Notified { event, .. } => s.notified = Some(Lww { time: e.time.clone(), value: event.clone() }),
+        _ => {}
+    }
+    if e.event.request().is_some() {
+        s.remember_request(e);
+    }
+    s
 }
 
 /// Warnings a series record keeps of a run (the entry in the history keeps

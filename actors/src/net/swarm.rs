@@ -35,7 +35,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::membership::NodeInfo;
 use super::wire::{
     decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, StateBatch, StatePull, XferRequest,
-    XferResponse, CTL, HELLO, LOG_TOPIC, MAX_CTL, MAX_HELLO, MAX_LOG, MAX_XFER, MESH_PROTOCOL, STATE, XFER,
+    XferResponse, CTL, HELLO, LOG_TOPIC, MAX_CTL, MAX_CTL_REQUEST, MAX_HELLO, MAX_LOG, MAX_XFER, MESH_PROTOCOL, STATE,
+    XFER,
 };
 use crate::log::actor::{Received, ServeStatePull, StateReceived};
 use crate::log::entry::Entry;
@@ -302,12 +303,12 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, hooks: Hooks) -> Resul
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
                 ),
                 log: request_response::Behaviour::with_codec(
-                    CborCodec::new(MAX_LOG),
+                    CborCodec::with_limits(MAX_CTL_REQUEST, MAX_LOG),
                     [(STATE, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
                 ),
                 ctl: request_response::Behaviour::with_codec(
-                    CborCodec::new(MAX_CTL),
+                    CborCodec::with_limits(MAX_CTL_REQUEST, MAX_CTL),
                     [(CTL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
                 ),

@@ -60,8 +60,10 @@ pub struct StateBatch {
 
 /// Protocol of control requests routed to the node they concern.
 pub const CTL: StreamProtocol = StreamProtocol::new("/backmesh/ctl/1");
-/// Largest control message accepted, in bytes (a page of history).
+/// Largest control answer accepted, in bytes (a page of history).
 pub const MAX_CTL: usize = 4 * 1024 * 1024;
+/// Largest control or state-pull request accepted, in bytes.
+pub const MAX_CTL_REQUEST: usize = 64 * 1024;
 
 /// A control request. Sender: the HTTP API of any node, through its
 /// network loop, to the node a request concerns. Answered by: [`CtlResponse`].
@@ -242,19 +244,28 @@ async fn read_limited<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Resul
 
 /// A request-response codec for one request and one response type.
 pub struct CborCodec<Req, Resp> {
+    max_request: usize,
     max: usize,
     _types: PhantomData<fn() -> (Req, Resp)>,
 }
 
 impl<Req, Resp> CborCodec<Req, Resp> {
+    /// Requests and responses of at most `max` bytes.
     pub fn new(max: usize) -> Self {
-        CborCodec { max, _types: PhantomData }
+        CborCodec::with_limits(max, max)
+    }
+
+    /// Requests of at most `max_request` bytes, responses of at most `max`:
+    /// a small question may bring a large answer, but a peer cannot make
+    /// this node read large questions.
+    pub fn with_limits(max_request: usize, max: usize) -> Self {
+        CborCodec { max_request, max, _types: PhantomData }
     }
 }
 
 impl<Req, Resp> Clone for CborCodec<Req, Resp> {
     fn clone(&self) -> Self {
-        CborCodec::new(self.max)
+        CborCodec::with_limits(self.max_request, self.max)
     }
 }
 
@@ -268,8 +279,8 @@ where
     type Response = Resp;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req> {
-        let bytes = read_limited(io, self.max).await?;
-        decode(&bytes, self.max)
+        let bytes = read_limited(io, self.max_request).await?;
+        decode(&bytes, self.max_request)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp> {
@@ -357,5 +368,17 @@ mod tests {
         let mut reader = futures::io::Cursor::new(big);
         let r = futures::executor::block_on(codec.read_request(&HELLO, &mut reader));
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_small_question_may_bring_a_large_answer_but_not_the_reverse() {
+        use libp2p::request_response::Codec;
+        let mut codec: CborCodec<Hello, Hello> = CborCodec::with_limits(64, 4096);
+        let msg = encode(&hello());
+        assert!(msg.len() > 64 && msg.len() < 4096);
+        let r = futures::executor::block_on(codec.read_request(&HELLO, &mut futures::io::Cursor::new(msg.clone())));
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let r = futures::executor::block_on(codec.read_response(&HELLO, &mut futures::io::Cursor::new(msg)));
+        assert_eq!(r.unwrap(), hello());
     }
 }

@@ -212,16 +212,16 @@ fn profile(a: &Args) {
                         let q = kept.entry((ni, j)).or_default();
                         q.push_back(archive.clone());
                         let pruned = (q.len() > keep).then(|| q.pop_front()).flatten();
-                        if let Some(old) = &pruned {
-                            batch.push(nodes[ni].entry(
-                                now + 2_001,
-                                Event::Pruned {
-                                    node: name.clone(),
-                                    path: path.clone(),
-                                    archive: old.clone(),
-                                    holder: name.clone(),
-                                },
-                            ));
+                        let pruned_by = |holder: &str| {
+                            pruned.as_ref().map(|old| Event::Pruned {
+                                node: name.clone(),
+                                path: path.clone(),
+                                archive: old.clone(),
+                                holder: holder.to_string(),
+                            })
+                        };
+                        if let Some(event) = pruned_by(&name) {
+                            batch.push(nodes[ni].entry(now + 2_001, event));
                         }
                         for h in placement[&(ni, j)].clone() {
                             let holder = nodes[h].name.clone();
@@ -235,16 +235,8 @@ fn profile(a: &Args) {
                                     bytes: 1 << 20,
                                 },
                             ));
-                            if let Some(old) = &pruned {
-                                batch.push(nodes[h].entry(
-                                    now + 3_001,
-                                    Event::Pruned {
-                                        node: name.clone(),
-                                        path: path.clone(),
-                                        archive: old.clone(),
-                                        holder,
-                                    },
-                                ));
+                            if let Some(event) = pruned_by(&holder) {
+                                batch.push(nodes[h].entry(now + 3_001, event));
                             }
                         }
                     } else {
