@@ -18,3 +18,4 @@ pub mod entry;
 pub mod history;
 pub mod hlc;
 pub mod mesh;
+pub mod runs;

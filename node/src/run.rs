@@ -123,9 +123,15 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         let membership = Membership::new(peer_id.to_string(), me.clone(), down_after_ms);
         let tick = Duration::from_millis((down_after_ms as u64 / 4).clamp(200, 1000));
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick).start();
-        let log = LogActor::load(peer_id.to_string(), cfg.name.clone(), store.kv(), Duration::from_secs(10))
-            .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
-            .start();
+        let log = LogActor::load(
+            peer_id.to_string(),
+            cfg.name.clone(),
+            store.kv(),
+            &cfg.data_dir.join("history"),
+            Duration::from_secs(10),
+        )
+        .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
+        .start();
         let jobs = JobsActor::new(cfg.name.clone(), store.clone(), log.clone(), cfg.keep, 2, cfg.queue_limit).start();
         let replica = ReplicaActor::new(
             cfg.name.clone(),

@@ -23,6 +23,7 @@
 //! second it writes the records that changed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,7 +220,13 @@ fn state_key(k: &RecordKey) -> Vec<u8> {
 impl LogActor {
     /// Loads this node's state and history (`me` is its peer id),
     /// migrating a data directory of the old whole-log format.
-    pub fn load(me: String, my_name: String, kv: Arc<dyn KvStore>, pull_every: Duration) -> Result<Self, StoreError> {
+    pub fn load(
+        me: String,
+        my_name: String,
+        kv: Arc<dyn KvStore>,
+        history_dir: &Path,
+        pull_every: Duration,
+    ) -> Result<Self, StoreError> {
         let mut state = MeshState::new();
         for (k, v) in kv.scan_prefix(STATE_TREE, &[])? {
             let key: RecordKey = ciborium::from_reader(&k[..])
@@ -243,7 +250,7 @@ impl LogActor {
             settled: Settled::default(),
             caught_up: false,
             in_flight: None,
-            history: History::new(kv.clone()),
+            history: History::open(history_dir)?,
             clock: Clock::new(me.clone()),
             me,
             my_name,
@@ -258,6 +265,10 @@ impl LogActor {
             backfilling: BTreeSet::new(),
         };
         actor.migrate()?;
+        let moved = actor.history.migrate_from(actor.kv.as_ref())?;
+        if moved > 0 {
+            tracing::info!("moved {moved} history entries from the embedded store to {}", history_dir.display());
+        }
         for e in actor.history.newest(REFOLD)? {
             actor.state.apply(&e);
             actor.history.remember(&e);
@@ -266,7 +277,7 @@ impl LogActor {
         if let Some(t) = actor.state.max_time() {
             actor.clock.observe(&t, now_ms());
         }
-        actor.next_seq = actor.history.max_seq(&actor.me)?.max(actor.state.max_seq(&actor.me)).saturating_add(1);
+        actor.next_seq = actor.history.max_seq(&actor.me).max(actor.state.max_seq(&actor.me)).saturating_add(1);
         Ok(actor)
     }
 
@@ -289,6 +300,7 @@ impl LogActor {
             }
             self.history.remember(e);
         }
+        self.history.sync()?;
         self.persist()?;
         self.kv.flush()?;
         self.kv.drop_tree(OLD_LOG_TREE)?;
@@ -438,6 +450,9 @@ impl Actor for LogActor {
             if let Err(e) = act.persist() {
                 tracing::error!("cannot write the mesh state: {e}");
             }
+            if let Err(e) = act.history.sync() {
+                tracing::error!("cannot write the history: {e}");
+            }
         });
     }
 }
@@ -456,7 +471,7 @@ impl Handler<Record> for LogActor {
         self.next_seq = self.next_seq.saturating_add(1);
         // Stored before it is visible or sent: a crash never loses an entry peers saw.
         self.history.store(&entry)?;
-        self.kv.flush()?;
+        self.history.sync()?;
         self.state.apply(&entry);
         self.history.remember(&entry);
         if let Some(net) = self.net.clone() {
@@ -712,7 +727,10 @@ impl Handler<Backfilled> for LogActor {
             }
         }
         if stored > 0 {
-            let _ = self.kv.flush();
+            if let Err(err) = self.history.sync() {
+                tracing::error!("cannot write the history of {} on {}: {err}", msg.series.1, msg.series.0);
+                return 0;
+            }
             tracing::debug!("kept {stored} earlier entries of {} on {}", msg.series.1, msg.series.0);
         }
         stored
@@ -768,16 +786,17 @@ mod tests {
     #[test]
     fn an_old_whole_log_is_migrated_into_state_and_history_once() {
         let kv = Arc::new(MemKv::default());
-        old_log(&kv);
-        let actor = LogActor::load("PEER-A".into(), "a".into(), kv.clone(), Duration::from_secs(10)).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let entries = old_log(&kv);
+        let actor = LogActor::load("PEER-A".into(), "a".into(), kv.clone(), t.path(), Duration::from_secs(10)).unwrap();
         assert_eq!(actor.state.jobs().len(), 2, "both jobs are known");
         assert_eq!(actor.next_seq, 6, "a never reuses a seq");
-        assert!(actor.history.holds("PEER-A", 3).unwrap(), "its own entries are kept");
-        assert!(!actor.history.holds("PEER-B", 3).unwrap(), "b's entries about b are not a's to keep");
+        assert!(actor.history.holds(&entries[2]).unwrap(), "its own entries are kept");
+        assert!(!actor.history.holds(&entries[7]).unwrap(), "b's entries about b are not a's to keep");
         assert!(kv.scan_prefix(OLD_LOG_TREE, &[]).unwrap().is_empty(), "the old tree is gone");
         drop(actor);
         // Loaded again: the state comes from its own tree.
-        let again = LogActor::load("PEER-A".into(), "a".into(), kv, Duration::from_secs(10)).unwrap();
+        let again = LogActor::load("PEER-A".into(), "a".into(), kv, t.path(), Duration::from_secs(10)).unwrap();
         assert_eq!(again.state.jobs().len(), 2);
         assert_eq!(again.next_seq, 6);
     }
@@ -786,7 +805,8 @@ mod tests {
     fn a_newer_state_format_is_refused_by_name() {
         let kv = Arc::new(MemKv::default());
         kv.put(STATE_TREE, &state_key(&RecordKey::Paused("a".into())), &[9, 0]).unwrap();
-        let err = LogActor::load("P".into(), "a".into(), kv, Duration::from_secs(10)).err().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let err = LogActor::load("P".into(), "a".into(), kv, t.path(), Duration::from_secs(10)).err().unwrap();
         assert!(err.to_string().contains("upgrade backmesh"), "{err}");
     }
 }

@@ -13,27 +13,26 @@
 //! with the mesh. Reading older history asks a keeper, page by page
 //! ([`Page`], newest last, with a cursor to go further back).
 //!
-//! Layout in the embedded store (each record: a format byte, then CBOR):
-//! - `history`: time key → entry, where the time key is the entry's HLC
-//!   (wall ms with the sign bit flipped, logical, both big-endian), origin
-//!   and seq, so keys sort in hybrid-time order;
-//! - `history_series`: series prefix (16 bytes of SHA-256 of node and path)
-//!   ‖ time key → nothing: the index for one series' pages;
-//! - `history_ids`: origin ‖ 0 ‖ seq → nothing: what is held, and the
-//!   highest seq this node wrote.
+//! On disk (`DATA_DIR/history/`, see [`super::runs`]) each entry is a
+//! record keyed by its time key: the entry's HLC (wall ms with the sign bit
+//! flipped, logical, both big-endian), origin and seq, so keys sort in
+//! hybrid-time order; it is tagged with its series (16 bytes of SHA-256 of
+//! node and path) so one series' pages skip what is not theirs; its value
+//! is a format byte, then the entry in CBOR.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
+use super::runs::{Item, Runs, SeriesTag};
 use crate::hash::Digest;
 use crate::store::{KvStore, StoreError};
 
-const TIME: &str = "history";
-const SERIES: &str = "history_series";
-const IDS: &str = "history_ids";
+/// The embedded store's trees that held the history before it moved to
+/// files (time key → entry; two indexes), migrated at start-up.
+const OLD_TREES: [&str; 3] = ["history", "history_series", "history_ids"];
 /// Format of a stored entry record.
 const RECORD_VERSION: u8 = 1;
 /// Entries every node keeps in memory, whatever their series.
@@ -59,7 +58,7 @@ pub fn time_key(e: &Entry) -> Vec<u8> {
     k
 }
 
-fn series_prefix(node: &str, path: &str) -> [u8; 16] {
+fn series_prefix(node: &str, path: &str) -> SeriesTag {
     let mut v = node.as_bytes().to_vec();
     v.push(0);
     v.extend_from_slice(path.as_bytes());
@@ -68,11 +67,8 @@ fn series_prefix(node: &str, path: &str) -> [u8; 16] {
     out
 }
 
-fn id_key(origin: &str, seq: u64) -> Vec<u8> {
-    let mut k = origin.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+fn series_of(e: &Entry) -> Option<SeriesTag> {
+    e.event.path().map(|p| series_prefix(e.event.node(), p))
 }
 
 fn encode(e: &Entry) -> Result<Vec<u8>, StoreError> {
@@ -196,37 +192,62 @@ impl Page {
     }
 }
 
-/// This node's history: the durable part and the recent window.
+/// This node's history: the durable part (files, [`Runs`]) and the recent
+/// window.
 pub struct History {
-    kv: Arc<dyn KvStore>,
+    runs: Runs,
     window: VecDeque<Entry>,
     in_window: HashSet<(String, u64)>,
 }
 
 impl History {
-    pub fn new(kv: Arc<dyn KvStore>) -> Self {
-        History { kv, window: VecDeque::new(), in_window: HashSet::new() }
+    /// Opens the history kept in `dir` (created if missing).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(History { runs: Runs::open(dir)?, window: VecDeque::new(), in_window: HashSet::new() })
     }
 
-    /// Whether entry (origin, seq) is stored durably here.
-    pub fn holds(&self, origin: &str, seq: u64) -> Result<bool, StoreError> {
-        Ok(self.kv.get(IDS, &id_key(origin, seq))?.is_some())
+    /// Moves the history of an older data directory out of the embedded
+    /// store (where sled held much of it in memory) into the files, then
+    /// drops those trees. Idempotent: safe to run again after a crash.
+    pub fn migrate_from(&mut self, kv: &dyn KvStore) -> Result<u64, StoreError> {
+        let mut moved = 0;
+        let mut upper: Option<Vec<u8>> = None;
+        loop {
+            let chunk = kv.scan_prefix_rev(OLD_TREES[0], &[], upper.as_deref(), 4_096)?;
+            for (k, v) in &chunk {
+                moved += u64::from(self.store(&decode(v)?)?);
+                upper = Some(k.clone());
+            }
+            if chunk.len() < 4_096 {
+                break;
+            }
+        }
+        self.sync()?;
+        for tree in OLD_TREES {
+            kv.drop_tree(tree)?;
+        }
+        kv.flush()?;
+        Ok(moved)
     }
 
-    /// Stores `e` durably (idempotent). The caller flushes.
-    pub fn store(&self, e: &Entry) -> Result<bool, StoreError> {
-        if self.holds(&e.origin, e.seq)? {
-            return Ok(false);
-        }
-        let tk = time_key(e);
-        self.kv.put(TIME, &tk, &encode(e)?)?;
-        if let Some(path) = e.event.path() {
-            let mut sk = series_prefix(e.event.node(), path).to_vec();
-            sk.extend_from_slice(&tk);
-            self.kv.put(SERIES, &sk, &[])?;
-        }
-        self.kv.put(IDS, &id_key(&e.origin, e.seq), &[])?;
-        Ok(true)
+    /// Whether `e` is stored durably here.
+    pub fn holds(&self, e: &Entry) -> Result<bool, StoreError> {
+        self.runs.contains(&time_key(e), series_of(e).as_ref())
+    }
+
+    /// Stores `e` (idempotent): durable after [`History::sync`].
+    pub fn store(&mut self, e: &Entry) -> Result<bool, StoreError> {
+        self.runs.insert(Item { key: time_key(e), series: series_of(e), value: encode(e)? })
+    }
+
+    /// Makes every entry stored so far durable.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.runs.sync()
+    }
+
+    /// Entries stored durably here.
+    pub fn stored(&self) -> u64 {
+        self.runs.len()
     }
 
     /// Puts `e` in the recent window (idempotent); the oldest falls out.
@@ -248,27 +269,17 @@ impl History {
     }
 
     /// The highest seq of `origin` stored here (0 if none).
-    pub fn max_seq(&self, origin: &str) -> Result<u64, StoreError> {
-        let mut prefix = origin.as_bytes().to_vec();
-        prefix.push(0);
-        let last = self.kv.scan_prefix_rev(IDS, &prefix, None, 1)?;
-        Ok(last
-            .first()
-            .and_then(|(k, _)| k.get(prefix.len()..))
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+    pub fn max_seq(&self, origin: &str) -> u64 {
+        self.runs.max_seq(origin)
     }
 
     /// The newest stored entries, at most `limit`, newest last (for the
     /// state to re-fold at start-up).
     pub fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let mut v: Vec<Entry> = self
-            .kv
-            .scan_prefix_rev(TIME, &[], None, limit)?
-            .iter()
-            .map(|(_, v)| decode(v))
-            .collect::<Result<_, _>>()?;
+        let mut v = Vec::new();
+        for item in self.runs.rev(None, None)?.take(limit) {
+            v.push(decode(&item?.value)?);
+        }
         v.reverse();
         Ok(v)
     }
@@ -283,49 +294,42 @@ impl History {
         let mut floor: Option<Vec<u8>> = None;
         match (&q.node, &q.path) {
             (Some(node), Some(path)) => {
-                let prefix = series_prefix(node, path);
-                let upper = before.as_ref().map(|b| [&prefix[..], b].concat());
-                let keys = self.kv.scan_prefix_rev(SERIES, &prefix, upper.as_deref(), limit + 1)?;
-                more = keys.len() > limit;
-                for (k, _) in keys.iter().take(limit) {
-                    if let Some(v) = self.kv.get(TIME, &k[prefix.len()..])? {
-                        durable.push(decode(&v)?);
-                    }
-                    floor = Some(k[prefix.len()..].to_vec());
+                let mut it = self.runs.rev(before.as_deref(), Some(series_prefix(node, path)))?;
+                for item in it.by_ref().take(limit) {
+                    let item = item?;
+                    durable.push(decode(&item.value)?);
+                    floor = Some(item.key);
                 }
+                more = it.next().transpose()?.is_some();
             }
             _ => {
-                // Walk back in time in chunks until the page is full.
-                let mut upper = before.clone();
+                // Walk back in time until the page is full, or SCAN_MAX
+                // entries were looked at.
                 let mut scanned = 0;
-                'walk: loop {
-                    if scanned >= SCAN_MAX {
-                        // Everything from here on has been looked at.
+                let mut looked_at: Option<Vec<u8>> = None;
+                for item in self.runs.rev(before.as_deref(), None)? {
+                    let item = item?;
+                    if scanned == SCAN_MAX {
+                        // Everything from the last one looked at on was.
                         more = true;
-                        floor = upper.clone();
+                        floor = looked_at;
                         break;
                     }
-                    let chunk = self.kv.scan_prefix_rev(TIME, &[], upper.as_deref(), 512)?;
-                    let exhausted = chunk.len() < 512;
-                    scanned += chunk.len();
-                    for (k, v) in &chunk {
-                        let e = decode(v)?;
-                        if q.matches(&e) {
-                            if durable.len() == limit {
-                                more = true;
-                                break 'walk;
-                            }
-                            durable.push(e);
-                            floor = Some(k.clone());
+                    scanned += 1;
+                    looked_at = Some(item.key.clone());
+                    let e = decode(&item.value)?;
+                    if q.matches(&e) {
+                        if durable.len() == limit {
+                            more = true;
+                            break;
                         }
-                        upper = Some(k.clone());
-                    }
-                    if exhausted {
-                        break;
+                        durable.push(e);
+                        floor = Some(item.key);
                     }
                 }
             }
         }
+        durable.reverse();
         let window: Vec<Entry> = self
             .window
             .iter()
@@ -347,7 +351,13 @@ mod tests {
     use super::super::entry::Event;
     use super::super::hlc::Clock;
     use super::*;
-    use crate::store::{MemKv, SledKv};
+    use crate::store::SledKv;
+
+    fn open() -> (tempfile::TempDir, History) {
+        let t = tempfile::tempdir().unwrap();
+        let h = History::open(&t.path().join("history")).unwrap();
+        (t, h)
+    }
 
     fn entries(origin: &str, n: u64) -> Vec<Entry> {
         let mut c = Clock::new(origin);
@@ -364,7 +374,7 @@ mod tests {
 
     #[test]
     fn pages_walk_back_through_a_series_without_gaps_or_repeats() {
-        let h = History::new(Arc::new(MemKv::default()));
+        let (_t, mut h) = open();
         for e in entries("P", 300) {
             assert!(h.store(&e).unwrap());
             assert!(!h.store(&e).unwrap(), "idempotent");
@@ -383,14 +393,13 @@ mod tests {
             q.before = page.cursor;
         }
         assert_eq!(seen, (1..=300).filter(|s| s % 3 == 1).collect::<Vec<_>>());
-        assert_eq!(h.max_seq("P").unwrap(), 300);
-        assert_eq!(h.max_seq("Q").unwrap(), 0);
+        assert_eq!(h.max_seq("P"), 300);
+        assert_eq!(h.max_seq("Q"), 0);
     }
 
     #[test]
     fn unfiltered_pages_and_the_window_combine() {
-        let t = tempfile::tempdir().unwrap();
-        let mut h = History::new(Arc::new(SledKv::open(&t.path().join("db")).unwrap()));
+        let (_t, mut h) = open();
         let all = entries("P", 50);
         for e in &all[..20] {
             h.store(e).unwrap();
@@ -410,7 +419,7 @@ mod tests {
 
     #[test]
     fn a_page_fits_its_byte_budget_and_says_more() {
-        let h = History::new(Arc::new(MemKv::default()));
+        let (_t, mut h) = open();
         for e in entries("P", 200) {
             h.store(&e).unwrap();
         }
@@ -453,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_sparse_filter_pages_back_through_a_long_history() {
-        let h = History::new(Arc::new(MemKv::default()));
+        let (_t, mut h) = open();
         let mut c = Clock::new("P");
         // One entry about n9 in every 7,000; the rest about n1.
         for seq in 1..=50_000u64 {
@@ -484,13 +493,38 @@ mod tests {
 
     #[test]
     fn the_window_is_bounded() {
-        let mut h = History::new(Arc::new(MemKv::default()));
+        let (_t, mut h) = open();
         for e in entries("P", WINDOW as u64 + 500) {
             h.remember(&e);
             h.remember(&e);
         }
         assert_eq!(h.window.len(), WINDOW);
         assert_eq!(h.in_window.len(), WINDOW);
+    }
+
+    #[test]
+    fn a_history_kept_in_the_embedded_store_moves_to_files() {
+        let t = tempfile::tempdir().unwrap();
+        let kv = SledKv::open(&t.path().join("db")).unwrap();
+        for e in entries("P", 5_000) {
+            kv.put(OLD_TREES[0], &time_key(&e), &encode(&e).unwrap()).unwrap();
+            kv.put(OLD_TREES[2], &e.seq.to_be_bytes(), &[]).unwrap();
+        }
+        let mut h = History::open(&t.path().join("history")).unwrap();
+        assert_eq!(h.migrate_from(&kv).unwrap(), 5_000);
+        assert_eq!(h.migrate_from(&kv).unwrap(), 0, "a second run finds nothing left");
+        assert!(kv.scan_prefix(OLD_TREES[0], &[]).unwrap().is_empty());
+        assert!(kv.scan_prefix(OLD_TREES[2], &[]).unwrap().is_empty());
+        drop(h);
+        let h = History::open(&t.path().join("history")).unwrap();
+        assert_eq!(h.stored(), 5_000);
+        assert_eq!(h.max_seq("P"), 5_000);
+        let page =
+            h.page(&HistoryQuery { node: Some("n1".into()), path: Some("/p2".into()), limit: 5, ..Default::default() });
+        assert_eq!(
+            page.unwrap().entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![4_988, 4_991, 4_994, 4_997, 5_000]
+        );
     }
 
     #[test]
