@@ -33,7 +33,9 @@ use libp2p::request_response::ResponseChannel;
 use super::entry::{Entry, Event};
 use super::history::{History, HistoryQuery, Page};
 use super::hlc::Clock;
-use super::mesh::{CatalogArchive, JobView, MeshState, Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS};
+use super::mesh::{
+    answer_pull, CatalogArchive, JobView, MeshState, Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS,
+};
 use crate::net::actor::now_ms;
 use crate::net::swarm::{NetClient, ServeCtl};
 use crate::net::wire::{CtlRequest, CtlResponse, StateBatch, StatePull, STATE_BATCH_BYTES};
@@ -168,7 +170,7 @@ pub struct AttachNet(pub NetClient);
 const REFOLD: usize = 1_000;
 /// A bucket that changed less than this long ago is left to gossip in a
 /// pull that is not eager.
-const QUIET_MS: i64 = 5_000;
+pub const QUIET_MS: i64 = 5_000;
 /// A pull not answered within this long is given up (the next may go).
 const PULL_TIMEOUT_MS: i64 = 5_000;
 /// Pages of one series' history fetched at most when this node becomes
@@ -504,33 +506,16 @@ impl Handler<ServeStatePull> for LogActor {
     fn handle(&mut self, msg: ServeStatePull, _: &mut Context<Self>) {
         let now = now_ms();
         self.settled.observe(&self.state, now);
-        let differing: BTreeSet<usize> = self
-            .state
-            .differing(&msg.pull.digest)
-            .into_iter()
-            .filter(|b| *b >= msg.pull.from_bucket as usize)
-            .filter(|b| msg.pull.eager || self.settled.is_quiet(*b, now, QUIET_MS))
-            .collect();
-        // One pass over the state, grouped by bucket, in bucket order.
-        let mut by_bucket: BTreeMap<usize, Vec<(RecordKey, StateRecord)>> = BTreeMap::new();
-        for (k, r) in self.state.records_in(&differing) {
-            by_bucket.entry(k.bucket()).or_default().push((k, r));
-        }
-        let mut records = Vec::new();
-        let mut bytes = 0;
-        let mut next_bucket = None;
-        for (b, these) in by_bucket {
-            if bytes > STATE_BATCH_BYTES {
-                next_bucket = Some(b as u16);
-                break;
-            }
-            for (k, r) in these {
-                let mut buf = Vec::new();
-                let _ = ciborium::into_writer(&r, &mut buf);
-                bytes += buf.len();
-                records.push((k, r));
-            }
-        }
+        let (records, next_bucket) = answer_pull(
+            &mut self.state,
+            &self.settled,
+            &msg.pull.digest,
+            msg.pull.from_bucket,
+            msg.pull.eager,
+            now,
+            QUIET_MS,
+            STATE_BATCH_BYTES,
+        );
         if let Some(net) = self.net.clone() {
             actix::spawn(async move {
                 let _ = net.answer_pull(msg.channel, StateBatch { records, next_bucket }).await;

@@ -10,6 +10,18 @@
 //! backmesh-sim soak [--nodes 3] [--jobs 60] [--every 5] [--minutes 15] [--minute-secs 1]
 //! ```
 //!
+//! ```text
+//! backmesh-sim mesh [--nodes 100] [--jobs 1] [--every-min 5] [--rounds 90] [--loss 0.01]
+//!                   [--dup 0.01] [--partition 0.2] [--churn 0.02] [--replicas 3] [--keep 10]
+//!                   [--seed 1] [--seeds 1] [--model compact|real]
+//! ```
+//!
+//! `mesh` is the large-N simulator (`backmesh_simulations::mesh_sim`): N
+//! nodes in one process on a seeded network with loss, duplication, a
+//! partition and churn; one line per seed with the rounds to agree after
+//! the heal, state and traffic per node, holder balance, repair bytes and
+//! any invariant broken (then it exits 1, and the seed replays the run).
+//!
 //! `soak` starts real nodes on 127.0.0.1 (release binaries beside this
 //! one), registers `--jobs` jobs spread over them, running every `--every`
 //! job minutes of `--minute-secs` seconds, changes a few trees every 30 s,
@@ -35,6 +47,10 @@ use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Clock;
 use backmesh_actors::log::mesh::{MeshState, BUCKETS};
 use backmesh_actors::replica::placement::{holders, Candidate};
+
+const USAGE: &str = "usage: backmesh-sim profile [--nodes N] [--jobs J] [--every-min M] [--days D] [--changed F] [--replicas R] [--keep K] [--seed S]
+       backmesh-sim soak [--nodes N] [--jobs J] [--every M] [--minutes T] [--minute-secs S]
+       backmesh-sim mesh [--nodes N] [--jobs J] [--every-min M] [--rounds R] [--loss F] [--dup F] [--partition F] [--churn F] [--replicas R] [--keep K] [--seed S] [--seeds K] [--model compact|real]";
 
 struct Args(Vec<String>);
 
@@ -453,14 +469,80 @@ fn soak(a: &Args) {
     }
 }
 
+fn mesh(a: &Args) {
+    use backmesh_simulations::mesh_sim::{run, Config, Model};
+    let d = Config::default();
+    let model = match a.get("--model", "compact".to_string()).as_str() {
+        "real" => Model::Real,
+        "compact" => Model::Compact,
+        other => {
+            eprintln!("backmesh-sim: --model is `real` or `compact`, not `{other}`");
+            std::process::exit(2)
+        }
+    };
+    let base = Config {
+        nodes: a.get("--nodes", d.nodes),
+        jobs: a.get("--jobs", d.jobs),
+        every_min: a.get("--every-min", d.every_min),
+        load_rounds: a.get("--rounds", d.load_rounds),
+        loss: a.get("--loss", d.loss),
+        dup: a.get("--dup", d.dup),
+        partition: a.get("--partition", d.partition),
+        churn: a.get("--churn", d.churn),
+        replicas: a.get("--replicas", d.replicas),
+        keep: a.get("--keep", d.keep),
+        archive_bytes: d.archive_bytes,
+        seed: a.get("--seed", d.seed),
+        model,
+    };
+    let seeds: u64 = a.get("--seeds", 1);
+    let goal = 2 * (usize::BITS - base.nodes.leading_zeros() - 1);
+    println!(
+        "mesh: {} nodes × {} jobs every {} min, {} rounds of 10 s; loss {}, dup {}, partition {}, churn {}; R {}, keep {}; {:?} model; goal ≤ 2·log2 N = {goal} rounds",
+        base.nodes, base.jobs, base.every_min, base.load_rounds, base.loss, base.dup, base.partition, base.churn, base.replicas, base.keep, base.model
+    );
+    println!("| seed | live | entries | rounds to agree | state/node | gossip in/node/day | anti-entropy/node/day | archives held mean/max | repair moved / minimum | wall | RSS | invariants |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut failed = false;
+    for seed in base.seed..base.seed + seeds {
+        let t = Instant::now();
+        let r = run(&Config { seed, ..base.clone() });
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        failed |= !r.violations.is_empty();
+        println!(
+            "| {seed} | {} | {} | {} | {:.2} MiB | {:.1} MiB | {:.1} MiB | {:.1} / {} | {:.0} / {:.0} GiB | {:.1} s | {:.0} MiB | {} |",
+            r.live_nodes,
+            r.entries,
+            r.rounds_to_converge.map_or("never".to_string(), |n| n.to_string()),
+            mib(r.state_bytes_per_node),
+            mib(r.gossip_bytes_per_node_day),
+            mib(r.anti_entropy_bytes_per_node_day),
+            r.held_mean,
+            r.held_max,
+            mib(r.repair_bytes) / 1024.0,
+            mib(r.repair_min_bytes) / 1024.0,
+            t.elapsed().as_secs_f64(),
+            mib(rss_bytes()),
+            if r.violations.is_empty() { "held".to_string() } else { r.violations.join("; ") },
+        );
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        eprintln!("{}", USAGE);
+        return;
+    }
     match args.first().map(String::as_str) {
         Some("profile") => profile(&Args(args)),
         Some("soak") => soak(&Args(args)),
+        Some("mesh") => mesh(&Args(args)),
         _ => {
-            eprintln!("usage: backmesh-sim profile [--nodes N] [--jobs J] [--every-min M] [--days D] [--changed F] [--replicas R] [--keep K] [--seed S]");
-            eprintln!("       backmesh-sim soak [--nodes N] [--jobs J] [--every M] [--minutes T] [--minute-secs S]");
+            eprintln!("{}", USAGE);
             std::process::exit(2);
         }
     }
