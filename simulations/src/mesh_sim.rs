@@ -101,10 +101,13 @@ pub struct Report {
     pub rounds_to_converge: Option<u32>,
     /// Mean bytes of state per node (encoded records).
     pub state_bytes_per_node: u64,
-    /// Per live node per simulated day: gossip received, anti-entropy
-    /// received (answers) and sent (pulls with their digests).
+    /// Per live node per simulated day: gossip received; anti-entropy
+    /// (pulls with their digests, and answers) while the mesh is whole and
+    /// busy, before the partition.
     pub gossip_bytes_per_node_day: u64,
     pub anti_entropy_bytes_per_node_day: u64,
+    /// Anti-entropy bytes per live node from the heal until all agree.
+    pub heal_bytes_per_node: u64,
     /// Archives held per live node after repair: mean and max.
     pub held_mean: f64,
     pub held_max: usize,
@@ -361,6 +364,7 @@ pub fn run(cfg: &Config) -> Report {
         state_bytes_per_node: 0,
         gossip_bytes_per_node_day: 0,
         anti_entropy_bytes_per_node_day: 0,
+        heal_bytes_per_node: 0,
         held_mean: 0.0,
         held_max: 0,
         repair_bytes: 0,
@@ -368,7 +372,8 @@ pub fn run(cfg: &Config) -> Report {
         violations: Vec::new(),
     };
     let mut gossip_bytes = 0u64;
-    let mut ae_bytes = 0u64;
+    let mut ae_steady = 0u64;
+    let mut ae_heal = 0u64;
 
     // One write at node `n`: record `rec` (and n's origin record) move on.
     let write = |nodes: &mut Vec<SimNode>,
@@ -437,9 +442,13 @@ pub fn run(cfg: &Config) -> Report {
             }
         }
         if round == churn_at && joiners > 0 {
-            for _ in 0..joiners {
+            let mut left = 0;
+            while left < joiners.min(cfg.nodes.saturating_sub(2)) {
                 let n = rng.below(cfg.nodes);
-                nodes[n].up = false;
+                if nodes[n].up {
+                    nodes[n].up = false;
+                    left += 1;
+                }
             }
             for n in nodes.iter_mut().skip(cfg.nodes) {
                 n.up = true;
@@ -470,7 +479,10 @@ pub fn run(cfg: &Config) -> Report {
                 }
             }
         }
-        ae_bytes += anti_entropy_round(&mut nodes, &mut rng, &layout, now);
+        let b = anti_entropy_round(&mut nodes, &mut rng, &layout, now);
+        if round < part_at {
+            ae_steady += b;
+        }
     }
 
     // The heal: writes stop, everyone can reach everyone.
@@ -482,7 +494,7 @@ pub fn run(cfg: &Config) -> Report {
     let limit = 10 * (usize::BITS - live.len().leading_zeros()) + 10;
     for r in 1..=limit {
         now += ROUND_MS;
-        ae_bytes += anti_entropy_round(&mut nodes, &mut rng, &layout, now);
+        ae_heal += anti_entropy_round(&mut nodes, &mut rng, &layout, now);
         let first = nodes[live[0]].replica.digest();
         if live.iter().all(|n| nodes[*n].replica.digest() == first) {
             report.rounds_to_converge = Some(r);
@@ -494,10 +506,10 @@ pub fn run(cfg: &Config) -> Report {
     }
     check_state(cfg, &mut nodes, &live, series, &truth, &mut report);
 
-    let seconds = (now - t0) as f64 / 1000.0;
-    let per_day = |b: u64| (b as f64 / live.len() as f64 * 86_400.0 / seconds) as u64;
-    report.gossip_bytes_per_node_day = per_day(gossip_bytes);
-    report.anti_entropy_bytes_per_node_day = per_day(ae_bytes);
+    let per_day = |b: u64, seconds: f64| (b as f64 / live.len() as f64 * 86_400.0 / seconds.max(1.0)) as u64;
+    report.gossip_bytes_per_node_day = per_day(gossip_bytes, (cfg.load_rounds as i64 * ROUND_MS) as f64 / 1000.0);
+    report.anti_entropy_bytes_per_node_day = per_day(ae_steady, (part_at as i64 * ROUND_MS) as f64 / 1000.0);
+    report.heal_bytes_per_node = ae_heal / live.len().max(1) as u64;
     let sample: Vec<usize> = live.iter().step_by((live.len() / 20).max(1)).copied().collect();
     report.state_bytes_per_node =
         sample.iter().map(|n| nodes[*n].replica.bytes(&layout)).sum::<u64>() / sample.len().max(1) as u64;
@@ -521,7 +533,7 @@ fn anti_entropy_round(nodes: &mut [SimNode], rng: &mut Rng, l: &Layout, now: i64
             }
         }
         let Some(p) = peer else { continue };
-        let eager = !nodes[n].caught_up;
+        let mut eager = !nodes[n].caught_up;
         let mut from = 0u16;
         for _ in 0..BUCKETS {
             let mine = nodes[n].replica.digest();
@@ -530,7 +542,12 @@ fn anti_entropy_round(nodes: &mut [SimNode], rng: &mut Rng, l: &Layout, now: i64
             bytes += b;
             nodes[n].replica.merge(&batch, l, now);
             match next {
-                Some(b) if eager && b > from => from = b,
+                // Cut for size: far behind, so go on eagerly from there (as
+                // the log actor does).
+                Some(b) if b > from => {
+                    from = b;
+                    eager = true;
+                }
                 Some(_) => break,
                 None => {
                     nodes[n].caught_up |= eager;

@@ -501,8 +501,8 @@ fn mesh(a: &Args) {
         "mesh: {} nodes × {} jobs every {} min, {} rounds of 10 s; loss {}, dup {}, partition {}, churn {}; R {}, keep {}; {:?} model; goal ≤ 2·log2 N = {goal} rounds",
         base.nodes, base.jobs, base.every_min, base.load_rounds, base.loss, base.dup, base.partition, base.churn, base.replicas, base.keep, base.model
     );
-    println!("| seed | live | entries | rounds to agree | state/node | gossip in/node/day | anti-entropy/node/day | archives held mean/max | repair moved / minimum | wall | RSS | invariants |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| seed | live | entries | rounds to agree | state/node | gossip in/node/day | anti-entropy/node/day (busy, whole) | heal: anti-entropy/node | archives held mean/max | repair moved / minimum | wall | RSS | invariants |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for seed in base.seed..base.seed + seeds {
         let t = Instant::now();
@@ -510,13 +510,14 @@ fn mesh(a: &Args) {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         failed |= !r.violations.is_empty();
         println!(
-            "| {seed} | {} | {} | {} | {:.2} MiB | {:.1} MiB | {:.1} MiB | {:.1} / {} | {:.0} / {:.0} GiB | {:.1} s | {:.0} MiB | {} |",
+            "| {seed} | {} | {} | {} | {:.2} MiB | {:.1} MiB | {:.1} MiB | {:.2} MiB | {:.1} / {} | {:.0} / {:.0} GiB | {:.1} s | {:.0} MiB | {} |",
             r.live_nodes,
             r.entries,
             r.rounds_to_converge.map_or("never".to_string(), |n| n.to_string()),
             mib(r.state_bytes_per_node),
             mib(r.gossip_bytes_per_node_day),
             mib(r.anti_entropy_bytes_per_node_day),
+            mib(r.heal_bytes_per_node),
             r.held_mean,
             r.held_max,
             mib(r.repair_bytes) / 1024.0,
