@@ -407,6 +407,11 @@ pub struct Runs {
     wal_number: u64,
     /// Unsynced appends to the write-ahead file.
     dirty: bool,
+    /// Bytes of whole records in the write-ahead file.
+    wal_len: u64,
+    /// A run was written but the write-ahead file not yet reset: nothing
+    /// may be appended to it (at open it would be taken for that run's).
+    needs_reset: bool,
     mem: BTreeMap<Vec<u8>, Item>,
     mem_bytes: usize,
     runs: Vec<Run>,
@@ -513,11 +518,14 @@ impl Runs {
             wal,
             wal_number: number,
             dirty: false,
+            wal_len: 0,
+            needs_reset: false,
             mem: BTreeMap::new(),
             mem_bytes: 0,
             runs,
             origins,
         };
+        me.wal_len = me.wal.metadata().map_err(io_err(&wal_path))?.len();
         for item in wal_items {
             me.remember(item);
         }
@@ -560,15 +568,27 @@ impl Runs {
         if self.contains(&item.key, item.series.as_ref())? {
             return Ok(false);
         }
+        if self.needs_reset {
+            self.reset_wal()?;
+        }
         let mut buf = Vec::new();
         item.encode(&mut buf);
         let wal_path = self.dir.join(WAL);
-        self.wal.write_all(&buf).map_err(io_err(&wal_path))?;
+        if let Err(e) = self.wal.write_all(&buf) {
+            // A half-written record would hide every later one at open: cut it.
+            if let Err(cut) = self.wal.set_len(self.wal_len) {
+                tracing::error!("{}: cannot cut a failed write back ({cut})", wal_path.display());
+            }
+            return Err(io_err(&wal_path)(e));
+        }
+        self.wal_len += buf.len() as u64;
         self.dirty = true;
         self.remember(item);
         if self.mem.len() >= FLUSH_ENTRIES || self.mem_bytes >= FLUSH_BYTES {
-            self.flush_mem()?;
-            self.compact()?;
+            // The entry is stored: a failure here is retried at the next insert.
+            if let Err(e) = self.flush_mem().and_then(|()| self.compact()) {
+                tracing::error!("cannot write a history run in {}: {e}", self.dir.display());
+            }
         }
         Ok(true)
     }
@@ -644,12 +664,20 @@ impl Runs {
         let footer = w.finish(&self.dir, &name, Vec::new())?;
         self.runs.push(Run { name, number: self.wal_number, level: 0, footer: Arc::new(footer) });
         self.wal_number += 1;
+        self.mem.clear();
+        self.mem_bytes = 0;
+        self.needs_reset = true;
+        self.reset_wal()
+    }
+
+    /// Starts the empty write-ahead file of run `wal_number`.
+    fn reset_wal(&mut self) -> Result<(), StoreError> {
         write_wal_header(&self.dir, self.wal_number)?;
         let wal_path = self.dir.join(WAL);
         self.wal = OpenOptions::new().append(true).open(&wal_path).map_err(io_err(&wal_path))?;
+        self.wal_len = 16;
         self.dirty = false;
-        self.mem.clear();
-        self.mem_bytes = 0;
+        self.needs_reset = false;
         Ok(())
     }
 
