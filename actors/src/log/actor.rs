@@ -66,6 +66,8 @@ pub struct ServeStatePull {
 #[rtype(result = "()")]
 pub struct StateReceived {
     pub records: Vec<(RecordKey, StateRecord)>,
+    /// Records of the answer in forms this version does not know.
+    pub unknown: usize,
     pub from: String,
     pub next_bucket: Option<u16>,
 }
@@ -193,6 +195,8 @@ pub struct LogActor {
     /// The pull waiting for its answer: when it was sent, and whether it
     /// was eager. One at a time; a lost answer is given up after a while.
     in_flight: Option<(i64, bool, u16)>,
+    /// Peers already named for sending records this version does not know.
+    told_unknown: BTreeSet<String>,
     history: History,
     clock: Clock,
     me: String,
@@ -252,6 +256,7 @@ impl LogActor {
             settled: Settled::default(),
             caught_up: false,
             in_flight: None,
+            told_unknown: BTreeSet::new(),
             history: History::open(history_dir)?,
             clock: Clock::new(me.clone()),
             me,
@@ -518,7 +523,7 @@ impl Handler<ServeStatePull> for LogActor {
         );
         if let Some(net) = self.net.clone() {
             actix::spawn(async move {
-                let _ = net.answer_pull(msg.channel, StateBatch { records, next_bucket }).await;
+                let _ = net.answer_pull(msg.channel, StateBatch { records: records.into(), next_bucket }).await;
             });
         }
     }
@@ -529,6 +534,14 @@ impl Handler<StateReceived> for LogActor {
     fn handle(&mut self, msg: StateReceived, _: &mut Context<Self>) {
         let mut changed = 0;
         let now = now_ms();
+        if msg.unknown > 0 && self.told_unknown.insert(msg.from.clone()) {
+            tracing::warn!(
+                "{} sent {} state records in a form this version does not know; they are left out here \
+                 (it runs a newer backmesh: upgrade this node)",
+                msg.from,
+                msg.unknown
+            );
+        }
         for (k, r) in &msg.records {
             if self.state.merge_record(k, r) {
                 changed += 1;

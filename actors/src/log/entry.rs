@@ -28,8 +28,12 @@ impl Entry {
 
 /// What happened. `node` is always the node the event concerns (a job's
 /// node), which need not be the origin that recorded it.
+///
+/// A kind this version does not know (written by a newer node) decodes
+/// as [`Event::Other`]: it is kept, stored and passed on as it came, and
+/// folds into nothing but its origin's sequence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(remote = "Self", tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     Registered {
         node: String,
@@ -165,12 +169,115 @@ pub enum Event {
         archive: String,
         holder: String,
     },
+    /// An event of a kind this version does not know.
+    #[serde(skip)]
+    Other(OtherEvent),
 }
+
+/// An event of an unknown kind, as it came: its kind and its whole map
+/// (the kind included), in CBOR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtherEvent {
+    pub kind: String,
+    cbor: Vec<u8>,
+    node: String,
+    path: Option<String>,
+}
+
+impl OtherEvent {
+    fn from_value(kind: String, v: &ciborium::Value) -> Result<Self, String> {
+        let text = |name: &str| {
+            v.as_map()?.iter().find(|(k, _)| k.as_text() == Some(name)).and_then(|(_, v)| v.as_text().map(String::from))
+        };
+        let mut cbor = Vec::new();
+        ciborium::into_writer(v, &mut cbor).map_err(|e| e.to_string())?;
+        Ok(OtherEvent { kind, node: text("node").unwrap_or_default(), path: text("path"), cbor })
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Event::Other(o) => ciborium::from_reader::<ciborium::Value, _>(&o.cbor[..])
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s),
+            known => Event::serialize(known, s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = ciborium::Value::deserialize(d)?;
+        let kind = v
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("kind")))
+            .and_then(|(_, k)| k.as_text())
+            .ok_or_else(|| D::Error::custom("an event without a kind"))?
+            .to_string();
+        if KINDS.contains(&kind.as_str()) {
+            // A known kind must decode as that kind: a malformed one is refused.
+            v.deserialized::<Known>().map(|k| k.0).map_err(D::Error::custom)
+        } else {
+            OtherEvent::from_value(kind, &v).map(Event::Other).map_err(D::Error::custom)
+        }
+    }
+}
+
+/// An entry of a kind this version does not know, as a newer node would
+/// write it (for tests elsewhere in the crate).
+#[cfg(test)]
+pub(crate) fn newer_entry(origin: &str, seq: u64, node: &str, path: &str) -> Entry {
+    let t = |s: &str| ciborium::Value::Text(s.to_string());
+    let v = ciborium::Value::Map(vec![
+        (t("kind"), t("uploaded")),
+        (t("node"), t(node)),
+        (t("path"), t(path)),
+        (t("bucket"), t("s3://b/p")),
+    ]);
+    let event = Event::Other(OtherEvent::from_value("uploaded".into(), &v).expect("encodes"));
+    Entry {
+        origin: origin.into(),
+        origin_name: origin.to_lowercase(),
+        seq,
+        time: Hlc { wall_ms: seq as i64 * 1_000, logical: 0, node: origin.into() },
+        event,
+    }
+}
+
+/// An event decoded by the derived code alone.
+struct Known(Event);
+
+impl<'de> Deserialize<'de> for Known {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Event::deserialize(d).map(Known)
+    }
+}
+
+/// Every kind this version knows.
+const KINDS: [&str; 14] = [
+    "registered",
+    "unregistered",
+    "paused",
+    "resumed",
+    "started",
+    "finished",
+    "unchanged",
+    "failed",
+    "replicated",
+    "pruned",
+    "restored",
+    "verified",
+    "repaired",
+    "notified",
+];
 
 impl Event {
     /// The kind as it appears in JSON (`registered`, `finished`, …).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &str {
         match self {
+            Event::Other(o) => &o.kind,
             Event::Registered { .. } => "registered",
             Event::Unregistered { .. } => "unregistered",
             Event::Paused { .. } => "paused",
@@ -205,6 +312,7 @@ impl Event {
             | Event::Verified { node, .. }
             | Event::Repaired { node, .. }
             | Event::Notified { node, .. } => node,
+            Event::Other(o) => &o.node,
         }
     }
 
@@ -237,6 +345,7 @@ impl Event {
             | Event::Verified { path, .. }
             | Event::Repaired { path, .. }
             | Event::Notified { path, .. } => Some(path),
+            Event::Other(o) => o.path.as_deref(),
         }
     }
 }
@@ -281,6 +390,76 @@ mod tests {
             assert!(v.contains(&format!("\"{key}\"")), "{key} in {v}");
         }
         assert!(v.contains("\"kind\":\"finished\""), "{v}");
+    }
+
+    fn map(pairs: &[(&str, ciborium::Value)]) -> ciborium::Value {
+        ciborium::Value::Map(pairs.iter().map(|(k, v)| (ciborium::Value::Text(k.to_string()), v.clone())).collect())
+    }
+
+    #[test]
+    fn an_unknown_kind_is_kept_whole_and_passed_on_as_it_came() {
+        let t = ciborium::Value::Text;
+        let newer = map(&[
+            ("origin", t("12D3KooWabc".into())),
+            ("origin_name", t("n1".into())),
+            ("seq", ciborium::Value::Integer(9.into())),
+            (
+                "time",
+                map(&[
+                    ("wall_ms", ciborium::Value::Integer(5.into())),
+                    ("logical", ciborium::Value::Integer(0.into())),
+                    ("node", t("12D3KooWabc".into())),
+                ]),
+            ),
+            ("kind", t("uploaded".into())),
+            ("node", t("n3".into())),
+            ("path", t("/srv/app".into())),
+            ("bucket", t("s3://b/p".into())),
+            ("parts", ciborium::Value::Array(vec![ciborium::Value::Integer(1.into()), ciborium::Value::Bool(true)])),
+        ]);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&newer, &mut bytes).unwrap();
+        let e: Entry = ciborium::from_reader(&bytes[..]).unwrap();
+        assert_eq!((e.seq, e.event.kind(), e.event.node(), e.event.path()), (9, "uploaded", "n3", Some("/srv/app")));
+        let mut again = Vec::new();
+        ciborium::into_writer(&e, &mut again).unwrap();
+        let back: ciborium::Value = ciborium::from_reader(&again[..]).unwrap();
+        let fields = |v: &ciborium::Value| {
+            let mut f: Vec<String> = v.as_map().unwrap().iter().map(|(k, v)| format!("{k:?}={v:?}")).collect();
+            f.sort();
+            f
+        };
+        assert_eq!(fields(&back), fields(&newer), "every field passed on, the unknown ones included");
+        assert_eq!(ciborium::from_reader::<Entry, _>(&again[..]).unwrap(), e);
+    }
+
+    #[test]
+    fn a_known_kind_that_is_malformed_is_refused() {
+        let mut v = Vec::new();
+        let mut e = entry();
+        e.seq = 1;
+        ciborium::into_writer(&e, &mut v).unwrap();
+        let mut m: ciborium::Value = ciborium::from_reader(&v[..]).unwrap();
+        m.as_map_mut().unwrap().retain(|(k, _)| k.as_text() != Some("archive"));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&m, &mut bytes).unwrap();
+        let err = ciborium::from_reader::<Entry, _>(&bytes[..]).unwrap_err();
+        assert!(err.to_string().contains("archive"), "{err}");
+        m.as_map_mut().unwrap().retain(|(k, _)| k.as_text() != Some("kind"));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&m, &mut bytes).unwrap();
+        assert!(ciborium::from_reader::<Entry, _>(&bytes[..]).is_err(), "an event without a kind is refused");
+    }
+
+    #[test]
+    fn the_list_of_known_kinds_is_the_enum_s() {
+        let err =
+            map(&[("kind", ciborium::Value::Text("zzz".into()))]).deserialized::<Known>().err().unwrap().to_string();
+        let named = err.split('`').skip(3).step_by(2).count();
+        assert_eq!(named, KINDS.len(), "{err}");
+        for k in KINDS {
+            assert!(err.contains(&format!("`{k}`")), "{k} in {err}");
+        }
     }
 
     /// JSON via ciborium → serde_json is not a dependency here; the CBOR

@@ -398,6 +398,23 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_of_an_unknown_kind_is_stored_and_paged_with_its_series() {
+        let (t, mut h) = open();
+        let mut all = entries("P", 4);
+        all.push(crate::log::entry::newer_entry("P", 5, "n1", "/p1"));
+        for e in &all {
+            assert!(h.store(e).unwrap());
+        }
+        h.sync().unwrap();
+        drop(h);
+        let h = History::open(&t.path().join("history")).unwrap();
+        let q = HistoryQuery { node: Some("n1".into()), path: Some("/p1".into()), before: None, limit: 10 };
+        let page = h.page(&q).unwrap();
+        assert_eq!(page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 4, 5]);
+        assert_eq!(page.entries[2], all[4], "kept whole through the disk");
+    }
+
+    #[test]
     fn unfiltered_pages_and_the_window_combine() {
         let (_t, mut h) = open();
         let all = entries("P", 50);

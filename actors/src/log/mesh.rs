@@ -1057,6 +1057,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_entry_of_an_unknown_kind_counts_in_its_origin_s_sequence_and_changes_nothing_else() {
+        let mut with = MeshState::new();
+        let mut without = MeshState::new();
+        for e in history(7, 200) {
+            with.apply(&e);
+            without.apply(&e);
+        }
+        let next = with.max_seq("A") + 1;
+        assert!(with.apply(&crate::log::entry::newer_entry("A", next, "n1", "/a")));
+        assert_eq!(with.max_seq("A"), next);
+        assert_eq!(with.jobs(), without.jobs());
+        assert_eq!(with.catalogs(), without.catalogs());
+        assert_eq!(with.notified(), without.notified());
+    }
+
     /// A random history written by 3 origins with their own skewed clocks,
     /// touching every kind of record.
     fn history(seed: u64, n: usize) -> Vec<Entry> {

@@ -677,7 +677,8 @@ impl EventLoop {
                     }
                     request_response::Message::Response { response, .. } => {
                         self.hooks.state.do_send(StateReceived {
-                            records: response.records,
+                            records: response.records.known,
+                            unknown: response.records.unknown,
                             from: peer.to_string(),
                             next_bucket: response.next_bucket,
                         });

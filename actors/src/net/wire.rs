@@ -53,9 +53,46 @@ pub struct StatePull {
 /// bucket order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateBatch {
-    pub records: Vec<(crate::log::mesh::RecordKey, crate::log::mesh::Record)>,
+    pub records: Lenient<(crate::log::mesh::RecordKey, crate::log::mesh::Record)>,
     /// The answer was cut for size: pull again from this bucket.
     pub next_bucket: Option<u16>,
+}
+
+/// A sequence whose elements a newer node may have written in forms this
+/// version does not know: those are counted and left out, the others
+/// kept, rather than the whole message refused. On the wire, a plain
+/// sequence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lenient<T> {
+    pub known: Vec<T>,
+    /// Elements that did not decode.
+    pub unknown: usize,
+}
+
+impl<T> From<Vec<T>> for Lenient<T> {
+    fn from(known: Vec<T>) -> Self {
+        Lenient { known, unknown: 0 }
+    }
+}
+
+impl<T: Serialize> Serialize for Lenient<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.known.serialize(s)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let all = Vec::<ciborium::Value>::deserialize(d)?;
+        let mut out = Lenient { known: Vec::with_capacity(all.len()), unknown: 0 };
+        for v in all {
+            match v.deserialized::<T>() {
+                Ok(t) => out.known.push(t),
+                Err(_) => out.unknown += 1,
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Protocol of control requests routed to the node they concern.
@@ -380,5 +417,29 @@ mod tests {
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
         let r = futures::executor::block_on(codec.read_response(&HELLO, &mut futures::io::Cursor::new(msg)));
         assert_eq!(r.unwrap(), hello());
+    }
+
+    #[test]
+    fn state_records_a_newer_node_writes_are_counted_and_the_rest_kept() {
+        use crate::log::mesh::{Lww, Record, RecordKey};
+        use ciborium::Value;
+        let paused = |node: &str| {
+            let time = crate::log::hlc::Hlc { wall_ms: 5, logical: 0, node: "P".into() };
+            (RecordKey::Paused(node.into()), Record::Paused(Lww { time, value: true }))
+        };
+        let batch = StateBatch { records: vec![paused("n1"), paused("n2")].into(), next_bucket: Some(7) };
+        let mut v: Value = ciborium::from_reader(&encode(&batch)[..]).unwrap();
+        let tag = |k: &str, v: Value| Value::Map(vec![(Value::Text(k.into()), v)]);
+        let newer = Value::Array(vec![tag("Quota", Value::Text("n1".into())), tag("Quota", Value::Integer(5.into()))]);
+        for (k, records) in v.as_map_mut().unwrap() {
+            if k.as_text() == Some("records") {
+                records.as_array_mut().unwrap().insert(1, newer.clone());
+            }
+        }
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&v, &mut bytes).unwrap();
+        let back: StateBatch = decode(&bytes, MAX_LOG).unwrap();
+        assert_eq!(back.records.known, batch.records.known);
+        assert_eq!((back.records.unknown, back.next_bucket), (1, Some(7)));
     }
 }
