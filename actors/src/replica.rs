@@ -5,4 +5,5 @@
 
 pub mod actor;
 pub mod placement;
+pub mod plan;
 pub mod source;

@@ -8,7 +8,8 @@
 //! - [`AttachNet`] (start-up).
 //!
 //! Every `sync_every` it compares what it keeps with where copies belong
-//! (see [`super::placement`]) and pushes what a holder lacks:
+//! (see [`super::placement`]; the decisions are [`super::plan`]'s, pure
+//! and table-tested) and pushes what a holder lacks:
 //! - the origin pushes its retained archives to the holders of each of its
 //!   series;
 //! - when the origin has been gone longer than `repair_after`, every node
@@ -23,7 +24,7 @@
 //! holder's answers (`Want` lists only what it lacks; `Commit` of a kept
 //! archive is a no-op) make it idempotent.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures::StreamExt;
 
-use super::placement::{holders, Candidate};
+use super::plan::{Handoff, Planner, Push};
 use super::source::{batches, locate, read_members, Place, RemoteSource};
 use crate::archive::{restore_archive, Manifest, RestoreOptions};
 use crate::hash::Digest;
@@ -97,10 +98,7 @@ const PUTS_IN_FLIGHT: usize = 2;
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Pushed {
-    peer: String,
-    name: String,
-    node: String,
-    path: String,
+    push: Push,
     confirmed: Vec<String>,
     error: Option<String>,
 }
@@ -112,17 +110,8 @@ pub struct ReplicaActor {
     membership: Addr<MembershipActor>,
     net: Option<NetClient>,
     cfg: ReplicaConfig,
-    /// (peer, archive id) known to be complete on that peer.
-    confirmed: HashSet<(String, String)>,
-    /// (peer, node, path) pushes in flight.
-    busy: HashSet<(String, String, String)>,
-    /// Peers whose last push failed: not before this time, and the next delay.
-    backoff: HashMap<String, (Instant, Duration)>,
-    /// Peers up at the last round: one that comes back is retried at once.
-    was_up: HashSet<String>,
+    planner: Planner,
     syncing: bool,
-    /// Series with fewer holders than asked for, and how many they have.
-    short: HashMap<(String, String), usize>,
 }
 
 impl ReplicaActor {
@@ -133,119 +122,8 @@ impl ReplicaActor {
         membership: Addr<MembershipActor>,
         cfg: ReplicaConfig,
     ) -> Self {
-        ReplicaActor {
-            me,
-            store,
-            log,
-            membership,
-            net: None,
-            cfg,
-            confirmed: HashSet::new(),
-            busy: HashSet::new(),
-            backoff: HashMap::new(),
-            was_up: HashSet::new(),
-            syncing: false,
-            short: HashMap::new(),
-        }
-    }
-
-    /// One round: which series need pushing where, and which copies this
-    /// node keeps beyond where they belong.
-    fn plan(
-        &mut self,
-        me: &PeerView,
-        peers: &[PeerView],
-        held: BTreeMap<(String, String), Vec<String>>,
-    ) -> (Vec<Push>, Vec<Handoff>) {
-        let now = crate::net::actor::now_ms();
-        let grace = self.cfg.repair_after.as_millis() as i64;
-        let up: HashSet<String> = peers.iter().filter(|p| p.up).map(|p| p.peer_id.clone()).collect();
-        for p in up.difference(&self.was_up) {
-            // Seen again: retry at once, and ask again what it keeps.
-            self.backoff.remove(p);
-            self.confirmed.retain(|(peer, _)| peer != p);
-        }
-        self.was_up = up;
-        let present = |p: &PeerView| p.up || now - p.last_seen_ms < grace;
-        let mut candidates: Vec<Candidate> = peers
-            .iter()
-            .filter(|p| present(p))
-            .map(|p| Candidate { peer_id: p.peer_id.clone(), name: p.name.clone(), free_bytes: p.free_bytes })
-            .collect();
-        candidates.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: me.free_bytes });
-        self.log
-            .do_send(crate::log::actor::SetPlacement { candidates: candidates.clone(), replicas: self.cfg.replicas });
-        let mut out = Vec::new();
-        let mut handoffs = Vec::new();
-        for ((node, path), ids) in held {
-            let origin_present = node == self.me || peers.iter().any(|p| p.name == node && present(p));
-            let repair = node != self.me;
-            let targets = holders(&node, &path, &candidates, self.cfg.replicas);
-            // A copy here that no longer belongs here (a holder came back
-            // after its place was filled): dropped once every elected holder,
-            // all up, has confirmed it keeps all of it.
-            let key = ("handoff".to_string(), node.clone(), path.clone());
-            if repair
-                && targets.len() == self.cfg.replicas
-                && !targets.iter().any(|t| t.peer_id == me.peer_id)
-                && targets.iter().all(|t| self.was_up.contains(&t.peer_id))
-                && !self.busy.contains(&key)
-            {
-                self.busy.insert(key);
-                handoffs.push(Handoff {
-                    node: node.clone(),
-                    path: path.clone(),
-                    ids: ids.clone(),
-                    targets: targets.iter().map(|t| t.peer_id.clone()).collect(),
-                });
-                continue;
-            }
-            if repair && origin_present {
-                continue; // The origin looks after its own series.
-            }
-            if node == self.me {
-                let key = (node.clone(), path.clone());
-                let n = targets.len();
-                if n < self.cfg.replicas && self.short.get(&key) != Some(&n) {
-                    tracing::warn!(
-                        "{path}: {n} holder(s) instead of {} — the mesh has too few other nodes",
-                        self.cfg.replicas
-                    );
-                }
-                if n < self.cfg.replicas {
-                    self.short.insert(key, n);
-                } else {
-                    self.short.remove(&key);
-                }
-            }
-            for t in targets {
-                if t.peer_id == me.peer_id || !self.was_up.contains(&t.peer_id) {
-                    continue;
-                }
-                if self.busy.contains(&(t.peer_id.clone(), node.clone(), path.clone())) {
-                    continue;
-                }
-                if self.backoff.get(&t.peer_id).is_some_and(|(at, _)| Instant::now() < *at) {
-                    continue;
-                }
-                let todo: Vec<String> = ids
-                    .iter()
-                    .filter(|id| !self.confirmed.contains(&(t.peer_id.clone(), (*id).clone())))
-                    .cloned()
-                    .collect();
-                if !todo.is_empty() {
-                    out.push(Push {
-                        peer: t.peer_id.clone(),
-                        name: t.name.clone(),
-                        node: node.clone(),
-                        path: path.clone(),
-                        ids: todo,
-                        repair,
-                    });
-                }
-            }
-        }
-        (out, handoffs)
+        let planner = Planner::new(me.clone(), cfg.replicas, cfg.repair_after.as_millis() as i64);
+        ReplicaActor { me, store, log, membership, net: None, cfg, planner, syncing: false }
     }
 
     fn sync(&mut self, ctx: &mut Context<Self>) {
@@ -263,27 +141,27 @@ impl ReplicaActor {
         ctx.spawn(work.into_actor(self).map(move |found, act, ctx| {
             act.syncing = false;
             let Some(((me, peers), held)) = found else { return };
-            let (pushes, handoffs) = act.plan(&me, &peers, held);
-            for h in handoffs {
+            let plan = act.planner.plan(&me, &peers, &held, crate::net::actor::now_ms());
+            act.log
+                .do_send(crate::log::actor::SetPlacement { candidates: plan.candidates, replicas: act.cfg.replicas });
+            for (path, n) in plan.short {
+                tracing::warn!(
+                    "{path}: {n} holder(s) instead of {} — the mesh has too few other nodes",
+                    act.cfg.replicas
+                );
+            }
+            for h in plan.handoffs {
                 let (net, addr) = (net.clone(), ctx.address());
                 actix::spawn(async move {
                     let confirmed = all_confirm(&net, &h).await;
                     addr.do_send(HandedOff { handoff: h, confirmed });
                 });
             }
-            for push in pushes {
-                act.busy.insert((push.peer.clone(), push.node.clone(), push.path.clone()));
+            for push in plan.pushes {
                 let (net, store, addr) = (net.clone(), act.store.clone(), ctx.address());
                 actix::spawn(async move {
                     let (confirmed, error) = run_push(&net, &store, &push).await;
-                    addr.do_send(Pushed {
-                        peer: push.peer,
-                        name: push.name,
-                        node: push.node,
-                        path: push.path,
-                        confirmed,
-                        error,
-                    });
+                    addr.do_send(Pushed { push, confirmed, error });
                 });
             }
         }));
@@ -318,15 +196,6 @@ fn held_series(store: &Store, keep: usize) -> BTreeMap<(String, String), Vec<Str
         .collect()
 }
 
-/// Copies of a series this node keeps though it is not elected for them.
-#[derive(Clone, Debug)]
-struct Handoff {
-    node: String,
-    path: String,
-    ids: Vec<String>,
-    targets: Vec<String>,
-}
-
 /// Whether every elected holder keeps every archive of the handoff.
 async fn all_confirm(net: &NetClient, h: &Handoff) -> bool {
     for t in &h.targets {
@@ -351,17 +220,6 @@ async fn all_confirm(net: &NetClient, h: &Handoff) -> bool {
 struct HandedOff {
     handoff: Handoff,
     confirmed: bool,
-}
-
-/// One series to push to one holder.
-#[derive(Clone, Debug)]
-struct Push {
-    peer: String,
-    name: String,
-    node: String,
-    path: String,
-    ids: Vec<String>,
-    repair: bool,
 }
 
 /// Sends the archives `push.ids` to its holder: the ids it confirmed, and
@@ -563,26 +421,17 @@ impl Handler<SyncNow> for ReplicaActor {
 impl Handler<Pushed> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: Pushed, _: &mut Context<Self>) {
-        self.busy.remove(&(msg.peer.clone(), msg.node.clone(), msg.path.clone()));
-        for id in msg.confirmed {
-            self.confirmed.insert((msg.peer.clone(), id));
-        }
-        match msg.error {
-            None => {
-                self.backoff.remove(&msg.peer);
-            }
-            Some(e) => {
-                let delay = self.backoff.get(&msg.peer).map(|(_, d)| (*d * 2).min(Duration::from_secs(60)));
-                let delay = delay.unwrap_or(Duration::from_secs(2));
-                tracing::warn!(
-                    "copy of {} on {} to {} failed (retrying in {} s): {e}",
-                    msg.path,
-                    msg.node,
-                    msg.name,
-                    delay.as_secs()
-                );
-                self.backoff.insert(msg.peer, (Instant::now() + delay, delay));
-            }
+        let now = crate::net::actor::now_ms();
+        if let Some(wait) = self.planner.pushed(&msg.push, &msg.confirmed, msg.error.is_some(), now) {
+            let p = &msg.push;
+            tracing::warn!(
+                "copy of {} on {} to {} failed (retrying in {} s): {}",
+                p.path,
+                p.node,
+                p.name,
+                wait / 1000,
+                msg.error.as_deref().unwrap_or_default()
+            );
         }
     }
 }
@@ -591,9 +440,8 @@ impl Handler<HandedOff> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: HandedOff, ctx: &mut Context<Self>) {
         let h = msg.handoff;
-        let key = ("handoff".to_string(), h.node.clone(), h.path.clone());
         if !msg.confirmed {
-            self.busy.remove(&key);
+            self.planner.handed_off(&h);
             return;
         }
         let (store, me) = (self.store.clone(), self.me.clone());
@@ -613,7 +461,7 @@ impl Handler<HandedOff> for ReplicaActor {
             removed
         });
         ctx.spawn(work.into_actor(self).map(move |removed, act, _| {
-            act.busy.remove(&key);
+            act.planner.handed_off(&h);
             let removed = removed.unwrap_or_default();
             if !removed.is_empty() {
                 tracing::info!(

@@ -1,0 +1,333 @@
+//! The replica planner: which series to push to which holder, and which
+//! surplus copies to hand off, in one round. Pure: it takes the peers, the
+//! archives kept here and the time, and remembers only what the actor
+//! tells it came of earlier rounds (pushes done or failed, handoffs over).
+//! Table-tested without a runtime; the actor does the I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::placement::{holders, Candidate};
+use crate::net::membership::PeerView;
+
+/// First wait after a failed push to a peer; doubled per failure.
+pub const FIRST_BACKOFF_MS: i64 = 2_000;
+/// Longest wait between pushes to a peer that keeps failing.
+pub const MAX_BACKOFF_MS: i64 = 60_000;
+
+/// One series to push to one holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Push {
+    pub peer: String,
+    pub name: String,
+    pub node: String,
+    pub path: String,
+    /// Archives the holder is not known to keep, newest first.
+    pub ids: Vec<String>,
+    /// Pushed for a series whose origin is gone (a repair), not by its origin.
+    pub repair: bool,
+}
+
+/// Copies of a series this node keeps though it is not elected for them:
+/// dropped once every elected holder confirms it keeps them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handoff {
+    pub node: String,
+    pub path: String,
+    pub ids: Vec<String>,
+    /// Peer ids of the elected holders.
+    pub targets: Vec<String>,
+}
+
+/// Work in flight, so a round does not start it twice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Busy {
+    Push { peer: String, node: String, path: String },
+    Handoff { node: String, path: String },
+}
+
+/// What one round decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Everyone who may hold copies now (the present peers and this node).
+    pub candidates: Vec<Candidate>,
+    pub pushes: Vec<Push>,
+    pub handoffs: Vec<Handoff>,
+    /// This node's series that have fewer holders than asked for, newly
+    /// so or by a different count: (path, holders).
+    pub short: Vec<(String, usize)>,
+}
+
+/// The planner's memory across rounds.
+#[derive(Debug)]
+pub struct Planner {
+    /// This node's name.
+    me: String,
+    replicas: usize,
+    /// How long a silent peer keeps its place, in ms.
+    grace_ms: i64,
+    /// (peer, archive id) known to be complete on that peer.
+    confirmed: HashSet<(String, String)>,
+    busy: HashSet<Busy>,
+    /// Peers whose last push failed: not before this time, and the last delay.
+    backoff: HashMap<String, (i64, i64)>,
+    /// Peers up at the last round: one that comes back is retried at once.
+    was_up: HashSet<String>,
+    /// This node's series with fewer holders than asked for, and how many.
+    short: HashMap<String, usize>,
+}
+
+impl Planner {
+    pub fn new(me: impl Into<String>, replicas: usize, grace_ms: i64) -> Self {
+        Planner {
+            me: me.into(),
+            replicas,
+            grace_ms,
+            confirmed: HashSet::new(),
+            busy: HashSet::new(),
+            backoff: HashMap::new(),
+            was_up: HashSet::new(),
+            short: HashMap::new(),
+        }
+    }
+
+    /// One round at `now_ms`: `me` is this node's own view, `peers` the
+    /// others, `held` the archives kept here by series, newest first. The
+    /// pushes and handoffs returned count as in flight until
+    /// [`Planner::pushed`] or [`Planner::handed_off`] is told how they ended.
+    pub fn plan(
+        &mut self,
+        me: &PeerView,
+        peers: &[PeerView],
+        held: &BTreeMap<(String, String), Vec<String>>,
+        now_ms: i64,
+    ) -> Plan {
+        let up: HashSet<String> = peers.iter().filter(|p| p.up).map(|p| p.peer_id.clone()).collect();
+        for p in up.difference(&self.was_up) {
+            // Seen again: retry at once, and ask again what it keeps.
+            self.backoff.remove(p);
+            self.confirmed.retain(|(peer, _)| peer != p);
+        }
+        self.was_up = up;
+        let present = |p: &PeerView| p.up || now_ms - p.last_seen_ms < self.grace_ms;
+        let mut candidates: Vec<Candidate> = peers
+            .iter()
+            .filter(|p| present(p))
+            .map(|p| Candidate { peer_id: p.peer_id.clone(), name: p.name.clone(), free_bytes: p.free_bytes })
+            .collect();
+        candidates.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: me.free_bytes });
+        let mut plan = Plan::default();
+        for ((node, path), ids) in held {
+            let mine = *node == self.me;
+            let origin_present = mine || peers.iter().any(|p| p.name == *node && present(p));
+            let targets = holders(node, path, &candidates, self.replicas);
+            // A copy here that no longer belongs here (a holder came back
+            // after its place was filled): dropped once every elected
+            // holder, all up, has confirmed it keeps all of it.
+            let handoff = Busy::Handoff { node: node.clone(), path: path.clone() };
+            if !mine
+                && targets.len() == self.replicas
+                && !targets.iter().any(|t| t.peer_id == me.peer_id)
+                && targets.iter().all(|t| self.was_up.contains(&t.peer_id))
+                && !self.busy.contains(&handoff)
+            {
+                self.busy.insert(handoff);
+                plan.handoffs.push(Handoff {
+                    node: node.clone(),
+                    path: path.clone(),
+                    ids: ids.clone(),
+                    targets: targets.iter().map(|t| t.peer_id.clone()).collect(),
+                });
+                continue;
+            }
+            if !mine && origin_present {
+                continue; // The origin looks after its own series.
+            }
+            if mine {
+                let n = targets.len();
+                if n < self.replicas {
+                    if self.short.insert(path.clone(), n) != Some(n) {
+                        plan.short.push((path.clone(), n));
+                    }
+                } else {
+                    self.short.remove(path);
+                }
+            }
+            for t in targets {
+                if t.peer_id == me.peer_id || !self.was_up.contains(&t.peer_id) {
+                    continue;
+                }
+                let busy = Busy::Push { peer: t.peer_id.clone(), node: node.clone(), path: path.clone() };
+                // A wait that reaches further than the longest one: the clock went back.
+                let waiting = |(at, _): &(i64, i64)| now_ms < *at && *at - now_ms <= MAX_BACKOFF_MS;
+                if self.busy.contains(&busy) || self.backoff.get(&t.peer_id).is_some_and(waiting) {
+                    continue;
+                }
+                let todo: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !self.confirmed.contains(&(t.peer_id.clone(), (*id).clone())))
+                    .cloned()
+                    .collect();
+                if !todo.is_empty() {
+                    self.busy.insert(busy);
+                    plan.pushes.push(Push {
+                        peer: t.peer_id.clone(),
+                        name: t.name.clone(),
+                        node: node.clone(),
+                        path: path.clone(),
+                        ids: todo,
+                        repair: !mine,
+                    });
+                }
+            }
+        }
+        plan.candidates = candidates;
+        plan
+    }
+
+    /// A push ended: the archives the holder confirmed, and the error that
+    /// stopped it, if one did. Returns the wait before the next try after
+    /// an error, in ms.
+    pub fn pushed(&mut self, push: &Push, confirmed: &[String], error: bool, now_ms: i64) -> Option<i64> {
+        self.busy.remove(&Busy::Push { peer: push.peer.clone(), node: push.node.clone(), path: push.path.clone() });
+        for id in confirmed {
+            self.confirmed.insert((push.peer.clone(), id.clone()));
+        }
+        if !error {
+            self.backoff.remove(&push.peer);
+            return None;
+        }
+        let delay = self.backoff.get(&push.peer).map_or(FIRST_BACKOFF_MS, |(_, d)| (d * 2).min(MAX_BACKOFF_MS));
+        self.backoff.insert(push.peer.clone(), (now_ms + delay, delay));
+        Some(delay)
+    }
+
+    /// A handoff is over (its copies dropped, or not confirmed and kept).
+    pub fn handed_off(&mut self, h: &Handoff) {
+        self.busy.remove(&Busy::Handoff { node: h.node.clone(), path: h.path.clone() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, up: bool, last_seen_ms: i64) -> PeerView {
+        PeerView { peer_id: format!("P-{name}"), name: name.into(), up, last_seen_ms, free_bytes: 100 << 30 }
+    }
+
+    fn held(series: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), Vec<String>> {
+        series
+            .iter()
+            .map(|(n, p, ids)| ((n.to_string(), p.to_string()), ids.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    fn targets(plan: &Plan) -> Vec<(String, String, Vec<String>, bool)> {
+        let mut v: Vec<_> =
+            plan.pushes.iter().map(|p| (p.name.clone(), p.path.clone(), p.ids.clone(), p.repair)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_origin_pushes_each_series_to_its_holders_once_at_a_time() {
+        let me = peer("a", true, 0);
+        let peers = [peer("b", true, 0), peer("c", true, 0), peer("d", true, 0)];
+        let mut pl = Planner::new("a", 2, 60_000);
+        let kept = held(&[("a", "/x", &["2", "1"])]);
+        let plan = pl.plan(&me, &peers, &kept, 0);
+        assert_eq!(plan.pushes.len(), 2, "R holders: {:?}", targets(&plan));
+        assert!(plan.pushes.iter().all(|p| p.ids == ["2", "1"] && !p.repair && p.peer != "P-a"));
+        assert_eq!(plan.candidates.len(), 4);
+        assert!(pl.plan(&me, &peers, &kept, 1_000).pushes.is_empty(), "in flight: not again");
+        for p in &plan.pushes {
+            assert_eq!(pl.pushed(p, &["2".into(), "1".into()], false, 1_000), None);
+        }
+        assert!(pl.plan(&me, &peers, &kept, 2_000).pushes.is_empty(), "confirmed: nothing to do");
+        let more = held(&[("a", "/x", &["3", "2", "1"])]);
+        let plan = pl.plan(&me, &peers, &more, 3_000);
+        assert!(plan.pushes.iter().all(|p| p.ids == ["3"]), "only what is not confirmed: {:?}", targets(&plan));
+    }
+
+    #[test]
+    fn a_failing_holder_waits_longer_each_time_and_is_retried_at_once_when_seen_again() {
+        let me = peer("a", true, 0);
+        let mut pl = Planner::new("a", 1, 60_000);
+        let kept = held(&[("a", "/x", &["1"])]);
+        let mut now = 0;
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            let plan = pl.plan(&me, &[peer("b", true, now)], &kept, now);
+            let push = plan.pushes.first().expect("a push once the wait is over").clone();
+            delays.push(pl.pushed(&push, &[], true, now).unwrap());
+            assert!(pl.plan(&me, &[peer("b", true, now)], &kept, now + 1).pushes.is_empty(), "waits");
+            now += delays.last().unwrap();
+        }
+        assert_eq!(delays, [2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]);
+        // A clock set back an hour does not stretch the wait to an hour.
+        let push = pl.plan(&me, &[peer("b", true, now)], &kept, now).pushes[0].clone();
+        pl.pushed(&push, &[], true, now);
+        let again = pl.plan(&me, &[peer("b", true, now)], &kept, now - 3_600_000).pushes;
+        assert_eq!(again.len(), 1);
+        pl.pushed(&again[0], &[], true, now);
+        // Down, then up again: tried at once.
+        assert!(pl.plan(&me, &[peer("b", false, now)], &kept, now + 1).pushes.is_empty(), "not to a peer that is down");
+        assert_eq!(pl.plan(&me, &[peer("b", true, now + 2)], &kept, now + 2).pushes.len(), 1);
+    }
+
+    #[test]
+    fn a_copy_of_another_node_s_series_is_pushed_only_once_its_origin_is_gone_past_the_grace() {
+        let me = peer("b", true, 0);
+        let mut pl = Planner::new("b", 2, 60_000);
+        let kept = held(&[("a", "/x", &["1"])]);
+        // b, c, d: with a gone, the holders are elected among them.
+        let others = |a_up: bool, a_seen: i64| [peer("a", a_up, a_seen), peer("c", true, 0), peer("d", true, 0)];
+        assert!(pl.plan(&me, &others(true, 0), &kept, 0).pushes.is_empty(), "the origin looks after it");
+        assert!(pl.plan(&me, &others(false, 0), &kept, 59_000).pushes.is_empty(), "within the grace");
+        let plan = pl.plan(&me, &others(false, 0), &kept, 61_000);
+        assert!(!plan.pushes.is_empty() && plan.pushes.iter().all(|p| p.repair && p.name != "a" && p.name != "b"));
+        assert!(plan.candidates.iter().all(|c| c.name != "a"), "a gone node is no candidate");
+    }
+
+    #[test]
+    fn a_surplus_copy_is_handed_off_only_when_every_elected_holder_is_up() {
+        // With R = 1 among {a, b, c}, exactly one of b, c is elected for (a, /x);
+        // the other keeps a surplus copy.
+        let kept = held(&[("a", "/x", &["1"])]);
+        let all = [peer("a", true, 0), peer("b", true, 0), peer("c", true, 0)];
+        let cands: Vec<Candidate> = all
+            .iter()
+            .map(|p| Candidate { peer_id: p.peer_id.clone(), name: p.name.clone(), free_bytes: p.free_bytes })
+            .collect();
+        let elected = holders("a", "/x", &cands, 1)[0].name.clone();
+        let surplus = if elected == "b" { "c" } else { "b" };
+        let me = peer(surplus, true, 0);
+        let others: Vec<PeerView> = all.iter().filter(|p| p.name != surplus).cloned().collect();
+        let mut pl = Planner::new(surplus, 1, 60_000);
+        let plan = pl.plan(&me, &others, &kept, 0);
+        assert_eq!(plan.handoffs.len(), 1);
+        assert_eq!(plan.handoffs[0].targets, vec![format!("P-{elected}")]);
+        assert!(plan.pushes.is_empty());
+        assert!(pl.plan(&me, &others, &kept, 1).handoffs.is_empty(), "one handoff at a time");
+        pl.handed_off(&plan.handoffs[0]);
+        assert_eq!(pl.plan(&me, &others, &kept, 2).handoffs.len(), 1, "tried again once over");
+        // The elected holder is down: nothing is dropped.
+        let mut pl = Planner::new(surplus, 1, 60_000);
+        let down: Vec<PeerView> =
+            others.iter().map(|p| if p.name == elected { peer(&elected, false, 0) } else { p.clone() }).collect();
+        assert!(pl.plan(&me, &down, &kept, 1).handoffs.is_empty());
+    }
+
+    #[test]
+    fn a_series_short_of_holders_is_reported_when_its_count_changes() {
+        let me = peer("a", true, 0);
+        let mut pl = Planner::new("a", 2, 60_000);
+        let kept = held(&[("a", "/x", &["1"])]);
+        assert_eq!(pl.plan(&me, &[], &kept, 0).short, vec![("/x".to_string(), 0)]);
+        assert!(pl.plan(&me, &[], &kept, 1).short.is_empty(), "said once");
+        assert_eq!(pl.plan(&me, &[peer("b", true, 2)], &kept, 2).short, vec![("/x".to_string(), 1)]);
+        let full = [peer("b", true, 3), peer("c", true, 3)];
+        assert!(pl.plan(&me, &full, &kept, 3).short.is_empty());
+        assert_eq!(pl.plan(&me, &[], &kept, 4).short, vec![("/x".to_string(), 0)], "short again after being full");
+    }
+}
