@@ -7,16 +7,16 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
-use backmesh_actors::jobs::actor::{AttachNet as AttachJobsNet, JobsActor};
-use backmesh_actors::log::actor::{AttachNet as AttachLogNet, LogActor};
-use backmesh_actors::net::actor::{free_bytes, AttachNet, MembershipActor};
+use backmesh_actors::jobs::actor::JobsActor;
+use backmesh_actors::log::actor::{Gossiped, LogActor, StateReceived};
+use backmesh_actors::net::actor::{free_bytes, MembershipActor, NetEvent};
 use backmesh_actors::net::membership::{Membership, NodeInfo};
 use backmesh_actors::net::{swarm, swarm_key};
 use backmesh_actors::notify::NotifyActor;
-use backmesh_actors::replica::actor::{AttachNet as AttachReplicaNet, ReplicaActor, ReplicaConfig};
+use backmesh_actors::replica::actor::{ReplicaActor, ReplicaConfig};
 use backmesh_actors::store::{write_atomic, Store};
 use backmesh_api::Health;
 use libp2p::identity::Keypair;
@@ -122,22 +122,35 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         let down_after_ms = cfg.down_after.as_millis() as i64;
         let membership = Membership::new(peer_id.to_string(), me.clone(), down_after_ms);
         let tick = Duration::from_millis((down_after_ms as u64 / 4).clamp(200, 1000));
-        let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick).start();
+        let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
+        drop(probe);
+        let (net, inbound, event_loop) = swarm::new(swarm::NetConfig {
+            keypair,
+            listen: cfg.listen,
+            bootstrap: cfg.bootstrap.clone(),
+            swarm_key: psk,
+            mdns: cfg.mdns,
+            ping_every,
+            hello_every: ping_every * 2,
+            info: me,
+        })?;
+        let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
         let log = LogActor::load(
             peer_id.to_string(),
             cfg.name.clone(),
             store.kv(),
             &cfg.data_dir.join("history"),
             Duration::from_secs(10),
+            net.clone(),
         )
         .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
         .start();
-        let jobs = JobsActor::new(cfg.name.clone(), store.clone(), log.clone(), cfg.keep, 2, cfg.queue_limit).start();
         let replica = ReplicaActor::new(
             cfg.name.clone(),
             store.clone(),
             log.clone(),
             actor.clone(),
+            net.clone(),
             ReplicaConfig {
                 replicas: cfg.replicas,
                 keep: cfg.keep,
@@ -146,43 +159,23 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             },
         )
         .start();
-        jobs.do_send(backmesh_actors::jobs::actor::AttachReplica(replica.clone().recipient()));
+        let jobs = JobsActor::new(
+            cfg.name.clone(),
+            store.clone(),
+            log.clone(),
+            replica.clone().recipient(),
+            net.clone(),
+            cfg.keep,
+            2,
+            cfg.queue_limit,
+        )
+        .start();
         let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone()).start();
-        let ping_every = Duration::from_millis((down_after_ms as u64 / 3).clamp(500, 15_000));
-        drop(probe);
-        let net = match swarm::start(
-            swarm::NetConfig {
-                keypair,
-                listen: cfg.listen,
-                bootstrap: cfg.bootstrap.clone(),
-                swarm_key: psk,
-                mdns: cfg.mdns,
-                ping_every,
-                hello_every: ping_every * 2,
-                info: me,
-            },
-            actor.clone().recipient(),
-            swarm::Hooks {
-                received: log.clone().recipient(),
-                serve: log.clone().recipient(),
-                state: log.clone().recipient(),
-                history: log.clone().recipient(),
-                jobs: jobs.clone().recipient(),
-                replica: replica.clone().recipient(),
-                xfer: replica.clone().recipient(),
-            },
-        ) {
-            Ok(net) => net,
-            Err(e) => {
-                // Let the actor start before the system is dropped.
-                tokio::task::yield_now().await;
-                return Err(e.into());
-            }
-        };
-        actor.do_send(AttachNet(net.clone()));
-        log.do_send(AttachLogNet(net.clone()));
-        jobs.do_send(AttachJobsNet(net.clone()));
-        replica.do_send(AttachReplicaNet(net.clone()));
+        actix::spawn(event_loop.run());
+        actix::spawn(route(
+            inbound,
+            Routes { membership: actor.clone(), log: log.clone(), jobs: jobs.clone(), replica: replica.clone() },
+        ));
         let mut listen = net.listen_addrs().await?;
         if listen.is_empty() {
             listen.push(swarm::multiaddr_of(cfg.listen).to_string());
@@ -273,6 +266,45 @@ async fn shutdown_signal() -> &'static str {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
             "interrupt"
+        }
+    }
+}
+
+/// The actors that answer what the network hears.
+struct Routes {
+    membership: Addr<MembershipActor>,
+    log: Addr<LogActor>,
+    jobs: Addr<JobsActor>,
+    replica: Addr<ReplicaActor>,
+}
+
+/// Hands each event the network heard to the actor that answers it, until
+/// the network loop stops.
+async fn route(mut inbound: tokio::sync::mpsc::Receiver<swarm::Inbound>, to: Routes) {
+    use backmesh_actors::net::wire::CtlRequest;
+    use swarm::Inbound;
+    while let Some(event) = inbound.recv().await {
+        match event {
+            Inbound::Seen { peer } => to.membership.do_send(NetEvent::Seen { peer }),
+            Inbound::Hello { peer, info } => to.membership.do_send(NetEvent::Hello { peer, info }),
+            Inbound::Gossip { from, data } => to.log.do_send(Gossiped { from, data }),
+            Inbound::StatePull { pull, channel } => {
+                to.log.do_send(backmesh_actors::log::actor::ServeStatePull { pull, channel })
+            }
+            Inbound::StateAnswer { from, batch } => to.log.do_send(StateReceived {
+                records: batch.records.known,
+                unknown: batch.records.unknown,
+                from,
+                next_bucket: batch.next_bucket,
+            }),
+            Inbound::Ctl(ctl) => match ctl.request {
+                CtlRequest::Run { .. } | CtlRequest::Progress { .. } | CtlRequest::CheckSource { .. } => {
+                    to.jobs.do_send(ctl)
+                }
+                CtlRequest::Restore { .. } | CtlRequest::Verify { .. } => to.replica.do_send(ctl),
+                CtlRequest::History(_) => to.log.do_send(ctl),
+            },
+            Inbound::Xfer(xfer) => to.replica.do_send(xfer),
         }
     }
 }

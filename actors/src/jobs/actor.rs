@@ -5,7 +5,6 @@
 //! - [`ServeCtl`] (the network loop: `Run`, `Progress` or `CheckSource`
 //!   asked through another node), answered on the request's channel.
 //! - [`GetProgress`], [`CheckSource`] (the HTTP API of this node).
-//! - [`AttachNet`] (start-up).
 //!
 //! Every second it folds the jobs from the log; each job of this node that
 //! is due (never started, or started `every` minutes ago) and not paused is
@@ -56,15 +55,6 @@ pub struct GetProgress {
     pub path: String,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AttachNet(pub NetClient);
-
-/// Who to tell when a backup stored a new archive (the replica actor).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AttachReplica(pub Recipient<crate::replica::actor::SyncNow>);
-
 /// A run in progress.
 struct Running {
     progress: Arc<Progress>,
@@ -82,16 +72,20 @@ pub struct JobsActor {
     jobs: HashMap<String, JobView>,
     max_parallel: usize,
     keep: usize,
-    net: Option<NetClient>,
-    replica: Option<Recipient<crate::replica::actor::SyncNow>>,
+    net: NetClient,
+    /// Told when a backup stored a new archive (the replica actor).
+    replica: Recipient<crate::replica::actor::SyncNow>,
 }
 
 impl JobsActor {
     /// `me` is this node's name; waiting runs are reloaded from the store.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: String,
         store: Arc<Store>,
         log: Addr<LogActor>,
+        replica: Recipient<crate::replica::actor::SyncNow>,
+        net: NetClient,
         keep: usize,
         max_parallel: usize,
         bound: usize,
@@ -116,8 +110,8 @@ impl JobsActor {
             jobs: HashMap::new(),
             max_parallel: max_parallel.max(1),
             keep,
-            net: None,
-            replica: None,
+            net,
+            replica,
         }
     }
 
@@ -226,9 +220,7 @@ impl JobsActor {
             };
             tracing::info!("backup of {path}: {}", event.kind());
             if matches!(&event, Event::Finished { archive, .. } if !archive.is_empty()) {
-                if let Some(r) = &act.replica {
-                    r.do_send(crate::replica::actor::SyncNow);
-                }
+                act.replica.do_send(crate::replica::actor::SyncNow);
             }
             act.log.do_send(Record(event));
             for archive in pruned {
@@ -315,24 +307,9 @@ impl Handler<ServeCtl> for JobsActor {
             },
             other => CtlResponse::Failed { reason: format!("the jobs actor does not serve {other:?}") },
         };
-        if let Some(net) = self.net.clone() {
-            actix::spawn(async move {
-                let _ = net.answer_ctl(msg.channel, response).await;
-            });
-        }
-    }
-}
-
-impl Handler<AttachReplica> for JobsActor {
-    type Result = ();
-    fn handle(&mut self, msg: AttachReplica, _: &mut Context<Self>) {
-        self.replica = Some(msg.0);
-    }
-}
-
-impl Handler<AttachNet> for JobsActor {
-    type Result = ();
-    fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
-        self.net = Some(msg.0);
+        let net = self.net.clone();
+        actix::spawn(async move {
+            let _ = net.answer_ctl(msg.channel, response).await;
+        });
     }
 }

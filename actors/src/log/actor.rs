@@ -46,11 +46,12 @@ use crate::store::{KvStore, StoreError};
 #[rtype(result = "Result<Entry, StoreError>")]
 pub struct Record(pub Event);
 
-/// Entries from a peer (gossip).
+/// An entry gossiped by a peer, as it came (`from` relayed it).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Received {
-    pub entries: Vec<Entry>,
+pub struct Gossiped {
+    pub from: String,
+    pub data: Vec<u8>,
 }
 
 /// A peer's state pull, with the channel its answer goes back on.
@@ -162,11 +163,6 @@ struct BackfillDone {
     ok: bool,
 }
 
-/// Hands the actor the network client once the swarm runs.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AttachNet(pub NetClient);
-
 /// Entries re-folded from the durable history at start-up: the state on
 /// disk is written once a second, so the newest own entries may be missing.
 const REFOLD: usize = 1_000;
@@ -203,7 +199,7 @@ pub struct LogActor {
     my_name: String,
     next_seq: u64,
     kv: Arc<dyn KvStore>,
-    net: Option<NetClient>,
+    net: NetClient,
     pull_every: Duration,
     /// The last placement heard of, and the series it elects this node for.
     placement: Option<(Vec<crate::replica::placement::Candidate>, usize)>,
@@ -232,6 +228,7 @@ impl LogActor {
         kv: Arc<dyn KvStore>,
         history_dir: &Path,
         pull_every: Duration,
+        net: NetClient,
     ) -> Result<Self, StoreError> {
         let mut state = MeshState::new();
         for (k, v) in kv.scan_prefix(STATE_TREE, &[])? {
@@ -263,7 +260,7 @@ impl LogActor {
             my_name,
             next_seq: 1,
             kv,
-            net: None,
+            net,
             pull_every,
             placement: None,
             elected: BTreeSet::new(),
@@ -353,7 +350,7 @@ impl LogActor {
     /// Fetches the history of `series` from the nodes that keep it (the
     /// series' node and the holders of its archives), page by page.
     fn backfill(&mut self, series: SeriesKey, ctx: &mut Context<Self>) {
-        let Some(net) = self.net.clone() else { return };
+        let net = self.net.clone();
         let mut names = self.state.holders_of(&series.0, &series.1);
         names.insert(series.0.clone());
         names.remove(&self.my_name);
@@ -423,13 +420,12 @@ impl LogActor {
         if self.in_flight.is_some_and(|(at, _, _)| now - at < PULL_TIMEOUT_MS) {
             return;
         }
-        if let Some(net) = self.net.clone() {
-            self.in_flight = Some((now, eager, from_bucket));
-            let pull = StatePull { digest: self.state.digest(), from_bucket, eager };
-            actix::spawn(async move {
-                let _ = net.pull_state(from, pull).await;
-            });
-        }
+        self.in_flight = Some((now, eager, from_bucket));
+        let pull = StatePull { digest: self.state.digest(), from_bucket, eager };
+        let net = self.net.clone();
+        actix::spawn(async move {
+            let _ = net.pull_state(from, pull).await;
+        });
     }
 
     /// Folds an entry in and keeps it where it belongs.
@@ -448,6 +444,8 @@ impl Actor for LogActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Catch up at once rather than at the first interval.
+        ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None, 0, true));
         ctx.run_interval(self.pull_every, |act, _| act.pull(None, 0, false));
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.settled.observe(&act.state, now_ms());
@@ -481,27 +479,24 @@ impl Handler<Record> for LogActor {
         self.history.sync()?;
         self.state.apply(&entry);
         self.history.remember(&entry);
-        if let Some(net) = self.net.clone() {
-            let e = entry.clone();
-            actix::spawn(async move {
-                let _ = net.publish_entry(e).await;
-            });
-        }
+        let (net, data) = (self.net.clone(), crate::net::wire::encode(&entry));
+        actix::spawn(async move {
+            let _ = net.publish(data).await;
+        });
         Ok(entry)
     }
 }
 
-impl Handler<Received> for LogActor {
+impl Handler<Gossiped> for LogActor {
     type Result = ();
-    fn handle(&mut self, msg: Received, _: &mut Context<Self>) {
-        for e in msg.entries {
-            if e.seq == 0 {
-                continue;
-            }
-            if let Err(err) = self.take_in(&e) {
-                tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
-                return;
-            }
+    fn handle(&mut self, msg: Gossiped, _: &mut Context<Self>) {
+        let e = match crate::net::wire::decode::<Entry>(&msg.data, crate::net::wire::MAX_LOG) {
+            Ok(e) if e.seq > 0 => e,
+            Ok(_) => return,
+            Err(err) => return tracing::warn!("dropped a malformed log message relayed by {}: {err}", msg.from),
+        };
+        if let Err(err) = self.take_in(&e) {
+            tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
         }
     }
 }
@@ -521,11 +516,10 @@ impl Handler<ServeStatePull> for LogActor {
             QUIET_MS,
             STATE_BATCH_BYTES,
         );
-        if let Some(net) = self.net.clone() {
-            actix::spawn(async move {
-                let _ = net.answer_pull(msg.channel, StateBatch { records: records.into(), next_bucket }).await;
-            });
-        }
+        let net = self.net.clone();
+        actix::spawn(async move {
+            let _ = net.answer_pull(msg.channel, StateBatch { records: records.into(), next_bucket }).await;
+        });
     }
 }
 
@@ -576,11 +570,10 @@ impl Handler<ServeCtl> for LogActor {
             },
             other => CtlResponse::Failed { reason: format!("the log actor does not serve {other:?}") },
         };
-        if let Some(net) = self.net.clone() {
-            actix::spawn(async move {
-                let _ = net.answer_ctl(msg.channel, response).await;
-            });
-        }
+        let net = self.net.clone();
+        actix::spawn(async move {
+            let _ = net.answer_ctl(msg.channel, response).await;
+        });
     }
 }
 
@@ -735,15 +728,6 @@ impl Handler<Backfilled> for LogActor {
     }
 }
 
-impl Handler<AttachNet> for LogActor {
-    type Result = ();
-    fn handle(&mut self, msg: AttachNet, ctx: &mut Context<Self>) {
-        self.net = Some(msg.0);
-        // Catch up at once rather than at the first interval.
-        ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None, 0, true));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,7 +770,15 @@ mod tests {
         let kv = Arc::new(MemKv::default());
         let t = tempfile::tempdir().unwrap();
         let entries = old_log(&kv);
-        let actor = LogActor::load("PEER-A".into(), "a".into(), kv.clone(), t.path(), Duration::from_secs(10)).unwrap();
+        let actor = LogActor::load(
+            "PEER-A".into(),
+            "a".into(),
+            kv.clone(),
+            t.path(),
+            Duration::from_secs(10),
+            NetClient::stopped(),
+        )
+        .unwrap();
         assert_eq!(actor.state.jobs().len(), 2, "both jobs are known");
         assert_eq!(actor.next_seq, 6, "a never reuses a seq");
         assert!(actor.history.holds(&entries[2]).unwrap(), "its own entries are kept");
@@ -794,7 +786,9 @@ mod tests {
         assert!(kv.scan_prefix(OLD_LOG_TREE, &[]).unwrap().is_empty(), "the old tree is gone");
         drop(actor);
         // Loaded again: the state comes from its own tree.
-        let again = LogActor::load("PEER-A".into(), "a".into(), kv, t.path(), Duration::from_secs(10)).unwrap();
+        let again =
+            LogActor::load("PEER-A".into(), "a".into(), kv, t.path(), Duration::from_secs(10), NetClient::stopped())
+                .unwrap();
         assert_eq!(again.state.jobs().len(), 2);
         assert_eq!(again.next_seq, 6);
     }
@@ -804,7 +798,9 @@ mod tests {
         let kv = Arc::new(MemKv::default());
         kv.put(STATE_TREE, &state_key(&RecordKey::Paused("a".into())), &[9, 0]).unwrap();
         let t = tempfile::tempdir().unwrap();
-        let err = LogActor::load("P".into(), "a".into(), kv, t.path(), Duration::from_secs(10)).err().unwrap();
+        let err = LogActor::load("P".into(), "a".into(), kv, t.path(), Duration::from_secs(10), NetClient::stopped())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("upgrade backmesh"), "{err}");
     }
 }

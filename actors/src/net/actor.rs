@@ -1,6 +1,6 @@
 //! The membership actor: owns the [`Membership`] view.
 //!
-//! Messages: [`NetEvent`] (from the network loop: a peer was seen or said
+//! Messages: [`NetEvent`] (from the node's router: a peer was seen or said
 //! hello), [`GetStatus`] (from the HTTP API: answers the view). Every
 //! `tick` it marks silent peers down and refreshes this node's free space,
 //! which it hands to the network loop for the next hellos.
@@ -11,8 +11,8 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use backmesh_api::Status;
 
-use super::membership::{Change, Membership, PeerView};
-use super::swarm::{NetClient, NetEvent};
+use super::membership::{Change, Membership, NodeInfo, PeerView};
+use super::swarm::NetClient;
 
 /// Asks for the mesh as this node sees it. Sender: the HTTP API.
 #[derive(Message)]
@@ -24,21 +24,26 @@ pub struct GetStatus;
 #[rtype(result = "(PeerView, Vec<PeerView>)")]
 pub struct GetPeers;
 
-/// Hands the actor the network client once the swarm runs.
-#[derive(Message)]
+/// What the network heard of a peer. Sender: the node's router.
+#[derive(Clone, Debug, Message)]
 #[rtype(result = "()")]
-pub struct AttachNet(pub NetClient);
+pub enum NetEvent {
+    /// A peer answered a ping or sent something.
+    Seen { peer: String },
+    /// A peer said who it is.
+    Hello { peer: String, info: NodeInfo },
+}
 
 pub struct MembershipActor {
     state: Membership,
     data_dir: PathBuf,
     tick: Duration,
-    net: Option<NetClient>,
+    net: NetClient,
 }
 
 impl MembershipActor {
-    pub fn new(state: Membership, data_dir: PathBuf, tick: Duration) -> Self {
-        MembershipActor { state, data_dir, tick, net: None }
+    pub fn new(state: Membership, data_dir: PathBuf, tick: Duration, net: NetClient) -> Self {
+        MembershipActor { state, data_dir, tick, net }
     }
 
     fn report(&self, changes: Vec<Change>) {
@@ -84,12 +89,10 @@ impl Actor for MembershipActor {
             let changes = act.state.tick(now_ms());
             act.report(changes);
             act.state.set_free_bytes(free_bytes(&act.data_dir));
-            if let Some(net) = act.net.clone() {
-                let info = act.state.me().clone();
-                actix::spawn(async move {
-                    let _ = net.set_info(info).await;
-                });
-            }
+            let (net, info) = (act.net.clone(), act.state.me().clone());
+            actix::spawn(async move {
+                let _ = net.set_info(info).await;
+            });
         });
     }
 }
@@ -103,13 +106,6 @@ impl Handler<NetEvent> for MembershipActor {
             NetEvent::Hello { peer, info } => self.state.hello(&peer, info, now),
         };
         self.report(changes);
-    }
-}
-
-impl Handler<AttachNet> for MembershipActor {
-    type Result = ();
-    fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
-        self.net = Some(msg.0);
     }
 }
 

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use actix::{Message, Recipient};
+use actix::Message;
 use either::Either;
 use futures::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
@@ -34,22 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::membership::NodeInfo;
 use super::wire::{
-    decode, encode, CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, StateBatch, StatePull, XferRequest,
-    XferResponse, CTL, HELLO, LOG_TOPIC, MAX_CTL, MAX_CTL_REQUEST, MAX_HELLO, MAX_LOG, MAX_XFER, MESH_PROTOCOL, STATE,
-    XFER,
+    CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, StateBatch, StatePull, XferRequest, XferResponse, CTL, HELLO,
+    LOG_TOPIC, MAX_CTL, MAX_CTL_REQUEST, MAX_HELLO, MAX_LOG, MAX_XFER, MESH_PROTOCOL, STATE, XFER,
 };
-use crate::log::actor::{Received, ServeStatePull, StateReceived};
-use crate::log::entry::Entry;
-
-/// What the network loop hears, for the membership actor.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "()")]
-pub enum NetEvent {
-    /// A peer answered a ping or sent something.
-    Seen { peer: String },
-    /// A peer said who it is.
-    Hello { peer: String, info: NodeInfo },
-}
 
 /// Commands to the network loop. Sender: any holder of a [`NetClient`].
 enum Command {
@@ -59,8 +46,8 @@ enum Command {
     ListenAddrs(oneshot::Sender<Vec<String>>),
     /// Close every connection and stop the loop.
     Shutdown(oneshot::Sender<()>),
-    /// Push a new log entry to every peer (gossipsub).
-    Publish(Box<Entry>),
+    /// Push a message to every peer (gossipsub: a new log entry, encoded).
+    Publish(Vec<u8>),
     /// Ask `from` (or a random connected peer) for the state records it has otherwise.
     PullState { from: Option<String>, pull: StatePull },
     /// Answer a peer's pull.
@@ -95,23 +82,27 @@ pub struct ServeXfer {
     pub channel: ResponseChannel<XferResponse>,
 }
 
-/// Where the loop sends what it hears.
-pub struct Hooks {
-    /// Log entries (gossip). Receiver: the log actor.
-    pub received: Recipient<Received>,
-    /// Peers' state pulls. Receiver: the log actor.
-    pub serve: Recipient<ServeStatePull>,
-    /// Answers to this node's state pulls. Receiver: the log actor.
-    pub state: Recipient<StateReceived>,
-    /// `History` pages. Receiver: the log actor.
-    pub history: Recipient<ServeCtl>,
-    /// `Run`, `Progress`, `CheckSource`. Receiver: the jobs actor.
-    pub jobs: Recipient<ServeCtl>,
-    /// `Restore`, `Verify`. Receiver: the replica actor.
-    pub replica: Recipient<ServeCtl>,
-    /// Transfer requests. Receiver: the replica actor.
-    pub xfer: Recipient<ServeXfer>,
+/// What the network hears from peers, for the node to route: the loop
+/// itself knows nothing of the actors that answer.
+pub enum Inbound {
+    /// A peer answered a ping or sent something.
+    Seen { peer: String },
+    /// A peer said who it is.
+    Hello { peer: String, info: NodeInfo },
+    /// A gossiped message (a log entry, encoded) as `from` relayed it.
+    Gossip { from: String, data: Vec<u8> },
+    /// A peer's state pull; its answer goes back on `channel`.
+    StatePull { pull: StatePull, channel: ResponseChannel<StateBatch> },
+    /// The answer to this node's state pull.
+    StateAnswer { from: String, batch: StateBatch },
+    /// A control request; its answer goes back on `channel`.
+    Ctl(ServeCtl),
+    /// A transfer request; its answer goes back on `channel`.
+    Xfer(ServeXfer),
 }
+
+/// Inbound events the node has not taken yet, before the loop says so.
+const INBOUND_QUEUE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -140,8 +131,16 @@ impl NetClient {
         rx.await.map_err(|_| NetError::Stopped)
     }
 
-    pub async fn publish_entry(&self, e: Entry) -> Result<(), NetError> {
-        self.tx.send(Command::Publish(Box::new(e))).await.map_err(|_| NetError::Stopped)
+    /// Gossips `data` to every peer.
+    pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetError> {
+        self.tx.send(Command::Publish(data)).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// A client of a network that has stopped: every request fails with
+    /// [`NetError::Stopped`] (a node's parts before, or without, a network).
+    pub fn stopped() -> Self {
+        let (tx, _) = mpsc::channel(1);
+        NetClient { tx }
     }
 
     pub async fn pull_state(&self, from: Option<String>, pull: StatePull) -> Result<(), NetError> {
@@ -253,7 +252,9 @@ fn setup_err(e: impl std::fmt::Display) -> NetError {
 }
 
 /// Builds the swarm and starts listening. Must run inside a tokio runtime.
-pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, hooks: Hooks) -> Result<NetClient, NetError> {
+/// Returns the client to send with, the events heard from peers, and the
+/// loop, which the caller spawns ([`EventLoop::run`]).
+pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventLoop), NetError> {
     let psk = cfg.swarm_key;
     let ping_every = cfg.ping_every;
     let mdns_on = cfg.mdns;
@@ -345,24 +346,24 @@ pub fn start(cfg: NetConfig, events: Recipient<NetEvent>, hooks: Hooks) -> Resul
         }
     }
     let (tx, rx) = mpsc::channel(64);
+    let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let bootstrap: Vec<Multiaddr> = cfg.bootstrap.iter().map(|a| multiaddr_of(*a)).collect();
     let event_loop = EventLoop {
         swarm,
         rx,
-        events,
+        inbound,
+        hello_every: cfg.hello_every,
         info: cfg.info,
         known: HashMap::new(),
         bootstrap,
         redial: Backoff::new(),
         bootstrap_answered: HashSet::new(),
         warned: HashMap::new(),
-        hooks,
         pending_ctl: HashMap::new(),
         pending_xfer: HashMap::new(),
         pending_dials: HashMap::new(),
     };
-    actix::spawn(event_loop.run(cfg.hello_every));
-    Ok(NetClient { tx })
+    Ok((NetClient { tx }, inbound_rx, event_loop))
 }
 
 fn listen_reason(e: libp2p::TransportError<std::io::Error>) -> String {
@@ -375,10 +376,12 @@ fn listen_reason(e: libp2p::TransportError<std::io::Error>) -> String {
     }
 }
 
-struct EventLoop {
+/// The loop that owns the swarm: commands in, [`Inbound`] events out.
+pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     rx: mpsc::Receiver<Command>,
-    events: Recipient<NetEvent>,
+    inbound: mpsc::Sender<Inbound>,
+    hello_every: Duration,
     info: NodeInfo,
     /// Listen addresses of peers, from identify: for redials and hellos.
     known: HashMap<PeerId, Vec<Multiaddr>>,
@@ -392,7 +395,6 @@ struct EventLoop {
     /// When each remote was last warned about, so a misconfigured peer
     /// that keeps knocking does not flood the log.
     warned: HashMap<String, Instant>,
-    hooks: Hooks,
     /// Control requests in flight → where their answer goes.
     pending_ctl: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<CtlResponse, String>>>,
     pending_xfer: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<XferResponse, String>>>,
@@ -451,8 +453,20 @@ impl EventLoop {
         }
     }
 
-    async fn run(mut self, hello_every: Duration) {
-        let mut tick = tokio::time::interval(hello_every);
+    /// Hands an event to the node. A node too busy to take it (its queue
+    /// full) loses it: a request then fails at the peer, which retries;
+    /// gossip is repaired by anti-entropy.
+    fn emit(&mut self, event: Inbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.inbound.try_send(event) {
+            self.warn_once(
+                "inbound".into(),
+                format!("the node is behind on {INBOUND_QUEUE} network events; dropping some"),
+            );
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.hello_every);
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -461,11 +475,11 @@ impl EventLoop {
                     Some(Command::ListenAddrs(reply)) => {
                         let _ = reply.send(self.swarm.listeners().map(|a| a.to_string()).collect());
                     }
-                    Some(Command::Publish(entry)) => {
+                    Some(Command::Publish(data)) => {
                         let topic = gossipsub::IdentTopic::new(LOG_TOPIC);
-                        if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, encode(&*entry)) {
+                        if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, data) {
                             // No peer yet: anti-entropy pulls deliver it later.
-                            tracing::debug!("gossip of log entry {}#{} not sent now: {e}", entry.origin_name, entry.seq);
+                            tracing::debug!("gossip not sent now: {e}");
                         }
                     }
                     Some(Command::PullState { from, pull }) => self.pull_state(from, pull),
@@ -606,8 +620,8 @@ impl EventLoop {
         }
     }
 
-    fn seen(&self, peer: &PeerId) {
-        self.events.do_send(NetEvent::Seen { peer: peer.to_string() });
+    fn seen(&mut self, peer: &PeerId) {
+        self.emit(Inbound::Seen { peer: peer.to_string() });
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -646,12 +660,12 @@ impl EventLoop {
                     self.check_protocol(&peer, &request);
                     let reply = self.hello();
                     let _ = self.swarm.behaviour_mut().hello.send_response(channel, reply);
-                    self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: request.info });
+                    self.emit(Inbound::Hello { peer: peer.to_string(), info: request.info });
                     self.learn(request.peers);
                 }
                 request_response::Message::Response { response, .. } => {
                     self.check_protocol(&peer, &response);
-                    self.events.do_send(NetEvent::Hello { peer: peer.to_string(), info: response.info });
+                    self.emit(Inbound::Hello { peer: peer.to_string(), info: response.info });
                     self.learn(response.peers);
                 }
             },
@@ -673,15 +687,10 @@ impl EventLoop {
                 self.seen(&peer);
                 match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        self.hooks.serve.do_send(ServeStatePull { pull: request, channel });
+                        self.emit(Inbound::StatePull { pull: request, channel });
                     }
                     request_response::Message::Response { response, .. } => {
-                        self.hooks.state.do_send(StateReceived {
-                            records: response.records.known,
-                            unknown: response.records.unknown,
-                            from: peer.to_string(),
-                            next_bucket: response.next_bucket,
-                        });
+                        self.emit(Inbound::StateAnswer { from: peer.to_string(), batch: response });
                     }
                 }
             }
@@ -699,15 +708,9 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { message, .. })) => {
                 match message {
-                    request_response::Message::Request { request, channel, .. } => match request {
-                        r @ (CtlRequest::Run { .. } | CtlRequest::Progress { .. } | CtlRequest::CheckSource { .. }) => {
-                            self.hooks.jobs.do_send(ServeCtl { request: r, channel })
-                        }
-                        r @ (CtlRequest::Restore { .. } | CtlRequest::Verify { .. }) => {
-                            self.hooks.replica.do_send(ServeCtl { request: r, channel })
-                        }
-                        r @ CtlRequest::History(_) => self.hooks.history.do_send(ServeCtl { request: r, channel }),
-                    },
+                    request_response::Message::Request { request, channel, .. } => {
+                        self.emit(Inbound::Ctl(ServeCtl { request, channel }))
+                    }
                     request_response::Message::Response { request_id, response } => {
                         if let Some(reply) = self.pending_ctl.remove(&request_id) {
                             let _ = reply.send(Ok(response));
@@ -728,7 +731,7 @@ impl EventLoop {
                 self.seen(&peer);
                 match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        self.hooks.xfer.do_send(ServeXfer { peer: peer.to_string(), request, channel })
+                        self.emit(Inbound::Xfer(ServeXfer { peer: peer.to_string(), request, channel }))
                     }
                     request_response::Message::Response { request_id, response } => {
                         if let Some(reply) = self.pending_xfer.remove(&request_id) {
@@ -757,10 +760,7 @@ impl EventLoop {
                 propagation_source,
                 message,
                 ..
-            })) => match decode::<Entry>(&message.data, MAX_LOG) {
-                Ok(entry) => self.hooks.received.do_send(Received { entries: vec![entry] }),
-                Err(e) => tracing::warn!("dropped a malformed log message relayed by {propagation_source}: {e}"),
-            },
+            })) => self.emit(Inbound::Gossip { from: propagation_source.to_string(), data: message.data }),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))
                 if !self.swarm.is_connected(&peer) =>
             {

@@ -5,7 +5,6 @@
 //!   archives over `/backmesh/xfer/1`; store work runs in the blocking pool.
 //! - [`ServeCtl`] (the network loop): `Restore` and `Verify` asked through
 //!   another node; [`RestoreHere`], [`VerifyHere`] (this node's HTTP API).
-//! - [`AttachNet`] (start-up).
 //!
 //! Every `sync_every` it compares what it keeps with where copies belong
 //! (see [`super::placement`]; the decisions are [`super::plan`]'s, pure
@@ -57,10 +56,6 @@ pub struct ReplicaConfig {
     pub sync_every: Duration,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AttachNet(pub NetClient);
-
 /// Check copies now rather than at the next round (a backup just stored an
 /// archive). Sender: the jobs actor.
 #[derive(Message, Clone)]
@@ -108,7 +103,7 @@ pub struct ReplicaActor {
     store: Arc<Store>,
     log: Addr<LogActor>,
     membership: Addr<MembershipActor>,
-    net: Option<NetClient>,
+    net: NetClient,
     cfg: ReplicaConfig,
     planner: Planner,
     syncing: bool,
@@ -120,14 +115,15 @@ impl ReplicaActor {
         store: Arc<Store>,
         log: Addr<LogActor>,
         membership: Addr<MembershipActor>,
+        net: NetClient,
         cfg: ReplicaConfig,
     ) -> Self {
         let planner = Planner::new(me.clone(), cfg.replicas, cfg.repair_after.as_millis() as i64);
-        ReplicaActor { me, store, log, membership, net: None, cfg, planner, syncing: false }
+        ReplicaActor { me, store, log, membership, net, cfg, planner, syncing: false }
     }
 
     fn sync(&mut self, ctx: &mut Context<Self>) {
-        let Some(net) = self.net.clone() else { return };
+        let net = self.net.clone();
         if self.syncing {
             return;
         }
@@ -168,11 +164,10 @@ impl ReplicaActor {
     }
 
     fn answer_ctl(&self, channel: libp2p::request_response::ResponseChannel<CtlResponse>, response: CtlResponse) {
-        if let Some(net) = self.net.clone() {
-            actix::spawn(async move {
-                let _ = net.answer_ctl(channel, response).await;
-            });
-        }
+        let net = self.net.clone();
+        actix::spawn(async move {
+            let _ = net.answer_ctl(channel, response).await;
+        });
     }
 }
 
@@ -404,13 +399,6 @@ impl Actor for ReplicaActor {
     }
 }
 
-impl Handler<AttachNet> for ReplicaActor {
-    type Result = ();
-    fn handle(&mut self, msg: AttachNet, _: &mut Context<Self>) {
-        self.net = Some(msg.0);
-    }
-}
-
 impl Handler<SyncNow> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, _: SyncNow, ctx: &mut Context<Self>) {
@@ -486,7 +474,7 @@ impl Handler<HandedOff> for ReplicaActor {
 impl Handler<ServeXfer> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: ServeXfer, ctx: &mut Context<Self>) {
-        let Some(net) = self.net.clone() else { return };
+        let net = self.net.clone();
         let (store, me, keep) = (self.store.clone(), self.me.clone(), self.cfg.keep.max(1));
         let work = tokio::task::spawn_blocking(move || serve(&store, &me, keep, msg.request));
         let channel = msg.channel;
@@ -546,7 +534,7 @@ impl Handler<RestoreHere> for ReplicaActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: RestoreHere, _: &mut Context<Self>) -> Self::Result {
         check_target(&msg.to, msg.overwrite)?;
-        let net = self.net.clone().ok_or("the network is not up yet")?;
+        let net = self.net.clone();
         let (store, log, membership, me) =
             (self.store.clone(), self.log.clone(), self.membership.clone(), self.me.clone());
         actix::spawn(async move {
@@ -613,7 +601,7 @@ async fn restore(
 impl Handler<VerifyHere> for ReplicaActor {
     type Result = Result<Vec<(String, String)>, String>;
     fn handle(&mut self, msg: VerifyHere, _: &mut Context<Self>) -> Self::Result {
-        let net = self.net.clone().ok_or("the network is not up yet")?;
+        let net = self.net.clone();
         let held = held_series(&self.store, usize::MAX);
         let series: Vec<(String, String)> = held
             .keys()

@@ -108,6 +108,10 @@ impl Planner {
             self.confirmed.retain(|(peer, _)| peer != p);
         }
         self.was_up = up;
+        // Only archives still kept here can need pushing: forget the rest,
+        // so this set stays as small as what the node keeps.
+        let kept: HashSet<&String> = held.values().flatten().collect();
+        self.confirmed.retain(|(_, id)| kept.contains(id));
         let present = |p: &PeerView| p.up || now_ms - p.last_seen_ms < self.grace_ms;
         let mut candidates: Vec<Candidate> = peers
             .iter()
@@ -247,6 +251,12 @@ mod tests {
         let more = held(&[("a", "/x", &["3", "2", "1"])]);
         let plan = pl.plan(&me, &peers, &more, 3_000);
         assert!(plan.pushes.iter().all(|p| p.ids == ["3"]), "only what is not confirmed: {:?}", targets(&plan));
+        for p in &plan.pushes {
+            pl.pushed(p, &["3".into()], false, 3_000);
+        }
+        // Archive 1 pruned here: what was known of it is forgotten.
+        pl.plan(&me, &peers, &held(&[("a", "/x", &["3", "2"])]), 4_000);
+        assert_eq!(pl.confirmed.len(), 4, "2 holders × 2 archives kept");
     }
 
     #[test]
