@@ -238,8 +238,13 @@ impl Store {
         self.root.join("segments").join(&hex[..2]).join(format!("{hex}.gz"))
     }
 
-    fn manifest_path(&self, node: &str, path: &str, id: &str) -> PathBuf {
-        self.root.join("manifests").join(hex::encode(series_key(node, path))).join(format!("{id}.bmm"))
+    /// Where archive `id`'s manifest lives; an id that could leave the
+    /// store (it comes from peers and requests) is refused here.
+    fn manifest_path(&self, node: &str, path: &str, id: &str) -> Result<PathBuf, StoreError> {
+        if !crate::archive::manifest::valid_id(id) {
+            return Err(StoreError::NoSuchArchive { node: node.into(), path: path.into(), id: id.into() });
+        }
+        Ok(self.root.join("manifests").join(hex::encode(series_key(node, path))).join(format!("{id}.bmm")))
     }
 
     pub fn has_member(&self, d: &Digest) -> bool {
@@ -334,7 +339,7 @@ impl Store {
                 }
             },
         };
-        let p = self.manifest_path(node, path, &id);
+        let p = self.manifest_path(node, path, &id)?;
         let bytes = fs::read(&p).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => {
                 StoreError::NoSuchArchive { node: node.into(), path: path.into(), id: id.clone() }
@@ -363,7 +368,7 @@ impl Store {
 
     /// Whether archive `id` of (node, path) is complete here.
     pub fn has_archive(&self, node: &str, path: &str, id: &str) -> bool {
-        self.manifest_path(node, path, id).exists()
+        self.manifest_path(node, path, id).is_ok_and(|p| p.exists())
     }
 
     /// Keeps members received from a peer: each is checked against its
@@ -405,7 +410,7 @@ impl Store {
         if !missing.is_empty() {
             return Ok(missing);
         }
-        let p = self.manifest_path(&m.node, &m.path, &m.id);
+        let p = self.manifest_path(&m.node, &m.path, &m.id)?;
         write_atomic(&p, &m.encode()).map_err(|e| StoreError::io(&p, e))?;
         let s = ArchiveSummary::of(m);
         self.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
@@ -430,7 +435,7 @@ impl Store {
     /// Deletes one archive's manifest (its members go at the next collection).
     pub fn remove_archive(&self, node: &str, path: &str, id: &str) -> Result<bool, StoreError> {
         let Some(s) = self.list(node, path)?.into_iter().find(|s| s.id == id) else { return Ok(false) };
-        let p = self.manifest_path(node, path, id);
+        let p = self.manifest_path(node, path, id)?;
         match fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -445,7 +450,7 @@ impl Store {
     pub fn retain(&self, node: &str, path: &str, keep: usize) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
         for old in self.list(node, path)?.into_iter().skip(keep.max(1)) {
-            let p = self.manifest_path(node, path, &old.id);
+            let p = self.manifest_path(node, path, &old.id)?;
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -648,7 +653,7 @@ impl PutTxn<'_> {
             std::mem::forget(self.dir.take());
             return Ok(());
         }
-        let p = self.store.manifest_path(&m.node, &m.path, &m.id);
+        let p = self.store.manifest_path(&m.node, &m.path, &m.id)?;
         write_atomic(&p, &m.encode()).map_err(|e| StoreError::io(&p, e))?;
         if last == CommitStep::ManifestWritten {
             std::mem::forget(self.dir.take());

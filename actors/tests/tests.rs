@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use backmesh_actors::archive::{self, tarfmt, CreateOptions, FileSink, RestoreError, RestoreOptions, WarningKind};
 use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
-use backmesh_actors::store::{CommitStep, Store};
+use backmesh_actors::store::{CommitStep, Store, StoreError};
 use common::*;
 
 fn tgz_of(src: &Path, out: &Path, opts: &CreateOptions) -> archive::Created {
@@ -503,4 +503,41 @@ fn a_full_disk_fails_the_backup_and_keeps_older_archives() {
     let out = t.path().join("r");
     archive::restore_archive(&first, &store, &out, &RestoreOptions::default()).unwrap();
     assert_eq!(fs::read(out.join("small.txt")).unwrap(), b"version 1");
+}
+
+#[test]
+fn an_archive_id_from_a_peer_never_names_a_file_outside_the_store() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 2);
+    let data = t.path().join("data");
+    let store = Store::open(&data).unwrap();
+    let mut txn = store.begin().unwrap();
+    let mut m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 5, vec![]);
+    txn.commit(&m).unwrap();
+    let before: Vec<_> = all_files(t.path());
+    for bad in ["../../escaped", "../x", ".."] {
+        m.id = bad.to_string();
+        // As a peer's offer or commit carries it: refused at decoding.
+        assert!(archive::Manifest::decode(&m.encode()).is_err(), "{bad}");
+        // As a request names it: no such archive, nothing touched.
+        assert!(store.adopt(&m).is_err(), "{bad}");
+        assert!(!store.has_archive("n", "/src", bad));
+        assert!(matches!(store.manifest("n", "/src", Some(bad)), Err(StoreError::NoSuchArchive { .. })), "{bad}");
+        assert!(store.remove_archive("n", "/src", bad).is_ok_and(|removed| !removed));
+    }
+    assert_eq!(all_files(t.path()), before, "no file made or removed anywhere");
+}
+
+fn all_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        }
+        out.push(p);
+    }
+    out.sort();
+    out
 }

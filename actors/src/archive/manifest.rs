@@ -78,6 +78,17 @@ pub struct Manifest {
     pub excludes: Vec<String>,
 }
 
+/// Whether `id` can name an archive: 1 to 64 ASCII letters, digits, `.`,
+/// `_` or `-`, starting with a letter or digit. Archive ids are file names
+/// in the store, and they come from peers: `..`, `/` and the like must
+/// never reach a path.
+pub fn valid_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    (1..=64).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
 /// Why a manifest could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -114,7 +125,19 @@ impl Manifest {
         if bytes[4] != FORMAT_VERSION {
             return Err(ManifestError::UnknownVersion { found: bytes[4] });
         }
-        ciborium::from_reader(&bytes[5..]).map_err(|e| ManifestError::Corrupt { reason: e.to_string() })
+        let m: Manifest =
+            ciborium::from_reader(&bytes[5..]).map_err(|e| ManifestError::Corrupt { reason: e.to_string() })?;
+        m.checked()
+    }
+
+    /// Checks what decoding alone cannot: an id that is safe as a file name.
+    fn checked(self) -> Result<Self, ManifestError> {
+        if !valid_id(&self.id) {
+            return Err(ManifestError::Corrupt {
+                reason: format!("archive id {:?} is not a valid archive id", self.id),
+            });
+        }
+        Ok(self)
     }
 
     /// Member digests in order.
@@ -170,5 +193,19 @@ mod tests {
         let mut b = sample().encode();
         b.truncate(b.len() - 3);
         assert!(matches!(Manifest::decode(&b), Err(ManifestError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn an_id_that_is_no_safe_file_name_is_refused() {
+        for bad in ["../x", "..", ".hidden", "a/b", "", "a\0b", "a b", &"x".repeat(65), "é"] {
+            assert!(!valid_id(bad), "{bad:?}");
+            let mut m = sample();
+            m.id = bad.to_string();
+            let err = Manifest::decode(&m.encode()).unwrap_err();
+            assert!(err.to_string().contains("not a valid archive id"), "{err}");
+        }
+        for good in ["20261122T030000.000Z-deadbeef", "a", "A-1_2.3", &"x".repeat(64)] {
+            assert!(valid_id(good), "{good:?}");
+        }
     }
 }
