@@ -7,6 +7,10 @@ use crate::log::mesh::JobView;
 /// Paths of the jobs that should be queued at `now_ms`: not paused, not
 /// running or waiting already, and never started or last started at least
 /// `every_min` job minutes (of `minute_ms`) ago. In path order.
+///
+/// A last start dated far in the future was dated by a clock that ran
+/// ahead and has been set right since: the job is due, rather than idle
+/// until that date.
 pub fn due<'a>(
     jobs: impl IntoIterator<Item = &'a JobView>,
     now_ms: i64,
@@ -18,7 +22,9 @@ pub fn due<'a>(
         .filter(|j| !j.paused)
         .filter(|j| {
             let period = i64::try_from(j.every_min).unwrap_or(i64::MAX).saturating_mul(minute_ms);
-            j.last_started.as_ref().is_none_or(|t| t.wall_ms.saturating_add(period) <= now_ms)
+            j.last_started.as_ref().is_none_or(|t| {
+                t.wall_ms.saturating_add(period) <= now_ms || crate::log::hlc::too_far_ahead(t.wall_ms, now_ms)
+            })
         })
         .filter(|j| !busy(&j.path))
         .map(|j| j.path.clone())
@@ -42,7 +48,7 @@ mod tests {
             paused,
             last: None,
             last_success: None,
-            last_started: started_ms.map(|wall_ms| Stamp { wall_ms, logical: 0 }),
+            last_started: started_ms.map(|wall_ms| Stamp { seq: 1, wall_ms, logical: 0 }),
             registered_at: Hlc { wall_ms: 0, logical: 0, node: "P".into() },
             last_size: None,
             last_warnings: vec![],
@@ -65,6 +71,8 @@ mod tests {
             (5, None, false, true, 0, false),                       // running or waiting
             (0, Some(0), false, false, 0, true),                    // every 0: whenever free
             (u64::MAX, Some(0), false, false, i64::MAX - 1, false), // no wrap to a negative period
+            (5, Some(MIN), false, false, 0, false),                 // a clock a minute ahead: waits
+            (5, Some(365 * 24 * 60 * MIN), false, false, 0, true),  // a clock a year ahead, set right: due
         ];
         for (i, &(every, started, paused, busy, now, want)) in cases.iter().enumerate() {
             let j = job("/p", every, started, paused);

@@ -32,7 +32,7 @@ use libp2p::request_response::ResponseChannel;
 
 use super::entry::{Entry, Event};
 use super::history::{History, HistoryQuery, Page};
-use super::hlc::Clock;
+use super::hlc::{too_far_ahead, Clock, MAX_AHEAD_MS};
 use super::mesh::{
     answer_pull, CatalogArchive, JobView, MeshState, Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS,
 };
@@ -166,6 +166,9 @@ struct BackfillDone {
 /// Entries re-folded from the durable history at start-up: the state on
 /// disk is written once a second, so the newest own entries may be missing.
 const REFOLD: usize = 1_000;
+/// Entries held back for a clock running ahead, at most: beyond, they are
+/// dropped (state pulls and history backfill bring what they said later).
+pub const HELD_MAX: usize = 10_000;
 /// A bucket that changed less than this long ago is left to gossip in a
 /// pull that is not eager.
 pub const QUIET_MS: i64 = 5_000;
@@ -193,6 +196,11 @@ pub struct LogActor {
     in_flight: Option<(i64, bool, u16)>,
     /// Peers already named for sending records this version does not know.
     told_unknown: BTreeSet<String>,
+    /// Entries dated too far ahead of this node's clock, by (origin, seq):
+    /// taken in once the clock catches up (at most [`HELD_MAX`]).
+    held: BTreeMap<(String, u64), Entry>,
+    /// Origins and peers already named for clocks running ahead.
+    told_ahead: BTreeSet<String>,
     history: History,
     clock: Clock,
     me: String,
@@ -254,6 +262,8 @@ impl LogActor {
             caught_up: false,
             in_flight: None,
             told_unknown: BTreeSet::new(),
+            held: BTreeMap::new(),
+            told_ahead: BTreeSet::new(),
             history: History::open(history_dir)?,
             clock: Clock::new(me.clone()),
             me,
@@ -428,9 +438,44 @@ impl LogActor {
         });
     }
 
-    /// Folds an entry in and keeps it where it belongs.
+    /// Says once per origin (or peer) that its clock runs ahead of this one.
+    fn tell_ahead(&mut self, who: &str, wall_ms: i64, now: i64) {
+        if self.told_ahead.insert(who.to_string()) {
+            tracing::warn!(
+                "{who} sends what is dated {} s ahead of this node's clock: held back until this clock gets there \
+                 (is one of the two clocks wrong? a clock may run at most {} s ahead)",
+                (wall_ms - now) / 1000,
+                MAX_AHEAD_MS / 1000
+            );
+        }
+    }
+
+    /// Takes in the held-back entries that this node's clock has caught up with.
+    fn release_held(&mut self) {
+        let now = now_ms();
+        let ready: Vec<(String, u64)> =
+            self.held.iter().filter(|(_, e)| !too_far_ahead(e.time.wall_ms, now)).map(|(k, _)| k.clone()).collect();
+        for k in ready {
+            if let Some(e) = self.held.remove(&k) {
+                if let Err(err) = self.take_in(&e) {
+                    tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
+                }
+            }
+        }
+    }
+
+    /// Folds an entry in and keeps it where it belongs; one dated too far
+    /// ahead of this node's clock waits in `held`.
     fn take_in(&mut self, e: &Entry) -> Result<(), StoreError> {
-        self.clock.observe(&e.time, now_ms());
+        let now = now_ms();
+        if too_far_ahead(e.time.wall_ms, now) {
+            self.tell_ahead(&e.origin_name, e.time.wall_ms, now);
+            if self.held.len() < HELD_MAX {
+                self.held.insert((e.origin.clone(), e.seq), e.clone());
+            }
+            return Ok(());
+        }
+        self.clock.observe(&e.time, now);
         self.state.apply(e);
         self.history.remember(e);
         if self.keeps(e) {
@@ -458,6 +503,9 @@ impl Actor for LogActor {
             if let Err(e) = act.history.sync() {
                 tracing::error!("cannot write the history: {e}");
             }
+            if !act.held.is_empty() {
+                act.release_held();
+            }
         });
     }
 }
@@ -465,11 +513,19 @@ impl Actor for LogActor {
 impl Handler<Record> for LogActor {
     type Result = Result<Entry, StoreError>;
     fn handle(&mut self, msg: Record, _: &mut Context<Self>) -> Self::Result {
+        let now = now_ms();
+        if self.clock.jumped_back(now) {
+            tracing::warn!(
+                "this node's clock was set back by more than {} s (it had run ahead): \
+                 new entries are dated by the clock again",
+                MAX_AHEAD_MS / 1000
+            );
+        }
         let entry = Entry {
             origin: self.me.clone(),
             origin_name: self.my_name.clone(),
             seq: self.next_seq,
-            time: self.clock.tick(now_ms()),
+            time: self.clock.tick(now),
             event: msg.0,
         };
         // A seq is used once, even by an entry whose write fails half-way.
@@ -526,6 +582,13 @@ impl Handler<ServeStatePull> for LogActor {
 impl Handler<StateReceived> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: StateReceived, _: &mut Context<Self>) {
+        self.state_received(msg);
+    }
+}
+
+impl LogActor {
+    /// Merges a state answer; pulls on when it was cut for size.
+    fn state_received(&mut self, msg: StateReceived) {
         let mut changed = 0;
         let now = now_ms();
         if msg.unknown > 0 && self.told_unknown.insert(msg.from.clone()) {
@@ -537,6 +600,11 @@ impl Handler<StateReceived> for LogActor {
             );
         }
         for (k, r) in &msg.records {
+            let wall = r.newest_wall_ms();
+            if too_far_ahead(wall, now) {
+                self.tell_ahead(&msg.from, wall, now);
+                continue;
+            }
             if self.state.merge_record(k, r) {
                 changed += 1;
                 if let Some(t) = r.newest_time() {
@@ -706,7 +774,13 @@ impl Handler<Backfilled> for LogActor {
             if e.seq == 0 || (e.event.node(), e.event.path()) != (msg.series.0.as_str(), Some(msg.series.1.as_str())) {
                 continue;
             }
-            self.clock.observe(&e.time, now_ms());
+            if !self.clock.observe(&e.time, now_ms()) {
+                // Dated too far ahead: held back with the gossiped ones.
+                if let Err(err) = self.take_in(e) {
+                    tracing::error!("cannot hold back an entry of {}: {err}", e.origin_name);
+                }
+                continue;
+            }
             self.state.apply(e);
             match self.history.store(e) {
                 Ok(true) => stored += 1,
@@ -802,5 +876,52 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("upgrade backmesh"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_dated_far_ahead_is_held_back_and_moves_no_clock() {
+        let t = tempfile::tempdir().unwrap();
+        let load = || {
+            LogActor::load(
+                "PEER-A".into(),
+                "a".into(),
+                Arc::new(MemKv::default()),
+                t.path(),
+                Duration::from_secs(10),
+                NetClient::stopped(),
+            )
+            .unwrap()
+        };
+        let mut actor = load();
+        let now = now_ms();
+        let registered = |seq, wall_ms| Entry {
+            origin: "PEER-B".into(),
+            origin_name: "b".into(),
+            seq,
+            time: crate::log::hlc::Hlc { wall_ms, logical: 0, node: "PEER-B".into() },
+            event: Event::Registered {
+                node: "b".into(),
+                path: format!("/p{seq}"),
+                every_min: 5,
+                excludes: vec![],
+                spec: Default::default(),
+            },
+        };
+        let year = 365 * 24 * 3_600_000;
+        actor.take_in(&registered(1, now + year)).unwrap();
+        assert!(actor.state.jobs().is_empty(), "not merged");
+        assert_eq!(actor.held.len(), 1, "held back");
+        assert!(actor.clock.tick(now_ms()).wall_ms < now + MAX_AHEAD_MS, "this node's clock did not move");
+        actor.take_in(&registered(2, now + MAX_AHEAD_MS / 2)).unwrap();
+        assert_eq!(actor.state.jobs().len(), 1, "a clock a little ahead is taken in");
+        actor.release_held();
+        assert_eq!(actor.held.len(), 1, "still a year early");
+        // The same through a state answer: the far record is left out.
+        let mut far = MeshState::new();
+        far.apply(&registered(3, now + year));
+        let records: Vec<_> = far.records().into_iter().filter(|(k, _)| matches!(k, RecordKey::Job(..))).collect();
+        assert_eq!(records.len(), 1);
+        actor.state_received(StateReceived { records, unknown: 0, from: "PEER-B".into(), next_bucket: None });
+        assert_eq!(actor.state.jobs().len(), 1, "left out");
     }
 }

@@ -112,19 +112,28 @@ fn join_max<T: Ord + Clone>(slot: &mut Option<T>, other: &T) -> bool {
     }
 }
 
-/// A point in one writer's hybrid time, without the writer: a register
-/// that only one node writes (its own runs, its own copies) needs no
-/// tie-break by node, and the peer id in every [`Hlc`] would be most of the
-/// state's memory.
+/// A point in one writer's history, without the writer: a register that
+/// only one node writes (its own runs, its own copies) needs no tie-break
+/// by node, and the peer id in every [`Hlc`] would be most of the state's
+/// memory.
+///
+/// Ordered by the writer's sequence number first: a writer's later entry
+/// always wins over its earlier one, even when its wall clock was stepped
+/// back in between (a clock that ran ahead, then set right). The time is
+/// what the writer's clock said, for people and for the scheduler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
+    /// The writer's entry sequence number (0 in records from before it was kept).
+    #[serde(default)]
+    pub seq: u64,
     pub wall_ms: i64,
     pub logical: u32,
 }
 
-impl From<&Hlc> for Stamp {
-    fn from(t: &Hlc) -> Self {
-        Stamp { wall_ms: t.wall_ms, logical: t.logical }
+impl Stamp {
+    /// The stamp of entry `e`, written by its origin.
+    pub fn of(e: &Entry) -> Self {
+        Stamp { seq: e.seq, wall_ms: e.time.wall_ms, logical: e.time.logical }
     }
 }
 
@@ -410,6 +419,23 @@ impl Record {
             Record::Series(s) => s.notified.iter().map(|n| &n.time).chain(s.requests.iter().map(|e| &e.time)).max(),
             Record::Origin(o) => o.name.as_ref().map(|n| &n.time),
         }
+    }
+
+    /// The latest wall time anything in the record was dated with: a record
+    /// dated far ahead of this node's clock is held back, not merged.
+    pub fn newest_wall_ms(&self) -> i64 {
+        let hlc = self.newest_time().map_or(i64::MIN, |t| t.wall_ms);
+        let Record::Series(s) = self else { return hlc };
+        let own = [
+            s.last.as_ref().map(|r| r.at),
+            s.last_success,
+            s.last_started,
+            s.last_size.as_ref().map(|r| r.at),
+            s.last_warnings.as_ref().map(|r| r.at),
+        ];
+        let archives =
+            s.archives.values().flat_map(|a| a.made.iter().map(|m| m.at).chain(a.holders.iter().map(|(_, h)| h.at)));
+        own.into_iter().flatten().chain(archives).map(|t| t.wall_ms).fold(hlc, i64::max)
     }
 }
 
@@ -812,7 +838,7 @@ fn records_of(e: &Entry) -> Vec<(RecordKey, Record)> {
 
 /// The series part of an entry: a [`Series`] holding only what it says.
 fn series_part(e: &Entry) -> Series {
-    let t = Stamp::from(&e.time);
+    let t = Stamp::of(e);
     let mut s = Series::default();
     let holder = |s: &mut Series, archive: &str, holder: &str, keeps: bool| {
         if let Some(a) = s.archive_mut(archive) {
@@ -1286,6 +1312,44 @@ mod tests {
         assert_eq!(catalog[0].id, "202600004999");
         assert_eq!(s.for_request("r4999").len(), 1);
         assert!(s.for_request("r1").is_empty(), "old requests are forgotten");
+    }
+
+    #[test]
+    fn a_node_s_later_runs_win_though_its_clock_was_set_back_in_between() {
+        let year = 365 * 24 * 3_600_000i64;
+        let mut clock = Clock::new("A");
+        let e = |seq, time, event| Entry { origin: "A".into(), origin_name: "n1".into(), seq, time, event };
+        let reg = Event::Registered {
+            node: "n1".into(),
+            path: "/p".into(),
+            every_min: 5,
+            excludes: vec![],
+            spec: Default::default(),
+        };
+        let started = || Event::Started { node: "n1".into(), path: "/p".into(), request: None };
+        let failed = |error: &str| Event::Failed {
+            node: "n1".into(),
+            path: "/p".into(),
+            error: error.into(),
+            duration_ms: 1,
+            request: None,
+            plugin: None,
+        };
+        // Runs while the clock is a year ahead, then after it was set right.
+        let entries = vec![
+            e(1, clock.tick(1_000), reg),
+            e(2, clock.tick(1_000 + year), started()),
+            e(3, clock.tick(1_001 + year), failed("ahead")),
+            e(4, clock.tick(2_000), started()),
+            e(5, clock.tick(2_001), failed("set right")),
+        ];
+        assert!(entries[3].time < entries[2].time, "the clock was set back");
+        for order in [entries.clone(), entries.iter().rev().cloned().collect()] {
+            let s = fold(&order);
+            let j = &s.jobs()[0];
+            assert_eq!(j.last.as_ref().and_then(|l| l.error.clone()).as_deref(), Some("set right"));
+            assert_eq!(j.last_started.map(|t| t.wall_ms), Some(2_000));
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub const HELLO: StreamProtocol = StreamProtocol::new("/backmesh/hello/1");
 pub const MAX_HELLO: usize = 256 * 1024;
 
 /// Protocol of anti-entropy pulls of the mesh state.
-pub const STATE: StreamProtocol = StreamProtocol::new("/backmesh/state/1");
+pub const STATE: StreamProtocol = StreamProtocol::new("/backmesh/state/2");
 /// Largest state or gossip message accepted, in bytes.
 pub const MAX_LOG: usize = 4 * 1024 * 1024;
 /// Records per pull answer stop once their encoding passes this many bytes.
@@ -29,7 +29,7 @@ pub const LOG_TOPIC: &str = "backmesh/log/1";
 /// Version of the mesh protocol (state records, entries, ctl and xfer
 /// messages), said in every hello. A peer on another version is named in
 /// the log instead of failing silently.
-pub const MESH_PROTOCOL: u32 = 2;
+pub const MESH_PROTOCOL: u32 = 3;
 
 /// "Here is my state's digest; send me the records of the buckets where
 /// yours differs." Sender: the log actor of any node, through the network
