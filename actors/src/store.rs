@@ -81,6 +81,9 @@ pub struct ArchiveSummary {
     pub node: String,
     pub path: String,
     pub created_ms: i64,
+    /// Its place in its series ([`Manifest::order`]).
+    #[serde(default)]
+    pub order_ms: i64,
     pub tgz_len: u64,
     pub files: u64,
     pub tree_digest: Digest,
@@ -89,12 +92,23 @@ pub struct ArchiveSummary {
 }
 
 impl ArchiveSummary {
+    /// Its place in its series; the creation time in an index written
+    /// before orders were kept.
+    pub fn order(&self) -> i64 {
+        if self.order_ms == 0 {
+            self.created_ms
+        } else {
+            self.order_ms
+        }
+    }
+
     pub fn of(m: &Manifest) -> Self {
         ArchiveSummary {
             id: m.id.clone(),
             node: m.node.clone(),
             path: m.path.clone(),
             created_ms: m.created_ms,
+            order_ms: m.order(),
             tgz_len: m.tgz_len,
             files: m.stats.files + m.stats.hardlinks,
             tree_digest: m.tree_digest,
@@ -165,8 +179,8 @@ pub fn series_key(node: &str, path: &str) -> [u8; 16] {
 
 fn archive_key(s: &ArchiveSummary) -> Vec<u8> {
     let mut k = series_key(&s.node, &s.path).to_vec();
-    // Order by time, negatives first.
-    k.extend_from_slice(&((s.created_ms as u64) ^ (1 << 63)).to_be_bytes());
+    // By order in the series (not the clock), negatives first.
+    k.extend_from_slice(&((s.order() as u64) ^ (1 << 63)).to_be_bytes());
     k.extend_from_slice(s.id.as_bytes());
     k
 }

@@ -45,7 +45,7 @@ fn generated_trees_round_trip_exactly() {
         let mut txn = store.begin().unwrap();
         let c2 = archive::create(&src, &opts(), &mut txn).unwrap();
         assert_eq!(c2.tgz_sha256, created.tgz_sha256, "seed {seed}: deterministic");
-        let m = c2.into_manifest("n1", "/src", 1_000, vec![]);
+        let m = c2.into_manifest("n1", "/src", 1_000, None, vec![]);
         txn.commit(&m).unwrap();
         let out2 = t.path().join("out2");
         archive::restore_archive(&m, &store, &out2, &RestoreOptions::default()).unwrap();
@@ -307,7 +307,7 @@ fn a_damaged_member_fails_the_restore_and_verify_names_it() {
     gen_tree(&src, 3);
     let store = Store::open(&t.path().join("data")).unwrap();
     let mut txn = store.begin().unwrap();
-    let m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 5, vec![]);
+    let m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 5, None, vec![]);
     txn.commit(&m).unwrap();
     assert!(store.verify(&m).is_ok());
     let victim = m.members[m.members.len() / 2].sha256;
@@ -385,7 +385,7 @@ fn a_crash_between_writes_leaves_the_store_consistent() {
         let m = {
             let store = Store::open(&data).unwrap();
             let mut txn = store.begin().unwrap();
-            let m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 9, vec![]);
+            let m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 9, None, vec![]);
             txn.commit_until(&m, step).unwrap();
             m
         }; // the process "dies" here: the store is dropped without finishing
@@ -513,7 +513,7 @@ fn an_archive_id_from_a_peer_never_names_a_file_outside_the_store() {
     let data = t.path().join("data");
     let store = Store::open(&data).unwrap();
     let mut txn = store.begin().unwrap();
-    let mut m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 5, vec![]);
+    let mut m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 5, None, vec![]);
     txn.commit(&m).unwrap();
     let before: Vec<_> = all_files(t.path());
     for bad in ["../../escaped", "../x", ".."] {

@@ -201,11 +201,7 @@ pub fn archives(ctx: &Ctx, a: ArchivesArgs) -> Result<ExitCode> {
     };
     if a.path.is_none() {
         list.sort_by(|x, y| {
-            (&x.node, &x.path, std::cmp::Reverse(x.created_ms)).cmp(&(
-                &y.node,
-                &y.path,
-                std::cmp::Reverse(y.created_ms),
-            ))
+            (&x.node, &x.path, std::cmp::Reverse(x.order())).cmp(&(&y.node, &y.path, std::cmp::Reverse(y.order())))
         });
     }
     if ctx.json {

@@ -100,4 +100,40 @@ fn bad_input_gets_a_clear_message_and_exit_code() {
     let usage = node(&data, &["backup"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
 }
+/// Issue 12's confirmed loss: backups made under a clock a year ahead,
+/// then with the clock right. The new archives must be kept, be the
+/// newest, and restore.
+#[test]
+fn backups_after_a_clock_that_ran_a_year_ahead_was_set_right_are_kept_and_restored() {
+    let faketime = Command::new("faketime").args(["-f", "+365d", "true"]).status();
+    assert!(faketime.is_ok_and(|s| s.success()), "faketime is needed (scripts/test installs it)");
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("app");
+    fs::create_dir_all(&src).unwrap();
+    let data = t.path().join("data");
+    let s = src.to_str().unwrap();
+    let mut made = Vec::new();
+    for v in 1..=5 {
+        fs::write(src.join("version.txt"), format!("v{v}\n")).unwrap();
+        let mut cmd = if v <= 3 { Command::new("faketime") } else { Command::new(binary("backmesh-node")) };
+        if v <= 3 {
+            cmd.args(["-f", "+365d"]).arg(binary("backmesh-node"));
+        }
+        let out =
+            cmd.arg("--data-dir").arg(&data).args(["--name", "n1", "--json", "backup", s, "--keep", "3"]).output();
+        let v = json(&out.expect("run backmesh-node"));
+        assert_eq!(v["result"], "finished", "{v}");
+        made.push(v["archive"].as_str().unwrap().to_string());
+    }
+    let list = json(&node(&data, &["--json", "archives", s]));
+    let ids: Vec<&str> = list["archives"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![made[4].as_str(), made[3].as_str(), made[2].as_str()], "the 3 newest by order, newest first");
+    let created: Vec<&str> =
+        list["archives"].as_array().unwrap().iter().map(|a| a["created"].as_str().unwrap()).collect();
+    assert!(created[0] < created[2], "the clock's own dates are kept as they were: {created:?}");
+    let out = t.path().join("restored");
+    json(&node(&data, &["--json", "restore", s, "--to", out.to_str().unwrap()]));
+    assert_eq!(fs::read_to_string(out.join("version.txt")).unwrap(), "v5\n");
+}
+
 mod mesh;

@@ -157,13 +157,25 @@ pub struct Created {
 }
 
 impl Created {
-    /// The manifest for this archive of `path` on `node`, made at `created_ms`.
-    pub fn into_manifest(self, node: &str, path: &str, created_ms: i64, excludes: Vec<String>) -> Manifest {
+    /// The manifest for this archive of `path` on `node`, made at
+    /// `created_ms`, after the series' newest archive (its order) if any:
+    /// it orders after that one whatever the clock says, and its id, which
+    /// carries its order, sorts after that one's.
+    pub fn into_manifest(
+        self,
+        node: &str,
+        path: &str,
+        created_ms: i64,
+        after: Option<i64>,
+        excludes: Vec<String>,
+    ) -> Manifest {
+        let order_ms = after.map_or(created_ms, |a| created_ms.max(a.saturating_add(1)));
         Manifest {
-            id: archive_id(created_ms, &self.tgz_sha256),
+            id: archive_id(order_ms, &self.tgz_sha256),
             node: node.to_string(),
             path: path.to_string(),
             created_ms,
+            order_ms,
             members: self.members,
             files: self.files,
             tree_digest: self.tree_digest,
@@ -177,9 +189,10 @@ impl Created {
     }
 }
 
-/// `20261122T030246.123Z-1a2b3c4d`: sorts by time, unique by content.
-pub fn archive_id(created_ms: i64, tgz: &Digest) -> String {
-    let dt = chrono::DateTime::from_timestamp_millis(created_ms).unwrap_or_default();
+/// `20261122T030246.123Z-1a2b3c4d`: sorts by its order in the series
+/// (the creation time unless a clock was set back), unique by content.
+pub fn archive_id(order_ms: i64, tgz: &Digest) -> String {
+    let dt = chrono::DateTime::from_timestamp_millis(order_ms).unwrap_or_default();
     format!("{}-{}", dt.format("%Y%m%dT%H%M%S%.3fZ"), &tgz.to_hex()[..8])
 }
 

@@ -64,6 +64,13 @@ pub struct Manifest {
     pub path: String,
     /// Creation time, milliseconds since the Unix epoch (UTC).
     pub created_ms: i64,
+    /// Its place in its series, in ms: its creation time, or just after
+    /// the series' newest archive when the clock says earlier (a clock
+    /// that ran ahead and was set right). Retention and "latest" follow
+    /// it, never the clock alone. 0 in manifests from before it was kept:
+    /// read as the creation time ([`Manifest::order`]).
+    #[serde(default)]
+    pub order_ms: i64,
     pub members: Vec<MemberRef>,
     pub files: Vec<FileRecord>,
     /// SHA-256 of the uncompressed tar stream: equal digests, equal trees.
@@ -140,6 +147,15 @@ impl Manifest {
         Ok(self)
     }
 
+    /// Its place in its series ([`Manifest::order_ms`]).
+    pub fn order(&self) -> i64 {
+        if self.order_ms == 0 {
+            self.created_ms
+        } else {
+            self.order_ms
+        }
+    }
+
     /// Member digests in order.
     pub fn digests(&self) -> impl Iterator<Item = &Digest> {
         self.members.iter().map(|m| &m.sha256)
@@ -156,6 +172,7 @@ mod tests {
             node: "n1".into(),
             path: "/srv/app".into(),
             created_ms: 1_795_000_000_000,
+            order_ms: 1_795_000_000_000,
             members: vec![MemberRef { sha256: Digest::of(b"m"), raw_len: 10240, compressed_len: 300 }],
             files: vec![FileRecord {
                 path: ByteBuf::from(b"a/\xffb".to_vec()),

@@ -127,7 +127,8 @@ pub fn run_backup_as(
         .values()
         .map(|m| m.compressed_len)
         .sum();
-    let manifest = created.into_manifest(node, key, now_ms(), opts.excludes.clone());
+    let after = last.as_ref().map(|l| l.order());
+    let manifest = created.into_manifest(node, key, now_ms(), after, opts.excludes.clone());
     txn.commit(&manifest)?;
     remember(store, node, key, opts, snapshot, &manifest.id, manifest.tree_digest)?;
     let retention = store.retain(node, key, keep)?;

@@ -177,7 +177,8 @@ fn held_series(store: &Store, keep: usize) -> BTreeMap<(String, String), Vec<Str
     match store.list_all() {
         Ok(all) => {
             for s in all {
-                out.entry((s.node, s.path)).or_default().push((s.created_ms, s.id));
+                let order = s.order();
+                out.entry((s.node, s.path)).or_default().push((order, s.id));
             }
         }
         Err(e) => tracing::error!("cannot list the archives kept here: {e}"),
