@@ -246,7 +246,8 @@ impl Client {
                 req.send_json(body.unwrap_or(serde_json::Value::Null))
             }
             ("DELETE", _) => {
-                let mut req = self.agent.delete(&url);
+                // JSON like every change: the node refuses other content types.
+                let mut req = self.agent.delete(&url).header("Content-Type", "application/json");
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
                 }

@@ -120,9 +120,32 @@ pub enum Role {
     Site(String),
 }
 
+/// Whether a `Host` header names this machine's loopback: a node without
+/// a token serves only requests addressed so, which a web page of another
+/// site cannot make a browser send (DNS rebinding).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| if port.parse::<u16>().is_ok() { h } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The role of the request's bearer token, or the 401.
 pub fn role(req: &HttpRequest, state: &ApiState) -> Result<Role, ApiError> {
-    let Some(token) = &state.token else { return Ok(Role::Admin) };
+    let Some(token) = &state.token else {
+        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !loopback_host(host) {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this node has no API token, so it answers only requests addressed to 127.0.0.1 or \
+                     localhost, not `{host}`; set --token to serve other names"
+                ),
+            ));
+        }
+        return Ok(Role::Admin);
+    };
     let given =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let Some(g) = given else {
@@ -140,15 +163,30 @@ pub fn role(req: &HttpRequest, state: &ApiState) -> Result<Role, ApiError> {
     Err(unauthorized("wrong API token"))
 }
 
-/// `Ok` when the request may change things (admin).
+/// `Ok` when the request may change things (admin). A request that changes
+/// something must say `Content-Type: application/json`: a form or a plain
+/// `fetch` of another site cannot send that without the browser asking
+/// first, which this API never allows.
 fn admin(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
     match role(req, state)? {
-        Role::Admin => Ok(()),
-        _ => Err(error(
-            StatusCode::FORBIDDEN,
-            "this token is read-only: it cannot change, run, restore or download anything",
-        )),
+        Role::Admin => {}
+        _ => {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "this token is read-only: it cannot change, run, restore or download anything",
+            ))
+        }
     }
+    if req.method() != actix_web::http::Method::GET {
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) {
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("a {} must be sent as Content-Type: application/json, not `{ct}`", req.method()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The 403 for a site token outside its site's page.

@@ -192,11 +192,19 @@ impl NodeConfig {
                 bail!("federated mesh `{}`: the URL must start with http:// or https://, not `{}`", f.name, f.url);
             }
         }
+        let api = parse_addr("api", &args.api.or(file.api).unwrap_or_else(|| "127.0.0.1:7401".into()))?;
+        if token.is_none() && !api.ip().is_loopback() {
+            bail!(
+                "refusing to serve the API on {api} without a token: anyone who can reach it could run, restore \
+                 and download every backup of the mesh. Set --token (and --tls-cert/--tls-key), or keep --api \
+                 on 127.0.0.1"
+            );
+        }
         Ok(NodeConfig {
             name,
             data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./backmesh-data")),
             listen: parse_addr("listen", &args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7400".into()))?,
-            api: parse_addr("api", &args.api.or(file.api).unwrap_or_else(|| "127.0.0.1:7401".into()))?,
+            api,
             bootstrap: bootstrap.iter().map(|b| parse_addr("bootstrap", b)).collect::<Result<_>>()?,
             swarm_key: args.swarm_key.or(file.swarm_key),
             token,

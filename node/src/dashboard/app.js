@@ -31,10 +31,12 @@ class SignIn extends Error {}
 
 async function api(path, opts = {}) {
   const headers = { Accept: 'application/json' };
-  if (opts.body) headers['Content-Type'] = 'application/json';
+  // Every change is sent as JSON: the node refuses anything else (a cross-site form cannot send it).
+  if (opts.body || (opts.method && opts.method !== 'GET')) headers['Content-Type'] = 'application/json';
   if (token) headers.Authorization = 'Bearer ' + token;
   const r = await fetch('/api/v1' + path, {
-    method: opts.method || 'GET', headers, body: opts.body ? JSON.stringify(opts.body) : undefined,
+    method: opts.method || 'GET', headers,
+    body: opts.body ? JSON.stringify(opts.body) : (opts.method && opts.method !== 'GET' ? 'null' : undefined),
   });
   const body = await r.json().catch(() => ({}));
   if (r.status === 401) throw new SignIn(body.error || 'sign in');

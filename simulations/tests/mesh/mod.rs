@@ -631,3 +631,69 @@ fn registering_host_port_brings_a_new_node_into_the_mesh() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("swarm-key"), "{err}");
 }
+
+/// One raw HTTP/1.1 exchange with `127.0.0.1:port`: (status, body).
+fn raw_http(port: u16, request: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+#[test]
+fn an_api_without_a_token_serves_only_loopback_names_and_changes_only_by_json() {
+    let mut mesh = Mesh::new();
+    let n = mesh.start("n1", None, &[]);
+    assert!(mesh.wait_ready(n, T), "{}", mesh.nodes[n].log_text());
+    let port = mesh.nodes[n].api;
+    let get = |host: &str| {
+        raw_http(port, &format!("GET /api/v1/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+    };
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "[::1]:80".to_string()] {
+        assert_eq!(get(&host).0, 200, "{host}");
+    }
+    // A page of another site whose name was pointed at 127.0.0.1 (DNS rebinding).
+    let (code, body) = get("evil.example");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("no API token"), "{body}");
+    // A change sent as a form or a plain cross-site fetch could send it: refused, nothing paused.
+    let post = |ct: &str| {
+        raw_http(
+            port,
+            &format!(
+                "POST /api/v1/nodes/n1/pause HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{ct}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    for ct in ["Content-Type: text/plain\r\n", "Content-Type: application/x-www-form-urlencoded\r\n", ""] {
+        let (code, body) = post(ct);
+        assert_eq!(code, 415, "{ct}: {body}");
+    }
+    let paused = || {
+        let v: serde_json::Value = serde_json::from_slice(&mesh.cli(n, &["--json", "log"]).stdout).unwrap_or_default();
+        v["entries"].as_array().into_iter().flatten().any(|e| e["kind"] == "paused")
+    };
+    assert!(!paused(), "nothing was paused");
+    let (code, body) = post("Content-Type: application/json\r\n");
+    assert!((200..300).contains(&code), "the CLI's and the dashboard's way is served: {body}");
+    assert!(wait_until(T, paused), "and it paused");
+    // Reachable from other machines without a token: refused at start, with the reason.
+    let t = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(backmesh_simulations::binary("backmesh-node"))
+        .args(["--name", "open", "--listen", "127.0.0.1:0", "--api", "0.0.0.0:0", "--swarm-key"])
+        .arg(mesh.other_key())
+        .arg("--data-dir")
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without a token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
