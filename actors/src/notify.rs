@@ -62,6 +62,8 @@ pub struct NotifyActor {
     /// Jobs whose notification is being sent now.
     sending: HashSet<(String, String)>,
     started: std::time::Instant,
+    /// Whether a job's notification command may run here (`--allow-programs`).
+    allow_programs: bool,
 }
 
 /// A node just started tells nothing for this long, so that its log can
@@ -69,8 +71,8 @@ pub struct NotifyActor {
 const SETTLE: Duration = Duration::from_secs(10);
 
 impl NotifyActor {
-    pub fn new(me: String, log: Addr<LogActor>, membership: Addr<MembershipActor>) -> Self {
-        NotifyActor { me, log, membership, sending: HashSet::new(), started: std::time::Instant::now() }
+    pub fn new(me: String, log: Addr<LogActor>, membership: Addr<MembershipActor>, allow_programs: bool) -> Self {
+        NotifyActor { me, log, membership, sending: HashSet::new(), started: std::time::Instant::now(), allow_programs }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -112,10 +114,10 @@ impl NotifyActor {
                     notified_by: act.me.clone(),
                     time: rfc3339(now),
                 };
-                let (log, job, me) = (act.log.clone(), j.clone(), act.me.clone());
+                let (log, job, me, allow) = (act.log.clone(), j.clone(), act.me.clone(), act.allow_programs);
                 let addr = ctx.address();
                 actix::spawn(async move {
-                    let result = tokio::task::spawn_blocking(move || deliver(&job, &n))
+                    let result = tokio::task::spawn_blocking(move || deliver(&job, &n, allow))
                         .await
                         .unwrap_or_else(|e| Err(format!("the notifier crashed: {e}")));
                     if let Err(e) = &result {
@@ -137,8 +139,8 @@ impl NotifyActor {
 }
 
 /// Sends `n` to every webhook of `job` (each retried over about 30 s) and
-/// runs its command; the first failure, in words.
-fn deliver(job: &JobView, n: &Notification) -> Result<(), String> {
+/// runs its command when this node allows programs; the failures, in words.
+fn deliver(job: &JobView, n: &Notification, allow_programs: bool) -> Result<(), String> {
     let body = serde_json::to_string(n).map_err(|e| e.to_string())?;
     let mut errors = Vec::new();
     for url in &job.spec.notify {
@@ -146,7 +148,12 @@ fn deliver(job: &JobView, n: &Notification) -> Result<(), String> {
             errors.push(format!("{url}: {e}"));
         }
     }
-    if let Some(cmd) = &job.spec.notify_cmd {
+    if let Some(cmd) = job.spec.notify_cmd.as_ref().filter(|_| !allow_programs) {
+        errors.push(format!(
+            "the notification command `{cmd}` was not run: this node does not run programs for jobs \
+             (its operator must start it with --allow-programs)"
+        ));
+    } else if let Some(cmd) = &job.spec.notify_cmd {
         let env = [
             ("BACKMESH_EVENT", n.event.clone()),
             ("BACKMESH_STATE", n.state.clone()),

@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// Discover peers on the LAN with mDNS.
     #[arg(long)]
     pub mdns: bool,
+    /// Let jobs run programs on this node: command sources, plugins, pre and
+    /// post hooks, notification commands. Jobs are registered through any
+    /// node of the mesh; without this flag this node runs none of them.
+    #[arg(long)]
+    pub allow_programs: bool,
     /// Seconds without news before a peer is shown down [default: 10].
     #[arg(long, value_name = "SECS")]
     pub down_after: Option<u64>,
@@ -90,6 +95,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     mdns: Option<bool>,
+    allow_programs: Option<bool>,
     down_after: Option<u64>,
     queue_limit: Option<usize>,
     repair_after: Option<u64>,
@@ -126,6 +132,8 @@ pub struct NodeConfig {
     pub site: String,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub mdns: bool,
+    /// Jobs may run programs here (`--allow-programs`).
+    pub allow_programs: bool,
     pub down_after: Duration,
     pub queue_limit: usize,
     pub repair_after: Duration,
@@ -223,6 +231,7 @@ impl NodeConfig {
             site: args.site.or(file.site).unwrap_or_default(),
             tls,
             mdns: args.mdns || file.mdns.unwrap_or(false),
+            allow_programs: args.allow_programs || file.allow_programs.unwrap_or(false),
             down_after: Duration::from_secs(args.down_after.or(file.down_after).unwrap_or(10).max(1)),
             queue_limit: args.queue_limit.or(file.queue_limit).unwrap_or(1000).max(1),
             repair_after: Duration::from_secs(args.repair_after.or(file.repair_after).unwrap_or(600).max(1)),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
-use backmesh_actors::jobs::actor::JobsActor;
+use backmesh_actors::jobs::actor::{JobsActor, JobsConfig};
 use backmesh_actors::log::actor::{Gossiped, LogActor, StateReceived};
 use backmesh_actors::net::actor::{free_bytes, MembershipActor, NetEvent};
 use backmesh_actors::net::membership::{Membership, NodeInfo};
@@ -165,12 +165,15 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             log.clone(),
             replica.clone().recipient(),
             net.clone(),
-            cfg.keep,
-            2,
-            cfg.queue_limit,
+            JobsConfig {
+                keep: cfg.keep,
+                max_parallel: 2,
+                queue_bound: cfg.queue_limit,
+                allow_programs: cfg.allow_programs,
+            },
         )
         .start();
-        let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone()).start();
+        let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone(), cfg.allow_programs).start();
         actix::spawn(event_loop.run());
         actix::spawn(route(
             inbound,

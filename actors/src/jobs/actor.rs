@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 
+use super::plugin::check_programs;
 use super::queue::{Full, Item, Queue};
 use super::run::{run_job, RunOutcome};
 use crate::archive::{CreateOptions, Progress};
@@ -62,6 +63,21 @@ struct Running {
     request: Option<String>,
 }
 
+/// How this node runs its jobs, as its operator set it.
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    /// Archives kept per path.
+    pub keep: usize,
+    /// Runs at once.
+    pub max_parallel: usize,
+    /// Runs that may wait.
+    pub queue_bound: usize,
+    /// Whether jobs may run programs here (command sources, plugins,
+    /// hooks): `--allow-programs`. Registrations come from any node of the
+    /// mesh; only this node's operator decides what runs on it.
+    pub allow_programs: bool,
+}
+
 pub struct JobsActor {
     me: String,
     store: Arc<Store>,
@@ -72,6 +88,7 @@ pub struct JobsActor {
     jobs: HashMap<String, JobView>,
     max_parallel: usize,
     keep: usize,
+    allow_programs: bool,
     net: NetClient,
     /// Told when a backup stored a new archive (the replica actor).
     replica: Recipient<crate::replica::actor::SyncNow>,
@@ -79,17 +96,15 @@ pub struct JobsActor {
 
 impl JobsActor {
     /// `me` is this node's name; waiting runs are reloaded from the store.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: String,
         store: Arc<Store>,
         log: Addr<LogActor>,
         replica: Recipient<crate::replica::actor::SyncNow>,
         net: NetClient,
-        keep: usize,
-        max_parallel: usize,
-        bound: usize,
+        cfg: JobsConfig,
     ) -> Self {
+        let bound = cfg.queue_bound;
         let queue = match Queue::load(store.kv().as_ref(), bound) {
             Ok(q) => q,
             Err(e) => {
@@ -108,8 +123,9 @@ impl JobsActor {
             running: BTreeSet::new(),
             progress: HashMap::new(),
             jobs: HashMap::new(),
-            max_parallel: max_parallel.max(1),
-            keep,
+            max_parallel: cfg.max_parallel.max(1),
+            keep: cfg.keep,
+            allow_programs: cfg.allow_programs,
             net,
             replica,
         }
@@ -166,9 +182,13 @@ impl JobsActor {
         let (store, me, keep) = (self.store.clone(), self.me.clone(), self.keep);
         let opts =
             CreateOptions { excludes: job.excludes.clone(), progress: Some(progress), ..CreateOptions::default() };
-        let (key, spec) = (path.clone(), job.spec.clone());
+        let (key, spec, allow) = (path.clone(), job.spec.clone(), self.allow_programs);
         let started = std::time::Instant::now();
-        let work = tokio::task::spawn_blocking(move || run_job(&store, &me, &key, &spec, &opts, keep));
+        let work = tokio::task::spawn_blocking(move || match check_programs(&spec, allow) {
+            // A registration may come from any node: this node's operator decides what runs here.
+            Err(refused) => (Err(refused), None),
+            Ok(()) => run_job(&store, &me, &key, &spec, &opts, keep),
+        });
         ctx.spawn(work.into_actor(self).map(move |joined, act, ctx| {
             let duration_ms = started.elapsed().as_millis() as u64;
             let (node, path) = (act.me.clone(), path.clone());
@@ -270,6 +290,7 @@ impl Handler<RunNow> for JobsActor {
 impl Handler<CheckSource> for JobsActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: CheckSource, _: &mut Context<Self>) -> Self::Result {
+        check_programs(&msg.spec, self.allow_programs)?;
         super::plugin::check_source(self.store.root(), &msg.path, &msg.spec)
     }
 }

@@ -71,6 +71,27 @@ impl JobSpec {
         Duration::from_secs(self.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S).max(1))
     }
 
+    /// The programs this job would run on its node, in words: empty for a
+    /// directory job without hooks or a notification command.
+    pub fn programs(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        match self.source_name() {
+            "dir" => {}
+            "command" => out.push("a command source"),
+            _ => out.push("a plugin"),
+        }
+        if self.pre.is_some() {
+            out.push("a pre hook");
+        }
+        if self.post.is_some() {
+            out.push("a post hook");
+        }
+        if self.notify_cmd.is_some() {
+            out.push("a notification command");
+        }
+        out
+    }
+
     /// The source's name for people: `dir`, `command` or the plugin's.
     pub fn source_name(&self) -> &str {
         self.source.as_deref().unwrap_or("dir")
@@ -129,6 +150,21 @@ pub fn resolve(data_dir: &Path, source: &str) -> Result<Option<PathBuf>, String>
         Err(_) if source.contains('/') => Err(format!("plugin {source} does not exist")),
         Err(_) => Err(format!("no plugin `{source}`: put an executable at {}", path.display())),
     }
+}
+
+/// May this node run the programs `spec` names? Only when its own
+/// operator allowed it (`allowed`: `--allow-programs`); `Err` says so and
+/// names the flag.
+pub fn check_programs(spec: &JobSpec, allowed: bool) -> Result<(), String> {
+    let programs = spec.programs();
+    if allowed || programs.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "this node does not run programs for jobs ({}): its operator must start it with --allow-programs \
+         (or allow_programs = true in its config)",
+        programs.join(", ")
+    ))
 }
 
 /// Can this node run a job of `path` with `spec`? `Err` says why not.
@@ -501,5 +537,24 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(check_source(dir.path(), "/db", &spec("sqlite", &[])).is_ok());
         assert!(check_source(dir.path(), "relative", &spec("sqlite", &[])).is_err());
+    }
+
+    #[test]
+    fn programs_run_only_where_the_node_s_operator_allowed_them() {
+        let dir_job = JobSpec::default();
+        assert!(check_programs(&dir_job, false).is_ok(), "a directory job runs no program");
+        let hooked = JobSpec { pre: Some("touch /tmp/pwned".into()), ..JobSpec::default() };
+        let cases = [
+            (spec("command", &["pg_dump"]), "a command source"),
+            (spec("sqlite", &[]), "a plugin"),
+            (hooked, "a pre hook"),
+            (JobSpec { post: Some("x".into()), ..JobSpec::default() }, "a post hook"),
+            (JobSpec { notify_cmd: Some("x".into()), ..JobSpec::default() }, "a notification command"),
+        ];
+        for (s, what) in cases {
+            let err = check_programs(&s, false).unwrap_err();
+            assert!(err.contains(what) && err.contains("--allow-programs"), "{err}");
+            assert!(check_programs(&s, true).is_ok());
+        }
     }
 }

@@ -40,7 +40,7 @@ fn sqlite(db: &Path, sql: &str) -> String {
 
 #[test]
 fn sources_plugins_and_hooks_back_up_restore_and_fail_clearly() {
-    let mesh = Mesh::chain(&["n1", "n2"]);
+    let mesh = Mesh::chain_with(&["n1", "n2"], &["--allow-programs"]);
     let root = mesh.root.path().to_path_buf();
     let db = root.join("app.db");
     sqlite(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 5000) INSERT INTO t(v) SELECT hex(randomblob(40)) FROM c;");
@@ -178,7 +178,7 @@ impl Drop for Receiver {
 
 #[test]
 fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
-    let mesh = Mesh::chain(&["n1", "n2"]);
+    let mesh = Mesh::chain_with(&["n1", "n2"], &["--allow-programs"]);
     let root = mesh.root.path().to_path_buf();
     let received = root.join("received.jsonl");
     let port_file = root.join("receiver.port");
@@ -250,7 +250,7 @@ fn a_dead_nodes_job_is_told_stale_by_another_node_and_its_recovery_by_itself() {
     // Job "minutes" of one second: stale after two seconds without success.
     mesh.env.push(("BACKMESH_MINUTE_SECS".into(), "1".into()));
     for (i, name) in ["n1", "n2"].iter().enumerate() {
-        let n = mesh.start(name, i.checked_sub(1), &[]);
+        let n = mesh.start(name, i.checked_sub(1), &["--allow-programs".into()]);
         assert!(mesh.wait_ready(n, LONG));
     }
     assert!(wait_until(LONG, || mesh.up_names(0).len() == 2));
@@ -280,4 +280,30 @@ fn a_dead_nodes_job_is_told_stale_by_another_node_and_its_recovery_by_itself() {
     let r = &lines()[1];
     assert_eq!(r["event"], "recovery", "{r}");
     assert_eq!(lines().len(), 2, "each change told once: {:?}", lines());
+}
+
+#[test]
+fn a_node_runs_no_program_its_operator_did_not_allow() {
+    // n1 allows programs, n2 does not: a job of n2 with a hook, registered through n1, is refused by n2.
+    let mut mesh = Mesh::new();
+    let n1 = mesh.start("n1", None, &["--allow-programs".into()]);
+    assert!(mesh.wait_ready(n1, LONG));
+    let n2 = mesh.start("n2", Some(0), &[]);
+    assert!(mesh.wait_ready(n2, LONG));
+    assert!(wait_until(LONG, || mesh.up_names(0).len() == 2));
+    let root = mesh.root.path().to_path_buf();
+    let app = root.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let marker = root.join("pwned");
+    let hook = format!("touch {}", marker.display());
+    let out = mesh.cli(0, &["register", "n2", &app.to_string_lossy(), "--every", "60", "--pre", &hook]);
+    assert!(!out.status.success(), "registered: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-programs") && err.contains("pre hook"), "{err}");
+    // A plain directory job of n2 is fine, and a command job of n1, which allows it, too.
+    let out = mesh.cli(0, &["register", "n2", &app.to_string_lossy(), "--every", "60"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mesh.cli(1, &["register", "n1", "/dump/x.txt", "--every", "60", "--source", "command", "--arg", "true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!marker.exists());
 }
