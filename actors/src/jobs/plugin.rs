@@ -541,6 +541,11 @@ mod tests {
 
     #[test]
     fn programs_run_only_where_the_node_s_operator_allowed_them() {
+        let spec = |s: &str, args: &[&str]| JobSpec {
+            source: Some(s.into()),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
         let dir_job = JobSpec::default();
         assert!(check_programs(&dir_job, false).is_ok(), "a directory job runs no program");
         let hooked = JobSpec { pre: Some("touch /tmp/pwned".into()), ..JobSpec::default() };
