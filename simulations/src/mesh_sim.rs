@@ -115,8 +115,17 @@ pub struct Report {
     /// lost with the nodes that left).
     pub repair_bytes: u64,
     pub repair_min_bytes: u64,
+    /// Replication rounds until no node planned a push or a handoff, when
+    /// every node ran the real replica planner (meshes up to
+    /// [`PLANNED_REPAIR_MAX`] nodes); `None` when repair was computed from
+    /// the elections alone (larger meshes).
+    pub repair_rounds: Option<u32>,
     pub violations: Vec<String>,
 }
+
+/// Largest mesh whose repair runs the real planner on every node (each
+/// node elects the holders of what it keeps among all nodes: N² hashes).
+pub const PLANNED_REPAIR_MAX: usize = 2_000;
 
 /// xorshift64*: seeded, so every run replays.
 pub struct Rng(u64);
@@ -369,6 +378,7 @@ pub fn run(cfg: &Config) -> Report {
         held_max: 0,
         repair_bytes: 0,
         repair_min_bytes: 0,
+        repair_rounds: None,
         violations: Vec::new(),
     };
     let mut gossip_bytes = 0u64;
@@ -513,7 +523,11 @@ pub fn run(cfg: &Config) -> Report {
     let sample: Vec<usize> = live.iter().step_by((live.len() / 20).max(1)).copied().collect();
     report.state_bytes_per_node =
         sample.iter().map(|n| nodes[*n].replica.bytes(&layout)).sum::<u64>() / sample.len().max(1) as u64;
-    repair(cfg, &nodes, &mut report);
+    if total_nodes <= PLANNED_REPAIR_MAX {
+        repair_planned(cfg, &nodes, now, &mut report);
+    } else {
+        repair(cfg, &nodes, &mut report);
+    }
     report
 }
 
@@ -667,6 +681,133 @@ fn repair(cfg: &Config, nodes: &[SimNode], report: &mut Report) {
     }
     report.held_max = held.values().copied().max().unwrap_or(0);
     report.held_mean = held.values().sum::<usize>() as f64 / held.len().max(1) as f64;
+}
+
+/// Repair as the nodes plan it: before the churn each series was at its
+/// origin and the R holders elected among the first nodes, `keep`
+/// archives each. Now every live node runs the real replica planner
+/// ([`Planner`]) on its own copies, round after round: pushes are
+/// delivered at the end of a round (two holders pushing the same copy in
+/// one round both send it, as they would), surplus copies are handed off
+/// once every elected holder keeps them. Counts what was sent against the
+/// least any plan could send (the copies lost with the leavers).
+fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report) {
+    use backmesh_actors::net::membership::PeerView;
+    use backmesh_actors::replica::plan::Planner;
+    use std::collections::{BTreeMap, HashMap};
+    const GRACE_MS: i64 = 600_000;
+    let views: Vec<PeerView> = nodes
+        .iter()
+        .map(|n| PeerView {
+            peer_id: n.peer.clone(),
+            name: n.name.clone(),
+            free_bytes: 100 << 30,
+            up: n.up,
+            last_seen_ms: if n.up { now } else { now - 2 * GRACE_MS },
+        })
+        .collect();
+    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.peer.as_str(), i)).collect();
+    let first: Vec<Candidate> = nodes
+        .iter()
+        .take(cfg.nodes)
+        .map(|n| Candidate { peer_id: n.peer.clone(), name: n.name.clone(), free_bytes: 100 << 30 })
+        .collect();
+    let ids: Vec<String> = (0..cfg.keep).rev().map(|k| format!("a{k:03}")).collect();
+    let mut held: Vec<BTreeMap<SeriesKey, Vec<String>>> = vec![BTreeMap::new(); nodes.len()];
+    let up: BTreeSet<usize> = (0..nodes.len()).filter(|i| nodes[*i].up).collect();
+    let mut lost_copies = 0u64;
+    for o in 0..cfg.nodes {
+        for j in 0..cfg.jobs {
+            let key: SeriesKey = (nodes[o].name.clone(), format!("/srv/app{j}"));
+            let before: Vec<usize> =
+                holders(&key.0, &key.1, &first, cfg.replicas).iter().map(|c| index[c.peer_id.as_str()]).collect();
+            let origin_up = up.contains(&o);
+            let want = cfg.replicas.min(up.len() - usize::from(origin_up));
+            let present = before.iter().filter(|h| up.contains(h)).count();
+            lost_copies += want.saturating_sub(present) as u64;
+            for h in before.into_iter().chain(std::iter::once(o)) {
+                if up.contains(&h) {
+                    held[h].insert(key.clone(), ids.clone());
+                }
+            }
+        }
+    }
+    report.repair_min_bytes = lost_copies * cfg.keep as u64 * cfg.archive_bytes;
+    let mut planners: Vec<Planner> =
+        nodes.iter().map(|n| Planner::new(n.name.clone(), cfg.replicas, GRACE_MS)).collect();
+    let mut rounds = 0;
+    for round in 1..=12u32 {
+        let mut deliveries = Vec::new();
+        let mut handoffs = Vec::new();
+        for &n in &up {
+            let plan = planners[n].plan(&views[n], &views, &held[n], now + i64::from(round) * 2_000);
+            for p in plan.pushes {
+                report.repair_bytes += p.ids.len() as u64 * cfg.archive_bytes;
+                deliveries.push((n, p));
+            }
+            handoffs.extend(plan.handoffs.into_iter().map(|h| (n, h)));
+        }
+        if deliveries.is_empty() && handoffs.is_empty() {
+            break;
+        }
+        rounds = round;
+        for (n, p) in deliveries {
+            let t = index[p.peer.as_str()];
+            let kept = held[t].entry((p.node.clone(), p.path.clone())).or_default();
+            for id in &p.ids {
+                if !kept.contains(id) {
+                    kept.push(id.clone());
+                }
+            }
+            kept.sort_by(|a, b| b.cmp(a));
+            planners[n].pushed(&p, &p.ids, false, now);
+        }
+        for (n, h) in handoffs {
+            let key = (h.node.clone(), h.path.clone());
+            let all_keep = h.targets.iter().all(|t| {
+                held[index[t.as_str()]].get(&key).is_some_and(|kept| h.ids.iter().all(|id| kept.contains(id)))
+            });
+            if all_keep {
+                held[n].remove(&key);
+            }
+            planners[n].handed_off(&h);
+        }
+    }
+    report.repair_rounds = Some(rounds);
+    // After repair and handoffs: each series at its origin (if live) and exactly
+    // the R elected live holders, each with every archive.
+    let live: Vec<Candidate> = up
+        .iter()
+        .map(|&i| Candidate { peer_id: nodes[i].peer.clone(), name: nodes[i].name.clone(), free_bytes: 100 << 30 })
+        .collect();
+    let mut per_node: Vec<usize> = vec![0; nodes.len()];
+    for o in 0..cfg.nodes {
+        for j in 0..cfg.jobs {
+            let key: SeriesKey = (nodes[o].name.clone(), format!("/srv/app{j}"));
+            let elected: BTreeSet<usize> =
+                holders(&key.0, &key.1, &live, cfg.replicas).iter().map(|c| index[c.peer_id.as_str()]).collect();
+            let keeping: BTreeSet<usize> = up
+                .iter()
+                .copied()
+                .filter(|&h| h != o && held[h].get(&key).is_some_and(|k| ids.iter().all(|id| k.contains(id))))
+                .collect();
+            if keeping != elected {
+                report.violations.push(format!(
+                    "{}:{} is kept by {} live holders ({} elected) after {rounds} rounds",
+                    key.0,
+                    key.1,
+                    keeping.len(),
+                    elected.len()
+                ));
+            }
+        }
+    }
+    for &n in &up {
+        per_node[n] = held[n].iter().filter(|(k, _)| k.0 != nodes[n].name).map(|(_, v)| v.len()).sum();
+    }
+    let counts: Vec<usize> = up.iter().map(|&n| per_node[n]).collect();
+    report.held_max = counts.iter().copied().max().unwrap_or(0);
+    report.held_mean = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
 }
 
 /// Encoded bytes of a job record, a series record (with `keep` archives at

@@ -115,7 +115,7 @@ impl Planner {
         let present = |p: &PeerView| p.up || now_ms - p.last_seen_ms < self.grace_ms;
         let mut candidates: Vec<Candidate> = peers
             .iter()
-            .filter(|p| present(p))
+            .filter(|p| present(p) && p.peer_id != me.peer_id)
             .map(|p| Candidate { peer_id: p.peer_id.clone(), name: p.name.clone(), free_bytes: p.free_bytes })
             .collect();
         candidates.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: me.free_bytes });

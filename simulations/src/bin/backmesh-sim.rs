@@ -501,7 +501,7 @@ fn mesh(a: &Args) {
         "mesh: {} nodes × {} jobs every {} min, {} rounds of 10 s; loss {}, dup {}, partition {}, churn {}; R {}, keep {}; {:?} model; goal ≤ 2·log2 N = {goal} rounds",
         base.nodes, base.jobs, base.every_min, base.load_rounds, base.loss, base.dup, base.partition, base.churn, base.replicas, base.keep, base.model
     );
-    println!("| seed | live | entries | rounds to agree | state/node | gossip in/node/day | anti-entropy/node/day (busy, whole) | heal: anti-entropy/node | archives held mean/max | repair moved / minimum | wall | RSS | invariants |");
+    println!("| seed | live | entries | rounds to agree | state/node | gossip in/node/day | anti-entropy/node/day (busy, whole) | heal: anti-entropy/node | archives held mean/max | repair moved / minimum (rounds) | wall | RSS | invariants |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for seed in base.seed..base.seed + seeds {
@@ -510,7 +510,7 @@ fn mesh(a: &Args) {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         failed |= !r.violations.is_empty();
         println!(
-            "| {seed} | {} | {} | {} | {:.2} MiB | {:.1} MiB | {:.1} MiB | {:.2} MiB | {:.1} / {} | {:.0} / {:.0} GiB | {:.1} s | {:.0} MiB | {} |",
+            "| {seed} | {} | {} | {} | {:.2} MiB | {:.1} MiB | {:.1} MiB | {:.2} MiB | {:.1} / {} | {:.0} / {:.0} GiB ({}) | {:.1} s | {:.0} MiB | {} |",
             r.live_nodes,
             r.entries,
             r.rounds_to_converge.map_or("never".to_string(), |n| n.to_string()),
@@ -522,6 +522,7 @@ fn mesh(a: &Args) {
             r.held_max,
             mib(r.repair_bytes) / 1024.0,
             mib(r.repair_min_bytes) / 1024.0,
+            r.repair_rounds.map_or("computed".to_string(), |n| format!("planned, {n} rounds")),
             t.elapsed().as_secs_f64(),
             mib(rss_bytes()),
             if r.violations.is_empty() { "held".to_string() } else { r.violations.join("; ") },

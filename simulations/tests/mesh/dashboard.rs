@@ -58,7 +58,8 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
     mesh.env.push(minute);
     let federate = format!("far=http://127.0.0.1:{}", far.nodes[f].api);
     let plan: [(&str, &str, Vec<String>); 4] = [
-        ("n1", "paris", tokens(&["--federate", &federate, "--federate-token", "far=farview"])),
+        // n1 runs a post hook: its operator allows programs.
+        ("n1", "paris", tokens(&["--federate", &federate, "--federate-token", "far=farview", "--allow-programs"])),
         ("n2", "paris", tokens(&[])),
         ("n3", "lyon", tokens(&[])),
         ("n4", "lyon", tokens(&[])),
