@@ -3,7 +3,8 @@
 //!
 //! What runs is backmesh's own pure code: the mesh state's CRDT merge and
 //! digest, the anti-entropy answer ([`answer_pull`], with its quiet-bucket
-//! rule and batch cut), and rendezvous placement ([`holders`]). Two models
+//! rule and batch cut), rendezvous placement ([`holders`]) and, up to
+//! [`PLANNED_REPAIR_MAX`] nodes, every node's replica planner for repair. Two models
 //! of a node's state:
 //! - [`Model::Real`]: each node holds a real [`MeshState`] and folds real
 //!   entries; used up to about a thousand nodes (each state holds the whole
@@ -742,7 +743,10 @@ fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report
         for &n in &up {
             let plan = planners[n].plan(&views[n], &views, &held[n], now + i64::from(round) * 2_000);
             for p in plan.pushes {
-                report.repair_bytes += p.ids.len() as u64 * cfg.archive_bytes;
+                // A push first lists what the holder keeps and sends only the rest.
+                let kept = held[index[p.peer.as_str()]].get(&(p.node.clone(), p.path.clone()));
+                let missing = p.ids.iter().filter(|id| !kept.is_some_and(|k| k.contains(id))).count();
+                report.repair_bytes += missing as u64 * cfg.archive_bytes;
                 deliveries.push((n, p));
             }
             handoffs.extend(plan.handoffs.into_iter().map(|h| (n, h)));
@@ -892,6 +896,17 @@ mod tests {
         assert!(rounds <= 2 * 6, "{rounds} rounds for 64 nodes");
         let other = run(&Config { seed: 2, ..cfg });
         assert_ne!(a.entries, other.entries, "another seed, another run");
+    }
+
+    #[test]
+    fn after_churn_every_node_s_own_planner_brings_each_series_back_to_r_holders() {
+        let cfg = Config { nodes: 60, jobs: 2, load_rounds: 20, churn: 0.15, ..Config::default() };
+        let r = run(&cfg);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        let rounds = r.repair_rounds.expect("planned by the nodes at this size");
+        assert!((1..=6).contains(&rounds), "{rounds} rounds");
+        assert!(r.repair_bytes >= r.repair_min_bytes && r.repair_min_bytes > 0, "{r:?}");
+        assert_eq!(r, run(&cfg), "replays");
     }
 
     #[test]
