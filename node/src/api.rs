@@ -512,7 +512,11 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
     } else {
         match state
             .net
-            .ctl(&node.peer_id, CtlRequest::Run { path: b.path.clone(), request: Some(request.clone()) })
+            .ctl(
+                &node.peer_id,
+                CtlRequest::Run { path: b.path.clone(), request: Some(request.clone()), grant: None }
+                    .granted(state.token.as_deref(), &b.node),
+            )
             .await
         {
             Ok(CtlResponse::Queued { id }) => Ok(id),
@@ -675,7 +679,9 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<R
             to: b.to.clone(),
             overwrite: b.overwrite,
             request: request.clone(),
-        };
+            grant: None,
+        }
+        .granted(state.token.as_deref(), &on);
         match state.net.ctl(&target.peer_id, ctl).await {
             Ok(CtlResponse::Accepted) => Ok(()),
             Ok(CtlResponse::Failed { reason }) => Err(error(StatusCode::BAD_REQUEST, format!("on {on}: {reason}"))),
@@ -781,7 +787,13 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<Ve
             let msg = VerifyHere { node: b.node.clone(), path: b.path.clone(), request: request.clone() };
             state.replica.send(msg).await?
         } else {
-            let ctl = CtlRequest::Verify { node: b.node.clone(), path: b.path.clone(), request: request.clone() };
+            let ctl = CtlRequest::Verify {
+                node: b.node.clone(),
+                path: b.path.clone(),
+                request: request.clone(),
+                grant: None,
+            }
+            .granted(state.token.as_deref(), &n.name);
             match state.net.ctl(&n.peer_id, ctl).await {
                 Ok(CtlResponse::Verifying { series }) => Ok(series),
                 Ok(CtlResponse::Failed { reason }) => Err(reason),

@@ -177,7 +177,15 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         actix::spawn(event_loop.run());
         actix::spawn(route(
             inbound,
-            Routes { membership: actor.clone(), log: log.clone(), jobs: jobs.clone(), replica: replica.clone() },
+            Routes {
+                me: cfg.name.clone(),
+                token: cfg.token.clone(),
+                net: net.clone(),
+                membership: actor.clone(),
+                log: log.clone(),
+                jobs: jobs.clone(),
+                replica: replica.clone(),
+            },
         ));
         let mut listen = net.listen_addrs().await?;
         if listen.is_empty() {
@@ -273,8 +281,14 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// The actors that answer what the network hears.
+/// The actors that answer what the network hears, and what this node's
+/// operator set that decides whether it acts for others.
 struct Routes {
+    /// This node's name and API token: a request that makes it act must
+    /// carry a grant made with the same token.
+    me: String,
+    token: Option<String>,
+    net: swarm::NetClient,
     membership: Addr<MembershipActor>,
     log: Addr<LogActor>,
     jobs: Addr<JobsActor>,
@@ -284,7 +298,7 @@ struct Routes {
 /// Hands each event the network heard to the actor that answers it, until
 /// the network loop stops.
 async fn route(mut inbound: tokio::sync::mpsc::Receiver<swarm::Inbound>, to: Routes) {
-    use backmesh_actors::net::wire::CtlRequest;
+    use backmesh_actors::net::wire::{CtlRequest, CtlResponse};
     use swarm::Inbound;
     while let Some(event) = inbound.recv().await {
         match event {
@@ -300,6 +314,14 @@ async fn route(mut inbound: tokio::sync::mpsc::Receiver<swarm::Inbound>, to: Rou
                 from,
                 next_bucket: batch.next_bucket,
             }),
+            Inbound::Ctl(ctl) if ctl.request.check_grant(to.token.as_deref(), &to.me).is_err() => {
+                let reason = ctl.request.check_grant(to.token.as_deref(), &to.me).err().unwrap_or_default();
+                tracing::warn!("refused a request from the mesh: {reason}");
+                let net = to.net.clone();
+                actix::spawn(async move {
+                    let _ = net.answer_ctl(ctl.channel, CtlResponse::Failed { reason }).await;
+                });
+            }
             Inbound::Ctl(ctl) => match ctl.request {
                 CtlRequest::Run { .. } | CtlRequest::Progress { .. } | CtlRequest::CheckSource { .. } => {
                     to.jobs.do_send(ctl)

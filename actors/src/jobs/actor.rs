@@ -317,7 +317,7 @@ impl Handler<ServeCtl> for JobsActor {
     type Result = ();
     fn handle(&mut self, msg: ServeCtl, ctx: &mut Context<Self>) {
         let response = match msg.request {
-            CtlRequest::Run { path, request } => match self.handle(RunNow { path, request }, ctx) {
+            CtlRequest::Run { path, request, .. } => match self.handle(RunNow { path, request }, ctx) {
                 Ok(id) => CtlResponse::Queued { id },
                 Err(full) => CtlResponse::Busy { reason: full.to_string() },
             },

@@ -110,17 +110,111 @@ pub enum CtlRequest {
     CheckSource { path: String, spec: crate::jobs::plugin::JobSpec },
     /// Back up `path` (a registered job of yours) now; the result's log
     /// entry carries `request`.
-    Run { path: String, request: Option<String> },
+    Run {
+        path: String,
+        request: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<Grant>,
+    },
     /// How far is the running backup of `path`?
     Progress { path: String },
     /// Restore an archive of (node, path) onto your disk, into `to`; the
     /// `restored` log entry carries `request`. Answer: `Accepted` at once.
-    Restore { node: String, path: String, archive: Option<String>, to: String, overwrite: bool, request: String },
+    Restore {
+        node: String,
+        path: String,
+        archive: Option<String>,
+        to: String,
+        overwrite: bool,
+        request: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<Grant>,
+    },
     /// Re-hash the members you keep (of (node, path), or all), repairing
     /// damage from other holders; `verified` entries carry `request`.
-    Verify { node: Option<String>, path: Option<String>, request: String },
+    Verify {
+        node: Option<String>,
+        path: Option<String>,
+        request: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<Grant>,
+    },
     /// One page of the history you keep. Answer: `History`.
     History(crate::log::history::HistoryQuery),
+}
+
+/// The operator's credential on a request that makes another node act
+/// (`Run`, `Restore`, `Verify`): HMAC-SHA256, keyed by the asking node's
+/// API token, over the name of the node that is to act and the request.
+/// That node recomputes it with its own token: only a node whose operator
+/// holds the same token can make one, the token itself never travels, and
+/// a grant for one node and request is worth nothing for another.
+pub type Grant = serde_bytes::ByteBuf;
+
+impl CtlRequest {
+    fn grant_mut(&mut self) -> Option<&mut Option<Grant>> {
+        match self {
+            CtlRequest::Run { grant, .. } | CtlRequest::Restore { grant, .. } | CtlRequest::Verify { grant, .. } => {
+                Some(grant)
+            }
+            _ => None,
+        }
+    }
+
+    /// The MAC of this request (its grant left out) for node `on`, keyed by `token`.
+    fn mac(&self, token: &str, on: &str) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        use sha2::Digest as _;
+        let mut bare = self.clone();
+        if let Some(g) = bare.grant_mut() {
+            *g = None;
+        }
+        // Keyed by a hash of the token: any length of token makes one key.
+        let key = sha2::Sha256::digest(token.as_bytes());
+        #[allow(clippy::expect_used)]
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+        mac.update(&encode(&(on, &bare)));
+        mac
+    }
+
+    /// Signs this request for node `on` with the operator's `token` (a
+    /// node without a token sends it unsigned).
+    pub fn granted(mut self, token: Option<&str>, on: &str) -> Self {
+        use hmac::Mac;
+        if let Some(t) = token {
+            let tag = self.mac(t, on).finalize().into_bytes().to_vec();
+            if let Some(g) = self.grant_mut() {
+                *g = Some(Grant::from(tag));
+            }
+        }
+        self
+    }
+
+    /// Whether node `me`, whose operator set `token`, may act on this
+    /// request. A node without a token trusts every node of the mesh; one
+    /// with a token acts only on a grant made with the same token, for it.
+    pub fn check_grant(&self, token: Option<&str>, me: &str) -> Result<(), String> {
+        use hmac::Mac;
+        let grant = match self {
+            CtlRequest::Run { grant, .. } | CtlRequest::Restore { grant, .. } | CtlRequest::Verify { grant, .. } => {
+                grant
+            }
+            _ => return Ok(()),
+        };
+        let Some(t) = token else { return Ok(()) };
+        let Some(grant) = grant else {
+            return Err(format!(
+                "node {me} acts for other nodes only with its operator's credential, and the asking node has no \
+                 API token (give every node the same --token)"
+            ));
+        };
+        self.mac(t, me).verify_slice(grant).map_err(|_| {
+            format!(
+                "node {me} refused: the request does not carry its operator's credential (the asking node's \
+                 --token differs from {me}'s)"
+            )
+        })
+    }
 }
 
 /// A running backup's counters.
@@ -441,5 +535,36 @@ mod tests {
         let back: StateBatch = decode(&bytes, MAX_LOG).unwrap();
         assert_eq!(back.records.known, batch.records.known);
         assert_eq!((back.records.unknown, back.next_bucket), (1, Some(7)));
+    }
+
+    #[test]
+    fn a_grant_acts_only_for_the_same_token_the_same_node_and_the_same_request() {
+        let restore = |to: &str| CtlRequest::Restore {
+            node: "web-1".into(),
+            path: "/srv/app".into(),
+            archive: None,
+            to: to.into(),
+            overwrite: true,
+            request: "r1".into(),
+            grant: None,
+        };
+        let signed = restore("/srv/app").granted(Some("s3cret"), "web-2");
+        let back: CtlRequest = decode(&encode(&signed), MAX_CTL_REQUEST).unwrap();
+        assert_eq!(back.check_grant(Some("s3cret"), "web-2"), Ok(()));
+        assert!(back.check_grant(None, "web-2").is_ok(), "a node without a token trusts the mesh");
+        let other_token = back.check_grant(Some("other"), "web-2").unwrap_err();
+        assert!(other_token.contains("--token"), "{other_token}");
+        assert!(back.check_grant(Some("s3cret"), "web-3").is_err(), "a grant for web-2 does nothing on web-3");
+        let CtlRequest::Restore { grant, .. } = &signed else { unreachable!() };
+        let mut tampered = restore("/etc");
+        if let CtlRequest::Restore { grant: g, .. } = &mut tampered {
+            *g = grant.clone();
+        }
+        assert!(tampered.check_grant(Some("s3cret"), "web-2").is_err(), "another target, the same grant: refused");
+        let unsigned = restore("/srv/app").granted(None, "web-2");
+        let err = unsigned.check_grant(Some("s3cret"), "web-2").unwrap_err();
+        assert!(err.contains("no API token"), "{err}");
+        let history = CtlRequest::History(Default::default());
+        assert!(history.check_grant(Some("s3cret"), "web-2").is_ok(), "reading needs no grant");
     }
 }

@@ -498,16 +498,18 @@ impl Handler<ServeCtl> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: ServeCtl, ctx: &mut Context<Self>) {
         let response = match msg.request {
-            CtlRequest::Restore { node, path, archive, to, overwrite, request } => {
+            CtlRequest::Restore { node, path, archive, to, overwrite, request, .. } => {
                 match self.handle(RestoreHere { node, path, archive, to, overwrite, request }, ctx) {
                     Ok(()) => CtlResponse::Accepted,
                     Err(reason) => CtlResponse::Failed { reason },
                 }
             }
-            CtlRequest::Verify { node, path, request } => match self.handle(VerifyHere { node, path, request }, ctx) {
-                Ok(series) => CtlResponse::Verifying { series },
-                Err(reason) => CtlResponse::Failed { reason },
-            },
+            CtlRequest::Verify { node, path, request, .. } => {
+                match self.handle(VerifyHere { node, path, request }, ctx) {
+                    Ok(series) => CtlResponse::Verifying { series },
+                    Err(reason) => CtlResponse::Failed { reason },
+                }
+            }
             other => CtlResponse::Failed { reason: format!("the replica actor does not serve {other:?}") },
         };
         self.answer_ctl(msg.channel, response);

@@ -697,3 +697,35 @@ fn an_api_without_a_token_serves_only_loopback_names_and_changes_only_by_json() 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_node_acts_for_another_only_with_its_own_operator_s_credential() {
+    // n1 and n2 share the operator's token; n3's operator set another one.
+    let mut mesh = Mesh::new();
+    for (i, (name, token)) in [("n1", "adm"), ("n2", "adm"), ("n3", "other")].iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), &["--token".into(), token.to_string()]);
+        mesh.nodes[n].cli_args = vec!["--token".into(), token.to_string()];
+        assert!(mesh.wait_ready(n, T), "{}", mesh.nodes[n].log_text());
+    }
+    assert!(wait_until(T, || mesh.up_names(0).len() == 3));
+    let app = mesh.root.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("a.txt"), b"a").unwrap();
+    let s = app.to_string_lossy().into_owned();
+    for node in ["n2", "n3"] {
+        let out = mesh.cli(0, &["register", node, &s, "--every", "600"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Asked through n1: n2 holds the same credential and runs it …
+    let out = mesh.cli(0, &["run", "n2", &s, "--no-wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // … n3 does not, refuses, and says why.
+    let out = mesh.cli(0, &["run", "n3", &s, "--no-wait"]);
+    assert!(!out.status.success(), "n3 ran it: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--token differs"), "{err}");
+    assert!(wait_until(T, || mesh.nodes[2].log_text().contains("refused a request from the mesh")));
+    // Its own operator can still run it.
+    let out = mesh.cli(2, &["run", "n3", &s, "--no-wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
