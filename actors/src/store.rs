@@ -599,7 +599,7 @@ impl MemberSource for Store {
         // The restorer checks the digest itself and reports which member failed.
         let p = self.member_path(&m.sha256);
         let mut f = File::open(&p)?;
-        let mut buf = Vec::with_capacity(m.compressed_len as usize);
+        let mut buf = Vec::with_capacity(m.compressed_len.min(4 << 20) as usize);
         f.read_to_end(&mut buf)?;
         Ok(buf)
     }

@@ -85,6 +85,12 @@ pub struct Manifest {
     pub excludes: Vec<String>,
 }
 
+/// Largest member a manifest may describe, raw or compressed. backmesh
+/// cuts members of tens to hundreds of KiB; the bound is far above any it
+/// makes, and keeps a manifest from a peer from asking a reader to
+/// allocate or inflate without limit.
+pub const MAX_MEMBER_BYTES: u64 = 256 << 20;
+
 /// Whether `id` can name an archive: 1 to 64 ASCII letters, digits, `.`,
 /// `_` or `-`, starting with a letter or digit. Archive ids are file names
 /// in the store, and they come from peers: `..`, `/` and the like must
@@ -142,6 +148,19 @@ impl Manifest {
         if !valid_id(&self.id) {
             return Err(ManifestError::Corrupt {
                 reason: format!("archive id {:?} is not a valid archive id", self.id),
+            });
+        }
+        if let Some((i, m)) = self
+            .members
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.raw_len > MAX_MEMBER_BYTES || m.compressed_len > MAX_MEMBER_BYTES)
+        {
+            return Err(ManifestError::Corrupt {
+                reason: format!(
+                    "member {i} claims {} raw and {} compressed bytes, over the {MAX_MEMBER_BYTES}-byte bound",
+                    m.raw_len, m.compressed_len
+                ),
             });
         }
         Ok(self)
@@ -223,6 +242,17 @@ mod tests {
         }
         for good in ["20261122T030000.000Z-deadbeef", "a", "A-1_2.3", &"x".repeat(64)] {
             assert!(valid_id(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn a_member_claiming_an_absurd_size_is_refused_before_anything_is_allocated() {
+        for (raw, compressed) in [(u64::MAX, 10), (10, 1 << 40), (MAX_MEMBER_BYTES + 1, 10)] {
+            let mut m = sample();
+            m.members[0].raw_len = raw;
+            m.members[0].compressed_len = compressed;
+            let err = Manifest::decode(&m.encode()).unwrap_err();
+            assert!(err.to_string().contains("bound"), "{err}");
         }
     }
 }

@@ -178,8 +178,13 @@ fn inflate_member(index: usize, m: &MemberRef, source: &dyn MemberSource) -> Res
     if actual != m.sha256 {
         return Err(RestoreError::DamagedMember { index, expected: m.sha256, actual });
     }
-    let mut raw = Vec::with_capacity(m.raw_len as usize);
-    MultiGzDecoder::new(&data[..]).read_to_end(&mut raw).map_err(|e| RestoreError::Format { source: e })?;
+    // Never more than the manifest says (plus one byte, to see it lie): a
+    // member that inflates further is refused, however small it was.
+    let mut raw = Vec::with_capacity(m.raw_len.min(4 << 20) as usize);
+    MultiGzDecoder::new(&data[..])
+        .take(m.raw_len.saturating_add(1))
+        .read_to_end(&mut raw)
+        .map_err(|e| RestoreError::Format { source: e })?;
     if raw.len() as u64 != m.raw_len {
         return Err(RestoreError::Format {
             source: io::Error::other(format!("member {index} holds {} bytes, manifest says {}", raw.len(), m.raw_len)),
@@ -771,6 +776,21 @@ fn parse_pax_time(v: &str) -> Option<FileTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_that_inflates_past_what_its_manifest_says_is_refused_without_inflating_it_all() {
+        struct One(Vec<u8>);
+        impl MemberSource for One {
+            fn read_member(&self, _: &MemberRef) -> io::Result<Vec<u8>> {
+                Ok(self.0.clone())
+            }
+        }
+        // 64 MiB of zeros: a ~64 KiB member that claims 1 KiB.
+        let bomb = crate::archive::create::gzip_member(&vec![0u8; 64 << 20], 6);
+        let m = MemberRef { sha256: Digest::of(&bomb), raw_len: 1024, compressed_len: bomb.len() as u64 };
+        let err = inflate_member(0, &m, &One(bomb)).unwrap_err();
+        assert!(err.to_string().contains("manifest says 1024"), "{err}");
+    }
 
     #[test]
     fn sanitize_refuses_escapes() {
