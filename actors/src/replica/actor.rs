@@ -23,7 +23,7 @@
 //! holder's answers (`Want` lists only what it lacks; `Commit` of a kept
 //! archive is a no-op) make it idempotent.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,6 +86,50 @@ pub struct VerifyHere {
     pub request: String,
 }
 
+/// Members this node asked each peer for (its answers to offers and
+/// commits): a `Put` is accepted only for these, so a peer cannot fill
+/// this node's disk with members of no archive it offered.
+#[derive(Debug, Default)]
+pub struct Wanted {
+    /// peer → digest → until when it may come (ms).
+    by_peer: HashMap<String, HashMap<Digest, i64>>,
+}
+
+/// How long an asked-for member may take to come.
+const WANTED_FOR_MS: i64 = 30 * 60_000;
+/// Members asked of one peer at once, at most (a whole large archive).
+const WANTED_MAX: usize = 1 << 20;
+
+impl Wanted {
+    /// `peer` was told to send `digests`.
+    pub fn asked(&mut self, peer: &str, digests: &[Digest], now_ms: i64) {
+        let w = self.by_peer.entry(peer.to_string()).or_default();
+        w.retain(|_, until| *until > now_ms);
+        for d in digests.iter().take(WANTED_MAX.saturating_sub(w.len())) {
+            w.insert(*d, now_ms + WANTED_FOR_MS);
+        }
+    }
+
+    /// Takes `digests` from what `peer` was asked for: all of them, or
+    /// none and the first that was not asked for.
+    pub fn take(&mut self, peer: &str, digests: &[Digest], now_ms: i64) -> Result<(), Digest> {
+        let w = self.by_peer.get_mut(peer);
+        let asked = |d: &Digest| w.as_ref().is_some_and(|w| w.get(d).is_some_and(|until| *until > now_ms));
+        if let Some(d) = digests.iter().find(|d| !asked(d)) {
+            return Err(*d);
+        }
+        if let Some(w) = self.by_peer.get_mut(peer) {
+            for d in digests {
+                w.remove(d);
+            }
+            if w.is_empty() {
+                self.by_peer.remove(peer);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Member batches (of up to 4 MiB) sent to one holder at once.
 const PUTS_IN_FLIGHT: usize = 2;
 
@@ -107,6 +151,7 @@ pub struct ReplicaActor {
     cfg: ReplicaConfig,
     planner: Planner,
     syncing: bool,
+    wanted: Wanted,
 }
 
 impl ReplicaActor {
@@ -119,7 +164,7 @@ impl ReplicaActor {
         cfg: ReplicaConfig,
     ) -> Self {
         let planner = Planner::new(me.clone(), cfg.replicas, cfg.repair_after.as_millis() as i64);
-        ReplicaActor { me, store, log, membership, net, cfg, planner, syncing: false }
+        ReplicaActor { me, store, log, membership, net, cfg, planner, syncing: false, wanted: Wanted::default() }
     }
 
     fn sync(&mut self, ctx: &mut Context<Self>) {
@@ -476,10 +521,22 @@ impl Handler<ServeXfer> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: ServeXfer, ctx: &mut Context<Self>) {
         let net = self.net.clone();
+        let (peer, channel) = (msg.peer, msg.channel);
+        if let XferRequest::Put { members } = &msg.request {
+            let digests: Vec<Digest> = members.iter().map(|m| m.digest).collect();
+            if let Err(d) = self.wanted.take(&peer, &digests, crate::net::actor::now_ms()) {
+                let reason = format!("{} did not ask for member {d}: offer its archive first", self.me);
+                tracing::warn!("refused members from {peer}: {reason}");
+                actix::spawn(async move { net.answer_xfer(channel, XferResponse::Refused { reason }).await });
+                return;
+            }
+        }
         let (store, me, keep) = (self.store.clone(), self.me.clone(), self.cfg.keep.max(1));
         let work = tokio::task::spawn_blocking(move || serve(&store, &me, keep, msg.request));
-        let channel = msg.channel;
         ctx.spawn(work.into_actor(self).map(move |done, act, _| {
+            if let Ok((XferResponse::Want { missing, .. }, _)) = &done {
+                act.wanted.asked(&peer, missing, crate::net::actor::now_ms());
+            }
             let response = match done {
                 Ok((response, events)) => {
                     for e in events {
@@ -719,6 +776,18 @@ async fn verify_series(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn members_are_taken_only_when_asked_for_by_that_peer_and_in_time() {
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        let mut w = Wanted::default();
+        assert_eq!(w.take("P", &[a], 0), Err(a), "nothing offered: nothing taken");
+        w.asked("P", &[a, b], 0);
+        assert_eq!(w.take("Q", &[a], 1), Err(a), "asked of P, not of Q");
+        assert_eq!(w.take("P", &[a, c], 1), Err(c), "one not asked for refuses the batch");
+        assert_eq!(w.take("P", &[a], 2), Ok(()));
+        assert_eq!(w.take("P", &[a], 3), Err(a), "taken once");
+        assert_eq!(w.take("P", &[b], WANTED_FOR_MS + 1), Err(b), "asked too long ago");
+    }
     use super::*;
 
     #[test]
