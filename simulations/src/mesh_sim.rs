@@ -19,9 +19,10 @@
 //!   reaches 10,000 nodes.
 //!
 //! The scenario (all draws from the seed): every node registers `jobs`
-//! jobs; for `load_rounds` rounds of 10 s each job finishes a run every
-//! `every_min` minutes (an entry, gossiped); gossip loses a share `loss` of
-//! deliveries and duplicates `dup`; from a quarter of the load to its end a
+//! jobs; for `load_rounds` rounds of 10 s the scheduler's own rule
+//! ([`due`]) starts each job every `every_min` minutes, and the run's entry
+//! is gossiped; gossip loses a share `loss` of deliveries, duplicates `dup`
+//! and delays each by 0 to `latency_rounds` rounds; from a quarter of the load to its end a
 //! random `partition` share of the nodes is cut off; at half the load a
 //! share `churn` of the nodes leaves for good and as many new, empty nodes
 //! join. Every round each live node pulls state from one random peer it can
@@ -37,10 +38,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use backmesh_actors::jobs::schedule::due;
 use backmesh_actors::log::actor::QUIET_MS;
 use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Clock;
-use backmesh_actors::log::mesh::{answer_pull, MeshState, Record, RecordKey, SeriesKey, Settled, BUCKETS};
+use backmesh_actors::log::mesh::{
+    answer_pull, JobView, MeshState, Record, RecordKey, SeriesKey, Settled, Stamp, BUCKETS,
+};
 use backmesh_actors::net::wire::STATE_BATCH_BYTES;
 use backmesh_actors::replica::placement::{holders, Candidate};
 
@@ -63,6 +67,9 @@ pub struct Config {
     pub load_rounds: u32,
     pub loss: f64,
     pub dup: f64,
+    /// Gossip takes 0 to this many rounds (of 10 s) to arrive, drawn per
+    /// delivery: what arrives late may arrive after newer news.
+    pub latency_rounds: u32,
     pub partition: f64,
     pub churn: f64,
     pub replicas: usize,
@@ -81,6 +88,7 @@ impl Default for Config {
             load_rounds: 90,
             loss: 0.01,
             dup: 0.01,
+            latency_rounds: 0,
             partition: 0.2,
             churn: 0.02,
             replicas: 3,
@@ -156,6 +164,7 @@ fn mix(id: u32, version: u32) -> u64 {
 }
 
 /// A write: the entry (real model) and the (record, version) pairs it sets.
+#[derive(Clone)]
 struct Write {
     entry: Option<Arc<Entry>>,
     touches: [(u32, u32); 2],
@@ -386,11 +395,16 @@ pub fn run(cfg: &Config) -> Report {
     let mut ae_steady = 0u64;
     let mut ae_heal = 0u64;
 
-    // One write at node `n`: record `rec` (and n's origin record) move on.
+    // Gossip on its way: (round it arrives, node, write).
+    let mut in_flight: Vec<(u32, usize, Write)> = Vec::new();
+    // One write at node `n` in `round`: record `rec` (and n's origin record)
+    // move on; its gossip leaves for the others.
     let write = |nodes: &mut Vec<SimNode>,
                  truth: &mut Vec<u32>,
                  rng: &mut Rng,
                  gossip_bytes: &mut u64,
+                 in_flight: &mut Vec<(u32, usize, Write)>,
+                 round: u32,
                  n: usize,
                  rec: usize,
                  now: i64,
@@ -422,7 +436,22 @@ pub fn run(cfg: &Config) -> Report {
             }
             let copies = GOSSIP_DEGREE + u64::from(rng.unit() < cfg.dup);
             *gossip_bytes += copies * entry_bytes;
-            nodes[m].replica.write(&w, &layout, now);
+            let delay = rng.below(cfg.latency_rounds as usize + 1) as u32;
+            if delay == 0 {
+                nodes[m].replica.write(&w, &layout, now);
+            } else {
+                in_flight.push((round + delay, m, w.clone()));
+            }
+        }
+    };
+    // Gossip that arrives in `round`, at nodes still up and on the sender's side.
+    let arrive = |nodes: &mut Vec<SimNode>, in_flight: &mut Vec<(u32, usize, Write)>, round: u32, now: i64| {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(in_flight).into_iter().partition(|(r, _, _)| *r <= round);
+        *in_flight = later;
+        for (_, m, w) in due {
+            if nodes[m].up {
+                nodes[m].replica.write(&w, &layout, now);
+            }
         }
     };
 
@@ -436,17 +465,37 @@ pub fn run(cfg: &Config) -> Report {
                 excludes: vec![],
                 spec: Default::default(),
             });
-            write(&mut nodes, &mut truth, &mut rng, &mut gossip_bytes, n, n * cfg.jobs + j, t0, ev);
+            write(&mut nodes, &mut truth, &mut rng, &mut gossip_bytes, &mut in_flight, 0, n, n * cfg.jobs + j, t0, ev);
             report.entries += 1;
         }
     }
 
     let mut now = t0;
-    let runs_per_round = ROUND_MS as f64 / (cfg.every_min as f64 * 60_000.0);
+    // The scheduler's own rule decides when each job runs: the jobs were
+    // registered at different times, so each last started somewhere in the
+    // period before the start.
+    let period_ms = cfg.every_min * 60_000;
+    let mut last_started: Vec<i64> = (0..series).map(|_| t0 - (rng.next() % period_ms.max(1) as u64) as i64).collect();
+    let template = JobView {
+        node: String::new(),
+        path: String::new(),
+        every_min: cfg.every_min as u64,
+        excludes: vec![],
+        paused: false,
+        last: None,
+        last_success: None,
+        last_started: None,
+        registered_at: backmesh_actors::log::hlc::Hlc { wall_ms: t0, logical: 0, node: String::new() },
+        last_size: None,
+        last_warnings: vec![],
+        spec: Default::default(),
+        last_plugin: None,
+    };
     let part_at = cfg.load_rounds / 4;
     let churn_at = cfg.load_rounds / 2;
     for round in 0..cfg.load_rounds {
         now += ROUND_MS;
+        arrive(&mut nodes, &mut in_flight, round, now);
         if round == part_at && cfg.partition > 0.0 {
             for n in nodes.iter_mut().take(cfg.nodes) {
                 n.side = u8::from(rng.unit() < cfg.partition);
@@ -465,29 +514,37 @@ pub fn run(cfg: &Config) -> Report {
                 n.up = true;
             }
         }
-        // Runs that finish this round.
+        // Runs the scheduler starts this round (each finishes within it).
         for n in 0..cfg.nodes {
             if !nodes[n].up {
                 continue;
             }
-            for j in 0..cfg.jobs {
-                if rng.unit() < runs_per_round {
-                    let at = now - (rng.next() % ROUND_MS as u64) as i64;
-                    let tag = rng.next() as u32;
-                    let ev = (cfg.model == Model::Real).then(|| Event::Finished {
-                        node: name_of(n),
-                        path: path_of(j),
-                        archive: format!("{at:013}-{tag:08x}"),
-                        size: 1 << 20,
-                        files: 100,
-                        duration_ms: 1_000,
-                        warnings: vec![],
-                        request: None,
-                        plugin: None,
-                    });
-                    write(&mut nodes, &mut truth, &mut rng, &mut gossip_bytes, n, series + n * cfg.jobs + j, at, ev);
-                    report.entries += 1;
-                }
+            let views: Vec<JobView> = (0..cfg.jobs)
+                .map(|j| JobView {
+                    path: path_of(j),
+                    last_started: Some(Stamp { seq: 1, wall_ms: last_started[n * cfg.jobs + j], logical: 0 }),
+                    ..template.clone()
+                })
+                .collect();
+            for path in due(&views, now, 60_000, |_| false) {
+                let j = views.iter().position(|v| v.path == path).unwrap_or(0);
+                last_started[n * cfg.jobs + j] = now;
+                let at = now - (rng.next() % ROUND_MS as u64) as i64;
+                let tag = rng.next() as u32;
+                let ev = (cfg.model == Model::Real).then(|| Event::Finished {
+                    node: name_of(n),
+                    path: path_of(j),
+                    archive: format!("{at:013}-{tag:08x}"),
+                    size: 1 << 20,
+                    files: 100,
+                    duration_ms: 1_000,
+                    warnings: vec![],
+                    request: None,
+                    plugin: None,
+                });
+                let rec = series + n * cfg.jobs + j;
+                write(&mut nodes, &mut truth, &mut rng, &mut gossip_bytes, &mut in_flight, round, n, rec, at, ev);
+                report.entries += 1;
             }
         }
         let b = anti_entropy_round(&mut nodes, &mut rng, &layout, now);
@@ -505,6 +562,7 @@ pub fn run(cfg: &Config) -> Report {
     let limit = 10 * (usize::BITS - live.len().leading_zeros()) + 10;
     for r in 1..=limit {
         now += ROUND_MS;
+        arrive(&mut nodes, &mut in_flight, cfg.load_rounds + r, now);
         ae_heal += anti_entropy_round(&mut nodes, &mut rng, &layout, now);
         let first = nodes[live[0]].replica.digest();
         if live.iter().all(|n| nodes[*n].replica.digest() == first) {
@@ -907,6 +965,15 @@ mod tests {
         assert!((1..=6).contains(&rounds), "{rounds} rounds");
         assert!(r.repair_bytes >= r.repair_min_bytes && r.repair_min_bytes > 0, "{r:?}");
         assert_eq!(r, run(&cfg), "replays");
+    }
+
+    #[test]
+    fn the_scheduler_s_rule_starts_each_job_once_a_period() {
+        // 90 rounds of 10 s = 15 min: every job of 5 min runs exactly 3 times.
+        let cfg = Config { nodes: 10, jobs: 2, churn: 0.0, latency_rounds: 3, ..Config::default() };
+        let r = run(&cfg);
+        assert_eq!(r.entries, 20 + 20 * 3, "registrations and runs");
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
     }
 
     #[test]

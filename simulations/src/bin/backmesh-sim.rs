@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! backmesh-sim mesh [--nodes 100] [--jobs 1] [--every-min 5] [--rounds 90] [--loss 0.01]
-//!                   [--dup 0.01] [--partition 0.2] [--churn 0.02] [--replicas 3] [--keep 10]
+//!                   [--dup 0.01] [--latency 0] [--partition 0.2] [--churn 0.02] [--replicas 3] [--keep 10]
 //!                   [--seed 1] [--seeds 1] [--model compact|real]
 //! ```
 //!
@@ -50,7 +50,7 @@ use backmesh_actors::replica::placement::{holders, Candidate};
 
 const USAGE: &str = "usage: backmesh-sim profile [--nodes N] [--jobs J] [--every-min M] [--days D] [--changed F] [--replicas R] [--keep K] [--seed S]
        backmesh-sim soak [--nodes N] [--jobs J] [--every M] [--minutes T] [--minute-secs S]
-       backmesh-sim mesh [--nodes N] [--jobs J] [--every-min M] [--rounds R] [--loss F] [--dup F] [--partition F] [--churn F] [--replicas R] [--keep K] [--seed S] [--seeds K] [--model compact|real]";
+       backmesh-sim mesh [--nodes N] [--jobs J] [--every-min M] [--rounds R] [--loss F] [--dup F] [--latency ROUNDS] [--partition F] [--churn F] [--replicas R] [--keep K] [--seed S] [--seeds K] [--model compact|real]";
 
 struct Args(Vec<String>);
 
@@ -487,6 +487,7 @@ fn mesh(a: &Args) {
         load_rounds: a.get("--rounds", d.load_rounds),
         loss: a.get("--loss", d.loss),
         dup: a.get("--dup", d.dup),
+        latency_rounds: a.get("--latency", d.latency_rounds),
         partition: a.get("--partition", d.partition),
         churn: a.get("--churn", d.churn),
         replicas: a.get("--replicas", d.replicas),
@@ -498,8 +499,8 @@ fn mesh(a: &Args) {
     let seeds: u64 = a.get("--seeds", 1);
     let goal = 2 * (usize::BITS - base.nodes.leading_zeros() - 1);
     println!(
-        "mesh: {} nodes × {} jobs every {} min, {} rounds of 10 s; loss {}, dup {}, partition {}, churn {}; R {}, keep {}; {:?} model; goal ≤ 2·log2 N = {goal} rounds",
-        base.nodes, base.jobs, base.every_min, base.load_rounds, base.loss, base.dup, base.partition, base.churn, base.replicas, base.keep, base.model
+        "mesh: {} nodes × {} jobs every {} min, {} rounds of 10 s; loss {}, dup {}, latency ≤ {} rounds, partition {}, churn {}; R {}, keep {}; {:?} model; goal ≤ 2·log2 N = {goal} rounds",
+        base.nodes, base.jobs, base.every_min, base.load_rounds, base.loss, base.dup, base.latency_rounds, base.partition, base.churn, base.replicas, base.keep, base.model
     );
     println!("| seed | live | entries | rounds to agree | state/node | gossip in/node/day | anti-entropy/node/day (busy, whole) | heal: anti-entropy/node | archives held mean/max | repair moved / minimum (rounds) | wall | RSS | invariants |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
