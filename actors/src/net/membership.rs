@@ -6,7 +6,7 @@
 //! `down_after`; *down* after that, and up again when heard from. Two peers
 //! that claim one name are both reported, never merged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use backmesh_api::NodeStatus;
 use serde::{Deserialize, Serialize};
@@ -53,12 +53,18 @@ pub struct Membership {
     me: NodeInfo,
     peers: BTreeMap<String, PeerState>,
     down_after_ms: i64,
-    reported_conflicts: Vec<String>,
+    reported_conflicts: BTreeSet<String>,
+    /// Name → the peers that claim it (this node included), kept as hellos
+    /// come: a hello costs O(log N), not a pass over every peer (each peer
+    /// says hello every few seconds; at 10,000 nodes a pass each time would
+    /// be 10⁸ steps a period).
+    by_name: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Membership {
     pub fn new(me_peer: String, me: NodeInfo, down_after_ms: i64) -> Self {
-        Membership { me_peer, me, peers: BTreeMap::new(), down_after_ms, reported_conflicts: Vec::new() }
+        let by_name = BTreeMap::from([(me.name.clone(), BTreeSet::from([me_peer.clone()]))]);
+        Membership { me_peer, me, peers: BTreeMap::new(), down_after_ms, reported_conflicts: BTreeSet::new(), by_name }
     }
 
     pub fn me(&self) -> &NodeInfo {
@@ -96,9 +102,23 @@ impl Membership {
         }
         let state =
             self.peers.entry(peer.to_string()).or_insert(PeerState { info: None, last_seen_ms: None, up: false });
+        let renamed = state.info.as_ref().map(|i| i.name.clone()).filter(|old| *old != info.name);
+        let name = info.name.clone();
+        let new_claim = state.info.is_none() || renamed.is_some();
         state.info = Some(info);
+        if let Some(old) = renamed {
+            if let Some(claims) = self.by_name.get_mut(&old) {
+                claims.remove(peer);
+                if claims.is_empty() {
+                    self.by_name.remove(&old);
+                }
+            }
+        }
+        if new_claim {
+            self.by_name.entry(name.clone()).or_default().insert(peer.to_string());
+        }
         let mut changes = self.seen(peer, now_ms);
-        changes.extend(self.new_conflicts());
+        changes.extend(self.new_conflict(&name));
         changes
     }
 
@@ -106,12 +126,12 @@ impl Membership {
     pub fn tick(&mut self, now_ms: i64) -> Vec<Change> {
         let mut changes = Vec::new();
         let down_after = self.down_after_ms;
-        let names: BTreeMap<String, String> = self.peers.keys().map(|p| (p.clone(), self.name_of(p))).collect();
         for (peer, state) in self.peers.iter_mut() {
             let silent = state.last_seen_ms.is_none_or(|t| now_ms - t > down_after);
             if state.up && silent {
                 state.up = false;
-                changes.push(Change::Down { peer: peer.clone(), name: names[peer].clone() });
+                let name = state.info.as_ref().map(|i| i.name.clone()).unwrap_or_else(|| short(peer));
+                changes.push(Change::Down { peer: peer.clone(), name });
             }
         }
         changes
@@ -155,15 +175,13 @@ impl Membership {
         by_name
     }
 
-    fn new_conflicts(&mut self) -> Vec<Change> {
-        let mut out = Vec::new();
-        for (name, peers) in self.conflicts() {
-            if !self.reported_conflicts.contains(&name) {
-                self.reported_conflicts.push(name.clone());
-                out.push(Change::NameConflict { name, peers });
-            }
+    /// A conflict over `name` not reported before, if there is one now.
+    fn new_conflict(&mut self, name: &str) -> Option<Change> {
+        let claims = self.by_name.get(name).filter(|c| c.len() > 1)?;
+        if !self.reported_conflicts.insert(name.to_string()) {
+            return None;
         }
-        out
+        Some(Change::NameConflict { name: name.to_string(), peers: claims.iter().cloned().collect() })
     }
 
     /// The view for `status`: this node first, then peers by name.
@@ -302,6 +320,21 @@ mod tests {
         m.hello("P3", info("me"), 0);
         assert_eq!(m.problems().len(), 2);
         assert!(m.view(|t| t.to_string())[0].conflict.is_some());
+    }
+
+    #[test]
+    fn a_renamed_peer_leaves_its_old_name_and_repeated_hellos_claim_once() {
+        let mut m = m();
+        for t in 0..3 {
+            let changes = m.hello("P1", info("a"), t);
+            assert!(!changes.iter().any(|c| matches!(c, Change::NameConflict { .. })), "one peer, one claim");
+        }
+        m.hello("P1", info("b"), 5);
+        let changes = m.hello("P2", info("a"), 6);
+        assert!(!changes.iter().any(|c| matches!(c, Change::NameConflict { .. })), "P1 is `b` now: {changes:?}");
+        let changes = m.hello("P3", info("b"), 7);
+        assert!(changes.iter().any(|c| matches!(c, Change::NameConflict { name, .. } if name == "b")), "{changes:?}");
+        assert_eq!(m.conflicts().len(), 1);
     }
 
     #[test]
