@@ -45,6 +45,7 @@ use backmesh_actors::log::hlc::Clock;
 use backmesh_actors::log::mesh::{
     answer_pull, JobView, MeshState, Record, RecordKey, SeriesKey, Settled, Stamp, BUCKETS,
 };
+use backmesh_actors::net::membership::{Membership, NodeInfo};
 use backmesh_actors::net::wire::STATE_BATCH_BYTES;
 use backmesh_actors::replica::placement::{holders, Candidate};
 
@@ -129,6 +130,9 @@ pub struct Report {
     /// [`PLANNED_REPAIR_MAX`] nodes); `None` when repair was computed from
     /// the elections alone (larger meshes).
     pub repair_rounds: Option<u32>,
+    /// Series whose every copy left with the churn (origin and all
+    /// holders): nothing is left to repair from.
+    pub lost_series: usize,
     pub violations: Vec<String>,
 }
 
@@ -323,6 +327,51 @@ struct SimNode {
     side: u8,
     caught_up: bool,
     replica: Replica,
+    /// The node's own view of who is up, fed by what it hears (meshes up
+    /// to [`MEMBERSHIP_MAX`] nodes; above, the simulator's truth stands in).
+    membership: Option<Membership>,
+}
+
+/// Largest mesh whose nodes each keep a real [`Membership`] (every node
+/// hears every reachable node every round: N² a round).
+pub const MEMBERSHIP_MAX: usize = 500;
+/// A peer silent this long is down (2 rounds).
+const DOWN_AFTER_MS: i64 = 2 * ROUND_MS;
+
+fn info_of(name: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.to_string(),
+        site: String::new(),
+        free_bytes: 100 << 30,
+        address: String::new(),
+        version: String::new(),
+    }
+}
+
+/// Every live node hears every live node it can reach (pings and hellos
+/// travel on the connections, over TCP: a partition stops them, gossip's
+/// loss does not), then marks the silent ones down.
+fn hear_round(nodes: &mut [SimNode], now: i64) {
+    let live: Vec<(usize, String, String, u8)> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.up)
+        .map(|(i, n)| (i, n.peer.clone(), n.name.clone(), n.side))
+        .collect();
+    for &(n, _, _, side) in &live {
+        let Some(m) = nodes[n].membership.as_mut() else { continue };
+        for (o, peer, name, other_side) in &live {
+            if *o == n || *other_side != side {
+                continue;
+            }
+            if m.is_up(peer) {
+                m.seen(peer, now);
+            } else {
+                m.hello(peer, info_of(name), now);
+            }
+        }
+        m.tick(now);
+    }
 }
 
 /// Runs one seeded scenario.
@@ -372,6 +421,8 @@ pub fn run(cfg: &Config) -> Report {
             side: 0,
             caught_up: i < cfg.nodes,
             replica: Replica::new(cfg.model, records),
+            membership: (total_nodes <= MEMBERSHIP_MAX)
+                .then(|| Membership::new(peer_of(i), info_of(&name_of(i)), DOWN_AFTER_MS)),
         })
         .collect();
     let mut truth = vec![0u32; records];
@@ -389,6 +440,7 @@ pub fn run(cfg: &Config) -> Report {
         repair_bytes: 0,
         repair_min_bytes: 0,
         repair_rounds: None,
+        lost_series: 0,
         violations: Vec::new(),
     };
     let mut gossip_bytes = 0u64;
@@ -496,6 +548,7 @@ pub fn run(cfg: &Config) -> Report {
     for round in 0..cfg.load_rounds {
         now += ROUND_MS;
         arrive(&mut nodes, &mut in_flight, round, now);
+        hear_round(&mut nodes, now);
         if round == part_at && cfg.partition > 0.0 {
             for n in nodes.iter_mut().take(cfg.nodes) {
                 n.side = u8::from(rng.unit() < cfg.partition);
@@ -563,6 +616,7 @@ pub fn run(cfg: &Config) -> Report {
     for r in 1..=limit {
         now += ROUND_MS;
         arrive(&mut nodes, &mut in_flight, cfg.load_rounds + r, now);
+        hear_round(&mut nodes, now);
         ae_heal += anti_entropy_round(&mut nodes, &mut rng, &layout, now);
         let first = nodes[live[0]].replica.digest();
         if live.iter().all(|n| nodes[*n].replica.digest() == first) {
@@ -574,6 +628,34 @@ pub fn run(cfg: &Config) -> Report {
         report.violations.push(format!("live nodes still disagree {limit} rounds after the heal"));
     }
     check_state(cfg, &mut nodes, &live, series, &truth, &mut report);
+    // Within three rounds of the heal every node's own view names every
+    // live node up and every leaver down.
+    for _ in 0..3 {
+        now += ROUND_MS;
+        hear_round(&mut nodes, now);
+    }
+    let live_peers: BTreeSet<&str> = live.iter().map(|n| nodes[*n].peer.as_str()).collect();
+    for &n in &live {
+        let Some(m) = &nodes[n].membership else { continue };
+        let up: BTreeSet<&str> = m
+            .peers()
+            .iter()
+            .filter(|p| p.up)
+            .map(|p| p.peer_id.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|p| live_peers.get(p).copied().or(Some("(a leaver)")))
+            .collect();
+        let want: BTreeSet<&str> = live_peers.iter().copied().filter(|p| *p != nodes[n].peer).collect();
+        if up != want {
+            report.violations.push(format!(
+                "{} sees {} nodes up, not the {} live others, 3 rounds after the heal",
+                nodes[n].name,
+                up.len(),
+                want.len()
+            ));
+        }
+    }
 
     let per_day = |b: u64, seconds: f64| (b as f64 / live.len() as f64 * 86_400.0 / seconds.max(1.0)) as u64;
     report.gossip_bytes_per_node_day = per_day(gossip_bytes, (cfg.load_rounds as i64 * ROUND_MS) as f64 / 1000.0);
@@ -595,16 +677,32 @@ pub fn run(cfg: &Config) -> Report {
 fn anti_entropy_round(nodes: &mut [SimNode], rng: &mut Rng, l: &Layout, now: i64) -> u64 {
     let mut bytes = 0;
     let order: Vec<usize> = (0..nodes.len()).filter(|n| nodes[*n].up).collect();
+    let index: std::collections::HashMap<String, usize> =
+        nodes.iter().enumerate().map(|(i, n)| (n.peer.clone(), i)).collect();
     for &n in &order {
-        // A random reachable peer (a few tries; a lone node waits).
-        let mut peer = None;
-        for _ in 0..8 {
-            let p = order[rng.below(order.len())];
-            if p != n && nodes[p].side == nodes[n].side {
-                peer = Some(p);
-                break;
+        let peer = match &nodes[n].membership {
+            // A random peer this node believes up; one it cannot reach
+            // (cut off, not yet seen down) answers nothing this round.
+            Some(m) => {
+                let up: Vec<usize> =
+                    m.peers().iter().filter(|p| p.up).filter_map(|p| index.get(&p.peer_id)).copied().collect();
+                (!up.is_empty())
+                    .then(|| up[rng.below(up.len())])
+                    .filter(|p| nodes[*p].up && nodes[*p].side == nodes[n].side)
             }
-        }
+            // A random reachable peer (a few tries; a lone node waits).
+            None => {
+                let mut peer = None;
+                for _ in 0..8 {
+                    let p = order[rng.below(order.len())];
+                    if p != n && nodes[p].side == nodes[n].side {
+                        peer = Some(p);
+                        break;
+                    }
+                }
+                peer
+            }
+        };
         let Some(p) = peer else { continue };
         let mut eager = !nodes[n].caught_up;
         let mut from = 0u16;
@@ -726,6 +824,9 @@ fn repair(cfg: &Config, nodes: &[SimNode], report: &mut Report) {
     for (i, (o, n)) in old.iter().zip(&new).enumerate() {
         let origin_up = up.contains(&keys[i].0);
         let present: BTreeSet<&String> = o.iter().filter(|h| up.contains(*h)).collect();
+        if !origin_up && present.is_empty() {
+            report.lost_series += 1;
+        }
         let want = cfg.replicas.min(up.len() - usize::from(origin_up));
         let archives = cfg.keep as u64;
         report.repair_min_bytes += want.saturating_sub(present.len()) as u64 * archives * cfg.archive_bytes;
@@ -775,6 +876,7 @@ fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report
     let mut held: Vec<BTreeMap<SeriesKey, Vec<String>>> = vec![BTreeMap::new(); nodes.len()];
     let up: BTreeSet<usize> = (0..nodes.len()).filter(|i| nodes[*i].up).collect();
     let mut lost_copies = 0u64;
+    let mut lost: BTreeSet<SeriesKey> = BTreeSet::new();
     for o in 0..cfg.nodes {
         for j in 0..cfg.jobs {
             let key: SeriesKey = (nodes[o].name.clone(), format!("/srv/app{j}"));
@@ -784,6 +886,9 @@ fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report
             let want = cfg.replicas.min(up.len() - usize::from(origin_up));
             let present = before.iter().filter(|h| up.contains(h)).count();
             lost_copies += want.saturating_sub(present) as u64;
+            if !origin_up && present == 0 {
+                lost.insert(key.clone());
+            }
             for h in before.into_iter().chain(std::iter::once(o)) {
                 if up.contains(&h) {
                     held[h].insert(key.clone(), ids.clone());
@@ -799,7 +904,21 @@ fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report
         let mut deliveries = Vec::new();
         let mut handoffs = Vec::new();
         for &n in &up {
-            let plan = planners[n].plan(&views[n], &views, &held[n], now + i64::from(round) * 2_000);
+            // Each node plans from its own view when it keeps one: repair
+            // comes once the leavers have been silent past the grace.
+            let at = now + GRACE_MS + i64::from(round) * 2_000;
+            let plan = match &nodes[n].membership {
+                Some(m) => {
+                    let mut seen = m.peers();
+                    for p in &mut seen {
+                        if p.up {
+                            p.last_seen_ms = at;
+                        }
+                    }
+                    planners[n].plan(&views[n], &seen, &held[n], at)
+                }
+                None => planners[n].plan(&views[n], &views, &held[n], at),
+            };
             for p in plan.pushes {
                 // A push first lists what the holder keeps and sends only the rest.
                 let kept = held[index[p.peer.as_str()]].get(&(p.node.clone(), p.path.clone()));
@@ -836,6 +955,7 @@ fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report
         }
     }
     report.repair_rounds = Some(rounds);
+    report.lost_series = lost.len();
     // After repair and handoffs: each series at its origin (if live) and exactly
     // the R elected live holders, each with every archive.
     let live: Vec<Candidate> = up
@@ -853,7 +973,7 @@ fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report
                 .copied()
                 .filter(|&h| h != o && held[h].get(&key).is_some_and(|k| ids.iter().all(|id| k.contains(id))))
                 .collect();
-            if keeping != elected {
+            if keeping != elected && !lost.contains(&key) {
                 report.violations.push(format!(
                     "{}:{} is kept by {} live holders ({} elected) after {rounds} rounds",
                     key.0,
@@ -1001,6 +1121,7 @@ mod tests {
             side: 0,
             caught_up: true,
             replica: Replica::Compact { versions, digest: vec![0; BUCKETS], changed_ms: vec![0; BUCKETS] },
+            membership: None,
         };
         let truth = vec![1, 1, 1, 2, 2, 2, 1, 1, 1];
         let mut report = run(&Config { nodes: 2, load_rounds: 1, ..cfg.clone() });

@@ -526,7 +526,11 @@ fn mesh(a: &Args) {
             r.repair_rounds.map_or("computed".to_string(), |n| format!("planned, {n} rounds")),
             t.elapsed().as_secs_f64(),
             mib(rss_bytes()),
-            if r.violations.is_empty() { "held".to_string() } else { r.violations.join("; ") },
+            match (r.violations.is_empty(), r.lost_series) {
+                (true, 0) => "held".to_string(),
+                (true, n) => format!("held ({n} series lost with every copy)"),
+                (false, _) => r.violations.join("; "),
+            },
         );
     }
     if failed {
