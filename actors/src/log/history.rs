@@ -330,15 +330,31 @@ impl History {
             }
         }
         durable.reverse();
-        let window: Vec<Entry> = self
+        // The newest `limit` matches of the window, cloned alone: an
+        // unfiltered page matches the whole window, and cloning all of it
+        // per page was most of what a page cost.
+        let mut matches: Vec<(Vec<u8>, &Entry)> = self
             .window
             .iter()
-            .filter(|e| q.matches(e) && before.as_ref().is_none_or(|b| time_key(e) < *b))
-            .cloned()
+            .filter(|e| q.matches(e))
+            .map(|e| (time_key(e), e))
+            .filter(|(k, _)| before.as_ref().is_none_or(|b| k < b))
             .collect();
+        // Cut, the window part is whole only down to its oldest kept entry,
+        // which is its cursor (as for the durable part).
+        let window_cut = matches.len() > limit;
+        if window_cut {
+            matches.select_nth_unstable_by(limit - 1, |a, b| b.0.cmp(&a.0));
+            matches.truncate(limit);
+        }
+        let window_cursor = if window_cut { matches.iter().map(|(k, _)| k).min().map(hex::encode) } else { None };
+        let window: Vec<Entry> = matches.into_iter().map(|(_, e)| e.clone()).collect();
         let cursor = if more { floor.map(hex::encode) } else { None };
         let mut page = Page::combine(
-            vec![Page { entries: durable, more, cursor }, Page { entries: window, more: false, cursor: None }],
+            vec![
+                Page { entries: durable, more, cursor },
+                Page { entries: window, more: window_cut, cursor: window_cursor },
+            ],
             limit,
         );
         page.fit(PAGE_BYTES);
@@ -432,6 +448,33 @@ mod tests {
         assert_eq!(page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (41..=50).collect::<Vec<_>>());
         assert!(page.more);
         assert_eq!(h.newest(5).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), (16..=20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn pages_walk_back_through_the_window_alone_without_gaps_or_repeats() {
+        let (_t, mut h) = open();
+        let all = entries("P", 50);
+        for e in &all[..10] {
+            h.store(e).unwrap();
+        }
+        // Most only passed by, and the window has more than a page of them.
+        for e in &all[10..] {
+            h.remember(e);
+        }
+        let mut q = HistoryQuery { limit: 7, ..Default::default() };
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let page = h.page(&q).unwrap();
+            assert!(page.entries.len() <= 7);
+            let mut seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+            seqs.extend(seen);
+            seen = seqs;
+            if !page.more {
+                break;
+            }
+            q.before = page.cursor;
+        }
+        assert_eq!(seen, (1..=50).collect::<Vec<_>>());
     }
 
     #[test]
