@@ -39,6 +39,8 @@ pub const DEFAULT_KEEP: usize = 10;
 
 const ARCHIVES: &str = "archives";
 const STAT_CACHE: &str = "statcache";
+/// Node name → the peer id whose seal that node's manifests carry.
+const ORIGINS: &str = "origins";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,6 +68,10 @@ pub enum StoreError {
         #[source]
         source: ManifestError,
     },
+    #[error("archive {id} of {path} on node {node} is refused: {reason}")]
+    Unsealed { node: String, path: String, id: String, reason: String },
+    #[error("{path}: {reason}")]
+    Identity { path: PathBuf, reason: String },
 }
 
 impl StoreError {
@@ -159,6 +165,32 @@ pub struct Store {
     gc_lock: Mutex<()>,
     /// Members received for an archive not yet committed, and when.
     inbound: Mutex<HashMap<Digest, std::time::Instant>>,
+    /// This data directory's identity: its peer id, and the key that seals
+    /// the manifests it makes.
+    identity: libp2p::identity::Keypair,
+    /// Makes a binding's check-then-write one step.
+    bind_lock: Mutex<()>,
+}
+
+/// Loads `DATA_DIR/identity.key`, or makes one (mode 0600): the peer id
+/// survives restarts, and seals every manifest this node makes.
+pub fn load_identity(data_dir: &Path) -> Result<libp2p::identity::Keypair, StoreError> {
+    use libp2p::identity::Keypair;
+    let p = data_dir.join("identity.key");
+    let bad = |reason: String| StoreError::Identity { path: p.clone(), reason };
+    match fs::read(&p) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| bad(format!("is corrupt ({e}); restore it from a backup (holders know this node by it)"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let kp = Keypair::generate_ed25519();
+            let bytes = kp.to_protobuf_encoding().map_err(|e| bad(format!("cannot encode a new identity: {e}")))?;
+            write_atomic(&p, &bytes).map_err(|e| StoreError::io(&p, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(|e| StoreError::io(&p, e))?;
+            Ok(kp)
+        }
+        Err(e) => Err(StoreError::io(&p, e)),
+    }
 }
 
 /// How long received members wait for their archive's commit before
@@ -226,6 +258,8 @@ impl Store {
             pins: Mutex::default(),
             gc_lock: Mutex::default(),
             inbound: Mutex::default(),
+            identity: load_identity(data_dir)?,
+            bind_lock: Mutex::default(),
         };
         // Work a crashed process left half done is abandoned.
         let staging = store.root.join("staging");
@@ -240,6 +274,65 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// This data directory's identity key.
+    pub fn identity(&self) -> &libp2p::identity::Keypair {
+        &self.identity
+    }
+
+    /// This data directory's peer id.
+    pub fn peer_id(&self) -> String {
+        self.identity.public().to_peer_id().to_string()
+    }
+
+    /// The peer id whose seal node `node`'s manifests must carry here.
+    pub fn origin_of(&self, node: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.kv.get(ORIGINS, node.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Binds node name `node` to peer id `peer` unless it is bound already;
+    /// the binding in force after.
+    pub fn bind_origin(&self, node: &str, peer: &str) -> Result<String, StoreError> {
+        let _one_at_a_time = self.bind_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bound) = self.origin_of(node)? {
+            return Ok(bound);
+        }
+        self.kv.put(ORIGINS, node.as_bytes(), peer.as_bytes())?;
+        self.kv.flush()?;
+        Ok(peer.to_string())
+    }
+
+    /// Whether `m` may be kept or trusted here as an archive of its node:
+    /// it must carry the seal of the peer id that node is bound to here.
+    /// The first sealed manifest of a node binds it, if `claimant` (the
+    /// peer the mesh knows by that name, and by that name alone) is its
+    /// signer; a node is bound once, so a peer that holds the swarm key
+    /// cannot replace, evict or impersonate another node's archives.
+    pub fn check_origin(&self, m: &Manifest, claimant: Option<&str>) -> Result<(), StoreError> {
+        let refuse = |reason: String| StoreError::Unsealed {
+            node: m.node.clone(),
+            path: m.path.clone(),
+            id: m.id.clone(),
+            reason,
+        };
+        let Some(signer) = m.signer() else {
+            return Err(refuse("it carries no seal (made by a backmesh before seals, or forged); a node that holds it can still restore it from its own store".into()));
+        };
+        match self.origin_of(&m.node)? {
+            Some(bound) if bound == signer => Ok(()),
+            Some(bound) => Err(refuse(format!(
+                "it is sealed by {signer}, but node {}'s archives are sealed by {bound} here",
+                m.node
+            ))),
+            None if claimant == Some(signer) => {
+                self.bind_origin(&m.node, signer)?;
+                Ok(())
+            }
+            None => {
+                Err(refuse(format!("it is sealed by {signer}, which this node does not know as node {} (yet)", m.node)))
+            }
+        }
     }
 
     /// The embedded index, shared with other areas (the log, the queue).

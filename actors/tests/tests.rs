@@ -541,3 +541,50 @@ fn all_files(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn a_holder_keeps_only_what_the_series_own_node_sealed() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a.txt"), b"the real data").unwrap();
+    // The origin n1 makes a sealed archive in its own store.
+    let origin = Store::open(&t.path().join("n1")).unwrap();
+    let made = match run_backup(&origin, "n1", &src, &opts(), 10).unwrap().outcome {
+        RunOutcome::Stored { manifest, .. } => *manifest,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(made.signer(), Some(origin.peer_id().as_str()));
+    // It survives the trip through its encoding.
+    let sent = made.encode();
+    let holder = Store::open(&t.path().join("h")).unwrap();
+    let m = archive::manifest::Manifest::decode(&sent).unwrap();
+    // Not yet bound, and nobody vouches for the signer as n1: refused.
+    let err = holder.check_origin(&m, None).unwrap_err();
+    assert!(err.to_string().contains("does not know as node n1"), "{err}");
+    // The mesh knows n1 by that peer id: bound on first sight, accepted.
+    holder.check_origin(&m, Some(&origin.peer_id())).unwrap();
+    assert_eq!(holder.origin_of("n1").unwrap(), Some(origin.peer_id()));
+    // A thief with the swarm key seals a manifest for n1's series with its
+    // own key: refused now and after, whoever vouches for it.
+    let thief = Store::open(&t.path().join("thief")).unwrap();
+    let mut forged = m.clone();
+    forged.order_ms = i64::MAX / 2;
+    forged.seal_with(thief.identity()).unwrap();
+    let forged = archive::manifest::Manifest::decode(&forged.encode()).unwrap();
+    let err = holder.check_origin(&forged, Some(&thief.peer_id())).unwrap_err();
+    assert!(err.to_string().contains("are sealed by"), "{err}");
+    // An unsealed one (as a node before seals, or a forger, would send).
+    let mut bare = m.clone();
+    bare.seal = None;
+    let err = holder.check_origin(&bare, Some(&origin.peer_id())).unwrap_err();
+    assert!(err.to_string().contains("no seal"), "{err}");
+    // A binding, once made, is kept across restarts.
+    drop(holder);
+    let holder = Store::open(&t.path().join("h")).unwrap();
+    assert_eq!(holder.bind_origin("n1", &thief.peer_id()).unwrap(), origin.peer_id());
+    // And the identity of a data directory survives its restart too.
+    let pid = origin.peer_id();
+    drop(origin);
+    assert_eq!(Store::open(&t.path().join("n1")).unwrap().peer_id(), pid);
+}

@@ -36,6 +36,14 @@ pub struct NodeStatus {
     /// Set when another peer claims the same name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<String>,
+    /// How many times this node refused what that peer sent (forged or
+    /// unsealed entries and archives); `problems` says the last.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One job and its health (filled by the control plane).

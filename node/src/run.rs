@@ -19,29 +19,9 @@ use backmesh_actors::notify::NotifyActor;
 use backmesh_actors::replica::actor::{ReplicaActor, ReplicaConfig};
 use backmesh_actors::store::{write_atomic, Store};
 use backmesh_api::Health;
-use libp2p::identity::Keypair;
 
 use crate::api::{self, ApiState};
 use crate::config::NodeConfig;
-
-/// Loads `DATA_DIR/identity.key`, or makes one: the peer id survives restarts.
-pub fn identity(data_dir: &Path) -> Result<Keypair> {
-    let p = data_dir.join("identity.key");
-    match std::fs::read(&p) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
-            anyhow!("{} is corrupt ({e}); restore it from a backup or remove it to get a new peer id", p.display())
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let kp = Keypair::generate_ed25519();
-            let bytes = kp.to_protobuf_encoding().map_err(|e| anyhow!("cannot encode a new identity: {e}"))?;
-            write_atomic(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
-            Ok(kp)
-        }
-        Err(e) => Err(anyhow!("cannot read {}: {e}", p.display())),
-    }
-}
 
 fn check_data_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -94,8 +74,18 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     check_data_dir(&cfg.data_dir)?;
     let store = std::sync::Arc::new(Store::open(&cfg.data_dir).map_err(|e| anyhow!("{e}"))?);
-    let keypair = identity(&cfg.data_dir)?;
+    let keypair = store.identity().clone();
     let peer_id = keypair.public().to_peer_id();
+    // Holders know this node's archives by this key from their first seal on.
+    let bound = store.bind_origin(&cfg.name, &peer_id.to_string()).map_err(|e| anyhow!("{e}"))?;
+    if bound != peer_id.to_string() {
+        tracing::warn!(
+            "this data directory knew node {} as {bound}, and its identity key is now {peer_id}: \
+             archives sealed by the old key are not this node's here, and holders will refuse its new ones \
+             (restore identity.key from a backup, or start it under a new name)",
+            cfg.name
+        );
+    }
     let psk = cfg.swarm_key.as_deref().map(swarm_key::load).transpose()?;
     let api_listener = bind_api(&cfg)?;
     cfg.api = api_listener.local_addr().context("the API listener has no address")?;
@@ -144,6 +134,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             net.clone(),
         )
         .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
+        .reporting_to(actor.clone().recipient())
         .start();
         let replica = ReplicaActor::new(
             cfg.name.clone(),
@@ -304,7 +295,7 @@ async fn route(mut inbound: tokio::sync::mpsc::Receiver<swarm::Inbound>, to: Rou
         match event {
             Inbound::Seen { peer } => to.membership.do_send(NetEvent::Seen { peer }),
             Inbound::Hello { peer, info } => to.membership.do_send(NetEvent::Hello { peer, info }),
-            Inbound::Gossip { from, data } => to.log.do_send(Gossiped { from, data }),
+            Inbound::Gossip { from, source, data } => to.log.do_send(Gossiped { from, source, data }),
             Inbound::StatePull { pull, channel } => {
                 to.log.do_send(backmesh_actors::log::actor::ServeStatePull { pull, channel })
             }

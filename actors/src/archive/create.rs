@@ -185,6 +185,7 @@ impl Created {
             stats: self.stats,
             warnings: self.warnings,
             excludes,
+            seal: None,
         }
     }
 }

@@ -11,8 +11,11 @@ use crate::hash::Digest;
 
 /// Magic bytes that open every manifest file.
 pub const MAGIC: &[u8; 4] = b"BMMF";
-/// The manifest format this code writes.
+/// The manifest format of an unsealed manifest (as written before seals).
 pub const FORMAT_VERSION: u8 = 1;
+/// The format of a sealed manifest: the version-1 body, signed by the
+/// node that made the archive ([`Seal`]).
+pub const SEALED_VERSION: u8 = 2;
 /// Manifests larger than this are refused when decoded (a peer could send one).
 pub const MAX_MANIFEST_BYTES: usize = 512 * 1024 * 1024;
 
@@ -83,6 +86,38 @@ pub struct Manifest {
     pub warnings: Vec<Warning>,
     /// Exclude patterns in force when it was made.
     pub excludes: Vec<String>,
+    /// The signature of the node that made it, checked when decoded; not
+    /// part of the signed body.
+    #[serde(skip)]
+    pub seal: Option<Seal>,
+}
+
+/// The signature of the node that made an archive over its manifest's
+/// body: a holder adopts, a reader trusts, only a manifest sealed by the
+/// identity key of the series' own node (see `Store::check_origin`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The signer's peer id (its ed25519 public key, in the id itself).
+    pub signer: String,
+    pub sig: ByteBuf,
+}
+
+/// A sealed manifest as stored and sent: the body's bytes and the seal.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    body: ByteBuf,
+    seal: Seal,
+}
+
+/// Whether `sig` is `signer`'s signature over `body`.
+fn seal_holds(signer: &str, body: &[u8], sig: &[u8]) -> bool {
+    let Ok(peer) = signer.parse::<libp2p::PeerId>() else { return false };
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    // Ed25519 ids hold the public key itself (the identity hash).
+    if mh.code() != 0 {
+        return false;
+    }
+    libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).is_ok_and(|k| k.verify(body, sig))
 }
 
 /// Largest member a manifest may describe, raw or compressed. backmesh
@@ -115,17 +150,50 @@ pub enum ManifestError {
     TooLarge { len: usize },
     #[error("manifest is corrupt: {reason}")]
     Corrupt { reason: String },
+    #[error("manifest's seal is not {signer}'s signature of it: it was altered, or forged")]
+    BadSeal { signer: String },
 }
 
 impl Manifest {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The signed part: the manifest in CBOR, seal left out.
+    fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.files.len() * 64 + self.members.len() * 48);
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
         // Writing CBOR into a Vec cannot fail: serde types here have no fallible parts.
         #[allow(clippy::expect_used)]
         ciborium::into_writer(self, &mut out).expect("CBOR into a Vec");
         out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let body = self.body();
+        let mut out = Vec::with_capacity(body.len() + 128);
+        out.extend_from_slice(MAGIC);
+        match &self.seal {
+            None => {
+                out.push(FORMAT_VERSION);
+                out.extend_from_slice(&body);
+            }
+            Some(seal) => {
+                out.push(SEALED_VERSION);
+                let env = Envelope { body: ByteBuf::from(body), seal: seal.clone() };
+                #[allow(clippy::expect_used)]
+                ciborium::into_writer(&env, &mut out).expect("CBOR into a Vec");
+            }
+        }
+        out
+    }
+
+    /// Signs the manifest with `key`, the identity key of the node that
+    /// made it.
+    pub fn seal_with(&mut self, key: &libp2p::identity::Keypair) -> Result<(), ManifestError> {
+        let sig = key.sign(&self.body()).map_err(|e| ManifestError::Corrupt { reason: format!("cannot sign: {e}") })?;
+        self.seal = Some(Seal { signer: key.public().to_peer_id().to_string(), sig: ByteBuf::from(sig) });
+        Ok(())
+    }
+
+    /// The peer id that sealed it (its seal was checked when decoded).
+    pub fn signer(&self) -> Option<&str> {
+        self.seal.as_ref().map(|s| s.signer.as_str())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
@@ -135,12 +203,28 @@ impl Manifest {
         if bytes.len() < 5 || &bytes[..4] != MAGIC {
             return Err(ManifestError::BadMagic);
         }
-        if bytes[4] != FORMAT_VERSION {
-            return Err(ManifestError::UnknownVersion { found: bytes[4] });
+        let corrupt = |e: &dyn std::fmt::Display| ManifestError::Corrupt { reason: e.to_string() };
+        match bytes[4] {
+            FORMAT_VERSION => {
+                let m: Manifest = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
+                m.checked()
+            }
+            SEALED_VERSION => {
+                let env: Envelope = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
+                if !seal_holds(&env.seal.signer, &env.body, &env.seal.sig) {
+                    return Err(ManifestError::BadSeal { signer: env.seal.signer });
+                }
+                let mut m: Manifest = ciborium::from_reader(&env.body[..]).map_err(|e| corrupt(&e))?;
+                // Signed bytes this version would not write the same way
+                // (fields it does not know) are refused, not half-trusted.
+                if m.body() != env.body.as_slice() {
+                    return Err(corrupt(&"its body has fields this version does not know; upgrade backmesh"));
+                }
+                m.seal = Some(env.seal);
+                m.checked()
+            }
+            found => Err(ManifestError::UnknownVersion { found }),
         }
-        let m: Manifest =
-            ciborium::from_reader(&bytes[5..]).map_err(|e| ManifestError::Corrupt { reason: e.to_string() })?;
-        m.checked()
     }
 
     /// Checks what decoding alone cannot: an id that is safe as a file name.
@@ -211,6 +295,7 @@ mod tests {
             stats: ArchiveStats { files: 1, ..Default::default() },
             warnings: vec![],
             excludes: vec!["*.log".into()],
+            seal: None,
         }
     }
 
@@ -254,5 +339,41 @@ mod tests {
             let err = Manifest::decode(&m.encode()).unwrap_err();
             assert!(err.to_string().contains("bound"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_sealed_manifest_round_trips_and_names_its_signer() {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let mut m = sample();
+        m.seal_with(&key).unwrap();
+        let back = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.signer(), Some(key.public().to_peer_id().to_string().as_str()));
+        assert_eq!(sample().signer(), None);
+    }
+
+    #[test]
+    fn a_sealed_manifest_altered_or_resigned_in_another_s_name_is_refused() {
+        let (key, thief) =
+            (libp2p::identity::Keypair::generate_ed25519(), libp2p::identity::Keypair::generate_ed25519());
+        let mut m = sample();
+        m.seal_with(&key).unwrap();
+        // Any change to the body after sealing breaks the seal.
+        let mut altered = m.clone();
+        altered.created_ms += 1;
+        let err = Manifest::decode(&altered.encode()).unwrap_err();
+        assert!(matches!(err, ManifestError::BadSeal { .. }), "{err}");
+        // A thief's signature under the owner's name.
+        let mut forged = sample();
+        forged.seal_with(&thief).unwrap();
+        if let Some(seal) = forged.seal.as_mut() {
+            seal.signer = key.public().to_peer_id().to_string();
+        }
+        assert!(matches!(Manifest::decode(&forged.encode()), Err(ManifestError::BadSeal { .. })));
+        // A signer that is no ed25519 peer id.
+        if let Some(seal) = forged.seal.as_mut() {
+            seal.signer = "not-a-peer".into();
+        }
+        assert!(matches!(Manifest::decode(&forged.encode()), Err(ManifestError::BadSeal { .. })));
     }
 }

@@ -128,7 +128,10 @@ pub fn run_backup_as(
         .map(|m| m.compressed_len)
         .sum();
     let after = last.as_ref().map(|l| l.order());
-    let manifest = created.into_manifest(node, key, now_ms(), after, opts.excludes.clone());
+    let mut manifest = created.into_manifest(node, key, now_ms(), after, opts.excludes.clone());
+    manifest
+        .seal_with(store.identity())
+        .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;
     txn.commit(&manifest)?;
     remember(store, node, key, opts, snapshot, &manifest.id, manifest.tree_digest)?;
     let retention = store.retain(node, key, keep)?;

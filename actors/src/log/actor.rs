@@ -36,7 +36,7 @@ use super::hlc::{too_far_ahead, Clock, MAX_AHEAD_MS};
 use super::mesh::{
     answer_pull, CatalogArchive, JobView, MeshState, Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS,
 };
-use crate::net::actor::now_ms;
+use crate::net::actor::{now_ms, Misbehaved};
 use crate::net::swarm::{NetClient, ServeCtl};
 use crate::net::wire::{CtlRequest, CtlResponse, StateBatch, StatePull, STATE_BATCH_BYTES};
 use crate::store::{KvStore, StoreError};
@@ -51,6 +51,8 @@ pub struct Record(pub Event);
 #[rtype(result = "()")]
 pub struct Gossiped {
     pub from: String,
+    /// The peer that published it, its signature checked by gossipsub.
+    pub source: Option<String>,
     pub data: Vec<u8>,
 }
 
@@ -127,6 +129,12 @@ pub struct GetKeepers {
 #[rtype(result = "StateStats")]
 pub struct GetStats;
 
+/// Every origin's peer id and name, as its entries say (for the replica
+/// actor: who may seal a node's archives).
+#[derive(Message)]
+#[rtype(result = "Vec<(String, String)>")]
+pub struct GetOrigins;
+
 #[derive(Clone, Debug, Default)]
 pub struct StateStats {
     /// Records in the mesh state.
@@ -185,6 +193,8 @@ const STATE_TREE: &str = "state";
 const OLD_LOG_TREE: &str = "log";
 
 pub struct LogActor {
+    /// Where refusals of what a peer sent are reported (membership).
+    misdeeds: Option<actix::Recipient<Misbehaved>>,
     state: MeshState,
     /// When each bucket of the state last changed (for anti-entropy answers).
     settled: Settled,
@@ -228,6 +238,12 @@ fn state_key(k: &RecordKey) -> Vec<u8> {
 }
 
 impl LogActor {
+    /// Reports refusals of what peers send to `to` (the membership actor).
+    pub fn reporting_to(mut self, to: actix::Recipient<Misbehaved>) -> Self {
+        self.misdeeds = Some(to);
+        self
+    }
+
     /// Loads this node's state and history (`me` is its peer id),
     /// migrating a data directory of the old whole-log format.
     pub fn load(
@@ -257,6 +273,7 @@ impl LogActor {
             state.merge_record(&key, &record);
         }
         let mut actor = LogActor {
+            misdeeds: None,
             state,
             settled: Settled::default(),
             caught_up: false,
@@ -543,16 +560,39 @@ impl Handler<Record> for LogActor {
     }
 }
 
+impl LogActor {
+    /// Takes in a gossiped entry if the peer that published it is its
+    /// origin; what the publisher did wrong otherwise.
+    fn take_gossip(&mut self, msg: Gossiped) -> Option<Misbehaved> {
+        let e = match crate::net::wire::decode::<Entry>(&msg.data, crate::net::wire::MAX_LOG) {
+            Ok(e) if e.seq > 0 => e,
+            Ok(_) => return None,
+            Err(err) => {
+                tracing::warn!("dropped a malformed log message relayed by {}: {err}", msg.from);
+                return None;
+            }
+        };
+        // Every node publishes only the entries it writes: an entry
+        // published by another peer than its origin is forged.
+        if msg.source.as_deref() != Some(e.origin.as_str()) {
+            let what = format!(
+                "a log entry in the name of {} ({}, seq {}) that it did not sign",
+                e.origin_name, e.origin, e.seq
+            );
+            return Some(Misbehaved { peer: msg.source.unwrap_or(msg.from), what });
+        }
+        if let Err(err) = self.take_in(&e) {
+            tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
+        }
+        None
+    }
+}
+
 impl Handler<Gossiped> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: Gossiped, _: &mut Context<Self>) {
-        let e = match crate::net::wire::decode::<Entry>(&msg.data, crate::net::wire::MAX_LOG) {
-            Ok(e) if e.seq > 0 => e,
-            Ok(_) => return,
-            Err(err) => return tracing::warn!("dropped a malformed log message relayed by {}: {err}", msg.from),
-        };
-        if let Err(err) = self.take_in(&e) {
-            tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
+        if let (Some(misdeed), Some(to)) = (self.take_gossip(msg), &self.misdeeds) {
+            to.do_send(misdeed);
         }
     }
 }
@@ -712,6 +752,13 @@ impl Handler<GetKeepers> for LogActor {
     }
 }
 
+impl Handler<GetOrigins> for LogActor {
+    type Result = MessageResult<GetOrigins>;
+    fn handle(&mut self, _: GetOrigins, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.origin_names())
+    }
+}
+
 impl Handler<GetStats> for LogActor {
     type Result = MessageResult<GetStats>;
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
@@ -865,6 +912,48 @@ mod tests {
                 .unwrap();
         assert_eq!(again.state.jobs().len(), 2);
         assert_eq!(again.next_seq, 6);
+    }
+
+    #[test]
+    fn a_gossiped_entry_is_taken_in_only_from_its_origin() {
+        let t = tempfile::tempdir().unwrap();
+        let mut actor = LogActor::load(
+            "PEER-A".into(),
+            "a".into(),
+            Arc::new(MemKv::default()),
+            t.path(),
+            Duration::from_secs(10),
+            NetClient::stopped(),
+        )
+        .unwrap();
+        let entry = Entry {
+            origin: "PEER-B".into(),
+            origin_name: "b".into(),
+            seq: 1,
+            time: crate::log::hlc::Hlc { wall_ms: now_ms(), logical: 0, node: "PEER-B".into() },
+            event: Event::Registered {
+                node: "b".into(),
+                path: "/p".into(),
+                every_min: 5,
+                excludes: vec![],
+                spec: Default::default(),
+            },
+        };
+        let data = crate::net::wire::encode(&entry);
+        // Published by C (gossipsub checked C's signature) in B's name: forged.
+        let forged = Gossiped { from: "PEER-C".into(), source: Some("PEER-C".into()), data: data.clone() };
+        let misdeed = actor.take_gossip(forged).expect("named");
+        assert_eq!(misdeed.peer, "PEER-C");
+        assert!(misdeed.what.contains("in the name of b"), "{}", misdeed.what);
+        // Unsigned (no source): refused too, the relay named.
+        let unsigned = Gossiped { from: "PEER-D".into(), source: None, data: data.clone() };
+        assert_eq!(actor.take_gossip(unsigned).map(|m| m.peer).as_deref(), Some("PEER-D"));
+        assert!(actor.state.jobs().is_empty(), "nothing was taken in");
+        assert_eq!(actor.state.max_seq("PEER-B"), 0);
+        // Published by B itself, relayed by C: taken in.
+        let real = Gossiped { from: "PEER-C".into(), source: Some("PEER-B".into()), data };
+        assert!(actor.take_gossip(real).is_none());
+        assert_eq!(actor.state.jobs().len(), 1);
     }
 
     #[test]

@@ -655,6 +655,11 @@ impl MeshState {
         self.changed.extend(keys);
     }
 
+    /// Every origin's peer id and the name of its newest entry.
+    pub fn origin_names(&self) -> Vec<(String, String)> {
+        self.origins.iter().filter_map(|(peer, o)| Some((peer.clone(), o.name.as_ref()?.value.clone()))).collect()
+    }
+
     /// The next seq a writer with this origin should use, as far as the
     /// mesh has seen.
     pub fn max_seq(&self, origin: &str) -> u64 {

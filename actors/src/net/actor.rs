@@ -34,6 +34,15 @@ pub enum NetEvent {
     Hello { peer: String, info: NodeInfo },
 }
 
+/// A peer sent something this node refused. Senders: the log and replica
+/// actors. Logged the first time, then counted; `status` shows it.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct Misbehaved {
+    pub peer: String,
+    pub what: String,
+}
+
 pub struct MembershipActor {
     state: Membership,
     data_dir: PathBuf,
@@ -120,6 +129,19 @@ impl Handler<GetStatus> for MembershipActor {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Status { nodes: self.state.view(rfc3339), jobs: Vec::new(), problems: self.state.problems() })
+    }
+}
+
+impl Handler<Misbehaved> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: Misbehaved, _: &mut Context<Self>) {
+        if self.state.misbehaved(&msg.peer, &msg.what) {
+            tracing::error!(
+                "peer {} sent what this node refused: {} (counted in status from now on)",
+                msg.peer,
+                msg.what
+            );
+        }
     }
 }
 

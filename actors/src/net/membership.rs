@@ -47,6 +47,9 @@ pub enum Change {
     NameConflict { name: String, peers: Vec<String> },
 }
 
+/// Misbehaving peers remembered at most.
+pub const MISDEEDS_KEPT: usize = 1024;
+
 #[derive(Clone, Debug)]
 pub struct Membership {
     me_peer: String,
@@ -59,12 +62,23 @@ pub struct Membership {
     /// says hello every few seconds; at 10,000 nodes a pass each time would
     /// be 10⁸ steps a period).
     by_name: BTreeMap<String, BTreeSet<String>>,
+    /// Peers that sent what this node refused (forged, unsealed, out of
+    /// their authority): how many times, and the last.
+    misdeeds: BTreeMap<String, (u64, String)>,
 }
 
 impl Membership {
     pub fn new(me_peer: String, me: NodeInfo, down_after_ms: i64) -> Self {
         let by_name = BTreeMap::from([(me.name.clone(), BTreeSet::from([me_peer.clone()]))]);
-        Membership { me_peer, me, peers: BTreeMap::new(), down_after_ms, reported_conflicts: BTreeSet::new(), by_name }
+        Membership {
+            me_peer,
+            me,
+            peers: BTreeMap::new(),
+            down_after_ms,
+            reported_conflicts: BTreeSet::new(),
+            by_name,
+            misdeeds: BTreeMap::new(),
+        }
     }
 
     pub fn me(&self) -> &NodeInfo {
@@ -120,6 +134,22 @@ impl Membership {
         let mut changes = self.seen(peer, now_ms);
         changes.extend(self.new_conflict(&name));
         changes
+    }
+
+    /// `peer` sent something this node refused; `true` the first time (to
+    /// be logged once, then counted). At most [`MISDEEDS_KEPT`] peers are
+    /// remembered: a flood of fresh peer ids cannot grow the view.
+    pub fn misbehaved(&mut self, peer: &str, what: &str) -> bool {
+        if let Some((n, last)) = self.misdeeds.get_mut(peer) {
+            *n += 1;
+            *last = what.to_string();
+            return false;
+        }
+        if self.misdeeds.len() >= MISDEEDS_KEPT {
+            return false;
+        }
+        self.misdeeds.insert(peer.to_string(), (1, what.to_string()));
+        true
     }
 
     /// Marks peers not heard from within `down_after` as down.
@@ -203,6 +233,7 @@ impl Membership {
             last_seen: None,
             this_node: true,
             conflict: conflict_note(&self.me.name, &self.me_peer),
+            refused: 0,
         }];
         let mut peers: Vec<NodeStatus> = self
             .peers
@@ -219,6 +250,7 @@ impl Membership {
                     last_seen: s.last_seen_ms.map(&last_seen),
                     this_node: false,
                     conflict: conflict_note(&info.name, peer),
+                    refused: self.misdeeds.get(peer).map(|(n, _)| *n).unwrap_or(0),
                 })
             })
             .collect();
@@ -229,7 +261,8 @@ impl Membership {
 
     /// Problems with the mesh a person should see.
     pub fn problems(&self) -> Vec<String> {
-        self.conflicts()
+        let mut out: Vec<String> = self
+            .conflicts()
             .into_iter()
             .map(|(name, peers)| {
                 format!(
@@ -238,7 +271,14 @@ impl Membership {
                     peers.iter().map(|p| short(p)).collect::<Vec<_>>().join(", ")
                 )
             })
-            .collect()
+            .collect();
+        for (peer, (n, last)) in &self.misdeeds {
+            out.push(format!(
+                "{} ({peer}) sent what this node refused, {n} time(s); the last: {last}",
+                self.name_of(peer)
+            ));
+        }
+        out
     }
 }
 

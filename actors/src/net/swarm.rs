@@ -90,7 +90,9 @@ pub enum Inbound {
     /// A peer said who it is.
     Hello { peer: String, info: NodeInfo },
     /// A gossiped message (a log entry, encoded) as `from` relayed it.
-    Gossip { from: String, data: Vec<u8> },
+    /// `source` published it (gossipsub checked its signature); `from`
+    /// relayed it.
+    Gossip { from: String, source: Option<String>, data: Vec<u8> },
     /// A peer's state pull; its answer goes back on `channel`.
     StatePull { pull: StatePull, channel: ResponseChannel<StateBatch> },
     /// The answer to this node's state pull.
@@ -760,7 +762,11 @@ impl EventLoop {
                 propagation_source,
                 message,
                 ..
-            })) => self.emit(Inbound::Gossip { from: propagation_source.to_string(), data: message.data }),
+            })) => self.emit(Inbound::Gossip {
+                from: propagation_source.to_string(),
+                source: message.source.map(|p| p.to_string()),
+                data: message.data,
+            }),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))
                 if !self.swarm.is_connected(&peer) =>
             {

@@ -28,8 +28,9 @@ pub const STATE_BATCH_BYTES: usize = 1024 * 1024;
 pub const LOG_TOPIC: &str = "backmesh/log/1";
 /// Version of the mesh protocol (state records, entries, ctl and xfer
 /// messages), said in every hello. A peer on another version is named in
-/// the log instead of failing silently.
-pub const MESH_PROTOCOL: u32 = 3;
+/// the log instead of failing silently. 4: manifests travel sealed by
+/// their origin, and holders refuse unsealed ones.
+pub const MESH_PROTOCOL: u32 = 4;
 
 /// "Here is my state's digest; send me the records of the buckets where
 /// yours differs." Sender: the log actor of any node, through the network

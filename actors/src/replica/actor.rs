@@ -152,6 +152,23 @@ pub struct ReplicaActor {
     planner: Planner,
     syncing: bool,
     wanted: Wanted,
+    /// Name → the one peer id the mesh knows by it (hellos and the log),
+    /// as of the last round: who may bind a name to its seal.
+    claimants: Arc<HashMap<String, String>>,
+}
+
+/// Name → peer id for names that one peer alone claims, in hellos
+/// (`peers`) or in its entries (`origins`: peer id, name).
+fn unique_claims(peers: &[PeerView], origins: &[(String, String)]) -> HashMap<String, String> {
+    let mut by_name: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for (peer, name) in peers.iter().map(|p| (&p.peer_id, &p.name)).chain(origins.iter().map(|(p, n)| (p, n))) {
+        by_name.entry(name).or_default().insert(peer);
+    }
+    by_name
+        .into_iter()
+        .filter(|(_, peers)| peers.len() == 1)
+        .filter_map(|(name, peers)| Some((name.to_string(), (*peers.iter().next()?).to_string())))
+        .collect()
 }
 
 impl ReplicaActor {
@@ -164,7 +181,18 @@ impl ReplicaActor {
         cfg: ReplicaConfig,
     ) -> Self {
         let planner = Planner::new(me.clone(), cfg.replicas, cfg.repair_after.as_millis() as i64);
-        ReplicaActor { me, store, log, membership, net, cfg, planner, syncing: false, wanted: Wanted::default() }
+        ReplicaActor {
+            me,
+            store,
+            log,
+            membership,
+            net,
+            cfg,
+            planner,
+            syncing: false,
+            wanted: Wanted::default(),
+            claimants: Arc::default(),
+        }
     }
 
     fn sync(&mut self, ctx: &mut Context<Self>) {
@@ -174,14 +202,29 @@ impl ReplicaActor {
         }
         self.syncing = true;
         let (membership, store, keep) = (self.membership.clone(), self.store.clone(), self.cfg.keep.max(1));
+        let log = self.log.clone();
         let work = async move {
             let peers = membership.send(GetPeers).await.ok()?;
-            let held = tokio::task::spawn_blocking(move || held_series(&store, keep)).await.ok()?;
+            let origins = log.send(crate::log::actor::GetOrigins).await.ok()?;
+            let claims = unique_claims(&peers.1, &origins);
+            let held = tokio::task::spawn_blocking(move || {
+                // Every name the mesh agrees on is bound here on first
+                // sight: later seals of that node must be by the same key.
+                for (name, peer) in &claims {
+                    if let Err(e) = store.bind_origin(name, peer) {
+                        tracing::warn!("cannot record that node {name} is {peer}: {e}");
+                    }
+                }
+                (held_series(&store, keep), claims)
+            })
+            .await
+            .ok()?;
             Some((peers, held))
         };
         ctx.spawn(work.into_actor(self).map(move |found, act, ctx| {
             act.syncing = false;
-            let Some(((me, peers), held)) = found else { return };
+            let Some(((me, peers), (held, claims))) = found else { return };
+            act.claimants = Arc::new(claims);
             let plan = act.planner.plan(&me, &peers, &held, crate::net::actor::now_ms());
             act.log
                 .do_send(crate::log::actor::SetPlacement { candidates: plan.candidates, replicas: act.cfg.replicas });
@@ -287,10 +330,21 @@ async fn run_push(net: &NetClient, store: &Arc<Store>, push: &Push) -> (Vec<Stri
 async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str) -> Result<(), String> {
     let manifest = {
         let (s, n, p, i) = (store.clone(), push.node.clone(), push.path.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || s.manifest(&n, &p, Some(&i)))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || {
+            let mut m = s.manifest(&n, &p, Some(&i))?;
+            // An archive this node made before seals existed: sealed now,
+            // by the node it is bound to here (this one), or holders refuse it.
+            if m.seal.is_none() && s.origin_of(&n)? == Some(s.peer_id()) {
+                m.seal_with(s.identity()).map_err(|source| crate::store::StoreError::Manifest {
+                    path: s.root().join("identity.key"),
+                    source,
+                })?;
+            }
+            Ok::<_, crate::store::StoreError>(m)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
     };
     let encoded = serde_bytes::ByteBuf::from(manifest.encode());
     let mut missing = match net.xfer(&push.peer, XferRequest::Offer { manifest: encoded.clone() }).await? {
@@ -343,13 +397,46 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
 }
 
 /// Serves one transfer request from the store; the events to record after.
-fn serve(store: &Store, me: &str, keep: usize, request: XferRequest) -> (XferResponse, Vec<Event>) {
+/// What serving a transfer request came to: the answer, the events to
+/// record, and what the peer did wrong if it sent a forged or unsealed
+/// manifest.
+type Served = (XferResponse, Vec<Event>, Option<String>);
+
+fn serve(store: &Store, me: &str, keep: usize, claimants: &HashMap<String, String>, request: XferRequest) -> Served {
+    let misdeed = std::cell::RefCell::new(None);
+    let (response, events) = answer(store, me, keep, claimants, request, &misdeed);
+    (response, events, misdeed.into_inner())
+}
+
+fn answer(
+    store: &Store,
+    me: &str,
+    keep: usize,
+    claimants: &HashMap<String, String>,
+    request: XferRequest,
+    misdeed: &std::cell::RefCell<Option<String>>,
+) -> (XferResponse, Vec<Event>) {
     let refused = |reason: String| (XferResponse::Refused { reason }, Vec::new());
+    // A holder keeps only what the series' own node sealed: no peer can
+    // replace, evict or impersonate another node's archives.
+    let sealed = |manifest: &[u8]| -> Result<Manifest, String> {
+        let m = Manifest::decode(manifest).map_err(|e| {
+            if matches!(e, crate::archive::manifest::ManifestError::BadSeal { .. }) {
+                *misdeed.borrow_mut() = Some(format!("a manifest with a forged seal: {e}"));
+            }
+            format!("bad manifest: {e}")
+        })?;
+        store.check_origin(&m, claimants.get(&m.node).map(String::as_str)).map_err(|e| {
+            *misdeed.borrow_mut() = Some(e.to_string());
+            format!("{me}: {e}")
+        })?;
+        Ok(m)
+    };
     match request {
         XferRequest::Offer { manifest } => {
-            let m = match Manifest::decode(&manifest) {
+            let m = match sealed(&manifest) {
                 Ok(m) => m,
-                Err(e) => return refused(format!("bad manifest: {e}")),
+                Err(e) => return refused(e),
             };
             if store.has_archive(&m.node, &m.path, &m.id) {
                 return (XferResponse::Want { missing: Vec::new(), complete: true }, Vec::new());
@@ -378,9 +465,9 @@ fn serve(store: &Store, me: &str, keep: usize, request: XferRequest) -> (XferRes
             }
         }
         XferRequest::Commit { manifest, sent, repair } => {
-            let m = match Manifest::decode(&manifest) {
+            let m = match sealed(&manifest) {
                 Ok(m) => m,
-                Err(e) => return refused(format!("bad manifest: {e}")),
+                Err(e) => return refused(e),
             };
             let had = store.has_archive(&m.node, &m.path, &m.id);
             match store.adopt(&m) {
@@ -532,13 +619,17 @@ impl Handler<ServeXfer> for ReplicaActor {
             }
         }
         let (store, me, keep) = (self.store.clone(), self.me.clone(), self.cfg.keep.max(1));
-        let work = tokio::task::spawn_blocking(move || serve(&store, &me, keep, msg.request));
+        let claimants = self.claimants.clone();
+        let work = tokio::task::spawn_blocking(move || serve(&store, &me, keep, &claimants, msg.request));
         ctx.spawn(work.into_actor(self).map(move |done, act, _| {
-            if let Ok((XferResponse::Want { missing, .. }, _)) = &done {
+            if let Ok((XferResponse::Want { missing, .. }, _, _)) = &done {
                 act.wanted.asked(&peer, missing, crate::net::actor::now_ms());
             }
             let response = match done {
-                Ok((response, events)) => {
+                Ok((response, events, misdeed)) => {
+                    if let Some(what) = misdeed {
+                        act.membership.do_send(crate::net::actor::Misbehaved { peer: peer.clone(), what });
+                    }
                     for e in events {
                         act.log.do_send(Record(e));
                     }

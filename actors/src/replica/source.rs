@@ -23,6 +23,16 @@ pub enum Place {
     Remote(Vec<String>),
 }
 
+/// The one peer the mesh knows by `name`, if exactly one claims it (up or
+/// not): who may bind that name to its key (see `Store::check_origin`).
+pub fn claimant<'a>(peers: &'a [PeerView], name: &str) -> Option<&'a str> {
+    let mut it = peers.iter().filter(|p| p.name == name);
+    match (it.next(), it.next()) {
+        (Some(p), None) => Some(&p.peer_id),
+        _ => None,
+    }
+}
+
 /// Finds archive `archive` (the newest when `None`) of (node, path): here if
 /// this node keeps it, else on the live peers the catalog names as holders.
 /// Answers its manifest and where to read it.
@@ -77,6 +87,13 @@ pub async fn locate(
         match net.xfer(peer, req).await {
             Ok(XferResponse::Manifest { manifest }) => match Manifest::decode(&manifest) {
                 Ok(m) if m.id == id && m.node == node && m.path == path => {
+                    // Only the series' own node's seal is trusted: a peer
+                    // with the swarm key cannot serve an impostor.
+                    if let Err(e) = store.check_origin(&m, claimant(peers, node)) {
+                        tracing::warn!("peer {peer} served a manifest that is not {node}'s: {e}");
+                        why.push(format!("a peer served a manifest that is not {node}'s: {e}"));
+                        continue;
+                    }
                     let mut rest: Vec<String> = order.iter().filter(|p| *p != peer).cloned().collect();
                     rest.insert(0, peer.clone());
                     return Ok((m, Place::Remote(rest)));

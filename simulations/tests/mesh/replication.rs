@@ -345,3 +345,56 @@ fn a_node_without_a_copy_restores_and_fetches_from_a_holder() {
     let out = mesh.cli(other, &["fetch", "n1", &s, "-o", &tgz.to_string_lossy()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_peer_with_the_swarm_key_cannot_plant_an_archive_in_another_node_s_series() {
+    let mut mesh = Mesh::chain_opts(&["n1", "n2"], &["--repair-after", "2"], 2);
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_slow_tree(&src, 4, 11);
+    let s = src.to_string_lossy().into_owned();
+    // The rogue holds the swarm key and its own identity. It makes an
+    // archive of n1's series under n1's name, with a file n1 never had,
+    // sealed by its own key (the offline `backup` of its data directory).
+    std::fs::write(src.join("planted"), b"not n1's").unwrap();
+    let rogue_dir = mesh.root.path().join(format!("rogue-{}", mesh.nodes.len()));
+    let out = std::process::Command::new(backmesh_simulations::binary("backmesh-node"))
+        .args(["--name", "n1", "--data-dir"])
+        .arg(&rogue_dir)
+        .args(["backup", &s])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(src.join("planted")).unwrap();
+    let rogue = mesh.start("rogue", Some(1), &["--repair-after".into(), "2".into()]);
+    assert!(mesh.wait_ready(rogue, LONG), "{}", mesh.nodes[rogue].log_text());
+    let forged = manifests_on_disk(&mesh.nodes[rogue]);
+    assert_eq!(forged.len(), 1);
+    let rogue_peer = mesh.peer_id(rogue).unwrap();
+
+    // n1's own archive reaches every holder, the rogue included.
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "60"]).status.success());
+    assert!(wait_until(LONG, || archives(&mesh, 1, "n1", &s).first().is_some_and(|a| holders(a).len() == 3)));
+    let real: Vec<String> =
+        archives(&mesh, 1, "n1", &s).iter().filter_map(|a| a["id"].as_str().map(String::from)).collect();
+    assert_eq!(real.len(), 1);
+
+    // With n1 gone, the rogue repairs "its" copy of n1's series onto n2:
+    // n2 refuses it, names it, and counts it against the rogue.
+    mesh.kill9(0);
+    let refused = || {
+        mesh.status(1).and_then(|st| st["nodes"].as_array().cloned()).unwrap_or_default().iter().any(|n| {
+            n["peer_id"].as_str() == Some(rogue_peer.as_str()) && n["refused"].as_u64().is_some_and(|r| r >= 1)
+        })
+    };
+    assert!(wait_until(LONG, refused), "n2 never refused the rogue's archive:\n{}", mesh.nodes[1].log_text());
+    let problems = mesh.status(1).unwrap()["problems"].to_string();
+    assert!(problems.contains("rogue") && problems.contains("sealed by"), "{problems}");
+    assert!(!manifests_on_disk(&mesh.nodes[1]).contains(&forged[0]), "n2 kept the planted archive");
+    assert_eq!(manifests_on_disk(&mesh.nodes[1]), real);
+    // What n2 restores of n1's series is n1's own archive.
+    let to = mesh.root.path().join("restored");
+    let out = mesh.cli(1, &["restore", "n1", &s, "--on", "n2", "--to", &to.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+}
