@@ -299,16 +299,13 @@ const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// together with what this node holds. The routing is invisible to the
 /// caller; a keeper that does not answer is skipped.
 pub async fn read_history(state: &ApiState, q: HistoryQuery) -> Result<Page, ApiError> {
-    let mine = state
-        .log
-        .send(Query(q.clone()))
-        .await?
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read this node's history: {e}")))?;
     let status = state.membership.send(GetStatus).await?;
     let keepers: Option<std::collections::BTreeSet<String>> = match &q.node {
         Some(node) => Some(state.log.send(GetKeepers { node: node.clone(), path: q.path.clone() }).await?),
         None => None,
     };
+    // This node's page and its peers' are read at once: a page costs the
+    // slowest of them, not their sum.
     let asked: Vec<_> = status
         .nodes
         .iter()
@@ -324,12 +321,11 @@ pub async fn read_history(state: &ApiState, q: HistoryQuery) -> Result<Page, Api
             }
         })
         .collect();
-    let mut pages: Vec<Page> = futures::future::join_all(asked)
-        .await
-        .into_iter()
-        .flatten()
-        .map(|p| p.older_than(q.before.as_deref()))
-        .collect();
+    let (mine, theirs) =
+        futures::future::join(state.log.send(Query(q.clone())), futures::future::join_all(asked)).await;
+    let mine =
+        mine?.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read this node's history: {e}")))?;
+    let mut pages: Vec<Page> = theirs.into_iter().flatten().map(|p| p.older_than(q.before.as_deref())).collect();
     pages.push(mine);
     Ok(Page::combine(pages, q.limit))
 }

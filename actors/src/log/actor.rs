@@ -229,6 +229,9 @@ pub struct LogActor {
     /// being fetched now.
     to_backfill: BTreeSet<SeriesKey>,
     backfilling: BTreeSet<SeriesKey>,
+    /// This node's entries written but not yet synced, with whoever waits
+    /// for each: one sync makes a whole burst of them durable.
+    unsynced: Vec<(Entry, tokio::sync::oneshot::Sender<Result<Entry, StoreError>>)>,
 }
 
 fn state_key(k: &RecordKey) -> Vec<u8> {
@@ -293,6 +296,7 @@ impl LogActor {
             elected: BTreeSet::new(),
             elected_jobs: 0,
             to_backfill: BTreeSet::new(),
+            unsynced: Vec::new(),
             backfilling: BTreeSet::new(),
         };
         actor.migrate()?;
@@ -528,8 +532,8 @@ impl Actor for LogActor {
 }
 
 impl Handler<Record> for LogActor {
-    type Result = Result<Entry, StoreError>;
-    fn handle(&mut self, msg: Record, _: &mut Context<Self>) -> Self::Result {
+    type Result = actix::ResponseFuture<Result<Entry, StoreError>>;
+    fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
         let now = now_ms();
         if self.clock.jumped_back(now) {
             tracing::warn!(
@@ -547,16 +551,46 @@ impl Handler<Record> for LogActor {
         };
         // A seq is used once, even by an entry whose write fails half-way.
         self.next_seq = self.next_seq.saturating_add(1);
-        // Stored before it is visible or sent: a crash never loses an entry peers saw.
-        self.history.store(&entry)?;
-        self.history.sync()?;
-        self.state.apply(&entry);
-        self.history.remember(&entry);
-        let (net, data) = (self.net.clone(), crate::net::wire::encode(&entry));
-        actix::spawn(async move {
-            let _ = net.publish(data).await;
-        });
-        Ok(entry)
+        if let Err(e) = self.history.store(&entry) {
+            return Box::pin(async move { Err(e) });
+        }
+        // Stored, then synced with every entry recorded meanwhile (a burst
+        // of runs costs one sync, not one each), then visible and sent:
+        // a crash never loses an entry anyone saw.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.unsynced.is_empty() {
+            ctx.run_later(Duration::ZERO, |act, _| act.sync_recorded());
+        }
+        self.unsynced.push((entry, tx));
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::Index { reason: "the log stopped before the entry was written".into() })
+            })
+        })
+    }
+}
+
+impl LogActor {
+    /// Syncs this node's entries recorded since the last call, then makes
+    /// them visible, sends them and answers whoever recorded them.
+    fn sync_recorded(&mut self) {
+        let done = std::mem::take(&mut self.unsynced);
+        if let Err(e) = self.history.sync() {
+            tracing::error!("cannot write this node's log entries: {e}");
+            for (_, tx) in done {
+                let _ = tx.send(Err(StoreError::Index { reason: format!("cannot write the entry: {e}") }));
+            }
+            return;
+        }
+        for (entry, tx) in done {
+            self.state.apply(&entry);
+            self.history.remember(&entry);
+            let (net, data) = (self.net.clone(), crate::net::wire::encode(&entry));
+            actix::spawn(async move {
+                let _ = net.publish(data).await;
+            });
+            let _ = tx.send(Ok(entry));
+        }
     }
 }
 

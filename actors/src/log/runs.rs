@@ -326,16 +326,24 @@ impl RunReader {
 }
 
 /// Items of one source, greatest key first.
-enum Source {
-    Mem(Vec<Item>),
-    Run { reader: RunReader, next_block: usize, buf: Vec<Item>, before: Option<Vec<u8>>, series: Option<SeriesTag> },
+enum Source<'a> {
+    /// The write-ahead part, read in place: a page copies only the items
+    /// it takes, not the whole part.
+    Mem(std::iter::Peekable<Box<dyn Iterator<Item = &'a Item> + 'a>>),
+    Run {
+        reader: RunReader,
+        next_block: usize,
+        buf: Vec<Item>,
+        before: Option<Vec<u8>>,
+        series: Option<SeriesTag>,
+    },
 }
 
-impl Source {
+impl Source<'_> {
     /// The next item, greatest key first (None when done).
     fn peek(&mut self) -> Result<Option<&Item>, StoreError> {
         match self {
-            Source::Mem(v) => Ok(v.last()),
+            Source::Mem(it) => Ok(it.peek().copied()),
             Source::Run { reader, next_block, buf, before, series } => {
                 while buf.is_empty() && *next_block > 0 {
                     *next_block -= 1;
@@ -356,37 +364,34 @@ impl Source {
 
     fn pop(&mut self) -> Option<Item> {
         match self {
-            Source::Mem(v) => v.pop(),
+            Source::Mem(it) => it.next().cloned(),
             Source::Run { buf, .. } => buf.pop(),
         }
     }
 }
 
 /// Stored items, greatest key first, each key once.
-pub struct RevIter {
-    sources: Vec<Source>,
+pub struct RevIter<'a> {
+    sources: Vec<Source<'a>>,
     last: Option<Vec<u8>>,
 }
 
-impl Iterator for RevIter {
+impl Iterator for RevIter<'_> {
     type Item = Result<Item, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            // The source whose head has the greatest key.
             let mut best: Option<(usize, &[u8])> = None;
-            // Peek every source; the borrow of each head ends before the pop.
-            let mut heads: Vec<Option<Vec<u8>>> = Vec::with_capacity(self.sources.len());
-            for s in &mut self.sources {
+            for (i, s) in self.sources.iter_mut().enumerate() {
                 match s.peek() {
-                    Ok(h) => heads.push(h.map(|i| i.key.clone())),
-                    Err(e) => return Some(Err(e)),
-                }
-            }
-            for (i, h) in heads.iter().enumerate() {
-                if let Some(k) = h {
-                    if best.is_none_or(|(_, b)| k.as_slice() > b) {
-                        best = Some((i, k));
+                    Ok(Some(head)) => {
+                        if best.is_none_or(|(_, b)| head.key.as_slice() > b) {
+                            best = Some((i, head.key.as_slice()));
+                        }
                     }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
                 }
             }
             let (i, _) = best?;
@@ -608,17 +613,19 @@ impl Runs {
     }
 
     /// Items with keys below `before` (of series `series`), greatest first.
-    pub fn rev(&self, before: Option<&[u8]>, series: Option<SeriesTag>) -> Result<RevIter, StoreError> {
-        let mut mem: Vec<Item> = match before {
-            Some(b) => {
-                self.mem.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(b))).map(|(_, v)| v.clone()).collect()
-            }
-            None => self.mem.values().cloned().collect(),
+    pub fn rev(&self, before: Option<&[u8]>, series: Option<SeriesTag>) -> Result<RevIter<'_>, StoreError> {
+        let upper = match before {
+            Some(b) => Bound::Excluded(b),
+            None => Bound::Unbounded,
         };
-        if let Some(s) = series {
-            mem.retain(|i| i.series == Some(s));
-        }
-        let mut sources = vec![Source::Mem(mem)];
+        let mem: Box<dyn Iterator<Item = &Item> + '_> = Box::new(
+            self.mem
+                .range::<[u8], _>((Bound::Unbounded, upper))
+                .rev()
+                .map(|(_, v)| v)
+                .filter(move |i| series.is_none_or(|s| i.series == Some(s))),
+        );
+        let mut sources = vec![Source::Mem(mem.peekable())];
         for run in &self.runs {
             let reader = RunReader::open(&self.dir, run)?;
             let next_block = match before {
