@@ -39,8 +39,15 @@ pub const DEFAULT_KEEP: usize = 10;
 
 const ARCHIVES: &str = "archives";
 const STAT_CACHE: &str = "statcache";
-/// Node name → the peer id whose seal that node's manifests carry.
-const ORIGINS: &str = "origins";
+/// Node name → the peer id whose seal that node's manifests carry, and
+/// whose entries alone may speak for that node (`origin_bound`).
+pub(crate) const ORIGINS: &str = "origins";
+
+/// The peer id node name `node` is bound to in `kv` (see
+/// [`Store::bind_origin`]), if it is.
+pub fn origin_bound(kv: &dyn KvStore, node: &str) -> Result<Option<String>, StoreError> {
+    Ok(kv.get(ORIGINS, node.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -288,7 +295,7 @@ impl Store {
 
     /// The peer id whose seal node `node`'s manifests must carry here.
     pub fn origin_of(&self, node: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.kv.get(ORIGINS, node.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        origin_bound(self.kv.as_ref(), node)
     }
 
     /// Binds node name `node` to peer id `peer` unless it is bound already;

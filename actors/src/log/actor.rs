@@ -177,6 +177,8 @@ const REFOLD: usize = 1_000;
 /// Entries held back for a clock running ahead, at most: beyond, they are
 /// dropped (state pulls and history backfill bring what they said later).
 pub const HELD_MAX: usize = 10_000;
+/// The most this node's next seq moves at once on a peer's word.
+pub const SEQ_JUMP_MAX: u64 = 1 << 32;
 /// A bucket that changed less than this long ago is left to gossip in a
 /// pull that is not eager.
 pub const QUIET_MS: i64 = 5_000;
@@ -206,6 +208,8 @@ pub struct LogActor {
     in_flight: Option<(i64, bool, u16)>,
     /// Peers already named for sending records this version does not know.
     told_unknown: BTreeSet<String>,
+    /// Peers already named for claiming this node wrote more than it did.
+    told_seq: BTreeSet<String>,
     /// Entries dated too far ahead of this node's clock, by (origin, seq):
     /// taken in once the clock catches up (at most [`HELD_MAX`]).
     held: BTreeMap<(String, u64), Entry>,
@@ -282,6 +286,7 @@ impl LogActor {
             caught_up: false,
             in_flight: None,
             told_unknown: BTreeSet::new(),
+            told_seq: BTreeSet::new(),
             held: BTreeMap::new(),
             told_ahead: BTreeSet::new(),
             history: History::open(history_dir)?,
@@ -615,10 +620,43 @@ impl LogActor {
             );
             return Some(Misbehaved { peer: msg.source.unwrap_or(msg.from), what });
         }
+        if let Some(what) = self.out_of_authority(&e) {
+            return Some(Misbehaved { peer: e.origin.clone(), what });
+        }
         if let Err(err) = self.take_in(&e) {
             tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
         }
         None
+    }
+}
+
+impl LogActor {
+    /// What is wrong with `e` if its origin wrote what only another node
+    /// may: a run of another node's series, a copy another holder keeps.
+    /// The writer must go by the name the event names, and that name must
+    /// be bound to it here (or bound to no one yet).
+    fn out_of_authority(&self, e: &Entry) -> Option<String> {
+        let author = e.event.author()?;
+        if author != e.origin_name {
+            return Some(format!(
+                "a `{}` entry that only node {author} may write, as node {} (seq {})",
+                e.event.kind(),
+                e.origin_name,
+                e.seq
+            ));
+        }
+        match crate::store::origin_bound(self.kv.as_ref(), author) {
+            Ok(Some(bound)) if bound != e.origin => Some(format!(
+                "a `{}` entry in the name of node {author}, which is {bound} here (seq {})",
+                e.event.kind(),
+                e.seq
+            )),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!("cannot read who node {author} is: {err}");
+                None
+            }
+        }
     }
 }
 
@@ -688,8 +726,22 @@ impl LogActor {
         }
         if changed > 0 {
             tracing::debug!("anti-entropy with {}: {changed} records changed", msg.from);
-            // A node that lost its database learns here how far it had written.
-            self.next_seq = self.next_seq.max(self.state.max_seq(&self.me).saturating_add(1));
+            // A node that lost its database learns here how far it had
+            // written; a claim past that by more than SEQ_JUMP_MAX (a
+            // forged u64::MAX would leave it no seq to write) moves it by
+            // that much at most.
+            let claimed = self.state.max_seq(&self.me);
+            if claimed >= self.next_seq {
+                if self.caught_up && self.told_seq.insert(msg.from.clone()) {
+                    tracing::warn!(
+                        "{} says this node wrote up to seq {claimed}, past the {} it has written: another process \
+                         may run with this node's identity.key, or the peer lies",
+                        msg.from,
+                        self.next_seq - 1
+                    );
+                }
+                self.next_seq = claimed.min(self.next_seq.saturating_add(SEQ_JUMP_MAX)).saturating_add(1);
+            }
         }
         let (was_eager, asked_from) = self.in_flight.take().map(|(_, e, f)| (e, f)).unwrap_or((false, 0));
         match msg.next_bucket {
@@ -988,6 +1040,92 @@ mod tests {
         let real = Gossiped { from: "PEER-C".into(), source: Some("PEER-B".into()), data };
         assert!(actor.take_gossip(real).is_none());
         assert_eq!(actor.state.jobs().len(), 1);
+    }
+
+    #[test]
+    fn only_a_series_node_writes_its_runs_and_only_a_holder_what_it_keeps() {
+        let t = tempfile::tempdir().unwrap();
+        let kv = Arc::new(MemKv::default());
+        // This node knows node b as PEER-B (its first seal, or the mesh's hellos).
+        kv.put(crate::store::ORIGINS, b"b", b"PEER-B").unwrap();
+        let mut actor =
+            LogActor::load("PEER-A".into(), "a".into(), kv, t.path(), Duration::from_secs(10), NetClient::stopped())
+                .unwrap();
+        let entry = |origin: &str, name: &str, seq, event| Entry {
+            origin: origin.into(),
+            origin_name: name.into(),
+            seq,
+            time: crate::log::hlc::Hlc { wall_ms: now_ms(), logical: 0, node: origin.into() },
+            event,
+        };
+        let gossip = |e: &Entry| Gossiped {
+            from: e.origin.clone(),
+            source: Some(e.origin.clone()),
+            data: crate::net::wire::encode(e),
+        };
+        let run_of_b = || Event::Started { node: "b".into(), path: "/srv".into(), request: None };
+        // C signs, as itself, a run of b's series.
+        let as_c = entry("PEER-C", "c", 1, run_of_b());
+        let m = actor.take_gossip(gossip(&as_c)).expect("refused");
+        assert_eq!(m.peer, "PEER-C");
+        assert!(m.what.contains("only node b may write"), "{}", m.what);
+        // C signs, calling itself b.
+        let posing = entry("PEER-C", "b", 2, run_of_b());
+        let m = actor.take_gossip(gossip(&posing)).expect("refused");
+        assert!(m.what.contains("which is PEER-B here"), "{}", m.what);
+        // C claims to keep a copy as holder b.
+        let copy = Event::Replicated {
+            node: "a".into(),
+            path: "/srv".into(),
+            archive: "x".into(),
+            holder: "b".into(),
+            bytes: 0,
+        };
+        assert!(actor.take_gossip(gossip(&entry("PEER-C", "c", 3, copy))).is_some());
+        assert_eq!(actor.state.max_seq("PEER-C"), 0, "nothing of C's was taken in");
+        // b's own run, and anyone's registration, are taken in.
+        assert!(actor.take_gossip(gossip(&entry("PEER-B", "b", 1, run_of_b()))).is_none());
+        assert_eq!(actor.state.max_seq("PEER-B"), 1);
+        let registration = Event::Registered {
+            node: "b".into(),
+            path: "/srv".into(),
+            every_min: 5,
+            excludes: vec![],
+            spec: Default::default(),
+        };
+        assert!(actor.take_gossip(gossip(&entry("PEER-C", "c", 4, registration))).is_none());
+        assert_eq!(actor.state.jobs().len(), 1);
+    }
+
+    #[test]
+    fn a_node_learns_its_seq_from_peers_but_no_peer_can_use_it_all_up() {
+        let t = tempfile::tempdir().unwrap();
+        let mut actor = LogActor::load(
+            "PEER-A".into(),
+            "a".into(),
+            Arc::new(MemKv::default()),
+            t.path(),
+            Duration::from_secs(10),
+            NetClient::stopped(),
+        )
+        .unwrap();
+        let claim = |seq| {
+            let mut theirs = MeshState::new();
+            theirs.apply(&Entry {
+                origin: "PEER-A".into(),
+                origin_name: "a".into(),
+                seq,
+                time: crate::log::hlc::Hlc { wall_ms: now_ms(), logical: 0, node: "PEER-A".into() },
+                event: Event::Started { node: "a".into(), path: "/srv".into(), request: None },
+            });
+            StateReceived { records: theirs.records(), unknown: 0, from: "PEER-X".into(), next_bucket: None }
+        };
+        assert_eq!(actor.next_seq, 1, "a node that lost its data");
+        actor.state_received(claim(500));
+        assert_eq!(actor.next_seq, 501, "learns how far it had written");
+        actor.state_received(claim(u64::MAX - 1));
+        assert_eq!(actor.next_seq, 501 + SEQ_JUMP_MAX + 1, "a forged claim moves it a bounded step");
+        assert!(actor.next_seq < u64::MAX / 2, "seqs remain to write");
     }
 
     #[test]

@@ -316,6 +316,31 @@ impl Event {
         }
     }
 
+    /// The one node that may write this event, when only one may: a
+    /// series' node its runs, a holder what it keeps, prunes, repairs and
+    /// verifies, a node the restores and notifications it made. `None`:
+    /// any node may (registrations, pause, resume; kinds this version
+    /// does not know).
+    pub fn author(&self) -> Option<&str> {
+        match self {
+            Event::Started { node, .. }
+            | Event::Finished { node, .. }
+            | Event::Unchanged { node, .. }
+            | Event::Failed { node, .. } => Some(node),
+            Event::Replicated { holder, .. }
+            | Event::Pruned { holder, .. }
+            | Event::Verified { holder, .. }
+            | Event::Repaired { holder, .. } => Some(holder),
+            Event::Restored { on, .. } => Some(on),
+            Event::Notified { by, .. } => Some(by),
+            Event::Registered { .. }
+            | Event::Unregistered { .. }
+            | Event::Paused { .. }
+            | Event::Resumed { .. }
+            | Event::Other(_) => None,
+        }
+    }
+
     /// The on-demand request an outcome answers.
     pub fn request(&self) -> Option<&str> {
         match self {
