@@ -165,7 +165,16 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         )
         .start();
         let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone(), cfg.allow_programs).start();
-        actix::spawn(event_loop.run());
+        // The network (noise, yamux, gossip signatures, member transfers)
+        // runs on a thread of its own: on the actors' thread, its bursts of
+        // crypto held up every actor and API answer behind them.
+        std::thread::Builder::new()
+            .name("mesh-net".into())
+            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(event_loop.run()),
+                Err(e) => tracing::error!("cannot start the mesh network's runtime: {e}"),
+            })
+            .context("cannot start the mesh network's thread")?;
         actix::spawn(route(
             inbound,
             Routes {

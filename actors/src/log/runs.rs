@@ -591,9 +591,15 @@ impl Runs {
         self.remember(item);
         if self.mem.len() >= FLUSH_ENTRIES || self.mem_bytes >= FLUSH_BYTES {
             // The entry is stored: a failure here is retried at the next insert.
+            let started = std::time::Instant::now();
+            let entries = self.mem.len();
             if let Err(e) = self.flush_mem().and_then(|()| self.compact()) {
                 tracing::error!("cannot write a history run in {}: {e}", self.dir.display());
             }
+            tracing::debug!(
+                "history: {entries} entries written as a run (and runs merged) in {} ms",
+                started.elapsed().as_millis()
+            );
         }
         Ok(true)
     }
