@@ -1000,18 +1000,23 @@ mod tests {
         assert_eq!(again.next_seq, 6);
     }
 
-    #[test]
-    fn a_gossiped_entry_is_taken_in_only_from_its_origin() {
-        let t = tempfile::tempdir().unwrap();
-        let mut actor = LogActor::load(
+    /// Node a (peer PEER-A) on an empty store, its history in `dir`.
+    fn node_a(dir: &std::path::Path) -> LogActor {
+        LogActor::load(
             "PEER-A".into(),
             "a".into(),
             Arc::new(MemKv::default()),
-            t.path(),
+            dir,
             Duration::from_secs(10),
             NetClient::stopped(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_gossiped_entry_is_taken_in_only_from_its_origin() {
+        let t = tempfile::tempdir().unwrap();
+        let mut actor = node_a(t.path());
         let entry = Entry {
             origin: "PEER-B".into(),
             origin_name: "b".into(),
@@ -1100,15 +1105,7 @@ mod tests {
     #[test]
     fn a_node_learns_its_seq_from_peers_but_no_peer_can_use_it_all_up() {
         let t = tempfile::tempdir().unwrap();
-        let mut actor = LogActor::load(
-            "PEER-A".into(),
-            "a".into(),
-            Arc::new(MemKv::default()),
-            t.path(),
-            Duration::from_secs(10),
-            NetClient::stopped(),
-        )
-        .unwrap();
+        let mut actor = node_a(t.path());
         let claim = |seq| {
             let mut theirs = MeshState::new();
             theirs.apply(&Entry {

@@ -388,17 +388,27 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn pages_walk_back_through_a_series_without_gaps_or_repeats() {
-        let (_t, mut h) = open();
-        for e in entries("P", 300) {
-            assert!(h.store(&e).unwrap());
-            assert!(!h.store(&e).unwrap(), "idempotent");
+    /// `n` entries of origin P: the first `stored` on disk, the rest only
+    /// in the recent window.
+    fn stored_then_passed(n: u64, stored: usize) -> (tempfile::TempDir, History) {
+        let (t, mut h) = open();
+        let all = entries("P", n);
+        for e in &all[..stored] {
+            h.store(e).unwrap();
         }
-        let mut q = HistoryQuery { node: Some("n1".into()), path: Some("/p1".into()), before: None, limit: 30 };
+        for e in &all[stored..] {
+            h.remember(e);
+        }
+        (t, h)
+    }
+
+    /// Every seq `q` pages back through (at most 100 pages), oldest first;
+    /// each page no larger than asked and newest last.
+    fn walk(h: &History, mut q: HistoryQuery) -> Vec<u64> {
         let mut seen = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..100 {
             let page = h.page(&q).unwrap();
+            assert!(page.entries.len() <= q.limit);
             assert!(page.entries.windows(2).all(|w| w[0].time < w[1].time), "newest last");
             let mut seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
             seqs.extend(seen);
@@ -408,6 +418,18 @@ mod tests {
             }
             q.before = page.cursor;
         }
+        seen
+    }
+
+    #[test]
+    fn pages_walk_back_through_a_series_without_gaps_or_repeats() {
+        let (_t, mut h) = open();
+        for e in entries("P", 300) {
+            assert!(h.store(&e).unwrap());
+            assert!(!h.store(&e).unwrap(), "idempotent");
+        }
+        let seen =
+            walk(&h, HistoryQuery { node: Some("n1".into()), path: Some("/p1".into()), before: None, limit: 30 });
         assert_eq!(seen, (1..=300).filter(|s| s % 3 == 1).collect::<Vec<_>>());
         assert_eq!(h.max_seq("P"), 300);
         assert_eq!(h.max_seq("Q"), 0);
@@ -432,15 +454,8 @@ mod tests {
 
     #[test]
     fn unfiltered_pages_and_the_window_combine() {
-        let (_t, mut h) = open();
-        let all = entries("P", 50);
-        for e in &all[..20] {
-            h.store(e).unwrap();
-        }
-        // The rest only passed by: in the window, not on disk.
-        for e in &all[20..] {
-            h.remember(e);
-        }
+        // The first 20 stored; the rest only passed by: in the window, not on disk.
+        let (_t, h) = stored_then_passed(50, 20);
         let page = h.page(&HistoryQuery { limit: 1000, ..Default::default() }).unwrap();
         assert_eq!(page.entries.len(), 50);
         assert!(!page.more);
@@ -452,28 +467,9 @@ mod tests {
 
     #[test]
     fn pages_walk_back_through_the_window_alone_without_gaps_or_repeats() {
-        let (_t, mut h) = open();
-        let all = entries("P", 50);
-        for e in &all[..10] {
-            h.store(e).unwrap();
-        }
         // Most only passed by, and the window has more than a page of them.
-        for e in &all[10..] {
-            h.remember(e);
-        }
-        let mut q = HistoryQuery { limit: 7, ..Default::default() };
-        let mut seen = Vec::new();
-        for _ in 0..20 {
-            let page = h.page(&q).unwrap();
-            assert!(page.entries.len() <= 7);
-            let mut seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
-            seqs.extend(seen);
-            seen = seqs;
-            if !page.more {
-                break;
-            }
-            q.before = page.cursor;
-        }
+        let (_t, h) = stored_then_passed(50, 10);
+        let seen = walk(&h, HistoryQuery { limit: 7, ..Default::default() });
         assert_eq!(seen, (1..=50).collect::<Vec<_>>());
     }
 
