@@ -202,7 +202,7 @@ impl ReplicaActor {
         }
         self.syncing = true;
         let (membership, store, keep) = (self.membership.clone(), self.store.clone(), self.cfg.keep.max(1));
-        let log = self.log.clone();
+        let (log, seen) = (self.log.clone(), self.claimants.clone());
         let work = async move {
             let peers = membership.send(GetPeers).await.ok()?;
             let origins = log.send(crate::log::actor::GetOrigins).await.ok()?;
@@ -210,7 +210,9 @@ impl ReplicaActor {
             let held = tokio::task::spawn_blocking(move || {
                 // Every name the mesh agrees on is bound here on first
                 // sight: later seals of that node must be by the same key.
-                for (name, peer) in &claims {
+                // Claims seen last round were bound then: a round costs a
+                // store read per new claim, not one per peer.
+                for (name, peer) in claims.iter().filter(|(n, p)| seen.get(*n) != Some(*p)) {
                     if let Err(e) = store.bind_origin(name, peer) {
                         tracing::warn!("cannot record that node {name} is {peer}: {e}");
                     }
