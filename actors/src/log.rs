@@ -11,6 +11,7 @@
 //!
 //! - [`hlc`]: hybrid logical clock, a time order all nodes agree on.
 //! - [`entry`]: [`entry::Entry`] and the [`entry::Event`] kinds.
+//! - [`seal`]: the signatures of entries and state registers by their writer.
 //! - [`actor`]: the actor that owns state, history and clock.
 
 pub mod actor;
@@ -19,3 +20,4 @@ pub mod history;
 pub mod hlc;
 pub mod mesh;
 pub mod runs;
+pub mod seal;

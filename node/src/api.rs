@@ -274,6 +274,9 @@ async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
 fn entry_json(e: &backmesh_actors::log::entry::Entry) -> serde_json::Value {
     let mut v = serde_json::to_value(e).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
+        // Signatures are for nodes, not for people or scripts.
+        obj.remove("sig");
+        obj.remove("seals");
         if let Some(h) = obj.remove("time") {
             obj.insert("hlc".into(), h);
         }
@@ -315,7 +318,19 @@ pub async fn read_history(state: &ApiState, q: HistoryQuery) -> Result<Page, Api
             let (net, peer, q) = (state.net.clone(), n.peer_id.clone(), q.clone());
             async move {
                 match tokio::time::timeout(HISTORY_WAIT, net.ctl(&peer, CtlRequest::History(q))).await {
-                    Ok(Ok(CtlResponse::History(page))) => Some(page),
+                    Ok(Ok(CtlResponse::History(mut page))) => {
+                        // Shown only as their origins signed them.
+                        let all = page.entries.len();
+                        page.entries.retain(|e| e.signed_by_origin());
+                        if page.entries.len() < all {
+                            tracing::warn!(
+                                "{peer} answered a page of history with {} entries their origins did not sign: \
+                                 left out",
+                                all - page.entries.len()
+                            );
+                        }
+                        Some(page)
+                    }
                     _ => None,
                 }
             }

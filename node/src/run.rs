@@ -126,7 +126,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         })?;
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
         let log = LogActor::load(
-            peer_id.to_string(),
+            store.identity().clone(),
             cfg.name.clone(),
             store.kv(),
             &cfg.data_dir.join("history"),

@@ -472,6 +472,8 @@ pub fn run(cfg: &Config) -> Report {
                 origin_name: node.name.clone(),
                 seq: node.seq,
                 time: node.clock.tick(now),
+                sig: None,
+                seals: Vec::new(),
                 event: ev,
             })
         });
@@ -575,7 +577,12 @@ pub fn run(cfg: &Config) -> Report {
             let views: Vec<JobView> = (0..cfg.jobs)
                 .map(|j| JobView {
                     path: path_of(j),
-                    last_started: Some(Stamp { seq: 1, wall_ms: last_started[n * cfg.jobs + j], logical: 0 }),
+                    last_started: Some(Stamp {
+                        seq: 1,
+                        wall_ms: last_started[n * cfg.jobs + j],
+                        logical: 0,
+                        seal: None,
+                    }),
                     ..template.clone()
                 })
                 .collect();
@@ -1001,8 +1008,15 @@ fn measure_sizes(cfg: &Config) -> (u32, u32, u32, u32) {
     let mut seq = 0;
     let mut e = |state: &mut MeshState, at: i64, event: Event| {
         seq += 1;
-        let entry =
-            Entry { origin: "12D3KooWsim00000".into(), origin_name: "n00000".into(), seq, time: clock.tick(at), event };
+        let entry = Entry {
+            origin: "12D3KooWsim00000".into(),
+            origin_name: "n00000".into(),
+            seq,
+            time: clock.tick(at),
+            sig: None,
+            seals: Vec::new(),
+            event,
+        };
         state.apply(&entry);
         cbor_len(&entry) as u32
     };

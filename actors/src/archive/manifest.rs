@@ -109,17 +109,6 @@ struct Envelope {
     seal: Seal,
 }
 
-/// Whether `sig` is `signer`'s signature over `body`.
-fn seal_holds(signer: &str, body: &[u8], sig: &[u8]) -> bool {
-    let Ok(peer) = signer.parse::<libp2p::PeerId>() else { return false };
-    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
-    // Ed25519 ids hold the public key itself (the identity hash).
-    if mh.code() != 0 {
-        return false;
-    }
-    libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).is_ok_and(|k| k.verify(body, sig))
-}
-
 /// Largest member a manifest may describe, raw or compressed. backmesh
 /// cuts members of tens to hundreds of KiB; the bound is far above any it
 /// makes, and keeps a manifest from a peer from asking a reader to
@@ -211,7 +200,7 @@ impl Manifest {
             }
             SEALED_VERSION => {
                 let env: Envelope = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
-                if !seal_holds(&env.seal.signer, &env.body, &env.seal.sig) {
+                if !crate::log::seal::holds(&env.seal.signer, &env.body, &env.seal.sig) {
                     return Err(ManifestError::BadSeal { signer: env.seal.signer });
                 }
                 let mut m: Manifest = ciborium::from_reader(&env.body[..]).map_err(|e| corrupt(&e))?;

@@ -34,8 +34,10 @@ use super::entry::{Entry, Event};
 use super::history::{History, HistoryQuery, Page};
 use super::hlc::{too_far_ahead, Clock, MAX_AHEAD_MS};
 use super::mesh::{
-    answer_pull, CatalogArchive, JobView, MeshState, Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS,
+    answer_pull, seal_entry, sealed_records_of, CatalogArchive, Checked, JobView, MeshState, NodeKeys,
+    Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS,
 };
+use super::seal::key_of_peer;
 use crate::net::actor::{now_ms, Misbehaved};
 use crate::net::swarm::{NetClient, ServeCtl};
 use crate::net::wire::{CtlRequest, CtlResponse, StateBatch, StatePull, STATE_BATCH_BYTES};
@@ -160,6 +162,8 @@ pub struct SetPlacement {
 #[rtype(result = "usize")]
 struct Backfilled {
     series: SeriesKey,
+    /// The keeper that sent them.
+    from: String,
     entries: Vec<Entry>,
 }
 
@@ -217,6 +221,8 @@ pub struct LogActor {
     told_ahead: BTreeSet<String>,
     history: History,
     clock: Clock,
+    /// This node's identity key: it signs every entry and register it writes.
+    identity: libp2p::identity::Keypair,
     me: String,
     my_name: String,
     next_seq: u64,
@@ -251,16 +257,17 @@ impl LogActor {
         self
     }
 
-    /// Loads this node's state and history (`me` is its peer id),
+    /// Loads this node's state and history (`identity` is its key),
     /// migrating a data directory of the old whole-log format.
     pub fn load(
-        me: String,
+        identity: libp2p::identity::Keypair,
         my_name: String,
         kv: Arc<dyn KvStore>,
         history_dir: &Path,
         pull_every: Duration,
         net: NetClient,
     ) -> Result<Self, StoreError> {
+        let me = identity.public().to_peer_id().to_string();
         let mut state = MeshState::new();
         for (k, v) in kv.scan_prefix(STATE_TREE, &[])? {
             let key: RecordKey = ciborium::from_reader(&k[..])
@@ -291,6 +298,7 @@ impl LogActor {
             told_ahead: BTreeSet::new(),
             history: History::open(history_dir)?,
             clock: Clock::new(me.clone()),
+            identity,
             me,
             my_name,
             next_seq: 1,
@@ -312,6 +320,12 @@ impl LogActor {
         for e in actor.history.newest(REFOLD)? {
             actor.state.apply(&e);
             actor.history.remember(&e);
+        }
+        // What this node wrote before it sealed its registers (an older
+        // version), sealed now: peers take in only sealed registers.
+        let resealed = actor.state.reseal(&actor.me, &actor.my_name, &actor.identity);
+        if resealed > 0 {
+            tracing::info!("sealed {resealed} registers of the mesh state this node wrote before it signed them");
         }
         actor.persist()?;
         if let Some(t) = actor.state.max_time() {
@@ -410,7 +424,9 @@ impl LogActor {
                         Ok(CtlResponse::History(page)) => {
                             let more = page.more;
                             q.before = page.cursor.clone();
-                            let new = addr.send(Backfilled { series: series.clone(), entries: page.entries }).await;
+                            let from = peer.clone();
+                            let new =
+                                addr.send(Backfilled { series: series.clone(), from, entries: page.entries }).await;
                             // Back to what is held already: the rest came before.
                             if !more || q.before.is_none() || new.unwrap_or(0) == 0 {
                                 ok = true;
@@ -547,13 +563,8 @@ impl Handler<Record> for LogActor {
                 MAX_AHEAD_MS / 1000
             );
         }
-        let entry = Entry {
-            origin: self.me.clone(),
-            origin_name: self.my_name.clone(),
-            seq: self.next_seq,
-            time: self.clock.tick(now),
-            event: msg.0,
-        };
+        let mut entry = Entry::new(self.me.clone(), self.my_name.clone(), self.next_seq, self.clock.tick(now), msg.0);
+        seal_entry(&mut entry, &self.identity);
         // A seq is used once, even by an entry whose write fails half-way.
         self.next_seq = self.next_seq.saturating_add(1);
         if let Err(e) = self.history.store(&entry) {
@@ -620,8 +631,13 @@ impl LogActor {
             );
             return Some(Misbehaved { peer: msg.source.unwrap_or(msg.from), what });
         }
-        if let Some(what) = self.out_of_authority(&e) {
-            return Some(Misbehaved { peer: e.origin.clone(), what });
+        match self.refusal(&e) {
+            Some(Refusal::Forged(what)) => return Some(Misbehaved { peer: e.origin.clone(), what }),
+            Some(Refusal::Unsigned) => {
+                tracing::debug!("dropped an unsigned log entry of {} (an older backmesh)", e.origin_name);
+                return None;
+            }
+            None => {}
         }
         if let Err(err) = self.take_in(&e) {
             tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
@@ -657,6 +673,100 @@ impl LogActor {
                 None
             }
         }
+    }
+}
+
+/// The keys of nodes by name, as this node knows them: the key a name is
+/// bound to in its store, else the one peer whose sealed origin record
+/// claims that name (looked up once per batch).
+struct BoundKeys<'a> {
+    kv: &'a dyn KvStore,
+    state: &'a MeshState,
+    known: std::cell::RefCell<BTreeMap<String, Option<libp2p::identity::PublicKey>>>,
+}
+
+impl<'a> BoundKeys<'a> {
+    fn new(kv: &'a dyn KvStore, state: &'a MeshState) -> Self {
+        BoundKeys { kv, state, known: Default::default() }
+    }
+}
+
+impl NodeKeys for BoundKeys<'_> {
+    fn key_of(&self, name: &str) -> Option<libp2p::identity::PublicKey> {
+        if let Some(k) = self.known.borrow().get(name) {
+            return k.clone();
+        }
+        let peer = match crate::store::origin_bound(self.kv, name) {
+            Ok(Some(peer)) => Some(peer),
+            Ok(None) => {
+                let claims: Vec<String> =
+                    self.state.origin_names().into_iter().filter(|(_, n)| n == name).map(|(p, _)| p).collect();
+                (claims.len() == 1).then(|| claims[0].clone())
+            }
+            Err(err) => {
+                tracing::warn!("cannot read who node {name} is: {err}");
+                None
+            }
+        };
+        let key = peer.as_deref().and_then(key_of_peer);
+        self.known.borrow_mut().insert(name.to_string(), key.clone());
+        key
+    }
+}
+
+/// The key of an entry's origin under its own name: every register an
+/// entry writes is its origin's (its authority is checked apart).
+struct OriginKey<'a>(&'a Entry);
+
+impl NodeKeys for OriginKey<'_> {
+    fn key_of(&self, name: &str) -> Option<libp2p::identity::PublicKey> {
+        (name == self.0.origin_name).then(|| key_of_peer(&self.0.origin)).flatten()
+    }
+}
+
+/// Why a peer's entry is not taken in.
+enum Refusal {
+    /// Not signed at all: written by a node older than signatures (its
+    /// hellos name its protocol), so no one is blamed.
+    Unsigned,
+    /// Forged, altered or written out of its origin's authority.
+    Forged(String),
+}
+
+impl LogActor {
+    /// Why a peer's entry `e` is refused, if it is: written out of its
+    /// origin's authority, not signed by its origin, or without its
+    /// origin's seal of every register it writes.
+    fn refusal(&self, e: &Entry) -> Option<Refusal> {
+        if e.sig.is_none() {
+            return Some(Refusal::Unsigned);
+        }
+        self.out_of_authority(e).or_else(|| self.unsealed(e)).map(Refusal::Forged)
+    }
+
+    /// What is wrong with a peer's entry `e` if it is not signed by its
+    /// origin, or does not carry its origin's seal of every register it
+    /// writes.
+    fn unsealed(&self, e: &Entry) -> Option<String> {
+        if !e.signed_by_origin() {
+            return Some(format!(
+                "a log entry in the name of {} ({}, seq {}) that it did not sign",
+                e.origin_name, e.origin, e.seq
+            ));
+        }
+        let mut found = Checked::default();
+        for (k, mut r) in sealed_records_of(e) {
+            self.state.check(&k, &mut r, &OriginKey(e), &mut found);
+        }
+        if found.forged.is_empty() && found.unproven == 0 {
+            return None;
+        }
+        Some(format!(
+            "a log entry of {} (seq {}) whose seals do not hold: {}",
+            e.origin_name,
+            e.seq,
+            if found.forged.is_empty() { "some are missing".to_string() } else { found.forged.join(", ") }
+        ))
     }
 }
 
@@ -711,7 +821,35 @@ impl LogActor {
                 msg.unknown
             );
         }
-        for (k, r) in &msg.records {
+        let mut found = Checked::default();
+        let mut sealed = Vec::with_capacity(msg.records.len());
+        {
+            let keys = BoundKeys::new(self.kv.as_ref(), &self.state);
+            for (k, mut r) in msg.records {
+                if self.state.check(&k, &mut r, &keys, &mut found) {
+                    sealed.push((k, r));
+                }
+            }
+        }
+        if !found.forged.is_empty() {
+            let n = found.forged.len();
+            let what = format!(
+                "{n} state records with a seal that is not their writer's ({}{})",
+                found.forged.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+                if n > 3 { "; …" } else { "" }
+            );
+            if let Some(to) = &self.misdeeds {
+                to.do_send(Misbehaved { peer: msg.from.clone(), what });
+            }
+        }
+        if found.unproven > 0 {
+            tracing::debug!(
+                "{} sent {} registers not sealed by a writer known here: left out",
+                msg.from,
+                found.unproven
+            );
+        }
+        for (k, r) in &sealed {
             let wall = r.newest_wall_ms();
             if too_far_ahead(wall, now) {
                 self.tell_ahead(&msg.from, wall, now);
@@ -903,9 +1041,18 @@ impl Handler<Backfilled> for LogActor {
     type Result = usize;
     fn handle(&mut self, msg: Backfilled, _: &mut Context<Self>) -> usize {
         let mut stored = 0;
+        let mut refused = Vec::new();
         for e in &msg.entries {
             if e.seq == 0 || (e.event.node(), e.event.path()) != (msg.series.0.as_str(), Some(msg.series.1.as_str())) {
                 continue;
+            }
+            match self.refusal(e) {
+                Some(Refusal::Forged(what)) => {
+                    refused.push(what);
+                    continue;
+                }
+                Some(Refusal::Unsigned) => continue,
+                None => {}
             }
             if !self.clock.observe(&e.time, now_ms()) {
                 // Dated too far ahead: held back with the gossiped ones.
@@ -924,6 +1071,10 @@ impl Handler<Backfilled> for LogActor {
                 }
             }
         }
+        if let (Some(first), Some(to)) = (refused.first(), &self.misdeeds) {
+            let what = format!("{} history entries that do not hold, the first: {first}", refused.len());
+            to.do_send(Misbehaved { peer: msg.from.clone(), what });
+        }
         if stored > 0 {
             if let Err(err) = self.history.sync() {
                 tracing::error!("cannot write the history of {} on {}: {err}", msg.series.1, msg.series.0);
@@ -940,12 +1091,62 @@ mod tests {
     use super::*;
     use crate::log::hlc::Clock;
     use crate::store::MemKv;
+    use libp2p::identity::Keypair;
+
+    /// A node with an identity of its own.
+    struct Peer {
+        key: Keypair,
+        id: String,
+        name: String,
+    }
+
+    fn peer(name: &str) -> Peer {
+        let key = Keypair::generate_ed25519();
+        Peer { id: key.public().to_peer_id().to_string(), key, name: name.into() }
+    }
+
+    impl Peer {
+        /// Its entry `seq`, dated `wall_ms`, signed and sealed by it.
+        fn entry(&self, seq: u64, wall_ms: i64, event: Event) -> Entry {
+            let mut e = self.unsigned(seq, wall_ms, event);
+            seal_entry(&mut e, &self.key);
+            e
+        }
+
+        /// The same, as a node before signatures wrote it (or a forger without its key).
+        fn unsigned(&self, seq: u64, wall_ms: i64, event: Event) -> Entry {
+            let time = crate::log::hlc::Hlc { wall_ms, logical: 0, node: self.id.clone() };
+            Entry::new(self.id.clone(), self.name.clone(), seq, time, event)
+        }
+
+        /// Gossip of `e` published by this peer.
+        fn publishes(&self, e: &Entry) -> Gossiped {
+            Gossiped { from: self.id.clone(), source: Some(self.id.clone()), data: crate::net::wire::encode(e) }
+        }
+
+        /// Its log actor on `kv`, its history in `dir`.
+        fn load(&self, kv: Arc<MemKv>, dir: &std::path::Path) -> LogActor {
+            LogActor::load(self.key.clone(), self.name.clone(), kv, dir, Duration::from_secs(10), NetClient::stopped())
+                .unwrap()
+        }
+    }
+
+    fn registered(node: &str, path: &str) -> Event {
+        Event::Registered {
+            node: node.into(),
+            path: path.into(),
+            every_min: 5,
+            excludes: vec![],
+            spec: Default::default(),
+        }
+    }
 
     /// Entries of two origins as the whole-log format stored them (tree
     /// `log`: origin ‖ 0 ‖ seq → format byte 1 ‖ CBOR).
-    fn old_log(kv: &MemKv) -> Vec<Entry> {
+    fn old_log(kv: &MemKv, peers: [&Peer; 2]) -> Vec<Entry> {
         let mut out = Vec::new();
-        for (origin, name) in [("PEER-A", "a"), ("PEER-B", "b")] {
+        for p in peers {
+            let (origin, name) = (p.id.as_str(), p.name.as_str());
             let mut c = Clock::new(origin);
             for seq in 1..=5u64 {
                 let event = if seq == 1 {
@@ -959,7 +1160,15 @@ mod tests {
                 } else {
                     Event::Started { node: name.into(), path: "/srv".into(), request: None }
                 };
-                let e = Entry { origin: origin.into(), origin_name: name.into(), seq, time: c.tick(seq as i64), event };
+                let e = Entry {
+                    origin: origin.into(),
+                    origin_name: name.into(),
+                    seq,
+                    time: c.tick(seq as i64),
+                    sig: None,
+                    seals: Vec::new(),
+                    event,
+                };
                 let mut k = origin.as_bytes().to_vec();
                 k.push(0);
                 k.extend_from_slice(&seq.to_be_bytes());
@@ -976,16 +1185,9 @@ mod tests {
     fn an_old_whole_log_is_migrated_into_state_and_history_once() {
         let kv = Arc::new(MemKv::default());
         let t = tempfile::tempdir().unwrap();
-        let entries = old_log(&kv);
-        let actor = LogActor::load(
-            "PEER-A".into(),
-            "a".into(),
-            kv.clone(),
-            t.path(),
-            Duration::from_secs(10),
-            NetClient::stopped(),
-        )
-        .unwrap();
+        let (a, b) = (peer("a"), peer("b"));
+        let entries = old_log(&kv, [&a, &b]);
+        let actor = a.load(kv.clone(), t.path());
         assert_eq!(actor.state.jobs().len(), 2, "both jobs are known");
         assert_eq!(actor.next_seq, 6, "a never reuses a seq");
         assert!(actor.history.holds(&entries[2]).unwrap(), "its own entries are kept");
@@ -993,56 +1195,44 @@ mod tests {
         assert!(kv.scan_prefix(OLD_LOG_TREE, &[]).unwrap().is_empty(), "the old tree is gone");
         drop(actor);
         // Loaded again: the state comes from its own tree.
-        let again =
-            LogActor::load("PEER-A".into(), "a".into(), kv, t.path(), Duration::from_secs(10), NetClient::stopped())
-                .unwrap();
+        let mut again = a.load(kv, t.path());
         assert_eq!(again.state.jobs().len(), 2);
         assert_eq!(again.next_seq, 6);
-    }
-
-    /// Node a (peer PEER-A) on an empty store, its history in `dir`.
-    fn node_a(dir: &std::path::Path) -> LogActor {
-        LogActor::load(
-            "PEER-A".into(),
-            "a".into(),
-            Arc::new(MemKv::default()),
-            dir,
-            Duration::from_secs(10),
-            NetClient::stopped(),
-        )
-        .unwrap()
+        // What a wrote before seals is sealed by a now; b's stays as it was.
+        let job_of = |actor: &mut LogActor, n: &str| actor.state.record(&RecordKey::Job(n.into(), "/srv".into()));
+        assert!(matches!(job_of(&mut again, "a"), Some(StateRecord::Job(r)) if r.seal.is_some()));
+        assert!(matches!(job_of(&mut again, "b"), Some(StateRecord::Job(r)) if r.seal.is_none()));
     }
 
     #[test]
     fn a_gossiped_entry_is_taken_in_only_from_its_origin() {
         let t = tempfile::tempdir().unwrap();
-        let mut actor = node_a(t.path());
-        let entry = Entry {
-            origin: "PEER-B".into(),
-            origin_name: "b".into(),
-            seq: 1,
-            time: crate::log::hlc::Hlc { wall_ms: now_ms(), logical: 0, node: "PEER-B".into() },
-            event: Event::Registered {
-                node: "b".into(),
-                path: "/p".into(),
-                every_min: 5,
-                excludes: vec![],
-                spec: Default::default(),
-            },
-        };
-        let data = crate::net::wire::encode(&entry);
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        let mut actor = a.load(Arc::new(MemKv::default()), t.path());
+        let entry = b.entry(1, now_ms(), registered("b", "/p"));
         // Published by C (gossipsub checked C's signature) in B's name: forged.
-        let forged = Gossiped { from: "PEER-C".into(), source: Some("PEER-C".into()), data: data.clone() };
-        let misdeed = actor.take_gossip(forged).expect("named");
-        assert_eq!(misdeed.peer, "PEER-C");
+        let misdeed = actor.take_gossip(c.publishes(&entry)).expect("named");
+        assert_eq!(misdeed.peer, c.id);
         assert!(misdeed.what.contains("in the name of b"), "{}", misdeed.what);
         // Unsigned (no source): refused too, the relay named.
+        let data = crate::net::wire::encode(&entry);
         let unsigned = Gossiped { from: "PEER-D".into(), source: None, data: data.clone() };
         assert_eq!(actor.take_gossip(unsigned).map(|m| m.peer).as_deref(), Some("PEER-D"));
+        // Published by B, but altered on the way (or written by a thief
+        // without B's key): its signature does not hold.
+        let mut altered = entry.clone();
+        altered.event = registered("b", "/etc");
+        let misdeed = actor.take_gossip(b.publishes(&altered)).expect("refused");
+        assert!(misdeed.what.contains("did not sign"), "{}", misdeed.what);
+        // Signed, but a register sealed with another key.
+        let mut reseated = entry.clone();
+        reseated.seals[0] = c.entry(1, now_ms(), registered("b", "/p")).seals[0];
+        let misdeed = actor.take_gossip(b.publishes(&reseated)).expect("refused");
+        assert!(misdeed.what.contains("seals do not hold"), "{}", misdeed.what);
         assert!(actor.state.jobs().is_empty(), "nothing was taken in");
-        assert_eq!(actor.state.max_seq("PEER-B"), 0);
+        assert_eq!(actor.state.max_seq(&b.id), 0);
         // Published by B itself, relayed by C: taken in.
-        let real = Gossiped { from: "PEER-C".into(), source: Some("PEER-B".into()), data };
+        let real = Gossiped { from: c.id.clone(), source: Some(b.id.clone()), data };
         assert!(actor.take_gossip(real).is_none());
         assert_eq!(actor.state.jobs().len(), 1);
     }
@@ -1051,33 +1241,19 @@ mod tests {
     fn only_a_series_node_writes_its_runs_and_only_a_holder_what_it_keeps() {
         let t = tempfile::tempdir().unwrap();
         let kv = Arc::new(MemKv::default());
-        // This node knows node b as PEER-B (its first seal, or the mesh's hellos).
-        kv.put(crate::store::ORIGINS, b"b", b"PEER-B").unwrap();
-        let mut actor =
-            LogActor::load("PEER-A".into(), "a".into(), kv, t.path(), Duration::from_secs(10), NetClient::stopped())
-                .unwrap();
-        let entry = |origin: &str, name: &str, seq, event| Entry {
-            origin: origin.into(),
-            origin_name: name.into(),
-            seq,
-            time: crate::log::hlc::Hlc { wall_ms: now_ms(), logical: 0, node: origin.into() },
-            event,
-        };
-        let gossip = |e: &Entry| Gossiped {
-            from: e.origin.clone(),
-            source: Some(e.origin.clone()),
-            data: crate::net::wire::encode(e),
-        };
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        // This node knows node b by its key (its first seal, or the mesh's hellos).
+        kv.put(crate::store::ORIGINS, b"b", b.id.as_bytes()).unwrap();
+        let mut actor = a.load(kv, t.path());
         let run_of_b = || Event::Started { node: "b".into(), path: "/srv".into(), request: None };
         // C signs, as itself, a run of b's series.
-        let as_c = entry("PEER-C", "c", 1, run_of_b());
-        let m = actor.take_gossip(gossip(&as_c)).expect("refused");
-        assert_eq!(m.peer, "PEER-C");
+        let m = actor.take_gossip(c.publishes(&c.entry(1, now_ms(), run_of_b()))).expect("refused");
+        assert_eq!(m.peer, c.id);
         assert!(m.what.contains("only node b may write"), "{}", m.what);
         // C signs, calling itself b.
-        let posing = entry("PEER-C", "b", 2, run_of_b());
-        let m = actor.take_gossip(gossip(&posing)).expect("refused");
-        assert!(m.what.contains("which is PEER-B here"), "{}", m.what);
+        let posing = Peer { name: "b".into(), ..peer("c") };
+        let m = actor.take_gossip(posing.publishes(&posing.entry(2, now_ms(), run_of_b()))).expect("refused");
+        assert!(m.what.contains(&format!("which is {} here", b.id)), "{}", m.what);
         // C claims to keep a copy as holder b.
         let copy = Event::Replicated {
             node: "a".into(),
@@ -1086,42 +1262,40 @@ mod tests {
             holder: "b".into(),
             bytes: 0,
         };
-        assert!(actor.take_gossip(gossip(&entry("PEER-C", "c", 3, copy))).is_some());
-        assert_eq!(actor.state.max_seq("PEER-C"), 0, "nothing of C's was taken in");
+        assert!(actor.take_gossip(c.publishes(&c.entry(3, now_ms(), copy))).is_some());
+        assert_eq!(actor.state.max_seq(&c.id), 0, "nothing of C's was taken in");
         // b's own run, and anyone's registration, are taken in.
-        assert!(actor.take_gossip(gossip(&entry("PEER-B", "b", 1, run_of_b()))).is_none());
-        assert_eq!(actor.state.max_seq("PEER-B"), 1);
-        let registration = Event::Registered {
-            node: "b".into(),
-            path: "/srv".into(),
-            every_min: 5,
-            excludes: vec![],
-            spec: Default::default(),
-        };
-        assert!(actor.take_gossip(gossip(&entry("PEER-C", "c", 4, registration))).is_none());
+        assert!(actor.take_gossip(b.publishes(&b.entry(1, now_ms(), run_of_b()))).is_none());
+        assert_eq!(actor.state.max_seq(&b.id), 1);
+        assert!(actor.take_gossip(c.publishes(&c.entry(4, now_ms(), registered("b", "/srv")))).is_none());
         assert_eq!(actor.state.jobs().len(), 1);
     }
 
     #[test]
     fn a_node_learns_its_seq_from_peers_but_no_peer_can_use_it_all_up() {
         let t = tempfile::tempdir().unwrap();
-        let mut actor = node_a(t.path());
-        let claim = |seq| {
+        let (a, x) = (peer("a"), peer("x"));
+        let mut actor = a.load(Arc::new(MemKv::default()), t.path());
+        let claim = |by: &Peer, seq| {
             let mut theirs = MeshState::new();
-            theirs.apply(&Entry {
-                origin: "PEER-A".into(),
-                origin_name: "a".into(),
+            theirs.apply(&by.entry(
                 seq,
-                time: crate::log::hlc::Hlc { wall_ms: now_ms(), logical: 0, node: "PEER-A".into() },
-                event: Event::Started { node: "a".into(), path: "/srv".into(), request: None },
-            });
-            StateReceived { records: theirs.records(), unknown: 0, from: "PEER-X".into(), next_bucket: None }
+                now_ms(),
+                Event::Started { node: "a".into(), path: "/srv".into(), request: None },
+            ));
+            StateReceived { records: theirs.records(), unknown: 0, from: x.id.clone(), next_bucket: None }
         };
         assert_eq!(actor.next_seq, 1, "a node that lost its data");
-        actor.state_received(claim(500));
+        // X cannot say how far a wrote: only a's own seal counts.
+        let forged = Peer { id: a.id.clone(), name: "a".into(), ..peer("x") };
+        actor.state_received(claim(&forged, 900));
+        assert_eq!(actor.next_seq, 1, "a claim not sealed by a moves nothing");
+        actor.state_received(claim(&a, 500));
         assert_eq!(actor.next_seq, 501, "learns how far it had written");
-        actor.state_received(claim(u64::MAX - 1));
-        assert_eq!(actor.next_seq, 501 + SEQ_JUMP_MAX + 1, "a forged claim moves it a bounded step");
+        // A thief with a's key (or a copy of a's data dir) can still claim
+        // a huge seq: the step is bounded.
+        actor.state_received(claim(&a, u64::MAX - 1));
+        assert_eq!(actor.next_seq, 501 + SEQ_JUMP_MAX + 1, "a claim moves it a bounded step");
         assert!(actor.next_seq < u64::MAX / 2, "seqs remain to write");
     }
 
@@ -1130,41 +1304,19 @@ mod tests {
         let kv = Arc::new(MemKv::default());
         kv.put(STATE_TREE, &state_key(&RecordKey::Paused("a".into())), &[9, 0]).unwrap();
         let t = tempfile::tempdir().unwrap();
-        let err = LogActor::load("P".into(), "a".into(), kv, t.path(), Duration::from_secs(10), NetClient::stopped())
-            .err()
-            .unwrap();
+        let key = Keypair::generate_ed25519();
+        let err =
+            LogActor::load(key, "a".into(), kv, t.path(), Duration::from_secs(10), NetClient::stopped()).err().unwrap();
         assert!(err.to_string().contains("upgrade backmesh"), "{err}");
     }
 
     #[test]
     fn an_entry_dated_far_ahead_is_held_back_and_moves_no_clock() {
         let t = tempfile::tempdir().unwrap();
-        let load = || {
-            LogActor::load(
-                "PEER-A".into(),
-                "a".into(),
-                Arc::new(MemKv::default()),
-                t.path(),
-                Duration::from_secs(10),
-                NetClient::stopped(),
-            )
-            .unwrap()
-        };
-        let mut actor = load();
+        let (a, b) = (peer("a"), peer("b"));
+        let mut actor = a.load(Arc::new(MemKv::default()), t.path());
         let now = now_ms();
-        let registered = |seq, wall_ms| Entry {
-            origin: "PEER-B".into(),
-            origin_name: "b".into(),
-            seq,
-            time: crate::log::hlc::Hlc { wall_ms, logical: 0, node: "PEER-B".into() },
-            event: Event::Registered {
-                node: "b".into(),
-                path: format!("/p{seq}"),
-                every_min: 5,
-                excludes: vec![],
-                spec: Default::default(),
-            },
-        };
+        let registered = |seq, wall_ms| b.entry(seq, wall_ms, registered("b", &format!("/p{seq}")));
         let year = 365 * 24 * 3_600_000;
         actor.take_in(&registered(1, now + year)).unwrap();
         assert!(actor.state.jobs().is_empty(), "not merged");
@@ -1179,7 +1331,7 @@ mod tests {
         far.apply(&registered(3, now + year));
         let records: Vec<_> = far.records().into_iter().filter(|(k, _)| matches!(k, RecordKey::Job(..))).collect();
         assert_eq!(records.len(), 1);
-        actor.state_received(StateReceived { records, unknown: 0, from: "PEER-B".into(), next_bucket: None });
+        actor.state_received(StateReceived { records, unknown: 0, from: b.id.clone(), next_bucket: None });
         assert_eq!(actor.state.jobs().len(), 1, "left out");
     }
 }

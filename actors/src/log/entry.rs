@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
+use super::seal::{Sig, Signer};
 use crate::jobs::plugin::{JobSpec, PluginReport};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,13 +17,47 @@ pub struct Entry {
     /// 1, 2, 3, … per origin, without gaps.
     pub seq: u64,
     pub time: Hlc,
+    /// The origin's signature over the entry ([`Entry::signed_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<Sig>,
+    /// The origin's signatures of the state registers the entry writes,
+    /// in the order `mesh::seal_entry` walks them (not covered by `sig`:
+    /// each covers its own register).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seals: Vec<Sig>,
     #[serde(flatten)]
     pub event: Event,
 }
 
 impl Entry {
+    /// An entry of `origin` not signed yet.
+    pub fn new(origin: String, origin_name: String, seq: u64, time: Hlc, event: Event) -> Self {
+        Entry { origin, origin_name, seq, time, sig: None, seals: Vec::new(), event }
+    }
+
     pub fn id(&self) -> (&str, u64) {
         (&self.origin, self.seq)
+    }
+
+    /// What the origin signs: the entry in CBOR, its signatures left out.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let bare = Entry { sig: None, seals: Vec::new(), ..self.clone() };
+        let mut out = b"backmesh-entry-1".to_vec();
+        // An entry always encodes (its maps have text keys).
+        let _ = ciborium::into_writer(&bare, &mut out);
+        out
+    }
+
+    /// Signs the entry as its origin (`key` must be the origin's).
+    pub fn sign(&mut self, key: &dyn Signer) {
+        self.sig = Some(key.sign(&self.signed_bytes()));
+    }
+
+    /// Whether the entry carries its origin's signature. An entry is
+    /// signed over its re-encoding, so one with fields this version does
+    /// not know (of a newer node) does not verify here.
+    pub fn signed_by_origin(&self) -> bool {
+        self.sig.is_some_and(|s| super::seal::holds(&self.origin, &self.signed_bytes(), &s.0))
     }
 }
 
@@ -237,13 +272,13 @@ pub(crate) fn newer_entry(origin: &str, seq: u64, node: &str, path: &str) -> Ent
         (t("bucket"), t("s3://b/p")),
     ]);
     let event = Event::Other(OtherEvent::from_value("uploaded".into(), &v).expect("encodes"));
-    Entry {
-        origin: origin.into(),
-        origin_name: origin.to_lowercase(),
+    Entry::new(
+        origin.into(),
+        origin.to_lowercase(),
         seq,
-        time: Hlc { wall_ms: seq as i64 * 1_000, logical: 0, node: origin.into() },
+        Hlc { wall_ms: seq as i64 * 1_000, logical: 0, node: origin.into() },
         event,
-    }
+    )
 }
 
 /// An event decoded by the derived code alone.
@@ -385,6 +420,8 @@ mod tests {
             origin_name: "n1".into(),
             seq: 7,
             time: Hlc { wall_ms: 1_795_000_000_000, logical: 2, node: "12D3KooWabc".into() },
+            sig: None,
+            seals: Vec::new(),
             event: Event::Finished {
                 node: "n3".into(),
                 path: "/srv/app".into(),

@@ -383,6 +383,8 @@ mod tests {
                 origin_name: "n1".into(),
                 seq,
                 time: c.tick(seq as i64 * 1000),
+                sig: None,
+                seals: Vec::new(),
                 event: Event::Started { node: "n1".into(), path: format!("/p{}", seq % 3), request: None },
             })
             .collect()
@@ -528,6 +530,8 @@ mod tests {
                 origin_name: "p".into(),
                 seq,
                 time: c.tick(seq as i64),
+                sig: None,
+                seals: Vec::new(),
                 event: Event::Paused { node: node.into() },
             };
             h.store(&e).unwrap();

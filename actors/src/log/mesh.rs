@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entry::{Entry, Event};
 use super::hlc::Hlc;
+use super::seal::{Sig, Signer};
 use crate::hash::Digest;
 use crate::jobs::plugin::{JobSpec, PluginReport};
 
@@ -48,26 +49,39 @@ pub const BUCKETS: usize = 256;
 pub type SeriesKey = (String, String);
 
 /// A last-writer-wins register: the value written at the greatest HLC.
+/// Its writer is the node of its HLC, which seals it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lww<T> {
     pub time: Hlc,
     pub value: T,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Sig>,
+}
+
+impl<T> Lww<T> {
+    /// A register not sealed yet.
+    pub fn new(time: Hlc, value: T) -> Self {
+        Lww { time, value, seal: None }
+    }
 }
 
 /// A register: a value and the version it was written at ([`Lww`] by
 /// HLC, [`Own`] by one writer's stamp).
+/// The seal is the last part of a version: at one version, a sealed
+/// register wins over the same one unsealed (a node that sealed its
+/// registers after an upgrade replaces them everywhere).
 trait Register: Clone {
     type Version: Ord;
     type Value: Serialize + PartialEq;
-    fn version(&self) -> &Self::Version;
+    fn version(&self) -> Self::Version;
     fn value(&self) -> &Self::Value;
 }
 
 impl<T: Clone + Serialize + PartialEq> Register for Lww<T> {
-    type Version = Hlc;
+    type Version = (Hlc, Option<Sig>);
     type Value = T;
-    fn version(&self) -> &Hlc {
-        &self.time
+    fn version(&self) -> (Hlc, Option<Sig>) {
+        (self.time.clone(), self.seal)
     }
     fn value(&self) -> &T {
         &self.value
@@ -128,12 +142,21 @@ pub struct Stamp {
     pub seq: u64,
     pub wall_ms: i64,
     pub logical: u32,
+    /// The writer's signature of the register this stamp dates (see
+    /// [`Slot`]); last in the order, as in [`Register`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Sig>,
 }
 
 impl Stamp {
     /// The stamp of entry `e`, written by its origin.
     pub fn of(e: &Entry) -> Self {
-        Stamp { seq: e.seq, wall_ms: e.time.wall_ms, logical: e.time.logical }
+        Stamp { seq: e.seq, wall_ms: e.time.wall_ms, logical: e.time.logical, seal: None }
+    }
+
+    /// The point in time alone, as the writer's signature covers it.
+    fn point(&self) -> (u64, i64, u32) {
+        (self.seq, self.wall_ms, self.logical)
     }
 }
 
@@ -149,8 +172,8 @@ pub struct Own<T> {
 impl<T: Clone + Serialize + PartialEq> Register for Own<T> {
     type Version = Stamp;
     type Value = T;
-    fn version(&self) -> &Stamp {
-        &self.at
+    fn version(&self) -> Stamp {
+        self.at
     }
     fn value(&self) -> &T {
         &self.value
@@ -360,27 +383,32 @@ impl Series {
     }
 }
 
-/// The highest seq seen from one node: a node that lost its database asks
-/// for it, so that it never writes a seq twice.
+/// The highest seq seen from one node, with its name and time in that
+/// entry: a register of the node's own, sealed by it. A node that lost its
+/// database asks for it, so that it never writes a seq twice.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginRec {
     pub max_seq: u64,
     /// The node's name in its newest entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Lww<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Sig>,
 }
 
 impl OriginRec {
+    /// The greater seq wins whole (then the sealed one; two bodies at one
+    /// seq and seal come only from a liar: the greater encoding).
     fn join(&mut self, other: &OriginRec) -> bool {
-        let mut changed = false;
-        if other.max_seq > self.max_seq {
-            self.max_seq = other.max_seq;
-            changed = true;
+        let wins = match (other.max_seq, other.seal).cmp(&(self.max_seq, self.seal)) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => other != self && cbor(other) > cbor(self),
+        };
+        if wins {
+            *self = other.clone();
         }
-        if let Some(name) = &other.name {
-            changed |= join_reg(&mut self.name, name);
-        }
-        changed
+        wins
     }
 }
 
@@ -525,7 +553,7 @@ impl MeshState {
     /// so the two obey the same laws); `true` if the state changed.
     pub fn apply(&mut self, e: &Entry) -> bool {
         let mut changed = false;
-        for (k, r) in records_of(e) {
+        for (k, r) in sealed_records_of(e) {
             changed |= self.merge_record(&k, &r);
         }
         changed
@@ -814,11 +842,11 @@ impl MeshState {
 
 /// The records entry `e` writes, each holding only what the entry says.
 fn records_of(e: &Entry) -> Vec<(RecordKey, Record)> {
-    let origin = OriginRec { max_seq: e.seq, name: Some(Lww { time: e.time.clone(), value: e.origin_name.clone() }) };
+    let origin = OriginRec { max_seq: e.seq, name: Some(Lww::new(e.time.clone(), e.origin_name.clone())), seal: None };
     let mut out = vec![(RecordKey::Origin(e.origin.clone()), Record::Origin(origin))];
     let node = e.event.node().to_string();
     let job = |path: &str, reg: JobReg| {
-        (RecordKey::Job(node.clone(), path.to_string()), Record::Job(Lww { time: e.time.clone(), value: reg }))
+        (RecordKey::Job(node.clone(), path.to_string()), Record::Job(Lww::new(e.time.clone(), reg)))
     };
     match &e.event {
         Event::Registered { path, every_min, excludes, spec, .. } => out.push(job(
@@ -828,7 +856,7 @@ fn records_of(e: &Entry) -> Vec<(RecordKey, Record)> {
         Event::Unregistered { path, .. } => out.push(job(path, JobReg::default())),
         Event::Paused { .. } | Event::Resumed { .. } => out.push((
             RecordKey::Paused(node.clone()),
-            Record::Paused(Lww { time: e.time.clone(), value: matches!(e.event, Event::Paused { .. }) }),
+            Record::Paused(Lww::new(e.time.clone(), matches!(e.event, Event::Paused { .. }))),
         )),
         _ => {}
     }
@@ -879,13 +907,327 @@ fn series_part(e: &Entry) -> Series {
             holder(&mut s, archive, h, true)
         }
         Event::Pruned { archive, holder: h, .. } => holder(&mut s, archive, h, false),
-        Event::Notified { event, .. } => s.notified = Some(Lww { time: e.time.clone(), value: event.clone() }),
+        Event::Notified { event, .. } => s.notified = Some(Lww::new(e.time.clone(), event.clone())),
         _ => {}
     }
     if e.event.request().is_some() {
-        s.remember_request(e);
+        // Kept with the origin's signature of the entry, not the seals
+        // of the registers it wrote (those are in the registers).
+        s.remember_request(&Entry { seals: Vec::new(), ..e.clone() });
     }
     s
+}
+
+// ---- seals: every register is signed by the one node that may write it ----
+
+/// The node whose key must have signed a register: a peer by its id (the
+/// writer of an [`Lww`], of an origin record, of an entry), or a node by
+/// its name (the series' node for its runs and archives, a holder for its
+/// copy), which each node binds to one key (`store::origin_bound`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Writer {
+    Peer(String),
+    Node(String),
+}
+
+/// One signed thing of a record: who writes it, the message the writer
+/// signs, and its signature.
+pub struct Slot<'a> {
+    pub writer: Writer,
+    /// What the signature is over: the register's key, field, version and
+    /// value (or an entry's [`Entry::signed_bytes`]).
+    pub msg: Vec<u8>,
+    pub sig: &'a mut Option<Sig>,
+    /// A whole entry (a request's answer), signed as one: its signature
+    /// is the entry's, not one of the entry's register seals.
+    pub entry: bool,
+    /// What it is, for people: `last run`, `holder h of archive a`, ….
+    pub what: String,
+}
+
+/// A register's part of the message its writer signs.
+#[derive(Serialize)]
+enum Field<'a> {
+    Job,
+    Paused,
+    Origin,
+    Last,
+    LastSuccess,
+    LastStarted,
+    LastSize,
+    LastWarnings,
+    Notified,
+    Made(&'a str),
+    Holder(&'a str, &'a str),
+}
+
+fn register_msg<V: Serialize, T: Serialize>(key: &RecordKey, field: Field<'_>, version: V, value: &T) -> Vec<u8> {
+    let mut out = b"backmesh-register-1".to_vec();
+    // Keys, versions and values always encode.
+    let _ = ciborium::into_writer(&(key, field, version, value), &mut out);
+    out
+}
+
+/// The slot of a register of one node's, stamped `at`.
+fn own_slot<'a, T: Serialize>(
+    key: &RecordKey,
+    writer: &str,
+    field: Field<'_>,
+    what: String,
+    at: &'a mut Stamp,
+    value: &T,
+) -> Slot<'a> {
+    Slot {
+        writer: Writer::Node(writer.to_string()),
+        msg: register_msg(key, field, at.point(), value),
+        sig: &mut at.seal,
+        entry: false,
+        what,
+    }
+}
+
+/// The slot of a last-writer register, written by the node of its time.
+fn lww_slot<'a, T: Serialize>(key: &RecordKey, field: Field<'_>, what: &str, r: &'a mut Lww<T>) -> Slot<'a> {
+    let Lww { time, value, seal } = r;
+    Slot {
+        writer: Writer::Peer(time.node.clone()),
+        msg: register_msg(key, field, &*time, &*value),
+        sig: seal,
+        entry: false,
+        what: what.to_string(),
+    }
+}
+
+/// Every signed thing of `record` (under `key`), in one fixed order: the
+/// order in which an entry carries the seals of what it writes.
+pub fn slots<'a>(key: &RecordKey, record: &'a mut Record) -> Vec<Slot<'a>> {
+    let mut out = Vec::new();
+    match (key, record) {
+        (_, Record::Job(r)) => out.push(lww_slot(key, Field::Job, "job settings", r)),
+        (_, Record::Paused(r)) => out.push(lww_slot(key, Field::Paused, "pause flag", r)),
+        (RecordKey::Origin(peer), Record::Origin(o)) => {
+            let OriginRec { max_seq, name, seal } = o;
+            let name = name.as_ref().map(|n| (&n.time, &n.value));
+            out.push(Slot {
+                writer: Writer::Peer(peer.clone()),
+                msg: register_msg(key, Field::Origin, *max_seq, &name),
+                sig: seal,
+                entry: false,
+                what: format!("highest seq ({max_seq})"),
+            })
+        }
+        (RecordKey::Series(node, _), Record::Series(s)) => {
+            let Series { last, last_success, last_started, last_size, last_warnings, notified, archives, requests } =
+                &mut **s;
+            if let Some(Own { at, value }) = last {
+                out.push(own_slot(key, node, Field::Last, "last run".into(), at, value));
+            }
+            if let Some(at) = last_success {
+                out.push(own_slot(key, node, Field::LastSuccess, "last success".into(), at, &()));
+            }
+            if let Some(at) = last_started {
+                out.push(own_slot(key, node, Field::LastStarted, "last start".into(), at, &()));
+            }
+            if let Some(Own { at, value }) = last_size {
+                out.push(own_slot(key, node, Field::LastSize, "last size".into(), at, value));
+            }
+            if let Some(Own { at, value }) = last_warnings {
+                out.push(own_slot(key, node, Field::LastWarnings, "last warnings".into(), at, value));
+            }
+            if let Some(n) = notified {
+                out.push(lww_slot(key, Field::Notified, "last notification", n));
+            }
+            for (id, a) in archives.iter_mut() {
+                if let Some(Own { at, value }) = &mut a.made {
+                    out.push(own_slot(key, node, Field::Made(id), format!("archive {id}"), at, value));
+                }
+                for (h, Own { at, value }) in a.holders.iter_mut() {
+                    let what = format!("copy of archive {id} on {h}");
+                    out.push(own_slot(key, h, Field::Holder(id, h), what, at, value));
+                }
+            }
+            for e in requests.iter_mut() {
+                out.push(Slot {
+                    writer: Writer::Peer(e.origin.clone()),
+                    msg: e.signed_bytes(),
+                    what: format!("`{}` entry (seq {})", e.event.kind(), e.seq),
+                    sig: &mut e.sig,
+                    entry: true,
+                });
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Signs entry `e` as its origin: the entry itself, then every register
+/// it writes ([`slots`] order, whole entries aside), into `e.seals`.
+pub fn seal_entry(e: &mut Entry, key: &dyn Signer) {
+    e.seals.clear();
+    e.sign(key);
+    let mut seals = Vec::new();
+    for (k, mut r) in records_of(e) {
+        seals.extend(slots(&k, &mut r).into_iter().filter(|s| !s.entry).map(|s| key.sign(&s.msg)));
+    }
+    e.seals = seals;
+}
+
+/// The records `e` writes, each register with the seal `e` carries for it
+/// (none at all if `e` carries another number of seals than it writes
+/// registers: they would be checked against the wrong messages).
+pub fn sealed_records_of(e: &Entry) -> Vec<(RecordKey, Record)> {
+    let mut records = records_of(e);
+    if e.seals.is_empty() {
+        return records;
+    }
+    let mut seals = e.seals.iter();
+    let mut fits = true;
+    for (k, r) in records.iter_mut() {
+        for slot in slots(k, r).into_iter().filter(|s| !s.entry) {
+            match seals.next() {
+                Some(sig) => *slot.sig = Some(*sig),
+                None => fits = false,
+            }
+        }
+    }
+    if !fits || seals.next().is_some() {
+        return records_of(e);
+    }
+    records
+}
+
+/// Drops from `record` every register without a seal; `false` if nothing
+/// is left of it.
+fn keep_sealed(record: &mut Record) -> bool {
+    match record {
+        Record::Job(r) => r.seal.is_some(),
+        Record::Paused(r) => r.seal.is_some(),
+        Record::Origin(o) => o.seal.is_some(),
+        Record::Series(s) => {
+            let sealed = |at: &Stamp| at.seal.is_some();
+            if !s.last.as_ref().is_some_and(|r| sealed(&r.at)) {
+                s.last = None;
+            }
+            if !s.last_success.as_ref().is_some_and(sealed) {
+                s.last_success = None;
+            }
+            if !s.last_started.as_ref().is_some_and(sealed) {
+                s.last_started = None;
+            }
+            if !s.last_size.as_ref().is_some_and(|r| sealed(&r.at)) {
+                s.last_size = None;
+            }
+            if !s.last_warnings.as_ref().is_some_and(|r| sealed(&r.at)) {
+                s.last_warnings = None;
+            }
+            if !s.notified.as_ref().is_some_and(|r| r.seal.is_some()) {
+                s.notified = None;
+            }
+            for a in s.archives.values_mut() {
+                if !a.made.as_ref().is_some_and(|m| sealed(&m.at)) {
+                    a.made = None;
+                }
+                a.holders.retain(|(_, h)| sealed(&h.at));
+            }
+            s.archives.retain(|_, a| a.made.is_some() || !a.holders.is_empty());
+            s.requests.retain(|e| e.sig.is_some());
+            **s != Series::default()
+        }
+    }
+}
+
+/// Where a node looks up the key of a node by name.
+pub trait NodeKeys {
+    /// The key node `name` is bound to here, if any.
+    fn key_of(&self, name: &str) -> Option<libp2p::identity::PublicKey>;
+}
+
+/// What checking a peer's record found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Registers whose seal is not their writer's: forged or altered.
+    pub forged: Vec<String>,
+    /// Registers without a seal, or whose writer's key is not known here
+    /// yet: left out, blaming no one (a later pull brings them again).
+    pub unproven: usize,
+}
+
+impl MeshState {
+    /// Keeps of a peer's `record` only what its writers sealed, checked
+    /// against their keys (a peer id's own; a node's as `keys` binds it).
+    /// A register this state holds already, seal and all, is not checked
+    /// again. `false` if nothing is left of the record.
+    pub fn check(&self, key: &RecordKey, record: &mut Record, keys: &dyn NodeKeys, found: &mut Checked) -> bool {
+        let mut held = std::collections::HashSet::new();
+        if let Some(mut mine) = self.record(key) {
+            for s in slots(key, &mut mine) {
+                if let Some(sig) = s.sig {
+                    held.insert((*sig, s.msg));
+                }
+            }
+        }
+        for s in slots(key, record) {
+            let Some(sig) = *s.sig else {
+                found.unproven += 1;
+                continue;
+            };
+            if held.contains(&(sig, s.msg.clone())) {
+                continue;
+            }
+            let public = match &s.writer {
+                Writer::Peer(p) => super::seal::key_of_peer(p),
+                Writer::Node(n) => keys.key_of(n),
+            };
+            match public {
+                Some(k) if k.verify(&s.msg, &sig.0) => {}
+                Some(_) => {
+                    found.forged.push(format!("{} of {}", s.what, key_label(key)));
+                    *s.sig = None;
+                }
+                None => {
+                    found.unproven += 1;
+                    *s.sig = None;
+                }
+            }
+        }
+        keep_sealed(record)
+    }
+
+    /// Seals, with this node's key, the registers it wrote that carry no
+    /// seal (those of a state written before seals, or folded from
+    /// entries without them); how many.
+    pub fn reseal(&mut self, me: &str, my_name: &str, key: &dyn Signer) -> usize {
+        let mine = |w: &Writer| match w {
+            Writer::Peer(p) => p == me,
+            Writer::Node(n) => n == my_name,
+        };
+        let mut sealed = 0;
+        for k in self.keys().collect::<Vec<_>>() {
+            let Some(mut r) = self.record(&k) else { continue };
+            let mut n = 0;
+            for s in slots(&k, &mut r) {
+                if s.sig.is_none() && mine(&s.writer) {
+                    *s.sig = Some(key.sign(&s.msg));
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                self.merge_record(&k, &r);
+                sealed += n;
+            }
+        }
+        sealed
+    }
+}
+
+/// A record's key, for people.
+fn key_label(key: &RecordKey) -> String {
+    match key {
+        RecordKey::Job(n, p) | RecordKey::Series(n, p) => format!("{p} on {n}"),
+        RecordKey::Paused(n) => format!("node {n}"),
+        RecordKey::Origin(o) => format!("peer {o}"),
+    }
 }
 
 /// Warnings a series record keeps of a run (the entry in the history keeps
@@ -1162,6 +1504,8 @@ mod tests {
                 origin_name: origins[o].to_lowercase(),
                 seq: seqs[o],
                 time: clocks[o].tick(now),
+                sig: None,
+                seals: Vec::new(),
                 event,
             });
         }
@@ -1285,7 +1629,15 @@ mod tests {
         let mut seq = 0;
         let mut entry = |event: Event, now: i64| {
             seq += 1;
-            Entry { origin: "A".into(), origin_name: "n1".into(), seq, time: clock.tick(now), event }
+            Entry {
+                origin: "A".into(),
+                origin_name: "n1".into(),
+                seq,
+                time: clock.tick(now),
+                sig: None,
+                seals: Vec::new(),
+                event,
+            }
         };
         for i in 0..5_000i64 {
             let archive = format!("2026{i:08}");
@@ -1319,11 +1671,173 @@ mod tests {
         assert!(s.for_request("r1").is_empty(), "old requests are forgotten");
     }
 
+    /// Three nodes with keys of their own, and the keys by name.
+    struct Keyed {
+        keys: Vec<libp2p::identity::Keypair>,
+        names: [&'static str; 3],
+    }
+
+    impl Keyed {
+        fn new() -> Self {
+            Keyed {
+                keys: (0..3).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect(),
+                names: ["n1", "n2", "n3"],
+            }
+        }
+        fn id(&self, i: usize) -> String {
+            self.keys[i].public().to_peer_id().to_string()
+        }
+    }
+
+    impl NodeKeys for Keyed {
+        fn key_of(&self, name: &str) -> Option<libp2p::identity::PublicKey> {
+            self.names.iter().position(|n| *n == name).map(|i| self.keys[i].public())
+        }
+    }
+
+    /// Entries of the three nodes, each written within its authority
+    /// (runs of its own series, copies it keeps) and sealed by it.
+    fn sealed_history(k: &Keyed, seed: u64, n: usize) -> Vec<Entry> {
+        let mut rng = Rng(seed | 1);
+        let mut clocks: Vec<Clock> = (0..3).map(|i| Clock::new(k.id(i))).collect();
+        let mut seqs = [0u64; 3];
+        let mut out = Vec::new();
+        for i in 0..n {
+            let o = rng.below(3) as usize;
+            seqs[o] += 1;
+            let me = k.names[o].to_string();
+            let other = k.names[rng.below(3) as usize].to_string();
+            let path = ["/a", "/b"][rng.below(2) as usize].to_string();
+            let archive = format!("a{:03}", rng.below(60));
+            let request = (rng.below(3) == 0).then(|| format!("r{}", rng.below(40)));
+            let event = match rng.below(8) {
+                0 => Event::Registered { node: other, path, every_min: 5, excludes: vec![], spec: Default::default() },
+                1 => Event::Paused { node: other },
+                2 => Event::Finished {
+                    node: me,
+                    path,
+                    archive,
+                    size: rng.below(1000),
+                    files: 1,
+                    duration_ms: 1,
+                    warnings: vec![format!("w{i}")],
+                    request,
+                    plugin: None,
+                },
+                3 => Event::Failed { node: me, path, error: format!("e{i}"), duration_ms: 1, request, plugin: None },
+                4 => Event::Replicated { node: other, path, archive, holder: me, bytes: 1 },
+                5 => Event::Pruned { node: other, path, archive, holder: me },
+                6 => Event::Started { node: me, path, request },
+                _ => {
+                    Event::Notified { node: other, path, event: "failure".into(), by: me, delivered: true, error: None }
+                }
+            };
+            let mut e = Entry::new(k.id(o), k.names[o].into(), seqs[o], clocks[o].tick(1_000 + i as i64 * 10), event);
+            seal_entry(&mut e, &k.keys[o]);
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn a_state_of_sealed_entries_passes_every_check_and_travels_whole() {
+        let k = Keyed::new();
+        let entries = sealed_history(&k, 11, 300);
+        let mut rng = Rng(5);
+        let s = fold(&shuffled(&entries, &mut rng));
+        assert_eq!(s, fold(&entries), "sealed entries fold in any order to one state");
+        let mut found = Checked::default();
+        let mut copy = MeshState::new();
+        for (key, mut r) in s.records() {
+            let before = r.clone();
+            assert!(MeshState::new().check(&key, &mut r, &k, &mut found), "{key:?} kept");
+            assert_eq!(r, before, "nothing of {key:?} left out");
+            copy.merge_record(&key, &r);
+        }
+        assert!(found.forged.is_empty() && found.unproven == 0, "{found:?}");
+        assert_eq!(copy, s, "a node that pulls it all gets the same state");
+    }
+
+    #[test]
+    fn a_register_forged_altered_or_unsealed_is_left_out_and_only_a_forgery_named() {
+        let k = Keyed::new();
+        let s = fold(&sealed_history(&k, 3, 300));
+        let key = s.keys().find(|k| matches!(k, RecordKey::Series(n, _) if n == "n1")).expect("a series of n1");
+        let Some(Record::Series(real)) = s.record(&key) else { panic!("a series record") };
+        let real_last = real.last.clone().expect("n1 ran");
+        let thief = libp2p::identity::Keypair::generate_ed25519();
+        // A run of n1 at a seq n1 will never reach, sealed by another key:
+        // it would hide every later run of n1.
+        let mut forged = Series::default();
+        let at = Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: None };
+        forged.last = Some(Own {
+            at,
+            value: RunRec { result: RunResult::Failed, archive: None, error: Some("x".into()), plugin: None },
+        });
+        let mut forged = Record::Series(Box::new(forged));
+        for slot in slots(&key, &mut forged) {
+            *slot.sig = Some(Signer::sign(&thief, &slot.msg));
+        }
+        // A real register of n1's, its value altered, its seal kept.
+        let mut altered = real.clone();
+        if let Some(last) = altered.last.as_mut() {
+            last.value.error = Some("altered".into());
+            last.value.result = RunResult::Failed;
+        }
+        // A register with no seal at all.
+        let mut unsealed = Series::default();
+        unsealed.last_started = Some(Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: None });
+        let mut found = Checked::default();
+        let empty = MeshState::new();
+        assert!(!empty.check(&key, &mut forged, &k, &mut found), "nothing of the forgery is left");
+        assert_eq!(found.forged.len(), 1, "{found:?}");
+        assert!(found.forged[0].contains("last run of /"), "{found:?}");
+        let mut altered = Record::Series(altered);
+        assert!(empty.check(&key, &mut altered, &k, &mut found), "the rest of the record is kept");
+        assert_eq!(found.forged.len(), 2, "{found:?}");
+        let Record::Series(kept) = &altered else { unreachable!() };
+        assert!(kept.last.is_none(), "the altered run is left out");
+        assert_eq!(kept.archives, real.archives, "the rest is whole");
+        assert!(!empty.check(&key, &mut Record::Series(Box::new(unsealed)), &k, &mut found));
+        assert_eq!((found.forged.len(), found.unproven), (2, 1), "an unsealed register blames no one");
+        // Merged, what was left changes nothing of n1's runs.
+        let mut s2 = s.clone();
+        s2.merge_record(&key, &altered);
+        let Some(Record::Series(after)) = s2.record(&key) else { panic!() };
+        assert_eq!(after.last, Some(real_last));
+    }
+
+    #[test]
+    fn an_origin_s_seq_is_believed_only_under_its_own_seal() {
+        let k = Keyed::new();
+        let s = fold(&sealed_history(&k, 9, 60));
+        let key = RecordKey::Origin(k.id(0));
+        let Some(Record::Origin(real)) = s.record(&key) else { panic!("n1 wrote") };
+        let thief = libp2p::identity::Keypair::generate_ed25519();
+        let mut claim = Record::Origin(OriginRec { max_seq: u64::MAX - 1, seal: None, ..real.clone() });
+        for slot in slots(&key, &mut claim) {
+            *slot.sig = Some(Signer::sign(&thief, &slot.msg));
+        }
+        let mut found = Checked::default();
+        assert!(!MeshState::new().check(&key, &mut claim, &k, &mut found));
+        assert_eq!(found.forged.len(), 1);
+        let mut real = Record::Origin(real);
+        assert!(MeshState::new().check(&key, &mut real, &k, &mut found), "its own seal holds");
+    }
+
     #[test]
     fn a_node_s_later_runs_win_though_its_clock_was_set_back_in_between() {
         let year = 365 * 24 * 3_600_000i64;
         let mut clock = Clock::new("A");
-        let e = |seq, time, event| Entry { origin: "A".into(), origin_name: "n1".into(), seq, time, event };
+        let e = |seq, time, event| Entry {
+            origin: "A".into(),
+            origin_name: "n1".into(),
+            seq,
+            time,
+            sig: None,
+            seals: Vec::new(),
+            event,
+        };
         let reg = Event::Registered {
             node: "n1".into(),
             path: "/p".into(),
@@ -1366,6 +1880,8 @@ mod tests {
             origin_name: origin.into(),
             seq,
             time,
+            sig: None,
+            seals: Vec::new(),
             event: Event::Registered {
                 node: "n1".into(),
                 path: "/p".into(),
@@ -1383,6 +1899,8 @@ mod tests {
             origin_name: "a".into(),
             seq: 2,
             time: clock_a.tick(3_000),
+            sig: None,
+            seals: Vec::new(),
             event: Event::Unregistered { node: "n1".into(), path: "/p".into() },
         };
         // The unregistration, then the older registrations late: still gone.
@@ -1427,6 +1945,8 @@ mod tests {
             origin_name: "n1".into(),
             seq: 1,
             time: c.tick(1),
+            sig: None,
+            seals: Vec::new(),
             event: Event::Finished {
                 node: "n1".into(),
                 path: "/p".into(),
@@ -1452,7 +1972,15 @@ mod tests {
         let mut seq = 0;
         let mut e = |event: Event| {
             seq += 1;
-            Entry { origin: "A".into(), origin_name: "n1".into(), seq, time: c.tick(seq as i64), event }
+            Entry {
+                origin: "A".into(),
+                origin_name: "n1".into(),
+                seq,
+                time: c.tick(seq as i64),
+                sig: None,
+                seals: Vec::new(),
+                event,
+            }
         };
         let mut s = fold(&[
             e(Event::Finished {

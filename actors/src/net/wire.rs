@@ -29,8 +29,10 @@ pub const LOG_TOPIC: &str = "backmesh/log/1";
 /// Version of the mesh protocol (state records, entries, ctl and xfer
 /// messages), said in every hello. A peer on another version is named in
 /// the log instead of failing silently. 4: manifests travel sealed by
-/// their origin, and holders refuse unsealed ones.
-pub const MESH_PROTOCOL: u32 = 4;
+/// their origin, and holders refuse unsealed ones. 5: entries are signed
+/// by their origin, and every state register by its writer; unsigned ones
+/// are left out.
+pub const MESH_PROTOCOL: u32 = 5;
 
 /// "Here is my state's digest; send me the records of the buckets where
 /// yours differs." Sender: the log actor of any node, through the network
@@ -520,7 +522,7 @@ mod tests {
         use ciborium::Value;
         let paused = |node: &str| {
             let time = crate::log::hlc::Hlc { wall_ms: 5, logical: 0, node: "P".into() };
-            (RecordKey::Paused(node.into()), Record::Paused(Lww { time, value: true }))
+            (RecordKey::Paused(node.into()), Record::Paused(Lww::new(time, true)))
         };
         let batch = StateBatch { records: vec![paused("n1"), paused("n2")].into(), next_bucket: Some(7) };
         let mut v: Value = ciborium::from_reader(&encode(&batch)[..]).unwrap();

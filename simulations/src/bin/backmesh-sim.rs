@@ -4,6 +4,7 @@
 //! ```text
 //! backmesh-sim profile [--nodes 100] [--jobs 10] [--every-min 5] [--days 30]
 //!                      [--changed 0.1] [--replicas 3] [--keep 10] [--seed 1]
+//!                      [--sealed 0|1]
 //! ```
 //!
 //! ```text
@@ -38,17 +39,20 @@
 //! a node does; at the end of each simulated day it prints the state's
 //! size (records, encoded bytes, the process's resident memory), how long
 //! each view takes, the entries gossiped, and what one node keeps of the
-//! history on disk.
+//! history on disk. With `--sealed 1` every node has an identity key and
+//! signs and seals its entries as a node does (slower: a few signatures
+//! per entry), and at the end a fresh node checks every record's seals,
+//! as when it pulls the whole state from a peer.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Clock;
-use backmesh_actors::log::mesh::{MeshState, BUCKETS};
+use backmesh_actors::log::mesh::{seal_entry, Checked, MeshState, NodeKeys, BUCKETS};
 use backmesh_actors::replica::placement::{holders, Candidate};
 
-const USAGE: &str = "usage: backmesh-sim profile [--nodes N] [--jobs J] [--every-min M] [--days D] [--changed F] [--replicas R] [--keep K] [--seed S]
+const USAGE: &str = "usage: backmesh-sim profile [--nodes N] [--jobs J] [--every-min M] [--days D] [--changed F] [--replicas R] [--keep K] [--seed S] [--sealed 0|1]
        backmesh-sim soak [--nodes N] [--jobs J] [--every M] [--minutes T] [--minute-secs S]
        backmesh-sim mesh [--nodes N] [--jobs J] [--every-min M] [--rounds R] [--loss F] [--dup F] [--latency ROUNDS] [--partition F] [--churn F] [--replicas R] [--keep K] [--seed S] [--seeds K] [--model compact|real]";
 
@@ -114,18 +118,35 @@ struct Node {
     peer: String,
     clock: Clock,
     seq: u64,
+    /// Its identity key, when entries are sealed.
+    key: Option<libp2p::identity::Keypair>,
 }
 
 impl Node {
     fn entry(&mut self, now_ms: i64, event: Event) -> Entry {
         self.seq += 1;
-        Entry {
+        let mut e = Entry {
             origin: self.peer.clone(),
             origin_name: self.name.clone(),
             seq: self.seq,
             time: self.clock.tick(now_ms),
+            sig: None,
+            seals: Vec::new(),
             event,
+        };
+        if let Some(key) = &self.key {
+            seal_entry(&mut e, key);
         }
+        e
+    }
+}
+
+/// The nodes' keys by name (every name bound to its node's key).
+struct Keys(BTreeMap<String, libp2p::identity::PublicKey>);
+
+impl NodeKeys for Keys {
+    fn key_of(&self, name: &str) -> Option<libp2p::identity::PublicKey> {
+        self.0.get(name).cloned()
     }
 }
 
@@ -138,12 +159,14 @@ fn profile(a: &Args) {
     let replicas: usize = a.get("--replicas", 3);
     let keep: usize = a.get("--keep", 10);
     let mut rng = Rng(a.get("--seed", 1u64) | 1);
+    let sealed = a.get("--sealed", 0u8) == 1;
 
     let mut nodes: Vec<Node> = (0..n_nodes)
         .map(|i| {
             let name = format!("n{i:04}");
-            let peer = format!("12D3KooWsim{i:04}");
-            Node { clock: Clock::new(peer.clone()), name, peer, seq: 0 }
+            let key = sealed.then(libp2p::identity::Keypair::generate_ed25519);
+            let peer = key.as_ref().map_or(format!("12D3KooWsim{i:04}"), |k| k.public().to_peer_id().to_string());
+            Node { clock: Clock::new(peer.clone()), name, peer, seq: 0, key }
         })
         .collect();
     let candidates: Vec<Candidate> = nodes
@@ -321,6 +344,24 @@ fn profile(a: &Args) {
         bytes_day = 0;
         entries_day = 0;
         kept_day = (0, 0);
+    }
+    if sealed {
+        let keys = Keys(nodes.iter().filter_map(|n| Some((n.name.clone(), n.key.as_ref()?.public()))).collect());
+        let fresh = MeshState::new();
+        let mut found = Checked::default();
+        let t = Instant::now();
+        let mut kept = 0;
+        for (k, mut r) in state.records() {
+            kept += usize::from(fresh.check(&k, &mut r, &keys, &mut found));
+        }
+        println!();
+        println!(
+            "seals: a fresh node checks all {} records in {:.2} s ({kept} kept, {} forged, {} unproven)",
+            state.len(),
+            t.elapsed().as_secs_f64(),
+            found.forged.len(),
+            found.unproven
+        );
     }
     let digest_bytes = BUCKETS * 8;
     println!();
