@@ -77,6 +77,11 @@ pub enum StoreError {
     },
     #[error("archive {id} of {path} on node {node} is refused: {reason}")]
     Unsealed { node: String, path: String, id: String, reason: String },
+    /// Sealed by a key this node does not know by that name yet: no one
+    /// is to blame (the name is bound once a hello or an entry says who
+    /// it is), and the origin offers again.
+    #[error("archive {id} of {path} on node {node} is refused for now: it is sealed by {signer}, which this node does not know as node {node} yet")]
+    OriginNotKnownYet { node: String, path: String, id: String, signer: String },
     #[error("{path}: {reason}")]
     Identity { path: PathBuf, reason: String },
 }
@@ -336,9 +341,12 @@ impl Store {
                 self.bind_origin(&m.node, signer)?;
                 Ok(())
             }
-            None => {
-                Err(refuse(format!("it is sealed by {signer}, which this node does not know as node {} (yet)", m.node)))
-            }
+            None => Err(StoreError::OriginNotKnownYet {
+                node: m.node.clone(),
+                path: m.path.clone(),
+                id: m.id.clone(),
+                signer: signer.to_string(),
+            }),
         }
     }
 

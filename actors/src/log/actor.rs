@@ -181,6 +181,10 @@ const REFOLD: usize = 1_000;
 /// Entries held back for a clock running ahead, at most: beyond, they are
 /// dropped (state pulls and history backfill bring what they said later).
 pub const HELD_MAX: usize = 10_000;
+/// How long a node that has just started waits for a peer to tell it how
+/// far it had written before it writes anyway (a lone node, or a mesh
+/// whose peers are all down).
+pub const SEQ_WAIT_MS: i64 = 3_000;
 /// The most this node's next seq moves at once on a peer's word.
 pub const SEQ_JUMP_MAX: u64 = 1 << 32;
 /// A bucket that changed less than this long ago is left to gossip in a
@@ -207,6 +211,13 @@ pub struct LogActor {
     /// A first eager pull has been answered in full since start: until
     /// then, one is tried every second (peers may not be connected yet).
     caught_up: bool,
+    /// This node writes entries: it has learnt from a peer how far it
+    /// had written (or none answered within [`SEQ_WAIT`]). Until then its
+    /// events wait in `waiting`, so that a node that lost its database,
+    /// or runs on an old copy of it, never writes a seq twice.
+    writing: bool,
+    waiting: Vec<(Event, tokio::sync::oneshot::Sender<Result<Entry, StoreError>>)>,
+    started_ms: i64,
     /// The pull waiting for its answer: when it was sent, and whether it
     /// was eager. One at a time; a lost answer is given up after a while.
     in_flight: Option<(i64, bool, u16)>,
@@ -291,6 +302,9 @@ impl LogActor {
             state,
             settled: Settled::default(),
             caught_up: false,
+            writing: false,
+            waiting: Vec::new(),
+            started_ms: now_ms(),
             in_flight: None,
             told_unknown: BTreeSet::new(),
             told_seq: BTreeSet::new(),
@@ -469,7 +483,9 @@ impl LogActor {
 
     fn pull(&mut self, from: Option<String>, from_bucket: u16, eager: bool) {
         let now = now_ms();
-        if self.in_flight.is_some_and(|(at, _, _)| now - at < PULL_TIMEOUT_MS) {
+        // Until a first pull is answered, one is tried every second (the
+        // last may have found no peer connected yet).
+        if self.caught_up && self.in_flight.is_some_and(|(at, _, _)| now - at < PULL_TIMEOUT_MS) {
             return;
         }
         self.in_flight = Some((now, eager, from_bucket));
@@ -531,13 +547,29 @@ impl Actor for LogActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // With no network (a node's local commands, tests), no peer can
+        // say more than this node's own history.
+        if self.net.is_stopped() {
+            self.writing = true;
+        }
         // Catch up at once rather than at the first interval.
         ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None, 0, true));
         ctx.run_interval(self.pull_every, |act, _| act.pull(None, 0, false));
-        ctx.run_interval(Duration::from_secs(1), |act, _| {
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
             act.settled.observe(&act.state, now_ms());
             if !act.caught_up {
                 act.pull(None, 0, true);
+            }
+            if !act.writing && now_ms() - act.started_ms >= SEQ_WAIT_MS {
+                if !act.caught_up {
+                    tracing::info!(
+                        "no peer told this node within {} s how far it had written: it writes on from seq {} \
+                         (its own history)",
+                        SEQ_WAIT_MS / 1000,
+                        act.next_seq
+                    );
+                }
+                act.start_writing(ctx);
             }
             if let Err(e) = act.persist() {
                 tracing::error!("cannot write the mesh state: {e}");
@@ -555,6 +587,38 @@ impl Actor for LogActor {
 impl Handler<Record> for LogActor {
     type Result = actix::ResponseFuture<Result<Entry, StoreError>>;
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.writing {
+            self.write(msg.0, tx, ctx);
+        } else {
+            self.waiting.push((msg.0, tx));
+        }
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::Index { reason: "the log stopped before the entry was written".into() })
+            })
+        })
+    }
+}
+
+impl LogActor {
+    /// Writes the events that waited for this node to learn its seq, and
+    /// every later one at once.
+    fn start_writing(&mut self, ctx: &mut Context<Self>) {
+        self.writing = true;
+        for (event, tx) in std::mem::take(&mut self.waiting) {
+            self.write(event, tx, ctx);
+        }
+    }
+
+    /// Writes a local event as this node's next entry; `tx` gets it once
+    /// it is durable.
+    fn write(
+        &mut self,
+        event: Event,
+        tx: tokio::sync::oneshot::Sender<Result<Entry, StoreError>>,
+        ctx: &mut Context<Self>,
+    ) {
         let now = now_ms();
         if self.clock.jumped_back(now) {
             tracing::warn!(
@@ -563,26 +627,21 @@ impl Handler<Record> for LogActor {
                 MAX_AHEAD_MS / 1000
             );
         }
-        let mut entry = Entry::new(self.me.clone(), self.my_name.clone(), self.next_seq, self.clock.tick(now), msg.0);
+        let mut entry = Entry::new(self.me.clone(), self.my_name.clone(), self.next_seq, self.clock.tick(now), event);
         seal_entry(&mut entry, &self.identity);
         // A seq is used once, even by an entry whose write fails half-way.
         self.next_seq = self.next_seq.saturating_add(1);
         if let Err(e) = self.history.store(&entry) {
-            return Box::pin(async move { Err(e) });
+            let _ = tx.send(Err(e));
+            return;
         }
         // Stored, then synced with every entry recorded meanwhile (a burst
         // of runs costs one sync, not one each), then visible and sent:
         // a crash never loses an entry anyone saw.
-        let (tx, rx) = tokio::sync::oneshot::channel();
         if self.unsynced.is_empty() {
             ctx.run_later(Duration::ZERO, |act, _| act.sync_recorded());
         }
         self.unsynced.push((entry, tx));
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(StoreError::Index { reason: "the log stopped before the entry was written".into() })
-            })
-        })
     }
 }
 
@@ -803,8 +862,11 @@ impl Handler<ServeStatePull> for LogActor {
 
 impl Handler<StateReceived> for LogActor {
     type Result = ();
-    fn handle(&mut self, msg: StateReceived, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: StateReceived, ctx: &mut Context<Self>) {
         self.state_received(msg);
+        if self.caught_up && !self.writing {
+            self.start_writing(ctx);
+        }
     }
 }
 

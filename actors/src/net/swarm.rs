@@ -145,6 +145,11 @@ impl NetClient {
         NetClient { tx }
     }
 
+    /// Whether the network has stopped (or never ran: [`NetClient::stopped`]).
+    pub fn is_stopped(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     pub async fn pull_state(&self, from: Option<String>, pull: StatePull) -> Result<(), NetError> {
         self.tx.send(Command::PullState { from, pull }).await.map_err(|_| NetError::Stopped)
     }

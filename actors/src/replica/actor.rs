@@ -429,7 +429,9 @@ fn answer(
             format!("bad manifest: {e}")
         })?;
         store.check_origin(&m, claimants.get(&m.node).map(String::as_str)).map_err(|e| {
-            *misdeed.borrow_mut() = Some(e.to_string());
+            if !matches!(e, crate::store::StoreError::OriginNotKnownYet { .. }) {
+                *misdeed.borrow_mut() = Some(e.to_string());
+            }
             format!("{me}: {e}")
         })?;
         Ok(m)

@@ -384,6 +384,49 @@ fn the_log_reaches_every_node_and_a_node_that_was_down_catches_up() {
         assert!(kinds(&mesh, 2).contains(&k.to_string()), "n3 learnt `{k}` entries written while it was down");
     }
     assert_eq!(kinds(&mesh, 2).iter().filter(|k| *k == "registered").count(), 2);
+    // Every entry and state register that travelled held its writer's
+    // signature: an honest mesh blames no one.
+    for i in 0..3 {
+        let v: serde_json::Value = serde_json::from_slice(&mesh.cli(i, &["--json", "status"]).stdout).unwrap();
+        for n in v["nodes"].as_array().unwrap() {
+            let log = mesh.nodes[i].log_text();
+            let why: Vec<&str> = log.lines().filter(|l| l.contains("refus") || l.contains("hold")).collect();
+            assert!(n["refused"].is_null(), "n{} counts refusals: {n}\n{}", i + 1, why.join("\n"));
+        }
+    }
+}
+
+#[test]
+fn a_node_that_lost_its_database_learns_its_seq_before_it_writes_again() {
+    let mut mesh = Mesh::chain(&["n1", "n2"]);
+    for args in [["pause", "n2"], ["resume", "n2"]] {
+        let out = mesh.cli(1, &args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let n2 = mesh.peer_id(1).expect("n2's peer id");
+    let written =
+        |mesh: &Mesh| -> Vec<u64> { log_ids(mesh, 0).into_iter().filter(|(o, _)| *o == n2).map(|(_, s)| s).collect() };
+    assert!(wait_until(T, || written(&mesh).len() >= 2), "n1 has n2's entries: {:?}", written(&mesh));
+    let before = written(&mesh).into_iter().max().unwrap();
+    // n2's disk loses its database and its history; its identity stays.
+    mesh.kill9(1);
+    for lost in ["db", "history"] {
+        std::fs::remove_dir_all(mesh.nodes[1].dir.join(lost)).unwrap();
+    }
+    mesh.restart(1);
+    assert!(mesh.wait_ready(1, T));
+    // At once: the entry waits until n2 has heard from n1 how far it wrote.
+    let out = mesh.cli(1, &["pause", "n2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_until(T, || written(&mesh).iter().any(|s| *s > before)),
+        "n2's new entry reached n1 under a new seq: {:?} (before: up to {before})",
+        written(&mesh)
+    );
+    let seqs = written(&mesh);
+    let mut unique = seqs.clone();
+    unique.dedup();
+    assert_eq!(seqs.len(), unique.len(), "no seq of n2 written twice: {seqs:?}");
 }
 
 fn kinds(mesh: &Mesh, i: usize) -> Vec<String> {
