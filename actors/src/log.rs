@@ -12,6 +12,7 @@
 //! - [`hlc`]: hybrid logical clock, a time order all nodes agree on.
 //! - [`entry`]: [`entry::Entry`] and the [`entry::Event`] kinds.
 //! - [`seal`]: the signatures of entries and state registers by their writer.
+//! - [`state_disk`]: the state's records on disk, where their signatures live.
 //! - [`actor`]: the actor that owns state, history and clock.
 
 pub mod actor;
@@ -21,3 +22,4 @@ pub mod hlc;
 pub mod mesh;
 pub mod runs;
 pub mod seal;
+pub mod state_disk;

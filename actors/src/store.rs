@@ -24,6 +24,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -36,6 +37,61 @@ pub use kv::{KvStore, MemKv, SledKv};
 
 /// Archives kept per (node, path) unless configured otherwise.
 pub const DEFAULT_KEEP: usize = 10;
+
+/// Which archives of a series a node keeps: the newest `keep` (in their
+/// origin's order), and with `within`, every one it stored less than that
+/// long ago by its own clock, however many came after. An origin that
+/// goes wrong (or a stolen key) can then push out of its holders only
+/// archives older than `within`, however many new ones it makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub keep: usize,
+    pub within: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { keep: DEFAULT_KEEP, within: None }
+    }
+}
+
+impl Retention {
+    pub fn keep(keep: usize) -> Self {
+        Retention { keep, within: None }
+    }
+
+    /// Of `archives` (newest first), those to keep at `now_ms`.
+    pub fn kept<'a>(&self, archives: &'a [ArchiveSummary], now_ms: i64) -> Vec<&'a ArchiveSummary> {
+        // Stored under a clock that ran ahead: recent until the clock
+        // passes that time (more is kept, nothing lost).
+        let recent = |a: &ArchiveSummary| {
+            self.within
+                .is_some_and(|d| now_ms.saturating_sub(a.stored_ms) < i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        };
+        archives.iter().enumerate().filter(|(i, a)| *i < self.keep.max(1) || recent(a)).map(|(_, a)| a).collect()
+    }
+}
+
+/// Parses a duration as `--keep-within` takes it: a number and a unit,
+/// `h` (hours), `d` (days), `w` (weeks) or `m` (30-day months), as in
+/// `36h`, `14d`, `6m`.
+pub fn parse_within(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{text}`: give a number and a unit, as in 36h, 14d, 2w or 6m"))?;
+    let hours = match unit {
+        "h" => 1,
+        "d" => 24,
+        "w" => 24 * 7,
+        "m" => 24 * 30,
+        _ => return Err(format!("`{text}`: the unit is h, d, w or m (months of 30 days), as in 14d")),
+    };
+    if n == 0 {
+        return Err(format!("`{text}`: a window of nothing keeps nothing more; leave --keep-within out instead"));
+    }
+    Ok(Duration::from_secs(n.saturating_mul(hours * 3600)))
+}
 
 const ARCHIVES: &str = "archives";
 const STAT_CACHE: &str = "statcache";
@@ -107,6 +163,10 @@ pub struct ArchiveSummary {
     pub tree_digest: Digest,
     pub tgz_sha256: Digest,
     pub warnings: u64,
+    /// When this node stored it, by its own clock (0 in an index written
+    /// before this was kept: long ago).
+    #[serde(default)]
+    pub stored_ms: i64,
 }
 
 impl ArchiveSummary {
@@ -132,7 +192,13 @@ impl ArchiveSummary {
             tree_digest: m.tree_digest,
             tgz_sha256: m.tgz_sha256,
             warnings: m.warnings.len() as u64,
+            stored_ms: 0,
         }
+    }
+
+    /// The summary of `m`, stored here now.
+    fn stored_now(m: &Manifest) -> Self {
+        ArchiveSummary { stored_ms: crate::net::actor::now_ms(), ..ArchiveSummary::of(m) }
     }
 }
 
@@ -534,7 +600,7 @@ impl Store {
         }
         let p = self.manifest_path(&m.node, &m.path, &m.id)?;
         write_atomic(&p, &m.encode()).map_err(|e| StoreError::io(&p, e))?;
-        let s = ArchiveSummary::of(m);
+        let s = ArchiveSummary::stored_now(m);
         self.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
         self.kv.flush()?;
         let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
@@ -567,11 +633,14 @@ impl Store {
         Ok(true)
     }
 
-    /// Keeps the newest `keep` archives of (node, path), then frees members
-    /// no remaining manifest uses.
-    pub fn retain(&self, node: &str, path: &str, keep: usize) -> Result<RetentionReport, StoreError> {
+    /// Keeps the archives of (node, path) that `retention` keeps, then
+    /// frees members no remaining manifest uses.
+    pub fn retain(&self, node: &str, path: &str, retention: Retention) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
-        for old in self.list(node, path)?.into_iter().skip(keep.max(1)) {
+        let all = self.list(node, path)?;
+        let kept: HashSet<&str> =
+            retention.kept(&all, crate::net::actor::now_ms()).into_iter().map(|a| a.id.as_str()).collect();
+        for old in all.iter().filter(|a| !kept.contains(a.id.as_str())) {
             let p = self.manifest_path(node, path, &old.id)?;
             match fs::remove_file(&p) {
                 Ok(()) => {}
@@ -581,8 +650,8 @@ impl Store {
             if let Some(dir) = p.parent() {
                 let _ = File::open(dir).and_then(|d| d.sync_all());
             }
-            self.kv.delete(ARCHIVES, &archive_key(&old))?;
-            report.removed.push(old.id);
+            self.kv.delete(ARCHIVES, &archive_key(old))?;
+            report.removed.push(old.id.clone());
         }
         if !report.removed.is_empty() {
             let (n, b) = self.gc()?;
@@ -679,7 +748,12 @@ impl Store {
                 }
                 let bytes = fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
                 let m = Manifest::decode(&bytes).map_err(|source| StoreError::Manifest { path: p.clone(), source })?;
-                let s = ArchiveSummary::of(&m);
+                // Stored when its manifest was written.
+                let written = f.metadata().and_then(|md| md.modified()).ok();
+                let stored_ms = written
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as i64);
+                let s = ArchiveSummary { stored_ms, ..ArchiveSummary::of(&m) };
                 on_disk.insert(archive_key(&s), s);
             }
         }
@@ -781,7 +855,7 @@ impl PutTxn<'_> {
             std::mem::forget(self.dir.take());
             return Ok(());
         }
-        let s = ArchiveSummary::of(m);
+        let s = ArchiveSummary::stored_now(m);
         self.store.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
         self.store.kv.flush()?;
         Ok(())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use backmesh_actors::archive::{self, tarfmt, CreateOptions, FileSink, RestoreError, RestoreOptions, WarningKind};
 use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
-use backmesh_actors::store::{CommitStep, Store, StoreError};
+use backmesh_actors::store::{CommitStep, Retention, Store, StoreError};
 use common::*;
 
 fn tgz_of(src: &Path, out: &Path, opts: &CreateOptions) -> archive::Created {
@@ -345,7 +345,7 @@ fn retention_keeps_exactly_k_and_frees_unused_members() {
         if gen >= 1 {
             fs::remove_file(src.join(format!("new-{}.bin", gen - 1))).unwrap();
         }
-        let r = run_backup(&store, "n1", &src, &opts(), 10).unwrap();
+        let r = run_backup(&store, "n1", &src, &opts(), Retention::keep(10)).unwrap();
         match r.outcome {
             RunOutcome::Stored { manifest, .. } => ids.push(manifest.id.clone()),
             other => panic!("generation {gen}: {other:?}"),
@@ -410,6 +410,78 @@ fn a_crash_between_writes_leaves_the_store_consistent() {
 }
 
 #[test]
+fn keep_within_keeps_every_archive_stored_in_the_window_however_many_came_after() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let key = src.to_str().unwrap().to_string();
+    let week = Retention { keep: 2, within: Some(std::time::Duration::from_secs(7 * 86_400)) };
+    for gen in 0..6 {
+        fs::write(src.join("f"), format!("generation {gen}")).unwrap();
+        let r = run_backup(&store, "n1", &src, &opts(), week).unwrap();
+        assert!(matches!(r.outcome, RunOutcome::Stored { .. }), "{:?}", r.outcome);
+    }
+    let listed = store.list("n1", &key).unwrap();
+    assert_eq!(listed.len(), 6, "all six were stored within the week: none is pruned");
+    assert!(listed.iter().all(|a| a.stored_ms > 0), "each knows when it was stored here");
+    // Without the window, the same store keeps the newest two.
+    let report = store.retain("n1", &key, Retention::keep(2)).unwrap();
+    assert_eq!(report.removed.len(), 4);
+    assert_eq!(store.list("n1", &key).unwrap().len(), 2);
+}
+
+#[test]
+fn retention_keeps_the_newest_and_the_recent_ones_only() {
+    let now = 1_800_000_000_000i64;
+    let day = 86_400_000i64;
+    // Newest first, as a series lists them; stored 0..9 days ago, then 30.
+    let archives: Vec<backmesh_actors::store::ArchiveSummary> = (0..10)
+        .map(|i| backmesh_actors::store::ArchiveSummary {
+            id: format!("a{i}"),
+            node: "n".into(),
+            path: "/p".into(),
+            created_ms: 0,
+            order_ms: 100 - i,
+            tgz_len: 0,
+            files: 0,
+            tree_digest: backmesh_actors::hash::Digest([0; 32]),
+            tgz_sha256: backmesh_actors::hash::Digest([0; 32]),
+            warnings: 0,
+            stored_ms: if i == 9 { now - 30 * day } else { now - i * day - 1 },
+        })
+        .collect();
+    let ids = |r: Retention| r.kept(&archives, now).iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(Retention::keep(3)), ["a0", "a1", "a2"]);
+    let week = Some(std::time::Duration::from_millis(7 * day as u64));
+    assert_eq!(ids(Retention { keep: 3, within: week }), ["a0", "a1", "a2", "a3", "a4", "a5", "a6"]);
+    assert_eq!(ids(Retention { keep: 1, within: week }).len(), 7);
+    // An index from before stored times were kept (0): outside any window.
+    assert_eq!(ids(Retention { keep: 10, within: week }).len(), 10);
+    // Stored under a clock that ran ahead: kept by the window, never by
+    // `keep` alone.
+    let mut ahead = archives.clone();
+    ahead[5].stored_ms = now + 365 * day;
+    let ids = |r: Retention| r.kept(&ahead, now).iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(Retention::keep(3)), ["a0", "a1", "a2"]);
+    assert_eq!(ids(Retention { keep: 1, within: Some(std::time::Duration::from_secs(3600)) }), ["a0", "a5"]);
+}
+
+#[test]
+fn keep_within_reads_hours_days_weeks_and_months_and_refuses_the_rest() {
+    use backmesh_actors::store::parse_within;
+    let h = |n: u64| std::time::Duration::from_secs(n * 3600);
+    assert_eq!(parse_within("36h"), Ok(h(36)));
+    assert_eq!(parse_within("14d"), Ok(h(14 * 24)));
+    assert_eq!(parse_within("2w"), Ok(h(14 * 24)));
+    assert_eq!(parse_within("6m"), Ok(h(6 * 30 * 24)));
+    for bad in ["14", "d", "14 d", "14s", "0d", "-3d", ""] {
+        let e = parse_within(bad).unwrap_err();
+        assert!(e.contains(bad) || bad.is_empty(), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn an_unchanged_tree_is_recognised_from_metadata_alone() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
@@ -417,9 +489,9 @@ fn an_unchanged_tree_is_recognised_from_metadata_alone() {
     // Entries changed in the last 2 s are "racy": wait them out once.
     std::thread::sleep(std::time::Duration::from_millis(2600));
     let store = Store::open(&t.path().join("data")).unwrap();
-    let first = run_backup(&store, "n", &src, &opts(), 10).unwrap();
+    let first = run_backup(&store, "n", &src, &opts(), Retention::keep(10)).unwrap();
     assert!(matches!(first.outcome, RunOutcome::Stored { .. }));
-    let second = run_backup(&store, "n", &src, &opts(), 10).unwrap();
+    let second = run_backup(&store, "n", &src, &opts(), Retention::keep(10)).unwrap();
     assert!(matches!(second.outcome, RunOutcome::Unchanged { by: UnchangedBy::StatCache, .. }), "{:?}", second.outcome);
     // Same size, same mtime, different bytes: ctime still tells.
     let f = src.join("deep");
@@ -435,12 +507,12 @@ fn an_unchanged_tree_is_recognised_from_metadata_alone() {
     fs::write(&p, bytes).unwrap();
     filetime::set_file_mtime(&p, mtime).unwrap();
     let _ = f;
-    let third = run_backup(&store, "n", &src, &opts(), 10).unwrap();
+    let third = run_backup(&store, "n", &src, &opts(), Retention::keep(10)).unwrap();
     assert!(matches!(third.outcome, RunOutcome::Stored { .. }), "{:?}", third.outcome);
     // Excludes are part of the snapshot's identity.
     let mut o = opts();
     o.excludes = vec!["deep".into()];
-    let fourth = run_backup(&store, "n", &src, &o, 10).unwrap();
+    let fourth = run_backup(&store, "n", &src, &o, Retention::keep(10)).unwrap();
     assert!(matches!(fourth.outcome, RunOutcome::Stored { .. }), "{:?}", fourth.outcome);
 }
 
@@ -448,17 +520,17 @@ fn an_unchanged_tree_is_recognised_from_metadata_alone() {
 fn bad_sources_get_clear_errors() {
     let t = tempfile::tempdir().unwrap();
     let store = Store::open(&t.path().join("data")).unwrap();
-    let err = run_backup(&store, "n", &t.path().join("missing"), &opts(), 10).unwrap_err();
+    let err = run_backup(&store, "n", &t.path().join("missing"), &opts(), Retention::keep(10)).unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
     let f = t.path().join("file");
     fs::write(&f, b"").unwrap();
-    let err = run_backup(&store, "n", &f, &opts(), 10).unwrap_err();
+    let err = run_backup(&store, "n", &f, &opts(), Retention::keep(10)).unwrap_err();
     assert!(err.to_string().contains("not a directory"), "{err}");
-    let err = run_backup(&store, "n", Path::new("relative/dir"), &opts(), 10).unwrap_err();
+    let err = run_backup(&store, "n", Path::new("relative/dir"), &opts(), Retention::keep(10)).unwrap_err();
     assert!(err.to_string().contains("not absolute"), "{err}");
     let mut o = opts();
     o.excludes = vec!["[".into()];
-    let err = run_backup(&store, "n", t.path(), &o, 10).unwrap_err();
+    let err = run_backup(&store, "n", t.path(), &o, Retention::keep(10)).unwrap_err();
     assert!(err.to_string().contains("exclude"), "{err}");
 }
 
@@ -488,12 +560,12 @@ fn a_full_disk_fails_the_backup_and_keeps_older_archives() {
     fs::write(src.join("small.txt"), b"version 1").unwrap();
     let data = mnt.join("data");
     let store = Store::open(&data).unwrap();
-    let first = run_backup(&store, "n", &src, &opts(), 10).unwrap();
+    let first = run_backup(&store, "n", &src, &opts(), Retention::keep(10)).unwrap();
     let RunOutcome::Stored { manifest: first, .. } = first.outcome else { panic!("first backup stored") };
 
     // Now more incompressible data than the disk holds.
     fs::write(src.join("big.bin"), Rng(3).bytes(8 << 20)).unwrap();
-    let err = run_backup(&store, "n", &src, &opts(), 10).unwrap_err();
+    let err = run_backup(&store, "n", &src, &opts(), Retention::keep(10)).unwrap_err();
     assert!(err.to_string().contains("No space left"), "{err}");
     let key = src.to_str().unwrap();
     let listed = store.list("n", key).unwrap();
@@ -550,7 +622,7 @@ fn a_holder_keeps_only_what_the_series_own_node_sealed() {
     fs::write(src.join("a.txt"), b"the real data").unwrap();
     // The origin n1 makes a sealed archive in its own store.
     let origin = Store::open(&t.path().join("n1")).unwrap();
-    let made = match run_backup(&origin, "n1", &src, &opts(), 10).unwrap().outcome {
+    let made = match run_backup(&origin, "n1", &src, &opts(), Retention::keep(10)).unwrap().outcome {
         RunOutcome::Stored { manifest, .. } => *manifest,
         other => panic!("{other:?}"),
     };

@@ -238,7 +238,7 @@ fn job_status(j: &JobView) -> JobStatus {
         every: j.every_min,
         paused: j.paused,
         state: state.into(),
-        last_success: j.last_success.map(|t| backmesh_actors::net::actor::rfc3339(t.wall_ms)),
+        last_success: j.last_success.as_ref().map(|t| backmesh_actors::net::actor::rfc3339(t.wall_ms)),
     }
 }
 
@@ -573,7 +573,7 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
         .iter()
         .map(|a| {
             let holders_down: Vec<&String> = a.holders.iter().filter(|h| down.contains(*h)).collect();
-            serde_json::json!({"id": a.id, "created": a.created.map(|t| backmesh_actors::net::actor::rfc3339(t.wall_ms)), "size": a.size,
+            serde_json::json!({"id": a.id, "created": a.created.as_ref().map(|t| backmesh_actors::net::actor::rfc3339(t.wall_ms)), "size": a.size,
                                "files": a.files, "warnings": a.warnings, "holders": a.holders,
                                "holders_down": holders_down})
         })

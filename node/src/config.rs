@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use backmesh_actors::store::Retention;
 use clap::Args;
 use serde::Deserialize;
 
@@ -36,6 +37,11 @@ pub struct RunArgs {
     /// Archives kept per (node, path) [default: 10].
     #[arg(long)]
     pub keep: Option<usize>,
+    /// Also keep every archive stored here less than this long ago, however
+    /// many came after it (36h, 14d, 2w, 6m): a node that goes wrong or a
+    /// stolen key cannot then push recent backups out of their holders.
+    #[arg(long, value_name = "DURATION", value_parser = backmesh_actors::store::parse_within)]
+    pub keep_within: Option<Duration>,
     /// A label grouping nodes (a client, a data centre).
     #[arg(long)]
     pub site: Option<String>,
@@ -91,6 +97,7 @@ struct FileConfig {
     token: Option<String>,
     replicas: Option<usize>,
     keep: Option<usize>,
+    keep_within: Option<String>,
     site: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -128,7 +135,7 @@ pub struct NodeConfig {
     pub swarm_key: Option<PathBuf>,
     pub token: Option<String>,
     pub replicas: usize,
-    pub keep: usize,
+    pub keep: Retention,
     pub site: String,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub mdns: bool,
@@ -226,7 +233,14 @@ impl NodeConfig {
                 if keep == 0 || keep > most {
                     bail!("--keep {keep}: keep between 1 and {most} archives per path (the mesh remembers {most} per path)");
                 }
-                keep
+                let within = match (args.keep_within, &file.keep_within) {
+                    (Some(d), _) => Some(d),
+                    (None, Some(text)) => {
+                        Some(backmesh_actors::store::parse_within(text).map_err(|e| anyhow!("keep_within {e}"))?)
+                    }
+                    (None, None) => None,
+                };
+                Retention { keep, within }
             },
             site: args.site.or(file.site).unwrap_or_default(),
             tls,
@@ -270,5 +284,15 @@ mod tests {
         let e = NodeConfig::resolve(None, None, RunArgs { bootstrap: vec!["nohost".into()], ..Default::default() })
             .unwrap_err();
         assert!(e.to_string().contains("bad bootstrap address `nohost`"), "{e}");
+    }
+}
+
+/// A duration as `--keep-within` takes it, for people (`14d`, `36h`).
+pub fn human_duration(d: Duration) -> String {
+    let h = d.as_secs() / 3600;
+    if h % 24 == 0 {
+        format!("{}d", h / 24)
+    } else {
+        format!("{h}h")
     }
 }

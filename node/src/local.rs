@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use backmesh_actors::archive::{self, CreateOptions, Progress, RestoreOptions};
 use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
-use backmesh_actors::store::{ArchiveSummary, Store, DEFAULT_KEEP};
+use backmesh_actors::store::{ArchiveSummary, Retention, Store, DEFAULT_KEEP};
 use clap::Args;
 use serde_json::json;
 
@@ -68,6 +68,9 @@ pub struct BackupArgs {
     /// Archives to keep for this directory.
     #[arg(long, default_value_t = DEFAULT_KEEP)]
     keep: usize,
+    /// Also keep every archive stored less than this long ago (36h, 14d, 2w, 6m).
+    #[arg(long, value_name = "DURATION", value_parser = backmesh_actors::store::parse_within)]
+    keep_within: Option<std::time::Duration>,
     /// Group target in KiB (how much raw tar goes into one gzip member).
     #[arg(long, value_name = "KIB", default_value_t = (archive::cut::DEFAULT_TARGET / 1024) as u64)]
     target_kib: u64,
@@ -97,7 +100,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress, stop.clone(), false));
-    let report = run_backup(&store, &ctx.name, &path, &opts, a.keep);
+    let report = run_backup(&store, &ctx.name, &path, &opts, Retention { keep: a.keep, within: a.keep_within });
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
         let _ = t.join();

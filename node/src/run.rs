@@ -246,11 +246,15 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         );
         let _ = std::io::stdout().flush();
         tracing::info!(
-            "data dir {}, site `{}`, {} replicas, keeping {} archives per path",
+            "data dir {}, site `{}`, {} replicas, keeping {} archives per path{}",
             cfg.data_dir.display(),
             cfg.site,
             cfg.replicas,
-            cfg.keep
+            cfg.keep.keep,
+            cfg.keep.within.map_or(String::new(), |d| format!(
+                " and every one stored in the last {}",
+                crate::config::human_duration(d)
+            ))
         );
         let signal = shutdown_signal().await;
         tracing::info!("{signal}: shutting down");
@@ -304,7 +308,7 @@ async fn route(mut inbound: tokio::sync::mpsc::Receiver<swarm::Inbound>, to: Rou
         match event {
             Inbound::Seen { peer } => to.membership.do_send(NetEvent::Seen { peer }),
             Inbound::Hello { peer, info } => to.membership.do_send(NetEvent::Hello { peer, info }),
-            Inbound::Gossip { from, source, data } => to.log.do_send(Gossiped { from, source, data }),
+            Inbound::Gossip { from, id, data } => to.log.do_send(Gossiped { from, id, data }),
             Inbound::StatePull { pull, channel } => {
                 to.log.do_send(backmesh_actors::log::actor::ServeStatePull { pull, channel })
             }

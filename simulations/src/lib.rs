@@ -53,7 +53,8 @@ pub struct Node {
     pub api: u16,
     pub log: PathBuf,
     args: Vec<String>,
-    env: Vec<(String, String)>,
+    /// Environment variables of its process (kept across restarts).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     /// Extra `backmesh` CLI arguments (token, CA…).
     pub cli_args: Vec<String>,

@@ -45,6 +45,7 @@ use backmesh_actors::log::hlc::Clock;
 use backmesh_actors::log::mesh::{
     answer_pull, JobView, MeshState, Record, RecordKey, SeriesKey, Settled, Stamp, BUCKETS,
 };
+use backmesh_actors::log::seal::Seal;
 use backmesh_actors::net::membership::{Membership, NodeInfo};
 use backmesh_actors::net::wire::STATE_BATCH_BYTES;
 use backmesh_actors::replica::placement::{holders, Candidate};
@@ -256,7 +257,7 @@ impl Replica {
             Replica::Real { state, settled } => {
                 let theirs = theirs.to_vec();
                 let (records, next) =
-                    answer_pull(state, settled, &theirs, from, eager, now, QUIET_MS, STATE_BATCH_BYTES);
+                    answer_pull(state, settled, &theirs, from, eager, now, QUIET_MS, STATE_BATCH_BYTES, &mut |_, _| {});
                 let bytes = records.iter().map(|(k, r)| (cbor_len(k) + cbor_len(r)) as u64).sum();
                 (Batch::Real(records), next, bytes)
             }
@@ -472,7 +473,7 @@ pub fn run(cfg: &Config) -> Report {
                 origin_name: node.name.clone(),
                 seq: node.seq,
                 time: node.clock.tick(now),
-                sig: None,
+                sig: Seal::None,
                 seals: Vec::new(),
                 event: ev,
             })
@@ -581,7 +582,7 @@ pub fn run(cfg: &Config) -> Report {
                         seq: 1,
                         wall_ms: last_started[n * cfg.jobs + j],
                         logical: 0,
-                        seal: None,
+                        seal: Seal::None,
                     }),
                     ..template.clone()
                 })
@@ -1013,7 +1014,7 @@ fn measure_sizes(cfg: &Config) -> (u32, u32, u32, u32) {
             origin_name: "n00000".into(),
             seq,
             time: clock.tick(at),
-            sig: None,
+            sig: Seal::None,
             seals: Vec::new(),
             event,
         };

@@ -30,7 +30,7 @@ use crate::log::mesh::JobView;
 use crate::net::actor::now_ms;
 use crate::net::swarm::{NetClient, ServeCtl};
 use crate::net::wire::{CtlRequest, CtlResponse, RunProgress};
-use crate::store::Store;
+use crate::store::{Retention, Store};
 
 /// Queue an on-demand run of `path` (a registered job of this node); its
 /// log entries will carry `request`.
@@ -67,7 +67,7 @@ struct Running {
 #[derive(Clone, Debug)]
 pub struct JobsConfig {
     /// Archives kept per path.
-    pub keep: usize,
+    pub keep: Retention,
     /// Runs at once.
     pub max_parallel: usize,
     /// Runs that may wait.
@@ -87,7 +87,7 @@ pub struct JobsActor {
     progress: HashMap<String, Running>,
     jobs: HashMap<String, JobView>,
     max_parallel: usize,
-    keep: usize,
+    keep: Retention,
     allow_programs: bool,
     net: NetClient,
     /// Told when a backup stored a new archive (the replica actor).

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::archive::{self, ArchiveError, CreateOptions, Manifest, StatSnapshot, Warning};
 use crate::hash::Digest;
-use crate::store::{RetentionReport, StatCacheEntry, Store, StoreError};
+use crate::store::{Retention, RetentionReport, StatCacheEntry, Store, StoreError};
 
 use super::plugin::{self, JobSpec, PluginReport};
 
@@ -65,7 +65,7 @@ pub fn run_backup(
     node: &str,
     path: &Path,
     opts: &CreateOptions,
-    keep: usize,
+    keep: Retention,
 ) -> Result<RunReport, RunError> {
     if !path.is_absolute() {
         return Err(RunError::RelativePath { path: path.display().to_string() });
@@ -81,7 +81,7 @@ pub fn run_backup_as(
     key: &str,
     path: &Path,
     opts: &CreateOptions,
-    keep: usize,
+    keep: Retention,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let last = store.latest(node, key)?;
@@ -191,7 +191,7 @@ pub fn run_job(
     path: &str,
     spec: &JobSpec,
     opts: &CreateOptions,
-    keep: usize,
+    keep: Retention,
 ) -> (Result<RunReport, String>, Option<PluginReport>) {
     let timeout = spec.timeout();
     let mut report = PluginReport { archive: true, ..Default::default() };
@@ -230,7 +230,7 @@ fn source_backup(
     path: &str,
     spec: &JobSpec,
     opts: &CreateOptions,
-    keep: usize,
+    keep: Retention,
     report: &mut PluginReport,
 ) -> Result<RunReport, String> {
     let timeout = spec.timeout();

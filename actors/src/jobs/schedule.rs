@@ -48,7 +48,7 @@ mod tests {
             paused,
             last: None,
             last_success: None,
-            last_started: started_ms.map(|wall_ms| Stamp { seq: 1, wall_ms, logical: 0, seal: None }),
+            last_started: started_ms.map(|wall_ms| Stamp { seq: 1, wall_ms, logical: 0, seal: Default::default() }),
             registered_at: Hlc { wall_ms: 0, logical: 0, node: "P".into() },
             last_size: None,
             last_warnings: vec![],

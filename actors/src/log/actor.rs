@@ -38,8 +38,9 @@ use super::mesh::{
     Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS,
 };
 use super::seal::key_of_peer;
+use super::state_disk;
 use crate::net::actor::{now_ms, Misbehaved};
-use crate::net::swarm::{NetClient, ServeCtl};
+use crate::net::swarm::{NetClient, ServeCtl, Verdict};
 use crate::net::wire::{CtlRequest, CtlResponse, StateBatch, StatePull, STATE_BATCH_BYTES};
 use crate::store::{KvStore, StoreError};
 
@@ -53,8 +54,8 @@ pub struct Record(pub Event);
 #[rtype(result = "()")]
 pub struct Gossiped {
     pub from: String,
-    /// The peer that published it, its signature checked by gossipsub.
-    pub source: Option<String>,
+    /// The message's id, to say what this node made of it.
+    pub id: Vec<u8>,
     pub data: Vec<u8>,
 }
 
@@ -195,9 +196,6 @@ const PULL_TIMEOUT_MS: i64 = 5_000;
 /// Pages of one series' history fetched at most when this node becomes
 /// one of its keepers (a million entries).
 const BACKFILL_PAGES: usize = 1_000;
-/// Format of a stored state record.
-const STATE_VERSION: u8 = 1;
-const STATE_TREE: &str = "state";
 /// The log of backmesh 0.1 before the state/history split (one tree with
 /// every entry of the mesh), migrated at start-up.
 const OLD_LOG_TREE: &str = "log";
@@ -255,12 +253,6 @@ pub struct LogActor {
     unsynced: Vec<(Entry, tokio::sync::oneshot::Sender<Result<Entry, StoreError>>)>,
 }
 
-fn state_key(k: &RecordKey) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = ciborium::into_writer(k, &mut out);
-    out
-}
-
 impl LogActor {
     /// Reports refusals of what peers send to `to` (the membership actor).
     pub fn reporting_to(mut self, to: actix::Recipient<Misbehaved>) -> Self {
@@ -280,23 +272,7 @@ impl LogActor {
     ) -> Result<Self, StoreError> {
         let me = identity.public().to_peer_id().to_string();
         let mut state = MeshState::new();
-        for (k, v) in kv.scan_prefix(STATE_TREE, &[])? {
-            let key: RecordKey = ciborium::from_reader(&k[..])
-                .map_err(|e| StoreError::Index { reason: format!("a stored state key is corrupt: {e}") })?;
-            let record: StateRecord = match v.split_first() {
-                Some((&STATE_VERSION, body)) => ciborium::from_reader(body)
-                    .map_err(|e| StoreError::Index { reason: format!("a stored state record is corrupt: {e}") })?,
-                Some((other, _)) => {
-                    return Err(StoreError::Index {
-                        reason: format!(
-                            "state record format {other} is newer than this backmesh understands; upgrade backmesh"
-                        ),
-                    })
-                }
-                None => continue,
-            };
-            state.merge_record(&key, &record);
-        }
+        state_disk::load(kv.as_ref(), &mut state)?;
         let mut actor = LogActor {
             misdeeds: None,
             state,
@@ -458,27 +434,14 @@ impl LogActor {
     /// Writes the state records that changed; those a failed write left
     /// are tried again next time.
     fn persist(&mut self) -> Result<(), StoreError> {
-        let mut keys = self.state.take_changed().into_iter();
-        while let Some(key) = keys.next() {
-            if let Err(e) = self.write_record(&key) {
-                self.state.still_changed(std::iter::once(key).chain(keys));
-                return Err(e);
-            }
+        let missing = state_disk::persist(&mut self.state, self.kv.as_ref())?.missing;
+        if missing > 0 {
+            tracing::warn!(
+                "{missing} signatures of the mesh state were not on disk: those registers go to peers unsealed \
+                 (they take them from another node)"
+            );
         }
         Ok(())
-    }
-
-    fn write_record(&self, key: &RecordKey) -> Result<(), StoreError> {
-        let k = state_key(key);
-        match self.state.record(key) {
-            Some(r) => {
-                let mut v = vec![STATE_VERSION];
-                ciborium::into_writer(&r, &mut v)
-                    .map_err(|e| StoreError::Index { reason: format!("encoding a state record: {e}") })?;
-                self.kv.put(STATE_TREE, &k, &v)
-            }
-            None => self.kv.delete(STATE_TREE, &k),
-        }
     }
 
     fn pull(&mut self, from: Option<String>, from_bucket: u16, eager: bool) {
@@ -670,38 +633,37 @@ impl LogActor {
 }
 
 impl LogActor {
-    /// Takes in a gossiped entry if the peer that published it is its
-    /// origin; what the publisher did wrong otherwise.
-    fn take_gossip(&mut self, msg: Gossiped) -> Option<Misbehaved> {
+    /// Takes in a gossiped entry if its origin signed it and wrote only
+    /// what it may; what the node makes of it, and who did wrong if
+    /// anyone. A signature that does not hold is the relaying peer's doing
+    /// (an honest node relays only what it checked, and every node checks
+    /// a signature alike); an entry its origin signed but may not write is
+    /// the origin's.
+    fn take_gossip(&mut self, msg: Gossiped) -> (Verdict, Option<Misbehaved>) {
         let e = match crate::net::wire::decode::<Entry>(&msg.data, crate::net::wire::MAX_LOG) {
             Ok(e) if e.seq > 0 => e,
-            Ok(_) => return None,
+            Ok(_) => return (Verdict::Ignore, None),
             Err(err) => {
-                tracing::warn!("dropped a malformed log message relayed by {}: {err}", msg.from);
-                return None;
+                tracing::warn!("dropped a log message relayed by {} that this version cannot read: {err}", msg.from);
+                return (Verdict::Ignore, None);
             }
         };
-        // Every node publishes only the entries it writes: an entry
-        // published by another peer than its origin is forged.
-        if msg.source.as_deref() != Some(e.origin.as_str()) {
-            let what = format!(
-                "a log entry in the name of {} ({}, seq {}) that it did not sign",
-                e.origin_name, e.origin, e.seq
-            );
-            return Some(Misbehaved { peer: msg.source.unwrap_or(msg.from), what });
-        }
         match self.refusal(&e) {
-            Some(Refusal::Forged(what)) => return Some(Misbehaved { peer: e.origin.clone(), what }),
+            Some(Refusal::Forged(what)) => return (Verdict::Reject, Some(Misbehaved { peer: msg.from, what })),
+            Some(Refusal::OutOfAuthority(what)) => {
+                return (Verdict::Reject, Some(Misbehaved { peer: e.origin.clone(), what }))
+            }
             Some(Refusal::Unsigned) => {
                 tracing::debug!("dropped an unsigned log entry of {} (an older backmesh)", e.origin_name);
-                return None;
+                return (Verdict::Ignore, None);
             }
             None => {}
         }
         if let Err(err) = self.take_in(&e) {
             tracing::error!("cannot store a log entry from {}: {err}", e.origin_name);
+            return (Verdict::Ignore, None);
         }
-        None
+        (Verdict::Accept, None)
     }
 }
 
@@ -788,8 +750,10 @@ enum Refusal {
     /// Not signed at all: written by a node older than signatures (its
     /// hellos name its protocol), so no one is blamed.
     Unsigned,
-    /// Forged, altered or written out of its origin's authority.
+    /// Its signature or a seal does not hold: forged or altered.
     Forged(String),
+    /// Signed by its origin, but written out of its authority.
+    OutOfAuthority(String),
 }
 
 impl LogActor {
@@ -797,22 +761,26 @@ impl LogActor {
     /// origin's authority, not signed by its origin, or without its
     /// origin's seal of every register it writes.
     fn refusal(&self, e: &Entry) -> Option<Refusal> {
-        if e.sig.is_none() {
+        if !e.sig.is_sealed() {
             return Some(Refusal::Unsigned);
         }
-        self.out_of_authority(e).or_else(|| self.unsealed(e)).map(Refusal::Forged)
-    }
-
-    /// What is wrong with a peer's entry `e` if it is not signed by its
-    /// origin, or does not carry its origin's seal of every register it
-    /// writes.
-    fn unsealed(&self, e: &Entry) -> Option<String> {
+        // The signature first: only then is the entry its origin's doing.
         if !e.signed_by_origin() {
-            return Some(format!(
+            return Some(Refusal::Forged(format!(
                 "a log entry in the name of {} ({}, seq {}) that it did not sign",
                 e.origin_name, e.origin, e.seq
-            ));
+            )));
         }
+        if let Some(what) = self.out_of_authority(e) {
+            return Some(Refusal::OutOfAuthority(what));
+        }
+        self.unsealed(e).map(Refusal::Forged)
+    }
+
+    /// What is wrong with a peer's entry `e` if it does not carry its
+    /// origin's seal of every register it writes (the seals are not under
+    /// the entry's signature: whoever sent them is to blame).
+    fn unsealed(&self, e: &Entry) -> Option<String> {
         // Checked against nothing held: only the entry's own few seals are
         // verified, not every register of the records it touches.
         let (nothing, mut found) = (MeshState::new(), Checked::default());
@@ -834,7 +802,10 @@ impl LogActor {
 impl Handler<Gossiped> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: Gossiped, _: &mut Context<Self>) {
-        if let (Some(misdeed), Some(to)) = (self.take_gossip(msg), &self.misdeeds) {
+        let (id, from) = (msg.id.clone(), msg.from.clone());
+        let (verdict, misdeed) = self.take_gossip(msg);
+        self.net.report_gossip(id, from, verdict);
+        if let (Some(misdeed), Some(to)) = (misdeed, &self.misdeeds) {
             to.do_send(misdeed);
         }
     }
@@ -845,6 +816,7 @@ impl Handler<ServeStatePull> for LogActor {
     fn handle(&mut self, msg: ServeStatePull, _: &mut Context<Self>) {
         let now = now_ms();
         self.settled.observe(&self.state, now);
+        let kv = self.kv.clone();
         let (records, next_bucket) = answer_pull(
             &mut self.state,
             &self.settled,
@@ -854,6 +826,11 @@ impl Handler<ServeStatePull> for LogActor {
             now,
             QUIET_MS,
             STATE_BATCH_BYTES,
+            &mut |k, r| {
+                if let Err(e) = state_disk::with_seals(kv.as_ref(), k, r) {
+                    tracing::error!("cannot read the mesh state's signatures: {e}");
+                }
+            },
         );
         let net = self.net.clone();
         actix::spawn(async move {
@@ -1115,6 +1092,14 @@ impl Handler<Backfilled> for LogActor {
                     refused.push(what);
                     continue;
                 }
+                Some(Refusal::OutOfAuthority(what)) => {
+                    // Its origin signed it: the origin's doing, not the
+                    // sender's (whose bindings may differ from these).
+                    if let Some(to) = &self.misdeeds {
+                        to.do_send(Misbehaved { peer: e.origin.clone(), what });
+                    }
+                    continue;
+                }
                 Some(Refusal::Unsigned) => continue,
                 None => {}
             }
@@ -1154,6 +1139,7 @@ impl Handler<Backfilled> for LogActor {
 mod tests {
     use super::*;
     use crate::log::hlc::Clock;
+    use crate::log::seal::Seal;
     use crate::store::MemKv;
     use libp2p::identity::Keypair;
 
@@ -1185,7 +1171,7 @@ mod tests {
 
         /// Gossip of `e` published by this peer.
         fn publishes(&self, e: &Entry) -> Gossiped {
-            Gossiped { from: self.id.clone(), source: Some(self.id.clone()), data: crate::net::wire::encode(e) }
+            Gossiped { from: self.id.clone(), id: Vec::new(), data: crate::net::wire::encode(e) }
         }
 
         /// Its log actor on `kv`, its history in `dir`.
@@ -1229,7 +1215,7 @@ mod tests {
                     origin_name: name.into(),
                     seq,
                     time: c.tick(seq as i64),
-                    sig: None,
+                    sig: Seal::None,
                     seals: Vec::new(),
                     event,
                 };
@@ -1264,40 +1250,48 @@ mod tests {
         assert_eq!(again.next_seq, 6);
         // What a wrote before seals is sealed by a now; b's stays as it was.
         let job_of = |actor: &mut LogActor, n: &str| actor.state.record(&RecordKey::Job(n.into(), "/srv".into()));
-        assert!(matches!(job_of(&mut again, "a"), Some(StateRecord::Job(r)) if r.seal.is_some()));
-        assert!(matches!(job_of(&mut again, "b"), Some(StateRecord::Job(r)) if r.seal.is_none()));
+        assert!(matches!(job_of(&mut again, "a"), Some(StateRecord::Job(r)) if r.seal.is_sealed()));
+        assert!(matches!(job_of(&mut again, "b"), Some(StateRecord::Job(r)) if !r.seal.is_sealed()));
     }
 
     #[test]
-    fn a_gossiped_entry_is_taken_in_only_from_its_origin() {
+    fn a_gossiped_entry_is_taken_in_only_under_its_origin_s_signature() {
         let t = tempfile::tempdir().unwrap();
         let (a, b, c) = (peer("a"), peer("b"), peer("c"));
         let mut actor = a.load(Arc::new(MemKv::default()), t.path());
         let entry = b.entry(1, now_ms(), registered("b", "/p"));
-        // Published by C (gossipsub checked C's signature) in B's name: forged.
-        let misdeed = actor.take_gossip(c.publishes(&entry)).expect("named");
+        // Written by C in B's name (signed with C's key): forged, and C,
+        // which relayed it, named.
+        let forged = Entry { sig: c.entry(1, now_ms(), registered("b", "/p")).sig, ..entry.clone() };
+        let (verdict, misdeed) = actor.take_gossip(c.publishes(&forged));
+        assert_eq!(verdict, Verdict::Reject, "not relayed on");
+        let misdeed = misdeed.expect("named");
         assert_eq!(misdeed.peer, c.id);
         assert!(misdeed.what.contains("in the name of b"), "{}", misdeed.what);
-        // Unsigned (no source): refused too, the relay named.
-        let data = crate::net::wire::encode(&entry);
-        let unsigned = Gossiped { from: "PEER-D".into(), source: None, data: data.clone() };
-        assert_eq!(actor.take_gossip(unsigned).map(|m| m.peer).as_deref(), Some("PEER-D"));
-        // Published by B, but altered on the way (or written by a thief
-        // without B's key): its signature does not hold.
+        // Unsigned (an older backmesh): dropped, no one blamed.
+        let unsigned = Entry { sig: Seal::None, ..entry.clone() };
+        let (verdict, misdeed) = actor.take_gossip(c.publishes(&unsigned));
+        assert_eq!((verdict, misdeed.is_none()), (Verdict::Ignore, true));
+        // Altered on the way (or written by a thief without B's key): its
+        // signature does not hold; the relay is named.
         let mut altered = entry.clone();
         altered.event = registered("b", "/etc");
-        let misdeed = actor.take_gossip(b.publishes(&altered)).expect("refused");
+        let (verdict, misdeed) = actor.take_gossip(c.publishes(&altered));
+        assert_eq!(verdict, Verdict::Reject);
+        let misdeed = misdeed.expect("refused");
+        assert_eq!(misdeed.peer, c.id);
         assert!(misdeed.what.contains("did not sign"), "{}", misdeed.what);
         // Signed, but a register sealed with another key.
         let mut reseated = entry.clone();
         reseated.seals[0] = c.entry(1, now_ms(), registered("b", "/p")).seals[0];
-        let misdeed = actor.take_gossip(b.publishes(&reseated)).expect("refused");
-        assert!(misdeed.what.contains("seals do not hold"), "{}", misdeed.what);
+        let (verdict, misdeed) = actor.take_gossip(b.publishes(&reseated));
+        assert_eq!(verdict, Verdict::Reject);
+        assert!(misdeed.expect("refused").what.contains("seals do not hold"));
         assert!(actor.state.jobs().is_empty(), "nothing was taken in");
         assert_eq!(actor.state.max_seq(&b.id), 0);
-        // Published by B itself, relayed by C: taken in.
-        let real = Gossiped { from: c.id.clone(), source: Some(b.id.clone()), data };
-        assert!(actor.take_gossip(real).is_none());
+        // Written by B, relayed by C: taken in and relayed on.
+        let (verdict, misdeed) = actor.take_gossip(c.publishes(&entry));
+        assert_eq!((verdict, misdeed.is_none()), (Verdict::Accept, true));
         assert_eq!(actor.state.jobs().len(), 1);
     }
 
@@ -1311,12 +1305,12 @@ mod tests {
         let mut actor = a.load(kv, t.path());
         let run_of_b = || Event::Started { node: "b".into(), path: "/srv".into(), request: None };
         // C signs, as itself, a run of b's series.
-        let m = actor.take_gossip(c.publishes(&c.entry(1, now_ms(), run_of_b()))).expect("refused");
+        let m = actor.take_gossip(c.publishes(&c.entry(1, now_ms(), run_of_b()))).1.expect("refused");
         assert_eq!(m.peer, c.id);
         assert!(m.what.contains("only node b may write"), "{}", m.what);
         // C signs, calling itself b.
         let posing = Peer { name: "b".into(), ..peer("c") };
-        let m = actor.take_gossip(posing.publishes(&posing.entry(2, now_ms(), run_of_b()))).expect("refused");
+        let m = actor.take_gossip(posing.publishes(&posing.entry(2, now_ms(), run_of_b()))).1.expect("refused");
         assert!(m.what.contains(&format!("which is {} here", b.id)), "{}", m.what);
         // C claims to keep a copy as holder b.
         let copy = Event::Replicated {
@@ -1326,12 +1320,12 @@ mod tests {
             holder: "b".into(),
             bytes: 0,
         };
-        assert!(actor.take_gossip(c.publishes(&c.entry(3, now_ms(), copy))).is_some());
+        assert!(actor.take_gossip(c.publishes(&c.entry(3, now_ms(), copy))).1.is_some());
         assert_eq!(actor.state.max_seq(&c.id), 0, "nothing of C's was taken in");
         // b's own run, and anyone's registration, are taken in.
-        assert!(actor.take_gossip(b.publishes(&b.entry(1, now_ms(), run_of_b()))).is_none());
+        assert!(actor.take_gossip(b.publishes(&b.entry(1, now_ms(), run_of_b()))).1.is_none());
         assert_eq!(actor.state.max_seq(&b.id), 1);
-        assert!(actor.take_gossip(c.publishes(&c.entry(4, now_ms(), registered("b", "/srv")))).is_none());
+        assert!(actor.take_gossip(c.publishes(&c.entry(4, now_ms(), registered("b", "/srv")))).1.is_none());
         assert_eq!(actor.state.jobs().len(), 1);
     }
 
@@ -1366,7 +1360,7 @@ mod tests {
     #[test]
     fn a_newer_state_format_is_refused_by_name() {
         let kv = Arc::new(MemKv::default());
-        kv.put(STATE_TREE, &state_key(&RecordKey::Paused("a".into())), &[9, 0]).unwrap();
+        kv.put(state_disk::STATE_TREE, &state_disk::key_bytes(&RecordKey::Paused("a".into())), &[9, 0]).unwrap();
         let t = tempfile::tempdir().unwrap();
         let key = Keypair::generate_ed25519();
         let err =

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
-use super::seal::{Sig, Signer};
+use super::seal::{Seal, Sig, Signer};
 use crate::jobs::plugin::{JobSpec, PluginReport};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,8 +18,8 @@ pub struct Entry {
     pub seq: u64,
     pub time: Hlc,
     /// The origin's signature over the entry ([`Entry::signed_bytes`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sig: Option<Sig>,
+    #[serde(default, skip_serializing_if = "Seal::carries_nothing")]
+    pub sig: Seal,
     /// The origin's signatures of the state registers the entry writes,
     /// in the order `mesh::seal_entry` walks them (not covered by `sig`:
     /// each covers its own register).
@@ -32,7 +32,7 @@ pub struct Entry {
 impl Entry {
     /// An entry of `origin` not signed yet.
     pub fn new(origin: String, origin_name: String, seq: u64, time: Hlc, event: Event) -> Self {
-        Entry { origin, origin_name, seq, time, sig: None, seals: Vec::new(), event }
+        Entry { origin, origin_name, seq, time, sig: Seal::None, seals: Vec::new(), event }
     }
 
     pub fn id(&self) -> (&str, u64) {
@@ -41,7 +41,7 @@ impl Entry {
 
     /// What the origin signs: the entry in CBOR, its signatures left out.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let bare = Entry { sig: None, seals: Vec::new(), ..self.clone() };
+        let bare = Entry { sig: Seal::None, seals: Vec::new(), ..self.clone() };
         let mut out = b"backmesh-entry-1".to_vec();
         // An entry always encodes (its maps have text keys).
         let _ = ciborium::into_writer(&bare, &mut out);
@@ -50,14 +50,14 @@ impl Entry {
 
     /// Signs the entry as its origin (`key` must be the origin's).
     pub fn sign(&mut self, key: &dyn Signer) {
-        self.sig = Some(key.sign(&self.signed_bytes()));
+        self.sig = Seal::of(key.sign(&self.signed_bytes()));
     }
 
     /// Whether the entry carries its origin's signature. An entry is
     /// signed over its re-encoding, so one with fields this version does
     /// not know (of a newer node) does not verify here.
     pub fn signed_by_origin(&self) -> bool {
-        self.sig.is_some_and(|s| super::seal::holds(&self.origin, &self.signed_bytes(), &s.0))
+        self.sig.sig().is_some_and(|s| super::seal::holds(&self.origin, &self.signed_bytes(), &s.0))
     }
 }
 
@@ -420,7 +420,7 @@ mod tests {
             origin_name: "n1".into(),
             seq: 7,
             time: Hlc { wall_ms: 1_795_000_000_000, logical: 2, node: "12D3KooWabc".into() },
-            sig: None,
+            sig: Seal::None,
             seals: Vec::new(),
             event: Event::Finished {
                 node: "n3".into(),

@@ -367,6 +367,7 @@ mod tests {
     use super::super::entry::Event;
     use super::super::hlc::Clock;
     use super::*;
+    use crate::log::seal::Seal;
     use crate::store::SledKv;
 
     fn open() -> (tempfile::TempDir, History) {
@@ -383,7 +384,7 @@ mod tests {
                 origin_name: "n1".into(),
                 seq,
                 time: c.tick(seq as i64 * 1000),
-                sig: None,
+                sig: Seal::None,
                 seals: Vec::new(),
                 event: Event::Started { node: "n1".into(), path: format!("/p{}", seq % 3), request: None },
             })
@@ -530,7 +531,7 @@ mod tests {
                 origin_name: "p".into(),
                 seq,
                 time: c.tick(seq as i64),
-                sig: None,
+                sig: Seal::None,
                 seals: Vec::new(),
                 event: Event::Paused { node: node.into() },
             };

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entry::{Entry, Event};
 use super::hlc::Hlc;
-use super::seal::{Sig, Signer};
+use super::seal::{Seal, Signer};
 use crate::hash::Digest;
 use crate::jobs::plugin::{JobSpec, PluginReport};
 
@@ -54,14 +54,14 @@ pub type SeriesKey = (String, String);
 pub struct Lww<T> {
     pub time: Hlc,
     pub value: T,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seal: Option<Sig>,
+    #[serde(default, skip_serializing_if = "Seal::carries_nothing")]
+    pub seal: Seal,
 }
 
 impl<T> Lww<T> {
     /// A register not sealed yet.
     pub fn new(time: Hlc, value: T) -> Self {
-        Lww { time, value, seal: None }
+        Lww { time, value, seal: Seal::None }
     }
 }
 
@@ -78,10 +78,10 @@ trait Register: Clone {
 }
 
 impl<T: Clone + Serialize + PartialEq> Register for Lww<T> {
-    type Version = (Hlc, Option<Sig>);
+    type Version = (Hlc, bool);
     type Value = T;
-    fn version(&self) -> (Hlc, Option<Sig>) {
-        (self.time.clone(), self.seal)
+    fn version(&self) -> (Hlc, bool) {
+        (self.time.clone(), self.seal.is_sealed())
     }
     fn value(&self) -> &T {
         &self.value
@@ -135,7 +135,7 @@ fn join_max<T: Ord + Clone>(slot: &mut Option<T>, other: &T) -> bool {
 /// always wins over its earlier one, even when its wall clock was stepped
 /// back in between (a clock that ran ahead, then set right). The time is
 /// what the writer's clock said, for people and for the scheduler.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     /// The writer's entry sequence number (0 in records from before it was kept).
     #[serde(default)]
@@ -144,14 +144,19 @@ pub struct Stamp {
     pub logical: u32,
     /// The writer's signature of the register this stamp dates (see
     /// [`Slot`]); last in the order, as in [`Register`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seal: Option<Sig>,
+    #[serde(default, skip_serializing_if = "Seal::carries_nothing")]
+    pub seal: Seal,
 }
 
 impl Stamp {
     /// The stamp of entry `e`, written by its origin.
     pub fn of(e: &Entry) -> Self {
-        Stamp { seq: e.seq, wall_ms: e.time.wall_ms, logical: e.time.logical, seal: None }
+        Stamp { seq: e.seq, wall_ms: e.time.wall_ms, logical: e.time.logical, seal: Seal::None }
+    }
+
+    /// This stamp without its seal (for views: seals stay in the state).
+    pub fn bare(&self) -> Stamp {
+        Stamp { seal: Seal::None, ..*self }
     }
 
     /// The point in time alone, as the writer's signature covers it.
@@ -173,7 +178,7 @@ impl<T: Clone + Serialize + PartialEq> Register for Own<T> {
     type Version = Stamp;
     type Value = T;
     fn version(&self) -> Stamp {
-        self.at
+        self.at.clone()
     }
     fn value(&self) -> &T {
         &self.value
@@ -392,15 +397,15 @@ pub struct OriginRec {
     /// The node's name in its newest entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Lww<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seal: Option<Sig>,
+    #[serde(default, skip_serializing_if = "Seal::carries_nothing")]
+    pub seal: Seal,
 }
 
 impl OriginRec {
     /// The greater seq wins whole (then the sealed one; two bodies at one
     /// seq and seal come only from a liar: the greater encoding).
     fn join(&mut self, other: &OriginRec) -> bool {
-        let wins = match (other.max_seq, other.seal).cmp(&(self.max_seq, self.seal)) {
+        let wins = match (other.max_seq, other.seal.is_sealed()).cmp(&(self.max_seq, self.seal.is_sealed())) {
             std::cmp::Ordering::Greater => true,
             std::cmp::Ordering::Less => false,
             std::cmp::Ordering::Equal => other != self && cbor(other) > cbor(self),
@@ -455,21 +460,22 @@ impl Record {
         let hlc = self.newest_time().map_or(i64::MIN, |t| t.wall_ms);
         let Record::Series(s) = self else { return hlc };
         let own = [
-            s.last.as_ref().map(|r| r.at),
-            s.last_success,
-            s.last_started,
-            s.last_size.as_ref().map(|r| r.at),
-            s.last_warnings.as_ref().map(|r| r.at),
+            s.last.as_ref().map(|r| &r.at),
+            s.last_success.as_ref(),
+            s.last_started.as_ref(),
+            s.last_size.as_ref().map(|r| &r.at),
+            s.last_warnings.as_ref().map(|r| &r.at),
         ];
         let archives =
-            s.archives.values().flat_map(|a| a.made.iter().map(|m| m.at).chain(a.holders.iter().map(|(_, h)| h.at)));
+            s.archives.values().flat_map(|a| a.made.iter().map(|m| &m.at).chain(a.holders.iter().map(|(_, h)| &h.at)));
         own.into_iter().flatten().chain(archives).map(|t| t.wall_ms).fold(hlc, i64::max)
     }
 }
 
 const _: () = assert!(BUCKETS <= u16::MAX as usize, "bucket numbers travel as u16");
 
-fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+/// `v` in CBOR (what the state encodes always does).
+pub fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing CBOR into a Vec fails only for types that refuse to serialise; ours do not.
     if ciborium::into_writer(v, &mut out).is_err() {
@@ -657,10 +663,20 @@ impl MeshState {
     fn hash_buckets(&self, which: &BTreeSet<usize>) -> BTreeMap<usize, u64> {
         use sha2::Digest as _;
         let mut hashers: BTreeMap<usize, sha2::Sha256> = which.iter().map(|b| (*b, sha2::Sha256::default())).collect();
-        for (k, r) in self.records_in(which) {
+        for (k, mut r) in self.records_in(which) {
             if let Some(h) = hashers.get_mut(&k.bucket()) {
+                // Whether each register is sealed, not the signature's
+                // bytes: a node keeps those on disk, not in memory.
+                let sealed: Vec<bool> = seals_mut(&mut r)
+                    .into_iter()
+                    .map(|s| {
+                        s.store();
+                        s.is_sealed()
+                    })
+                    .collect();
                 h.update(cbor(&k));
                 h.update(cbor(&r));
+                h.update(cbor(&sealed));
             }
         }
         hashers.into_iter().map(|(b, h)| (b, Digest::from_hasher(h).prefix_u64())).collect()
@@ -670,6 +686,24 @@ impl MeshState {
     pub fn differing(&mut self, theirs: &StateDigest) -> BTreeSet<usize> {
         let mine = self.digest();
         (0..BUCKETS).filter(|b| theirs.get(*b) != mine.get(*b)).collect()
+    }
+
+    /// Keeps in memory only that the registers of the record under `key`
+    /// are sealed: call once the record, seals and all, is on disk.
+    pub fn store_seals(&mut self, key: &RecordKey) {
+        let seals: Vec<&mut Seal> = match key {
+            RecordKey::Job(n, p) => {
+                self.jobs.get_mut(&(n.clone(), p.clone())).map(|r| &mut r.seal).into_iter().collect()
+            }
+            RecordKey::Paused(n) => self.paused.get_mut(n).map(|r| &mut r.seal).into_iter().collect(),
+            RecordKey::Series(n, p) => {
+                self.series.get_mut(&(n.clone(), p.clone())).map(series_seals).unwrap_or_default()
+            }
+            RecordKey::Origin(o) => self.origins.get_mut(o).map(|r| &mut r.seal).into_iter().collect(),
+        };
+        for s in seals {
+            s.store();
+        }
     }
 
     /// Keys of the records changed since the last call.
@@ -738,12 +772,12 @@ impl MeshState {
             paused: self.paused.get(node).is_some_and(|p| p.value),
             last: last.map(|l| LastRun {
                 result: l.value.result.as_str(),
-                time: l.at,
+                time: l.at.bare(),
                 archive: l.value.archive.clone(),
                 error: l.value.error.clone(),
             }),
-            last_success: s.and_then(|s| s.last_success),
-            last_started: s.and_then(|s| s.last_started),
+            last_success: s.and_then(|s| s.last_success.as_ref()).map(Stamp::bare),
+            last_started: s.and_then(|s| s.last_started.as_ref()).map(Stamp::bare),
             registered_at: reg.time.clone(),
             last_size: s.and_then(|s| s.last_size.as_ref()).map(|l| l.value),
             last_warnings: s.and_then(|s| s.last_warnings.as_ref()).map(|l| l.value.clone()).unwrap_or_default(),
@@ -842,7 +876,8 @@ impl MeshState {
 
 /// The records entry `e` writes, each holding only what the entry says.
 fn records_of(e: &Entry) -> Vec<(RecordKey, Record)> {
-    let origin = OriginRec { max_seq: e.seq, name: Some(Lww::new(e.time.clone(), e.origin_name.clone())), seal: None };
+    let origin =
+        OriginRec { max_seq: e.seq, name: Some(Lww::new(e.time.clone(), e.origin_name.clone())), seal: Seal::None };
     let mut out = vec![(RecordKey::Origin(e.origin.clone()), Record::Origin(origin))];
     let node = e.event.node().to_string();
     let job = |path: &str, reg: JobReg| {
@@ -875,32 +910,32 @@ fn series_part(e: &Entry) -> Series {
     let mut s = Series::default();
     let holder = |s: &mut Series, archive: &str, holder: &str, keeps: bool| {
         if let Some(a) = s.archive_mut(archive) {
-            a.set_holder(holder, &Own { at: t, value: keeps });
+            a.set_holder(holder, &Own { at: t.clone(), value: keeps });
         }
     };
     let run =
         |result: RunResult, archive: Option<&String>, error: Option<&String>, plugin: &Option<PluginReport>| Own {
-            at: t,
+            at: t.clone(),
             value: RunRec { result, archive: archive.cloned(), error: error.cloned(), plugin: plugin.clone() },
         };
     match &e.event {
-        Event::Started { .. } => s.last_started = Some(t),
+        Event::Started { .. } => s.last_started = Some(t.clone()),
         Event::Finished { node, archive, size, files, warnings, plugin, .. } => {
             s.last = Some(run(RunResult::Finished, Some(archive), None, plugin));
-            s.last_success = Some(t);
-            s.last_warnings = Some(Own { at: t, value: capped_warnings(warnings) });
+            s.last_success = Some(t.clone());
+            s.last_warnings = Some(Own { at: t.clone(), value: capped_warnings(warnings) });
             if !archive.is_empty() {
-                s.last_size = Some(Own { at: t, value: *size });
+                s.last_size = Some(Own { at: t.clone(), value: *size });
                 if let Some(a) = s.archive_mut(archive) {
                     let made = Made { size: *size, files: *files, warnings: warnings.len() as u64 };
-                    a.made = Some(Own { at: t, value: made });
+                    a.made = Some(Own { at: t.clone(), value: made });
                 }
                 holder(&mut s, archive, node, true);
             }
         }
         Event::Unchanged { archive, plugin, .. } => {
             s.last = Some(run(RunResult::Unchanged, Some(archive), None, plugin));
-            s.last_success = Some(t);
+            s.last_success = Some(t.clone());
         }
         Event::Failed { error, plugin, .. } => s.last = Some(run(RunResult::Failed, None, Some(error), plugin)),
         Event::Replicated { archive, holder: h, .. } | Event::Repaired { archive, holder: h, .. } => {
@@ -937,7 +972,7 @@ pub struct Slot<'a> {
     /// What the signature is over: the register's key, field, version and
     /// value (or an entry's [`Entry::signed_bytes`]).
     pub msg: Vec<u8>,
-    pub sig: &'a mut Option<Sig>,
+    pub sig: &'a mut Seal,
     /// A whole entry (a request's answer), signed as one: its signature
     /// is the entry's, not one of the entry's register seals.
     pub entry: bool,
@@ -1061,6 +1096,74 @@ pub fn slots<'a>(key: &RecordKey, record: &'a mut Record) -> Vec<Slot<'a>> {
     out
 }
 
+/// Every seal of `series`, in [`slots`] order, without the messages
+/// (cheap: for keeping seals on disk, and for the digest).
+fn series_seals(s: &mut Series) -> Vec<&mut Seal> {
+    let Series { last, last_success, last_started, last_size, last_warnings, notified, archives, requests } = s;
+    let mut out = Vec::new();
+    out.extend(last.as_mut().map(|r| &mut r.at.seal));
+    out.extend(last_success.as_mut().map(|at| &mut at.seal));
+    out.extend(last_started.as_mut().map(|at| &mut at.seal));
+    out.extend(last_size.as_mut().map(|r| &mut r.at.seal));
+    out.extend(last_warnings.as_mut().map(|r| &mut r.at.seal));
+    out.extend(notified.as_mut().map(|r| &mut r.seal));
+    for a in archives.values_mut() {
+        out.extend(archive_seals(a));
+    }
+    out.extend(requests.iter_mut().map(|e| &mut e.sig));
+    out
+}
+
+/// Every seal of one archive's record, in [`slots`] order.
+pub fn archive_seals(a: &mut ArchiveRec) -> Vec<&mut Seal> {
+    let mut out = Vec::new();
+    out.extend(a.made.as_mut().map(|m| &mut m.at.seal));
+    out.extend(a.holders.iter_mut().map(|(_, h)| &mut h.at.seal));
+    out
+}
+
+/// Every seal of `record`, in [`slots`] order.
+pub fn seals_mut(record: &mut Record) -> Vec<&mut Seal> {
+    match record {
+        Record::Job(r) => vec![&mut r.seal],
+        Record::Paused(r) => vec![&mut r.seal],
+        Record::Origin(o) => vec![&mut o.seal],
+        Record::Series(s) => series_seals(s),
+    }
+}
+
+/// Puts back into `record` the signatures this node keeps on disk only
+/// ([`Seal::Stored`]), from `stored`, the record as last written: each
+/// from the register that says the same (the same message). How many
+/// could not be found there (left unsealed: a peer then leaves them out,
+/// blaming no one, and takes them from another).
+pub fn fill_seals(key: &RecordKey, record: &mut Record, stored: Option<Record>) -> usize {
+    if !seals_mut(record).iter().any(|s| s.is_stored()) {
+        return 0;
+    }
+    let mut sigs = std::collections::HashMap::new();
+    if let Some(mut stored) = stored {
+        for s in slots(key, &mut stored) {
+            if let Some(sig) = s.sig.sig() {
+                sigs.insert(s.msg, *sig);
+            }
+        }
+    }
+    let mut missing = 0;
+    for s in slots(key, record) {
+        if s.sig.is_stored() {
+            *s.sig = match sigs.get(&s.msg) {
+                Some(sig) => Seal::of(*sig),
+                None => {
+                    missing += 1;
+                    Seal::None
+                }
+            };
+        }
+    }
+    missing
+}
+
 /// Signs entry `e` as its origin: the entry itself, then every register
 /// it writes ([`slots`] order, whole entries aside), into `e.seals`.
 pub fn seal_entry(e: &mut Entry, key: &dyn Signer) {
@@ -1086,7 +1189,7 @@ pub fn sealed_records_of(e: &Entry) -> Vec<(RecordKey, Record)> {
     for (k, r) in records.iter_mut() {
         for slot in slots(k, r).into_iter().filter(|s| !s.entry) {
             match seals.next() {
-                Some(sig) => *slot.sig = Some(*sig),
+                Some(sig) => *slot.sig = Seal::of(*sig),
                 None => fits = false,
             }
         }
@@ -1101,11 +1204,11 @@ pub fn sealed_records_of(e: &Entry) -> Vec<(RecordKey, Record)> {
 /// is left of it.
 fn keep_sealed(record: &mut Record) -> bool {
     match record {
-        Record::Job(r) => r.seal.is_some(),
-        Record::Paused(r) => r.seal.is_some(),
-        Record::Origin(o) => o.seal.is_some(),
+        Record::Job(r) => r.seal.is_sealed(),
+        Record::Paused(r) => r.seal.is_sealed(),
+        Record::Origin(o) => o.seal.is_sealed(),
         Record::Series(s) => {
-            let sealed = |at: &Stamp| at.seal.is_some();
+            let sealed = |at: &Stamp| at.seal.is_sealed();
             if !s.last.as_ref().is_some_and(|r| sealed(&r.at)) {
                 s.last = None;
             }
@@ -1121,7 +1224,7 @@ fn keep_sealed(record: &mut Record) -> bool {
             if !s.last_warnings.as_ref().is_some_and(|r| sealed(&r.at)) {
                 s.last_warnings = None;
             }
-            if !s.notified.as_ref().is_some_and(|r| r.seal.is_some()) {
+            if !s.notified.as_ref().is_some_and(|r| r.seal.is_sealed()) {
                 s.notified = None;
             }
             for a in s.archives.values_mut() {
@@ -1131,7 +1234,7 @@ fn keep_sealed(record: &mut Record) -> bool {
                 a.holders.retain(|(_, h)| sealed(&h.at));
             }
             s.archives.retain(|_, a| a.made.is_some() || !a.holders.is_empty());
-            s.requests.retain(|e| e.sig.is_some());
+            s.requests.retain(|e| e.sig.is_sealed());
             **s != Series::default()
         }
     }
@@ -1159,20 +1262,23 @@ impl MeshState {
     /// A register this state holds already, seal and all, is not checked
     /// again. `false` if nothing is left of the record.
     pub fn check(&self, key: &RecordKey, record: &mut Record, keys: &dyn NodeKeys, found: &mut Checked) -> bool {
+        // What is held sealed here: a register that says the same (its
+        // message) adds nothing, whatever its seal.
         let mut held = std::collections::HashSet::new();
         if let Some(mut mine) = self.record(key) {
             for s in slots(key, &mut mine) {
-                if let Some(sig) = s.sig {
-                    held.insert((*sig, s.msg));
+                if s.sig.is_sealed() {
+                    held.insert(s.msg);
                 }
             }
         }
         for s in slots(key, record) {
-            let Some(sig) = *s.sig else {
+            let Some(sig) = s.sig.sig().copied() else {
                 found.unproven += 1;
+                *s.sig = Seal::None;
                 continue;
             };
-            if held.contains(&(sig, s.msg.clone())) {
+            if held.contains(&s.msg) {
                 continue;
             }
             let public = match &s.writer {
@@ -1183,11 +1289,11 @@ impl MeshState {
                 Some(k) if k.verify(&s.msg, &sig.0) => {}
                 Some(_) => {
                     found.forged.push(format!("{} of {}", s.what, key_label(key)));
-                    *s.sig = None;
+                    *s.sig = Seal::None;
                 }
                 None => {
                     found.unproven += 1;
-                    *s.sig = None;
+                    *s.sig = Seal::None;
                 }
             }
         }
@@ -1207,8 +1313,8 @@ impl MeshState {
             let Some(mut r) = self.record(&k) else { continue };
             let mut n = 0;
             for s in slots(&k, &mut r) {
-                if s.sig.is_none() && mine(&s.writer) {
-                    *s.sig = Some(key.sign(&s.msg));
+                if !s.sig.is_sealed() && mine(&s.writer) {
+                    *s.sig = Seal::of(key.sign(&s.msg));
                     n += 1;
                 }
             }
@@ -1289,8 +1395,9 @@ impl Settled {
 /// buckets where `theirs` differs from `state`, from bucket `from_bucket`
 /// on (only buckets quiet for `quiet_ms` unless the pull is eager), in
 /// bucket order, whole buckets until past `budget` bytes; and the bucket to
-/// ask from next when the answer was cut. Pure: the actor and the
-/// simulator both call it.
+/// ask from next when the answer was cut. Each record goes through `fill`
+/// first (a node puts back the signatures it keeps on disk). Pure: the
+/// actor and the simulator both call it.
 #[allow(clippy::too_many_arguments)]
 pub fn answer_pull(
     state: &mut MeshState,
@@ -1301,6 +1408,7 @@ pub fn answer_pull(
     now_ms: i64,
     quiet_ms: i64,
     budget: usize,
+    fill: &mut dyn FnMut(&RecordKey, &mut Record),
 ) -> (Vec<(RecordKey, Record)>, Option<u16>) {
     let differing: BTreeSet<usize> = state
         .differing(theirs)
@@ -1319,7 +1427,8 @@ pub fn answer_pull(
         if bytes > budget {
             return (records, Some(b as u16));
         }
-        for (k, r) in these {
+        for (k, mut r) in these {
+            fill(&k, &mut r);
             bytes += cbor(&r).len();
             records.push((k, r));
         }
@@ -1335,7 +1444,7 @@ fn catalog_of(s: &Series) -> Vec<CatalogArchive> {
             let made = a.made.as_ref();
             CatalogArchive {
                 id: id.clone(),
-                created: made.map(|m| m.at),
+                created: made.map(|m| m.at.bare()),
                 size: made.map(|m| m.value.size).unwrap_or(0),
                 files: made.map(|m| m.value.files).unwrap_or(0),
                 warnings: made.map(|m| m.value.warnings).unwrap_or(0),
@@ -1504,7 +1613,7 @@ mod tests {
                 origin_name: origins[o].to_lowercase(),
                 seq: seqs[o],
                 time: clocks[o].tick(now),
-                sig: None,
+                sig: Seal::None,
                 seals: Vec::new(),
                 event,
             });
@@ -1634,7 +1743,7 @@ mod tests {
                 origin_name: "n1".into(),
                 seq,
                 time: clock.tick(now),
-                sig: None,
+                sig: Seal::None,
                 seals: Vec::new(),
                 event,
             }
@@ -1769,14 +1878,14 @@ mod tests {
         // A run of n1 at a seq n1 will never reach, sealed by another key:
         // it would hide every later run of n1.
         let mut forged = Series::default();
-        let at = Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: None };
+        let at = Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: Seal::None };
         forged.last = Some(Own {
             at,
             value: RunRec { result: RunResult::Failed, archive: None, error: Some("x".into()), plugin: None },
         });
         let mut forged = Record::Series(Box::new(forged));
         for slot in slots(&key, &mut forged) {
-            *slot.sig = Some(Signer::sign(&thief, &slot.msg));
+            *slot.sig = Seal::of(Signer::sign(&thief, &slot.msg));
         }
         // A real register of n1's, its value altered, its seal kept.
         let mut altered = real.clone();
@@ -1786,7 +1895,7 @@ mod tests {
         }
         // A register with no seal at all.
         let mut unsealed = Series::default();
-        unsealed.last_started = Some(Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: None });
+        unsealed.last_started = Some(Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: Seal::None });
         let mut found = Checked::default();
         let empty = MeshState::new();
         assert!(!empty.check(&key, &mut forged, &k, &mut found), "nothing of the forgery is left");
@@ -1814,9 +1923,9 @@ mod tests {
         let key = RecordKey::Origin(k.id(0));
         let Some(Record::Origin(real)) = s.record(&key) else { panic!("n1 wrote") };
         let thief = libp2p::identity::Keypair::generate_ed25519();
-        let mut claim = Record::Origin(OriginRec { max_seq: u64::MAX - 1, seal: None, ..real.clone() });
+        let mut claim = Record::Origin(OriginRec { max_seq: u64::MAX - 1, seal: Seal::None, ..real.clone() });
         for slot in slots(&key, &mut claim) {
-            *slot.sig = Some(Signer::sign(&thief, &slot.msg));
+            *slot.sig = Seal::of(Signer::sign(&thief, &slot.msg));
         }
         let mut found = Checked::default();
         assert!(!MeshState::new().check(&key, &mut claim, &k, &mut found));
@@ -1834,7 +1943,7 @@ mod tests {
             origin_name: "n1".into(),
             seq,
             time,
-            sig: None,
+            sig: Seal::None,
             seals: Vec::new(),
             event,
         };
@@ -1867,7 +1976,7 @@ mod tests {
             let s = fold(&order);
             let j = &s.jobs()[0];
             assert_eq!(j.last.as_ref().and_then(|l| l.error.clone()).as_deref(), Some("set right"));
-            assert_eq!(j.last_started.map(|t| t.wall_ms), Some(2_000));
+            assert_eq!(j.last_started.as_ref().map(|t| t.wall_ms), Some(2_000));
         }
     }
 
@@ -1880,7 +1989,7 @@ mod tests {
             origin_name: origin.into(),
             seq,
             time,
-            sig: None,
+            sig: Seal::None,
             seals: Vec::new(),
             event: Event::Registered {
                 node: "n1".into(),
@@ -1899,7 +2008,7 @@ mod tests {
             origin_name: "a".into(),
             seq: 2,
             time: clock_a.tick(3_000),
-            sig: None,
+            sig: Seal::None,
             seals: Vec::new(),
             event: Event::Unregistered { node: "n1".into(), path: "/p".into() },
         };
@@ -1945,7 +2054,7 @@ mod tests {
             origin_name: "n1".into(),
             seq: 1,
             time: c.tick(1),
-            sig: None,
+            sig: Seal::None,
             seals: Vec::new(),
             event: Event::Finished {
                 node: "n1".into(),
@@ -1977,7 +2086,7 @@ mod tests {
                 origin_name: "n1".into(),
                 seq,
                 time: c.tick(seq as i64),
-                sig: None,
+                sig: Seal::None,
                 seals: Vec::new(),
                 event,
             }

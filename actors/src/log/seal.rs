@@ -68,3 +68,112 @@ pub fn key_of_peer(peer: &str) -> Option<libp2p::identity::PublicKey> {
 pub fn holds(signer: &str, msg: &[u8], sig: &[u8]) -> bool {
     key_of_peer(signer).is_some_and(|k| k.verify(msg, sig))
 }
+
+/// A register's seal as a node holds it. A node keeps in memory only
+/// whether a register is sealed: the signatures (64 bytes each, most of a
+/// sealed state's size) live in the state's records on disk, and are read
+/// back only when records are sent to a peer (`super::state_disk`).
+///
+/// Two seals compare by whether they are sealed alone: a register's
+/// version is its time, then sealed over unsealed; which bytes seal it
+/// (checked before anything is merged) does not order it.
+#[derive(Clone, Default)]
+pub enum Seal {
+    /// Not sealed (a state from before seals, or a forged seal dropped).
+    #[default]
+    None,
+    /// Sealed; the signature is in the record as last written to disk.
+    Stored,
+    /// Sealed; the signature itself: a register that travels, or that was
+    /// not written to disk yet.
+    Sig(Box<Sig>),
+}
+
+impl Seal {
+    pub fn of(sig: Sig) -> Self {
+        Seal::Sig(Box::new(sig))
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        !matches!(self, Seal::None)
+    }
+
+    /// The signature, when this seal carries it.
+    pub fn sig(&self) -> Option<&Sig> {
+        match self {
+            Seal::Sig(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether this seal's signature is on disk only.
+    pub fn is_stored(&self) -> bool {
+        matches!(self, Seal::Stored)
+    }
+
+    /// Nothing to encode: unsealed, or its signature is on disk only.
+    pub fn carries_nothing(&self) -> bool {
+        !matches!(self, Seal::Sig(_))
+    }
+
+    /// Keeps only that it is sealed (its signature is written).
+    pub fn store(&mut self) {
+        if let Seal::Sig(_) = self {
+            *self = Seal::Stored;
+        }
+    }
+}
+
+impl fmt::Debug for Seal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seal::None => f.write_str("None"),
+            Seal::Stored => f.write_str("Stored"),
+            Seal::Sig(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl PartialEq for Seal {
+    fn eq(&self, other: &Self) -> bool {
+        self.is_sealed() == other.is_sealed()
+    }
+}
+
+impl Eq for Seal {}
+
+impl PartialOrd for Seal {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Seal {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.is_sealed().cmp(&other.is_sealed())
+    }
+}
+
+impl std::hash::Hash for Seal {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.is_sealed().hash(h)
+    }
+}
+
+/// Encoded as the signature's bytes, or as nothing (fields of this type
+/// are skipped with [`Seal::carries_nothing`]): a seal whose signature is
+/// on disk must be filled in before its record leaves the node.
+impl Serialize for Seal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Seal::Sig(sig) => s.serialize_some(&**sig),
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Seal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Option::<Sig>::deserialize(d)?.map_or(Seal::None, Seal::of))
+    }
+}

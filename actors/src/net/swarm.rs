@@ -48,6 +48,9 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
     /// Push a message to every peer (gossipsub: a new log entry, encoded).
     Publish(Vec<u8>),
+    /// What the node made of gossiped message `id` that `from` relayed:
+    /// only an accepted one is relayed on.
+    Validated { id: Vec<u8>, from: String, verdict: Verdict },
     /// Ask `from` (or a random connected peer) for the state records it has otherwise.
     PullState { from: Option<String>, pull: StatePull },
     /// Answer a peer's pull.
@@ -89,10 +92,10 @@ pub enum Inbound {
     Seen { peer: String },
     /// A peer said who it is.
     Hello { peer: String, info: NodeInfo },
-    /// A gossiped message (a log entry, encoded) as `from` relayed it.
-    /// `source` published it (gossipsub checked its signature); `from`
-    /// relayed it.
-    Gossip { from: String, source: Option<String>, data: Vec<u8> },
+    /// A gossiped message (a log entry, encoded) as `from` relayed it. It
+    /// carries no publisher: the entry is signed by its origin, and a node
+    /// relays it on only once it says so ([`NetClient::report_gossip`]).
+    Gossip { from: String, id: Vec<u8>, data: Vec<u8> },
     /// A peer's state pull; its answer goes back on `channel`.
     StatePull { pull: StatePull, channel: ResponseChannel<StateBatch> },
     /// The answer to this node's state pull.
@@ -101,6 +104,17 @@ pub enum Inbound {
     Ctl(ServeCtl),
     /// A transfer request; its answer goes back on `channel`.
     Xfer(ServeXfer),
+}
+
+/// What a node made of a gossiped message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Good: taken in, and relayed on to the node's other peers.
+    Accept,
+    /// Forged or out of its writer's authority: dropped, not relayed.
+    Reject,
+    /// Not for this node (an older version's, unreadable): dropped, not relayed.
+    Ignore,
 }
 
 /// Inbound events the node has not taken yet, before the loop says so.
@@ -143,6 +157,13 @@ impl NetClient {
     pub fn stopped() -> Self {
         let (tx, _) = mpsc::channel(1);
         NetClient { tx }
+    }
+
+    /// Says what the node made of gossiped message `id` that `from` relayed
+    /// (a full queue drops the verdict: the message is then not relayed,
+    /// and anti-entropy brings it to the peers that miss it).
+    pub fn report_gossip(&self, id: Vec<u8>, from: String, verdict: Verdict) {
+        let _ = self.tx.try_send(Command::Validated { id, from, verdict });
     }
 
     /// Whether the network has stopped (or never ran: [`NetClient::stopped`]).
@@ -290,12 +311,22 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
             );
             kad.set_mode(Some(kad::Mode::Server));
             let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
+            // Messages are not signed by gossipsub: each is a log entry that
+            // its origin signed, checked by the log (a second signature per
+            // message cost a fifth of an idle node's CPU). A message is
+            // known by its content's hash, and relayed on only once the
+            // log accepted it, so a forgery stops at the first honest node.
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .max_transmit_size(MAX_LOG)
-                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                .validate_messages()
+                .message_id_fn(|m: &gossipsub::Message| {
+                    use sha2::Digest as _;
+                    gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
+                })
                 .heartbeat_interval(Duration::from_secs(1))
                 .build()?;
-            let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)?;
             Ok(Behaviour {
                 identify: identify::Behaviour::new(
                     identify::Config::new("/backmesh/1".into(), key.public())
@@ -487,6 +518,17 @@ impl EventLoop {
                         if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, data) {
                             // No peer yet: anti-entropy pulls deliver it later.
                             tracing::debug!("gossip not sent now: {e}");
+                        }
+                    }
+                    Some(Command::Validated { id, from, verdict }) => {
+                        if let Ok(from) = from.parse::<PeerId>() {
+                            let acceptance = match verdict {
+                                Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                                Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                                Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                            };
+                            let id = gossipsub::MessageId::from(id);
+                            self.swarm.behaviour_mut().gossip.report_message_validation_result(&id, &from, acceptance);
                         }
                     }
                     Some(Command::PullState { from, pull }) => self.pull_state(from, pull),
@@ -765,11 +807,11 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
-                ..
             })) => self.emit(Inbound::Gossip {
                 from: propagation_source.to_string(),
-                source: message.source.map(|p| p.to_string()),
+                id: message_id.0,
                 data: message.data,
             }),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))

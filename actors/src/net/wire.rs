@@ -31,8 +31,11 @@ pub const LOG_TOPIC: &str = "backmesh/log/1";
 /// the log instead of failing silently. 4: manifests travel sealed by
 /// their origin, and holders refuse unsealed ones. 5: entries are signed
 /// by their origin, and every state register by its writer; unsigned ones
-/// are left out.
-pub const MESH_PROTOCOL: u32 = 5;
+/// are left out. 6: a state digest hashes whether each register is
+/// sealed, not its signature's bytes (a node keeps those on disk); gossip
+/// messages carry no gossipsub signature (the entry's own is checked) and
+/// are relayed only once checked.
+pub const MESH_PROTOCOL: u32 = 6;
 
 /// "Here is my state's digest; send me the records of the buckets where
 /// yours differs." Sender: the log actor of any node, through the network

@@ -41,7 +41,7 @@ use crate::net::actor::{free_bytes, GetPeers, MembershipActor};
 use crate::net::membership::PeerView;
 use crate::net::swarm::{NetClient, ServeCtl, ServeXfer};
 use crate::net::wire::{CtlRequest, CtlResponse, WireMember, XferRequest, XferResponse, MAX_XFER};
-use crate::store::Store;
+use crate::store::{ArchiveSummary, Retention, Store};
 
 /// How replication behaves.
 #[derive(Clone, Debug)]
@@ -49,7 +49,7 @@ pub struct ReplicaConfig {
     /// Copies of each series besides the origin's own.
     pub replicas: usize,
     /// Archives kept per (node, path) on every holder.
-    pub keep: usize,
+    pub keep: Retention,
     /// How long a silent holder keeps its place before others take over.
     pub repair_after: Duration,
     /// How often copies are checked.
@@ -201,7 +201,7 @@ impl ReplicaActor {
             return;
         }
         self.syncing = true;
-        let (membership, store, keep) = (self.membership.clone(), self.store.clone(), self.cfg.keep.max(1));
+        let (membership, store, keep) = (self.membership.clone(), self.store.clone(), self.cfg.keep);
         let (log, seen) = (self.log.clone(), self.claimants.clone());
         let work = async move {
             let peers = membership.send(GetPeers).await.ok()?;
@@ -261,23 +261,22 @@ impl ReplicaActor {
     }
 }
 
-/// Archives this node keeps, by series: the newest `keep` ids of each.
-fn held_series(store: &Store, keep: usize) -> BTreeMap<(String, String), Vec<String>> {
-    let mut out: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
+/// Archives this node keeps, by series, newest first: those `keep` keeps.
+fn held_series(store: &Store, keep: Retention) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<ArchiveSummary>> = BTreeMap::new();
     match store.list_all() {
         Ok(all) => {
             for s in all {
-                let order = s.order();
-                out.entry((s.node, s.path)).or_default().push((order, s.id));
+                out.entry((s.node.clone(), s.path.clone())).or_default().push(s);
             }
         }
         Err(e) => tracing::error!("cannot list the archives kept here: {e}"),
     }
+    let now = crate::net::actor::now_ms();
     out.into_iter()
         .map(|(k, mut v)| {
-            v.sort_by(|a, b| b.cmp(a));
-            v.truncate(keep);
-            (k, v.into_iter().map(|(_, id)| id).collect())
+            v.sort_by(|a, b| (b.order(), &b.id).cmp(&(a.order(), &a.id)));
+            (k, keep.kept(&v, now).into_iter().map(|a| a.id.clone()).collect())
         })
         .collect()
 }
@@ -404,7 +403,13 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
 /// manifest.
 type Served = (XferResponse, Vec<Event>, Option<String>);
 
-fn serve(store: &Store, me: &str, keep: usize, claimants: &HashMap<String, String>, request: XferRequest) -> Served {
+fn serve(
+    store: &Store,
+    me: &str,
+    keep: Retention,
+    claimants: &HashMap<String, String>,
+    request: XferRequest,
+) -> Served {
     let misdeed = std::cell::RefCell::new(None);
     let (response, events) = answer(store, me, keep, claimants, request, &misdeed);
     (response, events, misdeed.into_inner())
@@ -413,7 +418,7 @@ fn serve(store: &Store, me: &str, keep: usize, claimants: &HashMap<String, Strin
 fn answer(
     store: &Store,
     me: &str,
-    keep: usize,
+    keep: Retention,
     claimants: &HashMap<String, String>,
     request: XferRequest,
     misdeed: &std::cell::RefCell<Option<String>>,
@@ -622,7 +627,7 @@ impl Handler<ServeXfer> for ReplicaActor {
                 return;
             }
         }
-        let (store, me, keep) = (self.store.clone(), self.me.clone(), self.cfg.keep.max(1));
+        let (store, me, keep) = (self.store.clone(), self.me.clone(), self.cfg.keep);
         let claimants = self.claimants.clone();
         let work = tokio::task::spawn_blocking(move || serve(&store, &me, keep, &claimants, msg.request));
         ctx.spawn(work.into_actor(self).map(move |done, act, _| {
@@ -757,7 +762,7 @@ impl Handler<VerifyHere> for ReplicaActor {
     type Result = Result<Vec<(String, String)>, String>;
     fn handle(&mut self, msg: VerifyHere, _: &mut Context<Self>) -> Self::Result {
         let net = self.net.clone();
-        let held = held_series(&self.store, usize::MAX);
+        let held = held_series(&self.store, Retention::keep(usize::MAX));
         let series: Vec<(String, String)> = held
             .keys()
             .filter(|(n, p)| msg.node.as_ref().is_none_or(|x| x == n) && msg.path.as_ref().is_none_or(|x| x == p))

@@ -44,13 +44,66 @@
 //! per entry), and at the end a fresh node checks every record's seals,
 //! as when it pulls the whole state from a peer.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Clock;
 use backmesh_actors::log::mesh::{seal_entry, Checked, MeshState, NodeKeys, BUCKETS};
+use backmesh_actors::log::seal::Seal;
+use backmesh_actors::log::state_disk;
 use backmesh_actors::replica::placement::{holders, Candidate};
+use backmesh_actors::store::SledKv;
+
+/// The system allocator, counting the bytes in use: what the profile's
+/// state and store hold, apart from what the allocator keeps around.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call goes to the system allocator unchanged; only a counter
+// is kept beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: as the caller's contract for `alloc`.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: as the caller's contract for `alloc_zeroed`.
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: as the caller's contract for `dealloc`.
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: as the caller's contract for `realloc`.
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            LIVE.fetch_add(new, Ordering::Relaxed);
+            LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live_mib() -> f64 {
+    LIVE.load(Ordering::Relaxed) as f64 / (1 << 20) as f64
+}
 
 const USAGE: &str = "usage: backmesh-sim profile [--nodes N] [--jobs J] [--every-min M] [--days D] [--changed F] [--replicas R] [--keep K] [--seed S] [--sealed 0|1]
        backmesh-sim soak [--nodes N] [--jobs J] [--every M] [--minutes T] [--minute-secs S]
@@ -130,7 +183,7 @@ impl Node {
             origin_name: self.name.clone(),
             seq: self.seq,
             time: self.clock.tick(now_ms),
-            sig: None,
+            sig: Seal::None,
             seals: Vec::new(),
             event,
         };
@@ -176,7 +229,22 @@ fn profile(a: &Args) {
     // The node whose view is measured, and what it keeps on disk.
     let me = nodes[0].name.clone();
     let mut state = MeshState::new();
+    // Where the state's records go, as on a node (its signatures live
+    // there only): written once per simulated tick, as a node writes
+    // what changed each second.
+    // The allocator as a node sets it (`bound_malloc` in node/src/main.rs):
+    // two arenas, and free pages handed back every 30 s (here: before
+    // each measure).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes glibc's own allocator, before any thread
+    // of this profile is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    let disk = tempfile::tempdir().expect("a temporary directory");
+    let kv = SledKv::open(disk.path()).expect("a sled store");
     let start_rss = rss_bytes();
+    let start_heap = live_mib();
     let t0: i64 = 1_795_000_000_000;
     // (series) → holders' names and archives kept, oldest first.
     let mut placement: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
@@ -186,13 +254,15 @@ fn profile(a: &Args) {
     let mut entries_day: u64 = 0;
     let mut kept_day: (u64, u64) = (0, 0);
     let mut fold_secs = 0.0;
+    let mut persist_secs = 0.0;
+    let mut written_day: u64 = 0;
 
     println!(
         "profile: {n_nodes} nodes × {jobs} jobs every {every_min} min, {:.0}% of runs make an archive, {replicas} holders, keep {keep}; {days} simulated days; the view of {me}",
         changed * 100.0
     );
-    println!("| day | entries | records | state (CBOR) | RSS growth | fold µs/entry | jobs | jobs of a node | catalogs | one catalog | digest | gossip in/node/day | kept on disk by {me}/day |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| day | entries | records | state (CBOR) | RSS growth (heap in use) | fold µs/entry | state written/day (CPU) | jobs | jobs of a node | catalogs | one catalog | digest | gossip in/node/day | kept on disk by {me}/day |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 
     // Registrations first.
     for (ni, node) in nodes.iter_mut().enumerate() {
@@ -310,10 +380,20 @@ fn profile(a: &Args) {
                     }
                 }
             }
+            let t = Instant::now();
+            written_day += state_disk::persist(&mut state, &kv).expect("the state written").bytes;
+            persist_secs += t.elapsed().as_secs_f64();
         }
         entries_total += entries_day;
-        // Resident memory before the views allocate their answers.
+        // Resident memory before the views allocate their answers, after
+        // a trim as the node does every 30 s.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only trims glibc's own allocator.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let growth = rss_bytes().saturating_sub(start_rss);
+        let heap = live_mib();
         let records = state.records();
         let encoded: usize = records.iter().map(|(k, r)| cbor_len(k) + cbor_len(r)).sum();
         let one = nodes[n_nodes / 2].name.clone();
@@ -326,11 +406,14 @@ fn profile(a: &Args) {
         let t_digest = time_ms(|| state.digest_cold());
         if day == 1 || day % 5 == 0 || day == days {
             println!(
-                "| {day} | {entries_total} | {} | {:.1} MiB | {:.1} MiB | {:.2} | {:.2} ms | {:.3} ms | {:.2} ms | {:.3} ms | {:.1} ms | {:.0} MB ({entries_day} entries) | {:.1} MB ({} entries) |",
+                "| {day} | {entries_total} | {} | {:.1} MiB | {:.1} MiB ({:.1} MiB) | {:.2} | {:.0} MB ({:.1} s) | {:.2} ms | {:.3} ms | {:.2} ms | {:.3} ms | {:.1} ms | {:.0} MB ({entries_day} entries) | {:.1} MB ({} entries) |",
                 records.len(),
                 encoded as f64 / (1 << 20) as f64,
                 growth as f64 / (1 << 20) as f64,
+                heap - start_heap,
                 fold_secs * 1e6 / entries_total as f64,
+                written_day as f64 / 1e6,
+                persist_secs,
                 t_jobs,
                 t_jobs_of,
                 t_catalogs,
@@ -342,6 +425,8 @@ fn profile(a: &Args) {
             );
         }
         bytes_day = 0;
+        persist_secs = 0.0;
+        written_day = 0;
         entries_day = 0;
         kept_day = (0, 0);
     }
@@ -352,6 +437,8 @@ fn profile(a: &Args) {
         let t = Instant::now();
         let mut kept = 0;
         for (k, mut r) in state.records() {
+            // As a peer sends it: its signatures read back from disk.
+            state_disk::with_seals(&kv, &k, &mut r).expect("the state read");
             kept += usize::from(fresh.check(&k, &mut r, &keys, &mut found));
         }
         println!();
@@ -370,6 +457,17 @@ fn profile(a: &Args) {
         (digest_bytes as f64 * 8_640.0) / 1e6
     );
     println!("jobs: {} registered", state.jobs().len());
+    // What each part holds: freed when dropped.
+    let all = live_mib();
+    drop(kv);
+    let without_store = live_mib();
+    drop(state);
+    let without_state = live_mib();
+    println!(
+        "heap in use at the end: {all:.1} MiB; the state {:.1} MiB, its store (sled, cache and all) {:.1} MiB, the rest (this profile's bookkeeping) {without_state:.1} MiB",
+        without_store - without_state,
+        all - without_store,
+    );
 }
 
 /// `GET path` on 127.0.0.1:`port`; the status code, body and time taken.
@@ -546,7 +644,7 @@ fn mesh(a: &Args) {
         base.nodes, base.jobs, base.every_min, base.load_rounds, base.loss, base.dup, base.latency_rounds, base.partition, base.churn, base.replicas, base.keep, base.model
     );
     println!("| seed | live | entries | rounds to agree | state/node | gossip in/node/day | anti-entropy/node/day (busy, whole) | heal: anti-entropy/node | archives held mean/max | repair moved / minimum (rounds) | wall | RSS | invariants |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for seed in base.seed..base.seed + seeds {
         let t = Instant::now();

@@ -9,6 +9,7 @@ use backmesh_simulations::{test_ca_and_cert, wait_until, write_slow_tree, Mesh};
 mod dashboard;
 mod plugins;
 mod replication;
+mod rogue;
 
 const T: Duration = Duration::from_secs(30);
 

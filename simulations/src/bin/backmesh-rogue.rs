@@ -1,0 +1,256 @@
+//! `backmesh-rogue`: a peer that holds the swarm key and lies, for the
+//! rogue-node suite (`simulations/tests/mesh/rogue.rs`, docs/security.md).
+//!
+//! It joins a mesh as node `rogue` with a key of its own, learns the
+//! other nodes from their hellos, tries each attack it is given against
+//! the `--victim` node's series `--path`, kept by `--holder`, and prints
+//! one JSON line per attack with what the mesh answered. It only speaks
+//! the protocol: whether an attack did harm is for the test to find out
+//! from the honest nodes.
+//!
+//! ```text
+//! backmesh-rogue --swarm-key FILE --bootstrap HOST:PORT --victim NAME --holder NAME
+//!                --path PATH --attacks forged-entry,out-of-authority,...
+//! ```
+//!
+//! Attacks:
+//! - `forged-entry`: gossips a `finished` run of the victim's series with
+//!   an archive it never made, in the victim's name, signed with its own key;
+//! - `out-of-authority`: gossips, signed as itself, that the holder pruned
+//!   the victim's archives, and a run of the victim's series;
+//! - `future-clock`: gossips entries of its own dated a year ahead, and
+//!   one at the greatest seq and time there are;
+//! - `fake-archive`: makes an archive of the victim's series sealed with
+//!   its own key and offers it to the holder, then commits it;
+//! - `restore-overwrite`: asks the holder to restore the victim's series
+//!   over `--restore-to`, without the operator's credential.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use backmesh_actors::log::entry::{Entry, Event};
+use backmesh_actors::log::hlc::Hlc;
+use backmesh_actors::log::mesh::seal_entry;
+use backmesh_actors::net::membership::NodeInfo;
+use backmesh_actors::net::swarm::{self, Inbound, NetClient};
+use backmesh_actors::net::wire::{encode, CtlRequest, XferRequest, XferResponse};
+use backmesh_actors::store::{Retention, Store};
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn get(&self, flag: &str) -> Option<String> {
+        self.0.iter().position(|a| a == flag).and_then(|i| self.0.get(i + 1)).cloned()
+    }
+    fn need(&self, flag: &str) -> String {
+        self.get(flag).unwrap_or_else(|| {
+            eprintln!("backmesh-rogue: {flag} is required");
+            std::process::exit(2)
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn say(attack: &str, answer: impl std::fmt::Display) {
+    println!("{}", serde_json::json!({ "attack": attack, "answer": answer.to_string() }));
+}
+
+struct Rogue {
+    key: libp2p::identity::Keypair,
+    me: String,
+    net: NetClient,
+    seq: u64,
+    /// Node name → peer id, from hellos.
+    peers: std::collections::BTreeMap<String, String>,
+}
+
+impl Rogue {
+    /// An entry of its own (or, with `origin`, in another peer's name),
+    /// signed and sealed with its own key either way.
+    fn entry(&mut self, origin: Option<(&str, &str)>, seq: Option<u64>, wall_ms: i64, event: Event) -> Entry {
+        self.seq += 1;
+        let (origin, name) = origin.map_or((self.me.clone(), "rogue".to_string()), |(p, n)| (p.into(), n.into()));
+        let time = Hlc { wall_ms, logical: 0, node: origin.clone() };
+        let mut e = Entry::new(origin, name, seq.unwrap_or(self.seq), time, event);
+        seal_entry(&mut e, &self.key);
+        e
+    }
+
+    async fn gossip(&self, e: &Entry) {
+        let _ = self.net.publish(encode(e)).await;
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let a = Args(std::env::args().skip(1).collect());
+    let swarm_key = swarm_key(&a.need("--swarm-key"));
+    let bootstrap: SocketAddr = a.need("--bootstrap").parse().expect("--bootstrap HOST:PORT");
+    let (victim, holder, path) = (a.need("--victim"), a.need("--holder"), a.need("--path"));
+    let attacks = a.need("--attacks");
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let me = key.public().to_peer_id().to_string();
+    let info = NodeInfo {
+        name: "rogue".into(),
+        site: String::new(),
+        free_bytes: 1 << 40,
+        address: String::new(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let (net, mut inbound, event_loop) = swarm::new(swarm::NetConfig {
+        keypair: key.clone(),
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        bootstrap: vec![bootstrap],
+        swarm_key: Some(swarm_key),
+        mdns: false,
+        ping_every: Duration::from_millis(500),
+        hello_every: Duration::from_secs(1),
+        info,
+    })
+    .expect("the rogue's network");
+    tokio::spawn(event_loop.run());
+    let mut rogue = Rogue { key, me, net, seq: 0, peers: Default::default() };
+
+    // Learn who is who from hellos (bounded), then give gossipsub a few
+    // heartbeats to take this peer into its mesh.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !(rogue.peers.contains_key(&victim) && rogue.peers.contains_key(&holder)) {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, inbound.recv()).await {
+            Ok(Some(Inbound::Hello { peer, info })) => {
+                rogue.peers.insert(info.name, peer);
+            }
+            Ok(Some(_)) => {}
+            _ => {
+                eprintln!("backmesh-rogue: did not meet {victim} and {holder} within 20 s");
+                std::process::exit(1)
+            }
+        }
+    }
+    // Everything else the mesh says is heard and dropped.
+    tokio::spawn(async move { while inbound.recv().await.is_some() {} });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let victim_peer = rogue.peers[&victim].clone();
+    let holder_peer = rogue.peers[&holder].clone();
+    for attack in attacks.split(',') {
+        match attack {
+            "forged-entry" => {
+                let event = Event::Finished {
+                    node: victim.clone(),
+                    path: path.clone(),
+                    archive: "29991231T000000.000Z-f0f0f0f0".into(),
+                    size: 1,
+                    files: 1,
+                    duration_ms: 1,
+                    warnings: vec![],
+                    request: None,
+                    plugin: None,
+                };
+                let e = rogue.entry(Some((&victim_peer, &victim)), Some(1 << 40), now_ms(), event);
+                rogue.gossip(&e).await;
+                say(attack, "sent");
+            }
+            "out-of-authority" => {
+                for archive in a.get("--archives").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+                    let event = Event::Pruned {
+                        node: victim.clone(),
+                        path: path.clone(),
+                        archive: archive.into(),
+                        holder: holder.clone(),
+                    };
+                    let e = rogue.entry(None, None, now_ms(), event);
+                    rogue.gossip(&e).await;
+                }
+                let run = Event::Failed {
+                    node: victim.clone(),
+                    path: path.clone(),
+                    error: "forged by the rogue".into(),
+                    duration_ms: 1,
+                    request: None,
+                    plugin: None,
+                };
+                let e = rogue.entry(None, None, now_ms(), run);
+                rogue.gossip(&e).await;
+                say(attack, "sent");
+            }
+            "future-clock" => {
+                let year = 365 * 86_400_000;
+                let pause = Event::Paused { node: "rogue".into() };
+                let e = rogue.entry(None, None, now_ms() + year, pause);
+                rogue.gossip(&e).await;
+                let resume = Event::Resumed { node: "rogue".into() };
+                let e = rogue.entry(None, Some(u64::MAX), i64::MAX / 2, resume);
+                rogue.gossip(&e).await;
+                say(attack, "sent");
+            }
+            "fake-archive" => {
+                let answer = fake_archive(&rogue.net, &holder_peer, &victim, &path).await;
+                say(attack, answer);
+            }
+            "restore-overwrite" => {
+                let to = a.need("--restore-to");
+                let request = CtlRequest::Restore {
+                    node: victim.clone(),
+                    path: path.clone(),
+                    archive: None,
+                    to,
+                    overwrite: true,
+                    request: "rogue-restore".into(),
+                    grant: None,
+                };
+                let answer = match rogue.net.ctl(&holder_peer, request).await {
+                    Ok(r) => format!("{r:?}"),
+                    Err(e) => format!("error: {e}"),
+                };
+                say(attack, answer);
+            }
+            other => {
+                eprintln!("backmesh-rogue: no attack `{other}`");
+                std::process::exit(2)
+            }
+        }
+    }
+    // Let gossip leave before the process does.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rogue.net.shutdown().await;
+}
+
+fn swarm_key(path: &str) -> libp2p::pnet::PreSharedKey {
+    backmesh_actors::net::swarm_key::load(&PathBuf::from(path)).unwrap_or_else(|e| {
+        eprintln!("backmesh-rogue: {e}");
+        std::process::exit(2)
+    })
+}
+
+/// Makes an archive of (victim, path) in a store of its own (so sealed
+/// with its own key), offers it to `holder`, sends what it wants, and
+/// commits it: the holder's last answer, in words.
+async fn fake_archive(net: &NetClient, holder: &str, victim: &str, path: &str) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("a source");
+    std::fs::write(src.join("payload"), b"not the victim's data").expect("a file");
+    let store = Store::open(&dir.path().join("store")).expect("a store");
+    // The archive names the victim's series, whatever directory it read.
+    let opts = backmesh_actors::archive::create::CreateOptions::default();
+    let run = backmesh_actors::jobs::run::run_backup_as(&store, victim, path, &src, &opts, Retention::keep(10));
+    let manifest = match run.map(|r| r.outcome) {
+        Ok(backmesh_actors::jobs::run::RunOutcome::Stored { manifest, .. }) => manifest,
+        other => return format!("could not make the fake: {other:?}"),
+    };
+    let bytes = serde_bytes::ByteBuf::from(manifest.encode());
+    let offer = net.xfer(holder, XferRequest::Offer { manifest: bytes.clone() }).await;
+    match offer {
+        Ok(XferResponse::Want { .. }) => {}
+        other => return format!("offer: {other:?}"),
+    }
+    match net.xfer(holder, XferRequest::Commit { manifest: bytes, sent: 0, repair: false }).await {
+        Ok(r) => format!("commit: {r:?}"),
+        Err(e) => format!("commit: error: {e}"),
+    }
+}

@@ -1,0 +1,233 @@
+//! The rogue-node suite: a peer holding the swarm key (`backmesh-rogue`)
+//! tries each attack on a real mesh; nothing of another node's may be
+//! lost, replaced, hidden or run, every refusal must show in `status`,
+//! and the honest mesh must keep working (docs/security.md).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use backmesh_simulations::{binary, manifests_on_disk, tree_differences, wait_until, Mesh};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn json(mesh: &Mesh, i: usize, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = mesh.cli(i, &all);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn archives(mesh: &Mesh, i: usize, node: &str, path: &str) -> Vec<(String, BTreeSet<String>)> {
+    json(mesh, i, &["backups", node, path])["archives"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let holders = a["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str()).map(String::from);
+            (a["id"].as_str().unwrap_or_default().to_string(), holders.collect())
+        })
+        .collect()
+}
+
+/// How many times node `i` refused something from the peer named `name`.
+fn refused_from(mesh: &Mesh, i: usize, name: &str) -> u64 {
+    let status = mesh.status(i).unwrap_or_default();
+    status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["name"] == name)
+        .filter_map(|n| n["refused"].as_u64())
+        .sum()
+}
+
+#[test]
+fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
+    // Two honest nodes sharing the operator's token; n1's backups are
+    // kept on n2.
+    let mut mesh = Mesh::new();
+    for (i, name) in ["n1", "n2"].iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), &["--token".into(), "adm".into()]);
+        mesh.nodes[n].cli_args = vec!["--token".into(), "adm".into()];
+        assert!(mesh.wait_ready(n, T), "{}", mesh.nodes[n].log_text());
+    }
+    assert!(wait_until(T, || mesh.up_names(0).len() == 2));
+    let src = mesh.root.path().join("app");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.txt"), b"the real data, version 1\n").unwrap();
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    let kept_on_both = |mesh: &Mesh| {
+        let a = archives(mesh, 1, "n1", &s);
+        a.len() == 1 && a[0].1 == BTreeSet::from(["n1".to_string(), "n2".to_string()])
+    };
+    assert!(wait_until(T, || kept_on_both(&mesh)), "{:?}", archives(&mesh, 1, "n1", &s));
+    let real = archives(&mesh, 1, "n1", &s);
+    let real_id = real[0].0.clone();
+    // A directory of n2's that a restore asked by the rogue would overwrite.
+    let victim_dir = mesh.root.path().join("n2-precious");
+    std::fs::create_dir_all(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("keep.txt"), b"n2's own file\n").unwrap();
+
+    let out = Command::new(binary("backmesh-rogue"))
+        .args(["--swarm-key", mesh.swarm_key.to_str().unwrap()])
+        .args(["--bootstrap", &format!("127.0.0.1:{}", mesh.nodes[0].listen)])
+        .args(["--victim", "n1", "--holder", "n2", "--path", &s, "--archives", &real_id])
+        .args(["--restore-to", victim_dir.to_str().unwrap()])
+        .args(["--attacks", "forged-entry,out-of-authority,future-clock,fake-archive,restore-overwrite"])
+        .output()
+        .expect("run backmesh-rogue");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("rogue said:\n{said}");
+    let answers: Vec<Value> = said.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let answer = |attack: &str| {
+        answers.iter().find(|a| a["attack"] == attack).map(|a| a["answer"].as_str().unwrap_or_default().to_string())
+    };
+
+    // A fake archive of n1's series, sealed by the rogue: refused by n2.
+    let fake = answer("fake-archive").expect("tried");
+    assert!(fake.contains("Refused"), "{fake}");
+    // A restore over n2's directory without the operator's credential: refused.
+    let restore = answer("restore-overwrite").expect("tried");
+    assert!(restore.contains("Failed"), "{restore}");
+    assert_eq!(std::fs::read(victim_dir.join("keep.txt")).unwrap(), b"n2's own file\n");
+    assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 1, "nothing was written there");
+
+    // The forgeries are refused and the rogue is named on both nodes: the
+    // one it sent them to, and the one they would have been relayed to.
+    for i in 0..2 {
+        assert!(
+            wait_until(T, || refused_from(&mesh, i, "rogue") >= 2),
+            "node {i}: {:#}",
+            mesh.status(i).unwrap_or_default()
+        );
+    }
+    // Nothing of n1's is lost, replaced or hidden: the same archive, on
+    // the same holders, with no other beside it, on disk and in the log.
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..2 {
+        assert_eq!(archives(&mesh, i, "n1", &s), real, "node {i}");
+        let jobs = json(&mesh, i, &["jobs"]);
+        let job = jobs["jobs"].as_array().into_iter().flatten().find(|j| j["path"] == s.as_str()).cloned();
+        let job = job.unwrap_or_default();
+        assert_ne!(job["state"], "failing", "node {i}: a forged failure shows: {job:#}");
+    }
+    for node in &mesh.nodes {
+        assert_eq!(manifests_on_disk(node), vec![real_id.clone()], "{}", node.name);
+    }
+    // The restore from n2 gives back n1's data exactly.
+    let back = mesh.root.path().join("back");
+    let out = mesh.cli(1, &["--json", "restore", "n1", &s, "--on", "n2", "--to", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_until(T, || back.join("data.txt").exists()));
+    assert!(tree_differences(&src, &back).is_empty(), "{:?}", tree_differences(&src, &back));
+
+    // The honest mesh works on, its clock its own: a new backup of n1
+    // reaches n2, dated now, not a year ahead.
+    std::fs::write(src.join("data.txt"), b"the real data, version 2\n").unwrap();
+    let run = json(&mesh, 1, &["run", "n1", &s]);
+    assert_eq!(run["result"], "finished", "{run:#}");
+    assert!(wait_until(T, || archives(&mesh, 1, "n1", &s).len() == 2 && kept_on_both_newest(&mesh, &s)));
+    let log = json(&mesh, 0, &["log", "--limit", "5"]);
+    let newest = log["entries"].as_array().and_then(|e| e.first().cloned()).unwrap_or_default();
+    let year = chrono_year(newest["time"].as_str().unwrap_or_default());
+    let this_year =
+        chrono_year(&String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-").output().unwrap().stdout));
+    assert_eq!(year, this_year, "the newest entry is dated by the honest clocks: {newest:#}");
+}
+
+fn kept_on_both_newest(mesh: &Mesh, s: &str) -> bool {
+    archives(mesh, 1, "n1", s).first().is_some_and(|a| a.1.len() == 2)
+}
+
+/// The year of an RFC 3339 time (`2026-…`).
+fn chrono_year(t: &str) -> String {
+    t.trim().split('-').next().unwrap_or_default().to_string()
+}
+
+/// The environment `faketime -f OFFSET` gives a program (its preload
+/// library and offset), found by asking faketime itself.
+fn faketime_env(offset: &str) -> Vec<(String, String)> {
+    let out = Command::new("faketime").args(["-f", offset, "env"]).output();
+    let out = out.expect("faketime is needed (scripts/test installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("LD_PRELOAD") || k.starts_with("FAKETIME"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_node_whose_clock_ran_a_year_ahead_costs_nothing_once_set_right() {
+    let mut mesh = Mesh::new();
+    let env = faketime_env("+365d");
+    assert!(env.iter().any(|(k, _)| k == "LD_PRELOAD"), "{env:?}");
+    mesh.env = env;
+    let n1 = mesh.start("n1", None, &[]);
+    mesh.env.clear();
+    assert!(mesh.wait_ready(n1, T), "{}", mesh.nodes[n1].log_text());
+    let n2 = mesh.start("n2", Some(n1), &[]);
+    assert!(mesh.wait_ready(n2, T), "{}", mesh.nodes[n2].log_text());
+    assert!(wait_until(T, || mesh.up_names(1).len() == 2));
+    let src = mesh.root.path().join("app");
+    std::fs::create_dir_all(&src).unwrap();
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    let mut made = Vec::new();
+    let mut backup = |mesh: &Mesh, v: usize| {
+        std::fs::write(src.join("version.txt"), format!("v{v}\n")).unwrap();
+        let run = json(mesh, 0, &["run", "n1", &s]);
+        assert_eq!(run["result"], "finished", "{run:#}");
+        made.push(run["archive"].as_str().unwrap().to_string());
+    };
+    // Two backups a year ahead, then the clock is set right and the node
+    // restarted; two more.
+    backup(&mesh, 1);
+    backup(&mesh, 2);
+    mesh.nodes[n1].env.clear();
+    mesh.restart(n1);
+    assert!(mesh.wait_ready(n1, T), "{}", mesh.nodes[n1].log_text());
+    assert!(wait_until(T, || mesh.up_names(0).len() == 2));
+    backup(&mesh, 3);
+    backup(&mesh, 4);
+
+    // n1 keeps all four, the newest by its order first, and restores the last.
+    let on_n1: Vec<String> = archives(&mesh, 0, "n1", &s).into_iter().map(|a| a.0).collect();
+    let newest_first: Vec<String> = made.iter().rev().cloned().collect();
+    assert_eq!(on_n1, newest_first);
+    let back = mesh.root.path().join("back");
+    let out = mesh.cli(0, &["--json", "restore", "n1", &s, "--to", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_until(T, || std::fs::read(back.join("version.txt")).is_ok_and(|b| b == b"v4\n")));
+
+    // n2 keeps copies of the two new ones, and sees them in the log: the
+    // mesh's time was not dragged a year ahead by n1's old entries.
+    let kept_on_n2 = |mesh: &Mesh| {
+        let a = archives(mesh, 1, "n1", &s);
+        made[2..].iter().all(|id| a.iter().any(|(x, h)| x == id && h.contains("n2")))
+    };
+    assert!(wait_until(T, || kept_on_n2(&mesh)), "{:?}", archives(&mesh, 1, "n1", &s));
+    let this_year =
+        chrono_year(&String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-").output().unwrap().stdout));
+    // What was written after the clock was set right is dated by it, on
+    // both nodes: the runs of n1 and the copies n2 made. (The entries n1
+    // dated a year ahead stay as they were written.)
+    for i in 0..2 {
+        let log = json(&mesh, i, &["log", "--limit", "1000"]);
+        let after: Vec<&Value> = log["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| made[2..].iter().any(|id| e["archive"] == id.as_str()))
+            .collect();
+        let kinds: BTreeSet<&str> = after.iter().filter_map(|e| e["kind"].as_str()).collect();
+        assert!(kinds.contains("finished") && kinds.contains("replicated"), "node {i}: {after:#?}");
+        for e in after {
+            assert_eq!(chrono_year(e["time"].as_str().unwrap_or_default()), this_year, "node {i}: {e:#}");
+        }
+    }
+}
