@@ -8,7 +8,11 @@
 //!
 //! The weight is free space rounded down to a power of two of GiB (at least
 //! 1): a node with twice the free space takes about twice the keys, but
-//! everyday changes in free space do not move keys around.
+//! everyday changes in free space do not move keys around. Free space is
+//! what each node says of itself, so no weight counts for more than
+//! [`MAX_OVER_MEDIAN`] times the median of all: a node that claims
+//! boundless space (a liar, or a broken disk probe) takes a few times its
+//! share of the keys, not every key.
 
 use sha2::{Digest as _, Sha256};
 
@@ -44,12 +48,27 @@ pub fn score(peer_id: &str, node: &str, path: &str, weight: u64) -> f64 {
     weight as f64 / -u.ln()
 }
 
+/// No candidate weighs more than this many times the median weight.
+pub const MAX_OVER_MEDIAN: u64 = 4;
+
+/// The greatest weight a candidate counts for among `candidates`.
+pub fn weight_cap(candidates: &[Candidate]) -> u64 {
+    let mut w: Vec<u64> = candidates.iter().map(|c| weight(c.free_bytes)).collect();
+    if w.is_empty() {
+        return u64::MAX;
+    }
+    let mid = w.len() / 2;
+    let (_, median, _) = w.select_nth_unstable(mid);
+    median.saturating_mul(MAX_OVER_MEDIAN)
+}
+
 /// Every candidate but the origin, best first.
 pub fn rank<'a>(node: &str, path: &str, candidates: &'a [Candidate]) -> Vec<&'a Candidate> {
+    let cap = weight_cap(candidates);
     let mut v: Vec<(f64, &Candidate)> = candidates
         .iter()
         .filter(|c| c.name != node)
-        .map(|c| (score(&c.peer_id, node, path, weight(c.free_bytes)), c))
+        .map(|c| (score(&c.peer_id, node, path, weight(c.free_bytes).min(cap)), c))
         .collect();
     v.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.peer_id.cmp(&b.1.peer_id)));
     v.dedup_by(|a, b| a.1.peer_id == b.1.peer_id);
@@ -171,5 +190,22 @@ mod tests {
         }
         // Weights 4:1:1:1 → n0 wins about 4/7 of single-holder keys.
         assert!((1000..=1300).contains(&n0), "{n0}");
+    }
+
+    #[test]
+    fn a_node_that_claims_boundless_space_takes_a_few_shares_not_every_key() {
+        let mut p = peers(20);
+        p[7].free_bytes = u64::MAX; // the liar
+        let (mut liar, keys, r) = (0, 2000, 3);
+        for i in 0..keys {
+            if holders("origin", &format!("/x{i}"), &p, r).iter().any(|c| c.name == "n7") {
+                liar += 1;
+            }
+        }
+        // Honest share: 3 of 20 holders, 300 of 2000 keys. Uncapped, the
+        // liar would hold every key; capped at 4× the median, at most
+        // about 4 × 3/23 of them.
+        assert!(liar < 4 * keys * r / (20 + 3), "{liar} of {keys}");
+        assert!(liar > keys * r / 20, "still more than an honest share: {liar}");
     }
 }
