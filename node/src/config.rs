@@ -235,9 +235,10 @@ impl NodeConfig {
                 }
                 let within = match (args.keep_within, &file.keep_within) {
                     (Some(d), _) => Some(d),
-                    (None, Some(text)) => {
-                        Some(backmesh_actors::store::parse_within(text).map_err(|e| anyhow!("keep_within {e}"))?)
-                    }
+                    (None, Some(text)) => Some(
+                        backmesh_actors::store::parse_within(text)
+                            .map_err(|e| anyhow!("keep-within in the config file: {e}"))?,
+                    ),
                     (None, None) => None,
                 };
                 Retention { keep, within }
@@ -284,6 +285,22 @@ mod tests {
         let e = NodeConfig::resolve(None, None, RunArgs { bootstrap: vec!["nohost".into()], ..Default::default() })
             .unwrap_err();
         assert!(e.to_string().contains("bad bootstrap address `nohost`"), "{e}");
+    }
+
+    #[test]
+    fn keep_within_comes_from_the_flag_or_the_file_and_a_bad_one_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("node.toml");
+        std::fs::write(&f, "keep = 4\nkeep-within = \"14d\"\n").unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        assert_eq!(c.keep, Retention { keep: 4, within: Some(Duration::from_secs(14 * 86_400)) });
+        let args =
+            RunArgs { config: Some(f.clone()), keep_within: Some(Duration::from_secs(3600)), ..Default::default() };
+        assert_eq!(NodeConfig::resolve(None, None, args).unwrap().keep.within, Some(Duration::from_secs(3600)));
+        std::fs::write(&f, "keep-within = \"14\"\n").unwrap();
+        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("keep-within") && e.to_string().contains("`14`"), "{e}");
+        assert_eq!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().keep, Retention::default());
     }
 }
 
