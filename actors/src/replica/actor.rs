@@ -238,8 +238,9 @@ impl ReplicaActor {
             }
             for h in plan.handoffs {
                 let (net, addr) = (net.clone(), ctx.address());
+                let store = act.store.clone();
                 actix::spawn(async move {
-                    let confirmed = all_confirm(&net, &h).await;
+                    let confirmed = all_confirm(&net, store, &h).await;
                     addr.do_send(HandedOff { handoff: h, confirmed });
                 });
             }
@@ -281,20 +282,53 @@ fn held_series(store: &Store, keep: Retention) -> BTreeMap<(String, String), Vec
         .collect()
 }
 
-/// Whether every elected holder keeps every archive of the handoff.
-async fn all_confirm(net: &NetClient, h: &Handoff) -> bool {
+/// Whether every elected holder keeps every archive of the handoff. A
+/// holder must not only list them: for each, it must send back a member
+/// picked here at random (saying costs nothing; a holder that only says
+/// it keeps copies would make this node drop the last good ones).
+async fn all_confirm(net: &NetClient, store: Arc<Store>, h: &Handoff) -> bool {
+    let (st, node, path, ids) = (store, h.node.clone(), h.path.clone(), h.ids.clone());
+    let picks = tokio::task::spawn_blocking(move || {
+        use std::hash::BuildHasher as _;
+        let random = std::collections::hash_map::RandomState::new();
+        ids.into_iter()
+            .filter_map(|id| {
+                let m = st.manifest(&node, &path, Some(&id)).ok()?;
+                let i = random.hash_one(&id) as usize % m.members.len().max(1);
+                Some((id, m.members.get(i)?.sha256))
+            })
+            .collect::<HashMap<String, Digest>>()
+    })
+    .await
+    .unwrap_or_default();
     for t in &h.targets {
         let list = XferRequest::List { node: h.node.clone(), path: h.path.clone() };
-        match net.xfer(t, list).await {
-            Ok(XferResponse::Archives { ids }) => {
-                let kept: HashSet<&String> = ids.iter().collect();
-                // An archive older than all the holder keeps was pruned there, not lost.
-                let oldest = ids.iter().min();
-                if !h.ids.iter().all(|id| kept.contains(id) || oldest.is_some_and(|o| id < o)) {
-                    return false;
-                }
-            }
+        let kept = match net.xfer(t, list).await {
+            Ok(XferResponse::Archives { ids }) => ids,
             _ => return false,
+        };
+        // An archive older than all the holder keeps was pruned there, not lost.
+        let oldest = kept.iter().min();
+        if !h.ids.iter().all(|id| kept.contains(id) || oldest.is_some_and(|o| id < o)) {
+            return false;
+        }
+        for id in h.ids.iter().filter(|id| kept.contains(id)) {
+            let Some(digest) = picks.get(id).copied() else { return false };
+            let proof = net.xfer(t, XferRequest::Get { digests: vec![digest] }).await;
+            let shown = match &proof {
+                Ok(XferResponse::Members { members }) => {
+                    members.iter().any(|m| m.digest == digest && Digest::of(&m.data) == digest)
+                }
+                _ => false,
+            };
+            if !shown {
+                tracing::warn!(
+                    "{t} says it keeps archive {id} of {} on {} but did not send a member of it: this node keeps its copy",
+                    h.path,
+                    h.node
+                );
+                return false;
+            }
         }
     }
     true

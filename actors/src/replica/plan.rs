@@ -200,7 +200,14 @@ impl Planner {
             self.backoff.remove(&push.peer);
             return None;
         }
-        let delay = self.backoff.get(&push.peer).map_or(FIRST_BACKOFF_MS, |(_, d)| (d * 2).min(MAX_BACKOFF_MS));
+        // Pushes to one peer that were under way together fail together
+        // (the peer was down, or did not know the origin yet): one step of
+        // backoff for all of them, not one each.
+        let delay = match self.backoff.get(&push.peer) {
+            Some((until, _)) if now_ms < *until => return Some(until - now_ms),
+            Some((_, d)) => (d * 2).min(MAX_BACKOFF_MS),
+            None => FIRST_BACKOFF_MS,
+        };
         self.backoff.insert(push.peer.clone(), (now_ms + delay, delay));
         Some(delay)
     }
@@ -283,6 +290,21 @@ mod tests {
         // Down, then up again: tried at once.
         assert!(pl.plan(&me, &[peer("b", false, now)], &kept, now + 1).pushes.is_empty(), "not to a peer that is down");
         assert_eq!(pl.plan(&me, &[peer("b", true, now + 2)], &kept, now + 2).pushes.len(), 1);
+    }
+
+    #[test]
+    fn pushes_that_fail_together_count_as_one_step_of_backoff() {
+        let me = peer("a", true, 0);
+        let mut pl = Planner::new("a", 1, 60_000);
+        let kept = held(&[("a", "/x", &["1"]), ("a", "/y", &["2"]), ("a", "/z", &["3"])]);
+        let plan = pl.plan(&me, &[peer("b", true, 0)], &kept, 0);
+        assert_eq!(plan.pushes.len(), 3);
+        let delays: Vec<i64> = plan.pushes.iter().map(|p| pl.pushed(p, &[], true, 10).unwrap()).collect();
+        assert_eq!(delays, [2_000, 2_000, 2_000], "one wave, one step (six series would wait 60 s for the last)");
+        // The next failure, after the wait, is the next step.
+        let again = pl.plan(&me, &[peer("b", true, 2_010)], &kept, 2_010).pushes;
+        assert_eq!(again.len(), 3);
+        assert_eq!(pl.pushed(&again[0], &[], true, 2_010), Some(4_000));
     }
 
     #[test]

@@ -23,7 +23,11 @@
 //! - `fake-archive`: makes an archive of the victim's series sealed with
 //!   its own key and offers it to the holder, then commits it;
 //! - `restore-overwrite`: asks the holder to restore the victim's series
-//!   over `--restore-to`, without the operator's credential.
+//!   over `--restore-to`, without the operator's credential;
+//! - `lie-holder`: claims boundless free space, so that placement elects
+//!   it, and for `--serve-secs` says it keeps every archive offered to it
+//!   (`Want { complete }`, `Committed`, `Archives`) while keeping nothing
+//!   (it answers no `Get`). It prints its peer id first.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,7 +101,7 @@ async fn main() {
     let info = NodeInfo {
         name: "rogue".into(),
         site: String::new(),
-        free_bytes: 1 << 40,
+        free_bytes: if attacks.contains("lie-holder") { u64::MAX } else { 1 << 40 },
         address: String::new(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -131,8 +135,32 @@ async fn main() {
             }
         }
     }
-    // Everything else the mesh says is heard and dropped.
-    tokio::spawn(async move { while inbound.recv().await.is_some() {} });
+    // Everything else the mesh says is heard and dropped, but for the
+    // lying holder's answers.
+    let lying = attacks.split(',').any(|a| a == "lie-holder");
+    let liar = rogue.net.clone();
+    tokio::spawn(async move {
+        let mut offered: Vec<String> = Vec::new();
+        while let Some(event) = inbound.recv().await {
+            let Inbound::Xfer(x) = event else { continue };
+            if !lying {
+                continue;
+            }
+            let answer = match x.request {
+                XferRequest::Offer { manifest } | XferRequest::Commit { manifest, .. } => {
+                    if let Ok(m) = backmesh_actors::archive::Manifest::decode(&manifest) {
+                        if !offered.contains(&m.id) {
+                            offered.push(m.id.clone());
+                        }
+                    }
+                    XferResponse::Want { missing: Vec::new(), complete: true }
+                }
+                XferRequest::List { .. } => XferResponse::Archives { ids: offered.clone() },
+                _ => XferResponse::Refused { reason: "not now".into() },
+            };
+            liar.answer_xfer(x.channel, answer).await;
+        }
+    });
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let victim_peer = rogue.peers[&victim].clone();
@@ -208,6 +236,12 @@ async fn main() {
                     Err(e) => format!("error: {e}"),
                 };
                 say(attack, answer);
+            }
+            "lie-holder" => {
+                println!("{}", serde_json::json!({ "peer": rogue.me }));
+                let secs: u64 = a.get("--serve-secs").and_then(|s| s.parse().ok()).unwrap_or(30);
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                say(attack, "served");
             }
             other => {
                 eprintln!("backmesh-rogue: no attack `{other}`");

@@ -231,3 +231,51 @@ fn a_node_whose_clock_ran_a_year_ahead_costs_nothing_once_set_right() {
         }
     }
 }
+
+#[test]
+fn a_holder_that_only_says_it_keeps_copies_makes_no_one_drop_theirs() {
+    // One copy per series: n2 keeps n1's six series, until a rogue that
+    // claims boundless space joins and placement elects it for most.
+    let mut mesh = Mesh::new();
+    for (i, name) in ["n1", "n2"].iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), &["--replicas".into(), "1".into()]);
+        assert!(mesh.wait_ready(n, T), "{}", mesh.nodes[n].log_text());
+    }
+    assert!(wait_until(T, || mesh.up_names(0).len() == 2));
+    let mut paths = Vec::new();
+    for k in 0..6 {
+        let src = mesh.root.path().join(format!("app{k}"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("data.txt"), format!("series {k}\n")).unwrap();
+        let s = src.to_string_lossy().into_owned();
+        assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+        paths.push(s);
+    }
+    let on_n2 =
+        |mesh: &Mesh| paths.iter().all(|s| archives(mesh, 0, "n1", s).first().is_some_and(|a| a.1.contains("n2")));
+    assert!(wait_until(T, || on_n2(&mesh)), "{}\n{}", mesh.nodes[0].log_text(), mesh.nodes[1].log_text());
+    let copies = manifests_on_disk(&mesh.nodes[1]);
+    assert_eq!(copies.len(), 6, "{copies:?}");
+
+    let mut rogue = Command::new(binary("backmesh-rogue"))
+        .args(["--swarm-key", mesh.swarm_key.to_str().unwrap()])
+        .args(["--bootstrap", &format!("127.0.0.1:{}", mesh.nodes[0].listen)])
+        .args(["--victim", "n1", "--holder", "n2", "--path", &paths[0]])
+        .args(["--attacks", "lie-holder", "--serve-secs", "40"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run backmesh-rogue");
+    assert!(wait_until(T, || mesh.up_names(1).contains(&"rogue".to_string())));
+    // n2 is no longer elected for the series the rogue outranks it on, and
+    // asks the rogue to prove it keeps them: it cannot, and n2 keeps its own.
+    let refused = |mesh: &Mesh| mesh.nodes[1].log_text().contains("did not send a member of it");
+    let dropped = |mesh: &Mesh| mesh.nodes[1].log_text().contains("surplus copies");
+    let over = wait_until(T, || refused(&mesh) || dropped(&mesh));
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+    assert!(over, "nothing happened:\n{}", mesh.nodes[1].log_text());
+    assert_eq!(manifests_on_disk(&mesh.nodes[1]), copies, "n2 dropped copies on the rogue's word");
+    assert!(!dropped(&mesh), "{}", mesh.nodes[1].log_text());
+    assert!(refused(&mesh), "{}", mesh.nodes[1].log_text());
+}
