@@ -24,6 +24,9 @@
 //!   its own key and offers it to the holder, then commits it;
 //! - `restore-overwrite`: asks the holder to restore the victim's series
 //!   over `--restore-to`, without the operator's credential;
+//! - `hook-registration`: registers, signed as itself (any node may), a
+//!   job of the holder's for `--hook-path` with a `pre` hook that touches
+//!   `--marker`: the holder must run no program its operator did not allow;
 //! - `lie-holder`: claims boundless free space, so that placement elects
 //!   it, and for `--serve-secs` says it keeps every archive offered to it
 //!   (`Want { complete }`, `Committed`, `Archives`) while keeping nothing
@@ -236,6 +239,22 @@ async fn main() {
                     Err(e) => format!("error: {e}"),
                 };
                 say(attack, answer);
+            }
+            "hook-registration" => {
+                let spec = backmesh_actors::jobs::plugin::JobSpec {
+                    pre: Some(format!("touch {}", a.need("--marker"))),
+                    ..Default::default()
+                };
+                let event = Event::Registered {
+                    node: holder.clone(),
+                    path: a.need("--hook-path"),
+                    every_min: 600,
+                    excludes: vec![],
+                    spec,
+                };
+                let e = rogue.entry(None, None, now_ms(), event);
+                rogue.gossip(&e).await;
+                say(attack, "sent");
             }
             "lie-holder" => {
                 println!("{}", serde_json::json!({ "peer": rogue.me }));

@@ -71,12 +71,20 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     std::fs::create_dir_all(&victim_dir).unwrap();
     std::fs::write(victim_dir.join("keep.txt"), b"n2's own file\n").unwrap();
 
+    // A job of n2's with a hook, registered by the rogue.
+    let hooked = mesh.root.path().join("n2-app");
+    std::fs::create_dir_all(&hooked).unwrap();
+    let marker = mesh.root.path().join("pwned");
     let out = Command::new(binary("backmesh-rogue"))
         .args(["--swarm-key", mesh.swarm_key.to_str().unwrap()])
         .args(["--bootstrap", &format!("127.0.0.1:{}", mesh.nodes[0].listen)])
         .args(["--victim", "n1", "--holder", "n2", "--path", &s, "--archives", &real_id])
         .args(["--restore-to", victim_dir.to_str().unwrap()])
-        .args(["--attacks", "forged-entry,out-of-authority,future-clock,fake-archive,restore-overwrite"])
+        .args(["--hook-path", hooked.to_str().unwrap(), "--marker", marker.to_str().unwrap()])
+        .args([
+            "--attacks",
+            "forged-entry,out-of-authority,future-clock,fake-archive,restore-overwrite,hook-registration",
+        ])
         .output()
         .expect("run backmesh-rogue");
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -124,6 +132,19 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_until(T, || back.join("data.txt").exists()));
     assert!(tree_differences(&src, &back).is_empty(), "{:?}", tree_differences(&src, &back));
+
+    // The registration is taken (any node may register), but n2, whose
+    // operator did not pass --allow-programs, runs no hook: the run fails
+    // and says why.
+    let h = hooked.to_string_lossy().into_owned();
+    let registered = |mesh: &Mesh| {
+        json(mesh, 1, &["jobs"])["jobs"].as_array().into_iter().flatten().any(|j| j["path"] == h.as_str())
+    };
+    assert!(wait_until(T, || registered(&mesh)), "{:#}", json(&mesh, 1, &["jobs"]));
+    let hook_run = json(&mesh, 0, &["run", "n2", &h]);
+    assert_eq!(hook_run["result"], "failed", "{hook_run:#}");
+    assert!(hook_run.to_string().contains("--allow-programs"), "{hook_run:#}");
+    assert!(!marker.exists(), "the rogue's hook ran on n2");
 
     // The honest mesh works on, its clock its own: a new backup of n1
     // reaches n2, dated now, not a year ahead.
