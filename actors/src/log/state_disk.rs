@@ -207,6 +207,7 @@ fn write(state: &mut MeshState, kv: &dyn KvStore, key: &RecordKey, w: &mut Writt
     // What changed since written: the head, and the archives with a
     // register whose signature is still in memory (or that has none).
     // Only those are written, each with the signatures it had on disk.
+    // In id order (a map's keys): the first is the oldest kept.
     let kept: Vec<String> = s.archives.keys().cloned().collect();
     s.archives.retain(|_, a| !archive_seals(a).iter().all(|s| s.is_stored()));
     let mut on_disk = match kv.get(STATE_TREE, &k)? {
@@ -231,11 +232,18 @@ fn write(state: &mut MeshState, kv: &dyn KvStore, key: &RecordKey, w: &mut Writt
     for (id, a) in std::mem::take(&mut s.archives) {
         w.put(kv, ARCHIVE_TREE, &archive_key(&k, &id), &encode(&a)?)?;
     }
-    // Archives no longer among the newest the mesh remembers.
-    for (key_on_disk, _) in kv.scan_prefix(ARCHIVE_TREE, &k)? {
-        let id = String::from_utf8_lossy(&key_on_disk[k.len()..]);
-        if kept.binary_search_by(|x| x.as_str().cmp(&id)).is_err() {
-            kv.delete(ARCHIVE_TREE, &key_on_disk)?;
+    // Archives no longer among the newest the mesh remembers. A series
+    // forgets an archive only when it is older than every one it keeps
+    // (`Series::archive_mut`), so only the entries below the oldest kept
+    // are read, not every archive of the series at each write.
+    let below = kept.first().map(|oldest| archive_key(&k, oldest));
+    loop {
+        let gone = kv.scan_prefix_rev(ARCHIVE_TREE, &k, below.as_deref(), 64)?;
+        for (key_on_disk, _) in &gone {
+            kv.delete(ARCHIVE_TREE, key_on_disk)?;
+        }
+        if gone.len() < 64 {
+            break;
         }
     }
     // The head last: a series of format 1 keeps its archives in it until

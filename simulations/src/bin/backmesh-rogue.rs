@@ -97,7 +97,7 @@ async fn main() {
     let a = Args(std::env::args().skip(1).collect());
     let swarm_key = swarm_key(&a.need("--swarm-key"));
     let bootstrap: SocketAddr = a.need("--bootstrap").parse().expect("--bootstrap HOST:PORT");
-    let (victim, holder, path) = (a.need("--victim"), a.need("--holder"), a.need("--path"));
+    let (victim, holder) = (a.need("--victim"), a.need("--holder"));
     let attacks = a.need("--attacks");
     let key = libp2p::identity::Keypair::generate_ed25519();
     let me = key.public().to_peer_id().to_string();
@@ -168,109 +168,125 @@ async fn main() {
 
     let victim_peer = rogue.peers[&victim].clone();
     let holder_peer = rogue.peers[&holder].clone();
-    for attack in attacks.split(',') {
-        match attack {
-            "forged-entry" => {
-                let event = Event::Finished {
-                    node: victim.clone(),
-                    path: path.clone(),
-                    archive: "29991231T000000.000Z-f0f0f0f0".into(),
-                    size: 1,
-                    files: 1,
-                    duration_ms: 1,
-                    warnings: vec![],
-                    request: None,
-                    plugin: None,
-                };
-                let e = rogue.entry(Some((&victim_peer, &victim)), Some(1 << 40), now_ms(), event);
-                rogue.gossip(&e).await;
-                say(attack, "sent");
-            }
-            "out-of-authority" => {
-                for archive in a.get("--archives").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
-                    let event = Event::Pruned {
-                        node: victim.clone(),
-                        path: path.clone(),
-                        archive: archive.into(),
-                        holder: holder.clone(),
-                    };
-                    let e = rogue.entry(None, None, now_ms(), event);
-                    rogue.gossip(&e).await;
-                }
-                let run = Event::Failed {
-                    node: victim.clone(),
-                    path: path.clone(),
-                    error: "forged by the rogue".into(),
-                    duration_ms: 1,
-                    request: None,
-                    plugin: None,
-                };
-                let e = rogue.entry(None, None, now_ms(), run);
-                rogue.gossip(&e).await;
-                say(attack, "sent");
-            }
-            "future-clock" => {
-                let year = 365 * 86_400_000;
-                let pause = Event::Paused { node: "rogue".into() };
-                let e = rogue.entry(None, None, now_ms() + year, pause);
-                rogue.gossip(&e).await;
-                let resume = Event::Resumed { node: "rogue".into() };
-                let e = rogue.entry(None, Some(u64::MAX), i64::MAX / 2, resume);
-                rogue.gossip(&e).await;
-                say(attack, "sent");
-            }
-            "fake-archive" => {
-                let answer = fake_archive(&rogue.net, &holder_peer, &victim, &path).await;
-                say(attack, answer);
-            }
-            "restore-overwrite" => {
-                let to = a.need("--restore-to");
-                let request = CtlRequest::Restore {
-                    node: victim.clone(),
-                    path: path.clone(),
-                    archive: None,
-                    to,
-                    overwrite: true,
-                    request: "rogue-restore".into(),
-                    grant: None,
-                };
-                let answer = match rogue.net.ctl(&holder_peer, request).await {
-                    Ok(r) => format!("{r:?}"),
-                    Err(e) => format!("error: {e}"),
-                };
-                say(attack, answer);
-            }
-            "hook-registration" => {
-                let spec = backmesh_actors::jobs::plugin::JobSpec {
-                    pre: Some(format!("touch {}", a.need("--marker"))),
-                    ..Default::default()
-                };
-                let event = Event::Registered {
-                    node: holder.clone(),
-                    path: a.need("--hook-path"),
-                    every_min: 600,
-                    excludes: vec![],
-                    spec,
-                };
-                let e = rogue.entry(None, None, now_ms(), event);
-                rogue.gossip(&e).await;
-                say(attack, "sent");
-            }
-            "lie-holder" => {
-                println!("{}", serde_json::json!({ "peer": rogue.me }));
-                let secs: u64 = a.get("--serve-secs").and_then(|s| s.parse().ok()).unwrap_or(30);
-                tokio::time::sleep(Duration::from_secs(secs)).await;
-                say(attack, "served");
-            }
-            other => {
-                eprintln!("backmesh-rogue: no attack `{other}`");
-                std::process::exit(2)
-            }
+    // The gossiped attacks go out twice, 2 s apart, each time as new
+    // entries: a first message may find no peer that has said yet that it
+    // listens to the topic (on a loaded machine), and is then lost.
+    for wave in 0..2 {
+        if wave == 1 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        for attack in attacks.split(',').filter(|a| wave == 0 || GOSSIPED.contains(a)) {
+            run_attack(&mut rogue, &a, attack, &victim_peer, &holder_peer).await;
         }
     }
     // Let gossip leave before the process does.
     tokio::time::sleep(Duration::from_secs(2)).await;
     rogue.net.shutdown().await;
+}
+
+/// The attacks sent as gossip (the others are requests to the holder).
+const GOSSIPED: [&str; 4] = ["forged-entry", "out-of-authority", "future-clock", "hook-registration"];
+
+async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str, holder_peer: &str) {
+    let (victim, holder, path) = (a.need("--victim"), a.need("--holder"), a.need("--path"));
+    match attack {
+        "forged-entry" => {
+            let event = Event::Finished {
+                node: victim.clone(),
+                path: path.clone(),
+                archive: "29991231T000000.000Z-f0f0f0f0".into(),
+                size: 1,
+                files: 1,
+                duration_ms: 1,
+                warnings: vec![],
+                request: None,
+                plugin: None,
+            };
+            let e = rogue.entry(Some((victim_peer, &victim)), Some(1 << 40), now_ms(), event);
+            rogue.gossip(&e).await;
+            say(attack, "sent");
+        }
+        "out-of-authority" => {
+            for archive in a.get("--archives").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+                let event = Event::Pruned {
+                    node: victim.clone(),
+                    path: path.clone(),
+                    archive: archive.into(),
+                    holder: holder.clone(),
+                };
+                let e = rogue.entry(None, None, now_ms(), event);
+                rogue.gossip(&e).await;
+            }
+            let run = Event::Failed {
+                node: victim.clone(),
+                path: path.clone(),
+                error: "forged by the rogue".into(),
+                duration_ms: 1,
+                request: None,
+                plugin: None,
+            };
+            let e = rogue.entry(None, None, now_ms(), run);
+            rogue.gossip(&e).await;
+            say(attack, "sent");
+        }
+        "future-clock" => {
+            let year = 365 * 86_400_000;
+            let pause = Event::Paused { node: "rogue".into() };
+            let e = rogue.entry(None, None, now_ms() + year, pause);
+            rogue.gossip(&e).await;
+            let resume = Event::Resumed { node: "rogue".into() };
+            let e = rogue.entry(None, Some(u64::MAX), i64::MAX / 2, resume);
+            rogue.gossip(&e).await;
+            say(attack, "sent");
+        }
+        "fake-archive" => {
+            let answer = fake_archive(&rogue.net, holder_peer, &victim, &path).await;
+            say(attack, answer);
+        }
+        "restore-overwrite" => {
+            let to = a.need("--restore-to");
+            let request = CtlRequest::Restore {
+                node: victim.clone(),
+                path: path.clone(),
+                archive: None,
+                to,
+                overwrite: true,
+                request: "rogue-restore".into(),
+                grant: None,
+            };
+            let answer = match rogue.net.ctl(holder_peer, request).await {
+                Ok(r) => format!("{r:?}"),
+                Err(e) => format!("error: {e}"),
+            };
+            say(attack, answer);
+        }
+        "hook-registration" => {
+            let spec = backmesh_actors::jobs::plugin::JobSpec {
+                pre: Some(format!("touch {}", a.need("--marker"))),
+                ..Default::default()
+            };
+            let event = Event::Registered {
+                node: holder.clone(),
+                path: a.need("--hook-path"),
+                every_min: 600,
+                excludes: vec![],
+                spec,
+            };
+            let e = rogue.entry(None, None, now_ms(), event);
+            rogue.gossip(&e).await;
+            say(attack, "sent");
+        }
+        "lie-holder" => {
+            println!("{}", serde_json::json!({ "peer": rogue.me }));
+            let secs: u64 = a.get("--serve-secs").and_then(|s| s.parse().ok()).unwrap_or(30);
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            say(attack, "served");
+        }
+        other => {
+            eprintln!("backmesh-rogue: no attack `{other}`");
+            std::process::exit(2)
+        }
+    }
 }
 
 fn swarm_key(path: &str) -> libp2p::pnet::PreSharedKey {

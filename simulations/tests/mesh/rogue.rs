@@ -282,7 +282,7 @@ fn a_holder_that_only_says_it_keeps_copies_makes_no_one_drop_theirs() {
         .args(["--swarm-key", mesh.swarm_key.to_str().unwrap()])
         .args(["--bootstrap", &format!("127.0.0.1:{}", mesh.nodes[0].listen)])
         .args(["--victim", "n1", "--holder", "n2", "--path", &paths[0]])
-        .args(["--attacks", "lie-holder", "--serve-secs", "40"])
+        .args(["--attacks", "lie-holder", "--serve-secs", "120"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
