@@ -6,4 +6,5 @@
 pub mod actor;
 pub mod placement;
 pub mod plan;
+pub mod quota;
 pub mod source;

@@ -40,6 +40,11 @@ pub struct NodeStatus {
     /// unsealed entries and archives); `problems` says the last.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refused: u64,
+    /// How many times that peer went past one of this node's bounds
+    /// (connections, requests in flight, its storage quota here) and was
+    /// refused the excess; `problems` says the last.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limited: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use backmesh_actors::replica::quota::Quota;
 use backmesh_actors::store::Retention;
 use clap::Args;
 use serde::Deserialize;
@@ -42,6 +43,12 @@ pub struct RunArgs {
     /// stolen key cannot then push recent backups out of their holders.
     #[arg(long, value_name = "DURATION", value_parser = backmesh_actors::store::parse_within)]
     pub keep_within: Option<Duration>,
+    /// The most one other node's archives may take on this node: a size
+    /// (500G, 2T) or a share (40%) of the room here, its free space plus
+    /// what that node's archives already take [default: 50%]. An archive
+    /// past it is refused, and `status` names the node.
+    #[arg(long, value_name = "SIZE|N%", value_parser = backmesh_actors::replica::quota::parse_quota)]
+    pub quota: Option<Quota>,
     /// A label grouping nodes (a client, a data centre).
     #[arg(long)]
     pub site: Option<String>,
@@ -98,6 +105,7 @@ struct FileConfig {
     replicas: Option<usize>,
     keep: Option<usize>,
     keep_within: Option<String>,
+    quota: Option<String>,
     site: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -136,6 +144,7 @@ pub struct NodeConfig {
     pub token: Option<String>,
     pub replicas: usize,
     pub keep: Retention,
+    pub quota: Quota,
     pub site: String,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub mdns: bool,
@@ -243,6 +252,12 @@ impl NodeConfig {
                 };
                 Retention { keep, within }
             },
+            quota: match (args.quota, &file.quota) {
+                (Some(q), _) => q,
+                (None, Some(text)) => backmesh_actors::replica::quota::parse_quota(text)
+                    .map_err(|e| anyhow!("quota in the config file: {e}"))?,
+                (None, None) => Quota::default(),
+            },
             site: args.site.or(file.site).unwrap_or_default(),
             tls,
             mdns: args.mdns || file.mdns.unwrap_or(false),
@@ -301,6 +316,21 @@ mod tests {
         let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("keep-within") && e.to_string().contains("`14`"), "{e}");
         assert_eq!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().keep, Retention::default());
+    }
+
+    #[test]
+    fn the_quota_comes_from_the_flag_or_the_file_and_a_bad_one_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("node.toml");
+        std::fs::write(&f, "quota = \"200G\"\n").unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        assert_eq!(c.quota, Quota::Bytes(200 << 30));
+        let args = RunArgs { config: Some(f.clone()), quota: Some(Quota::Percent(30)), ..Default::default() };
+        assert_eq!(NodeConfig::resolve(None, None, args).unwrap().quota, Quota::Percent(30));
+        std::fs::write(&f, "quota = \"lots\"\n").unwrap();
+        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("quota in the config file") && e.to_string().contains("`lots`"), "{e}");
+        assert_eq!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().quota, Quota::Percent(50));
     }
 }
 

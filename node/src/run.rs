@@ -12,7 +12,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
 use backmesh_actors::jobs::actor::{JobsActor, JobsConfig};
 use backmesh_actors::log::actor::{Gossiped, LogActor, StateReceived};
-use backmesh_actors::net::actor::{free_bytes, MembershipActor, NetEvent};
+use backmesh_actors::net::actor::{free_bytes, Incompatible, Limited, MembershipActor, NetEvent};
 use backmesh_actors::net::membership::{Membership, NodeInfo};
 use backmesh_actors::net::{swarm, swarm_key};
 use backmesh_actors::notify::NotifyActor;
@@ -123,6 +123,8 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             ping_every,
             hello_every: ping_every * 2,
             info: me,
+            connections_per_peer: swarm::CONNECTIONS_PER_PEER,
+            protocol: backmesh_actors::net::wire::MESH_PROTOCOL,
         })?;
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
         let log = LogActor::load(
@@ -147,6 +149,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                 keep: cfg.keep,
                 repair_after: cfg.repair_after,
                 sync_every: Duration::from_secs(2),
+                quota: cfg.quota,
             },
         )
         .start();
@@ -246,7 +249,8 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         );
         let _ = std::io::stdout().flush();
         tracing::info!(
-            "data dir {}, site `{}`, {} replicas, keeping {} archives per path{}",
+            "data dir {}, site `{}`, {} replicas, keeping {} archives per path{}; another node's archives may \
+             take {} here (--quota)",
             cfg.data_dir.display(),
             cfg.site,
             cfg.replicas,
@@ -254,7 +258,8 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             cfg.keep.within.map_or(String::new(), |d| format!(
                 " and every one stored in the last {}",
                 crate::config::human_duration(d)
-            ))
+            )),
+            cfg.quota
         );
         let signal = shutdown_signal().await;
         tracing::info!("{signal}: shutting down");
@@ -334,6 +339,8 @@ async fn route(mut inbound: tokio::sync::mpsc::Receiver<swarm::Inbound>, to: Rou
                 CtlRequest::History(_) => to.log.do_send(ctl),
             },
             Inbound::Xfer(xfer) => to.replica.do_send(xfer),
+            Inbound::Limited { peer, what } => to.membership.do_send(Limited { peer, what }),
+            Inbound::Incompatible { peer, what } => to.membership.do_send(Incompatible { peer, what }),
         }
     }
 }

@@ -43,6 +43,25 @@ pub struct Misbehaved {
     pub what: String,
 }
 
+/// A peer went past one of this node's bounds and was refused the excess.
+/// Senders: the network loop (connections, requests in flight) and the
+/// replica actor (storage quota). Logged the first time, then counted.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct Limited {
+    pub peer: String,
+    pub what: String,
+}
+
+/// A peer speaks another mesh protocol (`what`), or (`None`) this one
+/// again. Sender: the network loop.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct Incompatible {
+    pub peer: String,
+    pub what: Option<String>,
+}
+
 pub struct MembershipActor {
     state: Membership,
     data_dir: PathBuf,
@@ -142,6 +161,26 @@ impl Handler<Misbehaved> for MembershipActor {
                 msg.what
             );
         }
+    }
+}
+
+impl Handler<Limited> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: Limited, _: &mut Context<Self>) {
+        if self.state.limited(&msg.peer, &msg.what) {
+            tracing::warn!(
+                "peer {} went past this node's limits: it {} (refused the excess; counted in status from now on)",
+                msg.peer,
+                msg.what
+            );
+        }
+    }
+}
+
+impl Handler<Incompatible> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: Incompatible, _: &mut Context<Self>) {
+        self.state.incompatible(&msg.peer, msg.what);
     }
 }
 

@@ -65,6 +65,11 @@ pub struct Membership {
     /// Peers that sent what this node refused (forged, unsealed, out of
     /// their authority): how many times, and the last.
     misdeeds: BTreeMap<String, (u64, String)>,
+    /// Peers that went past a bound of this node's (connections, requests
+    /// in flight, storage quota): how many times, and the last.
+    limited: BTreeMap<String, (u64, String)>,
+    /// Peers that speak another mesh protocol, and what they said.
+    incompatible: BTreeMap<String, String>,
 }
 
 impl Membership {
@@ -78,6 +83,8 @@ impl Membership {
             reported_conflicts: BTreeSet::new(),
             by_name,
             misdeeds: BTreeMap::new(),
+            limited: BTreeMap::new(),
+            incompatible: BTreeMap::new(),
         }
     }
 
@@ -140,16 +147,28 @@ impl Membership {
     /// be logged once, then counted). At most [`MISDEEDS_KEPT`] peers are
     /// remembered: a flood of fresh peer ids cannot grow the view.
     pub fn misbehaved(&mut self, peer: &str, what: &str) -> bool {
-        if let Some((n, last)) = self.misdeeds.get_mut(peer) {
-            *n += 1;
-            *last = what.to_string();
-            return false;
+        count(&mut self.misdeeds, peer, what)
+    }
+
+    /// `peer` went past one of this node's bounds; `true` the first time
+    /// (to be logged once, then counted). Kept for at most
+    /// [`MISDEEDS_KEPT`] peers, as misdeeds are.
+    pub fn limited(&mut self, peer: &str, what: &str) -> bool {
+        count(&mut self.limited, peer, what)
+    }
+
+    /// `peer` speaks another mesh protocol (`what` says which), or, with
+    /// `None`, speaks this one again.
+    pub fn incompatible(&mut self, peer: &str, what: Option<String>) {
+        match what {
+            Some(what) if self.incompatible.len() < MISDEEDS_KEPT || self.incompatible.contains_key(peer) => {
+                self.incompatible.insert(peer.to_string(), what);
+            }
+            Some(_) => {}
+            None => {
+                self.incompatible.remove(peer);
+            }
         }
-        if self.misdeeds.len() >= MISDEEDS_KEPT {
-            return false;
-        }
-        self.misdeeds.insert(peer.to_string(), (1, what.to_string()));
-        true
     }
 
     /// Marks peers not heard from within `down_after` as down.
@@ -234,6 +253,7 @@ impl Membership {
             this_node: true,
             conflict: conflict_note(&self.me.name, &self.me_peer),
             refused: 0,
+            limited: 0,
         }];
         let mut peers: Vec<NodeStatus> = self
             .peers
@@ -251,6 +271,7 @@ impl Membership {
                     this_node: false,
                     conflict: conflict_note(&info.name, peer),
                     refused: self.misdeeds.get(peer).map(|(n, _)| *n).unwrap_or(0),
+                    limited: self.limited.get(peer).map(|(n, _)| *n).unwrap_or(0),
                 })
             })
             .collect();
@@ -278,8 +299,33 @@ impl Membership {
                 self.name_of(peer)
             ));
         }
+        for (peer, (n, last)) in &self.limited {
+            out.push(format!(
+                "{} ({peer}) went past this node's limits, {n} time(s), and was refused the excess; the last: it {last}",
+                self.name_of(peer)
+            ));
+        }
+        for (peer, what) in &self.incompatible {
+            out.push(format!("{peer} is refused: {what}"));
+        }
         out
     }
+}
+
+/// Counts one more of `peer`'s in `book`, keeping `what` as the last;
+/// `true` the first time. A full book (at [`MISDEEDS_KEPT`] peers) takes
+/// no new peer: a flood of fresh peer ids cannot grow it.
+fn count(book: &mut BTreeMap<String, (u64, String)>, peer: &str, what: &str) -> bool {
+    if let Some((n, last)) = book.get_mut(peer) {
+        *n += 1;
+        *last = what.to_string();
+        return false;
+    }
+    if book.len() >= MISDEEDS_KEPT {
+        return false;
+    }
+    book.insert(peer.to_string(), (1, what.to_string()));
+    true
 }
 
 /// The last 8 characters of a peer id: enough to tell peers apart in text.
@@ -342,6 +388,28 @@ mod tests {
             }
             assert_eq!(m.is_up("P"), *up, "{steps:?}");
         }
+    }
+
+    #[test]
+    fn a_peer_past_a_bound_is_counted_and_one_of_another_protocol_is_named_until_it_upgrades() {
+        let mut m = m();
+        m.hello("P1", info("a"), 0);
+        assert!(m.limited("P1", "opened more than 4 connections at once"), "logged the first time");
+        assert!(!m.limited("P1", "is at its quota"), "then counted");
+        let view = m.view(|_| String::new());
+        assert_eq!(view.iter().find(|n| n.peer_id == "P1").map(|n| (n.limited, n.refused)), Some((2, 0)));
+        assert!(m
+            .problems()
+            .iter()
+            .any(|p| p.contains("went past this node's limits, 2 time(s)") && p.contains("quota")));
+        m.incompatible("P9", Some("old runs backmesh 0.0.1 with mesh protocol 5".into()));
+        assert!(m.problems().iter().any(|p| p.contains("P9 is refused: old runs") && p.contains("protocol 5")));
+        m.incompatible("P9", None);
+        assert!(!m.problems().iter().any(|p| p.contains("P9")), "upgraded: no longer named");
+        for k in 0..MISDEEDS_KEPT + 10 {
+            m.limited(&format!("X{k}"), "flood");
+        }
+        assert_eq!(m.limited.len(), MISDEEDS_KEPT, "fresh peer ids cannot grow the book");
     }
 
     #[test]

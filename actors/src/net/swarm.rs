@@ -27,15 +27,15 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
-    Transport,
+    connection_limits, gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm, Transport,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::membership::NodeInfo;
 use super::wire::{
     CborCodec, CtlRequest, CtlResponse, Hello, KnownPeer, StateBatch, StatePull, XferRequest, XferResponse, CTL, HELLO,
-    LOG_TOPIC, MAX_CTL, MAX_CTL_REQUEST, MAX_HELLO, MAX_LOG, MAX_XFER, MESH_PROTOCOL, STATE, XFER,
+    LOG_TOPIC, MAX_CTL, MAX_CTL_REQUEST, MAX_HELLO, MAX_LOG, MAX_XFER, STATE, XFER,
 };
 
 /// Commands to the network loop. Sender: any holder of a [`NetClient`].
@@ -104,6 +104,12 @@ pub enum Inbound {
     Ctl(ServeCtl),
     /// A transfer request; its answer goes back on `channel`.
     Xfer(ServeXfer),
+    /// A peer went past one of this node's bounds (connections, requests
+    /// in flight) and was refused the excess.
+    Limited { peer: String, what: String },
+    /// A peer speaks another mesh protocol: none of what it sends is taken
+    /// until one of the two is upgraded (`None` once it speaks this one).
+    Incompatible { peer: String, what: Option<String> },
 }
 
 /// What a node made of a gossiped message.
@@ -119,6 +125,35 @@ pub enum Verdict {
 
 /// Inbound events the node has not taken yet, before the loop says so.
 const INBOUND_QUEUE: usize = 1024;
+
+/// Connections one peer may hold to a node at once (the default of
+/// [`NetConfig::connections_per_peer`]). Two nodes that dial each other
+/// at the same moment hold two; more is a peer that opens connections to
+/// spend this node's memory.
+pub const CONNECTIONS_PER_PEER: u32 = 4;
+
+/// Incoming connections still in their handshake, from all peers: a flood
+/// of half-open connections waits, it does not grow.
+const PENDING_INCOMING: u32 = 128;
+
+/// Requests one peer may have in flight at this node at once (state
+/// pulls, control and transfer requests that are not answered yet). An
+/// honest node pushes a few archives at a time, each two batches deep;
+/// past this bound a request is refused at once, not queued.
+pub const INFLIGHT_PER_PEER: usize = 64;
+
+/// Streams one connection carries at once per request protocol (in and
+/// out): what a peer can make this node read at the same time.
+const STREAMS_PER_CONNECTION: usize = 96;
+
+/// The request protocols whose requests count against a peer's bound:
+/// request ids are numbered per protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    State,
+    Ctl,
+    Xfer,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -242,6 +277,7 @@ impl NetClient {
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -265,6 +301,13 @@ pub struct NetConfig {
     /// How often hellos are repeated and lost peers redialled.
     pub hello_every: Duration,
     pub info: NodeInfo,
+    /// Connections one peer may hold to this node, and this node to one
+    /// peer ([`CONNECTIONS_PER_PEER`]; only the rogue-node suite's own
+    /// rogue goes past it).
+    pub connections_per_peer: u32,
+    /// The mesh protocol this node speaks ([`MESH_PROTOCOL`]; only the
+    /// rogue-node suite's rogue claims another, to be refused).
+    pub protocol: u32,
 }
 
 pub fn multiaddr_of(addr: SocketAddr) -> Multiaddr {
@@ -286,6 +329,8 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
     let psk = cfg.swarm_key;
     let ping_every = cfg.ping_every;
     let mdns_on = cfg.mdns;
+    let connections_per_peer = cfg.connections_per_peer;
+    let protocol = cfg.protocol;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair)
         .with_tokio()
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
@@ -327,7 +372,11 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
                 .heartbeat_interval(Duration::from_secs(1))
                 .build()?;
             let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)?;
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(connections_per_peer))
+                .with_max_pending_incoming(Some(PENDING_INCOMING));
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/backmesh/1".into(), key.public())
                         .with_agent_version(format!("backmesh/{}", env!("CARGO_PKG_VERSION"))),
@@ -344,19 +393,23 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
                 log: request_response::Behaviour::with_codec(
                     CborCodec::with_limits(MAX_CTL_REQUEST, MAX_LOG),
                     [(STATE, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(STREAMS_PER_CONNECTION),
                 ),
                 ctl: request_response::Behaviour::with_codec(
                     CborCodec::with_limits(MAX_CTL_REQUEST, MAX_CTL),
                     [(CTL, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10))
+                        .with_max_concurrent_streams(STREAMS_PER_CONNECTION),
                 ),
                 xfer: request_response::Behaviour::with_codec(
                     CborCodec::new(MAX_XFER),
                     [(XFER, ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(120))
-                        .with_max_concurrent_streams(64),
+                        .with_max_concurrent_streams(STREAMS_PER_CONNECTION),
                 ),
                 gossip,
                 mdns: Toggle::from(mdns),
@@ -392,6 +445,8 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
         inbound,
         hello_every: cfg.hello_every,
         info: cfg.info,
+        connections_per_peer,
+        protocol,
         known: HashMap::new(),
         bootstrap,
         redial: Backoff::new(),
@@ -400,6 +455,9 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
         pending_ctl: HashMap::new(),
         pending_xfer: HashMap::new(),
         pending_dials: HashMap::new(),
+        inflight: HashMap::new(),
+        inflight_ids: HashMap::new(),
+        incompatible: HashSet::new(),
     };
     Ok((NetClient { tx }, inbound_rx, event_loop))
 }
@@ -421,6 +479,8 @@ pub struct EventLoop {
     inbound: mpsc::Sender<Inbound>,
     hello_every: Duration,
     info: NodeInfo,
+    connections_per_peer: u32,
+    protocol: u32,
     /// Listen addresses of peers, from identify: for redials and hellos.
     known: HashMap<PeerId, Vec<Multiaddr>>,
     bootstrap: Vec<Multiaddr>,
@@ -438,6 +498,13 @@ pub struct EventLoop {
     pending_xfer: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<XferResponse, String>>>,
     /// Dials asked for by the API → where the answering peer id goes.
     pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<String, String>>>,
+    /// Requests each peer has in flight here, up to [`INFLIGHT_PER_PEER`].
+    inflight: HashMap<PeerId, usize>,
+    /// Which peer each request in flight came from.
+    inflight_ids: HashMap<(Lane, request_response::InboundRequestId), PeerId>,
+    /// Peers whose hello named another mesh protocol: what they send is
+    /// refused until they say hello in this one.
+    incompatible: HashSet<PeerId>,
 }
 
 /// Exponential backoff: 1 s doubling to 60 s, reset on success.
@@ -587,22 +654,64 @@ impl EventLoop {
                 addrs: addrs.iter().map(|a| a.to_string()).collect(),
             })
             .collect();
-        Hello { info: self.info.clone(), peers, protocol: MESH_PROTOCOL }
+        Hello { info: self.info.clone(), peers, protocol: self.protocol }
     }
 
-    /// Says, once a minute per peer, that a peer speaks another mesh protocol.
-    fn check_protocol(&mut self, peer: &PeerId, hello: &Hello) {
-        if hello.protocol != MESH_PROTOCOL {
-            let msg = format!(
-                "{} ({peer}) runs backmesh {} with mesh protocol {}, this node {} with protocol {}: \
-                 state, history and control requests will not pass between them; upgrade the older one",
-                hello.info.name,
-                hello.info.version,
-                hello.protocol,
-                env!("CARGO_PKG_VERSION"),
-                MESH_PROTOCOL
-            );
-            self.warn_once(format!("protocol {peer}"), msg);
+    /// Whether `peer` speaks this node's mesh protocol. One that does not
+    /// is refused whole (not up, no requests served, its gossip dropped),
+    /// and the node says so once a minute and in its status.
+    fn check_protocol(&mut self, peer: &PeerId, hello: &Hello) -> bool {
+        if hello.protocol == self.protocol {
+            if self.incompatible.remove(peer) {
+                self.emit(Inbound::Incompatible { peer: peer.to_string(), what: None });
+            }
+            return true;
+        }
+        let msg = format!(
+            "runs backmesh {} with mesh protocol {}, this node {} with protocol {}: \
+             nothing passes between them until the older one is upgraded",
+            hello.info.version,
+            hello.protocol,
+            env!("CARGO_PKG_VERSION"),
+            self.protocol
+        );
+        self.warn_once(format!("protocol {peer}"), format!("{} ({peer}) {msg}", hello.info.name));
+        if self.incompatible.insert(*peer) {
+            self.emit(Inbound::Incompatible {
+                peer: peer.to_string(),
+                what: Some(format!("{} {msg}", hello.info.name)),
+            });
+        }
+        false
+    }
+
+    /// Counts a request of `peer`'s as in flight, or says why it is
+    /// refused: a peer of another protocol, or one past its bound.
+    fn admit(&mut self, lane: Lane, peer: PeerId, id: request_response::InboundRequestId) -> Result<(), String> {
+        if self.incompatible.contains(&peer) {
+            return Err(format!("{peer} speaks another mesh protocol than this node ({})", self.protocol));
+        }
+        let n = self.inflight.entry(peer).or_default();
+        if *n >= INFLIGHT_PER_PEER {
+            let what = format!("had {INFLIGHT_PER_PEER} requests in flight here and sent more");
+            self.warn_once(format!("inflight {peer}"), format!("refused a request from {peer}: it {what}"));
+            self.emit(Inbound::Limited { peer: peer.to_string(), what: what.clone() });
+            return Err(format!("{peer} {what}: retry when they are answered"));
+        }
+        *n += 1;
+        self.inflight_ids.insert((lane, id), peer);
+        Ok(())
+    }
+
+    /// A request counted by [`EventLoop::admit`] was answered or failed.
+    fn settled(&mut self, lane: Lane, id: request_response::InboundRequestId) {
+        if let Some(peer) = self.inflight_ids.remove(&(lane, id)) {
+            if let Some(n) = self.inflight.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.inflight.remove(&peer);
+                }
+            }
         }
     }
 
@@ -706,16 +815,20 @@ impl EventLoop {
                 peer, message, ..
             })) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    self.check_protocol(&peer, &request);
+                    // Answered either way: the other side learns this
+                    // node's protocol, and says so to its operator too.
                     let reply = self.hello();
                     let _ = self.swarm.behaviour_mut().hello.send_response(channel, reply);
-                    self.emit(Inbound::Hello { peer: peer.to_string(), info: request.info });
-                    self.learn(request.peers);
+                    if self.check_protocol(&peer, &request) {
+                        self.emit(Inbound::Hello { peer: peer.to_string(), info: request.info });
+                        self.learn(request.peers);
+                    }
                 }
                 request_response::Message::Response { response, .. } => {
-                    self.check_protocol(&peer, &response);
-                    self.emit(Inbound::Hello { peer: peer.to_string(), info: response.info });
-                    self.learn(response.peers);
+                    if self.check_protocol(&peer, &response) {
+                        self.emit(Inbound::Hello { peer: peer.to_string(), info: response.info });
+                        self.learn(response.peers);
+                    }
                 }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::InboundFailure {
@@ -735,8 +848,12 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::Message { peer, message, .. })) => {
                 self.seen(&peer);
                 match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        self.emit(Inbound::StatePull { pull: request, channel });
+                    request_response::Message::Request { request, channel, request_id } => {
+                        match self.admit(Lane::State, peer, request_id) {
+                            Ok(()) => self.emit(Inbound::StatePull { pull: request, channel }),
+                            // Unanswered: the peer's pull fails and it asks again later.
+                            Err(why) => tracing::debug!("state pull not served: {why}"),
+                        }
                     }
                     request_response::Message::Response { response, .. } => {
                         self.emit(Inbound::StateAnswer { from: peer.to_string(), batch: response });
@@ -744,10 +861,17 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::InboundFailure {
-                peer, error, ..
+                peer,
+                error,
+                request_id,
+                ..
             })) => {
+                self.settled(Lane::State, request_id);
                 tracing::debug!("state pull from {peer} failed: {error}");
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::ResponseSent {
+                request_id, ..
+            })) => self.settled(Lane::State, request_id),
             SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::OutboundFailure {
                 peer,
                 error,
@@ -755,10 +879,19 @@ impl EventLoop {
             })) => {
                 tracing::debug!("state pull to {peer} failed: {error}");
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { message, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { peer, message, .. })) => {
                 match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        self.emit(Inbound::Ctl(ServeCtl { request, channel }))
+                    request_response::Message::Request { request, channel, request_id } => {
+                        match self.admit(Lane::Ctl, peer, request_id) {
+                            Ok(()) => self.emit(Inbound::Ctl(ServeCtl { request, channel })),
+                            Err(reason) => {
+                                let _ = self
+                                    .swarm
+                                    .behaviour_mut()
+                                    .ctl
+                                    .send_response(channel, CtlResponse::Failed { reason });
+                            }
+                        }
                     }
                     request_response::Message::Response { request_id, response } => {
                         if let Some(reply) = self.pending_ctl.remove(&request_id) {
@@ -776,11 +909,23 @@ impl EventLoop {
                     let _ = reply.send(Err(format!("the node did not answer: {error}")));
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::InboundFailure {
+                request_id, ..
+            })) => self.settled(Lane::Ctl, request_id),
+            SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::ResponseSent {
+                request_id, ..
+            })) => self.settled(Lane::Ctl, request_id),
             SwarmEvent::Behaviour(BehaviourEvent::Xfer(request_response::Event::Message { peer, message, .. })) => {
                 self.seen(&peer);
                 match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        self.emit(Inbound::Xfer(ServeXfer { peer: peer.to_string(), request, channel }))
+                    request_response::Message::Request { request, channel, request_id } => {
+                        match self.admit(Lane::Xfer, peer, request_id) {
+                            Ok(()) => self.emit(Inbound::Xfer(ServeXfer { peer: peer.to_string(), request, channel })),
+                            Err(reason) => {
+                                let refused = XferResponse::Refused { reason };
+                                let _ = self.swarm.behaviour_mut().xfer.send_response(channel, refused);
+                            }
+                        }
                     }
                     request_response::Message::Response { request_id, response } => {
                         if let Some(reply) = self.pending_xfer.remove(&request_id) {
@@ -801,19 +946,32 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Xfer(request_response::Event::InboundFailure {
                 peer,
                 error,
+                request_id,
                 ..
             })) => {
+                self.settled(Lane::Xfer, request_id);
                 tracing::debug!("transfer request from {peer} failed: {error}");
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Xfer(request_response::Event::ResponseSent {
+                request_id, ..
+            })) => self.settled(Lane::Xfer, request_id),
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
                 message,
-            })) => self.emit(Inbound::Gossip {
-                from: propagation_source.to_string(),
-                id: message_id.0,
-                data: message.data,
-            }),
+            })) => {
+                if self.incompatible.contains(&propagation_source) {
+                    let ignore = gossipsub::MessageAcceptance::Ignore;
+                    let gossip = &mut self.swarm.behaviour_mut().gossip;
+                    gossip.report_message_validation_result(&message_id, &propagation_source, ignore);
+                } else {
+                    self.emit(Inbound::Gossip {
+                        from: propagation_source.to_string(),
+                        id: message_id.0,
+                        data: message.data,
+                    })
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }))
                 if !self.swarm.is_connected(&peer) =>
             {
@@ -824,6 +982,15 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                     self.dial(peer, vec![addr]);
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                peer_id: Some(peer),
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } if cause.downcast_ref::<connection_limits::Exceeded>().is_some() => {
+                let what = format!("opened more than {} connections at once", self.connections_per_peer);
+                self.warn_once(format!("limit {peer}"), format!("refused a connection from {peer}: it {what}"));
+                self.emit(Inbound::Limited { peer: peer.to_string(), what });
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 let ip = send_back_addr.iter().next().map(|p| p.to_string()).unwrap_or_default();

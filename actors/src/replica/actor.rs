@@ -25,13 +25,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::StreamExt;
 
 use super::plan::{Handoff, Planner, Push};
+use super::quota::{Quota, Usage};
 use super::source::{batches, locate, read_members, Place, RemoteSource};
 use crate::archive::{restore_archive, Manifest, RestoreOptions};
 use crate::hash::Digest;
@@ -54,6 +55,8 @@ pub struct ReplicaConfig {
     pub repair_after: Duration,
     /// How often copies are checked.
     pub sync_every: Duration,
+    /// The most one other node's archives may take here.
+    pub quota: Quota,
 }
 
 /// Check copies now rather than at the next round (a backup just stored an
@@ -155,6 +158,8 @@ pub struct ReplicaActor {
     /// Name → the one peer id the mesh knows by it (hellos and the log),
     /// as of the last round: who may bind a name to its seal.
     claimants: Arc<HashMap<String, String>>,
+    /// What each other node's archives take here, against `cfg.quota`.
+    usage: Arc<Mutex<Usage>>,
 }
 
 /// Name → peer id for names that one peer alone claims, in hellos
@@ -192,6 +197,7 @@ impl ReplicaActor {
             syncing: false,
             wanted: Wanted::default(),
             claimants: Arc::default(),
+            usage: Arc::default(),
         }
     }
 
@@ -435,41 +441,47 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
 /// What serving a transfer request came to: the answer, the events to
 /// record, and what the peer did wrong if it sent a forged or unsealed
 /// manifest.
-type Served = (XferResponse, Vec<Event>, Option<String>);
+type Served = (XferResponse, Vec<Event>, Option<Blame>);
 
-fn serve(
-    store: &Store,
-    me: &str,
+/// What a peer's refused request says of it.
+enum Blame {
+    /// It sent something forged or out of its authority.
+    Misdeed(String),
+    /// It went past one of this node's bounds (its quota here).
+    Limited(String),
+}
+
+/// What serving transfer requests needs besides the request.
+struct Holder<'a> {
+    store: &'a Store,
+    me: &'a str,
     keep: Retention,
-    claimants: &HashMap<String, String>,
-    request: XferRequest,
-) -> Served {
+    quota: Quota,
+    usage: &'a Mutex<Usage>,
+    claimants: &'a HashMap<String, String>,
+}
+
+fn serve(h: &Holder, request: XferRequest) -> Served {
     let misdeed = std::cell::RefCell::new(None);
-    let (response, events) = answer(store, me, keep, claimants, request, &misdeed);
+    let (response, events) = answer(h, request, &misdeed);
     (response, events, misdeed.into_inner())
 }
 
-fn answer(
-    store: &Store,
-    me: &str,
-    keep: Retention,
-    claimants: &HashMap<String, String>,
-    request: XferRequest,
-    misdeed: &std::cell::RefCell<Option<String>>,
-) -> (XferResponse, Vec<Event>) {
+fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<Blame>>) -> (XferResponse, Vec<Event>) {
+    let Holder { store, me, keep, quota, usage, claimants } = *h;
     let refused = |reason: String| (XferResponse::Refused { reason }, Vec::new());
     // A holder keeps only what the series' own node sealed: no peer can
     // replace, evict or impersonate another node's archives.
     let sealed = |manifest: &[u8]| -> Result<Manifest, String> {
         let m = Manifest::decode(manifest).map_err(|e| {
             if matches!(e, crate::archive::manifest::ManifestError::BadSeal { .. }) {
-                *misdeed.borrow_mut() = Some(format!("a manifest with a forged seal: {e}"));
+                *misdeed.borrow_mut() = Some(Blame::Misdeed(format!("a manifest with a forged seal: {e}")));
             }
             format!("bad manifest: {e}")
         })?;
         store.check_origin(&m, claimants.get(&m.node).map(String::as_str)).map_err(|e| {
             if !matches!(e, crate::store::StoreError::OriginNotKnownYet { .. }) {
-                *misdeed.borrow_mut() = Some(e.to_string());
+                *misdeed.borrow_mut() = Some(Blame::Misdeed(e.to_string()));
             }
             format!("{me}: {e}")
         })?;
@@ -498,6 +510,27 @@ fn answer(
                     backmesh_api::human_bytes(margin)
                 ));
             }
+            let mut usage = usage.lock().unwrap_or_else(|p| p.into_inner());
+            let held = match usage.of(store, &m.node) {
+                Ok(n) => n,
+                Err(e) => return refused(format!("{me} cannot count what node {}'s archives take: {e}", m.node)),
+            };
+            let limit = quota.limit(held, free);
+            if held.saturating_add(need) > limit {
+                let what = format!(
+                    "is at its quota: its archives take {} here, archive {} of {} needs {} more, and the quota \
+                     (--quota) is {quota} = {}",
+                    backmesh_api::human_bytes(held),
+                    m.id,
+                    m.path,
+                    backmesh_api::human_bytes(need),
+                    backmesh_api::human_bytes(limit)
+                );
+                let reason = format!("{me}: node {} {what}", m.node);
+                *misdeed.borrow_mut() = Some(Blame::Limited(what));
+                return refused(reason);
+            }
+            usage.grew(&m.node, need);
             (XferResponse::Want { missing, complete: false }, Vec::new())
         }
         XferRequest::Put { members } => {
@@ -661,17 +694,26 @@ impl Handler<ServeXfer> for ReplicaActor {
                 return;
             }
         }
-        let (store, me, keep) = (self.store.clone(), self.me.clone(), self.cfg.keep);
-        let claimants = self.claimants.clone();
-        let work = tokio::task::spawn_blocking(move || serve(&store, &me, keep, &claimants, msg.request));
+        let (store, me, keep, quota) = (self.store.clone(), self.me.clone(), self.cfg.keep, self.cfg.quota);
+        let (claimants, usage) = (self.claimants.clone(), self.usage.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            let holder = Holder { store: &store, me: &me, keep, quota, usage: &usage, claimants: &claimants };
+            serve(&holder, msg.request)
+        });
         ctx.spawn(work.into_actor(self).map(move |done, act, _| {
             if let Ok((XferResponse::Want { missing, .. }, _, _)) = &done {
                 act.wanted.asked(&peer, missing, crate::net::actor::now_ms());
             }
             let response = match done {
-                Ok((response, events, misdeed)) => {
-                    if let Some(what) = misdeed {
-                        act.membership.do_send(crate::net::actor::Misbehaved { peer: peer.clone(), what });
+                Ok((response, events, blame)) => {
+                    match blame {
+                        Some(Blame::Misdeed(what)) => {
+                            act.membership.do_send(crate::net::actor::Misbehaved { peer: peer.clone(), what })
+                        }
+                        Some(Blame::Limited(what)) => {
+                            act.membership.do_send(crate::net::actor::Limited { peer: peer.clone(), what })
+                        }
+                        None => {}
                     }
                     for e in events {
                         act.log.do_send(Record(e));

@@ -14,6 +14,12 @@ pub const FIRST_BACKOFF_MS: i64 = 2_000;
 /// Longest wait between pushes to a peer that keeps failing.
 pub const MAX_BACKOFF_MS: i64 = 60_000;
 
+/// Pushes to one holder at once. Each keeps a few requests in flight, so
+/// a node with many changed series stays well within what a holder takes
+/// from one peer ([`crate::net::swarm::INFLIGHT_PER_PEER`]); the rest
+/// wait for the next rounds.
+pub const PUSHES_PER_PEER: usize = 8;
+
 /// One series to push to one holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Push {
@@ -120,6 +126,12 @@ impl Planner {
             .collect();
         candidates.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: me.free_bytes });
         let mut plan = Plan::default();
+        let mut pushing: HashMap<String, usize> = HashMap::new();
+        for b in &self.busy {
+            if let Busy::Push { peer, .. } = b {
+                *pushing.entry(peer.clone()).or_default() += 1;
+            }
+        }
         for ((node, path), ids) in held {
             let mine = *node == self.me;
             let origin_present = mine || peers.iter().any(|p| p.name == *node && present(p));
@@ -163,7 +175,8 @@ impl Planner {
                 let busy = Busy::Push { peer: t.peer_id.clone(), node: node.clone(), path: path.clone() };
                 // A wait that reaches further than the longest one: the clock went back.
                 let waiting = |(at, _): &(i64, i64)| now_ms < *at && *at - now_ms <= MAX_BACKOFF_MS;
-                if self.busy.contains(&busy) || self.backoff.get(&t.peer_id).is_some_and(waiting) {
+                let full = pushing.get(&t.peer_id).is_some_and(|n| *n >= PUSHES_PER_PEER);
+                if full || self.busy.contains(&busy) || self.backoff.get(&t.peer_id).is_some_and(waiting) {
                     continue;
                 }
                 let todo: Vec<String> = ids
@@ -173,6 +186,7 @@ impl Planner {
                     .collect();
                 if !todo.is_empty() {
                     self.busy.insert(busy);
+                    *pushing.entry(t.peer_id.clone()).or_default() += 1;
                     plan.pushes.push(Push {
                         peer: t.peer_id.clone(),
                         name: t.name.clone(),
@@ -305,6 +319,23 @@ mod tests {
         let again = pl.plan(&me, &[peer("b", true, 2_010)], &kept, 2_010).pushes;
         assert_eq!(again.len(), 3);
         assert_eq!(pl.pushed(&again[0], &[], true, 2_010), Some(4_000));
+    }
+
+    #[test]
+    fn a_holder_gets_at_most_a_few_pushes_at_once_and_the_rest_come_after() {
+        let me = peer("a", true, 0);
+        let mut pl = Planner::new("a", 1, 60_000);
+        let series: Vec<(String, String)> = (0..20).map(|k| (format!("/s{k}"), format!("{k}"))).collect();
+        let mut kept = BTreeMap::new();
+        for (path, id) in &series {
+            kept.insert(("a".to_string(), path.clone()), vec![id.clone()]);
+        }
+        let b = [peer("b", true, 0)];
+        let first = pl.plan(&me, &b, &kept, 0).pushes;
+        assert_eq!(first.len(), PUSHES_PER_PEER);
+        assert!(pl.plan(&me, &b, &kept, 1).pushes.is_empty(), "none more while those are in flight");
+        pl.pushed(&first[0], &first[0].ids, false, 2);
+        assert_eq!(pl.plan(&me, &b, &kept, 3).pushes.len(), 1, "one ended, one more starts");
     }
 
     #[test]

@@ -30,18 +30,31 @@
 //! - `lie-holder`: claims boundless free space, so that placement elects
 //!   it, and for `--serve-secs` says it keeps every archive offered to it
 //!   (`Want { complete }`, `Committed`, `Archives`) while keeping nothing
-//!   (it answers no `Get`). It prints its peer id first.
+//!   (it answers no `Get`). It prints its peer id first;
+//! - `path-escape`: offers and commits an archive of its own whose id is
+//!   `../../escape` (sealed with its own key, so only the id is wrong), and
+//!   asks the holder for a manifest of the victim's by the id
+//!   `../../../escape`: nothing may be read or written outside the store;
+//! - `over-quota`: pushes `--flood N` archives of 1 MiB of its own (one
+//!   series each) to the holder: past the holder's `--quota` each is
+//!   refused, whatever its retention would keep;
+//! - `many-connections`: opens 12 connections to the holder at once;
+//! - `request-flood`: sends the holder 400 requests at once;
+//! - `old-protocol` (with `--protocol N`, another mesh protocol than the
+//!   mesh's): sends the holder a request and gossips an entry of its own:
+//!   a node of another protocol is refused whole.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use backmesh_actors::archive::Manifest;
 use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Hlc;
 use backmesh_actors::log::mesh::seal_entry;
 use backmesh_actors::net::membership::NodeInfo;
 use backmesh_actors::net::swarm::{self, Inbound, NetClient};
-use backmesh_actors::net::wire::{encode, CtlRequest, XferRequest, XferResponse};
+use backmesh_actors::net::wire::{encode, CtlRequest, WireMember, XferRequest, XferResponse, MESH_PROTOCOL};
 use backmesh_actors::store::{Retention, Store};
 
 struct Args(Vec<String>);
@@ -73,6 +86,8 @@ struct Rogue {
     seq: u64,
     /// Node name → peer id, from hellos.
     peers: std::collections::BTreeMap<String, String>,
+    /// Node name → its mesh address, from hellos.
+    addrs: std::collections::BTreeMap<String, String>,
 }
 
 impl Rogue {
@@ -117,10 +132,14 @@ async fn main() {
         ping_every: Duration::from_millis(500),
         hello_every: Duration::from_secs(1),
         info,
+        // Its own side does not stop it opening more than honest nodes take.
+        connections_per_peer: 64,
+        // `--protocol N`: a node of another version, to be refused whole.
+        protocol: a.get("--protocol").and_then(|p| p.parse().ok()).unwrap_or(MESH_PROTOCOL),
     })
     .expect("the rogue's network");
     tokio::spawn(event_loop.run());
-    let mut rogue = Rogue { key, me, net, seq: 0, peers: Default::default() };
+    let mut rogue = Rogue { key, me, net, seq: 0, peers: Default::default(), addrs: Default::default() };
 
     // Learn who is who from hellos (bounded), then give gossipsub a few
     // heartbeats to take this peer into its mesh.
@@ -129,7 +148,14 @@ async fn main() {
         let left = end.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, inbound.recv()).await {
             Ok(Some(Inbound::Hello { peer, info })) => {
+                rogue.addrs.insert(info.name.clone(), info.address);
                 rogue.peers.insert(info.name, peer);
+            }
+            // Under `--protocol`, the others are met as of another
+            // protocol: "NAME runs backmesh …".
+            Ok(Some(Inbound::Incompatible { peer, what: Some(what) })) => {
+                let name = what.split_whitespace().next().unwrap_or_default().to_string();
+                rogue.peers.insert(name, peer);
             }
             Ok(Some(_)) => {}
             _ => {
@@ -282,6 +308,47 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             tokio::time::sleep(Duration::from_secs(secs)).await;
             say(attack, "served");
         }
+        "path-escape" => {
+            let answer = escape(rogue, holder_peer, &victim, &path).await;
+            say(attack, answer);
+        }
+        "over-quota" => {
+            let n: usize = a.get("--flood").and_then(|s| s.parse().ok()).unwrap_or(8);
+            let answer = flood(rogue, holder_peer, n).await;
+            say(attack, answer);
+        }
+        "many-connections" => {
+            let addr: SocketAddr = match rogue.addrs.get(&holder).and_then(|a| a.parse().ok()) {
+                Some(a) => a,
+                None => return say(attack, format!("no address for {holder}")),
+            };
+            let dials = (0..12).map(|_| rogue.net.dial(addr));
+            let answers = futures::future::join_all(dials).await;
+            let ok = answers.iter().filter(|r| r.is_ok()).count();
+            say(attack, format!("{ok} of 12 dials answered"));
+        }
+        "request-flood" => {
+            let list = || XferRequest::List { node: victim.clone(), path: path.clone() };
+            let asks = (0..400).map(|_| rogue.net.xfer(holder_peer, list()));
+            let answers = futures::future::join_all(asks).await;
+            let refused = answers
+                .iter()
+                .filter(|r| matches!(r, Ok(XferResponse::Refused { reason }) if reason.contains("in flight")))
+                .count();
+            let failed = answers.iter().filter(|r| r.is_err()).count();
+            say(attack, format!("{refused} of 400 refused as too many in flight, {failed} failed"));
+        }
+        "old-protocol" => {
+            // Run with `--protocol N`: a request and an entry of its own.
+            let list = XferRequest::List { node: victim.clone(), path: path.clone() };
+            let answer = match rogue.net.xfer(holder_peer, list).await {
+                Ok(r) => format!("{r:?}"),
+                Err(e) => format!("error: {e}"),
+            };
+            let e = rogue.entry(None, None, now_ms(), Event::Paused { node: "rogue".into() });
+            rogue.gossip(&e).await;
+            say(attack, answer);
+        }
         other => {
             eprintln!("backmesh-rogue: no attack `{other}`");
             std::process::exit(2)
@@ -322,4 +389,103 @@ async fn fake_archive(net: &NetClient, holder: &str, victim: &str, path: &str) -
         Ok(r) => format!("commit: {r:?}"),
         Err(e) => format!("commit: error: {e}"),
     }
+}
+
+/// An archive of the rogue's own series `path`, of `data`, made in a
+/// scratch store (whose key sealed it: the caller seals it again).
+fn own_archive(dir: &std::path::Path, path: &str, data: &[u8]) -> Result<(Store, Manifest), String> {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
+    std::fs::write(src.join("payload"), data).map_err(|e| e.to_string())?;
+    let store = Store::open(&dir.join("store")).map_err(|e| e.to_string())?;
+    let opts = backmesh_actors::archive::create::CreateOptions::default();
+    let run = backmesh_actors::jobs::run::run_backup_as(&store, "rogue", path, &src, &opts, Retention::keep(10));
+    match run.map(|r| r.outcome) {
+        Ok(backmesh_actors::jobs::run::RunOutcome::Stored { manifest, .. }) => Ok((store, *manifest)),
+        other => Err(format!("could not make an archive: {other:?}")),
+    }
+}
+
+/// Offers, sends and commits `m` (from `store`) to `holder`: the
+/// holder's last answer, in words.
+async fn push(net: &NetClient, holder: &str, store: &Store, m: &Manifest) -> String {
+    let bytes = serde_bytes::ByteBuf::from(m.encode());
+    let missing = match net.xfer(holder, XferRequest::Offer { manifest: bytes.clone() }).await {
+        Ok(XferResponse::Want { missing, .. }) => missing,
+        other => return format!("offer: {other:?}"),
+    };
+    let mut members = Vec::new();
+    for d in missing {
+        match store.read_member_unchecked(&d) {
+            Ok(data) => members.push(WireMember { digest: d, data: data.into() }),
+            Err(e) => return format!("cannot read member {d}: {e}"),
+        }
+    }
+    if !members.is_empty() {
+        match net.xfer(holder, XferRequest::Put { members }).await {
+            Ok(XferResponse::Stored) => {}
+            other => return format!("put: {other:?}"),
+        }
+    }
+    match net.xfer(holder, XferRequest::Commit { manifest: bytes, sent: 0, repair: false }).await {
+        Ok(r) => format!("commit: {r:?}"),
+        Err(e) => format!("commit: error: {e}"),
+    }
+}
+
+/// `path-escape`: a sealed archive of its own under the id `../../escape`,
+/// offered and committed, then a manifest asked for by a climbing id.
+async fn escape(rogue: &Rogue, holder: &str, victim: &str, path: &str) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (store, mut m) = match own_archive(dir.path(), "/rogue/escape", b"out of bounds") {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    m.id = "../../escape".into();
+    if let Err(e) = m.seal_with(&rogue.key) {
+        return format!("cannot seal: {e}");
+    }
+    let pushed = push(&rogue.net, holder, &store, &m).await;
+    let ask =
+        XferRequest::GetManifest { node: victim.into(), path: path.into(), archive: Some("../../../escape".into()) };
+    let got = match rogue.net.xfer(holder, ask).await {
+        Ok(r) => format!("{r:?}"),
+        Err(e) => format!("error: {e}"),
+    };
+    format!("push: {pushed}; get: {got}")
+}
+
+/// `over-quota`: `n` archives of 1 MiB of incompressible bytes, one
+/// series each, pushed to `holder` one after the other.
+async fn flood(rogue: &Rogue, holder: &str, n: usize) -> String {
+    let (mut stored, mut refused, mut last) = (0, 0, String::new());
+    for k in 0..n {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // xorshift: bytes deflate cannot shrink, different each time.
+        let mut x = (now_ms() as u64) ^ ((k as u64 + 1) << 32) | 1;
+        let data: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (store, mut m) = match own_archive(dir.path(), &format!("/rogue/flood-{k}"), &data) {
+            Ok(x) => x,
+            Err(e) => return e,
+        };
+        // Sealed by the rogue's own key, not that of the scratch store.
+        if let Err(e) = m.seal_with(&rogue.key) {
+            return format!("cannot seal: {e}");
+        }
+        let answer = push(&rogue.net, holder, &store, &m).await;
+        if answer.contains("Committed") {
+            stored += 1;
+        } else {
+            refused += 1;
+            last = answer;
+        }
+    }
+    format!("stored {stored}, refused {refused}; the last refusal: {last}")
 }

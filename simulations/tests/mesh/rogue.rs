@@ -300,3 +300,131 @@ fn a_holder_that_only_says_it_keeps_copies_makes_no_one_drop_theirs() {
     assert!(!dropped(&mesh), "{}", mesh.nodes[1].log_text());
     assert!(refused(&mesh), "{}", mesh.nodes[1].log_text());
 }
+
+/// How many times node `i` refused the peer named `name` what went past
+/// its bounds.
+fn limited_from(mesh: &Mesh, i: usize, name: &str) -> u64 {
+    let status = mesh.status(i).unwrap_or_default();
+    status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["name"] == name)
+        .filter_map(|n| n["limited"].as_u64())
+        .sum()
+}
+
+/// Every file or directory under `dir` whose name contains `part`.
+fn named_like(dir: &std::path::Path, part: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().contains(part) {
+                out.push(p.clone());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_rogue_that_floods_a_holder_is_bounded_and_named() {
+    // n2 keeps every archive it stored within a day (so retention frees
+    // nothing) and gives no other node more than 3 MiB.
+    let mut mesh = Mesh::new();
+    let n1 = mesh.start("n1", None, &[]);
+    assert!(mesh.wait_ready(n1, T), "{}", mesh.nodes[n1].log_text());
+    let limits: Vec<String> = ["--quota", "3M", "--keep-within", "1d"].iter().map(|s| s.to_string()).collect();
+    let n2 = mesh.start("n2", Some(n1), &limits);
+    assert!(mesh.wait_ready(n2, T), "{}", mesh.nodes[n2].log_text());
+    assert!(wait_until(T, || mesh.up_names(0).len() == 2));
+    let src = mesh.root.path().join("app");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.txt"), b"n1's data, version 1\n").unwrap();
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    assert!(wait_until(T, || archives(&mesh, 1, "n1", &s).first().is_some_and(|a| a.1.len() == 2)));
+
+    let out = Command::new(binary("backmesh-rogue"))
+        .args(["--swarm-key", mesh.swarm_key.to_str().unwrap()])
+        .args(["--bootstrap", &format!("127.0.0.1:{}", mesh.nodes[0].listen)])
+        .args(["--victim", "n1", "--holder", "n2", "--path", &s, "--flood", "8"])
+        .args(["--attacks", "path-escape,over-quota,many-connections,request-flood"])
+        .output()
+        .expect("run backmesh-rogue");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("rogue said:\n{said}");
+    let answers: Vec<Value> = said.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let answer = |attack: &str| {
+        let a = answers.iter().find(|a| a["attack"] == attack);
+        a.map(|a| a["answer"].as_str().unwrap_or_default().to_string()).expect(attack)
+    };
+
+    // An id that climbs out of the store is refused on the way in and on
+    // the way out, and nothing of that name exists anywhere.
+    let escape = answer("path-escape");
+    let (push, get) = escape.split_once("; get: ").expect("two answers");
+    assert!(push.contains("Refused") && push.contains("not a valid archive id"), "{escape}");
+    assert!(get.contains("Refused"), "{escape}");
+    assert!(named_like(mesh.root.path(), "escape").is_empty(), "{:?}", named_like(mesh.root.path(), "escape"));
+
+    // The flood stops at the quota, and the refusal says so.
+    let flood = answer("over-quota");
+    let stored: usize = flood.strip_prefix("stored ").and_then(|r| r.split(',').next()?.parse().ok()).expect(&flood);
+    assert!((1..=3).contains(&stored), "{flood}");
+    assert!(flood.contains("refused") && flood.contains("--quota"), "{flood}");
+    // n2 names the rogue: in its status (counted), its problems and its log.
+    assert!(wait_until(T, || limited_from(&mesh, 1, "rogue") >= 2), "{:#}", mesh.status(1).unwrap_or_default());
+    let status = mesh.status(1).unwrap_or_default();
+    let problems = status["problems"].to_string();
+    assert!(problems.contains("rogue") && problems.contains("went past this node's limits"), "{status:#}");
+    let log = mesh.nodes[1].log_text();
+    assert!(log.contains("at its quota"), "{log}");
+    assert!(log.contains("opened more than 4 connections"), "{log}");
+    // 400 requests at once: those past the bound are refused at once.
+    let flood = answer("request-flood");
+    let refused: usize = flood.split_whitespace().next().and_then(|n| n.parse().ok()).expect(&flood);
+    assert!(refused > 0, "{flood}");
+    assert!(log.contains("requests in flight here and sent more"), "{log}");
+
+    // The honest mesh works on: a new backup of n1's reaches n2, whose
+    // quota the rogue's archives do not share.
+    std::fs::write(src.join("data.txt"), b"n1's data, version 2\n").unwrap();
+    let run = json(&mesh, 0, &["run", "n1", &s]);
+    assert_eq!(run["result"], "finished", "{run:#}");
+    assert!(wait_until(T, || {
+        let a = archives(&mesh, 1, "n1", &s);
+        a.len() == 2 && a[0].1.len() == 2
+    }));
+    let back = mesh.root.path().join("back");
+    let out = mesh.cli(1, &["--json", "restore", "n1", &s, "--on", "n2", "--to", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_until(T, || back.join("data.txt").exists()));
+    assert!(tree_differences(&src, &back).is_empty(), "{:?}", tree_differences(&src, &back));
+
+    // A node of another mesh protocol is refused whole: not up, its
+    // requests refused, its entries not taken, and named in status.
+    let out = Command::new(binary("backmesh-rogue"))
+        .args(["--swarm-key", mesh.swarm_key.to_str().unwrap()])
+        .args(["--bootstrap", &format!("127.0.0.1:{}", mesh.nodes[0].listen)])
+        .args(["--victim", "n1", "--holder", "n2", "--path", &s, "--protocol", "5", "--attacks", "old-protocol"])
+        .output()
+        .expect("run backmesh-rogue");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("Refused") && said.contains("another mesh protocol"), "{said}");
+    let status = mesh.status(1).unwrap_or_default();
+    let problems = status["problems"].to_string();
+    assert!(problems.contains("is refused") && problems.contains("mesh protocol 5"), "{status:#}");
+    assert!(!mesh.up_names(1).contains(&"rogue".to_string()), "{status:#}");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = json(&mesh, 1, &["log", "--limit", "1000"]);
+    let paused = log["entries"].as_array().into_iter().flatten().filter(|e| e["kind"] == "paused").count();
+    assert_eq!(paused, 0, "{log:#}");
+}
