@@ -20,7 +20,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::jobs::plugin::run_hook;
+use crate::jobs::plugin::{run_hook, Programs};
 use crate::log::actor::{GetJobs, GetNotified, LogActor, Record};
 use crate::log::entry::Event;
 use crate::log::mesh::{job_state, JobView};
@@ -63,7 +63,7 @@ pub struct NotifyActor {
     sending: HashSet<(String, String)>,
     started: std::time::Instant,
     /// Whether a job's notification command may run here (`--allow-programs`).
-    allow_programs: bool,
+    programs: Programs,
 }
 
 /// A node just started tells nothing for this long, so that its log can
@@ -71,8 +71,8 @@ pub struct NotifyActor {
 const SETTLE: Duration = Duration::from_secs(10);
 
 impl NotifyActor {
-    pub fn new(me: String, log: Addr<LogActor>, membership: Addr<MembershipActor>, allow_programs: bool) -> Self {
-        NotifyActor { me, log, membership, sending: HashSet::new(), started: std::time::Instant::now(), allow_programs }
+    pub fn new(me: String, log: Addr<LogActor>, membership: Addr<MembershipActor>, programs: Programs) -> Self {
+        NotifyActor { me, log, membership, sending: HashSet::new(), started: std::time::Instant::now(), programs }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -114,10 +114,10 @@ impl NotifyActor {
                     notified_by: act.me.clone(),
                     time: rfc3339(now),
                 };
-                let (log, job, me, allow) = (act.log.clone(), j.clone(), act.me.clone(), act.allow_programs);
+                let (log, job, me, programs) = (act.log.clone(), j.clone(), act.me.clone(), act.programs.clone());
                 let addr = ctx.address();
                 actix::spawn(async move {
-                    let result = tokio::task::spawn_blocking(move || deliver(&job, &n, allow))
+                    let result = tokio::task::spawn_blocking(move || deliver(&job, &n, &programs))
                         .await
                         .unwrap_or_else(|e| Err(format!("the notifier crashed: {e}")));
                     if let Err(e) = &result {
@@ -140,7 +140,7 @@ impl NotifyActor {
 
 /// Sends `n` to every webhook of `job` (each retried over about 30 s) and
 /// runs its command when this node allows programs; the failures, in words.
-fn deliver(job: &JobView, n: &Notification, allow_programs: bool) -> Result<(), String> {
+fn deliver(job: &JobView, n: &Notification, programs: &Programs) -> Result<(), String> {
     let body = serde_json::to_string(n).map_err(|e| e.to_string())?;
     let mut errors = Vec::new();
     for url in &job.spec.notify {
@@ -148,11 +148,9 @@ fn deliver(job: &JobView, n: &Notification, allow_programs: bool) -> Result<(), 
             errors.push(format!("{url}: {e}"));
         }
     }
-    if let Some(cmd) = job.spec.notify_cmd.as_ref().filter(|_| !allow_programs) {
-        errors.push(format!(
-            "the notification command `{cmd}` was not run: this node does not run programs for jobs \
-             (its operator must start it with --allow-programs)"
-        ));
+    let refused = job.spec.notify_cmd.as_ref().and_then(|_| programs.check(&job.node, &job.path, &job.spec).err());
+    if let (Some(cmd), Some(why)) = (&job.spec.notify_cmd, refused) {
+        errors.push(format!("the notification command `{cmd}` was not run: {why}"));
     } else if let Some(cmd) = &job.spec.notify_cmd {
         let env = [
             ("BACKMESH_EVENT", n.event.clone()),

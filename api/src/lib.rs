@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod names;
+
 /// Every route lives under this prefix.
 pub const PREFIX: &str = "/api/v1";
 

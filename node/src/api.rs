@@ -14,7 +14,7 @@ use backmesh_actors::log::hlc::Hlc;
 use backmesh_actors::log::mesh::JobView;
 use backmesh_actors::net::actor::{GetPeers, GetStatus, MembershipActor};
 use backmesh_actors::net::swarm::NetClient;
-use backmesh_actors::net::wire::{CtlRequest, CtlResponse, XFER_BATCH};
+use backmesh_actors::net::wire::{archive, name, series, CtlRequest, CtlResponse, XFER_BATCH};
 use backmesh_actors::replica::actor::{ReplicaActor, RestoreHere, VerifyHere};
 use backmesh_actors::replica::source::{locate, read_members};
 use backmesh_actors::store::Store;
@@ -88,6 +88,11 @@ impl actix_web::ResponseError for ApiError {
         }
         r.json(ErrorBody { error: self.message.clone() })
     }
+}
+
+/// A name, path or archive id that cannot cross to another node: 400.
+fn named<T>(checked: Result<T, String>) -> Result<T, ApiError> {
+    checked.map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
 /// An actor that no longer answers: the node is stopping.
@@ -403,6 +408,8 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
     if b.every == 0 {
         return Err(error(StatusCode::BAD_REQUEST, "--every must be at least 1 minute"));
     }
+    named(name(&b.node))?;
+    named(series(&b.path))?;
     if !b.path.starts_with('/') {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -447,7 +454,10 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
             format!("node {} is down and cannot confirm the path; try again when it is up", b.node),
         ))
     } else {
-        match state.net.ctl(&node.peer_id, CtlRequest::CheckSource { path: b.path.clone(), spec: b.spec.clone() }).await
+        match state
+            .net
+            .ctl(&node.peer_id, CtlRequest::CheckSource { path: named(series(&b.path))?, spec: b.spec.clone() })
+            .await
         {
             Ok(CtlResponse::PathOk) => Ok(()),
             Ok(CtlResponse::PathRefused { reason }) => {
@@ -460,7 +470,13 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
     verdict?;
     record(
         &state,
-        Event::Registered { node: b.node, path: b.path, every_min: b.every, excludes: b.excludes, spec: b.spec },
+        Event::Registered {
+            spec: b.spec.granted(state.token.as_deref(), &b.node, &b.path),
+            node: b.node,
+            path: b.path,
+            every_min: b.every,
+            excludes: b.excludes,
+        },
     )
     .await
 }
@@ -525,7 +541,7 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
             .net
             .ctl(
                 &node.peer_id,
-                CtlRequest::Run { path: b.path.clone(), request: Some(request.clone()), grant: None }
+                CtlRequest::Run { path: named(series(&b.path))?, request: Some(request.clone()), grant: None }
                     .granted(state.token.as_deref(), &b.node),
             )
             .await
@@ -627,7 +643,7 @@ async fn progress(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Jo
     if node.this_node {
         return Ok(HttpResponse::Ok().json(state.jobs.send(GetProgress { path: q.path }).await?));
     }
-    match state.net.ctl(&node.peer_id, CtlRequest::Progress { path: q.path }).await {
+    match state.net.ctl(&node.peer_id, CtlRequest::Progress { path: named(series(&q.path))? }).await {
         Ok(CtlResponse::Progress(p)) => Ok(HttpResponse::Ok().json(p)),
         Ok(other) => Err(odd_answer(&q.node, other)),
         Err(e) => Err(no_answer(&q.node, e)),
@@ -684,9 +700,9 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<R
         Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("node {on} is down; restore onto another node with --on")))
     } else {
         let ctl = CtlRequest::Restore {
-            node: b.node.clone(),
-            path: b.path.clone(),
-            archive: b.archive.clone(),
+            node: named(name(&b.node))?,
+            path: named(series(&b.path))?,
+            archive: named(b.archive.as_deref().map(archive).transpose())?,
             to: b.to.clone(),
             overwrite: b.overwrite,
             request: request.clone(),
@@ -799,8 +815,8 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<Ve
             state.replica.send(msg).await?
         } else {
             let ctl = CtlRequest::Verify {
-                node: b.node.clone(),
-                path: b.path.clone(),
+                node: named(b.node.as_deref().map(name).transpose())?,
+                path: named(b.path.as_deref().map(series).transpose())?,
                 request: request.clone(),
                 grant: None,
             }

@@ -186,9 +186,7 @@ impl NodeConfig {
         };
         let bootstrap: Vec<String> = if args.bootstrap.is_empty() { file.bootstrap } else { args.bootstrap };
         let name = name.or(file.name).unwrap_or_else(crate::local::hostname);
-        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            bail!("bad node name `{name}`: use 1 to 64 characters without spaces");
-        }
+        backmesh_api::names::check_node_name(&name).map_err(|e| anyhow!("{e}"))?;
         let token = args.token.or(file.token).filter(|t| !t.is_empty());
         let viewer_token = args.viewer_token.or(file.viewer_token).filter(|t| !t.is_empty());
         let mut site_tokens: Vec<(String, String)> = file.site_tokens.into_iter().collect();

@@ -11,6 +11,7 @@ use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
 use backmesh_actors::jobs::actor::{JobsActor, JobsConfig};
+use backmesh_actors::jobs::plugin::Programs;
 use backmesh_actors::log::actor::{Gossiped, LogActor, StateReceived};
 use backmesh_actors::net::actor::{free_bytes, Incompatible, Limited, MembershipActor, NetEvent};
 use backmesh_actors::net::membership::{Membership, NodeInfo};
@@ -153,21 +154,17 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             },
         )
         .start();
+        let programs = Programs { allowed: cfg.allow_programs, token: cfg.token.clone() };
         let jobs = JobsActor::new(
             cfg.name.clone(),
             store.clone(),
             log.clone(),
             replica.clone().recipient(),
             net.clone(),
-            JobsConfig {
-                keep: cfg.keep,
-                max_parallel: 2,
-                queue_bound: cfg.queue_limit,
-                allow_programs: cfg.allow_programs,
-            },
+            JobsConfig { keep: cfg.keep, max_parallel: 2, queue_bound: cfg.queue_limit, programs: programs.clone() },
         )
         .start();
-        let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone(), cfg.allow_programs).start();
+        let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone(), programs).start();
         // The network (noise, yamux, gossip signatures, member transfers)
         // runs on a thread of its own: on the actors' thread, its bursts of
         // crypto held up every actor and API answer behind them.

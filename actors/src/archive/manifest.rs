@@ -120,10 +120,7 @@ pub const MAX_MEMBER_BYTES: u64 = 256 << 20;
 /// in the store, and they come from peers: `..`, `/` and the like must
 /// never reach a path.
 pub fn valid_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    (1..=64).contains(&b.len())
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    backmesh_api::names::check_archive_id(id).is_ok()
 }
 
 /// Why a manifest could not be decoded.
@@ -216,12 +213,18 @@ impl Manifest {
         }
     }
 
-    /// Checks what decoding alone cannot: an id that is safe as a file name.
+    /// Checks what decoding alone cannot: an id that is safe as a file
+    /// name, a valid node name and path.
     fn checked(self) -> Result<Self, ManifestError> {
         if !valid_id(&self.id) {
             return Err(ManifestError::Corrupt {
                 reason: format!("archive id {:?} is not a valid archive id", self.id),
             });
+        }
+        let names = backmesh_api::names::check_node_name(&self.node)
+            .and_then(|()| backmesh_api::names::check_series_path(&self.path));
+        if let Err(e) = names {
+            return Err(ManifestError::Corrupt { reason: e.to_string() });
         }
         if let Some((i, m)) = self
             .members

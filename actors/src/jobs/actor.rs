@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 
-use super::plugin::check_programs;
+use super::plugin::{check_programs, Programs};
 use super::queue::{Full, Item, Queue};
 use super::run::{run_job, RunOutcome};
 use crate::archive::{CreateOptions, Progress};
@@ -72,10 +72,11 @@ pub struct JobsConfig {
     pub max_parallel: usize,
     /// Runs that may wait.
     pub queue_bound: usize,
-    /// Whether jobs may run programs here (command sources, plugins,
-    /// hooks): `--allow-programs`. Registrations come from any node of the
-    /// mesh; only this node's operator decides what runs on it.
-    pub allow_programs: bool,
+    /// What programs jobs may run here (command sources, plugins, hooks):
+    /// `--allow-programs`, and the grant of this node's token.
+    /// Registrations come from any node of the mesh; only this node's
+    /// operator decides what runs on it.
+    pub programs: Programs,
 }
 
 pub struct JobsActor {
@@ -88,7 +89,7 @@ pub struct JobsActor {
     jobs: HashMap<String, JobView>,
     max_parallel: usize,
     keep: Retention,
-    allow_programs: bool,
+    programs: Programs,
     net: NetClient,
     /// Told when a backup stored a new archive (the replica actor).
     replica: Recipient<crate::replica::actor::SyncNow>,
@@ -125,7 +126,7 @@ impl JobsActor {
             jobs: HashMap::new(),
             max_parallel: cfg.max_parallel.max(1),
             keep: cfg.keep,
-            allow_programs: cfg.allow_programs,
+            programs: cfg.programs,
             net,
             replica,
         }
@@ -182,9 +183,9 @@ impl JobsActor {
         let (store, me, keep) = (self.store.clone(), self.me.clone(), self.keep);
         let opts =
             CreateOptions { excludes: job.excludes.clone(), progress: Some(progress), ..CreateOptions::default() };
-        let (key, spec, allow) = (path.clone(), job.spec.clone(), self.allow_programs);
+        let (key, spec, programs) = (path.clone(), job.spec.clone(), self.programs.clone());
         let started = std::time::Instant::now();
-        let work = tokio::task::spawn_blocking(move || match check_programs(&spec, allow) {
+        let work = tokio::task::spawn_blocking(move || match programs.check(&me, &key, &spec) {
             // A registration may come from any node: this node's operator decides what runs here.
             Err(refused) => (Err(refused), None),
             Ok(()) => run_job(&store, &me, &key, &spec, &opts, keep),
@@ -290,7 +291,7 @@ impl Handler<RunNow> for JobsActor {
 impl Handler<CheckSource> for JobsActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: CheckSource, _: &mut Context<Self>) -> Self::Result {
-        check_programs(&msg.spec, self.allow_programs)?;
+        check_programs(&msg.spec, self.programs.allowed)?;
         super::plugin::check_source(self.store.root(), &msg.path, &msg.spec)
     }
 }
@@ -317,12 +318,14 @@ impl Handler<ServeCtl> for JobsActor {
     type Result = ();
     fn handle(&mut self, msg: ServeCtl, ctx: &mut Context<Self>) {
         let response = match msg.request {
-            CtlRequest::Run { path, request, .. } => match self.handle(RunNow { path, request }, ctx) {
+            CtlRequest::Run { path, request, .. } => match self.handle(RunNow { path: path.into(), request }, ctx) {
                 Ok(id) => CtlResponse::Queued { id },
                 Err(full) => CtlResponse::Busy { reason: full.to_string() },
             },
-            CtlRequest::Progress { path } => CtlResponse::Progress(self.handle(GetProgress { path }, ctx).0),
-            CtlRequest::CheckSource { path, spec } => match self.handle(CheckSource { path, spec }, ctx) {
+            CtlRequest::Progress { path } => {
+                CtlResponse::Progress(self.handle(GetProgress { path: path.into() }, ctx).0)
+            }
+            CtlRequest::CheckSource { path, spec } => match self.handle(CheckSource { path: path.into(), spec }, ctx) {
                 Ok(()) => CtlResponse::PathOk,
                 Err(reason) => CtlResponse::PathRefused { reason },
             },

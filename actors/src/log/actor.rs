@@ -771,6 +771,13 @@ impl LogActor {
                 e.origin_name, e.origin, e.seq
             )));
         }
+        if let Err(bad) = e.event.check_names().and_then(|()| backmesh_api::names::check_node_name(&e.origin_name)) {
+            return Some(Refusal::OutOfAuthority(format!(
+                "a `{}` entry (seq {}) that names what no node may: {bad}",
+                e.event.kind(),
+                e.seq
+            )));
+        }
         if let Some(what) = self.out_of_authority(e) {
             return Some(Refusal::OutOfAuthority(what));
         }
@@ -1327,6 +1334,39 @@ mod tests {
         assert_eq!(actor.state.max_seq(&b.id), 1);
         assert!(actor.take_gossip(c.publishes(&c.entry(4, now_ms(), registered("b", "/srv")))).1.is_none());
         assert_eq!(actor.state.jobs().len(), 1);
+    }
+
+    #[test]
+    fn an_entry_naming_an_invalid_node_path_or_archive_is_refused_and_its_origin_named() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (peer("a"), peer("b"));
+        let mut actor = a.load(Arc::new(MemKv::default()), t.path());
+        let finished = |node: &str, path: &str, archive: &str| Event::Finished {
+            node: node.into(),
+            path: path.into(),
+            archive: archive.into(),
+            size: 1,
+            files: 1,
+            duration_ms: 1,
+            warnings: vec![],
+            request: None,
+            plugin: None,
+        };
+        let posing = |name: &str| Peer { key: b.key.clone(), id: b.id.clone(), name: name.into() };
+        let bad = [
+            (posing("b"), finished("b", "/srv", "../../x")),
+            (posing("b"), registered("b", "/srv\n/etc")),
+            (posing("a b"), finished("a b", "/srv", "20261122T040113.000Z-0a1b2c3d")),
+        ];
+        for (seq, (who, event)) in bad.into_iter().enumerate() {
+            let (verdict, misdeed) = actor.take_gossip(who.publishes(&who.entry(seq as u64 + 1, now_ms(), event)));
+            assert_eq!(verdict, Verdict::Reject);
+            let m = misdeed.expect("named");
+            assert_eq!(m.peer, b.id, "its origin signed it");
+            assert!(m.what.contains("names what no node may"), "{}", m.what);
+        }
+        assert_eq!(actor.state.max_seq(&b.id), 0, "nothing taken in");
+        assert!(actor.state.jobs().is_empty());
     }
 
     #[test]

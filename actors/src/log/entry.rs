@@ -376,6 +376,38 @@ impl Event {
         }
     }
 
+    /// Whether the names it carries are valid ones (node names, paths, the
+    /// ids of archives it says were made, copied or pruned), or the first
+    /// that is not: an entry that names a node `a b` or an archive
+    /// `../x` is refused where it enters, whoever signed it.
+    pub fn check_names(&self) -> Result<(), backmesh_api::names::BadName> {
+        use backmesh_api::names::{check_archive_id, check_node_name, check_series_path};
+        match self {
+            // A newer kind: only what this version reads of it.
+            Event::Other(o) => {
+                if !o.node.is_empty() {
+                    check_node_name(&o.node)?;
+                }
+                return o.path.as_deref().map_or(Ok(()), check_series_path);
+            }
+            _ => check_node_name(self.node())?,
+        }
+        if let Some(author) = self.author() {
+            check_node_name(author)?;
+        }
+        if let Some(path) = self.path() {
+            check_series_path(path)?;
+        }
+        match self {
+            Event::Finished { archive, .. }
+            | Event::Unchanged { archive, .. }
+            | Event::Replicated { archive, .. }
+            | Event::Pruned { archive, .. }
+            | Event::Repaired { archive, .. } => check_archive_id(archive),
+            _ => Ok(()),
+        }
+    }
+
     /// The on-demand request an outcome answers.
     pub fn request(&self) -> Option<&str> {
         match self {

@@ -12,6 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::membership::NodeInfo;
 use crate::hash::Digest;
+pub use backmesh_api::names::{ArchiveId, NodeName, SeriesPath};
 
 /// Protocol of the hello exchange (who are you, whom do you know).
 pub const HELLO: StreamProtocol = StreamProtocol::new("/backmesh/hello/1");
@@ -27,15 +28,17 @@ pub const STATE_BATCH_BYTES: usize = 1024 * 1024;
 /// Gossipsub topic on which new log entries are pushed.
 pub const LOG_TOPIC: &str = "backmesh/log/1";
 /// Version of the mesh protocol (state records, entries, ctl and xfer
-/// messages), said in every hello. A peer on another version is named in
-/// the log instead of failing silently. 4: manifests travel sealed by
+/// messages), said in every hello. A peer on another version is refused
+/// whole, and named in the log and in status. 4: manifests travel sealed by
 /// their origin, and holders refuse unsealed ones. 5: entries are signed
 /// by their origin, and every state register by its writer; unsigned ones
 /// are left out. 6: a state digest hashes whether each register is
 /// sealed, not its signature's bytes (a node keeps those on disk); gossip
 /// messages carry no gossipsub signature (the entry's own is checked) and
-/// are relayed only once checked.
-pub const MESH_PROTOCOL: u32 = 6;
+/// are relayed only once checked. 7: a registration's programs carry the
+/// operator's grant (`JobSpec::grant`), and names, paths and archive ids
+/// on the wire are checked types.
+pub const MESH_PROTOCOL: u32 = 7;
 
 /// "Here is my state's digest; send me the records of the buckets where
 /// yours differs." Sender: the log actor of any node, through the network
@@ -113,23 +116,23 @@ pub const MAX_CTL_REQUEST: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CtlRequest {
     /// Can you run a job of `path` with this source (directory, command, plugin)?
-    CheckSource { path: String, spec: crate::jobs::plugin::JobSpec },
+    CheckSource { path: SeriesPath, spec: crate::jobs::plugin::JobSpec },
     /// Back up `path` (a registered job of yours) now; the result's log
     /// entry carries `request`.
     Run {
-        path: String,
+        path: SeriesPath,
         request: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grant: Option<Grant>,
     },
     /// How far is the running backup of `path`?
-    Progress { path: String },
+    Progress { path: SeriesPath },
     /// Restore an archive of (node, path) onto your disk, into `to`; the
     /// `restored` log entry carries `request`. Answer: `Accepted` at once.
     Restore {
-        node: String,
-        path: String,
-        archive: Option<String>,
+        node: NodeName,
+        path: SeriesPath,
+        archive: Option<ArchiveId>,
         to: String,
         overwrite: bool,
         request: String,
@@ -139,8 +142,8 @@ pub enum CtlRequest {
     /// Re-hash the members you keep (of (node, path), or all), repairing
     /// damage from other holders; `verified` entries carry `request`.
     Verify {
-        node: Option<String>,
-        path: Option<String>,
+        node: Option<NodeName>,
+        path: Option<SeriesPath>,
         request: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grant: Option<Grant>,
@@ -169,18 +172,11 @@ impl CtlRequest {
 
     /// The MAC of this request (its grant left out) for node `on`, keyed by `token`.
     fn mac(&self, token: &str, on: &str) -> hmac::Hmac<sha2::Sha256> {
-        use hmac::Mac;
-        use sha2::Digest as _;
         let mut bare = self.clone();
         if let Some(g) = bare.grant_mut() {
             *g = None;
         }
-        // Keyed by a hash of the token: any length of token makes one key.
-        let key = sha2::Sha256::digest(token.as_bytes());
-        #[allow(clippy::expect_used)]
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
-        mac.update(&encode(&(on, &bare)));
-        mac
+        operator_mac(token, &encode(&(on, &bare)))
     }
 
     /// Signs this request for node `on` with the operator's `token` (a
@@ -221,6 +217,18 @@ impl CtlRequest {
             )
         })
     }
+}
+
+/// The operator's MAC of `message`: HMAC-SHA256 keyed by a hash of the
+/// API token (any length of token makes one key). What grants are made of.
+pub fn operator_mac(token: &str, message: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    use sha2::Digest as _;
+    let key = sha2::Sha256::digest(token.as_bytes());
+    #[allow(clippy::expect_used)]
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(message);
+    mac
 }
 
 /// A running backup's counters.
@@ -295,12 +303,40 @@ pub enum XferRequest {
     /// origin. Answer: `Committed`, or `Want` with what is still missing.
     Commit { manifest: serde_bytes::ByteBuf, sent: u64, repair: bool },
     /// Which archives of (node, path) do you keep? Answer: `Archives`.
-    List { node: String, path: String },
+    List { node: NodeName, path: SeriesPath },
     /// The manifest of an archive (the newest when `archive` is `None`).
     /// Answer: `Manifest`.
-    GetManifest { node: String, path: String, archive: Option<String> },
+    GetManifest { node: NodeName, path: SeriesPath, archive: Option<ArchiveId> },
     /// These members, at most [`XFER_BATCH`] bytes. Answer: `Members`.
     Get { digests: Vec<Digest> },
+}
+
+impl XferRequest {
+    /// `List` of (node, path), or why they cannot be named on the wire.
+    pub fn list(node: &str, path: &str) -> Result<Self, String> {
+        Ok(XferRequest::List { node: name(node)?, path: series(path)? })
+    }
+
+    /// `GetManifest` of archive `archive` (the newest: `None`) of (node, path).
+    pub fn get_manifest(node: &str, path: &str, archive: Option<&str>) -> Result<Self, String> {
+        let archive = archive.map(self::archive).transpose()?;
+        Ok(XferRequest::GetManifest { node: name(node)?, path: series(path)?, archive })
+    }
+}
+
+/// `node` as a [`NodeName`], or why not, in words.
+pub fn name(node: &str) -> Result<NodeName, String> {
+    NodeName::parse(node).map_err(|e| e.to_string())
+}
+
+/// `id` as an [`ArchiveId`], or why not, in words.
+pub fn archive(id: &str) -> Result<ArchiveId, String> {
+    ArchiveId::parse(id).map_err(|e| e.to_string())
+}
+
+/// `path` as a [`SeriesPath`], or why not, in words.
+pub fn series(path: &str) -> Result<SeriesPath, String> {
+    SeriesPath::parse(path).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,7 +349,7 @@ pub enum XferResponse {
     Stored,
     Committed,
     Archives {
-        ids: Vec<String>,
+        ids: Vec<ArchiveId>,
     },
     Manifest {
         manifest: serde_bytes::ByteBuf,
@@ -544,10 +580,36 @@ mod tests {
     }
 
     #[test]
+    fn a_request_naming_a_climbing_id_does_not_decode() {
+        // What a peer that does not use these types could send: the same
+        // CBOR shape with any strings in it.
+        #[derive(Serialize)]
+        enum Raw {
+            GetManifest { node: String, path: String, archive: Option<String> },
+        }
+        let raw = |node: &str, path: &str, archive: &str| {
+            let r = Raw::GetManifest { node: node.into(), path: path.into(), archive: Some(archive.into()) };
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&r, &mut bytes).unwrap();
+            bytes
+        };
+        let good = decode::<XferRequest>(&raw("n1", "/srv/app", "20261122T040113.000Z-0a1b2c3d"), MAX_XFER);
+        assert_eq!(
+            good.unwrap(),
+            XferRequest::get_manifest("n1", "/srv/app", Some("20261122T040113.000Z-0a1b2c3d")).unwrap()
+        );
+        for (node, path, id) in [("n1", "/srv/app", "../../../escape"), ("a b", "/srv/app", "x"), ("n1", "/a\nb", "x")]
+        {
+            let e = decode::<XferRequest>(&raw(node, path, id), MAX_XFER).unwrap_err();
+            assert!(e.to_string().contains("valid") || e.to_string().contains("bad"), "{node} {path} {id}: {e}");
+        }
+    }
+
+    #[test]
     fn a_grant_acts_only_for_the_same_token_the_same_node_and_the_same_request() {
         let restore = |to: &str| CtlRequest::Restore {
-            node: "web-1".into(),
-            path: "/srv/app".into(),
+            node: name("web-1").unwrap(),
+            path: series("/srv/app").unwrap(),
             archive: None,
             to: to.into(),
             overwrite: true,

@@ -41,7 +41,7 @@ use crate::log::entry::Event;
 use crate::net::actor::{free_bytes, GetPeers, MembershipActor};
 use crate::net::membership::PeerView;
 use crate::net::swarm::{NetClient, ServeCtl, ServeXfer};
-use crate::net::wire::{CtlRequest, CtlResponse, WireMember, XferRequest, XferResponse, MAX_XFER};
+use crate::net::wire::{ArchiveId, CtlRequest, CtlResponse, WireMember, XferRequest, XferResponse, MAX_XFER};
 use crate::store::{ArchiveSummary, Retention, Store};
 
 /// How replication behaves.
@@ -307,10 +307,10 @@ async fn all_confirm(net: &NetClient, store: Arc<Store>, h: &Handoff) -> bool {
     })
     .await
     .unwrap_or_default();
+    let Ok(list) = XferRequest::list(&h.node, &h.path) else { return false };
     for t in &h.targets {
-        let list = XferRequest::List { node: h.node.clone(), path: h.path.clone() };
-        let kept = match net.xfer(t, list).await {
-            Ok(XferResponse::Archives { ids }) => ids,
+        let kept: Vec<String> = match net.xfer(t, list.clone()).await {
+            Ok(XferResponse::Archives { ids }) => ids.into_iter().map(String::from).collect(),
             _ => return false,
         };
         // An archive older than all the holder keeps was pruned there, not lost.
@@ -350,9 +350,12 @@ struct HandedOff {
 /// Sends the archives `push.ids` to its holder: the ids it confirmed, and
 /// the first error if one stopped the push.
 async fn run_push(net: &NetClient, store: &Arc<Store>, push: &Push) -> (Vec<String>, Option<String>) {
-    let list = XferRequest::List { node: push.node.clone(), path: push.path.clone() };
+    let list = match XferRequest::list(&push.node, &push.path) {
+        Ok(list) => list,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
     let kept: HashSet<String> = match net.xfer(&push.peer, list).await {
-        Ok(XferResponse::Archives { ids }) => ids.into_iter().collect(),
+        Ok(XferResponse::Archives { ids }) => ids.into_iter().map(String::from).collect(),
         Ok(XferResponse::Refused { reason }) => return (Vec::new(), Some(reason)),
         Ok(other) => return (Vec::new(), Some(format!("unexpected answer {other:?}"))),
         Err(e) => return (Vec::new(), Some(e)),
@@ -573,7 +576,11 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
             }
         }
         XferRequest::List { node, path } => match store.list(&node, &path) {
-            Ok(list) => (XferResponse::Archives { ids: list.into_iter().map(|s| s.id).collect() }, Vec::new()),
+            // Ids in the index were checked when their archives came in.
+            Ok(list) => {
+                let ids = list.into_iter().filter_map(|s| ArchiveId::parse(s.id).ok()).collect();
+                (XferResponse::Archives { ids }, Vec::new())
+            }
             Err(e) => refused(e.to_string()),
         },
         XferRequest::GetManifest { node, path, archive } => match store.manifest(&node, &path, archive.as_deref()) {
@@ -732,12 +739,14 @@ impl Handler<ServeCtl> for ReplicaActor {
     fn handle(&mut self, msg: ServeCtl, ctx: &mut Context<Self>) {
         let response = match msg.request {
             CtlRequest::Restore { node, path, archive, to, overwrite, request, .. } => {
+                let (node, path, archive) = (node.into(), path.into(), archive.map(String::from));
                 match self.handle(RestoreHere { node, path, archive, to, overwrite, request }, ctx) {
                     Ok(()) => CtlResponse::Accepted,
                     Err(reason) => CtlResponse::Failed { reason },
                 }
             }
             CtlRequest::Verify { node, path, request, .. } => {
+                let (node, path) = (node.map(String::from), path.map(String::from));
                 match self.handle(VerifyHere { node, path, request }, ctx) {
                     Ok(series) => CtlResponse::Verifying { series },
                     Err(reason) => CtlResponse::Failed { reason },

@@ -82,9 +82,9 @@ pub async fn locate(
         peers.iter().filter(|p| p.up && !order.contains(&p.peer_id)).map(|p| p.peer_id.clone()).collect();
     order.extend(others);
     let mut why = Vec::new();
+    let req = XferRequest::get_manifest(node, path, Some(&id))?;
     for peer in &order {
-        let req = XferRequest::GetManifest { node: node.into(), path: path.into(), archive: Some(id.clone()) };
-        match net.xfer(peer, req).await {
+        match net.xfer(peer, req.clone()).await {
             Ok(XferResponse::Manifest { manifest }) => match Manifest::decode(&manifest) {
                 Ok(m) if m.id == id && m.node == node && m.path == path => {
                     // Only the series' own node's seal is trusted: a peer

@@ -32,9 +32,10 @@
 //!   (`Want { complete }`, `Committed`, `Archives`) while keeping nothing
 //!   (it answers no `Get`). It prints its peer id first;
 //! - `path-escape`: offers and commits an archive of its own whose id is
-//!   `../../escape` (sealed with its own key, so only the id is wrong), and
-//!   asks the holder for a manifest of the victim's by the id
-//!   `../../../escape`: nothing may be read or written outside the store;
+//!   `../../escape` (sealed with its own key, so only the id is wrong):
+//!   nothing may be written outside the store (a request naming such an
+//!   id cannot even be made with these types, and does not decode:
+//!   `a_request_naming_a_climbing_id_does_not_decode`);
 //! - `over-quota`: pushes `--flood N` archives of 1 MiB of its own (one
 //!   series each) to the holder: past the holder's `--quota` each is
 //!   refused, whatever its retention would keep;
@@ -54,7 +55,9 @@ use backmesh_actors::log::hlc::Hlc;
 use backmesh_actors::log::mesh::seal_entry;
 use backmesh_actors::net::membership::NodeInfo;
 use backmesh_actors::net::swarm::{self, Inbound, NetClient};
-use backmesh_actors::net::wire::{encode, CtlRequest, WireMember, XferRequest, XferResponse, MESH_PROTOCOL};
+use backmesh_actors::net::wire::{
+    encode, name, series, ArchiveId, CtlRequest, WireMember, XferRequest, XferResponse, MESH_PROTOCOL,
+};
 use backmesh_actors::store::{Retention, Store};
 
 struct Args(Vec<String>);
@@ -184,7 +187,10 @@ async fn main() {
                     }
                     XferResponse::Want { missing: Vec::new(), complete: true }
                 }
-                XferRequest::List { .. } => XferResponse::Archives { ids: offered.clone() },
+                XferRequest::List { .. } => {
+                    let ids = offered.iter().filter_map(|id| ArchiveId::parse(id.as_str()).ok()).collect();
+                    XferResponse::Archives { ids }
+                }
                 _ => XferResponse::Refused { reason: "not now".into() },
             };
             liar.answer_xfer(x.channel, answer).await;
@@ -272,8 +278,8 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
         "restore-overwrite" => {
             let to = a.need("--restore-to");
             let request = CtlRequest::Restore {
-                node: victim.clone(),
-                path: path.clone(),
+                node: name(&victim).expect("a valid name"),
+                path: series(&path).expect("a valid path"),
                 archive: None,
                 to,
                 overwrite: true,
@@ -309,7 +315,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             say(attack, "served");
         }
         "path-escape" => {
-            let answer = escape(rogue, holder_peer, &victim, &path).await;
+            let answer = escape(rogue, holder_peer).await;
             say(attack, answer);
         }
         "over-quota" => {
@@ -328,7 +334,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             say(attack, format!("{ok} of 12 dials answered"));
         }
         "request-flood" => {
-            let list = || XferRequest::List { node: victim.clone(), path: path.clone() };
+            let list = || XferRequest::list(&victim, &path).expect("a valid name and path");
             let asks = (0..400).map(|_| rogue.net.xfer(holder_peer, list()));
             let answers = futures::future::join_all(asks).await;
             let refused = answers
@@ -340,7 +346,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
         }
         "old-protocol" => {
             // Run with `--protocol N`: a request and an entry of its own.
-            let list = XferRequest::List { node: victim.clone(), path: path.clone() };
+            let list = XferRequest::list(&victim, &path).expect("a valid name and path");
             let answer = match rogue.net.xfer(holder_peer, list).await {
                 Ok(r) => format!("{r:?}"),
                 Err(e) => format!("error: {e}"),
@@ -434,8 +440,8 @@ async fn push(net: &NetClient, holder: &str, store: &Store, m: &Manifest) -> Str
 }
 
 /// `path-escape`: a sealed archive of its own under the id `../../escape`,
-/// offered and committed, then a manifest asked for by a climbing id.
-async fn escape(rogue: &Rogue, holder: &str, victim: &str, path: &str) -> String {
+/// offered and committed.
+async fn escape(rogue: &Rogue, holder: &str) -> String {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (store, mut m) = match own_archive(dir.path(), "/rogue/escape", b"out of bounds") {
         Ok(x) => x,
@@ -445,14 +451,7 @@ async fn escape(rogue: &Rogue, holder: &str, victim: &str, path: &str) -> String
     if let Err(e) = m.seal_with(&rogue.key) {
         return format!("cannot seal: {e}");
     }
-    let pushed = push(&rogue.net, holder, &store, &m).await;
-    let ask =
-        XferRequest::GetManifest { node: victim.into(), path: path.into(), archive: Some("../../../escape".into()) };
-    let got = match rogue.net.xfer(holder, ask).await {
-        Ok(r) => format!("{r:?}"),
-        Err(e) => format!("error: {e}"),
-    };
-    format!("push: {pushed}; get: {got}")
+    push(&rogue.net, holder, &store, &m).await
 }
 
 /// `over-quota`: `n` archives of 1 MiB of incompressible bytes, one
