@@ -6,6 +6,7 @@
 use actix::Addr;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use backmesh_actors::jobs::actor::{CheckSource, GetProgress, JobsActor, RunNow};
+use backmesh_actors::jobs::plugin::Job;
 use backmesh_actors::jobs::plugin::JobSpec;
 use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, GetKeepers, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
@@ -279,9 +280,12 @@ async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
 fn entry_json(e: &backmesh_actors::log::entry::Entry) -> serde_json::Value {
     let mut v = serde_json::to_value(e).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
-        // Signatures are for nodes, not for people or scripts.
+        // Signatures and grants are for nodes, not for people or scripts.
         obj.remove("sig");
         obj.remove("seals");
+        if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+            spec.remove("grant");
+        }
         if let Some(h) = obj.remove("time") {
             obj.insert("hlc".into(), h);
         }
@@ -440,12 +444,15 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
         b.node = join(&state, addr).await?;
     }
     let node = find_node(&state, &b.node).await?;
+    let job = Job { node: &b.node, path: &b.path, every_min: b.every, excludes: &b.excludes };
+    let spec = b.spec.clone().granted(state.token.as_deref(), &job);
     // The node that will run the job says whether it can: the path is a
-    // directory, the plugin exists…
+    // directory, the plugin exists, its operator lets it run the programs…
     let verdict = if node.this_node {
+        let (path, every_min, excludes) = (b.path.clone(), b.every, b.excludes.clone());
         state
             .jobs
-            .send(CheckSource { path: b.path.clone(), spec: b.spec.clone() })
+            .send(CheckSource { path, every_min, excludes, spec: spec.clone() })
             .await?
             .map_err(|r| error(StatusCode::BAD_REQUEST, r))
     } else if !node.up {
@@ -456,7 +463,15 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
     } else {
         match state
             .net
-            .ctl(&node.peer_id, CtlRequest::CheckSource { path: named(series(&b.path))?, spec: b.spec.clone() })
+            .ctl(
+                &node.peer_id,
+                CtlRequest::CheckSource {
+                    path: named(series(&b.path))?,
+                    every_min: b.every,
+                    excludes: b.excludes.clone(),
+                    spec: spec.clone(),
+                },
+            )
             .await
         {
             Ok(CtlResponse::PathOk) => Ok(()),
@@ -468,17 +483,8 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
         }
     };
     verdict?;
-    record(
-        &state,
-        Event::Registered {
-            spec: b.spec.granted(state.token.as_deref(), &b.node, &b.path),
-            node: b.node,
-            path: b.path,
-            every_min: b.every,
-            excludes: b.excludes,
-        },
-    )
-    .await
+    record(&state, Event::Registered { spec, node: b.node, path: b.path, every_min: b.every, excludes: b.excludes })
+        .await
 }
 
 #[derive(Deserialize)]

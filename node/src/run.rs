@@ -125,6 +125,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             hello_every: ping_every * 2,
             info: me,
             connections_per_peer: swarm::CONNECTIONS_PER_PEER,
+            outbound_per_peer: swarm::OUTBOUND_PER_PEER,
             protocol: backmesh_actors::net::wire::MESH_PROTOCOL,
         })?;
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();

@@ -949,7 +949,7 @@ fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report
                 }
             }
             kept.sort_by(|a, b| b.cmp(a));
-            planners[n].pushed(&p, &p.ids, false, now);
+            planners[n].pushed(&p, &p.ids, None, now);
         }
         for (n, h) in handoffs {
             let key = (h.node.clone(), h.path.clone());

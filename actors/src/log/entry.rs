@@ -399,6 +399,8 @@ impl Event {
             check_series_path(path)?;
         }
         match self {
+            // A run whose plugin keeps its own copy (a mirror) makes no archive.
+            Event::Finished { archive, .. } if archive.is_empty() => Ok(()),
             Event::Finished { archive, .. }
             | Event::Unchanged { archive, .. }
             | Event::Replicated { archive, .. }
@@ -525,6 +527,25 @@ mod tests {
         };
         assert_eq!(fields(&back), fields(&newer), "every field passed on, the unknown ones included");
         assert_eq!(ciborium::from_reader::<Entry, _>(&again[..]).unwrap(), e);
+    }
+
+    #[test]
+    fn names_are_checked_but_a_mirror_run_needs_no_archive() {
+        let finished = |node: &str, archive: &str| Event::Finished {
+            node: node.into(),
+            path: "/srv".into(),
+            archive: archive.into(),
+            size: 0,
+            files: 0,
+            duration_ms: 1,
+            warnings: vec![],
+            request: None,
+            plugin: None,
+        };
+        assert!(finished("n1", "").check_names().is_ok(), "a plugin that keeps its own copy makes no archive");
+        assert!(finished("n1", "20261122T040113.000Z-0a1b2c3d").check_names().is_ok());
+        assert!(finished("n1", "../x").check_names().is_err());
+        assert!(finished("n 1", "").check_names().is_err());
     }
 
     #[test]

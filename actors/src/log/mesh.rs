@@ -427,6 +427,18 @@ pub enum RecordKey {
 }
 
 impl RecordKey {
+    /// Whether the node name and path it names are valid ones (a record
+    /// from a peer that names `a b` or a path with a newline is left out).
+    pub fn check_names(&self) -> Result<(), backmesh_api::names::BadName> {
+        use backmesh_api::names::{check_node_name, check_series_path};
+        match self {
+            RecordKey::Job(node, path) | RecordKey::Series(node, path) => {
+                check_node_name(node).and_then(|()| check_series_path(path))
+            }
+            RecordKey::Paused(node) | RecordKey::Origin(node) => check_node_name(node),
+        }
+    }
+
     /// The digest bucket of this key.
     pub fn bucket(&self) -> usize {
         Digest::of(&cbor(self)).0[0] as usize % BUCKETS

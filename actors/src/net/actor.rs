@@ -180,7 +180,8 @@ impl Handler<Limited> for MembershipActor {
 impl Handler<Incompatible> for MembershipActor {
     type Result = ();
     fn handle(&mut self, msg: Incompatible, _: &mut Context<Self>) {
-        self.state.incompatible(&msg.peer, msg.what);
+        let changes = self.state.incompatible(&msg.peer, msg.what);
+        self.report(changes);
     }
 }
 

@@ -121,6 +121,8 @@ impl Membership {
         if peer == self.me_peer {
             return Vec::new();
         }
+        // A hello reaches here only in this node's protocol.
+        self.incompatible.remove(peer);
         let state =
             self.peers.entry(peer.to_string()).or_insert(PeerState { info: None, last_seen_ms: None, up: false });
         let renamed = state.info.as_ref().map(|i| i.name.clone()).filter(|old| *old != info.name);
@@ -157,17 +159,25 @@ impl Membership {
         count(&mut self.limited, peer, what)
     }
 
-    /// `peer` speaks another mesh protocol (`what` says which), or, with
-    /// `None`, speaks this one again.
-    pub fn incompatible(&mut self, peer: &str, what: Option<String>) {
-        match what {
-            Some(what) if self.incompatible.len() < MISDEEDS_KEPT || self.incompatible.contains_key(peer) => {
-                self.incompatible.insert(peer.to_string(), what);
+    /// `peer` speaks another mesh protocol (`what` says which): down from
+    /// now on, until it says hello in this one. With `None`: it speaks
+    /// this one again.
+    pub fn incompatible(&mut self, peer: &str, what: Option<String>) -> Vec<Change> {
+        let Some(what) = what else {
+            self.incompatible.remove(peer);
+            return Vec::new();
+        };
+        if self.incompatible.len() < MISDEEDS_KEPT || self.incompatible.contains_key(peer) {
+            self.incompatible.insert(peer.to_string(), what);
+        }
+        match self.peers.get_mut(peer) {
+            Some(state) if state.up => {
+                state.up = false;
+                state.last_seen_ms = None;
+                let name = state.info.as_ref().map(|i| i.name.clone()).unwrap_or_else(|| short(peer));
+                vec![Change::Down { peer: peer.to_string(), name }]
             }
-            Some(_) => {}
-            None => {
-                self.incompatible.remove(peer);
-            }
+            _ => Vec::new(),
         }
     }
 
@@ -406,6 +416,13 @@ mod tests {
         assert!(m.problems().iter().any(|p| p.contains("P9 is refused: old runs") && p.contains("protocol 5")));
         m.incompatible("P9", None);
         assert!(!m.problems().iter().any(|p| p.contains("P9")), "upgraded: no longer named");
+        // A peer that was up and is now heard in another protocol goes down
+        // at once, and comes back with its first hello in this one.
+        let changes = m.incompatible("P1", Some("a runs another protocol".into()));
+        assert_eq!(changes, vec![Change::Down { peer: "P1".into(), name: "a".into() }]);
+        assert!(!m.is_up("P1"));
+        m.hello("P1", info("a"), 50);
+        assert!(m.is_up("P1") && !m.problems().iter().any(|p| p.contains("P1 is refused")));
         for k in 0..MISDEEDS_KEPT + 10 {
             m.limited(&format!("X{k}"), "flood");
         }

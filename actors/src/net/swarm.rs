@@ -132,19 +132,36 @@ const INBOUND_QUEUE: usize = 1024;
 /// spend this node's memory.
 pub const CONNECTIONS_PER_PEER: u32 = 4;
 
-/// Incoming connections still in their handshake, from all peers: a flood
-/// of half-open connections waits, it does not grow.
-const PENDING_INCOMING: u32 = 128;
-
 /// Requests one peer may have in flight at this node at once (state
 /// pulls, control and transfer requests that are not answered yet). An
 /// honest node pushes a few archives at a time, each two batches deep;
 /// past this bound a request is refused at once, not queued.
 pub const INFLIGHT_PER_PEER: usize = 64;
 
+/// Requests this node has in flight to one peer at once (state pulls,
+/// control and transfer requests): the rest wait in order, so that however
+/// many restores, backfills and pushes run here, no honest node goes past
+/// the [`INFLIGHT_PER_PEER`] the other side takes.
+pub const OUTBOUND_PER_PEER: usize = 32;
+
+/// Requests that may wait for [`OUTBOUND_PER_PEER`] to one peer; past it a
+/// request fails at once.
+const OUTBOUND_WAITING: usize = 4096;
+
 /// Streams one connection carries at once per request protocol (in and
 /// out): what a peer can make this node read at the same time.
-const STREAMS_PER_CONNECTION: usize = 96;
+const STREAMS_PER_CONNECTION: usize = 48;
+
+/// A request to a peer, sent now or when one of the requests in flight to
+/// that peer is answered.
+enum Outgoing {
+    Pull(StatePull),
+    Ctl(CtlRequest, oneshot::Sender<Result<CtlResponse, String>>),
+    Xfer(Box<XferRequest>, oneshot::Sender<Result<XferResponse, String>>),
+}
+
+/// Peers of another protocol remembered at once.
+const MAX_INCOMPATIBLE: usize = 1024;
 
 /// The request protocols whose requests count against a peer's bound:
 /// request ids are numbered per protocol.
@@ -305,6 +322,9 @@ pub struct NetConfig {
     /// peer ([`CONNECTIONS_PER_PEER`]; only the rogue-node suite's own
     /// rogue goes past it).
     pub connections_per_peer: u32,
+    /// Requests this node keeps in flight to one peer ([`OUTBOUND_PER_PEER`];
+    /// only the rogue-node suite's rogue goes past it).
+    pub outbound_per_peer: usize,
     /// The mesh protocol this node speaks ([`MESH_PROTOCOL`]; only the
     /// rogue-node suite's rogue claims another, to be refused).
     pub protocol: u32,
@@ -331,6 +351,7 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
     let mdns_on = cfg.mdns;
     let connections_per_peer = cfg.connections_per_peer;
     let protocol = cfg.protocol;
+    let outbound_per_peer = cfg.outbound_per_peer;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair)
         .with_tokio()
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
@@ -373,8 +394,7 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
                 .build()?;
             let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)?;
             let limits = connection_limits::ConnectionLimits::default()
-                .with_max_established_per_peer(Some(connections_per_peer))
-                .with_max_pending_incoming(Some(PENDING_INCOMING));
+                .with_max_established_per_peer(Some(connections_per_peer));
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(
@@ -446,6 +466,7 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
         hello_every: cfg.hello_every,
         info: cfg.info,
         connections_per_peer,
+        outbound_per_peer,
         protocol,
         known: HashMap::new(),
         bootstrap,
@@ -458,6 +479,9 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
         inflight: HashMap::new(),
         inflight_ids: HashMap::new(),
         incompatible: HashSet::new(),
+        outbound: HashMap::new(),
+        outbound_ids: HashMap::new(),
+        waiting: HashMap::new(),
     };
     Ok((NetClient { tx }, inbound_rx, event_loop))
 }
@@ -480,6 +504,7 @@ pub struct EventLoop {
     hello_every: Duration,
     info: NodeInfo,
     connections_per_peer: u32,
+    outbound_per_peer: usize,
     protocol: u32,
     /// Listen addresses of peers, from identify: for redials and hellos.
     known: HashMap<PeerId, Vec<Multiaddr>>,
@@ -505,6 +530,12 @@ pub struct EventLoop {
     /// Peers whose hello named another mesh protocol: what they send is
     /// refused until they say hello in this one.
     incompatible: HashSet<PeerId>,
+    /// Requests in flight to each peer, up to [`OUTBOUND_PER_PEER`].
+    outbound: HashMap<PeerId, usize>,
+    /// Which peer each request in flight went to.
+    outbound_ids: HashMap<(Lane, request_response::OutboundRequestId), PeerId>,
+    /// Requests waiting for room in flight, per peer, in order.
+    waiting: HashMap<PeerId, std::collections::VecDeque<Outgoing>>,
 }
 
 /// Exponential backoff: 1 s doubling to 60 s, reset on success.
@@ -617,14 +648,8 @@ impl EventLoop {
                             }
                         }
                     }
-                    Some(Command::Ctl { peer, request, reply }) => {
-                        let id = self.swarm.behaviour_mut().ctl.send_request(&peer, request);
-                        self.pending_ctl.insert(id, reply);
-                    }
-                    Some(Command::Xfer { peer, request, reply }) => {
-                        let id = self.swarm.behaviour_mut().xfer.send_request(&peer, *request);
-                        self.pending_xfer.insert(id, reply);
-                    }
+                    Some(Command::Ctl { peer, request, reply }) => self.send_out(peer, Outgoing::Ctl(request, reply)),
+                    Some(Command::Xfer { peer, request, reply }) => self.send_out(peer, Outgoing::Xfer(request, reply)),
                     Some(Command::AnswerXfer(channel, response)) => {
                         let _ = self.swarm.behaviour_mut().xfer.send_response(channel, *response);
                     }
@@ -676,6 +701,11 @@ impl EventLoop {
             self.protocol
         );
         self.warn_once(format!("protocol {peer}"), format!("{} ({peer}) {msg}", hello.info.name));
+        if self.incompatible.len() >= MAX_INCOMPATIBLE {
+            // A flood of fresh ids: forget the oldest known at random, not grow.
+            let any = self.incompatible.iter().next().copied();
+            any.map(|p| self.incompatible.remove(&p));
+        }
         if self.incompatible.insert(*peer) {
             self.emit(Inbound::Incompatible {
                 peer: peer.to_string(),
@@ -745,14 +775,72 @@ impl EventLoop {
     }
 
     fn pull_state(&mut self, from: Option<String>, pull: StatePull) {
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        // Never from a peer of another protocol.
+        let connected: Vec<PeerId> =
+            self.swarm.connected_peers().filter(|p| !self.incompatible.contains(*p)).copied().collect();
         let peer = from.and_then(|p| p.parse::<PeerId>().ok()).filter(|p| connected.contains(p)).or_else(|| {
             // A different peer each time, without a random-number dependency.
             let n = connected.len();
             (n > 0).then(|| connected[(crate::net::actor::now_ms() as usize / 7) % n])
         });
         if let Some(peer) = peer {
-            self.swarm.behaviour_mut().log.send_request(&peer, pull);
+            self.send_out(peer, Outgoing::Pull(pull));
+        }
+    }
+
+    /// Sends `out` to `peer` now, or once fewer than [`OUTBOUND_PER_PEER`]
+    /// of this node's requests are in flight to it.
+    fn send_out(&mut self, peer: PeerId, out: Outgoing) {
+        if self.outbound.get(&peer).copied().unwrap_or(0) < self.outbound_per_peer {
+            return self.dispatch(peer, out);
+        }
+        let queue = self.waiting.entry(peer).or_default();
+        if queue.len() < OUTBOUND_WAITING {
+            queue.push_back(out);
+            return;
+        }
+        let why = format!("{OUTBOUND_WAITING} requests to {peer} are waiting already");
+        match out {
+            Outgoing::Pull(_) => tracing::debug!("state pull not sent: {why}"),
+            Outgoing::Ctl(_, reply) => drop(reply.send(Err(why))),
+            Outgoing::Xfer(_, reply) => drop(reply.send(Err(why))),
+        }
+    }
+
+    fn dispatch(&mut self, peer: PeerId, out: Outgoing) {
+        let b = self.swarm.behaviour_mut();
+        let (lane, id) = match out {
+            Outgoing::Pull(pull) => (Lane::State, b.log.send_request(&peer, pull)),
+            Outgoing::Ctl(request, reply) => {
+                let id = b.ctl.send_request(&peer, request);
+                self.pending_ctl.insert(id, reply);
+                (Lane::Ctl, id)
+            }
+            Outgoing::Xfer(request, reply) => {
+                let id = b.xfer.send_request(&peer, *request);
+                self.pending_xfer.insert(id, reply);
+                (Lane::Xfer, id)
+            }
+        };
+        *self.outbound.entry(peer).or_default() += 1;
+        self.outbound_ids.insert((lane, id), peer);
+    }
+
+    /// A request to a peer was answered or failed: the next waiting one goes.
+    fn out_done(&mut self, lane: Lane, id: request_response::OutboundRequestId) {
+        let Some(peer) = self.outbound_ids.remove(&(lane, id)) else { return };
+        if let Some(n) = self.outbound.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.outbound.remove(&peer);
+            }
+        }
+        let next = self.waiting.get_mut(&peer).and_then(|q| q.pop_front());
+        if self.waiting.get(&peer).is_some_and(|q| q.is_empty()) {
+            self.waiting.remove(&peer);
+        }
+        if let Some(next) = next {
+            self.dispatch(peer, next);
         }
     }
 
@@ -778,8 +866,11 @@ impl EventLoop {
         }
     }
 
+    /// A sign of life from `peer` (none counts from a peer of another protocol).
     fn seen(&mut self, peer: &PeerId) {
-        self.emit(Inbound::Seen { peer: peer.to_string() });
+        if !self.incompatible.contains(peer) {
+            self.emit(Inbound::Seen { peer: peer.to_string() });
+        }
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -846,7 +937,9 @@ impl EventLoop {
                 tracing::debug!("hello to {peer} failed: {error}");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::Message { peer, message, .. })) => {
-                self.seen(&peer);
+                if !self.incompatible.contains(&peer) {
+                    self.seen(&peer);
+                }
                 match message {
                     request_response::Message::Request { request, channel, request_id } => {
                         match self.admit(Lane::State, peer, request_id) {
@@ -855,8 +948,11 @@ impl EventLoop {
                             Err(why) => tracing::debug!("state pull not served: {why}"),
                         }
                     }
-                    request_response::Message::Response { response, .. } => {
-                        self.emit(Inbound::StateAnswer { from: peer.to_string(), batch: response });
+                    request_response::Message::Response { response, request_id } => {
+                        self.out_done(Lane::State, request_id);
+                        if !self.incompatible.contains(&peer) {
+                            self.emit(Inbound::StateAnswer { from: peer.to_string(), batch: response });
+                        }
                     }
                 }
             }
@@ -875,8 +971,10 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Log(request_response::Event::OutboundFailure {
                 peer,
                 error,
+                request_id,
                 ..
             })) => {
+                self.out_done(Lane::State, request_id);
                 tracing::debug!("state pull to {peer} failed: {error}");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message { peer, message, .. })) => {
@@ -894,6 +992,7 @@ impl EventLoop {
                         }
                     }
                     request_response::Message::Response { request_id, response } => {
+                        self.out_done(Lane::Ctl, request_id);
                         if let Some(reply) = self.pending_ctl.remove(&request_id) {
                             let _ = reply.send(Ok(response));
                         }
@@ -905,6 +1004,7 @@ impl EventLoop {
                 error,
                 ..
             })) => {
+                self.out_done(Lane::Ctl, request_id);
                 if let Some(reply) = self.pending_ctl.remove(&request_id) {
                     let _ = reply.send(Err(format!("the node did not answer: {error}")));
                 }
@@ -916,7 +1016,9 @@ impl EventLoop {
                 request_id, ..
             })) => self.settled(Lane::Ctl, request_id),
             SwarmEvent::Behaviour(BehaviourEvent::Xfer(request_response::Event::Message { peer, message, .. })) => {
-                self.seen(&peer);
+                if !self.incompatible.contains(&peer) {
+                    self.seen(&peer);
+                }
                 match message {
                     request_response::Message::Request { request, channel, request_id } => {
                         match self.admit(Lane::Xfer, peer, request_id) {
@@ -928,6 +1030,7 @@ impl EventLoop {
                         }
                     }
                     request_response::Message::Response { request_id, response } => {
+                        self.out_done(Lane::Xfer, request_id);
                         if let Some(reply) = self.pending_xfer.remove(&request_id) {
                             let _ = reply.send(Ok(response));
                         }
@@ -939,6 +1042,7 @@ impl EventLoop {
                 error,
                 ..
             })) => {
+                self.out_done(Lane::Xfer, request_id);
                 if let Some(reply) = self.pending_xfer.remove(&request_id) {
                     let _ = reply.send(Err(format!("the node did not answer: {error}")));
                 }

@@ -116,7 +116,14 @@ pub const MAX_CTL_REQUEST: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CtlRequest {
     /// Can you run a job of `path` with this source (directory, command, plugin)?
-    CheckSource { path: SeriesPath, spec: crate::jobs::plugin::JobSpec },
+    CheckSource {
+        path: SeriesPath,
+        #[serde(default)]
+        every_min: u64,
+        #[serde(default)]
+        excludes: Vec<String>,
+        spec: crate::jobs::plugin::JobSpec,
+    },
     /// Back up `path` (a registered job of yours) now; the result's log
     /// entry carries `request`.
     Run {
@@ -359,6 +366,11 @@ pub enum XferResponse {
     },
     /// Cannot or will not, in words (disk full, no such archive, damaged).
     Refused {
+        reason: String,
+    },
+    /// The archive's node is at its quota on this holder (`--quota`), in
+    /// words: its other series, and other nodes', are not held back.
+    OverQuota {
         reason: String,
     },
 }

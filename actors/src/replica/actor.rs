@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures::StreamExt;
 
-use super::plan::{Handoff, Planner, Push};
+use super::plan::{Handoff, Planner, Push, PushError};
 use super::quota::{Quota, Usage};
 use super::source::{batches, locate, read_members, Place, RemoteSource};
 use crate::archive::{restore_archive, Manifest, RestoreOptions};
@@ -142,7 +142,22 @@ const PUTS_IN_FLIGHT: usize = 2;
 struct Pushed {
     push: Push,
     confirmed: Vec<String>,
-    error: Option<String>,
+    error: Option<PushFailed>,
+}
+
+/// Why a push stopped.
+#[derive(Debug)]
+struct PushFailed {
+    reason: String,
+    /// The holder refused because the series' node is at its quota there:
+    /// that series waits, not every push to that holder.
+    over_quota: bool,
+}
+
+impl From<String> for PushFailed {
+    fn from(reason: String) -> Self {
+        PushFailed { reason, over_quota: false }
+    }
 }
 
 pub struct ReplicaActor {
@@ -349,16 +364,16 @@ struct HandedOff {
 
 /// Sends the archives `push.ids` to its holder: the ids it confirmed, and
 /// the first error if one stopped the push.
-async fn run_push(net: &NetClient, store: &Arc<Store>, push: &Push) -> (Vec<String>, Option<String>) {
+async fn run_push(net: &NetClient, store: &Arc<Store>, push: &Push) -> (Vec<String>, Option<PushFailed>) {
     let list = match XferRequest::list(&push.node, &push.path) {
         Ok(list) => list,
-        Err(e) => return (Vec::new(), Some(e)),
+        Err(e) => return (Vec::new(), Some(e.into())),
     };
     let kept: HashSet<String> = match net.xfer(&push.peer, list).await {
         Ok(XferResponse::Archives { ids }) => ids.into_iter().map(String::from).collect(),
-        Ok(XferResponse::Refused { reason }) => return (Vec::new(), Some(reason)),
-        Ok(other) => return (Vec::new(), Some(format!("unexpected answer {other:?}"))),
-        Err(e) => return (Vec::new(), Some(e)),
+        Ok(XferResponse::Refused { reason }) => return (Vec::new(), Some(reason.into())),
+        Ok(other) => return (Vec::new(), Some(format!("unexpected answer {other:?}").into())),
+        Err(e) => return (Vec::new(), Some(e.into())),
     };
     let mut confirmed: Vec<String> = push.ids.iter().filter(|id| kept.contains(*id)).cloned().collect();
     // Oldest first: a holder that stops half-way keeps a contiguous history.
@@ -371,7 +386,7 @@ async fn run_push(net: &NetClient, store: &Arc<Store>, push: &Push) -> (Vec<Stri
     (confirmed, None)
 }
 
-async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str) -> Result<(), String> {
+async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str) -> Result<(), PushFailed> {
     let manifest = {
         let (s, n, p, i) = (store.clone(), push.node.clone(), push.path.clone(), id.to_string());
         tokio::task::spawn_blocking(move || {
@@ -394,8 +409,9 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
     let mut missing = match net.xfer(&push.peer, XferRequest::Offer { manifest: encoded.clone() }).await? {
         XferResponse::Want { complete: true, .. } => return Ok(()),
         XferResponse::Want { missing, .. } => missing,
-        XferResponse::Refused { reason } => return Err(reason),
-        other => return Err(format!("unexpected answer {other:?}")),
+        XferResponse::Refused { reason } => return Err(reason.into()),
+        XferResponse::OverQuota { reason } => return Err(PushFailed { reason, over_quota: true }),
+        other => return Err(format!("unexpected answer {other:?}").into()),
     };
     let mut sent = 0u64;
     // A member the holder collected meanwhile is asked for again: a few rounds at most.
@@ -427,17 +443,18 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
             })
             .buffer_unordered(PUTS_IN_FLIGHT);
         while let Some(done) = puts.next().await {
-            sent += done?;
+            sent += done.map_err(PushFailed::from)?;
         }
         let commit = XferRequest::Commit { manifest: encoded.clone(), sent, repair: push.repair };
         match net.xfer(&push.peer, commit).await? {
             XferResponse::Committed => return Ok(()),
             XferResponse::Want { missing: m, .. } => missing = m,
-            XferResponse::Refused { reason } => return Err(reason),
-            other => return Err(format!("unexpected answer {other:?}")),
+            XferResponse::Refused { reason } => return Err(reason.into()),
+            XferResponse::OverQuota { reason } => return Err(PushFailed { reason, over_quota: true }),
+            other => return Err(format!("unexpected answer {other:?}").into()),
         }
     }
-    Err(format!("{} still lacks {} member(s) of archive {id} after three rounds", push.name, missing.len()))
+    Err(format!("{} still lacks {} member(s) of archive {id} after three rounds", push.name, missing.len()).into())
 }
 
 /// Serves one transfer request from the store; the events to record after.
@@ -450,8 +467,10 @@ type Served = (XferResponse, Vec<Event>, Option<Blame>);
 enum Blame {
     /// It sent something forged or out of its authority.
     Misdeed(String),
-    /// It went past one of this node's bounds (its quota here).
-    Limited(String),
+    /// A node went past one of this node's bounds: the origin whose
+    /// archive would pass its quota here (its peer id, from the seal),
+    /// whoever sent it.
+    Limited { origin: Option<String>, what: String },
 }
 
 /// What serving transfer requests needs besides the request.
@@ -470,13 +489,61 @@ fn serve(h: &Holder, request: XferRequest) -> Served {
     (response, events, misdeed.into_inner())
 }
 
+/// Whether this holder has room for the members `missing` of archive `m`:
+/// free space (less a margin) and its origin's quota. If it has, they are
+/// reserved against the quota until they come.
+fn room_for(
+    h: &Holder,
+    m: &Manifest,
+    missing: &[Digest],
+    misdeed: &std::cell::RefCell<Option<Blame>>,
+) -> Result<(), XferResponse> {
+    let (store, me, quota) = (h.store, h.me, h.quota);
+    let refused = |reason: String| XferResponse::Refused { reason };
+    let want: HashSet<&Digest> = missing.iter().collect();
+    let need: u64 = m.members.iter().filter(|r| want.contains(&r.sha256)).map(|r| r.compressed_len).sum();
+    let free = free_bytes(store.root());
+    // Keep a margin so that a holder never fills its disk to the last byte.
+    let margin = 64 << 20;
+    if need + margin > free {
+        return Err(refused(format!(
+            "{me} has {} free and the archive needs {} more (plus a {} margin)",
+            backmesh_api::human_bytes(free),
+            backmesh_api::human_bytes(need),
+            backmesh_api::human_bytes(margin)
+        )));
+    }
+    let mut usage = h.usage.lock().unwrap_or_else(|p| p.into_inner());
+    let held = match usage.held(store, &m.node, &m.id) {
+        Ok(n) => n,
+        Err(e) => return Err(refused(format!("{me} cannot count what node {}'s archives take: {e}", m.node))),
+    };
+    let limit = quota.limit(held, free);
+    if held.saturating_add(need) > limit {
+        let what = format!(
+            "is at its quota: its archives take {} here, archive {} of {} needs {} more, and the quota \
+             (--quota) is {quota} = {}",
+            backmesh_api::human_bytes(held),
+            m.id,
+            m.path,
+            backmesh_api::human_bytes(need),
+            backmesh_api::human_bytes(limit)
+        );
+        let reason = format!("{me}: node {} {what}", m.node);
+        *misdeed.borrow_mut() = Some(Blame::Limited { origin: m.signer().map(String::from), what });
+        return Err(XferResponse::OverQuota { reason });
+    }
+    usage.reserve(&m.node, &m.id, need);
+    Ok(())
+}
+
 fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<Blame>>) -> (XferResponse, Vec<Event>) {
-    let Holder { store, me, keep, quota, usage, claimants } = *h;
+    let Holder { store, me, keep, usage, claimants, .. } = *h;
     let refused = |reason: String| (XferResponse::Refused { reason }, Vec::new());
     // A holder keeps only what the series' own node sealed: no peer can
     // replace, evict or impersonate another node's archives.
     let sealed = |manifest: &[u8]| -> Result<Manifest, String> {
-        let m = Manifest::decode(manifest).map_err(|e| {
+        let m = Manifest::decode_from_peer(manifest).map_err(|e| {
             if matches!(e, crate::archive::manifest::ManifestError::BadSeal { .. }) {
                 *misdeed.borrow_mut() = Some(Blame::Misdeed(format!("a manifest with a forged seal: {e}")));
             }
@@ -500,41 +567,10 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
                 return (XferResponse::Want { missing: Vec::new(), complete: true }, Vec::new());
             }
             let missing = store.missing_members(&m);
-            let want: HashSet<&Digest> = missing.iter().collect();
-            let need: u64 = m.members.iter().filter(|r| want.contains(&r.sha256)).map(|r| r.compressed_len).sum();
-            let free = free_bytes(store.root());
-            // Keep a margin so that a holder never fills its disk to the last byte.
-            let margin = 64 << 20;
-            if need + margin > free {
-                return refused(format!(
-                    "{me} has {} free and the archive needs {} more (plus a {} margin)",
-                    backmesh_api::human_bytes(free),
-                    backmesh_api::human_bytes(need),
-                    backmesh_api::human_bytes(margin)
-                ));
+            match room_for(h, &m, &missing, misdeed) {
+                Ok(()) => (XferResponse::Want { missing, complete: false }, Vec::new()),
+                Err(refusal) => (refusal, Vec::new()),
             }
-            let mut usage = usage.lock().unwrap_or_else(|p| p.into_inner());
-            let held = match usage.of(store, &m.node) {
-                Ok(n) => n,
-                Err(e) => return refused(format!("{me} cannot count what node {}'s archives take: {e}", m.node)),
-            };
-            let limit = quota.limit(held, free);
-            if held.saturating_add(need) > limit {
-                let what = format!(
-                    "is at its quota: its archives take {} here, archive {} of {} needs {} more, and the quota \
-                     (--quota) is {quota} = {}",
-                    backmesh_api::human_bytes(held),
-                    m.id,
-                    m.path,
-                    backmesh_api::human_bytes(need),
-                    backmesh_api::human_bytes(limit)
-                );
-                let reason = format!("{me}: node {} {what}", m.node);
-                *misdeed.borrow_mut() = Some(Blame::Limited(what));
-                return refused(reason);
-            }
-            usage.grew(&m.node, need);
-            (XferResponse::Want { missing, complete: false }, Vec::new())
         }
         XferRequest::Put { members } => {
             let list: Vec<(Digest, &[u8])> = members.iter().map(|m| (m.digest, &m.data[..])).collect();
@@ -550,8 +586,14 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
             };
             let had = store.has_archive(&m.node, &m.path, &m.id);
             match store.adopt(&m) {
-                Ok(missing) if !missing.is_empty() => (XferResponse::Want { missing, complete: false }, Vec::new()),
+                // Members still to come: held to the same room as an offer
+                // (a commit is no way around the quota).
+                Ok(missing) if !missing.is_empty() => match room_for(h, &m, &missing, misdeed) {
+                    Ok(()) => (XferResponse::Want { missing, complete: false }, Vec::new()),
+                    Err(refusal) => (refusal, Vec::new()),
+                },
                 Ok(_) => {
+                    usage.lock().unwrap_or_else(|p| p.into_inner()).committed(&m.node, &m.id);
                     let mut events = Vec::new();
                     if !had {
                         let (node, path, archive, holder) = (m.node.clone(), m.path.clone(), m.id.clone(), me.into());
@@ -626,7 +668,8 @@ impl Handler<Pushed> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: Pushed, _: &mut Context<Self>) {
         let now = crate::net::actor::now_ms();
-        if let Some(wait) = self.planner.pushed(&msg.push, &msg.confirmed, msg.error.is_some(), now) {
+        let failed = msg.error.as_ref().map(|e| if e.over_quota { PushError::Series } else { PushError::Peer });
+        if let Some(wait) = self.planner.pushed(&msg.push, &msg.confirmed, failed, now) {
             let p = &msg.push;
             tracing::warn!(
                 "copy of {} on {} to {} failed (retrying in {} s): {}",
@@ -634,7 +677,7 @@ impl Handler<Pushed> for ReplicaActor {
                 p.node,
                 p.name,
                 wait / 1000,
-                msg.error.as_deref().unwrap_or_default()
+                msg.error.as_ref().map(|e| e.reason.as_str()).unwrap_or_default()
             );
         }
     }
@@ -717,8 +760,9 @@ impl Handler<ServeXfer> for ReplicaActor {
                         Some(Blame::Misdeed(what)) => {
                             act.membership.do_send(crate::net::actor::Misbehaved { peer: peer.clone(), what })
                         }
-                        Some(Blame::Limited(what)) => {
-                            act.membership.do_send(crate::net::actor::Limited { peer: peer.clone(), what })
+                        Some(Blame::Limited { origin, what }) => {
+                            let peer = origin.unwrap_or_else(|| peer.clone());
+                            act.membership.do_send(crate::net::actor::Limited { peer, what })
                         }
                         None => {}
                     }

@@ -20,6 +20,19 @@ pub const MAX_BACKOFF_MS: i64 = 60_000;
 /// wait for the next rounds.
 pub const PUSHES_PER_PEER: usize = 8;
 
+/// How long a series waits before it is offered again to a holder that
+/// refused it for its node's quota there.
+pub const SERIES_WAIT_MS: i64 = 5 * 60_000;
+
+/// What stopped a push, and so what waits before the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The holder (down, or refusing everything for now): every push to it.
+    Peer,
+    /// This series alone (its node is at its quota on that holder).
+    Series,
+}
+
 /// One series to push to one holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Push {
@@ -76,6 +89,9 @@ pub struct Planner {
     busy: HashSet<Busy>,
     /// Peers whose last push failed: not before this time, and the last delay.
     backoff: HashMap<String, (i64, i64)>,
+    /// (peer, node, path) → until when that series is not offered to that
+    /// peer again (it refused it for its node's quota).
+    held_back: HashMap<(String, String, String), i64>,
     /// Peers up at the last round: one that comes back is retried at once.
     was_up: HashSet<String>,
     /// This node's series with fewer holders than asked for, and how many.
@@ -91,6 +107,7 @@ impl Planner {
             confirmed: HashSet::new(),
             busy: HashSet::new(),
             backoff: HashMap::new(),
+            held_back: HashMap::new(),
             was_up: HashSet::new(),
             short: HashMap::new(),
         }
@@ -176,7 +193,9 @@ impl Planner {
                 // A wait that reaches further than the longest one: the clock went back.
                 let waiting = |(at, _): &(i64, i64)| now_ms < *at && *at - now_ms <= MAX_BACKOFF_MS;
                 let full = pushing.get(&t.peer_id).is_some_and(|n| *n >= PUSHES_PER_PEER);
-                if full || self.busy.contains(&busy) || self.backoff.get(&t.peer_id).is_some_and(waiting) {
+                let key = (t.peer_id.clone(), node.clone(), path.clone());
+                let held_back = self.held_back.get(&key).is_some_and(|until| now_ms < *until);
+                if full || held_back || self.busy.contains(&busy) || self.backoff.get(&t.peer_id).is_some_and(waiting) {
                     continue;
                 }
                 let todo: Vec<String> = ids
@@ -205,14 +224,23 @@ impl Planner {
     /// A push ended: the archives the holder confirmed, and the error that
     /// stopped it, if one did. Returns the wait before the next try after
     /// an error, in ms.
-    pub fn pushed(&mut self, push: &Push, confirmed: &[String], error: bool, now_ms: i64) -> Option<i64> {
+    pub fn pushed(&mut self, push: &Push, confirmed: &[String], error: Option<PushError>, now_ms: i64) -> Option<i64> {
         self.busy.remove(&Busy::Push { peer: push.peer.clone(), node: push.node.clone(), path: push.path.clone() });
         for id in confirmed {
             self.confirmed.insert((push.peer.clone(), id.clone()));
         }
-        if !error {
-            self.backoff.remove(&push.peer);
-            return None;
+        let key = (push.peer.clone(), push.node.clone(), push.path.clone());
+        match error {
+            None => {
+                self.backoff.remove(&push.peer);
+                self.held_back.remove(&key);
+                return None;
+            }
+            Some(PushError::Series) => {
+                self.held_back.insert(key, now_ms + SERIES_WAIT_MS);
+                return Some(SERIES_WAIT_MS);
+            }
+            Some(PushError::Peer) => {}
         }
         // Pushes to one peer that were under way together fail together
         // (the peer was down, or did not know the origin yet): one step of
@@ -266,14 +294,14 @@ mod tests {
         assert_eq!(plan.candidates.len(), 4);
         assert!(pl.plan(&me, &peers, &kept, 1_000).pushes.is_empty(), "in flight: not again");
         for p in &plan.pushes {
-            assert_eq!(pl.pushed(p, &["2".into(), "1".into()], false, 1_000), None);
+            assert_eq!(pl.pushed(p, &["2".into(), "1".into()], None, 1_000), None);
         }
         assert!(pl.plan(&me, &peers, &kept, 2_000).pushes.is_empty(), "confirmed: nothing to do");
         let more = held(&[("a", "/x", &["3", "2", "1"])]);
         let plan = pl.plan(&me, &peers, &more, 3_000);
         assert!(plan.pushes.iter().all(|p| p.ids == ["3"]), "only what is not confirmed: {:?}", targets(&plan));
         for p in &plan.pushes {
-            pl.pushed(p, &["3".into()], false, 3_000);
+            pl.pushed(p, &["3".into()], None, 3_000);
         }
         // Archive 1 pruned here: what was known of it is forgotten.
         pl.plan(&me, &peers, &held(&[("a", "/x", &["3", "2"])]), 4_000);
@@ -290,17 +318,17 @@ mod tests {
         for _ in 0..7 {
             let plan = pl.plan(&me, &[peer("b", true, now)], &kept, now);
             let push = plan.pushes.first().expect("a push once the wait is over").clone();
-            delays.push(pl.pushed(&push, &[], true, now).unwrap());
+            delays.push(pl.pushed(&push, &[], Some(PushError::Peer), now).unwrap());
             assert!(pl.plan(&me, &[peer("b", true, now)], &kept, now + 1).pushes.is_empty(), "waits");
             now += delays.last().unwrap();
         }
         assert_eq!(delays, [2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]);
         // A clock set back an hour does not stretch the wait to an hour.
         let push = pl.plan(&me, &[peer("b", true, now)], &kept, now).pushes[0].clone();
-        pl.pushed(&push, &[], true, now);
+        pl.pushed(&push, &[], Some(PushError::Peer), now);
         let again = pl.plan(&me, &[peer("b", true, now)], &kept, now - 3_600_000).pushes;
         assert_eq!(again.len(), 1);
-        pl.pushed(&again[0], &[], true, now);
+        pl.pushed(&again[0], &[], Some(PushError::Peer), now);
         // Down, then up again: tried at once.
         assert!(pl.plan(&me, &[peer("b", false, now)], &kept, now + 1).pushes.is_empty(), "not to a peer that is down");
         assert_eq!(pl.plan(&me, &[peer("b", true, now + 2)], &kept, now + 2).pushes.len(), 1);
@@ -313,12 +341,32 @@ mod tests {
         let kept = held(&[("a", "/x", &["1"]), ("a", "/y", &["2"]), ("a", "/z", &["3"])]);
         let plan = pl.plan(&me, &[peer("b", true, 0)], &kept, 0);
         assert_eq!(plan.pushes.len(), 3);
-        let delays: Vec<i64> = plan.pushes.iter().map(|p| pl.pushed(p, &[], true, 10).unwrap()).collect();
+        let delays: Vec<i64> =
+            plan.pushes.iter().map(|p| pl.pushed(p, &[], Some(PushError::Peer), 10).unwrap()).collect();
         assert_eq!(delays, [2_000, 2_000, 2_000], "one wave, one step (six series would wait 60 s for the last)");
         // The next failure, after the wait, is the next step.
         let again = pl.plan(&me, &[peer("b", true, 2_010)], &kept, 2_010).pushes;
         assert_eq!(again.len(), 3);
-        assert_eq!(pl.pushed(&again[0], &[], true, 2_010), Some(4_000));
+        assert_eq!(pl.pushed(&again[0], &[], Some(PushError::Peer), 2_010), Some(4_000));
+    }
+
+    #[test]
+    fn a_series_over_its_quota_waits_alone_and_other_pushes_to_that_holder_go_on() {
+        let me = peer("a", true, 0);
+        let mut pl = Planner::new("a", 1, 60_000);
+        let kept = held(&[("a", "/x", &["1"]), ("a", "/y", &["2"])]);
+        let b = [peer("b", true, 0)];
+        let first = pl.plan(&me, &b, &kept, 0).pushes;
+        assert_eq!(first.len(), 2);
+        let (x, y) = if first[0].path == "/x" { (&first[0], &first[1]) } else { (&first[1], &first[0]) };
+        assert_eq!(pl.pushed(x, &[], Some(PushError::Series), 10), Some(SERIES_WAIT_MS));
+        assert_eq!(pl.pushed(y, &[], Some(PushError::Peer), 10), Some(2_000));
+        // After the peer's backoff, /y goes again; /x waits out its own.
+        let again = pl.plan(&me, &b, &kept, 2_010).pushes;
+        assert_eq!(again.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["/y"]);
+        pl.pushed(&again[0], &["2".into()], None, 2_020);
+        let later = pl.plan(&me, &b, &kept, 10 + SERIES_WAIT_MS).pushes;
+        assert_eq!(later.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["/x"]);
     }
 
     #[test]
@@ -334,7 +382,7 @@ mod tests {
         let first = pl.plan(&me, &b, &kept, 0).pushes;
         assert_eq!(first.len(), PUSHES_PER_PEER);
         assert!(pl.plan(&me, &b, &kept, 1).pushes.is_empty(), "none more while those are in flight");
-        pl.pushed(&first[0], &first[0].ids, false, 2);
+        pl.pushed(&first[0], &first[0].ids, None, 2);
         assert_eq!(pl.plan(&me, &b, &kept, 3).pushes.len(), 1, "one ended, one more starts");
     }
 

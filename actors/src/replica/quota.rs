@@ -79,35 +79,74 @@ pub fn parse_quota(text: &str) -> Result<Quota, String> {
     Ok(Quota::Bytes((n * scale as f64) as u64))
 }
 
-/// What each origin's archives take on this holder: computed from the
-/// manifests at most every [`USAGE_FRESH`], and grown by each offer
-/// accepted meanwhile, so a burst of offers cannot pass the quota
-/// between two counts.
+/// What each origin's archives take on this holder: counted from the
+/// manifests at most every [`USAGE_FRESH`], plus the members of every
+/// archive it was told to send and has not committed yet (for as long as
+/// it may send them), so neither a burst of offers nor offers spaced out
+/// over many counts can pass the quota.
 #[derive(Debug, Default)]
 pub struct Usage {
-    by_origin: HashMap<String, (Instant, u64)>,
+    counted: HashMap<String, (Instant, u64)>,
+    /// origin → archive id → (bytes asked for, until when).
+    reserved: HashMap<String, HashMap<String, (u64, Instant)>>,
 }
 
 /// How long a count of an origin's usage stands before it is made again.
 const USAGE_FRESH: Duration = Duration::from_secs(30);
 
+/// How long an archive's asked-for members count before they come (as
+/// long as the holder takes them: `WANTED_FOR_MS`).
+const RESERVED_FOR: Duration = Duration::from_secs(30 * 60);
+
+/// Origins whose reservations are kept at once: a flood of fresh ids
+/// cannot grow the book past it.
+const RESERVING_MAX: usize = 4096;
+
 impl Usage {
-    /// Bytes `origin`'s archives take here: each distinct member once.
-    pub fn of(&mut self, store: &Store, origin: &str) -> Result<u64, StoreError> {
-        if let Some((at, n)) = self.by_origin.get(origin) {
-            if at.elapsed() < USAGE_FRESH {
-                return Ok(*n);
+    /// Bytes `origin`'s archives take here, or will once sent: each
+    /// distinct member of its stored archives once, plus what each archive
+    /// other than `besides` still being sent was asked for.
+    pub fn held(&mut self, store: &Store, origin: &str, besides: &str) -> Result<u64, StoreError> {
+        let counted = match self.counted.get(origin) {
+            Some((at, n)) if at.elapsed() < USAGE_FRESH => *n,
+            _ => {
+                let n = count(store, origin)?;
+                self.counted.insert(origin.to_string(), (Instant::now(), n));
+                n
             }
-        }
-        let n = count(store, origin)?;
-        self.by_origin.insert(origin.to_string(), (Instant::now(), n));
-        Ok(n)
+        };
+        let now = Instant::now();
+        let pending = match self.reserved.get_mut(origin) {
+            Some(r) => {
+                r.retain(|_, (_, until)| *until > now);
+                r.iter().filter(|(id, _)| id.as_str() != besides).map(|(_, (n, _))| *n).sum()
+            }
+            None => 0,
+        };
+        Ok(counted.saturating_add(pending))
     }
 
-    /// An offer of `origin`'s that will add `bytes` here was accepted.
-    pub fn grew(&mut self, origin: &str, bytes: u64) {
-        if let Some((_, n)) = self.by_origin.get_mut(origin) {
-            *n = n.saturating_add(bytes);
+    /// `origin`'s archive `id` was told to send `bytes` more: they count
+    /// until it is committed or the time to send them is over.
+    pub fn reserve(&mut self, origin: &str, id: &str, bytes: u64) {
+        if !self.reserved.contains_key(origin) && self.reserved.len() >= RESERVING_MAX {
+            self.reserved.retain(|_, r| !r.is_empty());
+        }
+        let r = self.reserved.entry(origin.to_string()).or_default();
+        r.insert(id.to_string(), (bytes, Instant::now() + RESERVED_FOR));
+    }
+
+    /// `origin`'s archive `id` is stored: what it was asked for is now
+    /// counted among its archives.
+    pub fn committed(&mut self, origin: &str, id: &str) {
+        let Some(r) = self.reserved.get_mut(origin) else { return };
+        if let Some((bytes, _)) = r.remove(id) {
+            if let Some((_, n)) = self.counted.get_mut(origin) {
+                *n = n.saturating_add(bytes);
+            }
+        }
+        if r.is_empty() {
+            self.reserved.remove(origin);
         }
     }
 }
@@ -121,7 +160,14 @@ fn count(store: &Store, origin: &str) -> Result<u64, StoreError> {
             Ok(m) => m,
             // Being removed meanwhile: it takes nothing.
             Err(StoreError::NoSuchArchive { .. }) => continue,
-            Err(e) => return Err(e),
+            // Unreadable: counted at its archive's size, so one damaged
+            // manifest does not stop every offer of its origin (verify and
+            // repair deal with it).
+            Err(e) => {
+                tracing::warn!("counting node {origin}'s archives: {e}");
+                total = total.saturating_add(s.tgz_len);
+                continue;
+            }
         };
         for r in &m.members {
             if seen.insert(r.sha256) {
@@ -148,6 +194,25 @@ mod tests {
             let e = parse_quota(bad).unwrap_err();
             assert!(e.contains("bad quota"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn members_asked_for_count_until_committed_or_expired_and_each_archive_once() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let mut u = Usage::default();
+        assert_eq!(u.held(&store, "x", "").unwrap(), 0);
+        u.reserve("x", "a1", 100);
+        u.reserve("x", "a2", 50);
+        assert_eq!(u.held(&store, "x", "").unwrap(), 150, "offers not yet committed count");
+        assert_eq!(u.held(&store, "x", "a1").unwrap(), 50, "an archive asked again is not counted twice");
+        u.reserve("x", "a1", 70);
+        assert_eq!(u.held(&store, "x", "").unwrap(), 120, "asked again: the new amount");
+        u.committed("x", "a1");
+        assert_eq!(u.held(&store, "x", "").unwrap(), 120, "committed: counted among its archives");
+        assert_eq!(u.held(&store, "y", "").unwrap(), 0, "per origin");
+        u.reserved.get_mut("x").unwrap().values_mut().for_each(|(_, until)| *until = Instant::now());
+        assert_eq!(u.held(&store, "x", "").unwrap(), 70, "expired: a2 no longer counts");
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn locate(
     let req = XferRequest::get_manifest(node, path, Some(&id))?;
     for peer in &order {
         match net.xfer(peer, req.clone()).await {
-            Ok(XferResponse::Manifest { manifest }) => match Manifest::decode(&manifest) {
+            Ok(XferResponse::Manifest { manifest }) => match Manifest::decode_from_peer(&manifest) {
                 Ok(m) if m.id == id && m.node == node && m.path == path => {
                     // Only the series' own node's seal is trusted: a peer
                     // with the swarm key cannot serve an impostor.

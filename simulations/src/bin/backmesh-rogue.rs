@@ -39,6 +39,9 @@
 //! - `over-quota`: pushes `--flood N` archives of 1 MiB of its own (one
 //!   series each) to the holder: past the holder's `--quota` each is
 //!   refused, whatever its retention would keep;
+//! - `commit-first`: commits an archive of its own of 1 MiB without
+//!   offering it first (a commit names the members it lacks too): the
+//!   quota holds all the same;
 //! - `many-connections`: opens 12 connections to the holder at once;
 //! - `request-flood`: sends the holder 400 requests at once;
 //! - `old-protocol` (with `--protocol N`, another mesh protocol than the
@@ -137,6 +140,7 @@ async fn main() {
         info,
         // Its own side does not stop it opening more than honest nodes take.
         connections_per_peer: 64,
+        outbound_per_peer: 4096,
         // `--protocol N`: a node of another version, to be refused whole.
         protocol: a.get("--protocol").and_then(|p| p.parse().ok()).unwrap_or(MESH_PROTOCOL),
     })
@@ -323,6 +327,11 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             let answer = flood(rogue, holder_peer, n).await;
             say(attack, answer);
         }
+        "commit-first" => {
+            // Past its quota, an archive committed without an offer first.
+            let answer = commit_first(rogue, holder_peer).await;
+            say(attack, answer);
+        }
         "many-connections" => {
             let addr: SocketAddr = match rogue.addrs.get(&holder).and_then(|a| a.parse().ok()) {
                 Some(a) => a,
@@ -487,4 +496,31 @@ async fn flood(rogue: &Rogue, holder: &str, n: usize) -> String {
         }
     }
     format!("stored {stored}, refused {refused}; the last refusal: {last}")
+}
+
+/// `commit-first`: an archive of 1 MiB of its own, committed without an
+/// offer; what the holder answered.
+async fn commit_first(rogue: &Rogue, holder: &str) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut x = (now_ms() as u64) | 1;
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let (_store, mut m) = match own_archive(dir.path(), "/rogue/commit-first", &data) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    if let Err(e) = m.seal_with(&rogue.key) {
+        return format!("cannot seal: {e}");
+    }
+    let bytes = serde_bytes::ByteBuf::from(m.encode());
+    match rogue.net.xfer(holder, XferRequest::Commit { manifest: bytes, sent: 0, repair: false }).await {
+        Ok(r) => format!("commit: {r:?}"),
+        Err(e) => format!("commit: error: {e}"),
+    }
 }

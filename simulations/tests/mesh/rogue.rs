@@ -367,7 +367,7 @@ fn a_rogue_that_floods_a_holder_is_bounded_and_named() {
         .args(["--swarm-key", mesh.swarm_key.to_str().unwrap()])
         .args(["--bootstrap", &format!("127.0.0.1:{}", mesh.nodes[0].listen)])
         .args(["--victim", "n1", "--holder", "n2", "--path", &s, "--flood", "8"])
-        .args(["--attacks", "path-escape,over-quota,many-connections,request-flood"])
+        .args(["--attacks", "path-escape,over-quota,commit-first,many-connections,request-flood"])
         .output()
         .expect("run backmesh-rogue");
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -390,6 +390,9 @@ fn a_rogue_that_floods_a_holder_is_bounded_and_named() {
     let stored: usize = flood.strip_prefix("stored ").and_then(|r| r.split(',').next()?.parse().ok()).expect(&flood);
     assert!((1..=3).contains(&stored), "{flood}");
     assert!(flood.contains("refused") && flood.contains("--quota"), "{flood}");
+    // A commit without an offer is held to the same quota.
+    let first = answer("commit-first");
+    assert!(first.contains("OverQuota") && first.contains("--quota"), "{first}");
     // n2 names the rogue: in its status (counted), its problems and its log.
     assert!(wait_until(T, || limited_from(&mesh, 1, "rogue") >= 2), "{:#}", mesh.status(1).unwrap_or_default());
     let status = mesh.status(1).unwrap_or_default();
