@@ -248,7 +248,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         let _ = std::io::stdout().flush();
         tracing::info!(
             "data dir {}, site `{}`, {} replicas, keeping {} archives per path{}; another node's archives may \
-             take {} here (--quota)",
+             take {} (--quota)",
             cfg.data_dir.display(),
             cfg.site,
             cfg.replicas,

@@ -5,6 +5,7 @@
 //! (SIGTERM) and restart them. It asks nodes through the real `backmesh`
 //! CLI, so every query is also a test of the client. Every wait is bounded.
 
+pub mod faults;
 pub mod mesh_sim;
 
 use std::net::TcpListener;

@@ -250,13 +250,28 @@ impl JobsActor {
             if matches!(&event, Event::Finished { archive, .. } if !archive.is_empty()) {
                 act.replica.do_send(crate::replica::actor::SyncNow);
             }
-            act.log.do_send(Record(event));
+            let recorded = act.log.send(Record(event));
             for archive in pruned {
                 let holder = act.me.clone();
                 act.log.do_send(Record(Event::Pruned { node: act.me.clone(), path: path.clone(), archive, holder }));
             }
+            // The queue forgets the run only once its outcome is on disk: a
+            // crash before that leaves it queued, and it runs again (and
+            // answers its request) after the restart.
+            let kv = act.store.kv();
+            let p = path.clone();
+            actix::spawn(async move {
+                match recorded.await {
+                    Ok(Ok(_)) => {
+                        let _ = Queue::forget(kv.as_ref(), id);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!("the outcome of the run of {p} was not written ({e}); it stays queued")
+                    }
+                    Err(e) => tracing::error!("the outcome of the run of {p} was not written ({e}); it stays queued"),
+                }
+            });
             act.progress.remove(&path);
-            let _ = Queue::forget(act.store.kv().as_ref(), id);
             act.running.remove(&path);
             act.start_runs(ctx);
         }));

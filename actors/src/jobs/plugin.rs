@@ -225,7 +225,7 @@ impl Programs {
         Err(format!(
             "this node runs a job's programs ({}) only when the job was registered with its operator's \
              credential, and this one was not (registered through a node without --token, or with another \
-             token): register it again through a node with this node's --token",
+             token): register it through a node with this node's --token",
             spec.programs().join(", ")
         ))
     }

@@ -34,6 +34,7 @@ use futures::StreamExt;
 use super::plan::{Handoff, Planner, Push, PushError};
 use super::quota::{Quota, Usage};
 use super::source::{batches, locate, read_members, Place, RemoteSource};
+use crate::archive::restore::{MemberSource, RestoreError};
 use crate::archive::{restore_archive, Manifest, RestoreOptions};
 use crate::hash::Digest;
 use crate::log::actor::{GetCatalog, LogActor, Record};
@@ -175,6 +176,9 @@ pub struct ReplicaActor {
     claimants: Arc<HashMap<String, String>>,
     /// What each other node's archives take here, against `cfg.quota`.
     usage: Arc<Mutex<Usage>>,
+    /// Series whose copy here a holder found damaged → when it was last
+    /// verified for that.
+    mending: HashMap<(String, String), i64>,
 }
 
 /// Name → peer id for names that one peer alone claims, in hellos
@@ -213,6 +217,7 @@ impl ReplicaActor {
             wanted: Wanted::default(),
             claimants: Arc::default(),
             usage: Arc::default(),
+            mending: HashMap::new(),
         }
     }
 
@@ -666,8 +671,26 @@ impl Handler<SyncNow> for ReplicaActor {
 
 impl Handler<Pushed> for ReplicaActor {
     type Result = ();
-    fn handle(&mut self, msg: Pushed, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Pushed, ctx: &mut Context<Self>) {
         let now = crate::net::actor::now_ms();
+        // The holder found a member this node sent damaged (members are
+        // sent unchecked: the holder hashes each): this node's copy is
+        // verified and mended from the other nodes, at most once a minute.
+        let damaged = msg.error.as_ref().is_some_and(|e| e.reason.contains("is damaged"));
+        let key = (msg.push.node.clone(), msg.push.path.clone());
+        if damaged && self.mending.get(&key).is_none_or(|at| now - at > 60_000) {
+            self.mending.insert(key.clone(), now);
+            tracing::warn!(
+                "{} found a damaged member in this node's copy of {} on {}: verifying it",
+                msg.push.name,
+                key.1,
+                key.0
+            );
+            let verify = VerifyHere { node: Some(key.0), path: Some(key.1), request: format!("mend-{now}") };
+            if let Err(e) = self.handle(verify, ctx) {
+                tracing::warn!("cannot verify it now: {e}");
+            }
+        }
         let failed = msg.error.as_ref().map(|e| if e.over_quota { PushError::Series } else { PushError::Peer });
         if let Some(wait) = self.planner.pushed(&msg.push, &msg.confirmed, failed, now) {
             let p = &msg.push;
@@ -875,8 +898,36 @@ async fn restore(
     let id = m.id.clone();
     let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
     let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
+    // Should a member kept here be damaged or missing, the live peers
+    // (holders first) can send it: the restore is made again from them.
+    let holders: Vec<&str> = catalog.iter().flat_map(|a| a.holders.iter().map(String::as_str)).collect();
+    let mut others: Vec<&PeerView> = peers.iter().filter(|p| p.up).collect();
+    others.sort_by_key(|p| !holders.contains(&p.name.as_str()));
+    let others: Vec<String> = others.into_iter().map(|p| p.peer_id.clone()).collect();
     let done = tokio::task::spawn_blocking(move || match place {
-        Place::Local => restore_archive(&m, &*store, &to, &opts),
+        Place::Local => match restore_archive(&m, &*store, &to, &opts) {
+            Err(e @ (RestoreError::DamagedMember { .. } | RestoreError::MissingMember { .. }))
+                if !others.is_empty() =>
+            {
+                tracing::warn!("restore of archive {} here: {e}; reading its members from peers instead", m.id);
+                let remote = RemoteSource::new(net, others, &m.members);
+                let report = restore_archive(&m, &remote, &to, &opts)?;
+                // What came from peers mends this node's copy.
+                let mut mended = 0;
+                for r in &m.members {
+                    if store.read_member_checked(&r.sha256).is_err() {
+                        if let Ok(data) = MemberSource::read_member(&remote, r) {
+                            mended += usize::from(store.repair_member(&r.sha256, &data).is_ok());
+                        }
+                    }
+                }
+                if mended > 0 {
+                    tracing::warn!("mended {mended} damaged or missing member(s) of archive {} from peers", m.id);
+                }
+                Ok(report)
+            }
+            other => other,
+        },
         Place::Remote(peers) => restore_archive(&m, &RemoteSource::new(net, peers, &m.members), &to, &opts),
     })
     .await;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use backmesh_simulations::{test_ca_and_cert, wait_until, write_slow_tree, Mesh};
 
 mod dashboard;
+mod faults;
 mod plugins;
 mod replication;
 mod rogue;

@@ -398,3 +398,39 @@ fn a_peer_with_the_swarm_key_cannot_plant_an_archive_in_another_node_s_series() 
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
 }
+
+#[test]
+fn a_restore_on_a_node_whose_copy_is_damaged_reads_from_a_holder_and_mends_the_copy() {
+    // Found by the fault-schedule runner (seed 1): the origin's own copy
+    // had a damaged member, a holder a good one, and a restore on the
+    // origin failed instead of reading that member from the holder.
+    let mesh = Mesh::chain_with(&["n1", "n2"], &["--replicas", "1"]);
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_slow_tree(&src, 6, 11);
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    assert!(wait_until(LONG, || archives(&mesh, 0, "n1", &s).first().is_some_and(|a| holders(a).len() == 2)));
+    // Every member of n1's copy damaged.
+    let segments = mesh.nodes[0].dir.join("segments");
+    let mut damaged = 0;
+    for d in std::fs::read_dir(&segments).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let mut data = std::fs::read(f.path()).unwrap();
+            let i = data.len() / 2;
+            data[i] ^= 0x5a;
+            std::fs::write(f.path(), data).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    let to = mesh.root.path().join("back");
+    let out = mesh.cli(0, &["restore", "n1", &s, "--to", &to.to_string_lossy()]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), mesh.nodes[0].log_text());
+    assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+    // n1's copy is whole again: a second restore needs no peer.
+    let log = mesh.nodes[0].log_text();
+    assert!(log.contains("reading its members from peers instead") && log.contains("mended"), "{log}");
+    let verify = json(&mesh, 0, &["verify", "n1", &s]);
+    assert_eq!(verify["ok"], true, "{verify:#}");
+}

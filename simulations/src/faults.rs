@@ -1,0 +1,691 @@
+//! The fault-schedule runner: from a seed, a schedule of operations and
+//! faults played against a mesh of real `backmesh-node` processes on
+//! 127.0.0.1, then invariants checked once every fault is healed.
+//!
+//! Operations: change a tree, back it up (through any live node), restore
+//! an archive (onto any live node) and compare it with the tree as it was
+//! backed up, verify. Faults: `kill -9` (at any time, or a few hundred ms
+//! into a backup), restart, a node frozen with SIGSTOP for a few seconds
+//! (it goes silent as if cut off, then comes back), a member file of a
+//! store corrupted on disk, a clock moved (a restart under `faketime`,
+//! from an hour back to 90 s ahead; further ahead is the rogue suite's).
+//!
+//! After the schedule every node is restarted with its clock right and
+//! thawed, and the runner waits for the mesh to settle. Then:
+//! - every node shows the same catalog of every series;
+//! - each series keeps exactly its newest min(keep, made) archives, on
+//!   its node and every holder, and no other manifest is on any disk (no
+//!   partial archive is visible);
+//! - every archive a backup acknowledged that is still among them restores
+//!   exactly, onto every node;
+//! - every archive verifies (after one repair pass);
+//! - every run request the mesh accepted has an outcome in the log.
+//!
+//! The schedule is drawn from the seed alone, so a failure replays with
+//! `backmesh-soak --seed S` (the timing of processes can still differ).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{manifests_on_disk, wait_until, Mesh};
+
+/// SplitMix64: a small, well-mixed generator; the schedule depends on
+/// nothing else.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// One step of a schedule. Its numbers pick among what exists when it is
+/// played (a live node, a series), so a schedule stays playable whatever
+/// the processes did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Change {
+        series: u64,
+        files: u64,
+        seed: u64,
+    },
+    Backup {
+        series: u64,
+        via: u64,
+    },
+    /// A backup, and its node killed `after_ms` into it.
+    BackupKilled {
+        series: u64,
+        after_ms: u64,
+    },
+    Restore {
+        series: u64,
+        pick: u64,
+        on: u64,
+    },
+    Verify {
+        via: u64,
+    },
+    Kill {
+        node: u64,
+    },
+    Restart {
+        node: u64,
+    },
+    Freeze {
+        node: u64,
+        secs: u64,
+    },
+    Corrupt {
+        node: u64,
+        pick: u64,
+    },
+    /// Restart a node with its clock moved by `offset_s` (0: set right).
+    Clock {
+        node: u64,
+        offset_s: i64,
+    },
+}
+
+impl Step {
+    /// The kind of fault this step injects, if it is one.
+    pub fn fault(&self) -> Option<&'static str> {
+        match self {
+            Step::BackupKilled { .. } | Step::Kill { .. } => Some("kill-9"),
+            Step::Restart { .. } => Some("restart"),
+            Step::Freeze { .. } => Some("freeze"),
+            Step::Corrupt { .. } => Some("corrupt-member"),
+            Step::Clock { .. } => Some("clock-jump"),
+            _ => None,
+        }
+    }
+}
+
+/// What a run is made of.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub seed: u64,
+    pub steps: usize,
+    pub nodes: usize,
+    pub series: usize,
+    pub keep: usize,
+    pub replicas: usize,
+}
+
+impl Config {
+    pub fn new(seed: u64) -> Self {
+        Config { seed, steps: 24, nodes: 3, series: 2, keep: 3, replicas: 2 }
+    }
+}
+
+/// The schedule of `cfg`: drawn from its seed alone.
+pub fn schedule(cfg: &Config) -> Vec<Step> {
+    let mut r = Rng::new(cfg.seed);
+    let mut out = Vec::with_capacity(cfg.steps);
+    for _ in 0..cfg.steps {
+        let series = r.below(cfg.series as u64);
+        let node = r.below(cfg.nodes as u64);
+        let step = match r.below(100) {
+            0..=21 => Step::Change { series, files: 1 + r.below(4), seed: r.next() },
+            22..=43 => Step::Backup { series, via: node },
+            44..=49 => Step::BackupKilled { series, after_ms: r.below(800) },
+            50..=61 => Step::Restore { series, pick: r.next(), on: node },
+            62..=67 => Step::Verify { via: node },
+            68..=74 => Step::Kill { node },
+            75..=83 => Step::Restart { node },
+            84..=88 => Step::Freeze { node, secs: 1 + r.below(5) },
+            89..=94 => Step::Corrupt { node, pick: r.next() },
+            _ => {
+                let offsets = [-3600, -300, -30, 0, 30, 90];
+                Step::Clock { node, offset_s: offsets[r.below(offsets.len() as u64) as usize] }
+            }
+        };
+        out.push(step);
+    }
+    out
+}
+
+/// What one seed came to.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub steps: usize,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, usize>,
+    /// Invariant checks made.
+    pub checks: usize,
+    pub violations: Vec<String>,
+    /// Backups acknowledged, restores compared.
+    pub backups: usize,
+    pub restores: usize,
+    pub secs: f64,
+}
+
+/// One backed-up tree: its node, directory, and every archive a backup
+/// acknowledged with the tree it was made of.
+struct Series {
+    node: usize,
+    dir: PathBuf,
+    path: String,
+    acked: Vec<(String, BTreeMap<String, Vec<u8>>)>,
+}
+
+struct Run {
+    cfg: Config,
+    mesh: Mesh,
+    names: Vec<String>,
+    down: BTreeSet<usize>,
+    series: Vec<Series>,
+    /// Run requests a node accepted (no-wait runs): each must end in the log.
+    requests: Vec<(usize, String)>,
+    report: Report,
+    trace: Vec<String>,
+}
+
+const T: Duration = Duration::from_secs(60);
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// The files of `dir` (relative path → content).
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Ok(data) = std::fs::read(e.path()) {
+            out.insert(e.file_name().to_string_lossy().into_owned(), data);
+        }
+    }
+    out
+}
+
+/// The environment `faketime -f OFFSET` gives a program.
+fn faketime_env(offset_s: i64) -> Vec<(String, String)> {
+    let offset = format!("{offset_s:+}s");
+    let Ok(out) = Command::new("faketime").args(["-f", &offset, "env"]).output() else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("LD_PRELOAD") || k.starts_with("FAKETIME"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Run {
+    fn up(&self) -> Vec<usize> {
+        (0..self.names.len()).filter(|i| !self.down.contains(i)).collect()
+    }
+
+    /// A live node picked by `n` (there is always one: the runner never
+    /// kills the last).
+    fn live(&self, n: u64) -> usize {
+        let up = self.up();
+        up[(n as usize) % up.len()]
+    }
+
+    fn violation(&mut self, what: String) {
+        eprintln!("seed {}: VIOLATION: {what}", self.cfg.seed);
+        self.report.violations.push(what);
+    }
+
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        self.report.checks += 1;
+        if !ok {
+            let w = what();
+            self.violation(w);
+        }
+    }
+
+    fn play(&mut self, step: &Step) {
+        let note = format!("{step:?}");
+        self.trace.push(note);
+        if let Some(kind) = step.fault() {
+            *self.report.faults.entry(kind).or_default() += 1;
+        }
+        match *step {
+            Step::Change { series, files, seed } => self.change(series as usize % self.series.len(), files, seed),
+            Step::Backup { series, via } => {
+                let s = series as usize % self.series.len();
+                let via = self.live(via);
+                self.backup(s, via);
+            }
+            Step::BackupKilled { series, after_ms } => {
+                let s = series as usize % self.series.len();
+                let origin = self.series[s].node;
+                if self.down.contains(&origin) || self.up().len() < 2 {
+                    return;
+                }
+                let out =
+                    self.mesh.cli(origin, &["--json", "run", &self.names[origin], &self.series[s].path, "--no-wait"]);
+                if let Some(r) = json(&out)["request"].as_str() {
+                    self.requests.push((s, r.to_string()));
+                }
+                std::thread::sleep(Duration::from_millis(after_ms));
+                self.mesh.kill9(origin);
+                self.down.insert(origin);
+            }
+            Step::Restore { series, pick, on } => {
+                let s = series as usize % self.series.len();
+                let on = self.live(on);
+                self.restore_step(s, pick, on);
+            }
+            Step::Verify { via } => {
+                let via = self.live(via);
+                let _ = self.mesh.cli(via, &["--json", "verify", "--timeout", "60"]);
+            }
+            Step::Kill { node } => {
+                let n = node as usize % self.names.len();
+                if !self.down.contains(&n) && self.up().len() > 1 {
+                    self.mesh.kill9(n);
+                    self.down.insert(n);
+                }
+            }
+            Step::Restart { node } => {
+                let down: Vec<usize> = self.down.iter().copied().collect();
+                if let Some(&n) = down.get(node as usize % down.len().max(1)) {
+                    self.start(n);
+                }
+            }
+            Step::Freeze { node, secs } => {
+                let n = node as usize % self.names.len();
+                if let (false, Some(pid)) = (self.down.contains(&n), self.mesh.nodes[n].pid()) {
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+                    std::thread::sleep(Duration::from_secs(secs));
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+                }
+            }
+            Step::Corrupt { node, pick } => {
+                // A member another node keeps too: damage that can be
+                // repaired. (Every copy damaged is lost data, for any tool.)
+                let n = node as usize % self.names.len();
+                let others: Vec<PathBuf> = (0..self.names.len())
+                    .filter(|o| *o != n)
+                    .map(|o| self.mesh.nodes[o].dir.join("segments"))
+                    .collect();
+                corrupt_one(&self.mesh.nodes[n].dir.join("segments"), &others, pick);
+            }
+            Step::Clock { node, offset_s } => {
+                let n = node as usize % self.names.len();
+                self.mesh.nodes[n].env = if offset_s == 0 { Vec::new() } else { faketime_env(offset_s) };
+                self.mesh.kill9(n);
+                self.down.insert(n);
+                self.start(n);
+            }
+        }
+    }
+
+    fn start(&mut self, n: usize) {
+        self.mesh.restart(n);
+        if self.mesh.wait_ready(n, T) {
+            self.down.remove(&n);
+        } else {
+            let log = self.mesh.nodes[n].log_text();
+            let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+            self.violation(format!("{} did not start again: {tail}", self.names[n]));
+        }
+    }
+
+    fn change(&mut self, s: usize, files: u64, seed: u64) {
+        let mut r = Rng::new(seed);
+        let dir = self.series[s].dir.clone();
+        for _ in 0..files {
+            let name = format!("f{}.dat", r.below(12));
+            if r.chance(20) {
+                let _ = std::fs::remove_file(dir.join(&name));
+                continue;
+            }
+            let len = r.below(48 << 10) as usize;
+            // Half compressible text, half noise.
+            let data: Vec<u8> = if r.chance(50) {
+                (0..len).map(|i| b"backmesh keeps what it is given "[i % 32]).collect()
+            } else {
+                (0..len).map(|_| r.next() as u8).collect()
+            };
+            let _ = std::fs::write(dir.join(name), data);
+        }
+    }
+
+    fn backup(&mut self, s: usize, via: usize) {
+        let before = snapshot(&self.series[s].dir);
+        let (node, path) = (self.names[self.series[s].node].clone(), self.series[s].path.clone());
+        let out = self.mesh.cli(via, &["--json", "run", &node, &path, "--timeout", "60"]);
+        let v = json(&out);
+        match v["result"].as_str() {
+            Some("finished") => {
+                if let Some(id) = v["archive"].as_str() {
+                    self.series[s].acked.push((id.to_string(), before));
+                    self.report.backups += 1;
+                }
+            }
+            Some("unchanged") => {
+                // The tree is that of the archive it names: remembered again.
+                if let Some(id) = v["archive"].as_str().filter(|a| !a.is_empty()) {
+                    if !self.series[s].acked.iter().any(|(a, _)| a == id) {
+                        self.series[s].acked.push((id.to_string(), before));
+                    }
+                }
+            }
+            Some("failed") => {
+                let origin_up = !self.down.contains(&self.series[s].node);
+                let err = v.to_string();
+                self.check(!origin_up, || format!("a backup of {path} on {node} failed with its node up: {err}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn restore_step(&mut self, s: usize, pick: u64, on: usize) {
+        // One of the newest `keep` acknowledged archives (older ones may be pruned).
+        let acked = &self.series[s].acked;
+        if acked.is_empty() {
+            return;
+        }
+        let window = acked.len().min(self.cfg.keep);
+        let (id, tree) = acked[acked.len() - 1 - (pick as usize % window)].clone();
+        let to = self.mesh.root.path().join(format!("restore-{}", self.report.restores + self.trace.len()));
+        let (node, path) = (self.names[self.series[s].node].clone(), self.series[s].path.clone());
+        let on_name = self.names[on].clone();
+        let to_s = to.to_string_lossy().into_owned();
+        let args =
+            ["--json", "restore", &node, &path, "--archive", &id, "--on", &on_name, "--to", &to_s, "--timeout", "60"];
+        let out = self.mesh.cli(on, &args);
+        if out.status.success() {
+            self.report.restores += 1;
+            let got = snapshot(&to);
+            self.check(got == tree, || {
+                format!("archive {id} of {path} restored on {on_name} is not the tree backed up")
+            });
+        }
+        let _ = std::fs::remove_dir_all(&to);
+    }
+
+    /// Thaws and restarts every node with its clock right, and waits for
+    /// the mesh to see itself whole again.
+    fn heal(&mut self) {
+        for n in 0..self.names.len() {
+            if !self.mesh.nodes[n].env.is_empty() || self.down.contains(&n) {
+                self.mesh.nodes[n].env.clear();
+                self.down.insert(n);
+                self.start(n);
+            }
+        }
+        let all: Vec<String> = {
+            let mut a = self.names.clone();
+            a.sort();
+            a
+        };
+        let whole = wait_until(T, || (0..self.names.len()).all(|i| self.mesh.up_names(i) == all));
+        self.check(whole, || "the nodes did not all see each other again after the heal".into());
+    }
+
+    /// The catalog of series `s` as node `i` shows it: (id, holders), newest first.
+    fn catalog(&self, i: usize, s: usize) -> Vec<(String, BTreeSet<String>)> {
+        let (node, path) = (&self.names[self.series[s].node], &self.series[s].path);
+        json(&self.mesh.cli(i, &["--json", "backups", node, path]))["archives"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let holders = a["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str());
+                (a["id"].as_str().unwrap_or_default().to_string(), holders.map(String::from).collect())
+            })
+            .collect()
+    }
+
+    /// Archive ids of series `s` in node `n`'s store.
+    fn on_disk(&self, n: usize, s: usize) -> BTreeSet<String> {
+        let key = backmesh_actors::store::series_key(&self.names[self.series[s].node], &self.series[s].path);
+        let dir = self.mesh.nodes[n].dir.join("manifests").join(hex(&key));
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| f.file_name().to_string_lossy().strip_suffix(".bmm").map(String::from))
+            .collect()
+    }
+
+    /// Every node shows the same catalog of every series, which is what its
+    /// node keeps, each archive on as many nodes as it should be.
+    fn settled(&self) -> bool {
+        let copies = self.names.len().min(1 + self.cfg.replicas);
+        (0..self.series.len()).all(|s| {
+            let first = self.catalog(0, s);
+            let listed: BTreeSet<String> = first.iter().map(|(id, _)| id.clone()).collect();
+            listed == self.on_disk(self.series[s].node, s)
+                && first.iter().all(|(_, h)| h.len() == copies)
+                && (1..self.names.len()).all(|i| self.catalog(i, s) == first)
+        })
+    }
+
+    fn final_checks(&mut self) {
+        let settled = wait_until(Duration::from_secs(120), || self.settled());
+        self.check(settled, || "the mesh did not settle within 120 s of the heal".into());
+        let mut all_ids = BTreeSet::new();
+        for s in 0..self.series.len() {
+            let path = self.series[s].path.clone();
+            let origin = self.series[s].node;
+            let first = self.catalog(0, s);
+            for i in 1..self.names.len() {
+                let other = self.catalog(i, s);
+                let name = self.names[i].clone();
+                self.check(other == first, || {
+                    format!("{name} shows another catalog of {path}: {other:?} vs {first:?}")
+                });
+            }
+            // Its node keeps at most `keep`, and every holder the same.
+            let kept = self.on_disk(origin, s);
+            let keep = self.cfg.keep;
+            self.check(kept.len() <= keep, || format!("{path} keeps {} archives, more than --keep {keep}", kept.len()));
+            let listed: BTreeSet<String> = first.iter().map(|(id, _)| id.clone()).collect();
+            self.check(listed == kept, || format!("{path}: the catalog lists {listed:?}, its node keeps {kept:?}"));
+            for (id, holders) in &first {
+                for h in holders {
+                    let Some(n) = self.names.iter().position(|x| x == h) else { continue };
+                    let has = self.on_disk(n, s).contains(id);
+                    self.check(has, || format!("{h} is listed as keeping {id} of {path} but does not"));
+                }
+            }
+            all_ids.extend(listed);
+            // An acknowledged archive may be gone only once `keep` newer ones are kept.
+            let acked = self.series[s].acked.clone();
+            let last: Vec<String> = acked.iter().rev().take(keep).map(|(id, _)| id.clone()).collect();
+            for (id, _) in &acked {
+                if !kept.contains(id) {
+                    let pruned_rightly = kept.len() == keep && !last.contains(id);
+                    self.check(pruned_rightly, || {
+                        format!("acknowledged archive {id} of {path} is gone: kept {kept:?}")
+                    });
+                }
+            }
+            // Every acknowledged archive still kept restores exactly, onto every node.
+            for (id, tree) in acked.into_iter().filter(|(id, _)| kept.contains(id)) {
+                for on in 0..self.names.len() {
+                    let to = self.mesh.root.path().join(format!("final-{s}-{on}-{id}"));
+                    let (node, on_name) = (self.names[origin].clone(), self.names[on].clone());
+                    let to_s = to.to_string_lossy().into_owned();
+                    let args = [
+                        "--json",
+                        "restore",
+                        &node,
+                        &path,
+                        "--archive",
+                        &id,
+                        "--on",
+                        &on_name,
+                        "--to",
+                        &to_s,
+                        "--timeout",
+                        "60",
+                    ];
+                    let out = self.mesh.cli(on, &args);
+                    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                    self.check(out.status.success(), || {
+                        format!("archive {id} of {path} did not restore on {on_name}: {err}")
+                    });
+                    if out.status.success() {
+                        self.report.restores += 1;
+                        let got = snapshot(&to);
+                        self.check(got == tree, || format!("archive {id} of {path} restored on {on_name} differs"));
+                    }
+                    let _ = std::fs::remove_dir_all(&to);
+                }
+            }
+        }
+        // No other manifest on any disk: nothing partial is visible.
+        for n in 0..self.names.len() {
+            let on_disk: BTreeSet<String> = manifests_on_disk(&self.mesh.nodes[n]).into_iter().collect();
+            let name = self.names[n].clone();
+            let expected = all_ids.clone();
+            self.check(on_disk == expected, || format!("{name} keeps manifests {on_disk:?}, the catalog {expected:?}"));
+        }
+        // Every copy verifies, once damage found is repaired.
+        let _ = self.mesh.cli(0, &["--json", "verify", "--timeout", "120"]);
+        let out = self.mesh.cli(0, &["--json", "verify", "--timeout", "120"]);
+        let v = json(&out);
+        let ok = v["ok"] == true;
+        self.check(ok, || format!("verify after repair: {v}"));
+        // Every accepted run request ended in the log.
+        let requests = self.requests.clone();
+        for (s, request) in requests {
+            let origin = self.series[s].node;
+            let ended = wait_until(Duration::from_secs(30), || {
+                let log = json(&self.mesh.cli(origin, &["--json", "log", "--limit", "1000"]));
+                log["entries"].as_array().into_iter().flatten().any(|e| {
+                    e["request"] == request.as_str()
+                        && matches!(e["kind"].as_str(), Some("finished" | "unchanged" | "failed"))
+                })
+            });
+            self.check(ended, || format!("run request {request} was accepted and never ended"));
+        }
+    }
+}
+
+/// Flips one byte in the middle of the `pick`-th member file under
+/// `segments` that one of `others` keeps too.
+fn corrupt_one(segments: &Path, others: &[PathBuf], pick: u64) {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for d in std::fs::read_dir(segments).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let rel = f.path().strip_prefix(segments).map(Path::to_path_buf).unwrap_or_default();
+            if others.iter().any(|o| o.join(&rel).exists()) {
+                files.push(f.path());
+            }
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return;
+    }
+    let f = &files[pick as usize % files.len()];
+    if let Ok(mut data) = std::fs::read(f) {
+        if !data.is_empty() {
+            let i = data.len() / 2;
+            data[i] ^= 0x5a;
+            let _ = std::fs::write(f, data);
+        }
+    }
+}
+
+/// Plays the schedule of `cfg` on a fresh mesh and checks the invariants.
+pub fn run(cfg: &Config) -> Report {
+    let started = Instant::now();
+    let steps = schedule(cfg);
+    let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
+    let extra: Vec<String> = [
+        "--replicas".to_string(),
+        cfg.replicas.to_string(),
+        "--keep".into(),
+        cfg.keep.to_string(),
+        "--repair-after".into(),
+        "5".into(),
+    ]
+    .into();
+    let mut mesh = Mesh::new();
+    mesh.down_after = 3;
+    for (i, name) in names.iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), &extra);
+        assert!(mesh.wait_ready(n, T), "{name} never answered:\n{}", mesh.nodes[n].log_text());
+    }
+    let mut run = Run {
+        cfg: cfg.clone(),
+        mesh,
+        names: names.clone(),
+        down: BTreeSet::new(),
+        series: Vec::new(),
+        requests: Vec::new(),
+        report: Report { seed: cfg.seed, steps: steps.len(), ..Report::default() },
+        trace: Vec::new(),
+    };
+    let mut sorted = names.clone();
+    sorted.sort();
+    let whole = wait_until(T, || (0..names.len()).all(|i| run.mesh.up_names(i) == sorted));
+    run.check(whole, || "the mesh never came together".into());
+    for s in 0..cfg.series {
+        let dir = run.mesh.root.path().join(format!("tree{s}"));
+        let _ = std::fs::create_dir_all(&dir);
+        let node = s % cfg.nodes;
+        let path = dir.to_string_lossy().into_owned();
+        let out = run.mesh.cli(0, &["register", &names[node], &path, "--every", "100000"]);
+        assert!(out.status.success(), "register: {}", String::from_utf8_lossy(&out.stderr));
+        run.series.push(Series { node, dir, path, acked: Vec::new() });
+        run.change(s, 4, cfg.seed ^ s as u64);
+    }
+    for step in &steps {
+        run.play(step);
+    }
+    run.heal();
+    run.final_checks();
+    if !run.report.violations.is_empty() {
+        eprintln!("seed {} schedule:\n  {}", cfg.seed, run.trace.join("\n  "));
+        for (n, node) in run.mesh.nodes.iter().enumerate() {
+            let log = node.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!("--- {} (last lines) ---\n{}", names[n], tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+    }
+    run.report.secs = started.elapsed().as_secs_f64();
+    run.report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_always_draws_the_same_schedule_and_every_kind_appears() {
+        let a = schedule(&Config { steps: 400, ..Config::new(7) });
+        assert_eq!(a, schedule(&Config { steps: 400, ..Config::new(7) }));
+        assert_ne!(a, schedule(&Config { steps: 400, ..Config::new(8) }));
+        let kinds: BTreeSet<&str> = a.iter().filter_map(Step::fault).collect();
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
