@@ -181,6 +181,8 @@ pub struct Report {
     /// Backups acknowledged, restores compared.
     pub backups: usize,
     pub restores: usize,
+    /// Seconds from the heal until the mesh had settled.
+    pub settle_secs: f64,
     pub secs: f64,
 }
 
@@ -206,6 +208,11 @@ struct Run {
 }
 
 const T: Duration = Duration::from_secs(60);
+
+/// How long the mesh may take to settle after the heal: a push retried
+/// after its longest backoff (60 s), a copy mended (at most once a minute)
+/// and pushed again.
+const SETTLE: Duration = Duration::from_secs(300);
 
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_default()
@@ -472,19 +479,39 @@ impl Run {
     /// Every node shows the same catalog of every series, which is what its
     /// node keeps, each archive on as many nodes as it should be.
     fn settled(&self) -> bool {
+        self.unsettled().is_none()
+    }
+
+    /// What keeps the mesh from having settled, in words.
+    fn unsettled(&self) -> Option<String> {
         let copies = self.names.len().min(1 + self.cfg.replicas);
-        (0..self.series.len()).all(|s| {
+        for s in 0..self.series.len() {
+            let path = &self.series[s].path;
             let first = self.catalog(0, s);
             let listed: BTreeSet<String> = first.iter().map(|(id, _)| id.clone()).collect();
-            listed == self.on_disk(self.series[s].node, s)
-                && first.iter().all(|(_, h)| h.len() == copies)
-                && (1..self.names.len()).all(|i| self.catalog(i, s) == first)
-        })
+            let kept = self.on_disk(self.series[s].node, s);
+            if listed != kept {
+                return Some(format!("{path}: n1's catalog lists {listed:?}, its node keeps {kept:?}"));
+            }
+            if let Some((id, h)) = first.iter().find(|(_, h)| h.len() != copies) {
+                return Some(format!("{path}: archive {id} is on {h:?}, not on {copies} nodes"));
+            }
+            for i in 1..self.names.len() {
+                let other = self.catalog(i, s);
+                if other != first {
+                    return Some(format!("{path}: {} shows {other:?}, n1 {first:?}", self.names[i]));
+                }
+            }
+        }
+        None
     }
 
     fn final_checks(&mut self) {
-        let settled = wait_until(Duration::from_secs(120), || self.settled());
-        self.check(settled, || "the mesh did not settle within 120 s of the heal".into());
+        let t0 = Instant::now();
+        let settled = wait_until(SETTLE, || self.settled());
+        self.report.settle_secs = t0.elapsed().as_secs_f64();
+        let why = if settled { String::new() } else { self.unsettled().unwrap_or_default() };
+        self.check(settled, || format!("the mesh did not settle within {} s of the heal: {why}", SETTLE.as_secs()));
         let mut all_ids = BTreeSet::new();
         for s in 0..self.series.len() {
             let path = self.series[s].path.clone();

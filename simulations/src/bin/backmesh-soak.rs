@@ -31,8 +31,8 @@ fn main() {
         }
     };
     let steps = arg(&args, "--steps").map(|k| k as usize);
-    println!("| seed | steps | faults | checks | backups | restores | violations | secs |");
-    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
+    println!("| seed | steps | faults | checks | backups | restores | settled after (s) | violations | secs |");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     let mut failed = Vec::new();
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     let mut seeds_with: BTreeMap<&str, usize> = BTreeMap::new();
@@ -45,13 +45,14 @@ fn main() {
         let r = run(&cfg);
         let kinds: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k}×{n}")).collect();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} |",
             r.seed,
             r.steps,
             kinds.join(" "),
             r.checks,
             r.backups,
             r.restores,
+            r.settle_secs,
             r.violations.len(),
             r.secs
         );
