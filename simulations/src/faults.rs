@@ -229,10 +229,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// The environment `faketime -f OFFSET` gives a program.
-fn faketime_env(offset_s: i64) -> Vec<(String, String)> {
-    let offset = format!("{offset_s:+}s");
-    let Ok(out) = Command::new("faketime").args(["-f", &offset, "env"]).output() else { return Vec::new() };
+/// The environment `faketime -f OFFSET` gives a program (its preload
+/// library and offset, found by asking faketime itself): `+365d`, `-30s`.
+pub fn faketime_env(offset: &str) -> Vec<(String, String)> {
+    let Ok(out) = Command::new("faketime").args(["-f", offset, "env"]).output() else { return Vec::new() };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once('='))
@@ -338,7 +338,8 @@ impl Run {
             }
             Step::Clock { node, offset_s } => {
                 let n = node as usize % self.names.len();
-                self.mesh.nodes[n].env = if offset_s == 0 { Vec::new() } else { faketime_env(offset_s) };
+                self.mesh.nodes[n].env =
+                    if offset_s == 0 { Vec::new() } else { faketime_env(&format!("{offset_s:+}s")) };
                 self.mesh.kill9(n);
                 self.down.insert(n);
                 self.start(n);

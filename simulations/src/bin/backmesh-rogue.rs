@@ -469,16 +469,7 @@ async fn flood(rogue: &Rogue, holder: &str, n: usize) -> String {
     let (mut stored, mut refused, mut last) = (0, 0, String::new());
     for k in 0..n {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        // xorshift: bytes deflate cannot shrink, different each time.
-        let mut x = (now_ms() as u64) ^ ((k as u64 + 1) << 32) | 1;
-        let data: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise((now_ms() as u64) ^ ((k as u64 + 1) << 32));
         let (store, mut m) = match own_archive(dir.path(), &format!("/rogue/flood-{k}"), &data) {
             Ok(x) => x,
             Err(e) => return e,
@@ -502,15 +493,7 @@ async fn flood(rogue: &Rogue, holder: &str, n: usize) -> String {
 /// offer; what the holder answered.
 async fn commit_first(rogue: &Rogue, holder: &str) -> String {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut x = (now_ms() as u64) | 1;
-    let data: Vec<u8> = (0..1 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = noise(now_ms() as u64);
     let (_store, mut m) = match own_archive(dir.path(), "/rogue/commit-first", &data) {
         Ok(x) => x,
         Err(e) => return e,
@@ -523,4 +506,17 @@ async fn commit_first(rogue: &Rogue, holder: &str) -> String {
         Ok(r) => format!("commit: {r:?}"),
         Err(e) => format!("commit: error: {e}"),
     }
+}
+
+/// 1 MiB of bytes deflate cannot shrink (xorshift from `seed`).
+fn noise(seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

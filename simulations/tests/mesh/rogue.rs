@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use backmesh_simulations::faults::faketime_env;
 use backmesh_simulations::{binary, manifests_on_disk, tree_differences, wait_until, Mesh};
 use serde_json::Value;
 
@@ -180,19 +181,6 @@ fn kept_on_both_newest(mesh: &Mesh, s: &str) -> bool {
 /// The year of an RFC 3339 time (`2026-…`).
 fn chrono_year(t: &str) -> String {
     t.trim().split('-').next().unwrap_or_default().to_string()
-}
-
-/// The environment `faketime -f OFFSET` gives a program (its preload
-/// library and offset), found by asking faketime itself.
-fn faketime_env(offset: &str) -> Vec<(String, String)> {
-    let out = Command::new("faketime").args(["-f", offset, "env"]).output();
-    let out = out.expect("faketime is needed (scripts/test installs it)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.starts_with("LD_PRELOAD") || k.starts_with("FAKETIME"))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[test]
