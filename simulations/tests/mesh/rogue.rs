@@ -32,16 +32,21 @@ fn archives(mesh: &Mesh, i: usize, node: &str, path: &str) -> Vec<(String, BTree
         .collect()
 }
 
-/// How many times node `i` refused something from the peer named `name`.
-fn refused_from(mesh: &Mesh, i: usize, name: &str) -> u64 {
+/// Node `i`'s count `field` (`refused`, `limited`) for the peer named `name`.
+fn count_for(mesh: &Mesh, i: usize, name: &str, field: &str) -> u64 {
     let status = mesh.status(i).unwrap_or_default();
     status["nodes"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|n| n["name"] == name)
-        .filter_map(|n| n["refused"].as_u64())
+        .filter_map(|n| n[field].as_u64())
         .sum()
+}
+
+/// How many times node `i` refused something from the peer named `name`.
+fn refused_from(mesh: &Mesh, i: usize, name: &str) -> u64 {
+    count_for(mesh, i, name, "refused")
 }
 
 #[test]
@@ -305,14 +310,7 @@ fn a_holder_that_only_says_it_keeps_copies_makes_no_one_drop_theirs() {
 /// How many times node `i` refused the peer named `name` what went past
 /// its bounds.
 fn limited_from(mesh: &Mesh, i: usize, name: &str) -> u64 {
-    let status = mesh.status(i).unwrap_or_default();
-    status["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["name"] == name)
-        .filter_map(|n| n["limited"].as_u64())
-        .sum()
+    count_for(mesh, i, name, "limited")
 }
 
 /// Every file or directory under `dir` whose name contains `part`.
