@@ -20,6 +20,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod archive;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hash;
 pub mod jobs;
 pub mod log;

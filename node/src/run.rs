@@ -127,6 +127,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             connections_per_peer: swarm::CONNECTIONS_PER_PEER,
             outbound_per_peer: swarm::OUTBOUND_PER_PEER,
             protocol: backmesh_actors::net::wire::MESH_PROTOCOL,
+            partition: std::env::var_os("BACKMESH_TEST_PARTITION").map(std::path::PathBuf::from),
         })?;
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
         let log = LogActor::load(

@@ -108,6 +108,17 @@ pub enum Step {
         node: u64,
         offset_s: i64,
     },
+    /// Fill `node`'s disk (its data directory is a small tmpfs of its own;
+    /// the kernel answers ENOSPC), or, while it is full, free it again.
+    DiskFull {
+        node: u64,
+    },
+    /// Cut `node` off from every other node (through the nodes' test-only
+    /// partition gate), both sides running on; or, while the mesh is cut,
+    /// mend it.
+    Partition {
+        node: u64,
+    },
 }
 
 impl Step {
@@ -119,6 +130,8 @@ impl Step {
             Step::Freeze { .. } => Some("freeze"),
             Step::Corrupt { .. } => Some("corrupt-member"),
             Step::Clock { .. } => Some("clock-jump"),
+            Step::Partition { .. } => Some("partition"),
+            Step::DiskFull { .. } => Some("disk-full"),
             _ => None,
         }
     }
@@ -149,15 +162,17 @@ pub fn schedule(cfg: &Config) -> Vec<Step> {
         let series = r.below(cfg.series as u64);
         let node = r.below(cfg.nodes as u64);
         let step = match r.below(100) {
-            0..=21 => Step::Change { series, files: 1 + r.below(4), seed: r.next() },
-            22..=43 => Step::Backup { series, via: node },
-            44..=49 => Step::BackupKilled { series, after_ms: r.below(800) },
-            50..=61 => Step::Restore { series, pick: r.next(), on: node },
-            62..=67 => Step::Verify { via: node },
-            68..=74 => Step::Kill { node },
-            75..=83 => Step::Restart { node },
-            84..=88 => Step::Freeze { node, secs: 1 + r.below(5) },
-            89..=94 => Step::Corrupt { node, pick: r.next() },
+            0..=19 => Step::Change { series, files: 1 + r.below(4), seed: r.next() },
+            20..=39 => Step::Backup { series, via: node },
+            40..=45 => Step::BackupKilled { series, after_ms: r.below(800) },
+            46..=56 => Step::Restore { series, pick: r.next(), on: node },
+            57..=61 => Step::Verify { via: node },
+            62..=67 => Step::Kill { node },
+            68..=75 => Step::Restart { node },
+            76..=80 => Step::Freeze { node, secs: 1 + r.below(5) },
+            81..=86 => Step::Corrupt { node, pick: r.next() },
+            87..=92 => Step::Partition { node },
+            93..=96 => Step::DiskFull { node },
             _ => {
                 let offsets = [-3600, -300, -30, 0, 30, 90];
                 Step::Clock { node, offset_s: offsets[r.below(offsets.len() as u64) as usize] }
@@ -205,7 +220,21 @@ struct Run {
     requests: Vec<(usize, String)>,
     report: Report,
     trace: Vec<String>,
+    /// Each node's peer id, and the node cut off from the others, if any.
+    peers: Vec<String>,
+    cut: Option<usize>,
+    /// Each node's data directory is a tmpfs of [`DISK`] bytes (when this
+    /// process could make mounts of its own: [`private_mounts`]); the
+    /// nodes whose disk is full now.
+    disks: bool,
+    full: BTreeSet<usize>,
 }
+
+/// The size of each node's disk when it has one of its own.
+const DISK: u64 = 96 << 20;
+
+/// The variable naming a node's partition gate file (actors/src/net/swarm.rs).
+const GATE: &str = "BACKMESH_TEST_PARTITION";
 
 const T: Duration = Duration::from_secs(60);
 
@@ -253,6 +282,38 @@ impl Run {
         up[(n as usize) % up.len()]
     }
 
+    /// The gate file of node `n`.
+    fn gate(&self, n: usize) -> PathBuf {
+        self.mesh.root.path().join(format!("gate-{}", self.names[n]))
+    }
+
+    /// Cuts node `n` off from the others (`Some`), or mends the cut.
+    fn set_cut(&mut self, cut: Option<usize>) {
+        for i in 0..self.names.len() {
+            let blocked: Vec<&str> = match cut {
+                Some(c) if c == i => (0..self.names.len()).filter(|o| *o != i).map(|o| self.peers[o].as_str()).collect(),
+                Some(c) => vec![self.peers[c].as_str()],
+                None => Vec::new(),
+            };
+            let _ = std::fs::write(self.gate(i), blocked.join("\n"));
+        }
+        self.cut = cut;
+    }
+
+    /// Whether nodes `a` and `b` can talk (no cut between them).
+    fn together(&self, a: usize, b: usize) -> bool {
+        self.cut.is_none_or(|c| (c == a) == (c == b))
+    }
+
+    /// The environment of node `n`'s process: its gate, and a clock offset.
+    fn env(&self, n: usize, offset_s: i64) -> Vec<(String, String)> {
+        let mut env = vec![(GATE.to_string(), self.gate(n).to_string_lossy().into_owned())];
+        if offset_s != 0 {
+            env.extend(faketime_env(&format!("{offset_s:+}s")));
+        }
+        env
+    }
+
     fn violation(&mut self, what: String) {
         eprintln!("seed {}: VIOLATION: {what}", self.cfg.seed);
         self.report.violations.push(what);
@@ -269,15 +330,25 @@ impl Run {
     fn play(&mut self, step: &Step) {
         let note = format!("{step:?}");
         self.trace.push(note);
-        if let Some(kind) = step.fault() {
+        // A cut or a full disk counts once, when it is made.
+        let mending = match step {
+            Step::Partition { .. } => self.cut.is_some(),
+            Step::DiskFull { node } => !self.disks || self.full.contains(&(*node as usize % self.names.len())),
+            _ => false,
+        };
+        if let Some(kind) = step.fault().filter(|_| !mending) {
             *self.report.faults.entry(kind).or_default() += 1;
         }
         match *step {
             Step::Change { series, files, seed } => self.change(series as usize % self.series.len(), files, seed),
             Step::Backup { series, via } => {
                 let s = series as usize % self.series.len();
-                let via = self.live(via);
-                self.backup(s, via);
+                // Asked through a node that can reach the series' node.
+                let origin = self.series[s].node;
+                let near: Vec<usize> = self.up().into_iter().filter(|n| self.together(*n, origin)).collect();
+                if let Some(&via) = near.get(via as usize % near.len().max(1)) {
+                    self.backup(s, via);
+                }
             }
             Step::BackupKilled { series, after_ms } => {
                 let s = series as usize % self.series.len();
@@ -301,7 +372,21 @@ impl Run {
             }
             Step::Verify { via } => {
                 let via = self.live(via);
-                let _ = self.mesh.cli(via, &["--json", "verify", "--timeout", "60"]);
+                // Across a cut, the far side's copies are not reached: wait less.
+                let wait = if self.cut.is_some() { "20" } else { "60" };
+                let _ = self.mesh.cli(via, &["--json", "verify", "--timeout", wait]);
+            }
+            Step::DiskFull { node } => {
+                let n = node as usize % self.names.len();
+                if self.disks {
+                    let ballast = self.mesh.nodes[n].dir.join("ballast");
+                    if self.full.remove(&n) {
+                        let _ = std::fs::remove_file(&ballast);
+                    } else {
+                        fill(&ballast);
+                        self.full.insert(n);
+                    }
+                }
             }
             Step::Kill { node } => {
                 let n = node as usize % self.names.len();
@@ -338,11 +423,14 @@ impl Run {
             }
             Step::Clock { node, offset_s } => {
                 let n = node as usize % self.names.len();
-                self.mesh.nodes[n].env =
-                    if offset_s == 0 { Vec::new() } else { faketime_env(&format!("{offset_s:+}s")) };
+                self.mesh.nodes[n].env = self.env(n, offset_s);
                 self.mesh.kill9(n);
                 self.down.insert(n);
                 self.start(n);
+            }
+            Step::Partition { node } => {
+                let n = node as usize % self.names.len();
+                self.set_cut(if self.cut.is_some() { None } else { Some(n) });
             }
         }
     }
@@ -399,9 +487,11 @@ impl Run {
                 }
             }
             Some("failed") => {
-                let origin_up = !self.down.contains(&self.series[s].node);
+                // Fails rightly only when its node is down or its disk full.
+                let origin = self.series[s].node;
+                let excused = self.down.contains(&origin) || self.full.contains(&origin);
                 let err = v.to_string();
-                self.check(!origin_up, || format!("a backup of {path} on {node} failed with its node up: {err}"));
+                self.check(excused, || format!("a backup of {path} on {node} failed with its node up: {err}"));
             }
             _ => {}
         }
@@ -435,9 +525,14 @@ impl Run {
     /// Thaws and restarts every node with its clock right, and waits for
     /// the mesh to see itself whole again.
     fn heal(&mut self) {
+        self.set_cut(None);
+        for n in std::mem::take(&mut self.full) {
+            let _ = std::fs::remove_file(self.mesh.nodes[n].dir.join("ballast"));
+        }
         for n in 0..self.names.len() {
-            if !self.mesh.nodes[n].env.is_empty() || self.down.contains(&n) {
-                self.mesh.nodes[n].env.clear();
+            let skewed = self.mesh.nodes[n].env.iter().any(|(k, _)| k.starts_with("FAKETIME"));
+            if skewed || self.down.contains(&n) {
+                self.mesh.nodes[n].env = self.env(n, 0);
                 self.down.insert(n);
                 self.start(n);
             }
@@ -655,9 +750,17 @@ pub fn run(cfg: &Config) -> Report {
     .into();
     let mut mesh = Mesh::new();
     mesh.down_after = 3;
+    let mut peers = Vec::new();
+    let mut disks = private_mounts();
     for (i, name) in names.iter().enumerate() {
+        if disks {
+            disks = mount_disk(&mesh.next_dir(name));
+        }
+        let gate = mesh.root.path().join(format!("gate-{name}"));
+        mesh.env = vec![(GATE.to_string(), gate.to_string_lossy().into_owned())];
         let n = mesh.start(name, i.checked_sub(1), &extra);
         assert!(mesh.wait_ready(n, T), "{name} never answered:\n{}", mesh.nodes[n].log_text());
+        peers.push(mesh.peer_id(n).unwrap_or_default());
     }
     let mut run = Run {
         cfg: cfg.clone(),
@@ -668,6 +771,10 @@ pub fn run(cfg: &Config) -> Report {
         requests: Vec::new(),
         report: Report { seed: cfg.seed, steps: steps.len(), ..Report::default() },
         trace: Vec::new(),
+        peers,
+        cut: None,
+        disks,
+        full: BTreeSet::new(),
     };
     let mut sorted = names.clone();
     sorted.sort();
@@ -697,7 +804,82 @@ pub fn run(cfg: &Config) -> Report {
         }
     }
     run.report.secs = started.elapsed().as_secs_f64();
+    if run.disks {
+        for node in &run.mesh.nodes {
+            unmount(&node.dir);
+        }
+    }
     run.report
+}
+
+/// Whether this process makes mounts of its own, unseen outside: in a
+/// mount namespace of its own (as root), or in user and mount namespaces
+/// (as anyone, where the kernel allows them). Once per process, before
+/// any thread (a user namespace needs a single thread: `backmesh-soak`
+/// calls it first); later calls say what the first found.
+pub fn private_mounts() -> bool {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DONE.get_or_init(|| {
+        // SAFETY: plain system calls on this process; no memory is shared.
+        unsafe {
+            let (uid, gid) = (libc::getuid(), libc::getgid());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                    return false;
+                }
+                let _ = std::fs::write("/proc/self/setgroups", "deny");
+                let mapped = std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).is_ok()
+                    && std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).is_ok();
+                if !mapped {
+                    return false;
+                }
+            }
+            let root = std::ffi::CString::new("/").unwrap_or_default();
+            let flags = libc::MS_REC | libc::MS_PRIVATE;
+            libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), flags, std::ptr::null()) == 0
+        }
+    })
+}
+
+/// Mounts a tmpfs of [`DISK`] bytes on `dir` (made if missing).
+fn mount_disk(dir: &Path) -> bool {
+    let _ = std::fs::create_dir_all(dir);
+    let (Ok(target), Ok(fs), Ok(opts)) = (
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
+        std::ffi::CString::new("tmpfs"),
+        std::ffi::CString::new(format!("size={DISK},mode=0700")),
+    ) else {
+        return false;
+    };
+    // SAFETY: every pointer is a live C string.
+    unsafe { libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, opts.as_ptr().cast()) == 0 }
+}
+
+fn unmount(dir: &Path) {
+    if let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a live C string.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Writes `file` until its disk is full.
+fn fill(file: &Path) {
+    use std::io::Write;
+    let Ok(mut f) = std::fs::File::create(file) else { return };
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..(DISK >> 20) + 8 {
+        if f.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    // What is left below a MiB.
+    let small = [0xa5u8; 4096];
+    for _ in 0..256 {
+        if f.write_all(&small).is_err() {
+            break;
+        }
+    }
+    let _ = f.sync_all();
 }
 
 #[cfg(test)]
@@ -710,7 +892,7 @@ mod tests {
         assert_eq!(a, schedule(&Config { steps: 400, ..Config::new(7) }));
         assert_ne!(a, schedule(&Config { steps: 400, ..Config::new(8) }));
         let kinds: BTreeSet<&str> = a.iter().filter_map(Step::fault).collect();
-        assert_eq!(kinds.len(), 5, "{kinds:?}");
+        assert_eq!(kinds.len(), 7, "{kinds:?}");
     }
 }
 

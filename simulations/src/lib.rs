@@ -147,7 +147,7 @@ impl Mesh {
     /// with its log). A restart reuses those ports.
     pub fn start(&mut self, name: &str, bootstrap: Option<usize>, extra: &[String]) -> usize {
         let (listen, api) = (0, 0);
-        let dir = self.root.path().join(format!("{name}-{}", self.nodes.len()));
+        let dir = self.next_dir(name);
         let mut args = vec![
             "--name".to_string(),
             name.to_string(),
@@ -189,6 +189,11 @@ impl Mesh {
         learn_ports(&mut node);
         self.nodes.push(node);
         self.nodes.len() - 1
+    }
+
+    /// The data directory the next [`Mesh::start`] of `name` will use.
+    pub fn next_dir(&self, name: &str) -> PathBuf {
+        self.root.path().join(format!("{name}-{}", self.nodes.len()))
     }
 
     /// `backmesh --node URL ARGS…` against node `i`.

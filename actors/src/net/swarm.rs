@@ -27,7 +27,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    connection_limits, gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
+    allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
     StreamProtocol, Swarm, Transport,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -295,6 +295,8 @@ impl NetClient {
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     limits: connection_limits::Behaviour,
+    /// Peers cut off by the test-only partition gate ([`NetConfig::partition`]).
+    gate: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -328,6 +330,11 @@ pub struct NetConfig {
     /// The mesh protocol this node speaks ([`MESH_PROTOCOL`]; only the
     /// rogue-node suite's rogue claims another, to be refused).
     pub protocol: u32,
+    /// A test-only partition gate: a file of peer ids (one per line) this
+    /// node neither connects to nor hears, read again every half second;
+    /// no file, no one cut off. The fault-schedule runner cuts the mesh in
+    /// two with it (`BACKMESH_TEST_PARTITION`; docs/reliability.md).
+    pub partition: Option<std::path::PathBuf>,
 }
 
 pub fn multiaddr_of(addr: SocketAddr) -> Multiaddr {
@@ -397,6 +404,7 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
                 .with_max_established_per_peer(Some(connections_per_peer));
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
+                gate: allow_block_list::Behaviour::default(),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/backmesh/1".into(), key.public())
                         .with_agent_version(format!("backmesh/{}", env!("CARGO_PKG_VERSION"))),
@@ -468,6 +476,8 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
         connections_per_peer,
         outbound_per_peer,
         protocol,
+        partition: cfg.partition,
+        cut_off: HashSet::new(),
         known: HashMap::new(),
         bootstrap,
         redial: Backoff::new(),
@@ -506,6 +516,9 @@ pub struct EventLoop {
     connections_per_peer: u32,
     outbound_per_peer: usize,
     protocol: u32,
+    /// The test-only partition gate's file, and the peers it cuts off now.
+    partition: Option<std::path::PathBuf>,
+    cut_off: HashSet<PeerId>,
     /// Listen addresses of peers, from identify: for redials and hellos.
     known: HashMap<PeerId, Vec<Multiaddr>>,
     bootstrap: Vec<Multiaddr>,
@@ -603,6 +616,10 @@ impl EventLoop {
 
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(self.hello_every);
+        let mut gate = tokio::time::interval(Duration::from_millis(500));
+        // Before any connection is up: a node restarted behind the gate
+        // never talks across it.
+        self.read_gate();
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -663,9 +680,30 @@ impl EventLoop {
                     }
                 },
                 _ = tick.tick() => self.on_tick(),
+                _ = gate.tick(), if self.partition.is_some() => self.read_gate(),
                 event = self.swarm.select_next_some() => self.on_event(event),
             }
         }
+    }
+
+    /// Cuts off the peers the partition gate's file names, lets the others
+    /// through again.
+    fn read_gate(&mut self) {
+        let Some(file) = &self.partition else { return };
+        let now: HashSet<PeerId> = std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        for p in now.difference(&self.cut_off) {
+            tracing::info!("partition gate (test only): cut off from {p}");
+            self.swarm.behaviour_mut().gate.block_peer(*p);
+        }
+        for p in self.cut_off.difference(&now) {
+            tracing::info!("partition gate (test only): {p} let through again");
+            self.swarm.behaviour_mut().gate.unblock_peer(*p);
+        }
+        self.cut_off = now;
     }
 
     fn hello(&self) -> Hello {

@@ -179,7 +179,15 @@ pub struct ReplicaActor {
     /// Series whose copy here a holder found damaged → when it was last
     /// verified for that.
     mending: HashMap<(String, String), i64>,
+    /// When what this node keeps was last compared with what the catalog
+    /// says it keeps; and what it has said since start, each once.
+    holdings_at: Option<Instant>,
+    announced: HashSet<(String, bool)>,
 }
+
+/// How often the catalog's word on what this node keeps is checked against
+/// its disk (the first time once the log writes: [`crate::log::actor::SEQ_WAIT_MS`]).
+const HOLDINGS_EVERY: Duration = Duration::from_secs(60);
 
 /// Name → peer id for names that one peer alone claims, in hellos
 /// (`peers`) or in its entries (`origins`: peer id, name).
@@ -218,6 +226,8 @@ impl ReplicaActor {
             claimants: Arc::default(),
             usage: Arc::default(),
             mending: HashMap::new(),
+            holdings_at: None,
+            announced: HashSet::new(),
         }
     }
 
@@ -659,7 +669,86 @@ impl Actor for ReplicaActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(self.cfg.sync_every, |act, ctx| act.sync(ctx));
+        let first = Duration::from_millis(crate::log::actor::SEQ_WAIT_MS as u64 + 2_000);
+        ctx.run_later(first, |act, ctx| {
+            act.check_holdings(ctx);
+            ctx.run_interval(HOLDINGS_EVERY, |act, ctx| act.check_holdings(ctx));
+        });
     }
+}
+
+impl ReplicaActor {
+    /// Makes the catalog say what this node's disk keeps. A crash between
+    /// an archive written (or dropped) here and its `finished`,
+    /// `replicated` or `pruned` entry being durable leaves the two apart
+    /// (a node restarted writes nothing until a peer told it its seq, and
+    /// may be killed in between): this node then says once what it keeps
+    /// (`replicated`, itself the holder) or no longer keeps (`pruned`).
+    /// The catalog is read before the disk, so an archive written or
+    /// dropped in between is said as the disk has it.
+    fn check_holdings(&mut self, ctx: &mut Context<Self>) {
+        if self.holdings_at.is_some_and(|t| t.elapsed() < HOLDINGS_EVERY / 2) {
+            return;
+        }
+        self.holdings_at = Some(Instant::now());
+        let (log, store, keep) = (self.log.clone(), self.store.clone(), self.cfg.keep.keep);
+        let work = async move {
+            let catalogs = log.send(crate::log::actor::GetCatalogs).await.ok()?;
+            let on_disk = tokio::task::spawn_blocking(move || held_series(&store, Retention::keep(usize::MAX)))
+                .await
+                .ok()?;
+            Some((catalogs, on_disk))
+        };
+        ctx.spawn(work.into_actor(self).map(move |found, act, _| {
+            let Some((catalogs, on_disk)) = found else { return };
+            let drift = holdings_drift(&act.me, &catalogs, &on_disk, keep);
+            for ((node, path, archive), keeps) in drift {
+                if !act.announced.insert((archive.clone(), keeps)) {
+                    continue;
+                }
+                let holder = act.me.clone();
+                if keeps {
+                    tracing::info!("the catalog did not say that this node keeps archive {archive} of {path} on {node}: it does (said again)");
+                    act.log.do_send(Record(Event::Replicated { node, path, archive, holder, bytes: 0 }));
+                } else {
+                    tracing::info!("the catalog said that this node keeps archive {archive} of {path} on {node}: it does not (said again)");
+                    act.log.do_send(Record(Event::Pruned { node, path, archive, holder }));
+                }
+            }
+        }));
+    }
+}
+
+/// Where the catalog and this node's disk disagree on what `me` keeps:
+/// (node, path, archive) → whether it keeps it. Of the archives on disk
+/// (by series, newest first) only the newest `keep` count: older ones may
+/// be past what the catalog remembers, and are not what a restore needs.
+fn holdings_drift(
+    me: &str,
+    catalogs: &BTreeMap<(String, String), Arc<Vec<crate::log::mesh::CatalogArchive>>>,
+    on_disk: &BTreeMap<(String, String), Vec<String>>,
+    keep: usize,
+) -> Vec<((String, String, String), bool)> {
+    let mut out = Vec::new();
+    let listed = |series: &(String, String), id: &str| {
+        catalogs.get(series).is_some_and(|c| c.iter().any(|a| a.id == id && a.holders.contains(me)))
+    };
+    for (series, ids) in on_disk {
+        for id in ids.iter().take(keep.clamp(1, crate::log::mesh::ARCHIVES_KEPT)) {
+            if !listed(series, id) {
+                out.push(((series.0.clone(), series.1.clone(), id.clone()), true));
+            }
+        }
+    }
+    for (series, cat) in catalogs {
+        let here = on_disk.get(series);
+        for a in cat.iter().filter(|a| a.holders.contains(me)) {
+            if !here.is_some_and(|ids| ids.contains(&a.id)) {
+                out.push(((series.0.clone(), series.1.clone(), a.id.clone()), false));
+            }
+        }
+    }
+    out
 }
 
 impl Handler<SyncNow> for ReplicaActor {
@@ -1069,6 +1158,31 @@ mod tests {
         assert_eq!(w.take("P", &[b], WANTED_FOR_MS + 1), Err(b), "asked too long ago");
     }
     use super::*;
+
+    #[test]
+    fn the_catalog_is_told_what_this_disk_keeps_and_no_longer_keeps() {
+        use crate::log::mesh::CatalogArchive;
+        let series = ("n2".to_string(), "/t".to_string());
+        let arch = |id: &str, holders: &[&str]| CatalogArchive {
+            id: id.into(),
+            holders: holders.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        };
+        // n2 made c (its `finished` lost in a crash; the holders said theirs),
+        // keeps b, and dropped a (its `pruned` lost).
+        let cat = vec![arch("c", &["n1", "n3"]), arch("b", &["n1", "n2", "n3"]), arch("a", &["n2"])];
+        let catalogs = BTreeMap::from([(series.clone(), Arc::new(cat))]);
+        let disk = BTreeMap::from([(series.clone(), vec!["c".to_string(), "b".to_string()])]);
+        let drift = holdings_drift("n2", &catalogs, &disk, 10);
+        let key = |id: &str| ("n2".to_string(), "/t".to_string(), id.to_string());
+        assert_eq!(drift, vec![(key("c"), true), (key("a"), false)]);
+        assert!(holdings_drift("n1", &catalogs, &BTreeMap::from([(series.clone(), vec!["c".into(), "b".into()])]), 10)
+            .is_empty());
+        // Only the newest `keep` on disk are said (older ones may be past
+        // what the catalog remembers).
+        let disk = BTreeMap::from([(series, vec!["d".to_string(), "c".into(), "b".into()])]);
+        assert_eq!(holdings_drift("n2", &catalogs, &disk, 1), vec![(key("d"), true), (key("a"), false)]);
+    }
 
     #[test]
     fn restore_targets_are_checked_before_anything_starts() {

@@ -141,6 +141,7 @@ async fn main() {
         // Its own side does not stop it opening more than honest nodes take.
         connections_per_peer: 64,
         outbound_per_peer: 4096,
+        partition: None,
         // `--protocol N`: a node of another version, to be refused whole.
         protocol: a.get("--protocol").and_then(|p| p.parse().ok()).unwrap_or(MESH_PROTOCOL),
     })

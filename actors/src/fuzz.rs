@@ -1,0 +1,171 @@
+//! Fuzz targets: what a node does with bytes it did not write, as one
+//! function each, shared by the cargo-fuzz targets (`fuzz/`, libFuzzer,
+//! nightly) and the stable runner in the test suite (below: seeds and
+//! mutations of them, a few thousand runs each). None may panic, hang or
+//! allocate past the bounds its caller sets; what decodes must encode
+//! back to what decodes the same; a restore never writes outside its
+//! target. docs/reliability.md gives the figures.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::archive::{restore_tgz, Manifest, RestoreOptions};
+use crate::log::entry::Entry;
+use crate::log::mesh::{MeshState, NodeKeys, RecordKey};
+use crate::net::wire::{
+    decode, encode, CtlRequest, CtlResponse, Hello, StateBatch, StatePull, XferRequest, XferResponse, MAX_CTL,
+    MAX_CTL_REQUEST, MAX_HELLO, MAX_LOG, MAX_XFER,
+};
+
+/// Decodes `v`'s encoding again and checks it is the same value.
+fn round_trip<T>(v: &T, max: usize)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let bytes = encode(v);
+    // A value that decoded re-encodes, and that encoding decodes again
+    // (to the same encoding: values may hold floats or maps without Eq).
+    if let Ok(again) = decode::<T>(&bytes, max.max(bytes.len())) {
+        assert_eq!(encode(&again), bytes, "{v:?} does not survive a round trip");
+    } else {
+        panic!("{v:?} encodes to what does not decode");
+    }
+}
+
+/// Every message of the mesh protocols, as the codecs decode them.
+pub fn wire(data: &[u8]) {
+    if let Ok(v) = decode::<Hello>(data, MAX_HELLO) {
+        round_trip(&v, MAX_HELLO);
+    }
+    if let Ok(v) = decode::<StatePull>(data, MAX_LOG) {
+        round_trip(&v, MAX_LOG);
+    }
+    if let Ok(v) = decode::<CtlRequest>(data, MAX_CTL_REQUEST) {
+        round_trip(&v, MAX_CTL_REQUEST);
+    }
+    if let Ok(v) = decode::<CtlResponse>(data, MAX_CTL) {
+        round_trip(&v, MAX_CTL);
+    }
+    if let Ok(v) = decode::<XferRequest>(data, MAX_CTL_REQUEST) {
+        round_trip(&v, MAX_CTL_REQUEST);
+    }
+    if let Ok(v) = decode::<XferResponse>(data, MAX_XFER) {
+        round_trip(&v, MAX_XFER);
+    }
+}
+
+/// A manifest as read from disk and as received from a peer.
+pub fn manifest(data: &[u8]) {
+    for m in [Manifest::decode(data), Manifest::decode_from_peer(data)].into_iter().flatten() {
+        let _ = m.order();
+        let _ = m.digests().count();
+        let bytes = m.encode();
+        assert!(Manifest::decode(&bytes).is_ok(), "a manifest that decoded does not decode once encoded again");
+    }
+}
+
+/// Keys of no node: every seal checked against them fails, as a forger's.
+struct NoKeys;
+impl NodeKeys for NoKeys {
+    fn key_of(&self, _: &str) -> Option<libp2p::identity::PublicKey> {
+        None
+    }
+}
+
+/// A log entry from gossip and from disk, and a state answer: checked as a
+/// node checks them, then folded into a state whatever their seals (the
+/// fold must hold for any content), and the views read.
+pub fn log(data: &[u8]) {
+    let mut state = MeshState::default();
+    if let Ok(e) = decode::<Entry>(data, MAX_LOG) {
+        let _ = e.event.check_names();
+        let _ = e.signed_by_origin();
+        let _ = e.event.author();
+        state.apply(&e);
+    }
+    if let Ok(e) = crate::log::history::decode(data) {
+        let _ = e.event.check_names();
+        state.apply(&e);
+    }
+    if let Ok(batch) = decode::<StateBatch>(data, MAX_LOG) {
+        let mut checked = MeshState::default();
+        let mut found = crate::log::mesh::Checked::default();
+        for (k, r) in &batch.records.known {
+            let _ = k.check_names();
+            let mut r = r.clone();
+            if checked.check(k, &mut r, &NoKeys, &mut found) {
+                checked.merge_record(k, &r);
+            }
+            state.merge_record(k, &r);
+            let _: Vec<u8> = crate::log::state_disk::key_bytes(k);
+        }
+    }
+    views(&mut state);
+}
+
+fn views(state: &mut MeshState) {
+    let cats = state.catalogs();
+    let _: BTreeMap<_, _> = cats.into_iter().map(|(k, v): ((String, String), _)| (k, v.len())).collect();
+    let _ = state.jobs();
+    let copy = state.clone();
+    state.merge(&copy);
+    let _ = RecordKey::check_names;
+}
+
+/// Arbitrary bytes restored as a `.tgz` into a fresh directory: an error
+/// or a tree, and nothing written beside the target.
+pub fn restore(data: &[u8]) {
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let target = dir.path().join("target");
+    let opts = RestoreOptions { threads: 1, same_owner: Some(false), ..RestoreOptions::default() };
+    let _ = restore_tgz(data, &target, &opts);
+    let beside: Vec<String> = std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "target")
+        .collect();
+    assert!(beside.is_empty(), "a restore wrote beside its target: {beside:?}");
+    let _ = Path::new(&target);
+}
+
+/// The stable runner: each target over its seeds and `runs` mutations of
+/// them drawn from `seed` (the same runs every time).
+pub fn run_mutations(target: fn(&[u8]), seeds: &[Vec<u8>], runs: usize, seed: u64) {
+    let mut x = seed;
+    let mut next = move || {
+        // SplitMix64.
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for s in seeds {
+        target(s);
+    }
+    for _ in 0..runs {
+        let mut d = seeds[(next() as usize) % seeds.len()].clone();
+        for _ in 0..1 + next() % 4 {
+            let at = if d.is_empty() { 0 } else { (next() as usize) % d.len() };
+            match next() % 6 {
+                0 if !d.is_empty() => d[at] ^= 1 << (next() % 8),
+                1 if !d.is_empty() => d[at] = next() as u8,
+                2 => d.insert(at, next() as u8),
+                3 if !d.is_empty() => {
+                    d.remove(at);
+                }
+                4 => d.truncate(at),
+                _ => {
+                    // An interesting number where a length or count may be.
+                    let n = [0u8, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x7f, 0x80, 0xff][(next() % 9) as usize];
+                    if !d.is_empty() {
+                        d[at] = n;
+                    }
+                }
+            }
+        }
+        target(&d);
+    }
+}
