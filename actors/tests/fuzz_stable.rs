@@ -47,7 +47,8 @@ fn archive() -> (Vec<u8>, Vec<u8>) {
 fn log_seeds() -> Vec<Vec<u8>> {
     let key = libp2p::identity::Keypair::generate_ed25519();
     let origin = key.public().to_peer_id().to_string();
-    let (node, path, archive) = ("n1".to_string(), "/srv/data".to_string(), "20261122T030000.000Z-deadbeef".to_string());
+    let (node, path, archive) =
+        ("n1".to_string(), "/srv/data".to_string(), "20261122T030000.000Z-deadbeef".to_string());
     let events = [
         Event::Finished {
             node: node.clone(),
@@ -60,7 +61,13 @@ fn log_seeds() -> Vec<Vec<u8>> {
             request: None,
             plugin: None,
         },
-        Event::Replicated { node: node.clone(), path: path.clone(), archive: archive.clone(), holder: "n2".into(), bytes: 9 },
+        Event::Replicated {
+            node: node.clone(),
+            path: path.clone(),
+            archive: archive.clone(),
+            holder: "n2".into(),
+            bytes: 9,
+        },
         Event::Pruned { node: node.clone(), path: path.clone(), archive, holder: "n2".into() },
     ];
     let mut state = MeshState::default();

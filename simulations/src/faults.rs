@@ -86,6 +86,14 @@ pub enum Step {
         pick: u64,
         on: u64,
     },
+    /// A restore onto a node, and that node killed `after_ms` into it;
+    /// then, restarted, the same restore again.
+    RestoreKilled {
+        series: u64,
+        pick: u64,
+        on: u64,
+        after_ms: u64,
+    },
     Verify {
         via: u64,
     },
@@ -125,7 +133,7 @@ impl Step {
     /// The kind of fault this step injects, if it is one.
     pub fn fault(&self) -> Option<&'static str> {
         match self {
-            Step::BackupKilled { .. } | Step::Kill { .. } => Some("kill-9"),
+            Step::BackupKilled { .. } | Step::RestoreKilled { .. } | Step::Kill { .. } => Some("kill-9"),
             Step::Restart { .. } => Some("restart"),
             Step::Freeze { .. } => Some("freeze"),
             Step::Corrupt { .. } => Some("corrupt-member"),
@@ -165,7 +173,8 @@ pub fn schedule(cfg: &Config) -> Vec<Step> {
             0..=19 => Step::Change { series, files: 1 + r.below(4), seed: r.next() },
             20..=39 => Step::Backup { series, via: node },
             40..=45 => Step::BackupKilled { series, after_ms: r.below(800) },
-            46..=56 => Step::Restore { series, pick: r.next(), on: node },
+            46..=52 => Step::Restore { series, pick: r.next(), on: node },
+            53..=56 => Step::RestoreKilled { series, pick: r.next(), on: node, after_ms: r.below(400) },
             57..=61 => Step::Verify { via: node },
             62..=67 => Step::Kill { node },
             68..=75 => Step::Restart { node },
@@ -291,7 +300,9 @@ impl Run {
     fn set_cut(&mut self, cut: Option<usize>) {
         for i in 0..self.names.len() {
             let blocked: Vec<&str> = match cut {
-                Some(c) if c == i => (0..self.names.len()).filter(|o| *o != i).map(|o| self.peers[o].as_str()).collect(),
+                Some(c) if c == i => {
+                    (0..self.names.len()).filter(|o| *o != i).map(|o| self.peers[o].as_str()).collect()
+                }
                 Some(c) => vec![self.peers[c].as_str()],
                 None => Vec::new(),
             };
@@ -369,6 +380,13 @@ impl Run {
                 let s = series as usize % self.series.len();
                 let on = self.live(on);
                 self.restore_step(s, pick, on);
+            }
+            Step::RestoreKilled { series, pick, on, after_ms } => {
+                let s = series as usize % self.series.len();
+                let on = self.live(on);
+                if self.up().len() > 1 {
+                    self.restore_killed(s, pick, on, after_ms);
+                }
             }
             Step::Verify { via } => {
                 let via = self.live(via);
@@ -519,6 +537,66 @@ impl Run {
                 format!("archive {id} of {path} restored on {on_name} is not the tree backed up")
             });
         }
+        let _ = std::fs::remove_dir_all(&to);
+    }
+
+    /// A restore killed with the node that writes it: where the user asked
+    /// for the tree there is nothing or all of it; the same restore again,
+    /// once the node is back, gives all of it and leaves nothing beside it.
+    fn restore_killed(&mut self, s: usize, pick: u64, on: usize, after_ms: u64) {
+        let acked = &self.series[s].acked;
+        if acked.is_empty() {
+            return;
+        }
+        let window = acked.len().min(self.cfg.keep);
+        let (id, tree) = acked[acked.len() - 1 - (pick as usize % window)].clone();
+        let to = self.mesh.root.path().join(format!("killed-{}", self.trace.len()));
+        let (node, path) = (self.names[self.series[s].node].clone(), self.series[s].path.clone());
+        let on_name = self.names[on].clone();
+        let to_s = to.to_string_lossy().into_owned();
+        let args = ["restore", &node, &path, "--archive", &id, "--on", &on_name, "--to", &to_s, "--timeout", "60"];
+        let child = Command::new(crate::binary("backmesh"))
+            .arg("--node")
+            .arg(self.mesh.nodes[on].url())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        std::thread::sleep(Duration::from_millis(after_ms));
+        self.mesh.kill9(on);
+        self.down.insert(on);
+        if let Ok(mut c) = child {
+            let _ = c.wait();
+        }
+        if to.exists() {
+            let got = snapshot(&to);
+            self.check(got == tree, || format!("a restore of {id} killed midway left a partial tree in {to_s}"));
+        }
+        self.start(on);
+        // Again only where a copy is sure to be reached.
+        if !self.down.is_empty() || self.cut.is_some() {
+            return;
+        }
+        let mut again: Vec<&str> = vec!["--json"];
+        again.extend(args);
+        again.push("--overwrite");
+        let out = self.mesh.cli(on, &again);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        self.check(out.status.success(), || format!("a restore of {id} on {on_name} again after a kill failed: {err}"));
+        if out.status.success() {
+            self.report.restores += 1;
+            let got = snapshot(&to);
+            self.check(got == tree, || format!("a restore of {id} again after a kill is not the tree backed up"));
+        }
+        let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let litter: Vec<String> = std::fs::read_dir(self.mesh.root.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!(".{name}.backmesh-restore-")))
+            .collect();
+        self.check(litter.is_empty(), || format!("a restore killed midway left {litter:?} beside {to_s}"));
         let _ = std::fs::remove_dir_all(&to);
     }
 

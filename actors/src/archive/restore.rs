@@ -257,6 +257,33 @@ enum TargetState {
 
 /// Runs `fill` on a fresh staging directory beside `target`, then moves the
 /// result into place. On error the staging directory is removed.
+/// Removes what restores into `parent/name` killed midway left: their
+/// staging directories, `.NAME.backmesh-restore-PID-*`, whose process
+/// PID is gone. (A live PID, even reused, keeps its directory: nothing is
+/// removed that a restore may still be writing.) Never the old tree a
+/// replacing restore moved aside (`.NAME.backmesh-old-*`): that is the
+/// user's data.
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.backmesh-restore-");
+    for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file = e.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else { continue };
+        let Some(pid) = rest.split_once('-').and_then(|(p, _)| p.parse::<i32>().ok()).filter(|p| *p > 0) else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && e.file_type().is_ok_and(|t| t.is_dir()) {
+            match fs::remove_dir_all(e.path()) {
+                Ok(()) => tracing::info!("removed {}, left by a restore that was killed", e.path().display()),
+                Err(err) => {
+                    tracing::warn!("cannot remove {}, left by a restore that was killed: {err}", e.path().display())
+                }
+            }
+        }
+    }
+}
+
 fn into_target(
     target: &Path,
     opts: &RestoreOptions,
@@ -279,8 +306,9 @@ fn into_target(
     let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
     fs::create_dir_all(&parent).map_err(|e| RestoreError::write(&parent, e))?;
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    remove_stale_staging(&parent, &name);
     let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}.backmesh-restore-"))
+        .prefix(&format!(".{name}.backmesh-restore-{}-", std::process::id()))
         .tempdir_in(&parent)
         .map_err(|e| RestoreError::write(&parent, e))?;
     let report = fill(staging.path())?; // dropping `staging` removes it
@@ -776,6 +804,34 @@ fn parse_pax_time(v: &str) -> Option<FileTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_killed_restore_left_is_removed_by_the_next_one_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        for d in [
+            format!(".t.backmesh-restore-{dead}-abc"),
+            format!(".t.backmesh-restore-{me}-def"),
+            ".t.backmesh-old-xyz".to_string(),
+            format!(".u.backmesh-restore-{dead}-abc"),
+        ] {
+            fs::create_dir(dir.path().join(&d)).unwrap();
+            fs::write(dir.path().join(d).join("f"), b"x").unwrap();
+        }
+        remove_stale_staging(dir.path(), "t");
+        let mut left: Vec<String> =
+            fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let want = vec![
+            ".t.backmesh-old-xyz".to_string(),
+            format!(".t.backmesh-restore-{me}-def"),
+            format!(".u.backmesh-restore-{dead}-abc"),
+        ];
+        assert_eq!(left, want, "only the dead restore's staging of this target goes");
+    }
 
     #[test]
     fn a_member_that_inflates_past_what_its_manifest_says_is_refused_without_inflating_it_all() {

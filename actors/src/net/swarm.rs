@@ -27,8 +27,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
-    StreamProtocol, Swarm, Transport,
+    allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr,
+    PeerId, StreamProtocol, Swarm, Transport,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -690,11 +690,8 @@ impl EventLoop {
     /// through again.
     fn read_gate(&mut self) {
         let Some(file) = &self.partition else { return };
-        let now: HashSet<PeerId> = std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
+        let now: HashSet<PeerId> =
+            std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
         for p in now.difference(&self.cut_off) {
             tracing::info!("partition gate (test only): cut off from {p}");
             self.swarm.behaviour_mut().gate.block_peer(*p);

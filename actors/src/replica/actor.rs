@@ -694,9 +694,8 @@ impl ReplicaActor {
         let (log, store, keep) = (self.log.clone(), self.store.clone(), self.cfg.keep.keep);
         let work = async move {
             let catalogs = log.send(crate::log::actor::GetCatalogs).await.ok()?;
-            let on_disk = tokio::task::spawn_blocking(move || held_series(&store, Retention::keep(usize::MAX)))
-                .await
-                .ok()?;
+            let on_disk =
+                tokio::task::spawn_blocking(move || held_series(&store, Retention::keep(usize::MAX))).await.ok()?;
             Some((catalogs, on_disk))
         };
         ctx.spawn(work.into_actor(self).map(move |found, act, _| {

@@ -3,7 +3,7 @@
 //! line per seed, then a summary; exits 1 if any invariant was broken.
 //!
 //! ```text
-//! backmesh-soak [--seeds N] [--from S] [--seed S] [--steps K]
+//! backmesh-soak [--seeds N] [--from S] [--seed S] [--steps K] [--print]
 //! ```
 //!
 //! `--seed S` replays one seed (its schedule is printed on failure);
@@ -23,7 +23,8 @@ fn main() {
     let disks = backmesh_simulations::faults::private_mounts();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("backmesh-soak [--seeds N] [--from S] [--seed S] [--steps K]");
+        println!("backmesh-soak [--seeds N] [--from S] [--seed S] [--steps K] [--print]");
+        println!("  --print   print each seed's schedule and play nothing");
         return;
     }
     let seeds: Vec<u64> = match arg(&args, "--seed") {
@@ -34,6 +35,19 @@ fn main() {
         }
     };
     let steps = arg(&args, "--steps").map(|k| k as usize);
+    if args.iter().any(|a| a == "--print") {
+        for seed in &seeds {
+            let mut cfg = Config::new(*seed);
+            if let Some(k) = steps {
+                cfg.steps = k;
+            }
+            println!("seed {seed}:");
+            for step in backmesh_simulations::faults::schedule(&cfg) {
+                println!("  {step:?}");
+            }
+        }
+        return;
+    }
     if !disks {
         eprintln!(
             "note: this process cannot make mounts of its own (no mount or user namespaces here): \

@@ -55,13 +55,14 @@ fn seed_1_a_backup_whose_finished_entry_died_with_its_node_is_listed_on_its_node
     mesh.restart(a);
     mesh.restart(b);
     assert!(mesh.wait_ready(a, Duration::from_secs(60)) && mesh.wait_ready(b, Duration::from_secs(60)));
-    let listed = |i: usize| {
-        let out = mesh.cli(i, &["--json", "backups", "a", &path]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["archives"].as_array().into_iter().flatten().any(|x| {
-            x["id"] == archive.as_str() && x["holders"].as_array().is_some_and(|h| h.iter().any(|n| n == "a"))
-        })
-    };
+    let listed =
+        |i: usize| {
+            let out = mesh.cli(i, &["--json", "backups", "a", &path]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["archives"].as_array().into_iter().flatten().any(|x| {
+                x["id"] == archive.as_str() && x["holders"].as_array().is_some_and(|h| h.iter().any(|n| n == "a"))
+            })
+        };
     assert!(
         wait_until(Duration::from_secs(90), || listed(a) && listed(b)),
         "archive {archive} is kept on a but not listed there:\n{}",
