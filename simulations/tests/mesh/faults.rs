@@ -27,7 +27,7 @@ fn play(seed: u64, steps: usize) {
 /// never listed it as keeping its own archive. Nodes now tell the catalog
 /// what their disk keeps.
 #[test]
-fn seed_1_a_backup_whose_finished_entry_died_with_its_node_is_listed_on_its_node() {
+fn seed_1_a_backup_whose_finished_entry_died_with_its_node_is_listed_and_its_run_ends() {
     use backmesh_simulations::{manifests_on_disk, wait_until, Mesh};
     use std::time::Duration;
     let mut mesh = Mesh::new();
@@ -46,8 +46,11 @@ fn seed_1_a_backup_whose_finished_entry_died_with_its_node_is_listed_on_its_node
     mesh.kill9(b);
     mesh.restart(a);
     assert!(mesh.wait_ready(a, Duration::from_secs(60)));
-    let out = mesh.cli(a, &["run", "a", &path, "--no-wait"]);
+    let out = mesh.cli(a, &["--json", "run", "a", &path, "--no-wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let request = v["request"].as_str().unwrap_or_default().to_string();
+    assert!(!request.is_empty(), "{v}");
     let made = wait_until(Duration::from_secs(20), || !manifests_on_disk(&mesh.nodes[a]).is_empty());
     assert!(made, "the backup did not finish:\n{}", mesh.nodes[a].log_text());
     let archive = manifests_on_disk(&mesh.nodes[a]).remove(0);
@@ -68,6 +71,18 @@ fn seed_1_a_backup_whose_finished_entry_died_with_its_node_is_listed_on_its_node
         "archive {archive} is kept on a but not listed there:\n{}",
         mesh.nodes[a].log_text()
     );
+    // The run was not forgotten with the entry (seed 1 too: the queue
+    // forgets a run only once its outcome is on disk): it ran again after
+    // the restart, and its request has an outcome.
+    let ended =
+        wait_until(Duration::from_secs(30), || {
+            let out = mesh.cli(a, &["--json", "log", "--limit", "200"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["entries"].as_array().into_iter().flatten().any(|e| {
+                e["request"] == request.as_str() && matches!(e["kind"].as_str(), Some("finished" | "unchanged"))
+            })
+        });
+    assert!(ended, "run request {request} never ended:\n{}", mesh.nodes[a].log_text());
 }
 
 /// The seeds CI plays on every change (their schedules as drawn today).

@@ -400,7 +400,7 @@ fn a_peer_with_the_swarm_key_cannot_plant_an_archive_in_another_node_s_series() 
 }
 
 #[test]
-fn a_restore_on_a_node_whose_copy_is_damaged_reads_from_a_holder_and_mends_the_copy() {
+fn seed_1_a_restore_on_a_node_whose_copy_is_damaged_reads_from_a_holder_and_mends_the_copy() {
     // Found by the fault-schedule runner (seed 1): the origin's own copy
     // had a damaged member, a holder a good one, and a restore on the
     // origin failed instead of reading that member from the holder.
@@ -433,4 +433,46 @@ fn a_restore_on_a_node_whose_copy_is_damaged_reads_from_a_holder_and_mends_the_c
     assert!(log.contains("reading its members from peers instead") && log.contains("mended"), "{log}");
     let verify = json(&mesh, 0, &["verify", "n1", &s]);
     assert_eq!(verify["ok"], true, "{verify:#}");
+}
+
+#[test]
+fn seed_1_a_holder_that_refuses_a_damaged_member_makes_its_node_mend_its_copy() {
+    // Found by the fault-schedule runner (seed 1): a member of the
+    // origin's copy was damaged after one holder had it; a new holder
+    // refused that member (it hashes what it takes), every 2 s, for ever.
+    // The refusal now makes the origin verify and mend its copy from the
+    // nodes that keep it, and the copy reaches the new holder.
+    let mut mesh = Mesh::chain_with(&["n1", "n2", "n3"], &["--replicas", "2", "--repair-after", "5"]);
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_slow_tree(&src, 6, 12);
+    let s = src.to_string_lossy().into_owned();
+    mesh.kill9(2);
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    assert!(wait_until(LONG, || archives(&mesh, 0, "n1", &s).first().is_some_and(|a| holders(a).len() == 2)));
+    // Every member of n1's copy damaged; n2 keeps a good one.
+    let segments = mesh.nodes[0].dir.join("segments");
+    for d in std::fs::read_dir(&segments).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let mut data = std::fs::read(f.path()).unwrap();
+            let i = data.len() / 2;
+            data[i] ^= 0x5a;
+            std::fs::write(f.path(), data).unwrap();
+        }
+    }
+    mesh.restart(2);
+    assert!(mesh.wait_ready(2, LONG));
+    let all = BTreeSet::from(["n1".to_string(), "n2".to_string(), "n3".to_string()]);
+    let whole = wait_until(LONG * 2, || archives(&mesh, 0, "n1", &s).first().is_some_and(|a| holders(a) == all));
+    assert!(whole, "{:?}\n{}", archives(&mesh, 0, "n1", &s), mesh.nodes[0].log_text());
+    let log = mesh.nodes[0].log_text();
+    assert!(log.contains("found a damaged member in this node's copy"), "{log}");
+    for i in 0..3 {
+        let verify = json(&mesh, i, &["verify", "n1", &s]);
+        assert_eq!(verify["ok"], true, "{verify:#}");
+    }
+    let to = mesh.root.path().join("back");
+    let out = mesh.cli(2, &["restore", "n1", &s, "--on", "n3", "--to", &to.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
 }
