@@ -620,7 +620,8 @@ impl Run {
             a.sort();
             a
         };
-        let whole = wait_until(T, || (0..self.names.len()).all(|i| self.mesh.up_names(i) == all));
+        // A redial waits at most 60 s (its longest backoff).
+        let whole = wait_until(2 * T, || (0..self.names.len()).all(|i| self.mesh.up_names(i) == all));
         self.check(whole, || "the nodes did not all see each other again after the heal".into());
     }
 

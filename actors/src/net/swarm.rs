@@ -917,6 +917,11 @@ impl EventLoop {
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
                     let bare: Multiaddr = address.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
                     if self.bootstrap.contains(&bare) {
+                        // Known from now on, before identify says more: a
+                        // peer that closes at once (it refused this node,
+                        // or crashed) is redialled like any peer lost, not
+                        // forgotten with the address that answered.
+                        self.known.entry(peer_id).or_insert_with(|| vec![bare.clone()]);
                         self.bootstrap_answered.insert(bare);
                     }
                 }

@@ -701,6 +701,10 @@ impl ReplicaActor {
         ctx.spawn(work.into_actor(self).map(move |found, act, _| {
             let Some((catalogs, on_disk)) = found else { return };
             let drift = holdings_drift(&act.me, &catalogs, &on_disk, keep);
+            if act.announced.len() > 10_000 {
+                // Bounded: said again at worst, once more each.
+                act.announced.clear();
+            }
             for ((node, path, archive), keeps) in drift {
                 if !act.announced.insert((archive.clone(), keeps)) {
                     continue;
