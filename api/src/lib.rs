@@ -71,6 +71,19 @@ pub struct Status {
     pub jobs: Vec<JobStatus>,
     /// Human-readable problems with the mesh itself (name conflicts, …).
     pub problems: Vec<String>,
+    /// The answering node's copy of the mesh state.
+    #[serde(default)]
+    pub state: StateSummary,
+}
+
+/// A node's copy of the mesh state, in brief: two nodes that show the
+/// same digest hold the same state (runs, jobs, catalog, holders).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSummary {
+    /// Records in it.
+    pub records: usize,
+    /// SHA-256 (first 16 hex digits) over its anti-entropy digest.
+    pub digest: String,
 }
 
 /// The body of every error answer.

@@ -252,6 +252,8 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     reader(&req, &state)?;
     let mut s = state.membership.send(GetStatus).await?;
     s.jobs = state.log.send(GetJobs).await?.iter().map(job_status).collect();
+    let stats = state.log.send(backmesh_actors::log::actor::GetStats).await?;
+    s.state = backmesh_api::StateSummary { records: stats.records, digest: stats.digest };
     if let Some(p) = replica_shortfall(s.nodes.len(), state.replicas) {
         s.problems.push(p);
     }

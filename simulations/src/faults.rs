@@ -12,7 +12,8 @@
 //!
 //! After the schedule every node is restarted with its clock right and
 //! thawed, and the runner waits for the mesh to settle. Then:
-//! - every node shows the same catalog of every series;
+//! - every node shows the same catalog of every series, and holds the
+//!   same mesh state (`status`: its digest);
 //! - each series keeps exactly its newest min(keep, made) archives, on
 //!   its node and every holder, and no other manifest is on any disk (no
 //!   partial archive is visible);
@@ -687,6 +688,19 @@ impl Run {
         self.report.settle_secs = t0.elapsed().as_secs_f64();
         let why = if settled { String::new() } else { self.unsettled().unwrap_or_default() };
         self.check(settled, || format!("the mesh did not settle within {} s of the heal: {why}", SETTLE.as_secs()));
+        // The whole state (runs, jobs, catalog, holders) the same on every node.
+        let digest = |i: usize| {
+            self.mesh
+                .status(i)
+                .map(|s| s["state"]["digest"].as_str().unwrap_or_default().to_string())
+                .unwrap_or_default()
+        };
+        let same = wait_until(T, || {
+            let d: BTreeSet<String> = (0..self.names.len()).map(digest).collect();
+            d.len() == 1 && !d.contains("")
+        });
+        let shown: Vec<String> = (0..self.names.len()).map(digest).collect();
+        self.check(same, || format!("the nodes' states differ after the heal: digests {shown:?}"));
         let mut all_ids = BTreeSet::new();
         for s in 0..self.series.len() {
             let path = self.series[s].path.clone();

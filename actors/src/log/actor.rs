@@ -144,6 +144,9 @@ pub struct StateStats {
     pub records: usize,
     /// Entries in the recent window.
     pub window: usize,
+    /// SHA-256 (first 16 hex digits) over the state's anti-entropy
+    /// digest: equal on two nodes, equal states.
+    pub digest: String,
 }
 
 /// Who may hold copies now, and how many copies each series gets: from it
@@ -1040,7 +1043,13 @@ impl Handler<GetOrigins> for LogActor {
 impl Handler<GetStats> for LogActor {
     type Result = MessageResult<GetStats>;
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(StateStats { records: self.state.len(), window: self.history.window_len() })
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for b in self.state.digest() {
+            h.update(b.to_be_bytes());
+        }
+        let digest: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        MessageResult(StateStats { records: self.state.len(), window: self.history.window_len(), digest })
     }
 }
 

@@ -147,7 +147,12 @@ pub fn rfc3339(ms: i64) -> String {
 impl Handler<GetStatus> for MembershipActor {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(Status { nodes: self.state.view(rfc3339), jobs: Vec::new(), problems: self.state.problems() })
+        MessageResult(Status {
+            nodes: self.state.view(rfc3339),
+            jobs: Vec::new(),
+            problems: self.state.problems(),
+            state: Default::default(),
+        })
     }
 }
 
