@@ -412,18 +412,7 @@ fn seed_1_a_restore_on_a_node_whose_copy_is_damaged_reads_from_a_holder_and_mend
     assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
     assert!(wait_until(LONG, || archives(&mesh, 0, "n1", &s).first().is_some_and(|a| holders(a).len() == 2)));
     // Every member of n1's copy damaged.
-    let segments = mesh.nodes[0].dir.join("segments");
-    let mut damaged = 0;
-    for d in std::fs::read_dir(&segments).unwrap().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            let mut data = std::fs::read(f.path()).unwrap();
-            let i = data.len() / 2;
-            data[i] ^= 0x5a;
-            std::fs::write(f.path(), data).unwrap();
-            damaged += 1;
-        }
-    }
-    assert!(damaged > 0);
+    assert!(damage_every_member(&mesh.nodes[0].dir) > 0);
     let to = mesh.root.path().join("back");
     let out = mesh.cli(0, &["restore", "n1", &s, "--to", &to.to_string_lossy()]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), mesh.nodes[0].log_text());
@@ -451,15 +440,7 @@ fn seed_1_a_holder_that_refuses_a_damaged_member_makes_its_node_mend_its_copy() 
     assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
     assert!(wait_until(LONG, || archives(&mesh, 0, "n1", &s).first().is_some_and(|a| holders(a).len() == 2)));
     // Every member of n1's copy damaged; n2 keeps a good one.
-    let segments = mesh.nodes[0].dir.join("segments");
-    for d in std::fs::read_dir(&segments).unwrap().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            let mut data = std::fs::read(f.path()).unwrap();
-            let i = data.len() / 2;
-            data[i] ^= 0x5a;
-            std::fs::write(f.path(), data).unwrap();
-        }
-    }
+    assert!(damage_every_member(&mesh.nodes[0].dir) > 0);
     mesh.restart(2);
     assert!(mesh.wait_ready(2, LONG));
     let all = BTreeSet::from(["n1".to_string(), "n2".to_string(), "n3".to_string()]);
@@ -475,4 +456,20 @@ fn seed_1_a_holder_that_refuses_a_damaged_member_makes_its_node_mend_its_copy() 
     let out = mesh.cli(2, &["restore", "n1", &s, "--on", "n3", "--to", &to.to_string_lossy()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+}
+
+/// Flips a byte in the middle of every member file of the store in
+/// `data_dir`; returns how many.
+fn damage_every_member(data_dir: &std::path::Path) -> usize {
+    let mut damaged = 0;
+    for d in std::fs::read_dir(data_dir.join("segments")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let mut data = std::fs::read(f.path()).unwrap();
+            let i = data.len() / 2;
+            data[i] ^= 0x5a;
+            std::fs::write(f.path(), data).unwrap();
+            damaged += 1;
+        }
+    }
+    damaged
 }
