@@ -582,11 +582,15 @@ impl Run {
         if !self.down.is_empty() || self.cut.is_some() {
             return;
         }
+        // As an operator would: once the node sees its peers again.
+        let mut all = self.names.clone();
+        all.sort();
+        wait_until(T, || self.mesh.up_names(on) == all);
         let mut again: Vec<&str> = vec!["--json"];
         again.extend(args);
         again.push("--overwrite");
         let out = self.mesh.cli(on, &again);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let err = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
         self.check(out.status.success(), || format!("a restore of {id} on {on_name} again after a kill failed: {err}"));
         if out.status.success() {
             self.report.restores += 1;

@@ -185,6 +185,10 @@ pub struct ReplicaActor {
     announced: HashSet<(String, bool)>,
 }
 
+/// How long a restore waits for a holder of what it reads to be seen up
+/// (a node just started is still connecting to its peers).
+const HOLDER_WAIT_MS: u64 = 10_000;
+
 /// How often the catalog's word on what this node keeps is checked against
 /// its disk (the first time once the log writes: [`crate::log::actor::SEQ_WAIT_MS`]).
 const HOLDINGS_EVERY: Duration = Duration::from_secs(60);
@@ -983,7 +987,22 @@ async fn restore(
         .send(GetCatalog { node: msg.node.clone(), path: msg.path.clone() })
         .await
         .map_err(|e| (String::new(), e.to_string()))?;
-    let (_, peers) = membership.send(GetPeers).await.map_err(|e| (String::new(), e.to_string()))?;
+    let mut peers = membership.send(GetPeers).await.map_err(|e| (String::new(), e.to_string()))?.1;
+    // A node that has just started (or lost its peers a moment ago) may
+    // not see a holder up yet: wait a little for one before saying none is.
+    let mut waited = 0;
+    let kept_here = |id: &str| store.has_archive(&msg.node, &msg.path, id);
+    let wanted = match msg.archive.as_deref() {
+        Some(id) => catalog.iter().find(|a| a.id == id),
+        None => catalog.first(),
+    };
+    if let Some(a) = wanted.filter(|a| !kept_here(&a.id)) {
+        while waited < HOLDER_WAIT_MS && !peers.iter().any(|p| p.up && a.holders.contains(&p.name)) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            waited += 500;
+            peers = membership.send(GetPeers).await.map_err(|e| (String::new(), e.to_string()))?.1;
+        }
+    }
     let (m, place) = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref())
         .await
         .map_err(|e| (msg.archive.clone().unwrap_or_default(), e))?;
