@@ -144,3 +144,42 @@ fn seed_3_nodes_restarted_during_a_partition_find_each_other_once_it_heals() {
         mesh.nodes[1].log_text()
     );
 }
+
+/// Found by seed 16 (of the 100-seed soak): a restore asked of a node the
+/// moment it had started, before it had connected to its peers, failed
+/// with "kept by no node that is up" though every holder was up. A
+/// restore now waits up to 10 s for a holder to be seen.
+#[test]
+fn seed_16_a_restore_on_a_node_that_just_started_waits_for_a_holder() {
+    use backmesh_simulations::{tree_differences, wait_until, write_slow_tree, Mesh};
+    use std::time::Duration;
+    const T: Duration = Duration::from_secs(60);
+    let mut mesh = Mesh::chain_with(&["n1", "n2", "n3"], &["--replicas", "1"]);
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_slow_tree(&src, 3, 16);
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    // Wait for the copy: n1 and one holder keep it.
+    let holders = |mesh: &Mesh| -> Vec<String> {
+        let out = mesh.cli(0, &["--json", "backups", "n1", &s]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["archives"][0]["holders"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str().map(String::from))
+            .collect()
+    };
+    assert!(wait_until(T, || holders(&mesh).len() == 2), "{:?}", holders(&mesh));
+    // The node that keeps no copy, restarted, and asked at once.
+    let h = holders(&mesh);
+    let other = ["n2", "n3"].iter().position(|n| !h.contains(&n.to_string())).unwrap() + 1;
+    mesh.restart(other);
+    assert!(mesh.wait_ready(other, T));
+    let to = mesh.root.path().join("back");
+    let name = mesh.nodes[other].name.clone();
+    let out = mesh.cli(other, &["restore", "n1", &s, "--on", &name, "--to", &to.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+}
