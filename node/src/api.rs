@@ -677,7 +677,21 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<R
     let b = body.into_inner();
     let on = b.on.clone().unwrap_or_else(|| b.node.clone());
     let target = find_node(&state, &on).await?;
-    let c = state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await?;
+    let mut c = state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await?;
+    let known = |c: &[backmesh_actors::log::mesh::CatalogArchive]| {
+        !c.is_empty() && b.archive.as_ref().is_none_or(|id| c.iter().any(|a| &a.id == id))
+    };
+    if !known(&c) {
+        // A node just started may not have caught up with its peers yet:
+        // wait for that (10 s at most) before saying the archive is unknown.
+        for _ in 0..20 {
+            if state.log.send(backmesh_actors::log::actor::IsCaughtUp).await? {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        c = state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await?;
+    }
     if c.is_empty() {
         return Err(error(
             StatusCode::NOT_FOUND,

@@ -275,7 +275,9 @@ pub fn faketime_env(offset: &str) -> Vec<(String, String)> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.starts_with("LD_PRELOAD") || k.starts_with("FAKETIME"))
+        // Not FAKETIME_SHARED: it names the shared memory of that one
+        // `faketime` process, gone once it exits.
+        .filter(|(k, _)| k.starts_with("LD_PRELOAD") || (k.starts_with("FAKETIME") && *k != "FAKETIME_SHARED"))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }

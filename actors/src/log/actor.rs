@@ -132,6 +132,13 @@ pub struct GetKeepers {
 #[rtype(result = "StateStats")]
 pub struct GetStats;
 
+/// Whether a first full pull from a peer has been answered since start
+/// (or the node has no network): until then the state may lack what
+/// peers wrote while this node was down.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsCaughtUp;
+
 /// Every origin's peer id and name, as its entries say (for the replica
 /// actor: who may seal a node's archives).
 #[derive(Message)]
@@ -1050,6 +1057,13 @@ impl Handler<GetStats> for LogActor {
         }
         let digest: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
         MessageResult(StateStats { records: self.state.len(), window: self.history.window_len(), digest })
+    }
+}
+
+impl Handler<IsCaughtUp> for LogActor {
+    type Result = bool;
+    fn handle(&mut self, _: IsCaughtUp, _: &mut Context<Self>) -> bool {
+        self.caught_up || self.net.is_stopped()
     }
 }
 
