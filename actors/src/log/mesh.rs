@@ -816,7 +816,7 @@ impl MeshState {
     /// Makes the catalogs of the series that changed again.
     fn refresh_catalogs(&mut self) {
         for key in std::mem::take(&mut self.stale_catalogs) {
-            let c = self.series.get(&key).map(catalog_of).unwrap_or_default();
+            let c = self.series.get(&key).map(|s| catalog_of(&key.0, s)).unwrap_or_default();
             if c.is_empty() {
                 self.catalogs.remove(&key);
             } else {
@@ -1448,10 +1448,16 @@ pub fn answer_pull(
     (records, None)
 }
 
-fn catalog_of(s: &Series) -> Vec<CatalogArchive> {
+/// The archives of series `s` of node `origin` that some node keeps. Only
+/// the series' node says an archive exists (its `finished` run, or its own
+/// word that it keeps it): a holder's word alone lists nothing, or any node
+/// with the swarm key could list archives of another's series that its
+/// node never made (and name the newest one, the one a restore takes).
+fn catalog_of(origin: &str, s: &Series) -> Vec<CatalogArchive> {
     let mut out: Vec<CatalogArchive> = s
         .archives
         .iter()
+        .filter(|(_, a)| a.made.is_some() || a.holders.iter().any(|(n, h)| n == origin && h.value))
         .map(|(id, a)| {
             let made = a.made.as_ref();
             CatalogArchive {
@@ -2130,5 +2136,39 @@ mod tests {
         assert_eq!((cat[0].size, cat[0].files, cat[0].warnings), (10, 2, 1));
         assert!(s.series_kept_by("n2").contains(&("n1".to_string(), "/p".to_string())));
         assert!(s.series_kept_by("n3").is_empty());
+    }
+
+    #[test]
+    fn a_holder_s_word_alone_lists_no_archive_of_another_node_s_series() {
+        let mut c = Clock::new("A");
+        let mut seq = 0;
+        let mut e = |event: Event| {
+            seq += 1;
+            Entry {
+                origin: "A".into(),
+                origin_name: "n1".into(),
+                seq,
+                time: c.tick(seq as i64),
+                sig: Seal::None,
+                seals: Vec::new(),
+                event,
+            }
+        };
+        let copy = |archive: &str, holder: &str| Event::Replicated {
+            node: "n1".into(),
+            path: "/p".into(),
+            archive: archive.into(),
+            holder: holder.into(),
+            bytes: 1,
+        };
+        // n3 says it keeps "z9", newer than anything n1 made: nothing lists it.
+        let mut s = fold(&[e(copy("z9", "n3")), e(copy("x1", "n2"))]);
+        assert!(s.catalog("n1", "/p").is_empty());
+        // n1's own word that it keeps x1 (its `finished` lost, seed 1) lists it,
+        // with n2; z9 stays unlisted.
+        let mut s = fold(&[e(copy("z9", "n3")), e(copy("x1", "n2")), e(copy("x1", "n1"))]);
+        let cat = s.catalog("n1", "/p");
+        assert_eq!(cat.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["x1"]);
+        assert_eq!(cat[0].holders, BTreeSet::from(["n1".to_string(), "n2".to_string()]));
     }
 }

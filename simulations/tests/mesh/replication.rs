@@ -378,6 +378,14 @@ fn a_peer_with_the_swarm_key_cannot_plant_an_archive_in_another_node_s_series() 
     let real: Vec<String> =
         archives(&mesh, 1, "n1", &s).iter().filter_map(|a| a["id"].as_str().map(String::from)).collect();
     assert_eq!(real.len(), 1);
+    // The rogue says it keeps its forged archive (its holdings check tells
+    // the catalog what its disk keeps): the catalog does not list it, for
+    // n1 never said it made it.
+    let claimed = || String::from_utf8_lossy(&mesh.cli(1, &["--json", "log"]).stdout).contains(&forged[0]);
+    assert!(wait_until(LONG, claimed), "the rogue never said it keeps {}", forged[0]);
+    let listed: Vec<String> =
+        archives(&mesh, 1, "n1", &s).iter().filter_map(|a| a["id"].as_str().map(String::from)).collect();
+    assert_eq!(listed, real, "a holder's word alone listed an archive n1 never made");
 
     // With n1 gone, the rogue repairs "its" copy of n1's series onto n2:
     // n2 refuses it, names it, and counts it against the rogue.
