@@ -17,6 +17,7 @@
 //! Retention ([`Store::retain`]) keeps the newest K archives per
 //! (node, path), then frees members no manifest uses.
 
+pub mod health;
 pub mod kv;
 
 use std::collections::{HashMap, HashSet};
@@ -772,6 +773,13 @@ impl Store {
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+
+    /// Writes and flushes one small record: whether the index still takes
+    /// writes (see [`health`]).
+    pub fn probe_index(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.kv.put("health", b"probe", &now_ms.to_be_bytes())?;
         self.kv.flush()
     }
 }

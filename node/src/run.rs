@@ -166,6 +166,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             JobsConfig { keep: cfg.keep, max_parallel: 2, queue_bound: cfg.queue_limit, programs: programs.clone() },
         )
         .start();
+        actix::spawn(watch_index(store.clone(), cfg.data_dir.clone()));
         let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone(), programs).start();
         // The network (noise, yamux, gossip signatures, member transfers)
         // runs on a thread of its own: on the actors' thread, its bursts of
@@ -271,6 +272,39 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
+}
+
+/// Probes the index every few seconds, and ends the process when it has
+/// failed for good (docs/reliability.md, "A disk that filled up"): its
+/// service manager starts it again, and a fresh open recovers it.
+async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf) {
+    use backmesh_actors::store::health::{IndexWatch, Verdict, EXIT_INDEX_BROKEN, PROBE_EVERY};
+    let mut watch = IndexWatch::default();
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let probe = store.probe_index(backmesh_actors::net::actor::now_ms());
+        match watch.observe(probe, free_bytes(&data_dir), std::time::Instant::now()) {
+            Verdict::Healthy => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("the index takes writes again");
+                }
+            }
+            Verdict::Failing(why) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!("the index refuses writes: {why}");
+                }
+            }
+            Verdict::Broken(why) => {
+                tracing::error!(
+                    "the index database failed for good: {why}; it keeps its first I/O error until it is \
+                     opened again: exiting with code {EXIT_INDEX_BROKEN} so that the service manager starts \
+                     this node again"
+                );
+                std::process::exit(EXIT_INDEX_BROKEN);
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

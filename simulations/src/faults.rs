@@ -208,6 +208,9 @@ pub struct Report {
     pub restores: usize,
     /// Seconds from the heal until the mesh had settled.
     pub settle_secs: f64,
+    /// Nodes that ended by themselves because their index failed for good
+    /// after a full disk, and were started again (as a service manager does).
+    pub revived: usize,
     pub secs: f64,
 }
 
@@ -238,6 +241,8 @@ struct Run {
     /// nodes whose disk is full now.
     disks: bool,
     full: BTreeSet<usize>,
+    /// Nodes whose disk has been full during this run.
+    filled: BTreeSet<usize>,
 }
 
 /// The size of each node's disk when it has one of its own.
@@ -341,7 +346,28 @@ impl Run {
         }
     }
 
+    /// Starts again every node whose process ended by itself, as its
+    /// service manager would (`Restart=on-failure`). Only one end is
+    /// rightful: a node whose disk was full exits with
+    /// [`EXIT_INDEX_BROKEN`] once its index has failed for good.
+    fn revive(&mut self) {
+        use backmesh_actors::store::health::EXIT_INDEX_BROKEN;
+        for n in 0..self.names.len() {
+            let Some(status) = self.mesh.nodes[n].exited() else { continue };
+            let name = self.names[n].clone();
+            let log = self.mesh.nodes[n].log_text();
+            let tail: String = log.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+            let rightful = status.code() == Some(EXIT_INDEX_BROKEN) && self.filled.contains(&n);
+            self.check(rightful, || format!("{name} ended by itself ({status}): {tail}"));
+            eprintln!("seed {}: {name} ended by itself ({status}); starting it again", self.cfg.seed);
+            self.report.revived += 1;
+            self.down.insert(n);
+            self.start(n);
+        }
+    }
+
     fn play(&mut self, step: &Step) {
+        self.revive();
         let note = format!("{step:?}");
         self.trace.push(note);
         // A cut or a full disk counts once, when it is made.
@@ -406,6 +432,7 @@ impl Run {
                     } else {
                         fill(&ballast);
                         self.full.insert(n);
+                        self.filled.insert(n);
                     }
                 }
             }
@@ -694,7 +721,10 @@ impl Run {
 
     fn final_checks(&mut self) {
         let t0 = Instant::now();
-        let settled = wait_until(SETTLE, || self.settled());
+        let settled = wait_until(SETTLE, || {
+            self.revive();
+            self.settled()
+        });
         self.report.settle_secs = t0.elapsed().as_secs_f64();
         let why = if settled { String::new() } else { self.unsettled().unwrap_or_default() };
         self.check(settled, || format!("the mesh did not settle within {} s of the heal: {why}", SETTLE.as_secs()));
@@ -878,6 +908,7 @@ pub fn run(cfg: &Config) -> Report {
         cut: None,
         disks,
         full: BTreeSet::new(),
+        filled: BTreeSet::new(),
     };
     let mut sorted = names.clone();
     sorted.sort();

@@ -59,7 +59,7 @@ fn main() {
     let mut failed = Vec::new();
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     let mut seeds_with: BTreeMap<&str, usize> = BTreeMap::new();
-    let (mut checks, mut faults) = (0, 0);
+    let (mut checks, mut faults, mut revived) = (0, 0, 0);
     for seed in &seeds {
         let mut cfg = Config::new(*seed);
         if let Some(k) = steps {
@@ -85,6 +85,7 @@ fn main() {
             faults += n;
         }
         checks += r.checks;
+        revived += r.revived;
         if !r.violations.is_empty() {
             for v in &r.violations {
                 println!("  seed {seed}: {v}");
@@ -101,6 +102,11 @@ fn main() {
     );
     for (k, n) in &by_kind {
         println!("  {k}: {n} times, in {} seed(s)", seeds_with[k]);
+    }
+    if revived > 0 {
+        println!(
+            "  {revived} node(s) ended by themselves after a full disk (index failed for good) and were started again"
+        );
     }
     if !failed.is_empty() {
         std::process::exit(1);
