@@ -2093,11 +2093,11 @@ mod tests {
         assert!(kept.iter().all(|w| w.len() < 600));
     }
 
-    #[test]
-    fn the_catalog_follows_finished_replicated_and_pruned() {
+    /// Entries written by node n1 (peer `A`), one seq and one tick each.
+    fn from_n1() -> impl FnMut(Event) -> Entry {
         let mut c = Clock::new("A");
         let mut seq = 0;
-        let mut e = |event: Event| {
+        move |event: Event| {
             seq += 1;
             Entry {
                 origin: "A".into(),
@@ -2108,7 +2108,12 @@ mod tests {
                 seals: Vec::new(),
                 event,
             }
-        };
+        }
+    }
+
+    #[test]
+    fn the_catalog_follows_finished_replicated_and_pruned() {
+        let mut e = from_n1();
         let mut s = fold(&[
             e(Event::Finished {
                 node: "n1".into(),
@@ -2140,20 +2145,7 @@ mod tests {
 
     #[test]
     fn a_holder_s_word_alone_lists_no_archive_of_another_node_s_series() {
-        let mut c = Clock::new("A");
-        let mut seq = 0;
-        let mut e = |event: Event| {
-            seq += 1;
-            Entry {
-                origin: "A".into(),
-                origin_name: "n1".into(),
-                seq,
-                time: c.tick(seq as i64),
-                sig: Seal::None,
-                seals: Vec::new(),
-                event,
-            }
-        };
+        let mut e = from_n1();
         let copy = |archive: &str, holder: &str| Event::Replicated {
             node: "n1".into(),
             path: "/p".into(),
