@@ -841,14 +841,24 @@ impl Run {
     }
 }
 
+/// Whether the member file at `f` is there and hashes to its name.
+fn intact(f: &Path) -> bool {
+    let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let Some(hex) = name.strip_suffix(".gz") else { return false };
+    std::fs::read(f).is_ok_and(|data| backmesh_actors::hash::Digest::of(&data).to_hex() == hex)
+}
+
 /// Flips one byte in the middle of the `pick`-th member file under
-/// `segments` that one of `others` keeps too.
+/// `segments` that one of `others` keeps intact.
 fn corrupt_one(segments: &Path, others: &[PathBuf], pick: u64) {
     let mut files: Vec<PathBuf> = Vec::new();
     for d in std::fs::read_dir(segments).into_iter().flatten().flatten() {
         for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
             let rel = f.path().strip_prefix(segments).map(Path::to_path_buf).unwrap_or_default();
-            if others.iter().any(|o| o.join(&rel).exists()) {
+            // Only a member another node keeps intact: damage to every copy
+            // of a member is a loss no mesh can mend (seed 70 once damaged
+            // the same member on both nodes that kept it).
+            if others.iter().any(|o| intact(&o.join(&rel))) {
                 files.push(f.path());
             }
         }
