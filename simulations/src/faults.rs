@@ -353,6 +353,11 @@ impl Run {
     fn revive(&mut self) {
         use backmesh_actors::store::health::EXIT_INDEX_BROKEN;
         for n in 0..self.names.len() {
+            // A node down is the runner's to start (one that did not start
+            // on a full disk stays down until the disk is freed).
+            if self.down.contains(&n) {
+                continue;
+            }
             let Some(status) = self.mesh.nodes[n].exited() else { continue };
             let name = self.names[n].clone();
             let log = self.mesh.nodes[n].log_text();
