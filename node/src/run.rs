@@ -283,7 +283,13 @@ async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf)
     let mut failing = false;
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
-        let probe = store.probe_index(backmesh_actors::net::actor::now_ms());
+        // A flush waits for the disk: off the actors' thread.
+        let s = store.clone();
+        let probe = tokio::task::spawn_blocking(move || s.probe_index(backmesh_actors::net::actor::now_ms()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(backmesh_actors::store::StoreError::Index { reason: format!("the probe crashed: {e}") })
+            });
         match watch.observe(probe, free_bytes(&data_dir), std::time::Instant::now()) {
             Verdict::Healthy => {
                 if std::mem::take(&mut failing) {
