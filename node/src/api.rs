@@ -8,6 +8,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use backmesh_actors::jobs::actor::{CheckSource, GetProgress, JobsActor, RunNow};
 use backmesh_actors::jobs::plugin::Job;
 use backmesh_actors::jobs::plugin::JobSpec;
+use backmesh_actors::jobs::queue::NotQueued;
 use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, GetKeepers, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
 use backmesh_actors::log::history::{HistoryQuery, Page, PAGE_MAX};
@@ -534,11 +535,11 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
     }
     let request = new_request();
     let queued = if node.this_node {
-        state
-            .jobs
-            .send(RunNow { path: b.path.clone(), request: Some(request.clone()) })
-            .await?
-            .map_err(|full| error(StatusCode::TOO_MANY_REQUESTS, full.to_string()))
+        let asked = state.jobs.send(RunNow { path: b.path.clone(), request: Some(request.clone()) }).await?;
+        asked.map_err(|why| match why {
+            NotQueued::Full(full) => error(StatusCode::TOO_MANY_REQUESTS, full.to_string()),
+            NotQueued::NotDurable(_) => error(StatusCode::SERVICE_UNAVAILABLE, why.to_string()),
+        })
     } else if !node.up {
         Err(error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use actix::prelude::*;
 
 use super::plugin::Programs;
-use super::queue::{Full, Item, Queue};
+use super::queue::{Item, NotQueued, Queue};
 use super::run::{run_job, RunOutcome};
 use crate::archive::{CreateOptions, Progress};
 use crate::log::actor::{GetJobsOf, LogActor, Record};
@@ -35,7 +35,7 @@ use crate::store::{Retention, Store};
 /// Queue an on-demand run of `path` (a registered job of this node); its
 /// log entries will carry `request`.
 #[derive(Message)]
-#[rtype(result = "Result<u64, Full>")]
+#[rtype(result = "Result<u64, NotQueued>")]
 pub struct RunNow {
     pub path: String,
     pub request: Option<String>,
@@ -135,11 +135,20 @@ impl JobsActor {
         }
     }
 
-    fn enqueue(&mut self, path: String, on_demand: bool, request: Option<String>) -> Result<Option<u64>, Full> {
+    /// Queues a run. An on-demand run is queued only once its entry is on
+    /// disk: one accepted and then lost with a crash would never end. A
+    /// scheduled run that cannot be written waits in memory (after a crash
+    /// the schedule finds it due again).
+    fn enqueue(&mut self, path: String, on_demand: bool, request: Option<String>) -> Result<Option<u64>, NotQueued> {
         let item = Item { path, on_demand, queued_ms: now_ms(), request };
         let id = self.queue.push(item.clone())?;
         if let Some(id) = id {
             if let Err(e) = Queue::persist(self.store.kv().as_ref(), id, &item) {
+                if on_demand {
+                    self.queue.remove(id);
+                    tracing::warn!("refused a run of {}: its queue entry cannot be written: {e}", item.path);
+                    return Err(NotQueued::NotDurable(e.to_string()));
+                }
                 tracing::error!("cannot persist a queued run of {}: {e}", item.path);
             }
         }
@@ -295,7 +304,7 @@ impl Actor for JobsActor {
 }
 
 impl Handler<RunNow> for JobsActor {
-    type Result = Result<u64, Full>;
+    type Result = Result<u64, NotQueued>;
     fn handle(&mut self, msg: RunNow, ctx: &mut Context<Self>) -> Self::Result {
         let id = self.enqueue(msg.path, true, msg.request)?.unwrap_or(0);
         // The job list may be a second old: refresh it before starting.
@@ -344,7 +353,7 @@ impl Handler<ServeCtl> for JobsActor {
         let response = match msg.request {
             CtlRequest::Run { path, request, .. } => match self.handle(RunNow { path: path.into(), request }, ctx) {
                 Ok(id) => CtlResponse::Queued { id },
-                Err(full) => CtlResponse::Busy { reason: full.to_string() },
+                Err(why) => CtlResponse::Busy { reason: why.to_string() },
             },
             CtlRequest::Progress { path } => {
                 CtlResponse::Progress(self.handle(GetProgress { path: path.into() }, ctx).0)

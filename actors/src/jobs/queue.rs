@@ -31,6 +31,17 @@ pub struct Full {
     pub waiting: usize,
 }
 
+/// Why an on-demand run was not queued.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotQueued {
+    #[error(transparent)]
+    Full(#[from] Full),
+    /// Its queue entry could not be written: accepted, it could be lost
+    /// with a crash before it ran (a full disk, a failing index).
+    #[error("the run could not be queued durably on this node ({0}); nothing was queued: try again once it can write")]
+    NotDurable(String),
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Queue {
     items: BTreeMap<u64, Item>,

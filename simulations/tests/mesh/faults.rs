@@ -238,3 +238,14 @@ fn seed_32_a_node_whose_disk_filled_and_was_freed_is_started_again_and_the_mesh_
     assert!(row.contains("disk-full×2"), "seed 32 no longer fills and frees a disk: {row}");
     assert!(table.contains("1 node(s) ended by themselves after a full disk"), "{table}");
 }
+
+/// Found by seed 60 of the 100-seed soak: a run asked of a node whose disk
+/// was full was accepted (`run --no-wait` got its request id) though its
+/// queue entry could not be written; the node was killed before the run
+/// ended, and the run was lost: accepted and never ended. A node now
+/// refuses an on-demand run it cannot queue durably (503, "nothing was
+/// queued"), and the asker knows to try again.
+#[test]
+fn seed_60_a_run_a_node_cannot_queue_durably_is_refused_not_lost() {
+    play(60, 24);
+}
