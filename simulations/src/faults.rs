@@ -729,9 +729,24 @@ impl Run {
 
     fn final_checks(&mut self) {
         let t0 = Instant::now();
+        // No new scheduled run from here on (a node restarted by the heal
+        // runs again what a kill cut short, and a backup that ends midway
+        // through the checks would change what they compare); the runs
+        // asked for still run, and must end.
+        for n in 0..self.names.len() {
+            let out = self.mesh.cli(0, &["pause", &self.names[n].clone()]);
+            let name = self.names[n].clone();
+            self.check(out.status.success(), || format!("pause {name}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        self.requests_end();
+        // Settled, and still so a few seconds later (a run that started
+        // before the pause has ended).
         let settled = wait_until(SETTLE, || {
             self.revive();
-            self.settled()
+            self.settled() && {
+                std::thread::sleep(Duration::from_secs(3));
+                self.settled()
+            }
         });
         self.report.settle_secs = t0.elapsed().as_secs_f64();
         let why = if settled { String::new() } else { self.unsettled().unwrap_or_default() };
@@ -833,11 +848,15 @@ impl Run {
         let v = json(&out);
         let ok = v["ok"] == true;
         self.check(ok, || format!("verify after repair: {v}"));
-        // Every accepted run request ended in the log.
+    }
+
+    /// Every accepted run request ends in the log (a run cut short by a
+    /// kill runs again once its node is back).
+    fn requests_end(&mut self) {
         let requests = self.requests.clone();
         for (s, request) in requests {
             let origin = self.series[s].node;
-            let ended = wait_until(Duration::from_secs(30), || {
+            let ended = wait_until(Duration::from_secs(60), || {
                 let log = json(&self.mesh.cli(origin, &["--json", "log", "--limit", "1000"]));
                 log["entries"].as_array().into_iter().flatten().any(|e| {
                     e["request"] == request.as_str()
