@@ -174,15 +174,31 @@ fn seed_16_a_restore_on_a_node_that_just_started_waits_for_a_holder() {
             .collect()
     };
     assert!(wait_until(T, || holders(&mesh).len() == 2), "{:?}", holders(&mesh));
-    // The node that keeps no copy, restarted, and asked at once.
+    // The node that keeps no copy, restarted unable to reach the holders
+    // for its first 2 s (the test-only partition gate), and asked at once.
     let h = holders(&mesh);
     let other = ["n2", "n3"].iter().position(|n| !h.contains(&n.to_string())).unwrap() + 1;
+    let gate = mesh.root.path().join("gate");
+    let holder_ids: Vec<String> =
+        (0..3).filter(|i| h.contains(&mesh.nodes[*i].name)).filter_map(|i| mesh.peer_id(i)).collect();
+    assert_eq!(holder_ids.len(), 2);
+    std::fs::write(&gate, holder_ids.join("\n")).unwrap();
+    mesh.nodes[other].env = vec![("BACKMESH_TEST_PARTITION".into(), gate.to_string_lossy().into_owned())];
     mesh.restart(other);
     assert!(mesh.wait_ready(other, T));
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            std::fs::write(&gate, "").unwrap();
+        })
+    };
     let to = mesh.root.path().join("back");
     let name = mesh.nodes[other].name.clone();
     let out = mesh.cli(other, &["restore", "n1", &s, "--on", &name, "--to", &to.to_string_lossy()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    opener.join().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
     assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
 }
 
