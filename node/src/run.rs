@@ -275,7 +275,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
 }
 
 /// Probes the index every few seconds, and ends the process when it has
-/// failed for good (docs/reliability.md, "A disk that filled up"): its
+/// failed for good (docs/operations.md, "Disk full"): its
 /// service manager starts it again, and a fresh open recovers it.
 async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf) {
     use backmesh_actors::store::health::{IndexWatch, Verdict, EXIT_INDEX_BROKEN, PROBE_EVERY};

@@ -733,9 +733,8 @@ impl Run {
         // runs again what a kill cut short, and a backup that ends midway
         // through the checks would change what they compare); the runs
         // asked for still run, and must end.
-        for n in 0..self.names.len() {
-            let out = self.mesh.cli(0, &["pause", &self.names[n].clone()]);
-            let name = self.names[n].clone();
+        for name in self.names.clone() {
+            let out = self.mesh.cli(0, &["pause", &name]);
             self.check(out.status.success(), || format!("pause {name}: {}", String::from_utf8_lossy(&out.stderr)));
         }
         self.requests_end();
