@@ -272,6 +272,16 @@ fn read_file(p: &Path) -> Result<FileConfig> {
     toml::from_str(&text).map_err(|e| anyhow!("config file {}: {e}", p.display()))
 }
 
+/// A duration as `--keep-within` takes it, for people (`14d`, `36h`).
+pub fn human_duration(d: Duration) -> String {
+    let h = d.as_secs() / 3600;
+    if h.is_multiple_of(24) {
+        format!("{}d", h / 24)
+    } else {
+        format!("{h}h")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,15 +339,5 @@ mod tests {
         let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("quota in the config file") && e.to_string().contains("`lots`"), "{e}");
         assert_eq!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().quota, Quota::Percent(50));
-    }
-}
-
-/// A duration as `--keep-within` takes it, for people (`14d`, `36h`).
-pub fn human_duration(d: Duration) -> String {
-    let h = d.as_secs() / 3600;
-    if h % 24 == 0 {
-        format!("{}d", h / 24)
-    } else {
-        format!("{h}h")
     }
 }

@@ -43,7 +43,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -55,7 +55,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
     pub fn chance(&mut self, percent: u64) -> bool {
@@ -171,16 +171,16 @@ pub fn schedule(cfg: &Config) -> Vec<Step> {
         let series = r.below(cfg.series as u64);
         let node = r.below(cfg.nodes as u64);
         let step = match r.below(100) {
-            0..=19 => Step::Change { series, files: 1 + r.below(4), seed: r.next() },
+            0..=19 => Step::Change { series, files: 1 + r.below(4), seed: r.next_u64() },
             20..=39 => Step::Backup { series, via: node },
             40..=45 => Step::BackupKilled { series, after_ms: r.below(800) },
-            46..=52 => Step::Restore { series, pick: r.next(), on: node },
-            53..=56 => Step::RestoreKilled { series, pick: r.next(), on: node, after_ms: r.below(400) },
+            46..=52 => Step::Restore { series, pick: r.next_u64(), on: node },
+            53..=56 => Step::RestoreKilled { series, pick: r.next_u64(), on: node, after_ms: r.below(400) },
             57..=61 => Step::Verify { via: node },
             62..=67 => Step::Kill { node },
             68..=75 => Step::Restart { node },
             76..=80 => Step::Freeze { node, secs: 1 + r.below(5) },
-            81..=86 => Step::Corrupt { node, pick: r.next() },
+            81..=86 => Step::Corrupt { node, pick: r.next_u64() },
             87..=92 => Step::Partition { node },
             93..=96 => Step::DiskFull { node },
             _ => {
@@ -520,7 +520,7 @@ impl Run {
             let data: Vec<u8> = if r.chance(50) {
                 (0..len).map(|i| b"backmesh keeps what it is given "[i % 32]).collect()
             } else {
-                (0..len).map(|_| r.next() as u8).collect()
+                (0..len).map(|_| r.next_u64() as u8).collect()
             };
             let _ = std::fs::write(dir.join(name), data);
         }
@@ -1052,6 +1052,10 @@ fn fill(file: &Path) {
     let _ = f.sync_all();
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1064,8 +1068,4 @@ mod tests {
         let kinds: BTreeSet<&str> = a.iter().filter_map(Step::fault).collect();
         assert_eq!(kinds.len(), 7, "{kinds:?}");
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

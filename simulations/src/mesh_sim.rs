@@ -35,6 +35,10 @@
 //! merged is lost); every job is known everywhere; after repair, every
 //! retained archive is at R live holders.
 
+// Nodes are addressed by index throughout: an index is a node's identity in
+// every table of the simulation, so loops run over indices.
+#![allow(clippy::needless_range_loop)]
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -147,17 +151,17 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -530,7 +534,8 @@ pub fn run(cfg: &Config) -> Report {
     // registered at different times, so each last started somewhere in the
     // period before the start.
     let period_ms = cfg.every_min * 60_000;
-    let mut last_started: Vec<i64> = (0..series).map(|_| t0 - (rng.next() % period_ms.max(1) as u64) as i64).collect();
+    let mut last_started: Vec<i64> =
+        (0..series).map(|_| t0 - (rng.next_u64() % period_ms.max(1) as u64) as i64).collect();
     let template = JobView {
         node: String::new(),
         path: String::new(),
@@ -590,8 +595,8 @@ pub fn run(cfg: &Config) -> Report {
             for path in due(&views, now, 60_000, |_| false) {
                 let j = views.iter().position(|v| v.path == path).unwrap_or(0);
                 last_started[n * cfg.jobs + j] = now;
-                let at = now - (rng.next() % ROUND_MS as u64) as i64;
-                let tag = rng.next() as u32;
+                let at = now - (rng.next_u64() % ROUND_MS as u64) as i64;
+                let tag = rng.next_u64() as u32;
                 let ev = (cfg.model == Model::Real).then(|| Event::Finished {
                     node: name_of(n),
                     path: path_of(j),
@@ -756,7 +761,7 @@ fn check_state(cfg: &Config, nodes: &mut [SimNode], live: &[usize], series: usiz
                         report.violations.push(format!("{} lacks records a live node had", nodes[*n].name));
                         break;
                     }
-                    if versions[..series].iter().any(|v| *v == 0) {
+                    if versions[..series].contains(&0) {
                         report.violations.push(format!("{} lost a job", nodes[*n].name));
                         break;
                     }

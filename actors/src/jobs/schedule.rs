@@ -61,7 +61,8 @@ mod tests {
     fn what_is_due_table() {
         const MIN: i64 = 60_000;
         // (every, last started, paused, busy, now) → due?
-        let cases: &[(u64, Option<i64>, bool, bool, i64, bool)] = &[
+        type Case = (u64, Option<i64>, bool, bool, i64, bool);
+        let cases: &[Case] = &[
             (5, None, false, false, 0, true),                       // never run: at once
             (5, Some(0), false, false, 5 * MIN - 1, false),         // a millisecond early
             (5, Some(0), false, false, 5 * MIN, true),              // exactly its period

@@ -305,9 +305,8 @@ impl History {
             _ => {
                 // Walk back in time until the page is full, or SCAN_MAX
                 // entries were looked at.
-                let mut scanned = 0;
                 let mut looked_at: Option<Vec<u8>> = None;
-                for item in self.runs.rev(before.as_deref(), None)? {
+                for (scanned, item) in self.runs.rev(before.as_deref(), None)?.enumerate() {
                     let item = item?;
                     if scanned == SCAN_MAX {
                         // Everything from the last one looked at on was.
@@ -315,7 +314,6 @@ impl History {
                         floor = looked_at;
                         break;
                     }
-                    scanned += 1;
                     looked_at = Some(item.key.clone());
                     let e = decode(&item.value)?;
                     if q.matches(&e) {

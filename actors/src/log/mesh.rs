@@ -1912,8 +1912,10 @@ mod tests {
             last.value.result = RunResult::Failed;
         }
         // A register with no seal at all.
-        let mut unsealed = Series::default();
-        unsealed.last_started = Some(Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: Seal::None });
+        let unsealed = Series {
+            last_started: Some(Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: Seal::None }),
+            ..Series::default()
+        };
         let mut found = Checked::default();
         let empty = MeshState::new();
         assert!(!empty.check(&key, &mut forged, &k, &mut found), "nothing of the forgery is left");

@@ -718,13 +718,10 @@ impl Runs {
                 heads.push(next_forward(r)?);
             }
             let mut last: Option<Vec<u8>> = None;
-            loop {
-                let Some(i) = (0..heads.len())
-                    .filter(|i| heads[*i].is_some())
-                    .min_by(|a, b| heads[*a].as_ref().map(|x| &x.key).cmp(&heads[*b].as_ref().map(|x| &x.key)))
-                else {
-                    break;
-                };
+            while let Some(i) = (0..heads.len())
+                .filter(|i| heads[*i].is_some())
+                .min_by(|a, b| heads[*a].as_ref().map(|x| &x.key).cmp(&heads[*b].as_ref().map(|x| &x.key)))
+            {
                 let Some(item) = heads[i].take() else { break };
                 heads[i] = next_forward(&mut readers[i])?;
                 if last.as_ref() != Some(&item.key) {
