@@ -719,7 +719,7 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
         .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let tty = is_tty(json);
-    let found = wait_request(client, &request, &["verified"], expect, timeout, |start| {
+    let found = wait_request(client, &request, &["verified", "verify_failed"], expect, timeout, |start| {
         if tty {
             eprint!("\r  verifying {expect} cop(ies) of series… {}s", start.elapsed().as_secs());
         }
@@ -728,7 +728,7 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
     let Some(entries) = found else {
         return Err(Failure::Refused(format!("not every holder answered within {timeout}s; see `backmesh log`")));
     };
-    let ok = entries.iter().all(|e| e["ok"] == true) && problems.is_empty();
+    let ok = entries.iter().all(|e| e["kind"] == "verified" && e["ok"] == true) && problems.is_empty();
     if json {
         print_json(&serde_json::json!({"ok": ok, "verified": entries, "problems": problems}));
         return Ok(ok);
@@ -740,6 +740,16 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
         );
     }
     for e in &entries {
+        if e["kind"] == "verify_failed" {
+            println!(
+                "{:<12} {} on {}: could not verify: {}",
+                e["holder"].as_str().unwrap_or(""),
+                e["path"].as_str().unwrap_or(""),
+                e["node"].as_str().unwrap_or(""),
+                e["error"].as_str().unwrap_or("")
+            );
+            continue;
+        }
         let (damaged, repaired) = (e["damaged"].as_u64().unwrap_or(0), e["repaired"].as_u64().unwrap_or(0));
         let verdict = match (damaged, repaired) {
             (0, _) => "ok".to_string(),

@@ -204,6 +204,18 @@ pub enum Event {
         archive: String,
         holder: String,
     },
+    /// A holder could not verify its copies of a series to the end (a
+    /// manifest it cannot read, a crash of the check): never a success.
+    /// A kind of its own, so a node that does not know it keeps it as it
+    /// came ([`Event::Other`]).
+    VerifyFailed {
+        node: String,
+        path: String,
+        holder: String,
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
     /// An event of a kind this version does not know.
     #[serde(skip)]
     Other(OtherEvent),
@@ -291,7 +303,7 @@ impl<'de> Deserialize<'de> for Known {
 }
 
 /// Every kind this version knows.
-const KINDS: [&str; 14] = [
+const KINDS: [&str; 15] = [
     "registered",
     "unregistered",
     "paused",
@@ -305,6 +317,7 @@ const KINDS: [&str; 14] = [
     "restored",
     "verified",
     "repaired",
+    "verify_failed",
     "notified",
 ];
 
@@ -326,6 +339,7 @@ impl Event {
             Event::Restored { .. } => "restored",
             Event::Verified { .. } => "verified",
             Event::Repaired { .. } => "repaired",
+            Event::VerifyFailed { .. } => "verify_failed",
             Event::Notified { .. } => "notified",
         }
     }
@@ -346,6 +360,7 @@ impl Event {
             | Event::Restored { node, .. }
             | Event::Verified { node, .. }
             | Event::Repaired { node, .. }
+            | Event::VerifyFailed { node, .. }
             | Event::Notified { node, .. } => node,
             Event::Other(o) => &o.node,
         }
@@ -365,6 +380,7 @@ impl Event {
             Event::Replicated { holder, .. }
             | Event::Pruned { holder, .. }
             | Event::Verified { holder, .. }
+            | Event::VerifyFailed { holder, .. }
             | Event::Repaired { holder, .. } => Some(holder),
             Event::Restored { on, .. } => Some(on),
             Event::Notified { by, .. } => Some(by),
@@ -418,7 +434,8 @@ impl Event {
             | Event::Unchanged { request, .. }
             | Event::Failed { request, .. }
             | Event::Restored { request, .. }
-            | Event::Verified { request, .. } => request.as_deref(),
+            | Event::Verified { request, .. }
+            | Event::VerifyFailed { request, .. } => request.as_deref(),
             _ => None,
         }
     }
@@ -438,6 +455,7 @@ impl Event {
             | Event::Restored { path, .. }
             | Event::Verified { path, .. }
             | Event::Repaired { path, .. }
+            | Event::VerifyFailed { path, .. }
             | Event::Notified { path, .. } => Some(path),
             Event::Other(o) => o.path.as_deref(),
         }

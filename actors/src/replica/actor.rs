@@ -1091,24 +1091,40 @@ async fn verify_series(
     request: &str,
 ) -> Vec<Event> {
     let (s, n, p, list) = (store.clone(), node.to_string(), path.to_string(), ids.to_vec());
-    // (archive id, members, bad digests) for each archive.
+    let failed = |error: String| Event::VerifyFailed {
+        node: node.into(),
+        path: path.into(),
+        holder: me.into(),
+        error,
+        request: Some(request.into()),
+    };
+    // (archive id, members, bad digests) for each archive whose manifest
+    // reads, and why each other one does not.
     let checked = tokio::task::spawn_blocking(move || {
-        list.iter()
-            .map(|id| match s.manifest(&n, &p, Some(id)) {
+        let mut unreadable = Vec::new();
+        let checked = list
+            .iter()
+            .filter_map(|id| match s.manifest(&n, &p, Some(id)) {
                 Ok(m) => {
                     let r = s.verify(&m);
                     let bad: Vec<Digest> = r.damaged.iter().chain(&r.missing).copied().collect();
-                    (id.clone(), r.members as u64, bad)
+                    Some((id.clone(), r.members as u64, bad))
                 }
                 Err(e) => {
                     tracing::warn!("verify: cannot read the manifest of {id}: {e}");
-                    (id.clone(), 0, Vec::new())
+                    unreadable.push(format!("cannot read the manifest of archive {id}: {e}"));
+                    None
                 }
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (checked, unreadable)
     })
-    .await
-    .unwrap_or_default();
+    .await;
+    // A check that crashed checked nothing: it is a failure, never an empty success.
+    let (checked, unreadable) = match checked {
+        Ok(c) => c,
+        Err(e) => return vec![failed(format!("the check of this holder's copies crashed: {e}"))],
+    };
     let members: u64 = checked.iter().map(|(_, n, _)| n).sum();
     let bad: HashSet<Digest> = checked.iter().flat_map(|(_, _, b)| b.iter().copied()).collect();
     let mut repaired: HashSet<Digest> = HashSet::new();
@@ -1147,6 +1163,10 @@ async fn verify_series(
                 });
             }
         }
+    }
+    if !unreadable.is_empty() {
+        events.insert(0, failed(unreadable.join("; ")));
+        return events;
     }
     events.insert(
         0,

@@ -162,6 +162,25 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["verified"].as_array().unwrap().len(), 4, "origin and three holders: {v}");
 
+    // A manifest a holder cannot read: its verify fails and says why; it is
+    // never reported as verified.
+    let id = manifests_on_disk(&mesh.nodes[victim]).pop().unwrap();
+    let manifest = std::fs::read_dir(mesh.nodes[victim].dir.join("manifests"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(format!("{id}.bmm")))
+        .find(|p| p.exists())
+        .unwrap();
+    let whole = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, b"not a manifest").unwrap();
+    let out = mesh.cli(0, &["verify", "n1", &s]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line =
+        format!("{} {s} on n1: could not verify: cannot read the manifest of archive {id}", mesh.nodes[victim].name);
+    assert!(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ").starts_with(&line)), "{text}");
+    std::fs::write(&manifest, whole).unwrap();
+
     // A holder dies: past --repair-after its place goes to the spare node,
     // filled from the origin, and every archive is back at three live copies.
     let lost = mesh.nodes.iter().position(|n| copies.contains(&n.name) && mesh.nodes[victim].name != n.name).unwrap();
