@@ -181,6 +181,26 @@ enum Command {
     },
 }
 
+/// Writes a line on stdout. When the reader has gone (`backmesh jobs |
+/// head -1`), the client has nothing more to say to anyone: it exits 0
+/// quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("backmesh: cannot write the output: {e}");
+    std::process::exit(1)
+}
+
 /// Why a call failed, and so which exit code.
 enum Failure {
     /// Exit 3.
@@ -291,13 +311,13 @@ fn short(peer: &str) -> String {
 fn status(client: &Client, json: bool) -> Result<(), Failure> {
     let s: Status = client.get("/status")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return Ok(());
     }
-    println!("{:<20} {:<10} {:<22} {:<5} {:>10}  SITE", "NODE", "PEER", "ADDRESS", "STATE", "FREE");
+    out!("{:<20} {:<10} {:<22} {:<5} {:>10}  SITE", "NODE", "PEER", "ADDRESS", "STATE", "FREE");
     for n in &s.nodes {
         let name = if n.this_node { format!("{} *", n.name) } else { n.name.clone() };
-        println!(
+        out!(
             "{:<20} {:<10} {:<22} {:<5} {:>10}  {}",
             name,
             short(&n.peer_id),
@@ -308,14 +328,14 @@ fn status(client: &Client, json: bool) -> Result<(), Failure> {
         );
     }
     let up = s.nodes.iter().filter(|n| n.up).count();
-    println!("{up} of {} nodes up (* = the node that answered)", s.nodes.len());
+    out!("{up} of {} nodes up (* = the node that answered)", s.nodes.len());
     if s.jobs.is_empty() {
-        println!("no backup jobs registered");
+        out!("no backup jobs registered");
     } else {
-        println!();
-        println!("{:<16} {:<36} {:>7} {:<10} LAST SUCCESS", "JOB NODE", "PATH", "EVERY", "STATE");
+        out!();
+        out!("{:<16} {:<36} {:>7} {:<10} LAST SUCCESS", "JOB NODE", "PATH", "EVERY", "STATE");
         for j in &s.jobs {
-            println!(
+            out!(
                 "{:<16} {:<36} {:>5}m {:<10} {}",
                 j.node,
                 j.path,
@@ -326,7 +346,7 @@ fn status(client: &Client, json: bool) -> Result<(), Failure> {
         }
     }
     for p in &s.problems {
-        println!("problem: {p}");
+        out!("problem: {p}");
     }
     Ok(())
 }
@@ -342,7 +362,7 @@ fn enc(s: &str) -> String {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn jobs(client: &Client, json: bool) -> Result<(), Failure> {
@@ -353,12 +373,12 @@ fn jobs(client: &Client, json: bool) -> Result<(), Failure> {
     }
     let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
     if jobs.is_empty() {
-        println!("no backup jobs registered");
+        out!("no backup jobs registered");
         return Ok(());
     }
-    println!("{:<16} {:<36} {:>7} {:<10} LAST SUCCESS", "NODE", "PATH", "EVERY", "STATE");
+    out!("{:<16} {:<36} {:>7} {:<10} LAST SUCCESS", "NODE", "PATH", "EVERY", "STATE");
     for j in &jobs {
-        println!(
+        out!(
             "{:<16} {:<36} {:>5}m {:<10} {}",
             j["node"].as_str().unwrap_or(""),
             j["path"].as_str().unwrap_or(""),
@@ -428,7 +448,7 @@ fn log(
                 });
             }
         }
-        println!(
+        out!(
             "{}  {:<12} {:<10} {}  (by {} #{})",
             e["time"].as_str().unwrap_or(""),
             e["kind"].as_str().unwrap_or(""),
@@ -453,7 +473,7 @@ fn write(
     if json {
         print_json(&v);
     } else {
-        println!("{done}");
+        out!("{done}");
     }
     Ok(())
 }
@@ -506,7 +526,7 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
         if json {
             print_json(&queued);
         } else {
-            println!("queued: {path} on {node} (request {})", queued["request"].as_str().unwrap_or(""));
+            out!("queued: {path} on {node} (request {})", queued["request"].as_str().unwrap_or(""));
         }
         return Ok(true);
     }
@@ -553,7 +573,7 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
         print_json(&out);
     } else {
         match result.as_str() {
-            "finished" => println!(
+            "finished" => out!(
                 "finished: {path} on {node} → archive {} ({}, {} files) in {:.1}s",
                 e["archive"].as_str().unwrap_or(""),
                 human(e["size"].as_u64().unwrap_or(0)),
@@ -561,12 +581,12 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
                 e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
             ),
             "unchanged" => {
-                println!("unchanged: {path} on {node} (latest archive {})", e["archive"].as_str().unwrap_or(""))
+                out!("unchanged: {path} on {node} (latest archive {})", e["archive"].as_str().unwrap_or(""))
             }
-            _ => println!("failed: {path} on {node}: {}", e["error"].as_str().unwrap_or("")),
+            _ => out!("failed: {path} on {node}: {}", e["error"].as_str().unwrap_or("")),
         }
         for w in out["warnings"].as_array().cloned().unwrap_or_default() {
-            println!("  warning: {}", w.as_str().unwrap_or(""));
+            out!("  warning: {}", w.as_str().unwrap_or(""));
         }
     }
     Ok(result != "failed")
@@ -608,7 +628,7 @@ fn restore(
             "duration_ms": e["duration_ms"], "request": request,
         }));
     } else if ok {
-        println!(
+        out!(
             "restored: archive {} of {path} on {node} → {target}:{to} ({} entries, {}) in {:.1}s",
             e["archive"].as_str().unwrap_or(""),
             e["files"],
@@ -616,7 +636,7 @@ fn restore(
             e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
         );
     } else {
-        println!("failed: restore of {path} on {node} onto {target}: {}", e["error"].as_str().unwrap_or(""));
+        out!("failed: restore of {path} on {node} onto {target}: {}", e["error"].as_str().unwrap_or(""));
     }
     Ok(ok)
 }
@@ -704,7 +724,7 @@ fn fetch(
     if json {
         print_json(&serde_json::json!({"archive": id, "file": output, "size": got, "sha256": sha}));
     } else {
-        println!("fetched: archive {id} of {path} on {node} → {} ({}, sha256 {sha})", output.display(), human(got));
+        out!("fetched: archive {id} of {path} on {node} → {} ({}, sha256 {sha})", output.display(), human(got));
     }
     Ok(())
 }
@@ -734,14 +754,11 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
         return Ok(ok);
     }
     if entries.is_empty() {
-        println!(
-            "nothing to verify: no live node keeps archives{}",
-            path.map(|p| format!(" of {p}")).unwrap_or_default()
-        );
+        out!("nothing to verify: no live node keeps archives{}", path.map(|p| format!(" of {p}")).unwrap_or_default());
     }
     for e in &entries {
         if e["kind"] == "verify_failed" {
-            println!(
+            out!(
                 "{:<12} {} on {}: could not verify: {}",
                 e["holder"].as_str().unwrap_or(""),
                 e["path"].as_str().unwrap_or(""),
@@ -756,7 +773,7 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
             (d, r) if d == r => format!("{d} damaged member(s), all repaired from another holder"),
             (d, r) => format!("{d} damaged member(s), only {r} repaired: DAMAGED"),
         };
-        println!(
+        out!(
             "{:<12} {} on {}: {} archive(s), {} members: {verdict}",
             e["holder"].as_str().unwrap_or(""),
             e["path"].as_str().unwrap_or(""),
@@ -766,7 +783,7 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
         );
     }
     for p in &problems {
-        println!("could not verify on {p}");
+        out!("could not verify on {p}");
     }
     Ok(ok)
 }
@@ -779,9 +796,9 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
     }
     let archives = v["archives"].as_array().cloned().unwrap_or_default();
     if archives.is_empty() {
-        println!("no archives of {path} on {node} yet");
+        out!("no archives of {path} on {node} yet");
     } else {
-        println!("{:<32} {:<21} {:>10} {:>7}  HOLDERS", "ARCHIVE", "CREATED", "SIZE", "FILES");
+        out!("{:<32} {:<21} {:>10} {:>7}  HOLDERS", "ARCHIVE", "CREATED", "SIZE", "FILES");
         for a in &archives {
             let down: Vec<&str> =
                 a["holders_down"].as_array().map(|h| h.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
@@ -794,7 +811,7 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
                         .collect()
                 })
                 .unwrap_or_default();
-            println!(
+            out!(
                 "{:<32} {:<21} {:>10} {:>7}  {}",
                 a["id"].as_str().unwrap_or(""),
                 a["created"].as_str().unwrap_or(""),
@@ -805,9 +822,9 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
         }
     }
     if all {
-        println!();
+        out!();
         for e in v["executions"].as_array().cloned().unwrap_or_default() {
-            println!(
+            out!(
                 "{}  {:<12} {}",
                 e["time"].as_str().unwrap_or(""),
                 e["kind"].as_str().unwrap_or(""),

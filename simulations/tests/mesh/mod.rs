@@ -175,6 +175,29 @@ fn an_unreachable_node_exits_3() {
 }
 
 #[test]
+fn a_client_whose_output_pipe_closed_exits_0_quietly() {
+    let mut mesh = Mesh::new();
+    let n = mesh.start("piped", None, &[]);
+    assert!(mesh.wait_ready(n, T));
+    for args in [&["jobs"][..], &["status"], &["--json", "status"], &["log"]] {
+        // The reader is gone before the client writes a byte (`backmesh jobs | head -0`).
+        let mut child = std::process::Command::new(backmesh_simulations::binary("backmesh"))
+            .arg("--node")
+            .arg(mesh.nodes[n].url())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} printed: {err}");
+    }
+}
+
+#[test]
 fn the_api_over_tls_with_a_trusted_ca() {
     let mut mesh = Mesh::new();
     let (ca, cert, key) = test_ca_and_cert(mesh.root.path()).expect("openssl makes a CA and a certificate");
