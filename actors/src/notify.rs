@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use actix::prelude::*;
+use backmesh_api::{JobState, Notice};
 use serde::Serialize;
 
 use crate::jobs::plugin::{run_hook, Programs};
@@ -28,11 +29,11 @@ use crate::net::actor::{now_ms, rfc3339, GetPeers, MembershipActor};
 use crate::replica::placement::{rank, Candidate};
 
 /// What to tell, given the job's state now and what was told last.
-pub fn transition(state: &str, last: Option<&str>) -> Option<&'static str> {
+pub fn transition(state: JobState, last: Option<Notice>) -> Option<Notice> {
     match (state, last) {
-        ("failing", l) if l != Some("failure") => Some("failure"),
-        ("stale", l) if l != Some("stale") => Some("stale"),
-        ("ok", Some("failure" | "stale")) => Some("recovery"),
+        (JobState::Failing, l) if l != Some(Notice::Failure) => Some(Notice::Failure),
+        (JobState::Stale, l) if l != Some(Notice::Stale) => Some(Notice::Stale),
+        (JobState::Ok, Some(Notice::Failure | Notice::Stale)) => Some(Notice::Recovery),
         _ => None,
     }
 }
@@ -40,12 +41,11 @@ pub fn transition(state: &str, last: Option<&str>) -> Option<&'static str> {
 /// The JSON a webhook receives (docs/plugins.md, "Notifications").
 #[derive(Clone, Debug, Serialize)]
 pub struct Notification {
-    /// `failure`, `stale` or `recovery`.
-    pub event: String,
+    pub event: Notice,
     pub node: String,
     pub path: String,
     /// The job's state now: `failing`, `stale` or `ok`.
-    pub state: String,
+    pub state: JobState,
     /// The failure reason, for `failure`.
     pub error: Option<String>,
     pub last_success: Option<String>,
@@ -98,17 +98,17 @@ impl NotifyActor {
             for j in jobs.iter().filter(|j| !j.spec.notify.is_empty() || j.spec.notify_cmd.is_some()) {
                 let key = (j.node.clone(), j.path.clone());
                 let state = job_state(j, now);
-                let Some(event) = transition(state, told.get(&key).map(|s| s.as_str())) else { continue };
+                let Some(event) = transition(state, told.get(&key).copied()) else { continue };
                 if notifier(&j.node, &j.path, &live).as_deref() != Some(act.me.as_str()) || act.sending.contains(&key) {
                     continue;
                 }
                 act.sending.insert(key.clone());
                 let n = Notification {
-                    event: event.into(),
+                    event,
                     node: j.node.clone(),
                     path: j.path.clone(),
-                    state: state.into(),
-                    error: j.last.as_ref().and_then(|l| l.error.clone()).filter(|_| event == "failure"),
+                    state,
+                    error: j.last.as_ref().and_then(|l| l.error.clone()).filter(|_| event == Notice::Failure),
                     last_success: j.last_success.as_ref().map(|t| rfc3339(t.wall_ms)),
                     every_min: j.every_min,
                     notified_by: act.me.clone(),
@@ -159,8 +159,8 @@ fn deliver(job: &JobView, n: &Notification, programs: &Programs) -> Result<(), S
         errors.push(format!("the notification command `{cmd}` was not run: {why}"));
     } else if let Some(cmd) = &job.spec.notify_cmd {
         let env = [
-            ("BACKMESH_EVENT", n.event.clone()),
-            ("BACKMESH_STATE", n.state.clone()),
+            ("BACKMESH_EVENT", n.event.as_str().to_string()),
+            ("BACKMESH_STATE", n.state.as_str().to_string()),
             ("BACKMESH_ERROR", n.error.clone().unwrap_or_default()),
             ("BACKMESH_NOTIFICATION", body.clone()),
         ];
@@ -250,13 +250,15 @@ mod tests {
 
     #[test]
     fn transitions_tell_each_change_once() {
-        assert_eq!(transition("ok", None), None);
-        assert_eq!(transition("failing", None), Some("failure"));
-        assert_eq!(transition("failing", Some("failure")), None);
-        assert_eq!(transition("stale", Some("failure")), Some("stale"));
-        assert_eq!(transition("ok", Some("stale")), Some("recovery"));
-        assert_eq!(transition("ok", Some("recovery")), None);
-        assert_eq!(transition("paused", Some("failure")), None);
-        assert_eq!(transition("failing", Some("recovery")), Some("failure"));
+        use JobState::{Failing, Ok, Paused};
+        use Notice::{Failure, Recovery};
+        assert_eq!(transition(Ok, None), None);
+        assert_eq!(transition(Failing, None), Some(Failure));
+        assert_eq!(transition(Failing, Some(Failure)), None);
+        assert_eq!(transition(JobState::Stale, Some(Failure)), Some(Notice::Stale));
+        assert_eq!(transition(Ok, Some(Notice::Stale)), Some(Recovery));
+        assert_eq!(transition(Ok, Some(Recovery)), None);
+        assert_eq!(transition(Paused, Some(Failure)), None);
+        assert_eq!(transition(Failing, Some(Recovery)), Some(Failure));
     }
 }

@@ -1,10 +1,20 @@
-//! The types of backmesh's HTTP API (`/api/v1`), shared by the node and the
-//! light client. Field names are stable: fields may be added, never renamed
-//! (docs/api.md).
+//! The types of backmesh's HTTP API (`/api/v1`): every request and answer
+//! body, shared by the node, the light client, the dashboard's server side
+//! and the test harness, so a renamed field breaks their builds rather
+//! than a script at run time. Field names are stable: fields may be added,
+//! never renamed (docs/api.md).
 
 use serde::{Deserialize, Serialize};
 
+pub mod archives;
+pub mod dashboard;
+pub mod jobs;
+pub mod log;
 pub mod names;
+
+pub use archives::{Archive, Backups, Restore, RestoreStarted, Verify, VerifyStarted, Verifying};
+pub use jobs::{JobKey, JobState, JobStatus, Jobs, Progress, Queued, Register};
+pub use log::{Event, Hlc, JobSpec, LogEntry, LogPage, Notice, PluginReport, Recorded, RequestEntries};
 
 /// Every route lives under this prefix.
 pub const PREFIX: &str = "/api/v1";
@@ -51,17 +61,6 @@ pub struct NodeStatus {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-/// One job and its health (filled by the control plane).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobStatus {
-    pub node: String,
-    pub path: String,
-    pub every: u64,
-    pub paused: bool,
-    pub state: String,
-    pub last_success: Option<String>,
 }
 
 /// `GET /api/v1/status`.

@@ -12,7 +12,6 @@ use backmesh_actors::jobs::queue::NotQueued;
 use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, GetKeepers, LogActor, Query, Record};
 use backmesh_actors::log::entry::Event;
 use backmesh_actors::log::history::{HistoryQuery, Page, PAGE_MAX};
-use backmesh_actors::log::hlc::Hlc;
 use backmesh_actors::log::mesh::JobView;
 use backmesh_actors::net::actor::{GetPeers, GetStatus, MembershipActor};
 use backmesh_actors::net::swarm::NetClient;
@@ -21,8 +20,10 @@ use backmesh_actors::replica::actor::{ReplicaActor, RestoreHere, VerifyHere};
 use backmesh_actors::replica::source::{locate, read_members};
 use backmesh_actors::store::Store;
 use backmesh_api::NodeStatus;
-use backmesh_api::{ErrorBody, Health, JobStatus};
+use backmesh_api::{ErrorBody, Health, JobKey, JobStatus};
 use serde::Deserialize;
+
+use crate::view;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -231,12 +232,6 @@ pub fn shutting_down(e: impl std::fmt::Display) -> ApiError {
     error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, format!("node is shutting down: {e}"))
 }
 
-fn rfc3339(t: &Hlc) -> String {
-    chrono::DateTime::from_timestamp_millis(t.wall_ms)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
 fn job_status(j: &JobView) -> JobStatus {
     let state = crate::dashboard::job_state(j, backmesh_actors::net::actor::now_ms());
     JobStatus {
@@ -244,7 +239,7 @@ fn job_status(j: &JobView) -> JobStatus {
         path: j.path.clone(),
         every: j.every_min,
         paused: j.paused,
-        state: state.into(),
+        state,
         last_success: j.last_success.as_ref().map(|t| backmesh_actors::net::actor::rfc3339(t.wall_ms)),
     }
 }
@@ -275,26 +270,7 @@ pub fn replica_shortfall(nodes: usize, replicas: usize) -> Option<String> {
 async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     reader(&req, &state)?;
     let jobs = state.log.send(GetJobs).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs.iter().map(job_status).collect::<Vec<_>>() })))
-}
-
-/// A log entry as the API shows it: `time` in RFC 3339 for people and
-/// scripts, the hybrid timestamp kept as `hlc`.
-fn entry_json(e: &backmesh_actors::log::entry::Entry) -> serde_json::Value {
-    let mut v = serde_json::to_value(e).unwrap_or_default();
-    if let Some(obj) = v.as_object_mut() {
-        // Signatures and grants are for nodes, not for people or scripts.
-        obj.remove("sig");
-        obj.remove("seals");
-        if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
-            spec.remove("grant");
-        }
-        if let Some(h) = obj.remove("time") {
-            obj.insert("hlc".into(), h);
-        }
-        obj.insert("time".into(), serde_json::Value::String(rfc3339(&e.time)));
-    }
-    v
+    Ok(HttpResponse::Ok().json(backmesh_api::Jobs { jobs: jobs.iter().map(job_status).collect() }))
 }
 
 #[derive(Deserialize)]
@@ -362,8 +338,11 @@ async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogPara
     let q = q.into_inner();
     let limit = q.limit.unwrap_or(100).clamp(1, PAGE_MAX);
     let page = read_history(&state, HistoryQuery { node: q.node, path: q.path, before: q.before, limit }).await?;
-    let entries: Vec<serde_json::Value> = page.entries.iter().map(entry_json).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries, "more": page.more, "cursor": page.cursor })))
+    Ok(HttpResponse::Ok().json(backmesh_api::LogPage {
+        entries: page.entries.iter().map(view::entry).collect(),
+        more: page.more,
+        cursor: page.cursor,
+    }))
 }
 
 async fn not_found(req: HttpRequest) -> Answer {
@@ -391,25 +370,26 @@ async fn find_node(state: &ApiState, name: &str) -> Result<NodeStatus, ApiError>
 
 async fn record(state: &ApiState, event: Event) -> Answer {
     match state.log.send(Record(event)).await? {
-        Ok(entry) => Ok(HttpResponse::Created().json(serde_json::json!({ "entry": entry }))),
+        Ok(entry) => Ok(HttpResponse::Created().json(backmesh_api::Recorded { entry: view::entry(&entry) })),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot record it: {e}"))),
     }
 }
 
-#[derive(Deserialize)]
-struct RegisterBody {
-    node: String,
-    path: String,
-    /// Minutes between runs.
-    every: u64,
-    #[serde(default)]
-    excludes: Vec<String>,
-    /// Source, arguments, hooks, timeout, notifications.
-    #[serde(flatten)]
-    spec: JobSpec,
+/// A job's spec as the node keeps it; the grant is made here.
+fn job_spec(s: backmesh_api::JobSpec) -> JobSpec {
+    JobSpec {
+        source: s.source,
+        args: s.args,
+        pre: s.pre,
+        post: s.post,
+        timeout_s: s.timeout_s,
+        notify: s.notify,
+        notify_cmd: s.notify_cmd,
+        grant: None,
+    }
 }
 
-async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Answer {
+async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Register>) -> Answer {
     admin(&req, &state)?;
     let mut b = body.into_inner();
     if b.every == 0 {
@@ -448,7 +428,7 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
     }
     let node = find_node(&state, &b.node).await?;
     let job = Job { node: &b.node, path: &b.path, every_min: b.every, excludes: &b.excludes };
-    let spec = b.spec.clone().granted(state.token.as_deref(), &job);
+    let spec = job_spec(b.spec.clone()).granted(state.token.as_deref(), &job);
     // The node that will run the job says whether it can: the path is a
     // directory, the plugin exists, its operator lets it run the programs…
     let verdict = if node.this_node {
@@ -488,12 +468,6 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
     verdict?;
     record(&state, Event::Registered { spec, node: b.node, path: b.path, every_min: b.every, excludes: b.excludes })
         .await
-}
-
-#[derive(Deserialize)]
-struct JobKey {
-    node: String,
-    path: String,
 }
 
 async fn unregister(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> Answer {
@@ -564,8 +538,7 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
         }
     };
     let id = queued?;
-    Ok(HttpResponse::Accepted()
-        .json(serde_json::json!({ "queued": id, "request": request, "node": b.node, "path": b.path })))
+    Ok(HttpResponse::Accepted().json(backmesh_api::Queued { queued: id, request, node: b.node, path: b.path }))
 }
 
 #[derive(Deserialize)]
@@ -594,25 +567,19 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
     // Holders that are down still keep their copies; say which, so nobody counts on them now.
     let down: std::collections::HashSet<String> =
         state.membership.send(GetStatus).await?.nodes.into_iter().filter(|n| !n.up).map(|n| n.name).collect();
-    let archives: Vec<serde_json::Value> = catalog
-        .iter()
-        .map(|a| {
-            let holders_down: Vec<&String> = a.holders.iter().filter(|h| down.contains(*h)).collect();
-            serde_json::json!({"id": a.id, "created": a.created.as_ref().map(|t| backmesh_actors::net::actor::rfc3339(t.wall_ms)), "size": a.size,
-                               "files": a.files, "warnings": a.warnings, "holders": a.holders,
-                               "holders_down": holders_down})
-        })
-        .collect();
-    let mut body = serde_json::json!({ "archives": archives, "executions": [] });
+    let mut body = backmesh_api::Backups {
+        archives: catalog.iter().map(|a| view::archive(a, &down)).collect(),
+        executions: Vec::new(),
+    };
     if q.all {
         // Every execution, oldest first: page back through the keepers.
         let mut query =
             HistoryQuery { node: Some(q.node.clone()), path: Some(q.path.clone()), before: None, limit: PAGE_MAX };
-        let mut all: Vec<serde_json::Value> = Vec::new();
+        let mut all: Vec<backmesh_api::LogEntry> = Vec::new();
         for _ in 0..EXECUTION_PAGES {
             let page = read_history(&state, query.clone()).await?;
-            let mut these: Vec<serde_json::Value> =
-                page.entries.iter().filter(|e| e.event.node() == q.node).map(entry_json).collect();
+            let mut these: Vec<backmesh_api::LogEntry> =
+                page.entries.iter().filter(|e| e.event.node() == q.node).map(view::entry).collect();
             these.append(&mut all);
             all = these;
             // Stop at the oldest, or when a page does not go further back.
@@ -621,7 +588,7 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
             }
             query.before = page.cursor;
         }
-        body["executions"] = serde_json::json!(all);
+        body.executions = all;
     }
     Ok(HttpResponse::Ok().json(body))
 }
@@ -641,7 +608,7 @@ fn new_request() -> String {
 async fn request_entries(req: HttpRequest, state: web::Data<ApiState>, id: web::Path<String>) -> Answer {
     reader(&req, &state)?;
     let entries = state.log.send(ForRequest { request: id.into_inner() }).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })))
+    Ok(HttpResponse::Ok().json(backmesh_api::RequestEntries { entries: entries.iter().map(view::entry).collect() }))
 }
 
 /// Counters of the backup of (node, path) running now.
@@ -650,30 +617,18 @@ async fn progress(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Jo
     let q = q.into_inner();
     let node = find_node(&state, &q.node).await?;
     if node.this_node {
-        return Ok(HttpResponse::Ok().json(state.jobs.send(GetProgress { path: q.path }).await?));
+        return Ok(HttpResponse::Ok().json(view::progress(state.jobs.send(GetProgress { path: q.path }).await?)));
     }
     match state.net.ctl(&node.peer_id, CtlRequest::Progress { path: named(series(&q.path))? }).await {
-        Ok(CtlResponse::Progress(p)) => Ok(HttpResponse::Ok().json(p)),
+        Ok(CtlResponse::Progress(p)) => Ok(HttpResponse::Ok().json(view::progress(p))),
         Ok(other) => Err(odd_answer(&q.node, other)),
         Err(e) => Err(no_answer(&q.node, e)),
     }
 }
 
-#[derive(Deserialize)]
-struct RestoreBody {
-    node: String,
-    path: String,
-    archive: Option<String>,
-    to: String,
-    /// The node that restores (default: `node`).
-    on: Option<String>,
-    #[serde(default)]
-    overwrite: bool,
-}
-
 /// Starts a restore on the node that must write the files; answers 202
 /// with the request whose `restored` entry will carry the result.
-async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RestoreBody>) -> Answer {
+async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Restore>) -> Answer {
     admin(&req, &state)?;
     let b = body.into_inner();
     let on = b.on.clone().unwrap_or_else(|| b.node.clone());
@@ -740,7 +695,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<R
         }
     };
     started?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "request": request, "on": on })))
+    Ok(HttpResponse::Accepted().json(backmesh_api::RestoreStarted { request, on }))
 }
 
 #[derive(Deserialize)]
@@ -804,16 +759,10 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
         .streaming(body))
 }
 
-#[derive(Deserialize)]
-struct VerifyBody {
-    node: Option<String>,
-    path: Option<String>,
-}
-
 /// Asks every live node that keeps copies (of (node, path), or of
 /// anything) to re-hash them; answers 202 with the request and how many
 /// `verified` entries will follow.
-async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Answer {
+async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Verify>) -> Answer {
     admin(&req, &state)?;
     let b = body.into_inner();
     if b.node.is_some() != b.path.is_some() {
@@ -854,13 +803,12 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<Ve
         match series {
             Ok(s) => {
                 expect += s.len();
-                nodes.push(serde_json::json!({"node": n.name, "series": s.len()}));
+                nodes.push(backmesh_api::Verifying { node: n.name.clone(), series: s.len() });
             }
             Err(e) => problems.push(format!("{}: {e}", n.name)),
         }
     }
-    Ok(HttpResponse::Accepted()
-        .json(serde_json::json!({ "request": request, "expect": expect, "nodes": nodes, "problems": problems })))
+    Ok(HttpResponse::Accepted().json(backmesh_api::VerifyStarted { request, expect, nodes, problems }))
 }
 
 /// `HOST:PORT` (not a plain node name) → an address to dial.

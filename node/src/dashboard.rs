@@ -23,7 +23,9 @@ use backmesh_actors::log::actor::{GetCatalog, GetCatalogs, GetJobs};
 use backmesh_actors::log::history::{HistoryQuery, PAGE_MAX};
 use backmesh_actors::log::mesh::{CatalogArchive, JobView};
 use backmesh_actors::net::actor::{now_ms, rfc3339, GetStatus};
-use serde::{Deserialize, Serialize};
+use backmesh_api::dashboard::{Counts, Execution, JobPage, JobRow, NodeRow, Overview, Site, SiteNode, WhoAmI};
+use backmesh_api::JobState;
+use serde::Deserialize;
 
 use crate::api::{error, role, site_only, Answer, ApiError, ApiState, Role};
 use actix_web::http::StatusCode;
@@ -63,102 +65,15 @@ fn asset(body: &'static str, kind: &'static str) -> HttpResponse {
 }
 
 async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
-    let me = &state.health.name;
+    let node = state.health.name.clone();
     Ok(HttpResponse::Ok().json(match role(&req, &state)? {
-        Role::Admin => serde_json::json!({"role": "admin", "node": me}),
-        Role::Viewer => serde_json::json!({"role": "viewer", "node": me}),
-        Role::Site(s) => serde_json::json!({"role": "site", "site": s, "node": me}),
+        Role::Admin => WhoAmI::Admin { node },
+        Role::Viewer => WhoAmI::Viewer { node },
+        Role::Site(site) => WhoAmI::Site { site, node },
     }))
 }
 
 pub use backmesh_actors::log::mesh::job_state;
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Counts {
-    pub ok: u64,
-    pub stale: u64,
-    pub failing: u64,
-    pub paused: u64,
-    pub pending: u64,
-    pub total: u64,
-}
-
-impl Counts {
-    fn add(&mut self, state: &str) {
-        self.total += 1;
-        match state {
-            "ok" => self.ok += 1,
-            "stale" => self.stale += 1,
-            "failing" => self.failing += 1,
-            "paused" => self.paused += 1,
-            _ => self.pending += 1,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobRow {
-    pub node: String,
-    pub path: String,
-    pub every: u64,
-    pub state: String,
-    pub last_success: Option<String>,
-    pub last_success_age_s: Option<i64>,
-    pub last_result: Option<String>,
-    pub last_run: Option<String>,
-    pub last_size: Option<u64>,
-    pub archives: usize,
-    pub holders: Vec<String>,
-    pub error: Option<String>,
-    pub warnings: Vec<String>,
-    /// `dir`, `command` or the plugin's name.
-    #[serde(default)]
-    pub source: String,
-    /// What the last run's plugin or hooks reported.
-    #[serde(default)]
-    pub plugin: Option<backmesh_actors::jobs::plugin::PluginReport>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SiteNode {
-    pub name: String,
-    pub up: bool,
-    pub jobs: Vec<JobRow>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Site {
-    pub name: String,
-    /// The federated mesh it comes from (`None`: this mesh).
-    pub mesh: Option<String>,
-    pub reachable: bool,
-    pub error: Option<String>,
-    pub counts: Counts,
-    pub nodes: Vec<SiteNode>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeRow {
-    pub name: String,
-    pub site: String,
-    pub peer_id: String,
-    pub address: String,
-    pub up: bool,
-    pub last_seen: Option<String>,
-    pub free_bytes: u64,
-    pub archives_held: u64,
-    pub bytes_held: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Overview {
-    pub generated: String,
-    pub node: String,
-    pub counts: Counts,
-    pub sites: Vec<Site>,
-    pub nodes: Vec<NodeRow>,
-    pub problems: Vec<String>,
-}
 
 fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
     let fmt = |t: &backmesh_actors::log::mesh::Stamp| rfc3339(t.wall_ms);
@@ -167,10 +82,10 @@ fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
         node: j.node.clone(),
         path: j.path.clone(),
         every: j.every_min,
-        state: job_state(j, now).into(),
+        state: job_state(j, now),
         last_success: j.last_success.as_ref().map(fmt),
         last_success_age_s: j.last_success.as_ref().map(|t| (now - t.wall_ms).max(0) / 1000),
-        last_result: j.last.as_ref().map(|l| l.result.to_string()),
+        last_result: j.last.as_ref().map(|l| crate::view::run_result(l.result)),
         last_run: j.last.as_ref().map(|l| fmt(&l.time)),
         last_size: j.last_size,
         archives: catalog.map(|c| c.len()).unwrap_or(0),
@@ -178,7 +93,7 @@ fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
         error: j.last.as_ref().and_then(|l| l.error.clone()),
         warnings: j.last_warnings.clone(),
         source: j.spec.source_name().to_string(),
-        plugin: j.last_plugin.clone(),
+        plugin: j.last_plugin.as_ref().map(crate::view::plugin_report),
     }
 }
 
@@ -243,8 +158,8 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(
             let mut c = Counts::default();
             for n in nodes.values() {
                 for j in &n.jobs {
-                    c.add(&j.state);
-                    counts.add(&j.state);
+                    c.add(j.state);
+                    counts.add(j.state);
                 }
             }
             Site { name, mesh: None, reachable: true, error: None, counts: c, nodes: nodes.into_values().collect() }
@@ -258,7 +173,7 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(
                     for s in &o.sites {
                         for n in &s.nodes {
                             for j in &n.jobs {
-                                counts.add(&j.state);
+                                counts.add(j.state);
                             }
                         }
                         let name = if s.name.is_empty() { f.name.clone() } else { format!("{} / {}", f.name, s.name) };
@@ -353,29 +268,19 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
     let catalog: Option<&Vec<CatalogArchive>> = (!catalog.is_empty()).then_some(&*catalog);
     let query = HistoryQuery { node: Some(q.node.clone()), path: Some(q.path.clone()), before: None, limit: PAGE_MAX };
     let entries = crate::api::read_history(&state, query).await?.entries;
-    let executions: Vec<serde_json::Value> = entries
+    let executions = entries
         .iter()
         .filter(|e| e.event.node() == q.node && ["finished", "unchanged", "failed"].contains(&e.event.kind()))
-        .map(|e| {
-            let mut v = serde_json::to_value(&e.event).unwrap_or_default();
-            v["time"] = serde_json::Value::String(rfc3339(e.time.wall_ms));
-            v["time_ms"] = serde_json::json!(e.time.wall_ms);
-            v
+        .map(|e| Execution {
+            time: rfc3339(e.time.wall_ms),
+            time_ms: e.time.wall_ms,
+            event: crate::view::event(&e.event),
         })
         .collect();
-    let archives: Vec<serde_json::Value> = catalog
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            serde_json::json!({"id": a.id, "created": a.created.as_ref().map(|t| rfc3339(t.wall_ms)),
-                               "size": a.size, "files": a.files, "holders": a.holders})
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "job": row(j, catalog, now_ms()),
-        "executions": executions,
-        "archives": archives,
-    })))
+    let down: std::collections::HashSet<String> =
+        state.membership.send(GetStatus).await?.nodes.into_iter().filter(|n| !n.up).map(|n| n.name).collect();
+    let archives = catalog.into_iter().flatten().map(|a| crate::view::archive(a, &down)).collect();
+    Ok(HttpResponse::Ok().json(JobPage { job: row(j, catalog, now_ms()), executions, archives }))
 }
 
 /// Escapes a Prometheus label value.
@@ -399,10 +304,7 @@ async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     family(
         "backmesh_jobs",
         "Backup jobs of this mesh by state.",
-        [("ok", c.ok), ("stale", c.stale), ("failing", c.failing), ("paused", c.paused), ("pending", c.pending)]
-            .iter()
-            .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n as f64))
-            .collect(),
+        JobState::ALL.iter().map(|s| (format!("{{state=\"{}\"}}", s.as_str()), c.of(*s) as f64)).collect(),
     );
     let jobs: Vec<&JobRow> = o.sites.iter().flat_map(|s| s.nodes.iter().flat_map(|n| n.jobs.iter())).collect();
     family(
@@ -421,7 +323,7 @@ async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
         "1 when the job's last run failed.",
         jobs.iter()
             .map(|j| {
-                let v = if j.state == "failing" { 1.0 } else { 0.0 };
+                let v = if j.state == JobState::Failing { 1.0 } else { 0.0 };
                 (format!("{{node=\"{}\",path=\"{}\"}}", label(&j.node), label(&j.path)), v)
             })
             .collect(),

@@ -11,6 +11,7 @@ mod config;
 mod dashboard;
 mod local;
 mod run;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -103,7 +103,7 @@ pub struct GetCatalog {
 
 /// The last notification of each job.
 #[derive(Message)]
-#[rtype(result = "BTreeMap<SeriesKey, String>")]
+#[rtype(result = "BTreeMap<SeriesKey, backmesh_api::Notice>")]
 pub struct GetNotified;
 
 /// Every series' catalog, by (node, path).

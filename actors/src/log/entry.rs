@@ -2,6 +2,7 @@
 //! (origin, seq). Serialised with the kind as a tag and the event's fields
 //! beside it, so JSON reads `{"origin", "seq", "time", "kind", …fields}`.
 
+use backmesh_api::Notice;
 use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
@@ -177,7 +178,7 @@ pub enum Event {
     Notified {
         node: String,
         path: String,
-        event: String,
+        event: Notice,
         by: String,
         delivered: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]

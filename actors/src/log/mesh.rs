@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use backmesh_api::{JobState, Notice};
 use serde::{Deserialize, Serialize};
 
 use super::entry::{Entry, Event};
@@ -783,7 +784,7 @@ impl MeshState {
             excludes: reg.value.excludes.clone(),
             paused: self.paused.get(node).is_some_and(|p| p.value),
             last: last.map(|l| LastRun {
-                result: l.value.result.as_str(),
+                result: l.value.result,
                 time: l.at.bare(),
                 archive: l.value.archive.clone(),
                 error: l.value.error.clone(),
@@ -838,8 +839,11 @@ impl MeshState {
     }
 
     /// The last notification told for each job.
-    pub fn notified(&self) -> BTreeMap<SeriesKey, String> {
-        self.series.iter().filter_map(|(k, s)| s.notified.as_ref().map(|n| (k.clone(), n.value.clone()))).collect()
+    pub fn notified(&self) -> BTreeMap<SeriesKey, Notice> {
+        self.series
+            .iter()
+            .filter_map(|(k, s)| Some((k.clone(), Notice::parse(&s.notified.as_ref()?.value)?)))
+            .collect()
     }
 
     /// The remembered entries that answer `request`, oldest first.
@@ -954,7 +958,7 @@ fn series_part(e: &Entry) -> Series {
             holder(&mut s, archive, h, true)
         }
         Event::Pruned { archive, holder: h, .. } => holder(&mut s, archive, h, false),
-        Event::Notified { event, .. } => s.notified = Some(Lww::new(e.time.clone(), event.clone())),
+        Event::Notified { event, .. } => s.notified = Some(Lww::new(e.time.clone(), event.as_str().to_string())),
         _ => {}
     }
     if e.event.request().is_some() {
@@ -1492,8 +1496,7 @@ pub struct CatalogArchive {
 /// The outcome of a job's last run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastRun {
-    /// `finished`, `unchanged` or `failed`.
-    pub result: &'static str,
+    pub result: RunResult,
     pub time: Stamp,
     pub archive: Option<String>,
     pub error: Option<String>,
@@ -1527,15 +1530,15 @@ pub struct JobView {
 /// A job's state as a person reads it: `paused`, `failing` (its last run
 /// failed), `stale` (no success for twice its period), `pending` (never
 /// run yet) or `ok`.
-pub fn job_state(j: &JobView, now_ms: i64) -> &'static str {
+pub fn job_state(j: &JobView, now_ms: i64) -> JobState {
     let period = j.every_min as i64 * crate::jobs::minute_ms();
     let since_success = now_ms - j.last_success.as_ref().map(|t| t.wall_ms).unwrap_or(j.registered_at.wall_ms);
     match &j.last {
-        _ if j.paused => "paused",
-        Some(l) if l.result == "failed" => "failing",
-        _ if since_success > 2 * period => "stale",
-        None => "pending",
-        Some(_) => "ok",
+        _ if j.paused => JobState::Paused,
+        Some(l) if l.result == RunResult::Failed => JobState::Failing,
+        _ if since_success > 2 * period => JobState::Stale,
+        None => JobState::Pending,
+        Some(_) => JobState::Ok,
     }
 }
 
@@ -1619,7 +1622,7 @@ mod tests {
                 _ => Event::Notified {
                     node,
                     path,
-                    event: ["failure", "stale", "recovery"][rng.below(3) as usize].into(),
+                    event: [Notice::Failure, Notice::Stale, Notice::Recovery][rng.below(3) as usize],
                     by: "n1".into(),
                     delivered: true,
                     error: None,
@@ -1856,7 +1859,7 @@ mod tests {
                 5 => Event::Pruned { node: other, path, archive, holder: me },
                 6 => Event::Started { node: me, path, request },
                 _ => {
-                    Event::Notified { node: other, path, event: "failure".into(), by: me, delivered: true, error: None }
+                    Event::Notified { node: other, path, event: Notice::Failure, by: me, delivered: true, error: None }
                 }
             };
             let mut e = Entry::new(k.id(o), k.names[o].into(), seqs[o], clocks[o].tick(1_000 + i as i64 * 10), event);

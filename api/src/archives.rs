@@ -1,0 +1,87 @@
+//! Archives: listing, restore, verify.
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::LogEntry;
+
+/// One retained archive of a series, from the log's catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Archive {
+    pub id: String,
+    /// When the run that made it finished (RFC 3339); `None` until that
+    /// entry arrives.
+    pub created: Option<String>,
+    /// Bytes of the `.tgz`.
+    pub size: u64,
+    pub files: u64,
+    /// How many warnings its run had.
+    pub warnings: u64,
+    /// The nodes that keep a complete copy (its own node included).
+    pub holders: Vec<String>,
+    /// Of those, the ones down now.
+    pub holders_down: Vec<String>,
+}
+
+/// `GET /api/v1/backups?node=&path=&all=`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Backups {
+    /// Newest first.
+    pub archives: Vec<Archive>,
+    /// With `all=true`: every execution of the job, oldest first.
+    pub executions: Vec<LogEntry>,
+}
+
+/// `POST /api/v1/restore`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The series: its node and path.
+    pub node: String,
+    pub path: String,
+    /// The archive; the newest when absent.
+    #[serde(default)]
+    pub archive: Option<String>,
+    /// Absolute directory to restore into, on the node that restores.
+    pub to: String,
+    /// The node that restores (default: `node`).
+    #[serde(default)]
+    pub on: Option<String>,
+    /// Replace what `to` holds (the old tree goes once the new one is whole).
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// `POST /api/v1/restore` answers 202 with this; the `restored` entry
+/// carrying `request` tells the outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreStarted {
+    pub request: String,
+    /// The node that restores.
+    pub on: String,
+}
+
+/// `POST /api/v1/verify`: the copies of (node, path), or all (both absent).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verify {
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A node asked to verify, and how many series it checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verifying {
+    pub node: String,
+    pub series: usize,
+}
+
+/// `POST /api/v1/verify` answers 202 with this: `expect` entries
+/// (`verified` or `verify_failed`) carrying `request` will follow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyStarted {
+    pub request: String,
+    pub expect: usize,
+    pub nodes: Vec<Verifying>,
+    /// Nodes that could not be asked, and why.
+    pub problems: Vec<String>,
+}

@@ -1,0 +1,129 @@
+//! The API's view of what the actors hold: each type of `backmesh_api`
+//! built field by field from its source, so a field renamed on either side
+//! breaks this build instead of a client at run time. What is for nodes
+//! only (signatures, operator grants) stays out.
+
+use std::collections::HashSet;
+
+use backmesh_actors::jobs::plugin;
+use backmesh_actors::log::entry::{Entry, Event};
+use backmesh_actors::log::mesh::{CatalogArchive, RunResult};
+use backmesh_actors::net::actor::rfc3339;
+use backmesh_actors::net::wire::RunProgress;
+use backmesh_api as api;
+
+pub fn entry(e: &Entry) -> api::LogEntry {
+    api::LogEntry {
+        origin: e.origin.clone(),
+        origin_name: e.origin_name.clone(),
+        seq: e.seq,
+        time: rfc3339(e.time.wall_ms),
+        hlc: api::Hlc { wall_ms: e.time.wall_ms, logical: e.time.logical, node: e.time.node.clone() },
+        event: event(&e.event),
+    }
+}
+
+pub fn spec(s: &plugin::JobSpec) -> api::JobSpec {
+    api::JobSpec {
+        source: s.source.clone(),
+        args: s.args.clone(),
+        pre: s.pre.clone(),
+        post: s.post.clone(),
+        timeout_s: s.timeout_s,
+        notify: s.notify.clone(),
+        notify_cmd: s.notify_cmd.clone(),
+    }
+}
+
+pub fn plugin_report(r: &plugin::PluginReport) -> api::PluginReport {
+    api::PluginReport {
+        summary: r.summary.clone(),
+        stats: r.stats.clone(),
+        log: r.log.clone(),
+        hooks: r.hooks.clone(),
+        archive: r.archive,
+    }
+}
+
+pub fn run_result(r: RunResult) -> api::dashboard::RunResult {
+    match r {
+        RunResult::Finished => api::dashboard::RunResult::Finished,
+        RunResult::Unchanged => api::dashboard::RunResult::Unchanged,
+        RunResult::Failed => api::dashboard::RunResult::Failed,
+    }
+}
+
+pub fn progress(p: RunProgress) -> api::Progress {
+    api::Progress {
+        running: p.running,
+        entries: p.entries,
+        bytes_read: p.bytes_read,
+        bytes_out: p.bytes_out,
+        elapsed_ms: p.elapsed_ms,
+        request: p.request,
+    }
+}
+
+/// An archive of the catalog; `down` names the nodes down now.
+pub fn archive(a: &CatalogArchive, down: &HashSet<String>) -> api::Archive {
+    api::Archive {
+        id: a.id.clone(),
+        created: a.created.as_ref().map(|t| rfc3339(t.wall_ms)),
+        size: a.size,
+        files: a.files,
+        warnings: a.warnings,
+        holders: a.holders.iter().cloned().collect(),
+        holders_down: a.holders.iter().filter(|h| down.contains(*h)).cloned().collect(),
+    }
+}
+
+pub fn event(e: &Event) -> api::Event {
+    use api::Event as V;
+    let report = |p: &Option<plugin::PluginReport>| p.as_ref().map(plugin_report);
+    match e.clone() {
+        Event::Registered { node, path, every_min, excludes, spec: s } => {
+            V::Registered { node, path, every_min, excludes, spec: spec(&s) }
+        }
+        Event::Unregistered { node, path } => V::Unregistered { node, path },
+        Event::Paused { node } => V::Paused { node },
+        Event::Resumed { node } => V::Resumed { node },
+        Event::Started { node, path, request } => V::Started { node, path, request },
+        Event::Finished { node, path, archive, size, files, duration_ms, warnings, request, plugin } => V::Finished {
+            node,
+            path,
+            archive,
+            size,
+            files,
+            duration_ms,
+            warnings,
+            request,
+            plugin: report(&plugin),
+        },
+        Event::Unchanged { node, path, archive, duration_ms, request, plugin } => {
+            V::Unchanged { node, path, archive, duration_ms, request, plugin: report(&plugin) }
+        }
+        Event::Failed { node, path, error, duration_ms, request, plugin } => {
+            V::Failed { node, path, error, duration_ms, request, plugin: report(&plugin) }
+        }
+        Event::Replicated { node, path, archive, holder, bytes } => {
+            V::Replicated { node, path, archive, holder, bytes }
+        }
+        Event::Pruned { node, path, archive, holder } => V::Pruned { node, path, archive, holder },
+        Event::Restored { node, path, archive, on, to, files, bytes, duration_ms, error, request } => {
+            V::Restored { node, path, archive, on, to, files, bytes, duration_ms, error, request }
+        }
+        Event::Notified { node, path, event, by, delivered, error } => {
+            V::Notified { node, path, event, by, delivered, error }
+        }
+        Event::Verified { node, path, holder, archives, members, damaged, repaired, ok, request } => {
+            V::Verified { node, path, holder, archives, members, damaged, repaired, ok, request }
+        }
+        Event::Repaired { node, path, archive, holder } => V::Repaired { node, path, archive, holder },
+        Event::VerifyFailed { node, path, holder, error, request } => {
+            V::VerifyFailed { node, path, holder, error, request }
+        }
+        Event::Other(o) => {
+            V::Other { kind: o.kind.clone(), node: e.node().to_string(), path: e.path().map(str::to_string) }
+        }
+    }
+}
