@@ -21,7 +21,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [JobState::Ok, JobState::Stale, JobState::Failing, JobState::Paused, JobState::Pending];
+    pub const ALL: [JobState; 5] =
+        [JobState::Ok, JobState::Stale, JobState::Failing, JobState::Paused, JobState::Pending];
 
     pub fn as_str(self) -> &'static str {
         match self {

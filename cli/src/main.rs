@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use backmesh_api::{human_bytes as human, ErrorBody, Status};
+use backmesh_api::{human_bytes as human, ErrorBody, Event, LogEntry, Status};
 use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 #[derive(Parser, Debug)]
 #[command(name = "backmesh", version, about = "The backmesh client: ask any node of the mesh")]
@@ -249,6 +250,10 @@ impl Client {
         self.call("GET", path, None)
     }
 
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Failure> {
+        self.call("POST", path, Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null)))
+    }
+
     fn call<T: DeserializeOwned>(
         &self,
         method: &str,
@@ -311,7 +316,7 @@ fn short(peer: &str) -> String {
 fn status(client: &Client, json: bool) -> Result<(), Failure> {
     let s: Status = client.get("/status")?;
     if json {
-        out!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        print_json(&s);
         return Ok(());
     }
     out!("{:<20} {:<10} {:<22} {:<5} {:>10}  SITE", "NODE", "PEER", "ADDRESS", "STATE", "FREE");
@@ -361,30 +366,29 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-fn print_json(v: &serde_json::Value) {
+fn print_json(v: &impl Serialize) {
     out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn jobs(client: &Client, json: bool) -> Result<(), Failure> {
-    let v: serde_json::Value = client.get("/jobs")?;
+    let v: backmesh_api::Jobs = client.get("/jobs")?;
     if json {
         print_json(&v);
         return Ok(());
     }
-    let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
-    if jobs.is_empty() {
+    if v.jobs.is_empty() {
         out!("no backup jobs registered");
         return Ok(());
     }
     out!("{:<16} {:<36} {:>7} {:<10} LAST SUCCESS", "NODE", "PATH", "EVERY", "STATE");
-    for j in &jobs {
+    for j in &v.jobs {
         out!(
             "{:<16} {:<36} {:>5}m {:<10} {}",
-            j["node"].as_str().unwrap_or(""),
-            j["path"].as_str().unwrap_or(""),
-            j["every"].as_u64().unwrap_or(0),
-            j["state"].as_str().unwrap_or(""),
-            j["last_success"].as_str().unwrap_or("never")
+            j.node,
+            j.path,
+            j.every,
+            j.state,
+            j.last_success.as_deref().unwrap_or("never")
         );
     }
     Ok(())
@@ -402,7 +406,7 @@ fn log(
     before: Option<&str>,
 ) -> Result<(), Failure> {
     // Newest first, page by page, until `limit` entries or the oldest.
-    let mut entries: Vec<serde_json::Value> = Vec::new();
+    let mut entries: Vec<LogEntry> = Vec::new();
     let mut cursor = before.map(String::from);
     let mut more = true;
     while entries.len() < limit && more {
@@ -416,18 +420,16 @@ fn log(
         if let Some(c) = &cursor {
             q.push_str(&format!("&before={}", enc(c)));
         }
-        let v: serde_json::Value = client.get(&q)?;
-        let mut page = v["entries"].as_array().cloned().unwrap_or_default();
-        let next = v["cursor"].as_str().map(String::from);
+        let mut page: backmesh_api::LogPage = client.get(&q)?;
         // Go on while older entries remain and the cursor moves back (a
         // page may be empty when a filter matches little of a long history).
-        more = v["more"].as_bool().unwrap_or(false) && next.is_some() && next != cursor;
-        cursor = next;
-        page.append(&mut entries);
-        entries = page;
+        more = page.more && page.cursor.is_some() && page.cursor != cursor;
+        cursor = page.cursor;
+        page.entries.append(&mut entries);
+        entries = page.entries;
     }
     if json {
-        print_json(&serde_json::json!({ "entries": entries, "more": more, "cursor": cursor }));
+        print_json(&backmesh_api::LogPage { entries, more, cursor });
         return Ok(());
     }
     if more {
@@ -436,32 +438,34 @@ fn log(
         }
     }
     for e in entries {
-        let mut details: Vec<String> = Vec::new();
-        if let Some(obj) = e.as_object() {
-            for (k, val) in obj {
-                if ["origin", "origin_name", "seq", "time", "hlc", "kind", "node"].contains(&k.as_str()) {
-                    continue;
-                }
-                details.push(match val {
-                    serde_json::Value::String(s) => format!("{k}={s}"),
-                    other => format!("{k}={other}"),
-                });
-            }
-        }
         out!(
             "{}  {:<12} {:<10} {}  (by {} #{})",
-            e["time"].as_str().unwrap_or(""),
-            e["kind"].as_str().unwrap_or(""),
-            e["node"].as_str().unwrap_or(""),
-            details.join(" "),
-            e["origin_name"].as_str().unwrap_or(""),
-            e["seq"]
+            e.time,
+            e.event.kind(),
+            e.event.node(),
+            details(&e.event),
+            e.origin_name,
+            e.seq
         );
     }
     Ok(())
 }
 
-fn write(
+/// An event's fields but its kind and node, as `name=value` words.
+fn details(event: &Event) -> String {
+    let mut words = Vec::new();
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(event) {
+        for (k, val) in fields.into_iter().filter(|(k, _)| k != "kind" && k != "node") {
+            words.push(match val {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            });
+        }
+    }
+    words.join(" ")
+}
+
+fn write<T: DeserializeOwned + Serialize>(
     client: &Client,
     json: bool,
     method: &str,
@@ -469,7 +473,7 @@ fn write(
     body: Option<serde_json::Value>,
     done: &str,
 ) -> Result<(), Failure> {
-    let v: serde_json::Value = client.call(method, path, body)?;
+    let v: T = client.call(method, path, body)?;
     if json {
         print_json(&v);
     } else {
@@ -487,17 +491,11 @@ fn wait_request(
     expect: usize,
     timeout: u64,
     mut tick: impl FnMut(std::time::Instant),
-) -> Result<Option<Vec<serde_json::Value>>, Failure> {
+) -> Result<Option<Vec<LogEntry>>, Failure> {
     let start = std::time::Instant::now();
     loop {
-        let v: serde_json::Value = client.get(&format!("/requests/{}", enc(request)))?;
-        let done: Vec<serde_json::Value> = v["entries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| kinds.contains(&e["kind"].as_str().unwrap_or("")))
-            .collect();
+        let answer: backmesh_api::RequestEntries = client.get(&format!("/requests/{}", enc(request)))?;
+        let done: Vec<LogEntry> = answer.entries.into_iter().filter(|e| kinds.contains(&e.event.kind())).collect();
         if done.len() >= expect {
             return Ok(Some(done));
         }
@@ -519,18 +517,32 @@ fn clear_line(tty: bool) {
     }
 }
 
+/// What `backmesh run --json` prints once the run ended.
+#[derive(Serialize)]
+struct RunOutcome<'a> {
+    /// `finished`, `unchanged` or `failed`.
+    result: &'a str,
+    archive: Option<&'a str>,
+    size: Option<u64>,
+    files: Option<u64>,
+    warnings: &'a [String],
+    error: Option<&'a str>,
+    duration_ms: u64,
+    request: &'a str,
+}
+
 fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeout: u64) -> Result<bool, Failure> {
-    let queued: serde_json::Value =
-        client.call("POST", "/run", Some(serde_json::json!({"node": node, "path": path})))?;
+    let queued: backmesh_api::Queued =
+        client.post("/run", &backmesh_api::JobKey { node: node.into(), path: path.into() })?;
     if no_wait {
         if json {
             print_json(&queued);
         } else {
-            out!("queued: {path} on {node} (request {})", queued["request"].as_str().unwrap_or(""));
+            out!("queued: {path} on {node} (request {})", queued.request);
         }
         return Ok(true);
     }
-    let request = queued["request"].as_str().unwrap_or("").to_string();
+    let request = queued.request;
     let tty = is_tty(json);
     let mut last_poll = std::time::Instant::now() - Duration::from_secs(10);
     let progress_q = format!("/progress?node={}&path={}", enc(node), enc(path));
@@ -539,19 +551,18 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
             return;
         }
         last_poll = std::time::Instant::now();
-        let line = match client.get::<serde_json::Value>(&progress_q) {
-            Ok(p) if p["running"] == true && p["request"].as_str() == Some(&request) => {
-                let secs = (p["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0).max(0.001);
-                let read = p["bytes_read"].as_u64().unwrap_or(0);
+        let line = match client.get::<backmesh_api::Progress>(&progress_q) {
+            Ok(p) if p.running && p.request.as_deref() == Some(&request) => {
+                let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
                 format!(
                     "  {node}: {} files, {} read, {} written, {}/s",
-                    p["entries"],
-                    human(read),
-                    human(p["bytes_out"].as_u64().unwrap_or(0)),
-                    human((read as f64 / secs) as u64)
+                    p.entries,
+                    human(p.bytes_read),
+                    human(p.bytes_out),
+                    human((p.bytes_read as f64 / secs) as u64)
                 )
             }
-            Ok(p) if p["running"] == true => format!("  {node}: waiting for the run already under way…"),
+            Ok(p) if p.running => format!("  {node}: waiting for the run already under way…"),
             _ => format!("  waiting for {node} to start the backup… {}s", start.elapsed().as_secs()),
         };
         eprint!("\r{line:78}");
@@ -562,34 +573,91 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
             "no result after {timeout}s; the run goes on: see `backmesh log --path {path}`"
         )));
     };
-    let e = entries.remove(0);
-    let result = e["kind"].as_str().unwrap_or("").to_string();
-    let out = serde_json::json!({
-        "result": result, "archive": e["archive"], "size": e["size"], "files": e["files"],
-        "warnings": e["warnings"].as_array().cloned().unwrap_or_default(), "error": e["error"],
-        "duration_ms": e["duration_ms"], "request": request,
-    });
-    if json {
-        print_json(&out);
-    } else {
-        match result.as_str() {
-            "finished" => out!(
-                "finished: {path} on {node} → archive {} ({}, {} files) in {:.1}s",
-                e["archive"].as_str().unwrap_or(""),
-                human(e["size"].as_u64().unwrap_or(0)),
-                e["files"],
-                e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
-            ),
-            "unchanged" => {
-                out!("unchanged: {path} on {node} (latest archive {})", e["archive"].as_str().unwrap_or(""))
+    let outcome = match &entries.remove(0).event {
+        Event::Finished { archive, size, files, duration_ms, warnings, .. } => {
+            if !json {
+                out!(
+                    "finished: {path} on {node} → archive {archive} ({}, {files} files) in {:.1}s",
+                    human(*size),
+                    *duration_ms as f64 / 1000.0
+                );
             }
-            _ => out!("failed: {path} on {node}: {}", e["error"].as_str().unwrap_or("")),
+            RunOutcome {
+                result: "finished",
+                archive: Some(archive),
+                size: Some(*size),
+                files: Some(*files),
+                warnings,
+                error: None,
+                duration_ms: *duration_ms,
+                request: &request,
+            }
+            .print(json)
         }
-        for w in out["warnings"].as_array().cloned().unwrap_or_default() {
-            out!("  warning: {}", w.as_str().unwrap_or(""));
+        Event::Unchanged { archive, duration_ms, .. } => {
+            if !json {
+                out!("unchanged: {path} on {node} (latest archive {archive})");
+            }
+            RunOutcome {
+                result: "unchanged",
+                archive: Some(archive),
+                size: None,
+                files: None,
+                warnings: &[],
+                error: None,
+                duration_ms: *duration_ms,
+                request: &request,
+            }
+            .print(json)
         }
+        Event::Failed { error, duration_ms, .. } => {
+            if !json {
+                out!("failed: {path} on {node}: {error}");
+            }
+            RunOutcome {
+                result: "failed",
+                archive: None,
+                size: None,
+                files: None,
+                warnings: &[],
+                error: Some(error),
+                duration_ms: *duration_ms,
+                request: &request,
+            }
+            .print(json)
+        }
+        other => return Err(Failure::Refused(format!("the run was answered by a `{}` entry", other.kind()))),
+    };
+    Ok(outcome)
+}
+
+impl RunOutcome<'_> {
+    /// Prints it (as JSON, or its warnings for people); whether the run succeeded.
+    fn print(self, json: bool) -> bool {
+        if json {
+            print_json(&self);
+        } else {
+            for w in self.warnings {
+                out!("  warning: {w}");
+            }
+        }
+        self.result != "failed"
     }
-    Ok(result != "failed")
+}
+
+/// What `backmesh restore --json` prints once the restore ended.
+#[derive(Serialize)]
+struct RestoreOutcome<'a> {
+    /// `restored` or `failed`.
+    result: &'a str,
+    archive: &'a str,
+    on: &'a str,
+    to: &'a str,
+    files: u64,
+    bytes: u64,
+    error: Option<&'a str>,
+    duration_ms: u64,
+    request: &'a str,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -604,11 +672,16 @@ fn restore(
     overwrite: bool,
     timeout: u64,
 ) -> Result<bool, Failure> {
-    let body = serde_json::json!({"node": node, "path": path, "to": to, "archive": archive, "on": on,
-                                  "overwrite": overwrite});
-    let started: serde_json::Value = client.call("POST", "/restore", Some(body))?;
-    let request = started["request"].as_str().unwrap_or("").to_string();
-    let target = started["on"].as_str().unwrap_or(node).to_string();
+    let body = backmesh_api::Restore {
+        node: node.into(),
+        path: path.into(),
+        to: to.into(),
+        archive: archive.map(String::from),
+        on: on.map(String::from),
+        overwrite,
+    };
+    let started: backmesh_api::RestoreStarted = client.post("/restore", &body)?;
+    let (request, target) = (started.request, started.on);
     let tty = is_tty(json);
     let found = wait_request(client, &request, &["restored"], 1, timeout, |start| {
         if tty {
@@ -619,26 +692,41 @@ fn restore(
     let Some(mut entries) = found else {
         return Err(Failure::Refused(format!("no result after {timeout}s; the restore goes on: see `backmesh log`")));
     };
-    let e = entries.remove(0);
-    let ok = e["error"].is_null();
+    let Event::Restored { archive, on, to, files, bytes, duration_ms, error, .. } = entries.remove(0).event else {
+        return Err(Failure::Refused("the restore was answered by an entry of another kind".into()));
+    };
+    let ok = error.is_none();
     if json {
-        print_json(&serde_json::json!({
-            "result": if ok { "restored" } else { "failed" }, "archive": e["archive"], "on": e["on"],
-            "to": e["to"], "files": e["files"], "bytes": e["bytes"], "error": e["error"],
-            "duration_ms": e["duration_ms"], "request": request,
-        }));
-    } else if ok {
-        out!(
-            "restored: archive {} of {path} on {node} → {target}:{to} ({} entries, {}) in {:.1}s",
-            e["archive"].as_str().unwrap_or(""),
-            e["files"],
-            human(e["bytes"].as_u64().unwrap_or(0)),
-            e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
-        );
+        print_json(&RestoreOutcome {
+            result: if ok { "restored" } else { "failed" },
+            archive: &archive,
+            on: &on,
+            to: &to,
+            files,
+            bytes,
+            error: error.as_deref(),
+            duration_ms,
+            request: &request,
+        });
+    } else if let Some(e) = &error {
+        out!("failed: restore of {path} on {node} onto {target}: {e}");
     } else {
-        out!("failed: restore of {path} on {node} onto {target}: {}", e["error"].as_str().unwrap_or(""));
+        out!(
+            "restored: archive {archive} of {path} on {node} → {target}:{to} ({files} entries, {}) in {:.1}s",
+            human(bytes),
+            duration_ms as f64 / 1000.0
+        );
     }
     Ok(ok)
+}
+
+/// What `backmesh fetch --json` prints.
+#[derive(Serialize)]
+struct Fetched<'a> {
+    archive: &'a str,
+    file: &'a std::path::Path,
+    size: u64,
+    sha256: &'a str,
 }
 
 fn fetch(
@@ -722,22 +810,26 @@ fn fetch(
         let _ = d.sync_all();
     }
     if json {
-        print_json(&serde_json::json!({"archive": id, "file": output, "size": got, "sha256": sha}));
+        print_json(&Fetched { archive: &id, file: output, size: got, sha256: &sha });
     } else {
         out!("fetched: archive {id} of {path} on {node} → {} ({}, sha256 {sha})", output.display(), human(got));
     }
     Ok(())
 }
 
+/// What `backmesh verify --json` prints.
+#[derive(Serialize)]
+struct VerifyOutcome<'a> {
+    ok: bool,
+    /// The `verified` and `verify_failed` entries, one per (holder, series).
+    verified: &'a [LogEntry],
+    problems: &'a [String],
+}
+
 fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, timeout: u64) -> Result<bool, Failure> {
-    let started: serde_json::Value =
-        client.call("POST", "/verify", Some(serde_json::json!({"node": node, "path": path})))?;
-    let request = started["request"].as_str().unwrap_or("").to_string();
-    let expect = started["expect"].as_u64().unwrap_or(0) as usize;
-    let problems: Vec<String> = started["problems"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
+    let body = backmesh_api::Verify { node: node.map(String::from), path: path.map(String::from) };
+    let started: backmesh_api::VerifyStarted = client.post("/verify", &body)?;
+    let (request, expect, problems) = (started.request, started.expect, started.problems);
     let tty = is_tty(json);
     let found = wait_request(client, &request, &["verified", "verify_failed"], expect, timeout, |start| {
         if tty {
@@ -748,39 +840,29 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
     let Some(entries) = found else {
         return Err(Failure::Refused(format!("not every holder answered within {timeout}s; see `backmesh log`")));
     };
-    let ok = entries.iter().all(|e| e["kind"] == "verified" && e["ok"] == true) && problems.is_empty();
+    let ok = entries.iter().all(|e| matches!(e.event, Event::Verified { ok: true, .. })) && problems.is_empty();
     if json {
-        print_json(&serde_json::json!({"ok": ok, "verified": entries, "problems": problems}));
+        print_json(&VerifyOutcome { ok, verified: &entries, problems: &problems });
         return Ok(ok);
     }
     if entries.is_empty() {
         out!("nothing to verify: no live node keeps archives{}", path.map(|p| format!(" of {p}")).unwrap_or_default());
     }
     for e in &entries {
-        if e["kind"] == "verify_failed" {
-            out!(
-                "{:<12} {} on {}: could not verify: {}",
-                e["holder"].as_str().unwrap_or(""),
-                e["path"].as_str().unwrap_or(""),
-                e["node"].as_str().unwrap_or(""),
-                e["error"].as_str().unwrap_or("")
-            );
-            continue;
+        match &e.event {
+            Event::VerifyFailed { node, path, holder, error, .. } => {
+                out!("{holder:<12} {path} on {node}: could not verify: {error}");
+            }
+            Event::Verified { node, path, holder, archives, members, damaged, repaired, .. } => {
+                let verdict = match (damaged, repaired) {
+                    (0, _) => "ok".to_string(),
+                    (d, r) if d == r => format!("{d} damaged member(s), all repaired from another holder"),
+                    (d, r) => format!("{d} damaged member(s), only {r} repaired: DAMAGED"),
+                };
+                out!("{holder:<12} {path} on {node}: {archives} archive(s), {members} members: {verdict}");
+            }
+            _ => {}
         }
-        let (damaged, repaired) = (e["damaged"].as_u64().unwrap_or(0), e["repaired"].as_u64().unwrap_or(0));
-        let verdict = match (damaged, repaired) {
-            (0, _) => "ok".to_string(),
-            (d, r) if d == r => format!("{d} damaged member(s), all repaired from another holder"),
-            (d, r) => format!("{d} damaged member(s), only {r} repaired: DAMAGED"),
-        };
-        out!(
-            "{:<12} {} on {}: {} archive(s), {} members: {verdict}",
-            e["holder"].as_str().unwrap_or(""),
-            e["path"].as_str().unwrap_or(""),
-            e["node"].as_str().unwrap_or(""),
-            e["archives"],
-            e["members"]
-        );
     }
     for p in &problems {
         out!("could not verify on {p}");
@@ -789,47 +871,40 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
 }
 
 fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Result<(), Failure> {
-    let v: serde_json::Value = client.get(&format!("/backups?node={}&path={}&all={all}", enc(node), enc(path)))?;
+    let v: backmesh_api::Backups = client.get(&format!("/backups?node={}&path={}&all={all}", enc(node), enc(path)))?;
     if json {
         print_json(&v);
         return Ok(());
     }
-    let archives = v["archives"].as_array().cloned().unwrap_or_default();
-    if archives.is_empty() {
+    if v.archives.is_empty() {
         out!("no archives of {path} on {node} yet");
     } else {
         out!("{:<32} {:<21} {:>10} {:>7}  HOLDERS", "ARCHIVE", "CREATED", "SIZE", "FILES");
-        for a in &archives {
-            let down: Vec<&str> =
-                a["holders_down"].as_array().map(|h| h.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
-            let holders: Vec<String> = a["holders"]
-                .as_array()
-                .map(|h| {
-                    h.iter()
-                        .filter_map(|x| x.as_str())
-                        .map(|n| if down.contains(&n) { format!("{n} (down)") } else { n.to_string() })
-                        .collect()
-                })
-                .unwrap_or_default();
+        for a in &v.archives {
+            let holders: Vec<String> = a
+                .holders
+                .iter()
+                .map(|n| if a.holders_down.contains(n) { format!("{n} (down)") } else { n.clone() })
+                .collect();
             out!(
                 "{:<32} {:<21} {:>10} {:>7}  {}",
-                a["id"].as_str().unwrap_or(""),
-                a["created"].as_str().unwrap_or(""),
-                human(a["size"].as_u64().unwrap_or(0)),
-                a["files"].as_u64().unwrap_or(0),
+                a.id,
+                a.created.as_deref().unwrap_or(""),
+                human(a.size),
+                a.files,
                 holders.join(", ")
             );
         }
     }
     if all {
         out!();
-        for e in v["executions"].as_array().cloned().unwrap_or_default() {
-            out!(
-                "{}  {:<12} {}",
-                e["time"].as_str().unwrap_or(""),
-                e["kind"].as_str().unwrap_or(""),
-                e["archive"].as_str().or(e["error"].as_str()).unwrap_or("")
-            );
+        for e in &v.executions {
+            let what = match &e.event {
+                Event::Finished { archive, .. } | Event::Unchanged { archive, .. } => archive.as_str(),
+                Event::Failed { error, .. } => error.as_str(),
+                _ => "",
+            };
+            out!("{}  {:<12} {}", e.time, e.event.kind(), what);
         }
     }
     Ok(())
@@ -867,21 +942,34 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Register { node, path, every, excludes, source, args, pre, post, timeout, notify, notify_cmd } => {
-            write(
+            let body = backmesh_api::Register {
+                node: node.clone(),
+                path: path.clone(),
+                every: *every,
+                excludes: excludes.clone(),
+                spec: backmesh_api::JobSpec {
+                    source: source.clone(),
+                    args: args.clone(),
+                    pre: pre.clone(),
+                    post: post.clone(),
+                    timeout_s: *timeout,
+                    notify: notify.clone(),
+                    notify_cmd: notify_cmd.clone(),
+                },
+            };
+            write::<backmesh_api::Recorded>(
                 &c,
                 json,
                 "POST",
                 "/jobs",
-                Some(serde_json::json!({"node": node, "path": path, "every": every, "excludes": excludes,
-                    "source": source, "args": args, "pre": pre, "post": post, "timeout_s": timeout,
-                    "notify": notify, "notify_cmd": notify_cmd})),
+                serde_json::to_value(&body).ok(),
                 &format!(
                     "registered: {path} on {node}, every {every} min{}",
                     source.as_deref().map(|s| format!(", from {s}")).unwrap_or_default()
                 ),
             )
         }
-        Command::Unregister { node, path } => write(
+        Command::Unregister { node, path } => write::<backmesh_api::Recorded>(
             &c,
             json,
             "DELETE",
@@ -889,7 +977,7 @@ fn main() -> ExitCode {
             None,
             &format!("unregistered: {path} on {node} (its archives stay until retention removes them)"),
         ),
-        Command::Pause { node } => write(
+        Command::Pause { node } => write::<backmesh_api::Recorded>(
             &c,
             json,
             "POST",
@@ -897,7 +985,7 @@ fn main() -> ExitCode {
             None,
             &format!("paused: scheduled backups of {node}"),
         ),
-        Command::Resume { node } => write(
+        Command::Resume { node } => write::<backmesh_api::Recorded>(
             &c,
             json,
             "POST",

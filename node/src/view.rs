@@ -88,17 +88,9 @@ pub fn event(e: &Event) -> api::Event {
         Event::Paused { node } => V::Paused { node },
         Event::Resumed { node } => V::Resumed { node },
         Event::Started { node, path, request } => V::Started { node, path, request },
-        Event::Finished { node, path, archive, size, files, duration_ms, warnings, request, plugin } => V::Finished {
-            node,
-            path,
-            archive,
-            size,
-            files,
-            duration_ms,
-            warnings,
-            request,
-            plugin: report(&plugin),
-        },
+        Event::Finished { node, path, archive, size, files, duration_ms, warnings, request, plugin } => {
+            V::Finished { node, path, archive, size, files, duration_ms, warnings, request, plugin: report(&plugin) }
+        }
         Event::Unchanged { node, path, archive, duration_ms, request, plugin } => {
             V::Unchanged { node, path, archive, duration_ms, request, plugin: report(&plugin) }
         }

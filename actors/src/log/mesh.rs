@@ -840,10 +840,7 @@ impl MeshState {
 
     /// The last notification told for each job.
     pub fn notified(&self) -> BTreeMap<SeriesKey, Notice> {
-        self.series
-            .iter()
-            .filter_map(|(k, s)| Some((k.clone(), Notice::parse(&s.notified.as_ref()?.value)?)))
-            .collect()
+        self.series.iter().filter_map(|(k, s)| Some((k.clone(), Notice::parse(&s.notified.as_ref()?.value)?))).collect()
     }
 
     /// The remembered entries that answer `request`, oldest first.
