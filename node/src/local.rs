@@ -12,7 +12,91 @@ use backmesh_actors::archive::{self, CreateOptions, Progress, RestoreOptions};
 use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
 use backmesh_actors::store::{ArchiveSummary, Retention, Store, DEFAULT_KEEP};
 use clap::Args;
-use serde_json::json;
+use serde::Serialize;
+
+/// What `backmesh-node --json` commands print: one JSON document each.
+mod out {
+    use backmesh_actors::archive::Warning;
+    use serde::Serialize;
+
+    /// `backup`.
+    #[derive(Serialize)]
+    pub struct Backup<'a> {
+        /// `finished` or `unchanged`.
+        pub result: &'a str,
+        pub archive: &'a str,
+        pub size: Option<u64>,
+        pub files: Option<u64>,
+        /// Compressed bytes of members the store did not have yet.
+        pub new_bytes: Option<u64>,
+        pub members: Option<usize>,
+        pub warnings: &'a [Warning],
+        /// Archives retention removed.
+        pub pruned: &'a [String],
+        pub error: Option<&'a str>,
+        pub duration_ms: u64,
+    }
+
+    /// One archive in `archives`.
+    #[derive(Serialize)]
+    pub struct Archive<'a> {
+        pub id: &'a str,
+        pub node: &'a str,
+        pub path: &'a str,
+        pub created: String,
+        pub size: u64,
+        pub files: u64,
+        pub sha256: String,
+        pub warnings: u64,
+    }
+
+    #[derive(Serialize)]
+    pub struct Archives<'a> {
+        pub archives: Vec<Archive<'a>>,
+    }
+
+    /// `restore`.
+    #[derive(Serialize)]
+    pub struct Restored<'a> {
+        pub result: &'a str,
+        pub archive: &'a str,
+        pub to: &'a std::path::Path,
+        pub entries: u64,
+        pub bytes: u64,
+        pub warnings: &'a [String],
+    }
+
+    /// `export`.
+    #[derive(Serialize)]
+    pub struct Exported<'a> {
+        pub archive: &'a str,
+        pub file: &'a std::path::Path,
+        pub size: u64,
+        pub sha256: String,
+    }
+
+    /// One archive in `verify`.
+    #[derive(Serialize)]
+    pub struct Checked<'a> {
+        pub id: &'a str,
+        pub node: &'a str,
+        pub path: &'a str,
+        pub ok: bool,
+        pub missing: Vec<String>,
+        pub damaged: Vec<String>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Verified<'a> {
+        pub archives: Vec<Checked<'a>>,
+        /// Archives found damaged.
+        pub damaged: usize,
+    }
+}
+
+fn print_json(v: &impl Serialize) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
+}
 
 pub struct Ctx {
     pub data_dir: PathBuf,
@@ -114,11 +198,18 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
                 UnchangedBy::TreeDigest => "content identical",
             };
             if ctx.json {
-                println!(
-                    "{}",
-                    json!({"result": "unchanged", "archive": archive_id, "size": null, "files": null,
-                           "warnings": warnings, "error": null, "duration_ms": report.duration_ms})
-                );
+                print_json(&out::Backup {
+                    result: "unchanged",
+                    archive: archive_id,
+                    size: None,
+                    files: None,
+                    new_bytes: None,
+                    members: None,
+                    warnings,
+                    pruned: &[],
+                    error: None,
+                    duration_ms: report.duration_ms,
+                });
             } else {
                 println!("unchanged: {} ({how}; latest archive {archive_id}) in {secs:.2}s", path.display());
             }
@@ -127,12 +218,18 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
         RunOutcome::NoArchive => println!("finished: {} (nothing to archive)", path.display()),
         RunOutcome::Stored { manifest: m, new_bytes, retention } => {
             if ctx.json {
-                println!(
-                    "{}",
-                    json!({"result": "finished", "archive": m.id, "size": m.tgz_len, "files": m.stats.files,
-                           "new_bytes": new_bytes, "members": m.members.len(), "warnings": m.warnings,
-                           "pruned": retention.removed, "error": null, "duration_ms": report.duration_ms})
-                );
+                print_json(&out::Backup {
+                    result: "finished",
+                    archive: &m.id,
+                    size: Some(m.tgz_len),
+                    files: Some(m.stats.files),
+                    new_bytes: Some(*new_bytes),
+                    members: Some(m.members.len()),
+                    warnings: &m.warnings,
+                    pruned: &retention.removed,
+                    error: None,
+                    duration_ms: report.duration_ms,
+                });
             } else {
                 println!(
                     "finished: {} → archive {}\n  {} files, {} dirs, {} of content → {} .tgz in {} members ({} new) in {secs:.2}s",
@@ -191,9 +288,17 @@ pub struct ArchivesArgs {
     path: Option<PathBuf>,
 }
 
-fn summary_json(s: &ArchiveSummary) -> serde_json::Value {
-    json!({"id": s.id, "node": s.node, "path": s.path, "created": rfc3339(s.created_ms),
-           "size": s.tgz_len, "files": s.files, "sha256": s.tgz_sha256.to_hex(), "warnings": s.warnings})
+fn summary_json(s: &ArchiveSummary) -> out::Archive<'_> {
+    out::Archive {
+        id: &s.id,
+        node: &s.node,
+        path: &s.path,
+        created: rfc3339(s.created_ms),
+        size: s.tgz_len,
+        files: s.files,
+        sha256: s.tgz_sha256.to_hex(),
+        warnings: s.warnings,
+    }
 }
 
 pub fn archives(ctx: &Ctx, a: ArchivesArgs) -> Result<ExitCode> {
@@ -208,7 +313,7 @@ pub fn archives(ctx: &Ctx, a: ArchivesArgs) -> Result<ExitCode> {
         });
     }
     if ctx.json {
-        println!("{}", json!({"archives": list.iter().map(summary_json).collect::<Vec<_>>()}));
+        print_json(&out::Archives { archives: list.iter().map(summary_json).collect() });
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
@@ -266,11 +371,14 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     }
     let report = report.with_context(|| format!("restore of archive {} into {} failed", m.id, a.to.display()))?;
     if ctx.json {
-        println!(
-            "{}",
-            json!({"result": "restored", "archive": m.id, "to": a.to, "entries": report.entries,
-                               "bytes": report.bytes, "warnings": report.warnings})
-        );
+        print_json(&out::Restored {
+            result: "restored",
+            archive: &m.id,
+            to: &a.to,
+            entries: report.entries,
+            bytes: report.bytes,
+            warnings: &report.warnings,
+        });
     } else {
         println!(
             "restored archive {} into {}: {} entries, {} in {:.2}s",
@@ -332,7 +440,7 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
     tmp.as_file().sync_all()?;
     tmp.persist(&a.output).map_err(|e| e.error).with_context(|| format!("cannot write {}", a.output.display()))?;
     if ctx.json {
-        println!("{}", json!({"archive": m.id, "file": a.output, "size": len, "sha256": m.tgz_sha256.to_hex()}));
+        print_json(&out::Exported { archive: &m.id, file: &a.output, size: len, sha256: m.tgz_sha256.to_hex() });
     } else {
         println!("wrote {} ({}, sha256 {})", a.output.display(), mib(len), m.tgz_sha256);
     }
@@ -373,12 +481,17 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<ExitCode> {
                 );
             }
         }
-        results.push(json!({"id": s.id, "node": s.node, "path": s.path, "ok": r.is_ok(),
-            "missing": r.missing.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
-            "damaged": r.damaged.iter().map(|d| d.to_hex()).collect::<Vec<_>>()}));
+        results.push(out::Checked {
+            id: &s.id,
+            node: &s.node,
+            path: &s.path,
+            ok: r.is_ok(),
+            missing: r.missing.iter().map(|d| d.to_hex()).collect(),
+            damaged: r.damaged.iter().map(|d| d.to_hex()).collect(),
+        });
     }
     if ctx.json {
-        println!("{}", json!({"archives": results, "damaged": bad}));
+        print_json(&out::Verified { archives: results, damaged: bad });
     }
     if bad > 0 {
         eprintln!("backmesh-node: {bad} archive(s) damaged");
