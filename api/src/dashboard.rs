@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::archives::Archive;
-use crate::jobs::JobState;
+use crate::jobs::{JobState, RunResult};
 use crate::log::{Event, PluginReport};
 
 /// `GET /api/v1/whoami`: what the token may see.
@@ -52,15 +52,6 @@ impl Counts {
             JobState::Pending => self.pending,
         }
     }
-}
-
-/// The result of a job's last run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunResult {
-    Finished,
-    Unchanged,
-    Failed,
 }
 
 /// One job as the dashboard shows it.

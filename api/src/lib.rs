@@ -7,13 +7,14 @@
 use serde::{Deserialize, Serialize};
 
 pub mod archives;
+pub mod cli;
 pub mod dashboard;
 pub mod jobs;
 pub mod log;
 pub mod names;
 
 pub use archives::{Archive, Backups, Restore, RestoreStarted, Verify, VerifyStarted, Verifying};
-pub use jobs::{JobKey, JobState, JobStatus, Jobs, Progress, Queued, Register};
+pub use jobs::{JobKey, JobState, JobStatus, Jobs, Progress, Queued, Register, RunResult};
 pub use log::{Event, Hlc, JobSpec, LogEntry, LogPage, Notice, PluginReport, Recorded, RequestEntries};
 
 /// Every route lives under this prefix.

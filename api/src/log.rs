@@ -302,6 +302,20 @@ impl Event {
         }
     }
 
+    /// The on-demand request it answers, if any.
+    pub fn request(&self) -> Option<&str> {
+        match self {
+            Event::Started { request, .. }
+            | Event::Finished { request, .. }
+            | Event::Unchanged { request, .. }
+            | Event::Failed { request, .. }
+            | Event::Restored { request, .. }
+            | Event::Verified { request, .. }
+            | Event::VerifyFailed { request, .. } => request.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The node whose data it concerns.
     pub fn node(&self) -> &str {
         match self {

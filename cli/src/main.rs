@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use backmesh_api::{human_bytes as human, ErrorBody, Event, LogEntry, Status};
+use backmesh_api::cli::{Fetched, RestoreOutcome, RestoreResult, RunOutcome, VerifyOutcome};
+use backmesh_api::{human_bytes as human, ErrorBody, Event, LogEntry, RunResult, Status};
 use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -517,20 +518,6 @@ fn clear_line(tty: bool) {
     }
 }
 
-/// What `backmesh run --json` prints once the run ended.
-#[derive(Serialize)]
-struct RunOutcome<'a> {
-    /// `finished`, `unchanged` or `failed`.
-    result: &'a str,
-    archive: Option<&'a str>,
-    size: Option<u64>,
-    files: Option<u64>,
-    warnings: &'a [String],
-    error: Option<&'a str>,
-    duration_ms: u64,
-    request: &'a str,
-}
-
 fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeout: u64) -> Result<bool, Failure> {
     let queued: backmesh_api::Queued =
         client.post("/run", &backmesh_api::JobKey { node: node.into(), path: path.into() })?;
@@ -573,91 +560,56 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
             "no result after {timeout}s; the run goes on: see `backmesh log --path {path}`"
         )));
     };
-    let outcome = match &entries.remove(0).event {
+    let mut outcome = RunOutcome {
+        result: RunResult::Failed,
+        archive: None,
+        size: None,
+        files: None,
+        warnings: Vec::new(),
+        error: None,
+        duration_ms: 0,
+        request: request.clone(),
+    };
+    match entries.remove(0).event {
         Event::Finished { archive, size, files, duration_ms, warnings, .. } => {
             if !json {
                 out!(
                     "finished: {path} on {node} → archive {archive} ({}, {files} files) in {:.1}s",
-                    human(*size),
-                    *duration_ms as f64 / 1000.0
+                    human(size),
+                    duration_ms as f64 / 1000.0
                 );
+                for w in &warnings {
+                    out!("  warning: {w}");
+                }
             }
-            RunOutcome {
-                result: "finished",
+            outcome = RunOutcome {
+                result: RunResult::Finished,
                 archive: Some(archive),
-                size: Some(*size),
-                files: Some(*files),
+                size: Some(size),
+                files: Some(files),
                 warnings,
-                error: None,
-                duration_ms: *duration_ms,
-                request: &request,
-            }
-            .print(json)
+                duration_ms,
+                ..outcome
+            };
         }
         Event::Unchanged { archive, duration_ms, .. } => {
             if !json {
                 out!("unchanged: {path} on {node} (latest archive {archive})");
             }
-            RunOutcome {
-                result: "unchanged",
-                archive: Some(archive),
-                size: None,
-                files: None,
-                warnings: &[],
-                error: None,
-                duration_ms: *duration_ms,
-                request: &request,
-            }
-            .print(json)
+            outcome = RunOutcome { result: RunResult::Unchanged, archive: Some(archive), duration_ms, ..outcome };
         }
         Event::Failed { error, duration_ms, .. } => {
             if !json {
                 out!("failed: {path} on {node}: {error}");
             }
-            RunOutcome {
-                result: "failed",
-                archive: None,
-                size: None,
-                files: None,
-                warnings: &[],
-                error: Some(error),
-                duration_ms: *duration_ms,
-                request: &request,
-            }
-            .print(json)
+            outcome = RunOutcome { error: Some(error), duration_ms, ..outcome };
         }
         other => return Err(Failure::Refused(format!("the run was answered by a `{}` entry", other.kind()))),
-    };
-    Ok(outcome)
-}
-
-impl RunOutcome<'_> {
-    /// Prints it (as JSON, or its warnings for people); whether the run succeeded.
-    fn print(self, json: bool) -> bool {
-        if json {
-            print_json(&self);
-        } else {
-            for w in self.warnings {
-                out!("  warning: {w}");
-            }
-        }
-        self.result != "failed"
     }
-}
-
-/// What `backmesh restore --json` prints once the restore ended.
-#[derive(Serialize)]
-struct RestoreOutcome<'a> {
-    /// `restored` or `failed`.
-    result: &'a str,
-    archive: &'a str,
-    on: &'a str,
-    to: &'a str,
-    files: u64,
-    bytes: u64,
-    error: Option<&'a str>,
-    duration_ms: u64,
-    request: &'a str,
+    if json {
+        print_json(&outcome);
+    }
+    Ok(outcome.result != RunResult::Failed)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -698,15 +650,15 @@ fn restore(
     let ok = error.is_none();
     if json {
         print_json(&RestoreOutcome {
-            result: if ok { "restored" } else { "failed" },
-            archive: &archive,
-            on: &on,
-            to: &to,
+            result: if ok { RestoreResult::Restored } else { RestoreResult::Failed },
+            archive: archive.clone(),
+            on: on.clone(),
+            to: to.clone(),
             files,
             bytes,
-            error: error.as_deref(),
+            error: error.clone(),
             duration_ms,
-            request: &request,
+            request: request.clone(),
         });
     } else if let Some(e) = &error {
         out!("failed: restore of {path} on {node} onto {target}: {e}");
@@ -718,15 +670,6 @@ fn restore(
         );
     }
     Ok(ok)
-}
-
-/// What `backmesh fetch --json` prints.
-#[derive(Serialize)]
-struct Fetched<'a> {
-    archive: &'a str,
-    file: &'a std::path::Path,
-    size: u64,
-    sha256: &'a str,
 }
 
 fn fetch(
@@ -810,20 +753,11 @@ fn fetch(
         let _ = d.sync_all();
     }
     if json {
-        print_json(&Fetched { archive: &id, file: output, size: got, sha256: &sha });
+        print_json(&Fetched { archive: id, file: output.to_path_buf(), size: got, sha256: sha });
     } else {
         out!("fetched: archive {id} of {path} on {node} → {} ({}, sha256 {sha})", output.display(), human(got));
     }
     Ok(())
-}
-
-/// What `backmesh verify --json` prints.
-#[derive(Serialize)]
-struct VerifyOutcome<'a> {
-    ok: bool,
-    /// The `verified` and `verify_failed` entries, one per (holder, series).
-    verified: &'a [LogEntry],
-    problems: &'a [String],
 }
 
 fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, timeout: u64) -> Result<bool, Failure> {
@@ -842,7 +776,7 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
     };
     let ok = entries.iter().all(|e| matches!(e.event, Event::Verified { ok: true, .. })) && problems.is_empty();
     if json {
-        print_json(&VerifyOutcome { ok, verified: &entries, problems: &problems });
+        print_json(&VerifyOutcome { ok, verified: entries, problems });
         return Ok(ok);
     }
     if entries.is_empty() {

@@ -17,10 +17,17 @@ pub fn entry(e: &Entry) -> api::LogEntry {
         origin: e.origin.clone(),
         origin_name: e.origin_name.clone(),
         seq: e.seq,
-        time: rfc3339(e.time.wall_ms),
+        time: rfc3339_ms(e.time.wall_ms),
         hlc: api::Hlc { wall_ms: e.time.wall_ms, logical: e.time.logical, node: e.time.node.clone() },
         event: event(&e.event),
     }
+}
+
+/// RFC 3339 to the millisecond: entries of one second stay apart.
+fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }
 
 pub fn spec(s: &plugin::JobSpec) -> api::JobSpec {
@@ -45,11 +52,11 @@ pub fn plugin_report(r: &plugin::PluginReport) -> api::PluginReport {
     }
 }
 
-pub fn run_result(r: RunResult) -> api::dashboard::RunResult {
+pub fn run_result(r: RunResult) -> api::RunResult {
     match r {
-        RunResult::Finished => api::dashboard::RunResult::Finished,
-        RunResult::Unchanged => api::dashboard::RunResult::Unchanged,
-        RunResult::Failed => api::dashboard::RunResult::Failed,
+        RunResult::Finished => api::RunResult::Finished,
+        RunResult::Unchanged => api::RunResult::Unchanged,
+        RunResult::Failed => api::RunResult::Failed,
     }
 }
 

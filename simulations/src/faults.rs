@@ -30,7 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use backmesh_api::cli::{RunOutcome, VerifyOutcome};
+use backmesh_api::{Backups, LogPage, Queued, RunResult};
 
 use crate::{manifests_on_disk, wait_until, Mesh};
 
@@ -258,8 +259,9 @@ const T: Duration = Duration::from_secs(60);
 /// and pushed again.
 const SETTLE: Duration = Duration::from_secs(300);
 
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+/// What the client printed on stdout, read as its answer `T`.
+fn answer<T: serde::de::DeserializeOwned>(out: &std::process::Output) -> Option<T> {
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// The files of `dir` (relative path → content).
@@ -403,8 +405,8 @@ impl Run {
                 }
                 let out =
                     self.mesh.cli(origin, &["--json", "run", &self.names[origin], &self.series[s].path, "--no-wait"]);
-                if let Some(r) = json(&out)["request"].as_str() {
-                    self.requests.push((s, r.to_string()));
+                if let Some(q) = answer::<Queued>(&out) {
+                    self.requests.push((s, q.request));
                 }
                 std::thread::sleep(Duration::from_millis(after_ms));
                 self.mesh.kill9(origin);
@@ -530,30 +532,29 @@ impl Run {
         let before = snapshot(&self.series[s].dir);
         let (node, path) = (self.names[self.series[s].node].clone(), self.series[s].path.clone());
         let out = self.mesh.cli(via, &["--json", "run", &node, &path, "--timeout", "60"]);
-        let v = json(&out);
-        match v["result"].as_str() {
-            Some("finished") => {
-                if let Some(id) = v["archive"].as_str() {
-                    self.series[s].acked.push((id.to_string(), before));
+        let Some(v) = answer::<RunOutcome>(&out) else { return };
+        match v.result {
+            RunResult::Finished => {
+                if let Some(id) = v.archive {
+                    self.series[s].acked.push((id, before));
                     self.report.backups += 1;
                 }
             }
-            Some("unchanged") => {
+            RunResult::Unchanged => {
                 // The tree is that of the archive it names: remembered again.
-                if let Some(id) = v["archive"].as_str().filter(|a| !a.is_empty()) {
-                    if !self.series[s].acked.iter().any(|(a, _)| a == id) {
-                        self.series[s].acked.push((id.to_string(), before));
+                if let Some(id) = v.archive.filter(|a| !a.is_empty()) {
+                    if !self.series[s].acked.iter().any(|(a, _)| *a == id) {
+                        self.series[s].acked.push((id, before));
                     }
                 }
             }
-            Some("failed") => {
+            RunResult::Failed => {
                 // Fails rightly only when its node is down or its disk full.
                 let origin = self.series[s].node;
                 let excused = self.down.contains(&origin) || self.full.contains(&origin);
-                let err = v.to_string();
+                let err = v.error.unwrap_or_default();
                 self.check(excused, || format!("a backup of {path} on {node} failed with its node up: {err}"));
             }
-            _ => {}
         }
     }
 
@@ -674,15 +675,9 @@ impl Run {
     /// The catalog of series `s` as node `i` shows it: (id, holders), newest first.
     fn catalog(&self, i: usize, s: usize) -> Vec<(String, BTreeSet<String>)> {
         let (node, path) = (&self.names[self.series[s].node], &self.series[s].path);
-        json(&self.mesh.cli(i, &["--json", "backups", node, path]))["archives"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|a| {
-                let holders = a["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str());
-                (a["id"].as_str().unwrap_or_default().to_string(), holders.map(String::from).collect())
-            })
-            .collect()
+        answer::<Backups>(&self.mesh.cli(i, &["--json", "backups", node, path]))
+            .map(|b| b.archives.into_iter().map(|a| (a.id, a.holders.into_iter().collect())).collect())
+            .unwrap_or_default()
     }
 
     /// Archive ids of series `s` in node `n`'s store.
@@ -751,12 +746,7 @@ impl Run {
         let why = if settled { String::new() } else { self.unsettled().unwrap_or_default() };
         self.check(settled, || format!("the mesh did not settle within {} s of the heal: {why}", SETTLE.as_secs()));
         // The whole state (runs, jobs, catalog, holders) the same on every node.
-        let digest = |i: usize| {
-            self.mesh
-                .status(i)
-                .map(|s| s["state"]["digest"].as_str().unwrap_or_default().to_string())
-                .unwrap_or_default()
-        };
+        let digest = |i: usize| self.mesh.status(i).map(|s| s.state.digest).unwrap_or_default();
         let same = wait_until(T, || {
             let d: BTreeSet<String> = (0..self.names.len()).map(digest).collect();
             d.len() == 1 && !d.contains("")
@@ -844,9 +834,9 @@ impl Run {
         // Every copy verifies, once damage found is repaired.
         let _ = self.mesh.cli(0, &["--json", "verify", "--timeout", "120"]);
         let out = self.mesh.cli(0, &["--json", "verify", "--timeout", "120"]);
-        let v = json(&out);
-        let ok = v["ok"] == true;
-        self.check(ok, || format!("verify after repair: {v}"));
+        let v = answer::<VerifyOutcome>(&out);
+        let ok = v.as_ref().is_some_and(|v| v.ok);
+        self.check(ok, || format!("verify after repair: {v:?} {}", String::from_utf8_lossy(&out.stderr)));
     }
 
     /// Every accepted run request ends in the log (a run cut short by a
@@ -856,10 +846,10 @@ impl Run {
         for (s, request) in requests {
             let origin = self.series[s].node;
             let ended = wait_until(Duration::from_secs(60), || {
-                let log = json(&self.mesh.cli(origin, &["--json", "log", "--limit", "1000"]));
-                log["entries"].as_array().into_iter().flatten().any(|e| {
-                    e["request"] == request.as_str()
-                        && matches!(e["kind"].as_str(), Some("finished" | "unchanged" | "failed"))
+                let log = answer::<LogPage>(&self.mesh.cli(origin, &["--json", "log", "--limit", "1000"]));
+                log.into_iter().flat_map(|l| l.entries).any(|e| {
+                    e.event.request() == Some(request.as_str())
+                        && matches!(e.event.kind(), "finished" | "unchanged" | "failed")
                 })
             });
             self.check(ended, || format!("run request {request} was accepted and never ended"));

@@ -214,21 +214,27 @@ impl Mesh {
     }
 
     /// Node `i`'s `status --json`, if it answers.
-    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+    pub fn status(&self, i: usize) -> Option<backmesh_api::Status> {
         let out = self.cli(i, &["--json", "status"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
     }
 
+    /// Runs `backmesh --json ARGS` on node `i` and reads its answer as a `T`;
+    /// `Err` says what the client printed when it failed or answered otherwise.
+    pub fn cli_json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> Result<T, String> {
+        let out = self.cli(i, &[&["--json"][..], args].concat());
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            return Err(format!("backmesh {args:?} exited with {}: {stderr}{stdout}", out.status));
+        }
+        serde_json::from_str(&stdout)
+            .map_err(|e| format!("backmesh {args:?} printed what is not its answer ({e}): {stdout}"))
+    }
+
     /// Names of the nodes node `i` sees up (itself included).
     pub fn up_names(&self, i: usize) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .status(i)
-            .and_then(|s| s["nodes"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter(|n| n["up"] == true)
-            .filter_map(|n| n["name"].as_str().map(String::from))
-            .collect();
+        let mut names: Vec<String> =
+            self.status(i).map(|s| s.nodes.into_iter().filter(|n| n.up).map(|n| n.name).collect()).unwrap_or_default();
         names.sort();
         names
     }
@@ -239,8 +245,7 @@ impl Mesh {
     }
 
     pub fn peer_id(&self, i: usize) -> Option<String> {
-        let s = self.status(i)?;
-        s["nodes"].as_array()?.iter().find(|n| n["this_node"] == true)?["peer_id"].as_str().map(String::from)
+        self.status(i)?.nodes.into_iter().find(|n| n.this_node).map(|n| n.peer_id)
     }
 
     pub fn kill9(&mut self, i: usize) {

@@ -55,8 +55,7 @@ fn a_killed_node_is_seen_down_and_back_up_with_the_same_peer_id() {
             i + 1
         );
     }
-    let shown_down =
-        mesh.status(0).unwrap()["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "n3" && n["up"] == false);
+    let shown_down = mesh.status(0).unwrap().nodes.iter().any(|n| n.name == "n3" && !n.up);
     assert!(shown_down, "n3 is listed as down, not forgotten");
     mesh.restart(2);
     assert!(mesh.wait_ready(2, T));
@@ -83,7 +82,7 @@ fn a_node_with_another_swarm_key_is_never_admitted() {
     for i in 0..3usize {
         // Under load a member may blink down for a moment; the intruder must never appear.
         assert!(!mesh.up_names(i).contains(&"intruder".to_string()), "n{} admitted the intruder", i + 1);
-        let listed = mesh.status(i).unwrap()["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "intruder");
+        let listed = mesh.status(i).unwrap().nodes.iter().any(|n| n.name == "intruder");
         assert!(!listed, "the intruder is not even listed");
     }
     assert_eq!(mesh.up_names(intruder), names(&["intruder"]));
@@ -248,17 +247,13 @@ fn two_nodes_with_one_name_are_both_reported() {
     let a = mesh.start("twin", None, &[]);
     let b = mesh.start("twin", Some(0), &[]);
     assert!(mesh.wait_ready(a, T) && mesh.wait_ready(b, T));
-    let problem = |i: usize| {
-        mesh.status(i)
-            .and_then(|s| s["problems"].as_array().cloned())
-            .is_some_and(|p| p.iter().any(|x| x.as_str().unwrap_or("").contains("claim the name")))
-    };
+    let problem = |i: usize| mesh.status(i).is_some_and(|s| s.problems.iter().any(|x| x.contains("claim the name")));
     for i in [a, b] {
         assert!(wait_until(T, || problem(i)), "{:?}", mesh.status(i));
         let s = mesh.status(i).unwrap();
-        let twins: Vec<_> = s["nodes"].as_array().unwrap().iter().filter(|n| n["name"] == "twin").collect();
+        let twins: Vec<_> = s.nodes.iter().filter(|n| n.name == "twin").collect();
         assert_eq!(twins.len(), 2, "both listed, not merged");
-        assert!(twins.iter().all(|n| !n["conflict"].is_null()));
+        assert!(twins.iter().all(|n| n.conflict.is_some()));
     }
     let table = String::from_utf8_lossy(&mesh.cli(a, &["status"]).stdout).into_owned();
     assert!(table.contains("problem: 2 nodes claim the name `twin`"), "{table}");

@@ -409,13 +409,9 @@ fn a_peer_with_the_swarm_key_cannot_plant_an_archive_in_another_node_s_series() 
     // With n1 gone, the rogue repairs "its" copy of n1's series onto n2:
     // n2 refuses it, names it, and counts it against the rogue.
     mesh.kill9(0);
-    let refused = || {
-        mesh.status(1).and_then(|st| st["nodes"].as_array().cloned()).unwrap_or_default().iter().any(|n| {
-            n["peer_id"].as_str() == Some(rogue_peer.as_str()) && n["refused"].as_u64().is_some_and(|r| r >= 1)
-        })
-    };
+    let refused = || mesh.status(1).unwrap_or_default().nodes.iter().any(|n| n.peer_id == rogue_peer && n.refused >= 1);
     assert!(wait_until(LONG, refused), "n2 never refused the rogue's archive:\n{}", mesh.nodes[1].log_text());
-    let problems = mesh.status(1).unwrap()["problems"].to_string();
+    let problems = mesh.status(1).unwrap().problems.join("\n");
     assert!(problems.contains("rogue") && problems.contains("sealed by"), "{problems}");
     assert!(!manifests_on_disk(&mesh.nodes[1]).contains(&forged[0]), "n2 kept the planted archive");
     assert_eq!(manifests_on_disk(&mesh.nodes[1]), real);

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use backmesh_api::NodeStatus;
 use backmesh_simulations::faults::faketime_env;
 use backmesh_simulations::{binary, manifests_on_disk, tree_differences, wait_until, Mesh};
 use serde_json::Value;
@@ -33,20 +34,13 @@ fn archives(mesh: &Mesh, i: usize, node: &str, path: &str) -> Vec<(String, BTree
 }
 
 /// Node `i`'s count `field` (`refused`, `limited`) for the peer named `name`.
-fn count_for(mesh: &Mesh, i: usize, name: &str, field: &str) -> u64 {
-    let status = mesh.status(i).unwrap_or_default();
-    status["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["name"] == name)
-        .filter_map(|n| n[field].as_u64())
-        .sum()
+fn count_for(mesh: &Mesh, i: usize, name: &str, field: fn(&NodeStatus) -> u64) -> u64 {
+    mesh.status(i).unwrap_or_default().nodes.iter().filter(|n| n.name == name).map(field).sum()
 }
 
 /// How many times node `i` refused something from the peer named `name`.
 fn refused_from(mesh: &Mesh, i: usize, name: &str) -> u64 {
-    count_for(mesh, i, name, "refused")
+    count_for(mesh, i, name, |n| n.refused)
 }
 
 #[test]
@@ -119,7 +113,7 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     for i in 0..2 {
         assert!(
             wait_until(T, || refused_from(&mesh, i, "rogue") >= 2),
-            "node {i}: {:#}",
+            "node {i}: {:#?}",
             mesh.status(i).unwrap_or_default()
         );
     }
@@ -310,7 +304,7 @@ fn a_holder_that_only_says_it_keeps_copies_makes_no_one_drop_theirs() {
 /// How many times node `i` refused the peer named `name` what went past
 /// its bounds.
 fn limited_from(mesh: &Mesh, i: usize, name: &str) -> u64 {
-    count_for(mesh, i, name, "limited")
+    count_for(mesh, i, name, |n| n.limited)
 }
 
 /// Every file or directory under `dir` whose name contains `part`.
@@ -380,10 +374,10 @@ fn a_rogue_that_floods_a_holder_is_bounded_and_named() {
     let first = answer("commit-first");
     assert!(first.contains("OverQuota") && first.contains("--quota"), "{first}");
     // n2 names the rogue: in its status (counted), its problems and its log.
-    assert!(wait_until(T, || limited_from(&mesh, 1, "rogue") >= 2), "{:#}", mesh.status(1).unwrap_or_default());
+    assert!(wait_until(T, || limited_from(&mesh, 1, "rogue") >= 2), "{:#?}", mesh.status(1).unwrap_or_default());
     let status = mesh.status(1).unwrap_or_default();
-    let problems = status["problems"].to_string();
-    assert!(problems.contains("rogue") && problems.contains("went past this node's limits"), "{status:#}");
+    let problems = status.problems.join("\n");
+    assert!(problems.contains("rogue") && problems.contains("went past this node's limits"), "{status:#?}");
     let log = mesh.nodes[1].log_text();
     assert!(log.contains("at its quota"), "{log}");
     assert!(log.contains("opened more than 4 connections"), "{log}");
@@ -420,9 +414,9 @@ fn a_rogue_that_floods_a_holder_is_bounded_and_named() {
     assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("Refused") && said.contains("another mesh protocol"), "{said}");
     let status = mesh.status(1).unwrap_or_default();
-    let problems = status["problems"].to_string();
-    assert!(problems.contains("is refused") && problems.contains("mesh protocol 5"), "{status:#}");
-    assert!(!mesh.up_names(1).contains(&"rogue".to_string()), "{status:#}");
+    let problems = status.problems.join("\n");
+    assert!(problems.contains("is refused") && problems.contains("mesh protocol 5"), "{status:#?}");
+    assert!(!mesh.up_names(1).contains(&"rogue".to_string()), "{status:#?}");
     std::thread::sleep(Duration::from_secs(2));
     let log = json(&mesh, 1, &["log", "--limit", "1000"]);
     let paused = log["entries"].as_array().into_iter().flatten().filter(|e| e["kind"] == "paused").count();

@@ -1,0 +1,66 @@
+//! What the light client prints with `--json` once an operation it waited
+//! for has ended (the other commands print the node's answer as it came).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::RunResult;
+use crate::log::LogEntry;
+
+/// `backmesh run --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub result: RunResult,
+    /// The archive made (`finished`), or the latest (`unchanged`).
+    pub archive: Option<String>,
+    pub size: Option<u64>,
+    pub files: Option<u64>,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub request: String,
+}
+
+/// How a restore ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreResult {
+    Restored,
+    Failed,
+}
+
+/// `backmesh restore --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreOutcome {
+    pub result: RestoreResult,
+    pub archive: String,
+    /// The node that restored.
+    pub on: String,
+    pub to: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub request: String,
+}
+
+/// `backmesh verify --json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifyOutcome {
+    /// Every holder verified every copy, whole or made whole again.
+    pub ok: bool,
+    /// The `verified` and `verify_failed` entries, one per (holder, series).
+    pub verified: Vec<LogEntry>,
+    /// Nodes that could not be asked, and why.
+    pub problems: Vec<String>,
+}
+
+/// `backmesh fetch --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetched {
+    pub archive: String,
+    pub file: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
