@@ -99,10 +99,10 @@ impl JobSpec {
     /// directory job without hooks or a notification command.
     pub fn programs(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        match self.source_name() {
-            "dir" => {}
-            "command" => out.push("a command source"),
-            _ => out.push("a plugin"),
+        match self.source() {
+            Source::Dir => {}
+            Source::Command => out.push("a command source"),
+            Source::Plugin(_) => out.push("a plugin"),
         }
         if self.pre.is_some() {
             out.push("a pre hook");
@@ -120,6 +120,26 @@ impl JobSpec {
     pub fn source_name(&self) -> &str {
         self.source.as_deref().unwrap_or("dir")
     }
+
+    /// Where the job's data comes from.
+    pub fn source(&self) -> Source<'_> {
+        match self.source_name() {
+            "dir" => Source::Dir,
+            "command" => Source::Command,
+            plugin => Source::Plugin(plugin),
+        }
+    }
+}
+
+/// Where a job's data comes from (`--source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// The job's path itself, a directory (the default).
+    Dir,
+    /// The stdout of the job's `--arg` command line.
+    Command,
+    /// A plugin: a name in DATA_DIR/plugins, or an absolute path.
+    Plugin(&'a str),
 }
 
 /// What a plugin, command or hook had to say, kept in the run's log entry.
@@ -233,16 +253,19 @@ impl Programs {
 
 /// Can this node run a job of `path` with `spec`? `Err` says why not.
 pub fn check_source(data_dir: &Path, path: &str, spec: &JobSpec) -> Result<(), String> {
-    match spec.source_name() {
-        "dir" => super::check_path(path),
-        "command" if spec.args.is_empty() => {
+    match spec.source() {
+        Source::Dir => super::check_path(path),
+        Source::Command if spec.args.is_empty() => {
             Err("a `command` source needs the command line: --arg PROGRAM --arg ARG…".into())
         }
         source => {
             if !path.starts_with('/') {
                 return Err(format!("`{path}` is not an absolute path (it names the job and the restored file)"));
             }
-            resolve(data_dir, source).map(|_| ())
+            match source {
+                Source::Plugin(plugin) => resolve(data_dir, plugin).map(|_| ()),
+                _ => Ok(()),
+            }
         }
     }
 }

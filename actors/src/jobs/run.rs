@@ -235,7 +235,7 @@ fn source_backup(
 ) -> Result<RunReport, String> {
     let timeout = spec.timeout();
     let source = spec.source_name();
-    if source == "dir" {
+    if spec.source() == plugin::Source::Dir {
         return run_backup(store, node, Path::new(path), opts, keep).map_err(|e| error_chain(&e));
     }
     let staging = store.root().join("staging");
@@ -243,15 +243,15 @@ fn source_backup(
         .prefix("source-")
         .tempdir_in(&staging)
         .map_err(|e| format!("cannot make a working directory in {}: {e}", staging.display()))?;
-    if source == "command" {
-        let name = Path::new(path).file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "output".into());
-        plugin::run_command_source(&spec.args, node, path, &out.path().join(name), timeout)?;
-    } else {
+    if let plugin::Source::Plugin(source) = spec.source() {
         let exe = plugin::resolve(store.root(), source)?.ok_or_else(|| format!("unknown source `{source}`"))?;
         *report = plugin::run_plugin(&exe, &spec.args, node, path, out.path(), timeout)?;
         if !report.archive {
             return Ok(RunReport { outcome: RunOutcome::NoArchive, duration_ms: 0 });
         }
+    } else {
+        let name = Path::new(path).file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "output".into());
+        plugin::run_command_source(&spec.args, node, path, &out.path().join(name), timeout)?;
     }
     plugin::zero_mtimes(out.path()).map_err(|e| format!("cannot prepare the output of {source}: {e}"))?;
     run_backup_as(store, node, path, out.path(), opts, keep).map_err(|e| error_chain(&e))
