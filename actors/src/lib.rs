@@ -20,6 +20,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod archive;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod hash;

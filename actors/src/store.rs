@@ -76,20 +76,24 @@ impl Retention {
 /// Parses a duration as `--keep-within` takes it: a number and a unit,
 /// `h` (hours), `d` (days), `w` (weeks) or `m` (30-day months), as in
 /// `36h`, `14d`, `6m`.
-pub fn parse_within(text: &str) -> Result<Duration, String> {
+pub fn parse_within(text: &str) -> Result<Duration, crate::error::BadSetting> {
+    use crate::error::BadSetting;
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("`{text}`: give a number and a unit, as in 36h, 14d, 2w or 6m"))?;
+    let n: u64 =
+        n.parse().map_err(|_| BadSetting(format!("`{text}`: give a number and a unit, as in 36h, 14d, 2w or 6m")))?;
     let hours = match unit {
         "h" => 1,
         "d" => 24,
         "w" => 24 * 7,
         "m" => 24 * 30,
-        _ => return Err(format!("`{text}`: the unit is h, d, w or m (months of 30 days), as in 14d")),
+        _ => return Err(BadSetting(format!("`{text}`: the unit is h, d, w or m (months of 30 days), as in 14d"))),
     };
     if n == 0 {
-        return Err(format!("`{text}`: a window of nothing keeps nothing more; leave --keep-within out instead"));
+        return Err(BadSetting(format!(
+            "`{text}`: a window of nothing keeps nothing more; leave --keep-within out instead"
+        )));
     }
     Ok(Duration::from_secs(n.saturating_mul(hours * 3600)))
 }

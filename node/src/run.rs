@@ -363,7 +363,12 @@ async fn route(mut inbound: tokio::sync::mpsc::Receiver<swarm::Inbound>, to: Rou
                 next_bucket: batch.next_bucket,
             }),
             Inbound::Ctl(ctl) if ctl.request.check_grant(to.token.as_deref(), &to.me).is_err() => {
-                let reason = ctl.request.check_grant(to.token.as_deref(), &to.me).err().unwrap_or_default();
+                let reason = ctl
+                    .request
+                    .check_grant(to.token.as_deref(), &to.me)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
                 tracing::warn!("refused a request from the mesh: {reason}");
                 let net = to.net.clone();
                 actix::spawn(async move {

@@ -233,12 +233,12 @@ pub struct OtherEvent {
 }
 
 impl OtherEvent {
-    fn from_value(kind: String, v: &ciborium::Value) -> Result<Self, String> {
+    fn from_value(kind: String, v: &ciborium::Value) -> Result<Self, ciborium::ser::Error<std::io::Error>> {
         let text = |name: &str| {
             v.as_map()?.iter().find(|(k, _)| k.as_text() == Some(name)).and_then(|(_, v)| v.as_text().map(String::from))
         };
         let mut cbor = Vec::new();
-        ciborium::into_writer(v, &mut cbor).map_err(|e| e.to_string())?;
+        ciborium::into_writer(v, &mut cbor)?;
         Ok(OtherEvent { kind, node: text("node").unwrap_or_default(), path: text("path"), cbor })
     }
 }

@@ -192,28 +192,33 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
-fn read_footer(path: &Path) -> Result<Footer, String> {
-    let f = File::open(path).map_err(|e| e.to_string())?;
-    let size = f.metadata().map_err(|e| e.to_string())?.len();
+/// Why a run file cannot be read: it is set aside, never trusted.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadRun(String);
+
+fn read_footer(path: &Path) -> Result<Footer, BadRun> {
+    let f = File::open(path).map_err(|e| BadRun(e.to_string()))?;
+    let size = f.metadata().map_err(|e| BadRun(e.to_string()))?.len();
     if size < 16 {
-        return Err("too short for a run".into());
+        return Err(BadRun("too short for a run".into()));
     }
     let mut trailer = [0u8; 16];
-    f.read_exact_at(&mut trailer, size - 16).map_err(|e| e.to_string())?;
+    f.read_exact_at(&mut trailer, size - 16).map_err(|e| BadRun(e.to_string()))?;
     if &trailer[8..] != RUN_MAGIC {
-        return Err("no run trailer".into());
+        return Err(BadRun("no run trailer".into()));
     }
     let len = u32::from_le_bytes(trailer[..4].try_into().unwrap_or_default()) as u64;
     let crc = u32::from_le_bytes(trailer[4..8].try_into().unwrap_or_default());
     if len + 16 > size {
-        return Err("the footer length is past the file's start".into());
+        return Err(BadRun("the footer length is past the file's start".into()));
     }
     let mut body = vec![0u8; len as usize];
-    f.read_exact_at(&mut body, size - 16 - len).map_err(|e| e.to_string())?;
+    f.read_exact_at(&mut body, size - 16 - len).map_err(|e| BadRun(e.to_string()))?;
     if crc32fast::hash(&body) != crc {
-        return Err("the footer's checksum does not match".into());
+        return Err(BadRun("the footer's checksum does not match".into()));
     }
-    ciborium::from_reader(&body[..]).map_err(|e| format!("the footer does not decode: {e}"))
+    ciborium::from_reader(&body[..]).map_err(|e| BadRun(format!("the footer does not decode: {e}")))
 }
 
 /// Writes one run: blocks of records, then footer and trailer.

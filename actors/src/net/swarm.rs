@@ -61,11 +61,11 @@ enum Command {
     /// Answer a peer's control request.
     AnswerCtl(ResponseChannel<CtlResponse>, CtlResponse),
     /// Dial an address; reply with the peer id that answered.
-    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<String, String>> },
+    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<String, RequestError>> },
     /// Send a control request to `peer`; the reply comes back on `reply`.
-    Ctl { peer: PeerId, request: CtlRequest, reply: oneshot::Sender<Result<CtlResponse, String>> },
+    Ctl { peer: PeerId, request: CtlRequest, reply: oneshot::Sender<Result<CtlResponse, RequestError>> },
     /// Send a transfer request to `peer`; the reply comes back on `reply`.
-    Xfer { peer: PeerId, request: Box<XferRequest>, reply: oneshot::Sender<Result<XferResponse, String>> },
+    Xfer { peer: PeerId, request: Box<XferRequest>, reply: oneshot::Sender<Result<XferResponse, RequestError>> },
     /// Answer a peer's transfer request.
     AnswerXfer(ResponseChannel<XferResponse>, Box<XferResponse>),
 }
@@ -160,8 +160,8 @@ const STREAMS_PER_CONNECTION: usize = 48;
 #[allow(clippy::large_enum_variant)] // Queued per peer only while its lane is full.
 enum Outgoing {
     Pull(StatePull),
-    Ctl(CtlRequest, oneshot::Sender<Result<CtlResponse, String>>),
-    Xfer(Box<XferRequest>, oneshot::Sender<Result<XferResponse, String>>),
+    Ctl(CtlRequest, oneshot::Sender<Result<CtlResponse, RequestError>>),
+    Xfer(Box<XferRequest>, oneshot::Sender<Result<XferResponse, RequestError>>),
 }
 
 /// Peers of another protocol remembered at once.
@@ -184,6 +184,44 @@ pub enum NetError {
     Listen { addr: SocketAddr, reason: String },
     #[error("the network loop has stopped")]
     Stopped,
+}
+
+/// Why a request to a peer (or a dial) got no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("`{0}` is not a peer id")]
+    BadPeer(String),
+    #[error("the node is shutting down")]
+    Stopped,
+    /// So many requests to that peer wait already that this one was not queued.
+    #[error("{waiting} requests to {peer} are waiting already")]
+    Backlog { peer: String, waiting: usize },
+    /// Sent, and no answer came back (the peer went away, timed out, or refused the stream).
+    #[error("the node did not answer: {0}")]
+    NoAnswer(String),
+    /// No connection could be made (the words say what to check).
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl crate::error::Transient for RequestError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            RequestError::BadPeer(_) => crate::error::Retry::Never,
+            _ => crate::error::Retry::Later,
+        }
+    }
+}
+
+/// Why a peer's request is refused before it is served (the words go back
+/// to the peer, which may retry later).
+#[derive(Debug)]
+struct NotAdmitted(String);
+
+impl std::fmt::Display for NotAdmitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A handle on the network loop; cheap to clone.
@@ -244,43 +282,40 @@ impl NetClient {
     }
 
     /// Dials `addr` and answers the peer id of the node there, or why not.
-    pub async fn dial(&self, addr: SocketAddr) -> Result<String, String> {
+    pub async fn dial(&self, addr: SocketAddr) -> Result<String, RequestError> {
         let (reply, rx) = oneshot::channel();
         let addr = multiaddr_of(addr);
-        self.tx.send(Command::Dial { addr, reply }).await.map_err(|_| "the node is shutting down".to_string())?;
-        rx.await.map_err(|_| "the node is shutting down".to_string())?
+        self.tx.send(Command::Dial { addr, reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
     }
 
     /// Sends a control request to the node `peer` and waits for its answer.
-    pub async fn ctl(&self, peer: &str, request: CtlRequest) -> Result<CtlResponse, String> {
-        let peer: PeerId = peer.parse().map_err(|_| format!("`{peer}` is not a peer id"))?;
+    pub async fn ctl(&self, peer: &str, request: CtlRequest) -> Result<CtlResponse, RequestError> {
+        let peer: PeerId = peer.parse().map_err(|_| RequestError::BadPeer(peer.to_string()))?;
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Ctl { peer, request, reply })
-            .await
-            .map_err(|_| "the node is shutting down".to_string())?;
-        rx.await.map_err(|_| "the node is shutting down".to_string())?
+        self.tx.send(Command::Ctl { peer, request, reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
     }
 
     /// Sends a transfer request to the node `peer` and waits for its answer.
-    pub async fn xfer(&self, peer: &str, request: XferRequest) -> Result<XferResponse, String> {
-        let peer: PeerId = peer.parse().map_err(|_| format!("`{peer}` is not a peer id"))?;
+    pub async fn xfer(&self, peer: &str, request: XferRequest) -> Result<XferResponse, RequestError> {
+        let peer: PeerId = peer.parse().map_err(|_| RequestError::BadPeer(peer.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Xfer { peer, request: Box::new(request), reply })
             .await
-            .map_err(|_| "the node is shutting down".to_string())?;
-        rx.await.map_err(|_| "the node is shutting down".to_string())?
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
     }
 
     /// [`NetClient::xfer`] for a blocking thread (never the runtime's own).
-    pub fn xfer_blocking(&self, peer: &str, request: XferRequest) -> Result<XferResponse, String> {
-        let peer: PeerId = peer.parse().map_err(|_| format!("`{peer}` is not a peer id"))?;
+    pub fn xfer_blocking(&self, peer: &str, request: XferRequest) -> Result<XferResponse, RequestError> {
+        let peer: PeerId = peer.parse().map_err(|_| RequestError::BadPeer(peer.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .blocking_send(Command::Xfer { peer, request: Box::new(request), reply })
-            .map_err(|_| "the node is shutting down".to_string())?;
-        rx.blocking_recv().map_err(|_| "the node is shutting down".to_string())?
+            .map_err(|_| RequestError::Stopped)?;
+        rx.blocking_recv().map_err(|_| RequestError::Stopped)?
     }
 
     pub async fn answer_xfer(&self, channel: ResponseChannel<XferResponse>, response: XferResponse) {
@@ -536,10 +571,10 @@ pub struct EventLoop {
     /// that keeps knocking does not flood the log.
     warned: HashMap<String, Instant>,
     /// Control requests in flight → where their answer goes.
-    pending_ctl: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<CtlResponse, String>>>,
-    pending_xfer: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<XferResponse, String>>>,
+    pending_ctl: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<CtlResponse, RequestError>>>,
+    pending_xfer: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<XferResponse, RequestError>>>,
     /// Dials asked for by the API → where the answering peer id goes.
-    pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<String, String>>>,
+    pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<String, RequestError>>>,
     /// Requests each peer has in flight here, up to [`INFLIGHT_PER_PEER`].
     inflight: HashMap<PeerId, usize>,
     /// Which peer each request in flight came from.
@@ -665,7 +700,7 @@ impl EventLoop {
                                 self.pending_dials.insert(id, reply);
                             }
                             Err(e) => {
-                                let _ = reply.send(Err(explain(&e.to_string())));
+                                let _ = reply.send(Err(RequestError::Unreachable(explain(&e.to_string()))));
                             }
                         }
                     }
@@ -756,16 +791,16 @@ impl EventLoop {
 
     /// Counts a request of `peer`'s as in flight, or says why it is
     /// refused: a peer of another protocol, or one past its bound.
-    fn admit(&mut self, lane: Lane, peer: PeerId, id: request_response::InboundRequestId) -> Result<(), String> {
+    fn admit(&mut self, lane: Lane, peer: PeerId, id: request_response::InboundRequestId) -> Result<(), NotAdmitted> {
         if self.incompatible.contains(&peer) {
-            return Err(format!("{peer} speaks another mesh protocol than this node ({})", self.protocol));
+            return Err(NotAdmitted(format!("{peer} speaks another mesh protocol than this node ({})", self.protocol)));
         }
         let n = self.inflight.entry(peer).or_default();
         if *n >= INFLIGHT_PER_PEER {
             let what = format!("had {INFLIGHT_PER_PEER} requests in flight here and sent more");
             self.warn_once(format!("inflight {peer}"), format!("refused a request from {peer}: it {what}"));
             self.emit(Inbound::Limited { peer: peer.to_string(), what: what.clone() });
-            return Err(format!("{peer} {what}: retry when they are answered"));
+            return Err(NotAdmitted(format!("{peer} {what}: retry when they are answered")));
         }
         *n += 1;
         self.inflight_ids.insert((lane, id), peer);
@@ -838,7 +873,7 @@ impl EventLoop {
             queue.push_back(out);
             return;
         }
-        let why = format!("{OUTBOUND_WAITING} requests to {peer} are waiting already");
+        let why = RequestError::Backlog { peer: peer.to_string(), waiting: OUTBOUND_WAITING };
         match out {
             Outgoing::Pull(_) => tracing::debug!("state pull not sent: {why}"),
             Outgoing::Ctl(_, reply) => drop(reply.send(Err(why))),
@@ -1031,7 +1066,7 @@ impl EventLoop {
                                     .swarm
                                     .behaviour_mut()
                                     .ctl
-                                    .send_response(channel, CtlResponse::Failed { reason });
+                                    .send_response(channel, CtlResponse::Failed { reason: reason.0 });
                             }
                         }
                     }
@@ -1050,7 +1085,7 @@ impl EventLoop {
             })) => {
                 self.out_done(Lane::Ctl, request_id);
                 if let Some(reply) = self.pending_ctl.remove(&request_id) {
-                    let _ = reply.send(Err(format!("the node did not answer: {error}")));
+                    let _ = reply.send(Err(RequestError::NoAnswer(error.to_string())));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::InboundFailure {
@@ -1068,7 +1103,7 @@ impl EventLoop {
                         match self.admit(Lane::Xfer, peer, request_id) {
                             Ok(()) => self.emit(Inbound::Xfer(ServeXfer { peer: peer.to_string(), request, channel })),
                             Err(reason) => {
-                                let refused = XferResponse::Refused { reason };
+                                let refused = XferResponse::Refused { reason: reason.0 };
                                 let _ = self.swarm.behaviour_mut().xfer.send_response(channel, refused);
                             }
                         }
@@ -1088,7 +1123,7 @@ impl EventLoop {
             })) => {
                 self.out_done(Lane::Xfer, request_id);
                 if let Some(reply) = self.pending_xfer.remove(&request_id) {
-                    let _ = reply.send(Err(format!("the node did not answer: {error}")));
+                    let _ = reply.send(Err(RequestError::NoAnswer(error.to_string())));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Xfer(request_response::Event::InboundFailure {
@@ -1150,7 +1185,7 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id, .. } => {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Err(explain(&error.to_string())));
+                    let _ = reply.send(Err(RequestError::Unreachable(explain(&error.to_string()))));
                 }
                 let who = peer_id.map(|p| p.to_string()).unwrap_or_else(|| "a bootstrap peer".into());
                 let why = explain(&error.to_string());

@@ -12,6 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::membership::NodeInfo;
 use crate::hash::Digest;
+use backmesh_api::names::BadName;
 pub use backmesh_api::names::{ArchiveId, NodeName, SeriesPath};
 
 /// Protocol of the hello exchange (who are you, whom do you know).
@@ -202,7 +203,7 @@ impl CtlRequest {
     /// Whether node `me`, whose operator set `token`, may act on this
     /// request. A node without a token trusts every node of the mesh; one
     /// with a token acts only on a grant made with the same token, for it.
-    pub fn check_grant(&self, token: Option<&str>, me: &str) -> Result<(), String> {
+    pub fn check_grant(&self, token: Option<&str>, me: &str) -> Result<(), GrantError> {
         use hmac::Mac;
         let grant = match self {
             CtlRequest::Run { grant, .. } | CtlRequest::Restore { grant, .. } | CtlRequest::Verify { grant, .. } => {
@@ -212,17 +213,32 @@ impl CtlRequest {
         };
         let Some(t) = token else { return Ok(()) };
         let Some(grant) = grant else {
-            return Err(format!(
-                "node {me} acts for other nodes only with its operator's credential, and the asking node has no \
-                 API token (give every node the same --token)"
-            ));
+            return Err(GrantError::Missing { me: me.into() });
         };
-        self.mac(t, me).verify_slice(grant).map_err(|_| {
-            format!(
-                "node {me} refused: the request does not carry its operator's credential (the asking node's \
-                 --token differs from {me}'s)"
-            )
-        })
+        self.mac(t, me).verify_slice(grant).map_err(|_| GrantError::Wrong { me: me.into() })
+    }
+}
+
+/// Why a node does not act on another node's request: its operator's
+/// credential is not on it. Permanent until the operators set the same
+/// `--token` on both nodes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error(
+        "node {me} acts for other nodes only with its operator's credential, and the asking node has no \
+         API token (give every node the same --token)"
+    )]
+    Missing { me: String },
+    #[error(
+        "node {me} refused: the request does not carry its operator's credential (the asking node's \
+         --token differs from {me}'s)"
+    )]
+    Wrong { me: String },
+}
+
+impl crate::error::Transient for GrantError {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Never
     }
 }
 
@@ -320,30 +336,30 @@ pub enum XferRequest {
 
 impl XferRequest {
     /// `List` of (node, path), or why they cannot be named on the wire.
-    pub fn list(node: &str, path: &str) -> Result<Self, String> {
+    pub fn list(node: &str, path: &str) -> Result<Self, BadName> {
         Ok(XferRequest::List { node: name(node)?, path: series(path)? })
     }
 
     /// `GetManifest` of archive `archive` (the newest: `None`) of (node, path).
-    pub fn get_manifest(node: &str, path: &str, archive: Option<&str>) -> Result<Self, String> {
+    pub fn get_manifest(node: &str, path: &str, archive: Option<&str>) -> Result<Self, BadName> {
         let archive = archive.map(self::archive).transpose()?;
         Ok(XferRequest::GetManifest { node: name(node)?, path: series(path)?, archive })
     }
 }
 
-/// `node` as a [`NodeName`], or why not, in words.
-pub fn name(node: &str) -> Result<NodeName, String> {
-    NodeName::parse(node).map_err(|e| e.to_string())
+/// `node` as a [`NodeName`], or why not.
+pub fn name(node: &str) -> Result<NodeName, BadName> {
+    NodeName::parse(node)
 }
 
-/// `id` as an [`ArchiveId`], or why not, in words.
-pub fn archive(id: &str) -> Result<ArchiveId, String> {
-    ArchiveId::parse(id).map_err(|e| e.to_string())
+/// `id` as an [`ArchiveId`], or why not.
+pub fn archive(id: &str) -> Result<ArchiveId, BadName> {
+    ArchiveId::parse(id)
 }
 
-/// `path` as a [`SeriesPath`], or why not, in words.
-pub fn series(path: &str) -> Result<SeriesPath, String> {
-    SeriesPath::parse(path).map_err(|e| e.to_string())
+/// `path` as a [`SeriesPath`], or why not.
+pub fn series(path: &str) -> Result<SeriesPath, BadName> {
+    SeriesPath::parse(path)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -633,7 +649,8 @@ mod tests {
         assert_eq!(back.check_grant(Some("s3cret"), "web-2"), Ok(()));
         assert!(back.check_grant(None, "web-2").is_ok(), "a node without a token trusts the mesh");
         let other_token = back.check_grant(Some("other"), "web-2").unwrap_err();
-        assert!(other_token.contains("--token"), "{other_token}");
+        assert_eq!(other_token, GrantError::Wrong { me: "web-2".into() });
+        assert!(other_token.to_string().contains("--token"), "{other_token}");
         assert!(back.check_grant(Some("s3cret"), "web-3").is_err(), "a grant for web-2 does nothing on web-3");
         let CtlRequest::Restore { grant, .. } = &signed else { unreachable!() };
         let mut tampered = restore("/etc");
@@ -643,7 +660,7 @@ mod tests {
         assert!(tampered.check_grant(Some("s3cret"), "web-2").is_err(), "another target, the same grant: refused");
         let unsigned = restore("/srv/app").granted(None, "web-2");
         let err = unsigned.check_grant(Some("s3cret"), "web-2").unwrap_err();
-        assert!(err.contains("no API token"), "{err}");
+        assert!(err.to_string().contains("no API token"), "{err}");
         let history = CtlRequest::History(Default::default());
         assert!(history.check_grant(Some("s3cret"), "web-2").is_ok(), "reading needs no grant");
     }

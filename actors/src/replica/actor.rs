@@ -70,7 +70,7 @@ pub struct SyncNow;
 /// whether the restore could start; its result goes to the log as a
 /// `restored` entry carrying `request`.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), BadTarget>")]
 pub struct RestoreHere {
     pub node: String,
     pub path: String,
@@ -83,7 +83,7 @@ pub struct RestoreHere {
 /// Verify this node's copies (of (node, path), or all). Answers the series
 /// that will be verified; one `verified` entry each follows, with `request`.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<(String, String)>, String>")]
+#[rtype(result = "Vec<(String, String)>")]
 pub struct VerifyHere {
     pub node: Option<String>,
     pub path: Option<String>,
@@ -160,6 +160,42 @@ impl From<String> for PushFailed {
         PushFailed { reason, over_quota: false }
     }
 }
+
+impl From<backmesh_api::names::BadName> for PushFailed {
+    fn from(e: backmesh_api::names::BadName) -> Self {
+        e.to_string().into()
+    }
+}
+
+impl From<crate::net::swarm::RequestError> for PushFailed {
+    fn from(e: crate::net::swarm::RequestError) -> Self {
+        e.to_string().into()
+    }
+}
+
+/// Why a restore into a directory cannot start: the operator must pick
+/// another target (or pass `--overwrite`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadTarget {
+    #[error("`{0}` is not an absolute path; give the full path of the target directory")]
+    NotAbsolute(String),
+    #[error("{0} is not empty; restore into a new or empty directory, or pass --overwrite")]
+    NotEmpty(String),
+    #[error("{0} exists and is not a directory")]
+    NotADirectory(String),
+    #[error("{to}: {why}")]
+    Unusable { to: String, why: String },
+}
+
+impl crate::error::Transient for BadTarget {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Never
+    }
+}
+
+/// Why this holder refuses what a peer sent: the words go back to it.
+#[derive(Debug)]
+struct Refusal(String);
 
 pub struct ReplicaActor {
     me: String,
@@ -446,23 +482,25 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
                 let members = tokio::task::spawn_blocking(move || {
                     batch
                         .iter()
-                        .map(|d| s.read_member_unchecked(d).map(|b| (*d, b)).map_err(|e| e.to_string()))
+                        .map(|d| {
+                            s.read_member_unchecked(d).map(|b| (*d, b)).map_err(|e| PushFailed::from(e.to_string()))
+                        })
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| PushFailed::from(e.to_string()))??;
                 let n = members.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
                 let members =
                     members.into_iter().map(|(digest, data)| WireMember { digest, data: data.into() }).collect();
                 match net.xfer(&push.peer, XferRequest::Put { members }).await? {
                     XferResponse::Stored => Ok(n),
-                    XferResponse::Refused { reason } => Err(reason),
-                    other => Err(format!("unexpected answer {other:?}")),
+                    XferResponse::Refused { reason } => Err(PushFailed::from(reason)),
+                    other => Err(PushFailed::from(format!("unexpected answer {other:?}"))),
                 }
             })
             .buffer_unordered(PUTS_IN_FLIGHT);
         while let Some(done) = puts.next().await {
-            sent += done.map_err(PushFailed::from)?;
+            sent += done?;
         }
         let commit = XferRequest::Commit { manifest: encoded.clone(), sent, repair: push.repair };
         match net.xfer(&push.peer, commit).await? {
@@ -561,18 +599,18 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
     let refused = |reason: String| (XferResponse::Refused { reason }, Vec::new());
     // A holder keeps only what the series' own node sealed: no peer can
     // replace, evict or impersonate another node's archives.
-    let sealed = |manifest: &[u8]| -> Result<Manifest, String> {
+    let sealed = |manifest: &[u8]| -> Result<Manifest, Refusal> {
         let m = Manifest::decode_from_peer(manifest).map_err(|e| {
             if matches!(e, crate::archive::manifest::ManifestError::BadSeal { .. }) {
                 *misdeed.borrow_mut() = Some(Blame::Misdeed(format!("a manifest with a forged seal: {e}")));
             }
-            format!("bad manifest: {e}")
+            Refusal(format!("bad manifest: {e}"))
         })?;
         store.check_origin(&m, claimants.get(&m.node).map(String::as_str)).map_err(|e| {
             if !matches!(e, crate::store::StoreError::OriginNotKnownYet { .. }) {
                 *misdeed.borrow_mut() = Some(Blame::Misdeed(e.to_string()));
             }
-            format!("{me}: {e}")
+            Refusal(format!("{me}: {e}"))
         })?;
         Ok(m)
     };
@@ -580,7 +618,7 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
         XferRequest::Offer { manifest } => {
             let m = match sealed(&manifest) {
                 Ok(m) => m,
-                Err(e) => return refused(e),
+                Err(Refusal(e)) => return refused(e),
             };
             if store.has_archive(&m.node, &m.path, &m.id) {
                 return (XferResponse::Want { missing: Vec::new(), complete: true }, Vec::new());
@@ -601,7 +639,7 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
         XferRequest::Commit { manifest, sent, repair } => {
             let m = match sealed(&manifest) {
                 Ok(m) => m,
-                Err(e) => return refused(e),
+                Err(Refusal(e)) => return refused(e),
             };
             let had = store.has_archive(&m.node, &m.path, &m.id);
             match store.adopt(&m) {
@@ -783,9 +821,7 @@ impl Handler<Pushed> for ReplicaActor {
                 key.0
             );
             let verify = VerifyHere { node: Some(key.0), path: Some(key.1), request: format!("mend-{now}") };
-            if let Err(e) = self.handle(verify, ctx) {
-                tracing::warn!("cannot verify it now: {e}");
-            }
+            self.handle(verify, ctx);
         }
         let failed = msg.error.as_ref().map(|e| if e.over_quota { PushError::Series } else { PushError::Peer });
         if let Some(wait) = self.planner.pushed(&msg.push, &msg.confirmed, failed, now) {
@@ -905,15 +941,13 @@ impl Handler<ServeCtl> for ReplicaActor {
                 let (node, path, archive) = (node.into(), path.into(), archive.map(String::from));
                 match self.handle(RestoreHere { node, path, archive, to, overwrite, request }, ctx) {
                     Ok(()) => CtlResponse::Accepted,
-                    Err(reason) => CtlResponse::Failed { reason },
+                    Err(reason) => CtlResponse::Failed { reason: reason.to_string() },
                 }
             }
             CtlRequest::Verify { node, path, request, .. } => {
                 let (node, path) = (node.map(String::from), path.map(String::from));
-                match self.handle(VerifyHere { node, path, request }, ctx) {
-                    Ok(series) => CtlResponse::Verifying { series },
-                    Err(reason) => CtlResponse::Failed { reason },
-                }
+                let MessageResult(series) = self.handle(VerifyHere { node, path, request }, ctx);
+                CtlResponse::Verifying { series }
             }
             other => CtlResponse::Failed { reason: format!("the replica actor does not serve {other:?}") },
         };
@@ -922,24 +956,22 @@ impl Handler<ServeCtl> for ReplicaActor {
 }
 
 /// Why a restore into `to` cannot start, if it cannot.
-fn check_target(to: &str, overwrite: bool) -> Result<(), String> {
+fn check_target(to: &str, overwrite: bool) -> Result<(), BadTarget> {
     let p = std::path::Path::new(to);
     if !p.is_absolute() {
-        return Err(format!("`{to}` is not an absolute path; give the full path of the target directory"));
+        return Err(BadTarget::NotAbsolute(to.into()));
     }
     match std::fs::read_dir(p).map(|mut entries| entries.next().is_some()) {
-        Ok(true) if !overwrite => {
-            Err(format!("{to} is not empty; restore into a new or empty directory, or pass --overwrite"))
-        }
+        Ok(true) if !overwrite => Err(BadTarget::NotEmpty(to.into())),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(format!("{to} exists and is not a directory")),
-        Err(e) => Err(format!("{to}: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(BadTarget::NotADirectory(to.into())),
+        Err(e) => Err(BadTarget::Unusable { to: to.into(), why: e.to_string() }),
     }
 }
 
 impl Handler<RestoreHere> for ReplicaActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), BadTarget>;
     fn handle(&mut self, msg: RestoreHere, _: &mut Context<Self>) -> Self::Result {
         check_target(&msg.to, msg.overwrite)?;
         let net = self.net.clone();
@@ -1005,7 +1037,7 @@ async fn restore(
     }
     let (m, place) = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref())
         .await
-        .map_err(|e| (msg.archive.clone().unwrap_or_default(), e))?;
+        .map_err(|e| (msg.archive.clone().unwrap_or_default(), e.to_string()))?;
     let id = m.id.clone();
     let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
     let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
@@ -1050,7 +1082,7 @@ async fn restore(
 }
 
 impl Handler<VerifyHere> for ReplicaActor {
-    type Result = Result<Vec<(String, String)>, String>;
+    type Result = MessageResult<VerifyHere>;
     fn handle(&mut self, msg: VerifyHere, _: &mut Context<Self>) -> Self::Result {
         let net = self.net.clone();
         let held = held_series(&self.store, Retention::keep(usize::MAX));
@@ -1072,7 +1104,7 @@ impl Handler<VerifyHere> for ReplicaActor {
                 }
             }
         });
-        Ok(series)
+        MessageResult(series)
     }
 }
 

@@ -52,9 +52,13 @@ impl std::fmt::Display for Quota {
 }
 
 /// `200G`, `1.5T`, `512MiB`, `4096` (bytes) or `40%`.
-pub fn parse_quota(text: &str) -> Result<Quota, String> {
+pub fn parse_quota(text: &str) -> Result<Quota, crate::error::BadSetting> {
     let t = text.trim();
-    let bad = || format!("bad quota `{text}`: use a size (500M, 200G, 2T) or a share of the disk (40%)");
+    let bad = || {
+        crate::error::BadSetting(format!(
+            "bad quota `{text}`: use a size (500M, 200G, 2T) or a share of the disk (40%)"
+        ))
+    };
     if let Some(p) = t.strip_suffix('%') {
         return match p.trim().parse::<u8>() {
             Ok(p @ 1..=100) => Ok(Quota::Percent(p)),

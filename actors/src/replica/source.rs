@@ -7,12 +7,76 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::archive::{Manifest, MemberRef, MemberSource};
+use crate::error::{Retry, Transient};
 use crate::hash::Digest;
 use crate::log::mesh::CatalogArchive;
 use crate::net::membership::PeerView;
-use crate::net::swarm::NetClient;
+use crate::net::swarm::{NetClient, RequestError};
 use crate::net::wire::{WireMember, XferRequest, XferResponse, XFER_BATCH};
 use crate::store::Store;
+use backmesh_api::names::BadName;
+
+/// Why an archive, or members of it, could not be read.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no archive of {path} on {node} is known in the mesh")]
+    Unknown { node: String, path: String },
+    #[error("archive {id} of {path} on {node} is kept by no node that is up{}", holders_note(.holders))]
+    NoHolderUp { id: String, node: String, path: String, holders: Vec<String> },
+    #[error("cannot read archive {id} of {path} on {node}: {}", joined(.why))]
+    NoCopy { id: String, node: String, path: String, why: Vec<PeerProblem> },
+    #[error("no holder could send the members: {}", joined(.0))]
+    NoMembers(Vec<PeerProblem>),
+    #[error(transparent)]
+    Name(#[from] BadName),
+    /// This node's own copy could not be read.
+    #[error("{0}")]
+    Local(String),
+    #[error("the read crashed: {0}")]
+    Crashed(String),
+}
+
+impl Transient for ReadError {
+    fn retry(&self) -> Retry {
+        match self {
+            ReadError::Unknown { .. } | ReadError::Name(_) => Retry::Never,
+            _ => Retry::Later,
+        }
+    }
+}
+
+/// What one peer could not do, or did wrong, when asked for an archive.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PeerProblem {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("unexpected answer {0}")]
+    Unexpected(String),
+    #[error("asked for {asked} members, got {got}")]
+    Count { asked: usize, got: usize },
+    #[error("member {want} arrived damaged (hashes to {actual})")]
+    Damaged { want: Digest, actual: Digest },
+    #[error("a peer served a manifest that is not {node}'s: {why}")]
+    NotTheOrigins { node: String, why: String },
+    #[error("a peer answered with another archive's manifest")]
+    OtherArchive,
+    #[error("a peer sent a bad manifest: {0}")]
+    BadManifest(String),
+}
+
+fn joined(why: &[PeerProblem]) -> String {
+    why.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+fn holders_note(holders: &[String]) -> String {
+    if holders.is_empty() {
+        String::new()
+    } else {
+        format!(" (holders: {})", holders.join(", "))
+    }
+}
 
 /// Where an archive will be read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +108,7 @@ pub async fn locate(
     node: &str,
     path: &str,
     archive: Option<&str>,
-) -> Result<(Manifest, Place), String> {
+) -> Result<(Manifest, Place), ReadError> {
     let wanted: Option<&CatalogArchive> = match archive {
         Some(id) => catalog.iter().find(|a| a.id == id),
         None => catalog.first(),
@@ -58,7 +122,7 @@ pub async fn locate(
             let (n, p) = (node.to_string(), path.to_string());
             match tokio::task::spawn_blocking(move || s.latest(&n, &p)).await {
                 Ok(Ok(Some(latest))) => latest.id,
-                _ => return Err(format!("no archive of {path} on {node} is known in the mesh")),
+                _ => return Err(ReadError::Unknown { node: node.into(), path: path.into() }),
             }
         }
     };
@@ -67,7 +131,7 @@ pub async fn locate(
         let (n, p, i) = (node.to_string(), path.to_string(), id.clone());
         tokio::task::spawn_blocking(move || s.has_archive(&n, &p, &i).then(|| s.manifest(&n, &p, Some(&i))))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| ReadError::Crashed(e.to_string()))?
     };
     if let Some(Ok(m)) = local {
         return Ok((m, Place::Local));
@@ -91,29 +155,27 @@ pub async fn locate(
                     // with the swarm key cannot serve an impostor.
                     if let Err(e) = store.check_origin(&m, claimant(peers, node)) {
                         tracing::warn!("peer {peer} served a manifest that is not {node}'s: {e}");
-                        why.push(format!("a peer served a manifest that is not {node}'s: {e}"));
+                        why.push(PeerProblem::NotTheOrigins { node: node.into(), why: e.to_string() });
                         continue;
                     }
                     let mut rest: Vec<String> = order.iter().filter(|p| *p != peer).cloned().collect();
                     rest.insert(0, peer.clone());
                     return Ok((m, Place::Remote(rest)));
                 }
-                Ok(_) => why.push("a peer answered with another archive's manifest".to_string()),
-                Err(e) => why.push(format!("a peer sent a bad manifest: {e}")),
+                Ok(_) => why.push(PeerProblem::OtherArchive),
+                Err(e) => why.push(PeerProblem::BadManifest(e.to_string())),
             },
-            Ok(XferResponse::Refused { reason }) => why.push(reason),
-            Ok(other) => why.push(format!("unexpected answer {other:?}")),
-            Err(e) => why.push(e),
+            Ok(XferResponse::Refused { reason }) => why.push(PeerProblem::Refused(reason)),
+            Ok(other) => why.push(PeerProblem::Unexpected(format!("{other:?}"))),
+            Err(e) => why.push(e.into()),
         }
     }
-    let holders_known = wanted.map(|a| a.holders.iter().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    let (node, path) = (node.to_string(), path.to_string());
     if holders.is_empty() {
-        return Err(format!(
-            "archive {id} of {path} on {node} is kept by no node that is up{}",
-            if holders_known.is_empty() { String::new() } else { format!(" (holders: {holders_known})") }
-        ));
+        let holders = wanted.map(|a| a.holders.iter().cloned().collect()).unwrap_or_default();
+        return Err(ReadError::NoHolderUp { id, node, path, holders });
     }
-    Err(format!("cannot read archive {id} of {path} on {node}: {}", why.join("; ")))
+    Err(ReadError::NoCopy { id, node, path, why })
 }
 
 /// Reads `digests` (at most [`XFER_BATCH`] bytes of members) from `place`,
@@ -123,18 +185,18 @@ pub async fn read_members(
     net: &NetClient,
     place: &Place,
     digests: Vec<Digest>,
-) -> Result<Vec<(Digest, Vec<u8>)>, String> {
+) -> Result<Vec<(Digest, Vec<u8>)>, ReadError> {
     match place {
         Place::Local => {
             let s = store.clone();
             tokio::task::spawn_blocking(move || {
                 digests
                     .iter()
-                    .map(|d| s.read_member_checked(d).map(|b| (*d, b)).map_err(|e| e.to_string()))
+                    .map(|d| s.read_member_checked(d).map(|b| (*d, b)).map_err(|e| ReadError::Local(e.to_string())))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| ReadError::Crashed(e.to_string()))?
         }
         Place::Remote(peers) => {
             let mut why = Vec::new();
@@ -144,30 +206,33 @@ pub async fn read_members(
                     Err(e) => why.push(e),
                 }
             }
-            Err(format!("no holder could send the members: {}", why.join("; ")))
+            Err(ReadError::NoMembers(why))
         }
     }
 }
 
 /// The members in a peer's answer to `Get { asked }`, checked, or why not.
-fn members_in(answer: Result<XferResponse, String>, asked: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, String> {
+fn members_in(
+    answer: Result<XferResponse, RequestError>,
+    asked: &[Digest],
+) -> Result<Vec<(Digest, Vec<u8>)>, PeerProblem> {
     match answer? {
         XferResponse::Members { members } => checked(members, asked),
-        XferResponse::Refused { reason } => Err(reason),
-        other => Err(format!("unexpected answer {other:?}")),
+        XferResponse::Refused { reason } => Err(PeerProblem::Refused(reason)),
+        other => Err(PeerProblem::Unexpected(format!("{other:?}"))),
     }
 }
 
 /// The members as sent, checked to be exactly the ones asked for.
-pub fn checked(members: Vec<WireMember>, asked: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, String> {
+pub fn checked(members: Vec<WireMember>, asked: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, PeerProblem> {
     if members.len() != asked.len() {
-        return Err(format!("asked for {} members, got {}", asked.len(), members.len()));
+        return Err(PeerProblem::Count { asked: asked.len(), got: members.len() });
     }
     let mut out = Vec::with_capacity(members.len());
     for (m, want) in members.into_iter().zip(asked) {
         let actual = Digest::of(&m.data);
         if m.digest != *want || actual != *want {
-            return Err(format!("member {want} arrived damaged (hashes to {actual})"));
+            return Err(PeerProblem::Damaged { want: *want, actual });
         }
         out.push((m.digest, m.data.into_vec()));
     }
@@ -228,7 +293,7 @@ impl RemoteSource {
         RemoteSource { net, peers, order: members.to_vec(), index, state: Mutex::default(), ready: Condvar::new() }
     }
 
-    fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, String> {
+    fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ReadError> {
         let mut why = Vec::new();
         for peer in &self.peers {
             match members_in(self.net.xfer_blocking(peer, XferRequest::Get { digests: digests.to_vec() }), digests) {
@@ -236,7 +301,7 @@ impl RemoteSource {
                 Err(e) => why.push(e),
             }
         }
-        Err(format!("no holder could send the members: {}", why.join("; ")))
+        Err(ReadError::NoMembers(why))
     }
 }
 
@@ -323,7 +388,7 @@ mod tests {
         let good = WireMember { digest: Digest::of(b"a"), data: b"a".to_vec().into() };
         assert!(checked(vec![good.clone()], &[Digest::of(b"a")]).is_ok());
         let bad = WireMember { digest: Digest::of(b"a"), data: b"b".to_vec().into() };
-        assert!(checked(vec![bad], &[Digest::of(b"a")]).unwrap_err().contains("damaged"));
+        assert!(matches!(checked(vec![bad], &[Digest::of(b"a")]), Err(PeerProblem::Damaged { .. })));
         assert!(checked(vec![good], &[Digest::of(b"c")]).is_err());
         assert!(checked(vec![], &[Digest::of(b"c")]).is_err());
     }
