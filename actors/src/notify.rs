@@ -119,17 +119,17 @@ impl NotifyActor {
                 actix::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || deliver(&job, &n, &programs))
                         .await
-                        .unwrap_or_else(|e| Err(format!("the notifier crashed: {e}")));
+                        .unwrap_or_else(|e| Err(NotDelivered(vec![format!("the notifier crashed: {e}")])));
                     if let Err(e) = &result {
                         tracing::warn!("notification `{event}` for {} on {} not delivered: {e}", key.1, key.0);
                     }
                     log.do_send(Record(Event::Notified {
                         node: key.0.clone(),
                         path: key.1.clone(),
-                        event: event.into(),
+                        event,
                         by: me,
                         delivered: result.is_ok(),
-                        error: result.err(),
+                        error: result.err().map(|e| e.to_string()),
                     }));
                     addr.do_send(Sent(key));
                 });
@@ -138,10 +138,16 @@ impl NotifyActor {
     }
 }
 
+/// What did not reach a job's notification targets, one failure each
+/// (a webhook, the command); retried at the job's next change of state.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+struct NotDelivered(Vec<String>);
+
 /// Sends `n` to every webhook of `job` (each retried over about 30 s) and
 /// runs its command when this node allows programs; the failures, in words.
-fn deliver(job: &JobView, n: &Notification, programs: &Programs) -> Result<(), String> {
-    let body = serde_json::to_string(n).map_err(|e| e.to_string())?;
+fn deliver(job: &JobView, n: &Notification, programs: &Programs) -> Result<(), NotDelivered> {
+    let body = serde_json::to_string(n).map_err(|e| NotDelivered(vec![e.to_string()]))?;
     let mut errors = Vec::new();
     for url in &job.spec.notify {
         if let Err(e) = post_with_retries(url, &body) {
@@ -165,17 +171,24 @@ fn deliver(job: &JobView, n: &Notification, programs: &Programs) -> Result<(), S
             ("BACKMESH_NOTIFICATION", body.clone()),
         ];
         if let Err(e) = run_hook("notify", cmd, &n.node, &n.path, &env, Duration::from_secs(60)) {
-            errors.push(e);
+            errors.push(e.to_string());
         }
     }
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(errors.join("; "))
+        Err(NotDelivered(errors))
     }
 }
 
-fn post_with_retries(url: &str, body: &str) -> Result<(), String> {
+/// Why a webhook was not told: its last answer or failure, after 5 attempts.
+#[derive(Debug, thiserror::Error)]
+#[error("{last} (5 attempts)")]
+struct Unheard {
+    last: String,
+}
+
+fn post_with_retries(url: &str, body: &str) -> Result<(), Unheard> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -192,7 +205,7 @@ fn post_with_retries(url: &str, body: &str) -> Result<(), String> {
             Err(e) => last = e.to_string(),
         }
     }
-    Err(format!("{last} (5 attempts)"))
+    Err(Unheard { last })
 }
 
 #[derive(Message)]

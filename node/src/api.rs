@@ -94,8 +94,8 @@ impl actix_web::ResponseError for ApiError {
 }
 
 /// A name, path or archive id that cannot cross to another node: 400.
-fn named<T>(checked: Result<T, String>) -> Result<T, ApiError> {
-    checked.map_err(|e| error(StatusCode::BAD_REQUEST, e))
+fn named<T>(checked: Result<T, backmesh_api::names::BadName>) -> Result<T, ApiError> {
+    checked.map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 /// An actor that no longer answers: the node is stopping.
@@ -437,7 +437,7 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
             .jobs
             .send(CheckSource { path, every_min, excludes, spec: spec.clone() })
             .await?
-            .map_err(|r| error(StatusCode::BAD_REQUEST, r))
+            .map_err(|r| error(StatusCode::BAD_REQUEST, r.to_string()))
     } else if !node.up {
         Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -714,7 +714,7 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
     let (_, peers) = state.membership.send(GetPeers).await?;
     let (manifest, place) = locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref())
         .await
-        .map_err(|e| error(StatusCode::NOT_FOUND, e))?;
+        .map_err(|e| error(StatusCode::NOT_FOUND, e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     let (store, net) = (state.store.clone(), state.net.clone());
     let (len, sha, id) = (manifest.tgz_len, manifest.tgz_sha256.to_hex(), manifest.id.clone());
@@ -784,7 +784,7 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
     for n in targets {
         let series = if n.this_node {
             let msg = VerifyHere { node: b.node.clone(), path: b.path.clone(), request: request.clone() };
-            state.replica.send(msg).await?
+            Ok(state.replica.send(msg).await?)
         } else {
             let ctl = CtlRequest::Verify {
                 node: named(b.node.as_deref().map(name).transpose())?,
@@ -797,7 +797,7 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
                 Ok(CtlResponse::Verifying { series }) => Ok(series),
                 Ok(CtlResponse::Failed { reason }) => Err(reason),
                 Ok(other) => Err(format!("answered {other:?}")),
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             }
         };
         match series {

@@ -43,7 +43,7 @@ pub struct RunNow {
 
 /// Can this node run a job of `path` with `spec`? (registration)
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), super::plugin::JobError>")]
 pub struct CheckSource {
     pub path: String,
     pub every_min: u64,
@@ -245,7 +245,9 @@ impl JobsActor {
                         plugin,
                     },
                 },
-                Ok(Err(error)) => Event::Failed { node, path: path.clone(), error, duration_ms, request, plugin },
+                Ok(Err(error)) => {
+                    Event::Failed { node, path: path.clone(), error: error.to_string(), duration_ms, request, plugin }
+                }
                 Err(e) => Event::Failed {
                     node,
                     path: path.clone(),
@@ -320,7 +322,7 @@ impl Handler<RunNow> for JobsActor {
 }
 
 impl Handler<CheckSource> for JobsActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), super::plugin::JobError>;
     fn handle(&mut self, msg: CheckSource, _: &mut Context<Self>) -> Self::Result {
         let job =
             super::plugin::Job { node: &self.me, path: &msg.path, every_min: msg.every_min, excludes: &msg.excludes };
@@ -361,7 +363,7 @@ impl Handler<ServeCtl> for JobsActor {
             CtlRequest::CheckSource { path, every_min, excludes, spec } => {
                 match self.handle(CheckSource { path: path.into(), every_min, excludes, spec }, ctx) {
                     Ok(()) => CtlResponse::PathOk,
-                    Err(reason) => CtlResponse::PathRefused { reason },
+                    Err(reason) => CtlResponse::PathRefused { reason: reason.to_string() },
                 }
             }
             other => CtlResponse::Failed { reason: format!("the jobs actor does not serve {other:?}") },

@@ -174,14 +174,41 @@ impl PluginReport {
     }
 }
 
+/// Why a job cannot run here, or why its run failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// As registered, the job cannot run on this node: its path, its
+    /// source, or programs this node's operator did not allow. Nothing
+    /// changes by itself.
+    #[error("{0}")]
+    Refused(String),
+    /// A program of the job (its source command, its plugin, a hook)
+    /// failed, took too long, or broke the plugin protocol: the next run
+    /// may do better.
+    #[error("{0}")]
+    Program(String),
+    /// Reading the data or writing it failed (a disk, the store).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl crate::error::Transient for JobError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            JobError::Refused(_) => crate::error::Retry::Never,
+            JobError::Program(_) | JobError::Io(_) => crate::error::Retry::Later,
+        }
+    }
+}
+
 /// The executable a source name stands for (`None` for `dir` and `command`).
-pub fn resolve(data_dir: &Path, source: &str) -> Result<Option<PathBuf>, String> {
+pub fn resolve(data_dir: &Path, source: &str) -> Result<Option<PathBuf>, JobError> {
     if source == "dir" || source == "command" {
         return Ok(None);
     }
     let path = if source.contains('/') {
         if !source.starts_with('/') {
-            return Err(format!("plugin `{source}`: give a plugin name or an absolute path"));
+            return Err(JobError::Refused(format!("plugin `{source}`: give a plugin name or an absolute path")));
         }
         PathBuf::from(source)
     } else {
@@ -190,25 +217,25 @@ pub fn resolve(data_dir: &Path, source: &str) -> Result<Option<PathBuf>, String>
     use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(Some(path)),
-        Ok(_) => Err(format!("plugin {} is not an executable file", path.display())),
-        Err(_) if source.contains('/') => Err(format!("plugin {source} does not exist")),
-        Err(_) => Err(format!("no plugin `{source}`: put an executable at {}", path.display())),
+        Ok(_) => Err(JobError::Refused(format!("plugin {} is not an executable file", path.display()))),
+        Err(_) if source.contains('/') => Err(JobError::Refused(format!("plugin {source} does not exist"))),
+        Err(_) => Err(JobError::Refused(format!("no plugin `{source}`: put an executable at {}", path.display()))),
     }
 }
 
 /// May this node run the programs `spec` names? Only when its own
 /// operator allowed it (`allowed`: `--allow-programs`); `Err` says so and
 /// names the flag.
-pub fn check_programs(spec: &JobSpec, allowed: bool) -> Result<(), String> {
+pub fn check_programs(spec: &JobSpec, allowed: bool) -> Result<(), JobError> {
     let programs = spec.programs();
     if allowed || programs.is_empty() {
         return Ok(());
     }
-    Err(format!(
+    Err(JobError::Refused(format!(
         "this node does not run programs for jobs ({}): its operator must start it with --allow-programs \
          (or allow_programs = true in its config)",
         programs.join(", ")
-    ))
+    )))
 }
 
 /// What a registration's grant covers besides the spec: the job's node,
@@ -234,7 +261,7 @@ pub struct Programs {
 
 impl Programs {
     /// Whether `job` may run the programs of `spec` here.
-    pub fn check(&self, job: &Job, spec: &JobSpec) -> Result<(), String> {
+    pub fn check(&self, job: &Job, spec: &JobSpec) -> Result<(), JobError> {
         use hmac::Mac;
         check_programs(spec, self.allowed)?;
         let (Some(token), false) = (&self.token, spec.programs().is_empty()) else { return Ok(()) };
@@ -242,25 +269,27 @@ impl Programs {
         if granted {
             return Ok(());
         }
-        Err(format!(
+        Err(JobError::Refused(format!(
             "this node runs a job's programs ({}) only when the job was registered with its operator's \
              credential, and this one was not (registered through a node without --token, or with another \
              token): register it through a node with this node's --token",
             spec.programs().join(", ")
-        ))
+        )))
     }
 }
 
 /// Can this node run a job of `path` with `spec`? `Err` says why not.
-pub fn check_source(data_dir: &Path, path: &str, spec: &JobSpec) -> Result<(), String> {
+pub fn check_source(data_dir: &Path, path: &str, spec: &JobSpec) -> Result<(), JobError> {
     match spec.source() {
         Source::Dir => super::check_path(path),
         Source::Command if spec.args.is_empty() => {
-            Err("a `command` source needs the command line: --arg PROGRAM --arg ARG…".into())
+            Err(JobError::Refused("a `command` source needs the command line: --arg PROGRAM --arg ARG…".into()))
         }
         source => {
             if !path.starts_with('/') {
-                return Err(format!("`{path}` is not an absolute path (it names the job and the restored file)"));
+                return Err(JobError::Refused(format!(
+                    "`{path}` is not an absolute path (it names the job and the restored file)"
+                )));
             }
             match source {
                 Source::Plugin(plugin) => resolve(data_dir, plugin).map(|_| ()),
@@ -285,9 +314,9 @@ pub struct Finished<T> {
 
 impl<T> Finished<T> {
     /// "WHAT failed (exit N): <stderr>", for a process that did not succeed.
-    fn failure(&self, what: &str) -> String {
+    fn failure(&self, what: &str) -> JobError {
         let why = if self.stderr.is_empty() { String::new() } else { format!(": {}", self.stderr) };
-        format!("{what} failed ({}){why}", exit_text(&self.status))
+        JobError::Program(format!("{what} failed ({}){why}", exit_text(&self.status)))
     }
 }
 
@@ -298,10 +327,10 @@ pub fn run_with<T: Send + 'static>(
     mut cmd: Command,
     what: &str,
     timeout: Duration,
-    on_stdout: impl FnOnce(std::process::ChildStdout) -> Result<T, String> + Send + 'static,
-) -> Result<Finished<T>, String> {
+    on_stdout: impl FnOnce(std::process::ChildStdout) -> Result<T, JobError> + Send + 'static,
+) -> Result<Finished<T>, JobError> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| JobError::Program(format!("cannot start {what}: {e}")))?;
     let pgid = child.id() as i32;
     let kill = move || {
         // SAFETY: kill(2) on the process group this function created.
@@ -311,7 +340,7 @@ pub fn run_with<T: Send + 'static>(
     };
     let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         kill();
-        return Err(format!("{what}: no pipes"));
+        return Err(JobError::Io(format!("{what}: no pipes")));
     };
     let err_thread = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -350,13 +379,13 @@ pub fn run_with<T: Send + 'static>(
             Ok(None) if Instant::now() >= deadline => {
                 kill();
                 let _ = child.wait();
-                return Err(format!(
+                return Err(JobError::Program(format!(
                     "{what} did not finish within {} s and was killed (raise the job's --timeout if it needs longer)",
                     timeout.as_secs()
-                ));
+                )));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("{what}: {e}")),
+            Err(e) => return Err(JobError::Io(format!("{what}: {e}"))),
         }
     };
     // The process is gone; its children may still hold the pipes: give the
@@ -367,7 +396,9 @@ pub fn run_with<T: Send + 'static>(
             Ok(r) => r?,
             Err(_) => {
                 kill();
-                return Err(format!("{what} exited but its output never ended (a child process kept it open)"));
+                return Err(JobError::Program(format!(
+                    "{what} exited but its output never ended (a child process kept it open)"
+                )));
             }
         },
     };
@@ -398,7 +429,7 @@ pub fn run_hook(
     path: &str,
     extra: &[(&str, String)],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), JobError> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(cmdline);
     job_env(&mut cmd, node, path);
@@ -426,19 +457,21 @@ pub fn run_command_source(
     path: &str,
     file: &Path,
     timeout: Duration,
-) -> Result<u64, String> {
+) -> Result<u64, JobError> {
     let Some((program, rest)) = args.split_first() else {
-        return Err("a `command` source needs the command line".into());
+        return Err(JobError::Refused("a `command` source needs the command line".into()));
     };
     let mut cmd = Command::new(program);
     cmd.args(rest);
     job_env(&mut cmd, node, path);
     let what = format!("command `{}`", args.join(" "));
-    let mut out = std::fs::File::create(file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    let mut out =
+        std::fs::File::create(file).map_err(|e| JobError::Io(format!("cannot write {}: {e}", file.display())))?;
     let target = file.display().to_string();
     let done = run_with(cmd, &what, timeout, move |mut stdout| {
-        let n = std::io::copy(&mut stdout, &mut out).map_err(|e| format!("cannot write {target}: {e}"))?;
-        out.flush().map_err(|e| format!("cannot write {target}: {e}"))?;
+        let n =
+            std::io::copy(&mut stdout, &mut out).map_err(|e| JobError::Io(format!("cannot write {target}: {e}")))?;
+        out.flush().map_err(|e| JobError::Io(format!("cannot write {target}: {e}")))?;
         Ok(n)
     })?;
     if !done.status.success() {
@@ -459,7 +492,7 @@ struct Message {
 }
 
 /// Folds a plugin's stdout (protocol lines) into a report.
-fn read_protocol(name: &str, stdout: impl Read) -> Result<PluginReport, String> {
+fn read_protocol(name: &str, stdout: impl Read) -> Result<PluginReport, JobError> {
     let mut report = PluginReport { archive: true, ..Default::default() };
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
@@ -468,12 +501,12 @@ fn read_protocol(name: &str, stdout: impl Read) -> Result<PluginReport, String> 
         let n = (&mut reader)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut line)
-            .map_err(|e| format!("plugin {name}: {e}"))?;
+            .map_err(|e| JobError::Io(format!("plugin {name}: {e}")))?;
         if n == 0 {
             break;
         }
         if line.len() > MAX_LINE {
-            return Err(format!("plugin {name} printed a line longer than {MAX_LINE} bytes; protocol {PROTOCOL} wants one JSON object per line"));
+            return Err(JobError::Program(format!("plugin {name} printed a line longer than {MAX_LINE} bytes; protocol {PROTOCOL} wants one JSON object per line")));
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim();
@@ -482,7 +515,7 @@ fn read_protocol(name: &str, stdout: impl Read) -> Result<PluginReport, String> 
         }
         let m: Message = serde_json::from_str(text).map_err(|e| {
             let shown: String = text.chars().take(80).collect();
-            format!("plugin {name} printed `{shown}`, which is not a protocol {PROTOCOL} message ({e}); stdout is for JSON lines such as {{\"log\": \"…\"}}, data goes in $BACKMESH_OUTPUT_DIR")
+            JobError::Program(format!("plugin {name} printed `{shown}`, which is not a protocol {PROTOCOL} message ({e}); stdout is for JSON lines such as {{\"log\": \"…\"}}, data goes in $BACKMESH_OUTPUT_DIR"))
         })?;
         if let Some(l) = m.log {
             report.log.push(l);
@@ -514,7 +547,7 @@ pub fn run_plugin(
     path: &str,
     out_dir: &Path,
     timeout: Duration,
-) -> Result<PluginReport, String> {
+) -> Result<PluginReport, JobError> {
     let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut cmd = Command::new(exe);
     cmd.args(args).current_dir(out_dir).env("BACKMESH_OUTPUT_DIR", out_dir);
@@ -562,8 +595,10 @@ mod tests {
         assert_eq!(r.stats["rows"], serde_json::json!(12));
         assert!(!r.archive);
         let e = read_protocol("p", &b"{\"log\": \"ok\"}\nhello world\n"[..]).unwrap_err();
+        assert!(matches!(e, JobError::Program(_)), "a plugin that breaks the protocol may do better next run");
+        let e = e.to_string();
         assert!(e.contains("`hello world`") && e.contains("not a protocol 1 message"), "{e}");
-        let e = read_protocol("p", &b"{\"bogus\": 1}\n"[..]).unwrap_err();
+        let e = read_protocol("p", &b"{\"bogus\": 1}\n"[..]).unwrap_err().to_string();
         assert!(e.contains("unknown field"), "{e}");
     }
 
@@ -579,7 +614,7 @@ mod tests {
         })
         .err()
         .unwrap();
-        assert!(e.contains("did not finish within"), "{e}");
+        assert!(e.to_string().contains("did not finish within"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(10));
     }
 
@@ -587,7 +622,7 @@ mod tests {
     fn hooks_report_their_exit_and_stderr() {
         let t = Duration::from_secs(10);
         assert!(run_hook("pre", "test \"$BACKMESH_PATH\" = /x", "n1", "/x", &[], t).is_ok());
-        let e = run_hook("pre", "echo 'db is locked' >&2; exit 3", "n1", "/x", &[], t).unwrap_err();
+        let e = run_hook("pre", "echo 'db is locked' >&2; exit 3", "n1", "/x", &[], t).unwrap_err().to_string();
         assert!(e.contains("exit 3") && e.contains("db is locked"), "{e}");
     }
 
@@ -601,7 +636,7 @@ mod tests {
         assert_eq!(n, 3_000_000);
         assert_eq!(std::fs::metadata(&f).unwrap().len(), 3_000_000);
         let bad: Vec<String> = ["sh", "-c", "echo nope >&2; exit 2"].iter().map(|s| s.to_string()).collect();
-        let e = run_command_source(&bad, "n1", "/db/x", &f, Duration::from_secs(20)).unwrap_err();
+        let e = run_command_source(&bad, "n1", "/db/x", &f, Duration::from_secs(20)).unwrap_err().to_string();
         assert!(e.contains("exit 2") && e.contains("nope"), "{e}");
     }
 
@@ -613,13 +648,21 @@ mod tests {
             args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
         };
-        assert!(check_source(dir.path(), "/db/x.sql", &spec("command", &[])).unwrap_err().contains("--arg"));
+        let refused = check_source(dir.path(), "/db/x.sql", &spec("command", &[])).unwrap_err();
+        assert_eq!(crate::error::Transient::retry(&refused), crate::error::Retry::Never, "{refused}");
+        assert!(refused.to_string().contains("--arg"));
         assert!(check_source(dir.path(), "/db/x.sql", &spec("command", &["pg_dump"])).is_ok());
-        assert!(check_source(dir.path(), "/db", &spec("sqlite", &[])).unwrap_err().contains("plugins/sqlite"));
+        assert!(check_source(dir.path(), "/db", &spec("sqlite", &[]))
+            .unwrap_err()
+            .to_string()
+            .contains("plugins/sqlite"));
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
         let p = dir.path().join("plugins/sqlite");
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
-        assert!(check_source(dir.path(), "/db", &spec("sqlite", &[])).unwrap_err().contains("not an executable"));
+        assert!(check_source(dir.path(), "/db", &spec("sqlite", &[]))
+            .unwrap_err()
+            .to_string()
+            .contains("not an executable"));
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(check_source(dir.path(), "/db", &spec("sqlite", &[])).is_ok());
@@ -644,7 +687,7 @@ mod tests {
             (JobSpec { notify_cmd: Some("x".into()), ..JobSpec::default() }, "a notification command"),
         ];
         for (s, what) in cases {
-            let err = check_programs(&s, false).unwrap_err();
+            let err = check_programs(&s, false).unwrap_err().to_string();
             assert!(err.contains(what) && err.contains("--allow-programs"), "{err}");
             assert!(check_programs(&s, true).is_ok());
         }
@@ -676,13 +719,13 @@ mod tests {
             (app, altered),
         ];
         for (j, spec) in refused {
-            let e = here.check(&j, &spec).unwrap_err();
+            let e = here.check(&j, &spec).unwrap_err().to_string();
             assert!(e.contains("operator's credential") && e.contains("--token"), "{e}");
         }
         // A node without a token trusts the mesh; one without
         // --allow-programs runs none, grant or not.
         assert!(Programs { allowed: true, token: None }.check(&app, &hooked).is_ok());
-        let e = Programs { allowed: false, token: Some("adm".into()) }.check(&app, &granted).unwrap_err();
+        let e = Programs { allowed: false, token: Some("adm".into()) }.check(&app, &granted).unwrap_err().to_string();
         assert!(e.contains("--allow-programs"), "{e}");
         // A directory job needs no grant, and gets none.
         let dir_job = JobSpec::default().granted(Some("adm"), &app);

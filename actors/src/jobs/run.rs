@@ -9,7 +9,7 @@ use crate::archive::{self, ArchiveError, CreateOptions, Manifest, StatSnapshot, 
 use crate::hash::Digest;
 use crate::store::{Retention, RetentionReport, StatCacheEntry, Store, StoreError};
 
-use super::plugin::{self, JobSpec, PluginReport};
+use super::plugin::{self, JobError, JobSpec, PluginReport};
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,16 +155,16 @@ fn remember(
 }
 
 /// Can `path` be backed up on this node? `Err` says why not, in words.
-pub fn check_path(path: &str) -> Result<(), String> {
+pub fn check_path(path: &str) -> Result<(), JobError> {
     let p = Path::new(path);
     if !p.is_absolute() {
-        return Err(format!("`{path}` is not an absolute path"));
+        return Err(JobError::Refused(format!("`{path}` is not an absolute path")));
     }
     match std::fs::metadata(p) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(format!("{path} is not a directory")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{path} does not exist")),
-        Err(e) => Err(format!("{path} cannot be read: {e}")),
+        Ok(_) => Err(JobError::Refused(format!("{path} is not a directory"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(JobError::Refused(format!("{path} does not exist"))),
+        Err(e) => Err(JobError::Io(format!("{path} cannot be read: {e}"))),
     }
 }
 
@@ -192,7 +192,7 @@ pub fn run_job(
     spec: &JobSpec,
     opts: &CreateOptions,
     keep: Retention,
-) -> (Result<RunReport, String>, Option<PluginReport>) {
+) -> (Result<RunReport, JobError>, Option<PluginReport>) {
     let timeout = spec.timeout();
     let mut report = PluginReport { archive: true, ..Default::default() };
     let result = match &spec.pre {
@@ -209,7 +209,7 @@ pub fn run_job(
                 RunOutcome::Unchanged { archive_id, .. } => ("unchanged", archive_id.clone(), 0, String::new()),
                 RunOutcome::NoArchive => ("finished", String::new(), 0, String::new()),
             },
-            Err(e) => ("failed", String::new(), 0, e.clone()),
+            Err(e) => ("failed", String::new(), 0, e.to_string()),
         };
         let env = [
             ("BACKMESH_RESULT", outcome.to_string()),
@@ -218,7 +218,7 @@ pub fn run_job(
             ("BACKMESH_ERROR", error),
         ];
         if let Err(e) = plugin::run_hook("post", post, node, path, &env, timeout) {
-            report.hooks.push(e);
+            report.hooks.push(e.to_string());
         }
     }
     (result, (!report.is_empty()).then_some(report))
@@ -232,19 +232,20 @@ fn source_backup(
     opts: &CreateOptions,
     keep: Retention,
     report: &mut PluginReport,
-) -> Result<RunReport, String> {
+) -> Result<RunReport, JobError> {
     let timeout = spec.timeout();
     let source = spec.source_name();
     if spec.source() == plugin::Source::Dir {
-        return run_backup(store, node, Path::new(path), opts, keep).map_err(|e| error_chain(&e));
+        return run_backup(store, node, Path::new(path), opts, keep).map_err(|e| JobError::Io(error_chain(&e)));
     }
     let staging = store.root().join("staging");
     let out = tempfile::Builder::new()
         .prefix("source-")
         .tempdir_in(&staging)
-        .map_err(|e| format!("cannot make a working directory in {}: {e}", staging.display()))?;
+        .map_err(|e| JobError::Io(format!("cannot make a working directory in {}: {e}", staging.display())))?;
     if let plugin::Source::Plugin(source) = spec.source() {
-        let exe = plugin::resolve(store.root(), source)?.ok_or_else(|| format!("unknown source `{source}`"))?;
+        let exe = plugin::resolve(store.root(), source)?
+            .ok_or_else(|| JobError::Refused(format!("unknown source `{source}`")))?;
         *report = plugin::run_plugin(&exe, &spec.args, node, path, out.path(), timeout)?;
         if !report.archive {
             return Ok(RunReport { outcome: RunOutcome::NoArchive, duration_ms: 0 });
@@ -253,6 +254,6 @@ fn source_backup(
         let name = Path::new(path).file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "output".into());
         plugin::run_command_source(&spec.args, node, path, &out.path().join(name), timeout)?;
     }
-    plugin::zero_mtimes(out.path()).map_err(|e| format!("cannot prepare the output of {source}: {e}"))?;
-    run_backup_as(store, node, path, out.path(), opts, keep).map_err(|e| error_chain(&e))
+    plugin::zero_mtimes(out.path()).map_err(|e| JobError::Io(format!("cannot prepare the output of {source}: {e}")))?;
+    run_backup_as(store, node, path, out.path(), opts, keep).map_err(|e| JobError::Io(error_chain(&e)))
 }

@@ -1261,14 +1261,17 @@ mod tests {
     #[test]
     fn restore_targets_are_checked_before_anything_starts() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(check_target("relative/dir", false).unwrap_err().contains("absolute"));
+        assert!(check_target("relative/dir", false).unwrap_err().to_string().contains("absolute"));
         let t = dir.path().join("new");
         assert!(check_target(t.to_str().unwrap(), false).is_ok());
         std::fs::create_dir(&t).unwrap();
         assert!(check_target(t.to_str().unwrap(), false).is_ok());
         std::fs::write(t.join("f"), b"x").unwrap();
-        assert!(check_target(t.to_str().unwrap(), false).unwrap_err().contains("--overwrite"));
+        assert!(check_target(t.to_str().unwrap(), false).unwrap_err().to_string().contains("--overwrite"));
         assert!(check_target(t.to_str().unwrap(), true).is_ok());
-        assert!(check_target(t.join("f").to_str().unwrap(), false).unwrap_err().contains("not a directory"));
+        assert!(check_target(t.join("f").to_str().unwrap(), false)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
     }
 }

@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(parse_quota("1.5t"), Ok(Quota::Bytes(3 << 39)));
         for bad in ["", "0", "0%", "101%", "-5G", "5X", "G", "lots", "1e30T"] {
             let e = parse_quota(bad).unwrap_err();
-            assert!(e.contains("bad quota"), "{bad}: {e}");
+            assert!(e.to_string().contains("bad quota"), "{bad}: {e}");
         }
     }
 
