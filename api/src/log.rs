@@ -302,6 +302,31 @@ impl Event {
         }
     }
 
+    /// The archive it names (made, kept, copied, pruned, repaired, restored).
+    pub fn archive(&self) -> Option<&str> {
+        match self {
+            Event::Finished { archive, .. }
+            | Event::Unchanged { archive, .. }
+            | Event::Replicated { archive, .. }
+            | Event::Pruned { archive, .. }
+            | Event::Restored { archive, .. }
+            | Event::Repaired { archive, .. } => Some(archive),
+            _ => None,
+        }
+    }
+
+    /// The holder whose copies it is about.
+    pub fn holder(&self) -> Option<&str> {
+        match self {
+            Event::Replicated { holder, .. }
+            | Event::Pruned { holder, .. }
+            | Event::Repaired { holder, .. }
+            | Event::Verified { holder, .. }
+            | Event::VerifyFailed { holder, .. } => Some(holder),
+            _ => None,
+        }
+    }
+
     /// The on-demand request it answers, if any.
     pub fn request(&self) -> Option<&str> {
         match self {

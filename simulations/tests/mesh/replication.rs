@@ -5,40 +5,42 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use backmesh_api::cli::{Fetched, RestoreOutcome, RestoreResult, RunOutcome, VerifyOutcome};
+use backmesh_api::{Archive, Backups, Event, LogEntry, LogPage, RunResult};
 use backmesh_simulations::{manifests_on_disk, tree_differences, wait_until, write_slow_tree, Mesh};
-use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn json(mesh: &Mesh, i: usize, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = mesh.cli(i, &all);
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+/// `backmesh --json ARGS` on node `i`, read as its answer; panics with what
+/// the client said otherwise.
+fn json<T: serde::de::DeserializeOwned>(mesh: &Mesh, i: usize, args: &[&str]) -> T {
+    mesh.cli_json(i, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn archives(mesh: &Mesh, i: usize, node: &str, path: &str) -> Vec<Value> {
-    json(mesh, i, &["backups", node, path])["archives"].as_array().cloned().unwrap_or_default()
+/// The archives node `i` lists (none while it cannot answer).
+fn archives(mesh: &Mesh, i: usize, node: &str, path: &str) -> Vec<Archive> {
+    mesh.cli_json::<Backups>(i, &["backups", node, path]).map(|b| b.archives).unwrap_or_default()
 }
 
-fn holders(a: &Value) -> BTreeSet<String> {
-    a["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(String::from)).collect()
+fn holders(a: &Archive) -> BTreeSet<String> {
+    a.holders.iter().cloned().collect()
 }
 
-fn entries(mesh: &Mesh, i: usize, kind: &str) -> Vec<Value> {
-    json(mesh, i, &["log", "--limit", "100000"])["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["kind"] == kind)
-        .cloned()
-        .collect()
+fn entries(mesh: &Mesh, i: usize, kind: &str) -> Vec<LogEntry> {
+    let page = mesh.cli_json::<LogPage>(i, &["log", "--limit", "100000"]).unwrap_or_default();
+    page.entries.into_iter().filter(|e| e.event.kind() == kind).collect()
 }
 
-fn run(mesh: &Mesh, i: usize, node: &str, path: &str) -> Value {
-    let out = mesh.cli(i, &["--json", "run", node, path]);
-    assert!(out.status.success(), "run: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+/// The member bytes a `replicated` entry says were sent.
+fn bytes(e: &LogEntry) -> u64 {
+    match e.event {
+        Event::Replicated { bytes, .. } => bytes,
+        _ => panic!("not a replicated entry: {e:?}"),
+    }
+}
+
+fn run(mesh: &Mesh, i: usize, node: &str, path: &str) -> RunOutcome {
+    json(mesh, i, &["run", node, path])
 }
 
 /// Rewrites one 256 KiB file of the tree with new content.
@@ -71,7 +73,7 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     };
     assert!(wait_until(LONG, || three(&mesh, 0)), "{:?}", archives(&mesh, 0, "n1", &s));
     let first = archives(&mesh, 0, "n1", &s).remove(0);
-    let first_id = first["id"].as_str().unwrap().to_string();
+    let first_id = first.id.clone();
     let copies: BTreeSet<String> = holders(&first).into_iter().filter(|h| h != "n1").collect();
     assert_eq!(copies.len(), 3);
     // Every node's log tells the same holders, and the files are where it says.
@@ -82,17 +84,17 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
         assert_eq!(on_disk, holders(&first).contains(&n.name), "node {i} ({}) on disk: {on_disk}", n.name);
     }
     let spare = mesh.nodes.iter().position(|n| n.name != "n1" && !copies.contains(&n.name)).unwrap();
-    let full_bytes: u64 = entries(&mesh, 0, "replicated").iter().map(|e| e["bytes"].as_u64().unwrap()).max().unwrap();
+    let full_bytes: u64 = entries(&mesh, 0, "replicated").iter().map(bytes).max().unwrap();
     assert!(full_bytes > 10 << 20, "the first copy sent the whole archive: {full_bytes}");
 
     // An unchanged backup sends nothing.
-    assert_eq!(run(&mesh, 2, "n1", &s)["result"], "unchanged");
+    assert_eq!(run(&mesh, 2, "n1", &s).result, RunResult::Unchanged);
     std::thread::sleep(Duration::from_secs(3));
-    let to_copies = |mesh: &Mesh| -> Vec<Value> {
+    let to_copies = |mesh: &Mesh| -> Vec<LogEntry> {
         let copies = &copies;
         entries(mesh, 0, "replicated")
             .into_iter()
-            .filter(|e| copies.contains(e["holder"].as_str().unwrap_or_default()))
+            .filter(|e| copies.contains(e.event.holder().unwrap_or_default()))
             .collect()
     };
     assert_eq!(to_copies(&mesh).len(), 3, "{:#?}", to_copies(&mesh));
@@ -100,14 +102,10 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     // One file of 100 changed: each holder receives about 1% of the first copy.
     change_one_file(&src, 7, 99);
     let second = run(&mesh, 0, "n1", &s);
-    assert_eq!(second["result"], "finished");
-    let second_id = second["archive"].as_str().unwrap().to_string();
+    assert_eq!(second.result, RunResult::Finished);
+    let second_id = second.archive.unwrap();
     let of_second = |mesh: &Mesh| -> Vec<u64> {
-        to_copies(mesh)
-            .iter()
-            .filter(|e| e["archive"] == second_id.as_str())
-            .map(|e| e["bytes"].as_u64().unwrap())
-            .collect()
+        to_copies(mesh).iter().filter(|e| e.event.archive() == Some(second_id.as_str())).map(bytes).collect()
     };
     assert!(wait_until(LONG, || of_second(&mesh).len() == 3));
     for sent in of_second(&mesh) {
@@ -119,11 +117,11 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     // Twelve changed backups in all: every holder keeps exactly the newest ten.
     for k in 0..10 {
         change_one_file(&src, 10 + k, 1000 + k as u64);
-        assert_eq!(run(&mesh, k % 5, "n1", &s)["result"], "finished");
+        assert_eq!(run(&mesh, k % 5, "n1", &s).result, RunResult::Finished);
     }
     let newest: Vec<String> = {
         let mut ids: Vec<String> =
-            entries(&mesh, 0, "finished").iter().map(|e| e["archive"].as_str().unwrap().into()).collect();
+            entries(&mesh, 0, "finished").iter().filter_map(|e| e.event.archive().map(String::from)).collect();
         assert_eq!(ids.len(), 12);
         ids.sort();
         ids.split_off(2)
@@ -157,10 +155,9 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     assert!(text.contains("repaired from another holder"), "{text}");
     assert_eq!(std::fs::read(&seg).unwrap(), good, "the member is whole again");
     assert!(!entries(&mesh, 0, "repaired").is_empty());
-    let again = mesh.cli(0, &["--json", "verify", "n1", &s]);
-    let v: Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(v["verified"].as_array().unwrap().len(), 4, "origin and three holders: {v}");
+    let v: VerifyOutcome = json(&mesh, 0, &["verify", "n1", &s]);
+    assert!(v.ok, "{v:#?}");
+    assert_eq!(v.verified.len(), 4, "origin and three holders: {v:#?}");
 
     // A manifest a holder cannot read: its verify fails and says why; it is
     // never reported as verified.
@@ -264,7 +261,7 @@ fn a_transfer_killed_midway_leaves_no_partial_archive_and_completes_after_restar
     assert!(manifests_on_disk(&mesh.nodes[1]).is_empty(), "no partial archive is visible");
     // Restarted, it gets the whole archive.
     mesh.restart(1);
-    let id = || entries(&mesh, 0, "finished").first().map(|e| e["archive"].as_str().unwrap().to_string());
+    let id = || entries(&mesh, 0, "finished").first().and_then(|e| e.event.archive().map(String::from));
     // Under the full suite's load (2 cores, debug build) the restarted
     // holder needs far longer than alone: allow it three minutes.
     let copied = wait_until(3 * LONG, || id().is_some_and(|id| manifests_on_disk(&mesh.nodes[1]) == vec![id]));
@@ -273,11 +270,8 @@ fn a_transfer_killed_midway_leaves_no_partial_archive_and_completes_after_restar
     // .tgz has the origin's sha256 (the client checks it).
     mesh.kill9(0);
     let tgz = mesh.root.path().join("big.tgz");
-    let out = mesh.cli(1, &["--json", "fetch", "n1", &s, "-o", &tgz.to_string_lossy()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = v["archive"].as_str().unwrap();
-    assert!(id.ends_with(&v["sha256"].as_str().unwrap()[..8]), "archive ids end with the tgz sha256: {v}");
+    let v: Fetched = json(&mesh, 1, &["fetch", "n1", &s, "-o", &tgz.to_string_lossy()]);
+    assert!(v.archive.ends_with(&v.sha256[..8]), "archive ids end with the tgz sha256: {v:?}");
 }
 
 #[test]
@@ -319,19 +313,17 @@ fn restore_fetch_and_verify_refuse_bad_requests_by_name() {
     assert!(status.contains("--replicas is 3 but the mesh has 2 other node(s)"), "{status}");
 
     // The documented --json shapes.
-    let r = json(&mesh, 0, &["restore", "n2", &s, "--to", &to, "--on", "n3"]);
-    assert_eq!(r["result"], "restored", "{r}");
-    for field in ["archive", "on", "to", "files", "bytes", "duration_ms"] {
-        assert!(!r[field].is_null(), "restore --json has `{field}`: {r}");
-    }
+    let r: RestoreOutcome = json(&mesh, 0, &["restore", "n2", &s, "--to", &to, "--on", "n3"]);
+    assert_eq!(r.result, RestoreResult::Restored, "{r:?}");
+    assert_eq!((r.on.as_str(), r.to.as_str(), r.error.as_deref()), ("n3", to.as_str(), None), "{r:?}");
+    assert!(r.files >= 1 && !r.archive.is_empty(), "{r:?}");
     assert_eq!(std::fs::read(mesh.root.path().join("out/a.txt")).unwrap(), b"alpha\n");
-    let f = json(&mesh, 0, &["fetch", "n2", &s, "-o", &existing.to_string_lossy(), "--force"]);
-    for field in ["archive", "file", "size", "sha256"] {
-        assert!(!f[field].is_null(), "fetch --json has `{field}`: {f}");
-    }
-    let v = json(&mesh, 0, &["verify"]);
-    assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(v["verified"].as_array().unwrap().len(), 3, "n2 and its two holders: {v}");
+    let f: Fetched = json(&mesh, 0, &["fetch", "n2", &s, "-o", &existing.to_string_lossy(), "--force"]);
+    assert_eq!(f.file, existing, "{f:?}");
+    assert_eq!(f.size, std::fs::metadata(&existing).unwrap().len(), "{f:?}");
+    let v: VerifyOutcome = json(&mesh, 0, &["verify"]);
+    assert!(v.ok, "{v:#?}");
+    assert_eq!(v.verified.len(), 3, "n2 and its two holders: {v:#?}");
 
     // Restoring onto a node that is down is refused with the reason.
     mesh.kill9(2);
@@ -394,16 +386,14 @@ fn a_peer_with_the_swarm_key_cannot_plant_an_archive_in_another_node_s_series() 
     // n1's own archive reaches every holder, the rogue included.
     assert!(mesh.cli(0, &["register", "n1", &s, "--every", "60"]).status.success());
     assert!(wait_until(LONG, || archives(&mesh, 1, "n1", &s).first().is_some_and(|a| holders(a).len() == 3)));
-    let real: Vec<String> =
-        archives(&mesh, 1, "n1", &s).iter().filter_map(|a| a["id"].as_str().map(String::from)).collect();
+    let real: Vec<String> = archives(&mesh, 1, "n1", &s).into_iter().map(|a| a.id).collect();
     assert_eq!(real.len(), 1);
     // The rogue says it keeps its forged archive (its holdings check tells
     // the catalog what its disk keeps): the catalog does not list it, for
     // n1 never said it made it.
     let claimed = || String::from_utf8_lossy(&mesh.cli(1, &["--json", "log"]).stdout).contains(&forged[0]);
     assert!(wait_until(LONG, claimed), "the rogue never said it keeps {}", forged[0]);
-    let listed: Vec<String> =
-        archives(&mesh, 1, "n1", &s).iter().filter_map(|a| a["id"].as_str().map(String::from)).collect();
+    let listed: Vec<String> = archives(&mesh, 1, "n1", &s).into_iter().map(|a| a.id).collect();
     assert_eq!(listed, real, "a holder's word alone listed an archive n1 never made");
 
     // With n1 gone, the rogue repairs "its" copy of n1's series onto n2:
@@ -443,8 +433,8 @@ fn seed_1_a_restore_on_a_node_whose_copy_is_damaged_reads_from_a_holder_and_mend
     // n1's copy is whole again: a second restore needs no peer.
     let log = mesh.nodes[0].log_text();
     assert!(log.contains("reading its members from peers instead") && log.contains("mended"), "{log}");
-    let verify = json(&mesh, 0, &["verify", "n1", &s]);
-    assert_eq!(verify["ok"], true, "{verify:#}");
+    let verify: VerifyOutcome = json(&mesh, 0, &["verify", "n1", &s]);
+    assert!(verify.ok, "{verify:#?}");
 }
 
 #[test]
@@ -472,8 +462,8 @@ fn seed_1_a_holder_that_refuses_a_damaged_member_makes_its_node_mend_its_copy() 
     let log = mesh.nodes[0].log_text();
     assert!(log.contains("found a damaged member in this node's copy"), "{log}");
     for i in 0..3 {
-        let verify = json(&mesh, i, &["verify", "n1", &s]);
-        assert_eq!(verify["ok"], true, "{verify:#}");
+        let verify: VerifyOutcome = json(&mesh, i, &["verify", "n1", &s]);
+        assert!(verify.ok, "{verify:#?}");
     }
     let to = mesh.root.path().join("back");
     let out = mesh.cli(2, &["restore", "n1", &s, "--on", "n3", "--to", &to.to_string_lossy()]);
