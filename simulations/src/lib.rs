@@ -231,6 +231,16 @@ impl Mesh {
             .map_err(|e| format!("backmesh {args:?} printed what is not its answer ({e}): {stdout}"))
     }
 
+    /// Runs `backmesh --json ARGS` on node `i` and reads what it printed as
+    /// a `T`, whatever its exit code (a failed run prints its outcome and
+    /// exits 1); `Err` when it printed something else.
+    pub fn cli_answer<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> Result<T, String> {
+        let out = self.cli(i, &[&["--json"][..], args].concat());
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&stdout)
+            .map_err(|e| format!("backmesh {args:?} ({}) printed no answer ({e}): {stderr}{stdout}", out.status))
+    }
+
     /// Names of the nodes node `i` sees up (itself included).
     pub fn up_names(&self, i: usize) -> Vec<String> {
         let mut names: Vec<String> =

@@ -7,30 +7,29 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use backmesh_api::NodeStatus;
+use backmesh_api::cli::RunOutcome;
+use backmesh_api::{Backups, Event, JobState, Jobs, LogEntry, LogPage, NodeStatus, RunResult};
 use backmesh_simulations::faults::faketime_env;
 use backmesh_simulations::{binary, manifests_on_disk, tree_differences, wait_until, Mesh};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
-fn json(mesh: &Mesh, i: usize, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = mesh.cli(i, &all);
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+/// `backmesh --json ARGS` on node `i`, read as its answer whatever its
+/// exit code; panics with what the client said otherwise.
+fn json<T: serde::de::DeserializeOwned>(mesh: &Mesh, i: usize, args: &[&str]) -> T {
+    mesh.cli_answer(i, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn archives(mesh: &Mesh, i: usize, node: &str, path: &str) -> Vec<(String, BTreeSet<String>)> {
-    json(mesh, i, &["backups", node, path])["archives"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            let holders = a["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str()).map(String::from);
-            (a["id"].as_str().unwrap_or_default().to_string(), holders.collect())
-        })
-        .collect()
+    let backups = mesh.cli_json::<Backups>(i, &["backups", node, path]).unwrap_or_default();
+    backups.archives.into_iter().map(|a| (a.id, a.holders.into_iter().collect())).collect()
+}
+
+/// Node `i`'s log, newest `limit` entries (none while it cannot answer).
+fn log_of(mesh: &Mesh, i: usize, limit: usize) -> Vec<LogEntry> {
+    let limit = limit.to_string();
+    mesh.cli_json::<LogPage>(i, &["log", "--limit", &limit]).map(|p| p.entries).unwrap_or_default()
 }
 
 /// Node `i`'s count `field` (`refused`, `limited`) for the peer named `name`.
@@ -122,10 +121,9 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..2 {
         assert_eq!(archives(&mesh, i, "n1", &s), real, "node {i}");
-        let jobs = json(&mesh, i, &["jobs"]);
-        let job = jobs["jobs"].as_array().into_iter().flatten().find(|j| j["path"] == s.as_str()).cloned();
-        let job = job.unwrap_or_default();
-        assert_ne!(job["state"], "failing", "node {i}: a forged failure shows: {job:#}");
+        let jobs: Jobs = json(&mesh, i, &["jobs"]);
+        let job = jobs.jobs.into_iter().find(|j| j.path == s).expect("the job is listed");
+        assert_ne!(job.state, JobState::Failing, "node {i}: a forged failure shows: {job:#?}");
     }
     for node in &mesh.nodes {
         assert_eq!(manifests_on_disk(node), vec![real_id.clone()], "{}", node.name);
@@ -141,33 +139,31 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     // its operator allows programs, runs no hook of a job registered
     // without the operator's credential: the run fails and says why.
     let h = hooked.to_string_lossy().into_owned();
-    let registered = |mesh: &Mesh| {
-        json(mesh, 1, &["jobs"])["jobs"].as_array().into_iter().flatten().any(|j| j["path"] == h.as_str())
-    };
-    assert!(wait_until(T, || registered(&mesh)), "{:#}", json(&mesh, 1, &["jobs"]));
-    let hook_run = json(&mesh, 0, &["run", "n2", &h]);
-    assert_eq!(hook_run["result"], "failed", "{hook_run:#}");
-    assert!(hook_run.to_string().contains("operator's credential"), "{hook_run:#}");
+    let registered = |mesh: &Mesh| json::<Jobs>(mesh, 1, &["jobs"]).jobs.iter().any(|j| j.path == h);
+    assert!(wait_until(T, || registered(&mesh)), "{:#?}", json::<Jobs>(&mesh, 1, &["jobs"]));
+    let hook_run: RunOutcome = json(&mesh, 0, &["run", "n2", &h]);
+    assert_eq!(hook_run.result, RunResult::Failed, "{hook_run:#?}");
+    assert!(hook_run.error.as_deref().unwrap_or("").contains("operator's credential"), "{hook_run:#?}");
     assert!(!marker.exists(), "the rogue's hook ran on n2");
     // Registered again through n1, under the operator's token: it runs.
     let legit = mesh.root.path().join("legit");
     let pre = format!("touch {}", legit.display());
     assert!(mesh.cli(0, &["register", "n2", &h, "--every", "600", "--pre", &pre]).status.success());
-    assert!(wait_until(T, || json(&mesh, 1, &["log", "--limit", "50"]).to_string().contains(&pre)));
-    let hook_run = json(&mesh, 0, &["run", "n2", &h]);
-    assert_eq!(hook_run["result"], "finished", "{hook_run:#}");
+    let has_pre = |e: &LogEntry| matches!(&e.event, Event::Registered { spec, .. } if spec.pre.as_ref() == Some(&pre));
+    assert!(wait_until(T, || log_of(&mesh, 1, 50).iter().any(has_pre)));
+    let hook_run: RunOutcome = json(&mesh, 0, &["run", "n2", &h]);
+    assert_eq!(hook_run.result, RunResult::Finished, "{hook_run:#?}");
     assert!(legit.exists(), "the operator's hook did not run");
     assert!(!marker.exists(), "the rogue's hook ran on n2");
 
     // The honest mesh works on, its clock its own: a new backup of n1
     // reaches n2, dated now, not a year ahead.
     std::fs::write(src.join("data.txt"), b"the real data, version 2\n").unwrap();
-    let run = json(&mesh, 1, &["run", "n1", &s]);
-    assert_eq!(run["result"], "finished", "{run:#}");
+    let run: RunOutcome = json(&mesh, 1, &["run", "n1", &s]);
+    assert_eq!(run.result, RunResult::Finished, "{run:#?}");
     assert!(wait_until(T, || archives(&mesh, 1, "n1", &s).len() == 2 && kept_on_both_newest(&mesh, &s)));
-    let log = json(&mesh, 0, &["log", "--limit", "5"]);
-    let newest = log["entries"].as_array().and_then(|e| e.first().cloned()).unwrap_or_default();
-    let year = chrono_year(newest["time"].as_str().unwrap_or_default());
+    let newest = log_of(&mesh, 0, 5).into_iter().next().map(|e| e.time).unwrap_or_default();
+    let year = chrono_year(&newest);
     let this_year =
         chrono_year(&String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-").output().unwrap().stdout));
     assert_eq!(year, this_year, "the newest entry is dated by the honest clocks: {newest:#}");
@@ -201,9 +197,9 @@ fn a_node_whose_clock_ran_a_year_ahead_costs_nothing_once_set_right() {
     let mut made = Vec::new();
     let mut backup = |mesh: &Mesh, v: usize| {
         std::fs::write(src.join("version.txt"), format!("v{v}\n")).unwrap();
-        let run = json(mesh, 0, &["run", "n1", &s]);
-        assert_eq!(run["result"], "finished", "{run:#}");
-        made.push(run["archive"].as_str().unwrap().to_string());
+        let run: RunOutcome = json(mesh, 0, &["run", "n1", &s]);
+        assert_eq!(run.result, RunResult::Finished, "{run:#?}");
+        made.push(run.archive.unwrap());
     };
     // Two backups a year ahead, then the clock is set right and the node
     // restarted; two more.
@@ -238,17 +234,13 @@ fn a_node_whose_clock_ran_a_year_ahead_costs_nothing_once_set_right() {
     // both nodes: the runs of n1 and the copies n2 made. (The entries n1
     // dated a year ahead stay as they were written.)
     for i in 0..2 {
-        let log = json(&mesh, i, &["log", "--limit", "1000"]);
-        let after: Vec<&Value> = log["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| made[2..].iter().any(|id| e["archive"] == id.as_str()))
-            .collect();
-        let kinds: BTreeSet<&str> = after.iter().filter_map(|e| e["kind"].as_str()).collect();
+        let entries = log_of(&mesh, i, 1000);
+        let after: Vec<&LogEntry> =
+            entries.iter().filter(|e| made[2..].iter().any(|id| e.event.archive() == Some(id.as_str()))).collect();
+        let kinds: BTreeSet<&str> = after.iter().map(|e| e.event.kind()).collect();
         assert!(kinds.contains("finished") && kinds.contains("replicated"), "node {i}: {after:#?}");
         for e in after {
-            assert_eq!(chrono_year(e["time"].as_str().unwrap_or_default()), this_year, "node {i}: {e:#}");
+            assert_eq!(chrono_year(&e.time), this_year, "node {i}: {e:#?}");
         }
     }
 }
@@ -390,8 +382,8 @@ fn a_rogue_that_floods_a_holder_is_bounded_and_named() {
     // The honest mesh works on: a new backup of n1's reaches n2, whose
     // quota the rogue's archives do not share.
     std::fs::write(src.join("data.txt"), b"n1's data, version 2\n").unwrap();
-    let run = json(&mesh, 0, &["run", "n1", &s]);
-    assert_eq!(run["result"], "finished", "{run:#}");
+    let run: RunOutcome = json(&mesh, 0, &["run", "n1", &s]);
+    assert_eq!(run.result, RunResult::Finished, "{run:#?}");
     assert!(wait_until(T, || {
         let a = archives(&mesh, 1, "n1", &s);
         a.len() == 2 && a[0].1.len() == 2
@@ -418,7 +410,7 @@ fn a_rogue_that_floods_a_holder_is_bounded_and_named() {
     assert!(problems.contains("is refused") && problems.contains("mesh protocol 5"), "{status:#?}");
     assert!(!mesh.up_names(1).contains(&"rogue".to_string()), "{status:#?}");
     std::thread::sleep(Duration::from_secs(2));
-    let log = json(&mesh, 1, &["log", "--limit", "1000"]);
-    let paused = log["entries"].as_array().into_iter().flatten().filter(|e| e["kind"] == "paused").count();
-    assert_eq!(paused, 0, "{log:#}");
+    let entries = log_of(&mesh, 1, 1000);
+    let paused = entries.iter().filter(|e| e.event.kind() == "paused").count();
+    assert_eq!(paused, 0, "{entries:#?}");
 }
