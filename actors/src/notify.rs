@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use backmesh_api::{JobState, Notice};
-use serde::Serialize;
 
 use crate::jobs::plugin::{run_hook, Programs};
 use crate::log::actor::{GetJobs, GetNotified, LogActor, Record};
@@ -39,21 +38,7 @@ pub fn transition(state: JobState, last: Option<Notice>) -> Option<Notice> {
 }
 
 /// The JSON a webhook receives (docs/plugins.md, "Notifications").
-#[derive(Clone, Debug, Serialize)]
-pub struct Notification {
-    pub event: Notice,
-    pub node: String,
-    pub path: String,
-    /// The job's state now: `failing`, `stale` or `ok`.
-    pub state: JobState,
-    /// The failure reason, for `failure`.
-    pub error: Option<String>,
-    pub last_success: Option<String>,
-    pub every_min: u64,
-    /// The node that sent this.
-    pub notified_by: String,
-    pub time: String,
-}
+pub use backmesh_api::Notification;
 
 pub struct NotifyActor {
     me: String,

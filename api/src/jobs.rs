@@ -103,6 +103,24 @@ pub struct Queued {
     pub path: String,
 }
 
+/// The JSON a job's webhooks receive (`POST`), and its notification command
+/// in `$BACKMESH_NOTIFICATION` (docs/plugins.md, "Notifications").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub event: crate::log::Notice,
+    pub node: String,
+    pub path: String,
+    /// The job's state now: `failing`, `stale` or `ok`.
+    pub state: JobState,
+    /// The failure reason, for `failure`.
+    pub error: Option<String>,
+    pub last_success: Option<String>,
+    pub every_min: u64,
+    /// The node that sent this.
+    pub notified_by: String,
+    pub time: String,
+}
+
 /// `GET /api/v1/progress`: the counters of the job's run under way.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {

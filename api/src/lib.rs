@@ -14,7 +14,7 @@ pub mod log;
 pub mod names;
 
 pub use archives::{Archive, Backups, Restore, RestoreStarted, Verify, VerifyStarted, Verifying};
-pub use jobs::{JobKey, JobState, JobStatus, Jobs, Progress, Queued, Register, RunResult};
+pub use jobs::{JobKey, JobState, JobStatus, Jobs, Notification, Progress, Queued, Register, RunResult};
 pub use log::{Event, Hlc, JobSpec, LogEntry, LogPage, Notice, PluginReport, Recorded, RequestEntries};
 
 /// Every route lives under this prefix.

@@ -315,6 +315,16 @@ impl Event {
         }
     }
 
+    /// What the run's plugin, command or hooks reported.
+    pub fn plugin(&self) -> Option<&PluginReport> {
+        match self {
+            Event::Finished { plugin, .. } | Event::Unchanged { plugin, .. } | Event::Failed { plugin, .. } => {
+                plugin.as_ref()
+            }
+            _ => None,
+        }
+    }
+
     /// The holder whose copies it is about.
     pub fn holder(&self) -> Option<&str> {
         match self {

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use backmesh_api::cli::RunOutcome;
+use backmesh_api::{Event, JobState, LogEntry, LogPage, Notice, Notification, PluginReport, RunResult};
 use backmesh_simulations::{wait_until, Mesh};
-use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -14,9 +15,13 @@ fn plugin(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/plugins").join(name).to_string_lossy().into_owned()
 }
 
-fn run(mesh: &Mesh, node: &str, path: &str) -> Value {
-    let out = mesh.cli(0, &["--json", "run", node, path]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+fn run(mesh: &Mesh, node: &str, path: &str) -> RunOutcome {
+    mesh.cli_answer(0, &["run", node, path]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Whether a run succeeded (`finished` or `unchanged`).
+fn done(r: &RunOutcome) -> bool {
+    matches!(r.result, RunResult::Finished | RunResult::Unchanged)
 }
 
 fn register(mesh: &Mesh, args: &[&str]) {
@@ -26,10 +31,15 @@ fn register(mesh: &Mesh, args: &[&str]) {
     assert!(out.status.success(), "register {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn last_entry(mesh: &Mesh, path: &str, kind: &str) -> Value {
-    let out = mesh.cli(0, &["--json", "log", "--path", path, "--limit", "1000"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["entries"].as_array().unwrap().iter().rev().find(|e| e["kind"] == kind).cloned().unwrap_or_default()
+fn last_entry(mesh: &Mesh, path: &str, kind: &str) -> Option<LogEntry> {
+    let page: LogPage = mesh.cli_json(0, &["log", "--path", path, "--limit", "1000"]).unwrap_or_else(|e| panic!("{e}"));
+    page.entries.into_iter().rev().find(|e| e.event.kind() == kind)
+}
+
+/// What the last `kind` entry of `path`'s runs says its plugin reported.
+fn reported(mesh: &Mesh, path: &str, kind: &str) -> PluginReport {
+    let e = last_entry(mesh, path, kind).unwrap_or_else(|| panic!("no {kind} entry of {path}"));
+    e.event.plugin().cloned().unwrap_or_else(|| panic!("no plugin report: {e:#?}"))
 }
 
 fn sqlite(db: &Path, sql: &str) -> String {
@@ -65,8 +75,8 @@ fn sources_plugins_and_hooks_back_up_restore_and_fail_clearly() {
         ],
     );
     let r = run(&mesh, "n2", dump_job);
-    assert!(["finished", "unchanged"].contains(&r["result"].as_str().unwrap()), "{r}");
-    assert_eq!(run(&mesh, "n2", dump_job)["result"], "unchanged", "the same dump is recognised as unchanged");
+    assert!(done(&r), "{r:?}");
+    assert_eq!(run(&mesh, "n2", dump_job).result, RunResult::Unchanged, "the same dump is recognised as unchanged");
     let to = root.join("restored-dump");
     let out = mesh.cli(0, &["restore", "n2", dump_job, "--on", "n1", "--to", &to.to_string_lossy()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -76,13 +86,14 @@ fn sources_plugins_and_hooks_back_up_restore_and_fail_clearly() {
     let copy_job = "/backups/app.db";
     register(&mesh, &["n2", copy_job, "--every", "600", "--source", &plugin("sqlite"), "--arg", &db.to_string_lossy()]);
     let r = run(&mesh, "n2", copy_job);
-    assert!(["finished", "unchanged"].contains(&r["result"].as_str().unwrap()), "{r}");
+    assert!(done(&r), "{r:?}");
     let to = root.join("restored-db");
     assert!(mesh.cli(0, &["restore", "n2", copy_job, "--to", &to.to_string_lossy()]).status.success());
     assert_eq!(sqlite(&to.join("app.db"), "PRAGMA integrity_check;").trim(), "ok");
     assert_eq!(sqlite(&to.join("app.db"), "SELECT count(*) FROM t;").trim(), "5000");
-    let e = last_entry(&mesh, copy_job, r["result"].as_str().unwrap());
-    assert!(e["plugin"]["summary"].as_str().unwrap().contains("integrity ok"), "{e}");
+    let kind = if r.result == RunResult::Finished { "finished" } else { "unchanged" };
+    let summary = reported(&mesh, copy_job, kind).summary.unwrap_or_default();
+    assert!(summary.contains("integrity ok"), "{summary}");
 
     // rsync mirror, installed in DATA_DIR/plugins: mirrors, records rsync's statistics, keeps no archive.
     let plugins = mesh.nodes[1].dir.join("plugins");
@@ -95,15 +106,16 @@ fn sources_plugins_and_hooks_back_up_restore_and_fail_clearly() {
     let mirror = root.join("mirror");
     let s = src.to_string_lossy().into_owned();
     register(&mesh, &["n2", &s, "--every", "600", "--source", "rsync-mirror", "--arg", &mirror.to_string_lossy()]);
-    assert_eq!(run(&mesh, "n2", &s)["result"], "finished");
+    assert_eq!(run(&mesh, "n2", &s).result, RunResult::Finished);
     assert_eq!(std::fs::read(mirror.join("img/logo.svg")).unwrap(), b"<svg/>");
-    let e = last_entry(&mesh, &s, "finished");
-    assert_eq!(e["plugin"]["stats"]["transferred"], 2, "{e}");
-    assert_eq!(e["archive"], "", "a mirror keeps no archive: {e}");
+    let e = last_entry(&mesh, &s, "finished").unwrap();
+    let stats = &e.event.plugin().unwrap().stats;
+    assert_eq!(stats.get("transferred"), Some(&serde_json::json!(2)), "{e:#?}");
+    assert_eq!(e.event.archive(), Some(""), "a mirror keeps no archive: {e:#?}");
     std::fs::remove_file(src.join("index.html")).unwrap();
     run(&mesh, "n2", &s);
     assert!(!mirror.join("index.html").exists(), "the mirror follows deletions");
-    assert_eq!(last_entry(&mesh, &s, "finished")["plugin"]["stats"]["deleted"], 1);
+    assert_eq!(reported(&mesh, &s, "finished").stats.get("deleted"), Some(&serde_json::json!(1)));
 
     // A failing pre hook fails the run with its message; the post hook learns the result.
     let app = root.join("app");
@@ -117,14 +129,14 @@ fn sources_plugins_and_hooks_back_up_restore_and_fail_clearly() {
     register(&mesh, &["n2", &a, "--every", "600", "--pre", &pre, "--post", &post]);
     std::fs::write(&gate, b"").unwrap();
     let r = run(&mesh, "n2", &a);
-    assert_eq!(r["result"], "failed");
-    let err = r["error"].as_str().unwrap();
+    assert_eq!(r.result, RunResult::Failed);
+    let err = r.error.unwrap();
     assert!(err.contains("pre hook") && err.contains("exit 4") && err.contains("database is locked"), "{err}");
     assert!(std::fs::read_to_string(&told).unwrap().starts_with("failed"));
     std::fs::remove_file(&gate).unwrap();
     let r = run(&mesh, "n2", &a);
-    assert_eq!(r["result"], "finished");
-    assert_eq!(std::fs::read_to_string(&told).unwrap().trim(), format!("finished {}", r["archive"].as_str().unwrap()));
+    assert_eq!(r.result, RunResult::Finished);
+    assert_eq!(std::fs::read_to_string(&told).unwrap().trim(), format!("finished {}", r.archive.unwrap()));
 
     // A hanging plugin is killed after its timeout; garbage and a non-zero exit are named.
     let script = |name: &str, body: &str| {
@@ -148,8 +160,8 @@ fn sources_plugins_and_hooks_back_up_restore_and_fail_clearly() {
         register(&mesh, &["n2", &job, "--every", "600", "--source", &script(name, body), "--timeout", timeout]);
         let t = std::time::Instant::now();
         let r = run(&mesh, "n2", &job);
-        assert_eq!(r["result"], "failed", "{name}: {r}");
-        let err = r["error"].as_str().unwrap();
+        assert_eq!(r.result, RunResult::Failed, "{name}: {r:?}");
+        let err = r.error.unwrap();
         for w in words {
             assert!(err.contains(w), "{name}: `{w}` not in: {err}");
         }
@@ -203,8 +215,8 @@ fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
     let pre = format!("if [ -e {} ]; then echo 'disk not mounted' >&2; exit 1; fi", gate.display());
     let url = format!("http://127.0.0.1:{port}/backmesh");
     register(&mesh, &["n2", &a, "--every", "600", "--pre", &pre, "--notify", &url]);
-    assert!(wait_until(LONG, || !last_entry(&mesh, &a, "finished").is_null()));
-    let lines = || -> Vec<Value> {
+    assert!(wait_until(LONG, || last_entry(&mesh, &a, "finished").is_some()));
+    let lines = || -> Vec<Notification> {
         std::fs::read_to_string(&received)
             .unwrap_or_default()
             .lines()
@@ -216,30 +228,25 @@ fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(lines().is_empty(), "nothing to tell while it is healthy: {:?}", lines());
     std::fs::write(&gate, b"").unwrap();
-    assert_eq!(run(&mesh, "n2", &a)["result"], "failed");
+    assert_eq!(run(&mesh, "n2", &a).result, RunResult::Failed);
     assert!(wait_until(LONG, || lines().len() == 1), "{:?}", lines());
     let f = &lines()[0];
-    assert_eq!(f["event"], "failure");
-    assert_eq!(f["state"], "failing");
-    assert_eq!(f["node"], "n2");
-    assert_eq!(f["path"], a.as_str());
-    assert!(f["error"].as_str().unwrap().contains("disk not mounted"), "{f}");
-    for field in ["last_success", "every_min", "notified_by", "time"] {
-        assert!(!f[field].is_null(), "webhook has `{field}`: {f}");
-    }
+    assert_eq!((f.event, f.state), (Notice::Failure, JobState::Failing), "{f:?}");
+    assert_eq!((f.node.as_str(), f.path.as_str()), ("n2", a.as_str()));
+    assert!(f.error.as_deref().unwrap_or("").contains("disk not mounted"), "{f:?}");
+    assert!(f.last_success.is_some() && f.every_min == 600 && f.notified_by == "n2" && !f.time.is_empty(), "{f:?}");
     // A second failure is not told again; the recovery is.
-    assert_eq!(run(&mesh, "n2", &a)["result"], "failed");
+    assert_eq!(run(&mesh, "n2", &a).result, RunResult::Failed);
     std::fs::remove_file(&gate).unwrap();
-    assert!(["finished", "unchanged"].contains(&run(&mesh, "n2", &a)["result"].as_str().unwrap()));
+    assert!(done(&run(&mesh, "n2", &a)));
     assert!(wait_until(LONG, || lines().len() == 2), "{:?}", lines());
     let r = &lines()[1];
-    assert_eq!(r["event"], "recovery");
-    assert_eq!(r["state"], "ok");
-    assert!(r["error"].is_null());
-    let told = last_entry(&mesh, &a, "notified");
-    assert_eq!(told["delivered"], true, "{told}");
+    assert_eq!((r.event, r.state), (Notice::Recovery, JobState::Ok), "{r:?}");
+    assert!(r.error.is_none());
+    let told = last_entry(&mesh, &a, "notified").unwrap();
+    assert!(matches!(told.event, Event::Notified { delivered: true, .. }), "{told:#?}");
     // Healthy again, past the notifiers' settling time (they have told twice): nothing more.
-    assert!(["finished", "unchanged"].contains(&run(&mesh, "n2", &a)["result"].as_str().unwrap()));
+    assert!(done(&run(&mesh, "n2", &a)));
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(lines().len(), 2);
 }
@@ -262,8 +269,8 @@ fn a_dead_nodes_job_is_told_stale_by_another_node_and_its_recovery_by_itself() {
     let told = root.join("told.jsonl");
     let cmd = format!("printf '%s\\n' \"$BACKMESH_NOTIFICATION\" >> {}", told.display());
     register(&mesh, &["n2", &a, "--every", "1", "--notify-cmd", &cmd]);
-    assert!(wait_until(LONG, || !last_entry(&mesh, &a, "finished").is_null()));
-    let lines = || -> Vec<Value> {
+    assert!(wait_until(LONG, || last_entry(&mesh, &a, "finished").is_some()));
+    let lines = || -> Vec<Notification> {
         std::fs::read_to_string(&told)
             .unwrap_or_default()
             .lines()
@@ -273,12 +280,12 @@ fn a_dead_nodes_job_is_told_stale_by_another_node_and_its_recovery_by_itself() {
     mesh.kill9(1);
     assert!(wait_until(LONG, || !lines().is_empty()), "no notification");
     let s = &lines()[0];
-    assert_eq!(s["event"], "stale", "{s}");
-    assert_eq!(s["notified_by"], "n1", "the live node tells of the dead one: {s}");
+    assert_eq!(s.event, Notice::Stale, "{s:?}");
+    assert_eq!(s.notified_by, "n1", "the live node tells of the dead one: {s:?}");
     mesh.restart(1);
     assert!(wait_until(LONG, || lines().len() >= 2), "{:?}", lines());
     let r = &lines()[1];
-    assert_eq!(r["event"], "recovery", "{r}");
+    assert_eq!(r.event, Notice::Recovery, "{r:?}");
     assert_eq!(lines().len(), 2, "each change told once: {:?}", lines());
 }
 
