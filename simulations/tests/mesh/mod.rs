@@ -4,6 +4,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use backmesh_api::cli::RunOutcome;
+use backmesh_api::{Backups, JobState, JobStatus, Jobs, LogEntry, LogPage, RunResult, Status};
 use backmesh_simulations::{test_ca_and_cert, wait_until, write_slow_tree, Mesh};
 
 mod dashboard;
@@ -149,11 +151,9 @@ fn the_api_token_is_required_and_checked() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
     let right = mesh.cli(n, &["--token", "s3cret", "--json", "status"]);
     assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&right.stdout).unwrap();
-    for field in ["name", "peer_id", "address", "up", "free_bytes", "site"] {
-        assert!(!v["nodes"][0][field].is_null(), "status has nodes[].{field}");
-    }
-    assert!(v["jobs"].is_array());
+    let v: Status = serde_json::from_slice(&right.stdout).unwrap();
+    let me = &v.nodes[0];
+    assert!(me.this_node && me.up && !me.peer_id.is_empty() && !me.address.is_empty(), "{v:#?}");
     // Health needs no token.
     let mut s = TcpStream::connect(("127.0.0.1", mesh.nodes[n].api)).unwrap();
     s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
@@ -357,14 +357,17 @@ fn start_up_problems_are_named() {
 
 /// (origin, seq) of every entry in node `i`'s log, in its order.
 fn log_ids(mesh: &Mesh, i: usize) -> Vec<(String, u64)> {
-    let out = mesh.cli(i, &["--json", "log", "--limit", "1000"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["entries"]
-        .as_array()
-        .map(|a| {
-            a.iter().map(|e| (e["origin"].as_str().unwrap_or("").to_string(), e["seq"].as_u64().unwrap_or(0))).collect()
-        })
-        .unwrap_or_default()
+    log(mesh, i, &["--limit", "1000"]).into_iter().map(|e| (e.origin, e.seq)).collect()
+}
+
+/// Node `i`'s `log --json` with `args` (none while it cannot answer).
+fn log(mesh: &Mesh, i: usize, args: &[&str]) -> Vec<LogEntry> {
+    mesh.cli_json::<LogPage>(i, &[&["log"][..], args].concat()).map(|p| p.entries).unwrap_or_default()
+}
+
+/// Node `i`'s jobs; panics with what the client said when it cannot answer.
+fn jobs(mesh: &Mesh, i: usize) -> Vec<JobStatus> {
+    mesh.cli_json::<Jobs>(i, &["jobs"]).unwrap_or_else(|e| panic!("{e}")).jobs
 }
 
 #[test]
@@ -378,9 +381,8 @@ fn the_log_reaches_every_node_and_a_node_that_was_down_catches_up() {
     let out = mesh.cli(0, &["register", "n3", &d, "--every", "5"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_until(T, || (0..3).all(|i| !log_ids(&mesh, i).is_empty() && log_ids(&mesh, i) == log_ids(&mesh, 0))));
-    let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(2, &["--json", "jobs"]).stdout).unwrap();
-    assert_eq!(jobs["jobs"][0]["node"], "n3");
-    assert_eq!(jobs["jobs"][0]["every"], 5);
+    let listed = jobs(&mesh, 2);
+    assert_eq!((listed[0].node.as_str(), listed[0].every), ("n3", 5), "{listed:?}");
 
     // n3 is away while three more things happen.
     mesh.kill9(2);
@@ -407,11 +409,10 @@ fn the_log_reaches_every_node_and_a_node_that_was_down_catches_up() {
     // Every entry and state register that travelled held its writer's
     // signature: an honest mesh blames no one.
     for i in 0..3 {
-        let v: serde_json::Value = serde_json::from_slice(&mesh.cli(i, &["--json", "status"]).stdout).unwrap();
-        for n in v["nodes"].as_array().unwrap() {
+        for n in mesh.status(i).unwrap().nodes {
             let log = mesh.nodes[i].log_text();
             let why: Vec<&str> = log.lines().filter(|l| l.contains("refus") || l.contains("hold")).collect();
-            assert!(n["refused"].is_null(), "n{} counts refusals: {n}\n{}", i + 1, why.join("\n"));
+            assert_eq!(n.refused, 0, "n{} counts refusals: {n:?}\n{}", i + 1, why.join("\n"));
         }
     }
 }
@@ -450,15 +451,7 @@ fn a_node_that_lost_its_database_learns_its_seq_before_it_writes_again() {
 }
 
 fn kinds(mesh: &Mesh, i: usize) -> Vec<String> {
-    let out = mesh.cli(i, &["--json", "log", "--limit", "1000"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["entries"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
-        .collect()
+    log(mesh, i, &["--limit", "1000"]).iter().map(|e| e.event.kind().to_string()).collect()
 }
 
 #[test]
@@ -492,16 +485,9 @@ fn bad_registrations_are_refused_by_name() {
     assert_eq!(usage.status.code(), Some(2), "a missing --every is a usage error");
 }
 
-fn results(mesh: &Mesh, i: usize, node: &str) -> Vec<serde_json::Value> {
-    let out = mesh.cli(i, &["--json", "log", "--node", node, "--limit", "100000"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["entries"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| ["finished", "unchanged", "failed"].contains(&e["kind"].as_str().unwrap_or("")))
-        .collect()
+fn results(mesh: &Mesh, i: usize, node: &str) -> Vec<LogEntry> {
+    let all = log(mesh, i, &["--node", node, "--limit", "100000"]);
+    all.into_iter().filter(|e| ["finished", "unchanged", "failed"].contains(&e.event.kind())).collect()
 }
 
 fn three_nodes() -> Mesh {
@@ -518,38 +504,28 @@ fn a_job_registered_through_one_node_runs_on_another() {
     assert!(mesh.cli(0, &["register", "n3", &d, "--every", "60"]).status.success());
     // The first run comes soon after registering, on n3, and every node learns it.
     assert!(wait_until(T, || (0..3).all(|i| results(&mesh, i, "n3").len() == 1)), "{:?}", results(&mesh, 0, "n3"));
-    assert_eq!(results(&mesh, 1, "n3")[0]["kind"], "finished");
-    assert_eq!(results(&mesh, 1, "n3")[0]["origin_name"], "n3");
+    let first = results(&mesh, 1, "n3").remove(0);
+    assert_eq!((first.event.kind(), first.origin_name.as_str()), ("finished", "n3"), "{first:#?}");
     // `run` through n2 waits for the result and prints it.
     std::fs::write(dir.join("new.txt"), b"new").unwrap();
-    let out = mesh.cli(1, &["--json", "run", "n3", &d]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["result"], "finished");
-    assert_eq!(v["files"], 2);
-    for field in ["archive", "size", "warnings", "error"] {
-        assert!(v.get(field).is_some(), "run --json has `{field}`");
-    }
-    let again: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "run", "n3", &d]).stdout).unwrap();
-    assert_eq!(again["result"], "unchanged");
+    let v: RunOutcome = mesh.cli_json(1, &["run", "n3", &d]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((v.result, v.files, v.error.as_deref()), (RunResult::Finished, Some(2), None), "{v:?}");
+    let again: RunOutcome = mesh.cli_json(0, &["run", "n3", &d]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.result, RunResult::Unchanged);
     // Any node lists the archives n3 keeps: two (the unchanged run stored nothing).
-    let b: serde_json::Value =
-        serde_json::from_slice(&mesh.cli(0, &["--json", "backups", "n3", &d, "--all"]).stdout).unwrap();
-    let archives = b["archives"].as_array().unwrap();
-    assert_eq!(archives.len(), 2, "{b}");
-    assert_eq!(archives[0]["id"], v["archive"], "newest first");
-    assert!(archives[0]["holders"].as_array().unwrap().contains(&serde_json::json!("n3")), "{b}");
-    for field in ["id", "created", "size", "files"] {
-        assert!(!archives[0][field].is_null(), "backups has archives[].{field}");
-    }
-    let kinds: Vec<&str> = b["executions"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let b: Backups = mesh.cli_json(0, &["backups", "n3", &d, "--all"]).unwrap_or_else(|e| panic!("{e}"));
+    let archives = &b.archives;
+    assert_eq!(archives.len(), 2, "{b:#?}");
+    assert_eq!(Some(&archives[0].id), v.archive.as_ref(), "newest first");
+    assert!(archives[0].holders.contains(&"n3".to_string()), "{b:#?}");
+    assert!(archives[0].created.is_some() && archives[0].size == v.size.unwrap() && archives[0].files == 2, "{b:#?}");
+    let kinds: Vec<&str> = b.executions.iter().map(|e| e.event.kind()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "finished").count(), 2, "{kinds:?}");
     assert!(kinds.contains(&"unchanged") && kinds.contains(&"registered"));
     let table = String::from_utf8_lossy(&mesh.cli(1, &["backups", "n3", &d]).stdout).into_owned();
-    assert!(table.contains(v["archive"].as_str().unwrap()), "{table}");
+    assert!(table.contains(v.archive.as_deref().unwrap()), "{table}");
     // The archive is in n3's store.
-    let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(0, &["--json", "jobs"]).stdout).unwrap();
-    assert_eq!(jobs["jobs"][0]["state"], "ok");
+    assert_eq!(jobs(&mesh, 0)[0].state, JobState::Ok);
     // A run of a job that does not exist is refused.
     let out = mesh.cli(0, &["run", "n2", &d]);
     assert_eq!(out.status.code(), Some(1));
@@ -575,13 +551,10 @@ fn a_burst_of_runs_is_queued_and_none_is_lost() {
         results(&mesh, 0, "n2").len()
     );
     // One job never runs twice at once: every start is followed by its result.
-    let out = mesh.cli(1, &["--json", "log", "--node", "n2", "--limit", "100000"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds: Vec<&str> = v["entries"]
-        .as_array()
-        .unwrap()
+    let entries = log(&mesh, 1, &["--node", "n2", "--limit", "100000"]);
+    let kinds: Vec<&str> = entries
         .iter()
-        .map(|e| e["kind"].as_str().unwrap())
+        .map(|e| e.event.kind())
         .filter(|k| ["started", "finished", "unchanged", "failed"].contains(k))
         .collect();
     for pair in kinds.chunks(2) {
@@ -626,8 +599,7 @@ fn pause_stops_scheduled_runs_and_resume_restarts_them() {
     assert!(mesh.cli(0, &["register", "n2", &d, "--every", "1"]).status.success());
     std::thread::sleep(Duration::from_secs(4));
     assert!(results(&mesh, 0, "n2").is_empty(), "a paused node runs no scheduled backup");
-    let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(1, &["--json", "jobs"]).stdout).unwrap();
-    assert_eq!(jobs["jobs"][0]["state"], "paused");
+    assert_eq!(jobs(&mesh, 1)[0].state, JobState::Paused);
     assert!(mesh.cli(2, &["resume", "n2"]).status.success());
     assert!(wait_until(T, || results(&mesh, 0, "n2").len() == 1));
     // Unregistered: no more runs, even on demand.
@@ -681,8 +653,7 @@ fn registering_host_port_brings_a_new_node_into_the_mesh() {
     let out = mesh.cli(a, &["register", &addr, &d, "--every", "60"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(mesh.up_names(a), names(&["a", "lone"]));
-    let jobs: serde_json::Value = serde_json::from_slice(&mesh.cli(a, &["--json", "jobs"]).stdout).unwrap();
-    assert_eq!(jobs["jobs"][0]["node"], "lone", "registered under its name");
+    assert_eq!(jobs(&mesh, a)[0].node, "lone", "registered under its name");
     assert!(wait_until(T, || results(&mesh, a, "lone").len() == 1), "it runs there");
     // A node on another key cannot be brought in this way.
     let other = mesh.other_key();
@@ -736,10 +707,7 @@ fn an_api_without_a_token_serves_only_loopback_names_and_changes_only_by_json() 
         let (code, body) = post(ct);
         assert_eq!(code, 415, "{ct}: {body}");
     }
-    let paused = || {
-        let v: serde_json::Value = serde_json::from_slice(&mesh.cli(n, &["--json", "log"]).stdout).unwrap_or_default();
-        v["entries"].as_array().into_iter().flatten().any(|e| e["kind"] == "paused")
-    };
+    let paused = || log(&mesh, n, &[]).iter().any(|e| e.event.kind() == "paused");
     assert!(!paused(), "nothing was paused");
     let (code, body) = post("Content-Type: application/json\r\n");
     assert!((200..300).contains(&code), "the CLI's and the dashboard's way is served: {body}");
