@@ -10,6 +10,7 @@ pub mod archives;
 pub mod cli;
 pub mod dashboard;
 pub mod jobs;
+pub mod local;
 pub mod log;
 pub mod names;
 

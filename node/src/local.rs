@@ -14,84 +14,23 @@ use backmesh_actors::store::{ArchiveSummary, Retention, Store, DEFAULT_KEEP};
 use clap::Args;
 use serde::Serialize;
 
-/// What `backmesh-node --json` commands print: one JSON document each.
-mod out {
-    use backmesh_actors::archive::Warning;
-    use serde::Serialize;
+use backmesh_api::local as out;
 
-    /// `backup`.
-    #[derive(Serialize)]
-    pub struct Backup<'a> {
-        /// `finished` or `unchanged`.
-        pub result: &'a str,
-        pub archive: &'a str,
-        pub size: Option<u64>,
-        pub files: Option<u64>,
-        /// Compressed bytes of members the store did not have yet.
-        pub new_bytes: Option<u64>,
-        pub members: Option<usize>,
-        pub warnings: &'a [Warning],
-        /// Archives retention removed.
-        pub pruned: &'a [String],
-        pub error: Option<&'a str>,
-        pub duration_ms: u64,
-    }
-
-    /// One archive in `archives`.
-    #[derive(Serialize)]
-    pub struct Archive<'a> {
-        pub id: &'a str,
-        pub node: &'a str,
-        pub path: &'a str,
-        pub created: String,
-        pub size: u64,
-        pub files: u64,
-        pub sha256: String,
-        pub warnings: u64,
-    }
-
-    #[derive(Serialize)]
-    pub struct Archives<'a> {
-        pub archives: Vec<Archive<'a>>,
-    }
-
-    /// `restore`.
-    #[derive(Serialize)]
-    pub struct Restored<'a> {
-        pub result: &'a str,
-        pub archive: &'a str,
-        pub to: &'a std::path::Path,
-        pub entries: u64,
-        pub bytes: u64,
-        pub warnings: &'a [String],
-    }
-
-    /// `export`.
-    #[derive(Serialize)]
-    pub struct Exported<'a> {
-        pub archive: &'a str,
-        pub file: &'a std::path::Path,
-        pub size: u64,
-        pub sha256: String,
-    }
-
-    /// One archive in `verify`.
-    #[derive(Serialize)]
-    pub struct Checked<'a> {
-        pub id: &'a str,
-        pub node: &'a str,
-        pub path: &'a str,
-        pub ok: bool,
-        pub missing: Vec<String>,
-        pub damaged: Vec<String>,
-    }
-
-    #[derive(Serialize)]
-    pub struct Verified<'a> {
-        pub archives: Vec<Checked<'a>>,
-        /// Archives found damaged.
-        pub damaged: usize,
-    }
+/// A backup's file warnings as `--json` shows them.
+fn warnings(w: &[backmesh_actors::archive::Warning]) -> Vec<out::FileWarning> {
+    use backmesh_actors::archive::WarningKind;
+    w.iter()
+        .map(|w| out::FileWarning {
+            path: w.path.clone(),
+            kind: match w.kind {
+                WarningKind::ChangedWhileRead => out::Trouble::ChangedWhileRead,
+                WarningKind::Vanished => out::Trouble::Vanished,
+                WarningKind::Unreadable => out::Trouble::Unreadable,
+                WarningKind::Skipped => out::Trouble::Skipped,
+            },
+            message: w.message.clone(),
+        })
+        .collect()
 }
 
 fn print_json(v: &impl Serialize) {
@@ -199,14 +138,14 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
             };
             if ctx.json {
                 print_json(&out::Backup {
-                    result: "unchanged",
-                    archive: archive_id,
+                    result: out::BackupResult::Unchanged,
+                    archive: archive_id.clone(),
                     size: None,
                     files: None,
                     new_bytes: None,
                     members: None,
-                    warnings,
-                    pruned: &[],
+                    warnings: self::warnings(warnings),
+                    pruned: Vec::new(),
                     error: None,
                     duration_ms: report.duration_ms,
                 });
@@ -219,14 +158,14 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
         RunOutcome::Stored { manifest: m, new_bytes, retention } => {
             if ctx.json {
                 print_json(&out::Backup {
-                    result: "finished",
-                    archive: &m.id,
+                    result: out::BackupResult::Finished,
+                    archive: m.id.clone(),
                     size: Some(m.tgz_len),
                     files: Some(m.stats.files),
                     new_bytes: Some(*new_bytes),
                     members: Some(m.members.len()),
-                    warnings: &m.warnings,
-                    pruned: &retention.removed,
+                    warnings: warnings(&m.warnings),
+                    pruned: retention.removed.clone(),
                     error: None,
                     duration_ms: report.duration_ms,
                 });
@@ -288,11 +227,11 @@ pub struct ArchivesArgs {
     path: Option<PathBuf>,
 }
 
-fn summary_json(s: &ArchiveSummary) -> out::Archive<'_> {
-    out::Archive {
-        id: &s.id,
-        node: &s.node,
-        path: &s.path,
+fn summary_json(s: &ArchiveSummary) -> out::StoredArchive {
+    out::StoredArchive {
+        id: s.id.clone(),
+        node: s.node.clone(),
+        path: s.path.clone(),
         created: rfc3339(s.created_ms),
         size: s.tgz_len,
         files: s.files,
@@ -372,12 +311,12 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     let report = report.with_context(|| format!("restore of archive {} into {} failed", m.id, a.to.display()))?;
     if ctx.json {
         print_json(&out::Restored {
-            result: "restored",
-            archive: &m.id,
-            to: &a.to,
+            result: "restored".into(),
+            archive: m.id.clone(),
+            to: a.to.clone(),
             entries: report.entries,
             bytes: report.bytes,
-            warnings: &report.warnings,
+            warnings: report.warnings.clone(),
         });
     } else {
         println!(
@@ -440,7 +379,12 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
     tmp.as_file().sync_all()?;
     tmp.persist(&a.output).map_err(|e| e.error).with_context(|| format!("cannot write {}", a.output.display()))?;
     if ctx.json {
-        print_json(&out::Exported { archive: &m.id, file: &a.output, size: len, sha256: m.tgz_sha256.to_hex() });
+        print_json(&out::Exported {
+            archive: m.id.clone(),
+            file: a.output.clone(),
+            size: len,
+            sha256: m.tgz_sha256.to_hex(),
+        });
     } else {
         println!("wrote {} ({}, sha256 {})", a.output.display(), mib(len), m.tgz_sha256);
     }
@@ -482,9 +426,9 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<ExitCode> {
             }
         }
         results.push(out::Checked {
-            id: &s.id,
-            node: &s.node,
-            path: &s.path,
+            id: s.id.clone(),
+            node: s.node.clone(),
+            path: s.path.clone(),
             ok: r.is_ok(),
             missing: r.missing.iter().map(|d| d.to_hex()).collect(),
             damaged: r.damaged.iter().map(|d| d.to_hex()).collect(),

@@ -4,6 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use backmesh_api::local::{Archives, Backup, BackupResult, Exported, Restored, Verified};
 use backmesh_simulations::binary;
 
 fn node(data: &Path, args: &[&str]) -> Output {
@@ -21,7 +22,7 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn json(o: &Output) -> serde_json::Value {
+fn json<T: serde::de::DeserializeOwned>(o: &Output) -> T {
     assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
 }
@@ -37,21 +38,20 @@ fn backup_list_restore_export_verify_through_the_cli() {
     let data = t.path().join("data");
     let s = src.to_str().unwrap();
 
-    let first = json(&node(&data, &["--json", "backup", s]));
-    assert_eq!(first["result"], "finished");
-    assert_eq!(first["files"], 2);
-    let id = first["archive"].as_str().unwrap().to_string();
-    let again = json(&node(&data, &["--json", "backup", s]));
-    assert_eq!(again["result"], "unchanged");
-    assert_eq!(again["archive"], id.as_str());
+    let first: Backup = json(&node(&data, &["--json", "backup", s]));
+    assert_eq!((first.result, first.files), (BackupResult::Finished, Some(2)), "{first:?}");
+    let id = first.archive;
+    let again: Backup = json(&node(&data, &["--json", "backup", s]));
+    assert_eq!((again.result, again.archive.as_str()), (BackupResult::Unchanged, id.as_str()));
 
-    let list = json(&node(&data, &["--json", "archives"]));
-    assert_eq!(list["archives"].as_array().unwrap().len(), 1);
-    assert_eq!(list["archives"][0]["id"], id.as_str());
-    assert!(list["archives"][0]["created"].as_str().unwrap().ends_with('Z'));
+    let list: Archives = json(&node(&data, &["--json", "archives"]));
+    assert_eq!(list.archives.len(), 1);
+    assert_eq!(list.archives[0].id, id);
+    assert!(list.archives[0].created.ends_with('Z'));
 
     let out = t.path().join("restored");
-    json(&node(&data, &["--json", "restore", s, "--to", out.to_str().unwrap()]));
+    let restored: Restored = json(&node(&data, &["--json", "restore", s, "--to", out.to_str().unwrap()]));
+    assert_eq!((restored.archive.as_str(), restored.to.as_path()), (id.as_str(), out.as_path()));
     assert_eq!(fs::read(out.join("conf/app.toml")).unwrap(), b"port = 80\n");
     assert_eq!(fs::read_link(out.join("current")).unwrap(), Path::new("conf/app.toml"));
 
@@ -67,15 +67,16 @@ fn backup_list_restore_export_verify_through_the_cli() {
     assert_eq!(fs::read(out.join("local-note")).unwrap(), b"mine");
 
     let tgz = t.path().join("export.tgz");
-    let exported = json(&node(&data, &["--json", "export", s, "-o", tgz.to_str().unwrap()]));
+    let exported: Exported = json(&node(&data, &["--json", "export", s, "-o", tgz.to_str().unwrap()]));
     let gnu = t.path().join("gnu");
     fs::create_dir(&gnu).unwrap();
     assert!(Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(&gnu).status().unwrap().success());
     assert_eq!(fs::read(gnu.join("data.bin")).unwrap(), vec![7u8; 300_000]);
-    assert_eq!(exported["size"].as_u64().unwrap(), fs::metadata(&tgz).unwrap().len());
+    assert_eq!(exported.size, fs::metadata(&tgz).unwrap().len());
 
-    let verified = json(&node(&data, &["--json", "verify"]));
-    assert_eq!(verified["damaged"], 0);
+    let verified: Verified = json(&node(&data, &["--json", "verify"]));
+    assert_eq!(verified.damaged, 0);
+    assert!(verified.archives.iter().all(|a| a.ok) && verified.archives.len() == 1, "{verified:?}");
 }
 
 #[test]
@@ -121,18 +122,17 @@ fn backups_after_a_clock_that_ran_a_year_ahead_was_set_right_are_kept_and_restor
         }
         let out =
             cmd.arg("--data-dir").arg(&data).args(["--name", "n1", "--json", "backup", s, "--keep", "3"]).output();
-        let v = json(&out.expect("run backmesh-node"));
-        assert_eq!(v["result"], "finished", "{v}");
-        made.push(v["archive"].as_str().unwrap().to_string());
+        let v: Backup = json(&out.expect("run backmesh-node"));
+        assert_eq!(v.result, BackupResult::Finished, "{v:?}");
+        made.push(v.archive);
     }
-    let list = json(&node(&data, &["--json", "archives", s]));
-    let ids: Vec<&str> = list["archives"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let list: Archives = json(&node(&data, &["--json", "archives", s]));
+    let ids: Vec<&str> = list.archives.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, vec![made[4].as_str(), made[3].as_str(), made[2].as_str()], "the 3 newest by order, newest first");
-    let created: Vec<&str> =
-        list["archives"].as_array().unwrap().iter().map(|a| a["created"].as_str().unwrap()).collect();
+    let created: Vec<&str> = list.archives.iter().map(|a| a.created.as_str()).collect();
     assert!(created[0] < created[2], "the clock's own dates are kept as they were: {created:?}");
     let out = t.path().join("restored");
-    json(&node(&data, &["--json", "restore", s, "--to", out.to_str().unwrap()]));
+    let _: Restored = json(&node(&data, &["--json", "restore", s, "--to", out.to_str().unwrap()]));
     assert_eq!(fs::read_to_string(out.join("version.txt")).unwrap(), "v5\n");
 }
 

@@ -22,14 +22,8 @@ fn tokens(extra: &[&str]) -> Vec<String> {
 }
 
 fn states(mesh: &Mesh, i: usize) -> Vec<(String, String)> {
-    let out = mesh.cli(i, &["--json", "jobs"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|j| (j["path"].as_str().unwrap_or("").to_string(), j["state"].as_str().unwrap_or("").to_string()))
-        .collect()
+    let jobs = mesh.cli_json::<backmesh_api::Jobs>(i, &["jobs"]).unwrap_or_default();
+    jobs.jobs.into_iter().map(|j| (j.path, j.state.as_str().to_string())).collect()
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! A seed that once broke an invariant is played here under its own name
 //! (docs/reliability.md, "Found and fixed").
 
+use backmesh_api::cli::RunOutcome;
+use backmesh_api::{Backups, LogPage, Queued};
 use backmesh_simulations::binary;
 
 /// Plays `seed` through `backmesh-soak` (a process of its own: it makes
@@ -50,9 +52,8 @@ fn seed_1_a_backup_whose_finished_entry_died_with_its_node_is_listed_and_its_run
     assert!(mesh.wait_ready(a, Duration::from_secs(60)));
     let out = mesh.cli(a, &["--json", "run", "a", &path, "--no-wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let request = v["request"].as_str().unwrap_or_default().to_string();
-    assert!(!request.is_empty(), "{v}");
+    let request = serde_json::from_slice::<Queued>(&out.stdout).unwrap().request;
+    assert!(!request.is_empty());
     let made = wait_until(Duration::from_secs(20), || !manifests_on_disk(&mesh.nodes[a]).is_empty());
     assert!(made, "the backup did not finish:\n{}", mesh.nodes[a].log_text());
     let archive = manifests_on_disk(&mesh.nodes[a]).remove(0);
@@ -60,14 +61,10 @@ fn seed_1_a_backup_whose_finished_entry_died_with_its_node_is_listed_and_its_run
     mesh.restart(a);
     mesh.restart(b);
     assert!(mesh.wait_ready(a, Duration::from_secs(60)) && mesh.wait_ready(b, Duration::from_secs(60)));
-    let listed =
-        |i: usize| {
-            let out = mesh.cli(i, &["--json", "backups", "a", &path]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v["archives"].as_array().into_iter().flatten().any(|x| {
-                x["id"] == archive.as_str() && x["holders"].as_array().is_some_and(|h| h.iter().any(|n| n == "a"))
-            })
-        };
+    let listed = |i: usize| {
+        let b = mesh.cli_json::<Backups>(i, &["backups", "a", &path]).unwrap_or_default();
+        b.archives.iter().any(|x| x.id == archive && x.holders.iter().any(|n| n == "a"))
+    };
     assert!(
         wait_until(Duration::from_secs(90), || listed(a) && listed(b)),
         "archive {archive} is kept on a but not listed there:\n{}",
@@ -76,14 +73,12 @@ fn seed_1_a_backup_whose_finished_entry_died_with_its_node_is_listed_and_its_run
     // The run was not forgotten with the entry (seed 1 too: the queue
     // forgets a run only once its outcome is on disk): it ran again after
     // the restart, and its request has an outcome.
-    let ended =
-        wait_until(Duration::from_secs(30), || {
-            let out = mesh.cli(a, &["--json", "log", "--limit", "200"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v["entries"].as_array().into_iter().flatten().any(|e| {
-                e["request"] == request.as_str() && matches!(e["kind"].as_str(), Some("finished" | "unchanged"))
-            })
-        });
+    let ended = wait_until(Duration::from_secs(30), || {
+        let page = mesh.cli_json::<LogPage>(a, &["log", "--limit", "200"]).unwrap_or_default();
+        page.entries
+            .iter()
+            .any(|e| e.event.request() == Some(request.as_str()) && matches!(e.event.kind(), "finished" | "unchanged"))
+    });
     assert!(ended, "run request {request} never ended:\n{}", mesh.nodes[a].log_text());
 }
 
@@ -164,14 +159,8 @@ fn seed_16_a_restore_on_a_node_that_just_started_waits_for_a_holder() {
     assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
     // Wait for the copy: n1 and one holder keep it.
     let holders = |mesh: &Mesh| -> Vec<String> {
-        let out = mesh.cli(0, &["--json", "backups", "n1", &s]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["archives"][0]["holders"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|h| h.as_str().map(String::from))
-            .collect()
+        let b = mesh.cli_json::<Backups>(0, &["backups", "n1", &s]).unwrap_or_default();
+        b.archives.into_iter().next().map(|a| a.holders).unwrap_or_default()
     };
     assert!(wait_until(T, || holders(&mesh).len() == 2), "{:?}", holders(&mesh));
     // The node that keeps no copy, restarted unable to reach the holders
@@ -223,10 +212,9 @@ fn seed_30_a_restore_on_a_node_just_restarted_waits_until_it_has_caught_up() {
     // n2 down; a new archive made meanwhile; n2 back and asked for it at once.
     mesh.kill9(1);
     write_slow_tree(&src, 4, 31);
-    let out = mesh.cli(0, &["--json", "run", "n1", &s, "--timeout", "60"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let id = v["archive"].as_str().unwrap_or_default().to_string();
-    assert!(!id.is_empty(), "{v}");
+    let v: RunOutcome = mesh.cli_json(0, &["run", "n1", &s, "--timeout", "60"]).unwrap_or_else(|e| panic!("{e}"));
+    let id = v.archive.clone().unwrap_or_default();
+    assert!(!id.is_empty(), "{v:?}");
     mesh.restart(1);
     assert!(mesh.wait_ready(1, T));
     let to = mesh.root.path().join("back");
