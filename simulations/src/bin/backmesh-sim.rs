@@ -574,24 +574,16 @@ fn soak(a: &Args) {
     // Every entry n1 wrote, the oldest included, read from another node after n1 is gone.
     let max_seq = {
         // n1's newest seq, from its own log.
-        let out = mesh.cli(0, &["--json", "log", "--limit", "1000000"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let all = v["entries"].as_array().cloned().unwrap_or_default();
+        let all = mesh.cli_json::<backmesh_api::LogPage>(0, &["log", "--limit", "1000000"]).unwrap_or_default().entries;
         println!("the whole log, read from n1: {} entries", all.len());
-        all.iter().filter(|e| e["origin_name"] == "n1").filter_map(|e| e["seq"].as_u64()).max().unwrap_or(0)
+        all.iter().filter(|e| e.origin_name == "n1").map(|e| e.seq).max().unwrap_or(0)
     };
     mesh.kill9(0);
     let t = Instant::now();
     let ok = wait_until(Duration::from_secs(60), || {
-        let out = mesh.cli(1, &["--json", "log", "--limit", "1000000"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let seqs: std::collections::BTreeSet<u64> = v["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["origin_name"] == "n1")
-            .filter_map(|e| e["seq"].as_u64())
-            .collect();
+        let page = mesh.cli_json::<backmesh_api::LogPage>(1, &["log", "--limit", "1000000"]).unwrap_or_default();
+        let seqs: std::collections::BTreeSet<u64> =
+            page.entries.iter().filter(|e| e.origin_name == "n1").map(|e| e.seq).collect();
         // Every entry n1 had written when asked, the oldest included (it may
         // have written a few more before it was killed).
         let complete = (1..=max_seq).all(|s| seqs.contains(&s));
