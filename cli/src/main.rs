@@ -834,9 +834,8 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
         out!();
         for e in &v.executions {
             let what = match &e.event {
-                Event::Finished { archive, .. } | Event::Unchanged { archive, .. } => archive.as_str(),
                 Event::Failed { error, .. } => error.as_str(),
-                _ => "",
+                other => other.archive().unwrap_or(""),
             };
             out!("{}  {:<12} {}", e.time, e.event.kind(), what);
         }
