@@ -111,7 +111,7 @@ impl NotifyActor {
                     log.do_send(Record(Event::Notified {
                         node: key.0.clone(),
                         path: key.1.clone(),
-                        event,
+                        event: event.as_str().to_string(),
                         by: me,
                         delivered: result.is_ok(),
                         error: result.err().map(|e| e.to_string()),

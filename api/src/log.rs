@@ -268,7 +268,7 @@ pub enum Event {
         request: Option<String>,
     },
     /// A kind this version does not know (written by a newer node): its
-    /// kind and what every kind carries.
+    /// kind, what every kind carries, and the rest of its fields as they came.
     #[serde(untagged)]
     Other {
         kind: String,
@@ -276,6 +276,8 @@ pub enum Event {
         node: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
+        #[serde(flatten)]
+        fields: BTreeMap<String, serde_json::Value>,
     },
 }
 
@@ -435,7 +437,11 @@ mod tests {
             "hlc":{"wall_ms":1,"logical":0,"node":"o"},
             "kind":"uploaded","node":"n3","path":"/srv","bucket":"s3://b"}"#;
         let e: LogEntry = serde_json::from_str(text).unwrap();
-        assert_eq!(e.event, Event::Other { kind: "uploaded".into(), node: "n3".into(), path: Some("/srv".into()) });
+        let fields = BTreeMap::from([("bucket".to_string(), serde_json::json!("s3://b"))]);
+        assert_eq!(
+            e.event,
+            Event::Other { kind: "uploaded".into(), node: "n3".into(), path: Some("/srv".into()), fields }
+        );
         assert_eq!(e.event.kind(), "uploaded");
         let again: LogEntry = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
         assert_eq!(again, e);
@@ -448,6 +454,10 @@ mod tests {
         // The untagged variant takes it: the reader sees a `finished` it
         // cannot read, never a success with made-up sizes.
         let e: LogEntry = serde_json::from_str(text).unwrap();
-        assert_eq!(e.event, Event::Other { kind: "finished".into(), node: "n3".into(), path: Some("/srv".into()) });
+        let fields = BTreeMap::new();
+        assert_eq!(
+            e.event,
+            Event::Other { kind: "finished".into(), node: "n3".into(), path: Some("/srv".into()), fields }
+        );
     }
 }

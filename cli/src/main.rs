@@ -184,8 +184,10 @@ enum Command {
 }
 
 /// Writes a line on stdout. When the reader has gone (`backmesh jobs |
-/// head -1`), the client has nothing more to say to anyone: it exits 0
-/// quietly instead of panicking.
+/// head -1`), the client has nothing more to say to anyone: it exits
+/// quietly instead of panicking — 0, or 1 when what it was printing is a
+/// failure (a damaged verify, a failed run), so `set -o pipefail` still
+/// sees it.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -195,9 +197,16 @@ macro_rules! out {
     }};
 }
 
+/// Set once the command knows it ends in failure (its exit code is 1).
+static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn failing() {
+    FAILING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+        std::process::exit(i32::from(FAILING.load(std::sync::atomic::Ordering::Relaxed)));
     }
     eprintln!("backmesh: cannot write the output: {e}");
     std::process::exit(1)
@@ -261,6 +270,23 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, Failure> {
+        let text = self.call_text(method, path, body)?;
+        self.parse(&text)
+    }
+
+    /// A 2xx answer read as a `T`.
+    fn parse<T: DeserializeOwned>(&self, text: &str) -> Result<T, Failure> {
+        serde_json::from_str(text).map_err(|e| {
+            Failure::Refused(format!("the node at {} sent an answer this client does not understand: {e}", self.base))
+        })
+    }
+
+    /// The body of a 2xx answer, as the node sent it.
+    fn get_text(&self, path: &str) -> Result<String, Failure> {
+        self.call_text("GET", path, None)
+    }
+
+    fn call_text(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<String, Failure> {
         let url = format!("{}{}{path}", self.base, backmesh_api::PREFIX);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let sent = match (method, body) {
@@ -298,12 +324,7 @@ impl Client {
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_to_string().map_err(|e| Failure::Unreachable(format!("{}: {e}", self.base)))?;
         if (200..300).contains(&status) {
-            return serde_json::from_str(&body).map_err(|e| {
-                Failure::Refused(format!(
-                    "the node at {} sent an answer this client does not understand: {e}",
-                    self.base
-                ))
-            });
+            return Ok(body);
         }
         let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
         Err(Failure::Refused(format!("the node refused ({status}): {msg}")))
@@ -315,11 +336,12 @@ fn short(peer: &str) -> String {
 }
 
 fn status(client: &Client, json: bool) -> Result<(), Failure> {
-    let s: Status = client.get("/status")?;
+    let body = client.get_text("/status")?;
     if json {
-        print_json(&s);
+        print_raw(&body);
         return Ok(());
     }
+    let s: Status = client.parse(&body)?;
     out!("{:<20} {:<10} {:<22} {:<5} {:>10}  SITE", "NODE", "PEER", "ADDRESS", "STATE", "FREE");
     for n in &s.nodes {
         let name = if n.this_node { format!("{} *", n.name) } else { n.name.clone() };
@@ -368,15 +390,31 @@ fn enc(s: &str) -> String {
 }
 
 fn print_json(v: &impl Serialize) {
-    out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match serde_json::to_string_pretty(v) {
+        Ok(text) => out!("{text}"),
+        Err(e) => {
+            eprintln!("backmesh: cannot write the answer as JSON: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Prints a node's answer as it came (pretty), fields this client does not
+/// know included.
+fn print_raw(body: &str) {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => print_json(&v),
+        Err(_) => out!("{body}"),
+    }
 }
 
 fn jobs(client: &Client, json: bool) -> Result<(), Failure> {
-    let v: backmesh_api::Jobs = client.get("/jobs")?;
+    let body = client.get_text("/jobs")?;
     if json {
-        print_json(&v);
+        print_raw(&body);
         return Ok(());
     }
+    let v: backmesh_api::Jobs = client.parse(&body)?;
     if v.jobs.is_empty() {
         out!("no backup jobs registered");
         return Ok(());
@@ -466,7 +504,9 @@ fn details(event: &Event) -> String {
     words.join(" ")
 }
 
-fn write<T: DeserializeOwned + Serialize>(
+/// A change (register, unregister, pause, resume): with `--json`, the
+/// node's answer (`Recorded`) as it came.
+fn write(
     client: &Client,
     json: bool,
     method: &str,
@@ -474,9 +514,9 @@ fn write<T: DeserializeOwned + Serialize>(
     body: Option<serde_json::Value>,
     done: &str,
 ) -> Result<(), Failure> {
-    let v: T = client.call(method, path, body)?;
+    let answer = client.call_text(method, path, body)?;
     if json {
-        print_json(&v);
+        print_raw(&answer);
     } else {
         out!("{done}");
     }
@@ -519,11 +559,12 @@ fn clear_line(tty: bool) {
 }
 
 fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeout: u64) -> Result<bool, Failure> {
-    let queued: backmesh_api::Queued =
-        client.post("/run", &backmesh_api::JobKey { node: node.into(), path: path.into() })?;
+    let key = backmesh_api::JobKey { node: node.into(), path: path.into() };
+    let answer = client.call_text("POST", "/run", serde_json::to_value(&key).ok())?;
+    let queued: backmesh_api::Queued = client.parse(&answer)?;
     if no_wait {
         if json {
-            print_json(&queued);
+            print_raw(&answer);
         } else {
             out!("queued: {path} on {node} (request {})", queued.request);
         }
@@ -599,6 +640,7 @@ fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeo
             outcome = RunOutcome { result: RunResult::Unchanged, archive: Some(archive), duration_ms, ..outcome };
         }
         Event::Failed { error, duration_ms, .. } => {
+            failing();
             if !json {
                 out!("failed: {path} on {node}: {error}");
             }
@@ -648,6 +690,9 @@ fn restore(
         return Err(Failure::Refused("the restore was answered by an entry of another kind".into()));
     };
     let ok = error.is_none();
+    if !ok {
+        failing();
+    }
     if json {
         print_json(&RestoreOutcome {
             result: if ok { RestoreResult::Restored } else { RestoreResult::Failed },
@@ -775,6 +820,9 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
         return Err(Failure::Refused(format!("not every holder answered within {timeout}s; see `backmesh log`")));
     };
     let ok = entries.iter().all(|e| matches!(e.event, Event::Verified { ok: true, .. })) && problems.is_empty();
+    if !ok {
+        failing();
+    }
     if json {
         print_json(&VerifyOutcome { ok, verified: entries, problems });
         return Ok(ok);
@@ -805,11 +853,12 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
 }
 
 fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Result<(), Failure> {
-    let v: backmesh_api::Backups = client.get(&format!("/backups?node={}&path={}&all={all}", enc(node), enc(path)))?;
+    let body = client.get_text(&format!("/backups?node={}&path={}&all={all}", enc(node), enc(path)))?;
     if json {
-        print_json(&v);
+        print_raw(&body);
         return Ok(());
     }
+    let v: backmesh_api::Backups = client.parse(&body)?;
     if v.archives.is_empty() {
         out!("no archives of {path} on {node} yet");
     } else {
@@ -834,7 +883,8 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
         out!();
         for e in &v.executions {
             let what = match &e.event {
-                Event::Failed { error, .. } => error.as_str(),
+                Event::Failed { error, .. } | Event::VerifyFailed { error, .. } => error.as_str(),
+                Event::Restored { error: Some(error), .. } | Event::Notified { error: Some(error), .. } => error,
                 other => other.archive().unwrap_or(""),
             };
             out!("{}  {:<12} {}", e.time, e.event.kind(), what);
@@ -890,7 +940,7 @@ fn main() -> ExitCode {
                     notify_cmd: notify_cmd.clone(),
                 },
             };
-            write::<backmesh_api::Recorded>(
+            write(
                 &c,
                 json,
                 "POST",
@@ -902,7 +952,7 @@ fn main() -> ExitCode {
                 ),
             )
         }
-        Command::Unregister { node, path } => write::<backmesh_api::Recorded>(
+        Command::Unregister { node, path } => write(
             &c,
             json,
             "DELETE",
@@ -910,7 +960,7 @@ fn main() -> ExitCode {
             None,
             &format!("unregistered: {path} on {node} (its archives stay until retention removes them)"),
         ),
-        Command::Pause { node } => write::<backmesh_api::Recorded>(
+        Command::Pause { node } => write(
             &c,
             json,
             "POST",
@@ -918,7 +968,7 @@ fn main() -> ExitCode {
             None,
             &format!("paused: scheduled backups of {node}"),
         ),
-        Command::Resume { node } => write::<backmesh_api::Recorded>(
+        Command::Resume { node } => write(
             &c,
             json,
             "POST",

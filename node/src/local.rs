@@ -33,8 +33,9 @@ fn warnings(w: &[backmesh_actors::archive::Warning]) -> Vec<out::FileWarning> {
         .collect()
 }
 
-fn print_json(v: &impl Serialize) {
-    println!("{}", serde_json::to_string(v).unwrap_or_default());
+fn print_json(v: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(v).context("cannot write the answer as JSON")?);
+    Ok(())
 }
 
 pub struct Ctx {
@@ -148,7 +149,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
                     pruned: Vec::new(),
                     error: None,
                     duration_ms: report.duration_ms,
-                });
+                })?;
             } else {
                 println!("unchanged: {} ({how}; latest archive {archive_id}) in {secs:.2}s", path.display());
             }
@@ -168,7 +169,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
                     pruned: retention.removed.clone(),
                     error: None,
                     duration_ms: report.duration_ms,
-                });
+                })?;
             } else {
                 println!(
                     "finished: {} → archive {}\n  {} files, {} dirs, {} of content → {} .tgz in {} members ({} new) in {secs:.2}s",
@@ -252,7 +253,7 @@ pub fn archives(ctx: &Ctx, a: ArchivesArgs) -> Result<ExitCode> {
         });
     }
     if ctx.json {
-        print_json(&out::Archives { archives: list.iter().map(summary_json).collect() });
+        print_json(&out::Archives { archives: list.iter().map(summary_json).collect() })?;
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
@@ -317,7 +318,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
             entries: report.entries,
             bytes: report.bytes,
             warnings: report.warnings.clone(),
-        });
+        })?;
     } else {
         println!(
             "restored archive {} into {}: {} entries, {} in {:.2}s",
@@ -384,7 +385,7 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
             file: a.output.clone(),
             size: len,
             sha256: m.tgz_sha256.to_hex(),
-        });
+        })?;
     } else {
         println!("wrote {} ({}, sha256 {})", a.output.display(), mib(len), m.tgz_sha256);
     }
@@ -435,7 +436,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<ExitCode> {
         });
     }
     if ctx.json {
-        print_json(&out::Verified { archives: results, damaged: bad });
+        print_json(&out::Verified { archives: results, damaged: bad })?;
     }
     if bad > 0 {
         eprintln!("backmesh-node: {bad} archive(s) damaged");

@@ -111,9 +111,21 @@ pub fn event(e: &Event) -> api::Event {
         Event::Restored { node, path, archive, on, to, files, bytes, duration_ms, error, request } => {
             V::Restored { node, path, archive, on, to, files, bytes, duration_ms, error, request }
         }
-        Event::Notified { node, path, event, by, delivered, error } => {
-            V::Notified { node, path, event, by, delivered, error }
-        }
+        Event::Notified { node, path, event, by, delivered, error } => match api::Notice::parse(&event) {
+            Some(event) => V::Notified { node, path, event, by, delivered, error },
+            // A newer node's word: shown as it came.
+            None => V::Other {
+                kind: "notified".into(),
+                node,
+                path: Some(path),
+                fields: std::collections::BTreeMap::from([
+                    ("event".to_string(), serde_json::Value::String(event)),
+                    ("by".to_string(), serde_json::Value::String(by)),
+                    ("delivered".to_string(), serde_json::Value::Bool(delivered)),
+                    ("error".to_string(), error.map_or(serde_json::Value::Null, serde_json::Value::String)),
+                ]),
+            },
+        },
         Event::Verified { node, path, holder, archives, members, damaged, repaired, ok, request } => {
             V::Verified { node, path, holder, archives, members, damaged, repaired, ok, request }
         }
@@ -122,7 +134,16 @@ pub fn event(e: &Event) -> api::Event {
             V::VerifyFailed { node, path, holder, error, request }
         }
         Event::Other(o) => {
-            V::Other { kind: o.kind.clone(), node: e.node().to_string(), path: e.path().map(str::to_string) }
+            // Every field as the newer node wrote it, but those named above.
+            let mut fields = std::collections::BTreeMap::new();
+            if let Some(serde_json::Value::Object(all)) = o.value().and_then(|v| serde_json::to_value(&v).ok()) {
+                for (k, val) in all {
+                    if !matches!(k.as_str(), "kind" | "node" | "path") {
+                        fields.insert(k, val);
+                    }
+                }
+            }
+            V::Other { kind: o.kind.clone(), node: e.node().to_string(), path: e.path().map(str::to_string), fields }
         }
     }
 }

@@ -330,7 +330,14 @@ pub fn run_with<T: Send + 'static>(
     on_stdout: impl FnOnce(std::process::ChildStdout) -> Result<T, JobError> + Send + 'static,
 ) -> Result<Finished<T>, JobError> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().map_err(|e| JobError::Program(format!("cannot start {what}: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        let words = format!("cannot start {what}: {e}");
+        match e.kind() {
+            // Not there or not runnable: the same next time, until someone installs it.
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => JobError::Refused(words),
+            _ => JobError::Program(words),
+        }
+    })?;
     let pgid = child.id() as i32;
     let kill = move || {
         // SAFETY: kill(2) on the process group this function created.

@@ -168,6 +168,17 @@ pub fn check_path(path: &str) -> Result<(), JobError> {
     }
 }
 
+/// A backup that failed, as a job's error: refused when it will fail the
+/// same way until the job or its path changes.
+fn failed_backup(e: &RunError) -> JobError {
+    let words = error_chain(e);
+    match e {
+        RunError::Archive(a) if a.is_temporary() => JobError::Io(words),
+        RunError::Archive(_) | RunError::RelativePath { .. } | RunError::NonUtf8Path { .. } => JobError::Refused(words),
+        RunError::Store(_) => JobError::Io(words),
+    }
+}
+
 /// An error and its causes in one line, each said once.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -236,7 +247,7 @@ fn source_backup(
     let timeout = spec.timeout();
     let source = spec.source_name();
     if spec.source() == plugin::Source::Dir {
-        return run_backup(store, node, Path::new(path), opts, keep).map_err(|e| JobError::Io(error_chain(&e)));
+        return run_backup(store, node, Path::new(path), opts, keep).map_err(|e| failed_backup(&e));
     }
     let staging = store.root().join("staging");
     let out = tempfile::Builder::new()
@@ -255,5 +266,5 @@ fn source_backup(
         plugin::run_command_source(&spec.args, node, path, &out.path().join(name), timeout)?;
     }
     plugin::zero_mtimes(out.path()).map_err(|e| JobError::Io(format!("cannot prepare the output of {source}: {e}")))?;
-    run_backup_as(store, node, path, out.path(), opts, keep).map_err(|e| JobError::Io(error_chain(&e)))
+    run_backup_as(store, node, path, out.path(), opts, keep).map_err(|e| failed_backup(&e))
 }

@@ -2,7 +2,6 @@
 //! (origin, seq). Serialised with the kind as a tag and the event's fields
 //! beside it, so JSON reads `{"origin", "seq", "time", "kind", …fields}`.
 
-use backmesh_api::Notice;
 use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
@@ -178,7 +177,9 @@ pub enum Event {
     Notified {
         node: String,
         path: String,
-        event: Notice,
+        /// `failure`, `stale` or `recovery` ([`Notice`]); a word this
+        /// version does not know (a newer node's) is kept as it came.
+        event: String,
         by: String,
         delivered: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,6 +241,11 @@ impl OtherEvent {
         let mut cbor = Vec::new();
         ciborium::into_writer(v, &mut cbor)?;
         Ok(OtherEvent { kind, node: text("node").unwrap_or_default(), path: text("path"), cbor })
+    }
+
+    /// Every field as it came.
+    pub fn value(&self) -> Option<ciborium::Value> {
+        ciborium::from_reader(&self.cbor[..]).ok()
     }
 }
 

@@ -955,7 +955,7 @@ fn series_part(e: &Entry) -> Series {
             holder(&mut s, archive, h, true)
         }
         Event::Pruned { archive, holder: h, .. } => holder(&mut s, archive, h, false),
-        Event::Notified { event, .. } => s.notified = Some(Lww::new(e.time.clone(), event.as_str().to_string())),
+        Event::Notified { event, .. } => s.notified = Some(Lww::new(e.time.clone(), event.clone())),
         _ => {}
     }
     if e.event.request().is_some() {
@@ -1619,7 +1619,7 @@ mod tests {
                 _ => Event::Notified {
                     node,
                     path,
-                    event: [Notice::Failure, Notice::Stale, Notice::Recovery][rng.below(3) as usize],
+                    event: ["failure", "stale", "recovery"][rng.below(3) as usize].into(),
                     by: "n1".into(),
                     delivered: true,
                     error: None,
@@ -1855,9 +1855,14 @@ mod tests {
                 4 => Event::Replicated { node: other, path, archive, holder: me, bytes: 1 },
                 5 => Event::Pruned { node: other, path, archive, holder: me },
                 6 => Event::Started { node: me, path, request },
-                _ => {
-                    Event::Notified { node: other, path, event: Notice::Failure, by: me, delivered: true, error: None }
-                }
+                _ => Event::Notified {
+                    node: other,
+                    path,
+                    event: Notice::Failure.as_str().into(),
+                    by: me,
+                    delivered: true,
+                    error: None,
+                },
             };
             let mut e = Entry::new(k.id(o), k.names[o].into(), seqs[o], clocks[o].tick(1_000 + i as i64 * 10), event);
             seal_entry(&mut e, &k.keys[o]);

@@ -39,7 +39,8 @@ pub enum ReadError {
 impl Transient for ReadError {
     fn retry(&self) -> Retry {
         match self {
-            ReadError::Unknown { .. } | ReadError::Name(_) => Retry::Never,
+            // An unknown archive may be one the log has not caught up with yet.
+            ReadError::Name(_) => Retry::Never,
             _ => Retry::Later,
         }
     }
