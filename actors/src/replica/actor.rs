@@ -193,6 +193,31 @@ impl crate::error::Transient for BadTarget {
     }
 }
 
+/// Why a restore this node started did not complete (said in its
+/// `restored` entry).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreFailed {
+    #[error("the node is stopping: {0}")]
+    Stopping(String),
+    #[error(transparent)]
+    Read(#[from] crate::replica::source::ReadError),
+    /// The archive was found but could not be restored (a damaged member
+    /// with no good copy, the target, the disk).
+    #[error("{0}")]
+    Restore(String),
+    #[error("the restore crashed: {0}")]
+    Crashed(String),
+}
+
+impl crate::error::Transient for RestoreFailed {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            RestoreFailed::Read(e) => e.retry(),
+            _ => crate::error::Retry::Later,
+        }
+    }
+}
+
 /// Why this holder refuses what a peer sent: the words go back to it.
 #[derive(Debug)]
 struct Refusal(String);
@@ -983,7 +1008,7 @@ impl Handler<RestoreHere> for ReplicaActor {
             let duration_ms = started.elapsed().as_millis() as u64;
             let (archive, files, bytes, error) = match result {
                 Ok((archive, report)) => (archive, report.entries, report.bytes, None),
-                Err((archive, e)) => (archive, 0, 0, Some(e)),
+                Err((archive, e)) => (archive, 0, 0, Some(e.to_string())),
             };
             match &error {
                 None => tracing::info!("restored {} of {} into {}", msg.path, msg.node, msg.to),
@@ -1014,12 +1039,13 @@ async fn restore(
     log: &Addr<LogActor>,
     membership: &Addr<MembershipActor>,
     msg: &RestoreHere,
-) -> Result<(String, crate::archive::RestoreReport), (String, String)> {
+) -> Result<(String, crate::archive::RestoreReport), (String, RestoreFailed)> {
     let catalog = log
         .send(GetCatalog { node: msg.node.clone(), path: msg.path.clone() })
         .await
-        .map_err(|e| (String::new(), e.to_string()))?;
-    let mut peers = membership.send(GetPeers).await.map_err(|e| (String::new(), e.to_string()))?.1;
+        .map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?;
+    let mut peers =
+        membership.send(GetPeers).await.map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?.1;
     // A node that has just started (or lost its peers a moment ago) may
     // not see a holder up yet: wait a little for one before saying none is.
     let mut waited = 0;
@@ -1032,12 +1058,13 @@ async fn restore(
         while waited < HOLDER_WAIT_MS && !peers.iter().any(|p| p.up && a.holders.contains(&p.name)) {
             tokio::time::sleep(Duration::from_millis(500)).await;
             waited += 500;
-            peers = membership.send(GetPeers).await.map_err(|e| (String::new(), e.to_string()))?.1;
+            peers =
+                membership.send(GetPeers).await.map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?.1;
         }
     }
     let (m, place) = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref())
         .await
-        .map_err(|e| (msg.archive.clone().unwrap_or_default(), e.to_string()))?;
+        .map_err(|e| (msg.archive.clone().unwrap_or_default(), RestoreFailed::Read(e)))?;
     let id = m.id.clone();
     let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
     let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
@@ -1076,8 +1103,8 @@ async fn restore(
     .await;
     match done {
         Ok(Ok(report)) => Ok((id, report)),
-        Ok(Err(e)) => Err((id, e.to_string())),
-        Err(e) => Err((id, format!("the restore crashed: {e}"))),
+        Ok(Err(e)) => Err((id, RestoreFailed::Restore(e.to_string()))),
+        Err(e) => Err((id, RestoreFailed::Crashed(e.to_string()))),
     }
 }
 
