@@ -344,6 +344,16 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             say(attack, format!("{ok} of 12 dials answered"));
         }
         "request-flood" => {
+            // Requests go round-robin over the connections to a peer, and a
+            // node takes at most 48 streams per connection at once: over one
+            // connection a flood never reaches the bound of 64 requests in
+            // flight (its excess fails at the stream limit instead). Hold
+            // more than one first (the holder keeps up to 4 of a peer's).
+            if let Some(addr) = rogue.addrs.get(&holder).and_then(|a| a.parse::<SocketAddr>().ok()) {
+                for _ in 0..3 {
+                    let _ = rogue.net.dial(addr).await;
+                }
+            }
             let list = || XferRequest::list(&victim, &path).expect("a valid name and path");
             let asks = (0..400).map(|_| rogue.net.xfer(holder_peer, list()));
             let answers = futures::future::join_all(asks).await;
