@@ -222,21 +222,27 @@ impl Mesh {
     /// Runs `backmesh --json ARGS` on node `i` and reads its answer as a `T`;
     /// `Err` says what the client printed when it failed or answered otherwise.
     pub fn cli_json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> Result<T, String> {
-        let out = self.cli(i, &[&["--json"][..], args].concat());
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() {
-            return Err(format!("backmesh {args:?} exited with {}: {stderr}{stdout}", out.status));
-        }
-        serde_json::from_str(&stdout)
-            .map_err(|e| format!("backmesh {args:?} printed what is not its answer ({e}): {stdout}"))
+        self.json_answer(i, args, true)
     }
 
     /// Runs `backmesh --json ARGS` on node `i` and reads what it printed as
     /// a `T`, whatever its exit code (a failed run prints its outcome and
     /// exits 1); `Err` when it printed something else.
     pub fn cli_answer<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> Result<T, String> {
+        self.json_answer(i, args, false)
+    }
+
+    fn json_answer<T: serde::de::DeserializeOwned>(
+        &self,
+        i: usize,
+        args: &[&str],
+        must_succeed: bool,
+    ) -> Result<T, String> {
         let out = self.cli(i, &[&["--json"][..], args].concat());
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if must_succeed && !out.status.success() {
+            return Err(format!("backmesh {args:?} exited with {}: {stderr}{stdout}", out.status));
+        }
         serde_json::from_str(&stdout)
             .map_err(|e| format!("backmesh {args:?} ({}) printed no answer ({e}): {stderr}{stdout}", out.status))
     }
