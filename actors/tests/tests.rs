@@ -301,6 +301,33 @@ fn non_empty_targets_need_overwrite_and_are_replaced_whole() {
 }
 
 #[test]
+fn an_archive_whose_tree_digest_is_over_its_members_restores_exactly_and_a_wrong_one_restores_nothing() {
+    use backmesh_actors::archive::manifest::{members_tree_digest, TreeRule};
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 2);
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let mut txn = store.begin().unwrap();
+    let mut m = archive::create(&src, &opts(), &mut txn).unwrap().into_manifest("n", "/src", 5, None, vec![]);
+    m.tree_rule = TreeRule::Members;
+    m.tree_digest = members_tree_digest(&m.members);
+    txn.commit(&m).unwrap();
+    // Stored and read back under its rule (format 3), restored exactly.
+    let back = store.manifest("n", "/src", Some(&m.id)).unwrap();
+    assert_eq!(back.tree_rule, TreeRule::Members);
+    let out = t.path().join("out");
+    archive::restore_archive(&back, &store, &out, &RestoreOptions::default()).unwrap();
+    assert_same_tree(&src, &out);
+    // A tree digest that is not the members' restores nothing.
+    let mut wrong = back.clone();
+    wrong.tree_digest = backmesh_actors::hash::Digest::of(b"another tree");
+    let target = t.path().join("out2");
+    let err = archive::restore_archive(&wrong, &store, &target, &RestoreOptions::default()).unwrap_err();
+    assert!(matches!(err, RestoreError::TreeDigest), "{err}");
+    assert!(!target.exists());
+}
+
+#[test]
 fn a_damaged_member_fails_the_restore_and_verify_names_it() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");

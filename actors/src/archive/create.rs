@@ -186,6 +186,7 @@ impl Created {
             warnings: self.warnings,
             excludes,
             seal: None,
+            tree_rule: super::manifest::TreeRule::RawStream,
         }
     }
 }
