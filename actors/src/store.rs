@@ -5,6 +5,8 @@
 //! DATA_DIR/manifests/<key>/<id>.bmm one file per archive (the source of truth)
 //! DATA_DIR/staging/                 work in progress; emptied on open
 //! DATA_DIR/db/                      sled: catalog index and stat cache (rebuildable)
+//! DATA_DIR/records/<key>             what the series' last backup read, for the next
+//!                                    one to reuse (a cache: see archive::reuse)
 //! ```
 //!
 //! Write order makes every crash safe: members are written to staging,
@@ -32,6 +34,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::archive::manifest::{Manifest, ManifestError, MemberRef};
 use crate::archive::restore::sync_fs;
+use crate::archive::reuse::{Previous, RecordsHeader};
 use crate::archive::{MemberSink, MemberSource, StatSnapshot};
 use crate::hash::Digest;
 pub use kv::{KvStore, MemKv, SledKv};
@@ -468,6 +471,43 @@ impl Store {
         Ok(data)
     }
 
+    /// The reuse records the last backup of (node, path) left, if they
+    /// were made under `header` (see [`crate::archive::reuse`]).
+    pub fn previous_records(&self, node: &str, path: &str, header: &RecordsHeader) -> Option<Previous> {
+        Previous::open(&self.records_path(node, path), header)
+    }
+
+    fn records_path(&self, node: &str, path: &str) -> PathBuf {
+        self.root.join("records").join(hex::encode(series_key(node, path)))
+    }
+
+    /// A file for a backup's reuse records, kept by [`Store::keep_records`].
+    pub fn new_records(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        let staging = self.root.join("staging");
+        tempfile::Builder::new().prefix("records-").tempfile_in(&staging).map_err(|e| StoreError::io(&staging, e))
+    }
+
+    /// Makes `records` the reuse records of (node, path), replacing the
+    /// last ones. Not synced: a torn file only makes the next backup read
+    /// more (every record carries its own CRC).
+    pub fn keep_records(&self, node: &str, path: &str, records: tempfile::NamedTempFile) -> Result<(), StoreError> {
+        let to = self.records_path(node, path);
+        let dir = self.root.join("records");
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        records.persist(&to).map_err(|e| StoreError::io(&to, e.error))?;
+        Ok(())
+    }
+
+    /// Forgets the reuse records of (node, path): the next backup reads everything.
+    pub fn drop_records(&self, node: &str, path: &str) {
+        let _ = fs::remove_file(self.records_path(node, path));
+    }
+
+    /// Members held for one backup: none is freed until it is dropped.
+    pub fn holds(&self) -> Holds<'_> {
+        Holds { store: self, held: Mutex::default() }
+    }
+
     /// Starts writing an archive's members.
     pub fn begin(&self) -> Result<PutTxn<'_>, StoreError> {
         let dir = tempfile::Builder::new()
@@ -705,8 +745,9 @@ impl Store {
     }
 
     /// Writes the archive as one `.tgz` to `out`, checking every member and
-    /// the whole file's sha256.
-    pub fn export_tgz(&self, m: &Manifest, out: &mut dyn Write) -> Result<u64, StoreError> {
+    /// (where the manifest records it) the whole file's sha256. Returns the
+    /// length and sha256 of what was written.
+    pub fn export_tgz(&self, m: &Manifest, out: &mut dyn Write) -> Result<(u64, Digest), StoreError> {
         let mut hasher = Sha256::new();
         let mut len = 0u64;
         for member in &m.members {
@@ -716,10 +757,10 @@ impl Store {
             len += data.len() as u64;
         }
         let actual = Digest::from_hasher(hasher);
-        if actual != m.tgz_sha256 {
-            return Err(StoreError::TgzMismatch { id: m.id.clone(), expected: m.tgz_sha256, actual });
+        match m.tgz_digest() {
+            Some(expected) if expected != actual => Err(StoreError::TgzMismatch { id: m.id.clone(), expected, actual }),
+            _ => Ok((len, actual)),
         }
-        Ok(len)
     }
 
     /// Re-hashes every member of `m`.
@@ -799,6 +840,27 @@ impl MemberSource for Store {
     }
 }
 
+/// Members a backup takes unread from earlier archives, kept from
+/// retention and garbage collection until it is dropped.
+pub struct Holds<'a> {
+    store: &'a Store,
+    held: Mutex<Vec<Digest>>,
+}
+
+impl Holds<'_> {
+    /// Holds `d`; whether the store has it.
+    pub fn hold(&self, d: &Digest) -> bool {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).push(*d);
+        self.store.pin(d)
+    }
+}
+
+impl Drop for Holds<'_> {
+    fn drop(&mut self) {
+        self.store.unpin(&self.held.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
 /// The members of one archive being written. Dropped without
 /// [`PutTxn::commit`], it leaves nothing behind.
 pub struct PutTxn<'a> {
@@ -875,6 +937,13 @@ impl PutTxn<'_> {
 }
 
 impl MemberSink for PutTxn<'_> {
+    fn reused(&mut self, member: &MemberRef) -> io::Result<()> {
+        // Held by the producer (`Holds`); checked again at commit.
+        if self.staged.contains(&member.sha256) || self.store.has_member(&member.sha256) {
+            return Ok(());
+        }
+        Err(io::Error::other(format!("member {} is no longer in the store", member.sha256)))
+    }
     fn member(&mut self, digest: &Digest, data: &[u8]) -> io::Result<()> {
         if self.staged.contains(digest) {
             return Ok(());

@@ -113,9 +113,12 @@ pub struct Manifest {
     pub order_ms: i64,
     pub members: Vec<MemberRef>,
     pub files: Vec<FileRecord>,
-    /// SHA-256 of the uncompressed tar stream: equal digests, equal trees.
+    /// Equal digests, equal trees: over the uncompressed tar stream, or
+    /// over the members ([`TreeRule`]).
     pub tree_digest: Digest,
-    /// SHA-256 of the whole `.tgz` (the members concatenated).
+    /// SHA-256 of the whole `.tgz` (the members concatenated) under the
+    /// raw-stream rule; zero under the members rule, where it is not
+    /// known without reading every member: use [`Manifest::tgz_digest`].
     pub tgz_sha256: Digest,
     pub tgz_len: u64,
     pub raw_len: u64,
@@ -181,6 +184,13 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// The SHA-256 of the whole `.tgz`, where the manifest records it
+    /// (formats 1 and 2). Archives of formats 3 and 4 are checked member
+    /// by member, each against the digest the (sealed) manifest gives.
+    pub fn tgz_digest(&self) -> Option<Digest> {
+        (self.tree_rule == TreeRule::RawStream).then_some(self.tgz_sha256)
+    }
+
     /// The signed part: the manifest in CBOR, seal left out.
     fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.files.len() * 64 + self.members.len() * 48);
