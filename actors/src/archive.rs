@@ -5,6 +5,7 @@
 //! - [`walk`]: sorted depth-first walk with exclude globs.
 //! - [`tarfmt`]: the deterministic tar encoder (ustar + PAX).
 //! - [`cut`]: where the stream is cut into gzip members.
+//! - [`delta`]: a member as a delta against an earlier one, for the wire.
 //! - [`create`]: the parallel pipeline, [`create::MemberSink`], the stat snapshot.
 //! - [`manifest`]: the versioned CBOR description of an archive.
 //! - [`reuse`]: what a changed backup takes unread from the previous one.
@@ -12,6 +13,7 @@
 
 pub mod create;
 pub mod cut;
+pub mod delta;
 pub mod manifest;
 pub mod restore;
 pub mod reuse;

@@ -47,6 +47,16 @@ pub fn wire(data: &[u8]) {
     }
     if let Ok(v) = decode::<XferRequest>(data, MAX_CTL_REQUEST) {
         round_trip(&v, MAX_CTL_REQUEST);
+        // A delta is rebuilt against a member the holder has: any bytes
+        // must be refused or rebuilt, within the bound, never panic.
+        if let XferRequest::Put { deltas, .. } = &v {
+            let old: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+            for d in deltas {
+                if let Ok(raw) = crate::archive::delta::apply(&old, &d.ops, &d.literals, d.raw_len, 1 << 20) {
+                    assert_eq!(raw.len() as u64, d.raw_len);
+                }
+            }
+        }
     }
     if let Ok(v) = decode::<XferResponse>(data, MAX_XFER) {
         round_trip(&v, MAX_XFER);

@@ -103,6 +103,9 @@ pub fn parse_within(text: &str) -> Result<Duration, crate::error::BadSetting> {
 
 const ARCHIVES: &str = "archives";
 const STAT_CACHE: &str = "statcache";
+/// New member → (the earlier member it was made from much as, gzip level):
+/// what a push may send as a delta (see `archive::delta`).
+const BASES: &str = "bases";
 /// Node name → the peer id whose seal that node's manifests carry, and
 /// whose entries alone may speak for that node (`origin_bound`).
 pub(crate) const ORIGINS: &str = "origins";
@@ -503,6 +506,40 @@ impl Store {
         let _ = fs::remove_file(self.records_path(node, path));
     }
 
+    /// Remembers, for members a backup made again from much the same bytes
+    /// as an earlier member, which member that was and the gzip level.
+    pub fn set_bases(&self, bases: &[(Digest, Digest)], level: u32) -> Result<(), StoreError> {
+        for (new, base) in bases {
+            self.kv.put(BASES, &new.0, &cbor(&(base, level)))?;
+        }
+        Ok(())
+    }
+
+    /// The earlier member `d` was made from much as, and the gzip level
+    /// it was made at, if this node made it so and still holds that member.
+    pub fn base_of(&self, d: &Digest) -> Option<(Digest, u32)> {
+        let v = self.kv.get(BASES, &d.0).ok()??;
+        let (base, level): (Digest, u32) = from_cbor(&v).ok()?;
+        self.has_member(&base).then_some((base, level))
+    }
+
+    /// A member's raw (inflated) bytes, checked against its digest, at
+    /// most `limit` of them.
+    pub fn raw_member(&self, d: &Digest, limit: u64) -> Result<Vec<u8>, StoreError> {
+        use std::io::Read as _;
+        let data = self.read_member_checked(d)?;
+        let mut raw = Vec::new();
+        let damaged = |actual| StoreError::DamagedMember { digest: *d, actual };
+        flate2::read::MultiGzDecoder::new(&data[..])
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut raw)
+            .map_err(|_| damaged(Digest::default()))?;
+        if raw.len() as u64 > limit {
+            return Err(damaged(Digest::default()));
+        }
+        Ok(raw)
+    }
+
     /// Members held for one backup: none is freed until it is dropped.
     pub fn holds(&self) -> Holds<'_> {
         Holds { store: self, held: Mutex::default() }
@@ -738,6 +775,7 @@ impl Store {
                 if fs::remove_file(f.path()).is_ok() {
                     count += 1;
                     bytes += len;
+                    let _ = self.kv.delete(BASES, &d.0);
                 }
             }
         }

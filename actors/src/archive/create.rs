@@ -184,6 +184,9 @@ pub struct Created {
     pub reused_raw: u64,
     /// Whether this run's records were written whole.
     pub recorded: bool,
+    /// Members made again from much the same bytes as an earlier member:
+    /// (new, earlier), for deltas on the wire (see [`super::delta`]).
+    pub bases: Vec<(Digest, Digest)>,
 }
 
 impl Created {
@@ -365,7 +368,9 @@ enum Tag {
 }
 
 enum Job {
-    Segment { seq: u64, raw: Vec<u8>, tag: Tag },
+    /// Raw bytes to compress; `base` an earlier member of much the same
+    /// bytes, for a delta on the wire.
+    Segment { seq: u64, raw: Vec<u8>, tag: Tag, base: Option<Digest> },
     Reuse { seq: u64, member: MemberRef, tag: Tag },
     Mark(u64),
     Rewind(u64),
@@ -374,7 +379,7 @@ enum Job {
 }
 
 enum Done {
-    Member { seq: u64, raw_len: u64, data: Vec<u8>, digest: Digest, tag: Tag },
+    Member { seq: u64, raw_len: u64, data: Vec<u8>, digest: Digest, tag: Tag, base: Option<Digest> },
     Reused { seq: u64, member: MemberRef, tag: Tag },
     Mark(u64),
     Rewind(u64),
@@ -398,6 +403,8 @@ struct SinkState {
     reused_raw: u64,
     /// The chunks of the large file being streamed.
     chunks: Vec<Chunk>,
+    /// New members made from much the same bytes as an earlier one: (new, earlier).
+    bases: Vec<(Digest, Digest)>,
 }
 
 /// Archives the directory `root` into `sink`.
@@ -453,6 +460,7 @@ pub fn create_reusing(
             group_print: EntryPrint::default(),
             group_first: None,
             group_clean: true,
+            group_base: None,
             raw_len: 0,
             files: Vec::new(),
             stats: ArchiveStats::default(),
@@ -490,6 +498,7 @@ pub fn create_reusing(
             reused_members: state.reused_members,
             reused_raw: state.reused_raw,
             recorded,
+            bases: state.bases,
         })
     })
 }
@@ -502,10 +511,10 @@ fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32)
         };
         let done = match job {
             Err(_) => return,
-            Ok(Job::Segment { seq, raw, tag }) => {
+            Ok(Job::Segment { seq, raw, tag, base }) => {
                 let data = gzip_member(&raw, level);
                 let digest = Digest::of(&data);
-                Done::Member { seq, raw_len: raw.len() as u64, data, digest, tag }
+                Done::Member { seq, raw_len: raw.len() as u64, data, digest, tag, base }
             }
             Ok(Job::Reuse { seq, member, tag }) => Done::Reused { seq, member, tag },
             Ok(Job::Mark(seq)) => Done::Mark(seq),
@@ -541,8 +550,11 @@ fn sink_loop(
         while let Some(done) = pending.remove(&next) {
             next += 1;
             let (member, tag) = match done {
-                Done::Member { raw_len, data, digest, tag, .. } => {
+                Done::Member { raw_len, data, digest, tag, base, .. } => {
                     sink.member(&digest, &data)?;
+                    if let Some(base) = base.filter(|b| *b != digest) {
+                        state.bases.push((digest, base));
+                    }
                     if let Some(p) = &progress {
                         p.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
@@ -626,6 +638,8 @@ struct Producer<'a> {
     group_first: Option<Vec<u8>>,
     /// Every entry of it may be recorded (none changed while or just before read).
     group_clean: bool,
+    /// The previous run's member for the group being built, if it had one.
+    group_base: Option<Digest>,
     raw_len: u64,
     files: Vec<FileRecord>,
     stats: ArchiveStats,
@@ -654,7 +668,7 @@ impl Producer<'_> {
             }
         }
         self.resolve()?;
-        self.send_segment(trailer(), Tag::Plain)?;
+        self.send_segment(trailer(), Tag::Plain, None)?;
         Ok(std::mem::take(&mut walker.warnings))
     }
 
@@ -721,40 +735,50 @@ impl Producer<'_> {
         }
         let group = std::mem::take(&mut self.pending);
         self.pending_len = 0;
-        if let Some(member) = self.reusable(&group) {
-            let mut entries = EntryPrint::default();
-            for p in &group {
-                entries.add(&p.header, &p.item.meta);
-            }
-            let first = group[0].meta.path.clone();
-            for p in group {
-                if p.meta.kind == Kind::File {
-                    self.stats.files += 1;
-                    self.stats.content_bytes += p.meta.size;
-                    if p.item.meta.nlink() > 1 {
-                        self.hardlinks.insert((p.item.meta.dev(), p.item.meta.ino()), p.meta.path.clone());
-                    }
-                } else {
-                    self.count(p.meta.kind);
+        let member = match self.reusable(&group) {
+            Found::Reuse(member) => member,
+            Found::Base(base) => {
+                self.group_base = base;
+                for p in group {
+                    self.entry(p)?;
                 }
-                self.record(&p.meta);
+                let flushed = self.flush_group();
+                self.group_base = None;
+                return flushed;
             }
-            self.raw_len += member.raw_len;
-            return self.send_reuse(member, Tag::Group { first, entries: entries.finish() });
+        };
+        let mut entries = EntryPrint::default();
+        for p in &group {
+            entries.add(&p.header, &p.item.meta);
         }
+        let first = group[0].meta.path.clone();
         for p in group {
-            self.entry(p)?;
+            if p.meta.kind == Kind::File {
+                self.stats.files += 1;
+                self.stats.content_bytes += p.meta.size;
+                if p.item.meta.nlink() > 1 {
+                    self.hardlinks.insert((p.item.meta.dev(), p.item.meta.ino()), p.meta.path.clone());
+                }
+            } else {
+                self.count(p.meta.kind);
+            }
+            self.record(&p.meta);
         }
-        self.flush_group()
+        self.raw_len += member.raw_len;
+        self.send_reuse(member, Tag::Group { first, entries: entries.finish() })
     }
 
     /// The previous archive's member for this planned group, held in the
-    /// store, if every entry looks as recorded.
-    fn reusable(&mut self, group: &[Planned]) -> Option<MemberRef> {
-        let previous = self.previous.as_mut()?;
-        let Some(Record::Group { entries, member, .. }) = previous.find(&group[0].meta.path) else {
-            return None;
+    /// store, if every entry looks as recorded; else the member it had
+    /// there, if any.
+    fn reusable(&mut self, group: &[Planned]) -> Found {
+        let Some(previous) = self.previous.as_mut() else {
+            return Found::Base(None);
         };
+        let Some(Record::Group { entries, member, .. }) = previous.find(&group[0].meta.path) else {
+            return Found::Base(None);
+        };
+        let base = Found::Base(Some(member.sha256));
         let mut print = EntryPrint::default();
         for (i, p) in group.iter().enumerate() {
             // A hard link's target must be in the archive before it.
@@ -762,12 +786,16 @@ impl Producer<'_> {
                 let key = (p.item.meta.dev(), p.item.meta.ino());
                 let earlier = group[..i].iter().any(|q| q.meta.kind == Kind::File && Some(&q.meta.path) == p.meta.link.as_ref());
                 if !earlier && self.hardlinks.get(&key) != p.meta.link.as_ref() {
-                    return None;
+                    return base;
                 }
             }
             print.add(&p.header, &p.item.meta);
         }
-        (print.finish() == entries && (self.hold)(&member.sha256)).then_some(member)
+        if print.finish() == entries && (self.hold)(&member.sha256) {
+            Found::Reuse(member)
+        } else {
+            base
+        }
     }
 
     fn count(&mut self, kind: Kind) {
@@ -812,7 +840,7 @@ impl Producer<'_> {
                 self.add_small(em, &header, &data, &meta, clean)?;
                 true
             }
-            SmallRead::TooLarge => self.add_large(&item, &HashMap::new())?,
+            SmallRead::TooLarge => self.add_large(&item, &Known::default())?,
             SmallRead::Skipped => false,
         };
         if stored && item.meta.nlink() > 1 {
@@ -827,7 +855,7 @@ impl Producer<'_> {
     fn large(&mut self, item: &Item) -> Result<bool, ArchiveError> {
         let record = self.previous.as_mut().and_then(|p| p.find(&item.rel));
         let Some(Record::Large { entry, chunks, .. }) = record else {
-            return self.add_large(item, &HashMap::new());
+            return self.add_large(item, &Known::default());
         };
         let meta = entry_meta(&item.rel, &item.meta, Kind::File, None);
         let mut header = Vec::with_capacity(BLOCK);
@@ -847,14 +875,17 @@ impl Producer<'_> {
             self.record(&meta);
             return Ok(true);
         }
-        let known = chunks.into_iter().map(|c| (c.raw, c.member)).collect();
+        let known = Known {
+            by_raw: chunks.iter().map(|c| (c.raw, c.member.clone())).collect(),
+            in_order: chunks.into_iter().map(|c| c.member.sha256).collect(),
+        };
         self.add_large(item, &known)
     }
 
-    fn send_segment(&mut self, raw: Vec<u8>, tag: Tag) -> Result<(), ArchiveError> {
+    fn send_segment(&mut self, raw: Vec<u8>, tag: Tag, base: Option<Digest>) -> Result<(), ArchiveError> {
         self.permit_rx.recv().map_err(|_| CLOSED)?;
         self.raw_len += raw.len() as u64;
-        self.job_tx.send(Job::Segment { seq: self.seq, raw, tag }).map_err(|_| CLOSED)?;
+        self.job_tx.send(Job::Segment { seq: self.seq, raw, tag, base }).map_err(|_| CLOSED)?;
         self.seq += 1;
         Ok(())
     }
@@ -879,7 +910,8 @@ impl Producer<'_> {
         let entries = std::mem::take(&mut self.group_print).finish();
         let first = self.group_first.take().unwrap_or_default();
         let clean = std::mem::replace(&mut self.group_clean, true);
-        self.send_segment(g, if clean { Tag::Group { first, entries } } else { Tag::Plain })
+        let base = self.group_base;
+        self.send_segment(g, if clean { Tag::Group { first, entries } } else { Tag::Plain }, base)
     }
 
     fn record(&mut self, meta: &EntryMeta) {
@@ -979,7 +1011,7 @@ impl Producer<'_> {
     /// Streams a large file through the content-defined chunker; a chunk
     /// whose raw bytes are `known` is taken unread. Returns whether it was
     /// stored.
-    fn add_large(&mut self, item: &Item, known: &HashMap<Digest, MemberRef>) -> Result<bool, ArchiveError> {
+    fn add_large(&mut self, item: &Item, known: &Known) -> Result<bool, ArchiveError> {
         self.flush_group()?;
         let mut attempt = 0;
         loop {
@@ -1008,7 +1040,7 @@ impl Producer<'_> {
                 }
             };
             let meta = entry_meta(&item.rel, &before, Kind::File, None);
-            let mut stream = ChunkStream { chunker: Chunker::new(self.cutter.target), current: Vec::new() };
+            let mut stream = ChunkStream { chunker: Chunker::new(self.cutter.target), current: Vec::new(), sent: 0 };
             let mut header = Vec::new();
             write_header(&meta, &mut header);
             self.feed(&mut stream, &header, known)?;
@@ -1049,7 +1081,7 @@ impl Producer<'_> {
             self.feed(&mut stream, &pad, known)?;
             if !stream.current.is_empty() {
                 let last = std::mem::take(&mut stream.current);
-                self.send_chunk(last, known)?;
+                self.send_chunk(last, known, stream.sent)?;
             }
             let after = f.metadata().unwrap_or_else(|_| before.clone());
             let settled = trouble.is_none() && same_stat(&before, &after);
@@ -1084,14 +1116,15 @@ impl Producer<'_> {
         &mut self,
         stream: &mut ChunkStream,
         mut data: &[u8],
-        known: &HashMap<Digest, MemberRef>,
+        known: &Known,
     ) -> Result<(), ArchiveError> {
         while !data.is_empty() {
             match stream.chunker.next_cut(data) {
                 Some(n) => {
                     stream.current.extend_from_slice(&data[..n]);
                     let chunk = std::mem::take(&mut stream.current);
-                    self.send_chunk(chunk, known)?;
+                    self.send_chunk(chunk, known, stream.sent)?;
+                    stream.sent += 1;
                     data = &data[n..];
                 }
                 None => {
@@ -1105,22 +1138,41 @@ impl Producer<'_> {
 }
 
 impl Producer<'_> {
-    /// One chunk of a large file: taken unread if `known` (and held), else compressed.
-    fn send_chunk(&mut self, raw: Vec<u8>, known: &HashMap<Digest, MemberRef>) -> Result<(), ArchiveError> {
+    /// Chunk number `n` of a large file: taken unread if `known` (and
+    /// held), else compressed, with the previous version's chunk `n` as
+    /// its base.
+    fn send_chunk(&mut self, raw: Vec<u8>, known: &Known, n: usize) -> Result<(), ArchiveError> {
         let digest = Digest::of(&raw);
-        if let Some(member) = known.get(&digest) {
+        if let Some(member) = known.by_raw.get(&digest) {
             if member.raw_len == raw.len() as u64 && (self.hold)(&member.sha256) {
                 self.raw_len += member.raw_len;
                 return self.send_reuse(member.clone(), Tag::Chunk { raw: digest });
             }
         }
-        self.send_segment(raw, Tag::Chunk { raw: digest })
+        self.send_segment(raw, Tag::Chunk { raw: digest }, known.in_order.get(n).copied())
     }
 }
 
 struct ChunkStream {
     chunker: Chunker,
     current: Vec<u8>,
+    /// Chunks sent so far.
+    sent: usize,
+}
+
+/// The chunks of a large file's previous version.
+#[derive(Default)]
+struct Known {
+    by_raw: HashMap<Digest, MemberRef>,
+    in_order: Vec<Digest>,
+}
+
+/// What the previous run had for a planned group.
+enum Found {
+    /// The same entries, unchanged: its member.
+    Reuse(MemberRef),
+    /// Not the same: the member it had there, if any.
+    Base(Option<Digest>),
 }
 
 fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {

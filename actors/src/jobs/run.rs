@@ -121,9 +121,10 @@ pub fn run_backup_as(
         }),
         hold: &hold,
     };
-    let created = archive::create_reusing(path, opts, reuse, &mut txn)?;
+    let mut created = archive::create_reusing(path, opts, reuse, &mut txn)?;
     let (snapshot, recorded) = (created.snapshot, created.recorded);
     let reused = (created.reused_members, created.reused_raw);
+    let bases = std::mem::take(&mut created.bases);
     if let Some(last) = &last {
         if same_tree(store, last, &created)? {
             drop(txn);
@@ -152,6 +153,10 @@ pub fn run_backup_as(
         .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;
     txn.commit(&manifest)?;
     drop(holds);
+    // Only what pushes may send as deltas: losing it costs bytes, not data.
+    if let Err(e) = store.set_bases(&bases, opts.level) {
+        tracing::warn!("cannot remember the delta bases of {key}: {e}");
+    }
     keep_records(store, node, key, records, recorded);
     remember(store, node, key, opts, snapshot, &manifest.id, manifest.tree_digest)?;
     let retention = store.retain(node, key, keep)?;

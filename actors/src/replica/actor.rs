@@ -42,7 +42,9 @@ use crate::log::entry::Event;
 use crate::net::actor::{free_bytes, GetPeers, MembershipActor};
 use crate::net::membership::PeerView;
 use crate::net::swarm::{NetClient, ServeCtl, ServeXfer};
-use crate::net::wire::{ArchiveId, CtlRequest, CtlResponse, WireMember, XferRequest, XferResponse, MAX_XFER};
+use crate::net::wire::{
+    ArchiveId, CtlRequest, CtlResponse, WireDelta, WireMember, XferRequest, XferResponse, DELTA_RAW_BATCH, MAX_XFER,
+};
 use crate::store::{ArchiveSummary, Retention, Store};
 
 /// How replication behaves.
@@ -495,7 +497,7 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
     };
     let mut sent = 0u64;
     // A member the holder collected meanwhile is asked for again: a few rounds at most.
-    for _ in 0..3 {
+    for round in 0..3 {
         let want: HashSet<Digest> = missing.iter().copied().collect();
         let refs = manifest.members.iter().filter(|m| want.contains(&m.sha256));
         // A few batches in flight: reading, sending and the holder's writing overlap.
@@ -503,21 +505,26 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
             .map(|batch| async move {
                 // Unchecked here: the holder checks every member before it keeps it
                 // (and refuses a damaged one), so hashing twice would only cost CPU.
+                // The first round sends deltas where this node knows a base;
+                // what did not rebuild on the holder comes back whole.
                 let s = store.clone();
-                let members = tokio::task::spawn_blocking(move || {
-                    batch
-                        .iter()
-                        .map(|d| {
-                            s.read_member_unchecked(d).map(|b| (*d, b)).map_err(|e| PushFailed::from(e.to_string()))
-                        })
-                        .collect::<Result<Vec<_>, _>>()
+                let (members, deltas) = tokio::task::spawn_blocking(move || {
+                    let (mut members, mut deltas) = (Vec::new(), Vec::new());
+                    let mut raw_budget = DELTA_RAW_BATCH;
+                    for d in batch {
+                        let data = s.read_member_unchecked(&d).map_err(|e| PushFailed::from(e.to_string()))?;
+                        match (round == 0).then(|| delta_of(&s, &d, data.len(), &mut raw_budget)).flatten() {
+                            Some(delta) => deltas.push(delta),
+                            None => members.push(WireMember { digest: d, data: data.into() }),
+                        }
+                    }
+                    Ok::<_, PushFailed>((members, deltas))
                 })
                 .await
                 .map_err(|e| PushFailed::from(e.to_string()))??;
-                let n = members.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-                let members =
-                    members.into_iter().map(|(digest, data)| WireMember { digest, data: data.into() }).collect();
-                match net.xfer(&push.peer, XferRequest::Put { members }).await? {
+                let n = members.iter().map(|m| m.data.len() as u64).sum::<u64>()
+                    + deltas.iter().map(|d| (d.ops.len() + d.literals.len()) as u64).sum::<u64>();
+                match net.xfer(&push.peer, XferRequest::Put { members, deltas }).await? {
                     XferResponse::Stored => Ok(n),
                     XferResponse::Refused { reason } => Err(PushFailed::from(reason)),
                     other => Err(PushFailed::from(format!("unexpected answer {other:?}"))),
@@ -537,6 +544,41 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
         }
     }
     Err(format!("{} still lacks {} member(s) of archive {id} after three rounds", push.name, missing.len()).into())
+}
+
+/// Member `d` (of `len` compressed bytes) as a delta against the member
+/// this node made it from much as, when that is a good deal smaller and
+/// `raw_budget` allows; `None`: send it whole.
+fn delta_of(store: &Store, d: &Digest, len: usize, raw_budget: &mut u64) -> Option<WireDelta> {
+    use crate::archive::manifest::MAX_MEMBER_BYTES;
+    let (base, level) = store.base_of(d)?;
+    let new = store.raw_member(d, MAX_MEMBER_BYTES).ok()?;
+    if new.len() as u64 > *raw_budget {
+        return None;
+    }
+    let old = store.raw_member(&base, MAX_MEMBER_BYTES).ok()?;
+    let (ops, literals) = crate::archive::delta::make(&old, &new);
+    if (ops.len() + literals.len()) * 10 > len * 9 {
+        return None;
+    }
+    *raw_budget -= new.len() as u64;
+    Some(WireDelta { digest: *d, base, level, raw_len: new.len() as u64, ops: ops.into(), literals: literals.into() })
+}
+
+/// Rebuilds the members sent as deltas whose base this node holds; those
+/// that do not come out as their digest are dropped (the commit asks for
+/// them again, whole).
+fn rebuild(store: &Store, deltas: &[WireDelta]) -> Vec<(Digest, Vec<u8>)> {
+    use crate::archive::manifest::MAX_MEMBER_BYTES;
+    deltas
+        .iter()
+        .filter_map(|d| {
+            let old = store.raw_member(&d.base, MAX_MEMBER_BYTES).ok()?;
+            let raw = crate::archive::delta::apply(&old, &d.ops, &d.literals, d.raw_len, MAX_MEMBER_BYTES).ok()?;
+            let data = crate::archive::create::gzip_member(&raw, d.level);
+            (Digest::of(&data) == d.digest).then_some((d.digest, data))
+        })
+        .collect()
 }
 
 /// Serves one transfer request from the store; the events to record after.
@@ -654,8 +696,14 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
                 Err(refusal) => (refusal, Vec::new()),
             }
         }
-        XferRequest::Put { members } => {
-            let list: Vec<(Digest, &[u8])> = members.iter().map(|m| (m.digest, &m.data[..])).collect();
+        XferRequest::Put { members, deltas } => {
+            let raw: u64 = deltas.iter().map(|d| d.raw_len).fold(0, u64::saturating_add);
+            if raw > DELTA_RAW_BATCH {
+                return refused(format!("{me}: deltas that rebuild {raw} bytes, over the {DELTA_RAW_BATCH}-byte bound"));
+            }
+            let rebuilt = rebuild(store, &deltas);
+            let mut list: Vec<(Digest, &[u8])> = members.iter().map(|m| (m.digest, &m.data[..])).collect();
+            list.extend(rebuilt.iter().map(|(d, data)| (*d, &data[..])));
             match store.put_members(&list) {
                 Ok(_) => (XferResponse::Stored, Vec::new()),
                 Err(e) => refused(format!("{me} cannot store the members: {e}")),
@@ -915,8 +963,9 @@ impl Handler<ServeXfer> for ReplicaActor {
     fn handle(&mut self, msg: ServeXfer, ctx: &mut Context<Self>) {
         let net = self.net.clone();
         let (peer, channel) = (msg.peer, msg.channel);
-        if let XferRequest::Put { members } = &msg.request {
-            let digests: Vec<Digest> = members.iter().map(|m| m.digest).collect();
+        if let XferRequest::Put { members, deltas } = &msg.request {
+            let digests: Vec<Digest> =
+                members.iter().map(|m| m.digest).chain(deltas.iter().map(|d| d.digest)).collect();
             if let Err(d) = self.wanted.take(&peer, &digests, crate::net::actor::now_ms()) {
                 let reason = format!("{} did not ask for member {d}: offer its archive first", self.me);
                 tracing::warn!("refused members from {peer}: {reason}");

@@ -458,7 +458,7 @@ async fn push(net: &NetClient, holder: &str, store: &Store, m: &Manifest) -> Str
         }
     }
     if !members.is_empty() {
-        match net.xfer(holder, XferRequest::Put { members }).await {
+        match net.xfer(holder, XferRequest::Put { members, deltas: Vec::new() }).await {
             Ok(XferResponse::Stored) => {}
             other => return format!("put: {other:?}"),
         }
