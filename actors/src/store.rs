@@ -446,6 +446,17 @@ impl Store {
         Ok(self.root.join("manifests").join(hex::encode(series_key(node, path))).join(format!("{id}.bmm")))
     }
 
+    /// The stored bytes of archive `id`'s manifest, as written.
+    pub fn manifest_bytes(&self, node: &str, path: &str, id: &str) -> Result<Vec<u8>, StoreError> {
+        let p = self.manifest_path(node, path, id)?;
+        fs::read(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                StoreError::NoSuchArchive { node: node.into(), path: path.into(), id: id.into() }
+            }
+            _ => StoreError::io(&p, e),
+        })
+    }
+
     pub fn has_member(&self, d: &Digest) -> bool {
         self.member_path(d).exists()
     }

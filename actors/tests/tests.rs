@@ -790,3 +790,43 @@ fn a_member_the_store_lost_or_a_damaged_record_file_is_made_again() {
     archive::restore_archive(&third, &store, &out, &RestoreOptions::default()).unwrap();
     assert_same_tree(&src, &out);
 }
+
+/// Where a changed run's bytes go: `BM_TREE=DIR BM_NEXT=SCRIPT cargo test -- --ignored delta_budget --nocapture`.
+#[test]
+#[ignore]
+fn delta_budget() {
+    let src = std::path::PathBuf::from(std::env::var("BM_TREE").unwrap());
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let o = CreateOptions::default();
+    let RunOutcome::Stored { manifest: first, .. } =
+        run_backup(&store, "n", &src, &o, Retention::keep(10)).unwrap().outcome
+    else {
+        panic!()
+    };
+    assert!(Command::new("sh").arg("-c").arg(std::env::var("BM_NEXT").unwrap()).status().unwrap().success());
+    let RunOutcome::Stored { manifest: second, .. } =
+        run_backup(&store, "n", &src, &o, Retention::keep(10)).unwrap().outcome
+    else {
+        panic!()
+    };
+    let old: std::collections::HashSet<_> = first.members.iter().map(|m| m.sha256).collect();
+    let (mut whole_nobase, mut n_nobase, mut delta, mut n_delta, mut whole_based) = (0u64, 0, 0u64, 0, 0u64);
+    for m in second.members.iter().filter(|m| !old.contains(&m.sha256)) {
+        match store.base_of(&m.sha256) {
+            None => {
+                whole_nobase += m.compressed_len;
+                n_nobase += 1;
+            }
+            Some((b, _)) => {
+                let new = store.raw_member(&m.sha256, 1 << 30).unwrap();
+                let oldr = store.raw_member(&b, 1 << 30).unwrap();
+                let (ops, lits) = backmesh_actors::archive::delta::make(&oldr, &new);
+                delta += (ops.len() + lits.len()) as u64;
+                n_delta += 1;
+                whole_based += m.compressed_len;
+            }
+        }
+    }
+    eprintln!("no base: {n_nobase} members {whole_nobase} B; with base: {n_delta} members {whole_based} B whole, {delta} B as deltas; manifest {} B", second.encode().len());
+}

@@ -382,12 +382,7 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
     tmp.as_file().sync_all()?;
     tmp.persist(&a.output).map_err(|e| e.error).with_context(|| format!("cannot write {}", a.output.display()))?;
     if ctx.json {
-        print_json(&out::Exported {
-            archive: m.id.clone(),
-            file: a.output.clone(),
-            size: len,
-            sha256: sha.to_hex(),
-        })?;
+        print_json(&out::Exported { archive: m.id.clone(), file: a.output.clone(), size: len, sha256: sha.to_hex() })?;
     } else {
         println!("wrote {} ({}, sha256 {sha})", a.output.display(), mib(len));
     }

@@ -370,12 +370,25 @@ enum Tag {
 enum Job {
     /// Raw bytes to compress; `base` an earlier member of much the same
     /// bytes, for a delta on the wire.
-    Segment { seq: u64, raw: Vec<u8>, tag: Tag, base: Option<Digest> },
-    Reuse { seq: u64, member: MemberRef, tag: Tag },
+    Segment {
+        seq: u64,
+        raw: Vec<u8>,
+        tag: Tag,
+        base: Option<Digest>,
+    },
+    Reuse {
+        seq: u64,
+        member: MemberRef,
+        tag: Tag,
+    },
     Mark(u64),
     Rewind(u64),
     /// A large file ends: record it with its chunks since the last mark.
-    LargeEnd { seq: u64, path: Vec<u8>, entry: Option<Digest> },
+    LargeEnd {
+        seq: u64,
+        path: Vec<u8>,
+        entry: Option<Digest>,
+    },
 }
 
 enum Done {
@@ -589,9 +602,10 @@ fn sink_loop(
             state.len += member.compressed_len;
             match tag {
                 Tag::Plain => {}
-                Tag::Group { first, entries } => {
-                    record(&mut recorder, Record::Group { first: ByteBuf::from(first), entries, member: member.clone() })
-                }
+                Tag::Group { first, entries } => record(
+                    &mut recorder,
+                    Record::Group { first: ByteBuf::from(first), entries, member: member.clone() },
+                ),
                 Tag::Chunk { raw } => state.chunks.push(Chunk { raw, member: member.clone() }),
             }
             state.members.push(member);
@@ -776,7 +790,7 @@ impl Producer<'_> {
             return Found::Base(None);
         };
         let Some(Record::Group { entries, member, .. }) = previous.find(&group[0].meta.path) else {
-            return Found::Base(None);
+            return Found::Base(previous.around());
         };
         let base = Found::Base(Some(member.sha256));
         let mut print = EntryPrint::default();
@@ -784,7 +798,8 @@ impl Producer<'_> {
             // A hard link's target must be in the archive before it.
             if p.meta.kind == Kind::HardLink {
                 let key = (p.item.meta.dev(), p.item.meta.ino());
-                let earlier = group[..i].iter().any(|q| q.meta.kind == Kind::File && Some(&q.meta.path) == p.meta.link.as_ref());
+                let earlier =
+                    group[..i].iter().any(|q| q.meta.kind == Kind::File && Some(&q.meta.path) == p.meta.link.as_ref());
                 if !earlier && self.hardlinks.get(&key) != p.meta.link.as_ref() {
                     return base;
                 }
@@ -1112,12 +1127,7 @@ impl Producer<'_> {
         }
     }
 
-    fn feed(
-        &mut self,
-        stream: &mut ChunkStream,
-        mut data: &[u8],
-        known: &Known,
-    ) -> Result<(), ArchiveError> {
+    fn feed(&mut self, stream: &mut ChunkStream, mut data: &[u8], known: &Known) -> Result<(), ArchiveError> {
         while !data.is_empty() {
             match stream.chunker.next_cut(data) {
                 Some(n) => {

@@ -97,9 +97,13 @@ pub fn apply(old: &[u8], ops: &[u8], literals: &[u8], raw_len: u64, limit: u64) 
         }
         if head & 1 == 1 {
             let first = usize::try_from(varint(ops, &mut at)?).map_err(|_| DeltaError::Malformed("block overflows"))?;
-            let end = first.checked_add(n).filter(|&e| e <= used.len()).ok_or(DeltaError::Malformed("copy past the old bytes"))?;
+            let end = first
+                .checked_add(n)
+                .filter(|&e| e <= used.len())
+                .ok_or(DeltaError::Malformed("copy past the old bytes"))?;
             used[first..end].iter_mut().for_each(|u| *u = true);
-            out_len = n.checked_mul(BLOCK).and_then(|b| out_len.checked_add(b)).ok_or(DeltaError::Malformed("too long"))?;
+            out_len =
+                n.checked_mul(BLOCK).and_then(|b| out_len.checked_add(b)).ok_or(DeltaError::Malformed("too long"))?;
             parsed.push((Some(first), n));
         } else {
             out_len = out_len.checked_add(n).ok_or(DeltaError::Malformed("too long"))?;
@@ -301,7 +305,8 @@ mod tests {
 
     #[test]
     fn a_changed_text_is_deflated_against_its_old_version() {
-        let text: Vec<u8> = (0..400).flat_map(|i| format!("msgid \"line {i}\"\nmsgstr \"ligne {i}\"\n").into_bytes()).collect();
+        let text: Vec<u8> =
+            (0..400).flat_map(|i| format!("msgid \"line {i}\"\nmsgstr \"ligne {i}\"\n").into_bytes()).collect();
         let mut new = text.clone();
         let at = text.len() / 3;
         new.splice(at..at, b"# a new comment\n".iter().copied());

@@ -140,6 +140,9 @@ pub struct Previous {
     reader: BufReader<File>,
     peeked: Option<Record>,
     ended: bool,
+    /// The member of the last group record found or passed over: the
+    /// one that held, last time, the paths just asked for.
+    around: Option<Digest>,
 }
 
 impl Previous {
@@ -148,7 +151,7 @@ impl Previous {
     pub fn open(path: &Path, header: &RecordsHeader) -> Option<Self> {
         let mut reader = BufReader::with_capacity(256 * 1024, File::open(path).ok()?);
         let found: RecordsHeader = ciborium::from_reader(&mut reader).ok()?;
-        (found == *header).then_some(Previous { reader, peeked: None, ended: false })
+        (found == *header).then_some(Previous { reader, peeked: None, ended: false, around: None })
     }
 
     fn read_record(&mut self) -> Option<Record> {
@@ -163,6 +166,12 @@ impl Previous {
         record
     }
 
+    /// The member of the group that, last time, held the paths of the last
+    /// [`Previous::find`] (found or not): the likeliest base for a delta.
+    pub fn around(&self) -> Option<Digest> {
+        self.around
+    }
+
     /// The record whose key is `key`, if the previous run made one. The
     /// records before it in walk order are passed over for good.
     pub fn find(&mut self, key: &[u8]) -> Option<Record> {
@@ -170,7 +179,15 @@ impl Previous {
             if self.peeked.is_none() {
                 self.peeked = self.read_record();
             }
-            match walk_cmp(self.peeked.as_ref()?.key(), key) {
+            let record = self.peeked.as_ref()?;
+            let order = walk_cmp(record.key(), key);
+            if order != Ordering::Greater {
+                self.around = match record {
+                    Record::Group { member, .. } => Some(member.sha256),
+                    Record::Large { .. } => None,
+                };
+            }
+            match order {
                 Ordering::Less => self.peeked = None,
                 Ordering::Equal => return self.peeked.take(),
                 Ordering::Greater => return None,
@@ -219,7 +236,11 @@ mod tests {
     }
 
     fn group(first: &str, n: u8) -> Record {
-        Record::Group { first: ByteBuf::from(first.as_bytes().to_vec()), entries: Digest::of(&[n, n]), member: member(n) }
+        Record::Group {
+            first: ByteBuf::from(first.as_bytes().to_vec()),
+            entries: Digest::of(&[n, n]),
+            member: member(n),
+        }
     }
 
     #[test]

@@ -116,9 +116,10 @@ pub fn run_backup_as(
     let records = store.new_records().ok();
     let reuse = Reuse {
         previous: store.previous_records(node, key, &header),
-        record: records.as_ref().and_then(|r| r.reopen().ok()).map(|f| {
-            Box::new(std::io::BufWriter::with_capacity(256 * 1024, f)) as Box<dyn std::io::Write + Send>
-        }),
+        record: records
+            .as_ref()
+            .and_then(|r| r.reopen().ok())
+            .map(|f| Box::new(std::io::BufWriter::with_capacity(256 * 1024, f)) as Box<dyn std::io::Write + Send>),
         hold: &hold,
     };
     let mut created = archive::create_reusing(path, opts, reuse, &mut txn)?;

@@ -43,7 +43,8 @@ use crate::net::actor::{free_bytes, GetPeers, MembershipActor};
 use crate::net::membership::PeerView;
 use crate::net::swarm::{NetClient, ServeCtl, ServeXfer};
 use crate::net::wire::{
-    ArchiveId, CtlRequest, CtlResponse, WireDelta, WireMember, XferRequest, XferResponse, DELTA_RAW_BATCH, MAX_XFER,
+    ArchiveId, CtlRequest, CtlResponse, ManifestBase, WireDelta, WireMember, XferRequest, XferResponse,
+    DELTA_RAW_BATCH, MAX_XFER,
 };
 use crate::store::{ArchiveSummary, Retention, Store};
 
@@ -488,14 +489,31 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
         .map_err(|e| e.to_string())?
     };
     let encoded = serde_bytes::ByteBuf::from(manifest.encode());
-    let mut missing = match net.xfer(&push.peer, XferRequest::Offer { manifest: encoded.clone() }).await? {
+    // The manifest goes as a delta against the series' archive before it
+    // where the holder keeps that one (it says when it does not).
+    let mut delta = {
+        let (s, e, m) = (store.clone(), encoded.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || manifest_delta(&s, &m, &e)).await.ok().flatten()
+    };
+    let mut sent = 0u64;
+    let offer = |delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>| match delta {
+        Some((literals, base)) => XferRequest::Offer { manifest: literals.clone(), against: Some(base.clone()) },
+        None => XferRequest::Offer { manifest: encoded.clone(), against: None },
+    };
+    let mut answer = net.xfer(&push.peer, offer(&delta)).await?;
+    if matches!(answer, XferResponse::WholeManifest) {
+        sent += wire_len(&delta, &encoded);
+        delta = None;
+        answer = net.xfer(&push.peer, offer(&delta)).await?;
+    }
+    sent += wire_len(&delta, &encoded);
+    let mut missing = match answer {
         XferResponse::Want { complete: true, .. } => return Ok(()),
         XferResponse::Want { missing, .. } => missing,
         XferResponse::Refused { reason } => return Err(reason.into()),
         XferResponse::OverQuota { reason } => return Err(PushFailed { reason, over_quota: true }),
         other => return Err(format!("unexpected answer {other:?}").into()),
     };
-    let mut sent = 0u64;
     // A member the holder collected meanwhile is asked for again: a few rounds at most.
     for round in 0..3 {
         let want: HashSet<Digest> = missing.iter().copied().collect();
@@ -507,35 +525,63 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
                 // (and refuses a damaged one), so hashing twice would only cost CPU.
                 // The first round sends deltas where this node knows a base;
                 // what did not rebuild on the holder comes back whole.
+                // Deltas past what one Put may rebuild go in another Put.
                 let s = store.clone();
-                let (members, deltas) = tokio::task::spawn_blocking(move || {
-                    let (mut members, mut deltas) = (Vec::new(), Vec::new());
-                    let mut raw_budget = DELTA_RAW_BATCH;
+                let puts = tokio::task::spawn_blocking(move || {
+                    let mut puts = vec![(Vec::new(), Vec::new(), 0u64)];
                     for d in batch {
                         let data = s.read_member_unchecked(&d).map_err(|e| PushFailed::from(e.to_string()))?;
-                        match (round == 0).then(|| delta_of(&s, &d, data.len(), &mut raw_budget)).flatten() {
-                            Some(delta) => deltas.push(delta),
+                        let delta = (round == 0).then(|| delta_of(&s, &d, data.len())).flatten();
+                        let Some((members, deltas, raw)) = puts.last_mut() else { unreachable!() };
+                        match delta {
+                            Some(delta) if *raw + delta.raw_len <= DELTA_RAW_BATCH => {
+                                *raw += delta.raw_len;
+                                deltas.push(delta);
+                            }
+                            Some(delta) => {
+                                let raw = delta.raw_len;
+                                puts.push((Vec::new(), vec![delta], raw));
+                            }
                             None => members.push(WireMember { digest: d, data: data.into() }),
                         }
                     }
-                    Ok::<_, PushFailed>((members, deltas))
+                    Ok::<_, PushFailed>(puts)
                 })
                 .await
                 .map_err(|e| PushFailed::from(e.to_string()))??;
-                let n = members.iter().map(|m| m.data.len() as u64).sum::<u64>()
-                    + deltas.iter().map(|d| (d.ops.len() + d.literals.len()) as u64).sum::<u64>();
-                match net.xfer(&push.peer, XferRequest::Put { members, deltas }).await? {
-                    XferResponse::Stored => Ok(n),
-                    XferResponse::Refused { reason } => Err(PushFailed::from(reason)),
-                    other => Err(PushFailed::from(format!("unexpected answer {other:?}"))),
+                let mut n = 0u64;
+                for (members, deltas, _) in puts {
+                    n += members.iter().map(|m| m.data.len() as u64).sum::<u64>()
+                        + deltas.iter().map(|d| (d.ops.len() + d.literals.len()) as u64).sum::<u64>();
+                    match net.xfer(&push.peer, XferRequest::Put { members, deltas }).await? {
+                        XferResponse::Stored => {}
+                        XferResponse::Refused { reason } => return Err(PushFailed::from(reason)),
+                        other => return Err(PushFailed::from(format!("unexpected answer {other:?}"))),
+                    }
                 }
+                Ok(n)
             })
             .buffer_unordered(PUTS_IN_FLIGHT);
         while let Some(done) = puts.next().await {
             sent += done?;
         }
-        let commit = XferRequest::Commit { manifest: encoded.clone(), sent, repair: push.repair };
-        match net.xfer(&push.peer, commit).await? {
+        let commit = |delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>, sent: u64| match delta {
+            Some((literals, base)) => XferRequest::Commit {
+                manifest: literals.clone(),
+                against: Some(base.clone()),
+                sent,
+                repair: push.repair,
+            },
+            None => XferRequest::Commit { manifest: encoded.clone(), against: None, sent, repair: push.repair },
+        };
+        sent += wire_len(&delta, &encoded);
+        let mut answer = net.xfer(&push.peer, commit(&delta, sent)).await?;
+        if matches!(answer, XferResponse::WholeManifest) {
+            delta = None;
+            sent += wire_len(&delta, &encoded);
+            answer = net.xfer(&push.peer, commit(&delta, sent)).await?;
+        }
+        match answer {
             XferResponse::Committed => return Ok(()),
             XferResponse::Want { missing: m, .. } => missing = m,
             XferResponse::Refused { reason } => return Err(reason.into()),
@@ -546,14 +592,60 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
     Err(format!("{} still lacks {} member(s) of archive {id} after three rounds", push.name, missing.len()).into())
 }
 
+/// Bytes a manifest takes on the wire, whole or as a delta.
+fn wire_len(delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>, whole: &[u8]) -> u64 {
+    match delta {
+        Some((literals, base)) => (literals.len() + base.ops.len()) as u64,
+        None => whole.len() as u64,
+    }
+}
+
+/// `encoded` (the manifest `m`) as a delta against the manifest of the
+/// series' archive before it, if this node keeps that one and the delta
+/// is well under half the manifest: (the literals, what they are against).
+fn manifest_delta(store: &Store, m: &Manifest, encoded: &[u8]) -> Option<(serde_bytes::ByteBuf, ManifestBase)> {
+    let list = store.list(&m.node, &m.path).ok()?;
+    let before = list.iter().find(|s| s.id != m.id && s.order() < m.order())?;
+    let old = store.manifest_bytes(&m.node, &m.path, &before.id).ok()?;
+    let (ops, literals) = crate::archive::delta::make(&old, encoded);
+    if (ops.len() + literals.len()) * 2 > encoded.len() {
+        return None;
+    }
+    let base = ManifestBase {
+        node: crate::net::wire::name(&m.node).ok()?,
+        path: crate::net::wire::series(&m.path).ok()?,
+        archive: crate::net::wire::archive(&before.id).ok()?,
+        raw_len: encoded.len() as u64,
+        sha256: Digest::of(encoded),
+        ops: ops.into(),
+    };
+    Some((literals.into(), base))
+}
+
+/// The manifest an `Offer` or `Commit` carries: as sent, or rebuilt from
+/// the manifest it is a delta against; `None` if this node does not keep
+/// that one or the delta does not rebuild the bytes it names.
+fn manifest_sent<'a>(
+    store: &Store,
+    manifest: &'a [u8],
+    against: Option<&ManifestBase>,
+) -> Option<std::borrow::Cow<'a, [u8]>> {
+    let Some(b) = against else {
+        return Some(std::borrow::Cow::Borrowed(manifest));
+    };
+    let old = store.manifest_bytes(&b.node, &b.path, &b.archive).ok()?;
+    let raw = crate::archive::delta::apply(&old, &b.ops, manifest, b.raw_len, MAX_XFER as u64).ok()?;
+    (Digest::of(&raw) == b.sha256).then_some(std::borrow::Cow::Owned(raw))
+}
+
 /// Member `d` (of `len` compressed bytes) as a delta against the member
 /// this node made it from much as, when that is a good deal smaller and
-/// `raw_budget` allows; `None`: send it whole.
-fn delta_of(store: &Store, d: &Digest, len: usize, raw_budget: &mut u64) -> Option<WireDelta> {
+/// one `Put` may rebuild it; `None`: send it whole.
+fn delta_of(store: &Store, d: &Digest, len: usize) -> Option<WireDelta> {
     use crate::archive::manifest::MAX_MEMBER_BYTES;
     let (base, level) = store.base_of(d)?;
     let new = store.raw_member(d, MAX_MEMBER_BYTES).ok()?;
-    if new.len() as u64 > *raw_budget {
+    if new.len() as u64 > DELTA_RAW_BATCH {
         return None;
     }
     let old = store.raw_member(&base, MAX_MEMBER_BYTES).ok()?;
@@ -561,7 +653,6 @@ fn delta_of(store: &Store, d: &Digest, len: usize, raw_budget: &mut u64) -> Opti
     if (ops.len() + literals.len()) * 10 > len * 9 {
         return None;
     }
-    *raw_budget -= new.len() as u64;
     Some(WireDelta { digest: *d, base, level, raw_len: new.len() as u64, ops: ops.into(), literals: literals.into() })
 }
 
@@ -682,7 +773,10 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
         Ok(m)
     };
     match request {
-        XferRequest::Offer { manifest } => {
+        XferRequest::Offer { manifest, against } => {
+            let Some(manifest) = manifest_sent(store, &manifest, against.as_ref()) else {
+                return (XferResponse::WholeManifest, Vec::new());
+            };
             let m = match sealed(&manifest) {
                 Ok(m) => m,
                 Err(Refusal(e)) => return refused(e),
@@ -699,7 +793,9 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
         XferRequest::Put { members, deltas } => {
             let raw: u64 = deltas.iter().map(|d| d.raw_len).fold(0, u64::saturating_add);
             if raw > DELTA_RAW_BATCH {
-                return refused(format!("{me}: deltas that rebuild {raw} bytes, over the {DELTA_RAW_BATCH}-byte bound"));
+                return refused(format!(
+                    "{me}: deltas that rebuild {raw} bytes, over the {DELTA_RAW_BATCH}-byte bound"
+                ));
             }
             let rebuilt = rebuild(store, &deltas);
             let mut list: Vec<(Digest, &[u8])> = members.iter().map(|m| (m.digest, &m.data[..])).collect();
@@ -709,7 +805,10 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
                 Err(e) => refused(format!("{me} cannot store the members: {e}")),
             }
         }
-        XferRequest::Commit { manifest, sent, repair } => {
+        XferRequest::Commit { manifest, against, sent, repair } => {
+            let Some(manifest) = manifest_sent(store, &manifest, against.as_ref()) else {
+                return (XferResponse::WholeManifest, Vec::new());
+            };
             let m = match sealed(&manifest) {
                 Ok(m) => m,
                 Err(Refusal(e)) => return refused(e),

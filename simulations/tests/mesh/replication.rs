@@ -495,7 +495,8 @@ fn damage_every_member(data_dir: &std::path::Path) -> usize {
 
 /// A few words, different for every `seed`: text that compresses as text does.
 fn words(seed: usize) -> String {
-    const W: &[&str] = &["the", "backup", "of", "mesh", "node", "holder", "archive", "restore", "is", "a", "file", "path"];
+    const W: &[&str] =
+        &["the", "backup", "of", "mesh", "node", "holder", "archive", "restore", "is", "a", "file", "path"];
     let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
     (0..8)
         .map(|_| {
@@ -523,14 +524,17 @@ fn a_changed_file_goes_to_its_holder_as_a_delta_and_the_copy_is_exact() {
     for i in 0..240 {
         let dir = src.join(format!("d{}", i % 6));
         std::fs::create_dir_all(&dir).unwrap();
-        let text: String = (0..60 + i % 90).map(|l| format!("msgid \"{}\"\nmsgstr \"{}\"\n", words(i * 1000 + l), words(i * 7 + l))).collect();
+        let text: String = (0..60 + i % 90)
+            .map(|l| format!("msgid \"{}\"\nmsgstr \"{}\"\n", words(i * 1000 + l), words(i * 7 + l)))
+            .collect();
         std::fs::write(dir.join(format!("f{i:03}.po")), text).unwrap();
     }
     // Nothing changed in the last 2 s, so the first backup records everything.
     std::thread::sleep(Duration::from_millis(2600));
     let s = src.to_string_lossy().into_owned();
     assert!(mesh.cli(0, &["register", "n1", &s, "--every", "3600"]).status.success());
-    let held = |mesh: &Mesh, n: usize| archives(mesh, 0, "n1", &s).iter().filter(|a| holders(a).len() == 2).count() == n;
+    let held =
+        |mesh: &Mesh, n: usize| archives(mesh, 0, "n1", &s).iter().filter(|a| holders(a).len() == 2).count() == n;
     assert!(wait_until(LONG, || held(&mesh, 1)), "{:?}", archives(&mesh, 0, "n1", &s));
     let before = segments(&mesh.nodes[0]);
 
