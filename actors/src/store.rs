@@ -831,14 +831,33 @@ impl Store {
 
     /// Makes the index agree with the manifest files on disk.
     pub fn reconcile(&self) -> Result<(), StoreError> {
-        let mut on_disk = HashMap::new();
+        // Index entries by (series directory, archive id): a manifest file
+        // already indexed is not read again (opening a store with many
+        // large manifests would otherwise decode them all).
+        let indexed: HashMap<(String, String), Vec<u8>> = self
+            .kv
+            .scan_prefix(ARCHIVES, &[])?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let id = std::str::from_utf8(k.get(24..)?).ok()?.to_string();
+                Some(((hex::encode(k.get(..16)?), id), k))
+            })
+            .collect();
+        let mut present: HashSet<Vec<u8>> = HashSet::new();
+        let mut found = Vec::new();
         let dir = self.root.join("manifests");
         for series in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))?.flatten() {
+            let series_hex = series.file_name().to_string_lossy().into_owned();
             for f in fs::read_dir(series.path()).map_err(|e| StoreError::io(&series.path(), e))?.flatten() {
                 let p = f.path();
                 if p.extension().and_then(|e| e.to_str()) != Some("bmm") {
                     // A temp file from an interrupted write.
                     let _ = fs::remove_file(&p);
+                    continue;
+                }
+                let id = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                if let Some(k) = indexed.get(&(series_hex.clone(), id)) {
+                    present.insert(k.clone());
                     continue;
                 }
                 let bytes = fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
@@ -848,20 +867,16 @@ impl Store {
                 let stored_ms = written
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_millis() as i64);
-                let s = ArchiveSummary { stored_ms, ..ArchiveSummary::of(&m) };
-                on_disk.insert(archive_key(&s), s);
+                found.push(ArchiveSummary { stored_ms, ..ArchiveSummary::of(&m) });
             }
         }
-        let indexed: HashSet<Vec<u8>> = self.kv.scan_prefix(ARCHIVES, &[])?.into_iter().map(|(k, _)| k).collect();
-        for k in &indexed {
-            if !on_disk.contains_key(k) {
+        for k in indexed.values() {
+            if !present.contains(k) {
                 self.kv.delete(ARCHIVES, k)?;
             }
         }
-        for (k, s) in &on_disk {
-            if !indexed.contains(k) {
-                self.kv.put(ARCHIVES, k, &cbor(s))?;
-            }
+        for s in &found {
+            self.kv.put(ARCHIVES, &archive_key(s), &cbor(s))?;
         }
         self.kv.flush()
     }
@@ -986,12 +1001,9 @@ impl PutTxn<'_> {
 }
 
 impl MemberSink for PutTxn<'_> {
-    fn reused(&mut self, member: &MemberRef) -> io::Result<()> {
-        // Held by the producer (`Holds`); checked again at commit.
-        if self.staged.contains(&member.sha256) || self.store.has_member(&member.sha256) {
-            return Ok(());
-        }
-        Err(io::Error::other(format!("member {} is no longer in the store", member.sha256)))
+    fn reused(&mut self, _: &MemberRef) -> io::Result<()> {
+        // Held in the store by the producer (`Holds`), checked again at commit.
+        Ok(())
     }
     fn member(&mut self, digest: &Digest, data: &[u8]) -> io::Result<()> {
         if self.staged.contains(digest) {

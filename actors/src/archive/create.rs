@@ -187,6 +187,8 @@ pub struct Created {
     /// Members made again from much the same bytes as an earlier member:
     /// (new, earlier), for deltas on the wire (see [`super::delta`]).
     pub bases: Vec<(Digest, Digest)>,
+    /// Members this run compressed (the others were taken unread).
+    pub made: Vec<Digest>,
 }
 
 impl Created {
@@ -376,10 +378,10 @@ enum Job {
         tag: Tag,
         base: Option<Digest>,
     },
+    /// Members taken unread, in order: sent in runs, not one by one.
     Reuse {
         seq: u64,
-        member: MemberRef,
-        tag: Tag,
+        members: Vec<(MemberRef, Tag)>,
     },
     Mark(u64),
     Rewind(u64),
@@ -393,7 +395,7 @@ enum Job {
 
 enum Done {
     Member { seq: u64, raw_len: u64, data: Vec<u8>, digest: Digest, tag: Tag, base: Option<Digest> },
-    Reused { seq: u64, member: MemberRef, tag: Tag },
+    Reused { seq: u64, members: Vec<(MemberRef, Tag)> },
     Mark(u64),
     Rewind(u64),
     LargeEnd { seq: u64, path: Vec<u8>, entry: Option<Digest> },
@@ -418,6 +420,8 @@ struct SinkState {
     chunks: Vec<Chunk>,
     /// New members made from much the same bytes as an earlier one: (new, earlier).
     bases: Vec<(Digest, Digest)>,
+    /// Members compressed by this run (not taken unread).
+    made: Vec<Digest>,
 }
 
 /// Archives the directory `root` into `sink`.
@@ -483,6 +487,7 @@ pub fn create_reusing(
             snapshot,
             previous: reuse.previous,
             hold: reuse.hold,
+            reused: Vec::new(),
             max_rereads: opts.max_rereads,
             can_rewind,
             progress,
@@ -512,6 +517,7 @@ pub fn create_reusing(
             reused_raw: state.reused_raw,
             recorded,
             bases: state.bases,
+            made: state.made,
         })
     })
 }
@@ -529,7 +535,7 @@ fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32)
                 let digest = Digest::of(&data);
                 Done::Member { seq, raw_len: raw.len() as u64, data, digest, tag, base }
             }
-            Ok(Job::Reuse { seq, member, tag }) => Done::Reused { seq, member, tag },
+            Ok(Job::Reuse { seq, members }) => Done::Reused { seq, members },
             Ok(Job::Mark(seq)) => Done::Mark(seq),
             Ok(Job::Rewind(seq)) => Done::Rewind(seq),
             Ok(Job::LargeEnd { seq, path, entry }) => Done::LargeEnd { seq, path, entry },
@@ -562,9 +568,10 @@ fn sink_loop(
         pending.insert(done.seq(), done);
         while let Some(done) = pending.remove(&next) {
             next += 1;
-            let (member, tag) = match done {
+            let members = match done {
                 Done::Member { raw_len, data, digest, tag, base, .. } => {
                     sink.member(&digest, &data)?;
+                    state.made.push(digest);
                     if let Some(base) = base.filter(|b| *b != digest) {
                         state.bases.push((digest, base));
                     }
@@ -572,13 +579,15 @@ fn sink_loop(
                         p.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                     let _ = permit_tx.send(());
-                    (MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64 }, tag)
+                    vec![(MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64 }, tag)]
                 }
-                Done::Reused { member, tag, .. } => {
-                    sink.reused(&member)?;
-                    state.reused_members += 1;
-                    state.reused_raw += member.raw_len;
-                    (member, tag)
+                Done::Reused { members, .. } => {
+                    for (member, _) in &members {
+                        sink.reused(member)?;
+                        state.reused_members += 1;
+                        state.reused_raw += member.raw_len;
+                    }
+                    members
                 }
                 Done::Mark(_) => {
                     state.chunks.clear();
@@ -599,16 +608,18 @@ fn sink_loop(
                     continue;
                 }
             };
-            state.len += member.compressed_len;
-            match tag {
-                Tag::Plain => {}
-                Tag::Group { first, entries } => record(
-                    &mut recorder,
-                    Record::Group { first: ByteBuf::from(first), entries, member: member.clone() },
-                ),
-                Tag::Chunk { raw } => state.chunks.push(Chunk { raw, member: member.clone() }),
+            for (member, tag) in members {
+                state.len += member.compressed_len;
+                match tag {
+                    Tag::Plain => {}
+                    Tag::Group { first, entries } => record(
+                        &mut recorder,
+                        Record::Group { first: ByteBuf::from(first), entries, member: member.clone() },
+                    ),
+                    Tag::Chunk { raw } => state.chunks.push(Chunk { raw, member: member.clone() }),
+                }
+                state.members.push(member);
             }
-            state.members.push(member);
         }
     }
     let recorded = recorder.is_some_and(Recorder::finish);
@@ -664,6 +675,8 @@ struct Producer<'a> {
     racy_after: i128,
     previous: Option<Previous>,
     hold: &'a dyn Fn(&Digest) -> bool,
+    /// Members taken unread and not yet sent on.
+    reused: Vec<(MemberRef, Tag)>,
     max_rereads: u32,
     can_rewind: bool,
     progress: Option<Arc<Progress>>,
@@ -898,6 +911,7 @@ impl Producer<'_> {
     }
 
     fn send_segment(&mut self, raw: Vec<u8>, tag: Tag, base: Option<Digest>) -> Result<(), ArchiveError> {
+        self.flush_reused()?;
         self.permit_rx.recv().map_err(|_| CLOSED)?;
         self.raw_len += raw.len() as u64;
         self.job_tx.send(Job::Segment { seq: self.seq, raw, tag, base }).map_err(|_| CLOSED)?;
@@ -906,12 +920,25 @@ impl Producer<'_> {
     }
 
     fn send_reuse(&mut self, member: MemberRef, tag: Tag) -> Result<(), ArchiveError> {
-        self.job_tx.send(Job::Reuse { seq: self.seq, member, tag }).map_err(|_| CLOSED)?;
+        self.reused.push((member, tag));
+        if self.reused.len() >= 1024 {
+            self.flush_reused()?;
+        }
+        Ok(())
+    }
+
+    fn flush_reused(&mut self) -> Result<(), ArchiveError> {
+        if self.reused.is_empty() {
+            return Ok(());
+        }
+        let members = std::mem::take(&mut self.reused);
+        self.job_tx.send(Job::Reuse { seq: self.seq, members }).map_err(|_| CLOSED)?;
         self.seq += 1;
         Ok(())
     }
 
     fn send_control(&mut self, job: impl FnOnce(u64) -> Job) -> Result<(), ArchiveError> {
+        self.flush_reused()?;
         self.job_tx.send(job(self.seq)).map_err(|_| CLOSED)?;
         self.seq += 1;
         Ok(())

@@ -138,10 +138,12 @@ pub fn run_backup_as(
             }));
         }
     }
+    // Members taken unread are in the store; of the others, those not in it yet.
+    let made: std::collections::HashSet<Digest> = created.made.iter().copied().collect();
     let new_bytes: u64 = created
         .members
         .iter()
-        .filter(|m| !store.has_member(&m.sha256))
+        .filter(|m| made.contains(&m.sha256) && !store.has_member(&m.sha256))
         .map(|m| (m.sha256, m))
         .collect::<std::collections::HashMap<_, _>>()
         .values()
