@@ -533,13 +533,14 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
                         let data = s.read_member_unchecked(&d).map_err(|e| PushFailed::from(e.to_string()))?;
                         let delta = (round == 0).then(|| delta_of(&s, &d, data.len())).flatten();
                         let Some((members, deltas, raw)) = puts.last_mut() else { unreachable!() };
+                        // What the holder inflates and rebuilds: the base and the member.
                         match delta {
-                            Some(delta) if *raw + delta.raw_len <= DELTA_RAW_BATCH => {
-                                *raw += delta.raw_len;
+                            Some((delta, base_len)) if *raw + delta.raw_len + base_len <= DELTA_RAW_BATCH => {
+                                *raw += delta.raw_len + base_len;
                                 deltas.push(delta);
                             }
-                            Some(delta) => {
-                                let raw = delta.raw_len;
+                            Some((delta, base_len)) => {
+                                let raw = delta.raw_len + base_len;
                                 puts.push((Vec::new(), vec![delta], raw));
                             }
                             None => members.push(WireMember { digest: d, data: data.into() }),
@@ -639,33 +640,37 @@ fn manifest_sent<'a>(
 }
 
 /// Member `d` (of `len` compressed bytes) as a delta against the member
-/// this node made it from much as, when that is a good deal smaller and
-/// one `Put` may rebuild it; `None`: send it whole.
-fn delta_of(store: &Store, d: &Digest, len: usize) -> Option<WireDelta> {
-    use crate::archive::manifest::MAX_MEMBER_BYTES;
+/// this node made it from much as, and the base's raw length, when that
+/// is a good deal smaller and one `Put` may rebuild it; `None`: send it
+/// whole.
+fn delta_of(store: &Store, d: &Digest, len: usize) -> Option<(WireDelta, u64)> {
     let (base, level) = store.base_of(d)?;
-    let new = store.raw_member(d, MAX_MEMBER_BYTES).ok()?;
-    if new.len() as u64 > DELTA_RAW_BATCH {
-        return None;
-    }
-    let old = store.raw_member(&base, MAX_MEMBER_BYTES).ok()?;
+    let new = store.raw_member(d, DELTA_RAW_BATCH).ok()?;
+    let old = store.raw_member(&base, DELTA_RAW_BATCH - new.len() as u64).ok()?;
     let (ops, literals) = crate::archive::delta::make(&old, &new);
     if (ops.len() + literals.len()) * 10 > len * 9 {
         return None;
     }
-    Some(WireDelta { digest: *d, base, level, raw_len: new.len() as u64, ops: ops.into(), literals: literals.into() })
+    let delta =
+        WireDelta { digest: *d, base, level, raw_len: new.len() as u64, ops: ops.into(), literals: literals.into() };
+    Some((delta, old.len() as u64))
 }
 
 /// Rebuilds the members sent as deltas whose base this node holds; those
 /// that do not come out as their digest are dropped (the commit asks for
 /// them again, whole).
+///
+/// The bases inflated for one `Put` count against [`DELTA_RAW_BATCH`] too:
+/// a few bytes of delta naming a large base must not make this node
+/// inflate without bound.
 fn rebuild(store: &Store, deltas: &[WireDelta]) -> Vec<(Digest, Vec<u8>)> {
-    use crate::archive::manifest::MAX_MEMBER_BYTES;
+    let mut budget = DELTA_RAW_BATCH;
     deltas
         .iter()
         .filter_map(|d| {
-            let old = store.raw_member(&d.base, MAX_MEMBER_BYTES).ok()?;
-            let raw = crate::archive::delta::apply(&old, &d.ops, &d.literals, d.raw_len, MAX_MEMBER_BYTES).ok()?;
+            let old = store.raw_member(&d.base, budget).ok()?;
+            budget -= old.len() as u64;
+            let raw = crate::archive::delta::apply(&old, &d.ops, &d.literals, d.raw_len, DELTA_RAW_BATCH).ok()?;
             let data = crate::archive::create::gzip_member(&raw, d.level);
             (Digest::of(&data) == d.digest).then_some((d.digest, data))
         })
