@@ -5,14 +5,18 @@
 //! - [`walk`]: sorted depth-first walk with exclude globs.
 //! - [`tarfmt`]: the deterministic tar encoder (ustar + PAX).
 //! - [`cut`]: where the stream is cut into gzip members.
+//! - [`delta`]: a member as a delta against an earlier one, for the wire.
 //! - [`create`]: the parallel pipeline, [`create::MemberSink`], the stat snapshot.
 //! - [`manifest`]: the versioned CBOR description of an archive.
+//! - [`reuse`]: what a changed backup takes unread from the previous one.
 //! - [`restore`]: safe, exact extraction through a staging directory.
 
 pub mod create;
 pub mod cut;
+pub mod delta;
 pub mod manifest;
 pub mod restore;
+pub mod reuse;
 pub mod tarfmt;
 pub mod walk;
 
@@ -21,7 +25,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use create::{create, scan, CreateOptions, Created, FileSink, MemberSink, Progress, StatSnapshot};
+pub use create::{
+    create, create_reusing, scan, CreateOptions, Created, FileSink, MemberSink, Progress, Reuse, StatSnapshot,
+};
 pub use manifest::{Manifest, MemberRef};
 pub use restore::{restore_archive, restore_tgz, MemberSource, RestoreError, RestoreOptions, RestoreReport};
 

@@ -47,6 +47,25 @@ pub fn wire(data: &[u8]) {
     }
     if let Ok(v) = decode::<XferRequest>(data, MAX_CTL_REQUEST) {
         round_trip(&v, MAX_CTL_REQUEST);
+        // A delta is rebuilt against a member the holder has: any bytes
+        // must be refused or rebuilt, within the bound, never panic.
+        let old: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut deltas: Vec<(&[u8], &[u8], u64)> = Vec::new();
+        match &v {
+            XferRequest::Put { deltas: d, .. } => {
+                deltas.extend(d.iter().map(|d| (&d.ops[..], &d.literals[..], d.raw_len)))
+            }
+            XferRequest::Offer { manifest, against: Some(b) }
+            | XferRequest::Commit { manifest, against: Some(b), .. } => {
+                deltas.push((&b.ops[..], &manifest[..], b.raw_len))
+            }
+            _ => {}
+        }
+        for (ops, literals, raw_len) in deltas {
+            if let Ok(raw) = crate::archive::delta::apply(&old, ops, literals, raw_len, 1 << 20) {
+                assert_eq!(raw.len() as u64, raw_len);
+            }
+        }
     }
     if let Ok(v) = decode::<XferResponse>(data, MAX_XFER) {
         round_trip(&v, MAX_XFER);

@@ -5,6 +5,8 @@
 //! DATA_DIR/manifests/<key>/<id>.bmm one file per archive (the source of truth)
 //! DATA_DIR/staging/                 work in progress; emptied on open
 //! DATA_DIR/db/                      sled: catalog index and stat cache (rebuildable)
+//! DATA_DIR/records/<key>             what the series' last backup read, for the next
+//!                                    one to reuse (a cache: see archive::reuse)
 //! ```
 //!
 //! Write order makes every crash safe: members are written to staging,
@@ -32,6 +34,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::archive::manifest::{Manifest, ManifestError, MemberRef};
 use crate::archive::restore::sync_fs;
+use crate::archive::reuse::{Previous, RecordsHeader};
 use crate::archive::{MemberSink, MemberSource, StatSnapshot};
 use crate::hash::Digest;
 pub use kv::{KvStore, MemKv, SledKv};
@@ -100,6 +103,9 @@ pub fn parse_within(text: &str) -> Result<Duration, crate::error::BadSetting> {
 
 const ARCHIVES: &str = "archives";
 const STAT_CACHE: &str = "statcache";
+/// New member → (the earlier member it was made from much as, gzip level):
+/// what a push may send as a delta (see `archive::delta`).
+const BASES: &str = "bases";
 /// Node name → the peer id whose seal that node's manifests carry, and
 /// whose entries alone may speak for that node (`origin_bound`).
 pub(crate) const ORIGINS: &str = "origins";
@@ -440,6 +446,17 @@ impl Store {
         Ok(self.root.join("manifests").join(hex::encode(series_key(node, path))).join(format!("{id}.bmm")))
     }
 
+    /// The stored bytes of archive `id`'s manifest, as written.
+    pub fn manifest_bytes(&self, node: &str, path: &str, id: &str) -> Result<Vec<u8>, StoreError> {
+        let p = self.manifest_path(node, path, id)?;
+        fs::read(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                StoreError::NoSuchArchive { node: node.into(), path: path.into(), id: id.into() }
+            }
+            _ => StoreError::io(&p, e),
+        })
+    }
+
     pub fn has_member(&self, d: &Digest) -> bool {
         self.member_path(d).exists()
     }
@@ -466,6 +483,77 @@ impl Store {
             return Err(StoreError::DamagedMember { digest: *d, actual });
         }
         Ok(data)
+    }
+
+    /// The reuse records the last backup of (node, path) left, if they
+    /// were made under `header` (see [`crate::archive::reuse`]).
+    pub fn previous_records(&self, node: &str, path: &str, header: &RecordsHeader) -> Option<Previous> {
+        Previous::open(&self.records_path(node, path), header)
+    }
+
+    fn records_path(&self, node: &str, path: &str) -> PathBuf {
+        self.root.join("records").join(hex::encode(series_key(node, path)))
+    }
+
+    /// A file for a backup's reuse records, kept by [`Store::keep_records`].
+    pub fn new_records(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        let staging = self.root.join("staging");
+        tempfile::Builder::new().prefix("records-").tempfile_in(&staging).map_err(|e| StoreError::io(&staging, e))
+    }
+
+    /// Makes `records` the reuse records of (node, path), replacing the
+    /// last ones. Not synced: a torn file only makes the next backup read
+    /// more (every record carries its own CRC).
+    pub fn keep_records(&self, node: &str, path: &str, records: tempfile::NamedTempFile) -> Result<(), StoreError> {
+        let to = self.records_path(node, path);
+        let dir = self.root.join("records");
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        records.persist(&to).map_err(|e| StoreError::io(&to, e.error))?;
+        Ok(())
+    }
+
+    /// Forgets the reuse records of (node, path): the next backup reads everything.
+    pub fn drop_records(&self, node: &str, path: &str) {
+        let _ = fs::remove_file(self.records_path(node, path));
+    }
+
+    /// Remembers, for members a backup made again from much the same bytes
+    /// as an earlier member, which member that was and the gzip level.
+    pub fn set_bases(&self, bases: &[(Digest, Digest)], level: u32) -> Result<(), StoreError> {
+        for (new, base) in bases {
+            self.kv.put(BASES, &new.0, &cbor(&(base, level)))?;
+        }
+        Ok(())
+    }
+
+    /// The earlier member `d` was made from much as, and the gzip level
+    /// it was made at, if this node made it so and still holds that member.
+    pub fn base_of(&self, d: &Digest) -> Option<(Digest, u32)> {
+        let v = self.kv.get(BASES, &d.0).ok()??;
+        let (base, level): (Digest, u32) = from_cbor(&v).ok()?;
+        self.has_member(&base).then_some((base, level))
+    }
+
+    /// A member's raw (inflated) bytes, checked against its digest, at
+    /// most `limit` of them.
+    pub fn raw_member(&self, d: &Digest, limit: u64) -> Result<Vec<u8>, StoreError> {
+        use std::io::Read as _;
+        let data = self.read_member_checked(d)?;
+        let mut raw = Vec::new();
+        let damaged = |actual| StoreError::DamagedMember { digest: *d, actual };
+        flate2::read::MultiGzDecoder::new(&data[..])
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut raw)
+            .map_err(|_| damaged(Digest::default()))?;
+        if raw.len() as u64 > limit {
+            return Err(damaged(Digest::default()));
+        }
+        Ok(raw)
+    }
+
+    /// Members held for one backup: none is freed until it is dropped.
+    pub fn holds(&self) -> Holds<'_> {
+        Holds { store: self, held: Mutex::default() }
     }
 
     /// Starts writing an archive's members.
@@ -698,6 +786,7 @@ impl Store {
                 if fs::remove_file(f.path()).is_ok() {
                     count += 1;
                     bytes += len;
+                    let _ = self.kv.delete(BASES, &d.0);
                 }
             }
         }
@@ -705,8 +794,9 @@ impl Store {
     }
 
     /// Writes the archive as one `.tgz` to `out`, checking every member and
-    /// the whole file's sha256.
-    pub fn export_tgz(&self, m: &Manifest, out: &mut dyn Write) -> Result<u64, StoreError> {
+    /// (where the manifest records it) the whole file's sha256. Returns the
+    /// length and sha256 of what was written.
+    pub fn export_tgz(&self, m: &Manifest, out: &mut dyn Write) -> Result<(u64, Digest), StoreError> {
         let mut hasher = Sha256::new();
         let mut len = 0u64;
         for member in &m.members {
@@ -716,10 +806,10 @@ impl Store {
             len += data.len() as u64;
         }
         let actual = Digest::from_hasher(hasher);
-        if actual != m.tgz_sha256 {
-            return Err(StoreError::TgzMismatch { id: m.id.clone(), expected: m.tgz_sha256, actual });
+        match m.tgz_digest() {
+            Some(expected) if expected != actual => Err(StoreError::TgzMismatch { id: m.id.clone(), expected, actual }),
+            _ => Ok((len, actual)),
         }
-        Ok(len)
     }
 
     /// Re-hashes every member of `m`.
@@ -741,14 +831,33 @@ impl Store {
 
     /// Makes the index agree with the manifest files on disk.
     pub fn reconcile(&self) -> Result<(), StoreError> {
-        let mut on_disk = HashMap::new();
+        // Index entries by (series directory, archive id): a manifest file
+        // already indexed is not read again (opening a store with many
+        // large manifests would otherwise decode them all).
+        let indexed: HashMap<(String, String), Vec<u8>> = self
+            .kv
+            .scan_prefix(ARCHIVES, &[])?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let id = std::str::from_utf8(k.get(24..)?).ok()?.to_string();
+                Some(((hex::encode(k.get(..16)?), id), k))
+            })
+            .collect();
+        let mut present: HashSet<Vec<u8>> = HashSet::new();
+        let mut found = Vec::new();
         let dir = self.root.join("manifests");
         for series in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))?.flatten() {
+            let series_hex = series.file_name().to_string_lossy().into_owned();
             for f in fs::read_dir(series.path()).map_err(|e| StoreError::io(&series.path(), e))?.flatten() {
                 let p = f.path();
                 if p.extension().and_then(|e| e.to_str()) != Some("bmm") {
                     // A temp file from an interrupted write.
                     let _ = fs::remove_file(&p);
+                    continue;
+                }
+                let id = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                if let Some(k) = indexed.get(&(series_hex.clone(), id)) {
+                    present.insert(k.clone());
                     continue;
                 }
                 let bytes = fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
@@ -758,20 +867,16 @@ impl Store {
                 let stored_ms = written
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_millis() as i64);
-                let s = ArchiveSummary { stored_ms, ..ArchiveSummary::of(&m) };
-                on_disk.insert(archive_key(&s), s);
+                found.push(ArchiveSummary { stored_ms, ..ArchiveSummary::of(&m) });
             }
         }
-        let indexed: HashSet<Vec<u8>> = self.kv.scan_prefix(ARCHIVES, &[])?.into_iter().map(|(k, _)| k).collect();
-        for k in &indexed {
-            if !on_disk.contains_key(k) {
+        for k in indexed.values() {
+            if !present.contains(k) {
                 self.kv.delete(ARCHIVES, k)?;
             }
         }
-        for (k, s) in &on_disk {
-            if !indexed.contains(k) {
-                self.kv.put(ARCHIVES, k, &cbor(s))?;
-            }
+        for s in &found {
+            self.kv.put(ARCHIVES, &archive_key(s), &cbor(s))?;
         }
         self.kv.flush()
     }
@@ -796,6 +901,27 @@ impl MemberSource for Store {
         let mut buf = Vec::with_capacity(m.compressed_len.min(4 << 20) as usize);
         f.read_to_end(&mut buf)?;
         Ok(buf)
+    }
+}
+
+/// Members a backup takes unread from earlier archives, kept from
+/// retention and garbage collection until it is dropped.
+pub struct Holds<'a> {
+    store: &'a Store,
+    held: Mutex<Vec<Digest>>,
+}
+
+impl Holds<'_> {
+    /// Holds `d`; whether the store has it.
+    pub fn hold(&self, d: &Digest) -> bool {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).push(*d);
+        self.store.pin(d)
+    }
+}
+
+impl Drop for Holds<'_> {
+    fn drop(&mut self) {
+        self.store.unpin(&self.held.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -875,6 +1001,10 @@ impl PutTxn<'_> {
 }
 
 impl MemberSink for PutTxn<'_> {
+    fn reused(&mut self, _: &MemberRef) -> io::Result<()> {
+        // Held in the store by the producer (`Holds`), checked again at commit.
+        Ok(())
+    }
     fn member(&mut self, digest: &Digest, data: &[u8]) -> io::Result<()> {
         if self.staged.contains(digest) {
             return Ok(());

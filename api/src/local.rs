@@ -64,7 +64,10 @@ pub struct StoredArchive {
     pub created: String,
     pub size: u64,
     pub files: u64,
-    pub sha256: String,
+    /// Of the whole `.tgz`, for archives of manifest formats 1 and 2 (later
+    /// formats check member by member and do not record it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// How many warnings its backup had.
     pub warnings: u64,
 }

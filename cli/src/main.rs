@@ -757,7 +757,10 @@ fn fetch(
         return Err(Failure::Refused(format!("the node refused ({status}): {msg}")));
     }
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let expected_sha = header("x-backmesh-sha256").unwrap_or_default();
+    // Absent for archives of format 3 and later: the node checked every
+    // member against the sealed manifest, and a member it could not read
+    // intact ends the stream short.
+    let expected_sha = header("x-backmesh-sha256");
     let id = header("x-backmesh-archive").unwrap_or_default();
     let expected_len: u64 = header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
     let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -787,10 +790,11 @@ fn fetch(
     }
     clear_line(tty);
     let sha: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if got != expected_len || sha != expected_sha {
-        return Err(fail(format!(
-            "the download is damaged: {got} bytes with sha256 {sha}, the archive has {expected_len} bytes and sha256 {expected_sha}"
-        )));
+    if got != expected_len {
+        return Err(fail(format!("the download is damaged: {got} bytes, the archive has {expected_len} bytes")));
+    }
+    if let Some(expected) = expected_sha.filter(|e| *e != sha) {
+        return Err(fail(format!("the download is damaged: sha256 {sha}, the archive has sha256 {expected}")));
     }
     part.as_file().sync_all().map_err(|e| fail(format!("cannot sync {}: {e}", output.display())))?;
     part.persist(output).map_err(|e| fail(format!("cannot create {}: {}", output.display(), e.error)))?;

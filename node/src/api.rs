@@ -717,7 +717,7 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
         .map_err(|e| error(StatusCode::NOT_FOUND, e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     let (store, net) = (state.store.clone(), state.net.clone());
-    let (len, sha, id) = (manifest.tgz_len, manifest.tgz_sha256.to_hex(), manifest.id.clone());
+    let (len, sha, id) = (manifest.tgz_len, manifest.tgz_digest(), manifest.id.clone());
     let manifest_id = id.clone();
     actix_web::rt::spawn(async move {
         // Consecutive runs of members (a member that recurs is sent again where it recurs).
@@ -751,12 +751,12 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
         }
     });
     let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(HttpResponse::Ok()
-        .content_type("application/gzip")
-        .insert_header(("X-Backmesh-Archive", manifest_id))
-        .insert_header(("X-Backmesh-Sha256", sha))
-        .no_chunking(len)
-        .streaming(body))
+    let mut answer = HttpResponse::Ok();
+    answer.content_type("application/gzip").insert_header(("X-Backmesh-Archive", manifest_id));
+    if let Some(sha) = sha {
+        answer.insert_header(("X-Backmesh-Sha256", sha.to_hex()));
+    }
+    Ok(answer.no_chunking(len).streaming(body))
 }
 
 /// Asks every live node that keeps copies (of (node, path), or of

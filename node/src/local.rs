@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use backmesh_actors::archive::{self, CreateOptions, Progress, RestoreOptions};
+use backmesh_actors::hash::Digest;
 use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
 use backmesh_actors::store::{ArchiveSummary, Retention, Store, DEFAULT_KEEP};
 use clap::Args;
@@ -156,7 +157,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
         }
         // A plain directory backup never asks for no archive.
         RunOutcome::NoArchive => println!("finished: {} (nothing to archive)", path.display()),
-        RunOutcome::Stored { manifest: m, new_bytes, retention } => {
+        RunOutcome::Stored { manifest: m, new_bytes, retention, reused } => {
             if ctx.json {
                 print_json(&out::Backup {
                     result: out::BackupResult::Finished,
@@ -172,7 +173,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
                 })?;
             } else {
                 println!(
-                    "finished: {} → archive {}\n  {} files, {} dirs, {} of content → {} .tgz in {} members ({} new) in {secs:.2}s",
+                    "finished: {} → archive {}\n  {} files, {} dirs, {} of content → {} .tgz in {} members ({} new; {} unchanged taken unread) in {secs:.2}s",
                     path.display(),
                     m.id,
                     m.stats.files,
@@ -181,6 +182,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
                     mib(m.tgz_len),
                     m.members.len(),
                     mib(*new_bytes),
+                    reused.0,
                 );
                 for w in &m.warnings {
                     println!("  warning: {}: {}", w.path, w.message);
@@ -236,7 +238,7 @@ fn summary_json(s: &ArchiveSummary) -> out::StoredArchive {
         created: rfc3339(s.created_ms),
         size: s.tgz_len,
         files: s.files,
-        sha256: s.tgz_sha256.to_hex(),
+        sha256: (s.tgz_sha256 != Digest::default()).then(|| s.tgz_sha256.to_hex()),
         warnings: s.warnings,
     }
 }
@@ -366,11 +368,11 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
         .prefix(".backmesh-export-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let len = {
+    let (len, sha) = {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        let len = store.export_tgz(&m, &mut w)?;
+        let written = store.export_tgz(&m, &mut w)?;
         w.flush()?;
-        len
+        written
     };
     {
         use std::os::unix::fs::PermissionsExt;
@@ -380,14 +382,9 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
     tmp.as_file().sync_all()?;
     tmp.persist(&a.output).map_err(|e| e.error).with_context(|| format!("cannot write {}", a.output.display()))?;
     if ctx.json {
-        print_json(&out::Exported {
-            archive: m.id.clone(),
-            file: a.output.clone(),
-            size: len,
-            sha256: m.tgz_sha256.to_hex(),
-        })?;
+        print_json(&out::Exported { archive: m.id.clone(), file: a.output.clone(), size: len, sha256: sha.to_hex() })?;
     } else {
-        println!("wrote {} ({}, sha256 {})", a.output.display(), mib(len), m.tgz_sha256);
+        println!("wrote {} ({}, sha256 {sha})", a.output.display(), mib(len));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,7 +30,8 @@ use serde_bytes::ByteBuf;
 use sha2::{Digest as _, Sha256};
 
 use super::cut::{Chunker, GroupCutter, DEFAULT_TARGET};
-use super::manifest::{ArchiveStats, FileRecord, Manifest, MemberRef};
+use super::manifest::{members_tree_digest, ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
+use super::reuse::{self, Chunk, EntryPrint, Previous, Record, Recorder, RecordsHeader};
 use super::tarfmt::{padding, write_header, EntryMeta, Kind, BLOCK};
 use super::walk::{Excludes, Item, Walker};
 use super::{ArchiveError, Warning, WarningKind};
@@ -87,6 +88,11 @@ pub trait MemberSink: Send {
     }
     /// Forget every member received since the last mark.
     fn rewind(&mut self) -> io::Result<()>;
+    /// A member taken unread from an earlier archive (see [`Reuse`]): the
+    /// sink must already hold it.
+    fn reused(&mut self, member: &MemberRef) -> io::Result<()> {
+        Err(io::Error::other(format!("this archive writer cannot take member {} unread", member.sha256)))
+    }
     /// Whether [`MemberSink::rewind`] works; without it a file that changes
     /// while read is kept as first read (with a warning).
     fn can_rewind(&self) -> bool;
@@ -142,18 +148,47 @@ pub struct StatSnapshot {
     pub entries: u64,
 }
 
+/// What an archive may take from the series' previous one (see
+/// [`super::reuse`]).
+pub struct Reuse<'a> {
+    /// The previous run's records.
+    pub previous: Option<Previous>,
+    /// Where this run's records go.
+    pub record: Option<Box<dyn Write + Send + 'a>>,
+    /// Keeps a member in the store until the archive is committed; false
+    /// if the store does not hold it (then it is made again).
+    pub hold: &'a dyn Fn(&Digest) -> bool,
+}
+
+impl Reuse<'_> {
+    /// Nothing to take, nothing to record.
+    pub fn none() -> Reuse<'static> {
+        Reuse { previous: None, record: None, hold: &|_| false }
+    }
+}
+
 /// What [`create`] made.
 #[derive(Clone, Debug)]
 pub struct Created {
     pub members: Vec<MemberRef>,
     pub files: Vec<FileRecord>,
+    /// Over the members ([`TreeRule::Members`]).
     pub tree_digest: Digest,
-    pub tgz_sha256: Digest,
     pub tgz_len: u64,
     pub raw_len: u64,
     pub stats: ArchiveStats,
     pub warnings: Vec<Warning>,
     pub snapshot: StatSnapshot,
+    /// Members taken unread from earlier archives, and their raw bytes.
+    pub reused_members: u64,
+    pub reused_raw: u64,
+    /// Whether this run's records were written whole.
+    pub recorded: bool,
+    /// Members made again from much the same bytes as an earlier member:
+    /// (new, earlier), for deltas on the wire (see [`super::delta`]).
+    pub bases: Vec<(Digest, Digest)>,
+    /// Members this run compressed (the others were taken unread).
+    pub made: Vec<Digest>,
 }
 
 impl Created {
@@ -171,7 +206,7 @@ impl Created {
     ) -> Manifest {
         let order_ms = after.map_or(created_ms, |a| created_ms.max(a.saturating_add(1)));
         Manifest {
-            id: archive_id(order_ms, &self.tgz_sha256),
+            id: archive_id(order_ms, &self.tree_digest),
             node: node.to_string(),
             path: path.to_string(),
             created_ms,
@@ -179,22 +214,26 @@ impl Created {
             members: self.members,
             files: self.files,
             tree_digest: self.tree_digest,
-            tgz_sha256: self.tgz_sha256,
+            // Not known without reading every member again: see `Manifest::tgz_digest`.
+            tgz_sha256: Digest::default(),
             tgz_len: self.tgz_len,
             raw_len: self.raw_len,
             stats: self.stats,
             warnings: self.warnings,
             excludes,
             seal: None,
+            tree_rule: TreeRule::Members,
         }
     }
 }
 
 /// `20261122T030246.123Z-1a2b3c4d`: sorts by its order in the series
-/// (the creation time unless a clock was set back), unique by content.
-pub fn archive_id(order_ms: i64, tgz: &Digest) -> String {
+/// (the creation time unless a clock was set back), unique by content
+/// (the first hex digits of its tree digest; of its `.tgz`'s SHA-256 in
+/// archives made before format 3).
+pub fn archive_id(order_ms: i64, content: &Digest) -> String {
     let dt = chrono::DateTime::from_timestamp_millis(order_ms).unwrap_or_default();
-    format!("{}-{}", dt.format("%Y%m%dT%H%M%S%.3fZ"), &tgz.to_hex()[..8])
+    format!("{}-{}", dt.format("%Y%m%dT%H%M%S%.3fZ"), &content.to_hex()[..8])
 }
 
 /// The end-of-archive marker: two zero blocks, its own member.
@@ -274,10 +313,6 @@ pub fn scan(root: &Path, excludes: &[String]) -> Result<StatSnapshot, ArchiveErr
     Ok(acc.finish(!walker.warnings.is_empty()))
 }
 
-/// Filesystem timestamps can be as coarse as a second (or lag a clock
-/// tick): changes this recent are not trusted to show in the next stat.
-const RACY_WINDOW_NS: i128 = 2_000_000_000;
-
 struct SnapshotAcc {
     hasher: Sha256,
     racy: bool,
@@ -290,7 +325,7 @@ struct SnapshotAcc {
 impl SnapshotAcc {
     fn new() -> Self {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-        SnapshotAcc { hasher: Sha256::new(), racy: false, entries: 0, racy_after: now - RACY_WINDOW_NS }
+        SnapshotAcc { hasher: Sha256::new(), racy: false, entries: 0, racy_after: now - reuse::RACY_WINDOW_NS }
     }
     fn add(&mut self, item: &Item) {
         let m = &item.meta;
@@ -310,8 +345,7 @@ impl SnapshotAcc {
         ] {
             self.hasher.update(v.to_le_bytes());
         }
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        if ns(m.mtime(), m.mtime_nsec()) >= self.racy_after || ns(m.ctime(), m.ctime_nsec()) >= self.racy_after {
+        if reuse::is_racy(m, self.racy_after) {
             self.racy = true;
         }
         self.entries += 1;
@@ -325,35 +359,84 @@ impl SnapshotAcc {
     }
 }
 
+/// What a member is, for the records of the next run.
+enum Tag {
+    /// Nothing to record (the end marker; a group that cannot be trusted).
+    Plain,
+    /// A group: its first path and the print of its entries.
+    Group { first: Vec<u8>, entries: Digest },
+    /// A chunk of the large file being streamed, by the digest of its raw bytes.
+    Chunk { raw: Digest },
+}
+
 enum Job {
-    Segment(u64, Vec<u8>),
+    /// Raw bytes to compress; `base` an earlier member of much the same
+    /// bytes, for a delta on the wire.
+    Segment {
+        seq: u64,
+        raw: Vec<u8>,
+        tag: Tag,
+        base: Option<Digest>,
+    },
+    /// Members taken unread, in order: sent in runs, not one by one.
+    Reuse {
+        seq: u64,
+        members: Vec<(MemberRef, Tag)>,
+    },
     Mark(u64),
     Rewind(u64),
+    /// A large file ends: record it with its chunks since the last mark.
+    LargeEnd {
+        seq: u64,
+        path: Vec<u8>,
+        entry: Option<Digest>,
+    },
 }
 
 enum Done {
-    Member { seq: u64, raw_len: u64, data: Vec<u8>, digest: Digest },
+    Member { seq: u64, raw_len: u64, data: Vec<u8>, digest: Digest, tag: Tag, base: Option<Digest> },
+    Reused { seq: u64, members: Vec<(MemberRef, Tag)> },
     Mark(u64),
     Rewind(u64),
+    LargeEnd { seq: u64, path: Vec<u8>, entry: Option<Digest> },
 }
 
 impl Done {
     fn seq(&self) -> u64 {
         match self {
-            Done::Member { seq, .. } | Done::Mark(seq) | Done::Rewind(seq) => *seq,
+            Done::Member { seq, .. } | Done::Reused { seq, .. } | Done::LargeEnd { seq, .. } => *seq,
+            Done::Mark(seq) | Done::Rewind(seq) => *seq,
         }
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct SinkState {
     members: Vec<MemberRef>,
-    hasher: Sha256,
     len: u64,
+    reused_members: u64,
+    reused_raw: u64,
+    /// The chunks of the large file being streamed.
+    chunks: Vec<Chunk>,
+    /// New members made from much the same bytes as an earlier one: (new, earlier).
+    bases: Vec<(Digest, Digest)>,
+    /// Members compressed by this run (not taken unread).
+    made: Vec<Digest>,
 }
 
 /// Archives the directory `root` into `sink`.
 pub fn create(root: &Path, opts: &CreateOptions, sink: &mut dyn MemberSink) -> Result<Created, ArchiveError> {
+    create_reusing(root, opts, Reuse::none(), sink)
+}
+
+/// Archives the directory `root` into `sink`, taking from the previous
+/// archive what has not changed and recording this one for the next.
+pub fn create_reusing(
+    root: &Path,
+    opts: &CreateOptions,
+    reuse: Reuse<'_>,
+    sink: &mut dyn MemberSink,
+) -> Result<Created, ArchiveError> {
     let walker = Walker::new(root, Excludes::new(&opts.excludes)?)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
@@ -370,6 +453,8 @@ pub fn create(root: &Path, opts: &CreateOptions, sink: &mut dyn MemberSink) -> R
     }
     let can_rewind = sink.can_rewind();
     let progress = opts.progress.clone();
+    let header = RecordsHeader::new(GroupCutter::new(opts.target).target, opts.level);
+    let recorder = reuse.record.map(|out| Recorder::new(out, &header));
 
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -378,31 +463,42 @@ pub fn create(root: &Path, opts: &CreateOptions, sink: &mut dyn MemberSink) -> R
         }
         drop(done_tx);
         let progress_sink = progress.clone();
-        let sink_thread = s.spawn(move || sink_loop(done_rx, permit_tx, sink, progress_sink));
+        let sink_thread = s.spawn(move || sink_loop(done_rx, permit_tx, sink, recorder, progress_sink));
+        let snapshot = SnapshotAcc::new();
         let mut producer = Producer {
             job_tx,
             permit_rx,
             seq: 0,
             cutter: GroupCutter::new(opts.target),
+            pending: Vec::new(),
+            pending_len: 0,
+            planned_links: HashMap::new(),
             group: Vec::new(),
-            tree: Sha256::new(),
+            group_print: EntryPrint::default(),
+            group_first: None,
+            group_clean: true,
+            group_base: None,
             raw_len: 0,
             files: Vec::new(),
             stats: ArchiveStats::default(),
             warnings: Vec::new(),
             hardlinks: HashMap::new(),
-            snapshot: SnapshotAcc::new(),
+            racy_after: snapshot.racy_after,
+            snapshot,
+            previous: reuse.previous,
+            hold: reuse.hold,
+            reused: Vec::new(),
             max_rereads: opts.max_rereads,
             can_rewind,
             progress,
         };
         let produced = producer.run(walker);
-        let Producer { job_tx, permit_rx, tree, raw_len, files, stats, warnings, snapshot, .. } = producer;
+        let Producer { job_tx, permit_rx, raw_len, files, stats, warnings, snapshot, .. } = producer;
         // Closing the job channel lets the workers, then the sink, finish.
         drop(job_tx);
         drop(permit_rx);
         let sunk = sink_thread.join().unwrap_or_else(|_| Err(io::Error::other("archive writer thread panicked")));
-        let state = sunk.map_err(|source| ArchiveError::Sink { source })?;
+        let (state, recorded) = sunk.map_err(|source| ArchiveError::Sink { source })?;
         let walk_warnings = produced?;
         let mut warnings = warnings;
         let had_walk_warnings = !walk_warnings.is_empty();
@@ -410,14 +506,18 @@ pub fn create(root: &Path, opts: &CreateOptions, sink: &mut dyn MemberSink) -> R
         warnings.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Created {
             tgz_len: state.len,
-            tgz_sha256: Digest::from_hasher(state.hasher),
+            tree_digest: members_tree_digest(&state.members),
             members: state.members,
             files,
-            tree_digest: Digest::from_hasher(tree),
             raw_len,
             stats,
             warnings,
             snapshot: snapshot.finish(had_walk_warnings),
+            reused_members: state.reused_members,
+            reused_raw: state.reused_raw,
+            recorded,
+            bases: state.bases,
+            made: state.made,
         })
     })
 }
@@ -430,13 +530,15 @@ fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32)
         };
         let done = match job {
             Err(_) => return,
-            Ok(Job::Segment(seq, raw)) => {
+            Ok(Job::Segment { seq, raw, tag, base }) => {
                 let data = gzip_member(&raw, level);
                 let digest = Digest::of(&data);
-                Done::Member { seq, raw_len: raw.len() as u64, data, digest }
+                Done::Member { seq, raw_len: raw.len() as u64, data, digest, tag, base }
             }
+            Ok(Job::Reuse { seq, members }) => Done::Reused { seq, members },
             Ok(Job::Mark(seq)) => Done::Mark(seq),
             Ok(Job::Rewind(seq)) => Done::Rewind(seq),
+            Ok(Job::LargeEnd { seq, path, entry }) => Done::LargeEnd { seq, path, entry },
         };
         if tx.send(done).is_err() {
             return;
@@ -444,45 +546,84 @@ fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32)
     }
 }
 
+/// Hands members to the sink in order and writes the records; returns
+/// what was written and whether the records are whole.
 fn sink_loop(
     done_rx: Receiver<Done>,
     permit_tx: SyncSender<()>,
     sink: &mut dyn MemberSink,
+    mut recorder: Option<Recorder<'_>>,
     progress: Option<Arc<Progress>>,
-) -> io::Result<SinkState> {
+) -> io::Result<(SinkState, bool)> {
     let mut next = 0u64;
     let mut pending = BTreeMap::new();
-    let mut state = SinkState { members: Vec::new(), hasher: Sha256::new(), len: 0 };
+    let mut state = SinkState::default();
     let mut mark: Option<SinkState> = None;
+    let record = |recorder: &mut Option<Recorder<'_>>, r: Record| {
+        if let Some(rec) = recorder {
+            rec.push(&r);
+        }
+    };
     for done in done_rx {
         pending.insert(done.seq(), done);
         while let Some(done) = pending.remove(&next) {
             next += 1;
-            match done {
-                Done::Member { raw_len, data, digest, .. } => {
+            let members = match done {
+                Done::Member { raw_len, data, digest, tag, base, .. } => {
                     sink.member(&digest, &data)?;
-                    state.hasher.update(&data);
-                    state.len += data.len() as u64;
-                    state.members.push(MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64 });
+                    state.made.push(digest);
+                    if let Some(base) = base.filter(|b| *b != digest) {
+                        state.bases.push((digest, base));
+                    }
                     if let Some(p) = &progress {
                         p.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                     let _ = permit_tx.send(());
+                    vec![(MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64 }, tag)]
+                }
+                Done::Reused { members, .. } => {
+                    for (member, _) in &members {
+                        sink.reused(member)?;
+                        state.reused_members += 1;
+                        state.reused_raw += member.raw_len;
+                    }
+                    members
                 }
                 Done::Mark(_) => {
+                    state.chunks.clear();
                     mark = Some(state.clone());
                     sink.mark()?;
+                    continue;
                 }
                 Done::Rewind(_) => {
                     if let Some(m) = &mark {
                         state = m.clone();
                     }
                     sink.rewind()?;
+                    continue;
                 }
+                Done::LargeEnd { path, entry, .. } => {
+                    let chunks = std::mem::take(&mut state.chunks);
+                    record(&mut recorder, Record::Large { path: ByteBuf::from(path), entry, chunks });
+                    continue;
+                }
+            };
+            for (member, tag) in members {
+                state.len += member.compressed_len;
+                match tag {
+                    Tag::Plain => {}
+                    Tag::Group { first, entries } => record(
+                        &mut recorder,
+                        Record::Group { first: ByteBuf::from(first), entries, member: member.clone() },
+                    ),
+                    Tag::Chunk { raw } => state.chunks.push(Chunk { raw, member: member.clone() }),
+                }
+                state.members.push(member);
             }
         }
     }
-    Ok(state)
+    let recorded = recorder.is_some_and(Recorder::finish);
+    Ok((state, recorded))
 }
 
 /// Outcome of reading one small file.
@@ -498,13 +639,32 @@ enum SmallRead {
     Skipped,
 }
 
-struct Producer {
+/// An entry of the group being planned: walked, not read.
+struct Planned {
+    item: Item,
+    /// Its header as `lstat` says it will be.
+    meta: EntryMeta,
+    header: Vec<u8>,
+}
+
+struct Producer<'a> {
     job_tx: SyncSender<Job>,
     permit_rx: Receiver<()>,
     seq: u64,
     cutter: GroupCutter,
+    /// The group being planned from metadata, and its planned raw length.
+    pending: Vec<Planned>,
+    pending_len: usize,
+    /// (dev, inode) of multiply-linked files planned → their path.
+    planned_links: HashMap<(u64, u64), Vec<u8>>,
+    /// The group being built from content read, and what the records say of it.
     group: Vec<u8>,
-    tree: Sha256,
+    group_print: EntryPrint,
+    group_first: Option<Vec<u8>>,
+    /// Every entry of it may be recorded (none changed while or just before read).
+    group_clean: bool,
+    /// The previous run's member for the group being built, if it had one.
+    group_base: Option<Digest>,
     raw_len: u64,
     files: Vec<FileRecord>,
     stats: ArchiveStats,
@@ -512,6 +672,11 @@ struct Producer {
     /// (dev, inode) of multiply-linked files already stored → their path.
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     snapshot: SnapshotAcc,
+    racy_after: i128,
+    previous: Option<Previous>,
+    hold: &'a dyn Fn(&Digest) -> bool,
+    /// Members taken unread and not yet sent on.
+    reused: Vec<(MemberRef, Tag)>,
     max_rereads: u32,
     can_rewind: bool,
     progress: Option<Arc<Progress>>,
@@ -519,93 +684,261 @@ struct Producer {
 
 const CLOSED: ArchiveError = ArchiveError::PipelineClosed;
 
-impl Producer {
+impl Producer<'_> {
     /// Walks and streams everything; returns the walker's warnings.
     fn run(&mut self, mut walker: Walker) -> Result<Vec<Warning>, ArchiveError> {
         for item in walker.by_ref() {
             self.snapshot.add(&item);
-            self.entry(&item)?;
+            self.plan(item)?;
             if let Some(p) = &self.progress {
                 p.entries.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.flush_group()?;
-        self.send_segment(trailer())?;
+        self.resolve()?;
+        self.send_segment(trailer(), Tag::Plain, None)?;
         Ok(std::mem::take(&mut walker.warnings))
     }
 
-    fn entry(&mut self, item: &Item) -> Result<(), ArchiveError> {
+    /// Places one walked entry: in the planned group, or (a large file)
+    /// straight into the stream after the group.
+    fn plan(&mut self, item: Item) -> Result<(), ArchiveError> {
         let ft = item.meta.file_type();
-        if ft.is_dir() {
-            let meta = entry_meta(&item.rel, &item.meta, Kind::Dir, None);
-            self.stats.dirs += 1;
-            self.add_small(meta, &[])
+        let meta = if ft.is_dir() {
+            entry_meta(&item.rel, &item.meta, Kind::Dir, None)
         } else if ft.is_symlink() {
             match std::fs::read_link(&item.abs) {
                 Ok(target) => {
                     use std::os::unix::ffi::OsStrExt;
                     let link = target.as_os_str().as_bytes().to_vec();
-                    let meta = entry_meta(&item.rel, &item.meta, Kind::Symlink, Some(link));
-                    self.stats.symlinks += 1;
-                    self.add_small(meta, &[])
+                    entry_meta(&item.rel, &item.meta, Kind::Symlink, Some(link))
                 }
                 Err(e) => {
                     self.warnings.push(Warning::from_io(&item.rel, WarningKind::Vanished, &e));
-                    Ok(())
+                    return Ok(());
                 }
             }
         } else if ft.is_file() {
             let key = (item.meta.dev(), item.meta.ino());
-            if item.meta.nlink() > 1 {
-                if let Some(first) = self.hardlinks.get(&key) {
-                    let meta = entry_meta(&item.rel, &item.meta, Kind::HardLink, Some(first.clone()));
-                    self.stats.hardlinks += 1;
-                    return self.add_small(meta, &[]);
+            let first = (item.meta.nlink() > 1).then(|| self.planned_links.get(&key)).flatten();
+            if let Some(first) = first {
+                entry_meta(&item.rel, &item.meta, Kind::HardLink, Some(first.clone()))
+            } else if item.meta.size() >= self.cutter.large_file() {
+                self.resolve()?;
+                if self.large(&item)? && item.meta.nlink() > 1 {
+                    self.planned_links.insert(key, item.rel.clone());
+                    self.hardlinks.insert(key, item.rel.clone());
                 }
-            }
-            let stored = if item.meta.size() >= self.cutter.large_file() {
-                self.add_large(item)?
+                return Ok(());
             } else {
-                match self.read_small(item) {
-                    SmallRead::Data { meta, data, settled, attempts } => {
-                        if !settled {
-                            self.warnings.push(Warning::changed(&item.rel, attempts));
-                        }
-                        let mut em = entry_meta(&item.rel, &meta, Kind::File, None);
-                        em.size = data.len() as u64;
-                        self.stats.files += 1;
-                        self.stats.content_bytes += em.size;
-                        self.add_small(em, &data)?;
-                        true
-                    }
-                    SmallRead::TooLarge => self.add_large(item)?,
-                    SmallRead::Skipped => false,
+                if item.meta.nlink() > 1 {
+                    self.planned_links.insert(key, item.rel.clone());
                 }
-            };
-            if stored && item.meta.nlink() > 1 {
-                self.hardlinks.insert(key, item.rel.clone());
+                entry_meta(&item.rel, &item.meta, Kind::File, None)
             }
-            Ok(())
         } else {
             self.warnings.push(Warning {
                 path: lossy(&item.rel),
                 kind: WarningKind::Skipped,
                 message: "special file (socket, FIFO or device) skipped".into(),
             });
-            Ok(())
+            return Ok(());
+        };
+        let mut header = Vec::with_capacity(BLOCK);
+        write_header(&meta, &mut header);
+        let len = header.len() + meta.size as usize + padding(meta.size);
+        if self.cutter.cut_before(self.pending_len, &meta.path, len) {
+            self.resolve()?;
+        }
+        self.pending.push(Planned { item, meta, header });
+        self.pending_len += len;
+        Ok(())
+    }
+
+    /// Streams the planned group: taken whole from the previous archive
+    /// if every entry looks as recorded, else read and compressed.
+    fn resolve(&mut self) -> Result<(), ArchiveError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let group = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        let member = match self.reusable(&group) {
+            Found::Reuse(member) => member,
+            Found::Base(base) => {
+                self.group_base = base;
+                for p in group {
+                    self.entry(p)?;
+                }
+                let flushed = self.flush_group();
+                self.group_base = None;
+                return flushed;
+            }
+        };
+        let mut entries = EntryPrint::default();
+        for p in &group {
+            entries.add(&p.header, &p.item.meta);
+        }
+        let first = group[0].meta.path.clone();
+        for p in group {
+            if p.meta.kind == Kind::File {
+                self.stats.files += 1;
+                self.stats.content_bytes += p.meta.size;
+                if p.item.meta.nlink() > 1 {
+                    self.hardlinks.insert((p.item.meta.dev(), p.item.meta.ino()), p.meta.path.clone());
+                }
+            } else {
+                self.count(p.meta.kind);
+            }
+            self.record(&p.meta);
+        }
+        self.raw_len += member.raw_len;
+        self.send_reuse(member, Tag::Group { first, entries: entries.finish() })
+    }
+
+    /// The previous archive's member for this planned group, held in the
+    /// store, if every entry looks as recorded; else the member it had
+    /// there, if any.
+    fn reusable(&mut self, group: &[Planned]) -> Found {
+        let Some(previous) = self.previous.as_mut() else {
+            return Found::Base(None);
+        };
+        let Some(Record::Group { entries, member, .. }) = previous.find(&group[0].meta.path) else {
+            return Found::Base(previous.around());
+        };
+        let base = Found::Base(Some(member.sha256));
+        let mut print = EntryPrint::default();
+        for (i, p) in group.iter().enumerate() {
+            // A hard link's target must be in the archive before it.
+            if p.meta.kind == Kind::HardLink {
+                let key = (p.item.meta.dev(), p.item.meta.ino());
+                let earlier =
+                    group[..i].iter().any(|q| q.meta.kind == Kind::File && Some(&q.meta.path) == p.meta.link.as_ref());
+                if !earlier && self.hardlinks.get(&key) != p.meta.link.as_ref() {
+                    return base;
+                }
+            }
+            print.add(&p.header, &p.item.meta);
+        }
+        if print.finish() == entries && (self.hold)(&member.sha256) {
+            Found::Reuse(member)
+        } else {
+            base
         }
     }
 
-    fn send_segment(&mut self, raw: Vec<u8>) -> Result<(), ArchiveError> {
+    fn count(&mut self, kind: Kind) {
+        match kind {
+            Kind::Dir => self.stats.dirs += 1,
+            Kind::Symlink => self.stats.symlinks += 1,
+            Kind::HardLink => self.stats.hardlinks += 1,
+            Kind::File => self.stats.files += 1,
+        }
+    }
+
+    /// Reads one planned entry into the group being built.
+    fn entry(&mut self, p: Planned) -> Result<(), ArchiveError> {
+        let Planned { item, meta, header } = p;
+        match meta.kind {
+            Kind::Dir | Kind::Symlink => {
+                self.count(meta.kind);
+                return self.add_small(meta, &header, &[], &item.meta, true);
+            }
+            Kind::HardLink => {
+                let key = (item.meta.dev(), item.meta.ino());
+                if self.hardlinks.get(&key).is_some_and(|first| Some(first) == meta.link.as_ref()) {
+                    self.count(Kind::HardLink);
+                    return self.add_small(meta, &header, &[], &item.meta, true);
+                }
+                // Its first name was not stored after all: this one is the file.
+            }
+            Kind::File => {}
+        }
+        let stored = match self.read_small(&item) {
+            SmallRead::Data { meta, data, settled, attempts } => {
+                if !settled {
+                    self.warnings.push(Warning::changed(&item.rel, attempts));
+                }
+                let mut em = entry_meta(&item.rel, &meta, Kind::File, None);
+                em.size = data.len() as u64;
+                self.stats.files += 1;
+                self.stats.content_bytes += em.size;
+                let mut header = Vec::with_capacity(BLOCK);
+                write_header(&em, &mut header);
+                let clean = settled && !reuse::is_racy(&meta, self.racy_after);
+                self.add_small(em, &header, &data, &meta, clean)?;
+                true
+            }
+            SmallRead::TooLarge => self.add_large(&item, &Known::default())?,
+            SmallRead::Skipped => false,
+        };
+        if stored && item.meta.nlink() > 1 {
+            self.hardlinks.entry((item.meta.dev(), item.meta.ino())).or_insert(item.rel);
+        }
+        Ok(())
+    }
+
+    /// A large file: taken whole from the previous archive if it looks as
+    /// recorded, else streamed, its unchanged chunks taken unread. Returns
+    /// whether it was stored.
+    fn large(&mut self, item: &Item) -> Result<bool, ArchiveError> {
+        let record = self.previous.as_mut().and_then(|p| p.find(&item.rel));
+        let Some(Record::Large { entry, chunks, .. }) = record else {
+            return self.add_large(item, &Known::default());
+        };
+        let meta = entry_meta(&item.rel, &item.meta, Kind::File, None);
+        let mut header = Vec::with_capacity(BLOCK);
+        write_header(&meta, &mut header);
+        let mut print = EntryPrint::default();
+        print.add(&header, &item.meta);
+        let print = print.finish();
+        if entry == Some(print) && chunks.iter().all(|c| (self.hold)(&c.member.sha256)) {
+            self.flush_group()?;
+            for c in chunks {
+                self.raw_len += c.member.raw_len;
+                self.send_reuse(c.member, Tag::Chunk { raw: c.raw })?;
+            }
+            self.send_control(|seq| Job::LargeEnd { seq, path: item.rel.clone(), entry: Some(print) })?;
+            self.stats.files += 1;
+            self.stats.content_bytes += meta.size;
+            self.record(&meta);
+            return Ok(true);
+        }
+        let known = Known {
+            by_raw: chunks.iter().map(|c| (c.raw, c.member.clone())).collect(),
+            in_order: chunks.into_iter().map(|c| c.member.sha256).collect(),
+        };
+        self.add_large(item, &known)
+    }
+
+    fn send_segment(&mut self, raw: Vec<u8>, tag: Tag, base: Option<Digest>) -> Result<(), ArchiveError> {
+        self.flush_reused()?;
         self.permit_rx.recv().map_err(|_| CLOSED)?;
-        self.tree.update(&raw);
         self.raw_len += raw.len() as u64;
-        self.job_tx.send(Job::Segment(self.seq, raw)).map_err(|_| CLOSED)?;
+        self.job_tx.send(Job::Segment { seq: self.seq, raw, tag, base }).map_err(|_| CLOSED)?;
         self.seq += 1;
         Ok(())
     }
 
-    fn send_control(&mut self, job: fn(u64) -> Job) -> Result<(), ArchiveError> {
+    fn send_reuse(&mut self, member: MemberRef, tag: Tag) -> Result<(), ArchiveError> {
+        self.reused.push((member, tag));
+        if self.reused.len() >= 1024 {
+            self.flush_reused()?;
+        }
+        Ok(())
+    }
+
+    fn flush_reused(&mut self) -> Result<(), ArchiveError> {
+        if self.reused.is_empty() {
+            return Ok(());
+        }
+        let members = std::mem::take(&mut self.reused);
+        self.job_tx.send(Job::Reuse { seq: self.seq, members }).map_err(|_| CLOSED)?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    fn send_control(&mut self, job: impl FnOnce(u64) -> Job) -> Result<(), ArchiveError> {
+        self.flush_reused()?;
         self.job_tx.send(job(self.seq)).map_err(|_| CLOSED)?;
         self.seq += 1;
         Ok(())
@@ -616,7 +949,11 @@ impl Producer {
             return Ok(());
         }
         let g = std::mem::replace(&mut self.group, Vec::with_capacity(self.cutter.target + BLOCK * 4));
-        self.send_segment(g)
+        let entries = std::mem::take(&mut self.group_print).finish();
+        let first = self.group_first.take().unwrap_or_default();
+        let clean = std::mem::replace(&mut self.group_clean, true);
+        let base = self.group_base;
+        self.send_segment(g, if clean { Tag::Group { first, entries } } else { Tag::Plain }, base)
     }
 
     fn record(&mut self, meta: &EntryMeta) {
@@ -633,14 +970,26 @@ impl Producer {
         });
     }
 
-    fn add_small(&mut self, meta: EntryMeta, content: &[u8]) -> Result<(), ArchiveError> {
-        let mut header = Vec::with_capacity(BLOCK);
-        write_header(&meta, &mut header);
+    /// Adds an entry read (its `header`, `content`; `stat` what was read)
+    /// to the group being built; `clean`: it may be recorded.
+    fn add_small(
+        &mut self,
+        meta: EntryMeta,
+        header: &[u8],
+        content: &[u8],
+        stat: &Metadata,
+        clean: bool,
+    ) -> Result<(), ArchiveError> {
         let len = header.len() + content.len() + padding(content.len() as u64);
         if self.cutter.cut_before(self.group.len(), &meta.path, len) {
             self.flush_group()?;
         }
-        self.group.extend_from_slice(&header);
+        if self.group.is_empty() {
+            self.group_first = Some(meta.path.clone());
+        }
+        self.group_print.add(header, stat);
+        self.group_clean &= clean;
+        self.group.extend_from_slice(header);
         self.group.extend_from_slice(content);
         self.group.resize(self.group.len() + padding(content.len() as u64), 0);
         self.record(&meta);
@@ -701,15 +1050,16 @@ impl Producer {
         self.warnings.push(Warning::from_io(rel, kind, e));
     }
 
-    /// Streams a large file through the content-defined chunker. Returns
-    /// whether it was stored.
-    fn add_large(&mut self, item: &Item) -> Result<bool, ArchiveError> {
+    /// Streams a large file through the content-defined chunker; a chunk
+    /// whose raw bytes are `known` is taken unread. Returns whether it was
+    /// stored.
+    fn add_large(&mut self, item: &Item, known: &Known) -> Result<bool, ArchiveError> {
         self.flush_group()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let rewindable = self.can_rewind && attempt <= self.max_rereads;
-            let saved = (self.tree.clone(), self.raw_len);
+            let saved = self.raw_len;
             if rewindable {
                 self.send_control(Job::Mark)?;
             }
@@ -732,10 +1082,10 @@ impl Producer {
                 }
             };
             let meta = entry_meta(&item.rel, &before, Kind::File, None);
-            let mut stream = ChunkStream { chunker: Chunker::new(self.cutter.target), current: Vec::new() };
+            let mut stream = ChunkStream { chunker: Chunker::new(self.cutter.target), current: Vec::new(), sent: 0 };
             let mut header = Vec::new();
             write_header(&meta, &mut header);
-            self.feed(&mut stream, &header)?;
+            self.feed(&mut stream, &header, known)?;
             let mut remaining = before.len();
             let mut buf = vec![0u8; 1 << 20];
             let mut trouble: Option<String> = None;
@@ -758,22 +1108,22 @@ impl Producer {
                     let zeros = vec![0u8; buf.len()];
                     while remaining > 0 {
                         let n = zeros.len().min(remaining as usize);
-                        self.feed(&mut stream, &zeros[..n])?;
+                        self.feed(&mut stream, &zeros[..n], known)?;
                         remaining -= n as u64;
                     }
                     break;
                 }
-                self.feed(&mut stream, &buf[..got])?;
+                self.feed(&mut stream, &buf[..got], known)?;
                 remaining -= got as u64;
                 if let Some(p) = &self.progress {
                     p.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
                 }
             }
             let pad = vec![0u8; padding(before.len())];
-            self.feed(&mut stream, &pad)?;
+            self.feed(&mut stream, &pad, known)?;
             if !stream.current.is_empty() {
                 let last = std::mem::take(&mut stream.current);
-                self.send_segment(last)?;
+                self.send_chunk(last, known, stream.sent)?;
             }
             let after = f.metadata().unwrap_or_else(|_| before.clone());
             let settled = trouble.is_none() && same_stat(&before, &after);
@@ -787,6 +1137,12 @@ impl Producer {
                 } else if !settled {
                     self.warnings.push(Warning::changed(&item.rel, attempt));
                 }
+                let entry = (settled && !reuse::is_racy(&after, self.racy_after)).then(|| {
+                    let mut print = EntryPrint::default();
+                    print.add(&header, &after);
+                    print.finish()
+                });
+                self.send_control(|seq| Job::LargeEnd { seq, path: item.rel.clone(), entry })?;
                 self.stats.files += 1;
                 self.stats.content_bytes += meta.size;
                 self.record(&meta);
@@ -794,17 +1150,18 @@ impl Producer {
             }
             // Changed under us: forget what was sent and read it again.
             self.send_control(Job::Rewind)?;
-            (self.tree, self.raw_len) = saved;
+            self.raw_len = saved;
         }
     }
 
-    fn feed(&mut self, stream: &mut ChunkStream, mut data: &[u8]) -> Result<(), ArchiveError> {
+    fn feed(&mut self, stream: &mut ChunkStream, mut data: &[u8], known: &Known) -> Result<(), ArchiveError> {
         while !data.is_empty() {
             match stream.chunker.next_cut(data) {
                 Some(n) => {
                     stream.current.extend_from_slice(&data[..n]);
                     let chunk = std::mem::take(&mut stream.current);
-                    self.send_segment(chunk)?;
+                    self.send_chunk(chunk, known, stream.sent)?;
+                    stream.sent += 1;
                     data = &data[n..];
                 }
                 None => {
@@ -817,9 +1174,42 @@ impl Producer {
     }
 }
 
+impl Producer<'_> {
+    /// Chunk number `n` of a large file: taken unread if `known` (and
+    /// held), else compressed, with the previous version's chunk `n` as
+    /// its base.
+    fn send_chunk(&mut self, raw: Vec<u8>, known: &Known, n: usize) -> Result<(), ArchiveError> {
+        let digest = Digest::of(&raw);
+        if let Some(member) = known.by_raw.get(&digest) {
+            if member.raw_len == raw.len() as u64 && (self.hold)(&member.sha256) {
+                self.raw_len += member.raw_len;
+                return self.send_reuse(member.clone(), Tag::Chunk { raw: digest });
+            }
+        }
+        self.send_segment(raw, Tag::Chunk { raw: digest }, known.in_order.get(n).copied())
+    }
+}
+
 struct ChunkStream {
     chunker: Chunker,
     current: Vec<u8>,
+    /// Chunks sent so far.
+    sent: usize,
+}
+
+/// The chunks of a large file's previous version.
+#[derive(Default)]
+struct Known {
+    by_raw: HashMap<Digest, MemberRef>,
+    in_order: Vec<Digest>,
+}
+
+/// What the previous run had for a planned group.
+enum Found {
+    /// The same entries, unchanged: its member.
+    Reuse(MemberRef),
+    /// Not the same: the member it had there, if any.
+    Base(Option<Digest>),
 }
 
 fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {

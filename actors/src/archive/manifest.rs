@@ -16,6 +16,43 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The format of a sealed manifest: the version-1 body, signed by the
 /// node that made the archive ([`Seal`]).
 pub const SEALED_VERSION: u8 = 2;
+/// Formats 1 and 2 whose tree digest is taken over the members' digests
+/// ([`TreeRule::Members`]): an unsealed one (3) and a sealed one (4). The
+/// body is the same; the version byte says how to check the tree, so a
+/// reader that does not know the rule refuses the manifest rather than
+/// finding every restore of it "damaged".
+pub const MEMBER_TREE_VERSION: u8 = 3;
+pub const SEALED_MEMBER_TREE_VERSION: u8 = 4;
+/// The newest format this version reads.
+pub const NEWEST_VERSION: u8 = SEALED_MEMBER_TREE_VERSION;
+
+/// How an archive's tree digest is made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TreeRule {
+    /// SHA-256 of the whole uncompressed tar stream (formats 1 and 2):
+    /// checking it means inflating every member.
+    #[default]
+    RawStream,
+    /// SHA-256 over the members' digests and raw lengths, in order
+    /// (formats 3 and 4): a member kept from an earlier archive counts
+    /// without being read again. As exact as the raw rule: members are
+    /// addressed by the SHA-256 of their bytes, and inflating one checks
+    /// its CRC-32 and length, so equal member digests are equal trees.
+    Members,
+}
+
+/// The tree digest of [`TreeRule::Members`].
+pub fn members_tree_digest(members: &[MemberRef]) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"backmesh tree of members v1");
+    h.update((members.len() as u64).to_le_bytes());
+    for m in members {
+        h.update(m.sha256.0);
+        h.update(m.raw_len.to_le_bytes());
+    }
+    Digest::from_hasher(h)
+}
 /// Manifests larger than this are refused when decoded (a peer could send one).
 pub const MAX_MANIFEST_BYTES: usize = 512 * 1024 * 1024;
 
@@ -76,9 +113,12 @@ pub struct Manifest {
     pub order_ms: i64,
     pub members: Vec<MemberRef>,
     pub files: Vec<FileRecord>,
-    /// SHA-256 of the uncompressed tar stream: equal digests, equal trees.
+    /// Equal digests, equal trees: over the uncompressed tar stream, or
+    /// over the members ([`TreeRule`]).
     pub tree_digest: Digest,
-    /// SHA-256 of the whole `.tgz` (the members concatenated).
+    /// SHA-256 of the whole `.tgz` (the members concatenated) under the
+    /// raw-stream rule; zero under the members rule, where it is not
+    /// known without reading every member: use [`Manifest::tgz_digest`].
     pub tgz_sha256: Digest,
     pub tgz_len: u64,
     pub raw_len: u64,
@@ -90,6 +130,9 @@ pub struct Manifest {
     /// part of the signed body.
     #[serde(skip)]
     pub seal: Option<Seal>,
+    /// How `tree_digest` is made: said by the format version, not by the body.
+    #[serde(skip)]
+    pub tree_rule: TreeRule,
 }
 
 /// The signature of the node that made an archive over its manifest's
@@ -129,7 +172,7 @@ pub enum ManifestError {
     #[error("not a backmesh manifest (bad magic bytes)")]
     BadMagic,
     #[error(
-        "manifest format {found} is newer than this backmesh understands (up to {FORMAT_VERSION}); upgrade backmesh"
+        "manifest format {found} is newer than this backmesh understands (up to {NEWEST_VERSION}); upgrade backmesh"
     )]
     UnknownVersion { found: u8 },
     #[error("manifest of {len} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit")]
@@ -141,6 +184,13 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// The SHA-256 of the whole `.tgz`, where the manifest records it
+    /// (formats 1 and 2). Archives of formats 3 and 4 are checked member
+    /// by member, each against the digest the (sealed) manifest gives.
+    pub fn tgz_digest(&self) -> Option<Digest> {
+        (self.tree_rule == TreeRule::RawStream).then_some(self.tgz_sha256)
+    }
+
     /// The signed part: the manifest in CBOR, seal left out.
     fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.files.len() * 64 + self.members.len() * 48);
@@ -154,13 +204,14 @@ impl Manifest {
         let body = self.body();
         let mut out = Vec::with_capacity(body.len() + 128);
         out.extend_from_slice(MAGIC);
+        let members = self.tree_rule == TreeRule::Members;
         match &self.seal {
             None => {
-                out.push(FORMAT_VERSION);
+                out.push(if members { MEMBER_TREE_VERSION } else { FORMAT_VERSION });
                 out.extend_from_slice(&body);
             }
             Some(seal) => {
-                out.push(SEALED_VERSION);
+                out.push(if members { SEALED_MEMBER_TREE_VERSION } else { SEALED_VERSION });
                 let env = Envelope { body: ByteBuf::from(body), seal: seal.clone() };
                 #[allow(clippy::expect_used)]
                 ciborium::into_writer(&env, &mut out).expect("CBOR into a Vec");
@@ -190,12 +241,17 @@ impl Manifest {
             return Err(ManifestError::BadMagic);
         }
         let corrupt = |e: &dyn std::fmt::Display| ManifestError::Corrupt { reason: e.to_string() };
+        let rule = match bytes[4] {
+            MEMBER_TREE_VERSION | SEALED_MEMBER_TREE_VERSION => TreeRule::Members,
+            _ => TreeRule::RawStream,
+        };
         match bytes[4] {
-            FORMAT_VERSION => {
-                let m: Manifest = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
+            FORMAT_VERSION | MEMBER_TREE_VERSION => {
+                let mut m: Manifest = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
+                m.tree_rule = rule;
                 m.checked()
             }
-            SEALED_VERSION => {
+            SEALED_VERSION | SEALED_MEMBER_TREE_VERSION => {
                 let env: Envelope = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
                 if !crate::log::seal::holds(&env.seal.signer, &env.body, &env.seal.sig) {
                     return Err(ManifestError::BadSeal { signer: env.seal.signer });
@@ -207,6 +263,7 @@ impl Manifest {
                     return Err(corrupt(&"its body has fields this version does not know; upgrade backmesh"));
                 }
                 m.seal = Some(env.seal);
+                m.tree_rule = rule;
                 m.checked()
             }
             found => Err(ManifestError::UnknownVersion { found }),
@@ -246,6 +303,11 @@ impl Manifest {
                     m.raw_len, m.compressed_len
                 ),
             });
+        }
+        // Under the members rule the tree digest follows from the member
+        // list: one that does not is caught before anything is read.
+        if self.tree_rule == TreeRule::Members && self.tree_digest != members_tree_digest(&self.members) {
+            return Err(ManifestError::Corrupt { reason: "its tree digest is not that of its members".into() });
         }
         Ok(self)
     }
@@ -296,6 +358,7 @@ mod tests {
             warnings: vec![],
             excludes: vec!["*.log".into()],
             seal: None,
+            tree_rule: TreeRule::RawStream,
         }
     }
 
@@ -305,11 +368,52 @@ mod tests {
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
     }
 
+    /// `sample()` under the members rule.
+    fn of_members() -> Manifest {
+        let mut m = sample();
+        m.tree_rule = TreeRule::Members;
+        m.tree_digest = members_tree_digest(&m.members);
+        m
+    }
+
+    #[test]
+    fn the_members_rule_is_said_by_the_version_byte_sealed_or_not() {
+        let m = of_members();
+        let bytes = m.encode();
+        assert_eq!(bytes[4], MEMBER_TREE_VERSION);
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let mut sealed = of_members();
+        sealed.seal_with(&key).unwrap();
+        let bytes = sealed.encode();
+        assert_eq!(bytes[4], SEALED_MEMBER_TREE_VERSION);
+        assert_eq!(Manifest::decode(&bytes).unwrap(), sealed);
+        // The same body under the raw rule is another manifest: formats 1 and 2.
+        assert_eq!(sample().encode()[4], FORMAT_VERSION);
+    }
+
+    #[test]
+    fn under_the_members_rule_a_tree_digest_that_is_not_its_members_is_refused() {
+        let mut m = of_members();
+        m.members.push(MemberRef { sha256: Digest::of(b"another"), raw_len: 512, compressed_len: 40 });
+        let err = Manifest::decode(&m.encode()).unwrap_err();
+        assert!(err.to_string().contains("tree digest is not that of its members"), "{err}");
+        // The digest covers order and lengths, not only the set of members.
+        let (a, b) = (
+            MemberRef { sha256: Digest::of(b"a"), raw_len: 512, compressed_len: 40 },
+            MemberRef { sha256: Digest::of(b"b"), raw_len: 512, compressed_len: 40 },
+        );
+        assert_ne!(members_tree_digest(&[a.clone(), b.clone()]), members_tree_digest(&[b.clone(), a.clone()]));
+        let longer = MemberRef { raw_len: 1024, ..a.clone() };
+        assert_ne!(members_tree_digest(&[a]), members_tree_digest(&[longer]));
+    }
+
     #[test]
     fn refuses_what_it_cannot_read() {
         let mut b = sample().encode();
         b[4] = 9;
         assert!(matches!(Manifest::decode(&b), Err(ManifestError::UnknownVersion { found: 9 })));
+        assert!(ManifestError::UnknownVersion { found: 9 }.to_string().contains("up to 4"));
         assert!(matches!(Manifest::decode(b"nope"), Err(ManifestError::BadMagic)));
         let mut b = sample().encode();
         b.truncate(b.len() - 3);

@@ -26,7 +26,7 @@ use flate2::read::MultiGzDecoder;
 use sha2::{Digest as _, Sha256};
 
 use super::create::Progress;
-use super::manifest::{Manifest, MemberRef};
+use super::manifest::{members_tree_digest, Manifest, MemberRef, TreeRule};
 use crate::hash::Digest;
 
 /// Where restore gets members from (a local store, a peer, …).
@@ -154,13 +154,18 @@ pub fn restore_archive(
                 current: Vec::new(),
                 pos: 0,
                 permit_tx,
-                hasher: Sha256::new(),
+                hasher: (manifest.tree_rule == TreeRule::RawStream).then(Sha256::new),
                 failed: &failed,
             };
             let result = extract(&mut reader, staging, opts, &failed).and_then(|report| {
-                // tar stops at the end marker; hash what follows too.
+                // tar stops at the end marker; read (and check) what follows too.
                 io::copy(&mut reader, &mut io::sink()).map_err(|source| take_failure(&failed, source))?;
-                if Digest::from_hasher(reader.hasher.clone()) != manifest.tree_digest {
+                let tree = match manifest.tree_rule {
+                    TreeRule::RawStream => Digest::from_hasher(reader.hasher.clone().unwrap_or_default()),
+                    // Every member was checked against its digest as it was read.
+                    TreeRule::Members => members_tree_digest(members),
+                };
+                if tree != manifest.tree_digest {
                     return Err(RestoreError::TreeDigest);
                 }
                 Ok(report)
@@ -202,7 +207,9 @@ struct Ordered<'a> {
     current: Vec<u8>,
     pos: usize,
     permit_tx: SyncSender<()>,
-    hasher: Sha256,
+    /// The raw stream's hash, for a tree digest of [`TreeRule::RawStream`]
+    /// (`None`: not needed).
+    hasher: Option<Sha256>,
     failed: &'a Mutex<Option<RestoreError>>,
 }
 
@@ -227,7 +234,9 @@ impl Read for Ordered<'_> {
             let _ = self.permit_tx.send(());
             match chunk {
                 Ok(raw) => {
-                    self.hasher.update(&raw);
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&raw);
+                    }
                     self.current = raw;
                     self.pos = 0;
                 }

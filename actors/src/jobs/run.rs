@@ -5,9 +5,12 @@
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::archive::{self, ArchiveError, CreateOptions, Manifest, StatSnapshot, Warning};
+use crate::archive::cut::GroupCutter;
+use crate::archive::manifest::{members_tree_digest, TreeRule};
+use crate::archive::reuse::RecordsHeader;
+use crate::archive::{self, ArchiveError, CreateOptions, Manifest, Reuse, StatSnapshot, Warning};
 use crate::hash::Digest;
-use crate::store::{Retention, RetentionReport, StatCacheEntry, Store, StoreError};
+use crate::store::{ArchiveSummary, Retention, RetentionReport, StatCacheEntry, Store, StoreError};
 
 use super::plugin::{self, JobError, JobSpec, PluginReport};
 
@@ -44,6 +47,8 @@ pub enum RunOutcome {
         manifest: Box<Manifest>,
         new_bytes: u64,
         retention: RetentionReport,
+        /// Members taken unread from earlier archives, and their raw bytes.
+        reused: (u64, u64),
     },
     /// A plugin did its work and asked for no archive (a mirror job).
     NoArchive,
@@ -105,11 +110,26 @@ pub fn run_backup_as(
     }
 
     let mut txn = store.begin()?;
-    let created = archive::create(path, opts, &mut txn)?;
-    let snapshot = created.snapshot;
+    let holds = store.holds();
+    let hold = |d: &Digest| holds.hold(d);
+    let header = RecordsHeader::new(GroupCutter::new(opts.target).target, opts.level);
+    let records = store.new_records().ok();
+    let reuse = Reuse {
+        previous: store.previous_records(node, key, &header),
+        record: records
+            .as_ref()
+            .and_then(|r| r.reopen().ok())
+            .map(|f| Box::new(std::io::BufWriter::with_capacity(256 * 1024, f)) as Box<dyn std::io::Write + Send>),
+        hold: &hold,
+    };
+    let mut created = archive::create_reusing(path, opts, reuse, &mut txn)?;
+    let (snapshot, recorded) = (created.snapshot, created.recorded);
+    let reused = (created.reused_members, created.reused_raw);
+    let bases = std::mem::take(&mut created.bases);
     if let Some(last) = &last {
-        if created.tree_digest == last.tree_digest {
+        if same_tree(store, last, &created)? {
             drop(txn);
+            keep_records(store, node, key, records, recorded);
             remember(store, node, key, opts, snapshot, &last.id, last.tree_digest)?;
             return Ok(done(RunOutcome::Unchanged {
                 archive_id: last.id.clone(),
@@ -118,10 +138,12 @@ pub fn run_backup_as(
             }));
         }
     }
+    // Members taken unread are in the store; of the others, those not in it yet.
+    let made: std::collections::HashSet<Digest> = created.made.iter().copied().collect();
     let new_bytes: u64 = created
         .members
         .iter()
-        .filter(|m| !store.has_member(&m.sha256))
+        .filter(|m| made.contains(&m.sha256) && !store.has_member(&m.sha256))
         .map(|m| (m.sha256, m))
         .collect::<std::collections::HashMap<_, _>>()
         .values()
@@ -133,10 +155,45 @@ pub fn run_backup_as(
         .seal_with(store.identity())
         .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;
     txn.commit(&manifest)?;
+    drop(holds);
+    // Only what pushes may send as deltas: losing it costs bytes, not data.
+    if let Err(e) = store.set_bases(&bases, opts.level) {
+        tracing::warn!("cannot remember the delta bases of {key}: {e}");
+    }
+    keep_records(store, node, key, records, recorded);
     remember(store, node, key, opts, snapshot, &manifest.id, manifest.tree_digest)?;
     let retention = store.retain(node, key, keep)?;
     store.flush()?;
-    Ok(done(RunOutcome::Stored { manifest: Box::new(manifest), new_bytes, retention }))
+    Ok(done(RunOutcome::Stored { manifest: Box::new(manifest), new_bytes, retention, reused }))
+}
+
+/// Whether `created` holds the same tree as the series' newest archive:
+/// equal tree digests, or (the newest made before format 3, its digest
+/// over the raw stream) equal digests over the members.
+fn same_tree(store: &Store, last: &ArchiveSummary, created: &archive::Created) -> Result<bool, StoreError> {
+    if created.tree_digest == last.tree_digest {
+        return Ok(true);
+    }
+    // Archives of format 3 on record no `.tgz` digest: theirs was compared.
+    if last.tgz_sha256 == Digest::default() {
+        return Ok(false);
+    }
+    let m = store.manifest(&last.node, &last.path, Some(&last.id))?;
+    Ok(m.tree_rule == TreeRule::RawStream && members_tree_digest(&m.members) == created.tree_digest)
+}
+
+/// Keeps this run's reuse records if they are whole; else forgets the
+/// last ones (they may no longer match the newest archive's members).
+fn keep_records(store: &Store, node: &str, key: &str, records: Option<tempfile::NamedTempFile>, whole: bool) {
+    match records {
+        Some(r) if whole => {
+            if let Err(e) = store.keep_records(node, key, r) {
+                tracing::warn!("cannot keep the reuse records of {key}: {e}; the next backup reads every file");
+                store.drop_records(node, key);
+            }
+        }
+        _ => store.drop_records(node, key),
+    }
 }
 
 /// Records the snapshot of the tree that archive `id` holds, for the next

@@ -39,7 +39,7 @@ pub const LOG_TOPIC: &str = "backmesh/log/1";
 /// are relayed only once checked. 7: a registration's programs carry the
 /// operator's grant (`JobSpec::grant`), and names, paths and archive ids
 /// on the wire are checked types.
-pub const MESH_PROTOCOL: u32 = 7;
+pub const MESH_PROTOCOL: u32 = 8;
 
 /// "Here is my state's digest; send me the records of the buckets where
 /// yours differs." Sender: the log actor of any node, through the network
@@ -310,21 +310,72 @@ pub struct WireMember {
     pub data: serde_bytes::ByteBuf,
 }
 
+/// One member on the wire as a delta against a member the receiver holds
+/// (see `archive::delta`): the receiver rebuilds the raw bytes, compresses
+/// them at `level` and keeps the result only if it is `digest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireDelta {
+    pub digest: Digest,
+    pub base: Digest,
+    pub level: u32,
+    pub raw_len: u64,
+    pub ops: serde_bytes::ByteBuf,
+    pub literals: serde_bytes::ByteBuf,
+}
+
+/// An `Offer`'s or `Commit`'s manifest as a delta against the manifest of
+/// an earlier archive of the same series that the receiver keeps: the
+/// message's `manifest` then holds the delta's literals. The receiver
+/// rebuilds the bytes and checks them against `sha256` before it decodes
+/// them (a delta cannot forge a seal, only fail): one that does not hold
+/// the base answers `WholeManifest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestBase {
+    pub node: NodeName,
+    pub path: SeriesPath,
+    pub archive: ArchiveId,
+    pub raw_len: u64,
+    pub sha256: Digest,
+    pub ops: serde_bytes::ByteBuf,
+}
+
+/// Raw bytes the deltas of one `Put` may rebuild: a few bytes of delta
+/// can stand for many of output, and the receiver compresses them all.
+pub const DELTA_RAW_BATCH: u64 = 16 * 1024 * 1024;
+
 /// A transfer request. Senders: the replica actor of an origin or a
 /// surviving holder (Offer, Put, Commit, List), and any node reading an
 /// archive for a fetch or a restore (List, GetManifest, Get).
 /// Answered by: [`XferResponse`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum XferRequest {
-    /// "I have this archive for you": the encoded manifest. Answer: `Want`.
-    Offer { manifest: serde_bytes::ByteBuf },
-    /// Members the receiver wanted, at most [`XFER_BATCH`] bytes of them.
-    /// Each is checked against its digest before it is kept. Answer: `Stored`.
-    Put { members: Vec<WireMember> },
+    /// "I have this archive for you": the encoded manifest (or a delta of
+    /// it: `against`). Answer: `Want`.
+    Offer {
+        manifest: serde_bytes::ByteBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        against: Option<ManifestBase>,
+    },
+    /// Members the receiver wanted, at most [`XFER_BATCH`] bytes of them,
+    /// whole or as deltas (rebuilding at most [`DELTA_RAW_BATCH`] raw
+    /// bytes). Each is checked against its digest before it is kept; a
+    /// delta that does not rebuild it is dropped (the commit asks for the
+    /// member again). Answer: `Stored`.
+    Put {
+        members: Vec<WireMember>,
+        #[serde(default)]
+        deltas: Vec<WireDelta>,
+    },
     /// Every wanted member was sent: make the archive visible. `sent` is
     /// the member bytes sent for it; `repair` when the sender is not the
     /// origin. Answer: `Committed`, or `Want` with what is still missing.
-    Commit { manifest: serde_bytes::ByteBuf, sent: u64, repair: bool },
+    Commit {
+        manifest: serde_bytes::ByteBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        against: Option<ManifestBase>,
+        sent: u64,
+        repair: bool,
+    },
     /// Which archives of (node, path) do you keep? Answer: `Archives`.
     List { node: NodeName, path: SeriesPath },
     /// The manifest of an archive (the newest when `archive` is `None`).
@@ -389,6 +440,9 @@ pub enum XferResponse {
     OverQuota {
         reason: String,
     },
+    /// The manifest came as a delta against one this node does not keep
+    /// (or did not rebuild): send it whole.
+    WholeManifest,
 }
 
 /// Sent by both sides when a connection opens and then periodically.

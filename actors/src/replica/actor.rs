@@ -42,7 +42,10 @@ use crate::log::entry::Event;
 use crate::net::actor::{free_bytes, GetPeers, MembershipActor};
 use crate::net::membership::PeerView;
 use crate::net::swarm::{NetClient, ServeCtl, ServeXfer};
-use crate::net::wire::{ArchiveId, CtlRequest, CtlResponse, WireMember, XferRequest, XferResponse, MAX_XFER};
+use crate::net::wire::{
+    ArchiveId, CtlRequest, CtlResponse, ManifestBase, WireDelta, WireMember, XferRequest, XferResponse,
+    DELTA_RAW_BATCH, MAX_XFER,
+};
 use crate::store::{ArchiveSummary, Retention, Store};
 
 /// How replication behaves.
@@ -486,16 +489,33 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
         .map_err(|e| e.to_string())?
     };
     let encoded = serde_bytes::ByteBuf::from(manifest.encode());
-    let mut missing = match net.xfer(&push.peer, XferRequest::Offer { manifest: encoded.clone() }).await? {
+    // The manifest goes as a delta against the series' archive before it
+    // where the holder keeps that one (it says when it does not).
+    let mut delta = {
+        let (s, e, m) = (store.clone(), encoded.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || manifest_delta(&s, &m, &e)).await.ok().flatten()
+    };
+    let mut sent = 0u64;
+    let offer = |delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>| match delta {
+        Some((literals, base)) => XferRequest::Offer { manifest: literals.clone(), against: Some(base.clone()) },
+        None => XferRequest::Offer { manifest: encoded.clone(), against: None },
+    };
+    let mut answer = net.xfer(&push.peer, offer(&delta)).await?;
+    if matches!(answer, XferResponse::WholeManifest) {
+        sent += wire_len(&delta, &encoded);
+        delta = None;
+        answer = net.xfer(&push.peer, offer(&delta)).await?;
+    }
+    sent += wire_len(&delta, &encoded);
+    let mut missing = match answer {
         XferResponse::Want { complete: true, .. } => return Ok(()),
         XferResponse::Want { missing, .. } => missing,
         XferResponse::Refused { reason } => return Err(reason.into()),
         XferResponse::OverQuota { reason } => return Err(PushFailed { reason, over_quota: true }),
         other => return Err(format!("unexpected answer {other:?}").into()),
     };
-    let mut sent = 0u64;
     // A member the holder collected meanwhile is asked for again: a few rounds at most.
-    for _ in 0..3 {
+    for round in 0..3 {
         let want: HashSet<Digest> = missing.iter().copied().collect();
         let refs = manifest.members.iter().filter(|m| want.contains(&m.sha256));
         // A few batches in flight: reading, sending and the holder's writing overlap.
@@ -503,32 +523,66 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
             .map(|batch| async move {
                 // Unchecked here: the holder checks every member before it keeps it
                 // (and refuses a damaged one), so hashing twice would only cost CPU.
+                // The first round sends deltas where this node knows a base;
+                // what did not rebuild on the holder comes back whole.
+                // Deltas past what one Put may rebuild go in another Put.
                 let s = store.clone();
-                let members = tokio::task::spawn_blocking(move || {
-                    batch
-                        .iter()
-                        .map(|d| {
-                            s.read_member_unchecked(d).map(|b| (*d, b)).map_err(|e| PushFailed::from(e.to_string()))
-                        })
-                        .collect::<Result<Vec<_>, _>>()
+                let puts = tokio::task::spawn_blocking(move || {
+                    let mut puts = vec![(Vec::new(), Vec::new(), 0u64)];
+                    for d in batch {
+                        let data = s.read_member_unchecked(&d).map_err(|e| PushFailed::from(e.to_string()))?;
+                        let delta = (round == 0).then(|| delta_of(&s, &d, data.len())).flatten();
+                        let Some((members, deltas, raw)) = puts.last_mut() else { unreachable!() };
+                        // What the holder inflates and rebuilds: the base and the member.
+                        match delta {
+                            Some((delta, base_len)) if *raw + delta.raw_len + base_len <= DELTA_RAW_BATCH => {
+                                *raw += delta.raw_len + base_len;
+                                deltas.push(delta);
+                            }
+                            Some((delta, base_len)) => {
+                                let raw = delta.raw_len + base_len;
+                                puts.push((Vec::new(), vec![delta], raw));
+                            }
+                            None => members.push(WireMember { digest: d, data: data.into() }),
+                        }
+                    }
+                    Ok::<_, PushFailed>(puts)
                 })
                 .await
                 .map_err(|e| PushFailed::from(e.to_string()))??;
-                let n = members.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-                let members =
-                    members.into_iter().map(|(digest, data)| WireMember { digest, data: data.into() }).collect();
-                match net.xfer(&push.peer, XferRequest::Put { members }).await? {
-                    XferResponse::Stored => Ok(n),
-                    XferResponse::Refused { reason } => Err(PushFailed::from(reason)),
-                    other => Err(PushFailed::from(format!("unexpected answer {other:?}"))),
+                let mut n = 0u64;
+                for (members, deltas, _) in puts {
+                    n += members.iter().map(|m| m.data.len() as u64).sum::<u64>()
+                        + deltas.iter().map(|d| (d.ops.len() + d.literals.len()) as u64).sum::<u64>();
+                    match net.xfer(&push.peer, XferRequest::Put { members, deltas }).await? {
+                        XferResponse::Stored => {}
+                        XferResponse::Refused { reason } => return Err(PushFailed::from(reason)),
+                        other => return Err(PushFailed::from(format!("unexpected answer {other:?}"))),
+                    }
                 }
+                Ok(n)
             })
             .buffer_unordered(PUTS_IN_FLIGHT);
         while let Some(done) = puts.next().await {
             sent += done?;
         }
-        let commit = XferRequest::Commit { manifest: encoded.clone(), sent, repair: push.repair };
-        match net.xfer(&push.peer, commit).await? {
+        let commit = |delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>, sent: u64| match delta {
+            Some((literals, base)) => XferRequest::Commit {
+                manifest: literals.clone(),
+                against: Some(base.clone()),
+                sent,
+                repair: push.repair,
+            },
+            None => XferRequest::Commit { manifest: encoded.clone(), against: None, sent, repair: push.repair },
+        };
+        sent += wire_len(&delta, &encoded);
+        let mut answer = net.xfer(&push.peer, commit(&delta, sent)).await?;
+        if matches!(answer, XferResponse::WholeManifest) {
+            delta = None;
+            sent += wire_len(&delta, &encoded);
+            answer = net.xfer(&push.peer, commit(&delta, sent)).await?;
+        }
+        match answer {
             XferResponse::Committed => return Ok(()),
             XferResponse::Want { missing: m, .. } => missing = m,
             XferResponse::Refused { reason } => return Err(reason.into()),
@@ -537,6 +591,90 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
         }
     }
     Err(format!("{} still lacks {} member(s) of archive {id} after three rounds", push.name, missing.len()).into())
+}
+
+/// Bytes a manifest takes on the wire, whole or as a delta.
+fn wire_len(delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>, whole: &[u8]) -> u64 {
+    match delta {
+        Some((literals, base)) => (literals.len() + base.ops.len()) as u64,
+        None => whole.len() as u64,
+    }
+}
+
+/// `encoded` (the manifest `m`) as a delta against the manifest of the
+/// series' archive before it, if this node keeps that one and the delta
+/// is well under half the manifest: (the literals, what they are against).
+fn manifest_delta(store: &Store, m: &Manifest, encoded: &[u8]) -> Option<(serde_bytes::ByteBuf, ManifestBase)> {
+    let list = store.list(&m.node, &m.path).ok()?;
+    let before = list.iter().find(|s| s.id != m.id && s.order() < m.order())?;
+    let old = store.manifest_bytes(&m.node, &m.path, &before.id).ok()?;
+    let (ops, literals) = crate::archive::delta::make(&old, encoded);
+    if (ops.len() + literals.len()) * 2 > encoded.len() {
+        return None;
+    }
+    let base = ManifestBase {
+        node: crate::net::wire::name(&m.node).ok()?,
+        path: crate::net::wire::series(&m.path).ok()?,
+        archive: crate::net::wire::archive(&before.id).ok()?,
+        raw_len: encoded.len() as u64,
+        sha256: Digest::of(encoded),
+        ops: ops.into(),
+    };
+    Some((literals.into(), base))
+}
+
+/// The manifest an `Offer` or `Commit` carries: as sent, or rebuilt from
+/// the manifest it is a delta against; `None` if this node does not keep
+/// that one or the delta does not rebuild the bytes it names.
+fn manifest_sent<'a>(
+    store: &Store,
+    manifest: &'a [u8],
+    against: Option<&ManifestBase>,
+) -> Option<std::borrow::Cow<'a, [u8]>> {
+    let Some(b) = against else {
+        return Some(std::borrow::Cow::Borrowed(manifest));
+    };
+    let old = store.manifest_bytes(&b.node, &b.path, &b.archive).ok()?;
+    let raw = crate::archive::delta::apply(&old, &b.ops, manifest, b.raw_len, MAX_XFER as u64).ok()?;
+    (Digest::of(&raw) == b.sha256).then_some(std::borrow::Cow::Owned(raw))
+}
+
+/// Member `d` (of `len` compressed bytes) as a delta against the member
+/// this node made it from much as, and the base's raw length, when that
+/// is a good deal smaller and one `Put` may rebuild it; `None`: send it
+/// whole.
+fn delta_of(store: &Store, d: &Digest, len: usize) -> Option<(WireDelta, u64)> {
+    let (base, level) = store.base_of(d)?;
+    let new = store.raw_member(d, DELTA_RAW_BATCH).ok()?;
+    let old = store.raw_member(&base, DELTA_RAW_BATCH - new.len() as u64).ok()?;
+    let (ops, literals) = crate::archive::delta::make(&old, &new);
+    if (ops.len() + literals.len()) * 10 > len * 9 {
+        return None;
+    }
+    let delta =
+        WireDelta { digest: *d, base, level, raw_len: new.len() as u64, ops: ops.into(), literals: literals.into() };
+    Some((delta, old.len() as u64))
+}
+
+/// Rebuilds the members sent as deltas whose base this node holds; those
+/// that do not come out as their digest are dropped (the commit asks for
+/// them again, whole).
+///
+/// The bases inflated for one `Put` count against [`DELTA_RAW_BATCH`] too:
+/// a few bytes of delta naming a large base must not make this node
+/// inflate without bound.
+fn rebuild(store: &Store, deltas: &[WireDelta]) -> Vec<(Digest, Vec<u8>)> {
+    let mut budget = DELTA_RAW_BATCH;
+    deltas
+        .iter()
+        .filter_map(|d| {
+            let old = store.raw_member(&d.base, budget).ok()?;
+            budget -= old.len() as u64;
+            let raw = crate::archive::delta::apply(&old, &d.ops, &d.literals, d.raw_len, DELTA_RAW_BATCH).ok()?;
+            let data = crate::archive::create::gzip_member(&raw, d.level);
+            (Digest::of(&data) == d.digest).then_some((d.digest, data))
+        })
+        .collect()
 }
 
 /// Serves one transfer request from the store; the events to record after.
@@ -640,7 +778,10 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
         Ok(m)
     };
     match request {
-        XferRequest::Offer { manifest } => {
+        XferRequest::Offer { manifest, against } => {
+            let Some(manifest) = manifest_sent(store, &manifest, against.as_ref()) else {
+                return (XferResponse::WholeManifest, Vec::new());
+            };
             let m = match sealed(&manifest) {
                 Ok(m) => m,
                 Err(Refusal(e)) => return refused(e),
@@ -654,14 +795,25 @@ fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<
                 Err(refusal) => (refusal, Vec::new()),
             }
         }
-        XferRequest::Put { members } => {
-            let list: Vec<(Digest, &[u8])> = members.iter().map(|m| (m.digest, &m.data[..])).collect();
+        XferRequest::Put { members, deltas } => {
+            let raw: u64 = deltas.iter().map(|d| d.raw_len).fold(0, u64::saturating_add);
+            if raw > DELTA_RAW_BATCH {
+                return refused(format!(
+                    "{me}: deltas that rebuild {raw} bytes, over the {DELTA_RAW_BATCH}-byte bound"
+                ));
+            }
+            let rebuilt = rebuild(store, &deltas);
+            let mut list: Vec<(Digest, &[u8])> = members.iter().map(|m| (m.digest, &m.data[..])).collect();
+            list.extend(rebuilt.iter().map(|(d, data)| (*d, &data[..])));
             match store.put_members(&list) {
                 Ok(_) => (XferResponse::Stored, Vec::new()),
                 Err(e) => refused(format!("{me} cannot store the members: {e}")),
             }
         }
-        XferRequest::Commit { manifest, sent, repair } => {
+        XferRequest::Commit { manifest, against, sent, repair } => {
+            let Some(manifest) = manifest_sent(store, &manifest, against.as_ref()) else {
+                return (XferResponse::WholeManifest, Vec::new());
+            };
             let m = match sealed(&manifest) {
                 Ok(m) => m,
                 Err(Refusal(e)) => return refused(e),
@@ -915,8 +1067,9 @@ impl Handler<ServeXfer> for ReplicaActor {
     fn handle(&mut self, msg: ServeXfer, ctx: &mut Context<Self>) {
         let net = self.net.clone();
         let (peer, channel) = (msg.peer, msg.channel);
-        if let XferRequest::Put { members } = &msg.request {
-            let digests: Vec<Digest> = members.iter().map(|m| m.digest).collect();
+        if let XferRequest::Put { members, deltas } = &msg.request {
+            let digests: Vec<Digest> =
+                members.iter().map(|m| m.digest).chain(deltas.iter().map(|d| d.digest)).collect();
             if let Err(d) = self.wanted.take(&peer, &digests, crate::net::actor::now_ms()) {
                 let reason = format!("{} did not ask for member {d}: offer its archive first", self.me);
                 tracing::warn!("refused members from {peer}: {reason}");

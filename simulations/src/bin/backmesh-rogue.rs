@@ -185,7 +185,7 @@ async fn main() {
                 continue;
             }
             let answer = match x.request {
-                XferRequest::Offer { manifest } | XferRequest::Commit { manifest, .. } => {
+                XferRequest::Offer { manifest, .. } | XferRequest::Commit { manifest, .. } => {
                     if let Ok(m) = backmesh_actors::archive::Manifest::decode(&manifest) {
                         if !offered.contains(&m.id) {
                             offered.push(m.id.clone());
@@ -416,12 +416,12 @@ async fn fake_archive(net: &NetClient, holder: &str, victim: &str, path: &str) -
         other => return format!("could not make the fake: {other:?}"),
     };
     let bytes = serde_bytes::ByteBuf::from(manifest.encode());
-    let offer = net.xfer(holder, XferRequest::Offer { manifest: bytes.clone() }).await;
+    let offer = net.xfer(holder, XferRequest::Offer { manifest: bytes.clone(), against: None }).await;
     match offer {
         Ok(XferResponse::Want { .. }) => {}
         other => return format!("offer: {other:?}"),
     }
-    match net.xfer(holder, XferRequest::Commit { manifest: bytes, sent: 0, repair: false }).await {
+    match net.xfer(holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await {
         Ok(r) => format!("commit: {r:?}"),
         Err(e) => format!("commit: error: {e}"),
     }
@@ -446,7 +446,7 @@ fn own_archive(dir: &std::path::Path, path: &str, data: &[u8]) -> Result<(Store,
 /// holder's last answer, in words.
 async fn push(net: &NetClient, holder: &str, store: &Store, m: &Manifest) -> String {
     let bytes = serde_bytes::ByteBuf::from(m.encode());
-    let missing = match net.xfer(holder, XferRequest::Offer { manifest: bytes.clone() }).await {
+    let missing = match net.xfer(holder, XferRequest::Offer { manifest: bytes.clone(), against: None }).await {
         Ok(XferResponse::Want { missing, .. }) => missing,
         other => return format!("offer: {other:?}"),
     };
@@ -458,12 +458,12 @@ async fn push(net: &NetClient, holder: &str, store: &Store, m: &Manifest) -> Str
         }
     }
     if !members.is_empty() {
-        match net.xfer(holder, XferRequest::Put { members }).await {
+        match net.xfer(holder, XferRequest::Put { members, deltas: Vec::new() }).await {
             Ok(XferResponse::Stored) => {}
             other => return format!("put: {other:?}"),
         }
     }
-    match net.xfer(holder, XferRequest::Commit { manifest: bytes, sent: 0, repair: false }).await {
+    match net.xfer(holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await {
         Ok(r) => format!("commit: {r:?}"),
         Err(e) => format!("commit: error: {e}"),
     }
@@ -523,7 +523,7 @@ async fn commit_first(rogue: &Rogue, holder: &str) -> String {
         return format!("cannot seal: {e}");
     }
     let bytes = serde_bytes::ByteBuf::from(m.encode());
-    match rogue.net.xfer(holder, XferRequest::Commit { manifest: bytes, sent: 0, repair: false }).await {
+    match rogue.net.xfer(holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await {
         Ok(r) => format!("commit: {r:?}"),
         Err(e) => format!("commit: error: {e}"),
     }
