@@ -85,7 +85,9 @@ pub fn write_header(meta: &EntryMeta, out: &mut Vec<u8>) {
         pax_record(&mut pax, "gid", meta.gid.to_string().as_bytes());
     }
     if meta.mtime_nsec != 0 || meta.mtime < 0 || meta.mtime as u64 > OCTAL11_MAX {
-        pax_record(&mut pax, "mtime", format_mtime(meta.mtime, meta.mtime_nsec).as_bytes());
+        let mut value = Vec::with_capacity(32);
+        format_mtime(meta.mtime, meta.mtime_nsec, &mut value);
+        pax_record(&mut pax, "mtime", &value);
     }
     let header_mtime = meta.mtime.clamp(0, OCTAL11_MAX as i64) as u64;
     if !pax.is_empty() {
@@ -145,18 +147,48 @@ fn split_ustar(name: &[u8]) -> Option<(&[u8], &[u8])> {
         .filter(|(p, n)| !p.is_empty() && !n.is_empty() && *n != b"/")
 }
 
-fn format_mtime(secs: i64, nsec: u32) -> String {
+fn format_mtime(secs: i64, nsec: u32, out: &mut Vec<u8>) {
     if nsec == 0 {
-        return secs.to_string();
+        if secs < 0 {
+            out.push(b'-');
+        }
+        push_decimal(out, secs.unsigned_abs());
+        return;
     }
-    if secs >= 0 {
-        format!("{secs}.{nsec:09}")
+    let (s, n) = if secs >= 0 {
+        (secs, nsec)
     } else {
         // PAX times are a decimal number: -1.25 means 1.25 s before the epoch.
-        let (s, n) = (secs + 1, 1_000_000_000 - nsec);
-        let sign = if s == 0 { "-" } else { "" };
-        format!("{sign}{s}.{n:09}")
+        if secs + 1 <= 0 {
+            out.push(b'-');
+        }
+        (secs + 1, 1_000_000_000 - nsec)
+    };
+    push_decimal(out, s.unsigned_abs());
+    out.push(b'.');
+    let mut frac = [b'0'; 9];
+    let mut n = n;
+    for d in frac.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
     }
+    out.extend_from_slice(&frac);
+}
+
+/// `v` in decimal, without the allocation `to_string` makes: the encoder
+/// runs once per entry of every backup.
+fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// One PAX record, `"LEN key=value\n"`, where LEN counts its own digits.
@@ -166,7 +198,7 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     while base + digits(len) != len {
         len = base + digits(len);
     }
-    out.extend_from_slice(len.to_string().as_bytes());
+    push_decimal(out, len as u64);
     out.push(b' ');
     out.extend_from_slice(key.as_bytes());
     out.push(b'=');
@@ -174,8 +206,13 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.push(b'\n');
 }
 
-fn digits(n: usize) -> usize {
-    n.to_string().len()
+fn digits(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
 }
 
 fn put_bytes(field: &mut [u8], value: &[u8]) {
@@ -184,10 +221,12 @@ fn put_bytes(field: &mut [u8], value: &[u8]) {
 }
 
 /// Zero-padded octal with a NUL terminator.
-fn put_octal(field: &mut [u8], value: u64) {
+fn put_octal(field: &mut [u8], mut value: u64) {
     let width = field.len() - 1;
-    let s = format!("{value:0width$o}");
-    field[..width].copy_from_slice(&s.as_bytes()[s.len() - width..]);
+    for d in field[..width].iter_mut().rev() {
+        *d = b'0' + (value & 7) as u8;
+        value >>= 3;
+    }
     field[width] = 0;
 }
 
@@ -211,8 +250,8 @@ fn finish_header(h: &mut [u8; BLOCK]) {
     put_bytes(&mut h[263..265], b"00");
     h[148..156].fill(b' ');
     let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
+    put_octal(&mut h[148..155], u64::from(sum));
+    h[155] = b' ';
 }
 
 #[cfg(test)]
@@ -289,8 +328,59 @@ mod tests {
         write_header(&m, &mut out);
         let text = String::from_utf8_lossy(&out[BLOCK..2 * BLOCK]);
         assert!(text.contains("mtime=1700000000.000000005"), "{text}");
-        assert_eq!(format_mtime(-2, 250_000_000), "-1.750000000");
-        assert_eq!(format_mtime(-1, 500_000_000), "-0.500000000");
+        assert_eq!(mtime_text(-2, 250_000_000), "-1.750000000");
+        assert_eq!(mtime_text(-1, 500_000_000), "-0.500000000");
+    }
+
+    fn mtime_text(secs: i64, nsec: u32) -> String {
+        let mut out = Vec::new();
+        format_mtime(secs, nsec, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The hand-written number formatting says what `format!` says: the
+    /// archive's bytes must not change with the encoder's speed.
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        let reference_mtime = |secs: i64, nsec: u32| -> String {
+            if nsec == 0 {
+                return secs.to_string();
+            }
+            if secs >= 0 {
+                format!("{secs}.{nsec:09}")
+            } else {
+                let (s, n) = (secs + 1, 1_000_000_000 - nsec);
+                let sign = if s == 0 { "-" } else { "" };
+                format!("{sign}{s}.{n:09}")
+            }
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut values: Vec<u64> = vec![0, 1, 7, 8, 9, 10, 99, 100, 0o7777777, 0o10000000, u64::MAX];
+        for shift in 0..64 {
+            values.push(next() >> shift);
+        }
+        for &v in &values {
+            let mut field = [0xffu8; 12];
+            put_octal(&mut field, v);
+            let s = format!("{v:011o}");
+            assert_eq!(&field[..11], &s.as_bytes()[s.len() - 11..], "{v}");
+            assert_eq!(field[11], 0);
+            let mut out = Vec::new();
+            push_decimal(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+            assert_eq!(digits(v as usize), (v as usize).to_string().len());
+            for secs in [v as i64, -(v as i64 >> 1), (v >> 30) as i64, -((v >> 34) as i64)] {
+                for nsec in [0, 1, 5, 999_999_999, (v % 1_000_000_000) as u32] {
+                    assert_eq!(mtime_text(secs, nsec), reference_mtime(secs, nsec), "{secs} {nsec}");
+                }
+            }
+        }
     }
 
     #[test]
