@@ -553,7 +553,7 @@ impl Store {
 
     /// Members held for one backup: none is freed until it is dropped.
     pub fn holds(&self) -> Holds<'_> {
-        Holds { store: self, held: Mutex::default() }
+        Holds { store: self, held: Mutex::default(), present: Mutex::default() }
     }
 
     /// Starts writing an archive's members.
@@ -562,7 +562,7 @@ impl Store {
             .prefix("txn-")
             .tempdir_in(self.root.join("staging"))
             .map_err(|e| StoreError::io(&self.root.join("staging"), e))?;
-        Ok(PutTxn { store: self, dir: Some(dir), staged: HashSet::new(), pinned: Vec::new() })
+        Ok(PutTxn { store: self, dir: Some(dir), staged: HashSet::new(), pinned: Vec::new(), present: HashSet::new() })
     }
 
     fn pin(&self, d: &Digest) -> bool {
@@ -909,13 +909,20 @@ impl MemberSource for Store {
 pub struct Holds<'a> {
     store: &'a Store,
     held: Mutex<Vec<Digest>>,
+    /// Those the store had when held: held since, they are still there.
+    present: Mutex<HashSet<Digest>>,
 }
 
 impl Holds<'_> {
     /// Holds `d`; whether the store has it.
     pub fn hold(&self, d: &Digest) -> bool {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).push(*d);
-        self.store.pin(d)
+        let present = self.store.pin(d);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.push(*d);
+        if present {
+            self.present.lock().unwrap_or_else(|e| e.into_inner()).insert(*d);
+        }
+        present
     }
 }
 
@@ -932,6 +939,8 @@ pub struct PutTxn<'a> {
     dir: Option<tempfile::TempDir>,
     staged: HashSet<Digest>,
     pinned: Vec<Digest>,
+    /// Members pinned while in the store: commit need not look again.
+    present: HashSet<Digest>,
 }
 
 /// How far a commit goes; tests stop early to simulate a crash.
@@ -946,6 +955,13 @@ pub enum CommitStep {
 impl PutTxn<'_> {
     fn staging(&self) -> &Path {
         self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new("/nonexistent"))
+    }
+
+    /// Trusts `holds` for the members it found in the store: held (kept
+    /// from GC) since, they need no second look at commit. `holds` must
+    /// outlive the commit.
+    pub fn vouched_by(&mut self, holds: &Holds) {
+        self.present.extend(holds.present.lock().unwrap_or_else(|e| e.into_inner()).iter().copied());
     }
 
     /// Makes the staged members durable and moves them into place.
@@ -978,7 +994,8 @@ impl PutTxn<'_> {
     #[doc(hidden)]
     pub fn commit_until(mut self, m: &Manifest, last: CommitStep) -> Result<(), StoreError> {
         for member in &m.members {
-            if !self.staged.contains(&member.sha256) && !self.store.has_member(&member.sha256) {
+            let d = &member.sha256;
+            if !self.staged.contains(d) && !self.present.contains(d) && !self.store.has_member(d) {
                 return Err(StoreError::MissingMember { digest: member.sha256 });
             }
         }
@@ -1011,6 +1028,7 @@ impl MemberSink for PutTxn<'_> {
         }
         self.pinned.push(*digest);
         if self.store.pin(digest) {
+            self.present.insert(*digest);
             return Ok(());
         }
         let p = self.staging().join(digest.to_hex());

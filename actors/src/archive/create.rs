@@ -32,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 use super::cut::{Chunker, GroupCutter, DEFAULT_TARGET};
 use super::manifest::{members_tree_digest, ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
 use super::reuse::{self, Chunk, EntryPrint, Previous, Record, Recorder, RecordsHeader};
-use super::tarfmt::{padding, write_header, EntryMeta, Kind, BLOCK};
+use super::tarfmt::{header_len, padding, write_header, EntryMeta, Kind, BLOCK};
 use super::walk::{Excludes, Item, Walker};
 use super::{ArchiveError, Warning, WarningKind};
 use crate::hash::Digest;
@@ -465,6 +465,11 @@ pub fn create_reusing(
         let progress_sink = progress.clone();
         let sink_thread = s.spawn(move || sink_loop(done_rx, permit_tx, sink, recorder, progress_sink));
         let snapshot = SnapshotAcc::new();
+        let racy_after = snapshot.racy_after;
+        // The walk runs ahead on its own thread: its system calls overlap
+        // the producer's planning, hashing and reading.
+        let (walk_tx, walk_rx) = sync_channel::<Vec<Item>>(WALK_AHEAD);
+        let walk_thread = s.spawn(move || walk_ahead(walker, snapshot, &walk_tx));
         let mut producer = Producer {
             job_tx,
             permit_rx,
@@ -483,8 +488,7 @@ pub fn create_reusing(
             stats: ArchiveStats::default(),
             warnings: Vec::new(),
             hardlinks: HashMap::new(),
-            racy_after: snapshot.racy_after,
-            snapshot,
+            racy_after,
             previous: reuse.previous,
             hold: reuse.hold,
             reused: Vec::new(),
@@ -492,14 +496,15 @@ pub fn create_reusing(
             can_rewind,
             progress,
         };
-        let produced = producer.run(walker);
-        let Producer { job_tx, permit_rx, raw_len, files, stats, warnings, snapshot, .. } = producer;
+        let produced = producer.run(walk_rx);
+        let Producer { job_tx, permit_rx, raw_len, files, stats, warnings, .. } = producer;
         // Closing the job channel lets the workers, then the sink, finish.
         drop(job_tx);
         drop(permit_rx);
         let sunk = sink_thread.join().unwrap_or_else(|_| Err(io::Error::other("archive writer thread panicked")));
         let (state, recorded) = sunk.map_err(|source| ArchiveError::Sink { source })?;
-        let walk_warnings = produced?;
+        produced?;
+        let (walk_warnings, snapshot) = walk_thread.join().map_err(|_| ArchiveError::PipelineClosed)?;
         let mut warnings = warnings;
         let had_walk_warnings = !walk_warnings.is_empty();
         warnings.extend(walk_warnings);
@@ -520,6 +525,28 @@ pub fn create_reusing(
             made: state.made,
         })
     })
+}
+
+/// Batches of walked entries in flight between the walk and the producer.
+const WALK_AHEAD: usize = 8;
+const WALK_BATCH: usize = 256;
+
+/// Walks the tree into `out` in batches, hashing the stat snapshot on
+/// the way; returns the walk's warnings and the snapshot. Stops early
+/// when the producer stops listening.
+fn walk_ahead(mut walker: Walker, mut snapshot: SnapshotAcc, out: &SyncSender<Vec<Item>>) -> (Vec<Warning>, SnapshotAcc) {
+    let mut batch = Vec::with_capacity(WALK_BATCH);
+    for item in walker.by_ref() {
+        snapshot.add(&item);
+        batch.push(item);
+        if batch.len() == WALK_BATCH && out.send(std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH))).is_err() {
+            return (walker.warnings, snapshot);
+        }
+    }
+    if !batch.is_empty() {
+        let _ = out.send(batch);
+    }
+    (walker.warnings, snapshot)
 }
 
 fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32) {
@@ -644,7 +671,6 @@ struct Planned {
     item: Item,
     /// Its header as `lstat` says it will be.
     meta: EntryMeta,
-    header: Vec<u8>,
 }
 
 struct Producer<'a> {
@@ -671,7 +697,6 @@ struct Producer<'a> {
     warnings: Vec<Warning>,
     /// (dev, inode) of multiply-linked files already stored → their path.
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
-    snapshot: SnapshotAcc,
     racy_after: i128,
     previous: Option<Previous>,
     hold: &'a dyn Fn(&Digest) -> bool,
@@ -685,18 +710,19 @@ struct Producer<'a> {
 const CLOSED: ArchiveError = ArchiveError::PipelineClosed;
 
 impl Producer<'_> {
-    /// Walks and streams everything; returns the walker's warnings.
-    fn run(&mut self, mut walker: Walker) -> Result<Vec<Warning>, ArchiveError> {
-        for item in walker.by_ref() {
-            self.snapshot.add(&item);
-            self.plan(item)?;
+    /// Streams everything the walk yields.
+    fn run(&mut self, walked: Receiver<Vec<Item>>) -> Result<(), ArchiveError> {
+        for batch in walked {
+            let n = batch.len() as u64;
+            for item in batch {
+                self.plan(item)?;
+            }
             if let Some(p) = &self.progress {
-                p.entries.fetch_add(1, Ordering::Relaxed);
+                p.entries.fetch_add(n, Ordering::Relaxed);
             }
         }
         self.resolve()?;
-        self.send_segment(trailer(), Tag::Plain, None)?;
-        Ok(std::mem::take(&mut walker.warnings))
+        self.send_segment(trailer(), Tag::Plain, None)
     }
 
     /// Places one walked entry: in the planned group, or (a large file)
@@ -743,13 +769,11 @@ impl Producer<'_> {
             });
             return Ok(());
         };
-        let mut header = Vec::with_capacity(BLOCK);
-        write_header(&meta, &mut header);
-        let len = header.len() + meta.size as usize + padding(meta.size);
+        let len = header_len(&meta) + meta.size as usize + padding(meta.size);
         if self.cutter.cut_before(self.pending_len, &meta.path, len) {
             self.resolve()?;
         }
-        self.pending.push(Planned { item, meta, header });
+        self.pending.push(Planned { item, meta });
         self.pending_len += len;
         Ok(())
     }
@@ -762,8 +786,8 @@ impl Producer<'_> {
         }
         let group = std::mem::take(&mut self.pending);
         self.pending_len = 0;
-        let member = match self.reusable(&group) {
-            Found::Reuse(member) => member,
+        let (member, entries) = match self.reusable(&group) {
+            Found::Reuse(member, entries) => (member, entries),
             Found::Base(base) => {
                 self.group_base = base;
                 for p in group {
@@ -774,10 +798,6 @@ impl Producer<'_> {
                 return flushed;
             }
         };
-        let mut entries = EntryPrint::default();
-        for p in &group {
-            entries.add(&p.header, &p.item.meta);
-        }
         let first = group[0].meta.path.clone();
         for p in group {
             if p.meta.kind == Kind::File {
@@ -792,7 +812,7 @@ impl Producer<'_> {
             self.record(&p.meta);
         }
         self.raw_len += member.raw_len;
-        self.send_reuse(member, Tag::Group { first, entries: entries.finish() })
+        self.send_reuse(member, Tag::Group { first, entries })
     }
 
     /// The previous archive's member for this planned group, held in the
@@ -817,10 +837,11 @@ impl Producer<'_> {
                     return base;
                 }
             }
-            print.add(&p.header, &p.item.meta);
+            print.add(&p.meta, &p.item.meta);
         }
-        if print.finish() == entries && (self.hold)(&member.sha256) {
-            Found::Reuse(member)
+        let print = print.finish();
+        if print == entries && (self.hold)(&member.sha256) {
+            Found::Reuse(member, print)
         } else {
             base
         }
@@ -837,16 +858,23 @@ impl Producer<'_> {
 
     /// Reads one planned entry into the group being built.
     fn entry(&mut self, p: Planned) -> Result<(), ArchiveError> {
-        let Planned { item, meta, header } = p;
+        let Planned { item, meta } = p;
+        let header = || {
+            let mut h = Vec::with_capacity(BLOCK);
+            write_header(&meta, &mut h);
+            h
+        };
         match meta.kind {
             Kind::Dir | Kind::Symlink => {
                 self.count(meta.kind);
+                let header = header();
                 return self.add_small(meta, &header, &[], &item.meta, true);
             }
             Kind::HardLink => {
                 let key = (item.meta.dev(), item.meta.ino());
                 if self.hardlinks.get(&key).is_some_and(|first| Some(first) == meta.link.as_ref()) {
                     self.count(Kind::HardLink);
+                    let header = header();
                     return self.add_small(meta, &header, &[], &item.meta, true);
                 }
                 // Its first name was not stored after all: this one is the file.
@@ -886,10 +914,8 @@ impl Producer<'_> {
             return self.add_large(item, &Known::default());
         };
         let meta = entry_meta(&item.rel, &item.meta, Kind::File, None);
-        let mut header = Vec::with_capacity(BLOCK);
-        write_header(&meta, &mut header);
         let mut print = EntryPrint::default();
-        print.add(&header, &item.meta);
+        print.add(&meta, &item.meta);
         let print = print.finish();
         if entry == Some(print) && chunks.iter().all(|c| (self.hold)(&c.member.sha256)) {
             self.flush_group()?;
@@ -987,7 +1013,7 @@ impl Producer<'_> {
         if self.group.is_empty() {
             self.group_first = Some(meta.path.clone());
         }
-        self.group_print.add(header, stat);
+        self.group_print.add(&meta, stat);
         self.group_clean &= clean;
         self.group.extend_from_slice(header);
         self.group.extend_from_slice(content);
@@ -1139,7 +1165,7 @@ impl Producer<'_> {
                 }
                 let entry = (settled && !reuse::is_racy(&after, self.racy_after)).then(|| {
                     let mut print = EntryPrint::default();
-                    print.add(&header, &after);
+                    print.add(&meta, &after);
                     print.finish()
                 });
                 self.send_control(|seq| Job::LargeEnd { seq, path: item.rel.clone(), entry })?;
@@ -1206,8 +1232,8 @@ struct Known {
 
 /// What the previous run had for a planned group.
 enum Found {
-    /// The same entries, unchanged: its member.
-    Reuse(MemberRef),
+    /// The same entries, unchanged: its member, and their print.
+    Reuse(MemberRef, Digest),
     /// Not the same: the member it had there, if any.
     Base(Option<Digest>),
 }

@@ -33,6 +33,7 @@ use serde_bytes::ByteBuf;
 use sha2::{Digest as _, Sha256};
 
 use super::manifest::MemberRef;
+use super::tarfmt::{EntryMeta, Kind};
 use crate::hash::Digest;
 
 /// Filesystem timestamps can be as coarse as a second (or lag a clock
@@ -40,7 +41,7 @@ use crate::hash::Digest;
 pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
 /// The version of the record file; another version is ignored.
-const RECORDS_VERSION: u32 = 1;
+const RECORDS_VERSION: u32 = 2;
 
 /// What the records were made under: records made with another group
 /// target or compression level would give other members than a full run.
@@ -91,27 +92,54 @@ struct Framed {
     body: ByteBuf,
 }
 
-/// The fingerprint of the entries of one member: each entry's tar header
-/// (path, kind, size, mode, mtime, owner, link target) with the size,
-/// ctime and inode of what was read. Equal prints, equal tar bytes, as
-/// far as metadata can tell (ctime cannot be set back by a user).
+/// The fingerprint of the entries of one member: each entry's header
+/// fields (path, kind, size, mode, mtime, owner, link target: the tar
+/// header is a function of them, [`super::tarfmt::write_header`]) with the
+/// size, ctime and inode of what was read. Equal prints, equal tar bytes,
+/// as far as metadata can tell (ctime cannot be set back by a user).
 #[derive(Clone)]
 pub struct EntryPrint(Sha256);
 
 impl Default for EntryPrint {
     fn default() -> Self {
         let mut h = Sha256::new();
-        h.update(b"backmesh entries v1");
+        h.update(b"backmesh entries v2");
         EntryPrint(h)
     }
 }
 
 impl EntryPrint {
-    pub fn add(&mut self, header: &[u8], m: &Metadata) {
-        self.0.update((header.len() as u64).to_le_bytes());
-        self.0.update(header);
-        for v in [m.size(), m.ctime() as u64, m.ctime_nsec() as u64, m.ino()] {
-            self.0.update(v.to_le_bytes());
+    pub fn add(&mut self, e: &EntryMeta, m: &Metadata) {
+        let kind = match e.kind {
+            Kind::File => 0u8,
+            Kind::Dir => 1,
+            Kind::Symlink => 2,
+            Kind::HardLink => 3,
+        };
+        let mut fixed = [0u8; 1 + 8 * 12];
+        fixed[0] = kind;
+        let link_len = e.link.as_ref().map_or(u64::MAX, |l| l.len() as u64);
+        let fields = [
+            e.path.len() as u64,
+            e.size,
+            u64::from(e.mode),
+            e.mtime as u64,
+            u64::from(e.mtime_nsec),
+            e.uid,
+            e.gid,
+            link_len,
+            m.size(),
+            m.ctime() as u64,
+            m.ctime_nsec() as u64,
+            m.ino(),
+        ];
+        for (slot, v) in fixed[1..].chunks_exact_mut(8).zip(fields) {
+            slot.copy_from_slice(&v.to_le_bytes());
+        }
+        self.0.update(fixed);
+        self.0.update(&e.path);
+        if let Some(link) = &e.link {
+            self.0.update(link);
         }
     }
 

@@ -154,6 +154,7 @@ pub fn run_backup_as(
     manifest
         .seal_with(store.identity())
         .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;
+    txn.vouched_by(&holds);
     txn.commit(&manifest)?;
     drop(holds);
     // Only what pushes may send as deltas: losing it costs bytes, not data.
