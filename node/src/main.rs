@@ -90,7 +90,7 @@ fn bound_malloc() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(command) = cli.command else {
-        init_logging();
+        init_logging("info,actix_server=warn,libp2p_kad=error,libp2p_swarm=warn,libp2p_tcp=warn,libp2p_noise=warn,libp2p_yamux=warn,libp2p_request_response=warn");
         bound_malloc();
         let result = config::NodeConfig::resolve(cli.name, cli.data_dir, cli.run).and_then(run::run);
         return match result {
@@ -101,6 +101,9 @@ fn main() -> ExitCode {
             }
         };
     };
+    // A local command says only what went wrong on the side (a cache it
+    // could not keep, say): its result is its output.
+    init_logging("warn");
     let ctx = local::Ctx {
         data_dir: cli.data_dir.unwrap_or_else(|| PathBuf::from("./backmesh-data")),
         name: cli.name.unwrap_or_else(local::hostname),
@@ -148,15 +151,13 @@ fn report(e: &anyhow::Error) -> String {
     out
 }
 
-/// Logs to stderr; `BACKMESH_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
-fn init_logging() {
+/// Logs to stderr; `BACKMESH_LOG` (or `RUST_LOG`) sets the filter, `default` if neither.
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("BACKMESH_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| {
-            "info,actix_server=warn,libp2p_kad=error,libp2p_swarm=warn,libp2p_tcp=warn,libp2p_noise=warn,libp2p_yamux=warn,libp2p_request_response=warn".into()
-        });
+        .unwrap_or_else(|| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -496,7 +496,9 @@ pub fn create_reusing(
             can_rewind,
             progress,
         };
+        let started = std::time::Instant::now();
         let produced = producer.run(walk_rx);
+        let t_produced = started.elapsed();
         let Producer { job_tx, permit_rx, raw_len, files, stats, warnings, .. } = producer;
         // Closing the job channel lets the workers, then the sink, finish.
         drop(job_tx);
@@ -505,6 +507,7 @@ pub fn create_reusing(
         let (state, recorded) = sunk.map_err(|source| ArchiveError::Sink { source })?;
         produced?;
         let (walk_warnings, snapshot) = walk_thread.join().map_err(|_| ArchiveError::PipelineClosed)?;
+        tracing::debug!("archive of {}: produced by {t_produced:?}, sunk by {:?}", root.display(), started.elapsed());
         let mut warnings = warnings;
         let had_walk_warnings = !walk_warnings.is_empty();
         warnings.extend(walk_warnings);

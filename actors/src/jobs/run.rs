@@ -123,6 +123,7 @@ pub fn run_backup_as(
         hold: &hold,
     };
     let mut created = archive::create_reusing(path, opts, reuse, &mut txn)?;
+    let t_created = started.elapsed();
     let (snapshot, recorded) = (created.snapshot, created.recorded);
     let reused = (created.reused_members, created.reused_raw);
     let bases = std::mem::take(&mut created.bases);
@@ -154,8 +155,10 @@ pub fn run_backup_as(
     manifest
         .seal_with(store.identity())
         .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;
+    let t_sealed = started.elapsed();
     txn.vouched_by(&holds);
     txn.commit(&manifest)?;
+    let t_committed = started.elapsed();
     drop(holds);
     // Only what pushes may send as deltas: losing it costs bytes, not data.
     if let Err(e) = store.set_bases(&bases, opts.level) {
@@ -165,6 +168,13 @@ pub fn run_backup_as(
     remember(store, node, key, opts, snapshot, &manifest.id, manifest.tree_digest)?;
     let retention = store.retain(node, key, keep)?;
     store.flush()?;
+    tracing::debug!(
+        "backup of {key}: made by {:?}, sealed by {:?}, committed by {:?}, done in {:?}",
+        t_created,
+        t_sealed,
+        t_committed,
+        started.elapsed()
+    );
     Ok(done(RunOutcome::Stored { manifest: Box::new(manifest), new_bytes, retention, reused }))
 }
 
