@@ -22,7 +22,7 @@
 pub mod health;
 pub mod kv;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -693,6 +693,7 @@ impl Store {
         }
         let p = self.manifest_path(&m.node, &m.path, &m.id)?;
         write_atomic(&p, &m.encode()).map_err(|e| StoreError::io(&p, e))?;
+        self.write_member_list(&p, m);
         let s = ArchiveSummary::stored_now(m);
         self.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
         self.kv.flush()?;
@@ -722,6 +723,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io(&p, e)),
         }
+        let _ = fs::remove_file(p.with_extension(MEMBER_LIST_EXT));
         self.kv.delete(ARCHIVES, &archive_key(&s))?;
         Ok(true)
     }
@@ -740,6 +742,7 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io(&p, e)),
             }
+            let _ = fs::remove_file(p.with_extension(MEMBER_LIST_EXT));
             if let Some(dir) = p.parent() {
                 let _ = File::open(dir).and_then(|d| d.sync_all());
             }
@@ -754,14 +757,37 @@ impl Store {
         Ok(report)
     }
 
+    /// The members archive `s` uses: from the member list written beside
+    /// its manifest (checked whole by its digest), else from the manifest
+    /// itself, whose list is then written again. A collection reads
+    /// every archive's list: a list is 32 bytes a member, its manifest
+    /// also every file's record, and a signature to check.
+    fn members_of(&self, s: &ArchiveSummary) -> Result<Vec<Digest>, StoreError> {
+        let p = self.manifest_path(&s.node, &s.path, &s.id)?;
+        if let Some(list) = fs::read(p.with_extension(MEMBER_LIST_EXT)).ok().and_then(|b| decode_member_list(&b)) {
+            return Ok(list);
+        }
+        let m = self.manifest(&s.node, &s.path, Some(&s.id))?;
+        self.write_member_list(&p, &m);
+        Ok(m.members.iter().map(|m| m.sha256).collect())
+    }
+
+    /// Writes the member list of `m`, whose manifest is at `manifest`. A
+    /// list is a cache: one that cannot be written is read from the manifest.
+    fn write_member_list(&self, manifest: &Path, m: &Manifest) {
+        let p = manifest.with_extension(MEMBER_LIST_EXT);
+        if let Err(e) = write_atomic(&p, &encode_member_list(m.members.iter().map(|m| &m.sha256))) {
+            tracing::warn!("cannot write {}: {e}; collections read the manifest instead", p.display());
+        }
+    }
+
     /// Deletes members that no manifest references and no transaction pins.
     /// Returns (members, bytes) freed.
     pub fn gc(&self) -> Result<(u64, u64), StoreError> {
         let _guard = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut used = HashSet::new();
         for s in self.list_all()? {
-            let m = self.manifest(&s.node, &s.path, Some(&s.id))?;
-            used.extend(m.members.iter().map(|m| m.sha256));
+            used.extend(self.members_of(&s)?);
         }
         let (mut count, mut bytes) = (0u64, 0u64);
         let segments = self.root.join("segments");
@@ -850,10 +876,15 @@ impl Store {
             let series_hex = series.file_name().to_string_lossy().into_owned();
             for f in fs::read_dir(series.path()).map_err(|e| StoreError::io(&series.path(), e))?.flatten() {
                 let p = f.path();
-                if p.extension().and_then(|e| e.to_str()) != Some("bmm") {
-                    // A temp file from an interrupted write.
-                    let _ = fs::remove_file(&p);
-                    continue;
+                match p.extension().and_then(|e| e.to_str()) {
+                    Some("bmm") => {}
+                    // A member list stays while its manifest does.
+                    Some(MEMBER_LIST_EXT) if p.with_extension("bmm").exists() => continue,
+                    _ => {
+                        // A temp file from an interrupted write, or a list left by a crash.
+                        let _ = fs::remove_file(&p);
+                        continue;
+                    }
                 }
                 let id = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 if let Some(k) = indexed.get(&(series_hex.clone(), id)) {
@@ -943,6 +974,40 @@ pub struct PutTxn<'a> {
     present: HashSet<Digest>,
 }
 
+/// The extension of an archive's member list, beside its manifest.
+const MEMBER_LIST_EXT: &str = "members";
+const MEMBER_LIST_MAGIC: &[u8; 5] = b"BMML1";
+
+/// A member list: magic, count (u64 LE), the digests, then the SHA-256
+/// of all that. A list with a wrong digest or length is not used: a list
+/// that says too little would let a collection free members in use.
+fn encode_member_list<'a>(digests: impl ExactSizeIterator<Item = &'a Digest>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(13 + digests.len() * 32 + 32);
+    out.extend_from_slice(MEMBER_LIST_MAGIC);
+    out.extend_from_slice(&(digests.len() as u64).to_le_bytes());
+    for d in digests {
+        out.extend_from_slice(&d.0);
+    }
+    let sum = Digest::of(&out);
+    out.extend_from_slice(&sum.0);
+    out
+}
+
+fn decode_member_list(bytes: &[u8]) -> Option<Vec<Digest>> {
+    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    let rest = body.strip_prefix(MEMBER_LIST_MAGIC)?;
+    let (count, digests) = rest.split_at_checked(8)?;
+    let count = u64::from_le_bytes(count.try_into().ok()?);
+    if digests.len() as u64 != count.checked_mul(32)? || Digest::of(body).0 != sum {
+        return None;
+    }
+    Some(digests.chunks_exact(32).map(|c| Digest(c.try_into().unwrap_or([0; 32]))).collect())
+}
+
+/// Up to this many new members a commit `fsync`s each; beyond, it
+/// `syncfs`es the store's filesystem once.
+const FSYNC_EACH_UP_TO: usize = 256;
+
 /// How far a commit goes; tests stop early to simulate a crash.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -964,13 +1029,25 @@ impl PutTxn<'_> {
         self.present.extend(holds.present.lock().unwrap_or_else(|e| e.into_inner()).iter().copied());
     }
 
-    /// Makes the staged members durable and moves them into place.
+    /// Makes the staged members durable and moves them into place. A
+    /// few members are synced one by one (with the directories they
+    /// enter); many, by one `syncfs` of the store's filesystem, cheaper
+    /// than thousands of `fsync`s but paying for whatever else is dirty.
     pub fn publish(&mut self) -> Result<(), StoreError> {
         let staging = self.staging().to_path_buf();
         if self.staged.is_empty() {
             return Ok(());
         }
-        sync_fs(&staging);
+        let each = self.staged.len() <= FSYNC_EACH_UP_TO;
+        if each {
+            for d in &self.staged {
+                let p = staging.join(d.to_hex());
+                File::open(&p).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&p, e))?;
+            }
+        } else {
+            sync_fs(&staging).map_err(|e| StoreError::io(&staging, e))?;
+        }
+        let mut entered = BTreeSet::new();
         for d in self.staged.drain() {
             let from = staging.join(d.to_hex());
             let to = self.store.member_path(&d);
@@ -980,8 +1057,18 @@ impl PutTxn<'_> {
             let parent = to.parent().unwrap_or(Path::new("."));
             fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
             fs::rename(&from, &to).map_err(|e| StoreError::io(&to, e))?;
+            entered.insert(parent.to_path_buf());
         }
-        sync_fs(&self.store.root.join("segments"));
+        let segments = self.store.root.join("segments");
+        if each {
+            // A fan-out directory made now must itself be in its parent.
+            entered.insert(segments.clone());
+            for dir in entered {
+                File::open(&dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&dir, e))?;
+            }
+        } else {
+            sync_fs(&segments).map_err(|e| StoreError::io(&segments, e))?;
+        }
         Ok(())
     }
 
@@ -999,13 +1086,20 @@ impl PutTxn<'_> {
                 return Err(StoreError::MissingMember { digest: member.sha256 });
             }
         }
+        let t0 = std::time::Instant::now();
         self.publish()?;
+        tracing::debug!("published in {:?}", t0.elapsed());
         if last == CommitStep::MembersPublished {
             std::mem::forget(self.dir.take());
             return Ok(());
         }
         let p = self.store.manifest_path(&m.node, &m.path, &m.id)?;
-        write_atomic(&p, &m.encode()).map_err(|e| StoreError::io(&p, e))?;
+        let t0 = std::time::Instant::now();
+        let bytes = m.encode();
+        tracing::debug!("encoded in {:?}", t0.elapsed());
+        write_atomic(&p, &bytes).map_err(|e| StoreError::io(&p, e))?;
+        self.store.write_member_list(&p, m);
+        tracing::debug!("written in {:?}", t0.elapsed());
         if last == CommitStep::ManifestWritten {
             std::mem::forget(self.dir.take());
             return Ok(());

@@ -401,6 +401,50 @@ fn retention_keeps_exactly_k_and_frees_unused_members() {
     assert_eq!(fs::read(t.path().join("r/changing.txt")).unwrap(), b"generation 2");
 }
 
+/// A collection reads each archive's member list, not its manifest; a
+/// list that is missing, torn or altered is not believed (a list that
+/// said too little would free members in use), and is written again.
+#[test]
+fn a_collection_trusts_no_damaged_member_list() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 5);
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let key = src.to_str().unwrap().to_string();
+    run_backup(&store, "n1", &src, &opts(), Retention::keep(10)).unwrap();
+    let m = store.manifest("n1", &key, None).unwrap();
+    let series = t.path().join("data/manifests").join(hex::encode(backmesh_actors::store::series_key("n1", &key)));
+    let list = series.join(format!("{}.members", m.id));
+    let whole = fs::read(&list).expect("a member list beside the manifest");
+    assert_eq!(whole.len(), 5 + 8 + 32 * m.members.len() + 32);
+    let damages: [(&str, Box<dyn Fn(&Path)>); 3] = [
+        ("missing", Box::new(|p: &Path| fs::remove_file(p).unwrap())),
+        ("torn", Box::new(|p: &Path| fs::write(p, &fs::read(p).unwrap()[..45]).unwrap())),
+        (
+            "altered",
+            Box::new(|p: &Path| {
+                let mut b = fs::read(p).unwrap();
+                b[20] ^= 1;
+                fs::write(p, b).unwrap()
+            }),
+        ),
+    ];
+    for (what, damage) in damages {
+        damage(&list);
+        let (freed, _) = store.gc().unwrap();
+        assert_eq!(freed, 0, "{what}: a member in use was freed");
+        assert_eq!(fs::read(&list).unwrap(), whole, "{what}: the list is written again");
+        assert!(store.verify(&m).is_ok(), "{what}");
+    }
+    // A list whose manifest is gone goes with the next open.
+    let stray = series.join("20200101T000000.000Z-00000000.members");
+    fs::write(&stray, &whole).unwrap();
+    drop(store);
+    let _store = Store::open(&t.path().join("data")).unwrap();
+    assert!(!stray.exists());
+    assert!(list.exists());
+}
+
 #[test]
 fn a_crash_between_writes_leaves_the_store_consistent() {
     let t = tempfile::tempdir().unwrap();

@@ -321,7 +321,7 @@ fn into_target(
         .tempdir_in(&parent)
         .map_err(|e| RestoreError::write(&parent, e))?;
     let report = fill(staging.path())?; // dropping `staging` removes it
-    sync_fs(staging.path());
+    sync_fs(staging.path()).map_err(|e| RestoreError::write(staging.path(), e))?;
     let staging = staging.keep();
     let moved = (|| -> io::Result<()> {
         match state {
@@ -359,15 +359,15 @@ fn absolute(p: &Path) -> io::Result<PathBuf> {
 }
 
 /// Makes everything written under `path` durable (one `syncfs`, not one
-/// `fsync` per file).
-pub(crate) fn sync_fs(path: &Path) {
-    if let Ok(f) = File::open(path) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: `f` is an open descriptor for the duration of the call.
-        unsafe {
-            libc::syncfs(f.as_raw_fd());
-        }
+/// `fsync` per file). Its error says the disk lost a write (Linux ≥ 5.8).
+pub(crate) fn sync_fs(path: &Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// A path from the archive, checked: relative, no `..`. `None` for the root.
