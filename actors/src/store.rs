@@ -259,6 +259,10 @@ pub struct Store {
     identity: libp2p::identity::Keypair,
     /// Makes a binding's check-then-write one step.
     bind_lock: Mutex<()>,
+    /// The fan-out directories of `segments/`, opened when first needed:
+    /// a changed backup asks after every member it reuses, and a lookup
+    /// relative to an open directory skips walking the whole path.
+    fan_out: Vec<std::sync::OnceLock<File>>,
 }
 
 /// Loads `DATA_DIR/identity.key`, or makes one (mode 0600): the peer id
@@ -349,6 +353,7 @@ impl Store {
             inbound: Mutex::default(),
             identity: load_identity(data_dir)?,
             bind_lock: Mutex::default(),
+            fan_out: (0..256).map(|_| std::sync::OnceLock::new()).collect(),
         };
         // Work a crashed process left half done is abandoned.
         let staging = store.root.join("staging");
@@ -458,7 +463,23 @@ impl Store {
     }
 
     pub fn has_member(&self, d: &Digest) -> bool {
-        self.member_path(d).exists()
+        use std::os::fd::AsRawFd;
+        let slot = &self.fan_out[usize::from(d.0[0])];
+        let dir = match slot.get() {
+            Some(dir) => dir,
+            None => match File::open(self.member_path(d).parent().unwrap_or(Path::new("/nonexistent"))) {
+                Ok(f) => slot.get_or_init(|| f),
+                // Not made yet: no member of that prefix is stored.
+                Err(_) => return false,
+            },
+        };
+        let mut name = [0u8; 64 + 4];
+        name[..64].copy_from_slice(d.to_hex().as_bytes());
+        name[64..67].copy_from_slice(b".gz");
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `name` is NUL-terminated, `dir` an open descriptor, and
+        // `st` a buffer the call fills.
+        unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr().cast(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) == 0 }
     }
 
     /// A member's bytes as stored, unchecked: for a sender whose receiver
@@ -1078,28 +1099,39 @@ impl PutTxn<'_> {
         self.commit_until(m, CommitStep::Indexed)
     }
 
+    /// [`PutTxn::commit`], `encoded` being `m` as [`Manifest::encode`] gives it.
+    pub fn commit_encoded(self, m: &Manifest, encoded: &[u8]) -> Result<(), StoreError> {
+        self.commit_steps(m, Some(encoded), CommitStep::Indexed)
+    }
+
     #[doc(hidden)]
-    pub fn commit_until(mut self, m: &Manifest, last: CommitStep) -> Result<(), StoreError> {
+    pub fn commit_until(self, m: &Manifest, last: CommitStep) -> Result<(), StoreError> {
+        self.commit_steps(m, None, last)
+    }
+
+    fn commit_steps(mut self, m: &Manifest, encoded: Option<&[u8]>, last: CommitStep) -> Result<(), StoreError> {
         for member in &m.members {
             let d = &member.sha256;
             if !self.staged.contains(d) && !self.present.contains(d) && !self.store.has_member(d) {
                 return Err(StoreError::MissingMember { digest: member.sha256 });
             }
         }
-        let t0 = std::time::Instant::now();
         self.publish()?;
-        tracing::debug!("published in {:?}", t0.elapsed());
         if last == CommitStep::MembersPublished {
             std::mem::forget(self.dir.take());
             return Ok(());
         }
         let p = self.store.manifest_path(&m.node, &m.path, &m.id)?;
-        let t0 = std::time::Instant::now();
-        let bytes = m.encode();
-        tracing::debug!("encoded in {:?}", t0.elapsed());
-        write_atomic(&p, &bytes).map_err(|e| StoreError::io(&p, e))?;
+        let fresh;
+        let bytes = match encoded {
+            Some(b) => b,
+            None => {
+                fresh = m.encode();
+                &fresh
+            }
+        };
+        write_atomic(&p, bytes).map_err(|e| StoreError::io(&p, e))?;
         self.store.write_member_list(&p, m);
-        tracing::debug!("written in {:?}", t0.elapsed());
         if last == CommitStep::ManifestWritten {
             std::mem::forget(self.dir.take());
             return Ok(());

@@ -201,7 +201,11 @@ impl Manifest {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let body = self.body();
+        self.encode_body(self.body())
+    }
+
+    /// The stored form, around `body` (this manifest's [`Manifest::body`]).
+    fn encode_body(&self, body: Vec<u8>) -> Vec<u8> {
         let mut out = Vec::with_capacity(body.len() + 128);
         out.extend_from_slice(MAGIC);
         let members = self.tree_rule == TreeRule::Members;
@@ -226,6 +230,16 @@ impl Manifest {
         let sig = key.sign(&self.body()).map_err(|e| ManifestError::Corrupt { reason: format!("cannot sign: {e}") })?;
         self.seal = Some(Seal { signer: key.public().to_peer_id().to_string(), sig: ByteBuf::from(sig) });
         Ok(())
+    }
+
+    /// Seals the manifest with `key` ([`Manifest::seal_with`]) and returns
+    /// it encoded, from the same body: a large tree's manifest is
+    /// megabytes, encoded once, not twice.
+    pub fn seal_encoded(&mut self, key: &libp2p::identity::Keypair) -> Result<Vec<u8>, ManifestError> {
+        let body = self.body();
+        let sig = key.sign(&body).map_err(|e| ManifestError::Corrupt { reason: format!("cannot sign: {e}") })?;
+        self.seal = Some(Seal { signer: key.public().to_peer_id().to_string(), sig: ByteBuf::from(sig) });
+        Ok(self.encode_body(body))
     }
 
     /// The peer id that sealed it (its seal was checked when decoded).

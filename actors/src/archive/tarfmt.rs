@@ -52,11 +52,48 @@ pub fn padding(size: u64) -> usize {
     }
 }
 
-/// Length of the headers [`write_header`] produces for `meta`.
+/// Length of the headers [`write_header`] produces for `meta`, counted
+/// without writing them (every entry of every backup is counted).
 pub fn header_len(meta: &EntryMeta) -> usize {
-    let mut scratch = Vec::new();
-    write_header(meta, &mut scratch);
-    scratch.len()
+    let dir = meta.kind == Kind::Dir;
+    let name_len = meta.path.len() + usize::from(dir);
+    let mut pax = 0;
+    if name_len > NAME_LEN {
+        let mut name = meta.path.clone();
+        if dir {
+            name.push(b'/');
+        }
+        if split_ustar(&name).is_none() {
+            pax += pax_record_len("path", name_len);
+        }
+    }
+    if let Some(link) = &meta.link {
+        if link.len() > NAME_LEN {
+            pax += pax_record_len("linkpath", link.len());
+        }
+    }
+    for (key, value, max) in [("size", meta.size, OCTAL11_MAX), ("uid", meta.uid, OCTAL7_MAX), ("gid", meta.gid, OCTAL7_MAX)] {
+        if value > max {
+            pax += pax_record_len(key, digits(value));
+        }
+    }
+    if meta.mtime_nsec != 0 || meta.mtime < 0 || meta.mtime as u64 > OCTAL11_MAX {
+        pax += pax_record_len("mtime", mtime_len(meta.mtime, meta.mtime_nsec));
+    }
+    if pax == 0 {
+        BLOCK
+    } else {
+        2 * BLOCK + pax + padding(pax as u64)
+    }
+}
+
+/// Length of what [`format_mtime`] writes.
+fn mtime_len(secs: i64, nsec: u32) -> usize {
+    if nsec == 0 {
+        return usize::from(secs < 0) + digits(secs.unsigned_abs());
+    }
+    let s = if secs >= 0 { secs } else { secs + 1 };
+    usize::from(secs < 0 && s <= 0) + digits(s.unsigned_abs()) + 10
 }
 
 /// Appends the header block(s) of `meta` (a PAX header first when needed).
@@ -193,12 +230,7 @@ fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
 
 /// One PAX record, `"LEN key=value\n"`, where LEN counts its own digits.
 fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    let base = key.len() + value.len() + 3;
-    let mut len = base + 1;
-    while base + digits(len) != len {
-        len = base + digits(len);
-    }
-    push_decimal(out, len as u64);
+    push_decimal(out, pax_record_len(key, value.len()) as u64);
     out.push(b' ');
     out.extend_from_slice(key.as_bytes());
     out.push(b'=');
@@ -206,7 +238,17 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.push(b'\n');
 }
 
-fn digits(mut n: usize) -> usize {
+/// Length of a PAX record of `key` and a value of `value_len` bytes.
+fn pax_record_len(key: &str, value_len: usize) -> usize {
+    let base = key.len() + value_len + 3;
+    let mut len = base + 1;
+    while base + digits(len as u64) != len {
+        len = base + digits(len as u64);
+    }
+    len
+}
+
+fn digits(mut n: u64) -> usize {
     let mut d = 1;
     while n >= 10 {
         n /= 10;
@@ -332,6 +374,44 @@ mod tests {
         assert_eq!(mtime_text(-1, 500_000_000), "-0.500000000");
     }
 
+    /// The length counted is the length written, for every kind of entry.
+    #[test]
+    fn header_len_is_the_length_written() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let r = next();
+            let kind = [Kind::File, Kind::Dir, Kind::Symlink, Kind::HardLink][(r % 4) as usize];
+            let comps = 1 + (next() % 8) as usize;
+            let path: Vec<u8> = (0..comps)
+                .map(|_| "abcdefghij".repeat(9)[..1 + (next() % 60) as usize].to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+                .into_bytes();
+            let big = |r: u64, small: u64| if r % 5 == 0 { r } else { r % small };
+            let m = EntryMeta {
+                path,
+                kind,
+                size: if kind == Kind::File { big(next(), 1 << 20) } else { 0 },
+                mode: (next() % 0o10000) as u32,
+                mtime: if next() % 7 == 0 { -((next() % 100_000) as i64) } else { big(next(), 2_000_000_000) as i64 },
+                mtime_nsec: if next() % 3 == 0 { 0 } else { (next() % 1_000_000_000) as u32 },
+                uid: big(next(), 70_000),
+                gid: big(next(), 70_000),
+                link: matches!(kind, Kind::Symlink | Kind::HardLink)
+                    .then(|| "t/".repeat(1 + (next() % 120) as usize).into_bytes()),
+            };
+            let mut out = Vec::new();
+            write_header(&m, &mut out);
+            assert_eq!(header_len(&m), out.len(), "{m:?}");
+        }
+    }
+
     fn mtime_text(secs: i64, nsec: u32) -> String {
         let mut out = Vec::new();
         format_mtime(secs, nsec, &mut out);
@@ -374,10 +454,11 @@ mod tests {
             let mut out = Vec::new();
             push_decimal(&mut out, v);
             assert_eq!(out, v.to_string().as_bytes());
-            assert_eq!(digits(v as usize), (v as usize).to_string().len());
+            assert_eq!(digits(v), v.to_string().len());
             for secs in [v as i64, -(v as i64 >> 1), (v >> 30) as i64, -((v >> 34) as i64)] {
                 for nsec in [0, 1, 5, 999_999_999, (v % 1_000_000_000) as u32] {
                     assert_eq!(mtime_text(secs, nsec), reference_mtime(secs, nsec), "{secs} {nsec}");
+                    assert_eq!(mtime_len(secs, nsec), mtime_text(secs, nsec).len(), "{secs} {nsec}");
                 }
             }
         }

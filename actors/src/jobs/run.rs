@@ -152,12 +152,13 @@ pub fn run_backup_as(
         .sum();
     let after = last.as_ref().map(|l| l.order());
     let mut manifest = created.into_manifest(node, key, now_ms(), after, opts.excludes.clone());
-    manifest
-        .seal_with(store.identity())
+    let encoded = manifest
+        .seal_encoded(store.identity())
         .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;
     let t_sealed = started.elapsed();
     txn.vouched_by(&holds);
-    txn.commit(&manifest)?;
+    txn.commit_encoded(&manifest, &encoded)?;
+    drop(encoded);
     let t_committed = started.elapsed();
     drop(holds);
     // Only what pushes may send as deltas: losing it costs bytes, not data.
