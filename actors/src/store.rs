@@ -574,7 +574,7 @@ impl Store {
 
     /// Members held for one backup: none is freed until it is dropped.
     pub fn holds(&self) -> Holds<'_> {
-        Holds { store: self, held: Mutex::default(), present: Mutex::default() }
+        Holds { store: self, held: Mutex::default() }
     }
 
     /// Starts writing an archive's members.
@@ -583,13 +583,17 @@ impl Store {
             .prefix("txn-")
             .tempdir_in(self.root.join("staging"))
             .map_err(|e| StoreError::io(&self.root.join("staging"), e))?;
-        Ok(PutTxn { store: self, dir: Some(dir), staged: HashSet::new(), pinned: Vec::new(), present: HashSet::new() })
+        Ok(PutTxn { store: self, dir: Some(dir), staged: HashSet::new(), pinned: Vec::new(), present: HashSet::new(), lost: Vec::new() })
     }
 
     fn pin(&self, d: &Digest) -> bool {
+        self.pin_only(d);
+        self.has_member(d)
+    }
+
+    fn pin_only(&self, d: &Digest) {
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         *pins.entry(*d).or_default() += 1;
-        self.has_member(d)
     }
 
     fn unpin(&self, ds: &[Digest]) {
@@ -961,20 +965,15 @@ impl MemberSource for Store {
 pub struct Holds<'a> {
     store: &'a Store,
     held: Mutex<Vec<Digest>>,
-    /// Those the store had when held: held since, they are still there.
-    present: Mutex<HashSet<Digest>>,
 }
 
 impl Holds<'_> {
-    /// Holds `d`; whether the store has it.
-    pub fn hold(&self, d: &Digest) -> bool {
-        let present = self.store.pin(d);
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.push(*d);
-        if present {
-            self.present.lock().unwrap_or_else(|e| e.into_inner()).insert(*d);
-        }
-        present
+    /// Holds `d` from collection. Whether the store still has it is the
+    /// archive writer's to check ([`PutTxn`] does, as it receives it):
+    /// off the thread that plans the archive.
+    pub fn hold(&self, d: &Digest) {
+        self.store.pin_only(d);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).push(*d);
     }
 }
 
@@ -991,8 +990,10 @@ pub struct PutTxn<'a> {
     dir: Option<tempfile::TempDir>,
     staged: HashSet<Digest>,
     pinned: Vec<Digest>,
-    /// Members pinned while in the store: commit need not look again.
+    /// Members pinned (or held) while in the store: commit need not look again.
     present: HashSet<Digest>,
+    /// Members taken unread that the store no longer has.
+    lost: Vec<Digest>,
 }
 
 /// The extension of an archive's member list, beside its manifest.
@@ -1043,11 +1044,12 @@ impl PutTxn<'_> {
         self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new("/nonexistent"))
     }
 
-    /// Trusts `holds` for the members it found in the store: held (kept
-    /// from GC) since, they need no second look at commit. `holds` must
-    /// outlive the commit.
-    pub fn vouched_by(&mut self, holds: &Holds) {
-        self.present.extend(holds.present.lock().unwrap_or_else(|e| e.into_inner()).iter().copied());
+    /// Members the archive took unread (each held by a [`Holds`]) that the
+    /// store turned out not to have: lost since the last backup. Such an
+    /// archive cannot be committed; made again with those members read
+    /// afresh, it can.
+    pub fn lost(&self) -> &[Digest] {
+        &self.lost
     }
 
     /// Makes the staged members durable and moves them into place. A
@@ -1144,8 +1146,13 @@ impl PutTxn<'_> {
 }
 
 impl MemberSink for PutTxn<'_> {
-    fn reused(&mut self, _: &MemberRef) -> io::Result<()> {
-        // Held in the store by the producer (`Holds`), checked again at commit.
+    fn reused(&mut self, m: &MemberRef) -> io::Result<()> {
+        // Held from collection by the producer (`Holds`): there now, there at commit.
+        if self.store.has_member(&m.sha256) {
+            self.present.insert(m.sha256);
+        } else {
+            self.lost.push(m.sha256);
+        }
         Ok(())
     }
     fn member(&mut self, digest: &Digest, data: &[u8]) -> io::Result<()> {

@@ -818,6 +818,17 @@ fn a_member_the_store_lost_or_a_damaged_record_file_is_made_again() {
     archive::restore_archive(&second, &store, &out, &RestoreOptions::default()).unwrap();
     assert_same_tree(&src, &out);
 
+    // A member lost under an unchanged tree: the run finds the tree
+    // unchanged, and what it made again heals the archive it points to.
+    let lost = &second.members[second.members.len() / 3];
+    let hex = lost.sha256.to_hex();
+    fs::remove_file(t.path().join("data/segments").join(&hex[..2]).join(format!("{hex}.gz"))).unwrap();
+    assert!(!store.verify(&second).is_ok());
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    let again = run_backup(&store, "n", &src, &opts(), Retention::keep(10)).unwrap();
+    assert!(matches!(again.outcome, RunOutcome::Unchanged { .. }), "{:?}", again.outcome);
+    assert!(store.verify(&second).is_ok(), "the lost member is back");
+
     // Damaged records: every byte flipped after the header. Nothing is
     // taken from them, and the archive is still exact.
     let records = fs::read_dir(t.path().join("data/records")).unwrap().next().unwrap().unwrap().path();

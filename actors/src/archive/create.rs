@@ -156,7 +156,7 @@ pub struct Reuse<'a> {
     /// Where this run's records go.
     pub record: Option<Box<dyn Write + Send + 'a>>,
     /// Keeps a member in the store until the archive is committed; false
-    /// if the store does not hold it (then it is made again).
+    /// if it must not be taken (then it is made again).
     pub hold: &'a dyn Fn(&Digest) -> bool,
 }
 
@@ -189,6 +189,8 @@ pub struct Created {
     pub bases: Vec<(Digest, Digest)>,
     /// Members this run compressed (the others were taken unread).
     pub made: Vec<Digest>,
+    /// Files whose content this run read (0: metadata alone made it).
+    pub files_read: u64,
 }
 
 impl Created {
@@ -495,11 +497,12 @@ pub fn create_reusing(
             max_rereads: opts.max_rereads,
             can_rewind,
             progress,
+            files_read: 0,
         };
         let started = std::time::Instant::now();
         let produced = producer.run(walk_rx);
         let t_produced = started.elapsed();
-        let Producer { job_tx, permit_rx, raw_len, files, stats, warnings, .. } = producer;
+        let Producer { job_tx, permit_rx, raw_len, files, stats, warnings, files_read, .. } = producer;
         // Closing the job channel lets the workers, then the sink, finish.
         drop(job_tx);
         drop(permit_rx);
@@ -526,6 +529,7 @@ pub fn create_reusing(
             recorded,
             bases: state.bases,
             made: state.made,
+            files_read,
         })
     })
 }
@@ -708,6 +712,7 @@ struct Producer<'a> {
     max_rereads: u32,
     can_rewind: bool,
     progress: Option<Arc<Progress>>,
+    files_read: u64,
 }
 
 const CLOSED: ArchiveError = ArchiveError::PipelineClosed;
@@ -1056,6 +1061,7 @@ impl Producer<'_> {
                 self.warnings.push(Warning::from_io(&item.rel, WarningKind::Unreadable, &e));
                 return SmallRead::Skipped;
             }
+            self.files_read += 1;
             if let Some(p) = &self.progress {
                 p.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
@@ -1111,6 +1117,7 @@ impl Producer<'_> {
                 }
             };
             let meta = entry_meta(&item.rel, &before, Kind::File, None);
+            self.files_read += 1;
             let mut stream = ChunkStream { chunker: Chunker::new(self.cutter.target), current: Vec::new(), sent: 0 };
             let mut header = Vec::new();
             write_header(&meta, &mut header);

@@ -2,6 +2,7 @@
 //! node: recognise an unchanged tree (by stat snapshot, else by tree
 //! digest), otherwise store the new archive and apply retention.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -92,7 +93,12 @@ pub fn run_backup_as(
     let last = store.latest(node, key)?;
     let done = |outcome| RunReport { outcome, duration_ms: started.elapsed().as_millis() as u64 };
 
-    if let (Some(last), Some(cache)) = (&last, store.stat_cache(node, key)?) {
+    let header = RecordsHeader::new(GroupCutter::new(opts.target).target, opts.level);
+    let previous = store.previous_records(node, key, &header);
+    // With the last run's records, the backup itself is the metadata
+    // walk (a tree that looks as recorded is taken unread, whole): one
+    // walk, not a scan and then a backup. Without them, a scan first.
+    if let (None, Some(last), Some(cache)) = (&previous, &last, store.stat_cache(node, key)?) {
         if cache.archive_id == last.id
             && cache.tree_digest == last.tree_digest
             && cache.excludes == opts.excludes
@@ -109,32 +115,61 @@ pub fn run_backup_as(
         }
     }
 
-    let mut txn = store.begin()?;
-    let holds = store.holds();
-    let hold = |d: &Digest| holds.hold(d);
-    let header = RecordsHeader::new(GroupCutter::new(opts.target).target, opts.level);
-    let records = store.new_records().ok();
-    let reuse = Reuse {
-        previous: store.previous_records(node, key, &header),
-        record: records
-            .as_ref()
-            .and_then(|r| r.reopen().ok())
-            .map(|f| Box::new(std::io::BufWriter::with_capacity(256 * 1024, f)) as Box<dyn std::io::Write + Send>),
-        hold: &hold,
+    // Members lost from the store since the last backup are made again
+    // from the files: a second attempt that takes none of them unread.
+    let mut lost: HashSet<Digest> = HashSet::new();
+    let mut previous = previous;
+    let (mut txn, holds, records, mut created) = loop {
+        let txn = store.begin()?;
+        let holds = store.holds();
+        let records = store.new_records().ok();
+        let (txn, created) = {
+            let hold = |d: &Digest| {
+                if lost.contains(d) {
+                    return false;
+                }
+                holds.hold(d);
+                true
+            };
+            let reuse = Reuse {
+                previous: previous.take(),
+                record: records.as_ref().and_then(|r| r.reopen().ok()).map(|f| {
+                    Box::new(std::io::BufWriter::with_capacity(256 * 1024, f)) as Box<dyn std::io::Write + Send>
+                }),
+                hold: &hold,
+            };
+            let mut txn = txn;
+            let created = archive::create_reusing(path, opts, reuse, &mut txn)?;
+            (txn, created)
+        };
+        if txn.lost().is_empty() || !lost.is_empty() {
+            break (txn, holds, records, created);
+        }
+        tracing::warn!(
+            "{} members of the last backup of {key} are gone from the store (removed by hand, or a failing disk); \
+             reading their files again",
+            txn.lost().len()
+        );
+        lost.extend(txn.lost().iter().copied());
+        previous = store.previous_records(node, key, &header);
     };
-    let mut created = archive::create_reusing(path, opts, reuse, &mut txn)?;
     let t_created = started.elapsed();
     let (snapshot, recorded) = (created.snapshot, created.recorded);
     let reused = (created.reused_members, created.reused_raw);
     let bases = std::mem::take(&mut created.bases);
     if let Some(last) = &last {
         if same_tree(store, last, &created)? {
+            if !lost.is_empty() {
+                // The same tree: what this run made again heals the last archive.
+                txn.publish()?;
+            }
             drop(txn);
             keep_records(store, node, key, records, recorded);
             remember(store, node, key, opts, snapshot, &last.id, last.tree_digest)?;
+            let by = if created.files_read == 0 { UnchangedBy::StatCache } else { UnchangedBy::TreeDigest };
             return Ok(done(RunOutcome::Unchanged {
                 archive_id: last.id.clone(),
-                by: UnchangedBy::TreeDigest,
+                by,
                 warnings: created.warnings,
             }));
         }
@@ -156,7 +191,6 @@ pub fn run_backup_as(
         .seal_encoded(store.identity())
         .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;
     let t_sealed = started.elapsed();
-    txn.vouched_by(&holds);
     txn.commit_encoded(&manifest, &encoded)?;
     drop(encoded);
     let t_committed = started.elapsed();
