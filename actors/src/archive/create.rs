@@ -15,10 +15,10 @@
 //! warning names the file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,7 @@ use super::cut::{Chunker, GroupCutter, DEFAULT_TARGET};
 use super::manifest::{members_tree_digest, ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
 use super::reuse::{self, Chunk, EntryPrint, Previous, Record, Recorder, RecordsHeader};
 use super::tarfmt::{header_len, padding, write_header, EntryMeta, Kind, BLOCK};
-use super::walk::{Excludes, Item, Walker};
+use super::walk::{Excludes, Item, Stat, Walker};
 use super::{ArchiveError, Warning, WarningKind};
 use crate::hash::Digest;
 
@@ -334,16 +334,16 @@ impl SnapshotAcc {
         self.hasher.update((item.rel.len() as u64).to_le_bytes());
         self.hasher.update(&item.rel);
         for v in [
-            u64::from(m.mode()),
-            m.size(),
-            m.mtime() as u64,
-            m.mtime_nsec() as u64,
-            m.ctime() as u64,
-            m.ctime_nsec() as u64,
-            m.ino(),
-            u64::from(m.uid()),
-            u64::from(m.gid()),
-            m.nlink(),
+            u64::from(m.mode),
+            m.size,
+            m.mtime as u64,
+            m.mtime_nsec as u64,
+            m.ctime as u64,
+            m.ctime_nsec as u64,
+            m.ino,
+            u64::from(m.uid),
+            u64::from(m.gid),
+            m.nlink,
         ] {
             self.hasher.update(v.to_le_bytes());
         }
@@ -473,6 +473,7 @@ pub fn create_reusing(
         let (walk_tx, walk_rx) = sync_channel::<Vec<Item>>(WALK_AHEAD);
         let walk_thread = s.spawn(move || walk_ahead(walker, snapshot, &walk_tx));
         let mut producer = Producer {
+            root: root.to_path_buf(),
             job_tx,
             permit_rx,
             seq: 0,
@@ -663,7 +664,7 @@ fn sink_loop(
 /// Outcome of reading one small file.
 enum SmallRead {
     Data {
-        meta: Box<Metadata>,
+        meta: Stat,
         data: Vec<u8>,
         settled: bool,
         attempts: u32,
@@ -681,6 +682,8 @@ struct Planned {
 }
 
 struct Producer<'a> {
+    /// The directory being backed up.
+    root: PathBuf,
     job_tx: SyncSender<Job>,
     permit_rx: Receiver<()>,
     seq: u64,
@@ -736,11 +739,11 @@ impl Producer<'_> {
     /// Places one walked entry: in the planned group, or (a large file)
     /// straight into the stream after the group.
     fn plan(&mut self, item: Item) -> Result<(), ArchiveError> {
-        let ft = item.meta.file_type();
+        let ft = item.meta;
         let meta = if ft.is_dir() {
             entry_meta(&item.rel, &item.meta, Kind::Dir, None)
         } else if ft.is_symlink() {
-            match std::fs::read_link(&item.abs) {
+            match std::fs::read_link(Walker::abs(&self.root, &item.rel)) {
                 Ok(target) => {
                     use std::os::unix::ffi::OsStrExt;
                     let link = target.as_os_str().as_bytes().to_vec();
@@ -752,19 +755,19 @@ impl Producer<'_> {
                 }
             }
         } else if ft.is_file() {
-            let key = (item.meta.dev(), item.meta.ino());
-            let first = (item.meta.nlink() > 1).then(|| self.planned_links.get(&key)).flatten();
+            let key = (item.meta.dev, item.meta.ino);
+            let first = (item.meta.nlink > 1).then(|| self.planned_links.get(&key)).flatten();
             if let Some(first) = first {
                 entry_meta(&item.rel, &item.meta, Kind::HardLink, Some(first.clone()))
-            } else if item.meta.size() >= self.cutter.large_file() {
+            } else if item.meta.size >= self.cutter.large_file() {
                 self.resolve()?;
-                if self.large(&item)? && item.meta.nlink() > 1 {
+                if self.large(&item)? && item.meta.nlink > 1 {
                     self.planned_links.insert(key, item.rel.clone());
                     self.hardlinks.insert(key, item.rel.clone());
                 }
                 return Ok(());
             } else {
-                if item.meta.nlink() > 1 {
+                if item.meta.nlink > 1 {
                     self.planned_links.insert(key, item.rel.clone());
                 }
                 entry_meta(&item.rel, &item.meta, Kind::File, None)
@@ -811,8 +814,8 @@ impl Producer<'_> {
             if p.meta.kind == Kind::File {
                 self.stats.files += 1;
                 self.stats.content_bytes += p.meta.size;
-                if p.item.meta.nlink() > 1 {
-                    self.hardlinks.insert((p.item.meta.dev(), p.item.meta.ino()), p.meta.path.clone());
+                if p.item.meta.nlink > 1 {
+                    self.hardlinks.insert((p.item.meta.dev, p.item.meta.ino), p.meta.path.clone());
                 }
             } else {
                 self.count(p.meta.kind);
@@ -838,7 +841,7 @@ impl Producer<'_> {
         for (i, p) in group.iter().enumerate() {
             // A hard link's target must be in the archive before it.
             if p.meta.kind == Kind::HardLink {
-                let key = (p.item.meta.dev(), p.item.meta.ino());
+                let key = (p.item.meta.dev, p.item.meta.ino);
                 let earlier =
                     group[..i].iter().any(|q| q.meta.kind == Kind::File && Some(&q.meta.path) == p.meta.link.as_ref());
                 if !earlier && self.hardlinks.get(&key) != p.meta.link.as_ref() {
@@ -879,7 +882,7 @@ impl Producer<'_> {
                 return self.add_small(meta, &header, &[], &item.meta, true);
             }
             Kind::HardLink => {
-                let key = (item.meta.dev(), item.meta.ino());
+                let key = (item.meta.dev, item.meta.ino);
                 if self.hardlinks.get(&key).is_some_and(|first| Some(first) == meta.link.as_ref()) {
                     self.count(Kind::HardLink);
                     let header = header();
@@ -907,8 +910,8 @@ impl Producer<'_> {
             SmallRead::TooLarge => self.add_large(&item, &Known::default())?,
             SmallRead::Skipped => false,
         };
-        if stored && item.meta.nlink() > 1 {
-            self.hardlinks.entry((item.meta.dev(), item.meta.ino())).or_insert(item.rel);
+        if stored && item.meta.nlink > 1 {
+            self.hardlinks.entry((item.meta.dev, item.meta.ino)).or_insert(item.rel);
         }
         Ok(())
     }
@@ -1011,7 +1014,7 @@ impl Producer<'_> {
         meta: EntryMeta,
         header: &[u8],
         content: &[u8],
-        stat: &Metadata,
+        stat: &Stat,
         clean: bool,
     ) -> Result<(), ArchiveError> {
         let len = header.len() + content.len() + padding(content.len() as u64);
@@ -1035,14 +1038,14 @@ impl Producer<'_> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut f = match open_nofollow(&item.abs) {
+            let mut f = match open_nofollow(&Walker::abs(&self.root, &item.rel)) {
                 Ok(f) => f,
                 Err(e) => {
                     self.skip_unopenable(&item.rel, &e);
                     return SmallRead::Skipped;
                 }
             };
-            let before = match f.metadata() {
+            let before = match f.metadata().map(|m| Stat::from(&m)) {
                 Ok(m) if m.is_file() => m,
                 Ok(_) => {
                     self.warnings.push(Warning::replaced(&item.rel));
@@ -1053,10 +1056,10 @@ impl Producer<'_> {
                     return SmallRead::Skipped;
                 }
             };
-            if before.len() >= limit {
+            if before.size >= limit {
                 return SmallRead::TooLarge;
             }
-            let mut data = Vec::with_capacity(before.len() as usize);
+            let mut data = Vec::with_capacity(before.size as usize);
             if let Err(e) = (&mut f).take(limit).read_to_end(&mut data) {
                 self.warnings.push(Warning::from_io(&item.rel, WarningKind::Unreadable, &e));
                 return SmallRead::Skipped;
@@ -1068,10 +1071,10 @@ impl Producer<'_> {
             if data.len() as u64 >= limit {
                 return SmallRead::TooLarge;
             }
-            let after = f.metadata().unwrap_or_else(|_| before.clone());
-            let settled = data.len() as u64 == before.len() && same_stat(&before, &after);
+            let after = f.metadata().map(|m| Stat::from(&m)).unwrap_or(before);
+            let settled = data.len() as u64 == before.size && same_stat(&before, &after);
             if settled || attempt > self.max_rereads {
-                return SmallRead::Data { meta: Box::new(after), data, settled, attempts: attempt };
+                return SmallRead::Data { meta: after, data, settled, attempts: attempt };
             }
         }
     }
@@ -1098,14 +1101,14 @@ impl Producer<'_> {
             if rewindable {
                 self.send_control(Job::Mark)?;
             }
-            let mut f = match open_nofollow(&item.abs) {
+            let mut f = match open_nofollow(&Walker::abs(&self.root, &item.rel)) {
                 Ok(f) => f,
                 Err(e) => {
                     self.skip_unopenable(&item.rel, &e);
                     return Ok(false);
                 }
             };
-            let before = match f.metadata() {
+            let before = match f.metadata().map(|m| Stat::from(&m)) {
                 Ok(m) if m.is_file() => m,
                 Ok(_) => {
                     self.warnings.push(Warning::replaced(&item.rel));
@@ -1122,7 +1125,7 @@ impl Producer<'_> {
             let mut header = Vec::new();
             write_header(&meta, &mut header);
             self.feed(&mut stream, &header, known)?;
-            let mut remaining = before.len();
+            let mut remaining = before.size;
             let mut buf = vec![0u8; 1 << 20];
             let mut trouble: Option<String> = None;
             while remaining > 0 {
@@ -1132,7 +1135,7 @@ impl Producer<'_> {
                     Err(e) => {
                         trouble = Some(format!(
                             "read error after {} bytes ({e}); the rest is zero-filled",
-                            before.len() - remaining
+                            before.size - remaining
                         ));
                         0
                     }
@@ -1155,13 +1158,13 @@ impl Producer<'_> {
                     p.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
                 }
             }
-            let pad = vec![0u8; padding(before.len())];
+            let pad = vec![0u8; padding(before.size)];
             self.feed(&mut stream, &pad, known)?;
             if !stream.current.is_empty() {
                 let last = std::mem::take(&mut stream.current);
                 self.send_chunk(last, known, stream.sent)?;
             }
-            let after = f.metadata().unwrap_or_else(|_| before.clone());
+            let after = f.metadata().map(|m| Stat::from(&m)).unwrap_or(before);
             let settled = trouble.is_none() && same_stat(&before, &after);
             if settled || !rewindable {
                 if let Some(msg) = trouble {
@@ -1269,25 +1272,25 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
 }
 
 /// Content unchanged as far as metadata can tell.
-fn same_stat(a: &Metadata, b: &Metadata) -> bool {
-    a.size() == b.size()
-        && a.mtime() == b.mtime()
-        && a.mtime_nsec() == b.mtime_nsec()
-        && a.ctime() == b.ctime()
-        && a.ctime_nsec() == b.ctime_nsec()
-        && a.ino() == b.ino()
+fn same_stat(a: &Stat, b: &Stat) -> bool {
+    a.size == b.size
+        && a.mtime == b.mtime
+        && a.mtime_nsec == b.mtime_nsec
+        && a.ctime == b.ctime
+        && a.ctime_nsec == b.ctime_nsec
+        && a.ino == b.ino
 }
 
-fn entry_meta(rel: &[u8], m: &Metadata, kind: Kind, link: Option<Vec<u8>>) -> EntryMeta {
+fn entry_meta(rel: &[u8], m: &Stat, kind: Kind, link: Option<Vec<u8>>) -> EntryMeta {
     EntryMeta {
         path: rel.to_vec(),
         kind,
-        size: if kind == Kind::File { m.size() } else { 0 },
-        mode: m.mode() & 0o7777,
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
-        uid: u64::from(m.uid()),
-        gid: u64::from(m.gid()),
+        size: if kind == Kind::File { m.size } else { 0 },
+        mode: m.mode & 0o7777,
+        mtime: m.mtime,
+        mtime_nsec: m.mtime_nsec.clamp(0, 999_999_999) as u32,
+        uid: u64::from(m.uid),
+        gid: u64::from(m.gid),
         link,
     }
 }

@@ -23,9 +23,8 @@
 //! change again within the same timestamp, so it is never recorded.
 
 use std::cmp::Ordering;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io::{self, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +33,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::manifest::MemberRef;
 use super::tarfmt::{EntryMeta, Kind};
+use super::walk::Stat;
 use crate::hash::Digest;
 
 /// Filesystem timestamps can be as coarse as a second (or lag a clock
@@ -109,7 +109,7 @@ impl Default for EntryPrint {
 }
 
 impl EntryPrint {
-    pub fn add(&mut self, e: &EntryMeta, m: &Metadata) {
+    pub fn add(&mut self, e: &EntryMeta, m: &Stat) {
         let kind = match e.kind {
             Kind::File => 0u8,
             Kind::Dir => 1,
@@ -128,10 +128,10 @@ impl EntryPrint {
             e.uid,
             e.gid,
             link_len,
-            m.size(),
-            m.ctime() as u64,
-            m.ctime_nsec() as u64,
-            m.ino(),
+            m.size,
+            m.ctime as u64,
+            m.ctime_nsec as u64,
+            m.ino,
         ];
         for (slot, v) in fixed[1..].chunks_exact_mut(8).zip(fields) {
             slot.copy_from_slice(&v.to_le_bytes());
@@ -150,9 +150,9 @@ impl EntryPrint {
 
 /// Whether an entry changed too recently (at or after `racy_after`, ns
 /// since the epoch) for its metadata to vouch for its content.
-pub fn is_racy(m: &Metadata, racy_after: i128) -> bool {
+pub fn is_racy(m: &Stat, racy_after: i128) -> bool {
     let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-    ns(m.mtime(), m.mtime_nsec()) >= racy_after || ns(m.ctime(), m.ctime_nsec()) >= racy_after
+    ns(m.mtime, m.mtime_nsec) >= racy_after || ns(m.ctime, m.ctime_nsec) >= racy_after
 }
 
 /// Walk order (depth first, children by name bytes) as an order of paths:

@@ -62,22 +62,103 @@ impl Excludes {
     }
 }
 
+/// What `lstat` says of an entry: the fields a backup uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+    pub ctime: i64,
+    pub ctime_nsec: i64,
+}
+
+impl Stat {
+    // Field types differ between platforms (rustix's raw `stat`): cast.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(s: &rustix::fs::Stat) -> Self {
+        Stat {
+            dev: s.st_dev as u64,
+            ino: s.st_ino as u64,
+            mode: s.st_mode as u32,
+            nlink: s.st_nlink as u64,
+            uid: s.st_uid as u32,
+            gid: s.st_gid as u32,
+            size: s.st_size.max(0) as u64,
+            mtime: s.st_mtime as i64,
+            mtime_nsec: s.st_mtime_nsec as i64,
+            ctime: s.st_ctime as i64,
+            ctime_nsec: s.st_ctime_nsec as i64,
+        }
+    }
+    fn kind(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+    pub fn is_file(&self) -> bool {
+        self.kind() == libc::S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.kind() == libc::S_IFLNK
+    }
+}
+
+impl From<&Metadata> for Stat {
+    fn from(m: &Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stat {
+            dev: m.dev(),
+            ino: m.ino(),
+            mode: m.mode(),
+            nlink: m.nlink(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
+        }
+    }
+}
+
 /// One visited entry.
 pub struct Item {
     /// Path relative to the root, `/`-separated.
     pub rel: Vec<u8>,
-    pub abs: PathBuf,
     /// `lstat` of the entry when it was visited.
-    pub meta: Metadata,
+    pub meta: Stat,
 }
 
-/// Depth-first walker in sorted order. Holds one sorted name list per open
-/// directory level, nothing more.
+/// Deeper than this, a directory is listed by its path and not kept open
+/// (a walk holds one descriptor per level it is in).
+const MAX_OPEN_LEVELS: usize = 128;
+
+/// One directory the walk is in.
+struct Level {
+    /// Its path relative to the root.
+    rel: Vec<u8>,
+    /// The open directory its children are looked up in (one path
+    /// component each, not the whole path from the root); `None` past
+    /// [`MAX_OPEN_LEVELS`] or when it could not be kept open.
+    dir: Option<rustix::fs::Dir>,
+    /// Remaining children, in reverse order.
+    children: Vec<Vec<u8>>,
+}
+
+/// Depth-first walker in sorted order. Holds one sorted name list (and
+/// one open directory) per level it is in, nothing more.
 pub struct Walker {
     root: PathBuf,
     excludes: Excludes,
-    /// (relative dir path, its remaining children in reverse order).
-    stack: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+    stack: Vec<Level>,
     pub warnings: Vec<Warning>,
 }
 
@@ -88,18 +169,27 @@ impl Walker {
         if !meta.is_dir() {
             return Err(ArchiveError::NotADirectory { path: root.to_path_buf() });
         }
-        let children = read_sorted(root).map_err(|e| ArchiveError::Root { path: root.to_path_buf(), source: e })?;
-        Ok(Walker { root: root.to_path_buf(), excludes, stack: vec![(Vec::new(), children)], warnings: Vec::new() })
+        // The root may be a symlink to a directory; nothing under it is followed.
+        let level = open_level(rustix::fs::CWD, root, Vec::new(), false)
+            .map_err(|e| ArchiveError::Root { path: root.to_path_buf(), source: e })?;
+        Ok(Walker { root: root.to_path_buf(), excludes, stack: vec![level], warnings: Vec::new() })
+    }
+
+    /// The absolute path of an entry.
+    pub fn abs(root: &Path, rel: &[u8]) -> PathBuf {
+        root.join(std::ffi::OsStr::from_bytes(rel))
     }
 
     fn next_item(&mut self) -> Option<Item> {
         loop {
-            let (dir, children) = self.stack.last_mut()?;
-            let Some(name) = children.pop() else {
+            let depth = self.stack.len();
+            let level = self.stack.last_mut()?;
+            let Some(name) = level.children.pop() else {
                 self.stack.pop();
                 continue;
             };
-            let mut rel = dir.clone();
+            let mut rel = Vec::with_capacity(level.rel.len() + 1 + name.len());
+            rel.extend_from_slice(&level.rel);
             if !rel.is_empty() {
                 rel.push(b'/');
             }
@@ -107,21 +197,30 @@ impl Walker {
             if self.excludes.is_excluded(&rel) {
                 continue;
             }
-            let abs = self.root.join(std::ffi::OsStr::from_bytes(&rel));
-            let meta = match fs::symlink_metadata(&abs) {
-                Ok(m) => m,
+            let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+            let stat = match level.dir.as_ref().map(|d| d.fd()) {
+                Some(Ok(fd)) => rustix::fs::statat(fd, name.as_slice(), nofollow),
+                _ => rustix::fs::statat(rustix::fs::CWD, Walker::abs(&self.root, &rel).as_path(), nofollow),
+            };
+            let meta = match stat {
+                Ok(s) => Stat::of(&s),
                 Err(e) => {
-                    self.warnings.push(Warning::from_io(&rel, WarningKind::Vanished, &e));
+                    self.warnings.push(Warning::from_io(&rel, WarningKind::Vanished, &e.into()));
                     continue;
                 }
             };
             if meta.is_dir() {
-                match read_sorted(&abs) {
-                    Ok(children) => self.stack.push((rel.clone(), children)),
+                let keep_open = depth < MAX_OPEN_LEVELS;
+                let opened = match level.dir.as_ref().map(|d| d.fd()) {
+                    Some(Ok(fd)) => open_level(fd, Path::new(std::ffi::OsStr::from_bytes(&name)), rel.clone(), keep_open),
+                    _ => open_level(rustix::fs::CWD, &Walker::abs(&self.root, &rel), rel.clone(), keep_open),
+                };
+                match opened {
+                    Ok(child) => self.stack.push(child),
                     Err(e) => self.warnings.push(Warning::from_io(&rel, WarningKind::Unreadable, &e)),
                 }
             }
-            return Some(Item { rel, abs, meta });
+            return Some(Item { rel, meta });
         }
     }
 }
@@ -133,12 +232,26 @@ impl Iterator for Walker {
     }
 }
 
-/// Child names of `dir`, sorted so that `pop()` yields them in byte order.
-fn read_sorted(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
-    let mut names =
-        fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name().as_bytes().to_vec())).collect::<Result<Vec<_>, _>>()?;
-    names.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(names)
+/// Opens directory `path` (relative to `at`; below the root, never
+/// through a symlink: one swapped in since the `lstat` is refused) and
+/// lists its children, sorted so that `pop()` yields them in byte order.
+fn open_level<Fd: std::os::fd::AsFd>(at: Fd, path: &Path, rel: Vec<u8>, keep_open: bool) -> std::io::Result<Level> {
+    use rustix::fs::{Mode, OFlags};
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if !rel.is_empty() {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let fd = rustix::fs::openat(at, path, flags, Mode::empty())?;
+    let mut dir = rustix::fs::Dir::new(fd)?;
+    let mut children = Vec::new();
+    while let Some(entry) = dir.read() {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            children.push(name);
+        }
+    }
+    children.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(Level { rel, dir: keep_open.then_some(dir), children })
 }
 
 #[cfg(test)]
