@@ -471,7 +471,7 @@ pub fn create_reusing(
         // The walk runs ahead on its own thread: its system calls overlap
         // the producer's planning, hashing and reading.
         let (walk_tx, walk_rx) = sync_channel::<Vec<Item>>(WALK_AHEAD);
-        let walk_thread = s.spawn(move || walk_ahead(walker, snapshot, &walk_tx));
+        let walk_thread = s.spawn(move || walk_ahead(walker, &walk_tx));
         let mut producer = Producer {
             root: root.to_path_buf(),
             job_tx,
@@ -492,6 +492,7 @@ pub fn create_reusing(
             warnings: Vec::new(),
             hardlinks: HashMap::new(),
             racy_after,
+            snapshot,
             previous: reuse.previous,
             hold: reuse.hold,
             reused: Vec::new(),
@@ -503,14 +504,14 @@ pub fn create_reusing(
         let started = std::time::Instant::now();
         let produced = producer.run(walk_rx);
         let t_produced = started.elapsed();
-        let Producer { job_tx, permit_rx, raw_len, files, stats, warnings, files_read, .. } = producer;
+        let Producer { job_tx, permit_rx, raw_len, files, stats, warnings, files_read, snapshot, .. } = producer;
         // Closing the job channel lets the workers, then the sink, finish.
         drop(job_tx);
         drop(permit_rx);
         let sunk = sink_thread.join().unwrap_or_else(|_| Err(io::Error::other("archive writer thread panicked")));
         let (state, recorded) = sunk.map_err(|source| ArchiveError::Sink { source })?;
         produced?;
-        let (walk_warnings, snapshot) = walk_thread.join().map_err(|_| ArchiveError::PipelineClosed)?;
+        let walk_warnings = walk_thread.join().map_err(|_| ArchiveError::PipelineClosed)?;
         tracing::debug!("archive of {}: produced by {t_produced:?}, sunk by {:?}", root.display(), started.elapsed());
         let mut warnings = warnings;
         let had_walk_warnings = !walk_warnings.is_empty();
@@ -539,22 +540,20 @@ pub fn create_reusing(
 const WALK_AHEAD: usize = 8;
 const WALK_BATCH: usize = 256;
 
-/// Walks the tree into `out` in batches, hashing the stat snapshot on
-/// the way; returns the walk's warnings and the snapshot. Stops early
-/// when the producer stops listening.
-fn walk_ahead(mut walker: Walker, mut snapshot: SnapshotAcc, out: &SyncSender<Vec<Item>>) -> (Vec<Warning>, SnapshotAcc) {
+/// Walks the tree into `out` in batches; returns the walk's warnings.
+/// Stops early when the producer stops listening.
+fn walk_ahead(mut walker: Walker, out: &SyncSender<Vec<Item>>) -> Vec<Warning> {
     let mut batch = Vec::with_capacity(WALK_BATCH);
     for item in walker.by_ref() {
-        snapshot.add(&item);
         batch.push(item);
         if batch.len() == WALK_BATCH && out.send(std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH))).is_err() {
-            return (walker.warnings, snapshot);
+            return walker.warnings;
         }
     }
     if !batch.is_empty() {
         let _ = out.send(batch);
     }
-    (walker.warnings, snapshot)
+    walker.warnings
 }
 
 fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32) {
@@ -716,6 +715,7 @@ struct Producer<'a> {
     can_rewind: bool,
     progress: Option<Arc<Progress>>,
     files_read: u64,
+    snapshot: SnapshotAcc,
 }
 
 const CLOSED: ArchiveError = ArchiveError::PipelineClosed;
@@ -726,6 +726,7 @@ impl Producer<'_> {
         for batch in walked {
             let n = batch.len() as u64;
             for item in batch {
+                self.snapshot.add(&item);
                 self.plan(item)?;
             }
             if let Some(p) = &self.progress {
