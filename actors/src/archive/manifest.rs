@@ -23,8 +23,19 @@ pub const SEALED_VERSION: u8 = 2;
 /// finding every restore of it "damaged".
 pub const MEMBER_TREE_VERSION: u8 = 3;
 pub const SEALED_MEMBER_TREE_VERSION: u8 = 4;
+/// Format 4 with the seal over the body's SHA-256 ([`seal_message`]), not
+/// over the body itself: an ed25519 signature hashes its message twice
+/// with SHA-512, and a large tree's manifest is tens of megabytes.
+pub const DIGEST_SEALED_VERSION: u8 = 5;
 /// The newest format this version reads.
-pub const NEWEST_VERSION: u8 = SEALED_MEMBER_TREE_VERSION;
+pub const NEWEST_VERSION: u8 = DIGEST_SEALED_VERSION;
+
+/// What a format-5 seal signs: a domain tag and the SHA-256 of the body.
+pub fn seal_message(body: &[u8]) -> Vec<u8> {
+    let mut msg = b"backmesh manifest seal v5\0".to_vec();
+    msg.extend_from_slice(&Digest::of(body).0);
+    msg
+}
 
 /// How an archive's tree digest is made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,6 +154,10 @@ pub struct Seal {
     /// The signer's peer id (its ed25519 public key, in the id itself).
     pub signer: String,
     pub sig: ByteBuf,
+    /// Whether `sig` is over [`seal_message`] (format 5) rather than the
+    /// body (formats 2 and 4): said by the format version, not stored.
+    #[serde(skip)]
+    pub over_digest: bool,
 }
 
 /// A sealed manifest as stored and sent: the body's bytes and the seal.
@@ -215,7 +230,11 @@ impl Manifest {
                 out.extend_from_slice(&body);
             }
             Some(seal) => {
-                out.push(if members { SEALED_MEMBER_TREE_VERSION } else { SEALED_VERSION });
+                out.push(match (members, seal.over_digest) {
+                    (true, true) => DIGEST_SEALED_VERSION,
+                    (true, false) => SEALED_MEMBER_TREE_VERSION,
+                    (false, _) => SEALED_VERSION,
+                });
                 let env = Envelope { body: ByteBuf::from(body), seal: seal.clone() };
                 #[allow(clippy::expect_used)]
                 ciborium::into_writer(&env, &mut out).expect("CBOR into a Vec");
@@ -227,8 +246,17 @@ impl Manifest {
     /// Signs the manifest with `key`, the identity key of the node that
     /// made it.
     pub fn seal_with(&mut self, key: &libp2p::identity::Keypair) -> Result<(), ManifestError> {
-        let sig = key.sign(&self.body()).map_err(|e| ManifestError::Corrupt { reason: format!("cannot sign: {e}") })?;
-        self.seal = Some(Seal { signer: key.public().to_peer_id().to_string(), sig: ByteBuf::from(sig) });
+        self.seal_body(key, &self.body())
+    }
+
+    /// Seals `body` (this manifest's): over its digest (format 5) under
+    /// the members rule; over the body itself (format 2) under the
+    /// raw-stream rule, whose readers predate format 5.
+    fn seal_body(&mut self, key: &libp2p::identity::Keypair, body: &[u8]) -> Result<(), ManifestError> {
+        let over_digest = self.tree_rule == TreeRule::Members;
+        let sig = if over_digest { key.sign(&seal_message(body)) } else { key.sign(body) }
+            .map_err(|e| ManifestError::Corrupt { reason: format!("cannot sign: {e}") })?;
+        self.seal = Some(Seal { signer: key.public().to_peer_id().to_string(), sig: ByteBuf::from(sig), over_digest });
         Ok(())
     }
 
@@ -237,8 +265,7 @@ impl Manifest {
     /// megabytes, encoded once, not twice.
     pub fn seal_encoded(&mut self, key: &libp2p::identity::Keypair) -> Result<Vec<u8>, ManifestError> {
         let body = self.body();
-        let sig = key.sign(&body).map_err(|e| ManifestError::Corrupt { reason: format!("cannot sign: {e}") })?;
-        self.seal = Some(Seal { signer: key.public().to_peer_id().to_string(), sig: ByteBuf::from(sig) });
+        self.seal_body(key, &body)?;
         Ok(self.encode_body(body))
     }
 
@@ -256,7 +283,7 @@ impl Manifest {
         }
         let corrupt = |e: &dyn std::fmt::Display| ManifestError::Corrupt { reason: e.to_string() };
         let rule = match bytes[4] {
-            MEMBER_TREE_VERSION | SEALED_MEMBER_TREE_VERSION => TreeRule::Members,
+            MEMBER_TREE_VERSION | SEALED_MEMBER_TREE_VERSION | DIGEST_SEALED_VERSION => TreeRule::Members,
             _ => TreeRule::RawStream,
         };
         match bytes[4] {
@@ -265,9 +292,15 @@ impl Manifest {
                 m.tree_rule = rule;
                 m.checked()
             }
-            SEALED_VERSION | SEALED_MEMBER_TREE_VERSION => {
-                let env: Envelope = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
-                if !crate::log::seal::holds(&env.seal.signer, &env.body, &env.seal.sig) {
+            SEALED_VERSION | SEALED_MEMBER_TREE_VERSION | DIGEST_SEALED_VERSION => {
+                let mut env: Envelope = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
+                env.seal.over_digest = bytes[4] == DIGEST_SEALED_VERSION;
+                let sealed = if env.seal.over_digest {
+                    crate::log::seal::holds(&env.seal.signer, &seal_message(&env.body), &env.seal.sig)
+                } else {
+                    crate::log::seal::holds(&env.seal.signer, &env.body, &env.seal.sig)
+                };
+                if !sealed {
                     return Err(ManifestError::BadSeal { signer: env.seal.signer });
                 }
                 let mut m: Manifest = ciborium::from_reader(&env.body[..]).map_err(|e| corrupt(&e))?;
@@ -400,8 +433,9 @@ mod tests {
         let mut sealed = of_members();
         sealed.seal_with(&key).unwrap();
         let bytes = sealed.encode();
-        assert_eq!(bytes[4], SEALED_MEMBER_TREE_VERSION);
+        assert_eq!(bytes[4], DIGEST_SEALED_VERSION);
         assert_eq!(Manifest::decode(&bytes).unwrap(), sealed);
+        assert_eq!(sealed.clone().seal_encoded(&key).unwrap(), bytes, "one encoding, sealed either way");
         // The same body under the raw rule is another manifest: formats 1 and 2.
         assert_eq!(sample().encode()[4], FORMAT_VERSION);
     }
@@ -427,7 +461,7 @@ mod tests {
         let mut b = sample().encode();
         b[4] = 9;
         assert!(matches!(Manifest::decode(&b), Err(ManifestError::UnknownVersion { found: 9 })));
-        assert!(ManifestError::UnknownVersion { found: 9 }.to_string().contains("up to 4"));
+        assert!(ManifestError::UnknownVersion { found: 9 }.to_string().contains("up to 5"));
         assert!(matches!(Manifest::decode(b"nope"), Err(ManifestError::BadMagic)));
         let mut b = sample().encode();
         b.truncate(b.len() - 3);
@@ -493,5 +527,37 @@ mod tests {
             seal.signer = "not-a-peer".into();
         }
         assert!(matches!(Manifest::decode(&forged.encode()), Err(ManifestError::BadSeal { .. })));
+    }
+
+    /// Format 5 signs the body's digest: altering the body, or passing a
+    /// seal off as the other scheme (version byte 4 ↔ 5), breaks it.
+    #[test]
+    fn a_digest_seal_is_refused_when_altered_or_read_as_the_other_scheme() {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let mut m = of_members();
+        let bytes = m.seal_encoded(&key).unwrap();
+        assert_eq!(bytes[4], DIGEST_SEALED_VERSION);
+        let back = Manifest::decode(&bytes).unwrap();
+        assert_eq!(back, m);
+        assert!(back.seal.as_ref().is_some_and(|s| s.over_digest));
+        let mut altered = m.clone();
+        altered.created_ms += 1;
+        assert!(matches!(Manifest::decode(&altered.encode()), Err(ManifestError::BadSeal { .. })));
+        let mut as_four = bytes.clone();
+        as_four[4] = SEALED_MEMBER_TREE_VERSION;
+        assert!(matches!(Manifest::decode(&as_four), Err(ManifestError::BadSeal { .. })));
+        // A format-4 seal (over the body) read as format 5.
+        let mut old = of_members();
+        old.seal = Some(Seal {
+            signer: key.public().to_peer_id().to_string(),
+            sig: ByteBuf::from(key.sign(&old.body()).unwrap()),
+            over_digest: false,
+        });
+        let four = old.encode();
+        assert_eq!(four[4], SEALED_MEMBER_TREE_VERSION);
+        assert_eq!(Manifest::decode(&four).unwrap(), old, "format 4 still reads");
+        let mut as_five = four;
+        as_five[4] = DIGEST_SEALED_VERSION;
+        assert!(matches!(Manifest::decode(&as_five), Err(ManifestError::BadSeal { .. })));
     }
 }

@@ -38,8 +38,11 @@ pub const LOG_TOPIC: &str = "backmesh/log/1";
 /// messages carry no gossipsub signature (the entry's own is checked) and
 /// are relayed only once checked. 7: a registration's programs carry the
 /// operator's grant (`JobSpec::grant`), and names, paths and archive ids
-/// on the wire are checked types.
-pub const MESH_PROTOCOL: u32 = 8;
+/// on the wire are checked types. 8: archives are written in manifest
+/// formats 3 and 4 (the tree digest over the members), and members and
+/// manifests go as deltas. 9: archives are sealed in format 5 (the seal
+/// over the manifest's digest), which nodes of 8 cannot read.
+pub const MESH_PROTOCOL: u32 = 9;
 
 /// "Here is my state's digest; send me the records of the buckets where
 /// yours differs." Sender: the log actor of any node, through the network
