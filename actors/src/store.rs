@@ -250,7 +250,7 @@ pub struct Store {
     root: PathBuf,
     kv: Arc<dyn KvStore>,
     /// Members that a transaction in progress relies on: never collected.
-    pins: Mutex<HashMap<Digest, u32>>,
+    pins: Mutex<HashMap<Digest, u32, foldhash::fast::RandomState>>,
     gc_lock: Mutex<()>,
     /// Members received for an archive not yet committed, and when.
     inbound: Mutex<HashMap<Digest, std::time::Instant>>,
