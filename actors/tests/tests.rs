@@ -417,7 +417,8 @@ fn a_collection_trusts_no_damaged_member_list() {
     let list = series.join(format!("{}.members", m.id));
     let whole = fs::read(&list).expect("a member list beside the manifest");
     assert_eq!(whole.len(), 5 + 8 + 32 * m.members.len() + 32);
-    let damages: [(&str, Box<dyn Fn(&Path)>); 3] = [
+    type Damage = Box<dyn Fn(&Path)>;
+    let damages: [(&str, Damage); 3] = [
         ("missing", Box::new(|p: &Path| fs::remove_file(p).unwrap())),
         ("torn", Box::new(|p: &Path| fs::write(p, &fs::read(p).unwrap()[..45]).unwrap())),
         (

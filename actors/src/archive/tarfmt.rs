@@ -93,7 +93,7 @@ fn mtime_len(secs: i64, nsec: u32) -> usize {
         return usize::from(secs < 0) + digits(secs.unsigned_abs());
     }
     let s = if secs >= 0 { secs } else { secs + 1 };
-    usize::from(secs < 0 && s <= 0) + digits(s.unsigned_abs()) + 10
+    usize::from(secs < 0) + digits(s.unsigned_abs()) + 10
 }
 
 /// Appends the header block(s) of `meta` (a PAX header first when needed).
@@ -196,9 +196,7 @@ fn format_mtime(secs: i64, nsec: u32, out: &mut Vec<u8>) {
         (secs, nsec)
     } else {
         // PAX times are a decimal number: -1.25 means 1.25 s before the epoch.
-        if secs + 1 <= 0 {
-            out.push(b'-');
-        }
+        out.push(b'-');
         (secs + 1, 1_000_000_000 - nsec)
     };
     push_decimal(out, s.unsigned_abs());
@@ -393,7 +391,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("/")
                 .into_bytes();
-            let big = |r: u64, small: u64| if r % 5 == 0 { r } else { r % small };
+            let big = |r: u64, small: u64| if r.is_multiple_of(5) { r } else { r % small };
             let m = EntryMeta {
                 path,
                 kind,
