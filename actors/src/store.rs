@@ -583,7 +583,14 @@ impl Store {
             .prefix("txn-")
             .tempdir_in(self.root.join("staging"))
             .map_err(|e| StoreError::io(&self.root.join("staging"), e))?;
-        Ok(PutTxn { store: self, dir: Some(dir), staged: HashSet::new(), pinned: Vec::new(), present: HashSet::new(), lost: Vec::new() })
+        Ok(PutTxn {
+            store: self,
+            dir: Some(dir),
+            staged: HashSet::new(),
+            pinned: Vec::new(),
+            present: HashSet::new(),
+            lost: Vec::new(),
+        })
     }
 
     fn pin(&self, d: &Digest) -> bool {

@@ -154,10 +154,8 @@ fn report(e: &anyhow::Error) -> String {
 /// Logs to stderr; `BACKMESH_LOG` (or `RUST_LOG`) sets the filter, `default` if neither.
 fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("BACKMESH_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| default.into());
+    let filter =
+        std::env::var("BACKMESH_LOG").ok().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -546,7 +546,8 @@ fn walk_ahead(mut walker: Walker, out: &SyncSender<Vec<Item>>) -> Vec<Warning> {
     let mut batch = Vec::with_capacity(WALK_BATCH);
     for item in walker.by_ref() {
         batch.push(item);
-        if batch.len() == WALK_BATCH && out.send(std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH))).is_err() {
+        if batch.len() == WALK_BATCH && out.send(std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH))).is_err()
+        {
             return walker.warnings;
         }
     }

@@ -72,7 +72,9 @@ pub fn header_len(meta: &EntryMeta) -> usize {
             pax += pax_record_len("linkpath", link.len());
         }
     }
-    for (key, value, max) in [("size", meta.size, OCTAL11_MAX), ("uid", meta.uid, OCTAL7_MAX), ("gid", meta.gid, OCTAL7_MAX)] {
+    for (key, value, max) in
+        [("size", meta.size, OCTAL11_MAX), ("uid", meta.uid, OCTAL7_MAX), ("gid", meta.gid, OCTAL7_MAX)]
+    {
         if value > max {
             pax += pax_record_len(key, digits(value));
         }

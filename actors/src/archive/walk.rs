@@ -212,7 +212,9 @@ impl Walker {
             if meta.is_dir() {
                 let keep_open = depth < MAX_OPEN_LEVELS;
                 let opened = match level.dir.as_ref().map(|d| d.fd()) {
-                    Some(Ok(fd)) => open_level(fd, Path::new(std::ffi::OsStr::from_bytes(&name)), rel.clone(), keep_open),
+                    Some(Ok(fd)) => {
+                        open_level(fd, Path::new(std::ffi::OsStr::from_bytes(&name)), rel.clone(), keep_open)
+                    }
                     _ => open_level(rustix::fs::CWD, &Walker::abs(&self.root, &rel), rel.clone(), keep_open),
                 };
                 match opened {

@@ -167,11 +167,7 @@ pub fn run_backup_as(
             keep_records(store, node, key, records, recorded);
             remember(store, node, key, opts, snapshot, &last.id, last.tree_digest)?;
             let by = if created.files_read == 0 { UnchangedBy::StatCache } else { UnchangedBy::TreeDigest };
-            return Ok(done(RunOutcome::Unchanged {
-                archive_id: last.id.clone(),
-                by,
-                warnings: created.warnings,
-            }));
+            return Ok(done(RunOutcome::Unchanged { archive_id: last.id.clone(), by, warnings: created.warnings }));
         }
     }
     // Members taken unread are in the store; of the others, those not in it yet.
