@@ -21,7 +21,19 @@ impl Digest {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut out = [0u8; 64];
+        // Hex digits are ASCII.
+        String::from_utf8_lossy(self.hex_into(&mut out)).into_owned()
+    }
+
+    /// The 64 lowercase hex digits, written into `out` (no allocation).
+    pub fn hex_into<'a>(&self, out: &'a mut [u8; 64]) -> &'a [u8] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        out
     }
 
     /// Parses 64 hex digits; `None` for anything else.
@@ -84,6 +96,7 @@ mod tests {
     #[test]
     fn hex_round_trip() {
         let d = Digest::of(b"backmesh");
+        assert_eq!(d.to_hex(), hex::encode(d.0));
         assert_eq!(Digest::from_hex(&d.to_hex()), Some(d));
         assert_eq!(Digest::from_hex("zz"), None);
     }

@@ -474,7 +474,8 @@ impl Store {
             },
         };
         let mut name = [0u8; 64 + 4];
-        name[..64].copy_from_slice(d.to_hex().as_bytes());
+        let mut hex = [0u8; 64];
+        name[..64].copy_from_slice(d.hex_into(&mut hex));
         name[64..67].copy_from_slice(b".gz");
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: `name` is NUL-terminated, `dir` an open descriptor, and
@@ -577,6 +578,12 @@ impl Store {
         Holds { store: self, held: Mutex::default() }
     }
 
+    /// [`Store::holds`] with room for about `n` members held at once.
+    pub fn holds_for(&self, n: usize) -> Holds<'_> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner()).reserve(n);
+        Holds { store: self, held: Mutex::new(Vec::with_capacity(n)) }
+    }
+
     /// Starts writing an archive's members.
     pub fn begin(&self) -> Result<PutTxn<'_>, StoreError> {
         let dir = tempfile::Builder::new()
@@ -586,9 +593,9 @@ impl Store {
         Ok(PutTxn {
             store: self,
             dir: Some(dir),
-            staged: HashSet::new(),
+            staged: DigestSet::default(),
             pinned: Vec::new(),
-            present: HashSet::new(),
+            present: DigestSet::default(),
             lost: Vec::new(),
         })
     }
@@ -767,7 +774,17 @@ impl Store {
         let all = self.list(node, path)?;
         let kept: HashSet<&str> =
             retention.kept(&all, crate::net::actor::now_ms()).into_iter().map(|a| a.id.as_str()).collect();
+        // What the removed archives used, the only members they can free
+        // (None: a list could not be read; then the whole store is swept).
+        let mut candidates = Some(DigestSet::default());
         for old in all.iter().filter(|a| !kept.contains(a.id.as_str())) {
+            match self.members_of(old) {
+                Ok(used) => candidates.iter_mut().for_each(|c| c.extend(used.iter().copied())),
+                Err(e) => {
+                    tracing::warn!("cannot read what archive {} uses ({e}); sweeping the whole store", old.id);
+                    candidates = None;
+                }
+            }
             let p = self.manifest_path(node, path, &old.id)?;
             match fs::remove_file(&p) {
                 Ok(()) => {}
@@ -782,7 +799,10 @@ impl Store {
             report.removed.push(old.id.clone());
         }
         if !report.removed.is_empty() {
-            let (n, b) = self.gc()?;
+            let (n, b) = match candidates {
+                Some(candidates) => self.collect(candidates)?,
+                None => self.gc()?,
+            };
             report.freed_members = n;
             report.freed_bytes = b;
         }
@@ -813,11 +833,56 @@ impl Store {
         }
     }
 
+    /// Deletes those of `candidates` that no archive uses and nothing
+    /// pins: the collection after archives were removed, which looks at
+    /// their members only, not at every file of the store ([`Store::gc`]
+    /// also finds members nothing ever used, left by a crash).
+    /// Returns (members, bytes) freed.
+    fn collect(&self, mut candidates: DigestSet) -> Result<(u64, u64), StoreError> {
+        let _guard = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
+        for s in self.list_all()? {
+            if candidates.is_empty() {
+                break;
+            }
+            for d in self.members_of(&s)? {
+                candidates.remove(&d);
+            }
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for d in candidates {
+            if let Some(len) = self.remove_unused(&d) {
+                count += 1;
+                bytes += len;
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Removes member `d`, used by no archive, unless a transaction pins
+    /// it or a peer is sending it; its length if it was removed.
+    fn remove_unused(&self, d: &Digest) -> Option<u64> {
+        // Under the pin lock: a writer pins a member, then looks for it.
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if pins.contains_key(d) {
+            return None;
+        }
+        let inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        if inbound.get(d).is_some_and(|t| t.elapsed() < INBOUND_GRACE) {
+            return None;
+        }
+        let p = self.member_path(d);
+        let len = fs::symlink_metadata(&p).map(|m| m.len()).ok()?;
+        fs::remove_file(&p).ok()?;
+        let _ = self.kv.delete(BASES, &d.0);
+        drop((inbound, pins));
+        Some(len)
+    }
+
     /// Deletes members that no manifest references and no transaction pins.
     /// Returns (members, bytes) freed.
     pub fn gc(&self) -> Result<(u64, u64), StoreError> {
         let _guard = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut used = HashSet::new();
+        let mut used = DigestSet::default();
         for s in self.list_all()? {
             used.extend(self.members_of(&s)?);
         }
@@ -832,19 +897,9 @@ impl Store {
                 if used.contains(&d) {
                     continue;
                 }
-                let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-                if pins.contains_key(&d) {
-                    continue;
-                }
-                let inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
-                if inbound.get(&d).is_some_and(|t| t.elapsed() < INBOUND_GRACE) {
-                    continue;
-                }
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                if fs::remove_file(f.path()).is_ok() {
+                if let Some(len) = self.remove_unused(&d) {
                     count += 1;
                     bytes += len;
-                    let _ = self.kv.delete(BASES, &d.0);
                 }
             }
         }
@@ -995,13 +1050,16 @@ impl Drop for Holds<'_> {
 pub struct PutTxn<'a> {
     store: &'a Store,
     dir: Option<tempfile::TempDir>,
-    staged: HashSet<Digest>,
+    staged: DigestSet,
     pinned: Vec<Digest>,
     /// Members pinned (or held) while in the store: commit need not look again.
-    present: HashSet<Digest>,
+    present: DigestSet,
     /// Members taken unread that the store no longer has.
     lost: Vec<Digest>,
 }
+
+/// Digests are uniform: a fast hash will do.
+type DigestSet = HashSet<Digest, foldhash::fast::RandomState>;
 
 /// The extension of an archive's member list, beside its manifest.
 const MEMBER_LIST_EXT: &str = "members";

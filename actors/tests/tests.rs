@@ -481,6 +481,42 @@ fn a_crash_between_writes_leaves_the_store_consistent() {
     }
 }
 
+/// Pruning frees what only the removed archives used, and nothing that
+/// another series still uses.
+#[test]
+fn pruning_frees_only_what_no_other_archive_uses() {
+    use backmesh_actors::jobs::run::run_backup_as;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 5);
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let members = |key: &str| store.manifest("n1", key, None).unwrap().members;
+    // One tree, two series: every member of the first generation is shared.
+    for key in ["/x", "/y"] {
+        run_backup_as(&store, "n1", key, &src, &opts(), Retention::keep(10)).unwrap();
+    }
+    let first: Vec<_> = members("/x");
+    let changed = fs::read_dir(&src).unwrap().flatten().find(|e| e.path().is_file()).unwrap().path();
+    fs::write(&changed, b"the second generation").unwrap();
+    let r = run_backup_as(&store, "n1", "/x", &src, &opts(), Retention::keep(1)).unwrap();
+    let RunOutcome::Stored { retention, .. } = r.outcome else { panic!("{:?}", r.outcome) };
+    assert_eq!(retention.removed.len(), 1);
+    assert_eq!(retention.freed_members, 0, "/y still uses every member of the removed archive");
+    for key in ["/x", "/y"] {
+        assert!(store.verify(&store.manifest("n1", key, None).unwrap()).is_ok(), "{key}");
+    }
+    let r = run_backup_as(&store, "n1", "/y", &src, &opts(), Retention::keep(1)).unwrap();
+    let RunOutcome::Stored { retention, .. } = r.outcome else { panic!("{:?}", r.outcome) };
+    let now: std::collections::HashSet<_> = members("/y").into_iter().map(|m| m.sha256).collect();
+    let gone = first.iter().filter(|m| !now.contains(&m.sha256)).count();
+    assert!(gone > 0);
+    assert_eq!(retention.freed_members as usize, gone, "what only the first generation used is freed");
+    assert_eq!(store.gc().unwrap().0, 0, "nothing was left behind for a full sweep");
+    for key in ["/x", "/y"] {
+        assert!(store.verify(&store.manifest("n1", key, None).unwrap()).is_ok(), "{key}");
+    }
+}
+
 #[test]
 fn keep_within_keeps_every_archive_stored_in_the_window_however_many_came_after() {
     let t = tempfile::tempdir().unwrap();

@@ -137,7 +137,9 @@ impl MemberSink for FileSink {
 }
 
 /// Metadata snapshot of a tree: equal snapshots (and not racy) mean the
-/// tree is unchanged without reading a byte of content.
+/// tree is unchanged without reading a byte of content. A run that keeps
+/// records does not digest one (the next run compares against the
+/// records): its snapshot is marked racy, a fallback never trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatSnapshot {
     /// SHA-256 over (path, type and mode, size, mtime, ctime, inode, owner, link count) of every entry.
@@ -308,7 +310,7 @@ fn stored_blocks(raw: &[u8], mut out: Vec<u8>) -> Vec<u8> {
 /// [`create`] would record for it now.
 pub fn scan(root: &Path, excludes: &[String]) -> Result<StatSnapshot, ArchiveError> {
     let mut walker = Walker::new(root, Excludes::new(excludes)?)?;
-    let mut acc = SnapshotAcc::new();
+    let mut acc = SnapshotAcc::new(true);
     for item in walker.by_ref() {
         acc.add(&item);
     }
@@ -316,7 +318,9 @@ pub fn scan(root: &Path, excludes: &[String]) -> Result<StatSnapshot, ArchiveErr
 }
 
 struct SnapshotAcc {
-    hasher: Sha256,
+    /// None when the run keeps records: the next run compares against
+    /// those, and the snapshot is only a fallback for a run without them.
+    hasher: Option<Sha256>,
     racy: bool,
     entries: u64,
     /// Anything changed at or after this instant (ns since the epoch) may
@@ -325,14 +329,22 @@ struct SnapshotAcc {
 }
 
 impl SnapshotAcc {
-    fn new() -> Self {
+    /// `hash`: whether to digest the entries (see [`StatSnapshot`]).
+    fn new(hash: bool) -> Self {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-        SnapshotAcc { hasher: Sha256::new(), racy: false, entries: 0, racy_after: now - reuse::RACY_WINDOW_NS }
+        SnapshotAcc { hasher: hash.then(Sha256::new), racy: false, entries: 0, racy_after: now - reuse::RACY_WINDOW_NS }
     }
     fn add(&mut self, item: &Item) {
         let m = &item.meta;
-        self.hasher.update((item.rel.len() as u64).to_le_bytes());
-        self.hasher.update(&item.rel);
+        if reuse::is_racy(m, self.racy_after) {
+            self.racy = true;
+        }
+        self.entries += 1;
+        let Some(hasher) = &mut self.hasher else {
+            return;
+        };
+        hasher.update((item.rel.len() as u64).to_le_bytes());
+        hasher.update(&item.rel);
         for v in [
             u64::from(m.mode),
             m.size,
@@ -345,17 +357,15 @@ impl SnapshotAcc {
             u64::from(m.gid),
             m.nlink,
         ] {
-            self.hasher.update(v.to_le_bytes());
+            hasher.update(v.to_le_bytes());
         }
-        if reuse::is_racy(m, self.racy_after) {
-            self.racy = true;
-        }
-        self.entries += 1;
     }
+    /// The snapshot; one not digested is marked racy, never to be trusted.
     fn finish(self, walk_had_warnings: bool) -> StatSnapshot {
+        let hashed = self.hasher.is_some();
         StatSnapshot {
-            digest: Digest::from_hasher(self.hasher),
-            racy: self.racy || walk_had_warnings,
+            digest: self.hasher.map(Digest::from_hasher).unwrap_or_default(),
+            racy: self.racy || walk_had_warnings || !hashed,
             entries: self.entries,
         }
     }
@@ -457,6 +467,7 @@ pub fn create_reusing(
     let progress = opts.progress.clone();
     let header = RecordsHeader::new(GroupCutter::new(opts.target).target, opts.level);
     let recorder = reuse.record.map(|out| Recorder::new(out, &header));
+    let recording = recorder.is_some();
 
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -466,7 +477,7 @@ pub fn create_reusing(
         drop(done_tx);
         let progress_sink = progress.clone();
         let sink_thread = s.spawn(move || sink_loop(done_rx, permit_tx, sink, recorder, progress_sink));
-        let snapshot = SnapshotAcc::new();
+        let snapshot = SnapshotAcc::new(!recording);
         let racy_after = snapshot.racy_after;
         // The walk runs ahead on its own thread: its system calls overlap
         // the producer's planning, hashing and reading.

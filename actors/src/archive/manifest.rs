@@ -167,6 +167,54 @@ struct Envelope {
     seal: Seal,
 }
 
+/// The few CBOR forms [`Manifest::write_body`] writes by hand, each the
+/// shortest encoding, as ciborium writes them (RFC 8949, section 3).
+mod cbor {
+    pub const UINT: u8 = 0;
+    pub const NINT: u8 = 1;
+    pub const BYTES: u8 = 2;
+    pub const TEXT: u8 = 3;
+    pub const ARRAY: u8 = 4;
+    pub const MAP: u8 = 5;
+
+    /// A head: major type and argument.
+    pub fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+        let m = major << 5;
+        if n < 24 {
+            out.push(m | n as u8);
+        } else if n <= u64::from(u8::MAX) {
+            out.extend_from_slice(&[m | 24, n as u8]);
+        } else if n <= u64::from(u16::MAX) {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else if n <= u64::from(u32::MAX) {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        } else {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+
+    pub fn int(out: &mut Vec<u8>, v: i64) {
+        if v < 0 {
+            head(out, NINT, !(v as u64));
+        } else {
+            head(out, UINT, v as u64);
+        }
+    }
+
+    pub fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        head(out, BYTES, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+
+    pub fn text(out: &mut Vec<u8>, t: &str) {
+        head(out, TEXT, t.len() as u64);
+        out.extend_from_slice(t.as_bytes());
+    }
+}
+
 /// Largest member a manifest may describe, raw or compressed. backmesh
 /// cuts members of tens to hundreds of KiB; the bound is far above any it
 /// makes, and keeps a manifest from a peer from asking a reader to
@@ -208,11 +256,87 @@ impl Manifest {
 
     /// The signed part: the manifest in CBOR, seal left out.
     fn body(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256 + self.files.len() * 64 + self.members.len() * 48);
+        let mut out = Vec::with_capacity(self.body_len_bound());
+        self.write_body(&mut out);
+        out
+    }
+
+    /// At least the length of [`Manifest::body`]: its buffer is allocated
+    /// once (a large tree's manifest is tens of megabytes).
+    fn body_len_bound(&self) -> usize {
+        let files: usize =
+            self.files.iter().map(|f| 96 + f.path.len() + f.link.as_ref().map_or(0, |l| 16 + l.len())).sum();
+        4096 + self.members.len() * 64 + files
+    }
+
+    /// Writes [`Manifest::body`]: exactly the CBOR serde and ciborium make
+    /// of the manifest (a test holds it to that), with the file table and
+    /// the member list, nearly all of a large tree's manifest, written
+    /// directly rather than field by field through serde.
+    fn write_body(&self, out: &mut Vec<u8>) {
         // Writing CBOR into a Vec cannot fail: serde types here have no fallible parts.
         #[allow(clippy::expect_used)]
-        ciborium::into_writer(self, &mut out).expect("CBOR into a Vec");
-        out
+        fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &str, v: &T) {
+            cbor::text(out, key);
+            ciborium::into_writer(v, &mut *out).expect("CBOR into a Vec");
+        }
+        cbor::head(out, cbor::MAP, 14);
+        value(out, "id", &self.id);
+        value(out, "node", &self.node);
+        value(out, "path", &self.path);
+        value(out, "created_ms", &self.created_ms);
+        value(out, "order_ms", &self.order_ms);
+        cbor::text(out, "members");
+        cbor::head(out, cbor::ARRAY, self.members.len() as u64);
+        for m in &self.members {
+            cbor::head(out, cbor::MAP, 3);
+            cbor::text(out, "sha256");
+            cbor::bytes(out, &m.sha256.0);
+            cbor::text(out, "raw_len");
+            cbor::head(out, cbor::UINT, m.raw_len);
+            cbor::text(out, "compressed_len");
+            cbor::head(out, cbor::UINT, m.compressed_len);
+        }
+        cbor::text(out, "files");
+        cbor::head(out, cbor::ARRAY, self.files.len() as u64);
+        for f in &self.files {
+            cbor::head(out, cbor::MAP, if f.link.is_some() { 9 } else { 8 });
+            cbor::text(out, "path");
+            cbor::bytes(out, &f.path);
+            cbor::text(out, "kind");
+            cbor::text(
+                out,
+                match f.kind {
+                    Kind::File => "File",
+                    Kind::Dir => "Dir",
+                    Kind::Symlink => "Symlink",
+                    Kind::HardLink => "HardLink",
+                },
+            );
+            cbor::text(out, "size");
+            cbor::head(out, cbor::UINT, f.size);
+            cbor::text(out, "mode");
+            cbor::head(out, cbor::UINT, u64::from(f.mode));
+            cbor::text(out, "mtime");
+            cbor::int(out, f.mtime);
+            cbor::text(out, "mtime_nsec");
+            cbor::head(out, cbor::UINT, u64::from(f.mtime_nsec));
+            cbor::text(out, "uid");
+            cbor::head(out, cbor::UINT, f.uid);
+            cbor::text(out, "gid");
+            cbor::head(out, cbor::UINT, f.gid);
+            if let Some(link) = &f.link {
+                cbor::text(out, "link");
+                cbor::bytes(out, link);
+            }
+        }
+        value(out, "tree_digest", &self.tree_digest);
+        value(out, "tgz_sha256", &self.tgz_sha256);
+        value(out, "tgz_len", &self.tgz_len);
+        value(out, "raw_len", &self.raw_len);
+        value(out, "stats", &self.stats);
+        value(out, "warnings", &self.warnings);
+        value(out, "excludes", &self.excludes);
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -223,24 +347,30 @@ impl Manifest {
     fn encode_body(&self, body: Vec<u8>) -> Vec<u8> {
         let mut out = Vec::with_capacity(body.len() + 128);
         out.extend_from_slice(MAGIC);
-        let members = self.tree_rule == TreeRule::Members;
+        out.push(self.version());
         match &self.seal {
-            None => {
-                out.push(if members { MEMBER_TREE_VERSION } else { FORMAT_VERSION });
-                out.extend_from_slice(&body);
-            }
+            None => out.extend_from_slice(&body),
             Some(seal) => {
-                out.push(match (members, seal.over_digest) {
-                    (true, true) => DIGEST_SEALED_VERSION,
-                    (true, false) => SEALED_MEMBER_TREE_VERSION,
-                    (false, _) => SEALED_VERSION,
-                });
                 let env = Envelope { body: ByteBuf::from(body), seal: seal.clone() };
                 #[allow(clippy::expect_used)]
                 ciborium::into_writer(&env, &mut out).expect("CBOR into a Vec");
             }
         }
         out
+    }
+
+    /// The format version byte of its stored form.
+    fn version(&self) -> u8 {
+        let members = self.tree_rule == TreeRule::Members;
+        match &self.seal {
+            None if members => MEMBER_TREE_VERSION,
+            None => FORMAT_VERSION,
+            Some(seal) => match (members, seal.over_digest) {
+                (true, true) => DIGEST_SEALED_VERSION,
+                (true, false) => SEALED_MEMBER_TREE_VERSION,
+                (false, _) => SEALED_VERSION,
+            },
+        }
     }
 
     /// Signs the manifest with `key`, the identity key of the node that
@@ -264,9 +394,33 @@ impl Manifest {
     /// it encoded, from the same body: a large tree's manifest is
     /// megabytes, encoded once, not twice.
     pub fn seal_encoded(&mut self, key: &libp2p::identity::Keypair) -> Result<Vec<u8>, ManifestError> {
-        let body = self.body();
-        self.seal_body(key, &body)?;
-        Ok(self.encode_body(body))
+        // The body is written where it sits in the stored form, after room
+        // for what opens it (magic, version, the envelope's map and the
+        // body's byte-string head, at most 16 bytes below 4 GiB): one
+        // buffer, never copied.
+        const ROOM: usize = 16;
+        let mut out = Vec::with_capacity(ROOM + self.body_len_bound() + 256);
+        out.resize(ROOM, 0);
+        self.write_body(&mut out);
+        self.seal_body(key, &out[ROOM..])?;
+        let Some(seal) = &self.seal else {
+            return Err(ManifestError::Corrupt { reason: "sealing left no seal".into() });
+        };
+        let mut open = Vec::with_capacity(ROOM);
+        open.extend_from_slice(MAGIC);
+        open.push(self.version());
+        cbor::head(&mut open, cbor::MAP, 2);
+        cbor::text(&mut open, "body");
+        cbor::head(&mut open, cbor::BYTES, (out.len() - ROOM) as u64);
+        let start = ROOM.checked_sub(open.len()).ok_or_else(|| ManifestError::TooLarge { len: out.len() })?;
+        out[start..ROOM].copy_from_slice(&open);
+        cbor::text(&mut out, "seal");
+        // Writing CBOR into a Vec cannot fail.
+        #[allow(clippy::expect_used)]
+        ciborium::into_writer(seal, &mut out).expect("CBOR into a Vec");
+        // Only a body under 64 KiB has a shorter head: a small move.
+        out.drain(..start);
+        Ok(out)
     }
 
     /// The peer id that sealed it (its seal was checked when decoded).
@@ -413,6 +567,62 @@ mod tests {
     fn round_trip() {
         let m = sample();
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    /// The hand-written body is byte for byte what serde and ciborium
+    /// make, at every width of every number and with every kind of entry.
+    #[test]
+    fn the_body_is_the_cbor_serde_makes() {
+        let widths =
+            [0u64, 1, 23, 24, 255, 256, 65_535, 65_536, u64::from(u32::MAX), u64::from(u32::MAX) + 1, u64::MAX];
+        let kinds = [Kind::File, Kind::Dir, Kind::Symlink, Kind::HardLink];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut m = sample();
+        m.files.clear();
+        m.members.clear();
+        for i in 0..600 {
+            let w = |r: u64| widths[(r % widths.len() as u64) as usize];
+            let path_len = (next() % 300) as usize;
+            m.files.push(FileRecord {
+                path: ByteBuf::from(vec![b'a' + (i % 26) as u8; path_len]),
+                kind: kinds[i % 4],
+                size: w(next()),
+                mode: w(next()) as u32,
+                mtime: if next() % 2 == 0 { w(next()) as i64 } else { -(w(next()) as i64) },
+                mtime_nsec: w(next()) as u32,
+                uid: w(next()),
+                gid: w(next()),
+                link: (next() % 3 == 0).then(|| ByteBuf::from(vec![b'/'; (next() % 70) as usize])),
+            });
+            m.members.push(MemberRef {
+                sha256: Digest::of(&i.to_le_bytes()),
+                raw_len: w(next()),
+                compressed_len: w(next()),
+            });
+        }
+        m.files.push(FileRecord { mtime: i64::MIN, ..m.files[0].clone() });
+        m.warnings.push(Warning {
+            path: "x".into(),
+            kind: super::super::WarningKind::Vanished,
+            message: "gone".into(),
+        });
+        for m in [sample(), of_members(), m] {
+            let mut want = Vec::new();
+            ciborium::into_writer(&m, &mut want).unwrap();
+            assert_eq!(m.body(), want);
+            assert!(m.body_len_bound() >= want.len());
+            // Sealed in place, it is the envelope `encode` makes.
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let mut sealed = m.clone();
+            let bytes = sealed.seal_encoded(&key).unwrap();
+            assert_eq!(bytes, sealed.encode(), "a body of {} bytes", want.len());
+        }
     }
 
     /// `sample()` under the members rule.

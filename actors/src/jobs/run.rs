@@ -121,7 +121,8 @@ pub fn run_backup_as(
     let mut previous = previous;
     let (mut txn, holds, records, mut created) = loop {
         let txn = store.begin()?;
-        let holds = store.holds();
+        // About one member per file at most: room for them from the start.
+        let holds = store.holds_for(last.as_ref().map_or(0, |l| usize::try_from(l.files).unwrap_or(0).min(1 << 22)));
         let records = store.new_records().ok();
         let (txn, created) = {
             let hold = |d: &Digest| {
