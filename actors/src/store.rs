@@ -1166,6 +1166,11 @@ impl PutTxn<'_> {
         self.commit_until(m, CommitStep::Indexed)
     }
 
+    /// Makes room for about `n` members.
+    pub fn reserve(&mut self, n: usize) {
+        self.present.reserve(n);
+    }
+
     /// [`PutTxn::commit`], `encoded` being `m` as [`Manifest::encode`] gives it.
     pub fn commit_encoded(self, m: &Manifest, encoded: &[u8]) -> Result<(), StoreError> {
         self.commit_steps(m, Some(encoded), CommitStep::Indexed)

@@ -149,8 +149,11 @@ struct Level {
     /// component each, not the whole path from the root); `None` past
     /// [`MAX_OPEN_LEVELS`] or when it could not be kept open.
     dir: Option<rustix::fs::Dir>,
-    /// Remaining children, in reverse order.
-    children: Vec<Vec<u8>>,
+    /// Its children's names, one after another (one allocation a
+    /// directory, not one a name)...
+    names: Vec<u8>,
+    /// ...and where each is in `names`, the remaining ones in reverse order.
+    children: Vec<(u32, u32)>,
 }
 
 /// Depth-first walker in sorted order. Holds one sorted name list (and
@@ -184,22 +187,23 @@ impl Walker {
         loop {
             let depth = self.stack.len();
             let level = self.stack.last_mut()?;
-            let Some(name) = level.children.pop() else {
+            let Some((start, end)) = level.children.pop() else {
                 self.stack.pop();
                 continue;
             };
+            let name = &level.names[start as usize..end as usize];
             let mut rel = Vec::with_capacity(level.rel.len() + 1 + name.len());
             rel.extend_from_slice(&level.rel);
             if !rel.is_empty() {
                 rel.push(b'/');
             }
-            rel.extend_from_slice(&name);
+            rel.extend_from_slice(name);
             if self.excludes.is_excluded(&rel) {
                 continue;
             }
             let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
             let stat = match level.dir.as_ref().map(|d| d.fd()) {
-                Some(Ok(fd)) => rustix::fs::statat(fd, name.as_slice(), nofollow),
+                Some(Ok(fd)) => rustix::fs::statat(fd, name, nofollow),
                 _ => rustix::fs::statat(rustix::fs::CWD, Walker::abs(&self.root, &rel).as_path(), nofollow),
             };
             let meta = match stat {
@@ -213,7 +217,7 @@ impl Walker {
                 let keep_open = depth < MAX_OPEN_LEVELS;
                 let opened = match level.dir.as_ref().map(|d| d.fd()) {
                     Some(Ok(fd)) => {
-                        open_level(fd, Path::new(std::ffi::OsStr::from_bytes(&name)), rel.clone(), keep_open)
+                        open_level(fd, Path::new(std::ffi::OsStr::from_bytes(name)), rel.clone(), keep_open)
                     }
                     _ => open_level(rustix::fs::CWD, &Walker::abs(&self.root, &rel), rel.clone(), keep_open),
                 };
@@ -245,15 +249,20 @@ fn open_level<Fd: std::os::fd::AsFd>(at: Fd, path: &Path, rel: Vec<u8>, keep_ope
     }
     let fd = rustix::fs::openat(at, path, flags, Mode::empty())?;
     let mut dir = rustix::fs::Dir::new(fd)?;
-    let mut children = Vec::new();
+    let (mut names, mut children) = (Vec::new(), Vec::new());
     while let Some(entry) = dir.read() {
-        let name = entry?.file_name().to_bytes().to_vec();
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
-            children.push(name);
+            let start = names.len();
+            names.extend_from_slice(name);
+            let too_many = || std::io::Error::other("directory listing over 4 GiB of names");
+            children.push((u32::try_from(start).map_err(|_| too_many())?, u32::try_from(names.len()).map_err(|_| too_many())?));
         }
     }
-    children.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(Level { rel, dir: keep_open.then_some(dir), children })
+    let name = |&(s, e): &(u32, u32)| &names[s as usize..e as usize];
+    children.sort_unstable_by(|a, b| name(b).cmp(name(a)));
+    Ok(Level { rel, dir: keep_open.then_some(dir), names, children })
 }
 
 #[cfg(test)]

@@ -120,9 +120,11 @@ pub fn run_backup_as(
     let mut lost: HashSet<Digest> = HashSet::new();
     let mut previous = previous;
     let (mut txn, holds, records, mut created) = loop {
-        let txn = store.begin()?;
         // About one member per file at most: room for them from the start.
-        let holds = store.holds_for(last.as_ref().map_or(0, |l| usize::try_from(l.files).unwrap_or(0).min(1 << 22)));
+        let room = last.as_ref().map_or(0, |l| usize::try_from(l.files).unwrap_or(0).min(1 << 22));
+        let mut txn = store.begin()?;
+        txn.reserve(room);
+        let holds = store.holds_for(room);
         let records = store.new_records().ok();
         let (txn, created) = {
             let hold = |d: &Digest| {
@@ -139,7 +141,6 @@ pub fn run_backup_as(
                 }),
                 hold: &hold,
             };
-            let mut txn = txn;
             let created = archive::create_reusing(path, opts, reuse, &mut txn)?;
             (txn, created)
         };
