@@ -455,10 +455,14 @@ pub fn create_reusing(
     } else {
         opts.threads
     };
-    let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
+    // Deep queues: a run of members taken unread must not wait behind a
+    // group being compressed, nor the walk behind either (see `WALK_AHEAD`).
+    let (job_tx, job_rx) = sync_channel::<Job>(JOBS_AHEAD);
     let job_rx = Arc::new(Mutex::new(job_rx));
-    let (done_tx, done_rx) = sync_channel::<Done>(threads * 2);
-    let permits = threads * 2 + 2;
+    let (done_tx, done_rx) = sync_channel::<Done>(JOBS_AHEAD);
+    // Segments in flight, a few hundred KiB each at most: what lets the
+    // producer run ahead of the workers, and bounds the memory.
+    let permits = (threads * 8).min(64);
     let (permit_tx, permit_rx) = sync_channel::<()>(permits);
     for _ in 0..permits {
         let _ = permit_tx.send(());
@@ -547,8 +551,13 @@ pub fn create_reusing(
     })
 }
 
-/// Batches of walked entries in flight between the walk and the producer.
-const WALK_AHEAD: usize = 8;
+/// Batches of walked entries in flight between the walk and the producer:
+/// the walk, the longest single thread of a changed run, runs on while
+/// the producer waits for a group to be compressed.
+const WALK_AHEAD: usize = 64;
+/// Jobs in flight to the workers and from them to the writer (segments
+/// are bounded apart, by permits: their bytes are the memory).
+const JOBS_AHEAD: usize = 64;
 const WALK_BATCH: usize = 256;
 
 /// Walks the tree into `out` in batches; returns the walk's warnings.

@@ -412,7 +412,7 @@ impl Manifest {
         cbor::head(&mut open, cbor::MAP, 2);
         cbor::text(&mut open, "body");
         cbor::head(&mut open, cbor::BYTES, (out.len() - ROOM) as u64);
-        let start = ROOM.checked_sub(open.len()).ok_or_else(|| ManifestError::TooLarge { len: out.len() })?;
+        let start = ROOM.checked_sub(open.len()).ok_or(ManifestError::TooLarge { len: out.len() })?;
         out[start..ROOM].copy_from_slice(&open);
         cbor::text(&mut out, "seal");
         // Writing CBOR into a Vec cannot fail.

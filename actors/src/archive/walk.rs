@@ -257,7 +257,10 @@ fn open_level<Fd: std::os::fd::AsFd>(at: Fd, path: &Path, rel: Vec<u8>, keep_ope
             let start = names.len();
             names.extend_from_slice(name);
             let too_many = || std::io::Error::other("directory listing over 4 GiB of names");
-            children.push((u32::try_from(start).map_err(|_| too_many())?, u32::try_from(names.len()).map_err(|_| too_many())?));
+            children.push((
+                u32::try_from(start).map_err(|_| too_many())?,
+                u32::try_from(names.len()).map_err(|_| too_many())?,
+            ));
         }
     }
     let name = |&(s, e): &(u32, u32)| &names[s as usize..e as usize];
