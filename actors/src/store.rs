@@ -103,6 +103,12 @@ pub fn parse_within(text: &str) -> Result<Duration, crate::error::BadSetting> {
 
 const ARCHIVES: &str = "archives";
 const STAT_CACHE: &str = "statcache";
+/// `full-gc` → when the last full collection ran (ms since the epoch, LE).
+const STORE_META: &str = "meta";
+/// How often retention sweeps the whole store rather than the removed
+/// archives' members only: what else is there (a crash between staging
+/// and commit leaves members no archive uses) is found within a day.
+const FULL_GC_EVERY_MS: i64 = 24 * 3600 * 1000;
 /// New member → (the earlier member it was made from much as, gzip level):
 /// what a push may send as a delta (see `archive::delta`).
 const BASES: &str = "bases";
@@ -799,9 +805,21 @@ impl Store {
             report.removed.push(old.id.clone());
         }
         if !report.removed.is_empty() {
+            let now = crate::net::actor::now_ms();
+            let last_full = self
+                .kv
+                .get(STORE_META, b"full-gc")?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(0, i64::from_le_bytes);
             let (n, b) = match candidates {
-                Some(candidates) => self.collect(candidates)?,
-                None => self.gc()?,
+                Some(candidates) if (last_full..last_full + FULL_GC_EVERY_MS).contains(&now) => {
+                    self.collect(candidates)?
+                }
+                _ => {
+                    let freed = self.gc()?;
+                    self.kv.put(STORE_META, b"full-gc", &now.to_le_bytes())?;
+                    freed
+                }
             };
             report.freed_members = n;
             report.freed_bytes = b;
