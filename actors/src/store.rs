@@ -257,6 +257,9 @@ pub struct Store {
     kv: Arc<dyn KvStore>,
     /// Members that a transaction in progress relies on: never collected.
     pins: Mutex<HashMap<Digest, u32, foldhash::fast::RandomState>>,
+    /// The sets of members backups in progress hold ([`Holds`]): never
+    /// collected either. One set a backup, dropped whole when it ends.
+    held: Mutex<Vec<std::sync::Weak<Mutex<DigestSet>>>>,
     gc_lock: Mutex<()>,
     /// Members received for an archive not yet committed, and when.
     inbound: Mutex<HashMap<Digest, std::time::Instant>>,
@@ -355,6 +358,7 @@ impl Store {
             root: data_dir.to_path_buf(),
             kv,
             pins: Mutex::default(),
+            held: Mutex::default(),
             gc_lock: Mutex::default(),
             inbound: Mutex::default(),
             identity: load_identity(data_dir)?,
@@ -581,13 +585,16 @@ impl Store {
 
     /// Members held for one backup: none is freed until it is dropped.
     pub fn holds(&self) -> Holds<'_> {
-        Holds { store: self, held: Mutex::default() }
+        self.holds_for(0)
     }
 
     /// [`Store::holds`] with room for about `n` members held at once.
     pub fn holds_for(&self, n: usize) -> Holds<'_> {
-        self.pins.lock().unwrap_or_else(|e| e.into_inner()).reserve(n);
-        Holds { store: self, held: Mutex::new(Vec::with_capacity(n)) }
+        let set = Arc::new(Mutex::new(DigestSet::with_capacity_and_hasher(n, Default::default())));
+        let mut all = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&set));
+        Holds { _store: std::marker::PhantomData, set }
     }
 
     /// Starts writing an archive's members.
@@ -602,6 +609,7 @@ impl Store {
             staged: DigestSet::default(),
             pinned: Vec::new(),
             present: DigestSet::default(),
+            seen: Vec::new(),
             lost: Vec::new(),
         })
     }
@@ -879,9 +887,17 @@ impl Store {
     /// Removes member `d`, used by no archive, unless a transaction pins
     /// it or a peer is sending it; its length if it was removed.
     fn remove_unused(&self, d: &Digest) -> Option<u64> {
-        // Under the pin lock: a writer pins a member, then looks for it.
+        // Under the pin and hold locks: a writer pins or holds a member,
+        // then looks for it; so either it sees the member gone, or this
+        // sees it held.
         let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         if pins.contains_key(d) {
+            return None;
+        }
+        let sets: Vec<_> =
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(|w| w.upgrade()).collect();
+        let held: Vec<_> = sets.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner())).collect();
+        if held.iter().any(|h| h.contains(d)) {
             return None;
         }
         let inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
@@ -892,7 +908,7 @@ impl Store {
         let len = fs::symlink_metadata(&p).map(|m| m.len()).ok()?;
         fs::remove_file(&p).ok()?;
         let _ = self.kv.delete(BASES, &d.0);
-        drop((inbound, pins));
+        drop((inbound, held, pins));
         Some(len)
     }
 
@@ -1043,8 +1059,8 @@ impl MemberSource for Store {
 /// Members a backup takes unread from earlier archives, kept from
 /// retention and garbage collection until it is dropped.
 pub struct Holds<'a> {
-    store: &'a Store,
-    held: Mutex<Vec<Digest>>,
+    _store: std::marker::PhantomData<&'a Store>,
+    set: Arc<Mutex<DigestSet>>,
 }
 
 impl Holds<'_> {
@@ -1052,14 +1068,7 @@ impl Holds<'_> {
     /// archive writer's to check ([`PutTxn`] does, as it receives it):
     /// off the thread that plans the archive.
     pub fn hold(&self, d: &Digest) {
-        self.store.pin_only(d);
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).push(*d);
-    }
-}
-
-impl Drop for Holds<'_> {
-    fn drop(&mut self) {
-        self.store.unpin(&self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).insert(*d);
     }
 }
 
@@ -1070,8 +1079,12 @@ pub struct PutTxn<'a> {
     dir: Option<tempfile::TempDir>,
     staged: DigestSet,
     pinned: Vec<Digest>,
-    /// Members pinned (or held) while in the store: commit need not look again.
+    /// Members made again and pinned while in the store: commit need not
+    /// look again.
     present: DigestSet,
+    /// Every member received, in order, each staged or found in the store
+    /// as it came: a manifest of exactly these needs no second look.
+    seen: Vec<Digest>,
     /// Members taken unread that the store no longer has.
     lost: Vec<Digest>,
 }
@@ -1186,7 +1199,7 @@ impl PutTxn<'_> {
 
     /// Makes room for about `n` members.
     pub fn reserve(&mut self, n: usize) {
-        self.present.reserve(n);
+        self.seen.reserve(n);
     }
 
     /// [`PutTxn::commit`], `encoded` being `m` as [`Manifest::encode`] gives it.
@@ -1200,10 +1213,15 @@ impl PutTxn<'_> {
     }
 
     fn commit_steps(mut self, m: &Manifest, encoded: Option<&[u8]>, last: CommitStep) -> Result<(), StoreError> {
-        for member in &m.members {
-            let d = &member.sha256;
-            if !self.staged.contains(d) && !self.present.contains(d) && !self.store.has_member(d) {
-                return Err(StoreError::MissingMember { digest: member.sha256 });
+        let as_received = self.lost.is_empty()
+            && m.members.len() == self.seen.len()
+            && m.members.iter().zip(&self.seen).all(|(m, d)| m.sha256 == *d);
+        if !as_received {
+            for member in &m.members {
+                let d = &member.sha256;
+                if !self.staged.contains(d) && !self.present.contains(d) && !self.store.has_member(d) {
+                    return Err(StoreError::MissingMember { digest: member.sha256 });
+                }
             }
         }
         self.publish()?;
@@ -1237,13 +1255,14 @@ impl MemberSink for PutTxn<'_> {
     fn reused(&mut self, m: &MemberRef) -> io::Result<()> {
         // Held from collection by the producer (`Holds`): there now, there at commit.
         if self.store.has_member(&m.sha256) {
-            self.present.insert(m.sha256);
+            self.seen.push(m.sha256);
         } else {
             self.lost.push(m.sha256);
         }
         Ok(())
     }
     fn member(&mut self, digest: &Digest, data: &[u8]) -> io::Result<()> {
+        self.seen.push(*digest);
         if self.staged.contains(digest) {
             return Ok(());
         }

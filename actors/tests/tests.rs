@@ -481,6 +481,32 @@ fn a_crash_between_writes_leaves_the_store_consistent() {
     }
 }
 
+/// A member a backup in progress holds is not collected, though no
+/// archive uses it any more; once the backup ends, it is.
+#[test]
+fn a_held_member_outlives_its_archive_until_the_backup_ends() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 3);
+    let store = Store::open(&t.path().join("data")).unwrap();
+    run_backup(&store, "n1", &src, &opts(), Retention::keep(10)).unwrap();
+    let key = src.to_str().unwrap();
+    let m = store.manifest("n1", key, None).unwrap();
+    let (held, other) = (m.members[0].sha256, m.members[1].sha256);
+    let holds = store.holds_for(1);
+    holds.hold(&held);
+    let others = store.holds();
+    others.hold(&other);
+    drop(others);
+    assert!(store.remove_archive("n1", key, &m.id).unwrap());
+    store.gc().unwrap();
+    assert!(store.has_member(&held), "held by a backup in progress");
+    assert!(!store.has_member(&other), "its backup ended: collected");
+    drop(holds);
+    store.gc().unwrap();
+    assert!(!store.has_member(&held));
+}
+
 /// Pruning frees what only the removed archives used, and nothing that
 /// another series still uses.
 #[test]
