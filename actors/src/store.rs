@@ -1213,6 +1213,13 @@ impl PutTxn<'_> {
     }
 
     fn commit_steps(mut self, m: &Manifest, encoded: Option<&[u8]>, last: CommitStep) -> Result<(), StoreError> {
+        // Not during a collection: one that listed the archives before this
+        // commit and deletes after it (this transaction's pins and holds
+        // gone by then) would free members the new archive uses. Under
+        // the lock, a collection runs wholly before (the pins and holds
+        // keep them) or wholly after (the archive is listed), as `adopt`.
+        let store = self.store;
+        let _guard = store.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
         let as_received = self.lost.is_empty()
             && m.members.len() == self.seen.len()
             && m.members.iter().zip(&self.seen).all(|(m, d)| m.sha256 == *d);
