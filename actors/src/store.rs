@@ -793,7 +793,11 @@ impl Store {
         let mut candidates = Some(DigestSet::default());
         for old in all.iter().filter(|a| !kept.contains(a.id.as_str())) {
             match self.members_of(old) {
-                Ok(used) => candidates.iter_mut().for_each(|c| c.extend(used.iter().copied())),
+                Ok(used) => {
+                    if let Some(c) = candidates.as_mut() {
+                        c.extend(used);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("cannot read what archive {} uses ({e}); sweeping the whole store", old.id);
                     candidates = None;

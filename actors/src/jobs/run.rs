@@ -120,8 +120,9 @@ pub fn run_backup_as(
     let mut lost: HashSet<Digest> = HashSet::new();
     let mut previous = previous;
     let (mut txn, holds, records, mut created) = loop {
-        // About one member per file at most: room for them from the start.
-        let room = last.as_ref().map_or(0, |l| usize::try_from(l.files).unwrap_or(0).min(1 << 22));
+        // About one member per file at most: room for them from the start
+        // (bounded: past that, the sets grow as they need).
+        let room = last.as_ref().map_or(0, |l| usize::try_from(l.files).unwrap_or(0).min(1 << 20));
         let mut txn = store.begin()?;
         txn.reserve(room);
         let holds = store.holds_for(room);
