@@ -28,5 +28,6 @@ pub mod jobs;
 pub mod log;
 pub mod net;
 pub mod notify;
+pub mod offsite;
 pub mod replica;
 pub mod store;

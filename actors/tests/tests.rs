@@ -1,6 +1,7 @@
 //! Integration tests of the archive engine and the store, on real files.
 
 mod common;
+mod offsite;
 
 use std::fs;
 use std::path::Path;

@@ -1,0 +1,501 @@
+//! One S3-compatible bucket, as backmesh uses it: put, get, head, list and
+//! delete whole objects under a prefix.
+//!
+//! Requests are signed (AWS SigV4, as presigned URLs) by `rusty-s3`, which
+//! does no I/O of its own; `ureq` carries them. Every request is retried on
+//! what may pass (a connection that fails, 5xx, `SlowDown`), at most
+//! [`ATTEMPTS`] times with a doubling wait; what will not pass (credentials
+//! refused, no such bucket) is said at once, in words an operator can act on.
+//! Uploads go through a [`Throttle`] when `--offsite-rate` is set.
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rusty_s3::actions::S3Action as _;
+use rusty_s3::{Credentials, UrlStyle};
+
+/// Tries of one request before it is given up.
+pub const ATTEMPTS: u32 = 4;
+/// How long a presigned request stays valid (it is sent at once).
+const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
+/// The largest object read back (the largest manifest or member).
+const MAX_OBJECT: u64 = 1 << 30;
+
+/// Where offsite copies go, as the operator gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsiteTarget {
+    pub bucket: String,
+    /// Empty, or ending in `/`.
+    pub prefix: String,
+    /// `https://s3.REGION.amazonaws.com` unless `--offsite-endpoint` says.
+    pub endpoint: Option<String>,
+    pub region: String,
+}
+
+impl OffsiteTarget {
+    /// Parses `s3://BUCKET[/PREFIX]`.
+    pub fn parse(url: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("--offsite `{url}`: give it as s3://BUCKET or s3://BUCKET/PREFIX"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+        if !bucket_ok {
+            return Err(format!(
+                "--offsite `{url}`: `{bucket}` is not a bucket name (3 to 63 lower-case letters, digits, `-` or `.`)"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|p| p == "." || p == "..") || prefix.chars().any(char::is_control) {
+            return Err(format!("--offsite `{url}`: the prefix may not hold `.`, `..` or control characters"));
+        }
+        if let Some(e) = endpoint {
+            let u = url_of(e).map_err(|why| format!("--offsite-endpoint `{e}`: {why}"))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return Err(format!("--offsite-endpoint `{e}`: give an http:// or https:// URL"));
+            }
+        }
+        Ok(OffsiteTarget {
+            bucket: bucket.to_string(),
+            prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+            endpoint: endpoint.map(|e| e.trim_end_matches('/').to_string()),
+            region: region.unwrap_or("us-east-1").to_string(),
+        })
+    }
+
+    /// `s3://bucket/prefix`, for messages.
+    pub fn shown(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+    }
+}
+
+fn url_of(text: &str) -> Result<url::Url, String> {
+    url::Url::parse(text).map_err(|e| e.to_string())
+}
+
+/// The access key and secret, from the environment or a credentials file.
+#[derive(Clone)]
+pub struct Secret {
+    pub key: String,
+    pub secret: String,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret {{ key: {}, secret: (hidden) }}", self.key)
+    }
+}
+
+impl Secret {
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
+    /// `AWS_SESSION_TOKEN`) if set; else the `[PROFILE]` (`AWS_PROFILE`,
+    /// or `default`) of `file`, of `AWS_SHARED_CREDENTIALS_FILE`, or of
+    /// `~/.aws/credentials`.
+    pub fn find(file: Option<&std::path::Path>) -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if file.is_none() {
+            if let (Some(key), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+                return Ok(Secret { key, secret, token: var("AWS_SESSION_TOKEN") });
+            }
+        }
+        let path = match file {
+            Some(f) => f.to_path_buf(),
+            None => match (var("AWS_SHARED_CREDENTIALS_FILE"), var("HOME")) {
+                (Some(f), _) => f.into(),
+                (None, Some(home)) => std::path::Path::new(&home).join(".aws/credentials"),
+                (None, None) => {
+                    return Err("no offsite credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give --offsite-credentials FILE".into())
+                }
+            },
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!("no offsite credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set, and {} cannot be read ({e})", path.display())
+        })?;
+        let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
+        Self::from_ini(&text, &profile).ok_or_else(|| {
+            format!("{}: no [{profile}] section with aws_access_key_id and aws_secret_access_key", path.display())
+        })
+    }
+
+    fn from_ini(text: &str, profile: &str) -> Option<Self> {
+        let (mut key, mut secret, mut token, mut inside) = (None, None, None, false);
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                inside = name.trim() == profile || name.trim() == format!("profile {profile}");
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else { continue };
+            if !inside {
+                continue;
+            }
+            let v = Some(v.trim().to_string());
+            match k.trim() {
+                "aws_access_key_id" => key = v,
+                "aws_secret_access_key" => secret = v,
+                "aws_session_token" => token = v,
+                _ => {}
+            }
+        }
+        Some(Secret { key: key?, secret: secret?, token })
+    }
+}
+
+/// Why a bucket request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("{bucket}: the storage refused these credentials ({code}); check the access key and secret")]
+    Denied { bucket: String, code: String },
+    #[error("{bucket}: no such bucket at {endpoint}; create it first")]
+    NoBucket { bucket: String, endpoint: String },
+    #[error("{bucket}: cannot reach {endpoint} ({reason}, {ATTEMPTS} tries)")]
+    Unreachable { bucket: String, endpoint: String, reason: String },
+    #[error("{bucket}: {op} {key} was answered {status} {code}")]
+    Failed { bucket: String, op: &'static str, key: String, status: u16, code: String },
+    #[error("{bucket}: {what}")]
+    Bad { bucket: String, what: String },
+}
+
+impl BucketError {
+    /// Whether the same request may pass later (the storage or the way
+    /// to it is down), rather than never as it stands (credentials).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BucketError::Unreachable { .. } | BucketError::Failed { status: 500.., .. })
+    }
+}
+
+/// An object as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    /// Its key below the prefix.
+    pub key: String,
+    pub size: u64,
+    /// When the storage wrote it, by the storage's clock (ms).
+    pub modified_ms: i64,
+}
+
+/// Uploads no faster than a rate, on average over a second.
+#[derive(Debug)]
+pub struct Throttle {
+    bytes_per_sec: u64,
+    /// (bytes that may go without waiting, as of when)
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Throttle {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Throttle { bytes_per_sec: bytes_per_sec.max(1), state: Mutex::new((0.0, Instant::now())) }
+    }
+
+    /// Waits until `n` more bytes may go.
+    pub fn take(&self, n: u64) {
+        let wait = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let rate = self.bytes_per_sec as f64;
+            let now = Instant::now();
+            let allowance = (s.0 + now.duration_since(s.1).as_secs_f64() * rate).min(rate);
+            let left = allowance - n as f64;
+            *s = (left, now);
+            if left < 0.0 {
+                Duration::from_secs_f64(-left / rate)
+            } else {
+                Duration::ZERO
+            }
+        };
+        std::thread::sleep(wait);
+    }
+}
+
+/// A bucket and the way to it.
+pub struct Bucket {
+    target: OffsiteTarget,
+    bucket: rusty_s3::Bucket,
+    creds: Credentials,
+    agent: ureq::Agent,
+    throttle: Option<Throttle>,
+    endpoint: String,
+}
+
+/// What came back from one request.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    date_ms: Option<i64>,
+    modified_ms: Option<i64>,
+    len: Option<u64>,
+}
+
+/// Time of an HTTP `Date` or `Last-Modified` header.
+fn http_date_ms(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc2822(text.trim()).ok().map(|t| t.timestamp_millis())
+}
+
+/// The `Code` of an S3 error document, if the body is one.
+fn error_code(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let code = text.split_once("<Code>").and_then(|(_, r)| r.split_once("</Code>")).map(|(c, _)| c.to_string());
+    code.unwrap_or_default()
+}
+
+impl Bucket {
+    pub fn new(target: OffsiteTarget, secret: &Secret, rate: Option<u64>) -> Result<Self, String> {
+        let (endpoint, style) = match &target.endpoint {
+            Some(e) => (e.clone(), UrlStyle::Path),
+            None => (format!("https://s3.{}.amazonaws.com", target.region), UrlStyle::VirtualHost),
+        };
+        let url = url_of(&endpoint)?;
+        let bucket = rusty_s3::Bucket::new(url, style, target.bucket.clone(), target.region.clone())
+            .map_err(|e| format!("{}: {e}", target.shown()))?;
+        let creds = match &secret.token {
+            Some(t) => Credentials::new_with_token(secret.key.clone(), secret.secret.clone(), t.clone()),
+            None => Credentials::new(secret.key.clone(), secret.secret.clone()),
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Ok(Bucket { target, bucket, creds, agent, throttle: rate.map(Throttle::new), endpoint })
+    }
+
+    pub fn target(&self) -> &OffsiteTarget {
+        &self.target
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.target.prefix)
+    }
+
+    fn fail(&self, op: &'static str, key: &str, a: &Answer) -> BucketError {
+        let bucket = self.target.shown();
+        let code = error_code(&a.body);
+        match (a.status, code.as_str()) {
+            (403, _) | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
+                BucketError::Denied { bucket, code: if code.is_empty() { "403".into() } else { code } }
+            }
+            (_, "NoSuchBucket") => BucketError::NoBucket { bucket, endpoint: self.endpoint.clone() },
+            _ => BucketError::Failed { bucket, op, key: key.to_string(), status: a.status, code },
+        }
+    }
+
+    /// Sends one request, again while it fails in a way that may pass.
+    fn send(&self, method: &'static str, url: &url::Url, body: Option<&[u8]>) -> Result<Answer, BucketError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250 << attempt));
+            }
+            let sent = match (method, body) {
+                ("PUT", Some(b)) => self.agent.put(url.as_str()).send(b),
+                ("DELETE", _) => self.agent.delete(url.as_str()).call(),
+                ("HEAD", _) => self.agent.head(url.as_str()).call(),
+                _ => self.agent.get(url.as_str()).call(),
+            };
+            let mut r = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let (date_ms, modified_ms) = (header("date").and_then(|d| http_date_ms(&d)), header("last-modified"));
+            let len = header("content-length").and_then(|l| l.parse().ok());
+            let status = r.status().as_u16();
+            let mut out = Vec::new();
+            if method != "HEAD" {
+                let read = r.body_mut().with_config().limit(MAX_OBJECT).reader().read_to_end(&mut out);
+                if let Err(e) = read {
+                    last = format!("the answer broke off: {e}");
+                    continue;
+                }
+            }
+            let a = Answer { status, body: out, date_ms, modified_ms: modified_ms.and_then(|m| http_date_ms(&m)), len };
+            if status >= 500 || status == 429 {
+                last = format!("answered {status} {}", error_code(&a.body));
+                continue;
+            }
+            return Ok(a);
+        }
+        Err(BucketError::Unreachable { bucket: self.target.shown(), endpoint: self.endpoint.clone(), reason: last })
+    }
+
+    /// Writes object `key` (below the prefix), whole.
+    pub fn put(&self, key: &str, data: &[u8]) -> Result<(), BucketError> {
+        if let Some(t) = &self.throttle {
+            t.take(data.len() as u64);
+        }
+        let full = self.full(key);
+        let url = rusty_s3::actions::PutObject::new(&self.bucket, Some(&self.creds), &full).sign(SIGNED_FOR);
+        let a = self.send("PUT", &url, Some(data))?;
+        if (200..300).contains(&a.status) {
+            Ok(())
+        } else {
+            Err(self.fail("PUT", key, &a))
+        }
+    }
+
+    /// Object `key`'s bytes, or `None` if there is none.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BucketError> {
+        let full = self.full(key);
+        let url = rusty_s3::actions::GetObject::new(&self.bucket, Some(&self.creds), &full).sign(SIGNED_FOR);
+        let a = self.send("GET", &url, None)?;
+        match a.status {
+            200 => Ok(Some(a.body)),
+            404 if error_code(&a.body) != "NoSuchBucket" => Ok(None),
+            _ => Err(self.fail("GET", key, &a)),
+        }
+    }
+
+    /// Object `key`'s size and time, or `None` if there is none.
+    pub fn head(&self, key: &str) -> Result<Option<Object>, BucketError> {
+        let full = self.full(key);
+        let url = rusty_s3::actions::HeadObject::new(&self.bucket, Some(&self.creds), &full).sign(SIGNED_FOR);
+        let a = self.send("HEAD", &url, None)?;
+        match a.status {
+            200 => Ok(Some(Object {
+                key: key.to_string(),
+                size: a.len.unwrap_or(0),
+                modified_ms: a.modified_ms.unwrap_or(0),
+            })),
+            // A HEAD has no body to tell a missing object from a missing
+            // bucket: the bucket is asked when it matters (`check`).
+            404 => Ok(None),
+            _ => Err(self.fail("HEAD", key, &a)),
+        }
+    }
+
+    /// Deletes object `key`; one that is not there is no error.
+    pub fn delete(&self, key: &str) -> Result<(), BucketError> {
+        let full = self.full(key);
+        let url = rusty_s3::actions::DeleteObject::new(&self.bucket, Some(&self.creds), &full).sign(SIGNED_FOR);
+        let a = self.send("DELETE", &url, None)?;
+        match a.status {
+            200..=299 | 404 => Ok(()),
+            _ => Err(self.fail("DELETE", key, &a)),
+        }
+    }
+
+    /// Every object whose key (below the prefix) starts with `under`, and
+    /// the storage's clock when the listing ended (ms).
+    pub fn list(&self, under: &str) -> Result<(Vec<Object>, i64), BucketError> {
+        let full = self.full(under);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        let mut now_ms = 0;
+        // Bounded: a listing of more than 100 million keys is not ours.
+        for _ in 0..100_000 {
+            let mut action = rusty_s3::actions::ListObjectsV2::new(&self.bucket, Some(&self.creds));
+            action.with_prefix(full.as_str());
+            if let Some(t) = &token {
+                action.with_continuation_token(t.as_str());
+            }
+            let url = action.sign(SIGNED_FOR);
+            let a = self.send("GET", &url, None)?;
+            if a.status != 200 {
+                return Err(self.fail("LIST", under, &a));
+            }
+            now_ms = a.date_ms.unwrap_or(now_ms);
+            let page = rusty_s3::actions::ListObjectsV2::parse_response(&a.body).map_err(|e| BucketError::Bad {
+                bucket: self.target.shown(),
+                what: format!("a listing of {under} does not parse: {e}"),
+            })?;
+            for c in page.contents {
+                // Keys come URL-encoded (`encoding-type=url`).
+                let key = percent_decode(&c.key);
+                let Some(rel) = key.strip_prefix(self.target.prefix.as_str()) else { continue };
+                let modified_ms =
+                    chrono::DateTime::parse_from_rfc3339(&c.last_modified).map(|t| t.timestamp_millis()).unwrap_or(0);
+                out.push(Object { key: rel.to_string(), size: c.size, modified_ms });
+            }
+            match page.next_continuation_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok((out, now_ms)),
+            }
+        }
+        Err(BucketError::Bad { bucket: self.target.shown(), what: format!("the listing of {under} does not end") })
+    }
+
+    /// Makes the bucket (an operator's step, or a test's); one that is
+    /// there already and ours is no error.
+    pub fn create(&self) -> Result<(), BucketError> {
+        let url = rusty_s3::actions::CreateBucket::new(&self.bucket, &self.creds).sign(SIGNED_FOR);
+        let a = self.send("PUT", &url, Some(b""))?;
+        match (a.status, error_code(&a.body).as_str()) {
+            (200..=299, _) | (_, "BucketAlreadyOwnedByYou") => Ok(()),
+            _ => Err(self.fail("CREATE", "", &a)),
+        }
+    }
+
+    /// Checks that the bucket is there and these credentials may use it.
+    pub fn check(&self) -> Result<(), BucketError> {
+        self.list("locks/").map(|_| ())
+    }
+}
+
+/// `%XX` sequences decoded (and `+` left as it is: S3 encodes spaces as `%20`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_or_say_what_is_wrong() {
+        let t = OffsiteTarget::parse("s3://backups/mesh/a/", Some("http://127.0.0.1:9000/"), None).unwrap();
+        assert_eq!((t.bucket.as_str(), t.prefix.as_str()), ("backups", "mesh/a/"));
+        assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(OffsiteTarget::parse("s3://backups", None, Some("eu-west-3")).unwrap().prefix, "");
+        for bad in ["backups", "s3://", "s3://B", "s3://a/../b", "http://x/y"] {
+            assert!(OffsiteTarget::parse(bad, None, None).is_err(), "{bad}");
+        }
+        assert!(OffsiteTarget::parse("s3://backups", Some("ftp://x"), None).is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_a_profile() {
+        let ini = "[default]\naws_access_key_id = AK\naws_secret_access_key = S\n[other]\naws_access_key_id=B\naws_secret_access_key=T\naws_session_token=X\n";
+        let d = Secret::from_ini(ini, "default").unwrap();
+        assert_eq!((d.key.as_str(), d.secret.as_str(), d.token), ("AK", "S", None));
+        let o = Secret::from_ini(ini, "other").unwrap();
+        assert_eq!((o.key.as_str(), o.token.as_deref()), ("B", Some("X")));
+        assert!(Secret::from_ini(ini, "none").is_none());
+        assert_eq!(format!("{d:?}"), "Secret { key: AK, secret: (hidden) }");
+    }
+
+    #[test]
+    fn listed_keys_are_decoded() {
+        assert_eq!(percent_decode("a%2Fb%20c%"), "a/b c%");
+        assert_eq!(percent_decode("members/ab"), "members/ab");
+    }
+
+    #[test]
+    fn the_throttle_holds_the_rate() {
+        let t = Throttle::new(10_000_000);
+        let start = Instant::now();
+        for _ in 0..4 {
+            t.take(500_000);
+        }
+        // 2 MB at 10 MB/s, from no allowance: 0.2 s at least (a floor, not a speed).
+        assert!(start.elapsed() >= Duration::from_millis(190), "{:?}", start.elapsed());
+    }
+}
