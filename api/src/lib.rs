@@ -75,6 +75,45 @@ pub struct Status {
     /// The answering node's copy of the mesh state.
     #[serde(default)]
     pub state: StateSummary,
+    /// The offsite bucket, as the answering node sees it (absent without `--offsite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<OffsiteStatus>,
+}
+
+/// The answering node's offsite copies: the series it uploads (one node
+/// of the mesh is elected for each), and the bucket's last collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsiteStatus {
+    /// `s3://bucket/prefix`
+    pub bucket: String,
+    pub series: Vec<SeriesOffsite>,
+    /// When this node last collected unused members there (RFC 3339), if it did.
+    #[serde(default)]
+    pub collected: Option<String>,
+    /// What went wrong with the bucket as a whole (credentials, reach), if anything.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Where one series stands in the bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesOffsite {
+    pub node: String,
+    pub path: String,
+    /// `current` (every archive kept here is in the bucket), `behind`
+    /// (some are not, yet) or `failing` (the last try failed: `error`).
+    pub state: String,
+    /// The newest archive in the bucket.
+    #[serde(default)]
+    pub newest: Option<String>,
+    /// Since when it has not been current (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Bytes this node sent for it since it started.
+    #[serde(default)]
+    pub sent_bytes: u64,
 }
 
 /// A node's copy of the mesh state, in brief: two nodes that show the

@@ -40,6 +40,11 @@ pub struct ApiState {
     pub federation: crate::dashboard::Federation,
     pub replicas: usize,
     pub health: Health,
+    /// With `--offsite`: the actor that keeps the bucket, and the bucket.
+    pub offsite: Option<(
+        Addr<backmesh_actors::offsite::actor::OffsiteActor>,
+        std::sync::Arc<backmesh_actors::offsite::sync::Offsite>,
+    )>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -252,6 +257,13 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     s.state = backmesh_api::StateSummary { records: stats.records, digest: stats.digest };
     if let Some(p) = replica_shortfall(s.nodes.len(), state.replicas) {
         s.problems.push(p);
+    }
+    if let Some((offsite, _)) = &state.offsite {
+        let o = offsite.send(backmesh_actors::offsite::actor::GetOffsiteStatus).await?;
+        if let Some(e) = &o.error {
+            s.problems.push(format!("offsite: {e}"));
+        }
+        s.offsite = Some(o);
     }
     Ok(HttpResponse::Ok().json(s))
 }
@@ -648,13 +660,16 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
         }
         c = state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await?;
     }
-    if c.is_empty() {
+    // With an offsite bucket, what the mesh no longer knows may be there:
+    // the restoring node looks, and says if it is not.
+    let offsite = state.offsite.is_some();
+    if c.is_empty() && !offsite {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("no archive of {} on {} is kept in the mesh", b.path, b.node),
         ));
     }
-    if let Some(id) = &b.archive {
+    if let Some(id) = b.archive.as_ref().filter(|_| !offsite) {
         if !c.iter().any(|a| &a.id == id) {
             let known: Vec<&str> = c.iter().map(|a| a.id.as_str()).collect();
             return Err(error(
@@ -712,9 +727,25 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
     let q = q.into_inner();
     let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
     let (_, peers) = state.membership.send(GetPeers).await?;
-    let (manifest, place) = locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref())
-        .await
-        .map_err(|e| error(StatusCode::NOT_FOUND, e.to_string()))?;
+    let found = locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref()).await;
+    let (manifest, place) = match (found, &state.offsite) {
+        (Ok(found), _) => found,
+        (Err(e), None) => return Err(error(StatusCode::NOT_FOUND, e.to_string())),
+        // No live node has it: read it from the bucket into this node first.
+        (Err(e), Some((_, offsite))) => {
+            let (o, st) = (offsite.clone(), state.store.clone());
+            let claimant = backmesh_actors::replica::source::claimant(&peers, &q.node).map(str::to_string);
+            let (node, path, id) = (q.node.clone(), q.path.clone(), q.archive.clone());
+            let imported =
+                web::block(move || o.import(&st, &node, &path, id.as_deref(), claimant.as_deref())).await.map_err(
+                    |b| error(StatusCode::INTERNAL_SERVER_ERROR, format!("the read from the bucket crashed: {b}")),
+                )?;
+            match imported {
+                Ok(m) => (m, backmesh_actors::replica::source::Place::Local),
+                Err(oe) => return Err(error(StatusCode::NOT_FOUND, format!("{e}; and from the offsite bucket: {oe}"))),
+            }
+        }
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     let (store, net) = (state.store.clone(), state.net.clone());
     let (len, sha, id) = (manifest.tgz_len, manifest.tgz_digest(), manifest.id.clone());

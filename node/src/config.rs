@@ -88,6 +88,47 @@ pub struct RunArgs {
     /// The (viewer) token of a federated mesh; repeatable.
     #[arg(long = "federate-token", value_name = "NAME=TOKEN")]
     pub federate_tokens: Vec<String>,
+    /// Keep the newest --keep archives of every series in this bucket too
+    /// (s3://BUCKET/PREFIX). Credentials come from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY, or from --offsite-credentials; every node of
+    /// the mesh is given the same bucket. See docs/operations.md.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub offsite: Option<String>,
+    /// The S3 server, for storage other than AWS (MinIO, Garage, Ceph…).
+    #[arg(long, value_name = "URL", requires = "offsite")]
+    pub offsite_endpoint: Option<String>,
+    /// The bucket's region [default: AWS_REGION, or us-east-1].
+    #[arg(long, value_name = "REGION", requires = "offsite")]
+    pub offsite_region: Option<String>,
+    /// An AWS-style credentials file (its [default] profile, or AWS_PROFILE's).
+    #[arg(long, value_name = "FILE", requires = "offsite")]
+    pub offsite_credentials: Option<PathBuf>,
+    /// Upload no faster than this many bytes a second (500K, 20M) [default: no limit].
+    #[arg(long, value_name = "BYTES", requires = "offsite", value_parser = parse_rate)]
+    pub offsite_rate: Option<u64>,
+}
+
+/// `500K`, `20M`, `1G` (bytes a second) or a plain number.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (n, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    match n.parse::<u64>() {
+        Ok(v) if v > 0 => Ok(v.saturating_mul(mult)),
+        _ => Err(format!("`{text}`: give bytes a second, as in 500K, 20M or 1G")),
+    }
+}
+
+/// Offsite settings, checked.
+#[derive(Debug, Clone)]
+pub struct OffsiteConfig {
+    pub target: backmesh_actors::offsite::OffsiteTarget,
+    pub credentials: Option<PathBuf>,
+    pub rate: Option<u64>,
 }
 
 /// The same keys, from the TOML file.
@@ -119,6 +160,11 @@ struct FileConfig {
     site_tokens: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     federate: Vec<Federated>,
+    offsite: Option<String>,
+    offsite_endpoint: Option<String>,
+    offsite_region: Option<String>,
+    offsite_credentials: Option<PathBuf>,
+    offsite_rate: Option<String>,
 }
 
 /// Another mesh shown in this node's dashboard.
@@ -157,6 +203,7 @@ pub struct NodeConfig {
     /// (site, token) pairs for the client pages.
     pub site_tokens: Vec<(String, String)>,
     pub federate: Vec<Federated>,
+    pub offsite: Option<OffsiteConfig>,
 }
 
 /// `KEY=VALUE` → (key, value), or an error naming the flag.
@@ -222,7 +269,29 @@ impl NodeConfig {
                  on 127.0.0.1"
             );
         }
+        let offsite = match args.offsite.or(file.offsite) {
+            None => None,
+            Some(url) => {
+                let region = args
+                    .offsite_region
+                    .or(file.offsite_region)
+                    .or_else(|| std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")).ok());
+                let endpoint = args.offsite_endpoint.or(file.offsite_endpoint);
+                let target =
+                    backmesh_actors::offsite::OffsiteTarget::parse(&url, endpoint.as_deref(), region.as_deref())
+                        .map_err(|e| anyhow!("{e}"))?;
+                let rate = match (args.offsite_rate, &file.offsite_rate) {
+                    (Some(r), _) => Some(r),
+                    (None, Some(text)) => {
+                        Some(parse_rate(text).map_err(|e| anyhow!("offsite-rate in the config file: {e}"))?)
+                    }
+                    (None, None) => None,
+                };
+                Some(OffsiteConfig { target, credentials: args.offsite_credentials.or(file.offsite_credentials), rate })
+            }
+        };
         Ok(NodeConfig {
+            offsite,
             name,
             data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./backmesh-data")),
             listen: parse_addr("listen", &args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7400".into()))?,

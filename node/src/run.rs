@@ -141,6 +141,29 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
         .reporting_to(actor.clone().recipient())
         .start();
+        let offsite = match &cfg.offsite {
+            None => None,
+            Some(o) => {
+                use backmesh_actors::offsite::{sync::Offsite, Bucket, Secret};
+                let secret = Secret::find(o.credentials.as_deref()).map_err(|e| anyhow!("--offsite: {e}"))?;
+                let bucket = Bucket::new(o.target.clone(), &secret, o.rate).map_err(|e| anyhow!("--offsite: {e}"))?;
+                let offsite = std::sync::Arc::new(Offsite::new(bucket, peer_id.to_string()));
+                // Said at start, in the log: the node runs on whatever the answer.
+                let probe = offsite.clone();
+                actix::spawn(async move {
+                    let shown = probe.bucket.target().shown();
+                    match tokio::task::spawn_blocking(move || probe.bucket.check()).await {
+                        Ok(Ok(())) => tracing::info!("offsite: {shown} is reachable; copies go there"),
+                        Ok(Err(e)) => tracing::error!("offsite: {e}; backups go on, and the bucket is tried again"),
+                        Err(e) => tracing::error!("offsite: the check crashed: {e}"),
+                    }
+                });
+                let actor =
+                    backmesh_actors::offsite::actor::OffsiteActor::new(offsite.clone(), store.clone(), cfg.keep)
+                        .start();
+                Some((actor, offsite))
+            }
+        };
         let replica = ReplicaActor::new(
             cfg.name.clone(),
             store.clone(),
@@ -154,7 +177,11 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                 sync_every: Duration::from_secs(2),
                 quota: cfg.quota,
             },
-        )
+        );
+        let replica = match &offsite {
+            Some((actor, o)) => replica.with_offsite(actor.clone(), o.clone()),
+            None => replica,
+        }
         .start();
         let programs = Programs { allowed: cfg.allow_programs, token: cfg.token.clone() };
         let jobs = JobsActor::new(
@@ -209,6 +236,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             federate: cfg.federate.clone(),
             federation: federation.clone(),
             replicas: cfg.replicas,
+            offsite: offsite.clone(),
             health: Health {
                 status: "ok".into(),
                 name: cfg.name.clone(),

@@ -152,6 +152,7 @@ impl Handler<GetStatus> for MembershipActor {
             jobs: Vec::new(),
             problems: self.state.problems(),
             state: Default::default(),
+            offsite: None,
         })
     }
 }

@@ -33,6 +33,7 @@
 //! from a peer: every member against its digest, every manifest against
 //! its node's seal (see [`crate::store::Store::check_origin`]).
 
+pub mod actor;
 pub mod bucket;
 pub mod sync;
 pub mod testing;

@@ -17,11 +17,25 @@ pub struct S3Server {
 impl S3Server {
     /// Starts one, with `env` set for it; waits (30 s at most) until it listens.
     pub fn start_with(env: &[(&str, &str)]) -> Result<Self, String> {
-        let mut child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", "0"])
+        Self::spawn("moto_server", &["-H", "127.0.0.1", "-p", "0"], env, "Running on ")
+    }
+
+    /// s3s-fs (`cargo install s3s-fs --features binary`; scripts/test does),
+    /// an S3 server in Rust that checks every signature, storing in `root`
+    /// and taking only `key`/`secret`.
+    pub fn start_s3s_fs(root: &std::path::Path, key: &str, secret: &str) -> Result<Self, String> {
+        let program = std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+        let root = root.to_string_lossy();
+        let args = ["--host", "127.0.0.1", "--port", "0", "--access-key", key, "--secret-key", secret, &root];
+        Self::spawn(&program, &args, &[("RUST_LOG", "info")], "server is running at ")
+    }
+
+    fn spawn(program: &str, args: &[&str], env: &[(&str, &str)], marker: &'static str) -> Result<Self, String> {
+        let mut child = Command::new(program)
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
@@ -29,25 +43,32 @@ impl S3Server {
                     "cannot start moto_server ({e}): install it with `pip install 'moto[server]'` (scripts/test does)"
                 )
             })?;
-        let Some(stderr) = child.stderr.take() else {
-            let _ = child.kill();
-            return Err("moto_server: no stderr to read its address from".into());
-        };
         let (tx, rx) = std::sync::mpsc::channel();
-        // Reads every line, so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("Running on ").nth(1) {
-                    let _ = tx.send(rest.trim().to_string());
+        // Every line is read, so the server never blocks on a full pipe;
+        // moto says where it listens on stderr, s3s-fs on stdout.
+        let out: Vec<Box<dyn std::io::Read + Send>> = [
+            child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for pipe in out {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                    }
                 }
-            }
-        });
+            });
+        }
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(endpoint) => Ok(S3Server { child, endpoint }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err("moto_server did not say where it listens within 30 s".into())
+                Err(format!("{program} did not say where it listens within 30 s"))
             }
         }
     }

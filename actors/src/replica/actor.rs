@@ -33,7 +33,7 @@ use futures::StreamExt;
 
 use super::plan::{Handoff, Planner, Push, PushError};
 use super::quota::{Quota, Usage};
-use super::source::{batches, locate, read_members, Place, RemoteSource};
+use super::source::{self, batches, locate, read_members, Place, RemoteSource};
 use crate::archive::restore::{MemberSource, RestoreError};
 use crate::archive::{restore_archive, Manifest, RestoreOptions};
 use crate::hash::Digest;
@@ -210,6 +210,9 @@ pub enum RestoreFailed {
     Restore(String),
     #[error("the restore crashed: {0}")]
     Crashed(String),
+    /// Neither a live node nor the offsite bucket has it.
+    #[error("{0}")]
+    Offsite(String),
 }
 
 impl crate::error::Transient for RestoreFailed {
@@ -247,6 +250,9 @@ pub struct ReplicaActor {
     /// says it keeps; and what it has said since start, each once.
     holdings_at: Option<Instant>,
     announced: HashSet<(String, bool)>,
+    /// The offsite bucket, with `--offsite`: told of every round, and read
+    /// when no live node has an archive asked for.
+    offsite: Option<(Addr<crate::offsite::actor::OffsiteActor>, Arc<crate::offsite::sync::Offsite>)>,
 }
 
 /// How long a restore waits for a holder of what it reads to be seen up
@@ -296,7 +302,18 @@ impl ReplicaActor {
             mending: HashMap::new(),
             holdings_at: None,
             announced: HashSet::new(),
+            offsite: None,
         }
+    }
+
+    /// Copies kept in `offsite` too, by `actor`.
+    pub fn with_offsite(
+        mut self,
+        actor: Addr<crate::offsite::actor::OffsiteActor>,
+        offsite: Arc<crate::offsite::sync::Offsite>,
+    ) -> Self {
+        self.offsite = Some((actor, offsite));
+        self
     }
 
     fn sync(&mut self, ctx: &mut Context<Self>) {
@@ -332,6 +349,13 @@ impl ReplicaActor {
             let Some(((me, peers), (held, claims))) = found else { return };
             act.claimants = Arc::new(claims);
             let plan = act.planner.plan(&me, &peers, &held, crate::net::actor::now_ms());
+            if let Some((offsite, _)) = &act.offsite {
+                offsite.do_send(crate::offsite::actor::Round {
+                    candidates: plan.candidates.clone(),
+                    replicas: act.cfg.replicas,
+                    me: me.peer_id.clone(),
+                });
+            }
             act.log
                 .do_send(crate::log::actor::SetPlacement { candidates: plan.candidates, replicas: act.cfg.replicas });
             for (path, n) in plan.short {
@@ -367,7 +391,7 @@ impl ReplicaActor {
 }
 
 /// Archives this node keeps, by series, newest first: those `keep` keeps.
-fn held_series(store: &Store, keep: Retention) -> BTreeMap<(String, String), Vec<String>> {
+pub(crate) fn held_series(store: &Store, keep: Retention) -> BTreeMap<(String, String), Vec<String>> {
     let mut out: BTreeMap<(String, String), Vec<ArchiveSummary>> = BTreeMap::new();
     match store.list_all() {
         Ok(all) => {
@@ -1155,9 +1179,10 @@ impl Handler<RestoreHere> for ReplicaActor {
         let net = self.net.clone();
         let (store, log, membership, me) =
             (self.store.clone(), self.log.clone(), self.membership.clone(), self.me.clone());
+        let offsite = self.offsite.as_ref().map(|(_, o)| o.clone());
         actix::spawn(async move {
             let started = Instant::now();
-            let result = restore(&store, &net, &log, &membership, &msg).await;
+            let result = restore(&store, &net, &log, &membership, offsite, &msg).await;
             let duration_ms = started.elapsed().as_millis() as u64;
             let (archive, files, bytes, error) = match result {
                 Ok((archive, report)) => (archive, report.entries, report.bytes, None),
@@ -1191,6 +1216,7 @@ async fn restore(
     net: &NetClient,
     log: &Addr<LogActor>,
     membership: &Addr<MembershipActor>,
+    offsite: Option<Arc<crate::offsite::sync::Offsite>>,
     msg: &RestoreHere,
 ) -> Result<(String, crate::archive::RestoreReport), (String, RestoreFailed)> {
     let catalog = log
@@ -1215,9 +1241,29 @@ async fn restore(
                 membership.send(GetPeers).await.map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?.1;
         }
     }
-    let (m, place) = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref())
-        .await
-        .map_err(|e| (msg.archive.clone().unwrap_or_default(), RestoreFailed::Read(e)))?;
+    let found = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref()).await;
+    let (m, place) = match (found, offsite) {
+        (Ok(found), _) => found,
+        // No live node has it: the bucket may.
+        (Err(e), Some(offsite)) => {
+            let (st, node, path, id) = (store.clone(), msg.node.clone(), msg.path.clone(), msg.archive.clone());
+            let claimant = source::claimant(&peers, &msg.node).map(str::to_string);
+            tracing::info!("no live node has {} of {} ({e}); reading it from the offsite bucket", msg.path, msg.node);
+            let imported = tokio::task::spawn_blocking(move || {
+                offsite.import(&st, &node, &path, id.as_deref(), claimant.as_deref())
+            })
+            .await;
+            match imported {
+                Ok(Ok(m)) => (m, Place::Local),
+                Ok(Err(oe)) => {
+                    let why = format!("{e}; and from the offsite bucket: {oe}");
+                    return Err((msg.archive.clone().unwrap_or_default(), RestoreFailed::Offsite(why)));
+                }
+                Err(join) => return Err((String::new(), RestoreFailed::Crashed(join.to_string()))),
+            }
+        }
+        (Err(e), None) => return Err((msg.archive.clone().unwrap_or_default(), RestoreFailed::Read(e))),
+    };
     let id = m.id.clone();
     let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
     let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };

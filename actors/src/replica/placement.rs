@@ -82,6 +82,14 @@ pub fn holders<'a>(node: &str, path: &str, candidates: &'a [Candidate], r: usize
     v
 }
 
+/// Who copies series (node, path) to the offsite bucket: its own node
+/// while it is a candidate, else the first of its holders that is. Every
+/// node computes the same answer; when the one elected leaves, the next
+/// takes over.
+pub fn uploader<'a>(node: &str, path: &str, candidates: &'a [Candidate], r: usize) -> Option<&'a Candidate> {
+    candidates.iter().find(|c| c.name == node).or_else(|| holders(node, path, candidates, r.max(1)).into_iter().next())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +104,19 @@ mod tests {
 
     fn names(v: &[&Candidate]) -> BTreeSet<String> {
         v.iter().map(|c| c.name.clone()).collect()
+    }
+
+    #[test]
+    fn the_uploader_is_the_origin_then_its_first_holder() {
+        let p = peers(5);
+        assert_eq!(uploader("n2", "/srv", &p, 2).unwrap().name, "n2");
+        let without: Vec<Candidate> = p.iter().filter(|c| c.name != "n2").cloned().collect();
+        let first = holders("n2", "/srv", &without, 2)[0].name.clone();
+        assert_eq!(uploader("n2", "/srv", &without, 2).unwrap().name, first);
+        let rest: Vec<Candidate> = without.iter().filter(|c| c.name != first).cloned().collect();
+        let next = uploader("n2", "/srv", &rest, 2).unwrap().name.clone();
+        assert_ne!(next, first);
+        assert!(uploader("n2", "/srv", &[], 2).is_none());
     }
 
     #[test]

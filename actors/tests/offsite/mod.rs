@@ -170,3 +170,26 @@ fn a_bucket_out_of_reach_is_a_clear_error_worth_retrying() {
     let text = e.to_string();
     assert!(text.contains("cannot reach") && text.contains(&endpoint), "{text}");
 }
+
+#[test]
+fn wrong_credentials_are_refused_in_plain_words() {
+    // moto checks credentials only on signed headers, not on presigned
+    // requests: s3s-fs checks every signature.
+    let t = tempfile::tempdir().unwrap();
+    let (key, secret) = ("AKIABACKMESHTEST0001".to_string(), "s3cr3t-for-the-test-only".to_string());
+    let s3 = S3Server::start_s3s_fs(t.path(), &key, &secret).unwrap_or_else(|e| panic!("{e}"));
+    let good = s3.bucket_as("locked", "", &key, &secret);
+    good.create().unwrap();
+    good.put("probe", b"x").unwrap();
+    assert_eq!(good.get("probe").unwrap().as_deref(), Some(&b"x"[..]));
+    for (k, s) in [(key.as_str(), "not-the-secret"), ("AKIANOSUCHKEY0000000", secret.as_str())] {
+        let bad = s3.bucket_as("locked", "", k, s);
+        let e = bad.put("probe", b"y").unwrap_err();
+        assert!(!e.is_transient(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("refused these credentials"), "{text}");
+        assert!(!text.contains(&secret), "the secret is never shown: {text}");
+        assert!(bad.check().is_err());
+    }
+    assert_eq!(good.get("probe").unwrap().as_deref(), Some(&b"x"[..]), "nothing was written");
+}

@@ -10,6 +10,7 @@ use backmesh_simulations::{test_ca_and_cert, wait_until, write_slow_tree, Mesh};
 
 mod dashboard;
 mod faults;
+mod offsite;
 mod plugins;
 mod replication;
 mod rogue;
