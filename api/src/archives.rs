@@ -20,6 +20,9 @@ pub struct Archive {
     pub holders: Vec<String>,
     /// Of those, the ones down now.
     pub holders_down: Vec<String>,
+    /// A copy is in the offsite bucket (as the answering node lists it).
+    #[serde(default)]
+    pub offsite: bool,
 }
 
 /// `GET /api/v1/backups?node=&path=&all=`.

@@ -868,11 +868,14 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
     } else {
         out!("{:<32} {:<21} {:>10} {:>7}  HOLDERS", "ARCHIVE", "CREATED", "SIZE", "FILES");
         for a in &v.archives {
-            let holders: Vec<String> = a
+            let mut holders: Vec<String> = a
                 .holders
                 .iter()
                 .map(|n| if a.holders_down.contains(n) { format!("{n} (down)") } else { n.clone() })
                 .collect();
+            if a.offsite {
+                holders.push("offsite".into());
+            }
             out!(
                 "{:<32} {:<21} {:>10} {:>7}  {}",
                 a.id,

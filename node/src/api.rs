@@ -569,7 +569,8 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
     let q = q.into_inner();
     let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
     let jobs = state.log.send(GetJobs).await?;
-    if catalog.is_empty() && !jobs.iter().any(|j| j.node == q.node && j.path == q.path) {
+    let in_bucket = offsite_archives(&state, &q.node, &q.path, &catalog).await;
+    if catalog.is_empty() && in_bucket.is_empty() && !jobs.iter().any(|j| j.node == q.node && j.path == q.path) {
         find_node(&state, &q.node).await?;
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -579,10 +580,14 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
     // Holders that are down still keep their copies; say which, so nobody counts on them now.
     let down: std::collections::HashSet<String> =
         state.membership.send(GetStatus).await?.nodes.into_iter().filter(|n| !n.up).map(|n| n.name).collect();
-    let mut body = backmesh_api::Backups {
-        archives: catalog.iter().map(|a| view::archive(a, &down)).collect(),
-        executions: Vec::new(),
-    };
+    let mut archives: Vec<backmesh_api::Archive> = catalog.iter().map(|a| view::archive(a, &down)).collect();
+    for a in in_bucket {
+        match archives.iter_mut().find(|x| x.id == a.id) {
+            Some(x) => x.offsite = true,
+            None => archives.push(a),
+        }
+    }
+    let mut body = backmesh_api::Backups { archives, executions: Vec::new() };
     if q.all {
         // Every execution, oldest first: page back through the keepers.
         let mut query =
@@ -603,6 +608,59 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
         body.executions = all;
     }
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// The archives of (node, path) in the offsite bucket, newest first: those
+/// the catalog knows by id only, the others with what their manifests say.
+/// None without `--offsite`, or when the bucket cannot be read (said in the log).
+async fn offsite_archives(
+    state: &ApiState,
+    node: &str,
+    path: &str,
+    catalog: &[backmesh_actors::log::mesh::CatalogArchive],
+) -> Vec<backmesh_api::Archive> {
+    let Some((_, offsite)) = &state.offsite else { return Vec::new() };
+    let known: std::collections::HashSet<String> = catalog.iter().map(|a| a.id.clone()).collect();
+    let (o, node, path) = (offsite.clone(), node.to_string(), path.to_string());
+    let read =
+        web::block(move || -> Result<Vec<backmesh_api::Archive>, backmesh_actors::offsite::sync::OffsiteError> {
+            // Once: a person waits for this answer, and it is only a marker.
+            let (listed, _) = o.archives_tries(&node, &path, 1)?;
+            let mut out = Vec::new();
+            for l in &listed {
+                let mut a = backmesh_api::Archive {
+                    id: l.id.clone(),
+                    created: None,
+                    size: 0,
+                    files: 0,
+                    warnings: 0,
+                    holders: Vec::new(),
+                    holders_down: Vec::new(),
+                    offsite: true,
+                };
+                if !known.contains(&l.id) {
+                    // Only in the bucket (the mesh lost or pruned it): its manifest says what it is.
+                    let m = o.manifest(&node, &path, l)?;
+                    a.created = Some(backmesh_actors::net::actor::rfc3339(m.created_ms));
+                    (a.size, a.files, a.warnings) =
+                        (m.tgz_len, m.stats.files + m.stats.hardlinks, m.warnings.len() as u64);
+                }
+                out.push(a);
+            }
+            Ok(out)
+        })
+        .await;
+    match read {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!("backups: cannot list the offsite bucket: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!("backups: the offsite listing crashed: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// Pages of history `backups --all` reads at most (100,000 entries).
@@ -803,7 +861,7 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
     let mut targets: Vec<&NodeStatus> = status.nodes.iter().filter(|n| n.up).collect();
     if let (Some(node), Some(path)) = (&b.node, &b.path) {
         let catalog = state.log.send(GetCatalog { node: node.clone(), path: path.clone() }).await?;
-        if catalog.is_empty() {
+        if catalog.is_empty() && state.offsite.is_none() {
             return Err(error(StatusCode::NOT_FOUND, format!("no archive of {path} on {node} is kept in the mesh")));
         }
         targets.retain(|n| catalog.iter().any(|a| a.holders.contains(&n.name)));
@@ -838,6 +896,52 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
             }
             Err(e) => problems.push(format!("{}: {e}", n.name)),
         }
+    }
+    // The bucket's copies too: this node reads them back.
+    if let (Some((_, offsite)), Some(node), Some(path)) = (&state.offsite, &b.node, &b.path) {
+        expect += 1;
+        nodes.push(backmesh_api::Verifying { node: "offsite".into(), series: 1 });
+        let (o, st, log) = (offsite.clone(), state.store.clone(), state.log.clone());
+        let (node, path, request) = (node.clone(), path.clone(), request.clone());
+        actix_web::rt::spawn(async move {
+            let (n, p) = (node.clone(), path.clone());
+            let checked = web::block(move || o.verify_series(&st, &n, &p)).await;
+            let holder = "offsite".to_string();
+            let request = Some(request);
+            let event = match checked {
+                Ok(Ok(c)) => {
+                    for bad in &c.bad_manifests {
+                        tracing::warn!("offsite verify of {path} of {node}: {bad}");
+                    }
+                    backmesh_actors::log::entry::Event::Verified {
+                        ok: c.is_ok(),
+                        node,
+                        path,
+                        holder,
+                        archives: c.archives,
+                        members: c.members,
+                        damaged: c.damaged + c.bad_manifests.len() as u64,
+                        repaired: c.repaired,
+                        request,
+                    }
+                }
+                Ok(Err(e)) => backmesh_actors::log::entry::Event::VerifyFailed {
+                    node,
+                    path,
+                    holder,
+                    error: e.to_string(),
+                    request,
+                },
+                Err(e) => backmesh_actors::log::entry::Event::VerifyFailed {
+                    node,
+                    path,
+                    holder,
+                    error: format!("the check crashed: {e}"),
+                    request,
+                },
+            };
+            log.do_send(backmesh_actors::log::actor::Record(event));
+        });
     }
     Ok(HttpResponse::Accepted().json(backmesh_api::VerifyStarted { request, expect, nodes, problems }))
 }

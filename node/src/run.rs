@@ -158,9 +158,13 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                         Err(e) => tracing::error!("offsite: the check crashed: {e}"),
                     }
                 });
-                let actor =
-                    backmesh_actors::offsite::actor::OffsiteActor::new(offsite.clone(), store.clone(), cfg.keep)
-                        .start();
+                let actor = backmesh_actors::offsite::actor::OffsiteActor::new(
+                    offsite.clone(),
+                    store.clone(),
+                    cfg.keep,
+                    cfg.repair_after,
+                )
+                .start();
                 Some((actor, offsite))
             }
         };

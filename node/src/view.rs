@@ -81,6 +81,7 @@ pub fn archive(a: &CatalogArchive, down: &HashSet<String>) -> api::Archive {
         warnings: a.warnings,
         holders: a.holders.iter().cloned().collect(),
         holders_down: a.holders.iter().filter(|h| down.contains(*h)).cloned().collect(),
+        offsite: false,
     }
 }
 

@@ -21,7 +21,7 @@ use backmesh_api::{OffsiteStatus, SeriesOffsite};
 
 use super::sync::{Offsite, OffsiteError};
 use crate::replica::actor::held_series;
-use crate::replica::placement::{rank, uploader, Candidate};
+use crate::replica::placement::{rank, uploaders, Candidate};
 use crate::store::{Retention, Store};
 
 /// Rounds start no closer than this.
@@ -30,7 +30,7 @@ const ROUND_EVERY: Duration = Duration::from_secs(10);
 /// have emptied the bucket).
 const RECHECK: Duration = Duration::from_secs(3600);
 /// Collections run this often, on the one node elected for them.
-const COLLECT_EVERY_MS: i64 = 24 * 3600_000;
+const COLLECT_EVERY_MS: i64 = 24 * 3_600_000;
 const MAX_WAIT: Duration = Duration::from_secs(600);
 /// kv tree "meta": when this node last collected the bucket (ms, LE).
 const COLLECTED_KEY: &[u8] = b"offsite-collected";
@@ -76,14 +76,17 @@ pub struct OffsiteActor {
     offsite: Arc<Offsite>,
     store: Arc<Store>,
     keep: Retention,
+    /// How long the elected uploader may lag before the next in line
+    /// uploads what it has not (`--repair-after`).
+    fallback_after: Duration,
     busy: bool,
     last: Option<Instant>,
     shared: Arc<Mutex<Shared>>,
 }
 
 impl OffsiteActor {
-    pub fn new(offsite: Arc<Offsite>, store: Arc<Store>, keep: Retention) -> Self {
-        OffsiteActor { offsite, store, keep, busy: false, last: None, shared: Arc::default() }
+    pub fn new(offsite: Arc<Offsite>, store: Arc<Store>, keep: Retention, fallback_after: Duration) -> Self {
+        OffsiteActor { offsite, store, keep, fallback_after, busy: false, last: None, shared: Arc::default() }
     }
 }
 
@@ -109,12 +112,20 @@ impl Handler<Round> for OffsiteActor {
         self.busy = true;
         self.last = Some(Instant::now());
         let (offsite, store, keep, shared) = (self.offsite.clone(), self.store.clone(), self.keep, self.shared.clone());
-        let work = tokio::task::spawn_blocking(move || round(&offsite, &store, keep, &shared, &msg));
+        let fallback_after = self.fallback_after;
+        let work = tokio::task::spawn_blocking(move || round(&offsite, &store, keep, fallback_after, &shared, &msg));
         ctx.spawn(work.into_actor(self).map(|_, act, _| act.busy = false));
     }
 }
 
-fn round(offsite: &Offsite, store: &Store, keep: Retention, shared: &Mutex<Shared>, msg: &Round) {
+fn round(
+    offsite: &Offsite,
+    store: &Store,
+    keep: Retention,
+    fallback_after: Duration,
+    shared: &Mutex<Shared>,
+    msg: &Round,
+) {
     let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
     let now = crate::net::actor::now_ms();
     let held = held_series(store, keep);
@@ -123,8 +134,14 @@ fn round(offsite: &Offsite, store: &Store, keep: Retention, shared: &Mutex<Share
         if offsite.stop.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let elected = uploader(node, path, &msg.candidates, msg.replicas).is_some_and(|c| c.peer_id == msg.me);
+        let order = uploaders(node, path, &msg.candidates, msg.replicas);
+        let elected = order.first().is_some_and(|c| c.peer_id == msg.me);
+        let stand_in = order.get(1).is_some_and(|c| c.peer_id == msg.me);
         let key = (node.clone(), path.clone());
+        if stand_in {
+            stand_in_for(offsite, store, keep, fallback_after, shared, node, path, ids, order[0].name.as_str());
+            continue;
+        }
         let st = {
             let mut all = lock();
             let st = all.series.entry(key.clone()).or_default();
@@ -233,6 +250,65 @@ fn round(offsite: &Offsite, store: &Store, keep: Retention, shared: &Mutex<Share
             lock().collected_ms = Some(now);
         }
         Err(e) => tracing::warn!("offsite: collection of {}: {e}", offsite.bucket.target().shown()),
+    }
+}
+
+/// What the next in line does for a series: uploads the archives it keeps
+/// that the elected uploader (`elected`) has left out of the bucket for
+/// longer than `fallback_after`; looks no more often than that.
+#[allow(clippy::too_many_arguments)]
+fn stand_in_for(
+    offsite: &Offsite,
+    store: &Store,
+    keep: Retention,
+    fallback_after: Duration,
+    shared: &Mutex<Shared>,
+    node: &str,
+    path: &str,
+    ids: &[String],
+    elected: &str,
+) {
+    let key = (node.to_string(), path.to_string());
+    let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
+    let looked = lock().series.get(&key).and_then(|s| s.checked);
+    if looked.is_some_and(|at| at.elapsed() < fallback_after) {
+        return;
+    }
+    let now = crate::net::actor::now_ms();
+    let due = fallback_after.as_millis() as i64;
+    let old: Vec<String> = store
+        .list(node, path)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| ids.contains(&a.id) && now - a.stored_ms >= due)
+        .map(|a| a.id)
+        .collect();
+    let st = {
+        let mut all = lock();
+        let st = all.series.entry(key.clone()).or_default();
+        st.mine = false;
+        st.checked = Some(Instant::now());
+        st.clone()
+    };
+    if old.is_empty() || old.iter().all(|id| st.in_bucket.contains(id)) && looked.is_some() {
+        return;
+    }
+    let progress = |id: &str, up: &super::sync::Uploaded| {
+        tracing::warn!(
+            "offsite: {elected} had not put archive {id} of {path} of {node} in {} for {}s;              it is there now, from this node ({} of {} member(s) sent)",
+            offsite.bucket.target().shown(),
+            fallback_after.as_secs(),
+            up.sent,
+            up.members
+        );
+    };
+    match offsite.sync_series(store, node, path, &old, keep, &progress) {
+        Ok(done) => {
+            if let Some(s) = lock().series.get_mut(&key) {
+                s.in_bucket = done.in_bucket;
+            }
+        }
+        Err(e) => tracing::warn!("offsite: standing in for {elected} on {path} of {node}: {e}"),
     }
 }
 

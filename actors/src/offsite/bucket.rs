@@ -150,7 +150,7 @@ pub enum BucketError {
     Denied { bucket: String, code: String },
     #[error("{bucket}: no such bucket at {endpoint}; create it first")]
     NoBucket { bucket: String, endpoint: String },
-    #[error("{bucket}: cannot reach {endpoint} ({reason}, {ATTEMPTS} tries)")]
+    #[error("{bucket}: cannot reach {endpoint} ({reason})")]
     Unreachable { bucket: String, endpoint: String, reason: String },
     #[error("{bucket}: {op} {key} was answered {status} {code}")]
     Failed { bucket: String, op: &'static str, key: String, status: u16, code: String },
@@ -283,8 +283,18 @@ impl Bucket {
 
     /// Sends one request, again while it fails in a way that may pass.
     fn send(&self, method: &'static str, url: &url::Url, body: Option<&[u8]>) -> Result<Answer, BucketError> {
+        self.send_tries(method, url, body, ATTEMPTS)
+    }
+
+    fn send_tries(
+        &self,
+        method: &'static str,
+        url: &url::Url,
+        body: Option<&[u8]>,
+        tries: u32,
+    ) -> Result<Answer, BucketError> {
         let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
+        for attempt in 0..tries {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(250 << attempt));
             }
@@ -382,6 +392,12 @@ impl Bucket {
     /// Every object whose key (below the prefix) starts with `under`, and
     /// the storage's clock when the listing ended (ms).
     pub fn list(&self, under: &str) -> Result<(Vec<Object>, i64), BucketError> {
+        self.list_tries(under, ATTEMPTS)
+    }
+
+    /// [`Bucket::list`] with each request tried at most `tries` times (a
+    /// person waiting on the answer: once).
+    pub fn list_tries(&self, under: &str, tries: u32) -> Result<(Vec<Object>, i64), BucketError> {
         let full = self.full(under);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -394,12 +410,12 @@ impl Bucket {
                 action.with_continuation_token(t.as_str());
             }
             let url = action.sign(SIGNED_FOR);
-            let a = self.send("GET", &url, None)?;
+            let a = self.send_tries("GET", &url, None, tries.max(1))?;
             if a.status != 200 {
                 return Err(self.fail("LIST", under, &a));
             }
             now_ms = a.date_ms.unwrap_or(now_ms);
-            let page = rusty_s3::actions::ListObjectsV2::parse_response(&a.body).map_err(|e| BucketError::Bad {
+            let page: ListPage = quick_xml::de::from_reader(a.body.as_slice()).map_err(|e| BucketError::Bad {
                 bucket: self.target.shown(),
                 what: format!("a listing of {under} does not parse: {e}"),
             })?;
@@ -434,6 +450,26 @@ impl Bucket {
     pub fn check(&self) -> Result<(), BucketError> {
         self.list("locks/").map(|_| ())
     }
+}
+
+/// One page of a `ListObjectsV2` answer: only what backmesh reads, so a
+/// server that leaves out the rest (`ETag`, `Owner`…) is understood.
+#[derive(serde::Deserialize)]
+struct ListPage {
+    #[serde(rename = "Contents", default)]
+    contents: Vec<ListedObject>,
+    #[serde(rename = "NextContinuationToken", default)]
+    next_continuation_token: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedObject {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "LastModified", default)]
+    last_modified: String,
+    #[serde(rename = "Size", default)]
+    size: u64,
 }
 
 /// `%XX` sequences decoded (and `+` left as it is: S3 encodes spaces as `%20`).
@@ -475,7 +511,7 @@ mod tests {
     fn credentials_come_from_a_profile() {
         let ini = "[default]\naws_access_key_id = AK\naws_secret_access_key = S\n[other]\naws_access_key_id=B\naws_secret_access_key=T\naws_session_token=X\n";
         let d = Secret::from_ini(ini, "default").unwrap();
-        assert_eq!((d.key.as_str(), d.secret.as_str(), d.token), ("AK", "S", None));
+        assert_eq!((d.key.as_str(), d.secret.as_str(), d.token.as_deref()), ("AK", "S", None));
         let o = Secret::from_ini(ini, "other").unwrap();
         assert_eq!((o.key.as_str(), o.token.as_deref()), ("B", Some("X")));
         assert!(Secret::from_ini(ini, "none").is_none());

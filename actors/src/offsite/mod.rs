@@ -49,7 +49,7 @@ pub const LOCK_STALE_MS: i64 = 60 * 60_000;
 pub const LOCK_REFRESH_MS: i64 = 10 * 60_000;
 /// Members no manifest names are kept this long (storage clock) before a
 /// collection deletes them, so an upload cut short resumes cheaply.
-pub const UNUSED_GRACE_MS: i64 = 6 * 3600_000;
+pub const UNUSED_GRACE_MS: i64 = 6 * 3_600_000;
 
 pub fn member_key(d: &Digest) -> String {
     format!("members/{}", d.to_hex())

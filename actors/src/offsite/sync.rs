@@ -125,6 +125,24 @@ pub struct Collected {
     pub freed_bytes: u64,
 }
 
+/// What a check of one series' copies in the bucket found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketCheck {
+    pub archives: u64,
+    pub members: u64,
+    /// Members damaged or missing there, and of those, written again from here.
+    pub damaged: u64,
+    pub repaired: u64,
+    /// Manifests that do not read back, or carry another seal (`id: why`).
+    pub bad_manifests: Vec<String>,
+}
+
+impl BucketCheck {
+    pub fn is_ok(&self) -> bool {
+        self.damaged == self.repaired && self.bad_manifests.is_empty()
+    }
+}
+
 /// One archive of a series in the bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -162,7 +180,12 @@ impl Offsite {
 
     /// The archives of (node, path) in the bucket, newest first.
     pub fn archives(&self, node: &str, path: &str) -> Result<(Vec<Listed>, i64), OffsiteError> {
-        let (objects, now) = self.bucket.list(&series_dir(node, path))?;
+        self.archives_tries(node, path, super::bucket::ATTEMPTS)
+    }
+
+    /// [`Offsite::archives`], each request tried at most `tries` times.
+    pub fn archives_tries(&self, node: &str, path: &str, tries: u32) -> Result<(Vec<Listed>, i64), OffsiteError> {
+        let (objects, now) = self.bucket.list_tries(&series_dir(node, path), tries)?;
         let mut out: Vec<Listed> = objects
             .into_iter()
             .filter_map(|o| {
@@ -255,51 +278,23 @@ impl Offsite {
         } else {
             None
         };
-        let next = AtomicUsize::new(0);
         let (sent, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-        let failed: Mutex<Option<OffsiteError>> = Mutex::new(None);
-        let stop = AtomicBool::new(false);
         let lock = Mutex::new(lock);
-        let stopping = || self.stop.load(Ordering::Relaxed);
-        std::thread::scope(|s| {
-            for _ in 0..PARALLEL.min(unknown.len()) {
-                s.spawn(|| {
-                    while !stop.load(Ordering::Relaxed) {
-                        if stopping() {
-                            stop.store(true, Ordering::Relaxed);
-                            failed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(OffsiteError::Stopped { bucket: self.shown() });
-                            break;
-                        }
-                        let Some(d) = unknown.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                        let key = member_key(d);
-                        let step = || -> Result<(), OffsiteError> {
-                            let there = match &listed {
-                                Some(l) => l.contains(&key),
-                                None => self.bucket.head(&key)?.is_some(),
-                            };
-                            if !there {
-                                let data = store.read_member_checked(d)?;
-                                self.bucket.put(&key, &data)?;
-                                sent.fetch_add(1, Ordering::Relaxed);
-                                bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            }
-                            lock.lock().unwrap_or_else(|p| p.into_inner()).refresh()?;
-                            Ok(())
-                        };
-                        if let Err(e) = step() {
-                            stop.store(true, Ordering::Relaxed);
-                            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-                        }
-                    }
-                });
+        self.each(&unknown, |d| {
+            let key = member_key(d);
+            let there = match &listed {
+                Some(l) => l.contains(&key),
+                None => self.bucket.head(&key)?.is_some(),
+            };
+            if !there {
+                let data = store.read_member_checked(d)?;
+                self.bucket.put(&key, &data)?;
+                sent.fetch_add(1, Ordering::Relaxed);
+                bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
-        });
-        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
+            lock.lock().unwrap_or_else(|p| p.into_inner()).refresh()?;
+            Ok(())
+        })?;
         self.bucket.put(&manifest_key(node, path, m.order(), id), &sealed)?;
         Ok(Uploaded { members: members.len() as u64, sent: sent.into_inner(), bytes: bytes.into_inner() })
     }
@@ -351,6 +346,18 @@ impl Offsite {
         Ok(out)
     }
 
+    /// The manifest of a listed archive of (node, path), checked to be that
+    /// archive (not yet against its node's seal: [`Store::check_origin`]).
+    pub fn manifest(&self, node: &str, path: &str, l: &Listed) -> Result<Manifest, OffsiteError> {
+        let bad = |why: String| OffsiteError::BadManifest { bucket: self.shown(), key: l.key.clone(), why };
+        let bytes = self.bucket.get(&l.key)?.ok_or_else(|| bad("it went away while read".into()))?;
+        let m = Manifest::decode_from_peer(&bytes).map_err(|e| bad(e.to_string()))?;
+        if m.node != node || m.path != path || m.id != l.id || m.order() != l.order_ms {
+            return Err(bad(format!("it holds archive {} of {} of node {}", m.id, m.path, m.node)));
+        }
+        Ok(m)
+    }
+
     /// Reads archive `id` (or the newest) of (node, path) from the bucket
     /// into `store`, checked as a peer's would be, and returns it.
     /// `claimant` is the peer the mesh knows as `node`, if any; with none,
@@ -377,12 +384,7 @@ impl Offsite {
                 which: id.map(|i| format!("{i} ")).unwrap_or_default(),
             });
         };
-        let bad = |why: String| OffsiteError::BadManifest { bucket: self.shown(), key: pick.key.clone(), why };
-        let bytes = self.bucket.get(&pick.key)?.ok_or_else(|| bad("it went away while read".into()))?;
-        let m = Manifest::decode_from_peer(&bytes).map_err(|e| bad(e.to_string()))?;
-        if m.node != node || m.path != path || m.id != pick.id || m.order() != pick.order_ms {
-            return Err(bad(format!("it holds archive {} of {} of node {}", m.id, m.path, m.node)));
-        }
+        let m = self.manifest(node, path, pick)?;
         if store.has_archive(node, path, &m.id) {
             return Ok(store.manifest(node, path, Some(&m.id))?);
         }
@@ -413,26 +415,100 @@ impl Offsite {
     /// Members read from the bucket, `PARALLEL` at a time; one missing
     /// there is an error (its manifest names it).
     fn fetch_members(&self, want: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, OffsiteError> {
-        let next = AtomicUsize::new(0);
         let out: Mutex<Vec<(Digest, Vec<u8>)>> = Mutex::new(Vec::with_capacity(want.len()));
+        self.each(want, |d| match self.bucket.get(&member_key(d))? {
+            Some(data) => {
+                out.lock().unwrap_or_else(|p| p.into_inner()).push((*d, data));
+                Ok(())
+            }
+            None => Err(OffsiteError::Store(StoreError::MissingMember { digest: *d })),
+        })?;
+        Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Re-reads every member of every archive of (node, path) in the bucket
+    /// and checks it against its digest; one damaged or missing there is
+    /// written again from this node's store when it has a good copy. A
+    /// manifest sealed by another key than the one this node knows for
+    /// `node` counts as damaged.
+    pub fn verify_series(&self, store: &Store, node: &str, path: &str) -> Result<BucketCheck, OffsiteError> {
+        let (listed, _) = self.archives(node, path)?;
+        if listed.is_empty() {
+            return Err(OffsiteError::NotThere {
+                bucket: self.shown(),
+                node: node.into(),
+                path: path.into(),
+                which: String::new(),
+            });
+        }
+        let bound = store.origin_of(node)?;
+        let mut out = BucketCheck { archives: listed.len() as u64, ..Default::default() };
+        let mut seen = HashSet::new();
+        let mut digests = Vec::new();
+        for l in &listed {
+            let m = match self.manifest(node, path, l) {
+                Ok(m) => m,
+                Err(OffsiteError::BadManifest { why, .. }) => {
+                    out.bad_manifests.push(format!("{}: {why}", l.id));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(b) = &bound {
+                if m.signer() != Some(b.as_str()) {
+                    out.bad_manifests.push(format!("{}: not sealed by {node}'s key", l.id));
+                    continue;
+                }
+            }
+            digests.extend(m.digests().copied().filter(|d| seen.insert(*d)));
+        }
+        out.members = digests.len() as u64;
+        let (damaged, repaired) = (AtomicU64::new(0), AtomicU64::new(0));
+        self.each(&digests, |d| {
+            let key = member_key(d);
+            let good = match self.bucket.get(&key)? {
+                Some(data) => Digest::of(&data) == *d,
+                None => false,
+            };
+            if !good {
+                damaged.fetch_add(1, Ordering::Relaxed);
+                if let Ok(data) = store.read_member_checked(d) {
+                    self.bucket.put(&key, &data)?;
+                    repaired.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        })?;
+        out.damaged = damaged.into_inner();
+        out.repaired = repaired.into_inner();
+        Ok(out)
+    }
+
+    /// Runs `f` on every item, `PARALLEL` at a time, until one fails or the
+    /// node stops; the first error is the answer.
+    fn each<T: Sync>(
+        &self,
+        items: &[T],
+        f: impl Fn(&T) -> Result<(), OffsiteError> + Sync,
+    ) -> Result<(), OffsiteError> {
+        let next = AtomicUsize::new(0);
         let failed: Mutex<Option<OffsiteError>> = Mutex::new(None);
+        let failing = AtomicBool::new(false);
         std::thread::scope(|s| {
-            for _ in 0..PARALLEL.min(want.len()) {
-                s.spawn(|| loop {
-                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                        break;
-                    }
-                    let Some(d) = want.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                    match self.bucket.get(&member_key(d)) {
-                        Ok(Some(data)) => out.lock().unwrap_or_else(|p| p.into_inner()).push((*d, data)),
-                        Ok(None) => {
-                            failed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(OffsiteError::Store(StoreError::MissingMember { digest: *d }));
+            for _ in 0..PARALLEL.min(items.len()) {
+                s.spawn(|| {
+                    let fail = |e: OffsiteError| {
+                        failing.store(true, Ordering::Relaxed);
+                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    };
+                    while !failing.load(Ordering::Relaxed) {
+                        if self.stop.load(Ordering::Relaxed) {
+                            fail(OffsiteError::Stopped { bucket: self.shown() });
+                            break;
                         }
-                        Err(e) => {
-                            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.into());
+                        let Some(x) = items.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        if let Err(e) = f(x) {
+                            fail(e);
                         }
                     }
                 });
@@ -440,7 +516,7 @@ impl Offsite {
         });
         match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(e) => Err(e),
-            None => Ok(out.into_inner().unwrap_or_else(|p| p.into_inner())),
+            None => Ok(()),
         }
     }
 }

@@ -24,9 +24,16 @@ impl S3Server {
     /// an S3 server in Rust that checks every signature, storing in `root`
     /// and taking only `key`/`secret`.
     pub fn start_s3s_fs(root: &std::path::Path, key: &str, secret: &str) -> Result<Self, String> {
+        Self::start_s3s_fs_on(root, key, secret, 0)
+    }
+
+    /// [`S3Server::start_s3s_fs`] on `port` (0: one the system picks): a
+    /// server stopped and started again on the port it had, with what it stored.
+    pub fn start_s3s_fs_on(root: &std::path::Path, key: &str, secret: &str, port: u16) -> Result<Self, String> {
         let program = std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
         let root = root.to_string_lossy();
-        let args = ["--host", "127.0.0.1", "--port", "0", "--access-key", key, "--secret-key", secret, &root];
+        let port = port.to_string();
+        let args = ["--host", "127.0.0.1", "--port", &port, "--access-key", key, "--secret-key", secret, &root];
         Self::spawn(&program, &args, &[("RUST_LOG", "info")], "server is running at ")
     }
 
@@ -75,6 +82,11 @@ impl S3Server {
 
     pub fn start() -> Result<Self, String> {
         Self::start_with(&[])
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.endpoint.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(0)
     }
 
     /// The pid, to stop or pause it.

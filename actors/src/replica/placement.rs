@@ -87,7 +87,15 @@ pub fn holders<'a>(node: &str, path: &str, candidates: &'a [Candidate], r: usize
 /// node computes the same answer; when the one elected leaves, the next
 /// takes over.
 pub fn uploader<'a>(node: &str, path: &str, candidates: &'a [Candidate], r: usize) -> Option<&'a Candidate> {
-    candidates.iter().find(|c| c.name == node).or_else(|| holders(node, path, candidates, r.max(1)).into_iter().next())
+    uploaders(node, path, candidates, r).into_iter().next()
+}
+
+/// The uploader of (node, path) ([`uploader`]), then who stands in for it
+/// when it lags: its own node while a candidate, then its holders in order.
+pub fn uploaders<'a>(node: &str, path: &str, candidates: &'a [Candidate], r: usize) -> Vec<&'a Candidate> {
+    let mut v: Vec<&Candidate> = candidates.iter().filter(|c| c.name == node).take(1).collect();
+    v.extend(holders(node, path, candidates, r.max(1)));
+    v
 }
 
 #[cfg(test)]

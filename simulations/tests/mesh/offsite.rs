@@ -84,4 +84,104 @@ fn a_brand_new_node_restores_from_the_bucket_after_the_whole_mesh_is_gone() {
         mesh.nodes[fresh].log_text()
     );
     assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+    // It lists both archives, from the bucket, and checks the bucket's copies.
+    let b: backmesh_api::Backups = mesh.cli_json(fresh, &["backups", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
+    let listed: Vec<(String, bool)> = b.archives.iter().map(|a| (a.id.clone(), a.offsite)).collect();
+    assert_eq!(listed, want.iter().map(|i| (i.clone(), true)).collect::<Vec<_>>());
+    assert!(b.archives.iter().all(|a| a.size > 0 && a.files > 0), "{b:?}");
+    let text = String::from_utf8_lossy(&mesh.cli(fresh, &["backups", "n1", &s]).stdout).into_owned();
+    assert!(text.contains("offsite"), "{text}");
+    let out = mesh.cli(fresh, &["verify", "n1", &s]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("offsite"), "{said}");
+    // And `fetch` assembles the .tgz that GNU tar restores the same.
+    let tgz = mesh.root.path().join("n1.tgz");
+    let out = mesh.cli(fresh, &["fetch", "n1", &s, "--archive", &ids[0], "-o", &tgz.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let untar = mesh.root.path().join("untar");
+    std::fs::create_dir_all(&untar).unwrap();
+    assert!(std::process::Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(&untar).status().unwrap().success());
+    assert!(untar.join("conf/app.toml").exists());
+}
+
+#[test]
+fn the_next_in_line_uploads_what_the_elected_node_does_not() {
+    // n1 has no --offsite: its series is elected to it all the same, and
+    // the first of its holders stands in once n1 lags past --repair-after.
+    let s3 = S3Server::start().unwrap_or_else(|e| panic!("{e}"));
+    let bucket = s3.bucket("offsite", "cluster-a");
+    let mut mesh = Mesh::new();
+    mesh.env = vec![("AWS_ACCESS_KEY_ID".into(), "testing".into()), ("AWS_SECRET_ACCESS_KEY".into(), "testing".into())];
+    let mut extra = offsite_args(&s3);
+    extra.extend(["--repair-after".to_string(), "3".to_string()]);
+    let plain: Vec<String> = ["--replicas", "2", "--repair-after", "3"].iter().map(|s| s.to_string()).collect();
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), if i == 0 { &plain } else { &extra });
+        assert!(mesh.wait_ready(n, Duration::from_secs(30)), "{}", mesh.nodes[n].log_text());
+    }
+    assert!(wait_until(LONG, || (0..3).all(|i| mesh.up_names(i).len() == 3)));
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_slow_tree(&src, 20, 3);
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    let o: RunOutcome = mesh.cli_json(0, &["run", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
+    let id = o.archive.clone().unwrap_or_else(|| panic!("{o:?}"));
+    let watcher = Offsite::new(bucket, "test".into());
+    let there = || watcher.archives("n1", &s).map(|(l, _)| l.iter().any(|a| a.id == id)).unwrap_or(false);
+    assert!(wait_until(LONG, there), "{}\n{}", mesh.nodes[1].log_text(), mesh.nodes[2].log_text());
+    let said = (1..3).any(|i| mesh.nodes[i].log_text().contains("it is there now, from this node"));
+    assert!(said, "the stand-in says what it did");
+}
+
+#[test]
+fn a_bucket_that_goes_away_is_retried_while_the_mesh_carries_on() {
+    let t = tempfile::tempdir().unwrap();
+    let (key, secret) = ("AKIABACKMESHMESH0001", "mesh-test-secret");
+    let s3 = S3Server::start_s3s_fs(t.path(), key, secret).unwrap_or_else(|e| panic!("{e}"));
+    let port = s3.port();
+    s3.bucket_as("offsite", "", key, secret).create().unwrap();
+    let mut mesh = Mesh::new();
+    mesh.env = vec![("AWS_ACCESS_KEY_ID".into(), key.into()), ("AWS_SECRET_ACCESS_KEY".into(), secret.into())];
+    let extra: Vec<String> = ["--offsite", "s3://offsite/m", "--offsite-endpoint", &s3.endpoint, "--replicas", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (i, name) in ["n1", "n2"].iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), &extra);
+        assert!(mesh.wait_ready(n, Duration::from_secs(30)), "{}", mesh.nodes[n].log_text());
+    }
+    assert!(wait_until(LONG, || (0..2).all(|i| mesh.up_names(i).len() == 2)));
+    drop(s3);
+
+    // The bucket is gone: backups are made and replicated all the same,
+    // and `status` says the series is failing, and why.
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_slow_tree(&src, 20, 5);
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    let o: RunOutcome = mesh.cli_json(0, &["run", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
+    let id = o.archive.clone().unwrap_or_else(|| panic!("{o:?}"));
+    let replicated = || {
+        mesh.cli_json::<backmesh_api::Backups>(0, &["backups", "n1", &s])
+            .map(|b| b.archives.iter().any(|a| a.id == id && a.holders.len() == 2))
+            .unwrap_or(false)
+    };
+    assert!(wait_until(LONG, replicated), "replication goes on without the bucket");
+    let failing = || {
+        let st: Option<Status> = mesh.cli_json(0, &["status"]).ok();
+        st.and_then(|s| s.offsite)
+            .and_then(|o| o.series.into_iter().find(|x| x.path == s))
+            .is_some_and(|x| x.state == "failing" && x.error.is_some_and(|e| e.contains("cannot reach")))
+    };
+    assert!(wait_until(LONG, failing), "{}", mesh.nodes[0].log_text());
+
+    // It comes back where it was: the series is uploaded at a later round.
+    let s3 = S3Server::start_s3s_fs_on(t.path(), key, secret, port).unwrap_or_else(|e| panic!("{e}"));
+    let watcher = Offsite::new(s3.bucket_as("offsite", "m", key, secret), "test".into());
+    let there = || watcher.archives("n1", &s).map(|(l, _)| l.iter().any(|a| a.id == id)).unwrap_or(false);
+    assert!(wait_until(Duration::from_secs(120), there), "{}", mesh.nodes[0].log_text());
+    assert!(wait_until(LONG, || offsite_state(&mesh, 0, "n1", &s).as_deref() == Some("current")));
 }
