@@ -167,11 +167,12 @@ fn round(
         }
         let progress = |id: &str, up: &super::sync::Uploaded| {
             tracing::info!(
-                "offsite: archive {id} of {path} of {node} is in {}: {} of {} member(s) sent ({} bytes)",
+                "offsite: archive {id} of {path} of {node} is in {}: {} of {} member(s) sent ({} bytes in {:.2} s)",
                 offsite.bucket.target().shown(),
                 up.sent,
                 up.members,
-                up.bytes
+                up.bytes,
+                up.ms as f64 / 1000.0
             );
             let mut all = lock();
             if let Some(s) = all.series.get_mut(&key) {

@@ -90,10 +90,10 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
-    /// `AWS_SESSION_TOKEN`) if set; else the `[PROFILE]` (`AWS_PROFILE`,
-    /// or `default`) of `file`, of `AWS_SHARED_CREDENTIALS_FILE`, or of
-    /// `~/.aws/credentials`.
+    /// The `[PROFILE]` (`AWS_PROFILE`, or `default`) of `file` when one is
+    /// given; else `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
+    /// `AWS_SESSION_TOKEN`) if set; else the profile of
+    /// `AWS_SHARED_CREDENTIALS_FILE`, or of `~/.aws/credentials`.
     pub fn find(file: Option<&std::path::Path>) -> Result<Self, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if file.is_none() {
@@ -414,7 +414,9 @@ impl Bucket {
             if a.status != 200 {
                 return Err(self.fail("LIST", under, &a));
             }
-            now_ms = a.date_ms.unwrap_or(now_ms);
+            // The storage's clock, which stamped every object; this node's
+            // only if the storage does not say (every S3 server does).
+            now_ms = a.date_ms.unwrap_or_else(crate::net::actor::now_ms);
             let page: ListPage = quick_xml::de::from_reader(a.body.as_slice()).map_err(|e| BucketError::Bad {
                 bucket: self.target.shown(),
                 what: format!("a listing of {under} does not parse: {e}"),

@@ -104,6 +104,8 @@ pub struct Uploaded {
     /// Members sent, and their bytes (the rest were in the bucket).
     pub sent: u64,
     pub bytes: u64,
+    /// How long it took, in ms.
+    pub ms: u64,
 }
 
 /// Where one series stands in the bucket after a round.
@@ -262,6 +264,7 @@ impl Offsite {
         base: Option<&Manifest>,
         lock: &mut Lock<'_>,
     ) -> Result<Uploaded, OffsiteError> {
+        let started = Instant::now();
         let m = store.manifest(node, path, Some(id))?;
         let sealed = store.manifest_bytes(node, path, id)?;
         // Kept from collection here while they go up.
@@ -296,7 +299,12 @@ impl Offsite {
             Ok(())
         })?;
         self.bucket.put(&manifest_key(node, path, m.order(), id), &sealed)?;
-        Ok(Uploaded { members: members.len() as u64, sent: sent.into_inner(), bytes: bytes.into_inner() })
+        Ok(Uploaded {
+            members: members.len() as u64,
+            sent: sent.into_inner(),
+            bytes: bytes.into_inner(),
+            ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     /// Deletes the members no manifest in the bucket names (and that have
