@@ -401,7 +401,7 @@ impl Bucket {
         let full = self.full(under);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
-        let mut now_ms = 0;
+        let mut now_ms = crate::net::actor::now_ms();
         // Bounded: a listing of more than 100 million keys is not ours.
         for _ in 0..100_000 {
             let mut action = rusty_s3::actions::ListObjectsV2::new(&self.bucket, Some(&self.creds));
@@ -416,7 +416,7 @@ impl Bucket {
             }
             // The storage's clock, which stamped every object; this node's
             // only if the storage does not say (every S3 server does).
-            now_ms = a.date_ms.unwrap_or_else(crate::net::actor::now_ms);
+            now_ms = a.date_ms.unwrap_or(now_ms);
             let page: ListPage = quick_xml::de::from_reader(a.body.as_slice()).map_err(|e| BucketError::Bad {
                 bucket: self.target.shown(),
                 what: format!("a listing of {under} does not parse: {e}"),
