@@ -76,6 +76,10 @@ pub struct JobRow {
     /// What the last run's plugin or hooks reported.
     #[serde(default)]
     pub plugin: Option<PluginReport>,
+    /// The offsite bucket (when the answering node has one): `current`,
+    /// `behind since TIME`, `not there yet` or `failing: WHY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -94,6 +94,56 @@ fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
         warnings: j.last_warnings.clone(),
         source: j.spec.source_name().to_string(),
         plugin: j.last_plugin.as_ref().map(crate::view::plugin_report),
+        offsite: None,
+    }
+}
+
+/// What the dashboard says of the bucket's copies of each series.
+struct OffsiteView {
+    newest: Arc<backmesh_actors::offsite::sync::NewestIndex>,
+    /// (node, path) → why this node's last upload of it failed.
+    failing: HashMap<(String, String), String>,
+    /// Why the bucket could not be listed, if it could not.
+    unreadable: Option<String>,
+}
+
+impl OffsiteView {
+    async fn load(state: &ApiState) -> Option<OffsiteView> {
+        let (actor, offsite) = state.offsite.as_ref()?;
+        let status = actor.send(backmesh_actors::offsite::actor::GetOffsiteStatus).await.ok()?;
+        let failing = status.series.into_iter().filter_map(|s| Some(((s.node, s.path), s.error?))).collect();
+        let o = offsite.clone();
+        let (newest, unreadable) = match web::block(move || o.newest(Duration::from_secs(30))).await {
+            Ok(Ok(n)) => (n, None),
+            Ok(Err(e)) => {
+                tracing::warn!("dashboard: cannot list the offsite bucket: {e}");
+                (Arc::default(), Some(e.to_string()))
+            }
+            Err(_) => return None,
+        };
+        Some(OffsiteView { newest, failing, unreadable })
+    }
+
+    fn say(&self, node: &str, path: &str, catalog: Option<&Vec<CatalogArchive>>) -> Option<String> {
+        if let Some(why) = self.failing.get(&(node.to_string(), path.to_string())) {
+            return Some(format!("failing: {why}"));
+        }
+        if let Some(why) = &self.unreadable {
+            return Some(format!("unknown: {why}"));
+        }
+        let archives = catalog.filter(|c| !c.is_empty())?;
+        let Some((_, id)) = self.newest.get(&backmesh_actors::offsite::series_dir(node, path)) else {
+            return Some("not there yet".into());
+        };
+        match archives.iter().position(|a| &a.id == id) {
+            Some(0) => Some("current".into()),
+            // The oldest archive made since the newest one there.
+            Some(k) => Some(match archives[k - 1].created.as_ref() {
+                Some(t) => format!("behind since {}", rfc3339(t.wall_ms)),
+                None => "behind".into(),
+            }),
+            None => Some("behind".into()),
+        }
     }
 }
 
@@ -114,6 +164,7 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(
     let status = state.membership.send(GetStatus).await?;
     let jobs = state.log.send(GetJobs).await?;
     let catalogs = state.log.send(GetCatalogs).await?;
+    let offsite = OffsiteView::load(state).await;
     let now = now_ms();
     let site_of: HashMap<&str, &str> = status.nodes.iter().map(|n| (n.name.as_str(), n.site.as_str())).collect();
     // What each node keeps, from the catalog.
@@ -142,7 +193,9 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(
         if site.is_some_and(|want| want != s) {
             continue;
         }
-        let r = row(j, catalogs.get(&(j.node.clone(), j.path.clone())).map(|c| &**c), now);
+        let catalog = catalogs.get(&(j.node.clone(), j.path.clone())).map(|c| &**c);
+        let mut r = row(j, catalog, now);
+        r.offsite = offsite.as_ref().and_then(|o| o.say(&j.node, &j.path, catalog));
         by_site
             .entry(s.to_string())
             .or_default()
@@ -280,7 +333,9 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
     let down: std::collections::HashSet<String> =
         state.membership.send(GetStatus).await?.nodes.into_iter().filter(|n| !n.up).map(|n| n.name).collect();
     let archives = catalog.into_iter().flatten().map(|a| crate::view::archive(a, &down)).collect();
-    Ok(HttpResponse::Ok().json(JobPage { job: row(j, catalog, now_ms()), executions, archives }))
+    let mut job = row(j, catalog, now_ms());
+    job.offsite = OffsiteView::load(&state).await.and_then(|o| o.say(&j.node, &j.path, catalog));
+    Ok(HttpResponse::Ok().json(JobPage { job, executions, archives }))
 }
 
 /// Escapes a Prometheus label value.

@@ -95,7 +95,12 @@ pub struct Offsite {
     pub stop: AtomicBool,
     /// How long members no manifest names stay ([`UNUSED_GRACE_MS`]).
     pub unused_grace_ms: i64,
+    /// The newest archive of every series in the bucket, and when listed.
+    index: Mutex<Option<(Instant, std::sync::Arc<NewestIndex>)>>,
 }
+
+/// Series directory ([`super::series_dir`]) → (order, id) of its newest archive in the bucket.
+pub type NewestIndex = HashMap<String, (i64, String)>;
 
 /// What uploading one archive did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -156,7 +161,7 @@ pub struct Listed {
 
 impl Offsite {
     pub fn new(bucket: Bucket, me: String) -> Self {
-        Offsite { bucket, me, stop: AtomicBool::new(false), unused_grace_ms: UNUSED_GRACE_MS }
+        Offsite { bucket, me, stop: AtomicBool::new(false), unused_grace_ms: UNUSED_GRACE_MS, index: Mutex::new(None) }
     }
 
     fn shown(&self) -> String {
@@ -178,6 +183,32 @@ impl Offsite {
             self.bucket.delete(&dead.key)?;
         }
         Ok(lock)
+    }
+
+    /// The newest archive of every series in the bucket, listed again when
+    /// the last listing is older than `max_age` (what a dashboard shows:
+    /// one listing every 30 s, whoever looks).
+    pub fn newest(&self, max_age: std::time::Duration) -> Result<std::sync::Arc<NewestIndex>, OffsiteError> {
+        let mut cached = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, index)) = cached.as_ref().filter(|(at, _)| at.elapsed() < max_age) {
+            let _ = at;
+            return Ok(index.clone());
+        }
+        let (objects, _) = self.bucket.list_tries("manifests/", 1)?;
+        let mut index = NewestIndex::new();
+        for o in objects {
+            let (Some((order, id)), Some(cut)) = (parse_manifest_name(&o.key), o.key.rfind('/')) else { continue };
+            let dir = o.key[..=cut].to_string();
+            match index.get(&dir) {
+                Some((have, _)) if *have >= order => {}
+                _ => {
+                    index.insert(dir, (order, id));
+                }
+            }
+        }
+        let index = std::sync::Arc::new(index);
+        *cached = Some((Instant::now(), index.clone()));
+        Ok(index)
     }
 
     /// The archives of (node, path) in the bucket, newest first.

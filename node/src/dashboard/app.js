@@ -123,7 +123,7 @@ function countsBar(c) {
 
 function jobsTable(jobs) {
   return h('table', { class: 'jobs' },
-    h('thead', {}, h('tr', {}, ['State', 'Path', 'Every', 'Last success', 'Last size', 'Archives', 'Copies on', 'Problem'].map((t) => h('th', {}, t)))),
+    h('thead', {}, h('tr', {}, ['State', 'Path', 'Every', 'Last success', 'Last size', 'Archives', 'Copies on', 'Offsite', 'Problem'].map((t) => h('th', {}, t)))),
     h('tbody', {}, jobs.map((j) => h('tr', { 'data-node': j.node, 'data-path': j.path, 'data-state': j.state },
       h('td', {}, badge(j.state)),
       h('td', {}, h('a', { href: jobHref(j) }, j.path)),
@@ -132,6 +132,7 @@ function jobsTable(jobs) {
       h('td', { class: 'num' }, bytes(j.last_size)),
       h('td', { class: 'num' }, j.archives),
       h('td', {}, j.holders.join(', ') || '—'),
+      h('td', { class: j.offsite && j.offsite !== 'current' ? 'problem offsite' : 'offsite' }, j.offsite || '—'),
       h('td', { class: 'problem' }, j.state === 'failing' ? j.error : j.state === 'stale' ? 'no success for ' + age(j.last_success_age_s).replace(' ago', '') : (j.warnings.length ? j.warnings.length + ' warning(s)' : ''))))));
 }
 
@@ -228,7 +229,8 @@ function jobPage(d) {
     h('h1', {}, j.path, h('span', { class: 'muted' }, ' on ' + j.node), ' ', badge(j.state)),
     h('p', {}, 'Every ' + j.every + ' min · last success ' + age(j.last_success_age_s) +
       (j.last_size !== null ? ' · last archive ' + bytes(j.last_size) : '') + ' · ' + j.archives + ' archive(s) kept' +
-      (j.holders.length ? ' · newest on ' + j.holders.join(', ') : ''))];
+      (j.holders.length ? ' · newest on ' + j.holders.join(', ') : '') +
+      (j.offsite ? ' · offsite: ' + j.offsite : ''))];
   if (me && me.role === 'admin') {
     out.push(h('div', { class: 'actions' },
       h('button', { class: 'primary', id: 'run-now', onclick: () => act('run', j) }, 'Run now'),
@@ -276,7 +278,8 @@ function clientPage(o) {
     : healthy === jobs.length ? `All ${jobs.length} backups are healthy.`
       : `${healthy} of ${jobs.length} backups are healthy; ${jobs.length - healthy} ${jobs.length - healthy === 1 ? 'needs' : 'need'} attention.`;
   const say = (j) => {
-    const copies = j.holders.length ? `, kept on ${j.holders.length} machine${j.holders.length > 1 ? 's' : ''}` : '';
+    const copies = (j.holders.length ? `, kept on ${j.holders.length} machine${j.holders.length > 1 ? 's' : ''}` : '') +
+      (j.offsite === 'current' ? ' and offsite' : '');
     switch (j.state) {
       case 'ok': return `✔ ${j.path} on ${j.node} was backed up ${age(j.last_success_age_s)} (${bytes(j.last_size)}${copies}).`;
       case 'stale': return `⚠ ${j.path} on ${j.node} has not been backed up since ${j.last_success || 'it was set up'}; it should be every ${j.every} minutes.`;

@@ -17,6 +17,20 @@ fn offsite_args(s3: &S3Server) -> Vec<String> {
         .collect()
 }
 
+/// The dashboard's offsite column for (node, path), as node `i` serves it.
+fn dashboard_offsite(mesh: &Mesh, i: usize, node: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", mesh.nodes[i].api)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(c, "GET /api/v1/dashboard HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    c.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    let o: backmesh_api::dashboard::Overview = serde_json::from_str(body).ok()?;
+    let jobs = o.sites.into_iter().flat_map(|s| s.nodes).flat_map(|n| n.jobs);
+    jobs.into_iter().find(|j| j.node == node && j.path == path)?.offsite
+}
+
 /// The series' offsite state as node `i` tells it, if it uploads it.
 fn offsite_state(mesh: &Mesh, i: usize, node: &str, path: &str) -> Option<String> {
     let s: Status = mesh.cli_json(i, &["status"]).ok()?;
@@ -60,6 +74,11 @@ fn a_brand_new_node_restores_from_the_bucket_after_the_whole_mesh_is_gone() {
     let mut want = ids.clone();
     want.reverse();
     assert_eq!(listed, want, "both archives, newest first");
+    // Every node's dashboard says so, from the bucket.
+    for i in 0..3 {
+        let shown = || dashboard_offsite(&mesh, i, "n1", &s).as_deref() == Some("current");
+        assert!(wait_until(LONG, shown), "{:?}", dashboard_offsite(&mesh, i, "n1", &s));
+    }
     // Only the origin uploaded: the holders see it present and leave it.
     for i in 1..3 {
         assert_eq!(offsite_state(&mesh, i, "n1", &s), None, "node {i} uploads nothing of n1");
