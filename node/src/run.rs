@@ -100,6 +100,16 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
     })?;
     cfg.listen = probe.local_addr().context("the mesh listener has no address")?;
     let tls = cfg.tls.as_ref().map(|(c, k)| tls_config(c, k)).transpose()?;
+    // Offsite settings and credentials, checked before anything starts.
+    let offsite = match &cfg.offsite {
+        None => None,
+        Some(o) => {
+            use backmesh_actors::offsite::{sync::Offsite, Bucket, Secret};
+            let secret = Secret::find(o.credentials.as_deref()).map_err(|e| anyhow!("--offsite: {e}"))?;
+            let bucket = Bucket::new(o.target.clone(), &secret, o.rate).map_err(|e| anyhow!("--offsite: {e}"))?;
+            Some(std::sync::Arc::new(Offsite::new(bucket, peer_id.to_string())))
+        }
+    };
 
     let system = actix::System::new();
     system.block_on(async move {
@@ -141,33 +151,26 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
         .reporting_to(actor.clone().recipient())
         .start();
-        let offsite = match &cfg.offsite {
-            None => None,
-            Some(o) => {
-                use backmesh_actors::offsite::{sync::Offsite, Bucket, Secret};
-                let secret = Secret::find(o.credentials.as_deref()).map_err(|e| anyhow!("--offsite: {e}"))?;
-                let bucket = Bucket::new(o.target.clone(), &secret, o.rate).map_err(|e| anyhow!("--offsite: {e}"))?;
-                let offsite = std::sync::Arc::new(Offsite::new(bucket, peer_id.to_string()));
-                // Said at start, in the log: the node runs on whatever the answer.
-                let probe = offsite.clone();
-                actix::spawn(async move {
-                    let shown = probe.bucket.target().shown();
-                    match tokio::task::spawn_blocking(move || probe.bucket.check()).await {
-                        Ok(Ok(())) => tracing::info!("offsite: {shown} is reachable; copies go there"),
-                        Ok(Err(e)) => tracing::error!("offsite: {e}; backups go on, and the bucket is tried again"),
-                        Err(e) => tracing::error!("offsite: the check crashed: {e}"),
-                    }
-                });
-                let actor = backmesh_actors::offsite::actor::OffsiteActor::new(
-                    offsite.clone(),
-                    store.clone(),
-                    cfg.keep,
-                    cfg.repair_after,
-                )
-                .start();
-                Some((actor, offsite))
-            }
-        };
+        let offsite = offsite.map(|offsite| {
+            // Said at start, in the log: the node runs on whatever the answer.
+            let probe = offsite.clone();
+            actix::spawn(async move {
+                let shown = probe.bucket.target().shown();
+                match tokio::task::spawn_blocking(move || probe.bucket.check()).await {
+                    Ok(Ok(())) => tracing::info!("offsite: {shown} is reachable; copies go there"),
+                    Ok(Err(e)) => tracing::error!("offsite: {e}; backups go on, and the bucket is tried again"),
+                    Err(e) => tracing::error!("offsite: the check crashed: {e}"),
+                }
+            });
+            let actor = backmesh_actors::offsite::actor::OffsiteActor::new(
+                offsite.clone(),
+                store.clone(),
+                cfg.keep,
+                cfg.repair_after,
+            )
+            .start();
+            (actor, offsite)
+        });
         let replica = ReplicaActor::new(
             cfg.name.clone(),
             store.clone(),

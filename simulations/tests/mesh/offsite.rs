@@ -204,3 +204,34 @@ fn a_bucket_that_goes_away_is_retried_while_the_mesh_carries_on() {
     assert!(wait_until(Duration::from_secs(120), there), "{}", mesh.nodes[0].log_text());
     assert!(wait_until(LONG, || offsite_state(&mesh, 0, "n1", &s).as_deref() == Some("current")));
 }
+
+#[test]
+fn offsite_settings_that_cannot_work_are_refused_at_start() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("d").to_string_lossy().into_owned();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(backmesh_simulations::binary("backmesh-node"))
+            .args(["--name", "x", "--data-dir", &data, "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+            .env("HOME", t.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--offsite", "s3://good-bucket/x"], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no offsite credentials") && !err.contains("panicked"), "{err}");
+    let (code, err) =
+        run(&["--offsite", "s3://Not_A_Bucket"], &[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is not a bucket name"), "{err}");
+    let creds = t.path().join("creds");
+    std::fs::write(&creds, "[other]\naws_access_key_id = k\naws_secret_access_key = s\n").unwrap();
+    let (code, err) = run(&["--offsite", "s3://good-bucket", "--offsite-credentials", &creds.to_string_lossy()], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no [default] section"), "{err}");
+}
