@@ -373,6 +373,24 @@ fn status(client: &Client, json: bool) -> Result<(), Failure> {
             );
         }
     }
+    if let Some(o) = &s.offsite {
+        out!();
+        out!("offsite: {} (the series this node uploads)", o.bucket);
+        if o.series.is_empty() {
+            out!("  none yet");
+        }
+        for x in &o.series {
+            let state = match (x.state.as_str(), &x.since, &x.error) {
+                ("failing", _, Some(e)) => format!("FAILING: {e}"),
+                ("behind", Some(since), _) => format!("behind since {since}"),
+                (other, _, _) => other.to_string(),
+            };
+            out!("  {:<16} {:<36} {}", x.node, x.path, state);
+        }
+        if let Some(c) = &o.collected {
+            out!("  unused members last collected {c}");
+        }
+    }
     for p in &s.problems {
         out!("problem: {p}");
     }

@@ -25,7 +25,7 @@ use crate::replica::placement::{rank, uploaders, Candidate};
 use crate::store::{Retention, Store};
 
 /// Rounds start no closer than this.
-const ROUND_EVERY: Duration = Duration::from_secs(10);
+const ROUND_EVERY: Duration = Duration::from_secs(3);
 /// A series found current is listed again after this long (someone may
 /// have emptied the bucket).
 const RECHECK: Duration = Duration::from_secs(3600);
