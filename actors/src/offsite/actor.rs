@@ -53,6 +53,9 @@ pub struct GetOffsiteStatus;
 struct SeriesState {
     /// Ids in the bucket as of `checked`.
     in_bucket: Vec<String>,
+    /// The ids kept here at the last successful round (unchanged since,
+    /// and checked within the hour: nothing to do).
+    synced: Vec<String>,
     checked: Option<Instant>,
     /// Not current since (ms).
     since_ms: Option<i64>,
@@ -70,6 +73,8 @@ struct Shared {
     series: HashMap<(String, String), SeriesState>,
     error: Option<String>,
     collected_ms: Option<i64>,
+    /// No collection before this (one found an upload under way).
+    collect_after: Option<Instant>,
 }
 
 pub struct OffsiteActor {
@@ -151,7 +156,7 @@ fn round(
         if !elected {
             continue;
         }
-        let current = ids.iter().all(|id| st.in_bucket.contains(id));
+        let current = st.synced == *ids;
         if current && st.checked.is_some_and(|c| c.elapsed() < RECHECK) {
             continue;
         }
@@ -187,14 +192,19 @@ fn round(
                 for id in &done.pruned {
                     tracing::info!("offsite: archive {id} of {path} of {node} pruned from the bucket");
                 }
+                // Everything retention keeps of this series is there now.
                 s.in_bucket = done.in_bucket;
+                s.synced = ids.clone();
                 s.checked = Some(Instant::now());
-                s.behind = !ids.iter().all(|id| s.in_bucket.contains(id));
-                if !s.behind {
-                    s.since_ms = None;
-                }
+                s.behind = false;
+                s.since_ms = None;
                 s.error = None;
                 s.retry_at = None;
+            }
+            Err(e @ OffsiteError::Busy { .. }) => {
+                // A collection is under way: not a failure; soon again.
+                tracing::debug!("offsite: {path} of {node}: {e}");
+                s.retry_at = Some((Instant::now() + Duration::from_secs(30), Duration::from_secs(15)));
             }
             Err(e) => {
                 let wait = s.retry_at.map(|(_, w)| (w * 2).min(MAX_WAIT)).unwrap_or(Duration::from_secs(15));
@@ -215,7 +225,8 @@ fn round(
     {
         let mut all = lock();
         all.error = bucket_error.clone();
-        all.series.retain(|k, s| held.contains_key(k) && (s.mine || s.error.is_some()));
+        // What this node stands in for is kept too: when it last looked.
+        all.series.retain(|k, _| held.contains_key(k));
     }
     if bucket_error.is_some() {
         return;
@@ -237,6 +248,9 @@ fn round(
         lock().collected_ms = Some(last);
         return;
     }
+    if lock().collect_after.is_some_and(|at| Instant::now() < at) {
+        return;
+    }
     match offsite.collect(store) {
         Ok(c) => {
             tracing::info!(
@@ -250,7 +264,14 @@ fn round(
             let _ = kv.put("meta", COLLECTED_KEY, &now.to_le_bytes());
             lock().collected_ms = Some(now);
         }
-        Err(e) => tracing::warn!("offsite: collection of {}: {e}", offsite.bucket.target().shown()),
+        Err(e @ OffsiteError::Busy { .. }) => {
+            tracing::debug!("offsite: collection put off: {e}");
+            lock().collect_after = Some(Instant::now() + Duration::from_secs(600));
+        }
+        Err(e) => {
+            tracing::warn!("offsite: collection of {}: {e} (tried again in an hour)", offsite.bucket.target().shown());
+            lock().collect_after = Some(Instant::now() + Duration::from_secs(3600));
+        }
     }
 }
 

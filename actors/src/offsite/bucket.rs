@@ -48,8 +48,11 @@ impl OffsiteTarget {
             ));
         }
         let prefix = prefix.trim_matches('/');
-        if prefix.split('/').any(|p| p == "." || p == "..") || prefix.chars().any(char::is_control) {
-            return Err(format!("--offsite `{url}`: the prefix may not hold `.`, `..` or control characters"));
+        let plain = prefix.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
+        if !plain || prefix.split('/').any(|p| p == "." || p == ".." || (p.is_empty() && !prefix.is_empty())) {
+            return Err(format!(
+                "--offsite `{url}`: the prefix may hold letters, digits, `-`, `_`, `.` and `/` between names (not `.` or `..`)"
+            ));
         }
         if let Some(e) = endpoint {
             let u = url_of(e).map_err(|why| format!("--offsite-endpoint `{e}`: {why}"))?;
@@ -150,8 +153,16 @@ pub enum BucketError {
     Denied { bucket: String, code: String },
     #[error("{bucket}: no such bucket at {endpoint}; create it first")]
     NoBucket { bucket: String, endpoint: String },
+    #[error("{bucket}: the storage refused a request signed by this node's clock ({code}); set the clock right (NTP)")]
+    Clock { bucket: String, code: String },
+    #[error("{bucket}: these credentials may not {op} {key} (AccessDenied); the key needs list, get, put and delete on the bucket")]
+    NotAllowed { bucket: String, op: &'static str, key: String },
     #[error("{bucket}: cannot reach {endpoint} ({reason})")]
     Unreachable { bucket: String, endpoint: String, reason: String },
+    #[error("{bucket}: {endpoint} answers, but not well ({reason}, {ATTEMPTS} tries at most)")]
+    Unwell { bucket: String, endpoint: String, reason: String },
+    #[error("{bucket}: {key} is larger than the {limit} bytes expected of it; it is not read")]
+    TooLarge { bucket: String, key: String, limit: u64 },
     #[error("{bucket}: {op} {key} was answered {status} {code}")]
     Failed { bucket: String, op: &'static str, key: String, status: u16, code: String },
     #[error("{bucket}: {what}")]
@@ -162,7 +173,10 @@ impl BucketError {
     /// Whether the same request may pass later (the storage or the way
     /// to it is down), rather than never as it stands (credentials).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BucketError::Unreachable { .. } | BucketError::Failed { status: 500.., .. })
+        matches!(
+            self,
+            BucketError::Unreachable { .. } | BucketError::Unwell { .. } | BucketError::Failed { status: 500.., .. }
+        )
     }
 }
 
@@ -273,7 +287,9 @@ impl Bucket {
         let bucket = self.target.shown();
         let code = error_code(&a.body);
         match (a.status, code.as_str()) {
-            (403, _) | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
+            (_, "RequestTimeTooSkewed" | "RequestExpired") => BucketError::Clock { bucket, code },
+            (_, "AccessDenied") => BucketError::NotAllowed { bucket, op, key: key.to_string() },
+            (403, _) | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
                 BucketError::Denied { bucket, code: if code.is_empty() { "403".into() } else { code } }
             }
             (_, "NoSuchBucket") => BucketError::NoBucket { bucket, endpoint: self.endpoint.clone() },
@@ -283,31 +299,36 @@ impl Bucket {
 
     /// Sends one request, again while it fails in a way that may pass.
     fn send(&self, method: &'static str, url: &url::Url, body: Option<&[u8]>) -> Result<Answer, BucketError> {
-        self.send_tries(method, url, body, ATTEMPTS)
+        self.send_tries(method, url, body, ATTEMPTS, MAX_OBJECT)
     }
 
+    /// Sends one request at most `tries` times, reading at most `limit`
+    /// bytes of its answer. A single try is a person waiting: 10 s at most.
     fn send_tries(
         &self,
         method: &'static str,
         url: &url::Url,
         body: Option<&[u8]>,
         tries: u32,
+        limit: u64,
     ) -> Result<Answer, BucketError> {
         let mut last = String::new();
+        let mut answered = false;
         for attempt in 0..tries {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(250 << attempt));
             }
+            let timeout = Some(if tries == 1 { Duration::from_secs(10) } else { Duration::from_secs(300) });
             let sent = match (method, body) {
-                ("PUT", Some(b)) => self.agent.put(url.as_str()).send(b),
-                ("DELETE", _) => self.agent.delete(url.as_str()).call(),
-                ("HEAD", _) => self.agent.head(url.as_str()).call(),
-                _ => self.agent.get(url.as_str()).call(),
+                ("PUT", Some(b)) => self.agent.put(url.as_str()).config().timeout_global(timeout).build().send(b),
+                ("DELETE", _) => self.agent.delete(url.as_str()).config().timeout_global(timeout).build().call(),
+                ("HEAD", _) => self.agent.head(url.as_str()).config().timeout_global(timeout).build().call(),
+                _ => self.agent.get(url.as_str()).config().timeout_global(timeout).build().call(),
             };
             let mut r = match sent {
                 Ok(r) => r,
                 Err(e) => {
-                    last = e.to_string();
+                    (last, answered) = (e.to_string(), false);
                     continue;
                 }
             };
@@ -317,20 +338,34 @@ impl Bucket {
             let status = r.status().as_u16();
             let mut out = Vec::new();
             if method != "HEAD" {
-                let read = r.body_mut().with_config().limit(MAX_OBJECT).reader().read_to_end(&mut out);
+                if status == 200 && len.is_some_and(|l: u64| l > limit) {
+                    let key = url.path().to_string();
+                    return Err(BucketError::TooLarge { bucket: self.target.shown(), key, limit });
+                }
+                // One byte past the limit tells a too large answer from one that fits.
+                let read = r.body_mut().with_config().limit(limit.saturating_add(1)).reader().read_to_end(&mut out);
                 if let Err(e) = read {
-                    last = format!("the answer broke off: {e}");
+                    (last, answered) = (format!("the answer broke off: {e}"), true);
                     continue;
+                }
+                if out.len() as u64 > limit {
+                    let key = url.path().to_string();
+                    return Err(BucketError::TooLarge { bucket: self.target.shown(), key, limit });
                 }
             }
             let a = Answer { status, body: out, date_ms, modified_ms: modified_ms.and_then(|m| http_date_ms(&m)), len };
             if status >= 500 || status == 429 {
-                last = format!("answered {status} {}", error_code(&a.body));
+                (last, answered) = (format!("answered {status} {}", error_code(&a.body)), true);
                 continue;
             }
             return Ok(a);
         }
-        Err(BucketError::Unreachable { bucket: self.target.shown(), endpoint: self.endpoint.clone(), reason: last })
+        let (bucket, endpoint) = (self.target.shown(), self.endpoint.clone());
+        Err(if answered {
+            BucketError::Unwell { bucket, endpoint, reason: last }
+        } else {
+            BucketError::Unreachable { bucket, endpoint, reason: last }
+        })
     }
 
     /// Writes object `key` (below the prefix), whole.
@@ -350,9 +385,15 @@ impl Bucket {
 
     /// Object `key`'s bytes, or `None` if there is none.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BucketError> {
+        self.get_limited(key, MAX_OBJECT)
+    }
+
+    /// [`Bucket::get`] of an object that should be at most `limit` bytes:
+    /// a larger one is an error, and is not read.
+    pub fn get_limited(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, BucketError> {
         let full = self.full(key);
         let url = rusty_s3::actions::GetObject::new(&self.bucket, Some(&self.creds), &full).sign(SIGNED_FOR);
-        let a = self.send("GET", &url, None)?;
+        let a = self.send_tries("GET", &url, None, ATTEMPTS, limit)?;
         match a.status {
             200 => Ok(Some(a.body)),
             404 if error_code(&a.body) != "NoSuchBucket" => Ok(None),
@@ -398,24 +439,36 @@ impl Bucket {
     /// [`Bucket::list`] with each request tried at most `tries` times (a
     /// person waiting on the answer: once).
     pub fn list_tries(&self, under: &str, tries: u32) -> Result<(Vec<Object>, i64), BucketError> {
+        self.list_with(under, tries, &mut || Ok(()))
+    }
+
+    /// [`Bucket::list_tries`], calling `each_page` after every page (a lock
+    /// holder rewrites its lock there: a long listing must not let it go
+    /// stale). The time returned is the storage's clock; when the storage
+    /// gives none, 0 (1970), so that nothing looks old enough to delete.
+    pub fn list_with(
+        &self,
+        under: &str,
+        tries: u32,
+        each_page: &mut dyn FnMut() -> Result<(), BucketError>,
+    ) -> Result<(Vec<Object>, i64), BucketError> {
         let full = self.full(under);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
-        let mut now_ms = crate::net::actor::now_ms();
-        // Bounded: a listing of more than 100 million keys is not ours.
-        for _ in 0..100_000 {
+        let mut now_ms = 0;
+        // Bounded: a listing of more than a billion keys is not ours.
+        for _ in 0..1_000_000 {
             let mut action = rusty_s3::actions::ListObjectsV2::new(&self.bucket, Some(&self.creds));
             action.with_prefix(full.as_str());
             if let Some(t) = &token {
                 action.with_continuation_token(t.as_str());
             }
             let url = action.sign(SIGNED_FOR);
-            let a = self.send_tries("GET", &url, None, tries.max(1))?;
+            let a = self.send_tries("GET", &url, None, tries.max(1), MAX_OBJECT)?;
             if a.status != 200 {
                 return Err(self.fail("LIST", under, &a));
             }
-            // The storage's clock, which stamped every object; this node's
-            // only if the storage does not say (every S3 server does).
+            // The storage's clock, which stamped every object.
             now_ms = a.date_ms.unwrap_or(now_ms);
             let page: ListPage = quick_xml::de::from_reader(a.body.as_slice()).map_err(|e| BucketError::Bad {
                 bucket: self.target.shown(),
@@ -425,10 +478,14 @@ impl Bucket {
                 // Keys come URL-encoded (`encoding-type=url`).
                 let key = percent_decode(&c.key);
                 let Some(rel) = key.strip_prefix(self.target.prefix.as_str()) else { continue };
-                let modified_ms =
-                    chrono::DateTime::parse_from_rfc3339(&c.last_modified).map(|t| t.timestamp_millis()).unwrap_or(0);
+                // A time that does not read is taken as new: nothing is
+                // deleted, nor any lock taken over, on its account.
+                let modified_ms = chrono::DateTime::parse_from_rfc3339(&c.last_modified)
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(a.date_ms.unwrap_or(i64::MAX / 2));
                 out.push(Object { key: rel.to_string(), size: c.size, modified_ms });
             }
+            each_page()?;
             match page.next_continuation_token {
                 Some(t) if !t.is_empty() => token = Some(t),
                 _ => return Ok((out, now_ms)),
@@ -474,20 +531,27 @@ struct ListedObject {
     size: u64,
 }
 
-/// `%XX` sequences decoded (and `+` left as it is: S3 encodes spaces as `%20`).
+/// A listed key decoded (`encoding-type=url`): `%XX` sequences, and `+`
+/// for a space. Backmesh's own keys hold neither `+` nor a space (the
+/// prefix may not: [`OffsiteTarget::parse`]).
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
         }
-        out.push(b[i]);
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -503,7 +567,8 @@ mod tests {
         assert_eq!((t.bucket.as_str(), t.prefix.as_str()), ("backups", "mesh/a/"));
         assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(OffsiteTarget::parse("s3://backups", None, Some("eu-west-3")).unwrap().prefix, "");
-        for bad in ["backups", "s3://", "s3://B", "s3://a/../b", "http://x/y"] {
+        for bad in ["backups", "s3://", "s3://B", "s3://abc/../b", "http://x/y", "s3://abc/my backups", "s3://abc/a//b"]
+        {
             assert!(OffsiteTarget::parse(bad, None, None).is_err(), "{bad}");
         }
         assert!(OffsiteTarget::parse("s3://backups", Some("ftp://x"), None).is_err());
@@ -524,6 +589,9 @@ mod tests {
     fn listed_keys_are_decoded() {
         assert_eq!(percent_decode("a%2Fb%20c%"), "a/b c%");
         assert_eq!(percent_decode("members/ab"), "members/ab");
+        assert_eq!(percent_decode("my+key%2"), "my key%2");
+        // Not ASCII after `%`: kept as it is, no panic.
+        assert_eq!(percent_decode("locks/%aé"), "locks/%aé");
     }
 
     #[test]

@@ -26,6 +26,9 @@ const IMPORT_BATCH: usize = 64 << 20;
 /// kv tree: manifest key → the digests it names (32 bytes each). Manifests
 /// never change under a key, so a collection reads each once.
 const NAMES: &str = "offsite-names";
+/// kv tree: manifest key → (empty): checked to be its series' archive,
+/// under its node's seal (or uploaded from here).
+const CHECKED: &str = "offsite-checked";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsiteError {
@@ -39,8 +42,10 @@ pub enum OffsiteError {
     NotThere { bucket: String, node: String, path: String, which: String },
     #[error("{bucket}: stopped before the end (the node is stopping); the next round goes on from there")]
     Stopped { bucket: String },
-    #[error("{bucket}: {key} is not a valid archive manifest ({why}); it is left alone")]
+    #[error("{bucket}: {key} is not a valid archive manifest ({why}); it is not counted, and unused members are not collected until it is removed")]
     BadManifest { bucket: String, key: String, why: String },
+    #[error("{bucket}: member {digest} of archive {id} is missing or damaged there")]
+    NotInBucket { bucket: String, digest: Digest, id: String },
 }
 
 impl OffsiteError {
@@ -61,6 +66,13 @@ pub struct Lock<'a> {
 }
 
 impl Lock<'_> {
+    /// Whether the lock is still there: one a collection or an upload took
+    /// for a dead process's (it went unwritten too long) no longer protects
+    /// what its holder relied on.
+    pub fn still_held(&self) -> Result<bool, BucketError> {
+        Ok(self.bucket.head(&self.key)?.is_some())
+    }
+
     /// Writes the lock again when it is due, so it never looks stale.
     pub fn refresh(&mut self) -> Result<(), BucketError> {
         if self.written.elapsed().as_millis() as i64 >= LOCK_REFRESH_MS {
@@ -189,11 +201,13 @@ impl Offsite {
     /// the last listing is older than `max_age` (what a dashboard shows:
     /// one listing every 30 s, whoever looks).
     pub fn newest(&self, max_age: std::time::Duration) -> Result<std::sync::Arc<NewestIndex>, OffsiteError> {
-        let mut cached = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, index)) = cached.as_ref().filter(|(at, _)| at.elapsed() < max_age) {
-            let _ = at;
-            return Ok(index.clone());
+        {
+            let cached = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, index)) = cached.as_ref().filter(|(at, _)| at.elapsed() < max_age) {
+                return Ok(index.clone());
+            }
         }
+        // Listed without the cache locked: a slow bucket holds up no one else's page for long.
         let (objects, _) = self.bucket.list_tries("manifests/", 1)?;
         let mut index = NewestIndex::new();
         for o in objects {
@@ -207,7 +221,7 @@ impl Offsite {
             }
         }
         let index = std::sync::Arc::new(index);
-        *cached = Some((Instant::now(), index.clone()));
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), index.clone()));
         Ok(index)
     }
 
@@ -230,10 +244,14 @@ impl Offsite {
         Ok((out, now))
     }
 
-    /// Brings the series (node, path) up to date in the bucket: uploads
-    /// the archives of `kept` (newest first, as retention keeps them here)
-    /// that it lacks, oldest first, then deletes there what `keep` does
-    /// not keep. `listed` is the bucket's listing if the caller has it.
+    /// Brings the series (node, path) up to date in the bucket. Retention
+    /// first, over what is there and what `kept` (newest first, as
+    /// retention keeps them here) would add, by holders' rule: the newest
+    /// `keep`, and with `within` what the bucket stored less than that long
+    /// ago (its clock). Then the kept archives it lacks go up, oldest
+    /// first, and what retention drops is deleted there. Manifests in the
+    /// bucket that do not read back as this series' archives are not
+    /// counted, nor deleted (and are logged).
     pub fn sync_series(
         &self,
         store: &Store,
@@ -243,45 +261,90 @@ impl Offsite {
         keep: Retention,
         progress: &dyn Fn(&str, &Uploaded),
     ) -> Result<SeriesSync, OffsiteError> {
-        let (mut listed, now) = self.archives(node, path)?;
+        let (listed, now) = self.archives(node, path)?;
+        let bound = store.origin_of(node)?;
+        let mut valid = Vec::new();
+        for l in listed {
+            match self.checked(store, node, path, &l, bound.as_deref()) {
+                Ok(()) => valid.push(l),
+                Err(OffsiteError::BadManifest { why, .. }) => {
+                    tracing::warn!(
+                        "{}: {} is not counted as an archive of {path} of {node}: {why}",
+                        self.shown(),
+                        l.key
+                    )
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let there: HashSet<String> = valid.iter().map(|l| l.id.clone()).collect();
+        let mut all = valid.clone();
+        for id in kept.iter().filter(|id| !there.contains(*id)) {
+            let m = store.manifest(node, path, Some(id))?;
+            let key = manifest_key(node, path, m.order(), id);
+            all.push(Listed { order_ms: m.order(), id: id.clone(), key, modified_ms: now });
+        }
+        all.sort_by(|a, b| (b.order_ms, &b.id).cmp(&(a.order_ms, &a.id)));
+        let within = keep.within.map(|d| d.as_millis() as i64);
+        let keeps = |i: usize, l: &Listed| i < keep.keep.max(1) || within.is_some_and(|w| now - l.modified_ms < w);
+        let kept_all: Vec<&Listed> = all.iter().enumerate().filter(|(i, l)| keeps(*i, l)).map(|(_, l)| l).collect();
         let mut out = SeriesSync::default();
-        let there: HashSet<String> = listed.iter().map(|l| l.id.clone()).collect();
-        let todo: Vec<&String> = kept.iter().rev().filter(|id| !there.contains(*id)).collect();
+        let todo: Vec<&Listed> = kept_all.iter().rev().filter(|l| !there.contains(&l.id)).copied().collect();
+        let mut up: Vec<&Listed> = valid.iter().collect();
         if !todo.is_empty() {
             let mut lock = self.lock("upload", "gc", "a collection of unused members")?;
-            for id in todo {
+            for l in todo {
                 // The newest archive in the bucket that is also here: its
                 // members are in the bucket, and are most of this one's.
-                let base = listed
+                let base = up
                     .iter()
-                    .filter(|l| store.has_archive(node, path, &l.id))
-                    .find_map(|l| store.manifest(node, path, Some(&l.id)).ok());
-                let done = self.upload(store, node, path, id, base.as_ref(), &mut lock)?;
-                progress(id, &done);
-                let m = store.manifest(node, path, Some(id))?;
-                listed.push(Listed {
-                    order_ms: m.order(),
-                    id: id.clone(),
-                    key: manifest_key(node, path, m.order(), id),
-                    modified_ms: now,
-                });
-                listed.sort_by(|a, b| (b.order_ms, &b.id).cmp(&(a.order_ms, &a.id)));
-                out.uploaded.push((id.clone(), done));
+                    .filter(|b| store.has_archive(node, path, &b.id))
+                    .find_map(|b| store.manifest(node, path, Some(&b.id)).ok());
+                let done = self.upload(store, node, path, &l.id, base.as_ref(), &mut lock)?;
+                progress(&l.id, &done);
+                up.push(l);
+                up.sort_by(|a, b| (b.order_ms, &b.id).cmp(&(a.order_ms, &a.id)));
+                out.uploaded.push((l.id.clone(), done));
             }
         }
-        // Retention, as on holders: the newest `keep`, and with `within`
-        // what the bucket stored less than that long ago (its clock).
-        let within = keep.within.map(|d| d.as_millis() as i64);
-        for (i, l) in listed.iter().enumerate() {
-            let recent = within.is_some_and(|w| now - l.modified_ms < w);
-            if i >= keep.keep.max(1) && !recent {
-                self.bucket.delete(&l.key)?;
-                out.pruned.push(l.id.clone());
-            }
+        let keep_ids: HashSet<&String> = kept_all.iter().map(|l| &l.id).collect();
+        for l in valid.iter().filter(|l| !keep_ids.contains(&l.id)) {
+            self.bucket.delete(&l.key)?;
+            out.pruned.push(l.id.clone());
         }
-        let pruned: HashSet<&String> = out.pruned.iter().collect();
-        out.in_bucket = listed.iter().filter(|l| !pruned.contains(&l.id)).map(|l| l.id.clone()).collect();
+        out.in_bucket = up.iter().filter(|l| keep_ids.contains(&l.id)).map(|l| l.id.clone()).collect();
         Ok(out)
+    }
+
+    /// Checks once that the manifest under `l` is an archive of (node,
+    /// path) with that order and id, sealed by `bound` when known; what it
+    /// names is remembered (the collection reads it from there).
+    fn checked(
+        &self,
+        store: &Store,
+        node: &str,
+        path: &str,
+        l: &Listed,
+        bound: Option<&str>,
+    ) -> Result<(), OffsiteError> {
+        let kv = store.kv();
+        if kv.get(CHECKED, l.key.as_bytes())?.is_some() {
+            return Ok(());
+        }
+        let m = self.manifest(node, path, l)?;
+        if let (Some(b), signer) = (bound, m.signer()) {
+            if signer != Some(b) {
+                return Err(OffsiteError::BadManifest {
+                    bucket: self.shown(),
+                    key: l.key.clone(),
+                    why: format!("it is not sealed by {node}'s key ({b})"),
+                });
+            }
+        }
+        let v: Vec<u8> = m.digests().flat_map(|d| d.0).collect();
+        kv.put(NAMES, l.key.as_bytes(), &v)?;
+        kv.put(CHECKED, l.key.as_bytes(), b"")?;
+        Ok(())
     }
 
     /// Uploads one archive kept here: the members the bucket lacks, then
@@ -307,8 +370,9 @@ impl Offsite {
         }
         let in_base: HashSet<Digest> = base.map(|b| b.digests().copied().collect()).unwrap_or_default();
         let unknown: Vec<Digest> = members.iter().copied().filter(|d| !in_base.contains(d)).collect();
-        let listed: Option<HashSet<String>> = if unknown.len() > LIST_OVER {
-            Some(self.bucket.list("members/")?.0.into_iter().map(|o| o.key).collect())
+        let listed: Option<HashSet<Digest>> = if unknown.len() > LIST_OVER {
+            let (members, _) = self.bucket.list_with("members/", super::bucket::ATTEMPTS, &mut || lock.refresh())?;
+            Some(members.iter().filter_map(|o| o.key.strip_prefix("members/").and_then(Digest::from_hex)).collect())
         } else {
             None
         };
@@ -317,7 +381,7 @@ impl Offsite {
         self.each(&unknown, |d| {
             let key = member_key(d);
             let there = match &listed {
-                Some(l) => l.contains(&key),
+                Some(l) => l.contains(d),
                 None => self.bucket.head(&key)?.is_some(),
             };
             if !there {
@@ -329,7 +393,19 @@ impl Offsite {
             lock.lock().unwrap_or_else(|p| p.into_inner()).refresh()?;
             Ok(())
         })?;
-        self.bucket.put(&manifest_key(node, path, m.order(), id), &sealed)?;
+        // The members found there are safe only while the lock stood.
+        let lock = lock.into_inner().unwrap_or_else(|p| p.into_inner());
+        if !lock.still_held()? {
+            return Err(OffsiteError::Busy {
+                bucket: self.shown(),
+                what: "a collection (this upload's lock was taken for a dead one's)",
+            });
+        }
+        let key = manifest_key(node, path, m.order(), id);
+        self.bucket.put(&key, &sealed)?;
+        let names: Vec<u8> = m.digests().flat_map(|d| d.0).collect();
+        store.kv().put(NAMES, key.as_bytes(), &names)?;
+        store.kv().put(CHECKED, key.as_bytes(), b"")?;
         Ok(Uploaded {
             members: members.len() as u64,
             sent: sent.into_inner(),
@@ -343,7 +419,7 @@ impl Offsite {
     pub fn collect(&self, store: &Store) -> Result<Collected, OffsiteError> {
         let mut lock = self.lock("gc", "upload", "an upload")?;
         let kv = store.kv();
-        let (manifests, _) = self.bucket.list("manifests/")?;
+        let (manifests, _) = self.bucket.list_with("manifests/", super::bucket::ATTEMPTS, &mut || lock.refresh())?;
         let mut used: HashSet<Digest> = HashSet::new();
         let mut listed = HashSet::new();
         for o in manifests.iter().filter(|o| parse_manifest_name(&o.key).is_some()) {
@@ -364,22 +440,34 @@ impl Offsite {
                     v
                 }
             };
-            used.extend(names.chunks_exact(32).map(|c| Digest(c.try_into().unwrap_or([0; 32]))));
+            used.extend(names.chunks_exact(32).filter_map(|c| c.try_into().ok().map(Digest)));
             lock.refresh()?;
         }
-        for (stale, _) in kv.scan_prefix(NAMES, b"")?.into_iter().filter(|(k, _)| !listed.contains(k.as_slice())) {
-            kv.delete(NAMES, &stale)?;
-        }
-        let (members, now) = self.bucket.list("members/")?;
-        let mut out = Collected { manifests: listed.len() as u64, members: members.len() as u64, ..Default::default() };
-        for o in members {
-            let Some(d) = o.key.strip_prefix("members/").and_then(Digest::from_hex) else { continue };
-            if !used.contains(&d) && now - o.modified_ms > self.unused_grace_ms {
-                self.bucket.delete(&o.key)?;
-                out.deleted += 1;
-                out.freed_bytes += o.size;
-                lock.refresh()?;
+        for tree in [NAMES, CHECKED] {
+            for (stale, _) in kv.scan_prefix(tree, b"")?.into_iter().filter(|(k, _)| !listed.contains(k.as_slice())) {
+                kv.delete(tree, &stale)?;
             }
+        }
+        let (members, now) = self.bucket.list_with("members/", super::bucket::ATTEMPTS, &mut || lock.refresh())?;
+        let mut out = Collected { manifests: listed.len() as u64, members: members.len() as u64, ..Default::default() };
+        let unused: Vec<&Object> = members
+            .iter()
+            .filter(|o| o.key.strip_prefix("members/").and_then(Digest::from_hex).is_some_and(|d| !used.contains(&d)))
+            .filter(|o| now - o.modified_ms > self.unused_grace_ms)
+            .collect();
+        // Before deleting: this lock must still stand (not taken for a dead
+        // one's during a long listing), and no upload may have begun.
+        lock.refresh()?;
+        let (locks, now) = self.bucket.list("locks/")?;
+        let uploading = locks.iter().any(|o| o.key.starts_with("locks/upload-") && now - o.modified_ms < LOCK_STALE_MS);
+        if uploading || !lock.still_held()? {
+            return Err(OffsiteError::Busy { bucket: self.shown(), what: "an upload" });
+        }
+        for o in unused {
+            self.bucket.delete(&o.key)?;
+            out.deleted += 1;
+            out.freed_bytes += o.size;
+            lock.refresh()?;
         }
         kv.flush()?;
         Ok(out)
@@ -411,33 +499,53 @@ impl Offsite {
         claimant: Option<&str>,
     ) -> Result<Manifest, OffsiteError> {
         let (listed, _) = self.archives(node, path)?;
-        let pick = match id {
-            Some(id) => listed.iter().find(|l| l.id == id),
-            None => listed.first(),
+        let candidates: Vec<&Listed> = match id {
+            Some(id) => listed.iter().filter(|l| l.id == id).collect(),
+            None => listed.iter().collect(),
         };
-        let Some(pick) = pick else {
-            return Err(OffsiteError::NotThere {
-                bucket: self.shown(),
-                node: node.into(),
-                path: path.into(),
-                which: id.map(|i| format!("{i} ")).unwrap_or_default(),
-            });
+        // The newest that reads back as this series' archive: a bad object
+        // above it (damaged, or written by another hand) is passed over.
+        let mut why = Vec::new();
+        let mut found = None;
+        for l in candidates {
+            match self.manifest(node, path, l) {
+                Ok(m) => {
+                    found = Some(m);
+                    break;
+                }
+                Err(OffsiteError::BadManifest { key, why: w, .. }) => {
+                    tracing::warn!("{}: {key} passed over: {w}", self.shown());
+                    why.push(w);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(m) = found else {
+            let which = id.map(|i| format!("{i} ")).unwrap_or_default();
+            let which = if why.is_empty() { which } else { format!("{which}that reads back ({}) ", why.join("; ")) };
+            return Err(OffsiteError::NotThere { bucket: self.shown(), node: node.into(), path: path.into(), which });
         };
-        let m = self.manifest(node, path, pick)?;
         if store.has_archive(node, path, &m.id) {
             return Ok(store.manifest(node, path, Some(&m.id))?);
         }
         let witness = claimant.or(m.signer()).map(str::to_string);
         store.check_origin(&m, witness.as_deref())?;
+        // Every member is held here until the archive is adopted, however
+        // long the read takes (what is received is otherwise kept an hour).
+        let holds = store.holds_for(m.members.len());
+        for d in m.digests() {
+            holds.hold(d);
+        }
         let missing = store.missing_members(&m);
         let sizes: HashMap<Digest, u64> = m.members.iter().map(|r| (r.sha256, r.compressed_len)).collect();
-        let mut batch: Vec<Digest> = Vec::new();
-        let mut batch_bytes = 0usize;
+        let mut batch: Vec<(Digest, u64)> = Vec::new();
+        let mut batch_bytes = 0u64;
         for (i, d) in missing.iter().enumerate() {
-            batch.push(*d);
-            batch_bytes += sizes.get(d).copied().unwrap_or(0) as usize;
-            if batch_bytes >= IMPORT_BATCH || i + 1 == missing.len() {
-                let got = self.fetch_members(&batch)?;
+            let size = sizes.get(d).copied().unwrap_or(0);
+            batch.push((*d, size));
+            batch_bytes += size;
+            if batch_bytes >= IMPORT_BATCH as u64 || i + 1 == missing.len() {
+                let got = self.fetch_members(&batch, &m.id)?;
                 let refs: Vec<(Digest, &[u8])> = got.iter().map(|(d, b)| (*d, b.as_slice())).collect();
                 store.put_members(&refs)?;
                 batch.clear();
@@ -446,21 +554,24 @@ impl Offsite {
         }
         let still = store.adopt(&m)?;
         if let Some(d) = still.first() {
-            return Err(OffsiteError::Store(StoreError::MissingMember { digest: *d }));
+            return Err(OffsiteError::NotInBucket { bucket: self.shown(), digest: *d, id: m.id.clone() });
         }
         Ok(m)
     }
 
     /// Members read from the bucket, `PARALLEL` at a time; one missing
     /// there is an error (its manifest names it).
-    fn fetch_members(&self, want: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, OffsiteError> {
+    /// Each is read only up to the size its manifest gives, and checked
+    /// against its digest as it comes.
+    fn fetch_members(&self, want: &[(Digest, u64)], id: &str) -> Result<Vec<(Digest, Vec<u8>)>, OffsiteError> {
         let out: Mutex<Vec<(Digest, Vec<u8>)>> = Mutex::new(Vec::with_capacity(want.len()));
-        self.each(want, |d| match self.bucket.get(&member_key(d))? {
-            Some(data) => {
+        let missing = |d: &Digest| OffsiteError::NotInBucket { bucket: self.shown(), digest: *d, id: id.to_string() };
+        self.each(want, |(d, size)| match self.bucket.get_limited(&member_key(d), *size)? {
+            Some(data) if Digest::of(&data) == *d => {
                 out.lock().unwrap_or_else(|p| p.into_inner()).push((*d, data));
                 Ok(())
             }
-            None => Err(OffsiteError::Store(StoreError::MissingMember { digest: *d })),
+            _ => Err(missing(d)),
         })?;
         Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
@@ -499,15 +610,16 @@ impl Offsite {
                     continue;
                 }
             }
-            digests.extend(m.digests().copied().filter(|d| seen.insert(*d)));
+            digests.extend(m.members.iter().filter(|r| seen.insert(r.sha256)).map(|r| (r.sha256, r.compressed_len)));
         }
         out.members = digests.len() as u64;
         let (damaged, repaired) = (AtomicU64::new(0), AtomicU64::new(0));
-        self.each(&digests, |d| {
+        self.each(&digests, |(d, size)| {
             let key = member_key(d);
-            let good = match self.bucket.get(&key)? {
-                Some(data) => Digest::of(&data) == *d,
-                None => false,
+            let good = match self.bucket.get_limited(&key, *size) {
+                Ok(Some(data)) => Digest::of(&data) == *d,
+                Ok(None) | Err(BucketError::TooLarge { .. }) => false,
+                Err(e) => return Err(e.into()),
             };
             if !good {
                 damaged.fetch_add(1, Ordering::Relaxed);

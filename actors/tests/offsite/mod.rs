@@ -193,3 +193,39 @@ fn wrong_credentials_are_refused_in_plain_words() {
     }
     assert_eq!(good.get("probe").unwrap().as_deref(), Some(&b"x"[..]), "nothing was written");
 }
+
+#[test]
+fn retention_decides_before_uploading_and_a_stray_object_counts_for_nothing() {
+    let s3 = server();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    gen_tree(&src, 21);
+    let path = src.to_str().unwrap();
+    let a = Store::open(&t.path().join("a")).unwrap();
+    let mut made = Vec::new();
+    for gen in 0..3 {
+        touch_tree(&src, gen + 10);
+        made.push(stored(&a, &src).0);
+    }
+    let o = Offsite::new(s3.bucket("strays", ""), a.peer_id());
+    // This node keeps three; the bucket, one: only the newest goes up, and
+    // a second round neither uploads nor deletes anything.
+    let first = sync(&o, &a, "n", path, 1);
+    assert_eq!(first.uploaded.iter().map(|u| u.0.clone()).collect::<Vec<_>>(), vec![made[2].id.clone()]);
+    assert!(first.pruned.is_empty());
+    let again = sync(&o, &a, "n", path, 1);
+    assert!(again.uploaded.is_empty() && again.pruned.is_empty(), "{again:?}");
+    assert_eq!(again.in_bucket, vec![made[2].id.clone()]);
+
+    // An object named as a newer archive that is none: not counted (the real
+    // one is not pruned for it), passed over by a restore, left out of listings.
+    let stray = backmesh_actors::offsite::manifest_key("n", path, i64::MAX / 2, "zz-not-an-archive");
+    o.bucket.put(&stray, b"not a manifest").unwrap();
+    let third = sync(&o, &a, "n", path, 1);
+    assert!(third.pruned.is_empty(), "{third:?}");
+    assert_eq!(third.in_bucket, vec![made[2].id.clone()]);
+    let c = Store::open(&t.path().join("c")).unwrap();
+    let back = o.import(&c, "n", path, None, None).unwrap();
+    assert_eq!(back.id, made[2].id);
+    assert_eq!(sha(&exported(&c, &back)), sha(&exported(&a, &made[2])));
+}
