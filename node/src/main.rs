@@ -9,6 +9,7 @@
 mod api;
 mod config;
 mod dashboard;
+mod init;
 mod local;
 mod run;
 mod view;
@@ -45,6 +46,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Set this server up: a config file, the swarm key and an admin token
+    /// (each 0600), then what to do next.
+    Init(init::InitArgs),
     /// Back up a directory into the local store now.
     Backup(local::BackupArgs),
     /// List the archives in the local store.
@@ -104,12 +108,15 @@ fn main() -> ExitCode {
     // A local command says only what went wrong on the side (a cache it
     // could not keep, say): its result is its output.
     init_logging("warn");
+    // `init` defaults to a service's places, not the current directory's.
+    let (given_name, given_dir) = (cli.name.clone(), cli.data_dir.clone());
     let ctx = local::Ctx {
         data_dir: cli.data_dir.unwrap_or_else(|| PathBuf::from("./backmesh-data")),
         name: cli.name.unwrap_or_else(local::hostname),
         json: cli.json,
     };
     let result = match command {
+        Command::Init(a) => init::init(given_name, given_dir, a),
         Command::Backup(a) => local::backup(&ctx, a),
         Command::Archives(a) => local::archives(&ctx, a),
         Command::Restore(a) => local::restore(&ctx, a),

@@ -137,3 +137,78 @@ fn backups_after_a_clock_that_ran_a_year_ahead_was_set_right_are_kept_and_restor
 }
 
 mod mesh;
+
+#[test]
+fn init_sets_a_server_up_and_the_node_runs_from_what_it_wrote() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (conf, data) = (t.path().join("etc"), t.path().join("var"));
+    let init = |conf: &Path, extra: &[&str]| {
+        Command::new(binary("backmesh-node"))
+            .args(["--name", "s1", "--data-dir"])
+            .arg(&data)
+            .arg("init")
+            .arg("--config-dir")
+            .arg(conf)
+            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = init(&conf, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = stdout(&out);
+    assert!(said.contains("made a new swarm key") && said.contains("systemctl enable --now backmesh-node"), "{said}");
+    for f in ["node.toml", "swarm.key"] {
+        let mode = fs::metadata(conf.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    // Set up already: said, and nothing is replaced.
+    let before = fs::read(conf.join("node.toml")).unwrap();
+    let again = init(&conf, &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    assert_eq!(fs::read(conf.join("node.toml")).unwrap(), before);
+    // A second server of the same mesh takes the first one's key.
+    let conf2 = t.path().join("etc2");
+    let key = conf.join("swarm.key");
+    let out = init(&conf2, &["--swarm-key", &key.to_string_lossy(), "--bootstrap", "127.0.0.1:7400"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("using the mesh's swarm key"));
+    assert_eq!(fs::read(conf2.join("swarm.key")).unwrap(), fs::read(&key).unwrap());
+    assert!(fs::read_to_string(conf2.join("node.toml")).unwrap().contains("bootstrap = [\"127.0.0.1:7400\"]"));
+
+    // The node runs from the config as written, and its API wants the token.
+    let mut node = Command::new(binary("backmesh-node"))
+        .arg("--config")
+        .arg(conf.join("node.toml"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = data.join("ready.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let api = serde_json::from_slice::<serde_json::Value>(&fs::read(&ready).unwrap()).unwrap()["api"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = fs::read_to_string(conf.join("node.toml")).unwrap();
+    let token = text.lines().find_map(|l| l.strip_prefix("token = \"")).unwrap().trim_end_matches('"').to_string();
+    let status = |token: Option<&str>| {
+        let mut c = Command::new(binary("backmesh"));
+        c.args(["--node", &api]);
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        c.arg("status").output().unwrap()
+    };
+    let ok = status(Some(&token));
+    let refused = status(None);
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout(&ok).contains("s1 *"), "{}", stdout(&ok));
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+}

@@ -1,0 +1,188 @@
+//! `backmesh-node init`: a server's first-time setup. Writes the node's
+//! config file, a swarm key (or a copy of the mesh's) and an admin token,
+//! readable by the service's user only, and says what to do next.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+pub struct InitArgs {
+    /// Where the config, swarm key and token go.
+    #[arg(long, value_name = "DIR", default_value = "/etc/backmesh")]
+    pub config_dir: PathBuf,
+    /// The mesh's swarm key, copied from the first server (without it, a
+    /// new mesh: a new key is made).
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key: Option<PathBuf>,
+    /// A node of the mesh to join through (HOST:PORT); repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Vec<String>,
+    /// Mesh address to listen on.
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:7400")]
+    pub listen: String,
+    /// HTTP API address (keep it on 127.0.0.1 unless you set up TLS).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7401")]
+    pub api: String,
+    /// The system user the service runs as: the files are made its own
+    /// (when run as root and the user exists).
+    #[arg(long, value_name = "USER", default_value = "backmesh")]
+    pub user: String,
+    /// Replace an existing config file (the swarm key is never replaced).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// 32 random bytes as hex.
+fn token() -> Result<String> {
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("cannot read /dev/urandom")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Writes `data` to a new file at `path`, mode 0600, synced; `replace`
+/// lets it take the place of an existing one (through a temporary file).
+fn write_private(path: &Path, data: &[u8], replace: bool) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if replace {
+        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        tmp.write_all(data)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+    } else {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The user's uid and gid, if it exists.
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam reads the passwd database; the pointer it returns is
+    // read at once, before any other call could reuse its buffer.
+    unsafe {
+        let pw = libc::getpwnam(c.as_ptr());
+        if pw.is_null() {
+            None
+        } else {
+            Some(((*pw).pw_uid, (*pw).pw_gid))
+        }
+    }
+}
+
+/// TOML's basic string.
+fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Result<ExitCode> {
+    let name = name.unwrap_or_else(crate::local::hostname);
+    backmesh_api::names::check_node_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/backmesh"));
+    for b in &a.bootstrap {
+        crate::config::parse_addr("bootstrap", b)?;
+    }
+    crate::config::parse_addr("listen", &a.listen)?;
+    crate::config::parse_addr("api", &a.api)?;
+    std::fs::create_dir_all(&a.config_dir)
+        .with_context(|| format!("cannot create the config directory {}", a.config_dir.display()))?;
+    let config = a.config_dir.join("node.toml");
+    if config.exists() && !a.force {
+        bail!("{} exists already: this server is set up (give --force to write it again)", config.display());
+    }
+    // The swarm key: the mesh's, copied; or a new one for a new mesh.
+    let key_path = a.config_dir.join("swarm.key");
+    let (key, new_mesh) = match &a.swarm_key {
+        Some(from) => {
+            let key = backmesh_actors::net::swarm_key::load(from)?;
+            if from.canonicalize().ok() != key_path.canonicalize().ok() {
+                if key_path.exists() {
+                    let here = backmesh_actors::net::swarm_key::load(&key_path)?;
+                    if here.fingerprint().to_string() != key.fingerprint().to_string() {
+                        bail!(
+                            "{} holds another swarm key (fingerprint {}); it is never replaced: move it away first",
+                            key_path.display(),
+                            here.fingerprint()
+                        );
+                    }
+                } else {
+                    write_private(&key_path, key.to_string().as_bytes(), false)
+                        .with_context(|| format!("cannot write {}", key_path.display()))?;
+                }
+            }
+            (key, false)
+        }
+        None if key_path.exists() => (backmesh_actors::net::swarm_key::load(&key_path)?, false),
+        None => (backmesh_actors::net::swarm_key::create(&key_path)?, true),
+    };
+    let token = token()?;
+    let mut text = String::from("# backmesh node: written by `backmesh-node init`; see docs/operations.md\n");
+    text += &format!("name = {}\n", quoted(&name));
+    text += &format!("data-dir = {}\n", quoted(&data_dir.to_string_lossy()));
+    text += &format!("listen = {}\n", quoted(&a.listen));
+    text += &format!("api = {}\n", quoted(&a.api));
+    text += &format!("swarm-key = {}\n", quoted(&key_path.to_string_lossy()));
+    let boot: Vec<String> = a.bootstrap.iter().map(|b| quoted(b)).collect();
+    text += &format!("bootstrap = [{}]\n", boot.join(", "));
+    text += "# The admin token: every API call but /api/v1/health needs it (backmesh --token, or BACKMESH_TOKEN).\n";
+    text += &format!("token = {}\n", quoted(&token));
+    text += "# replicas = 3\n# keep = 10\n# keep-within = \"14d\"\n# site = \"paris\"\n";
+    text += "# offsite = \"s3://BUCKET/PREFIX\"   # see docs/operations.md, Offsite copies\n";
+    write_private(&config, text.as_bytes(), a.force).with_context(|| format!("cannot write {}", config.display()))?;
+    // The service's user reads them; nobody else.
+    let owner = (unsafe { libc::geteuid() } == 0).then(|| user_ids(&a.user)).flatten();
+    if let Some((uid, gid)) = owner {
+        for p in [&config, &key_path] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .with_context(|| format!("cannot give {} to user {}", p.display(), a.user))?;
+        }
+    }
+    println!("wrote {} (0600): node {name}, data in {}", config.display(), data_dir.display());
+    println!(
+        "{} {} (0600, fingerprint {})",
+        if new_mesh { "made a new swarm key" } else { "using the mesh's swarm key" },
+        key_path.display(),
+        key.fingerprint()
+    );
+    if owner.is_some() {
+        println!("both belong to user {}", a.user);
+    }
+    println!();
+    println!("next:");
+    let mut step = 1;
+    if new_mesh {
+        println!("  {step}. copy the swarm key to every other server of this mesh, over a channel you trust:");
+        println!("       scp {} root@OTHER:/root/swarm.key", key_path.display());
+        println!("     and on each of them:");
+        println!(
+            "       backmesh-node init --swarm-key /root/swarm.key --bootstrap {}:{}",
+            name,
+            a.listen.rsplit(':').next().unwrap_or("7400")
+        );
+        println!("     (use this server's address if {name} does not resolve there; then delete /root/swarm.key)");
+        step += 1;
+    }
+    println!("  {step}. start the node: systemctl enable --now backmesh-node");
+    println!("     (by hand: backmesh-node --config {})", config.display());
+    step += 1;
+    println!("  {step}. check it: BACKMESH_TOKEN=$(sed -n 's/^token = \"\\(.*\\)\"/\\1/p' {}) backmesh status", config.display());
+    Ok(ExitCode::SUCCESS)
+}
