@@ -183,6 +183,9 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
     println!("  {step}. start the node: systemctl enable --now backmesh-node");
     println!("     (by hand: backmesh-node --config {})", config.display());
     step += 1;
-    println!("  {step}. check it: BACKMESH_TOKEN=$(sed -n 's/^token = \"\\(.*\\)\"/\\1/p' {}) backmesh status", config.display());
+    println!(
+        "  {step}. check it: BACKMESH_TOKEN=$(sed -n 's/^token = \"\\(.*\\)\"/\\1/p' {}) backmesh status",
+        config.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
