@@ -173,11 +173,10 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
         println!("       scp {} root@OTHER:/root/swarm.key", key_path.display());
         println!("     and on each of them:");
         println!(
-            "       backmesh-node init --swarm-key /root/swarm.key --bootstrap {}:{}",
-            name,
+            "       backmesh-node --name THEIR-NAME init --swarm-key /root/swarm.key --bootstrap ADDRESS-OF-{name}:{}",
             a.listen.rsplit(':').next().unwrap_or("7400")
         );
-        println!("     (use this server's address if {name} does not resolve there; then delete /root/swarm.key)");
+        println!("     (ADDRESS-OF-{name}: this server's address or host name as they reach it; then delete /root/swarm.key)");
         step += 1;
     }
     println!("  {step}. start the node: systemctl enable --now backmesh-node");
