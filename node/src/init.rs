@@ -10,6 +10,13 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+/// A line on stdout; a reader that went away (`| head`) is no error.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct InitArgs {
     /// Where the config, swarm key and token go.
@@ -155,34 +162,34 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
                 .with_context(|| format!("cannot give {} to user {}", p.display(), a.user))?;
         }
     }
-    println!("wrote {} (0600): node {name}, data in {}", config.display(), data_dir.display());
-    println!(
+    say!("wrote {} (0600): node {name}, data in {}", config.display(), data_dir.display());
+    say!(
         "{} {} (0600, fingerprint {})",
         if new_mesh { "made a new swarm key" } else { "using the mesh's swarm key" },
         key_path.display(),
         key.fingerprint()
     );
     if owner.is_some() {
-        println!("both belong to user {}", a.user);
+        say!("both belong to user {}", a.user);
     }
-    println!();
-    println!("next:");
+    say!();
+    say!("next:");
     let mut step = 1;
     if new_mesh {
-        println!("  {step}. copy the swarm key to every other server of this mesh, over a channel you trust:");
-        println!("       scp {} root@OTHER:/root/swarm.key", key_path.display());
-        println!("     and on each of them:");
-        println!(
+        say!("  {step}. copy the swarm key to every other server of this mesh, over a channel you trust:");
+        say!("       scp {} root@OTHER:/root/swarm.key", key_path.display());
+        say!("     and on each of them:");
+        say!(
             "       backmesh-node --name THEIR-NAME init --swarm-key /root/swarm.key --bootstrap ADDRESS-OF-{name}:{}",
             a.listen.rsplit(':').next().unwrap_or("7400")
         );
-        println!("     (ADDRESS-OF-{name}: this server's address or host name as they reach it; then delete /root/swarm.key)");
+        say!("     (ADDRESS-OF-{name}: this server's address or host name as they reach it; then delete /root/swarm.key)");
         step += 1;
     }
-    println!("  {step}. start the node: systemctl enable --now backmesh-node");
-    println!("     (by hand: backmesh-node --config {})", config.display());
+    say!("  {step}. start the node: systemctl enable --now backmesh-node");
+    say!("     (by hand: backmesh-node --config {})", config.display());
     step += 1;
-    println!(
+    say!(
         "  {step}. check it: BACKMESH_TOKEN=$(sed -n 's/^token = \"\\(.*\\)\"/\\1/p' {}) backmesh status",
         config.display()
     );
