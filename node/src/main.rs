@@ -163,9 +163,12 @@ fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         std::env::var("BACKMESH_LOG").ok().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| default.into());
+    // Colours for a person at a terminal; plain lines for journald and files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
 }
