@@ -44,6 +44,9 @@ pub struct InitArgs {
     pub force: bool,
 }
 
+/// How the Debian package's default config file begins (packaging/node.toml).
+const PACKAGED: &str = "# packaged default:";
+
 /// 32 random bytes as hex.
 fn token() -> Result<String> {
     let mut b = [0u8; 32];
@@ -112,7 +115,9 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
     std::fs::create_dir_all(&a.config_dir)
         .with_context(|| format!("cannot create the config directory {}", a.config_dir.display()))?;
     let config = a.config_dir.join("node.toml");
-    if config.exists() && !a.force {
+    // The package's default file is there to be replaced.
+    let packaged = std::fs::read_to_string(&config).is_ok_and(|t| t.starts_with(PACKAGED));
+    if config.exists() && !a.force && !packaged {
         bail!("{} exists already: this server is set up (give --force to write it again)", config.display());
     }
     // The swarm key: the mesh's, copied; or a new one for a new mesh.
@@ -153,7 +158,8 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
     text += &format!("token = {}\n", quoted(&token));
     text += "# replicas = 3\n# keep = 10\n# keep-within = \"14d\"\n# site = \"paris\"\n";
     text += "# offsite = \"s3://BUCKET/PREFIX\"   # see docs/operations.md, Offsite copies\n";
-    write_private(&config, text.as_bytes(), a.force).with_context(|| format!("cannot write {}", config.display()))?;
+    write_private(&config, text.as_bytes(), a.force || packaged)
+        .with_context(|| format!("cannot write {}", config.display()))?;
     // The service's user reads them; nobody else.
     let owner = (unsafe { libc::geteuid() } == 0).then(|| user_ids(&a.user)).flatten();
     if let Some((uid, gid)) = owner {
