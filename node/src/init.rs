@@ -3,7 +3,7 @@
 //! readable by the service's user only, and says what to do next.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -54,20 +54,20 @@ fn token() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// Writes `data` to a new file at `path`, mode 0600, synced; `replace`
-/// lets it take the place of an existing one (through a temporary file).
+/// Writes `data` to `path`, mode 0600, synced, through a temporary file;
+/// an existing file is replaced only with `replace`.
 fn write_private(path: &Path, data: &[u8], replace: bool) -> Result<()> {
+    // Whole or not at all: a crash leaves no half-written file behind that
+    // a second `init` would then refuse to replace.
     let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
     if replace {
-        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        tmp.write_all(data)?;
-        tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
     } else {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-        f.write_all(data)?;
-        f.sync_all()?;
+        tmp.persist_noclobber(path).map_err(|e| e.error)?;
     }
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())

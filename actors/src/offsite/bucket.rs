@@ -393,7 +393,8 @@ impl Bucket {
     pub fn get_limited(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, BucketError> {
         let full = self.full(key);
         let url = rusty_s3::actions::GetObject::new(&self.bucket, Some(&self.creds), &full).sign(SIGNED_FOR);
-        let a = self.send_tries("GET", &url, None, ATTEMPTS, limit)?;
+        // A manifest's word on a size is capped too (an unsealed one is read by `verify`).
+        let a = self.send_tries("GET", &url, None, ATTEMPTS, limit.min(MAX_OBJECT))?;
         match a.status {
             200 => Ok(Some(a.body)),
             404 if error_code(&a.body) != "NoSuchBucket" => Ok(None),
