@@ -9,12 +9,15 @@
 use std::collections::BTreeMap;
 
 use crate::archive::{restore_tgz, Manifest, RestoreOptions};
+use crate::codec::{decode, encode};
+use crate::jobs::proto::{JobsAnswer, JobsRequest, JOBS};
 use crate::log::entry::Entry;
-use crate::log::mesh::{MeshState, NodeKeys};
-use crate::net::wire::{
-    decode, encode, CtlRequest, CtlResponse, Hello, StateBatch, StatePull, XferRequest, XferResponse, MAX_CTL,
-    MAX_CTL_REQUEST, MAX_HELLO, MAX_LOG, MAX_XFER,
-};
+use crate::log::history::HistoryQuery;
+use crate::log::mesh::MeshState;
+use crate::log::proto::{HistoryAnswer, StateBatch, StatePull, HISTORY, MAX_LOG, STATE};
+use crate::log::signing::NodeKeys;
+use crate::net::hello::{Hello, MAX_HELLO};
+use crate::replica::proto::{ReplicaAnswer, ReplicaRequest, XferRequest, XferResponse, REPLICA, XFER};
 
 /// Decodes `v`'s encoding again and checks it is the same value.
 fn round_trip<T>(v: &T, max: usize)
@@ -36,17 +39,29 @@ pub fn wire(data: &[u8]) {
     if let Ok(v) = decode::<Hello>(data, MAX_HELLO) {
         round_trip(&v, MAX_HELLO);
     }
-    if let Ok(v) = decode::<StatePull>(data, MAX_LOG) {
-        round_trip(&v, MAX_LOG);
+    if let Ok(v) = decode::<StatePull>(data, STATE.max_request) {
+        round_trip(&v, STATE.max_request);
     }
-    if let Ok(v) = decode::<CtlRequest>(data, MAX_CTL_REQUEST) {
-        round_trip(&v, MAX_CTL_REQUEST);
+    if let Ok(v) = decode::<HistoryQuery>(data, HISTORY.max_request) {
+        round_trip(&v, HISTORY.max_request);
     }
-    if let Ok(v) = decode::<CtlResponse>(data, MAX_CTL) {
-        round_trip(&v, MAX_CTL);
+    if let Ok(v) = decode::<HistoryAnswer>(data, HISTORY.max_response) {
+        round_trip(&v, HISTORY.max_response);
     }
-    if let Ok(v) = decode::<XferRequest>(data, MAX_CTL_REQUEST) {
-        round_trip(&v, MAX_CTL_REQUEST);
+    if let Ok(v) = decode::<JobsRequest>(data, JOBS.max_request) {
+        round_trip(&v, JOBS.max_request);
+    }
+    if let Ok(v) = decode::<JobsAnswer>(data, JOBS.max_response) {
+        round_trip(&v, JOBS.max_response);
+    }
+    if let Ok(v) = decode::<ReplicaRequest>(data, REPLICA.max_request) {
+        round_trip(&v, REPLICA.max_request);
+    }
+    if let Ok(v) = decode::<ReplicaAnswer>(data, REPLICA.max_response) {
+        round_trip(&v, REPLICA.max_response);
+    }
+    if let Ok(v) = decode::<XferRequest>(data, XFER.max_request) {
+        round_trip(&v, XFER.max_request);
         // A delta is rebuilt against a member the holder has: any bytes
         // must be refused or rebuilt, within the bound, never panic.
         let old: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -67,8 +82,28 @@ pub fn wire(data: &[u8]) {
             }
         }
     }
-    if let Ok(v) = decode::<XferResponse>(data, MAX_XFER) {
-        round_trip(&v, MAX_XFER);
+    if let Ok(v) = decode::<XferResponse>(data, XFER.max_response) {
+        round_trip(&v, XFER.max_response);
+    }
+    // The request frame every protocol travels in.
+    rpc_frame(data);
+}
+
+/// A request frame as the transport reads it off a stream.
+fn rpc_frame(data: &[u8]) {
+    use crate::net::rpc::{Protocols, RpcCodec, RPC};
+    use libp2p::request_response::Codec;
+    let protocols = Protocols::new(crate::protocols::all());
+    let mut codec = RpcCodec::new(protocols);
+    let mut stream = futures::io::Cursor::new(data);
+    if let Ok(req) = futures::executor::block_on(codec.read_request(&RPC, &mut stream)) {
+        assert!(req.protocol.len() <= crate::net::rpc::MAX_NAME);
+        if req.known {
+            let max = crate::protocols::all().iter().find(|p| p.name == req.protocol).map(|p| p.max_request);
+            assert!(req.body.len() <= max.unwrap_or(0));
+        } else {
+            assert!(req.body.is_empty());
+        }
     }
 }
 
@@ -107,7 +142,7 @@ pub fn log(data: &[u8]) {
     }
     if let Ok(batch) = decode::<StateBatch>(data, MAX_LOG) {
         let mut checked = MeshState::default();
-        let mut found = crate::log::mesh::Checked::default();
+        let mut found = crate::log::signing::Checked::default();
         for (k, r) in &batch.records.known {
             let _ = k.check_names();
             let mut r = r.clone();

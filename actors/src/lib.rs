@@ -20,14 +20,19 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod archive;
+pub mod clock;
+pub mod codec;
+pub mod disk;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod grant;
 pub mod hash;
 pub mod jobs;
 pub mod log;
 pub mod net;
 pub mod notify;
 pub mod offsite;
+pub mod protocols;
 pub mod replica;
 pub mod store;

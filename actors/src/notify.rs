@@ -20,11 +20,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use backmesh_api::{JobState, Notice};
 
+use crate::clock::{now_ms, rfc3339};
 use crate::jobs::plugin::{run_hook, Programs};
 use crate::log::actor::{GetJobs, GetNotified, LogActor, Record};
 use crate::log::entry::Event;
-use crate::log::mesh::{job_state, JobView};
-use crate::net::actor::{now_ms, rfc3339, GetPeers, MembershipActor};
+use crate::log::views::{job_state, JobView};
+use crate::net::actor::{GetPeers, MembershipActor};
 use crate::replica::placement::{rank, Candidate};
 
 /// What to tell, given the job's state now and what was told last.
@@ -82,7 +83,7 @@ impl NotifyActor {
             live.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: 0 });
             for j in jobs.iter().filter(|j| !j.spec.notify.is_empty() || j.spec.notify_cmd.is_some()) {
                 let key = (j.node.clone(), j.path.clone());
-                let state = job_state(j, now);
+                let state = job_state(j, now, crate::clock::minute_ms());
                 let Some(event) = transition(state, told.get(&key).copied()) else { continue };
                 if notifier(&j.node, &j.path, &live).as_deref() != Some(act.me.as_str()) || act.sending.contains(&key) {
                     continue;

@@ -6,5 +6,6 @@
 pub mod actor;
 pub mod placement;
 pub mod plan;
+pub mod proto;
 pub mod quota;
 pub mod source;

@@ -19,20 +19,23 @@
 //! Retention ([`Store::retain`]) keeps the newest K archives per
 //! (node, path), then frees members no manifest uses.
 
+pub mod error;
 pub mod health;
 pub mod kv;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use error::StoreError;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::archive::manifest::{Manifest, ManifestError, MemberRef};
+use crate::archive::manifest::{Manifest, MemberRef};
 use crate::archive::restore::sync_fs;
 use crate::archive::reuse::{Previous, RecordsHeader};
 use crate::archive::{MemberSink, MemberSource, StatSnapshot};
@@ -122,49 +125,6 @@ pub fn origin_bound(kv: &dyn KvStore, node: &str) -> Result<Option<String>, Stor
     Ok(kv.get(ORIGINS, node.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the data directory {path} is in use by another backmesh process")]
-    Locked { path: PathBuf },
-    #[error("index database error: {reason}")]
-    Index { reason: String },
-    #[error("no archive `{id}` of {path} on node {node}")]
-    NoSuchArchive { node: String, path: String, id: String },
-    #[error("member {digest} is missing from the store")]
-    MissingMember { digest: Digest },
-    #[error("member {digest} is damaged (its content hashes to {actual})")]
-    DamagedMember { digest: Digest, actual: Digest },
-    #[error("archive {id}: reassembled .tgz has sha256 {actual}, manifest says {expected}")]
-    TgzMismatch { id: String, expected: Digest, actual: Digest },
-    #[error("manifest {path}: {source}")]
-    Manifest {
-        path: PathBuf,
-        #[source]
-        source: ManifestError,
-    },
-    #[error("archive {id} of {path} on node {node} is refused: {reason}")]
-    Unsealed { node: String, path: String, id: String, reason: String },
-    /// Sealed by a key this node does not know by that name yet: no one
-    /// is to blame (the name is bound once a hello or an entry says who
-    /// it is), and the origin offers again.
-    #[error("archive {id} of {path} on node {node} is refused for now: it is sealed by {signer}, which this node does not know as node {node} yet")]
-    OriginNotKnownYet { node: String, path: String, id: String, signer: String },
-    #[error("{path}: {reason}")]
-    Identity { path: PathBuf, reason: String },
-}
-
-impl StoreError {
-    fn io(path: &Path, source: io::Error) -> Self {
-        StoreError::Io { path: path.to_path_buf(), source }
-    }
-}
-
 /// What the catalog knows of one archive without reading its manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveSummary {
@@ -215,7 +175,7 @@ impl ArchiveSummary {
 
     /// The summary of `m`, stored here now.
     fn stored_now(m: &Manifest) -> Self {
-        ArchiveSummary { stored_ms: crate::net::actor::now_ms(), ..ArchiveSummary::of(m) }
+        ArchiveSummary { stored_ms: crate::clock::now_ms(), ..ArchiveSummary::of(m) }
     }
 }
 
@@ -649,6 +609,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Archives this node keeps, by series (node, path), newest first:
+    /// those `keep` keeps at `now_ms`. A store that cannot be listed keeps
+    /// none (said in the log).
+    pub fn held_series(&self, keep: Retention, now_ms: i64) -> BTreeMap<(String, String), Vec<String>> {
+        let mut out: BTreeMap<(String, String), Vec<ArchiveSummary>> = BTreeMap::new();
+        match self.list_all() {
+            Ok(all) => {
+                for s in all {
+                    out.entry((s.node.clone(), s.path.clone())).or_default().push(s);
+                }
+            }
+            Err(e) => tracing::error!("cannot list the archives kept here: {e}"),
+        }
+        out.into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by(|a, b| (b.order(), &b.id).cmp(&(a.order(), &a.id)));
+                (k, keep.kept(&v, now_ms).into_iter().map(|a| a.id.clone()).collect())
+            })
+            .collect()
+    }
+
     /// Every archive in the store.
     pub fn list_all(&self) -> Result<Vec<ArchiveSummary>, StoreError> {
         self.kv.scan_prefix(ARCHIVES, &[])?.iter().map(|(_, v)| from_cbor(v)).collect()
@@ -787,7 +768,7 @@ impl Store {
         let mut report = RetentionReport::default();
         let all = self.list(node, path)?;
         let kept: HashSet<&str> =
-            retention.kept(&all, crate::net::actor::now_ms()).into_iter().map(|a| a.id.as_str()).collect();
+            retention.kept(&all, crate::clock::now_ms()).into_iter().map(|a| a.id.as_str()).collect();
         // What the removed archives used, the only members they can free
         // (None: a list could not be read; then the whole store is swept).
         let mut candidates = Some(DigestSet::default());
@@ -817,7 +798,7 @@ impl Store {
             report.removed.push(old.id.clone());
         }
         if !report.removed.is_empty() {
-            let now = crate::net::actor::now_ms();
+            let now = crate::clock::now_ms();
             let last_full = self
                 .kv
                 .get(STORE_META, b"full-gc")?

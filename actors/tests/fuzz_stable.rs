@@ -3,13 +3,17 @@
 //! thousand mutations of them, the same every run. `FUZZ_RUNS=N` runs more.
 
 use backmesh_actors::archive::{create, CreateOptions, FileSink};
+use backmesh_actors::codec::encode;
 use backmesh_actors::fuzz;
+use backmesh_actors::jobs::proto::JobsRequest;
 use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Hlc;
 use backmesh_actors::log::mesh::MeshState;
+use backmesh_actors::log::proto::{StateBatch, StatePull};
 use backmesh_actors::log::seal::Seal;
+use backmesh_actors::net::hello::{Hello, KnownPeer};
 use backmesh_actors::net::membership::NodeInfo;
-use backmesh_actors::net::wire::{encode, CtlRequest, Hello, KnownPeer, StateBatch, StatePull, XferRequest};
+use backmesh_actors::replica::proto::{ReplicaRequest, XferRequest};
 
 fn runs() -> usize {
     std::env::var("FUZZ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
@@ -106,8 +110,12 @@ fn the_wire_codecs_take_any_bytes() {
     let seeds = vec![
         encode(&hello),
         encode(&pull),
-        encode(&CtlRequest::History(Default::default())),
+        encode(&backmesh_actors::log::history::HistoryQuery::default()),
+        encode(&JobsRequest::Progress { path: backmesh_actors::replica::proto::series("/srv/data").unwrap() }),
+        encode(&ReplicaRequest::Verify { node: None, path: None, request: "r1".into(), grant: None }),
         encode(&XferRequest::list("n1", "/srv/data").unwrap()),
+        // A request frame as the transport reads it: name, then body.
+        [&b"\x11/backmesh/state/3"[..], &encode(&pull)].concat(),
         Vec::new(),
     ];
     play("wire", fuzz::wire, &seeds, runs(), 1);

@@ -1,6 +1,8 @@
-//! Integration tests of the archive engine and the store, on real files.
+//! Integration tests of the archive engine and the store, on real files,
+//! and the golden bytes of every wire message (`golden`).
 
 mod common;
+mod golden;
 mod offsite;
 
 use std::fs;

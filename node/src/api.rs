@@ -3,249 +3,46 @@
 //! `GET /api/v1/health` needs no token; with `--token`, every other route
 //! needs `Authorization: Bearer TOKEN` and answers 401 otherwise.
 
-use actix::Addr;
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use backmesh_actors::jobs::actor::{CheckSource, GetProgress, JobsActor, RunNow};
+use actix_web::{web, HttpRequest, HttpResponse};
+use backmesh_actors::grant;
+use backmesh_actors::jobs::actor::{CheckSource, GetProgress, RunNow};
 use backmesh_actors::jobs::plugin::Job;
 use backmesh_actors::jobs::plugin::JobSpec;
+use backmesh_actors::jobs::proto::{JobsAnswer, JobsRequest, JOBS};
 use backmesh_actors::jobs::queue::NotQueued;
-use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, GetKeepers, LogActor, Query, Record};
+use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, Record};
 use backmesh_actors::log::entry::Event;
-use backmesh_actors::log::history::{HistoryQuery, Page, PAGE_MAX};
-use backmesh_actors::log::mesh::JobView;
-use backmesh_actors::net::actor::{GetPeers, GetStatus, MembershipActor};
-use backmesh_actors::net::swarm::NetClient;
-use backmesh_actors::net::wire::{archive, name, series, CtlRequest, CtlResponse, XFER_BATCH};
-use backmesh_actors::replica::actor::{ReplicaActor, RestoreHere, VerifyHere};
+use backmesh_actors::log::history::{HistoryQuery, PAGE_MAX};
+use backmesh_actors::log::views::JobView;
+use backmesh_actors::net::actor::{GetPeers, GetStatus};
+use backmesh_actors::replica::actor::{RestoreHere, VerifyHere};
+use backmesh_actors::replica::proto::{archive, name, series, ReplicaAnswer, ReplicaRequest, REPLICA, XFER_BATCH};
 use backmesh_actors::replica::source::{locate, read_members};
-use backmesh_actors::store::Store;
 use backmesh_api::NodeStatus;
-use backmesh_api::{ErrorBody, Health, JobKey, JobStatus};
+use backmesh_api::{JobKey, JobStatus};
 use serde::Deserialize;
 
+use crate::http::{admin, error, named, no_answer, odd_answer, reader, shutting_down, Answer, ApiError, ApiState};
+use crate::reads::{read_history, replica_shortfall};
 use crate::view;
-
-#[derive(Clone)]
-pub struct ApiState {
-    pub membership: Addr<MembershipActor>,
-    pub log: Addr<LogActor>,
-    pub jobs: Addr<JobsActor>,
-    pub replica: Addr<ReplicaActor>,
-    pub store: std::sync::Arc<Store>,
-    pub net: NetClient,
-    pub token: Option<String>,
-    pub viewer_token: Option<String>,
-    pub site_tokens: Vec<(String, String)>,
-    pub federate: Vec<crate::config::Federated>,
-    pub federation: crate::dashboard::Federation,
-    pub replicas: usize,
-    pub health: Health,
-    /// With `--offsite`: the actor that keeps the bucket, and the bucket.
-    pub offsite: Option<(
-        Addr<backmesh_actors::offsite::actor::OffsiteActor>,
-        std::sync::Arc<backmesh_actors::offsite::sync::Offsite>,
-    )>,
-}
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    crate::dashboard::routes(cfg);
-    cfg.service(
-        crate::dashboard::api_routes(web::scope(backmesh_api::PREFIX))
-            .route("/health", web::get().to(health))
-            .route("/status", web::get().to(status))
-            .route("/jobs", web::get().to(jobs))
-            .route("/jobs", web::post().to(register))
-            .route("/jobs", web::delete().to(unregister))
-            .route("/run", web::post().to(run))
-            .route("/progress", web::get().to(progress))
-            .route("/requests/{id}", web::get().to(request_entries))
-            .route("/backups", web::get().to(backups))
-            .route("/restore", web::post().to(restore))
-            .route("/fetch", web::get().to(fetch))
-            .route("/verify", web::post().to(verify))
-            .route("/nodes/{node}/pause", web::post().to(pause))
-            .route("/nodes/{node}/resume", web::post().to(resume))
-            .route("/log", web::get().to(log)),
-    )
-    .default_service(web::to(not_found));
-}
-
-/// Why a request is refused: its status and the words, sent as
-/// `{"error": …}`. Handlers return `Result<HttpResponse, ApiError>` and use
-/// `?` on refusals and on the actors' answers.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl actix_web::ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-    fn error_response(&self) -> HttpResponse {
-        let mut r = HttpResponse::build(self.status);
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-        }
-        r.json(ErrorBody { error: self.message.clone() })
-    }
-}
-
-/// A name, path or archive id that cannot cross to another node: 400.
-fn named<T>(checked: Result<T, backmesh_api::names::BadName>) -> Result<T, ApiError> {
-    checked.map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
-}
-
-/// An actor that no longer answers: the node is stopping.
-impl From<actix::MailboxError> for ApiError {
-    fn from(e: actix::MailboxError) -> Self {
-        shutting_down(e)
-    }
-}
-
-/// What a handler answers.
-pub type Answer = Result<HttpResponse, ApiError>;
-
-pub fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
-    ApiError { status, message: msg.into() }
-}
-
-/// Compares in time independent of where the strings differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Who a request speaks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// `--token`, or any request when the node has no token: everything.
-    Admin,
-    /// `--viewer-token`: every read, nothing that changes anything.
-    Viewer,
-    /// `--site-token SITE=…`: that site's client page only.
-    Site(String),
-}
-
-/// Whether a `Host` header names this machine's loopback: a node without
-/// a token serves only requests addressed so, which a web page of another
-/// site cannot make a browser send (DNS rebinding).
-fn loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, port)| if port.parse::<u16>().is_ok() { h } else { host }),
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The role of the request's bearer token, or the 401.
-pub fn role(req: &HttpRequest, state: &ApiState) -> Result<Role, ApiError> {
-    let Some(token) = &state.token else {
-        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !loopback_host(host) {
-            return Err(error(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "this node has no API token, so it answers only requests addressed to 127.0.0.1 or \
-                     localhost, not `{host}`; set --token to serve other names"
-                ),
-            ));
-        }
-        return Ok(Role::Admin);
-    };
-    let given =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(g) = given else {
-        return Err(unauthorized("this node needs an API token: pass --token or set BACKMESH_TOKEN"));
-    };
-    if same(g.as_bytes(), token.as_bytes()) {
-        return Ok(Role::Admin);
-    }
-    if state.viewer_token.as_ref().is_some_and(|v| same(g.as_bytes(), v.as_bytes())) {
-        return Ok(Role::Viewer);
-    }
-    if let Some((site, _)) = state.site_tokens.iter().find(|(_, t)| same(g.as_bytes(), t.as_bytes())) {
-        return Ok(Role::Site(site.clone()));
-    }
-    Err(unauthorized("wrong API token"))
-}
-
-/// `Ok` when the request may change things (admin). A request that changes
-/// something must say `Content-Type: application/json`: a form or a plain
-/// `fetch` of another site cannot send that without the browser asking
-/// first, which this API never allows.
-fn admin(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
-    match role(req, state)? {
-        Role::Admin => {}
-        _ => {
-            return Err(error(
-                StatusCode::FORBIDDEN,
-                "this token is read-only: it cannot change, run, restore or download anything",
-            ))
-        }
-    }
-    if req.method() != actix_web::http::Method::GET {
-        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) {
-            return Err(error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("a {} must be sent as Content-Type: application/json, not `{ct}`", req.method()),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The 403 for a site token outside its site's page.
-pub fn site_only(site: &str) -> ApiError {
-    error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{site}`"))
-}
-
-/// `Ok` when the request may read the whole mesh (admin or viewer).
-fn reader(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
-    match role(req, state)? {
-        Role::Admin | Role::Viewer => Ok(()),
-        Role::Site(site) => Err(site_only(&site)),
-    }
-}
-
-fn unauthorized(msg: &str) -> ApiError {
-    error(StatusCode::UNAUTHORIZED, msg)
-}
 
 async fn health(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(&state.health)
 }
 
-/// A node answered a control request with something else than asked.
-fn odd_answer(node: &str, answer: impl std::fmt::Debug) -> ApiError {
-    error(StatusCode::BAD_GATEWAY, format!("node {node} answered {answer:?}"))
-}
-
-/// A node did not answer a control request.
-fn no_answer(node: &str, why: impl std::fmt::Display) -> ApiError {
-    error(StatusCode::SERVICE_UNAVAILABLE, format!("node {node}: {why}"))
-}
-
-pub fn shutting_down(e: impl std::fmt::Display) -> ApiError {
-    error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, format!("node is shutting down: {e}"))
-}
-
 fn job_status(j: &JobView) -> JobStatus {
-    let state = crate::dashboard::job_state(j, backmesh_actors::net::actor::now_ms());
+    let state = backmesh_actors::log::views::job_state(
+        j,
+        backmesh_actors::clock::now_ms(),
+        backmesh_actors::clock::minute_ms(),
+    );
     JobStatus {
         node: j.node.clone(),
         path: j.path.clone(),
         every: j.every_min,
         paused: j.paused,
         state,
-        last_success: j.last_success.as_ref().map(|t| backmesh_actors::net::actor::rfc3339(t.wall_ms)),
+        last_success: j.last_success.as_ref().map(|t| backmesh_actors::clock::rfc3339(t.wall_ms)),
     }
 }
 
@@ -268,17 +65,6 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     Ok(HttpResponse::Ok().json(s))
 }
 
-/// The problem to show when the mesh is too small for `--replicas` copies.
-pub fn replica_shortfall(nodes: usize, replicas: usize) -> Option<String> {
-    let others = nodes.saturating_sub(1);
-    (others < replicas).then(|| {
-        format!(
-            "--replicas is {replicas} but the mesh has {others} other node(s): each backup has {others} cop{} besides its own node's",
-            if others == 1 { "y" } else { "ies" }
-        )
-    })
-}
-
 async fn jobs(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     reader(&req, &state)?;
     let jobs = state.log.send(GetJobs).await?;
@@ -294,57 +80,6 @@ struct LogParams {
     before: Option<String>,
 }
 
-/// How long a keeper may take to answer a page of history.
-const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// One page of history, from whichever nodes keep it: the node a query
-/// names and the holders of its series (or, unfiltered, every node up),
-/// together with what this node holds. The routing is invisible to the
-/// caller; a keeper that does not answer is skipped.
-pub async fn read_history(state: &ApiState, q: HistoryQuery) -> Result<Page, ApiError> {
-    let status = state.membership.send(GetStatus).await?;
-    let keepers: Option<std::collections::BTreeSet<String>> = match &q.node {
-        Some(node) => Some(state.log.send(GetKeepers { node: node.clone(), path: q.path.clone() }).await?),
-        None => None,
-    };
-    // This node's page and its peers' are read at once: a page costs the
-    // slowest of them, not their sum.
-    let asked: Vec<_> = status
-        .nodes
-        .iter()
-        .filter(|n| n.up && !n.this_node)
-        .filter(|n| keepers.as_ref().is_none_or(|k| k.contains(&n.name)))
-        .map(|n| {
-            let (net, peer, q) = (state.net.clone(), n.peer_id.clone(), q.clone());
-            async move {
-                match tokio::time::timeout(HISTORY_WAIT, net.ctl(&peer, CtlRequest::History(q))).await {
-                    Ok(Ok(CtlResponse::History(mut page))) => {
-                        // Shown only as their origins signed them.
-                        let all = page.entries.len();
-                        page.entries.retain(|e| e.signed_by_origin());
-                        if page.entries.len() < all {
-                            tracing::warn!(
-                                "{peer} answered a page of history with {} entries their origins did not sign: \
-                                 left out",
-                                all - page.entries.len()
-                            );
-                        }
-                        Some(page)
-                    }
-                    _ => None,
-                }
-            }
-        })
-        .collect();
-    let (mine, theirs) =
-        futures::future::join(state.log.send(Query(q.clone())), futures::future::join_all(asked)).await;
-    let mine =
-        mine?.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read this node's history: {e}")))?;
-    let mut pages: Vec<Page> = theirs.into_iter().flatten().map(|p| p.older_than(q.before.as_deref())).collect();
-    pages.push(mine);
-    Ok(Page::combine(pages, q.limit))
-}
-
 async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogParams>) -> Answer {
     reader(&req, &state)?;
     let q = q.into_inner();
@@ -357,7 +92,28 @@ async fn log(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<LogPara
     }))
 }
 
-async fn not_found(req: HttpRequest) -> Answer {
+/// The API's own routes under `scope` (`/api/v1`).
+pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
+    scope
+        .route("/health", web::get().to(health))
+        .route("/status", web::get().to(status))
+        .route("/jobs", web::get().to(jobs))
+        .route("/jobs", web::post().to(register))
+        .route("/jobs", web::delete().to(unregister))
+        .route("/run", web::post().to(run))
+        .route("/progress", web::get().to(progress))
+        .route("/requests/{id}", web::get().to(request_entries))
+        .route("/backups", web::get().to(backups))
+        .route("/restore", web::post().to(restore))
+        .route("/fetch", web::get().to(fetch))
+        .route("/verify", web::post().to(verify))
+        .route("/nodes/{node}/pause", web::post().to(pause))
+        .route("/nodes/{node}/resume", web::post().to(resume))
+        .route("/log", web::get().to(log))
+}
+
+/// Any other path: 404 in the API's shape.
+pub async fn not_found(req: HttpRequest) -> Answer {
     Err(error(StatusCode::NOT_FOUND, format!("no such route: {} {}", req.method(), req.path())))
 }
 
@@ -456,21 +212,15 @@ async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<
             format!("node {} is down and cannot confirm the path; try again when it is up", b.node),
         ))
     } else {
-        match state
-            .net
-            .ctl(
-                &node.peer_id,
-                CtlRequest::CheckSource {
-                    path: named(series(&b.path))?,
-                    every_min: b.every,
-                    excludes: b.excludes.clone(),
-                    spec: spec.clone(),
-                },
-            )
-            .await
-        {
-            Ok(CtlResponse::PathOk) => Ok(()),
-            Ok(CtlResponse::PathRefused { reason }) => {
+        let check = JobsRequest::CheckSource {
+            path: named(series(&b.path))?,
+            every_min: b.every,
+            excludes: b.excludes.clone(),
+            spec: spec.clone(),
+        };
+        match state.net.call(&node.peer_id, &JOBS, &check).await {
+            Ok(JobsAnswer::PathOk) => Ok(()),
+            Ok(JobsAnswer::PathRefused { reason } | JobsAnswer::Failed { reason }) => {
                 Err(error(StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node)))
             }
             Ok(other) => Err(odd_answer(&b.node, other)),
@@ -532,19 +282,14 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
             format!("node {} is down; the run cannot start until it is back", b.node),
         ))
     } else {
-        match state
-            .net
-            .ctl(
-                &node.peer_id,
-                CtlRequest::Run { path: named(series(&b.path))?, request: Some(request.clone()), grant: None }
-                    .granted(state.token.as_deref(), &b.node),
-            )
-            .await
-        {
-            Ok(CtlResponse::Queued { id }) => Ok(id),
-            Ok(CtlResponse::Busy { reason }) => {
+        let run = JobsRequest::Run { path: named(series(&b.path))?, request: Some(request.clone()), grant: None };
+        let run = grant::sign(run, state.token.as_deref(), &b.node);
+        match state.net.call(&node.peer_id, &JOBS, &run).await {
+            Ok(JobsAnswer::Queued { id }) => Ok(id),
+            Ok(JobsAnswer::Busy { reason }) => {
                 Err(error(StatusCode::TOO_MANY_REQUESTS, format!("on {}: {reason}", b.node)))
             }
+            Ok(JobsAnswer::Failed { reason }) => Err(error(StatusCode::FORBIDDEN, format!("on {}: {reason}", b.node))),
             Ok(other) => Err(odd_answer(&b.node, other)),
             Err(e) => Err(no_answer(&b.node, e)),
         }
@@ -617,7 +362,7 @@ async fn offsite_archives(
     state: &ApiState,
     node: &str,
     path: &str,
-    catalog: &[backmesh_actors::log::mesh::CatalogArchive],
+    catalog: &[backmesh_actors::log::views::CatalogArchive],
 ) -> Vec<backmesh_api::Archive> {
     let Some((_, offsite)) = &state.offsite else { return Vec::new() };
     let known: std::collections::HashSet<String> = catalog.iter().map(|a| a.id.clone()).collect();
@@ -641,7 +386,7 @@ async fn offsite_archives(
                 if !known.contains(&l.id) {
                     // Only in the bucket (the mesh lost or pruned it): its manifest says what it is.
                     let m = o.manifest(&node, &path, l)?;
-                    a.created = Some(backmesh_actors::net::actor::rfc3339(m.created_ms));
+                    a.created = Some(backmesh_actors::clock::rfc3339(m.created_ms));
                     (a.size, a.files, a.warnings) =
                         (m.tgz_len, m.stats.files + m.stats.hardlinks, m.warnings.len() as u64);
                 }
@@ -689,8 +434,9 @@ async fn progress(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Jo
     if node.this_node {
         return Ok(HttpResponse::Ok().json(view::progress(state.jobs.send(GetProgress { path: q.path }).await?)));
     }
-    match state.net.ctl(&node.peer_id, CtlRequest::Progress { path: named(series(&q.path))? }).await {
-        Ok(CtlResponse::Progress(p)) => Ok(HttpResponse::Ok().json(view::progress(p))),
+    let ask = JobsRequest::Progress { path: named(series(&q.path))? };
+    match state.net.call(&node.peer_id, &JOBS, &ask).await {
+        Ok(JobsAnswer::Progress(p)) => Ok(HttpResponse::Ok().json(view::progress(p))),
         Ok(other) => Err(odd_answer(&q.node, other)),
         Err(e) => Err(no_answer(&q.node, e)),
     }
@@ -704,7 +450,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
     let on = b.on.clone().unwrap_or_else(|| b.node.clone());
     let target = find_node(&state, &on).await?;
     let mut c = state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await?;
-    let known = |c: &[backmesh_actors::log::mesh::CatalogArchive]| {
+    let known = |c: &[backmesh_actors::log::views::CatalogArchive]| {
         !c.is_empty() && b.archive.as_ref().is_none_or(|id| c.iter().any(|a| &a.id == id))
     };
     if !known(&c) {
@@ -750,7 +496,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
     } else if !target.up {
         Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("node {on} is down; restore onto another node with --on")))
     } else {
-        let ctl = CtlRequest::Restore {
+        let ask = ReplicaRequest::Restore {
             node: named(name(&b.node))?,
             path: named(series(&b.path))?,
             archive: named(b.archive.as_deref().map(archive).transpose())?,
@@ -758,11 +504,11 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
             overwrite: b.overwrite,
             request: request.clone(),
             grant: None,
-        }
-        .granted(state.token.as_deref(), &on);
-        match state.net.ctl(&target.peer_id, ctl).await {
-            Ok(CtlResponse::Accepted) => Ok(()),
-            Ok(CtlResponse::Failed { reason }) => Err(error(StatusCode::BAD_REQUEST, format!("on {on}: {reason}"))),
+        };
+        let ask = grant::sign(ask, state.token.as_deref(), &on);
+        match state.net.call(&target.peer_id, &REPLICA, &ask).await {
+            Ok(ReplicaAnswer::Accepted) => Ok(()),
+            Ok(ReplicaAnswer::Failed { reason }) => Err(error(StatusCode::BAD_REQUEST, format!("on {on}: {reason}"))),
             Ok(other) => Err(odd_answer(&on, other)),
             Err(e) => Err(no_answer(&on, e)),
         }
@@ -875,16 +621,16 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
             let msg = VerifyHere { node: b.node.clone(), path: b.path.clone(), request: request.clone() };
             Ok(state.replica.send(msg).await?)
         } else {
-            let ctl = CtlRequest::Verify {
+            let ask = ReplicaRequest::Verify {
                 node: named(b.node.as_deref().map(name).transpose())?,
                 path: named(b.path.as_deref().map(series).transpose())?,
                 request: request.clone(),
                 grant: None,
-            }
-            .granted(state.token.as_deref(), &n.name);
-            match state.net.ctl(&n.peer_id, ctl).await {
-                Ok(CtlResponse::Verifying { series }) => Ok(series),
-                Ok(CtlResponse::Failed { reason }) => Err(reason),
+            };
+            let ask = grant::sign(ask, state.token.as_deref(), &n.name);
+            match state.net.call(&n.peer_id, &REPLICA, &ask).await {
+                Ok(ReplicaAnswer::Verifying { series }) => Ok(series),
+                Ok(ReplicaAnswer::Failed { reason }) => Err(reason),
                 Ok(other) => Err(format!("answered {other:?}")),
                 Err(e) => Err(e.to_string()),
             }

@@ -305,7 +305,7 @@ impl NodeConfig {
             replicas: args.replicas.or(file.replicas).unwrap_or(3),
             keep: {
                 let keep = args.keep.or(file.keep).unwrap_or(backmesh_actors::store::DEFAULT_KEEP);
-                let most = backmesh_actors::log::mesh::ARCHIVES_KEPT;
+                let most = backmesh_actors::log::records::ARCHIVES_KEPT;
                 if keep == 0 || keep > most {
                     bail!("--keep {keep}: keep between 1 and {most} archives per path (the mesh remembers {most} per path)");
                 }

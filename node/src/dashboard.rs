@@ -15,19 +15,20 @@
 //! - `GET /metrics`: Prometheus text format.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use backmesh_actors::clock::{now_ms, rfc3339};
 use backmesh_actors::log::actor::{GetCatalog, GetCatalogs, GetJobs};
 use backmesh_actors::log::history::{HistoryQuery, PAGE_MAX};
-use backmesh_actors::log::mesh::{CatalogArchive, JobView};
-use backmesh_actors::net::actor::{now_ms, rfc3339, GetStatus};
+use backmesh_actors::log::views::{CatalogArchive, JobView};
+use backmesh_actors::net::actor::GetStatus;
 use backmesh_api::dashboard::{Counts, Execution, JobPage, JobRow, NodeRow, Overview, Site, SiteNode, WhoAmI};
 use backmesh_api::JobState;
 use serde::Deserialize;
 
-use crate::api::{error, role, site_only, Answer, ApiError, ApiState, Role};
+use crate::http::{error, role, site_only, Answer, ApiError, ApiState, Role};
 use actix_web::http::StatusCode;
 
 const INDEX: &str = include_str!("dashboard/index.html");
@@ -73,16 +74,16 @@ async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     }))
 }
 
-pub use backmesh_actors::log::mesh::job_state;
+pub use backmesh_actors::log::views::job_state;
 
 fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
-    let fmt = |t: &backmesh_actors::log::mesh::Stamp| rfc3339(t.wall_ms);
+    let fmt = |t: &backmesh_actors::log::crdt::Stamp| rfc3339(t.wall_ms);
     let newest = catalog.and_then(|c| c.first());
     JobRow {
         node: j.node.clone(),
         path: j.path.clone(),
         every: j.every_min,
-        state: job_state(j, now),
+        state: job_state(j, now, backmesh_actors::clock::minute_ms()),
         last_success: j.last_success.as_ref().map(fmt),
         last_success_age_s: j.last_success.as_ref().map(|t| (now - t.wall_ms).max(0) / 1000),
         last_result: j.last.as_ref().map(|l| crate::view::run_result(l.result)),
@@ -279,7 +280,7 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(
             status
                 .problems
                 .into_iter()
-                .chain(crate::api::replica_shortfall(status.nodes.len(), state.replicas))
+                .chain(crate::reads::replica_shortfall(status.nodes.len(), state.replicas))
                 .collect()
         } else {
             Vec::new()
@@ -320,7 +321,7 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
     let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
     let catalog: Option<&Vec<CatalogArchive>> = (!catalog.is_empty()).then_some(&*catalog);
     let query = HistoryQuery { node: Some(q.node.clone()), path: Some(q.path.clone()), before: None, limit: PAGE_MAX };
-    let entries = crate::api::read_history(&state, query).await?.entries;
+    let entries = crate::reads::read_history(&state, query).await?.entries;
     let executions = entries
         .iter()
         .filter(|e| e.event.node() == q.node && ["finished", "unchanged", "failed"].contains(&e.event.kind()))
@@ -412,47 +413,4 @@ async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
         backlog.into_iter().map(|(n, v)| (format!("{{node=\"{}\"}}", label(&n)), v)).collect(),
     );
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(out))
-}
-
-/// What was last heard from each federated mesh.
-pub type Federation = Arc<Mutex<HashMap<String, Result<Overview, String>>>>;
-
-/// Asks every federated mesh for its overview every few seconds.
-pub fn start_federation(federate: Vec<crate::config::Federated>, into: Federation) {
-    if federate.is_empty() {
-        return;
-    }
-    actix::spawn(async move {
-        loop {
-            for f in &federate {
-                let f2 = f.clone();
-                let got =
-                    tokio::task::spawn_blocking(move || ask_remote(&f2)).await.unwrap_or_else(|e| Err(e.to_string()));
-                if let Ok(mut map) = into.lock() {
-                    map.insert(f.name.clone(), got);
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
-}
-
-fn ask_remote(f: &crate::config::Federated) -> Result<Overview, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(4)))
-        .build()
-        .into();
-    let url = format!("{}{}/dashboard?local=true", f.url.trim_end_matches('/'), backmesh_api::PREFIX);
-    let mut req = agent.get(&url);
-    if let Some(t) = &f.token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    match req.call() {
-        Ok(mut resp) if resp.status().is_success() => {
-            resp.body_mut().read_json::<Overview>().map_err(|e| format!("unexpected answer: {e}"))
-        }
-        Ok(resp) => Err(format!("it refused ({})", resp.status())),
-        Err(e) => Err(format!("unreachable: {e}")),
-    }
 }

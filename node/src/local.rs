@@ -80,7 +80,7 @@ fn key_of(p: &Path) -> Result<String> {
     abs.to_str().map(str::to_string).ok_or_else(|| anyhow!("path {} is not valid UTF-8", abs.display()))
 }
 
-use backmesh_actors::net::actor::rfc3339;
+use backmesh_actors::clock::rfc3339;
 use backmesh_api::human_bytes as mib;
 
 #[derive(Args, Debug)]

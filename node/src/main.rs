@@ -9,8 +9,12 @@
 mod api;
 mod config;
 mod dashboard;
+mod federation;
+mod http;
 mod init;
 mod local;
+mod reads;
+mod routes;
 mod run;
 mod view;
 

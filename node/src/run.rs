@@ -7,22 +7,25 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
+use backmesh_actors::disk::free_bytes;
 use backmesh_actors::jobs::actor::{JobsActor, JobsConfig};
 use backmesh_actors::jobs::plugin::Programs;
-use backmesh_actors::log::actor::{Gossiped, LogActor, StateReceived};
-use backmesh_actors::net::actor::{free_bytes, Incompatible, Limited, MembershipActor, NetEvent};
+use backmesh_actors::log::actor::LogActor;
+use backmesh_actors::net::actor::MembershipActor;
 use backmesh_actors::net::membership::{Membership, NodeInfo};
-use backmesh_actors::net::{swarm, swarm_key};
+use backmesh_actors::net::router::Router;
+use backmesh_actors::net::{client, swarm, swarm_key};
 use backmesh_actors::notify::NotifyActor;
 use backmesh_actors::replica::actor::{ReplicaActor, ReplicaConfig};
 use backmesh_actors::store::{write_atomic, Store};
+use backmesh_actors::{jobs, log, protocols, replica};
 use backmesh_api::Health;
 
-use crate::api::{self, ApiState};
 use crate::config::NodeConfig;
+use crate::http::ApiState;
 
 fn check_data_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -136,7 +139,10 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             info: me,
             connections_per_peer: swarm::CONNECTIONS_PER_PEER,
             outbound_per_peer: swarm::OUTBOUND_PER_PEER,
-            protocol: backmesh_actors::net::wire::MESH_PROTOCOL,
+            protocol: protocols::MESH_PROTOCOL,
+            protocols: protocols::all(),
+            topics: protocols::topics(),
+            max_gossip: protocols::MAX_GOSSIP,
             partition: std::env::var_os("BACKMESH_TEST_PARTITION").map(std::path::PathBuf::from),
         })?;
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
@@ -196,7 +202,6 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             store.clone(),
             log.clone(),
             replica.clone().recipient(),
-            net.clone(),
             JobsConfig { keep: cfg.keep, max_parallel: 2, queue_bound: cfg.queue_limit, programs: programs.clone() },
         )
         .start();
@@ -212,24 +217,23 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                 Err(e) => tracing::error!("cannot start the mesh network's runtime: {e}"),
             })
             .context("cannot start the mesh network's thread")?;
-        actix::spawn(route(
-            inbound,
-            Routes {
-                me: cfg.name.clone(),
-                token: cfg.token.clone(),
-                net: net.clone(),
-                membership: actor.clone(),
-                log: log.clone(),
-                jobs: jobs.clone(),
-                replica: replica.clone(),
-            },
-        ));
+        // Each area's protocols, to the actor that answers them; what makes
+        // this node act checks the operator's grant (its name and token).
+        let (me, token) = (cfg.name.clone(), cfg.token.clone());
+        let router = Router::new(actor.clone())
+            .hear(log::proto::LOG_TOPIC, log::actor::hear(log.clone()))
+            .accept(&log::proto::STATE, log::actor::serve_state(log.clone()))
+            .accept(&log::proto::HISTORY, log::actor::serve_history(log.clone()))
+            .accept(&jobs::proto::JOBS, jobs::actor::serve(jobs.clone(), me.clone(), token.clone()))
+            .accept(&replica::proto::XFER, replica::actor::serve_xfer(replica.clone()))
+            .accept(&replica::proto::REPLICA, replica::actor::serve_replica(replica.clone(), me, token));
+        actix::spawn(router.run(inbound));
         let mut listen = net.listen_addrs().await?;
         if listen.is_empty() {
-            listen.push(swarm::multiaddr_of(cfg.listen).to_string());
+            listen.push(client::multiaddr_of(cfg.listen).to_string());
         }
-        let federation = crate::dashboard::Federation::default();
-        crate::dashboard::start_federation(cfg.federate.clone(), federation.clone());
+        let federation = crate::federation::Federation::default();
+        crate::federation::start_federation(cfg.federate.clone(), federation.clone());
         let state = ApiState {
             membership: actor,
             log,
@@ -253,7 +257,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             },
         };
         let data = web::Data::new(state);
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(api::routes))
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(crate::routes::routes))
             .workers(2)
             .disable_signals()
             .shutdown_timeout(5);
@@ -320,11 +324,10 @@ async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf)
         tokio::time::sleep(PROBE_EVERY).await;
         // A flush waits for the disk: off the actors' thread.
         let s = store.clone();
-        let probe = tokio::task::spawn_blocking(move || s.probe_index(backmesh_actors::net::actor::now_ms()))
-            .await
-            .unwrap_or_else(|e| {
-                Err(backmesh_actors::store::StoreError::Index { reason: format!("the probe crashed: {e}") })
-            });
+        let probe =
+            tokio::task::spawn_blocking(move || s.probe_index(backmesh_actors::clock::now_ms())).await.unwrap_or_else(
+                |e| Err(backmesh_actors::store::StoreError::Index { reason: format!("the probe crashed: {e}") }),
+            );
         match watch.observe(probe, free_bytes(&data_dir), std::time::Instant::now()) {
             Verdict::Healthy => {
                 if std::mem::take(&mut failing) {
@@ -360,66 +363,6 @@ async fn shutdown_signal() -> &'static str {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
             "interrupt"
-        }
-    }
-}
-
-/// The actors that answer what the network hears, and what this node's
-/// operator set that decides whether it acts for others.
-struct Routes {
-    /// This node's name and API token: a request that makes it act must
-    /// carry a grant made with the same token.
-    me: String,
-    token: Option<String>,
-    net: swarm::NetClient,
-    membership: Addr<MembershipActor>,
-    log: Addr<LogActor>,
-    jobs: Addr<JobsActor>,
-    replica: Addr<ReplicaActor>,
-}
-
-/// Hands each event the network heard to the actor that answers it, until
-/// the network loop stops.
-async fn route(mut inbound: tokio::sync::mpsc::Receiver<swarm::Inbound>, to: Routes) {
-    use backmesh_actors::net::wire::{CtlRequest, CtlResponse};
-    use swarm::Inbound;
-    while let Some(event) = inbound.recv().await {
-        match event {
-            Inbound::Seen { peer } => to.membership.do_send(NetEvent::Seen { peer }),
-            Inbound::Hello { peer, info } => to.membership.do_send(NetEvent::Hello { peer, info }),
-            Inbound::Gossip { from, id, data } => to.log.do_send(Gossiped { from, id, data }),
-            Inbound::StatePull { pull, channel } => {
-                to.log.do_send(backmesh_actors::log::actor::ServeStatePull { pull, channel })
-            }
-            Inbound::StateAnswer { from, batch } => to.log.do_send(StateReceived {
-                records: batch.records.known,
-                unknown: batch.records.unknown,
-                from,
-                next_bucket: batch.next_bucket,
-            }),
-            Inbound::Ctl(ctl) if ctl.request.check_grant(to.token.as_deref(), &to.me).is_err() => {
-                let reason = ctl
-                    .request
-                    .check_grant(to.token.as_deref(), &to.me)
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
-                tracing::warn!("refused a request from the mesh: {reason}");
-                let net = to.net.clone();
-                actix::spawn(async move {
-                    let _ = net.answer_ctl(ctl.channel, CtlResponse::Failed { reason }).await;
-                });
-            }
-            Inbound::Ctl(ctl) => match ctl.request {
-                CtlRequest::Run { .. } | CtlRequest::Progress { .. } | CtlRequest::CheckSource { .. } => {
-                    to.jobs.do_send(ctl)
-                }
-                CtlRequest::Restore { .. } | CtlRequest::Verify { .. } => to.replica.do_send(ctl),
-                CtlRequest::History(_) => to.log.do_send(ctl),
-            },
-            Inbound::Xfer(xfer) => to.replica.do_send(xfer),
-            Inbound::Limited { peer, what } => to.membership.do_send(Limited { peer, what }),
-            Inbound::Incompatible { peer, what } => to.membership.do_send(Incompatible { peer, what }),
         }
     }
 }

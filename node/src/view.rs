@@ -5,11 +5,12 @@
 
 use std::collections::HashSet;
 
+use backmesh_actors::clock::rfc3339;
 use backmesh_actors::jobs::plugin;
+use backmesh_actors::jobs::proto::RunProgress;
 use backmesh_actors::log::entry::{Entry, Event};
-use backmesh_actors::log::mesh::{CatalogArchive, RunResult};
-use backmesh_actors::net::actor::rfc3339;
-use backmesh_actors::net::wire::RunProgress;
+use backmesh_actors::log::records::RunResult;
+use backmesh_actors::log::views::CatalogArchive;
 use backmesh_api as api;
 
 pub fn entry(e: &Entry) -> api::LogEntry {

@@ -44,14 +44,16 @@ use std::sync::Arc;
 
 use backmesh_actors::jobs::schedule::due;
 use backmesh_actors::log::actor::QUIET_MS;
+use backmesh_actors::log::anti_entropy::{answer_pull, Settled};
+use backmesh_actors::log::crdt::Stamp;
 use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Clock;
-use backmesh_actors::log::mesh::{
-    answer_pull, JobView, MeshState, Record, RecordKey, SeriesKey, Settled, Stamp, BUCKETS,
-};
+use backmesh_actors::log::mesh::MeshState;
+use backmesh_actors::log::proto::STATE_BATCH_BYTES;
+use backmesh_actors::log::records::{Record, RecordKey, SeriesKey, BUCKETS};
 use backmesh_actors::log::seal::Seal;
+use backmesh_actors::log::views::JobView;
 use backmesh_actors::net::membership::{Membership, NodeInfo};
-use backmesh_actors::net::wire::STATE_BATCH_BYTES;
 use backmesh_actors::replica::placement::{holders, Candidate};
 
 /// Simulated milliseconds per anti-entropy round (a node pulls every 10 s).

@@ -30,11 +30,11 @@ use serde_bytes::ByteBuf;
 use sha2::{Digest as _, Sha256};
 
 use super::cut::{Chunker, GroupCutter, DEFAULT_TARGET};
+use super::error::{lossy, ArchiveError, Warning, WarningKind};
 use super::manifest::{members_tree_digest, ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
 use super::reuse::{self, Chunk, EntryPrint, Previous, Record, Recorder, RecordsHeader};
 use super::tarfmt::{header_len, padding, write_header, EntryMeta, Kind, BLOCK};
 use super::walk::{Excludes, Item, Stat, Walker};
-use super::{ArchiveError, Warning, WarningKind};
 use crate::hash::Digest;
 
 /// How to build an archive.
@@ -1315,10 +1315,6 @@ fn entry_meta(rel: &[u8], m: &Stat, kind: Kind, link: Option<Vec<u8>>) -> EntryM
         gid: u64::from(m.gid),
         link,
     }
-}
-
-pub(crate) fn lossy(rel: &[u8]) -> String {
-    String::from_utf8_lossy(rel).into_owned()
 }
 
 #[cfg(test)]

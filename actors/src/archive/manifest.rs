@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::error::Warning;
 use super::tarfmt::Kind;
-use super::Warning;
 use crate::hash::Digest;
 
 /// Magic bytes that open every manifest file.
@@ -609,7 +609,7 @@ mod tests {
         m.files.push(FileRecord { mtime: i64::MIN, ..m.files[0].clone() });
         m.warnings.push(Warning {
             path: "x".into(),
-            kind: super::super::WarningKind::Vanished,
+            kind: crate::archive::error::WarningKind::Vanished,
             message: "gone".into(),
         });
         for m in [sample(), of_members(), m] {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::{ArchiveError, Warning, WarningKind};
+use super::error::{ArchiveError, Warning, WarningKind};
 
 /// Exclude patterns. A pattern without `/` matches a name at any depth
 /// (`*.log`, `node_modules`); one with `/` matches the path relative to the

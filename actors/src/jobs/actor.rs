@@ -2,8 +2,8 @@
 //!
 //! Messages and senders:
 //! - [`RunNow`] (the HTTP API of this node): queue an on-demand run.
-//! - [`ServeCtl`] (the network loop: `Run`, `Progress` or `CheckSource`
-//!   asked through another node), answered on the request's channel.
+//! - [`ServeJobs`] (the router, through [`serve`]: `Run`, `Progress` or
+//!   `CheckSource` asked through another node), answered on its reply.
 //! - [`GetProgress`], [`CheckSource`] (the HTTP API of this node).
 //!
 //! Every second it folds the jobs from the log; each job of this node that
@@ -21,15 +21,15 @@ use std::sync::atomic::Ordering;
 use actix::prelude::*;
 
 use super::plugin::Programs;
+use super::proto::{JobsAnswer, JobsRequest, RunProgress, JOBS};
 use super::queue::{Item, NotQueued, Queue};
 use super::run::{run_job, RunOutcome};
 use crate::archive::{CreateOptions, Progress};
+use crate::clock::now_ms;
 use crate::log::actor::{GetJobsOf, LogActor, Record};
 use crate::log::entry::Event;
-use crate::log::mesh::JobView;
-use crate::net::actor::now_ms;
-use crate::net::swarm::{NetClient, ServeCtl};
-use crate::net::wire::{CtlRequest, CtlResponse, RunProgress};
+use crate::log::views::JobView;
+use crate::net::rpc::{InboundRequest, Reply};
 use crate::store::{Retention, Store};
 
 /// Queue an on-demand run of `path` (a registered job of this node); its
@@ -50,6 +50,39 @@ pub struct CheckSource {
     pub excludes: Vec<String>,
     /// As registered: with the registering node's grant, if any.
     pub spec: super::plugin::JobSpec,
+}
+
+/// A backup stored a new archive: its copies can go now rather than at
+/// the next round. Sender: the jobs actor, to the replica actor.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct ArchiveStored;
+
+/// A request of [`JOBS`] from another node, its grant checked. Sender: the
+/// router, through [`serve`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeJobs {
+    pub request: JobsRequest,
+    pub reply: Reply<JobsAnswer>,
+}
+
+/// The handler of [`JOBS`] requests for the router: decodes a request,
+/// checks the operator's grant on what makes this node act (`me` is its
+/// name, `token` its API token), and hands it to the jobs actor.
+pub fn serve(jobs: Addr<JobsActor>, me: String, token: Option<String>) -> impl Fn(InboundRequest) {
+    move |req| {
+        let reply = req.reply.typed::<JobsAnswer>();
+        let request: JobsRequest = match crate::codec::decode(&req.body, JOBS.max_request) {
+            Ok(r) => r,
+            Err(e) => return reply.send(&JobsAnswer::Failed { reason: format!("an unreadable request: {e}") }),
+        };
+        if let Err(e) = crate::grant::check(&request, token.as_deref(), &me) {
+            tracing::warn!("refused a request from the mesh ({}): {e}", req.peer);
+            return reply.send(&JobsAnswer::Failed { reason: e.to_string() });
+        }
+        jobs.do_send(ServeJobs { request, reply });
+    }
 }
 
 /// The counters of the running backup of `path`.
@@ -93,9 +126,8 @@ pub struct JobsActor {
     max_parallel: usize,
     keep: Retention,
     programs: Programs,
-    net: NetClient,
     /// Told when a backup stored a new archive (the replica actor).
-    replica: Recipient<crate::replica::actor::SyncNow>,
+    stored: Recipient<ArchiveStored>,
 }
 
 impl JobsActor {
@@ -104,8 +136,7 @@ impl JobsActor {
         me: String,
         store: Arc<Store>,
         log: Addr<LogActor>,
-        replica: Recipient<crate::replica::actor::SyncNow>,
-        net: NetClient,
+        stored: Recipient<ArchiveStored>,
         cfg: JobsConfig,
     ) -> Self {
         let bound = cfg.queue_bound;
@@ -130,8 +161,7 @@ impl JobsActor {
             max_parallel: cfg.max_parallel.max(1),
             keep: cfg.keep,
             programs: cfg.programs,
-            net,
-            replica,
+            stored,
         }
     }
 
@@ -158,7 +188,7 @@ impl JobsActor {
     fn schedule(&mut self, jobs: Vec<JobView>) {
         let now = now_ms();
         self.jobs = jobs.into_iter().filter(|j| j.node == self.me).map(|j| (j.path.clone(), j)).collect();
-        let due = super::schedule::due(self.jobs.values(), now, super::minute_ms(), |path| {
+        let due = super::schedule::due(self.jobs.values(), now, crate::clock::minute_ms(), |path| {
             self.running.contains(path) || self.queue.is_waiting(path)
         });
         for path in due {
@@ -259,7 +289,7 @@ impl JobsActor {
             };
             tracing::info!("backup of {path}: {}", event.kind());
             if matches!(&event, Event::Finished { archive, .. } if !archive.is_empty()) {
-                act.replica.do_send(crate::replica::actor::SyncNow);
+                act.stored.do_send(ArchiveStored);
             }
             let recorded = act.log.send(Record(event));
             for archive in pruned {
@@ -349,28 +379,24 @@ impl Handler<GetProgress> for JobsActor {
     }
 }
 
-impl Handler<ServeCtl> for JobsActor {
+impl Handler<ServeJobs> for JobsActor {
     type Result = ();
-    fn handle(&mut self, msg: ServeCtl, ctx: &mut Context<Self>) {
-        let response = match msg.request {
-            CtlRequest::Run { path, request, .. } => match self.handle(RunNow { path: path.into(), request }, ctx) {
-                Ok(id) => CtlResponse::Queued { id },
-                Err(why) => CtlResponse::Busy { reason: why.to_string() },
+    fn handle(&mut self, msg: ServeJobs, ctx: &mut Context<Self>) {
+        let answer = match msg.request {
+            JobsRequest::Run { path, request, .. } => match self.handle(RunNow { path: path.into(), request }, ctx) {
+                Ok(id) => JobsAnswer::Queued { id },
+                Err(why) => JobsAnswer::Busy { reason: why.to_string() },
             },
-            CtlRequest::Progress { path } => {
-                CtlResponse::Progress(self.handle(GetProgress { path: path.into() }, ctx).0)
+            JobsRequest::Progress { path } => {
+                JobsAnswer::Progress(self.handle(GetProgress { path: path.into() }, ctx).0)
             }
-            CtlRequest::CheckSource { path, every_min, excludes, spec } => {
+            JobsRequest::CheckSource { path, every_min, excludes, spec } => {
                 match self.handle(CheckSource { path: path.into(), every_min, excludes, spec }, ctx) {
-                    Ok(()) => CtlResponse::PathOk,
-                    Err(reason) => CtlResponse::PathRefused { reason: reason.to_string() },
+                    Ok(()) => JobsAnswer::PathOk,
+                    Err(reason) => JobsAnswer::PathRefused { reason: reason.to_string() },
                 }
             }
-            other => CtlResponse::Failed { reason: format!("the jobs actor does not serve {other:?}") },
         };
-        let net = self.net.clone();
-        actix::spawn(async move {
-            let _ = net.answer_ctl(msg.channel, response).await;
-        });
+        msg.reply.send(&answer);
     }
 }

@@ -77,7 +77,7 @@ impl JobSpec {
     fn mac(&self, token: &str, job: &Job) -> hmac::Hmac<sha2::Sha256> {
         let bare = JobSpec { grant: None, ..self.clone() };
         let signed = ("register", job.node, job.path, job.every_min, job.excludes, &bare);
-        crate::net::wire::operator_mac(token, &crate::net::wire::encode(&signed))
+        crate::grant::operator_mac(token, &crate::codec::encode(&signed))
     }
 
     /// This spec with the operator's grant for `job`, when it runs
@@ -281,7 +281,7 @@ impl Programs {
 /// Can this node run a job of `path` with `spec`? `Err` says why not.
 pub fn check_source(data_dir: &Path, path: &str, spec: &JobSpec) -> Result<(), JobError> {
     match spec.source() {
-        Source::Dir => super::check_path(path),
+        Source::Dir => check_path(path),
         Source::Command if spec.args.is_empty() => {
             Err(JobError::Refused("a `command` source needs the command line: --arg PROGRAM --arg ARG…".into()))
         }
@@ -586,6 +586,20 @@ pub fn zero_mtimes(dir: &Path) -> std::io::Result<()> {
     }
     walk(dir, zero)?;
     filetime::set_file_mtime(dir, zero)
+}
+
+/// Can `path` be backed up on this node? `Err` says why not, in words.
+pub fn check_path(path: &str) -> Result<(), JobError> {
+    let p = std::path::Path::new(path);
+    if !p.is_absolute() {
+        return Err(JobError::Refused(format!("`{path}` is not an absolute path")));
+    }
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(JobError::Refused(format!("{path} is not a directory"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(JobError::Refused(format!("{path} does not exist"))),
+        Err(e) => Err(JobError::Io(format!("{path} cannot be read: {e}"))),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use crate::clock::now_ms;
 
 use crate::archive::cut::GroupCutter;
 use crate::archive::manifest::{members_tree_digest, TreeRule};
@@ -59,10 +61,6 @@ pub enum RunOutcome {
 pub struct RunReport {
     pub outcome: RunOutcome,
     pub duration_ms: u64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Backs up `path` as (node, path) into `store`, keeping `keep` archives.
@@ -254,20 +252,6 @@ fn remember(
 ) -> Result<(), StoreError> {
     let entry = StatCacheEntry { snapshot, excludes: opts.excludes.clone(), archive_id: id.to_string(), tree_digest };
     store.set_stat_cache(node, key, &entry)
-}
-
-/// Can `path` be backed up on this node? `Err` says why not, in words.
-pub fn check_path(path: &str) -> Result<(), JobError> {
-    let p = Path::new(path);
-    if !p.is_absolute() {
-        return Err(JobError::Refused(format!("`{path}` is not an absolute path")));
-    }
-    match std::fs::metadata(p) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(JobError::Refused(format!("{path} is not a directory"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(JobError::Refused(format!("{path} does not exist"))),
-        Err(e) => Err(JobError::Io(format!("{path} cannot be read: {e}"))),
-    }
 }
 
 /// A backup that failed, as a job's error: refused when it will fail the

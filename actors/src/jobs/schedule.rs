@@ -2,7 +2,7 @@
 //! The jobs actor asks it every second with the time and what is running
 //! or waiting, and queues the answer; nothing here reads a clock.
 
-use crate::log::mesh::JobView;
+use crate::log::views::JobView;
 
 /// Paths of the jobs that should be queued at `now_ms`: not paused, not
 /// running or waiting already, and never started or last started at least
@@ -36,8 +36,8 @@ pub fn due<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::crdt::Stamp;
     use crate::log::hlc::Hlc;
-    use crate::log::mesh::Stamp;
 
     fn job(path: &str, every_min: u64, started_ms: Option<i64>, paused: bool) -> JobView {
         JobView {

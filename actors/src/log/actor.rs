@@ -5,13 +5,18 @@
 //! - [`Record`] (API handlers, the job runner, the replica actor): a new
 //!   local event → a new entry, stored durably, folded into the state, then
 //!   pushed to peers by gossip.
-//! - [`Received`] (network loop: gossip): entries from peers, folded into
-//!   the state; kept durably when this node keeps their series.
-//! - [`ServeStatePull`] (network loop: a peer's anti-entropy pull):
-//!   answered with the records of the buckets where the digests differ.
-//! - [`StateReceived`] (network loop: the answer to this node's pull):
-//!   records merged; a cut answer triggers the next pull at once.
-//! - [`ServeCtl`] with `History` (network loop: a peer reading history).
+//! - [`Gossiped`] (the router: gossip on [`LOG_TOPIC`]): entries from
+//!   peers, folded into the state; kept durably when this node keeps their
+//!   series.
+//! - [`ServeStatePull`] (the router: a peer's anti-entropy pull on
+//!   [`STATE`]): answered with the records of the buckets where the
+//!   digests differ.
+//! - [`StateReceived`] (itself: the answer to this node's pull): records
+//!   merged; a cut answer triggers the next pull at once.
+//! - [`ServeHistory`] (the router: a peer reading history on [`HISTORY`]).
+//!
+//! [`serve_state`], [`serve_history`] and [`hear`] are the handlers the
+//! node registers with its router for these.
 //! - [`Query`] (HTTP API): a page of the history kept here.
 //! - [`GetJobs`], [`GetJobsOf`], [`GetCatalog`], [`GetCatalogs`],
 //!   [`GetNotified`], [`ForRequest`], [`GetKeepers`], [`GetStats`] (HTTP
@@ -28,20 +33,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
-use libp2p::request_response::ResponseChannel;
 
+use super::anti_entropy::{answer_pull, Settled};
 use super::entry::{Entry, Event};
 use super::history::{History, HistoryQuery, Page};
 use super::hlc::{too_far_ahead, Clock, MAX_AHEAD_MS};
-use super::mesh::{
-    answer_pull, seal_entry, sealed_records_of, CatalogArchive, Checked, JobView, MeshState, NodeKeys,
-    Record as StateRecord, RecordKey, SeriesKey, Settled, BUCKETS,
-};
+use super::mesh::MeshState;
+use super::proto::{HistoryAnswer, StateBatch, StatePull, HISTORY, LOG_TOPIC, MAX_LOG, STATE, STATE_BATCH_BYTES};
+use super::records::{Record as StateRecord, RecordKey, SeriesKey, BUCKETS};
 use super::seal::key_of_peer;
+use super::signing::{seal_entry, sealed_records_of, Checked, NodeKeys};
 use super::state_disk;
-use crate::net::actor::{now_ms, Misbehaved};
-use crate::net::swarm::{NetClient, ServeCtl, Verdict};
-use crate::net::wire::{CtlRequest, CtlResponse, StateBatch, StatePull, STATE_BATCH_BYTES};
+use super::views::{CatalogArchive, JobView};
+use crate::clock::now_ms;
+use crate::net::actor::Misbehaved;
+use crate::net::client::{NetClient, Verdict};
+use crate::net::router::Gossip;
+use crate::net::rpc::{InboundRequest, Reply};
 use crate::store::{KvStore, StoreError};
 
 /// Appends a local event. Answers the new entry.
@@ -59,12 +67,45 @@ pub struct Gossiped {
     pub data: Vec<u8>,
 }
 
-/// A peer's state pull, with the channel its answer goes back on.
+/// A peer's state pull, with where its answer goes.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ServeStatePull {
     pub pull: StatePull,
-    pub channel: ResponseChannel<StateBatch>,
+    pub reply: Reply<StateBatch>,
+}
+
+/// A peer's question for a page of the history kept here.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeHistory {
+    pub query: HistoryQuery,
+    pub reply: Reply<HistoryAnswer>,
+}
+
+/// The router's handler of [`STATE`] requests.
+pub fn serve_state(log: actix::Addr<LogActor>) -> impl Fn(InboundRequest) {
+    move |req| match crate::codec::decode::<StatePull>(&req.body, STATE.max_request) {
+        Ok(pull) => log.do_send(ServeStatePull { pull, reply: req.reply.typed() }),
+        // Unanswered: the peer's pull fails and it asks again later.
+        Err(e) => tracing::debug!("an unreadable state pull from {}: {e}", req.peer),
+    }
+}
+
+/// The router's handler of [`HISTORY`] requests.
+pub fn serve_history(log: actix::Addr<LogActor>) -> impl Fn(InboundRequest) {
+    move |req| {
+        let reply = req.reply.typed::<HistoryAnswer>();
+        match crate::codec::decode::<HistoryQuery>(&req.body, HISTORY.max_request) {
+            Ok(query) => log.do_send(ServeHistory { query, reply }),
+            Err(e) => reply.send(&HistoryAnswer::Failed { reason: format!("an unreadable question: {e}") }),
+        }
+    }
+}
+
+/// The router's handler of gossip on [`LOG_TOPIC`].
+pub fn hear(log: actix::Addr<LogActor>) -> impl Fn(Gossip) {
+    move |g| log.do_send(Gossiped { from: g.from, id: g.id, data: g.data })
 }
 
 /// The answer to this node's state pull.
@@ -211,6 +252,9 @@ const BACKFILL_PAGES: usize = 1_000;
 const OLD_LOG_TREE: &str = "log";
 
 pub struct LogActor {
+    /// This actor's own address, once started: where the answers of its
+    /// state pulls come back.
+    this: Option<actix::Addr<LogActor>>,
     /// Where refusals of what a peer sent are reported (membership).
     misdeeds: Option<actix::Recipient<Misbehaved>>,
     state: MeshState,
@@ -284,6 +328,7 @@ impl LogActor {
         let mut state = MeshState::new();
         state_disk::load(kv.as_ref(), &mut state)?;
         let mut actor = LogActor {
+            this: None,
             misdeeds: None,
             state,
             settled: Settled::default(),
@@ -420,8 +465,8 @@ impl LogActor {
                     limit: super::history::PAGE_MAX,
                 };
                 for _ in 0..BACKFILL_PAGES {
-                    match net.ctl(&peer, CtlRequest::History(q.clone())).await {
-                        Ok(CtlResponse::History(page)) => {
+                    match net.call(&peer, &HISTORY, &q).await {
+                        Ok(HistoryAnswer::Page(page)) => {
                             let more = page.more;
                             q.before = page.cursor.clone();
                             let from = peer.clone();
@@ -463,9 +508,19 @@ impl LogActor {
         }
         self.in_flight = Some((now, eager, from_bucket));
         let pull = StatePull { digest: self.state.digest(), from_bucket, eager };
+        let Some(me) = self.this.clone() else { return };
         let net = self.net.clone();
         actix::spawn(async move {
-            let _ = net.pull_state(from, pull).await;
+            match net.call_any::<_, StateBatch>(from.as_deref(), &STATE, &pull).await {
+                Ok((from, batch)) => me.do_send(StateReceived {
+                    records: batch.records.known,
+                    unknown: batch.records.unknown,
+                    from,
+                    next_bucket: batch.next_bucket,
+                }),
+                // Tried again when the pull's time is up.
+                Err(e) => tracing::debug!("state pull not answered: {e}"),
+            }
         });
     }
 
@@ -525,6 +580,7 @@ impl Actor for LogActor {
         if self.net.is_stopped() {
             self.writing = true;
         }
+        self.this = Some(ctx.address());
         // Catch up at once rather than at the first interval.
         ctx.run_later(Duration::from_millis(500), |act, _| act.pull(None, 0, true));
         ctx.run_interval(self.pull_every, |act, _| act.pull(None, 0, false));
@@ -633,9 +689,9 @@ impl LogActor {
         for (entry, tx) in done {
             self.state.apply(&entry);
             self.history.remember(&entry);
-            let (net, data) = (self.net.clone(), crate::net::wire::encode(&entry));
+            let (net, data) = (self.net.clone(), crate::codec::encode(&entry));
             actix::spawn(async move {
-                let _ = net.publish(data).await;
+                let _ = net.publish(LOG_TOPIC, data).await;
             });
             let _ = tx.send(Ok(entry));
         }
@@ -650,7 +706,7 @@ impl LogActor {
     /// a signature alike); an entry its origin signed but may not write is
     /// the origin's.
     fn take_gossip(&mut self, msg: Gossiped) -> (Verdict, Option<Misbehaved>) {
-        let e = match crate::net::wire::decode::<Entry>(&msg.data, crate::net::wire::MAX_LOG) {
+        let e = match crate::codec::decode::<Entry>(&msg.data, MAX_LOG) {
             Ok(e) if e.seq > 0 => e,
             Ok(_) => return (Verdict::Ignore, None),
             Err(err) => {
@@ -849,10 +905,7 @@ impl Handler<ServeStatePull> for LogActor {
                 }
             },
         );
-        let net = self.net.clone();
-        actix::spawn(async move {
-            let _ = net.answer_pull(msg.channel, StateBatch { records: records.into(), next_bucket }).await;
-        });
+        msg.reply.send(&StateBatch { records: records.into(), next_bucket });
     }
 }
 
@@ -956,20 +1009,14 @@ impl LogActor {
     }
 }
 
-impl Handler<ServeCtl> for LogActor {
+impl Handler<ServeHistory> for LogActor {
     type Result = ();
-    fn handle(&mut self, msg: ServeCtl, _: &mut Context<Self>) {
-        let response = match msg.request {
-            CtlRequest::History(q) => match self.history.page(&q) {
-                Ok(page) => CtlResponse::History(page),
-                Err(e) => CtlResponse::Failed { reason: format!("cannot read the history: {e}") },
-            },
-            other => CtlResponse::Failed { reason: format!("the log actor does not serve {other:?}") },
+    fn handle(&mut self, msg: ServeHistory, _: &mut Context<Self>) {
+        let answer = match self.history.page(&msg.query) {
+            Ok(page) => HistoryAnswer::Page(page),
+            Err(e) => HistoryAnswer::Failed { reason: format!("cannot read the history: {e}") },
         };
-        let net = self.net.clone();
-        actix::spawn(async move {
-            let _ = net.answer_ctl(msg.channel, response).await;
-        });
+        msg.reply.send(&answer);
     }
 }
 
@@ -1207,7 +1254,7 @@ mod tests {
 
         /// Gossip of `e` published by this peer.
         fn publishes(&self, e: &Entry) -> Gossiped {
-            Gossiped { from: self.id.clone(), id: Vec::new(), data: crate::net::wire::encode(e) }
+            Gossiped { from: self.id.clone(), id: Vec::new(), data: crate::codec::encode(e) }
         }
 
         /// Its log actor on `kv`, its history in `dir`.

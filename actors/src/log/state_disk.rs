@@ -20,7 +20,9 @@
 
 use std::collections::BTreeMap;
 
-use super::mesh::{archive_seals, fill_seals, seals_mut, ArchiveRec, MeshState, Record, RecordKey, Series};
+use super::mesh::MeshState;
+use super::records::{ArchiveRec, Record, RecordKey, Series};
+use super::signing::{archive_seals, fill_seals, seals_mut};
 use crate::store::kv::KvStore;
 use crate::store::StoreError;
 
@@ -258,7 +260,7 @@ mod tests {
     use super::*;
     use crate::log::entry::{Entry, Event};
     use crate::log::hlc::Hlc;
-    use crate::log::mesh::seal_entry;
+    use crate::log::signing::seal_entry;
     use crate::store::kv::MemKv;
 
     fn finished(key: &libp2p::identity::Keypair, seq: u64, archive: &str) -> Entry {
@@ -315,8 +317,8 @@ mod tests {
         whole.apply(&finished(&key, 1, "0001-a"));
         whole.apply(&finished(&key, 2, "0002-b"));
         let expected = whole.record(&series()).unwrap();
-        assert_eq!(crate::log::mesh::cbor(&sent), crate::log::mesh::cbor(&expected), "byte for byte, seals and all");
-        assert_ne!(crate::log::mesh::cbor(&sent), crate::log::mesh::cbor(&in_memory));
+        assert_eq!(crate::log::crdt::cbor(&sent), crate::log::crdt::cbor(&expected), "byte for byte, seals and all");
+        assert_ne!(crate::log::crdt::cbor(&sent), crate::log::crdt::cbor(&in_memory));
 
         // And a node that starts again reads them back the same way.
         let mut again = MeshState::new();
@@ -325,7 +327,7 @@ mod tests {
         let mut reloaded = again.record(&series()).unwrap();
         assert!(seals_mut(&mut reloaded).iter().all(|s| s.is_stored()));
         assert_eq!(with_seals(&kv, &series(), &mut reloaded).unwrap(), 0);
-        assert_eq!(crate::log::mesh::cbor(&reloaded), crate::log::mesh::cbor(&expected));
+        assert_eq!(crate::log::crdt::cbor(&reloaded), crate::log::crdt::cbor(&expected));
     }
 
     #[test]
@@ -347,7 +349,7 @@ mod tests {
 
     #[test]
     fn each_archive_is_written_apart_and_one_forgotten_leaves_the_disk() {
-        use crate::log::mesh::ARCHIVES_KEPT;
+        use crate::log::records::ARCHIVES_KEPT;
         let key = libp2p::identity::Keypair::generate_ed25519();
         let kv = MemKv::default();
         let mut state = MeshState::new();
@@ -372,8 +374,8 @@ mod tests {
         let Some(Record::Series(h)) = ciborium::from_reader(&head[1..]).unwrap() else { panic!("a series") };
         assert!(h.archives.is_empty(), "the head holds no archive");
         assert_eq!(
-            crate::log::mesh::cbor(&read(&kv, &series()).unwrap().unwrap()),
-            crate::log::mesh::cbor(&whole.record(&series()).unwrap())
+            crate::log::crdt::cbor(&read(&kv, &series()).unwrap().unwrap()),
+            crate::log::crdt::cbor(&whole.record(&series()).unwrap())
         );
     }
 
@@ -401,6 +403,6 @@ mod tests {
         assert_eq!(again, whole);
         let mut sent = again.record(&series()).unwrap();
         assert_eq!(with_seals(&kv, &series(), &mut sent).unwrap(), 0);
-        assert_eq!(crate::log::mesh::cbor(&sent), crate::log::mesh::cbor(&whole.record(&series()).unwrap()));
+        assert_eq!(crate::log::crdt::cbor(&sent), crate::log::crdt::cbor(&whole.record(&series()).unwrap()));
     }
 }

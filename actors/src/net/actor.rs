@@ -11,8 +11,10 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use backmesh_api::Status;
 
+use super::client::NetClient;
 use super::membership::{Change, Membership, NodeInfo, PeerView};
-use super::swarm::NetClient;
+use crate::clock::{now_ms, rfc3339};
+use crate::disk::free_bytes;
 
 /// Asks for the mesh as this node sees it. Sender: the HTTP API.
 #[derive(Message)]
@@ -91,24 +93,6 @@ impl MembershipActor {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Free bytes for unprivileged writers on the filesystem of `dir`.
-pub fn free_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return 0 };
-    // SAFETY: `c` is a valid C string; `st` is written by statvfs before use.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return 0;
-        }
-        st.f_bavail as u64 * st.f_frsize as u64
-    }
-}
-
 impl Actor for MembershipActor {
     type Context = Context<Self>;
 
@@ -135,13 +119,6 @@ impl Handler<NetEvent> for MembershipActor {
         };
         self.report(changes);
     }
-}
-
-/// Milliseconds since the epoch as RFC 3339 UTC, to the second.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 impl Handler<GetStatus> for MembershipActor {

@@ -20,7 +20,6 @@ use actix::prelude::*;
 use backmesh_api::{OffsiteStatus, SeriesOffsite};
 
 use super::sync::{Offsite, OffsiteError};
-use crate::replica::actor::held_series;
 use crate::replica::placement::{rank, uploaders, Candidate};
 use crate::store::{Retention, Store};
 
@@ -132,8 +131,8 @@ fn round(
     msg: &Round,
 ) {
     let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
-    let now = crate::net::actor::now_ms();
-    let held = held_series(store, keep);
+    let now = crate::clock::now_ms();
+    let held = store.held_series(keep, crate::clock::now_ms());
     let mut bucket_error = None;
     for ((node, path), ids) in &held {
         if offsite.stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -296,7 +295,7 @@ fn stand_in_for(
     if looked.is_some_and(|at| at.elapsed() < fallback_after) {
         return;
     }
-    let now = crate::net::actor::now_ms();
+    let now = crate::clock::now_ms();
     let due = fallback_after.as_millis() as i64;
     let old: Vec<String> = store
         .list(node, path)
@@ -349,7 +348,7 @@ impl Handler<GetOffsiteStatus> for OffsiteActor {
                 let (state, since) = if s.error.is_some() {
                     ("failing", s.since_ms)
                 } else if s.behind || s.checked.is_none() || missing {
-                    ("behind", s.since_ms.or_else(|| missing.then(crate::net::actor::now_ms)))
+                    ("behind", s.since_ms.or_else(|| missing.then(crate::clock::now_ms)))
                 } else {
                     ("current", None)
                 };

@@ -1,10 +1,13 @@
 //! The replica actor: keeps every backup series at its copies.
 //!
 //! Messages and senders:
-//! - [`ServeXfer`] (the network loop): a peer offers, sends or asks for
-//!   archives over `/backmesh/xfer/1`; store work runs in the blocking pool.
-//! - [`ServeCtl`] (the network loop): `Restore` and `Verify` asked through
-//!   another node; [`RestoreHere`], [`VerifyHere`] (this node's HTTP API).
+//! - [`ServeXfer`] (the router, through [`serve_xfer`]): a peer offers,
+//!   sends or asks for archives over [`XFER`]; store work runs in the
+//!   blocking pool.
+//! - [`ServeReplica`] (the router, through [`serve_replica`]): `Restore`
+//!   and `Verify` asked through another node, the operator's grant
+//!   checked; [`RestoreHere`], [`VerifyHere`] (this node's HTTP API).
+//! - [`ArchiveStored`] (the jobs actor): copies go now.
 //!
 //! Every `sync_every` it compares what it keeps with where copies belong
 //! (see [`super::placement`]; the decisions are [`super::plan`]'s, pure
@@ -32,21 +35,24 @@ use actix::prelude::*;
 use futures::StreamExt;
 
 use super::plan::{Handoff, Planner, Push, PushError};
+use super::proto::{
+    xfer, ArchiveId, ManifestBase, ReplicaAnswer, ReplicaRequest, WireDelta, WireMember, XferRequest, XferResponse,
+    DELTA_RAW_BATCH, MAX_XFER, REPLICA, XFER,
+};
 use super::quota::{Quota, Usage};
 use super::source::{self, batches, locate, read_members, Place, RemoteSource};
 use crate::archive::restore::{MemberSource, RestoreError};
 use crate::archive::{restore_archive, Manifest, RestoreOptions};
+use crate::disk::free_bytes;
 use crate::hash::Digest;
+use crate::jobs::actor::ArchiveStored;
 use crate::log::actor::{GetCatalog, LogActor, Record};
 use crate::log::entry::Event;
-use crate::net::actor::{free_bytes, GetPeers, MembershipActor};
+use crate::net::actor::{GetPeers, MembershipActor};
+use crate::net::client::{NetClient, RequestError};
 use crate::net::membership::PeerView;
-use crate::net::swarm::{NetClient, ServeCtl, ServeXfer};
-use crate::net::wire::{
-    ArchiveId, CtlRequest, CtlResponse, ManifestBase, WireDelta, WireMember, XferRequest, XferResponse,
-    DELTA_RAW_BATCH, MAX_XFER,
-};
-use crate::store::{ArchiveSummary, Retention, Store};
+use crate::net::rpc::{InboundRequest, Reply};
+use crate::store::{Retention, Store};
 
 /// How replication behaves.
 #[derive(Clone, Debug)]
@@ -63,11 +69,55 @@ pub struct ReplicaConfig {
     pub quota: Quota,
 }
 
-/// Check copies now rather than at the next round (a backup just stored an
-/// archive). Sender: the jobs actor.
-#[derive(Message, Clone)]
+/// A transfer request from another node (its peer id). Sender: the
+/// router, through [`serve_xfer`].
+#[derive(Message)]
 #[rtype(result = "()")]
-pub struct SyncNow;
+pub struct ServeXfer {
+    pub peer: String,
+    pub request: XferRequest,
+    pub reply: Reply<XferResponse>,
+}
+
+/// A restore or verify asked by another node, its grant checked. Sender:
+/// the router, through [`serve_replica`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeReplica {
+    pub request: ReplicaRequest,
+    pub reply: Reply<ReplicaAnswer>,
+}
+
+/// The router's handler of [`XFER`] requests.
+pub fn serve_xfer(replica: Addr<ReplicaActor>) -> impl Fn(InboundRequest) {
+    move |req| {
+        let reply = req.reply.typed::<XferResponse>();
+        match crate::codec::decode::<XferRequest>(&req.body, XFER.max_request) {
+            Ok(request) => replica.do_send(ServeXfer { peer: req.peer, request, reply }),
+            Err(e) => {
+                tracing::debug!("an unreadable transfer request from {}: {e}", req.peer);
+                reply.send(&XferResponse::Refused { reason: format!("an unreadable request: {e}") })
+            }
+        }
+    }
+}
+
+/// The router's handler of [`REPLICA`] requests: what makes this node act
+/// (`me` is its name, `token` its API token) needs the operator's grant.
+pub fn serve_replica(replica: Addr<ReplicaActor>, me: String, token: Option<String>) -> impl Fn(InboundRequest) {
+    move |req| {
+        let reply = req.reply.typed::<ReplicaAnswer>();
+        let request: ReplicaRequest = match crate::codec::decode(&req.body, REPLICA.max_request) {
+            Ok(r) => r,
+            Err(e) => return reply.send(&ReplicaAnswer::Failed { reason: format!("an unreadable request: {e}") }),
+        };
+        if let Err(e) = crate::grant::check(&request, token.as_deref(), &me) {
+            tracing::warn!("refused a request from the mesh ({}): {e}", req.peer);
+            return reply.send(&ReplicaAnswer::Failed { reason: e.to_string() });
+        }
+        replica.do_send(ServeReplica { request, reply });
+    }
+}
 
 /// Restore an archive of (node, path) onto this node. Answers at once
 /// whether the restore could start; its result goes to the log as a
@@ -170,8 +220,8 @@ impl From<backmesh_api::names::BadName> for PushFailed {
     }
 }
 
-impl From<crate::net::swarm::RequestError> for PushFailed {
-    fn from(e: crate::net::swarm::RequestError) -> Self {
+impl From<RequestError> for PushFailed {
+    fn from(e: RequestError) -> Self {
         e.to_string().into()
     }
 }
@@ -338,7 +388,7 @@ impl ReplicaActor {
                         tracing::warn!("cannot record that node {name} is {peer}: {e}");
                     }
                 }
-                (held_series(&store, keep), claims)
+                (store.held_series(keep, crate::clock::now_ms()), claims)
             })
             .await
             .ok()?;
@@ -348,7 +398,7 @@ impl ReplicaActor {
             act.syncing = false;
             let Some(((me, peers), (held, claims))) = found else { return };
             act.claimants = Arc::new(claims);
-            let plan = act.planner.plan(&me, &peers, &held, crate::net::actor::now_ms());
+            let plan = act.planner.plan(&me, &peers, &held, crate::clock::now_ms());
             if let Some((offsite, _)) = &act.offsite {
                 offsite.do_send(crate::offsite::actor::Round {
                     candidates: plan.candidates.clone(),
@@ -381,33 +431,6 @@ impl ReplicaActor {
             }
         }));
     }
-
-    fn answer_ctl(&self, channel: libp2p::request_response::ResponseChannel<CtlResponse>, response: CtlResponse) {
-        let net = self.net.clone();
-        actix::spawn(async move {
-            let _ = net.answer_ctl(channel, response).await;
-        });
-    }
-}
-
-/// Archives this node keeps, by series, newest first: those `keep` keeps.
-pub(crate) fn held_series(store: &Store, keep: Retention) -> BTreeMap<(String, String), Vec<String>> {
-    let mut out: BTreeMap<(String, String), Vec<ArchiveSummary>> = BTreeMap::new();
-    match store.list_all() {
-        Ok(all) => {
-            for s in all {
-                out.entry((s.node.clone(), s.path.clone())).or_default().push(s);
-            }
-        }
-        Err(e) => tracing::error!("cannot list the archives kept here: {e}"),
-    }
-    let now = crate::net::actor::now_ms();
-    out.into_iter()
-        .map(|(k, mut v)| {
-            v.sort_by(|a, b| (b.order(), &b.id).cmp(&(a.order(), &a.id)));
-            (k, keep.kept(&v, now).into_iter().map(|a| a.id.clone()).collect())
-        })
-        .collect()
 }
 
 /// Whether every elected holder keeps every archive of the handoff. A
@@ -431,7 +454,7 @@ async fn all_confirm(net: &NetClient, store: Arc<Store>, h: &Handoff) -> bool {
     .unwrap_or_default();
     let Ok(list) = XferRequest::list(&h.node, &h.path) else { return false };
     for t in &h.targets {
-        let kept: Vec<String> = match net.xfer(t, list.clone()).await {
+        let kept: Vec<String> = match xfer(net, t, list.clone()).await {
             Ok(XferResponse::Archives { ids }) => ids.into_iter().map(String::from).collect(),
             _ => return false,
         };
@@ -442,7 +465,7 @@ async fn all_confirm(net: &NetClient, store: Arc<Store>, h: &Handoff) -> bool {
         }
         for id in h.ids.iter().filter(|id| kept.contains(id)) {
             let Some(digest) = picks.get(id).copied() else { return false };
-            let proof = net.xfer(t, XferRequest::Get { digests: vec![digest] }).await;
+            let proof = xfer(net, t, XferRequest::Get { digests: vec![digest] }).await;
             let shown = match &proof {
                 Ok(XferResponse::Members { members }) => {
                     members.iter().any(|m| m.digest == digest && Digest::of(&m.data) == digest)
@@ -476,7 +499,7 @@ async fn run_push(net: &NetClient, store: &Arc<Store>, push: &Push) -> (Vec<Stri
         Ok(list) => list,
         Err(e) => return (Vec::new(), Some(e.into())),
     };
-    let kept: HashSet<String> = match net.xfer(&push.peer, list).await {
+    let kept: HashSet<String> = match xfer(net, &push.peer, list).await {
         Ok(XferResponse::Archives { ids }) => ids.into_iter().map(String::from).collect(),
         Ok(XferResponse::Refused { reason }) => return (Vec::new(), Some(reason.into())),
         Ok(other) => return (Vec::new(), Some(format!("unexpected answer {other:?}").into())),
@@ -524,11 +547,11 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
         Some((literals, base)) => XferRequest::Offer { manifest: literals.clone(), against: Some(base.clone()) },
         None => XferRequest::Offer { manifest: encoded.clone(), against: None },
     };
-    let mut answer = net.xfer(&push.peer, offer(&delta)).await?;
+    let mut answer = xfer(net, &push.peer, offer(&delta)).await?;
     if matches!(answer, XferResponse::WholeManifest) {
         sent += wire_len(&delta, &encoded);
         delta = None;
-        answer = net.xfer(&push.peer, offer(&delta)).await?;
+        answer = xfer(net, &push.peer, offer(&delta)).await?;
     }
     sent += wire_len(&delta, &encoded);
     let mut missing = match answer {
@@ -578,7 +601,7 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
                 for (members, deltas, _) in puts {
                     n += members.iter().map(|m| m.data.len() as u64).sum::<u64>()
                         + deltas.iter().map(|d| (d.ops.len() + d.literals.len()) as u64).sum::<u64>();
-                    match net.xfer(&push.peer, XferRequest::Put { members, deltas }).await? {
+                    match xfer(net, &push.peer, XferRequest::Put { members, deltas }).await? {
                         XferResponse::Stored => {}
                         XferResponse::Refused { reason } => return Err(PushFailed::from(reason)),
                         other => return Err(PushFailed::from(format!("unexpected answer {other:?}"))),
@@ -600,11 +623,11 @@ async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str
             None => XferRequest::Commit { manifest: encoded.clone(), against: None, sent, repair: push.repair },
         };
         sent += wire_len(&delta, &encoded);
-        let mut answer = net.xfer(&push.peer, commit(&delta, sent)).await?;
+        let mut answer = xfer(net, &push.peer, commit(&delta, sent)).await?;
         if matches!(answer, XferResponse::WholeManifest) {
             delta = None;
             sent += wire_len(&delta, &encoded);
-            answer = net.xfer(&push.peer, commit(&delta, sent)).await?;
+            answer = xfer(net, &push.peer, commit(&delta, sent)).await?;
         }
         match answer {
             XferResponse::Committed => return Ok(()),
@@ -637,9 +660,9 @@ fn manifest_delta(store: &Store, m: &Manifest, encoded: &[u8]) -> Option<(serde_
         return None;
     }
     let base = ManifestBase {
-        node: crate::net::wire::name(&m.node).ok()?,
-        path: crate::net::wire::series(&m.path).ok()?,
-        archive: crate::net::wire::archive(&before.id).ok()?,
+        node: super::proto::name(&m.node).ok()?,
+        path: super::proto::series(&m.path).ok()?,
+        archive: super::proto::archive(&before.id).ok()?,
         raw_len: encoded.len() as u64,
         sha256: Digest::of(encoded),
         ops: ops.into(),
@@ -937,8 +960,11 @@ impl ReplicaActor {
         let (log, store, keep) = (self.log.clone(), self.store.clone(), self.cfg.keep.keep);
         let work = async move {
             let catalogs = log.send(crate::log::actor::GetCatalogs).await.ok()?;
-            let on_disk =
-                tokio::task::spawn_blocking(move || held_series(&store, Retention::keep(usize::MAX))).await.ok()?;
+            let on_disk = tokio::task::spawn_blocking(move || {
+                store.held_series(Retention::keep(usize::MAX), crate::clock::now_ms())
+            })
+            .await
+            .ok()?;
             Some((catalogs, on_disk))
         };
         ctx.spawn(work.into_actor(self).map(move |found, act, _| {
@@ -971,7 +997,7 @@ impl ReplicaActor {
 /// be past what the catalog remembers, and are not what a restore needs.
 fn holdings_drift(
     me: &str,
-    catalogs: &BTreeMap<(String, String), Arc<Vec<crate::log::mesh::CatalogArchive>>>,
+    catalogs: &BTreeMap<(String, String), Arc<Vec<crate::log::views::CatalogArchive>>>,
     on_disk: &BTreeMap<(String, String), Vec<String>>,
     keep: usize,
 ) -> Vec<((String, String, String), bool)> {
@@ -980,7 +1006,7 @@ fn holdings_drift(
         catalogs.get(series).is_some_and(|c| c.iter().any(|a| a.id == id && a.holders.contains(me)))
     };
     for (series, ids) in on_disk {
-        for id in ids.iter().take(keep.clamp(1, crate::log::mesh::ARCHIVES_KEPT)) {
+        for id in ids.iter().take(keep.clamp(1, crate::log::records::ARCHIVES_KEPT)) {
             if !listed(series, id) {
                 out.push(((series.0.clone(), series.1.clone(), id.clone()), true));
             }
@@ -997,9 +1023,9 @@ fn holdings_drift(
     out
 }
 
-impl Handler<SyncNow> for ReplicaActor {
+impl Handler<ArchiveStored> for ReplicaActor {
     type Result = ();
-    fn handle(&mut self, _: SyncNow, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: ArchiveStored, ctx: &mut Context<Self>) {
         self.sync(ctx);
     }
 }
@@ -1007,7 +1033,7 @@ impl Handler<SyncNow> for ReplicaActor {
 impl Handler<Pushed> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: Pushed, ctx: &mut Context<Self>) {
-        let now = crate::net::actor::now_ms();
+        let now = crate::clock::now_ms();
         // The holder found a member this node sent damaged (members are
         // sent unchecked: the holder hashes each): this node's copy is
         // verified and mended from the other nodes, at most once a minute.
@@ -1089,16 +1115,14 @@ impl Handler<HandedOff> for ReplicaActor {
 impl Handler<ServeXfer> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: ServeXfer, ctx: &mut Context<Self>) {
-        let net = self.net.clone();
-        let (peer, channel) = (msg.peer, msg.channel);
+        let (peer, reply) = (msg.peer, msg.reply);
         if let XferRequest::Put { members, deltas } = &msg.request {
             let digests: Vec<Digest> =
                 members.iter().map(|m| m.digest).chain(deltas.iter().map(|d| d.digest)).collect();
-            if let Err(d) = self.wanted.take(&peer, &digests, crate::net::actor::now_ms()) {
+            if let Err(d) = self.wanted.take(&peer, &digests, crate::clock::now_ms()) {
                 let reason = format!("{} did not ask for member {d}: offer its archive first", self.me);
                 tracing::warn!("refused members from {peer}: {reason}");
-                actix::spawn(async move { net.answer_xfer(channel, XferResponse::Refused { reason }).await });
-                return;
+                return reply.send(&XferResponse::Refused { reason });
             }
         }
         let (store, me, keep, quota) = (self.store.clone(), self.me.clone(), self.cfg.keep, self.cfg.quota);
@@ -1109,7 +1133,7 @@ impl Handler<ServeXfer> for ReplicaActor {
         });
         ctx.spawn(work.into_actor(self).map(move |done, act, _| {
             if let Ok((XferResponse::Want { missing, .. }, _, _)) = &done {
-                act.wanted.asked(&peer, missing, crate::net::actor::now_ms());
+                act.wanted.asked(&peer, missing, crate::clock::now_ms());
             }
             let response = match done {
                 Ok((response, events, blame)) => {
@@ -1130,30 +1154,29 @@ impl Handler<ServeXfer> for ReplicaActor {
                 }
                 Err(e) => XferResponse::Refused { reason: format!("the request crashed: {e}") },
             };
-            actix::spawn(async move { net.answer_xfer(channel, response).await });
+            reply.send(&response);
         }));
     }
 }
 
-impl Handler<ServeCtl> for ReplicaActor {
+impl Handler<ServeReplica> for ReplicaActor {
     type Result = ();
-    fn handle(&mut self, msg: ServeCtl, ctx: &mut Context<Self>) {
-        let response = match msg.request {
-            CtlRequest::Restore { node, path, archive, to, overwrite, request, .. } => {
+    fn handle(&mut self, msg: ServeReplica, ctx: &mut Context<Self>) {
+        let answer = match msg.request {
+            ReplicaRequest::Restore { node, path, archive, to, overwrite, request, .. } => {
                 let (node, path, archive) = (node.into(), path.into(), archive.map(String::from));
                 match self.handle(RestoreHere { node, path, archive, to, overwrite, request }, ctx) {
-                    Ok(()) => CtlResponse::Accepted,
-                    Err(reason) => CtlResponse::Failed { reason: reason.to_string() },
+                    Ok(()) => ReplicaAnswer::Accepted,
+                    Err(reason) => ReplicaAnswer::Failed { reason: reason.to_string() },
                 }
             }
-            CtlRequest::Verify { node, path, request, .. } => {
+            ReplicaRequest::Verify { node, path, request, .. } => {
                 let (node, path) = (node.map(String::from), path.map(String::from));
                 let MessageResult(series) = self.handle(VerifyHere { node, path, request }, ctx);
-                CtlResponse::Verifying { series }
+                ReplicaAnswer::Verifying { series }
             }
-            other => CtlResponse::Failed { reason: format!("the replica actor does not serve {other:?}") },
         };
-        self.answer_ctl(msg.channel, response);
+        msg.reply.send(&answer);
     }
 }
 
@@ -1311,7 +1334,7 @@ impl Handler<VerifyHere> for ReplicaActor {
     type Result = MessageResult<VerifyHere>;
     fn handle(&mut self, msg: VerifyHere, _: &mut Context<Self>) -> Self::Result {
         let net = self.net.clone();
-        let held = held_series(&self.store, Retention::keep(usize::MAX));
+        let held = self.store.held_series(Retention::keep(usize::MAX), crate::clock::now_ms());
         let series: Vec<(String, String)> = held
             .keys()
             .filter(|(n, p)| msg.node.as_ref().is_none_or(|x| x == n) && msg.path.as_ref().is_none_or(|x| x == p))
@@ -1461,7 +1484,7 @@ mod tests {
 
     #[test]
     fn the_catalog_is_told_what_this_disk_keeps_and_no_longer_keeps() {
-        use crate::log::mesh::CatalogArchive;
+        use crate::log::views::CatalogArchive;
         let series = ("n2".to_string(), "/t".to_string());
         let arch = |id: &str, holders: &[&str]| CatalogArchive {
             id: id.into(),

@@ -6,13 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::proto::{xfer, xfer_blocking, WireMember, XferRequest, XferResponse, XFER_BATCH};
 use crate::archive::{Manifest, MemberRef, MemberSource};
 use crate::error::{Retry, Transient};
 use crate::hash::Digest;
-use crate::log::mesh::CatalogArchive;
+use crate::log::views::CatalogArchive;
+use crate::net::client::{NetClient, RequestError};
 use crate::net::membership::PeerView;
-use crate::net::swarm::{NetClient, RequestError};
-use crate::net::wire::{WireMember, XferRequest, XferResponse, XFER_BATCH};
 use crate::store::Store;
 use backmesh_api::names::BadName;
 
@@ -149,7 +149,7 @@ pub async fn locate(
     let mut why = Vec::new();
     let req = XferRequest::get_manifest(node, path, Some(&id))?;
     for peer in &order {
-        match net.xfer(peer, req.clone()).await {
+        match xfer(net, peer, req.clone()).await {
             Ok(XferResponse::Manifest { manifest }) => match Manifest::decode_from_peer(&manifest) {
                 Ok(m) if m.id == id && m.node == node && m.path == path => {
                     // Only the series' own node's seal is trusted: a peer
@@ -202,7 +202,7 @@ pub async fn read_members(
         Place::Remote(peers) => {
             let mut why = Vec::new();
             for peer in peers {
-                match members_in(net.xfer(peer, XferRequest::Get { digests: digests.clone() }).await, &digests) {
+                match members_in(xfer(net, peer, XferRequest::Get { digests: digests.clone() }).await, &digests) {
                     Ok(v) => return Ok(v),
                     Err(e) => why.push(e),
                 }
@@ -297,7 +297,7 @@ impl RemoteSource {
     fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ReadError> {
         let mut why = Vec::new();
         for peer in &self.peers {
-            match members_in(self.net.xfer_blocking(peer, XferRequest::Get { digests: digests.to_vec() }), digests) {
+            match members_in(xfer_blocking(&self.net, peer, XferRequest::Get { digests: digests.to_vec() }), digests) {
                 Ok(v) => return Ok(v),
                 Err(e) => why.push(e),
             }

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// How often a node probes its index.
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);

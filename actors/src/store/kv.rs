@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// Key-value pairs as a scan returns them.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;

@@ -54,13 +54,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use backmesh_actors::archive::Manifest;
+use backmesh_actors::codec::encode;
 use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Hlc;
-use backmesh_actors::log::mesh::seal_entry;
+use backmesh_actors::log::signing::seal_entry;
+use backmesh_actors::net::client::{Inbound, NetClient, RequestError};
 use backmesh_actors::net::membership::NodeInfo;
-use backmesh_actors::net::swarm::{self, Inbound, NetClient};
-use backmesh_actors::net::wire::{
-    encode, name, series, ArchiveId, CtlRequest, WireMember, XferRequest, XferResponse, MESH_PROTOCOL,
+use backmesh_actors::net::swarm;
+use backmesh_actors::protocols::{self, MESH_PROTOCOL};
+use backmesh_actors::replica::proto::{
+    name, series, xfer, ArchiveId, ReplicaRequest, WireMember, XferRequest, XferResponse, REPLICA, XFER,
 };
 use backmesh_actors::store::{Retention, Store};
 
@@ -110,7 +113,7 @@ impl Rogue {
     }
 
     async fn gossip(&self, e: &Entry) {
-        let _ = self.net.publish(encode(e)).await;
+        let _ = self.net.publish(backmesh_actors::log::proto::LOG_TOPIC, encode(e)).await;
     }
 }
 
@@ -145,6 +148,9 @@ async fn main() {
         partition: None,
         // `--protocol N`: a node of another version, to be refused whole.
         protocol: a.get("--protocol").and_then(|p| p.parse().ok()).unwrap_or(MESH_PROTOCOL),
+        protocols: protocols::all(),
+        topics: protocols::topics(),
+        max_gossip: protocols::MAX_GOSSIP,
     })
     .expect("the rogue's network");
     tokio::spawn(event_loop.run());
@@ -176,15 +182,17 @@ async fn main() {
     // Everything else the mesh says is heard and dropped, but for the
     // lying holder's answers.
     let lying = attacks.split(',').any(|a| a == "lie-holder");
-    let liar = rogue.net.clone();
     tokio::spawn(async move {
         let mut offered: Vec<String> = Vec::new();
         while let Some(event) = inbound.recv().await {
-            let Inbound::Xfer(x) = event else { continue };
-            if !lying {
+            let Inbound::Request(x) = event else { continue };
+            if !lying || x.protocol != XFER.name {
                 continue;
             }
-            let answer = match x.request {
+            let Ok(request) = backmesh_actors::codec::decode::<XferRequest>(&x.body, XFER.max_request) else {
+                continue;
+            };
+            let answer = match request {
                 XferRequest::Offer { manifest, .. } | XferRequest::Commit { manifest, .. } => {
                     if let Ok(m) = backmesh_actors::archive::Manifest::decode(&manifest) {
                         if !offered.contains(&m.id) {
@@ -199,7 +207,7 @@ async fn main() {
                 }
                 _ => XferResponse::Refused { reason: "not now".into() },
             };
-            liar.answer_xfer(x.channel, answer).await;
+            x.reply.typed::<XferResponse>().send(&answer);
         }
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -283,7 +291,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
         }
         "restore-overwrite" => {
             let to = a.need("--restore-to");
-            let request = CtlRequest::Restore {
+            let request = ReplicaRequest::Restore {
                 node: name(&victim).expect("a valid name"),
                 path: series(&path).expect("a valid path"),
                 archive: None,
@@ -292,9 +300,13 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                 request: "rogue-restore".into(),
                 grant: None,
             };
-            let answer = match rogue.net.ctl(holder_peer, request).await {
+            let answer = match rogue
+                .net
+                .call::<_, backmesh_actors::replica::proto::ReplicaAnswer>(holder_peer, &REPLICA, &request)
+                .await
+            {
                 Ok(r) => format!("{r:?}"),
-                Err(e) => format!("error: {e}"),
+                Err(e) => format!("error: {e:?}"),
             };
             say(attack, answer);
         }
@@ -346,10 +358,10 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
         }
         "request-flood" => {
             // Requests go round-robin over the connections to a peer, and a
-            // node takes at most 48 streams per connection at once: over one
-            // connection a flood never reaches the bound of 64 requests in
-            // flight (its excess fails at the stream limit instead). Hold
-            // more than one first (the holder keeps up to 4 of a peer's).
+            // node takes at most 128 streams per connection at once. Hold
+            // more than one connection first (the holder keeps up to 4 of a
+            // peer's), so that the flood meets the bound of 64 requests in
+            // flight rather than the stream limit.
             if let Some(addr) = rogue.addrs.get(&holder).and_then(|a| a.parse::<SocketAddr>().ok()) {
                 for _ in 0..3 {
                     let _ = rogue.net.dial(addr).await;
@@ -360,13 +372,13 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             let list = || XferRequest::list(&victim, &path).expect("a valid name and path");
             let mut said = String::new();
             for flood in 1..=3 {
-                let asks = (0..400).map(|_| rogue.net.xfer(holder_peer, list()));
+                let asks = (0..400).map(|_| xfer(&rogue.net, holder_peer, list()));
                 let answers = futures::future::join_all(asks).await;
                 let refused = answers
                     .iter()
-                    .filter(|r| matches!(r, Ok(XferResponse::Refused { reason }) if reason.contains("in flight")))
+                    .filter(|r| matches!(r, Err(RequestError::Refused(reason)) if reason.contains("in flight")))
                     .count();
-                let failed = answers.iter().filter(|r| r.is_err()).count();
+                let failed = answers.iter().filter(|r| r.is_err()).count() - refused;
                 said = format!("{refused} of 400 refused as too many in flight, {failed} failed (flood {flood})");
                 if refused > 0 {
                     break;
@@ -377,9 +389,9 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
         "old-protocol" => {
             // Run with `--protocol N`: a request and an entry of its own.
             let list = XferRequest::list(&victim, &path).expect("a valid name and path");
-            let answer = match rogue.net.xfer(holder_peer, list).await {
+            let answer = match xfer(&rogue.net, holder_peer, list).await {
                 Ok(r) => format!("{r:?}"),
-                Err(e) => format!("error: {e}"),
+                Err(e) => format!("error: {e:?}"),
             };
             let e = rogue.entry(None, None, now_ms(), Event::Paused { node: "rogue".into() });
             rogue.gossip(&e).await;
@@ -416,12 +428,12 @@ async fn fake_archive(net: &NetClient, holder: &str, victim: &str, path: &str) -
         other => return format!("could not make the fake: {other:?}"),
     };
     let bytes = serde_bytes::ByteBuf::from(manifest.encode());
-    let offer = net.xfer(holder, XferRequest::Offer { manifest: bytes.clone(), against: None }).await;
+    let offer = xfer(net, holder, XferRequest::Offer { manifest: bytes.clone(), against: None }).await;
     match offer {
         Ok(XferResponse::Want { .. }) => {}
         other => return format!("offer: {other:?}"),
     }
-    match net.xfer(holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await {
+    match xfer(net, holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await {
         Ok(r) => format!("commit: {r:?}"),
         Err(e) => format!("commit: error: {e}"),
     }
@@ -446,7 +458,7 @@ fn own_archive(dir: &std::path::Path, path: &str, data: &[u8]) -> Result<(Store,
 /// holder's last answer, in words.
 async fn push(net: &NetClient, holder: &str, store: &Store, m: &Manifest) -> String {
     let bytes = serde_bytes::ByteBuf::from(m.encode());
-    let missing = match net.xfer(holder, XferRequest::Offer { manifest: bytes.clone(), against: None }).await {
+    let missing = match xfer(net, holder, XferRequest::Offer { manifest: bytes.clone(), against: None }).await {
         Ok(XferResponse::Want { missing, .. }) => missing,
         other => return format!("offer: {other:?}"),
     };
@@ -458,12 +470,12 @@ async fn push(net: &NetClient, holder: &str, store: &Store, m: &Manifest) -> Str
         }
     }
     if !members.is_empty() {
-        match net.xfer(holder, XferRequest::Put { members, deltas: Vec::new() }).await {
+        match xfer(net, holder, XferRequest::Put { members, deltas: Vec::new() }).await {
             Ok(XferResponse::Stored) => {}
             other => return format!("put: {other:?}"),
         }
     }
-    match net.xfer(holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await {
+    match xfer(net, holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await {
         Ok(r) => format!("commit: {r:?}"),
         Err(e) => format!("commit: error: {e}"),
     }
@@ -523,7 +535,8 @@ async fn commit_first(rogue: &Rogue, holder: &str) -> String {
         return format!("cannot seal: {e}");
     }
     let bytes = serde_bytes::ByteBuf::from(m.encode());
-    match rogue.net.xfer(holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await {
+    match xfer(&rogue.net, holder, XferRequest::Commit { manifest: bytes, against: None, sent: 0, repair: false }).await
+    {
         Ok(r) => format!("commit: {r:?}"),
         Err(e) => format!("commit: error: {e}"),
     }

@@ -51,8 +51,10 @@ use std::time::Instant;
 
 use backmesh_actors::log::entry::{Entry, Event};
 use backmesh_actors::log::hlc::Clock;
-use backmesh_actors::log::mesh::{seal_entry, Checked, MeshState, NodeKeys, BUCKETS};
+use backmesh_actors::log::mesh::MeshState;
+use backmesh_actors::log::records::BUCKETS;
 use backmesh_actors::log::seal::Seal;
+use backmesh_actors::log::signing::{seal_entry, Checked, NodeKeys};
 use backmesh_actors::log::state_disk;
 use backmesh_actors::replica::placement::{holders, Candidate};
 use backmesh_actors::store::SledKv;

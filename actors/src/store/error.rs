@@ -1,0 +1,50 @@
+//! What the store fails with.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::archive::manifest::ManifestError;
+use crate::hash::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the data directory {path} is in use by another backmesh process")]
+    Locked { path: PathBuf },
+    #[error("index database error: {reason}")]
+    Index { reason: String },
+    #[error("no archive `{id}` of {path} on node {node}")]
+    NoSuchArchive { node: String, path: String, id: String },
+    #[error("member {digest} is missing from the store")]
+    MissingMember { digest: Digest },
+    #[error("member {digest} is damaged (its content hashes to {actual})")]
+    DamagedMember { digest: Digest, actual: Digest },
+    #[error("archive {id}: reassembled .tgz has sha256 {actual}, manifest says {expected}")]
+    TgzMismatch { id: String, expected: Digest, actual: Digest },
+    #[error("manifest {path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("archive {id} of {path} on node {node} is refused: {reason}")]
+    Unsealed { node: String, path: String, id: String, reason: String },
+    /// Sealed by a key this node does not know by that name yet: no one
+    /// is to blame (the name is bound once a hello or an entry says who
+    /// it is), and the origin offers again.
+    #[error("archive {id} of {path} on node {node} is refused for now: it is sealed by {signer}, which this node does not know as node {node} yet")]
+    OriginNotKnownYet { node: String, path: String, id: String, signer: String },
+    #[error("{path}: {reason}")]
+    Identity { path: PathBuf, reason: String },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        StoreError::Io { path: path.to_path_buf(), source }
+    }
+}
