@@ -221,9 +221,9 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         // this node act checks the operator's grant (its name and token).
         let (me, token) = (cfg.name.clone(), cfg.token.clone());
         let router = Router::new(actor.clone())
-            .hear(log::proto::LOG_TOPIC, log::actor::hear(log.clone()))
-            .accept(&log::proto::STATE, log::actor::serve_state(log.clone()))
-            .accept(&log::proto::HISTORY, log::actor::serve_history(log.clone()))
+            .hear(log::proto::LOG_TOPIC, log::actor::serve::hear(log.clone()))
+            .accept(&log::proto::STATE, log::actor::serve::serve_state(log.clone()))
+            .accept(&log::proto::HISTORY, log::actor::serve::serve_history(log.clone()))
             .accept(&jobs::proto::JOBS, jobs::actor::serve(jobs.clone(), me.clone(), token.clone()))
             .accept(&replica::proto::XFER, replica::actor::serve_xfer(replica.clone()))
             .accept(&replica::proto::REPLICA, replica::actor::serve_replica(replica.clone(), me, token));

@@ -27,29 +27,26 @@
 //! archive is a no-op) make it idempotent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures::StreamExt;
 
+use super::holder::{serve, Blame, Holder, Wanted};
 use super::plan::{Handoff, Planner, Push, PushError};
-use super::proto::{
-    xfer, ArchiveId, ManifestBase, ReplicaAnswer, ReplicaRequest, WireDelta, WireMember, XferRequest, XferResponse,
-    DELTA_RAW_BATCH, MAX_XFER, REPLICA, XFER,
-};
+use super::proto::{ReplicaAnswer, ReplicaRequest, XferRequest, XferResponse, REPLICA, XFER};
+use super::push::{all_confirm, run_push, PushFailed};
 use super::quota::{Quota, Usage};
-use super::source::{self, batches, locate, read_members, Place, RemoteSource};
-use crate::archive::restore::{MemberSource, RestoreError};
-use crate::archive::{restore_archive, Manifest, RestoreOptions};
+pub use super::restore::RestoreHere;
+use super::restore::{check_target, restore, BadTarget};
+use super::verify::verify_series;
 use crate::disk::free_bytes;
 use crate::hash::Digest;
 use crate::jobs::actor::ArchiveStored;
-use crate::log::actor::{GetCatalog, LogActor, Record};
+use crate::log::actor::{LogActor, Record};
 use crate::log::entry::Event;
 use crate::net::actor::{GetPeers, MembershipActor};
-use crate::net::client::{NetClient, RequestError};
+use crate::net::client::NetClient;
 use crate::net::membership::PeerView;
 use crate::net::rpc::{InboundRequest, Reply};
 use crate::store::{Retention, Store};
@@ -119,20 +116,6 @@ pub fn serve_replica(replica: Addr<ReplicaActor>, me: String, token: Option<Stri
     }
 }
 
-/// Restore an archive of (node, path) onto this node. Answers at once
-/// whether the restore could start; its result goes to the log as a
-/// `restored` entry carrying `request`.
-#[derive(Message)]
-#[rtype(result = "Result<(), BadTarget>")]
-pub struct RestoreHere {
-    pub node: String,
-    pub path: String,
-    pub archive: Option<String>,
-    pub to: String,
-    pub overwrite: bool,
-    pub request: String,
-}
-
 /// Verify this node's copies (of (node, path), or all). Answers the series
 /// that will be verified; one `verified` entry each follows, with `request`.
 #[derive(Message)]
@@ -143,53 +126,6 @@ pub struct VerifyHere {
     pub request: String,
 }
 
-/// Members this node asked each peer for (its answers to offers and
-/// commits): a `Put` is accepted only for these, so a peer cannot fill
-/// this node's disk with members of no archive it offered.
-#[derive(Debug, Default)]
-pub struct Wanted {
-    /// peer → digest → until when it may come (ms).
-    by_peer: HashMap<String, HashMap<Digest, i64>>,
-}
-
-/// How long an asked-for member may take to come.
-const WANTED_FOR_MS: i64 = 30 * 60_000;
-/// Members asked of one peer at once, at most (a whole large archive).
-const WANTED_MAX: usize = 1 << 20;
-
-impl Wanted {
-    /// `peer` was told to send `digests`.
-    pub fn asked(&mut self, peer: &str, digests: &[Digest], now_ms: i64) {
-        let w = self.by_peer.entry(peer.to_string()).or_default();
-        w.retain(|_, until| *until > now_ms);
-        for d in digests.iter().take(WANTED_MAX.saturating_sub(w.len())) {
-            w.insert(*d, now_ms + WANTED_FOR_MS);
-        }
-    }
-
-    /// Takes `digests` from what `peer` was asked for: all of them, or
-    /// none and the first that was not asked for.
-    pub fn take(&mut self, peer: &str, digests: &[Digest], now_ms: i64) -> Result<(), Digest> {
-        let w = self.by_peer.get_mut(peer);
-        let asked = |d: &Digest| w.as_ref().is_some_and(|w| w.get(d).is_some_and(|until| *until > now_ms));
-        if let Some(d) = digests.iter().find(|d| !asked(d)) {
-            return Err(*d);
-        }
-        if let Some(w) = self.by_peer.get_mut(peer) {
-            for d in digests {
-                w.remove(d);
-            }
-            if w.is_empty() {
-                self.by_peer.remove(peer);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Member batches (of up to 4 MiB) sent to one holder at once.
-const PUTS_IN_FLIGHT: usize = 2;
-
 /// Outcome of one push of a series to one holder.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -198,85 +134,6 @@ struct Pushed {
     confirmed: Vec<String>,
     error: Option<PushFailed>,
 }
-
-/// Why a push stopped.
-#[derive(Debug)]
-struct PushFailed {
-    reason: String,
-    /// The holder refused because the series' node is at its quota there:
-    /// that series waits, not every push to that holder.
-    over_quota: bool,
-}
-
-impl From<String> for PushFailed {
-    fn from(reason: String) -> Self {
-        PushFailed { reason, over_quota: false }
-    }
-}
-
-impl From<backmesh_api::names::BadName> for PushFailed {
-    fn from(e: backmesh_api::names::BadName) -> Self {
-        e.to_string().into()
-    }
-}
-
-impl From<RequestError> for PushFailed {
-    fn from(e: RequestError) -> Self {
-        e.to_string().into()
-    }
-}
-
-/// Why a restore into a directory cannot start: the operator must pick
-/// another target (or pass `--overwrite`).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BadTarget {
-    #[error("`{0}` is not an absolute path; give the full path of the target directory")]
-    NotAbsolute(String),
-    #[error("{0} is not empty; restore into a new or empty directory, or pass --overwrite")]
-    NotEmpty(String),
-    #[error("{0} exists and is not a directory")]
-    NotADirectory(String),
-    #[error("{to}: {why}")]
-    Unusable { to: String, why: String },
-}
-
-impl crate::error::Transient for BadTarget {
-    fn retry(&self) -> crate::error::Retry {
-        crate::error::Retry::Never
-    }
-}
-
-/// Why a restore this node started did not complete (said in its
-/// `restored` entry).
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreFailed {
-    #[error("the node is stopping: {0}")]
-    Stopping(String),
-    #[error(transparent)]
-    Read(#[from] crate::replica::source::ReadError),
-    /// The archive was found but could not be restored (a damaged member
-    /// with no good copy, the target, the disk).
-    #[error("{0}")]
-    Restore(String),
-    #[error("the restore crashed: {0}")]
-    Crashed(String),
-    /// Neither a live node nor the offsite bucket has it.
-    #[error("{0}")]
-    Offsite(String),
-}
-
-impl crate::error::Transient for RestoreFailed {
-    fn retry(&self) -> crate::error::Retry {
-        match self {
-            RestoreFailed::Read(e) => e.retry(),
-            _ => crate::error::Retry::Later,
-        }
-    }
-}
-
-/// Why this holder refuses what a peer sent: the words go back to it.
-#[derive(Debug)]
-struct Refusal(String);
 
 pub struct ReplicaActor {
     me: String,
@@ -304,10 +161,6 @@ pub struct ReplicaActor {
     /// when no live node has an archive asked for.
     offsite: Option<(Addr<crate::offsite::actor::OffsiteActor>, Arc<crate::offsite::sync::Offsite>)>,
 }
-
-/// How long a restore waits for a holder of what it reads to be seen up
-/// (a node just started is still connecting to its peers).
-const HOLDER_WAIT_MS: u64 = 10_000;
 
 /// How often the catalog's word on what this node keeps is checked against
 /// its disk (the first time once the log writes: [`crate::log::actor::SEQ_WAIT_MS`]).
@@ -433,501 +286,11 @@ impl ReplicaActor {
     }
 }
 
-/// Whether every elected holder keeps every archive of the handoff. A
-/// holder must not only list them: for each, it must send back a member
-/// picked here at random (saying costs nothing; a holder that only says
-/// it keeps copies would make this node drop the last good ones).
-async fn all_confirm(net: &NetClient, store: Arc<Store>, h: &Handoff) -> bool {
-    let (st, node, path, ids) = (store, h.node.clone(), h.path.clone(), h.ids.clone());
-    let picks = tokio::task::spawn_blocking(move || {
-        use std::hash::BuildHasher as _;
-        let random = std::collections::hash_map::RandomState::new();
-        ids.into_iter()
-            .filter_map(|id| {
-                let m = st.manifest(&node, &path, Some(&id)).ok()?;
-                let i = random.hash_one(&id) as usize % m.members.len().max(1);
-                Some((id, m.members.get(i)?.sha256))
-            })
-            .collect::<HashMap<String, Digest>>()
-    })
-    .await
-    .unwrap_or_default();
-    let Ok(list) = XferRequest::list(&h.node, &h.path) else { return false };
-    for t in &h.targets {
-        let kept: Vec<String> = match xfer(net, t, list.clone()).await {
-            Ok(XferResponse::Archives { ids }) => ids.into_iter().map(String::from).collect(),
-            _ => return false,
-        };
-        // An archive older than all the holder keeps was pruned there, not lost.
-        let oldest = kept.iter().min();
-        if !h.ids.iter().all(|id| kept.contains(id) || oldest.is_some_and(|o| id < o)) {
-            return false;
-        }
-        for id in h.ids.iter().filter(|id| kept.contains(id)) {
-            let Some(digest) = picks.get(id).copied() else { return false };
-            let proof = xfer(net, t, XferRequest::Get { digests: vec![digest] }).await;
-            let shown = match &proof {
-                Ok(XferResponse::Members { members }) => {
-                    members.iter().any(|m| m.digest == digest && Digest::of(&m.data) == digest)
-                }
-                _ => false,
-            };
-            if !shown {
-                tracing::warn!(
-                    "{t} says it keeps archive {id} of {} on {} but did not send a member of it: this node keeps its copy",
-                    h.path,
-                    h.node
-                );
-                return false;
-            }
-        }
-    }
-    true
-}
-
 #[derive(Message)]
 #[rtype(result = "()")]
 struct HandedOff {
     handoff: Handoff,
     confirmed: bool,
-}
-
-/// Sends the archives `push.ids` to its holder: the ids it confirmed, and
-/// the first error if one stopped the push.
-async fn run_push(net: &NetClient, store: &Arc<Store>, push: &Push) -> (Vec<String>, Option<PushFailed>) {
-    let list = match XferRequest::list(&push.node, &push.path) {
-        Ok(list) => list,
-        Err(e) => return (Vec::new(), Some(e.into())),
-    };
-    let kept: HashSet<String> = match xfer(net, &push.peer, list).await {
-        Ok(XferResponse::Archives { ids }) => ids.into_iter().map(String::from).collect(),
-        Ok(XferResponse::Refused { reason }) => return (Vec::new(), Some(reason.into())),
-        Ok(other) => return (Vec::new(), Some(format!("unexpected answer {other:?}").into())),
-        Err(e) => return (Vec::new(), Some(e.into())),
-    };
-    let mut confirmed: Vec<String> = push.ids.iter().filter(|id| kept.contains(*id)).cloned().collect();
-    // Oldest first: a holder that stops half-way keeps a contiguous history.
-    for id in push.ids.iter().rev().filter(|id| !kept.contains(*id)) {
-        match send_archive(net, store, push, id).await {
-            Ok(()) => confirmed.push(id.clone()),
-            Err(e) => return (confirmed, Some(e)),
-        }
-    }
-    (confirmed, None)
-}
-
-async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Push, id: &str) -> Result<(), PushFailed> {
-    let manifest = {
-        let (s, n, p, i) = (store.clone(), push.node.clone(), push.path.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || {
-            let mut m = s.manifest(&n, &p, Some(&i))?;
-            // An archive this node made before seals existed: sealed now,
-            // by the node it is bound to here (this one), or holders refuse it.
-            if m.seal.is_none() && s.origin_of(&n)? == Some(s.peer_id()) {
-                m.seal_with(s.identity()).map_err(|source| crate::store::StoreError::Manifest {
-                    path: s.root().join("identity.key"),
-                    source,
-                })?;
-            }
-            Ok::<_, crate::store::StoreError>(m)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-    };
-    let encoded = serde_bytes::ByteBuf::from(manifest.encode());
-    // The manifest goes as a delta against the series' archive before it
-    // where the holder keeps that one (it says when it does not).
-    let mut delta = {
-        let (s, e, m) = (store.clone(), encoded.clone(), manifest.clone());
-        tokio::task::spawn_blocking(move || manifest_delta(&s, &m, &e)).await.ok().flatten()
-    };
-    let mut sent = 0u64;
-    let offer = |delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>| match delta {
-        Some((literals, base)) => XferRequest::Offer { manifest: literals.clone(), against: Some(base.clone()) },
-        None => XferRequest::Offer { manifest: encoded.clone(), against: None },
-    };
-    let mut answer = xfer(net, &push.peer, offer(&delta)).await?;
-    if matches!(answer, XferResponse::WholeManifest) {
-        sent += wire_len(&delta, &encoded);
-        delta = None;
-        answer = xfer(net, &push.peer, offer(&delta)).await?;
-    }
-    sent += wire_len(&delta, &encoded);
-    let mut missing = match answer {
-        XferResponse::Want { complete: true, .. } => return Ok(()),
-        XferResponse::Want { missing, .. } => missing,
-        XferResponse::Refused { reason } => return Err(reason.into()),
-        XferResponse::OverQuota { reason } => return Err(PushFailed { reason, over_quota: true }),
-        other => return Err(format!("unexpected answer {other:?}").into()),
-    };
-    // A member the holder collected meanwhile is asked for again: a few rounds at most.
-    for round in 0..3 {
-        let want: HashSet<Digest> = missing.iter().copied().collect();
-        let refs = manifest.members.iter().filter(|m| want.contains(&m.sha256));
-        // A few batches in flight: reading, sending and the holder's writing overlap.
-        let mut puts = futures::stream::iter(batches(refs))
-            .map(|batch| async move {
-                // Unchecked here: the holder checks every member before it keeps it
-                // (and refuses a damaged one), so hashing twice would only cost CPU.
-                // The first round sends deltas where this node knows a base;
-                // what did not rebuild on the holder comes back whole.
-                // Deltas past what one Put may rebuild go in another Put.
-                let s = store.clone();
-                let puts = tokio::task::spawn_blocking(move || {
-                    let mut puts = vec![(Vec::new(), Vec::new(), 0u64)];
-                    for d in batch {
-                        let data = s.read_member_unchecked(&d).map_err(|e| PushFailed::from(e.to_string()))?;
-                        let delta = (round == 0).then(|| delta_of(&s, &d, data.len())).flatten();
-                        let Some((members, deltas, raw)) = puts.last_mut() else { unreachable!() };
-                        // What the holder inflates and rebuilds: the base and the member.
-                        match delta {
-                            Some((delta, base_len)) if *raw + delta.raw_len + base_len <= DELTA_RAW_BATCH => {
-                                *raw += delta.raw_len + base_len;
-                                deltas.push(delta);
-                            }
-                            Some((delta, base_len)) => {
-                                let raw = delta.raw_len + base_len;
-                                puts.push((Vec::new(), vec![delta], raw));
-                            }
-                            None => members.push(WireMember { digest: d, data: data.into() }),
-                        }
-                    }
-                    Ok::<_, PushFailed>(puts)
-                })
-                .await
-                .map_err(|e| PushFailed::from(e.to_string()))??;
-                let mut n = 0u64;
-                for (members, deltas, _) in puts {
-                    n += members.iter().map(|m| m.data.len() as u64).sum::<u64>()
-                        + deltas.iter().map(|d| (d.ops.len() + d.literals.len()) as u64).sum::<u64>();
-                    match xfer(net, &push.peer, XferRequest::Put { members, deltas }).await? {
-                        XferResponse::Stored => {}
-                        XferResponse::Refused { reason } => return Err(PushFailed::from(reason)),
-                        other => return Err(PushFailed::from(format!("unexpected answer {other:?}"))),
-                    }
-                }
-                Ok(n)
-            })
-            .buffer_unordered(PUTS_IN_FLIGHT);
-        while let Some(done) = puts.next().await {
-            sent += done?;
-        }
-        let commit = |delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>, sent: u64| match delta {
-            Some((literals, base)) => XferRequest::Commit {
-                manifest: literals.clone(),
-                against: Some(base.clone()),
-                sent,
-                repair: push.repair,
-            },
-            None => XferRequest::Commit { manifest: encoded.clone(), against: None, sent, repair: push.repair },
-        };
-        sent += wire_len(&delta, &encoded);
-        let mut answer = xfer(net, &push.peer, commit(&delta, sent)).await?;
-        if matches!(answer, XferResponse::WholeManifest) {
-            delta = None;
-            sent += wire_len(&delta, &encoded);
-            answer = xfer(net, &push.peer, commit(&delta, sent)).await?;
-        }
-        match answer {
-            XferResponse::Committed => return Ok(()),
-            XferResponse::Want { missing: m, .. } => missing = m,
-            XferResponse::Refused { reason } => return Err(reason.into()),
-            XferResponse::OverQuota { reason } => return Err(PushFailed { reason, over_quota: true }),
-            other => return Err(format!("unexpected answer {other:?}").into()),
-        }
-    }
-    Err(format!("{} still lacks {} member(s) of archive {id} after three rounds", push.name, missing.len()).into())
-}
-
-/// Bytes a manifest takes on the wire, whole or as a delta.
-fn wire_len(delta: &Option<(serde_bytes::ByteBuf, ManifestBase)>, whole: &[u8]) -> u64 {
-    match delta {
-        Some((literals, base)) => (literals.len() + base.ops.len()) as u64,
-        None => whole.len() as u64,
-    }
-}
-
-/// `encoded` (the manifest `m`) as a delta against the manifest of the
-/// series' archive before it, if this node keeps that one and the delta
-/// is well under half the manifest: (the literals, what they are against).
-fn manifest_delta(store: &Store, m: &Manifest, encoded: &[u8]) -> Option<(serde_bytes::ByteBuf, ManifestBase)> {
-    let list = store.list(&m.node, &m.path).ok()?;
-    let before = list.iter().find(|s| s.id != m.id && s.order() < m.order())?;
-    let old = store.manifest_bytes(&m.node, &m.path, &before.id).ok()?;
-    let (ops, literals) = crate::archive::delta::make(&old, encoded);
-    if (ops.len() + literals.len()) * 2 > encoded.len() {
-        return None;
-    }
-    let base = ManifestBase {
-        node: super::proto::name(&m.node).ok()?,
-        path: super::proto::series(&m.path).ok()?,
-        archive: super::proto::archive(&before.id).ok()?,
-        raw_len: encoded.len() as u64,
-        sha256: Digest::of(encoded),
-        ops: ops.into(),
-    };
-    Some((literals.into(), base))
-}
-
-/// The manifest an `Offer` or `Commit` carries: as sent, or rebuilt from
-/// the manifest it is a delta against; `None` if this node does not keep
-/// that one or the delta does not rebuild the bytes it names.
-fn manifest_sent<'a>(
-    store: &Store,
-    manifest: &'a [u8],
-    against: Option<&ManifestBase>,
-) -> Option<std::borrow::Cow<'a, [u8]>> {
-    let Some(b) = against else {
-        return Some(std::borrow::Cow::Borrowed(manifest));
-    };
-    let old = store.manifest_bytes(&b.node, &b.path, &b.archive).ok()?;
-    let raw = crate::archive::delta::apply(&old, &b.ops, manifest, b.raw_len, MAX_XFER as u64).ok()?;
-    (Digest::of(&raw) == b.sha256).then_some(std::borrow::Cow::Owned(raw))
-}
-
-/// Member `d` (of `len` compressed bytes) as a delta against the member
-/// this node made it from much as, and the base's raw length, when that
-/// is a good deal smaller and one `Put` may rebuild it; `None`: send it
-/// whole.
-fn delta_of(store: &Store, d: &Digest, len: usize) -> Option<(WireDelta, u64)> {
-    let (base, level) = store.base_of(d)?;
-    let new = store.raw_member(d, DELTA_RAW_BATCH).ok()?;
-    let old = store.raw_member(&base, DELTA_RAW_BATCH - new.len() as u64).ok()?;
-    let (ops, literals) = crate::archive::delta::make(&old, &new);
-    if (ops.len() + literals.len()) * 10 > len * 9 {
-        return None;
-    }
-    let delta =
-        WireDelta { digest: *d, base, level, raw_len: new.len() as u64, ops: ops.into(), literals: literals.into() };
-    Some((delta, old.len() as u64))
-}
-
-/// Rebuilds the members sent as deltas whose base this node holds; those
-/// that do not come out as their digest are dropped (the commit asks for
-/// them again, whole).
-///
-/// The bases inflated for one `Put` count against [`DELTA_RAW_BATCH`] too:
-/// a few bytes of delta naming a large base must not make this node
-/// inflate without bound.
-fn rebuild(store: &Store, deltas: &[WireDelta]) -> Vec<(Digest, Vec<u8>)> {
-    let mut budget = DELTA_RAW_BATCH;
-    deltas
-        .iter()
-        .filter_map(|d| {
-            let old = store.raw_member(&d.base, budget).ok()?;
-            budget -= old.len() as u64;
-            let raw = crate::archive::delta::apply(&old, &d.ops, &d.literals, d.raw_len, DELTA_RAW_BATCH).ok()?;
-            let data = crate::archive::create::gzip_member(&raw, d.level);
-            (Digest::of(&data) == d.digest).then_some((d.digest, data))
-        })
-        .collect()
-}
-
-/// Serves one transfer request from the store; the events to record after.
-/// What serving a transfer request came to: the answer, the events to
-/// record, and what the peer did wrong if it sent a forged or unsealed
-/// manifest.
-type Served = (XferResponse, Vec<Event>, Option<Blame>);
-
-/// What a peer's refused request says of it.
-enum Blame {
-    /// It sent something forged or out of its authority.
-    Misdeed(String),
-    /// A node went past one of this node's bounds: the origin whose
-    /// archive would pass its quota here (its peer id, from the seal),
-    /// whoever sent it.
-    Limited { origin: Option<String>, what: String },
-}
-
-/// What serving transfer requests needs besides the request.
-struct Holder<'a> {
-    store: &'a Store,
-    me: &'a str,
-    keep: Retention,
-    quota: Quota,
-    usage: &'a Mutex<Usage>,
-    claimants: &'a HashMap<String, String>,
-}
-
-fn serve(h: &Holder, request: XferRequest) -> Served {
-    let misdeed = std::cell::RefCell::new(None);
-    let (response, events) = answer(h, request, &misdeed);
-    (response, events, misdeed.into_inner())
-}
-
-/// Whether this holder has room for the members `missing` of archive `m`:
-/// free space (less a margin) and its origin's quota. If it has, they are
-/// reserved against the quota until they come.
-fn room_for(
-    h: &Holder,
-    m: &Manifest,
-    missing: &[Digest],
-    misdeed: &std::cell::RefCell<Option<Blame>>,
-) -> Result<(), XferResponse> {
-    let (store, me, quota) = (h.store, h.me, h.quota);
-    let refused = |reason: String| XferResponse::Refused { reason };
-    let want: HashSet<&Digest> = missing.iter().collect();
-    let need: u64 = m.members.iter().filter(|r| want.contains(&r.sha256)).map(|r| r.compressed_len).sum();
-    let free = free_bytes(store.root());
-    // Keep a margin so that a holder never fills its disk to the last byte.
-    let margin = 64 << 20;
-    if need + margin > free {
-        return Err(refused(format!(
-            "{me} has {} free and the archive needs {} more (plus a {} margin)",
-            backmesh_api::human_bytes(free),
-            backmesh_api::human_bytes(need),
-            backmesh_api::human_bytes(margin)
-        )));
-    }
-    let mut usage = h.usage.lock().unwrap_or_else(|p| p.into_inner());
-    let held = match usage.held(store, &m.node, &m.id) {
-        Ok(n) => n,
-        Err(e) => return Err(refused(format!("{me} cannot count what node {}'s archives take: {e}", m.node))),
-    };
-    let limit = quota.limit(held, free);
-    if held.saturating_add(need) > limit {
-        let what = format!(
-            "is at its quota: its archives take {} here, archive {} of {} needs {} more, and the quota \
-             (--quota) is {quota} = {}",
-            backmesh_api::human_bytes(held),
-            m.id,
-            m.path,
-            backmesh_api::human_bytes(need),
-            backmesh_api::human_bytes(limit)
-        );
-        let reason = format!("{me}: node {} {what}", m.node);
-        *misdeed.borrow_mut() = Some(Blame::Limited { origin: m.signer().map(String::from), what });
-        return Err(XferResponse::OverQuota { reason });
-    }
-    usage.reserve(&m.node, &m.id, need);
-    Ok(())
-}
-
-fn answer(h: &Holder, request: XferRequest, misdeed: &std::cell::RefCell<Option<Blame>>) -> (XferResponse, Vec<Event>) {
-    let Holder { store, me, keep, usage, claimants, .. } = *h;
-    let refused = |reason: String| (XferResponse::Refused { reason }, Vec::new());
-    // A holder keeps only what the series' own node sealed: no peer can
-    // replace, evict or impersonate another node's archives.
-    let sealed = |manifest: &[u8]| -> Result<Manifest, Refusal> {
-        let m = Manifest::decode_from_peer(manifest).map_err(|e| {
-            if matches!(e, crate::archive::manifest::ManifestError::BadSeal { .. }) {
-                *misdeed.borrow_mut() = Some(Blame::Misdeed(format!("a manifest with a forged seal: {e}")));
-            }
-            Refusal(format!("bad manifest: {e}"))
-        })?;
-        store.check_origin(&m, claimants.get(&m.node).map(String::as_str)).map_err(|e| {
-            if !matches!(e, crate::store::StoreError::OriginNotKnownYet { .. }) {
-                *misdeed.borrow_mut() = Some(Blame::Misdeed(e.to_string()));
-            }
-            Refusal(format!("{me}: {e}"))
-        })?;
-        Ok(m)
-    };
-    match request {
-        XferRequest::Offer { manifest, against } => {
-            let Some(manifest) = manifest_sent(store, &manifest, against.as_ref()) else {
-                return (XferResponse::WholeManifest, Vec::new());
-            };
-            let m = match sealed(&manifest) {
-                Ok(m) => m,
-                Err(Refusal(e)) => return refused(e),
-            };
-            if store.has_archive(&m.node, &m.path, &m.id) {
-                return (XferResponse::Want { missing: Vec::new(), complete: true }, Vec::new());
-            }
-            let missing = store.missing_members(&m);
-            match room_for(h, &m, &missing, misdeed) {
-                Ok(()) => (XferResponse::Want { missing, complete: false }, Vec::new()),
-                Err(refusal) => (refusal, Vec::new()),
-            }
-        }
-        XferRequest::Put { members, deltas } => {
-            let raw: u64 = deltas.iter().map(|d| d.raw_len).fold(0, u64::saturating_add);
-            if raw > DELTA_RAW_BATCH {
-                return refused(format!(
-                    "{me}: deltas that rebuild {raw} bytes, over the {DELTA_RAW_BATCH}-byte bound"
-                ));
-            }
-            let rebuilt = rebuild(store, &deltas);
-            let mut list: Vec<(Digest, &[u8])> = members.iter().map(|m| (m.digest, &m.data[..])).collect();
-            list.extend(rebuilt.iter().map(|(d, data)| (*d, &data[..])));
-            match store.put_members(&list) {
-                Ok(_) => (XferResponse::Stored, Vec::new()),
-                Err(e) => refused(format!("{me} cannot store the members: {e}")),
-            }
-        }
-        XferRequest::Commit { manifest, against, sent, repair } => {
-            let Some(manifest) = manifest_sent(store, &manifest, against.as_ref()) else {
-                return (XferResponse::WholeManifest, Vec::new());
-            };
-            let m = match sealed(&manifest) {
-                Ok(m) => m,
-                Err(Refusal(e)) => return refused(e),
-            };
-            let had = store.has_archive(&m.node, &m.path, &m.id);
-            match store.adopt(&m) {
-                // Members still to come: held to the same room as an offer
-                // (a commit is no way around the quota).
-                Ok(missing) if !missing.is_empty() => match room_for(h, &m, &missing, misdeed) {
-                    Ok(()) => (XferResponse::Want { missing, complete: false }, Vec::new()),
-                    Err(refusal) => (refusal, Vec::new()),
-                },
-                Ok(_) => {
-                    usage.lock().unwrap_or_else(|p| p.into_inner()).committed(&m.node, &m.id);
-                    let mut events = Vec::new();
-                    if !had {
-                        let (node, path, archive, holder) = (m.node.clone(), m.path.clone(), m.id.clone(), me.into());
-                        events.push(if repair {
-                            Event::Repaired { node, path, archive, holder }
-                        } else {
-                            Event::Replicated { node, path, archive, holder, bytes: sent }
-                        });
-                    }
-                    match store.retain(&m.node, &m.path, keep) {
-                        Ok(r) => events.extend(r.removed.into_iter().map(|archive| Event::Pruned {
-                            node: m.node.clone(),
-                            path: m.path.clone(),
-                            archive,
-                            holder: me.into(),
-                        })),
-                        Err(e) => tracing::warn!("retention of {} on {}: {e}", m.path, m.node),
-                    }
-                    (XferResponse::Committed, events)
-                }
-                Err(e) => refused(format!("{me} cannot keep archive {}: {e}", m.id)),
-            }
-        }
-        XferRequest::List { node, path } => match store.list(&node, &path) {
-            // Ids in the index were checked when their archives came in.
-            Ok(list) => {
-                let ids = list.into_iter().filter_map(|s| ArchiveId::parse(s.id).ok()).collect();
-                (XferResponse::Archives { ids }, Vec::new())
-            }
-            Err(e) => refused(e.to_string()),
-        },
-        XferRequest::GetManifest { node, path, archive } => match store.manifest(&node, &path, archive.as_deref()) {
-            Ok(m) => (XferResponse::Manifest { manifest: m.encode().into() }, Vec::new()),
-            Err(e) => refused(format!("{me}: {e}")),
-        },
-        XferRequest::Get { digests } => {
-            let mut members = Vec::with_capacity(digests.len());
-            let mut total = 0usize;
-            for d in digests {
-                match store.read_member_checked(&d) {
-                    Ok(data) => {
-                        total += data.len();
-                        if total > MAX_XFER - 1024 {
-                            return refused("too many members asked for at once".into());
-                        }
-                        members.push(WireMember { digest: d, data: data.into() });
-                    }
-                    Err(e) => return refused(format!("{me}: {e}")),
-                }
-            }
-            (XferResponse::Members { members }, Vec::new())
-        }
-    }
 }
 
 impl Actor for ReplicaActor {
@@ -1128,7 +491,8 @@ impl Handler<ServeXfer> for ReplicaActor {
         let (store, me, keep, quota) = (self.store.clone(), self.me.clone(), self.cfg.keep, self.cfg.quota);
         let (claimants, usage) = (self.claimants.clone(), self.usage.clone());
         let work = tokio::task::spawn_blocking(move || {
-            let holder = Holder { store: &store, me: &me, keep, quota, usage: &usage, claimants: &claimants };
+            let free = free_bytes(store.root());
+            let holder = Holder { free, store: &store, me: &me, keep, quota, usage: &usage, claimants: &claimants };
             serve(&holder, msg.request)
         });
         ctx.spawn(work.into_actor(self).map(move |done, act, _| {
@@ -1180,21 +544,6 @@ impl Handler<ServeReplica> for ReplicaActor {
     }
 }
 
-/// Why a restore into `to` cannot start, if it cannot.
-fn check_target(to: &str, overwrite: bool) -> Result<(), BadTarget> {
-    let p = std::path::Path::new(to);
-    if !p.is_absolute() {
-        return Err(BadTarget::NotAbsolute(to.into()));
-    }
-    match std::fs::read_dir(p).map(|mut entries| entries.next().is_some()) {
-        Ok(true) if !overwrite => Err(BadTarget::NotEmpty(to.into())),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(BadTarget::NotADirectory(to.into())),
-        Err(e) => Err(BadTarget::Unusable { to: to.into(), why: e.to_string() }),
-    }
-}
-
 impl Handler<RestoreHere> for ReplicaActor {
     type Result = Result<(), BadTarget>;
     fn handle(&mut self, msg: RestoreHere, _: &mut Context<Self>) -> Self::Result {
@@ -1232,104 +581,6 @@ impl Handler<RestoreHere> for ReplicaActor {
     }
 }
 
-/// Finds the archive and restores it: `(archive id, report)`, or the id
-/// (if known) and why not.
-async fn restore(
-    store: &Arc<Store>,
-    net: &NetClient,
-    log: &Addr<LogActor>,
-    membership: &Addr<MembershipActor>,
-    offsite: Option<Arc<crate::offsite::sync::Offsite>>,
-    msg: &RestoreHere,
-) -> Result<(String, crate::archive::RestoreReport), (String, RestoreFailed)> {
-    let catalog = log
-        .send(GetCatalog { node: msg.node.clone(), path: msg.path.clone() })
-        .await
-        .map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?;
-    let mut peers =
-        membership.send(GetPeers).await.map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?.1;
-    // A node that has just started (or lost its peers a moment ago) may
-    // not see a holder up yet: wait a little for one before saying none is.
-    let mut waited = 0;
-    let kept_here = |id: &str| store.has_archive(&msg.node, &msg.path, id);
-    let wanted = match msg.archive.as_deref() {
-        Some(id) => catalog.iter().find(|a| a.id == id),
-        None => catalog.first(),
-    };
-    if let Some(a) = wanted.filter(|a| !kept_here(&a.id)) {
-        while waited < HOLDER_WAIT_MS && !peers.iter().any(|p| p.up && a.holders.contains(&p.name)) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            waited += 500;
-            peers =
-                membership.send(GetPeers).await.map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?.1;
-        }
-    }
-    let found = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref()).await;
-    let (m, place) = match (found, offsite) {
-        (Ok(found), _) => found,
-        // No live node has it: the bucket may.
-        (Err(e), Some(offsite)) => {
-            let (st, node, path, id) = (store.clone(), msg.node.clone(), msg.path.clone(), msg.archive.clone());
-            let claimant = source::claimant(&peers, &msg.node).map(str::to_string);
-            tracing::info!("no live node has {} of {} ({e}); reading it from the offsite bucket", msg.path, msg.node);
-            let imported = tokio::task::spawn_blocking(move || {
-                offsite.import(&st, &node, &path, id.as_deref(), claimant.as_deref())
-            })
-            .await;
-            match imported {
-                Ok(Ok(m)) => (m, Place::Local),
-                Ok(Err(oe)) => {
-                    let why = format!("{e}; and from the offsite bucket: {oe}");
-                    return Err((msg.archive.clone().unwrap_or_default(), RestoreFailed::Offsite(why)));
-                }
-                Err(join) => return Err((String::new(), RestoreFailed::Crashed(join.to_string()))),
-            }
-        }
-        (Err(e), None) => return Err((msg.archive.clone().unwrap_or_default(), RestoreFailed::Read(e))),
-    };
-    let id = m.id.clone();
-    let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
-    let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
-    // Should a member kept here be damaged or missing, the live peers
-    // (holders first) can send it: the restore is made again from them.
-    let holders: Vec<&str> = catalog.iter().flat_map(|a| a.holders.iter().map(String::as_str)).collect();
-    let mut others: Vec<&PeerView> = peers.iter().filter(|p| p.up).collect();
-    others.sort_by_key(|p| !holders.contains(&p.name.as_str()));
-    let others: Vec<String> = others.into_iter().map(|p| p.peer_id.clone()).collect();
-    let done = tokio::task::spawn_blocking(move || match place {
-        Place::Local => match restore_archive(&m, &*store, &to, &opts) {
-            Err(e @ (RestoreError::DamagedMember { .. } | RestoreError::MissingMember { .. }))
-                if !others.is_empty() =>
-            {
-                tracing::warn!("restore of archive {} here: {e}; reading its members from peers instead", m.id);
-                let remote = RemoteSource::new(net, others, &m.members);
-                let report = restore_archive(&m, &remote, &to, &opts)?;
-                // What came from peers mends this node's copy.
-                let mut mended = 0;
-                for r in &m.members {
-                    if store.read_member_checked(&r.sha256).is_err() {
-                        if let Ok(data) = MemberSource::read_member(&remote, r) {
-                            mended += usize::from(store.repair_member(&r.sha256, &data).is_ok());
-                        }
-                    }
-                }
-                if mended > 0 {
-                    tracing::warn!("mended {mended} damaged or missing member(s) of archive {} from peers", m.id);
-                }
-                Ok(report)
-            }
-            other => other,
-        },
-        Place::Remote(peers) => restore_archive(&m, &RemoteSource::new(net, peers, &m.members), &to, &opts),
-    })
-    .await;
-    match done {
-        Ok(Ok(report)) => Ok((id, report)),
-        Ok(Err(e)) => Err((id, RestoreFailed::Restore(e.to_string()))),
-        Err(e) => Err((id, RestoreFailed::Crashed(e.to_string()))),
-    }
-}
-
 impl Handler<VerifyHere> for ReplicaActor {
     type Result = MessageResult<VerifyHere>;
     fn handle(&mut self, msg: VerifyHere, _: &mut Context<Self>) -> Self::Result {
@@ -1357,115 +608,6 @@ impl Handler<VerifyHere> for ReplicaActor {
     }
 }
 
-/// Re-hashes every member of this node's copies of (node, path) and
-/// replaces damaged or missing ones from another holder.
-#[allow(clippy::too_many_arguments)]
-async fn verify_series(
-    store: &Arc<Store>,
-    net: &NetClient,
-    log: &Addr<LogActor>,
-    membership: &Addr<MembershipActor>,
-    me: &str,
-    node: &str,
-    path: &str,
-    ids: &[String],
-    request: &str,
-) -> Vec<Event> {
-    let (s, n, p, list) = (store.clone(), node.to_string(), path.to_string(), ids.to_vec());
-    let failed = |error: String| Event::VerifyFailed {
-        node: node.into(),
-        path: path.into(),
-        holder: me.into(),
-        error,
-        request: Some(request.into()),
-    };
-    // (archive id, members, bad digests) for each archive whose manifest
-    // reads, and why each other one does not.
-    let checked = tokio::task::spawn_blocking(move || {
-        let mut unreadable = Vec::new();
-        let checked = list
-            .iter()
-            .filter_map(|id| match s.manifest(&n, &p, Some(id)) {
-                Ok(m) => {
-                    let r = s.verify(&m);
-                    let bad: Vec<Digest> = r.damaged.iter().chain(&r.missing).copied().collect();
-                    Some((id.clone(), r.members as u64, bad))
-                }
-                Err(e) => {
-                    tracing::warn!("verify: cannot read the manifest of {id}: {e}");
-                    unreadable.push(format!("cannot read the manifest of archive {id}: {e}"));
-                    None
-                }
-            })
-            .collect::<Vec<_>>();
-        (checked, unreadable)
-    })
-    .await;
-    // A check that crashed checked nothing: it is a failure, never an empty success.
-    let (checked, unreadable) = match checked {
-        Ok(c) => c,
-        Err(e) => return vec![failed(format!("the check of this holder's copies crashed: {e}"))],
-    };
-    let members: u64 = checked.iter().map(|(_, n, _)| n).sum();
-    let bad: HashSet<Digest> = checked.iter().flat_map(|(_, _, b)| b.iter().copied()).collect();
-    let mut repaired: HashSet<Digest> = HashSet::new();
-    let mut events = Vec::new();
-    if !bad.is_empty() {
-        let catalog = log.send(GetCatalog { node: node.into(), path: path.into() }).await.unwrap_or_default();
-        let peers = membership.send(GetPeers).await.map(|(_, p)| p).unwrap_or_default();
-        // Other live nodes that keep this series, holders first.
-        let holders: HashSet<&String> = catalog.iter().flat_map(|a| a.holders.iter()).collect();
-        let mut sources: Vec<&PeerView> = peers.iter().filter(|p| p.up && p.name != me).collect();
-        sources.sort_by_key(|p| !holders.contains(&p.name));
-        let place = Place::Remote(sources.iter().map(|p| p.peer_id.clone()).collect());
-        for d in &bad {
-            match read_members(store, net, &place, vec![*d]).await {
-                Ok(mut got) => {
-                    let (s, data) = (store.clone(), got.remove(0).1);
-                    let d2 = *d;
-                    match tokio::task::spawn_blocking(move || s.repair_member(&d2, &data)).await {
-                        Ok(Ok(())) => {
-                            repaired.insert(*d);
-                        }
-                        Ok(Err(e)) => tracing::warn!("verify: cannot replace member {d}: {e}"),
-                        Err(e) => tracing::warn!("verify: {e}"),
-                    }
-                }
-                Err(e) => tracing::warn!("verify: member {d} of {path} on {node} cannot be repaired: {e}"),
-            }
-        }
-        for (id, _, b) in &checked {
-            if !b.is_empty() && b.iter().all(|d| repaired.contains(d)) {
-                events.push(Event::Repaired {
-                    node: node.into(),
-                    path: path.into(),
-                    archive: id.clone(),
-                    holder: me.into(),
-                });
-            }
-        }
-    }
-    if !unreadable.is_empty() {
-        events.insert(0, failed(unreadable.join("; ")));
-        return events;
-    }
-    events.insert(
-        0,
-        Event::Verified {
-            node: node.into(),
-            path: path.into(),
-            holder: me.into(),
-            archives: ids.len() as u64,
-            members,
-            damaged: bad.len() as u64,
-            repaired: repaired.len() as u64,
-            ok: bad.len() == repaired.len(),
-            request: Some(request.into()),
-        },
-    );
-    events
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1478,7 +620,7 @@ mod tests {
         assert_eq!(w.take("P", &[a, c], 1), Err(c), "one not asked for refuses the batch");
         assert_eq!(w.take("P", &[a], 2), Ok(()));
         assert_eq!(w.take("P", &[a], 3), Err(a), "taken once");
-        assert_eq!(w.take("P", &[b], WANTED_FOR_MS + 1), Err(b), "asked too long ago");
+        assert_eq!(w.take("P", &[b], super::super::holder::WANTED_FOR_MS + 1), Err(b), "asked too long ago");
     }
     use super::*;
 

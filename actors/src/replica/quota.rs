@@ -51,6 +51,39 @@ impl std::fmt::Display for Quota {
     }
 }
 
+/// Free space a holder keeps on its disk whatever it is offered.
+pub const MARGIN: u64 = 64 << 20;
+
+/// Whether a holder takes `need` more bytes of one origin's archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Take,
+    /// Its disk would go below [`MARGIN`].
+    NoRoom {
+        free: u64,
+        need: u64,
+    },
+    /// The origin would pass its quota here.
+    OverQuota {
+        held: u64,
+        need: u64,
+        limit: u64,
+    },
+}
+
+/// The admission decision, a pure function of what is asked, what the
+/// disk has free, what the origin holds here and the quota.
+pub fn admit(need: u64, free: u64, held: u64, quota: Quota) -> Admission {
+    if need.saturating_add(MARGIN) > free {
+        return Admission::NoRoom { free, need };
+    }
+    let limit = quota.limit(held, free);
+    if held.saturating_add(need) > limit {
+        return Admission::OverQuota { held, need, limit };
+    }
+    Admission::Take
+}
+
 /// `200G`, `1.5T`, `512MiB`, `4096` (bytes) or `40%`.
 pub fn parse_quota(text: &str) -> Result<Quota, crate::error::BadSetting> {
     let t = text.trim();
@@ -185,6 +218,31 @@ fn count(store: &Store, origin: &str) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admission_table() {
+        const G: u64 = 1 << 30;
+        let half = Quota::Percent(50);
+        let cases = [
+            // need, free, held, quota → decision
+            (G, 10 * G, 0, half, Admission::Take),
+            (G, G, 0, half, Admission::NoRoom { free: G, need: G }),
+            (G, G + MARGIN, 0, Quota::Percent(100), Admission::Take),
+            (0, MARGIN - 1, 0, half, Admission::NoRoom { free: MARGIN - 1, need: 0 }),
+            // 50% of (held 4 + free 4) = 4: holding 4, one more is over.
+            (G, 4 * G, 4 * G, half, Admission::OverQuota { held: 4 * G, need: G, limit: 4 * G }),
+            // 50% of (held 2 + free 4) = 3: holding 2, one more fits exactly.
+            (G, 4 * G, 2 * G, half, Admission::Take),
+            (G, 100 * G, 2 * G, Quota::Bytes(2 * G), Admission::OverQuota { held: 2 * G, need: G, limit: 2 * G }),
+            (G, 100 * G, G, Quota::Bytes(2 * G), Admission::Take),
+            // No overflow at the edges: refused all the same.
+            (u64::MAX, u64::MAX, 0, half, Admission::OverQuota { held: 0, need: u64::MAX, limit: u64::MAX / 2 }),
+            (u64::MAX, 1, 0, half, Admission::NoRoom { free: 1, need: u64::MAX }),
+        ];
+        for (need, free, held, quota, want) in cases {
+            assert_eq!(admit(need, free, held, quota), want, "need {need} free {free} held {held} {quota}");
+        }
+    }
 
     #[test]
     fn a_quota_reads_sizes_and_shares_and_refuses_the_rest() {

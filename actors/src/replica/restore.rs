@@ -1,0 +1,196 @@
+//! Restoring an archive onto this node, from here, from holders or from the
+//! offsite bucket; the checks on its target before anything starts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::source::{self, locate, Place, RemoteSource};
+use crate::archive::restore::{MemberSource, RestoreError};
+use crate::archive::{restore_archive, RestoreOptions};
+use crate::log::actor::{GetCatalog, LogActor};
+use crate::net::actor::{GetPeers, MembershipActor};
+use crate::net::client::NetClient;
+use crate::net::membership::PeerView;
+use crate::store::Store;
+
+/// Why a restore into a directory cannot start: the operator must pick
+/// another target (or pass `--overwrite`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadTarget {
+    #[error("`{0}` is not an absolute path; give the full path of the target directory")]
+    NotAbsolute(String),
+    #[error("{0} is not empty; restore into a new or empty directory, or pass --overwrite")]
+    NotEmpty(String),
+    #[error("{0} exists and is not a directory")]
+    NotADirectory(String),
+    #[error("{to}: {why}")]
+    Unusable { to: String, why: String },
+}
+
+impl crate::error::Transient for BadTarget {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Never
+    }
+}
+
+/// Why a restore this node started did not complete (said in its
+/// `restored` entry).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreFailed {
+    #[error("the node is stopping: {0}")]
+    Stopping(String),
+    #[error(transparent)]
+    Read(#[from] crate::replica::source::ReadError),
+    /// The archive was found but could not be restored (a damaged member
+    /// with no good copy, the target, the disk).
+    #[error("{0}")]
+    Restore(String),
+    #[error("the restore crashed: {0}")]
+    Crashed(String),
+    /// Neither a live node nor the offsite bucket has it.
+    #[error("{0}")]
+    Offsite(String),
+}
+
+impl crate::error::Transient for RestoreFailed {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            RestoreFailed::Read(e) => e.retry(),
+            _ => crate::error::Retry::Later,
+        }
+    }
+}
+
+/// Why a restore into `to` cannot start, if it cannot.
+pub(crate) fn check_target(to: &str, overwrite: bool) -> Result<(), BadTarget> {
+    let p = std::path::Path::new(to);
+    if !p.is_absolute() {
+        return Err(BadTarget::NotAbsolute(to.into()));
+    }
+    match std::fs::read_dir(p).map(|mut entries| entries.next().is_some()) {
+        Ok(true) if !overwrite => Err(BadTarget::NotEmpty(to.into())),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(BadTarget::NotADirectory(to.into())),
+        Err(e) => Err(BadTarget::Unusable { to: to.into(), why: e.to_string() }),
+    }
+}
+
+/// Finds the archive and restores it: `(archive id, report)`, or the id
+/// (if known) and why not.
+pub(crate) async fn restore(
+    store: &Arc<Store>,
+    net: &NetClient,
+    log: &Addr<LogActor>,
+    membership: &Addr<MembershipActor>,
+    offsite: Option<Arc<crate::offsite::sync::Offsite>>,
+    msg: &RestoreHere,
+) -> Result<(String, crate::archive::RestoreReport), (String, RestoreFailed)> {
+    let catalog = log
+        .send(GetCatalog { node: msg.node.clone(), path: msg.path.clone() })
+        .await
+        .map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?;
+    let mut peers =
+        membership.send(GetPeers).await.map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?.1;
+    // A node that has just started (or lost its peers a moment ago) may
+    // not see a holder up yet: wait a little for one before saying none is.
+    let mut waited = 0;
+    let kept_here = |id: &str| store.has_archive(&msg.node, &msg.path, id);
+    let wanted = match msg.archive.as_deref() {
+        Some(id) => catalog.iter().find(|a| a.id == id),
+        None => catalog.first(),
+    };
+    if let Some(a) = wanted.filter(|a| !kept_here(&a.id)) {
+        while waited < HOLDER_WAIT_MS && !peers.iter().any(|p| p.up && a.holders.contains(&p.name)) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            waited += 500;
+            peers =
+                membership.send(GetPeers).await.map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?.1;
+        }
+    }
+    let found = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref()).await;
+    let (m, place) = match (found, offsite) {
+        (Ok(found), _) => found,
+        // No live node has it: the bucket may.
+        (Err(e), Some(offsite)) => {
+            let (st, node, path, id) = (store.clone(), msg.node.clone(), msg.path.clone(), msg.archive.clone());
+            let claimant = source::claimant(&peers, &msg.node).map(str::to_string);
+            tracing::info!("no live node has {} of {} ({e}); reading it from the offsite bucket", msg.path, msg.node);
+            let imported = tokio::task::spawn_blocking(move || {
+                offsite.import(&st, &node, &path, id.as_deref(), claimant.as_deref())
+            })
+            .await;
+            match imported {
+                Ok(Ok(m)) => (m, Place::Local),
+                Ok(Err(oe)) => {
+                    let why = format!("{e}; and from the offsite bucket: {oe}");
+                    return Err((msg.archive.clone().unwrap_or_default(), RestoreFailed::Offsite(why)));
+                }
+                Err(join) => return Err((String::new(), RestoreFailed::Crashed(join.to_string()))),
+            }
+        }
+        (Err(e), None) => return Err((msg.archive.clone().unwrap_or_default(), RestoreFailed::Read(e))),
+    };
+    let id = m.id.clone();
+    let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
+    let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
+    // Should a member kept here be damaged or missing, the live peers
+    // (holders first) can send it: the restore is made again from them.
+    let holders: Vec<&str> = catalog.iter().flat_map(|a| a.holders.iter().map(String::as_str)).collect();
+    let mut others: Vec<&PeerView> = peers.iter().filter(|p| p.up).collect();
+    others.sort_by_key(|p| !holders.contains(&p.name.as_str()));
+    let others: Vec<String> = others.into_iter().map(|p| p.peer_id.clone()).collect();
+    let done = tokio::task::spawn_blocking(move || match place {
+        Place::Local => match restore_archive(&m, &*store, &to, &opts) {
+            Err(e @ (RestoreError::DamagedMember { .. } | RestoreError::MissingMember { .. }))
+                if !others.is_empty() =>
+            {
+                tracing::warn!("restore of archive {} here: {e}; reading its members from peers instead", m.id);
+                let remote = RemoteSource::new(net, others, &m.members);
+                let report = restore_archive(&m, &remote, &to, &opts)?;
+                // What came from peers mends this node's copy.
+                let mut mended = 0;
+                for r in &m.members {
+                    if store.read_member_checked(&r.sha256).is_err() {
+                        if let Ok(data) = MemberSource::read_member(&remote, r) {
+                            mended += usize::from(store.repair_member(&r.sha256, &data).is_ok());
+                        }
+                    }
+                }
+                if mended > 0 {
+                    tracing::warn!("mended {mended} damaged or missing member(s) of archive {} from peers", m.id);
+                }
+                Ok(report)
+            }
+            other => other,
+        },
+        Place::Remote(peers) => restore_archive(&m, &RemoteSource::new(net, peers, &m.members), &to, &opts),
+    })
+    .await;
+    match done {
+        Ok(Ok(report)) => Ok((id, report)),
+        Ok(Err(e)) => Err((id, RestoreFailed::Restore(e.to_string()))),
+        Err(e) => Err((id, RestoreFailed::Crashed(e.to_string()))),
+    }
+}
+
+/// How long a restore waits for a holder of what it reads to be seen up
+/// (a node just started is still connecting to its peers).
+pub(crate) const HOLDER_WAIT_MS: u64 = 10_000;
+
+/// Restore an archive of (node, path) onto this node. Answers at once
+/// whether the restore could start; its result goes to the log as a
+/// `restored` entry carrying `request`.
+#[derive(Message)]
+#[rtype(result = "Result<(), BadTarget>")]
+pub struct RestoreHere {
+    pub node: String,
+    pub path: String,
+    pub archive: Option<String>,
+    pub to: String,
+    pub overwrite: bool,
+    pub request: String,
+}
