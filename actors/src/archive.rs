@@ -17,8 +17,12 @@ pub mod cut;
 pub mod delta;
 pub mod error;
 pub mod manifest;
+pub mod pipeline;
+pub mod producer;
 pub mod restore;
 pub mod reuse;
+pub mod sink;
+pub mod snapshot;
 pub mod tarfmt;
 pub mod walk;
 

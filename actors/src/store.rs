@@ -19,99 +19,39 @@
 //! Retention ([`Store::retain`]) keeps the newest K archives per
 //! (node, path), then frees members no manifest uses.
 
+pub mod catalog;
 pub mod error;
+mod gc;
 pub mod health;
 pub mod kv;
+pub mod member_list;
+pub mod retention;
+pub mod txn;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+pub use catalog::{ArchiveSummary, RetentionReport, StatCacheEntry, VerifyReport};
 pub use error::StoreError;
+use member_list::*;
+pub use retention::{parse_within, Retention, DEFAULT_KEEP};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::archive::manifest::{Manifest, MemberRef};
-use crate::archive::restore::sync_fs;
 use crate::archive::reuse::{Previous, RecordsHeader};
-use crate::archive::{MemberSink, MemberSource, StatSnapshot};
+use crate::archive::{MemberSink, MemberSource};
 use crate::hash::Digest;
 pub use kv::{KvStore, MemKv, SledKv};
-
-/// Archives kept per (node, path) unless configured otherwise.
-pub const DEFAULT_KEEP: usize = 10;
-
-/// Which archives of a series a node keeps: the newest `keep` (in their
-/// origin's order), and with `within`, every one it stored less than that
-/// long ago by its own clock, however many came after. An origin that
-/// goes wrong (or a stolen key) can then push out of its holders only
-/// archives older than `within`, however many new ones it makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
-    pub keep: usize,
-    pub within: Option<Duration>,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention { keep: DEFAULT_KEEP, within: None }
-    }
-}
-
-impl Retention {
-    pub fn keep(keep: usize) -> Self {
-        Retention { keep, within: None }
-    }
-
-    /// Of `archives` (newest first), those to keep at `now_ms`.
-    pub fn kept<'a>(&self, archives: &'a [ArchiveSummary], now_ms: i64) -> Vec<&'a ArchiveSummary> {
-        // Stored under a clock that ran ahead: recent until the clock
-        // passes that time (more is kept, nothing lost).
-        let recent = |a: &ArchiveSummary| {
-            self.within
-                .is_some_and(|d| now_ms.saturating_sub(a.stored_ms) < i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        };
-        archives.iter().enumerate().filter(|(i, a)| *i < self.keep.max(1) || recent(a)).map(|(_, a)| a).collect()
-    }
-}
-
-/// Parses a duration as `--keep-within` takes it: a number and a unit,
-/// `h` (hours), `d` (days), `w` (weeks) or `m` (30-day months), as in
-/// `36h`, `14d`, `6m`.
-pub fn parse_within(text: &str) -> Result<Duration, crate::error::BadSetting> {
-    use crate::error::BadSetting;
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 =
-        n.parse().map_err(|_| BadSetting(format!("`{text}`: give a number and a unit, as in 36h, 14d, 2w or 6m")))?;
-    let hours = match unit {
-        "h" => 1,
-        "d" => 24,
-        "w" => 24 * 7,
-        "m" => 24 * 30,
-        _ => return Err(BadSetting(format!("`{text}`: the unit is h, d, w or m (months of 30 days), as in 14d"))),
-    };
-    if n == 0 {
-        return Err(BadSetting(format!(
-            "`{text}`: a window of nothing keeps nothing more; leave --keep-within out instead"
-        )));
-    }
-    Ok(Duration::from_secs(n.saturating_mul(hours * 3600)))
-}
 
 const ARCHIVES: &str = "archives";
 const STAT_CACHE: &str = "statcache";
 /// `full-gc` → when the last full collection ran (ms since the epoch, LE).
 const STORE_META: &str = "meta";
-/// How often retention sweeps the whole store rather than the removed
-/// archives' members only: what else is there (a crash between staging
-/// and commit leaves members no archive uses) is found within a day.
-const FULL_GC_EVERY_MS: i64 = 24 * 3600 * 1000;
 /// New member → (the earlier member it was made from much as, gzip level):
 /// what a push may send as a delta (see `archive::delta`).
 const BASES: &str = "bases";
@@ -123,93 +63,6 @@ pub(crate) const ORIGINS: &str = "origins";
 /// [`Store::bind_origin`]), if it is.
 pub fn origin_bound(kv: &dyn KvStore, node: &str) -> Result<Option<String>, StoreError> {
     Ok(kv.get(ORIGINS, node.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
-}
-
-/// What the catalog knows of one archive without reading its manifest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchiveSummary {
-    pub id: String,
-    pub node: String,
-    pub path: String,
-    pub created_ms: i64,
-    /// Its place in its series ([`Manifest::order`]).
-    #[serde(default)]
-    pub order_ms: i64,
-    pub tgz_len: u64,
-    pub files: u64,
-    pub tree_digest: Digest,
-    pub tgz_sha256: Digest,
-    pub warnings: u64,
-    /// When this node stored it, by its own clock (0 in an index written
-    /// before this was kept: long ago).
-    #[serde(default)]
-    pub stored_ms: i64,
-}
-
-impl ArchiveSummary {
-    /// Its place in its series; the creation time in an index written
-    /// before orders were kept.
-    pub fn order(&self) -> i64 {
-        if self.order_ms == 0 {
-            self.created_ms
-        } else {
-            self.order_ms
-        }
-    }
-
-    pub fn of(m: &Manifest) -> Self {
-        ArchiveSummary {
-            id: m.id.clone(),
-            node: m.node.clone(),
-            path: m.path.clone(),
-            created_ms: m.created_ms,
-            order_ms: m.order(),
-            tgz_len: m.tgz_len,
-            files: m.stats.files + m.stats.hardlinks,
-            tree_digest: m.tree_digest,
-            tgz_sha256: m.tgz_sha256,
-            warnings: m.warnings.len() as u64,
-            stored_ms: 0,
-        }
-    }
-
-    /// The summary of `m`, stored here now.
-    fn stored_now(m: &Manifest) -> Self {
-        ArchiveSummary { stored_ms: crate::clock::now_ms(), ..ArchiveSummary::of(m) }
-    }
-}
-
-/// The stat snapshot recorded after a backup: if a later scan matches it,
-/// the tree is unchanged and nothing needs reading.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatCacheEntry {
-    pub snapshot: StatSnapshot,
-    pub excludes: Vec<String>,
-    /// The archive whose tree the snapshot describes.
-    pub archive_id: String,
-    pub tree_digest: Digest,
-}
-
-/// What retention removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RetentionReport {
-    pub removed: Vec<String>,
-    pub freed_members: u64,
-    pub freed_bytes: u64,
-}
-
-/// Result of re-hashing an archive's members.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub members: usize,
-    pub missing: Vec<Digest>,
-    pub damaged: Vec<Digest>,
-}
-
-impl VerifyReport {
-    pub fn is_ok(&self) -> bool {
-        self.missing.is_empty() && self.damaged.is_empty()
-    }
 }
 
 pub struct Store {
@@ -543,37 +396,6 @@ impl Store {
         Ok(raw)
     }
 
-    /// Members held for one backup: none is freed until it is dropped.
-    pub fn holds(&self) -> Holds<'_> {
-        self.holds_for(0)
-    }
-
-    /// [`Store::holds`] with room for about `n` members held at once.
-    pub fn holds_for(&self, n: usize) -> Holds<'_> {
-        let set = Arc::new(Mutex::new(DigestSet::with_capacity_and_hasher(n, Default::default())));
-        let mut all = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        all.retain(|w| w.strong_count() > 0);
-        all.push(Arc::downgrade(&set));
-        Holds { _store: std::marker::PhantomData, set }
-    }
-
-    /// Starts writing an archive's members.
-    pub fn begin(&self) -> Result<PutTxn<'_>, StoreError> {
-        let dir = tempfile::Builder::new()
-            .prefix("txn-")
-            .tempdir_in(self.root.join("staging"))
-            .map_err(|e| StoreError::io(&self.root.join("staging"), e))?;
-        Ok(PutTxn {
-            store: self,
-            dir: Some(dir),
-            staged: DigestSet::default(),
-            pinned: Vec::new(),
-            present: DigestSet::default(),
-            seen: Vec::new(),
-            lost: Vec::new(),
-        })
-    }
-
     fn pin(&self, d: &Digest) -> bool {
         self.pin_only(d);
         self.has_member(d)
@@ -762,169 +584,6 @@ impl Store {
         Ok(true)
     }
 
-    /// Keeps the archives of (node, path) that `retention` keeps, then
-    /// frees members no remaining manifest uses.
-    pub fn retain(&self, node: &str, path: &str, retention: Retention) -> Result<RetentionReport, StoreError> {
-        let mut report = RetentionReport::default();
-        let all = self.list(node, path)?;
-        let kept: HashSet<&str> =
-            retention.kept(&all, crate::clock::now_ms()).into_iter().map(|a| a.id.as_str()).collect();
-        // What the removed archives used, the only members they can free
-        // (None: a list could not be read; then the whole store is swept).
-        let mut candidates = Some(DigestSet::default());
-        for old in all.iter().filter(|a| !kept.contains(a.id.as_str())) {
-            match self.members_of(old) {
-                Ok(used) => {
-                    if let Some(c) = candidates.as_mut() {
-                        c.extend(used);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("cannot read what archive {} uses ({e}); sweeping the whole store", old.id);
-                    candidates = None;
-                }
-            }
-            let p = self.manifest_path(node, path, &old.id)?;
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(&p, e)),
-            }
-            let _ = fs::remove_file(p.with_extension(MEMBER_LIST_EXT));
-            if let Some(dir) = p.parent() {
-                let _ = File::open(dir).and_then(|d| d.sync_all());
-            }
-            self.kv.delete(ARCHIVES, &archive_key(old))?;
-            report.removed.push(old.id.clone());
-        }
-        if !report.removed.is_empty() {
-            let now = crate::clock::now_ms();
-            let last_full = self
-                .kv
-                .get(STORE_META, b"full-gc")?
-                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                .map_or(0, i64::from_le_bytes);
-            let (n, b) = match candidates {
-                Some(candidates) if (last_full..last_full + FULL_GC_EVERY_MS).contains(&now) => {
-                    self.collect(candidates)?
-                }
-                _ => {
-                    let freed = self.gc()?;
-                    self.kv.put(STORE_META, b"full-gc", &now.to_le_bytes())?;
-                    freed
-                }
-            };
-            report.freed_members = n;
-            report.freed_bytes = b;
-        }
-        Ok(report)
-    }
-
-    /// The members archive `s` uses: from the member list written beside
-    /// its manifest (checked whole by its digest), else from the manifest
-    /// itself, whose list is then written again. A collection reads
-    /// every archive's list: a list is 32 bytes a member, its manifest
-    /// also every file's record, and a signature to check.
-    fn members_of(&self, s: &ArchiveSummary) -> Result<Vec<Digest>, StoreError> {
-        let p = self.manifest_path(&s.node, &s.path, &s.id)?;
-        if let Some(list) = fs::read(p.with_extension(MEMBER_LIST_EXT)).ok().and_then(|b| decode_member_list(&b)) {
-            return Ok(list);
-        }
-        let m = self.manifest(&s.node, &s.path, Some(&s.id))?;
-        self.write_member_list(&p, &m);
-        Ok(m.members.iter().map(|m| m.sha256).collect())
-    }
-
-    /// Writes the member list of `m`, whose manifest is at `manifest`. A
-    /// list is a cache: one that cannot be written is read from the manifest.
-    fn write_member_list(&self, manifest: &Path, m: &Manifest) {
-        let p = manifest.with_extension(MEMBER_LIST_EXT);
-        if let Err(e) = write_atomic(&p, &encode_member_list(m.members.iter().map(|m| &m.sha256))) {
-            tracing::warn!("cannot write {}: {e}; collections read the manifest instead", p.display());
-        }
-    }
-
-    /// Deletes those of `candidates` that no archive uses and nothing
-    /// pins: the collection after archives were removed, which looks at
-    /// their members only, not at every file of the store ([`Store::gc`]
-    /// also finds members nothing ever used, left by a crash).
-    /// Returns (members, bytes) freed.
-    fn collect(&self, mut candidates: DigestSet) -> Result<(u64, u64), StoreError> {
-        let _guard = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
-        for s in self.list_all()? {
-            if candidates.is_empty() {
-                break;
-            }
-            for d in self.members_of(&s)? {
-                candidates.remove(&d);
-            }
-        }
-        let (mut count, mut bytes) = (0u64, 0u64);
-        for d in candidates {
-            if let Some(len) = self.remove_unused(&d) {
-                count += 1;
-                bytes += len;
-            }
-        }
-        Ok((count, bytes))
-    }
-
-    /// Removes member `d`, used by no archive, unless a transaction pins
-    /// it or a peer is sending it; its length if it was removed.
-    fn remove_unused(&self, d: &Digest) -> Option<u64> {
-        // Under the pin and hold locks: a writer pins or holds a member,
-        // then looks for it; so either it sees the member gone, or this
-        // sees it held.
-        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-        if pins.contains_key(d) {
-            return None;
-        }
-        let sets: Vec<_> =
-            self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(|w| w.upgrade()).collect();
-        let held: Vec<_> = sets.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner())).collect();
-        if held.iter().any(|h| h.contains(d)) {
-            return None;
-        }
-        let inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
-        if inbound.get(d).is_some_and(|t| t.elapsed() < INBOUND_GRACE) {
-            return None;
-        }
-        let p = self.member_path(d);
-        let len = fs::symlink_metadata(&p).map(|m| m.len()).ok()?;
-        fs::remove_file(&p).ok()?;
-        let _ = self.kv.delete(BASES, &d.0);
-        drop((inbound, held, pins));
-        Some(len)
-    }
-
-    /// Deletes members that no manifest references and no transaction pins.
-    /// Returns (members, bytes) freed.
-    pub fn gc(&self) -> Result<(u64, u64), StoreError> {
-        let _guard = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut used = DigestSet::default();
-        for s in self.list_all()? {
-            used.extend(self.members_of(&s)?);
-        }
-        let (mut count, mut bytes) = (0u64, 0u64);
-        let segments = self.root.join("segments");
-        for dir in fs::read_dir(&segments).map_err(|e| StoreError::io(&segments, e))?.flatten() {
-            for f in fs::read_dir(dir.path()).map_err(|e| StoreError::io(&dir.path(), e))?.flatten() {
-                let name = f.file_name();
-                let Some(d) = name.to_str().and_then(|n| n.strip_suffix(".gz")).and_then(Digest::from_hex) else {
-                    continue;
-                };
-                if used.contains(&d) {
-                    continue;
-                }
-                if let Some(len) = self.remove_unused(&d) {
-                    count += 1;
-                    bytes += len;
-                }
-            }
-        }
-        Ok((count, bytes))
-    }
-
     /// Writes the archive as one `.tgz` to `out`, checking every member and
     /// (where the manifest records it) the whole file's sha256. Returns the
     /// length and sha256 of what was written.
@@ -1038,247 +697,5 @@ impl MemberSource for Store {
         let mut buf = Vec::with_capacity(m.compressed_len.min(4 << 20) as usize);
         f.read_to_end(&mut buf)?;
         Ok(buf)
-    }
-}
-
-/// Members a backup takes unread from earlier archives, kept from
-/// retention and garbage collection until it is dropped.
-pub struct Holds<'a> {
-    _store: std::marker::PhantomData<&'a Store>,
-    set: Arc<Mutex<DigestSet>>,
-}
-
-impl Holds<'_> {
-    /// Holds `d` from collection. Whether the store still has it is the
-    /// archive writer's to check ([`PutTxn`] does, as it receives it):
-    /// off the thread that plans the archive.
-    pub fn hold(&self, d: &Digest) {
-        self.set.lock().unwrap_or_else(|e| e.into_inner()).insert(*d);
-    }
-}
-
-/// The members of one archive being written. Dropped without
-/// [`PutTxn::commit`], it leaves nothing behind.
-pub struct PutTxn<'a> {
-    store: &'a Store,
-    dir: Option<tempfile::TempDir>,
-    staged: DigestSet,
-    pinned: Vec<Digest>,
-    /// Members made again and pinned while in the store: commit need not
-    /// look again.
-    present: DigestSet,
-    /// Every member received, in order, each staged or found in the store
-    /// as it came: a manifest of exactly these needs no second look.
-    seen: Vec<Digest>,
-    /// Members taken unread that the store no longer has.
-    lost: Vec<Digest>,
-}
-
-/// Digests are uniform: a fast hash will do.
-type DigestSet = HashSet<Digest, foldhash::fast::RandomState>;
-
-/// The extension of an archive's member list, beside its manifest.
-const MEMBER_LIST_EXT: &str = "members";
-const MEMBER_LIST_MAGIC: &[u8; 5] = b"BMML1";
-
-/// A member list: magic, count (u64 LE), the digests, then the SHA-256
-/// of all that. A list with a wrong digest or length is not used: a list
-/// that says too little would let a collection free members in use.
-fn encode_member_list<'a>(digests: impl ExactSizeIterator<Item = &'a Digest>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(13 + digests.len() * 32 + 32);
-    out.extend_from_slice(MEMBER_LIST_MAGIC);
-    out.extend_from_slice(&(digests.len() as u64).to_le_bytes());
-    for d in digests {
-        out.extend_from_slice(&d.0);
-    }
-    let sum = Digest::of(&out);
-    out.extend_from_slice(&sum.0);
-    out
-}
-
-fn decode_member_list(bytes: &[u8]) -> Option<Vec<Digest>> {
-    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
-    let rest = body.strip_prefix(MEMBER_LIST_MAGIC)?;
-    let (count, digests) = rest.split_at_checked(8)?;
-    let count = u64::from_le_bytes(count.try_into().ok()?);
-    if digests.len() as u64 != count.checked_mul(32)? || Digest::of(body).0 != sum {
-        return None;
-    }
-    Some(digests.chunks_exact(32).map(|c| Digest(c.try_into().unwrap_or([0; 32]))).collect())
-}
-
-/// Up to this many new members a commit `fsync`s each; beyond, it
-/// `syncfs`es the store's filesystem once.
-const FSYNC_EACH_UP_TO: usize = 256;
-
-/// How far a commit goes; tests stop early to simulate a crash.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum CommitStep {
-    MembersPublished,
-    ManifestWritten,
-    Indexed,
-}
-
-impl PutTxn<'_> {
-    fn staging(&self) -> &Path {
-        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new("/nonexistent"))
-    }
-
-    /// Members the archive took unread (each held by a [`Holds`]) that the
-    /// store turned out not to have: lost since the last backup. Such an
-    /// archive cannot be committed; made again with those members read
-    /// afresh, it can.
-    pub fn lost(&self) -> &[Digest] {
-        &self.lost
-    }
-
-    /// Makes the staged members durable and moves them into place. A
-    /// few members are synced one by one (with the directories they
-    /// enter); many, by one `syncfs` of the store's filesystem, cheaper
-    /// than thousands of `fsync`s but paying for whatever else is dirty.
-    pub fn publish(&mut self) -> Result<(), StoreError> {
-        let staging = self.staging().to_path_buf();
-        if self.staged.is_empty() {
-            return Ok(());
-        }
-        let each = self.staged.len() <= FSYNC_EACH_UP_TO;
-        if each {
-            for d in &self.staged {
-                let p = staging.join(d.to_hex());
-                File::open(&p).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&p, e))?;
-            }
-        } else {
-            sync_fs(&staging).map_err(|e| StoreError::io(&staging, e))?;
-        }
-        let mut entered = BTreeSet::new();
-        for d in self.staged.drain() {
-            let from = staging.join(d.to_hex());
-            let to = self.store.member_path(&d);
-            if to.exists() {
-                continue;
-            }
-            let parent = to.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
-            fs::rename(&from, &to).map_err(|e| StoreError::io(&to, e))?;
-            entered.insert(parent.to_path_buf());
-        }
-        let segments = self.store.root.join("segments");
-        if each {
-            // A fan-out directory made now must itself be in its parent.
-            entered.insert(segments.clone());
-            for dir in entered {
-                File::open(&dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&dir, e))?;
-            }
-        } else {
-            sync_fs(&segments).map_err(|e| StoreError::io(&segments, e))?;
-        }
-        Ok(())
-    }
-
-    /// Makes the archive visible: members durable and in place, then the
-    /// manifest file, then the index.
-    pub fn commit(self, m: &Manifest) -> Result<(), StoreError> {
-        self.commit_until(m, CommitStep::Indexed)
-    }
-
-    /// Makes room for about `n` members.
-    pub fn reserve(&mut self, n: usize) {
-        self.seen.reserve(n);
-    }
-
-    /// [`PutTxn::commit`], `encoded` being `m` as [`Manifest::encode`] gives it.
-    pub fn commit_encoded(self, m: &Manifest, encoded: &[u8]) -> Result<(), StoreError> {
-        self.commit_steps(m, Some(encoded), CommitStep::Indexed)
-    }
-
-    #[doc(hidden)]
-    pub fn commit_until(self, m: &Manifest, last: CommitStep) -> Result<(), StoreError> {
-        self.commit_steps(m, None, last)
-    }
-
-    fn commit_steps(mut self, m: &Manifest, encoded: Option<&[u8]>, last: CommitStep) -> Result<(), StoreError> {
-        // Not during a collection: one that listed the archives before this
-        // commit and deletes after it (this transaction's pins and holds
-        // gone by then) would free members the new archive uses. Under
-        // the lock, a collection runs wholly before (the pins and holds
-        // keep them) or wholly after (the archive is listed), as `adopt`.
-        let store = self.store;
-        let _guard = store.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let as_received = self.lost.is_empty()
-            && m.members.len() == self.seen.len()
-            && m.members.iter().zip(&self.seen).all(|(m, d)| m.sha256 == *d);
-        if !as_received {
-            for member in &m.members {
-                let d = &member.sha256;
-                if !self.staged.contains(d) && !self.present.contains(d) && !self.store.has_member(d) {
-                    return Err(StoreError::MissingMember { digest: member.sha256 });
-                }
-            }
-        }
-        self.publish()?;
-        if last == CommitStep::MembersPublished {
-            std::mem::forget(self.dir.take());
-            return Ok(());
-        }
-        let p = self.store.manifest_path(&m.node, &m.path, &m.id)?;
-        let fresh;
-        let bytes = match encoded {
-            Some(b) => b,
-            None => {
-                fresh = m.encode();
-                &fresh
-            }
-        };
-        write_atomic(&p, bytes).map_err(|e| StoreError::io(&p, e))?;
-        self.store.write_member_list(&p, m);
-        if last == CommitStep::ManifestWritten {
-            std::mem::forget(self.dir.take());
-            return Ok(());
-        }
-        let s = ArchiveSummary::stored_now(m);
-        self.store.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
-        self.store.kv.flush()?;
-        Ok(())
-    }
-}
-
-impl MemberSink for PutTxn<'_> {
-    fn reused(&mut self, m: &MemberRef) -> io::Result<()> {
-        // Held from collection by the producer (`Holds`): there now, there at commit.
-        if self.store.has_member(&m.sha256) {
-            self.seen.push(m.sha256);
-        } else {
-            self.lost.push(m.sha256);
-        }
-        Ok(())
-    }
-    fn member(&mut self, digest: &Digest, data: &[u8]) -> io::Result<()> {
-        self.seen.push(*digest);
-        if self.staged.contains(digest) {
-            return Ok(());
-        }
-        self.pinned.push(*digest);
-        if self.store.pin(digest) {
-            self.present.insert(*digest);
-            return Ok(());
-        }
-        let p = self.staging().join(digest.to_hex());
-        fs::write(&p, data)?;
-        self.staged.insert(*digest);
-        Ok(())
-    }
-    fn rewind(&mut self) -> io::Result<()> {
-        // Content-addressed: abandoned members are simply never referenced.
-        Ok(())
-    }
-    fn can_rewind(&self) -> bool {
-        true
-    }
-}
-
-impl Drop for PutTxn<'_> {
-    fn drop(&mut self) {
-        self.store.unpin(&self.pinned);
     }
 }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use backmesh_actors::archive::{self, tarfmt, CreateOptions, FileSink, RestoreError, RestoreOptions, WarningKind};
 use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
-use backmesh_actors::store::{CommitStep, Retention, Store, StoreError};
+use backmesh_actors::store::txn::CommitStep;
+use backmesh_actors::store::{Retention, Store, StoreError};
 use common::*;
 
 fn tgz_of(src: &Path, out: &Path, opts: &CreateOptions) -> archive::Created {
