@@ -5,183 +5,19 @@
 //! Exit codes: 0 ok, 1 the node refused or the operation failed, 2 usage,
 //! 3 the node cannot be reached.
 
-use std::path::PathBuf;
+mod args;
+mod client;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use backmesh_api::cli::{Fetched, RestoreOutcome, RestoreResult, RunOutcome, VerifyOutcome};
 use backmesh_api::{human_bytes as human, ErrorBody, Event, LogEntry, RunResult, Status};
-use clap::{Parser, Subcommand};
-use serde::de::DeserializeOwned;
+use clap::Parser;
+
+use args::{Cli, Command};
+use client::{enc, Client, Failure};
 use serde::Serialize;
-
-#[derive(Parser, Debug)]
-#[command(name = "backmesh", version, about = "The backmesh client: ask any node of the mesh")]
-struct Cli {
-    /// Node API URL (http:// or https://); give it before the command.
-    #[arg(
-        long = "node",
-        id = "node_url",
-        value_name = "URL",
-        env = "BACKMESH_NODE",
-        default_value = "http://127.0.0.1:7401"
-    )]
-    node: String,
-    /// API token of the node.
-    #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// Trust this CA certificate (PEM) for an https:// node.
-    #[arg(long, env = "BACKMESH_CA", value_name = "FILE", global = true)]
-    ca: Option<PathBuf>,
-    /// Print one JSON document on stdout.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// The nodes of the mesh (name, peer id, address, up/down, free space, site) and job health.
-    Status,
-    /// Back up PATH on NODE every MINUTES.
-    Register {
-        /// The node's name (see `backmesh status`), or HOST:PORT of a node to bring into the mesh.
-        #[arg(id = "target", value_name = "NODE")]
-        node: String,
-        /// Absolute path of a directory on that node (with --source: an absolute name for the job).
-        path: String,
-        /// Minutes between backups.
-        #[arg(long, value_name = "MINUTES")]
-        every: u64,
-        /// Leave out matching paths (`*.log`, `cache/**`); repeatable.
-        #[arg(long = "exclude", value_name = "GLOB")]
-        excludes: Vec<String>,
-        /// Where the data comes from: `dir` (PATH itself, the default), `command` (the stdout of the
-        /// --arg command line, stored as a file named after PATH's last component), or a plugin:
-        /// a name in DATA_DIR/plugins on NODE, or an absolute path (docs/plugins.md).
-        #[arg(long, value_name = "NAME")]
-        source: Option<String>,
-        /// An argument of the source; repeatable, in order (`--arg pg_dump --arg mydb`).
-        #[arg(long = "arg", value_name = "VALUE", allow_hyphen_values = true)]
-        args: Vec<String>,
-        /// Shell command run on NODE before each backup; if it fails, the run fails with its stderr.
-        #[arg(long, value_name = "CMD")]
-        pre: Option<String>,
-        /// Shell command run on NODE after each backup, told the result ($BACKMESH_RESULT…).
-        #[arg(long, value_name = "CMD")]
-        post: Option<String>,
-        /// Seconds the source, command or a hook may run before it is killed [default: 3600].
-        #[arg(long, value_name = "SECS")]
-        timeout: Option<u64>,
-        /// Webhook URL told (JSON POST) when the job fails, goes stale or recovers; repeatable.
-        #[arg(long, value_name = "URL")]
-        notify: Vec<String>,
-        /// Shell command told when the job fails, goes stale or recovers (JSON in $BACKMESH_NOTIFICATION).
-        #[arg(long, value_name = "CMD")]
-        notify_cmd: Option<String>,
-    },
-    /// Stop backing up PATH on NODE (its archives stay until retention removes them).
-    Unregister {
-        #[arg(id = "target", value_name = "NODE")]
-        node: String,
-        path: String,
-    },
-    /// Stop NODE's scheduled backups.
-    Pause {
-        #[arg(id = "target", value_name = "NODE")]
-        node: String,
-    },
-    /// Start NODE's scheduled backups again.
-    Resume {
-        #[arg(id = "target", value_name = "NODE")]
-        node: String,
-    },
-    /// Back up PATH on NODE now; waits and prints the result.
-    Run {
-        #[arg(id = "target", value_name = "NODE")]
-        node: String,
-        path: String,
-        /// Return once the run is queued.
-        #[arg(long)]
-        no_wait: bool,
-        /// Give up waiting after this many seconds (the run goes on).
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-    },
-    /// The retained archives of PATH on NODE (id, created, size, files, holders).
-    Backups {
-        #[arg(id = "target", value_name = "NODE")]
-        node: String,
-        path: String,
-        /// Also every execution of the job from the log.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Restore the archive of PATH on NODE into DIR (on NODE, or on --on NODE2); waits for the result.
-    Restore {
-        #[arg(id = "target", value_name = "NODE")]
-        node: String,
-        path: String,
-        /// Absolute directory to restore into, on the node that restores; new or empty unless --overwrite.
-        #[arg(long, value_name = "DIR")]
-        to: String,
-        /// Archive id (see `backmesh backups`); the newest by default.
-        #[arg(long, value_name = "ID")]
-        archive: Option<String>,
-        /// Restore on this node instead (for instance when NODE is gone).
-        #[arg(long, value_name = "NODE2")]
-        on: Option<String>,
-        /// Replace what DIR holds (the old tree goes only once the new one is complete).
-        #[arg(long)]
-        overwrite: bool,
-        /// Give up waiting after this many seconds (the restore goes on).
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-    },
-    /// Download the archive of PATH on NODE to this machine as a .tgz (`tar -xzf` reads it).
-    Fetch {
-        #[arg(id = "target", value_name = "NODE")]
-        node: String,
-        path: String,
-        /// Archive id; the newest by default.
-        #[arg(long, value_name = "ID")]
-        archive: Option<String>,
-        /// Where to write the .tgz.
-        #[arg(short = 'o', long = "output", value_name = "FILE")]
-        output: PathBuf,
-        /// Replace FILE if it exists.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Re-hash the members every holder keeps (of PATH on NODE, or everything); damage is repaired from another holder.
-    Verify {
-        #[arg(id = "target", value_name = "NODE", requires = "path")]
-        node: Option<String>,
-        path: Option<String>,
-        /// Give up waiting after this many seconds (verification goes on).
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-    },
-    /// Every job: node, path, every, paused, state, last success.
-    Jobs,
-    /// The execution log, newest last.
-    Log {
-        /// Only entries about this node (a name).
-        #[arg(long = "node", id = "filter_node", value_name = "NAME")]
-        node: Option<String>,
-        /// Only entries about this path.
-        #[arg(long)]
-        path: Option<String>,
-        /// At most this many entries (the newest); pages through the
-        /// nodes that keep the history as far back as needed.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// Only entries older than this cursor (printed when more remain).
-        #[arg(long, value_name = "CURSOR")]
-        before: Option<String>,
-    },
-}
 
 /// Writes a line on stdout. When the reader has gone (`backmesh jobs |
 /// head -1`), the client has nothing more to say to anyone: it exits
@@ -210,125 +46,6 @@ fn stdout_failed(e: std::io::Error) -> ! {
     }
     eprintln!("backmesh: cannot write the output: {e}");
     std::process::exit(1)
-}
-
-/// Why a call failed, and so which exit code.
-enum Failure {
-    /// Exit 3.
-    Unreachable(String),
-    /// Exit 1.
-    Refused(String),
-    /// Exit 1, the message already printed (a failed run).
-    Failed,
-}
-
-struct Client {
-    agent: ureq::Agent,
-    base: String,
-    token: Option<String>,
-    tls: ureq::tls::TlsConfig,
-}
-
-impl Client {
-    fn new(cli: &Cli) -> Result<Self, Failure> {
-        let mut config =
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30)));
-        let mut tls = ureq::tls::TlsConfig::default();
-        if let Some(ca) = &cli.ca {
-            let pem = std::fs::read(ca)
-                .map_err(|e| Failure::Refused(format!("cannot read the CA file {}: {e}", ca.display())))?;
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if certs.is_empty() {
-                return Err(Failure::Refused(format!("the CA file {} holds no certificate", ca.display())));
-            }
-            tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
-            config = config.tls_config(tls.clone());
-        }
-        let base = cli.node.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Failure::Refused(format!("--node must be an http:// or https:// URL, not `{}`", cli.node)));
-        }
-        Ok(Client { agent: config.build().into(), base, token: cli.token.clone(), tls })
-    }
-
-    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
-        self.call("GET", path, None)
-    }
-
-    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Failure> {
-        self.call("POST", path, Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null)))
-    }
-
-    fn call<T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<T, Failure> {
-        let text = self.call_text(method, path, body)?;
-        self.parse(&text)
-    }
-
-    /// A 2xx answer read as a `T`.
-    fn parse<T: DeserializeOwned>(&self, text: &str) -> Result<T, Failure> {
-        serde_json::from_str(text).map_err(|e| {
-            Failure::Refused(format!("the node at {} sent an answer this client does not understand: {e}", self.base))
-        })
-    }
-
-    /// The body of a 2xx answer, as the node sent it.
-    fn get_text(&self, path: &str) -> Result<String, Failure> {
-        self.call_text("GET", path, None)
-    }
-
-    fn call_text(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<String, Failure> {
-        let url = format!("{}{}{path}", self.base, backmesh_api::PREFIX);
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let sent = match (method, body) {
-            ("POST", body) => {
-                let mut req = self.agent.post(&url);
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
-                }
-                req.send_json(body.unwrap_or(serde_json::Value::Null))
-            }
-            ("DELETE", _) => {
-                // JSON like every change: the node refuses other content types.
-                let mut req = self.agent.delete(&url).header("Content-Type", "application/json");
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
-                }
-                req.call()
-            }
-            _ => {
-                let mut req = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
-                }
-                req.call()
-            }
-        };
-        let mut resp = sent.map_err(|e| {
-            let hint = if e.to_string().contains("certificate") {
-                " (to trust the node's certificate authority, pass --ca FILE or set BACKMESH_CA)"
-            } else {
-                ""
-            };
-            Failure::Unreachable(format!("cannot reach the node at {}: {e}{hint}", self.base))
-        })?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().map_err(|e| Failure::Unreachable(format!("{}: {e}", self.base)))?;
-        if (200..300).contains(&status) {
-            return Ok(body);
-        }
-        let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
-        Err(Failure::Refused(format!("the node refused ({status}): {msg}")))
-    }
 }
 
 fn short(peer: &str) -> String {
@@ -395,16 +112,6 @@ fn status(client: &Client, json: bool) -> Result<(), Failure> {
         out!("problem: {p}");
     }
     Ok(())
-}
-
-/// Percent-encodes a query value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn print_json(v: &impl Serialize) {

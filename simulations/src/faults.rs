@@ -35,164 +35,12 @@ use backmesh_api::{Backups, LogPage, Queued, RunResult};
 
 use crate::{manifests_on_disk, wait_until, Mesh};
 
-/// SplitMix64: a small, well-mixed generator; the schedule depends on
-/// nothing else.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
+mod disk;
+pub mod schedule;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A number below `n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-/// One step of a schedule. Its numbers pick among what exists when it is
-/// played (a live node, a series), so a schedule stays playable whatever
-/// the processes did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    Change {
-        series: u64,
-        files: u64,
-        seed: u64,
-    },
-    Backup {
-        series: u64,
-        via: u64,
-    },
-    /// A backup, and its node killed `after_ms` into it.
-    BackupKilled {
-        series: u64,
-        after_ms: u64,
-    },
-    Restore {
-        series: u64,
-        pick: u64,
-        on: u64,
-    },
-    /// A restore onto a node, and that node killed `after_ms` into it;
-    /// then, restarted, the same restore again.
-    RestoreKilled {
-        series: u64,
-        pick: u64,
-        on: u64,
-        after_ms: u64,
-    },
-    Verify {
-        via: u64,
-    },
-    Kill {
-        node: u64,
-    },
-    Restart {
-        node: u64,
-    },
-    Freeze {
-        node: u64,
-        secs: u64,
-    },
-    Corrupt {
-        node: u64,
-        pick: u64,
-    },
-    /// Restart a node with its clock moved by `offset_s` (0: set right).
-    Clock {
-        node: u64,
-        offset_s: i64,
-    },
-    /// Fill `node`'s disk (its data directory is a small tmpfs of its own;
-    /// the kernel answers ENOSPC), or, while it is full, free it again.
-    DiskFull {
-        node: u64,
-    },
-    /// Cut `node` off from every other node (through the nodes' test-only
-    /// partition gate), both sides running on; or, while the mesh is cut,
-    /// mend it.
-    Partition {
-        node: u64,
-    },
-}
-
-impl Step {
-    /// The kind of fault this step injects, if it is one.
-    pub fn fault(&self) -> Option<&'static str> {
-        match self {
-            Step::BackupKilled { .. } | Step::RestoreKilled { .. } | Step::Kill { .. } => Some("kill-9"),
-            Step::Restart { .. } => Some("restart"),
-            Step::Freeze { .. } => Some("freeze"),
-            Step::Corrupt { .. } => Some("corrupt-member"),
-            Step::Clock { .. } => Some("clock-jump"),
-            Step::Partition { .. } => Some("partition"),
-            Step::DiskFull { .. } => Some("disk-full"),
-            _ => None,
-        }
-    }
-}
-
-/// What a run is made of.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub seed: u64,
-    pub steps: usize,
-    pub nodes: usize,
-    pub series: usize,
-    pub keep: usize,
-    pub replicas: usize,
-}
-
-impl Config {
-    pub fn new(seed: u64) -> Self {
-        Config { seed, steps: 24, nodes: 3, series: 2, keep: 3, replicas: 2 }
-    }
-}
-
-/// The schedule of `cfg`: drawn from its seed alone.
-pub fn schedule(cfg: &Config) -> Vec<Step> {
-    let mut r = Rng::new(cfg.seed);
-    let mut out = Vec::with_capacity(cfg.steps);
-    for _ in 0..cfg.steps {
-        let series = r.below(cfg.series as u64);
-        let node = r.below(cfg.nodes as u64);
-        let step = match r.below(100) {
-            0..=19 => Step::Change { series, files: 1 + r.below(4), seed: r.next_u64() },
-            20..=39 => Step::Backup { series, via: node },
-            40..=45 => Step::BackupKilled { series, after_ms: r.below(800) },
-            46..=52 => Step::Restore { series, pick: r.next_u64(), on: node },
-            53..=56 => Step::RestoreKilled { series, pick: r.next_u64(), on: node, after_ms: r.below(400) },
-            57..=61 => Step::Verify { via: node },
-            62..=67 => Step::Kill { node },
-            68..=75 => Step::Restart { node },
-            76..=80 => Step::Freeze { node, secs: 1 + r.below(5) },
-            81..=86 => Step::Corrupt { node, pick: r.next_u64() },
-            87..=92 => Step::Partition { node },
-            93..=96 => Step::DiskFull { node },
-            _ => {
-                let offsets = [-3600, -300, -30, 0, 30, 90];
-                Step::Clock { node, offset_s: offsets[r.below(offsets.len() as u64) as usize] }
-            }
-        };
-        out.push(step);
-    }
-    out
-}
+pub use disk::private_mounts;
+use disk::{fill, mount_disk, unmount};
+pub use schedule::{schedule, Config, Rng, Step};
 
 /// What one seed came to.
 #[derive(Debug, Default)]
@@ -245,9 +93,6 @@ struct Run {
     /// Nodes whose disk has been full during this run.
     filled: BTreeSet<usize>,
 }
-
-/// The size of each node's disk when it has one of its own.
-const DISK: u64 = 96 << 20;
 
 /// The variable naming a node's partition gate file (actors/src/net/swarm.rs).
 const GATE: &str = "BACKMESH_TEST_PARTITION";
@@ -970,76 +815,6 @@ pub fn run(cfg: &Config) -> Report {
         }
     }
     run.report
-}
-
-/// Whether this process makes mounts of its own, unseen outside: in a
-/// mount namespace of its own (as root), or in user and mount namespaces
-/// (as anyone, where the kernel allows them). Once per process, before
-/// any thread (a user namespace needs a single thread: `backmesh-soak`
-/// calls it first); later calls say what the first found.
-pub fn private_mounts() -> bool {
-    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DONE.get_or_init(|| {
-        // SAFETY: plain system calls on this process; no memory is shared.
-        unsafe {
-            let (uid, gid) = (libc::getuid(), libc::getgid());
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
-                    return false;
-                }
-                let _ = std::fs::write("/proc/self/setgroups", "deny");
-                let mapped = std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).is_ok()
-                    && std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).is_ok();
-                if !mapped {
-                    return false;
-                }
-            }
-            let root = std::ffi::CString::new("/").unwrap_or_default();
-            let flags = libc::MS_REC | libc::MS_PRIVATE;
-            libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), flags, std::ptr::null()) == 0
-        }
-    })
-}
-
-/// Mounts a tmpfs of [`DISK`] bytes on `dir` (made if missing).
-fn mount_disk(dir: &Path) -> bool {
-    let _ = std::fs::create_dir_all(dir);
-    let (Ok(target), Ok(fs), Ok(opts)) = (
-        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
-        std::ffi::CString::new("tmpfs"),
-        std::ffi::CString::new(format!("size={DISK},mode=0700")),
-    ) else {
-        return false;
-    };
-    // SAFETY: every pointer is a live C string.
-    unsafe { libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, opts.as_ptr().cast()) == 0 }
-}
-
-fn unmount(dir: &Path) {
-    if let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) {
-        // SAFETY: a live C string.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// Writes `file` until its disk is full.
-fn fill(file: &Path) {
-    use std::io::Write;
-    let Ok(mut f) = std::fs::File::create(file) else { return };
-    let chunk = vec![0xa5u8; 1 << 20];
-    for _ in 0..(DISK >> 20) + 8 {
-        if f.write_all(&chunk).is_err() {
-            break;
-        }
-    }
-    // What is left below a MiB.
-    let small = [0xa5u8; 4096];
-    for _ in 0..256 {
-        if f.write_all(&small).is_err() {
-            break;
-        }
-    }
-    let _ = f.sync_all();
 }
 
 fn hex(bytes: &[u8]) -> String {

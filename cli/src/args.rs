@@ -1,0 +1,173 @@
+//! The command line: global options and every command, with their help.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "backmesh", version, about = "The backmesh client: ask any node of the mesh")]
+pub(crate) struct Cli {
+    /// Node API URL (http:// or https://); give it before the command.
+    #[arg(
+        long = "node",
+        id = "node_url",
+        value_name = "URL",
+        env = "BACKMESH_NODE",
+        default_value = "http://127.0.0.1:7401"
+    )]
+    pub(crate) node: String,
+    /// API token of the node.
+    #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true, global = true)]
+    pub(crate) token: Option<String>,
+    /// Trust this CA certificate (PEM) for an https:// node.
+    #[arg(long, env = "BACKMESH_CA", value_name = "FILE", global = true)]
+    pub(crate) ca: Option<PathBuf>,
+    /// Print one JSON document on stdout.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// The nodes of the mesh (name, peer id, address, up/down, free space, site) and job health.
+    Status,
+    /// Back up PATH on NODE every MINUTES.
+    Register {
+        /// The node's name (see `backmesh status`), or HOST:PORT of a node to bring into the mesh.
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        /// Absolute path of a directory on that node (with --source: an absolute name for the job).
+        path: String,
+        /// Minutes between backups.
+        #[arg(long, value_name = "MINUTES")]
+        every: u64,
+        /// Leave out matching paths (`*.log`, `cache/**`); repeatable.
+        #[arg(long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
+        /// Where the data comes from: `dir` (PATH itself, the default), `command` (the stdout of the
+        /// --arg command line, stored as a file named after PATH's last component), or a plugin:
+        /// a name in DATA_DIR/plugins on NODE, or an absolute path (docs/plugins.md).
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// An argument of the source; repeatable, in order (`--arg pg_dump --arg mydb`).
+        #[arg(long = "arg", value_name = "VALUE", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// Shell command run on NODE before each backup; if it fails, the run fails with its stderr.
+        #[arg(long, value_name = "CMD")]
+        pre: Option<String>,
+        /// Shell command run on NODE after each backup, told the result ($BACKMESH_RESULT…).
+        #[arg(long, value_name = "CMD")]
+        post: Option<String>,
+        /// Seconds the source, command or a hook may run before it is killed [default: 3600].
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Webhook URL told (JSON POST) when the job fails, goes stale or recovers; repeatable.
+        #[arg(long, value_name = "URL")]
+        notify: Vec<String>,
+        /// Shell command told when the job fails, goes stale or recovers (JSON in $BACKMESH_NOTIFICATION).
+        #[arg(long, value_name = "CMD")]
+        notify_cmd: Option<String>,
+    },
+    /// Stop backing up PATH on NODE (its archives stay until retention removes them).
+    Unregister {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+    },
+    /// Stop NODE's scheduled backups.
+    Pause {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+    },
+    /// Start NODE's scheduled backups again.
+    Resume {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+    },
+    /// Back up PATH on NODE now; waits and prints the result.
+    Run {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// Return once the run is queued.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (the run goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// The retained archives of PATH on NODE (id, created, size, files, holders).
+    Backups {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// Also every execution of the job from the log.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Restore the archive of PATH on NODE into DIR (on NODE, or on --on NODE2); waits for the result.
+    Restore {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// Absolute directory to restore into, on the node that restores; new or empty unless --overwrite.
+        #[arg(long, value_name = "DIR")]
+        to: String,
+        /// Archive id (see `backmesh backups`); the newest by default.
+        #[arg(long, value_name = "ID")]
+        archive: Option<String>,
+        /// Restore on this node instead (for instance when NODE is gone).
+        #[arg(long, value_name = "NODE2")]
+        on: Option<String>,
+        /// Replace what DIR holds (the old tree goes only once the new one is complete).
+        #[arg(long)]
+        overwrite: bool,
+        /// Give up waiting after this many seconds (the restore goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Download the archive of PATH on NODE to this machine as a .tgz (`tar -xzf` reads it).
+    Fetch {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// Archive id; the newest by default.
+        #[arg(long, value_name = "ID")]
+        archive: Option<String>,
+        /// Where to write the .tgz.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-hash the members every holder keeps (of PATH on NODE, or everything); damage is repaired from another holder.
+    Verify {
+        #[arg(id = "target", value_name = "NODE", requires = "path")]
+        node: Option<String>,
+        path: Option<String>,
+        /// Give up waiting after this many seconds (verification goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Every job: node, path, every, paused, state, last success.
+    Jobs,
+    /// The execution log, newest last.
+    Log {
+        /// Only entries about this node (a name).
+        #[arg(long = "node", id = "filter_node", value_name = "NAME")]
+        node: Option<String>,
+        /// Only entries about this path.
+        #[arg(long)]
+        path: Option<String>,
+        /// At most this many entries (the newest); pages through the
+        /// nodes that keep the history as far back as needed.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only entries older than this cursor (printed when more remain).
+        #[arg(long, value_name = "CURSOR")]
+        before: Option<String>,
+    },
+}

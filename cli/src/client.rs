@@ -1,0 +1,144 @@
+//! The HTTP client of one node: requests with the token, answers read as
+//! the API's types, failures sorted by exit code.
+
+use std::time::Duration;
+
+use backmesh_api::ErrorBody;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::args::Cli;
+
+/// Why a call failed, and so which exit code.
+pub(crate) enum Failure {
+    /// Exit 3.
+    Unreachable(String),
+    /// Exit 1.
+    Refused(String),
+    /// Exit 1, the message already printed (a failed run).
+    Failed,
+}
+
+pub(crate) struct Client {
+    pub(crate) agent: ureq::Agent,
+    pub(crate) base: String,
+    pub(crate) token: Option<String>,
+    pub(crate) tls: ureq::tls::TlsConfig,
+}
+
+impl Client {
+    pub(crate) fn new(cli: &Cli) -> Result<Self, Failure> {
+        let mut config =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30)));
+        let mut tls = ureq::tls::TlsConfig::default();
+        if let Some(ca) = &cli.ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Failure::Refused(format!("cannot read the CA file {}: {e}", ca.display())))?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(Failure::Refused(format!("the CA file {} holds no certificate", ca.display())));
+            }
+            tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
+            config = config.tls_config(tls.clone());
+        }
+        let base = cli.node.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Failure::Refused(format!("--node must be an http:// or https:// URL, not `{}`", cli.node)));
+        }
+        Ok(Client { agent: config.build().into(), base, token: cli.token.clone(), tls })
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        self.call("GET", path, None)
+    }
+
+    pub(crate) fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Failure> {
+        self.call("POST", path, Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null)))
+    }
+
+    pub(crate) fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, Failure> {
+        let text = self.call_text(method, path, body)?;
+        self.parse(&text)
+    }
+
+    /// A 2xx answer read as a `T`.
+    pub(crate) fn parse<T: DeserializeOwned>(&self, text: &str) -> Result<T, Failure> {
+        serde_json::from_str(text).map_err(|e| {
+            Failure::Refused(format!("the node at {} sent an answer this client does not understand: {e}", self.base))
+        })
+    }
+
+    /// The body of a 2xx answer, as the node sent it.
+    pub(crate) fn get_text(&self, path: &str) -> Result<String, Failure> {
+        self.call_text("GET", path, None)
+    }
+
+    pub(crate) fn call_text(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<String, Failure> {
+        let url = format!("{}{}{path}", self.base, backmesh_api::PREFIX);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let sent = match (method, body) {
+            ("POST", body) => {
+                let mut req = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send_json(body.unwrap_or(serde_json::Value::Null))
+            }
+            ("DELETE", _) => {
+                // JSON like every change: the node refuses other content types.
+                let mut req = self.agent.delete(&url).header("Content-Type", "application/json");
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            _ => {
+                let mut req = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+        };
+        let mut resp = sent.map_err(|e| {
+            let hint = if e.to_string().contains("certificate") {
+                " (to trust the node's certificate authority, pass --ca FILE or set BACKMESH_CA)"
+            } else {
+                ""
+            };
+            Failure::Unreachable(format!("cannot reach the node at {}: {e}{hint}", self.base))
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().map_err(|e| Failure::Unreachable(format!("{}: {e}", self.base)))?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
+        Err(Failure::Refused(format!("the node refused ({status}): {msg}")))
+    }
+}
+
+/// Percent-encodes a query value.
+pub(crate) fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
