@@ -34,6 +34,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::clock::{Clock, SystemClock};
 pub use catalog::{ArchiveSummary, RetentionReport, StatCacheEntry, VerifyReport};
 pub use error::StoreError;
 use member_list::*;
@@ -85,6 +86,9 @@ pub struct Store {
     /// a changed backup asks after every member it reuses, and a lookup
     /// relative to an open directory skips walking the whole path.
     fan_out: Vec<std::sync::OnceLock<File>>,
+    /// Where the store reads the time (when an archive is stored, what
+    /// `--keep-within` keeps, when collection last ran in full).
+    clock: Arc<dyn Clock>,
 }
 
 /// Loads `DATA_DIR/identity.key`, or makes one (mode 0600): the peer id
@@ -177,6 +181,7 @@ impl Store {
             identity: load_identity(data_dir)?,
             bind_lock: Mutex::default(),
             fan_out: (0..256).map(|_| std::sync::OnceLock::new()).collect(),
+            clock: Arc::new(SystemClock),
         };
         // Work a crashed process left half done is abandoned.
         let staging = store.root.join("staging");
@@ -191,6 +196,17 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// This store reading the time from `clock` (tests, the simulator).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time as this store reads it (milliseconds since the epoch).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// This data directory's identity key.
@@ -550,7 +566,7 @@ impl Store {
         let p = self.manifest_path(&m.node, &m.path, &m.id)?;
         write_atomic(&p, &m.encode()).map_err(|e| StoreError::io(&p, e))?;
         self.write_member_list(&p, m);
-        let s = ArchiveSummary::stored_now(m);
+        let s = ArchiveSummary::stored_at(m, self.now_ms());
         self.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
         self.kv.flush()?;
         let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());

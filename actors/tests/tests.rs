@@ -569,6 +569,43 @@ fn keep_within_keeps_every_archive_stored_in_the_window_however_many_came_after(
     assert_eq!(store.list("n1", &key).unwrap().len(), 2);
 }
 
+/// A clock a test moves by hand.
+struct StepClock(std::sync::atomic::AtomicI64);
+
+impl backmesh_actors::clock::Clock for StepClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_store_reads_the_time_only_from_its_clock() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let day = 86_400_000i64;
+    let clock = Arc::new(StepClock(std::sync::atomic::AtomicI64::new(1_800_000_000_000)));
+    let store = Store::open(&t.path().join("data")).unwrap().with_clock(clock.clone());
+    let key = src.to_str().unwrap().to_string();
+    let week = Retention { keep: 1, within: Some(std::time::Duration::from_secs(7 * 86_400)) };
+    // One backup a day, by the store's clock.
+    for gen in 0..5 {
+        fs::write(src.join("f"), format!("generation {gen}")).unwrap();
+        run_backup(&store, "n1", &src, &opts(), week).unwrap();
+        clock.0.fetch_add(day, Ordering::Relaxed);
+    }
+    let listed = store.list("n1", &key).unwrap();
+    assert_eq!(listed.len(), 5, "all in the week");
+    let stored: Vec<i64> = listed.iter().map(|a| a.stored_ms).collect();
+    assert!(stored.iter().all(|s| (1_800_000_000_000..1_800_000_000_000 + 5 * day).contains(s)), "{stored:?}");
+    // Nine days after the first: those stored on days 0, 1 and 2 fall out
+    // of the week; days 3 and 4 stay.
+    clock.0.fetch_add(4 * day, Ordering::Relaxed);
+    let report = store.retain("n1", &key, week).unwrap();
+    assert_eq!(report.removed.len(), 3, "{report:?}");
+    assert_eq!(store.list("n1", &key).unwrap().len(), 2);
+}
+
 #[test]
 fn retention_keeps_the_newest_and_the_recent_ones_only() {
     let now = 1_800_000_000_000i64;

@@ -173,6 +173,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                 store.clone(),
                 cfg.keep,
                 cfg.repair_after,
+                std::sync::Arc::new(backmesh_actors::clock::SystemClock),
             )
             .start();
             (actor, offsite)

@@ -6,8 +6,6 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::clock::now_ms;
-
 use crate::archive::cut::GroupCutter;
 use crate::archive::manifest::{members_tree_digest, TreeRule};
 use crate::archive::reuse::RecordsHeader;
@@ -183,7 +181,7 @@ pub fn run_backup_as(
         .map(|m| m.compressed_len)
         .sum();
     let after = last.as_ref().map(|l| l.order());
-    let mut manifest = created.into_manifest(node, key, now_ms(), after, opts.excludes.clone());
+    let mut manifest = created.into_manifest(node, key, store.now_ms(), after, opts.excludes.clone());
     let encoded = manifest
         .seal_encoded(store.identity())
         .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;

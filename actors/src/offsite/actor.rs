@@ -14,23 +14,19 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use backmesh_api::{OffsiteStatus, SeriesOffsite};
 
+use super::plan::{collection_due, overdue, role, Role, SeriesState, COLLECT_BUSY_WAIT_MS, COLLECT_FAILED_WAIT_MS};
 use super::sync::{Offsite, OffsiteError};
-use crate::replica::placement::{rank, uploaders, Candidate};
+use crate::clock::Clock;
+use crate::replica::placement::{rank, Candidate};
 use crate::store::{Retention, Store};
 
 /// Rounds start no closer than this.
-const ROUND_EVERY: Duration = Duration::from_secs(3);
-/// A series found current is listed again after this long (someone may
-/// have emptied the bucket).
-const RECHECK: Duration = Duration::from_secs(3600);
-/// Collections run this often, on the one node elected for them.
-const COLLECT_EVERY_MS: i64 = 24 * 3_600_000;
-const MAX_WAIT: Duration = Duration::from_secs(600);
+const ROUND_EVERY_MS: i64 = 3_000;
 /// kv tree "meta": when this node last collected the bucket (ms, LE).
 const COLLECTED_KEY: &[u8] = b"offsite-collected";
 
@@ -48,32 +44,13 @@ pub struct Round {
 #[rtype(result = "OffsiteStatus")]
 pub struct GetOffsiteStatus;
 
-#[derive(Clone, Debug, Default)]
-struct SeriesState {
-    /// Ids in the bucket as of `checked`.
-    in_bucket: Vec<String>,
-    /// The ids kept here at the last successful round (unchanged since,
-    /// and checked within the hour: nothing to do).
-    synced: Vec<String>,
-    checked: Option<Instant>,
-    /// Not current since (ms).
-    since_ms: Option<i64>,
-    error: Option<String>,
-    /// Not before this (after failures), and the last wait.
-    retry_at: Option<(Instant, Duration)>,
-    sent_bytes: u64,
-    /// Elected here at the last round.
-    mine: bool,
-    behind: bool,
-}
-
 #[derive(Default)]
 struct Shared {
     series: HashMap<(String, String), SeriesState>,
     error: Option<String>,
     collected_ms: Option<i64>,
     /// No collection before this (one found an upload under way).
-    collect_after: Option<Instant>,
+    collect_after_ms: Option<i64>,
 }
 
 pub struct OffsiteActor {
@@ -83,14 +60,21 @@ pub struct OffsiteActor {
     /// How long the elected uploader may lag before the next in line
     /// uploads what it has not (`--repair-after`).
     fallback_after: Duration,
+    clock: Arc<dyn Clock>,
     busy: bool,
-    last: Option<Instant>,
+    last_ms: Option<i64>,
     shared: Arc<Mutex<Shared>>,
 }
 
 impl OffsiteActor {
-    pub fn new(offsite: Arc<Offsite>, store: Arc<Store>, keep: Retention, fallback_after: Duration) -> Self {
-        OffsiteActor { offsite, store, keep, fallback_after, busy: false, last: None, shared: Arc::default() }
+    pub fn new(
+        offsite: Arc<Offsite>,
+        store: Arc<Store>,
+        keep: Retention,
+        fallback_after: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        OffsiteActor { offsite, store, keep, fallback_after, clock, busy: false, last_ms: None, shared: Arc::default() }
     }
 }
 
@@ -110,63 +94,53 @@ fn rfc3339(ms: i64) -> Option<String> {
 impl Handler<Round> for OffsiteActor {
     type Result = ();
     fn handle(&mut self, msg: Round, ctx: &mut Context<Self>) {
-        if self.busy || self.last.is_some_and(|l| l.elapsed() < ROUND_EVERY) {
+        let now = self.clock.now_ms();
+        if self.busy || self.last_ms.is_some_and(|l| (0..ROUND_EVERY_MS).contains(&(now - l))) {
             return;
         }
         self.busy = true;
-        self.last = Some(Instant::now());
+        self.last_ms = Some(now);
         let (offsite, store, keep, shared) = (self.offsite.clone(), self.store.clone(), self.keep, self.shared.clone());
-        let fallback_after = self.fallback_after;
-        let work = tokio::task::spawn_blocking(move || round(&offsite, &store, keep, fallback_after, &shared, &msg));
+        let (fallback_after, clock) = (self.fallback_after, self.clock.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            round(&offsite, &store, keep, fallback_after, clock.as_ref(), &shared, &msg)
+        });
         ctx.spawn(work.into_actor(self).map(|_, act, _| act.busy = false));
     }
 }
 
+/// One round: the series this node uploads or stands in for, then (on the
+/// elected collector) the daily collection. The decisions are
+/// [`super::plan`]'s; this does the bucket's IO.
 fn round(
     offsite: &Offsite,
     store: &Store,
     keep: Retention,
     fallback_after: Duration,
+    clock: &dyn Clock,
     shared: &Mutex<Shared>,
     msg: &Round,
 ) {
     let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
-    let now = crate::clock::now_ms();
-    let held = store.held_series(keep, crate::clock::now_ms());
+    let held = store.held_series(keep, clock.now_ms());
     let mut bucket_error = None;
     for ((node, path), ids) in &held {
         if offsite.stop.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let order = uploaders(node, path, &msg.candidates, msg.replicas);
-        let elected = order.first().is_some_and(|c| c.peer_id == msg.me);
-        let stand_in = order.get(1).is_some_and(|c| c.peer_id == msg.me);
         let key = (node.clone(), path.clone());
-        if stand_in {
-            stand_in_for(offsite, store, keep, fallback_after, shared, node, path, ids, order[0].name.as_str());
+        let role = role(node, path, &msg.candidates, msg.replicas, &msg.me);
+        if let Role::StandIn { elected } = &role {
+            stand_in_for(offsite, store, keep, fallback_after, clock, shared, node, path, ids, elected);
             continue;
         }
-        let st = {
+        let due = {
             let mut all = lock();
             let st = all.series.entry(key.clone()).or_default();
-            st.mine = elected;
-            st.clone()
+            st.mine = role == Role::Elected;
+            st.mine && st.due(ids, clock.now_ms())
         };
-        if !elected {
-            continue;
-        }
-        let current = st.synced == *ids;
-        if current && st.checked.is_some_and(|c| c.elapsed() < RECHECK) {
-            continue;
-        }
-        if !current && st.since_ms.is_none() {
-            let mut all = lock();
-            if let Some(s) = all.series.get_mut(&key) {
-                s.since_ms = Some(now);
-                s.behind = true;
-            }
-        }
-        if st.retry_at.is_some_and(|(at, _)| Instant::now() < at) {
+        if !due {
             continue;
         }
         let progress = |id: &str, up: &super::sync::Uploaded| {
@@ -184,6 +158,7 @@ fn round(
             }
         };
         let result = offsite.sync_series(store, node, path, ids, keep, &progress);
+        let now = clock.now_ms();
         let mut all = lock();
         let Some(s) = all.series.get_mut(&key) else { continue };
         match result {
@@ -191,28 +166,17 @@ fn round(
                 for id in &done.pruned {
                     tracing::info!("offsite: archive {id} of {path} of {node} pruned from the bucket");
                 }
-                // Everything retention keeps of this series is there now.
-                s.in_bucket = done.in_bucket;
-                s.synced = ids.clone();
-                s.checked = Some(Instant::now());
-                s.behind = false;
-                s.since_ms = None;
-                s.error = None;
-                s.retry_at = None;
+                s.uploaded(ids, done.in_bucket, now);
             }
             Err(e @ OffsiteError::Busy { .. }) => {
-                // A collection is under way: not a failure; soon again.
                 tracing::debug!("offsite: {path} of {node}: {e}");
-                s.retry_at = Some((Instant::now() + Duration::from_secs(30), Duration::from_secs(15)));
+                s.busy(now);
             }
             Err(e) => {
-                let wait = s.retry_at.map(|(_, w)| (w * 2).min(MAX_WAIT)).unwrap_or(Duration::from_secs(15));
-                s.retry_at = Some((Instant::now() + wait, wait));
-                s.since_ms.get_or_insert(now);
-                if s.error.as_deref() != Some(&e.to_string()) {
-                    tracing::warn!("offsite: {path} of {node}: {e} (next try in {}s)", wait.as_secs());
+                let (wait, new) = s.failed(e.to_string(), now);
+                if new {
+                    tracing::warn!("offsite: {path} of {node}: {e} (next try in {}s)", wait / 1000);
                 }
-                s.error = Some(e.to_string());
                 if matches!(e, OffsiteError::Bucket(_)) {
                     // The bucket itself: the other series would fail the same way.
                     bucket_error = Some(e.to_string());
@@ -243,11 +207,9 @@ fn round(
         .and_then(|v| v.try_into().ok())
         .map(i64::from_le_bytes)
         .unwrap_or(0);
-    if now - last < COLLECT_EVERY_MS && now >= last {
-        lock().collected_ms = Some(last);
-        return;
-    }
-    if lock().collect_after.is_some_and(|at| Instant::now() < at) {
+    let now = clock.now_ms();
+    if !collection_due(last, lock().collect_after_ms, now) {
+        lock().collected_ms = Some(last).filter(|l| *l > 0);
         return;
     }
     match offsite.collect(store) {
@@ -261,15 +223,17 @@ fn round(
                 c.manifests
             );
             let _ = kv.put("meta", COLLECTED_KEY, &now.to_le_bytes());
-            lock().collected_ms = Some(now);
+            let mut all = lock();
+            all.collected_ms = Some(now);
+            all.collect_after_ms = None;
         }
         Err(e @ OffsiteError::Busy { .. }) => {
             tracing::debug!("offsite: collection put off: {e}");
-            lock().collect_after = Some(Instant::now() + Duration::from_secs(600));
+            lock().collect_after_ms = Some(clock.now_ms() + COLLECT_BUSY_WAIT_MS);
         }
         Err(e) => {
             tracing::warn!("offsite: collection of {}: {e} (tried again in an hour)", offsite.bucket.target().shown());
-            lock().collect_after = Some(Instant::now() + Duration::from_secs(3600));
+            lock().collect_after_ms = Some(clock.now_ms() + COLLECT_FAILED_WAIT_MS);
         }
     }
 }
@@ -283,6 +247,7 @@ fn stand_in_for(
     store: &Store,
     keep: Retention,
     fallback_after: Duration,
+    clock: &dyn Clock,
     shared: &Mutex<Shared>,
     node: &str,
     path: &str,
@@ -291,32 +256,33 @@ fn stand_in_for(
 ) {
     let key = (node.to_string(), path.to_string());
     let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
-    let looked = lock().series.get(&key).and_then(|s| s.checked);
-    if looked.is_some_and(|at| at.elapsed() < fallback_after) {
+    let fallback_ms = i64::try_from(fallback_after.as_millis()).unwrap_or(i64::MAX);
+    let now = clock.now_ms();
+    let (due, looked) = {
+        let all = lock();
+        let st = all.series.get(&key);
+        (st.is_none_or(|s| s.stand_in_due(fallback_ms, now)), st.and_then(|s| s.checked_ms).is_some())
+    };
+    if !due {
         return;
     }
-    let now = crate::clock::now_ms();
-    let due = fallback_after.as_millis() as i64;
-    let old: Vec<String> = store
-        .list(node, path)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| ids.contains(&a.id) && now - a.stored_ms >= due)
-        .map(|a| a.id)
-        .collect();
+    let kept: Vec<(String, i64)> =
+        store.list(node, path).unwrap_or_default().into_iter().map(|a| (a.id, a.stored_ms)).collect();
+    let old = overdue(&kept, ids, fallback_ms, now);
     let st = {
         let mut all = lock();
         let st = all.series.entry(key.clone()).or_default();
         st.mine = false;
-        st.checked = Some(Instant::now());
+        st.checked_ms = Some(now);
         st.clone()
     };
-    if old.is_empty() || old.iter().all(|id| st.in_bucket.contains(id)) && looked.is_some() {
+    if old.is_empty() || old.iter().all(|id| st.in_bucket.contains(id)) && looked {
         return;
     }
     let progress = |id: &str, up: &super::sync::Uploaded| {
         tracing::warn!(
-            "offsite: {elected} had not put archive {id} of {path} of {node} in {} for {}s;              it is there now, from this node ({} of {} member(s) sent)",
+            "offsite: {elected} had not put archive {id} of {path} of {node} in {} for {}s; \
+             it is there now, from this node ({} of {} member(s) sent)",
             offsite.bucket.target().shown(),
             fallback_after.as_secs(),
             up.sent,
@@ -347,8 +313,8 @@ impl Handler<GetOffsiteStatus> for OffsiteActor {
                 let missing = newest_here.as_ref().is_some_and(|id| !s.in_bucket.contains(id));
                 let (state, since) = if s.error.is_some() {
                     ("failing", s.since_ms)
-                } else if s.behind || s.checked.is_none() || missing {
-                    ("behind", s.since_ms.or_else(|| missing.then(crate::clock::now_ms)))
+                } else if s.behind || s.checked_ms.is_none() || missing {
+                    ("behind", s.since_ms.or_else(|| missing.then(|| self.clock.now_ms())))
                 } else {
                     ("current", None)
                 };

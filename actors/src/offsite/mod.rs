@@ -35,6 +35,7 @@
 
 pub mod actor;
 pub mod bucket;
+pub mod plan;
 pub mod sync;
 pub mod testing;
 

@@ -55,9 +55,9 @@ impl ArchiveSummary {
         }
     }
 
-    /// The summary of `m`, stored here now.
-    pub(crate) fn stored_now(m: &Manifest) -> Self {
-        ArchiveSummary { stored_ms: crate::clock::now_ms(), ..ArchiveSummary::of(m) }
+    /// The summary of `m`, stored here at `now_ms`.
+    pub(crate) fn stored_at(m: &Manifest, now_ms: i64) -> Self {
+        ArchiveSummary { stored_ms: now_ms, ..ArchiveSummary::of(m) }
     }
 }
 

@@ -24,8 +24,7 @@ impl Store {
     pub fn retain(&self, node: &str, path: &str, retention: Retention) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
         let all = self.list(node, path)?;
-        let kept: HashSet<&str> =
-            retention.kept(&all, crate::clock::now_ms()).into_iter().map(|a| a.id.as_str()).collect();
+        let kept: HashSet<&str> = retention.kept(&all, self.now_ms()).into_iter().map(|a| a.id.as_str()).collect();
         // What the removed archives used, the only members they can free
         // (None: a list could not be read; then the whole store is swept).
         let mut candidates = Some(DigestSet::default());
@@ -55,7 +54,7 @@ impl Store {
             report.removed.push(old.id.clone());
         }
         if !report.removed.is_empty() {
-            let now = crate::clock::now_ms();
+            let now = self.now_ms();
             let last_full = self
                 .kv
                 .get(STORE_META, b"full-gc")?

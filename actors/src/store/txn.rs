@@ -180,7 +180,7 @@ impl PutTxn<'_> {
             std::mem::forget(self.dir.take());
             return Ok(());
         }
-        let s = ArchiveSummary::stored_now(m);
+        let s = ArchiveSummary::stored_at(m, self.store.now_ms());
         self.store.kv.put(ARCHIVES, &archive_key(&s), &cbor(&s))?;
         self.store.kv.flush()?;
         Ok(())
