@@ -124,6 +124,14 @@ pub struct MemKv {
     trees: Mutex<BTreeMap<String, Tree>>,
 }
 
+impl MemKv {
+    /// Every pair of every tree, in order: (tree, key, value).
+    pub fn dump(&self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+        let t = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().flat_map(|(tree, pairs)| pairs.iter().map(|(k, v)| (tree.clone(), k.clone(), v.clone()))).collect()
+    }
+}
+
 impl KvStore for MemKv {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let t = self.trees.lock().unwrap_or_else(|e| e.into_inner());

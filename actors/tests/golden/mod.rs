@@ -30,6 +30,8 @@ use backmesh_actors::replica::proto::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
+mod disk;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }

@@ -1,0 +1,236 @@
+//! Golden bytes of what a node writes to disk and what it signs: a sealed
+//! manifest file and its member list, the catalog, the mesh state's
+//! records, the run queue, the history's files, and the signed bodies of
+//! entries, registers and grants. Each is made anew from fixed inputs (a
+//! fixed identity, a fixed clock) and must come out byte for byte as
+//! checked in; what was checked in must read back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use backmesh_actors::archive::manifest::{ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
+use backmesh_actors::archive::sink::{gzip_member, MemberSink};
+use backmesh_actors::archive::tarfmt::Kind;
+use backmesh_actors::clock::Clock;
+use backmesh_actors::codec::encode;
+use backmesh_actors::hash::Digest;
+use backmesh_actors::jobs::queue::{Item, Queue};
+use backmesh_actors::log::history::{History, HistoryQuery};
+use backmesh_actors::log::mesh::MeshState;
+use backmesh_actors::log::signing::{sealed_records_of, slots};
+use backmesh_actors::log::state_disk;
+use backmesh_actors::store::{KvStore, MemKv, Store};
+use serde_bytes::ByteBuf;
+
+use super::{entry, finished, key, pin_bytes};
+
+const NOW: i64 = 1_795_000_000_000;
+
+struct Fixed;
+
+impl Clock for Fixed {
+    fn now_ms(&self) -> i64 {
+        NOW
+    }
+}
+
+/// A store's key-value pairs as one CBOR value: (tree, key, value) in order.
+fn dumped(kv: &MemKv) -> Vec<u8> {
+    let pairs: Vec<(String, ByteBuf, ByteBuf)> =
+        kv.dump().into_iter().map(|(t, k, v)| (t, ByteBuf::from(k), ByteBuf::from(v))).collect();
+    encode(&pairs)
+}
+
+/// Every file under `dir` (but `identity.key` and sled's own), by relative path.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A small archive's manifest, as a backup of three entries would make it.
+fn manifest(raw: &[u8], member: &[u8]) -> Manifest {
+    let members =
+        vec![MemberRef { sha256: Digest::of(member), raw_len: raw.len() as u64, compressed_len: member.len() as u64 }];
+    let file = |path: &str, kind: Kind, size: u64, mode: u32, link: Option<&str>| FileRecord {
+        path: ByteBuf::from(path.as_bytes().to_vec()),
+        kind,
+        size,
+        mode,
+        mtime: 1_794_999_000,
+        mtime_nsec: 250,
+        uid: 1000,
+        gid: 1000,
+        link: link.map(|l| ByteBuf::from(l.as_bytes().to_vec())),
+    };
+    Manifest {
+        id: "20261122T040113.000Z-0a1b2c3d".into(),
+        node: "n1".into(),
+        path: "/srv/app".into(),
+        created_ms: NOW,
+        order_ms: NOW,
+        tree_digest: backmesh_actors::archive::manifest::members_tree_digest(&members),
+        members,
+        files: vec![
+            file("conf", Kind::Dir, 0, 0o755, None),
+            file("conf/app.toml", Kind::File, 12, 0o640, None),
+            file("current", Kind::Symlink, 0, 0o777, Some("conf")),
+        ],
+        tgz_sha256: Digest([0; 32]),
+        tgz_len: member.len() as u64,
+        raw_len: raw.len() as u64,
+        stats: ArchiveStats { files: 1, dirs: 1, symlinks: 1, hardlinks: 0, content_bytes: 12 },
+        warnings: vec![],
+        excludes: vec!["*.log".into()],
+        seal: None,
+        tree_rule: TreeRule::Members,
+    }
+}
+
+#[test]
+fn golden_sealed_manifest() {
+    let raw = vec![b'x'; 1536];
+    let member = gzip_member(&raw, 6);
+    pin_bytes("disk_member", &member);
+    let mut m = manifest(&raw, &member);
+    let bytes = m.seal_encoded(&key()).unwrap();
+    let golden = pin_bytes("disk_manifest", &bytes);
+    let back = Manifest::decode(&golden).unwrap();
+    assert_eq!(back.signer(), Some(key().public().to_peer_id().to_string().as_str()), "sealed by the fixed key");
+    assert_eq!(back, m, "the golden manifest reads back as the same archive");
+    assert_eq!(back.encode(), golden, "and encodes back the same");
+}
+
+#[test]
+fn golden_store_files_and_catalog_and_the_index_rebuilt_from_them() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("identity.key"), key().to_protobuf_encoding().unwrap()).unwrap();
+    let kv = Arc::new(MemKv::default());
+    let store = Store::open_with(&data, kv.clone()).unwrap().with_clock(Arc::new(Fixed));
+    let raw = vec![b'x'; 1536];
+    let member = gzip_member(&raw, 6);
+    let mut m = manifest(&raw, &member);
+    m.seal_with(store.identity()).unwrap();
+    let mut txn = store.begin().unwrap();
+    txn.member(&Digest::of(&member), &member).unwrap();
+    txn.commit(&m).unwrap();
+    let files: Vec<(String, ByteBuf)> = files_under(&data)
+        .into_iter()
+        .filter(|(p, _)| p != "identity.key")
+        .map(|(p, b)| (p, ByteBuf::from(b)))
+        .collect();
+    pin_bytes("disk_store_files", &encode(&files));
+    let catalog = pin_bytes("disk_catalog", &dumped(&kv));
+    // The index is rebuildable: a store opened on the same files with an
+    // empty index writes the same catalog.
+    let fresh = Arc::new(MemKv::default());
+    drop(store);
+    let again = Store::open_with(&data, fresh.clone()).unwrap().with_clock(Arc::new(Fixed));
+    assert_eq!(again.list("n1", "/srv/app").unwrap().len(), 1);
+    let rebuilt: Vec<(String, Vec<u8>, Vec<u8>)> = fresh.dump();
+    let golden: Vec<(String, ByteBuf, ByteBuf)> = ciborium::from_reader(&catalog[..]).unwrap();
+    let archives = |v: &[(String, Vec<u8>, Vec<u8>)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+        v.iter().filter(|(t, _, _)| t == "archives").map(|(_, k, v)| (k.clone(), v.clone())).collect()
+    };
+    let golden: Vec<(String, Vec<u8>, Vec<u8>)> =
+        golden.into_iter().map(|(t, k, v)| (t, k.into_vec(), v.into_vec())).collect();
+    assert_eq!(archives(&rebuilt).len(), 1);
+    assert_eq!(archives(&rebuilt)[0].0, archives(&golden)[0].0, "the same catalog key");
+}
+
+#[test]
+fn golden_mesh_state_on_disk() {
+    let mut state = MeshState::new();
+    state.apply(&entry(7, finished()));
+    let kv = MemKv::default();
+    state_disk::persist(&mut state, &kv).unwrap();
+    let golden = pin_bytes("disk_state", &dumped(&kv));
+    let pairs: Vec<(String, ByteBuf, ByteBuf)> = ciborium::from_reader(&golden[..]).unwrap();
+    let back = MemKv::default();
+    for (tree, k, v) in pairs {
+        back.put(&tree, &k, &v).unwrap();
+    }
+    let mut loaded = MeshState::new();
+    state_disk::load(&back, &mut loaded).unwrap();
+    assert_eq!(loaded, state, "the golden records load as the same state");
+}
+
+#[test]
+fn golden_run_queue() {
+    let kv = MemKv::default();
+    let item = Item { path: "/srv/app".into(), on_demand: true, queued_ms: NOW, request: Some("r-1".into()) };
+    Queue::persist(&kv, 3, &item).unwrap();
+    let golden = pin_bytes("disk_queue", &dumped(&kv));
+    let pairs: Vec<(String, ByteBuf, ByteBuf)> = ciborium::from_reader(&golden[..]).unwrap();
+    let back = MemKv::default();
+    for (tree, k, v) in pairs {
+        back.put(&tree, &k, &v).unwrap();
+    }
+    let q = Queue::load(&back, 10).unwrap();
+    assert_eq!(q.len(), 1);
+    let running = std::collections::BTreeSet::new();
+    assert_eq!(q.next(&running).map(|(id, i)| (id, i.clone())), Some((3, item)));
+}
+
+#[test]
+fn golden_history_files() {
+    let t = tempfile::tempdir().unwrap();
+    let dir: PathBuf = t.path().join("history");
+    let mut h = History::open(&dir).unwrap();
+    let (a, b) = (entry(7, finished()), entry(8, backmesh_actors::log::entry::Event::Paused { node: "n1".into() }));
+    h.store(&a).unwrap();
+    h.store(&b).unwrap();
+    h.sync().unwrap();
+    drop(h);
+    let files: Vec<(String, ByteBuf)> = files_under(&dir).into_iter().map(|(p, b)| (p, ByteBuf::from(b))).collect();
+    let golden = pin_bytes("disk_history", &encode(&files));
+    // What was checked in reads back as the same two entries.
+    let files: Vec<(String, ByteBuf)> = ciborium::from_reader(&golden[..]).unwrap();
+    let again = t.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    for (p, b) in files {
+        let p = again.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b).unwrap();
+    }
+    let h = History::open(&again).unwrap();
+    let page = h.page(&HistoryQuery { limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(page.entries, vec![a, b]);
+}
+
+#[test]
+fn golden_signed_bodies() {
+    // What an entry's origin signs.
+    let e = entry(7, finished());
+    pin_bytes("signed_entry", &e.signed_bytes());
+    // What the writer of each register the entry writes signs.
+    let mut msgs: Vec<(String, ByteBuf)> = Vec::new();
+    for (k, mut r) in sealed_records_of(&e) {
+        for s in slots(&k, &mut r) {
+            msgs.push((s.what.to_string(), ByteBuf::from(s.msg.clone())));
+        }
+    }
+    assert!(msgs.len() >= 3, "{msgs:?}");
+    pin_bytes("signed_registers", &encode(&msgs));
+    // A grant: its MAC covers the node that is to act and the request.
+    let run = backmesh_actors::jobs::proto::JobsRequest::Run {
+        path: backmesh_actors::replica::proto::series("/srv/app").unwrap(),
+        request: Some("r-1".into()),
+        grant: None,
+    };
+    pin_bytes("signed_grant", &encode(&backmesh_actors::grant::sign(run, Some("operator-token"), "n2")));
+}
