@@ -12,6 +12,7 @@
 //! - [`notify`]: webhooks and commands told of failure, staleness, recovery.
 //! - [`replica`]: holders by rendezvous hashing, archive transfer,
 //!   retention and repair on holders, restore and verify from the mesh.
+//! - [`workers`]: what each background loop is doing, for `status --workers`.
 //! - [`net`]: the mesh: membership, wire codec, swarm key, the libp2p loop
 //!   and the membership actor.
 //!
@@ -36,3 +37,4 @@ pub mod offsite;
 pub mod protocols;
 pub mod replica;
 pub mod store;
+pub mod workers;

@@ -78,6 +78,35 @@ pub struct Status {
     /// The offsite bucket, as the answering node sees it (absent without `--offsite`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsite: Option<OffsiteStatus>,
+    /// The answering node's background workers, by name.
+    #[serde(default)]
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One background worker of the answering node: what it does and how it
+/// fares (`backmesh status --workers`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    /// What it does, in a few words.
+    pub what: String,
+    /// `idle`, `busy`, `throttled` or `failing`.
+    pub state: String,
+    /// What it is busy with, or why it holds back.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// When it last finished a piece of work without error (RFC 3339).
+    #[serde(default)]
+    pub last_ok: Option<String>,
+    /// Its last error, kept after it recovers.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When that error happened (RFC 3339).
+    #[serde(default)]
+    pub last_error_at: Option<String>,
+    /// Errors since the node started.
+    #[serde(default)]
+    pub errors: u64,
 }
 
 /// The answering node's offsite copies: the series it uploads (one node

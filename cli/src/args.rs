@@ -32,7 +32,13 @@ pub(crate) struct Cli {
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// The nodes of the mesh (name, peer id, address, up/down, free space, site) and job health.
-    Status,
+    Status {
+        /// Also the answering node's background workers: copies, offsite,
+        /// anti-entropy, backfill, backups, index; busy, throttled, idle or
+        /// failing, with their last error.
+        #[arg(long)]
+        workers: bool,
+    },
     /// Back up PATH on NODE every MINUTES.
     Register {
         /// The node's name (see `backmesh status`), or HOST:PORT of a node to bring into the mesh.

@@ -52,7 +52,7 @@ fn short(peer: &str) -> String {
     format!("…{}", &peer[peer.len().saturating_sub(8)..])
 }
 
-fn status(client: &Client, json: bool) -> Result<(), Failure> {
+fn status(client: &Client, json: bool, workers: bool) -> Result<(), Failure> {
     let body = client.get_text("/status")?;
     if json {
         print_raw(&body);
@@ -106,6 +106,18 @@ fn status(client: &Client, json: bool) -> Result<(), Failure> {
         }
         if let Some(c) = &o.collected {
             out!("  unused members last collected {c}");
+        }
+    }
+    if workers {
+        out!();
+        out!("{:<14} {:<10} {:<40} LAST ERROR", "WORKER", "STATE", "DOING");
+        for w in &s.workers {
+            let error = match (&w.last_error, &w.last_error_at) {
+                (Some(e), Some(at)) => format!("{at}: {e} ({} so far)", w.errors),
+                (Some(e), None) => e.clone(),
+                _ => "-".into(),
+            };
+            out!("{:<14} {:<10} {:<40} {error}", w.name, w.state, w.detail.as_deref().unwrap_or(&w.what));
         }
     }
     for p in &s.problems {
@@ -630,7 +642,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let json = cli.json;
     let result = Client::new(&cli).and_then(|c| match &cli.command {
-        Command::Status => status(&c, json),
+        Command::Status { workers } => status(&c, json, *workers),
         Command::Jobs => jobs(&c, json),
         Command::Backups { node, path, all } => backups(&c, json, node, path, *all),
         Command::Run { node, path, no_wait, timeout } => match run(&c, json, node, path, *no_wait, *timeout) {

@@ -62,6 +62,7 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
         }
         s.offsite = Some(o);
     }
+    s.workers = state.workers.snapshot().iter().map(view::worker).collect();
     Ok(HttpResponse::Ok().json(s))
 }
 

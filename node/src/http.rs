@@ -28,6 +28,8 @@ pub struct ApiState {
     pub federation: crate::federation::Federation,
     pub replicas: usize,
     pub health: Health,
+    /// The node's background workers (`status --workers`).
+    pub workers: backmesh_actors::workers::Workers,
     /// With `--offsite`: the actor that keeps the bucket, and the bucket.
     pub offsite: Option<(
         Addr<backmesh_actors::offsite::actor::OffsiteActor>,

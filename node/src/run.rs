@@ -21,6 +21,7 @@ use backmesh_actors::net::{client, swarm, swarm_key};
 use backmesh_actors::notify::NotifyActor;
 use backmesh_actors::replica::actor::{ReplicaActor, ReplicaConfig};
 use backmesh_actors::store::{write_atomic, Store};
+use backmesh_actors::workers::Worker;
 use backmesh_actors::{jobs, log, protocols, replica};
 use backmesh_api::Health;
 
@@ -146,6 +147,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             partition: std::env::var_os("BACKMESH_TEST_PARTITION").map(std::path::PathBuf::from),
         })?;
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
+        let workers = backmesh_actors::workers::Workers::default();
         let log = LogActor::load(
             store.identity().clone(),
             cfg.name.clone(),
@@ -156,6 +158,10 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         )
         .map_err(|e| anyhow!("cannot load the execution log: {e}"))?
         .reporting_to(actor.clone().recipient())
+        .with_workers(
+            workers.register("anti-entropy", "pulls the mesh state from peers"),
+            workers.register("backfill", "fetches the history of the series this node keeps"),
+        )
         .start();
         let offsite = offsite.map(|offsite| {
             // Said at start, in the log: the node runs on whatever the answer.
@@ -175,6 +181,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                 cfg.repair_after,
                 std::sync::Arc::new(backmesh_actors::clock::SystemClock),
             )
+            .with_worker(workers.register("offsite", "keeps this node's elected series in the bucket"))
             .start();
             (actor, offsite)
         });
@@ -196,6 +203,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             Some((actor, o)) => replica.with_offsite(actor.clone(), o.clone()),
             None => replica,
         }
+        .with_worker(workers.register("copies", "pushes archives to their elected holders, repairs lost copies"))
         .start();
         let programs = Programs { allowed: cfg.allow_programs, token: cfg.token.clone() };
         let jobs = JobsActor::new(
@@ -205,8 +213,13 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             replica.clone().recipient(),
             JobsConfig { keep: cfg.keep, max_parallel: 2, queue_bound: cfg.queue_limit, programs: programs.clone() },
         )
+        .with_worker(workers.register("backups", "runs this node's backups from its queue"))
         .start();
-        actix::spawn(watch_index(store.clone(), cfg.data_dir.clone()));
+        actix::spawn(watch_index(
+            store.clone(),
+            cfg.data_dir.clone(),
+            workers.register("index", "probes the index database"),
+        ));
         let _notify = NotifyActor::new(cfg.name.clone(), log.clone(), actor.clone(), programs).start();
         // The network (noise, yamux, gossip signatures, member transfers)
         // runs on a thread of its own: on the actors' thread, its bursts of
@@ -248,6 +261,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             federate: cfg.federate.clone(),
             federation: federation.clone(),
             replicas: cfg.replicas,
+            workers: workers.clone(),
             offsite: offsite.clone(),
             health: Health {
                 status: "ok".into(),
@@ -317,7 +331,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
 /// Probes the index every few seconds, and ends the process when it has
 /// failed for good (docs/operations.md, "Disk full"): its
 /// service manager starts it again, and a fresh open recovers it.
-async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf) {
+async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf, worker: Worker) {
     use backmesh_actors::store::health::{IndexWatch, Verdict, EXIT_INDEX_BROKEN, PROBE_EVERY};
     let mut watch = IndexWatch::default();
     let mut failing = false;
@@ -331,11 +345,13 @@ async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf)
             );
         match watch.observe(probe, free_bytes(&data_dir), std::time::Instant::now()) {
             Verdict::Healthy => {
+                worker.idle(backmesh_actors::clock::now_ms());
                 if std::mem::take(&mut failing) {
                     tracing::info!("the index takes writes again");
                 }
             }
             Verdict::Failing(why) => {
+                worker.failed(format!("the index refuses writes: {why}"), backmesh_actors::clock::now_ms());
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!("the index refuses writes: {why}");
                 }

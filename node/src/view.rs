@@ -149,3 +149,21 @@ pub fn event(e: &Event) -> api::Event {
         }
     }
 }
+
+pub fn worker(w: &backmesh_actors::workers::WorkerStatus) -> api::WorkerStatus {
+    use backmesh_actors::workers::WorkerState;
+    let detail = match &w.state {
+        WorkerState::Busy(d) | WorkerState::Throttled(d) => Some(d.clone()),
+        WorkerState::Idle | WorkerState::Failing => None,
+    };
+    api::WorkerStatus {
+        name: w.name.clone(),
+        what: w.what.clone(),
+        state: w.state.name().into(),
+        detail,
+        last_ok: w.last_ok_ms.map(rfc3339),
+        last_error: w.last_error.as_ref().map(|(_, e)| e.clone()),
+        last_error_at: w.last_error.as_ref().map(|(at, _)| rfc3339(*at)),
+        errors: w.errors,
+    }
+}

@@ -31,6 +31,7 @@ use crate::log::entry::Event;
 use crate::log::views::JobView;
 use crate::net::rpc::{InboundRequest, Reply};
 use crate::store::{Retention, Store};
+use crate::workers::Worker;
 
 /// Queue an on-demand run of `path` (a registered job of this node); its
 /// log entries will carry `request`.
@@ -116,6 +117,8 @@ pub struct JobsConfig {
 }
 
 pub struct JobsActor {
+    /// Where it says how its backups fare (`status --workers`).
+    worker: Worker,
     me: String,
     store: Arc<Store>,
     log: Addr<LogActor>,
@@ -162,6 +165,7 @@ impl JobsActor {
             keep: cfg.keep,
             programs: cfg.programs,
             stored,
+            worker: Worker::detached("backups"),
         }
     }
 
@@ -288,6 +292,10 @@ impl JobsActor {
                 },
             };
             tracing::info!("backup of {path}: {}", event.kind());
+            match &event {
+                Event::Failed { error, .. } => act.worker.failed(format!("{path}: {error}"), now_ms()),
+                _ => act.worker.done_one(now_ms()),
+            }
             if matches!(&event, Event::Finished { archive, .. } if !archive.is_empty()) {
                 act.stored.do_send(ArchiveStored);
             }
@@ -330,8 +338,25 @@ impl Actor for JobsActor {
                     act.schedule(jobs);
                     act.start_runs(ctx);
                 }
+                act.report();
             }));
         });
+    }
+}
+
+impl JobsActor {
+    /// Reports how its backups fare to `worker`.
+    pub fn with_worker(mut self, worker: Worker) -> Self {
+        self.worker = worker;
+        self
+    }
+
+    /// Says what runs and what waits.
+    fn report(&self) {
+        match (self.running.len(), self.queue.len()) {
+            (0, 0) => self.worker.idle(now_ms()),
+            (running, waiting) => self.worker.busy(format!("{running} backup(s) running, {waiting} waiting")),
+        }
     }
 }
 

@@ -47,6 +47,7 @@ use crate::clock::now_ms;
 use crate::net::actor::Misbehaved;
 use crate::net::client::NetClient;
 use crate::store::{KvStore, StoreError};
+use crate::workers::Worker;
 
 mod gossip;
 pub mod messages;
@@ -129,12 +130,20 @@ pub struct LogActor {
     /// being fetched now.
     to_backfill: BTreeSet<SeriesKey>,
     backfilling: BTreeSet<SeriesKey>,
+    /// Where it says how anti-entropy and backfill fare (`status --workers`).
+    workers: (Worker, Worker),
     /// This node's entries written but not yet synced, with whoever waits
     /// for each: one sync makes a whole burst of them durable.
     unsynced: Vec<(Entry, tokio::sync::oneshot::Sender<Result<Entry, StoreError>>)>,
 }
 
 impl LogActor {
+    /// Reports how anti-entropy and history backfill fare to these workers.
+    pub fn with_workers(mut self, anti_entropy: Worker, backfill: Worker) -> Self {
+        self.workers = (anti_entropy, backfill);
+        self
+    }
+
     /// Reports refusals of what peers send to `to` (the membership actor).
     pub fn reporting_to(mut self, to: actix::Recipient<Misbehaved>) -> Self {
         self.misdeeds = Some(to);
@@ -183,6 +192,7 @@ impl LogActor {
             to_backfill: BTreeSet::new(),
             unsynced: Vec::new(),
             backfilling: BTreeSet::new(),
+            workers: (Worker::detached("anti-entropy"), Worker::detached("backfill")),
         };
         actor.migrate()?;
         let moved = actor.history.migrate_from(actor.kv.as_ref())?;

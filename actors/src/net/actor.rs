@@ -130,6 +130,7 @@ impl Handler<GetStatus> for MembershipActor {
             problems: self.state.problems(),
             state: Default::default(),
             offsite: None,
+            workers: Vec::new(),
         })
     }
 }

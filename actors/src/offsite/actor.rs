@@ -24,6 +24,7 @@ use super::sync::{Offsite, OffsiteError};
 use crate::clock::Clock;
 use crate::replica::placement::{rank, Candidate};
 use crate::store::{Retention, Store};
+use crate::workers::Worker;
 
 /// Rounds start no closer than this.
 const ROUND_EVERY_MS: i64 = 3_000;
@@ -61,6 +62,8 @@ pub struct OffsiteActor {
     /// uploads what it has not (`--repair-after`).
     fallback_after: Duration,
     clock: Arc<dyn Clock>,
+    /// Where it says how the bucket fares (`status --workers`).
+    worker: Worker,
     busy: bool,
     last_ms: Option<i64>,
     shared: Arc<Mutex<Shared>>,
@@ -74,7 +77,24 @@ impl OffsiteActor {
         fallback_after: Duration,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        OffsiteActor { offsite, store, keep, fallback_after, clock, busy: false, last_ms: None, shared: Arc::default() }
+        let worker = Worker::detached("offsite");
+        OffsiteActor {
+            offsite,
+            store,
+            keep,
+            fallback_after,
+            clock,
+            worker,
+            busy: false,
+            last_ms: None,
+            shared: Arc::default(),
+        }
+    }
+
+    /// Reports how the bucket fares to `worker`.
+    pub fn with_worker(mut self, worker: Worker) -> Self {
+        self.worker = worker;
+        self
     }
 }
 
@@ -101,9 +121,9 @@ impl Handler<Round> for OffsiteActor {
         self.busy = true;
         self.last_ms = Some(now);
         let (offsite, store, keep, shared) = (self.offsite.clone(), self.store.clone(), self.keep, self.shared.clone());
-        let (fallback_after, clock) = (self.fallback_after, self.clock.clone());
+        let (fallback_after, clock, worker) = (self.fallback_after, self.clock.clone(), self.worker.clone());
         let work = tokio::task::spawn_blocking(move || {
-            round(&offsite, &store, keep, fallback_after, clock.as_ref(), &shared, &msg)
+            round(&offsite, &store, keep, fallback_after, clock.as_ref(), &worker, &shared, &msg)
         });
         ctx.spawn(work.into_actor(self).map(|_, act, _| act.busy = false));
     }
@@ -112,18 +132,21 @@ impl Handler<Round> for OffsiteActor {
 /// One round: the series this node uploads or stands in for, then (on the
 /// elected collector) the daily collection. The decisions are
 /// [`super::plan`]'s; this does the bucket's IO.
+#[allow(clippy::too_many_arguments)]
 fn round(
     offsite: &Offsite,
     store: &Store,
     keep: Retention,
     fallback_after: Duration,
     clock: &dyn Clock,
+    worker: &Worker,
     shared: &Mutex<Shared>,
     msg: &Round,
 ) {
     let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
     let held = store.held_series(keep, clock.now_ms());
     let mut bucket_error = None;
+    let mut failed = false;
     for ((node, path), ids) in &held {
         if offsite.stop.load(std::sync::atomic::Ordering::Relaxed) {
             return;
@@ -157,6 +180,7 @@ fn round(
                 s.sent_bytes += up.bytes;
             }
         };
+        worker.busy(format!("uploading {path} of {node}"));
         let result = offsite.sync_series(store, node, path, ids, keep, &progress);
         let now = clock.now_ms();
         let mut all = lock();
@@ -167,12 +191,16 @@ fn round(
                     tracing::info!("offsite: archive {id} of {path} of {node} pruned from the bucket");
                 }
                 s.uploaded(ids, done.in_bucket, now);
+                worker.done_one(now);
             }
             Err(e @ OffsiteError::Busy { .. }) => {
                 tracing::debug!("offsite: {path} of {node}: {e}");
                 s.busy(now);
+                worker.throttled("a collection holds the bucket");
             }
             Err(e) => {
+                failed = true;
+                worker.failed(format!("{path} of {node}: {e}"), now);
                 let (wait, new) = s.failed(e.to_string(), now);
                 if new {
                     tracing::warn!("offsite: {path} of {node}: {e} (next try in {}s)", wait / 1000);
@@ -194,6 +222,9 @@ fn round(
     if bucket_error.is_some() {
         return;
     }
+    if !failed {
+        worker.idle(clock.now_ms());
+    }
     // One node collects: the first of a ranking no series shares.
     let collector = rank("", "offsite-collect", &msg.candidates).first().map(|c| c.peer_id.clone());
     if collector.as_deref() != Some(msg.me.as_str()) {
@@ -212,8 +243,10 @@ fn round(
         lock().collected_ms = Some(last).filter(|l| *l > 0);
         return;
     }
+    worker.busy("collecting the bucket's unused members");
     match offsite.collect(store) {
         Ok(c) => {
+            worker.idle(now);
             tracing::info!(
                 "offsite: collected {}: {} unused member(s) deleted ({} bytes) of {}, {} manifest(s)",
                 offsite.bucket.target().shown(),
@@ -229,10 +262,12 @@ fn round(
         }
         Err(e @ OffsiteError::Busy { .. }) => {
             tracing::debug!("offsite: collection put off: {e}");
+            worker.throttled("an upload holds the bucket: collection put off");
             lock().collect_after_ms = Some(clock.now_ms() + COLLECT_BUSY_WAIT_MS);
         }
         Err(e) => {
             tracing::warn!("offsite: collection of {}: {e} (tried again in an hour)", offsite.bucket.target().shown());
+            worker.failed(format!("collection: {e}"), now);
             lock().collect_after_ms = Some(clock.now_ms() + COLLECT_FAILED_WAIT_MS);
         }
     }

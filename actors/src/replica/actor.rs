@@ -50,6 +50,7 @@ use crate::net::client::NetClient;
 use crate::net::membership::PeerView;
 use crate::net::rpc::{InboundRequest, Reply};
 use crate::store::{Retention, Store};
+use crate::workers::Worker;
 
 /// How replication behaves.
 #[derive(Clone, Debug)]
@@ -160,6 +161,8 @@ pub struct ReplicaActor {
     /// The offsite bucket, with `--offsite`: told of every round, and read
     /// when no live node has an archive asked for.
     offsite: Option<(Addr<crate::offsite::actor::OffsiteActor>, Arc<crate::offsite::sync::Offsite>)>,
+    /// Where it says how the copies fare (`status --workers`).
+    worker: Worker,
 }
 
 /// How often the catalog's word on what this node keeps is checked against
@@ -206,7 +209,14 @@ impl ReplicaActor {
             holdings_at: None,
             announced: HashSet::new(),
             offsite: None,
+            worker: Worker::detached("copies"),
         }
+    }
+
+    /// Reports how the copies fare to `worker`.
+    pub fn with_worker(mut self, worker: Worker) -> Self {
+        self.worker = worker;
+        self
     }
 
     /// Copies kept in `offsite` too, by `actor`.
@@ -251,7 +261,8 @@ impl ReplicaActor {
             act.syncing = false;
             let Some(((me, peers), (held, claims))) = found else { return };
             act.claimants = Arc::new(claims);
-            let plan = act.planner.plan(&me, &peers, &held, crate::clock::now_ms());
+            let now = crate::clock::now_ms();
+            let plan = act.planner.plan(&me, &peers, &held, now);
             if let Some((offsite, _)) = &act.offsite {
                 offsite.do_send(crate::offsite::actor::Round {
                     candidates: plan.candidates.clone(),
@@ -282,7 +293,22 @@ impl ReplicaActor {
                     addr.do_send(Pushed { push, confirmed, error });
                 });
             }
+            act.report(now);
         }));
+    }
+}
+
+impl ReplicaActor {
+    /// Says how the copies fare: pushes in flight, holders backed off, or nothing to do.
+    fn report(&self, now: i64) {
+        let (busy, backed_off) = self.planner.load(now);
+        if busy > 0 {
+            self.worker.busy(format!("{busy} copies in flight"));
+        } else if backed_off > 0 {
+            self.worker.throttled(format!("{backed_off} holder(s) backed off after failures"));
+        } else {
+            self.worker.idle(now);
+        }
     }
 }
 
@@ -414,6 +440,12 @@ impl Handler<Pushed> for ReplicaActor {
             self.handle(verify, ctx);
         }
         let failed = msg.error.as_ref().map(|e| if e.over_quota { PushError::Series } else { PushError::Peer });
+        match &msg.error {
+            Some(e) => self
+                .worker
+                .failed(format!("{} of {} to {}: {}", msg.push.path, msg.push.node, msg.push.name, e.reason), now),
+            None => self.worker.done_one(now),
+        }
         if let Some(wait) = self.planner.pushed(&msg.push, &msg.confirmed, failed, now) {
             let p = &msg.push;
             tracing::warn!(

@@ -99,6 +99,12 @@ pub struct Planner {
 }
 
 impl Planner {
+    /// How loaded replication is at `now_ms`: copies in flight, and peers
+    /// backed off after a failure.
+    pub fn load(&self, now_ms: i64) -> (usize, usize) {
+        (self.busy.len(), self.backoff.values().filter(|(until, _)| *until > now_ms).count())
+    }
+
     pub fn new(me: impl Into<String>, replicas: usize, grace_ms: i64) -> Self {
         Planner {
             me: me.into(),

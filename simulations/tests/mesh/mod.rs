@@ -531,6 +531,20 @@ fn a_job_registered_through_one_node_runs_on_another() {
     let out = mesh.cli(0, &["run", "n2", &d]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("register it first"));
+    // n3's background work, by name: its backups done without error, its
+    // copies pushed to the other two.
+    let status = mesh.status(2).unwrap();
+    let names: Vec<&str> = status.workers.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["anti-entropy", "backfill", "backups", "copies", "index"], "{status:#?}");
+    let backups = status.workers.iter().find(|w| w.name == "backups").unwrap();
+    assert!(backups.last_ok.is_some() && backups.errors == 0, "{backups:#?}");
+    assert!(
+        wait_until(T, || mesh.status(2).unwrap().workers.iter().any(|w| w.name == "copies" && w.last_ok.is_some())),
+        "{:#?}",
+        mesh.status(2).unwrap().workers
+    );
+    let table = String::from_utf8_lossy(&mesh.cli(2, &["status", "--workers"]).stdout).into_owned();
+    assert!(table.contains("WORKER") && table.contains("copies") && table.contains("index"), "{table}");
 }
 
 #[test]

@@ -166,6 +166,11 @@ impl LogActor {
             Some(_) => {}
             None => self.caught_up |= was_eager,
         }
+        if self.caught_up {
+            self.workers.0.idle(now_ms());
+        } else {
+            self.workers.0.busy("catching up with the mesh state (eager pulls)");
+        }
     }
 }
 
@@ -184,8 +189,17 @@ impl Handler<BackfillDone> for LogActor {
     type Result = ();
     fn handle(&mut self, msg: BackfillDone, _: &mut Context<Self>) {
         self.backfilling.remove(&msg.series);
+        let (node, path) = &msg.series;
         if msg.ok {
             self.to_backfill.remove(&msg.series);
+            self.workers.1.done_one(now_ms());
+        } else {
+            self.workers
+                .1
+                .failed(format!("no keeper of {path} of {node} sent its history; tried again later"), now_ms());
+        }
+        if self.backfilling.is_empty() && msg.ok {
+            self.workers.1.idle(now_ms());
         }
     }
 }
@@ -260,6 +274,7 @@ impl LogActor {
             return;
         }
         self.backfilling.insert(series.clone());
+        self.workers.1.busy(format!("fetching the history of {} series this node keeps", self.backfilling.len()));
         let addr = ctx.address();
         actix::spawn(async move {
             let mut ok = false;
