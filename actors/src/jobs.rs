@@ -1,13 +1,13 @@
-//! Jobs: one backup run ([`run`]), the persistent work queue ([`queue`]),
+//! Jobs: one backup ([`backup`]), the persistent work queue ([`queue`]),
 //! the pure decision of what is due ([`schedule`]) and the actor that
 //! schedules and runs this node's jobs ([`actor`]).
 
 pub mod actor;
+pub mod backup;
 pub mod plugin;
 pub mod proto;
 pub mod queue;
-pub mod run;
 pub mod schedule;
 
+pub use backup::{error_chain, run_backup, run_backup_as, run_job, RunError, RunOutcome, RunReport, UnchangedBy};
 pub use plugin::check_path;
-pub use run::{error_chain, run_backup, run_backup_as, run_job, RunError, RunOutcome, RunReport, UnchangedBy};

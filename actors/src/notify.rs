@@ -22,7 +22,7 @@ use backmesh_api::{JobState, Notice};
 
 use crate::clock::{now_ms, rfc3339};
 use crate::jobs::plugin::{run_hook, Programs};
-use crate::log::actor::{GetJobs, GetNotified, LogActor, Record};
+use crate::log::actor::{Append, GetJobs, GetNotified, LogActor};
 use crate::log::entry::Event;
 use crate::log::views::{job_state, JobView};
 use crate::net::actor::{GetPeers, MembershipActor};
@@ -109,7 +109,7 @@ impl NotifyActor {
                     if let Err(e) = &result {
                         tracing::warn!("notification `{event}` for {} on {} not delivered: {e}", key.1, key.0);
                     }
-                    log.do_send(Record(Event::Notified {
+                    log.do_send(Append(Event::Notified {
                         node: key.0.clone(),
                         path: key.1.clone(),
                         event: event.as_str().to_string(),

@@ -1,19 +1,19 @@
-//! The fuzz targets (`backmesh_actors::fuzz`, also run by cargo-fuzz from
+//! The fuzz targets (`backmesh_core::fuzz`, also run by cargo-fuzz from
 //! `fuzz/`) on the stable toolchain: each over valid seeds and a few
 //! thousand mutations of them, the same every run. `FUZZ_RUNS=N` runs more.
 
-use backmesh_actors::archive::{create, CreateOptions, FileSink};
-use backmesh_actors::codec::encode;
-use backmesh_actors::fuzz;
-use backmesh_actors::jobs::proto::JobsRequest;
-use backmesh_actors::log::entry::{Entry, Event};
-use backmesh_actors::log::hlc::Hlc;
-use backmesh_actors::log::mesh::MeshState;
-use backmesh_actors::log::proto::{StateBatch, StatePull};
-use backmesh_actors::log::seal::Seal;
-use backmesh_actors::net::hello::{Hello, KnownPeer};
-use backmesh_actors::net::membership::NodeInfo;
-use backmesh_actors::replica::proto::{ReplicaRequest, XferRequest};
+use backmesh_core::archive::{create, CreateOptions, FileSink};
+use backmesh_core::codec::encode;
+use backmesh_core::fuzz;
+use backmesh_core::jobs::proto::JobsRequest;
+use backmesh_core::log::entry::{Entry, Event};
+use backmesh_core::log::hlc::Hlc;
+use backmesh_core::log::mesh::MeshState;
+use backmesh_core::log::proto::{StateBatch, StatePull};
+use backmesh_core::log::seal::Seal;
+use backmesh_core::net::hello::{Hello, KnownPeer};
+use backmesh_core::net::membership::NodeInfo;
+use backmesh_core::replica::proto::{ReplicaRequest, XferRequest};
 
 fn runs() -> usize {
     std::env::var("FUZZ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
@@ -110,8 +110,8 @@ fn the_wire_codecs_take_any_bytes() {
     let seeds = vec![
         encode(&hello),
         encode(&pull),
-        encode(&backmesh_actors::log::history::HistoryQuery::default()),
-        encode(&JobsRequest::Progress { path: backmesh_actors::replica::proto::series("/srv/data").unwrap() }),
+        encode(&backmesh_core::log::history::HistoryQuery::default()),
+        encode(&JobsRequest::Progress { path: backmesh_core::replica::proto::series("/srv/data").unwrap() }),
         encode(&ReplicaRequest::Verify { node: None, path: None, request: "r1".into(), grant: None }),
         encode(&XferRequest::list("n1", "/srv/data").unwrap()),
         // A request frame as the transport reads it: name, then body.

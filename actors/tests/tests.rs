@@ -11,10 +11,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use backmesh_actors::archive::{self, tarfmt, CreateOptions, FileSink, RestoreError, RestoreOptions, WarningKind};
-use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
-use backmesh_actors::store::txn::CommitStep;
-use backmesh_actors::store::{Retention, Store, StoreError};
+use backmesh_core::archive::{self, tarfmt, CreateOptions, FileSink, RestoreError, RestoreOptions, WarningKind};
+use backmesh_core::jobs::{run_backup, RunOutcome, UnchangedBy};
+use backmesh_core::store::txn::CommitStep;
+use backmesh_core::store::{Retention, Store, StoreError};
 use common::*;
 
 fn tgz_of(src: &Path, out: &Path, opts: &CreateOptions) -> archive::Created {
@@ -306,7 +306,7 @@ fn non_empty_targets_need_overwrite_and_are_replaced_whole() {
 
 #[test]
 fn an_archive_whose_tree_digest_is_over_its_members_restores_exactly_and_a_wrong_one_restores_nothing() {
-    use backmesh_actors::archive::manifest::{members_tree_digest, TreeRule};
+    use backmesh_core::archive::manifest::{members_tree_digest, TreeRule};
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     gen_tree(&src, 2);
@@ -324,7 +324,7 @@ fn an_archive_whose_tree_digest_is_over_its_members_restores_exactly_and_a_wrong
     assert_same_tree(&src, &out);
     // A tree digest that is not the members' restores nothing.
     let mut wrong = back.clone();
-    wrong.tree_digest = backmesh_actors::hash::Digest::of(b"another tree");
+    wrong.tree_digest = backmesh_core::hash::Digest::of(b"another tree");
     let target = t.path().join("out2");
     let err = archive::restore_archive(&wrong, &store, &target, &RestoreOptions::default()).unwrap_err();
     assert!(matches!(err, RestoreError::TreeDigest), "{err}");
@@ -417,7 +417,7 @@ fn a_collection_trusts_no_damaged_member_list() {
     let key = src.to_str().unwrap().to_string();
     run_backup(&store, "n1", &src, &opts(), Retention::keep(10)).unwrap();
     let m = store.manifest("n1", &key, None).unwrap();
-    let series = t.path().join("data/manifests").join(hex::encode(backmesh_actors::store::series_key("n1", &key)));
+    let series = t.path().join("data/manifests").join(hex::encode(backmesh_core::store::series_key("n1", &key)));
     let list = series.join(format!("{}.members", m.id));
     let whole = fs::read(&list).expect("a member list beside the manifest");
     assert_eq!(whole.len(), 5 + 8 + 32 * m.members.len() + 32);
@@ -515,7 +515,7 @@ fn a_held_member_outlives_its_archive_until_the_backup_ends() {
 /// another series still uses.
 #[test]
 fn pruning_frees_only_what_no_other_archive_uses() {
-    use backmesh_actors::jobs::run::run_backup_as;
+    use backmesh_core::jobs::backup::run_backup_as;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     gen_tree(&src, 5);
@@ -572,7 +572,7 @@ fn keep_within_keeps_every_archive_stored_in_the_window_however_many_came_after(
 /// A clock a test moves by hand.
 struct StepClock(std::sync::atomic::AtomicI64);
 
-impl backmesh_actors::clock::Clock for StepClock {
+impl backmesh_core::clock::Clock for StepClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -611,8 +611,8 @@ fn retention_keeps_the_newest_and_the_recent_ones_only() {
     let now = 1_800_000_000_000i64;
     let day = 86_400_000i64;
     // Newest first, as a series lists them; stored 0..9 days ago, then 30.
-    let archives: Vec<backmesh_actors::store::ArchiveSummary> = (0..10)
-        .map(|i| backmesh_actors::store::ArchiveSummary {
+    let archives: Vec<backmesh_core::store::ArchiveSummary> = (0..10)
+        .map(|i| backmesh_core::store::ArchiveSummary {
             id: format!("a{i}"),
             node: "n".into(),
             path: "/p".into(),
@@ -620,8 +620,8 @@ fn retention_keeps_the_newest_and_the_recent_ones_only() {
             order_ms: 100 - i,
             tgz_len: 0,
             files: 0,
-            tree_digest: backmesh_actors::hash::Digest([0; 32]),
-            tgz_sha256: backmesh_actors::hash::Digest([0; 32]),
+            tree_digest: backmesh_core::hash::Digest([0; 32]),
+            tgz_sha256: backmesh_core::hash::Digest([0; 32]),
             warnings: 0,
             stored_ms: if i == 9 { now - 30 * day } else { now - i * day - 1 },
         })
@@ -644,7 +644,7 @@ fn retention_keeps_the_newest_and_the_recent_ones_only() {
 
 #[test]
 fn keep_within_reads_hours_days_weeks_and_months_and_refuses_the_rest() {
-    use backmesh_actors::store::parse_within;
+    use backmesh_core::store::parse_within;
     let h = |n: u64| std::time::Duration::from_secs(n * 3600);
     assert_eq!(parse_within("36h"), Ok(h(36)));
     assert_eq!(parse_within("14d"), Ok(h(14 * 24)));
@@ -897,7 +897,7 @@ fn a_changed_run_reads_only_what_changed_and_makes_the_bytes_a_full_run_makes() 
     assert_eq!(read, full.stats.content_bytes);
     assert_eq!(full.tree_digest, second.tree_digest);
     assert_eq!(full.members, second.members);
-    let digest = backmesh_actors::hash::Digest::of;
+    let digest = backmesh_core::hash::Digest::of;
     assert_eq!(digest(&exported(&fresh, &full)), digest(&exported(&store, &second)));
     assert_eq!(full.files, second.files);
 }
@@ -980,7 +980,7 @@ fn delta_budget() {
             Some((b, _)) => {
                 let new = store.raw_member(&m.sha256, 1 << 30).unwrap();
                 let oldr = store.raw_member(&b, 1 << 30).unwrap();
-                let (ops, lits) = backmesh_actors::archive::delta::make(&oldr, &new);
+                let (ops, lits) = backmesh_core::archive::delta::make(&oldr, &new);
                 delta += (ops.len() + lits.len()) as u64;
                 n_delta += 1;
                 whole_based += m.compressed_len;

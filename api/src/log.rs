@@ -2,7 +2,7 @@
 //! `/backups?all=true`, the dashboard's job page).
 //!
 //! This is a view of the log, not its format: nodes sign and gossip their
-//! own encoding (`backmesh_actors::log::entry`), and the node converts each
+//! own encoding (`backmesh_core::log::entry`), and the node converts each
 //! entry into these types field by field, leaving out what is for nodes
 //! only (signatures, operator grants).
 

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| backmesh_actors::fuzz::log(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| backmesh_core::fuzz::log(data));

@@ -4,22 +4,22 @@
 //! needs `Authorization: Bearer TOKEN` and answers 401 otherwise.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use backmesh_actors::grant;
-use backmesh_actors::jobs::actor::{CheckSource, GetProgress, RunNow};
-use backmesh_actors::jobs::plugin::Job;
-use backmesh_actors::jobs::plugin::JobSpec;
-use backmesh_actors::jobs::proto::{JobsAnswer, JobsRequest, JOBS};
-use backmesh_actors::jobs::queue::NotQueued;
-use backmesh_actors::log::actor::{ForRequest, GetCatalog, GetJobs, Record};
-use backmesh_actors::log::entry::Event;
-use backmesh_actors::log::history::{HistoryQuery, PAGE_MAX};
-use backmesh_actors::log::views::JobView;
-use backmesh_actors::net::actor::{GetPeers, GetStatus};
-use backmesh_actors::replica::actor::{RestoreHere, VerifyHere};
-use backmesh_actors::replica::proto::{archive, name, series, ReplicaAnswer, ReplicaRequest, REPLICA, XFER_BATCH};
-use backmesh_actors::replica::source::{locate, read_members};
 use backmesh_api::NodeStatus;
 use backmesh_api::{JobKey, JobStatus};
+use backmesh_core::grant;
+use backmesh_core::jobs::actor::{CheckSource, GetProgress, RunNow};
+use backmesh_core::jobs::plugin::Job;
+use backmesh_core::jobs::plugin::JobSpec;
+use backmesh_core::jobs::proto::{JobsAnswer, JobsRequest, JOBS};
+use backmesh_core::jobs::queue::NotQueued;
+use backmesh_core::log::actor::{Append, ForRequest, GetCatalog, GetJobs};
+use backmesh_core::log::entry::Event;
+use backmesh_core::log::history::{HistoryQuery, PAGE_MAX};
+use backmesh_core::log::views::JobView;
+use backmesh_core::net::actor::{GetPeers, GetStatus};
+use backmesh_core::replica::actor::{RestoreHere, VerifyHere};
+use backmesh_core::replica::proto::{archive, name, series, ReplicaAnswer, ReplicaRequest, REPLICA, XFER_BATCH};
+use backmesh_core::replica::source::{locate, read_members};
 use serde::Deserialize;
 
 use crate::http::{admin, error, named, no_answer, odd_answer, reader, shutting_down, Answer, ApiError, ApiState};
@@ -31,18 +31,15 @@ async fn health(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 fn job_status(j: &JobView) -> JobStatus {
-    let state = backmesh_actors::log::views::job_state(
-        j,
-        backmesh_actors::clock::now_ms(),
-        backmesh_actors::clock::minute_ms(),
-    );
+    let state =
+        backmesh_core::log::views::job_state(j, backmesh_core::clock::now_ms(), backmesh_core::clock::minute_ms());
     JobStatus {
         node: j.node.clone(),
         path: j.path.clone(),
         every: j.every_min,
         paused: j.paused,
         state,
-        last_success: j.last_success.as_ref().map(|t| backmesh_actors::clock::rfc3339(t.wall_ms)),
+        last_success: j.last_success.as_ref().map(|t| backmesh_core::clock::rfc3339(t.wall_ms)),
     }
 }
 
@@ -50,13 +47,13 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     reader(&req, &state)?;
     let mut s = state.membership.send(GetStatus).await?;
     s.jobs = state.log.send(GetJobs).await?.iter().map(job_status).collect();
-    let stats = state.log.send(backmesh_actors::log::actor::GetStats).await?;
+    let stats = state.log.send(backmesh_core::log::actor::GetStats).await?;
     s.state = backmesh_api::StateSummary { records: stats.records, digest: stats.digest };
     if let Some(p) = replica_shortfall(s.nodes.len(), state.replicas) {
         s.problems.push(p);
     }
     if let Some((offsite, _)) = &state.offsite {
-        let o = offsite.send(backmesh_actors::offsite::actor::GetOffsiteStatus).await?;
+        let o = offsite.send(backmesh_core::offsite::actor::GetOffsiteStatus).await?;
         if let Some(e) = &o.error {
             s.problems.push(format!("offsite: {e}"));
         }
@@ -138,7 +135,7 @@ async fn find_node(state: &ApiState, name: &str) -> Result<NodeStatus, ApiError>
 }
 
 async fn record(state: &ApiState, event: Event) -> Answer {
-    match state.log.send(Record(event)).await? {
+    match state.log.send(Append(event)).await? {
         Ok(entry) => Ok(HttpResponse::Created().json(backmesh_api::Recorded { entry: view::entry(&entry) })),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot record it: {e}"))),
     }
@@ -363,39 +360,37 @@ async fn offsite_archives(
     state: &ApiState,
     node: &str,
     path: &str,
-    catalog: &[backmesh_actors::log::views::CatalogArchive],
+    catalog: &[backmesh_core::log::views::CatalogArchive],
 ) -> Vec<backmesh_api::Archive> {
     let Some((_, offsite)) = &state.offsite else { return Vec::new() };
     let known: std::collections::HashSet<String> = catalog.iter().map(|a| a.id.clone()).collect();
     let (o, node, path) = (offsite.clone(), node.to_string(), path.to_string());
-    let read =
-        web::block(move || -> Result<Vec<backmesh_api::Archive>, backmesh_actors::offsite::sync::OffsiteError> {
-            // Once: a person waits for this answer, and it is only a marker.
-            let (listed, _) = o.archives_tries(&node, &path, 1)?;
-            let mut out = Vec::new();
-            for l in &listed {
-                let mut a = backmesh_api::Archive {
-                    id: l.id.clone(),
-                    created: None,
-                    size: 0,
-                    files: 0,
-                    warnings: 0,
-                    holders: Vec::new(),
-                    holders_down: Vec::new(),
-                    offsite: true,
-                };
-                if !known.contains(&l.id) {
-                    // Only in the bucket (the mesh lost or pruned it): its manifest says what it is.
-                    let m = o.manifest(&node, &path, l)?;
-                    a.created = Some(backmesh_actors::clock::rfc3339(m.created_ms));
-                    (a.size, a.files, a.warnings) =
-                        (m.tgz_len, m.stats.files + m.stats.hardlinks, m.warnings.len() as u64);
-                }
-                out.push(a);
+    let read = web::block(move || -> Result<Vec<backmesh_api::Archive>, backmesh_core::offsite::sync::OffsiteError> {
+        // Once: a person waits for this answer, and it is only a marker.
+        let (listed, _) = o.archives_tries(&node, &path, 1)?;
+        let mut out = Vec::new();
+        for l in &listed {
+            let mut a = backmesh_api::Archive {
+                id: l.id.clone(),
+                created: None,
+                size: 0,
+                files: 0,
+                warnings: 0,
+                holders: Vec::new(),
+                holders_down: Vec::new(),
+                offsite: true,
+            };
+            if !known.contains(&l.id) {
+                // Only in the bucket (the mesh lost or pruned it): its manifest says what it is.
+                let m = o.manifest(&node, &path, l)?;
+                a.created = Some(backmesh_core::clock::rfc3339(m.created_ms));
+                (a.size, a.files, a.warnings) = (m.tgz_len, m.stats.files + m.stats.hardlinks, m.warnings.len() as u64);
             }
-            Ok(out)
-        })
-        .await;
+            out.push(a);
+        }
+        Ok(out)
+    })
+    .await;
     match read {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -451,14 +446,14 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
     let on = b.on.clone().unwrap_or_else(|| b.node.clone());
     let target = find_node(&state, &on).await?;
     let mut c = state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await?;
-    let known = |c: &[backmesh_actors::log::views::CatalogArchive]| {
+    let known = |c: &[backmesh_core::log::views::CatalogArchive]| {
         !c.is_empty() && b.archive.as_ref().is_none_or(|id| c.iter().any(|a| &a.id == id))
     };
     if !known(&c) {
         // A node just started may not have caught up with its peers yet:
         // wait for that (10 s at most) before saying the archive is unknown.
         for _ in 0..20 {
-            if state.log.send(backmesh_actors::log::actor::IsCaughtUp).await? {
+            if state.log.send(backmesh_core::log::actor::IsCaughtUp).await? {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -539,14 +534,14 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
         // No live node has it: read it from the bucket into this node first.
         (Err(e), Some((_, offsite))) => {
             let (o, st) = (offsite.clone(), state.store.clone());
-            let claimant = backmesh_actors::replica::source::claimant(&peers, &q.node).map(str::to_string);
+            let claimant = backmesh_core::replica::source::claimant(&peers, &q.node).map(str::to_string);
             let (node, path, id) = (q.node.clone(), q.path.clone(), q.archive.clone());
             let imported =
                 web::block(move || o.import(&st, &node, &path, id.as_deref(), claimant.as_deref())).await.map_err(
                     |b| error(StatusCode::INTERNAL_SERVER_ERROR, format!("the read from the bucket crashed: {b}")),
                 )?;
             match imported {
-                Ok(m) => (m, backmesh_actors::replica::source::Place::Local),
+                Ok(m) => (m, backmesh_core::replica::source::Place::Local),
                 Err(oe) => return Err(error(StatusCode::NOT_FOUND, format!("{e}; and from the offsite bucket: {oe}"))),
             }
         }
@@ -557,7 +552,7 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
     let manifest_id = id.clone();
     actix_web::rt::spawn(async move {
         // Consecutive runs of members (a member that recurs is sent again where it recurs).
-        let mut groups: Vec<Vec<backmesh_actors::hash::Digest>> = vec![Vec::new()];
+        let mut groups: Vec<Vec<backmesh_core::hash::Digest>> = vec![Vec::new()];
         let mut size = 0u64;
         for m in &manifest.members {
             if size > 0 && size + m.compressed_len > XFER_BATCH as u64 {
@@ -660,7 +655,7 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
                     for bad in &c.bad_manifests {
                         tracing::warn!("offsite verify of {path} of {node}: {bad}");
                     }
-                    backmesh_actors::log::entry::Event::Verified {
+                    backmesh_core::log::entry::Event::Verified {
                         ok: c.is_ok(),
                         node,
                         path,
@@ -672,14 +667,10 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
                         request,
                     }
                 }
-                Ok(Err(e)) => backmesh_actors::log::entry::Event::VerifyFailed {
-                    node,
-                    path,
-                    holder,
-                    error: e.to_string(),
-                    request,
-                },
-                Err(e) => backmesh_actors::log::entry::Event::VerifyFailed {
+                Ok(Err(e)) => {
+                    backmesh_core::log::entry::Event::VerifyFailed { node, path, holder, error: e.to_string(), request }
+                }
+                Err(e) => backmesh_core::log::entry::Event::VerifyFailed {
                     node,
                     path,
                     holder,
@@ -687,7 +678,7 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
                     request,
                 },
             };
-            log.do_send(backmesh_actors::log::actor::Record(event));
+            log.do_send(backmesh_core::log::actor::Append(event));
         });
     }
     Ok(HttpResponse::Accepted().json(backmesh_api::VerifyStarted { request, expect, nodes, problems }))

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use backmesh_actors::replica::quota::Quota;
-use backmesh_actors::store::Retention;
+use backmesh_core::replica::quota::Quota;
+use backmesh_core::store::Retention;
 use clap::Args;
 use serde::Deserialize;
 
@@ -41,13 +41,13 @@ pub struct RunArgs {
     /// Also keep every archive stored here less than this long ago, however
     /// many came after it (36h, 14d, 2w, 6m): a node that goes wrong or a
     /// stolen key cannot then push recent backups out of their holders.
-    #[arg(long, value_name = "DURATION", value_parser = backmesh_actors::store::parse_within)]
+    #[arg(long, value_name = "DURATION", value_parser = backmesh_core::store::parse_within)]
     pub keep_within: Option<Duration>,
     /// The most one other node's archives may take on this node: a size
     /// (500G, 2T) or a share (40%) of the room here, its free space plus
     /// what that node's archives already take [default: 50%]. An archive
     /// past it is refused, and `status` names the node.
-    #[arg(long, value_name = "SIZE|N%", value_parser = backmesh_actors::replica::quota::parse_quota)]
+    #[arg(long, value_name = "SIZE|N%", value_parser = backmesh_core::replica::quota::parse_quota)]
     pub quota: Option<Quota>,
     /// A label grouping nodes (a client, a data centre).
     #[arg(long)]
@@ -126,7 +126,7 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 /// Offsite settings, checked.
 #[derive(Debug, Clone)]
 pub struct OffsiteConfig {
-    pub target: backmesh_actors::offsite::OffsiteTarget,
+    pub target: backmesh_core::offsite::OffsiteTarget,
     pub credentials: Option<PathBuf>,
     pub rate: Option<u64>,
 }
@@ -277,9 +277,8 @@ impl NodeConfig {
                     .or(file.offsite_region)
                     .or_else(|| std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")).ok());
                 let endpoint = args.offsite_endpoint.or(file.offsite_endpoint);
-                let target =
-                    backmesh_actors::offsite::OffsiteTarget::parse(&url, endpoint.as_deref(), region.as_deref())
-                        .map_err(|e| anyhow!("{e}"))?;
+                let target = backmesh_core::offsite::OffsiteTarget::parse(&url, endpoint.as_deref(), region.as_deref())
+                    .map_err(|e| anyhow!("{e}"))?;
                 let rate = match (args.offsite_rate, &file.offsite_rate) {
                     (Some(r), _) => Some(r),
                     (None, Some(text)) => {
@@ -304,15 +303,15 @@ impl NodeConfig {
             federate,
             replicas: args.replicas.or(file.replicas).unwrap_or(3),
             keep: {
-                let keep = args.keep.or(file.keep).unwrap_or(backmesh_actors::store::DEFAULT_KEEP);
-                let most = backmesh_actors::log::records::ARCHIVES_KEPT;
+                let keep = args.keep.or(file.keep).unwrap_or(backmesh_core::store::DEFAULT_KEEP);
+                let most = backmesh_core::log::records::ARCHIVES_KEPT;
                 if keep == 0 || keep > most {
                     bail!("--keep {keep}: keep between 1 and {most} archives per path (the mesh remembers {most} per path)");
                 }
                 let within = match (args.keep_within, &file.keep_within) {
                     (Some(d), _) => Some(d),
                     (None, Some(text)) => Some(
-                        backmesh_actors::store::parse_within(text)
+                        backmesh_core::store::parse_within(text)
                             .map_err(|e| anyhow!("keep-within in the config file: {e}"))?,
                     ),
                     (None, None) => None,
@@ -321,7 +320,7 @@ impl NodeConfig {
             },
             quota: match (args.quota, &file.quota) {
                 (Some(q), _) => q,
-                (None, Some(text)) => backmesh_actors::replica::quota::parse_quota(text)
+                (None, Some(text)) => backmesh_core::replica::quota::parse_quota(text)
                     .map_err(|e| anyhow!("quota in the config file: {e}"))?,
                 (None, None) => Quota::default(),
             },

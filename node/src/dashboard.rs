@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use backmesh_actors::clock::{now_ms, rfc3339};
-use backmesh_actors::log::actor::{GetCatalog, GetCatalogs, GetJobs};
-use backmesh_actors::log::history::{HistoryQuery, PAGE_MAX};
-use backmesh_actors::log::views::{CatalogArchive, JobView};
-use backmesh_actors::net::actor::GetStatus;
 use backmesh_api::dashboard::{Counts, Execution, JobPage, JobRow, NodeRow, Overview, Site, SiteNode, WhoAmI};
 use backmesh_api::JobState;
+use backmesh_core::clock::{now_ms, rfc3339};
+use backmesh_core::log::actor::{GetCatalog, GetCatalogs, GetJobs};
+use backmesh_core::log::history::{HistoryQuery, PAGE_MAX};
+use backmesh_core::log::views::{CatalogArchive, JobView};
+use backmesh_core::net::actor::GetStatus;
 use serde::Deserialize;
 
 use crate::http::{error, role, site_only, Answer, ApiError, ApiState, Role};
@@ -74,16 +74,16 @@ async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     }))
 }
 
-pub use backmesh_actors::log::views::job_state;
+pub use backmesh_core::log::views::job_state;
 
 fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
-    let fmt = |t: &backmesh_actors::log::crdt::Stamp| rfc3339(t.wall_ms);
+    let fmt = |t: &backmesh_core::log::crdt::Stamp| rfc3339(t.wall_ms);
     let newest = catalog.and_then(|c| c.first());
     JobRow {
         node: j.node.clone(),
         path: j.path.clone(),
         every: j.every_min,
-        state: job_state(j, now, backmesh_actors::clock::minute_ms()),
+        state: job_state(j, now, backmesh_core::clock::minute_ms()),
         last_success: j.last_success.as_ref().map(fmt),
         last_success_age_s: j.last_success.as_ref().map(|t| (now - t.wall_ms).max(0) / 1000),
         last_result: j.last.as_ref().map(|l| crate::view::run_result(l.result)),
@@ -101,7 +101,7 @@ fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
 
 /// What the dashboard says of the bucket's copies of each series.
 struct OffsiteView {
-    newest: Arc<backmesh_actors::offsite::sync::NewestIndex>,
+    newest: Arc<backmesh_core::offsite::sync::NewestIndex>,
     /// (node, path) → why this node's last upload of it failed.
     failing: HashMap<(String, String), String>,
     /// Why the bucket could not be listed, if it could not.
@@ -111,7 +111,7 @@ struct OffsiteView {
 impl OffsiteView {
     async fn load(state: &ApiState) -> Option<OffsiteView> {
         let (actor, offsite) = state.offsite.as_ref()?;
-        let status = actor.send(backmesh_actors::offsite::actor::GetOffsiteStatus).await.ok()?;
+        let status = actor.send(backmesh_core::offsite::actor::GetOffsiteStatus).await.ok()?;
         let failing = status.series.into_iter().filter_map(|s| Some(((s.node, s.path), s.error?))).collect();
         let o = offsite.clone();
         let (newest, unreadable) = match web::block(move || o.newest(Duration::from_secs(30))).await {
@@ -133,7 +133,7 @@ impl OffsiteView {
             return Some(format!("unknown: {why}"));
         }
         let archives = catalog.filter(|c| !c.is_empty())?;
-        let Some((_, id)) = self.newest.get(&backmesh_actors::offsite::series_dir(node, path)) else {
+        let Some((_, id)) = self.newest.get(&backmesh_core::offsite::series_dir(node, path)) else {
             return Some("not there yet".into());
         };
         match archives.iter().position(|a| &a.id == id) {

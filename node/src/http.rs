@@ -5,13 +5,13 @@
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{http::header, HttpRequest, HttpResponse};
-use backmesh_actors::jobs::actor::JobsActor;
-use backmesh_actors::log::actor::LogActor;
-use backmesh_actors::net::actor::MembershipActor;
-use backmesh_actors::net::client::NetClient;
-use backmesh_actors::replica::actor::ReplicaActor;
-use backmesh_actors::store::Store;
 use backmesh_api::{ErrorBody, Health};
+use backmesh_core::jobs::actor::JobsActor;
+use backmesh_core::log::actor::LogActor;
+use backmesh_core::net::actor::MembershipActor;
+use backmesh_core::net::client::NetClient;
+use backmesh_core::replica::actor::ReplicaActor;
+use backmesh_core::store::Store;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -29,11 +29,11 @@ pub struct ApiState {
     pub replicas: usize,
     pub health: Health,
     /// The node's background workers (`status --workers`).
-    pub workers: backmesh_actors::workers::Workers,
+    pub workers: backmesh_core::workers::Workers,
     /// With `--offsite`: the actor that keeps the bucket, and the bucket.
     pub offsite: Option<(
-        Addr<backmesh_actors::offsite::actor::OffsiteActor>,
-        std::sync::Arc<backmesh_actors::offsite::sync::Offsite>,
+        Addr<backmesh_core::offsite::actor::OffsiteActor>,
+        std::sync::Arc<backmesh_core::offsite::sync::Offsite>,
     )>,
 }
 

@@ -124,10 +124,10 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
     let key_path = a.config_dir.join("swarm.key");
     let (key, new_mesh) = match &a.swarm_key {
         Some(from) => {
-            let key = backmesh_actors::net::swarm_key::load(from)?;
+            let key = backmesh_core::net::swarm_key::load(from)?;
             if from.canonicalize().ok() != key_path.canonicalize().ok() {
                 if key_path.exists() {
-                    let here = backmesh_actors::net::swarm_key::load(&key_path)?;
+                    let here = backmesh_core::net::swarm_key::load(&key_path)?;
                     if here.fingerprint().to_string() != key.fingerprint().to_string() {
                         bail!(
                             "{} holds another swarm key (fingerprint {}); it is never replaced: move it away first",
@@ -142,8 +142,8 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
             }
             (key, false)
         }
-        None if key_path.exists() => (backmesh_actors::net::swarm_key::load(&key_path)?, false),
-        None => (backmesh_actors::net::swarm_key::create(&key_path)?, true),
+        None if key_path.exists() => (backmesh_core::net::swarm_key::load(&key_path)?, false),
+        None => (backmesh_core::net::swarm_key::create(&key_path)?, true),
     };
     let token = token()?;
     let mut text = String::from("# backmesh node: written by `backmesh-node init`; see docs/operations.md\n");

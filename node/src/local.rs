@@ -8,18 +8,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use backmesh_actors::archive::{self, CreateOptions, Progress, RestoreOptions};
-use backmesh_actors::hash::Digest;
-use backmesh_actors::jobs::{run_backup, RunOutcome, UnchangedBy};
-use backmesh_actors::store::{ArchiveSummary, Retention, Store, DEFAULT_KEEP};
+use backmesh_core::archive::{self, CreateOptions, Progress, RestoreOptions};
+use backmesh_core::hash::Digest;
+use backmesh_core::jobs::{run_backup, RunOutcome, UnchangedBy};
+use backmesh_core::store::{ArchiveSummary, Retention, Store, DEFAULT_KEEP};
 use clap::Args;
 use serde::Serialize;
 
 use backmesh_api::local as out;
 
 /// A backup's file warnings as `--json` shows them.
-fn warnings(w: &[backmesh_actors::archive::Warning]) -> Vec<out::FileWarning> {
-    use backmesh_actors::archive::WarningKind;
+fn warnings(w: &[backmesh_core::archive::Warning]) -> Vec<out::FileWarning> {
+    use backmesh_core::archive::WarningKind;
     w.iter()
         .map(|w| out::FileWarning {
             path: w.path.clone(),
@@ -80,8 +80,8 @@ fn key_of(p: &Path) -> Result<String> {
     abs.to_str().map(str::to_string).ok_or_else(|| anyhow!("path {} is not valid UTF-8", abs.display()))
 }
 
-use backmesh_actors::clock::rfc3339;
 use backmesh_api::human_bytes as mib;
+use backmesh_core::clock::rfc3339;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -94,7 +94,7 @@ pub struct BackupArgs {
     #[arg(long, default_value_t = DEFAULT_KEEP)]
     keep: usize,
     /// Also keep every archive stored less than this long ago (36h, 14d, 2w, 6m).
-    #[arg(long, value_name = "DURATION", value_parser = backmesh_actors::store::parse_within)]
+    #[arg(long, value_name = "DURATION", value_parser = backmesh_core::store::parse_within)]
     keep_within: Option<std::time::Duration>,
     /// Group target in KiB (how much raw tar goes into one gzip member).
     #[arg(long, value_name = "KIB", default_value_t = (archive::cut::DEFAULT_TARGET / 1024) as u64)]

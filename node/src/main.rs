@@ -15,7 +15,7 @@ mod init;
 mod local;
 mod reads;
 mod routes;
-mod run;
+mod start;
 mod view;
 
 use std::path::PathBuf;
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     let Some(command) = cli.command else {
         init_logging("info,actix_server=warn,libp2p_kad=error,libp2p_swarm=warn,libp2p_tcp=warn,libp2p_noise=warn,libp2p_yamux=warn,libp2p_request_response=warn");
         bound_malloc();
-        let result = config::NodeConfig::resolve(cli.name, cli.data_dir, cli.run).and_then(run::run);
+        let result = config::NodeConfig::resolve(cli.name, cli.data_dir, cli.run).and_then(start::run);
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => local::restore(&ctx, a),
         Command::Export(a) => local::export(&ctx, a),
         Command::Verify(a) => local::verify(&ctx, a),
-        Command::Keygen { output } => backmesh_actors::net::swarm_key::create(&output)
+        Command::Keygen { output } => backmesh_core::net::swarm_key::create(&output)
             .map(|k| {
                 println!(
                     "wrote a new swarm key to {} (fingerprint {}); copy it to every node of the mesh",

@@ -3,10 +3,10 @@
 //! mesh too small for its settings.
 
 use actix_web::http::StatusCode;
-use backmesh_actors::log::actor::{GetKeepers, Query};
-use backmesh_actors::log::history::{HistoryQuery, Page};
-use backmesh_actors::log::proto::{HistoryAnswer, HISTORY};
-use backmesh_actors::net::actor::GetStatus;
+use backmesh_core::log::actor::{GetKeepers, Query};
+use backmesh_core::log::history::{HistoryQuery, Page};
+use backmesh_core::log::proto::{HistoryAnswer, HISTORY};
+use backmesh_core::net::actor::GetStatus;
 
 use crate::http::{error, ApiError, ApiState};
 

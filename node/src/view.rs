@@ -5,13 +5,13 @@
 
 use std::collections::HashSet;
 
-use backmesh_actors::clock::rfc3339;
-use backmesh_actors::jobs::plugin;
-use backmesh_actors::jobs::proto::RunProgress;
-use backmesh_actors::log::entry::{Entry, Event};
-use backmesh_actors::log::records::RunResult;
-use backmesh_actors::log::views::CatalogArchive;
 use backmesh_api as api;
+use backmesh_core::clock::rfc3339;
+use backmesh_core::jobs::plugin;
+use backmesh_core::jobs::proto::RunProgress;
+use backmesh_core::log::entry::{Entry, Event};
+use backmesh_core::log::records::RunResult;
+use backmesh_core::log::views::CatalogArchive;
 
 pub fn entry(e: &Entry) -> api::LogEntry {
     api::LogEntry {
@@ -150,8 +150,8 @@ pub fn event(e: &Event) -> api::Event {
     }
 }
 
-pub fn worker(w: &backmesh_actors::workers::WorkerStatus) -> api::WorkerStatus {
-    use backmesh_actors::workers::WorkerState;
+pub fn worker(w: &backmesh_core::workers::WorkerStatus) -> api::WorkerStatus {
+    use backmesh_core::workers::WorkerState;
     let detail = match &w.state {
         WorkerState::Busy(d) | WorkerState::Throttled(d) => Some(d.clone()),
         WorkerState::Idle | WorkerState::Failing => None,

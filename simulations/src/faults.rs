@@ -198,7 +198,7 @@ impl Run {
     /// rightful: a node whose disk was full exits with
     /// [`EXIT_INDEX_BROKEN`] once its index has failed for good.
     fn revive(&mut self) {
-        use backmesh_actors::store::health::EXIT_INDEX_BROKEN;
+        use backmesh_core::store::health::EXIT_INDEX_BROKEN;
         for n in 0..self.names.len() {
             // A node down is the runner's to start (one that did not start
             // on a full disk stays down until the disk is freed).
@@ -527,7 +527,7 @@ impl Run {
 
     /// Archive ids of series `s` in node `n`'s store.
     fn on_disk(&self, n: usize, s: usize) -> BTreeSet<String> {
-        let key = backmesh_actors::store::series_key(&self.names[self.series[s].node], &self.series[s].path);
+        let key = backmesh_core::store::series_key(&self.names[self.series[s].node], &self.series[s].path);
         let dir = self.mesh.nodes[n].dir.join("manifests").join(hex(&key));
         std::fs::read_dir(dir)
             .into_iter()
@@ -706,7 +706,7 @@ impl Run {
 fn intact(f: &Path) -> bool {
     let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let Some(hex) = name.strip_suffix(".gz") else { return false };
-    std::fs::read(f).is_ok_and(|data| backmesh_actors::hash::Digest::of(&data).to_hex() == hex)
+    std::fs::read(f).is_ok_and(|data| backmesh_core::hash::Digest::of(&data).to_hex() == hex)
 }
 
 /// Flips one byte in the middle of the `pick`-th member file under

@@ -42,15 +42,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use backmesh_actors::jobs::schedule::due;
-use backmesh_actors::log::crdt::Stamp;
-use backmesh_actors::log::entry::{Entry, Event};
-use backmesh_actors::log::hlc::Clock;
-use backmesh_actors::log::mesh::MeshState;
-use backmesh_actors::log::records::{RecordKey, BUCKETS};
-use backmesh_actors::log::seal::Seal;
-use backmesh_actors::log::views::JobView;
-use backmesh_actors::net::membership::Membership;
+use backmesh_core::jobs::schedule::due;
+use backmesh_core::log::crdt::Stamp;
+use backmesh_core::log::entry::{Entry, Event};
+use backmesh_core::log::hlc::Clock;
+use backmesh_core::log::mesh::MeshState;
+use backmesh_core::log::records::{RecordKey, BUCKETS};
+use backmesh_core::log::seal::Seal;
+use backmesh_core::log::views::JobView;
+use backmesh_core::net::membership::Membership;
 
 mod model;
 mod repair;
@@ -251,7 +251,7 @@ pub fn run(cfg: &Config) -> Report {
         last: None,
         last_success: None,
         last_started: None,
-        registered_at: backmesh_actors::log::hlc::Hlc { wall_ms: t0, logical: 0, node: String::new() },
+        registered_at: backmesh_core::log::hlc::Hlc { wall_ms: t0, logical: 0, node: String::new() },
         last_size: None,
         last_warnings: vec![],
         spec: Default::default(),

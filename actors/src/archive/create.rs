@@ -24,7 +24,7 @@ use super::cut::{GroupCutter, DEFAULT_TARGET};
 use super::error::{ArchiveError, Warning};
 use super::manifest::{members_tree_digest, ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
 use super::reuse::{EntryPrint, Previous, Recorder, RecordsHeader};
-use super::walk::{Excludes, Item, Walker};
+use super::walk::{Excludes, Walked, Walker};
 use crate::hash::Digest;
 
 pub use super::pipeline::Progress;
@@ -202,7 +202,7 @@ pub fn create_reusing(
         let racy_after = snapshot.racy_after;
         // The walk runs ahead on its own thread: its system calls overlap
         // the producer's planning, hashing and reading.
-        let (walk_tx, walk_rx) = sync_channel::<Vec<Item>>(WALK_AHEAD);
+        let (walk_tx, walk_rx) = sync_channel::<Vec<Walked>>(WALK_AHEAD);
         let walk_thread = s.spawn(move || walk_ahead(walker, &walk_tx));
         let mut producer = Producer {
             root: root.to_path_buf(),

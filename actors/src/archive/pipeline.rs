@@ -12,8 +12,8 @@ use serde_bytes::ByteBuf;
 
 use super::error::Warning;
 use super::manifest::MemberRef;
-use super::reuse::{Chunk, Record, Recorder};
-use super::walk::{Item, Walker};
+use super::reuse::{Chunk, Recorder, Reusable};
+use super::walk::{Walked, Walker};
 use crate::hash::Digest;
 
 use super::sink::*;
@@ -108,7 +108,7 @@ pub(crate) const WALK_BATCH: usize = 256;
 
 /// Walks the tree into `out` in batches; returns the walk's warnings.
 /// Stops early when the producer stops listening.
-pub(crate) fn walk_ahead(mut walker: Walker, out: &SyncSender<Vec<Item>>) -> Vec<Warning> {
+pub(crate) fn walk_ahead(mut walker: Walker, out: &SyncSender<Vec<Walked>>) -> Vec<Warning> {
     let mut batch = Vec::with_capacity(WALK_BATCH);
     for item in walker.by_ref() {
         batch.push(item);
@@ -160,7 +160,7 @@ pub(crate) fn sink_loop(
     let mut pending = BTreeMap::new();
     let mut state = SinkState::default();
     let mut mark: Option<SinkState> = None;
-    let record = |recorder: &mut Option<Recorder<'_>>, r: Record| {
+    let record = |recorder: &mut Option<Recorder<'_>>, r: Reusable| {
         if let Some(rec) = recorder {
             rec.push(&r);
         }
@@ -205,7 +205,7 @@ pub(crate) fn sink_loop(
                 }
                 Done::LargeEnd { path, entry, .. } => {
                     let chunks = std::mem::take(&mut state.chunks);
-                    record(&mut recorder, Record::Large { path: ByteBuf::from(path), entry, chunks });
+                    record(&mut recorder, Reusable::Large { path: ByteBuf::from(path), entry, chunks });
                     continue;
                 }
             };
@@ -215,7 +215,7 @@ pub(crate) fn sink_loop(
                     Tag::Plain => {}
                     Tag::Group { first, entries } => record(
                         &mut recorder,
-                        Record::Group { first: ByteBuf::from(first), entries, member: member.clone() },
+                        Reusable::Group { first: ByteBuf::from(first), entries, member: member.clone() },
                     ),
                     Tag::Chunk { raw } => state.chunks.push(Chunk { raw, member: member.clone() }),
                 }

@@ -16,9 +16,9 @@ use serde_bytes::ByteBuf;
 use super::cut::{Chunker, GroupCutter};
 use super::error::{lossy, ArchiveError, Warning, WarningKind};
 use super::manifest::{ArchiveStats, FileRecord, MemberRef};
-use super::reuse::{self, EntryPrint, Previous, Record};
+use super::reuse::{self, EntryPrint, Previous, Reusable};
 use super::tarfmt::{header_len, padding, write_header, EntryMeta, Kind, BLOCK};
-use super::walk::{Item, Stat, Walker};
+use super::walk::{Stat, Walked, Walker};
 use crate::hash::Digest;
 
 use super::pipeline::*;
@@ -40,7 +40,7 @@ pub(crate) enum SmallRead {
 
 /// An entry of the group being planned: walked, not read.
 pub(crate) struct Planned {
-    item: Item,
+    item: Walked,
     /// Its header as `lstat` says it will be.
     meta: EntryMeta,
 }
@@ -87,7 +87,7 @@ pub(crate) const CLOSED: ArchiveError = ArchiveError::PipelineClosed;
 
 impl Producer<'_> {
     /// Streams everything the walk yields.
-    pub(crate) fn run(&mut self, walked: Receiver<Vec<Item>>) -> Result<(), ArchiveError> {
+    pub(crate) fn run(&mut self, walked: Receiver<Vec<Walked>>) -> Result<(), ArchiveError> {
         for batch in walked {
             let n = batch.len() as u64;
             for item in batch {
@@ -104,7 +104,7 @@ impl Producer<'_> {
 
     /// Places one walked entry: in the planned group, or (a large file)
     /// straight into the stream after the group.
-    fn plan(&mut self, item: Item) -> Result<(), ArchiveError> {
+    fn plan(&mut self, item: Walked) -> Result<(), ArchiveError> {
         let ft = item.meta;
         let meta = if ft.is_dir() {
             entry_meta(&item.rel, &item.meta, Kind::Dir, None)
@@ -199,7 +199,7 @@ impl Producer<'_> {
         let Some(previous) = self.previous.as_mut() else {
             return Found::Base(None);
         };
-        let Some(Record::Group { entries, member, .. }) = previous.find(&group[0].meta.path) else {
+        let Some(Reusable::Group { entries, member, .. }) = previous.find(&group[0].meta.path) else {
             return Found::Base(previous.around());
         };
         let base = Found::Base(Some(member.sha256));
@@ -285,9 +285,9 @@ impl Producer<'_> {
     /// A large file: taken whole from the previous archive if it looks as
     /// recorded, else streamed, its unchanged chunks taken unread. Returns
     /// whether it was stored.
-    fn large(&mut self, item: &Item) -> Result<bool, ArchiveError> {
+    fn large(&mut self, item: &Walked) -> Result<bool, ArchiveError> {
         let record = self.previous.as_mut().and_then(|p| p.find(&item.rel));
-        let Some(Record::Large { entry, chunks, .. }) = record else {
+        let Some(Reusable::Large { entry, chunks, .. }) = record else {
             return self.add_large(item, &Known::default());
         };
         let meta = entry_meta(&item.rel, &item.meta, Kind::File, None);
@@ -399,7 +399,7 @@ impl Producer<'_> {
         Ok(())
     }
 
-    fn read_small(&mut self, item: &Item) -> SmallRead {
+    fn read_small(&mut self, item: &Walked) -> SmallRead {
         let limit = self.cutter.large_file();
         let mut attempt = 0;
         loop {
@@ -457,7 +457,7 @@ impl Producer<'_> {
     /// Streams a large file through the content-defined chunker; a chunk
     /// whose raw bytes are `known` is taken unread. Returns whether it was
     /// stored.
-    fn add_large(&mut self, item: &Item, known: &Known) -> Result<bool, ArchiveError> {
+    fn add_large(&mut self, item: &Walked, known: &Known) -> Result<bool, ArchiveError> {
         self.flush_group()?;
         let mut attempt = 0;
         loop {

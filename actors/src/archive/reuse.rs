@@ -60,7 +60,7 @@ impl RecordsHeader {
 
 /// One member, or one large file's members, as the previous run made them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Record {
+pub enum Reusable {
     /// A group of small entries, `first` the path of its first entry;
     /// `entries` the [`EntryPrint`] of all of them.
     Group { first: ByteBuf, entries: Digest, member: MemberRef },
@@ -76,12 +76,12 @@ pub struct Chunk {
     pub member: MemberRef,
 }
 
-impl Record {
+impl Reusable {
     /// The path it is found by: its first entry's.
     fn key(&self) -> &[u8] {
         match self {
-            Record::Group { first, .. } => first,
-            Record::Large { path, .. } => path,
+            Reusable::Group { first, .. } => first,
+            Reusable::Large { path, .. } => path,
         }
     }
 }
@@ -166,7 +166,7 @@ pub fn walk_cmp(a: &[u8], b: &[u8]) -> Ordering {
 /// holds one record at a time.
 pub struct Previous {
     reader: BufReader<File>,
-    peeked: Option<Record>,
+    peeked: Option<Reusable>,
     ended: bool,
     /// The member of the last group record found or passed over: the
     /// one that held, last time, the paths just asked for.
@@ -182,12 +182,12 @@ impl Previous {
         (found == *header).then_some(Previous { reader, peeked: None, ended: false, around: None })
     }
 
-    fn read_record(&mut self) -> Option<Record> {
+    fn read_record(&mut self) -> Option<Reusable> {
         if self.ended {
             return None;
         }
         let record = ciborium::from_reader::<Framed, _>(&mut self.reader).ok().and_then(|f| {
-            (crc32fast::hash(&f.body) == f.crc).then(|| ciborium::from_reader::<Record, _>(&f.body[..]).ok())?
+            (crc32fast::hash(&f.body) == f.crc).then(|| ciborium::from_reader::<Reusable, _>(&f.body[..]).ok())?
         });
         // The end, or a torn or damaged file: no more reuse from it.
         self.ended = record.is_none();
@@ -202,7 +202,7 @@ impl Previous {
 
     /// The record whose key is `key`, if the previous run made one. The
     /// records before it in walk order are passed over for good.
-    pub fn find(&mut self, key: &[u8]) -> Option<Record> {
+    pub fn find(&mut self, key: &[u8]) -> Option<Reusable> {
         loop {
             if self.peeked.is_none() {
                 self.peeked = self.read_record();
@@ -211,8 +211,8 @@ impl Previous {
             let order = walk_cmp(record.key(), key);
             if order != Ordering::Greater {
                 self.around = match record {
-                    Record::Group { member, .. } => Some(member.sha256),
-                    Record::Large { .. } => None,
+                    Reusable::Group { member, .. } => Some(member.sha256),
+                    Reusable::Large { .. } => None,
                 };
             }
             match order {
@@ -237,7 +237,7 @@ impl<'a> Recorder<'a> {
         Recorder { out, failed }
     }
 
-    pub fn push(&mut self, record: &Record) {
+    pub fn push(&mut self, record: &Reusable) {
         if self.failed {
             return;
         }
@@ -263,8 +263,8 @@ mod tests {
         MemberRef { sha256: Digest::of(&[n]), raw_len: 512 * u64::from(n), compressed_len: 40 }
     }
 
-    fn group(first: &str, n: u8) -> Record {
-        Record::Group {
+    fn group(first: &str, n: u8) -> Reusable {
+        Reusable::Group {
             first: ByteBuf::from(first.as_bytes().to_vec()),
             entries: Digest::of(&[n, n]),
             member: member(n),
@@ -284,7 +284,7 @@ mod tests {
         let path = dir.path().join("records");
         let header = RecordsHeader::new(65536, 6);
         let mut rec = Recorder::new(Box::new(File::create(&path).unwrap()), &header);
-        let large = Record::Large {
+        let large = Reusable::Large {
             path: ByteBuf::from(b"d/big".to_vec()),
             entry: None,
             chunks: vec![Chunk { raw: Digest::of(b"raw"), member: member(9) }],

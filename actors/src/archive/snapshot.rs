@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::error::ArchiveError;
 use super::reuse::{self};
-use super::walk::{Excludes, Item, Walker};
+use super::walk::{Excludes, Walked, Walker};
 use crate::hash::Digest;
 
 /// Metadata snapshot of a tree: equal snapshots (and not racy) mean the
@@ -53,7 +53,7 @@ impl SnapshotAcc {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
         SnapshotAcc { hasher: hash.then(Sha256::new), racy: false, entries: 0, racy_after: now - reuse::RACY_WINDOW_NS }
     }
-    pub(crate) fn add(&mut self, item: &Item) {
+    pub(crate) fn add(&mut self, item: &Walked) {
         let m = &item.meta;
         if reuse::is_racy(m, self.racy_after) {
             self.racy = true;

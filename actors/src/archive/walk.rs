@@ -130,7 +130,7 @@ impl From<&Metadata> for Stat {
 }
 
 /// One visited entry.
-pub struct Item {
+pub struct Walked {
     /// Path relative to the root, `/`-separated.
     pub rel: Vec<u8>,
     /// `lstat` of the entry when it was visited.
@@ -183,7 +183,7 @@ impl Walker {
         root.join(std::ffi::OsStr::from_bytes(rel))
     }
 
-    fn next_item(&mut self) -> Option<Item> {
+    fn next_item(&mut self) -> Option<Walked> {
         loop {
             let depth = self.stack.len();
             let level = self.stack.last_mut()?;
@@ -226,14 +226,14 @@ impl Walker {
                     Err(e) => self.warnings.push(Warning::from_io(&rel, WarningKind::Unreadable, &e)),
                 }
             }
-            return Some(Item { rel, meta });
+            return Some(Walked { rel, meta });
         }
     }
 }
 
 impl Iterator for Walker {
-    type Item = Item;
-    fn next(&mut self) -> Option<Item> {
+    type Item = Walked;
+    fn next(&mut self) -> Option<Walked> {
         self.next_item()
     }
 }

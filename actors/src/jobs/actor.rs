@@ -20,13 +20,13 @@ use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 
+use super::backup::{run_job, RunOutcome};
 use super::plugin::Programs;
 use super::proto::{JobsAnswer, JobsRequest, RunProgress, JOBS};
-use super::queue::{Item, NotQueued, Queue};
-use super::run::{run_job, RunOutcome};
+use super::queue::{NotQueued, Queue, QueuedRun};
 use crate::archive::{CreateOptions, Progress};
 use crate::clock::now_ms;
-use crate::log::actor::{GetJobsOf, LogActor, Record};
+use crate::log::actor::{Append, GetJobsOf, LogActor};
 use crate::log::entry::Event;
 use crate::log::views::JobView;
 use crate::net::rpc::{InboundRequest, Reply};
@@ -174,7 +174,7 @@ impl JobsActor {
     /// scheduled run that cannot be written waits in memory (after a crash
     /// the schedule finds it due again).
     fn enqueue(&mut self, path: String, on_demand: bool, request: Option<String>) -> Result<Option<u64>, NotQueued> {
-        let item = Item { path, on_demand, queued_ms: now_ms(), request };
+        let item = QueuedRun { path, on_demand, queued_ms: now_ms(), request };
         let id = self.queue.push(item.clone())?;
         if let Some(id) = id {
             if let Err(e) = Queue::persist(self.store.kv().as_ref(), id, &item) {
@@ -221,7 +221,7 @@ impl JobsActor {
             path.clone(),
             Running { progress: progress.clone(), started: std::time::Instant::now(), request: request.clone() },
         );
-        self.log.do_send(Record(Event::Started {
+        self.log.do_send(Append(Event::Started {
             node: self.me.clone(),
             path: path.clone(),
             request: request.clone(),
@@ -299,10 +299,10 @@ impl JobsActor {
             if matches!(&event, Event::Finished { archive, .. } if !archive.is_empty()) {
                 act.stored.do_send(ArchiveStored);
             }
-            let recorded = act.log.send(Record(event));
+            let recorded = act.log.send(Append(event));
             for archive in pruned {
                 let holder = act.me.clone();
-                act.log.do_send(Record(Event::Pruned { node: act.me.clone(), path: path.clone(), archive, holder }));
+                act.log.do_send(Append(Event::Pruned { node: act.me.clone(), path: path.clone(), archive, holder }));
             }
             // The queue forgets the run only once its outcome is on disk: a
             // crash before that leaves it queued, and it runs again (and

@@ -16,7 +16,7 @@ const TREE: &str = "queue";
 const RECORD_VERSION: u8 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Item {
+pub struct QueuedRun {
     pub path: String,
     pub on_demand: bool,
     pub queued_ms: i64,
@@ -44,7 +44,7 @@ pub enum NotQueued {
 
 #[derive(Clone, Debug, Default)]
 pub struct Queue {
-    items: BTreeMap<u64, Item>,
+    items: BTreeMap<u64, QueuedRun>,
     next_id: u64,
     bound: usize,
 }
@@ -64,7 +64,7 @@ impl Queue {
 
     /// Queues a run; returns its id, or `None` for a scheduled run of a path
     /// that already waits.
-    pub fn push(&mut self, item: Item) -> Result<Option<u64>, Full> {
+    pub fn push(&mut self, item: QueuedRun) -> Result<Option<u64>, Full> {
         if !item.on_demand && self.items.values().any(|i| i.path == item.path && !i.on_demand) {
             return Ok(None);
         }
@@ -78,13 +78,13 @@ impl Queue {
     }
 
     /// The next run that may start, given the paths running now.
-    pub fn next(&self, running: &BTreeSet<String>) -> Option<(u64, &Item)> {
-        let free = |i: &&Item| !running.contains(&i.path);
+    pub fn next(&self, running: &BTreeSet<String>) -> Option<(u64, &QueuedRun)> {
+        let free = |i: &&QueuedRun| !running.contains(&i.path);
         let first_on_demand = self.items.iter().find(|(_, i)| i.on_demand && free(i));
         first_on_demand.or_else(|| self.items.iter().find(|(_, i)| free(i))).map(|(id, i)| (*id, i))
     }
 
-    pub fn remove(&mut self, id: u64) -> Option<Item> {
+    pub fn remove(&mut self, id: u64) -> Option<QueuedRun> {
         self.items.remove(&id)
     }
 
@@ -103,7 +103,7 @@ impl Queue {
                 });
             };
             let id = u64::from_be_bytes(key);
-            let item: Item = ciborium::from_reader(body)
+            let item: QueuedRun = ciborium::from_reader(body)
                 .map_err(|e| StoreError::Index { reason: format!("queue record {id} is corrupt: {e}") })?;
             q.items.insert(id, item);
             q.next_id = q.next_id.max(id + 1);
@@ -111,7 +111,7 @@ impl Queue {
         Ok(q)
     }
 
-    pub fn persist(kv: &dyn KvStore, id: u64, item: &Item) -> Result<(), StoreError> {
+    pub fn persist(kv: &dyn KvStore, id: u64, item: &QueuedRun) -> Result<(), StoreError> {
         let mut v = vec![RECORD_VERSION];
         let _ = ciborium::into_writer(item, &mut v);
         kv.put(TREE, &id.to_be_bytes(), &v)?;
@@ -129,8 +129,8 @@ mod tests {
     use super::*;
     use crate::store::MemKv;
 
-    fn item(path: &str, on_demand: bool) -> Item {
-        Item { path: path.into(), on_demand, queued_ms: 0, request: None }
+    fn item(path: &str, on_demand: bool) -> QueuedRun {
+        QueuedRun { path: path.into(), on_demand, queued_ms: 0, request: None }
     }
 
     #[test]

@@ -56,8 +56,8 @@ pub mod serve;
 mod sync;
 
 pub use messages::{
-    ForRequest, GetCatalog, GetCatalogs, GetJobs, GetJobsOf, GetKeepers, GetNotified, GetOrigins, GetStats, Gossiped,
-    IsCaughtUp, Query, Record, ServeHistory, ServeStatePull, SetPlacement, StateReceived, StateStats,
+    Append, ForRequest, GetCatalog, GetCatalogs, GetJobs, GetJobsOf, GetKeepers, GetNotified, GetOrigins, GetStats,
+    Gossiped, IsCaughtUp, Query, ServeHistory, ServeStatePull, SetPlacement, StateReceived, StateStats,
 };
 
 /// Entries re-folded from the durable history at start-up: the state on
@@ -381,9 +381,9 @@ impl Actor for LogActor {
     }
 }
 
-impl Handler<Record> for LogActor {
+impl Handler<Append> for LogActor {
     type Result = actix::ResponseFuture<Result<Entry, StoreError>>;
-    fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.writing {
             self.write(msg.0, tx, ctx);

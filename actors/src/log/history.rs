@@ -26,7 +26,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
-use super::runs::{Item, Runs, SeriesTag};
+use super::history_files::{HistoryFiles, HistoryItem, SeriesTag};
 use crate::hash::Digest;
 use crate::store::{KvStore, StoreError};
 
@@ -192,10 +192,10 @@ impl Page {
     }
 }
 
-/// This node's history: the durable part (files, [`Runs`]) and the recent
+/// This node's history: the durable part (files, [`HistoryFiles`]) and the recent
 /// window.
 pub struct History {
-    runs: Runs,
+    runs: HistoryFiles,
     window: VecDeque<Entry>,
     in_window: HashSet<(String, u64)>,
 }
@@ -203,7 +203,7 @@ pub struct History {
 impl History {
     /// Opens the history kept in `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(History { runs: Runs::open(dir)?, window: VecDeque::new(), in_window: HashSet::new() })
+        Ok(History { runs: HistoryFiles::open(dir)?, window: VecDeque::new(), in_window: HashSet::new() })
     }
 
     /// Moves the history of an older data directory out of the embedded
@@ -237,7 +237,7 @@ impl History {
 
     /// Stores `e` (idempotent): durable after [`History::sync`].
     pub fn store(&mut self, e: &Entry) -> Result<bool, StoreError> {
-        self.runs.insert(Item { key: time_key(e), series: series_of(e), value: encode(e)? })
+        self.runs.insert(HistoryItem { key: time_key(e), series: series_of(e), value: encode(e)? })
     }
 
     /// Makes every entry stored so far durable.

@@ -37,6 +37,7 @@ pub mod actor;
 pub mod bucket;
 pub mod plan;
 pub mod sync;
+#[doc(hidden)]
 pub mod testing;
 
 pub use bucket::{Bucket, BucketError, OffsiteTarget, Secret};

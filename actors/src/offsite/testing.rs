@@ -1,4 +1,5 @@
-//! A real S3-compatible server for tests and benchmarks: moto's server
+//! Test support, hidden from the crate's docs and not part of its API (as
+//! `crate::fuzz`): a real S3-compatible server for tests and benchmarks: moto's server
 //! (`pip install 'moto[server]'`), on 127.0.0.1 and a port the system picks.
 
 use std::io::{BufRead, BufReader};

@@ -43,7 +43,7 @@ use super::verify::verify_series;
 use crate::disk::free_bytes;
 use crate::hash::Digest;
 use crate::jobs::actor::ArchiveStored;
-use crate::log::actor::{LogActor, Record};
+use crate::log::actor::{Append, LogActor};
 use crate::log::entry::Event;
 use crate::net::actor::{GetPeers, MembershipActor};
 use crate::net::client::NetClient;
@@ -370,10 +370,10 @@ impl ReplicaActor {
                 let holder = act.me.clone();
                 if keeps {
                     tracing::info!("the catalog did not say that this node keeps archive {archive} of {path} on {node}: it does (said again)");
-                    act.log.do_send(Record(Event::Replicated { node, path, archive, holder, bytes: 0 }));
+                    act.log.do_send(Append(Event::Replicated { node, path, archive, holder, bytes: 0 }));
                 } else {
                     tracing::info!("the catalog said that this node keeps archive {archive} of {path} on {node}: it does not (said again)");
-                    act.log.do_send(Record(Event::Pruned { node, path, archive, holder }));
+                    act.log.do_send(Append(Event::Pruned { node, path, archive, holder }));
                 }
             }
         }));
@@ -496,7 +496,7 @@ impl Handler<HandedOff> for ReplicaActor {
                 );
             }
             for archive in removed {
-                act.log.do_send(Record(Event::Pruned {
+                act.log.do_send(Append(Event::Pruned {
                     node: h.node.clone(),
                     path: h.path.clone(),
                     archive,
@@ -544,7 +544,7 @@ impl Handler<ServeXfer> for ReplicaActor {
                         None => {}
                     }
                     for e in events {
-                        act.log.do_send(Record(e));
+                        act.log.do_send(Append(e));
                     }
                     response
                 }
@@ -596,7 +596,7 @@ impl Handler<RestoreHere> for ReplicaActor {
                 None => tracing::info!("restored {} of {} into {}", msg.path, msg.node, msg.to),
                 Some(e) => tracing::warn!("restore of {} of {} into {} failed: {e}", msg.path, msg.node, msg.to),
             }
-            log.do_send(Record(Event::Restored {
+            log.do_send(Append(Event::Restored {
                 node: msg.node,
                 path: msg.path,
                 archive,
@@ -632,7 +632,7 @@ impl Handler<VerifyHere> for ReplicaActor {
                 let events =
                     verify_series(&store, &net, &log, &membership, &me, &node, &path, &ids, &msg.request).await;
                 for e in events {
-                    log.do_send(Record(e));
+                    log.do_send(Append(e));
                 }
             }
         });

@@ -8,18 +8,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use backmesh_actors::archive::manifest::{ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
-use backmesh_actors::archive::sink::{gzip_member, MemberSink};
-use backmesh_actors::archive::tarfmt::Kind;
-use backmesh_actors::clock::Clock;
-use backmesh_actors::codec::encode;
-use backmesh_actors::hash::Digest;
-use backmesh_actors::jobs::queue::{Item, Queue};
-use backmesh_actors::log::history::{History, HistoryQuery};
-use backmesh_actors::log::mesh::MeshState;
-use backmesh_actors::log::signing::{sealed_records_of, slots};
-use backmesh_actors::log::state_disk;
-use backmesh_actors::store::{KvStore, MemKv, Store};
+use backmesh_core::archive::manifest::{ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
+use backmesh_core::archive::sink::{gzip_member, MemberSink};
+use backmesh_core::archive::tarfmt::Kind;
+use backmesh_core::clock::Clock;
+use backmesh_core::codec::encode;
+use backmesh_core::hash::Digest;
+use backmesh_core::jobs::queue::{Queue, QueuedRun};
+use backmesh_core::log::history::{History, HistoryQuery};
+use backmesh_core::log::mesh::MeshState;
+use backmesh_core::log::signing::{sealed_records_of, slots};
+use backmesh_core::log::state_disk;
+use backmesh_core::store::{KvStore, MemKv, Store};
 use serde_bytes::ByteBuf;
 
 use super::{entry, finished, key, pin_bytes};
@@ -81,7 +81,7 @@ fn manifest(raw: &[u8], member: &[u8]) -> Manifest {
         path: "/srv/app".into(),
         created_ms: NOW,
         order_ms: NOW,
-        tree_digest: backmesh_actors::archive::manifest::members_tree_digest(&members),
+        tree_digest: backmesh_core::archive::manifest::members_tree_digest(&members),
         members,
         files: vec![
             file("conf", Kind::Dir, 0, 0o755, None),
@@ -172,7 +172,7 @@ fn golden_mesh_state_on_disk() {
 #[test]
 fn golden_run_queue() {
     let kv = MemKv::default();
-    let item = Item { path: "/srv/app".into(), on_demand: true, queued_ms: NOW, request: Some("r-1".into()) };
+    let item = QueuedRun { path: "/srv/app".into(), on_demand: true, queued_ms: NOW, request: Some("r-1".into()) };
     Queue::persist(&kv, 3, &item).unwrap();
     let golden = pin_bytes("disk_queue", &dumped(&kv));
     let pairs: Vec<(String, ByteBuf, ByteBuf)> = ciborium::from_reader(&golden[..]).unwrap();
@@ -191,7 +191,7 @@ fn golden_history_files() {
     let t = tempfile::tempdir().unwrap();
     let dir: PathBuf = t.path().join("history");
     let mut h = History::open(&dir).unwrap();
-    let (a, b) = (entry(7, finished()), entry(8, backmesh_actors::log::entry::Event::Paused { node: "n1".into() }));
+    let (a, b) = (entry(7, finished()), entry(8, backmesh_core::log::entry::Event::Paused { node: "n1".into() }));
     h.store(&a).unwrap();
     h.store(&b).unwrap();
     h.sync().unwrap();
@@ -227,10 +227,10 @@ fn golden_signed_bodies() {
     assert!(msgs.len() >= 3, "{msgs:?}");
     pin_bytes("signed_registers", &encode(&msgs));
     // A grant: its MAC covers the node that is to act and the request.
-    let run = backmesh_actors::jobs::proto::JobsRequest::Run {
-        path: backmesh_actors::replica::proto::series("/srv/app").unwrap(),
+    let run = backmesh_core::jobs::proto::JobsRequest::Run {
+        path: backmesh_core::replica::proto::series("/srv/app").unwrap(),
         request: Some("r-1".into()),
         grant: None,
     };
-    pin_bytes("signed_grant", &encode(&backmesh_actors::grant::sign(run, Some("operator-token"), "n2")));
+    pin_bytes("signed_grant", &encode(&backmesh_core::grant::sign(run, Some("operator-token"), "n2")));
 }

@@ -5,26 +5,26 @@
 //! format fails here, and a deliberate format change is a visible diff of
 //! a `.hex` file (with a `MESH_PROTOCOL` bump, docs/operations.md).
 //!
-//! `BACKMESH_GOLDEN=update cargo test -p backmesh-actors golden` writes the
+//! `BACKMESH_GOLDEN=update cargo test -p backmesh-core golden` writes the
 //! files anew after a deliberate change.
 
 use std::fmt::Debug;
 use std::path::PathBuf;
 
-use backmesh_actors::codec::{decode, encode};
-use backmesh_actors::jobs::plugin::JobSpec;
-use backmesh_actors::jobs::proto::{JobsAnswer, JobsRequest, RunProgress};
-use backmesh_actors::log::crdt::Lww;
-use backmesh_actors::log::entry::{Entry, Event};
-use backmesh_actors::log::history::{HistoryQuery, Page};
-use backmesh_actors::log::hlc::Hlc;
-use backmesh_actors::log::mesh::MeshState;
-use backmesh_actors::log::proto::{HistoryAnswer, StateBatch, StatePull};
-use backmesh_actors::log::records::{Record, RecordKey};
-use backmesh_actors::log::signing::seal_entry;
-use backmesh_actors::net::hello::{Hello, KnownPeer};
-use backmesh_actors::net::membership::NodeInfo;
-use backmesh_actors::replica::proto::{
+use backmesh_core::codec::{decode, encode};
+use backmesh_core::jobs::plugin::JobSpec;
+use backmesh_core::jobs::proto::{JobsAnswer, JobsRequest, RunProgress};
+use backmesh_core::log::crdt::Lww;
+use backmesh_core::log::entry::{Entry, Event};
+use backmesh_core::log::history::{HistoryQuery, Page};
+use backmesh_core::log::hlc::Hlc;
+use backmesh_core::log::mesh::MeshState;
+use backmesh_core::log::proto::{HistoryAnswer, StateBatch, StatePull};
+use backmesh_core::log::records::{Record, RecordKey};
+use backmesh_core::log::signing::seal_entry;
+use backmesh_core::net::hello::{Hello, KnownPeer};
+use backmesh_core::net::membership::NodeInfo;
+use backmesh_core::replica::proto::{
     archive, name, series, ManifestBase, ReplicaAnswer, ReplicaRequest, WireDelta, WireMember, XferRequest,
     XferResponse,
 };
@@ -52,7 +52,7 @@ fn pin_bytes(name: &str, bytes: &[u8]) -> Vec<u8> {
         std::fs::write(&file, to_hex(bytes)).unwrap();
     }
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
-        panic!("{}: {e}; run `BACKMESH_GOLDEN=update cargo test -p backmesh-actors golden` once", file.display())
+        panic!("{}: {e}; run `BACKMESH_GOLDEN=update cargo test -p backmesh-core golden` once", file.display())
     });
     let golden = hex::decode(text.split_whitespace().collect::<String>()).unwrap();
     assert!(
@@ -123,10 +123,10 @@ fn golden_hello() {
 
 #[test]
 fn golden_rpc_frames() {
-    use backmesh_actors::net::rpc::{Answer, Protocols, Request, RpcCodec, RPC};
+    use backmesh_core::net::rpc::{Answer, Protocols, Request, RpcCodec, RPC};
     use futures::executor::block_on;
     use libp2p::request_response::Codec;
-    let mut codec = RpcCodec::new(Protocols::new(backmesh_actors::protocols::all()));
+    let mut codec = RpcCodec::new(Protocols::new(backmesh_core::protocols::all()));
     let pull = encode(&StatePull { digest: vec![1, 2, 3], from_bucket: 0, eager: true });
     let request = Request { protocol: "/backmesh/state/3".into(), body: pull.clone(), known: true };
     let mut out = futures::io::Cursor::new(Vec::new());
@@ -239,7 +239,7 @@ fn golden_replica_protocol() {
 
 #[test]
 fn golden_xfer_protocol() {
-    let d = |b: u8| backmesh_actors::hash::Digest::of(&[b]);
+    let d = |b: u8| backmesh_core::hash::Digest::of(&[b]);
     let bytes = |b: &[u8]| serde_bytes::ByteBuf::from(b.to_vec());
     let base = ManifestBase {
         node: name("n1").unwrap(),

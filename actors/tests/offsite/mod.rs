@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use backmesh_actors::offsite::sync::{Offsite, OffsiteError, SeriesSync};
-use backmesh_actors::offsite::testing::S3Server;
-use backmesh_actors::store::{Retention, Store};
+use backmesh_core::offsite::sync::{Offsite, OffsiteError, SeriesSync};
+use backmesh_core::offsite::testing::S3Server;
+use backmesh_core::store::{Retention, Store};
 
 use super::common::*;
 use super::{exported, stored, touch_tree};
@@ -93,8 +93,8 @@ fn archives_go_up_once_deduplicated_and_come_back_exact() {
     assert_eq!(sha(&exported(&d, &last)), sha(&exported(&a, &made[2])));
 }
 
-fn stored_as(store: &Store, node: &str, src: &Path) -> backmesh_actors::archive::Manifest {
-    use backmesh_actors::jobs::{run_backup, RunOutcome};
+fn stored_as(store: &Store, node: &str, src: &Path) -> backmesh_core::archive::Manifest {
+    use backmesh_core::jobs::{run_backup, RunOutcome};
     match run_backup(store, node, src, &super::opts(), Retention::keep(10)).unwrap().outcome {
         RunOutcome::Stored { manifest, .. } => *manifest,
         other => panic!("not stored: {other:?}"),
@@ -125,8 +125,8 @@ fn an_upload_cut_short_goes_on_from_where_it_stopped() {
     let slow = {
         let b = s3.bucket_as("cut", "", "testing", "testing");
         let t = b.target().clone();
-        let secret = backmesh_actors::offsite::Secret { key: "testing".into(), secret: "testing".into(), token: None };
-        backmesh_actors::offsite::Bucket::new(t, &secret, Some(2_000_000)).unwrap()
+        let secret = backmesh_core::offsite::Secret { key: "testing".into(), secret: "testing".into(), token: None };
+        backmesh_core::offsite::Bucket::new(t, &secret, Some(2_000_000)).unwrap()
     };
     let o = Offsite::new(slow, a.peer_id());
     let watcher = Offsite::new(target, a.peer_id());
@@ -161,9 +161,9 @@ fn a_bucket_out_of_reach_is_a_clear_error_worth_retrying() {
     // A port that was free a moment ago: nothing listens there now.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let target = backmesh_actors::offsite::OffsiteTarget::parse("s3://nowhere/x", Some(&endpoint), None).unwrap();
-    let secret = backmesh_actors::offsite::Secret { key: "k".into(), secret: "s".into(), token: None };
-    let o = Offsite::new(backmesh_actors::offsite::Bucket::new(target, &secret, None).unwrap(), a.peer_id());
+    let target = backmesh_core::offsite::OffsiteTarget::parse("s3://nowhere/x", Some(&endpoint), None).unwrap();
+    let secret = backmesh_core::offsite::Secret { key: "k".into(), secret: "s".into(), token: None };
+    let o = Offsite::new(backmesh_core::offsite::Bucket::new(target, &secret, None).unwrap(), a.peer_id());
     let path = src.to_str().unwrap();
     let e = o.sync_series(&a, "n", path, &ids(&a, "n", path), Retention::keep(10), &|_, _| {}).unwrap_err();
     assert!(e.is_transient(), "{e}");
@@ -219,7 +219,7 @@ fn retention_decides_before_uploading_and_a_stray_object_counts_for_nothing() {
 
     // An object named as a newer archive that is none: not counted (the real
     // one is not pruned for it), passed over by a restore, left out of listings.
-    let stray = backmesh_actors::offsite::manifest_key("n", path, i64::MAX / 2, "zz-not-an-archive");
+    let stray = backmesh_core::offsite::manifest_key("n", path, i64::MAX / 2, "zz-not-an-archive");
     o.bucket.put(&stray, b"not a manifest").unwrap();
     let third = sync(&o, &a, "n", path, 1);
     assert!(third.pruned.is_empty(), "{third:?}");

@@ -53,19 +53,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use backmesh_actors::archive::Manifest;
-use backmesh_actors::codec::encode;
-use backmesh_actors::log::entry::{Entry, Event};
-use backmesh_actors::log::hlc::Hlc;
-use backmesh_actors::log::signing::seal_entry;
-use backmesh_actors::net::client::{Inbound, NetClient, RequestError};
-use backmesh_actors::net::membership::NodeInfo;
-use backmesh_actors::net::swarm;
-use backmesh_actors::protocols::{self, MESH_PROTOCOL};
-use backmesh_actors::replica::proto::{
+use backmesh_core::archive::Manifest;
+use backmesh_core::codec::encode;
+use backmesh_core::log::entry::{Entry, Event};
+use backmesh_core::log::hlc::Hlc;
+use backmesh_core::log::signing::seal_entry;
+use backmesh_core::net::client::{Inbound, NetClient, RequestError};
+use backmesh_core::net::membership::NodeInfo;
+use backmesh_core::net::swarm;
+use backmesh_core::protocols::{self, MESH_PROTOCOL};
+use backmesh_core::replica::proto::{
     name, series, xfer, ArchiveId, ReplicaRequest, WireMember, XferRequest, XferResponse, REPLICA, XFER,
 };
-use backmesh_actors::store::{Retention, Store};
+use backmesh_core::store::{Retention, Store};
 
 struct Args(Vec<String>);
 
@@ -113,7 +113,7 @@ impl Rogue {
     }
 
     async fn gossip(&self, e: &Entry) {
-        let _ = self.net.publish(backmesh_actors::log::proto::LOG_TOPIC, encode(e)).await;
+        let _ = self.net.publish(backmesh_core::log::proto::LOG_TOPIC, encode(e)).await;
     }
 }
 
@@ -189,12 +189,12 @@ async fn main() {
             if !lying || x.protocol != XFER.name {
                 continue;
             }
-            let Ok(request) = backmesh_actors::codec::decode::<XferRequest>(&x.body, XFER.max_request) else {
+            let Ok(request) = backmesh_core::codec::decode::<XferRequest>(&x.body, XFER.max_request) else {
                 continue;
             };
             let answer = match request {
                 XferRequest::Offer { manifest, .. } | XferRequest::Commit { manifest, .. } => {
-                    if let Ok(m) = backmesh_actors::archive::Manifest::decode(&manifest) {
+                    if let Ok(m) = backmesh_core::archive::Manifest::decode(&manifest) {
                         if !offered.contains(&m.id) {
                             offered.push(m.id.clone());
                         }
@@ -302,7 +302,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             };
             let answer = match rogue
                 .net
-                .call::<_, backmesh_actors::replica::proto::ReplicaAnswer>(holder_peer, &REPLICA, &request)
+                .call::<_, backmesh_core::replica::proto::ReplicaAnswer>(holder_peer, &REPLICA, &request)
                 .await
             {
                 Ok(r) => format!("{r:?}"),
@@ -311,7 +311,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             say(attack, answer);
         }
         "hook-registration" => {
-            let spec = backmesh_actors::jobs::plugin::JobSpec {
+            let spec = backmesh_core::jobs::plugin::JobSpec {
                 pre: Some(format!("touch {}", a.need("--marker"))),
                 ..Default::default()
             };
@@ -405,7 +405,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
 }
 
 fn swarm_key(path: &str) -> libp2p::pnet::PreSharedKey {
-    backmesh_actors::net::swarm_key::load(&PathBuf::from(path)).unwrap_or_else(|e| {
+    backmesh_core::net::swarm_key::load(&PathBuf::from(path)).unwrap_or_else(|e| {
         eprintln!("backmesh-rogue: {e}");
         std::process::exit(2)
     })
@@ -421,10 +421,10 @@ async fn fake_archive(net: &NetClient, holder: &str, victim: &str, path: &str) -
     std::fs::write(src.join("payload"), b"not the victim's data").expect("a file");
     let store = Store::open(&dir.path().join("store")).expect("a store");
     // The archive names the victim's series, whatever directory it read.
-    let opts = backmesh_actors::archive::create::CreateOptions::default();
-    let run = backmesh_actors::jobs::run::run_backup_as(&store, victim, path, &src, &opts, Retention::keep(10));
+    let opts = backmesh_core::archive::create::CreateOptions::default();
+    let run = backmesh_core::jobs::backup::run_backup_as(&store, victim, path, &src, &opts, Retention::keep(10));
     let manifest = match run.map(|r| r.outcome) {
-        Ok(backmesh_actors::jobs::run::RunOutcome::Stored { manifest, .. }) => manifest,
+        Ok(backmesh_core::jobs::backup::RunOutcome::Stored { manifest, .. }) => manifest,
         other => return format!("could not make the fake: {other:?}"),
     };
     let bytes = serde_bytes::ByteBuf::from(manifest.encode());
@@ -446,10 +446,10 @@ fn own_archive(dir: &std::path::Path, path: &str, data: &[u8]) -> Result<(Store,
     std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
     std::fs::write(src.join("payload"), data).map_err(|e| e.to_string())?;
     let store = Store::open(&dir.join("store")).map_err(|e| e.to_string())?;
-    let opts = backmesh_actors::archive::create::CreateOptions::default();
-    let run = backmesh_actors::jobs::run::run_backup_as(&store, "rogue", path, &src, &opts, Retention::keep(10));
+    let opts = backmesh_core::archive::create::CreateOptions::default();
+    let run = backmesh_core::jobs::backup::run_backup_as(&store, "rogue", path, &src, &opts, Retention::keep(10));
     match run.map(|r| r.outcome) {
-        Ok(backmesh_actors::jobs::run::RunOutcome::Stored { manifest, .. }) => Ok((store, *manifest)),
+        Ok(backmesh_core::jobs::backup::RunOutcome::Stored { manifest, .. }) => Ok((store, *manifest)),
         other => Err(format!("could not make an archive: {other:?}")),
     }
 }

@@ -49,15 +49,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use backmesh_actors::log::entry::{Entry, Event};
-use backmesh_actors::log::hlc::Clock;
-use backmesh_actors::log::mesh::MeshState;
-use backmesh_actors::log::records::BUCKETS;
-use backmesh_actors::log::seal::Seal;
-use backmesh_actors::log::signing::{seal_entry, Checked, NodeKeys};
-use backmesh_actors::log::state_disk;
-use backmesh_actors::replica::placement::{holders, Candidate};
-use backmesh_actors::store::SledKv;
+use backmesh_core::log::entry::{Entry, Event};
+use backmesh_core::log::hlc::Clock;
+use backmesh_core::log::mesh::MeshState;
+use backmesh_core::log::records::BUCKETS;
+use backmesh_core::log::seal::Seal;
+use backmesh_core::log::signing::{seal_entry, Checked, NodeKeys};
+use backmesh_core::log::state_disk;
+use backmesh_core::replica::placement::{holders, Candidate};
+use backmesh_core::store::SledKv;
 
 /// The system allocator, counting the bytes in use: what the profile's
 /// state and store hold, apart from what the allocator keeps around.

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use backmesh_actors::log::actor::QUIET_MS;
-use backmesh_actors::log::anti_entropy::{answer_pull, Settled};
-use backmesh_actors::log::entry::Entry;
-use backmesh_actors::log::hlc::Clock;
-use backmesh_actors::log::mesh::MeshState;
-use backmesh_actors::log::proto::STATE_BATCH_BYTES;
-use backmesh_actors::log::records::{Record, RecordKey, BUCKETS};
-use backmesh_actors::net::membership::{Membership, NodeInfo};
+use backmesh_core::log::actor::QUIET_MS;
+use backmesh_core::log::anti_entropy::{answer_pull, Settled};
+use backmesh_core::log::entry::Entry;
+use backmesh_core::log::hlc::Clock;
+use backmesh_core::log::mesh::MeshState;
+use backmesh_core::log::proto::STATE_BATCH_BYTES;
+use backmesh_core::log::records::{Record, RecordKey, BUCKETS};
+use backmesh_core::net::membership::{Membership, NodeInfo};
 
 /// Simulated milliseconds per anti-entropy round (a node pulls every 10 s).
 pub const ROUND_MS: i64 = 10_000;

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use backmesh_actors::log::entry::{Entry, Event};
-use backmesh_actors::log::hlc::Clock;
-use backmesh_actors::log::mesh::MeshState;
-use backmesh_actors::log::records::{RecordKey, SeriesKey};
-use backmesh_actors::log::seal::Seal;
-use backmesh_actors::replica::placement::{holders, Candidate};
+use backmesh_core::log::entry::{Entry, Event};
+use backmesh_core::log::hlc::Clock;
+use backmesh_core::log::mesh::MeshState;
+use backmesh_core::log::records::{RecordKey, SeriesKey};
+use backmesh_core::log::seal::Seal;
+use backmesh_core::replica::placement::{holders, Candidate};
 
 use super::model::*;
 
@@ -81,8 +81,8 @@ pub(crate) fn repair(cfg: &Config, nodes: &[SimNode], report: &mut Report) {
 /// once every elected holder keeps them. Counts what was sent against the
 /// least any plan could send (the copies lost with the leavers).
 pub(crate) fn repair_planned(cfg: &Config, nodes: &[SimNode], now: i64, report: &mut Report) {
-    use backmesh_actors::net::membership::PeerView;
-    use backmesh_actors::replica::plan::Planner;
+    use backmesh_core::net::membership::PeerView;
+    use backmesh_core::replica::plan::Planner;
     use std::collections::{BTreeMap, HashMap};
     const GRACE_MS: i64 = 600_000;
     let views: Vec<PeerView> = nodes

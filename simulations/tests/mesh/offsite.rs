@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use backmesh_actors::offsite::sync::Offsite;
-use backmesh_actors::offsite::testing::S3Server;
 use backmesh_api::cli::RunOutcome;
 use backmesh_api::Status;
+use backmesh_core::offsite::sync::Offsite;
+use backmesh_core::offsite::testing::S3Server;
 use backmesh_simulations::{tree_differences, wait_until, write_slow_tree, Mesh};
 
 const LONG: Duration = Duration::from_secs(90);

@@ -17,7 +17,7 @@ use crate::store::StoreError;
 /// Appends a local event. Answers the new entry.
 #[derive(Message)]
 #[rtype(result = "Result<Entry, StoreError>")]
-pub struct Record(pub Event);
+pub struct Append(pub Event);
 
 /// An entry gossiped by a peer, as it came (`from` relayed it).
 #[derive(Message)]

@@ -22,7 +22,7 @@
 //! follows it. A torn record at the end of `active.log` is cut off at open.
 //!
 //! Writes and what a crash at each point leaves:
-//! - an entry is appended to `active.log` (and fsynced by [`Runs::sync`],
+//! - an entry is appended to `active.log` (and fsynced by [`HistoryFiles::sync`],
 //!   at once for the node's own entries, within a second for others);
 //! - when the memory part is full it becomes run N: written to a temp
 //!   file, fsynced, renamed, directory fsynced; then `active.log` is
@@ -55,9 +55,9 @@ pub const FLUSH_ENTRIES: usize = 4_096;
 const FLUSH_BYTES: usize = 4 << 20;
 /// Records per block: the unit a run is read in.
 const BLOCK_RECORDS: usize = 64;
-/// Runs of one level merged into one of the next.
+/// HistoryFiles of one level merged into one of the next.
 const FAN_IN: usize = 4;
-/// Runs are not merged past this level (4³ × 4,096 = 262,144 entries).
+/// HistoryFiles are not merged past this level (4³ × 4,096 = 262,144 entries).
 const MAX_LEVEL: u8 = 3;
 /// No record is larger (an entry is a few hundred bytes).
 const RECORD_MAX: u32 = 16 << 20;
@@ -67,13 +67,13 @@ pub type SeriesTag = [u8; 16];
 
 /// One stored record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Item {
+pub struct HistoryItem {
     pub key: Vec<u8>,
     pub series: Option<SeriesTag>,
     pub value: Vec<u8>,
 }
 
-impl Item {
+impl HistoryItem {
     fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; 8]);
@@ -95,7 +95,7 @@ impl Item {
 
     /// Decodes the record at the start of `buf`: the item and its length,
     /// or None when `buf` holds no whole, intact record.
-    fn decode(buf: &[u8]) -> Option<(Item, usize)> {
+    fn decode(buf: &[u8]) -> Option<(HistoryItem, usize)> {
         let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
         let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
         if len > RECORD_MAX {
@@ -118,7 +118,7 @@ impl Item {
             _ => return None,
         };
         at += 1;
-        Some((Item { key, series, value: body[at..].to_vec() }, 8 + len as usize))
+        Some((HistoryItem { key, series, value: body[at..].to_vec() }, 8 + len as usize))
     }
 }
 
@@ -245,7 +245,7 @@ impl RunWriter {
         })
     }
 
-    fn push(&mut self, item: &Item) -> Result<(), StoreError> {
+    fn push(&mut self, item: &HistoryItem) -> Result<(), StoreError> {
         if self.in_block == 0 || self.in_block == BLOCK_RECORDS {
             self.footer.blocks.push(Block {
                 first: item.key.clone(),
@@ -313,14 +313,14 @@ impl RunReader {
         Ok(RunReader { path, file, footer: run.footer.clone() })
     }
 
-    fn block(&self, i: usize) -> Result<Vec<Item>, StoreError> {
+    fn block(&self, i: usize) -> Result<Vec<HistoryItem>, StoreError> {
         let b = &self.footer.blocks[i];
         let mut buf = vec![0u8; b.len as usize];
         self.file.read_exact_at(&mut buf, b.offset).map_err(io_err(&self.path))?;
         let mut items = Vec::with_capacity(BLOCK_RECORDS);
         let mut at = 0;
         while at < buf.len() {
-            let (item, n) = Item::decode(&buf[at..]).ok_or_else(|| StoreError::Index {
+            let (item, n) = HistoryItem::decode(&buf[at..]).ok_or_else(|| StoreError::Index {
                 reason: format!("{}: a history block at byte {} is corrupt", self.path.display(), b.offset),
             })?;
             items.push(item);
@@ -334,11 +334,11 @@ impl RunReader {
 enum Source<'a> {
     /// The write-ahead part, read in place: a page copies only the items
     /// it takes, not the whole part.
-    Mem(std::iter::Peekable<Box<dyn Iterator<Item = &'a Item> + 'a>>),
+    Mem(std::iter::Peekable<Box<dyn Iterator<Item = &'a HistoryItem> + 'a>>),
     Run {
         reader: RunReader,
         next_block: usize,
-        buf: Vec<Item>,
+        buf: Vec<HistoryItem>,
         before: Option<Vec<u8>>,
         series: Option<SeriesTag>,
     },
@@ -346,7 +346,7 @@ enum Source<'a> {
 
 impl Source<'_> {
     /// The next item, greatest key first (None when done).
-    fn peek(&mut self) -> Result<Option<&Item>, StoreError> {
+    fn peek(&mut self) -> Result<Option<&HistoryItem>, StoreError> {
         match self {
             Source::Mem(it) => Ok(it.peek().copied()),
             Source::Run { reader, next_block, buf, before, series } => {
@@ -367,7 +367,7 @@ impl Source<'_> {
         }
     }
 
-    fn pop(&mut self) -> Option<Item> {
+    fn pop(&mut self) -> Option<HistoryItem> {
         match self {
             Source::Mem(it) => it.next().cloned(),
             Source::Run { buf, .. } => buf.pop(),
@@ -382,7 +382,7 @@ pub struct RevIter<'a> {
 }
 
 impl Iterator for RevIter<'_> {
-    type Item = Result<Item, StoreError>;
+    type Item = Result<HistoryItem, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -411,7 +411,7 @@ impl Iterator for RevIter<'_> {
 }
 
 /// The history's files (see the module's documentation).
-pub struct Runs {
+pub struct HistoryFiles {
     dir: PathBuf,
     wal: File,
     wal_number: u64,
@@ -422,13 +422,13 @@ pub struct Runs {
     /// A run was written but the write-ahead file not yet reset: nothing
     /// may be appended to it (at open it would be taken for that run's).
     needs_reset: bool,
-    mem: BTreeMap<Vec<u8>, Item>,
+    mem: BTreeMap<Vec<u8>, HistoryItem>,
     mem_bytes: usize,
     runs: Vec<Run>,
     origins: BTreeMap<String, u64>,
 }
 
-impl Runs {
+impl HistoryFiles {
     /// Opens (creating) `dir`, finishing or undoing what a crash left.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -485,7 +485,7 @@ impl Runs {
                 let number = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
                 let mut items = Vec::new();
                 let mut at = 16;
-                while let Some((item, n)) = Item::decode(&bytes[at..]) {
+                while let Some((item, n)) = HistoryItem::decode(&bytes[at..]) {
                     items.push(item);
                     at += n;
                 }
@@ -523,7 +523,7 @@ impl Runs {
             }
         }
         let wal = OpenOptions::new().append(true).open(&wal_path).map_err(io_err(&wal_path))?;
-        let mut me = Runs {
+        let mut me = HistoryFiles {
             dir: dir.to_path_buf(),
             wal,
             wal_number: number,
@@ -542,7 +542,7 @@ impl Runs {
         Ok(me)
     }
 
-    fn remember(&mut self, item: Item) {
+    fn remember(&mut self, item: HistoryItem) {
         if let Some((origin, seq)) = id_of_key(&item.key) {
             let m = self.origins.entry(origin.to_string()).or_default();
             *m = (*m).max(seq);
@@ -573,8 +573,8 @@ impl Runs {
     }
 
     /// Stores `item` unless its key is stored already (then false). Durable
-    /// once [`Runs::sync`] returns.
-    pub fn insert(&mut self, item: Item) -> Result<bool, StoreError> {
+    /// once [`HistoryFiles::sync`] returns.
+    pub fn insert(&mut self, item: HistoryItem) -> Result<bool, StoreError> {
         if self.contains(&item.key, item.series.as_ref())? {
             return Ok(false);
         }
@@ -629,7 +629,7 @@ impl Runs {
             Some(b) => Bound::Excluded(b),
             None => Bound::Unbounded,
         };
-        let mem: Box<dyn Iterator<Item = &Item> + '_> = Box::new(
+        let mem: Box<dyn Iterator<Item = &HistoryItem> + '_> = Box::new(
             self.mem
                 .range::<[u8], _>((Bound::Unbounded, upper))
                 .rev()
@@ -663,7 +663,7 @@ impl Runs {
         self.len() == 0
     }
 
-    /// Runs on disk.
+    /// HistoryFiles on disk.
     pub fn run_count(&self) -> usize {
         self.runs.len()
     }
@@ -713,12 +713,12 @@ impl Runs {
             let number = inputs.iter().map(|i| self.runs[*i].number).max().unwrap_or(0);
             let name = run_name(number, level + 1);
             let mut w = RunWriter::create(&self.dir, &name)?;
-            let mut readers: Vec<(RunReader, usize, std::vec::IntoIter<Item>)> = Vec::new();
+            let mut readers: Vec<(RunReader, usize, std::vec::IntoIter<HistoryItem>)> = Vec::new();
             for i in &inputs {
                 readers.push((RunReader::open(&self.dir, &self.runs[*i])?, 0, Vec::new().into_iter()));
             }
             // Ascending k-way merge, each key once.
-            let mut heads: Vec<Option<Item>> = Vec::with_capacity(readers.len());
+            let mut heads: Vec<Option<HistoryItem>> = Vec::with_capacity(readers.len());
             for r in &mut readers {
                 heads.push(next_forward(r)?);
             }
@@ -749,7 +749,9 @@ impl Runs {
 }
 
 /// The next item of a run read front to back, a block at a time.
-fn next_forward(r: &mut (RunReader, usize, std::vec::IntoIter<Item>)) -> Result<Option<Item>, StoreError> {
+fn next_forward(
+    r: &mut (RunReader, usize, std::vec::IntoIter<HistoryItem>),
+) -> Result<Option<HistoryItem>, StoreError> {
     loop {
         if let Some(item) = r.2.next() {
             return Ok(Some(item));
@@ -782,18 +784,18 @@ mod tests {
         k
     }
 
-    fn item(n: u64, series: u8) -> Item {
-        Item { key: key(n, "P", n), series: Some([series; 16]), value: format!("entry {n}").into_bytes() }
+    fn item(n: u64, series: u8) -> HistoryItem {
+        HistoryItem { key: key(n, "P", n), series: Some([series; 16]), value: format!("entry {n}").into_bytes() }
     }
 
-    fn all(r: &Runs, before: Option<&[u8]>, series: Option<SeriesTag>) -> Vec<u64> {
+    fn all(r: &HistoryFiles, before: Option<&[u8]>, series: Option<SeriesTag>) -> Vec<u64> {
         r.rev(before, series).unwrap().map(|i| id_of_key(&i.unwrap().key).unwrap().1).collect()
     }
 
     #[test]
     fn items_come_back_newest_first_across_runs_and_merges() {
         let t = tempfile::tempdir().unwrap();
-        let mut r = Runs::open(t.path()).unwrap();
+        let mut r = HistoryFiles::open(t.path()).unwrap();
         let n = (FLUSH_ENTRIES * 5 + 100) as u64;
         // Out of order on purpose: odd keys first, then even ones.
         for k in (1..=n).filter(|k| k % 2 == 1).chain((1..=n).filter(|k| k % 2 == 0)) {
@@ -808,7 +810,7 @@ mod tests {
         assert_eq!(all(&r, Some(&before), Some([2; 16])), (1..1000).rev().filter(|k| k % 3 == 2).collect::<Vec<_>>());
         assert_eq!(r.max_seq("P"), n);
         drop(r);
-        let r = Runs::open(t.path()).unwrap();
+        let r = HistoryFiles::open(t.path()).unwrap();
         assert_eq!(r.len(), n, "everything is there after a reopen");
         assert_eq!(all(&r, None, None).len() as u64, n);
     }
@@ -816,7 +818,7 @@ mod tests {
     #[test]
     fn a_torn_last_record_is_cut_and_the_rest_kept() {
         let t = tempfile::tempdir().unwrap();
-        let mut r = Runs::open(t.path()).unwrap();
+        let mut r = HistoryFiles::open(t.path()).unwrap();
         for k in 1..=10 {
             r.insert(item(k, 0)).unwrap();
         }
@@ -826,18 +828,18 @@ mod tests {
         let len = fs::metadata(&wal).unwrap().len();
         // A crash halfway through writing the last record.
         OpenOptions::new().write(true).open(&wal).unwrap().set_len(len - 5).unwrap();
-        let mut r = Runs::open(t.path()).unwrap();
+        let mut r = HistoryFiles::open(t.path()).unwrap();
         assert_eq!(all(&r, None, None), (1..=9).rev().collect::<Vec<_>>());
         assert!(r.insert(item(10, 0)).unwrap(), "the torn one can be stored again");
         r.sync().unwrap();
         drop(r);
-        assert_eq!(all(&Runs::open(t.path()).unwrap(), None, None), (1..=10).rev().collect::<Vec<_>>());
+        assert_eq!(all(&HistoryFiles::open(t.path()).unwrap(), None, None), (1..=10).rev().collect::<Vec<_>>());
     }
 
     #[test]
     fn a_crash_after_a_run_is_written_but_before_the_write_ahead_file_resets_keeps_one_copy() {
         let t = tempfile::tempdir().unwrap();
-        let mut r = Runs::open(t.path()).unwrap();
+        let mut r = HistoryFiles::open(t.path()).unwrap();
         for k in 1..=(FLUSH_ENTRIES as u64 - 1) {
             r.insert(item(k, 0)).unwrap();
         }
@@ -849,7 +851,7 @@ mod tests {
         // Put back the write-ahead file as it was before the reset (minus
         // the last entry): its number is the run's.
         fs::write(t.path().join(WAL), &saved).unwrap();
-        let mut r = Runs::open(t.path()).unwrap();
+        let mut r = HistoryFiles::open(t.path()).unwrap();
         assert_eq!(r.len(), FLUSH_ENTRIES as u64, "the stale write-ahead file was discarded");
         assert!(r.insert(item(FLUSH_ENTRIES as u64 + 1, 0)).unwrap());
         assert!(!r.insert(item(3, 0)).unwrap());
@@ -858,7 +860,7 @@ mod tests {
     #[test]
     fn a_crash_during_a_merge_leaves_each_entry_once() {
         let t = tempfile::tempdir().unwrap();
-        let mut r = Runs::open(t.path()).unwrap();
+        let mut r = HistoryFiles::open(t.path()).unwrap();
         let n = FLUSH_ENTRIES as u64 * 3;
         for k in 1..=n {
             r.insert(item(k, 0)).unwrap();
@@ -877,7 +879,7 @@ mod tests {
             fs::write(t.path().join(n), c).unwrap();
         }
         fs::write(t.path().join("ffff-0.run.tmp"), b"half").unwrap();
-        let r = Runs::open(t.path()).unwrap();
+        let r = HistoryFiles::open(t.path()).unwrap();
         assert_eq!(r.run_count(), 1);
         assert_eq!(all(&r, None, None), (1..=n + FLUSH_ENTRIES as u64).rev().collect::<Vec<_>>());
         assert!(!t.path().join("ffff-0.run.tmp").exists());
@@ -886,7 +888,7 @@ mod tests {
     #[test]
     fn a_corrupt_run_is_set_aside_and_a_corrupt_block_is_an_error() {
         let t = tempfile::tempdir().unwrap();
-        let mut r = Runs::open(t.path()).unwrap();
+        let mut r = HistoryFiles::open(t.path()).unwrap();
         for k in 1..=(FLUSH_ENTRIES as u64 * 2) {
             r.insert(item(k, 0)).unwrap();
         }
@@ -900,7 +902,7 @@ mod tests {
         let p1 = t.path().join(&names[1]);
         let b = fs::read(&p1).unwrap();
         fs::write(&p1, &b[..b.len() - 3]).unwrap();
-        let r = Runs::open(t.path()).unwrap();
+        let r = HistoryFiles::open(t.path()).unwrap();
         assert_eq!(r.run_count(), 1);
         assert!(p1.with_extension("corrupt").exists());
         let err = r.rev(None, None).unwrap().find_map(|i| i.err()).unwrap();

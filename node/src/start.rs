@@ -10,20 +10,20 @@ use std::time::Duration;
 use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
-use backmesh_actors::disk::free_bytes;
-use backmesh_actors::jobs::actor::{JobsActor, JobsConfig};
-use backmesh_actors::jobs::plugin::Programs;
-use backmesh_actors::log::actor::LogActor;
-use backmesh_actors::net::actor::MembershipActor;
-use backmesh_actors::net::membership::{Membership, NodeInfo};
-use backmesh_actors::net::router::Router;
-use backmesh_actors::net::{client, swarm, swarm_key};
-use backmesh_actors::notify::NotifyActor;
-use backmesh_actors::replica::actor::{ReplicaActor, ReplicaConfig};
-use backmesh_actors::store::{write_atomic, Store};
-use backmesh_actors::workers::Worker;
-use backmesh_actors::{jobs, log, protocols, replica};
 use backmesh_api::Health;
+use backmesh_core::disk::free_bytes;
+use backmesh_core::jobs::actor::{JobsActor, JobsConfig};
+use backmesh_core::jobs::plugin::Programs;
+use backmesh_core::log::actor::LogActor;
+use backmesh_core::net::actor::MembershipActor;
+use backmesh_core::net::membership::{Membership, NodeInfo};
+use backmesh_core::net::router::Router;
+use backmesh_core::net::{client, swarm, swarm_key};
+use backmesh_core::notify::NotifyActor;
+use backmesh_core::replica::actor::{ReplicaActor, ReplicaConfig};
+use backmesh_core::store::{write_atomic, Store};
+use backmesh_core::workers::Worker;
+use backmesh_core::{jobs, log, protocols, replica};
 
 use crate::config::NodeConfig;
 use crate::http::ApiState;
@@ -108,7 +108,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
     let offsite = match &cfg.offsite {
         None => None,
         Some(o) => {
-            use backmesh_actors::offsite::{sync::Offsite, Bucket, Secret};
+            use backmesh_core::offsite::{sync::Offsite, Bucket, Secret};
             let secret = Secret::find(o.credentials.as_deref()).map_err(|e| anyhow!("--offsite: {e}"))?;
             let bucket = Bucket::new(o.target.clone(), &secret, o.rate).map_err(|e| anyhow!("--offsite: {e}"))?;
             Some(std::sync::Arc::new(Offsite::new(bucket, peer_id.to_string())))
@@ -147,7 +147,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             partition: std::env::var_os("BACKMESH_TEST_PARTITION").map(std::path::PathBuf::from),
         })?;
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
-        let workers = backmesh_actors::workers::Workers::default();
+        let workers = backmesh_core::workers::Workers::default();
         let log = LogActor::load(
             store.identity().clone(),
             cfg.name.clone(),
@@ -174,12 +174,12 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                     Err(e) => tracing::error!("offsite: the check crashed: {e}"),
                 }
             });
-            let actor = backmesh_actors::offsite::actor::OffsiteActor::new(
+            let actor = backmesh_core::offsite::actor::OffsiteActor::new(
                 offsite.clone(),
                 store.clone(),
                 cfg.keep,
                 cfg.repair_after,
-                std::sync::Arc::new(backmesh_actors::clock::SystemClock),
+                std::sync::Arc::new(backmesh_core::clock::SystemClock),
             )
             .with_worker(workers.register("offsite", "keeps this node's elected series in the bucket"))
             .start();
@@ -332,7 +332,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
 /// failed for good (docs/operations.md, "Disk full"): its
 /// service manager starts it again, and a fresh open recovers it.
 async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf, worker: Worker) {
-    use backmesh_actors::store::health::{IndexWatch, Verdict, EXIT_INDEX_BROKEN, PROBE_EVERY};
+    use backmesh_core::store::health::{IndexWatch, Verdict, EXIT_INDEX_BROKEN, PROBE_EVERY};
     let mut watch = IndexWatch::default();
     let mut failing = false;
     loop {
@@ -340,18 +340,18 @@ async fn watch_index(store: std::sync::Arc<Store>, data_dir: std::path::PathBuf,
         // A flush waits for the disk: off the actors' thread.
         let s = store.clone();
         let probe =
-            tokio::task::spawn_blocking(move || s.probe_index(backmesh_actors::clock::now_ms())).await.unwrap_or_else(
-                |e| Err(backmesh_actors::store::StoreError::Index { reason: format!("the probe crashed: {e}") }),
+            tokio::task::spawn_blocking(move || s.probe_index(backmesh_core::clock::now_ms())).await.unwrap_or_else(
+                |e| Err(backmesh_core::store::StoreError::Index { reason: format!("the probe crashed: {e}") }),
             );
         match watch.observe(probe, free_bytes(&data_dir), std::time::Instant::now()) {
             Verdict::Healthy => {
-                worker.idle(backmesh_actors::clock::now_ms());
+                worker.idle(backmesh_core::clock::now_ms());
                 if std::mem::take(&mut failing) {
                     tracing::info!("the index takes writes again");
                 }
             }
             Verdict::Failing(why) => {
-                worker.failed(format!("the index refuses writes: {why}"), backmesh_actors::clock::now_ms());
+                worker.failed(format!("the index refuses writes: {why}"), backmesh_core::clock::now_ms());
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!("the index refuses writes: {why}");
                 }
