@@ -35,3 +35,35 @@ impl Transient for backmesh_api::names::BadName {
         Retry::Never
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error type of the crate says whether retrying helps (a new one
+    /// is added here; the build fails if it does not implement `Transient`).
+    #[test]
+    fn every_error_says_whether_retrying_helps() {
+        fn says<E: Transient + std::error::Error>() {}
+        says::<crate::archive::ArchiveError>();
+        says::<crate::archive::delta::DeltaError>();
+        says::<crate::archive::manifest::ManifestError>();
+        says::<crate::archive::RestoreError>();
+        says::<crate::grant::GrantError>();
+        says::<crate::jobs::queue::Full>();
+        says::<crate::jobs::queue::NotQueued>();
+        says::<crate::jobs::RunError>();
+        says::<crate::jobs::plugin::JobError>();
+        says::<crate::net::client::NetError>();
+        says::<crate::net::client::RequestError>();
+        says::<crate::net::swarm_key::SwarmKeyError>();
+        says::<crate::offsite::BucketError>();
+        says::<crate::offsite::sync::OffsiteError>();
+        says::<crate::replica::restore::BadTarget>();
+        says::<crate::replica::source::PeerProblem>();
+        says::<crate::store::StoreError>();
+        says::<BadSetting>();
+        assert_eq!(crate::store::StoreError::Locked { path: "/d".into() }.retry(), Retry::Later);
+        assert_eq!(crate::net::client::RequestError::BadPeer("x".into()).retry(), Retry::Never);
+    }
+}

@@ -223,6 +223,18 @@ pub fn notifier(node: &str, path: &str, live: &[Candidate]) -> Option<String> {
     rank(node, path, live).first().map(|c| c.name.clone())
 }
 
+impl crate::error::Transient for NotDelivered {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Later
+    }
+}
+
+impl crate::error::Transient for Unheard {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Later
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

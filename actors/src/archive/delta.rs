@@ -259,6 +259,13 @@ fn weak(block: &[u8]) -> u32 {
     Rolling::new(block).value()
 }
 
+impl crate::error::Transient for DeltaError {
+    fn retry(&self) -> crate::error::Retry {
+        // The same delta fails the same way; the member is sent whole instead.
+        crate::error::Retry::Never
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,3 +90,13 @@ impl Warning {
 pub(crate) fn lossy(rel: &[u8]) -> String {
     String::from_utf8_lossy(rel).into_owned()
 }
+
+impl crate::error::Transient for ArchiveError {
+    fn retry(&self) -> crate::error::Retry {
+        if self.is_temporary() {
+            crate::error::Retry::Later
+        } else {
+            crate::error::Retry::Never
+        }
+    }
+}

@@ -528,6 +528,13 @@ impl Manifest {
     }
 }
 
+impl crate::error::Transient for ManifestError {
+    fn retry(&self) -> crate::error::Retry {
+        // The same bytes read the same way (an upgrade reads a newer format).
+        crate::error::Retry::Never
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -810,6 +810,17 @@ fn parse_pax_time(v: &str) -> Option<FileTime> {
     })
 }
 
+impl crate::error::Transient for RestoreError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            // A member that could not be read here may come from a holder; a
+            // write may fail for a disk that fills and is freed.
+            RestoreError::MissingMember { .. } | RestoreError::Write { .. } => crate::error::Retry::Later,
+            _ => crate::error::Retry::Never,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

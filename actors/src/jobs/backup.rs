@@ -352,3 +352,13 @@ fn source_backup(
     plugin::zero_mtimes(out.path()).map_err(|e| JobError::Io(format!("cannot prepare the output of {source}: {e}")))?;
     run_backup_as(store, node, path, out.path(), opts, keep).map_err(|e| failed_backup(&e))
 }
+
+impl crate::error::Transient for RunError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            RunError::Archive(e) => e.retry(),
+            RunError::Store(e) => e.retry(),
+            RunError::RelativePath { .. } | RunError::NonUtf8Path { .. } => crate::error::Retry::Never,
+        }
+    }
+}

@@ -124,6 +124,19 @@ impl Queue {
     }
 }
 
+impl crate::error::Transient for Full {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Later
+    }
+}
+
+impl crate::error::Transient for NotQueued {
+    fn retry(&self) -> crate::error::Retry {
+        // A queue drains; a disk that could not take the entry may again.
+        crate::error::Retry::Later
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

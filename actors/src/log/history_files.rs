@@ -771,6 +771,13 @@ fn write_wal_header(dir: &Path, number: u64) -> Result<(), StoreError> {
     crate::store::write_atomic(&dir.join(WAL), &header).map_err(io_err(&dir.join(WAL)))
 }
 
+impl crate::error::Transient for BadRun {
+    fn retry(&self) -> crate::error::Retry {
+        // A damaged file reads the same way; it is set aside and rebuilt.
+        crate::error::Retry::Never
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,14 @@ pub fn create(path: &Path) -> Result<PreSharedKey, SwarmKeyError> {
     Ok(key)
 }
 
+impl crate::error::Transient for SwarmKeyError {
+    fn retry(&self) -> crate::error::Retry {
+        // A key file that cannot be read or is malformed stays so until the
+        // operator mends it.
+        crate::error::Retry::Never
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

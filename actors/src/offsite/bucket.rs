@@ -8,6 +8,7 @@
 //! refused, no such bucket) is said at once, in words an operator can act on.
 //! Uploads go through a [`Throttle`] when `--offsite-rate` is set.
 
+use crate::error::BadSetting;
 use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,8 +35,12 @@ pub struct OffsiteTarget {
 }
 
 impl OffsiteTarget {
-    /// Parses `s3://BUCKET[/PREFIX]`.
-    pub fn parse(url: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<Self, String> {
+    /// Parses `s3://BUCKET[/PREFIX]`, or says what is wrong with it.
+    pub fn parse(url: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<Self, BadSetting> {
+        Self::parse_words(url, endpoint, region).map_err(BadSetting)
+    }
+
+    fn parse_words(url: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<Self, String> {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| format!("--offsite `{url}`: give it as s3://BUCKET or s3://BUCKET/PREFIX"))?;
@@ -97,7 +102,11 @@ impl Secret {
     /// given; else `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
     /// `AWS_SESSION_TOKEN`) if set; else the profile of
     /// `AWS_SHARED_CREDENTIALS_FILE`, or of `~/.aws/credentials`.
-    pub fn find(file: Option<&std::path::Path>) -> Result<Self, String> {
+    pub fn find(file: Option<&std::path::Path>) -> Result<Self, BadSetting> {
+        Self::find_words(file).map_err(BadSetting)
+    }
+
+    fn find_words(file: Option<&std::path::Path>) -> Result<Self, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if file.is_none() {
             if let (Some(key), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
@@ -254,7 +263,12 @@ fn error_code(body: &[u8]) -> String {
 }
 
 impl Bucket {
-    pub fn new(target: OffsiteTarget, secret: &Secret, rate: Option<u64>) -> Result<Self, String> {
+    /// The client of `target` with `secret`, uploads held to `rate` bytes a second.
+    pub fn new(target: OffsiteTarget, secret: &Secret, rate: Option<u64>) -> Result<Self, BadSetting> {
+        Self::new_words(target, secret, rate).map_err(BadSetting)
+    }
+
+    fn new_words(target: OffsiteTarget, secret: &Secret, rate: Option<u64>) -> Result<Self, String> {
         let (endpoint, style) = match &target.endpoint {
             Some(e) => (e.clone(), UrlStyle::Path),
             None => (format!("https://s3.{}.amazonaws.com", target.region), UrlStyle::VirtualHost),
@@ -556,6 +570,18 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+impl crate::error::Transient for BucketError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            BucketError::Unreachable { .. } | BucketError::Unwell { .. } | BucketError::Clock { .. } => {
+                crate::error::Retry::Later
+            }
+            BucketError::Failed { status, .. } if *status >= 500 || *status == 429 => crate::error::Retry::Later,
+            _ => crate::error::Retry::Never,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -671,3 +671,16 @@ impl Offsite {
         }
     }
 }
+
+impl crate::error::Transient for OffsiteError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            OffsiteError::Bucket(e) => e.retry(),
+            OffsiteError::Store(e) => e.retry(),
+            OffsiteError::Busy { .. } | OffsiteError::Stopped { .. } => crate::error::Retry::Later,
+            OffsiteError::NotThere { .. } | OffsiteError::BadManifest { .. } | OffsiteError::NotInBucket { .. } => {
+                crate::error::Retry::Never
+            }
+        }
+    }
+}

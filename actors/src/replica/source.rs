@@ -367,6 +367,22 @@ impl MemberSource for RemoteSource {
     }
 }
 
+impl crate::error::Transient for PeerProblem {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            PeerProblem::Request(e) => e.retry(),
+            // Another holder may have it whole; this one may be mended.
+            PeerProblem::Refused(_) | PeerProblem::Count { .. } | PeerProblem::Damaged { .. } => {
+                crate::error::Retry::Later
+            }
+            PeerProblem::Unexpected(_)
+            | PeerProblem::NotTheOrigins { .. }
+            | PeerProblem::OtherArchive
+            | PeerProblem::BadManifest(_) => crate::error::Retry::Never,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,3 +48,22 @@ impl StoreError {
         StoreError::Io { path: path.to_path_buf(), source }
     }
 }
+
+impl crate::error::Transient for StoreError {
+    fn retry(&self) -> crate::error::Retry {
+        match self {
+            // A disk that is full or failing may recover; another process
+            // may let go of the directory; a peer's key may become known.
+            StoreError::Io { .. } | StoreError::Locked { .. } | StoreError::Index { .. } => crate::error::Retry::Later,
+            StoreError::OriginNotKnownYet { .. } => crate::error::Retry::Later,
+            // What is missing or damaged stays so until it is repaired.
+            StoreError::NoSuchArchive { .. }
+            | StoreError::MissingMember { .. }
+            | StoreError::DamagedMember { .. }
+            | StoreError::TgzMismatch { .. }
+            | StoreError::Manifest { .. }
+            | StoreError::Unsealed { .. }
+            | StoreError::Identity { .. } => crate::error::Retry::Never,
+        }
+    }
+}
