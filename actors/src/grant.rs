@@ -70,6 +70,25 @@ pub fn check<T: Granted>(request: &T, token: Option<&str>, me: &str) -> Result<(
     mac(request, t, me).verify_slice(&grant).map_err(|_| GrantError::Wrong { me: me.into() })
 }
 
+/// A request read off the wire (at most `max` bytes) whose grant holds for
+/// node `me` under `token`; or, in words for the asking node, why it is
+/// refused (it does not read; it does not carry the operator's grant, then
+/// also said in this node's log, naming the asking `peer`).
+pub fn granted_request<T: Granted + serde::de::DeserializeOwned>(
+    body: &[u8],
+    max: usize,
+    token: Option<&str>,
+    me: &str,
+    peer: &str,
+) -> Result<T, String> {
+    let request: T = crate::codec::decode(body, max).map_err(|e| format!("an unreadable request: {e}"))?;
+    check(&request, token, me).map_err(|e| {
+        tracing::warn!("refused a request from the mesh ({peer}): {e}");
+        e.to_string()
+    })?;
+    Ok(request)
+}
+
 /// Why a node does not act on another node's request: its operator's
 /// credential is not on it. Permanent until the operators set the same
 /// `--token` on both nodes.

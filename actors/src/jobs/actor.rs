@@ -74,15 +74,10 @@ pub struct ServeJobs {
 pub fn serve(jobs: Addr<JobsActor>, me: String, token: Option<String>) -> impl Fn(InboundRequest) {
     move |req| {
         let reply = req.reply.typed::<JobsAnswer>();
-        let request: JobsRequest = match crate::codec::decode(&req.body, JOBS.max_request) {
-            Ok(r) => r,
-            Err(e) => return reply.send(&JobsAnswer::Failed { reason: format!("an unreadable request: {e}") }),
-        };
-        if let Err(e) = crate::grant::check(&request, token.as_deref(), &me) {
-            tracing::warn!("refused a request from the mesh ({}): {e}", req.peer);
-            return reply.send(&JobsAnswer::Failed { reason: e.to_string() });
+        match crate::grant::granted_request(&req.body, JOBS.max_request, token.as_deref(), &me, &req.peer) {
+            Ok(request) => jobs.do_send(ServeJobs { request, reply }),
+            Err(reason) => reply.send(&JobsAnswer::Failed { reason }),
         }
-        jobs.do_send(ServeJobs { request, reply });
     }
 }
 

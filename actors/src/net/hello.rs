@@ -7,11 +7,12 @@
 use std::io;
 use std::marker::PhantomData;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::membership::NodeInfo;
+use super::rpc::read_limited;
 use crate::codec::{decode, encode};
 
 /// Protocol of the hello exchange (who are you, whom do you know).
@@ -42,15 +43,6 @@ fn protocol_one() -> u32 {
 pub struct KnownPeer {
     pub peer_id: String,
     pub addrs: Vec<String>,
-}
-
-async fn read_limited<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    io.take(max as u64 + 1).read_to_end(&mut buf).await?;
-    if buf.len() > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message exceeds the {max}-byte limit")));
-    }
-    Ok(buf)
 }
 
 /// A request-response codec for one CBOR request and one response type,

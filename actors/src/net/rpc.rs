@@ -100,7 +100,8 @@ pub enum Answer {
 const ANSWER: u8 = 0;
 const REFUSED: u8 = 1;
 
-async fn read_limited<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+/// Reads a stream to its end, refusing more than `max` bytes.
+pub(super) async fn read_limited<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     io.take(max as u64 + 1).read_to_end(&mut buf).await?;
     if buf.len() > max {

@@ -105,15 +105,10 @@ pub fn serve_xfer(replica: Addr<ReplicaActor>) -> impl Fn(InboundRequest) {
 pub fn serve_replica(replica: Addr<ReplicaActor>, me: String, token: Option<String>) -> impl Fn(InboundRequest) {
     move |req| {
         let reply = req.reply.typed::<ReplicaAnswer>();
-        let request: ReplicaRequest = match crate::codec::decode(&req.body, REPLICA.max_request) {
-            Ok(r) => r,
-            Err(e) => return reply.send(&ReplicaAnswer::Failed { reason: format!("an unreadable request: {e}") }),
-        };
-        if let Err(e) = crate::grant::check(&request, token.as_deref(), &me) {
-            tracing::warn!("refused a request from the mesh ({}): {e}", req.peer);
-            return reply.send(&ReplicaAnswer::Failed { reason: e.to_string() });
+        match crate::grant::granted_request(&req.body, REPLICA.max_request, token.as_deref(), &me, &req.peer) {
+            Ok(request) => replica.do_send(ServeReplica { request, reply }),
+            Err(reason) => reply.send(&ReplicaAnswer::Failed { reason }),
         }
-        replica.do_send(ServeReplica { request, reply });
     }
 }
 
