@@ -234,3 +234,63 @@ fn golden_signed_bodies() {
     };
     pin_bytes("signed_grant", &encode(&backmesh_core::grant::sign(run, Some("operator-token"), "n2")));
 }
+
+#[test]
+fn golden_reuse_records_and_stat_cache() {
+    use backmesh_core::archive::reuse::{Chunk, Previous, Recorder, RecordsHeader, Reusable};
+    use backmesh_core::archive::StatSnapshot;
+    use backmesh_core::store::StatCacheEntry;
+    let member = MemberRef { sha256: Digest::of(b"m"), raw_len: 4096, compressed_len: 1200 };
+    let records = vec![
+        Reusable::Group {
+            first: ByteBuf::from(b"conf/app.toml".to_vec()),
+            entries: Digest::of(b"e"),
+            member: member.clone(),
+        },
+        Reusable::Large {
+            path: ByteBuf::from(b"db/big.dat".to_vec()),
+            entry: None,
+            chunks: vec![Chunk { raw: Digest::of(b"r"), member }],
+        },
+    ];
+    let header = RecordsHeader::new(128 * 1024, 6);
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("records");
+    let mut rec = Recorder::new(Box::new(std::fs::File::create(&file).unwrap()), &header);
+    for r in &records {
+        rec.push(r);
+    }
+    assert!(rec.finish());
+    let golden = pin_bytes("disk_reuse_records", &std::fs::read(&file).unwrap());
+    std::fs::write(&file, &golden).unwrap();
+    let mut prev = Previous::open(&file, &header).expect("the golden records open");
+    assert_eq!(prev.find(b"conf/app.toml"), Some(records[0].clone()));
+    assert_eq!(prev.find(b"db/big.dat"), Some(records[1].clone()));
+    // The stat cache entry of a series, as the store keeps it.
+    let kv = Arc::new(MemKv::default());
+    let data = t.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("identity.key"), key().to_protobuf_encoding().unwrap()).unwrap();
+    let store = Store::open_with(&data, kv.clone()).unwrap();
+    let entry = StatCacheEntry {
+        snapshot: StatSnapshot { digest: Digest::of(b"s"), racy: false, entries: 3 },
+        excludes: vec!["*.log".into()],
+        archive_id: "20261122T040113.000Z-0a1b2c3d".into(),
+        tree_digest: Digest::of(b"t"),
+    };
+    store.set_stat_cache("n1", "/srv/app", &entry).unwrap();
+    pin_bytes("disk_stat_cache", &dumped(&kv));
+    assert_eq!(store.stat_cache("n1", "/srv/app").unwrap(), Some(entry));
+}
+
+#[test]
+fn golden_bucket_object_names() {
+    use backmesh_core::offsite::{manifest_key, member_key, parse_manifest_name};
+    let names = vec![
+        member_key(&Digest::of(b"m")),
+        manifest_key("n1", "/srv/app", NOW, "20261122T040113.000Z-0a1b2c3d"),
+        manifest_key("web/1", "/srv/app", -5, "a-1"),
+    ];
+    pin_bytes("disk_bucket_names", names.join("\n").as_bytes());
+    assert_eq!(parse_manifest_name(&names[1]), Some((NOW, "20261122T040113.000Z-0a1b2c3d".to_string())));
+}
