@@ -286,7 +286,7 @@ fn golden_reuse_records_and_stat_cache() {
 #[test]
 fn golden_bucket_object_names() {
     use backmesh_core::offsite::{manifest_key, member_key, parse_manifest_name};
-    let names = vec![
+    let names = [
         member_key(&Digest::of(b"m")),
         manifest_key("n1", "/srv/app", NOW, "20261122T040113.000Z-0a1b2c3d"),
         manifest_key("web/1", "/srv/app", -5, "a-1"),
