@@ -10,6 +10,8 @@
 //! - [`log`]: the execution log: hybrid clock, entries, the mergeable log
 //!   and the views folded from it, persistence.
 //! - [`notify`]: webhooks and commands told of failure, staleness, recovery.
+//! - [`seal`]: ed25519 signatures of entries, registers and manifests by their writer.
+//! - [`placement`]: who holds a series (weighted rendezvous hashing), for replication, history and offsite.
 //! - [`replica`]: holders by rendezvous hashing, archive transfer,
 //!   retention and repair on holders, restore and verify from the mesh.
 //! - [`workers`]: what each background loop is doing, for `status --workers`.
@@ -34,7 +36,9 @@ pub mod log;
 pub mod net;
 pub mod notify;
 pub mod offsite;
+pub mod placement;
 pub mod protocols;
 pub mod replica;
+pub mod seal;
 pub mod store;
 pub mod workers;

@@ -14,7 +14,7 @@
 //!
 //! - [`hlc`]: hybrid logical clock, a time order all nodes agree on.
 //! - [`entry`]: [`entry::Entry`] and the [`entry::Event`] kinds.
-//! - [`seal`]: the signatures of entries and state registers by their writer.
+//! - signatures of entries and registers: [`crate::seal`].
 //! - [`state_disk`]: the state's records on disk, where their signatures live.
 //! - [`proto`]: the log's protocols: gossip, state pulls, history pages.
 //! - [`actor`]: the actor that owns state, history and clock.
@@ -26,10 +26,11 @@ pub mod entry;
 pub mod history;
 pub mod history_files;
 pub mod hlc;
+pub mod job_spec;
 pub mod mesh;
 pub mod proto;
 pub mod records;
-pub mod seal;
+
 pub mod signing;
 pub mod state_disk;
 pub mod views;

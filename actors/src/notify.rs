@@ -26,7 +26,7 @@ use crate::log::actor::{Append, GetJobs, GetNotified, LogActor};
 use crate::log::entry::Event;
 use crate::log::views::{job_state, JobView};
 use crate::net::actor::{GetPeers, MembershipActor};
-use crate::replica::placement::{rank, Candidate};
+use crate::placement::{rank, Candidate};
 
 /// What to tell, given the job's state now and what was told last.
 pub fn transition(state: JobState, last: Option<Notice>) -> Option<Notice> {

@@ -1,4 +1,4 @@
-//! Replication: which peers hold each backup series ([`placement`]), how
+//! Replication: which peers hold each backup series ([`crate::placement`]), how
 //! archives move between nodes ([`source`] reads them from wherever they
 //! are), and the actor that keeps every series at its copies, serves
 //! transfers, restores and verifies ([`actor`]), with its parts: pushing
@@ -7,7 +7,7 @@
 
 pub mod actor;
 pub mod holder;
-pub mod placement;
+
 pub mod plan;
 pub mod proto;
 pub mod push;

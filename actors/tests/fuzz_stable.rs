@@ -10,10 +10,10 @@ use backmesh_core::log::entry::{Entry, Event};
 use backmesh_core::log::hlc::Hlc;
 use backmesh_core::log::mesh::MeshState;
 use backmesh_core::log::proto::{StateBatch, StatePull};
-use backmesh_core::log::seal::Seal;
 use backmesh_core::net::hello::{Hello, KnownPeer};
 use backmesh_core::net::membership::NodeInfo;
 use backmesh_core::replica::proto::{ReplicaRequest, XferRequest};
+use backmesh_core::seal::Seal;
 
 fn runs() -> usize {
     std::env::var("FUZZ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)

@@ -48,9 +48,9 @@ use backmesh_core::log::entry::{Entry, Event};
 use backmesh_core::log::hlc::Clock;
 use backmesh_core::log::mesh::MeshState;
 use backmesh_core::log::records::{RecordKey, BUCKETS};
-use backmesh_core::log::seal::Seal;
 use backmesh_core::log::views::JobView;
 use backmesh_core::net::membership::Membership;
+use backmesh_core::seal::Seal;
 
 mod model;
 mod repair;

@@ -450,9 +450,9 @@ impl Manifest {
                 let mut env: Envelope = ciborium::from_reader(&bytes[5..]).map_err(|e| corrupt(&e))?;
                 env.seal.over_digest = bytes[4] == DIGEST_SEALED_VERSION;
                 let sealed = if env.seal.over_digest {
-                    crate::log::seal::holds(&env.seal.signer, &seal_message(&env.body), &env.seal.sig)
+                    crate::seal::holds(&env.seal.signer, &seal_message(&env.body), &env.seal.sig)
                 } else {
-                    crate::log::seal::holds(&env.seal.signer, &env.body, &env.seal.sig)
+                    crate::seal::holds(&env.seal.signer, &env.body, &env.seal.sig)
                 };
                 if !sealed {
                     return Err(ManifestError::BadSeal { signer: env.seal.signer });

@@ -25,154 +25,16 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+pub use crate::log::job_spec::{Job, JobSpec, PluginReport, Source, DEFAULT_TIMEOUT_S};
 
 /// The protocol version plugins are run with (`BACKMESH_PLUGIN_PROTOCOL`).
 pub const PROTOCOL: u32 = 1;
-/// Default limit on a plugin, command or hook, in seconds.
-pub const DEFAULT_TIMEOUT_S: u64 = 3600;
 /// Longest protocol line accepted from a plugin.
 const MAX_LINE: usize = 64 * 1024;
 /// How much of a process's stderr is kept for messages.
 const STDERR_TAIL: usize = 4096;
-
-/// How a job gets its data and what runs around it; part of `registered`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSpec {
-    /// `dir` (when `None`), `command`, or a plugin name or absolute path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Arguments of the source (`command`: the command line).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Shell command run before the backup; its failure fails the run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pre: Option<String>,
-    /// Shell command run after the backup, told the result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub post: Option<String>,
-    /// Seconds a source, command or hook may run before it is killed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_s: Option<u64>,
-    /// Webhook URLs told of failure, staleness and recovery.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notify: Vec<String>,
-    /// Shell command told of failure, staleness and recovery.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notify_cmd: Option<String>,
-    /// The operator's credential for the programs above, from the node the
-    /// job was registered through: HMAC-SHA256 keyed by its API token, over
-    /// the job's node, path and the rest of this spec. A node with a token
-    /// runs a job's programs only under a grant its own token makes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grant: Option<serde_bytes::ByteBuf>,
-}
-
-impl JobSpec {
-    pub fn is_default(&self) -> bool {
-        *self == JobSpec::default()
-    }
-
-    /// The MAC of this spec (its grant left out) for `job`.
-    fn mac(&self, token: &str, job: &Job) -> hmac::Hmac<sha2::Sha256> {
-        let bare = JobSpec { grant: None, ..self.clone() };
-        let signed = ("register", job.node, job.path, job.every_min, job.excludes, &bare);
-        crate::grant::operator_mac(token, &crate::codec::encode(&signed))
-    }
-
-    /// This spec with the operator's grant for `job`, when it runs
-    /// programs and the registering node has a `token`.
-    pub fn granted(mut self, token: Option<&str>, job: &Job) -> Self {
-        use hmac::Mac;
-        self.grant = None;
-        if let Some(t) = token.filter(|_| !self.programs().is_empty()) {
-            self.grant = Some(self.mac(t, job).finalize().into_bytes().to_vec().into());
-        }
-        self
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S).max(1))
-    }
-
-    /// The programs this job would run on its node, in words: empty for a
-    /// directory job without hooks or a notification command.
-    pub fn programs(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        match self.source() {
-            Source::Dir => {}
-            Source::Command => out.push("a command source"),
-            Source::Plugin(_) => out.push("a plugin"),
-        }
-        if self.pre.is_some() {
-            out.push("a pre hook");
-        }
-        if self.post.is_some() {
-            out.push("a post hook");
-        }
-        if self.notify_cmd.is_some() {
-            out.push("a notification command");
-        }
-        out
-    }
-
-    /// The source's name for people: `dir`, `command` or the plugin's.
-    pub fn source_name(&self) -> &str {
-        self.source.as_deref().unwrap_or("dir")
-    }
-
-    /// Where the job's data comes from.
-    pub fn source(&self) -> Source<'_> {
-        match self.source_name() {
-            "dir" => Source::Dir,
-            "command" => Source::Command,
-            plugin => Source::Plugin(plugin),
-        }
-    }
-}
-
-/// Where a job's data comes from (`--source`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source<'a> {
-    /// The job's path itself, a directory (the default).
-    Dir,
-    /// The stdout of the job's `--arg` command line.
-    Command,
-    /// A plugin: a name in DATA_DIR/plugins, or an absolute path.
-    Plugin(&'a str),
-}
-
-/// What a plugin, command or hook had to say, kept in the run's log entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PluginReport {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub stats: BTreeMap<String, serde_json::Value>,
-    /// The plugin's `log` and `warning` lines (the last 20).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub log: Vec<String>,
-    /// Hook failures that did not fail the run (post hooks).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hooks: Vec<String>,
-    /// `false` when the plugin asked for no archive (e.g. a mirror job).
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub archive: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
-impl PluginReport {
-    pub fn is_empty(&self) -> bool {
-        *self == PluginReport { archive: true, ..Default::default() }
-    }
-}
 
 /// Why a job cannot run here, or why its run failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -236,17 +98,6 @@ pub fn check_programs(spec: &JobSpec, allowed: bool) -> Result<(), JobError> {
          (or allow_programs = true in its config)",
         programs.join(", ")
     )))
-}
-
-/// What a registration's grant covers besides the spec: the job's node,
-/// path, schedule and excludes (so a grant cannot be moved to another job
-/// or make the operator's command run more often).
-#[derive(Clone, Copy, Debug)]
-pub struct Job<'a> {
-    pub node: &'a str,
-    pub path: &'a str,
-    pub every_min: u64,
-    pub excludes: &'a [String],
 }
 
 /// What programs this node runs for jobs, as its operator decided: none

@@ -121,7 +121,7 @@ pub struct LogActor {
     net: NetClient,
     pull_every: Duration,
     /// The last placement heard of, and the series it elects this node for.
-    placement: Option<(Vec<crate::replica::placement::Candidate>, usize)>,
+    placement: Option<(Vec<crate::placement::Candidate>, usize)>,
     elected: BTreeSet<SeriesKey>,
     /// Job records when `elected` was computed (a new job may be elected).
     elected_jobs: usize,
@@ -271,9 +271,7 @@ impl LogActor {
             .job_keys()
             .filter(|(node, _)| *node != self.my_name)
             .filter(|(node, path)| {
-                crate::replica::placement::holders(node, path, candidates, *replicas)
-                    .iter()
-                    .any(|c| c.name == self.my_name)
+                crate::placement::holders(node, path, candidates, *replicas).iter().any(|c| c.name == self.my_name)
             })
             .cloned()
             .collect()
@@ -501,8 +499,8 @@ mod tests {
     use super::*;
     use crate::log::hlc::Clock;
     use crate::log::records::{Record as StateRecord, RecordKey};
-    use crate::log::seal::Seal;
     use crate::net::client::Verdict;
+    use crate::seal::Seal;
     use crate::store::MemKv;
     use libp2p::identity::Keypair;
 

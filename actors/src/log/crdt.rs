@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
 use super::hlc::Hlc;
-use super::seal::Seal;
+use crate::seal::Seal;
 
 /// A last-writer-wins register: the value written at the greatest HLC.
 /// Its writer is the node of its HLC, which seals it.

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
-use super::seal::{Seal, Sig, Signer};
-use crate::jobs::plugin::{JobSpec, PluginReport};
+use super::job_spec::{JobSpec, PluginReport};
+use crate::seal::{Seal, Sig, Signer};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -57,7 +57,7 @@ impl Entry {
     /// signed over its re-encoding, so one with fields this version does
     /// not know (of a newer node) does not verify here.
     pub fn signed_by_origin(&self) -> bool {
-        self.sig.sig().is_some_and(|s| super::seal::holds(&self.origin, &self.signed_bytes(), &s.0))
+        self.sig.sig().is_some_and(|s| crate::seal::holds(&self.origin, &self.signed_bytes(), &s.0))
     }
 }
 

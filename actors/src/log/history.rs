@@ -365,7 +365,7 @@ mod tests {
     use super::super::entry::Event;
     use super::super::hlc::Clock;
     use super::*;
-    use crate::log::seal::Seal;
+    use crate::seal::Seal;
     use crate::store::SledKv;
 
     fn open() -> (tempfile::TempDir, History) {

@@ -32,12 +32,12 @@ use super::crdt::{cbor, join_in, Lww, Stamp};
 use super::entry::Entry;
 use super::hlc::Hlc;
 use super::records::{JobReg, OriginRec, Record, RecordKey, Series, SeriesKey, BUCKETS};
-use super::seal::{Seal, Signer};
 use super::signing::{
     keep_sealed, key_label, sealed_records_of, seals_mut, series_seals, slots, Checked, NodeKeys, Writer,
 };
 use super::views::{catalog_of, CatalogArchive, JobView, LastRun};
 use crate::hash::Digest;
+use crate::seal::{Seal, Signer};
 
 /// The digest of the whole state: one 64-bit hash per bucket.
 pub type StateDigest = Vec<u64>;
@@ -455,7 +455,7 @@ impl MeshState {
                 continue;
             }
             let public = match &s.writer {
-                Writer::Peer(p) => super::seal::key_of_peer(p),
+                Writer::Peer(p) => crate::seal::key_of_peer(p),
                 Writer::Node(n) => keys.key_of(n),
             };
             match public {

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::crdt::{cbor, join_max, join_reg, Lww, Own, Stamp};
 use super::entry::{Entry, Event};
 use super::hlc::Hlc;
-use super::seal::Seal;
+use super::job_spec::{JobSpec, PluginReport};
 use crate::hash::Digest;
-use crate::jobs::plugin::{JobSpec, PluginReport};
+use crate::seal::Seal;
 
 /// Archives remembered per series: three times what holders keep by
 /// default (`--keep 10`), so that the catalog never forgets a kept archive,

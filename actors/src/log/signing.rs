@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::crdt::{Lww, Own, Stamp};
 use super::entry::Entry;
 use super::records::{records_of, ArchiveRec, OriginRec, Record, RecordKey, Series};
-use super::seal::{Seal, Signer};
+use crate::seal::{Seal, Signer};
 
 // ---- seals: every register is signed by the one node that may write it ----
 

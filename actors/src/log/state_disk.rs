@@ -16,7 +16,7 @@
 //! (some register of it carries its signature in memory), so a run writes
 //! the series' head and the one archive it touched, not all 32.
 //!
-//! [`Seal::Stored`]: super::seal::Seal::Stored
+//! [`Seal::Stored`]: crate::seal::Seal::Stored
 
 use std::collections::BTreeMap;
 

@@ -7,8 +7,8 @@ use backmesh_api::JobState;
 
 use super::crdt::Stamp;
 use super::hlc::Hlc;
+use super::job_spec::{JobSpec, PluginReport};
 use super::records::{RunResult, Series};
-use crate::jobs::plugin::{JobSpec, PluginReport};
 
 /// The archives of series `s` of node `origin` that some node keeps. Only
 /// the series' node says an archive exists (its `finished` run, or its own

@@ -22,7 +22,7 @@ use backmesh_api::{OffsiteStatus, SeriesOffsite};
 use super::plan::{collection_due, overdue, role, Role, SeriesState, COLLECT_BUSY_WAIT_MS, COLLECT_FAILED_WAIT_MS};
 use super::sync::{Offsite, OffsiteError};
 use crate::clock::Clock;
-use crate::replica::placement::{rank, Candidate};
+use crate::placement::{rank, Candidate};
 use crate::store::{Retention, Store};
 use crate::workers::Worker;
 

@@ -6,7 +6,7 @@
 //! A clock set back never stalls the work: a wait or a check dated in the
 //! future counts as over (so at worst one round comes early).
 
-use crate::replica::placement::{uploaders, Candidate};
+use crate::placement::{uploaders, Candidate};
 
 /// A series found current is listed again after this long (someone may
 /// have emptied the bucket).

@@ -10,7 +10,7 @@
 //! - [`ArchiveStored`] (the jobs actor): copies go now.
 //!
 //! Every `sync_every` it compares what it keeps with where copies belong
-//! (see [`super::placement`]; the decisions are [`super::plan`]'s, pure
+//! (see [`crate::placement`]; the decisions are [`super::plan`]'s, pure
 //! and table-tested) and pushes what a holder lacks:
 //! - the origin pushes its retained archives to the holders of each of its
 //!   series;

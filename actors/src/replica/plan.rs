@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::placement::{holders, Candidate};
 use crate::net::membership::PeerView;
+use crate::placement::{holders, Candidate};
 
 /// First wait after a failed push to a peer; doubled per failure.
 pub const FIRST_BACKOFF_MS: i64 = 2_000;

@@ -53,10 +53,10 @@ use backmesh_core::log::entry::{Entry, Event};
 use backmesh_core::log::hlc::Clock;
 use backmesh_core::log::mesh::MeshState;
 use backmesh_core::log::records::BUCKETS;
-use backmesh_core::log::seal::Seal;
 use backmesh_core::log::signing::{seal_entry, Checked, NodeKeys};
 use backmesh_core::log::state_disk;
-use backmesh_core::replica::placement::{holders, Candidate};
+use backmesh_core::placement::{holders, Candidate};
+use backmesh_core::seal::Seal;
 use backmesh_core::store::SledKv;
 
 /// The system allocator, counting the bytes in use: what the profile's

@@ -7,8 +7,8 @@ use backmesh_core::log::entry::{Entry, Event};
 use backmesh_core::log::hlc::Clock;
 use backmesh_core::log::mesh::MeshState;
 use backmesh_core::log::records::{RecordKey, SeriesKey};
-use backmesh_core::log::seal::Seal;
-use backmesh_core::replica::placement::{holders, Candidate};
+use backmesh_core::placement::{holders, Candidate};
+use backmesh_core::seal::Seal;
 
 use super::model::*;
 

@@ -8,10 +8,10 @@ use actix::{Context, Handler};
 use crate::log::entry::Entry;
 use crate::log::mesh::MeshState;
 use crate::log::proto::MAX_LOG;
-use crate::log::seal::key_of_peer;
 use crate::log::signing::{sealed_records_of, Checked, NodeKeys};
 use crate::net::actor::Misbehaved;
 use crate::net::client::Verdict;
+use crate::seal::key_of_peer;
 use crate::store::KvStore;
 
 use super::messages::*;

@@ -141,6 +141,6 @@ pub struct StateStats {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetPlacement {
-    pub candidates: Vec<crate::replica::placement::Candidate>,
+    pub candidates: Vec<crate::placement::Candidate>,
     pub replicas: usize,
 }

@@ -119,7 +119,7 @@ impl Handler<SetPlacement> for LogActor {
             .candidates
             .into_iter()
             .map(|mut c| {
-                c.free_bytes = crate::replica::placement::weight(c.free_bytes) << 30;
+                c.free_bytes = crate::placement::weight(c.free_bytes) << 30;
                 c
             })
             .collect();
