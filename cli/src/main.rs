@@ -110,14 +110,13 @@ fn status(client: &Client, json: bool, workers: bool) -> Result<(), Failure> {
     }
     if workers {
         out!();
-        out!("{:<14} {:<10} {:<40} LAST ERROR", "WORKER", "STATE", "DOING");
+        out!("{:<14} {:<10} DOING", "WORKER", "STATE");
         for w in &s.workers {
-            let error = match (&w.last_error, &w.last_error_at) {
-                (Some(e), Some(at)) => format!("{at}: {e} ({} so far)", w.errors),
-                (Some(e), None) => e.clone(),
-                _ => "-".into(),
-            };
-            out!("{:<14} {:<10} {:<40} {error}", w.name, w.state, w.detail.as_deref().unwrap_or(&w.what));
+            out!("{:<14} {:<10} {}", w.name, w.state, w.detail.as_deref().unwrap_or(&w.what));
+            if let Some(e) = &w.last_error {
+                let at = w.last_error_at.as_deref().unwrap_or("?");
+                out!("{:<25} last error at {at} ({} since start): {e}", "", w.errors);
+            }
         }
     }
     for p in &s.problems {
