@@ -31,9 +31,9 @@ pub const OUTBOUND_PER_PEER: usize = 32;
 /// request fails at once.
 pub(super) const OUTBOUND_WAITING: usize = 4096;
 
-/// Streams one connection carries at once (in and out, every request
-/// protocol): what a peer can make this node read at the same time.
-pub(super) const STREAMS_PER_CONNECTION: usize = 128;
+/// Streams one connection carries at once, in and out, of each lane
+/// (small and bulk): what a peer can make this node read at the same time.
+pub(super) const STREAMS_PER_CONNECTION: usize = 48;
 
 /// Peers of another protocol remembered at once.
 pub(super) const MAX_INCOMPATIBLE: usize = 1024;
@@ -47,8 +47,10 @@ pub struct Behaviour {
     pub(super) ping: ping::Behaviour,
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(super) hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
-    /// Every request protocol of the areas ([`super::rpc`]).
+    /// The small request protocols of the areas ([`super::rpc::RPC`]).
     pub(super) rpc: request_response::Behaviour<RpcCodec>,
+    /// The bulk ones ([`super::rpc::BULK`]): archive transfer.
+    pub(super) bulk: request_response::Behaviour<RpcCodec>,
     pub(super) gossip: gossipsub::Behaviour,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
 }

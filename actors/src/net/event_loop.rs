@@ -23,7 +23,7 @@ use super::behaviour::{
 use super::client::{Command, Inbound, Pending, RequestError, Target, Verdict};
 use super::hello::{Hello, KnownPeer};
 use super::membership::NodeInfo;
-use super::rpc::{Answer, Answered, InboundRequest, Protocol, Protocols, Request, Responder};
+use super::rpc::{Answer, Answered, InboundRequest, Lane, Protocol, Protocols, Request, Responder};
 
 /// Why a peer's request is refused before it is served (the words go back
 /// to the peer, which may retry later).
@@ -41,6 +41,9 @@ pub(super) struct Outgoing {
 /// A request in flight to a peer.
 pub(super) struct Sent {
     peer: PeerId,
+    /// Whether it still holds one of the peer's places in flight: given
+    /// back when its protocol's time runs out, not only when the stream ends.
+    in_lane: bool,
     /// Taken when the answer came, or when its protocol's time ran out
     /// (the stream itself ends later, and frees its place then).
     reply: Option<Pending>,
@@ -79,13 +82,13 @@ pub struct EventLoop {
     /// that keeps knocking does not flood the log.
     pub(super) warned: HashMap<String, Instant>,
     /// Requests in flight to peers → where their answer goes.
-    pub(super) pending: HashMap<OutboundRequestId, Sent>,
+    pub(super) pending: HashMap<(Lane, OutboundRequestId), Sent>,
     /// Dials asked for by the API → where the answering peer id goes.
     pub(super) pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<String, RequestError>>>,
     /// Requests each peer has in flight here, up to [`INFLIGHT_PER_PEER`].
     pub(super) inflight: HashMap<PeerId, usize>,
     /// Which peer each request in flight came from.
-    pub(super) inflight_ids: HashMap<InboundRequestId, PeerId>,
+    pub(super) inflight_ids: HashMap<(Lane, InboundRequestId), PeerId>,
     /// Peers whose hello named another mesh protocol: what they send is
     /// refused until they say hello in this one.
     pub(super) incompatible: HashSet<PeerId>,
@@ -179,9 +182,7 @@ impl EventLoop {
                     }
                     Some(cmd) => self.on_command(cmd),
                 },
-                Some(Answered { channel, answer }) = self.answers_rx.recv() => {
-                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, answer);
-                }
+                Some(Answered { lane, channel, answer }) = self.answers_rx.recv() => self.respond(lane, channel, answer),
                 _ = tick.tick() => self.on_tick(),
                 _ = gate.tick(), if self.partition.is_some() => self.read_gate(),
                 _ = sweep.tick() => self.sweep(Instant::now()),
@@ -252,15 +253,32 @@ impl EventLoop {
         })
     }
 
-    /// Fails the requests whose protocol's time ran out.
+    /// Fails the requests whose protocol's time ran out, and gives their
+    /// places in flight to the requests waiting for the same peers.
     fn sweep(&mut self, now: Instant) {
+        let mut freed = Vec::new();
         for sent in self.pending.values_mut() {
             if now >= sent.deadline {
                 if let Some(reply) = sent.reply.take() {
                     let _ = reply.send(Err(RequestError::Timeout { after: sent.timeout }));
                 }
+                if std::mem::take(&mut sent.in_lane) {
+                    freed.push(sent.peer);
+                }
             }
         }
+        for peer in freed {
+            self.lane_free(peer);
+        }
+    }
+
+    /// Sends `answer` back on the stream `channel` came from.
+    fn respond(&mut self, lane: Lane, channel: request_response::ResponseChannel<Answer>, answer: Answer) {
+        let b = self.swarm.behaviour_mut();
+        let _ = match lane {
+            Lane::Small => b.rpc.send_response(channel, answer),
+            Lane::Bulk => b.bulk.send_response(channel, answer),
+        };
     }
 
     /// Cuts off the peers the partition gate's file names, lets the others
@@ -329,7 +347,7 @@ impl EventLoop {
 
     /// Counts a request of `peer`'s as in flight, or says why it is
     /// refused: a peer of another protocol, or one past its bound.
-    fn admit(&mut self, peer: PeerId, id: InboundRequestId) -> Result<(), NotAdmitted> {
+    fn admit(&mut self, peer: PeerId, id: (Lane, InboundRequestId)) -> Result<(), NotAdmitted> {
         if self.incompatible.contains(&peer) {
             return Err(NotAdmitted(format!("{peer} speaks another mesh protocol than this node ({})", self.protocol)));
         }
@@ -346,7 +364,7 @@ impl EventLoop {
     }
 
     /// A request counted by [`EventLoop::admit`] was answered or failed.
-    fn settled(&mut self, id: InboundRequestId) {
+    fn settled(&mut self, id: (Lane, InboundRequestId)) {
         if let Some(peer) = self.inflight_ids.remove(&id) {
             if let Some(n) = self.inflight.get_mut(&peer) {
                 *n -= 1;
@@ -401,65 +419,94 @@ impl EventLoop {
     }
 
     fn dispatch(&mut self, peer: PeerId, out: Outgoing) {
+        if out.reply.is_closed() {
+            // Whoever asked has gone (an abandoned API call): no place in
+            // flight is spent on it.
+            return;
+        }
+        let lane = out.protocol.lane();
         let request = Request { protocol: out.protocol.name.to_string(), body: out.body, known: true };
-        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+        let b = self.swarm.behaviour_mut();
+        let id = match lane {
+            Lane::Small => b.rpc.send_request(&peer, request),
+            Lane::Bulk => b.bulk.send_request(&peer, request),
+        };
         let timeout = out.protocol.timeout;
-        let sent = Sent { peer, reply: Some(out.reply), deadline: Instant::now() + timeout, timeout };
-        self.pending.insert(id, sent);
+        let sent = Sent { peer, in_lane: true, reply: Some(out.reply), deadline: Instant::now() + timeout, timeout };
+        self.pending.insert((lane, id), sent);
         *self.outbound.entry(peer).or_default() += 1;
     }
 
     /// A request to a peer was answered or failed: its answer goes where
     /// it was asked for (unless its time ran out), and the next waiting
     /// request to that peer goes.
-    fn out_done(&mut self, id: OutboundRequestId, result: Result<Answer, RequestError>) {
+    fn out_done(&mut self, id: (Lane, OutboundRequestId), result: Result<Answer, RequestError>) {
         let Some(sent) = self.pending.remove(&id) else { return };
         let peer = sent.peer;
         if let Some(reply) = sent.reply {
             let _ = reply.send(match result {
+                // An answer from a peer found to speak another mesh
+                // protocol since is not taken.
+                Ok(_) if self.incompatible.contains(&peer) => Err(RequestError::Refused(format!(
+                    "{peer} speaks another mesh protocol than this node ({})",
+                    self.protocol
+                ))),
                 Ok(Answer::Body(body)) => Ok((peer.to_string(), body)),
                 Ok(Answer::Refused(reason)) => Err(RequestError::Refused(reason)),
                 Err(e) => Err(e),
             });
         }
+        if sent.in_lane {
+            self.lane_free(peer);
+        }
+    }
+
+    /// One of this node's places in flight to `peer` is free: the next
+    /// waiting request goes.
+    fn lane_free(&mut self, peer: PeerId) {
         if let Some(n) = self.outbound.get_mut(&peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.outbound.remove(&peer);
             }
         }
-        let next = self.waiting.get_mut(&peer).and_then(|q| q.pop_front());
+        self.next_waiting(peer);
+    }
+
+    /// Sends the requests waiting for `peer` while places in flight are free.
+    fn next_waiting(&mut self, peer: PeerId) {
+        while self.outbound.get(&peer).copied().unwrap_or(0) < self.outbound_per_peer {
+            let Some(next) = self.waiting.get_mut(&peer).and_then(|q| q.pop_front()) else { break };
+            self.dispatch(peer, next);
+        }
         if self.waiting.get(&peer).is_some_and(|q| q.is_empty()) {
             self.waiting.remove(&peer);
         }
-        if let Some(next) = next {
-            self.dispatch(peer, next);
-        }
     }
 
-    /// What the request protocols heard.
-    fn on_rpc(&mut self, event: request_response::Event<Request, Answer>) {
+    /// What the request protocols of `lane` heard.
+    fn on_rpc(&mut self, lane: Lane, event: request_response::Event<Request, Answer>) {
         match event {
             request_response::Event::Message { peer, message, .. } => {
                 self.seen(&peer);
                 match message {
                     request_response::Message::Request { request, channel, request_id } => {
-                        self.serve(peer, request, channel, request_id)
+                        self.serve(peer, request, channel, (lane, request_id))
                     }
                     request_response::Message::Response { request_id, response } => {
-                        self.out_done(request_id, Ok(response))
+                        self.out_done((lane, request_id), Ok(response))
                     }
                 }
             }
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!("a request to {peer} failed: {error}");
-                self.out_done(request_id, Err(RequestError::NoAnswer(error.to_string())));
+                self.out_done((lane, request_id), Err(RequestError::NoAnswer(error.to_string())));
             }
             request_response::Event::InboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!("a request from {peer} failed: {error}");
-                self.settled(request_id);
+                self.settled((lane, request_id));
             }
-            request_response::Event::ResponseSent { request_id, .. } => self.settled(request_id),
+            request_response::Event::ResponseSent { request_id, .. } => self.settled((lane, request_id)),
         }
     }
 
@@ -469,8 +516,9 @@ impl EventLoop {
         peer: PeerId,
         request: Request,
         channel: request_response::ResponseChannel<Answer>,
-        id: InboundRequestId,
+        id: (Lane, InboundRequestId),
     ) {
+        let lane = id.0;
         let spec = self.protocols.get(&request.protocol).filter(|_| request.known).map(|p| p.name);
         let Some(protocol) = spec else {
             let reason = format!(
@@ -479,18 +527,17 @@ impl EventLoop {
                 self.protocol,
                 request.protocol
             );
-            let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Answer::Refused(reason));
-            return;
+            return self.respond(lane, channel, Answer::Refused(reason));
         };
         match self.admit(peer, id) {
             Ok(()) => {
-                let reply = Responder { channel, tx: self.answers.clone() };
+                let reply = Responder { lane, channel, tx: self.answers.clone() };
                 let request = InboundRequest { protocol, peer: peer.to_string(), body: request.body, reply };
                 self.emit(Inbound::Request(request));
             }
             Err(why) => {
                 tracing::debug!("{} from {peer} not served: {}", request.protocol, why.0);
-                let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Answer::Refused(why.0));
+                self.respond(lane, channel, Answer::Refused(why.0));
             }
         }
     }
@@ -592,7 +639,8 @@ impl EventLoop {
             })) => {
                 tracing::debug!("hello to {peer} failed: {error}");
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.on_rpc(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.on_rpc(Lane::Small, event),
+            SwarmEvent::Behaviour(BehaviourEvent::Bulk(event)) => self.on_rpc(Lane::Bulk, event),
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
                 message_id,

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::actor::{Incompatible, Limited, MembershipActor, NetEvent};
 use super::client::Inbound;
-use super::rpc::{Answer, InboundRequest, Protocol};
+use super::rpc::{InboundRequest, Protocol};
 
 /// A gossiped message, for the handler of its topic.
 #[derive(Debug)]
@@ -72,10 +72,7 @@ impl Router {
                 Some(serve) => serve(request),
                 None => {
                     let reason = format!("this node serves no {} requests", request.protocol);
-                    let _ = request
-                        .reply
-                        .tx
-                        .send(super::rpc::Answered { channel: request.reply.channel, answer: Answer::Refused(reason) });
+                    request.reply.refuse(reason);
                 }
             },
         }

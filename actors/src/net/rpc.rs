@@ -36,8 +36,18 @@ use libp2p::StreamProtocol;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-/// The libp2p stream protocol every request protocol travels on.
+/// The libp2p stream protocol the small request protocols travel on.
 pub const RPC: StreamProtocol = StreamProtocol::new("/backmesh/rpc/1");
+/// The libp2p stream protocol the bulk ones (requests past [`SMALL_REQUEST`]) travel on.
+pub const BULK: StreamProtocol = StreamProtocol::new("/backmesh/bulk/1");
+/// The largest request of a small protocol. Small and bulk protocols
+/// travel on streams of their own, each with its own bound on streams and
+/// its own timeout: a peer cannot fill the small streams with bulk bodies,
+/// nor a flood of bulk transfers starve the small requests.
+pub const SMALL_REQUEST: usize = 1024 * 1024;
+/// How much of the body of a request of an unknown protocol is read and
+/// dropped, so that its refusal reaches an asker blocked on writing it.
+pub const MAX_UNKNOWN_BODY: usize = 1024 * 1024;
 /// Longest protocol name.
 pub const MAX_NAME: usize = 64;
 /// Longest refusal reason read.
@@ -57,6 +67,24 @@ pub struct Protocol {
     pub timeout: Duration,
 }
 
+impl Protocol {
+    /// Which streams it travels on.
+    pub fn lane(&self) -> Lane {
+        if self.max_request > SMALL_REQUEST {
+            Lane::Bulk
+        } else {
+            Lane::Small
+        }
+    }
+}
+
+/// The two kinds of streams request protocols travel on ([`RPC`], [`BULK`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Small,
+    Bulk,
+}
+
 /// The protocols a node speaks, by name; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Protocols(Arc<HashMap<&'static str, Protocol>>);
@@ -74,6 +102,11 @@ impl Protocols {
     /// request is held to its protocol's by the network loop).
     pub fn longest_timeout(&self) -> Duration {
         self.0.values().map(|p| p.timeout).max().unwrap_or(Duration::from_secs(10))
+    }
+
+    /// Those that travel on `lane`.
+    pub fn on(&self, lane: Lane) -> Protocols {
+        Protocols::new(self.0.values().filter(|p| p.lane() == lane).copied())
     }
 }
 
@@ -150,6 +183,9 @@ impl libp2p::request_response::Codec for RpcCodec {
         io.read_exact(&mut name).await?;
         let protocol = String::from_utf8(name).map_err(|_| invalid("a protocol name that is not UTF-8".into()))?;
         let Some(spec) = self.protocols.get(&protocol) else {
+            // Read (and drop) a bounded part of the body, so that an asker
+            // blocked writing it can read the refusal.
+            let _ = futures::io::copy(&mut io.take(MAX_UNKNOWN_BODY as u64), &mut futures::io::sink()).await;
             return Ok(Request { protocol, body: Vec::new(), known: false });
         };
         let body = read_limited(io, spec.max_request).await?;
@@ -219,15 +255,18 @@ impl libp2p::request_response::Codec for RpcCodec {
 
 /// An answer on its way back to the network loop.
 pub(super) struct Answered {
+    pub lane: Lane,
     pub channel: ResponseChannel<Answer>,
     pub answer: Answer,
 }
 
 /// Where a handler sends its answer to one request. Answering is not
-/// async and never waits: answers travel on their own queue, whose depth
-/// the loop bounds by the requests it admits. Dropped without an answer,
-/// the request fails at the peer (which may ask again).
+/// async and never waits: answers travel on their own queue, which the
+/// loop drains at once (what bounds the work a peer can ask for is the
+/// requests the loop admits, and the actors' own queues). Dropped without
+/// an answer, the request fails at the peer (which may ask again).
 pub struct Responder {
+    pub(super) lane: Lane,
     pub(super) channel: ResponseChannel<Answer>,
     pub(super) tx: mpsc::UnboundedSender<Answered>,
 }
@@ -235,7 +274,12 @@ pub struct Responder {
 impl Responder {
     /// Sends `body` as the answer.
     pub fn answer(self, body: Vec<u8>) {
-        let _ = self.tx.send(Answered { channel: self.channel, answer: Answer::Body(body) });
+        let _ = self.tx.send(Answered { lane: self.lane, channel: self.channel, answer: Answer::Body(body) });
+    }
+
+    /// Refuses the request in words (no handler takes it).
+    pub fn refuse(self, reason: String) {
+        let _ = self.tx.send(Answered { lane: self.lane, channel: self.channel, answer: Answer::Refused(reason) });
     }
 
     /// The answer for a protocol whose answers are `T`.
@@ -315,13 +359,13 @@ mod tests {
     }
 
     #[test]
-    fn a_protocol_not_spoken_here_is_named_and_its_body_left_unread() {
+    fn a_protocol_not_spoken_here_is_named_and_its_body_dropped_within_a_bound() {
         let mut bytes = b"\x08/t/new/1".to_vec();
-        bytes.extend_from_slice(&[0u8; 100_000]);
+        bytes.extend_from_slice(&vec![0u8; 3 * MAX_UNKNOWN_BODY]);
         let mut cursor = futures::io::Cursor::new(bytes);
         let read = block_on(codec().read_request(&RPC, &mut cursor)).unwrap();
         assert_eq!((read.protocol.as_str(), read.known, read.body.len()), ("/t/new/1", false, 0));
-        assert_eq!(cursor.position(), 9, "nothing past the name was read");
+        assert_eq!(cursor.position(), 9 + MAX_UNKNOWN_BODY as u64, "no more than the bound was read");
         for bad in [&b"\x00"[..], b"\x41", b"\x02\xff\xfe"] {
             assert!(block_on(codec().read_request(&RPC, &mut futures::io::Cursor::new(bad.to_vec()))).is_err());
         }
@@ -357,6 +401,14 @@ mod tests {
         assert_eq!(read, Answer::Refused("too many".into()));
         let e = block_on(asker.read_response(&RPC, &mut futures::io::Cursor::new(b"\x07x".to_vec()))).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn large_requests_travel_apart_from_small_ones() {
+        let all = Protocols::new([SMALL, BIG, Protocol { name: "/t/bulk/1", max_request: SMALL_REQUEST + 1, ..BIG }]);
+        assert_eq!((SMALL.lane(), BIG.lane()), (Lane::Small, Lane::Small));
+        assert!(all.on(Lane::Bulk).get("/t/bulk/1").is_some() && all.on(Lane::Bulk).get("/t/big/1").is_none());
+        assert!(all.on(Lane::Small).get("/t/bulk/1").is_none(), "a small stream does not take a bulk body");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Noise → Yamux. Behaviours: identify, ping (liveness), Kademlia
 //! (discovery from bootstrap peers), mDNS (optional, LAN), the
 //! `/backmesh/hello/1` exchange (name, site, free space, known peers),
-//! the request protocols the areas declare (all on [`super::rpc::RPC`]),
+//! the request protocols the areas declare (on [`super::rpc::RPC`] and
+//! [`super::rpc::BULK`]),
 //! and gossipsub on the topics they declare.
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +31,7 @@ use super::client::{multiaddr_of, Inbound, NetClient, NetError};
 use super::event_loop::{Backoff, EventLoop};
 use super::hello::{CborCodec, HELLO, MAX_HELLO};
 use super::membership::NodeInfo;
-use super::rpc::{Protocol, Protocols, RpcCodec, RPC};
+use super::rpc::{Lane, Protocol, Protocols, RpcCodec, BULK, RPC};
 
 /// How to build and run the network.
 pub struct NetConfig {
@@ -82,9 +83,11 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
     let protocol = cfg.protocol;
     let outbound_per_peer = cfg.outbound_per_peer;
     let protocols = Protocols::new(cfg.protocols.iter().copied());
-    let rpc_codec = RpcCodec::new(protocols.clone());
-    // The stream's own bound; each request is held to its protocol's.
-    let rpc_timeout = protocols.longest_timeout() + Duration::from_secs(5);
+    let (small, large) = (protocols.on(Lane::Small), protocols.on(Lane::Bulk));
+    // Each lane's streams are bounded by its longest timeout; each request
+    // is held to its own protocol's by the network loop.
+    let rpc_timeout = small.longest_timeout() + Duration::from_secs(5);
+    let bulk_timeout = large.longest_timeout() + Duration::from_secs(5);
     let max_gossip = cfg.max_gossip;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair)
         .with_tokio()
@@ -146,10 +149,17 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
                 ),
                 rpc: request_response::Behaviour::with_codec(
-                    rpc_codec,
+                    RpcCodec::new(small),
                     [(RPC, ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(rpc_timeout)
+                        .with_max_concurrent_streams(STREAMS_PER_CONNECTION),
+                ),
+                bulk: request_response::Behaviour::with_codec(
+                    RpcCodec::new(large),
+                    [(BULK, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(bulk_timeout)
                         .with_max_concurrent_streams(STREAMS_PER_CONNECTION),
                 ),
                 gossip,

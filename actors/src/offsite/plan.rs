@@ -3,8 +3,11 @@
 //! uploads a series, whether it is due, how long to wait after a failure,
 //! when the next in line stands in, when the bucket is collected.
 //!
-//! A clock set back never stalls the work: a wait or a check dated in the
-//! future counts as over (so at worst one round comes early).
+//! A clock set back does not stall the waits and checks: one dated in the
+//! future counts as over (so at worst one round comes early). The stand-in
+//! rule alone goes by when archives were stored: after a clock is set back
+//! by more than the grace, the next in line waits until the clock catches
+//! up with them (the elected uploader is not held up).
 
 use crate::placement::{uploaders, Candidate};
 

@@ -358,7 +358,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
         }
         "request-flood" => {
             // Requests go round-robin over the connections to a peer, and a
-            // node takes at most 128 streams per connection at once. Hold
+            // node takes at most 48 streams per connection and lane at once. Hold
             // more than one connection first (the holder keeps up to 4 of a
             // peer's), so that the flood meets the bound of 64 requests in
             // flight rather than the stream limit.
