@@ -72,9 +72,14 @@ pub enum ReplicaAnswer {
     Failed { reason: String },
 }
 
-/// Sends a transfer request to `peer` and waits for its answer.
+/// Sends a transfer request to `peer` and waits for its answer. The
+/// request (up to a 4 MiB batch of members) is dropped once encoded, not
+/// held until the answer comes.
 pub async fn xfer(net: &NetClient, peer: &str, request: XferRequest) -> Result<XferResponse, RequestError> {
-    net.call(peer, &XFER, &request).await
+    let body = crate::codec::encode(&request);
+    drop(request);
+    let answer = net.request(peer, &XFER, body).await?;
+    crate::codec::decode(&answer, XFER.max_response).map_err(|e| RequestError::Malformed(format!("{}: {e}", XFER.name)))
 }
 
 /// [`xfer`] for a blocking thread (never the runtime's own).
