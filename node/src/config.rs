@@ -30,8 +30,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub swarm_key: Option<PathBuf>,
     /// API token: every route but /api/v1/health needs `Authorization: Bearer TOKEN`.
+    /// Prefer --token-file: a token on the command line is shown by `ps`.
     #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the API token from FILE (its first line; keep it mode 0600).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Copies of each backup kept on other nodes [default: 3].
     #[arg(long)]
     pub replicas: Option<usize>,
@@ -143,6 +147,7 @@ struct FileConfig {
     bootstrap: Vec<String>,
     swarm_key: Option<PathBuf>,
     token: Option<String>,
+    token_file: Option<PathBuf>,
     replicas: Option<usize>,
     keep: Option<usize>,
     keep_within: Option<String>,
@@ -234,7 +239,13 @@ impl NodeConfig {
         let bootstrap: Vec<String> = if args.bootstrap.is_empty() { file.bootstrap } else { args.bootstrap };
         let name = name.or(file.name).unwrap_or_else(crate::local::hostname);
         backmesh_api::names::check_node_name(&name).map_err(|e| anyhow!("{e}"))?;
-        let token = args.token.or(file.token).filter(|t| !t.is_empty());
+        let token_file = args.token_file.or(file.token_file);
+        let token = match (args.token.or(file.token), token_file) {
+            (Some(_), Some(f)) => bail!("give the API token once: token or token-file ({}), not both", f.display()),
+            (t, None) => t,
+            (None, Some(f)) => Some(read_token(&f)?),
+        }
+        .filter(|t| !t.is_empty());
         let viewer_token = args.viewer_token.or(file.viewer_token).filter(|t| !t.is_empty());
         let mut site_tokens: Vec<(String, String)> = file.site_tokens.into_iter().collect();
         for s in &args.site_tokens {
@@ -350,9 +361,43 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// The API token in `file`: its first line, trimmed; a clear error when
+/// it cannot be read or holds none.
+fn read_token(file: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow!("cannot read the token file {}: {e}", file.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        bail!("the token file {} holds no token (its first line is empty)", file.display());
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_comes_from_a_file_and_a_bad_file_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let tok = t.path().join("token");
+        std::fs::write(&tok, "s3cret\n").unwrap();
+        let args = RunArgs { token_file: Some(tok.clone()), ..Default::default() };
+        assert_eq!(NodeConfig::resolve(None, None, args).unwrap().token.as_deref(), Some("s3cret"));
+        let f = t.path().join("node.toml");
+        std::fs::write(&f, format!("token-file = {:?}\n", tok.display().to_string())).unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        assert_eq!(c.token.as_deref(), Some("s3cret"));
+        let both = RunArgs { config: Some(f), token: Some("other".into()), ..Default::default() };
+        let e = NodeConfig::resolve(None, None, both).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        std::fs::write(&tok, "\n").unwrap();
+        let e = NodeConfig::resolve(None, None, RunArgs { token_file: Some(tok), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("holds no token"), "{e}");
+        let missing = RunArgs { token_file: Some(t.path().join("absent")), ..Default::default() };
+        let e = NodeConfig::resolve(None, None, missing).unwrap_err();
+        assert!(e.to_string().contains("cannot read the token file"), "{e}");
+    }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
