@@ -55,8 +55,10 @@ pub(super) struct Sent {
 pub struct EventLoop {
     pub(super) swarm: Swarm<Behaviour>,
     pub(super) rx: mpsc::Receiver<Command>,
-    /// Handlers' answers, on their way to the peers that asked: as many as
-    /// the requests admitted, at most.
+    /// Handlers' answers, on their way to the peers that asked; drained at
+    /// once. Not bounded by admission alone: a request whose stream failed
+    /// frees its place while its handler may still answer (the answer is
+    /// then dropped by libp2p).
     pub(super) answers: mpsc::UnboundedSender<Answered>,
     pub(super) answers_rx: mpsc::UnboundedReceiver<Answered>,
     pub(super) inbound: mpsc::Sender<Inbound>,
