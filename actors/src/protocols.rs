@@ -23,7 +23,8 @@ use crate::net::rpc::Protocol;
 /// tree digest over the members), and members and manifests go as deltas.
 /// 9: archives are sealed in format 5 (the seal over the manifest's
 /// digest), which nodes of 8 cannot read. 10: every request protocol
-/// travels in one frame on `/backmesh/rpc/1` (docs/protocol.md), and the
+/// travels in one frame on `/backmesh/rpc/1` or `/backmesh/bulk/1`
+/// (docs/protocol.md), and the
 /// control protocol is split by area (`/backmesh/jobs/1`,
 /// `/backmesh/replica/1`, `/backmesh/history/1`).
 pub const MESH_PROTOCOL: u32 = 10;
