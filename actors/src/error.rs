@@ -49,7 +49,7 @@ mod tests {
         says::<crate::archive::delta::DeltaError>();
         says::<crate::archive::manifest::ManifestError>();
         says::<crate::archive::RestoreError>();
-        says::<crate::grant::GrantError>();
+        says::<crate::authority::OrderError>();
         says::<crate::jobs::queue::Full>();
         says::<crate::jobs::queue::NotQueued>();
         says::<crate::jobs::RunError>();

@@ -4,6 +4,7 @@
 
 pub mod actor;
 pub mod backup;
+pub mod change;
 pub mod plugin;
 pub mod proto;
 pub mod queue;

@@ -23,13 +23,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod archive;
+pub mod authority;
 pub mod clock;
 pub mod codec;
 pub mod disk;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod grant;
 pub mod hash;
 pub mod jobs;
 pub mod log;

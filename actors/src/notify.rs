@@ -140,13 +140,7 @@ fn deliver(job: &JobView, n: &Notification, programs: &Programs) -> Result<(), N
             errors.push(format!("{url}: {e}"));
         }
     }
-    let granted = crate::jobs::plugin::Job {
-        node: &job.node,
-        path: &job.path,
-        every_min: job.every_min,
-        excludes: &job.excludes,
-    };
-    let refused = job.spec.notify_cmd.as_ref().and_then(|_| programs.check(&granted, &job.spec).err());
+    let refused = job.spec.notify_cmd.as_ref().and_then(|_| programs.check(&job.spec).err());
     if let (Some(cmd), Some(why)) = (&job.spec.notify_cmd, refused) {
         errors.push(format!("the notification command `{cmd}` was not run: {why}"));
     } else if let Some(cmd) = &job.spec.notify_cmd {

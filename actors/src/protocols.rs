@@ -26,8 +26,11 @@ use crate::net::rpc::Protocol;
 /// travels in one frame on `/backmesh/rpc/1` or `/backmesh/bulk/1`
 /// (docs/protocol.md), and the
 /// control protocol is split by area (`/backmesh/jobs/1`,
-/// `/backmesh/replica/1`, `/backmesh/history/1`).
-pub const MESH_PROTOCOL: u32 = 10;
+/// `/backmesh/replica/1`, `/backmesh/history/1`). 11: a node acts for
+/// another only under an operator's signed order (`backmesh_api::order`,
+/// `/backmesh/jobs/2`, `/backmesh/replica/2`), and a job or pause record
+/// is written only by its own node (the grant of 7 is gone).
+pub const MESH_PROTOCOL: u32 = 11;
 
 /// Every request protocol a node speaks.
 pub fn all() -> Vec<Protocol> {

@@ -112,7 +112,7 @@ fn the_wire_codecs_take_any_bytes() {
         encode(&pull),
         encode(&backmesh_core::log::history::HistoryQuery::default()),
         encode(&JobsRequest::Progress { path: backmesh_core::replica::proto::series("/srv/data").unwrap() }),
-        encode(&ReplicaRequest::Verify { node: None, path: None, request: "r1".into(), grant: None }),
+        encode(&ReplicaRequest::Verify { node: None, path: None, request: "r1".into(), order: None }),
         encode(&XferRequest::list("n1", "/srv/data").unwrap()),
         // A request frame as the transport reads it: name, then body.
         [&b"\x11/backmesh/state/3"[..], &encode(&pull)].concat(),

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod local;
 pub mod log;
 pub mod names;
+pub mod order;
 
 pub use archives::{Archive, Backups, Restore, RestoreStarted, Verify, VerifyStarted, Verifying};
 pub use jobs::{JobKey, JobState, JobStatus, Jobs, Notification, Progress, Queued, Register, RunResult};
@@ -31,6 +32,20 @@ pub struct Health {
     pub version: String,
     /// The node's libp2p listen addresses (multiaddrs).
     pub listen: Vec<String>,
+}
+
+/// `POST /api/v1/join`: dial a node not yet in the mesh (it joins if it
+/// has the swarm key). Answered with [`Joined`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    /// Its mesh address, `host:port`.
+    pub address: String,
+}
+
+/// The name the node at a [`Join`]'s address said it has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    pub name: String,
 }
 
 /// One node of the mesh as some node sees it.

@@ -40,6 +40,8 @@ const TYPES: &[&str] = &[
     "RestoreOutcome",
     "VerifyOutcome",
     "Fetched",
+    "Join",
+    "Joined",
 ];
 
 /// The example read as `T` and written back.
@@ -73,6 +75,8 @@ fn round_trip(name: &str, v: &Value) -> Result<Value, String> {
         "RestoreOutcome" => again::<RestoreOutcome>(v),
         "VerifyOutcome" => again::<VerifyOutcome>(v),
         "Fetched" => again::<Fetched>(v),
+        "Join" => again::<backmesh_api::Join>(v),
+        "Joined" => again::<backmesh_api::Joined>(v),
         other => Err(format!("no type `{other}` in the API")),
     }
 }

@@ -19,6 +19,11 @@ pub(crate) struct Cli {
     /// API token of the node.
     #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
+    /// The operator's secret key (from `backmesh operator init`): commands
+    /// that concern another node than the one asked, or change jobs, are
+    /// signed with it [default: ~/.config/backmesh/operator.key, if it exists].
+    #[arg(long, env = "BACKMESH_OPERATOR_KEY", value_name = "FILE", global = true)]
+    pub(crate) operator_key: Option<PathBuf>,
     /// Trust this CA certificate (PEM) for an https:// node.
     #[arg(long, env = "BACKMESH_CA", value_name = "FILE", global = true)]
     pub(crate) ca: Option<PathBuf>,
@@ -31,6 +36,11 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
+    /// The operator key: made once on the operator's machine, its public half given to every node.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
     /// The nodes of the mesh (name, peer id, address, up/down, free space, site) and job health.
     Status {
         /// Also the answering node's background workers: copies, offsite,
@@ -176,4 +186,19 @@ pub(crate) enum Command {
         #[arg(long, value_name = "CURSOR")]
         before: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum OperatorCommand {
+    /// Make a new operator key pair on this machine (never on a node) and
+    /// print its public half, which every node is then told
+    /// (`operator-key = "bmop-…"` in node.toml, or --operator-key).
+    Init {
+        /// Where to write the secret key (mode 0600; an existing file is never replaced)
+        /// [default: --operator-key, else ~/.config/backmesh/operator.key].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the public half of the operator key (--operator-key, or the default file).
+    Show,
 }

@@ -24,6 +24,10 @@ pub(crate) struct Client {
     pub(crate) base: String,
     pub(crate) token: Option<String>,
     pub(crate) tls: ureq::tls::TlsConfig,
+    /// The operator key file commands are signed with, if there is one.
+    pub(crate) operator_key: Option<std::path::PathBuf>,
+    /// The order the next requests carry (`X-Backmesh-Order`): set by [`Client::sign`].
+    order: std::cell::RefCell<Option<String>>,
 }
 
 impl Client {
@@ -50,7 +54,30 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Failure::Refused(format!("--node must be an http:// or https:// URL, not `{}`", cli.node)));
         }
-        Ok(Client { agent: config.build().into(), base, token: cli.token.clone(), tls })
+        Ok(Client {
+            agent: config.build().into(),
+            base,
+            token: cli.token.clone(),
+            tls,
+            operator_key: crate::operator::key_file(cli.operator_key.as_deref()),
+            order: Default::default(),
+        })
+    }
+
+    /// Signs `act` with the operator key, if this client has one, for the
+    /// requests that follow to carry. Without a key nothing is signed: the
+    /// node answers what its own token may do, and says so when it is not
+    /// enough.
+    pub(crate) fn sign(&self, act: backmesh_api::order::Act) -> Result<(), Failure> {
+        if let Some(file) = &self.operator_key {
+            *self.order.borrow_mut() = Some(crate::operator::sign(file, act).map_err(Failure::Refused)?.0);
+        }
+        Ok(())
+    }
+
+    /// The order the next request carries, if any.
+    pub(crate) fn order(&self) -> Option<String> {
+        self.order.borrow().clone()
     }
 
     pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
@@ -90,27 +117,33 @@ impl Client {
         body: Option<serde_json::Value>,
     ) -> Result<String, Failure> {
         let url = format!("{}{}{path}", self.base, backmesh_api::PREFIX);
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(t) = &self.token {
+            headers.push(("Authorization", format!("Bearer {t}")));
+        }
+        if let Some(o) = self.order() {
+            headers.push((backmesh_api::order::ORDER_HEADER, o));
+        }
         let sent = match (method, body) {
             ("POST", body) => {
                 let mut req = self.agent.post(&url);
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
+                for (k, v) in &headers {
+                    req = req.header(*k, v);
                 }
                 req.send_json(body.unwrap_or(serde_json::Value::Null))
             }
             ("DELETE", _) => {
                 // JSON like every change: the node refuses other content types.
                 let mut req = self.agent.delete(&url).header("Content-Type", "application/json");
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
+                for (k, v) in &headers {
+                    req = req.header(*k, v);
                 }
                 req.call()
             }
             _ => {
                 let mut req = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
+                for (k, v) in &headers {
+                    req = req.header(*k, v);
                 }
                 req.call()
             }

@@ -7,6 +7,7 @@
 
 mod args;
 mod client;
+mod operator;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use backmesh_api::cli::{Fetched, RestoreOutcome, RestoreResult, RunOutcome, Veri
 use backmesh_api::{human_bytes as human, ErrorBody, Event, LogEntry, RunResult, Status};
 use clap::Parser;
 
-use args::{Cli, Command};
+use args::{Cli, Command, OperatorCommand};
+use backmesh_api::order::Act;
 use client::{enc, Client, Failure};
 use serde::Serialize;
 
@@ -296,6 +298,7 @@ fn clear_line(tty: bool) {
 
 fn run(client: &Client, json: bool, node: &str, path: &str, no_wait: bool, timeout: u64) -> Result<bool, Failure> {
     let key = backmesh_api::JobKey { node: node.into(), path: path.into() };
+    client.sign(Act::Run(key.clone()))?;
     let answer = client.call_text("POST", "/run", serde_json::to_value(&key).ok())?;
     let queued: backmesh_api::Queued = client.parse(&answer)?;
     if no_wait {
@@ -407,9 +410,11 @@ fn restore(
         path: path.into(),
         to: to.into(),
         archive: archive.map(String::from),
-        on: on.map(String::from),
+        // Always named: the order says which node is to write the files.
+        on: Some(on.unwrap_or(node).to_string()),
         overwrite,
     };
+    client.sign(Act::Restore(body.clone()))?;
     let started: backmesh_api::RestoreStarted = client.post("/restore", &body)?;
     let (request, target) = (started.request, started.on);
     let tty = is_tty(json);
@@ -469,6 +474,12 @@ fn fetch(
     }
     // No overall time limit: an archive may take long to download.
     let client = Client::new(cli)?;
+    if client.operator_key.is_some() {
+        // The order names the node that reads the archive: the one asked.
+        let by = client.get::<backmesh_api::Health>("/health")?.name;
+        let (node, path, archive) = (node.to_string(), path.to_string(), archive.map(String::from));
+        client.sign(Act::Fetch { node, path, archive, by })?;
+    }
     let mut url = format!("{}{}/fetch?node={}&path={}", client.base, backmesh_api::PREFIX, enc(node), enc(path));
     if let Some(a) = archive {
         url.push_str(&format!("&archive={}", enc(a)));
@@ -483,6 +494,9 @@ fn fetch(
     let mut req = agent.get(&url);
     if let Some(t) = &client.token {
         req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    if let Some(o) = client.order() {
+        req = req.header(backmesh_api::order::ORDER_HEADER, o);
     }
     let mut resp =
         req.call().map_err(|e| Failure::Unreachable(format!("cannot reach the node at {}: {e}", client.base)))?;
@@ -547,6 +561,7 @@ fn fetch(
 
 fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, timeout: u64) -> Result<bool, Failure> {
     let body = backmesh_api::Verify { node: node.map(String::from), path: path.map(String::from) };
+    client.sign(Act::Verify(body.clone()))?;
     let started: backmesh_api::VerifyStarted = client.post("/verify", &body)?;
     let (request, expect, problems) = (started.request, started.expect, started.problems);
     let tty = is_tty(json);
@@ -636,11 +651,49 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
     Ok(())
 }
 
+/// `backmesh operator init|show`: on this machine, no node asked.
+fn operator_command(cli: &Cli, json: bool, command: &OperatorCommand) -> Result<(), Failure> {
+    let given = cli.operator_key.clone();
+    match command {
+        OperatorCommand::Init { out } => {
+            let out = out
+                .clone()
+                .or(given)
+                .or_else(operator::default_path)
+                .ok_or_else(|| Failure::Refused("no home directory to keep the key in: give --out FILE".into()))?;
+            let (file, public) = operator::init(&out).map_err(Failure::Refused)?;
+            if json {
+                print_json(&serde_json::json!({ "file": file, "public": public }));
+            } else {
+                out!("operator key written to {} (keep it on this machine only; back it up offline)", file.display());
+                out!("public key: {public}");
+                out!("tell every node: operator-key = \"{public}\" in node.toml, or --operator-key {public}");
+            }
+            Ok(())
+        }
+        OperatorCommand::Show => {
+            let file = operator::key_file(given.as_deref()).ok_or_else(|| {
+                Failure::Refused(
+                    "no operator key: give --operator-key FILE, or make one with `backmesh operator init`".into(),
+                )
+            })?;
+            let public = operator::load(&file).map_err(Failure::Refused)?.public();
+            if json {
+                print_json(&serde_json::json!({ "file": file, "public": public }));
+            } else {
+                out!("{public}");
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let json = cli.json;
     let result = Client::new(&cli).and_then(|c| match &cli.command {
+        Command::Operator { command } => operator_command(&cli, json, command),
         Command::Status { workers } => status(&c, json, *workers),
         Command::Jobs => jobs(&c, json),
         Command::Backups { node, path, all } => backups(&c, json, node, path, *all),
@@ -668,6 +721,12 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Register { node, path, every, excludes, source, args, pre, post, timeout, notify, notify_cmd } => {
+            // HOST:PORT of a node not in the mesh yet: it joins first, and
+            // the command is signed for the name it says it has.
+            let node = &match node.contains(':') {
+                true => c.post::<_, backmesh_api::Joined>("/join", &backmesh_api::Join { address: node.clone() })?.name,
+                false => node.clone(),
+            };
             let body = backmesh_api::Register {
                 node: node.clone(),
                 path: path.clone(),
@@ -683,6 +742,7 @@ fn main() -> ExitCode {
                     notify_cmd: notify_cmd.clone(),
                 },
             };
+            c.sign(Act::Register(body.clone()))?;
             write(
                 &c,
                 json,
@@ -695,30 +755,38 @@ fn main() -> ExitCode {
                 ),
             )
         }
-        Command::Unregister { node, path } => write(
-            &c,
-            json,
-            "DELETE",
-            &format!("/jobs?node={}&path={}", enc(node), enc(path)),
-            None,
-            &format!("unregistered: {path} on {node} (its archives stay until retention removes them)"),
-        ),
-        Command::Pause { node } => write(
-            &c,
-            json,
-            "POST",
-            &format!("/nodes/{}/pause", enc(node)),
-            None,
-            &format!("paused: scheduled backups of {node}"),
-        ),
-        Command::Resume { node } => write(
-            &c,
-            json,
-            "POST",
-            &format!("/nodes/{}/resume", enc(node)),
-            None,
-            &format!("resumed: scheduled backups of {node}"),
-        ),
+        Command::Unregister { node, path } => {
+            c.sign(Act::Unregister(backmesh_api::JobKey { node: node.clone(), path: path.clone() })).and_then(|()| {
+                write(
+                    &c,
+                    json,
+                    "DELETE",
+                    &format!("/jobs?node={}&path={}", enc(node), enc(path)),
+                    None,
+                    &format!("unregistered: {path} on {node} (its archives stay until retention removes them)"),
+                )
+            })
+        }
+        Command::Pause { node } => c.sign(Act::Pause { node: node.clone() }).and_then(|()| {
+            write(
+                &c,
+                json,
+                "POST",
+                &format!("/nodes/{}/pause", enc(node)),
+                None,
+                &format!("paused: scheduled backups of {node}"),
+            )
+        }),
+        Command::Resume { node } => c.sign(Act::Resume { node: node.clone() }).and_then(|()| {
+            write(
+                &c,
+                json,
+                "POST",
+                &format!("/nodes/{}/resume", enc(node)),
+                None,
+                &format!("resumed: scheduled backups of {node}"),
+            )
+        }),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,16 +4,14 @@
 //! needs `Authorization: Bearer TOKEN` and answers 401 otherwise.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use backmesh_api::order::ORDER_HEADER;
 use backmesh_api::NodeStatus;
 use backmesh_api::{JobKey, JobStatus};
-use backmesh_core::grant;
-use backmesh_core::jobs::actor::{CheckSource, GetProgress, RunNow};
-use backmesh_core::jobs::plugin::Job;
-use backmesh_core::jobs::plugin::JobSpec;
+use backmesh_core::authority::{Act, SignedOrder};
+use backmesh_core::jobs::actor::{ChangeJob, GetProgress, RunNow};
 use backmesh_core::jobs::proto::{JobsAnswer, JobsRequest, JOBS};
 use backmesh_core::jobs::queue::NotQueued;
-use backmesh_core::log::actor::{Append, ForRequest, GetCatalog, GetJobs};
-use backmesh_core::log::entry::Event;
+use backmesh_core::log::actor::{ForRequest, GetCatalog, GetJobs, TakeEntry};
 use backmesh_core::log::history::{HistoryQuery, PAGE_MAX};
 use backmesh_core::log::views::JobView;
 use backmesh_core::net::actor::{GetPeers, GetStatus};
@@ -96,6 +94,7 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/health", web::get().to(health))
         .route("/status", web::get().to(status))
         .route("/jobs", web::get().to(jobs))
+        .route("/join", web::post().to(join_node))
         .route("/jobs", web::post().to(register))
         .route("/jobs", web::delete().to(unregister))
         .route("/run", web::post().to(run))
@@ -134,110 +133,109 @@ async fn find_node(state: &ApiState, name: &str) -> Result<NodeStatus, ApiError>
     }
 }
 
-async fn record(state: &ApiState, event: Event) -> Answer {
-    match state.log.send(Append(event)).await? {
-        Ok(entry) => Ok(HttpResponse::Created().json(backmesh_api::Recorded { entry: view::entry(&entry) })),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot record it: {e}"))),
+/// The operator's order the request carries (`X-Backmesh-Order`), if any.
+fn order_of(req: &HttpRequest) -> Result<Option<SignedOrder>, ApiError> {
+    match req.headers().get(ORDER_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(SignedOrder(s.trim().to_string())))
+            .map_err(|_| error(StatusCode::BAD_REQUEST, format!("the {ORDER_HEADER} header is not text"))),
     }
 }
 
-/// A job's spec as the node keeps it; the grant is made here.
-fn job_spec(s: backmesh_api::JobSpec) -> JobSpec {
-    JobSpec {
-        source: s.source,
-        args: s.args,
-        pre: s.pre,
-        post: s.post,
-        timeout_s: s.timeout_s,
-        notify: s.notify,
-        notify_cmd: s.notify_cmd,
-        grant: None,
-    }
+/// The order that `act`, which concerns node `other`, needs; or the 403
+/// that says why this node's token is not enough and how to sign one.
+fn needed(state: &ApiState, order: Option<SignedOrder>, act: &Act, other: &str) -> Result<SignedOrder, ApiError> {
+    order.ok_or_else(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "`{}` concerns node {other}: the API token of node {} acts on {} alone, and another node acts \
+                 only under the operator's order. Sign the command with the operator key (`backmesh \
+                 --operator-key FILE …`, or BACKMESH_OPERATOR_KEY; `backmesh operator init` makes one on the \
+                 operator's machine)",
+                act.name(),
+                state.health.name,
+                state.health.name
+            ),
+        )
+    })
+}
+
+/// `act` carried out here under the operator's `order` (a restore or a
+/// fetch of another node's series): the order is checked and spent here.
+fn admit_here(state: &ApiState, order: &SignedOrder, act: &Act) -> Result<(), ApiError> {
+    state
+        .authority
+        .admit(order, act, &state.health.name, backmesh_core::clock::now_ms())
+        .map(|_| ())
+        .map_err(|e| error(StatusCode::FORBIDDEN, e.to_string()))
+}
+
+/// A change of `node`'s jobs: that node alone writes it, asked here under
+/// this node's token when it is this node, else under the operator's
+/// order. Answers 201 with the entry it wrote (taken into this node's log
+/// at once, so that what follows through this node sees it).
+async fn change(state: &ApiState, node: &NodeStatus, act: Act, order: Option<SignedOrder>) -> Answer {
+    let entry = if node.this_node {
+        state.jobs.send(ChangeJob(act)).await?.map_err(|r| error(StatusCode::BAD_REQUEST, r))?
+    } else {
+        let order = needed(state, order, &act, &node.name)?;
+        if !node.up {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("node {} is down, and only it changes its jobs; try again when it is up", node.name),
+            ));
+        }
+        let entry = match state.net.call(&node.peer_id, &JOBS, &JobsRequest::Change { act, order }).await {
+            Ok(JobsAnswer::Recorded { entry }) => *entry,
+            Ok(JobsAnswer::Failed { reason }) => {
+                return Err(error(StatusCode::BAD_REQUEST, format!("on {}: {reason}", node.name)))
+            }
+            Ok(other) => return Err(odd_answer(&node.name, other)),
+            Err(e) => return Err(no_answer(&node.name, e)),
+        };
+        if let Err(why) = state.log.send(TakeEntry(entry.clone())).await? {
+            // Gossip brings it anyway; this node's view is late meanwhile.
+            tracing::warn!("node {} answered an entry this node does not take in: {why}", node.name);
+        }
+        entry
+    };
+    Ok(HttpResponse::Created().json(backmesh_api::Recorded { entry: view::entry(&entry) }))
 }
 
 async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Register>) -> Answer {
     admin(&req, &state)?;
-    let mut b = body.into_inner();
-    if b.every == 0 {
-        return Err(error(StatusCode::BAD_REQUEST, "--every must be at least 1 minute"));
-    }
-    named(name(&b.node))?;
-    named(series(&b.path))?;
-    if !b.path.starts_with('/') {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("`{}` is not an absolute path; give the full path on {}", b.path, b.node),
-        ));
-    }
-    for pat in &b.excludes {
-        if let Err(e) = globset::Glob::new(pat) {
-            return Err(error(StatusCode::BAD_REQUEST, format!("bad exclude pattern `{pat}`: {}", e.kind())));
-        }
-    }
-    for url in &b.spec.notify {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("--notify takes an http:// or https:// URL, not `{url}`"),
-            ));
-        }
-    }
-    if b.spec.source.as_deref() == Some("dir") {
-        b.spec.source = None;
-    }
-    if b.spec.source.is_none() && !b.spec.args.is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, "--arg is for a --source other than a directory"));
-    }
+    let order = order_of(&req)?;
+    let b = body.into_inner();
+    // The order is over the request as sent: checked as such, normalized by the node that acts.
+    backmesh_core::jobs::change::validate(&b).map_err(|r| error(StatusCode::BAD_REQUEST, r))?;
+    let mut name = b.node.clone();
     // `host:port` of a node not yet in the mesh: dial it; it joins if it has the swarm key.
     if let Some(addr) = socket_addr(&b.node) {
-        b.node = join(&state, addr).await?;
+        name = join(&state, addr).await?;
     }
-    let node = find_node(&state, &b.node).await?;
-    let job = Job { node: &b.node, path: &b.path, every_min: b.every, excludes: &b.excludes };
-    let spec = job_spec(b.spec.clone()).granted(state.token.as_deref(), &job);
-    // The node that will run the job says whether it can: the path is a
-    // directory, the plugin exists, its operator lets it run the programs…
-    let verdict = if node.this_node {
-        let (path, every_min, excludes) = (b.path.clone(), b.every, b.excludes.clone());
-        state
-            .jobs
-            .send(CheckSource { path, every_min, excludes, spec: spec.clone() })
-            .await?
-            .map_err(|r| error(StatusCode::BAD_REQUEST, r.to_string()))
-    } else if !node.up {
-        Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("node {} is down and cannot confirm the path; try again when it is up", b.node),
-        ))
-    } else {
-        let check = JobsRequest::CheckSource {
-            path: named(series(&b.path))?,
-            every_min: b.every,
-            excludes: b.excludes.clone(),
-            spec: spec.clone(),
-        };
-        match state.net.call(&node.peer_id, &JOBS, &check).await {
-            Ok(JobsAnswer::PathOk) => Ok(()),
-            Ok(JobsAnswer::PathRefused { reason } | JobsAnswer::Failed { reason }) => {
-                Err(error(StatusCode::BAD_REQUEST, format!("on {}: {reason}", b.node)))
-            }
-            Ok(other) => Err(odd_answer(&b.node, other)),
-            Err(e) => Err(no_answer(&b.node, e)),
-        }
-    };
-    verdict?;
-    record(&state, Event::Registered { spec, node: b.node, path: b.path, every_min: b.every, excludes: b.excludes })
-        .await
+    let node = find_node(&state, &name).await?;
+    if name != b.node && !node.this_node {
+        // An order names the node that acts, which an address does not.
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("the node at {} joined as `{name}`; register the job by that name", b.node),
+        ));
+    }
+    change(&state, &node, Act::Register(backmesh_api::Register { node: name, ..b }), order).await
 }
 
 async fn unregister(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobKey>) -> Answer {
     admin(&req, &state)?;
     let k = q.into_inner();
+    let node = find_node(&state, &k.node).await?;
     let jobs = state.log.send(GetJobs).await?;
     if !jobs.iter().any(|j| j.node == k.node && j.path == k.path) {
         return Err(error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}", k.path, k.node)));
     }
-    record(&state, Event::Unregistered { node: k.node, path: k.path }).await
+    change(&state, &node, Act::Unregister(k), order_of(&req)?).await
 }
 
 async fn pause(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<String>) -> Answer {
@@ -250,16 +248,19 @@ async fn resume(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<St
 
 async fn set_paused(req: HttpRequest, state: web::Data<ApiState>, node: String, paused: bool) -> Answer {
     admin(&req, &state)?;
-    find_node(&state, &node).await?;
-    record(&state, if paused { Event::Paused { node } } else { Event::Resumed { node } }).await
+    let found = find_node(&state, &node).await?;
+    let act = if paused { Act::Pause { node } } else { Act::Resume { node } };
+    change(&state, &found, act, order_of(&req)?).await
 }
 
 /// Queues a run on the node that owns the job; answers 202 at once (the
 /// result arrives in the log as `finished`, `unchanged` or `failed`).
 async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKey>) -> Answer {
     admin(&req, &state)?;
+    let order = order_of(&req)?;
     let b = body.into_inner();
     let node = find_node(&state, &b.node).await?;
+    let order = if node.this_node { None } else { Some(needed(&state, order, &Act::Run(b.clone()), &b.node)?) };
     let registered = state.log.send(GetJobs).await?.iter().any(|j| j.node == b.node && j.path == b.path);
     if !registered {
         return Err(error(
@@ -280,8 +281,7 @@ async fn run(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<JobKe
             format!("node {} is down; the run cannot start until it is back", b.node),
         ))
     } else {
-        let run = JobsRequest::Run { path: named(series(&b.path))?, request: Some(request.clone()), grant: None };
-        let run = grant::sign(run, state.token.as_deref(), &b.node);
+        let run = JobsRequest::Run { path: named(series(&b.path))?, request: Some(request.clone()), order };
         match state.net.call(&node.peer_id, &JOBS, &run).await {
             Ok(JobsAnswer::Queued { id }) => Ok(id),
             Ok(JobsAnswer::Busy { reason }) => {
@@ -442,9 +442,22 @@ async fn progress(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Jo
 /// with the request whose `restored` entry will carry the result.
 async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Restore>) -> Answer {
     admin(&req, &state)?;
-    let b = body.into_inner();
-    let on = b.on.clone().unwrap_or_else(|| b.node.clone());
+    let order = order_of(&req)?;
+    let mut b = body.into_inner();
+    let on = b.on.get_or_insert_with(|| b.node.clone()).clone();
     let target = find_node(&state, &on).await?;
+    let me = state.health.name.clone();
+    // This node's token restores this node's own series onto itself; all
+    // else (another node's series, or onto another node) is the operator's.
+    let order = if b.node == me && on == me {
+        None
+    } else {
+        let order = needed(&state, order, &Act::Restore(b.clone()), if on == me { &b.node } else { &on })?;
+        if target.this_node {
+            admit_here(&state, &order, &Act::Restore(b.clone()))?;
+        }
+        Some(order)
+    };
     let mut c = state.log.send(GetCatalog { node: b.node.clone(), path: b.path.clone() }).await?;
     let known = |c: &[backmesh_core::log::views::CatalogArchive]| {
         !c.is_empty() && b.archive.as_ref().is_none_or(|id| c.iter().any(|a| &a.id == id))
@@ -499,9 +512,8 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
             to: b.to.clone(),
             overwrite: b.overwrite,
             request: request.clone(),
-            grant: None,
+            order,
         };
-        let ask = grant::sign(ask, state.token.as_deref(), &on);
         match state.net.call(&target.peer_id, &REPLICA, &ask).await {
             Ok(ReplicaAnswer::Accepted) => Ok(()),
             Ok(ReplicaAnswer::Failed { reason }) => Err(error(StatusCode::BAD_REQUEST, format!("on {on}: {reason}"))),
@@ -525,6 +537,16 @@ struct FetchQuery {
 async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FetchQuery>) -> Answer {
     admin(&req, &state)?;
     let q = q.into_inner();
+    if q.node != state.health.name {
+        // Another node's archive is read here only under the operator's order.
+        let act = Act::Fetch {
+            node: q.node.clone(),
+            path: q.path.clone(),
+            archive: q.archive.clone(),
+            by: state.health.name.clone(),
+        };
+        admit_here(&state, &needed(&state, order_of(&req)?, &act, &q.node)?, &act)?;
+    }
     let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
     let (_, peers) = state.membership.send(GetPeers).await?;
     let found = locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref()).await;
@@ -608,6 +630,11 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
         }
         targets.retain(|n| catalog.iter().any(|a| a.holders.contains(&n.name)));
     }
+    // This node's token verifies this node's copies; asking others is the operator's.
+    let order = match targets.iter().find(|n| !n.this_node) {
+        None => None,
+        Some(other) => Some(needed(&state, order_of(&req)?, &Act::Verify(b.clone()), &other.name)?),
+    };
     let request = new_request();
     let mut expect = 0usize;
     let mut nodes = Vec::new();
@@ -621,9 +648,8 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
                 node: named(b.node.as_deref().map(name).transpose())?,
                 path: named(b.path.as_deref().map(series).transpose())?,
                 request: request.clone(),
-                grant: None,
+                order: order.clone(),
             };
-            let ask = grant::sign(ask, state.token.as_deref(), &n.name);
             match state.net.call(&n.peer_id, &REPLICA, &ask).await {
                 Ok(ReplicaAnswer::Verifying { series }) => Ok(series),
                 Ok(ReplicaAnswer::Failed { reason }) => Err(reason),
@@ -682,6 +708,17 @@ async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
         });
     }
     Ok(HttpResponse::Accepted().json(backmesh_api::VerifyStarted { request, expect, nodes, problems }))
+}
+
+/// `POST /join`: dials a node by its mesh address and answers its name
+/// (the client then signs its command for that name).
+async fn join_node(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Join>) -> Answer {
+    admin(&req, &state)?;
+    let b = body.into_inner();
+    let addr = socket_addr(&b.address)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("`{}` is not a mesh address (HOST:PORT)", b.address)))?;
+    let name = join(&state, addr).await?;
+    Ok(HttpResponse::Ok().json(backmesh_api::Joined { name }))
 }
 
 /// `HOST:PORT` (not a plain node name) → an address to dial.

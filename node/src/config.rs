@@ -36,6 +36,12 @@ pub struct RunArgs {
     /// Read the API token from FILE (its first line; keep it mode 0600).
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+    /// An operator's public key (bmop-…, from `backmesh operator init` on the
+    /// operator's machine): commands signed by it may act on this node
+    /// from any node of the mesh. Repeatable. Without one this node acts
+    /// only on its own API token, for its own jobs.
+    #[arg(long = "operator-key", value_name = "bmop-…")]
+    pub operator_keys: Vec<String>,
     /// Copies of each backup kept on other nodes [default: 3].
     #[arg(long)]
     pub replicas: Option<usize>,
@@ -148,6 +154,8 @@ struct FileConfig {
     swarm_key: Option<PathBuf>,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    #[serde(default)]
+    operator_key: OneOrMany,
     replicas: Option<usize>,
     keep: Option<usize>,
     keep_within: Option<String>,
@@ -172,6 +180,26 @@ struct FileConfig {
     offsite_rate: Option<String>,
 }
 
+/// A key that takes one value or a list: `k = "a"` or `k = ["a", "b"]`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(untagged)]
+enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 /// Another mesh shown in this node's dashboard.
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -193,6 +221,12 @@ pub struct NodeConfig {
     pub bootstrap: Vec<SocketAddr>,
     pub swarm_key: Option<PathBuf>,
     pub token: Option<String>,
+    /// The file the token was read from, if it was (kept out of restores' reach).
+    pub token_file: Option<PathBuf>,
+    /// The config file, if one was read (kept out of restores' reach).
+    pub config_file: Option<PathBuf>,
+    /// Operator public keys (`bmop-…`) whose orders this node carries out.
+    pub operator_keys: Vec<String>,
     pub replicas: usize,
     pub keep: Retention,
     pub quota: Quota,
@@ -240,12 +274,20 @@ impl NodeConfig {
         let name = name.or(file.name).unwrap_or_else(crate::local::hostname);
         backmesh_api::names::check_node_name(&name).map_err(|e| anyhow!("{e}"))?;
         let token_file = args.token_file.or(file.token_file);
-        let token = match (args.token.or(file.token), token_file) {
+        let token = match (args.token.or(file.token), &token_file) {
             (Some(_), Some(f)) => bail!("give the API token once: token or token-file ({}), not both", f.display()),
             (t, None) => t,
-            (None, Some(f)) => Some(read_token(&f)?),
+            (None, Some(f)) => Some(read_token(f)?),
         }
         .filter(|t| !t.is_empty());
+        // Flags add to the file's keys: an operator is trusted where either says so.
+        let mut operator_keys = file.operator_key.into_vec();
+        operator_keys.extend(args.operator_keys.iter().cloned());
+        for k in &operator_keys {
+            backmesh_api::order::public_key(k).map_err(|e| anyhow!("operator-key: {e}"))?;
+        }
+        operator_keys.sort();
+        operator_keys.dedup();
         let viewer_token = args.viewer_token.or(file.viewer_token).filter(|t| !t.is_empty());
         let mut site_tokens: Vec<(String, String)> = file.site_tokens.into_iter().collect();
         for s in &args.site_tokens {
@@ -309,6 +351,9 @@ impl NodeConfig {
             bootstrap: bootstrap.iter().map(|b| parse_addr("bootstrap", b)).collect::<Result<_>>()?,
             swarm_key: args.swarm_key.or(file.swarm_key),
             token,
+            token_file,
+            config_file: args.config.clone(),
+            operator_keys,
             viewer_token,
             site_tokens,
             federate,
@@ -452,5 +497,25 @@ mod tests {
         let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("quota in the config file") && e.to_string().contains("`lots`"), "{e}");
         assert_eq!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().quota, Quota::Percent(50));
+    }
+
+    #[test]
+    fn operator_keys_come_from_the_file_one_or_many_and_the_flags_and_a_bad_one_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("node.toml");
+        let key = || backmesh_api::order::OperatorKey::generate().unwrap().public();
+        let (a, b) = (key(), key());
+        std::fs::write(&f, format!("operator-key = {a:?}\n")).unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        assert_eq!(c.operator_keys, vec![a.clone()]);
+        std::fs::write(&f, format!("operator-key = [{a:?}, {b:?}]\n")).unwrap();
+        let args = RunArgs { config: Some(f.clone()), operator_keys: vec![a.clone()], ..Default::default() };
+        let mut both = vec![a.clone(), b.clone()];
+        both.sort();
+        assert_eq!(NodeConfig::resolve(None, None, args).unwrap().operator_keys, both);
+        let args = RunArgs { operator_keys: vec!["bmop-xyz".into()], ..Default::default() };
+        let e = NodeConfig::resolve(None, None, args).unwrap_err();
+        assert!(e.to_string().contains("operator-key") && e.to_string().contains("bmop-xyz"), "{e}");
+        assert!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().operator_keys.is_empty());
     }
 }

@@ -22,6 +22,8 @@ pub struct ApiState {
     pub store: std::sync::Arc<Store>,
     pub net: NetClient,
     pub token: Option<String>,
+    /// The operator keys this node trusts, and the orders it carried out.
+    pub authority: std::sync::Arc<backmesh_core::authority::Authority>,
     pub viewer_token: Option<String>,
     pub site_tokens: Vec<(String, String)>,
     pub federate: Vec<crate::config::Federated>,

@@ -35,6 +35,11 @@ pub struct InitArgs {
     /// HTTP API address (keep it on 127.0.0.1 unless you set up TLS).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7401")]
     pub api: String,
+    /// The operator's public key (bmop-…, printed by `backmesh operator
+    /// init` on the operator's own machine): commands signed with it act
+    /// on this node from any node of the mesh. Repeatable.
+    #[arg(long = "operator-key", value_name = "bmop-…")]
+    pub operator_keys: Vec<String>,
     /// The system user the service runs as: the files are made its own
     /// (when run as root and the user exists).
     #[arg(long, value_name = "USER", default_value = "backmesh")]
@@ -112,6 +117,9 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
     }
     crate::config::parse_addr("listen", &a.listen)?;
     crate::config::parse_addr("api", &a.api)?;
+    for k in &a.operator_keys {
+        backmesh_api::order::public_key(k).map_err(|e| anyhow::anyhow!("--operator-key: {e}"))?;
+    }
     std::fs::create_dir_all(&a.config_dir)
         .with_context(|| format!("cannot create the config directory {}", a.config_dir.display()))?;
     let config = a.config_dir.join("node.toml");
@@ -156,6 +164,15 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
     text += &format!("bootstrap = [{}]\n", boot.join(", "));
     text += "# The admin token: every API call but /api/v1/health needs it (backmesh --token, or BACKMESH_TOKEN).\n";
     text += &format!("token = {}\n", quoted(&token));
+    text += "# The operators whose signed commands act on this node from any node (`backmesh operator init`\n";
+    text += "# makes a key on the operator's machine and prints its public half). Without one, this node\n";
+    text += "# acts only for its own token, on its own jobs.\n";
+    if a.operator_keys.is_empty() {
+        text += "# operator-key = \"bmop-…\"\n";
+    } else {
+        let keys: Vec<String> = a.operator_keys.iter().map(|k| quoted(k.trim())).collect();
+        text += &format!("operator-key = [{}]\n", keys.join(", "));
+    }
     text += "# replicas = 3\n# keep = 10\n# keep-within = \"14d\"\n# site = \"paris\"\n";
     text += "# offsite = \"s3://BUCKET/PREFIX\"   # see docs/operations.md, Offsite copies\n";
     write_private(&config, text.as_bytes(), a.force || packaged)
@@ -190,6 +207,13 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
             a.listen.rsplit(':').next().unwrap_or("7400")
         );
         say!("     (ADDRESS-OF-{name}: this server's address or host name as they reach it; then delete /root/swarm.key)");
+        step += 1;
+    }
+    if a.operator_keys.is_empty() {
+        say!("  {step}. on your own machine (never on a server), make the operator key once:");
+        say!("       backmesh operator init");
+        say!("     and put the public key it prints in {}: operator-key = \"bmop-…\"", config.display());
+        say!("     (or run init again with --force --operator-key bmop-…)");
         step += 1;
     }
     say!("  {step}. start the node: systemctl enable --now backmesh-node");

@@ -11,6 +11,7 @@ use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use anyhow::{anyhow, bail, Context, Result};
 use backmesh_api::Health;
+use backmesh_core::authority::Authority;
 use backmesh_core::disk::free_bytes;
 use backmesh_core::jobs::actor::{JobsActor, JobsConfig};
 use backmesh_core::jobs::plugin::Programs;
@@ -21,6 +22,7 @@ use backmesh_core::net::router::Router;
 use backmesh_core::net::{client, swarm, swarm_key};
 use backmesh_core::notify::NotifyActor;
 use backmesh_core::replica::actor::{ReplicaActor, ReplicaConfig};
+use backmesh_core::replica::restore::Protected;
 use backmesh_core::store::{write_atomic, Store};
 use backmesh_core::workers::Worker;
 use backmesh_core::{jobs, log, protocols, replica};
@@ -60,6 +62,24 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| anyhow!("the TLS certificate and key do not fit together: {e}"))
+}
+
+/// What no restore may write into, over or above: this node's data
+/// directory (its store, index and identity key), config, keys and tokens.
+fn protected(cfg: &NodeConfig) -> Protected {
+    let mut p = vec![("the node's data directory".to_string(), cfg.data_dir.clone())];
+    let mut add = |what: &str, path: &Option<std::path::PathBuf>| {
+        if let Some(path) = path {
+            p.push((what.to_string(), path.clone()));
+        }
+    };
+    add("the node's config file", &cfg.config_file);
+    add("the swarm key", &cfg.swarm_key);
+    add("the API token file", &cfg.token_file);
+    add("the TLS certificate", &cfg.tls.as_ref().map(|t| t.0.clone()));
+    add("the TLS key", &cfg.tls.as_ref().map(|t| t.1.clone()));
+    add("the offsite credentials", &cfg.offsite.as_ref().and_then(|o| o.credentials.clone()));
+    Protected(p)
 }
 
 /// What `DATA_DIR/ready.json` says once the node serves: the addresses it
@@ -104,6 +124,13 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
     })?;
     cfg.listen = probe.local_addr().context("the mesh listener has no address")?;
     let tls = cfg.tls.as_ref().map(|(c, k)| tls_config(c, k)).transpose()?;
+    let authority = std::sync::Arc::new(Authority::new(&cfg.operator_keys).map_err(|e| anyhow!("operator-key: {e}"))?);
+    if !authority.has_operators() {
+        tracing::warn!(
+            "no operator key is trusted (--operator-key): this node acts only for its own API token, on its own \
+             jobs, and no operator can run, restore or change anything here from another node"
+        );
+    }
     // Offsite settings and credentials, checked before anything starts.
     let offsite = match &cfg.offsite {
         None => None,
@@ -197,6 +224,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                 repair_after: cfg.repair_after,
                 sync_every: Duration::from_secs(2),
                 quota: cfg.quota,
+                protected: protected(&cfg),
             },
         );
         let replica = match &offsite {
@@ -205,7 +233,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         }
         .with_worker(workers.register("copies", "pushes archives to their elected holders, repairs lost copies"))
         .start();
-        let programs = Programs { allowed: cfg.allow_programs, token: cfg.token.clone() };
+        let programs = Programs { allowed: cfg.allow_programs };
         let jobs = JobsActor::new(
             cfg.name.clone(),
             store.clone(),
@@ -232,15 +260,22 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             })
             .context("cannot start the mesh network's thread")?;
         // Each area's protocols, to the actor that answers them; what makes
-        // this node act checks the operator's grant (its name and token).
-        let (me, token) = (cfg.name.clone(), cfg.token.clone());
+        // this node act for another checks the operator's order.
+        let me = cfg.name.clone();
+        let misdeeds = actor.clone().recipient();
         let router = Router::new(actor.clone())
             .hear(log::proto::LOG_TOPIC, log::actor::serve::hear(log.clone()))
             .accept(&log::proto::STATE, log::actor::serve::serve_state(log.clone()))
             .accept(&log::proto::HISTORY, log::actor::serve::serve_history(log.clone()))
-            .accept(&jobs::proto::JOBS, jobs::actor::serve(jobs.clone(), me.clone(), token.clone()))
+            .accept(
+                &jobs::proto::JOBS,
+                jobs::actor::serve(jobs.clone(), me.clone(), authority.clone(), misdeeds.clone()),
+            )
             .accept(&replica::proto::XFER, replica::actor::serve_xfer(replica.clone()))
-            .accept(&replica::proto::REPLICA, replica::actor::serve_replica(replica.clone(), me, token));
+            .accept(
+                &replica::proto::REPLICA,
+                replica::actor::serve_replica(replica.clone(), me, authority.clone(), misdeeds),
+            );
         actix::spawn(router.run(inbound));
         let mut listen = net.listen_addrs().await?;
         if listen.is_empty() {
@@ -256,6 +291,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             store: store.clone(),
             net: net.clone(),
             token: cfg.token.clone(),
+            authority,
             viewer_token: cfg.viewer_token.clone(),
             site_tokens: cfg.site_tokens.clone(),
             federate: cfg.federate.clone(),

@@ -1,7 +1,7 @@
 //! The API's view of what the actors hold: each type of `backmesh_api`
 //! built field by field from its source, so a field renamed on either side
 //! breaks this build instead of a client at run time. What is for nodes
-//! only (signatures, operator grants) stays out.
+//! only (signatures, operator orders) stays out.
 
 use std::collections::HashSet;
 

@@ -29,6 +29,19 @@ pub fn binary(name: &str) -> PathBuf {
 /// A port nobody listens on right now. Racy by nature (another process may
 /// take it before it is used): only for refusals that never bind it. Nodes
 /// bind port 0 and say what they got (see [`Mesh::start`]).
+/// Makes an operator key in `file` with `backmesh operator init`, as an
+/// operator does on their machine; answers its public half.
+pub fn operator_init(file: &Path) -> String {
+    let out = Command::new(binary("backmesh"))
+        .args(["--json", "operator", "init", "--out"])
+        .arg(file)
+        .output()
+        .expect("run backmesh operator init");
+    assert!(out.status.success(), "operator init: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("operator init --json");
+    v["public"].as_str().expect("a public key").to_string()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
@@ -86,6 +99,11 @@ pub struct Mesh {
     pub root: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub swarm_key: PathBuf,
+    /// The operator's secret key file (made as an operator makes it, with
+    /// `backmesh operator init`), which [`Mesh::cli`] signs with…
+    pub operator_key: PathBuf,
+    /// …and its public half, which every node is told (`--operator-key`).
+    pub operator_public: String,
     /// Seconds of silence before a peer is shown down.
     pub down_after: u64,
     /// Environment variables for every node started from now on.
@@ -103,7 +121,9 @@ impl Mesh {
             .output()
             .expect("run backmesh-node keygen (build with `cargo build --workspace --bins`)");
         assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
-        Mesh { root, nodes: Vec::new(), swarm_key, down_after: 2, env: Vec::new() }
+        let operator_key = root.path().join("operator.key");
+        let operator_public = operator_init(&operator_key);
+        Mesh { root, nodes: Vec::new(), swarm_key, operator_key, operator_public, down_after: 2, env: Vec::new() }
     }
 
     /// Starts nodes named `names`, each joining through the previous one,
@@ -175,7 +195,12 @@ impl Mesh {
             args.push("--bootstrap".into());
             args.push(format!("127.0.0.1:{}", self.nodes[b].listen));
         }
-        args.extend(extra.iter().filter(|a| *a != "--no-swarm-key").cloned());
+        // `--no-operator-key` (harness only): a node that trusts no operator.
+        if !extra.iter().any(|a| a == "--no-operator-key") {
+            args.push("--operator-key".into());
+            args.push(self.operator_public.clone());
+        }
+        args.extend(extra.iter().filter(|a| *a != "--no-swarm-key" && *a != "--no-operator-key").cloned());
         let scheme = if extra.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
         let log = self.root.path().join(format!("{name}-{}.log", self.nodes.len()));
         let mut node = Node {
@@ -201,16 +226,33 @@ impl Mesh {
         self.root.path().join(format!("{name}-{}", self.nodes.len()))
     }
 
-    /// `backmesh --node URL ARGS…` against node `i`.
+    /// `backmesh --node URL ARGS…` against node `i`, as the operator: with
+    /// the operator key (unless the node's `cli_args` name another).
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
-        Command::new(binary("backmesh"))
-            .arg("--node")
+        let mut c = self.bare_cli(i);
+        if !self.nodes[i].cli_args.iter().any(|a| a == "--operator-key") {
+            c.arg("--operator-key").arg(&self.operator_key);
+        }
+        c.args(&self.nodes[i].cli_args).args(args).output().expect("run backmesh")
+    }
+
+    /// `backmesh --node URL ARGS…` against node `i` without any operator
+    /// key: what root on a node can do with that node's token alone.
+    pub fn cli_as_node(&self, i: usize, args: &[&str]) -> Output {
+        self.bare_cli(i).args(&self.nodes[i].cli_args).args(args).output().expect("run backmesh")
+    }
+
+    /// The client of node `i`, no key or token from this process's
+    /// environment or home directory.
+    fn bare_cli(&self, i: usize) -> Command {
+        let mut c = Command::new(binary("backmesh"));
+        c.arg("--node")
             .arg(self.nodes[i].url())
-            .args(&self.nodes[i].cli_args)
-            .args(args)
             .env_remove("BACKMESH_TOKEN")
-            .output()
-            .expect("run backmesh")
+            .env_remove("BACKMESH_OPERATOR_KEY")
+            .env("HOME", self.root.path())
+            .env("XDG_CONFIG_HOME", self.root.path().join("config"));
+        c
     }
 
     /// Node `i`'s `status --json`, if it answers.

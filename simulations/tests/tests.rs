@@ -159,6 +159,7 @@ fn init_sets_a_server_up_and_the_node_runs_from_what_it_wrote() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = stdout(&out);
     assert!(said.contains("made a new swarm key") && said.contains("systemctl enable --now backmesh-node"), "{said}");
+    assert!(said.contains("backmesh operator init"), "no operator key given: it says how to make one: {said}");
     for f in ["node.toml", "swarm.key"] {
         let mode = fs::metadata(conf.join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
@@ -172,9 +173,20 @@ fn init_sets_a_server_up_and_the_node_runs_from_what_it_wrote() {
     // A second server of the same mesh takes the first one's key.
     let conf2 = t.path().join("etc2");
     let key = conf.join("swarm.key");
-    let out = init(&conf2, &["--swarm-key", &key.to_string_lossy(), "--bootstrap", "127.0.0.1:7400"]);
+    // …and the operator's public key, made on the operator's machine.
+    let operator = backmesh_simulations::operator_init(&t.path().join("home/operator.key"));
+    let bad = init(&conf2, &["--operator-key", "bmop-1234"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an operator public key"), "{bad:?}");
+    let out = init(
+        &conf2,
+        &["--swarm-key", &key.to_string_lossy(), "--bootstrap", "127.0.0.1:7400", "--operator-key", &operator],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout(&out).contains("using the mesh's swarm key"));
+    assert!(!stdout(&out).contains("operator init"), "{}", stdout(&out));
+    let written = fs::read_to_string(conf2.join("node.toml")).unwrap();
+    assert!(written.contains(&format!("operator-key = [\"{operator}\"]")), "{written}");
     assert_eq!(fs::read(conf2.join("swarm.key")).unwrap(), fs::read(&key).unwrap());
     assert!(fs::read_to_string(conf2.join("node.toml")).unwrap().contains("bootstrap = [\"127.0.0.1:7400\"]"));
 

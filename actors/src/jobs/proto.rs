@@ -1,20 +1,20 @@
-//! `/backmesh/jobs/1`: what one node asks another about the jobs that
+//! `/backmesh/jobs/2`: what one node asks another about the jobs that
 //! other node runs. Sender: the HTTP API of any node, to the node a job
 //! belongs to. Answered by: that node's jobs actor
-//! ([`super::actor::serve`]), after the operator's grant is checked.
+//! ([`super::actor::serve`]), after the operator's order is checked.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::plugin::JobSpec;
-use crate::grant::{Grant, Granted};
+use crate::authority::{Act, SignedOrder};
+use crate::log::entry::Entry;
 use crate::net::rpc::Protocol;
 use backmesh_api::names::SeriesPath;
 
 /// The protocol: small questions, small answers.
 pub const JOBS: Protocol = Protocol {
-    name: "/backmesh/jobs/1",
+    name: "/backmesh/jobs/2",
     max_request: 64 * 1024,
     max_response: 64 * 1024,
     timeout: Duration::from_secs(10),
@@ -23,36 +23,23 @@ pub const JOBS: Protocol = Protocol {
 /// A question about one of the answering node's jobs. Answered by [`JobsAnswer`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobsRequest {
-    /// Can you run a job of `path` with this source (directory, command,
-    /// plugin)? Answer: `PathOk` or `PathRefused`.
-    CheckSource {
-        path: SeriesPath,
-        #[serde(default)]
-        every_min: u64,
-        #[serde(default)]
-        excludes: Vec<String>,
-        spec: JobSpec,
-    },
+    /// Change one of your jobs as the operator ordered: `act` is a
+    /// register, unregister, pause or resume of yours, and `order` signs
+    /// exactly it. The answering node checks the order, the job's source,
+    /// and writes the change to the log itself (a job is written by its
+    /// own node only). Answer: `Recorded` or `Failed`.
+    Change { act: Act, order: SignedOrder },
     /// Back up `path` (a registered job of yours) now; the result's log
-    /// entry carries `request`. Needs the operator's grant. Answer:
-    /// `Queued` or `Busy`.
+    /// entry carries `request`. Needs the operator's order. Answer:
+    /// `Queued`, `Busy` or `Failed`.
     Run {
         path: SeriesPath,
         request: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        grant: Option<Grant>,
+        order: Option<SignedOrder>,
     },
     /// How far is the running backup of `path`? Answer: `Progress`.
     Progress { path: SeriesPath },
-}
-
-impl Granted for JobsRequest {
-    fn grant_mut(&mut self) -> Option<&mut Option<Grant>> {
-        match self {
-            JobsRequest::Run { grant, .. } => Some(grant),
-            JobsRequest::CheckSource { .. } | JobsRequest::Progress { .. } => None,
-        }
-    }
 }
 
 /// A running backup's counters.
@@ -70,10 +57,9 @@ pub struct RunProgress {
 /// The answer to a [`JobsRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobsAnswer {
-    PathOk,
-    /// The path cannot be backed up, in words for the operator.
-    PathRefused {
-        reason: String,
+    /// The change is in the log: this entry, sealed by the answering node.
+    Recorded {
+        entry: Box<Entry>,
     },
     /// The run is queued under this id.
     Queued {
@@ -84,7 +70,7 @@ pub enum JobsAnswer {
         reason: String,
     },
     Progress(RunProgress),
-    /// The request could not be served, in words (no grant, unreadable).
+    /// The request could not be served, in words (no order, a bad source, unreadable).
     Failed {
         reason: String,
     },

@@ -57,7 +57,7 @@ mod sync;
 
 pub use messages::{
     Append, ForRequest, GetCatalog, GetCatalogs, GetJobs, GetJobsOf, GetKeepers, GetNotified, GetOrigins, GetStats,
-    Gossiped, IsCaughtUp, Query, ServeHistory, ServeStatePull, SetPlacement, StateReceived, StateStats,
+    Gossiped, IsCaughtUp, Query, ServeHistory, ServeStatePull, SetPlacement, StateReceived, StateStats, TakeEntry,
 };
 
 /// Entries re-folded from the durable history at start-up: the state on
@@ -208,6 +208,20 @@ impl LogActor {
         let resealed = actor.state.reseal(&actor.me, &actor.my_name, &actor.identity);
         if resealed > 0 {
             tracing::info!("sealed {resealed} registers of the mesh state this node wrote before it signed them");
+        }
+        // Its own jobs written by another node (before protocol 11): written
+        // again by this node, once it knows its seq, so that peers take them.
+        let adopt = actor.state.adoptions(&actor.me, &actor.my_name);
+        if !adopt.is_empty() {
+            tracing::info!(
+                "writing again as this node's own {} job and pause records that another node wrote for it \
+                 (before mesh protocol 11, docs/operations.md, \"Upgrading\")",
+                adopt.len()
+            );
+            for event in adopt {
+                let (tx, _) = tokio::sync::oneshot::channel();
+                actor.waiting.push((event, tx));
+            }
         }
         actor.persist()?;
         if let Some(t) = actor.state.max_time() {
@@ -683,11 +697,46 @@ mod tests {
         };
         assert!(actor.take_gossip(c.publishes(&c.entry(3, now_ms(), copy))).1.is_some());
         assert_eq!(actor.state.max_seq(&c.id), 0, "nothing of C's was taken in");
-        // b's own run, and anyone's registration, are taken in.
+        // C registers, pauses or resumes b's jobs, signed as itself: a
+        // node's jobs are its own to write (an operator asks it by an order).
+        for (seq, event) in [
+            (4, registered("b", "/srv")),
+            (5, Event::Unregistered { node: "b".into(), path: "/srv".into() }),
+            (6, Event::Paused { node: "b".into() }),
+            (7, Event::Resumed { node: "b".into() }),
+        ] {
+            let m = actor.take_gossip(c.publishes(&c.entry(seq, now_ms(), event))).1.expect("refused");
+            assert!(m.what.contains("only node b may write"), "{}", m.what);
+        }
+        assert!(actor.state.jobs().is_empty());
+        // b's own run and registration are taken in.
         assert!(actor.take_gossip(b.publishes(&b.entry(1, now_ms(), run_of_b()))).1.is_none());
         assert_eq!(actor.state.max_seq(&b.id), 1);
-        assert!(actor.take_gossip(c.publishes(&c.entry(4, now_ms(), registered("b", "/srv")))).1.is_none());
+        assert!(actor.take_gossip(b.publishes(&b.entry(2, now_ms(), registered("b", "/srv")))).1.is_none());
         assert_eq!(actor.state.jobs().len(), 1);
+    }
+
+    #[test]
+    fn a_job_record_sealed_by_another_node_than_its_own_is_named_a_forgery() {
+        use crate::log::signing::{slots, Checked};
+        let t = tempfile::tempdir().unwrap();
+        let kv = Arc::new(MemKv::default());
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        kv.put(crate::store::ORIGINS, b"b", b.id.as_bytes()).unwrap();
+        let actor = a.load(kv.clone(), t.path());
+        // C writes b's job into its own state and seals it with its key.
+        let e = c.entry(1, now_ms(), registered("b", "/srv"));
+        let mut state = MeshState::new();
+        state.apply(&e);
+        let key = RecordKey::Job("b".into(), "/srv".into());
+        let mut record = state.record(&key).expect("the job");
+        for s in slots(&key, &mut record) {
+            *s.sig = Seal::of(crate::seal::Signer::sign(&c.key, &s.msg));
+        }
+        let mut found = Checked::default();
+        let keys = super::gossip::BoundKeys::new(kv.as_ref(), &actor.state);
+        assert!(!MeshState::new().check(&key, &mut record, &keys, &mut found));
+        assert_eq!(found.forged.len(), 1, "{found:?}");
     }
 
     #[test]

@@ -373,17 +373,21 @@ impl Event {
         }
     }
 
-    /// The one node that may write this event, when only one may: a
-    /// series' node its runs, a holder what it keeps, prunes, repairs and
-    /// verifies, a node the restores and notifications it made. `None`:
-    /// any node may (registrations, pause, resume; kinds this version
-    /// does not know).
+    /// The one node that may write this event: a node its own jobs
+    /// (registrations, pause, resume: another node's operator asks it by
+    /// an order, docs/security.md) and their runs, a holder what it keeps,
+    /// prunes, repairs and verifies, a node the restores and notifications
+    /// it made. `None`: kinds this version does not know.
     pub fn author(&self) -> Option<&str> {
         match self {
             Event::Started { node, .. }
             | Event::Finished { node, .. }
             | Event::Unchanged { node, .. }
-            | Event::Failed { node, .. } => Some(node),
+            | Event::Failed { node, .. }
+            | Event::Registered { node, .. }
+            | Event::Unregistered { node, .. }
+            | Event::Paused { node, .. }
+            | Event::Resumed { node, .. } => Some(node),
             Event::Replicated { holder, .. }
             | Event::Pruned { holder, .. }
             | Event::Verified { holder, .. }
@@ -391,11 +395,7 @@ impl Event {
             | Event::Repaired { holder, .. } => Some(holder),
             Event::Restored { on, .. } => Some(on),
             Event::Notified { by, .. } => Some(by),
-            Event::Registered { .. }
-            | Event::Unregistered { .. }
-            | Event::Paused { .. }
-            | Event::Resumed { .. }
-            | Event::Other(_) => None,
+            Event::Other(_) => None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! What a job is, as the log records it: its [`JobSpec`] (source, hooks,
-//! timeout, notifications, the operator's grant for its programs) and
+//! timeout, notifications) and
 //! what a plugin reported of a run ([`PluginReport`]). Running them is
 //! `crate::jobs::plugin`'s.
 
@@ -35,10 +35,10 @@ pub struct JobSpec {
     /// Shell command told of failure, staleness and recovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_cmd: Option<String>,
-    /// The operator's credential for the programs above, from the node the
-    /// job was registered through: HMAC-SHA256 keyed by its API token, over
-    /// the job's node, path and the rest of this spec. A node with a token
-    /// runs a job's programs only under a grant its own token makes.
+    /// What versions before protocol 11 kept here: the HMAC of the
+    /// registering node's token over the job. Read, never written nor
+    /// trusted now (a node adopts its jobs that carry one: see
+    /// `log::actor`), and kept so that such a record still reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<serde_bytes::ByteBuf>,
 }
@@ -46,24 +46,6 @@ pub struct JobSpec {
 impl JobSpec {
     pub fn is_default(&self) -> bool {
         *self == JobSpec::default()
-    }
-
-    /// The MAC of this spec (its grant left out) for `job`.
-    pub(crate) fn mac(&self, token: &str, job: &Job) -> hmac::Hmac<sha2::Sha256> {
-        let bare = JobSpec { grant: None, ..self.clone() };
-        let signed = ("register", job.node, job.path, job.every_min, job.excludes, &bare);
-        crate::grant::operator_mac(token, &crate::codec::encode(&signed))
-    }
-
-    /// This spec with the operator's grant for `job`, when it runs
-    /// programs and the registering node has a `token`.
-    pub fn granted(mut self, token: Option<&str>, job: &Job) -> Self {
-        use hmac::Mac;
-        self.grant = None;
-        if let Some(t) = token.filter(|_| !self.programs().is_empty()) {
-            self.grant = Some(self.mac(t, job).finalize().into_bytes().to_vec().into());
-        }
-        self
     }
 
     pub fn timeout(&self) -> Duration {
@@ -147,15 +129,4 @@ impl PluginReport {
     pub fn is_empty(&self) -> bool {
         *self == PluginReport { archive: true, ..Default::default() }
     }
-}
-
-/// What a registration's grant covers besides the spec: the job's node,
-/// path, schedule and excludes (so a grant cannot be moved to another job
-/// or make the operator's command run more often).
-#[derive(Clone, Copy, Debug)]
-pub struct Job<'a> {
-    pub node: &'a str,
-    pub path: &'a str,
-    pub every_min: u64,
-    pub excludes: &'a [String],
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use backmesh_api::Notice;
 
 use super::crdt::{cbor, join_in, Lww, Stamp};
-use super::entry::Entry;
+use super::entry::{Entry, Event};
 use super::hlc::Hlc;
 use super::records::{JobReg, OriginRec, Record, RecordKey, Series, SeriesKey, BUCKETS};
 use super::signing::{
@@ -354,6 +354,34 @@ impl MeshState {
             .filter(|(_, r)| r.value.registered)
             .map(|(k, r)| self.job_view(k, r))
             .collect()
+    }
+
+    /// The events that write node `my_name`'s job and pause records
+    /// again as its own, for those another peer than `me` wrote (a
+    /// version before mesh protocol 11 let any node write them; peers
+    /// now take in only those the node itself sealed).
+    pub fn adoptions(&self, me: &str, my_name: &str) -> Vec<Event> {
+        let mut out: Vec<Event> = self
+            .jobs
+            .range((my_name.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == my_name)
+            .filter(|(_, r)| r.time.node != me)
+            .map(|((node, path), r)| match r.value.registered {
+                true => Event::Registered {
+                    node: node.clone(),
+                    path: path.clone(),
+                    every_min: r.value.every_min,
+                    excludes: r.value.excludes.clone(),
+                    spec: r.value.spec.clone(),
+                },
+                false => Event::Unregistered { node: node.clone(), path: path.clone() },
+            })
+            .collect();
+        if let Some(p) = self.paused.get(my_name).filter(|p| p.time.node != me) {
+            let node = my_name.to_string();
+            out.push(if p.value { Event::Paused { node } } else { Event::Resumed { node } });
+        }
+        out
     }
 
     /// Makes the catalogs of the series that changed again.
@@ -804,8 +832,9 @@ mod tests {
             let archive = format!("a{:03}", rng.below(60));
             let request = (rng.below(3) == 0).then(|| format!("r{}", rng.below(40)));
             let event = match rng.below(8) {
-                0 => Event::Registered { node: other, path, every_min: 5, excludes: vec![], spec: Default::default() },
-                1 => Event::Paused { node: other },
+                // A node's jobs and pause flag are its own to write.
+                0 => Event::Registered { node: me, path, every_min: 5, excludes: vec![], spec: Default::default() },
+                1 => Event::Paused { node: me },
                 2 => Event::Finished {
                     node: me,
                     path,
@@ -1114,6 +1143,34 @@ mod tests {
         assert_eq!((cat[0].size, cat[0].files, cat[0].warnings), (10, 2, 1));
         assert!(s.series_kept_by("n2").contains(&("n1".to_string(), "/p".to_string())));
         assert!(s.series_kept_by("n3").is_empty());
+    }
+
+    #[test]
+    fn a_node_adopts_its_own_jobs_that_another_node_wrote_and_only_those() {
+        let at = |peer: &str, name: &str, seq: u64, ms: i64, event: Event| {
+            Entry::new(peer.into(), name.into(), seq, Hlc { wall_ms: ms, logical: 0, node: peer.into() }, event)
+        };
+        let reg = |node: &str, path: &str| Event::Registered {
+            node: node.into(),
+            path: path.into(),
+            every_min: 5,
+            excludes: vec!["*.log".into()],
+            spec: Default::default(),
+        };
+        let mut s = MeshState::new();
+        // Written by peer pb (node b) before protocol 11: a's job and pause, b's own job.
+        s.apply(&at("pb", "b", 1, 1_000, reg("a", "/srv")));
+        s.apply(&at("pb", "b", 2, 1_001, Event::Paused { node: "a".into() }));
+        s.apply(&at("pb", "b", 3, 1_002, reg("b", "/own")));
+        s.apply(&at("pa", "a", 1, 1_003, reg("a", "/mine")));
+        let adopt = s.adoptions("pa", "a");
+        assert_eq!(adopt, vec![reg("a", "/srv"), Event::Paused { node: "a".into() }]);
+        assert!(s.adoptions("pb", "b").is_empty(), "b wrote its own");
+        for (i, e) in adopt.into_iter().enumerate() {
+            s.apply(&at("pa", "a", 2 + i as u64, 2_000, e));
+        }
+        assert!(s.adoptions("pa", "a").is_empty(), "written again, they are a's");
+        assert_eq!(s.jobs_of("a").len(), 2);
     }
 
     #[test]

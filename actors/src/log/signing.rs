@@ -90,13 +90,20 @@ fn lww_slot<'a, T: Serialize>(key: &RecordKey, field: Field<'_>, what: &str, r: 
     }
 }
 
+/// The slot of a last-writer register that only node `node` writes.
+fn node_lww_slot<'a, T: Serialize>(key: &RecordKey, node: &str, field: Field<'_>, r: &'a mut Lww<T>) -> Slot<'a> {
+    let what = if matches!(field, Field::Job) { "job settings" } else { "pause flag" };
+    Slot { writer: Writer::Node(node.to_string()), ..lww_slot(key, field, what, r) }
+}
+
 /// Every signed thing of `record` (under `key`), in one fixed order: the
 /// order in which an entry carries the seals of what it writes.
 pub fn slots<'a>(key: &RecordKey, record: &'a mut Record) -> Vec<Slot<'a>> {
     let mut out = Vec::new();
     match (key, record) {
-        (_, Record::Job(r)) => out.push(lww_slot(key, Field::Job, "job settings", r)),
-        (_, Record::Paused(r)) => out.push(lww_slot(key, Field::Paused, "pause flag", r)),
+        // A node's jobs and its pause flag are written by that node alone.
+        (RecordKey::Job(node, _), Record::Job(r)) => out.push(node_lww_slot(key, node, Field::Job, r)),
+        (RecordKey::Paused(node), Record::Paused(r)) => out.push(node_lww_slot(key, node, Field::Paused, r)),
         (RecordKey::Origin(peer), Record::Origin(o)) => {
             let OriginRec { max_seq, name, seal } = o;
             let name = name.as_ref().map(|n| (&n.time, &n.value));

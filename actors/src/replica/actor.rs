@@ -5,7 +5,7 @@
 //!   sends or asks for archives over [`XFER`]; store work runs in the
 //!   blocking pool.
 //! - [`ServeReplica`] (the router, through [`serve_replica`]): `Restore`
-//!   and `Verify` asked through another node, the operator's grant
+//!   and `Verify` asked through another node, the operator's order
 //!   checked; [`RestoreHere`], [`VerifyHere`] (this node's HTTP API).
 //! - [`ArchiveStored`] (the jobs actor): copies go now.
 //!
@@ -40,12 +40,13 @@ use super::quota::{Quota, Usage};
 pub use super::restore::RestoreHere;
 use super::restore::{check_target, restore, BadTarget};
 use super::verify::verify_series;
+use crate::authority::Authority;
 use crate::disk::free_bytes;
 use crate::hash::Digest;
 use crate::jobs::actor::ArchiveStored;
 use crate::log::actor::{Append, LogActor};
 use crate::log::entry::Event;
-use crate::net::actor::{GetPeers, MembershipActor};
+use crate::net::actor::{GetPeers, MembershipActor, Misbehaved};
 use crate::net::client::NetClient;
 use crate::net::membership::PeerView;
 use crate::net::rpc::{InboundRequest, Reply};
@@ -65,6 +66,8 @@ pub struct ReplicaConfig {
     pub sync_every: Duration,
     /// The most one other node's archives may take here.
     pub quota: Quota,
+    /// What no restore may write into, over or above.
+    pub protected: super::restore::Protected,
 }
 
 /// A transfer request from another node (its peer id). Sender: the
@@ -77,7 +80,7 @@ pub struct ServeXfer {
     pub reply: Reply<XferResponse>,
 }
 
-/// A restore or verify asked by another node, its grant checked. Sender:
+/// A restore or verify asked by another node, its order checked. Sender:
 /// the router, through [`serve_replica`].
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -101,14 +104,31 @@ pub fn serve_xfer(replica: Addr<ReplicaActor>) -> impl Fn(InboundRequest) {
 }
 
 /// The router's handler of [`REPLICA`] requests: what makes this node act
-/// (`me` is its name, `token` its API token) needs the operator's grant.
-pub fn serve_replica(replica: Addr<ReplicaActor>, me: String, token: Option<String>) -> impl Fn(InboundRequest) {
+/// (`me` is its name) needs the operator's order; a request without a good
+/// one is refused, logged and counted against the asking peer.
+pub fn serve_replica(
+    replica: Addr<ReplicaActor>,
+    me: String,
+    authority: Arc<Authority>,
+    misdeeds: Recipient<Misbehaved>,
+) -> impl Fn(InboundRequest) {
     move |req| {
         let reply = req.reply.typed::<ReplicaAnswer>();
-        match crate::grant::granted_request(&req.body, REPLICA.max_request, token.as_deref(), &me, &req.peer) {
-            Ok(request) => replica.do_send(ServeReplica { request, reply }),
-            Err(reason) => reply.send(&ReplicaAnswer::Failed { reason }),
-        }
+        let request = match crate::codec::decode::<ReplicaRequest>(&req.body, REPLICA.max_request) {
+            Ok(r) => r,
+            Err(e) => return reply.send(&ReplicaAnswer::Failed { reason: format!("an unreadable request: {e}") }),
+        };
+        let (act, order) = request.act(&me);
+        let refused = match order {
+            None => crate::authority::needs_order(&me, act.name()),
+            Some(o) => match authority.admit(o, &act, &me, crate::clock::now_ms()) {
+                Ok(_) => return replica.do_send(ServeReplica { request, reply }),
+                Err(e) => e.to_string(),
+            },
+        };
+        tracing::warn!("refused a request from the mesh ({}): {refused}", req.peer);
+        misdeeds.do_send(Misbehaved { peer: req.peer.clone(), what: format!("an order refused: {refused}") });
+        reply.send(&ReplicaAnswer::Failed { reason: refused });
     }
 }
 
@@ -574,7 +594,7 @@ impl Handler<ServeReplica> for ReplicaActor {
 impl Handler<RestoreHere> for ReplicaActor {
     type Result = Result<(), BadTarget>;
     fn handle(&mut self, msg: RestoreHere, _: &mut Context<Self>) -> Self::Result {
-        check_target(&msg.to, msg.overwrite)?;
+        check_target(&msg.to, msg.overwrite, &self.cfg.protected)?;
         let net = self.net.clone();
         let (store, log, membership, me) =
             (self.store.clone(), self.log.clone(), self.membership.clone(), self.me.clone());
@@ -679,15 +699,36 @@ mod tests {
     #[test]
     fn restore_targets_are_checked_before_anything_starts() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(check_target("relative/dir", false).unwrap_err().to_string().contains("absolute"));
+        let none = super::super::restore::Protected::default();
+        assert!(check_target("relative/dir", false, &none).unwrap_err().to_string().contains("absolute"));
         let t = dir.path().join("new");
-        assert!(check_target(t.to_str().unwrap(), false).is_ok());
+        assert!(check_target(t.to_str().unwrap(), false, &none).is_ok());
         std::fs::create_dir(&t).unwrap();
-        assert!(check_target(t.to_str().unwrap(), false).is_ok());
+        assert!(check_target(t.to_str().unwrap(), false, &none).is_ok());
         std::fs::write(t.join("f"), b"x").unwrap();
-        assert!(check_target(t.to_str().unwrap(), false).unwrap_err().to_string().contains("--overwrite"));
-        assert!(check_target(t.to_str().unwrap(), true).is_ok());
-        assert!(check_target(t.join("f").to_str().unwrap(), false)
+        assert!(check_target(t.to_str().unwrap(), false, &none).unwrap_err().to_string().contains("--overwrite"));
+        // The node's data directory and config: not into, not over, not
+        // above, not through `..` or a symbolic link; beside them is fine.
+        let data = dir.path().join("srv/data");
+        std::fs::create_dir_all(data.join("segments")).unwrap();
+        let config = dir.path().join("etc/node.toml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, b"name = 'n1'").unwrap();
+        std::os::unix::fs::symlink(&data, dir.path().join("link")).unwrap();
+        let guard = super::super::restore::Protected(vec![
+            ("data directory".into(), data.clone()),
+            ("config".into(), config.clone()),
+        ]);
+        let p = |rel: &str| dir.path().join(rel).to_string_lossy().into_owned();
+        for bad in ["srv/data", "srv/data/segments", "srv/data/new", "srv", "etc", "etc/node.toml", "link/x"] {
+            let e = check_target(&p(bad), true, &guard).unwrap_err().to_string();
+            assert!(e.contains("never writes"), "{bad}: {e}");
+        }
+        assert!(check_target(&format!("{}/srv/other/../data", dir.path().display()), true, &guard).is_err());
+        assert!(check_target(&p("srv/other"), true, &guard).is_ok());
+        assert!(check_target(&p("etc2"), true, &guard).is_ok());
+        assert!(check_target(t.to_str().unwrap(), true, &guard).is_ok());
+        assert!(check_target(t.join("f").to_str().unwrap(), false, &guard)
             .unwrap_err()
             .to_string()
             .contains("not a directory"));

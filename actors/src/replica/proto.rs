@@ -3,15 +3,15 @@
 //! - `/backmesh/xfer/2` ([`XFER`]): archives between nodes: an origin or a
 //!   surviving holder offers, sends and commits; any node reads an archive
 //!   for a fetch or a restore. Answered by the replica actor's holder side.
-//! - `/backmesh/replica/1` ([`REPLICA`]): restore and verify asked of the
-//!   node that is to act, with the operator's grant. Answered by the
+//! - `/backmesh/replica/2` ([`REPLICA`]): restore and verify asked of the
+//!   node that is to act, with the operator's order. Answered by the
 //!   replica actor.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::grant::{Grant, Granted};
+use crate::authority::{Act, SignedOrder};
 use crate::hash::Digest;
 use crate::net::client::{NetClient, RequestError};
 use crate::net::rpc::Protocol;
@@ -20,7 +20,7 @@ pub use backmesh_api::names::{ArchiveId, NodeName, SeriesPath};
 
 /// Restore and verify asked of another node.
 pub const REPLICA: Protocol = Protocol {
-    name: "/backmesh/replica/1",
+    name: "/backmesh/replica/2",
     max_request: 64 * 1024,
     max_response: 4 * 1024 * 1024,
     timeout: Duration::from_secs(10),
@@ -38,8 +38,9 @@ pub enum ReplicaRequest {
         to: String,
         overwrite: bool,
         request: String,
+        /// The operator's order for this restore (`on` is you).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        grant: Option<Grant>,
+        order: Option<SignedOrder>,
     },
     /// Re-hash the members you keep (of (node, path), or all), repairing
     /// damage from other holders; `verified` entries carry `request`.
@@ -48,15 +49,35 @@ pub enum ReplicaRequest {
         node: Option<NodeName>,
         path: Option<SeriesPath>,
         request: String,
+        /// The operator's order for this verify.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        grant: Option<Grant>,
+        order: Option<SignedOrder>,
     },
 }
 
-impl Granted for ReplicaRequest {
-    fn grant_mut(&mut self) -> Option<&mut Option<Grant>> {
+impl ReplicaRequest {
+    /// What the operator's order must say for the answering node `me` to
+    /// do this, and the order it carries.
+    pub fn act(&self, me: &str) -> (Act, Option<&SignedOrder>) {
         match self {
-            ReplicaRequest::Restore { grant, .. } | ReplicaRequest::Verify { grant, .. } => Some(grant),
+            ReplicaRequest::Restore { node, path, archive, to, overwrite, order, .. } => (
+                Act::Restore(backmesh_api::Restore {
+                    node: node.to_string(),
+                    path: path.to_string(),
+                    archive: archive.as_ref().map(|a| a.to_string()),
+                    to: to.clone(),
+                    on: Some(me.to_string()),
+                    overwrite: *overwrite,
+                }),
+                order.as_ref(),
+            ),
+            ReplicaRequest::Verify { node, path, order, .. } => (
+                Act::Verify(backmesh_api::Verify {
+                    node: node.as_ref().map(|n| n.to_string()),
+                    path: path.as_ref().map(|p| p.to_string()),
+                }),
+                order.as_ref(),
+            ),
         }
     }
 }

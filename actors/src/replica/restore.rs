@@ -28,6 +28,61 @@ pub enum BadTarget {
     NotADirectory(String),
     #[error("{to}: {why}")]
     Unusable { to: String, why: String },
+    #[error(
+        "a restore never writes into, over or above this node's own {what} ({path}), whoever asks; \
+         restore into another directory"
+    )]
+    Protected { what: String, path: String },
+}
+
+/// What a restore must never write into, over or above: the node's data
+/// directory, its config, its keys and token files. Given by the node at
+/// start; each with what it is, for the refusal.
+#[derive(Clone, Debug, Default)]
+pub struct Protected(pub Vec<(String, std::path::PathBuf)>);
+
+impl Protected {
+    /// The protected path `to` would write into, over or above, if any.
+    /// Both are compared as the filesystem resolves them (symbolic links
+    /// of the part that exists followed), so a link or `..` leads nowhere.
+    pub fn hit(&self, to: &std::path::Path) -> Option<&(String, std::path::PathBuf)> {
+        let to = resolved(to);
+        self.0.iter().find(|(_, p)| {
+            let p = resolved(p);
+            p.starts_with(&to) || to.starts_with(&p)
+        })
+    }
+}
+
+/// `p` with its longest existing ancestor canonicalized and `..` folded.
+fn resolved(p: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut clean = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    let mut base = clean.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&base) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (base.file_name().map(|n| n.to_owned()), base.parent().map(|b| b.to_path_buf())) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                base = parent;
+            }
+            _ => return clean,
+        }
+    }
 }
 
 impl crate::error::Transient for BadTarget {
@@ -65,10 +120,13 @@ impl crate::error::Transient for RestoreFailed {
 }
 
 /// Why a restore into `to` cannot start, if it cannot.
-pub(crate) fn check_target(to: &str, overwrite: bool) -> Result<(), BadTarget> {
+pub(crate) fn check_target(to: &str, overwrite: bool, protected: &Protected) -> Result<(), BadTarget> {
     let p = std::path::Path::new(to);
     if !p.is_absolute() {
         return Err(BadTarget::NotAbsolute(to.into()));
+    }
+    if let Some((what, path)) = protected.hit(p) {
+        return Err(BadTarget::Protected { what: what.clone(), path: path.display().to_string() });
     }
     match std::fs::read_dir(p).map(|mut entries| entries.next().is_some()) {
         Ok(true) if !overwrite => Err(BadTarget::NotEmpty(to.into())),

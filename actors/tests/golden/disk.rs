@@ -1,7 +1,7 @@
 //! Golden bytes of what a node writes to disk and what it signs: a sealed
 //! manifest file and its member list, the catalog, the mesh state's
 //! records, the run queue, the history's files, and the signed bodies of
-//! entries, registers and grants. Each is made anew from fixed inputs (a
+//! entries, registers and operator orders. Each is made anew from fixed inputs (a
 //! fixed identity, a fixed clock) and must come out byte for byte as
 //! checked in; what was checked in must read back.
 
@@ -226,13 +226,18 @@ fn golden_signed_bodies() {
     }
     assert!(msgs.len() >= 3, "{msgs:?}");
     pin_bytes("signed_registers", &encode(&msgs));
-    // A grant: its MAC covers the node that is to act and the request.
-    let run = backmesh_core::jobs::proto::JobsRequest::Run {
-        path: backmesh_core::replica::proto::series("/srv/app").unwrap(),
-        request: Some("r-1".into()),
-        grant: None,
-    };
-    pin_bytes("signed_grant", &encode(&backmesh_core::grant::sign(run, Some("operator-token"), "n2")));
+    // An operator's order: its JSON, hex, and the Ed25519 signature over those bytes.
+    pin_bytes("signed_order", golden_order().0.as_bytes());
+}
+
+/// An order of a fixed key, time and nonce (Ed25519 signs deterministically).
+pub fn golden_order() -> backmesh_core::authority::SignedOrder {
+    use backmesh_core::authority::{Act, Order};
+    let text = format!("backmesh operator secret key v1\nsecret: {}\n", "07".repeat(32));
+    let key = backmesh_api::order::OperatorKey::from_file_text(&text).unwrap();
+    let act = Act::Run(backmesh_api::JobKey { node: "n2".into(), path: "/srv/app".into() });
+    let order = Order { operator: key.public(), at_ms: 1_795_000_000_000, nonce: "00".repeat(16), act };
+    key.sign_order(&order).unwrap()
 }
 
 #[test]

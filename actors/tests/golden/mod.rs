@@ -192,16 +192,19 @@ fn golden_history_protocol() {
 #[test]
 fn golden_jobs_protocol() {
     let path = series("/srv/app").unwrap();
-    let spec = JobSpec { pre: Some("sync".into()), ..JobSpec::default() };
-    pin(
-        "jobs_check_source",
-        &JobsRequest::CheckSource { path: path.clone(), every_min: 5, excludes: vec!["*.log".into()], spec },
-    );
-    let grant = Some(serde_bytes::ByteBuf::from(vec![0xab; 32]));
-    pin("jobs_run", &JobsRequest::Run { path: path.clone(), request: Some("r-1".into()), grant });
+    let order = disk::golden_order();
+    let register = backmesh_api::Register {
+        node: "n1".into(),
+        path: "/srv/app".into(),
+        every: 5,
+        excludes: vec!["*.log".into()],
+        spec: backmesh_api::JobSpec { pre: Some("sync".into()), ..Default::default() },
+    };
+    let act = backmesh_core::authority::Act::Register(register);
+    pin("jobs_change", &JobsRequest::Change { act, order: order.clone() });
+    pin("jobs_run", &JobsRequest::Run { path: path.clone(), request: Some("r-1".into()), order: Some(order) });
     pin("jobs_progress", &JobsRequest::Progress { path });
-    pin("jobs_path_ok", &JobsAnswer::PathOk);
-    pin("jobs_path_refused", &JobsAnswer::PathRefused { reason: "/x does not exist".into() });
+    pin("jobs_recorded", &JobsAnswer::Recorded { entry: Box::new(entry(7, finished())) });
     pin("jobs_queued", &JobsAnswer::Queued { id: 12 });
     pin("jobs_busy", &JobsAnswer::Busy { reason: "64 runs wait".into() });
     let progress = RunProgress {
@@ -213,12 +216,12 @@ fn golden_jobs_protocol() {
         request: Some("r-1".into()),
     };
     pin("jobs_progress_answer", &JobsAnswer::Progress(progress));
-    pin("jobs_failed", &JobsAnswer::Failed { reason: "no grant".into() });
+    pin("jobs_failed", &JobsAnswer::Failed { reason: "no order".into() });
 }
 
 #[test]
 fn golden_replica_protocol() {
-    let grant = Some(serde_bytes::ByteBuf::from(vec![0xcd; 32]));
+    let order = Some(disk::golden_order());
     pin(
         "replica_restore",
         &ReplicaRequest::Restore {
@@ -228,10 +231,10 @@ fn golden_replica_protocol() {
             to: "/restore/app".into(),
             overwrite: false,
             request: "r-2".into(),
-            grant: grant.clone(),
+            order: order.clone(),
         },
     );
-    pin("replica_verify", &ReplicaRequest::Verify { node: None, path: None, request: "r-3".into(), grant });
+    pin("replica_verify", &ReplicaRequest::Verify { node: None, path: None, request: "r-3".into(), order });
     pin("replica_accepted", &ReplicaAnswer::Accepted);
     pin("replica_verifying", &ReplicaAnswer::Verifying { series: vec![("n1".into(), "/srv/app".into())] });
     pin("replica_failed", &ReplicaAnswer::Failed { reason: "not empty".into() });

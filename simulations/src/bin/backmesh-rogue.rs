@@ -24,9 +24,17 @@
 //!   its own key and offers it to the holder, then commits it;
 //! - `restore-overwrite`: asks the holder to restore the victim's series
 //!   over `--restore-to`, without the operator's credential;
-//! - `hook-registration`: registers, signed as itself (any node may), a
+//! - `hook-registration`: gossips, signed as itself, a registration of a
 //!   job of the holder's for `--hook-path` with a `pre` hook that touches
-//!   `--marker`: the holder must run no program its operator did not allow;
+//!   `--marker`: only the holder writes its jobs;
+//! - `stranger-order`: asks the holder to register that job under an
+//!   order signed by an operator key of the rogue's own making;
+//! - `no-order`: asks the holder to register that job, and to run a
+//!   backup, without any order;
+//! - `replayed-order` (with `--operator-key FILE`: the operator's key,
+//!   standing for an order the rogue saw pass through its node): sends an
+//!   order meant for the holder to the victim, then to the holder twice:
+//!   carried out once, then refused as a replay;
 //! - `lie-holder`: claims boundless free space, so that placement elects
 //!   it, and for `--serve-secs` says it keeps every archive offered to it
 //!   (`Want { complete }`, `Committed`, `Archives`) while keeping nothing
@@ -298,7 +306,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                 to,
                 overwrite: true,
                 request: "rogue-restore".into(),
-                grant: None,
+                order: None,
             };
             let answer = match rogue
                 .net
@@ -309,6 +317,54 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                 Err(e) => format!("error: {e:?}"),
             };
             say(attack, answer);
+        }
+        "stranger-order" | "no-order" => {
+            use backmesh_core::jobs::proto::{JobsAnswer, JobsRequest, JOBS};
+            let register = backmesh_api::Register {
+                node: holder.clone(),
+                path: a.need("--hook-path"),
+                every: 600,
+                excludes: vec![],
+                spec: backmesh_api::JobSpec {
+                    pre: Some(format!("touch {}", a.need("--marker"))),
+                    ..Default::default()
+                },
+            };
+            let act = backmesh_core::authority::Act::Register(register);
+            let mut asks = Vec::new();
+            if attack == "stranger-order" {
+                let mine = backmesh_api::order::OperatorKey::generate().expect("a key");
+                asks.push(JobsRequest::Change { order: mine.sign(act.clone(), now_ms()).expect("signed"), act });
+            } else {
+                // A Change cannot be made without an order; an empty one is none.
+                let none = backmesh_core::authority::SignedOrder(String::new());
+                asks.push(JobsRequest::Change { act, order: none });
+                let path = series(&a.need("--hook-path")).expect("a valid path");
+                asks.push(JobsRequest::Run { path, request: None, order: None });
+            }
+            for ask in asks {
+                let answer = match rogue.net.call::<_, JobsAnswer>(holder_peer, &JOBS, &ask).await {
+                    Ok(r) => format!("{r:?}"),
+                    Err(e) => format!("error: {e:?}"),
+                };
+                say(attack, answer);
+            }
+        }
+        "replayed-order" => {
+            use backmesh_core::jobs::proto::{JobsAnswer, JobsRequest, JOBS};
+            let text = std::fs::read_to_string(a.need("--operator-key")).expect("the operator key");
+            let key = backmesh_api::order::OperatorKey::from_file_text(&text).expect("an operator key");
+            let act = backmesh_core::authority::Act::Resume { node: holder.clone() };
+            let order = key.sign(act.clone(), now_ms()).expect("signed");
+            let ask = JobsRequest::Change { act, order };
+            for (who, peer) in [("victim", victim_peer), ("holder", holder_peer), ("holder again", holder_peer)] {
+                let answer = match rogue.net.call::<_, JobsAnswer>(peer, &JOBS, &ask).await {
+                    Ok(JobsAnswer::Recorded { .. }) => "Recorded".to_string(),
+                    Ok(r) => format!("{r:?}"),
+                    Err(e) => format!("error: {e:?}"),
+                };
+                say(attack, format!("{who}: {answer}"));
+            }
         }
         "hook-registration" => {
             let spec = backmesh_core::jobs::plugin::JobSpec {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backmesh_api::cli::RunOutcome;
 use backmesh_api::{Backups, JobState, JobStatus, Jobs, LogEntry, LogPage, RunResult, Status};
-use backmesh_simulations::{test_ca_and_cert, wait_until, write_slow_tree, Mesh};
+use backmesh_simulations::{test_ca_and_cert, tree_differences, wait_until, write_slow_tree, Mesh};
 
 mod dashboard;
 mod faults;
@@ -667,6 +667,7 @@ fn registering_host_port_brings_a_new_node_into_the_mesh() {
     let addr = format!("127.0.0.1:{}", mesh.nodes[lone].listen);
     let out = mesh.cli(a, &["register", &addr, &d, "--every", "60"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("on lone"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(mesh.up_names(a), names(&["a", "lone"]));
     assert_eq!(jobs(&mesh, a)[0].node, "lone", "registered under its name");
     assert!(wait_until(T, || results(&mesh, a, "lone").len() == 1), "it runs there");
@@ -745,12 +746,14 @@ fn an_api_without_a_token_serves_only_loopback_names_and_changes_only_by_json() 
 }
 
 #[test]
-fn a_node_acts_for_another_only_with_its_own_operator_s_credential() {
-    // n1 and n2 share the operator's token; n3's operator set another one.
+fn the_operator_acts_through_any_node_and_a_node_s_token_on_that_node_alone() {
+    // Three nodes as `backmesh-node init` sets them up: each its own
+    // token, all trusting the operator's key (which no node holds).
     let mut mesh = Mesh::new();
-    for (i, (name, token)) in [("n1", "adm"), ("n2", "adm"), ("n3", "other")].iter().enumerate() {
-        let n = mesh.start(name, i.checked_sub(1), &["--token".into(), token.to_string()]);
-        mesh.nodes[n].cli_args = vec!["--token".into(), token.to_string()];
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let token = format!("token-of-{name}");
+        let n = mesh.start(name, i.checked_sub(1), &["--token".into(), token.clone()]);
+        mesh.nodes[n].cli_args = vec!["--token".into(), token];
         assert!(mesh.wait_ready(n, T), "{}", mesh.nodes[n].log_text());
     }
     assert!(wait_until(T, || mesh.up_names(0).len() == 3));
@@ -758,20 +761,63 @@ fn a_node_acts_for_another_only_with_its_own_operator_s_credential() {
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("a.txt"), b"a").unwrap();
     let s = app.to_string_lossy().into_owned();
-    for node in ["n2", "n3"] {
-        let out = mesh.cli(0, &["register", node, &s, "--every", "600"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    // The operator, through n3, on n1's backups: everything works.
+    ok(mesh.cli(2, &["register", "n1", &s, "--every", "600"]));
+    let run: RunOutcome = mesh.cli_json(2, &["run", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.result, RunResult::Finished, "{run:#?}");
+    ok(mesh.cli(2, &["pause", "n1"]));
+    ok(mesh.cli(2, &["resume", "n1"]));
+    let tgz = mesh.root.path().join("n1-app.tgz");
+    ok(mesh.cli(2, &["fetch", "n1", &s, "-o", tgz.to_str().unwrap()]));
+    assert!(std::fs::metadata(&tgz).unwrap().len() > 0);
+    let back = mesh.root.path().join("back");
+    ok(mesh.cli(2, &["restore", "n1", &s, "--on", "n2", "--to", back.to_str().unwrap()]));
+    assert!(tree_differences(&app, &back).is_empty(), "{:?}", tree_differences(&app, &back));
+    ok(mesh.cli(2, &["verify", "n1", &s]));
+    // Root on n3, with n3's token and no operator key: nothing of n1's.
+    let n1_store = mesh.nodes[0].dir.join("segments");
+    let elsewhere = mesh.root.path().join("elsewhere");
+    let other = mesh.root.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let tries: Vec<Vec<&str>> = vec![
+        vec!["register", "n1", other.to_str().unwrap(), "--every", "1"],
+        vec!["register", "n1", &s, "--every", "1", "--exclude", "*"],
+        vec!["unregister", "n1", &s],
+        vec!["pause", "n1"],
+        vec!["run", "n1", &s],
+        vec!["fetch", "n1", &s, "-o", elsewhere.to_str().unwrap()],
+        vec!["restore", "n1", &s, "--on", "n1", "--to", n1_store.to_str().unwrap(), "--overwrite"],
+        vec!["restore", "n1", &s, "--on", "n3", "--to", elsewhere.to_str().unwrap()],
+        vec!["verify"],
+    ];
+    for args in &tries {
+        let out = mesh.cli_as_node(2, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} was carried out: {err}");
+        assert!(err.contains("operator's order") && err.contains("operator init"), "{args:?}: {err}");
     }
-    // Asked through n1: n2 holds the same credential and runs it …
-    let out = mesh.cli(0, &["run", "n2", &s, "--no-wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // … n3 does not, refuses, and says why.
-    let out = mesh.cli(0, &["run", "n3", &s, "--no-wait"]);
-    assert!(!out.status.success(), "n3 ran it: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!elsewhere.exists(), "something of n1's was written on n3");
+    let job = jobs(&mesh, 0).into_iter().find(|j| j.node == "n1").expect("n1's job");
+    assert_eq!((job.path.as_str(), job.every, job.paused), (s.as_str(), 600, false), "{job:#?}");
+    // Its own token does what it did on its own node.
+    let mine = mesh.root.path().join("n3-app");
+    std::fs::create_dir_all(&mine).unwrap();
+    let m = mine.to_string_lossy().into_owned();
+    ok(mesh.cli_as_node(2, &["register", "n3", &m, "--every", "600"]));
+    let run: RunOutcome = mesh.cli_json(2, &["run", "n3", &m]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.result, RunResult::Finished, "{run:#?}");
+    // Not even the operator's key restores over a node's store.
+    let out = mesh.cli(2, &["restore", "n1", &s, "--on", "n1", "--to", n1_store.to_str().unwrap(), "--overwrite"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--token differs"), "{err}");
-    assert!(wait_until(T, || mesh.nodes[2].log_text().contains("refused a request from the mesh")));
-    // Its own operator can still run it.
-    let out = mesh.cli(2, &["run", "n3", &s, "--no-wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("never writes"), "{err}");
+    assert!(n1_store.is_dir() && std::fs::read_dir(&n1_store).unwrap().count() > 0, "n1's store is intact");
 }

@@ -44,16 +44,17 @@ fn refused_from(mesh: &Mesh, i: usize, name: &str) -> u64 {
 
 #[test]
 fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
-    // Two honest nodes sharing the operator's token; n1's backups are
-    // kept on n2, which lets jobs run programs.
+    // Two honest nodes, each with its own token, trusting the operator's
+    // key; n1's backups are kept on n2, which lets jobs run programs.
     let mut mesh = Mesh::new();
     for (i, name) in ["n1", "n2"].iter().enumerate() {
-        let mut flags = vec!["--token".to_string(), "adm".to_string()];
+        let token = format!("token-of-{name}");
+        let mut flags = vec!["--token".to_string(), token.clone()];
         if i == 1 {
             flags.push("--allow-programs".into());
         }
         let n = mesh.start(name, i.checked_sub(1), &flags);
-        mesh.nodes[n].cli_args = vec!["--token".into(), "adm".into()];
+        mesh.nodes[n].cli_args = vec!["--token".into(), token];
         assert!(mesh.wait_ready(n, T), "{}", mesh.nodes[n].log_text());
     }
     assert!(wait_until(T, || mesh.up_names(0).len() == 2));
@@ -84,9 +85,11 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
         .args(["--victim", "n1", "--holder", "n2", "--path", &s, "--archives", &real_id])
         .args(["--restore-to", victim_dir.to_str().unwrap()])
         .args(["--hook-path", hooked.to_str().unwrap(), "--marker", marker.to_str().unwrap()])
+        .args(["--operator-key", mesh.operator_key.to_str().unwrap()])
         .args([
             "--attacks",
-            "forged-entry,out-of-authority,future-clock,fake-archive,restore-overwrite,hook-registration",
+            "forged-entry,out-of-authority,future-clock,fake-archive,restore-overwrite,hook-registration,\
+             stranger-order,no-order,replayed-order",
         ])
         .output()
         .expect("run backmesh-rogue");
@@ -97,13 +100,34 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     let answer = |attack: &str| {
         answers.iter().find(|a| a["attack"] == attack).map(|a| a["answer"].as_str().unwrap_or_default().to_string())
     };
+    let all_answers = |attack: &str| -> Vec<String> {
+        answers
+            .iter()
+            .filter(|a| a["attack"] == attack)
+            .map(|a| a["answer"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
 
     // A fake archive of n1's series, sealed by the rogue: refused by n2.
     let fake = answer("fake-archive").expect("tried");
     assert!(fake.contains("Refused"), "{fake}");
-    // A restore over n2's directory without the operator's credential: refused.
+    // A restore over n2's directory without the operator's order: refused.
     let restore = answer("restore-overwrite").expect("tried");
-    assert!(restore.contains("Failed"), "{restore}");
+    assert!(restore.contains("Failed") && restore.contains("operator's order"), "{restore}");
+    // A change of n2's jobs under an order of a key n2 does not trust, or
+    // under none, and a run without one: refused, each saying why.
+    let stranger = all_answers("stranger-order");
+    assert!(stranger.len() == 1 && stranger[0].contains("does not trust"), "{stranger:?}");
+    let none = all_answers("no-order");
+    assert!(none.len() == 2 && none.iter().all(|a| a.contains("Failed")), "{none:?}");
+    assert!(none[1].contains("operator's order"), "{none:?}");
+    // The operator's order, seen passing: refused by a node it is not for,
+    // carried out once by the one it is for, then refused as a replay.
+    let replay = all_answers("replayed-order");
+    assert_eq!(replay.len(), 3, "{replay:?}");
+    assert!(replay[0].starts_with("victim: Failed"), "{replay:?}");
+    assert_eq!(replay[1], "holder: Recorded", "{replay:?}");
+    assert!(replay[2].contains("carried out already"), "{replay:?}");
     assert_eq!(std::fs::read(victim_dir.join("keep.txt")).unwrap(), b"n2's own file\n");
     assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 1, "nothing was written there");
 
@@ -111,7 +135,7 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     // one it sent them to, and the one they would have been relayed to.
     for i in 0..2 {
         assert!(
-            wait_until(T, || refused_from(&mesh, i, "rogue") >= 2),
+            wait_until(T, || refused_from(&mesh, i, "rogue") >= 3),
             "node {i}: {:#?}",
             mesh.status(i).unwrap_or_default()
         );
@@ -135,17 +159,15 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     assert!(wait_until(T, || back.join("data.txt").exists()));
     assert!(tree_differences(&src, &back).is_empty(), "{:?}", tree_differences(&src, &back));
 
-    // The registration is taken (any node may register), but n2, though
-    // its operator allows programs, runs no hook of a job registered
-    // without the operator's credential: the run fails and says why.
+    // No registration of the rogue's took: only n2 writes n2's jobs, and
+    // only under its own token or the operator's order.
     let h = hooked.to_string_lossy().into_owned();
-    let registered = |mesh: &Mesh| json::<Jobs>(mesh, 1, &["jobs"]).jobs.iter().any(|j| j.path == h);
-    assert!(wait_until(T, || registered(&mesh)), "{:#?}", json::<Jobs>(&mesh, 1, &["jobs"]));
-    let hook_run: RunOutcome = json(&mesh, 0, &["run", "n2", &h]);
-    assert_eq!(hook_run.result, RunResult::Failed, "{hook_run:#?}");
-    assert!(hook_run.error.as_deref().unwrap_or("").contains("operator's credential"), "{hook_run:#?}");
+    for i in 0..2 {
+        let jobs = json::<Jobs>(&mesh, i, &["jobs"]).jobs;
+        assert!(!jobs.iter().any(|j| j.path == h), "node {i}: {jobs:#?}");
+    }
     assert!(!marker.exists(), "the rogue's hook ran on n2");
-    // Registered again through n1, under the operator's token: it runs.
+    // Registered through n1 under the operator's order: it runs.
     let legit = mesh.root.path().join("legit");
     let pre = format!("touch {}", legit.display());
     assert!(mesh.cli(0, &["register", "n2", &h, "--every", "600", "--pre", &pre]).status.success());

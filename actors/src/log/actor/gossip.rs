@@ -52,6 +52,18 @@ impl LogActor {
     }
 }
 
+impl Handler<TakeEntry> for LogActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, TakeEntry(e): TakeEntry, _: &mut Context<Self>) -> Self::Result {
+        match self.refusal(&e) {
+            Some(Refusal::Forged(what) | Refusal::OutOfAuthority(what)) => return Err(what),
+            Some(Refusal::Unsigned) => return Err(format!("an unsigned entry of {}", e.origin_name)),
+            None => {}
+        }
+        self.take_in(&e).map_err(|err| format!("cannot store the entry of {}: {err}", e.origin_name))
+    }
+}
+
 /// The keys of nodes by name, as this node knows them: the key a name is
 /// bound to in its store, else the one peer whose sealed origin record
 /// claims that name (looked up once per batch).

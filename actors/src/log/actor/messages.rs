@@ -19,6 +19,14 @@ use crate::store::StoreError;
 #[rtype(result = "Result<Entry, StoreError>")]
 pub struct Append(pub Event);
 
+/// An entry another node wrote for a request of this node's API (a job
+/// changed there under the operator's order), taken in at once rather
+/// than when gossip brings it: checked as any peer's entry. Sender: the
+/// HTTP API.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct TakeEntry(pub Entry);
+
 /// An entry gossiped by a peer, as it came (`from` relayed it).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -1,0 +1,121 @@
+//! Who may make this node act: its own operator through its API token, on
+//! this node's own jobs and archives; anything else only under an order
+//! signed by an operator key this node trusts (`backmesh_api::order`).
+//! No node holds an operator's secret key, so no node's keys or token give
+//! power over another node.
+//!
+//! [`Authority::admit`] is the one check every acting node makes: the
+//! order opens under a trusted key, is for this act and this node, is
+//! recent, and its nonce is new (kept for twice the allowed age, so a
+//! replay is refused for as long as the order's time would pass).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+
+pub use backmesh_api::order::{Act, Order, OrderError, SignedOrder};
+
+/// The operator keys a node trusts, and the nonces it has carried out.
+#[derive(Debug, Default)]
+pub struct Authority {
+    trusted: HashSet<String>,
+    /// (time, nonce) of orders carried out, oldest first.
+    seen: Mutex<BTreeSet<(i64, String)>>,
+}
+
+/// Nonces remembered at most (a flood of valid orders cannot grow memory
+/// without bound; past it the oldest go, which are near their end anyway).
+const SEEN_MAX: usize = 100_000;
+
+impl Authority {
+    /// Trusting `keys` (`bmop-…`); an unreadable key is refused by name.
+    pub fn new(keys: &[String]) -> Result<Authority, String> {
+        let mut trusted = HashSet::new();
+        for k in keys {
+            let key = backmesh_api::order::public_key(k)?;
+            trusted.insert(backmesh_api::order::public_name(&key));
+        }
+        Ok(Authority { trusted, seen: Mutex::default() })
+    }
+
+    /// Whether any operator key is trusted.
+    pub fn has_operators(&self) -> bool {
+        !self.trusted.is_empty()
+    }
+
+    /// How many operator keys are trusted.
+    pub fn operators(&self) -> usize {
+        self.trusted.len()
+    }
+
+    /// The order in `signed` if node `me` is to carry out `act` under it
+    /// now (`now_ms`): its nonce is then spent.
+    pub fn admit(&self, signed: &SignedOrder, act: &Act, me: &str, now_ms: i64) -> Result<Order, OrderError> {
+        let order = self.check(signed, act, me, now_ms)?;
+        #[allow(clippy::unwrap_used)]
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let horizon = now_ms - 2 * backmesh_api::order::ORDER_MAX_AGE_MS;
+        while seen.first().is_some_and(|(t, _)| *t < horizon) || seen.len() >= SEEN_MAX {
+            seen.pop_first();
+        }
+        if !seen.insert((order.at_ms, order.nonce.clone())) {
+            return Err(OrderError::Replayed);
+        }
+        Ok(order)
+    }
+
+    /// [`Authority::admit`] without spending the nonce: for reads that an
+    /// order allows for as long as it is recent.
+    pub fn check(&self, signed: &SignedOrder, act: &Act, me: &str, now_ms: i64) -> Result<Order, OrderError> {
+        if self.trusted.is_empty() {
+            return Err(OrderError::NoOperator { me: me.to_string() });
+        }
+        let order = signed.open()?;
+        if !self.trusted.contains(&order.operator) {
+            return Err(OrderError::Untrusted { operator: order.operator });
+        }
+        backmesh_api::order::fits(&order, act, me, now_ms)?;
+        Ok(order)
+    }
+}
+
+impl crate::error::Transient for OrderError {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Never
+    }
+}
+
+/// What a node says to a peer that asks it to act without an order.
+pub fn needs_order(me: &str, act: &str) -> String {
+    format!(
+        "node {me} does not {act} for another node without the operator's order: sign the command with the \
+         operator key (`backmesh --operator-key FILE …`; `backmesh operator init` makes one)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backmesh_api::jobs::JobKey;
+    use backmesh_api::order::OperatorKey;
+
+    #[test]
+    fn only_a_trusted_key_acts_and_only_once() {
+        let op = OperatorKey::generate().unwrap();
+        let stranger = OperatorKey::generate().unwrap();
+        let auth = Authority::new(&[op.public()]).unwrap();
+        let act = Act::Run(JobKey { node: "n1".into(), path: "/srv".into() });
+        let now = 10_000_000;
+        let order = op.sign(act.clone(), now).unwrap();
+        assert!(auth.admit(&order, &act, "n1", now + 1000).is_ok());
+        assert_eq!(auth.admit(&order, &act, "n1", now + 2000), Err(OrderError::Replayed));
+        let theirs = stranger.sign(act.clone(), now).unwrap();
+        assert!(matches!(auth.admit(&theirs, &act, "n1", now), Err(OrderError::Untrusted { .. })));
+        let none = Authority::new(&[]).unwrap();
+        let fresh = op.sign(act.clone(), now).unwrap();
+        let err = none.admit(&fresh, &act, "n1", now).unwrap_err();
+        assert!(err.to_string().contains("operator-key"), "{err}");
+        assert!(Authority::new(&["bmop-zz".into()]).is_err());
+        // A read checks without spending: twice is fine.
+        assert!(auth.check(&fresh, &act, "n1", now).is_ok() && auth.check(&fresh, &act, "n1", now).is_ok());
+    }
+}
