@@ -84,6 +84,54 @@ impl crate::error::Transient for OrderError {
     }
 }
 
+/// How long an order to restore or fetch lets its node read the series
+/// from holders: a restore of a large tree takes hours, and the reader is
+/// bound to the order (only the node it names may use it).
+pub const READ_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+impl Authority {
+    /// The order in `signed` if it lets node `reader` read series (node,
+    /// path) now: an operator's order, under a key this node trusts, to
+    /// restore that series on `reader` or fetch it through `reader`,
+    /// signed less than [`READ_WINDOW_MS`] ago. Nothing is spent.
+    pub fn check_read(
+        &self,
+        signed: &SignedOrder,
+        reader: &str,
+        node: &str,
+        path: &str,
+        now_ms: i64,
+    ) -> Result<Order, OrderError> {
+        if self.trusted.is_empty() {
+            return Err(OrderError::NoOperator { me: reader.to_string() });
+        }
+        let order = signed.open()?;
+        if !self.trusted.contains(&order.operator) {
+            return Err(OrderError::Untrusted { operator: order.operator });
+        }
+        let of_series = match &order.act {
+            Act::Restore(r) => r.node == node && r.path == path,
+            Act::Fetch { node: n, path: p, .. } => n == node && p == path,
+            _ => false,
+        };
+        if !of_series {
+            return Err(OrderError::OtherAct {
+                ordered: order.act.name().to_string(),
+                asked: format!("read {path} of {node}"),
+            });
+        }
+        if order.act.actor() != Some(reader) {
+            let ordered = order.act.actor().unwrap_or("every node").to_string();
+            return Err(OrderError::OtherNode { ordered, me: reader.to_string() });
+        }
+        let age = now_ms - order.at_ms;
+        if !(-backmesh_api::order::ORDER_MAX_AGE_MS..=READ_WINDOW_MS).contains(&age) {
+            return Err(OrderError::Stale { age_s: age / 1000 });
+        }
+        Ok(order)
+    }
+}
+
 /// What a node says to a peer that asks it to act without an order.
 pub fn needs_order(me: &str, act: &str) -> String {
     format!(
@@ -117,5 +165,31 @@ mod tests {
         assert!(Authority::new(&["bmop-zz".into()]).is_err());
         // A read checks without spending: twice is fine.
         assert!(auth.check(&fresh, &act, "n1", now).is_ok() && auth.check(&fresh, &act, "n1", now).is_ok());
+    }
+
+    #[test]
+    fn an_order_to_restore_or_fetch_lets_its_node_alone_read_that_series_for_a_day() {
+        let op = OperatorKey::generate().unwrap();
+        let auth = Authority::new(&[op.public()]).unwrap();
+        let restore = Act::Restore(backmesh_api::Restore {
+            node: "n1".into(),
+            path: "/srv".into(),
+            archive: None,
+            to: "/restore".into(),
+            on: Some("n2".into()),
+            overwrite: false,
+        });
+        let now = 50_000_000;
+        let order = op.sign(restore, now).unwrap();
+        let hour = 3_600_000;
+        assert!(auth.check_read(&order, "n2", "n1", "/srv", now + 5 * hour).is_ok());
+        assert!(auth.check_read(&order, "n2", "n1", "/srv", now + 5 * hour).is_ok(), "not spent");
+        assert!(matches!(auth.check_read(&order, "n3", "n1", "/srv", now), Err(OrderError::OtherNode { .. })));
+        assert!(matches!(auth.check_read(&order, "n2", "n1", "/etc", now), Err(OrderError::OtherAct { .. })));
+        assert!(matches!(auth.check_read(&order, "n2", "n1", "/srv", now + 25 * hour), Err(OrderError::Stale { .. })));
+        let fetch = Act::Fetch { node: "n1".into(), path: "/srv".into(), archive: None, by: "n3".into() };
+        assert!(auth.check_read(&op.sign(fetch, now).unwrap(), "n3", "n1", "/srv", now).is_ok());
+        let run = Act::Run(JobKey { node: "n1".into(), path: "/srv".into() });
+        assert!(auth.check_read(&op.sign(run, now).unwrap(), "n1", "n1", "/srv", now).is_err(), "a run is no read");
     }
 }

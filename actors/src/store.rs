@@ -38,7 +38,7 @@ use crate::clock::{Clock, SystemClock};
 pub use catalog::{ArchiveSummary, RetentionReport, StatCacheEntry, VerifyReport};
 pub use error::StoreError;
 use member_list::*;
-pub use retention::{parse_within, Retention, DEFAULT_KEEP};
+pub use retention::{parse_within, Retention, DEFAULT_GRACE, DEFAULT_KEEP};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -447,8 +447,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Archives this node keeps, by series (node, path), newest first:
-    /// those `keep` keeps at `now_ms`. A store that cannot be listed keeps
+    /// Archives this node keeps visible, by series (node, path), newest
+    /// first: those `keep` shows at `now_ms`, hidden ones aside. A store that cannot be listed keeps
     /// none (said in the log).
     pub fn held_series(&self, keep: Retention, now_ms: i64) -> BTreeMap<(String, String), Vec<String>> {
         let mut out: BTreeMap<(String, String), Vec<ArchiveSummary>> = BTreeMap::new();
@@ -463,7 +463,10 @@ impl Store {
         out.into_iter()
             .map(|(k, mut v)| {
                 v.sort_by(|a, b| (b.order(), &b.id).cmp(&(a.order(), &a.id)));
-                (k, keep.kept(&v, now_ms).into_iter().map(|a| a.id.clone()).collect())
+                // Hidden ones are kept where they are: never pushed, never
+                // said to be kept (the catalog shows the visible ones).
+                v.retain(|a| !a.hidden);
+                (k, keep.visible(&v, now_ms).into_iter().map(|a| a.id.clone()).collect())
             })
             .collect()
     }

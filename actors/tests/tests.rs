@@ -554,7 +554,7 @@ fn keep_within_keeps_every_archive_stored_in_the_window_however_many_came_after(
     fs::create_dir(&src).unwrap();
     let store = Store::open(&t.path().join("data")).unwrap();
     let key = src.to_str().unwrap().to_string();
-    let week = Retention { keep: 2, within: Some(std::time::Duration::from_secs(7 * 86_400)) };
+    let week = Retention { keep: 2, within: Some(std::time::Duration::from_secs(7 * 86_400)), grace: None };
     for gen in 0..6 {
         fs::write(src.join("f"), format!("generation {gen}")).unwrap();
         let r = run_backup(&store, "n1", &src, &opts(), week).unwrap();
@@ -587,7 +587,7 @@ fn a_store_reads_the_time_only_from_its_clock() {
     let clock = Arc::new(StepClock(std::sync::atomic::AtomicI64::new(1_800_000_000_000)));
     let store = Store::open(&t.path().join("data")).unwrap().with_clock(clock.clone());
     let key = src.to_str().unwrap().to_string();
-    let week = Retention { keep: 1, within: Some(std::time::Duration::from_secs(7 * 86_400)) };
+    let week = Retention { keep: 1, within: Some(std::time::Duration::from_secs(7 * 86_400)), grace: None };
     // One backup a day, by the store's clock.
     for gen in 0..5 {
         fs::write(src.join("f"), format!("generation {gen}")).unwrap();
@@ -604,6 +604,50 @@ fn a_store_reads_the_time_only_from_its_clock() {
     let report = store.retain("n1", &key, week).unwrap();
     assert_eq!(report.removed.len(), 3, "{report:?}");
     assert_eq!(store.list("n1", &key).unwrap().len(), 2);
+}
+
+#[test]
+fn an_archive_out_of_retention_is_hidden_for_the_grace_period_then_deleted() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let hour = 3_600_000i64;
+    let clock = Arc::new(StepClock(std::sync::atomic::AtomicI64::new(1_800_000_000_000)));
+    let store = Store::open(&t.path().join("data")).unwrap().with_clock(clock.clone());
+    let key = src.to_str().unwrap().to_string();
+    let grace = Retention { keep: 2, within: None, grace: Some(std::time::Duration::from_secs(24 * 3600)) };
+    // Five backups an hour apart (a flood of junk, say), keeping two.
+    for gen in 0..5 {
+        fs::write(src.join("f"), format!("generation {gen}")).unwrap();
+        run_backup(&store, "n1", &src, &opts(), grace).unwrap();
+        clock.0.fetch_add(hour, Ordering::Relaxed);
+    }
+    let listed = store.list("n1", &key).unwrap();
+    assert_eq!(listed.len(), 5, "nothing younger than the grace period is deleted");
+    let hidden: Vec<&str> = listed.iter().filter(|a| a.hidden).map(|a| a.id.as_str()).collect();
+    assert_eq!(hidden.len(), 3, "{listed:#?}");
+    assert_eq!(
+        store.held_series(grace, clock.0.load(Ordering::Relaxed)).values().next().map(Vec::len),
+        Some(2),
+        "only the visible are pushed"
+    );
+    // The oldest, hidden, restores whole.
+    let oldest = listed.last().unwrap();
+    let back = t.path().join("back");
+    let m = store.manifest("n1", &key, Some(&oldest.id)).unwrap();
+    archive::restore_archive(&m, &store, &back, &RestoreOptions::default()).unwrap();
+    assert_eq!(fs::read_to_string(back.join("f")).unwrap(), "generation 0");
+    // Retention again: nothing new to say of the hidden ones.
+    assert_eq!(store.retain("n1", &key, grace).unwrap(), Default::default());
+    // Half an hour past a day after the first: the first goes, once.
+    clock.0.fetch_add(19 * hour + hour / 2, Ordering::Relaxed);
+    let report = store.retain("n1", &key, grace).unwrap();
+    assert_eq!(report.deleted.len(), 1, "{report:?}");
+    assert!(report.removed.is_empty(), "it had left the visible ones already: {report:?}");
+    assert_eq!(store.list("n1", &key).unwrap().len(), 4);
+    // Without a grace period (by choice), out of retention is deleted at once.
+    let report = store.retain("n1", &key, Retention::keep(2)).unwrap();
+    assert_eq!((report.deleted.len(), report.removed.len()), (2, 0), "{report:?}");
 }
 
 #[test]
@@ -624,22 +668,26 @@ fn retention_keeps_the_newest_and_the_recent_ones_only() {
             tgz_sha256: backmesh_core::hash::Digest([0; 32]),
             warnings: 0,
             stored_ms: if i == 9 { now - 30 * day } else { now - i * day - 1 },
+            hidden: false,
         })
         .collect();
     let ids = |r: Retention| r.kept(&archives, now).iter().map(|a| a.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(Retention::keep(3)), ["a0", "a1", "a2"]);
     let week = Some(std::time::Duration::from_millis(7 * day as u64));
-    assert_eq!(ids(Retention { keep: 3, within: week }), ["a0", "a1", "a2", "a3", "a4", "a5", "a6"]);
-    assert_eq!(ids(Retention { keep: 1, within: week }).len(), 7);
+    assert_eq!(ids(Retention { keep: 3, within: week, grace: None }), ["a0", "a1", "a2", "a3", "a4", "a5", "a6"]);
+    assert_eq!(ids(Retention { keep: 1, within: week, grace: None }).len(), 7);
     // An index from before stored times were kept (0): outside any window.
-    assert_eq!(ids(Retention { keep: 10, within: week }).len(), 10);
+    assert_eq!(ids(Retention { keep: 10, within: week, grace: None }).len(), 10);
     // Stored under a clock that ran ahead: kept by the window, never by
     // `keep` alone.
     let mut ahead = archives.clone();
     ahead[5].stored_ms = now + 365 * day;
     let ids = |r: Retention| r.kept(&ahead, now).iter().map(|a| a.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(Retention::keep(3)), ["a0", "a1", "a2"]);
-    assert_eq!(ids(Retention { keep: 1, within: Some(std::time::Duration::from_secs(3600)) }), ["a0", "a5"]);
+    assert_eq!(
+        ids(Retention { keep: 1, within: Some(std::time::Duration::from_secs(3600)), grace: None }),
+        ["a0", "a5"]
+    );
 }
 
 #[test]

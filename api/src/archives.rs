@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::log::LogEntry;
 
 /// One retained archive of a series, from the log's catalog.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Archive {
     pub id: String,
     /// When the run that made it finished (RFC 3339); `None` until that
@@ -32,6 +32,10 @@ pub struct Backups {
     pub archives: Vec<Archive>,
     /// With `all=true`: every execution of the job, oldest first.
     pub executions: Vec<LogEntry>,
+    /// With `hidden=true`: the archives out of retention that nodes keep
+    /// for the grace period (`--grace`), newest first; restorable by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<Archive>,
 }
 
 /// `POST /api/v1/restore`.

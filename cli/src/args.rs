@@ -122,6 +122,10 @@ pub(crate) enum Command {
         /// Also every execution of the job from the log.
         #[arg(long)]
         all: bool,
+        /// Also the archives out of retention that nodes keep hidden for
+        /// the grace period (--grace on the nodes, 7 days by default).
+        #[arg(long)]
+        hidden: bool,
     },
     /// Restore the archive of PATH on NODE into DIR (on NODE, or on --on NODE2); waits for the result.
     Restore {

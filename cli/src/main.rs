@@ -607,8 +607,8 @@ fn verify(client: &Client, json: bool, node: Option<&str>, path: Option<&str>, t
     Ok(ok)
 }
 
-fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Result<(), Failure> {
-    let body = client.get_text(&format!("/backups?node={}&path={}&all={all}", enc(node), enc(path)))?;
+fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool, hidden: bool) -> Result<(), Failure> {
+    let body = client.get_text(&format!("/backups?node={}&path={}&all={all}&hidden={hidden}", enc(node), enc(path)))?;
     if json {
         print_raw(&body);
         return Ok(());
@@ -635,6 +635,20 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool) -> Re
                 a.files,
                 holders.join(", ")
             );
+        }
+    }
+    if hidden {
+        out!();
+        if v.hidden.is_empty() {
+            out!("no hidden archives (out of retention, kept for the grace period)");
+        } else {
+            out!("hidden: out of retention, kept until their grace period ends (restore or fetch them with --archive ID)");
+            out!("{:<32} {:<21} {:>10} {:>7}  KEPT BY", "ARCHIVE", "CREATED", "SIZE", "FILES");
+            for a in &v.hidden {
+                let size = if a.size > 0 { human(a.size) } else { "?".into() };
+                let created = a.created.as_deref().unwrap_or("");
+                out!("{:<32} {:<21} {:>10} {:>7}  {}", a.id, created, size, a.files, a.holders.join(", "));
+            }
         }
     }
     if all {
@@ -696,7 +710,7 @@ fn main() -> ExitCode {
         Command::Operator { command } => operator_command(&cli, json, command),
         Command::Status { workers } => status(&c, json, *workers),
         Command::Jobs => jobs(&c, json),
-        Command::Backups { node, path, all } => backups(&c, json, node, path, *all),
+        Command::Backups { node, path, all, hidden } => backups(&c, json, node, path, *all, *hidden),
         Command::Run { node, path, no_wait, timeout } => match run(&c, json, node, path, *no_wait, *timeout) {
             Ok(true) => Ok(()),
             Ok(false) => Err(Failure::Failed),

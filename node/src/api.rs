@@ -302,6 +302,9 @@ struct BackupsQuery {
     path: String,
     #[serde(default)]
     all: bool,
+    /// Also the archives out of retention kept for the grace period.
+    #[serde(default)]
+    hidden: bool,
 }
 
 /// The retained archives of a job with the nodes that keep each, from the
@@ -330,7 +333,11 @@ async fn backups(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Bac
             None => archives.push(a),
         }
     }
-    let mut body = backmesh_api::Backups { archives, executions: Vec::new() };
+    let mut body = backmesh_api::Backups { archives, ..Default::default() };
+    if q.hidden {
+        let visible = body.archives.iter().map(|a| a.id.clone()).collect();
+        body.hidden = crate::reads::hidden_archives(&state, &q.node, &q.path, &visible).await?;
+    }
     if q.all {
         // Every execution, oldest first: page back through the keepers.
         let mut query =
@@ -449,6 +456,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
     let me = state.health.name.clone();
     // This node's token restores this node's own series onto itself; all
     // else (another node's series, or onto another node) is the operator's.
+    // The order also entitles the restoring node to read the series from its holders.
     let order = if b.node == me && on == me {
         None
     } else {
@@ -476,18 +484,27 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
     // With an offsite bucket, what the mesh no longer knows may be there:
     // the restoring node looks, and says if it is not.
     let offsite = state.offsite.is_some();
-    if c.is_empty() && !offsite {
+    if c.is_empty() && !offsite && b.archive.is_none() {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("no archive of {} on {} is kept in the mesh", b.path, b.node),
         ));
     }
     if let Some(id) = b.archive.as_ref().filter(|_| !offsite) {
-        if !c.iter().any(|a| &a.id == id) {
+        // Not in the catalog: a hidden one, kept for the grace period?
+        let visible = c.iter().map(|a| a.id.clone()).collect();
+        if !c.iter().any(|a| &a.id == id)
+            && !crate::reads::hidden_archives(&state, &b.node, &b.path, &visible).await?.iter().any(|a| &a.id == id)
+        {
             let known: Vec<&str> = c.iter().map(|a| a.id.as_str()).collect();
             return Err(error(
                 StatusCode::NOT_FOUND,
-                format!("no archive {id} of {} on {}; kept: {}", b.path, b.node, known.join(", ")),
+                format!(
+                    "no archive {id} of {} on {}; kept: {} (and `backups --hidden` lists those kept for the grace period)",
+                    b.path,
+                    b.node,
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -500,6 +517,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
             to: b.to.clone(),
             overwrite: b.overwrite,
             request: request.clone(),
+            order: order.clone(),
         };
         state.replica.send(msg).await?.map_err(|e| error(StatusCode::BAD_REQUEST, format!("on {on}: {e}")))
     } else if !target.up {
@@ -537,19 +555,26 @@ struct FetchQuery {
 async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FetchQuery>) -> Answer {
     admin(&req, &state)?;
     let q = q.into_inner();
-    if q.node != state.health.name {
-        // Another node's archive is read here only under the operator's order.
+    // Another node's archive is read here only under the operator's order,
+    // which also entitles this node to read it from the holders.
+    let order = if q.node != state.health.name {
         let act = Act::Fetch {
             node: q.node.clone(),
             path: q.path.clone(),
             archive: q.archive.clone(),
             by: state.health.name.clone(),
         };
-        admit_here(&state, &needed(&state, order_of(&req)?, &act, &q.node)?, &act)?;
-    }
+        let order = needed(&state, order_of(&req)?, &act, &q.node)?;
+        admit_here(&state, &order, &act)?;
+        Some(order)
+    } else {
+        None
+    };
     let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
     let (_, peers) = state.membership.send(GetPeers).await?;
-    let found = locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref()).await;
+    let found =
+        locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref(), order.as_ref())
+            .await;
     let (manifest, place) = match (found, &state.offsite) {
         (Ok(found), _) => found,
         (Err(e), None) => return Err(error(StatusCode::NOT_FOUND, e.to_string())),
@@ -570,6 +595,8 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     let (store, net) = (state.store.clone(), state.net.clone());
+    let of = backmesh_core::replica::proto::ReadOf::of(&manifest, order.as_ref())
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (len, sha, id) = (manifest.tgz_len, manifest.tgz_digest(), manifest.id.clone());
     let manifest_id = id.clone();
     actix_web::rt::spawn(async move {
@@ -587,7 +614,7 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
             }
         }
         for group in groups.into_iter().filter(|g| !g.is_empty()) {
-            match read_members(&store, &net, &place, group).await {
+            match read_members(&store, &net, &place, &of, group).await {
                 Ok(members) => {
                     for (_, data) in members {
                         if tx.send(Ok(web::Bytes::from(data))).await.is_err() {

@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// stolen key cannot then push recent backups out of their holders.
     #[arg(long, value_name = "DURATION", value_parser = backmesh_core::store::parse_within)]
     pub keep_within: Option<Duration>,
+    /// Keep an archive that falls out of retention hidden (listed by
+    /// `backups --hidden`, restorable) until it was stored this long ago
+    /// (36h, 14d, 2w): no request, from any node, with any key, deletes a
+    /// younger one [default: 7d]. `0` deletes at once: only by choice.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
+    pub grace: Option<Grace>,
     /// The most one other node's archives may take on this node: a size
     /// (500G, 2T) or a share (40%) of the room here, its free space plus
     /// what that node's archives already take [default: 50%]. An archive
@@ -118,6 +124,19 @@ pub struct RunArgs {
     pub offsite_rate: Option<u64>,
 }
 
+/// A grace period (`--grace`): `None` for none at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grace(pub Option<Duration>);
+
+/// A grace period as `--grace` takes it: a duration as `--keep-within`
+/// takes it, or `0` for none.
+fn parse_grace(text: &str) -> Result<Grace, String> {
+    match text.trim() {
+        "0" | "0h" | "0d" | "0w" | "0m" => Ok(Grace(None)),
+        t => backmesh_core::store::parse_within(t).map(|d| Grace(Some(d))).map_err(|e| e.to_string()),
+    }
+}
+
 /// `500K`, `20M`, `1G` (bytes a second) or a plain number.
 fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -159,6 +178,7 @@ struct FileConfig {
     replicas: Option<usize>,
     keep: Option<usize>,
     keep_within: Option<String>,
+    grace: Option<String>,
     quota: Option<String>,
     site: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -322,6 +342,15 @@ impl NodeConfig {
                  on 127.0.0.1"
             );
         }
+        let listen = parse_addr("listen", &args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7400".into()))?;
+        let swarm_key = args.swarm_key.or(file.swarm_key);
+        if swarm_key.is_none() && !listen.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {listen} without a swarm key: any machine that can reach it could join \
+                 the mesh. Make one (backmesh-node keygen -o swarm.key, or backmesh-node init) and give it \
+                 with --swarm-key on every node, or keep --listen on 127.0.0.1"
+            );
+        }
         let offsite = match args.offsite.or(file.offsite) {
             None => None,
             Some(url) => {
@@ -346,10 +375,10 @@ impl NodeConfig {
             offsite,
             name,
             data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./backmesh-data")),
-            listen: parse_addr("listen", &args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7400".into()))?,
+            listen,
             api,
             bootstrap: bootstrap.iter().map(|b| parse_addr("bootstrap", b)).collect::<Result<_>>()?,
-            swarm_key: args.swarm_key.or(file.swarm_key),
+            swarm_key,
             token,
             token_file,
             config_file: args.config.clone(),
@@ -372,7 +401,12 @@ impl NodeConfig {
                     ),
                     (None, None) => None,
                 };
-                Retention { keep, within }
+                let grace = match (args.grace, &file.grace) {
+                    (Some(Grace(g)), _) => g,
+                    (None, Some(text)) => parse_grace(text).map_err(|e| anyhow!("grace in the config file: {e}"))?.0,
+                    (None, None) => Some(backmesh_core::store::DEFAULT_GRACE),
+                };
+                Retention { keep, within, grace }
             },
             quota: match (args.quota, &file.quota) {
                 (Some(q), _) => q,
@@ -422,24 +456,56 @@ fn read_token(file: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// Flags of a node on loopback (one listening beyond needs a swarm key).
+    fn local() -> RunArgs {
+        RunArgs { listen: Some("127.0.0.1:0".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn the_grace_period_is_a_week_unless_set_and_zero_only_by_choice() {
+        let week = Some(backmesh_core::store::DEFAULT_GRACE);
+        assert_eq!(NodeConfig::resolve(None, None, local()).unwrap().keep.grace, week);
+        let none = RunArgs { grace: Some(parse_grace("0").unwrap()), ..local() };
+        assert_eq!(NodeConfig::resolve(None, None, none).unwrap().keep.grace, None);
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("node.toml");
+        std::fs::write(&f, "grace = \"36h\"\n").unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..local() }).unwrap();
+        assert_eq!(c.keep.grace, Some(Duration::from_secs(36 * 3600)));
+        std::fs::write(&f, "grace = \"soon\"\n").unwrap();
+        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..local() }).unwrap_err();
+        assert!(e.to_string().contains("grace in the config file"), "{e}");
+        assert!(parse_grace("3x").is_err());
+    }
+
+    #[test]
+    fn a_node_listening_beyond_loopback_needs_a_swarm_key() {
+        let open = RunArgs { listen: Some("0.0.0.0:7400".into()), ..Default::default() };
+        let e = NodeConfig::resolve(None, None, open.clone()).unwrap_err().to_string();
+        assert!(e.contains("without a swarm key") && e.contains("keygen"), "{e}");
+        let keyed = RunArgs { swarm_key: Some("/etc/backmesh/swarm.key".into()), ..open };
+        assert!(NodeConfig::resolve(None, None, keyed).is_ok());
+        assert!(NodeConfig::resolve(None, None, local()).is_ok());
+    }
+
     #[test]
     fn the_token_comes_from_a_file_and_a_bad_file_is_named() {
         let t = tempfile::tempdir().unwrap();
         let tok = t.path().join("token");
         std::fs::write(&tok, "s3cret\n").unwrap();
-        let args = RunArgs { token_file: Some(tok.clone()), ..Default::default() };
+        let args = RunArgs { token_file: Some(tok.clone()), ..local() };
         assert_eq!(NodeConfig::resolve(None, None, args).unwrap().token.as_deref(), Some("s3cret"));
         let f = t.path().join("node.toml");
         std::fs::write(&f, format!("token-file = {:?}\n", tok.display().to_string())).unwrap();
-        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..local() }).unwrap();
         assert_eq!(c.token.as_deref(), Some("s3cret"));
-        let both = RunArgs { config: Some(f), token: Some("other".into()), ..Default::default() };
+        let both = RunArgs { config: Some(f), token: Some("other".into()), ..local() };
         let e = NodeConfig::resolve(None, None, both).unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
         std::fs::write(&tok, "\n").unwrap();
-        let e = NodeConfig::resolve(None, None, RunArgs { token_file: Some(tok), ..Default::default() }).unwrap_err();
+        let e = NodeConfig::resolve(None, None, RunArgs { token_file: Some(tok), ..local() }).unwrap_err();
         assert!(e.to_string().contains("holds no token"), "{e}");
-        let missing = RunArgs { token_file: Some(t.path().join("absent")), ..Default::default() };
+        let missing = RunArgs { token_file: Some(t.path().join("absent")), ..local() };
         let e = NodeConfig::resolve(None, None, missing).unwrap_err();
         assert!(e.to_string().contains("cannot read the token file"), "{e}");
     }
@@ -453,6 +519,7 @@ mod tests {
             "name = \"from-file\"\nsite = \"paris\"\nlisten = \"127.0.0.1:9000\"\nbootstrap = [\"127.0.0.1:9001\"]\n",
         )
         .unwrap();
+        // The file's listen address (on loopback: no swarm key needed).
         let args = RunArgs { config: Some(f.clone()), site: Some("lyon".into()), ..Default::default() };
         let c = NodeConfig::resolve(None, None, args).unwrap();
         assert_eq!(c.name, "from-file");
@@ -461,10 +528,9 @@ mod tests {
         assert_eq!(c.api.port(), 7401);
         assert_eq!(c.bootstrap.len(), 1);
         std::fs::write(&f, "nmae = \"typo\"\n").unwrap();
-        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
+        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..local() }).unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
-        let e = NodeConfig::resolve(None, None, RunArgs { bootstrap: vec!["nohost".into()], ..Default::default() })
-            .unwrap_err();
+        let e = NodeConfig::resolve(None, None, RunArgs { bootstrap: vec!["nohost".into()], ..local() }).unwrap_err();
         assert!(e.to_string().contains("bad bootstrap address `nohost`"), "{e}");
     }
 
@@ -473,15 +539,15 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("node.toml");
         std::fs::write(&f, "keep = 4\nkeep-within = \"14d\"\n").unwrap();
-        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
-        assert_eq!(c.keep, Retention { keep: 4, within: Some(Duration::from_secs(14 * 86_400)) });
-        let args =
-            RunArgs { config: Some(f.clone()), keep_within: Some(Duration::from_secs(3600)), ..Default::default() };
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..local() }).unwrap();
+        let grace = Some(backmesh_core::store::DEFAULT_GRACE);
+        assert_eq!(c.keep, Retention { keep: 4, within: Some(Duration::from_secs(14 * 86_400)), grace });
+        let args = RunArgs { config: Some(f.clone()), keep_within: Some(Duration::from_secs(3600)), ..local() };
         assert_eq!(NodeConfig::resolve(None, None, args).unwrap().keep.within, Some(Duration::from_secs(3600)));
         std::fs::write(&f, "keep-within = \"14\"\n").unwrap();
-        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
+        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..local() }).unwrap_err();
         assert!(e.to_string().contains("keep-within") && e.to_string().contains("`14`"), "{e}");
-        assert_eq!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().keep, Retention::default());
+        assert_eq!(NodeConfig::resolve(None, None, local()).unwrap().keep, Retention::default());
     }
 
     #[test]
@@ -489,14 +555,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("node.toml");
         std::fs::write(&f, "quota = \"200G\"\n").unwrap();
-        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..local() }).unwrap();
         assert_eq!(c.quota, Quota::Bytes(200 << 30));
-        let args = RunArgs { config: Some(f.clone()), quota: Some(Quota::Percent(30)), ..Default::default() };
+        let args = RunArgs { config: Some(f.clone()), quota: Some(Quota::Percent(30)), ..local() };
         assert_eq!(NodeConfig::resolve(None, None, args).unwrap().quota, Quota::Percent(30));
         std::fs::write(&f, "quota = \"lots\"\n").unwrap();
-        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..Default::default() }).unwrap_err();
+        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..local() }).unwrap_err();
         assert!(e.to_string().contains("quota in the config file") && e.to_string().contains("`lots`"), "{e}");
-        assert_eq!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().quota, Quota::Percent(50));
+        assert_eq!(NodeConfig::resolve(None, None, local()).unwrap().quota, Quota::Percent(50));
     }
 
     #[test]
@@ -506,16 +572,16 @@ mod tests {
         let key = || backmesh_api::order::OperatorKey::generate().unwrap().public();
         let (a, b) = (key(), key());
         std::fs::write(&f, format!("operator-key = {a:?}\n")).unwrap();
-        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..local() }).unwrap();
         assert_eq!(c.operator_keys, vec![a.clone()]);
         std::fs::write(&f, format!("operator-key = [{a:?}, {b:?}]\n")).unwrap();
-        let args = RunArgs { config: Some(f.clone()), operator_keys: vec![a.clone()], ..Default::default() };
+        let args = RunArgs { config: Some(f.clone()), operator_keys: vec![a.clone()], ..local() };
         let mut both = vec![a.clone(), b.clone()];
         both.sort();
         assert_eq!(NodeConfig::resolve(None, None, args).unwrap().operator_keys, both);
-        let args = RunArgs { operator_keys: vec!["bmop-xyz".into()], ..Default::default() };
+        let args = RunArgs { operator_keys: vec!["bmop-xyz".into()], ..local() };
         let e = NodeConfig::resolve(None, None, args).unwrap_err();
         assert!(e.to_string().contains("operator-key") && e.to_string().contains("bmop-xyz"), "{e}");
-        assert!(NodeConfig::resolve(None, None, RunArgs::default()).unwrap().operator_keys.is_empty());
+        assert!(NodeConfig::resolve(None, None, local()).unwrap().operator_keys.is_empty());
     }
 }

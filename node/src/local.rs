@@ -125,7 +125,8 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress, stop.clone(), false));
-    let report = run_backup(&store, &ctx.name, &path, &opts, Retention { keep: a.keep, within: a.keep_within });
+    let report =
+        run_backup(&store, &ctx.name, &path, &opts, Retention { keep: a.keep, within: a.keep_within, grace: None });
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
         let _ = t.join();

@@ -1,6 +1,6 @@
 //! What the API and the dashboard read from the mesh beyond this node:
-//! pages of history from the nodes that keep them, and the problems of a
-//! mesh too small for its settings.
+//! pages of history from the nodes that keep them, the hidden archives
+//! of a series, and the problems of a mesh too small for its settings.
 
 use actix_web::http::StatusCode;
 use backmesh_core::log::actor::{GetKeepers, Query};
@@ -70,4 +70,51 @@ pub async fn read_history(state: &ApiState, q: HistoryQuery) -> Result<Page, Api
     let mut pages: Vec<Page> = theirs.into_iter().flatten().map(|p| p.older_than(q.before.as_deref())).collect();
     pages.push(mine);
     Ok(Page::combine(pages, q.limit))
+}
+
+/// The hidden archives of series (node, path): out of retention, kept for
+/// the grace period by the nodes that list them (this one from its store,
+/// the others by `List`, which names every archive a node keeps), newest
+/// first. `visible`: the ids the catalog shows.
+pub async fn hidden_archives(
+    state: &ApiState,
+    node: &str,
+    path: &str,
+    visible: &std::collections::HashSet<String>,
+) -> Result<Vec<backmesh_api::Archive>, ApiError> {
+    use backmesh_core::replica::proto::{xfer, XferRequest, XferResponse};
+    let mut found: std::collections::BTreeMap<String, backmesh_api::Archive> = Default::default();
+    let (store, n, p) = (state.store.clone(), node.to_string(), path.to_string());
+    let here = actix_web::web::block(move || store.list(&n, &p))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("the listing crashed: {e}")))?
+        .unwrap_or_default();
+    for a in here.into_iter().filter(|a| a.hidden) {
+        found.insert(
+            a.id.clone(),
+            backmesh_api::Archive {
+                id: a.id,
+                created: Some(backmesh_core::clock::rfc3339(a.created_ms)),
+                size: a.tgz_len,
+                files: a.files,
+                warnings: a.warnings,
+                holders: vec![state.health.name.clone()],
+                ..Default::default()
+            },
+        );
+    }
+    let status = state.membership.send(GetStatus).await?;
+    let list = XferRequest::list(node, path).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let asks = status.nodes.iter().filter(|n| n.up && !n.this_node).map(|n| {
+        let (net, list, peer, name) = (state.net.clone(), list.clone(), n.peer_id.clone(), n.name.clone());
+        async move { (name, xfer(&net, &peer, list).await) }
+    });
+    for (name, answer) in futures::future::join_all(asks).await {
+        let Ok(XferResponse::Archives { ids }) = answer else { continue };
+        for id in ids.into_iter().map(String::from).filter(|id| !visible.contains(id)) {
+            let a = found.entry(id.clone()).or_insert_with(|| backmesh_api::Archive { id, ..Default::default() });
+            a.holders.push(name.clone());
+        }
+    }
+    Ok(found.into_values().rev().collect())
 }

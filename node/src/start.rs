@@ -232,6 +232,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             None => replica,
         }
         .with_worker(workers.register("copies", "pushes archives to their elected holders, repairs lost copies"))
+        .with_authority(authority.clone())
         .start();
         let programs = Programs { allowed: cfg.allow_programs };
         let jobs = JobsActor::new(
@@ -339,7 +340,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         );
         let _ = std::io::stdout().flush();
         tracing::info!(
-            "data dir {}, site `{}`, {} replicas, keeping {} archives per path{}; another node's archives may \
+            "data dir {}, site `{}`, {} replicas, keeping {} archives per path{}, {}; another node's archives may \
              take {} (--quota)",
             cfg.data_dir.display(),
             cfg.site,
@@ -347,6 +348,10 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             cfg.keep.keep,
             cfg.keep.within.map_or(String::new(), |d| format!(
                 " and every one stored in the last {}",
+                crate::config::human_duration(d)
+            )),
+            cfg.keep.grace.map_or("deleting what falls out at once (--grace 0)".to_string(), |d| format!(
+                "hiding what falls out for {} (--grace)",
                 crate::config::human_duration(d)
             )),
             cfg.quota

@@ -285,8 +285,12 @@ impl Offsite {
             all.push(Listed { order_ms: m.order(), id: id.clone(), key, modified_ms: now });
         }
         all.sort_by(|a, b| (b.order_ms, &b.id).cmp(&(a.order_ms, &a.id)));
+        // The newest `keep`, and every one uploaded `within` or less than
+        // `grace` ago (the bucket forgets no sooner than the holders).
         let within = keep.within.map(|d| d.as_millis() as i64);
-        let keeps = |i: usize, l: &Listed| i < keep.keep.max(1) || within.is_some_and(|w| now - l.modified_ms < w);
+        let grace = keep.grace.map(|d| d.as_millis() as i64);
+        let recent = |l: &Listed, d: Option<i64>| d.is_some_and(|w| now - l.modified_ms < w);
+        let keeps = |i: usize, l: &Listed| i < keep.keep.max(1) || recent(l, within) || recent(l, grace);
         let kept_all: Vec<&Listed> = all.iter().enumerate().filter(|(i, l)| keeps(*i, l)).map(|(_, l)| l).collect();
         let mut out = SeriesSync::default();
         let todo: Vec<&Listed> = kept_all.iter().rev().filter(|l| !there.contains(&l.id)).copied().collect();

@@ -26,7 +26,7 @@
 //! holder's answers (`Want` lists only what it lacks; `Commit` of a kept
 //! archive is a no-op) make it idempotent.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,14 @@ pub struct ReplicaActor {
     offsite: Option<(Addr<crate::offsite::actor::OffsiteActor>, Arc<crate::offsite::sync::Offsite>)>,
     /// Where it says how the copies fare (`status --workers`).
     worker: Worker,
+    /// The operator keys this node trusts: an order to restore or fetch
+    /// lets its node read the series here.
+    authority: Arc<Authority>,
+    /// The live nodes placement elected among in the last round: who may
+    /// read a series here as its elected holder.
+    candidates: Arc<Vec<crate::placement::Candidate>>,
+    /// The members of archives read lately (a `Get` names its archive).
+    members: Arc<super::reads::MemberSets>,
 }
 
 /// How often the catalog's word on what this node keeps is checked against
@@ -225,7 +233,17 @@ impl ReplicaActor {
             announced: HashSet::new(),
             offsite: None,
             worker: Worker::detached("copies"),
+            authority: Arc::default(),
+            candidates: Arc::default(),
+            members: Arc::default(),
         }
+    }
+
+    /// Readers under an order of these operators are entitled (without
+    /// one, only the series' node and its holders read here).
+    pub fn with_authority(mut self, authority: Arc<Authority>) -> Self {
+        self.authority = authority;
+        self
     }
 
     /// Reports how the copies fare to `worker`.
@@ -278,6 +296,7 @@ impl ReplicaActor {
             act.claimants = Arc::new(claims);
             let now = crate::clock::now_ms();
             let plan = act.planner.plan(&me, &peers, &held, now);
+            act.candidates = Arc::new(plan.candidates.clone());
             if let Some((offsite, _)) = &act.offsite {
                 offsite.do_send(crate::offsite::actor::Round {
                     candidates: plan.candidates.clone(),
@@ -361,10 +380,18 @@ impl ReplicaActor {
             return;
         }
         self.holdings_at = Some(Instant::now());
-        let (log, store, keep) = (self.log.clone(), self.store.clone(), self.cfg.keep.keep);
+        let (log, store, retention) = (self.log.clone(), self.store.clone(), self.cfg.keep);
+        let keep = retention.keep;
         let work = async move {
             let catalogs = log.send(crate::log::actor::GetCatalogs).await.ok()?;
             let on_disk = tokio::task::spawn_blocking(move || {
+                // Hidden archives past their grace period go (their `pruned`
+                // was said when they were hidden).
+                match store.expire_hidden(retention) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("deleted {n} hidden archives whose grace period is over"),
+                    Err(e) => tracing::warn!("cannot delete the hidden archives past their grace period: {e}"),
+                }
                 store.held_series(Retention::keep(usize::MAX), crate::clock::now_ms())
             })
             .await
@@ -525,6 +552,47 @@ impl Handler<HandedOff> for ReplicaActor {
 impl Handler<ServeXfer> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: ServeXfer, ctx: &mut Context<Self>) {
+        // A read is served only to a peer entitled to the series: asked
+        // of the catalog first (who keeps it), then answered.
+        if let Some((node, path, _)) = msg.request.read_of() {
+            let get = crate::log::actor::GetCatalog { node: node.to_string(), path: path.to_string() };
+            let catalog = self.log.send(get);
+            ctx.spawn(catalog.into_actor(self).map(move |catalog, act, ctx| {
+                let keepers = catalog.map(|c| c.iter().flat_map(|a| a.holders.iter().cloned()).collect());
+                match act.may_read(&msg.peer, &msg.request, &keepers.unwrap_or_default()) {
+                    Ok(()) => act.serve_xfer(msg, ctx),
+                    Err(reason) => {
+                        tracing::warn!("refused a read from {}: {reason}", msg.peer);
+                        act.membership
+                            .do_send(Misbehaved { peer: msg.peer.clone(), what: format!("a read: {reason}") });
+                        msg.reply.send(&XferResponse::Refused { reason });
+                    }
+                }
+            }));
+            return;
+        }
+        self.serve_xfer(msg, ctx)
+    }
+}
+
+impl ReplicaActor {
+    /// Whether `peer` may read what `request` names here ([`super::reads`]).
+    fn may_read(&self, peer: &str, request: &XferRequest, keepers: &BTreeSet<String>) -> Result<(), String> {
+        let Some((node, path, order)) = request.read_of() else { return Ok(()) };
+        let kv = self.store.kv();
+        let bound = |name: &str| crate::store::origin_bound(kv.as_ref(), name).ok().flatten();
+        let check = super::reads::ReadCheck {
+            authority: &self.authority,
+            candidates: &self.candidates,
+            replicas: self.cfg.replicas,
+            claimants: &self.claimants,
+            bound: &bound,
+        };
+        check.entitled(peer, node, path, keepers, order, crate::clock::now_ms())
+    }
+
+    /// Answers a transfer request (a read: once found entitled).
+    fn serve_xfer(&mut self, msg: ServeXfer, ctx: &mut Context<Self>) {
         let (peer, reply) = (msg.peer, msg.reply);
         if let XferRequest::Put { members, deltas } = &msg.request {
             let digests: Vec<Digest> =
@@ -536,10 +604,19 @@ impl Handler<ServeXfer> for ReplicaActor {
             }
         }
         let (store, me, keep, quota) = (self.store.clone(), self.me.clone(), self.cfg.keep, self.cfg.quota);
-        let (claimants, usage) = (self.claimants.clone(), self.usage.clone());
+        let (claimants, usage, members) = (self.claimants.clone(), self.usage.clone(), self.members.clone());
         let work = tokio::task::spawn_blocking(move || {
             let free = free_bytes(store.root());
-            let holder = Holder { free, store: &store, me: &me, keep, quota, usage: &usage, claimants: &claimants };
+            let holder = Holder {
+                free,
+                store: &store,
+                me: &me,
+                keep,
+                quota,
+                usage: &usage,
+                claimants: &claimants,
+                members: &members,
+            };
             serve(&holder, msg.request)
         });
         ctx.spawn(work.into_actor(self).map(move |done, act, _| {
@@ -574,9 +651,9 @@ impl Handler<ServeReplica> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: ServeReplica, ctx: &mut Context<Self>) {
         let answer = match msg.request {
-            ReplicaRequest::Restore { node, path, archive, to, overwrite, request, .. } => {
+            ReplicaRequest::Restore { node, path, archive, to, overwrite, request, order } => {
                 let (node, path, archive) = (node.into(), path.into(), archive.map(String::from));
-                match self.handle(RestoreHere { node, path, archive, to, overwrite, request }, ctx) {
+                match self.handle(RestoreHere { node, path, archive, to, overwrite, request, order }, ctx) {
                     Ok(()) => ReplicaAnswer::Accepted,
                     Err(reason) => ReplicaAnswer::Failed { reason: reason.to_string() },
                 }

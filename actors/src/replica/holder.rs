@@ -1,6 +1,8 @@
-//! The holder's side of `/backmesh/xfer/2`: what it takes (only members it
+//! The holder's side of `/backmesh/xfer/3`: what it takes (only members it
 //! asked for, only archives sealed by their own node, within its free
-//! space and the origin's quota) and what it serves. Runs in the blocking
+//! space and the origin's quota) and what it serves (to readers the
+//! replica actor found entitled, [`super::reads`]: members of the archive
+//! the read names only). Runs in the blocking
 //! pool; the replica actor hands it each request.
 
 use std::collections::{HashMap, HashSet};
@@ -107,6 +109,8 @@ pub(crate) struct Holder<'a> {
     pub(crate) quota: Quota,
     pub(crate) usage: &'a Mutex<Usage>,
     pub(crate) claimants: &'a HashMap<String, String>,
+    /// The members of archives read lately.
+    pub(crate) members: &'a super::reads::MemberSets,
 }
 
 pub(crate) fn serve(h: &Holder, request: XferRequest) -> Served {
@@ -269,11 +273,27 @@ pub(crate) fn answer(
             }
             Err(e) => refused(e.to_string()),
         },
-        XferRequest::GetManifest { node, path, archive } => match store.manifest(&node, &path, archive.as_deref()) {
-            Ok(m) => (XferResponse::Manifest { manifest: m.encode().into() }, Vec::new()),
-            Err(e) => refused(format!("{me}: {e}")),
-        },
-        XferRequest::Get { digests } => {
+        XferRequest::GetManifest { node, path, archive, .. } => {
+            match store.manifest(&node, &path, archive.as_deref()) {
+                Ok(m) => (XferResponse::Manifest { manifest: m.encode().into() }, Vec::new()),
+                Err(e) => refused(format!("{me}: {e}")),
+            }
+        }
+        XferRequest::Get { digests, of } => {
+            let set = match h.members.of(store, &of.node, &of.path, &of.archive) {
+                Ok(set) => set,
+                Err(e) => return refused(format!("{me}: {e}")),
+            };
+            if let Some(d) = digests.iter().find(|d| !set.contains(d)) {
+                *misdeed.borrow_mut() = Some(Blame::Misdeed(format!(
+                    "asked for member {d} as one of archive {} of {} on {}, which it is not",
+                    of.archive, of.path, of.node
+                )));
+                return refused(format!(
+                    "member {d} is not one of archive {} of {} on {}",
+                    of.archive, of.path, of.node
+                ));
+            }
             let mut members = Vec::with_capacity(digests.len());
             let mut total = 0usize;
             for d in digests {

@@ -1,8 +1,9 @@
 //! The replica area's protocols.
 //!
-//! - `/backmesh/xfer/2` ([`XFER`]): archives between nodes: an origin or a
-//!   surviving holder offers, sends and commits; any node reads an archive
-//!   for a fetch or a restore. Answered by the replica actor's holder side.
+//! - `/backmesh/xfer/3` ([`XFER`]): archives between nodes: an origin or a
+//!   surviving holder offers, sends and commits; the series' node, its
+//!   holders, and a node under the operator's order to restore or fetch it
+//!   read an archive ([`ReadOf`]). Answered by the replica actor's holder side.
 //! - `/backmesh/replica/2` ([`REPLICA`]): restore and verify asked of the
 //!   node that is to act, with the operator's order. Answered by the
 //!   replica actor.
@@ -113,7 +114,7 @@ pub const MAX_XFER: usize = 64 * 1024 * 1024;
 
 /// Archive transfer between nodes (replication, repair, fetch, restore).
 pub const XFER: Protocol = Protocol {
-    name: "/backmesh/xfer/2",
+    name: "/backmesh/xfer/3",
     max_request: MAX_XFER,
     max_response: MAX_XFER,
     timeout: Duration::from_secs(120),
@@ -197,10 +198,44 @@ pub enum XferRequest {
     /// Which archives of (node, path) do you keep? Answer: `Archives`.
     List { node: NodeName, path: SeriesPath },
     /// The manifest of an archive (the newest when `archive` is `None`).
-    /// Answer: `Manifest`.
-    GetManifest { node: NodeName, path: SeriesPath, archive: Option<ArchiveId> },
-    /// These members, at most [`XFER_BATCH`] bytes. Answer: `Members`.
-    Get { digests: Vec<Digest> },
+    /// Answer: `Manifest`, to a reader entitled to the series ([`ReadOf`]).
+    GetManifest {
+        node: NodeName,
+        path: SeriesPath,
+        archive: Option<ArchiveId>,
+        /// The operator's order that entitles the reader, if it is
+        /// neither the series' node nor one of its holders.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order: Option<SignedOrder>,
+    },
+    /// These members of archive `of`, at most [`XFER_BATCH`] bytes.
+    /// Answer: `Members`, to a reader entitled to the series, of members
+    /// of that archive only.
+    Get { digests: Vec<Digest>, of: ReadOf },
+}
+
+/// What a read is of: an archive of a series, and the operator's order
+/// that entitles the reader if it is neither the series' node nor one of
+/// its holders (a restore or fetch the operator ordered).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOf {
+    pub node: NodeName,
+    pub path: SeriesPath,
+    pub archive: ArchiveId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<SignedOrder>,
+}
+
+impl ReadOf {
+    /// A read of archive `id` of (node, path), under `order`.
+    pub fn named(node: &str, path: &str, id: &str, order: Option<&SignedOrder>) -> Result<ReadOf, BadName> {
+        Ok(ReadOf { node: name(node)?, path: series(path)?, archive: archive(id)?, order: order.cloned() })
+    }
+
+    /// A read of the archive `m` is, under `order`.
+    pub fn of(m: &crate::archive::Manifest, order: Option<&SignedOrder>) -> Result<ReadOf, BadName> {
+        ReadOf::named(&m.node, &m.path, &m.id, order)
+    }
 }
 
 impl XferRequest {
@@ -209,10 +244,26 @@ impl XferRequest {
         Ok(XferRequest::List { node: name(node)?, path: series(path)? })
     }
 
-    /// `GetManifest` of archive `archive` (the newest: `None`) of (node, path).
-    pub fn get_manifest(node: &str, path: &str, archive: Option<&str>) -> Result<Self, BadName> {
+    /// `GetManifest` of archive `archive` (the newest: `None`) of (node,
+    /// path), read under `order` if given.
+    pub fn get_manifest(
+        node: &str,
+        path: &str,
+        archive: Option<&str>,
+        order: Option<&SignedOrder>,
+    ) -> Result<Self, BadName> {
         let archive = archive.map(self::archive).transpose()?;
-        Ok(XferRequest::GetManifest { node: name(node)?, path: series(path)?, archive })
+        Ok(XferRequest::GetManifest { node: name(node)?, path: series(path)?, archive, order: order.cloned() })
+    }
+
+    /// The series a read names and the order it carries: what the
+    /// answering node checks before it serves a manifest or members.
+    pub fn read_of(&self) -> Option<(&NodeName, &SeriesPath, Option<&SignedOrder>)> {
+        match self {
+            XferRequest::GetManifest { node, path, order, .. } => Some((node, path, order.as_ref())),
+            XferRequest::Get { of, .. } => Some((&of.node, &of.path, of.order.as_ref())),
+            _ => None,
+        }
     }
 }
 

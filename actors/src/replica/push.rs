@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::plan::{Handoff, Push};
-use super::proto::{xfer, ManifestBase, WireDelta, WireMember, XferRequest, XferResponse, DELTA_RAW_BATCH};
+use super::proto::{xfer, ManifestBase, ReadOf, WireDelta, WireMember, XferRequest, XferResponse, DELTA_RAW_BATCH};
 use super::source::batches;
 use crate::archive::Manifest;
 use crate::hash::Digest;
@@ -78,7 +78,9 @@ pub(crate) async fn all_confirm(net: &NetClient, store: Arc<Store>, h: &Handoff)
         }
         for id in h.ids.iter().filter(|id| kept.contains(id)) {
             let Some(digest) = picks.get(id).copied() else { return false };
-            let proof = xfer(net, t, XferRequest::Get { digests: vec![digest] }).await;
+            // Asked as the series' node or a holder: no order.
+            let Ok(of) = ReadOf::named(&h.node, &h.path, id, None) else { return false };
+            let proof = xfer(net, t, XferRequest::Get { digests: vec![digest], of }).await;
             let shown = match &proof {
                 Ok(XferResponse::Members { members }) => {
                     members.iter().any(|m| m.digest == digest && Digest::of(&m.data) == digest)

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::proto::ReadOf;
 use super::source::{self, locate, Place, RemoteSource};
 use crate::archive::restore::{MemberSource, RestoreError};
 use crate::archive::{restore_archive, RestoreOptions};
+use crate::authority::SignedOrder;
 use crate::log::actor::{GetCatalog, LogActor};
 use crate::net::actor::{GetPeers, MembershipActor};
 use crate::net::client::NetClient;
@@ -169,7 +171,8 @@ pub(crate) async fn restore(
                 membership.send(GetPeers).await.map_err(|e| (String::new(), RestoreFailed::Stopping(e.to_string())))?.1;
         }
     }
-    let found = locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref()).await;
+    let found =
+        locate(store, net, &catalog, &peers, &msg.node, &msg.path, msg.archive.as_deref(), msg.order.as_ref()).await;
     let (m, place) = match (found, offsite) {
         (Ok(found), _) => found,
         // No live node has it: the bucket may.
@@ -193,6 +196,7 @@ pub(crate) async fn restore(
         (Err(e), None) => return Err((msg.archive.clone().unwrap_or_default(), RestoreFailed::Read(e))),
     };
     let id = m.id.clone();
+    let of = ReadOf::of(&m, msg.order.as_ref()).map_err(|e| (id.clone(), RestoreFailed::Read(e.into())))?;
     let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
     let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
     // Should a member kept here be damaged or missing, the live peers
@@ -207,7 +211,7 @@ pub(crate) async fn restore(
                 if !others.is_empty() =>
             {
                 tracing::warn!("restore of archive {} here: {e}; reading its members from peers instead", m.id);
-                let remote = RemoteSource::new(net, others, &m.members);
+                let remote = RemoteSource::new(net, others, of, &m.members);
                 let report = restore_archive(&m, &remote, &to, &opts)?;
                 // What came from peers mends this node's copy.
                 let mut mended = 0;
@@ -225,7 +229,7 @@ pub(crate) async fn restore(
             }
             other => other,
         },
-        Place::Remote(peers) => restore_archive(&m, &RemoteSource::new(net, peers, &m.members), &to, &opts),
+        Place::Remote(peers) => restore_archive(&m, &RemoteSource::new(net, peers, of, &m.members), &to, &opts),
     })
     .await;
     match done {
@@ -251,4 +255,7 @@ pub struct RestoreHere {
     pub to: String,
     pub overwrite: bool,
     pub request: String,
+    /// The operator's order, when this node restores another node's
+    /// series: it entitles this node to read it from the holders.
+    pub order: Option<SignedOrder>,
 }

@@ -1,13 +1,16 @@
 //! Reading an archive from wherever it is kept: this node's store, or a
-//! peer over `/backmesh/xfer/1`. Every member read from a peer is checked
-//! against its digest before use.
+//! peer over `/backmesh/xfer/3`, naming the archive each read is of and
+//! the operator's order that entitles this node if it is neither the
+//! series' node nor one of its holders ([`ReadOf`]). Every member read
+//! from a peer is checked against its digest before use.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::proto::{xfer, xfer_blocking, WireMember, XferRequest, XferResponse, XFER_BATCH};
+use super::proto::{xfer, xfer_blocking, ReadOf, WireMember, XferRequest, XferResponse, XFER_BATCH};
 use crate::archive::{Manifest, MemberRef, MemberSource};
+use crate::authority::SignedOrder;
 use crate::error::{Retry, Transient};
 use crate::hash::Digest;
 use crate::log::views::CatalogArchive;
@@ -99,8 +102,11 @@ pub fn claimant<'a>(peers: &'a [PeerView], name: &str) -> Option<&'a str> {
 }
 
 /// Finds archive `archive` (the newest when `None`) of (node, path): here if
-/// this node keeps it, else on the live peers the catalog names as holders.
-/// Answers its manifest and where to read it.
+/// this node keeps it, else on the live peers the catalog names as holders,
+/// read under `order` (the operator's order to restore or fetch it, when
+/// this node is neither the series' node nor a holder: `by_order`). Answers its
+/// manifest and where to read it.
+#[allow(clippy::too_many_arguments)]
 pub async fn locate(
     store: &Arc<Store>,
     net: &NetClient,
@@ -109,6 +115,7 @@ pub async fn locate(
     node: &str,
     path: &str,
     archive: Option<&str>,
+    by_order: Option<&SignedOrder>,
 ) -> Result<(Manifest, Place), ReadError> {
     let wanted: Option<&CatalogArchive> = match archive {
         Some(id) => catalog.iter().find(|a| a.id == id),
@@ -147,7 +154,7 @@ pub async fn locate(
         peers.iter().filter(|p| p.up && !order.contains(&p.peer_id)).map(|p| p.peer_id.clone()).collect();
     order.extend(others);
     let mut why = Vec::new();
-    let req = XferRequest::get_manifest(node, path, Some(&id))?;
+    let req = XferRequest::get_manifest(node, path, Some(&id), by_order)?;
     for peer in &order {
         match xfer(net, peer, req.clone()).await {
             Ok(XferResponse::Manifest { manifest }) => match Manifest::decode_from_peer(&manifest) {
@@ -179,12 +186,13 @@ pub async fn locate(
     Err(ReadError::NoCopy { id, node, path, why })
 }
 
-/// Reads `digests` (at most [`XFER_BATCH`] bytes of members) from `place`,
-/// each checked against its digest.
+/// Reads `digests` (at most [`XFER_BATCH`] bytes of members of the
+/// archive `of` names) from `place`, each checked against its digest.
 pub async fn read_members(
     store: &Arc<Store>,
     net: &NetClient,
     place: &Place,
+    of: &ReadOf,
     digests: Vec<Digest>,
 ) -> Result<Vec<(Digest, Vec<u8>)>, ReadError> {
     match place {
@@ -202,7 +210,8 @@ pub async fn read_members(
         Place::Remote(peers) => {
             let mut why = Vec::new();
             for peer in peers {
-                match members_in(xfer(net, peer, XferRequest::Get { digests: digests.clone() }).await, &digests) {
+                let get = XferRequest::Get { digests: digests.clone(), of: of.clone() };
+                match members_in(xfer(net, peer, get).await, &digests) {
                     Ok(v) => return Ok(v),
                     Err(e) => why.push(e),
                 }
@@ -269,6 +278,8 @@ pub fn batches<'a>(members: impl IntoIterator<Item = &'a MemberRef>) -> Vec<Vec<
 pub struct RemoteSource {
     net: NetClient,
     peers: Vec<String>,
+    /// The archive read, and the order that entitles this node to it.
+    of: ReadOf,
     /// Members in archive order, and where each digest stands in it.
     order: Vec<MemberRef>,
     index: HashMap<Digest, Vec<usize>>,
@@ -286,18 +297,19 @@ struct Cache {
 }
 
 impl RemoteSource {
-    pub fn new(net: NetClient, peers: Vec<String>, members: &[MemberRef]) -> Self {
+    pub fn new(net: NetClient, peers: Vec<String>, of: ReadOf, members: &[MemberRef]) -> Self {
         let mut index = HashMap::new();
         for (i, m) in members.iter().enumerate() {
             index.entry(m.sha256).or_insert_with(Vec::new).push(i);
         }
-        RemoteSource { net, peers, order: members.to_vec(), index, state: Mutex::default(), ready: Condvar::new() }
+        RemoteSource { net, peers, of, order: members.to_vec(), index, state: Mutex::default(), ready: Condvar::new() }
     }
 
     fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ReadError> {
         let mut why = Vec::new();
         for peer in &self.peers {
-            match members_in(xfer_blocking(&self.net, peer, XferRequest::Get { digests: digests.to_vec() }), digests) {
+            let get = XferRequest::Get { digests: digests.to_vec(), of: self.of.clone() };
+            match members_in(xfer_blocking(&self.net, peer, get), digests) {
                 Ok(v) => return Ok(v),
                 Err(e) => why.push(e),
             }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use super::proto::ReadOf;
 use super::source::{read_members, Place};
 use crate::hash::Digest;
 use crate::log::actor::{GetCatalog, LogActor};
@@ -77,7 +78,13 @@ pub(crate) async fn verify_series(
         sources.sort_by_key(|p| !holders.contains(&p.name));
         let place = Place::Remote(sources.iter().map(|p| p.peer_id.clone()).collect());
         for d in &bad {
-            match read_members(store, net, &place, vec![*d]).await {
+            // Read as a member of an archive of the series it is in (a holder reads without an order).
+            let Some(Ok(of)) =
+                checked.iter().find(|(_, _, b)| b.contains(d)).map(|(id, _, _)| ReadOf::named(node, path, id, None))
+            else {
+                continue;
+            };
+            match read_members(store, net, &place, &of, vec![*d]).await {
                 Ok(mut got) => {
                     let (s, data) = (store.clone(), got.remove(0).1);
                     let d2 = *d;

@@ -26,6 +26,10 @@ pub struct ArchiveSummary {
     /// before this was kept: long ago).
     #[serde(default)]
     pub stored_ms: i64,
+    /// Out of retention, kept for the grace period (`--grace`): not
+    /// pushed, not in the mesh's catalog, listed by `backups --hidden`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
 }
 
 impl ArchiveSummary {
@@ -52,6 +56,7 @@ impl ArchiveSummary {
             tgz_sha256: m.tgz_sha256,
             warnings: m.warnings.len() as u64,
             stored_ms: 0,
+            hidden: false,
         }
     }
 
@@ -75,7 +80,11 @@ pub struct StatCacheEntry {
 /// What retention removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RetentionReport {
+    /// Archives that left the visible ones now: hidden for the grace
+    /// period, or deleted (without having been hidden first).
     pub removed: Vec<String>,
+    /// Archives deleted now, hidden before or not.
+    pub deleted: Vec<String>,
     pub freed_members: u64,
     pub freed_bytes: u64,
 }

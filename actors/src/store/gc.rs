@@ -24,7 +24,21 @@ impl Store {
     pub fn retain(&self, node: &str, path: &str, retention: Retention) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
         let all = self.list(node, path)?;
-        let kept: HashSet<&str> = retention.kept(&all, self.now_ms()).into_iter().map(|a| a.id.as_str()).collect();
+        let now = self.now_ms();
+        // Visible: the newest `keep` (and those stored `within`) of those
+        // not hidden yet; a hidden archive stays hidden until it goes.
+        let shown: Vec<ArchiveSummary> = all.iter().filter(|a| !a.hidden).cloned().collect();
+        let visible: HashSet<String> = retention.visible(&shown, now).into_iter().map(|a| a.id.clone()).collect();
+        // Out of the visible ones but within the grace period: hidden, kept whole.
+        for a in shown.iter().filter(|a| !visible.contains(&a.id) && retention.in_grace(a, now)) {
+            self.kv.put(ARCHIVES, &archive_key(a), &cbor(&ArchiveSummary { hidden: true, ..a.clone() }))?;
+            report.removed.push(a.id.clone());
+        }
+        let kept: HashSet<&str> = all
+            .iter()
+            .filter(|a| visible.contains(&a.id) || retention.in_grace(a, now))
+            .map(|a| a.id.as_str())
+            .collect();
         // What the removed archives used, the only members they can free
         // (None: a list could not be read; then the whole store is swept).
         let mut candidates = Some(DigestSet::default());
@@ -51,10 +65,12 @@ impl Store {
                 let _ = File::open(dir).and_then(|d| d.sync_all());
             }
             self.kv.delete(ARCHIVES, &archive_key(old))?;
-            report.removed.push(old.id.clone());
+            if !old.hidden {
+                report.removed.push(old.id.clone());
+            }
+            report.deleted.push(old.id.clone());
         }
-        if !report.removed.is_empty() {
-            let now = self.now_ms();
+        if !report.deleted.is_empty() {
             let last_full = self
                 .kv
                 .get(STORE_META, b"full-gc")?
@@ -74,6 +90,19 @@ impl Store {
             report.freed_bytes = b;
         }
         Ok(report)
+    }
+
+    /// Deletes the hidden archives whose grace period is over, in every
+    /// series that has one (a holder that no longer receives a series
+    /// retains it on no commit). How many went.
+    pub fn expire_hidden(&self, retention: Retention) -> Result<usize, StoreError> {
+        let series: std::collections::BTreeSet<(String, String)> =
+            self.list_all()?.into_iter().filter(|a| a.hidden).map(|a| (a.node, a.path)).collect();
+        let mut gone = 0;
+        for (node, path) in series {
+            gone += self.retain(&node, &path, retention)?.deleted.len();
+        }
+        Ok(gone)
     }
 
     /// The members archive `s` uses: from the member list written beside

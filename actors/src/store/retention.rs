@@ -1,6 +1,7 @@
 //! Which archives of a series a store keeps: the newest `keep`, and with
-//! `--keep-within` every one stored in that window. Pure: the time is an
-//! argument.
+//! `--keep-within` every one stored in that window (the *visible* ones);
+//! and, hidden, every other one stored less than `--grace` ago. Pure: the
+//! time is an argument.
 
 use std::time::Duration;
 
@@ -18,28 +19,64 @@ pub const DEFAULT_KEEP: usize = 10;
 pub struct Retention {
     pub keep: usize,
     pub within: Option<Duration>,
+    /// Archives out of the visible ones are kept, hidden, until they were
+    /// stored this long ago: no request of any node, with any key, deletes
+    /// a younger one (docs/security.md, "Holders refuse to forget").
+    pub grace: Option<Duration>,
 }
+
+/// How long an archive that falls out of retention is kept hidden, unless
+/// configured otherwise (`--grace`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { keep: DEFAULT_KEEP, within: None }
+        Retention { keep: DEFAULT_KEEP, within: None, grace: Some(DEFAULT_GRACE) }
     }
 }
 
+/// Whether `a` was stored less than `d` before `now_ms`. Stored under a
+/// clock that ran ahead: recent until the clock passes that time (more is
+/// kept, nothing lost).
+fn stored_within(a: &ArchiveSummary, d: Option<Duration>, now_ms: i64) -> bool {
+    d.is_some_and(|d| now_ms.saturating_sub(a.stored_ms) < i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl Retention {
+    /// The newest `keep`, nothing else (a node's local store by hand).
     pub fn keep(keep: usize) -> Self {
-        Retention { keep, within: None }
+        Retention { keep, within: None, grace: None }
     }
 
-    /// Of `archives` (newest first), those to keep at `now_ms`.
+    /// Of `archives` (newest first), those shown at `now_ms`: the newest
+    /// `keep`, and every one stored `within`.
+    pub fn visible<'a>(&self, archives: &'a [ArchiveSummary], now_ms: i64) -> Vec<&'a ArchiveSummary> {
+        archives
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| *i < self.keep.max(1) || stored_within(a, self.within, now_ms))
+            .map(|(_, a)| a)
+            .collect()
+    }
+
+    /// Whether `a` is kept at `now_ms` whatever its place: stored `within`,
+    /// or less than `grace` ago.
+    pub fn in_grace(&self, a: &ArchiveSummary, now_ms: i64) -> bool {
+        stored_within(a, self.within, now_ms) || stored_within(a, self.grace, now_ms)
+    }
+
+    /// Of `archives` (newest first), those to keep at `now_ms`: the
+    /// visible ones, and, hidden, every other one stored less than
+    /// `grace` ago.
     pub fn kept<'a>(&self, archives: &'a [ArchiveSummary], now_ms: i64) -> Vec<&'a ArchiveSummary> {
-        // Stored under a clock that ran ahead: recent until the clock
-        // passes that time (more is kept, nothing lost).
-        let recent = |a: &ArchiveSummary| {
-            self.within
-                .is_some_and(|d| now_ms.saturating_sub(a.stored_ms) < i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        };
-        archives.iter().enumerate().filter(|(i, a)| *i < self.keep.max(1) || recent(a)).map(|(_, a)| a).collect()
+        archives
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| {
+                *i < self.keep.max(1) || stored_within(a, self.within, now_ms) || stored_within(a, self.grace, now_ms)
+            })
+            .map(|(_, a)| a)
+            .collect()
     }
 }
 

@@ -263,8 +263,11 @@ fn golden_xfer_protocol() {
         &XferRequest::Commit { manifest: bytes(b"literals"), against: Some(base), sent: 4096, repair: true },
     );
     pin("xfer_list", &XferRequest::list("n1", "/srv/app").unwrap());
-    pin("xfer_get_manifest", &XferRequest::get_manifest("n1", "/srv/app", None).unwrap());
-    pin("xfer_get", &XferRequest::Get { digests: vec![d(1), d(2)] });
+    let order = disk::golden_order();
+    pin("xfer_get_manifest", &XferRequest::get_manifest("n1", "/srv/app", None, Some(&order)).unwrap());
+    let of =
+        backmesh_core::replica::proto::ReadOf::named("n1", "/srv/app", "20261122T040113.000Z-0a1b2c3d", None).unwrap();
+    pin("xfer_get", &XferRequest::Get { digests: vec![d(1), d(2)], of });
     pin("xfer_want", &XferResponse::Want { missing: vec![d(4)], complete: false });
     pin("xfer_stored", &XferResponse::Stored);
     pin("xfer_committed", &XferResponse::Committed);

@@ -24,6 +24,10 @@
 //!   its own key and offers it to the holder, then commits it;
 //! - `restore-overwrite`: asks the holder to restore the victim's series
 //!   over `--restore-to`, without the operator's credential;
+//! - `steal-archive`: asks the holder for the manifest of the victim's
+//!   archive `--archives` and for a member of it, without an order and
+//!   (with `--operator-key`) under an order to restore it on another node
+//!   (as root on a node sees orders pass): every read is refused;
 //! - `hook-registration`: gossips, signed as itself, a registration of a
 //!   job of the holder's for `--hook-path` with a `pre` hook that touches
 //!   `--marker`: only the holder writes its jobs;
@@ -387,6 +391,32 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             let secs: u64 = a.get("--serve-secs").and_then(|s| s.parse().ok()).unwrap_or(30);
             tokio::time::sleep(Duration::from_secs(secs)).await;
             say(attack, "served");
+        }
+        "steal-archive" => {
+            use backmesh_core::replica::proto::ReadOf;
+            let archive = a.get("--archives").unwrap_or_default();
+            let first = archive.split(',').next().unwrap_or_default().to_string();
+            let seen = a.get("--operator-key").map(|k| {
+                let text = std::fs::read_to_string(k).expect("the operator key");
+                let key = backmesh_api::order::OperatorKey::from_file_text(&text).expect("an operator key");
+                let act = backmesh_core::authority::Act::Restore(backmesh_api::Restore {
+                    node: victim.clone(),
+                    path: path.clone(),
+                    archive: None,
+                    to: "/tmp/elsewhere".into(),
+                    on: Some(victim.clone()),
+                    overwrite: false,
+                });
+                key.sign(act, now_ms()).expect("signed")
+            });
+            for order in [None, seen] {
+                let ask = XferRequest::get_manifest(&victim, &path, Some(&first), order.as_ref()).expect("names");
+                say(attack, format!("{:?}", xfer(&rogue.net, holder_peer, ask).await));
+                let of = ReadOf::named(&victim, &path, &first, order.as_ref()).expect("names");
+                let digest = backmesh_core::hash::Digest::of(b"any member");
+                let ask = XferRequest::Get { digests: vec![digest], of };
+                say(attack, format!("{:?}", xfer(&rogue.net, holder_peer, ask).await));
+            }
         }
         "path-escape" => {
             let answer = escape(rogue, holder_peer).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backmesh_api::cli::RunOutcome;
 use backmesh_api::{Backups, JobState, JobStatus, Jobs, LogEntry, LogPage, RunResult, Status};
-use backmesh_simulations::{test_ca_and_cert, tree_differences, wait_until, write_slow_tree, Mesh};
+use backmesh_simulations::{manifests_on_disk, test_ca_and_cert, tree_differences, wait_until, write_slow_tree, Mesh};
 
 mod dashboard;
 mod faults;
@@ -820,4 +820,36 @@ fn the_operator_acts_through_any_node_and_a_node_s_token_on_that_node_alone() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("never writes"), "{err}");
     assert!(n1_store.is_dir() && std::fs::read_dir(&n1_store).unwrap().count() > 0, "n1's store is intact");
+}
+
+#[test]
+fn a_node_that_neither_made_nor_holds_a_series_reads_it_only_under_the_operator_s_order() {
+    // One copy of each series: of four nodes, two neither make nor hold n1's.
+    let mesh = Mesh::chain_with(&["n1", "n2", "n3", "n4"], &["--replicas", "1"]);
+    let app = mesh.root.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("a.txt"), b"only for the entitled").unwrap();
+    let s = app.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    let holder = |mesh: &Mesh| {
+        let b: Backups = mesh.cli_json(0, &["backups", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
+        b.archives.first().and_then(|a| a.holders.iter().find(|h| *h != "n1").cloned())
+    };
+    assert!(wait_until(T, || holder(&mesh).is_some()), "no copy of n1's archive was made");
+    let held_by = holder(&mesh).unwrap();
+    let i = (1..4).find(|i| mesh.nodes[*i].name != held_by).unwrap();
+    let name = mesh.nodes[i].name.clone();
+    assert!(manifests_on_disk(&mesh.nodes[i]).is_empty(), "{name} keeps nothing of n1's");
+    // Stop n1: the archive is then read from its holder, by a node that
+    // is neither: under the operator's order (to fetch it through that
+    // node, to restore it there), the holder serves it.
+    let mut mesh = mesh;
+    mesh.stop(0);
+    let tgz = mesh.root.path().join("through-a-stranger.tgz");
+    let out = mesh.cli(i, &["fetch", "n1", &s, "-o", tgz.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back = mesh.root.path().join("back");
+    let out = mesh.cli(i, &["restore", "n1", &s, "--on", &name, "--to", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tree_differences(&app, &back).is_empty(), "{:?}", tree_differences(&app, &back));
 }

@@ -57,7 +57,9 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     // Peers are shown down after 5 s of silence (not 2): under the whole
     // suite's load a busy node may not answer a ping for a few seconds, and
     // a blink past --repair-after would rightly elect a fourth holder.
-    let mut mesh = Mesh::chain_opts(&["n1", "n2", "n3", "n4", "n5"], &["--repair-after", "4"], 5);
+    // Retention exactly, without a grace period (by choice): what falls out
+    // is deleted at once (the grace period has a test of its own).
+    let mut mesh = Mesh::chain_opts(&["n1", "n2", "n3", "n4", "n5"], &["--repair-after", "4", "--grace", "0"], 5);
     let src = mesh.root.path().join("src");
     std::fs::create_dir_all(src.join("conf")).unwrap();
     write_slow_tree(&src, 100, 1);
@@ -566,4 +568,44 @@ fn a_changed_file_goes_to_its_holder_as_a_delta_and_the_copy_is_exact() {
     let r: RestoreOutcome = json(&mesh, 1, &["restore", "n1", &s, "--on", "n2", "--to", &to.to_string_lossy()]);
     assert_eq!(r.result, RestoreResult::Restored, "{r:?}");
     assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+}
+
+#[test]
+fn archives_out_of_retention_stay_hidden_for_the_grace_period_and_restore() {
+    // Keep 2; the grace period is the default (7 days): a node that makes
+    // junk backups of its own series (root on it, say) pushes its good
+    // ones out of `backups`, not off its holders.
+    let mesh = Mesh::chain_with(&["n1", "n2"], &["--keep", "2"]);
+    let src = mesh.root.path().join("app");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.txt"), b"the good data\n").unwrap();
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    let good = run(&mesh, 0, "n1", &s).archive.expect("the good archive");
+    let copied = |mesh: &Mesh| archives(mesh, 1, "n1", &s).iter().any(|a| a.id == good && holders(a).len() == 2);
+    assert!(wait_until(LONG, || copied(&mesh)), "{:#?}", archives(&mesh, 1, "n1", &s));
+    for junk in 0..3 {
+        std::fs::write(src.join("data.txt"), format!("junk {junk}\n")).unwrap();
+        assert_eq!(run(&mesh, 0, "n1", &s).result, RunResult::Finished);
+    }
+    // The newest two shown; the good one and the first junk hidden, kept by both nodes.
+    assert!(wait_until(LONG, || archives(&mesh, 1, "n1", &s).len() == 2), "{:#?}", archives(&mesh, 1, "n1", &s));
+    let listed = |mesh: &Mesh| -> Backups {
+        mesh.cli_json(1, &["backups", "n1", &s, "--hidden"]).unwrap_or_else(|e| panic!("{e}"))
+    };
+    // (The first junk may have been hidden before it was ever copied: a
+    // hidden archive is not pushed.)
+    let kept_by_both = |b: &Backups| {
+        b.hidden.len() == 2
+            && b.hidden.iter().any(|a| a.id == good && holders(a) == BTreeSet::from(["n1".into(), "n2".into()]))
+    };
+    assert!(wait_until(LONG, || kept_by_both(&listed(&mesh))), "{:#?}", listed(&mesh));
+    assert_eq!(listed(&mesh).hidden.last().map(|a| a.id.clone()), Some(good.clone()), "oldest last");
+    let table = String::from_utf8_lossy(&mesh.cli(1, &["backups", "n1", &s, "--hidden"]).stdout).into_owned();
+    assert!(table.contains("hidden") && table.contains(&good), "{table}");
+    // The good one restores, read from n2 onto n2.
+    let back = mesh.root.path().join("back");
+    let out = mesh.cli(1, &["restore", "n1", &s, "--archive", &good, "--on", "n2", "--to", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(back.join("data.txt")).unwrap(), b"the good data\n");
 }

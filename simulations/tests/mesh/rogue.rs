@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use backmesh_api::cli::RunOutcome;
 use backmesh_api::{Backups, Event, JobState, Jobs, LogEntry, LogPage, NodeStatus, RunResult};
+use backmesh_core::placement::{self, Candidate};
 use backmesh_simulations::faults::faketime_env;
 use backmesh_simulations::{binary, manifests_on_disk, tree_differences, wait_until, Mesh};
 use serde_json::Value;
@@ -89,7 +90,7 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
         .args([
             "--attacks",
             "forged-entry,out-of-authority,future-clock,fake-archive,restore-overwrite,hook-registration,\
-             stranger-order,no-order,replayed-order",
+             stranger-order,no-order,replayed-order,steal-archive",
         ])
         .output()
         .expect("run backmesh-rogue");
@@ -128,6 +129,32 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
     assert!(replay[0].starts_with("victim: Failed"), "{replay:?}");
     assert_eq!(replay[1], "holder: Recorded", "{replay:?}");
     assert!(replay[2].contains("carried out already"), "{replay:?}");
+    // n1's archive, kept on n2: the rogue may read its manifest only if
+    // placement elects it a holder of the series (then n1 pushes it the
+    // archive anyway; issue 37 makes what it gets ciphertext), never
+    // under an order for another node; and never a member of another
+    // archive than the one it names.
+    let steal = all_answers("steal-archive");
+    assert_eq!(steal.len(), 4, "{steal:?}");
+    let seen = mesh.status(1).expect("n2 answers");
+    let candidates: Vec<Candidate> = seen
+        .nodes
+        .iter()
+        .filter(|n| n.up)
+        .map(|n| Candidate { peer_id: n.peer_id.clone(), name: n.name.clone(), free_bytes: n.free_bytes })
+        .collect();
+    let elected = placement::holders("n1", &s, &candidates, 3).iter().any(|c| c.name == "rogue");
+    for i in [0, 2] {
+        if elected {
+            assert!(steal[i].contains("Manifest {"), "{steal:?}");
+        } else {
+            assert!(steal[i].contains("Refused") && !steal[i].contains("Manifest {"), "{steal:?}");
+        }
+    }
+    if !elected {
+        assert!(steal[0].contains("neither") && steal[2].contains("not rogue"), "{steal:?}");
+    }
+    assert!(steal[1].contains("is not one of archive") && steal[3].contains("is not one of archive"), "{steal:?}");
     assert_eq!(std::fs::read(victim_dir.join("keep.txt")).unwrap(), b"n2's own file\n");
     assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 1, "nothing was written there");
 
