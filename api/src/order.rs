@@ -215,6 +215,13 @@ pub struct OperatorKey {
     key: ed25519_dalek::SigningKey,
 }
 
+/// Shows the public half only: a secret never lands in a log or a panic.
+impl std::fmt::Debug for OperatorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OperatorKey({})", self.public())
+    }
+}
+
 /// The first line of an operator key file.
 const KEY_FILE_HEADER: &str = "backmesh operator secret key v1";
 
@@ -224,6 +231,16 @@ impl OperatorKey {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("no randomness from the system: {e}"))?;
         Ok(OperatorKey { key: ed25519_dalek::SigningKey::from_bytes(&seed) })
+    }
+
+    /// The key of this 32-byte secret seed.
+    pub fn from_seed(seed: [u8; 32]) -> OperatorKey {
+        OperatorKey { key: ed25519_dalek::SigningKey::from_bytes(&seed) }
+    }
+
+    /// Its 32-byte secret seed (to seal it under a passphrase).
+    pub fn seed(&self) -> [u8; 32] {
+        self.key.to_bytes()
     }
 
     /// The key written in a key file's text.

@@ -202,6 +202,10 @@ pub(crate) enum OperatorCommand {
         /// [default: --operator-key, else ~/.config/backmesh/operator.key].
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Seal the key under a passphrase (asked twice on the terminal, or
+        /// BACKMESH_OPERATOR_PASSPHRASE); every signed command then asks it.
+        #[arg(long)]
+        passphrase: bool,
     },
     /// Print the public half of the operator key (--operator-key, or the default file).
     Show,

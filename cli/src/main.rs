@@ -8,6 +8,7 @@
 mod args;
 mod client;
 mod operator;
+mod sealed;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -669,13 +670,13 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool, hidde
 fn operator_command(cli: &Cli, json: bool, command: &OperatorCommand) -> Result<(), Failure> {
     let given = cli.operator_key.clone();
     match command {
-        OperatorCommand::Init { out } => {
+        OperatorCommand::Init { out, passphrase } => {
             let out = out
                 .clone()
                 .or(given)
                 .or_else(operator::default_path)
                 .ok_or_else(|| Failure::Refused("no home directory to keep the key in: give --out FILE".into()))?;
-            let (file, public) = operator::init(&out).map_err(Failure::Refused)?;
+            let (file, public) = operator::init(&out, *passphrase).map_err(Failure::Refused)?;
             if json {
                 print_json(&serde_json::json!({ "file": file, "public": public }));
             } else {

@@ -37,6 +37,10 @@ pub(crate) fn load(file: &Path) -> Result<OperatorKey, String> {
     }
     let text =
         std::fs::read_to_string(file).map_err(|e| format!("cannot read the operator key {}: {e}", file.display()))?;
+    if crate::sealed::is_sealed(&text) {
+        let passphrase = crate::sealed::passphrase(&format!("passphrase of {}: ", file.display()), false)?;
+        return crate::sealed::open(&text, &passphrase).map_err(|e| format!("{}: {e}", file.display()));
+    }
     OperatorKey::from_file_text(&text).map_err(|e| format!("{}: {e}", file.display()))
 }
 
@@ -51,7 +55,7 @@ pub(crate) fn sign(file: &Path, act: Act) -> Result<SignedOrder, String> {
 /// `backmesh operator init`: a new key written to `out` (0600, in a
 /// directory made 0700 if new); never over an existing file. Answers the
 /// file and the public key.
-pub(crate) fn init(out: &Path) -> Result<(PathBuf, String), String> {
+pub(crate) fn init(out: &Path, under_passphrase: bool) -> Result<(PathBuf, String), String> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", out.display());
@@ -70,13 +74,24 @@ pub(crate) fn init(out: &Path) -> Result<(PathBuf, String), String> {
             .map_err(|e| fail("create the directory of", e))?;
     }
     let key = OperatorKey::generate()?;
+    let text = if under_passphrase {
+        let passphrase = crate::sealed::passphrase("passphrase for the new operator key: ", true)?;
+        format!(
+            "backmesh operator secret key v1\n# Keep this file on the operator's machine only, never on a node.\n\
+             # Give nodes the public half: operator-key = \"{}\"\n{}",
+            key.public(),
+            crate::sealed::seal(&key, &passphrase)?
+        )
+    } else {
+        key.file_text()
+    };
     // Written whole to a staging file, synced, then linked in place, so a
     // crash leaves either no key or the whole key, never half of one.
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let staging = dir.join(format!(".operator-key-{}.tmp", std::process::id()));
     let written = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging)?;
-        f.write_all(key.file_text().as_bytes())?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
         // hard_link refuses to replace a file that appeared meanwhile.
         std::fs::hard_link(&staging, out)?;

@@ -224,3 +224,32 @@ fn init_sets_a_server_up_and_the_node_runs_from_what_it_wrote() {
     assert!(stdout(&ok).contains("s1 *"), "{}", stdout(&ok));
     assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
 }
+
+#[test]
+fn an_operator_key_under_a_passphrase_opens_with_it_only() {
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("operator.key");
+    let cli = |args: &[&str], passphrase: Option<&str>| {
+        let mut c = Command::new(binary("backmesh"));
+        c.args(args).env_remove("BACKMESH_OPERATOR_PASSPHRASE").env("HOME", t.path());
+        if let Some(p) = passphrase {
+            c.env("BACKMESH_OPERATOR_PASSPHRASE", p);
+        }
+        // No terminal to ask on: the passphrase comes from the environment or not at all.
+        c.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    let made =
+        cli(&["--json", "operator", "init", "--passphrase", "--out", key.to_str().unwrap()], Some("s3cret words"));
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let public =
+        serde_json::from_slice::<serde_json::Value>(&made.stdout).unwrap()["public"].as_str().unwrap().to_string();
+    let text = fs::read_to_string(&key).unwrap();
+    assert!(text.contains("sealed:") && !text.contains("secret:"), "{text}");
+    let show = |p: Option<&str>| cli(&["--operator-key", key.to_str().unwrap(), "operator", "show"], p);
+    let right = show(Some("s3cret words"));
+    assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
+    assert_eq!(stdout(&right).trim(), public);
+    let wrong = show(Some("other words"));
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"), "{wrong:?}");
+}
