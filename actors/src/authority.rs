@@ -132,6 +132,27 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// The revocation in `signed`, if it holds: an operator's order, by a
+    /// key this node trusts, to revoke an identity. A trust change is
+    /// state, not a command: it holds whenever and wherever it is seen
+    /// (spread from node to node, kept on disk), so neither its age nor
+    /// its nonce is checked. Answers (node, peer).
+    pub fn check_revocation(&self, signed: &SignedOrder) -> Result<(String, String), OrderError> {
+        if self.trusted.is_empty() {
+            return Err(OrderError::NoOperator { me: "this node".into() });
+        }
+        let order = signed.open()?;
+        if !self.trusted.contains(&order.operator) {
+            return Err(OrderError::Untrusted { operator: order.operator });
+        }
+        match order.act {
+            Act::Revoke { node, peer } => Ok((node, peer)),
+            other => Err(OrderError::OtherAct { ordered: other.name().into(), asked: "revoke".into() }),
+        }
+    }
+}
+
 /// What a node says to a peer that asks it to act without an order.
 pub fn needs_order(me: &str, act: &str) -> String {
     format!(
@@ -165,6 +186,20 @@ mod tests {
         assert!(Authority::new(&["bmop-zz".into()]).is_err());
         // A read checks without spending: twice is fine.
         assert!(auth.check(&fresh, &act, "n1", now).is_ok() && auth.check(&fresh, &act, "n1", now).is_ok());
+    }
+
+    #[test]
+    fn a_revocation_holds_whenever_it_is_seen_under_a_trusted_key_only() {
+        let op = OperatorKey::generate().unwrap();
+        let auth = Authority::new(&[op.public()]).unwrap();
+        let act = Act::Revoke { node: "n4".into(), peer: "12D3KooW-n4".into() };
+        let years_ago = op.sign(act.clone(), 0).unwrap();
+        assert_eq!(auth.check_revocation(&years_ago), Ok(("n4".into(), "12D3KooW-n4".into())));
+        assert_eq!(auth.check_revocation(&years_ago), Ok(("n4".into(), "12D3KooW-n4".into())), "again: the same");
+        let stranger = OperatorKey::generate().unwrap().sign(act, 0).unwrap();
+        assert!(matches!(auth.check_revocation(&stranger), Err(OrderError::Untrusted { .. })));
+        let run = op.sign(Act::Run(JobKey { node: "n4".into(), path: "/".into() }), 0).unwrap();
+        assert!(matches!(auth.check_revocation(&run), Err(OrderError::OtherAct { .. })));
     }
 
     #[test]

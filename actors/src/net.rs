@@ -21,6 +21,7 @@ pub mod client;
 pub mod event_loop;
 pub mod hello;
 pub mod membership;
+pub mod revocations;
 pub mod router;
 pub mod rpc;
 pub mod swarm;

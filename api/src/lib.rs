@@ -48,6 +48,15 @@ pub struct Joined {
     pub name: String,
 }
 
+/// `POST /api/v1/revoke`: the operator revokes node `node`'s identity
+/// `peer` mesh-wide (the request carries the operator's order for it).
+/// Answered with the same body once this node holds the revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoke {
+    pub node: String,
+    pub peer: String,
+}
+
 /// One node of the mesh as some node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {

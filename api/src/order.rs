@@ -60,6 +60,13 @@ pub enum Act {
     },
     /// Re-hash kept copies, on every node that keeps them.
     Verify(Verify),
+    /// Refuse the identity `peer` (node `node`'s key) mesh-wide, for good:
+    /// a trust change, spread from node to node and kept (no age, no
+    /// nonce: carried out again, it changes nothing).
+    Revoke {
+        node: String,
+        peer: String,
+    },
 }
 
 impl Act {
@@ -72,7 +79,7 @@ impl Act {
             Act::Pause { node } | Act::Resume { node } => Some(node),
             Act::Restore(r) => Some(r.on.as_deref().unwrap_or(&r.node)),
             Act::Fetch { by, .. } => Some(by),
-            Act::Verify(_) => None,
+            Act::Verify(_) | Act::Revoke { .. } => None,
         }
     }
 
@@ -87,6 +94,7 @@ impl Act {
             Act::Restore(_) => "restore",
             Act::Fetch { .. } => "fetch",
             Act::Verify(_) => "verify",
+            Act::Revoke { .. } => "revoke",
         }
     }
 }
@@ -316,6 +324,7 @@ fn describe(act: &Act) -> String {
         Act::Restore(r) => format!("restore {} of {} on {}", r.path, r.node, r.on.as_deref().unwrap_or(&r.node)),
         Act::Fetch { node, path, by, .. } => format!("fetch {path} of {node} through {by}"),
         Act::Verify(v) => format!("verify {} {}", v.node.as_deref().unwrap_or("*"), v.path.as_deref().unwrap_or("*")),
+        Act::Revoke { node, peer } => format!("revoke {node} ({peer})"),
     }
 }
 

@@ -42,6 +42,7 @@ const TYPES: &[&str] = &[
     "Fetched",
     "Join",
     "Joined",
+    "Revoke",
 ];
 
 /// The example read as `T` and written back.
@@ -77,6 +78,7 @@ fn round_trip(name: &str, v: &Value) -> Result<Value, String> {
         "Fetched" => again::<Fetched>(v),
         "Join" => again::<backmesh_api::Join>(v),
         "Joined" => again::<backmesh_api::Joined>(v),
+        "Revoke" => again::<backmesh_api::Revoke>(v),
         other => Err(format!("no type `{other}` in the API")),
     }
 }

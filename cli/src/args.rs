@@ -174,6 +174,15 @@ pub(crate) enum Command {
     },
     /// Every job: node, path, every, paused, state, last success.
     Jobs,
+    /// Revoke NODE's identity mesh-wide (a stolen or retired server): every
+    /// node refuses its key from then on. Signed with the operator key.
+    Revoke {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        /// The peer id to revoke [default: the one NODE has in `status`].
+        #[arg(long, value_name = "PEER")]
+        peer: Option<String>,
+    },
     /// The execution log, newest last.
     Log {
         /// Only entries about this node (a name).

@@ -666,6 +666,47 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool, hidde
     Ok(())
 }
 
+/// `backmesh revoke NODE`: the identity NODE has (or `peer`), revoked
+/// under the operator's order.
+fn revoke(client: &Client, json: bool, node: &str, peer: Option<&str>) -> Result<(), Failure> {
+    let peer = match peer {
+        Some(p) => p.to_string(),
+        None => {
+            let s: Status = client.get("/status")?;
+            let claims: Vec<&str> = s.nodes.iter().filter(|n| n.name == node).map(|n| n.peer_id.as_str()).collect();
+            match claims.as_slice() {
+                [one] => one.to_string(),
+                [] => return Err(Failure::Refused(format!("no node `{node}` in the mesh; give its id with --peer"))),
+                more => {
+                    return Err(Failure::Refused(format!(
+                        "{} peers claim `{node}` ({}): give the one to revoke with --peer",
+                        more.len(),
+                        more.join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    if client.operator_key.is_none() {
+        return Err(Failure::Refused(
+            "a revocation is the operator's: give --operator-key FILE (`backmesh operator init` makes one)".into(),
+        ));
+    }
+    let body = backmesh_api::Revoke { node: node.to_string(), peer };
+    client.sign(Act::Revoke { node: body.node.clone(), peer: body.peer.clone() })?;
+    let done: backmesh_api::Revoke = client.post("/revoke", &body)?;
+    if json {
+        print_json(&done);
+    } else {
+        out!(
+            "revoked: node {} ({}); every node refuses it once it hears (within a hello period)",
+            done.node,
+            done.peer
+        );
+    }
+    Ok(())
+}
+
 /// `backmesh operator init|show`: on this machine, no node asked.
 fn operator_command(cli: &Cli, json: bool, command: &OperatorCommand) -> Result<(), Failure> {
     let given = cli.operator_key.clone();
@@ -711,6 +752,7 @@ fn main() -> ExitCode {
         Command::Operator { command } => operator_command(&cli, json, command),
         Command::Status { workers } => status(&c, json, *workers),
         Command::Jobs => jobs(&c, json),
+        Command::Revoke { node, peer } => revoke(&c, json, node, peer.as_deref()),
         Command::Backups { node, path, all, hidden } => backups(&c, json, node, path, *all, *hidden),
         Command::Run { node, path, no_wait, timeout } => match run(&c, json, node, path, *no_wait, *timeout) {
             Ok(true) => Ok(()),

@@ -95,6 +95,7 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/status", web::get().to(status))
         .route("/jobs", web::get().to(jobs))
         .route("/join", web::post().to(join_node))
+        .route("/revoke", web::post().to(revoke))
         .route("/jobs", web::post().to(register))
         .route("/jobs", web::delete().to(unregister))
         .route("/run", web::post().to(run))
@@ -746,6 +747,32 @@ async fn join_node(req: HttpRequest, state: web::Data<ApiState>, body: web::Json
         .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("`{}` is not a mesh address (HOST:PORT)", b.address)))?;
     let name = join(&state, addr).await?;
     Ok(HttpResponse::Ok().json(backmesh_api::Joined { name }))
+}
+
+/// `POST /revoke`: takes in the operator's revocation, which this node's
+/// hellos then carry to the whole mesh; the revoked peer is cut off here
+/// at once.
+async fn revoke(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Revoke>) -> Answer {
+    admin(&req, &state)?;
+    let b = body.into_inner();
+    let act = Act::Revoke { node: b.node.clone(), peer: b.peer.clone() };
+    let order = needed(&state, order_of(&req)?, &act, &b.node)?;
+    match order.open() {
+        Ok(o) if o.act == act => {}
+        Ok(o) => {
+            let ordered = format!("{:?}", o.act);
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                format!("the order is for another act ({ordered}) than this revocation"),
+            ));
+        }
+        Err(e) => return Err(error(StatusCode::FORBIDDEN, e.to_string())),
+    }
+    if b.peer == state.health.peer_id {
+        return Err(error(StatusCode::BAD_REQUEST, "a node does not revoke itself: ask another node"));
+    }
+    state.net.revoke(order).await.map_err(|e| error(StatusCode::FORBIDDEN, e))?;
+    Ok(HttpResponse::Ok().json(b))
 }
 
 /// `HOST:PORT` (not a plain node name) → an address to dial.

@@ -172,6 +172,8 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             topics: protocols::topics(),
             max_gossip: protocols::MAX_GOSSIP,
             partition: std::env::var_os("BACKMESH_TEST_PARTITION").map(std::path::PathBuf::from),
+            authority: authority.clone(),
+            revocations: Some(cfg.data_dir.join("revoked")),
         })?;
         let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
         let workers = backmesh_core::workers::Workers::default();

@@ -64,6 +64,14 @@ pub struct Incompatible {
     pub what: Option<String>,
 }
 
+/// The operator revoked `peer` (node `node`). Sender: the network loop.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct Revoked {
+    pub peer: String,
+    pub node: String,
+}
+
 pub struct MembershipActor {
     state: Membership,
     data_dir: PathBuf,
@@ -165,6 +173,14 @@ impl Handler<Incompatible> for MembershipActor {
     type Result = ();
     fn handle(&mut self, msg: Incompatible, _: &mut Context<Self>) {
         let changes = self.state.incompatible(&msg.peer, msg.what);
+        self.report(changes);
+    }
+}
+
+impl Handler<Revoked> for MembershipActor {
+    type Result = ();
+    fn handle(&mut self, msg: Revoked, _: &mut Context<Self>) {
+        let changes = self.state.revoke(&msg.peer, &msg.node);
         self.report(changes);
     }
 }

@@ -33,6 +33,11 @@ pub(super) enum Command {
     /// Send a request of `protocol` to `to`; the answer, and who gave it,
     /// come back on `reply`.
     Request { to: Target, protocol: Protocol, body: Vec<u8>, reply: Pending },
+    /// Take in the operator's revocation `order`; reply (node, peer), or why not.
+    Revoke {
+        order: crate::authority::SignedOrder,
+        reply: oneshot::Sender<Result<(String, String), crate::authority::OrderError>>,
+    },
 }
 
 /// Whom a request goes to.
@@ -68,6 +73,8 @@ pub enum Inbound {
     /// A peer speaks another mesh protocol: none of what it sends is taken
     /// until one of the two is upgraded (`None` once it speaks this one).
     Incompatible { peer: String, what: Option<String> },
+    /// The operator revoked `peer` (node `node`): cut off for good.
+    Revoked { peer: String, node: String },
 }
 
 /// What a node made of a gossiped message.
@@ -189,6 +196,15 @@ impl NetClient {
     /// Whether the network has stopped (or never ran: [`NetClient::stopped`]).
     pub fn is_stopped(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Takes in the operator's revocation `order` (checked against the
+    /// operator keys this node trusts), cuts the peer off and says it in
+    /// hellos from now on; answers (node, peer), or why not.
+    pub async fn revoke(&self, order: crate::authority::SignedOrder) -> Result<(String, String), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Revoke { order, reply }).await.map_err(|_| "the network has stopped".to_string())?;
+        rx.await.map_err(|_| "the network has stopped".to_string())?.map_err(|e| e.to_string())
     }
 
     /// Dials `addr` and answers the peer id of the node there, or why not.

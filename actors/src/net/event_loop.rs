@@ -71,6 +71,8 @@ pub struct EventLoop {
     /// The test-only partition gate's file, and the peers it cuts off now.
     pub(super) partition: Option<std::path::PathBuf>,
     pub(super) cut_off: HashSet<PeerId>,
+    /// The operator's revocations: those peers are cut off for good.
+    pub(super) revocations: super::revocations::Revocations,
     /// Listen addresses of peers, from identify: for redials and hellos.
     pub(super) known: HashMap<PeerId, Vec<Multiaddr>>,
     pub(super) bootstrap: Vec<Multiaddr>,
@@ -170,6 +172,11 @@ impl EventLoop {
         // Before any connection is up: a node restarted behind the gate
         // never talks across it.
         self.read_gate();
+        // The revocations kept from before: cut off before anyone connects.
+        let kept: Vec<(String, String)> = self.revocations.revoked().map(|(p, n)| (n.clone(), p.clone())).collect();
+        for (node, peer) in kept {
+            self.cut_off_revoked(&node, &peer);
+        }
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -240,6 +247,25 @@ impl EventLoop {
                 }
             }
             Command::Shutdown(done) => drop(done.send(())),
+            Command::Revoke { order, reply } => {
+                let taken = self.revocations.take(&order);
+                if let Ok(Some((node, peer))) = &taken {
+                    self.cut_off_revoked(node, peer);
+                    // Said to every peer now, not at the next hello.
+                    let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                    for p in connected {
+                        let h = self.hello();
+                        self.swarm.behaviour_mut().hello.send_request(&p, h);
+                    }
+                }
+                let _ = reply.send(taken.map(|_| {
+                    let order = order.open().ok();
+                    match order.map(|o| o.act) {
+                        Some(crate::authority::Act::Revoke { node, peer }) => (node, peer),
+                        _ => (String::new(), String::new()),
+                    }
+                }));
+            }
         }
     }
 
@@ -300,6 +326,27 @@ impl EventLoop {
         self.cut_off = now;
     }
 
+    /// Cuts off `peer` (node `node`), which the operator revoked, and tells the node.
+    fn cut_off_revoked(&mut self, node: &str, peer: &str) {
+        tracing::warn!("the operator revoked node {node} ({peer}): its connections are refused from now on");
+        if let Ok(p) = peer.parse::<PeerId>() {
+            self.swarm.behaviour_mut().gate.block_peer(p);
+            self.known.remove(&p);
+        }
+        self.emit(Inbound::Revoked { peer: peer.to_string(), node: node.to_string() });
+    }
+
+    /// Takes in the revocations a peer's hello carries.
+    fn take_revocations(&mut self, from: &PeerId, orders: &[crate::authority::SignedOrder]) {
+        for order in orders.iter().take(super::revocations::MAX_REVOCATIONS) {
+            match self.revocations.take(order) {
+                Ok(Some((node, peer))) => self.cut_off_revoked(&node, &peer),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("{from} passed on a revocation that does not hold here: {e}"),
+            }
+        }
+    }
+
     fn hello(&self) -> Hello {
         let connected: HashSet<&PeerId> = self.swarm.connected_peers().collect();
         let peers = self
@@ -311,7 +358,7 @@ impl EventLoop {
                 addrs: addrs.iter().map(|a| a.to_string()).collect(),
             })
             .collect();
-        Hello { info: self.info.clone(), peers, protocol: self.protocol }
+        Hello { info: self.info.clone(), peers, protocol: self.protocol, revoked: self.revocations.orders() }
     }
 
     /// Whether `peer` speaks this node's mesh protocol. One that does not
@@ -615,12 +662,14 @@ impl EventLoop {
                     // node's protocol, and says so to its operator too.
                     let reply = self.hello();
                     let _ = self.swarm.behaviour_mut().hello.send_response(channel, reply);
+                    self.take_revocations(&peer, &request.revoked);
                     if self.check_protocol(&peer, &request) {
                         self.emit(Inbound::Hello { peer: peer.to_string(), info: request.info });
                         self.learn(request.peers);
                     }
                 }
                 request_response::Message::Response { response, .. } => {
+                    self.take_revocations(&peer, &response.revoked);
                     if self.check_protocol(&peer, &response) {
                         self.emit(Inbound::Hello { peer: peer.to_string(), info: response.info });
                         self.learn(response.peers);

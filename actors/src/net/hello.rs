@@ -33,6 +33,10 @@ pub struct Hello {
     /// nodes before version 2 did not say it.
     #[serde(default = "protocol_one")]
     pub protocol: u32,
+    /// The operator's revocations the sender holds
+    /// ([`super::revocations`]): each node checks and keeps them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<crate::authority::SignedOrder>,
 }
 
 fn protocol_one() -> u32 {
@@ -119,6 +123,7 @@ mod tests {
             },
             peers: vec![KnownPeer { peer_id: "12D3Koo".into(), addrs: vec!["/ip4/127.0.0.1/tcp/1".into()] }],
             protocol: 10,
+            revoked: vec![],
         }
     }
 

@@ -70,6 +70,9 @@ pub struct Membership {
     limited: BTreeMap<String, (u64, String)>,
     /// Peers that speak another mesh protocol, and what they said.
     incompatible: BTreeMap<String, String>,
+    /// Peers the operator revoked, and their nodes' names: out of every
+    /// view, never heard again.
+    revoked: BTreeMap<String, String>,
 }
 
 impl Membership {
@@ -85,6 +88,28 @@ impl Membership {
             misdeeds: BTreeMap::new(),
             limited: BTreeMap::new(),
             incompatible: BTreeMap::new(),
+            revoked: BTreeMap::new(),
+        }
+    }
+
+    /// The operator revoked `peer` (node `node`): it leaves every view (and
+    /// so placement) and is heard no more. Down, if it was up.
+    pub fn revoke(&mut self, peer: &str, node: &str) -> Vec<Change> {
+        if self.revoked.len() < MISDEEDS_KEPT || self.revoked.contains_key(peer) {
+            self.revoked.insert(peer.to_string(), node.to_string());
+        }
+        let was = self.peers.remove(peer);
+        if let Some(info) = was.as_ref().and_then(|s| s.info.as_ref()) {
+            if let Some(claims) = self.by_name.get_mut(&info.name) {
+                claims.remove(peer);
+                if claims.is_empty() {
+                    self.by_name.remove(&info.name);
+                }
+            }
+        }
+        match was {
+            Some(state) if state.up => vec![Change::Down { peer: peer.to_string(), name: node.to_string() }],
+            _ => Vec::new(),
         }
     }
 
@@ -102,7 +127,7 @@ impl Membership {
 
     /// The peer was heard from (a ping answered, a message received).
     pub fn seen(&mut self, peer: &str, now_ms: i64) -> Vec<Change> {
-        if peer == self.me_peer {
+        if peer == self.me_peer || self.revoked.contains_key(peer) {
             return Vec::new();
         }
         let state =
@@ -118,7 +143,7 @@ impl Membership {
 
     /// The peer said who it is.
     pub fn hello(&mut self, peer: &str, info: NodeInfo, now_ms: i64) -> Vec<Change> {
-        if peer == self.me_peer {
+        if peer == self.me_peer || self.revoked.contains_key(peer) {
             return Vec::new();
         }
         // A hello reaches here only in this node's protocol.
@@ -318,6 +343,9 @@ impl Membership {
         for (peer, what) in &self.incompatible {
             out.push(format!("{peer} is refused: {what}"));
         }
+        for (peer, node) in &self.revoked {
+            out.push(format!("node {node} ({peer}) is revoked by the operator: its connections are refused"));
+        }
         out
     }
 }
@@ -360,6 +388,19 @@ mod tests {
 
     fn m() -> Membership {
         Membership::new("ME".into(), info("me"), 3_000)
+    }
+
+    #[test]
+    fn a_revoked_peer_leaves_every_view_and_is_heard_no_more() {
+        let mut m = m();
+        m.hello("P1", info("a"), 0);
+        m.hello("P2", info("b"), 0);
+        assert_eq!(m.revoke("P1", "a"), vec![Change::Down { peer: "P1".into(), name: "a".into() }]);
+        assert!(m.hello("P1", info("a"), 10).is_empty() && m.seen("P1", 20).is_empty());
+        assert_eq!(m.peers().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert!(m.problems().iter().any(|p| p.contains("node a (P1) is revoked")), "{:?}", m.problems());
+        // Its name is free for a rebuilt server under a new key.
+        assert!(m.conflicts().is_empty());
     }
 
     #[test]

@@ -64,6 +64,7 @@ impl Router {
             Inbound::Hello { peer, info } => self.membership.do_send(NetEvent::Hello { peer, info }),
             Inbound::Limited { peer, what } => self.membership.do_send(Limited { peer, what }),
             Inbound::Incompatible { peer, what } => self.membership.do_send(Incompatible { peer, what }),
+            Inbound::Revoked { peer, node } => self.membership.do_send(super::actor::Revoked { peer, node }),
             Inbound::Gossip { topic, from, id, data } => match self.topics.get(&topic) {
                 Some(hear) => hear(Gossip { from, id, data }),
                 None => tracing::debug!("gossip on {topic}, which no area hears"),

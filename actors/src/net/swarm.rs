@@ -66,6 +66,10 @@ pub struct NetConfig {
     /// no file, no one cut off. The fault-schedule runner cuts the mesh in
     /// two with it (`BACKMESH_TEST_PARTITION`; docs/reliability.md).
     pub partition: Option<std::path::PathBuf>,
+    /// The operator keys this node trusts (for revocations), and the file
+    /// the revocations it holds are kept in.
+    pub authority: std::sync::Arc<crate::authority::Authority>,
+    pub revocations: Option<std::path::PathBuf>,
 }
 
 fn setup_err(e: impl std::fmt::Display) -> NetError {
@@ -207,6 +211,7 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
         protocol,
         partition: cfg.partition,
         cut_off: HashSet::new(),
+        revocations: super::revocations::Revocations::load(cfg.authority, cfg.revocations),
         known: HashMap::new(),
         bootstrap,
         redial: Backoff::new(),

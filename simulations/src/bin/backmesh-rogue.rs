@@ -31,6 +31,9 @@
 //! - `hook-registration`: gossips, signed as itself, a registration of a
 //!   job of the holder's for `--hook-path` with a `pre` hook that touches
 //!   `--marker`: only the holder writes its jobs;
+//! - `forged-revocation`: revokes the victim under an operator key of its
+//!   own making and says so in its hellos for 3 s: no honest node trusts
+//!   that key, so the victim stays;
 //! - `stranger-order`: asks the holder to register that job under an
 //!   order signed by an operator key of the rogue's own making;
 //! - `no-order`: asks the holder to register that job, and to run a
@@ -110,6 +113,8 @@ struct Rogue {
     peers: std::collections::BTreeMap<String, String>,
     /// Node name → its mesh address, from hellos.
     addrs: std::collections::BTreeMap<String, String>,
+    /// An operator key no honest node trusts.
+    stranger: backmesh_api::order::OperatorKey,
 }
 
 impl Rogue {
@@ -145,6 +150,11 @@ async fn main() {
         address: String::new(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
+    // An operator key of the rogue's own making, which its own network
+    // trusts: the revocations it signs go out in its hellos.
+    let stranger = backmesh_api::order::OperatorKey::generate().expect("a key");
+    let own_authority =
+        std::sync::Arc::new(backmesh_core::authority::Authority::new(&[stranger.public()]).expect("a key"));
     let (net, mut inbound, event_loop) = swarm::new(swarm::NetConfig {
         keypair: key.clone(),
         listen: "127.0.0.1:0".parse().expect("an address"),
@@ -158,6 +168,8 @@ async fn main() {
         connections_per_peer: 64,
         outbound_per_peer: 4096,
         partition: None,
+        authority: own_authority,
+        revocations: None,
         // `--protocol N`: a node of another version, to be refused whole.
         protocol: a.get("--protocol").and_then(|p| p.parse().ok()).unwrap_or(MESH_PROTOCOL),
         protocols: protocols::all(),
@@ -166,7 +178,7 @@ async fn main() {
     })
     .expect("the rogue's network");
     tokio::spawn(event_loop.run());
-    let mut rogue = Rogue { key, me, net, seq: 0, peers: Default::default(), addrs: Default::default() };
+    let mut rogue = Rogue { key, me, net, seq: 0, peers: Default::default(), addrs: Default::default(), stranger };
 
     // Learn who is who from hellos (bounded), then give gossipsub a few
     // heartbeats to take this peer into its mesh.
@@ -321,6 +333,13 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                 Err(e) => format!("error: {e:?}"),
             };
             say(attack, answer);
+        }
+        "forged-revocation" => {
+            // Signed with a key of its own: its hellos carry it to everyone.
+            let act = backmesh_core::authority::Act::Revoke { node: victim.clone(), peer: victim_peer.to_string() };
+            let order = rogue.stranger.sign(act, now_ms()).expect("signed");
+            say(attack, format!("{:?}", rogue.net.revoke(order).await));
+            tokio::time::sleep(Duration::from_secs(3)).await;
         }
         "stranger-order" | "no-order" => {
             use backmesh_core::jobs::proto::{JobsAnswer, JobsRequest, JOBS};

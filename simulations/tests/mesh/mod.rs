@@ -853,3 +853,55 @@ fn a_node_that_neither_made_nor_holds_a_series_reads_it_only_under_the_operator_
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(tree_differences(&app, &back).is_empty(), "{:?}", tree_differences(&app, &back));
 }
+
+#[test]
+fn a_revoked_node_is_refused_mesh_wide_within_a_minute_and_by_nodes_that_join_later() {
+    let mut mesh = Mesh::chain(&["n1", "n2", "n3", "n4"]);
+    let n4 = mesh.peer_id(3).expect("n4's peer id");
+    // Root on a node, without the operator key, revokes no one.
+    let out = mesh.cli_as_node(0, &["revoke", "n4"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("operator"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The operator, through n1.
+    let started = std::time::Instant::now();
+    let out = mesh.cli(0, &["revoke", "n4"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused_by = |mesh: &Mesh, i: usize| {
+        mesh.status(i).is_some_and(|s| {
+            !s.nodes.iter().any(|n| n.peer_id == n4)
+                && s.problems.iter().any(|p| p.contains("revoked") && p.contains(&n4))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || (0..3).all(|i| refused_by(&mesh, i))),
+        "{:#?}",
+        (0..3).map(|i| mesh.status(i)).collect::<Vec<_>>()
+    );
+    eprintln!("revoked mesh-wide in {:?}", started.elapsed());
+    // Nothing of n4's reaches anyone: a backup it makes (its own token)
+    // is neither copied nor heard of.
+    let dir = mesh.root.path().join("n4-app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f"), b"after the revocation").unwrap();
+    let d = dir.to_string_lossy().into_owned();
+    assert!(mesh.cli_as_node(3, &["register", "n4", &d, "--every", "600"]).status.success());
+    let run: RunOutcome = mesh.cli_json(3, &["run", "n4", &d]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.result, RunResult::Finished, "{run:#?}");
+    std::thread::sleep(Duration::from_secs(5));
+    for i in 0..3 {
+        let heard = log(&mesh, i, &["--node", "n4"]);
+        let of_the_job = |e: &LogEntry| matches!(e.event.kind(), "registered" | "started" | "finished");
+        assert!(!heard.iter().any(of_the_job), "node {i} heard of n4's backup: {heard:#?}");
+    }
+    let b: Backups = mesh.cli_json(3, &["backups", "n4", &d]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(b.archives.iter().all(|a| a.holders == vec!["n4".to_string()]), "{b:#?}");
+    // A node that joins later learns it from its first hellos; one that
+    // restarts keeps it.
+    let n5 = mesh.start("n5", Some(1), &[]);
+    assert!(mesh.wait_ready(n5, T));
+    assert!(wait_until(T, || refused_by(&mesh, n5)), "{:#?}", mesh.status(n5));
+    mesh.restart(2);
+    assert!(mesh.wait_ready(2, T));
+    assert!(wait_until(T, || refused_by(&mesh, 2)), "{:#?}", mesh.status(2));
+    assert!(!mesh.up_names(n5).contains(&"n4".to_string()));
+}

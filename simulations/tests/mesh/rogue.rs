@@ -90,7 +90,7 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
         .args([
             "--attacks",
             "forged-entry,out-of-authority,future-clock,fake-archive,restore-overwrite,hook-registration,\
-             stranger-order,no-order,replayed-order,steal-archive",
+             stranger-order,no-order,replayed-order,steal-archive,forged-revocation",
         ])
         .output()
         .expect("run backmesh-rogue");
@@ -155,6 +155,13 @@ fn a_rogue_peer_with_the_swarm_key_harms_no_one_else_and_is_named() {
         assert!(steal[0].contains("neither") && steal[2].contains("not rogue"), "{steal:?}");
     }
     assert!(steal[1].contains("is not one of archive") && steal[3].contains("is not one of archive"), "{steal:?}");
+    // A revocation of n1 under a key no node trusts: n1 stays, on both.
+    assert!(answer("forged-revocation").is_some_and(|a| a.starts_with("Ok")), "{:?}", answer("forged-revocation"));
+    for i in 0..2 {
+        let st = mesh.status(i).expect("answers");
+        assert!(st.nodes.iter().any(|n| n.name == "n1" && n.up), "node {i}: {st:#?}");
+        assert!(!st.problems.iter().any(|p| p.contains("revoked")), "node {i}: {:?}", st.problems);
+    }
     assert_eq!(std::fs::read(victim_dir.join("keep.txt")).unwrap(), b"n2's own file\n");
     assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 1, "nothing was written there");
 
