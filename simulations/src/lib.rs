@@ -171,8 +171,14 @@ impl Mesh {
     /// got, or has exited (then both ports stay 0 and `wait_ready` fails
     /// with its log). A restart reuses those ports.
     pub fn start(&mut self, name: &str, bootstrap: Option<usize>, extra: &[String]) -> usize {
-        let (listen, api) = (0, 0);
         let dir = self.next_dir(name);
+        self.start_in(name, dir, bootstrap, extra)
+    }
+
+    /// [`Mesh::start`] on data directory `dir` (one an older version left
+    /// behind, say).
+    pub fn start_in(&mut self, name: &str, dir: PathBuf, bootstrap: Option<usize>, extra: &[String]) -> usize {
+        let (listen, api) = (0, 0);
         let mut args = vec![
             "--name".to_string(),
             name.to_string(),

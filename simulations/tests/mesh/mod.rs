@@ -14,6 +14,7 @@ mod offsite;
 mod plugins;
 mod replication;
 mod rogue;
+mod upgrade;
 
 const T: Duration = Duration::from_secs(30);
 
