@@ -13,6 +13,9 @@
 //!                --path PATH --attacks forged-entry,out-of-authority,...
 //! ```
 //!
+//! With `--identity-of DATA_DIR --name NAME` it is that node (stopped):
+//! root on one of the mesh's own servers, with its identity key.
+//!
 //! Attacks:
 //! - `forged-entry`: gossips a `finished` run of the victim's series with
 //!   an archive it never made, in the victim's name, signed with its own key;
@@ -115,6 +118,8 @@ struct Rogue {
     addrs: std::collections::BTreeMap<String, String>,
     /// An operator key no honest node trusts.
     stranger: backmesh_api::order::OperatorKey,
+    /// The name it goes by (`rogue`, or `--name`).
+    name: String,
 }
 
 impl Rogue {
@@ -122,7 +127,7 @@ impl Rogue {
     /// signed and sealed with its own key either way.
     fn entry(&mut self, origin: Option<(&str, &str)>, seq: Option<u64>, wall_ms: i64, event: Event) -> Entry {
         self.seq += 1;
-        let (origin, name) = origin.map_or((self.me.clone(), "rogue".to_string()), |(p, n)| (p.into(), n.into()));
+        let (origin, name) = origin.map_or((self.me.clone(), self.name.clone()), |(p, n)| (p.into(), n.into()));
         let time = Hlc { wall_ms, logical: 0, node: origin.clone() };
         let mut e = Entry::new(origin, name, seq.unwrap_or(self.seq), time, event);
         seal_entry(&mut e, &self.key);
@@ -141,10 +146,16 @@ async fn main() {
     let bootstrap: SocketAddr = a.need("--bootstrap").parse().expect("--bootstrap HOST:PORT");
     let (victim, holder) = (a.need("--victim"), a.need("--holder"));
     let attacks = a.need("--attacks");
-    let key = libp2p::identity::Keypair::generate_ed25519();
+    // `--identity-of DATA_DIR --name NAME`: root on that node, with its
+    // identity key (the node itself stopped), rather than a key of its own.
+    let key = match a.get("--identity-of") {
+        Some(dir) => backmesh_core::store::load_identity(std::path::Path::new(&dir)).expect("the node's identity key"),
+        None => libp2p::identity::Keypair::generate_ed25519(),
+    };
+    let name = a.get("--name").unwrap_or_else(|| "rogue".into());
     let me = key.public().to_peer_id().to_string();
     let info = NodeInfo {
-        name: "rogue".into(),
+        name: name.clone(),
         site: String::new(),
         free_bytes: if attacks.contains("lie-holder") { u64::MAX } else { 1 << 40 },
         address: String::new(),
@@ -178,7 +189,8 @@ async fn main() {
     })
     .expect("the rogue's network");
     tokio::spawn(event_loop.run());
-    let mut rogue = Rogue { key, me, net, seq: 0, peers: Default::default(), addrs: Default::default(), stranger };
+    let mut rogue =
+        Rogue { key, me, net, seq: 0, peers: Default::default(), addrs: Default::default(), stranger, name };
 
     // Learn who is who from hellos (bounded), then give gossipsub a few
     // heartbeats to take this peer into its mesh.
