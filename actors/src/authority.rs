@@ -9,17 +9,30 @@
 //! recent, and its nonce is new (kept for twice the allowed age, so a
 //! replay is refused for as long as the order's time would pass).
 
-use std::collections::{BTreeSet, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
 
 pub use backmesh_api::order::{Act, Order, OrderError, SignedOrder};
 
 /// The operator keys a node trusts, and the nonces it has carried out.
 #[derive(Debug, Default)]
 pub struct Authority {
-    trusted: HashSet<String>,
+    /// Trusted by this node's config.
+    configured: HashSet<String>,
+    /// Operator-signed changes of that set: key → (when signed, trusted).
+    changes: RwLock<HashMap<String, (i64, bool)>>,
     /// (time, nonce) of orders carried out, oldest first.
     seen: Mutex<BTreeSet<(i64, String)>>,
+}
+
+/// A change of trust the operator signed: spread from node to node in
+/// hellos, and kept (`net::revocations`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustChange {
+    /// Refuse identity `peer` (node `node`'s key).
+    Revoke { node: String, peer: String },
+    /// Trust operator key `operator`, or no longer (`trusted: false`), as of `at_ms`.
+    Operator { operator: String, trusted: bool, at_ms: i64 },
 }
 
 /// Nonces remembered at most (a flood of valid orders cannot grow memory
@@ -34,17 +47,46 @@ impl Authority {
             let key = backmesh_api::order::public_key(k)?;
             trusted.insert(backmesh_api::order::public_name(&key));
         }
-        Ok(Authority { trusted, seen: Mutex::default() })
+        Ok(Authority { configured: trusted, changes: RwLock::default(), seen: Mutex::default() })
+    }
+
+    /// Whether operator key `operator` is trusted now.
+    fn trusts(&self, operator: &str) -> bool {
+        let changes = self.changes.read().unwrap_or_else(|p| p.into_inner());
+        changes.get(operator).map_or(self.configured.contains(operator), |(_, t)| *t)
+    }
+
+    /// Every operator key trusted now.
+    pub fn trusted(&self) -> Vec<String> {
+        let changes = self.changes.read().unwrap_or_else(|p| p.into_inner());
+        let mut keys: BTreeSet<String> =
+            self.configured.iter().filter(|k| !changes.contains_key(*k)).cloned().collect();
+        keys.extend(changes.iter().filter(|(_, (_, t))| *t).map(|(k, _)| k.clone()));
+        keys.into_iter().collect()
+    }
+
+    /// Applies a change of the operator set; `false` if a change of that
+    /// key signed as late or later is known already.
+    pub fn apply(&self, change: &TrustChange) -> bool {
+        let TrustChange::Operator { operator, trusted, at_ms } = change else { return false };
+        let mut changes = self.changes.write().unwrap_or_else(|p| p.into_inner());
+        match changes.get(operator) {
+            Some((t, _)) if *t >= *at_ms => false,
+            _ => {
+                changes.insert(operator.clone(), (*at_ms, *trusted));
+                true
+            }
+        }
     }
 
     /// Whether any operator key is trusted.
     pub fn has_operators(&self) -> bool {
-        !self.trusted.is_empty()
+        !self.trusted().is_empty()
     }
 
     /// How many operator keys are trusted.
     pub fn operators(&self) -> usize {
-        self.trusted.len()
+        self.trusted().len()
     }
 
     /// The order in `signed` if node `me` is to carry out `act` under it
@@ -66,11 +108,11 @@ impl Authority {
     /// [`Authority::admit`] without spending the nonce: for reads that an
     /// order allows for as long as it is recent.
     pub fn check(&self, signed: &SignedOrder, act: &Act, me: &str, now_ms: i64) -> Result<Order, OrderError> {
-        if self.trusted.is_empty() {
+        if !self.has_operators() {
             return Err(OrderError::NoOperator { me: me.to_string() });
         }
         let order = signed.open()?;
-        if !self.trusted.contains(&order.operator) {
+        if !self.trusts(&order.operator) {
             return Err(OrderError::Untrusted { operator: order.operator });
         }
         backmesh_api::order::fits(&order, act, me, now_ms)?;
@@ -102,11 +144,11 @@ impl Authority {
         path: &str,
         now_ms: i64,
     ) -> Result<Order, OrderError> {
-        if self.trusted.is_empty() {
+        if !self.has_operators() {
             return Err(OrderError::NoOperator { me: reader.to_string() });
         }
         let order = signed.open()?;
-        if !self.trusted.contains(&order.operator) {
+        if !self.trusts(&order.operator) {
             return Err(OrderError::Untrusted { operator: order.operator });
         }
         let of_series = match &order.act {
@@ -139,16 +181,40 @@ impl Authority {
     /// (spread from node to node, kept on disk), so neither its age nor
     /// its nonce is checked. Answers (node, peer).
     pub fn check_revocation(&self, signed: &SignedOrder) -> Result<(String, String), OrderError> {
-        if self.trusted.is_empty() {
+        if !self.has_operators() {
             return Err(OrderError::NoOperator { me: "this node".into() });
         }
         let order = signed.open()?;
-        if !self.trusted.contains(&order.operator) {
+        if !self.trusts(&order.operator) {
             return Err(OrderError::Untrusted { operator: order.operator });
         }
         match order.act {
             Act::Revoke { node, peer } => Ok((node, peer)),
             other => Err(OrderError::OtherAct { ordered: other.name().into(), asked: "revoke".into() }),
+        }
+    }
+
+    /// The change of trust in `signed`, if it holds: signed by an operator
+    /// key trusted now. Like a revocation, it holds whenever it is seen.
+    pub fn check_trust_change(&self, signed: &SignedOrder) -> Result<TrustChange, OrderError> {
+        if !self.has_operators() {
+            return Err(OrderError::NoOperator { me: "this node".into() });
+        }
+        let order = signed.open()?;
+        if !self.trusts(&order.operator) {
+            return Err(OrderError::Untrusted { operator: order.operator });
+        }
+        let at_ms = order.at_ms;
+        match order.act {
+            Act::Revoke { node, peer } => Ok(TrustChange::Revoke { node, peer }),
+            Act::Trust { operator } | Act::Distrust { operator }
+                if backmesh_api::order::public_key(&operator).is_err() =>
+            {
+                Err(OrderError::Unreadable(format!("`{operator}` is not an operator public key")))
+            }
+            Act::Trust { operator } => Ok(TrustChange::Operator { operator, trusted: true, at_ms }),
+            Act::Distrust { operator } => Ok(TrustChange::Operator { operator, trusted: false, at_ms }),
+            other => Err(OrderError::OtherAct { ordered: other.name().into(), asked: "a change of trust".into() }),
         }
     }
 }

@@ -105,7 +105,7 @@ fn the_wire_codecs_take_any_bytes() {
         version: "0.1.0".into(),
     };
     let peer = KnownPeer { peer_id: "12D3KooWabc".into(), addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()] };
-    let hello = Hello { info, peers: vec![peer], protocol: 7, revoked: vec![] };
+    let hello = Hello { info, peers: vec![peer], protocol: 7, trust: vec![] };
     let pull = StatePull { digest: vec![0, 1, u64::MAX], from_bucket: 3, eager: true };
     let seeds = vec![
         encode(&hello),

@@ -57,6 +57,21 @@ pub struct Revoke {
     pub peer: String,
 }
 
+/// `POST /api/v1/operators`: trust operator key `operator` on every node
+/// (`trusted`), or no longer; the request carries the order of an
+/// operator trusted now. Answered with [`Operators`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorChange {
+    pub operator: String,
+    pub trusted: bool,
+}
+
+/// The operator keys the answering node trusts after the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operators {
+    pub trusted: Vec<String>,
+}
+
 /// One node of the mesh as some node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {

@@ -67,6 +67,16 @@ pub enum Act {
         node: String,
         peer: String,
     },
+    /// Trust operator key `operator` (`bmop-…`) too, on every node: a
+    /// trust change like `Revoke`; of two changes of one key, the later
+    /// signed wins.
+    Trust {
+        operator: String,
+    },
+    /// Trust operator key `operator` no longer, on every node.
+    Distrust {
+        operator: String,
+    },
 }
 
 impl Act {
@@ -79,7 +89,7 @@ impl Act {
             Act::Pause { node } | Act::Resume { node } => Some(node),
             Act::Restore(r) => Some(r.on.as_deref().unwrap_or(&r.node)),
             Act::Fetch { by, .. } => Some(by),
-            Act::Verify(_) | Act::Revoke { .. } => None,
+            Act::Verify(_) | Act::Revoke { .. } | Act::Trust { .. } | Act::Distrust { .. } => None,
         }
     }
 
@@ -95,6 +105,8 @@ impl Act {
             Act::Fetch { .. } => "fetch",
             Act::Verify(_) => "verify",
             Act::Revoke { .. } => "revoke",
+            Act::Trust { .. } => "trust",
+            Act::Distrust { .. } => "distrust",
         }
     }
 }
@@ -325,6 +337,7 @@ fn describe(act: &Act) -> String {
         Act::Fetch { node, path, by, .. } => format!("fetch {path} of {node} through {by}"),
         Act::Verify(v) => format!("verify {} {}", v.node.as_deref().unwrap_or("*"), v.path.as_deref().unwrap_or("*")),
         Act::Revoke { node, peer } => format!("revoke {node} ({peer})"),
+        Act::Trust { operator } | Act::Distrust { operator } => format!("{} {operator}", act.name()),
     }
 }
 

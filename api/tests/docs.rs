@@ -43,6 +43,8 @@ const TYPES: &[&str] = &[
     "Join",
     "Joined",
     "Revoke",
+    "OperatorChange",
+    "Operators",
 ];
 
 /// The example read as `T` and written back.
@@ -79,6 +81,8 @@ fn round_trip(name: &str, v: &Value) -> Result<Value, String> {
         "Join" => again::<backmesh_api::Join>(v),
         "Joined" => again::<backmesh_api::Joined>(v),
         "Revoke" => again::<backmesh_api::Revoke>(v),
+        "OperatorChange" => again::<backmesh_api::OperatorChange>(v),
+        "Operators" => again::<backmesh_api::Operators>(v),
         other => Err(format!("no type `{other}` in the API")),
     }
 }

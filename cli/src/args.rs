@@ -218,4 +218,15 @@ pub(crate) enum OperatorCommand {
     },
     /// Print the public half of the operator key (--operator-key, or the default file).
     Show,
+    /// Trust operator key KEY (bmop-…) on every node too: signed with your
+    /// operator key, passed from node to node.
+    Trust {
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
+    /// Trust operator key KEY no longer, on every node.
+    Distrust {
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
 }

@@ -707,6 +707,32 @@ fn revoke(client: &Client, json: bool, node: &str, peer: Option<&str>) -> Result
     Ok(())
 }
 
+/// `backmesh operator trust|distrust KEY`: a change of the operator keys
+/// every node trusts, signed with this operator's key.
+fn operators(client: &Client, json: bool, key: &str, trusted: bool) -> Result<(), Failure> {
+    if client.operator_key.is_none() {
+        return Err(Failure::Refused(
+            "a change of operators is signed by an operator: give --operator-key FILE".into(),
+        ));
+    }
+    let body = backmesh_api::OperatorChange { operator: key.to_string(), trusted };
+    let act = if trusted { Act::Trust { operator: key.into() } } else { Act::Distrust { operator: key.into() } };
+    client.sign(act)?;
+    let done: backmesh_api::Operators = client.post("/operators", &body)?;
+    if json {
+        print_json(&done);
+    } else {
+        out!(
+            "{} {key} (every node, as hellos pass it on); trusted here now:",
+            if trusted { "trusted" } else { "no longer trusted:" }
+        );
+        for k in &done.trusted {
+            out!("  {k}");
+        }
+    }
+    Ok(())
+}
+
 /// `backmesh operator init|show`: on this machine, no node asked.
 fn operator_command(cli: &Cli, json: bool, command: &OperatorCommand) -> Result<(), Failure> {
     let given = cli.operator_key.clone();
@@ -726,6 +752,9 @@ fn operator_command(cli: &Cli, json: bool, command: &OperatorCommand) -> Result<
                 out!("tell every node: operator-key = \"{public}\" in node.toml, or --operator-key {public}");
             }
             Ok(())
+        }
+        OperatorCommand::Trust { .. } | OperatorCommand::Distrust { .. } => {
+            Err(Failure::Refused("`operator trust|distrust` asks a node".into()))
         }
         OperatorCommand::Show => {
             let file = operator::key_file(given.as_deref()).ok_or_else(|| {
@@ -749,6 +778,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let json = cli.json;
     let result = Client::new(&cli).and_then(|c| match &cli.command {
+        Command::Operator { command: OperatorCommand::Trust { key } } => operators(&c, json, key, true),
+        Command::Operator { command: OperatorCommand::Distrust { key } } => operators(&c, json, key, false),
         Command::Operator { command } => operator_command(&cli, json, command),
         Command::Status { workers } => status(&c, json, *workers),
         Command::Jobs => jobs(&c, json),

@@ -96,6 +96,7 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/jobs", web::get().to(jobs))
         .route("/join", web::post().to(join_node))
         .route("/revoke", web::post().to(revoke))
+        .route("/operators", web::post().to(operators))
         .route("/jobs", web::post().to(register))
         .route("/jobs", web::delete().to(unregister))
         .route("/run", web::post().to(run))
@@ -771,8 +772,32 @@ async fn revoke(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
     if b.peer == state.health.peer_id {
         return Err(error(StatusCode::BAD_REQUEST, "a node does not revoke itself: ask another node"));
     }
-    state.net.revoke(order).await.map_err(|e| error(StatusCode::FORBIDDEN, e))?;
+    state.net.trust(order).await.map_err(|e| error(StatusCode::FORBIDDEN, e))?;
     Ok(HttpResponse::Ok().json(b))
+}
+
+/// `POST /operators`: the operator trusts another operator key on every
+/// node, or no longer (a change signed by a key trusted now), passed on
+/// in hellos like a revocation.
+async fn operators(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    body: web::Json<backmesh_api::OperatorChange>,
+) -> Answer {
+    admin(&req, &state)?;
+    let b = body.into_inner();
+    let operator = b.operator.clone();
+    let act = if b.trusted { Act::Trust { operator } } else { Act::Distrust { operator } };
+    let order = needed(&state, order_of(&req)?, &act, "every node")?;
+    match order.open() {
+        Ok(o) if o.act == act => {}
+        Ok(_) => {
+            return Err(error(StatusCode::FORBIDDEN, "the order is for another act than this change of operators"))
+        }
+        Err(e) => return Err(error(StatusCode::FORBIDDEN, e.to_string())),
+    }
+    state.net.trust(order).await.map_err(|e| error(StatusCode::FORBIDDEN, e))?;
+    Ok(HttpResponse::Ok().json(backmesh_api::Operators { trusted: state.authority.trusted() }))
 }
 
 /// `HOST:PORT` (not a plain node name) → an address to dial.

@@ -33,10 +33,10 @@ pub(super) enum Command {
     /// Send a request of `protocol` to `to`; the answer, and who gave it,
     /// come back on `reply`.
     Request { to: Target, protocol: Protocol, body: Vec<u8>, reply: Pending },
-    /// Take in the operator's revocation `order`; reply (node, peer), or why not.
-    Revoke {
+    /// Take in the operator's change of trust `order`; reply what it did, or why not.
+    Trust {
         order: crate::authority::SignedOrder,
-        reply: oneshot::Sender<Result<(String, String), crate::authority::OrderError>>,
+        reply: oneshot::Sender<Result<super::revocations::Taken, crate::authority::OrderError>>,
     },
 }
 
@@ -198,12 +198,13 @@ impl NetClient {
         self.tx.is_closed()
     }
 
-    /// Takes in the operator's revocation `order` (checked against the
-    /// operator keys this node trusts), cuts the peer off and says it in
-    /// hellos from now on; answers (node, peer), or why not.
-    pub async fn revoke(&self, order: crate::authority::SignedOrder) -> Result<(String, String), String> {
+    /// Takes in the operator's change of trust `order` (a revocation, or a
+    /// change of the operator keys trusted; checked against those this
+    /// node trusts), acts on it and says it in hellos from now on;
+    /// answers what it did, or why not.
+    pub async fn trust(&self, order: crate::authority::SignedOrder) -> Result<super::revocations::Taken, String> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Revoke { order, reply }).await.map_err(|_| "the network has stopped".to_string())?;
+        self.tx.send(Command::Trust { order, reply }).await.map_err(|_| "the network has stopped".to_string())?;
         rx.await.map_err(|_| "the network has stopped".to_string())?.map_err(|e| e.to_string())
     }
 

@@ -23,6 +23,7 @@ use super::behaviour::{
 use super::client::{Command, Inbound, Pending, RequestError, Target, Verdict};
 use super::hello::{Hello, KnownPeer};
 use super::membership::NodeInfo;
+use super::revocations::Taken;
 use super::rpc::{Answer, Answered, InboundRequest, Lane, Protocol, Protocols, Request, Responder};
 
 /// Why a peer's request is refused before it is served (the words go back
@@ -247,24 +248,20 @@ impl EventLoop {
                 }
             }
             Command::Shutdown(done) => drop(done.send(())),
-            Command::Revoke { order, reply } => {
-                let taken = self.revocations.take(&order);
-                if let Ok(Some((node, peer))) = &taken {
-                    self.cut_off_revoked(node, peer);
-                    // Said to every peer now, not at the next hello.
-                    let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-                    for p in connected {
-                        let h = self.hello();
-                        self.swarm.behaviour_mut().hello.send_request(&p, h);
+            Command::Trust { order, reply } => {
+                let taken = self.revocations.take_change(&order);
+                if let Ok(t) = &taken {
+                    self.changed_trust(t);
+                    if *t != Taken::Known {
+                        // Said to every peer now, not at the next hello.
+                        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                        for p in connected {
+                            let h = self.hello();
+                            self.swarm.behaviour_mut().hello.send_request(&p, h);
+                        }
                     }
                 }
-                let _ = reply.send(taken.map(|_| {
-                    let order = order.open().ok();
-                    match order.map(|o| o.act) {
-                        Some(crate::authority::Act::Revoke { node, peer }) => (node, peer),
-                        _ => (String::new(), String::new()),
-                    }
-                }));
+                let _ = reply.send(taken);
             }
         }
     }
@@ -336,13 +333,26 @@ impl EventLoop {
         self.emit(Inbound::Revoked { peer: peer.to_string(), node: node.to_string() });
     }
 
-    /// Takes in the revocations a peer's hello carries.
+    /// Acts on a change of trust just taken in.
+    fn changed_trust(&mut self, taken: &Taken) {
+        match taken {
+            Taken::Known => {}
+            Taken::Revoked { node, peer } => self.cut_off_revoked(&node.clone(), &peer.clone()),
+            Taken::Operator { operator, trusted: true } => {
+                tracing::warn!("the operator trusts operator key {operator} from now on")
+            }
+            Taken::Operator { operator, trusted: false } => {
+                tracing::warn!("the operator no longer trusts operator key {operator}")
+            }
+        }
+    }
+
+    /// Takes in the changes of trust a peer's hello carries.
     fn take_revocations(&mut self, from: &PeerId, orders: &[crate::authority::SignedOrder]) {
-        for order in orders.iter().take(super::revocations::MAX_REVOCATIONS) {
-            match self.revocations.take(order) {
-                Ok(Some((node, peer))) => self.cut_off_revoked(&node, &peer),
-                Ok(None) => {}
-                Err(e) => tracing::debug!("{from} passed on a revocation that does not hold here: {e}"),
+        for order in orders.iter().take(2 * super::revocations::MAX_REVOCATIONS) {
+            match self.revocations.take_change(order) {
+                Ok(taken) => self.changed_trust(&taken),
+                Err(e) => tracing::debug!("{from} passed on a change of trust that does not hold here: {e}"),
             }
         }
     }
@@ -358,7 +368,7 @@ impl EventLoop {
                 addrs: addrs.iter().map(|a| a.to_string()).collect(),
             })
             .collect();
-        Hello { info: self.info.clone(), peers, protocol: self.protocol, revoked: self.revocations.orders() }
+        Hello { info: self.info.clone(), peers, protocol: self.protocol, trust: self.revocations.orders() }
     }
 
     /// Whether `peer` speaks this node's mesh protocol. One that does not
@@ -662,14 +672,14 @@ impl EventLoop {
                     // node's protocol, and says so to its operator too.
                     let reply = self.hello();
                     let _ = self.swarm.behaviour_mut().hello.send_response(channel, reply);
-                    self.take_revocations(&peer, &request.revoked);
+                    self.take_revocations(&peer, &request.trust);
                     if self.check_protocol(&peer, &request) {
                         self.emit(Inbound::Hello { peer: peer.to_string(), info: request.info });
                         self.learn(request.peers);
                     }
                 }
                 request_response::Message::Response { response, .. } => {
-                    self.take_revocations(&peer, &response.revoked);
+                    self.take_revocations(&peer, &response.trust);
                     if self.check_protocol(&peer, &response) {
                         self.emit(Inbound::Hello { peer: peer.to_string(), info: response.info });
                         self.learn(response.peers);

@@ -33,10 +33,11 @@ pub struct Hello {
     /// nodes before version 2 did not say it.
     #[serde(default = "protocol_one")]
     pub protocol: u32,
-    /// The operator's revocations the sender holds
-    /// ([`super::revocations`]): each node checks and keeps them.
+    /// The operator's changes of trust the sender holds (revocations,
+    /// operator keys trusted or no longer; [`super::revocations`]): each
+    /// node checks and keeps them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub revoked: Vec<crate::authority::SignedOrder>,
+    pub trust: Vec<crate::authority::SignedOrder>,
 }
 
 fn protocol_one() -> u32 {
@@ -123,7 +124,7 @@ mod tests {
             },
             peers: vec![KnownPeer { peer_id: "12D3Koo".into(), addrs: vec!["/ip4/127.0.0.1/tcp/1".into()] }],
             protocol: 10,
-            revoked: vec![],
+            trust: vec![],
         }
     }
 

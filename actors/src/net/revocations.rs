@@ -1,8 +1,10 @@
-//! Identities the operator revoked (`backmesh revoke NODE`): each an
-//! operator's signed order, checked against the operator keys this node
-//! trusts ([`Authority::check_revocation`]), kept on disk, and said in
-//! every hello, so that the whole mesh learns it within a hello period and
-//! a node that joins later learns it from its first hello. A revoked peer
+//! The operator's changes of trust: identities revoked (`backmesh revoke
+//! NODE`) and operator keys trusted or no longer (`backmesh operator
+//! trust|distrust KEY`). Each is an operator's signed order, checked
+//! against the operator keys this node trusts
+//! ([`Authority::check_trust_change`]), kept on disk, and said in every
+//! hello, so that the whole mesh learns it within a hello period and a
+//! node that joins later learns it from its first hello. A revoked peer
 //! is cut off (libp2p's block list): its connections are refused, so
 //! nothing it sends reaches this node again.
 
@@ -10,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::authority::{Authority, OrderError, SignedOrder};
+use crate::authority::{Authority, OrderError, SignedOrder, TrustChange};
 
 /// Revocations kept at most (each a few hundred bytes in every hello).
 pub const MAX_REVOCATIONS: usize = 1024;
@@ -22,44 +24,92 @@ pub struct Revocations {
     file: Option<PathBuf>,
     /// Revoked peer id → (its node's name, the order).
     by_peer: BTreeMap<String, (String, SignedOrder)>,
+    /// Operator key → the latest order that trusts it or no longer.
+    operators: BTreeMap<String, SignedOrder>,
+}
+
+/// What taking in a change of trust did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// It was known (or a later change of that key was).
+    Known,
+    /// Node `node`'s identity `peer` is revoked.
+    Revoked { node: String, peer: String },
+    /// Operator key `operator` is trusted from now on, or no longer.
+    Operator { operator: String, trusted: bool },
 }
 
 impl Revocations {
     /// The revocations kept in `file` that still hold under `authority`.
     pub fn load(authority: Arc<Authority>, file: Option<PathBuf>) -> Revocations {
-        let mut r = Revocations { authority, file, by_peer: BTreeMap::new() };
+        let mut r = Revocations { authority, file, by_peer: BTreeMap::new(), operators: BTreeMap::new() };
         let text = r.file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let order = SignedOrder(line.to_string());
-            match r.authority.check_revocation(&order) {
-                Ok((node, peer)) => {
-                    r.by_peer.insert(peer, (node, order));
-                }
-                Err(e) => tracing::warn!("a kept revocation no longer holds here, left out: {e}"),
+        let mut left: Vec<SignedOrder> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| SignedOrder(l.to_string())).collect();
+        // A change may be signed by a key another change trusts: taken in
+        // passes until none more holds.
+        loop {
+            let before = left.len();
+            left.retain(|order| r.take_in(order).is_err());
+            if left.is_empty() || left.len() == before {
+                break;
             }
         }
+        for _ in &left {
+            tracing::warn!("a kept change of trust no longer holds here, left out");
+        }
         r
+    }
+
+    /// Takes `order` in memory, without saving.
+    fn take_in(&mut self, order: &SignedOrder) -> Result<Taken, OrderError> {
+        match self.authority.check_trust_change(order)? {
+            TrustChange::Revoke { node, peer } => {
+                if self.by_peer.contains_key(&peer) {
+                    return Ok(Taken::Known);
+                }
+                if self.by_peer.len() >= MAX_REVOCATIONS {
+                    return Err(OrderError::Unreadable(format!("more than {MAX_REVOCATIONS} revocations")));
+                }
+                self.by_peer.insert(peer.clone(), (node.clone(), order.clone()));
+                Ok(Taken::Revoked { node, peer })
+            }
+            change @ TrustChange::Operator { .. } => {
+                let TrustChange::Operator { operator, trusted, .. } = change.clone() else { return Ok(Taken::Known) };
+                if !self.authority.apply(&change) {
+                    return Ok(Taken::Known);
+                }
+                self.operators.insert(operator.clone(), order.clone());
+                Ok(Taken::Operator { operator, trusted })
+            }
+        }
+    }
+
+    /// Takes in the change of trust `order`, if it holds; kept on disk
+    /// before it is answered when it is new.
+    pub fn take_change(&mut self, order: &SignedOrder) -> Result<Taken, OrderError> {
+        let taken = self.take_in(order)?;
+        if taken != Taken::Known {
+            self.save();
+        }
+        Ok(taken)
     }
 
     /// Takes in `order` if it is a revocation that holds and is new here:
     /// answers (node, peer) then, `None` if it was known. Kept on disk
     /// before it is answered.
     pub fn take(&mut self, order: &SignedOrder) -> Result<Option<(String, String)>, OrderError> {
-        let (node, peer) = self.authority.check_revocation(order)?;
-        if self.by_peer.contains_key(&peer) {
-            return Ok(None);
+        self.authority.check_revocation(order)?;
+        match self.take_change(order)? {
+            Taken::Revoked { node, peer } => Ok(Some((node, peer))),
+            _ => Ok(None),
         }
-        if self.by_peer.len() >= MAX_REVOCATIONS {
-            return Err(OrderError::Unreadable(format!("more than {MAX_REVOCATIONS} revocations")));
-        }
-        self.by_peer.insert(peer.clone(), (node.clone(), order.clone()));
-        self.save();
-        Ok(Some((node, peer)))
     }
 
-    /// Every revocation, as hellos carry them.
+    /// Every change of trust, as hellos carry them: the operators' first
+    /// (a revocation may be signed by a key one of them trusts).
     pub fn orders(&self) -> Vec<SignedOrder> {
-        self.by_peer.values().map(|(_, o)| o.clone()).collect()
+        self.operators.values().cloned().chain(self.by_peer.values().map(|(_, o)| o.clone())).collect()
     }
 
     /// (peer, node) of every revoked identity.
@@ -71,7 +121,7 @@ impl Revocations {
     fn save(&self) {
         let Some(file) = &self.file else { return };
         use std::io::Write;
-        let text: String = self.by_peer.values().map(|(_, o)| format!("{}\n", o.0)).collect();
+        let text: String = self.orders().iter().map(|o| format!("{}\n", o.0)).collect();
         let staging = file.with_extension("tmp");
         let written = std::fs::File::create(&staging)
             .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
@@ -106,5 +156,32 @@ mod tests {
         let again = Revocations::load(auth, Some(file));
         assert_eq!(again.revoked().collect::<Vec<_>>(), vec![(&"p4".to_string(), &"n4".to_string())]);
         assert_eq!(again.orders(), vec![order]);
+    }
+
+    #[test]
+    fn operators_are_trusted_and_no_longer_by_signed_changes_the_later_winning_and_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (OperatorKey::generate().unwrap(), OperatorKey::generate().unwrap());
+        let auth = Arc::new(Authority::new(&[a.public()]).unwrap());
+        let file = t.path().join("trust");
+        let mut r = Revocations::load(auth.clone(), Some(file.clone()));
+        let run = Act::Run(backmesh_api::JobKey { node: "n1".into(), path: "/p".into() });
+        assert!(auth.check(&b.sign(run.clone(), 10).unwrap(), &run, "n1", 10).is_err(), "b is not trusted yet");
+        let trust_b = a.sign(Act::Trust { operator: b.public() }, 100).unwrap();
+        assert_eq!(r.take_change(&trust_b), Ok(Taken::Operator { operator: b.public(), trusted: true }));
+        assert!(auth.check(&b.sign(run.clone(), 10).unwrap(), &run, "n1", 10).is_ok(), "b is trusted now");
+        // b distrusts a; an older change of a's (trusting it) does not undo that.
+        let distrust_a = b.sign(Act::Distrust { operator: a.public() }, 200).unwrap();
+        assert_eq!(r.take_change(&distrust_a), Ok(Taken::Operator { operator: a.public(), trusted: false }));
+        assert_eq!(auth.trusted(), vec![b.public()]);
+        let stale = b.sign(Act::Trust { operator: a.public() }, 150).unwrap();
+        assert_eq!(r.take_change(&stale), Ok(Taken::Known));
+        // a, distrusted, changes nothing any more.
+        let late = a.sign(Act::Trust { operator: OperatorKey::generate().unwrap().public() }, 300).unwrap();
+        assert!(r.take_change(&late).is_err());
+        // Kept: a node restarted from its config (a only) ends where it was.
+        let fresh = Arc::new(Authority::new(&[a.public()]).unwrap());
+        let _again = Revocations::load(fresh.clone(), Some(file));
+        assert_eq!(fresh.trusted(), vec![b.public()]);
     }
 }

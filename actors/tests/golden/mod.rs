@@ -118,9 +118,9 @@ fn golden_hello() {
     };
     let peer =
         KnownPeer { peer_id: key().public().to_peer_id().to_string(), addrs: vec!["/ip4/10.0.0.2/tcp/7400".into()] };
-    pin("hello", &Hello { info: info.clone(), peers: vec![peer.clone()], protocol: 10, revoked: vec![] });
+    pin("hello", &Hello { info: info.clone(), peers: vec![peer.clone()], protocol: 10, trust: vec![] });
     let revoked = vec![disk::golden_order()];
-    pin("hello_with_revocations", &Hello { info, peers: vec![peer], protocol: 11, revoked });
+    pin("hello_with_trust", &Hello { info, peers: vec![peer], protocol: 11, trust: revoked });
 }
 
 #[test]

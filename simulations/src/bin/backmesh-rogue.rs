@@ -350,7 +350,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
             // Signed with a key of its own: its hellos carry it to everyone.
             let act = backmesh_core::authority::Act::Revoke { node: victim.clone(), peer: victim_peer.to_string() };
             let order = rogue.stranger.sign(act, now_ms()).expect("signed");
-            say(attack, format!("{:?}", rogue.net.revoke(order).await));
+            say(attack, format!("{:?}", rogue.net.trust(order).await));
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
         "stranger-order" | "no-order" => {

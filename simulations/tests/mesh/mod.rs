@@ -907,3 +907,36 @@ fn a_revoked_node_is_refused_mesh_wide_within_a_minute_and_by_nodes_that_join_la
     assert!(wait_until(T, || refused_by(&mesh, 2)), "{:#?}", mesh.status(2));
     assert!(!mesh.up_names(n5).contains(&"n4".to_string()));
 }
+
+#[test]
+fn operators_are_trusted_and_no_longer_by_an_operator_s_signed_change_mesh_wide() {
+    let mut mesh = Mesh::chain(&["n1", "n2"]);
+    let b_key = mesh.root.path().join("operator-b.key");
+    let b = backmesh_simulations::operator_init(&b_key);
+    let b_file = b_key.to_str().unwrap().to_string();
+    let as_b = |mesh: &Mesh, i: usize, args: &[&str]| {
+        mesh.cli_as_node(i, &[&["--operator-key", b_file.as_str()][..], args].concat())
+    };
+    // B's orders mean nothing until an operator trusted now trusts B.
+    assert_eq!(as_b(&mesh, 0, &["pause", "n2"]).status.code(), Some(1));
+    let out = mesh.cli(0, &["operator", "trust", &b]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let paused = |mesh: &Mesh, i: usize| as_b(mesh, i, &["pause", "n2"]).status.success();
+    assert!(wait_until(T, || paused(&mesh, 0)), "n2 took B's order");
+    // B takes the first operator's trust away: its orders are refused on both.
+    let out = as_b(&mesh, 1, &["operator", "distrust", &mesh.operator_public]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = |mesh: &Mesh, i: usize| {
+        let out = mesh.cli(i, &["resume", if i == 0 { "n2" } else { "n1" }]);
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not trust")
+    };
+    assert!(wait_until(T, || refused(&mesh, 0) && refused(&mesh, 1)));
+    // A node that joins later, configured with the first key only, ends the same.
+    let n3 = mesh.start("n3", Some(0), &[]);
+    assert!(mesh.wait_ready(n3, T));
+    assert!(wait_until(T, || as_b(&mesh, 0, &["resume", "n3"]).status.success()), "n3 trusts B");
+    assert!(wait_until(T, || {
+        let out = mesh.cli(0, &["pause", "n3"]);
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not trust")
+    }));
+}
