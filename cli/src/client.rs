@@ -75,6 +75,17 @@ impl Client {
         Ok(())
     }
 
+    /// [`Client::sign`] for a command only an operator gives (`what`):
+    /// without an operator key it is refused here, saying how to get one.
+    pub(crate) fn sign_required(&self, act: backmesh_api::order::Act, what: &str) -> Result<(), Failure> {
+        if self.operator_key.is_none() {
+            return Err(Failure::Refused(format!(
+                "{what} is the operator's: give --operator-key FILE (`backmesh operator init` makes one)"
+            )));
+        }
+        self.sign(act)
+    }
+
     /// The order the next request carries, if any.
     pub(crate) fn order(&self) -> Option<String> {
         self.order.borrow().clone()

@@ -687,13 +687,8 @@ fn revoke(client: &Client, json: bool, node: &str, peer: Option<&str>) -> Result
             }
         }
     };
-    if client.operator_key.is_none() {
-        return Err(Failure::Refused(
-            "a revocation is the operator's: give --operator-key FILE (`backmesh operator init` makes one)".into(),
-        ));
-    }
     let body = backmesh_api::Revoke { node: node.to_string(), peer };
-    client.sign(Act::Revoke { node: body.node.clone(), peer: body.peer.clone() })?;
+    client.sign_required(Act::Revoke { node: body.node.clone(), peer: body.peer.clone() }, "a revocation")?;
     let done: backmesh_api::Revoke = client.post("/revoke", &body)?;
     if json {
         print_json(&done);
@@ -710,14 +705,9 @@ fn revoke(client: &Client, json: bool, node: &str, peer: Option<&str>) -> Result
 /// `backmesh operator trust|distrust KEY`: a change of the operator keys
 /// every node trusts, signed with this operator's key.
 fn operators(client: &Client, json: bool, key: &str, trusted: bool) -> Result<(), Failure> {
-    if client.operator_key.is_none() {
-        return Err(Failure::Refused(
-            "a change of operators is signed by an operator: give --operator-key FILE".into(),
-        ));
-    }
     let body = backmesh_api::OperatorChange { operator: key.to_string(), trusted };
     let act = if trusted { Act::Trust { operator: key.into() } } else { Act::Distrust { operator: key.into() } };
-    client.sign(act)?;
+    client.sign_required(act, "a change of operators")?;
     let done: backmesh_api::Operators = client.post("/operators", &body)?;
     if json {
         print_json(&done);
