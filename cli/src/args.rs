@@ -16,9 +16,13 @@ pub(crate) struct Cli {
         default_value = "http://127.0.0.1:7401"
     )]
     pub(crate) node: String,
-    /// API token of the node.
+    /// API token of the node. Prefer BACKMESH_TOKEN or --token-file: a
+    /// token on the command line is shown to every user by `ps`.
     #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
+    /// Read the node's API token from FILE (its first line).
+    #[arg(long, value_name = "FILE", global = true, conflicts_with = "token")]
+    pub(crate) token_file: Option<PathBuf>,
     /// The operator's secret key (from `backmesh operator init`): commands
     /// that concern another node than the one asked, or change jobs, are
     /// signed with it [default: ~/.config/backmesh/operator.key, if it exists].

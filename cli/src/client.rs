@@ -54,10 +54,22 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Failure::Refused(format!("--node must be an http:// or https:// URL, not `{}`", cli.node)));
         }
+        let token = match &cli.token_file {
+            None => cli.token.clone(),
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| Failure::Refused(format!("cannot read the token file {}: {e}", f.display())))?;
+                let t = text.lines().next().unwrap_or("").trim().to_string();
+                if t.is_empty() {
+                    return Err(Failure::Refused(format!("the token file {} holds no token", f.display())));
+                }
+                Some(t)
+            }
+        };
         Ok(Client {
             agent: config.build().into(),
             base,
-            token: cli.token.clone(),
+            token,
             tls,
             operator_key: crate::operator::key_file(cli.operator_key.as_deref()),
             order: Default::default(),

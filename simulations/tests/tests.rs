@@ -218,9 +218,19 @@ fn init_sets_a_server_up_and_the_node_runs_from_what_it_wrote() {
     };
     let ok = status(Some(&token));
     let refused = status(None);
+    // The client reads it from a file too (not shown by `ps`).
+    let token_file = t.path().join("token");
+    fs::write(&token_file, format!("{token}\n")).unwrap();
+    let from_file = Command::new(binary("backmesh"))
+        .args(["--node", &api, "--token-file"])
+        .arg(&token_file)
+        .arg("status")
+        .output()
+        .unwrap();
     let _ = node.kill();
     let _ = node.wait();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(from_file.status.success(), "{}", String::from_utf8_lossy(&from_file.stderr));
     assert!(stdout(&ok).contains("s1 *"), "{}", stdout(&ok));
     assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
 }
