@@ -29,8 +29,9 @@ pub struct Authority {
 /// hellos, and kept (`net::revocations`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TrustChange {
-    /// Refuse identity `peer` (node `node`'s key).
-    Revoke { node: String, peer: String },
+    /// Refuse identity `peer` (node `node`'s key); `retired_ms`: and
+    /// collect its series after the grace period, counted from then.
+    Revoke { node: String, peer: String, retired_ms: Option<i64> },
     /// Trust operator key `operator`, or no longer (`trusted: false`), as of `at_ms`.
     Operator { operator: String, trusted: bool, at_ms: i64 },
 }
@@ -189,7 +190,7 @@ impl Authority {
             return Err(OrderError::Untrusted { operator: order.operator });
         }
         match order.act {
-            Act::Revoke { node, peer } => Ok((node, peer)),
+            Act::Revoke { node, peer } | Act::Retire { node, peer } => Ok((node, peer)),
             other => Err(OrderError::OtherAct { ordered: other.name().into(), asked: "revoke".into() }),
         }
     }
@@ -206,7 +207,8 @@ impl Authority {
         }
         let at_ms = order.at_ms;
         match order.act {
-            Act::Revoke { node, peer } => Ok(TrustChange::Revoke { node, peer }),
+            Act::Revoke { node, peer } => Ok(TrustChange::Revoke { node, peer, retired_ms: None }),
+            Act::Retire { node, peer } => Ok(TrustChange::Revoke { node, peer, retired_ms: Some(at_ms) }),
             Act::Trust { operator } | Act::Distrust { operator }
                 if backmesh_api::order::public_key(&operator).is_err() =>
             {

@@ -55,6 +55,10 @@ pub struct Joined {
 pub struct Revoke {
     pub node: String,
     pub peer: String,
+    /// Retire it too: its jobs leave the views, and its series are
+    /// collected once the grace period has passed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retire: bool,
 }
 
 /// `POST /api/v1/operators`: trust operator key `operator` on every node

@@ -67,6 +67,12 @@ pub enum Act {
         node: String,
         peer: String,
     },
+    /// Retire node `node` (identity `peer`): revoked, and its series
+    /// collected by their holders once the grace period has passed.
+    Retire {
+        node: String,
+        peer: String,
+    },
     /// Trust operator key `operator` (`bmop-…`) too, on every node: a
     /// trust change like `Revoke`; of two changes of one key, the later
     /// signed wins.
@@ -89,7 +95,7 @@ impl Act {
             Act::Pause { node } | Act::Resume { node } => Some(node),
             Act::Restore(r) => Some(r.on.as_deref().unwrap_or(&r.node)),
             Act::Fetch { by, .. } => Some(by),
-            Act::Verify(_) | Act::Revoke { .. } | Act::Trust { .. } | Act::Distrust { .. } => None,
+            Act::Verify(_) | Act::Revoke { .. } | Act::Retire { .. } | Act::Trust { .. } | Act::Distrust { .. } => None,
         }
     }
 
@@ -105,6 +111,7 @@ impl Act {
             Act::Fetch { .. } => "fetch",
             Act::Verify(_) => "verify",
             Act::Revoke { .. } => "revoke",
+            Act::Retire { .. } => "retire",
             Act::Trust { .. } => "trust",
             Act::Distrust { .. } => "distrust",
         }
@@ -336,7 +343,7 @@ fn describe(act: &Act) -> String {
         Act::Restore(r) => format!("restore {} of {} on {}", r.path, r.node, r.on.as_deref().unwrap_or(&r.node)),
         Act::Fetch { node, path, by, .. } => format!("fetch {path} of {node} through {by}"),
         Act::Verify(v) => format!("verify {} {}", v.node.as_deref().unwrap_or("*"), v.path.as_deref().unwrap_or("*")),
-        Act::Revoke { node, peer } => format!("revoke {node} ({peer})"),
+        Act::Revoke { node, peer } | Act::Retire { node, peer } => format!("{} {node} ({peer})", act.name()),
         Act::Trust { operator } | Act::Distrust { operator } => format!("{} {operator}", act.name()),
     }
 }

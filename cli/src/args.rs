@@ -187,6 +187,16 @@ pub(crate) enum Command {
         #[arg(long, value_name = "PEER")]
         peer: Option<String>,
     },
+    /// Retire NODE (a server given up): revoked as by `revoke`, its jobs
+    /// leave the views, and its series are collected by their holders once
+    /// the grace period has passed. Signed with the operator key.
+    Retire {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        /// The peer id to retire [default: the one NODE has in `status`].
+        #[arg(long, value_name = "PEER")]
+        peer: Option<String>,
+    },
     /// The execution log, newest last.
     Log {
         /// Only entries about this node (a name).

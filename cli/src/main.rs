@@ -668,7 +668,7 @@ fn backups(client: &Client, json: bool, node: &str, path: &str, all: bool, hidde
 
 /// `backmesh revoke NODE`: the identity NODE has (or `peer`), revoked
 /// under the operator's order.
-fn revoke(client: &Client, json: bool, node: &str, peer: Option<&str>) -> Result<(), Failure> {
+fn revoke(client: &Client, json: bool, node: &str, peer: Option<&str>, retire: bool) -> Result<(), Failure> {
     let peer = match peer {
         Some(p) => p.to_string(),
         None => {
@@ -687,16 +687,23 @@ fn revoke(client: &Client, json: bool, node: &str, peer: Option<&str>) -> Result
             }
         }
     };
-    let body = backmesh_api::Revoke { node: node.to_string(), peer };
-    client.sign_required(Act::Revoke { node: body.node.clone(), peer: body.peer.clone() }, "a revocation")?;
+    let body = backmesh_api::Revoke { node: node.to_string(), peer, retire };
+    let (n, p) = (body.node.clone(), body.peer.clone());
+    if retire {
+        client.sign_required(Act::Retire { node: n, peer: p }, "a retirement")?;
+    } else {
+        client.sign_required(Act::Revoke { node: n, peer: p }, "a revocation")?;
+    }
     let done: backmesh_api::Revoke = client.post("/revoke", &body)?;
     if json {
         print_json(&done);
     } else {
         out!(
-            "revoked: node {} ({}); every node refuses it once it hears (within a hello period)",
+            "{}: node {} ({}); every node refuses it once it hears (within a hello period){}",
+            if retire { "retired" } else { "revoked" },
             done.node,
-            done.peer
+            done.peer,
+            if retire { ", and its series go once the grace period has passed" } else { "" }
         );
     }
     Ok(())
@@ -773,7 +780,8 @@ fn main() -> ExitCode {
         Command::Operator { command } => operator_command(&cli, json, command),
         Command::Status { workers } => status(&c, json, *workers),
         Command::Jobs => jobs(&c, json),
-        Command::Revoke { node, peer } => revoke(&c, json, node, peer.as_deref()),
+        Command::Revoke { node, peer } => revoke(&c, json, node, peer.as_deref(), false),
+        Command::Retire { node, peer } => revoke(&c, json, node, peer.as_deref(), true),
         Command::Backups { node, path, all, hidden } => backups(&c, json, node, path, *all, *hidden),
         Command::Run { node, path, no_wait, timeout } => match run(&c, json, node, path, *no_wait, *timeout) {
             Ok(true) => Ok(()),

@@ -756,7 +756,8 @@ async fn join_node(req: HttpRequest, state: web::Data<ApiState>, body: web::Json
 async fn revoke(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Revoke>) -> Answer {
     admin(&req, &state)?;
     let b = body.into_inner();
-    let act = Act::Revoke { node: b.node.clone(), peer: b.peer.clone() };
+    let (node, peer) = (b.node.clone(), b.peer.clone());
+    let act = if b.retire { Act::Retire { node, peer } } else { Act::Revoke { node, peer } };
     let order = needed(&state, order_of(&req)?, &act, &b.node)?;
     match order.open() {
         Ok(o) if o.act == act => {}

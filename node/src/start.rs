@@ -267,6 +267,8 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         let me = cfg.name.clone();
         let misdeeds = actor.clone().recipient();
         let router = Router::new(actor.clone())
+            .on_retired(log.clone().recipient())
+            .on_retired(replica.clone().recipient())
             .hear(log::proto::LOG_TOPIC, log::actor::serve::hear(log.clone()))
             .accept(&log::proto::STATE, log::actor::serve::serve_state(log.clone()))
             .accept(&log::proto::HISTORY, log::actor::serve::serve_history(log.clone()))

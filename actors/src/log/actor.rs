@@ -130,6 +130,8 @@ pub struct LogActor {
     /// being fetched now.
     to_backfill: BTreeSet<SeriesKey>,
     backfilling: BTreeSet<SeriesKey>,
+    /// Nodes the operator retired: their jobs leave the views.
+    retired: BTreeSet<String>,
     /// Where it says how anti-entropy and backfill fare (`status --workers`).
     workers: (Worker, Worker),
     /// This node's entries written but not yet synced, with whoever waits
@@ -192,6 +194,7 @@ impl LogActor {
             to_backfill: BTreeSet::new(),
             unsynced: Vec::new(),
             backfilling: BTreeSet::new(),
+            retired: BTreeSet::new(),
             workers: (Worker::detached("anti-entropy"), Worker::detached("backfill")),
         };
         actor.migrate()?;

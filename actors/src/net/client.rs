@@ -73,8 +73,9 @@ pub enum Inbound {
     /// A peer speaks another mesh protocol: none of what it sends is taken
     /// until one of the two is upgraded (`None` once it speaks this one).
     Incompatible { peer: String, what: Option<String> },
-    /// The operator revoked `peer` (node `node`): cut off for good.
-    Revoked { peer: String, node: String },
+    /// The operator revoked `peer` (node `node`): cut off for good; and
+    /// retired it as of `retired_ms`, if given.
+    Revoked { peer: String, node: String, retired_ms: Option<i64> },
 }
 
 /// What a node made of a gossiped message.

@@ -174,9 +174,10 @@ impl EventLoop {
         // never talks across it.
         self.read_gate();
         // The revocations kept from before: cut off before anyone connects.
-        let kept: Vec<(String, String)> = self.revocations.revoked().map(|(p, n)| (n.clone(), p.clone())).collect();
-        for (node, peer) in kept {
-            self.cut_off_revoked(&node, &peer);
+        let kept: Vec<(String, String, Option<i64>)> =
+            self.revocations.revoked().map(|(p, n, r)| (n.clone(), p.clone(), r)).collect();
+        for (node, peer, retired_ms) in kept {
+            self.cut_off_revoked(&node, &peer, retired_ms);
         }
         loop {
             tokio::select! {
@@ -324,20 +325,26 @@ impl EventLoop {
     }
 
     /// Cuts off `peer` (node `node`), which the operator revoked, and tells the node.
-    fn cut_off_revoked(&mut self, node: &str, peer: &str) {
-        tracing::warn!("the operator revoked node {node} ({peer}): its connections are refused from now on");
+    fn cut_off_revoked(&mut self, node: &str, peer: &str, retired_ms: Option<i64>) {
+        tracing::warn!(
+            "the operator {} node {node} ({peer}): its connections are refused from now on",
+            if retired_ms.is_some() { "retired" } else { "revoked" }
+        );
         if let Ok(p) = peer.parse::<PeerId>() {
             self.swarm.behaviour_mut().gate.block_peer(p);
             self.known.remove(&p);
         }
-        self.emit(Inbound::Revoked { peer: peer.to_string(), node: node.to_string() });
+        self.emit(Inbound::Revoked { peer: peer.to_string(), node: node.to_string(), retired_ms });
     }
 
     /// Acts on a change of trust just taken in.
     fn changed_trust(&mut self, taken: &Taken) {
         match taken {
             Taken::Known => {}
-            Taken::Revoked { node, peer } => self.cut_off_revoked(&node.clone(), &peer.clone()),
+            Taken::Revoked { node, peer, retired_ms } => {
+                let (node, peer, retired_ms) = (node.clone(), peer.clone(), *retired_ms);
+                self.cut_off_revoked(&node, &peer, retired_ms)
+            }
             Taken::Operator { operator, trusted: true } => {
                 tracing::warn!("the operator trusts operator key {operator} from now on")
             }

@@ -22,8 +22,8 @@ pub struct Revocations {
     authority: Arc<Authority>,
     /// Where they are kept (one signed order a line); `None`: in memory only.
     file: Option<PathBuf>,
-    /// Revoked peer id → (its node's name, the order).
-    by_peer: BTreeMap<String, (String, SignedOrder)>,
+    /// Revoked peer id → (its node's name, when it was retired if it was, the order).
+    by_peer: BTreeMap<String, (String, Option<i64>, SignedOrder)>,
     /// Operator key → the latest order that trusts it or no longer.
     operators: BTreeMap<String, SignedOrder>,
 }
@@ -33,8 +33,9 @@ pub struct Revocations {
 pub enum Taken {
     /// It was known (or a later change of that key was).
     Known,
-    /// Node `node`'s identity `peer` is revoked.
-    Revoked { node: String, peer: String },
+    /// Node `node`'s identity `peer` is revoked (and retired, as of
+    /// `retired_ms`: its series are collected after the grace period).
+    Revoked { node: String, peer: String, retired_ms: Option<i64> },
     /// Operator key `operator` is trusted from now on, or no longer.
     Operator { operator: String, trusted: bool },
 }
@@ -64,15 +65,18 @@ impl Revocations {
     /// Takes `order` in memory, without saving.
     fn take_in(&mut self, order: &SignedOrder) -> Result<Taken, OrderError> {
         match self.authority.check_trust_change(order)? {
-            TrustChange::Revoke { node, peer } => {
-                if self.by_peer.contains_key(&peer) {
-                    return Ok(Taken::Known);
+            TrustChange::Revoke { node, peer, retired_ms } => {
+                // A retirement adds to a revocation; nothing else changes a known one.
+                match self.by_peer.get(&peer) {
+                    Some((_, Some(_), _)) => return Ok(Taken::Known),
+                    Some((_, None, _)) if retired_ms.is_none() => return Ok(Taken::Known),
+                    _ => {}
                 }
-                if self.by_peer.len() >= MAX_REVOCATIONS {
+                if self.by_peer.len() >= MAX_REVOCATIONS && !self.by_peer.contains_key(&peer) {
                     return Err(OrderError::Unreadable(format!("more than {MAX_REVOCATIONS} revocations")));
                 }
-                self.by_peer.insert(peer.clone(), (node.clone(), order.clone()));
-                Ok(Taken::Revoked { node, peer })
+                self.by_peer.insert(peer.clone(), (node.clone(), retired_ms, order.clone()));
+                Ok(Taken::Revoked { node, peer, retired_ms })
             }
             change @ TrustChange::Operator { .. } => {
                 let TrustChange::Operator { operator, trusted, .. } = change.clone() else { return Ok(Taken::Known) };
@@ -101,7 +105,7 @@ impl Revocations {
     pub fn take(&mut self, order: &SignedOrder) -> Result<Option<(String, String)>, OrderError> {
         self.authority.check_revocation(order)?;
         match self.take_change(order)? {
-            Taken::Revoked { node, peer } => Ok(Some((node, peer))),
+            Taken::Revoked { node, peer, .. } => Ok(Some((node, peer))),
             _ => Ok(None),
         }
     }
@@ -109,12 +113,12 @@ impl Revocations {
     /// Every change of trust, as hellos carry them: the operators' first
     /// (a revocation may be signed by a key one of them trusts).
     pub fn orders(&self) -> Vec<SignedOrder> {
-        self.operators.values().cloned().chain(self.by_peer.values().map(|(_, o)| o.clone())).collect()
+        self.operators.values().cloned().chain(self.by_peer.values().map(|(_, _, o)| o.clone())).collect()
     }
 
-    /// (peer, node) of every revoked identity.
-    pub fn revoked(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.by_peer.iter().map(|(p, (n, _))| (p, n))
+    /// (peer, node, retired as of) of every revoked identity.
+    pub fn revoked(&self) -> impl Iterator<Item = (&String, &String, Option<i64>)> {
+        self.by_peer.iter().map(|(p, (n, r, _))| (p, n, *r))
     }
 
     /// Writes them whole: a staging file, synced, renamed over the old.
@@ -154,8 +158,25 @@ mod tests {
         let forged = OperatorKey::generate().unwrap().sign(Act::Revoke { node: "n1".into(), peer: "p1".into() }, 1);
         assert!(r.take(&forged.unwrap()).is_err());
         let again = Revocations::load(auth, Some(file));
-        assert_eq!(again.revoked().collect::<Vec<_>>(), vec![(&"p4".to_string(), &"n4".to_string())]);
+        assert_eq!(again.revoked().collect::<Vec<_>>(), vec![(&"p4".to_string(), &"n4".to_string(), None)]);
         assert_eq!(again.orders(), vec![order]);
+    }
+
+    #[test]
+    fn a_retirement_adds_to_a_revocation_once() {
+        let op = OperatorKey::generate().unwrap();
+        let mut r = Revocations::load(Arc::new(Authority::new(&[op.public()]).unwrap()), None);
+        let revoke = op.sign(Act::Revoke { node: "n4".into(), peer: "p4".into() }, 1).unwrap();
+        let retire = op.sign(Act::Retire { node: "n4".into(), peer: "p4".into() }, 5).unwrap();
+        assert_eq!(
+            r.take_change(&revoke),
+            Ok(Taken::Revoked { node: "n4".into(), peer: "p4".into(), retired_ms: None })
+        );
+        let retired = Taken::Revoked { node: "n4".into(), peer: "p4".into(), retired_ms: Some(5) };
+        assert_eq!(r.take_change(&retire), Ok(retired));
+        assert_eq!(r.take_change(&retire), Ok(Taken::Known));
+        assert_eq!(r.take_change(&revoke), Ok(Taken::Known), "a revocation does not undo a retirement");
+        assert_eq!(r.orders(), vec![retire]);
     }
 
     #[test]

@@ -23,12 +23,24 @@ pub struct Gossip {
     pub data: Vec<u8>,
 }
 
+/// The operator retired node `node` (as of `at_ms`, when the order was
+/// signed): it disappears from the views, and its series' holders collect
+/// them once the grace period has passed. Sender: the router.
+#[derive(Clone, Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Retired {
+    pub node: String,
+    pub at_ms: i64,
+}
+
 type Serve = Box<dyn Fn(InboundRequest)>;
 type Hear = Box<dyn Fn(Gossip)>;
 
 /// Protocol names → handlers, topics → handlers.
 pub struct Router {
     membership: Addr<MembershipActor>,
+    /// Who is told of a node retired (its views, its series' holders).
+    retirements: Vec<actix::Recipient<Retired>>,
     requests: HashMap<&'static str, Serve>,
     topics: HashMap<String, Hear>,
 }
@@ -36,7 +48,13 @@ pub struct Router {
 impl Router {
     /// A router that tells `membership` what it hears of peers.
     pub fn new(membership: Addr<MembershipActor>) -> Self {
-        Router { membership, requests: HashMap::new(), topics: HashMap::new() }
+        Router { membership, retirements: Vec::new(), requests: HashMap::new(), topics: HashMap::new() }
+    }
+
+    /// Retirements of nodes go to `to` too.
+    pub fn on_retired(mut self, to: actix::Recipient<Retired>) -> Self {
+        self.retirements.push(to);
+        self
     }
 
     /// Requests of `protocol` go to `handler`.
@@ -64,7 +82,14 @@ impl Router {
             Inbound::Hello { peer, info } => self.membership.do_send(NetEvent::Hello { peer, info }),
             Inbound::Limited { peer, what } => self.membership.do_send(Limited { peer, what }),
             Inbound::Incompatible { peer, what } => self.membership.do_send(Incompatible { peer, what }),
-            Inbound::Revoked { peer, node } => self.membership.do_send(super::actor::Revoked { peer, node }),
+            Inbound::Revoked { peer, node, retired_ms } => {
+                if let Some(at_ms) = retired_ms {
+                    for to in &self.retirements {
+                        to.do_send(Retired { node: node.clone(), at_ms });
+                    }
+                }
+                self.membership.do_send(super::actor::Revoked { peer, node })
+            }
             Inbound::Gossip { topic, from, id, data } => match self.topics.get(&topic) {
                 Some(hear) => hear(Gossip { from, id, data }),
                 None => tracing::debug!("gossip on {topic}, which no area hears"),

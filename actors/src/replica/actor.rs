@@ -186,6 +186,9 @@ pub struct ReplicaActor {
     candidates: Arc<Vec<crate::placement::Candidate>>,
     /// The members of archives read lately (a `Get` names its archive).
     members: Arc<super::reads::MemberSets>,
+    /// Nodes the operator retired, and when: their series are collected
+    /// here once the grace period has passed since.
+    retired: BTreeMap<String, i64>,
 }
 
 /// How often the catalog's word on what this node keeps is checked against
@@ -236,7 +239,48 @@ impl ReplicaActor {
             authority: Arc::default(),
             candidates: Arc::default(),
             members: Arc::default(),
+            retired: BTreeMap::new(),
         }
+    }
+
+    /// Deletes the archives of retired nodes whose grace period (counted
+    /// from the retirement) has passed; `pruned` entries say so.
+    fn collect_retired(&mut self, ctx: &mut Context<Self>) {
+        let grace = self.cfg.keep.grace.map_or(0, |g| g.as_millis() as i64);
+        let now = crate::clock::now_ms();
+        let due: Vec<String> =
+            self.retired.iter().filter(|(_, at)| **at + grace <= now).map(|(n, _)| n.clone()).collect();
+        if due.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            let mut gone = Vec::new();
+            for a in store.list_all().unwrap_or_default().into_iter().filter(|a| due.contains(&a.node)) {
+                match store.remove_archive(&a.node, &a.path, &a.id) {
+                    Ok(true) => gone.push((a.node, a.path, a.id, a.hidden)),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot collect archive {} of retired node {}: {e}", a.id, a.node),
+                }
+            }
+            if !gone.is_empty() {
+                if let Err(e) = store.gc() {
+                    tracing::warn!("collection after the archives of retired nodes: {e}");
+                }
+            }
+            gone
+        });
+        ctx.spawn(work.into_actor(self).map(|gone, act, _| {
+            let gone = gone.unwrap_or_default();
+            if !gone.is_empty() {
+                tracing::info!("collected {} archives of retired nodes, their grace period over", gone.len());
+            }
+            for (node, path, archive, hidden) in gone {
+                if !hidden {
+                    act.log.do_send(Append(Event::Pruned { node, path, archive, holder: act.me.clone() }));
+                }
+            }
+        }));
     }
 
     /// Readers under an order of these operators are entitled (without
@@ -380,6 +424,7 @@ impl ReplicaActor {
             return;
         }
         self.holdings_at = Some(Instant::now());
+        self.collect_retired(ctx);
         let (log, store, retention) = (self.log.clone(), self.store.clone(), self.cfg.keep);
         let keep = retention.keep;
         let work = async move {
@@ -499,6 +544,14 @@ impl Handler<Pushed> for ReplicaActor {
                 msg.error.as_ref().map(|e| e.reason.as_str()).unwrap_or_default()
             );
         }
+    }
+}
+
+impl Handler<crate::net::router::Retired> for ReplicaActor {
+    type Result = ();
+    fn handle(&mut self, msg: crate::net::router::Retired, ctx: &mut Context<Self>) {
+        self.retired.insert(msg.node, msg.at_ms);
+        self.collect_retired(ctx);
     }
 }
 

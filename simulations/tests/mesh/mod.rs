@@ -940,3 +940,29 @@ fn operators_are_trusted_and_no_longer_by_an_operator_s_signed_change_mesh_wide(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not trust")
     }));
 }
+
+#[test]
+fn a_retired_node_leaves_the_views_and_its_series_are_collected_after_the_grace_period() {
+    // A grace period of none (by choice): collected at once.
+    let mesh = Mesh::chain_with(&["n1", "n2", "n3"], &["--grace", "0"]);
+    let dir = mesh.root.path().join("n3-app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f"), b"n3's data").unwrap();
+    let d = dir.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n3", &d, "--every", "600"]).status.success());
+    let run: RunOutcome = mesh.cli_json(0, &["run", "n3", &d]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.result, RunResult::Finished, "{run:#?}");
+    let id = run.archive.unwrap();
+    assert!(wait_until(T, || (0..2).all(|i| manifests_on_disk(&mesh.nodes[i]) == vec![id.clone()])));
+    let out = mesh.cli(0, &["retire", "n3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = |mesh: &Mesh, i: usize| {
+        jobs(mesh, i).iter().all(|j| j.node != "n3") && manifests_on_disk(&mesh.nodes[i]).is_empty()
+    };
+    assert!(
+        wait_until(T, || gone(&mesh, 0) && gone(&mesh, 1)),
+        "{:?}",
+        (0..2).map(|i| manifests_on_disk(&mesh.nodes[i])).collect::<Vec<_>>()
+    );
+    assert!(mesh.status(1).unwrap().problems.iter().any(|p| p.contains("n3") && p.contains("revoked")));
+}

@@ -22,7 +22,16 @@ impl Handler<Query> for LogActor {
 impl Handler<GetJobs> for LogActor {
     type Result = MessageResult<GetJobs>;
     fn handle(&mut self, _: GetJobs, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.jobs())
+        let mut jobs = self.state.jobs();
+        jobs.retain(|j| !self.retired.contains(&j.node));
+        MessageResult(jobs)
+    }
+}
+
+impl Handler<crate::net::router::Retired> for LogActor {
+    type Result = ();
+    fn handle(&mut self, msg: crate::net::router::Retired, _: &mut Context<Self>) {
+        self.retired.insert(msg.node);
     }
 }
 
