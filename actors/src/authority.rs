@@ -176,25 +176,6 @@ impl Authority {
 }
 
 impl Authority {
-    /// The revocation in `signed`, if it holds: an operator's order, by a
-    /// key this node trusts, to revoke an identity. A trust change is
-    /// state, not a command: it holds whenever and wherever it is seen
-    /// (spread from node to node, kept on disk), so neither its age nor
-    /// its nonce is checked. Answers (node, peer).
-    pub fn check_revocation(&self, signed: &SignedOrder) -> Result<(String, String), OrderError> {
-        if !self.has_operators() {
-            return Err(OrderError::NoOperator { me: "this node".into() });
-        }
-        let order = signed.open()?;
-        if !self.trusts(&order.operator) {
-            return Err(OrderError::Untrusted { operator: order.operator });
-        }
-        match order.act {
-            Act::Revoke { node, peer } | Act::Retire { node, peer } => Ok((node, peer)),
-            other => Err(OrderError::OtherAct { ordered: other.name().into(), asked: "revoke".into() }),
-        }
-    }
-
     /// The change of trust in `signed`, if it holds: signed by an operator
     /// key trusted now. Like a revocation, it holds whenever it is seen.
     pub fn check_trust_change(&self, signed: &SignedOrder) -> Result<TrustChange, OrderError> {
@@ -262,12 +243,13 @@ mod tests {
         let auth = Authority::new(&[op.public()]).unwrap();
         let act = Act::Revoke { node: "n4".into(), peer: "12D3KooW-n4".into() };
         let years_ago = op.sign(act.clone(), 0).unwrap();
-        assert_eq!(auth.check_revocation(&years_ago), Ok(("n4".into(), "12D3KooW-n4".into())));
-        assert_eq!(auth.check_revocation(&years_ago), Ok(("n4".into(), "12D3KooW-n4".into())), "again: the same");
+        let revoke = TrustChange::Revoke { node: "n4".into(), peer: "12D3KooW-n4".into(), retired_ms: None };
+        assert_eq!(auth.check_trust_change(&years_ago), Ok(revoke.clone()));
+        assert_eq!(auth.check_trust_change(&years_ago), Ok(revoke), "again: the same");
         let stranger = OperatorKey::generate().unwrap().sign(act, 0).unwrap();
-        assert!(matches!(auth.check_revocation(&stranger), Err(OrderError::Untrusted { .. })));
+        assert!(matches!(auth.check_trust_change(&stranger), Err(OrderError::Untrusted { .. })));
         let run = op.sign(Act::Run(JobKey { node: "n4".into(), path: "/".into() }), 0).unwrap();
-        assert!(matches!(auth.check_revocation(&run), Err(OrderError::OtherAct { .. })));
+        assert!(matches!(auth.check_trust_change(&run), Err(OrderError::OtherAct { .. })));
     }
 
     #[test]

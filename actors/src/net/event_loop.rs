@@ -356,8 +356,9 @@ impl EventLoop {
 
     /// Takes in the changes of trust a peer's hello carries.
     fn take_revocations(&mut self, from: &PeerId, orders: &[crate::authority::SignedOrder]) {
-        for order in orders.iter().take(2 * super::revocations::MAX_REVOCATIONS) {
-            match self.revocations.take_change(order) {
+        let most = super::revocations::MAX_REVOCATIONS + super::revocations::MAX_OPERATOR_CHANGES;
+        for order in orders.iter().take(most) {
+            match self.revocations.take_heard(order) {
                 Ok(taken) => self.changed_trust(&taken),
                 Err(e) => tracing::debug!("{from} passed on a change of trust that does not hold here: {e}"),
             }

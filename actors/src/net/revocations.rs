@@ -8,14 +8,23 @@
 //! is cut off (libp2p's block list): its connections are refused, so
 //! nothing it sends reaches this node again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::authority::{Authority, OrderError, SignedOrder, TrustChange};
 
-/// Revocations kept at most (each a few hundred bytes in every hello).
-pub const MAX_REVOCATIONS: usize = 1024;
+/// Revocations kept at most: each is about 600 bytes in every hello, and
+/// a hello is at most `MAX_HELLO` (256 KiB) with its list of peers.
+pub const MAX_REVOCATIONS: usize = 200;
+
+/// Operator keys whose trust was changed, kept at most (the same bound).
+pub const MAX_OPERATOR_CHANGES: usize = 32;
+
+/// Order texts remembered as checked (taken or refused), at most: a hello
+/// repeats every change its sender holds, and each is checked once, not
+/// at every hello (a signature check each, from every peer).
+const CHECKED_MAX: usize = 4 * (MAX_REVOCATIONS + MAX_OPERATOR_CHANGES);
 
 /// The revocations this node holds.
 pub struct Revocations {
@@ -26,6 +35,9 @@ pub struct Revocations {
     by_peer: BTreeMap<String, (String, Option<i64>, SignedOrder)>,
     /// Operator key → the latest order that trusts it or no longer.
     operators: BTreeMap<String, SignedOrder>,
+    /// Texts of the orders checked already, with what came of them;
+    /// forgotten when the operator set changes (a refused one may hold then).
+    checked: HashSet<String>,
 }
 
 /// What taking in a change of trust did.
@@ -43,7 +55,13 @@ pub enum Taken {
 impl Revocations {
     /// The revocations kept in `file` that still hold under `authority`.
     pub fn load(authority: Arc<Authority>, file: Option<PathBuf>) -> Revocations {
-        let mut r = Revocations { authority, file, by_peer: BTreeMap::new(), operators: BTreeMap::new() };
+        let mut r = Revocations {
+            authority,
+            file,
+            by_peer: BTreeMap::new(),
+            operators: BTreeMap::new(),
+            checked: HashSet::new(),
+        };
         let text = r.file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
         let mut left: Vec<SignedOrder> =
             text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| SignedOrder(l.to_string())).collect();
@@ -80,13 +98,34 @@ impl Revocations {
             }
             change @ TrustChange::Operator { .. } => {
                 let TrustChange::Operator { operator, trusted, .. } = change.clone() else { return Ok(Taken::Known) };
+                if self.operators.len() >= MAX_OPERATOR_CHANGES && !self.operators.contains_key(&operator) {
+                    return Err(OrderError::Unreadable(format!(
+                        "more than {MAX_OPERATOR_CHANGES} changes of operator keys"
+                    )));
+                }
                 if !self.authority.apply(&change) {
                     return Ok(Taken::Known);
                 }
                 self.operators.insert(operator.clone(), order.clone());
+                // What was refused under the old set may hold under the new one.
+                self.checked.clear();
                 Ok(Taken::Operator { operator, trusted })
             }
         }
+    }
+
+    /// Takes in a change of trust a peer's hello carries: one already
+    /// checked here (taken or refused) is not checked again.
+    pub fn take_heard(&mut self, order: &SignedOrder) -> Result<Taken, OrderError> {
+        if self.checked.contains(&order.0) {
+            return Ok(Taken::Known);
+        }
+        let taken = self.take_change(order);
+        if self.checked.len() >= CHECKED_MAX {
+            self.checked.clear();
+        }
+        self.checked.insert(order.0.clone());
+        taken
     }
 
     /// Takes in the change of trust `order`, if it holds; kept on disk
@@ -97,17 +136,6 @@ impl Revocations {
             self.save();
         }
         Ok(taken)
-    }
-
-    /// Takes in `order` if it is a revocation that holds and is new here:
-    /// answers (node, peer) then, `None` if it was known. Kept on disk
-    /// before it is answered.
-    pub fn take(&mut self, order: &SignedOrder) -> Result<Option<(String, String)>, OrderError> {
-        self.authority.check_revocation(order)?;
-        match self.take_change(order)? {
-            Taken::Revoked { node, peer, .. } => Ok(Some((node, peer))),
-            _ => Ok(None),
-        }
     }
 
     /// Every change of trust, as hellos carry them: the operators' first
@@ -153,10 +181,15 @@ mod tests {
         let file = t.path().join("revoked");
         let mut r = Revocations::load(auth.clone(), Some(file.clone()));
         let order = op.sign(Act::Revoke { node: "n4".into(), peer: "p4".into() }, 1).unwrap();
-        assert_eq!(r.take(&order), Ok(Some(("n4".into(), "p4".into()))));
-        assert_eq!(r.take(&order), Ok(None), "known already");
+        let revoked = Taken::Revoked { node: "n4".into(), peer: "p4".into(), retired_ms: None };
+        assert_eq!(r.take_change(&order), Ok(revoked));
+        assert_eq!(r.take_change(&order), Ok(Taken::Known), "known already");
         let forged = OperatorKey::generate().unwrap().sign(Act::Revoke { node: "n1".into(), peer: "p1".into() }, 1);
-        assert!(r.take(&forged.unwrap()).is_err());
+        let forged = forged.unwrap();
+        assert!(r.take_change(&forged).is_err());
+        // Heard again in hellos: checked once, then passed over.
+        assert!(r.take_heard(&forged).is_err());
+        assert_eq!(r.take_heard(&forged), Ok(Taken::Known), "not checked again");
         let again = Revocations::load(auth, Some(file));
         assert_eq!(again.revoked().collect::<Vec<_>>(), vec![(&"p4".to_string(), &"n4".to_string(), None)]);
         assert_eq!(again.orders(), vec![order]);

@@ -113,6 +113,11 @@ fn golden_sealed_manifest() {
     assert_eq!(back.encode(), golden, "and encodes back the same");
 }
 
+/// The one archive summary the store of the test below lists.
+fn again_summary(store: &Store) -> backmesh_core::store::ArchiveSummary {
+    store.list("n1", "/srv/app").unwrap().remove(0)
+}
+
 #[test]
 fn golden_store_files_and_catalog_and_the_index_rebuilt_from_them() {
     let t = tempfile::tempdir().unwrap();
@@ -135,6 +140,13 @@ fn golden_store_files_and_catalog_and_the_index_rebuilt_from_them() {
         .collect();
     pin_bytes("disk_store_files", &encode(&files));
     let catalog = pin_bytes("disk_catalog", &dumped(&kv));
+    // An archive out of retention, kept hidden for the grace period: its
+    // summary in the index gains `hidden` (absent while it is false).
+    let mut hidden = again_summary(&store);
+    hidden.hidden = true;
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&hidden, &mut bytes).unwrap();
+    pin_bytes("disk_archive_summary_hidden", &bytes);
     // The index is rebuildable: a store opened on the same files with an
     // empty index writes the same catalog.
     let fresh = Arc::new(MemKv::default());
