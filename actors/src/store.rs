@@ -146,16 +146,7 @@ fn from_cbor<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StoreError> {
     ciborium::from_reader(b).map_err(|e| StoreError::Index { reason: format!("corrupt index record: {e}") })
 }
 
-/// Writes `data` to `path` crash-safely: temp file, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
-}
+pub use crate::disk::write_atomic;
 
 impl Store {
     /// Opens (creating if needed) the store in `data_dir`, with sled at `data_dir/db`.

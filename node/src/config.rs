@@ -29,6 +29,11 @@ pub struct RunArgs {
     /// Private-network key file: only nodes with the same key can connect.
     #[arg(long, value_name = "FILE")]
     pub swarm_key: Option<PathBuf>,
+    /// How long the previous swarm key stays accepted once the key file
+    /// holds a new one (the node reads it again every few seconds), so that
+    /// a key is rotated on a live mesh: 30s, 36h, 1d, 2w [default: 1d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_overlap)]
+    pub swarm_key_overlap: Option<Duration>,
     /// API token: every route but /api/v1/health needs `Authorization: Bearer TOKEN`.
     /// Prefer --token-file: a token on the command line is shown by `ps`.
     #[arg(long, env = "BACKMESH_TOKEN", hide_env_values = true)]
@@ -124,6 +129,9 @@ pub struct RunArgs {
     pub offsite_rate: Option<u64>,
 }
 
+/// How long a replaced swarm key stays accepted unless set.
+pub const DEFAULT_SWARM_KEY_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
 /// A grace period (`--grace`): `None` for none at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grace(pub Option<Duration>);
@@ -134,6 +142,16 @@ fn parse_grace(text: &str) -> Result<Grace, String> {
     match text.trim() {
         "0" | "0h" | "0d" | "0w" | "0m" => Ok(Grace(None)),
         t => backmesh_core::store::parse_within(t).map(|d| Grace(Some(d))).map_err(|e| e.to_string()),
+    }
+}
+
+/// The swarm key overlap: a duration as `--keep-within` takes it, or in
+/// seconds (`30s`).
+fn parse_overlap(text: &str) -> Result<Duration, String> {
+    match text.trim().strip_suffix('s').map(str::parse::<u64>) {
+        Some(Ok(secs)) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => backmesh_core::store::parse_within(text)
+            .map_err(|_| format!("`{text}`: give a duration, as in 30s, 36h, 1d or 2w")),
     }
 }
 
@@ -171,6 +189,7 @@ struct FileConfig {
     #[serde(default)]
     bootstrap: Vec<String>,
     swarm_key: Option<PathBuf>,
+    swarm_key_overlap: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
     #[serde(default)]
@@ -240,6 +259,8 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     pub bootstrap: Vec<SocketAddr>,
     pub swarm_key: Option<PathBuf>,
+    /// How long a replaced swarm key stays accepted.
+    pub swarm_key_overlap: Duration,
     pub token: Option<String>,
     /// The file the token was read from, if it was (kept out of restores' reach).
     pub token_file: Option<PathBuf>,
@@ -379,6 +400,13 @@ impl NodeConfig {
             api,
             bootstrap: bootstrap.iter().map(|b| parse_addr("bootstrap", b)).collect::<Result<_>>()?,
             swarm_key,
+            swarm_key_overlap: match (args.swarm_key_overlap, &file.swarm_key_overlap) {
+                (Some(d), _) => d,
+                (None, Some(text)) => {
+                    parse_overlap(text).map_err(|e| anyhow!("swarm-key-overlap in the config file: {e}"))?
+                }
+                (None, None) => DEFAULT_SWARM_KEY_OVERLAP,
+            },
             token,
             token_file,
             config_file: args.config.clone(),
@@ -476,6 +504,15 @@ mod tests {
         let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f), ..local() }).unwrap_err();
         assert!(e.to_string().contains("grace in the config file"), "{e}");
         assert!(parse_grace("3x").is_err());
+    }
+
+    #[test]
+    fn the_swarm_key_overlap_is_a_day_unless_set_in_seconds_or_longer_units() {
+        assert_eq!(NodeConfig::resolve(None, None, local()).unwrap().swarm_key_overlap, DEFAULT_SWARM_KEY_OVERLAP);
+        assert_eq!(parse_overlap("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_overlap("2d"), Ok(Duration::from_secs(2 * 86_400)));
+        assert!(parse_overlap("0s").is_err());
+        assert!(parse_overlap("soon").unwrap_err().contains("30s, 36h"));
     }
 
     #[test]

@@ -111,7 +111,15 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             cfg.name
         );
     }
-    let psk = cfg.swarm_key.as_deref().map(swarm_key::load).transpose()?;
+    let psk = match &cfg.swarm_key {
+        Some(file) => Some(swarm_key::SwarmKeys::open(
+            file,
+            Some(cfg.data_dir.join("swarm-keys")),
+            cfg.swarm_key_overlap,
+            backmesh_core::clock::now_ms(),
+        )?),
+        None => None,
+    };
     let api_listener = bind_api(&cfg)?;
     cfg.api = api_listener.local_addr().context("the API listener has no address")?;
     // The mesh port, checked before anything starts (the swarm checks again).
@@ -150,6 +158,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             free_bytes: free_bytes(&cfg.data_dir),
             address: cfg.listen.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
+            swarm_key: psk.as_ref().map(|k| k.current()),
         };
         let down_after_ms = cfg.down_after.as_millis() as i64;
         let membership = Membership::new(peer_id.to_string(), me.clone(), down_after_ms);
@@ -160,7 +169,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             keypair,
             listen: cfg.listen,
             bootstrap: cfg.bootstrap.clone(),
-            swarm_key: psk,
+            swarm_key: psk.clone(),
             mdns: cfg.mdns,
             ping_every,
             hello_every: ping_every * 2,
@@ -175,7 +184,8 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             authority: authority.clone(),
             revocations: Some(cfg.data_dir.join("revoked")),
         })?;
-        let actor = MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).start();
+        let actor =
+            MembershipActor::new(membership, cfg.data_dir.clone(), tick, net.clone()).with_swarm_keys(psk).start();
         let workers = backmesh_core::workers::Workers::default();
         let log = LogActor::load(
             store.identity().clone(),

@@ -6,6 +6,7 @@
 //! which it hands to the network loop for the next hellos.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
@@ -13,6 +14,7 @@ use backmesh_api::Status;
 
 use super::client::NetClient;
 use super::membership::{Change, Membership, NodeInfo, PeerView};
+use super::swarm_key::SwarmKeys;
 use crate::clock::{now_ms, rfc3339};
 use crate::disk::free_bytes;
 
@@ -77,11 +79,20 @@ pub struct MembershipActor {
     data_dir: PathBuf,
     tick: Duration,
     net: NetClient,
+    swarm_keys: Option<Arc<SwarmKeys>>,
 }
 
 impl MembershipActor {
     pub fn new(state: Membership, data_dir: PathBuf, tick: Duration, net: NetClient) -> Self {
-        MembershipActor { state, data_dir, tick, net }
+        MembershipActor { state, data_dir, tick, net, swarm_keys: None }
+    }
+
+    /// Announces the swarm key's fingerprint in hellos and shows a
+    /// rotation under way in `status`.
+    pub fn with_swarm_keys(mut self, keys: Option<Arc<SwarmKeys>>) -> Self {
+        self.state.set_swarm_key(keys.as_ref().map(|k| k.current()));
+        self.swarm_keys = keys;
+        self
     }
 
     fn report(&self, changes: Vec<Change>) {
@@ -109,6 +120,9 @@ impl Actor for MembershipActor {
             let changes = act.state.tick(now_ms());
             act.report(changes);
             act.state.set_free_bytes(free_bytes(&act.data_dir));
+            if let Some(keys) = &act.swarm_keys {
+                act.state.set_swarm_key(Some(keys.current()));
+            }
             let (net, info) = (act.net.clone(), act.state.me().clone());
             actix::spawn(async move {
                 let _ = net.set_info(info).await;
@@ -132,10 +146,19 @@ impl Handler<NetEvent> for MembershipActor {
 impl Handler<GetStatus> for MembershipActor {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        let mut problems = self.state.problems();
+        if let Some(r) = self.swarm_keys.as_ref().and_then(|k| k.rotation()) {
+            problems.push(format!(
+                "swarm key rotated: the previous key (fingerprint {}) is still accepted until {}; give every node \
+                 the new key before then",
+                r.previous,
+                rfc3339(r.until_ms)
+            ));
+        }
         MessageResult(Status {
             nodes: self.state.view(rfc3339),
             jobs: Vec::new(),
-            problems: self.state.problems(),
+            problems,
             state: Default::default(),
             offsite: None,
             workers: Vec::new(),

@@ -71,6 +71,8 @@ pub struct EventLoop {
     pub(super) protocol: u32,
     /// The test-only partition gate's file, and the peers it cuts off now.
     pub(super) partition: Option<std::path::PathBuf>,
+    /// The swarm keys, whose file is read again every tick (rotation).
+    pub(super) swarm_keys: Option<std::sync::Arc<super::swarm_key::SwarmKeys>>,
     pub(super) cut_off: HashSet<PeerId>,
     /// The operator's revocations: those peers are cut off for good.
     pub(super) revocations: super::revocations::Revocations,
@@ -443,6 +445,9 @@ impl EventLoop {
     }
 
     fn on_tick(&mut self) {
+        if let Some(said) = self.swarm_keys.as_ref().and_then(|k| k.reload(crate::clock::now_ms())) {
+            tracing::warn!("{said}");
+        }
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in &connected {
             let h = self.hello();

@@ -20,6 +20,10 @@ pub struct NodeInfo {
     /// Mesh address, `host:port`.
     pub address: String,
     pub version: String,
+    /// The fingerprint of the swarm key it dials with (never the key), so
+    /// that a rotation shows which nodes have the new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +123,11 @@ impl Membership {
 
     pub fn set_free_bytes(&mut self, free: u64) {
         self.me.free_bytes = free;
+    }
+
+    /// The fingerprint of the swarm key this node dials with now.
+    pub fn set_swarm_key(&mut self, fingerprint: Option<String>) {
+        self.me.swarm_key = fingerprint;
     }
 
     fn name_of(&self, peer: &str) -> String {
@@ -316,6 +325,35 @@ impl Membership {
     }
 
     /// Problems with the mesh a person should see.
+    /// Up peers that dial with another swarm key than this node (a
+    /// rotation under way), by key.
+    fn other_swarm_keys(&self) -> Option<String> {
+        let mine = self.me.swarm_key.as_ref()?;
+        let mut others: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for s in self.peers.values().filter(|s| s.up) {
+            if let Some(info) = &s.info {
+                match &info.swarm_key {
+                    Some(k) if k != mine => others.entry(k.as_str()).or_default().push(info.name.as_str()),
+                    _ => {}
+                }
+            }
+        }
+        if others.is_empty() {
+            return None;
+        }
+        let listed: Vec<String> = others
+            .iter_mut()
+            .map(|(key, names)| {
+                names.sort_unstable();
+                format!("{} with the key of fingerprint {key}", names.join(", "))
+            })
+            .collect();
+        Some(format!(
+            "swarm key rotation under way: this node dials with the key of fingerprint {mine}, {}",
+            listed.join("; ")
+        ))
+    }
+
     pub fn problems(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .conflicts()
@@ -346,6 +384,7 @@ impl Membership {
         for (peer, node) in &self.revoked {
             out.push(format!("node {node} ({peer}) is revoked by the operator: its connections are refused"));
         }
+        out.extend(self.other_swarm_keys());
         out
     }
 }
@@ -383,6 +422,7 @@ mod tests {
             free_bytes: 100,
             address: "127.0.0.1:1".into(),
             version: "0".into(),
+            swarm_key: None,
         }
     }
 

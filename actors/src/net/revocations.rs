@@ -152,16 +152,8 @@ impl Revocations {
     /// Writes them whole: a staging file, synced, renamed over the old.
     fn save(&self) {
         let Some(file) = &self.file else { return };
-        use std::io::Write;
         let text: String = self.orders().iter().map(|o| format!("{}\n", o.0)).collect();
-        let staging = file.with_extension("tmp");
-        let written = std::fs::File::create(&staging)
-            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-            .and_then(|()| std::fs::rename(&staging, file))
-            .and_then(|()| match file.parent() {
-                Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
-                None => Ok(()),
-            });
+        let written = crate::disk::write_atomic(file, text.as_bytes());
         if let Err(e) = written {
             tracing::error!("cannot keep the revocations in {}: {e}", file.display());
         }

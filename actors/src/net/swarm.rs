@@ -16,7 +16,6 @@ use std::time::Duration;
 use either::Either;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
-use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
@@ -38,7 +37,9 @@ pub struct NetConfig {
     pub keypair: identity::Keypair,
     pub listen: SocketAddr,
     pub bootstrap: Vec<SocketAddr>,
-    pub swarm_key: Option<PreSharedKey>,
+    /// The private-network keys (`None`: no swarm key), read again every
+    /// tick ([`super::swarm_key::SwarmKeys`]).
+    pub swarm_key: Option<std::sync::Arc<super::swarm_key::SwarmKeys>>,
     pub mdns: bool,
     /// How often peers are pinged (liveness).
     pub ping_every: Duration,
@@ -80,7 +81,7 @@ fn setup_err(e: impl std::fmt::Display) -> NetError {
 /// Returns the client to send with, the events heard from peers, and the
 /// loop, which the caller spawns ([`EventLoop::run`]).
 pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventLoop), NetError> {
-    let psk = cfg.swarm_key;
+    let psk = cfg.swarm_key.clone();
     let ping_every = cfg.ping_every;
     let mdns_on = cfg.mdns;
     let connections_per_peer = cfg.connections_per_peer;
@@ -98,7 +99,13 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
             let base = match psk {
-                Some(psk) => Either::Left(tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))),
+                Some(keys) => Either::Left(tcp.and_then(move |socket, endpoint| {
+                    let dialed = match endpoint {
+                        libp2p::core::ConnectedPoint::Dialer { address, .. } => Some(address),
+                        libp2p::core::ConnectedPoint::Listener { .. } => None,
+                    };
+                    keys.handshake(socket, dialed)
+                })),
                 None => Either::Right(tcp),
             };
             Ok(base
@@ -210,6 +217,7 @@ pub fn new(cfg: NetConfig) -> Result<(NetClient, mpsc::Receiver<Inbound>, EventL
         outbound_per_peer,
         protocol,
         partition: cfg.partition,
+        swarm_keys: cfg.swarm_key,
         cut_off: HashSet::new(),
         revocations: super::revocations::Revocations::load(cfg.authority, cfg.revocations),
         known: HashMap::new(),

@@ -160,6 +160,7 @@ async fn main() {
         free_bytes: if attacks.contains("lie-holder") { u64::MAX } else { 1 << 40 },
         address: String::new(),
         version: env!("CARGO_PKG_VERSION").into(),
+        swarm_key: None,
     };
     // An operator key of the rogue's own making, which its own network
     // trusts: the revocations it signs go out in its hellos.
@@ -521,8 +522,14 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
     }
 }
 
-fn swarm_key(path: &str) -> libp2p::pnet::PreSharedKey {
-    backmesh_core::net::swarm_key::load(&PathBuf::from(path)).unwrap_or_else(|e| {
+fn swarm_key(path: &str) -> std::sync::Arc<backmesh_core::net::swarm_key::SwarmKeys> {
+    let keys = backmesh_core::net::swarm_key::SwarmKeys::open(
+        &PathBuf::from(path),
+        None,
+        Duration::from_secs(60),
+        backmesh_core::clock::now_ms(),
+    );
+    keys.unwrap_or_else(|e| {
         eprintln!("backmesh-rogue: {e}");
         std::process::exit(2)
     })

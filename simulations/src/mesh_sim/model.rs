@@ -318,5 +318,6 @@ pub(crate) fn info_of(name: &str) -> NodeInfo {
         free_bytes: 100 << 30,
         address: String::new(),
         version: String::new(),
+        swarm_key: None,
     }
 }

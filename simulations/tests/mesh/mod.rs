@@ -15,6 +15,7 @@ mod offsite;
 mod plugins;
 mod replication;
 mod rogue;
+mod rotation;
 mod upgrade;
 
 const T: Duration = Duration::from_secs(30);
