@@ -376,7 +376,7 @@ async fn offsite_archives(
     let (o, node, path) = (offsite.clone(), node.to_string(), path.to_string());
     let read = web::block(move || -> Result<Vec<backmesh_api::Archive>, backmesh_core::offsite::sync::OffsiteError> {
         // Once: a person waits for this answer, and it is only a marker.
-        let (listed, _) = o.archives_tries(&node, &path, 1)?;
+        let listed = o.archives_readable(&node, &path, 1)?;
         let mut out = Vec::new();
         for l in &listed {
             let mut a = backmesh_api::Archive {

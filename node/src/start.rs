@@ -145,7 +145,9 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         Some(o) => {
             use backmesh_core::offsite::{sync::Offsite, Bucket, Secret};
             let secret = Secret::find(o.credentials.as_deref()).map_err(|e| anyhow!("--offsite: {e}"))?;
-            let bucket = Bucket::new(o.target.clone(), &secret, o.rate).map_err(|e| anyhow!("--offsite: {e}"))?;
+            let mut bucket = Bucket::new(o.target.clone(), &secret, o.rate).map_err(|e| anyhow!("--offsite: {e}"))?;
+            // With Object Lock on in the bucket, objects are locked past the grace period.
+            bucket.set_grace(cfg.keep.grace);
             Some(std::sync::Arc::new(Offsite::new(bucket, peer_id.to_string())))
         }
     };
@@ -207,8 +209,14 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             let probe = offsite.clone();
             actix::spawn(async move {
                 let shown = probe.bucket.target().shown();
-                match tokio::task::spawn_blocking(move || probe.bucket.check()).await {
-                    Ok(Ok(())) => tracing::info!("offsite: {shown} is reachable; copies go there"),
+                match tokio::task::spawn_blocking(move || probe.bucket.check().and_then(|()| probe.bucket.lock())).await
+                {
+                    Ok(Ok(None)) => tracing::info!("offsite: {shown} is reachable; copies go there"),
+                    Ok(Ok(Some(grace))) => tracing::info!(
+                        "offsite: {shown} is reachable, with Object Lock on: every copy that goes there is locked \
+                         (COMPLIANCE) for {} hours, so that the bucket's keys cannot delete it",
+                        backmesh_core::offsite::locked::lock_period(grace).as_secs() / 3600
+                    ),
                     Ok(Err(e)) => tracing::error!("offsite: {e}; backups go on, and the bucket is tried again"),
                     Err(e) => tracing::error!("offsite: the check crashed: {e}"),
                 }

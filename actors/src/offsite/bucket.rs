@@ -19,9 +19,9 @@ use rusty_s3::{Credentials, UrlStyle};
 /// Tries of one request before it is given up.
 pub const ATTEMPTS: u32 = 4;
 /// How long a presigned request stays valid (it is sent at once).
-const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
+pub(super) const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 /// The largest object read back (the largest manifest or member).
-const MAX_OBJECT: u64 = 1 << 30;
+pub(super) const MAX_OBJECT: u64 = 1 << 30;
 
 /// Where offsite copies go, as the operator gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,17 +234,23 @@ impl Throttle {
 /// A bucket and the way to it.
 pub struct Bucket {
     target: OffsiteTarget,
-    bucket: rusty_s3::Bucket,
-    creds: Credentials,
+    pub(super) bucket: rusty_s3::Bucket,
+    pub(super) creds: Credentials,
     agent: ureq::Agent,
     throttle: Option<Throttle>,
     endpoint: String,
+    /// How long each object written is locked for (S3 Object Lock,
+    /// COMPLIANCE) when the bucket has Object Lock on: the node's grace
+    /// period ([`super::locked`]).
+    pub(super) grace: Option<Duration>,
+    /// Whether the bucket has Object Lock on, once it said.
+    pub(super) lock_on: std::sync::OnceLock<bool>,
 }
 
 /// What came back from one request.
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) body: Vec<u8>,
     date_ms: Option<i64>,
     modified_ms: Option<i64>,
     len: Option<u64>,
@@ -256,7 +262,7 @@ fn http_date_ms(text: &str) -> Option<i64> {
 }
 
 /// The `Code` of an S3 error document, if the body is one.
-fn error_code(body: &[u8]) -> String {
+pub(super) fn error_code(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let code = text.split_once("<Code>").and_then(|(_, r)| r.split_once("</Code>")).map(|(c, _)| c.to_string());
     code.unwrap_or_default()
@@ -286,18 +292,27 @@ impl Bucket {
             .timeout_global(Some(Duration::from_secs(300)))
             .build()
             .into();
-        Ok(Bucket { target, bucket, creds, agent, throttle: rate.map(Throttle::new), endpoint })
+        Ok(Bucket {
+            target,
+            bucket,
+            creds,
+            agent,
+            throttle: rate.map(Throttle::new),
+            endpoint,
+            grace: None,
+            lock_on: Default::default(),
+        })
     }
 
     pub fn target(&self) -> &OffsiteTarget {
         &self.target
     }
 
-    fn full(&self, key: &str) -> String {
+    pub(super) fn full(&self, key: &str) -> String {
         format!("{}{key}", self.target.prefix)
     }
 
-    fn fail(&self, op: &'static str, key: &str, a: &Answer) -> BucketError {
+    pub(super) fn fail(&self, op: &'static str, key: &str, a: &Answer) -> BucketError {
         let bucket = self.target.shown();
         let code = error_code(&a.body);
         match (a.status, code.as_str()) {
@@ -326,6 +341,20 @@ impl Bucket {
         tries: u32,
         limit: u64,
     ) -> Result<Answer, BucketError> {
+        self.send_with(method, url, body, &[], tries, limit)
+    }
+
+    /// [`Bucket::send_tries`] with `headers`, which must be those the
+    /// request was signed with.
+    pub(super) fn send_with(
+        &self,
+        method: &'static str,
+        url: &url::Url,
+        body: Option<&[u8]>,
+        headers: &[(&str, String)],
+        tries: u32,
+        limit: u64,
+    ) -> Result<Answer, BucketError> {
         let mut last = String::new();
         let mut answered = false;
         for attempt in 0..tries {
@@ -334,7 +363,13 @@ impl Bucket {
             }
             let timeout = Some(if tries == 1 { Duration::from_secs(10) } else { Duration::from_secs(300) });
             let sent = match (method, body) {
-                ("PUT", Some(b)) => self.agent.put(url.as_str()).config().timeout_global(timeout).build().send(b),
+                ("PUT", Some(b)) => {
+                    let mut r = self.agent.put(url.as_str()).config().timeout_global(timeout).build();
+                    for (name, value) in headers {
+                        r = r.header(*name, value.as_str());
+                    }
+                    r.send(b)
+                }
                 ("DELETE", _) => self.agent.delete(url.as_str()).config().timeout_global(timeout).build().call(),
                 ("HEAD", _) => self.agent.head(url.as_str()).config().timeout_global(timeout).build().call(),
                 _ => self.agent.get(url.as_str()).config().timeout_global(timeout).build().call(),
@@ -356,10 +391,13 @@ impl Bucket {
                     let key = url.path().to_string();
                     return Err(BucketError::TooLarge { bucket: self.target.shown(), key, limit });
                 }
+                // An error document is read whole, whatever the object's
+                // limit (a missing small member answers more than its size).
+                let limit = if status == 200 { limit } else { limit.max(64 << 10) };
                 // One byte past the limit tells a too large answer from one that fits.
                 let read = r.body_mut().with_config().limit(limit.saturating_add(1)).reader().read_to_end(&mut out);
                 if let Err(e) = read {
-                    (last, answered) = (format!("the answer broke off: {e}"), true);
+                    (last, answered) = (format!("the answer for {} broke off ({status}): {e}", url.path()), true);
                     continue;
                 }
                 if out.len() as u64 > limit {
@@ -368,7 +406,8 @@ impl Bucket {
                 }
             }
             let a = Answer { status, body: out, date_ms, modified_ms: modified_ms.and_then(|m| http_date_ms(&m)), len };
-            if status >= 500 || status == 429 {
+            // 501 Not Implemented will not pass: the caller hears it.
+            if (status >= 500 && status != 501) || status == 429 {
                 (last, answered) = (format!("answered {status} {}", error_code(&a.body)), true);
                 continue;
             }
@@ -388,8 +427,13 @@ impl Bucket {
             t.take(data.len() as u64);
         }
         let full = self.full(key);
-        let url = rusty_s3::actions::PutObject::new(&self.bucket, Some(&self.creds), &full).sign(SIGNED_FOR);
-        let a = self.send("PUT", &url, Some(data))?;
+        let mut action = rusty_s3::actions::PutObject::new(&self.bucket, Some(&self.creds), &full);
+        let headers = self.lock_headers(key, data)?;
+        for (name, value) in &headers {
+            action.headers_mut().insert(*name, value.clone());
+        }
+        let url = action.sign(SIGNED_FOR);
+        let a = self.send_with("PUT", &url, Some(data), &headers, ATTEMPTS, MAX_OBJECT)?;
         if (200..300).contains(&a.status) {
             Ok(())
         } else {
@@ -549,7 +593,7 @@ struct ListedObject {
 /// A listed key decoded (`encoding-type=url`): `%XX` sequences, and `+`
 /// for a space. Backmesh's own keys hold neither `+` nor a space (the
 /// prefix may not: [`OffsiteTarget::parse`]).
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(b.len());

@@ -29,12 +29,17 @@
 //! [`LOCK_STALE_MS`] by the storage's own clock are those of processes that
 //! died; live holders write theirs again well before.
 //!
+//! **Object Lock.** In a bucket with Object Lock on, what is written is
+//! locked past the grace period, and a restore reads past delete markers
+//! and replaced objects ([`locked`]).
+//!
 //! **Trust.** What comes back from the bucket is checked as what comes
 //! from a peer: every member against its digest, every manifest against
 //! its node's seal (see [`crate::store::Store::check_origin`]).
 
 pub mod actor;
 pub mod bucket;
+pub mod locked;
 pub mod plan;
 pub mod sync;
 #[doc(hidden)]

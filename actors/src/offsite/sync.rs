@@ -109,6 +109,9 @@ pub struct Offsite {
     pub unused_grace_ms: i64,
     /// The newest archive of every series in the bucket, and when listed.
     index: Mutex<Option<(Instant, std::sync::Arc<NewestIndex>)>>,
+    /// Members whose Object Lock this node set or extended, and until
+    /// when (ms): extended again only once less than a grace period is left.
+    retained: Mutex<HashMap<Digest, i64>>,
 }
 
 /// Series directory ([`super::series_dir`]) → (order, id) of its newest archive in the bucket.
@@ -173,7 +176,14 @@ pub struct Listed {
 
 impl Offsite {
     pub fn new(bucket: Bucket, me: String) -> Self {
-        Offsite { bucket, me, stop: AtomicBool::new(false), unused_grace_ms: UNUSED_GRACE_MS, index: Mutex::new(None) }
+        Offsite {
+            bucket,
+            me,
+            stop: AtomicBool::new(false),
+            unused_grace_ms: UNUSED_GRACE_MS,
+            index: Mutex::new(None),
+            retained: Mutex::new(HashMap::new()),
+        }
     }
 
     fn shown(&self) -> String {
@@ -242,6 +252,27 @@ impl Offsite {
             .collect();
         out.sort_by(|a, b| (b.order_ms, &b.id).cmp(&(a.order_ms, &a.id)));
         Ok((out, now))
+    }
+
+    /// The archives of (node, path) that can be read back, newest first:
+    /// with Object Lock on, also those whose newest version was deleted or
+    /// replaced since (a restore reads past those: [`Bucket::get_good`]).
+    pub fn archives_readable(&self, node: &str, path: &str, tries: u32) -> Result<Vec<Listed>, OffsiteError> {
+        if self.bucket.lock()?.is_none() {
+            return Ok(self.archives_tries(node, path, tries)?.0);
+        }
+        let mut seen = HashSet::new();
+        let mut out: Vec<Listed> = Vec::new();
+        for v in self.bucket.versions(&series_dir(node, path))?.into_iter().filter(|v| !v.marker) {
+            if !seen.insert(v.key.clone()) {
+                continue;
+            }
+            if let Some((order_ms, id)) = parse_manifest_name(&v.key) {
+                out.push(Listed { order_ms, id, key: v.key, modified_ms: v.modified_ms });
+            }
+        }
+        out.sort_by(|a, b| (b.order_ms, &b.id).cmp(&(a.order_ms, &a.id)));
+        Ok(out)
     }
 
     /// Brings the series (node, path) up to date in the bucket. Retention
@@ -382,6 +413,12 @@ impl Offsite {
         };
         let (sent, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
         let lock = Mutex::new(lock);
+        let locked_for = self.bucket.lock()?;
+        let now = crate::clock::now_ms();
+        let until = locked_for.map(|g| now.saturating_add(super::locked::lock_period(g).as_millis() as i64));
+        let retained = |d: &Digest, until: i64| {
+            self.retained.lock().unwrap_or_else(|p| p.into_inner()).insert(*d, until);
+        };
         self.each(&unknown, |d| {
             let key = member_key(d);
             let there = match &listed {
@@ -391,12 +428,31 @@ impl Offsite {
             if !there {
                 let data = store.read_member_checked(d)?;
                 self.bucket.put(&key, &data)?;
+                if let Some(until) = until {
+                    retained(d, until);
+                }
                 sent.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             lock.lock().unwrap_or_else(|p| p.into_inner()).refresh()?;
             Ok(())
         })?;
+        // Under Object Lock, every member this archive relies on stays
+        // locked for at least the grace period from now: those written
+        // before have their lock extended once less than that is left.
+        if let (Some(grace), Some(until)) = (locked_for, until) {
+            let enough = now.saturating_add(grace.as_millis() as i64);
+            let due: Vec<Digest> = {
+                let r = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+                members.iter().filter(|d| r.get(*d).is_none_or(|u| *u < enough)).copied().collect()
+            };
+            self.each(&due, |d| {
+                self.bucket.retain(&member_key(d), until)?;
+                retained(d, until);
+                lock.lock().unwrap_or_else(|p| p.into_inner()).refresh()?;
+                Ok(())
+            })?;
+        }
         // The members found there are safe only while the lock stood.
         let lock = lock.into_inner().unwrap_or_else(|p| p.into_inner());
         if !lock.still_held()? {
@@ -481,12 +537,20 @@ impl Offsite {
     /// archive (not yet against its node's seal: [`Store::check_origin`]).
     pub fn manifest(&self, node: &str, path: &str, l: &Listed) -> Result<Manifest, OffsiteError> {
         let bad = |why: String| OffsiteError::BadManifest { bucket: self.shown(), key: l.key.clone(), why };
-        let bytes = self.bucket.get(&l.key)?.ok_or_else(|| bad("it went away while read".into()))?;
-        let m = Manifest::decode_from_peer(&bytes).map_err(|e| bad(e.to_string()))?;
-        if m.node != node || m.path != path || m.id != l.id || m.order() != l.order_ms {
-            return Err(bad(format!("it holds archive {} of {} of node {}", m.id, m.path, m.node)));
+        let read = |bytes: &[u8]| -> Result<Manifest, String> {
+            let m = Manifest::decode_from_peer(bytes).map_err(|e| e.to_string())?;
+            if m.node != node || m.path != path || m.id != l.id || m.order() != l.order_ms {
+                return Err(format!("it holds archive {} of {} of node {}", m.id, m.path, m.node));
+            }
+            Ok(m)
+        };
+        // The newest version that reads back as this archive (with Object
+        // Lock on, past a version that was deleted or replaced).
+        if let Some(bytes) = self.bucket.get_good(&l.key, u64::MAX, &|b| read(b).is_ok())? {
+            return read(&bytes).map_err(bad);
         }
-        Ok(m)
+        let bytes = self.bucket.get(&l.key)?.ok_or_else(|| bad("it went away while read".into()))?;
+        read(&bytes).map_err(bad)
     }
 
     /// Reads archive `id` (or the newest) of (node, path) from the bucket
@@ -502,7 +566,7 @@ impl Offsite {
         id: Option<&str>,
         claimant: Option<&str>,
     ) -> Result<Manifest, OffsiteError> {
-        let (listed, _) = self.archives(node, path)?;
+        let listed = self.archives_readable(node, path, super::bucket::ATTEMPTS)?;
         let candidates: Vec<&Listed> = match id {
             Some(id) => listed.iter().filter(|l| l.id == id).collect(),
             None => listed.iter().collect(),
@@ -570,8 +634,8 @@ impl Offsite {
     fn fetch_members(&self, want: &[(Digest, u64)], id: &str) -> Result<Vec<(Digest, Vec<u8>)>, OffsiteError> {
         let out: Mutex<Vec<(Digest, Vec<u8>)>> = Mutex::new(Vec::with_capacity(want.len()));
         let missing = |d: &Digest| OffsiteError::NotInBucket { bucket: self.shown(), digest: *d, id: id.to_string() };
-        self.each(want, |(d, size)| match self.bucket.get_limited(&member_key(d), *size)? {
-            Some(data) if Digest::of(&data) == *d => {
+        self.each(want, |(d, size)| match self.bucket.get_good(&member_key(d), *size, &|b| Digest::of(b) == *d)? {
+            Some(data) => {
                 out.lock().unwrap_or_else(|p| p.into_inner()).push((*d, data));
                 Ok(())
             }

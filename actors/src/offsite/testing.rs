@@ -111,6 +111,15 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// [`S3Server::bucket`], the bucket made with Object Lock on.
+    pub fn bucket_locked(&self, name: &str, prefix: &str) -> Bucket {
+        let b = self.bucket_as(name, prefix, "testing", "testing");
+        b.create_locked().unwrap_or_else(|e| panic!("create bucket {name} with Object Lock: {e}"));
+        b
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -235,3 +235,94 @@ fn offsite_settings_that_cannot_work_are_refused_at_start() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no [default] section"), "{err}");
 }
+
+#[test]
+fn stolen_s3_keys_cannot_delete_what_object_lock_keeps() {
+    let s3 = S3Server::start().unwrap_or_else(|e| panic!("{e}"));
+    // Made as docs/operations.md says: Object Lock on. The thief holds the
+    // same S3 keys as every node.
+    let thief = s3.bucket_locked("locked", "cluster-b");
+    let mut mesh = Mesh::new();
+    mesh.env = vec![("AWS_ACCESS_KEY_ID".into(), "testing".into()), ("AWS_SECRET_ACCESS_KEY".into(), "testing".into())];
+    let extra: Vec<String> =
+        ["--offsite", "s3://locked/cluster-b", "--offsite-endpoint", &s3.endpoint, "--replicas", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), &extra);
+        assert!(mesh.wait_ready(n, Duration::from_secs(30)), "{}", mesh.nodes[n].log_text());
+    }
+    assert!(wait_until(LONG, || (0..3).all(|i| mesh.up_names(i).len() == 3)));
+    assert!(
+        wait_until(LONG, || mesh.nodes[0].log_text().contains("with Object Lock on")),
+        "{}",
+        mesh.nodes[0].log_text()
+    );
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_slow_tree(&src, 30, 11);
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    let mut versions = Vec::new();
+    for round in 0..2 {
+        std::fs::write(src.join("round"), format!("{round}")).unwrap();
+        let o: RunOutcome = mesh.cli_json(0, &["run", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
+        let copy = mesh.root.path().join(format!("version-{round}"));
+        assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).status().unwrap().success());
+        versions.push((o.archive.clone().unwrap_or_else(|| panic!("no archive: {o:?}")), copy));
+    }
+    assert!(
+        wait_until(LONG, || offsite_state(&mesh, 0, "n1", &s).as_deref() == Some("current")),
+        "{:?}\n{}",
+        offsite_state(&mesh, 0, "n1", &s),
+        mesh.nodes[0].log_text()
+    );
+    // The whole mesh is lost (the ransomware case), and the thief then
+    // deletes every object it can see, tries to delete every version for
+    // good, and writes junk over one member.
+    for i in 0..3 {
+        mesh.kill9(i);
+        std::fs::remove_dir_all(&mesh.nodes[i].dir).unwrap();
+    }
+    let (objects, _) = thief.list("").unwrap();
+    let ours: Vec<String> = objects.into_iter().map(|o| o.key).filter(|k| !k.starts_with("locks/")).collect();
+    assert!(ours.iter().any(|k| k.starts_with("manifests/")) && ours.iter().any(|k| k.starts_with("members/")));
+    for k in &ours {
+        thief.delete(k).unwrap();
+    }
+    let (left, _) = thief.list("").unwrap();
+    assert!(left.iter().all(|o| o.key.starts_with("locks/")), "a plain listing shows nothing more: {left:?}");
+    let mut refused = 0;
+    for v in thief.versions("").unwrap().iter().filter(|v| !v.marker && !v.key.starts_with("locks/")) {
+        match thief.delete_version(&v.key, &v.version_id) {
+            Ok(()) => panic!("the bucket deleted locked version {} of {}", v.version_id, v.key),
+            Err(e) => {
+                assert!(e.to_string().contains("not allowed") || e.to_string().contains("Denied"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= ours.len(), "{refused} of {} refused", ours.len());
+    let junked = ours.iter().find(|k| k.starts_with("members/")).unwrap();
+    thief.put(junked, b"junk").unwrap();
+    // A brand-new node restores every archive exactly, reading past the
+    // thief's delete markers and junk.
+    let fresh = mesh.start("n9", None, &extra);
+    assert!(mesh.wait_ready(fresh, Duration::from_secs(30)), "{}", mesh.nodes[fresh].log_text());
+    for (n, (id, copy)) in versions.iter().enumerate() {
+        let to = mesh.root.path().join(format!("restored-{n}"));
+        let out = mesh.cli(fresh, &["restore", "n1", &s, "--archive", id, "--on", "n9", "--to", to.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            mesh.nodes[fresh].log_text()
+        );
+        assert_eq!(tree_differences(copy, &to), Vec::<String>::new(), "archive {n}");
+    }
+    let b: backmesh_api::Backups = mesh.cli_json(fresh, &["backups", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(b.archives.len(), 2, "{b:#?}");
+    assert!(mesh.nodes[fresh].log_text().contains("older version"), "{}", mesh.nodes[fresh].log_text());
+}
