@@ -13,6 +13,13 @@
 //!
 //! Transitions: → `failing` sends `failure`; → `stale` sends `stale`;
 //! `failing`/`stale` → `ok` sends `recovery`.
+//!
+//! Anomalies ([`anomaly`]): a series whose newest archive is suddenly
+//! much larger or smaller than the ones before (data encrypted, or
+//! deleted), or that made more archives in one period of its schedule
+//! than holders take at once (a flood), sends `anomaly`, once per archive.
+//! It is told by another node than the series' own (the first live one
+//! in rendezvous order): a node that goes wrong does not get to hide it.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -24,7 +31,7 @@ use crate::clock::{now_ms, rfc3339};
 use crate::jobs::plugin::{run_hook, Programs};
 use crate::log::actor::{Append, GetJobs, GetNotified, LogActor};
 use crate::log::entry::Event;
-use crate::log::views::{job_state, JobView};
+use crate::log::views::{job_state, CatalogArchive, JobView};
 use crate::net::actor::{GetPeers, MembershipActor};
 use crate::placement::{rank, Candidate};
 
@@ -50,6 +57,69 @@ pub struct NotifyActor {
     started: std::time::Instant,
     /// Whether a job's notification command may run here (`--allow-programs`).
     programs: Programs,
+    /// The archive each series' last anomaly was told for.
+    anomalies: std::collections::HashMap<(String, String), String>,
+    /// When anomalies were last looked for.
+    anomalies_at: Option<std::time::Instant>,
+}
+
+/// An archive this much larger or smaller than the median of the ones
+/// before it is a sudden change…
+const SIZE_FACTOR: u64 = 2;
+/// …when it differs from it by at least this much.
+const SIZE_CHANGE: u64 = 1 << 20;
+/// Anomalies are looked for this often.
+const ANOMALIES_EVERY: Duration = Duration::from_secs(10);
+
+/// A sudden change in a series (`catalog`: its archives, in any order):
+/// the newest archive's id and what changed, in words.
+pub fn anomaly(every_min: u64, catalog: &[CatalogArchive]) -> Option<(String, String)> {
+    let mut made: Vec<(i64, &CatalogArchive)> =
+        catalog.iter().filter_map(|a| Some((a.created.as_ref()?.wall_ms, a))).collect();
+    made.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+    let (newest_ms, newest) = *made.first()?;
+    let period_min = every_min.max(1);
+    let period_ms = period_min as i64 * 60_000;
+    let burst = crate::replica::arrivals::BURST as usize;
+    let in_one_period = made.iter().filter(|(t, _)| newest_ms - t < period_ms).count();
+    if in_one_period > burst {
+        return Some((
+            newest.id.clone(),
+            format!(
+                "{in_one_period} archives in less than {period_min} min, and it backs up every {every_min} min: \
+                 holders take {burst} at once, then one per period"
+            ),
+        ));
+    }
+    let mut before: Vec<u64> = made.iter().skip(1).take(9).map(|(_, a)| a.size).filter(|s| *s > 0).collect();
+    if before.len() < 3 {
+        return None;
+    }
+    before.sort_unstable();
+    let median = before[before.len() / 2];
+    let size = newest.size;
+    let sudden = (size >= median.saturating_mul(SIZE_FACTOR) || size.saturating_mul(SIZE_FACTOR) <= median)
+        && size.abs_diff(median) >= SIZE_CHANGE;
+    sudden.then(|| {
+        (
+            newest.id.clone(),
+            format!(
+                "archive {} is {}, {:.1}x the median of the {} before it ({}): data encrypted, or deleted?",
+                newest.id,
+                backmesh_api::human_bytes(size),
+                size as f64 / median.max(1) as f64,
+                before.len(),
+                backmesh_api::human_bytes(median)
+            ),
+        )
+    })
+}
+
+/// Who tells an anomaly of (node, path): the first live node in rendezvous
+/// order other than the series' own, or that node when it is alone.
+pub fn anomaly_notifier(node: &str, path: &str, live: &[Candidate]) -> Option<String> {
+    let others: Vec<Candidate> = live.iter().filter(|c| c.name != node).cloned().collect();
+    notifier(node, path, &others).or_else(|| notifier(node, path, live))
 }
 
 /// A node just started tells nothing for this long, so that its log can
@@ -58,7 +128,16 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 impl NotifyActor {
     pub fn new(me: String, log: Addr<LogActor>, membership: Addr<MembershipActor>, programs: Programs) -> Self {
-        NotifyActor { me, log, membership, sending: HashSet::new(), started: std::time::Instant::now(), programs }
+        NotifyActor {
+            me,
+            log,
+            membership,
+            sending: HashSet::new(),
+            started: std::time::Instant::now(),
+            programs,
+            anomalies: Default::default(),
+            anomalies_at: None,
+        }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -66,14 +145,23 @@ impl NotifyActor {
             return;
         }
         let (log, membership) = (self.log.clone(), self.membership.clone());
+        let look = self.anomalies_at.is_none_or(|at| at.elapsed() >= ANOMALIES_EVERY);
+        if look {
+            self.anomalies_at = Some(std::time::Instant::now());
+        }
         let work = async move {
             let jobs = log.send(GetJobs).await.ok()?;
             let told = log.send(GetNotified).await.ok()?;
             let peers = membership.send(GetPeers).await.ok()?;
-            Some((jobs, told, peers))
+            let mut catalogs = Vec::new();
+            for j in jobs.iter().filter(|j| look && (!j.spec.notify.is_empty() || j.spec.notify_cmd.is_some())) {
+                let c = log.send(crate::log::actor::GetCatalog { node: j.node.clone(), path: j.path.clone() });
+                catalogs.push((j.clone(), c.await.ok()?));
+            }
+            Some((jobs, told, peers, catalogs))
         };
         ctx.spawn(work.into_actor(self).map(|found, act, ctx| {
-            let Some((jobs, told, (me, peers))) = found else { return };
+            let Some((jobs, told, (me, peers), catalogs)) = found else { return };
             let now = now_ms();
             let mut live: Vec<Candidate> = peers
                 .iter()
@@ -81,6 +169,36 @@ impl NotifyActor {
                 .map(|p| Candidate { peer_id: p.peer_id.clone(), name: p.name.clone(), free_bytes: 0 })
                 .collect();
             live.push(Candidate { peer_id: me.peer_id.clone(), name: me.name.clone(), free_bytes: 0 });
+            for (j, catalog) in &catalogs {
+                let Some((archive, detail)) = anomaly(j.every_min, catalog) else { continue };
+                let key = (j.node.clone(), j.path.clone());
+                if act.anomalies.get(&key) == Some(&archive)
+                    || anomaly_notifier(&j.node, &j.path, &live).as_deref() != Some(act.me.as_str())
+                {
+                    continue;
+                }
+                act.anomalies.insert(key.clone(), archive);
+                tracing::warn!("anomaly in {} of {}: {detail}", j.path, j.node);
+                let n = Notification {
+                    event: Notice::Anomaly,
+                    node: j.node.clone(),
+                    path: j.path.clone(),
+                    state: job_state(j, now, crate::clock::minute_ms()),
+                    error: None,
+                    detail: Some(detail),
+                    last_success: j.last_success.as_ref().map(|t| rfc3339(t.wall_ms)),
+                    every_min: j.every_min,
+                    notified_by: act.me.clone(),
+                    time: rfc3339(now),
+                };
+                let (job, programs) = (j.clone(), act.programs.clone());
+                actix::spawn(async move {
+                    let result = tokio::task::spawn_blocking(move || deliver(&job, &n, &programs)).await;
+                    if let Ok(Err(e)) | Err(e) = result.map_err(|e| NotDelivered(vec![e.to_string()])) {
+                        tracing::warn!("notification `anomaly` for {} on {} not delivered: {e}", key.1, key.0);
+                    }
+                });
+            }
             for j in jobs.iter().filter(|j| !j.spec.notify.is_empty() || j.spec.notify_cmd.is_some()) {
                 let key = (j.node.clone(), j.path.clone());
                 let state = job_state(j, now, crate::clock::minute_ms());
@@ -95,6 +213,7 @@ impl NotifyActor {
                     path: j.path.clone(),
                     state,
                     error: j.last.as_ref().and_then(|l| l.error.clone()).filter(|_| event == Notice::Failure),
+                    detail: None,
                     last_success: j.last_success.as_ref().map(|t| rfc3339(t.wall_ms)),
                     every_min: j.every_min,
                     notified_by: act.me.clone(),
@@ -148,6 +267,7 @@ fn deliver(job: &JobView, n: &Notification, programs: &Programs) -> Result<(), N
             ("BACKMESH_EVENT", n.event.as_str().to_string()),
             ("BACKMESH_STATE", n.state.as_str().to_string()),
             ("BACKMESH_ERROR", n.error.clone().unwrap_or_default()),
+            ("BACKMESH_DETAIL", n.detail.clone().unwrap_or_default()),
             ("BACKMESH_NOTIFICATION", body.clone()),
         ];
         if let Err(e) = run_hook("notify", cmd, &n.node, &n.path, &env, Duration::from_secs(60)) {
@@ -238,6 +358,56 @@ mod tests {
             .iter()
             .map(|n| Candidate { peer_id: format!("12D3KooW{n}"), name: n.to_string(), free_bytes: 1 << 30 })
             .collect()
+    }
+
+    fn archive(id: &str, minutes: i64, size: u64) -> CatalogArchive {
+        let created = crate::log::crdt::Stamp { wall_ms: minutes * 60_000, ..Default::default() };
+        CatalogArchive {
+            id: id.into(),
+            created: Some(created),
+            size,
+            files: 1,
+            warnings: 0,
+            holders: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_sudden_size_or_rate_is_an_anomaly_and_a_steady_series_is_not() {
+        let mib = 1 << 20;
+        // Hourly, steady around 10 MiB.
+        let steady: Vec<CatalogArchive> =
+            (0..5).map(|i| archive(&format!("a{i}"), i * 60, 10 * mib + i as u64)).collect();
+        assert_eq!(anomaly(60, &steady), None);
+        // The newest tripled (encrypted data does not compress).
+        let mut grown = steady.clone();
+        grown.push(archive("big", 5 * 60, 30 * mib));
+        let (id, said) = anomaly(60, &grown).unwrap();
+        assert_eq!(id, "big");
+        assert!(said.contains("3.0x the median of the 5 before it"), "{said}");
+        // Or fell to a tenth (data deleted).
+        let mut shrunk = steady.clone();
+        shrunk.push(archive("small", 5 * 60, mib));
+        assert_eq!(anomaly(60, &shrunk).unwrap().0, "small");
+        // Small series change by less than a MiB: no alarm.
+        let tiny: Vec<CatalogArchive> =
+            (0..4).map(|i| archive(&format!("t{i}"), i * 60, 1000 * (1 + 3 * (i / 3) as u64))).collect();
+        assert_eq!(anomaly(60, &tiny), None);
+        // Seven archives within one hour of an hourly series: a flood.
+        let flood: Vec<CatalogArchive> = (0..7).map(|i| archive(&format!("f{i}"), 600 + i, 10 * mib)).collect();
+        let (id, said) = anomaly(60, &[steady.clone(), flood].concat()).unwrap();
+        assert_eq!(id, "f6");
+        assert!(said.contains("7 archives in less than 60 min"), "{said}");
+        // Too little history: nothing said on size.
+        assert_eq!(anomaly(60, &[archive("x", 0, mib), archive("y", 60, 50 * mib)]), None);
+    }
+
+    #[test]
+    fn anomalies_are_told_by_another_node_than_the_series_own() {
+        let all = live(&["n1", "n2", "n3"]);
+        let by = anomaly_notifier("n1", "/p", &all).unwrap();
+        assert_ne!(by, "n1");
+        assert_eq!(anomaly_notifier("n1", "/p", &live(&["n1"])).as_deref(), Some("n1"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`proto`].
 
 pub mod actor;
+pub mod arrivals;
 pub mod holder;
 pub mod plan;
 pub mod proto;

@@ -114,6 +114,9 @@ pub struct Notification {
     pub state: JobState,
     /// The failure reason, for `failure`.
     pub error: Option<String>,
+    /// What changed, for `anomaly`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     pub last_success: Option<String>,
     pub every_min: u64,
     /// The node that sent this.

@@ -105,12 +105,17 @@ pub enum Notice {
     Stale,
     /// A success after a failure or staleness.
     Recovery,
+    /// A sudden change in the series' size or rate (`detail` says which):
+    /// what data encrypted, deleted or a flood of junk backups looks like.
+    /// Told by another node than the series' own, and not recorded in the
+    /// log (the log's `notified` is for the job's state).
+    Anomaly,
 }
 
 impl Notice {
-    /// The notice a word names (`failure`, `stale`, `recovery`).
+    /// The notice a word names (`failure`, `stale`, `recovery`, `anomaly`).
     pub fn parse(word: &str) -> Option<Notice> {
-        [Notice::Failure, Notice::Stale, Notice::Recovery].into_iter().find(|n| n.as_str() == word)
+        [Notice::Failure, Notice::Stale, Notice::Recovery, Notice::Anomaly].into_iter().find(|n| n.as_str() == word)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +123,7 @@ impl Notice {
             Notice::Failure => "failure",
             Notice::Stale => "stale",
             Notice::Recovery => "recovery",
+            Notice::Anomaly => "anomaly",
         }
     }
 }

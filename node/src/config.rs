@@ -64,6 +64,12 @@ pub struct RunArgs {
     /// younger one [default: 7d]. `0` deletes at once: only by choice.
     #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
     pub grace: Option<Grace>,
+    /// New archives of one series this node takes at once from that
+    /// series' node, before the series' schedule holds them to one per
+    /// period (`--every`, at most an hour apart): a node that goes wrong
+    /// cannot flood its holders faster than it backs up [default: 6].
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u32>,
     /// The most one other node's archives may take on this node: a size
     /// (500G, 2T) or a share (40%) of the room here, its free space plus
     /// what that node's archives already take [default: 50%]. An archive
@@ -198,6 +204,7 @@ struct FileConfig {
     keep: Option<usize>,
     keep_within: Option<String>,
     grace: Option<String>,
+    burst: Option<u32>,
     quota: Option<String>,
     site: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -270,6 +277,8 @@ pub struct NodeConfig {
     pub operator_keys: Vec<String>,
     pub replicas: usize,
     pub keep: Retention,
+    /// New archives of one series taken at once from its node (`--burst`).
+    pub burst: u32,
     pub quota: Quota,
     pub site: String,
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -436,6 +445,7 @@ impl NodeConfig {
                 };
                 Retention { keep, within, grace }
             },
+            burst: args.burst.or(file.burst).unwrap_or(backmesh_core::replica::arrivals::BURST).max(1),
             quota: match (args.quota, &file.quota) {
                 (Some(q), _) => q,
                 (None, Some(text)) => backmesh_core::replica::quota::parse_quota(text)

@@ -245,6 +245,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
                 sync_every: Duration::from_secs(2),
                 quota: cfg.quota,
                 protected: protected(&cfg),
+                burst: cfg.burst,
             },
         );
         let replica = match &offsite {

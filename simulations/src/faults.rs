@@ -750,6 +750,10 @@ pub fn run(cfg: &Config) -> Report {
         cfg.keep.to_string(),
         "--repair-after".into(),
         "5".into(),
+        // Schedules back up far faster than any `--every`: the flood
+        // bound (tested on its own) would hold copies back.
+        "--burst".into(),
+        "1000".into(),
     ]
     .into();
     let mut mesh = Mesh::new();

@@ -68,6 +68,9 @@ pub struct ReplicaConfig {
     pub quota: Quota,
     /// What no restore may write into, over or above.
     pub protected: super::restore::Protected,
+    /// New archives of one series taken at once from its node before its
+    /// schedule holds them ([`super::arrivals`]).
+    pub burst: u32,
 }
 
 /// A transfer request from another node (its peer id). Sender: the
@@ -189,6 +192,10 @@ pub struct ReplicaActor {
     /// Nodes the operator retired, and when: their series are collected
     /// here once the grace period has passed since.
     retired: BTreeMap<String, i64>,
+    /// Each job's schedule as of the last round, (node, path) → minutes.
+    schedules: Arc<HashMap<(String, String), u64>>,
+    /// New archives each series' node sent here lately (the flood bound).
+    arrivals: Arc<Mutex<super::arrivals::Arrivals>>,
 }
 
 /// How often the catalog's word on what this node keeps is checked against
@@ -219,6 +226,7 @@ impl ReplicaActor {
         cfg: ReplicaConfig,
     ) -> Self {
         let planner = Planner::new(me.clone(), cfg.replicas, cfg.repair_after.as_millis() as i64);
+        let arrivals = Arc::new(Mutex::new(super::arrivals::Arrivals::new(cfg.burst)));
         ReplicaActor {
             me,
             store,
@@ -238,6 +246,8 @@ impl ReplicaActor {
             worker: Worker::detached("copies"),
             authority: Arc::default(),
             candidates: Arc::default(),
+            schedules: Arc::default(),
+            arrivals,
             members: Arc::default(),
             retired: BTreeMap::new(),
         }
@@ -317,6 +327,9 @@ impl ReplicaActor {
         let work = async move {
             let peers = membership.send(GetPeers).await.ok()?;
             let origins = log.send(crate::log::actor::GetOrigins).await.ok()?;
+            let jobs = log.send(crate::log::actor::GetJobs).await.ok()?;
+            let schedules: HashMap<(String, String), u64> =
+                jobs.iter().map(|j| ((j.node.clone(), j.path.clone()), j.every_min)).collect();
             let claims = unique_claims(&peers.1, &origins);
             let held = tokio::task::spawn_blocking(move || {
                 // Every name the mesh agrees on is bound here on first
@@ -332,12 +345,13 @@ impl ReplicaActor {
             })
             .await
             .ok()?;
-            Some((peers, held))
+            Some((peers, held, schedules))
         };
         ctx.spawn(work.into_actor(self).map(move |found, act, ctx| {
             act.syncing = false;
-            let Some(((me, peers), (held, claims))) = found else { return };
+            let Some(((me, peers), (held, claims), schedules)) = found else { return };
             act.claimants = Arc::new(claims);
+            act.schedules = Arc::new(schedules);
             let now = crate::clock::now_ms();
             let plan = act.planner.plan(&me, &peers, &held, now);
             act.candidates = Arc::new(plan.candidates.clone());
@@ -658,6 +672,7 @@ impl ReplicaActor {
         }
         let (store, me, keep, quota) = (self.store.clone(), self.me.clone(), self.cfg.keep, self.cfg.quota);
         let (claimants, usage, members) = (self.claimants.clone(), self.usage.clone(), self.members.clone());
+        let (schedules, arrivals, from) = (self.schedules.clone(), self.arrivals.clone(), peer.clone());
         let work = tokio::task::spawn_blocking(move || {
             let free = free_bytes(store.root());
             let holder = Holder {
@@ -669,6 +684,9 @@ impl ReplicaActor {
                 usage: &usage,
                 claimants: &claimants,
                 members: &members,
+                from: &from,
+                schedules: &schedules,
+                arrivals: &arrivals,
             };
             serve(&holder, msg.request)
         });

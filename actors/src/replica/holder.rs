@@ -111,6 +111,33 @@ pub(crate) struct Holder<'a> {
     pub(crate) claimants: &'a HashMap<String, String>,
     /// The members of archives read lately.
     pub(crate) members: &'a super::reads::MemberSets,
+    /// The peer that sent the request.
+    pub(crate) from: &'a str,
+    /// Each job's schedule, (node, path) → minutes between runs.
+    pub(crate) schedules: &'a HashMap<(String, String), u64>,
+    /// New archives each series' node sent lately ([`super::arrivals`]).
+    pub(crate) arrivals: &'a Mutex<super::arrivals::Arrivals>,
+}
+
+/// Whether a new archive `m` its own node sends is within its series'
+/// schedule here ([`super::arrivals`]); with `take`, it is counted.
+/// Archives another node hands on are not counted.
+fn within_schedule(
+    h: &Holder,
+    m: &Manifest,
+    take: bool,
+    misdeed: &std::cell::RefCell<Option<Blame>>,
+) -> Result<(), XferResponse> {
+    if m.signer() != Some(h.from) {
+        return Ok(());
+    }
+    let every = h.schedules.get(&(m.node.clone(), m.path.clone())).copied();
+    let mut arrivals = h.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+    arrivals.admit(&m.node, &m.path, every, crate::clock::now_ms(), take).map_err(|what| {
+        let reason = format!("{}: node {} {what}", h.me, m.node);
+        *misdeed.borrow_mut() = Some(Blame::Limited { origin: m.signer().map(String::from), what });
+        XferResponse::OverQuota { reason }
+    })
 }
 
 pub(crate) fn serve(h: &Holder, request: XferRequest) -> Served {
@@ -203,6 +230,9 @@ pub(crate) fn answer(
             if store.has_archive(&m.node, &m.path, &m.id) {
                 return (XferResponse::Want { missing: Vec::new(), complete: true }, Vec::new());
             }
+            if let Err(refusal) = within_schedule(h, &m, false, misdeed) {
+                return (refusal, Vec::new());
+            }
             let missing = store.missing_members(&m);
             match room_for(h, &m, &missing, misdeed) {
                 Ok(()) => (XferResponse::Want { missing, complete: false }, Vec::new()),
@@ -233,6 +263,11 @@ pub(crate) fn answer(
                 Err(Refusal(e)) => return refused(e),
             };
             let had = store.has_archive(&m.node, &m.path, &m.id);
+            if !had {
+                if let Err(refusal) = within_schedule(h, &m, false, misdeed) {
+                    return (refusal, Vec::new());
+                }
+            }
             match store.adopt(&m) {
                 // Members still to come: held to the same room as an offer
                 // (a commit is no way around the quota).
@@ -244,6 +279,8 @@ pub(crate) fn answer(
                     usage.lock().unwrap_or_else(|p| p.into_inner()).committed(&m.node, &m.id);
                     let mut events = Vec::new();
                     if !had {
+                        // Counted once it is kept (checked above, so it fits).
+                        let _ = within_schedule(h, &m, true, misdeed);
                         let (node, path, archive, holder) = (m.node.clone(), m.path.clone(), m.id.clone(), me.into());
                         events.push(if repair {
                             Event::Repaired { node, path, archive, holder }

@@ -64,8 +64,8 @@ fn root_on_one_server_costs_that_server_alone() {
     }
     assert!(!elsewhere.exists());
     // 2. Its own history flushed with junk backups: pushed out of
-    // `backups`, not off the holders.
-    for junk in 0..3 {
+    // `backups`, not off the holders; and no faster than its schedule.
+    for junk in 0..8 {
         std::fs::write(mesh.root.path().join("n3-app/data.txt"), format!("encrypted junk {junk}\n")).unwrap();
         let out: RunOutcome = mesh.cli_answer(2, &["run", "n3", &s3]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.result, RunResult::Finished, "{out:#?}");
@@ -86,6 +86,19 @@ fn root_on_one_server_costs_that_server_alone() {
         wait_until(T, || hidden_on_holders(&mesh)),
         "{:#?}",
         mesh.cli_json::<Backups>(0, &["backups", "n3", &s3, "--hidden"])
+    );
+
+    // Past --burst (6) new archives at once, the holders take no more of
+    // the series for now (one per --every period), and say so.
+    let limited = |mesh: &Mesh, i: usize| {
+        mesh.status(i).is_some_and(|s| {
+            s.problems.iter().any(|p| p.starts_with("n3 (") && p.contains("than its schedule allows here"))
+        })
+    };
+    assert!(
+        wait_until(T, || limited(&mesh, 0) && limited(&mesh, 1)),
+        "{:#?}",
+        (mesh.status(0).map(|s| s.problems), mesh.status(1).map(|s| s.problems))
     );
 
     // 3. n3 stopped; its identity key and the swarm key in the rogue's hands.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backmesh_api::cli::RunOutcome;
 use backmesh_api::{Event, JobState, LogEntry, LogPage, Notice, Notification, PluginReport, RunResult};
-use backmesh_simulations::{wait_until, Mesh};
+use backmesh_simulations::{wait_until, write_slow_tree, Mesh};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -313,4 +313,54 @@ fn a_node_runs_no_program_its_operator_did_not_allow() {
     let out = mesh.cli(1, &["register", "n1", "/dump/x.txt", "--every", "60", "--source", "command", "--arg", "true"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!marker.exists());
+}
+
+#[test]
+fn a_series_that_suddenly_triples_is_told_as_an_anomaly_by_another_node() {
+    let mesh = Mesh::chain(&["n1", "n2", "n3"]);
+    let root = mesh.root.path().to_path_buf();
+    let (received, port_file) = (root.join("received.jsonl"), root.join("receiver.port"));
+    let _rx = Receiver(
+        Command::new("python3")
+            .arg(plugin("webhook-receiver.py"))
+            .args(["--port", "0", "--port-file", &port_file.to_string_lossy()])
+            .args(["--out", &received.to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    assert!(wait_until(LONG, || port_file.exists()), "the webhook receiver never listened");
+    let port = std::fs::read_to_string(&port_file).unwrap().trim().to_string();
+    let lines = || -> Vec<Notification> {
+        let text = std::fs::read_to_string(&received).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    // Three backups of about 1 MiB of data that does not compress.
+    let app = root.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    write_slow_tree(&app, 4, 3);
+    let a = app.to_string_lossy().into_owned();
+    register(&mesh, &["n1", &a, "--every", "600", "--notify", &format!("http://127.0.0.1:{port}/backmesh")]);
+    assert!(wait_until(LONG, || last_entry(&mesh, &a, "finished").is_some()));
+    for round in 0..2 {
+        std::fs::write(app.join("round"), format!("{round}")).unwrap();
+        assert!(done(&run(&mesh, "n1", &a)));
+    }
+    // Past the notifiers' settling time: a steady series is not told.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(lines().is_empty(), "{:?}", lines());
+    // Then it triples, as data encrypted in place would.
+    let more = app.join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    write_slow_tree(&more, 8, 4);
+    assert!(done(&run(&mesh, "n1", &a)));
+    assert!(wait_until(LONG, || !lines().is_empty()), "nothing told");
+    let n = &lines()[0];
+    assert_eq!((n.event, n.node.as_str(), n.path.as_str()), (Notice::Anomaly, "n1", a.as_str()), "{n:?}");
+    assert_ne!(n.notified_by, "n1", "told by another node than the series' own: {n:?}");
+    assert!(n.detail.as_deref().unwrap_or("").contains("the median of the 3 before it"), "{n:?}");
+    // Once per archive.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(lines().len(), 1, "{:?}", lines());
 }

@@ -59,7 +59,10 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     // a blink past --repair-after would rightly elect a fourth holder.
     // Retention exactly, without a grace period (by choice): what falls out
     // is deleted at once (the grace period has a test of its own).
-    let mut mesh = Mesh::chain_opts(&["n1", "n2", "n3", "n4", "n5"], &["--repair-after", "4", "--grace", "0"], 5);
+    // Twelve backups in quick succession: past the flood bound's six
+    // (--burst), which has a test of its own.
+    let mut mesh =
+        Mesh::chain_opts(&["n1", "n2", "n3", "n4", "n5"], &["--repair-after", "4", "--grace", "0", "--burst", "20"], 5);
     let src = mesh.root.path().join("src");
     std::fs::create_dir_all(src.join("conf")).unwrap();
     write_slow_tree(&src, 100, 1);
