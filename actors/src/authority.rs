@@ -32,6 +32,9 @@ pub enum TrustChange {
     /// Refuse identity `peer` (node `node`'s key); `retired_ms`: and
     /// collect its series after the grace period, counted from then.
     Revoke { node: String, peer: String, retired_ms: Option<i64> },
+    /// Node name `node` is identity `peer` from `at_ms` on, and was
+    /// `former` before.
+    Rebind { node: String, peer: String, former: String, at_ms: i64 },
     /// Trust operator key `operator`, or no longer (`trusted: false`), as of `at_ms`.
     Operator { operator: String, trusted: bool, at_ms: i64 },
 }
@@ -190,6 +193,10 @@ impl Authority {
         match order.act {
             Act::Revoke { node, peer } => Ok(TrustChange::Revoke { node, peer, retired_ms: None }),
             Act::Retire { node, peer } => Ok(TrustChange::Revoke { node, peer, retired_ms: Some(at_ms) }),
+            Act::Rebind { peer, former, .. } if peer == former => {
+                Err(OrderError::Unreadable("a rebind to the same identity".into()))
+            }
+            Act::Rebind { node, peer, former } => Ok(TrustChange::Rebind { node, peer, former, at_ms }),
             Act::Trust { operator } | Act::Distrust { operator }
                 if backmesh_api::order::public_key(&operator).is_err() =>
             {

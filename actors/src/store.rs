@@ -66,6 +66,19 @@ pub fn origin_bound(kv: &dyn KvStore, node: &str) -> Result<Option<String>, Stor
     Ok(kv.get(ORIGINS, node.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
 }
 
+/// Node name → the identities it had before the operator bound it again
+/// (`backmesh rebind`), each with when it stopped being that node's (ms).
+pub(crate) const FORMER_ORIGINS: &str = "origins-former";
+
+/// The identities node `node` had before it was bound again, and until
+/// when each was its own (ms).
+pub fn origin_former(kv: &dyn KvStore, node: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    match kv.get(FORMER_ORIGINS, node.as_bytes())? {
+        Some(v) => from_cbor(&v),
+        None => Ok(Vec::new()),
+    }
+}
+
 pub struct Store {
     root: PathBuf,
     kv: Arc<dyn KvStore>,
@@ -227,6 +240,21 @@ impl Store {
         Ok(peer.to_string())
     }
 
+    /// Binds node name `node` to peer id `peer` from `at_ms` on, in place
+    /// of `former`, under the operator's order (a rebuilt server): what
+    /// `former` sealed before `at_ms` stays that node's. Idempotent.
+    pub fn rebind_origin(&self, node: &str, peer: &str, former: &str, at_ms: i64) -> Result<(), StoreError> {
+        let _one_at_a_time = self.bind_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut was = origin_former(self.kv.as_ref(), node)?;
+        if !was.iter().any(|(p, _)| p == former) {
+            was.push((former.to_string(), at_ms));
+            self.kv.put(FORMER_ORIGINS, node.as_bytes(), &cbor(&was))?;
+        }
+        self.kv.put(ORIGINS, node.as_bytes(), peer.as_bytes())?;
+        self.kv.flush()?;
+        Ok(())
+    }
+
     /// Whether `m` may be kept or trusted here as an archive of its node:
     /// it must carry the seal of the peer id that node is bound to here.
     /// The first sealed manifest of a node binds it, if `claimant` (the
@@ -243,8 +271,15 @@ impl Store {
         let Some(signer) = m.signer() else {
             return Err(refuse("it carries no seal (made by a backmesh before seals, or forged); a node that holds it can still restore it from its own store".into()));
         };
+        // An identity the node had before the operator bound it again
+        // vouches for what it made before then.
+        let former = || -> Result<bool, StoreError> {
+            let was = origin_former(self.kv.as_ref(), &m.node)?;
+            Ok(was.iter().any(|(p, until)| p == signer && m.created_ms < *until))
+        };
         match self.origin_of(&m.node)? {
             Some(bound) if bound == signer => Ok(()),
+            Some(_) if former()? => Ok(()),
             Some(bound) => Err(refuse(format!(
                 "it is sealed by {signer}, but node {}'s archives are sealed by {bound} here",
                 m.node

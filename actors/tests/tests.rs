@@ -884,6 +884,43 @@ fn a_holder_keeps_only_what_the_series_own_node_sealed() {
     assert_eq!(Store::open(&t.path().join("n1")).unwrap().peer_id(), pid);
 }
 
+#[test]
+fn a_rebind_takes_the_new_key_and_keeps_what_the_former_sealed_before_it() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a.txt"), b"before the rebuild").unwrap();
+    let old = Store::open(&t.path().join("old")).unwrap();
+    let before = match run_backup(&old, "n1", &src, &opts(), Retention::keep(10)).unwrap().outcome {
+        RunOutcome::Stored { manifest, .. } => archive::manifest::Manifest::decode(&manifest.encode()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let holder = Store::open(&t.path().join("h")).unwrap();
+    holder.check_origin(&before, Some(&old.peer_id())).unwrap();
+    // The server is rebuilt with a new key: refused until the operator's rebind.
+    let new = Store::open(&t.path().join("new")).unwrap();
+    let mut after = before.clone();
+    after.id = "after".into();
+    after.created_ms = before.created_ms + 10_000;
+    after.seal_with(new.identity()).unwrap();
+    let after = archive::manifest::Manifest::decode(&after.encode()).unwrap();
+    assert!(holder.check_origin(&after, Some(&new.peer_id())).is_err());
+    let at = before.created_ms + 5_000;
+    holder.rebind_origin("n1", &new.peer_id(), &old.peer_id(), at).unwrap();
+    holder.rebind_origin("n1", &new.peer_id(), &old.peer_id(), at).unwrap(); // again: the same
+    assert_eq!(holder.origin_of("n1").unwrap(), Some(new.peer_id()));
+    assert_eq!(backmesh_core::store::origin_former(holder.kv().as_ref(), "n1").unwrap(), vec![(old.peer_id(), at)]);
+    holder.check_origin(&after, None).unwrap();
+    // What the former key sealed before the rebind stays n1's; after it, not.
+    holder.check_origin(&before, None).unwrap();
+    let mut late = before.clone();
+    late.created_ms = at + 1;
+    late.seal_with(old.identity()).unwrap();
+    let late = archive::manifest::Manifest::decode(&late.encode()).unwrap();
+    let err = holder.check_origin(&late, None).unwrap_err();
+    assert!(err.to_string().contains("are sealed by"), "{err}");
+}
+
 /// Backs `src` up into `store`: the stored manifest, the members taken
 /// unread, and the file content read.
 fn stored(store: &Store, src: &Path) -> (archive::Manifest, u64, u64) {

@@ -61,6 +61,29 @@ pub struct Revoke {
     pub retire: bool,
 }
 
+/// `POST /api/v1/rebind`: the operator binds node name `node` to identity
+/// `peer` (a rebuilt server's new key) in place of `former` (its old one,
+/// which every node refuses from then on); the request carries the
+/// operator's order for it. Archives `former` sealed before the order
+/// stay that node's. Answered with the same body once this node holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebind {
+    pub node: String,
+    pub peer: String,
+    pub former: String,
+}
+
+/// `GET /api/v1/nodes/{node}/identity`: the identity the answering node
+/// binds node name `node` to (whose seal its archives carry), and those
+/// it had before the operator bound it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node: String,
+    pub peer: Option<String>,
+    #[serde(default)]
+    pub former: Vec<String>,
+}
+
 /// `POST /api/v1/operators`: trust operator key `operator` on every node
 /// (`trusted`), or no longer; the request carries the order of an
 /// operator trusted now. Answered with [`Operators`].

@@ -73,6 +73,15 @@ pub enum Act {
         node: String,
         peer: String,
     },
+    /// Bind node name `node` to identity `peer` (a rebuilt server's new
+    /// key) in place of `former` (its old one, revoked): archives `former`
+    /// sealed before this order stay that node's; a trust change like
+    /// `Revoke`, and of two rebinds of one name the later signed wins.
+    Rebind {
+        node: String,
+        peer: String,
+        former: String,
+    },
     /// Trust operator key `operator` (`bmop-…`) too, on every node: a
     /// trust change like `Revoke`; of two changes of one key, the later
     /// signed wins.
@@ -95,7 +104,12 @@ impl Act {
             Act::Pause { node } | Act::Resume { node } => Some(node),
             Act::Restore(r) => Some(r.on.as_deref().unwrap_or(&r.node)),
             Act::Fetch { by, .. } => Some(by),
-            Act::Verify(_) | Act::Revoke { .. } | Act::Retire { .. } | Act::Trust { .. } | Act::Distrust { .. } => None,
+            Act::Verify(_)
+            | Act::Revoke { .. }
+            | Act::Retire { .. }
+            | Act::Rebind { .. }
+            | Act::Trust { .. }
+            | Act::Distrust { .. } => None,
         }
     }
 
@@ -112,6 +126,7 @@ impl Act {
             Act::Verify(_) => "verify",
             Act::Revoke { .. } => "revoke",
             Act::Retire { .. } => "retire",
+            Act::Rebind { .. } => "rebind",
             Act::Trust { .. } => "trust",
             Act::Distrust { .. } => "distrust",
         }
@@ -344,6 +359,7 @@ fn describe(act: &Act) -> String {
         Act::Fetch { node, path, by, .. } => format!("fetch {path} of {node} through {by}"),
         Act::Verify(v) => format!("verify {} {}", v.node.as_deref().unwrap_or("*"), v.path.as_deref().unwrap_or("*")),
         Act::Revoke { node, peer } | Act::Retire { node, peer } => format!("{} {node} ({peer})", act.name()),
+        Act::Rebind { node, peer, former } => format!("rebind {node} to {peer} (was {former})"),
         Act::Trust { operator } | Act::Distrust { operator } => format!("{} {operator}", act.name()),
     }
 }

@@ -43,6 +43,8 @@ const TYPES: &[&str] = &[
     "Join",
     "Joined",
     "Revoke",
+    "Rebind",
+    "Identity",
     "OperatorChange",
     "Operators",
 ];
@@ -81,6 +83,8 @@ fn round_trip(name: &str, v: &Value) -> Result<Value, String> {
         "Join" => again::<backmesh_api::Join>(v),
         "Joined" => again::<backmesh_api::Joined>(v),
         "Revoke" => again::<backmesh_api::Revoke>(v),
+        "Rebind" => again::<backmesh_api::Rebind>(v),
+        "Identity" => again::<backmesh_api::Identity>(v),
         "OperatorChange" => again::<backmesh_api::OperatorChange>(v),
         "Operators" => again::<backmesh_api::Operators>(v),
         other => Err(format!("no type `{other}` in the API")),

@@ -197,6 +197,21 @@ pub(crate) enum Command {
         #[arg(long, value_name = "PEER")]
         peer: Option<String>,
     },
+    /// Bind NODE's name to a new identity PEER (a rebuilt server, started
+    /// under the old name with a new key: its peer id is in its start-up
+    /// line and in `status`). Every node takes PEER's archives as NODE's
+    /// from then on and refuses the old identity; archives the old one
+    /// sealed before stay NODE's and restorable. Signed with the operator key.
+    Rebind {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        /// The new identity (peer id, 12D3KooW…).
+        #[arg(value_name = "PEER")]
+        peer: String,
+        /// The identity NODE had [default: the one the answering node knows].
+        #[arg(long, value_name = "PEER")]
+        former: Option<String>,
+    },
     /// The execution log, newest last.
     Log {
         /// Only entries about this node (a name).

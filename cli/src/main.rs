@@ -709,6 +709,43 @@ fn revoke(client: &Client, json: bool, node: &str, peer: Option<&str>, retire: b
     Ok(())
 }
 
+/// `backmesh rebind NODE PEER`: NODE's name bound to identity PEER, in
+/// place of the one it had, under the operator's order.
+fn rebind(client: &Client, json: bool, node: &str, peer: &str, former: Option<&str>) -> Result<(), Failure> {
+    let former = match former {
+        Some(f) => f.to_string(),
+        None => {
+            let id: backmesh_api::Identity = client.get(&format!("/nodes/{}/identity", enc(node)))?;
+            match id.peer {
+                Some(p) if p != peer => p,
+                Some(_) => return Err(Failure::Refused(format!("node {node} is {peer} already"))),
+                None => {
+                    return Err(Failure::Refused(format!(
+                        "this node binds no identity to `{node}` yet: give the old one with --former"
+                    )))
+                }
+            }
+        }
+    };
+    let body = backmesh_api::Rebind { node: node.to_string(), peer: peer.to_string(), former };
+    let act = Act::Rebind { node: body.node.clone(), peer: body.peer.clone(), former: body.former.clone() };
+    client.sign_required(act, "a rebind")?;
+    let done: backmesh_api::Rebind = client.post("/rebind", &body)?;
+    if json {
+        print_json(&done);
+    } else {
+        out!(
+            "rebound: node {} is {} from now on; {} is refused, and the archives it sealed before stay {}'s \
+             (every node hears it within a hello period)",
+            done.node,
+            done.peer,
+            done.former,
+            done.node
+        );
+    }
+    Ok(())
+}
+
 /// `backmesh operator trust|distrust KEY`: a change of the operator keys
 /// every node trusts, signed with this operator's key.
 fn operators(client: &Client, json: bool, key: &str, trusted: bool) -> Result<(), Failure> {
@@ -782,6 +819,7 @@ fn main() -> ExitCode {
         Command::Jobs => jobs(&c, json),
         Command::Revoke { node, peer } => revoke(&c, json, node, peer.as_deref(), false),
         Command::Retire { node, peer } => revoke(&c, json, node, peer.as_deref(), true),
+        Command::Rebind { node, peer, former } => rebind(&c, json, node, peer, former.as_deref()),
         Command::Backups { node, path, all, hidden } => backups(&c, json, node, path, *all, *hidden),
         Command::Run { node, path, no_wait, timeout } => match run(&c, json, node, path, *no_wait, *timeout) {
             Ok(true) => Ok(()),

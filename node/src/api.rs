@@ -97,6 +97,8 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/join", web::post().to(join_node))
         .route("/revoke", web::post().to(revoke))
         .route("/operators", web::post().to(operators))
+        .route("/rebind", web::post().to(rebind))
+        .route("/nodes/{node}/identity", web::get().to(identity))
         .route("/jobs", web::post().to(register))
         .route("/jobs", web::delete().to(unregister))
         .route("/run", web::post().to(run))
@@ -775,6 +777,40 @@ async fn revoke(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ba
     }
     state.net.trust(order).await.map_err(|e| error(StatusCode::FORBIDDEN, e))?;
     Ok(HttpResponse::Ok().json(b))
+}
+
+/// `POST /rebind`: takes in the operator's rebind of a node name to a new
+/// identity, which this node's hellos then carry to the whole mesh.
+async fn rebind(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<backmesh_api::Rebind>) -> Answer {
+    admin(&req, &state)?;
+    let b = body.into_inner();
+    let act = Act::Rebind { node: b.node.clone(), peer: b.peer.clone(), former: b.former.clone() };
+    let order = needed(&state, order_of(&req)?, &act, "every node")?;
+    match order.open() {
+        Ok(o) if o.act == act => {}
+        Ok(_) => return Err(error(StatusCode::FORBIDDEN, "the order is for another act than this rebind")),
+        Err(e) => return Err(error(StatusCode::FORBIDDEN, e.to_string())),
+    }
+    if b.former == state.health.peer_id {
+        return Err(error(StatusCode::BAD_REQUEST, "a node does not refuse itself: ask another node"));
+    }
+    state.net.trust(order).await.map_err(|e| error(StatusCode::FORBIDDEN, e))?;
+    Ok(HttpResponse::Ok().json(b))
+}
+
+/// `GET /nodes/{node}/identity`: whom this node knows as `node`.
+async fn identity(req: HttpRequest, state: web::Data<ApiState>, node: web::Path<String>) -> Answer {
+    reader(&req, &state)?;
+    let node = node.into_inner();
+    let kv = state.store.kv();
+    let failed = |e: backmesh_core::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let peer = backmesh_core::store::origin_bound(kv.as_ref(), &node).map_err(failed)?;
+    let former = backmesh_core::store::origin_former(kv.as_ref(), &node).map_err(failed)?;
+    Ok(HttpResponse::Ok().json(backmesh_api::Identity {
+        node,
+        peer,
+        former: former.into_iter().map(|(p, _)| p).collect(),
+    }))
 }
 
 /// `POST /operators`: the operator trusts another operator key on every

@@ -288,6 +288,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
         let router = Router::new(actor.clone())
             .on_retired(log.clone().recipient())
             .on_retired(replica.clone().recipient())
+            .on_rebound(replica.clone().recipient())
             .hear(log::proto::LOG_TOPIC, log::actor::serve::hear(log.clone()))
             .accept(&log::proto::STATE, log::actor::serve::serve_state(log.clone()))
             .accept(&log::proto::HISTORY, log::actor::serve::serve_history(log.clone()))

@@ -486,8 +486,17 @@ impl MeshState {
                 Writer::Peer(p) => crate::seal::key_of_peer(p),
                 Writer::Node(n) => keys.key_of(n),
             };
+            let by_former =
+                |n: &str| keys.own_name() == Some(n) || keys.former_keys(n).iter().any(|k| k.verify(&s.msg, &sig.0));
             match public {
                 Some(k) if k.verify(&s.msg, &sig.0) => {}
+                // Sealed by the key the node had before it was bound again
+                // (or by another key in this node's own name): not taken,
+                // and no one blamed for passing it on.
+                Some(_) if matches!(&s.writer, Writer::Node(n) if by_former(n)) => {
+                    found.unproven += 1;
+                    *s.sig = Seal::None;
+                }
                 Some(_) => {
                     found.forged.push(format!("{} of {}", s.what, key_label(key)));
                     *s.sig = Seal::None;

@@ -308,6 +308,20 @@ pub(crate) fn keep_sealed(record: &mut Record) -> bool {
 pub trait NodeKeys {
     /// The key node `name` is bound to here, if any.
     fn key_of(&self, name: &str) -> Option<libp2p::identity::PublicKey>;
+
+    /// The keys node `name` had before the operator bound it again: what
+    /// they sealed is not taken in, but not blamed on whoever passed it on.
+    fn former_keys(&self, _name: &str) -> Vec<libp2p::identity::PublicKey> {
+        Vec::new()
+    }
+
+    /// The name of the node checking, if it is one: records in its own
+    /// name sealed by another key are not taken, nor blamed on whoever
+    /// passed them on (a server rebuilt under its old name hears what its
+    /// former identity wrote before the operator's rebind reaches it).
+    fn own_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What checking a peer's record found.

@@ -76,6 +76,9 @@ pub enum Inbound {
     /// The operator revoked `peer` (node `node`): cut off for good; and
     /// retired it as of `retired_ms`, if given.
     Revoked { peer: String, node: String, retired_ms: Option<i64> },
+    /// The operator bound node name `node` to identity `peer` from
+    /// `at_ms` on, in place of `former` (a rebuilt server).
+    Rebound { node: String, peer: String, former: String, at_ms: i64 },
 }
 
 /// What a node made of a gossiped message.

@@ -181,6 +181,11 @@ impl EventLoop {
         for (node, peer, retired_ms) in kept {
             self.cut_off_revoked(&node, &peer, retired_ms);
         }
+        let rebound: Vec<(String, String, String, i64)> =
+            self.revocations.rebinds().map(|(n, p, f, at)| (n.clone(), p.clone(), f.clone(), at)).collect();
+        for (node, peer, former, at_ms) in rebound {
+            self.emit(Inbound::Rebound { node, peer, former, at_ms });
+        }
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -347,6 +352,14 @@ impl EventLoop {
                 let (node, peer, retired_ms) = (node.clone(), peer.clone(), *retired_ms);
                 self.cut_off_revoked(&node, &peer, retired_ms)
             }
+            Taken::Rebound { node, peer, former, at_ms } => {
+                let (node, peer, former, at_ms) = (node.clone(), peer.clone(), former.clone(), *at_ms);
+                tracing::warn!(
+                    "the operator bound node {node} to {peer} (it was {former}, which is refused from now on)"
+                );
+                self.cut_off_revoked(&node, &former, None);
+                self.emit(Inbound::Rebound { node, peer, former, at_ms });
+            }
             Taken::Operator { operator, trusted: true } => {
                 tracing::warn!("the operator trusts operator key {operator} from now on")
             }
@@ -358,7 +371,9 @@ impl EventLoop {
 
     /// Takes in the changes of trust a peer's hello carries.
     fn take_revocations(&mut self, from: &PeerId, orders: &[crate::authority::SignedOrder]) {
-        let most = super::revocations::MAX_REVOCATIONS + super::revocations::MAX_OPERATOR_CHANGES;
+        let most = super::revocations::MAX_REVOCATIONS
+            + super::revocations::MAX_OPERATOR_CHANGES
+            + super::revocations::MAX_REBINDS;
         for order in orders.iter().take(most) {
             match self.revocations.take_heard(order) {
                 Ok(taken) => self.changed_trust(&taken),

@@ -21,10 +21,13 @@ pub const MAX_REVOCATIONS: usize = 200;
 /// Operator keys whose trust was changed, kept at most (the same bound).
 pub const MAX_OPERATOR_CHANGES: usize = 32;
 
+/// Names bound again to a new identity, kept at most.
+pub const MAX_REBINDS: usize = 64;
+
 /// Order texts remembered as checked (taken or refused), at most: a hello
 /// repeats every change its sender holds, and each is checked once, not
 /// at every hello (a signature check each, from every peer).
-const CHECKED_MAX: usize = 4 * (MAX_REVOCATIONS + MAX_OPERATOR_CHANGES);
+const CHECKED_MAX: usize = 4 * (MAX_REVOCATIONS + MAX_OPERATOR_CHANGES + MAX_REBINDS);
 
 /// The revocations this node holds.
 pub struct Revocations {
@@ -35,6 +38,8 @@ pub struct Revocations {
     by_peer: BTreeMap<String, (String, Option<i64>, SignedOrder)>,
     /// Operator key → the latest order that trusts it or no longer.
     operators: BTreeMap<String, SignedOrder>,
+    /// Node name → the latest rebind of it: (when, new peer, former peer, the order).
+    rebinds: BTreeMap<String, (i64, String, String, SignedOrder)>,
     /// Texts of the orders checked already, with what came of them;
     /// forgotten when the operator set changes (a refused one may hold then).
     checked: HashSet<String>,
@@ -50,6 +55,8 @@ pub enum Taken {
     Revoked { node: String, peer: String, retired_ms: Option<i64> },
     /// Operator key `operator` is trusted from now on, or no longer.
     Operator { operator: String, trusted: bool },
+    /// Node name `node` is identity `peer` from `at_ms` on, in place of `former`.
+    Rebound { node: String, peer: String, former: String, at_ms: i64 },
 }
 
 impl Revocations {
@@ -60,6 +67,7 @@ impl Revocations {
             file,
             by_peer: BTreeMap::new(),
             operators: BTreeMap::new(),
+            rebinds: BTreeMap::new(),
             checked: HashSet::new(),
         };
         let text = r.file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
@@ -95,6 +103,17 @@ impl Revocations {
                 }
                 self.by_peer.insert(peer.clone(), (node.clone(), retired_ms, order.clone()));
                 Ok(Taken::Revoked { node, peer, retired_ms })
+            }
+            TrustChange::Rebind { node, peer, former, at_ms } => {
+                match self.rebinds.get(&node) {
+                    Some((at, ..)) if *at >= at_ms => return Ok(Taken::Known),
+                    None if self.rebinds.len() >= MAX_REBINDS => {
+                        return Err(OrderError::Unreadable(format!("more than {MAX_REBINDS} rebinds")))
+                    }
+                    _ => {}
+                }
+                self.rebinds.insert(node.clone(), (at_ms, peer.clone(), former.clone(), order.clone()));
+                Ok(Taken::Rebound { node, peer, former, at_ms })
             }
             change @ TrustChange::Operator { .. } => {
                 let TrustChange::Operator { operator, trusted, .. } = change.clone() else { return Ok(Taken::Known) };
@@ -141,7 +160,14 @@ impl Revocations {
     /// Every change of trust, as hellos carry them: the operators' first
     /// (a revocation may be signed by a key one of them trusts).
     pub fn orders(&self) -> Vec<SignedOrder> {
-        self.operators.values().cloned().chain(self.by_peer.values().map(|(_, _, o)| o.clone())).collect()
+        let revoked = self.by_peer.values().map(|(_, _, o)| o.clone());
+        let rebound = self.rebinds.values().map(|(.., o)| o.clone());
+        self.operators.values().cloned().chain(revoked).chain(rebound).collect()
+    }
+
+    /// (node, new peer, former peer, as of) of every rebind held.
+    pub fn rebinds(&self) -> impl Iterator<Item = (&String, &String, &String, i64)> {
+        self.rebinds.iter().map(|(n, (at, p, f, _))| (n, p, f, *at))
     }
 
     /// (peer, node, retired as of) of every revoked identity.

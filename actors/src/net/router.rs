@@ -33,6 +33,18 @@ pub struct Retired {
     pub at_ms: i64,
 }
 
+/// The operator bound node name `node` to identity `peer` from `at_ms`
+/// on, in place of `former`: archives `former` sealed before then stay
+/// that node's. Sender: the router.
+#[derive(Clone, Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Rebound {
+    pub node: String,
+    pub peer: String,
+    pub former: String,
+    pub at_ms: i64,
+}
+
 type Serve = Box<dyn Fn(InboundRequest)>;
 type Hear = Box<dyn Fn(Gossip)>;
 
@@ -41,6 +53,8 @@ pub struct Router {
     membership: Addr<MembershipActor>,
     /// Who is told of a node retired (its views, its series' holders).
     retirements: Vec<actix::Recipient<Retired>>,
+    /// Who is told of a node bound again (the store's binding).
+    rebinds: Vec<actix::Recipient<Rebound>>,
     requests: HashMap<&'static str, Serve>,
     topics: HashMap<String, Hear>,
 }
@@ -48,12 +62,24 @@ pub struct Router {
 impl Router {
     /// A router that tells `membership` what it hears of peers.
     pub fn new(membership: Addr<MembershipActor>) -> Self {
-        Router { membership, retirements: Vec::new(), requests: HashMap::new(), topics: HashMap::new() }
+        Router {
+            membership,
+            retirements: Vec::new(),
+            rebinds: Vec::new(),
+            requests: HashMap::new(),
+            topics: HashMap::new(),
+        }
     }
 
     /// Retirements of nodes go to `to` too.
     pub fn on_retired(mut self, to: actix::Recipient<Retired>) -> Self {
         self.retirements.push(to);
+        self
+    }
+
+    /// Rebinds of node names go to `to` too.
+    pub fn on_rebound(mut self, to: actix::Recipient<Rebound>) -> Self {
+        self.rebinds.push(to);
         self
     }
 
@@ -89,6 +115,11 @@ impl Router {
                     }
                 }
                 self.membership.do_send(super::actor::Revoked { peer, node })
+            }
+            Inbound::Rebound { node, peer, former, at_ms } => {
+                for to in &self.rebinds {
+                    to.do_send(Rebound { node: node.clone(), peer: peer.clone(), former: former.clone(), at_ms });
+                }
             }
             Inbound::Gossip { topic, from, id, data } => match self.topics.get(&topic) {
                 Some(hear) => hear(Gossip { from, id, data }),

@@ -569,6 +569,19 @@ impl Handler<crate::net::router::Retired> for ReplicaActor {
     }
 }
 
+impl Handler<crate::net::router::Rebound> for ReplicaActor {
+    type Result = ();
+    fn handle(&mut self, msg: crate::net::router::Rebound, _: &mut Context<Self>) {
+        let crate::net::router::Rebound { node, peer, former, at_ms } = msg;
+        match self.store.rebind_origin(&node, &peer, &former, at_ms) {
+            Ok(()) => {
+                tracing::info!("node {node} is {peer} from now on (archives {former} sealed before stay its own)")
+            }
+            Err(e) => tracing::error!("cannot bind node {node} to {peer}: {e}"),
+        }
+    }
+}
+
 impl Handler<HandedOff> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: HandedOff, ctx: &mut Context<Self>) {

@@ -967,3 +967,80 @@ fn a_retired_node_leaves_the_views_and_its_series_are_collected_after_the_grace_
     );
     assert!(mesh.status(1).unwrap().problems.iter().any(|p| p.contains("n3") && p.contains("revoked")));
 }
+
+#[test]
+fn a_rebuilt_server_takes_its_name_back_under_the_operator_s_rebind_and_its_old_archives_restore() {
+    let mut mesh = Mesh::chain(&["n1", "n2", "n3"]);
+    let root = mesh.root.path().to_path_buf();
+    let tree = |name: &str| {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("data.txt"), format!("{name}\n")).unwrap();
+        (d.clone(), d.to_string_lossy().into_owned())
+    };
+    let (old_src, old) = tree("n3-before");
+    assert!(mesh.cli(0, &["register", "n3", &old, "--every", "600"]).status.success());
+    let run: RunOutcome = mesh.cli_json(0, &["run", "n3", &old]).unwrap_or_else(|e| panic!("{e}"));
+    let old_id = run.archive.unwrap();
+    let held_by = |mesh: &Mesh, s: &str, id: Option<&str>| {
+        mesh.cli_json::<Backups>(0, &["backups", "n3", s]).is_ok_and(|b| {
+            b.archives.iter().any(|a| {
+                id.is_none_or(|id| a.id == id) && ["n1", "n2"].iter().all(|h| a.holders.iter().any(|x| x == h))
+            })
+        })
+    };
+    assert!(wait_until(T, || held_by(&mesh, &old, Some(&old_id))));
+    let former = mesh.peer_id(2).unwrap();
+    // The server is lost, disk and key; it is rebuilt under its name.
+    mesh.kill9(2);
+    std::fs::remove_dir_all(&mesh.nodes[2].dir).unwrap();
+    let rebuilt = mesh.start("n3", Some(0), &[]);
+    assert!(mesh.wait_ready(rebuilt, T), "{}", mesh.nodes[rebuilt].log_text());
+    let peer = mesh.peer_id(rebuilt).unwrap();
+    assert_ne!(peer, former);
+    let (_, new) = tree("n3-after");
+    let out = mesh.cli(0, &["register", "n3", &new, "--every", "600"]);
+    eprintln!("through n1: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = mesh.cli(rebuilt, &["register", "n3", &new, "--every", "600"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: RunOutcome = mesh.cli_json(rebuilt, &["run", "n3", &new]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.result, RunResult::Finished, "{run:#?}");
+    // Until the operator says so, no holder takes the new key's archives
+    // as n3's, and each says why in its status.
+    let impostor = format!("sealed by {peer}, but node n3's archives are sealed by {former}");
+    let said = |mesh: &Mesh, i: usize| mesh.status(i).is_some_and(|s| s.problems.iter().any(|p| p.contains(&impostor)));
+    assert!(wait_until(T, || said(&mesh, 0) && said(&mesh, 1)), "{:#?}", mesh.status(0));
+    assert!(!held_by(&mesh, &new, None), "{}", String::from_utf8_lossy(&mesh.cli(0, &["backups", "n3", &new]).stdout));
+    // Root on a node cannot rebind; the operator can, from any node.
+    let out = mesh.cli_as_node(0, &["rebind", "n3", &peer]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = mesh.cli(1, &["rebind", "n3", &peer]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&former), "{}", String::from_utf8_lossy(&out.stdout));
+    // Its archives go to the holders now…
+    assert!(
+        wait_until(Duration::from_secs(90), || held_by(&mesh, &new, None)),
+        "{}\n{}",
+        String::from_utf8_lossy(&mesh.cli(0, &["backups", "n3", &new]).stdout),
+        mesh.nodes[rebuilt].log_text()
+    );
+    // …the old identity is refused everywhere…
+    for i in [0, 1, rebuilt] {
+        let refused = |mesh: &Mesh| {
+            mesh.status(i).is_some_and(|s| s.problems.iter().any(|p| p.contains("revoked") && p.contains(&former)))
+        };
+        assert!(wait_until(T, || refused(&mesh)), "{:#?}", mesh.status(i));
+    }
+    // …and what it sealed before restores on the rebuilt server.
+    let to = mesh.root.path().join("restored");
+    let args = ["restore", "n3", &old, "--archive", &old_id, "--on", "n3", "--to", to.to_str().unwrap()];
+    let out = mesh.cli(0, &args);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree_differences(&old_src, &to), Vec::<String>::new());
+    // No node blames n1 or n2 for passing on what the old key sealed.
+    for i in [0, 1, rebuilt] {
+        let s = mesh.status(i).unwrap();
+        let blamed = s.nodes.iter().filter(|n| n.name != "n3").any(|n| n.refused > 0);
+        assert!(!blamed, "node {i}: {:#?}\n{:#?}", s.nodes, s.problems);
+    }
+}

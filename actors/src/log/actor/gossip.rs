@@ -70,12 +70,20 @@ impl Handler<TakeEntry> for LogActor {
 pub(crate) struct BoundKeys<'a> {
     kv: &'a dyn KvStore,
     state: &'a MeshState,
+    /// The checking node's own name, when it checks for itself.
+    me: Option<&'a str>,
     known: std::cell::RefCell<BTreeMap<String, Option<libp2p::identity::PublicKey>>>,
 }
 
 impl<'a> BoundKeys<'a> {
     pub(crate) fn new(kv: &'a dyn KvStore, state: &'a MeshState) -> Self {
-        BoundKeys { kv, state, known: Default::default() }
+        BoundKeys { kv, state, me: None, known: Default::default() }
+    }
+
+    /// Checking for node `me` ([`NodeKeys::own_name`]).
+    pub(crate) fn for_node(mut self, me: &'a str) -> Self {
+        self.me = Some(me);
+        self
     }
 }
 
@@ -99,6 +107,15 @@ impl NodeKeys for BoundKeys<'_> {
         let key = peer.as_deref().and_then(key_of_peer);
         self.known.borrow_mut().insert(name.to_string(), key.clone());
         key
+    }
+
+    fn own_name(&self) -> Option<&str> {
+        self.me
+    }
+
+    fn former_keys(&self, name: &str) -> Vec<libp2p::identity::PublicKey> {
+        let was = crate::store::origin_former(self.kv, name).unwrap_or_default();
+        was.iter().filter_map(|(p, _)| key_of_peer(p)).collect()
     }
 }
 

@@ -95,7 +95,7 @@ impl LogActor {
         let mut found = Checked::default();
         let mut sealed = Vec::with_capacity(msg.records.len());
         {
-            let keys = BoundKeys::new(self.kv.as_ref(), &self.state);
+            let keys = BoundKeys::new(self.kv.as_ref(), &self.state).for_node(&self.my_name);
             for (k, mut r) in msg.records {
                 // Names no node of this version writes or takes in: left
                 // out, no one blamed (an older node may still relay one).
