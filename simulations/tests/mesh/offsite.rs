@@ -11,10 +11,24 @@ use backmesh_simulations::{tree_differences, wait_until, write_slow_tree, Mesh};
 const LONG: Duration = Duration::from_secs(90);
 
 fn offsite_args(s3: &S3Server) -> Vec<String> {
-    ["--offsite", "s3://offsite/cluster-a", "--offsite-endpoint", &s3.endpoint, "--replicas", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    offsite_args_for(s3, "s3://offsite/cluster-a")
+}
+
+fn offsite_args_for(s3: &S3Server, url: &str) -> Vec<String> {
+    ["--offsite", url, "--offsite-endpoint", &s3.endpoint, "--replicas", "2"].iter().map(|s| s.to_string()).collect()
+}
+
+/// Three nodes n1..n3 with `extra`, the bucket's keys in their
+/// environment, once each sees the others.
+fn three_with_offsite(extra: &[String]) -> Mesh {
+    let mut mesh = Mesh::new();
+    mesh.env = vec![("AWS_ACCESS_KEY_ID".into(), "testing".into()), ("AWS_SECRET_ACCESS_KEY".into(), "testing".into())];
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let n = mesh.start(name, i.checked_sub(1), extra);
+        assert!(mesh.wait_ready(n, Duration::from_secs(30)), "{}", mesh.nodes[n].log_text());
+    }
+    assert!(wait_until(LONG, || (0..3).all(|i| mesh.up_names(i).len() == 3)));
+    mesh
 }
 
 /// The dashboard's offsite column for (node, path), as node `i` serves it.
@@ -41,14 +55,8 @@ fn offsite_state(mesh: &Mesh, i: usize, node: &str, path: &str) -> Option<String
 fn a_brand_new_node_restores_from_the_bucket_after_the_whole_mesh_is_gone() {
     let s3 = S3Server::start().unwrap_or_else(|e| panic!("{e}"));
     let bucket = s3.bucket("offsite", "cluster-a");
-    let mut mesh = Mesh::new();
-    mesh.env = vec![("AWS_ACCESS_KEY_ID".into(), "testing".into()), ("AWS_SECRET_ACCESS_KEY".into(), "testing".into())];
     let extra = offsite_args(&s3);
-    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
-        let n = mesh.start(name, i.checked_sub(1), &extra);
-        assert!(mesh.wait_ready(n, Duration::from_secs(30)), "{}", mesh.nodes[n].log_text());
-    }
-    assert!(wait_until(LONG, || (0..3).all(|i| mesh.up_names(i).len() == 3)));
+    let mut mesh = three_with_offsite(&extra);
     let src = mesh.root.path().join("src");
     std::fs::create_dir_all(src.join("conf")).unwrap();
     write_slow_tree(&src, 40, 7);
@@ -242,18 +250,8 @@ fn stolen_s3_keys_cannot_delete_what_object_lock_keeps() {
     // Made as docs/operations.md says: Object Lock on. The thief holds the
     // same S3 keys as every node.
     let thief = s3.bucket_locked("locked", "cluster-b");
-    let mut mesh = Mesh::new();
-    mesh.env = vec![("AWS_ACCESS_KEY_ID".into(), "testing".into()), ("AWS_SECRET_ACCESS_KEY".into(), "testing".into())];
-    let extra: Vec<String> =
-        ["--offsite", "s3://locked/cluster-b", "--offsite-endpoint", &s3.endpoint, "--replicas", "2"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
-        let n = mesh.start(name, i.checked_sub(1), &extra);
-        assert!(mesh.wait_ready(n, Duration::from_secs(30)), "{}", mesh.nodes[n].log_text());
-    }
-    assert!(wait_until(LONG, || (0..3).all(|i| mesh.up_names(i).len() == 3)));
+    let extra = offsite_args_for(&s3, "s3://locked/cluster-b");
+    let mut mesh = three_with_offsite(&extra);
     assert!(
         wait_until(LONG, || mesh.nodes[0].log_text().contains("with Object Lock on")),
         "{}",

@@ -181,6 +181,26 @@ fn sources_plugins_and_hooks_back_up_restore_and_fail_clearly() {
 }
 
 struct Receiver(Child);
+
+/// scripts/plugins/webhook-receiver.py on a port of its choosing, writing
+/// what it hears to `out` (failing the first `fail` requests): the
+/// receiver and the webhook URL.
+fn receiver(root: &Path, out: &Path, fail: u32) -> (Receiver, String) {
+    let port_file = root.join("receiver.port");
+    let rx = Receiver(
+        Command::new("python3")
+            .arg(plugin("webhook-receiver.py"))
+            .args(["--port", "0", "--port-file", &port_file.to_string_lossy()])
+            .args(["--out", &out.to_string_lossy(), "--fail", &fail.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    assert!(wait_until(LONG, || port_file.exists()), "the webhook receiver never listened");
+    let port = std::fs::read_to_string(&port_file).unwrap().trim().to_string();
+    (rx, format!("http://127.0.0.1:{port}/backmesh"))
+}
 impl Drop for Receiver {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -193,27 +213,14 @@ fn a_webhook_hears_failure_and_recovery_with_the_documented_fields() {
     let mesh = Mesh::chain_with(&["n1", "n2"], &["--allow-programs"]);
     let root = mesh.root.path().to_path_buf();
     let received = root.join("received.jsonl");
-    let port_file = root.join("receiver.port");
     // It answers 500 once: the first notification gets through on a retry.
-    let _rx = Receiver(
-        Command::new("python3")
-            .arg(plugin("webhook-receiver.py"))
-            .args(["--port", "0", "--port-file", &port_file.to_string_lossy()])
-            .args(["--out", &received.to_string_lossy(), "--fail", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
-    );
-    assert!(wait_until(LONG, || port_file.exists()), "the webhook receiver never listened");
-    let port = std::fs::read_to_string(&port_file).unwrap().trim().to_string();
+    let (_rx, url) = receiver(&root, &received, 1);
     let app = root.join("app");
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("a"), b"a").unwrap();
     let a = app.to_string_lossy().into_owned();
     let gate = root.join("broken");
     let pre = format!("if [ -e {} ]; then echo 'disk not mounted' >&2; exit 1; fi", gate.display());
-    let url = format!("http://127.0.0.1:{port}/backmesh");
     register(&mesh, &["n2", &a, "--every", "600", "--pre", &pre, "--notify", &url]);
     assert!(wait_until(LONG, || last_entry(&mesh, &a, "finished").is_some()));
     let lines = || -> Vec<Notification> {
@@ -319,19 +326,8 @@ fn a_node_runs_no_program_its_operator_did_not_allow() {
 fn a_series_that_suddenly_triples_is_told_as_an_anomaly_by_another_node() {
     let mesh = Mesh::chain(&["n1", "n2", "n3"]);
     let root = mesh.root.path().to_path_buf();
-    let (received, port_file) = (root.join("received.jsonl"), root.join("receiver.port"));
-    let _rx = Receiver(
-        Command::new("python3")
-            .arg(plugin("webhook-receiver.py"))
-            .args(["--port", "0", "--port-file", &port_file.to_string_lossy()])
-            .args(["--out", &received.to_string_lossy()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
-    );
-    assert!(wait_until(LONG, || port_file.exists()), "the webhook receiver never listened");
-    let port = std::fs::read_to_string(&port_file).unwrap().trim().to_string();
+    let received = root.join("received.jsonl");
+    let (_rx, url) = receiver(&root, &received, 0);
     let lines = || -> Vec<Notification> {
         let text = std::fs::read_to_string(&received).unwrap_or_default();
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
@@ -341,7 +337,7 @@ fn a_series_that_suddenly_triples_is_told_as_an_anomaly_by_another_node() {
     std::fs::create_dir_all(&app).unwrap();
     write_slow_tree(&app, 4, 3);
     let a = app.to_string_lossy().into_owned();
-    register(&mesh, &["n1", &a, "--every", "600", "--notify", &format!("http://127.0.0.1:{port}/backmesh")]);
+    register(&mesh, &["n1", &a, "--every", "600", "--notify", &url]);
     assert!(wait_until(LONG, || last_entry(&mesh, &a, "finished").is_some()));
     for round in 0..2 {
         std::fs::write(app.join("round"), format!("{round}")).unwrap();

@@ -50,7 +50,8 @@ fn a_swarm_key_is_rotated_on_a_live_mesh_with_backups_running_and_nothing_lost()
     let mut backup = |mesh: &Mesh, step: u64| {
         std::fs::write(src.join("step"), format!("step {step}\n")).unwrap();
         let run: RunOutcome = mesh.cli_json(0, &["run", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run.result, RunResult::Finished, "step {step}: {run:#?}");
+        // (`unchanged` when the job's own schedule backed this step up first.)
+        assert!(matches!(run.result, RunResult::Finished | RunResult::Unchanged), "step {step}: {run:#?}");
         let id = run.archive.clone().expect("an archive id");
         let copy = mesh.root.path().join(format!("version-{step}"));
         let out = std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).output().unwrap();
