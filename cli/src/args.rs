@@ -203,6 +203,7 @@ pub(crate) enum Command {
     /// from then on and refuses the old identity; archives the old one
     /// sealed before stay NODE's and restorable. Signed with the operator key.
     Rebind {
+        /// The node's name, as the mesh knew it before the server was rebuilt.
         #[arg(id = "target", value_name = "NODE")]
         node: String,
         /// The new identity (peer id, 12D3KooW…).

@@ -302,6 +302,7 @@ fn stolen_s3_keys_cannot_delete_what_object_lock_keeps() {
         }
     }
     assert!(refused >= ours.len(), "{refused} of {} refused", ours.len());
+    eprintln!("the thief's DELETE of {refused} locked versions ({} objects): every one refused", ours.len());
     let junked = ours.iter().find(|k| k.starts_with("members/")).unwrap();
     thief.put(junked, b"junk").unwrap();
     // A brand-new node restores every archive exactly, reading past the

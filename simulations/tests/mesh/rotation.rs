@@ -69,11 +69,13 @@ fn a_swarm_key_is_rotated_on_a_live_mesh_with_backups_running_and_nothing_lost()
     let new_key = mesh.other_key();
     for (i, key) in keys.iter().enumerate() {
         install_key(&new_key, key);
+        let installed = std::time::Instant::now();
         assert!(
             wait_until(T, || mesh.nodes[i].log_text().contains("the swarm key changed")),
             "{}",
             mesh.nodes[i].log_text()
         );
+        eprintln!("{}: new key taken {:?} after the file was replaced", names[i], installed.elapsed());
         if i == 0 {
             // The others see n1 dial with another key: the rotation shows.
             let shown =
@@ -84,7 +86,9 @@ fn a_swarm_key_is_rotated_on_a_live_mesh_with_backups_running_and_nothing_lost()
         // connections too (a restarted node redials everyone).
         mesh.restart(i);
         assert!(mesh.wait_ready(i, T), "{}", mesh.nodes[i].log_text());
+        let restarted = std::time::Instant::now();
         assert!(wait_until(T, || whole(&mesh)), "the mesh split at step {i}: {:#?}", mesh.status(i));
+        eprintln!("{}: whole again {:?} after its restart", names[i], restarted.elapsed());
         backup(&mesh, i as u64 + 1);
     }
     // Every node has the new key: none sees another key, each says until
