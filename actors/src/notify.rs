@@ -19,7 +19,9 @@
 //! deleted), or that made more archives in one period of its schedule
 //! than holders take at once (a flood), sends `anomaly`, once per archive.
 //! It is told by another node than the series' own (the first live one
-//! in rendezvous order): a node that goes wrong does not get to hide it.
+//! in rendezvous order), so that the node concerned does not decide
+//! whether it is told (it can still change its own job first: the log
+//! shows that).
 
 use std::collections::HashSet;
 use std::time::Duration;

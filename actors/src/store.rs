@@ -242,13 +242,20 @@ impl Store {
 
     /// Binds node name `node` to peer id `peer` from `at_ms` on, in place
     /// of `former`, under the operator's order (a rebuilt server): what
-    /// `former` sealed before `at_ms` stays that node's. Idempotent.
+    /// `former` sealed before `at_ms` stays that node's. Idempotent, and
+    /// in any order: of a chain of rebinds (A→B, then B→C), every former
+    /// identity is kept, and the name ends bound to the newest.
     pub fn rebind_origin(&self, node: &str, peer: &str, former: &str, at_ms: i64) -> Result<(), StoreError> {
         let _one_at_a_time = self.bind_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut was = origin_former(self.kv.as_ref(), node)?;
         if !was.iter().any(|(p, _)| p == former) {
             was.push((former.to_string(), at_ms));
             self.kv.put(FORMER_ORIGINS, node.as_bytes(), &cbor(&was))?;
+        }
+        // A later rebind moved the name on from `peer` already.
+        if was.iter().any(|(p, until)| p == peer && *until > at_ms) {
+            self.kv.flush()?;
+            return Ok(());
         }
         self.kv.put(ORIGINS, node.as_bytes(), peer.as_bytes())?;
         self.kv.flush()?;

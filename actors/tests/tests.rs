@@ -919,6 +919,19 @@ fn a_rebind_takes_the_new_key_and_keeps_what_the_former_sealed_before_it() {
     let late = archive::manifest::Manifest::decode(&late.encode()).unwrap();
     let err = holder.check_origin(&late, None).unwrap_err();
     assert!(err.to_string().contains("are sealed by"), "{err}");
+    // A chain of rebinds (old → new, then new → third) ends at the newest,
+    // keeping every former identity, in whatever order a node hears them.
+    let third = Store::open(&t.path().join("third")).unwrap();
+    let fresh = Store::open(&t.path().join("fresh")).unwrap();
+    for h in [&holder, &fresh] {
+        h.rebind_origin("n1", &third.peer_id(), &new.peer_id(), at + 1000).unwrap();
+        h.rebind_origin("n1", &new.peer_id(), &old.peer_id(), at).unwrap();
+        assert_eq!(h.origin_of("n1").unwrap(), Some(third.peer_id()));
+        let was: Vec<String> =
+            backmesh_core::store::origin_former(h.kv().as_ref(), "n1").unwrap().into_iter().map(|(p, _)| p).collect();
+        assert!(was.contains(&old.peer_id()) && was.contains(&new.peer_id()), "{was:?}");
+        h.check_origin(&before, None).unwrap();
+    }
 }
 
 /// Backs `src` up into `store`: the stored manifest, the members taken

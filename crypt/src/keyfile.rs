@@ -40,17 +40,28 @@ fn text_of(key: &DataKey) -> String {
     format!("{FIRST_LINE}\nid: {}\nsecret: {}\n", key.id(), hex::encode(key.secret()))
 }
 
-/// Makes a new key in `path` (0600, synced, then its directory), refusing
-/// to replace a file that is there.
+/// Makes a new key in `path`, refusing to replace a file that is there:
+/// written whole to a staging file (0600) and synced, then linked into
+/// place (which fails if `path` exists), so a crash leaves either no key
+/// or a whole one, never a partial one.
 pub fn create(path: &Path) -> Result<DataKey, KeyFileError> {
     let w = |e| KeyFileError::Write { path: path.to_path_buf(), source: e };
-    let key = DataKey::generate().map_err(|e| w(std::io::Error::other(e.to_string())))?;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(w)?;
-    f.write_all(text_of(&key).as_bytes()).map_err(w)?;
-    f.sync_all().map_err(w)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(w)?;
+    if path.exists() {
+        return Err(w(std::io::ErrorKind::AlreadyExists.into()));
     }
+    let key = DataKey::generate().map_err(|e| w(std::io::Error::other(e.to_string())))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let staging = dir.join(format!(".data.key.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging)?;
+        f.write_all(text_of(&key).as_bytes())?;
+        f.sync_all()?;
+        std::fs::hard_link(&staging, path)
+    })();
+    let _ = std::fs::remove_file(&staging);
+    written.map_err(w)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(w)?;
     Ok(key)
 }
 

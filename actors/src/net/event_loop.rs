@@ -184,6 +184,7 @@ impl EventLoop {
         let rebound: Vec<(String, String, String, i64)> =
             self.revocations.rebinds().map(|(n, p, f, at)| (n.clone(), p.clone(), f.clone(), at)).collect();
         for (node, peer, former, at_ms) in rebound {
+            self.cut_off_revoked(&node, &former, None);
             self.emit(Inbound::Rebound { node, peer, former, at_ms });
         }
         loop {

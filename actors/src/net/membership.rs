@@ -324,7 +324,6 @@ impl Membership {
         out
     }
 
-    /// Problems with the mesh a person should see.
     /// Up peers that dial with another swarm key than this node (a
     /// rotation under way), by key.
     fn other_swarm_keys(&self) -> Option<String> {
@@ -354,6 +353,7 @@ impl Membership {
         ))
     }
 
+    /// Problems with the mesh a person should see.
     pub fn problems(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .conflicts()

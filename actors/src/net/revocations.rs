@@ -38,8 +38,9 @@ pub struct Revocations {
     by_peer: BTreeMap<String, (String, Option<i64>, SignedOrder)>,
     /// Operator key → the latest order that trusts it or no longer.
     operators: BTreeMap<String, SignedOrder>,
-    /// Node name → the latest rebind of it: (when, new peer, former peer, the order).
-    rebinds: BTreeMap<String, (i64, String, String, SignedOrder)>,
+    /// (node name, former peer) → every rebind, a chain of them kept
+    /// whole: (when, new peer, the order).
+    rebinds: BTreeMap<(String, String), (i64, String, SignedOrder)>,
     /// Texts of the orders checked already, with what came of them;
     /// forgotten when the operator set changes (a refused one may hold then).
     checked: HashSet<String>,
@@ -105,14 +106,19 @@ impl Revocations {
                 Ok(Taken::Revoked { node, peer, retired_ms })
             }
             TrustChange::Rebind { node, peer, former, at_ms } => {
-                match self.rebinds.get(&node) {
+                // Each identity a name had is kept (A→B, then B→C: both),
+                // so every node refuses every former one and keeps what
+                // each sealed; of two rebinds away from one identity, the
+                // later signed holds.
+                let key = (node.clone(), former.clone());
+                match self.rebinds.get(&key) {
                     Some((at, ..)) if *at >= at_ms => return Ok(Taken::Known),
                     None if self.rebinds.len() >= MAX_REBINDS => {
                         return Err(OrderError::Unreadable(format!("more than {MAX_REBINDS} rebinds")))
                     }
                     _ => {}
                 }
-                self.rebinds.insert(node.clone(), (at_ms, peer.clone(), former.clone(), order.clone()));
+                self.rebinds.insert(key, (at_ms, peer.clone(), order.clone()));
                 Ok(Taken::Rebound { node, peer, former, at_ms })
             }
             change @ TrustChange::Operator { .. } => {
@@ -161,13 +167,13 @@ impl Revocations {
     /// (a revocation may be signed by a key one of them trusts).
     pub fn orders(&self) -> Vec<SignedOrder> {
         let revoked = self.by_peer.values().map(|(_, _, o)| o.clone());
-        let rebound = self.rebinds.values().map(|(.., o)| o.clone());
+        let rebound = self.rebinds.values().map(|(_, _, o)| o.clone());
         self.operators.values().cloned().chain(revoked).chain(rebound).collect()
     }
 
     /// (node, new peer, former peer, as of) of every rebind held.
     pub fn rebinds(&self) -> impl Iterator<Item = (&String, &String, &String, i64)> {
-        self.rebinds.iter().map(|(n, (at, p, f, _))| (n, p, f, *at))
+        self.rebinds.iter().map(|((n, f), (at, p, _))| (n, p, f, *at))
     }
 
     /// (peer, node, retired as of) of every revoked identity.

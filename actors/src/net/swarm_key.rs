@@ -465,6 +465,17 @@ impl<S> Keyed<S> {
     }
 }
 
+impl<S> Drop for Keyed<S> {
+    fn drop(&mut self) {
+        // Dropped before the peer's answer came (an older node may wait
+        // on the garbage it got until the handshake times out): the key
+        // did not get through to that address.
+        if let Some((_, addr)) = self.check.take() {
+            self.keys.refused(&addr, &self.key);
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Keyed<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;

@@ -96,16 +96,20 @@ impl Bucket {
     /// period when the bucket has Object Lock on (asked once).
     pub fn lock(&self) -> Result<Option<std::time::Duration>, BucketError> {
         let Some(grace) = self.grace else { return Ok(None) };
-        let on = match self.lock_on.get() {
-            Some(on) => *on,
-            None => {
-                let on = self.object_lock()?;
-                // Two threads may ask at once; both get the same answer.
-                let _ = self.lock_on.set(on);
-                on
-            }
-        };
-        Ok(on.then_some(grace))
+        Ok(self.lock_on()?.then_some(grace))
+    }
+
+    /// Whether the bucket has Object Lock on (so keeps versions), asked
+    /// once: only a definite answer is kept (a bucket not there yet, or
+    /// out of reach, is asked again).
+    pub fn lock_on(&self) -> Result<bool, BucketError> {
+        if let Some(on) = self.lock_on.get() {
+            return Ok(*on);
+        }
+        let on = self.object_lock()?;
+        // Two threads may ask at once; both get the same answer.
+        let _ = self.lock_on.set(on);
+        Ok(on)
     }
 
     /// The headers a PUT of `data` under `key` carries: COMPLIANCE
@@ -136,6 +140,18 @@ impl Bucket {
         match (a.status, error_code(&a.body).as_str()) {
             (200, _) => Ok(String::from_utf8_lossy(&a.body).contains("<ObjectLockEnabled>Enabled</ObjectLockEnabled>")),
             (_, "ObjectLockConfigurationNotFoundError") => Ok(false),
+            // Not there (yet): asked again later.
+            (_, "NoSuchBucket") => Err(self.fail("GET object-lock", "", &a)),
+            // Keys not allowed to ask (a policy from before Object Lock):
+            // written unlocked, and said.
+            (403, _) => {
+                tracing::warn!(
+                    "{}: these keys may not ask whether Object Lock is on (allow \
+                     s3:GetBucketObjectLockConfiguration): copies are written without a lock",
+                    self.target().shown()
+                );
+                Ok(false)
+            }
             // A server without Object Lock at all says so in its own way.
             (400 | 404 | 501, _) => Ok(false),
             _ => Err(self.fail("GET object-lock", "", &a)),
@@ -284,18 +300,22 @@ impl Bucket {
         limit: u64,
         good: &dyn Fn(&[u8]) -> bool,
     ) -> Result<Option<Vec<u8>>, BucketError> {
-        if let Some(data) = self.get_limited(key, limit)? {
-            if good(&data) {
-                return Ok(Some(data));
-            }
+        // A newest version larger than the object may be is no better
+        // than a bad one: older versions are looked at all the same.
+        match self.get_limited(key, limit) {
+            Ok(Some(data)) if good(&data) => return Ok(Some(data)),
+            Ok(_) | Err(BucketError::TooLarge { .. }) => {}
+            Err(e) => return Err(e),
         }
-        if self.lock()?.is_none() {
+        // Older versions are kept where Object Lock is on, whatever this
+        // node's own --grace.
+        if !self.lock_on()? {
             return Ok(None);
         }
         let versions = self.versions(key)?;
         for v in versions.iter().filter(|v| v.key == key && !v.marker) {
-            if let Some(data) = self.get_version(key, &v.version_id, limit)? {
-                if good(&data) {
+            match self.get_version(key, &v.version_id, limit) {
+                Ok(Some(data)) if good(&data) => {
                     tracing::warn!(
                         "{}: {key} is read from an older version ({}): its newest was deleted or replaced",
                         self.target().shown(),
@@ -303,6 +323,9 @@ impl Bucket {
                     );
                     return Ok(Some(data));
                 }
+                // Junk, too large junk, or gone: the next older one.
+                Ok(_) | Err(BucketError::TooLarge { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(None)

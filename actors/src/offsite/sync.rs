@@ -258,7 +258,7 @@ impl Offsite {
     /// with Object Lock on, also those whose newest version was deleted or
     /// replaced since (a restore reads past those: [`Bucket::get_good`]).
     pub fn archives_readable(&self, node: &str, path: &str, tries: u32) -> Result<Vec<Listed>, OffsiteError> {
-        if self.bucket.lock()?.is_none() {
+        if !self.bucket.lock_on()? {
             return Ok(self.archives_tries(node, path, tries)?.0);
         }
         let mut seen = HashSet::new();
@@ -367,14 +367,13 @@ impl Offsite {
             return Ok(());
         }
         let m = self.manifest(node, path, l)?;
-        if let (Some(b), signer) = (bound, m.signer()) {
-            if signer != Some(b) {
-                return Err(OffsiteError::BadManifest {
-                    bucket: self.shown(),
-                    key: l.key.clone(),
-                    why: format!("it is not sealed by {node}'s key ({b})"),
-                });
-            }
+        // Sealed by the node's key, or by one it had before a rebind.
+        if let (Some(b), Err(_)) = (bound, store.check_origin(&m, None)) {
+            return Err(OffsiteError::BadManifest {
+                bucket: self.shown(),
+                key: l.key.clone(),
+                why: format!("it is not sealed by {node}'s key ({b})"),
+            });
         }
         let v: Vec<u8> = m.digests().flat_map(|d| d.0).collect();
         kv.put(NAMES, l.key.as_bytes(), &v)?;
@@ -672,11 +671,9 @@ impl Offsite {
                 }
                 Err(e) => return Err(e),
             };
-            if let Some(b) = &bound {
-                if m.signer() != Some(b.as_str()) {
-                    out.bad_manifests.push(format!("{}: not sealed by {node}'s key", l.id));
-                    continue;
-                }
+            if bound.is_some() && store.check_origin(&m, None).is_err() {
+                out.bad_manifests.push(format!("{}: not sealed by {node}'s key", l.id));
+                continue;
             }
             digests.extend(m.members.iter().filter(|r| seen.insert(r.sha256)).map(|r| (r.sha256, r.compressed_len)));
         }

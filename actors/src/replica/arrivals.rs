@@ -10,7 +10,8 @@
 //! hand still go out the same hour). A series' archive past the bound is
 //! refused for now (the origin backs off and offers it again later), and
 //! `status` counts it. Archives a holder hands to another (repair,
-//! hand-off) are not counted: only those the series' node sends.
+//! hand-off) are not counted: only new ones the series' node sends (made
+//! in the last hour, and newer than any of the series the holder has).
 
 use std::collections::HashMap;
 
@@ -74,6 +75,16 @@ impl Arrivals {
             *tokens -= 1.0;
         }
         Ok(())
+    }
+
+    /// Counts one archive of (node, path) let in a moment ago, even if
+    /// the last token went to another since (the next then waits longer).
+    pub fn count(&mut self, node: &str, path: &str, every_min: Option<u64>, now_ms: i64) {
+        if self.admit(node, path, every_min, now_ms, true).is_err() {
+            if let Some((tokens, _)) = self.by_series.get_mut(&(node.to_string(), path.to_string())) {
+                *tokens -= 1.0;
+            }
+        }
     }
 }
 

@@ -119,25 +119,43 @@ pub(crate) struct Holder<'a> {
     pub(crate) arrivals: &'a Mutex<super::arrivals::Arrivals>,
 }
 
-/// Whether a new archive `m` its own node sends is within its series'
-/// schedule here ([`super::arrivals`]); with `take`, it is counted.
-/// Archives another node hands on are not counted.
+/// Whether archive `m` is within its series' schedule here
+/// ([`super::arrivals`]): `Ok(true)` when it counts (then [`took`] counts
+/// it once it is kept), `Ok(false)` when it does not: archives another
+/// node hands on, and those that are not new.
 fn within_schedule(
     h: &Holder,
     m: &Manifest,
-    take: bool,
     misdeed: &std::cell::RefCell<Option<Blame>>,
-) -> Result<(), XferResponse> {
+) -> Result<bool, XferResponse> {
     if m.signer() != Some(h.from) {
-        return Ok(());
+        return Ok(false);
+    }
+    // A flood is of new archives: one made over an hour ago, or older
+    // than the newest held here (the origin handing its kept archives to
+    // a newly elected holder), is not counted.
+    let now = crate::clock::now_ms();
+    let newest_held = h.store.list(&m.node, &m.path).ok().and_then(|l| l.iter().map(|s| s.order_ms).max());
+    if m.created_ms < now - super::arrivals::SLOWEST || newest_held.is_some_and(|n| m.order() <= n) {
+        return Ok(false);
     }
     let every = h.schedules.get(&(m.node.clone(), m.path.clone())).copied();
     let mut arrivals = h.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-    arrivals.admit(&m.node, &m.path, every, crate::clock::now_ms(), take).map_err(|what| {
-        let reason = format!("{}: node {} {what}", h.me, m.node);
-        *misdeed.borrow_mut() = Some(Blame::Limited { origin: m.signer().map(String::from), what });
-        XferResponse::OverQuota { reason }
-    })
+    match arrivals.admit(&m.node, &m.path, every, now, false) {
+        Ok(()) => Ok(true),
+        Err(what) => {
+            let reason = format!("{}: node {} {what}", h.me, m.node);
+            *misdeed.borrow_mut() = Some(Blame::Limited { origin: m.signer().map(String::from), what });
+            Err(XferResponse::OverQuota { reason })
+        }
+    }
+}
+
+/// Counts archive `m`, which [`within_schedule`] let in, as kept.
+fn took(h: &Holder, m: &Manifest) {
+    let every = h.schedules.get(&(m.node.clone(), m.path.clone())).copied();
+    let mut arrivals = h.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+    arrivals.count(&m.node, &m.path, every, crate::clock::now_ms());
 }
 
 pub(crate) fn serve(h: &Holder, request: XferRequest) -> Served {
@@ -230,7 +248,7 @@ pub(crate) fn answer(
             if store.has_archive(&m.node, &m.path, &m.id) {
                 return (XferResponse::Want { missing: Vec::new(), complete: true }, Vec::new());
             }
-            if let Err(refusal) = within_schedule(h, &m, false, misdeed) {
+            if let Err(refusal) = within_schedule(h, &m, misdeed) {
                 return (refusal, Vec::new());
             }
             let missing = store.missing_members(&m);
@@ -263,11 +281,13 @@ pub(crate) fn answer(
                 Err(Refusal(e)) => return refused(e),
             };
             let had = store.has_archive(&m.node, &m.path, &m.id);
-            if !had {
-                if let Err(refusal) = within_schedule(h, &m, false, misdeed) {
-                    return (refusal, Vec::new());
-                }
-            }
+            let counts = match had {
+                true => false,
+                false => match within_schedule(h, &m, misdeed) {
+                    Ok(counts) => counts,
+                    Err(refusal) => return (refusal, Vec::new()),
+                },
+            };
             match store.adopt(&m) {
                 // Members still to come: held to the same room as an offer
                 // (a commit is no way around the quota).
@@ -279,8 +299,9 @@ pub(crate) fn answer(
                     usage.lock().unwrap_or_else(|p| p.into_inner()).committed(&m.node, &m.id);
                     let mut events = Vec::new();
                     if !had {
-                        // Counted once it is kept (checked above, so it fits).
-                        let _ = within_schedule(h, &m, true, misdeed);
+                        if counts {
+                            took(h, &m);
+                        }
                         let (node, path, archive, holder) = (m.node.clone(), m.path.clone(), m.id.clone(), me.into());
                         events.push(if repair {
                             Event::Repaired { node, path, archive, holder }

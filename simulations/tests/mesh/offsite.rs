@@ -304,7 +304,8 @@ fn stolen_s3_keys_cannot_delete_what_object_lock_keeps() {
     assert!(refused >= ours.len(), "{refused} of {} refused", ours.len());
     eprintln!("the thief's DELETE of {refused} locked versions ({} objects): every one refused", ours.len());
     let junked = ours.iter().find(|k| k.starts_with("members/")).unwrap();
-    thief.put(junked, b"junk").unwrap();
+    // Larger than any member: a restore must not stop at it.
+    thief.put(junked, &vec![b'j'; 4 << 20]).unwrap();
     // A brand-new node restores every archive exactly, reading past the
     // thief's delete markers and junk.
     let fresh = mesh.start("n9", None, &extra);
