@@ -148,9 +148,14 @@ impl Handler<GetStatus> for MembershipActor {
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         let mut problems = self.state.problems();
         if let Some(r) = self.swarm_keys.as_ref().and_then(|k| k.rotation()) {
+            let lagging = problems.iter().any(|p| p.starts_with("swarm key rotation under way"));
+            let then = if lagging {
+                "give every node the new key before then"
+            } else {
+                "every node up here dials with the new key: one that is down now needs it before then"
+            };
             problems.push(format!(
-                "swarm key rotated: the previous key (fingerprint {}) is still accepted until {}; give every node \
-                 the new key before then",
+                "swarm key rotated: the previous key (fingerprint {}) is still accepted until {}; {then}",
                 r.previous,
                 rfc3339(r.until_ms)
             ));
