@@ -158,7 +158,11 @@ impl NotifyActor {
             let mut catalogs = Vec::new();
             for j in jobs.iter().filter(|j| look && (!j.spec.notify.is_empty() || j.spec.notify_cmd.is_some())) {
                 let c = log.send(crate::log::actor::GetCatalog { node: j.node.clone(), path: j.path.clone() });
-                catalogs.push((j.clone(), c.await.ok()?));
+                // One catalog not read skips that job's anomaly check, not
+                // the tick's notifications.
+                if let Ok(catalog) = c.await {
+                    catalogs.push((j.clone(), catalog));
+                }
             }
             Some((jobs, told, peers, catalogs))
         };
