@@ -331,8 +331,13 @@ impl Membership {
         let mut others: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for s in self.peers.values().filter(|s| s.up) {
             if let Some(info) = &s.info {
+                // A fingerprint is 32 hex digits: anything else a peer says
+                // there is not shown.
+                let fingerprint = |k: &str| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit());
                 match &info.swarm_key {
-                    Some(k) if k != mine => others.entry(k.as_str()).or_default().push(info.name.as_str()),
+                    Some(k) if k != mine && fingerprint(k) => {
+                        others.entry(k.as_str()).or_default().push(info.name.as_str())
+                    }
                     _ => {}
                 }
             }
@@ -428,6 +433,23 @@ mod tests {
 
     fn m() -> Membership {
         Membership::new("ME".into(), info("me"), 3_000)
+    }
+
+    #[test]
+    fn peers_on_another_swarm_key_are_named_and_nothing_else_a_peer_says_there() {
+        let mut m = m();
+        m.set_swarm_key(Some("a".repeat(32)));
+        let key = |k: &str| NodeInfo { swarm_key: Some(k.to_string()), ..info("n2") };
+        m.hello("P2", key(&"a".repeat(32)), 0);
+        assert!(!m.problems().iter().any(|p| p.contains("rotation")), "same key: {:?}", m.problems());
+        m.hello("P2", key("not a fingerprint, but a long message to operators"), 1);
+        assert!(!m.problems().iter().any(|p| p.contains("rotation")), "{:?}", m.problems());
+        m.hello("P2", key(&"b".repeat(32)), 2);
+        let p = m.problems();
+        assert!(
+            p.iter().any(|p| p.contains("rotation under way") && p.contains("n2") && p.contains(&"b".repeat(32))),
+            "{p:?}"
+        );
     }
 
     #[test]
