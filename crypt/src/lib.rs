@@ -15,6 +15,7 @@
 //! anything else gets an unrelated 192-bit nonce; no nonce state is kept.
 
 pub mod keyfile;
+pub mod wrap;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
