@@ -21,6 +21,10 @@ pub struct Authority {
     configured: HashSet<String>,
     /// Operator-signed changes of that set: key → (when signed, trusted).
     changes: RwLock<HashMap<String, (i64, bool)>>,
+    /// Recovery recipients (`age1…`) data keys are wrapped to, by config.
+    recovery: HashSet<String>,
+    /// Operator-signed changes of that set: recipient → (when signed, wrapped to).
+    recovery_changes: RwLock<HashMap<String, (i64, bool)>>,
     /// (time, nonce) of orders carried out, oldest first.
     seen: Mutex<BTreeSet<(i64, String)>>,
 }
@@ -37,6 +41,9 @@ pub enum TrustChange {
     Rebind { node: String, peer: String, former: String, at_ms: i64 },
     /// Trust operator key `operator`, or no longer (`trusted: false`), as of `at_ms`.
     Operator { operator: String, trusted: bool, at_ms: i64 },
+    /// Wrap data keys to recovery recipient `recipient` (`age1…`), or no
+    /// longer (`wrapped: false`), as of `at_ms`.
+    Recipient { recipient: String, wrapped: bool, at_ms: i64 },
 }
 
 /// Nonces remembered at most (a flood of valid orders cannot grow memory
@@ -51,7 +58,25 @@ impl Authority {
             let key = backmesh_api::order::public_key(k)?;
             trusted.insert(backmesh_api::order::public_name(&key));
         }
-        Ok(Authority { configured: trusted, changes: RwLock::default(), seen: Mutex::default() })
+        Ok(Authority { configured: trusted, ..Authority::default() })
+    }
+
+    /// Wrapping data keys to `recipients` (`age1…`, the operator's
+    /// recovery keys) too; an unreadable one is refused by name.
+    pub fn with_recovery(mut self, recipients: &[String]) -> Result<Authority, String> {
+        for r in recipients {
+            let r = backmesh_crypt::wrap::parse_recipient(r).map_err(|e| e.to_string())?;
+            self.recovery.insert(r);
+        }
+        Ok(self)
+    }
+
+    /// Every recovery recipient data keys are wrapped to now.
+    pub fn recovery(&self) -> Vec<String> {
+        let changes = self.recovery_changes.read().unwrap_or_else(|p| p.into_inner());
+        let mut keys: BTreeSet<String> = self.recovery.iter().filter(|k| !changes.contains_key(*k)).cloned().collect();
+        keys.extend(changes.iter().filter(|(_, (_, w))| *w).map(|(k, _)| k.clone()));
+        keys.into_iter().collect()
     }
 
     /// Whether operator key `operator` is trusted now.
@@ -69,15 +94,22 @@ impl Authority {
         keys.into_iter().collect()
     }
 
-    /// Applies a change of the operator set; `false` if a change of that
-    /// key signed as late or later is known already.
+    /// Applies a change of the operator set or of the recovery
+    /// recipients; `false` if a change of that key signed as late or later
+    /// is known already.
     pub fn apply(&self, change: &TrustChange) -> bool {
-        let TrustChange::Operator { operator, trusted, at_ms } = change else { return false };
-        let mut changes = self.changes.write().unwrap_or_else(|p| p.into_inner());
-        match changes.get(operator) {
-            Some((t, _)) if *t >= *at_ms => false,
+        let (set, key, on, at_ms) = match change {
+            TrustChange::Operator { operator, trusted, at_ms } => (&self.changes, operator, *trusted, *at_ms),
+            TrustChange::Recipient { recipient, wrapped, at_ms } => {
+                (&self.recovery_changes, recipient, *wrapped, *at_ms)
+            }
+            TrustChange::Revoke { .. } | TrustChange::Rebind { .. } => return false,
+        };
+        let mut changes = set.write().unwrap_or_else(|p| p.into_inner());
+        match changes.get(key) {
+            Some((t, _)) if *t >= at_ms => false,
             _ => {
-                changes.insert(operator.clone(), (*at_ms, *trusted));
+                changes.insert(key.clone(), (at_ms, on));
                 true
             }
         }
@@ -204,6 +236,13 @@ impl Authority {
             }
             Act::Trust { operator } => Ok(TrustChange::Operator { operator, trusted: true, at_ms }),
             Act::Distrust { operator } => Ok(TrustChange::Operator { operator, trusted: false, at_ms }),
+            Act::AddRecipient { recipient } | Act::RemoveRecipient { recipient }
+                if backmesh_crypt::wrap::parse_recipient(&recipient).as_deref() != Ok(recipient.as_str()) =>
+            {
+                Err(OrderError::Unreadable(format!("`{recipient}` is not an age recipient (age1…)")))
+            }
+            Act::AddRecipient { recipient } => Ok(TrustChange::Recipient { recipient, wrapped: true, at_ms }),
+            Act::RemoveRecipient { recipient } => Ok(TrustChange::Recipient { recipient, wrapped: false, at_ms }),
             other => Err(OrderError::OtherAct { ordered: other.name().into(), asked: "a change of trust".into() }),
         }
     }

@@ -125,6 +125,15 @@ pub fn load_identity(data_dir: &Path) -> Result<libp2p::identity::Keypair, Store
     }
 }
 
+/// The X25519 identity data keys are wrapped to for this node, derived
+/// from its identity key (`backmesh_crypt::wrap`): nothing more to keep.
+/// `None` for a key that is not Ed25519 (backmesh makes only those).
+pub fn node_unwrapper(keypair: &libp2p::identity::Keypair) -> Option<backmesh_crypt::wrap::Identity> {
+    let ed = keypair.clone().try_into_ed25519().ok()?;
+    let seed: [u8; 32] = ed.secret().as_ref().try_into().ok()?;
+    Some(backmesh_crypt::wrap::Identity::of_node(&seed))
+}
+
 /// How long received members wait for their archive's commit before
 /// collection may take them.
 const INBOUND_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -104,6 +104,7 @@ fn the_wire_codecs_take_any_bytes() {
         address: "127.0.0.1:4001".into(),
         version: "0.1.0".into(),
         swarm_key: None,
+        recipient: None,
     };
     let peer = KnownPeer { peer_id: "12D3KooWabc".into(), addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()] };
     let hello = Hello { info, peers: vec![peer], protocol: 7, trust: vec![] };

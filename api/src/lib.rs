@@ -99,6 +99,23 @@ pub struct Operators {
     pub trusted: Vec<String>,
 }
 
+/// `POST /api/v1/recipients`: wrap every node's data key to operator
+/// recovery recipient `recipient` (`age1…`) too (`wrap`), or no longer;
+/// the request carries the order of an operator trusted now. Answered
+/// with [`Recipients`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientChange {
+    pub recipient: String,
+    pub wrap: bool,
+}
+
+/// The recovery recipients the answering node wraps data keys to after
+/// the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipients {
+    pub recovery: Vec<String>,
+}
+
 /// One node of the mesh as some node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -125,6 +142,10 @@ pub struct NodeStatus {
     /// refused the excess; `problems` says the last.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub limited: u64,
+    /// The age recipient (`age1…`) that node's data key is wrapped to
+    /// (derived from its identity key), as it announces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -147,6 +168,10 @@ pub struct Status {
     /// The answering node's background workers, by name.
     #[serde(default)]
     pub workers: Vec<WorkerStatus>,
+    /// The operator recovery recipients (`age1…`) the answering node
+    /// wraps its data key to.
+    #[serde(default)]
+    pub recovery: Vec<String>,
 }
 
 /// One background worker of the answering node: what it does and how it

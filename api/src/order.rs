@@ -92,6 +92,17 @@ pub enum Act {
     Distrust {
         operator: String,
     },
+    /// Wrap every node's data key to age recipient `recipient` (`age1…`)
+    /// too, from now on: an operator recovery key, with which a restore
+    /// works after the node is gone. A trust change like `Trust`.
+    AddRecipient {
+        recipient: String,
+    },
+    /// Wrap data keys to `recipient` no longer (bundles made already keep
+    /// it: rotate the data keys if it was stolen).
+    RemoveRecipient {
+        recipient: String,
+    },
 }
 
 impl Act {
@@ -109,7 +120,9 @@ impl Act {
             | Act::Retire { .. }
             | Act::Rebind { .. }
             | Act::Trust { .. }
-            | Act::Distrust { .. } => None,
+            | Act::Distrust { .. }
+            | Act::AddRecipient { .. }
+            | Act::RemoveRecipient { .. } => None,
         }
     }
 
@@ -129,6 +142,8 @@ impl Act {
             Act::Rebind { .. } => "rebind",
             Act::Trust { .. } => "trust",
             Act::Distrust { .. } => "distrust",
+            Act::AddRecipient { .. } => "add recovery recipient",
+            Act::RemoveRecipient { .. } => "remove recovery recipient",
         }
     }
 }
@@ -361,6 +376,9 @@ fn describe(act: &Act) -> String {
         Act::Revoke { node, peer } | Act::Retire { node, peer } => format!("{} {node} ({peer})", act.name()),
         Act::Rebind { node, peer, former } => format!("rebind {node} to {peer} (was {former})"),
         Act::Trust { operator } | Act::Distrust { operator } => format!("{} {operator}", act.name()),
+        Act::AddRecipient { recipient } | Act::RemoveRecipient { recipient } => {
+            format!("{} {recipient}", act.name())
+        }
     }
 }
 

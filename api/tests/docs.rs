@@ -47,6 +47,8 @@ const TYPES: &[&str] = &[
     "Identity",
     "OperatorChange",
     "Operators",
+    "RecipientChange",
+    "Recipients",
 ];
 
 /// The example read as `T` and written back.
@@ -87,6 +89,8 @@ fn round_trip(name: &str, v: &Value) -> Result<Value, String> {
         "Identity" => again::<backmesh_api::Identity>(v),
         "OperatorChange" => again::<backmesh_api::OperatorChange>(v),
         "Operators" => again::<backmesh_api::Operators>(v),
+        "RecipientChange" => again::<backmesh_api::RecipientChange>(v),
+        "Recipients" => again::<backmesh_api::Recipients>(v),
         other => Err(format!("no type `{other}` in the API")),
     }
 }

@@ -232,6 +232,22 @@ pub(crate) enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub(crate) enum RecoveryCommand {
+    /// Wrap every node's data key to RECIPIENT too (an offline key of the
+    /// operator's, say, from `age-keygen`).
+    Add {
+        #[arg(value_name = "RECIPIENT")]
+        recipient: String,
+    },
+    /// Wrap data keys to RECIPIENT no longer (what was wrapped to it stays
+    /// so: rotate the data keys if its secret was stolen).
+    Remove {
+        #[arg(value_name = "RECIPIENT")]
+        recipient: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub(crate) enum OperatorCommand {
     /// Make a new operator key pair on this machine (never on a node) and
     /// print its public half, which every node is then told
@@ -247,7 +263,23 @@ pub(crate) enum OperatorCommand {
         passphrase: bool,
     },
     /// Print the public half of the operator key (--operator-key, or the default file).
-    Show,
+    Show {
+        /// Print the recovery recipient (age1…) instead: give it to every node
+        /// (`operator-recovery = "age1…"` in node.toml), which wraps its data key to it.
+        #[arg(long)]
+        recovery: bool,
+        /// With --recovery: print the recovery identity's secret
+        /// (AGE-SECRET-KEY-1…, for `age -d -i`) instead. Keep it as you keep the key.
+        #[arg(long, requires = "recovery")]
+        secret: bool,
+    },
+    /// Have every node wrap its data key to recovery recipient RECIPIENT
+    /// (age1…) too, or no longer: signed with your operator key, passed
+    /// from node to node.
+    Recovery {
+        #[command(subcommand)]
+        command: RecoveryCommand,
+    },
     /// Trust operator key KEY (bmop-…) on every node too: signed with your
     /// operator key, passed from node to node.
     Trust {

@@ -17,7 +17,7 @@ use backmesh_api::cli::{Fetched, RestoreOutcome, RestoreResult, RunOutcome, Veri
 use backmesh_api::{human_bytes as human, ErrorBody, Event, LogEntry, RunResult, Status};
 use clap::Parser;
 
-use args::{Cli, Command, OperatorCommand};
+use args::{Cli, Command, OperatorCommand, RecoveryCommand};
 use backmesh_api::order::Act;
 use client::{enc, Client, Failure};
 use serde::Serialize;
@@ -77,6 +77,9 @@ fn status(client: &Client, json: bool, workers: bool) -> Result<(), Failure> {
     }
     let up = s.nodes.iter().filter(|n| n.up).count();
     out!("{up} of {} nodes up (* = the node that answered)", s.nodes.len());
+    if !s.recovery.is_empty() {
+        out!("operator recovery recipients (data keys are wrapped to them): {}", s.recovery.join(", "));
+    }
     if s.jobs.is_empty() {
         out!("no backup jobs registered");
     } else {
@@ -767,6 +770,36 @@ fn operators(client: &Client, json: bool, key: &str, trusted: bool) -> Result<()
     Ok(())
 }
 
+/// `backmesh operator recovery add|remove RECIPIENT`: a change of the
+/// recovery recipients every node wraps its data key to, signed with this
+/// operator's key.
+fn recipients(client: &Client, json: bool, recipient: &str, wrap: bool) -> Result<(), Failure> {
+    let recipient = backmesh_crypt::wrap::parse_recipient(recipient).map_err(|e| Failure::Refused(e.to_string()))?;
+    let body = backmesh_api::RecipientChange { recipient: recipient.clone(), wrap };
+    let act = if wrap {
+        Act::AddRecipient { recipient: recipient.clone() }
+    } else {
+        Act::RemoveRecipient { recipient: recipient.clone() }
+    };
+    client.sign_required(act, "a change of recovery recipients")?;
+    let done: backmesh_api::Recipients = client.post("/recipients", &body)?;
+    if json {
+        print_json(&done);
+    } else {
+        out!(
+            "data keys are wrapped to {recipient} {} (every node, as hellos pass it on); recovery recipients here now:",
+            if wrap { "too" } else { "no longer" }
+        );
+        for r in &done.recovery {
+            out!("  {r}");
+        }
+        if done.recovery.is_empty() {
+            out!("  none: a node's backups can then be read only with that node's own key");
+        }
+    }
+    Ok(())
+}
+
 /// `backmesh operator init|show`: on this machine, no node asked.
 fn operator_command(cli: &Cli, json: bool, command: &OperatorCommand) -> Result<(), Failure> {
     let given = cli.operator_key.clone();
@@ -777,30 +810,50 @@ fn operator_command(cli: &Cli, json: bool, command: &OperatorCommand) -> Result<
                 .or(given)
                 .or_else(operator::default_path)
                 .ok_or_else(|| Failure::Refused("no home directory to keep the key in: give --out FILE".into()))?;
-            let (file, public) = operator::init(&out, *passphrase).map_err(Failure::Refused)?;
+            let (file, key) = operator::init(&out, *passphrase).map_err(Failure::Refused)?;
+            let public = key.public();
+            let recovery = backmesh_crypt::wrap::Identity::of_operator(&key.seed()).recipient();
             if json {
-                print_json(&serde_json::json!({ "file": file, "public": public }));
+                print_json(&serde_json::json!({ "file": file, "public": public, "recovery": recovery }));
             } else {
-                out!("operator key written to {} (keep it on this machine only; back it up offline)", file.display());
+                out!(
+                    "operator key written to {} (keep it on this machine only; back it up offline: it signs \
+                     commands, and it is the key that reads every node's backups once that node is lost)",
+                    file.display()
+                );
                 out!("public key: {public}");
-                out!("tell every node: operator-key = \"{public}\" in node.toml, or --operator-key {public}");
+                out!("recovery recipient: {recovery}");
+                out!("tell every node, in node.toml (or --operator-key and --operator-recovery):");
+                out!("  operator-key = \"{public}\"");
+                out!("  operator-recovery = \"{recovery}\"");
             }
             Ok(())
         }
-        OperatorCommand::Trust { .. } | OperatorCommand::Distrust { .. } => {
-            Err(Failure::Refused("`operator trust|distrust` asks a node".into()))
+        OperatorCommand::Trust { .. } | OperatorCommand::Distrust { .. } | OperatorCommand::Recovery { .. } => {
+            Err(Failure::Refused("`operator trust|distrust|recovery` asks a node".into()))
         }
-        OperatorCommand::Show => {
+        OperatorCommand::Show { recovery, secret } => {
             let file = operator::key_file(given.as_deref()).ok_or_else(|| {
                 Failure::Refused(
                     "no operator key: give --operator-key FILE, or make one with `backmesh operator init`".into(),
                 )
             })?;
-            let public = operator::load(&file).map_err(Failure::Refused)?.public();
-            if json {
-                print_json(&serde_json::json!({ "file": file, "public": public }));
+            let key = operator::load(&file).map_err(Failure::Refused)?;
+            let identity = backmesh_crypt::wrap::Identity::of_operator(&key.seed());
+            if *secret {
+                if json {
+                    print_json(&serde_json::json!({ "file": file, "recovery_secret": identity.secret_text() }));
+                } else {
+                    out!("{}", identity.secret_text());
+                }
+            } else if json {
+                print_json(
+                    &serde_json::json!({ "file": file, "public": key.public(), "recovery": identity.recipient() }),
+                );
+            } else if *recovery {
+                out!("{}", identity.recipient());
             } else {
-                out!("{public}");
+                out!("{}", key.public());
             }
             Ok(())
         }
@@ -814,6 +867,12 @@ fn main() -> ExitCode {
     let result = Client::new(&cli).and_then(|c| match &cli.command {
         Command::Operator { command: OperatorCommand::Trust { key } } => operators(&c, json, key, true),
         Command::Operator { command: OperatorCommand::Distrust { key } } => operators(&c, json, key, false),
+        Command::Operator { command: OperatorCommand::Recovery { command: RecoveryCommand::Add { recipient } } } => {
+            recipients(&c, json, recipient, true)
+        }
+        Command::Operator { command: OperatorCommand::Recovery { command: RecoveryCommand::Remove { recipient } } } => {
+            recipients(&c, json, recipient, false)
+        }
         Command::Operator { command } => operator_command(&cli, json, command),
         Command::Status { workers } => status(&c, json, *workers),
         Command::Jobs => jobs(&c, json),

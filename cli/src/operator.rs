@@ -54,8 +54,8 @@ pub(crate) fn sign(file: &Path, act: Act) -> Result<SignedOrder, String> {
 
 /// `backmesh operator init`: a new key written to `out` (0600, in a
 /// directory made 0700 if new); never over an existing file. Answers the
-/// file and the public key.
-pub(crate) fn init(out: &Path, under_passphrase: bool) -> Result<(PathBuf, String), String> {
+/// file and the key.
+pub(crate) fn init(out: &Path, under_passphrase: bool) -> Result<(PathBuf, OperatorKey), String> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", out.display());
@@ -99,5 +99,5 @@ pub(crate) fn init(out: &Path, under_passphrase: bool) -> Result<(PathBuf, Strin
     })();
     let _ = std::fs::remove_file(&staging);
     written.map_err(|e| fail("write the operator key", e))?;
-    Ok((out.to_path_buf(), key.public()))
+    Ok((out.to_path_buf(), key))
 }

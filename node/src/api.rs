@@ -58,6 +58,7 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
         s.offsite = Some(o);
     }
     s.workers = state.workers.snapshot().iter().map(view::worker).collect();
+    s.recovery = state.authority.recovery();
     Ok(HttpResponse::Ok().json(s))
 }
 
@@ -97,6 +98,7 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/join", web::post().to(join_node))
         .route("/revoke", web::post().to(revoke))
         .route("/operators", web::post().to(operators))
+        .route("/recipients", web::post().to(recipients))
         .route("/rebind", web::post().to(rebind))
         .route("/nodes/{node}/identity", web::get().to(identity))
         .route("/jobs", web::post().to(register))
@@ -835,6 +837,30 @@ async fn operators(
     }
     state.net.trust(order).await.map_err(|e| error(StatusCode::FORBIDDEN, e))?;
     Ok(HttpResponse::Ok().json(backmesh_api::Operators { trusted: state.authority.trusted() }))
+}
+
+/// `POST /recipients`: every node wraps its data key to an operator
+/// recovery recipient too, or no longer (a change signed by an operator
+/// key trusted now), passed on in hellos like a revocation.
+async fn recipients(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    body: web::Json<backmesh_api::RecipientChange>,
+) -> Answer {
+    admin(&req, &state)?;
+    let b = body.into_inner();
+    let recipient = b.recipient.clone();
+    let act = if b.wrap { Act::AddRecipient { recipient } } else { Act::RemoveRecipient { recipient } };
+    let order = needed(&state, order_of(&req)?, &act, "every node")?;
+    match order.open() {
+        Ok(o) if o.act == act => {}
+        Ok(_) => {
+            return Err(error(StatusCode::FORBIDDEN, "the order is for another act than this change of recipients"))
+        }
+        Err(e) => return Err(error(StatusCode::FORBIDDEN, e.to_string())),
+    }
+    state.net.trust(order).await.map_err(|e| error(StatusCode::FORBIDDEN, e))?;
+    Ok(HttpResponse::Ok().json(backmesh_api::Recipients { recovery: state.authority.recovery() }))
 }
 
 /// `HOST:PORT` (not a plain node name) → an address to dial.

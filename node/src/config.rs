@@ -47,6 +47,12 @@ pub struct RunArgs {
     /// only on its own API token, for its own jobs.
     #[arg(long = "operator-key", value_name = "bmop-…")]
     pub operator_keys: Vec<String>,
+    /// An operator's recovery recipient (age1…, `backmesh operator show
+    /// --recovery`): this node's data key is wrapped to it, so the
+    /// operator can read this node's backups after the node is lost.
+    /// Repeatable.
+    #[arg(long = "operator-recovery", value_name = "age1…")]
+    pub operator_recovery: Vec<String>,
     /// Copies of each backup kept on other nodes [default: 3].
     #[arg(long)]
     pub replicas: Option<usize>,
@@ -200,6 +206,8 @@ struct FileConfig {
     token_file: Option<PathBuf>,
     #[serde(default)]
     operator_key: OneOrMany,
+    #[serde(default)]
+    operator_recovery: OneOrMany,
     replicas: Option<usize>,
     keep: Option<usize>,
     keep_within: Option<String>,
@@ -275,6 +283,8 @@ pub struct NodeConfig {
     pub config_file: Option<PathBuf>,
     /// Operator public keys (`bmop-…`) whose orders this node carries out.
     pub operator_keys: Vec<String>,
+    /// Operator recovery recipients (`age1…`) this node's data key is wrapped to.
+    pub operator_recovery: Vec<String>,
     pub replicas: usize,
     pub keep: Retention,
     /// New archives of one series taken at once from its node (`--burst`).
@@ -338,6 +348,13 @@ impl NodeConfig {
         }
         operator_keys.sort();
         operator_keys.dedup();
+        let mut operator_recovery = Vec::new();
+        for r in file.operator_recovery.into_vec().iter().chain(&args.operator_recovery) {
+            let r = backmesh_crypt::wrap::parse_recipient(r).map_err(|e| anyhow!("operator-recovery: {e}"))?;
+            operator_recovery.push(r);
+        }
+        operator_recovery.sort();
+        operator_recovery.dedup();
         let viewer_token = args.viewer_token.or(file.viewer_token).filter(|t| !t.is_empty());
         let mut site_tokens: Vec<(String, String)> = file.site_tokens.into_iter().collect();
         for s in &args.site_tokens {
@@ -420,6 +437,7 @@ impl NodeConfig {
             token_file,
             config_file: args.config.clone(),
             operator_keys,
+            operator_recovery,
             viewer_token,
             site_tokens,
             federate,

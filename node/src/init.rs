@@ -40,6 +40,10 @@ pub struct InitArgs {
     /// on this node from any node of the mesh. Repeatable.
     #[arg(long = "operator-key", value_name = "bmop-…")]
     pub operator_keys: Vec<String>,
+    /// The operator's recovery recipient (age1…, printed beside the
+    /// operator key): this node's data key is wrapped to it. Repeatable.
+    #[arg(long = "operator-recovery", value_name = "age1…")]
+    pub operator_recovery: Vec<String>,
     /// The system user the service runs as: the files are made its own
     /// (when run as root and the user exists).
     #[arg(long, value_name = "USER", default_value = "backmesh")]
@@ -120,6 +124,9 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
     for k in &a.operator_keys {
         backmesh_api::order::public_key(k).map_err(|e| anyhow::anyhow!("--operator-key: {e}"))?;
     }
+    for r in &a.operator_recovery {
+        backmesh_crypt::wrap::parse_recipient(r).map_err(|e| anyhow::anyhow!("--operator-recovery: {e}"))?;
+    }
     std::fs::create_dir_all(&a.config_dir)
         .with_context(|| format!("cannot create the config directory {}", a.config_dir.display()))?;
     let config = a.config_dir.join("node.toml");
@@ -173,6 +180,14 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
         let keys: Vec<String> = a.operator_keys.iter().map(|k| quoted(k.trim())).collect();
         text += &format!("operator-key = [{}]\n", keys.join(", "));
     }
+    text += "# The operator's recovery recipients: this node's data key is wrapped to them, so the operator\n";
+    text += "# can read this node's backups after the server is lost (`backmesh operator show --recovery`).\n";
+    if a.operator_recovery.is_empty() {
+        text += "# operator-recovery = \"age1…\"\n";
+    } else {
+        let keys: Vec<String> = a.operator_recovery.iter().map(|k| quoted(k.trim())).collect();
+        text += &format!("operator-recovery = [{}]\n", keys.join(", "));
+    }
     text += "# replicas = 3\n# keep = 10\n# keep-within = \"14d\"\n# site = \"paris\"\n";
     text += "# offsite = \"s3://BUCKET/PREFIX\"   # see docs/operations.md, Offsite copies\n";
     write_private(&config, text.as_bytes(), a.force || packaged)
@@ -212,8 +227,11 @@ pub fn init(name: Option<String>, data_dir: Option<PathBuf>, a: InitArgs) -> Res
     if a.operator_keys.is_empty() {
         say!("  {step}. on your own machine (never on a server), make the operator key once:");
         say!("       backmesh operator init");
-        say!("     and put the public key it prints in {}: operator-key = \"bmop-…\"", config.display());
-        say!("     (or run init again with --force --operator-key bmop-…)");
+        say!(
+            "     and put the two lines it prints in {}: operator-key = \"bmop-…\" and operator-recovery = \"age1…\"",
+            config.display()
+        );
+        say!("     (or run init again with --force --operator-key bmop-… --operator-recovery age1…)");
         step += 1;
     }
     say!("  {step}. start the node: systemctl enable --now backmesh-node");

@@ -132,7 +132,10 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
     })?;
     cfg.listen = probe.local_addr().context("the mesh listener has no address")?;
     let tls = cfg.tls.as_ref().map(|(c, k)| tls_config(c, k)).transpose()?;
-    let authority = std::sync::Arc::new(Authority::new(&cfg.operator_keys).map_err(|e| anyhow!("operator-key: {e}"))?);
+    let authority = Authority::new(&cfg.operator_keys).map_err(|e| anyhow!("operator-key: {e}"))?;
+    let authority = std::sync::Arc::new(
+        authority.with_recovery(&cfg.operator_recovery).map_err(|e| anyhow!("operator-recovery: {e}"))?,
+    );
     if !authority.has_operators() {
         tracing::warn!(
             "no operator key is trusted (--operator-key): this node acts only for its own API token, on its own \
@@ -161,6 +164,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             address: cfg.listen.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
             swarm_key: psk.as_ref().map(|k| k.current()),
+            recipient: backmesh_core::store::node_unwrapper(&keypair).map(|i| i.recipient()),
         };
         let down_after_ms = cfg.down_after.as_millis() as i64;
         let membership = Membership::new(peer_id.to_string(), me.clone(), down_after_ms);

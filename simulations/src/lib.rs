@@ -42,6 +42,19 @@ pub fn operator_init(file: &Path) -> String {
     v["public"].as_str().expect("a public key").to_string()
 }
 
+/// The recovery recipient (`age1…`) of the operator key in `file`, as
+/// `backmesh operator show --recovery` prints it.
+pub fn operator_recovery(file: &Path) -> String {
+    let out = Command::new(binary("backmesh"))
+        .arg("--operator-key")
+        .arg(file)
+        .args(["operator", "show", "--recovery"])
+        .output()
+        .expect("run backmesh operator show --recovery");
+    assert!(out.status.success(), "operator show --recovery: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
@@ -102,8 +115,11 @@ pub struct Mesh {
     /// The operator's secret key file (made as an operator makes it, with
     /// `backmesh operator init`), which [`Mesh::cli`] signs with…
     pub operator_key: PathBuf,
-    /// …and its public half, which every node is told (`--operator-key`).
+    /// …and its public half, which every node is told (`--operator-key`),
     pub operator_public: String,
+    /// …and its recovery recipient, which every node wraps its data key
+    /// to (`--operator-recovery`).
+    pub operator_recovery: String,
     /// Seconds of silence before a peer is shown down.
     pub down_after: u64,
     /// Environment variables for every node started from now on.
@@ -123,7 +139,17 @@ impl Mesh {
         assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
         let operator_key = root.path().join("operator.key");
         let operator_public = operator_init(&operator_key);
-        Mesh { root, nodes: Vec::new(), swarm_key, operator_key, operator_public, down_after: 2, env: Vec::new() }
+        let operator_recovery = operator_recovery(&operator_key);
+        Mesh {
+            root,
+            nodes: Vec::new(),
+            swarm_key,
+            operator_key,
+            operator_public,
+            operator_recovery,
+            down_after: 2,
+            env: Vec::new(),
+        }
     }
 
     /// Starts nodes named `names`, each joining through the previous one,
@@ -205,6 +231,8 @@ impl Mesh {
         if !extra.iter().any(|a| a == "--no-operator-key") {
             args.push("--operator-key".into());
             args.push(self.operator_public.clone());
+            args.push("--operator-recovery".into());
+            args.push(self.operator_recovery.clone());
         }
         args.extend(extra.iter().filter(|a| *a != "--no-swarm-key" && *a != "--no-operator-key").cloned());
         let scheme = if extra.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };

@@ -262,4 +262,19 @@ fn an_operator_key_under_a_passphrase_opens_with_it_only() {
     let wrong = show(Some("other words"));
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"), "{wrong:?}");
+    // The recovery recipient comes from the same sealed key: the one
+    // `init` printed, and its secret opens what is wrapped to it.
+    let recovery =
+        serde_json::from_slice::<serde_json::Value>(&made.stdout).unwrap()["recovery"].as_str().unwrap().to_string();
+    assert!(recovery.starts_with("age1"), "{recovery}");
+    let k = key.to_str().unwrap();
+    let shown = cli(&["--operator-key", k, "operator", "show", "--recovery"], Some("s3cret words"));
+    assert_eq!(stdout(&shown).trim(), recovery, "{}", String::from_utf8_lossy(&shown.stderr));
+    let secret = cli(&["--operator-key", k, "operator", "show", "--recovery", "--secret"], Some("s3cret words"));
+    let identity = backmesh_crypt::wrap::Identity::parse(stdout(&secret).trim()).unwrap();
+    assert_eq!(identity.recipient(), recovery);
+    assert_eq!(
+        cli(&["--operator-key", k, "operator", "show", "--recovery"], Some("other words")).status.code(),
+        Some(1)
+    );
 }

@@ -167,6 +167,7 @@ impl Handler<GetStatus> for MembershipActor {
             state: Default::default(),
             offsite: None,
             workers: Vec::new(),
+            recovery: Vec::new(),
         })
     }
 }

@@ -367,6 +367,12 @@ impl EventLoop {
             Taken::Operator { operator, trusted: false } => {
                 tracing::warn!("the operator no longer trusts operator key {operator}")
             }
+            Taken::Recipient { recipient, wrapped: true } => {
+                tracing::warn!("the operator has data keys wrapped to recovery recipient {recipient} from now on")
+            }
+            Taken::Recipient { recipient, wrapped: false } => {
+                tracing::warn!("the operator has data keys wrapped to recovery recipient {recipient} no longer")
+            }
         }
     }
 
@@ -374,6 +380,7 @@ impl EventLoop {
     fn take_revocations(&mut self, from: &PeerId, orders: &[crate::authority::SignedOrder]) {
         let most = super::revocations::MAX_REVOCATIONS
             + super::revocations::MAX_OPERATOR_CHANGES
+            + super::revocations::MAX_RECIPIENT_CHANGES
             + super::revocations::MAX_REBINDS;
         for order in orders.iter().take(most) {
             match self.revocations.take_heard(order) {

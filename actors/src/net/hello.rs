@@ -122,6 +122,7 @@ mod tests {
                 address: "127.0.0.1:7400".into(),
                 version: "0.1.0".into(),
                 swarm_key: None,
+                recipient: None,
             },
             peers: vec![KnownPeer { peer_id: "12D3Koo".into(), addrs: vec!["/ip4/127.0.0.1/tcp/1".into()] }],
             protocol: 10,

@@ -24,6 +24,11 @@ pub struct NodeInfo {
     /// that a rotation shows which nodes have the new key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swarm_key: Option<String>,
+    /// The age recipient (`age1…`) its data key is wrapped to, derived
+    /// from its identity key: what a key is re-wrapped to for a restore
+    /// there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,6 +303,7 @@ impl Membership {
             conflict: conflict_note(&self.me.name, &self.me_peer),
             refused: 0,
             limited: 0,
+            recipient: self.me.recipient.clone(),
         }];
         let mut peers: Vec<NodeStatus> = self
             .peers
@@ -316,6 +322,7 @@ impl Membership {
                     conflict: conflict_note(&info.name, peer),
                     refused: self.misdeeds.get(peer).map(|(n, _)| *n).unwrap_or(0),
                     limited: self.limited.get(peer).map(|(n, _)| *n).unwrap_or(0),
+                    recipient: info.recipient.clone(),
                 })
             })
             .collect();
@@ -428,6 +435,7 @@ mod tests {
             address: "127.0.0.1:1".into(),
             version: "0".into(),
             swarm_key: None,
+            recipient: None,
         }
     }
 

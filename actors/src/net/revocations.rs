@@ -21,13 +21,16 @@ pub const MAX_REVOCATIONS: usize = 200;
 /// Operator keys whose trust was changed, kept at most (the same bound).
 pub const MAX_OPERATOR_CHANGES: usize = 32;
 
+/// Recovery recipients whose wrapping was changed, kept at most.
+pub const MAX_RECIPIENT_CHANGES: usize = 32;
+
 /// Names bound again to a new identity, kept at most.
 pub const MAX_REBINDS: usize = 64;
 
 /// Order texts remembered as checked (taken or refused), at most: a hello
 /// repeats every change its sender holds, and each is checked once, not
 /// at every hello (a signature check each, from every peer).
-const CHECKED_MAX: usize = 4 * (MAX_REVOCATIONS + MAX_OPERATOR_CHANGES + MAX_REBINDS);
+const CHECKED_MAX: usize = 4 * (MAX_REVOCATIONS + MAX_OPERATOR_CHANGES + MAX_REBINDS + MAX_RECIPIENT_CHANGES);
 
 /// The revocations this node holds.
 pub struct Revocations {
@@ -38,6 +41,8 @@ pub struct Revocations {
     by_peer: BTreeMap<String, (String, Option<i64>, SignedOrder)>,
     /// Operator key → the latest order that trusts it or no longer.
     operators: BTreeMap<String, SignedOrder>,
+    /// Recovery recipient → the latest order that wraps to it or no longer.
+    recipients: BTreeMap<String, SignedOrder>,
     /// (node name, former peer) → every rebind, a chain of them kept
     /// whole: (when, new peer, the order).
     rebinds: BTreeMap<(String, String), (i64, String, SignedOrder)>,
@@ -56,6 +61,8 @@ pub enum Taken {
     Revoked { node: String, peer: String, retired_ms: Option<i64> },
     /// Operator key `operator` is trusted from now on, or no longer.
     Operator { operator: String, trusted: bool },
+    /// Data keys are wrapped to recovery recipient `recipient` from now on, or no longer.
+    Recipient { recipient: String, wrapped: bool },
     /// Node name `node` is identity `peer` from `at_ms` on, in place of `former`.
     Rebound { node: String, peer: String, former: String, at_ms: i64 },
 }
@@ -68,6 +75,7 @@ impl Revocations {
             file,
             by_peer: BTreeMap::new(),
             operators: BTreeMap::new(),
+            recipients: BTreeMap::new(),
             rebinds: BTreeMap::new(),
             checked: HashSet::new(),
         };
@@ -136,6 +144,21 @@ impl Revocations {
                 self.checked.clear();
                 Ok(Taken::Operator { operator, trusted })
             }
+            change @ TrustChange::Recipient { .. } => {
+                let TrustChange::Recipient { recipient, wrapped, .. } = change.clone() else {
+                    return Ok(Taken::Known);
+                };
+                if self.recipients.len() >= MAX_RECIPIENT_CHANGES && !self.recipients.contains_key(&recipient) {
+                    return Err(OrderError::Unreadable(format!(
+                        "more than {MAX_RECIPIENT_CHANGES} changes of recovery recipients"
+                    )));
+                }
+                if !self.authority.apply(&change) {
+                    return Ok(Taken::Known);
+                }
+                self.recipients.insert(recipient.clone(), order.clone());
+                Ok(Taken::Recipient { recipient, wrapped })
+            }
         }
     }
 
@@ -168,7 +191,8 @@ impl Revocations {
     pub fn orders(&self) -> Vec<SignedOrder> {
         let revoked = self.by_peer.values().map(|(_, _, o)| o.clone());
         let rebound = self.rebinds.values().map(|(_, _, o)| o.clone());
-        self.operators.values().cloned().chain(revoked).chain(rebound).collect()
+        let recipients = self.recipients.values().cloned();
+        self.operators.values().cloned().chain(recipients).chain(revoked).chain(rebound).collect()
     }
 
     /// (node, new peer, former peer, as of) of every rebind held.
@@ -261,5 +285,42 @@ mod tests {
         let fresh = Arc::new(Authority::new(&[a.public()]).unwrap());
         let _again = Revocations::load(fresh.clone(), Some(file));
         assert_eq!(fresh.trusted(), vec![b.public()]);
+    }
+
+    #[test]
+    fn recovery_recipients_change_only_by_a_trusted_signature_the_later_winning_and_are_kept() {
+        use backmesh_crypt::wrap::Identity;
+        let t = tempfile::tempdir().unwrap();
+        let op = OperatorKey::generate().unwrap();
+        let configured = Identity::of_operator(&op.seed()).recipient();
+        let offline = Identity::of_operator(&[7; 32]).recipient();
+        let auth =
+            Arc::new(Authority::new(&[op.public()]).unwrap().with_recovery(std::slice::from_ref(&configured)).unwrap());
+        assert!(Authority::new(&[]).unwrap().with_recovery(&["age1nope".into()]).is_err());
+        let file = t.path().join("revoked");
+        let mut r = Revocations::load(auth.clone(), Some(file.clone()));
+        let add = op.sign(Act::AddRecipient { recipient: offline.clone() }, 100).unwrap();
+        assert_eq!(r.take_change(&add), Ok(Taken::Recipient { recipient: offline.clone(), wrapped: true }));
+        let mut both = vec![configured.clone(), offline.clone()];
+        both.sort();
+        assert_eq!(auth.recovery(), both);
+        // A stranger's signature, or a recipient that is none: refused.
+        let thief = OperatorKey::generate().unwrap();
+        let theirs = thief.sign(Act::AddRecipient { recipient: Identity::of_operator(&thief.seed()).recipient() }, 200);
+        assert!(matches!(r.take_change(&theirs.unwrap()), Err(OrderError::Untrusted { .. })));
+        let junk = op.sign(Act::AddRecipient { recipient: "age1nope".into() }, 200).unwrap();
+        assert!(matches!(r.take_change(&junk), Err(OrderError::Unreadable(_))));
+        assert_eq!(auth.recovery(), both);
+        // The configured one removed; an older order adding it back changes nothing.
+        let remove = op.sign(Act::RemoveRecipient { recipient: configured.clone() }, 300).unwrap();
+        assert_eq!(r.take_change(&remove), Ok(Taken::Recipient { recipient: configured.clone(), wrapped: false }));
+        let stale = op.sign(Act::AddRecipient { recipient: configured.clone() }, 250).unwrap();
+        assert_eq!(r.take_change(&stale), Ok(Taken::Known));
+        assert_eq!(auth.recovery(), vec![offline.clone()]);
+        // Kept: a restart from the same config ends where it was.
+        let fresh = Arc::new(Authority::new(&[op.public()]).unwrap().with_recovery(&[configured]).unwrap());
+        let again = Revocations::load(fresh.clone(), Some(file));
+        assert_eq!(fresh.recovery(), vec![offline]);
+        assert_eq!(again.orders().len(), 2);
     }
 }

@@ -116,6 +116,7 @@ fn golden_hello() {
         address: "10.0.0.1:7400".into(),
         version: "0.1.0".into(),
         swarm_key: None,
+        recipient: None,
     };
     let peer =
         KnownPeer { peer_id: key().public().to_peer_id().to_string(), addrs: vec!["/ip4/10.0.0.2/tcp/7400".into()] };

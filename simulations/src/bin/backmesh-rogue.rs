@@ -161,6 +161,7 @@ async fn main() {
         address: String::new(),
         version: env!("CARGO_PKG_VERSION").into(),
         swarm_key: None,
+        recipient: None,
     };
     // An operator key of the rogue's own making, which its own network
     // trusts: the revocations it signs go out in its hellos.

@@ -319,5 +319,6 @@ pub(crate) fn info_of(name: &str) -> NodeInfo {
         address: String::new(),
         version: String::new(),
         swarm_key: None,
+        recipient: None,
     }
 }

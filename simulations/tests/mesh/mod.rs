@@ -946,6 +946,47 @@ fn operators_are_trusted_and_no_longer_by_an_operator_s_signed_change_mesh_wide(
 }
 
 #[test]
+fn recovery_recipients_change_mesh_wide_only_by_a_trusted_operator_s_signed_change() {
+    let mut mesh = Mesh::chain(&["n1", "n2"]);
+    let recovery = |mesh: &Mesh, i: usize| mesh.status(i).map(|s| s.recovery).unwrap_or_default();
+    // From config: every node wraps to the operator's recovery recipient,
+    // and announces its own recipient (each its own).
+    assert_eq!(recovery(&mesh, 0), vec![mesh.operator_recovery.clone()]);
+    let s = mesh.status(1).unwrap();
+    let recipients: Vec<&str> = s.nodes.iter().filter_map(|n| n.recipient.as_deref()).collect();
+    assert_eq!(recipients.len(), 2, "{:#?}", s.nodes);
+    assert!(recipients[0] != recipients[1] && recipients.iter().all(|r| r.starts_with("age1")));
+    // An offline recovery key added on n1 reaches n2, and a node that joins later.
+    let offline = backmesh_crypt::wrap::Identity::of_operator(&[7; 32]).recipient();
+    let out = mesh.cli(0, &["operator", "recovery", "add", &offline]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut both = vec![mesh.operator_recovery.clone(), offline.clone()];
+    both.sort();
+    assert!(wait_until(T, || recovery(&mesh, 1) == both), "{:?}", recovery(&mesh, 1));
+    let n3 = mesh.start("n3", Some(1), &[]);
+    assert!(mesh.wait_ready(n3, T));
+    assert!(wait_until(T, || recovery(&mesh, n3) == both), "{:?}", recovery(&mesh, n3));
+    // Without the operator's key (the node's own token only), or with a
+    // key no node trusts, nothing changes.
+    let thief = backmesh_crypt::wrap::Identity::of_operator(&[9; 32]).recipient();
+    let out = mesh.cli_as_node(1, &["operator", "recovery", "add", &thief]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let stranger_key = mesh.root.path().join("stranger.key");
+    backmesh_simulations::operator_init(&stranger_key);
+    let stranger = stranger_key.to_str().unwrap();
+    let out = mesh.cli_as_node(1, &["--operator-key", stranger, "operator", "recovery", "add", &thief]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not trust"), "{out:?}");
+    // Removing the configured one holds over a restart from the same config.
+    let out = mesh.cli(2, &["operator", "recovery", "remove", &mesh.operator_recovery]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_until(T, || recovery(&mesh, 0) == vec![offline.clone()]));
+    mesh.restart(0);
+    assert!(mesh.wait_ready(0, T));
+    assert_eq!(recovery(&mesh, 0), vec![offline.clone()]);
+    assert!((0..3).all(|i| !recovery(&mesh, i).contains(&thief)));
+}
+
+#[test]
 fn a_retired_node_leaves_the_views_and_its_series_are_collected_after_the_grace_period() {
     // A grace period of none (by choice): collected at once.
     let mesh = Mesh::chain_with(&["n1", "n2", "n3"], &["--grace", "0"]);
