@@ -558,10 +558,12 @@ impl Store {
         self.kv.put(STAT_CACHE, &series_key(node, path), &cbor(entry))
     }
 
-    /// Digests of `m`'s members this store lacks, each once, in order.
+    /// Digests of `m`'s objects (members, and for an encrypted archive
+    /// keyframes and its sealed file table) this store lacks, each once,
+    /// in order.
     pub fn missing_members(&self, m: &Manifest) -> Vec<Digest> {
         let mut seen = HashSet::new();
-        m.members.iter().map(|r| r.sha256).filter(|d| seen.insert(*d) && !self.has_member(d)).collect()
+        m.digests().filter(|d| seen.insert(*d) && !self.has_member(d)).collect()
     }
 
     /// Whether archive `id` of (node, path) is complete here.
@@ -616,7 +618,7 @@ impl Store {
         self.kv.flush()?;
         let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
         for d in m.digests() {
-            inbound.remove(d);
+            inbound.remove(&d);
         }
         Ok(Vec::new())
     }
@@ -649,6 +651,9 @@ impl Store {
     /// (where the manifest records it) the whole file's sha256. Returns the
     /// length and sha256 of what was written.
     pub fn export_tgz(&self, m: &Manifest, out: &mut dyn Write) -> Result<(u64, Digest), StoreError> {
+        if m.encrypted() {
+            return Err(StoreError::Encrypted { node: m.node.clone(), path: m.path.clone(), id: m.id.clone() });
+        }
         let mut hasher = Sha256::new();
         let mut len = 0u64;
         for member in &m.members {
@@ -664,18 +669,20 @@ impl Store {
         }
     }
 
-    /// Re-hashes every member of `m`.
+    /// Re-hashes every object of `m` (no key needed: each is named by the
+    /// SHA-256 of its stored bytes, sealed or not).
     pub fn verify(&self, m: &Manifest) -> VerifyReport {
-        let mut r = VerifyReport { members: m.members.len(), ..Default::default() };
+        let mut r = VerifyReport::default();
         let mut seen = HashSet::new();
-        for member in &m.members {
-            if !seen.insert(member.sha256) {
+        for d in m.digests() {
+            r.members += 1;
+            if !seen.insert(d) {
                 continue;
             }
-            match self.read_member_checked(&member.sha256) {
+            match self.read_member_checked(&d) {
                 Ok(_) => {}
                 Err(StoreError::DamagedMember { digest, .. }) => r.damaged.push(digest),
-                Err(_) => r.missing.push(member.sha256),
+                Err(_) => r.missing.push(d),
             }
         }
         r

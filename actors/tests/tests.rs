@@ -2,6 +2,7 @@
 //! and the golden bytes of every wire message (`golden`).
 
 mod common;
+mod encrypted;
 mod golden;
 mod offsite;
 

@@ -599,6 +599,16 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
             }
         }
     };
+    if manifest.encrypted() {
+        // Its members are sealed: a plain `.tgz` comes only from a reader with the key.
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "archive {} of {} on {} is encrypted: upgrade backmesh; the CLI decrypts with the operator key",
+                manifest.id, q.path, q.node
+            ),
+        ));
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     let (store, net) = (state.store.clone(), state.net.clone());
     let of = backmesh_core::replica::proto::ReadOf::of(&manifest, order.as_ref())

@@ -140,6 +140,7 @@ impl Created {
             excludes,
             seal: None,
             tree_rule: TreeRule::Members,
+            crypt: None,
         }
     }
 }

@@ -5,6 +5,9 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+pub mod objects;
+pub use objects::OBJECTS_VERSION;
+
 use super::error::Warning;
 use super::tarfmt::Kind;
 use crate::hash::Digest;
@@ -27,8 +30,9 @@ pub const SEALED_MEMBER_TREE_VERSION: u8 = 4;
 /// over the body itself: an ed25519 signature hashes its message twice
 /// with SHA-512, and a large tree's manifest is tens of megabytes.
 pub const DIGEST_SEALED_VERSION: u8 = 5;
-/// The newest format this version reads.
-pub const NEWEST_VERSION: u8 = DIGEST_SEALED_VERSION;
+/// The newest format this version reads: 6, an encrypted archive's
+/// public manifest ([`objects`]).
+pub const NEWEST_VERSION: u8 = OBJECTS_VERSION;
 
 /// What a format-5 seal signs: a domain tag and the SHA-256 of the body.
 pub fn seal_message(body: &[u8]) -> Vec<u8> {
@@ -50,6 +54,10 @@ pub enum TreeRule {
     /// addressed by the SHA-256 of their bytes, and inflating one checks
     /// its CRC-32 and length, so equal member digests are equal trees.
     Members,
+    /// SHA-256 over the sealed objects (format 6,
+    /// [`objects_tree_digest`]): the same objects in the same
+    /// places, which a holder checks without any key.
+    Objects,
 }
 
 /// The tree digest of [`TreeRule::Members`].
@@ -64,18 +72,71 @@ pub fn members_tree_digest(members: &[MemberRef]) -> Digest {
     }
     Digest::from_hasher(h)
 }
+/// The tree digest of [`TreeRule::Objects`]: SHA-256 over a domain tag,
+/// the number of members, then for each member its object and length and
+/// its keyframe's (or zeros), then the same for the index groups, then
+/// the head. Equal digests: the same objects in the same places.
+pub fn objects_tree_digest(members: &[MemberRef], index: &[MemberRef], head: &ObjRef) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"backmesh objects v1");
+    for list in [members, index] {
+        h.update((list.len() as u64).to_le_bytes());
+        for m in list {
+            h.update(m.sha256.0);
+            h.update(m.compressed_len.to_le_bytes());
+            let k = m.key.unwrap_or(ObjRef { cid: Digest([0; 32]), len: 0 });
+            h.update(k.cid.0);
+            h.update(k.len.to_le_bytes());
+        }
+    }
+    h.update(head.cid.0);
+    h.update(head.len.to_le_bytes());
+    Digest::from_hasher(h)
+}
+
 /// Manifests larger than this are refused when decoded (a peer could send one).
 pub const MAX_MANIFEST_BYTES: usize = 512 * 1024 * 1024;
 
 /// One gzip member of the archive, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRef {
-    /// SHA-256 of the compressed member: its address in every store.
+    /// SHA-256 of the compressed member: its address in every store. In an
+    /// encrypted archive, of the sealed object (a member or a delta).
     pub sha256: Digest,
-    /// Length of the tar bytes it holds.
+    /// Length of the tar bytes it holds (0 in an encrypted archive's
+    /// public manifest: it is inside the sealed object).
     pub raw_len: u64,
-    /// Length of the gzip member.
+    /// Length of the gzip member, or of the sealed object.
     pub compressed_len: u64,
+    /// In an encrypted archive, when the object is a delta: the keyframe
+    /// (an earlier full member of the series) it applies to.
+    #[serde(skip)]
+    pub key: Option<ObjRef>,
+}
+
+/// One stored object: named by the SHA-256 of its bytes, with its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjRef {
+    pub cid: Digest,
+    pub len: u64,
+}
+
+/// What an encrypted archive's public manifest says of its encryption,
+/// and the objects that hold what it does not say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crypt {
+    /// [`objects::SUITE_XCHACHA_SIV`].
+    pub suite: u8,
+    /// The id of the data key its objects are sealed under.
+    pub kid: [u8; 8],
+    /// That key, wrapped to the node and to the operator's recovery
+    /// recipients (`backmesh_crypt::wrap`).
+    pub keys: Vec<Vec<u8>>,
+    /// The sealed groups of the file table, in walk order.
+    pub index: Vec<MemberRef>,
+    /// The sealed statistics, warnings and excludes.
+    pub head: ObjRef,
 }
 
 /// One entry of the file table.
@@ -144,6 +205,11 @@ pub struct Manifest {
     /// How `tree_digest` is made: said by the format version, not by the body.
     #[serde(skip)]
     pub tree_rule: TreeRule,
+    /// Set for an encrypted archive (format 6): then `files`, `stats`,
+    /// `warnings`, `excludes` and `raw_len` are empty until the sealed
+    /// objects are opened with the key.
+    #[serde(skip)]
+    pub crypt: Option<Crypt>,
 }
 
 /// The signature of the node that made an archive over its manifest's
@@ -254,8 +320,12 @@ impl Manifest {
         (self.tree_rule == TreeRule::RawStream).then_some(self.tgz_sha256)
     }
 
-    /// The signed part: the manifest in CBOR, seal left out.
+    /// The signed part: the manifest in CBOR, seal left out (for an
+    /// encrypted archive, its public part only).
     fn body(&self) -> Vec<u8> {
+        if let Some(crypt) = &self.crypt {
+            return objects_body(self, crypt);
+        }
         let mut out = Vec::with_capacity(self.body_len_bound());
         self.write_body(&mut out);
         out
@@ -361,6 +431,9 @@ impl Manifest {
 
     /// The format version byte of its stored form.
     fn version(&self) -> u8 {
+        if self.crypt.is_some() {
+            return OBJECTS_VERSION;
+        }
         let members = self.tree_rule == TreeRule::Members;
         match &self.seal {
             None if members => MEMBER_TREE_VERSION,
@@ -383,9 +456,13 @@ impl Manifest {
     /// the members rule; over the body itself (format 2) under the
     /// raw-stream rule, whose readers predate format 5.
     fn seal_body(&mut self, key: &libp2p::identity::Keypair, body: &[u8]) -> Result<(), ManifestError> {
-        let over_digest = self.tree_rule == TreeRule::Members;
-        let sig = if over_digest { key.sign(&seal_message(body)) } else { key.sign(body) }
-            .map_err(|e| ManifestError::Corrupt { reason: format!("cannot sign: {e}") })?;
+        let over_digest = self.tree_rule != TreeRule::RawStream;
+        let message = match self.tree_rule {
+            TreeRule::Objects => std::borrow::Cow::Owned(objects::seal_message(body)),
+            TreeRule::Members => std::borrow::Cow::Owned(seal_message(body)),
+            TreeRule::RawStream => std::borrow::Cow::Borrowed(body),
+        };
+        let sig = key.sign(&message).map_err(|e| ManifestError::Corrupt { reason: format!("cannot sign: {e}") })?;
         self.seal = Some(Seal { signer: key.public().to_peer_id().to_string(), sig: ByteBuf::from(sig), over_digest });
         Ok(())
     }
@@ -394,6 +471,12 @@ impl Manifest {
     /// it encoded, from the same body: a large tree's manifest is
     /// megabytes, encoded once, not twice.
     pub fn seal_encoded(&mut self, key: &libp2p::identity::Keypair) -> Result<Vec<u8>, ManifestError> {
+        if self.crypt.is_some() {
+            // The public part is small (no file table): the plain way.
+            let body = self.body();
+            self.seal_body(key, &body)?;
+            return Ok(self.encode_body(body));
+        }
         // The body is written where it sits in the stored form, after room
         // for what opens it (magic, version, the envelope's map and the
         // body's byte-string head, at most 16 bytes below 4 GiB): one
@@ -467,6 +550,16 @@ impl Manifest {
                 m.tree_rule = rule;
                 m.checked()
             }
+            OBJECTS_VERSION => {
+                let env: Envelope = ciborium::from_reader(&bytes[5..])
+                    .map_err(|e| corrupt(&format!("an encrypted archive's manifest must be sealed: {e}")))?;
+                if !crate::seal::holds(&env.seal.signer, &objects::seal_message(&env.body), &env.seal.sig) {
+                    return Err(ManifestError::BadSeal { signer: env.seal.signer });
+                }
+                let mut m = decode_objects_body(&env.body)?;
+                m.seal = Some(Seal { over_digest: true, ..env.seal });
+                m.checked()
+            }
             found => Err(ManifestError::UnknownVersion { found }),
         }
     }
@@ -505,6 +598,9 @@ impl Manifest {
                 ),
             });
         }
+        if let Some(crypt) = &self.crypt {
+            check_objects(&self, crypt)?;
+        }
         // Under the members rule the tree digest follows from the member
         // list: one that does not is caught before anything is read.
         if self.tree_rule == TreeRule::Members && self.tree_digest != members_tree_digest(&self.members) {
@@ -522,10 +618,143 @@ impl Manifest {
         }
     }
 
-    /// Member digests in order.
-    pub fn digests(&self) -> impl Iterator<Item = &Digest> {
-        self.members.iter().map(|m| &m.sha256)
+    /// Every object a store keeps for this archive, in the order a
+    /// restore reads them: for each member its keyframe (if it is a
+    /// delta) then itself; then, in an encrypted archive, the file
+    /// table's groups (likewise) and the head. An object may come more
+    /// than once (a member repeated, a keyframe shared).
+    pub fn objects(&self) -> impl Iterator<Item = ObjRef> + '_ {
+        let listed =
+            |r: &MemberRef| r.key.into_iter().chain(std::iter::once(ObjRef { cid: r.sha256, len: r.compressed_len }));
+        let sealed = self.crypt.iter().flat_map(move |c| c.index.iter().flat_map(listed).chain([c.head]));
+        self.members.iter().flat_map(listed).chain(sealed)
     }
+
+    /// The names of [`Manifest::objects`], in order (what a holder must have).
+    pub fn digests(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.objects().map(|o| o.cid)
+    }
+
+    /// Whether this is an encrypted archive's public manifest.
+    pub fn encrypted(&self) -> bool {
+        self.crypt.is_some()
+    }
+}
+
+// Format 6: an encrypted archive's public body (`objects`), read into a
+// `Manifest` and written from one.
+
+/// The longest object a format-6 manifest may list: the longest member, sealed.
+pub const MAX_OBJECT_BYTES: u64 = MAX_MEMBER_BYTES + backmesh_crypt::OVERHEAD as u64;
+
+fn listed_entry(m: &MemberRef) -> objects::Entry {
+    objects::Entry { c: m.sha256, n: m.compressed_len, k: m.key.map(|k| k.cid), kn: m.key.map(|k| k.len) }
+}
+
+fn listed_member(e: objects::Entry) -> Result<MemberRef, ManifestError> {
+    let key = match (e.k, e.kn) {
+        (Some(cid), Some(len)) => Some(ObjRef { cid, len }),
+        (None, None) => None,
+        _ => return Err(corrupt("an object names a keyframe without its length, or a length without it")),
+    };
+    Ok(MemberRef { sha256: e.c, raw_len: 0, compressed_len: e.n, key })
+}
+
+fn corrupt(reason: &str) -> ManifestError {
+    ManifestError::Corrupt { reason: reason.to_string() }
+}
+
+/// The public body of `m` (which has `crypt`).
+fn objects_body(m: &Manifest, crypt: &Crypt) -> Vec<u8> {
+    let body = objects::Body {
+        id: m.id.clone(),
+        node: m.node.clone(),
+        path: m.path.clone(),
+        created_ms: m.created_ms,
+        order_ms: m.order_ms,
+        crypt: objects::Suite { suite: crypt.suite, kid: ByteBuf::from(crypt.kid.to_vec()) },
+        keys: crypt.keys.iter().map(|k| ByteBuf::from(k.clone())).collect(),
+        members: m.members.iter().map(listed_entry).collect(),
+        index: crypt.index.iter().map(listed_entry).collect(),
+        head: objects::Head { c: crypt.head.cid, n: crypt.head.len },
+        tree_digest: m.tree_digest,
+    };
+    let mut out = Vec::with_capacity(1024 + 96 * (m.members.len() + crypt.index.len()));
+    // Writing CBOR into a Vec cannot fail.
+    #[allow(clippy::expect_used)]
+    ciborium::into_writer(&body, &mut out).expect("CBOR into a Vec");
+    out
+}
+
+/// The manifest whose public body is `bytes` (its seal is the caller's),
+/// refused unless this version would write exactly those bytes.
+fn decode_objects_body(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    let b: objects::Body = ciborium::from_reader(bytes).map_err(|e| corrupt(&e.to_string()))?;
+    if b.crypt.suite != objects::SUITE_XCHACHA_SIV {
+        return Err(corrupt(&format!("encryption suite {} is unknown here; upgrade backmesh", b.crypt.suite)));
+    }
+    let kid: [u8; 8] = b.crypt.kid.as_slice().try_into().map_err(|_| corrupt("the key id is not 8 bytes"))?;
+    if b.keys.len() > objects::MAX_KEYS || b.keys.iter().any(|k| k.len() > objects::MAX_KEY_LEN) {
+        return Err(corrupt(&format!(
+            "more than {} wrapped keys, or one over {} bytes",
+            objects::MAX_KEYS,
+            objects::MAX_KEY_LEN
+        )));
+    }
+    let members = b.members.into_iter().map(listed_member).collect::<Result<Vec<_>, _>>()?;
+    let index = b.index.into_iter().map(listed_member).collect::<Result<Vec<_>, _>>()?;
+    let head = ObjRef { cid: b.head.c, len: b.head.n };
+    let m = Manifest {
+        id: b.id,
+        node: b.node,
+        path: b.path,
+        created_ms: b.created_ms,
+        order_ms: b.order_ms,
+        tgz_len: members.iter().map(|m| m.compressed_len).sum(),
+        members,
+        files: Vec::new(),
+        tree_digest: b.tree_digest,
+        tgz_sha256: Digest::default(),
+        raw_len: 0,
+        stats: ArchiveStats::default(),
+        warnings: Vec::new(),
+        excludes: Vec::new(),
+        seal: None,
+        tree_rule: TreeRule::Objects,
+        crypt: Some(Crypt {
+            suite: b.crypt.suite,
+            kid,
+            keys: b.keys.into_iter().map(ByteBuf::into_vec).collect(),
+            index,
+            head,
+        }),
+    };
+    if objects_body(&m, m.crypt.as_ref().ok_or_else(|| corrupt("no encryption"))?) != bytes {
+        return Err(corrupt(
+            "its body has fields this version does not know, or is not written as it writes it; upgrade backmesh",
+        ));
+    }
+    Ok(m)
+}
+
+/// What decoding checks beyond the CBOR: lengths within bounds, no
+/// object its own keyframe, and the tree digest that of the objects.
+fn check_objects(m: &Manifest, crypt: &Crypt) -> Result<(), ManifestError> {
+    if crypt.head.len > MAX_OBJECT_BYTES {
+        return Err(corrupt(&format!("its head claims more than the {MAX_OBJECT_BYTES}-byte bound")));
+    }
+    for (i, r) in m.members.iter().chain(&crypt.index).enumerate() {
+        if r.compressed_len > MAX_OBJECT_BYTES || r.key.is_some_and(|k| k.len > MAX_OBJECT_BYTES) {
+            return Err(corrupt(&format!("object {i} claims more than the {MAX_OBJECT_BYTES}-byte bound")));
+        }
+        if r.key.is_some_and(|k| k.cid == r.sha256) {
+            return Err(corrupt(&format!("object {i} is a delta against itself")));
+        }
+    }
+    if m.tree_digest != objects_tree_digest(&m.members, &crypt.index, &crypt.head) {
+        return Err(corrupt("its tree digest is not that of its objects"));
+    }
+    Ok(())
 }
 
 impl crate::error::Transient for ManifestError {
@@ -546,7 +775,7 @@ mod tests {
             path: "/srv/app".into(),
             created_ms: 1_795_000_000_000,
             order_ms: 1_795_000_000_000,
-            members: vec![MemberRef { sha256: Digest::of(b"m"), raw_len: 10240, compressed_len: 300 }],
+            members: vec![MemberRef { sha256: Digest::of(b"m"), raw_len: 10240, compressed_len: 300, key: None }],
             files: vec![FileRecord {
                 path: ByteBuf::from(b"a/\xffb".to_vec()),
                 kind: Kind::Symlink,
@@ -567,6 +796,7 @@ mod tests {
             excludes: vec!["*.log".into()],
             seal: None,
             tree_rule: TreeRule::RawStream,
+            crypt: None,
         }
     }
 
@@ -611,6 +841,7 @@ mod tests {
                 sha256: Digest::of(&i.to_le_bytes()),
                 raw_len: w(next()),
                 compressed_len: w(next()),
+                key: None,
             });
         }
         m.files.push(FileRecord { mtime: i64::MIN, ..m.files[0].clone() });
@@ -660,13 +891,13 @@ mod tests {
     #[test]
     fn under_the_members_rule_a_tree_digest_that_is_not_its_members_is_refused() {
         let mut m = of_members();
-        m.members.push(MemberRef { sha256: Digest::of(b"another"), raw_len: 512, compressed_len: 40 });
+        m.members.push(MemberRef { sha256: Digest::of(b"another"), raw_len: 512, compressed_len: 40, key: None });
         let err = Manifest::decode(&m.encode()).unwrap_err();
         assert!(err.to_string().contains("tree digest is not that of its members"), "{err}");
         // The digest covers order and lengths, not only the set of members.
         let (a, b) = (
-            MemberRef { sha256: Digest::of(b"a"), raw_len: 512, compressed_len: 40 },
-            MemberRef { sha256: Digest::of(b"b"), raw_len: 512, compressed_len: 40 },
+            MemberRef { sha256: Digest::of(b"a"), raw_len: 512, compressed_len: 40, key: None },
+            MemberRef { sha256: Digest::of(b"b"), raw_len: 512, compressed_len: 40, key: None },
         );
         assert_ne!(members_tree_digest(&[a.clone(), b.clone()]), members_tree_digest(&[b.clone(), a.clone()]));
         let longer = MemberRef { raw_len: 1024, ..a.clone() };
@@ -678,7 +909,7 @@ mod tests {
         let mut b = sample().encode();
         b[4] = 9;
         assert!(matches!(Manifest::decode(&b), Err(ManifestError::UnknownVersion { found: 9 })));
-        assert!(ManifestError::UnknownVersion { found: 9 }.to_string().contains("up to 5"));
+        assert!(ManifestError::UnknownVersion { found: 9 }.to_string().contains("up to 6"));
         assert!(matches!(Manifest::decode(b"nope"), Err(ManifestError::BadMagic)));
         let mut b = sample().encode();
         b.truncate(b.len() - 3);

@@ -180,7 +180,7 @@ pub(crate) fn sink_loop(
                         p.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                     let _ = permit_tx.send(());
-                    vec![(MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64 }, tag)]
+                    vec![(MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64, key: None }, tag)]
                 }
                 Done::Reused { members, .. } => {
                     for (member, _) in &members {

@@ -76,6 +76,11 @@ pub enum RestoreError {
     },
     #[error("the restored tree does not match the archive's tree digest; nothing was restored")]
     TreeDigest,
+    #[error(
+        "archive {id} is encrypted: it is read with its node's data key (on that node) or the operator's \
+         recovery key; nothing was restored"
+    )]
+    Encrypted { id: String },
     #[error("not a valid tar.gz stream: {source}")]
     Format {
         #[source]
@@ -111,6 +116,9 @@ pub fn restore_archive(
     target: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
+    if manifest.encrypted() {
+        return Err(RestoreError::Encrypted { id: manifest.id.clone() });
+    }
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
     } else {
@@ -164,6 +172,7 @@ pub fn restore_archive(
                     TreeRule::RawStream => Digest::from_hasher(reader.hasher.clone().unwrap_or_default()),
                     // Every member was checked against its digest as it was read.
                     TreeRule::Members => members_tree_digest(members),
+                    TreeRule::Objects => return Err(RestoreError::Encrypted { id: manifest.id.clone() }),
                 };
                 if tree != manifest.tree_digest {
                     return Err(RestoreError::TreeDigest);
@@ -863,7 +872,7 @@ mod tests {
         }
         // 64 MiB of zeros: a ~64 KiB member that claims 1 KiB.
         let bomb = crate::archive::create::gzip_member(&vec![0u8; 64 << 20], 6);
-        let m = MemberRef { sha256: Digest::of(&bomb), raw_len: 1024, compressed_len: bomb.len() as u64 };
+        let m = MemberRef { sha256: Digest::of(&bomb), raw_len: 1024, compressed_len: bomb.len() as u64, key: None };
         let err = inflate_member(0, &m, &One(bomb)).unwrap_err();
         assert!(err.to_string().contains("manifest says 1024"), "{err}");
     }

@@ -260,7 +260,7 @@ mod tests {
     use super::*;
 
     fn member(n: u8) -> MemberRef {
-        MemberRef { sha256: Digest::of(&[n]), raw_len: 512 * u64::from(n), compressed_len: 40 }
+        MemberRef { sha256: Digest::of(&[n]), raw_len: 512 * u64::from(n), compressed_len: 40, key: None }
     }
 
     fn group(first: &str, n: u8) -> Reusable {

@@ -396,13 +396,13 @@ impl Offsite {
         let m = store.manifest(node, path, Some(id))?;
         let sealed = store.manifest_bytes(node, path, id)?;
         // Kept from collection here while they go up.
-        let holds = store.holds_for(m.members.len());
+        let holds = store.holds_for(m.objects().count());
         let mut seen = HashSet::new();
-        let members: Vec<Digest> = m.digests().copied().filter(|d| seen.insert(*d)).collect();
+        let members: Vec<Digest> = m.digests().filter(|d| seen.insert(*d)).collect();
         for d in &members {
             holds.hold(d);
         }
-        let in_base: HashSet<Digest> = base.map(|b| b.digests().copied().collect()).unwrap_or_default();
+        let in_base: HashSet<Digest> = base.map(|b| b.digests().collect()).unwrap_or_default();
         let unknown: Vec<Digest> = members.iter().copied().filter(|d| !in_base.contains(d)).collect();
         let listed: Option<HashSet<Digest>> = if unknown.len() > LIST_OVER {
             let (members, _) = self.bucket.list_with("members/", super::bucket::ATTEMPTS, &mut || lock.refresh())?;
@@ -599,12 +599,12 @@ impl Offsite {
         store.check_origin(&m, witness.as_deref())?;
         // Every member is held here until the archive is adopted, however
         // long the read takes (what is received is otherwise kept an hour).
-        let holds = store.holds_for(m.members.len());
+        let holds = store.holds_for(m.objects().count());
         for d in m.digests() {
-            holds.hold(d);
+            holds.hold(&d);
         }
         let missing = store.missing_members(&m);
-        let sizes: HashMap<Digest, u64> = m.members.iter().map(|r| (r.sha256, r.compressed_len)).collect();
+        let sizes: HashMap<Digest, u64> = m.objects().map(|o| (o.cid, o.len)).collect();
         let mut batch: Vec<(Digest, u64)> = Vec::new();
         let mut batch_bytes = 0u64;
         for (i, d) in missing.iter().enumerate() {
@@ -675,7 +675,7 @@ impl Offsite {
                 out.bad_manifests.push(format!("{}: not sealed by {node}'s key", l.id));
                 continue;
             }
-            digests.extend(m.members.iter().filter(|r| seen.insert(r.sha256)).map(|r| (r.sha256, r.compressed_len)));
+            digests.extend(m.objects().filter(|o| seen.insert(o.cid)).map(|o| (o.cid, o.len)));
         }
         out.members = digests.len() as u64;
         let (damaged, repaired) = (AtomicU64::new(0), AtomicU64::new(0));

@@ -176,7 +176,8 @@ pub(crate) fn room_for(
     let (store, me, quota) = (h.store, h.me, h.quota);
     let refused = |reason: String| XferResponse::Refused { reason };
     let want: HashSet<&Digest> = missing.iter().collect();
-    let need: u64 = m.members.iter().filter(|r| want.contains(&r.sha256)).map(|r| r.compressed_len).sum();
+    let mut counted = HashSet::new();
+    let need: u64 = m.objects().filter(|o| want.contains(&o.cid) && counted.insert(o.cid)).map(|o| o.len).sum();
     let free = h.free;
     let mut usage = h.usage.lock().unwrap_or_else(|p| p.into_inner());
     let held = match usage.held(store, &m.node, &m.id) {

@@ -58,8 +58,10 @@ pub(crate) async fn all_confirm(net: &NetClient, store: Arc<Store>, h: &Handoff)
         ids.into_iter()
             .filter_map(|id| {
                 let m = st.manifest(&node, &path, Some(&id)).ok()?;
-                let i = random.hash_one(&id) as usize % m.members.len().max(1);
-                Some((id, m.members.get(i)?.sha256))
+                // Any object: an encrypted archive's keyframes and file table too.
+                let objects: Vec<Digest> = m.digests().collect();
+                let i = random.hash_one(&id) as usize % objects.len().max(1);
+                Some((id, *objects.get(i)?))
             })
             .collect::<HashMap<String, Digest>>()
     })
@@ -172,7 +174,7 @@ pub(crate) async fn send_archive(net: &NetClient, store: &Arc<Store>, push: &Pus
     // A member the holder collected meanwhile is asked for again: a few rounds at most.
     for round in 0..3 {
         let want: HashSet<Digest> = missing.iter().copied().collect();
-        let refs = manifest.members.iter().filter(|m| want.contains(&m.sha256));
+        let refs = manifest.objects().filter(|o| want.contains(&o.cid));
         // A few batches in flight: reading, sending and the holder's writing overlap.
         let mut puts = futures::stream::iter(batches(refs))
             .map(|batch| async move {

@@ -206,9 +206,9 @@ fn count(store: &Store, origin: &str) -> Result<u64, StoreError> {
                 continue;
             }
         };
-        for r in &m.members {
-            if seen.insert(r.sha256) {
-                total = total.saturating_add(r.compressed_len);
+        for o in m.objects() {
+            if seen.insert(o.cid) {
+                total = total.saturating_add(o.len);
             }
         }
     }

@@ -100,7 +100,7 @@ impl MemberSets {
             return Ok(set.clone());
         }
         let m = store.manifest(node, path, Some(id))?;
-        let set: Arc<HashSet<Digest>> = Arc::new(m.members.iter().map(|r| r.sha256).collect());
+        let set: Arc<HashSet<Digest>> = Arc::new(m.digests().collect());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() >= KEPT {
             recent.pop_back();

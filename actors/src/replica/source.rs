@@ -9,6 +9,7 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::proto::{xfer, xfer_blocking, ReadOf, WireMember, XferRequest, XferResponse, XFER_BATCH};
+use crate::archive::manifest::ObjRef;
 use crate::archive::{Manifest, MemberRef, MemberSource};
 use crate::authority::SignedOrder;
 use crate::error::{Retry, Transient};
@@ -251,21 +252,21 @@ pub fn checked(members: Vec<WireMember>, asked: &[Digest]) -> Result<Vec<(Digest
 
 /// Splits members into batches of at most [`XFER_BATCH`] bytes (a larger
 /// member travels alone).
-pub fn batches<'a>(members: impl IntoIterator<Item = &'a MemberRef>) -> Vec<Vec<Digest>> {
+pub fn batches(objects: impl IntoIterator<Item = ObjRef>) -> Vec<Vec<Digest>> {
     let mut out: Vec<Vec<Digest>> = Vec::new();
     let mut size = 0u64;
     let mut seen = std::collections::HashSet::new();
-    for m in members {
-        if !seen.insert(m.sha256) {
+    for o in objects {
+        if !seen.insert(o.cid) {
             continue;
         }
-        if out.is_empty() || size + m.compressed_len > XFER_BATCH as u64 && size > 0 {
+        if out.is_empty() || size + o.len > XFER_BATCH as u64 && size > 0 {
             out.push(Vec::new());
             size = 0;
         }
-        size += m.compressed_len;
+        size += o.len;
         if let Some(last) = out.last_mut() {
-            last.push(m.sha256);
+            last.push(o.cid);
         }
     }
     out
@@ -399,15 +400,15 @@ impl crate::error::Transient for PeerProblem {
 mod tests {
     use super::*;
 
-    fn m(i: u8, len: u64) -> MemberRef {
-        MemberRef { sha256: Digest::of(&[i]), raw_len: len, compressed_len: len }
+    fn m(i: u8, len: u64) -> ObjRef {
+        ObjRef { cid: Digest::of(&[i]), len }
     }
 
     #[test]
     fn batches_respect_the_limit_and_skip_repeats() {
         let big = XFER_BATCH as u64;
         let ms = [m(1, big / 2), m(2, big / 2), m(3, 10), m(1, big / 2), m(4, big * 2), m(5, 1)];
-        let b = batches(ms.iter());
+        let b = batches(ms);
         assert_eq!(b.iter().map(|v| v.len()).collect::<Vec<_>>(), vec![2, 1, 1, 1]);
         assert_eq!(b.concat().len(), 5);
     }

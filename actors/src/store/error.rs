@@ -41,6 +41,12 @@ pub enum StoreError {
     OriginNotKnownYet { node: String, path: String, id: String, signer: String },
     #[error("{path}: {reason}")]
     Identity { path: PathBuf, reason: String },
+    /// An encrypted archive asked for in plain form without its key.
+    #[error(
+        "archive {id} of {path} on node {node} is encrypted: only its node's data key or the operator's recovery \
+         key reads it (`backmesh fetch` with the operator key)"
+    )]
+    Encrypted { node: String, path: String, id: String },
 }
 
 impl StoreError {
@@ -63,6 +69,7 @@ impl crate::error::Transient for StoreError {
             | StoreError::TgzMismatch { .. }
             | StoreError::Manifest { .. }
             | StoreError::Unsealed { .. }
+            | StoreError::Encrypted { .. }
             | StoreError::Identity { .. } => crate::error::Retry::Never,
         }
     }

@@ -117,14 +117,17 @@ impl Store {
         }
         let m = self.manifest(&s.node, &s.path, Some(&s.id))?;
         self.write_member_list(&p, &m);
-        Ok(m.members.iter().map(|m| m.sha256).collect())
+        Ok(m.digests().collect())
     }
 
     /// Writes the member list of `m`, whose manifest is at `manifest`. A
     /// list is a cache: one that cannot be written is read from the manifest.
     pub(crate) fn write_member_list(&self, manifest: &Path, m: &Manifest) {
         let p = manifest.with_extension(MEMBER_LIST_EXT);
-        if let Err(e) = write_atomic(&p, &encode_member_list(m.members.iter().map(|m| &m.sha256))) {
+        // Every object (an encrypted archive's keyframes and file table
+        // too): what is listed is kept.
+        let objects: Vec<Digest> = m.digests().collect();
+        if let Err(e) = write_atomic(&p, &encode_member_list(objects.iter())) {
             tracing::warn!("cannot write {}: {e}; collections read the manifest instead", p.display());
         }
     }

@@ -149,14 +149,11 @@ impl PutTxn<'_> {
         // keep them) or wholly after (the archive is listed), as `adopt`.
         let store = self.store;
         let _guard = store.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let as_received = self.lost.is_empty()
-            && m.members.len() == self.seen.len()
-            && m.members.iter().zip(&self.seen).all(|(m, d)| m.sha256 == *d);
+        let as_received = self.lost.is_empty() && m.digests().eq(self.seen.iter().copied());
         if !as_received {
-            for member in &m.members {
-                let d = &member.sha256;
-                if !self.staged.contains(d) && !self.present.contains(d) && !self.store.has_member(d) {
-                    return Err(StoreError::MissingMember { digest: member.sha256 });
+            for d in m.digests() {
+                if !self.staged.contains(&d) && !self.present.contains(&d) && !self.store.has_member(&d) {
+                    return Err(StoreError::MissingMember { digest: d });
                 }
             }
         }

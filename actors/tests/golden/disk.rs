@@ -62,8 +62,12 @@ fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// A small archive's manifest, as a backup of three entries would make it.
 fn manifest(raw: &[u8], member: &[u8]) -> Manifest {
-    let members =
-        vec![MemberRef { sha256: Digest::of(member), raw_len: raw.len() as u64, compressed_len: member.len() as u64 }];
+    let members = vec![MemberRef {
+        sha256: Digest::of(member),
+        raw_len: raw.len() as u64,
+        compressed_len: member.len() as u64,
+        key: None,
+    }];
     let file = |path: &str, kind: Kind, size: u64, mode: u32, link: Option<&str>| FileRecord {
         path: ByteBuf::from(path.as_bytes().to_vec()),
         kind,
@@ -96,6 +100,7 @@ fn manifest(raw: &[u8], member: &[u8]) -> Manifest {
         excludes: vec!["*.log".into()],
         seal: None,
         tree_rule: TreeRule::Members,
+        crypt: None,
     }
 }
 
@@ -257,7 +262,7 @@ fn golden_reuse_records_and_stat_cache() {
     use backmesh_core::archive::reuse::{Chunk, Previous, Recorder, RecordsHeader, Reusable};
     use backmesh_core::archive::StatSnapshot;
     use backmesh_core::store::StatCacheEntry;
-    let member = MemberRef { sha256: Digest::of(b"m"), raw_len: 4096, compressed_len: 1200 };
+    let member = MemberRef { sha256: Digest::of(b"m"), raw_len: 4096, compressed_len: 1200, key: None };
     let records = vec![
         Reusable::Group {
             first: ByteBuf::from(b"conf/app.toml".to_vec()),
@@ -310,4 +315,83 @@ fn golden_bucket_object_names() {
     ];
     pin_bytes("disk_bucket_names", names.join("\n").as_bytes());
     assert_eq!(parse_manifest_name(&names[1]), Some((NOW, "20261122T040113.000Z-0a1b2c3d".to_string())));
+}
+
+/// Manifest format 6 (an encrypted archive's public part) over sealed
+/// objects made under a fixed data key, and a data key bundle: the
+/// objects and the manifest come out byte for byte (deterministic
+/// sealing, ed25519); the bundle (age's ephemeral keys are random) is
+/// made once and must still open with the fixed node identity.
+#[test]
+fn golden_encrypted_manifest_objects_and_key_bundle() {
+    use backmesh_core::archive::manifest::objects::SUITE_XCHACHA_SIV;
+    use backmesh_core::archive::manifest::objects_tree_digest;
+    use backmesh_core::archive::manifest::{Crypt, ObjRef};
+    use backmesh_crypt::wrap::{unwrap, wrap, Bundle, Identity};
+    use backmesh_crypt::{seal_object, DataKey, Kind};
+    let data_key = DataKey::from_secret([0x42; 32]);
+    let node = Identity::of_node(&[7u8; 32]);
+    let file = super::dir().join("disk_key_bundle.hex");
+    if std::env::var("BACKMESH_GOLDEN").as_deref() == Ok("update") && !file.exists() {
+        let bundle = Bundle {
+            node: "n1".into(),
+            peer: key().public().to_peer_id().to_string(),
+            created_ms: NOW,
+            key: DataKey::from_secret([0x42; 32]),
+        };
+        let recovery = Identity::of_operator(&[9u8; 32]);
+        std::fs::write(&file, super::to_hex(&wrap(&bundle, &[node.recipient(), recovery.recipient()]).unwrap()))
+            .unwrap();
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let bundle = hex::decode(text.split_whitespace().collect::<String>()).unwrap();
+    let opened = unwrap(&bundle, &node).unwrap();
+    assert_eq!((opened.node.as_str(), opened.key.id()), ("n1", data_key.id()), "the golden bundle opens");
+    assert_eq!(unwrap(&bundle, &Identity::of_operator(&[9u8; 32])).unwrap().key.id(), data_key.id());
+
+    let raw = vec![b'x'; 1536];
+    let member = seal_object(&data_key, Kind::Member, b"", &gzip_member(&raw, 6));
+    pin_bytes("disk_sealed_member", &member);
+    let obj = |b: &[u8]| ObjRef { cid: Digest::of(b), len: b.len() as u64 };
+    let delta = seal_object(&data_key, Kind::Delta, &Digest::of(&member).0, b"delta ops and literals");
+    let index = seal_object(&data_key, Kind::Index, b"", b"a group of the file table");
+    let head = seal_object(&data_key, Kind::Head, b"", b"stats, warnings, excludes");
+    let members = vec![
+        MemberRef { sha256: Digest::of(&member), raw_len: 0, compressed_len: member.len() as u64, key: None },
+        MemberRef {
+            sha256: Digest::of(&delta),
+            raw_len: 0,
+            compressed_len: delta.len() as u64,
+            key: Some(obj(&member)),
+        },
+    ];
+    let index =
+        vec![MemberRef { sha256: Digest::of(&index), raw_len: 0, compressed_len: index.len() as u64, key: None }];
+    let mut m = Manifest {
+        id: "20261122T040113.000Z-0a1b2c3d".into(),
+        node: "n1".into(),
+        path: "/srv/app".into(),
+        created_ms: NOW,
+        order_ms: NOW,
+        tree_digest: objects_tree_digest(&members, &index, &obj(&head)),
+        tgz_len: members.iter().map(|m| m.compressed_len).sum(),
+        members,
+        files: vec![],
+        tgz_sha256: Digest([0; 32]),
+        raw_len: 0,
+        stats: ArchiveStats::default(),
+        warnings: vec![],
+        excludes: vec![],
+        seal: None,
+        tree_rule: TreeRule::Objects,
+        crypt: Some(Crypt { suite: SUITE_XCHACHA_SIV, kid: [0; 8], keys: vec![bundle], index, head: obj(&head) }),
+    };
+    if let Some(c) = m.crypt.as_mut() {
+        c.kid.copy_from_slice(&hex::decode(data_key.id()).unwrap());
+    }
+    let bytes = m.seal_encoded(&key()).unwrap();
+    let golden = pin_bytes("disk_encrypted_manifest", &bytes);
+    let back = Manifest::decode(&golden).unwrap();
+    assert_eq!(back, m, "the golden manifest reads back as the same archive");
+    assert_eq!(back.encode(), golden, "and encodes back the same");
 }

@@ -48,7 +48,7 @@ fn archives_go_up_once_deduplicated_and_come_back_exact() {
 
     let first = sync(&o, &a, "n", path, 10);
     assert_eq!(first.uploaded.len(), 3, "{first:?}");
-    let distinct: HashSet<_> = made.iter().flat_map(|m| m.digests().copied()).collect();
+    let distinct: HashSet<_> = made.iter().flat_map(|m| m.digests()).collect();
     assert_eq!(member_count(&o), distinct.len(), "each member once");
     let (oldest, later) = (&first.uploaded[0].1, &first.uploaded[1].1);
     assert_eq!(oldest.sent, oldest.members, "the first archive sends everything");
@@ -82,7 +82,7 @@ fn archives_go_up_once_deduplicated_and_come_back_exact() {
     let mut eager = Offsite::new(s3.bucket("backups", "mesh"), a.peer_id());
     eager.unused_grace_ms = -1;
     let c1 = eager.collect(&a).unwrap();
-    let only: HashSet<_> = made[2].digests().chain(mb.digests()).copied().collect();
+    let only: HashSet<_> = made[2].digests().chain(mb.digests()).collect();
     assert_eq!(member_count(&o), only.len(), "{c1:?}");
     assert_eq!(c1.deleted as usize, before - only.len());
     // With the default grace, nothing recent is collected.
@@ -119,7 +119,7 @@ fn an_upload_cut_short_goes_on_from_where_it_stopped() {
     let a = Store::open(&t.path().join("a")).unwrap();
     let m = stored(&a, &src).0;
     let target = s3.bucket("cut", "");
-    let total: HashSet<_> = m.digests().copied().collect();
+    let total: HashSet<_> = m.digests().collect();
     assert!(total.len() >= 8, "{} members", total.len());
     // Slowly (2 MB/s), and stopped once a few members are up.
     let slow = {
