@@ -10,6 +10,7 @@
 //! - [`create`]: the parallel pipeline, [`create::MemberSink`], the stat snapshot.
 //! - [`manifest`]: the versioned CBOR description of an archive.
 //! - [`reuse`]: what a changed backup takes unread from the previous one.
+//! - [`sealed`]: encrypted archives: members, deltas, the file table sealed.
 //! - [`restore`]: safe, exact extraction through a staging directory.
 
 pub mod create;
@@ -21,6 +22,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod restore;
 pub mod reuse;
+pub mod sealed;
 pub mod sink;
 pub mod snapshot;
 pub mod tarfmt;

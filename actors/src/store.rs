@@ -651,13 +651,44 @@ impl Store {
     /// (where the manifest records it) the whole file's sha256. Returns the
     /// length and sha256 of what was written.
     pub fn export_tgz(&self, m: &Manifest, out: &mut dyn Write) -> Result<(u64, Digest), StoreError> {
-        if m.encrypted() {
-            return Err(StoreError::Encrypted { node: m.node.clone(), path: m.path.clone(), id: m.id.clone() });
-        }
+        self.export_tgz_with(m, None, out)
+    }
+
+    /// [`Store::export_tgz`], an encrypted archive opened with `key`: the
+    /// `.tgz` a full run makes (a sealed delta's member compressed again
+    /// as the origin did).
+    pub fn export_tgz_with(
+        &self,
+        m: &Manifest,
+        key: Option<&backmesh_crypt::DataKey>,
+        out: &mut dyn Write,
+    ) -> Result<(u64, Digest), StoreError> {
+        let key = match (m.encrypted(), key) {
+            (false, _) => None,
+            (true, Some(k)) => Some(k),
+            (true, None) => {
+                return Err(StoreError::Encrypted { node: m.node.clone(), path: m.path.clone(), id: m.id.clone() })
+            }
+        };
+        let read = |o: &crate::archive::manifest::ObjRef| {
+            self.read_member_unchecked(&o.cid).map_err(|e| io::Error::other(e.to_string()))
+        };
         let mut hasher = Sha256::new();
         let mut len = 0u64;
         for member in &m.members {
-            let data = self.read_member_checked(&member.sha256)?;
+            let data = match key {
+                None => self.read_member_checked(&member.sha256)?,
+                Some(key) => crate::archive::sealed::gzip_of(key, member, &read).map_err(|e| match e {
+                    crate::archive::sealed::OpenError::Damaged { expected, actual } => {
+                        StoreError::DamagedMember { digest: expected, actual }
+                    }
+                    crate::archive::sealed::OpenError::Missing { digest, .. } => StoreError::MissingMember { digest },
+                    other => StoreError::Io {
+                        path: PathBuf::from("<sealed member>"),
+                        source: io::Error::other(other.to_string()),
+                    },
+                })?,
+            };
             hasher.update(&data);
             out.write_all(&data).map_err(|e| StoreError::io(Path::new("<output>"), e))?;
             len += data.len() as u64;

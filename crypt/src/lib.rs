@@ -80,6 +80,7 @@ pub struct DataKey {
     secret: [u8; 32],
     aead: [u8; 32],
     nonce: [u8; 32],
+    cut: [u8; 32],
     id: [u8; 8],
 }
 
@@ -96,6 +97,7 @@ impl Drop for DataKey {
         self.secret = [0; 32];
         self.aead = [0; 32];
         self.nonce = [0; 32];
+        self.cut = [0; 32];
     }
 }
 
@@ -113,6 +115,7 @@ impl DataKey {
         DataKey {
             aead: derive(&secret, "object aead"),
             nonce: derive(&secret, "object nonce"),
+            cut: derive(&secret, "cut points"),
             id: derive(&secret, "key id"),
             secret,
         }
@@ -129,6 +132,24 @@ impl DataKey {
     /// and tells a key unwrapped later from another.
     pub fn id(&self) -> String {
         hex::encode(self.id)
+    }
+
+    /// The 8-byte key id.
+    pub fn id_bytes(&self) -> [u8; 8] {
+        self.id
+    }
+
+    /// A keyed hash of `data` (HMAC-SHA256 under the key's own "cut
+    /// points" key), as a number: where the file table is cut into
+    /// groups, so that a holder cannot tell the cuts from the paths.
+    pub fn cut_mark(&self, data: &[u8]) -> u64 {
+        let mut mac =
+            <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.cut).expect("HMAC takes any key length");
+        mac.update(data);
+        let tag = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&tag[..8]);
+        u64::from_le_bytes(first)
     }
 
     pub(crate) fn secret(&self) -> &[u8; 32] {

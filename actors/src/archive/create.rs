@@ -24,6 +24,7 @@ use super::cut::{GroupCutter, DEFAULT_TARGET};
 use super::error::{ArchiveError, Warning};
 use super::manifest::{members_tree_digest, ArchiveStats, FileRecord, Manifest, MemberRef, TreeRule};
 use super::reuse::{EntryPrint, Previous, Recorder, RecordsHeader};
+use super::sealed::{ReadObject, Sealing};
 use super::walk::{Excludes, Walked, Walker};
 use crate::hash::Digest;
 
@@ -48,6 +49,9 @@ pub struct CreateOptions {
     pub max_rereads: u32,
     /// Live counters for a progress display.
     pub progress: Option<Arc<Progress>>,
+    /// Seal every member under this node's data key (an encrypted
+    /// archive, docs/encryption.md); `None`: plain gzip members.
+    pub seal: Option<Arc<Sealing>>,
 }
 
 impl Default for CreateOptions {
@@ -59,6 +63,7 @@ impl Default for CreateOptions {
             excludes: Vec::new(),
             max_rereads: 3,
             progress: None,
+            seal: None,
         }
     }
 }
@@ -73,12 +78,14 @@ pub struct Reuse<'a> {
     /// Keeps a member in the store until the archive is committed; false
     /// if it must not be taken (then it is made again).
     pub hold: &'a dyn Fn(&Digest) -> bool,
+    /// Reads a stored object: the keyframe a sealed delta is made against.
+    pub read: &'a ReadObject<'a>,
 }
 
 impl Reuse<'_> {
     /// Nothing to take, nothing to record.
     pub fn none() -> Reuse<'static> {
-        Reuse { previous: None, record: None, hold: &|_| false }
+        Reuse { previous: None, record: None, hold: &|_| false, read: &|_| Err(io::ErrorKind::NotFound.into()) }
     }
 }
 
@@ -154,6 +161,12 @@ pub fn archive_id(order_ms: i64, content: &Digest) -> String {
     format!("{}-{}", dt.format("%Y%m%dT%H%M%S%.3fZ"), &content.to_hex()[..8])
 }
 
+/// The header of the reuse records a run with `opts` writes and takes.
+pub fn records_header(opts: &CreateOptions) -> RecordsHeader {
+    RecordsHeader::new(GroupCutter::new(opts.target).target, opts.level)
+        .sealed_under(opts.seal.as_ref().map(|s| s.key.id()))
+}
+
 /// Archives the directory `root` into `sink`.
 pub fn create(root: &Path, opts: &CreateOptions, sink: &mut dyn MemberSink) -> Result<Created, ArchiveError> {
     create_reusing(root, opts, Reuse::none(), sink)
@@ -187,14 +200,16 @@ pub fn create_reusing(
     }
     let can_rewind = sink.can_rewind();
     let progress = opts.progress.clone();
-    let header = RecordsHeader::new(GroupCutter::new(opts.target).target, opts.level);
+    let header = records_header(opts);
     let recorder = reuse.record.map(|out| Recorder::new(out, &header));
     let recording = recorder.is_some();
 
     std::thread::scope(|s| {
+        let read = reuse.read;
+        let sealer = opts.seal.as_deref().map(|sealing| (sealing, read));
         for _ in 0..threads {
             let (rx, tx, level) = (Arc::clone(&job_rx), done_tx.clone(), opts.level);
-            s.spawn(move || compress_worker(&rx, &tx, level));
+            s.spawn(move || compress_worker(&rx, &tx, level, sealer));
         }
         drop(done_tx);
         let progress_sink = progress.clone();

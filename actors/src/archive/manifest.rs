@@ -110,13 +110,15 @@ pub struct MemberRef {
     /// Length of the gzip member, or of the sealed object.
     pub compressed_len: u64,
     /// In an encrypted archive, when the object is a delta: the keyframe
-    /// (an earlier full member of the series) it applies to.
-    #[serde(skip)]
+    /// (an earlier full member of the series) it applies to. Never in the
+    /// bodies of formats 1–5 (a body that has it is refused: it would not
+    /// be written the same way); in a series' reuse records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<ObjRef>,
 }
 
 /// One stored object: named by the SHA-256 of its bytes, with its length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ObjRef {
     pub cid: Digest,
     pub len: u64,
@@ -598,8 +600,12 @@ impl Manifest {
                 ),
             });
         }
-        if let Some(crypt) = &self.crypt {
-            check_objects(&self, crypt)?;
+        match &self.crypt {
+            Some(crypt) => check_objects(&self, crypt)?,
+            None if self.members.iter().any(|m| m.key.is_some()) => {
+                return Err(ManifestError::Corrupt { reason: "a plain archive's member names a keyframe".into() })
+            }
+            None => {}
         }
         // Under the members rule the tree digest follows from the member
         // list: one that does not is caught before anything is read.

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use serde_bytes::ByteBuf;
 
 use super::error::Warning;
-use super::manifest::MemberRef;
+use super::manifest::{MemberRef, ObjRef};
 use super::reuse::{Chunk, Recorder, Reusable};
+use super::sealed::{seal_member, ReadObject, Sealing};
 use super::walk::{Walked, Walker};
 use crate::hash::Digest;
 
@@ -42,12 +43,12 @@ pub(crate) enum Tag {
 
 pub(crate) enum Job {
     /// Raw bytes to compress; `base` an earlier member of much the same
-    /// bytes, for a delta on the wire.
+    /// bytes, for a delta (on the wire; or sealed, in an encrypted archive).
     Segment {
         seq: u64,
         raw: Vec<u8>,
         tag: Tag,
-        base: Option<Digest>,
+        base: Option<MemberRef>,
     },
     /// Members taken unread, in order: sent in runs, not one by one.
     Reuse {
@@ -65,11 +66,28 @@ pub(crate) enum Job {
 }
 
 pub(crate) enum Done {
-    Member { seq: u64, raw_len: u64, data: Vec<u8>, digest: Digest, tag: Tag, base: Option<Digest> },
-    Reused { seq: u64, members: Vec<(MemberRef, Tag)> },
+    /// A member made: `base` an earlier member for a delta on the wire
+    /// (plain archives); `key` the keyframe of a sealed delta.
+    Member {
+        seq: u64,
+        raw_len: u64,
+        data: Vec<u8>,
+        digest: Digest,
+        tag: Tag,
+        base: Option<Digest>,
+        key: Option<ObjRef>,
+    },
+    Reused {
+        seq: u64,
+        members: Vec<(MemberRef, Tag)>,
+    },
     Mark(u64),
     Rewind(u64),
-    LargeEnd { seq: u64, path: Vec<u8>, entry: Option<Digest> },
+    LargeEnd {
+        seq: u64,
+        path: Vec<u8>,
+        entry: Option<Digest>,
+    },
 }
 
 impl Done {
@@ -123,7 +141,11 @@ pub(crate) fn walk_ahead(mut walker: Walker, out: &SyncSender<Vec<Walked>>) -> V
     walker.warnings
 }
 
-pub(crate) fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32) {
+/// What an encrypted archive's workers seal with, and how they read a
+/// keyframe from the store.
+pub(crate) type Sealer<'a> = Option<(&'a Sealing, &'a ReadObject<'a>)>;
+
+pub(crate) fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, level: u32, sealer: Sealer<'_>) {
     loop {
         let job = {
             let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,11 +153,19 @@ pub(crate) fn compress_worker(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>, 
         };
         let done = match job {
             Err(_) => return,
-            Ok(Job::Segment { seq, raw, tag, base }) => {
-                let data = gzip_member(&raw, level);
-                let digest = Digest::of(&data);
-                Done::Member { seq, raw_len: raw.len() as u64, data, digest, tag, base }
-            }
+            Ok(Job::Segment { seq, raw, tag, base }) => match sealer {
+                None => {
+                    let data = gzip_member(&raw, level);
+                    let digest = Digest::of(&data);
+                    let base = base.map(|b| b.sha256);
+                    Done::Member { seq, raw_len: raw.len() as u64, data, digest, tag, base, key: None }
+                }
+                Some((sealing, read)) => {
+                    let (data, key) = seal_member(sealing, &raw, level, base.as_ref(), read);
+                    let digest = Digest::of(&data);
+                    Done::Member { seq, raw_len: raw.len() as u64, data, digest, tag, base: None, key }
+                }
+            },
             Ok(Job::Reuse { seq, members }) => Done::Reused { seq, members },
             Ok(Job::Mark(seq)) => Done::Mark(seq),
             Ok(Job::Rewind(seq)) => Done::Rewind(seq),
@@ -170,7 +200,7 @@ pub(crate) fn sink_loop(
         while let Some(done) = pending.remove(&next) {
             next += 1;
             let members = match done {
-                Done::Member { raw_len, data, digest, tag, base, .. } => {
+                Done::Member { raw_len, data, digest, tag, base, key, .. } => {
                     sink.member(&digest, &data)?;
                     state.made.push(digest);
                     if let Some(base) = base.filter(|b| *b != digest) {
@@ -180,7 +210,7 @@ pub(crate) fn sink_loop(
                         p.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                     let _ = permit_tx.send(());
-                    vec![(MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64, key: None }, tag)]
+                    vec![(MemberRef { sha256: digest, raw_len, compressed_len: data.len() as u64, key }, tag)]
                 }
                 Done::Reused { members, .. } => {
                     for (member, _) in &members {

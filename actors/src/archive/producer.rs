@@ -64,7 +64,7 @@ pub(crate) struct Producer<'a> {
     /// Every entry of it may be recorded (none changed while or just before read).
     pub(crate) group_clean: bool,
     /// The previous run's member for the group being built, if it had one.
-    pub(crate) group_base: Option<Digest>,
+    pub(crate) group_base: Option<MemberRef>,
     pub(crate) raw_len: u64,
     pub(crate) files: Vec<FileRecord>,
     pub(crate) stats: ArchiveStats,
@@ -200,9 +200,9 @@ impl Producer<'_> {
             return Found::Base(None);
         };
         let Some(Reusable::Group { entries, member, .. }) = previous.find(&group[0].meta.path) else {
-            return Found::Base(previous.around());
+            return Found::Base(previous.around().cloned());
         };
-        let base = Found::Base(Some(member.sha256));
+        let base = Found::Base(Some(member.clone()));
         let mut print = EntryPrint::default();
         for (i, p) in group.iter().enumerate() {
             // A hard link's target must be in the archive before it.
@@ -217,7 +217,7 @@ impl Producer<'_> {
             print.add(&p.meta, &p.item.meta);
         }
         let print = print.finish();
-        if print == entries && (self.hold)(&member.sha256) {
+        if print == entries && self.hold_member(&member) {
             Found::Reuse(member, print)
         } else {
             base
@@ -294,7 +294,7 @@ impl Producer<'_> {
         let mut print = EntryPrint::default();
         print.add(&meta, &item.meta);
         let print = print.finish();
-        if entry == Some(print) && chunks.iter().all(|c| (self.hold)(&c.member.sha256)) {
+        if entry == Some(print) && chunks.iter().all(|c| self.hold_member(&c.member)) {
             self.flush_group()?;
             for c in chunks {
                 self.raw_len += c.member.raw_len;
@@ -308,12 +308,12 @@ impl Producer<'_> {
         }
         let known = Known {
             by_raw: chunks.iter().map(|c| (c.raw, c.member.clone())).collect(),
-            in_order: chunks.into_iter().map(|c| c.member.sha256).collect(),
+            in_order: chunks.into_iter().map(|c| c.member).collect(),
         };
         self.add_large(item, &known)
     }
 
-    fn send_segment(&mut self, raw: Vec<u8>, tag: Tag, base: Option<Digest>) -> Result<(), ArchiveError> {
+    fn send_segment(&mut self, raw: Vec<u8>, tag: Tag, base: Option<MemberRef>) -> Result<(), ArchiveError> {
         self.flush_reused()?;
         self.permit_rx.recv().map_err(|_| CLOSED)?;
         self.raw_len += raw.len() as u64;
@@ -355,8 +355,13 @@ impl Producer<'_> {
         let entries = std::mem::take(&mut self.group_print).finish();
         let first = self.group_first.take().unwrap_or_default();
         let clean = std::mem::replace(&mut self.group_clean, true);
-        let base = self.group_base;
-        self.send_segment(g, if clean { Tag::Group { first, entries } } else { Tag::Plain }, base)
+        let base = self.group_base.clone();
+        // A group read while its files changed is never taken unread, but
+        // its member is the base the next run's group there starts from
+        // (a sealed delta against the same keyframe is then the same
+        // object, and the tree the same archive).
+        let entries = if clean { entries } else { super::reuse::NEVER_REUSED };
+        self.send_segment(g, Tag::Group { first, entries }, base)
     }
 
     fn record(&mut self, meta: &EntryMeta) {
@@ -580,18 +585,25 @@ impl Producer<'_> {
 }
 
 impl Producer<'_> {
+    /// Holds `member` (and the keyframe it is a delta against, if it is
+    /// one) in the store until the archive is committed; false if it must
+    /// not be taken.
+    fn hold_member(&self, member: &MemberRef) -> bool {
+        (self.hold)(&member.sha256) && member.key.is_none_or(|k| (self.hold)(&k.cid))
+    }
+
     /// Chunk number `n` of a large file: taken unread if `known` (and
     /// held), else compressed, with the previous version's chunk `n` as
     /// its base.
     fn send_chunk(&mut self, raw: Vec<u8>, known: &Known, n: usize) -> Result<(), ArchiveError> {
         let digest = Digest::of(&raw);
         if let Some(member) = known.by_raw.get(&digest) {
-            if member.raw_len == raw.len() as u64 && (self.hold)(&member.sha256) {
+            if member.raw_len == raw.len() as u64 && self.hold_member(member) {
                 self.raw_len += member.raw_len;
                 return self.send_reuse(member.clone(), Tag::Chunk { raw: digest });
             }
         }
-        self.send_segment(raw, Tag::Chunk { raw: digest }, known.in_order.get(n).copied())
+        self.send_segment(raw, Tag::Chunk { raw: digest }, known.in_order.get(n).cloned())
     }
 }
 
@@ -606,7 +618,7 @@ pub(crate) struct ChunkStream {
 #[derive(Default)]
 pub(crate) struct Known {
     by_raw: HashMap<Digest, MemberRef>,
-    in_order: Vec<Digest>,
+    in_order: Vec<MemberRef>,
 }
 
 /// What the previous run had for a planned group.
@@ -614,7 +626,7 @@ pub(crate) enum Found {
     /// The same entries, unchanged: its member, and their print.
     Reuse(MemberRef, Digest),
     /// Not the same: the member it had there, if any.
-    Base(Option<Digest>),
+    Base(Option<MemberRef>),
 }
 
 pub(crate) fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {

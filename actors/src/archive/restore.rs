@@ -45,6 +45,8 @@ pub struct RestoreOptions {
     pub same_owner: Option<bool>,
     /// Live counters (entries, bytes written) for a progress display.
     pub progress: Option<Arc<Progress>>,
+    /// The data key an encrypted archive is opened with.
+    pub key: Option<backmesh_crypt::DataKey>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -116,9 +118,11 @@ pub fn restore_archive(
     target: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
-    if manifest.encrypted() {
-        return Err(RestoreError::Encrypted { id: manifest.id.clone() });
-    }
+    let key = match (manifest.encrypted(), &opts.key) {
+        (false, _) => None,
+        (true, Some(k)) => Some(k),
+        (true, None) => return Err(RestoreError::Encrypted { id: manifest.id.clone() }),
+    };
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
     } else {
@@ -148,7 +152,11 @@ pub fn restore_archive(
                     if i >= members.len() || stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    if tx.send((i, inflate_member(i, &members[i], source))).is_err() {
+                    let raw = match key {
+                        None => inflate_member(i, &members[i], source),
+                        Some(key) => open_sealed(i, key, &members[i], source),
+                    };
+                    if tx.send((i, raw)).is_err() {
                         return;
                     }
                 });
@@ -172,7 +180,10 @@ pub fn restore_archive(
                     TreeRule::RawStream => Digest::from_hasher(reader.hasher.clone().unwrap_or_default()),
                     // Every member was checked against its digest as it was read.
                     TreeRule::Members => members_tree_digest(members),
-                    TreeRule::Objects => return Err(RestoreError::Encrypted { id: manifest.id.clone() }),
+                    // Every object was checked against its name as it was
+                    // read, and the names against the tree when the
+                    // manifest was decoded.
+                    TreeRule::Objects => manifest.tree_digest,
                 };
                 if tree != manifest.tree_digest {
                     return Err(RestoreError::TreeDigest);
@@ -183,6 +194,25 @@ pub fn restore_archive(
             drop(reader);
             result
         })
+    })
+}
+
+/// Member `index` of an encrypted archive, opened with `key` (its
+/// keyframe read too, for a delta).
+fn open_sealed(
+    index: usize,
+    key: &backmesh_crypt::DataKey,
+    m: &MemberRef,
+    source: &dyn MemberSource,
+) -> Result<Vec<u8>, RestoreError> {
+    use super::sealed::OpenError;
+    let read = |o: &super::manifest::ObjRef| {
+        source.read_member(&MemberRef { sha256: o.cid, raw_len: 0, compressed_len: o.len, key: None })
+    };
+    super::sealed::open_member(key, m, &read).map(|(raw, _)| raw).map_err(|e| match e {
+        OpenError::Missing { digest, source } => RestoreError::MissingMember { index, digest, source },
+        OpenError::Damaged { expected, actual } => RestoreError::DamagedMember { index, expected, actual },
+        other => RestoreError::Format { source: io::Error::other(other.to_string()) },
     })
 }
 

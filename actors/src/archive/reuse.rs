@@ -40,21 +40,42 @@ use crate::hash::Digest;
 /// tick): changes this recent are not trusted to show in the next stat.
 pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
+/// The print of a group read while its files changed: no group's print
+/// is all zeros (a SHA-256), so it is never taken unread; its record
+/// still names the member made there, the next run's base.
+pub const NEVER_REUSED: Digest = Digest([0; 32]);
+
 /// The version of the record file; another version is ignored.
 const RECORDS_VERSION: u32 = 2;
+/// The version of an encrypted series' records: members are sealed
+/// objects, and a member may name its keyframe. A version that knows
+/// only 2 ignores them.
+const SEALED_RECORDS_VERSION: u32 = 3;
 
 /// What the records were made under: records made with another group
-/// target or compression level would give other members than a full run.
+/// target, compression level or data key would give other members than
+/// a full run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordsHeader {
     pub version: u32,
     pub target: u64,
     pub level: u32,
+    /// The id of the data key the members are sealed under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 impl RecordsHeader {
     pub fn new(target: usize, level: u32) -> Self {
-        RecordsHeader { version: RECORDS_VERSION, target: target as u64, level }
+        RecordsHeader { version: RECORDS_VERSION, target: target as u64, level, kid: None }
+    }
+
+    /// The header of records whose members are sealed under data key `kid`.
+    pub fn sealed_under(self, kid: Option<String>) -> Self {
+        match kid {
+            None => self,
+            Some(kid) => RecordsHeader { version: SEALED_RECORDS_VERSION, kid: Some(kid), ..self },
+        }
     }
 }
 
@@ -170,7 +191,7 @@ pub struct Previous {
     ended: bool,
     /// The member of the last group record found or passed over: the
     /// one that held, last time, the paths just asked for.
-    around: Option<Digest>,
+    around: Option<MemberRef>,
 }
 
 impl Previous {
@@ -196,8 +217,8 @@ impl Previous {
 
     /// The member of the group that, last time, held the paths of the last
     /// [`Previous::find`] (found or not): the likeliest base for a delta.
-    pub fn around(&self) -> Option<Digest> {
-        self.around
+    pub fn around(&self) -> Option<&MemberRef> {
+        self.around.as_ref()
     }
 
     /// The record whose key is `key`, if the previous run made one. The
@@ -211,7 +232,7 @@ impl Previous {
             let order = walk_cmp(record.key(), key);
             if order != Ordering::Greater {
                 self.around = match record {
-                    Reusable::Group { member, .. } => Some(member.sha256),
+                    Reusable::Group { member, .. } => Some(member.clone()),
                     Reusable::Large { .. } => None,
                 };
             }

@@ -6,9 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::archive::cut::GroupCutter;
-use crate::archive::manifest::{members_tree_digest, TreeRule};
-use crate::archive::reuse::RecordsHeader;
+use crate::archive::manifest::{members_tree_digest, objects_tree_digest, Crypt, ObjRef, TreeRule};
 use crate::archive::{self, ArchiveError, CreateOptions, Manifest, Reuse, StatSnapshot, Warning};
 use crate::hash::Digest;
 use crate::store::{ArchiveSummary, Retention, RetentionReport, StatCacheEntry, Store, StoreError};
@@ -89,7 +87,7 @@ pub fn run_backup_as(
     let last = store.latest(node, key)?;
     let done = |outcome| RunReport { outcome, duration_ms: started.elapsed().as_millis() as u64 };
 
-    let header = RecordsHeader::new(GroupCutter::new(opts.target).target, opts.level);
+    let header = archive::create::records_header(opts);
     let previous = store.previous_records(node, key, &header);
     // With the last run's records, the backup itself is the metadata
     // walk (a tree that looks as recorded is taken unread, whole): one
@@ -98,6 +96,7 @@ pub fn run_backup_as(
         if cache.archive_id == last.id
             && cache.tree_digest == last.tree_digest
             && cache.excludes == opts.excludes
+            && cache.kid == opts.seal.as_ref().map(|s| s.key.id())
             && !cache.snapshot.racy
         {
             let now = archive::scan(path, &opts.excludes)?;
@@ -137,6 +136,11 @@ pub fn run_backup_as(
                     Box::new(std::io::BufWriter::with_capacity(256 * 1024, f)) as Box<dyn std::io::Write + Send>
                 }),
                 hold: &hold,
+                read: &|o: &ObjRef| {
+                    // A keyframe a sealed delta is made against stays until the commit.
+                    holds.hold(&o.cid);
+                    store.read_member_unchecked(&o.cid).map_err(std::io::Error::other)
+                },
             };
             let created = archive::create_reusing(path, opts, reuse, &mut txn)?;
             (txn, created)
@@ -156,6 +160,22 @@ pub fn run_backup_as(
     let (snapshot, recorded) = (created.snapshot, created.recorded);
     let reused = (created.reused_members, created.reused_raw);
     let bases = std::mem::take(&mut created.bases);
+    // An encrypted archive: its file table and head, sealed; its tree
+    // digest over every object.
+    let table = opts.seal.as_ref().map(|s| {
+        let head = archive::sealed::Head {
+            stats: created.stats.clone(),
+            warnings: created.warnings.clone(),
+            excludes: opts.excludes.clone(),
+            raw_len: created.raw_len,
+            tgz_len: created.tgz_len,
+        };
+        let (index, head) = archive::sealed::seal_table(s, &created.files, &head);
+        let refs: Vec<_> = index.iter().map(|(m, _)| m.clone()).collect();
+        let head_ref = ObjRef { cid: head.0.sha256, len: head.0.compressed_len };
+        created.tree_digest = objects_tree_digest(&created.members, &refs, &head_ref);
+        (s.clone(), index, head)
+    });
     if let Some(last) = &last {
         if same_tree(store, last, &created)? {
             if !lost.is_empty() {
@@ -182,6 +202,21 @@ pub fn run_backup_as(
         .sum();
     let after = last.as_ref().map(|l| l.order());
     let mut manifest = created.into_manifest(node, key, store.now_ms(), after, opts.excludes.clone());
+    if let Some((sealing, index, head)) = table {
+        use crate::archive::MemberSink as _;
+        for (m, object) in index.iter().chain([&head]) {
+            txn.member(&m.sha256, object)
+                .map_err(|e| StoreError::Io { path: store.root().join("staging"), source: e })?;
+        }
+        manifest.tree_rule = TreeRule::Objects;
+        manifest.crypt = Some(Crypt {
+            suite: crate::archive::manifest::objects::SUITE_XCHACHA_SIV,
+            kid: sealing.key.id_bytes(),
+            keys: sealing.keys.clone(),
+            index: index.into_iter().map(|(m, _)| m).collect(),
+            head: ObjRef { cid: head.0.sha256, len: head.0.compressed_len },
+        });
+    }
     let encoded = manifest
         .seal_encoded(store.identity())
         .map_err(|source| StoreError::Manifest { path: store.root().join("identity.key"), source })?;
@@ -248,7 +283,13 @@ fn remember(
     id: &str,
     tree_digest: Digest,
 ) -> Result<(), StoreError> {
-    let entry = StatCacheEntry { snapshot, excludes: opts.excludes.clone(), archive_id: id.to_string(), tree_digest };
+    let entry = StatCacheEntry {
+        snapshot,
+        excludes: opts.excludes.clone(),
+        archive_id: id.to_string(),
+        tree_digest,
+        kid: opts.seal.as_ref().map(|s| s.key.id()),
+    };
     store.set_stat_cache(node, key, &entry)
 }
 

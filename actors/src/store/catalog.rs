@@ -75,6 +75,11 @@ pub struct StatCacheEntry {
     /// The archive whose tree the snapshot describes.
     pub archive_id: String,
     pub tree_digest: Digest,
+    /// The id of the data key that archive is sealed under (`None`: a
+    /// plain archive): a tree backed up plain is not "unchanged" for a
+    /// run that seals, nor the other way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 /// What retention removed.

@@ -186,11 +186,15 @@ impl PutTxn<'_> {
 
 impl MemberSink for PutTxn<'_> {
     fn reused(&mut self, m: &MemberRef) -> io::Result<()> {
-        // Held from collection by the producer (`Holds`): there now, there at commit.
-        if self.store.has_member(&m.sha256) {
-            self.seen.push(m.sha256);
-        } else {
-            self.lost.push(m.sha256);
+        // Held from collection by the producer (`Holds`): there now, there
+        // at commit. A sealed delta's keyframe with it, first (the order
+        // of `Manifest::objects`).
+        for d in m.key.map(|k| k.cid).into_iter().chain([m.sha256]) {
+            if self.store.has_member(&d) {
+                self.seen.push(d);
+            } else {
+                self.lost.push(d);
+            }
         }
         Ok(())
     }

@@ -169,3 +169,111 @@ fn a_holder_keeps_checks_repairs_and_collects_sealed_objects_without_any_key() {
     }
     assert!(seen.len() >= 5, "{seen:?}");
 }
+
+fn sealed_opts(key: &DataKey) -> backmesh_core::archive::CreateOptions {
+    backmesh_core::archive::CreateOptions {
+        target: 16 * 1024,
+        seal: Some(backmesh_core::archive::sealed::sealing(key.clone(), vec![b"wrapped".to_vec()])),
+        ..Default::default()
+    }
+}
+
+fn stored(store: &Store, src: &Path, opts: &backmesh_core::archive::CreateOptions) -> Manifest {
+    use backmesh_core::jobs::{run_backup, RunOutcome};
+    match run_backup(store, "n", src, opts, Retention::keep(10)).unwrap().outcome {
+        RunOutcome::Stored { manifest, .. } => *manifest,
+        other => panic!("not stored: {other:?}"),
+    }
+}
+
+fn exported(store: &Store, m: &Manifest, key: Option<&DataKey>) -> Digest {
+    let mut out = Vec::new();
+    store.export_tgz_with(m, key, &mut out).unwrap();
+    Digest::of(&out)
+}
+
+/// The `.tgz` a plain full run of `src` makes.
+fn plain_tgz(dir: &Path, src: &Path) -> Digest {
+    let plain = Store::open(dir).unwrap();
+    let opts = backmesh_core::archive::CreateOptions { target: 16 * 1024, ..Default::default() };
+    let m = stored(&plain, src, &opts);
+    exported(&plain, &m, None)
+}
+
+#[test]
+fn an_encrypted_series_restores_exactly_its_changes_are_sealed_deltas_and_it_exports_the_plain_bytes() {
+    use backmesh_core::archive::{restore_archive, RestoreError, RestoreOptions};
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    crate::common::gen_tree(&src, 5);
+    fs::write(src.join("marker.txt"), MARKER.repeat(50)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    let key = DataKey::from_secret([5; 32]);
+    let opts = sealed_opts(&key);
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let first = stored(&store, &src, &opts);
+    let path = src.to_str().unwrap();
+    let on_disk = store.manifest("n", path, Some(&first.id)).unwrap();
+    assert!(on_disk.encrypted() && on_disk.files.is_empty() && on_disk.stats.files == 0, "the stored part is public");
+    assert!(first.stats.files > 10 && !first.files.is_empty(), "the node's own view has it all");
+
+    // Restored with the key, exactly; without it, not at all.
+    let with_key = RestoreOptions { key: Some(key.clone()), ..Default::default() };
+    restore_archive(&on_disk, &store, &t.path().join("r1"), &with_key).unwrap();
+    crate::common::assert_same_tree(&src, &t.path().join("r1"));
+    let err = restore_archive(&on_disk, &store, &t.path().join("r0"), &RestoreOptions::default()).unwrap_err();
+    assert!(matches!(err, RestoreError::Encrypted { .. }), "{err}");
+    let other = RestoreOptions { key: Some(DataKey::from_secret([6; 32])), ..Default::default() };
+    assert!(restore_archive(&on_disk, &store, &t.path().join("r2"), &other).is_err(), "another key opens nothing");
+    // Its file table and head open with the key.
+    let read = |o: &ObjRef| store.read_member_unchecked(&o.cid).map_err(std::io::Error::other);
+    let opened = backmesh_core::archive::sealed::unseal(&on_disk, &key, &read).unwrap();
+    assert_eq!((opened.files.clone(), opened.stats.clone()), (first.files.clone(), first.stats.clone()));
+    // Exported with the key: the very `.tgz` a plain full run makes.
+    assert_eq!(exported(&store, &on_disk, Some(&key)), plain_tgz(&t.path().join("plain1"), &src));
+    assert!(store.export_tgz(&on_disk, &mut Vec::new()).is_err(), "not without the key");
+
+    // A byte in the middle of a large file, and a small file rewritten.
+    let files: Vec<_> =
+        crate::common::walk(&src).into_iter().filter(|(_, s)| s.kind == "file" && s.mode & 0o200 != 0).collect();
+    let large = files.iter().find(|(_, s)| s.content.as_ref().unwrap().len() > 400_000).unwrap();
+    let mut bytes = large.1.content.clone().unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(src.join(&large.0), &bytes).unwrap();
+    let small = files.iter().find(|(_, s)| (3000..10_000).contains(&s.content.as_ref().unwrap().len())).unwrap();
+    let mut text = small.1.content.clone().unwrap();
+    text[10] ^= 0x01;
+    fs::write(src.join(&small.0), &text).unwrap();
+    let second = stored(&store, &src, &opts);
+    let deltas: Vec<&MemberRef> = second.members.iter().filter(|m| m.key.is_some()).collect();
+    assert!(!deltas.is_empty(), "the changed members are sealed deltas");
+    for d in &deltas {
+        // Against a whole member (at most two objects to read), and small.
+        let k = d.key.unwrap();
+        let kf = store.read_member_unchecked(&k.cid).unwrap();
+        assert_eq!(backmesh_crypt::header(&kf).unwrap().0, Kind::Member);
+        assert!(d.compressed_len * 2 <= k.len + 2 * backmesh_crypt::OVERHEAD as u64, "{d:?}");
+    }
+    let on_disk = store.manifest("n", path, Some(&second.id)).unwrap();
+    restore_archive(&on_disk, &store, &t.path().join("r3"), &with_key).unwrap();
+    crate::common::assert_same_tree(&src, &t.path().join("r3"));
+    assert_eq!(exported(&store, &on_disk, Some(&key)), plain_tgz(&t.path().join("plain2"), &src));
+
+    // Nothing changed: unchanged, as for a plain series.
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    let again = backmesh_core::jobs::run_backup(&store, "n", &src, &opts, Retention::keep(10)).unwrap();
+    assert!(matches!(again.outcome, backmesh_core::jobs::RunOutcome::Unchanged { .. }), "{:?}", again.outcome);
+
+    // No file of the store holds the content or a path, in any decoding.
+    for (p, bytes) in
+        files_under(&t.path().join("data/segments")).into_iter().chain(files_under(&t.path().join("data/manifests")))
+    {
+        let mut inflated = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&bytes[..]), &mut inflated);
+        for hay in [&bytes, &inflated] {
+            assert!(!hay.windows(MARKER.len()).any(|w| w == MARKER), "{p} holds the content");
+            assert!(!hay.windows(10).any(|w| w == b"marker.txt"), "{p} holds a path");
+        }
+    }
+}

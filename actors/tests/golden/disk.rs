@@ -299,6 +299,7 @@ fn golden_reuse_records_and_stat_cache() {
         excludes: vec!["*.log".into()],
         archive_id: "20261122T040113.000Z-0a1b2c3d".into(),
         tree_digest: Digest::of(b"t"),
+        kid: None,
     };
     store.set_stat_cache("n1", "/srv/app", &entry).unwrap();
     pin_bytes("disk_stat_cache", &dumped(&kv));

@@ -1,0 +1,306 @@
+//! Encrypted archives (docs/encryption.md): how the origin seals what it
+//! makes, and how a reader with the key opens it.
+//!
+//! - A changed member is sealed as a delta against its *keyframe* (the
+//!   full member an earlier archive of the series has for the same group)
+//!   when the delta is at most half the member; otherwise it is sealed
+//!   whole. A delta is never made against a delta, so reading a member
+//!   takes at most two objects. The origin applies its own delta before
+//!   it keeps it: no holder can, without the key.
+//! - The file table is cut into groups at keyed points (a holder cannot
+//!   tell the cuts from the paths), each sealed on its own: an unchanged
+//!   group is the same object, stored and sent once.
+//! - The head holds what the public manifest leaves out: statistics,
+//!   warnings, excludes, lengths.
+//!
+//! A delta's plaintext: `level` (1 byte), the member's raw length (u64
+//! LE), the CRC-32 of its raw bytes (u32 LE), the length of the gzip
+//! member a full run makes of them (u64 LE), the length of the operations
+//! (u64 LE), the operations, then the literals ([`super::delta`]).
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use backmesh_crypt::{open_object, seal_object, DataKey, Kind};
+use flate2::read::{DeflateDecoder, MultiGzDecoder};
+use flate2::write::DeflateEncoder;
+use flate2::Compression;
+use serde::{Deserialize, Serialize};
+
+use super::error::Warning;
+use super::manifest::{ArchiveStats, FileRecord, Manifest, MemberRef, ObjRef, MAX_MEMBER_BYTES};
+use super::sink::gzip_member;
+use crate::hash::Digest;
+
+/// What a node seals its archives with: its data key, and that key
+/// wrapped to the node itself and the operator's recovery recipients
+/// (every public manifest carries the wrapped keys).
+#[derive(Clone)]
+pub struct Sealing {
+    pub key: DataKey,
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealing({:?}, {} wrapped)", self.key, self.keys.len())
+    }
+}
+
+/// Reads a stored object (checked against its name by the caller).
+pub type ReadObject<'a> = dyn Fn(&ObjRef) -> io::Result<Vec<u8>> + Sync + 'a;
+
+/// Why a sealed member does not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("object {digest} cannot be read: {source}")]
+    Missing {
+        digest: Digest,
+        #[source]
+        source: io::Error,
+    },
+    #[error("object {expected} is damaged (its bytes hash to {actual})")]
+    Damaged { expected: Digest, actual: Digest },
+    #[error("object {digest} does not open: {reason}")]
+    Sealed { digest: Digest, reason: String },
+    #[error("object {digest} holds a malformed member or delta: {reason}")]
+    Malformed { digest: Digest, reason: String },
+}
+
+/// Members and file-table groups past this are refused when opened.
+const MAX_GROUP_BYTES: u64 = 64 << 20;
+
+/// Records in a file-table group at most, and on average (a cut falls
+/// after a record when its keyed hash is a multiple of this).
+const GROUP_MOST: usize = 4096;
+const GROUP_MEAN: u64 = 512;
+
+/// Reads object `o`, checked against its name.
+fn read_checked(read: &ReadObject<'_>, o: &ObjRef) -> Result<Vec<u8>, OpenError> {
+    let bytes = read(o).map_err(|source| OpenError::Missing { digest: o.cid, source })?;
+    let actual = Digest::of(&bytes);
+    if actual != o.cid {
+        return Err(OpenError::Damaged { expected: o.cid, actual });
+    }
+    Ok(bytes)
+}
+
+fn obj(m: &MemberRef) -> ObjRef {
+    ObjRef { cid: m.sha256, len: m.compressed_len }
+}
+
+/// Opens object `cid` as `kind` under `key` with `context`.
+fn open_as(key: &DataKey, cid: &Digest, bytes: &[u8], kind: Kind, context: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let (found, plain) =
+        open_object(key, context, bytes).map_err(|e| OpenError::Sealed { digest: *cid, reason: e.to_string() })?;
+    if found != kind {
+        return Err(OpenError::Sealed { digest: *cid, reason: format!("a {found:?} object where a {kind:?} belongs") });
+    }
+    Ok(plain)
+}
+
+/// The raw bytes of a gzip member, at most `MAX_MEMBER_BYTES` (its CRC
+/// and length are checked by the decoder).
+fn inflate(gz: &[u8], cid: &Digest) -> Result<Vec<u8>, OpenError> {
+    let mut raw = Vec::new();
+    MultiGzDecoder::new(gz)
+        .take(MAX_MEMBER_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| OpenError::Malformed { digest: *cid, reason: e.to_string() })?;
+    if raw.len() as u64 > MAX_MEMBER_BYTES {
+        return Err(OpenError::Malformed { digest: *cid, reason: "larger than any member".into() });
+    }
+    Ok(raw)
+}
+
+/// A delta's plaintext, read.
+struct DeltaBody<'a> {
+    level: u32,
+    raw_len: u64,
+    crc: u32,
+    ops: &'a [u8],
+    literals: &'a [u8],
+}
+
+fn encode_delta(level: u32, raw: &[u8], gz_len: u64, ops: &[u8], literals: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(29 + ops.len() + literals.len());
+    out.push(level as u8);
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
+    out.extend_from_slice(&gz_len.to_le_bytes());
+    out.extend_from_slice(&(ops.len() as u64).to_le_bytes());
+    out.extend_from_slice(ops);
+    out.extend_from_slice(literals);
+    out
+}
+
+fn decode_delta(body: &[u8]) -> Option<DeltaBody<'_>> {
+    let u64_at = |at: usize| body.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let level = u32::from(*body.first()?);
+    let raw_len = u64_at(1)?;
+    let crc = u32::from_le_bytes(body.get(9..13)?.try_into().ok()?);
+    let ops_len = usize::try_from(u64_at(21)?).ok()?;
+    let rest = body.get(29..)?;
+    (ops_len <= rest.len()).then(|| DeltaBody {
+        level,
+        raw_len,
+        crc,
+        ops: &rest[..ops_len],
+        literals: &rest[ops_len..],
+    })
+}
+
+/// The keyframe a new member of the same group as `base` would be a
+/// delta against: `base` itself when it is whole, else its keyframe.
+pub fn keyframe_of(base: &MemberRef) -> ObjRef {
+    base.key.unwrap_or(obj(base))
+}
+
+/// Seals the member made of `raw`: a delta against `base`'s keyframe
+/// when that is at most half the whole member (and the keyframe opens
+/// under this key), else whole. Answers the object and, for a delta, its
+/// keyframe.
+pub fn seal_member(
+    s: &Sealing,
+    raw: &[u8],
+    level: u32,
+    base: Option<&MemberRef>,
+    read: &ReadObject<'_>,
+) -> (Vec<u8>, Option<ObjRef>) {
+    let gz = gzip_member(raw, level);
+    if let Some(k) = base.map(keyframe_of) {
+        let old = read_checked(read, &k)
+            .and_then(|bytes| open_as(&s.key, &k.cid, &bytes, Kind::Member, b""))
+            .and_then(|gz| inflate(&gz, &k.cid));
+        // The same bytes as the keyframe: the keyframe itself (sealing is
+        // deterministic), whatever run makes it.
+        if let Some(old) = old.as_ref().ok().filter(|old| old.as_slice() != raw) {
+            let (ops, literals) = super::delta::make(old, raw);
+            let body = encode_delta(level, raw, gz.len() as u64, &ops, &literals);
+            // Applied here before it is kept: only this node can check it.
+            let rebuilt = super::delta::apply(old, &ops, &literals, raw.len() as u64, MAX_MEMBER_BYTES);
+            if body.len() <= gz.len() / 2 && rebuilt.as_deref() == Ok(raw) {
+                return (seal_object(&s.key, Kind::Delta, &k.cid.0, &body), Some(k));
+            }
+        }
+    }
+    (seal_object(&s.key, Kind::Member, b"", &gz), None)
+}
+
+/// The raw bytes of member `m` of an encrypted archive, opened with `key`
+/// (its keyframe read too, for a delta), with the level of its gzip form
+/// when it is a delta.
+pub fn open_member(key: &DataKey, m: &MemberRef, read: &ReadObject<'_>) -> Result<(Vec<u8>, Option<u32>), OpenError> {
+    let bytes = read_checked(read, &obj(m))?;
+    let Some(k) = m.key else {
+        let gz = open_as(key, &m.sha256, &bytes, Kind::Member, b"")?;
+        return Ok((inflate(&gz, &m.sha256)?, None));
+    };
+    let body = open_as(key, &m.sha256, &bytes, Kind::Delta, &k.cid.0)?;
+    let bad = |reason: &str| OpenError::Malformed { digest: m.sha256, reason: reason.to_string() };
+    let d = decode_delta(&body).ok_or_else(|| bad("a delta too short for its header"))?;
+    let kf = read_checked(read, &k)?;
+    let old = inflate(&open_as(key, &k.cid, &kf, Kind::Member, b"")?, &k.cid)?;
+    let raw =
+        super::delta::apply(&old, d.ops, d.literals, d.raw_len, MAX_MEMBER_BYTES).map_err(|e| bad(&e.to_string()))?;
+    if crc32fast::hash(&raw) != d.crc {
+        return Err(bad("what the delta rebuilds is not what was sealed (CRC-32)"));
+    }
+    Ok((raw, Some(d.level)))
+}
+
+/// Member `m` as the gzip member a full run makes of it: a whole member
+/// as it was sealed, a delta's raw bytes compressed at its level.
+pub fn gzip_of(key: &DataKey, m: &MemberRef, read: &ReadObject<'_>) -> Result<Vec<u8>, OpenError> {
+    if m.key.is_none() {
+        let bytes = read_checked(read, &obj(m))?;
+        return open_as(key, &m.sha256, &bytes, Kind::Member, b"");
+    }
+    let (raw, level) = open_member(key, m, read)?;
+    Ok(gzip_member(&raw, level.unwrap_or(6)))
+}
+
+/// What an archive's head holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub stats: ArchiveStats,
+    pub warnings: Vec<Warning>,
+    pub excludes: Vec<String>,
+    /// The tar stream's length.
+    pub raw_len: u64,
+    /// The length of the `.tgz` a full run makes.
+    pub tgz_len: u64,
+}
+
+fn deflated<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut cbor = Vec::new();
+    // Writing CBOR into a Vec cannot fail.
+    #[allow(clippy::expect_used)]
+    ciborium::into_writer(value, &mut cbor).expect("CBOR into a Vec");
+    let mut enc = DeflateEncoder::new(Vec::with_capacity(cbor.len() / 3 + 64), Compression::new(6));
+    let _ = enc.write_all(&cbor);
+    enc.finish().unwrap_or_default()
+}
+
+fn inflated<T: serde::de::DeserializeOwned>(data: &[u8], cid: &Digest) -> Result<T, OpenError> {
+    let mut cbor = Vec::new();
+    DeflateDecoder::new(data)
+        .take(MAX_GROUP_BYTES + 1)
+        .read_to_end(&mut cbor)
+        .map_err(|e| OpenError::Malformed { digest: *cid, reason: e.to_string() })?;
+    if cbor.len() as u64 > MAX_GROUP_BYTES {
+        return Err(OpenError::Malformed { digest: *cid, reason: "larger than any group".into() });
+    }
+    ciborium::from_reader(&cbor[..]).map_err(|e| OpenError::Malformed { digest: *cid, reason: e.to_string() })
+}
+
+/// A sealed object with what a manifest lists of it.
+pub type SealedObject = (MemberRef, Vec<u8>);
+
+fn listed(object: Vec<u8>) -> SealedObject {
+    let m = MemberRef { sha256: Digest::of(&object), raw_len: 0, compressed_len: object.len() as u64, key: None };
+    (m, object)
+}
+
+/// The file table cut into sealed groups at keyed points, and the head.
+pub fn seal_table(s: &Sealing, files: &[FileRecord], head: &Head) -> (Vec<SealedObject>, SealedObject) {
+    let mut groups = Vec::new();
+    let mut group: Vec<&FileRecord> = Vec::new();
+    for f in files {
+        group.push(f);
+        if group.len() >= GROUP_MOST || s.key.cut_mark(&f.path).is_multiple_of(GROUP_MEAN) {
+            groups.push(listed(seal_object(&s.key, Kind::Index, b"", &deflated(&group))));
+            group.clear();
+        }
+    }
+    if !group.is_empty() {
+        groups.push(listed(seal_object(&s.key, Kind::Index, b"", &deflated(&group))));
+    }
+    (groups, listed(seal_object(&s.key, Kind::Head, b"", &deflated(head))))
+}
+
+/// `m` (an encrypted archive's public manifest) with what its sealed
+/// objects hold: the file table, statistics, warnings, excludes, lengths.
+pub fn unseal(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Manifest, OpenError> {
+    let Some(crypt) = &m.crypt else { return Ok(m.clone()) };
+    let mut out = m.clone();
+    let bytes = read_checked(read, &crypt.head)?;
+    let head: Head = inflated(&open_as(key, &crypt.head.cid, &bytes, Kind::Head, b"")?, &crypt.head.cid)?;
+    out.stats = head.stats;
+    out.warnings = head.warnings;
+    out.excludes = head.excludes;
+    out.raw_len = head.raw_len;
+    out.tgz_len = head.tgz_len;
+    out.files.clear();
+    for g in &crypt.index {
+        let bytes = read_checked(read, &obj(g))?;
+        let records: Vec<FileRecord> = inflated(&open_as(key, &g.sha256, &bytes, Kind::Index, b"")?, &g.sha256)?;
+        out.files.extend(records);
+    }
+    Ok(out)
+}
+
+/// The sealing of a node whose data key is `key`, wrapped as `keys`.
+pub fn sealing(key: DataKey, keys: Vec<Vec<u8>>) -> Arc<Sealing> {
+    Arc::new(Sealing { key, keys })
+}
