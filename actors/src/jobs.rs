@@ -9,6 +9,7 @@ pub mod plugin;
 pub mod proto;
 pub mod queue;
 pub mod schedule;
+pub mod seals;
 
 pub use backup::{error_chain, run_backup, run_backup_as, run_job, RunError, RunOutcome, RunReport, UnchangedBy};
 pub use plugin::check_path;

@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod error;
 mod gc;
 pub mod health;
+pub mod keys;
 pub mod kv;
 pub mod member_list;
 pub mod retention;
@@ -102,6 +103,8 @@ pub struct Store {
     /// Where the store reads the time (when an archive is stored, what
     /// `--keep-within` keeps, when collection last ran in full).
     clock: Arc<dyn Clock>,
+    /// This data directory's data key, if it has one ([`keys`]).
+    data_key: std::sync::OnceLock<backmesh_crypt::DataKey>,
 }
 
 /// Loads `DATA_DIR/identity.key`, or makes one (mode 0600): the peer id
@@ -195,7 +198,9 @@ impl Store {
             bind_lock: Mutex::default(),
             fan_out: (0..256).map(|_| std::sync::OnceLock::new()).collect(),
             clock: Arc::new(SystemClock),
+            data_key: keys::slot(),
         };
+        store.load_data_key()?;
         // Work a crashed process left half done is abandoned.
         let staging = store.root.join("staging");
         if let Ok(entries) = fs::read_dir(&staging) {

@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// cannot flood its holders faster than it backs up [default: 6].
     #[arg(long, value_name = "N")]
     pub burst: Option<u32>,
+    /// Seal this node's backups (docs/encryption.md): `on` (holders and
+    /// the bucket keep ciphertext only; needs an operator-recovery
+    /// recipient) or `off` [default: off].
+    #[arg(long, value_name = "on|off", value_parser = parse_encrypt)]
+    pub encrypt: Option<bool>,
     /// The most one other node's archives may take on this node: a size
     /// (500G, 2T) or a share (40%) of the room here, its free space plus
     /// what that node's archives already take [default: 50%]. An archive
@@ -213,6 +218,7 @@ struct FileConfig {
     keep_within: Option<String>,
     grace: Option<String>,
     burst: Option<u32>,
+    encrypt: Option<String>,
     quota: Option<String>,
     site: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -289,6 +295,8 @@ pub struct NodeConfig {
     pub keep: Retention,
     /// New archives of one series taken at once from its node (`--burst`).
     pub burst: u32,
+    /// Seal this node's backups (`--encrypt on`).
+    pub encrypt: bool,
     pub quota: Quota,
     pub site: String,
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -464,6 +472,11 @@ impl NodeConfig {
                 Retention { keep, within, grace }
             },
             burst: args.burst.or(file.burst).unwrap_or(backmesh_core::replica::arrivals::BURST).max(1),
+            encrypt: match (args.encrypt, &file.encrypt) {
+                (Some(on), _) => on,
+                (None, Some(text)) => parse_encrypt(text).map_err(|e| anyhow!("encrypt in the config file: {e}"))?,
+                (None, None) => false,
+            },
             quota: match (args.quota, &file.quota) {
                 (Some(q), _) => q,
                 (None, Some(text)) => backmesh_core::replica::quota::parse_quota(text)
@@ -506,6 +519,15 @@ fn read_token(file: &Path) -> Result<String> {
         bail!("the token file {} holds no token (its first line is empty)", file.display());
     }
     Ok(token)
+}
+
+/// `on` or `off` (also `true`/`false`, `yes`/`no`).
+pub fn parse_encrypt(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        other => Err(format!("`{other}` is neither on nor off")),
+    }
 }
 
 #[cfg(test)]

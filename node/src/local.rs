@@ -306,7 +306,8 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let ticker =
         (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress.clone(), stop.clone(), true));
-    let opts = RestoreOptions { overwrite: a.overwrite, progress: Some(progress), ..Default::default() };
+    let key = store.key_for_archive(&m).cloned();
+    let opts = RestoreOptions { overwrite: a.overwrite, progress: Some(progress), key, ..Default::default() };
     let report = archive::restore_archive(&m, &store, &a.to, &opts);
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
@@ -360,7 +361,7 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
             bail!("refusing to write a binary archive to the terminal: redirect stdout or use -o FILE");
         }
         let mut out = std::io::stdout().lock();
-        store.export_tgz(&m, &mut out)?;
+        store.export_tgz_with(&m, store.key_for_archive(&m), &mut out)?;
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -371,7 +372,7 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     let (len, sha) = {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        let written = store.export_tgz(&m, &mut w)?;
+        let written = store.export_tgz_with(&m, store.key_for_archive(&m), &mut w)?;
         w.flush()?;
         written
     };

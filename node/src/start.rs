@@ -142,6 +142,29 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
              jobs, and no operator can run, restore or change anything here from another node"
         );
     }
+    // Sealed backups: the data key made once (0600), wrapped to this node
+    // and the operator's recovery recipients at each backup.
+    let seals = if cfg.encrypt {
+        let key = store.make_data_key().map_err(|e| anyhow!("{e}"))?.clone();
+        let own = backmesh_core::store::node_unwrapper(&keypair)
+            .ok_or_else(|| anyhow!("this node's identity key is not Ed25519: it cannot unwrap a data key"))?;
+        if authority.recovery().is_empty() {
+            tracing::warn!(
+                "encrypt is on but no operator recovery recipient is known (operator-recovery in node.toml): \
+                 backups fail until one is, rather than make archives only this node could open"
+            );
+        }
+        tracing::info!("backups are sealed under data key {} (DATA_DIR/data.key)", key.id());
+        Some(std::sync::Arc::new(backmesh_core::jobs::seals::Seals::new(
+            key,
+            cfg.name.clone(),
+            peer_id.to_string(),
+            own.recipient(),
+            authority.clone(),
+        )))
+    } else {
+        None
+    };
     // Offsite settings and credentials, checked before anything starts.
     let offsite = match &cfg.offsite {
         None => None,
@@ -265,7 +288,13 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             store.clone(),
             log.clone(),
             replica.clone().recipient(),
-            JobsConfig { keep: cfg.keep, max_parallel: 2, queue_bound: cfg.queue_limit, programs: programs.clone() },
+            JobsConfig {
+                keep: cfg.keep,
+                max_parallel: 2,
+                queue_bound: cfg.queue_limit,
+                programs: programs.clone(),
+                seals: seals.clone(),
+            },
         )
         .with_worker(workers.register("backups", "runs this node's backups from its queue"))
         .start();

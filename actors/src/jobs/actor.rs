@@ -134,6 +134,8 @@ pub struct JobsConfig {
     /// What programs jobs may run here (command sources, plugins, hooks):
     /// `--allow-programs`.
     pub programs: Programs,
+    /// Seal every backup (`encrypt = on`): with this node's data key.
+    pub seals: Option<Arc<super::seals::Seals>>,
 }
 
 pub struct JobsActor {
@@ -149,6 +151,7 @@ pub struct JobsActor {
     max_parallel: usize,
     keep: Retention,
     programs: Programs,
+    seals: Option<Arc<super::seals::Seals>>,
     /// Told when a backup stored a new archive (the replica actor).
     stored: Recipient<ArchiveStored>,
 }
@@ -184,6 +187,7 @@ impl JobsActor {
             max_parallel: cfg.max_parallel.max(1),
             keep: cfg.keep,
             programs: cfg.programs,
+            seals: cfg.seals,
             stored,
             worker: Worker::detached("backups"),
         }
@@ -247,11 +251,17 @@ impl JobsActor {
             request: request.clone(),
         }));
         let (store, me, keep) = (self.store.clone(), self.me.clone(), self.keep);
+        let seal = self.seals.as_ref().map(|s| s.current());
         let opts =
             CreateOptions { excludes: job.excludes.clone(), progress: Some(progress), ..CreateOptions::default() };
         let (key, spec, programs) = (path.clone(), job.spec.clone(), self.programs.clone());
         let started = std::time::Instant::now();
         let work = tokio::task::spawn_blocking(move || {
+            let opts = match seal {
+                None => opts,
+                Some(Ok(seal)) => CreateOptions { seal: Some(seal), ..opts },
+                Some(Err(e)) => return (Err(super::plugin::JobError::Io(e)), None),
+            };
             // Whoever registered it, this node's operator decides what programs run here.
             match programs.check(&spec) {
                 Err(refused) => (Err(refused), None),

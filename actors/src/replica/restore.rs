@@ -198,7 +198,10 @@ pub(crate) async fn restore(
     let id = m.id.clone();
     let of = ReadOf::of(&m, msg.order.as_ref()).map_err(|e| (id.clone(), RestoreFailed::Read(e.into())))?;
     let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
-    let opts = RestoreOptions { overwrite: msg.overwrite, ..RestoreOptions::default() };
+    // An encrypted archive of this node's own opens with its data key
+    // (another node's, with the operator's: docs/encryption.md).
+    let key = store.key_for_archive(&m).cloned();
+    let opts = RestoreOptions { overwrite: msg.overwrite, key, ..RestoreOptions::default() };
     // Should a member kept here be damaged or missing, the live peers
     // (holders first) can send it: the restore is made again from them.
     let holders: Vec<&str> = catalog.iter().flat_map(|a| a.holders.iter().map(String::as_str)).collect();

@@ -10,6 +10,7 @@ use backmesh_simulations::{manifests_on_disk, test_ca_and_cert, tree_differences
 
 mod compromised;
 mod dashboard;
+mod encrypted;
 mod faults;
 mod offsite;
 mod plugins;
