@@ -309,6 +309,7 @@ mod tests {
             to: "/restore".into(),
             on: Some("n2".into()),
             overwrite: false,
+            key: None,
         });
         let now = 50_000_000;
         let order = op.sign(restore, now).unwrap();

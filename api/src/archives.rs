@@ -55,6 +55,30 @@ pub struct Restore {
     /// Replace what `to` holds (the old tree goes once the new one is whole).
     #[serde(default)]
     pub overwrite: bool,
+    /// For an encrypted archive of another node: its data key, wrapped
+    /// (hex of an age file) to the node that restores, by the operator's
+    /// CLI, which unwrapped it with the recovery key. The restoring node
+    /// holds it in memory for this restore only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// `GET /api/v1/keys?node=N&path=P[&archive=ID]`: what the operator's CLI
+/// needs to open an encrypted archive: its data key, wrapped to the
+/// node's own recipient and the operator's recovery recipients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveKeys {
+    pub node: String,
+    pub path: String,
+    pub archive: String,
+    /// Whether the archive is encrypted; without, nothing else is said.
+    pub encrypted: bool,
+    /// The id of its data key (16 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Its data key wrapped (hex of age files), as its manifest carries it.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// `POST /api/v1/restore` answers 202 with this; the `restored` entry

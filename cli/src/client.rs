@@ -28,6 +28,8 @@ pub(crate) struct Client {
     pub(crate) operator_key: Option<std::path::PathBuf>,
     /// The order the next requests carry (`X-Backmesh-Order`): set by [`Client::sign`].
     order: std::cell::RefCell<Option<String>>,
+    /// The operator key, once read (a passphrase is asked once a command).
+    key: std::cell::OnceCell<backmesh_api::order::OperatorKey>,
 }
 
 impl Client {
@@ -73,6 +75,7 @@ impl Client {
             tls,
             operator_key: crate::operator::key_file(cli.operator_key.as_deref()),
             order: Default::default(),
+            key: Default::default(),
         })
     }
 
@@ -81,10 +84,24 @@ impl Client {
     /// node answers what its own token may do, and says so when it is not
     /// enough.
     pub(crate) fn sign(&self, act: backmesh_api::order::Act) -> Result<(), Failure> {
-        if let Some(file) = &self.operator_key {
-            *self.order.borrow_mut() = Some(crate::operator::sign(file, act).map_err(Failure::Refused)?.0);
+        if let Some(key) = self.operator()? {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            *self.order.borrow_mut() = Some(key.sign(act, now).map_err(Failure::Refused)?.0);
         }
         Ok(())
+    }
+
+    /// The operator key, read from its file once (`None`: no key file).
+    pub(crate) fn operator(&self) -> Result<Option<&backmesh_api::order::OperatorKey>, Failure> {
+        let Some(file) = &self.operator_key else { return Ok(None) };
+        if let Some(k) = self.key.get() {
+            return Ok(Some(k));
+        }
+        let key = crate::operator::load(file).map_err(Failure::Refused)?;
+        Ok(Some(self.key.get_or_init(|| key)))
     }
 
     /// [`Client::sign`] for a command only an operator gives (`what`):

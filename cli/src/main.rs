@@ -7,6 +7,7 @@
 
 mod args;
 mod client;
+mod keys;
 mod operator;
 mod sealed;
 
@@ -409,7 +410,7 @@ fn restore(
     overwrite: bool,
     timeout: u64,
 ) -> Result<bool, Failure> {
-    let body = backmesh_api::Restore {
+    let mut body = backmesh_api::Restore {
         node: node.into(),
         path: path.into(),
         to: to.into(),
@@ -417,7 +418,11 @@ fn restore(
         // Always named: the order says which node is to write the files.
         on: Some(on.unwrap_or(node).to_string()),
         overwrite,
+        key: None,
     };
+    if client.operator_key.is_some() {
+        body.key = keys::restore_key(client, node, path, archive, on.unwrap_or(node))?;
+    }
     client.sign(Act::Restore(body.clone()))?;
     let started: backmesh_api::RestoreStarted = client.post("/restore", &body)?;
     let (request, target) = (started.request, started.on);

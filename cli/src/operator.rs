@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use backmesh_api::order::{Act, OperatorKey, SignedOrder};
+use backmesh_api::order::OperatorKey;
 
 /// The default key file: `$XDG_CONFIG_HOME/backmesh/operator.key`, or
 /// `~/.config/backmesh/operator.key`.
@@ -42,14 +42,6 @@ pub(crate) fn load(file: &Path) -> Result<OperatorKey, String> {
         return crate::sealed::open(&text, &passphrase).map_err(|e| format!("{}: {e}", file.display()));
     }
     OperatorKey::from_file_text(&text).map_err(|e| format!("{}: {e}", file.display()))
-}
-
-/// `act` signed now with the key in `file`.
-pub(crate) fn sign(file: &Path, act: Act) -> Result<SignedOrder, String> {
-    let key = load(file)?;
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    key.sign(act, now)
 }
 
 /// `backmesh operator init`: a new key written to `out` (0600, in a

@@ -4,7 +4,6 @@
 //! needs `Authorization: Bearer TOKEN` and answers 401 otherwise.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use backmesh_api::order::ORDER_HEADER;
 use backmesh_api::NodeStatus;
 use backmesh_api::{JobKey, JobStatus};
 use backmesh_core::authority::{Act, SignedOrder};
@@ -14,13 +13,14 @@ use backmesh_core::jobs::queue::NotQueued;
 use backmesh_core::log::actor::{ForRequest, GetCatalog, GetJobs, TakeEntry};
 use backmesh_core::log::history::{HistoryQuery, PAGE_MAX};
 use backmesh_core::log::views::JobView;
-use backmesh_core::net::actor::{GetPeers, GetStatus};
+use backmesh_core::net::actor::GetStatus;
 use backmesh_core::replica::actor::{RestoreHere, VerifyHere};
 use backmesh_core::replica::proto::{archive, name, series, ReplicaAnswer, ReplicaRequest, REPLICA, XFER_BATCH};
-use backmesh_core::replica::source::{locate, read_members};
+use backmesh_core::replica::source::read_members;
 use serde::Deserialize;
 
 use crate::http::{admin, error, named, no_answer, odd_answer, reader, shutting_down, Answer, ApiError, ApiState};
+use crate::orders::{admit_here, needed, order_of};
 use crate::reads::{read_history, replica_shortfall};
 use crate::view;
 
@@ -99,6 +99,7 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/revoke", web::post().to(revoke))
         .route("/operators", web::post().to(operators))
         .route("/recipients", web::post().to(recipients))
+        .route("/keys", web::get().to(crate::sealed::keys))
         .route("/rebind", web::post().to(rebind))
         .route("/nodes/{node}/identity", web::get().to(identity))
         .route("/jobs", web::post().to(register))
@@ -137,46 +138,6 @@ async fn find_node(state: &ApiState, name: &str) -> Result<NodeStatus, ApiError>
             format!("{} nodes claim the name `{name}`; give each a unique --name first", matches.len()),
         )),
     }
-}
-
-/// The operator's order the request carries (`X-Backmesh-Order`), if any.
-fn order_of(req: &HttpRequest) -> Result<Option<SignedOrder>, ApiError> {
-    match req.headers().get(ORDER_HEADER) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(SignedOrder(s.trim().to_string())))
-            .map_err(|_| error(StatusCode::BAD_REQUEST, format!("the {ORDER_HEADER} header is not text"))),
-    }
-}
-
-/// The order that `act`, which concerns node `other`, needs; or the 403
-/// that says why this node's token is not enough and how to sign one.
-fn needed(state: &ApiState, order: Option<SignedOrder>, act: &Act, other: &str) -> Result<SignedOrder, ApiError> {
-    order.ok_or_else(|| {
-        error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "`{}` concerns node {other}: the API token of node {} acts on {} alone, and another node acts \
-                 only under the operator's order. Sign the command with the operator key (`backmesh \
-                 --operator-key FILE …`, or BACKMESH_OPERATOR_KEY; `backmesh operator init` makes one on the \
-                 operator's machine)",
-                act.name(),
-                state.health.name,
-                state.health.name
-            ),
-        )
-    })
-}
-
-/// `act` carried out here under the operator's `order` (a restore or a
-/// fetch of another node's series): the order is checked and spent here.
-fn admit_here(state: &ApiState, order: &SignedOrder, act: &Act) -> Result<(), ApiError> {
-    state
-        .authority
-        .admit(order, act, &state.health.name, backmesh_core::clock::now_ms())
-        .map(|_| ())
-        .map_err(|e| error(StatusCode::FORBIDDEN, e.to_string()))
 }
 
 /// A change of `node`'s jobs: that node alone writes it, asked here under
@@ -524,6 +485,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
             overwrite: b.overwrite,
             request: request.clone(),
             order: order.clone(),
+            key: b.key.clone(),
         };
         state.replica.send(msg).await?.map_err(|e| error(StatusCode::BAD_REQUEST, format!("on {on}: {e}")))
     } else if !target.up {
@@ -537,6 +499,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
             overwrite: b.overwrite,
             request: request.clone(),
             order,
+            key: b.key.clone(),
         };
         match state.net.call(&target.peer_id, &REPLICA, &ask).await {
             Ok(ReplicaAnswer::Accepted) => Ok(()),
@@ -576,29 +539,8 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
     } else {
         None
     };
-    let catalog = state.log.send(GetCatalog { node: q.node.clone(), path: q.path.clone() }).await?;
-    let (_, peers) = state.membership.send(GetPeers).await?;
-    let found =
-        locate(&state.store, &state.net, &catalog, &peers, &q.node, &q.path, q.archive.as_deref(), order.as_ref())
-            .await;
-    let (manifest, place) = match (found, &state.offsite) {
-        (Ok(found), _) => found,
-        (Err(e), None) => return Err(error(StatusCode::NOT_FOUND, e.to_string())),
-        // No live node has it: read it from the bucket into this node first.
-        (Err(e), Some((_, offsite))) => {
-            let (o, st) = (offsite.clone(), state.store.clone());
-            let claimant = backmesh_core::replica::source::claimant(&peers, &q.node).map(str::to_string);
-            let (node, path, id) = (q.node.clone(), q.path.clone(), q.archive.clone());
-            let imported =
-                web::block(move || o.import(&st, &node, &path, id.as_deref(), claimant.as_deref())).await.map_err(
-                    |b| error(StatusCode::INTERNAL_SERVER_ERROR, format!("the read from the bucket crashed: {b}")),
-                )?;
-            match imported {
-                Ok(m) => (m, backmesh_core::replica::source::Place::Local),
-                Err(oe) => return Err(error(StatusCode::NOT_FOUND, format!("{e}; and from the offsite bucket: {oe}"))),
-            }
-        }
-    };
+    let (manifest, place) =
+        crate::sealed::find_archive(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?;
     if manifest.encrypted() {
         // Its members are sealed: a plain `.tgz` comes only from a reader with the key.
         return Err(error(

@@ -13,8 +13,10 @@ mod federation;
 mod http;
 mod init;
 mod local;
+mod orders;
 mod reads;
 mod routes;
+mod sealed;
 mod start;
 mod view;
 

@@ -735,9 +735,9 @@ impl Handler<ServeReplica> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: ServeReplica, ctx: &mut Context<Self>) {
         let answer = match msg.request {
-            ReplicaRequest::Restore { node, path, archive, to, overwrite, request, order } => {
+            ReplicaRequest::Restore { node, path, archive, to, overwrite, request, order, key } => {
                 let (node, path, archive) = (node.into(), path.into(), archive.map(String::from));
-                match self.handle(RestoreHere { node, path, archive, to, overwrite, request, order }, ctx) {
+                match self.handle(RestoreHere { node, path, archive, to, overwrite, request, order, key }, ctx) {
                     Ok(()) => ReplicaAnswer::Accepted,
                     Err(reason) => ReplicaAnswer::Failed { reason: reason.to_string() },
                 }

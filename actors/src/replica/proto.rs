@@ -42,6 +42,10 @@ pub enum ReplicaRequest {
         /// The operator's order for this restore (`on` is you).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         order: Option<SignedOrder>,
+        /// An encrypted archive's data key wrapped to you, as the order
+        /// carries it (`backmesh_api::Restore::key`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Re-hash the members you keep (of (node, path), or all), repairing
     /// damage from other holders; `verified` entries carry `request`.
@@ -61,7 +65,7 @@ impl ReplicaRequest {
     /// do this, and the order it carries.
     pub fn act(&self, me: &str) -> (Act, Option<&SignedOrder>) {
         match self {
-            ReplicaRequest::Restore { node, path, archive, to, overwrite, order, .. } => (
+            ReplicaRequest::Restore { node, path, archive, to, overwrite, order, key, .. } => (
                 Act::Restore(backmesh_api::Restore {
                     node: node.to_string(),
                     path: path.to_string(),
@@ -69,6 +73,7 @@ impl ReplicaRequest {
                     to: to.clone(),
                     on: Some(me.to_string()),
                     overwrite: *overwrite,
+                    key: key.clone(),
                 }),
                 order.as_ref(),
             ),

@@ -151,6 +151,7 @@ mod tests {
                 to: "/r".into(),
                 on: Some(on.into()),
                 overwrite: false,
+                key: None,
             })
         };
         let mine = op.sign(restore(stranger), now).unwrap();

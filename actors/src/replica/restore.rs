@@ -110,15 +110,53 @@ pub enum RestoreFailed {
     /// Neither a live node nor the offsite bucket has it.
     #[error("{0}")]
     Offsite(String),
+    /// An encrypted archive, and no key that opens it here.
+    #[error("{0}")]
+    Key(String),
 }
 
 impl crate::error::Transient for RestoreFailed {
     fn retry(&self) -> crate::error::Retry {
         match self {
             RestoreFailed::Read(e) => e.retry(),
+            RestoreFailed::Key(_) => crate::error::Retry::Never,
             _ => crate::error::Retry::Later,
         }
     }
+}
+
+/// The data key of encrypted archive `m` from `given` (hex of an age file
+/// wrapped to this node by the operator's CLI), checked to be the key the
+/// archive is sealed under; `None` for a plain archive.
+fn given_key(
+    store: &Store,
+    m: &crate::archive::Manifest,
+    given: Option<&str>,
+) -> Result<Option<backmesh_crypt::DataKey>, String> {
+    let Some(crypt) = &m.crypt else { return Ok(None) };
+    let kid = hex::encode(crypt.kid);
+    let Some(given) = given else {
+        return Err(format!(
+            "archive {} of {} on {} is encrypted (data key {kid}) and this node does not hold its key: restore it \
+             with the operator key (`backmesh --operator-key FILE restore …`), whose CLI gives this node the key \
+             for this restore",
+            m.id, m.path, m.node
+        ));
+    };
+    let me = crate::store::node_unwrapper(store.identity()).ok_or("this node's identity cannot unwrap a key")?;
+    let bytes = hex::decode(given.trim()).map_err(|_| "the key given with the order is not hex".to_string())?;
+    let bundle = backmesh_crypt::wrap::unwrap(&bytes, &me)
+        .map_err(|e| format!("the key given with the order does not open here: {e}"))?;
+    if bundle.key.id_bytes() != crypt.kid || bundle.node != m.node {
+        return Err(format!(
+            "the key given is node {}'s data key {}, not the key archive {} of {} is sealed under ({kid})",
+            bundle.node,
+            bundle.key.id(),
+            m.id,
+            m.node
+        ));
+    }
+    Ok(Some(bundle.key))
 }
 
 /// Why a restore into `to` cannot start, if it cannot.
@@ -198,9 +236,12 @@ pub(crate) async fn restore(
     let id = m.id.clone();
     let of = ReadOf::of(&m, msg.order.as_ref()).map_err(|e| (id.clone(), RestoreFailed::Read(e.into())))?;
     let (store, net, to) = (store.clone(), net.clone(), PathBuf::from(&msg.to));
-    // An encrypted archive of this node's own opens with its data key
-    // (another node's, with the operator's: docs/encryption.md).
-    let key = store.key_for_archive(&m).cloned();
+    // An encrypted archive of this node's own opens with its data key;
+    // another node's, with the key the operator's CLI wrapped to this node.
+    let key = match store.key_for_archive(&m) {
+        Some(k) => Some(k.clone()),
+        None => given_key(&store, &m, msg.key.as_deref()).map_err(|e| (id.clone(), RestoreFailed::Key(e)))?,
+    };
     let opts = RestoreOptions { overwrite: msg.overwrite, key, ..RestoreOptions::default() };
     // Should a member kept here be damaged or missing, the live peers
     // (holders first) can send it: the restore is made again from them.
@@ -261,4 +302,7 @@ pub struct RestoreHere {
     /// The operator's order, when this node restores another node's
     /// series: it entitles this node to read it from the holders.
     pub order: Option<SignedOrder>,
+    /// An encrypted archive's data key wrapped to this node (hex of an
+    /// age file), from the operator: held in memory for this restore.
+    pub key: Option<String>,
 }

@@ -236,6 +236,7 @@ fn golden_replica_protocol() {
             overwrite: false,
             request: "r-2".into(),
             order: order.clone(),
+            key: None,
         },
     );
     pin("replica_verify", &ReplicaRequest::Verify { node: None, path: None, request: "r-3".into(), order });

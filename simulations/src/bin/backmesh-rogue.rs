@@ -337,6 +337,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                 overwrite: true,
                 request: "rogue-restore".into(),
                 order: None,
+                key: None,
             };
             let answer = match rogue
                 .net
@@ -439,6 +440,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                     to: "/tmp/elsewhere".into(),
                     on: Some(victim.clone()),
                     overwrite: false,
+                    key: None,
                 });
                 key.sign(act, now_ms()).expect("signed")
             });

@@ -103,6 +103,16 @@ fn holders_of_an_encrypted_series_keep_ciphertext_only_and_verify_and_repair_it_
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
 
+    // n1 is lost: the operator restores its series onto n2, whose CLI
+    // unwraps the data key with the operator's recovery key and wraps it
+    // to n2 for this restore alone.
+    mesh.kill9(0);
+    let to = mesh.root.path().join("back3");
+    let out = mesh.cli(1, &["restore", "n1", &s, "--on", "n2", "--to", &to.to_string_lossy()]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), mesh.nodes[1].log_text());
+    assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+    assert!(holding(&mesh.nodes[1].dir, MARKER.as_bytes()).is_empty(), "n2 kept nothing of it but ciphertext");
+
     // Root on n2, its node stopped, cannot export n1's series: no key.
     mesh.stop(1);
     let out = Command::new(binary("backmesh-node"))

@@ -1,0 +1,54 @@
+//! The operator's orders on the HTTP API: reading one from a request,
+//! saying what a request lacks without one, carrying one out here.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpRequest;
+use backmesh_api::order::ORDER_HEADER;
+use backmesh_core::authority::{Act, SignedOrder};
+
+use crate::http::{error, ApiError, ApiState};
+
+/// The operator's order the request carries (`X-Backmesh-Order`), if any.
+pub(crate) fn order_of(req: &HttpRequest) -> Result<Option<SignedOrder>, ApiError> {
+    match req.headers().get(ORDER_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(SignedOrder(s.trim().to_string())))
+            .map_err(|_| error(StatusCode::BAD_REQUEST, format!("the {ORDER_HEADER} header is not text"))),
+    }
+}
+
+/// The order that `act`, which concerns node `other`, needs; or the 403
+/// that says why this node's token is not enough and how to sign one.
+pub(crate) fn needed(
+    state: &ApiState,
+    order: Option<SignedOrder>,
+    act: &Act,
+    other: &str,
+) -> Result<SignedOrder, ApiError> {
+    order.ok_or_else(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "`{}` concerns node {other}: the API token of node {} acts on {} alone, and another node acts \
+                 only under the operator's order. Sign the command with the operator key (`backmesh \
+                 --operator-key FILE …`, or BACKMESH_OPERATOR_KEY; `backmesh operator init` makes one on the \
+                 operator's machine)",
+                act.name(),
+                state.health.name,
+                state.health.name
+            ),
+        )
+    })
+}
+
+/// `act` carried out here under the operator's `order` (a restore or a
+/// fetch of another node's series): the order is checked and spent here.
+pub(crate) fn admit_here(state: &ApiState, order: &SignedOrder, act: &Act) -> Result<(), ApiError> {
+    state
+        .authority
+        .admit(order, act, &state.health.name, backmesh_core::clock::now_ms())
+        .map(|_| ())
+        .map_err(|e| error(StatusCode::FORBIDDEN, e.to_string()))
+}
