@@ -126,3 +126,58 @@ fn holders_of_an_encrypted_series_keep_ciphertext_only_and_verify_and_repair_it_
     assert!(!out.status.success() && said.contains("is encrypted"), "{said}");
     assert!(!mesh.root.path().join("stolen.tgz").exists());
 }
+
+#[test]
+fn a_brand_new_node_given_only_the_operator_key_restores_an_encrypted_series_from_the_bucket() {
+    use super::offsite::{offsite_args, offsite_state, three_with_offsite};
+    use backmesh_core::offsite::testing::S3Server;
+    let s3 = S3Server::start().unwrap_or_else(|e| panic!("{e}"));
+    let bucket = s3.bucket("offsite", "cluster-a");
+    let mut extra = offsite_args(&s3);
+    extra.extend(["--encrypt".to_string(), "on".to_string()]);
+    let mut mesh = three_with_offsite(&extra);
+    let src = mesh.root.path().join("src");
+    std::fs::create_dir_all(src.join("conf")).unwrap();
+    backmesh_simulations::write_slow_tree(&src, 20, 7);
+    std::fs::write(src.join("conf").join(format!("{MARKER}.toml")), format!("secret = \"{MARKER}\"\n")).unwrap();
+    let s = src.to_string_lossy().into_owned();
+    assert!(mesh.cli(0, &["register", "n1", &s, "--every", "600"]).status.success());
+    let run: RunOutcome = mesh.cli_json(0, &["run", "n1", &s]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(run.archive.is_some(), "{run:#?}");
+    let current = || offsite_state(&mesh, 0, "n1", &s).as_deref() == Some("current");
+    assert!(wait_until(LONG * 2, current), "{:?}\n{}", offsite_state(&mesh, 0, "n1", &s), mesh.nodes[0].log_text());
+    // The bucket holds no plaintext: no object holds the content or a file name.
+    let (objects, _) = bucket.list("").unwrap();
+    assert!(objects.len() > 3, "{objects:?}");
+    for o in &objects {
+        let bytes = bucket.get(&o.key).unwrap().unwrap_or_default();
+        let mut inflated = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&bytes[..]), &mut inflated);
+        for hay in [&bytes, &inflated] {
+            assert!(!hay.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()), "{} holds plaintext", o.key);
+        }
+    }
+
+    // Every node is gone, data directories and all.
+    for i in 0..3 {
+        mesh.kill9(i);
+        std::fs::remove_dir_all(&mesh.nodes[i].dir).unwrap();
+    }
+    // A brand-new node with the swarm key and the bucket; the operator has
+    // only the operator key file.
+    let fresh = mesh.start("n9", None, &extra);
+    assert!(mesh.wait_ready(fresh, Duration::from_secs(30)), "{}", mesh.nodes[fresh].log_text());
+    let to = mesh.root.path().join("restored");
+    let out = mesh.cli(fresh, &["restore", "n1", &s, "--on", "n9", "--to", &to.to_string_lossy()]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}\n{}", mesh.nodes[fresh].log_text());
+    assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+    // The node that restored kept no key: its disk has the ciphertext it
+    // read from the bucket, nothing that opens it.
+    assert!(holding(&mesh.nodes[fresh].dir, MARKER.as_bytes()).is_empty());
+    // Without the operator key (the node's token alone): refused.
+    let again = mesh.root.path().join("again");
+    let out = mesh.cli_as_node(fresh, &["restore", "n1", &s, "--on", "n9", "--to", &again.to_string_lossy()]);
+    assert!(!out.status.success());
+    assert!(!again.exists());
+}

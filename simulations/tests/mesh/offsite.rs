@@ -10,7 +10,7 @@ use backmesh_simulations::{tree_differences, wait_until, write_slow_tree, Mesh};
 
 const LONG: Duration = Duration::from_secs(90);
 
-fn offsite_args(s3: &S3Server) -> Vec<String> {
+pub(super) fn offsite_args(s3: &S3Server) -> Vec<String> {
     offsite_args_for(s3, "s3://offsite/cluster-a")
 }
 
@@ -20,7 +20,7 @@ fn offsite_args_for(s3: &S3Server, url: &str) -> Vec<String> {
 
 /// Three nodes n1..n3 with `extra`, the bucket's keys in their
 /// environment, once each sees the others.
-fn three_with_offsite(extra: &[String]) -> Mesh {
+pub(super) fn three_with_offsite(extra: &[String]) -> Mesh {
     let mut mesh = Mesh::new();
     mesh.env = vec![("AWS_ACCESS_KEY_ID".into(), "testing".into()), ("AWS_SECRET_ACCESS_KEY".into(), "testing".into())];
     for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
@@ -46,7 +46,7 @@ fn dashboard_offsite(mesh: &Mesh, i: usize, node: &str, path: &str) -> Option<St
 }
 
 /// The series' offsite state as node `i` tells it, if it uploads it.
-fn offsite_state(mesh: &Mesh, i: usize, node: &str, path: &str) -> Option<String> {
+pub(super) fn offsite_state(mesh: &Mesh, i: usize, node: &str, path: &str) -> Option<String> {
     let s: Status = mesh.cli_json(i, &["status"]).ok()?;
     s.offsite?.series.into_iter().find(|x| x.node == node && x.path == path).map(|x| x.state)
 }
