@@ -15,7 +15,7 @@
 
 pub mod create;
 pub mod cut;
-pub mod delta;
+pub use backmesh_crypt::delta;
 pub mod error;
 pub mod manifest;
 pub mod pipeline;

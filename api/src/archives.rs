@@ -63,6 +63,10 @@ pub struct Restore {
     pub key: Option<String>,
 }
 
+/// The content type of an encrypted archive's sealed objects as `GET
+/// /api/v1/fetch` sends them to a client that takes them (docs/api.md).
+pub const SEALED_TYPE: &str = "application/x-backmesh-sealed";
+
 /// `GET /api/v1/keys?node=N&path=P[&archive=ID]`: what the operator's CLI
 /// needs to open an encrypted archive: its data key, wrapped to the
 /// node's own recipient and the operator's recovery recipients.

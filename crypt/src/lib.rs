@@ -14,7 +14,10 @@
 //! object, so equal content is stored once within a node's series, and
 //! anything else gets an unrelated 192-bit nonce; no nonce state is kept.
 
+pub mod delta;
+pub mod gzip;
 pub mod keyfile;
+pub mod member;
 pub mod wrap;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};

@@ -542,14 +542,7 @@ async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Fetch
     let (manifest, place) =
         crate::sealed::find_archive(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?;
     if manifest.encrypted() {
-        // Its members are sealed: a plain `.tgz` comes only from a reader with the key.
-        return Err(error(
-            StatusCode::CONFLICT,
-            format!(
-                "archive {} of {} on {} is encrypted: upgrade backmesh; the CLI decrypts with the operator key",
-                manifest.id, q.path, q.node
-            ),
-        ));
+        return crate::sealed::fetch_encrypted(&req, &state, manifest, place, order.as_ref());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     let (store, net) = (state.store.clone(), state.net.clone());

@@ -4,6 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use backmesh_api::archives::SEALED_TYPE;
 use backmesh_core::archive::Manifest;
 use backmesh_core::authority::{Act, SignedOrder};
 use backmesh_core::log::actor::GetCatalog;
@@ -84,4 +85,124 @@ pub(crate) async fn keys(req: HttpRequest, state: web::Data<ApiState>, q: web::Q
         kid: crypt.map(|c| hex::encode(c.kid)),
         keys: crypt.map(|c| c.keys.iter().map(hex::encode).collect()).unwrap_or_default(),
     }))
+}
+
+/// `GET /fetch` of an encrypted archive. This node's own (it holds the
+/// key, and the archive is here): the plain `.tgz`, opened here, as for a
+/// plain archive. Any other: its sealed objects as they are kept, for the
+/// operator's CLI to open ([`SEALED_TYPE`]); a client that does not take
+/// them is told to upgrade.
+pub(crate) fn fetch_encrypted(
+    req: &HttpRequest,
+    state: &ApiState,
+    manifest: Manifest,
+    place: Place,
+    order: Option<&SignedOrder>,
+) -> Answer {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let id = manifest.id.clone();
+    if let (Some(key), Place::Local) = (state.store.key_for_archive(&manifest).cloned(), &place) {
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChannelWriter(tx.clone());
+            if let Err(e) = store.export_tgz_with(&manifest, Some(&key), &mut out) {
+                tracing::warn!("fetch of archive {} stopped: {e}", manifest.id);
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        });
+        let mut answer = HttpResponse::Ok();
+        answer.content_type("application/gzip").insert_header(("X-Backmesh-Archive", id));
+        return Ok(answer.streaming(body));
+    }
+    let takes_sealed = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(SEALED_TYPE));
+    if !takes_sealed {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "archive {} of {} on {} is encrypted: upgrade backmesh; the CLI opens it with the operator key",
+                manifest.id, manifest.path, manifest.node
+            ),
+        ));
+    }
+    let (Some(crypt), Ok(of)) = (manifest.crypt.clone(), backmesh_core::replica::proto::ReadOf::of(&manifest, order))
+    else {
+        return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "the archive's manifest cannot be read as encrypted"));
+    };
+    let listed = |m: &backmesh_core::archive::MemberRef| {
+        let mut v = serde_json::json!({ "c": m.sha256.to_hex(), "n": m.compressed_len });
+        if let Some(k) = m.key {
+            v["k"] = k.cid.to_hex().into();
+            v["kn"] = k.len.into();
+        }
+        v
+    };
+    let header = serde_json::json!({
+        "archive": manifest.id,
+        "node": manifest.node,
+        "path": manifest.path,
+        "kid": hex::encode(crypt.kid),
+        "keys": crypt.keys.iter().map(hex::encode).collect::<Vec<_>>(),
+        "members": manifest.members.iter().map(listed).collect::<Vec<_>>(),
+        "head": { "c": crypt.head.cid.to_hex(), "n": crypt.head.len },
+    });
+    let header = serde_json::to_vec(&header).unwrap_or_default();
+    // What the stream carries, in order: the head, then each member after
+    // its keyframe (again each time: a keyframe rarely serves two).
+    let mut objects = vec![crypt.head];
+    for m in &manifest.members {
+        objects.extend(m.key);
+        objects.push(backmesh_core::archive::manifest::ObjRef { cid: m.sha256, len: m.compressed_len });
+    }
+    let (store, net) = (state.store.clone(), state.net.clone());
+    actix_web::rt::spawn(async move {
+        let mut opening = b"BMSF".to_vec();
+        opening.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        opening.extend_from_slice(&header);
+        if tx.send(Ok(web::Bytes::from(opening))).await.is_err() {
+            return;
+        }
+        for group in objects.chunks(64) {
+            let digests = group.iter().map(|o| o.cid).collect();
+            match backmesh_core::replica::source::read_members(&store, &net, &place, &of, digests).await {
+                Ok(read) => {
+                    for (d, data) in read {
+                        let mut frame = d.0.to_vec();
+                        frame.extend_from_slice(&(data.len() as u64).to_le_bytes());
+                        frame.extend_from_slice(&data);
+                        if tx.send(Ok(web::Bytes::from(frame))).await.is_err() {
+                            return; // The client went away.
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("fetch of archive {id} stopped: {e}");
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut answer = HttpResponse::Ok();
+    answer.content_type(SEALED_TYPE).insert_header(("X-Backmesh-Archive", manifest.id.clone()));
+    Ok(answer.streaming(body))
+}
+
+/// Writes into a response body from a blocking thread.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Result<web::Bytes, std::io::Error>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(web::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::other("the client went away"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

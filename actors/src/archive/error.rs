@@ -100,3 +100,10 @@ impl crate::error::Transient for ArchiveError {
         }
     }
 }
+
+impl crate::error::Transient for backmesh_crypt::delta::DeltaError {
+    fn retry(&self) -> crate::error::Retry {
+        // The same delta fails the same way; the member is sent whole instead.
+        crate::error::Retry::Never
+    }
+}

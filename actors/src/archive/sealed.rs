@@ -13,16 +13,13 @@
 //! - The head holds what the public manifest leaves out: statistics,
 //!   warnings, excludes, lengths.
 //!
-//! A delta's plaintext: `level` (1 byte), the member's raw length (u64
-//! LE), the CRC-32 of its raw bytes (u32 LE), the length of the gzip
-//! member a full run makes of them (u64 LE), the length of the operations
-//! (u64 LE), the operations, then the literals ([`super::delta`]).
+//! A delta's plaintext: `backmesh_crypt::member`.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use backmesh_crypt::{open_object, seal_object, DataKey, Kind};
-use flate2::read::{DeflateDecoder, MultiGzDecoder};
+use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
 use flate2::Compression;
 use serde::{Deserialize, Serialize};
@@ -102,52 +99,8 @@ fn open_as(key: &DataKey, cid: &Digest, bytes: &[u8], kind: Kind, context: &[u8]
 /// The raw bytes of a gzip member, at most `MAX_MEMBER_BYTES` (its CRC
 /// and length are checked by the decoder).
 fn inflate(gz: &[u8], cid: &Digest) -> Result<Vec<u8>, OpenError> {
-    let mut raw = Vec::new();
-    MultiGzDecoder::new(gz)
-        .take(MAX_MEMBER_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| OpenError::Malformed { digest: *cid, reason: e.to_string() })?;
-    if raw.len() as u64 > MAX_MEMBER_BYTES {
-        return Err(OpenError::Malformed { digest: *cid, reason: "larger than any member".into() });
-    }
-    Ok(raw)
-}
-
-/// A delta's plaintext, read.
-struct DeltaBody<'a> {
-    level: u32,
-    raw_len: u64,
-    crc: u32,
-    ops: &'a [u8],
-    literals: &'a [u8],
-}
-
-fn encode_delta(level: u32, raw: &[u8], gz_len: u64, ops: &[u8], literals: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(29 + ops.len() + literals.len());
-    out.push(level as u8);
-    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
-    out.extend_from_slice(&gz_len.to_le_bytes());
-    out.extend_from_slice(&(ops.len() as u64).to_le_bytes());
-    out.extend_from_slice(ops);
-    out.extend_from_slice(literals);
-    out
-}
-
-fn decode_delta(body: &[u8]) -> Option<DeltaBody<'_>> {
-    let u64_at = |at: usize| body.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    let level = u32::from(*body.first()?);
-    let raw_len = u64_at(1)?;
-    let crc = u32::from_le_bytes(body.get(9..13)?.try_into().ok()?);
-    let ops_len = usize::try_from(u64_at(21)?).ok()?;
-    let rest = body.get(29..)?;
-    (ops_len <= rest.len()).then(|| DeltaBody {
-        level,
-        raw_len,
-        crc,
-        ops: &rest[..ops_len],
-        literals: &rest[ops_len..],
-    })
+    backmesh_crypt::member::inflate(gz, MAX_MEMBER_BYTES)
+        .map_err(|e| OpenError::Malformed { digest: *cid, reason: e.to_string() })
 }
 
 /// The keyframe a new member of the same group as `base` would be a
@@ -176,7 +129,7 @@ pub fn seal_member(
         // deterministic), whatever run makes it.
         if let Some(old) = old.as_ref().ok().filter(|old| old.as_slice() != raw) {
             let (ops, literals) = super::delta::make(old, raw);
-            let body = encode_delta(level, raw, gz.len() as u64, &ops, &literals);
+            let body = backmesh_crypt::member::encode_delta(level, raw, gz.len() as u64, &ops, &literals);
             // Applied here before it is kept: only this node can check it.
             let rebuilt = super::delta::apply(old, &ops, &literals, raw.len() as u64, MAX_MEMBER_BYTES);
             if body.len() <= gz.len() / 2 && rebuilt.as_deref() == Ok(raw) {
@@ -198,12 +151,12 @@ pub fn open_member(key: &DataKey, m: &MemberRef, read: &ReadObject<'_>) -> Resul
     };
     let body = open_as(key, &m.sha256, &bytes, Kind::Delta, &k.cid.0)?;
     let bad = |reason: &str| OpenError::Malformed { digest: m.sha256, reason: reason.to_string() };
-    let d = decode_delta(&body).ok_or_else(|| bad("a delta too short for its header"))?;
+    let d = backmesh_crypt::member::decode_delta(&body).ok_or_else(|| bad("a delta too short for its header"))?;
     let kf = read_checked(read, &k)?;
     let old = inflate(&open_as(key, &k.cid, &kf, Kind::Member, b"")?, &k.cid)?;
     let raw =
         super::delta::apply(&old, d.ops, d.literals, d.raw_len, MAX_MEMBER_BYTES).map_err(|e| bad(&e.to_string()))?;
-    if crc32fast::hash(&raw) != d.crc {
+    if backmesh_crypt::member::crc32(&raw) != d.crc {
         return Err(bad("what the delta rebuilds is not what was sealed (CRC-32)"));
     }
     Ok((raw, Some(d.level)))
@@ -228,8 +181,11 @@ pub struct Head {
     pub excludes: Vec<String>,
     /// The tar stream's length.
     pub raw_len: u64,
-    /// The length of the `.tgz` a full run makes.
+    /// The bytes its members take, sealed.
     pub tgz_len: u64,
+    /// The digest of its member list (`backmesh_crypt::member::members_digest`):
+    /// whoever opens the head knows the list is the one this node made.
+    pub members: serde_bytes::ByteBuf,
 }
 
 fn deflated<T: Serialize>(value: &T) -> Vec<u8> {
@@ -286,6 +242,10 @@ pub fn unseal(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Mani
     let mut out = m.clone();
     let bytes = read_checked(read, &crypt.head)?;
     let head: Head = inflated(&open_as(key, &crypt.head.cid, &bytes, Kind::Head, b"")?, &crypt.head.cid)?;
+    if head.members.as_slice() != members_digest(&m.members) {
+        let reason = "its member list is not the one its node sealed in its head".to_string();
+        return Err(OpenError::Malformed { digest: crypt.head.cid, reason });
+    }
     out.stats = head.stats;
     out.warnings = head.warnings;
     out.excludes = head.excludes;
@@ -303,4 +263,11 @@ pub fn unseal(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Mani
 /// The sealing of a node whose data key is `key`, wrapped as `keys`.
 pub fn sealing(key: DataKey, keys: Vec<Vec<u8>>) -> Arc<Sealing> {
     Arc::new(Sealing { key, keys })
+}
+
+/// The digest of `members` a sealed head carries.
+pub fn members_digest(members: &[MemberRef]) -> [u8; 32] {
+    backmesh_crypt::member::members_digest(
+        members.iter().map(|m| (m.sha256.0, m.compressed_len, m.key.map(|k| (k.cid.0, k.len)))),
+    )
 }

@@ -169,6 +169,7 @@ pub fn run_backup_as(
             excludes: opts.excludes.clone(),
             raw_len: created.raw_len,
             tgz_len: created.tgz_len,
+            members: serde_bytes::ByteBuf::from(archive::sealed::members_digest(&created.members).to_vec()),
         };
         let (index, head) = archive::sealed::seal_table(s, &created.files, &head);
         let refs: Vec<_> = index.iter().map(|(m, _)| m.clone()).collect();

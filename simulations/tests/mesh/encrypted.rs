@@ -11,6 +11,29 @@ use backmesh_api::{Archive, Backups, RunResult};
 use backmesh_simulations::{binary, tree_differences, wait_until, Mesh};
 
 const LONG: Duration = Duration::from_secs(60);
+
+/// `backmesh fetch` on node `i` (signed with the operator key, or with the
+/// node's token alone), extracted by GNU tar: the tree, or what was said.
+fn fetched(
+    mesh: &Mesh,
+    i: usize,
+    operator: bool,
+    node: &str,
+    path: &str,
+    name: &str,
+) -> Result<std::path::PathBuf, String> {
+    let tgz = mesh.root.path().join(format!("{name}.tgz"));
+    let args = ["fetch", node, path, "-o", &tgz.to_string_lossy()];
+    let out = if operator { mesh.cli(i, &args) } else { mesh.cli_as_node(i, &args) };
+    if !out.status.success() {
+        return Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    }
+    let dir = mesh.root.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tar = Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(&dir).status().unwrap();
+    assert!(tar.success(), "GNU tar reads {}", tgz.display());
+    Ok(dir)
+}
 const MARKER: &str = "MARKER-c0ffee-only-n1-reads-this";
 
 fn archives(mesh: &Mesh, i: usize, node: &str, path: &str) -> Vec<Archive> {
@@ -103,6 +126,14 @@ fn holders_of_an_encrypted_series_keep_ciphertext_only_and_verify_and_repair_it_
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
 
+    // Fetched through the origin with its own token: opened there, a plain
+    // `.tgz`. Through a holder: the holder sends ciphertext, and only the
+    // operator's CLI opens it.
+    let own = fetched(&mesh, 0, false, "n1", &s, "own").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tree_differences(&src, &own), Vec::<String>::new());
+    let through = fetched(&mesh, 2, true, "n1", &s, "through-n3").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tree_differences(&src, &through), Vec::<String>::new());
+
     // n1 is lost: the operator restores its series onto n2, whose CLI
     // unwraps the data key with the operator's recovery key and wraps it
     // to n2 for this restore alone.
@@ -172,6 +203,9 @@ fn a_brand_new_node_given_only_the_operator_key_restores_an_encrypted_series_fro
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{said}\n{}", mesh.nodes[fresh].log_text());
     assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+    // And `fetch` gives a `.tgz` that GNU tar extracts the same.
+    let got = fetched(&mesh, fresh, true, "n1", &s, "fetched").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tree_differences(&src, &got), Vec::<String>::new());
     // The node that restored kept no key: its disk has the ciphertext it
     // read from the bucket, nothing that opens it.
     assert!(holding(&mesh.nodes[fresh].dir, MARKER.as_bytes()).is_empty());

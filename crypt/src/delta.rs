@@ -18,7 +18,8 @@ use std::collections::HashMap;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use super::tarfmt::BLOCK;
+/// tar's block: the unit copies are made of.
+const BLOCK: usize = 512;
 
 /// Why a delta cannot be applied.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -257,13 +258,6 @@ impl Rolling {
 
 fn weak(block: &[u8]) -> u32 {
     Rolling::new(block).value()
-}
-
-impl crate::error::Transient for DeltaError {
-    fn retry(&self) -> crate::error::Retry {
-        // The same delta fails the same way; the member is sent whole instead.
-        crate::error::Retry::Never
-    }
 }
 
 #[cfg(test)]

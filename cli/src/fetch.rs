@@ -1,0 +1,132 @@
+//! `backmesh fetch`: an archive as one plain `.tgz` on this machine,
+//! written to a staging file, synced, then renamed into place. An
+//! encrypted archive comes sealed and is opened here (`keys`).
+
+use std::time::Duration;
+
+use backmesh_api::cli::Fetched;
+use backmesh_api::human_bytes as human;
+use backmesh_api::order::Act;
+use backmesh_api::ErrorBody;
+
+use crate::args::Cli;
+use crate::client::{enc, Client, Failure};
+use crate::keys;
+use crate::{clear_line, is_tty, print_json};
+
+pub(crate) fn fetch(
+    cli: &Cli,
+    json: bool,
+    node: &str,
+    path: &str,
+    archive: Option<&str>,
+    output: &std::path::Path,
+    force: bool,
+) -> Result<(), Failure> {
+    use sha2::Digest as _;
+    use std::io::{Read, Write};
+    if output.exists() && !force {
+        return Err(Failure::Refused(format!("{} exists; pass --force to replace it", output.display())));
+    }
+    // No overall time limit: an archive may take long to download.
+    let client = Client::new(cli)?;
+    if client.operator_key.is_some() {
+        // The order names the node that reads the archive: the one asked.
+        let by = client.get::<backmesh_api::Health>("/health")?.name;
+        let (node, path, archive) = (node.to_string(), path.to_string(), archive.map(String::from));
+        client.sign(Act::Fetch { node, path, archive, by })?;
+    }
+    let mut url = format!("{}{}/fetch?node={}&path={}", client.base, backmesh_api::PREFIX, enc(node), enc(path));
+    if let Some(a) = archive {
+        url.push_str(&format!("&archive={}", enc(a)));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(Duration::from_secs(120)))
+        .tls_config(client.tls.clone())
+        .build()
+        .into();
+    // An encrypted archive comes sealed, and is opened here.
+    let mut req = agent.get(&url).header("Accept", format!("application/gzip, {}", keys::SEALED_TYPE));
+    if let Some(t) = &client.token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    if let Some(o) = client.order() {
+        req = req.header(backmesh_api::order::ORDER_HEADER, o);
+    }
+    let mut resp =
+        req.call().map_err(|e| Failure::Unreachable(format!("cannot reach the node at {}: {e}", client.base)))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
+        return Err(Failure::Refused(format!("the node refused ({status}): {msg}")));
+    }
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // Absent for archives of format 3 and later: the node checked every
+    // member against the sealed manifest, and a member it could not read
+    // intact ends the stream short.
+    let expected_sha = header("x-backmesh-sha256");
+    let id = header("x-backmesh-archive").unwrap_or_default();
+    // Absent when the node opens an encrypted archive of its own as it sends it.
+    let expected_len: Option<u64> = header("content-length").and_then(|l| l.parse().ok());
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let fail = |what: String| Failure::Refused(format!("{what}; nothing was written to {}", output.display()));
+    let mut part = tempfile::Builder::new()
+        .prefix(".backmesh-fetch-")
+        .tempfile_in(dir)
+        .map_err(|e| fail(format!("cannot write in {}: {e}", dir.display())))?;
+    let sealed = header("content-type").is_some_and(|t| t.starts_with(keys::SEALED_TYPE));
+    let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
+    let mut hasher = sha2::Sha256::new();
+    let mut got = 0u64;
+    let tty = is_tty(json);
+    let start = std::time::Instant::now();
+    let mut write = |data: &[u8]| -> Result<(), Failure> {
+        hasher.update(data);
+        part.write_all(data).map_err(|e| fail(format!("cannot write {}: {e}", output.display())))?;
+        got += data.len() as u64;
+        if tty {
+            let rate = got as f64 / start.elapsed().as_secs_f64().max(0.001);
+            let of = expected_len.map(|l| format!(" of {}", human(l))).unwrap_or_default();
+            eprint!("\r  {}{of}, {}/s", human(got), human(rate as u64));
+        }
+        Ok(())
+    };
+    let id = if sealed {
+        keys::sealed_to_tgz(&client, &mut reader, &mut write).map_err(|e| match e {
+            Failure::Refused(m) => fail(m),
+            other => other,
+        })?
+    } else {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| fail(format!("the download broke off: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            write(&buf[..n])?;
+        }
+        id
+    };
+    clear_line(tty);
+    let sha: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(expected_len) = expected_len.filter(|l| *l != got) {
+        return Err(fail(format!("the download is damaged: {got} bytes, the archive has {expected_len} bytes")));
+    }
+    if let Some(expected) = expected_sha.filter(|e| *e != sha) {
+        return Err(fail(format!("the download is damaged: sha256 {sha}, the archive has sha256 {expected}")));
+    }
+    part.as_file().sync_all().map_err(|e| fail(format!("cannot sync {}: {e}", output.display())))?;
+    part.persist(output).map_err(|e| fail(format!("cannot create {}: {}", output.display(), e.error)))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    if json {
+        print_json(&Fetched { archive: id, file: output.to_path_buf(), size: got, sha256: sha });
+    } else {
+        out!("fetched: archive {id} of {path} on {node} → {} ({}, sha256 {sha})", output.display(), human(got));
+    }
+    Ok(())
+}
