@@ -128,10 +128,10 @@ pub fn seal_member(
         // The same bytes as the keyframe: the keyframe itself (sealing is
         // deterministic), whatever run makes it.
         if let Some(old) = old.as_ref().ok().filter(|old| old.as_slice() != raw) {
-            let (ops, literals) = super::delta::make(old, raw);
+            let (ops, literals) = backmesh_crypt::delta::make(old, raw);
             let body = backmesh_crypt::member::encode_delta(level, raw, gz.len() as u64, &ops, &literals);
             // Applied here before it is kept: only this node can check it.
-            let rebuilt = super::delta::apply(old, &ops, &literals, raw.len() as u64, MAX_MEMBER_BYTES);
+            let rebuilt = backmesh_crypt::delta::apply(old, &ops, &literals, raw.len() as u64, MAX_MEMBER_BYTES);
             if body.len() <= gz.len() / 2 && rebuilt.as_deref() == Ok(raw) {
                 return (seal_object(&s.key, Kind::Delta, &k.cid.0, &body), Some(k));
             }
@@ -155,7 +155,7 @@ pub fn open_member(key: &DataKey, m: &MemberRef, read: &ReadObject<'_>) -> Resul
     let kf = read_checked(read, &k)?;
     let old = inflate(&open_as(key, &k.cid, &kf, Kind::Member, b"")?, &k.cid)?;
     let raw =
-        super::delta::apply(&old, d.ops, d.literals, d.raw_len, MAX_MEMBER_BYTES).map_err(|e| bad(&e.to_string()))?;
+        backmesh_crypt::delta::apply(&old, d.ops, d.literals, d.raw_len, MAX_MEMBER_BYTES).map_err(|e| bad(&e.to_string()))?;
     if backmesh_crypt::member::crc32(&raw) != d.crc {
         return Err(bad("what the delta rebuilds is not what was sealed (CRC-32)"));
     }
