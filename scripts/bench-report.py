@@ -140,7 +140,24 @@ if "django" in r:
     print(f"| changed run: new bytes stored | {g('bm.new') / 1024:.0f} KiB | {g('restic.new') / 1024:.0f} KiB | — | — |")
     print(f"| changed run: bytes to a holder | {g('mesh.change.bytes') / 1024:.0f} KiB (2-node mesh) | — | — "
           f"| {g('rsyncz.change.sent') / 1024:.0f} KiB sent |")
+    sealed = g("bm.create.sealed.wall") is not None
+    if sealed:
+        bcs = g("bm.change.sealed.wall")
+        print(f"| sealed (encrypt = on): first backup | {g('bm.create.sealed.wall'):.2f} s "
+              f"({g('bm.create.sealed.wall') / g('bm.create.wall'):.2f}× plain) | — | — | — |")
+        print(f"| sealed: changed run | {bcs:.2f} s (backmesh faster by:) | {g('restic.change.wall') / bcs:.2f}× | "
+              f"{g('borg.change.wall') / bcs:.2f}× | — |")
+        print(f"| sealed: changed run, new bytes stored | {g('bm.new.sealed') / 1024:.0f} KiB | — | — | — |")
+        print(f"| sealed: bytes to a holder | {g('mesh.change.bytes.sealed') / 1024:.0f} KiB (2-node mesh) | — | — "
+              f"| {g('rsyncz.change.sent') / 1024:.0f} KiB sent |")
     print()
+    if sealed:
+        checks += [
+            ("django", "sealed first backup ≤ 1.10× plain", g("bm.create.sealed.wall") / g("bm.create.wall"), 1.10, False),
+            ("django", "sealed changed run ≥ 1.5× faster than restic", g("restic.change.wall") / g("bm.change.sealed.wall"), 1.5, True),
+            ("django", "sealed changed run ≥ 1.5× faster than borg (repokey)", g("borg.change.wall") / g("bm.change.sealed.wall"), 1.5, True),
+            ("django", "sealed bytes to a holder ≤ 1.0× rsync -az", g("mesh.change.bytes.sealed") / g("rsyncz.change.sent"), 1.0, False),
+        ]
     checks += [
         ("django", "changed run ≥ 1.5× faster than restic", g("restic.change.wall") / bc, 1.5, True),
         ("django", "changed run ≥ 1.5× faster than borg", g("borg.change.wall") / bc, 1.5, True),

@@ -105,6 +105,38 @@ pub struct BackupArgs {
     /// Compression threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Seal the archive under this data directory's data key (made, 0600,
+    /// if it has none), as a node with `encrypt = on` does.
+    #[arg(long)]
+    encrypt: bool,
+    /// With --encrypt: the operator recovery recipient (age1…) the data key
+    /// is wrapped to besides this node. Repeatable; at least one.
+    #[arg(long = "operator-recovery", value_name = "age1…", requires = "encrypt")]
+    operator_recovery: Vec<String>,
+}
+
+/// The sealing of a local backup: this data directory's data key, wrapped
+/// to its own identity and `recovery`.
+fn local_sealing(
+    store: &backmesh_core::store::Store,
+    name: &str,
+    recovery: &[String],
+) -> Result<Arc<backmesh_core::archive::sealed::Sealing>> {
+    if recovery.is_empty() {
+        bail!(
+            "--encrypt needs an --operator-recovery recipient: an archive only this data directory could open is \
+             not made (`backmesh operator show --recovery` prints the operator's)"
+        );
+    }
+    let authority = backmesh_core::authority::Authority::new(&[])
+        .and_then(|a| a.with_recovery(recovery))
+        .map_err(|e| anyhow!("--operator-recovery: {e}"))?;
+    let key = store.make_data_key()?.clone();
+    let own = backmesh_core::store::node_unwrapper(store.identity())
+        .ok_or_else(|| anyhow!("this data directory's identity key cannot unwrap a data key"))?;
+    let seals =
+        backmesh_core::jobs::seals::Seals::new(key, name.into(), store.peer_id(), own.recipient(), Arc::new(authority));
+    seals.current().map_err(|e| anyhow!("{e}"))
 }
 
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
@@ -114,8 +146,10 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
         bail!("{} is not a directory; backmesh backs up directories", path.display());
     }
     let store = open_store(ctx)?;
+    let seal = if a.encrypt { Some(local_sealing(&store, &ctx.name, &a.operator_recovery)?) } else { None };
     let progress = Arc::new(Progress::default());
     let opts = CreateOptions {
+        seal,
         target: (a.target_kib as usize) * 1024,
         level: a.level,
         threads: a.threads,

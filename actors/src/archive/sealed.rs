@@ -154,8 +154,8 @@ pub fn open_member(key: &DataKey, m: &MemberRef, read: &ReadObject<'_>) -> Resul
     let d = backmesh_crypt::member::decode_delta(&body).ok_or_else(|| bad("a delta too short for its header"))?;
     let kf = read_checked(read, &k)?;
     let old = inflate(&open_as(key, &k.cid, &kf, Kind::Member, b"")?, &k.cid)?;
-    let raw =
-        backmesh_crypt::delta::apply(&old, d.ops, d.literals, d.raw_len, MAX_MEMBER_BYTES).map_err(|e| bad(&e.to_string()))?;
+    let raw = backmesh_crypt::delta::apply(&old, d.ops, d.literals, d.raw_len, MAX_MEMBER_BYTES)
+        .map_err(|e| bad(&e.to_string()))?;
     if backmesh_crypt::member::crc32(&raw) != d.crc {
         return Err(bad("what the delta rebuilds is not what was sealed (CRC-32)"));
     }
