@@ -47,6 +47,7 @@ const TYPES: &[&str] = &[
     "Identity",
     "OperatorChange",
     "Operators",
+    "ArchiveKeys",
     "RecipientChange",
     "Recipients",
 ];
@@ -89,6 +90,7 @@ fn round_trip(name: &str, v: &Value) -> Result<Value, String> {
         "Identity" => again::<backmesh_api::Identity>(v),
         "OperatorChange" => again::<backmesh_api::OperatorChange>(v),
         "Operators" => again::<backmesh_api::Operators>(v),
+        "ArchiveKeys" => again::<backmesh_api::ArchiveKeys>(v),
         "RecipientChange" => again::<backmesh_api::RecipientChange>(v),
         "Recipients" => again::<backmesh_api::Recipients>(v),
         other => Err(format!("no type `{other}` in the API")),
