@@ -156,6 +156,29 @@ pub struct JobsActor {
     stored: Recipient<ArchiveStored>,
 }
 
+/// The warnings of a run as the mesh's log tells them: each with its path
+/// for a plain archive; for an encrypted one only how many of each kind
+/// (the paths are in its sealed head: the log reaches every node).
+fn told_warnings(manifest: &crate::archive::Manifest) -> Vec<String> {
+    use crate::archive::WarningKind;
+    if !manifest.encrypted() {
+        return manifest.warnings.iter().map(|w| format!("{}: {}", w.path, w.message)).collect();
+    }
+    let count = |k: WarningKind| manifest.warnings.iter().filter(|w| w.kind == k).count();
+    [
+        (WarningKind::ChangedWhileRead, "changed while read"),
+        (WarningKind::Vanished, "vanished before read"),
+        (WarningKind::Unreadable, "unreadable, not in the archive"),
+        (WarningKind::Skipped, "special files skipped"),
+    ]
+    .into_iter()
+    .filter_map(|(k, what)| {
+        let n = count(k);
+        (n > 0).then(|| format!("{n} {what} (their paths are sealed with the archive)"))
+    })
+    .collect()
+}
+
 impl JobsActor {
     /// `me` is this node's name; waiting runs are reloaded from the store.
     pub fn new(
@@ -287,7 +310,7 @@ impl JobsActor {
                             size: manifest.tgz_len,
                             files: manifest.stats.files,
                             duration_ms,
-                            warnings: manifest.warnings.iter().map(|w| format!("{}: {}", w.path, w.message)).collect(),
+                            warnings: told_warnings(&manifest),
                             request,
                             plugin,
                         }
@@ -493,5 +516,46 @@ impl Handler<ServeJobs> for JobsActor {
             }
         };
         msg.reply.send(&answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::manifest::objects::SUITE_XCHACHA_SIV;
+    use crate::archive::manifest::{Crypt, ObjRef};
+    use crate::archive::{Warning, WarningKind};
+
+    #[test]
+    fn an_encrypted_archive_s_warnings_reach_the_log_without_their_paths() {
+        let warning = |path: &str, kind| Warning { path: path.into(), kind, message: "m".into() };
+        let mut m = crate::archive::Created {
+            members: vec![],
+            files: vec![],
+            tree_digest: Default::default(),
+            tgz_len: 0,
+            raw_len: 0,
+            stats: Default::default(),
+            warnings: vec![
+                warning("secret/plans.txt", WarningKind::ChangedWhileRead),
+                warning("secret/b", WarningKind::ChangedWhileRead),
+                warning("dev/fifo", WarningKind::Skipped),
+            ],
+            snapshot: crate::archive::StatSnapshot { digest: Default::default(), racy: false, entries: 0 },
+            reused_members: 0,
+            reused_raw: 0,
+            recorded: false,
+            bases: vec![],
+            made: vec![],
+            files_read: 0,
+        }
+        .into_manifest("n1", "/srv", 1, None, vec![]);
+        assert_eq!(told_warnings(&m), vec!["secret/plans.txt: m", "secret/b: m", "dev/fifo: m"]);
+        let head = ObjRef { cid: Default::default(), len: 0 };
+        m.crypt = Some(Crypt { suite: SUITE_XCHACHA_SIV, kid: [0; 8], keys: vec![], index: vec![], head });
+        let told = told_warnings(&m);
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told[0].starts_with("2 changed while read") && told[1].starts_with("1 special files skipped"));
+        assert!(told.iter().all(|t| !t.contains("secret")), "{told:?}");
     }
 }
