@@ -50,6 +50,9 @@ async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     if let Some(p) = replica_shortfall(s.nodes.len(), state.replicas) {
         s.problems.push(p);
     }
+    if let Some(note) = &state.encrypt_note {
+        s.problems.push(format!("{}: {note}", state.health.name));
+    }
     if let Some((offsite, _)) = &state.offsite {
         let o = offsite.send(backmesh_core::offsite::actor::GetOffsiteStatus).await?;
         if let Some(e) = &o.error {

@@ -78,9 +78,11 @@ pub struct RunArgs {
     pub burst: Option<u32>,
     /// Seal this node's backups (docs/encryption.md): `on` (holders and
     /// the bucket keep ciphertext only; needs an operator-recovery
-    /// recipient) or `off` [default: off].
-    #[arg(long, value_name = "on|off", value_parser = parse_encrypt)]
-    pub encrypt: Option<bool>,
+    /// recipient), `off`, or `auto`: on for a new data directory (no
+    /// archives of its own yet) or one that seals already, when an
+    /// operator-recovery recipient is known [default: auto].
+    #[arg(long, value_name = "on|off|auto", value_parser = parse_encrypt)]
+    pub encrypt: Option<Encrypt>,
     /// The most one other node's archives may take on this node: a size
     /// (500G, 2T) or a share (40%) of the room here, its free space plus
     /// what that node's archives already take [default: 50%]. An archive
@@ -295,8 +297,8 @@ pub struct NodeConfig {
     pub keep: Retention,
     /// New archives of one series taken at once from its node (`--burst`).
     pub burst: u32,
-    /// Seal this node's backups (`--encrypt on`).
-    pub encrypt: bool,
+    /// Whether to seal this node's backups (`--encrypt`).
+    pub encrypt: Encrypt,
     pub quota: Quota,
     pub site: String,
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -473,9 +475,9 @@ impl NodeConfig {
             },
             burst: args.burst.or(file.burst).unwrap_or(backmesh_core::replica::arrivals::BURST).max(1),
             encrypt: match (args.encrypt, &file.encrypt) {
-                (Some(on), _) => on,
+                (Some(e), _) => e,
                 (None, Some(text)) => parse_encrypt(text).map_err(|e| anyhow!("encrypt in the config file: {e}"))?,
-                (None, None) => false,
+                (None, None) => Encrypt::Auto,
             },
             quota: match (args.quota, &file.quota) {
                 (Some(q), _) => q,
@@ -521,12 +523,23 @@ fn read_token(file: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// `on` or `off` (also `true`/`false`, `yes`/`no`).
-pub fn parse_encrypt(text: &str) -> Result<bool, String> {
+/// The `encrypt` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encrypt {
+    On,
+    Off,
+    /// On for a new data directory or one that seals already, when an
+    /// operator recovery recipient is known; else off.
+    Auto,
+}
+
+/// `on`, `off` (also `true`/`false`, `yes`/`no`) or `auto`.
+pub fn parse_encrypt(text: &str) -> Result<Encrypt, String> {
     match text.trim().to_ascii_lowercase().as_str() {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        other => Err(format!("`{other}` is neither on nor off")),
+        "on" | "true" | "yes" => Ok(Encrypt::On),
+        "off" | "false" | "no" => Ok(Encrypt::Off),
+        "auto" => Ok(Encrypt::Auto),
+        other => Err(format!("`{other}` is not on, off or auto")),
     }
 }
 
@@ -670,5 +683,23 @@ mod tests {
         let e = NodeConfig::resolve(None, None, args).unwrap_err();
         assert!(e.to_string().contains("operator-key") && e.to_string().contains("bmop-xyz"), "{e}");
         assert!(NodeConfig::resolve(None, None, local()).unwrap().operator_keys.is_empty());
+    }
+
+    #[test]
+    fn encrypt_is_auto_unless_said_and_a_word_it_does_not_know_is_named() {
+        assert_eq!(NodeConfig::resolve(None, None, local()).unwrap().encrypt, Encrypt::Auto);
+        for (word, e) in [("on", Encrypt::On), ("OFF", Encrypt::Off), ("auto", Encrypt::Auto), ("yes", Encrypt::On)] {
+            assert_eq!(parse_encrypt(word), Ok(e));
+        }
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("node.toml");
+        std::fs::write(&f, "encrypt = \"maybe\"\n").unwrap();
+        let e = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..local() }).unwrap_err();
+        assert!(e.to_string().contains("encrypt") && e.to_string().contains("maybe"), "{e}");
+        std::fs::write(&f, "encrypt = \"off\"\n").unwrap();
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f.clone()), ..local() }).unwrap();
+        assert_eq!(c.encrypt, Encrypt::Off);
+        let c = NodeConfig::resolve(None, None, RunArgs { config: Some(f), encrypt: Some(Encrypt::On), ..local() });
+        assert_eq!(c.unwrap().encrypt, Encrypt::On, "the flag wins");
     }
 }

@@ -29,6 +29,9 @@ pub struct ApiState {
     pub federate: Vec<crate::config::Federated>,
     pub federation: crate::federation::Federation,
     pub replicas: usize,
+    /// Why this node's backups are not sealed, when `encrypt = auto`
+    /// leaves them plain (a `status` problem).
+    pub encrypt_note: Option<String>,
     pub health: Health,
     /// The node's background workers (`status --workers`).
     pub workers: backmesh_core::workers::Workers,

@@ -144,7 +144,8 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
     }
     // Sealed backups: the data key made once (0600), wrapped to this node
     // and the operator's recovery recipients at each backup.
-    let seals = if cfg.encrypt {
+    let (seal, encrypt_note) = decide_encrypt(&cfg, &store, &authority)?;
+    let seals = if seal {
         let key = store.make_data_key().map_err(|e| anyhow!("{e}"))?.clone();
         let own = backmesh_core::store::node_unwrapper(&keypair)
             .ok_or_else(|| anyhow!("this node's identity key is not Ed25519: it cannot unwrap a data key"))?;
@@ -163,6 +164,9 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             authority.clone(),
         )))
     } else {
+        if let Some(note) = &encrypt_note {
+            tracing::warn!("{note}");
+        }
         None
     };
     // Offsite settings and credentials, checked before anything starts.
@@ -355,6 +359,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             federate: cfg.federate.clone(),
             federation: federation.clone(),
             replicas: cfg.replicas,
+            encrypt_note: encrypt_note.clone(),
             workers: workers.clone(),
             offsite: offsite.clone(),
             health: Health {
@@ -480,4 +485,30 @@ async fn shutdown_signal() -> &'static str {
             "interrupt"
         }
     }
+}
+
+/// Whether this node seals its backups, and what `status` says when
+/// `encrypt = auto` leaves them plain.
+fn decide_encrypt(cfg: &NodeConfig, store: &Store, authority: &Authority) -> Result<(bool, Option<String>)> {
+    use crate::config::Encrypt;
+    Ok(match cfg.encrypt {
+        Encrypt::On => (true, None),
+        Encrypt::Off => (false, None),
+        Encrypt::Auto if store.data_key().is_some() => (true, None),
+        Encrypt::Auto => {
+            let own = store.list_all().map_err(|e| anyhow!("{e}"))?.iter().any(|a| a.node == cfg.name);
+            if own {
+                let note = "backups are not encrypted: this node made plain archives before encryption existed \
+                            (encrypt = auto leaves them so); set encrypt = \"on\" to seal from now on";
+                (false, Some(note.to_string()))
+            } else if authority.recovery().is_empty() {
+                let note = "backups are not encrypted: no operator recovery recipient is known (add \
+                            operator-recovery = \"age1…\" to node.toml: `backmesh operator show --recovery`), or \
+                            set encrypt = \"off\" to say so";
+                (false, Some(note.to_string()))
+            } else {
+                (true, None)
+            }
+        }
+    })
 }
