@@ -240,7 +240,8 @@ mod tests {
         let recovery = Identity::of_operator(&[2; 32]);
         let key = DataKey::from_secret([9; 32]);
         let wrapped = wrap(&bundle(key.clone()), &[node.recipient(), recovery.recipient()]).unwrap();
-        assert!(wrapped.len() < 600, "{} bytes", wrapped.len());
+        // About 600 bytes; age adds a random "grease" stanza now and then.
+        assert!(wrapped.len() < 1024, "{} bytes", wrapped.len());
         for who in [&node, &recovery] {
             let b = unwrap(&wrapped, who).unwrap();
             assert_eq!((b.node.as_str(), b.peer.as_str(), b.created_ms), ("n1", "12D3KooWn1", 1_700_000_000_000));
