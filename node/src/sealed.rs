@@ -27,7 +27,23 @@ pub(crate) async fn find_archive(
     order: Option<&SignedOrder>,
 ) -> Result<(Manifest, Place), ApiError> {
     let catalog = state.log.send(GetCatalog { node: node.to_string(), path: path.to_string() }).await?;
-    let (_, peers) = state.membership.send(GetPeers).await?;
+    let (_, mut peers) = state.membership.send(GetPeers).await?;
+    // A node that has just started may not see a holder up yet: wait a
+    // little for one, as a restore does, before saying none is.
+    let wanted = match archive {
+        Some(id) => catalog.iter().find(|a| a.id == id),
+        None => catalog.first(),
+    };
+    if let Some(a) = wanted.filter(|a| !state.store.has_archive(node, path, &a.id)) {
+        let mut waited = 0;
+        while waited < backmesh_core::replica::restore::HOLDER_WAIT_MS
+            && !peers.iter().any(|p| p.up && a.holders.contains(&p.name))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            waited += 500;
+            peers = state.membership.send(GetPeers).await?.1;
+        }
+    }
     let found = locate(&state.store, &state.net, &catalog, &peers, node, path, archive, order).await;
     match (found, &state.offsite) {
         (Ok(found), _) => Ok(found),

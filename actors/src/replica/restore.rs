@@ -285,7 +285,7 @@ pub(crate) async fn restore(
 
 /// How long a restore waits for a holder of what it reads to be seen up
 /// (a node just started is still connecting to its peers).
-pub(crate) const HOLDER_WAIT_MS: u64 = 10_000;
+pub const HOLDER_WAIT_MS: u64 = 10_000;
 
 /// Restore an archive of (node, path) onto this node. Answers at once
 /// whether the restore could start; its result goes to the log as a
