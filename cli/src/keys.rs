@@ -46,9 +46,11 @@ pub(crate) fn restore_key(
             },
         )?;
     let status: backmesh_api::Status = client.get("/status")?;
-    let target = status.nodes.iter().find(|n| n.name == on).and_then(|n| n.recipient.clone()).ok_or_else(|| {
-        Failure::Refused(format!("node {on} announces no key to wrap the data key to: is it up, and upgraded?"))
-    })?;
+    // A node unknown, or that announces no recipient (an older version):
+    // the restore itself says what is wrong.
+    let Some(target) = status.nodes.iter().find(|n| n.name == on).and_then(|n| n.recipient.clone()) else {
+        return Ok(None);
+    };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64);
     let given = Bundle { created_ms: now.unwrap_or(0), ..bundle };
     let wrapped = wrap(&given, &[target]).map_err(|e| Failure::Refused(e.to_string()))?;
