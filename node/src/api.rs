@@ -515,33 +515,14 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
     Ok(HttpResponse::Accepted().json(backmesh_api::RestoreStarted { request, on }))
 }
 
-#[derive(Deserialize)]
-struct FetchQuery {
-    node: String,
-    path: String,
-    archive: Option<String>,
-}
-
 /// Streams an archive as one `.tgz`, read from this node or a holder. The
 /// length and sha256 are in the headers so the client can check the file.
-async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FetchQuery>) -> Answer {
+async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<crate::sealed::ArchiveQuery>) -> Answer {
     admin(&req, &state)?;
     let q = q.into_inner();
     // Another node's archive is read here only under the operator's order,
     // which also entitles this node to read it from the holders.
-    let order = if q.node != state.health.name {
-        let act = Act::Fetch {
-            node: q.node.clone(),
-            path: q.path.clone(),
-            archive: q.archive.clone(),
-            by: state.health.name.clone(),
-        };
-        let order = needed(&state, order_of(&req)?, &act, &q.node)?;
-        admit_here(&state, &order, &act)?;
-        Some(order)
-    } else {
-        None
-    };
+    let order = crate::orders::read_order(&req, &state, &q.node, &q.path, q.archive.as_deref())?;
     let (manifest, place) =
         crate::sealed::find_archive(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?;
     if manifest.encrypted() {

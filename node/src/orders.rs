@@ -52,3 +52,27 @@ pub(crate) fn admit_here(state: &ApiState, order: &SignedOrder, act: &Act) -> Re
         .map(|_| ())
         .map_err(|e| error(StatusCode::FORBIDDEN, e.to_string()))
 }
+
+/// The operator's order to read (node, path[, archive]) through this node
+/// (a fetch, or what opening it needs), checked and spent here; `None`
+/// for this node's own series, which its token reads.
+pub(crate) fn read_order(
+    req: &HttpRequest,
+    state: &ApiState,
+    node: &str,
+    path: &str,
+    archive: Option<&str>,
+) -> Result<Option<SignedOrder>, ApiError> {
+    if node == state.health.name {
+        return Ok(None);
+    }
+    let act = Act::Fetch {
+        node: node.to_string(),
+        path: path.to_string(),
+        archive: archive.map(str::to_string),
+        by: state.health.name.clone(),
+    };
+    let order = needed(state, order_of(req)?, &act, node)?;
+    admit_here(state, &order, &act)?;
+    Ok(Some(order))
+}

@@ -6,14 +6,14 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use backmesh_api::archives::SEALED_TYPE;
 use backmesh_core::archive::Manifest;
-use backmesh_core::authority::{Act, SignedOrder};
+use backmesh_core::authority::SignedOrder;
 use backmesh_core::log::actor::GetCatalog;
 use backmesh_core::net::actor::GetPeers;
 use backmesh_core::replica::source::{locate, Place};
 use serde::Deserialize;
 
 use crate::http::{admin, error, Answer, ApiError, ApiState};
-use crate::orders::{admit_here, needed, order_of};
+use crate::orders::read_order;
 
 /// Archive `archive` (the newest if `None`) of (node, path): from this
 /// node, a holder (under the operator's `order` for another node's
@@ -64,33 +64,23 @@ pub(crate) async fn find_archive(
     }
 }
 
+/// One archive of a series (the newest without `archive`), as `fetch`
+/// and `keys` name it.
 #[derive(Deserialize)]
-pub(crate) struct KeysQuery {
-    node: String,
-    path: String,
-    archive: Option<String>,
+pub(crate) struct ArchiveQuery {
+    pub(crate) node: String,
+    pub(crate) path: String,
+    pub(crate) archive: Option<String>,
 }
 
 /// `GET /keys`: whether an archive is encrypted, and its data key as its
 /// manifest carries it (wrapped: only the node and the operator's
 /// recovery key open it). Another node's series is read under the
 /// operator's order to fetch it through this node.
-pub(crate) async fn keys(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<KeysQuery>) -> Answer {
+pub(crate) async fn keys(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<ArchiveQuery>) -> Answer {
     admin(&req, &state)?;
     let q = q.into_inner();
-    let order = if q.node != state.health.name {
-        let act = Act::Fetch {
-            node: q.node.clone(),
-            path: q.path.clone(),
-            archive: q.archive.clone(),
-            by: state.health.name.clone(),
-        };
-        let order = needed(&state, order_of(&req)?, &act, &q.node)?;
-        admit_here(&state, &order, &act)?;
-        Some(order)
-    } else {
-        None
-    };
+    let order = read_order(&req, &state, &q.node, &q.path, q.archive.as_deref())?;
     let (m, _) = find_archive(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?;
     let crypt = m.crypt.as_ref();
     Ok(HttpResponse::Ok().json(backmesh_api::ArchiveKeys {
