@@ -21,7 +21,7 @@ pub(crate) fn restore_key(
     use backmesh_crypt::wrap::{wrap, Bundle};
     let by = client.get::<backmesh_api::Health>("/health")?.name;
     let (n, p, a) = (node.to_string(), path.to_string(), archive.map(String::from));
-    client.sign(Act::Fetch { node: n, path: p, archive: a, by })?;
+    client.sign(Act::Fetch { node: n, path: p, archive: a, by: by.clone() })?;
     let mut url = format!("/keys?node={}&path={}", enc(node), enc(path));
     if let Some(a) = archive {
         url.push_str(&format!("&archive={}", enc(a)));
@@ -45,10 +45,21 @@ pub(crate) fn restore_key(
                 ))
             },
         )?;
+    // The key is wrapped to the restoring node's recipient as that node
+    // itself says it: a node that only relayed the command could name its
+    // own recipient for another's and read the key out of the order.
+    if by != on {
+        return Err(Failure::Refused(format!(
+            "archive {} of {path} on {node} is encrypted: ask node {on} itself to restore it (`backmesh --node \
+             URL-OF-{on} restore …`), so that the data key is wrapped to the key {on} says is its own, not to one \
+             node {by} says it has",
+            keys.archive
+        )));
+    }
     let status: backmesh_api::Status = client.get("/status")?;
-    // A node unknown, or that announces no recipient (an older version):
-    // the restore itself says what is wrong.
-    let Some(target) = status.nodes.iter().find(|n| n.name == on).and_then(|n| n.recipient.clone()) else {
+    // A node that announces no recipient (an older version): the restore
+    // itself says what is wrong.
+    let Some(target) = status.nodes.iter().find(|n| n.this_node).and_then(|n| n.recipient.clone()) else {
         return Ok(None);
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64);

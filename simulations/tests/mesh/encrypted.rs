@@ -138,6 +138,12 @@ fn holders_of_an_encrypted_series_keep_ciphertext_only_and_verify_and_repair_it_
     // unwraps the data key with the operator's recovery key and wraps it
     // to n2 for this restore alone.
     mesh.kill9(0);
+    // Asked through n3, the command would have n3 say which key is n2's:
+    // refused, naming the node to ask.
+    let relayed =
+        mesh.cli(2, &["restore", "n1", &s, "--on", "n2", "--to", &mesh.root.path().join("x").to_string_lossy()]);
+    let said = String::from_utf8_lossy(&relayed.stderr).into_owned();
+    assert!(!relayed.status.success() && said.contains("ask node n2 itself"), "{said}");
     let to = mesh.root.path().join("back3");
     let out = mesh.cli(1, &["restore", "n1", &s, "--on", "n2", "--to", &to.to_string_lossy()]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), mesh.nodes[1].log_text());
