@@ -1081,7 +1081,8 @@ fn a_rebuilt_server_takes_its_name_back_under_the_operator_s_rebind_and_its_old_
     // …and what it sealed before restores on the rebuilt server.
     let to = mesh.root.path().join("restored");
     let args = ["restore", "n3", &old, "--archive", &old_id, "--on", "n3", "--to", to.to_str().unwrap()];
-    let out = mesh.cli(0, &args);
+    // Asked of n3 itself: a sealed archive's key is wrapped to the key it announces.
+    let out = mesh.cli(rebuilt, &args);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree_differences(&old_src, &to), Vec::<String>::new());
     // No node blames n1 or n2 for passing on what the old key sealed.
