@@ -212,7 +212,8 @@ fn five_nodes_keep_three_copies_prune_to_ten_repair_verify_and_restore_without_t
     mesh.kill9(0);
     let target = mesh.root.path().join("restored");
     let t = target.to_string_lossy().into_owned();
-    let out = mesh.cli(spare, &["restore", "n1", &s, "--on", &mesh.nodes[victim].name.clone(), "--to", &t]);
+    // Asked of the node that restores (a sealed archive's key is wrapped to its own).
+    let out = mesh.cli(victim, &["restore", "n1", &s, "--on", &mesh.nodes[victim].name.clone(), "--to", &t]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree_differences(&src, &target), Vec::<String>::new());
     // And `fetch` through any node gives a tgz that GNU tar restores the same.
