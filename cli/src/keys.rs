@@ -53,6 +53,11 @@ pub(crate) fn restore_key(
     // The key is wrapped to the restoring node's recipient as that node
     // itself says it: a node that only relayed the command could name its
     // own recipient for another's and read the key out of the order.
+    let status: backmesh_api::Status = client.get("/status")?;
+    if !status.nodes.iter().any(|n| n.name == on) {
+        // An unknown node: the restore itself says so.
+        return Ok(None);
+    }
     if by != on {
         return Err(Failure::Refused(format!(
             "archive {} of {path} on {node} is encrypted: ask node {on} itself to restore it (`backmesh --node \
@@ -61,7 +66,6 @@ pub(crate) fn restore_key(
             keys.archive
         )));
     }
-    let status: backmesh_api::Status = client.get("/status")?;
     // A node that announces no recipient (an older version): the restore
     // itself says what is wrong.
     let Some(target) = status.nodes.iter().find(|n| n.this_node).and_then(|n| n.recipient.clone()) else {
