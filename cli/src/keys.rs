@@ -54,8 +54,8 @@ pub(crate) fn restore_key(
     // itself says it: a node that only relayed the command could name its
     // own recipient for another's and read the key out of the order.
     let status: backmesh_api::Status = client.get("/status")?;
-    if !status.nodes.iter().any(|n| n.name == on) {
-        // An unknown node: the restore itself says so.
+    if !status.nodes.iter().any(|n| n.name == on && n.up) {
+        // A node unknown or down: the restore itself says so.
         return Ok(None);
     }
     if by != on {

@@ -325,7 +325,7 @@ fn restore_fetch_and_verify_refuse_bad_requests_by_name() {
     assert!(status.contains("--replicas is 3 but the mesh has 2 other node(s)"), "{status}");
 
     // The documented --json shapes.
-    let r: RestoreOutcome = json(&mesh, 0, &["restore", "n2", &s, "--to", &to, "--on", "n3"]);
+    let r: RestoreOutcome = json(&mesh, 2, &["restore", "n2", &s, "--to", &to, "--on", "n3"]);
     assert_eq!(r.result, RestoreResult::Restored, "{r:?}");
     assert_eq!((r.on.as_str(), r.to.as_str(), r.error.as_deref()), ("n3", to.as_str(), None), "{r:?}");
     assert!(r.files >= 1 && !r.archive.is_empty(), "{r:?}");
