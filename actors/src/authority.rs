@@ -98,6 +98,16 @@ impl Authority {
     /// recipients; `false` if a change of that key signed as late or later
     /// is known already.
     pub fn apply(&self, change: &TrustChange) -> bool {
+        self.change(change, true)
+    }
+
+    /// Whether [`Authority::apply`] would take `change` (nothing signed as
+    /// late or later for its key known yet), without taking it.
+    pub fn is_news(&self, change: &TrustChange) -> bool {
+        self.change(change, false)
+    }
+
+    fn change(&self, change: &TrustChange, take: bool) -> bool {
         let (set, key, on, at_ms) = match change {
             TrustChange::Operator { operator, trusted, at_ms } => (&self.changes, operator, *trusted, *at_ms),
             TrustChange::Recipient { recipient, wrapped, at_ms } => {
@@ -109,7 +119,9 @@ impl Authority {
         match changes.get(key) {
             Some((t, _)) if *t >= at_ms => false,
             _ => {
-                changes.insert(key.clone(), (at_ms, on));
+                if take {
+                    changes.insert(key.clone(), (at_ms, on));
+                }
                 true
             }
         }

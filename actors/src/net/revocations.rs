@@ -86,7 +86,15 @@ impl Revocations {
         // passes until none more holds.
         loop {
             let before = left.len();
-            left.retain(|order| r.take_in(order).is_err());
+            left.retain(|order| match r.take_in(order) {
+                Ok((_, change)) => {
+                    if let Some(change) = change {
+                        r.authority.apply(&change);
+                    }
+                    false
+                }
+                Err(_) => true,
+            });
             if left.is_empty() || left.len() == before {
                 break;
             }
@@ -97,21 +105,24 @@ impl Revocations {
         r
     }
 
-    /// Takes `order` in memory, without saving.
-    fn take_in(&mut self, order: &SignedOrder) -> Result<Taken, OrderError> {
+    /// Takes `order` in memory, without saving; a change of the operator
+    /// set or of the recovery recipients is given back for the caller to
+    /// apply to the authority (once it is kept, so that what a node acts on
+    /// survives a crash).
+    fn take_in(&mut self, order: &SignedOrder) -> Result<(Taken, Option<TrustChange>), OrderError> {
         match self.authority.check_trust_change(order)? {
             TrustChange::Revoke { node, peer, retired_ms } => {
                 // A retirement adds to a revocation; nothing else changes a known one.
                 match self.by_peer.get(&peer) {
-                    Some((_, Some(_), _)) => return Ok(Taken::Known),
-                    Some((_, None, _)) if retired_ms.is_none() => return Ok(Taken::Known),
+                    Some((_, Some(_), _)) => return Ok((Taken::Known, None)),
+                    Some((_, None, _)) if retired_ms.is_none() => return Ok((Taken::Known, None)),
                     _ => {}
                 }
                 if self.by_peer.len() >= MAX_REVOCATIONS && !self.by_peer.contains_key(&peer) {
                     return Err(OrderError::Unreadable(format!("more than {MAX_REVOCATIONS} revocations")));
                 }
                 self.by_peer.insert(peer.clone(), (node.clone(), retired_ms, order.clone()));
-                Ok(Taken::Revoked { node, peer, retired_ms })
+                Ok((Taken::Revoked { node, peer, retired_ms }, None))
             }
             TrustChange::Rebind { node, peer, former, at_ms } => {
                 // Each identity a name had is kept (A→B, then B→C: both),
@@ -120,44 +131,46 @@ impl Revocations {
                 // later signed holds.
                 let key = (node.clone(), former.clone());
                 match self.rebinds.get(&key) {
-                    Some((at, ..)) if *at >= at_ms => return Ok(Taken::Known),
+                    Some((at, ..)) if *at >= at_ms => return Ok((Taken::Known, None)),
                     None if self.rebinds.len() >= MAX_REBINDS => {
                         return Err(OrderError::Unreadable(format!("more than {MAX_REBINDS} rebinds")))
                     }
                     _ => {}
                 }
                 self.rebinds.insert(key, (at_ms, peer.clone(), order.clone()));
-                Ok(Taken::Rebound { node, peer, former, at_ms })
+                Ok((Taken::Rebound { node, peer, former, at_ms }, None))
             }
             change @ TrustChange::Operator { .. } => {
-                let TrustChange::Operator { operator, trusted, .. } = change.clone() else { return Ok(Taken::Known) };
+                let TrustChange::Operator { operator, trusted, .. } = change.clone() else {
+                    return Ok((Taken::Known, None));
+                };
                 if self.operators.len() >= MAX_OPERATOR_CHANGES && !self.operators.contains_key(&operator) {
                     return Err(OrderError::Unreadable(format!(
                         "more than {MAX_OPERATOR_CHANGES} changes of operator keys"
                     )));
                 }
-                if !self.authority.apply(&change) {
-                    return Ok(Taken::Known);
+                if !self.authority.is_news(&change) {
+                    return Ok((Taken::Known, None));
                 }
                 self.operators.insert(operator.clone(), order.clone());
                 // What was refused under the old set may hold under the new one.
                 self.checked.clear();
-                Ok(Taken::Operator { operator, trusted })
+                Ok((Taken::Operator { operator, trusted }, Some(change)))
             }
             change @ TrustChange::Recipient { .. } => {
                 let TrustChange::Recipient { recipient, wrapped, .. } = change.clone() else {
-                    return Ok(Taken::Known);
+                    return Ok((Taken::Known, None));
                 };
                 if self.recipients.len() >= MAX_RECIPIENT_CHANGES && !self.recipients.contains_key(&recipient) {
                     return Err(OrderError::Unreadable(format!(
                         "more than {MAX_RECIPIENT_CHANGES} changes of recovery recipients"
                     )));
                 }
-                if !self.authority.apply(&change) {
-                    return Ok(Taken::Known);
+                if !self.authority.is_news(&change) {
+                    return Ok((Taken::Known, None));
                 }
                 self.recipients.insert(recipient.clone(), order.clone());
-                Ok(Taken::Recipient { recipient, wrapped })
+                Ok((Taken::Recipient { recipient, wrapped }, Some(change)))
             }
         }
     }
@@ -177,11 +190,14 @@ impl Revocations {
     }
 
     /// Takes in the change of trust `order`, if it holds; kept on disk
-    /// before it is answered when it is new.
+    /// before it is answered, or acted on, when it is new.
     pub fn take_change(&mut self, order: &SignedOrder) -> Result<Taken, OrderError> {
-        let taken = self.take_in(order)?;
+        let (taken, change) = self.take_in(order)?;
         if taken != Taken::Known {
             self.save();
+        }
+        if let Some(change) = change {
+            self.authority.apply(&change);
         }
         Ok(taken)
     }
