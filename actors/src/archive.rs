@@ -18,6 +18,7 @@ pub mod cut;
 pub use backmesh_crypt::delta;
 pub mod error;
 pub mod manifest;
+pub mod partial;
 pub mod pipeline;
 pub mod producer;
 pub mod restore;
@@ -25,14 +26,15 @@ pub mod reuse;
 pub mod sealed;
 pub mod sink;
 pub mod snapshot;
-pub mod tarfmt;
+pub use backmesh_table::tarfmt;
 pub mod walk;
 
 pub use create::{
     create, create_reusing, scan, CreateOptions, Created, FileSink, MemberSink, Progress, Reuse, StatSnapshot,
 };
 pub use manifest::{Manifest, MemberRef};
-pub use restore::{restore_archive, restore_tgz, MemberSource, RestoreError, RestoreOptions, RestoreReport};
+pub use partial::restore_archive;
+pub use restore::{restore_tgz, MemberSource, RestoreError, RestoreOptions, RestoreReport};
 
 /// Why an archive could not be made at all. Trouble with single files is
 /// never an error: it becomes a [`Warning`].

@@ -322,6 +322,7 @@ mod tests {
             on: Some("n2".into()),
             overwrite: false,
             key: None,
+            include: Vec::new(),
         });
         let now = 50_000_000;
         let order = op.sign(restore, now).unwrap();

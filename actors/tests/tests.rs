@@ -5,6 +5,7 @@ mod common;
 mod encrypted;
 mod golden;
 mod offsite;
+mod partial;
 
 use std::fs;
 use std::path::Path;

@@ -61,6 +61,13 @@ pub struct Restore {
     /// holds it in memory for this restore only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Only the entries these patterns select (with the directories above
+    /// them), read from the members that hold them; none: the whole
+    /// archive. A pattern without `/` matches a name at any depth, one
+    /// with `/` the path from the archive's root; a directory brings what
+    /// it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
 }
 
 /// The content type of an encrypted archive's sealed objects as `GET

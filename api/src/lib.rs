@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub mod archives;
 pub mod cli;
 pub mod dashboard;
+pub mod files;
 pub mod jobs;
 pub mod local;
 pub mod log;

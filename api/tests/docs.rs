@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use backmesh_api::cli::{Fetched, RestoreOutcome, RunOutcome, VerifyOutcome};
 use backmesh_api::dashboard::{JobPage, Overview, WhoAmI};
+use backmesh_api::files::{Compared, Found, Listing};
 use backmesh_api::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -48,6 +49,9 @@ const TYPES: &[&str] = &[
     "OperatorChange",
     "Operators",
     "ArchiveKeys",
+    "Listing",
+    "Found",
+    "Compared",
     "RecipientChange",
     "Recipients",
 ];
@@ -91,6 +95,9 @@ fn round_trip(name: &str, v: &Value) -> Result<Value, String> {
         "OperatorChange" => again::<backmesh_api::OperatorChange>(v),
         "Operators" => again::<backmesh_api::Operators>(v),
         "ArchiveKeys" => again::<backmesh_api::ArchiveKeys>(v),
+        "Listing" => again::<Listing>(v),
+        "Found" => again::<Found>(v),
+        "Compared" => again::<Compared>(v),
         "RecipientChange" => again::<backmesh_api::RecipientChange>(v),
         "Recipients" => again::<backmesh_api::Recipients>(v),
         other => Err(format!("no type `{other}` in the API")),

@@ -148,6 +148,11 @@ pub(crate) enum Command {
         /// Replace what DIR holds (the old tree goes only once the new one is complete).
         #[arg(long)]
         overwrite: bool,
+        /// Only the files matching GLOB (repeatable), with the directories above them: a GLOB
+        /// without `/` matches a name at any depth (`*.conf`), one with `/` the path from the
+        /// archive's root (`etc/app.conf`, `var/log/**`); a directory brings all it holds.
+        #[arg(long = "include", value_name = "GLOB")]
+        include: Vec<String>,
         /// Give up waiting after this many seconds (the restore goes on).
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
@@ -165,6 +170,69 @@ pub(crate) enum Command {
         output: PathBuf,
         /// Replace FILE if it exists.
         #[arg(long)]
+        force: bool,
+        /// Only the files matching GLOB (repeatable), with the directories above them, as a
+        /// .tgz of their own (patterns as for `restore --include`).
+        #[arg(long = "include", value_name = "GLOB")]
+        include: Vec<String>,
+    },
+    /// The files of an archive of PATH on NODE: a directory's entries (the archive's root by
+    /// default), the newest archive by default.
+    Ls {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// A directory (or a file) inside the archive, relative to its root.
+        #[arg(value_name = "SUBPATH")]
+        subpath: Option<String>,
+        /// Archive id (see `backmesh backups`); the newest by default.
+        #[arg(long, value_name = "ID")]
+        archive: Option<String>,
+        /// Mode, owner, size, time and link target, as `tar -tv` shows them (times in UTC).
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// Everything beneath SUBPATH, not only its entries.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// Which archives of PATH on NODE (retained, and hidden ones in their grace period) hold
+    /// files matching GLOB, with each version's size and time.
+    Find {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// A name (`*.conf`: at any depth) or a path from the archive's root (`etc/*.conf`).
+        #[arg(value_name = "GLOB")]
+        pattern: String,
+    },
+    /// What changed in PATH on NODE from archive FROM to archive TO: added (+), removed (-),
+    /// changed content (M) and changed mode, owner or time only (U).
+    Diff {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        #[arg(value_name = "FROM")]
+        from: String,
+        #[arg(value_name = "TO")]
+        to: String,
+    },
+    /// One file of an archive of PATH on NODE, to stdout (or --output), read from the members
+    /// that hold it alone.
+    Dump {
+        #[arg(id = "target", value_name = "NODE")]
+        node: String,
+        path: String,
+        /// The file, relative to the archive's root.
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// Archive id; the newest by default.
+        #[arg(long, value_name = "ID")]
+        archive: Option<String>,
+        /// Write it to this file (staged, synced, then renamed) instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Replace OUT if it exists.
+        #[arg(long, requires = "output")]
         force: bool,
     },
     /// Re-hash the members every holder keeps (of PATH on NODE, or everything); damage is repaired from another holder.

@@ -206,6 +206,50 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A GET whose body is read as it comes (a download: no overall time
+    /// limit), accepting `accept`; a refusal is read as the API's error.
+    pub(crate) fn stream(&self, path: &str, accept: &str) -> Result<ureq::http::Response<ureq::Body>, Failure> {
+        let url = format!("{}{}{path}", self.base, backmesh_api::PREFIX);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .tls_config(self.tls.clone())
+            .build()
+            .into();
+        let mut req = agent.get(&url).header("Accept", accept);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        if let Some(o) = self.order() {
+            req = req.header(backmesh_api::order::ORDER_HEADER, o);
+        }
+        let mut resp =
+            req.call().map_err(|e| Failure::Unreachable(format!("cannot reach the node at {}: {e}", self.base)))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
+            return Err(Failure::Refused(format!("the node refused ({status}): {msg}")));
+        }
+        Ok(resp)
+    }
+
+    /// Signs the operator's order to read (node, path[, archive]) through
+    /// the node asked, when there is an operator key (another node's
+    /// series needs one; the node's own token reads its own).
+    pub(crate) fn sign_read(&self, node: &str, path: &str, archive: Option<&str>) -> Result<(), Failure> {
+        if self.operator_key.is_none() {
+            return Ok(());
+        }
+        // The order names the node that reads the archive: the one asked.
+        let by = self.get::<backmesh_api::Health>("/health")?.name;
+        let (node, path, archive) = (node.to_string(), path.to_string(), archive.map(String::from));
+        self.sign(backmesh_api::order::Act::Fetch { node, path, archive, by })
+    }
+}
+
 /// Percent-encodes a query value.
 pub(crate) fn enc(s: &str) -> String {
     s.bytes()

@@ -2,18 +2,15 @@
 //! written to a staging file, synced, then renamed into place. An
 //! encrypted archive comes sealed and is opened here (`keys`).
 
-use std::time::Duration;
-
 use backmesh_api::cli::Fetched;
 use backmesh_api::human_bytes as human;
-use backmesh_api::order::Act;
-use backmesh_api::ErrorBody;
 
 use crate::args::Cli;
 use crate::client::{enc, Client, Failure};
 use crate::keys;
 use crate::{clear_line, is_tty, print_json};
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fetch(
     cli: &Cli,
     json: bool,
@@ -22,6 +19,7 @@ pub(crate) fn fetch(
     archive: Option<&str>,
     output: &std::path::Path,
     force: bool,
+    include: &[String],
 ) -> Result<(), Failure> {
     use sha2::Digest as _;
     use std::io::{Read, Write};
@@ -30,39 +28,16 @@ pub(crate) fn fetch(
     }
     // No overall time limit: an archive may take long to download.
     let client = Client::new(cli)?;
-    if client.operator_key.is_some() {
-        // The order names the node that reads the archive: the one asked.
-        let by = client.get::<backmesh_api::Health>("/health")?.name;
-        let (node, path, archive) = (node.to_string(), path.to_string(), archive.map(String::from));
-        client.sign(Act::Fetch { node, path, archive, by })?;
-    }
-    let mut url = format!("{}{}/fetch?node={}&path={}", client.base, backmesh_api::PREFIX, enc(node), enc(path));
+    client.sign_read(node, path, archive)?;
+    let mut url = format!("/fetch?node={}&path={}", enc(node), enc(path));
     if let Some(a) = archive {
         url.push_str(&format!("&archive={}", enc(a)));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_recv_response(Some(Duration::from_secs(120)))
-        .tls_config(client.tls.clone())
-        .build()
-        .into();
+    for glob in include {
+        url.push_str(&format!("&include={}", enc(glob)));
+    }
     // An encrypted archive comes sealed, and is opened here.
-    let mut req = agent.get(&url).header("Accept", format!("application/gzip, {}", keys::SEALED_TYPE));
-    if let Some(t) = &client.token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    if let Some(o) = client.order() {
-        req = req.header(backmesh_api::order::ORDER_HEADER, o);
-    }
-    let mut resp =
-        req.call().map_err(|e| Failure::Unreachable(format!("cannot reach the node at {}: {e}", client.base)))?;
-    let status = resp.status().as_u16();
-    if !(200..300).contains(&status) {
-        let body = resp.body_mut().read_to_string().unwrap_or_default();
-        let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
-        return Err(Failure::Refused(format!("the node refused ({status}): {msg}")));
-    }
+    let mut resp = client.stream(&url, &format!("application/gzip, {}", keys::SEALED_TYPE))?;
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     // Absent for archives of format 3 and later: the node checked every
     // member against the sealed manifest, and a member it could not read

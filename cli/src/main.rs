@@ -132,6 +132,7 @@ fn status(client: &Client, json: bool, workers: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+mod browse;
 mod fetch;
 
 fn print_json(v: &impl Serialize) {
@@ -410,6 +411,7 @@ fn restore(
     archive: Option<&str>,
     on: Option<&str>,
     overwrite: bool,
+    include: &[String],
     timeout: u64,
 ) -> Result<bool, Failure> {
     let mut body = backmesh_api::Restore {
@@ -421,6 +423,7 @@ fn restore(
         on: Some(on.unwrap_or(node).to_string()),
         overwrite,
         key: None,
+        include: include.to_vec(),
     };
     if client.operator_key.is_some() {
         body.key = keys::restore_key(client, node, path, archive, on.unwrap_or(node))?;
@@ -794,15 +797,24 @@ fn main() -> ExitCode {
         Command::Log { node, path, limit, before } => {
             log(&c, json, node.as_deref(), path.as_deref(), *limit, before.as_deref())
         }
-        Command::Restore { node, path, to, archive, on, overwrite, timeout } => {
-            match restore(&c, json, node, path, to, archive.as_deref(), on.as_deref(), *overwrite, *timeout) {
+        Command::Restore { node, path, to, archive, on, overwrite, include, timeout } => {
+            let (archive, on) = (archive.as_deref(), on.as_deref());
+            match restore(&c, json, node, path, to, archive, on, *overwrite, include, *timeout) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(Failure::Failed),
                 Err(e) => Err(e),
             }
         }
-        Command::Fetch { node, path, archive, output, force } => {
-            fetch::fetch(&cli, json, node, path, archive.as_deref(), output, *force)
+        Command::Fetch { node, path, archive, output, force, include } => {
+            fetch::fetch(&cli, json, node, path, archive.as_deref(), output, *force, include)
+        }
+        Command::Ls { node, path, subpath, archive, long, recursive } => {
+            browse::ls(&c, json, node, path, subpath.as_deref(), archive.as_deref(), *long, *recursive)
+        }
+        Command::Find { node, path, pattern } => browse::find(&c, json, node, path, pattern),
+        Command::Diff { node, path, from, to } => browse::diff(&c, json, node, path, from, to),
+        Command::Dump { node, path, file, archive, output, force } => {
+            browse::dump(&c, node, path, file, archive.as_deref(), output.as_deref(), *force)
         }
         Command::Verify { node, path, timeout } => match verify(&c, json, node.as_deref(), path.as_deref(), *timeout) {
             Ok(true) => Ok(()),

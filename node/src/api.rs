@@ -113,6 +113,10 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/backups", web::get().to(backups))
         .route("/restore", web::post().to(restore))
         .route("/fetch", web::get().to(fetch))
+        .route("/files", web::get().to(crate::browse::files))
+        .route("/find", web::get().to(crate::browse::find))
+        .route("/diff", web::get().to(crate::browse::diff))
+        .route("/dump", web::get().to(crate::browse::dump))
         .route("/verify", web::post().to(verify))
         .route("/nodes/{node}/pause", web::post().to(pause))
         .route("/nodes/{node}/resume", web::post().to(resume))
@@ -489,6 +493,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
             request: request.clone(),
             order: order.clone(),
             key: b.key.clone(),
+            include: b.include.clone(),
         };
         state.replica.send(msg).await?.map_err(|e| error(StatusCode::BAD_REQUEST, format!("on {on}: {e}")))
     } else if !target.up {
@@ -503,6 +508,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
             request: request.clone(),
             order,
             key: b.key.clone(),
+            include: b.include.clone(),
         };
         match state.net.call(&target.peer_id, &REPLICA, &ask).await {
             Ok(ReplicaAnswer::Accepted) => Ok(()),
@@ -517,12 +523,16 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
 
 /// Streams an archive as one `.tgz`, read from this node or a holder. The
 /// length and sha256 are in the headers so the client can check the file.
-async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<crate::sealed::ArchiveQuery>) -> Answer {
+async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Vec<(String, String)>>) -> Answer {
     admin(&req, &state)?;
-    let q = q.into_inner();
+    let q = crate::sealed::ArchiveQuery::from_pairs(&q)?;
     // Another node's archive is read here only under the operator's order,
     // which also entitles this node to read it from the holders.
     let order = crate::orders::read_order(&req, &state, &q.node, &q.path, q.archive.as_deref())?;
+    if !q.include.is_empty() {
+        return crate::browse::fetch_part(&state, &q.node, &q.path, q.archive.as_deref(), q.include, order.as_ref())
+            .await;
+    }
     let (manifest, place) =
         crate::sealed::find_archive(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?;
     if manifest.encrypted() {

@@ -7,6 +7,7 @@
 //! front of them. `keygen` makes a swarm key.
 
 mod api;
+mod browse;
 mod config;
 mod dashboard;
 mod federation;

@@ -65,12 +65,28 @@ pub(crate) async fn find_archive(
 }
 
 /// One archive of a series (the newest without `archive`), as `fetch`
-/// and `keys` name it.
+/// and `keys` name it; for `fetch`, `include` (repeatable) chooses a part.
 #[derive(Deserialize)]
 pub(crate) struct ArchiveQuery {
     pub(crate) node: String,
     pub(crate) path: String,
     pub(crate) archive: Option<String>,
+    #[serde(default)]
+    pub(crate) include: Vec<String>,
+}
+
+impl ArchiveQuery {
+    /// From a query string's pairs (where `include` may repeat).
+    pub(crate) fn from_pairs(pairs: &[(String, String)]) -> Result<ArchiveQuery, ApiError> {
+        let one = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let need = |k: &str| one(k).ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("`{k}` is missing")));
+        Ok(ArchiveQuery {
+            node: need("node")?,
+            path: need("path")?,
+            archive: one("archive"),
+            include: pairs.iter().filter(|(n, _)| n == "include").map(|(_, v)| v.clone()).collect(),
+        })
+    }
 }
 
 /// `GET /keys`: whether an archive is encrypted, and its data key as its
@@ -199,7 +215,7 @@ pub(crate) fn fetch_encrypted(
 }
 
 /// Writes into a response body from a blocking thread.
-struct ChannelWriter(tokio::sync::mpsc::Sender<Result<web::Bytes, std::io::Error>>);
+pub(crate) struct ChannelWriter(pub(crate) tokio::sync::mpsc::Sender<Result<web::Bytes, std::io::Error>>);
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -9,8 +9,8 @@ pub mod objects;
 pub use objects::OBJECTS_VERSION;
 
 use super::error::Warning;
-use super::tarfmt::Kind;
 use crate::hash::Digest;
+use backmesh_table::tarfmt::Kind;
 
 /// Magic bytes that open every manifest file.
 pub const MAGIC: &[u8; 4] = b"BMMF";
@@ -142,19 +142,7 @@ pub struct Crypt {
 }
 
 /// One entry of the file table.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRecord {
-    pub path: ByteBuf,
-    pub kind: Kind,
-    pub size: u64,
-    pub mode: u32,
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-    pub uid: u64,
-    pub gid: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<ByteBuf>,
-}
+pub use backmesh_table::FileRecord;
 
 /// Counts a person wants to see about an archive.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

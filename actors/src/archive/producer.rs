@@ -17,9 +17,9 @@ use super::cut::{Chunker, GroupCutter};
 use super::error::{lossy, ArchiveError, Warning, WarningKind};
 use super::manifest::{ArchiveStats, FileRecord, MemberRef};
 use super::reuse::{self, EntryPrint, Previous, Reusable};
-use super::tarfmt::{header_len, padding, write_header, EntryMeta, Kind, BLOCK};
 use super::walk::{Stat, Walked, Walker};
 use crate::hash::Digest;
+use backmesh_table::tarfmt::{header_len, padding, write_header, EntryMeta, Kind, BLOCK};
 
 use super::pipeline::*;
 use super::sink::*;

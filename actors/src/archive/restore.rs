@@ -47,6 +47,10 @@ pub struct RestoreOptions {
     pub progress: Option<Arc<Progress>>,
     /// The data key an encrypted archive is opened with.
     pub key: Option<backmesh_crypt::DataKey>,
+    /// Only the entries these patterns select (`backmesh_table::Patterns`),
+    /// with the directories above them; read from the members that hold
+    /// them alone. Empty: the whole archive.
+    pub include: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,6 +82,20 @@ pub enum RestoreError {
     },
     #[error("the restored tree does not match the archive's tree digest; nothing was restored")]
     TreeDigest,
+    #[error("no entry of archive {id} matches {patterns}; nothing was restored")]
+    NoMatch { id: String, patterns: String },
+    #[error("{0}")]
+    Pattern(String),
+    #[error(
+        "archive {id} cannot be read in part: its file table does not place its entries (an archive made by an \
+         older version); restore or fetch it whole"
+    )]
+    Unplaced { id: String },
+    #[error(
+        "--overwrite replaces the whole target: a restore of some files goes into a new or empty directory \
+         (then move them where they belong)"
+    )]
+    PartOverwrite,
     #[error(
         "archive {id} is encrypted: it is read with its node's data key (on that node) or the operator's \
          recovery key; nothing was restored"
@@ -111,8 +129,9 @@ pub fn restore_tgz<R: Read>(reader: R, target: &Path, opts: &RestoreOptions) -> 
     })
 }
 
-/// Restores the archive `manifest` describes, reading members from `source`.
-pub fn restore_archive(
+/// Restores the whole archive `manifest` describes, reading members from
+/// `source` (`opts.include` is for [`super::partial::restore_archive`]).
+pub fn restore_whole(
     manifest: &Manifest,
     source: &dyn MemberSource,
     target: &Path,
@@ -123,77 +142,95 @@ pub fn restore_archive(
         (true, Some(k)) => Some(k),
         (true, None) => return Err(RestoreError::Encrypted { id: manifest.id.clone() }),
     };
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
-    } else {
-        opts.threads
-    };
     into_target(target, opts, |staging| {
         let failed: Mutex<Option<RestoreError>> = Mutex::new(None);
+        let all: Vec<usize> = (0..manifest.members.len()).collect();
         let members = &manifest.members;
-        let next_index = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
-        let permits = threads * 2 + 2;
-        let (permit_tx, permit_rx) = sync_channel::<()>(permits);
-        for _ in 0..permits {
-            let _ = permit_tx.send(());
-        }
-        let permit_rx = Mutex::new(permit_rx);
-        let (chunk_tx, chunk_rx) = channel::<(usize, Result<Vec<u8>, RestoreError>)>();
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                let tx = chunk_tx.clone();
-                let (next_index, stop, permit_rx) = (&next_index, &stop, &permit_rx);
-                s.spawn(move || loop {
-                    if permit_rx.lock().unwrap_or_else(|e| e.into_inner()).recv().is_err() {
-                        return;
-                    }
-                    let i = next_index.fetch_add(1, Ordering::SeqCst);
-                    if i >= members.len() || stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let raw = match key {
-                        None => inflate_member(i, &members[i], source),
-                        Some(key) => open_sealed(i, key, &members[i], source),
-                    };
-                    if tx.send((i, raw)).is_err() {
-                        return;
-                    }
-                });
-            }
-            drop(chunk_tx);
-            let mut reader = Ordered {
-                rx: chunk_rx,
-                pending: BTreeMap::new(),
-                next: 0,
-                total: members.len(),
-                current: Vec::new(),
-                pos: 0,
-                permit_tx,
-                hasher: (manifest.tree_rule == TreeRule::RawStream).then(Sha256::new),
-                failed: &failed,
+        in_order(manifest, &all, source, key, opts.threads, &failed, |reader| {
+            reader.hasher = (manifest.tree_rule == TreeRule::RawStream).then(Sha256::new);
+            let report = extract(&mut *reader, staging, opts, &failed)?;
+            // tar stops at the end marker; read (and check) what follows too.
+            io::copy(reader, &mut io::sink()).map_err(|source| take_failure(&failed, source))?;
+            let tree = match manifest.tree_rule {
+                TreeRule::RawStream => Digest::from_hasher(reader.hasher.clone().unwrap_or_default()),
+                // Every member was checked against its digest as it was read.
+                TreeRule::Members => members_tree_digest(members),
+                // Every object was checked against its name as it was
+                // read, and the names against the tree when the
+                // manifest was decoded.
+                TreeRule::Objects => manifest.tree_digest,
             };
-            let result = extract(&mut reader, staging, opts, &failed).and_then(|report| {
-                // tar stops at the end marker; read (and check) what follows too.
-                io::copy(&mut reader, &mut io::sink()).map_err(|source| take_failure(&failed, source))?;
-                let tree = match manifest.tree_rule {
-                    TreeRule::RawStream => Digest::from_hasher(reader.hasher.clone().unwrap_or_default()),
-                    // Every member was checked against its digest as it was read.
-                    TreeRule::Members => members_tree_digest(members),
-                    // Every object was checked against its name as it was
-                    // read, and the names against the tree when the
-                    // manifest was decoded.
-                    TreeRule::Objects => manifest.tree_digest,
-                };
-                if tree != manifest.tree_digest {
-                    return Err(RestoreError::TreeDigest);
-                }
-                Ok(report)
-            });
-            stop.store(true, Ordering::Relaxed);
-            drop(reader);
-            result
+            if tree != manifest.tree_digest {
+                return Err(RestoreError::TreeDigest);
+            }
+            Ok(report)
         })
+    })
+}
+
+/// Runs `consume` on the raw bytes of members `order` (indices, in that
+/// order) of `manifest`, read from `source` and inflated (or opened with
+/// `key`) by `threads` threads ahead of it (0: one per core), each checked
+/// before it is handed on.
+pub(crate) fn in_order<T>(
+    manifest: &Manifest,
+    order: &[usize],
+    source: &dyn MemberSource,
+    key: Option<&backmesh_crypt::DataKey>,
+    threads: usize,
+    failed: &Mutex<Option<RestoreError>>,
+    consume: impl FnOnce(&mut Ordered<'_>) -> Result<T, RestoreError>,
+) -> Result<T, RestoreError> {
+    let threads =
+        if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { threads };
+    let members = &manifest.members;
+    let next_index = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let permits = threads * 2 + 2;
+    let (permit_tx, permit_rx) = sync_channel::<()>(permits);
+    for _ in 0..permits {
+        let _ = permit_tx.send(());
+    }
+    let permit_rx = Mutex::new(permit_rx);
+    let (chunk_tx, chunk_rx) = channel::<(usize, Result<Vec<u8>, RestoreError>)>();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let tx = chunk_tx.clone();
+            let (next_index, stop, permit_rx) = (&next_index, &stop, &permit_rx);
+            s.spawn(move || loop {
+                if permit_rx.lock().unwrap_or_else(|e| e.into_inner()).recv().is_err() {
+                    return;
+                }
+                let at = next_index.fetch_add(1, Ordering::SeqCst);
+                let Some(&i) = order.get(at).filter(|&&i| i < members.len()) else { return };
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let raw = match key {
+                    None => inflate_member(i, &members[i], source),
+                    Some(key) => open_sealed(i, key, &members[i], source),
+                };
+                if tx.send((at, raw)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(chunk_tx);
+        let mut reader = Ordered {
+            rx: chunk_rx,
+            pending: BTreeMap::new(),
+            next: 0,
+            total: order.len(),
+            current: Vec::new(),
+            pos: 0,
+            permit_tx,
+            hasher: None,
+            failed,
+        };
+        let result = consume(&mut reader);
+        stop.store(true, Ordering::Relaxed);
+        drop(reader);
+        result
     })
 }
 
@@ -237,8 +274,8 @@ fn inflate_member(index: usize, m: &MemberRef, source: &dyn MemberSource) -> Res
     Ok(raw)
 }
 
-/// Members' raw bytes in archive order, as one `Read`.
-struct Ordered<'a> {
+/// Members' raw bytes in the order asked, as one `Read` or member by member.
+pub(crate) struct Ordered<'a> {
     rx: Receiver<(usize, Result<Vec<u8>, RestoreError>)>,
     pending: BTreeMap<usize, Result<Vec<u8>, RestoreError>>,
     next: usize,
@@ -252,37 +289,50 @@ struct Ordered<'a> {
     failed: &'a Mutex<Option<RestoreError>>,
 }
 
+impl Ordered<'_> {
+    /// The next member's raw bytes whole (`None` past the last); what a
+    /// `read` left of the current one is dropped.
+    pub(crate) fn next_member(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.next == self.total {
+            return Ok(None);
+        }
+        let chunk = loop {
+            if let Some(c) = self.pending.remove(&self.next) {
+                break c;
+            }
+            match self.rx.recv() {
+                Ok((i, c)) => {
+                    self.pending.insert(i, c);
+                }
+                Err(_) => return Err(io::Error::other("member reader stopped")),
+            }
+        };
+        self.next += 1;
+        let _ = self.permit_tx.send(());
+        match chunk {
+            Ok(raw) => {
+                if let Some(h) = &mut self.hasher {
+                    h.update(&raw);
+                }
+                Ok(Some(raw))
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(io::Error::other(msg))
+            }
+        }
+    }
+}
+
 impl Read for Ordered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.current.len() {
-            if self.next == self.total {
-                return Ok(0);
-            }
-            let chunk = loop {
-                if let Some(c) = self.pending.remove(&self.next) {
-                    break c;
-                }
-                match self.rx.recv() {
-                    Ok((i, c)) => {
-                        self.pending.insert(i, c);
-                    }
-                    Err(_) => return Err(io::Error::other("member reader stopped")),
-                }
-            };
-            self.next += 1;
-            let _ = self.permit_tx.send(());
-            match chunk {
-                Ok(raw) => {
-                    if let Some(h) = &mut self.hasher {
-                        h.update(&raw);
-                    }
+            match self.next_member()? {
+                None => return Ok(0),
+                Some(raw) => {
                     self.current = raw;
                     self.pos = 0;
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    return Err(io::Error::other(msg));
                 }
             }
         }
@@ -293,7 +343,7 @@ impl Read for Ordered<'_> {
     }
 }
 
-fn take_failure(failed: &Mutex<Option<RestoreError>>, source: io::Error) -> RestoreError {
+pub(crate) fn take_failure(failed: &Mutex<Option<RestoreError>>, source: io::Error) -> RestoreError {
     failed.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(RestoreError::Format { source })
 }
 
@@ -332,7 +382,7 @@ fn remove_stale_staging(parent: &Path, name: &str) {
     }
 }
 
-fn into_target(
+pub(crate) fn into_target(
     target: &Path,
     opts: &RestoreOptions,
     fill: impl FnOnce(&Path) -> Result<RestoreReport, RestoreError>,
@@ -472,7 +522,7 @@ struct Extractor<'a> {
     report: RestoreReport,
 }
 
-fn extract<R: Read>(
+pub(crate) fn extract<R: Read>(
     reader: R,
     staging: &Path,
     opts: &RestoreOptions,

@@ -32,9 +32,9 @@ use serde_bytes::ByteBuf;
 use sha2::{Digest as _, Sha256};
 
 use super::manifest::MemberRef;
-use super::tarfmt::{EntryMeta, Kind};
 use super::walk::Stat;
 use crate::hash::Digest;
+use backmesh_table::tarfmt::{EntryMeta, Kind};
 
 /// Filesystem timestamps can be as coarse as a second (or lag a clock
 /// tick): changes this recent are not trusted to show in the next stat.
@@ -115,7 +115,7 @@ struct Framed {
 
 /// The fingerprint of the entries of one member: each entry's header
 /// fields (path, kind, size, mode, mtime, owner, link target: the tar
-/// header is a function of them, [`super::tarfmt::write_header`]) with the
+/// header is a function of them, [`backmesh_table::tarfmt::write_header`]) with the
 /// size, ctime and inode of what was read. Equal prints, equal tar bytes,
 /// as far as metadata can tell (ctime cannot be set back by a user).
 #[derive(Clone)]

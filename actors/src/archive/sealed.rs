@@ -186,6 +186,11 @@ pub struct Head {
     /// The digest of its member list (`backmesh_crypt::member::members_digest`):
     /// whoever opens the head knows the list is the one this node made.
     pub members: serde_bytes::ByteBuf,
+    /// Each member's tar bytes, in order: with the file table, where
+    /// every entry lies (`backmesh_table::Layout`), so that one file is
+    /// read from the members that hold it. Empty in heads made before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lens: Vec<u64>,
 }
 
 fn deflated<T: Serialize>(value: &T) -> Vec<u8> {
@@ -251,6 +256,11 @@ pub fn unseal(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Mani
     out.excludes = head.excludes;
     out.raw_len = head.raw_len;
     out.tgz_len = head.tgz_len;
+    if head.lens.len() == out.members.len() {
+        for (m, len) in out.members.iter_mut().zip(&head.lens) {
+            m.raw_len = *len;
+        }
+    }
     out.files.clear();
     for g in &crypt.index {
         let bytes = read_checked(read, &obj(g))?;

@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::{self, Write};
 
 use super::manifest::MemberRef;
-use super::tarfmt::BLOCK;
 use crate::hash::Digest;
+use backmesh_table::tarfmt::BLOCK;
 
 /// Receives the compressed members of an archive, in order.
 pub trait MemberSink: Send {

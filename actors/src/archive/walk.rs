@@ -6,59 +6,26 @@ use std::fs::{self, Metadata};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use backmesh_table::Patterns;
 
 use super::error::{ArchiveError, Warning, WarningKind};
 
 /// Exclude patterns. A pattern without `/` matches a name at any depth
 /// (`*.log`, `node_modules`); one with `/` matches the path relative to the
-/// backed-up root (`cache/**`, `data/tmp`).
+/// backed-up root (`cache/**`, `data/tmp`): `backmesh_table::Patterns`,
+/// as `--include` reads them too.
 #[derive(Clone, Debug, Default)]
-pub struct Excludes {
-    names: Option<GlobSet>,
-    paths: Option<GlobSet>,
-}
+pub struct Excludes(Patterns);
 
 impl Excludes {
     pub fn new(patterns: &[String]) -> Result<Self, ArchiveError> {
-        let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
-        let (mut n, mut p) = (0, 0);
-        for pat in patterns {
-            let glob = Glob::new(pat.trim_end_matches('/'))
-                .map_err(|e| ArchiveError::BadExclude { pattern: pat.clone(), reason: e.kind().to_string() })?;
-            if pat.trim_end_matches('/').contains('/') {
-                paths.add(glob);
-                p += 1;
-            } else {
-                names.add(glob);
-                n += 1;
-            }
-        }
-        let build = |b: GlobSetBuilder, count: usize| -> Result<Option<GlobSet>, ArchiveError> {
-            if count == 0 {
-                return Ok(None);
-            }
-            b.build()
-                .map(Some)
-                .map_err(|e| ArchiveError::BadExclude { pattern: patterns.join(" "), reason: e.to_string() })
-        };
-        Ok(Excludes { names: build(names, n)?, paths: build(paths, p)? })
+        Patterns::new(patterns)
+            .map(Excludes)
+            .map_err(|e| ArchiveError::BadExclude { pattern: e.pattern, reason: e.reason })
     }
 
     pub fn is_excluded(&self, rel: &[u8]) -> bool {
-        let rel_path = Path::new(std::ffi::OsStr::from_bytes(rel));
-        if let Some(paths) = &self.paths {
-            if paths.is_match(rel_path) {
-                return true;
-            }
-        }
-        if let Some(names) = &self.names {
-            let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
-            if names.is_match(Path::new(std::ffi::OsStr::from_bytes(name))) {
-                return true;
-            }
-        }
-        false
+        self.0.matches(rel)
     }
 }
 

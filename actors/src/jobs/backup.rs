@@ -170,6 +170,7 @@ pub fn run_backup_as(
             raw_len: created.raw_len,
             tgz_len: created.tgz_len,
             members: serde_bytes::ByteBuf::from(archive::sealed::members_digest(&created.members).to_vec()),
+            lens: created.members.iter().map(|m| m.raw_len).collect(),
         };
         let (index, head) = archive::sealed::seal_table(s, &created.files, &head);
         let refs: Vec<_> = index.iter().map(|(m, _)| m.clone()).collect();

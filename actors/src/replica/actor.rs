@@ -735,9 +735,10 @@ impl Handler<ServeReplica> for ReplicaActor {
     type Result = ();
     fn handle(&mut self, msg: ServeReplica, ctx: &mut Context<Self>) {
         let answer = match msg.request {
-            ReplicaRequest::Restore { node, path, archive, to, overwrite, request, order, key } => {
+            ReplicaRequest::Restore { node, path, archive, to, overwrite, request, order, key, include } => {
                 let (node, path, archive) = (node.into(), path.into(), archive.map(String::from));
-                match self.handle(RestoreHere { node, path, archive, to, overwrite, request, order, key }, ctx) {
+                let here = RestoreHere { node, path, archive, to, overwrite, request, order, key, include };
+                match self.handle(here, ctx) {
                     Ok(()) => ReplicaAnswer::Accepted,
                     Err(reason) => ReplicaAnswer::Failed { reason: reason.to_string() },
                 }

@@ -46,6 +46,9 @@ pub enum ReplicaRequest {
         /// carries it (`backmesh_api::Restore::key`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// Only the entries these patterns select (`backmesh_api::Restore::include`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        include: Vec<String>,
     },
     /// Re-hash the members you keep (of (node, path), or all), repairing
     /// damage from other holders; `verified` entries carry `request`.
@@ -65,7 +68,7 @@ impl ReplicaRequest {
     /// do this, and the order it carries.
     pub fn act(&self, me: &str) -> (Act, Option<&SignedOrder>) {
         match self {
-            ReplicaRequest::Restore { node, path, archive, to, overwrite, order, key, .. } => (
+            ReplicaRequest::Restore { node, path, archive, to, overwrite, order, key, include, .. } => (
                 Act::Restore(backmesh_api::Restore {
                     node: node.to_string(),
                     path: path.to_string(),
@@ -74,6 +77,7 @@ impl ReplicaRequest {
                     on: Some(me.to_string()),
                     overwrite: *overwrite,
                     key: key.clone(),
+                    include: include.clone(),
                 }),
                 order.as_ref(),
             ),

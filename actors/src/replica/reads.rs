@@ -152,6 +152,7 @@ mod tests {
                 on: Some(on.into()),
                 overwrite: false,
                 key: None,
+                include: Vec::new(),
             })
         };
         let mine = op.sign(restore(stranger), now).unwrap();

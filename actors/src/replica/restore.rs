@@ -242,7 +242,8 @@ pub(crate) async fn restore(
         Some(k) => Some(k.clone()),
         None => given_key(&store, &m, msg.key.as_deref()).map_err(|e| (id.clone(), RestoreFailed::Key(e)))?,
     };
-    let opts = RestoreOptions { overwrite: msg.overwrite, key, ..RestoreOptions::default() };
+    let opts =
+        RestoreOptions { overwrite: msg.overwrite, key, include: msg.include.clone(), ..RestoreOptions::default() };
     // Should a member kept here be damaged or missing, the live peers
     // (holders first) can send it: the restore is made again from them.
     let holders: Vec<&str> = catalog.iter().flat_map(|a| a.holders.iter().map(String::as_str)).collect();
@@ -305,4 +306,6 @@ pub struct RestoreHere {
     /// An encrypted archive's data key wrapped to this node (hex of an
     /// age file), from the operator: held in memory for this restore.
     pub key: Option<String>,
+    /// Only the entries these patterns select.
+    pub include: Vec<String>,
 }

@@ -335,10 +335,12 @@ impl MemberSource for RemoteSource {
         }
         // Fetch this member and those after it that nobody has or is fetching.
         let occurrence = st.reads.get(&d).copied().unwrap_or(0);
-        let start = self.index.get(&d).and_then(|at| at.get(occurrence).or(at.last())).copied().unwrap_or(0);
+        // An object not in the list (a sealed archive's file table, say) comes alone.
+        let start = self.index.get(&d).and_then(|at| at.get(occurrence).or(at.last())).copied();
         let mut batch = vec![d];
         let mut size = member.compressed_len;
-        for m in self.order.iter().skip(start + 1) {
+        let after = start.map_or(self.order.len(), |s| s + 1);
+        for m in self.order.iter().skip(after) {
             if size + m.compressed_len > XFER_BATCH as u64 || batch.len() >= 512 {
                 break;
             }

@@ -237,6 +237,21 @@ fn golden_replica_protocol() {
             request: "r-2".into(),
             order: order.clone(),
             key: None,
+            include: Vec::new(),
+        },
+    );
+    pin(
+        "replica_restore_include",
+        &ReplicaRequest::Restore {
+            node: name("n1").unwrap(),
+            path: series("/srv/app").unwrap(),
+            archive: None,
+            to: "/restore/conf".into(),
+            overwrite: false,
+            request: "r-4".into(),
+            order: None,
+            key: None,
+            include: vec!["*.conf".into(), "etc/app.d".into()],
         },
     );
     pin("replica_verify", &ReplicaRequest::Verify { node: None, path: None, request: "r-3".into(), order });

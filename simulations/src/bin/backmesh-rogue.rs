@@ -338,6 +338,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                 request: "rogue-restore".into(),
                 order: None,
                 key: None,
+                include: Vec::new(),
             };
             let answer = match rogue
                 .net
@@ -441,6 +442,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                     on: Some(victim.clone()),
                     overwrite: false,
                     key: None,
+                    include: Vec::new(),
                 });
                 key.sign(act, now_ms()).expect("signed")
             });

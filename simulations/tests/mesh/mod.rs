@@ -8,6 +8,7 @@ use backmesh_api::cli::RunOutcome;
 use backmesh_api::{Backups, JobState, JobStatus, Jobs, LogEntry, LogPage, RunResult, Status};
 use backmesh_simulations::{manifests_on_disk, test_ca_and_cert, tree_differences, wait_until, write_slow_tree, Mesh};
 
+mod browse;
 mod compromised;
 mod dashboard;
 mod encrypted;

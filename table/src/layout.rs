@@ -1,0 +1,127 @@
+//! Where each entry of an archive lies in its tar stream, and which
+//! members hold it: from the file table and the members' raw lengths alone.
+
+use std::ops::Range;
+
+use crate::record::FileRecord;
+
+/// The tar stream's end marker: two zero blocks.
+pub const TRAILER: u64 = 2 * crate::tarfmt::BLOCK as u64;
+
+/// Entry and member offsets in an archive's tar stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Where each entry starts, and where the trailer does.
+    entries: Vec<u64>,
+    /// Where each member starts, and the stream's length.
+    members: Vec<u64>,
+}
+
+impl Layout {
+    /// The layout of a stream of `files` cut into members of `member_lens`
+    /// raw bytes; `None` when the entries and the trailer do not make up
+    /// the stream exactly (a table this reading cannot place: an archive
+    /// made by another encoder, or a table that lies). Then the reader
+    /// goes through the stream from its start instead.
+    pub fn new(files: &[FileRecord], member_lens: &[u64]) -> Option<Layout> {
+        let mut entries = Vec::with_capacity(files.len() + 1);
+        let mut at = 0u64;
+        for f in files {
+            entries.push(at);
+            at = at.checked_add(f.entry_len())?;
+        }
+        entries.push(at);
+        let mut members = Vec::with_capacity(member_lens.len() + 1);
+        let mut m = 0u64;
+        members.push(0);
+        for len in member_lens {
+            m = m.checked_add(*len)?;
+            members.push(m);
+        }
+        (at.checked_add(TRAILER) == Some(m)).then_some(Layout { entries, members })
+    }
+
+    /// The bytes entry `i` takes in the stream.
+    pub fn entry(&self, i: usize) -> Range<u64> {
+        self.entries[i]..self.entries[i + 1]
+    }
+
+    /// How many entries there are.
+    pub fn entries(&self) -> usize {
+        self.entries.len() - 1
+    }
+
+    /// The bytes member `k` holds in the stream.
+    pub fn member(&self, k: usize) -> Range<u64> {
+        self.members[k]..self.members[k + 1]
+    }
+
+    /// How many members there are.
+    pub fn members(&self) -> usize {
+        self.members.len() - 1
+    }
+
+    /// The members that hold any byte of `span` (empty for an empty span).
+    pub fn members_of(&self, span: Range<u64>) -> Range<usize> {
+        if span.is_empty() {
+            return 0..0;
+        }
+        // The first member that ends after the span starts, up to the
+        // first that starts at or after its end.
+        let first = self.members[1..].partition_point(|&end| end <= span.start);
+        let last = self.members[..self.members.len() - 1].partition_point(|&start| start < span.end);
+        first..last.max(first)
+    }
+
+    /// The members that hold any byte of entries `wanted`, ascending, once each.
+    pub fn members_for(&self, wanted: &[usize]) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for &i in wanted {
+            for k in self.members_of(self.entry(i)) {
+                if out.last().is_none_or(|&l| l < k) {
+                    out.push(k);
+                } else if !out.contains(&k) {
+                    out.push(k);
+                    out.sort_unstable();
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Kind;
+
+    pub(crate) fn rec(path: &str, kind: Kind, size: u64) -> FileRecord {
+        FileRecord {
+            path: serde_bytes::ByteBuf::from(path.as_bytes().to_vec()),
+            kind,
+            size,
+            mode: 0o644,
+            mtime: 1_700_000_000,
+            mtime_nsec: 0,
+            uid: 0,
+            gid: 0,
+            link: None,
+        }
+    }
+
+    #[test]
+    fn entries_are_placed_by_their_records_and_members_found_by_offset() {
+        let files = vec![rec("a", Kind::Dir, 0), rec("a/x", Kind::File, 700), rec("a/y", Kind::File, 0)];
+        // 512 (dir) + 512+1024 (x: header, 700 bytes padded) + 512 (y) + 1024 trailer = 3584.
+        assert_eq!(Layout::new(&files, &[1000, 2584]).map(|l| l.entry(1)), Some(512..2048));
+        let l = Layout::new(&files, &[1000, 2000, 584]).unwrap();
+        assert_eq!(l.members_of(l.entry(0)), 0..1);
+        assert_eq!(l.members_of(l.entry(1)), 0..2, "x straddles the first cut");
+        assert_eq!(l.members_of(l.entry(2)), 1..2);
+        assert_eq!(l.members_for(&[0, 2]), vec![0, 1]);
+        assert_eq!(l.members_of(3000..3001), 2..3);
+        // A table that does not make up the stream is not placed.
+        assert_eq!(Layout::new(&files, &[3583]), None);
+        assert_eq!(Layout::new(&[], &[1024]).map(|l| l.entries()), Some(0));
+    }
+}
