@@ -85,6 +85,12 @@ pub fn utc_text(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Milliseconds since the Unix epoch as RFC 3339 in UTC, to the second
+/// (`2026-12-07T20:49:11Z`), as the node writes times.
+pub fn rfc3339(ms: i64) -> String {
+    utc_text(ms.div_euclid(1000)).replacen(' ', "T", 1) + "Z"
+}
+
 /// `GET /api/v1/files?node=N&path=P[&archive=ID][&under=DIR][&recursive=true]`:
 /// what a directory of an archive holds (the newest archive by default;
 /// `under` the archive's root by default).
@@ -175,5 +181,6 @@ mod tests {
         assert_eq!(utc_text(0), "1970-01-01 00:00:00");
         assert_eq!(utc_text(-1), "1969-12-31 23:59:59");
         assert_eq!(utc_text(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(rfc3339(1_700_000_000_999), "2023-11-14T22:13:20Z");
     }
 }

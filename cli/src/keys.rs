@@ -81,20 +81,25 @@ pub(crate) fn restore_key(
 /// the CLI opens ([`sealed_to_tgz`]).
 pub(crate) use backmesh_api::archives::SEALED_TYPE;
 
-/// What opens a sealed fetch stream.
+/// What opens a sealed stream.
 #[derive(serde::Deserialize)]
-struct StreamHeader {
-    archive: String,
+pub(crate) struct StreamHeader {
+    pub(crate) archive: String,
     node: String,
     path: String,
     kid: String,
     keys: Vec<String>,
-    members: Vec<Listed>,
+    pub(crate) members: Vec<Listed>,
     head: Listed,
+    /// The file table's groups (absent from streams of older nodes).
+    #[serde(default)]
+    index: Vec<Listed>,
+    #[serde(default)]
+    pub(crate) created_ms: i64,
 }
 
-#[derive(serde::Deserialize)]
-struct Listed {
+#[derive(Clone, serde::Deserialize)]
+pub(crate) struct Listed {
     c: String,
     n: u64,
     #[serde(default)]
@@ -103,10 +108,23 @@ struct Listed {
     kn: Option<u64>,
 }
 
+impl Listed {
+    /// The object's name (hex of the SHA-256 of its sealed bytes).
+    pub(crate) fn name(&self) -> String {
+        self.c.clone()
+    }
+}
+
 /// What the CLI reads of a sealed head.
 #[derive(serde::Deserialize)]
 struct HeadView {
     members: serde_bytes::ByteBuf,
+    /// Each member's tar bytes (absent from older heads).
+    #[serde(default)]
+    lens: Vec<u64>,
+    /// The digest of the file table's group list (absent from older heads).
+    #[serde(default)]
+    table: serde_bytes::ByteBuf,
 }
 
 /// The longest member (and a member's raw bytes) the CLI takes, as the node.
@@ -119,93 +137,16 @@ fn digest32(hex_text: &str) -> Result<[u8; 32], Failure> {
         .ok_or_else(|| Failure::Refused(format!("the node sent `{hex_text}` where an object's name belongs")))
 }
 
-/// Reads a sealed fetch stream (`BMSF`, docs/api.md) from `input` and hands
-/// the `.tgz` it holds to `out`, member by member: the data key unwrapped
-/// with the operator's recovery key, every object checked against its
-/// name, the member list against the archive's sealed head, each member
-/// opened (a delta applied to its keyframe and compressed as the origin
-/// did). No node sees the plaintext. Answers the archive's id.
-pub(crate) fn sealed_to_tgz(
-    client: &Client,
-    input: &mut dyn std::io::Read,
-    out: &mut dyn FnMut(&[u8]) -> Result<(), Failure>,
-) -> Result<String, Failure> {
-    use backmesh_crypt::{member, open_object, Kind};
-    use sha2::Digest as _;
-    let broke = |e: std::io::Error| Failure::Refused(format!("the download broke off: {e}"));
-    let bad = |what: String| Failure::Refused(format!("the download is damaged: {what}"));
-    let mut head = [0u8; 8];
-    input.read_exact(&mut head).map_err(broke)?;
-    if &head[..4] != b"BMSF" {
-        return Err(bad("not a sealed archive stream".into()));
-    }
-    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-    if len > 64 << 20 {
-        return Err(bad(format!("a header of {len} bytes")));
-    }
-    let mut text = vec![0u8; len];
-    input.read_exact(&mut text).map_err(broke)?;
-    let h: StreamHeader = serde_json::from_slice(&text).map_err(|e| bad(format!("its header: {e}")))?;
-    let Some(operator) = client.operator()? else {
-        return Err(Failure::Refused(format!(
-            "archive {} of {} on {} is encrypted: give the operator key (--operator-key FILE), whose recovery key \
-             opens it here",
-            h.archive, h.path, h.node
-        )));
-    };
-    let recovery = Identity::of_operator(&operator.seed());
-    let key = h
-        .keys
-        .iter()
-        .filter_map(|k| hex::decode(k).ok())
-        .find_map(|k| unwrap(&k, &recovery).ok())
-        .map(|b| b.key)
-        .filter(|k| k.id() == h.kid)
-        .ok_or_else(|| {
-            Failure::Refused(format!(
-                "archive {} of {} on {} is encrypted, and this operator key's recovery recipient ({}) is not one \
-                 its data key was wrapped to",
-                h.archive,
-                h.path,
-                h.node,
-                recovery.recipient()
-            ))
-        })?;
-    // One object from the stream, checked against the name it must have.
-    let mut next = |want: &Listed| -> Result<Vec<u8>, Failure> {
-        let mut frame = [0u8; 40];
-        input.read_exact(&mut frame).map_err(broke)?;
-        let n = u64::from_le_bytes(frame[32..].try_into().unwrap_or_default());
-        let cid = digest32(&want.c)?;
-        if frame[..32] != cid || n != want.n || n > MAX_MEMBER + 64 {
-            return Err(bad(format!("object {} came out of order, or with another length", want.c)));
-        }
-        let mut data = vec![0u8; n as usize];
-        input.read_exact(&mut data).map_err(broke)?;
-        if <[u8; 32]>::from(sha2::Sha256::digest(&data)) != cid {
-            return Err(bad(format!("object {} does not hash to its name", want.c)));
-        }
-        Ok(data)
-    };
-    let open = |data: &[u8], kind: Kind, context: &[u8]| -> Result<Vec<u8>, Failure> {
-        match open_object(&key, context, data) {
-            Ok((k, plain)) if k == kind => Ok(plain),
-            Ok(_) => Err(bad("an object of another kind than its place says".into())),
-            Err(e) => Err(bad(e.to_string())),
-        }
-    };
-    // The member list is the one the series' node made: its sealed head says.
-    let sealed_head = open(&next(&h.head)?, Kind::Head, b"")?;
-    let mut cbor = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(flate2::read::DeflateDecoder::new(&sealed_head[..]), 64 << 20),
-        &mut cbor,
-    )
-    .map_err(|e| bad(format!("its head: {e}")))?;
-    let view: HeadView = ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("its head: {e}")))?;
-    let listed: Vec<member::Listed> = h
-        .members
-        .iter()
+fn bad(what: String) -> Failure {
+    Failure::Refused(format!("the download is damaged: {what}"))
+}
+
+fn broke(e: std::io::Error) -> Failure {
+    Failure::Refused(format!("the download broke off: {e}"))
+}
+
+fn listed(list: &[Listed]) -> Result<Vec<backmesh_crypt::member::Listed>, Failure> {
+    list.iter()
         .map(|m| {
             let k = match (&m.k, m.kn) {
                 (Some(k), Some(kn)) => Some((digest32(k)?, kn)),
@@ -213,28 +154,187 @@ pub(crate) fn sealed_to_tgz(
             };
             Ok((digest32(&m.c)?, m.n, k))
         })
-        .collect::<Result<_, Failure>>()?;
-    if member::members_digest(listed.iter().copied()) != view.members.as_slice() {
-        return Err(bad("its member list is not the one its node sealed".into()));
-    }
-    for m in &h.members {
-        let data = match (&m.k, m.kn) {
-            (Some(k), Some(kn)) => {
-                let keyframe = Listed { c: k.clone(), n: kn, k: None, kn: None };
-                let gz = open(&next(&keyframe)?, Kind::Member, b"")?;
-                let old = member::inflate(&gz, MAX_MEMBER).map_err(|e| bad(e.to_string()))?;
-                let body = open(&next(m)?, Kind::Delta, &digest32(k)?)?;
-                let d = member::decode_delta(&body).ok_or_else(|| bad("a delta too short for its header".into()))?;
-                let raw = backmesh_crypt::delta::apply(&old, d.ops, d.literals, d.raw_len, MAX_MEMBER)
-                    .map_err(|e| bad(e.to_string()))?;
-                if member::crc32(&raw) != d.crc {
-                    return Err(bad("a delta does not rebuild what was sealed".into()));
-                }
-                backmesh_crypt::gzip::gzip_member(&raw, d.level)
-            }
-            _ => open(&next(m)?, Kind::Member, b"")?,
+        .collect()
+}
+
+/// A sealed stream (`BMSF`, docs/api.md) being read: its header, the data
+/// key unwrapped with the operator's recovery key, its head opened and the
+/// lists it binds checked (the member list, and the file table's when it
+/// came). Each object that follows is checked against its name as it is
+/// read, and opened here: no node sees the plaintext.
+pub(crate) struct SealedStream<'a> {
+    input: &'a mut dyn std::io::Read,
+    pub(crate) h: StreamHeader,
+    key: backmesh_crypt::DataKey,
+    /// Each member's tar bytes, when the head says them.
+    pub(crate) lens: Vec<u64>,
+}
+
+impl<'a> SealedStream<'a> {
+    pub(crate) fn open(client: &Client, input: &'a mut dyn std::io::Read) -> Result<SealedStream<'a>, Failure> {
+        let mut head = [0u8; 8];
+        input.read_exact(&mut head).map_err(broke)?;
+        if &head[..4] != b"BMSF" {
+            return Err(bad("not a sealed archive stream".into()));
+        }
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if len > 64 << 20 {
+            return Err(bad(format!("a header of {len} bytes")));
+        }
+        let mut text = vec![0u8; len];
+        input.read_exact(&mut text).map_err(broke)?;
+        let h: StreamHeader = serde_json::from_slice(&text).map_err(|e| bad(format!("its header: {e}")))?;
+        let Some(operator) = client.operator()? else {
+            return Err(Failure::Refused(format!(
+                "archive {} of {} on {} is encrypted: give the operator key (--operator-key FILE), whose recovery \
+                 key opens it here",
+                h.archive, h.path, h.node
+            )));
         };
-        out(&data)?;
+        let recovery = Identity::of_operator(&operator.seed());
+        let key = h
+            .keys
+            .iter()
+            .filter_map(|k| hex::decode(k).ok())
+            .find_map(|k| unwrap(&k, &recovery).ok())
+            .map(|b| b.key)
+            .filter(|k| k.id() == h.kid)
+            .ok_or_else(|| {
+                Failure::Refused(format!(
+                    "archive {} of {} on {} is encrypted, and this operator key's recovery recipient ({}) is not \
+                     one its data key was wrapped to",
+                    h.archive,
+                    h.path,
+                    h.node,
+                    recovery.recipient()
+                ))
+            })?;
+        let mut s = SealedStream { input, h, key, lens: Vec::new() };
+        // The member list is the one the series' node made: its sealed head says.
+        let head = s.h.head.clone();
+        let sealed_head = s.next_open(&head, backmesh_crypt::Kind::Head, b"")?;
+        let mut cbor = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(flate2::read::DeflateDecoder::new(&sealed_head[..]), 64 << 20),
+            &mut cbor,
+        )
+        .map_err(|e| bad(format!("its head: {e}")))?;
+        let view: HeadView = ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("its head: {e}")))?;
+        let digest = |list: &[Listed]| listed(list).map(|l| backmesh_crypt::member::members_digest(l.into_iter()));
+        if digest(&s.h.members)? != view.members.as_slice() {
+            return Err(bad("its member list is not the one its node sealed".into()));
+        }
+        if !view.table.is_empty() && digest(&s.h.index)? != view.table.as_slice() {
+            return Err(bad("its file table is not the one its node sealed".into()));
+        }
+        if view.lens.len() == s.h.members.len() {
+            s.lens = view.lens;
+        }
+        Ok(s)
     }
-    Ok(h.archive)
+
+    /// The next object of the stream, checked against the name it must have.
+    fn next(&mut self, want: &Listed) -> Result<Vec<u8>, Failure> {
+        use sha2::Digest as _;
+        let mut frame = [0u8; 40];
+        self.input.read_exact(&mut frame).map_err(broke)?;
+        let n = u64::from_le_bytes(frame[32..].try_into().unwrap_or_default());
+        let cid = digest32(&want.c)?;
+        if frame[..32] != cid || n != want.n || n > MAX_MEMBER + 64 {
+            return Err(bad(format!("object {} came out of order, or with another length", want.c)));
+        }
+        let mut data = vec![0u8; n as usize];
+        self.input.read_exact(&mut data).map_err(broke)?;
+        if <[u8; 32]>::from(sha2::Sha256::digest(&data)) != cid {
+            return Err(bad(format!("object {} does not hash to its name", want.c)));
+        }
+        Ok(data)
+    }
+
+    /// The next object, checked and opened as `kind` with `context`.
+    fn next_open(&mut self, want: &Listed, kind: backmesh_crypt::Kind, context: &[u8]) -> Result<Vec<u8>, Failure> {
+        let data = self.next(want)?;
+        match backmesh_crypt::open_object(&self.key, context, &data) {
+            Ok((k, plain)) if k == kind => Ok(plain),
+            Ok(_) => Err(bad("an object of another kind than its place says".into())),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+
+    /// The file table, from the groups that follow the head (`part=table`).
+    pub(crate) fn table(&mut self) -> Result<Vec<backmesh_table::FileRecord>, Failure> {
+        if self.h.index.is_empty() && !self.h.members.is_empty() {
+            return Err(bad("the node sent no file table (an older node: upgrade it)".into()));
+        }
+        let mut files = Vec::new();
+        for g in self.h.index.clone() {
+            let plain = self.next_open(&g, backmesh_crypt::Kind::Index, b"")?;
+            let mut cbor = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(flate2::read::DeflateDecoder::new(&plain[..]), 64 << 20),
+                &mut cbor,
+            )
+            .map_err(|e| bad(format!("its file table: {e}")))?;
+            let group: Vec<backmesh_table::FileRecord> =
+                ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("its file table: {e}")))?;
+            files.extend(group);
+        }
+        Ok(files)
+    }
+
+    /// A delta's member: its keyframe and the delta read from the stream,
+    /// the delta applied; with the level its gzip form is made at.
+    fn delta(&mut self, m: &Listed, k: &str, kn: u64) -> Result<(Vec<u8>, u32), Failure> {
+        use backmesh_crypt::{member, Kind};
+        let keyframe = Listed { c: k.to_string(), n: kn, k: None, kn: None };
+        let gz = self.next_open(&keyframe, Kind::Member, b"")?;
+        let old = member::inflate(&gz, MAX_MEMBER).map_err(|e| bad(e.to_string()))?;
+        let body = self.next_open(m, Kind::Delta, &digest32(k)?)?;
+        let d = member::decode_delta(&body).ok_or_else(|| bad("a delta too short for its header".into()))?;
+        let raw = backmesh_crypt::delta::apply(&old, d.ops, d.literals, d.raw_len, MAX_MEMBER)
+            .map_err(|e| bad(e.to_string()))?;
+        if member::crc32(&raw) != d.crc {
+            return Err(bad("a delta does not rebuild what was sealed".into()));
+        }
+        Ok((raw, d.level))
+    }
+
+    /// The next member as the gzip member a full run makes of it.
+    pub(crate) fn member_gz(&mut self, m: &Listed) -> Result<Vec<u8>, Failure> {
+        match (&m.k, m.kn) {
+            (Some(k), Some(kn)) => {
+                let (raw, level) = self.delta(m, k, kn)?;
+                Ok(backmesh_crypt::gzip::gzip_member(&raw, level))
+            }
+            _ => self.next_open(m, backmesh_crypt::Kind::Member, b""),
+        }
+    }
+
+    /// The next member's raw (tar) bytes.
+    pub(crate) fn member_raw(&mut self, m: &Listed) -> Result<Vec<u8>, Failure> {
+        match (&m.k, m.kn) {
+            (Some(k), Some(kn)) => Ok(self.delta(m, k, kn)?.0),
+            _ => {
+                let gz = self.next_open(m, backmesh_crypt::Kind::Member, b"")?;
+                backmesh_crypt::member::inflate(&gz, MAX_MEMBER).map_err(|e| bad(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Reads a sealed fetch stream from `input` and hands the `.tgz` it holds
+/// to `out`, member by member, each opened (a delta applied to its
+/// keyframe and compressed as the origin did). Answers the archive's id.
+pub(crate) fn sealed_to_tgz(
+    client: &Client,
+    input: &mut dyn std::io::Read,
+    out: &mut dyn FnMut(&[u8]) -> Result<(), Failure>,
+) -> Result<String, Failure> {
+    let mut s = SealedStream::open(client, input)?;
+    for m in s.h.members.clone() {
+        // A whole member is written as it was sealed; a delta's member as
+        // the origin compresses it.
+        out(&s.member_gz(&m)?)?;
+    }
+    Ok(s.h.archive.clone())
 }

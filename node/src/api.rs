@@ -117,6 +117,7 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/find", web::get().to(crate::browse::find))
         .route("/diff", web::get().to(crate::browse::diff))
         .route("/dump", web::get().to(crate::browse::dump))
+        .route("/objects", web::get().to(crate::sealed::objects))
         .route("/verify", web::post().to(verify))
         .route("/nodes/{node}/pause", web::post().to(pause))
         .route("/nodes/{node}/resume", web::post().to(resume))

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use backmesh_api::files::{Change, Compared, Found, FoundIn, Listing};
+use backmesh_api::files::Found;
 use backmesh_core::archive::manifest::{Manifest, MemberRef, ObjRef};
 use backmesh_core::archive::partial::{self, Picked};
 use backmesh_core::archive::{MemberSource, RestoreError};
@@ -25,7 +25,7 @@ use backmesh_core::hash::Digest;
 use backmesh_core::replica::proto::ReadOf;
 use backmesh_core::replica::source::{batches, read_members, Place, RemoteSource};
 use backmesh_crypt::DataKey;
-use backmesh_table::{tree, Part, Patterns};
+use backmesh_table::{answers, tree, Part, Patterns};
 use serde::Deserialize;
 
 use crate::http::{admin, error, Answer, ApiError, ApiState};
@@ -136,20 +136,11 @@ pub(crate) async fn files(req: HttpRequest, state: web::Data<ApiState>, q: web::
     let q = q.into_inner();
     let order = read_order(&req, &state, &q.node, &q.path, q.archive.as_deref())?;
     let o = open(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?;
-    let under = tree::normalise(q.under.as_deref().unwrap_or(""));
-    let Some(listed) = tree::list(&o.m.files, &under, q.recursive) else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!("archive {} of {} holds no `{}`", o.m.id, q.path, String::from_utf8_lossy(&under)),
-        ));
+    let under = q.under.as_deref().unwrap_or("");
+    let Some(listing) = answers::listing((&q.node, &q.path, &o.m.id), &o.m.files, under, q.recursive) else {
+        return Err(error(StatusCode::NOT_FOUND, format!("archive {} of {} holds no `{under}`", o.m.id, q.path)));
     };
-    Ok(HttpResponse::Ok().json(Listing {
-        node: q.node,
-        path: q.path,
-        archive: o.m.id.clone(),
-        under: String::from_utf8_lossy(&under).into_owned(),
-        entries: listed.iter().map(|&i| o.m.files[i].entry()).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(listing))
 }
 
 #[derive(Deserialize)]
@@ -187,14 +178,9 @@ pub(crate) async fn find(req: HttpRequest, state: web::Data<ApiState>, q: web::Q
     for (id, hidden) in ids {
         found.searched += 1;
         match open(&state, &q.node, &q.path, Some(&id), order.as_ref()).await {
-            Ok(o) => {
-                let entries: Vec<_> =
-                    o.m.files.iter().filter(|f| patterns.matches(&f.path)).map(|f| f.entry()).collect();
-                if !entries.is_empty() {
-                    let created = backmesh_core::clock::rfc3339(o.m.created_ms);
-                    found.archives.push(FoundIn { archive: id, created, hidden, entries });
-                }
-            }
+            Ok(o) => found.archives.extend(answers::found_in(&id, o.m.created_ms, hidden, &o.m.files, &patterns)),
+            // Sealed under a key this node does not hold: the CLI opens them.
+            Err(e) if e.status() == StatusCode::CONFLICT => return Err(e),
             Err(e) => found.unread.push(format!("{id}: {e}")),
         }
     }
@@ -239,30 +225,9 @@ pub(crate) async fn diff(req: HttpRequest, state: web::Data<ApiState>, q: web::Q
     let (la, lb) = (partial::layout(&a.m).map_err(unreadable)?, partial::layout(&b.m).map_err(unreadable)?);
     // Files of one size in both: the same bytes of the same members at
     // the same place are the same content; the others are read and hashed.
-    let in_b: HashMap<&[u8], usize> = b.m.files.iter().enumerate().map(|(j, f)| (f.path.as_slice(), j)).collect();
-    let mut read_a = Vec::new();
-    let mut read_b = Vec::new();
-    let mut same: std::collections::HashSet<(usize, usize)> = Default::default();
-    for (i, f) in a.m.files.iter().enumerate() {
-        let Some(&j) = in_b.get(f.path.as_slice()) else { continue };
-        let g = &b.m.files[j];
-        if f.kind != backmesh_table::Kind::File || g.kind != f.kind || g.size != f.size {
-            continue;
-        }
-        let (ea, eb) = (la.entry(i), lb.entry(j));
-        let (ma, mb) = (la.members_of(ea.clone()), lb.members_of(eb.clone()));
-        let digests = |m: &Manifest, r: std::ops::Range<usize>| -> Vec<Digest> {
-            m.members[r].iter().map(|m| m.sha256).collect()
-        };
-        let offset_a = ea.start - la.member(ma.start).start;
-        let offset_b = eb.start - lb.member(mb.start).start;
-        if offset_a == offset_b && digests(&a.m, ma) == digests(&b.m, mb) && ea.end - ea.start == eb.end - eb.start {
-            same.insert((i, j));
-        } else {
-            read_a.push(i);
-            read_b.push(j);
-        }
-    }
+    let (da, db): (Vec<Digest>, Vec<Digest>) =
+        (a.m.members.iter().map(|m| m.sha256).collect(), b.m.members.iter().map(|m| m.sha256).collect());
+    let tree::ToCompare { same, read_a, read_b } = tree::to_compare((&a.m.files, &la, &da), (&b.m.files, &lb, &db));
     let (ha, hb) = futures::future::try_join(
         content_digests(&state, a.clone(), read_a),
         content_digests(&state, b.clone(), read_b),
@@ -272,17 +237,7 @@ pub(crate) async fn diff(req: HttpRequest, state: web::Data<ApiState>, q: web::Q
         Ok(same.contains(&(i, j)) || (ha.contains_key(&i) && ha.get(&i) == hb.get(&j)))
     })
     .map_err(unreadable)?;
-    let change = |(i, j): &(usize, usize)| Change { before: a.m.files[*i].entry(), after: b.m.files[*j].entry() };
-    Ok(HttpResponse::Ok().json(Compared {
-        node: q.node,
-        path: q.path,
-        from: a.m.id.clone(),
-        to: b.m.id.clone(),
-        added: d.added.iter().map(|&j| b.m.files[j].entry()).collect(),
-        removed: d.removed.iter().map(|&i| a.m.files[i].entry()).collect(),
-        changed: d.changed.iter().map(change).collect(),
-        metadata: d.metadata.iter().map(change).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(answers::compared((&q.node, &q.path), (&a.m.id, &a.m.files), (&b.m.id, &b.m.files), &d)))
 }
 
 #[derive(Deserialize)]

@@ -151,6 +151,29 @@ pub(crate) fn fetch_encrypted(
             ),
         ));
     }
+    // What the stream carries, in order: the head, then each member after
+    // its keyframe (again each time: a keyframe rarely serves two).
+    let mut objects = Vec::new();
+    for m in &manifest.members {
+        objects.extend(m.key);
+        objects.push(backmesh_core::archive::manifest::ObjRef { cid: m.sha256, len: m.compressed_len });
+    }
+    sealed_stream(state, manifest, place, order, objects)
+}
+
+/// An encrypted archive's sealed objects as the operator's CLI reads
+/// them (docs/api.md): `BMSF`, a JSON header with what the public
+/// manifest says, then frames of the head and `objects`, in order.
+fn sealed_stream(
+    state: &ApiState,
+    manifest: Manifest,
+    place: Place,
+    order: Option<&SignedOrder>,
+    mut objects: Vec<backmesh_core::archive::manifest::ObjRef>,
+) -> Answer {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let id = manifest.id.clone();
     let (Some(crypt), Ok(of)) = (manifest.crypt.clone(), backmesh_core::replica::proto::ReadOf::of(&manifest, order))
     else {
         return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "the archive's manifest cannot be read as encrypted"));
@@ -171,15 +194,11 @@ pub(crate) fn fetch_encrypted(
         "keys": crypt.keys.iter().map(hex::encode).collect::<Vec<_>>(),
         "members": manifest.members.iter().map(listed).collect::<Vec<_>>(),
         "head": { "c": crypt.head.cid.to_hex(), "n": crypt.head.len },
+        "index": crypt.index.iter().map(listed).collect::<Vec<_>>(),
+        "created_ms": manifest.created_ms,
     });
     let header = serde_json::to_vec(&header).unwrap_or_default();
-    // What the stream carries, in order: the head, then each member after
-    // its keyframe (again each time: a keyframe rarely serves two).
-    let mut objects = vec![crypt.head];
-    for m in &manifest.members {
-        objects.extend(m.key);
-        objects.push(backmesh_core::archive::manifest::ObjRef { cid: m.sha256, len: m.compressed_len });
-    }
+    objects.insert(0, crypt.head);
     let (store, net) = (state.store.clone(), state.net.clone());
     actix_web::rt::spawn(async move {
         let mut opening = b"BMSF".to_vec();
@@ -212,6 +231,59 @@ pub(crate) fn fetch_encrypted(
     let mut answer = HttpResponse::Ok();
     answer.content_type(SEALED_TYPE).insert_header(("X-Backmesh-Archive", manifest.id.clone()));
     Ok(answer.streaming(body))
+}
+
+/// `GET /objects`: what one archive is read from.
+#[derive(Deserialize)]
+pub(crate) struct ObjectsQuery {
+    node: String,
+    path: String,
+    archive: Option<String>,
+    /// `table`: the file table's groups.
+    part: Option<String>,
+    /// Members by index, comma-separated (each after its keyframe).
+    members: Option<String>,
+}
+
+/// Members one request may ask for at most.
+const MAX_ASKED: usize = 100_000;
+
+/// `GET /objects`: an encrypted archive's sealed objects, for the
+/// operator's CLI to open with the operator key (a listing, one file,
+/// part of an archive, when the asked node does not hold the series'
+/// key): the head, then the file table's groups (`part=table`) or the
+/// members asked for, as `fetch` streams them.
+pub(crate) async fn objects(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<ObjectsQuery>) -> Answer {
+    admin(&req, &state)?;
+    let q = q.into_inner();
+    let order = read_order(&req, &state, &q.node, &q.path, q.archive.as_deref())?;
+    let (m, place) = find_archive(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?;
+    let Some(crypt) = m.crypt.clone() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("archive {} is not encrypted: its node, or any holder, reads it (`files`, `dump`)", m.id),
+        ));
+    };
+    let obj = |r: &backmesh_core::archive::MemberRef| backmesh_core::archive::manifest::ObjRef {
+        cid: r.sha256,
+        len: r.compressed_len,
+    };
+    let mut objects = Vec::new();
+    if q.part.as_deref() == Some("table") {
+        objects.extend(crypt.index.iter().map(obj));
+    }
+    let asked: Vec<&str> = q.members.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()).collect();
+    if asked.len() > MAX_ASKED {
+        return Err(error(StatusCode::BAD_REQUEST, format!("more than {MAX_ASKED} members asked at once")));
+    }
+    for a in asked {
+        let Some(member) = a.parse::<usize>().ok().and_then(|i| m.members.get(i)) else {
+            return Err(error(StatusCode::BAD_REQUEST, format!("archive {} has no member `{a}`", m.id)));
+        };
+        objects.extend(member.key);
+        objects.push(obj(member));
+    }
+    sealed_stream(&state, m, place, order.as_ref(), objects)
 }
 
 /// Writes into a response body from a blocking thread.

@@ -13,6 +13,7 @@
 //! its record makes. Pure code, shared by the node and the light CLI
 //! (which opens encrypted archives with the operator's key).
 
+pub mod answers;
 pub mod layout;
 pub mod patterns;
 pub mod pick;

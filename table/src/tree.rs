@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 
+use crate::layout::Layout;
 use crate::patterns::Patterns;
 use crate::record::{is_within, parent, FileRecord};
 use crate::tarfmt::Kind;
@@ -126,6 +127,45 @@ pub fn diff(
         }
     }
     Ok(d)
+}
+
+/// For a diff of `a` (laid out as `la`, its members named `da`) and `b`:
+/// the pairs of files of one path and one size whose bytes are the same
+/// bytes of members of the same names at the same place (the same
+/// content, unread), and the entries of each whose content must be read
+/// to tell.
+pub struct ToCompare {
+    pub same: std::collections::HashSet<(usize, usize)>,
+    pub read_a: Vec<usize>,
+    pub read_b: Vec<usize>,
+}
+
+pub fn to_compare<D: PartialEq>(
+    (a, la, da): (&[FileRecord], &Layout, &[D]),
+    (b, lb, db): (&[FileRecord], &Layout, &[D]),
+) -> ToCompare {
+    let in_b: HashMap<&[u8], usize> = b.iter().enumerate().map(|(j, f)| (f.path.as_slice(), j)).collect();
+    let mut out = ToCompare { same: Default::default(), read_a: Vec::new(), read_b: Vec::new() };
+    for (i, f) in a.iter().enumerate() {
+        let Some(&j) = in_b.get(f.path.as_slice()) else { continue };
+        let g = &b[j];
+        if f.kind != Kind::File || g.kind != Kind::File || g.size != f.size {
+            continue;
+        }
+        let (ea, eb) = (la.entry(i), lb.entry(j));
+        let (ma, mb) = (la.members_of(ea.clone()), lb.members_of(eb.clone()));
+        let same = ea.end - ea.start == eb.end - eb.start
+            && ea.start - la.member(ma.start).start == eb.start - lb.member(mb.start).start
+            && da.get(ma.clone()) == db.get(mb.clone())
+            && da.get(ma).is_some();
+        if same {
+            out.same.insert((i, j));
+        } else {
+            out.read_a.push(i);
+            out.read_b.push(j);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -191,6 +191,15 @@ pub struct Head {
     /// read from the members that hold it. Empty in heads made before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lens: Vec<u64>,
+    /// The digest of the file table's group list (as `members`): whoever
+    /// opens the head knows the table is this archive's. Empty in heads
+    /// made before it.
+    #[serde(default, skip_serializing_if = "no_bytes")]
+    pub table: serde_bytes::ByteBuf,
+}
+
+fn no_bytes(b: &serde_bytes::ByteBuf) -> bool {
+    b.is_empty()
 }
 
 fn deflated<T: Serialize>(value: &T) -> Vec<u8> {
@@ -237,7 +246,9 @@ pub fn seal_table(s: &Sealing, files: &[FileRecord], head: &Head) -> (Vec<Sealed
     if !group.is_empty() {
         groups.push(listed(seal_object(&s.key, Kind::Index, b"", &deflated(&group))));
     }
-    (groups, listed(seal_object(&s.key, Kind::Head, b"", &deflated(head))))
+    let refs: Vec<MemberRef> = groups.iter().map(|(m, _)| m.clone()).collect();
+    let head = Head { table: serde_bytes::ByteBuf::from(members_digest(&refs).to_vec()), ..head.clone() };
+    (groups, listed(seal_object(&s.key, Kind::Head, b"", &deflated(&head))))
 }
 
 /// `m` (an encrypted archive's public manifest) with what its sealed
@@ -249,6 +260,10 @@ pub fn unseal(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Mani
     let head: Head = inflated(&open_as(key, &crypt.head.cid, &bytes, Kind::Head, b"")?, &crypt.head.cid)?;
     if head.members.as_slice() != members_digest(&m.members) {
         let reason = "its member list is not the one its node sealed in its head".to_string();
+        return Err(OpenError::Malformed { digest: crypt.head.cid, reason });
+    }
+    if !head.table.is_empty() && head.table.as_slice() != members_digest(&crypt.index) {
+        let reason = "its file table is not the one its node sealed in its head".to_string();
         return Err(OpenError::Malformed { digest: crypt.head.cid, reason });
     }
     out.stats = head.stats;

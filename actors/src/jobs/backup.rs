@@ -171,6 +171,8 @@ pub fn run_backup_as(
             tgz_len: created.tgz_len,
             members: serde_bytes::ByteBuf::from(archive::sealed::members_digest(&created.members).to_vec()),
             lens: created.members.iter().map(|m| m.raw_len).collect(),
+            // Set by `seal_table`, once the table's groups are made.
+            table: serde_bytes::ByteBuf::new(),
         };
         let (index, head) = archive::sealed::seal_table(s, &created.files, &head);
         let refs: Vec<_> = index.iter().map(|(m, _)| m.clone()).collect();

@@ -195,3 +195,60 @@ fn ls_find_diff_dump_and_partial_restores_show_and_bring_back_what_gnu_tar_does_
     let listed: BTreeSet<String> = tar_listing(&part).into_iter().map(|l| l.4).collect();
     assert_eq!(listed, ["var/", "var/new.txt"].iter().map(|s| s.to_string()).collect());
 }
+
+#[test]
+fn an_encrypted_series_is_looked_into_by_its_node_or_with_the_operator_key_and_never_by_a_holder_alone() {
+    // Sealed by default: the holders keep ciphertext.
+    let mut mesh = Mesh::chain_with(&["n1", "n2", "n3"], &["--replicas", "2"]);
+    let src = mesh.root.path().join("app");
+    make_tree(&src);
+    let s = src.to_string_lossy().into_owned();
+    ok(&mesh.cli(0, &["register", "n1", &s, "--every", "600"]));
+    let first = run(&mesh, 0, "n1", &s);
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(src.join("etc/same-size.txt"), b"bbbb").unwrap();
+    std::fs::write(src.join("var/new.txt"), b"new").unwrap();
+    let second = run(&mesh, 0, "n1", &s);
+    assert!(wait_until(LONG, || holders(&mesh, 1, "n1", &s, &second) == 3), "both holders keep it");
+    let whole = fetch(&mesh, 0, &["n1", &s], "sealed-whole");
+    let tar = tar_listing(&whole);
+
+    // Its own node opens it; another node sends the sealed objects to the
+    // operator's CLI, which opens them.
+    for asked in [0, 1] {
+        let listed = ok(&mesh.cli(asked, &["ls", "n1", &s, "-R", "-l"]));
+        assert_eq!(parse_long(&listed), tar, "asked of node {asked}");
+        let dumped = mesh.cli(asked, &["dump", "n1", &s, "etc/same-size.txt", "--archive", &first]);
+        assert_eq!(ok(&dumped), "aaaa");
+        let d: Compared = mesh.cli_json(asked, &["diff", "n1", &s, &first, &second]).unwrap();
+        let changed: Vec<&str> = d.changed.iter().map(|c| c.after.path.as_str()).collect();
+        assert_eq!((d.added.len(), changed), (1, vec!["etc/same-size.txt"]), "asked of node {asked}");
+        let found: Found = mesh.cli_json(asked, &["find", "n1", &s, "same-size.txt"]).unwrap();
+        assert_eq!(found.archives.len(), 2, "{found:?}");
+    }
+    // A holder alone (its own token, no operator key) lists nothing.
+    let out = mesh.cli_as_node(1, &["ls", "n1", &s]);
+    assert!(!out.status.success(), "{out:?}");
+
+    // A part, opened by the CLI; restored on a node that is not the series'.
+    let part = fetch(&mesh, 1, &["n1", &s, "--include", "etc/app.d"], "sealed-part");
+    let listed: BTreeSet<String> = tar_listing(&part).into_iter().map(|l| l.4).collect();
+    assert_eq!(listed, ["etc/", "etc/app.d/", "etc/app.d/extra.conf"].iter().map(|s| s.to_string()).collect());
+    let to = mesh.root.path().join("sealed-restored");
+    ok(&mesh.cli(1, &["restore", "n1", &s, "--on", "n2", "--include", "*.conf", "--to", &to.to_string_lossy()]));
+    let want = gnu(
+        &mesh,
+        &whole,
+        &["--no-recursion", "etc/", "etc/app.conf", "etc/app.d/", "etc/app.d/extra.conf"],
+        "sealed-want",
+    );
+    assert_eq!(tree_differences(&want, &to), Vec::<String>::new());
+
+    // The series' node gone: the operator key still opens all of it.
+    mesh.kill9(0);
+    assert!(wait_until(LONG, || !mesh.up_names(2).contains(&"n1".to_string())));
+    let listed = ok(&mesh.cli(2, &["ls", "n1", &s, "-R", "-l"]));
+    assert_eq!(parse_long(&listed), tar);
+    let big = mesh.cli(2, &["dump", "n1", &s, "var/big.bin"]);
+    assert_eq!(big.stdout, std::fs::read(src.join("var/big.bin")).unwrap());
+}
