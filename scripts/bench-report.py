@@ -38,7 +38,7 @@ print(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} U
 checks = []
 for shape, d in r.items():
     g = d.get
-    if shape in ("mesh", "mesh-source", "django", "large", "offsite"):
+    if shape in ("mesh", "mesh-source", "django", "large", "offsite", "browse"):
         continue
     print(f"### {shape} corpus: {int(g('files'))} files, {g('bytes') / MiB:.0f} MiB, {int(g('changed_files'))} files changed for the 1% step\n")
     print("| | backmesh | tar -czf | tar -I pigz | restic | borg | floor / rsync |")
@@ -199,10 +199,36 @@ if "offsite" in r:
         ("offsite", "1% change sends ≤ 3% of the archive", 100 * g("change.bytes") / size, 3.0, False),
     ]
 
+if "browse" in r:
+    d = r["browse"]
+    g = d.get
+    size = g("archive.size")
+    print(f"### browse: one file out of a {size / MiB / 1024:.2f} GiB sealed archive ({int(g('files'))} files, "
+          f"{g('bytes') / MiB / 1024:.1f} GiB of the mixed kind), 3 nodes, 2 holders\n")
+    print("| | time | members read | stored bytes read | of the archive |")
+    print("|---|---|---|---|---|")
+    for via, label in [("own", "through the series' node (opened there)"),
+                       ("holder", "through a holder (the CLI opens it with the operator key)")]:
+        read = g(f"dump.{via}.bytes_read")
+        print(f"| `dump` of one {g('small.size') / 1024:.1f} KiB file {label} | {g(f'dump.{via}.wall'):.2f} s | "
+              f"{int(g(f'dump.{via}.members_read'))} of {int(g(f'dump.{via}.members'))} | {read / 1024:.0f} KiB | "
+              f"{100 * read / size:.4f}% |")
+    print()
+    t = g("tar.restore.wall")
+    print("| whole restore | backmesh through the mesh (on a holder) | `tar -xzf` of the fetched archive | restic restore |")
+    print("|---|---|---|---|")
+    print(f"| wall time | {g('bm.restore.wall'):.2f} s | {t:.2f} s | {g('restic.restore.wall'):.2f} s |")
+    print(f"| vs tar -xzf | {t / g('bm.restore.wall'):.2f}× | 1.00× | {t / g('restic.restore.wall'):.2f}× |")
+    print()
+    checks += [
+        ("browse", "one small file through a holder in < 1 s", g("dump.holder.wall"), 1.0, False),
+        ("browse", "one small file through its node in < 1 s", g("dump.own.wall"), 1.0, False),
+    ]
+
 print("### Targets\n")
 print("| corpus | target | measured | met |")
 print("|---|---|---|---|")
 for shape, name, val, goal, higher in checks:
     ok = val >= goal if higher else val <= goal
-    unit = "×" if name.endswith("rsync -az") else "%" if "% of" in name else (" MiB" if "MiB" in name else ("" if "copies" in name else "×"))
+    unit = " s" if name.endswith("< 1 s") else "×" if name.endswith("rsync -az") else "%" if "% of" in name else (" MiB" if "MiB" in name else ("" if "copies" in name else "×"))
     print(f"| {shape} | {name} | {val:.2f}{unit} | {'yes' if ok else '**no**'} |")

@@ -56,6 +56,26 @@ pub struct VerifyOutcome {
     pub problems: Vec<String>,
 }
 
+/// `backmesh dump --output FILE --json`: one file written, and what was
+/// read to write it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dumped {
+    pub archive: String,
+    /// The file, inside the archive.
+    pub file: String,
+    pub output: PathBuf,
+    /// Its bytes.
+    pub size: u64,
+    /// Members read, of how many the archive has.
+    pub members_read: u64,
+    pub members: u64,
+    /// The stored (compressed, or sealed) bytes of those members.
+    pub bytes_read: u64,
+    /// Where the archive was opened: `node` (the node asked), or `here`
+    /// (an encrypted archive, by this client with the operator key).
+    pub opened: String,
+}
+
 /// `backmesh fetch --json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fetched {

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
+use backmesh_api::cli::Dumped;
 use backmesh_api::files::{Compared, FileEntry, Found, Listing};
 use backmesh_api::human_bytes as human;
 
@@ -140,8 +141,10 @@ pub(crate) fn diff(client: &Client, json: bool, node: &str, path: &str, from: &s
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn dump(
     client: &Client,
+    json: bool,
     node: &str,
     path: &str,
     file: &str,
@@ -158,23 +161,32 @@ pub(crate) fn dump(
         url.push_str(&format!("&archive={}", enc(a)));
     }
     // Through the node; an encrypted archive it cannot open, here.
-    let fill = |to: &mut dyn Write| -> Result<(String, u64, String), Failure> {
+    let fill = |to: &mut dyn Write| -> Result<Dumped, Failure> {
         let mut resp = match client.stream(&url, "application/octet-stream") {
             Err(e) if opened::sealed_refusal(&e) && client.operator_key.is_some() => {
-                let (id, got, read) = opened::dump(client, (node, path, archive), file, to)?;
-                return Ok((id, got, format!("{read} members, opened here")));
+                return opened::dump(client, (node, path, archive), file, to);
             }
             other => other?,
         };
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let id = header("x-backmesh-archive").unwrap_or_default();
         let read = header("x-backmesh-members-read").unwrap_or_default();
-        let read_bytes: u64 = header("x-backmesh-bytes-read").and_then(|b| b.parse().ok()).unwrap_or(0);
+        let (members_read, members) = read.split_once('/').unwrap_or(("0", "0"));
+        let bytes_read: u64 = header("x-backmesh-bytes-read").and_then(|b| b.parse().ok()).unwrap_or(0);
         let expected: Option<u64> = header("content-length").and_then(|l| l.parse().ok());
         let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
         let got = copy(&mut reader, to).map_err(|e| Failure::Refused(format!("the download broke off: {e}")))?;
         short(got, expected)?;
-        Ok((id, got, format!("{read} members, {}", human(read_bytes))))
+        Ok(Dumped {
+            archive: id,
+            file: file.into(),
+            output: Default::default(),
+            size: got,
+            members_read: members_read.parse().unwrap_or(0),
+            members: members.parse().unwrap_or(0),
+            bytes_read,
+            opened: "node".into(),
+        })
     };
     let Some(output) = output else {
         let mut stdout = std::io::stdout().lock();
@@ -187,7 +199,7 @@ pub(crate) fn dump(
         .prefix(".backmesh-dump-")
         .tempfile_in(dir)
         .map_err(|e| fail(format!("cannot write in {}: {e}", dir.display())))?;
-    let (id, got, read) = fill(part.as_file_mut()).map_err(|e| match e {
+    let mut dumped = fill(part.as_file_mut()).map_err(|e| match e {
         Failure::Refused(m) => fail(m),
         other => other,
     })?;
@@ -196,7 +208,21 @@ pub(crate) fn dump(
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    out!("dumped: {file} of archive {id} of {path} on {node} → {} ({}; read {read})", output.display(), human(got));
+    dumped.output = output.to_path_buf();
+    if json {
+        print_json(&dumped);
+    } else {
+        out!(
+            "dumped: {file} of archive {} of {path} on {node} → {} ({}; read {} of {} members, {}{})",
+            dumped.archive,
+            output.display(),
+            human(dumped.size),
+            dumped.members_read,
+            dumped.members,
+            human(dumped.bytes_read),
+            if dumped.opened == "here" { ", opened here" } else { "" }
+        );
+    }
     Ok(())
 }
 

@@ -113,6 +113,11 @@ impl Listed {
     pub(crate) fn name(&self) -> String {
         self.c.clone()
     }
+
+    /// The bytes reading it takes: its own and its keyframe's.
+    pub(crate) fn stored(&self) -> u64 {
+        self.n + self.kn.unwrap_or(0)
+    }
 }
 
 /// What the CLI reads of a sealed head.

@@ -815,7 +815,7 @@ fn main() -> ExitCode {
         Command::Find { node, path, pattern } => browse::find(&c, json, node, path, pattern),
         Command::Diff { node, path, from, to } => browse::diff(&c, json, node, path, from, to),
         Command::Dump { node, path, file, archive, output, force } => {
-            browse::dump(&c, node, path, file, archive.as_deref(), output.as_deref(), *force)
+            browse::dump(&c, json, node, path, file, archive.as_deref(), output.as_deref(), *force)
         }
         Command::Verify { node, path, timeout } => match verify(&c, json, node.as_deref(), path.as_deref(), *timeout) {
             Ok(true) => Ok(()),

@@ -64,14 +64,15 @@ pub(crate) fn table(client: &Client, node: &str, path: &str, archive: Option<&st
 }
 
 /// Hands the pieces of entries `wanted` of `t` to `out`, reading the
-/// members that hold them alone; answers how many members were read.
+/// members that hold them alone; answers how many members were read, and
+/// their stored bytes (keyframes included).
 pub(crate) fn pick(
     client: &Client,
     (node, path): (&str, &str),
     t: &Table,
     wanted: Vec<usize>,
     out: &mut dyn FnMut(usize, Part<'_>) -> io::Result<()>,
-) -> Result<usize, Failure> {
+) -> Result<(u64, u64), Failure> {
     let Some(layout) = Layout::new(&t.files, &t.lens) else {
         return Err(Failure::Refused(format!(
             "archive {} cannot be read in part: its head does not say where its entries lie (an archive made by an \
@@ -97,7 +98,8 @@ pub(crate) fn pick(
         })?;
     }
     picker.finish().map_err(damaged)?;
-    Ok(members.len())
+    let bytes = members.iter().map(|&k| t.members[k].stored()).sum();
+    Ok((members.len() as u64, bytes))
 }
 
 pub(crate) fn listing(
@@ -159,13 +161,13 @@ fn digests(
 }
 
 /// Writes file `file` of archive `archive` of (node, path) to `to`;
-/// answers the archive's id, the bytes written, the members read.
+/// answers what was written and read.
 pub(crate) fn dump(
     client: &Client,
     (node, path, archive): (&str, &str, Option<&str>),
     file: &str,
     to: &mut dyn io::Write,
-) -> Result<(String, u64, usize), Failure> {
+) -> Result<backmesh_api::cli::Dumped, Failure> {
     let t = table(client, node, path, archive)?;
     let want = tree::normalise(file);
     let i = t.files.iter().position(|f| f.path.as_slice() == want.as_slice());
@@ -186,7 +188,16 @@ pub(crate) fn dump(
         }
         Ok(())
     })?;
-    Ok((t.id, got, read))
+    Ok(backmesh_api::cli::Dumped {
+        archive: t.id.clone(),
+        file: file.into(),
+        output: Default::default(),
+        size: got,
+        members_read: read.0,
+        members: t.members.len() as u64,
+        bytes_read: read.1,
+        opened: "here".into(),
+    })
 }
 
 /// Writes the `.tgz` of the entries `include` selects (with the
