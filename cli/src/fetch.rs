@@ -60,16 +60,12 @@ pub(crate) fn fetch(
     let mut hasher = sha2::Sha256::new();
     let mut got = 0u64;
     let tty = is_tty(json);
-    let start = std::time::Instant::now();
+    let mut meter = crate::progress::Meter::new(format!("fetching {path} of {node}"), expected_len, json);
     let mut write = |data: &[u8]| -> Result<(), Failure> {
         hasher.update(data);
         part.write_all(data).map_err(|e| fail(format!("cannot write {}: {e}", output.display())))?;
         got += data.len() as u64;
-        if tty {
-            let rate = got as f64 / start.elapsed().as_secs_f64().max(0.001);
-            let of = expected_len.map(|l| format!(" of {}", human(l))).unwrap_or_default();
-            eprint!("\r  {}{of}, {}/s", human(got), human(rate as u64));
-        }
+        meter.add(data.len() as u64);
         Ok(())
     };
     let refused = |e: Failure| match e {
@@ -79,6 +75,7 @@ pub(crate) fn fetch(
     let Some(resp) = resp.as_mut() else {
         // A part of an encrypted archive this node cannot open: opened here.
         let id = crate::opened::part_tgz(&client, (node, path, archive), include, &mut write).map_err(refused)?;
+        meter.finish();
         return finish(json, (node, path, &id), output, part, hasher, got, tty);
     };
     let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
@@ -95,6 +92,7 @@ pub(crate) fn fetch(
         }
         id
     };
+    meter.finish();
     let sha: String = hasher.clone().finalize().iter().map(|b| format!("{b:02x}")).collect();
     if let Some(expected_len) = expected_len.filter(|l| *l != got) {
         return Err(fail(format!("the download is damaged: {got} bytes, the archive has {expected_len} bytes")));

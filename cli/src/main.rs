@@ -135,6 +135,7 @@ fn status(client: &Client, json: bool, workers: bool) -> Result<(), Failure> {
 mod browse;
 mod fetch;
 mod opened;
+mod progress;
 
 fn print_json(v: &impl Serialize) {
     match serde_json::to_string_pretty(v) {
