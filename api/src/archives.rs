@@ -92,6 +92,23 @@ pub struct ArchiveKeys {
     pub keys: Vec<String>,
 }
 
+/// `GET /api/v1/requests/{id}/progress?on=NODE`: how far the restore
+/// carrying request `id` has come on node `on`, the node that restores.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreProgress {
+    pub request: String,
+    pub on: String,
+    /// `false` once it is done (or when no such restore runs there): its
+    /// `restored` entry says how it went.
+    pub running: bool,
+    /// Entries written so far, and their content bytes.
+    pub entries: u64,
+    pub bytes: u64,
+    /// What `bytes` will reach (0: not known yet).
+    pub total: u64,
+    pub elapsed_ms: u64,
+}
+
 /// `POST /api/v1/restore` answers 202 with this; the `restored` entry
 /// carrying `request` tells the outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,9 @@ pub mod log;
 pub mod names;
 pub mod order;
 
-pub use archives::{Archive, ArchiveKeys, Backups, Restore, RestoreStarted, Verify, VerifyStarted, Verifying};
+pub use archives::{
+    Archive, ArchiveKeys, Backups, Restore, RestoreProgress, RestoreStarted, Verify, VerifyStarted, Verifying,
+};
 pub use jobs::{JobKey, JobState, JobStatus, Jobs, Notification, Progress, Queued, Register, RunResult};
 pub use log::{Event, Hlc, JobSpec, LogEntry, LogPage, Notice, PluginReport, Recorded, RequestEntries};
 

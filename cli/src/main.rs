@@ -433,13 +433,20 @@ fn restore(
     client.sign(Act::Restore(body.clone()))?;
     let started: backmesh_api::RestoreStarted = client.post("/restore", &body)?;
     let (request, target) = (started.request, started.on);
-    let tty = is_tty(json);
-    let found = wait_request(client, &request, &["restored"], 1, timeout, |start| {
-        if tty {
-            eprint!("\r  restoring {path} of {node} on {target} into {to}… {}s", start.elapsed().as_secs());
+    // How far it has come, asked of the restoring node about once a second.
+    let mut meter = progress::Meter::new(format!("restoring {path} of {node} on {target}"), None, json);
+    let mut asked = std::time::Instant::now();
+    let found = wait_request(client, &request, &["restored"], 1, timeout, |_| {
+        if json || asked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        asked = std::time::Instant::now();
+        let url = format!("/requests/{}/progress?on={}", enc(&request), enc(&target));
+        if let Ok(p) = client.get::<backmesh_api::RestoreProgress>(&url) {
+            meter.set(p.bytes, p.total);
         }
     })?;
-    clear_line(tty);
+    meter.finish();
     let Some(mut entries) = found else {
         return Err(Failure::Refused(format!("no result after {timeout}s; the restore goes on: see `backmesh log`")));
     };

@@ -10,6 +10,19 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// How often a plain line is written when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(10);
 
+/// A bar with the rate and the time left when the total is known, else a
+/// spinner with the rate and the time so far.
+fn style(known: bool) -> ProgressStyle {
+    if known {
+        ProgressStyle::with_template("  {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, {eta} left")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    } else {
+        ProgressStyle::with_template("  {spinner} {msg} {bytes} {binary_bytes_per_sec}, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+    }
+}
+
 pub(crate) struct Meter {
     bar: Option<ProgressBar>,
     /// Plain lines (stderr is not a terminal), and when the last was written.
@@ -32,31 +45,24 @@ impl Meter {
             m.plain = Some(start);
             return m;
         }
-        let bar = match total {
-            Some(t) => {
-                let bar = ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr());
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "  {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, {eta} left",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                );
-                bar
-            }
-            None => {
-                let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-                bar.set_style(
-                    ProgressStyle::with_template("  {spinner} {msg} {bytes} {binary_bytes_per_sec}, {elapsed}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                bar
-            }
-        };
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        bar.set_style(style(total.is_some()));
         bar.set_message(m.what.clone());
         bar.enable_steady_tick(Duration::from_millis(200));
         m.bar = Some(bar);
         m
+    }
+
+    /// `done` bytes done of `total` (0: not known).
+    pub(crate) fn set(&mut self, done: u64, total: u64) {
+        if total > 0 && self.total != Some(total) {
+            self.total = Some(total);
+            if let Some(bar) = &self.bar {
+                bar.set_length(total);
+                bar.set_style(style(true));
+            }
+        }
+        self.add(done.saturating_sub(self.done));
     }
 
     /// `n` more bytes done.

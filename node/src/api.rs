@@ -110,6 +110,7 @@ pub fn api_routes(scope: actix_web::Scope) -> actix_web::Scope {
         .route("/run", web::post().to(run))
         .route("/progress", web::get().to(progress))
         .route("/requests/{id}", web::get().to(request_entries))
+        .route("/requests/{id}/progress", web::get().to(restore_progress))
         .route("/backups", web::get().to(backups))
         .route("/restore", web::post().to(restore))
         .route("/fetch", web::get().to(fetch))
@@ -402,6 +403,40 @@ async fn request_entries(req: HttpRequest, state: web::Data<ApiState>, id: web::
     reader(&req, &state)?;
     let entries = state.log.send(ForRequest { request: id.into_inner() }).await?;
     Ok(HttpResponse::Ok().json(backmesh_api::RequestEntries { entries: entries.iter().map(view::entry).collect() }))
+}
+
+#[derive(serde::Deserialize)]
+struct OnNode {
+    on: String,
+}
+
+/// How far the restore carrying request `id` has come on node `on`.
+async fn restore_progress(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    id: web::Path<String>,
+    q: web::Query<OnNode>,
+) -> Answer {
+    use backmesh_core::replica::actor::RestoreProgress;
+    reader(&req, &state)?;
+    let (request, on) = (id.into_inner(), q.into_inner().on);
+    let node = find_node(&state, &on).await?;
+    let answer = if node.this_node {
+        state.replica.send(RestoreProgress { request: request.clone() }).await?
+    } else {
+        let ask = ReplicaRequest::Progress { request: request.clone() };
+        match state.net.call(&node.peer_id, &REPLICA, &ask).await {
+            Ok(a @ ReplicaAnswer::Progress { .. }) => Some(a),
+            Ok(ReplicaAnswer::Failed { .. }) => None,
+            Ok(other) => return Err(odd_answer(&on, other)),
+            Err(e) => return Err(no_answer(&on, e)),
+        }
+    };
+    let mut p = backmesh_api::RestoreProgress { request, on, ..Default::default() };
+    if let Some(ReplicaAnswer::Progress { entries, bytes, total, elapsed_ms }) = answer {
+        (p.running, p.entries, p.bytes, p.total, p.elapsed_ms) = (true, entries, bytes, total, elapsed_ms);
+    }
+    Ok(HttpResponse::Ok().json(p))
 }
 
 /// Counters of the backup of (node, path) running now.

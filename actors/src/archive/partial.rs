@@ -145,6 +145,10 @@ pub fn restore_archive(
     let manifest = &opened;
     let wanted = choose(manifest, &opts.include)?;
     let layout = layout(manifest)?;
+    if let Some(p) = &opts.progress {
+        let total = wanted.iter().map(|&i| manifest.files[i].meta().size).sum();
+        p.total.store(total, std::sync::atomic::Ordering::Relaxed);
+    }
     into_target(target, opts, |staging| {
         let failed = Mutex::new(None);
         let picker = Picker::new(&manifest.files, &layout, wanted);

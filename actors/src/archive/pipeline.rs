@@ -29,6 +29,8 @@ pub struct Progress {
     pub bytes_read: AtomicU64,
     /// Compressed bytes produced (create), content bytes written (restore).
     pub bytes_out: AtomicU64,
+    /// What `bytes_out` will reach when a restore is done, when known (0: not known).
+    pub total: AtomicU64,
 }
 
 /// What a member is, for the records of the next run.

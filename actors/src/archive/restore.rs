@@ -142,6 +142,9 @@ pub fn restore_whole(
         (true, Some(k)) => Some(k),
         (true, None) => return Err(RestoreError::Encrypted { id: manifest.id.clone() }),
     };
+    if let Some(p) = opts.progress.as_ref().filter(|_| manifest.stats.content_bytes > 0) {
+        p.total.store(manifest.stats.content_bytes, Ordering::Relaxed);
+    }
     into_target(target, opts, |staging| {
         let failed: Mutex<Option<RestoreError>> = Mutex::new(None);
         let all: Vec<usize> = (0..manifest.members.len()).collect();
@@ -520,6 +523,8 @@ struct Extractor<'a> {
     dirs: Vec<(PathBuf, Meta)>,
     symlinks: Vec<(PathBuf, PathBuf, Meta)>,
     report: RestoreReport,
+    /// Content bytes written, counted as they are written.
+    progress: Option<Arc<Progress>>,
 }
 
 pub(crate) fn extract<R: Read>(
@@ -566,12 +571,12 @@ pub(crate) fn extract<R: Read>(
             dirs: Vec::new(),
             symlinks: Vec::new(),
             report: RestoreReport::default(),
+            progress: opts.progress.clone(),
         };
         let mut archive = tar::Archive::new(reader);
         let entries = archive.entries().map_err(|e| take_failure(failed, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| take_failure(failed, e))?;
-            let size = entry.size();
             x.entry(entry).map_err(|e| match e {
                 RestoreError::Format { source } => take_failure(failed, source),
                 other => other,
@@ -579,7 +584,6 @@ pub(crate) fn extract<R: Read>(
             x.check_writers()?;
             if let Some(p) = &opts.progress {
                 p.entries.fetch_add(1, Ordering::Relaxed);
-                p.bytes_out.fetch_add(size, Ordering::Relaxed);
             }
         }
         x.finish()
@@ -666,6 +670,9 @@ impl Extractor<'_> {
                     let mut data = Vec::with_capacity(size as usize);
                     entry.read_to_end(&mut data).map_err(|e| RestoreError::Format { source: e })?;
                     self.report.bytes += data.len() as u64;
+                    if let Some(p) = &self.progress {
+                        p.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
                     let slot =
                         (Digest::of(rel.as_os_str().as_bytes()).prefix_u64() % self.writers.len() as u64) as usize;
                     let job = WriteJob { path, name, data, meta };
@@ -684,7 +691,7 @@ impl Extractor<'_> {
                         .custom_flags(libc::O_NOFOLLOW)
                         .open(&path)
                         .map_err(|e| RestoreError::write(&path, e))?;
-                    let n = copy_large(&mut entry, &mut f).map_err(|e| match e {
+                    let n = copy_large(&mut entry, &mut f, self.progress.as_deref()).map_err(|e| match e {
                         CopyError::Read(e) => RestoreError::Format { source: e },
                         CopyError::Write(e) => RestoreError::write(&path, e),
                     })?;
@@ -837,7 +844,7 @@ enum CopyError {
 }
 
 /// Copies a large entry with a big buffer, telling read from write errors.
-fn copy_large<R: Read>(from: &mut R, to: &mut File) -> Result<u64, CopyError> {
+fn copy_large<R: Read>(from: &mut R, to: &mut File, progress: Option<&Progress>) -> Result<u64, CopyError> {
     use std::io::Write;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -850,6 +857,9 @@ fn copy_large<R: Read>(from: &mut R, to: &mut File) -> Result<u64, CopyError> {
         };
         to.write_all(&buf[..n]).map_err(CopyError::Write)?;
         total += n as u64;
+        if let Some(p) = progress {
+            p.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 }
 

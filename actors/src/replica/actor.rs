@@ -121,7 +121,9 @@ pub fn serve_replica(
             Ok(r) => r,
             Err(e) => return reply.send(&ReplicaAnswer::Failed { reason: format!("an unreadable request: {e}") }),
         };
-        let (act, order) = request.act(&me);
+        let Some((act, order)) = request.act(&me) else {
+            return replica.do_send(ServeReplica { request, reply });
+        };
         let refused = match order {
             None => crate::authority::needs_order(&me, act.name()),
             Some(o) => match authority.admit(o, &act, &me, crate::clock::now_ms()) {
@@ -184,6 +186,8 @@ pub struct ReplicaActor {
     /// The operator keys this node trusts: an order to restore or fetch
     /// lets its node read the series here.
     authority: Arc<Authority>,
+    /// The restores under way here, by request: how far each has come.
+    restores: Arc<Mutex<Running>>,
     /// The live nodes placement elected among in the last round: who may
     /// read a series here as its elected holder.
     candidates: Arc<Vec<crate::placement::Candidate>>,
@@ -245,6 +249,7 @@ impl ReplicaActor {
             offsite: None,
             worker: Worker::detached("copies"),
             authority: Arc::default(),
+            restores: Arc::default(),
             candidates: Arc::default(),
             schedules: Arc::default(),
             arrivals,
@@ -748,8 +753,38 @@ impl Handler<ServeReplica> for ReplicaActor {
                 let MessageResult(series) = self.handle(VerifyHere { node, path, request }, ctx);
                 ReplicaAnswer::Verifying { series }
             }
+            ReplicaRequest::Progress { request } => match self.handle(RestoreProgress { request }, ctx) {
+                Some(p) => p,
+                None => ReplicaAnswer::Failed { reason: "no restore of that request runs here".into() },
+            },
         };
         msg.reply.send(&answer);
+    }
+}
+
+/// The restores under way on a node: request → its counters, and when it began.
+type Running = HashMap<String, (Arc<crate::archive::create::Progress>, Instant)>;
+
+/// How far the restore carrying `request` has come on this node
+/// (`ReplicaAnswer::Progress`), if it runs here.
+#[derive(Message)]
+#[rtype(result = "Option<ReplicaAnswer>")]
+pub struct RestoreProgress {
+    pub request: String,
+}
+
+impl Handler<RestoreProgress> for ReplicaActor {
+    type Result = Option<ReplicaAnswer>;
+    fn handle(&mut self, msg: RestoreProgress, _: &mut Context<Self>) -> Self::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let running = self.restores.lock().unwrap_or_else(|p| p.into_inner());
+        let (p, started) = running.get(&msg.request)?;
+        Some(ReplicaAnswer::Progress {
+            entries: p.entries.load(Relaxed),
+            bytes: p.bytes_out.load(Relaxed),
+            total: p.total.load(Relaxed),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
     }
 }
 
@@ -761,9 +796,16 @@ impl Handler<RestoreHere> for ReplicaActor {
         let (store, log, membership, me) =
             (self.store.clone(), self.log.clone(), self.membership.clone(), self.me.clone());
         let offsite = self.offsite.as_ref().map(|(_, o)| o.clone());
+        let progress = Arc::new(crate::archive::create::Progress::default());
+        let running = self.restores.clone();
+        running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(msg.request.clone(), (progress.clone(), Instant::now()));
         actix::spawn(async move {
             let started = Instant::now();
-            let result = restore(&store, &net, &log, &membership, offsite, &msg).await;
+            let result = restore(&store, &net, &log, &membership, offsite, &msg, progress).await;
+            running.lock().unwrap_or_else(|p| p.into_inner()).remove(&msg.request);
             let duration_ms = started.elapsed().as_millis() as u64;
             let (archive, files, bytes, error) = match result {
                 Ok((archive, report)) => (archive, report.entries, report.bytes, None),

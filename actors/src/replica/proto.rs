@@ -61,13 +61,18 @@ pub enum ReplicaRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         order: Option<SignedOrder>,
     },
+    /// How far the restore carrying `request` has come here (no order: it
+    /// says counts, not content). Answer: `Progress`, or `Failed` when no
+    /// such restore runs here.
+    Progress { request: String },
 }
 
 impl ReplicaRequest {
     /// What the operator's order must say for the answering node `me` to
     /// do this, and the order it carries.
-    pub fn act(&self, me: &str) -> (Act, Option<&SignedOrder>) {
-        match self {
+    /// `None`: nothing to order (a question about work under way).
+    pub fn act(&self, me: &str) -> Option<(Act, Option<&SignedOrder>)> {
+        Some(match self {
             ReplicaRequest::Restore { node, path, archive, to, overwrite, order, key, include, .. } => (
                 Act::Restore(backmesh_api::Restore {
                     node: node.to_string(),
@@ -88,7 +93,8 @@ impl ReplicaRequest {
                 }),
                 order.as_ref(),
             ),
-        }
+            ReplicaRequest::Progress { .. } => return None,
+        })
     }
 }
 
@@ -101,6 +107,9 @@ pub enum ReplicaAnswer {
     Verifying { series: Vec<(String, String)> },
     /// The request could not be served, in words.
     Failed { reason: String },
+    /// A restore under way: entries and content bytes written, what the
+    /// bytes will reach (0: not known), time since it started.
+    Progress { entries: u64, bytes: u64, total: u64, elapsed_ms: u64 },
 }
 
 /// Sends a transfer request to `peer` and waits for its answer. The

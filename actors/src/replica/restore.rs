@@ -186,6 +186,7 @@ pub(crate) async fn restore(
     membership: &Addr<MembershipActor>,
     offsite: Option<Arc<crate::offsite::sync::Offsite>>,
     msg: &RestoreHere,
+    progress: Arc<crate::archive::create::Progress>,
 ) -> Result<(String, crate::archive::RestoreReport), (String, RestoreFailed)> {
     let catalog = log
         .send(GetCatalog { node: msg.node.clone(), path: msg.path.clone() })
@@ -242,8 +243,13 @@ pub(crate) async fn restore(
         Some(k) => Some(k.clone()),
         None => given_key(&store, &m, msg.key.as_deref()).map_err(|e| (id.clone(), RestoreFailed::Key(e)))?,
     };
-    let opts =
-        RestoreOptions { overwrite: msg.overwrite, key, include: msg.include.clone(), ..RestoreOptions::default() };
+    let opts = RestoreOptions {
+        overwrite: msg.overwrite,
+        key,
+        include: msg.include.clone(),
+        progress: Some(progress),
+        ..RestoreOptions::default()
+    };
     // Should a member kept here be damaged or missing, the live peers
     // (holders first) can send it: the restore is made again from them.
     let holders: Vec<&str> = catalog.iter().flat_map(|a| a.holders.iter().map(String::as_str)).collect();
@@ -251,7 +257,7 @@ pub(crate) async fn restore(
     others.sort_by_key(|p| !holders.contains(&p.name.as_str()));
     let others: Vec<String> = others.into_iter().map(|p| p.peer_id.clone()).collect();
     let done = tokio::task::spawn_blocking(move || match place {
-        Place::Local => match restore_archive(&m, &*store, &to, &opts) {
+        Place::Local => match restore_archive(&m, &*with_total(&m, store.clone(), &opts), &to, &opts) {
             Err(e @ (RestoreError::DamagedMember { .. } | RestoreError::MissingMember { .. }))
                 if !others.is_empty() =>
             {
@@ -274,7 +280,10 @@ pub(crate) async fn restore(
             }
             other => other,
         },
-        Place::Remote(peers) => restore_archive(&m, &RemoteSource::new(net, peers, of, &m.members), &to, &opts),
+        Place::Remote(peers) => {
+            let remote = with_total(&m, Arc::new(RemoteSource::new(net, peers, of, &m.members)), &opts);
+            restore_archive(&m, &*remote, &to, &opts)
+        }
     })
     .await;
     match done {
@@ -282,6 +291,18 @@ pub(crate) async fn restore(
         Ok(Err(e)) => Err((id, RestoreFailed::Restore(e.to_string()))),
         Err(e) => Err((id, RestoreFailed::Crashed(e.to_string()))),
     }
+}
+
+/// `source`, once the whole restore's size is known to its progress: an
+/// encrypted archive's public manifest does not say it, its sealed head
+/// does (read with the key; a small read before the restore).
+fn with_total<S: MemberSource>(m: &crate::archive::Manifest, source: Arc<S>, opts: &RestoreOptions) -> Arc<S> {
+    if let (true, true, Some(p)) = (m.encrypted(), opts.include.is_empty(), &opts.progress) {
+        if let Ok(t) = crate::archive::partial::open_table(m, &*source, opts.key.as_ref()) {
+            p.total.store(t.stats.content_bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    source
 }
 
 /// How long a restore waits for a holder of what it reads to be seen up

@@ -255,6 +255,8 @@ fn golden_replica_protocol() {
         },
     );
     pin("replica_verify", &ReplicaRequest::Verify { node: None, path: None, request: "r-3".into(), order });
+    pin("replica_progress", &ReplicaRequest::Progress { request: "r-4".into() });
+    pin("replica_progressed", &ReplicaAnswer::Progress { entries: 12, bytes: 4096, total: 8192, elapsed_ms: 1500 });
     pin("replica_accepted", &ReplicaAnswer::Accepted);
     pin("replica_verifying", &ReplicaAnswer::Verifying { series: vec![("n1".into(), "/srv/app".into())] });
     pin("replica_failed", &ReplicaAnswer::Failed { reason: "not empty".into() });

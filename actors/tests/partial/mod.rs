@@ -101,8 +101,18 @@ fn a_part_of_an_archive_restores_and_downloads_as_gnu_tar_extracts_it_reading_on
             gnu_extract(&whole, &names(&m, &wanted), &gnu);
             let ours = t.path().join(format!("ours{n}"));
             let counting = Counting(&store, AtomicUsize::new(0));
-            let opts = RestoreOptions { include: include.clone(), key: key.clone(), ..Default::default() };
+            let progress = std::sync::Arc::new(backmesh_core::archive::create::Progress::default());
+            let opts = RestoreOptions {
+                include: include.clone(),
+                key: key.clone(),
+                progress: Some(progress.clone()),
+                ..Default::default()
+            };
             restore_archive(&m, &counting, &ours, &opts).unwrap();
+            // Its progress knew the end from the start, and reached it.
+            let total: u64 = wanted.iter().map(|&i| m.files[i].meta().size).sum();
+            assert_eq!(progress.total.load(Ordering::SeqCst), total);
+            assert_eq!(progress.bytes_out.load(Ordering::SeqCst), total);
             crate::common::assert_same_tree(&gnu, &ours);
             let read = counting.1.load(Ordering::SeqCst);
             assert!(read < m.members.len() || n == 0, "{include:?}: {read} of {} members read", m.members.len());
