@@ -173,7 +173,12 @@ pub(crate) struct SealedStream<'a> {
     key: backmesh_crypt::DataKey,
     /// Each member's tar bytes, when the head says them.
     pub(crate) lens: Vec<u64>,
+    /// The head binds the file table (heads made before it did not).
+    bound: bool,
 }
+
+/// File records a table may hold at most, here.
+const MAX_RECORDS: usize = 50_000_000;
 
 impl<'a> SealedStream<'a> {
     pub(crate) fn open(client: &Client, input: &'a mut dyn std::io::Read) -> Result<SealedStream<'a>, Failure> {
@@ -214,7 +219,20 @@ impl<'a> SealedStream<'a> {
                     recovery.recipient()
                 ))
             })?;
-        let mut s = SealedStream { input, h, key, lens: Vec::new() };
+        // The objects are this archive's: its id ends with their digest
+        // (a node cannot pass another archive's objects off as the one
+        // asked for). Streams of older nodes do not list the table.
+        if !h.index.is_empty() || h.members.is_empty() {
+            let digest = backmesh_crypt::member::objects_digest(
+                listed(&h.members)?.into_iter(),
+                listed(&h.index)?.into_iter(),
+                (digest32(&h.head.c)?, h.head.n),
+            );
+            if !h.archive.ends_with(&format!("-{}", &hex::encode(digest)[..8])) {
+                return Err(bad(format!("its objects are not those of archive {}", h.archive)));
+            }
+        }
+        let mut s = SealedStream { input, h, key, lens: Vec::new(), bound: false };
         // The member list is the one the series' node made: its sealed head says.
         let head = s.h.head.clone();
         let sealed_head = s.next_open(&head, backmesh_crypt::Kind::Head, b"")?;
@@ -232,6 +250,7 @@ impl<'a> SealedStream<'a> {
         if !view.table.is_empty() && digest(&s.h.index)? != view.table.as_slice() {
             return Err(bad("its file table is not the one its node sealed".into()));
         }
+        s.bound = !view.table.is_empty();
         if view.lens.len() == s.h.members.len() {
             s.lens = view.lens;
         }
@@ -271,6 +290,13 @@ impl<'a> SealedStream<'a> {
         if self.h.index.is_empty() && !self.h.members.is_empty() {
             return Err(bad("the node sent no file table (an older node: upgrade it)".into()));
         }
+        if !self.bound {
+            return Err(Failure::Refused(format!(
+                "archive {} was made by an older version, whose head does not vouch for its file table: fetch it \
+                 whole (`backmesh fetch`) and look inside with tar",
+                self.h.archive
+            )));
+        }
         let mut files = Vec::new();
         for g in self.h.index.clone() {
             let plain = self.next_open(&g, backmesh_crypt::Kind::Index, b"")?;
@@ -283,6 +309,9 @@ impl<'a> SealedStream<'a> {
             let group: Vec<backmesh_table::FileRecord> =
                 ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("its file table: {e}")))?;
             files.extend(group);
+            if files.len() > MAX_RECORDS {
+                return Err(bad(format!("a file table of more than {MAX_RECORDS} entries")));
+            }
         }
         Ok(files)
     }

@@ -151,8 +151,11 @@ fn digests(
     let mut hashers: std::collections::HashMap<usize, sha2::Sha256> = Default::default();
     if !wanted.is_empty() {
         pick(client, series, t, wanted, &mut |i, part| {
-            if let Part::Content(c) = part {
-                hashers.entry(i).or_default().update(c);
+            match part {
+                Part::Content(c) => hashers.entry(i).or_default().update(c),
+                // An empty file has a digest too.
+                Part::End => drop(hashers.entry(i).or_default()),
+                _ => {}
             }
             Ok(())
         })?;
@@ -173,12 +176,8 @@ pub(crate) fn dump(
     let i = t.files.iter().position(|f| f.path.as_slice() == want.as_slice());
     let Some(i) = i else { return Err(Failure::Refused(format!("archive {} of {path} holds no `{file}`", t.id))) };
     // A hard link's content is its file's.
-    let i = match (t.files[i].kind, &t.files[i].link) {
-        (backmesh_table::Kind::File, _) => i,
-        (backmesh_table::Kind::HardLink, Some(l)) => {
-            t.files.iter().position(|g| g.path.as_slice() == l.as_slice()).unwrap_or(i)
-        }
-        _ => return Err(Failure::Refused(format!("`{file}` in archive {} is not a file", t.id))),
+    let Some(i) = tree::content_of(&t.files, i) else {
+        return Err(Failure::Refused(format!("`{file}` in archive {} is not a file", t.id)));
     };
     let mut got = 0u64;
     let read = pick(client, (node, path), &t, vec![i], &mut |_, part| {

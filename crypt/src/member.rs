@@ -94,6 +94,36 @@ pub fn members_digest(members: impl ExactSizeIterator<Item = Listed>) -> [u8; 32
     h.finalize().into()
 }
 
+/// The tree digest of an encrypted archive (manifest format 6): SHA-256 of
+/// `backmesh objects v1`, then for the members and then the file-table
+/// groups, the count (u64 LE) and each one's name, length, keyframe name
+/// and keyframe length (zeros for none), then the head's name and length.
+/// An archive's id ends with its first 8 hex digits: a reader that computes
+/// it knows the objects it was given are that archive's.
+pub fn objects_digest(
+    members: impl ExactSizeIterator<Item = Listed>,
+    index: impl ExactSizeIterator<Item = Listed>,
+    head: ([u8; 32], u64),
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"backmesh objects v1");
+    let mut list = |items: &mut dyn ExactSizeIterator<Item = Listed>| {
+        h.update((items.len() as u64).to_le_bytes());
+        for (c, n, k) in items {
+            h.update(c);
+            h.update(n.to_le_bytes());
+            let (kc, kn) = k.unwrap_or(([0; 32], 0));
+            h.update(kc);
+            h.update(kn.to_le_bytes());
+        }
+    };
+    list(&mut { members });
+    list(&mut { index });
+    h.update(head.0);
+    h.update(head.1.to_le_bytes());
+    h.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -422,7 +422,7 @@ async fn restore_progress(
     let (request, on) = (id.into_inner(), q.into_inner().on);
     let node = find_node(&state, &on).await?;
     let answer = if node.this_node {
-        state.replica.send(RestoreProgress { request: request.clone() }).await?
+        state.replica.send(RestoreProgress { request: request.clone(), asker: None }).await?
     } else {
         let ask = ReplicaRequest::Progress { request: request.clone() };
         match state.net.call(&node.peer_id, &REPLICA, &ask).await {
@@ -530,6 +530,7 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
             order: order.clone(),
             key: b.key.clone(),
             include: b.include.clone(),
+            asker: None,
         };
         state.replica.send(msg).await?.map_err(|e| error(StatusCode::BAD_REQUEST, format!("on {on}: {e}")))
     } else if !target.up {

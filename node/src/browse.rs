@@ -205,8 +205,12 @@ async fn content_digests(
     let hashers: Arc<std::sync::Mutex<HashMap<usize, sha2::Sha256>>> = Arc::default();
     let h = hashers.clone();
     pick(state, o, wanted, move |i, part| {
-        if let Part::Content(c) = part {
-            h.lock().unwrap_or_else(|p| p.into_inner()).entry(i).or_default().update(c);
+        let mut hashers = h.lock().unwrap_or_else(|p| p.into_inner());
+        match part {
+            Part::Content(c) => hashers.entry(i).or_default().update(c),
+            // An empty file has a digest too.
+            Part::End => drop(hashers.entry(i).or_default()),
+            _ => {}
         }
         Ok(())
     })
@@ -300,19 +304,12 @@ pub(crate) async fn dump(req: HttpRequest, state: web::Data<ApiState>, q: web::Q
     let Some(i) = o.m.files.iter().position(|f| f.path.as_slice() == file.as_slice()) else {
         return Err(error(StatusCode::NOT_FOUND, format!("archive {} of {} holds no `{}`", o.m.id, q.path, q.file)));
     };
-    let f = &o.m.files[i];
     // A hard link's content is its file's.
-    let i = match (f.kind, &f.link) {
-        (backmesh_table::Kind::File, _) => i,
-        (backmesh_table::Kind::HardLink, Some(l)) => {
-            o.m.files.iter().position(|g| g.path.as_slice() == l.as_slice()).unwrap_or(i)
-        }
-        _ => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("`{}` in archive {} is a {}, not a file", q.file, o.m.id, f.entry().kind),
-            ))
-        }
+    let Some(i) = tree::content_of(&o.m.files, i) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` in archive {} is a {}, not a file", q.file, o.m.id, o.m.files[i].entry().kind),
+        ));
     };
     let size = o.m.files[i].size;
     let id = o.m.id.clone();

@@ -28,7 +28,7 @@ impl Layout {
         let mut at = 0u64;
         for f in files {
             entries.push(at);
-            at = at.checked_add(f.entry_len())?;
+            at = at.checked_add(f.entry_len()?)?;
         }
         entries.push(at);
         let mut members = Vec::with_capacity(member_lens.len() + 1);
@@ -75,14 +75,14 @@ impl Layout {
 
     /// The members that hold any byte of entries `wanted`, ascending, once each.
     pub fn members_for(&self, wanted: &[usize]) -> Vec<usize> {
+        let mut wanted = wanted.to_vec();
+        wanted.sort_unstable();
         let mut out: Vec<usize> = Vec::new();
-        for &i in wanted {
+        for i in wanted {
             for k in self.members_of(self.entry(i)) {
+                // Entries in stream order: their members come in order too.
                 if out.last().is_none_or(|&l| l < k) {
                     out.push(k);
-                } else if !out.contains(&k) {
-                    out.push(k);
-                    out.sort_unstable();
                 }
             }
         }
@@ -120,8 +120,19 @@ mod tests {
         assert_eq!(l.members_of(l.entry(2)), 1..2);
         assert_eq!(l.members_for(&[0, 2]), vec![0, 1]);
         assert_eq!(l.members_of(3000..3001), 2..3);
-        // A table that does not make up the stream is not placed.
+        // A table that does not make up the stream is not placed, nor
+        // one with a record no encoder writes.
         assert_eq!(Layout::new(&files, &[3583]), None);
+        let mut huge = files.clone();
+        huge[1].size = u64::MAX - 100;
+        assert_eq!(Layout::new(&huge, &[3584]), None);
+        let mut odd = files.clone();
+        odd[1].mtime_nsec = 1_000_000_000;
+        assert_eq!(Layout::new(&odd, &[3584]), None);
+        // Many entries in one member: each member once, in order.
+        let many: Vec<FileRecord> = (0..1000).map(|i| rec(&format!("f{i:04}"), Kind::File, 10)).collect();
+        let l = Layout::new(&many, &[512 * 1000, 512 * 1000 + 1024]).unwrap();
+        assert_eq!(l.members_for(&(0..1000).collect::<Vec<_>>()), vec![0, 1]);
         assert_eq!(Layout::new(&[], &[1024]).map(|l| l.entries()), Some(0));
     }
 }

@@ -36,10 +36,15 @@ impl FileRecord {
         }
     }
 
-    /// The bytes its entry takes in the tar stream: headers, content, padding.
-    pub fn entry_len(&self) -> u64 {
+    /// The bytes its entry takes in the tar stream: headers, content,
+    /// padding; `None` for a record no encoder writes (a size past any
+    /// stream, nanoseconds past a second).
+    pub fn entry_len(&self) -> Option<u64> {
         let meta = self.meta();
-        tarfmt::header_len(&meta) as u64 + meta.size + tarfmt::padding(meta.size) as u64
+        if meta.mtime_nsec >= 1_000_000_000 {
+            return None;
+        }
+        (tarfmt::header_len(&meta) as u64).checked_add(meta.size)?.checked_add(tarfmt::padding(meta.size) as u64)
     }
 
     /// Its path as text (bytes that are not UTF-8 shown as U+FFFD).

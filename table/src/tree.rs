@@ -44,6 +44,19 @@ pub fn select(files: &[FileRecord], patterns: &Patterns) -> Vec<usize> {
     chosen.iter().enumerate().filter(|(_, c)| **c).map(|(i, _)| i).collect()
 }
 
+/// The entry whose content entry `i` has: itself for a file, its file
+/// for a hard link; `None` for anything else, or a link to no file.
+pub fn content_of(files: &[FileRecord], i: usize) -> Option<usize> {
+    let f = files.get(i)?;
+    match (f.kind, &f.link) {
+        (Kind::File, _) => Some(i),
+        (Kind::HardLink, Some(l)) => {
+            files.iter().position(|g| g.path.as_slice() == l.as_slice()).filter(|&t| files[t].kind == Kind::File)
+        }
+        _ => None,
+    }
+}
+
 /// Normalises a path inside an archive as a person types it: no leading
 /// `./` or `/`, no trailing `/`, `.` and `""` for the root.
 pub fn normalise(path: &str) -> Vec<u8> {
@@ -211,6 +224,17 @@ mod tests {
         assert_eq!(select(&t, &pats(&["etc/b.conf"])), vec![0, 1, 4, 5], "the link's file and its directory");
         assert_eq!(select(&t, &pats(&["etc/x"])), vec![0, 2, 3], "a directory brings what it holds");
         assert_eq!(select(&t, &pats(&["nothing"])), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_hard_link_s_content_is_its_file_s_and_a_dangling_one_has_none() {
+        let mut t = table();
+        assert_eq!(content_of(&t, 1), Some(5), "etc/b.conf → var/a.conf");
+        assert_eq!(content_of(&t, 0), None, "a directory");
+        t[1].link = Some(serde_bytes::ByteBuf::from(b"nowhere".to_vec()));
+        assert_eq!(content_of(&t, 1), None);
+        t[1].link = Some(serde_bytes::ByteBuf::from(b"etc".to_vec()));
+        assert_eq!(content_of(&t, 1), None, "a link to a directory");
     }
 
     #[test]

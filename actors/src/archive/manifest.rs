@@ -77,22 +77,12 @@ pub fn members_tree_digest(members: &[MemberRef]) -> Digest {
 /// its keyframe's (or zeros), then the same for the index groups, then
 /// the head. Equal digests: the same objects in the same places.
 pub fn objects_tree_digest(members: &[MemberRef], index: &[MemberRef], head: &ObjRef) -> Digest {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(b"backmesh objects v1");
-    for list in [members, index] {
-        h.update((list.len() as u64).to_le_bytes());
-        for m in list {
-            h.update(m.sha256.0);
-            h.update(m.compressed_len.to_le_bytes());
-            let k = m.key.unwrap_or(ObjRef { cid: Digest([0; 32]), len: 0 });
-            h.update(k.cid.0);
-            h.update(k.len.to_le_bytes());
-        }
-    }
-    h.update(head.cid.0);
-    h.update(head.len.to_le_bytes());
-    Digest::from_hasher(h)
+    let listed = |m: &MemberRef| (m.sha256.0, m.compressed_len, m.key.map(|k| (k.cid.0, k.len)));
+    Digest(backmesh_crypt::member::objects_digest(
+        members.iter().map(listed),
+        index.iter().map(listed),
+        (head.cid.0, head.len),
+    ))
 }
 
 /// Manifests larger than this are refused when decoded (a peer could send one).

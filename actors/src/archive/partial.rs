@@ -76,6 +76,7 @@ pub fn pick(
     let layout = layout(manifest)?;
     let mut picker = Picker::new(&manifest.files, &layout, wanted);
     let order = picker.members().to_vec();
+    source.expect(&order.iter().map(|&k| manifest.members[k].clone()).collect::<Vec<_>>());
     let picked = Picked {
         entries: picker.wanted().len(),
         members: order.len(),
@@ -146,13 +147,14 @@ pub fn restore_archive(
     let wanted = choose(manifest, &opts.include)?;
     let layout = layout(manifest)?;
     if let Some(p) = &opts.progress {
-        let total = wanted.iter().map(|&i| manifest.files[i].meta().size).sum();
+        let total = wanted.iter().fold(0u64, |t, &i| t.saturating_add(manifest.files[i].meta().size));
         p.total.store(total, std::sync::atomic::Ordering::Relaxed);
     }
     into_target(target, opts, |staging| {
         let failed = Mutex::new(None);
         let picker = Picker::new(&manifest.files, &layout, wanted);
         let order = picker.members().to_vec();
+        source.expect(&order.iter().map(|&k| manifest.members[k].clone()).collect::<Vec<_>>());
         in_order(manifest, &order, source, key, opts.threads, &failed, |reader| {
             let tar = PickedTar { reader, picker: Some(picker), order: order.clone(), at: 0, buf: Vec::new(), pos: 0 };
             extract(tar, staging, opts, &failed)

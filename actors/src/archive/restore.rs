@@ -32,6 +32,10 @@ use crate::hash::Digest;
 /// Where restore gets members from (a local store, a peer, …).
 pub trait MemberSource: Sync {
     fn read_member(&self, member: &MemberRef) -> io::Result<Vec<u8>>;
+
+    /// Only `members` will be read (a part of an archive): a source that
+    /// reads ahead reads no other.
+    fn expect(&self, _members: &[MemberRef]) {}
 }
 
 #[derive(Clone, Debug, Default)]

@@ -256,16 +256,7 @@ pub fn seal_table(s: &Sealing, files: &[FileRecord], head: &Head) -> (Vec<Sealed
 pub fn unseal(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Manifest, OpenError> {
     let Some(crypt) = &m.crypt else { return Ok(m.clone()) };
     let mut out = m.clone();
-    let bytes = read_checked(read, &crypt.head)?;
-    let head: Head = inflated(&open_as(key, &crypt.head.cid, &bytes, Kind::Head, b"")?, &crypt.head.cid)?;
-    if head.members.as_slice() != members_digest(&m.members) {
-        let reason = "its member list is not the one its node sealed in its head".to_string();
-        return Err(OpenError::Malformed { digest: crypt.head.cid, reason });
-    }
-    if !head.table.is_empty() && head.table.as_slice() != members_digest(&crypt.index) {
-        let reason = "its file table is not the one its node sealed in its head".to_string();
-        return Err(OpenError::Malformed { digest: crypt.head.cid, reason });
-    }
+    let head = open_head(m, key, read)?;
     out.stats = head.stats;
     out.warnings = head.warnings;
     out.excludes = head.excludes;
@@ -283,6 +274,24 @@ pub fn unseal(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Mani
         out.files.extend(records);
     }
     Ok(out)
+}
+
+/// The head of encrypted archive `m`, opened with `key` and checked
+/// against the lists it binds (one object read: the statistics without
+/// the file table).
+pub fn open_head(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Head, OpenError> {
+    let Some(crypt) = &m.crypt else { return Ok(Head::default()) };
+    let bytes = read_checked(read, &crypt.head)?;
+    let head: Head = inflated(&open_as(key, &crypt.head.cid, &bytes, Kind::Head, b"")?, &crypt.head.cid)?;
+    if head.members.as_slice() != members_digest(&m.members) {
+        let reason = "its member list is not the one its node sealed in its head".to_string();
+        return Err(OpenError::Malformed { digest: crypt.head.cid, reason });
+    }
+    if !head.table.is_empty() && head.table.as_slice() != members_digest(&crypt.index) {
+        let reason = "its file table is not the one its node sealed in its head".to_string();
+        return Err(OpenError::Malformed { digest: crypt.head.cid, reason });
+    }
+    Ok(head)
 }
 
 /// The sealing of a node whose data key is `key`, wrapped as `keys`.

@@ -88,6 +88,8 @@ pub struct ServeXfer {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ServeReplica {
+    /// The peer that asks.
+    pub peer: String,
     pub request: ReplicaRequest,
     pub reply: Reply<ReplicaAnswer>,
 }
@@ -122,12 +124,12 @@ pub fn serve_replica(
             Err(e) => return reply.send(&ReplicaAnswer::Failed { reason: format!("an unreadable request: {e}") }),
         };
         let Some((act, order)) = request.act(&me) else {
-            return replica.do_send(ServeReplica { request, reply });
+            return replica.do_send(ServeReplica { peer: req.peer.clone(), request, reply });
         };
         let refused = match order {
             None => crate::authority::needs_order(&me, act.name()),
             Some(o) => match authority.admit(o, &act, &me, crate::clock::now_ms()) {
-                Ok(_) => return replica.do_send(ServeReplica { request, reply }),
+                Ok(_) => return replica.do_send(ServeReplica { peer: req.peer.clone(), request, reply }),
                 Err(e) => e.to_string(),
             },
         };
@@ -742,7 +744,8 @@ impl Handler<ServeReplica> for ReplicaActor {
         let answer = match msg.request {
             ReplicaRequest::Restore { node, path, archive, to, overwrite, request, order, key, include } => {
                 let (node, path, archive) = (node.into(), path.into(), archive.map(String::from));
-                let here = RestoreHere { node, path, archive, to, overwrite, request, order, key, include };
+                let asker = Some(msg.peer.clone());
+                let here = RestoreHere { node, path, archive, to, overwrite, request, order, key, include, asker };
                 match self.handle(here, ctx) {
                     Ok(()) => ReplicaAnswer::Accepted,
                     Err(reason) => ReplicaAnswer::Failed { reason: reason.to_string() },
@@ -753,17 +756,19 @@ impl Handler<ServeReplica> for ReplicaActor {
                 let MessageResult(series) = self.handle(VerifyHere { node, path, request }, ctx);
                 ReplicaAnswer::Verifying { series }
             }
-            ReplicaRequest::Progress { request } => match self.handle(RestoreProgress { request }, ctx) {
-                Some(p) => p,
-                None => ReplicaAnswer::Failed { reason: "no restore of that request runs here".into() },
-            },
+            ReplicaRequest::Progress { request } => {
+                match self.handle(RestoreProgress { request, asker: Some(msg.peer) }, ctx) {
+                    Some(p) => p,
+                    None => ReplicaAnswer::Failed { reason: "no restore of that request runs here".into() },
+                }
+            }
         };
         msg.reply.send(&answer);
     }
 }
 
 /// The restores under way on a node: request → its counters, and when it began.
-type Running = HashMap<String, (Arc<crate::archive::create::Progress>, Instant)>;
+type Running = HashMap<String, (Arc<crate::archive::create::Progress>, Instant, Option<String>)>;
 
 /// How far the restore carrying `request` has come on this node
 /// (`ReplicaAnswer::Progress`), if it runs here.
@@ -771,6 +776,9 @@ type Running = HashMap<String, (Arc<crate::archive::create::Progress>, Instant)>
 #[rtype(result = "Option<ReplicaAnswer>")]
 pub struct RestoreProgress {
     pub request: String,
+    /// The peer that asks (`None`: this node's own API). Only the one that
+    /// asked for the restore is told.
+    pub asker: Option<String>,
 }
 
 impl Handler<RestoreProgress> for ReplicaActor {
@@ -778,7 +786,10 @@ impl Handler<RestoreProgress> for ReplicaActor {
     fn handle(&mut self, msg: RestoreProgress, _: &mut Context<Self>) -> Self::Result {
         use std::sync::atomic::Ordering::Relaxed;
         let running = self.restores.lock().unwrap_or_else(|p| p.into_inner());
-        let (p, started) = running.get(&msg.request)?;
+        let (p, started, asker) = running.get(&msg.request)?;
+        if *asker != msg.asker {
+            return None;
+        }
         Some(ReplicaAnswer::Progress {
             entries: p.entries.load(Relaxed),
             bytes: p.bytes_out.load(Relaxed),
@@ -801,7 +812,7 @@ impl Handler<RestoreHere> for ReplicaActor {
         running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(msg.request.clone(), (progress.clone(), Instant::now()));
+            .insert(msg.request.clone(), (progress.clone(), Instant::now(), msg.asker.clone()));
         actix::spawn(async move {
             let started = Instant::now();
             let result = restore(&store, &net, &log, &membership, offsite, &msg, progress).await;

@@ -262,6 +262,11 @@ pub(crate) async fn restore(
                 if !others.is_empty() =>
             {
                 tracing::warn!("restore of archive {} here: {e}; reading its members from peers instead", m.id);
+                if let Some(p) = &opts.progress {
+                    // Made again from the start.
+                    p.entries.store(0, std::sync::atomic::Ordering::Relaxed);
+                    p.bytes_out.store(0, std::sync::atomic::Ordering::Relaxed);
+                }
                 let remote = RemoteSource::new(net, others, of, &m.members);
                 let report = restore_archive(&m, &remote, &to, &opts)?;
                 // What came from peers mends this node's copy.
@@ -296,10 +301,14 @@ pub(crate) async fn restore(
 /// `source`, once the whole restore's size is known to its progress: an
 /// encrypted archive's public manifest does not say it, its sealed head
 /// does (read with the key; a small read before the restore).
-fn with_total<S: MemberSource>(m: &crate::archive::Manifest, source: Arc<S>, opts: &RestoreOptions) -> Arc<S> {
-    if let (true, true, Some(p)) = (m.encrypted(), opts.include.is_empty(), &opts.progress) {
-        if let Ok(t) = crate::archive::partial::open_table(m, &*source, opts.key.as_ref()) {
-            p.total.store(t.stats.content_bytes, std::sync::atomic::Ordering::Relaxed);
+fn with_total<S: MemberSource + Send>(m: &crate::archive::Manifest, source: Arc<S>, opts: &RestoreOptions) -> Arc<S> {
+    if let (true, true, Some(p), Some(key)) = (m.encrypted(), opts.include.is_empty(), &opts.progress, &opts.key) {
+        let src: &S = &source;
+        let read = |o: &crate::archive::manifest::ObjRef| {
+            src.read_member(&crate::archive::MemberRef { sha256: o.cid, raw_len: 0, compressed_len: o.len, key: None })
+        };
+        if let Ok(head) = crate::archive::sealed::open_head(m, key, &read) {
+            p.total.store(head.stats.content_bytes, std::sync::atomic::Ordering::Relaxed);
         }
     }
     source
@@ -329,4 +338,7 @@ pub struct RestoreHere {
     pub key: Option<String>,
     /// Only the entries these patterns select.
     pub include: Vec<String>,
+    /// The peer that asked for it (`None`: this node's own API): the one
+    /// told how far it has come.
+    pub asker: Option<String>,
 }

@@ -284,6 +284,8 @@ pub struct RemoteSource {
     /// Members in archive order, and where each digest stands in it.
     order: Vec<MemberRef>,
     index: HashMap<Digest, Vec<usize>>,
+    /// When only some members will be read: those (no other is read ahead).
+    only: std::sync::OnceLock<HashSet<Digest>>,
     state: Mutex<Cache>,
     ready: Condvar,
 }
@@ -303,7 +305,16 @@ impl RemoteSource {
         for (i, m) in members.iter().enumerate() {
             index.entry(m.sha256).or_insert_with(Vec::new).push(i);
         }
-        RemoteSource { net, peers, of, order: members.to_vec(), index, state: Mutex::default(), ready: Condvar::new() }
+        RemoteSource {
+            net,
+            peers,
+            of,
+            order: members.to_vec(),
+            index,
+            only: std::sync::OnceLock::new(),
+            state: Mutex::default(),
+            ready: Condvar::new(),
+        }
     }
 
     fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ReadError> {
@@ -320,6 +331,10 @@ impl RemoteSource {
 }
 
 impl MemberSource for RemoteSource {
+    fn expect(&self, members: &[MemberRef]) {
+        let _ = self.only.set(members.iter().map(|m| m.sha256).collect());
+    }
+
     fn read_member(&self, member: &MemberRef) -> io::Result<Vec<u8>> {
         let d = member.sha256;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -343,6 +358,9 @@ impl MemberSource for RemoteSource {
         for m in self.order.iter().skip(after) {
             if size + m.compressed_len > XFER_BATCH as u64 || batch.len() >= 512 {
                 break;
+            }
+            if self.only.get().is_some_and(|only| !only.contains(&m.sha256)) {
+                continue;
             }
             if m.sha256 == d
                 || batch.contains(&m.sha256)

@@ -31,6 +31,8 @@ fn make_tree(src: &Path) {
     std::fs::write(src.join("etc/same-size.txt"), b"aaaa").unwrap();
     std::fs::write(src.join("etc/touched.txt"), b"stays").unwrap();
     std::fs::write(src.join("var/gone.log"), b"removed later").unwrap();
+    // Empty, and after a file the second archive adds: it moves, unchanged.
+    std::fs::write(src.join("var/zz-empty"), b"").unwrap();
     std::fs::write(src.join("var/big.bin"), (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>()).unwrap();
     std::fs::write(src.join(format!("var/{}.txt", "long-name-".repeat(15))), b"long").unwrap();
     std::fs::set_permissions(src.join("etc/app.conf"), std::fs::Permissions::from_mode(0o640)).unwrap();
