@@ -95,19 +95,7 @@ mod tests {
     use super::*;
     use crate::Kind;
 
-    pub(crate) fn rec(path: &str, kind: Kind, size: u64) -> FileRecord {
-        FileRecord {
-            path: serde_bytes::ByteBuf::from(path.as_bytes().to_vec()),
-            kind,
-            size,
-            mode: 0o644,
-            mtime: 1_700_000_000,
-            mtime_nsec: 0,
-            uid: 0,
-            gid: 0,
-            link: None,
-        }
-    }
+    use crate::rec;
 
     #[test]
     fn entries_are_placed_by_their_records_and_members_found_by_offset() {

@@ -21,6 +21,22 @@ pub mod record;
 pub mod tarfmt;
 pub mod tree;
 
+/// A record for tests: `path` of `kind` and `size`, mode 0644, owned by root.
+#[cfg(test)]
+pub(crate) fn rec(path: &str, kind: Kind, size: u64) -> FileRecord {
+    FileRecord {
+        path: serde_bytes::ByteBuf::from(path.as_bytes().to_vec()),
+        kind,
+        size,
+        mode: 0o644,
+        mtime: 1_700_000_000,
+        mtime_nsec: 0,
+        uid: 0,
+        gid: 0,
+        link: None,
+    }
+}
+
 pub use layout::Layout;
 pub use patterns::{PatternError, Patterns};
 pub use pick::{Part, PickError, Picker};

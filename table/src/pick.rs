@@ -170,18 +170,9 @@ mod tests {
     use crate::tarfmt::{padding, write_header};
     use crate::Kind;
 
+    /// A record whose time needs a PAX header, mode 0640.
     fn rec(path: &str, kind: Kind, size: u64) -> FileRecord {
-        FileRecord {
-            path: serde_bytes::ByteBuf::from(path.as_bytes().to_vec()),
-            kind,
-            size,
-            mode: 0o640,
-            mtime: 1_700_000_000,
-            mtime_nsec: 5,
-            uid: 1000,
-            gid: 1000,
-            link: None,
-        }
+        FileRecord { mode: 0o640, mtime_nsec: 5, uid: 1000, gid: 1000, ..crate::rec(path, kind, size) }
     }
 
     /// The tar stream of `files`, whose content is its path repeated.

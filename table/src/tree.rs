@@ -185,19 +185,7 @@ pub fn to_compare<D: PartialEq>(
 mod tests {
     use super::*;
 
-    fn rec(path: &str, kind: Kind, size: u64) -> FileRecord {
-        FileRecord {
-            path: serde_bytes::ByteBuf::from(path.as_bytes().to_vec()),
-            kind,
-            size,
-            mode: 0o644,
-            mtime: 1_700_000_000,
-            mtime_nsec: 0,
-            uid: 0,
-            gid: 0,
-            link: None,
-        }
-    }
+    use crate::rec;
 
     fn table() -> Vec<FileRecord> {
         let mut link = rec("etc/b.conf", Kind::HardLink, 0);
