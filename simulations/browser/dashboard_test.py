@@ -93,8 +93,24 @@ try:
     b.wait("document.body.dataset.view === 'job' && document.querySelector('#failure')")
     assert cfg["failure"] in text(b, "#failure"), text(b, "#failure")
     assert b.eval("document.querySelectorAll('svg.chart rect').length") >= 2
+    # Its history strip: the OK runs, then the failed ones in red, last.
+    kinds = b.eval("[...document.querySelectorAll('#strip .cell')].map(c => c.dataset.kind).filter(k => k !== 'missed')")
+    assert kinds and kinds[-1] == "failed" and "finished" in kinds, kinds
+    first_failed = kinds.index("failed")
+    assert all(k == "failed" for k in kinds[first_failed:]) and "finished" in kinds[:first_failed], kinds
+    red = b.eval("getComputedStyle(document.querySelector('#strip .cell.failed')).backgroundColor")
+    assert red == "rgb(198, 40, 40)", red
+    # Charts drawn at the page's width (nothing stretched), at two widths.
+    for width in (1400, 800):
+        b.call("Emulation.setDeviceMetricsOverride",
+               {"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": False})
+        b.eval("window.dispatchEvent(new Event('resize'))")
+        b.wait(f"[...document.querySelectorAll('svg.chart')].every(s => s.getBoundingClientRect().right <= {width})"
+               " && document.querySelector('svg.chart')")
+        b.screenshot(os.path.join(SHOTS, f"job-failing-{width}.png"))
+    b.call("Emulation.clearDeviceMetricsOverride")
     b.screenshot(os.path.join(SHOTS, "job-failing.png"))
-    checks += 1
+    checks += 2
 
     # Run now, as an administrator: the result appears on the page.
     b.goto(URL + "/#/job?node=" + cfg["ok_node"] + "&path=" + urllib.request.quote(jobs["ok"], safe=""))
@@ -107,6 +123,19 @@ try:
     b.wait(f"document.querySelectorAll('#executions tbody tr').length > {before}")
     b.screenshot(os.path.join(SHOTS, "job-run-now.png"))
     checks += 1
+
+    # Inside an archive: its tree, one file downloaded byte for byte.
+    b.wait("document.querySelector('table.archives button.browse')")
+    b.eval("document.querySelector('table.archives button.browse').click()")
+    b.wait("document.querySelector('#files tr[data-path=\"data.txt\"]')")
+    b.eval("document.querySelector('#files tr[data-path=\"data.txt\"] button.download').click()")
+    b.wait("document.querySelector('#last-download')")
+    got = b.eval("window.backmeshDownloaded.text()")
+    assert got == cfg["ok_content"], got
+    b.eval("document.querySelector('#files tr[data-path=\"data.txt\"] button.versions').click()")
+    b.wait("document.querySelectorAll('#versions tbody tr').length >= 1")
+    b.screenshot(os.path.join(SHOTS, "job-browser.png"))
+    checks += 2
 
     # Nodes: up and down, last seen, free space, what each keeps.
     b.goto(URL + "/#/nodes")

@@ -166,34 +166,193 @@ function nodesPage(o) {
       h('td', {}, n.address)))))];
 }
 
+const SVG = 'http://www.w3.org/2000/svg';
+function svgEl(tag, attrs, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// A chart drawn at the width it is shown at (nothing stretched): one bar a
+// run, at most 24 px wide, from the left; an axis with the largest value,
+// the first and last run's dates under it.
 function chart(executions, field, cls, label) {
   const runs = executions.slice(-60);
-  const W = 600, H = 120, max = Math.max(1, ...runs.map((e) => e[field] || 0));
-  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
-  svg.setAttribute('class', 'chart');
-  svg.setAttribute('viewBox', `0 0 ${W} ${H + 20}`);
-  svg.setAttribute('preserveAspectRatio', 'none');
-  const bw = W / Math.max(runs.length, 1);
+  // The width the page gives it: the main column's, less its padding.
+  const cs = getComputedStyle(app);
+  const inner = (app.clientWidth || 800) - parseFloat(cs.paddingLeft || 0) - parseFloat(cs.paddingRight || 0);
+  const W = Math.max(280, Math.floor(inner) - 2), H = 150;
+  const left = 64, bottom = 34, top = 8, plotW = W - left - 8, plotH = H - top - bottom;
+  const max = Math.max(1, ...runs.map((e) => e[field] || 0));
+  const fmt = (v) => field === 'size' ? bytes(v) : duration(v);
+  const svg = svgEl('svg', { class: 'chart', width: W, height: H, viewBox: `0 0 ${W} ${H}`, 'data-field': field });
+  for (const f of [0, 0.5, 1]) {
+    const y = top + plotH - f * plotH;
+    svg.append(svgEl('line', { x1: left, x2: W - 8, y1: y, y2: y, class: 'grid' }));
+    svg.append(svgEl('text', { x: left - 6, y: y + 4, 'text-anchor': 'end' }, fmt(max * f)));
+  }
+  const bw = Math.min(24, plotW / Math.max(runs.length, 1));
   runs.forEach((e, i) => {
     const v = e[field] || 0;
-    const bh = e.kind === 'failed' ? H : Math.max(1, (v / max) * H);
-    const r = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
-    r.setAttribute('x', i * bw + 1);
-    r.setAttribute('y', H - bh);
-    r.setAttribute('width', Math.max(1, bw - 2));
-    r.setAttribute('height', bh);
-    r.setAttribute('class', e.kind === 'failed' ? 'failed' : cls);
-    const t = document.createElementNS('http://www.w3.org/2000/svg', 'title');
-    t.textContent = e.time + ': ' + e.kind + (field === 'size' ? ' ' + bytes(e.size) : ' ' + duration(e.duration_ms));
-    r.append(t);
+    const bh = e.kind === 'failed' ? plotH : Math.max(1, (v / max) * plotH);
+    const r = svgEl('rect', { x: left + i * bw + 1, y: top + plotH - bh, width: Math.max(1, bw - 2), height: bh,
+      class: e.kind === 'failed' ? 'failed' : cls });
+    r.append(svgEl('title', {}, e.time + ': ' + e.kind + ' ' + fmt(v)));
     svg.append(r);
   });
-  const cap = document.createElementNS('http://www.w3.org/2000/svg', 'text');
-  cap.setAttribute('x', 4);
-  cap.setAttribute('y', H + 14);
-  cap.textContent = label + ' of the last ' + runs.length + ' runs (max ' + (field === 'size' ? bytes(max) : duration(max)) + '; red: failed)';
-  svg.append(cap);
+  if (runs.length) {
+    // The first run's time under the first bar; the last run's under the
+    // last bar, when there is room for both (a label is ~110 px wide).
+    const day = (e) => e.time.slice(0, 16).replace('T', ' ');
+    svg.append(svgEl('text', { x: left, y: H - bottom + 16 }, day(runs[0])));
+    const end = left + runs.length * bw;
+    if (runs.length > 1 && end - left >= 240) {
+      svg.append(svgEl('text', { x: end, y: H - bottom + 16, 'text-anchor': 'end' }, day(runs[runs.length - 1])));
+    } else if (runs.length > 1) {
+      svg.append(svgEl('text', { x: left + 120, y: H - bottom + 16 }, '… ' + day(runs[runs.length - 1])));
+    }
+  }
+  svg.append(svgEl('text', { x: left, y: H - 4, class: 'caption' }, label + ' of the last ' + runs.length + ' runs (red: failed)'));
   return svg;
+}
+
+// The job's history at a glance: its runs over the last 30 days (at most
+// 90), each a cell coloured by its result, and a grey cell for each run its
+// schedule expected that never came (missed), oldest on the left.
+function strip(executions, everyMin, now) {
+  const every = everyMin * 60000;
+  const since = now - 30 * 86400000;
+  const runs = executions.filter((e) => e.time_ms >= since);
+  const cells = [];
+  const missed = (from, to) => {
+    if (!(every > 0)) return;
+    const slots = Math.min(90, Math.round((to - from) / every) - 1);
+    for (let k = 1; k <= slots; k++) cells.push({ kind: 'missed', time_ms: from + k * every });
+  };
+  let prev = null;
+  for (const e of runs) {
+    if (prev !== null) missed(prev, e.time_ms);
+    cells.push(e);
+    prev = e.time_ms;
+  }
+  if (prev !== null) missed(prev, now);
+  const shown = cells.slice(-90);
+  const name = { finished: 'OK', unchanged: 'unchanged', failed: 'FAILED', missed: 'missed' };
+  return h('div', { class: 'strip', id: 'strip', title: 'last ' + shown.length + ' runs' },
+    shown.map((c) => h('span', { class: 'cell ' + c.kind, 'data-kind': c.kind,
+      title: new Date(c.time_ms).toISOString().slice(0, 16).replace('T', ' ') + ' UTC: ' + (name[c.kind] || c.kind) +
+        (c.error ? ' — ' + c.error : '') })));
+}
+
+// The archive browser: one archive's tree, a file's versions, downloads.
+// Its state outlives the page's re-renders.
+let browser = null; // {node, path, archive, under, listing, versions, error}
+async function browse(node, path, archive, under) {
+  browser = { node, path, archive, under, listing: null, versions: null, error: null };
+  render();
+  try {
+    const q = '?node=' + encodeURIComponent(node) + '&path=' + encodeURIComponent(path) +
+      '&archive=' + encodeURIComponent(archive) + '&under=' + encodeURIComponent(under);
+    browser.listing = await api('/files' + q);
+  } catch (e) {
+    browser.error = e.message;
+  }
+  render();
+}
+
+async function versions(file) {
+  const b = browser;
+  try {
+    // The path as a pattern that matches it alone (a name at the root
+    // matches at any depth: kept exact below).
+    const pattern = file.replace(/[*?[\]{}\\]/g, '\\$&');
+    const r = await api('/find?node=' + encodeURIComponent(b.node) + '&path=' + encodeURIComponent(b.path) +
+      '&pattern=' + encodeURIComponent(pattern));
+    b.versions = { file, archives: r.archives.map((a) => ({ archive: a.archive, created: a.created, hidden: a.hidden,
+      entry: a.entries.find((e) => e.path === file) })).filter((a) => a.entry) };
+  } catch (e) {
+    b.error = e.message;
+  }
+  render();
+}
+
+// Downloads go through fetch (the token is a header, never in a URL), then to a file.
+async function download(url, name) {
+  try {
+    const headers = {};
+    if (token) headers.Authorization = 'Bearer ' + token;
+    const r = await fetch('/api/v1' + url, { headers });
+    if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || ('HTTP ' + r.status));
+    const blob = await r.blob();
+    window.backmeshDownloaded = blob; // what the browser test compares
+    const a = h('a', { href: URL.createObjectURL(blob), download: name, id: 'last-download' });
+    document.body.append(a);
+    a.click();
+    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 60000);
+    actionStatus = { text: 'Downloaded ' + name + ' (' + bytes(blob.size) + ')', cls: '' };
+  } catch (e) {
+    actionStatus = { text: 'Download failed: ' + e.message, cls: 'error' };
+  }
+  render();
+}
+
+function browserSection() {
+  const b = browser;
+  const q = (more) => '?node=' + encodeURIComponent(b.node) + '&path=' + encodeURIComponent(b.path) +
+    '&archive=' + encodeURIComponent(b.archive) + more;
+  const sec = h('section', { class: 'browser', id: 'browser', 'data-archive': b.archive, 'data-under': b.under },
+    h('h2', {}, 'Inside archive ' + b.archive, ' ', h('button', { onclick: () => { browser = null; render(); } }, 'Close')));
+  const crumbs = h('p', { class: 'crumbs' }, h('a', { href: '#', onclick: (ev) => { ev.preventDefault(); browse(b.node, b.path, b.archive, ''); } }, '(root)'));
+  let at = '';
+  for (const part of b.under.split('/').filter(Boolean)) {
+    at = at ? at + '/' + part : part;
+    const to = at;
+    crumbs.append(' / ', h('a', { href: '#', onclick: (ev) => { ev.preventDefault(); browse(b.node, b.path, b.archive, to); } }, part));
+  }
+  sec.append(crumbs);
+  if (b.error) sec.append(h('p', { class: 'error', id: 'browser-error' }, b.error));
+  if (!b.listing) { sec.append(h('p', { class: 'muted' }, b.error ? '' : 'Loading…')); return sec; }
+  const folder = b.under || '(root)';
+  sec.append(h('div', { class: 'actions' },
+    h('button', { id: 'download-folder', onclick: () => download('/fetch' + q(b.under ? '&include=' + encodeURIComponent(b.under) : ''),
+      (b.under.split('/').pop() || 'archive') + '.tgz') }, 'Download ' + folder + ' (.tgz)'),
+    h('span', { class: 'muted' }, 'Restore it elsewhere: ',
+      h('code', {}, `backmesh restore ${b.node} ${b.path} --archive ${b.archive}` + (b.under ? ` --include '${b.under}'` : '') + ' --on NODE --to DIR'))));
+  const name = (e) => e.path.split('/').pop();
+  sec.append(h('table', { class: 'files', id: 'files' },
+    h('thead', {}, h('tr', {}, ['Name', 'Size', 'Modified (UTC)', 'Mode', ''].map((t) => h('th', {}, t)))),
+    h('tbody', {}, b.listing.entries.map((e) => h('tr', { 'data-path': e.path, 'data-kind': e.kind },
+      h('td', {}, e.kind === 'dir'
+        ? h('a', { href: '#', class: 'dir', onclick: (ev) => { ev.preventDefault(); browse(b.node, b.path, b.archive, e.path); } }, name(e) + '/')
+        : name(e) + (e.link ? (e.kind === 'symlink' ? ' → ' : ' = ') + e.link : '')),
+      h('td', { class: 'num' }, e.kind === 'file' ? bytes(e.size) : ''),
+      h('td', {}, new Date(e.mtime * 1000).toISOString().slice(0, 19).replace('T', ' ')),
+      h('td', { class: 'mode' }, modeText(e)),
+      h('td', {}, e.kind === 'file' || e.kind === 'hardlink'
+        ? [h('button', { class: 'download', onclick: () => download('/dump' + q('&file=' + encodeURIComponent(e.path)), name(e)) }, 'Download'), ' ',
+          h('button', { class: 'versions', onclick: () => versions(e.path) }, 'Versions')]
+        : e.kind === 'dir' ? h('button', { class: 'download', onclick: () => download('/fetch' + q('&include=' + encodeURIComponent(e.path)), name(e) + '.tgz') }, 'Download .tgz') : ''))))));
+  if (b.versions) {
+    sec.append(h('h3', {}, 'Versions of ' + b.versions.file));
+    sec.append(h('table', { class: 'versions', id: 'versions' },
+      h('thead', {}, h('tr', {}, ['Archive', 'Created', 'Size', 'Modified (UTC)', ''].map((t) => h('th', {}, t)))),
+      h('tbody', {}, b.versions.archives.map((v) => h('tr', { 'data-archive': v.archive },
+        h('td', {}, v.archive + (v.hidden ? ' (hidden)' : '')), h('td', {}, v.created), h('td', { class: 'num' }, bytes(v.entry.size)),
+        h('td', {}, new Date(v.entry.mtime * 1000).toISOString().slice(0, 19).replace('T', ' ')),
+        h('td', {}, h('button', { onclick: () => download('/dump?node=' + encodeURIComponent(b.node) + '&path=' + encodeURIComponent(b.path) +
+          '&archive=' + encodeURIComponent(v.archive) + '&file=' + encodeURIComponent(b.versions.file), name(v.entry)) }, 'Download')))))));
+  }
+  return sec;
+}
+
+function modeText(e) {
+  const kind = { dir: 'd', symlink: 'l', hardlink: 'h' }[e.kind] || '-';
+  const m = e.mode;
+  const bit = (mask, c) => (m & mask ? c : '-');
+  const x = (mask, special, on, off) => (m & special ? (m & mask ? on : off) : (m & mask ? 'x' : '-'));
+  return kind + bit(0o400, 'r') + bit(0o200, 'w') + x(0o100, 0o4000, 's', 'S') + bit(0o40, 'r') + bit(0o20, 'w') +
+    x(0o10, 0o2000, 's', 'S') + bit(0o4, 'r') + bit(0o2, 'w') + x(0o1, 0o1000, 't', 'T');
 }
 
 async function act(kind, j) {
@@ -253,6 +412,9 @@ function jobPage(d) {
     out.push(box);
   }
   const ex = d.executions;
+  out.push(h('h2', {}, 'History'), strip(ex, j.every, Date.now()),
+    h('p', { class: 'legend muted' }, h('span', { class: 'cell finished' }), ' OK ', h('span', { class: 'cell unchanged' }), ' unchanged ',
+      h('span', { class: 'cell failed' }), ' failed ', h('span', { class: 'cell missed' }), ' missed (the schedule expected a run)'));
   out.push(h('h2', {}, 'Executions'));
   out.push(chart(ex, 'size', 'size', 'Archive size'), chart(ex, 'duration_ms', 'duration', 'Duration'));
   out.push(h('table', { class: 'executions', id: 'executions' },
@@ -263,11 +425,14 @@ function jobPage(d) {
       h('td', {}, e.error || (e.plugin && e.plugin.summary) || (e.warnings && e.warnings.length ? e.warnings.join('; ') : e.archive || ''),
         e.plugin && e.plugin.hooks && e.plugin.hooks.length ? h('div', { class: 'error' }, e.plugin.hooks.join('; ')) : null))))));
   out.push(h('h2', {}, 'Archives kept'));
+  const admin = me && me.role === 'admin';
   out.push(h('table', { class: 'archives' },
-    h('thead', {}, h('tr', {}, ['Archive', 'Created', 'Size', 'Files', 'Kept on'].map((t) => h('th', {}, t)))),
-    h('tbody', {}, d.archives.map((a) => h('tr', {},
+    h('thead', {}, h('tr', {}, ['Archive', 'Created', 'Size', 'Files', 'Kept on', admin ? '' : null].filter((t) => t !== null).map((t) => h('th', {}, t)))),
+    h('tbody', {}, d.archives.map((a) => h('tr', { 'data-archive': a.id },
       h('td', {}, a.id), h('td', {}, a.created || '—'), h('td', { class: 'num' }, bytes(a.size)),
-      h('td', { class: 'num' }, a.files), h('td', {}, a.holders.join(', ')))))));
+      h('td', { class: 'num' }, a.files), h('td', {}, a.holders.join(', ')),
+      admin ? h('td', {}, h('button', { class: 'browse', onclick: () => browse(j.node, j.path, a.id, '') }, 'Browse')) : null)))));
+  if (browser && browser.node === j.node && browser.path === j.path) out.push(browserSection());
   return out;
 }
 
@@ -325,6 +490,7 @@ function render() {
   document.body.dataset.loaded = String(Date.now());
 }
 
-window.addEventListener('hashchange', () => { actionStatus = null; refresh(); });
+window.addEventListener('hashchange', () => { actionStatus = null; browser = null; refresh(); });
+window.addEventListener('resize', () => render());
 refresh();
 setInterval(() => { if (me && !$('#signin')) refresh(); }, 3000);

@@ -107,7 +107,7 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
         "shots": shots,
         "admin": "adm", "viewer": "view", "client_token": "cli", "client_site": "paris",
         "jobs": {"ok": ok, "failing": failing, "paused": paused, "stale": stale},
-        "ok_node": "n1", "failing_node": "n2", "down_node": "n4", "node_count": 4,
+        "ok_node": "n1", "failing_node": "n2", "down_node": "n4", "node_count": 4, "ok_content": "ok",
         "failure": "No such file or directory",
         "sites": ["paris", "lyon"],
         "federated": "far", "federated_pid": far.nodes[f].pid().unwrap(),
@@ -116,7 +116,17 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed:\n{said}\nnode log:\n{}", mesh.nodes[0].log_text());
     eprintln!("{said}");
-    for page in ["overview-admin", "job-failing", "job-run-now", "nodes", "job-viewer", "client-site"] {
+    for page in [
+        "overview-admin",
+        "job-failing",
+        "job-failing-1400",
+        "job-failing-800",
+        "job-run-now",
+        "job-browser",
+        "nodes",
+        "job-viewer",
+        "client-site",
+    ] {
         assert!(shots.join(format!("{page}.png")).exists(), "screenshot {page}");
     }
 }
