@@ -328,6 +328,10 @@ pub struct RestoreArgs {
     /// Archives made by another node name (default: this node).
     #[arg(long)]
     from_node: Option<String>,
+    /// Only the files matching GLOB (repeatable), with the directories above them, read from
+    /// the members that hold them (patterns as for excludes); into a new or empty directory.
+    #[arg(long = "include", value_name = "GLOB")]
+    include: Vec<String>,
 }
 
 pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
@@ -341,7 +345,8 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     let ticker =
         (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress.clone(), stop.clone(), true));
     let key = store.key_for_archive(&m).cloned();
-    let opts = RestoreOptions { overwrite: a.overwrite, progress: Some(progress), key, ..Default::default() };
+    let opts =
+        RestoreOptions { overwrite: a.overwrite, progress: Some(progress), key, include: a.include, ..Default::default() };
     let report = archive::restore_archive(&m, &store, &a.to, &opts);
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
