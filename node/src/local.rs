@@ -345,8 +345,13 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     let ticker =
         (std::io::stderr().is_terminal() && !ctx.json).then(|| spawn_progress(progress.clone(), stop.clone(), true));
     let key = store.key_for_archive(&m).cloned();
-    let opts =
-        RestoreOptions { overwrite: a.overwrite, progress: Some(progress), key, include: a.include, ..Default::default() };
+    let opts = RestoreOptions {
+        overwrite: a.overwrite,
+        progress: Some(progress),
+        key,
+        include: a.include,
+        ..Default::default()
+    };
     let report = archive::restore_archive(&m, &store, &a.to, &opts);
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
