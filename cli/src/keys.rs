@@ -130,6 +130,17 @@ struct HeadView {
     /// The digest of the file table's group list (absent from older heads).
     #[serde(default)]
     table: serde_bytes::ByteBuf,
+    /// Where each group of the table starts (absent from older heads).
+    #[serde(default)]
+    groups: Vec<GroupAt>,
+}
+
+/// Where one group of a file table starts: its first path, the index of
+/// its first record, where that record's entry starts in the tar stream.
+#[derive(Clone, serde::Deserialize)]
+pub(crate) struct GroupAt {
+    pub(crate) first: serde_bytes::ByteBuf,
+    pub(crate) offset: u64,
 }
 
 /// The longest member (and a member's raw bytes) the CLI takes, as the node.
@@ -175,6 +186,8 @@ pub(crate) struct SealedStream<'a> {
     pub(crate) lens: Vec<u64>,
     /// The head binds the file table (heads made before it did not).
     bound: bool,
+    /// Where each group of the table starts, when the head says it.
+    pub(crate) groups: Vec<GroupAt>,
 }
 
 /// File records a table may hold at most, here.
@@ -232,7 +245,7 @@ impl<'a> SealedStream<'a> {
                 return Err(bad(format!("its objects are not those of archive {}", h.archive)));
             }
         }
-        let mut s = SealedStream { input, h, key, lens: Vec::new(), bound: false };
+        let mut s = SealedStream { input, h, key, lens: Vec::new(), bound: false, groups: Vec::new() };
         // The member list is the one the series' node made: its sealed head says.
         let head = s.h.head.clone();
         let sealed_head = s.next_open(&head, backmesh_crypt::Kind::Head, b"")?;
@@ -253,6 +266,9 @@ impl<'a> SealedStream<'a> {
         s.bound = !view.table.is_empty();
         if view.lens.len() == s.h.members.len() {
             s.lens = view.lens;
+        }
+        if view.groups.len() == s.h.index.len() {
+            s.groups = view.groups;
         }
         Ok(s)
     }
@@ -283,6 +299,24 @@ impl<'a> SealedStream<'a> {
             Ok(_) => Err(bad("an object of another kind than its place says".into())),
             Err(e) => Err(bad(e.to_string())),
         }
+    }
+
+    /// Group `g` of the file table, the one object that follows the head (`groups=g`).
+    pub(crate) fn group(&mut self, g: usize) -> Result<Vec<backmesh_table::FileRecord>, Failure> {
+        let Some(listed) = self.h.index.get(g).cloned() else {
+            return Err(bad(format!("the archive has no table group {g}")));
+        };
+        if !self.bound {
+            return Err(bad("its head does not vouch for its file table".into()));
+        }
+        let plain = self.next_open(&listed, backmesh_crypt::Kind::Index, b"")?;
+        let mut cbor = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(flate2::read::DeflateDecoder::new(&plain[..]), 64 << 20),
+            &mut cbor,
+        )
+        .map_err(|e| bad(format!("its file table: {e}")))?;
+        ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("its file table: {e}")))
     }
 
     /// The file table, from the groups that follow the head (`part=table`).

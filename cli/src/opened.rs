@@ -25,6 +25,8 @@ pub(crate) struct Table {
     pub(crate) files: Vec<FileRecord>,
     lens: Vec<u64>,
     members: Vec<Listed>,
+    /// When `files` is one group of the table: where it starts in the stream.
+    start: Option<u64>,
 }
 
 fn series(node: &str, path: &str, archive: Option<&str>) -> String {
@@ -59,8 +61,33 @@ pub(crate) fn table(client: &Client, node: &str, path: &str, archive: Option<&st
             files,
             lens: s.lens.clone(),
             members: s.h.members.clone(),
+            start: None,
         })
     })
+}
+
+/// Of an archive whose head says where its table's groups start: the one
+/// group that holds `want` (and a file it names, when it is in that group
+/// too); `None` for older archives, or a hard link to another group.
+fn one_group(
+    client: &Client,
+    (node, path, archive): (&str, &str, Option<&str>),
+    want: &[u8],
+) -> Result<Option<Table>, Failure> {
+    let (id, created_ms, members, lens, groups) = sealed(client, (node, path, archive), "part=head", |s| {
+        Ok((s.h.archive.clone(), s.h.created_ms, s.h.members.clone(), s.lens.clone(), s.groups.clone()))
+    })?;
+    if groups.is_empty() || lens.len() != members.len() {
+        return Ok(None);
+    }
+    let g = groups.partition_point(|g| backmesh_table::walk_cmp(&g.first, want) != std::cmp::Ordering::Greater);
+    let Some(g) = g.checked_sub(1) else { return Ok(None) };
+    let files = sealed(client, (node, path, Some(&id)), &format!("groups={g}"), |s| s.group(g))?;
+    let Some(i) = files.iter().position(|f| f.path.as_slice() == want) else { return Ok(None) };
+    if tree::content_of(&files, i).is_none() && files[i].kind == backmesh_table::Kind::HardLink {
+        return Ok(None);
+    }
+    Ok(Some(Table { id, created_ms, files, lens, members, start: Some(groups[g].offset) }))
 }
 
 /// Hands the pieces of entries `wanted` of `t` to `out`, reading the
@@ -73,7 +100,11 @@ pub(crate) fn pick(
     wanted: Vec<usize>,
     out: &mut dyn FnMut(usize, Part<'_>) -> io::Result<()>,
 ) -> Result<(u64, u64), Failure> {
-    let Some(layout) = Layout::new(&t.files, &t.lens) else {
+    let layout = match t.start {
+        None => Layout::new(&t.files, &t.lens),
+        Some(at) => Layout::at(at, &t.files, &t.lens),
+    };
+    let Some(layout) = layout else {
         return Err(Failure::Refused(format!(
             "archive {} cannot be read in part: its head does not say where its entries lie (an archive made by an \
              older version); fetch it whole",
@@ -171,8 +202,11 @@ pub(crate) fn dump(
     file: &str,
     to: &mut dyn io::Write,
 ) -> Result<backmesh_api::cli::Dumped, Failure> {
-    let t = table(client, node, path, archive)?;
     let want = tree::normalise(file);
+    let t = match one_group(client, (node, path, archive), &want)? {
+        Some(t) => t,
+        None => table(client, node, path, archive)?,
+    };
     let i = t.files.iter().position(|f| f.path.as_slice() == want.as_slice());
     let Some(i) = i else { return Err(Failure::Refused(format!("archive {} of {path} holds no `{file}`", t.id))) };
     // A hard link's content is its file's.

@@ -39,9 +39,24 @@ pub(crate) struct Opened {
     place: Place,
     key: Option<DataKey>,
     of: ReadOf,
+    /// When `m.files` is one group of the table: where it starts in the stream.
+    start: Option<u64>,
 }
 
 impl Opened {
+    /// Where `m.files` lie in the stream.
+    fn layout(&self) -> Result<backmesh_table::Layout, ApiError> {
+        match self.start {
+            None => partial::layout(&self.m).map_err(unreadable),
+            Some(at) => {
+                let lens: Vec<u64> = self.m.members.iter().map(|m| m.raw_len).collect();
+                backmesh_table::Layout::at(at, &self.m.files, &lens).ok_or_else(|| {
+                    unreadable(format!("archive {}'s head places a group of its table past its end", self.m.id))
+                })
+            }
+        }
+    }
+
     /// Where members `wanted` (indices) are read from, in this order.
     fn source(&self, state: &ApiState, wanted: &[usize]) -> Arc<dyn MemberSource + Send + Sync> {
         match &self.place {
@@ -62,6 +77,61 @@ fn unreadable(e: impl std::fmt::Display) -> ApiError {
     error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
 }
 
+/// The key that opens encrypted archive `m` here: this node's own, or a
+/// 409 that says who can open it.
+fn key_here(state: &ApiState, m: &Manifest) -> Result<DataKey, ApiError> {
+    state.store.key_for_archive(m).cloned().ok_or_else(|| {
+        error(
+            StatusCode::CONFLICT,
+            format!(
+                "archive {} of {} on {} is encrypted, and node {} does not hold {}'s key: ask {} itself, or give \
+                 the operator key (--operator-key) to the CLI, which opens it on your machine",
+                m.id, m.path, m.node, state.health.name, m.node, m.node
+            ),
+        )
+    })
+}
+
+/// Entry `file` of archive `archive` of (node, path) and what holds it:
+/// of an encrypted archive whose head says where its table's groups
+/// start, only the group that holds it is read; else the whole table.
+/// The entry's index in `m.files`, or `None` when it is not there.
+async fn open_entry(
+    state: &ApiState,
+    (node, path, archive): (&str, &str, Option<&str>),
+    order: Option<&SignedOrder>,
+    file: &[u8],
+) -> Result<(Opened, Option<usize>), ApiError> {
+    let (m, place) = find_archive(state, node, path, archive, order).await?;
+    if m.encrypted() {
+        let key = key_here(state, &m)?;
+        let of = ReadOf::of(&m, order).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let mut o = Opened { m, place, key: Some(key.clone()), of, start: None };
+        let source = o.source(state, &[]);
+        let (public, want) = (o.m.clone(), file.to_vec());
+        let one = web::block(move || {
+            let mut m = public;
+            let read = |r: &ObjRef| {
+                source.read_member(&MemberRef { sha256: r.cid, raw_len: 0, compressed_len: r.len, key: None })
+            };
+            backmesh_core::archive::sealed::open_one(&mut m, &key, &read, &want).map(|found| (m, found))
+        })
+        .await
+        .map_err(crashed)?
+        .map_err(unreadable)?;
+        // A hard link's file may be in another group: then the whole table.
+        if let (m, Some((records, i, start))) = one {
+            if tree::content_of(&records, i).is_some() {
+                (o.m, o.start) = (Manifest { files: records, ..m }, Some(start));
+                return Ok((o, Some(i)));
+            }
+        }
+    }
+    let o = open(state, node, path, archive, order).await?;
+    let i = o.m.files.iter().position(|f| f.path.as_slice() == file);
+    Ok((o, i))
+}
+
 /// Archive `archive` (the newest: `None`) of (node, path), its file table open.
 pub(crate) async fn open(
     state: &ApiState,
@@ -72,17 +142,8 @@ pub(crate) async fn open(
 ) -> Result<Opened, ApiError> {
     let (m, place) = find_archive(state, node, path, archive, order).await?;
     let of = ReadOf::of(&m, order).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let Some(crypt) = m.crypt.clone() else { return Ok(Opened { m, place, key: None, of }) };
-    let Some(key) = state.store.key_for_archive(&m).cloned() else {
-        return Err(error(
-            StatusCode::CONFLICT,
-            format!(
-                "archive {} of {path} on {node} is encrypted, and node {} does not hold {node}'s key: ask {node} \
-                 itself, or give the operator key (--operator-key) to the CLI, which opens it on your machine",
-                m.id, state.health.name
-            ),
-        ));
-    };
+    let Some(crypt) = m.crypt.clone() else { return Ok(Opened { m, place, key: None, of, start: None }) };
+    let key = key_here(state, &m)?;
     let mut got: HashMap<Digest, Vec<u8>> = HashMap::new();
     let table =
         std::iter::once(crypt.head).chain(crypt.index.iter().map(|g| ObjRef { cid: g.sha256, len: g.compressed_len }));
@@ -99,7 +160,7 @@ pub(crate) async fn open(
     .await
     .map_err(crashed)?
     .map_err(unreadable)?;
-    Ok(Opened { m: opened, place, key: Some(key), of })
+    Ok(Opened { m: opened, place, key: Some(key), of, start: None })
 }
 
 /// Hands the pieces of entries `wanted` of `o` to `out`, reading only
@@ -272,7 +333,7 @@ fn streamed(
         + Send
         + 'static,
 ) -> Result<(Picked, impl futures::Stream<Item = Result<web::Bytes, std::io::Error>>), ApiError> {
-    let layout = partial::layout(&o.m).map_err(unreadable)?;
+    let layout = o.layout()?;
     let picker = backmesh_table::Picker::new(&o.m.files, &layout, wanted.clone());
     let members = picker.members().to_vec();
     let picked = Picked {
@@ -299,9 +360,10 @@ pub(crate) async fn dump(req: HttpRequest, state: web::Data<ApiState>, q: web::Q
     admin(&req, &state)?;
     let q = q.into_inner();
     let order = read_order(&req, &state, &q.node, &q.path, q.archive.as_deref())?;
-    let o = Arc::new(open(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?);
     let file = tree::normalise(&q.file);
-    let Some(i) = o.m.files.iter().position(|f| f.path.as_slice() == file.as_slice()) else {
+    let (o, i) = open_entry(&state, (&q.node, &q.path, q.archive.as_deref()), order.as_ref(), &file).await?;
+    let o = Arc::new(o);
+    let Some(i) = i else {
         return Err(error(StatusCode::NOT_FOUND, format!("archive {} of {} holds no `{}`", o.m.id, q.path, q.file)));
     };
     // A hard link's content is its file's.
@@ -314,7 +376,8 @@ pub(crate) async fn dump(req: HttpRequest, state: web::Data<ApiState>, q: web::Q
     let size = o.m.files[i].size;
     let id = o.m.id.clone();
     let (picked, body) = streamed(&state, o, vec![i], |o, wanted, source, out| {
-        partial::pick(&o.m, wanted, source, o.key.as_ref(), 1, &mut |_, part| match part {
+        let layout = o.layout().map_err(|e| RestoreError::Format { source: std::io::Error::other(e.to_string()) })?;
+        partial::pick_in(&o.m, &layout, wanted, source, o.key.as_ref(), 1, &mut |_, part| match part {
             Part::Content(c) => out.write_all(c),
             _ => Ok(()),
         })

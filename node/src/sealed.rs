@@ -243,6 +243,8 @@ pub(crate) struct ObjectsQuery {
     part: Option<String>,
     /// Members by index, comma-separated (each after its keyframe).
     members: Option<String>,
+    /// Groups of the file table by index, comma-separated.
+    groups: Option<String>,
 }
 
 /// Members one request may ask for at most.
@@ -271,6 +273,12 @@ pub(crate) async fn objects(req: HttpRequest, state: web::Data<ApiState>, q: web
     let mut objects = Vec::new();
     if q.part.as_deref() == Some("table") {
         objects.extend(crypt.index.iter().map(obj));
+    }
+    for a in q.groups.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+        let Some(group) = a.parse::<usize>().ok().and_then(|i| crypt.index.get(i)) else {
+            return Err(error(StatusCode::BAD_REQUEST, format!("archive {} has no table group `{a}`", m.id)));
+        };
+        objects.push(obj(group));
     }
     let asked: Vec<&str> = q.members.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()).collect();
     if asked.len() > MAX_ASKED {

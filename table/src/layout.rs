@@ -41,6 +41,29 @@ impl Layout {
         (at.checked_add(TRAILER) == Some(m)).then_some(Layout { entries, members })
     }
 
+    /// The layout of a run of `files` that starts at `start` in a stream
+    /// cut into members of `member_lens` (one group of a file table, its
+    /// place known from the archive's head); `None` when it does not fit
+    /// before the trailer. Each entry read from it is still checked
+    /// against its headers.
+    pub fn at(start: u64, files: &[FileRecord], member_lens: &[u64]) -> Option<Layout> {
+        let mut entries = Vec::with_capacity(files.len() + 1);
+        let mut at = start;
+        for f in files {
+            entries.push(at);
+            at = at.checked_add(f.entry_len()?)?;
+        }
+        entries.push(at);
+        let mut members = Vec::with_capacity(member_lens.len() + 1);
+        let mut m = 0u64;
+        members.push(0);
+        for len in member_lens {
+            m = m.checked_add(*len)?;
+            members.push(m);
+        }
+        (at.checked_add(TRAILER)? <= m).then_some(Layout { entries, members })
+    }
+
     /// The bytes entry `i` takes in the stream.
     pub fn entry(&self, i: usize) -> Range<u64> {
         self.entries[i]..self.entries[i + 1]
@@ -117,6 +140,11 @@ mod tests {
         let mut odd = files.clone();
         odd[1].mtime_nsec = 1_000_000_000;
         assert_eq!(Layout::new(&odd, &[3584]), None);
+        // A run placed on its own: where the whole table places it.
+        let whole = Layout::new(&files, &[1000, 2000, 584]).unwrap();
+        let part = Layout::at(512, &files[1..], &[1000, 2000, 584]).unwrap();
+        assert_eq!((part.entry(0), part.entry(1)), (whole.entry(1), whole.entry(2)));
+        assert_eq!(Layout::at(3000, &files[1..], &[1000, 2000, 584]), None, "past the trailer");
         // Many entries in one member: each member once, in order.
         let many: Vec<FileRecord> = (0..1000).map(|i| rec(&format!("f{i:04}"), Kind::File, 10)).collect();
         let l = Layout::new(&many, &[512 * 1000, 512 * 1000 + 1024]).unwrap();

@@ -40,5 +40,5 @@ pub(crate) fn rec(path: &str, kind: Kind, size: u64) -> FileRecord {
 pub use layout::Layout;
 pub use patterns::{PatternError, Patterns};
 pub use pick::{Part, PickError, Picker};
-pub use record::{is_within, parent, FileRecord};
+pub use record::{is_within, parent, walk_cmp, FileRecord};
 pub use tarfmt::{EntryMeta, Kind};

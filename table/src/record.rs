@@ -74,6 +74,12 @@ impl FileRecord {
     }
 }
 
+/// The order of the walk (depth first, names in byte order): paths
+/// compared component by component.
+pub fn walk_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
+}
+
 /// The parent directory of `path` (`""` for an entry at the root).
 pub fn parent(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {

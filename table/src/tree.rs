@@ -215,6 +215,16 @@ mod tests {
     }
 
     #[test]
+    fn the_walk_order_is_the_order_of_components() {
+        use crate::walk_cmp;
+        use std::cmp::Ordering::*;
+        assert_eq!(walk_cmp(b"a", b"a/b"), Less);
+        assert_eq!(walk_cmp(b"a/b", b"a.txt"), Less, "depth first, though '.' < '/'");
+        assert_eq!(walk_cmp(b"a/z", b"b"), Less);
+        assert_eq!(walk_cmp(b"x", b"x"), Equal);
+    }
+
+    #[test]
     fn a_hard_link_s_content_is_its_file_s_and_a_dangling_one_has_none() {
         let mut t = table();
         assert_eq!(content_of(&t, 1), Some(5), "etc/b.conf → var/a.conf");

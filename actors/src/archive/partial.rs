@@ -73,8 +73,21 @@ pub fn pick(
     threads: usize,
     out: &mut dyn FnMut(usize, Part<'_>) -> io::Result<()>,
 ) -> Result<Picked, RestoreError> {
-    let layout = layout(manifest)?;
-    let mut picker = Picker::new(&manifest.files, &layout, wanted);
+    pick_in(manifest, &layout(manifest)?, wanted, source, key, threads, out)
+}
+
+/// [`pick`] of `manifest.files`, which `layout` places (one group of an
+/// encrypted archive's table, say).
+pub fn pick_in(
+    manifest: &Manifest,
+    layout: &Layout,
+    wanted: Vec<usize>,
+    source: &dyn MemberSource,
+    key: Option<&backmesh_crypt::DataKey>,
+    threads: usize,
+    out: &mut dyn FnMut(usize, Part<'_>) -> io::Result<()>,
+) -> Result<Picked, RestoreError> {
+    let mut picker = Picker::new(&manifest.files, layout, wanted);
     let order = picker.members().to_vec();
     source.expect(&order.iter().map(|&k| manifest.members[k].clone()).collect::<Vec<_>>());
     let picked = Picked {

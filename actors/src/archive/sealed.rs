@@ -196,6 +196,20 @@ pub struct Head {
     /// made before it.
     #[serde(default, skip_serializing_if = "no_bytes")]
     pub table: serde_bytes::ByteBuf,
+    /// Where each group of the file table starts: its first path, the
+    /// index of its first record, where that record's entry starts in the
+    /// tar stream. A reader of one file opens the group that holds it
+    /// alone. Empty in heads made before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupAt>,
+}
+
+/// Where one group of the file table starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupAt {
+    pub first: serde_bytes::ByteBuf,
+    pub entry: u64,
+    pub offset: u64,
 }
 
 fn no_bytes(b: &serde_bytes::ByteBuf) -> bool {
@@ -236,7 +250,13 @@ fn listed(object: Vec<u8>) -> SealedObject {
 pub fn seal_table(s: &Sealing, files: &[FileRecord], head: &Head) -> (Vec<SealedObject>, SealedObject) {
     let mut groups = Vec::new();
     let mut group: Vec<&FileRecord> = Vec::new();
-    for f in files {
+    let mut starts: Vec<GroupAt> = Vec::new();
+    let mut offset = Some(0u64);
+    for (i, f) in files.iter().enumerate() {
+        if group.is_empty() {
+            starts.push(GroupAt { first: f.path.clone(), entry: i as u64, offset: offset.unwrap_or(0) });
+        }
+        offset = offset.and_then(|o| o.checked_add(f.entry_len()?));
         group.push(f);
         if group.len() >= GROUP_MOST || s.key.cut_mark(&f.path).is_multiple_of(GROUP_MEAN) {
             groups.push(listed(seal_object(&s.key, Kind::Index, b"", &deflated(&group))));
@@ -247,7 +267,10 @@ pub fn seal_table(s: &Sealing, files: &[FileRecord], head: &Head) -> (Vec<Sealed
         groups.push(listed(seal_object(&s.key, Kind::Index, b"", &deflated(&group))));
     }
     let refs: Vec<MemberRef> = groups.iter().map(|(m, _)| m.clone()).collect();
-    let head = Head { table: serde_bytes::ByteBuf::from(members_digest(&refs).to_vec()), ..head.clone() };
+    // (A record no encoder writes leaves the groups' places unsaid.)
+    let groups_at = if offset.is_some() { starts } else { Vec::new() };
+    let head =
+        Head { table: serde_bytes::ByteBuf::from(members_digest(&refs).to_vec()), groups: groups_at, ..head.clone() };
     (groups, listed(seal_object(&s.key, Kind::Head, b"", &deflated(&head))))
 }
 
@@ -274,6 +297,35 @@ pub fn unseal(m: &Manifest, key: &DataKey, read: &ReadObject<'_>) -> Result<Mani
         out.files.extend(records);
     }
     Ok(out)
+}
+
+/// Entry `path` of encrypted archive `m`, read from its head and the one
+/// group of its file table that holds it: that group's records, the
+/// entry's index among them, and where the group starts in the tar
+/// stream. `Ok(None)` when the head does not say where groups start (an
+/// archive made before it) or no such path is there; `m`'s members get
+/// their raw lengths from the head.
+pub fn open_one(
+    m: &mut Manifest,
+    key: &DataKey,
+    read: &ReadObject<'_>,
+    path: &[u8],
+) -> Result<Option<(Vec<FileRecord>, usize, u64)>, OpenError> {
+    let Some(crypt) = m.crypt.clone() else { return Ok(None) };
+    let head = open_head(m, key, read)?;
+    if head.groups.len() != crypt.index.len() || head.lens.len() != m.members.len() || head.groups.is_empty() {
+        return Ok(None);
+    }
+    for (member, len) in m.members.iter_mut().zip(&head.lens) {
+        member.raw_len = *len;
+    }
+    // The last group whose first path is not after `path`, in walk order.
+    let g = head.groups.partition_point(|g| backmesh_table::walk_cmp(&g.first, path) != std::cmp::Ordering::Greater);
+    let Some(g) = g.checked_sub(1) else { return Ok(None) };
+    let object = &crypt.index[g];
+    let bytes = read_checked(read, &obj(object))?;
+    let records: Vec<FileRecord> = inflated(&open_as(key, &object.sha256, &bytes, Kind::Index, b"")?, &object.sha256)?;
+    Ok(records.iter().position(|f| f.path.as_slice() == path).map(|i| (records, i, head.groups[g].offset)))
 }
 
 /// The head of encrypted archive `m`, opened with `key` and checked

@@ -173,6 +173,7 @@ pub fn run_backup_as(
             lens: created.members.iter().map(|m| m.raw_len).collect(),
             // Set by `seal_table`, once the table's groups are made.
             table: serde_bytes::ByteBuf::new(),
+            groups: Vec::new(),
         };
         let (index, head) = archive::sealed::seal_table(s, &created.files, &head);
         let refs: Vec<_> = index.iter().map(|(m, _)| m.clone()).collect();

@@ -83,7 +83,22 @@ fn a_part_of_an_archive_restores_and_downloads_as_gnu_tar_extracts_it_reading_on
             Some(k) => {
                 let public = store.manifest("n", src.to_str().unwrap(), Some(&made.id)).unwrap();
                 let read = |o: &ObjRef| store.read_member_unchecked(&o.cid).map_err(std::io::Error::other);
-                backmesh_core::archive::sealed::unseal(&public, k, &read).unwrap()
+                let whole = backmesh_core::archive::sealed::unseal(&public, k, &read).unwrap();
+                // One entry from the head and the one group that holds it:
+                // where the whole table places it.
+                let layout = backmesh_core::archive::partial::layout(&whole).unwrap();
+                for i in [0, whole.files.len() / 2, whole.files.len() - 1] {
+                    let mut one = public.clone();
+                    let (group, j, start) =
+                        backmesh_core::archive::sealed::open_one(&mut one, k, &read, &whole.files[i].path)
+                            .unwrap()
+                            .expect("the head places every group");
+                    assert_eq!(group[j], whole.files[i]);
+                    let lens: Vec<u64> = one.members.iter().map(|m| m.raw_len).collect();
+                    let part = backmesh_table::Layout::at(start, &group, &lens).unwrap();
+                    assert_eq!(part.entry(j), layout.entry(i), "entry {i}");
+                }
+                whole
             }
             None => made,
         };
@@ -159,5 +174,65 @@ fn a_part_of_an_archive_restores_and_downloads_as_gnu_tar_extracts_it_reading_on
             RestoreOptions { include: vec!["*.dat".into()], overwrite: true, key: key.clone(), ..Default::default() };
         let err = restore_archive(&m, &store, &t.path().join("ours0"), &over).unwrap_err();
         assert!(matches!(err, RestoreError::PartOverwrite), "{err}");
+    }
+}
+
+#[test]
+fn one_entry_of_a_large_sealed_table_is_read_from_the_one_group_that_holds_it() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..30 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f:03}.txt")), format!("{d} {f}").repeat(f % 7 + 1)).unwrap();
+        }
+    }
+    let key = DataKey::from_secret([4; 32]);
+    let store = Store::open(&t.path().join("data")).unwrap();
+    let made = stored(&store, &src, Some(&key));
+    let public = store.manifest("n", src.to_str().unwrap(), Some(&made.id)).unwrap();
+    let groups = public.crypt.as_ref().unwrap().index.len();
+    assert!(groups >= 3, "{groups} groups for 3,030 entries");
+    let read = |o: &ObjRef| store.read_member_unchecked(&o.cid).map_err(std::io::Error::other);
+    let whole = backmesh_core::archive::sealed::unseal(&public, &key, &read).unwrap();
+    let layout = backmesh_core::archive::partial::layout(&whole).unwrap();
+    for i in (0..whole.files.len()).step_by(97) {
+        let objects = std::sync::atomic::AtomicUsize::new(0);
+        let counted = |o: &ObjRef| {
+            objects.fetch_add(1, Ordering::SeqCst);
+            read(o)
+        };
+        let mut one = public.clone();
+        let (group, j, start) =
+            backmesh_core::archive::sealed::open_one(&mut one, &key, &counted, &whole.files[i].path)
+                .unwrap()
+                .expect("the head places every group");
+        assert_eq!(group[j], whole.files[i]);
+        assert_eq!(objects.load(Ordering::SeqCst), 2, "the head and one group");
+        let lens: Vec<u64> = one.members.iter().map(|m| m.raw_len).collect();
+        let part = backmesh_table::Layout::at(start, &group, &lens).unwrap();
+        assert_eq!(part.entry(j), layout.entry(i), "entry {i}");
+        // And its content, cut out of the members that hold it.
+        let mut content = Vec::new();
+        let file = backmesh_table::tree::content_of(&group, j);
+        if let Some(j) = file {
+            backmesh_core::archive::partial::pick_in(
+                &Manifest { files: group.clone(), ..one.clone() },
+                &part,
+                vec![j],
+                &store,
+                Some(&key),
+                1,
+                &mut |_, p| {
+                    if let Part::Content(c) = p {
+                        content.extend_from_slice(c);
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(content, fs::read(src.join(whole.files[i].path_text())).unwrap());
+        }
     }
 }
