@@ -153,6 +153,14 @@ fn digest32(hex_text: &str) -> Result<[u8; 32], Failure> {
         .ok_or_else(|| Failure::Refused(format!("the node sent `{hex_text}` where an object's name belongs")))
 }
 
+/// The CBOR value a sealed head or table group holds, deflated (at most 64 MiB).
+fn inflated<T: serde::de::DeserializeOwned>(plain: &[u8], what: &str) -> Result<T, Failure> {
+    let mut cbor = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(flate2::read::DeflateDecoder::new(plain), 64 << 20), &mut cbor)
+        .map_err(|e| bad(format!("{what}: {e}")))?;
+    ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("{what}: {e}")))
+}
+
 fn bad(what: String) -> Failure {
     Failure::Refused(format!("the download is damaged: {what}"))
 }
@@ -249,13 +257,7 @@ impl<'a> SealedStream<'a> {
         // The member list is the one the series' node made: its sealed head says.
         let head = s.h.head.clone();
         let sealed_head = s.next_open(&head, backmesh_crypt::Kind::Head, b"")?;
-        let mut cbor = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(flate2::read::DeflateDecoder::new(&sealed_head[..]), 64 << 20),
-            &mut cbor,
-        )
-        .map_err(|e| bad(format!("its head: {e}")))?;
-        let view: HeadView = ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("its head: {e}")))?;
+        let view: HeadView = inflated(&sealed_head, "its head")?;
         let digest = |list: &[Listed]| listed(list).map(|l| backmesh_crypt::member::members_digest(l.into_iter()));
         if digest(&s.h.members)? != view.members.as_slice() {
             return Err(bad("its member list is not the one its node sealed".into()));
@@ -310,13 +312,7 @@ impl<'a> SealedStream<'a> {
             return Err(bad("its head does not vouch for its file table".into()));
         }
         let plain = self.next_open(&listed, backmesh_crypt::Kind::Index, b"")?;
-        let mut cbor = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(flate2::read::DeflateDecoder::new(&plain[..]), 64 << 20),
-            &mut cbor,
-        )
-        .map_err(|e| bad(format!("its file table: {e}")))?;
-        ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("its file table: {e}")))
+        inflated(&plain, "its file table")
     }
 
     /// The file table, from the groups that follow the head (`part=table`).
@@ -334,14 +330,7 @@ impl<'a> SealedStream<'a> {
         let mut files = Vec::new();
         for g in self.h.index.clone() {
             let plain = self.next_open(&g, backmesh_crypt::Kind::Index, b"")?;
-            let mut cbor = Vec::new();
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(flate2::read::DeflateDecoder::new(&plain[..]), 64 << 20),
-                &mut cbor,
-            )
-            .map_err(|e| bad(format!("its file table: {e}")))?;
-            let group: Vec<backmesh_table::FileRecord> =
-                ciborium::from_reader(&cbor[..]).map_err(|e| bad(format!("its file table: {e}")))?;
+            let group: Vec<backmesh_table::FileRecord> = inflated(&plain, "its file table")?;
             files.extend(group);
             if files.len() > MAX_RECORDS {
                 return Err(bad(format!("a file table of more than {MAX_RECORDS} entries")));

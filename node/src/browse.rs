@@ -336,12 +336,7 @@ fn streamed(
     let layout = o.layout()?;
     let picker = backmesh_table::Picker::new(&o.m.files, &layout, wanted.clone());
     let members = picker.members().to_vec();
-    let picked = Picked {
-        entries: picker.wanted().len(),
-        members: members.len(),
-        of_members: o.m.members.len(),
-        stored_bytes: members.iter().map(|&k| o.m.members[k].compressed_len).sum(),
-    };
+    let picked = Picked::of(&o.m, &picker);
     let source = o.source(state, &members);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {

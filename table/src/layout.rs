@@ -24,21 +24,8 @@ impl Layout {
     /// made by another encoder, or a table that lies). Then the reader
     /// goes through the stream from its start instead.
     pub fn new(files: &[FileRecord], member_lens: &[u64]) -> Option<Layout> {
-        let mut entries = Vec::with_capacity(files.len() + 1);
-        let mut at = 0u64;
-        for f in files {
-            entries.push(at);
-            at = at.checked_add(f.entry_len()?)?;
-        }
-        entries.push(at);
-        let mut members = Vec::with_capacity(member_lens.len() + 1);
-        let mut m = 0u64;
-        members.push(0);
-        for len in member_lens {
-            m = m.checked_add(*len)?;
-            members.push(m);
-        }
-        (at.checked_add(TRAILER) == Some(m)).then_some(Layout { entries, members })
+        let layout = Layout::place(0, files, member_lens)?;
+        (layout.end().checked_add(TRAILER)? == layout.stream_len()).then_some(layout)
     }
 
     /// The layout of a run of `files` that starts at `start` in a stream
@@ -47,21 +34,35 @@ impl Layout {
     /// before the trailer. Each entry read from it is still checked
     /// against its headers.
     pub fn at(start: u64, files: &[FileRecord], member_lens: &[u64]) -> Option<Layout> {
-        let mut entries = Vec::with_capacity(files.len() + 1);
-        let mut at = start;
-        for f in files {
-            entries.push(at);
-            at = at.checked_add(f.entry_len()?)?;
-        }
-        entries.push(at);
-        let mut members = Vec::with_capacity(member_lens.len() + 1);
-        let mut m = 0u64;
-        members.push(0);
-        for len in member_lens {
-            m = m.checked_add(*len)?;
-            members.push(m);
-        }
-        (at.checked_add(TRAILER)? <= m).then_some(Layout { entries, members })
+        let layout = Layout::place(start, files, member_lens)?;
+        (layout.end().checked_add(TRAILER)? <= layout.stream_len()).then_some(layout)
+    }
+
+    /// `files` one after the other from `start`, and the members' offsets;
+    /// `None` when a record is none an encoder writes, or a sum overflows.
+    fn place(start: u64, files: &[FileRecord], member_lens: &[u64]) -> Option<Layout> {
+        let offsets = |first: u64, lens: &mut dyn Iterator<Item = Option<u64>>| -> Option<Vec<u64>> {
+            let mut out = vec![first];
+            let mut at = first;
+            for len in lens {
+                at = at.checked_add(len?)?;
+                out.push(at);
+            }
+            Some(out)
+        };
+        let entries = offsets(start, &mut files.iter().map(FileRecord::entry_len))?;
+        let members = offsets(0, &mut member_lens.iter().map(|&l| Some(l)))?;
+        Some(Layout { entries, members })
+    }
+
+    /// Where the last entry ends.
+    fn end(&self) -> u64 {
+        self.entries[self.entries.len() - 1]
+    }
+
+    /// The stream's length: where the last member ends.
+    fn stream_len(&self) -> u64 {
+        self.members[self.members.len() - 1]
     }
 
     /// The bytes entry `i` takes in the stream.

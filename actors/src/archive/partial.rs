@@ -45,6 +45,19 @@ pub fn open_table(
         .map_err(|e| RestoreError::Format { source: io::Error::other(e.to_string()) })
 }
 
+impl Picked {
+    /// What `picker` will read of `manifest`.
+    pub fn of(manifest: &Manifest, picker: &Picker<'_>) -> Picked {
+        let order = picker.members();
+        Picked {
+            entries: picker.wanted().len(),
+            members: order.len(),
+            of_members: manifest.members.len(),
+            stored_bytes: order.iter().map(|&k| manifest.members[k].compressed_len).sum(),
+        }
+    }
+}
+
 /// Where every entry of `manifest` (its file table open) lies.
 pub fn layout(manifest: &Manifest) -> Result<Layout, RestoreError> {
     let lens: Vec<u64> = manifest.members.iter().map(|m| m.raw_len).collect();
@@ -90,12 +103,7 @@ pub fn pick_in(
     let mut picker = Picker::new(&manifest.files, layout, wanted);
     let order = picker.members().to_vec();
     source.expect(&order.iter().map(|&k| manifest.members[k].clone()).collect::<Vec<_>>());
-    let picked = Picked {
-        entries: picker.wanted().len(),
-        members: order.len(),
-        of_members: manifest.members.len(),
-        stored_bytes: order.iter().map(|&k| manifest.members[k].compressed_len).sum(),
-    };
+    let picked = Picked::of(manifest, &picker);
     let failed = Mutex::new(None);
     in_order(manifest, &order, source, key, threads, &failed, |reader| {
         for &k in &order {
