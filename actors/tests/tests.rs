@@ -1089,3 +1089,22 @@ fn delta_budget() {
     }
     eprintln!("no base: {n_nobase} members {whole_nobase} B; with base: {n_delta} members {whole_based} B whole, {delta} B as deltas; manifest {} B", second.encode().len());
 }
+
+#[test]
+fn a_data_directory_in_use_is_refused_in_plain_words_and_opens_once_let_go() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    let first = Store::open(&dir).unwrap();
+    // Held for longer than an open waits: refused, naming the directory.
+    let err = Store::open(&dir).err().expect("a second open of a held store");
+    assert!(err.to_string().contains("in use by another backmesh process"), "{err}");
+    // Let go while the second open waits (as a restart in place does): it
+    // opens, though sled's flusher keeps the lock a moment after the drop.
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = Store::open(&dir).unwrap();
+    closer.join().unwrap();
+    drop(second);
+}

@@ -47,24 +47,42 @@ fn db_err(e: sled::Error) -> StoreError {
     StoreError::Index { reason: e.to_string() }
 }
 
+/// How long an open waits for a lock that is being let go: sled's
+/// background flusher keeps the lock for a moment after its `Db` is dropped
+/// (sled issue #1289), so a store closed and opened again in one process
+/// (a restart in place, a test) would otherwise see its own lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.raw_os_error() == Some(libc::EWOULDBLOCK)
+                || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
+    }
+}
+
 impl SledKv {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled caches up to 1 GiB of pages by default: a node's memory would
         // grow with its index and history. Everything here is small or read
         // in pages, so a small cache serves it.
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).cache_capacity(SLED_CACHE).open().map_err(
-            |e| match e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.raw_os_error() == Some(libc::EWOULDBLOCK)
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::Locked { path: dir.parent().unwrap_or(dir).to_path_buf() }
+        let config = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).cache_capacity(SLED_CACHE);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match config.open() {
+                Ok(db) => return Ok(SledKv { db }),
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => db_err(other),
-            },
-        )?;
-        Ok(SledKv { db })
+                Err(e) if is_lock_error(&e) => {
+                    return Err(StoreError::Locked { path: dir.parent().unwrap_or(dir).to_path_buf() })
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+        }
     }
 }
 
