@@ -1,6 +1,7 @@
 //! Restoring an archive onto this node, from here, from holders or from the
 //! offsite bucket; the checks on its target before anything starts.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,6 +257,7 @@ pub(crate) async fn restore(
     let mut others: Vec<&PeerView> = peers.iter().filter(|p| p.up).collect();
     others.sort_by_key(|p| !holders.contains(&p.name.as_str()));
     let others: Vec<String> = others.into_iter().map(|p| p.peer_id.clone()).collect();
+    let names: HashMap<String, String> = peers.iter().map(|p| (p.peer_id.clone(), p.name.clone())).collect();
     let done = tokio::task::spawn_blocking(move || match place {
         Place::Local => match restore_archive(&m, &*with_total(&m, store.clone(), &opts), &to, &opts) {
             Err(e @ (RestoreError::DamagedMember { .. } | RestoreError::MissingMember { .. }))
@@ -286,8 +288,16 @@ pub(crate) async fn restore(
             other => other,
         },
         Place::Remote(peers) => {
-            let remote = with_total(&m, Arc::new(RemoteSource::new(net, peers, of, &m.members)), &opts);
-            restore_archive(&m, &*remote, &to, &opts)
+            let remote = Arc::new(RemoteSource::new(net, peers, of, &m.members));
+            let report = restore_archive(&m, &*with_total(&m, remote.clone(), &opts), &to, &opts);
+            // Batches go to the holders in turn: each sent a share.
+            let from: Vec<String> = remote
+                .sent_by()
+                .into_iter()
+                .map(|(p, b)| format!("{} {:.1} MiB", names.get(&p).unwrap_or(&p), b as f64 / 1048576.0))
+                .collect();
+            tracing::info!("restore of archive {} read its members from {}", m.id, from.join(", "));
+            report
         }
     })
     .await;

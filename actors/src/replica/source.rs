@@ -288,6 +288,18 @@ pub struct RemoteSource {
     only: std::sync::OnceLock<HashSet<Digest>>,
     state: Mutex<Cache>,
     ready: Condvar,
+    /// Batches asked for so far: each goes first to the next peer, so the
+    /// restore's readers draw from every holder at once.
+    turn: std::sync::atomic::AtomicUsize,
+    /// Bytes each peer sent.
+    sent: Mutex<HashMap<String, u64>>,
+}
+
+/// The order in which batch `turn` asks `n` peers: from peer `turn % n`
+/// round, so that successive batches start at successive peers and each
+/// falls back on all the others.
+pub fn peer_turn(n: usize, turn: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (turn + k) % n.max(1))
 }
 
 #[derive(Default)]
@@ -314,19 +326,34 @@ impl RemoteSource {
             only: std::sync::OnceLock::new(),
             state: Mutex::default(),
             ready: Condvar::new(),
+            turn: std::sync::atomic::AtomicUsize::new(0),
+            sent: Mutex::default(),
         }
     }
 
     fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ReadError> {
         let mut why = Vec::new();
-        for peer in &self.peers {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in peer_turn(self.peers.len(), turn) {
+            let peer = &self.peers[i];
             let get = XferRequest::Get { digests: digests.to_vec(), of: self.of.clone() };
             match members_in(xfer_blocking(&self.net, peer, get), digests) {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    let bytes: u64 = v.iter().map(|(_, b)| b.len() as u64).sum();
+                    *self.sent.lock().unwrap_or_else(|e| e.into_inner()).entry(peer.clone()).or_default() += bytes;
+                    return Ok(v);
+                }
                 Err(e) => why.push(e),
             }
         }
         Err(ReadError::NoMembers(why))
+    }
+
+    /// Bytes each peer sent so far (peer id → bytes), largest first.
+    pub fn sent_by(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone().into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
     }
 }
 
@@ -419,6 +446,13 @@ impl crate::error::Transient for PeerProblem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn successive_batches_start_at_successive_holders_and_fall_back_on_all() {
+        let orders: Vec<Vec<usize>> = (0..4).map(|t| peer_turn(3, t).collect()).collect();
+        assert_eq!(orders, [vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1], vec![0, 1, 2]]);
+        assert_eq!(peer_turn(0, 5).count(), 0);
+    }
 
     fn m(i: u8, len: u64) -> ObjRef {
         ObjRef { cid: Digest::of(&[i]), len }
