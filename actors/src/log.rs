@@ -12,6 +12,7 @@
 //! - [`history`]: the entries themselves, kept durably by the nodes that
 //!   keep their series and in a bounded recent window by everyone.
 //!
+//! - [`recent`]: the runs before a run, as its entry carries them.
 //! - [`hlc`]: hybrid logical clock, a time order all nodes agree on.
 //! - [`entry`]: [`entry::Entry`] and the [`entry::Event`] kinds.
 //! - signatures of entries and registers: [`crate::seal`].
@@ -29,6 +30,7 @@ pub mod hlc;
 pub mod job_spec;
 pub mod mesh;
 pub mod proto;
+pub mod recent;
 pub mod records;
 
 pub mod signing;

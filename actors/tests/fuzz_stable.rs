@@ -64,6 +64,9 @@ fn log_seeds() -> Vec<Vec<u8>> {
             warnings: vec!["app.log: changed while being read".into()],
             request: None,
             plugin: None,
+            recent: backmesh_core::log::recent::Recent::default()
+                .then(backmesh_core::log::records::RunResult::Failed, 3_600)
+                .then(backmesh_core::log::records::RunResult::Finished, 3_601),
         },
         Event::Replicated {
             node: node.clone(),

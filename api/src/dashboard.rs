@@ -15,8 +15,14 @@ pub enum WhoAmI {
     Admin { node: String },
     /// Every read.
     Viewer { node: String },
-    /// That site's page only.
-    Site { site: String, node: String },
+    /// That site's page only; `browse`: and the files of this node's own
+    /// backups (`--site-browse`).
+    Site {
+        site: String,
+        node: String,
+        #[serde(default)]
+        browse: bool,
+    },
 }
 
 /// Jobs by state.
@@ -80,6 +86,19 @@ pub struct JobRow {
     /// `behind since TIME`, `not there yet` or `failing: WHY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsite: Option<String>,
+    /// Its newest runs (at most 90, the last being `last_result`), oldest
+    /// first, as the job's node wrote them in the mesh state: the history
+    /// strip, with no log to read.
+    #[serde(default)]
+    pub runs: Vec<RunMark>,
+}
+
+/// One run of a job's history strip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMark {
+    /// When it ended, in ms since the epoch (the node's clock).
+    pub time_ms: i64,
+    pub result: RunResult,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

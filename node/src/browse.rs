@@ -28,7 +28,7 @@ use backmesh_crypt::DataKey;
 use backmesh_table::{answers, tree, Part, Patterns};
 use serde::Deserialize;
 
-use crate::http::{admin, error, Answer, ApiError, ApiState};
+use crate::http::{error, file_reader, Answer, ApiError, ApiState};
 use crate::orders::read_order;
 use crate::sealed::{find_archive, ChannelWriter};
 
@@ -193,7 +193,7 @@ pub(crate) struct FilesQuery {
 
 /// `GET /files`: what a directory of an archive holds.
 pub(crate) async fn files(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FilesQuery>) -> Answer {
-    admin(&req, &state)?;
+    file_reader(&req, &state, &q.node)?;
     let q = q.into_inner();
     let order = read_order(&req, &state, &q.node, &q.path, q.archive.as_deref())?;
     let o = open(&state, &q.node, &q.path, q.archive.as_deref(), order.as_ref()).await?;
@@ -215,7 +215,7 @@ pub(crate) struct FindQuery {
 /// entries matching a pattern, newest first.
 pub(crate) async fn find(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<FindQuery>) -> Answer {
     use backmesh_core::log::actor::GetCatalog;
-    admin(&req, &state)?;
+    file_reader(&req, &state, &q.node)?;
     let q = q.into_inner();
     let patterns =
         Patterns::new(std::slice::from_ref(&q.pattern)).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -282,7 +282,7 @@ async fn content_digests(
 
 /// `GET /diff`: what changed from archive `from` to archive `to`.
 pub(crate) async fn diff(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<DiffQuery>) -> Answer {
-    admin(&req, &state)?;
+    file_reader(&req, &state, &q.node)?;
     let q = q.into_inner();
     let order = read_order(&req, &state, &q.node, &q.path, None)?;
     let a = Arc::new(open(&state, &q.node, &q.path, Some(&q.from), order.as_ref()).await?);
@@ -352,7 +352,7 @@ fn streamed(
 /// `GET /dump`: one file's content, read from the members that hold it.
 pub(crate) async fn dump(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<DumpQuery>) -> Answer {
     use std::io::Write as _;
-    admin(&req, &state)?;
+    file_reader(&req, &state, &q.node)?;
     let q = q.into_inner();
     let order = read_order(&req, &state, &q.node, &q.path, q.archive.as_deref())?;
     let file = tree::normalise(&q.file);

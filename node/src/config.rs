@@ -122,6 +122,10 @@ pub struct RunArgs {
     /// A read-only token for one site's client page, /site/SITE; repeatable (needs --token).
     #[arg(long = "site-token", value_name = "SITE=TOKEN")]
     pub site_tokens: Vec<String>,
+    /// Let SITE's client page browse and download this node's own backups
+    /// (this node must be in SITE, with a --site-token for it); repeatable.
+    #[arg(long = "site-browse", value_name = "SITE")]
+    pub site_browse: Vec<String>,
     /// Show another mesh in this node's dashboard as further sites; repeatable.
     #[arg(long = "federate", value_name = "NAME=URL")]
     pub federate: Vec<String>,
@@ -234,6 +238,8 @@ struct FileConfig {
     #[serde(default)]
     site_tokens: std::collections::BTreeMap<String, String>,
     #[serde(default)]
+    site_browse: Vec<String>,
+    #[serde(default)]
     federate: Vec<Federated>,
     offsite: Option<String>,
     offsite_endpoint: Option<String>,
@@ -311,6 +317,8 @@ pub struct NodeConfig {
     pub viewer_token: Option<String>,
     /// (site, token) pairs for the client pages.
     pub site_tokens: Vec<(String, String)>,
+    /// Sites whose client page may browse this node's own backups.
+    pub site_browse: Vec<String>,
     pub federate: Vec<Federated>,
     pub offsite: Option<OffsiteConfig>,
 }
@@ -372,6 +380,22 @@ impl NodeConfig {
         }
         if token.is_none() && (viewer_token.is_some() || !site_tokens.is_empty()) {
             bail!("read-only tokens (viewer-token, site-token) need an admin token too: set --token");
+        }
+        let site = args.site.clone().or(file.site.clone()).unwrap_or_default();
+        let mut site_browse: Vec<String> =
+            file.site_browse.into_iter().chain(args.site_browse.iter().cloned()).collect();
+        site_browse.sort();
+        site_browse.dedup();
+        for b in &site_browse {
+            if !site_tokens.iter().any(|(s, _)| s == b) {
+                bail!("site-browse `{b}`: there is no site-token for site `{b}` (add --site-token {b}=TOKEN)");
+            }
+            if *b != site {
+                bail!(
+                    "site-browse `{b}`: this node is in site `{site}` (--site), and a site's page browses only the \
+                     backups of its own nodes"
+                );
+            }
         }
         let mut federate = file.federate;
         for f in &args.federate {
@@ -450,6 +474,7 @@ impl NodeConfig {
             operator_recovery,
             viewer_token,
             site_tokens,
+            site_browse,
             federate,
             replicas: args.replicas.or(file.replicas).unwrap_or(3),
             keep: {
@@ -485,7 +510,7 @@ impl NodeConfig {
                     .map_err(|e| anyhow!("quota in the config file: {e}"))?,
                 (None, None) => Quota::default(),
             },
-            site: args.site.or(file.site).unwrap_or_default(),
+            site,
             tls,
             mdns: args.mdns || file.mdns.unwrap_or(false),
             allow_programs: args.allow_programs || file.allow_programs.unwrap_or(false),
@@ -550,6 +575,23 @@ mod tests {
     /// Flags of a node on loopback (one listening beyond needs a swarm key).
     fn local() -> RunArgs {
         RunArgs { listen: Some("127.0.0.1:0".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn a_site_browses_only_a_node_of_its_own_with_a_token_of_its_own() {
+        let args = |site: &str, browse: &str| RunArgs {
+            token: Some("adm".into()),
+            site: Some(site.into()),
+            site_tokens: vec!["paris=cli".into()],
+            site_browse: vec![browse.into()],
+            ..local()
+        };
+        let c = NodeConfig::resolve(None, None, args("paris", "paris")).unwrap();
+        assert_eq!(c.site_browse, ["paris"]);
+        let e = NodeConfig::resolve(None, None, args("paris", "lyon")).unwrap_err();
+        assert!(e.to_string().contains("no site-token for site `lyon`"), "{e}");
+        let e = NodeConfig::resolve(None, None, args("lyon", "paris")).unwrap_err();
+        assert!(e.to_string().contains("this node is in site `lyon`"), "{e}");
     }
 
     #[test]

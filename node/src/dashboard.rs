@@ -70,7 +70,7 @@ async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     Ok(HttpResponse::Ok().json(match role(&req, &state)? {
         Role::Admin => WhoAmI::Admin { node },
         Role::Viewer => WhoAmI::Viewer { node },
-        Role::Site(site) => WhoAmI::Site { site, node },
+        Role::Site(site) => WhoAmI::Site { browse: crate::http::site_browses(&state, &site), site, node },
     }))
 }
 
@@ -96,6 +96,11 @@ fn row(j: &JobView, catalog: Option<&Vec<CatalogArchive>>, now: i64) -> JobRow {
         source: j.spec.source_name().to_string(),
         plugin: j.last_plugin.as_ref().map(crate::view::plugin_report),
         offsite: None,
+        runs: j
+            .runs
+            .iter()
+            .map(|&(time_ms, r)| backmesh_api::dashboard::RunMark { time_ms, result: crate::view::run_result(r) })
+            .collect(),
     }
 }
 

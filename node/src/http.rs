@@ -26,6 +26,9 @@ pub struct ApiState {
     pub authority: std::sync::Arc<backmesh_core::authority::Authority>,
     pub viewer_token: Option<String>,
     pub site_tokens: Vec<(String, String)>,
+    /// Sites whose client page may browse this node's own backups
+    /// (`--site-browse`; checked at start to be this node's site).
+    pub site_browse: Vec<String>,
     pub federate: Vec<crate::config::Federated>,
     pub federation: crate::federation::Federation,
     pub replicas: usize,
@@ -184,6 +187,41 @@ pub fn admin(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
 /// The 403 for a site token outside its site's page.
 pub fn site_only(site: &str) -> ApiError {
     error(StatusCode::FORBIDDEN, format!("this token may only read the page of site `{site}`"))
+}
+
+/// `Ok` when the request may read the files inside series (node, …)'s
+/// archives: the admin token; or a site token whose site this node lets
+/// browse (`--site-browse`), for this node's own series only.
+pub fn file_reader(req: &HttpRequest, state: &ApiState, node: &str) -> Result<(), ApiError> {
+    match role(req, state)? {
+        Role::Site(site) if state.site_browse.contains(&site) => {
+            if node == state.health.name {
+                Ok(())
+            } else {
+                Err(error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "site `{site}` browses here the backups of node {} only: open the page of node {node} to \
+                         browse its backups",
+                        state.health.name
+                    ),
+                ))
+            }
+        }
+        Role::Site(site) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "site `{site}` may not browse backups on node {}: its operator allows it with --site-browse {site}",
+                state.health.name
+            ),
+        )),
+        _ => admin(req, state),
+    }
+}
+
+/// Whether site `site`'s page may browse this node's own backups.
+pub fn site_browses(state: &ApiState, site: &str) -> bool {
+    state.site_browse.iter().any(|s| s == site)
 }
 
 /// `Ok` when the request may read the whole mesh (admin or viewer).

@@ -356,6 +356,7 @@ pub fn run(mut cfg: NodeConfig) -> Result<()> {
             authority,
             viewer_token: cfg.viewer_token.clone(),
             site_tokens: cfg.site_tokens.clone(),
+            site_browse: cfg.site_browse.clone(),
             federate: cfg.federate.clone(),
             federation: federation.clone(),
             replicas: cfg.replicas,

@@ -97,13 +97,13 @@ pub fn event(e: &Event) -> api::Event {
         Event::Paused { node } => V::Paused { node },
         Event::Resumed { node } => V::Resumed { node },
         Event::Started { node, path, request } => V::Started { node, path, request },
-        Event::Finished { node, path, archive, size, files, duration_ms, warnings, request, plugin } => {
+        Event::Finished { node, path, archive, size, files, duration_ms, warnings, request, plugin, recent: _ } => {
             V::Finished { node, path, archive, size, files, duration_ms, warnings, request, plugin: report(&plugin) }
         }
-        Event::Unchanged { node, path, archive, duration_ms, request, plugin } => {
+        Event::Unchanged { node, path, archive, duration_ms, request, plugin, recent: _ } => {
             V::Unchanged { node, path, archive, duration_ms, request, plugin: report(&plugin) }
         }
-        Event::Failed { node, path, error, duration_ms, request, plugin } => {
+        Event::Failed { node, path, error, duration_ms, request, plugin, recent: _ } => {
             V::Failed { node, path, error, duration_ms, request, plugin: report(&plugin) }
         }
         Event::Replicated { node, path, archive, holder, bytes } => {

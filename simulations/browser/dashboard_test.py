@@ -78,6 +78,16 @@ try:
     failing_row = text(b, f"tr[data-path={json.dumps(jobs['failing'])}]")
     assert cfg["failure"] in failing_row, failing_row
     assert "FAILING" in failing_row and "STALE" in text(b, f"tr[data-path={json.dumps(jobs['stale'])}]")
+    # Every job's history strip on the overview, from the mesh state alone:
+    # the failing job's OK runs, then its failures in red, last.
+    cells = f"tr[data-path={json.dumps(jobs['failing'])}] .strip .cell"
+    over = b.eval(f"[...document.querySelectorAll({json.dumps(cells)})].map(c => c.dataset.kind).filter(k => k !== 'missed')")
+    assert over and over[-1] == "failed" and "finished" in over, over
+    first_failed = over.index("failed")
+    assert all(k == "failed" for k in over[first_failed:]) and "finished" in over[:first_failed], over
+    red = b.eval(f"getComputedStyle(document.querySelector({json.dumps(cells + '.failed')})).backgroundColor")
+    assert red == "rgb(198, 40, 40)", red
+    checks += 1
     # Sites group the nodes; the federated mesh is a further site.
     sites = b.eval("[...document.querySelectorAll('section.site')].map(s => s.dataset.site)")
     for s in cfg["sites"]:
@@ -190,6 +200,28 @@ try:
     assert http("/api/v1/dashboard?site=other", cfg["client_token"])[0] == 403
     code, out = http("/api/v1/dashboard", cfg["client_token"])
     assert code == 200 and [s["name"] for s in json.loads(out)["sites"]] == [site], out
+    checks += 2
+
+    # Its operator let it browse (--site-browse on the node serving the
+    # page): the backups of that node, and of no other node of the site.
+    li = lambda path: "ul.plain li[data-path=" + json.dumps(path) + "]"  # noqa: E731
+    b.wait(f"document.querySelector({json.dumps(li(jobs['ok']) + ' button.browse')})")
+    assert not b.eval(f"!!document.querySelector({json.dumps(li(jobs['failing']) + ' button.browse')})")
+    b.eval(f"document.querySelector({json.dumps(li(jobs['ok']) + ' button.browse')}).click()")
+    b.wait("document.querySelector('#files tr[data-path=\"data.txt\"]')")
+    b.eval("window.backmeshDownloaded = null")
+    b.eval("document.querySelector('#files tr[data-path=\"data.txt\"] button.download').click()")
+    b.wait("!!window.backmeshDownloaded || !!document.querySelector('#action-status.error')")
+    assert b.eval("!!window.backmeshDownloaded"), text(b, "#action-status")
+    got = b.eval("window.backmeshDownloaded.text()")
+    assert got == cfg["ok_content"], got
+    b.screenshot(os.path.join(SHOTS, "client-browser.png"))
+    quoted = urllib.request.quote(jobs["failing"], safe="")
+    for route in ["/api/v1/files?node=" + cfg["failing_node"] + "&path=" + quoted,
+                  "/api/v1/fetch?node=" + cfg["failing_node"] + "&path=" + quoted]:
+        code, out = http(route, cfg["client_token"])
+        assert code == 403 and "browses here the backups of node" in out, (route, code, out)
+    assert http("/api/v1/run", cfg["client_token"], "POST", {"node": cfg["ok_node"], "path": jobs["ok"]})[0] == 403
     checks += 2
 finally:
     b.close()

@@ -256,6 +256,7 @@ pub fn run(cfg: &Config) -> Report {
         last_warnings: vec![],
         spec: Default::default(),
         last_plugin: None,
+        runs: vec![],
     };
     let part_at = cfg.load_rounds / 4;
     let churn_at = cfg.load_rounds / 2;
@@ -304,6 +305,7 @@ pub fn run(cfg: &Config) -> Report {
                 let at = now - (rng.next_u64() % ROUND_MS as u64) as i64;
                 let tag = rng.next_u64() as u32;
                 let ev = (cfg.model == Model::Real).then(|| Event::Finished {
+                    recent: Default::default(),
                     node: name_of(n),
                     path: path_of(j),
                     archive: format!("{at:013}-{tag:08x}"),

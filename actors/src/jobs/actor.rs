@@ -304,6 +304,7 @@ impl JobsActor {
                     RunOutcome::Stored { manifest, retention, .. } => {
                         pruned = retention.removed;
                         Event::Finished {
+                            recent: Default::default(),
                             node,
                             path: path.clone(),
                             archive: manifest.id.clone(),
@@ -315,10 +316,17 @@ impl JobsActor {
                             plugin,
                         }
                     }
-                    RunOutcome::Unchanged { archive_id, .. } => {
-                        Event::Unchanged { node, path: path.clone(), archive: archive_id, duration_ms, request, plugin }
-                    }
+                    RunOutcome::Unchanged { archive_id, .. } => Event::Unchanged {
+                        recent: Default::default(),
+                        node,
+                        path: path.clone(),
+                        archive: archive_id,
+                        duration_ms,
+                        request,
+                        plugin,
+                    },
                     RunOutcome::NoArchive => Event::Finished {
+                        recent: Default::default(),
                         node,
                         path: path.clone(),
                         archive: String::new(),
@@ -330,10 +338,17 @@ impl JobsActor {
                         plugin,
                     },
                 },
-                Ok(Err(error)) => {
-                    Event::Failed { node, path: path.clone(), error: error.to_string(), duration_ms, request, plugin }
-                }
+                Ok(Err(error)) => Event::Failed {
+                    recent: Default::default(),
+                    node,
+                    path: path.clone(),
+                    error: error.to_string(),
+                    duration_ms,
+                    request,
+                    plugin,
+                },
                 Err(e) => Event::Failed {
+                    recent: Default::default(),
                     node,
                     path: path.clone(),
                     error: format!("the backup crashed: {e}"),

@@ -52,6 +52,7 @@ mod tests {
             registered_at: Hlc { wall_ms: 0, logical: 0, node: "P".into() },
             last_size: None,
             last_warnings: vec![],
+            runs: vec![],
             spec: Default::default(),
             last_plugin: None,
         }

@@ -440,6 +440,7 @@ impl LogActor {
             );
         }
         let mut entry = Entry::new(self.me.clone(), self.my_name.clone(), self.next_seq, self.clock.tick(now), event);
+        self.carry_recent(&mut entry);
         seal_entry(&mut entry, &self.identity);
         // A seq is used once, even by an entry whose write fails half-way.
         self.next_seq = self.next_seq.saturating_add(1);
@@ -458,6 +459,27 @@ impl LogActor {
 }
 
 impl LogActor {
+    /// Puts in a run's entry the runs of its series before it: the newest
+    /// this node wrote (waiting for its sync, or in the state) and the list
+    /// that one carried.
+    fn carry_recent(&self, entry: &mut Entry) {
+        let (node, Some(path)) = (entry.event.node(), entry.event.path()) else { return };
+        if entry.event.run().is_none() || node != self.my_name {
+            return;
+        }
+        let same = |e: &Entry| e.event.run().is_some() && e.event.node() == node && e.event.path() == Some(path);
+        let before = match self.unsynced.iter().rev().map(|(e, _)| e).find(|e| same(e)) {
+            Some(e) => e.event.run().map(|(result, list)| (e.time.wall_ms, result, list.clone())),
+            None => self.state.last_run(node, path),
+        };
+        let Some((at_ms, result, list)) = before else { return };
+        let gap_s = (entry.time.wall_ms.saturating_sub(at_ms).max(0) as u64).saturating_add(500) / 1000;
+        let list = list.then(result, gap_s);
+        if let Some(r) = entry.event.recent_mut() {
+            *r = list;
+        }
+    }
+
     /// Syncs this node's entries recorded since the last call, then makes
     /// them visible, sends them and answers whoever recorded them.
     fn sync_recorded(&mut self) {
@@ -748,6 +770,7 @@ mod tests {
         let (a, b) = (peer("a"), peer("b"));
         let mut actor = a.load(Arc::new(MemKv::default()), t.path());
         let finished = |node: &str, path: &str, archive: &str| Event::Finished {
+            recent: Default::default(),
             node: node.into(),
             path: path.into(),
             archive: archive.into(),
@@ -801,6 +824,88 @@ mod tests {
         actor.state_received(claim(&a, u64::MAX - 1));
         assert_eq!(actor.next_seq, 501 + SEQ_JUMP_MAX + 1, "a claim moves it a bounded step");
         assert!(actor.next_seq < u64::MAX / 2, "seqs remain to write");
+    }
+
+    #[test]
+    fn a_run_s_entry_carries_the_runs_before_it_and_the_state_shows_them_in_order() {
+        use crate::log::records::RunResult;
+        let t = tempfile::tempdir().unwrap();
+        let a = peer("a");
+        let mut actor = a.load(Arc::new(MemKv::default()), t.path());
+        let t0 = 1_800_000_000_000i64;
+        let path = || "/srv".to_string();
+        let failed = || Event::Failed {
+            recent: Default::default(),
+            node: "a".into(),
+            path: path(),
+            error: "disk full".into(),
+            duration_ms: 1,
+            request: None,
+            plugin: None,
+        };
+        let unchanged = || Event::Unchanged {
+            recent: Default::default(),
+            node: "a".into(),
+            path: path(),
+            archive: "20261122T030000.000Z-deadbeef".into(),
+            duration_ms: 1,
+            request: None,
+            plugin: None,
+        };
+        actor.state.apply(&a.entry(1, t0, registered("a", "/srv")));
+        // The first run carries nothing: there was none before it.
+        let mut first = a.unsigned(2, t0 + 1_000, failed());
+        actor.carry_recent(&mut first);
+        assert!(first.event.run().unwrap().1.is_empty());
+        seal_entry(&mut first, &a.key);
+        actor.state.apply(&first);
+        // The next, an hour later, carries the first, read from the state.
+        let mut second = a.unsigned(3, t0 + 3_601_400, unchanged());
+        actor.carry_recent(&mut second);
+        let runs = second.event.run().unwrap().1.runs();
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].gap_s, runs[0].result), (3_600, Some(RunResult::Failed)));
+        // Written but not synced yet: the third takes the second from there.
+        seal_entry(&mut second, &a.key);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        actor.unsynced.push((second.clone(), tx));
+        let mut third = a.unsigned(4, t0 + 7_201_400, failed());
+        actor.carry_recent(&mut third);
+        let runs = third.event.run().unwrap().1.runs();
+        assert_eq!(
+            runs.iter().map(|r| r.result).collect::<Vec<_>>(),
+            [RunResult::Unchanged, RunResult::Failed].map(Some)
+        );
+        seal_entry(&mut third, &a.key);
+        actor.unsynced.clear();
+        actor.state.apply(&second);
+        actor.state.apply(&third);
+        // Every node's view: the runs with their times, oldest first.
+        let job = actor.state.jobs().into_iter().next().unwrap();
+        assert_eq!(
+            job.runs,
+            vec![
+                (t0 + 1_400, RunResult::Failed),
+                (t0 + 3_601_400, RunResult::Unchanged),
+                (t0 + 7_201_400, RunResult::Failed)
+            ]
+        );
+        // Another node's series is not this node's to write.
+        let mut theirs = a.unsigned(
+            5,
+            t0 + 9_000_000,
+            Event::Failed {
+                recent: Default::default(),
+                node: "b".into(),
+                path: path(),
+                error: "x".into(),
+                duration_ms: 1,
+                request: None,
+                plugin: None,
+            },
+        );
+        actor.carry_recent(&mut theirs);
+        assert!(theirs.event.run().unwrap().1.is_empty());
     }
 
     #[test]

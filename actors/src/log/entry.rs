@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
 use super::job_spec::{JobSpec, PluginReport};
+use super::recent::Recent;
+use super::records::RunResult;
 use crate::seal::{Seal, Sig, Signer};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,9 @@ pub enum Event {
         /// What a plugin, command or hook reported.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         plugin: Option<PluginReport>,
+        /// How the series' runs before this one ended, and when.
+        #[serde(default, skip_serializing_if = "Recent::is_empty")]
+        recent: Recent,
     },
     Unchanged {
         node: String,
@@ -124,6 +129,9 @@ pub enum Event {
         /// What a plugin, command or hook reported.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         plugin: Option<PluginReport>,
+        /// How the series' runs before this one ended, and when.
+        #[serde(default, skip_serializing_if = "Recent::is_empty")]
+        recent: Recent,
     },
     Failed {
         node: String,
@@ -136,6 +144,9 @@ pub enum Event {
         /// What a plugin, command or hook reported.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         plugin: Option<PluginReport>,
+        /// How the series' runs before this one ended, and when.
+        #[serde(default, skip_serializing_if = "Recent::is_empty")]
+        recent: Recent,
     },
     /// `holder` now keeps a complete copy of `archive`.
     Replicated {
@@ -433,6 +444,27 @@ impl Event {
         }
     }
 
+    /// A run's outcome (`finished`, `unchanged`, `failed`) and the runs
+    /// before it that its entry carries.
+    pub fn run(&self) -> Option<(RunResult, &Recent)> {
+        match self {
+            Event::Finished { recent, .. } => Some((RunResult::Finished, recent)),
+            Event::Unchanged { recent, .. } => Some((RunResult::Unchanged, recent)),
+            Event::Failed { recent, .. } => Some((RunResult::Failed, recent)),
+            _ => None,
+        }
+    }
+
+    /// The list of earlier runs a run's entry carries, to be filled in.
+    pub fn recent_mut(&mut self) -> Option<&mut Recent> {
+        match self {
+            Event::Finished { recent, .. } | Event::Unchanged { recent, .. } | Event::Failed { recent, .. } => {
+                Some(recent)
+            }
+            _ => None,
+        }
+    }
+
     /// The on-demand request an outcome answers.
     pub fn request(&self) -> Option<&str> {
         match self {
@@ -482,6 +514,7 @@ mod tests {
             sig: Seal::None,
             seals: Vec::new(),
             event: Event::Finished {
+                recent: Default::default(),
                 node: "n3".into(),
                 path: "/srv/app".into(),
                 archive: "20261122T030000.000Z-deadbeef".into(),
@@ -557,6 +590,7 @@ mod tests {
     #[test]
     fn names_are_checked_but_a_mirror_run_needs_no_archive() {
         let finished = |node: &str, archive: &str| Event::Finished {
+            recent: Default::default(),
             node: node.into(),
             path: "/srv".into(),
             archive: archive.into(),

@@ -31,7 +31,8 @@ use backmesh_api::Notice;
 use super::crdt::{cbor, join_in, Lww, Stamp};
 use super::entry::{Entry, Event};
 use super::hlc::Hlc;
-use super::records::{JobReg, OriginRec, Record, RecordKey, Series, SeriesKey, BUCKETS};
+use super::recent::{timeline, Recent};
+use super::records::{JobReg, OriginRec, Record, RecordKey, RunResult, Series, SeriesKey, BUCKETS};
 use super::signing::{
     keep_sealed, key_label, sealed_records_of, seals_mut, series_seals, slots, Checked, NodeKeys, Writer,
 };
@@ -338,7 +339,20 @@ impl MeshState {
             last_warnings: s.and_then(|s| s.last_warnings.as_ref()).map(|l| l.value.clone()).unwrap_or_default(),
             spec: reg.value.spec.clone(),
             last_plugin: last.and_then(|l| l.value.plugin.clone()),
+            runs: last
+                .map(|l| timeline(l.at.wall_ms, l.value.result, &l.value.recent))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(t, r)| Some((t, r?)))
+                .collect(),
         }
+    }
+
+    /// The newest run of series (node, path): when it ended (wall clock,
+    /// ms), how, and the runs before it.
+    pub fn last_run(&self, node: &str, path: &str) -> Option<(i64, RunResult, Recent)> {
+        let last = self.series.get(&(node.to_string(), path.to_string()))?.last.as_ref()?;
+        Some((last.at.wall_ms, last.value.result, last.value.recent.clone()))
     }
 
     /// The registered jobs, by (node, path).
@@ -604,6 +618,7 @@ mod tests {
                 2 => Event::Paused { node },
                 3 => Event::Resumed { node },
                 4 => Event::Finished {
+                    recent: Default::default(),
                     node,
                     path,
                     archive,
@@ -614,11 +629,27 @@ mod tests {
                     request,
                     plugin: None,
                 },
-                5 => Event::Failed { node, path, error: format!("e{i}"), duration_ms: 1, request, plugin: None },
+                5 => Event::Failed {
+                    recent: Default::default(),
+                    node,
+                    path,
+                    error: format!("e{i}"),
+                    duration_ms: 1,
+                    request,
+                    plugin: None,
+                },
                 6 => Event::Replicated { node, path, archive, holder, bytes: 1 },
                 7 => Event::Pruned { node, path, archive, holder },
                 8 => Event::Started { node, path, request },
-                9 => Event::Unchanged { node, path, archive, duration_ms: 1, request, plugin: None },
+                9 => Event::Unchanged {
+                    recent: Default::default(),
+                    node,
+                    path,
+                    archive,
+                    duration_ms: 1,
+                    request,
+                    plugin: None,
+                },
                 _ => Event::Notified {
                     node,
                     path,
@@ -773,6 +804,7 @@ mod tests {
             let archive = format!("2026{i:08}");
             s.apply(&entry(
                 Event::Finished {
+                    recent: Default::default(),
                     node: "n1".into(),
                     path: "/p".into(),
                     archive: archive.clone(),
@@ -845,6 +877,7 @@ mod tests {
                 0 => Event::Registered { node: me, path, every_min: 5, excludes: vec![], spec: Default::default() },
                 1 => Event::Paused { node: me },
                 2 => Event::Finished {
+                    recent: Default::default(),
                     node: me,
                     path,
                     archive,
@@ -855,7 +888,15 @@ mod tests {
                     request,
                     plugin: None,
                 },
-                3 => Event::Failed { node: me, path, error: format!("e{i}"), duration_ms: 1, request, plugin: None },
+                3 => Event::Failed {
+                    recent: Default::default(),
+                    node: me,
+                    path,
+                    error: format!("e{i}"),
+                    duration_ms: 1,
+                    request,
+                    plugin: None,
+                },
                 4 => Event::Replicated { node: other, path, archive, holder: me, bytes: 1 },
                 5 => Event::Pruned { node: other, path, archive, holder: me },
                 6 => Event::Started { node: me, path, request },
@@ -908,7 +949,13 @@ mod tests {
         let at = Stamp { seq: u64::MAX, wall_ms: 1, logical: 0, seal: Seal::None };
         forged.last = Some(Own {
             at,
-            value: RunRec { result: RunResult::Failed, archive: None, error: Some("x".into()), plugin: None },
+            value: RunRec {
+                recent: Default::default(),
+                result: RunResult::Failed,
+                archive: None,
+                error: Some("x".into()),
+                plugin: None,
+            },
         });
         let mut forged = Record::Series(Box::new(forged));
         for slot in slots(&key, &mut forged) {
@@ -985,6 +1032,7 @@ mod tests {
         };
         let started = || Event::Started { node: "n1".into(), path: "/p".into(), request: None };
         let failed = |error: &str| Event::Failed {
+            recent: Default::default(),
             node: "n1".into(),
             path: "/p".into(),
             error: error.into(),
@@ -1086,6 +1134,7 @@ mod tests {
             sig: Seal::None,
             seals: Vec::new(),
             event: Event::Finished {
+                recent: Default::default(),
                 node: "n1".into(),
                 path: "/p".into(),
                 archive: "x1".into(),
@@ -1127,6 +1176,7 @@ mod tests {
         let mut e = from_n1();
         let mut s = fold(&[
             e(Event::Finished {
+                recent: Default::default(),
                 node: "n1".into(),
                 path: "/p".into(),
                 archive: "x1".into(),

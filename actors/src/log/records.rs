@@ -10,6 +10,7 @@ use super::crdt::{cbor, join_max, join_reg, Lww, Own, Stamp};
 use super::entry::{Entry, Event};
 use super::hlc::Hlc;
 use super::job_spec::{JobSpec, PluginReport};
+use super::recent::Recent;
 use crate::hash::Digest;
 use crate::seal::Seal;
 
@@ -72,6 +73,9 @@ pub struct RunRec {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginReport>,
+    /// How the runs before it ended, and when (as its entry said).
+    #[serde(default, skip_serializing_if = "Recent::is_empty")]
+    pub recent: Recent,
 }
 
 /// What the run that made an archive said of it.
@@ -367,10 +371,11 @@ fn series_part(e: &Entry) -> Series {
             a.set_holder(holder, &Own { at: t.clone(), value: keeps });
         }
     };
+    let recent = e.event.run().map(|(_, r)| r.clone()).unwrap_or_default();
     let run =
         |result: RunResult, archive: Option<&String>, error: Option<&String>, plugin: &Option<PluginReport>| Own {
             at: t.clone(),
-            value: RunRec { result, archive: archive.cloned(), error: error.cloned(), plugin: plugin.clone() },
+            value: RunRec { result, archive: archive.cloned(), error: error.cloned(), plugin: plugin.clone(), recent },
         };
     match &e.event {
         Event::Started { .. } => s.last_started = Some(t.clone()),

@@ -272,6 +272,7 @@ mod tests {
             seq,
             time,
             Event::Finished {
+                recent: Default::default(),
                 node: "a".into(),
                 path: "/p".into(),
                 archive: archive.into(),

@@ -83,6 +83,9 @@ pub struct JobView {
     pub spec: JobSpec,
     /// What the last run's plugin or hooks reported.
     pub last_plugin: Option<PluginReport>,
+    /// Its newest runs (at most 90), oldest first: when each ended (wall
+    /// clock, ms) and how.
+    pub runs: Vec<(i64, RunResult)>,
 }
 
 /// A job's state as a person reads it: `paused`, `failing` (its last run

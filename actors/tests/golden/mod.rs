@@ -95,6 +95,7 @@ fn entry(seq: u64, event: Event) -> Entry {
 
 fn finished() -> Event {
     Event::Finished {
+        recent: Default::default(),
         node: "n1".into(),
         path: "/srv/app".into(),
         archive: "20261122T040113.000Z-0a1b2c3d".into(),
@@ -165,6 +166,21 @@ fn golden_gossiped_entries() {
         },
     };
     pin("entry_registered", &entry(8, registered));
+    // A run's entry carries the runs before it (log/recent.rs): one hourly
+    // `finished`, then an `unchanged` 61 s before this failure.
+    let recent = backmesh_core::log::recent::Recent::default()
+        .then(backmesh_core::log::records::RunResult::Finished, 3_600)
+        .then(backmesh_core::log::records::RunResult::Unchanged, 61);
+    let failed = Event::Failed {
+        node: "n1".into(),
+        path: "/srv/app".into(),
+        error: "pre hook failed: exit status 1".into(),
+        duration_ms: 12,
+        request: None,
+        plugin: None,
+        recent,
+    };
+    pin("entry_failed_with_recent_runs", &entry(9, failed));
     pin(
         "entry_unsigned_paused",
         &Entry::new("p".into(), "n1".into(), 1, hlc("p"), Event::Paused { node: "n1".into() }),

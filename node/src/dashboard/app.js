@@ -122,18 +122,20 @@ function countsBar(c) {
 }
 
 function jobsTable(jobs) {
-  return h('table', { class: 'jobs' },
-    h('thead', {}, h('tr', {}, ['State', 'Path', 'Every', 'Last success', 'Last size', 'Archives', 'Copies on', 'Offsite', 'Problem'].map((t) => h('th', {}, t)))),
+  const now = Date.now();
+  return h('div', { class: 'wide' }, h('table', { class: 'jobs' },
+    h('thead', {}, h('tr', {}, ['State', 'Path', 'History', 'Every', 'Last success', 'Last size', 'Archives', 'Copies on', 'Offsite', 'Problem'].map((t) => h('th', {}, t)))),
     h('tbody', {}, jobs.map((j) => h('tr', { 'data-node': j.node, 'data-path': j.path, 'data-state': j.state },
       h('td', {}, badge(j.state)),
       h('td', {}, h('a', { href: jobHref(j) }, j.path)),
+      h('td', {}, strip((j.runs || []).map((r) => ({ time_ms: r.time_ms, kind: r.result })), j.every, now, 'small')),
       h('td', {}, j.every + ' min'),
       h('td', {}, age(j.last_success_age_s)),
       h('td', { class: 'num' }, bytes(j.last_size)),
       h('td', { class: 'num' }, j.archives),
       h('td', {}, j.holders.join(', ') || '—'),
       h('td', { class: j.offsite && j.offsite !== 'current' ? 'problem offsite' : 'offsite' }, j.offsite || '—'),
-      h('td', { class: 'problem' }, j.state === 'failing' ? j.error : j.state === 'stale' ? 'no success for ' + age(j.last_success_age_s).replace(' ago', '') : (j.warnings.length ? j.warnings.length + ' warning(s)' : ''))))));
+      h('td', { class: 'problem' }, j.state === 'failing' ? j.error : j.state === 'stale' ? 'no success for ' + age(j.last_success_age_s).replace(' ago', '') : (j.warnings.length ? j.warnings.length + ' warning(s)' : '')))))));
 }
 
 function overview(o) {
@@ -219,8 +221,9 @@ function chart(executions, field, cls, label) {
 
 // The job's history at a glance: its runs over the last 30 days (at most
 // 90), each a cell coloured by its result, and a grey cell for each run its
-// schedule expected that never came (missed), oldest on the left.
-function strip(executions, everyMin, now) {
+// schedule expected that never came (missed), oldest on the left. `small`:
+// the overview's, 3 px a cell; the job page's is the one with id `strip`.
+function strip(executions, everyMin, now, small) {
   const every = everyMin * 60000;
   const since = now - 30 * 86400000;
   const runs = executions.filter((e) => e.time_ms >= since);
@@ -239,7 +242,7 @@ function strip(executions, everyMin, now) {
   if (prev !== null) missed(prev, now);
   const shown = cells.slice(-90);
   const name = { finished: 'OK', unchanged: 'unchanged', failed: 'FAILED', missed: 'missed' };
-  return h('div', { class: 'strip', id: 'strip', title: 'last ' + shown.length + ' runs' },
+  return h('div', { class: small ? 'strip small' : 'strip', id: small ? null : 'strip', title: 'last ' + shown.length + ' runs' },
     shown.map((c) => h('span', { class: 'cell ' + c.kind, 'data-kind': c.kind,
       title: new Date(c.time_ms).toISOString().slice(0, 16).replace('T', ' ') + ' UTC: ' + (name[c.kind] || c.kind) +
         (c.error ? ' — ' + c.error : '') })));
@@ -252,9 +255,11 @@ async function browse(node, path, archive, under) {
   browser = { node, path, archive, under, listing: null, versions: null, error: null };
   render();
   try {
+    // No archive: the newest (a client page knows no archive ids).
     const q = '?node=' + encodeURIComponent(node) + '&path=' + encodeURIComponent(path) +
-      '&archive=' + encodeURIComponent(archive) + '&under=' + encodeURIComponent(under);
+      (archive ? '&archive=' + encodeURIComponent(archive) : '') + '&under=' + encodeURIComponent(under);
     browser.listing = await api('/files' + q);
+    browser.archive = browser.listing.archive;
   } catch (e) {
     browser.error = e.message;
   }
@@ -317,8 +322,8 @@ function browserSection() {
   sec.append(h('div', { class: 'actions' },
     h('button', { id: 'download-folder', onclick: () => download('/fetch' + q(b.under ? '&include=' + encodeURIComponent(b.under) : ''),
       (b.under.split('/').pop() || 'archive') + '.tgz') }, 'Download ' + folder + ' (.tgz)'),
-    h('span', { class: 'muted' }, 'Restore it elsewhere: ',
-      h('code', {}, `backmesh restore ${b.node} ${b.path} --archive ${b.archive}` + (b.under ? ` --include '${b.under}'` : '') + ' --on NODE --to DIR'))));
+    me && me.role === 'admin' ? h('span', { class: 'muted' }, 'Restore it elsewhere: ',
+      h('code', {}, `backmesh restore ${b.node} ${b.path} --archive ${b.archive}` + (b.under ? ` --include '${b.under}'` : '') + ' --on NODE --to DIR')) : null));
   const name = (e) => e.path.split('/').pop();
   sec.append(h('table', { class: 'files', id: 'files' },
     h('thead', {}, h('tr', {}, ['Name', 'Size', 'Modified (UTC)', 'Mode', ''].map((t) => h('th', {}, t)))),
@@ -453,9 +458,18 @@ function clientPage(o) {
       default: return `… ${j.path} on ${j.node} has not been backed up yet.`;
     }
   };
-  return [h('h1', {}, 'Backups of ' + clientSite), h('p', { class: 'summary', id: 'summary' }, summary),
-    h('ul', { class: 'plain' }, jobs.map((j) => h('li', { class: j.state, 'data-state': j.state }, say(j)))),
+  // With its operator's leave (--site-browse), a site browses the backups
+  // of the node serving its page, and only those.
+  const browsable = (j) => me && me.role === 'site' && me.browse && j.node === me.node;
+  const out = [h('h1', {}, 'Backups of ' + (clientSite || me.site)), h('p', { class: 'summary', id: 'summary' }, summary),
+    h('ul', { class: 'plain' }, jobs.map((j) => h('li', { class: j.state, 'data-state': j.state, 'data-path': j.path }, say(j),
+      browsable(j) && j.archives ? [' ', h('button', { class: 'browse', onclick: () => browse(j.node, j.path, '', '') }, 'Browse files')] : null))),
     h('p', { class: 'muted' }, 'Updated ' + o.generated + '. This page refreshes by itself.')];
+  if (browser && jobs.some((j) => j.node === browser.node && j.path === browser.path)) {
+    if (actionStatus) out.push(h('p', { id: 'action-status', class: actionStatus.cls }, actionStatus.text));
+    out.push(browserSection());
+  }
+  return out;
 }
 
 let current = null; // the last data, for re-rendering an action status

@@ -276,6 +276,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
     match attack {
         "forged-entry" => {
             let event = Event::Finished {
+                recent: Default::default(),
                 node: victim.clone(),
                 path: path.clone(),
                 archive: "29991231T000000.000Z-f0f0f0f0".into(),
@@ -302,6 +303,7 @@ async fn run_attack(rogue: &mut Rogue, a: &Args, attack: &str, victim_peer: &str
                 rogue.gossip(&e).await;
             }
             let run = Event::Failed {
+                recent: Default::default(),
                 node: victim.clone(),
                 path: path.clone(),
                 error: "forged by the rogue".into(),

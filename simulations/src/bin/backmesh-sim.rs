@@ -309,6 +309,7 @@ fn profile(a: &Args) {
                         batch.push(nodes[ni].entry(
                             now + 2_000,
                             Event::Finished {
+                                recent: Default::default(),
                                 node: name.clone(),
                                 path: path.clone(),
                                 archive: archive.clone(),
@@ -354,6 +355,7 @@ fn profile(a: &Args) {
                         batch.push(nodes[ni].entry(
                             now + 500,
                             Event::Unchanged {
+                                recent: Default::default(),
                                 node: name.clone(),
                                 path: path.clone(),
                                 archive: kept.get(&(ni, j)).and_then(|q| q.back().cloned()).unwrap_or_default(),

@@ -261,6 +261,7 @@ pub(crate) fn measure_sizes(cfg: &Config) -> (u32, u32, u32, u32) {
             &mut state,
             10 + k,
             Event::Finished {
+                recent: Default::default(),
                 node: node.clone(),
                 path: path.clone(),
                 archive: archive.clone(),

@@ -53,7 +53,20 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
     let federate = format!("far=http://127.0.0.1:{}", far.nodes[f].api);
     let plan: [(&str, &str, Vec<String>); 4] = [
         // n1 runs a post hook: its operator allows programs.
-        ("n1", "paris", tokens(&["--federate", &federate, "--federate-token", "far=farview", "--allow-programs"])),
+        // n1 also lets its site's page browse its own backups.
+        (
+            "n1",
+            "paris",
+            tokens(&[
+                "--federate",
+                &federate,
+                "--federate-token",
+                "far=farview",
+                "--allow-programs",
+                "--site-browse",
+                "paris",
+            ]),
+        ),
         ("n2", "paris", tokens(&[])),
         ("n3", "lyon", tokens(&[])),
         ("n4", "lyon", tokens(&[])),
@@ -116,6 +129,12 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed:\n{said}\nnode log:\n{}", mesh.nodes[0].log_text());
     eprintln!("{said}");
+    // n2 is in paris too, but its operator did not let the site browse: its
+    // token lists nothing there, and the refusal says how to allow it.
+    mesh.nodes[1].cli_args = vec!["--token".into(), "cli".into()];
+    let out = mesh.cli_as_node(1, &["ls", "n2", &failing]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("--site-browse paris"), "{said}");
     for page in [
         "overview-admin",
         "job-failing",
@@ -126,6 +145,7 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
         "nodes",
         "job-viewer",
         "client-site",
+        "client-browser",
     ] {
         assert!(shots.join(format!("{page}.png")).exists(), "screenshot {page}");
     }
