@@ -254,3 +254,44 @@ fn an_encrypted_series_is_looked_into_by_its_node_or_with_the_operator_key_and_n
     let big = mesh.cli(2, &["dump", "n1", &s, "var/big.bin"]);
     assert_eq!(big.stdout, std::fs::read(src.join("var/big.bin")).unwrap());
 }
+
+#[test]
+fn a_whole_restore_on_a_node_without_a_copy_reads_from_every_holder_at_once() {
+    // Four nodes, two copies besides n1's: one node keeps none.
+    let mut mesh = Mesh::chain_with(&["n1", "n2", "n3", "n4"], &["--replicas", "2"]);
+    let src = mesh.root.path().join("bulk");
+    std::fs::create_dir_all(&src).unwrap();
+    // 16 MiB that will not compress: several 4 MiB batches to read.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for f in 0..8 {
+        let bytes: Vec<u8> = (0..2 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(src.join(format!("part-{f}.bin")), bytes).unwrap();
+    }
+    let s = src.to_string_lossy().into_owned();
+    ok(&mesh.cli(0, &["register", "n1", &s, "--every", "600"]));
+    let id = run(&mesh, 0, "n1", &s);
+    assert!(wait_until(LONG, || holders(&mesh, 1, "n1", &s, &id) == 3), "two holders keep it");
+    let b: Backups = mesh.cli_json(1, &["backups", "n1", &s]).unwrap();
+    let kept = &b.archives.iter().find(|a| a.id == id).unwrap().holders;
+    let bare = ["n2", "n3", "n4"].into_iter().find(|n| !kept.iter().any(|h| h == n)).unwrap();
+    let i = bare[1..].parse::<usize>().unwrap() - 1;
+    // The series' node is gone; the node that keeps nothing restores it.
+    mesh.kill9(0);
+    assert!(wait_until(LONG, || !mesh.up_names(i).contains(&"n1".to_string())));
+    let to = mesh.root.path().join("restored");
+    ok(&mesh.cli(i, &["restore", "n1", &s, "--on", bare, "--to", &to.to_string_lossy()]));
+    assert_eq!(tree_differences(&src, &to), Vec::<String>::new());
+    let log = mesh.nodes[i].log_text();
+    let line =
+        log.lines().find(|l| l.contains(&format!("restore of archive {id} read its members from"))).unwrap_or("");
+    for h in kept.iter().filter(|h| *h != "n1") {
+        assert!(line.contains(&format!("{h} ")), "{h} sent nothing: {line}");
+    }
+}
