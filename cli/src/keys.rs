@@ -82,7 +82,7 @@ pub(crate) fn restore_key(
 pub(crate) use backmesh_api::archives::SEALED_TYPE;
 
 /// What opens a sealed stream.
-#[derive(serde::Deserialize)]
+#[derive(Clone, serde::Deserialize)]
 pub(crate) struct StreamHeader {
     pub(crate) archive: String,
     node: String,
@@ -96,6 +96,14 @@ pub(crate) struct StreamHeader {
     index: Vec<Listed>,
     #[serde(default)]
     pub(crate) created_ms: i64,
+    /// `false`: the lists and the head are not in this stream (asked with
+    /// `lists=false`, for an archive opened by an earlier stream).
+    #[serde(default = "listed_here")]
+    lists: bool,
+}
+
+fn listed_here() -> bool {
+    true
 }
 
 #[derive(Clone, serde::Deserialize)]
@@ -201,20 +209,72 @@ pub(crate) struct SealedStream<'a> {
 /// File records a table may hold at most, here.
 const MAX_RECORDS: usize = 50_000_000;
 
+/// What the first stream of an archive proved, for the next streams of
+/// the same archive (`lists=false`): its checked lists, its key, its head.
+#[derive(Clone)]
+pub(crate) struct Opened {
+    h: StreamHeader,
+    key: backmesh_crypt::DataKey,
+    lens: Vec<u64>,
+    bound: bool,
+    groups: Vec<GroupAt>,
+}
+
+fn read_header(input: &mut dyn std::io::Read) -> Result<StreamHeader, Failure> {
+    let mut head = [0u8; 8];
+    input.read_exact(&mut head).map_err(broke)?;
+    if &head[..4] != b"BMSF" {
+        return Err(bad("not a sealed archive stream".into()));
+    }
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if len > 64 << 20 {
+        return Err(bad(format!("a header of {len} bytes")));
+    }
+    let mut text = vec![0u8; len];
+    input.read_exact(&mut text).map_err(broke)?;
+    serde_json::from_slice(&text).map_err(|e| bad(format!("its header: {e}")))
+}
+
 impl<'a> SealedStream<'a> {
+    /// What this stream proved, for later streams of its archive.
+    pub(crate) fn opened(&self) -> Opened {
+        Opened {
+            h: self.h.clone(),
+            key: self.key.clone(),
+            lens: self.lens.clone(),
+            bound: self.bound,
+            groups: self.groups.clone(),
+        }
+    }
+
+    /// A later stream of an archive `known` opened, asked with
+    /// `lists=false`: its objects are checked against the lists the first
+    /// stream proved (a node that sent them again anyway sent the head
+    /// too, which is checked by its name and passed over).
+    pub(crate) fn resume(known: &Opened, input: &'a mut dyn std::io::Read) -> Result<SealedStream<'a>, Failure> {
+        let h = read_header(input)?;
+        if h.archive != known.h.archive || h.head.c != known.h.head.c || h.kid != known.h.kid {
+            return Err(bad(format!("the node sent archive {} where {} was asked for", h.archive, known.h.archive)));
+        }
+        let mut s = SealedStream {
+            input,
+            h: known.h.clone(),
+            key: known.key.clone(),
+            lens: known.lens.clone(),
+            bound: known.bound,
+            groups: known.groups.clone(),
+        };
+        if h.lists {
+            s.next(&known.h.head)?;
+        }
+        Ok(s)
+    }
+
     pub(crate) fn open(client: &Client, input: &'a mut dyn std::io::Read) -> Result<SealedStream<'a>, Failure> {
-        let mut head = [0u8; 8];
-        input.read_exact(&mut head).map_err(broke)?;
-        if &head[..4] != b"BMSF" {
-            return Err(bad("not a sealed archive stream".into()));
+        let h = read_header(input)?;
+        if !h.lists {
+            return Err(bad("its header lists nothing, and nothing this client read before does".into()));
         }
-        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        if len > 64 << 20 {
-            return Err(bad(format!("a header of {len} bytes")));
-        }
-        let mut text = vec![0u8; len];
-        input.read_exact(&mut text).map_err(broke)?;
-        let h: StreamHeader = serde_json::from_slice(&text).map_err(|e| bad(format!("its header: {e}")))?;
         let Some(operator) = client.operator()? else {
             return Err(Failure::Refused(format!(
                 "archive {} of {} on {} is encrypted: give the operator key (--operator-key FILE), whose recovery \

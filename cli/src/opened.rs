@@ -11,7 +11,7 @@ use backmesh_api::files::{Compared, Found, Listing};
 use backmesh_table::{answers, tree, FileRecord, Layout, Part, Patterns, Picker};
 
 use crate::client::{enc, Client, Failure};
-use crate::keys::{Listed, SealedStream, SEALED_TYPE};
+use crate::keys::{Listed, Opened, SealedStream, SEALED_TYPE};
 
 /// Whether the node refused because it cannot open an encrypted archive.
 pub(crate) fn sealed_refusal(e: &Failure) -> bool {
@@ -27,6 +27,8 @@ pub(crate) struct Table {
     members: Vec<Listed>,
     /// When `files` is one group of the table: where it starts in the stream.
     start: Option<u64>,
+    /// What the stream that read it proved (its members are read with it).
+    opened: Opened,
 }
 
 fn series(node: &str, path: &str, archive: Option<&str>) -> String {
@@ -37,23 +39,30 @@ fn series(node: &str, path: &str, archive: Option<&str>) -> String {
     q
 }
 
-/// Reads a sealed stream from the node (under a fresh order) and hands it to `read`.
+/// Reads a sealed stream from the node (under a fresh order) and hands it
+/// to `read`; of an archive an earlier stream opened (`known`), without
+/// its lists and head again.
 fn sealed<T>(
     client: &Client,
     (node, path, archive): (&str, &str, Option<&str>),
     part: &str,
+    known: Option<&Opened>,
     read: impl FnOnce(&mut SealedStream<'_>) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     client.sign_read(node, path, archive)?;
-    let mut resp = client.stream(&format!("/objects?{}&{part}", series(node, path, archive)), SEALED_TYPE)?;
+    let lists = if known.is_some() { "&lists=false" } else { "" };
+    let mut resp = client.stream(&format!("/objects?{}&{part}{lists}", series(node, path, archive)), SEALED_TYPE)?;
     let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
-    let mut s = SealedStream::open(client, &mut reader)?;
+    let mut s = match known {
+        Some(k) => SealedStream::resume(k, &mut reader)?,
+        None => SealedStream::open(client, &mut reader)?,
+    };
     read(&mut s)
 }
 
 /// The file table of archive `archive` (the newest: `None`) of (node, path).
 pub(crate) fn table(client: &Client, node: &str, path: &str, archive: Option<&str>) -> Result<Table, Failure> {
-    sealed(client, (node, path, archive), "part=table", |s| {
+    sealed(client, (node, path, archive), "part=table", None, |s| {
         let files = s.table()?;
         Ok(Table {
             id: s.h.archive.clone(),
@@ -62,6 +71,7 @@ pub(crate) fn table(client: &Client, node: &str, path: &str, archive: Option<&st
             lens: s.lens.clone(),
             members: s.h.members.clone(),
             start: None,
+            opened: s.opened(),
         })
     })
 }
@@ -74,20 +84,21 @@ fn one_group(
     (node, path, archive): (&str, &str, Option<&str>),
     want: &[u8],
 ) -> Result<Option<Table>, Failure> {
-    let (id, created_ms, members, lens, groups) = sealed(client, (node, path, archive), "part=head", |s| {
-        Ok((s.h.archive.clone(), s.h.created_ms, s.h.members.clone(), s.lens.clone(), s.groups.clone()))
-    })?;
+    let (id, created_ms, members, lens, groups, opened) =
+        sealed(client, (node, path, archive), "part=head", None, |s| {
+            Ok((s.h.archive.clone(), s.h.created_ms, s.h.members.clone(), s.lens.clone(), s.groups.clone(), s.opened()))
+        })?;
     if groups.is_empty() || lens.len() != members.len() {
         return Ok(None);
     }
     let g = groups.partition_point(|g| backmesh_table::walk_cmp(&g.first, want) != std::cmp::Ordering::Greater);
     let Some(g) = g.checked_sub(1) else { return Ok(None) };
-    let files = sealed(client, (node, path, Some(&id)), &format!("groups={g}"), |s| s.group(g))?;
+    let files = sealed(client, (node, path, Some(&id)), &format!("groups={g}"), Some(&opened), |s| s.group(g))?;
     let Some(i) = files.iter().position(|f| f.path.as_slice() == want) else { return Ok(None) };
     if tree::content_of(&files, i).is_none() && files[i].kind == backmesh_table::Kind::HardLink {
         return Ok(None);
     }
-    Ok(Some(Table { id, created_ms, files, lens, members, start: Some(groups[g].offset) }))
+    Ok(Some(Table { id, created_ms, files, lens, members, start: Some(groups[g].offset), opened }))
 }
 
 /// Hands the pieces of entries `wanted` of `t` to `out`, reading the
@@ -117,7 +128,7 @@ pub(crate) fn pick(
     // At most a thousand members a request: each is a request of its own.
     for chunk in members.chunks(1000) {
         let list: Vec<String> = chunk.iter().map(|k| k.to_string()).collect();
-        sealed(client, (node, path, Some(&t.id)), &format!("members={}", list.join(",")), |s| {
+        sealed(client, (node, path, Some(&t.id)), &format!("members={}", list.join(",")), Some(&t.opened), |s| {
             if s.h.archive != t.id || s.h.members.len() != t.members.len() {
                 return Err(Failure::Refused(format!("the node sent another archive than {}", t.id)));
             }

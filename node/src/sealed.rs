@@ -158,18 +158,23 @@ pub(crate) fn fetch_encrypted(
         objects.extend(m.key);
         objects.push(backmesh_core::archive::manifest::ObjRef { cid: m.sha256, len: m.compressed_len });
     }
-    sealed_stream(state, manifest, place, order, objects)
+    sealed_stream(state, manifest, place, order, objects, true)
 }
 
 /// An encrypted archive's sealed objects as the operator's CLI reads
 /// them (docs/api.md): `BMSF`, a JSON header with what the public
 /// manifest says, then frames of the head and `objects`, in order.
+/// Without `lists` (a CLI that read them from an earlier stream of the
+/// same archive), the header lists no members nor table groups and the
+/// head is not sent: what a large archive's reader needs for the one
+/// member it reads is then that member, not the archive's whole list.
 fn sealed_stream(
     state: &ApiState,
     manifest: Manifest,
     place: Place,
     order: Option<&SignedOrder>,
     mut objects: Vec<backmesh_core::archive::manifest::ObjRef>,
+    lists: bool,
 ) -> Answer {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -192,13 +197,16 @@ fn sealed_stream(
         "path": manifest.path,
         "kid": hex::encode(crypt.kid),
         "keys": crypt.keys.iter().map(hex::encode).collect::<Vec<_>>(),
-        "members": manifest.members.iter().map(listed).collect::<Vec<_>>(),
+        "members": if lists { manifest.members.iter().map(listed).collect::<Vec<_>>() } else { vec![] },
         "head": { "c": crypt.head.cid.to_hex(), "n": crypt.head.len },
-        "index": crypt.index.iter().map(listed).collect::<Vec<_>>(),
+        "index": if lists { crypt.index.iter().map(listed).collect::<Vec<_>>() } else { vec![] },
         "created_ms": manifest.created_ms,
+        "lists": lists,
     });
     let header = serde_json::to_vec(&header).unwrap_or_default();
-    objects.insert(0, crypt.head);
+    if lists {
+        objects.insert(0, crypt.head);
+    }
     let (store, net) = (state.store.clone(), state.net.clone());
     actix_web::rt::spawn(async move {
         let mut opening = b"BMSF".to_vec();
@@ -245,6 +253,9 @@ pub(crate) struct ObjectsQuery {
     members: Option<String>,
     /// Groups of the file table by index, comma-separated.
     groups: Option<String>,
+    /// `false`: the CLI has the member and table lists (and the head) from
+    /// an earlier stream of this archive; they are not sent again.
+    lists: Option<bool>,
 }
 
 /// Members one request may ask for at most.
@@ -291,7 +302,7 @@ pub(crate) async fn objects(req: HttpRequest, state: web::Data<ApiState>, q: web
         objects.extend(member.key);
         objects.push(obj(member));
     }
-    sealed_stream(&state, m, place, order.as_ref(), objects)
+    sealed_stream(&state, m, place, order.as_ref(), objects, q.lists.unwrap_or(true))
 }
 
 /// Writes into a response body from a blocking thread.
