@@ -29,7 +29,9 @@ use crate::net::rpc::Protocol;
 /// `/backmesh/replica/1`, `/backmesh/history/1`). 11: a node acts for
 /// another only under an operator's signed order (`backmesh_api::order`,
 /// `/backmesh/jobs/2`, `/backmesh/replica/2`), and a job or pause record
-/// is written only by its own node (the grant of 7 is gone).
+/// is written only by its own node (the grant of 7 is gone); a run's
+/// entry carries the outcomes of the runs before it (`log::recent`: not
+/// released before it came, so within 11).
 pub const MESH_PROTOCOL: u32 = 11;
 
 /// Every request protocol a node speaks.

@@ -196,7 +196,8 @@ fn listed(list: &[Listed]) -> Result<Vec<backmesh_crypt::member::Listed>, Failur
 /// read, and opened here: no node sees the plaintext.
 pub(crate) struct SealedStream<'a> {
     input: &'a mut dyn std::io::Read,
-    pub(crate) h: StreamHeader,
+    /// Shared with later streams of the archive (its lists can be large).
+    pub(crate) h: std::sync::Arc<StreamHeader>,
     key: backmesh_crypt::DataKey,
     /// Each member's tar bytes, when the head says them.
     pub(crate) lens: Vec<u64>,
@@ -213,7 +214,7 @@ const MAX_RECORDS: usize = 50_000_000;
 /// the same archive (`lists=false`): its checked lists, its key, its head.
 #[derive(Clone)]
 pub(crate) struct Opened {
-    h: StreamHeader,
+    h: std::sync::Arc<StreamHeader>,
     key: backmesh_crypt::DataKey,
     lens: Vec<u64>,
     bound: bool,
@@ -313,7 +314,8 @@ impl<'a> SealedStream<'a> {
                 return Err(bad(format!("its objects are not those of archive {}", h.archive)));
             }
         }
-        let mut s = SealedStream { input, h, key, lens: Vec::new(), bound: false, groups: Vec::new() };
+        let mut s =
+            SealedStream { input, h: std::sync::Arc::new(h), key, lens: Vec::new(), bound: false, groups: Vec::new() };
         // The member list is the one the series' node made: its sealed head says.
         let head = s.h.head.clone();
         let sealed_head = s.next_open(&head, backmesh_crypt::Kind::Head, b"")?;

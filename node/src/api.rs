@@ -561,6 +561,8 @@ async fn restore(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<b
 /// Streams an archive as one `.tgz`, read from this node or a holder. The
 /// length and sha256 are in the headers so the client can check the file.
 async fn fetch(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<Vec<(String, String)>>) -> Answer {
+    // Who asks first (a stranger gets 401, not a word about the query).
+    crate::http::role(&req, &state)?;
     let q = crate::sealed::ArchiveQuery::from_pairs(&q)?;
     crate::http::file_reader(&req, &state, &q.node)?;
     // Another node's archive is read here only under the operator's order,

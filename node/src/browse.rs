@@ -61,9 +61,10 @@ impl Opened {
     fn source(&self, state: &ApiState, wanted: &[usize]) -> Arc<dyn MemberSource + Send + Sync> {
         match &self.place {
             Place::Local => state.store.clone(),
-            Place::Remote(peers) => {
+            Place::Remote { peers, holders } => {
                 let members: Vec<MemberRef> = wanted.iter().map(|&k| self.m.members[k].clone()).collect();
-                Arc::new(RemoteSource::new(state.net.clone(), peers.clone(), self.of.clone(), &members))
+                let from = (peers.clone(), *holders);
+                Arc::new(RemoteSource::new(state.net.clone(), from, self.of.clone(), &members))
             }
         }
     }

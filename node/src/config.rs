@@ -122,9 +122,10 @@ pub struct RunArgs {
     /// A read-only token for one site's client page, /site/SITE; repeatable (needs --token).
     #[arg(long = "site-token", value_name = "SITE=TOKEN")]
     pub site_tokens: Vec<String>,
-    /// Let SITE's client page browse and download this node's own backups
-    /// (this node must be in SITE, with a --site-token for it); repeatable.
-    #[arg(long = "site-browse", value_name = "SITE")]
+    /// A token for SITE's client page that also browses and downloads this
+    /// node's own backups (this node must be in SITE; give each node its
+    /// own); repeatable.
+    #[arg(long = "site-browse", value_name = "SITE=TOKEN")]
     pub site_browse: Vec<String>,
     /// Show another mesh in this node's dashboard as further sites; repeatable.
     #[arg(long = "federate", value_name = "NAME=URL")]
@@ -238,7 +239,7 @@ struct FileConfig {
     #[serde(default)]
     site_tokens: std::collections::BTreeMap<String, String>,
     #[serde(default)]
-    site_browse: Vec<String>,
+    site_browse: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     federate: Vec<Federated>,
     offsite: Option<String>,
@@ -317,8 +318,8 @@ pub struct NodeConfig {
     pub viewer_token: Option<String>,
     /// (site, token) pairs for the client pages.
     pub site_tokens: Vec<(String, String)>,
-    /// Sites whose client page may browse this node's own backups.
-    pub site_browse: Vec<String>,
+    /// (site, token) pairs: the site's page with this node's own backups' files.
+    pub site_browse: Vec<(String, String)>,
     pub federate: Vec<Federated>,
     pub offsite: Option<OffsiteConfig>,
 }
@@ -382,19 +383,26 @@ impl NodeConfig {
             bail!("read-only tokens (viewer-token, site-token) need an admin token too: set --token");
         }
         let site = args.site.clone().or(file.site.clone()).unwrap_or_default();
-        let mut site_browse: Vec<String> =
-            file.site_browse.into_iter().chain(args.site_browse.iter().cloned()).collect();
-        site_browse.sort();
-        site_browse.dedup();
-        for b in &site_browse {
-            if !site_tokens.iter().any(|(s, _)| s == b) {
-                bail!("site-browse `{b}`: there is no site-token for site `{b}` (add --site-token {b}=TOKEN)");
-            }
+        let mut site_browse: Vec<(String, String)> = file.site_browse.into_iter().collect();
+        for s in &args.site_browse {
+            site_browse.push(pair("site-browse", s)?);
+        }
+        if token.is_none() && !site_browse.is_empty() {
+            bail!("site-browse tokens need an admin token too: set --token");
+        }
+        for (b, t) in &site_browse {
             if *b != site {
                 bail!(
                     "site-browse `{b}`: this node is in site `{site}` (--site), and a site's page browses only the \
                      backups of its own nodes"
                 );
+            }
+            let taken = token.as_deref() == Some(t.as_str())
+                || viewer_token.as_deref() == Some(t.as_str())
+                || site_tokens.iter().any(|(_, st)| st == t)
+                || site_browse.iter().filter(|(_, bt)| bt == t).count() > 1;
+            if t.is_empty() || taken {
+                bail!("site-browse `{b}`: give it a token of its own, used by no other role (and on no other node)");
             }
         }
         let mut federate = file.federate;
@@ -578,7 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn a_site_browses_only_a_node_of_its_own_with_a_token_of_its_own() {
+    fn a_site_browses_only_a_node_of_its_own_with_a_token_of_that_node_s() {
         let args = |site: &str, browse: &str| RunArgs {
             token: Some("adm".into()),
             site: Some(site.into()),
@@ -586,12 +594,15 @@ mod tests {
             site_browse: vec![browse.into()],
             ..local()
         };
-        let c = NodeConfig::resolve(None, None, args("paris", "paris")).unwrap();
-        assert_eq!(c.site_browse, ["paris"]);
-        let e = NodeConfig::resolve(None, None, args("paris", "lyon")).unwrap_err();
-        assert!(e.to_string().contains("no site-token for site `lyon`"), "{e}");
-        let e = NodeConfig::resolve(None, None, args("lyon", "paris")).unwrap_err();
+        let c = NodeConfig::resolve(None, None, args("paris", "paris=n1-files")).unwrap();
+        assert_eq!(c.site_browse, [("paris".to_string(), "n1-files".to_string())]);
+        let e = NodeConfig::resolve(None, None, args("lyon", "paris=n1-files")).unwrap_err();
         assert!(e.to_string().contains("this node is in site `lyon`"), "{e}");
+        // The page's token (set on every node that serves the page) is not a browse token.
+        for taken in ["paris=cli", "paris=adm"] {
+            let e = NodeConfig::resolve(None, None, args("paris", taken)).unwrap_err();
+            assert!(e.to_string().contains("a token of its own"), "{taken}: {e}");
+        }
     }
 
     #[test]

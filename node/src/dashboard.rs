@@ -70,7 +70,7 @@ async fn whoami(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
     Ok(HttpResponse::Ok().json(match role(&req, &state)? {
         Role::Admin => WhoAmI::Admin { node },
         Role::Viewer => WhoAmI::Viewer { node },
-        Role::Site(site) => WhoAmI::Site { browse: crate::http::site_browses(&state, &site), site, node },
+        Role::Site { site, browse } => WhoAmI::Site { site, node, browse },
     }))
 }
 
@@ -297,8 +297,8 @@ async fn overview(state: &ApiState, site: Option<&str>, local: bool) -> Result<(
 async fn dashboard(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<DashQuery>) -> Answer {
     let q = q.into_inner();
     let site = match role(&req, &state)? {
-        Role::Site(s) if q.site.as_ref().is_some_and(|w| *w != s) => return Err(site_only(&s)),
-        Role::Site(s) => Some(s),
+        Role::Site { site: s, .. } if q.site.as_ref().is_some_and(|w| *w != s) => return Err(site_only(&s)),
+        Role::Site { site: s, .. } => Some(s),
         _ => q.site,
     };
     Ok(HttpResponse::Ok().json(overview(&state, site.as_deref(), q.local).await?.0))
@@ -317,7 +317,7 @@ async fn job(req: HttpRequest, state: web::Data<ApiState>, q: web::Query<JobQuer
     let Some(j) = jobs.iter().find(|j| j.node == q.node && j.path == q.path) else {
         return Err(error(StatusCode::NOT_FOUND, format!("no job backs up {} on {}", q.path, q.node)));
     };
-    if let Role::Site(s) = &who {
+    if let Role::Site { site: s, .. } = &who {
         let status = state.membership.send(GetStatus).await?;
         if !status.nodes.iter().any(|n| n.name == q.node && &n.site == s) {
             return Err(site_only(s));
@@ -350,7 +350,7 @@ fn label(v: &str) -> String {
 }
 
 async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Answer {
-    if let Role::Site(_) = role(&req, &state)? {
+    if let Role::Site { .. } = role(&req, &state)? {
         return Err(error(StatusCode::FORBIDDEN, "a site token cannot read /metrics"));
     }
     let (o, catalogs) = overview(&state, None, true).await?;

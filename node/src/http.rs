@@ -26,9 +26,10 @@ pub struct ApiState {
     pub authority: std::sync::Arc<backmesh_core::authority::Authority>,
     pub viewer_token: Option<String>,
     pub site_tokens: Vec<(String, String)>,
-    /// Sites whose client page may browse this node's own backups
-    /// (`--site-browse`; checked at start to be this node's site).
-    pub site_browse: Vec<String>,
+    /// (site, token) pairs whose token opens the site's client page with
+    /// the files of this node's own backups (`--site-browse`; each site
+    /// checked at start to be this node's, each token to be no other).
+    pub site_browse: Vec<(String, String)>,
     pub federate: Vec<crate::config::Federated>,
     pub federation: crate::federation::Federation,
     pub replicas: usize,
@@ -111,8 +112,10 @@ pub enum Role {
     Admin,
     /// `--viewer-token`: every read, nothing that changes anything.
     Viewer,
-    /// `--site-token SITE=…`: that site's client page only.
-    Site(String),
+    /// `--site-token SITE=…`: that site's client page only; `browse`:
+    /// by a `--site-browse SITE=…` token, with the files of this node's own
+    /// backups.
+    Site { site: String, browse: bool },
 }
 
 /// Whether a `Host` header names this machine's loopback: a node without
@@ -153,7 +156,10 @@ pub fn role(req: &HttpRequest, state: &ApiState) -> Result<Role, ApiError> {
         return Ok(Role::Viewer);
     }
     if let Some((site, _)) = state.site_tokens.iter().find(|(_, t)| same(g.as_bytes(), t.as_bytes())) {
-        return Ok(Role::Site(site.clone()));
+        return Ok(Role::Site { site: site.clone(), browse: false });
+    }
+    if let Some((site, _)) = state.site_browse.iter().find(|(_, t)| same(g.as_bytes(), t.as_bytes())) {
+        return Ok(Role::Site { site: site.clone(), browse: true });
     }
     Err(unauthorized("wrong API token"))
 }
@@ -190,11 +196,13 @@ pub fn site_only(site: &str) -> ApiError {
 }
 
 /// `Ok` when the request may read the files inside series (node, …)'s
-/// archives: the admin token; or a site token whose site this node lets
-/// browse (`--site-browse`), for this node's own series only.
+/// archives: the admin token; or this node's browse token of a site
+/// (`--site-browse SITE=TOKEN`, set on this node alone), for this node's
+/// own series only. A site's page token does not: the same one may be set
+/// on every node that serves the page, and root on any of them holds it.
 pub fn file_reader(req: &HttpRequest, state: &ApiState, node: &str) -> Result<(), ApiError> {
     match role(req, state)? {
-        Role::Site(site) if state.site_browse.contains(&site) => {
+        Role::Site { site, browse: true } => {
             if node == state.health.name {
                 Ok(())
             } else {
@@ -208,10 +216,11 @@ pub fn file_reader(req: &HttpRequest, state: &ApiState, node: &str) -> Result<()
                 ))
             }
         }
-        Role::Site(site) => Err(error(
+        Role::Site { site, browse: false } => Err(error(
             StatusCode::FORBIDDEN,
             format!(
-                "site `{site}` may not browse backups on node {}: its operator allows it with --site-browse {site}",
+                "site `{site}`'s page token does not browse backups on node {}: its operator gives the site a \
+                 token of this node's for it (--site-browse {site}=TOKEN)",
                 state.health.name
             ),
         )),
@@ -219,16 +228,11 @@ pub fn file_reader(req: &HttpRequest, state: &ApiState, node: &str) -> Result<()
     }
 }
 
-/// Whether site `site`'s page may browse this node's own backups.
-pub fn site_browses(state: &ApiState, site: &str) -> bool {
-    state.site_browse.iter().any(|s| s == site)
-}
-
 /// `Ok` when the request may read the whole mesh (admin or viewer).
 pub fn reader(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
     match role(req, state)? {
         Role::Admin | Role::Viewer => Ok(()),
-        Role::Site(site) => Err(site_only(&site)),
+        Role::Site { site, .. } => Err(site_only(&site)),
     }
 }
 

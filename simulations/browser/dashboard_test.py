@@ -202,9 +202,16 @@ try:
     assert code == 200 and [s["name"] for s in json.loads(out)["sites"]] == [site], out
     checks += 2
 
-    # Its operator let it browse (--site-browse on the node serving the
-    # page): the backups of that node, and of no other node of the site.
+    # The page token browses nothing; the token n1's operator gave the site
+    # for n1 (--site-browse) opens the same page with the backups of n1, and
+    # of no other node of the site.
     li = lambda path: "ul.plain li[data-path=" + json.dumps(path) + "]"  # noqa: E731
+    assert not b.eval(f"!!document.querySelector({json.dumps(li(jobs['ok']) + ' button.browse')})")
+    code, out = http("/api/v1/files?node=" + cfg["ok_node"] + "&path=" + urllib.request.quote(jobs["ok"], safe=""),
+                     cfg["client_token"])
+    assert code == 403 and "page token does not browse" in out, (code, out)
+    sign_in(b, cfg["browse_token"], URL + "/site/" + site)
+    b.wait("document.body.dataset.view === 'client'")
     b.wait(f"document.querySelector({json.dumps(li(jobs['ok']) + ' button.browse')})")
     assert not b.eval(f"!!document.querySelector({json.dumps(li(jobs['failing']) + ' button.browse')})")
     b.eval(f"document.querySelector({json.dumps(li(jobs['ok']) + ' button.browse')}).click()")
@@ -219,9 +226,10 @@ try:
     quoted = urllib.request.quote(jobs["failing"], safe="")
     for route in ["/api/v1/files?node=" + cfg["failing_node"] + "&path=" + quoted,
                   "/api/v1/fetch?node=" + cfg["failing_node"] + "&path=" + quoted]:
-        code, out = http(route, cfg["client_token"])
+        code, out = http(route, cfg["browse_token"])
         assert code == 403 and "browses here the backups of node" in out, (route, code, out)
-    assert http("/api/v1/run", cfg["client_token"], "POST", {"node": cfg["ok_node"], "path": jobs["ok"]})[0] == 403
+    assert http("/api/v1/run", cfg["browse_token"], "POST", {"node": cfg["ok_node"], "path": jobs["ok"]})[0] == 403
+    assert http("/api/v1/status", cfg["browse_token"])[0] == 403
     checks += 2
 finally:
     b.close()

@@ -10,7 +10,9 @@
 //!
 //! Packed small (about 2–3 bytes a run): newest first, one LEB128 number a
 //! run, `seconds before the next newer run << 2 | outcome` (0 finished,
-//! 1 unchanged, 2 failed; 3 is kept for later and read as nothing).
+//! 1 unchanged, 2 failed; 3 is kept for later and read as nothing). Times
+//! are to the second, each gap rounded: a run 89 runs back may show up to
+//! ~45 s off, which a strip of days does not see.
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +57,11 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
 fn take(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, b) in bytes.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        // The tenth byte holds the 64th bit alone.
+        if i == 9 && *b > 1 {
+            return None;
+        }
+        v |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             return Some((v, i + 1));
         }
@@ -104,9 +110,21 @@ impl Recent {
         Recent(out)
     }
 
-    /// Bytes it takes (for the state's size figures).
+    /// Bytes it takes.
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// The list as this version writes it: its sound runs, at most
+    /// [`RECENT_RUNS`] (what a node keeps of what another wrote: a list
+    /// padded past that, or with bytes after a malformed one, is cut).
+    pub fn normalised(&self) -> Recent {
+        let mut at = 0;
+        for _ in 0..RECENT_RUNS {
+            let Some((_, n)) = take(&self.0[at..]) else { break };
+            at += n;
+        }
+        Recent(self.0[..at].to_vec())
     }
 }
 
@@ -165,6 +183,20 @@ mod tests {
         );
         // A number longer than 64 bits ends the reading.
         assert!(Recent(vec![0xff; 12]).runs().is_empty());
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        assert!(Recent(over.clone()).runs().is_empty());
+        over[9] = 0x01;
+        assert_eq!(Recent(over).runs()[0].gap_s, u64::MAX >> 2);
+        // What another node wrote is kept as this version writes it.
+        let mut long = Recent::default();
+        for _ in 0..RECENT_RUNS {
+            long = long.then(RunResult::Finished, 60);
+        }
+        let mut padded = long.0.clone();
+        padded.extend([4u8; 50]);
+        assert_eq!(Recent(padded).normalised(), long);
+        assert_eq!(Recent(vec![4, 9, 0xff]).normalised(), Recent(vec![4, 9]));
         // The next list keeps the sound part only.
         assert_eq!(r.then(RunResult::Failed, 0).runs().len(), 4);
     }

@@ -371,7 +371,7 @@ fn series_part(e: &Entry) -> Series {
             a.set_holder(holder, &Own { at: t.clone(), value: keeps });
         }
     };
-    let recent = e.event.run().map(|(_, r)| r.clone()).unwrap_or_default();
+    let recent = e.event.run().map(|(_, r)| r.normalised()).unwrap_or_default();
     let run =
         |result: RunResult, archive: Option<&String>, error: Option<&String>, plugin: &Option<PluginReport>| Own {
             at: t.clone(),

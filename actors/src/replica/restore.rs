@@ -256,6 +256,7 @@ pub(crate) async fn restore(
     let holders: Vec<&str> = catalog.iter().flat_map(|a| a.holders.iter().map(String::as_str)).collect();
     let mut others: Vec<&PeerView> = peers.iter().filter(|p| p.up).collect();
     others.sort_by_key(|p| !holders.contains(&p.name.as_str()));
+    let kept = others.iter().filter(|p| holders.contains(&p.name.as_str())).count();
     let others: Vec<String> = others.into_iter().map(|p| p.peer_id.clone()).collect();
     let names: HashMap<String, String> = peers.iter().map(|p| (p.peer_id.clone(), p.name.clone())).collect();
     let done = tokio::task::spawn_blocking(move || match place {
@@ -269,7 +270,7 @@ pub(crate) async fn restore(
                     p.entries.store(0, std::sync::atomic::Ordering::Relaxed);
                     p.bytes_out.store(0, std::sync::atomic::Ordering::Relaxed);
                 }
-                let remote = RemoteSource::new(net, others, of, &m.members);
+                let remote = RemoteSource::new(net, (others, kept), of, &m.members);
                 let report = restore_archive(&m, &remote, &to, &opts)?;
                 // What came from peers mends this node's copy.
                 let mut mended = 0;
@@ -287,8 +288,8 @@ pub(crate) async fn restore(
             }
             other => other,
         },
-        Place::Remote(peers) => {
-            let remote = Arc::new(RemoteSource::new(net, peers, of, &m.members));
+        Place::Remote { peers, holders } => {
+            let remote = Arc::new(RemoteSource::new(net, (peers, holders), of, &m.members));
             let report = restore_archive(&m, &*with_total(&m, remote.clone(), &opts), &to, &opts);
             // Batches go to the holders in turn: each sent a share.
             let from: Vec<String> = remote

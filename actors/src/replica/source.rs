@@ -88,8 +88,10 @@ fn holders_note(holders: &[String]) -> String {
 pub enum Place {
     /// This node keeps it.
     Local,
-    /// These peers (ids) keep it, best first.
-    Remote(Vec<String>),
+    /// These peers (ids) may keep it, best first: the first `holders` keep
+    /// it as far as the mesh knows (the one that sent its manifest first);
+    /// the rest are live peers that may have a copy it has not heard of.
+    Remote { peers: Vec<String>, holders: usize },
 }
 
 /// The one peer the mesh knows by `name`, if exactly one claims it (up or
@@ -169,7 +171,9 @@ pub async fn locate(
                     }
                     let mut rest: Vec<String> = order.iter().filter(|p| *p != peer).cloned().collect();
                     rest.insert(0, peer.clone());
-                    return Ok((m, Place::Remote(rest)));
+                    // The peer that sent it keeps it, whether the mesh said so or not.
+                    let holders = (holders.len() + usize::from(!holders.iter().any(|h| h.peer_id == *peer))).max(1);
+                    return Ok((m, Place::Remote { peers: rest, holders }));
                 }
                 Ok(_) => why.push(PeerProblem::OtherArchive),
                 Err(e) => why.push(PeerProblem::BadManifest(e.to_string())),
@@ -208,7 +212,7 @@ pub async fn read_members(
             .await
             .map_err(|e| ReadError::Crashed(e.to_string()))?
         }
-        Place::Remote(peers) => {
+        Place::Remote { peers, .. } => {
             let mut why = Vec::new();
             for peer in peers {
                 let get = XferRequest::Get { digests: digests.clone(), of: of.clone() };
@@ -288,18 +292,23 @@ pub struct RemoteSource {
     only: std::sync::OnceLock<HashSet<Digest>>,
     state: Mutex<Cache>,
     ready: Condvar,
-    /// Batches asked for so far: each goes first to the next peer, so the
-    /// restore's readers draw from every holder at once.
+    /// The first `holders` peers keep the archive: each batch goes first
+    /// to the next of them (`turn` counts the batches), so the restore's
+    /// readers draw from every holder at once; the other peers are asked
+    /// only when no holder answers.
+    holders: usize,
     turn: std::sync::atomic::AtomicUsize,
     /// Bytes each peer sent.
     sent: Mutex<HashMap<String, u64>>,
 }
 
-/// The order in which batch `turn` asks `n` peers: from peer `turn % n`
-/// round, so that successive batches start at successive peers and each
-/// falls back on all the others.
-pub fn peer_turn(n: usize, turn: usize) -> impl Iterator<Item = usize> {
-    (0..n).map(move |k| (turn + k) % n.max(1))
+/// The order in which batch `turn` asks `n` peers of which the first
+/// `holders` keep the archive: the holders from holder `turn % holders`
+/// round, so that successive batches start at successive holders, then
+/// the other peers in their order.
+pub fn peer_turn(n: usize, holders: usize, turn: usize) -> impl Iterator<Item = usize> {
+    let h = holders.min(n);
+    (0..h).map(move |k| (turn + k) % h).chain(h..n)
 }
 
 #[derive(Default)]
@@ -312,7 +321,9 @@ struct Cache {
 }
 
 impl RemoteSource {
-    pub fn new(net: NetClient, peers: Vec<String>, of: ReadOf, members: &[MemberRef]) -> Self {
+    /// Reads `members` of the archive `of` names from `peers`, of which
+    /// the first `holders` keep it.
+    pub fn new(net: NetClient, (peers, holders): (Vec<String>, usize), of: ReadOf, members: &[MemberRef]) -> Self {
         let mut index = HashMap::new();
         for (i, m) in members.iter().enumerate() {
             index.entry(m.sha256).or_insert_with(Vec::new).push(i);
@@ -326,6 +337,7 @@ impl RemoteSource {
             only: std::sync::OnceLock::new(),
             state: Mutex::default(),
             ready: Condvar::new(),
+            holders,
             turn: std::sync::atomic::AtomicUsize::new(0),
             sent: Mutex::default(),
         }
@@ -334,7 +346,7 @@ impl RemoteSource {
     fn fetch(&self, digests: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ReadError> {
         let mut why = Vec::new();
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for i in peer_turn(self.peers.len(), turn) {
+        for i in peer_turn(self.peers.len(), self.holders, turn) {
             let peer = &self.peers[i];
             let get = XferRequest::Get { digests: digests.to_vec(), of: self.of.clone() };
             match members_in(xfer_blocking(&self.net, peer, get), digests) {
@@ -449,9 +461,13 @@ mod tests {
 
     #[test]
     fn successive_batches_start_at_successive_holders_and_fall_back_on_all() {
-        let orders: Vec<Vec<usize>> = (0..4).map(|t| peer_turn(3, t).collect()).collect();
+        let orders: Vec<Vec<usize>> = (0..4).map(|t| peer_turn(3, 3, t).collect()).collect();
         assert_eq!(orders, [vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1], vec![0, 1, 2]]);
-        assert_eq!(peer_turn(0, 5).count(), 0);
+        // Two holders of five live peers: the others are asked last, in order.
+        let orders: Vec<Vec<usize>> = (0..3).map(|t| peer_turn(5, 2, t).collect()).collect();
+        assert_eq!(orders, [vec![0, 1, 2, 3, 4], vec![1, 0, 2, 3, 4], vec![0, 1, 2, 3, 4]]);
+        assert_eq!(peer_turn(0, 5, 1).count(), 0);
+        assert_eq!(peer_turn(2, 0, 1).collect::<Vec<_>>(), [0, 1]);
     }
 
     fn m(i: u8, len: u64) -> ObjRef {

@@ -76,7 +76,8 @@ pub(crate) async fn verify_series(
         let holders: HashSet<&String> = catalog.iter().flat_map(|a| a.holders.iter()).collect();
         let mut sources: Vec<&PeerView> = peers.iter().filter(|p| p.up && p.name != me).collect();
         sources.sort_by_key(|p| !holders.contains(&p.name));
-        let place = Place::Remote(sources.iter().map(|p| p.peer_id.clone()).collect());
+        let kept = sources.iter().filter(|p| holders.contains(&p.name)).count();
+        let place = Place::Remote { peers: sources.iter().map(|p| p.peer_id.clone()).collect(), holders: kept };
         for d in &bad {
             // Read as a member of an archive of the series it is in (a holder reads without an order).
             let Some(Ok(of)) =

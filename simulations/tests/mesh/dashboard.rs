@@ -64,7 +64,7 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
                 "far=farview",
                 "--allow-programs",
                 "--site-browse",
-                "paris",
+                "paris=n1-files",
             ]),
         ),
         ("n2", "paris", tokens(&[])),
@@ -118,7 +118,7 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
     let cfg = serde_json::json!({
         "url": mesh.nodes[0].url(),
         "shots": shots,
-        "admin": "adm", "viewer": "view", "client_token": "cli", "client_site": "paris",
+        "admin": "adm", "viewer": "view", "client_token": "cli", "client_site": "paris", "browse_token": "n1-files",
         "jobs": {"ok": ok, "failing": failing, "paused": paused, "stale": stale},
         "ok_node": "n1", "failing_node": "n2", "down_node": "n4", "node_count": 4, "ok_content": "ok",
         "failure": "No such file or directory",
@@ -129,12 +129,15 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed:\n{said}\nnode log:\n{}", mesh.nodes[0].log_text());
     eprintln!("{said}");
-    // n2 is in paris too, but its operator did not let the site browse: its
-    // token lists nothing there, and the refusal says how to allow it.
-    mesh.nodes[1].cli_args = vec!["--token".into(), "cli".into()];
-    let out = mesh.cli_as_node(1, &["ls", "n2", &failing]);
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && said.contains("--site-browse paris"), "{said}");
+    // The site's page token, which every node holds (root on n3, in lyon,
+    // reads it from its config), browses nothing: not on n1, whose browse
+    // token is n1's own, nor on n2, which gave the site none.
+    for (i, node, path) in [(0, "n1", &ok), (1, "n2", &failing)] {
+        mesh.nodes[i].cli_args = vec!["--token".into(), "cli".into()];
+        let out = mesh.cli_as_node(i, &["ls", node, path]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && said.contains("--site-browse paris=TOKEN"), "{said}");
+    }
     for page in [
         "overview-admin",
         "job-failing",
