@@ -515,18 +515,23 @@ pub fn tree_differences(a: &Path, b: &Path) -> Vec<String> {
 /// fresh data the stat cache cannot vouch for, so each backup of it reads
 /// and compresses for a while.
 pub fn write_slow_tree(dir: &Path, files: usize, seed: u64) {
-    let mut x = seed | 1;
-    for i in 0..files {
-        let data: Vec<u8> = (0..256 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 16) as u8 + b'a'
-            })
-            .collect();
+    let text: Vec<u8> = noise(files * 256 * 1024, seed).into_iter().map(|b| b % 16 + b'a').collect();
+    for (i, data) in text.chunks(256 * 1024).enumerate() {
         std::fs::write(dir.join(format!("f{i}")), data).expect("write test data");
     }
+}
+
+/// `len` seeded pseudo-random bytes (xorshift64): data that does not compress.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// Makes a CA and a server certificate for 127.0.0.1 signed by it, with

@@ -12,7 +12,7 @@ use std::time::Duration;
 use backmesh_api::cli::RunOutcome;
 use backmesh_api::files::{Compared, Found, Listing};
 use backmesh_api::{Backups, RunResult};
-use backmesh_simulations::{tree_differences, wait_until, Mesh};
+use backmesh_simulations::{noise, tree_differences, wait_until, Mesh};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -262,17 +262,8 @@ fn a_whole_restore_on_a_node_without_a_copy_reads_from_every_holder_at_once() {
     let src = mesh.root.path().join("bulk");
     std::fs::create_dir_all(&src).unwrap();
     // 16 MiB that will not compress: several 4 MiB batches to read.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for f in 0..8 {
-        let bytes: Vec<u8> = (0..2 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(src.join(format!("part-{f}.bin")), bytes).unwrap();
+        std::fs::write(src.join(format!("part-{f}.bin")), noise(2 << 20, 0x9e37_79b9 + f)).unwrap();
     }
     let s = src.to_string_lossy().into_owned();
     ok(&mesh.cli(0, &["register", "n1", &s, "--every", "600"]));
