@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
 use super::job_spec::{JobSpec, PluginReport};
-use super::recent::Recent;
-use super::records::RunResult;
+use super::recent::{Recent, RunResult};
 use crate::seal::{Seal, Sig, Signer};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::records::RunResult;
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    Finished,
+    Unchanged,
+    Failed,
+}
+
+impl RunResult {
+    /// As the log's kinds and the API say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Finished => "finished",
+            RunResult::Unchanged => "unchanged",
+            RunResult::Failed => "failed",
+        }
+    }
+}
 
 /// Runs a list holds: the 90 cells of the dashboard's strip, the run that
 /// carries the list being the 90th.

@@ -43,25 +43,7 @@ pub struct JobReg {
     pub spec: JobSpec,
 }
 
-/// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunResult {
-    Finished,
-    Unchanged,
-    Failed,
-}
-
-impl RunResult {
-    /// As the log's kinds and the API say it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunResult::Finished => "finished",
-            RunResult::Unchanged => "unchanged",
-            RunResult::Failed => "failed",
-        }
-    }
-}
+pub use super::recent::RunResult;
 
 /// The outcome of a run, as its `finished`, `unchanged` or `failed` entry said.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
