@@ -145,7 +145,15 @@ try:
     b.eval("document.querySelector('#files tr[data-path=\"data.txt\"] button.versions').click()")
     b.wait("document.querySelectorAll('#versions tbody tr').length >= 1")
     b.screenshot(os.path.join(SHOTS, "job-browser.png"))
-    checks += 2
+    # Restore it here: the node serving the page restores its own series.
+    b.eval(f"document.querySelector('#restore-to').value = {json.dumps(cfg['restore_to'])};"
+           "document.querySelector('#restore-to').dispatchEvent(new Event('input'));"
+           "document.querySelector('#restore-here').click()")
+    b.wait("/Restored|failed/.test(document.querySelector('#action-status')?.innerText || '')", timeout=60)
+    assert "Restored" in text(b, "#action-status"), text(b, "#action-status")
+    with open(os.path.join(cfg["restore_to"], "data.txt")) as f:
+        assert f.read() == cfg["ok_content"]
+    checks += 3
 
     # Nodes: up and down, last seen, free space, what each keeps.
     b.goto(URL + "/#/nodes")

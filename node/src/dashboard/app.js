@@ -9,6 +9,7 @@ const TOKEN_KEY = 'backmesh-token';
 let token = sessionStorage.getItem(TOKEN_KEY) || '';
 let me = null; // {role, site, node}
 let actionStatus = null; // {text, cls}: survives re-renders
+let restoreTo = ''; // the archive browser's restore target, as typed
 const siteMatch = location.pathname.match(/^\/site\/([^/]+)/);
 const clientSite = siteMatch ? decodeURIComponent(siteMatch[1]) : null;
 
@@ -322,6 +323,12 @@ function browserSection() {
   sec.append(h('div', { class: 'actions' },
     h('button', { id: 'download-folder', onclick: () => download('/fetch' + q(b.under ? '&include=' + encodeURIComponent(b.under) : ''),
       (b.under.split('/').pop() || 'archive') + '.tgz') }, 'Download ' + folder + ' (.tgz)'),
+    // This node's own series restores onto this node with its token; onto
+    // another node only under the operator's key, which no browser holds.
+    me && me.role === 'admin' && b.node === me.node ? h('span', { class: 'restore-here' },
+      h('input', { id: 'restore-to', placeholder: '/new/or/empty/dir on ' + b.node, size: 28, value: restoreTo,
+        oninput: (ev) => { restoreTo = ev.target.value; } }),
+      h('button', { id: 'restore-here', onclick: () => restoreHere(b, $('#restore-to').value) }, 'Restore ' + folder + ' here')) : null,
     me && me.role === 'admin' ? h('span', { class: 'muted' }, 'Restore it elsewhere: ',
       h('code', {}, `backmesh restore ${b.node} ${b.path} --archive ${b.archive}` + (b.under ? ` --include '${b.under}'` : '') + ' --on NODE --to DIR')) : null));
   const name = (e) => e.path.split('/').pop();
@@ -358,6 +365,31 @@ function modeText(e) {
   const x = (mask, special, on, off) => (m & special ? (m & mask ? on : off) : (m & mask ? 'x' : '-'));
   return kind + bit(0o400, 'r') + bit(0o200, 'w') + x(0o100, 0o4000, 's', 'S') + bit(0o40, 'r') + bit(0o20, 'w') +
     x(0o10, 0o2000, 's', 'S') + bit(0o4, 'r') + bit(0o2, 'w') + x(0o1, 0o1000, 't', 'T');
+}
+
+// Restores the folder being browsed (or the whole archive) onto this node,
+// into `to`, and says how it went.
+async function restoreHere(b, to) {
+  try {
+    actionStatus = { text: 'Restore of ' + (b.under || 'the archive') + ' into ' + to + ' asked…', cls: 'muted' };
+    render();
+    const body = { node: b.node, path: b.path, archive: b.archive, to };
+    if (b.under) body.include = [b.under];
+    const q = await api('/restore', { method: 'POST', body });
+    for (let i = 0; i < 3600; i++) {
+      const r = await api('/requests/' + encodeURIComponent(q.request));
+      const done = r.entries.find((e) => e.kind === 'restored');
+      if (done) {
+        actionStatus = done.error ? { text: 'Restore failed: ' + done.error, cls: 'error' }
+          : { text: 'Restored ' + done.files + ' entries (' + bytes(done.bytes) + ') into ' + done.to + ' on ' + done.on, cls: '' };
+        break;
+      }
+      await new Promise((ok) => setTimeout(ok, 1000));
+    }
+  } catch (e) {
+    actionStatus = { text: 'Restore failed: ' + e.message, cls: 'error' };
+  }
+  render();
 }
 
 async function act(kind, j) {
@@ -507,4 +539,5 @@ function render() {
 window.addEventListener('hashchange', () => { actionStatus = null; browser = null; refresh(); });
 window.addEventListener('resize', () => render());
 refresh();
-setInterval(() => { if (me && !$('#signin')) refresh(); }, 3000);
+// Not while someone types: a refresh rebuilds the page.
+setInterval(() => { if (me && !$('#signin') && document.activeElement?.tagName !== 'INPUT') refresh(); }, 3000);

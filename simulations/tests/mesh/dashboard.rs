@@ -119,6 +119,7 @@ fn the_dashboard_shows_every_state_to_admins_viewers_and_clients_in_a_real_brows
         "url": mesh.nodes[0].url(),
         "shots": shots,
         "admin": "adm", "viewer": "view", "client_token": "cli", "client_site": "paris", "browse_token": "n1-files",
+        "restore_to": mesh.root.path().join("restored-from-the-page"),
         "jobs": {"ok": ok, "failing": failing, "paused": paused, "stale": stale},
         "ok_node": "n1", "failing_node": "n2", "down_node": "n4", "node_count": 4, "ok_content": "ok",
         "failure": "No such file or directory",
