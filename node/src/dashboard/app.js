@@ -319,7 +319,7 @@ function browserSection() {
   sec.append(crumbs);
   if (b.error) sec.append(h('p', { class: 'error', id: 'browser-error' }, b.error));
   if (!b.listing) { sec.append(h('p', { class: 'muted' }, b.error ? '' : 'Loading…')); return sec; }
-  const folder = b.under || '(root)';
+  const folder = b.under ? b.under + '/' : 'the whole archive';
   sec.append(h('div', { class: 'actions' },
     h('button', { id: 'download-folder', onclick: () => download('/fetch' + q(b.under ? '&include=' + encodeURIComponent(b.under) : ''),
       (b.under.split('/').pop() || 'archive') + '.tgz') }, 'Download ' + folder + ' (.tgz)'),
