@@ -675,13 +675,5 @@ async fn commit_first(rogue: &Rogue, holder: &str) -> String {
 
 /// 1 MiB of bytes deflate cannot shrink (xorshift from `seed`).
 fn noise(seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..1 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    backmesh_simulations::noise(1 << 20, seed)
 }
